@@ -1,0 +1,2 @@
+//! roamgate's control plane.
+#![deny(unsafe_code)]

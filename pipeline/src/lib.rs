@@ -1,0 +1,10 @@
+//! roamgate's data plane.
+//!
+//! Everything a worker core needs to move packets: wire formats, the AEAD backends, ESP tunnel
+//! mode, the SA database (keyed by SPI alone), the security policy database, NAT masquerading,
+//! the worker loop and the ports that feed it. The data plane never depends on the control
+//! plane: SAs and policies arrive as [`msg`] messages and are acknowledged by generation.
+#![deny(unsafe_code)]
+
+pub mod crypto;
+pub mod wire;
