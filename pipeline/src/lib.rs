@@ -7,4 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod crypto;
+pub mod ids;
 pub mod wire;
+pub mod nat;
+pub mod spd;

@@ -1,0 +1,1 @@
+//! NAT masquerading (placeholder, being written).

@@ -1,0 +1,1 @@
+//! Security policy database (placeholder, being written).
