@@ -11,3 +11,7 @@ pub mod ids;
 pub mod wire;
 pub mod nat;
 pub mod spd;
+pub mod esp;
+pub mod port;
+pub mod sad;
+pub mod stats;

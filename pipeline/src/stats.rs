@@ -1,0 +1,351 @@
+//! Named drop reasons and the counters every worker keeps, per core and per SA.
+//!
+//! Every packet that does not leave a worker leaves a count under exactly one
+//! [`DropReason`]. Counters have one writer (the worker that owns them) and are read by anyone
+//! (the live line, `roamgate stats`): each is an `AtomicU64` updated with a relaxed load and
+//! store, which on x86 compiles to a plain add with no lock prefix.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, $err:literal; )*) => {
+        /// Why a packet left the pipeline without being forwarded.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason { $( $(#[$doc])* $variant, )* }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The counter's stable name (used in stats output and the lab's live line).
+            pub const fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+
+            /// False for packets that were consumed as intended (TFC padding, NAT keepalives,
+            /// IKE handed to the control plane): they are counted, but are not errors.
+            pub const fn is_error(self) -> bool {
+                match self { $(DropReason::$variant => $err,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Shorter than an Ethernet header, or not IPv4/IPv6.
+    MalformedFrame => "malformed_frame", true;
+    /// IP header fails its length or version checks.
+    MalformedIp => "malformed_ip", true;
+    /// IPv4 header checksum is wrong.
+    IpChecksum => "ip_checksum", true;
+    /// TTL / hop limit would reach zero when forwarded.
+    TtlExceeded => "ttl_exceeded", true;
+    /// An outer fragment of ESP: we do not reassemble.
+    OuterFragment => "outer_fragment", true;
+    /// ESP shorter than header + IV + ICV, or a UDP-encapsulated ESP too short.
+    EspTruncated => "esp_truncated", true;
+    /// No inbound SA has this SPI.
+    UnknownSpi => "unknown_spi", true;
+    /// Sequence number left of the anti-replay window.
+    ReplayTooOld => "replay_too_old", true;
+    /// Sequence number already received.
+    ReplayDuplicate => "replay_duplicate", true;
+    /// Sequence number zero, or ESN inference before zero.
+    ReplayZero => "replay_zero", true;
+    /// ICV verification failed.
+    AuthFailed => "auth_failed", true;
+    /// Padding length does not fit or the padding bytes are not 1, 2, 3, ...
+    BadPadding => "bad_padding", true;
+    /// Next header is not IPv4 or IPv6 (tunnel mode) or disagrees with the inner version.
+    BadNextHeader => "bad_next_header", true;
+    /// Decrypted inner packet is not a valid IP packet.
+    InnerMalformed => "inner_malformed", true;
+    /// Inner packet does not match the traffic selectors of the SA that carried it.
+    PolicyMismatch => "policy_mismatch", true;
+    /// Clear packet matched a protect policy on the protected side (must arrive as ESP).
+    ClearButProtected => "clear_but_protected", true;
+    /// TFC dummy packet (next header 59): accepted and dropped silently.
+    TfcDummy => "tfc_dummy", false;
+    /// RFC 3948 NAT keepalive (one 0xFF byte).
+    NatKeepalive => "natt_keepalive", false;
+    /// IKE packet handed to the control plane.
+    IkePunted => "ike_punted", false;
+    /// IKE packet arrived but no control plane is attached or its ring is full.
+    IkeNoControl => "ike_no_control", true;
+    /// No SPD rule matched (default discard).
+    NoPolicy => "no_policy", true;
+    /// An SPD rule said discard.
+    PolicyDiscard => "policy_discard", true;
+    /// A protect rule names an SA that this core does not own or that is not installed.
+    NoSa => "no_sa", true;
+    /// Outbound sequence number space exhausted: the SA must be rekeyed.
+    SeqExhausted => "seq_exhausted", true;
+    /// Too big for the egress MTU after encapsulation; an ICMP error went back.
+    MtuExceeded => "mtu_exceeded", true;
+    /// Buffer lacked head- or tailroom for the encapsulation.
+    NoBufferRoom => "no_buffer_room", true;
+    /// Not addressed to us, and nothing to route it by.
+    NotForUs => "not_for_us", true;
+    /// NAT: malformed transport header.
+    NatMalformed => "nat_malformed", true;
+    /// NAT: inbound packet to the masquerading address without a session.
+    NatNoSession => "nat_no_session", true;
+    /// NAT: no free port.
+    NatPortsExhausted => "nat_ports_exhausted", true;
+    /// NAT: session table full.
+    NatTableFull => "nat_table_full", true;
+    /// NAT: a non-first fragment.
+    NatFragment => "nat_fragment", true;
+    /// NAT: a protocol that cannot be masqueraded.
+    NatUnsupported => "nat_unsupported", true;
+}
+
+/// Non-drop traffic counters of one core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Traffic {
+    RxPackets,
+    RxBytes,
+    TxPackets,
+    TxBytes,
+    /// Packets sealed into ESP, and their inner bytes.
+    Encrypted,
+    EncryptedBytes,
+    /// Packets opened from ESP, and their inner bytes.
+    Decrypted,
+    DecryptedBytes,
+    /// Forwarded in the clear (bypass policy).
+    Bypassed,
+    /// Rewritten by the masquerade.
+    Masqueraded,
+    /// ICMP errors generated (fragmentation needed / packet too big).
+    IcmpSent,
+}
+
+impl Traffic {
+    pub const ALL: &'static [Traffic] = &[
+        Traffic::RxPackets,
+        Traffic::RxBytes,
+        Traffic::TxPackets,
+        Traffic::TxBytes,
+        Traffic::Encrypted,
+        Traffic::EncryptedBytes,
+        Traffic::Decrypted,
+        Traffic::DecryptedBytes,
+        Traffic::Bypassed,
+        Traffic::Masqueraded,
+        Traffic::IcmpSent,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Traffic::RxPackets => "rx_packets",
+            Traffic::RxBytes => "rx_bytes",
+            Traffic::TxPackets => "tx_packets",
+            Traffic::TxBytes => "tx_bytes",
+            Traffic::Encrypted => "encrypted",
+            Traffic::EncryptedBytes => "encrypted_bytes",
+            Traffic::Decrypted => "decrypted",
+            Traffic::DecryptedBytes => "decrypted_bytes",
+            Traffic::Bypassed => "bypassed",
+            Traffic::Masqueraded => "masqueraded",
+            Traffic::IcmpSent => "icmp_sent",
+        }
+    }
+}
+
+/// A counter with a single writer.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker calls this, so load + store is race-free.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything one worker counts. Shared (`Arc`) with readers; written only by its worker.
+#[derive(Debug)]
+pub struct CoreCounters {
+    traffic: [Counter; Traffic::COUNT],
+    drops: [Counter; DropReason::COUNT],
+    /// Highest control generation this worker has applied.
+    pub generation: Counter,
+}
+
+impl Default for CoreCounters {
+    fn default() -> Self {
+        CoreCounters {
+            traffic: std::array::from_fn(|_| Counter::default()),
+            drops: std::array::from_fn(|_| Counter::default()),
+            generation: Counter::default(),
+        }
+    }
+}
+
+impl CoreCounters {
+    #[inline]
+    pub fn count(&self, t: Traffic, n: u64) {
+        if let Some(c) = self.traffic.get(t as usize) {
+            c.add(n);
+        }
+    }
+
+    #[inline]
+    pub fn drop(&self, r: DropReason) {
+        if let Some(c) = self.drops.get(r as usize) {
+            c.add(1);
+        }
+    }
+
+    pub fn traffic(&self, t: Traffic) -> u64 {
+        self.traffic.get(t as usize).map_or(0, Counter::get)
+    }
+
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.drops.get(r as usize).map_or(0, Counter::get)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            traffic: std::array::from_fn(|i| self.traffic.get(i).map_or(0, Counter::get)),
+            drops: std::array::from_fn(|i| self.drops.get(i).map_or(0, Counter::get)),
+        }
+    }
+}
+
+/// Per-SA counters: packets, bytes and the drops attributable to this SA.
+#[derive(Debug)]
+pub struct SaCounters {
+    pub packets: Counter,
+    pub bytes: Counter,
+    drops: [Counter; DropReason::COUNT],
+}
+
+impl Default for SaCounters {
+    fn default() -> Self {
+        SaCounters {
+            packets: Counter::default(),
+            bytes: Counter::default(),
+            drops: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+}
+
+impl SaCounters {
+    #[inline]
+    pub fn drop(&self, r: DropReason) {
+        if let Some(c) = self.drops.get(r as usize) {
+            c.add(1);
+        }
+    }
+
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.drops.get(r as usize).map_or(0, Counter::get)
+    }
+}
+
+/// A plain copy of a core's counters, summable across cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub traffic: [u64; Traffic::COUNT],
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            traffic: [0; Traffic::COUNT],
+            drops: [0; DropReason::COUNT],
+        }
+    }
+}
+
+impl Snapshot {
+    pub fn traffic(&self, t: Traffic) -> u64 {
+        self.traffic.get(t as usize).copied().unwrap_or(0)
+    }
+
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.drops.get(r as usize).copied().unwrap_or(0)
+    }
+
+    /// Counter-wise sum.
+    pub fn add(&mut self, other: &Snapshot) {
+        for (a, b) in self.traffic.iter_mut().zip(other.traffic.iter()) {
+            *a = a.wrapping_add(*b);
+        }
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+
+    /// Counter-wise difference since `earlier` (for per-second rates).
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let mut d = *self;
+        for (a, b) in d.traffic.iter_mut().zip(earlier.traffic.iter()) {
+            *a = a.wrapping_sub(*b);
+        }
+        for (a, b) in d.drops.iter_mut().zip(earlier.drops.iter()) {
+            *a = a.wrapping_sub(*b);
+        }
+        d
+    }
+
+    /// Non-zero drop counters, by name.
+    pub fn nonzero_drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.drops(*r)))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, t) in Traffic::ALL.iter().enumerate() {
+            assert_eq!(*t as usize, i);
+        }
+    }
+
+    #[test]
+    fn snapshots_sum_and_subtract() {
+        let c = CoreCounters::default();
+        c.drop(DropReason::AuthFailed);
+        c.drop(DropReason::AuthFailed);
+        c.count(Traffic::RxPackets, 5);
+        let a = c.snapshot();
+        c.count(Traffic::RxPackets, 3);
+        let b = c.snapshot();
+        assert_eq!(b.since(&a).traffic(Traffic::RxPackets), 3);
+        let mut sum = a;
+        sum.add(&b);
+        assert_eq!(sum.drops(DropReason::AuthFailed), 4);
+        assert_eq!(
+            b.nonzero_drops().collect::<Vec<_>>(),
+            vec![(DropReason::AuthFailed, 2)]
+        );
+    }
+}
