@@ -36,7 +36,10 @@ fn main() {
     println!("cargo:include={}", include_dir.display());
 
     if let Some(lib_dir) = env::var_os("IPSECMB_LIB_DIR") {
-        println!("cargo:rustc-link-search=native={}", PathBuf::from(lib_dir).display());
+        println!(
+            "cargo:rustc-link-search=native={}",
+            PathBuf::from(lib_dir).display()
+        );
     }
     let kind = if env::var_os("IPSECMB_STATIC").is_some_and(|v| v == "1") {
         "static"
@@ -95,9 +98,7 @@ fn main() {
         .layout_tests(true)
         .generate_comments(false)
         .generate()
-        .unwrap_or_else(|e| {
-            panic!("ipsecmb-sys: bindgen failed on {}: {e}", header.display())
-        });
+        .unwrap_or_else(|e| panic!("ipsecmb-sys: bindgen failed on {}: {e}", header.display()));
 
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR not set")).join("bindings.rs");
     bindings
