@@ -6,12 +6,17 @@
 //! plane: SAs and policies arrive as [`msg`] messages and are acknowledged by generation.
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod crypto;
-pub mod ids;
-pub mod wire;
-pub mod nat;
-pub mod spd;
 pub mod esp;
+pub mod ids;
+pub mod msg;
+pub mod nat;
+pub mod pcap;
 pub mod port;
 pub mod sad;
+pub mod spd;
 pub mod stats;
+pub mod traffic;
+pub mod wire;
+pub mod worker;

@@ -202,7 +202,7 @@ impl CoreCounters {
     }
 
     #[inline]
-    pub fn drop(&self, r: DropReason) {
+    pub fn record_drop(&self, r: DropReason) {
         if let Some(c) = self.drops.get(r as usize) {
             c.add(1);
         }
@@ -244,7 +244,7 @@ impl Default for SaCounters {
 
 impl SaCounters {
     #[inline]
-    pub fn drop(&self, r: DropReason) {
+    pub fn record_drop(&self, r: DropReason) {
         if let Some(c) = self.drops.get(r as usize) {
             c.add(1);
         }
@@ -318,7 +318,9 @@ mod tests {
     #[test]
     fn names_are_unique_and_snake_case() {
         let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
-        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(names
+            .iter()
+            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), DropReason::COUNT);
@@ -333,8 +335,8 @@ mod tests {
     #[test]
     fn snapshots_sum_and_subtract() {
         let c = CoreCounters::default();
-        c.drop(DropReason::AuthFailed);
-        c.drop(DropReason::AuthFailed);
+        c.record_drop(DropReason::AuthFailed);
+        c.record_drop(DropReason::AuthFailed);
         c.count(Traffic::RxPackets, 5);
         let a = c.snapshot();
         c.count(Traffic::RxPackets, 3);

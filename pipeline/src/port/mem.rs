@@ -230,7 +230,9 @@ mod tests {
     #[test]
     fn full_cable_is_back_pressure() {
         let (mut a, mut b) = cable("a", "b", 4);
-        let mut q: VecDeque<_> = (0..6u8).map(|i| MemFrame::from_bytes(&[i]).unwrap()).collect();
+        let mut q: VecDeque<_> = (0..6u8)
+            .map(|i| MemFrame::from_bytes(&[i]).unwrap())
+            .collect();
         assert_eq!(a.tx_burst(&mut q), 4);
         assert_eq!(q.len(), 2, "frames that did not fit stay with the sender");
         let mut got = Vec::new();

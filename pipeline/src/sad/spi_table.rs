@@ -137,7 +137,10 @@ impl SpiTable {
 
     fn grow(&mut self) {
         let n = self.buckets.len() * 2;
-        let old = core::mem::replace(&mut self.buckets, vec![Bucket::default(); n].into_boxed_slice());
+        let old = core::mem::replace(
+            &mut self.buckets,
+            vec![Bucket::default(); n].into_boxed_slice(),
+        );
         self.mask = n - 1;
         self.len = 0;
         for b in old.iter().filter(|b| b.spi != 0) {
@@ -146,7 +149,10 @@ impl SpiTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Spi, u32)> + '_ {
-        self.buckets.iter().filter(|b| b.spi != 0).map(|b| (Spi(b.spi), b.slot))
+        self.buckets
+            .iter()
+            .filter(|b| b.spi != 0)
+            .map(|b| (Spi(b.spi), b.slot))
     }
 }
 

@@ -1,0 +1,184 @@
+//! The data plane's control agent: turns plain [`Update`]s into prepared [`Command`]s, sends
+//! them to a worker, collects acknowledgements and frees what workers released.
+//!
+//! Building an SA (key expansion, replay window allocation) or compiling an SPD happens here,
+//! on the agent's thread, never on a worker. Released records are dropped here, after the
+//! worker acknowledged it no longer holds them, which zeroizes their key material.
+
+use std::time::{Duration, Instant};
+
+use rtrb::{Consumer, Producer, RingBuffer};
+
+use crate::crypto::Backend;
+use crate::esp::sa::{build_inbound, build_outbound, SaBuildError};
+use crate::msg::{Command, Direction, Envelope, Reply, Update};
+use crate::spd::{Spd, SpdError};
+use crate::worker::{ControlLink, Punted};
+
+/// Why an update could not be turned into a command.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot build SA: {0}")]
+    Sa(#[from] SaBuildError),
+    #[error("cannot compile SPD: {0:?}")]
+    Spd(SpdError),
+    #[error("worker {worker} did not acknowledge generation {generation} within {waited:?}")]
+    Timeout {
+        worker: u16,
+        generation: u64,
+        waited: Duration,
+    },
+    #[error("worker {worker} rejected generation {generation}: {why}")]
+    Rejected {
+        worker: u16,
+        generation: u64,
+        why: &'static str,
+    },
+}
+
+/// The agent's end of one worker's rings.
+pub struct WorkerLink {
+    pub worker: u16,
+    commands: Producer<Envelope>,
+    replies: Consumer<Reply>,
+    /// Commands the ring had no room for yet (back-pressure: kept, sent in order later).
+    backlog: std::collections::VecDeque<Envelope>,
+    next_generation: u64,
+    acked: u64,
+    rejected: Vec<(u64, &'static str)>,
+    /// Records released by the worker and dropped (zeroized) here.
+    pub released: u64,
+}
+
+/// Creates the rings between an agent and a worker. `capacity` commands may wait.
+pub fn link(
+    worker: u16,
+    capacity: usize,
+    punt: Option<Producer<Punted>>,
+) -> (WorkerLink, ControlLink) {
+    let (ctx, crx) = RingBuffer::new(capacity);
+    let (rtx, rrx) = RingBuffer::new(capacity * 2);
+    (
+        WorkerLink {
+            worker,
+            commands: ctx,
+            replies: rrx,
+            backlog: Default::default(),
+            next_generation: 1,
+            acked: 0,
+            rejected: Vec::new(),
+            released: 0,
+        },
+        ControlLink {
+            commands: crx,
+            replies: rtx,
+            punt,
+        },
+    )
+}
+
+/// Prepares the command for an update (the expensive part, done off the worker).
+pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError> {
+    Ok(match update {
+        Update::AddSa {
+            dir: Direction::Inbound,
+            params,
+        } => Command::AddInbound(Box::new(build_inbound(backend, params)?)),
+        Update::AddSa {
+            dir: Direction::Outbound,
+            params,
+        } => Command::AddOutbound(Box::new(build_outbound(backend, params)?)),
+        Update::DeleteInbound { spi } => Command::DeleteInbound(*spi),
+        Update::DeleteOutbound { id } => Command::DeleteOutbound(*id),
+        Update::RebindOutbound {
+            id,
+            local,
+            remote,
+            encap,
+        } => Command::RebindOutbound {
+            id: *id,
+            local: *local,
+            remote: *remote,
+            encap: *encap,
+        },
+        Update::ReplaceSpd { rules } => {
+            Command::ReplaceSpd(Box::new(Spd::new(rules.clone()).map_err(AgentError::Spd)?))
+        }
+    })
+}
+
+impl WorkerLink {
+    /// Queues a prepared command; returns its generation. Never drops: if the ring is full the
+    /// command waits in the backlog and goes out on a later [`pump`](Self::pump).
+    pub fn send(&mut self, command: Command) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.backlog.push_back(Envelope {
+            generation,
+            command,
+        });
+        self.pump();
+        generation
+    }
+
+    /// Moves backlog into the ring and drains replies. Returns the highest acknowledged
+    /// generation.
+    pub fn pump(&mut self) -> u64 {
+        while let Some(env) = self.backlog.pop_front() {
+            if let Err(rtrb::PushError::Full(env)) = self.commands.push(env) {
+                self.backlog.push_front(env);
+                break;
+            }
+        }
+        while let Ok(r) = self.replies.pop() {
+            match r {
+                Reply::Applied { generation, .. } => self.acked = self.acked.max(generation),
+                Reply::Rejected {
+                    generation, why, ..
+                } => self.rejected.push((generation, why)),
+                Reply::Released(r) => {
+                    // Dropping the record here zeroizes its keys (ZeroizeOnDrop in the AEAD
+                    // backends): the worker has acknowledged it holds no reference.
+                    drop(r);
+                    self.released += 1;
+                }
+            }
+        }
+        self.acked
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Waits (polling, with short sleeps: this is the control path) until `generation` is
+    /// acknowledged.
+    pub fn wait_for(&mut self, generation: u64, timeout: Duration) -> Result<(), AgentError> {
+        let start = Instant::now();
+        loop {
+            if let Some((_, why)) = self.rejected.iter().find(|(g, _)| *g == generation) {
+                return Err(AgentError::Rejected {
+                    worker: self.worker,
+                    generation,
+                    why,
+                });
+            }
+            if self.pump() >= generation {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(AgentError::Timeout {
+                    worker: self.worker,
+                    generation,
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Rejections seen so far (generation, reason).
+    pub fn rejections(&self) -> &[(u64, &'static str)] {
+        &self.rejected
+    }
+}

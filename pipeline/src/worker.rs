@@ -1,0 +1,1213 @@
+//! The worker: one per core, pinned, poll-mode, run to completion, never blocking.
+//!
+//! A gateway worker owns one rx/tx queue of the clear-side port (LAN) and one of the protected
+//! side (WAN), its SAD, its compiled SPD and its NAT table. Each turn of [`Worker::poll`]:
+//! apply pending control commands (acknowledged by generation), receive a burst from each
+//! port, classify and transform every frame in place, and transmit. A frame that cannot be
+//! forwarded leaves with exactly one [`DropReason`], counted per core and, where an SA is
+//! involved, per SA. A full output link holds frames in the worker's queue and pauses the rx
+//! that feeds it: back-pressure, not loss.
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rtrb::{Consumer, Producer};
+
+use crate::esp::sa::{InboundSa, OutboundSa};
+use crate::esp::tunnel::{self, InnerMeta, NH_IPV4, NH_IPV6};
+use crate::ids::{SaId, Spi};
+use crate::msg::{Command, Direction, Envelope, Released, Reply};
+use crate::nat::{Masquerade, NatDrop};
+use crate::port::{Frame, Port};
+use crate::sad::Sad;
+use crate::spd::{Action, FlowKey, Spd};
+use crate::stats::{CoreCounters, DropReason, SaCounters, Traffic};
+use crate::wire::{checksum, ethernet, icmpv4, icmpv6, ipv4, ipv6, natt, udp, EtherType};
+
+/// Static facts of one link (from the config).
+#[derive(Clone, Copy, Debug)]
+pub struct Link {
+    pub mac: [u8; 6],
+    /// Next hop's MAC (static neighbour; ARP/ND come with the real ports).
+    pub neighbor: [u8; 6],
+    pub addr4: Option<Ipv4Addr>,
+    pub addr6: Option<Ipv6Addr>,
+    /// IP MTU.
+    pub mtu: u16,
+}
+
+/// Frames per rx burst.
+pub const BURST: usize = 32;
+/// A tx queue longer than this pauses the rx that feeds it.
+const TXQ_HIGH: usize = 4 * BURST;
+
+/// An IKE datagram handed to the control plane: the UDP payload (non-ESP marker stripped) with
+/// its addresses and ports.
+#[derive(Clone, Debug)]
+pub struct Punted {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub payload: Vec<u8>,
+}
+
+/// The control side of a worker: where its commands come from and its replies go.
+pub struct ControlLink {
+    pub commands: Consumer<Envelope>,
+    pub replies: Producer<Reply>,
+    pub punt: Option<Producer<Punted>>,
+}
+
+/// One SA's counters as a worker publishes them.
+#[derive(Clone, Debug)]
+pub struct SaCounterEntry {
+    pub id: SaId,
+    pub spi: Spi,
+    pub direction: Direction,
+    pub counters: Arc<SaCounters>,
+}
+
+/// The per-SA counters of the SAs a worker holds, republished when its SAs change.
+pub type SaCounterList = Arc<std::sync::Mutex<Vec<SaCounterEntry>>>;
+
+/// Read-only views of a worker that other threads hold.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    pub id: u16,
+    pub counters: Arc<CoreCounters>,
+    pub sa_counters: SaCounterList,
+}
+
+pub struct Worker<P: Port> {
+    id: u16,
+    lan: P,
+    wan: P,
+    lan_link: Link,
+    wan_link: Link,
+    sad: Sad,
+    spd: Box<Spd>,
+    nat: Option<Box<Masquerade>>,
+    counters: Arc<CoreCounters>,
+    sa_counters: SaCounterList,
+    control: ControlLink,
+    /// Replies the reply ring had no room for; while any wait, no new command is applied.
+    replies_waiting: VecDeque<Reply>,
+    rx: Vec<P::Frame>,
+    lan_txq: VecDeque<P::Frame>,
+    wan_txq: VecDeque<P::Frame>,
+    generation: u64,
+}
+
+/// Where a processed frame goes.
+enum Verdict {
+    ToLan,
+    ToWan,
+    Drop(DropReason),
+}
+
+impl<P: Port> Worker<P> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u16,
+        lan: P,
+        wan: P,
+        lan_link: Link,
+        wan_link: Link,
+        sad: Sad,
+        spd: Box<Spd>,
+        control: ControlLink,
+    ) -> Self {
+        let w = Worker {
+            id,
+            lan,
+            wan,
+            lan_link,
+            wan_link,
+            sad,
+            spd,
+            nat: None,
+            counters: Arc::new(CoreCounters::default()),
+            sa_counters: Arc::new(std::sync::Mutex::new(Vec::new())),
+            control,
+            replies_waiting: VecDeque::new(),
+            rx: Vec::with_capacity(BURST),
+            lan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
+            wan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
+            generation: 0,
+        };
+        w.publish_sa_counters();
+        w
+    }
+
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            id: self.id,
+            counters: self.counters.clone(),
+            sa_counters: self.sa_counters.clone(),
+        }
+    }
+
+    pub fn sad(&self) -> &Sad {
+        &self.sad
+    }
+
+    /// Runs until `stop` is set, pinned to `core` if given.
+    pub fn run(mut self, core: Option<usize>, stop: &AtomicBool) -> Self {
+        if let Some(c) = core {
+            core_affinity::set_for_current(core_affinity::CoreId { id: c });
+        }
+        let start = std::time::Instant::now();
+        let mut idle = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let now = start.elapsed().as_nanos() as u64;
+            if self.poll(now) == 0 {
+                idle = idle.saturating_add(1);
+                // Poll mode, but be polite when there is nothing to do for a while: a lab or
+                // test shares its cores with the traffic generator.
+                if idle > 1024 {
+                    std::thread::yield_now();
+                }
+                core::hint::spin_loop();
+            } else {
+                idle = 0;
+            }
+        }
+        // Let queued frames out before returning (bounded: the peer may be gone).
+        for _ in 0..1000 {
+            self.flush();
+            if self.lan_txq.is_empty() && self.wan_txq.is_empty() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        self
+    }
+
+    /// One turn of the loop. Returns the number of frames and commands handled.
+    pub fn poll(&mut self, now: u64) -> usize {
+        let mut work = self.apply_commands();
+        self.flush();
+        // Each rx is paused only by the queues it feeds: LAN rx feeds the WAN (and the odd
+        // ICMP error back to the LAN), WAN rx feeds the LAN. Gating WAN rx on the WAN queue too
+        // would deadlock two gateways whose WAN links are both full.
+        if self.wan_txq.len() < TXQ_HIGH && self.lan_txq.len() < TXQ_HIGH {
+            work += self.rx_lan(now);
+        }
+        if self.lan_txq.len() < TXQ_HIGH {
+            work += self.rx_wan(now);
+        }
+        self.flush();
+        if let Some(nat) = self.nat.as_mut() {
+            nat.expire(now, 64);
+        }
+        work
+    }
+
+    fn flush(&mut self) {
+        let n = self.lan.tx_burst(&mut self.lan_txq);
+        let m = self.wan.tx_burst(&mut self.wan_txq);
+        self.counters.count(Traffic::TxPackets, (n + m) as u64);
+    }
+
+    // ---- control ------------------------------------------------------------------------
+
+    fn apply_commands(&mut self) -> usize {
+        while let Some(r) = self.replies_waiting.pop_front() {
+            if let Err(rtrb::PushError::Full(r)) = self.control.replies.push(r) {
+                self.replies_waiting.push_front(r);
+                return 0;
+            }
+        }
+        let mut applied = 0;
+        let mut changed = false;
+        // Bounded per turn so a flood of updates cannot starve the packets.
+        while applied < 64 {
+            let Ok(env) = self.control.commands.pop() else {
+                break;
+            };
+            applied += 1;
+            changed = true;
+            self.generation = env.generation;
+            if let Err(why) = self.apply(env.command) {
+                self.reply(Reply::Rejected {
+                    worker: self.id,
+                    generation: env.generation,
+                    why,
+                });
+            }
+        }
+        if applied > 0 {
+            self.counters
+                .generation
+                .add(self.generation - self.counters.generation.get());
+            self.reply(Reply::Applied {
+                worker: self.id,
+                generation: self.generation,
+            });
+        }
+        if changed {
+            self.publish_sa_counters();
+        }
+        applied
+    }
+
+    fn reply(&mut self, r: Reply) {
+        if self.replies_waiting.is_empty() {
+            if let Err(rtrb::PushError::Full(r)) = self.control.replies.push(r) {
+                self.replies_waiting.push_back(r);
+            }
+        } else {
+            self.replies_waiting.push_back(r);
+        }
+    }
+
+    fn release(&mut self, r: Released) {
+        self.reply(Reply::Released(r));
+    }
+
+    fn apply(&mut self, cmd: Command) -> Result<(), &'static str> {
+        match cmd {
+            Command::AddInbound(sa) => {
+                if let Some(old) = self.sad.insert_inbound(*sa) {
+                    self.release(Released::Inbound(Box::new(old)));
+                }
+            }
+            Command::AddOutbound(sa) => {
+                if let Some(old) = self.sad.insert_outbound(*sa) {
+                    self.release(Released::Outbound(Box::new(old)));
+                }
+            }
+            Command::DeleteInbound(spi) => match self.sad.remove_inbound(spi) {
+                Some(old) => self.release(Released::Inbound(Box::new(old))),
+                None => return Err("no inbound SA with that SPI"),
+            },
+            Command::DeleteOutbound(id) => match self.sad.remove_outbound(id) {
+                Some(old) => self.release(Released::Outbound(Box::new(old))),
+                None => return Err("no outbound SA with that id"),
+            },
+            Command::RebindOutbound {
+                id,
+                local,
+                remote,
+                encap,
+            } => match self.sad.outbound_mut(id) {
+                Some(sa)
+                    if sa.local.is_ipv4() == local.is_ipv4()
+                        && local.is_ipv4() == remote.is_ipv4() =>
+                {
+                    sa.rebind(local, remote, encap)
+                }
+                Some(_) => return Err("rebind would change the address family"),
+                None => return Err("no outbound SA with that id"),
+            },
+            Command::ReplaceSpd(spd) => {
+                let old = core::mem::replace(&mut self.spd, spd);
+                self.release(Released::Spd(old));
+            }
+            Command::ReplaceMasquerade(nat) => {
+                if let Some(old) = core::mem::replace(&mut self.nat, nat) {
+                    self.release(Released::Masquerade(old));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_sa_counters(&self) {
+        let entry = |id, spi, direction, c: &Arc<SaCounters>| SaCounterEntry {
+            id,
+            spi,
+            direction,
+            counters: c.clone(),
+        };
+        let list: Vec<_> = self
+            .sad
+            .inbound_iter()
+            .map(|s: &InboundSa| entry(s.id, s.spi, Direction::Inbound, &s.counters))
+            .chain(
+                self.sad
+                    .outbound_iter()
+                    .map(|s: &OutboundSa| entry(s.id, s.spi, Direction::Outbound, &s.counters)),
+            )
+            .collect();
+        // Readers hold this lock only to clone the list; a worker never waits on it for long,
+        // and it is touched only when SAs change, never per packet.
+        if let Ok(mut g) = self.sa_counters.lock() {
+            *g = list;
+        }
+    }
+
+    // ---- clear side: LAN -> (SPD) -> ESP or bypass -> WAN ----------------------------------
+
+    fn rx_lan(&mut self, now: u64) -> usize {
+        let mut rx = core::mem::take(&mut self.rx);
+        let n = self.lan.rx_burst(&mut rx, BURST);
+        let mut bytes = 0u64;
+        for mut f in rx.drain(..) {
+            bytes += f.len() as u64;
+            match self.outbound(&mut f, now) {
+                Verdict::ToWan => self.wan_txq.push_back(f),
+                Verdict::ToLan => self.lan_txq.push_back(f),
+                Verdict::Drop(r) => self.counters.record_drop(r),
+            }
+        }
+        self.rx = rx;
+        self.counters.count(Traffic::RxPackets, n as u64);
+        self.counters.count(Traffic::RxBytes, bytes);
+        n
+    }
+
+    fn outbound(&mut self, f: &mut P::Frame, now: u64) -> Verdict {
+        let pkt = match parse_ip(f.data()) {
+            Ok(p) => p,
+            Err(r) => return Verdict::Drop(r),
+        };
+        if pkt.hop_limit <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        let Some(rule) = self.spd.lookup(&pkt.key) else {
+            return Verdict::Drop(DropReason::NoPolicy);
+        };
+        match rule.action {
+            Action::Discard => Verdict::Drop(DropReason::PolicyDiscard),
+            Action::Bypass => {
+                if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
+                    return Verdict::Drop(DropReason::MalformedIp);
+                }
+                if !pkt.ipv6 {
+                    if let Some(nat) = self.nat.as_mut() {
+                        if let Err(e) = nat.outbound(f.data_mut(), now) {
+                            return Verdict::Drop(nat_reason(e));
+                        }
+                        self.counters.count(Traffic::Masqueraded, 1);
+                    }
+                }
+                self.counters.count(Traffic::Bypassed, 1);
+                forward(f, &self.wan_link, pkt.ipv6, Verdict::ToWan)
+            }
+            Action::Protect(id) => self.protect(f, &pkt, id),
+        }
+    }
+
+    fn protect(&mut self, f: &mut P::Frame, pkt: &IpInfo, id: SaId) -> Verdict {
+        let Some(sa) = self.sad.outbound_mut(id) else {
+            return Verdict::Drop(DropReason::NoSa);
+        };
+        let inner_len = f.len() - ethernet::HEADER_LEN;
+        let outer_len = inner_len + tunnel::overhead(sa, inner_len);
+        if outer_len > usize::from(self.wan_link.mtu) {
+            let inner_mtu = usize::from(self.wan_link.mtu).saturating_sub(outer_len - inner_len);
+            let reason = DropReason::MtuExceeded;
+            sa.counters.record_drop(reason);
+            self.send_too_big(f, pkt.ipv6, inner_mtu);
+            return Verdict::Drop(reason);
+        }
+        if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
+            return Verdict::Drop(DropReason::MalformedIp);
+        }
+        let meta = InnerMeta {
+            next_header: if pkt.ipv6 { NH_IPV6 } else { NH_IPV4 },
+            dscp: pkt.dscp,
+            ecn: pkt.ecn,
+        };
+        let outer_v6 = sa.ipv6;
+        if let Err(r) = tunnel::encapsulate(sa, f, meta) {
+            sa.counters.record_drop(r);
+            return Verdict::Drop(r);
+        }
+        self.counters.count(Traffic::Encrypted, 1);
+        self.counters
+            .count(Traffic::EncryptedBytes, inner_len as u64);
+        forward(f, &self.wan_link, outer_v6, Verdict::ToWan)
+    }
+
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" back to the sender on the LAN.
+    fn send_too_big(&mut self, f: &P::Frame, ipv6: bool, mtu: usize) {
+        let Some(mut out) = self.lan.alloc() else {
+            return;
+        };
+        // RFC 792/4443: the error, quote included, fits in the minimum MTU of the family.
+        let cap = if ipv6 { 1280 } else { 576 };
+        if !out.append(cap) {
+            return;
+        }
+        let invoking = f.data().get(ethernet::HEADER_LEN..).unwrap_or(&[]);
+        let built = match (ipv6, self.lan_link.addr4, self.lan_link.addr6) {
+            (true, _, Some(src)) => {
+                icmpv6::build_packet_too_big(out.data_mut(), src, invoking, mtu as u32)
+            }
+            (false, Some(src), _) => {
+                icmpv4::build_frag_needed(out.data_mut(), src, invoking, mtu as u16)
+            }
+            _ => None,
+        };
+        let Some(n) = built else {
+            return;
+        };
+        out.truncate(n);
+        if push_eth(&mut out, &self.lan_link, ipv6) {
+            self.counters.count(Traffic::IcmpSent, 1);
+            self.lan_txq.push_back(out);
+        }
+    }
+
+    // ---- protected side: WAN -> ESP open -> policy check -> LAN ---------------------------
+
+    fn rx_wan(&mut self, now: u64) -> usize {
+        let mut rx = core::mem::take(&mut self.rx);
+        let n = self.wan.rx_burst(&mut rx, BURST);
+        let mut bytes = 0u64;
+        for mut f in rx.drain(..) {
+            bytes += f.len() as u64;
+            match self.inbound(&mut f, now) {
+                Verdict::ToLan => self.lan_txq.push_back(f),
+                Verdict::ToWan => self.wan_txq.push_back(f),
+                Verdict::Drop(r) => self.counters.record_drop(r),
+            }
+        }
+        self.rx = rx;
+        self.counters.count(Traffic::RxPackets, n as u64);
+        self.counters.count(Traffic::RxBytes, bytes);
+        n
+    }
+
+    fn inbound(&mut self, f: &mut P::Frame, now: u64) -> Verdict {
+        let pkt = match parse_ip(f.data()) {
+            Ok(p) => p,
+            Err(r) => return Verdict::Drop(r),
+        };
+        let esp_at = match pkt.key.proto {
+            50 => Some(ethernet::HEADER_LEN + pkt.header_len),
+            17 => match self.classify_udp(f, &pkt) {
+                Ok(Some(at)) => Some(at),
+                Ok(None) => None,
+                Err(r) => return Verdict::Drop(r),
+            },
+            _ => None,
+        };
+        if let Some(at) = esp_at {
+            if pkt.fragment {
+                return Verdict::Drop(DropReason::OuterFragment);
+            }
+            return self.open(f, at, pkt.ecn);
+        }
+        // Clear traffic from the protected side.
+        if pkt.hop_limit <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        if !pkt.ipv6 {
+            if let Some(nat) = self.nat.as_mut() {
+                if IpAddr::V4(nat.external_addr()) == pkt.key.dst {
+                    let Some(ip) = f.data_mut().get_mut(ethernet::HEADER_LEN..) else {
+                        return Verdict::Drop(DropReason::MalformedIp);
+                    };
+                    if let Err(e) = nat.inbound(ip, now) {
+                        return Verdict::Drop(nat_reason(e));
+                    }
+                    self.counters.count(Traffic::Masqueraded, 1);
+                    if !decrement_hop_limit(f, false) || !f.adj(ethernet::HEADER_LEN) {
+                        return Verdict::Drop(DropReason::MalformedIp);
+                    }
+                    return forward(f, &self.lan_link, false, Verdict::ToLan);
+                }
+            }
+        }
+        // Inbound SPD check: look up the mirror image of the flow, as policies are written
+        // for the outbound direction.
+        let mirror = FlowKey {
+            src: pkt.key.dst,
+            dst: pkt.key.src,
+            proto: pkt.key.proto,
+            src_port: if pkt.key.proto == 1 || pkt.key.proto == 58 {
+                pkt.key.src_port
+            } else {
+                pkt.key.dst_port
+            },
+            dst_port: if pkt.key.proto == 1 || pkt.key.proto == 58 {
+                pkt.key.dst_port
+            } else {
+                pkt.key.src_port
+            },
+        };
+        match self.spd.lookup(&mirror).map(|r| r.action) {
+            Some(Action::Bypass) => {
+                if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
+                    return Verdict::Drop(DropReason::MalformedIp);
+                }
+                self.counters.count(Traffic::Bypassed, 1);
+                forward(f, &self.lan_link, pkt.ipv6, Verdict::ToLan)
+            }
+            Some(Action::Protect(_)) => Verdict::Drop(DropReason::ClearButProtected),
+            Some(Action::Discard) => Verdict::Drop(DropReason::PolicyDiscard),
+            None => Verdict::Drop(DropReason::NoPolicy),
+        }
+    }
+
+    /// UDP on the protected side: ESP-in-UDP (returns where ESP starts), IKE (punted),
+    /// keepalive, or plain UDP (None: handled as clear traffic).
+    fn classify_udp(&mut self, f: &P::Frame, pkt: &IpInfo) -> Result<Option<usize>, DropReason> {
+        let port = pkt.key.dst_port;
+        if port != natt::NATT_PORT && port != natt::IKE_PORT {
+            return Ok(None);
+        }
+        let udp_at = ethernet::HEADER_LEN + pkt.header_len;
+        let Some(seg) = f.data().get(udp_at..) else {
+            return Err(DropReason::MalformedIp);
+        };
+        let Ok(u) = udp::Packet::new_checked(seg) else {
+            return Err(DropReason::MalformedIp);
+        };
+        let payload = u.payload();
+        if port == natt::IKE_PORT {
+            return Err(self.punt(pkt, payload));
+        }
+        match natt::classify(payload) {
+            natt::Kind::Keepalive => Err(DropReason::NatKeepalive),
+            natt::Kind::Ike => {
+                Err(self.punt(pkt, payload.get(natt::NON_ESP_MARKER_LEN..).unwrap_or(&[])))
+            }
+            natt::Kind::Esp => Ok(Some(udp_at + udp::HEADER_LEN)),
+            natt::Kind::Malformed => Err(DropReason::EspTruncated),
+        }
+    }
+
+    fn punt(&mut self, pkt: &IpInfo, payload: &[u8]) -> DropReason {
+        let Some(ring) = self.control.punt.as_mut() else {
+            return DropReason::IkeNoControl;
+        };
+        let p = Punted {
+            src: pkt.key.src,
+            dst: pkt.key.dst,
+            src_port: pkt.key.src_port,
+            dst_port: pkt.key.dst_port,
+            payload: payload.to_vec(),
+        };
+        match ring.push(p) {
+            Ok(()) => DropReason::IkePunted,
+            Err(_) => DropReason::IkeNoControl,
+        }
+    }
+
+    fn open(&mut self, f: &mut P::Frame, esp_at: usize, outer_ecn: u8) -> Verdict {
+        if !f.adj(esp_at) {
+            return Verdict::Drop(DropReason::EspTruncated);
+        }
+        let opened = match tunnel::decapsulate(&mut self.sad, f) {
+            Ok(o) => o,
+            Err(r) => return Verdict::Drop(r),
+        };
+        let Some(sa) = self.sad.inbound(opened.spi) else {
+            return Verdict::Drop(DropReason::UnknownSpi);
+        };
+        let counters = sa.counters.clone();
+        let (local_ts, remote_ts) = (sa.local_ts, sa.remote_ts);
+        let inner = match parse_inner(f.data(), opened.next_header) {
+            Ok(i) => i,
+            Err(r) => {
+                counters.record_drop(r);
+                return Verdict::Drop(r);
+            }
+        };
+        // The inner packet must be what this SA was negotiated to carry (RFC 4301 5.2).
+        if !remote_ts.contains(inner.key.src) || !local_ts.contains(inner.key.dst) {
+            counters.record_drop(DropReason::PolicyMismatch);
+            return Verdict::Drop(DropReason::PolicyMismatch);
+        }
+        if inner.hop_limit <= 1 {
+            counters.record_drop(DropReason::TtlExceeded);
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        // RFC 6040 decapsulation: CE on the outer marks an ECN-capable inner packet; a
+        // Not-ECT inner packet with CE outside must be dropped.
+        let new_ecn = match (outer_ecn, inner.ecn) {
+            (3, 0) => {
+                counters.record_drop(DropReason::InnerMalformed);
+                return Verdict::Drop(DropReason::InnerMalformed);
+            }
+            (3, _) => 3,
+            (1, 2) => 1,
+            (_, e) => e,
+        };
+        if !rewrite_inner(f.data_mut(), inner.ipv6, new_ecn) {
+            return Verdict::Drop(DropReason::InnerMalformed);
+        }
+        self.counters.count(Traffic::Decrypted, 1);
+        self.counters
+            .count(Traffic::DecryptedBytes, opened.inner_len as u64);
+        forward(f, &self.lan_link, inner.ipv6, Verdict::ToLan)
+    }
+}
+
+fn nat_reason(e: NatDrop) -> DropReason {
+    match e {
+        NatDrop::Malformed => DropReason::NatMalformed,
+        NatDrop::NoSession => DropReason::NatNoSession,
+        NatDrop::PortsExhausted => DropReason::NatPortsExhausted,
+        NatDrop::TableFull => DropReason::NatTableFull,
+        NatDrop::Fragment => DropReason::NatFragment,
+        NatDrop::UnsupportedProtocol => DropReason::NatUnsupported,
+    }
+}
+
+/// What the worker needs from an IP header.
+struct IpInfo {
+    key: FlowKey,
+    ipv6: bool,
+    header_len: usize,
+    hop_limit: u8,
+    dscp: u8,
+    ecn: u8,
+    fragment: bool,
+}
+
+/// Parses Ethernet + IP (+ the first transport bytes for the flow key).
+fn parse_ip(frame: &[u8]) -> Result<IpInfo, DropReason> {
+    let eth = ethernet::Frame::new_checked(frame).map_err(|_| DropReason::MalformedFrame)?;
+    let ipv6 = match eth.ethertype() {
+        EtherType::Ipv4 => false,
+        EtherType::Ipv6 => true,
+        _ => return Err(DropReason::MalformedFrame),
+    };
+    let ip = frame.get(ethernet::HEADER_LEN..).unwrap_or(&[]);
+    if ipv6 {
+        parse_ipv6(ip)
+    } else {
+        parse_ipv4(ip)
+    }
+}
+
+fn parse_inner(ip: &[u8], next_header: u8) -> Result<IpInfo, DropReason> {
+    let version = ip.first().map(|b| b >> 4);
+    match (next_header, version) {
+        (NH_IPV4, Some(4)) => parse_ipv4(ip).map_err(|_| DropReason::InnerMalformed),
+        (NH_IPV6, Some(6)) => parse_ipv6(ip).map_err(|_| DropReason::InnerMalformed),
+        _ => Err(DropReason::BadNextHeader),
+    }
+}
+
+fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
+    let be = |i: usize| {
+        l4.get(i..i + 2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    match proto {
+        6 | 17 => (be(0), be(2)),
+        // ICMP: type and code stand in for the ports (RFC 4301 4.4.1.1).
+        1 | 58 => (
+            u16::from(l4.first().copied().unwrap_or(0)),
+            u16::from(l4.get(1).copied().unwrap_or(0)),
+        ),
+        _ => (0, 0),
+    }
+}
+
+fn parse_ipv4(ip: &[u8]) -> Result<IpInfo, DropReason> {
+    let p = ipv4::Packet::new_checked(ip).map_err(|_| DropReason::MalformedIp)?;
+    if !p.verify_checksum() {
+        return Err(DropReason::IpChecksum);
+    }
+    let proto = u8::from(p.next_header());
+    let fragment = p.more_frags() || p.frag_offset() != 0;
+    let (src_port, dst_port) = if p.frag_offset() == 0 {
+        ports(proto, p.payload())
+    } else {
+        (0, 0)
+    };
+    Ok(IpInfo {
+        key: FlowKey {
+            src: IpAddr::V4(p.src_addr()),
+            dst: IpAddr::V4(p.dst_addr()),
+            proto,
+            src_port,
+            dst_port,
+        },
+        ipv6: false,
+        header_len: usize::from(p.header_len()),
+        hop_limit: p.hop_limit(),
+        dscp: p.dscp(),
+        ecn: p.ecn(),
+        fragment,
+    })
+}
+
+fn parse_ipv6(ip: &[u8]) -> Result<IpInfo, DropReason> {
+    let p = ipv6::Packet::new_checked(ip).map_err(|_| DropReason::MalformedIp)?;
+    let upper = ipv6::upper_layer(&p).map_err(|_| DropReason::MalformedIp)?;
+    let proto = u8::from(upper.protocol);
+    let l4 = ip.get(upper.offset..).unwrap_or(&[]);
+    let (src_port, dst_port) = if upper.fragment_offset == 0 {
+        ports(proto, l4)
+    } else {
+        (0, 0)
+    };
+    Ok(IpInfo {
+        key: FlowKey {
+            src: IpAddr::V6(p.src_addr()),
+            dst: IpAddr::V6(p.dst_addr()),
+            proto,
+            src_port,
+            dst_port,
+        },
+        ipv6: true,
+        header_len: upper.offset,
+        hop_limit: p.hop_limit(),
+        dscp: p.dscp(),
+        ecn: p.ecn(),
+        fragment: upper.fragmented,
+    })
+}
+
+/// Decrements TTL / hop limit of the IP packet after the Ethernet header (RFC 1624 update).
+fn decrement_hop_limit<F: Frame>(f: &mut F, ipv6: bool) -> bool {
+    let Some(ip) = f.data_mut().get_mut(ethernet::HEADER_LEN..) else {
+        return false;
+    };
+    dec_hop(ip, ipv6)
+}
+
+fn dec_hop(ip: &mut [u8], ipv6: bool) -> bool {
+    if ipv6 {
+        let mut p = ipv6::Packet::new_unchecked(ip);
+        let h = p.hop_limit();
+        p.set_hop_limit(h.saturating_sub(1));
+        true
+    } else {
+        // RFC 1624 incremental update: TTL shares a 16-bit word with the protocol.
+        let mut p = ipv4::Packet::new_unchecked(ip);
+        let h = p.hop_limit();
+        let proto = u16::from(u8::from(p.next_header()));
+        let old = (u16::from(h) << 8) | proto;
+        let new = (u16::from(h.saturating_sub(1)) << 8) | proto;
+        let ck = checksum::update16(p.checksum(), old, new);
+        p.set_hop_limit(h.saturating_sub(1));
+        p.set_checksum(ck);
+        true
+    }
+}
+
+/// After decapsulation: hop limit minus one and the RFC 6040 ECN outcome.
+fn rewrite_inner(ip: &mut [u8], ipv6: bool, ecn: u8) -> bool {
+    if ipv6 {
+        ipv6::Packet::new_unchecked(&mut *ip).set_ecn(ecn);
+    } else {
+        let mut p = ipv4::Packet::new_unchecked(&mut *ip);
+        if p.ecn() != ecn {
+            p.set_ecn(ecn);
+            p.fill_checksum();
+        }
+    }
+    dec_hop(ip, ipv6)
+}
+
+/// Prepends the Ethernet header toward `link`'s neighbour. False if there is no headroom.
+fn push_eth<F: Frame>(f: &mut F, link: &Link, ipv6: bool) -> bool {
+    if !f.prepend(ethernet::HEADER_LEN) {
+        return false;
+    }
+    let repr = ethernet::Repr {
+        src_addr: link.mac,
+        dst_addr: link.neighbor,
+        ethertype: if ipv6 {
+            EtherType::Ipv6
+        } else {
+            EtherType::Ipv4
+        },
+    };
+    let mut eth = ethernet::Frame::new_unchecked(f.data_mut());
+    repr.emit(&mut eth);
+    true
+}
+
+/// Forwards toward `link` as `verdict` if the Ethernet header fits.
+fn forward<F: Frame>(f: &mut F, link: &Link, ipv6: bool, verdict: Verdict) -> Verdict {
+    if push_eth(f, link, ipv6) {
+        verdict
+    } else {
+        Verdict::Drop(DropReason::NoBufferRoom)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{self, WorkerLink};
+    use crate::crypto::AeadAlg;
+    use crate::esp::sa::{SaKeys, SaParams};
+    use crate::msg::{Direction, Update};
+    use crate::nat::{Masquerade, MasqueradeConfig};
+    use crate::port::mem::{cable, MemFrame, MemPort};
+    use crate::spd::{PortRange, Prefix, Rule, Selector};
+    use crate::traffic::{FlowSpec, Generator};
+    use crate::wire::IpProtocol;
+
+    const LAN_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 1];
+    const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 0xfe];
+    const WAN_MAC: [u8; 6] = [2, 0, 0, 0, 0xaa, 1];
+    const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0xbb, 1];
+
+    struct Rig {
+        w: Worker<MemPort>,
+        lan: MemPort,
+        wan: MemPort,
+        agent: WorkerLink,
+    }
+
+    fn sel(src: &str, dst: &str) -> Selector {
+        Selector {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: None,
+            src_ports: PortRange { lo: 0, hi: 65535 },
+            dst_ports: PortRange { lo: 0, hi: 65535 },
+        }
+    }
+
+    fn sa(id: u32, spi: u32, local: &str, remote: &str, lts: &str, rts: &str) -> SaParams {
+        let keymat: Vec<u8> = (0..20u8).collect();
+        SaParams {
+            id: SaId(id),
+            spi: Spi(spi),
+            keys: SaKeys::from_keymat(AeadAlg::AesGcm128, &keymat).unwrap(),
+            esn: true,
+            replay_window: 64,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            encap: None,
+            local_ts: lts.parse::<Prefix>().unwrap(),
+            remote_ts: rts.parse::<Prefix>().unwrap(),
+            outer_ttl: 64,
+        }
+    }
+
+    fn rig(mtu: u16) -> Rig {
+        let (lan, lan_gw) = cable("host", "lan", 256);
+        let (wan_gw, wan) = cable("wan", "peer", 256);
+        let (agent, control) = agent::link(0, 64, None);
+        let w = Worker::new(
+            0,
+            lan_gw,
+            wan_gw,
+            Link {
+                mac: LAN_MAC,
+                neighbor: HOST_MAC,
+                addr4: Some("10.1.0.1".parse().unwrap()),
+                addr6: Some("fd00:a::1".parse().unwrap()),
+                mtu: 1500,
+            },
+            Link {
+                mac: WAN_MAC,
+                neighbor: PEER_MAC,
+                addr4: Some("192.0.2.1".parse().unwrap()),
+                addr6: None,
+                mtu,
+            },
+            Sad::with_capacity(8, 3),
+            Box::new(Spd::new(Vec::new()).unwrap()),
+            control,
+        );
+        let mut r = Rig { w, lan, wan, agent };
+        let rules = vec![
+            Rule {
+                id: 0,
+                selector: sel("10.1.0.0/24", "10.2.0.0/24"),
+                action: Action::Protect(SaId(1)),
+            },
+            Rule {
+                id: 1,
+                selector: sel("10.1.0.0/24", "198.51.100.0/24"),
+                action: Action::Bypass,
+            },
+            Rule {
+                id: 2,
+                selector: sel("0.0.0.0/0", "0.0.0.0/0"),
+                action: Action::Discard,
+            },
+        ];
+        r.update(Update::AddSa {
+            dir: Direction::Outbound,
+            params: sa(
+                1,
+                0xa001,
+                "192.0.2.1",
+                "192.0.2.2",
+                "10.1.0.0/24",
+                "10.2.0.0/24",
+            ),
+        });
+        r.update(Update::AddSa {
+            dir: Direction::Inbound,
+            params: sa(
+                2,
+                0xb001,
+                "192.0.2.1",
+                "192.0.2.2",
+                "10.1.0.0/24",
+                "10.2.0.0/24",
+            ),
+        });
+        r.update(Update::ReplaceSpd { rules });
+        r
+    }
+
+    impl Rig {
+        fn update(&mut self, u: Update) {
+            let g = self
+                .agent
+                .send(agent::prepare(crate::crypto::best_backend(), &u).unwrap());
+            for _ in 0..100 {
+                self.w.poll(0);
+                if self.agent.pump() >= g {
+                    return;
+                }
+            }
+            panic!("not acknowledged: {:?}", self.agent.rejections());
+        }
+
+        fn send_lan(&mut self, src: &str, dst: &str, size: usize) {
+            let mut g = Generator::new(
+                vec![FlowSpec {
+                    src_mac: HOST_MAC,
+                    dst_mac: LAN_MAC,
+                    src: src.parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                    src_port: 1234,
+                    dst_port: 5001,
+                }],
+                &[size],
+            );
+            let mut f = MemFrame::new();
+            g.fill(&mut f, 0);
+            assert!(self.lan.send(f).is_ok());
+            self.w.poll(1);
+        }
+
+        fn drops(&self, r: DropReason) -> u64 {
+            self.w.counters.drops(r)
+        }
+    }
+
+    #[test]
+    fn commands_are_acknowledged_by_generation() {
+        let r = rig(1500);
+        assert_eq!(r.agent.acked(), 3);
+        assert_eq!(r.w.counters.generation.get(), 3);
+        assert_eq!(r.w.sad().inbound_len(), 1);
+        assert_eq!(r.w.sad().outbound_len(), 1);
+    }
+
+    #[test]
+    fn replaced_records_are_released_to_the_agent() {
+        let mut r = rig(1500);
+        r.update(Update::AddSa {
+            dir: Direction::Inbound,
+            params: sa(
+                2,
+                0xb001,
+                "192.0.2.1",
+                "192.0.2.2",
+                "10.1.0.0/24",
+                "10.2.0.0/24",
+            ),
+        });
+        r.update(Update::DeleteOutbound { id: SaId(1) });
+        // Old inbound record, old outbound record, and the first (empty) SPD.
+        assert_eq!(r.agent.released, 3);
+        // Deleting what is not there is reported, not fatal.
+        let g = r.agent.send(Command::DeleteOutbound(SaId(1)));
+        r.w.poll(0);
+        r.agent.pump();
+        assert_eq!(r.agent.rejections(), &[(g, "no outbound SA with that id")]);
+    }
+
+    #[test]
+    fn protect_bypass_discard() {
+        let mut r = rig(1500);
+        r.send_lan("10.1.0.10", "10.2.0.10", 100);
+        let f = r.wan.recv().expect("sealed packet on the WAN");
+        assert_eq!(&f.data()[0..6], &PEER_MAC);
+        assert_eq!(f.data()[14 + 9], 50, "ESP");
+        r.send_lan("10.1.0.10", "198.51.100.7", 100);
+        let f = r.wan.recv().expect("bypassed packet on the WAN");
+        assert_eq!(f.data()[14 + 9], 17, "clear UDP");
+        assert_eq!(f.data()[14 + 8], 63, "TTL decremented");
+        r.send_lan("10.1.0.10", "203.0.113.1", 100);
+        assert!(r.wan.recv().is_none());
+        assert_eq!(r.drops(DropReason::PolicyDiscard), 1);
+    }
+
+    #[test]
+    fn oversize_gets_icmp_frag_needed_not_silence() {
+        let mut r = rig(1400);
+        r.send_lan("10.1.0.10", "10.2.0.10", 1400);
+        assert!(r.wan.recv().is_none());
+        assert_eq!(r.drops(DropReason::MtuExceeded), 1);
+        let icmp = r.lan.recv().expect("ICMP back to the sender");
+        let d = icmp.data();
+        assert_eq!(&d[0..6], &HOST_MAC);
+        let ip = ipv4::Packet::new_checked(&d[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), "10.1.0.10".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(ip.src_addr(), "10.1.0.1".parse::<Ipv4Addr>().unwrap());
+        let p = icmpv4::Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!((u8::from(p.msg_type()), p.msg_code()), (3, 4));
+        // Next-hop MTU leaves room for outer IPv4 + ESP overhead.
+        let mtu = p.next_hop_mtu();
+        assert!(mtu < 1400 && mtu > 1300, "{mtu}");
+        assert!(p.verify_checksum());
+        // And a packet of that size fits.
+        r.send_lan("10.1.0.10", "10.2.0.10", usize::from(mtu) + 14);
+        assert!(
+            r.wan.recv().is_some(),
+            "a packet of the advertised MTU passes"
+        );
+    }
+
+    #[test]
+    fn ttl_one_is_not_forwarded() {
+        let mut r = rig(1500);
+        let mut g = Generator::new(
+            vec![FlowSpec {
+                src_mac: HOST_MAC,
+                dst_mac: LAN_MAC,
+                src: "10.1.0.10".parse().unwrap(),
+                dst: "10.2.0.10".parse().unwrap(),
+                src_port: 1,
+                dst_port: 2,
+            }],
+            &[100],
+        );
+        let mut f = MemFrame::new();
+        g.fill(&mut f, 0);
+        {
+            let mut ip = ipv4::Packet::new_unchecked(&mut f.data_mut()[14..]);
+            ip.set_hop_limit(1);
+            ip.fill_checksum();
+        }
+        assert!(r.lan.send(f).is_ok());
+        r.w.poll(0);
+        assert!(r.wan.recv().is_none());
+        assert_eq!(r.drops(DropReason::TtlExceeded), 1);
+    }
+
+    #[test]
+    fn malformed_frames_are_counted_never_panic() {
+        let mut r = rig(1500);
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for len in 0..600usize {
+            let mut bytes = vec![0u8; len];
+            for b in bytes.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            // Half of them look like IPv4 so they get past the first checks.
+            if len > 14 && len % 2 == 0 {
+                bytes[12] = 0x08;
+                bytes[13] = 0x00;
+                bytes[14] = 0x45;
+            }
+            assert!(r.wan.send(MemFrame::from_bytes(&bytes).unwrap()).is_ok());
+            assert!(r.lan.send(MemFrame::from_bytes(&bytes).unwrap()).is_ok());
+            r.w.poll(0);
+        }
+        let s = r.w.counters.snapshot();
+        let dropped: u64 = s.drops.iter().sum();
+        let forwarded = std::iter::from_fn(|| r.wan.recv()).count()
+            + std::iter::from_fn(|| r.lan.recv()).count();
+        assert_eq!(
+            dropped + forwarded as u64,
+            1200,
+            "every frame is accounted for"
+        );
+    }
+
+    #[test]
+    fn masquerade_rewrites_bypass_traffic_and_back() {
+        let mut r = rig(1500);
+        let nat = Masquerade::new(MasqueradeConfig {
+            external_addr: "192.0.2.1".parse().unwrap(),
+            ..MasqueradeConfig::default()
+        });
+        r.agent
+            .send(Command::ReplaceMasquerade(Some(Box::new(nat))));
+        r.w.poll(0);
+        r.send_lan("10.1.0.10", "198.51.100.7", 100);
+        let mut out = r.wan.recv().expect("masqueraded");
+        let (sport, src) = {
+            let ip = ipv4::Packet::new_checked(&out.data()[14..]).unwrap();
+            let u = udp::Packet::new_checked(ip.payload()).unwrap();
+            assert!(u.verify_checksum(&IpAddr::V4(ip.src_addr()), &IpAddr::V4(ip.dst_addr())));
+            (u.src_port(), ip.src_addr())
+        };
+        assert_eq!(src, "192.0.2.1".parse::<Ipv4Addr>().unwrap());
+        // The server answers to the masquerading address and port.
+        {
+            let d = out.data_mut();
+            d[0..6].copy_from_slice(&WAN_MAC);
+            d[6..12].copy_from_slice(&PEER_MAC);
+            let mut ip = ipv4::Packet::new_unchecked(&mut d[14..]);
+            let (s, t) = (ip.src_addr(), ip.dst_addr());
+            ip.set_src_addr(t);
+            ip.set_dst_addr(s);
+            ip.fill_checksum();
+            let (s, t) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
+            let mut u = udp::Packet::new_unchecked(ip.payload_mut());
+            u.set_dst_port(sport);
+            u.set_src_port(5001);
+            u.set_checksum(0);
+            u.fill_checksum(&s, &t);
+        }
+        assert!(r.wan.send(out).is_ok());
+        r.w.poll(2);
+        let back = r.lan.recv().expect("translated back to the host");
+        let ip = ipv4::Packet::new_checked(&back.data()[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), "10.1.0.10".parse::<Ipv4Addr>().unwrap());
+        let u = udp::Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!(u.dst_port(), 1234);
+        assert!(u.verify_checksum(&IpAddr::V4(ip.src_addr()), &IpAddr::V4(ip.dst_addr())));
+    }
+
+    #[test]
+    fn ike_and_keepalives_are_not_esp() {
+        let mut r = rig(1500);
+        let mut frame = vec![0u8; 14 + 20 + 8 + 40];
+        frame[0..6].copy_from_slice(&WAN_MAC);
+        frame[12] = 0x08;
+        {
+            let repr = ipv4::Repr {
+                src_addr: "192.0.2.2".parse().unwrap(),
+                dst_addr: "192.0.2.1".parse().unwrap(),
+                next_header: IpProtocol::Udp,
+                payload_len: 48,
+                hop_limit: 64,
+                dscp: 0,
+                ecn: 0,
+                ident: 0,
+                dont_frag: true,
+            };
+            repr.emit(&mut ipv4::Packet::new_unchecked(&mut frame[14..]));
+            let mut u = udp::Packet::new_unchecked(&mut frame[34..]);
+            u.set_src_port(4500);
+            u.set_dst_port(4500);
+            u.set_len(48);
+        }
+        // Non-ESP marker (4 zero bytes) then an IKE header: punted, but no control attached.
+        assert!(r.wan.send(MemFrame::from_bytes(&frame).unwrap()).is_ok());
+        // A NAT keepalive: a single 0xFF byte.
+        let mut ka = frame[..14 + 20 + 9].to_vec();
+        {
+            let mut ip = ipv4::Packet::new_unchecked(&mut ka[14..]);
+            ip.set_total_len(29);
+            ip.fill_checksum();
+            let mut u = udp::Packet::new_unchecked(&mut ka[34..]);
+            u.set_len(9);
+        }
+        ka[42] = 0xff;
+        assert!(r.wan.send(MemFrame::from_bytes(&ka).unwrap()).is_ok());
+        r.w.poll(0);
+        assert_eq!(r.drops(DropReason::IkeNoControl), 1);
+        assert_eq!(r.drops(DropReason::NatKeepalive), 1);
+    }
+}
