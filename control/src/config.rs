@@ -1,0 +1,618 @@
+//! YAML configuration: one file per deployment (`configs/*.yaml`).
+//!
+//! Parsing happens in two steps. serde-saphyr turns the text into the structs below (its
+//! errors carry line, column and a snippet); [`validate`](GatewayConfig::validate) then checks
+//! what YAML cannot express (references between SAs and policies, address families, window
+//! sizes). Every error names the file, the key path and what is wrong. Nothing here ever
+//! prints key material.
+
+use core::fmt;
+use core::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use pipeline::crypto::{AeadAlg, Backend};
+use pipeline::esp::replay::ReplayWindow;
+use pipeline::esp::sa::{SaKeys, SaParams, UdpEncap};
+use pipeline::ids::{SaId, Spi};
+use pipeline::msg::Direction;
+use pipeline::spd::{Action, PortRange, Prefix, Rule, Selector};
+use serde::Deserialize;
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `site_a.sas[1].key`; empty when the parser located it by line.
+    pub key: String,
+    pub what: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.what)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.what)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and parses a YAML file into `T`.
+pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        key: String::new(),
+        what: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses YAML text that came from `path` (used for messages only).
+pub fn parse<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    serde_saphyr::from_str(text).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        key: String::new(),
+        what: e.to_string(),
+    })
+}
+
+/// Which AEAD backend the data plane uses.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// intel-ipsec-mb when it is built in and the CPU has AES-NI + PCLMULQDQ, else ring.
+    #[default]
+    Auto,
+    IpsecMb,
+    Ring,
+    /// No encryption at all: for benchmarks only, refused outside the perf lab.
+    Null,
+}
+
+impl BackendChoice {
+    pub fn resolve(self) -> Result<Backend, String> {
+        let b = match self {
+            BackendChoice::Auto => return Ok(pipeline::crypto::best_backend()),
+            BackendChoice::IpsecMb => Backend::IpsecMb,
+            BackendChoice::Ring => Backend::Ring,
+            BackendChoice::Null => Backend::Null,
+        };
+        if pipeline::crypto::available(b) {
+            Ok(b)
+        } else {
+            Err(format!(
+                "crypto backend {b} is not available on this machine or build"
+            ))
+        }
+    }
+}
+
+/// An Ethernet address, written `02:00:00:00:00:01`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl core::str::FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in mac.iter_mut() {
+            let p = parts
+                .next()
+                .ok_or_else(|| format!("'{s}' is not a MAC address"))?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| format!("'{s}' is not a MAC address"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("'{s}' is not a MAC address"));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// One side of a gateway (LAN: clear, WAN: protected).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    pub mac: MacAddr,
+    /// Our address on this link (source of ICMP errors on the LAN, tunnel endpoint on the WAN).
+    pub address: IpAddr,
+    /// Next hop's Ethernet address (static neighbour).
+    pub neighbor_mac: MacAddr,
+    /// IP MTU of the link.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum AeadName {
+    /// AES-GCM with a 128-bit key and 16-byte ICV (RFC 4106).
+    #[serde(rename = "aes-gcm-128")]
+    AesGcm128,
+    #[serde(rename = "aes-gcm-256")]
+    AesGcm256,
+}
+
+impl From<AeadName> for AeadAlg {
+    fn from(a: AeadName) -> AeadAlg {
+        match a {
+            AeadName::AesGcm128 => AeadAlg::AesGcm128,
+            AeadName::AesGcm256 => AeadAlg::AesGcm256,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectionName {
+    In,
+    Out,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UdpEncapConfig {
+    #[serde(default = "natt_port")]
+    pub local_port: u16,
+    #[serde(default = "natt_port")]
+    pub remote_port: u16,
+}
+
+fn natt_port() -> u16 {
+    4500
+}
+
+/// A statically keyed SA (lab and tests; IKEv2 negotiates them in production).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaConfig {
+    pub name: String,
+    pub direction: DirectionName,
+    pub spi: u32,
+    pub aead: AeadName,
+    /// Hex: the AES key followed by the 4-byte salt (20 or 36 bytes).
+    pub key: String,
+    #[serde(default = "yes")]
+    pub esn: bool,
+    /// Our tunnel endpoint and the peer's.
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub local_ts: Prefix,
+    pub remote_ts: Prefix,
+    #[serde(default)]
+    pub udp_encap: Option<UdpEncapConfig>,
+    #[serde(default)]
+    pub replay_window: Option<u32>,
+}
+
+impl fmt::Debug for SaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaConfig")
+            .field("name", &self.name)
+            .field("direction", &self.direction)
+            .field("spi", &Spi(self.spi))
+            .field("aead", &self.aead)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionName {
+    Protect,
+    Bypass,
+    Discard,
+}
+
+/// One SPD rule; rules are matched in file order, first match wins.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub src: Prefix,
+    pub dst: Prefix,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, ...); absent = any.
+    #[serde(default)]
+    pub proto: Option<u8>,
+    #[serde(default = "any_port")]
+    pub src_ports: PortRange,
+    #[serde(default = "any_port")]
+    pub dst_ports: PortRange,
+    pub action: ActionName,
+    /// The outbound SA of a protect rule, by name.
+    #[serde(default)]
+    pub sa: Option<String>,
+}
+
+fn any_port() -> PortRange {
+    PortRange { lo: 0, hi: 65535 }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasqueradeYaml {
+    /// The address inside flows are rewritten to (usually the WAN address).
+    pub address: core::net::Ipv4Addr,
+    #[serde(default = "port_lo")]
+    pub port_lo: u16,
+    #[serde(default = "port_hi")]
+    pub port_hi: u16,
+    #[serde(default)]
+    pub udp_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
+}
+
+fn port_lo() -> u16 {
+    1024
+}
+fn port_hi() -> u16 {
+    65535
+}
+
+/// One gateway's data plane: its two interfaces, SAs, policies and masquerade.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub name: String,
+    pub lan: InterfaceConfig,
+    pub wan: InterfaceConfig,
+    #[serde(default = "default_window")]
+    pub replay_window: u32,
+    #[serde(default)]
+    pub sas: Vec<SaConfig>,
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+    #[serde(default)]
+    pub masquerade: Option<MasqueradeYaml>,
+}
+
+fn default_window() -> u32 {
+    1024
+}
+
+/// What a validated gateway config yields for the data plane.
+#[derive(Debug)]
+pub struct GatewayPlan {
+    pub sas: Vec<(Direction, SaParams)>,
+    pub rules: Vec<Rule>,
+}
+
+impl GatewayConfig {
+    /// Checks cross-references and converts to data-plane parameters. `at` is the key path of
+    /// this gateway inside its file (e.g. `site_a`).
+    pub fn validate(&self, file: &Path, at: &str) -> Result<GatewayPlan, ConfigError> {
+        let err = |key: String, what: String| ConfigError {
+            file: file.to_owned(),
+            key,
+            what,
+        };
+        if let Err(e) = ReplayWindow::new(self.replay_window, true) {
+            return Err(err(format!("{at}.replay_window"), e.to_string()));
+        }
+        let mut sas = Vec::new();
+        for (i, sa) in self.sas.iter().enumerate() {
+            let key = |k: &str| format!("{at}.sas[{i}].{k}");
+            if self.sas[..i].iter().any(|o| o.name == sa.name) {
+                return Err(err(key("name"), format!("duplicate SA name '{}'", sa.name)));
+            }
+            if sa.spi < 256 {
+                return Err(err(
+                    key("spi"),
+                    format!(
+                        "SPI {} is reserved (RFC 4303: 1..255 are IANA's, 0 is never used)",
+                        sa.spi
+                    ),
+                ));
+            }
+            let keymat = decode_hex(&sa.key).map_err(|w| err(key("key"), w))?;
+            let alg = AeadAlg::from(sa.aead);
+            let keys =
+                SaKeys::from_keymat(alg, &keymat).map_err(|e| err(key("key"), e.to_string()))?;
+            if sa.local.is_ipv4() != sa.remote.is_ipv4() {
+                return Err(err(
+                    key("remote"),
+                    "local and remote mix IPv4 and IPv6".into(),
+                ));
+            }
+            let window = sa.replay_window.unwrap_or(self.replay_window);
+            if let Err(e) = ReplayWindow::new(window, sa.esn) {
+                return Err(err(key("replay_window"), e.to_string()));
+            }
+            let dir = match sa.direction {
+                DirectionName::In => Direction::Inbound,
+                DirectionName::Out => Direction::Outbound,
+            };
+            sas.push((
+                dir,
+                SaParams {
+                    id: SaId(i as u32),
+                    spi: Spi(sa.spi),
+                    keys,
+                    esn: sa.esn,
+                    replay_window: window,
+                    local: sa.local,
+                    remote: sa.remote,
+                    encap: sa.udp_encap.map(|u| UdpEncap {
+                        local_port: u.local_port,
+                        remote_port: u.remote_port,
+                    }),
+                    local_ts: sa.local_ts,
+                    remote_ts: sa.remote_ts,
+                    outer_ttl: 64,
+                },
+            ));
+        }
+        for (i, a) in self.sas.iter().enumerate() {
+            if let Some(b) = self.sas[..i].iter().find(|b| {
+                b.direction == DirectionName::In
+                    && a.direction == DirectionName::In
+                    && b.spi == a.spi
+            }) {
+                return Err(err(
+                    format!("{at}.sas[{i}].spi"),
+                    format!("inbound SPI {:#x} is also used by SA '{}'", a.spi, b.name),
+                ));
+            }
+        }
+        let mut rules = Vec::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            let key = |k: &str| format!("{at}.policies[{i}].{k}");
+            let action = match (p.action, &p.sa) {
+                (ActionName::Protect, None) => {
+                    return Err(err(
+                        key("sa"),
+                        "a protect rule needs the name of an outbound SA".into(),
+                    ))
+                }
+                (ActionName::Protect, Some(name)) => {
+                    let idx = self
+                        .sas
+                        .iter()
+                        .position(|s| &s.name == name && s.direction == DirectionName::Out)
+                        .ok_or_else(|| err(key("sa"), format!("no outbound SA named '{name}'")))?;
+                    Action::Protect(SaId(idx as u32))
+                }
+                (_, Some(_)) => return Err(err(key("sa"), "only protect rules name an SA".into())),
+                (ActionName::Bypass, None) => Action::Bypass,
+                (ActionName::Discard, None) => Action::Discard,
+            };
+            if p.src.addr().is_ipv4() != p.dst.addr().is_ipv4() {
+                return Err(err(key("dst"), "src and dst mix IPv4 and IPv6".into()));
+            }
+            rules.push(Rule {
+                id: i as u32,
+                selector: Selector {
+                    src: p.src,
+                    dst: p.dst,
+                    proto: p.proto,
+                    src_ports: p.src_ports,
+                    dst_ports: p.dst_ports,
+                },
+                action,
+            });
+        }
+        Ok(GatewayPlan { sas, rules })
+    }
+}
+
+/// Decodes hex (whitespace and a `0x` prefix allowed) without echoing it in errors.
+pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
+    let s = s.trim();
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.len() % 2 != 0 {
+        return Err(format!("odd number of hex digits ({})", digits.len()));
+    }
+    digits
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            let hi = (pair[0] as char).to_digit(16);
+            let lo = (pair[1] as char).to_digit(16);
+            match (hi, lo) {
+                (Some(h), Some(l)) => Ok((h * 16 + l) as u8),
+                _ => Err(format!("not a hex digit at byte {i}")),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex() {
+        assert_eq!(decode_hex("0x0aff 10").unwrap(), vec![0x0a, 0xff, 0x10]);
+        assert!(decode_hex("abc").is_err());
+        let e = decode_hex("zz").unwrap_err();
+        assert!(!e.contains("zz"), "errors must not echo key material: {e}");
+    }
+
+    #[test]
+    fn mac() {
+        let m: MacAddr = "02:00:00:00:0a:ff".parse().unwrap();
+        assert_eq!(m.to_string(), "02:00:00:00:0a:ff");
+        assert!("02:00:00:00:0a".parse::<MacAddr>().is_err());
+        assert!("02:00:00:00:0a:ff:01".parse::<MacAddr>().is_err());
+    }
+}
+
+/// Which lab site a flow starts at.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Site {
+    SiteA,
+    SiteB,
+}
+
+/// One simulated UDP flow of the lab.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabFlow {
+    pub from: Site,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabTraffic {
+    /// Packets per second per site; 0 = as fast as the gateways take them.
+    #[serde(default)]
+    pub rate_pps: u64,
+    pub frame_sizes: Vec<usize>,
+    pub flows: Vec<LabFlow>,
+}
+
+/// `configs/lab.yaml`: two gateways and the traffic between their LANs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    #[serde(default)]
+    pub crypto_backend: BackendChoice,
+    pub site_a: GatewayConfig,
+    pub site_b: GatewayConfig,
+    pub traffic: LabTraffic,
+}
+
+/// Largest Ethernet frame (no FCS) the lab generates: 1500-byte MTU + header.
+pub const MAX_LAB_FRAME: usize = 1514;
+
+impl LabConfig {
+    /// Validates both gateways and the traffic section.
+    pub fn validate(&self, file: &Path) -> Result<(GatewayPlan, GatewayPlan), ConfigError> {
+        let a = self.site_a.validate(file, "site_a")?;
+        let b = self.site_b.validate(file, "site_b")?;
+        let err = |key: String, what: String| ConfigError {
+            file: file.to_owned(),
+            key,
+            what,
+        };
+        if self.traffic.frame_sizes.is_empty() {
+            return Err(err(
+                "traffic.frame_sizes".into(),
+                "needs at least one size".into(),
+            ));
+        }
+        for (i, s) in self.traffic.frame_sizes.iter().enumerate() {
+            if !(64..=MAX_LAB_FRAME).contains(s) {
+                return Err(err(
+                    format!("traffic.frame_sizes[{i}]"),
+                    format!("{s} is outside 64..={MAX_LAB_FRAME}"),
+                ));
+            }
+        }
+        for (i, f) in self.traffic.flows.iter().enumerate() {
+            if f.src.is_ipv4() != f.dst.is_ipv4() {
+                return Err(err(
+                    format!("traffic.flows[{i}].dst"),
+                    "src and dst mix IPv4 and IPv6".into(),
+                ));
+            }
+        }
+        if self.traffic.flows.len() > usize::from(u16::MAX) {
+            return Err(err("traffic.flows".into(), "too many flows".into()));
+        }
+        Ok((a, b))
+    }
+}
+
+#[cfg(test)]
+mod lab_tests {
+    use super::*;
+
+    const LAB: &str = include_str!("../../configs/lab.yaml");
+
+    #[test]
+    fn the_shipped_lab_config_is_valid() {
+        let cfg: LabConfig = parse(Path::new("configs/lab.yaml"), LAB).unwrap();
+        let (a, b) = cfg.validate(Path::new("configs/lab.yaml")).unwrap();
+        assert_eq!(a.sas.len(), 4);
+        assert_eq!(b.rules.len(), 4);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let bad = LAB.replace("spi: 0x0000b001", "spi: 7");
+        let cfg: LabConfig = parse(Path::new("lab.yaml"), &bad).unwrap();
+        let e = cfg.validate(Path::new("lab.yaml")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("lab.yaml: site_a.sas[1].spi: SPI 7 is reserved"),
+            "{e}"
+        );
+
+        let bad = LAB.replacen("sa: a-to-b }", "sa: nope }", 1);
+        let cfg: LabConfig = parse(Path::new("lab.yaml"), &bad).unwrap();
+        let e = cfg.validate(Path::new("lab.yaml")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "lab.yaml: site_a.policies[0].sa: no outbound SA named 'nope'"
+        );
+
+        let bad = LAB.replacen(
+            "key: \"92182da4849f36aa0a4dd65299d43cead6511b6b\"",
+            "key: \"9218\"",
+            1,
+        );
+        let cfg: LabConfig = parse(Path::new("lab.yaml"), &bad).unwrap();
+        let e = cfg.validate(Path::new("lab.yaml")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("lab.yaml: site_a.sas[0].key: key material is 2 bytes"),
+            "{e}"
+        );
+
+        let bad = LAB.replacen("replay_window: 1024", "replay_window: 100", 1);
+        let cfg: LabConfig = parse(Path::new("lab.yaml"), &bad).unwrap();
+        let e = cfg.validate(Path::new("lab.yaml")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("lab.yaml: site_a.replay_window: replay window 100"),
+            "{e}"
+        );
+
+        // Syntax and type errors come from the parser with line and column.
+        let bad = LAB.replacen("mtu: 1500", "mtu: lots", 1);
+        let e = parse::<LabConfig>(Path::new("lab.yaml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("lab.yaml: ") && e.contains("line ") && e.contains("mtu"),
+            "{e}"
+        );
+        let bad = LAB.replacen("rate_pps: 0", "rate_ps: 0", 1);
+        let e = parse::<LabConfig>(Path::new("lab.yaml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `rate_ps`"), "{e}");
+    }
+}
