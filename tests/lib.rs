@@ -1,1 +1,201 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: a gateway built from a real config on in-memory
+//! ports, driven turn by turn, and the external tools (tshark, scapy) the tests check against.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use control::config::{self, GatewayConfig, GatewayPlan, LabConfig};
+use pipeline::agent::{self, WorkerLink};
+use pipeline::crypto::Backend;
+use pipeline::msg::{Direction, Update};
+use pipeline::port::mem::{cable, MemFrame, MemPort};
+use pipeline::port::Frame;
+use pipeline::sad::Sad;
+use pipeline::spd::Spd;
+use pipeline::worker::{Link, Worker};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The shipped lab configuration.
+pub fn lab_config() -> (LabConfig, GatewayPlan, GatewayPlan) {
+    let path = root().join("configs/lab.yaml");
+    let cfg: LabConfig = config::load(&path).expect("configs/lab.yaml parses");
+    let (a, b) = cfg.validate(&path).expect("configs/lab.yaml is valid");
+    (cfg, a, b)
+}
+
+fn link_of(i: &config::InterfaceConfig) -> Link {
+    Link {
+        mac: i.mac.0,
+        neighbor: i.neighbor_mac.0,
+        addr4: match i.address {
+            std::net::IpAddr::V4(a) => Some(a),
+            _ => None,
+        },
+        addr6: match i.address {
+            std::net::IpAddr::V6(a) => Some(a),
+            _ => None,
+        },
+        mtu: i.mtu,
+    }
+}
+
+/// One gateway worker with its LAN and WAN cables, driven synchronously by the test.
+pub struct TestGateway {
+    pub worker: Worker<MemPort>,
+    /// The host side of the LAN cable.
+    pub lan: MemPort,
+    /// The far end of the WAN cable (the "internet").
+    pub wan: MemPort,
+    pub agent: WorkerLink,
+    backend: Backend,
+    now: u64,
+}
+
+impl TestGateway {
+    /// Builds the gateway and installs its SAs and policies through the agent's messages.
+    pub fn new(gw: &GatewayConfig, plan: &GatewayPlan, backend: Backend) -> Self {
+        let (lan, lan_gw) = cable("test-lan", "gw-lan", 4096);
+        let (wan_gw, wan) = cable("gw-wan", "test-wan", 4096);
+        let (agent, control) = agent::link(0, 1024, None);
+        let worker = Worker::new(
+            0,
+            lan_gw,
+            wan_gw,
+            link_of(&gw.lan),
+            link_of(&gw.wan),
+            Sad::with_capacity(16, 1),
+            Box::new(Spd::new(Vec::new()).expect("empty SPD")),
+            control,
+        );
+        let mut t = TestGateway {
+            worker,
+            lan,
+            wan,
+            agent,
+            backend,
+            now: 0,
+        };
+        for (dir, params) in &plan.sas {
+            let upd = Update::AddSa {
+                dir: *dir,
+                params: params.clone(),
+            };
+            t.command(&upd);
+        }
+        t.command(&Update::ReplaceSpd {
+            rules: plan.rules.clone(),
+        });
+        t
+    }
+
+    /// Sends one update and drives the worker until it is acknowledged.
+    pub fn command(&mut self, upd: &Update) -> u64 {
+        let cmd = agent::prepare(self.backend, upd).expect("update prepares");
+        let g = self.agent.send(cmd);
+        for _ in 0..1000 {
+            self.worker.poll(self.now);
+            if self.agent.pump() >= g {
+                return g;
+            }
+        }
+        panic!(
+            "generation {g} not acknowledged: {:?}",
+            self.agent.rejections()
+        );
+    }
+
+    /// Advances the clock and polls until nothing moves.
+    pub fn run(&mut self, dt: Duration) {
+        self.now += dt.as_nanos() as u64;
+        for _ in 0..10_000 {
+            if self.worker.poll(self.now) == 0 {
+                break;
+            }
+        }
+    }
+
+    pub fn inject_wan(&mut self, frame: &[u8]) {
+        let f = MemFrame::from_bytes(frame).expect("frame fits");
+        assert!(self.wan.send(f).is_ok(), "wan cable full");
+    }
+
+    pub fn inject_lan(&mut self, frame: &[u8]) {
+        let f = MemFrame::from_bytes(frame).expect("frame fits");
+        assert!(self.lan.send(f).is_ok(), "lan cable full");
+    }
+
+    pub fn take_lan(&mut self) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| self.lan.recv())
+            .map(|f| f.data().to_vec())
+            .collect()
+    }
+
+    pub fn take_wan(&mut self) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| self.wan.recv())
+            .map(|f| f.data().to_vec())
+            .collect()
+    }
+}
+
+/// Whether a required external tool is present. Under CI (`ROAMGATE_REQUIRE_TOOLS=1`) a
+/// missing tool fails the test instead of skipping it.
+pub fn have_tool(name: &str, probe: &[&str]) -> bool {
+    let ok = Command::new(name)
+        .args(probe)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var_os("ROAMGATE_REQUIRE_TOOLS").is_some() {
+            panic!("{name} is required (ROAMGATE_REQUIRE_TOOLS is set); run vendor-scripts/install-deps.sh");
+        }
+        println!("SKIP: {name} not available (vendor-scripts/install-deps.sh installs it)");
+    }
+    ok
+}
+
+/// SA descriptions for tests/tools/esp_check.py (key material included: test keys only).
+pub fn sas_json(plan: &GatewayPlan, dir: Direction) -> String {
+    let items: Vec<String> = plan
+        .sas
+        .iter()
+        .filter(|(d, _)| *d == dir)
+        .map(|(_, p)| {
+            let key: String = p
+                .keys
+                .key()
+                .iter()
+                .chain(p.keys.salt.iter())
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            // Outbound SAs run local -> remote; inbound ones were sent remote -> local.
+            let (src, dst) = match dir {
+                Direction::Outbound => (p.local, p.remote),
+                Direction::Inbound => (p.remote, p.local),
+            };
+            format!(
+                r#"{{"spi": {}, "key": "{key}", "esn": {}, "src": "{src}", "dst": "{dst}", "udp": {}}}"#,
+                p.spi.0,
+                p.esn,
+                p.encap.is_some()
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// A scratch directory under the target dir, fresh per test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = root().join("target").join("e2e").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}

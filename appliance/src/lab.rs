@@ -1,0 +1,610 @@
+//! `roamgate lab`: two gateways, site A and site B, on in-memory ports in one process.
+//!
+//! Threads: one worker per gateway (pinned to its own core when there are enough), one
+//! "hosts" thread that plays every LAN host (generators and sinks) and, with `--pcap`, the tap
+//! on the link between the gateways; the main thread prints the live line. SAs and policies
+//! reach the workers as messages through the same agent path a control plane uses.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use control::config::{
+    self, BackendChoice, GatewayConfig, GatewayPlan, InterfaceConfig, LabConfig, Site,
+};
+use hdrhistogram::Histogram;
+use pipeline::agent::{self, WorkerLink};
+use pipeline::crypto::Backend;
+use pipeline::msg::{Direction, Update};
+use pipeline::pcap::{esp_sa_line, PcapWriter};
+use pipeline::port::mem::{cable, MemFrame, MemPort};
+use pipeline::port::{Frame, Port};
+use pipeline::sad::Sad;
+use pipeline::spd::Spd;
+use pipeline::stats::{DropReason, Snapshot, Traffic};
+use pipeline::traffic::{FlowSpec, Generator, Sink};
+use pipeline::worker::{Link, Worker, WorkerHandle};
+
+const EMBEDDED: &str = include_str!("../../configs/lab.yaml");
+const CABLE_SLOTS: usize = 1024;
+
+#[derive(clap::Args)]
+pub struct LabArgs {
+    /// Lab configuration file (default: the embedded configs/lab.yaml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Stop after this many seconds, print the summary and exit 0.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Write the ESP link between the two gateways to this pcap file.
+    #[arg(long)]
+    pcap: Option<PathBuf>,
+    /// At most this many frames go into the pcap file.
+    #[arg(long, default_value_t = 100_000)]
+    pcap_limit: u64,
+    /// Write the SAs' keys to this file in Wireshark's esp_sa format so the capture can be
+    /// decrypted (lab only: it exports keys).
+    #[arg(long)]
+    wireshark_keys: Option<PathBuf>,
+    /// Packets per second offered by each site (overrides the config; 0 = as fast as the
+    /// gateways take them).
+    #[arg(long)]
+    rate_pps: Option<u64>,
+    /// Crypto backend (overrides the config): auto, ipsec-mb, ring.
+    #[arg(long)]
+    crypto: Option<String>,
+}
+
+struct Gateway {
+    name: String,
+    handle: WorkerHandle,
+    link: WorkerLink,
+    /// SA names by id (the config's order).
+    sa_names: Vec<String>,
+}
+
+pub fn run(args: LabArgs) -> Result<()> {
+    let (path, cfg): (PathBuf, LabConfig) = match &args.config {
+        Some(p) => (p.clone(), config::load(p)?),
+        None => {
+            let p = crate::embedded_path();
+            let c = config::parse(&p, EMBEDDED)?;
+            (p, c)
+        }
+    };
+    let (plan_a, plan_b) = cfg.validate(&path)?;
+    let choice = match args.crypto.as_deref() {
+        None => cfg.crypto_backend,
+        Some("auto") => BackendChoice::Auto,
+        Some("ipsec-mb") => BackendChoice::IpsecMb,
+        Some("ring") => BackendChoice::Ring,
+        Some(other) => bail!("--crypto {other}: expected auto, ipsec-mb or ring"),
+    };
+    if choice == BackendChoice::Null {
+        bail!(
+            "{}: crypto_backend: null is for benchmarks only, not the lab",
+            path.display()
+        );
+    }
+    let backend = choice.resolve().map_err(anyhow::Error::msg)?;
+    let rate = args.rate_pps.unwrap_or(cfg.traffic.rate_pps);
+    println!(
+        "roamgate lab: {} <-> {} on in-memory ports, crypto backend {}{}",
+        cfg.site_a.name,
+        cfg.site_b.name,
+        backend,
+        match pipeline::crypto::ipsecmb_arch() {
+            Some(arch) if backend == Backend::IpsecMb => format!(" ({arch})"),
+            _ => String::new(),
+        }
+    );
+
+    // Cables: hosts <-> gateway LANs, gateway WAN <-> (tap) <-> gateway WAN.
+    let (hosts_a, lan_a) = cable("hosts-a", "site-a/lan", CABLE_SLOTS);
+    let (hosts_b, lan_b) = cable("hosts-b", "site-b/lan", CABLE_SLOTS);
+    let (wan_a, wan_b, tap) = if args.pcap.is_some() {
+        let (wan_a, tap_a) = cable("site-a/wan", "tap-a", CABLE_SLOTS);
+        let (tap_b, wan_b) = cable("tap-b", "site-b/wan", CABLE_SLOTS);
+        (wan_a, wan_b, Some((tap_a, tap_b)))
+    } else {
+        let (wan_a, wan_b) = cable("site-a/wan", "site-b/wan", CABLE_SLOTS);
+        (wan_a, wan_b, None)
+    };
+
+    let stop_workers = Arc::new(AtomicBool::new(false));
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut gateways = Vec::new();
+    let mut worker_threads = Vec::new();
+    for (i, (gw, plan, lan, wan)) in [
+        (&cfg.site_a, &plan_a, lan_a, wan_a),
+        (&cfg.site_b, &plan_b, lan_b, wan_b),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (mut agent_link, control_link) = agent::link(i as u16, 256, None);
+        let worker = Worker::new(
+            i as u16,
+            lan,
+            wan,
+            link_of(&gw.lan),
+            link_of(&gw.wan),
+            Sad::with_capacity(64, seed()),
+            Box::new(Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?),
+            control_link,
+        );
+        let handle = worker.handle();
+        let stop = stop_workers.clone();
+        let core = (cores.len() > 2).then(|| cores[i].id);
+        worker_threads.push(std::thread::Builder::new().name(gw.name.clone()).spawn(
+            move || {
+                worker.run(core, &stop);
+            },
+        )?);
+        install(&mut agent_link, backend, gw, plan)?;
+        gateways.push(Gateway {
+            name: gw.name.clone(),
+            handle,
+            link: agent_link,
+            sa_names: gw.sas.iter().map(|s| s.name.clone()).collect(),
+        });
+    }
+
+    if let Some(p) = &args.wireshark_keys {
+        write_keys(p, &plan_a, &plan_b)?;
+        eprintln!(
+            "WARNING: {} holds the SA keys of this lab run so that Wireshark/tshark can decrypt \
+             the capture. Lab only: never export keys from a real deployment.",
+            p.display()
+        );
+    }
+
+    // Hosts: generators and sinks for each site.
+    let flows_from = |site: Site, gw: &GatewayConfig| -> Vec<FlowSpec> {
+        cfg.traffic
+            .flows
+            .iter()
+            .filter(|f| f.from == site)
+            .map(|f| FlowSpec {
+                src_mac: gw.lan.neighbor_mac.0,
+                dst_mac: gw.lan.mac.0,
+                src: f.src,
+                dst: f.dst,
+                src_port: f.src_port,
+                dst_port: f.dst_port,
+            })
+            .collect()
+    };
+    let flows_a = flows_from(Site::SiteA, &cfg.site_a);
+    let flows_b = flows_from(Site::SiteB, &cfg.site_b);
+    let mut pcap = match &args.pcap {
+        Some(p) => Some(PcapWriter::new(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ))?),
+        None => None,
+    };
+    let stop_hosts = Arc::new(AtomicBool::new(false));
+    let hosts = {
+        let stop = stop_hosts.clone();
+        let sizes = cfg.traffic.frame_sizes.clone();
+        let pcap_limit = args.pcap_limit;
+        std::thread::Builder::new()
+            .name("hosts".into())
+            .spawn(move || {
+                let mut sites = [
+                    HostSite::new(hosts_a, flows_a, &sizes, rate),
+                    HostSite::new(hosts_b, flows_b, &sizes, rate),
+                ];
+                let mut tap = tap.map(|(a, b)| Tap {
+                    a,
+                    b,
+                    written: 0,
+                    limit: pcap_limit,
+                });
+                let start = Instant::now();
+                let mut draining_since: Option<Instant> = None;
+                loop {
+                    let now = start.elapsed().as_nanos() as u64;
+                    let generating = !stop.load(Ordering::Relaxed);
+                    let mut moved = 0;
+                    for s in sites.iter_mut() {
+                        moved += s.turn(now, generating);
+                    }
+                    // What arrives at one site's hosts was generated at the other site, whose sink
+                    // keeps the per-flow account.
+                    let (a, b) = sites.split_at_mut(1);
+                    moved += a[0].receive(&mut b[0], now) + b[0].receive(&mut a[0], now);
+                    if let Some(t) = tap.as_mut() {
+                        moved += t.pass(pcap.as_mut());
+                    }
+                    if !generating {
+                        let since = *draining_since.get_or_insert_with(Instant::now);
+                        let in_flight = sites
+                            .iter()
+                            .map(|s| s.gen.sent().iter().sum::<u64>())
+                            .sum::<u64>()
+                            - sites.iter().map(|s| s.sink.received()).sum::<u64>();
+                        if in_flight == 0 || since.elapsed() > Duration::from_secs(2) {
+                            break;
+                        }
+                    }
+                    if moved == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                if let Some(p) = pcap.as_mut() {
+                    let _ = p.flush();
+                }
+                (sites, tap.map(|t| t.written))
+            })?
+    };
+
+    let stop_main = Arc::new(AtomicBool::new(false));
+    {
+        let s = stop_main.clone();
+        ctrlc::set_handler(move || s.store(true, Ordering::Relaxed))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    let start = Instant::now();
+    let deadline = args.duration.map(Duration::from_secs_f64);
+    let mut last = totals(&gateways);
+    let mut last_t = start;
+    let mut next_tick = start + Duration::from_secs(1);
+    loop {
+        if stop_main.load(Ordering::Relaxed) || deadline.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            let cur = totals(&gateways);
+            live_line(start.elapsed(), &gateways, &cur, &last, now - last_t);
+            last = cur;
+            last_t = now;
+            next_tick += Duration::from_secs(1);
+        }
+        for g in gateways.iter_mut() {
+            g.link.pump();
+        }
+        std::thread::sleep(
+            Duration::from_millis(20).min(next_tick.saturating_duration_since(Instant::now())),
+        );
+    }
+    let elapsed = start.elapsed();
+    stop_hosts.store(true, Ordering::Relaxed);
+    let (sites, captured) = hosts
+        .join()
+        .map_err(|_| anyhow::anyhow!("hosts thread panicked"))?;
+    stop_workers.store(true, Ordering::Relaxed);
+    for t in worker_threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("worker thread panicked"))?;
+    }
+    summary(elapsed, backend, &gateways, &sites, &cfg);
+    if let (Some(p), Some(n)) = (&args.pcap, captured) {
+        println!(
+            "capture: {n} frames of the link between the gateways in {}",
+            p.display()
+        );
+    }
+    let lost: u64 = sites
+        .iter()
+        .map(|s| s.gen.sent().iter().sum::<u64>())
+        .sum::<u64>()
+        - sites.iter().map(|s| s.sink.received()).sum::<u64>();
+    if lost > 0 {
+        bail!("{lost} packets were sent by the hosts but never arrived");
+    }
+    Ok(())
+}
+
+fn seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x5eed)
+}
+
+fn link_of(i: &InterfaceConfig) -> Link {
+    Link {
+        mac: i.mac.0,
+        neighbor: i.neighbor_mac.0,
+        addr4: match i.address {
+            std::net::IpAddr::V4(a) => Some(a),
+            _ => None,
+        },
+        addr6: match i.address {
+            std::net::IpAddr::V6(a) => Some(a),
+            _ => None,
+        },
+        mtu: i.mtu,
+    }
+}
+
+/// Sends the gateway's SPD and SAs as messages and waits until the worker acknowledged them.
+fn install(
+    link: &mut WorkerLink,
+    backend: Backend,
+    gw: &GatewayConfig,
+    plan: &GatewayPlan,
+) -> Result<()> {
+    let mut last = 0;
+    for (dir, params) in &plan.sas {
+        let cmd = agent::prepare(
+            backend,
+            &Update::AddSa {
+                dir: *dir,
+                params: params.clone(),
+            },
+        )?;
+        last = link.send(cmd);
+    }
+    let cmd = agent::prepare(
+        backend,
+        &Update::ReplaceSpd {
+            rules: plan.rules.clone(),
+        },
+    )?;
+    last = last.max(link.send(cmd));
+    link.wait_for(last, Duration::from_secs(5))?;
+    println!(
+        "{}: {} SAs and {} policies installed (generation {} acknowledged)",
+        gw.name,
+        plan.sas.len(),
+        plan.rules.len(),
+        last
+    );
+    Ok(())
+}
+
+fn write_keys(path: &Path, a: &GatewayPlan, b: &GatewayPlan) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    for plan in [a, b] {
+        for (dir, p) in &plan.sas {
+            if *dir == Direction::Outbound {
+                writeln!(f, "{}", esp_sa_line(p, p.local, p.remote))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One site's simulated hosts: a generator into the LAN and a sink for what comes out of it.
+struct HostSite {
+    port: MemPort,
+    gen: Generator,
+    sink: Sink,
+    latency: Histogram<u64>,
+    pool: Vec<MemFrame>,
+    rate: u64,
+    credit: f64,
+    last_ns: u64,
+    pending: std::collections::VecDeque<MemFrame>,
+    rx: Vec<MemFrame>,
+}
+
+impl HostSite {
+    fn new(port: MemPort, flows: Vec<FlowSpec>, sizes: &[usize], rate: u64) -> Self {
+        HostSite {
+            port,
+            sink: Sink::new(flows.len()),
+            gen: Generator::new(flows, sizes),
+            latency: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("static bounds are valid"),
+            pool: Vec::new(),
+            rate,
+            credit: 0.0,
+            last_ns: 0,
+            pending: Default::default(),
+            rx: Vec::with_capacity(64),
+        }
+    }
+
+    /// Generates what the rate allows (and the link accepts). Returns frames sent.
+    fn turn(&mut self, now: u64, generating: bool) -> usize {
+        if generating && !self.gen.flows().is_empty() && self.pending.len() < 64 {
+            let mut n = 32;
+            if self.rate > 0 {
+                self.credit += (now - self.last_ns) as f64 * self.rate as f64 / 1e9;
+                self.credit = self.credit.min(64.0);
+                n = n.min(self.credit as usize);
+                self.credit -= n as f64;
+            }
+            for _ in 0..n {
+                let mut f = self.pool.pop().unwrap_or_default();
+                self.gen.fill(&mut f, now);
+                self.pending.push_back(f);
+            }
+        }
+        self.last_ns = now;
+        self.port.tx_burst(&mut self.pending)
+    }
+
+    /// Receives frames at this site's LAN that `from`'s hosts generated.
+    fn receive(&mut self, from: &mut HostSite, now: u64) -> usize {
+        let n = self.port.rx_burst(&mut self.rx, 64);
+        for f in self.rx.drain(..) {
+            if let Some(lat) = from.sink.observe(f.data(), now) {
+                let _ = from.latency.record(lat.max(1));
+            }
+            self.pool.push(f);
+        }
+        n
+    }
+}
+
+/// With --pcap: the frames between the two WAN ports pass through here and are captured.
+struct Tap {
+    a: MemPort,
+    b: MemPort,
+    written: u64,
+    limit: u64,
+}
+
+impl Tap {
+    fn pass<W: Write>(&mut self, mut pcap: Option<&mut PcapWriter<W>>) -> usize {
+        let mut moved = 0;
+        for dir in 0..2 {
+            let (from, to) = if dir == 0 {
+                (&mut self.a, &mut self.b)
+            } else {
+                (&mut self.b, &mut self.a)
+            };
+            while to.tx_space() > 0 {
+                let Some(f) = from.recv() else { break };
+                if let Some(p) = pcap.as_deref_mut() {
+                    if self.written < self.limit {
+                        let ts = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_micros() as u64)
+                            .unwrap_or(0);
+                        if p.write(ts, f.data()).is_ok() {
+                            self.written += 1;
+                        }
+                    }
+                }
+                // tx_space() > 0 was checked, so the send cannot fail.
+                let _ = to.send(f);
+                moved += 1;
+            }
+        }
+        moved
+    }
+}
+
+fn totals(gateways: &[Gateway]) -> Vec<Snapshot> {
+    gateways
+        .iter()
+        .map(|g| g.handle.counters.snapshot())
+        .collect()
+}
+
+fn rate(n: u64, dt: Duration) -> f64 {
+    n as f64 / dt.as_secs_f64().max(1e-9)
+}
+
+fn fmt_pps(pps: f64) -> String {
+    if pps >= 1e6 {
+        format!("{:.2} Mpps", pps / 1e6)
+    } else {
+        format!("{:.1} kpps", pps / 1e3)
+    }
+}
+
+fn live_line(t: Duration, gateways: &[Gateway], cur: &[Snapshot], last: &[Snapshot], dt: Duration) {
+    let mut line = format!("[{:>4}s]", t.as_secs());
+    let mut drops = Snapshot::default();
+    for (i, g) in gateways.iter().enumerate() {
+        let d = cur[i].since(&last[i]);
+        drops.add(&d);
+        let pps = rate(d.traffic(Traffic::Encrypted), dt);
+        let gbps = rate(d.traffic(Traffic::EncryptedBytes) * 8, dt) / 1e9;
+        line.push_str(&format!(
+            " {} seal {} {:.2} Gbit/s |",
+            g.name,
+            fmt_pps(pps),
+            gbps
+        ));
+    }
+    let errs: Vec<String> = drops
+        .nonzero_drops()
+        .filter(|(r, _)| r.is_error())
+        .map(|(r, n)| format!("{}={}", r.name(), n))
+        .collect();
+    line.push_str(&format!(
+        " drops/s: {}",
+        if errs.is_empty() {
+            "none".to_string()
+        } else {
+            errs.join(" ")
+        }
+    ));
+    println!("{line}");
+}
+
+fn summary(
+    elapsed: Duration,
+    backend: Backend,
+    gateways: &[Gateway],
+    sites: &[HostSite],
+    cfg: &LabConfig,
+) {
+    println!();
+    println!(
+        "summary after {:.1} s, crypto backend {backend}:",
+        elapsed.as_secs_f64()
+    );
+    for g in gateways {
+        let s = g.handle.counters.snapshot();
+        println!(
+            "  {}: rx {} tx {} | sealed {} ({:.2} Gbit/s avg) | opened {} ({:.2} Gbit/s avg) | generation {}",
+            g.name,
+            s.traffic(Traffic::RxPackets),
+            s.traffic(Traffic::TxPackets),
+            s.traffic(Traffic::Encrypted),
+            rate(s.traffic(Traffic::EncryptedBytes) * 8, elapsed) / 1e9,
+            s.traffic(Traffic::Decrypted),
+            rate(s.traffic(Traffic::DecryptedBytes) * 8, elapsed) / 1e9,
+            g.handle.counters.generation.get(),
+        );
+        let mut list = match g.handle.sa_counters.lock() {
+            Ok(l) => l.clone(),
+            Err(_) => Vec::new(),
+        };
+        list.sort_by_key(|e| e.id.0);
+        for e in list {
+            let name = g.sa_names.get(e.id.0 as usize).map_or("?", String::as_str);
+            let c = &e.counters;
+            let errs: Vec<String> = DropReason::ALL
+                .iter()
+                .filter(|r| c.drops(**r) > 0)
+                .map(|r| format!("{}={}", r.name(), c.drops(*r)))
+                .collect();
+            println!(
+                "    SA {name:<12} {:<3} spi {}: {} packets, {} bytes{}",
+                match e.direction {
+                    Direction::Inbound => "in",
+                    Direction::Outbound => "out",
+                },
+                e.spi,
+                c.packets.get(),
+                c.bytes.get(),
+                if errs.is_empty() {
+                    String::new()
+                } else {
+                    format!(", drops: {}", errs.join(" "))
+                }
+            );
+        }
+        let drops: Vec<String> = s
+            .nonzero_drops()
+            .map(|(r, n)| format!("{}={}", r.name(), n))
+            .collect();
+        println!(
+            "    drops by reason: {}",
+            if drops.is_empty() {
+                "none".into()
+            } else {
+                drops.join(" ")
+            }
+        );
+    }
+    for (site, name) in sites.iter().zip([&cfg.site_a.name, &cfg.site_b.name]) {
+        let sent: u64 = site.gen.sent().iter().sum();
+        let recv = site.sink.received();
+        let reordered: u64 = site.sink.flows.iter().map(|f| f.reordered).sum();
+        let l = &site.latency;
+        println!(
+            "  hosts of {name}: sent {sent}, delivered {recv}, lost {}, reordered {reordered}, corrupt {}; \
+             latency p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+            sent.saturating_sub(recv),
+            site.sink.corrupt,
+            l.value_at_quantile(0.5) as f64 / 1e3,
+            l.value_at_quantile(0.99) as f64 / 1e3,
+            l.max() as f64 / 1e3,
+        );
+    }
+}

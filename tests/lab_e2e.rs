@@ -1,0 +1,165 @@
+//! `roamgate lab` end to end, through the real binary: traffic both ways with zero loss, a
+//! capture of the link between the gateways that holds only ESP, and two independent
+//! decryptions of that capture (tshark with the exported esp_sa keys, scapy's ESP).
+
+use std::process::Command;
+
+use pipeline::msg::Direction;
+use pipeline::pcap::read_pcap;
+use roamgate_tests::{have_tool, lab_config, sas_json, scratch};
+
+fn run_lab(dir: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+        .args([
+            "lab",
+            "--duration",
+            "3",
+            "--rate-pps",
+            "5000",
+            "--pcap-limit",
+            "4000",
+        ])
+        .arg("--pcap")
+        .arg(dir.join("wan.pcap"))
+        .arg("--wireshark-keys")
+        .arg(dir.join("esp_sa"))
+        .output()
+        .expect("roamgate runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "roamgate lab failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("Lab only"),
+        "the key export warns: {stderr}"
+    );
+    stdout
+}
+
+/// Ethertype + protocol of a captured frame: ESP is IP proto 50 or UDP to/from 4500.
+fn is_esp(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => match frame.get(23) {
+            Some(50) => true,
+            Some(17) => {
+                let ihl = usize::from(frame.get(14).map_or(0, |b| b & 0x0f)) * 4;
+                let dport = frame.get(14 + ihl + 2..14 + ihl + 4);
+                dport == Some(&[0x11, 0x94][..])
+            }
+            _ => false,
+        },
+        Some([0x86, 0xdd]) => match frame.get(20) {
+            Some(50) => true,
+            Some(17) => frame.get(54 + 2..54 + 4) == Some(&[0x11, 0x94][..]),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+#[test]
+fn lab_carries_traffic_both_ways_and_only_esp_crosses_the_link() {
+    let dir = scratch("lab");
+    let stdout = run_lab(&dir);
+    println!("{stdout}");
+    // Live lines, then the summary with no loss at either site.
+    assert!(
+        stdout.contains("[   1s]"),
+        "a live line each second:\n{stdout}"
+    );
+    assert!(stdout.contains("summary after"), "{stdout}");
+    let hosts: Vec<&str> = stdout.lines().filter(|l| l.contains("hosts of")).collect();
+    assert_eq!(hosts.len(), 2, "{stdout}");
+    for l in &hosts {
+        assert!(l.contains(", lost 0,"), "no loss: {l}");
+        assert!(!l.contains("delivered 0,"), "traffic flowed: {l}");
+    }
+
+    let frames = read_pcap(&std::fs::read(dir.join("wan.pcap")).unwrap()).unwrap();
+    assert!(frames.len() > 1000, "captured {} frames", frames.len());
+    let clear = frames.iter().filter(|f| !is_esp(f)).count();
+    assert_eq!(clear, 0, "only ESP crosses the link between the gateways");
+    // Both tunnels: ESP in IPv4, and ESP in UDP in IPv6.
+    assert!(frames
+        .iter()
+        .any(|f| f.get(12..14) == Some(&[0x08, 0x00][..])));
+    assert!(frames
+        .iter()
+        .any(|f| f.get(12..14) == Some(&[0x86, 0xdd][..])));
+}
+
+#[test]
+fn tshark_and_scapy_decrypt_what_roamgate_sealed() {
+    let dir = scratch("lab-decrypt");
+    run_lab(&dir);
+    let pcap = dir.join("wan.pcap");
+    let esp_count = read_pcap(&std::fs::read(&pcap).unwrap()).unwrap().len();
+
+    if have_tool("tshark", &["--version"]) {
+        // tshark reads the esp_sa UAT from its personal config directory.
+        let home = dir.join("home");
+        let conf = home.join(".config/wireshark");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::copy(dir.join("esp_sa"), conf.join("esp_sa")).unwrap();
+        let out = Command::new("tshark")
+            .env("HOME", &home)
+            .args(["-n", "-r"])
+            .arg(&pcap)
+            .args([
+                "-o",
+                "esp.enable_encryption_decode:TRUE",
+                "-Y",
+                "udp.dstport == 5001",
+                "-T",
+                "fields",
+                "-e",
+                "esp.spi",
+                "-e",
+                "udp.dstport",
+            ])
+            .output()
+            .expect("tshark runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let decrypted = text.lines().filter(|l| !l.trim().is_empty()).count();
+        assert_eq!(
+            decrypted, esp_count,
+            "tshark decrypted {decrypted} of {esp_count} ESP frames to the inner UDP flows"
+        );
+    }
+
+    if have_tool("python3", &["-c", "import scapy, cryptography"]) {
+        let (_, a, b) = lab_config();
+        // Every outbound SA of both gateways: what crossed the link.
+        let mut sas: Vec<serde_json::Value> =
+            serde_json::from_str(&sas_json(&a, Direction::Outbound)).unwrap();
+        sas.extend(
+            serde_json::from_str::<Vec<serde_json::Value>>(&sas_json(&b, Direction::Outbound))
+                .unwrap(),
+        );
+        std::fs::write(dir.join("sas.json"), serde_json::to_string(&sas).unwrap()).unwrap();
+        let out = Command::new("python3")
+            .arg(roamgate_tests::root().join("tests/tools/esp_check.py"))
+            .arg("decrypt")
+            .arg(&pcap)
+            .arg(dir.join("sas.json"))
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["esp"], esp_count, "{r}");
+        assert_eq!(r["decrypted"], esp_count, "{r}");
+        assert_eq!(r["stamped"], esp_count, "{r}");
+        assert_eq!(r["failed"], 0, "{r}");
+    }
+}
