@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building and testing roamgate needs on Debian 12 (run as root).
+#   libipsec-mb-dev  intel-ipsec-mb 1.3: the hot-path AES-GCM (pipeline feature `ipsecmb`)
+#   libclang-dev     for bindgen (ipsecmb-sys)
+#   tshark           independent check: decrypts roamgate's ESP with the exported keys
+#   scapy + cryptography (PyPI)  second independent ESP implementation for the tests
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need=()
+for p in libipsec-mb-dev libclang-dev clang tshark; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+python3 -c "import scapy, cryptography" 2>/dev/null || \
+  python3 -m pip install -q --disable-pip-version-check "scapy==2.6.1" "cryptography>=41"
