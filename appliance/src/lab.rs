@@ -349,6 +349,15 @@ fn install(
         },
     )?;
     last = last.max(link.send(cmd));
+    if plan.masquerade.is_some() {
+        let cmd = agent::prepare(
+            backend,
+            &Update::SetMasquerade {
+                config: plan.masquerade.clone(),
+            },
+        )?;
+        last = last.max(link.send(cmd));
+    }
     link.wait_for(last, Duration::from_secs(5))?;
     println!(
         "{}: {} SAs and {} policies installed (generation {} acknowledged)",

@@ -15,6 +15,7 @@ use pipeline::esp::replay::ReplayWindow;
 use pipeline::esp::sa::{SaKeys, SaParams, UdpEncap};
 use pipeline::ids::{SaId, Spi};
 use pipeline::msg::Direction;
+use pipeline::nat::MasqueradeConfig;
 use pipeline::spd::{Action, PortRange, Prefix, Rule, Selector};
 use serde::Deserialize;
 
@@ -303,6 +304,7 @@ fn default_window() -> u32 {
 pub struct GatewayPlan {
     pub sas: Vec<(Direction, SaParams)>,
     pub rules: Vec<Rule>,
+    pub masquerade: Option<MasqueradeConfig>,
 }
 
 impl GatewayConfig {
@@ -419,7 +421,37 @@ impl GatewayConfig {
                 action,
             });
         }
-        Ok(GatewayPlan { sas, rules })
+        let masquerade = match &self.masquerade {
+            None => None,
+            Some(m) => {
+                if m.port_lo == 0 || m.port_lo > m.port_hi {
+                    return Err(err(
+                        format!("{at}.masquerade.port_lo"),
+                        format!(
+                            "port range {}-{} is empty or starts at 0",
+                            m.port_lo, m.port_hi
+                        ),
+                    ));
+                }
+                let mut c = MasqueradeConfig {
+                    external_addr: m.address,
+                    port_range: (m.port_lo, m.port_hi),
+                    ..MasqueradeConfig::default()
+                };
+                if let Some(t) = m.udp_timeout_secs {
+                    c.udp_timeout_ns = t.saturating_mul(1_000_000_000);
+                }
+                if let Some(n) = m.max_sessions {
+                    c.max_sessions = n;
+                }
+                Some(c)
+            }
+        };
+        Ok(GatewayPlan {
+            sas,
+            rules,
+            masquerade,
+        })
     }
 }
 
@@ -599,6 +631,25 @@ mod lab_tests {
             e.starts_with("lab.yaml: site_a.replay_window: replay window 100"),
             "{e}"
         );
+
+        let with_nat = LAB.replacen(
+            "  replay_window: 1024\n",
+            "  replay_window: 1024\n  masquerade: { address: 192.0.2.1, port_lo: 2000, port_hi: 1000 }\n",
+            1,
+        );
+        let cfg: LabConfig = parse(Path::new("lab.yaml"), &with_nat).unwrap();
+        let e = cfg.validate(Path::new("lab.yaml")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("lab.yaml: site_a.masquerade.port_lo: port range 2000-1000"),
+            "{e}"
+        );
+        let ok = with_nat.replace(
+            "port_lo: 2000, port_hi: 1000",
+            "port_lo: 1000, port_hi: 2000",
+        );
+        let cfg: LabConfig = parse(Path::new("lab.yaml"), &ok).unwrap();
+        let (a, _) = cfg.validate(Path::new("lab.yaml")).unwrap();
+        assert_eq!(a.masquerade.unwrap().port_range, (1000, 2000));
 
         // Syntax and type errors come from the parser with line and column.
         let bad = LAB.replacen("mtu: 1500", "mtu: lots", 1);

@@ -12,6 +12,7 @@ use rtrb::{Consumer, Producer, RingBuffer};
 use crate::crypto::Backend;
 use crate::esp::sa::{build_inbound, build_outbound, SaBuildError};
 use crate::msg::{Command, Direction, Envelope, Reply, Update};
+use crate::nat::Masquerade;
 use crate::spd::{Spd, SpdError};
 use crate::worker::{ControlLink, Punted};
 
@@ -101,6 +102,9 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
             remote: *remote,
             encap: *encap,
         },
+        Update::SetMasquerade { config } => {
+            Command::ReplaceMasquerade(config.clone().map(|c| Box::new(Masquerade::new(c))))
+        }
         Update::ReplaceSpd { rules } => {
             Command::ReplaceSpd(Box::new(Spd::new(rules.clone()).map_err(AgentError::Spd)?))
         }

@@ -15,7 +15,7 @@ use core::net::IpAddr;
 
 use crate::esp::sa::{InboundSa, OutboundSa, SaParams, UdpEncap};
 use crate::ids::{SaId, Spi};
-use crate::nat::Masquerade;
+use crate::nat::{Masquerade, MasqueradeConfig};
 use crate::spd::{Rule, Spd};
 
 /// A direction of an SA.
@@ -45,6 +45,8 @@ pub enum Update {
     },
     /// Replace the whole SPD (compiled off the fast path).
     ReplaceSpd { rules: Vec<Rule> },
+    /// Turn masquerading of bypassed IPv4 traffic on (with a fresh session table) or off.
+    SetMasquerade { config: Option<MasqueradeConfig> },
 }
 
 /// A prepared command for one worker.

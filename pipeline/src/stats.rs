@@ -108,7 +108,6 @@ pub enum Traffic {
     RxPackets,
     RxBytes,
     TxPackets,
-    TxBytes,
     /// Packets sealed into ESP, and their inner bytes.
     Encrypted,
     EncryptedBytes,
@@ -128,7 +127,6 @@ impl Traffic {
         Traffic::RxPackets,
         Traffic::RxBytes,
         Traffic::TxPackets,
-        Traffic::TxBytes,
         Traffic::Encrypted,
         Traffic::EncryptedBytes,
         Traffic::Decrypted,
@@ -144,7 +142,6 @@ impl Traffic {
             Traffic::RxPackets => "rx_packets",
             Traffic::RxBytes => "rx_bytes",
             Traffic::TxPackets => "tx_packets",
-            Traffic::TxBytes => "tx_bytes",
             Traffic::Encrypted => "encrypted",
             Traffic::EncryptedBytes => "encrypted_bytes",
             Traffic::Decrypted => "decrypted",

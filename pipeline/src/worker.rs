@@ -836,7 +836,7 @@ mod tests {
     use crate::crypto::AeadAlg;
     use crate::esp::sa::{SaKeys, SaParams};
     use crate::msg::{Direction, Update};
-    use crate::nat::{Masquerade, MasqueradeConfig};
+    use crate::nat::MasqueradeConfig;
     use crate::port::mem::{cable, MemFrame, MemPort};
     use crate::spd::{PortRange, Prefix, Rule, Selector};
     use crate::traffic::{FlowSpec, Generator};
@@ -1126,13 +1126,12 @@ mod tests {
     #[test]
     fn masquerade_rewrites_bypass_traffic_and_back() {
         let mut r = rig(1500);
-        let nat = Masquerade::new(MasqueradeConfig {
-            external_addr: "192.0.2.1".parse().unwrap(),
-            ..MasqueradeConfig::default()
+        r.update(Update::SetMasquerade {
+            config: Some(MasqueradeConfig {
+                external_addr: "192.0.2.1".parse().unwrap(),
+                ..MasqueradeConfig::default()
+            }),
         });
-        r.agent
-            .send(Command::ReplaceMasquerade(Some(Box::new(nat))));
-        r.w.poll(0);
         r.send_lan("10.1.0.10", "198.51.100.7", 100);
         let mut out = r.wan.recv().expect("masqueraded");
         let (sport, src) = {
