@@ -147,11 +147,68 @@ pub struct OutboundSa {
     pub outer_ttl: u8,
     pub id: SaId,
     pub cipher: Box<dyn Aead>,
+    /// The outer IP (+ UDP) header with per-packet fields zeroed; see [`OuterTemplate`].
+    pub outer: OuterTemplate,
     pub counters: Arc<SaCounters>,
     pub local: IpAddr,
     pub remote: IpAddr,
     pub local_ts: Prefix,
     pub remote_ts: Prefix,
+}
+
+/// A precomputed outer header (VPP keeps one per SA too): IPv4 or IPv6, then UDP when the SA
+/// is encapsulated. Per packet only the length, TOS/traffic class, IPv4 identification and
+/// checksum (and the UDP length) change; the IPv4 checksum of the fixed fields is summed once
+/// here and finished with an RFC 1624 style update per packet.
+#[derive(Clone, Copy, Debug)]
+pub struct OuterTemplate {
+    pub bytes: [u8; MAX_OUTER],
+    pub len: u8,
+    /// One's-complement sum (unfolded) of the IPv4 header with the varying fields zero.
+    pub ipv4_sum: u32,
+}
+
+impl OuterTemplate {
+    pub fn new(local: IpAddr, remote: IpAddr, encap: Option<UdpEncap>, ttl: u8) -> Self {
+        let mut bytes = [0u8; MAX_OUTER];
+        let udp = encap.is_some();
+        let (ip_len, ipv4_sum) = match (local, remote) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let h = &mut bytes[..20];
+                h[0] = 0x45;
+                h[6] = 0x40; // DF
+                h[8] = ttl;
+                h[9] = if udp { 17 } else { 50 };
+                h[12..16].copy_from_slice(&s.octets());
+                h[16..20].copy_from_slice(&d.octets());
+                let sum = h
+                    .chunks(2)
+                    .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                    .sum();
+                (20, sum)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let h = &mut bytes[..40];
+                h[0] = 0x60;
+                h[6] = if udp { 17 } else { 50 };
+                h[7] = ttl;
+                h[8..24].copy_from_slice(&s.octets());
+                h[24..40].copy_from_slice(&d.octets());
+                (40, 0)
+            }
+            // Refused when the SA is built; an empty template never reaches the wire.
+            _ => (0, 0),
+        };
+        if let Some(u) = encap {
+            bytes[ip_len..ip_len + 2].copy_from_slice(&u.local_port.to_be_bytes());
+            bytes[ip_len + 2..ip_len + 4].copy_from_slice(&u.remote_port.to_be_bytes());
+        }
+        OuterTemplate {
+            bytes,
+            len: (ip_len + if udp { 8 } else { 0 }) as u8,
+            ipv4_sum,
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<OutboundSa>() <= 192);
@@ -169,9 +226,9 @@ impl OutboundSa {
     }
 
     /// Outer header bytes: IP (+ UDP).
+    #[inline]
     pub fn outer_len(&self) -> usize {
-        let ip = if self.ipv6 { 40 } else { 20 };
-        ip + if self.encap.is_some() { 8 } else { 0 }
+        usize::from(self.outer.len)
     }
 
     /// Rebinds the tunnel endpoints (MOBIKE, NAT mapping change): same keys, same sequence.
@@ -180,6 +237,7 @@ impl OutboundSa {
         self.remote = remote;
         self.ipv6 = local.is_ipv6();
         self.encap = encap;
+        self.outer = OuterTemplate::new(local, remote, encap, self.outer_ttl);
     }
 }
 
@@ -218,6 +276,7 @@ pub fn build_outbound(backend: Backend, p: &SaParams) -> Result<OutboundSa, SaBu
         outer_ttl: p.outer_ttl,
         id: p.id,
         cipher: crypto::new_aead(backend, p.keys.alg, p.keys.key())?,
+        outer: OuterTemplate::new(p.local, p.remote, p.encap, p.outer_ttl),
         counters: Arc::new(SaCounters::default()),
         local: p.local,
         remote: p.remote,

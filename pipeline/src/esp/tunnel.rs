@@ -17,7 +17,7 @@ use crate::ids::{SaId, Spi};
 use crate::port::Frame;
 use crate::sad::Sad;
 use crate::stats::DropReason;
-use crate::wire::{ipv4, ipv6, udp, IpProtocol};
+use crate::wire::{checksum, ipv4, ipv6, udp};
 
 pub const ESP_HEADER_LEN: usize = 8;
 /// Smallest ESP packet: header, IV, 4 bytes of ciphertext (pad to 4 with pad length and next
@@ -126,72 +126,54 @@ pub fn encapsulate<F: Frame>(
     push_outer(sa, f, meta, seq)
 }
 
-/// Prepends UDP (if encapsulated) and the outer IP header.
+/// Prepends the outer header from the SA's template and fills in the per-packet fields.
 fn push_outer<F: Frame>(
     sa: &OutboundSa,
     f: &mut F,
     meta: InnerMeta,
     seq: u64,
 ) -> Result<(), DropReason> {
-    let proto = if let Some(encap) = sa.encap {
-        let udp_len = f.len() + udp::HEADER_LEN;
-        if udp_len > usize::from(u16::MAX) || !f.prepend(udp::HEADER_LEN) {
-            return Err(DropReason::NoBufferRoom);
-        }
-        let mut u = udp::Packet::new_unchecked(f.data_mut());
-        u.set_src_port(encap.local_port);
-        u.set_dst_port(encap.remote_port);
-        u.set_len(udp_len as u16);
-        u.set_checksum(0);
+    let t = &sa.outer;
+    let hlen = usize::from(t.len);
+    let total = f.len() + hlen;
+    if total > usize::from(u16::MAX) || hlen == 0 || !f.prepend(hlen) {
+        return Err(DropReason::NoBufferRoom);
+    }
+    let tos = (meta.dscp << 2) | (meta.ecn & 3);
+    let d = f.data_mut();
+    let (Some(hdr), Some(tmpl)) = (d.get_mut(..hlen), t.bytes.get(..hlen)) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    hdr.copy_from_slice(tmpl);
+    let ip_len = if sa.ipv6 {
+        ipv6::HEADER_LEN
+    } else {
+        ipv4::HEADER_LEN
+    };
+    if sa.ipv6 {
+        // Version 6, traffic class = inner DSCP + ECN (RFC 6040 normal mode), flow label 0.
+        hdr[0] = 0x60 | (tos >> 4);
+        hdr[1] = tos << 4;
+        hdr[4..6].copy_from_slice(&((total - ip_len) as u16).to_be_bytes());
+    } else {
+        // RFC 6864: DF is set, so the ID only needs to differ among packets in flight.
+        let ident = seq as u16;
+        hdr[1] = tos;
+        hdr[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        hdr[4..6].copy_from_slice(&ident.to_be_bytes());
+        let sum = t.ipv4_sum + u32::from(tos) + total as u32 + u32::from(ident);
+        hdr[10..12].copy_from_slice(&(!checksum::fold(sum)).to_be_bytes());
+    }
+    if sa.encap.is_some() {
+        let udp_len = (total - ip_len) as u16;
+        hdr[ip_len + 4..ip_len + 6].copy_from_slice(&udp_len.to_be_bytes());
         if sa.ipv6 {
             // IPv6 forbids a zero UDP checksum here (RFC 8200 8.1): compute it over ESP.
-            u.fill_checksum(&sa.local, &sa.remote);
-        }
-        IpProtocol::Udp
-    } else {
-        IpProtocol::Esp
-    };
-    let payload_len = f.len();
-    match (sa.local, sa.remote) {
-        (core::net::IpAddr::V4(src), core::net::IpAddr::V4(dst)) => {
-            if payload_len + ipv4::HEADER_LEN > usize::from(u16::MAX)
-                || !f.prepend(ipv4::HEADER_LEN)
-            {
+            let Some(seg) = d.get_mut(ip_len..) else {
                 return Err(DropReason::NoBufferRoom);
-            }
-            let repr = ipv4::Repr {
-                src_addr: src,
-                dst_addr: dst,
-                next_header: proto,
-                payload_len,
-                hop_limit: sa.outer_ttl,
-                dscp: meta.dscp,
-                ecn: meta.ecn,
-                // RFC 6864: DF set, so the ID only needs to differ among packets in flight.
-                ident: seq as u16,
-                dont_frag: true,
             };
-            let mut p = ipv4::Packet::new_unchecked(f.data_mut());
-            repr.emit(&mut p);
+            udp::Packet::new_unchecked(seg).fill_checksum(&sa.local, &sa.remote);
         }
-        (core::net::IpAddr::V6(src), core::net::IpAddr::V6(dst)) => {
-            if payload_len > usize::from(u16::MAX) || !f.prepend(ipv6::HEADER_LEN) {
-                return Err(DropReason::NoBufferRoom);
-            }
-            let repr = ipv6::Repr {
-                src_addr: src,
-                dst_addr: dst,
-                next_header: proto,
-                payload_len,
-                hop_limit: sa.outer_ttl,
-                dscp: meta.dscp,
-                ecn: meta.ecn,
-                flow_label: 0,
-            };
-            let mut p = ipv6::Packet::new_unchecked(f.data_mut());
-            repr.emit(&mut p);
-        }
-        _ => return Err(DropReason::NoBufferRoom),
     }
     Ok(())
 }

@@ -310,16 +310,31 @@ impl Hasher for PairHasher {
             self.write_u64(u64::from(*b));
         }
     }
+    #[inline]
     fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.write_u64(v as u64);
-        self.write_u64((v >> 64) as u64);
+        let m = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = m ^ (m >> 29);
     }
 }
 
-type PairMap = HashMap<(u128, u128), Vec<u32>, BuildHasherDefault<PairHasher>>;
+/// A masked (source, destination) pair, hashed as one word: one multiply per probe.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct PairKey(u128, u128);
+
+impl core::hash::Hash for PairKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (s, d) = (self.0, self.1);
+        state.write_u64(
+            (s as u64)
+                ^ ((s >> 64) as u64).rotate_left(17)
+                ^ (d as u64).rotate_left(32)
+                ^ ((d >> 64) as u64).rotate_left(49),
+        );
+    }
+}
+
+type PairMap = HashMap<PairKey, Box<[u32]>, BuildHasherDefault<PairHasher>>;
 
 /// All rules with one (source length, destination length) pair.
 struct Tuple {
@@ -339,27 +354,37 @@ struct Family {
 
 impl Family {
     fn build(rules: &[Rule], v4: bool) -> Family {
-        let mut by_len: HashMap<(u8, u8), Tuple> = HashMap::new();
+        // (src len, dst len) -> (masks, best rule, masked pair -> rule indices).
+        type Lists = HashMap<PairKey, Vec<u32>>;
+        let mut by_len: HashMap<(u8, u8), (u128, u128, u32, Lists)> = HashMap::new();
+        let w = if v4 { 32 } else { 128 };
         for (i, r) in rules.iter().enumerate() {
             let s = r.selector;
             if s.src.addr().is_ipv4() != v4 {
                 continue;
             }
-            let w = if v4 { 32 } else { 128 };
-            let t = by_len
-                .entry((s.src.prefix_len(), s.dst.prefix_len()))
-                .or_insert_with(|| Tuple {
-                    src_mask: mask(w, s.src.prefix_len()),
-                    dst_mask: mask(w, s.dst.prefix_len()),
-                    best: i as u32,
-                    rules: PairMap::default(),
-                });
-            t.rules
-                .entry((bits(s.src.addr()), bits(s.dst.addr())))
+            let (sl, dl) = (s.src.prefix_len(), s.dst.prefix_len());
+            let entry = by_len
+                .entry((sl, dl))
+                .or_insert_with(|| (mask(w, sl), mask(w, dl), i as u32, Lists::new()));
+            entry
+                .3
+                .entry(PairKey(bits(s.src.addr()), bits(s.dst.addr())))
                 .or_default()
                 .push(i as u32);
         }
-        let mut tuples: Vec<Tuple> = by_len.into_values().collect();
+        let mut tuples: Vec<Tuple> = by_len
+            .into_values()
+            .map(|(src_mask, dst_mask, best, lists)| Tuple {
+                src_mask,
+                dst_mask,
+                best,
+                rules: lists
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_boxed_slice()))
+                    .collect(),
+            })
+            .collect();
         tuples.sort_by_key(|t| t.best);
         Family { tuples }
     }
@@ -372,8 +397,8 @@ impl Family {
             if found.is_some_and(|f| f < t.best) {
                 break;
             }
-            if let Some(list) = t.rules.get(&(s & t.src_mask, d & t.dst_mask)) {
-                for &i in list {
+            if let Some(list) = t.rules.get(&PairKey(s & t.src_mask, d & t.dst_mask)) {
+                for &i in list.iter() {
                     if found.is_some_and(|f| f < i) {
                         break;
                     }
