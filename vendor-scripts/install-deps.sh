@@ -4,6 +4,7 @@
 #   libclang-dev     for bindgen (ipsecmb-sys)
 #   tshark           independent check: decrypts roamgate's ESP with the exported keys
 #   scapy + cryptography (PyPI)  second independent ESP implementation for the tests
+#   cargo-fuzz       bounded fuzz runs of every parser (CI)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
@@ -16,3 +17,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python3 -c "import scapy, cryptography" 2>/dev/null || \
   python3 -m pip install -q --disable-pip-version-check "scapy==2.6.1" "cryptography>=41"
+# cargo-fuzz for the bounded fuzz runs in CI (it runs on stable with RUSTC_BOOTSTRAP=1, see
+# pipeline/fuzz/run-all.sh).
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
