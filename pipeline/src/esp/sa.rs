@@ -284,3 +284,29 @@ pub fn build_outbound(backend: Backend, p: &SaParams) -> Result<OutboundSa, SaBu
         remote_ts: p.remote_ts,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_records_fit_their_cache_lines() {
+        // Three cache lines at most; printed so a change in size shows in the test log.
+        let (i, o) = (
+            core::mem::size_of::<InboundSa>(),
+            core::mem::size_of::<OutboundSa>(),
+        );
+        println!("InboundSa {i} bytes, OutboundSa {o} bytes");
+        assert!(i <= 192 && o <= 192);
+        assert_eq!(i % 64, 0);
+        assert_eq!(o % 64, 0);
+    }
+
+    #[test]
+    fn keys_never_show_in_debug() {
+        let k = SaKeys::from_keymat(AeadAlg::AesGcm128, &[0xab; 20]).unwrap();
+        let s = format!("{k:?}");
+        assert!(!s.contains("ab") && !s.contains("171"), "{s}");
+        assert!(SaKeys::from_keymat(AeadAlg::AesGcm256, &[0; 20]).is_err());
+    }
+}
