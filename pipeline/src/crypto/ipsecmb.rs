@@ -237,12 +237,12 @@ impl Aead for IpsecMbGcm {
     ) {
         let mut ctx = gcm_context_data::default();
         let p = buf.as_mut_ptr();
-        // SAFETY: `self.enc` is the gcmXXX_enc matching the key size of `self.key` (a key
-        // expanded by the matching gcmXXX_pre). The library reads/writes exactly `buf.len()`
-        // bytes at `p` (in-place operation, dst == src, is supported), reads 12 bytes of nonce,
-        // `aad.len()` bytes of AAD, writes TAG_LEN bytes of tag, and uses `ctx` as scratch.
-        // All pointers come from live references of at least those lengths (for empty slices
-        // the dangling-but-non-null pointer is never dereferenced since the length is 0).
+        // `self.enc` is the gcmXXX_enc matching the key size of `self.key` (expanded by the
+        // matching gcmXXX_pre). The library reads/writes exactly `buf.len()` bytes at `p`
+        // (in place, dst == src, is supported), reads 12 bytes of nonce and `aad.len()` of
+        // AAD, writes TAG_LEN bytes of tag, and uses `ctx` as scratch.
+        // SAFETY: all pointers come from live references of at least those lengths (an empty
+        // slice's dangling pointer is never dereferenced since its length is 0).
         unsafe {
             (self.enc)(
                 &*self.key,
