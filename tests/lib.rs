@@ -13,7 +13,7 @@ use pipeline::port::mem::{cable, MemFrame, MemPort};
 use pipeline::port::Frame;
 use pipeline::sad::Sad;
 use pipeline::spd::Spd;
-use pipeline::worker::{Link, Worker};
+use pipeline::worker::Worker;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -29,22 +29,6 @@ pub fn lab_config() -> (LabConfig, GatewayPlan, GatewayPlan) {
     let cfg: LabConfig = config::load(&path).expect("configs/lab.yaml parses");
     let (a, b) = cfg.validate(&path).expect("configs/lab.yaml is valid");
     (cfg, a, b)
-}
-
-fn link_of(i: &config::InterfaceConfig) -> Link {
-    Link {
-        mac: i.mac.0,
-        neighbor: i.neighbor_mac.0,
-        addr4: match i.address {
-            std::net::IpAddr::V4(a) => Some(a),
-            _ => None,
-        },
-        addr6: match i.address {
-            std::net::IpAddr::V6(a) => Some(a),
-            _ => None,
-        },
-        mtu: i.mtu,
-    }
 }
 
 /// One gateway worker with its LAN and WAN cables, driven synchronously by the test.
@@ -69,8 +53,8 @@ impl TestGateway {
             0,
             lan_gw,
             wan_gw,
-            link_of(&gw.lan),
-            link_of(&gw.wan),
+            gw.lan.link(),
+            gw.wan.link(),
             Sad::with_capacity(16, 1),
             Box::new(Spd::new(Vec::new()).expect("empty SPD")),
             control,

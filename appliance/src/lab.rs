@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use control::config::{
-    self, BackendChoice, GatewayConfig, GatewayPlan, InterfaceConfig, LabConfig, Site,
-};
+use control::config::{self, BackendChoice, GatewayConfig, GatewayPlan, LabConfig, Site};
 use hdrhistogram::Histogram;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
@@ -27,7 +25,7 @@ use pipeline::sad::Sad;
 use pipeline::spd::Spd;
 use pipeline::stats::{DropReason, Snapshot, Traffic};
 use pipeline::traffic::{FlowSpec, Generator, Sink};
-use pipeline::worker::{Link, Worker, WorkerHandle};
+use pipeline::worker::{Worker, WorkerHandle};
 
 const EMBEDDED: &str = include_str!("../../configs/lab.yaml");
 const CABLE_SLOTS: usize = 1024;
@@ -131,8 +129,8 @@ pub fn run(args: LabArgs) -> Result<()> {
             i as u16,
             lan,
             wan,
-            link_of(&gw.lan),
-            link_of(&gw.wan),
+            gw.lan.link(),
+            gw.wan.link(),
             Sad::with_capacity(64, seed()),
             Box::new(Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?),
             control_link,
@@ -306,22 +304,6 @@ fn seed() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0x5eed)
-}
-
-fn link_of(i: &InterfaceConfig) -> Link {
-    Link {
-        mac: i.mac.0,
-        neighbor: i.neighbor_mac.0,
-        addr4: match i.address {
-            std::net::IpAddr::V4(a) => Some(a),
-            _ => None,
-        },
-        addr6: match i.address {
-            std::net::IpAddr::V6(a) => Some(a),
-            _ => None,
-        },
-        mtu: i.mtu,
-    }
 }
 
 /// Sends the gateway's SPD and SAs as messages and waits until the worker acknowledged them.

@@ -148,6 +148,23 @@ fn default_mtu() -> u16 {
     1500
 }
 
+impl InterfaceConfig {
+    /// What a worker needs to know of this link.
+    pub fn link(&self) -> pipeline::worker::Link {
+        let (addr4, addr6) = match self.address {
+            IpAddr::V4(a) => (Some(a), None),
+            IpAddr::V6(a) => (None, Some(a)),
+        };
+        pipeline::worker::Link {
+            mac: self.mac.0,
+            neighbor: self.neighbor_mac.0,
+            addr4,
+            addr6,
+            mtu: self.mtu,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 pub enum AeadName {
     /// AES-GCM with a 128-bit key and 16-byte ICV (RFC 4106).

@@ -2,7 +2,6 @@
 //! `roamgate perf`). Everything here drives the real worker code; nothing is simulated but the
 //! wire.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use control::config::{self, GatewayConfig, GatewayPlan, LabConfig};
@@ -13,7 +12,7 @@ use pipeline::port::mem::{cable, MemFrame, MemPort};
 use pipeline::sad::Sad;
 use pipeline::spd::Spd;
 use pipeline::traffic::FlowSpec;
-use pipeline::worker::{Link, Worker};
+use pipeline::worker::Worker;
 
 const LAB: &str = include_str!("../../configs/lab.yaml");
 
@@ -23,22 +22,6 @@ pub fn lab() -> (LabConfig, GatewayPlan, GatewayPlan) {
     let cfg: LabConfig = config::parse(p, LAB).expect("lab.yaml parses");
     let (a, b) = cfg.validate(p).expect("lab.yaml is valid");
     (cfg, a, b)
-}
-
-pub fn link_of(i: &config::InterfaceConfig) -> Link {
-    Link {
-        mac: i.mac.0,
-        neighbor: i.neighbor_mac.0,
-        addr4: match i.address {
-            IpAddr::V4(a) => Some(a),
-            _ => None,
-        },
-        addr6: match i.address {
-            IpAddr::V6(a) => Some(a),
-            _ => None,
-        },
-        mtu: i.mtu,
-    }
 }
 
 /// A gateway worker with the host end of its LAN cable and the far end of its WAN cable.
@@ -58,8 +41,8 @@ impl Bench {
             0,
             lan_gw,
             wan_gw,
-            link_of(&gw.lan),
-            link_of(&gw.wan),
+            gw.lan.link(),
+            gw.wan.link(),
             Sad::with_capacity(16, 1),
             Box::new(Spd::new(Vec::new()).expect("empty SPD")),
             control,

@@ -101,6 +101,13 @@ pub struct Worker<P: Port> {
     generation: u64,
 }
 
+/// The clear (LAN) or protected (WAN) side of a gateway.
+#[derive(Clone, Copy)]
+enum Side {
+    Lan,
+    Wan,
+}
+
 /// Where a processed frame goes.
 enum Verdict {
     ToLan,
@@ -343,12 +350,24 @@ impl<P: Port> Worker<P> {
     // ---- clear side: LAN -> (SPD) -> ESP or bypass -> WAN ----------------------------------
 
     fn rx_lan(&mut self, now: u64) -> usize {
+        self.rx_burst(Side::Lan, now)
+    }
+
+    /// Receives a burst on one side and sends each frame where its verdict says.
+    fn rx_burst(&mut self, side: Side, now: u64) -> usize {
         let mut rx = core::mem::take(&mut self.rx);
-        let n = self.lan.rx_burst(&mut rx, BURST);
+        let n = match side {
+            Side::Lan => self.lan.rx_burst(&mut rx, BURST),
+            Side::Wan => self.wan.rx_burst(&mut rx, BURST),
+        };
         let mut bytes = 0u64;
         for mut f in rx.drain(..) {
             bytes += f.len() as u64;
-            match self.outbound(&mut f, now) {
+            let verdict = match side {
+                Side::Lan => self.outbound(&mut f, now),
+                Side::Wan => self.inbound(&mut f, now),
+            };
+            match verdict {
                 Verdict::ToWan => self.wan_txq.push_back(f),
                 Verdict::ToLan => self.lan_txq.push_back(f),
                 Verdict::Drop(r) => self.counters.record_drop(r),
@@ -457,21 +476,7 @@ impl<P: Port> Worker<P> {
     // ---- protected side: WAN -> ESP open -> policy check -> LAN ---------------------------
 
     fn rx_wan(&mut self, now: u64) -> usize {
-        let mut rx = core::mem::take(&mut self.rx);
-        let n = self.wan.rx_burst(&mut rx, BURST);
-        let mut bytes = 0u64;
-        for mut f in rx.drain(..) {
-            bytes += f.len() as u64;
-            match self.inbound(&mut f, now) {
-                Verdict::ToLan => self.lan_txq.push_back(f),
-                Verdict::ToWan => self.wan_txq.push_back(f),
-                Verdict::Drop(r) => self.counters.record_drop(r),
-            }
-        }
-        self.rx = rx;
-        self.counters.count(Traffic::RxPackets, n as u64);
-        self.counters.count(Traffic::RxBytes, bytes);
-        n
+        self.rx_burst(Side::Wan, now)
     }
 
     fn inbound(&mut self, f: &mut P::Frame, now: u64) -> Verdict {
