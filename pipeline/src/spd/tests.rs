@@ -53,6 +53,168 @@ fn port_ranges_parse() {
 }
 
 #[test]
+fn prefix_edges() {
+    let a = |s: &str| s.parse::<IpAddr>().unwrap();
+    // /0 matches every address of its family, and only its family.
+    assert!(p("0.0.0.0/0").contains(a("0.0.0.0")));
+    assert!(p("0.0.0.0/0").contains(a("255.255.255.255")));
+    assert!(!p("0.0.0.0/0").contains(a("::")));
+    assert!(p("::/0").contains(a("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")));
+    assert!(!p("::/0").contains(a("0.0.0.0")));
+    assert!(p("0.0.0.0/0").is_default() && !p("10.0.0.0/8").is_default());
+    // /32 and /128 are exactly one address.
+    let h = p("10.1.2.3/32");
+    assert!(h.contains(a("10.1.2.3")));
+    assert!(!h.contains(a("10.1.2.2")) && !h.contains(a("10.1.2.4")));
+    let h6 = p("2001:db8::1/128");
+    assert!(h6.contains(a("2001:db8::1")));
+    assert!(!h6.contains(a("2001:db8::")) && !h6.contains(a("2001:db8::2")));
+    assert!(p("255.255.255.255/32").contains(a("255.255.255.255")));
+    // The IPv4-mapped IPv6 address is an IPv6 address: it never matches an IPv4 prefix.
+    assert!(!p("10.0.0.0/8").contains(a("::ffff:10.0.0.1")));
+    // Both ends of a prefix, and one past each.
+    let n = p("10.1.0.0/16");
+    assert!(n.contains(a("10.1.0.0")) && n.contains(a("10.1.255.255")));
+    assert!(!n.contains(a("10.0.255.255")) && !n.contains(a("10.2.0.0")));
+    // Display round-trips, bare addresses are host prefixes.
+    for s in [
+        "0.0.0.0/0",
+        "10.0.0.0/8",
+        "10.1.2.3/32",
+        "::/0",
+        "2001:db8::/32",
+        "2001:db8::1/128",
+    ] {
+        assert_eq!(p(s).to_string(), s);
+    }
+    assert_eq!(p("2001:db8::1"), p("2001:db8::1/128"));
+    // Host bits are rejected by the parser and by new(); masked() clears them.
+    assert!("0.0.0.1/0".parse::<Prefix>().is_err());
+    assert!("2001:db8::1/127".parse::<Prefix>().is_err());
+    assert!(Prefix::new(a("10.1.2.3"), 24).is_err());
+    assert_eq!(Prefix::masked(a("10.1.2.3"), 24), p("10.1.2.0/24"));
+    assert_eq!(Prefix::masked(a("10.1.2.3"), 40), p("10.1.2.3/32"));
+    assert_eq!(Prefix::masked(a("2001:db8::1"), 0), p("::/0"));
+    for bad in [
+        "",
+        "/8",
+        "10.0.0.0/",
+        "10.0.0.0/-1",
+        "10.0.0.0/8/8",
+        "10.0.0/8",
+        "::/256",
+    ] {
+        assert!(bad.parse::<Prefix>().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn port_edges() {
+    let any = PortRange::ANY;
+    assert!(any.contains(0) && any.contains(65535));
+    let zero: PortRange = "0".parse().unwrap();
+    assert!(zero.contains(0) && !zero.contains(1));
+    let top: PortRange = "65535".parse().unwrap();
+    assert!(top.contains(65535) && !top.contains(65534));
+    assert_eq!(
+        " 1024 - 65535 ".parse::<PortRange>().unwrap(),
+        PortRange {
+            lo: 1024,
+            hi: 65535
+        }
+    );
+    assert_eq!("ANY".parse::<PortRange>().unwrap(), PortRange::ANY);
+    for bad in ["", "-", "80-", "-80", "1-2-3", "x", "-1", "70000", "0x50"] {
+        assert!(bad.parse::<PortRange>().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn deserialize_from_config_values() {
+    use serde::de::value::{Error, StrDeserializer, U16Deserializer};
+    use serde::de::IntoDeserializer;
+    let pr = |s: &str| PortRange::deserialize(IntoDeserializer::<Error>::into_deserializer(s));
+    assert_eq!(pr("any").unwrap(), PortRange::ANY);
+    assert_eq!(pr("80").unwrap(), PortRange { lo: 80, hi: 80 });
+    assert_eq!(
+        pr("1024-65535").unwrap(),
+        PortRange {
+            lo: 1024,
+            hi: 65535
+        }
+    );
+    assert!(pr("90-80").is_err());
+    // YAML `port: 443` arrives as a number.
+    let num = PortRange::deserialize(U16Deserializer::<Error>::new(443)).unwrap();
+    assert_eq!(num, PortRange { lo: 443, hi: 443 });
+    let pf = |s: &str| Prefix::deserialize(StrDeserializer::<Error>::new(s));
+    assert_eq!(pf("10.0.0.0/8").unwrap(), p("10.0.0.0/8"));
+    assert_eq!(pf("2001:db8::/32").unwrap(), p("2001:db8::/32"));
+    assert!(pf("10.0.0.1/8").is_err());
+}
+
+#[test]
+fn backwards_port_range_is_rejected() {
+    let sel = Selector {
+        src: p("10.0.0.0/8"),
+        dst: p("10.0.0.0/8"),
+        proto: None,
+        src_ports: PortRange::ANY,
+        dst_ports: PortRange { lo: 90, hi: 80 },
+    };
+    let rule = Rule {
+        id: 9,
+        selector: sel,
+        action: Action::Bypass,
+    };
+    assert_eq!(
+        Spd::new(vec![rule]).err(),
+        Some(SpdError::InvalidPortRange(9))
+    );
+    let mut src_bad = rule;
+    src_bad.selector.dst_ports = PortRange::ANY;
+    src_bad.selector.src_ports = PortRange { lo: 1, hi: 0 };
+    assert_eq!(
+        Spd::new(vec![src_bad]).err(),
+        Some(SpdError::InvalidPortRange(9))
+    );
+    let empty = Spd::new(Vec::new()).unwrap();
+    assert!(empty.is_empty() && empty.len() == 0);
+    assert!(empty
+        .lookup(&key("10.0.0.1", "10.0.0.2", 6, 1, 2))
+        .is_none());
+}
+
+#[test]
+fn mixed_family_keys_match_nothing() {
+    let any4 = Rule {
+        id: 1,
+        selector: Selector {
+            src: p("0.0.0.0/0"),
+            dst: p("0.0.0.0/0"),
+            proto: None,
+            src_ports: PortRange::ANY,
+            dst_ports: PortRange::ANY,
+        },
+        action: Action::Bypass,
+    };
+    let mut any6 = any4;
+    any6.id = 2;
+    any6.selector.src = p("::/0");
+    any6.selector.dst = p("::/0");
+    let spd = Spd::new(vec![any4, any6]).unwrap();
+    assert_eq!(
+        spd.lookup(&key("10.0.0.1", "10.0.0.2", 6, 1, 2))
+            .unwrap()
+            .id,
+        1
+    );
+    assert_eq!(spd.lookup(&key("::1", "::2", 6, 1, 2)).unwrap().id, 2);
+    assert!(spd.lookup(&key("10.0.0.1", "::2", 6, 1, 2)).is_none());
+    assert!(spd.lookup(&key("::1", "10.0.0.2", 6, 1, 2)).is_none());
+}
+
+#[test]
 fn first_match_wins_and_errors() {
     let sel = |s: &str, d: &str| Selector {
         src: p(s),
