@@ -17,13 +17,13 @@
 //! the match in hand is better than anything the remaining tuples hold.
 //!
 //! Why this and not a bit-vector or decision-tree classifier: an SPD's rules are dominated by
-//! exact address pairs (site-to-site /24../32 selectors, host routes) with a handful of distinct
-//! prefix-length pairs, so a lookup costs a few hash probes whatever the number of rules
-//! (~20 ns at 10k rules against ~10 us for a linear scan). Memory is one hash entry per rule,
-//! O(n), with no replication (HiCuts/HyperCuts replicate rules across cuts; Lakshman-Stiliadis
-//! bit vectors cost O(n^2) bits per field: 2n intervals of n bits, 25 MB per field at 10k rules); compiling 10k rules
-//! takes a couple of milliseconds. Addresses are compared as `u128` (IPv4 zero-extended), one
-//! structure per family.
+//! exact address pairs (site-to-site /24../32 selectors, host routes) with a handful of
+//! distinct prefix-length pairs, so a lookup costs a few hash probes whatever the number of
+//! rules (~20 ns at 10k rules against ~10 us for a linear scan). Memory is one hash entry per
+//! rule, O(n), with no replication: HiCuts/HyperCuts replicate rules across cuts, and
+//! Lakshman-Stiliadis bit vectors cost O(n^2) bits per field (2n elementary intervals of n
+//! bits: 25 MB per field at 10k rules). Compiling 10k rules takes about a millisecond.
+//! Addresses are compared as `u128` (IPv4 zero-extended), one structure per family.
 //!
 //! Worst case: the probe count is the number of distinct tuples, at most 33x33 for IPv4 and
 //! 129x129 for IPv6, and never more than the family's rule count. A family whose rules are at

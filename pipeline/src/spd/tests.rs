@@ -179,7 +179,8 @@ fn backwards_port_range_is_rejected() {
         Some(SpdError::InvalidPortRange(9))
     );
     let empty = Spd::new(Vec::new()).unwrap();
-    assert!(empty.is_empty() && empty.len() == 0);
+    assert!(empty.is_empty());
+    assert_eq!(empty.len(), 0);
     assert!(empty
         .lookup(&key("10.0.0.1", "10.0.0.2", 6, 1, 2))
         .is_none());
