@@ -27,9 +27,9 @@
 //!
 //! Worst case: the probe count is the number of distinct tuples, at most 33x33 for IPv4 and
 //! 129x129 for IPv6, and never more than the family's rule count. A family whose rules are at
-//! most `RULES_PER_PROBE` (8) times its tuples is scanned linearly instead, so a degenerate
+//! most `RULES_PER_PROBE` (4) times its tuples is scanned linearly instead, so a degenerate
 //! rule set (almost every rule with its own length pair) costs a linear scan, not more; small
-//! SPDs (up to 8 rules per family) are always scanned. The hash tables are keyed by
+//! SPDs (up to 4 rules per family) are always scanned. The hash tables are keyed by
 //! configuration, never by packets, so a packet cannot lengthen a probe.
 
 use core::fmt;
@@ -378,24 +378,25 @@ struct Tuple {
 struct Family {
     /// Tuples sorted by `best`.
     tuples: Vec<Tuple>,
-    /// This family's rule indices, ascending, kept only when scanning them is cheaper than
-    /// probing the tuples (see [`RULES_PER_PROBE`]); then `lookup` scans instead of probing.
-    scan: Option<Box<[u32]>>,
+    /// This family's selectors with their rule indices, in rule order, kept only when scanning
+    /// them is cheaper than probing the tuples (see [`RULES_PER_PROBE`]); then `lookup` scans
+    /// instead of probing. A contiguous copy: no indirection per rule.
+    scan: Option<Box<[(Selector, u32)]>>,
 }
 
 /// One hash probe costs about as much as matching this many rules in a first-match scan
-/// (`cargo bench --bench spd`: ~1-2 ns per scanned rule, ~10-20 ns per probe). A family whose
-/// rules number at most `RULES_PER_PROBE` times its tuples is scanned: every SPD of up to 8
-/// rules, and degenerate sets where nearly every rule has its own prefix-length pair. So a
-/// lookup never costs much more than the cheaper of the two methods.
-const RULES_PER_PROBE: usize = 8;
+/// (`cargo bench --bench spd`: ~2-2.8 ns per scanned rule, ~6.5 ns per probed tuple). A family
+/// whose rules number at most `RULES_PER_PROBE` times its tuples is scanned: every family of
+/// up to 4 rules, and degenerate sets where nearly every rule has its own prefix-length pair.
+/// So a lookup never costs much more than the cheaper of the two methods.
+const RULES_PER_PROBE: usize = 4;
 
 impl Family {
     fn build(rules: &[Rule], v4: bool) -> Family {
         // (src len, dst len) -> (masks, best rule, masked pair -> rule indices).
         type Lists = HashMap<PairKey, Vec<u32>>;
         let mut by_len: HashMap<(u8, u8), (u128, u128, u32, Lists)> = HashMap::new();
-        let mut members = Vec::new();
+        let mut members = 0usize;
         let w = if v4 { 32 } else { 128 };
         for (i, r) in rules.iter().enumerate() {
             let s = r.selector;
@@ -404,7 +405,7 @@ impl Family {
             }
             // Spd::new caps the rule count at u32::MAX + 1, so the index fits.
             let i = i as u32;
-            members.push(i);
+            members += 1;
             let (sl, dl) = (s.src.prefix_len(), s.dst.prefix_len());
             let entry = by_len
                 .entry((sl, dl))
@@ -428,18 +429,21 @@ impl Family {
             })
             .collect();
         tuples.sort_by_key(|t| t.best);
-        let scan = (members.len() <= tuples.len().saturating_mul(RULES_PER_PROBE))
-            .then(|| members.into_boxed_slice());
+        let scan = (members <= tuples.len().saturating_mul(RULES_PER_PROBE)).then(|| {
+            rules
+                .iter()
+                .zip(0u32..)
+                .filter(|(r, _)| r.selector.src.addr().is_ipv4() == v4)
+                .map(|(r, i)| (r.selector, i))
+                .collect()
+        });
         Family { tuples, scan }
     }
 
     #[inline]
     fn lookup(&self, rules: &[Rule], k: &FlowKey) -> Option<u32> {
         match &self.scan {
-            Some(members) => members
-                .iter()
-                .copied()
-                .find(|&i| rules.get(i as usize).is_some_and(|r| r.selector.matches(k))),
+            Some(members) => members.iter().find(|(s, _)| s.matches(k)).map(|&(_, i)| i),
             None => self.probe(rules, k),
         }
     }
