@@ -17,7 +17,7 @@ use crate::ids::{SaId, Spi};
 use crate::port::Frame;
 use crate::sad::Sad;
 use crate::stats::DropReason;
-use crate::wire::{checksum, ipv4, ipv6, udp};
+use crate::wire::{checksum, esp as wire_esp, ipv4, ipv6, udp};
 
 pub const ESP_HEADER_LEN: usize = 8;
 /// Smallest ESP packet: header, IV, 4 bytes of ciphertext (pad to 4 with pad length and next
@@ -33,7 +33,8 @@ pub const NH_NONE: u8 = 59;
 /// 2.4 requires 4-byte alignment of the trailer).
 #[inline]
 pub fn pad_len(inner_len: usize) -> usize {
-    (4 - (inner_len + 2) % 4) % 4
+    // Alignment 4 is always valid, so the wire helper cannot refuse it.
+    wire_esp::pad_len(inner_len, 4).map_or(0, usize::from)
 }
 
 /// Bytes added to an inner packet of `inner_len` bytes by this SA (outer headers included).
@@ -271,22 +272,10 @@ fn open_with(
     }
     sa.replay.advance(seq).map_err(replay_reason)?;
     // The packet is authentic from here on; what follows validates the peer's trailer.
-    let (pad, nh) = match ct {
-        [.., pad, nh] => (usize::from(*pad), *nh),
-        _ => return Err(DropReason::BadPadding),
-    };
-    let Some(inner_len) = ct_len.checked_sub(pad + 2) else {
+    let Ok((inner_len, nh)) = wire_esp::parse_trailer(ct) else {
         return Err(DropReason::BadPadding);
     };
-    let padding = ct.get(inner_len..inner_len + pad).unwrap_or(&[]);
-    if padding.len() != pad
-        || padding
-            .iter()
-            .enumerate()
-            .any(|(i, b)| usize::from(*b) != i + 1)
-    {
-        return Err(DropReason::BadPadding);
-    }
+    let nh = u8::from(nh);
     sa.counters.packets.add(1);
     sa.counters.bytes.add(inner_len as u64);
     match nh {
