@@ -17,7 +17,7 @@ use control::config::{self, BackendChoice, GatewayConfig, GatewayPlan, LabConfig
 use hdrhistogram::Histogram;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
-use pipeline::msg::{Direction, Update};
+use pipeline::msg::Direction;
 use pipeline::pcap::{esp_sa_line, PcapWriter};
 use pipeline::port::mem::{cable, MemFrame, MemPort};
 use pipeline::port::{Frame, Port};
@@ -131,7 +131,7 @@ pub fn run(args: LabArgs) -> Result<()> {
             wan,
             gw.lan.link(),
             gw.wan.link(),
-            Sad::with_capacity(64, seed()),
+            Sad::with_capacity(64, crate::seed()),
             Box::new(Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?),
             control_link,
         );
@@ -143,7 +143,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                 worker.run(core, &stop);
             },
         )?);
-        install(&mut agent_link, backend, gw, plan)?;
+        crate::install(&mut agent_link, backend, gw, plan)?;
         gateways.push(Gateway {
             name: gw.name.clone(),
             handle,
@@ -169,7 +169,7 @@ pub fn run(args: LabArgs) -> Result<()> {
             .filter(|f| f.from == site)
             .map(|f| FlowSpec {
                 src_mac: gw.lan.neighbor_mac.0,
-                dst_mac: gw.lan.mac.0,
+                dst_mac: gw.lan.mac.unwrap_or_default().0,
                 src: f.src,
                 dst: f.dst,
                 src_port: f.src_port,
@@ -296,58 +296,6 @@ pub fn run(args: LabArgs) -> Result<()> {
     if lost > 0 {
         bail!("{lost} packets were sent by the hosts but never arrived");
     }
-    Ok(())
-}
-
-fn seed() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0x5eed)
-}
-
-/// Sends the gateway's SPD and SAs as messages and waits until the worker acknowledged them.
-fn install(
-    link: &mut WorkerLink,
-    backend: Backend,
-    gw: &GatewayConfig,
-    plan: &GatewayPlan,
-) -> Result<()> {
-    let mut last = 0;
-    for (dir, params) in &plan.sas {
-        let cmd = agent::prepare(
-            backend,
-            &Update::AddSa {
-                dir: *dir,
-                params: params.clone(),
-            },
-        )?;
-        last = link.send(cmd);
-    }
-    let cmd = agent::prepare(
-        backend,
-        &Update::ReplaceSpd {
-            rules: plan.rules.clone(),
-        },
-    )?;
-    last = last.max(link.send(cmd));
-    if plan.masquerade.is_some() {
-        let cmd = agent::prepare(
-            backend,
-            &Update::SetMasquerade {
-                config: plan.masquerade.clone(),
-            },
-        )?;
-        last = last.max(link.send(cmd));
-    }
-    link.wait_for(last, Duration::from_secs(5))?;
-    println!(
-        "{}: {} SAs and {} policies installed (generation {} acknowledged)",
-        gw.name,
-        plan.sas.len(),
-        plan.rules.len(),
-        last
-    );
     Ok(())
 }
 

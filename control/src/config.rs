@@ -134,7 +134,14 @@ impl fmt::Display for MacAddr {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterfaceConfig {
-    pub mac: MacAddr,
+    /// The device that carries this side: a kernel interface name for the AF_XDP port
+    /// (`eth1`), a DPDK port name for the DPDK port (`net_af_packet0`, `0000:03:00.0`). Not
+    /// used by the in-memory lab.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Our Ethernet address on this link; the data plane reads it from the device when absent.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
     /// Our address on this link (source of ICMP errors on the LAN, tunnel endpoint on the WAN).
     pub address: IpAddr,
     /// Next hop's Ethernet address (static neighbour).
@@ -151,12 +158,17 @@ fn default_mtu() -> u16 {
 impl InterfaceConfig {
     /// What a worker needs to know of this link.
     pub fn link(&self) -> pipeline::worker::Link {
+        self.link_with_mac(self.mac.unwrap_or_default().0)
+    }
+
+    /// [`link`](Self::link) with the MAC the device reported.
+    pub fn link_with_mac(&self, mac: [u8; 6]) -> pipeline::worker::Link {
         let (addr4, addr6) = match self.address {
             IpAddr::V4(a) => (Some(a), None),
             IpAddr::V6(a) => (None, Some(a)),
         };
         pipeline::worker::Link {
-            mac: self.mac.0,
+            mac,
             neighbor: self.neighbor_mac.0,
             addr4,
             addr6,
@@ -568,6 +580,16 @@ impl LabConfig {
             key,
             what,
         };
+        for (at, gw) in [("site_a", &self.site_a), ("site_b", &self.site_b)] {
+            for (side, i) in [("lan", &gw.lan), ("wan", &gw.wan)] {
+                if i.mac.is_none() {
+                    return Err(err(
+                        format!("{at}.{side}.mac"),
+                        "the in-memory lab has no device to read a MAC from: give one".into(),
+                    ));
+                }
+            }
+        }
         if self.traffic.frame_sizes.is_empty() {
             return Err(err(
                 "traffic.frame_sizes".into(),
@@ -594,6 +616,224 @@ impl LabConfig {
             return Err(err("traffic.flows".into(), "too many flows".into()));
         }
         Ok((a, b))
+    }
+}
+
+/// Which port kind the data plane's workers run on.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PortKind {
+    /// Linux AF_XDP sockets on kernel interfaces (VMs, veth, any NIC with an XDP driver).
+    AfXdp,
+    /// DPDK poll-mode drivers (bare metal NICs; vdevs in test mode). Needs a build with the
+    /// `dpdk` feature.
+    Dpdk,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpModeName {
+    /// Native (driver) mode when the driver has it, else generic (SKB) mode.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Zero-copy wish for AF_XDP sockets.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroCopyName {
+    /// Zero-copy when the driver supports it in native mode, else copy.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// The `dataplane.af_xdp` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfXdpYaml {
+    #[serde(default)]
+    pub mode: XdpModeName,
+    #[serde(default)]
+    pub zero_copy: ZeroCopyName,
+    /// UMEM chunks per worker (shared by its LAN and WAN queues).
+    #[serde(default = "xdp_frames")]
+    pub frames: u32,
+    /// Bytes per chunk: 2048 or 4096.
+    #[serde(default = "xdp_frame_size")]
+    pub frame_size: u32,
+    /// Entries per fill/completion/rx/tx ring (a power of two).
+    #[serde(default = "xdp_ring_size")]
+    pub ring_size: u32,
+}
+
+impl Default for AfXdpYaml {
+    fn default() -> Self {
+        AfXdpYaml {
+            mode: XdpModeName::Auto,
+            zero_copy: ZeroCopyName::Auto,
+            frames: xdp_frames(),
+            frame_size: xdp_frame_size(),
+            ring_size: xdp_ring_size(),
+        }
+    }
+}
+
+fn xdp_frames() -> u32 {
+    8192
+}
+fn xdp_frame_size() -> u32 {
+    2048
+}
+fn xdp_ring_size() -> u32 {
+    2048
+}
+
+/// The `dataplane.dpdk` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkYaml {
+    /// EAL arguments, e.g. `["-l", "0-1", "--no-huge", "--no-pci", "--vdev=net_af_packet0,iface=eth1"]`
+    /// for test mode, or `["-l", "2-5", "-a", "0000:03:00.0"]` on bare metal.
+    #[serde(default)]
+    pub eal_args: Vec<String>,
+    /// mbufs per port's pool (0 = the port's default).
+    #[serde(default)]
+    pub mbufs: u32,
+}
+
+/// The `dataplane` section: how the workers meet the wire.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    pub port: PortKind,
+    /// Workers, each owning queue i of both devices.
+    #[serde(default = "one")]
+    pub workers: u16,
+    /// Cores to pin worker i to `cores[i]` (absent: not pinned).
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    #[serde(default)]
+    pub crypto_backend: BackendChoice,
+    #[serde(default)]
+    pub af_xdp: AfXdpYaml,
+    #[serde(default)]
+    pub dpdk: DpdkYaml,
+}
+
+fn one() -> u16 {
+    1
+}
+
+/// A file for `roamgate dataplane`: one gateway and its data plane.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneFile {
+    pub gateway: GatewayConfig,
+    pub dataplane: DataplaneConfig,
+}
+
+impl DataplaneFile {
+    /// Validates the gateway and the data-plane section.
+    pub fn validate(&self, file: &Path) -> Result<GatewayPlan, ConfigError> {
+        let plan = self.gateway.validate(file, "gateway")?;
+        let err = |key: &str, what: String| ConfigError {
+            file: file.to_owned(),
+            key: key.to_string(),
+            what,
+        };
+        let d = &self.dataplane;
+        if d.workers == 0 {
+            return Err(err("dataplane.workers", "needs at least one worker".into()));
+        }
+        if !d.cores.is_empty() && d.cores.len() < usize::from(d.workers) {
+            return Err(err(
+                "dataplane.cores",
+                format!("{} cores listed for {} workers", d.cores.len(), d.workers),
+            ));
+        }
+        if d.crypto_backend == BackendChoice::Null {
+            return Err(err(
+                "dataplane.crypto_backend",
+                "null is for benchmarks only".into(),
+            ));
+        }
+        for (side, i) in [("lan", &self.gateway.lan), ("wan", &self.gateway.wan)] {
+            if i.device.as_deref().is_none_or(str::is_empty) {
+                return Err(err(
+                    &format!("gateway.{side}.device"),
+                    "the data plane needs the device of each side".into(),
+                ));
+            }
+        }
+        let x = &d.af_xdp;
+        if !(x.frame_size == 2048 || x.frame_size == 4096) {
+            return Err(err(
+                "dataplane.af_xdp.frame_size",
+                format!("{} is not 2048 or 4096", x.frame_size),
+            ));
+        }
+        if !x.ring_size.is_power_of_two() || !(64..=16384).contains(&x.ring_size) {
+            return Err(err(
+                "dataplane.af_xdp.ring_size",
+                format!("{} is not a power of two in 64..=16384", x.ring_size),
+            ));
+        }
+        if x.frames < 4 * x.ring_size {
+            return Err(err(
+                "dataplane.af_xdp.frames",
+                format!(
+                    "{} chunks cannot keep two ports' fill and tx rings of {} busy: give at least {}",
+                    x.frames,
+                    x.ring_size,
+                    4 * x.ring_size
+                ),
+            ));
+        }
+        if d.port == PortKind::Dpdk && d.dpdk.eal_args.is_empty() {
+            return Err(err(
+                "dataplane.dpdk.eal_args",
+                "the DPDK port needs EAL arguments (cores, devices)".into(),
+            ));
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod dataplane_tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../configs/netns-a.yaml");
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let f: DataplaneFile = parse(Path::new("x.yaml"), EXAMPLE).unwrap();
+        let plan = f.validate(Path::new("x.yaml")).unwrap();
+        assert_eq!(f.dataplane.port, PortKind::AfXdp);
+        assert_eq!(plan.sas.len(), 4);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = EXAMPLE.replace("ring_size: 2048", "ring_size: 1000");
+        let f: DataplaneFile = parse(Path::new("x.yaml"), &bad).unwrap();
+        let e = f.validate(Path::new("x.yaml")).unwrap_err();
+        assert_eq!(e.key, "dataplane.af_xdp.ring_size");
+        let bad = EXAMPLE.replace("device: lan,", "device: \"\",");
+        let f: DataplaneFile = parse(Path::new("x.yaml"), &bad).unwrap();
+        let e = f.validate(Path::new("x.yaml")).unwrap_err();
+        assert_eq!(e.key, "gateway.lan.device");
+        let bad = EXAMPLE.replace("workers: 1", "workers: 0");
+        let f: DataplaneFile = parse(Path::new("x.yaml"), &bad).unwrap();
+        assert_eq!(
+            f.validate(Path::new("x.yaml")).unwrap_err().key,
+            "dataplane.workers"
+        );
     }
 }
 

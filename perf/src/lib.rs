@@ -80,7 +80,7 @@ impl Bench {
 pub fn flow_a_to_b(cfg: &LabConfig) -> FlowSpec {
     FlowSpec {
         src_mac: cfg.site_a.lan.neighbor_mac.0,
-        dst_mac: cfg.site_a.lan.mac.0,
+        dst_mac: cfg.site_a.lan.mac.unwrap_or_default().0,
         src: "10.1.0.10".parse().expect("literal"),
         dst: "10.2.0.10".parse().expect("literal"),
         src_port: 40000,

@@ -162,7 +162,19 @@ impl<P: Port> Worker<P> {
     }
 
     /// Runs until `stop` is set, pinned to `core` if given.
-    pub fn run(mut self, core: Option<usize>, stop: &AtomicBool) -> Self {
+    pub fn run(self, core: Option<usize>, stop: &AtomicBool) -> Self {
+        self.run_idle(core, stop, std::time::Duration::ZERO)
+    }
+
+    /// [`run`](Self::run), sleeping `idle_sleep` whenever a long run of polls found nothing to
+    /// do (zero: only yield). Pure poll mode is the production setting; a little sleep suits
+    /// tests and labs that share their cores with the hosts they simulate.
+    pub fn run_idle(
+        mut self,
+        core: Option<usize>,
+        stop: &AtomicBool,
+        idle_sleep: std::time::Duration,
+    ) -> Self {
         if let Some(c) = core {
             core_affinity::set_for_current(core_affinity::CoreId { id: c });
         }
@@ -175,7 +187,11 @@ impl<P: Port> Worker<P> {
                 // Poll mode, but be polite when there is nothing to do for a while: a lab or
                 // test shares its cores with the traffic generator.
                 if idle > 1024 {
-                    std::thread::yield_now();
+                    if idle_sleep.is_zero() {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(idle_sleep);
+                    }
                 }
                 core::hint::spin_loop();
             } else {

@@ -6,7 +6,11 @@
 
 use std::collections::VecDeque;
 
+#[cfg(target_os = "linux")]
+pub mod afxdp;
 pub mod mem;
+#[cfg(target_os = "linux")]
+pub mod xdp_prog;
 
 /// A packet buffer with head- and tailroom, like a DPDK mbuf: the worker grows and shrinks the
 /// data window in place to add or strip encapsulation.

@@ -1,0 +1,370 @@
+//! `roamgate dataplane --config X`: the data plane process on real ports.
+//!
+//! Reads one gateway and its `dataplane` section, opens the configured port kind (AF_XDP or
+//! DPDK), starts one worker per queue pair, installs the gateway's SAs and policies through the
+//! same agent messages a control plane sends, and runs until SIGINT/SIGTERM. While it runs it
+//! prints a status line every `--status-secs` and, with `--stats-file`, rewrites a JSON
+//! snapshot of its counters there once a second; on exit it prints the final snapshot as one
+//! JSON line on stdout.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use control::config::{self, DataplaneFile, GatewayPlan, PortKind};
+use pipeline::agent::{self, WorkerLink};
+use pipeline::crypto::Backend;
+use pipeline::port::Port;
+use pipeline::sad::Sad;
+use pipeline::spd::Spd;
+use pipeline::stats::{DropReason, Snapshot, Traffic};
+use pipeline::worker::{Link, Worker, WorkerHandle};
+
+#[derive(clap::Args)]
+pub struct DataplaneArgs {
+    /// Configuration file: a `gateway` and a `dataplane` section.
+    #[arg(long)]
+    config: PathBuf,
+    /// Rewrite a JSON snapshot of the counters to this file once a second.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+    /// Seconds between status lines on stdout (0: none).
+    #[arg(long, default_value_t = 5)]
+    status_secs: u64,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Sleep this many microseconds when a worker finds nothing to do for a while (0: pure
+    /// poll mode, the production setting; tests that share two cores with their hosts use a
+    /// little sleep).
+    #[arg(long, default_value_t = 0)]
+    idle_sleep_us: u64,
+}
+
+/// A running worker seen from the main thread.
+struct Running {
+    handle: WorkerHandle,
+    link: WorkerLink,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// What the port kinds give the generic part: a queue pair per worker and each side's MAC.
+struct Opened<P> {
+    pairs: Vec<(P, P)>,
+    lan_mac: [u8; 6],
+    wan_mac: [u8; 6],
+    /// Kept alive while the workers run (XDP programs, EAL); dropped at the end.
+    _keep: Box<dyn std::any::Any>,
+    describe: String,
+    port_stats: Box<dyn Fn() -> serde_json::Value>,
+}
+
+pub fn run(args: DataplaneArgs) -> Result<()> {
+    let file: DataplaneFile = config::load(&args.config)?;
+    let plan = file.validate(&args.config)?;
+    if file.dataplane.workers > 1 {
+        bail!(
+            "{}: dataplane.workers: {} workers would each need their own outbound SAs (an \
+             outbound SA has one sequence counter, so one owner); statically keyed SAs run on \
+             one worker until per-core SAs land",
+            args.config.display(),
+            file.dataplane.workers
+        );
+    }
+    let backend =
+        file.dataplane.crypto_backend.resolve().map_err(|e| {
+            anyhow::anyhow!("{}: dataplane.crypto_backend: {e}", args.config.display())
+        })?;
+    match file.dataplane.port {
+        PortKind::AfXdp => {
+            let opened = open_af_xdp(&file)?;
+            serve(&args, &file, &plan, backend, opened)
+        }
+        PortKind::Dpdk => open_and_serve_dpdk(&args, &file, &plan, backend),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_af_xdp(file: &DataplaneFile) -> Result<Opened<pipeline::port::afxdp::XdpPort>> {
+    use control::config::{XdpModeName, ZeroCopyName};
+    use pipeline::port::afxdp::{XdpConfig, XdpPort, ZeroCopy};
+    use pipeline::port::xdp_prog::{mac_address, XdpMode, XdpProgram};
+
+    let d = &file.dataplane;
+    let mode = match d.af_xdp.mode {
+        XdpModeName::Auto => XdpMode::Auto,
+        XdpModeName::Native => XdpMode::Native,
+        XdpModeName::Skb => XdpMode::Skb,
+    };
+    let cfg = XdpConfig {
+        frames: d.af_xdp.frames,
+        frame_size: d.af_xdp.frame_size,
+        ring_size: d.af_xdp.ring_size,
+        zero_copy: match d.af_xdp.zero_copy {
+            ZeroCopyName::Auto => ZeroCopy::Auto,
+            ZeroCopyName::On => ZeroCopy::On,
+            ZeroCopyName::Off => ZeroCopy::Off,
+        },
+    };
+    let lan_dev = file.gateway.lan.device.clone().unwrap_or_default();
+    let wan_dev = file.gateway.wan.device.clone().unwrap_or_default();
+    let lan_prog = XdpProgram::attach(&lan_dev, mode, u32::from(d.workers))
+        .with_context(|| format!("gateway.lan.device {lan_dev}"))?;
+    let wan_prog = XdpProgram::attach(&wan_dev, mode, u32::from(d.workers))
+        .with_context(|| format!("gateway.wan.device {wan_dev}"))?;
+    let mut pairs = Vec::new();
+    for q in 0..u32::from(d.workers) {
+        pairs.push(
+            XdpPort::open_pair(&lan_prog, &wan_prog, q, &cfg)
+                .with_context(|| format!("opening AF_XDP queue {q} of {lan_dev} and {wan_dev}"))?,
+        );
+    }
+    let mac_of = |side: &control::config::InterfaceConfig, dev: &str| -> Result<[u8; 6]> {
+        match side.mac {
+            Some(m) => Ok(m.0),
+            None => mac_address(dev).with_context(|| format!("reading the MAC of {dev}")),
+        }
+    };
+    let describe = format!(
+        "AF_XDP {lan_dev} ({}, {}) / {wan_dev} ({}, {})",
+        if lan_prog.is_native() {
+            "native"
+        } else {
+            "skb"
+        },
+        if pairs[0].0.is_zero_copy() {
+            "zero-copy"
+        } else {
+            "copy"
+        },
+        if wan_prog.is_native() {
+            "native"
+        } else {
+            "skb"
+        },
+        if pairs[0].1.is_zero_copy() {
+            "zero-copy"
+        } else {
+            "copy"
+        },
+    );
+    let stats_src: Vec<_> = pairs
+        .iter()
+        .map(|(l, w)| (l.stats_reader(), w.stats_reader()))
+        .collect();
+    Ok(Opened {
+        lan_mac: mac_of(&file.gateway.lan, &lan_dev)?,
+        wan_mac: mac_of(&file.gateway.wan, &wan_dev)?,
+        pairs,
+        _keep: Box::new((lan_prog, wan_prog)),
+        describe,
+        port_stats: Box::new(move || {
+            let q: Vec<serde_json::Value> = stats_src
+                .iter()
+                .map(|(l, w)| {
+                    let (l, w) = (l.read(), w.read());
+                    serde_json::json!({
+                        "lan": {"kernel_rx_dropped": l.rx_dropped, "fill_starved": l.fill_starved},
+                        "wan": {"kernel_rx_dropped": w.rx_dropped, "fill_starved": w.fill_starved},
+                    })
+                })
+                .collect();
+            serde_json::Value::Array(q)
+        }),
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_af_xdp(_: &DataplaneFile) -> Result<Opened<pipeline::port::mem::MemPort>> {
+    bail!("the AF_XDP port needs Linux")
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn open_and_serve_dpdk(
+    args: &DataplaneArgs,
+    _: &DataplaneFile,
+    _: &GatewayPlan,
+    _: Backend,
+) -> Result<()> {
+    bail!(
+        "{}: dataplane.port: dpdk, but this roamgate was built without DPDK (build with \
+         `--features roamgate/dpdk`, which needs Debian's libdpdk-dev)",
+        args.config.display()
+    )
+}
+
+#[cfg(feature = "dpdk")]
+fn open_and_serve_dpdk(
+    args: &DataplaneArgs,
+    file: &DataplaneFile,
+    plan: &GatewayPlan,
+    backend: Backend,
+) -> Result<()> {
+    let opened = crate::dpdk::open(file)?;
+    serve(args, file, plan, backend, opened)
+}
+
+fn serve<P: Port + 'static>(
+    args: &DataplaneArgs,
+    file: &DataplaneFile,
+    plan: &GatewayPlan,
+    backend: Backend,
+    opened: Opened<P>,
+) -> Result<()> {
+    let gw = &file.gateway;
+    let lan_link: Link = gw.lan.link_with_mac(opened.lan_mac);
+    let wan_link: Link = gw.wan.link_with_mac(opened.wan_mac);
+    println!(
+        "roamgate dataplane {}: {} worker(s) on {}, crypto backend {backend}",
+        gw.name,
+        opened.pairs.len(),
+        opened.describe
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the SIGINT/SIGTERM handler")?;
+    }
+    let idle = Duration::from_micros(args.idle_sleep_us);
+    let mut running = Vec::new();
+    for (i, (lan, wan)) in opened.pairs.into_iter().enumerate() {
+        let (mut link, control) = agent::link(i as u16, 1024, None);
+        let spd = Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let worker = Worker::new(
+            i as u16,
+            lan,
+            wan,
+            lan_link,
+            wan_link,
+            Sad::with_capacity(1024, crate::seed()),
+            Box::new(spd),
+            control,
+        );
+        let handle = worker.handle();
+        let core = file.dataplane.cores.get(i).copied();
+        let stop_w = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                worker.run_idle(core, &stop_w, idle);
+            })
+            .context("starting a worker thread")?;
+        crate::install(&mut link, backend, gw, plan)?;
+        running.push(Running {
+            handle,
+            link,
+            thread,
+        });
+    }
+
+    let start = Instant::now();
+    let mut last_status = Instant::now();
+    let mut last_snap: Vec<Snapshot> = running
+        .iter()
+        .map(|r| r.handle.counters.snapshot())
+        .collect();
+    let deadline = args.duration.map(Duration::from_secs_f64);
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
+        std::thread::sleep(Duration::from_millis(100));
+        for r in running.iter_mut() {
+            r.link.pump();
+        }
+        if let Some(path) = &args.stats_file {
+            if last_status.elapsed() >= Duration::from_secs(1)
+                || start.elapsed() < Duration::from_secs(1)
+            {
+                write_atomically(path, &stats_json(&gw.name, &running, &*opened.port_stats))?;
+            }
+        }
+        if args.status_secs > 0 && last_status.elapsed() >= Duration::from_secs(args.status_secs) {
+            let dt = last_status.elapsed();
+            last_status = Instant::now();
+            let cur: Vec<Snapshot> = running
+                .iter()
+                .map(|r| r.handle.counters.snapshot())
+                .collect();
+            let mut d = Snapshot::default();
+            for (c, l) in cur.iter().zip(&last_snap) {
+                d.add(&c.since(l));
+            }
+            last_snap = cur;
+            let errs: Vec<String> = d
+                .nonzero_drops()
+                .map(|(r, n)| format!("{}={n}", r.name()))
+                .collect();
+            println!(
+                "[{:>5}s] rx {:.0}/s sealed {:.0}/s opened {:.0}/s drops: {}",
+                start.elapsed().as_secs(),
+                per_sec(d.traffic(Traffic::RxPackets), dt),
+                per_sec(d.traffic(Traffic::Encrypted), dt),
+                per_sec(d.traffic(Traffic::Decrypted), dt),
+                if errs.is_empty() {
+                    "none".into()
+                } else {
+                    errs.join(" ")
+                }
+            );
+        } else if args.status_secs == 0 && last_status.elapsed() >= Duration::from_secs(1) {
+            last_status = Instant::now();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let final_stats = stats_json(&gw.name, &running, &*opened.port_stats);
+    for r in running {
+        let _ = r.thread.join();
+    }
+    if let Some(path) = &args.stats_file {
+        write_atomically(path, &final_stats)?;
+    }
+    println!("{final_stats}");
+    drop(opened._keep);
+    Ok(())
+}
+
+fn per_sec(n: u64, dt: Duration) -> f64 {
+    n as f64 / dt.as_secs_f64().max(1e-9)
+}
+
+/// Counters of every worker, summed, plus per-worker and port details, as one JSON object.
+fn stats_json(
+    name: &str,
+    running: &[Running],
+    port_stats: &dyn Fn() -> serde_json::Value,
+) -> String {
+    let mut total = Snapshot::default();
+    for r in running {
+        total.add(&r.handle.counters.snapshot());
+    }
+    let traffic: serde_json::Map<String, serde_json::Value> = Traffic::ALL
+        .iter()
+        .map(|t| (t.name().to_string(), total.traffic(*t).into()))
+        .collect();
+    let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+        .iter()
+        .filter(|r| total.drops(**r) > 0)
+        .map(|r| (r.name().to_string(), total.drops(*r).into()))
+        .collect();
+    serde_json::json!({
+        "gateway": name,
+        "workers": running.len(),
+        "traffic": traffic,
+        "drops": drops,
+        "ports": port_stats(),
+    })
+    .to_string()
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)
+        .with_context(|| format!("cannot write stats file {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot write stats file {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,100 @@
+#!/bin/bash
+# The network-namespace lab used by the end-to-end tests (and by hand):
+#
+#   PFX-lana          PFX-gwa                 PFX-net               PFX-gwb          PFX-lanb
+#   lan0 10.1.0.10 -- lan [roamgate] wan -- to-a ] br0 [ to-b -- wan [roamgate] lan -- lan0 10.2.0.10
+#        fd00:a::10                             "internet"                            fd00:b::10
+#
+# The gateway namespaces get no IP addresses: roamgate owns their "lan" and "wan" veths
+# (AF_XDP or DPDK af_packet). Hosts route the other site via their gateway, whose MAC they
+# know statically (as the gateways know theirs: configs/netns-{a,b}.yaml). Offloads are off on
+# every veth: a checksum left for "hardware" to fill in (CHECKSUM_PARTIAL) would reach the
+# tunnel unfinished, and GSO super-frames are larger than any MTU.
+#
+# usage: netns-lab.sh up [PFX]     create (removing a previous lab of that prefix first)
+#        netns-lab.sh down [PFX]   remove
+#        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
+# PFX defaults to "rg". Needs root, iproute2 and ethtool.
+set -euo pipefail
+
+cmd=${1:-}
+p=${2:-rg}
+NSS="lana gwa net gwb lanb"
+
+down() {
+    for n in $NSS; do
+        ip netns del "$p-$n" 2>/dev/null || true
+    done
+}
+
+offloads_off() { # ns dev
+    ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
+}
+
+up() {
+    down
+    for n in $NSS; do
+        ip netns add "$p-$n"
+        ip -n "$p-$n" link set lo up
+    done
+    ip link add lan0 netns "$p-lana" address 02:00:00:00:0a:fe type veth \
+        peer name lan netns "$p-gwa" address 02:00:00:00:0a:01
+    ip link add wan netns "$p-gwa" address 02:00:00:00:aa:01 type veth \
+        peer name to-a netns "$p-net"
+    ip link add wan netns "$p-gwb" address 02:00:00:00:bb:01 type veth \
+        peer name to-b netns "$p-net"
+    ip link add lan0 netns "$p-lanb" address 02:00:00:00:0b:fe type veth \
+        peer name lan netns "$p-gwb" address 02:00:00:00:0b:01
+
+    # The internet: a bridge joining the two WAN links (capture here: it sees both ways).
+    ip -n "$p-net" link add br0 type bridge
+    ip netns exec "$p-net" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    ip netns exec "$p-net" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+    for d in to-a to-b; do
+        ip -n "$p-net" link set dev "$d" master br0
+        offloads_off "$p-net" "$d"
+        ip -n "$p-net" link set dev "$d" up
+    done
+    ip -n "$p-net" link set br0 up
+
+    # Gateways: roamgate's devices, quiet kernel (no IPv6 autoconf/ND chatter on them).
+    for g in gwa gwb; do
+        ip netns exec "$p-$g" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+        ip netns exec "$p-$g" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+        for d in lan wan; do
+            offloads_off "$p-$g" "$d"
+            ip -n "$p-$g" link set dev "$d" up
+        done
+    done
+
+    # Hosts.
+    host "$p-lana" 10.1.0.10 10.1.0.1 fd00:a::10 fd00:a::1 02:00:00:00:0a:01
+    host "$p-lanb" 10.2.0.10 10.2.0.1 fd00:b::10 fd00:b::1 02:00:00:00:0b:01
+}
+
+host() { # ns addr4 gw4 addr6 gw6 gwmac
+    local ns=$1
+    offloads_off "$ns" lan0
+    ip -n "$ns" link set lan0 up
+    ip -n "$ns" addr add "$2/24" dev lan0
+    ip -n "$ns" -6 addr add "$4/64" dev lan0 nodad
+    ip -n "$ns" route add default via "$3"
+    ip -n "$ns" -6 route add default via "$5"
+    ip -n "$ns" neigh replace "$3" lladdr "$6" dev lan0 nud permanent
+    ip -n "$ns" -6 neigh replace "$5" lladdr "$6" dev lan0 nud permanent
+}
+
+case "$cmd" in
+up) up ;;
+down) down ;;
+exec)
+    shift
+    ns=$1
+    shift
+    exec ip netns exec "$ns" "$@"
+    ;;
+*)
+    echo "usage: $0 up|down [prefix] | exec NS cmd..." >&2
+    exit 2
+    ;;
+esac
