@@ -15,6 +15,8 @@ use pipeline::sad::Sad;
 use pipeline::spd::Spd;
 use pipeline::worker::Worker;
 
+pub mod netns;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,306 @@
+//! The network-namespace lab for end-to-end tests on real ports: namespaces and veths from
+//! `vendor-scripts/netns-lab.sh`, `roamgate dataplane` processes in the gateway namespaces,
+//! and the host tools (ping, iperf3, tshark) in the others. Everything is torn down on drop,
+//! and only processes started here are ever signalled.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::root;
+
+/// True when running as root; otherwise prints the SKIP line the tests promise.
+pub fn root_or_skip(test: &str) -> bool {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        })
+        .unwrap_or_default();
+    if uid == "0" {
+        return true;
+    }
+    if std::env::var_os("ROAMGATE_REQUIRE_ROOT").is_some() {
+        panic!("{test} needs root (ROAMGATE_REQUIRE_ROOT is set)");
+    }
+    println!("SKIP: {test} needs root (network namespaces, AF_XDP)");
+    false
+}
+
+/// Runs `cmd` in namespace `ns`, returning its output.
+pub fn in_ns(ns: &str, cmd: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ip netns exec {ns} {cmd:?}: {e}"))
+}
+
+/// A lab of five namespaces named `PFX-lana`, `PFX-gwa`, `PFX-net`, `PFX-gwb`, `PFX-lanb`.
+pub struct NetnsLab {
+    pub prefix: String,
+}
+
+impl NetnsLab {
+    pub fn up(prefix: &str) -> NetnsLab {
+        let out = Command::new("bash")
+            .arg(root().join("vendor-scripts/netns-lab.sh"))
+            .args(["up", prefix])
+            .output()
+            .expect("run netns-lab.sh");
+        assert!(
+            out.status.success(),
+            "netns-lab.sh up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        NetnsLab {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// Pings `dst` from host namespace `from` (`lana`/`lanb`); returns replies received.
+    pub fn ping(&self, from: &str, dst: &str, count: u32) -> u32 {
+        let c = count.to_string();
+        let out = in_ns(
+            &self.ns(from),
+            &["ping", "-c", &c, "-i", "0.2", "-W", "2", dst],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| {
+                let (_, rest) = l.split_once(" packets transmitted, ")?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Frames written raw onto the internet bridge port that leads to gateway `gw` ("a"/"b").
+    pub fn inject(&self, gw: &str, frames: &[Vec<u8>]) {
+        let hex: Vec<String> = frames
+            .iter()
+            .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        let dev = format!("to-{gw}");
+        let script = "import socket,sys\n\
+                      s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
+                      s.bind((sys.argv[1],0))\n\
+                      for h in sys.argv[2:]: s.send(bytes.fromhex(h))\n";
+        let mut args = vec!["python3", "-c", script, &dev];
+        args.extend(hex.iter().map(String::as_str));
+        let out = in_ns(&self.ns("net"), &args);
+        assert!(
+            out.status.success(),
+            "injecting frames failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for NetnsLab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(root().join("vendor-scripts/netns-lab.sh"))
+            .args(["down", &self.prefix])
+            .status();
+    }
+}
+
+/// A process started in a namespace (`ip netns exec` execs, so its pid is the program's).
+pub struct NsProcess {
+    pub child: Option<Child>,
+    pub what: String,
+}
+
+impl NsProcess {
+    pub fn spawn(ns: &str, cmd: &[&str], what: &str) -> NsProcess {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        NsProcess {
+            child: Some(child),
+            what: what.to_owned(),
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Signals the process and collects everything it printed.
+    pub fn stop(mut self, sig: &str, wait: Duration) -> (bool, String, String) {
+        self.signal(sig);
+        let mut c = self.child.take().expect("child");
+        let t = Instant::now();
+        while t.elapsed() < wait {
+            if let Ok(Some(_)) = c.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if matches!(c.try_wait(), Ok(None)) {
+            let _ = c.kill();
+        }
+        let out = c.wait_with_output().expect("collect output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for NsProcess {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A `roamgate dataplane` in a gateway namespace.
+pub struct DataplaneProcess {
+    pub proc: NsProcess,
+    pub stats_file: PathBuf,
+}
+
+impl DataplaneProcess {
+    /// Starts it and waits until its SAs are installed (its first stats file appears).
+    pub fn start(bin: &Path, ns: &str, config: &Path, dir: &Path, name: &str) -> DataplaneProcess {
+        let stats_file = dir.join(format!("{name}.stats.json"));
+        let _ = std::fs::remove_file(&stats_file);
+        let mut proc = NsProcess::spawn(
+            ns,
+            &[
+                bin.to_str().expect("utf-8 path"),
+                "dataplane",
+                "--config",
+                config.to_str().expect("utf-8 path"),
+                "--stats-file",
+                stats_file.to_str().expect("utf-8 path"),
+                "--status-secs",
+                "0",
+                "--idle-sleep-us",
+                "50",
+            ],
+            name,
+        );
+        let t = Instant::now();
+        while !stats_file.exists() {
+            if !proc.is_running() || t.elapsed() > Duration::from_secs(20) {
+                let (_, out, err) = proc.stop("TERM", Duration::from_secs(1));
+                panic!("{name} did not come up:\n{out}\n{err}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        DataplaneProcess { proc, stats_file }
+    }
+
+    /// The latest counters it published.
+    pub fn stats(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(&self.stats_file).expect("stats file");
+        serde_json::from_str(&text).expect("stats file is JSON")
+    }
+
+    /// Stops it with SIGTERM; returns the final counters it printed.
+    pub fn stop(self) -> serde_json::Value {
+        let what = self.proc.what.clone();
+        let (ok, out, err) = self.proc.stop("TERM", Duration::from_secs(10));
+        assert!(ok, "{what} did not exit cleanly:\n{out}\n{err}");
+        let last = out.lines().last().unwrap_or_default();
+        serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("{what}'s last line is not JSON ({e}):\n{out}"))
+    }
+}
+
+/// A tshark capture in a namespace, written to a pcap file.
+pub struct Capture {
+    proc: NsProcess,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    /// Captures on `iface` what matches the capture `filter` (pcap syntax; "" for all).
+    pub fn start(ns: &str, iface: &str, filter: &str, file: &Path) -> Capture {
+        let mut cmd = vec![
+            "tshark",
+            "-i",
+            iface,
+            "-w",
+            file.to_str().expect("utf-8"),
+            "-q",
+        ];
+        if !filter.is_empty() {
+            cmd.extend(["-f", filter]);
+        }
+        let mut proc = NsProcess::spawn(ns, &cmd, "tshark");
+        // tshark says "Capturing on 'br0'" on stderr once it captures.
+        let stderr = proc
+            .child
+            .as_mut()
+            .and_then(|c| c.stderr.take())
+            .expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let t = Instant::now();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("Capturing on") => break,
+                Some(Ok(_)) => {}
+                _ => panic!("tshark did not start capturing on {iface} in {ns}"),
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "tshark start timed out"
+            );
+        }
+        // Keep draining stderr so tshark never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Capture {
+            proc,
+            file: file.to_owned(),
+        }
+    }
+
+    /// Stops the capture; returns `frame.protocols` of every captured frame.
+    pub fn finish(self) -> Vec<String> {
+        let file = self.file.clone();
+        let _ = self.proc.stop("INT", Duration::from_secs(10));
+        let out = Command::new("tshark")
+            .args([
+                "-r",
+                file.to_str().expect("utf-8"),
+                "-T",
+                "fields",
+                "-e",
+                "frame.protocols",
+            ])
+            .output()
+            .expect("tshark -r");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
