@@ -22,6 +22,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
 static SERIAL: Mutex<()> = Mutex::new(());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
 enum Kind {
     AfXdp,
     Dpdk,
