@@ -5,10 +5,13 @@
 #   tshark           independent check: decrypts roamgate's ESP with the exported keys
 #   scapy + cryptography (PyPI)  second independent ESP implementation for the tests
 #   cargo-fuzz       bounded fuzz runs of every parser (CI)
+#   iproute2 ethtool iputils-ping iperf3   the network-namespace lab of the end-to-end tests
+#                    (vendor-scripts/netns-lab.sh): veths, offloads off, ping and TCP through
+#                    the tunnel
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in libipsec-mb-dev libclang-dev clang tshark; do
+for p in libipsec-mb-dev libclang-dev clang tshark iproute2 ethtool iputils-ping iperf3; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
