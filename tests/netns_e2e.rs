@@ -284,3 +284,128 @@ fn dpdk_both_gateways() {
 fn af_xdp_and_dpdk_mixed() {
     run("netns_mixed", "rgm", Kind::AfXdp, Kind::Dpdk);
 }
+
+/// iperf3 A -> B: (TCP Gbit/s, UDP 64-byte datagrams delivered per second).
+fn iperf_pair(lab: &NetnsLab) -> (f64, f64) {
+    let in_ns = roamgate_tests::netns::in_ns;
+    let server = NsProcess::spawn(
+        &lab.ns("lanb"),
+        &["iperf3", "-s", "-B", "10.2.0.10"],
+        "iperf3 -s",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let tcp: serde_json::Value = serde_json::from_slice(
+        &in_ns(
+            &lab.ns("lana"),
+            &["iperf3", "-c", "10.2.0.10", "-t", "5", "-J"],
+        )
+        .stdout,
+    )
+    .expect("iperf3 JSON");
+    let udp: serde_json::Value = serde_json::from_slice(
+        &in_ns(
+            &lab.ns("lana"),
+            &[
+                "iperf3",
+                "-c",
+                "10.2.0.10",
+                "-u",
+                "-b",
+                "0",
+                "-l",
+                "64",
+                "-t",
+                "5",
+                "-J",
+            ],
+        )
+        .stdout,
+    )
+    .expect("iperf3 JSON");
+    drop(server);
+    let gbps = tcp["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9;
+    let s = &udp["end"]["sum"];
+    let pkts = s["packets"].as_f64().unwrap_or(0.0);
+    let lost = s["lost_packets"].as_f64().unwrap_or(0.0);
+    let secs = s["seconds"].as_f64().unwrap_or(1.0).max(1e-9);
+    (gbps, (pkts - lost) / secs)
+}
+
+/// Not a test: measures what each port kind carries on this machine's veth lab, next to the
+/// kernel forwarding the same traffic in the clear over the same veths (the cap). Run with
+/// `cargo test --release -p roamgate --features dpdk --test netns_e2e -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_port_throughput() {
+    if !root_or_skip("measure_port_throughput") || !tools_present() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = scratch("measure_port_throughput");
+    let mut rows = Vec::new();
+
+    // The cap: kernel IP forwarding in the gateway namespaces, no crypto.
+    {
+        let lab = NetnsLab::up("rgk");
+        let in_ns = roamgate_tests::netns::in_ns;
+        for (g, lan, wan, peer, remote) in [
+            (
+                "gwa",
+                "10.1.0.1/24",
+                "192.0.2.1/24",
+                "192.0.2.2",
+                "10.2.0.0/24",
+            ),
+            (
+                "gwb",
+                "10.2.0.1/24",
+                "192.0.2.2/24",
+                "192.0.2.1",
+                "10.1.0.0/24",
+            ),
+        ] {
+            let ns = lab.ns(g);
+            in_ns(&ns, &["ip", "addr", "add", lan, "dev", "lan"]);
+            in_ns(&ns, &["ip", "addr", "add", wan, "dev", "wan"]);
+            in_ns(&ns, &["ip", "route", "add", remote, "via", peer]);
+            in_ns(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        }
+        let (gbps, pps) = iperf_pair(&lab);
+        rows.push(("kernel forwarding, clear (veth cap)", gbps, pps));
+    }
+    let mut kinds = vec![(Kind::AfXdp, "roamgate AF_XDP, ESP")];
+    if cfg!(feature = "dpdk") {
+        kinds.push((Kind::Dpdk, "roamgate DPDK net_af_packet, ESP"));
+    }
+    for (kind, label) in kinds {
+        let lab = NetnsLab::up("rgp");
+        let a = DataplaneProcess::start(
+            Path::new(BIN),
+            &lab.ns("gwa"),
+            &config("a", kind, &dir),
+            &dir,
+            "gw-a",
+        );
+        let b = DataplaneProcess::start(
+            Path::new(BIN),
+            &lab.ns("gwb"),
+            &config("b", kind, &dir),
+            &dir,
+            "gw-b",
+        );
+        let (gbps, pps) = iperf_pair(&lab);
+        a.stop();
+        b.stop();
+        rows.push((label, gbps, pps));
+    }
+    println!(
+        "\n{:<40} {:>12} {:>16}",
+        "path A -> B", "TCP Gbit/s", "UDP 64 B pkt/s"
+    );
+    for (label, gbps, pps) in &rows {
+        println!("{label:<40} {gbps:>12.3} {pps:>16.0}");
+    }
+}
