@@ -265,6 +265,12 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
             "{s}"
         );
         assert!(s["traffic"]["decrypted"].as_u64().unwrap_or(0) > 100, "{s}");
+        // The hosts have no static neighbour entries: they learned the gateways' MACs from
+        // roamgate's own ARP replies and neighbour advertisements.
+        assert!(
+            s["traffic"]["neighbor_replies"].as_u64().unwrap_or(0) >= 2,
+            "{s}"
+        );
     }
 }
 

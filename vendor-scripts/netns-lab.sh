@@ -6,8 +6,9 @@
 #        fd00:a::10                             "internet"                            fd00:b::10
 #
 # The gateway namespaces get no IP addresses: roamgate owns their "lan" and "wan" veths
-# (AF_XDP or DPDK af_packet). Hosts route the other site via their gateway, whose MAC they
-# know statically (as the gateways know theirs: configs/netns-{a,b}.yaml). Offloads are off on
+# (AF_XDP or DPDK af_packet) and answers ARP and neighbour solicitations for its addresses.
+# Hosts route the other site via their gateway; the gateways know their next hops' MACs
+# statically (configs/netns-{a,b}.yaml). Offloads are off on
 # every veth: a checksum left for "hardware" to fill in (CHECKSUM_PARTIAL) would reach the
 # tunnel unfinished, and GSO super-frames are larger than any MTU.
 #
@@ -68,11 +69,11 @@ up() {
     done
 
     # Hosts.
-    host "$p-lana" 10.1.0.10 10.1.0.1 fd00:a::10 fd00:a::1 02:00:00:00:0a:01
-    host "$p-lanb" 10.2.0.10 10.2.0.1 fd00:b::10 fd00:b::1 02:00:00:00:0b:01
+    host "$p-lana" 10.1.0.10 10.1.0.1 fd00:a::10 fd00:a::1
+    host "$p-lanb" 10.2.0.10 10.2.0.1 fd00:b::10 fd00:b::1
 }
 
-host() { # ns addr4 gw4 addr6 gw6 gwmac
+host() { # ns addr4 gw4 addr6 gw6
     local ns=$1
     offloads_off "$ns" lan0
     ip -n "$ns" link set lan0 up
@@ -80,8 +81,6 @@ host() { # ns addr4 gw4 addr6 gw6 gwmac
     ip -n "$ns" -6 addr add "$4/64" dev lan0 nodad
     ip -n "$ns" route add default via "$3"
     ip -n "$ns" -6 route add default via "$5"
-    ip -n "$ns" neigh replace "$3" lladdr "$6" dev lan0 nud permanent
-    ip -n "$ns" -6 neigh replace "$5" lladdr "$6" dev lan0 nud permanent
 }
 
 case "$cmd" in

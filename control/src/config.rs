@@ -142,8 +142,12 @@ pub struct InterfaceConfig {
     /// Our Ethernet address on this link; the data plane reads it from the device when absent.
     #[serde(default)]
     pub mac: Option<MacAddr>,
-    /// Our address on this link (source of ICMP errors on the LAN, tunnel endpoint on the WAN).
+    /// Our address on this link (source of ICMP errors on the LAN, tunnel endpoint on the WAN;
+    /// answered in ARP or neighbour discovery).
     pub address: IpAddr,
+    /// A second, IPv6 address when `address` is IPv4 (dual-stack links).
+    #[serde(default)]
+    pub address6: Option<core::net::Ipv6Addr>,
     /// Next hop's Ethernet address (static neighbour).
     pub neighbor_mac: MacAddr,
     /// IP MTU of the link.
@@ -164,7 +168,7 @@ impl InterfaceConfig {
     /// [`link`](Self::link) with the MAC the device reported.
     pub fn link_with_mac(&self, mac: [u8; 6]) -> pipeline::worker::Link {
         let (addr4, addr6) = match self.address {
-            IpAddr::V4(a) => (Some(a), None),
+            IpAddr::V4(a) => (Some(a), self.address6),
             IpAddr::V6(a) => (None, Some(a)),
         };
         pipeline::worker::Link {

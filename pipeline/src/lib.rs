@@ -12,6 +12,7 @@ pub mod esp;
 pub mod ids;
 pub mod msg;
 pub mod nat;
+pub mod neighbor;
 pub mod pcap;
 pub mod port;
 pub mod sad;

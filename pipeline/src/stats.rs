@@ -99,6 +99,8 @@ reasons! {
     NatFragment => "nat_fragment", true;
     /// NAT: a protocol that cannot be masqueraded.
     NatUnsupported => "nat_unsupported", true;
+    /// ARP or neighbour solicitation not asking for our address (normal link chatter).
+    NeighborIgnored => "neighbor_ignored", false;
 }
 
 /// Non-drop traffic counters of one core.
@@ -120,6 +122,8 @@ pub enum Traffic {
     Masqueraded,
     /// ICMP errors generated (fragmentation needed / packet too big).
     IcmpSent,
+    /// ARP replies and neighbour advertisements sent for our own addresses.
+    NeighborReplies,
 }
 
 impl Traffic {
@@ -134,6 +138,7 @@ impl Traffic {
         Traffic::Bypassed,
         Traffic::Masqueraded,
         Traffic::IcmpSent,
+        Traffic::NeighborReplies,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -149,6 +154,7 @@ impl Traffic {
             Traffic::Bypassed => "bypassed",
             Traffic::Masqueraded => "masqueraded",
             Traffic::IcmpSent => "icmp_sent",
+            Traffic::NeighborReplies => "neighbor_replies",
         }
     }
 }

@@ -379,9 +379,12 @@ impl<P: Port> Worker<P> {
         let mut bytes = 0u64;
         for mut f in rx.drain(..) {
             bytes += f.len() as u64;
-            let verdict = match side {
-                Side::Lan => self.outbound(&mut f, now),
-                Side::Wan => self.inbound(&mut f, now),
+            let verdict = match self.neighbor(&mut f, side) {
+                Some(v) => v,
+                None => match side {
+                    Side::Lan => self.outbound(&mut f, now),
+                    Side::Wan => self.inbound(&mut f, now),
+                },
             };
             match verdict {
                 Verdict::ToWan => self.wan_txq.push_back(f),
@@ -393,6 +396,46 @@ impl<P: Port> Worker<P> {
         self.counters.count(Traffic::RxPackets, n as u64);
         self.counters.count(Traffic::RxBytes, bytes);
         n
+    }
+
+    /// ARP and neighbour solicitations for our own address are answered on the side they came
+    /// from; other ARP is link chatter. None: not neighbour discovery, go on.
+    fn neighbor(&mut self, f: &mut P::Frame, side: Side) -> Option<Verdict> {
+        let d = f.data();
+        let is_arp = d.get(12..14) == Some(&[0x08, 0x06][..]);
+        // IPv6 with next header ICMPv6 and type 135, at the fixed offsets of a bare header.
+        let is_ns = d.get(12..14) == Some(&[0x86, 0xdd][..])
+            && d.get(20) == Some(&58)
+            && d.get(54) == Some(&135);
+        if !is_arp && !is_ns {
+            return None;
+        }
+        let link = match side {
+            Side::Lan => &self.lan_link,
+            Side::Wan => &self.wan_link,
+        };
+        // An advertisement (86 bytes with its option) may be longer than the solicitation.
+        let len = f.len();
+        if is_ns && len < 86 && !f.append(86 - len) {
+            return Some(Verdict::Drop(DropReason::NoBufferRoom));
+        }
+        let (outcome, new_len) =
+            crate::neighbor::respond(f.data_mut(), link.mac, link.addr4, link.addr6);
+        match outcome {
+            crate::neighbor::Outcome::Replied => {
+                f.truncate(new_len);
+                self.counters.count(Traffic::NeighborReplies, 1);
+                Some(match side {
+                    Side::Lan => Verdict::ToLan,
+                    Side::Wan => Verdict::ToWan,
+                })
+            }
+            crate::neighbor::Outcome::Ignored => Some(Verdict::Drop(DropReason::NeighborIgnored)),
+            crate::neighbor::Outcome::NotNeighbor => {
+                f.truncate(len);
+                None
+            }
+        }
     }
 
     fn outbound(&mut self, f: &mut P::Frame, now: u64) -> Verdict {
