@@ -74,6 +74,7 @@ pub fn link(
             commands: crx,
             replies: rtx,
             punt,
+            transmit: None,
         },
     )
 }

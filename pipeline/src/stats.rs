@@ -124,6 +124,8 @@ pub enum Traffic {
     IcmpSent,
     /// ARP replies and neighbour advertisements sent for our own addresses.
     NeighborReplies,
+    /// IKE datagrams sent for the control plane.
+    IkeSent,
 }
 
 impl Traffic {
@@ -139,6 +141,7 @@ impl Traffic {
         Traffic::Masqueraded,
         Traffic::IcmpSent,
         Traffic::NeighborReplies,
+        Traffic::IkeSent,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -155,6 +158,7 @@ impl Traffic {
             Traffic::Masqueraded => "masqueraded",
             Traffic::IcmpSent => "icmp_sent",
             Traffic::NeighborReplies => "neighbor_replies",
+            Traffic::IkeSent => "ike_sent",
         }
     }
 }

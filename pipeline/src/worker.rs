@@ -43,10 +43,12 @@ pub const BURST: usize = 32;
 /// A tx queue longer than this pauses the rx that feeds it.
 const TXQ_HIGH: usize = 4 * BURST;
 
-/// An IKE datagram handed to the control plane: the UDP payload (non-ESP marker stripped) with
-/// its addresses and ports.
+/// An IKE datagram between the data plane and the control plane: the UDP payload (without
+/// the non-ESP marker) with its addresses and ports. Punted ones came in on the WAN; outgoing
+/// ones are built into frames by a worker and sent out of its WAN port (a payload sent from or
+/// to port 4500 gets the non-ESP marker, RFC 3948).
 #[derive(Clone, Debug)]
-pub struct Punted {
+pub struct Datagram {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub src_port: u16,
@@ -54,11 +56,16 @@ pub struct Punted {
     pub payload: Vec<u8>,
 }
 
+/// An IKE datagram handed to the control plane.
+pub type Punted = Datagram;
+
 /// The control side of a worker: where its commands come from and its replies go.
 pub struct ControlLink {
     pub commands: Consumer<Envelope>,
     pub replies: Producer<Reply>,
     pub punt: Option<Producer<Punted>>,
+    /// IKE datagrams the control plane wants sent from this worker's WAN port.
+    pub transmit: Option<Consumer<Datagram>>,
 }
 
 /// One SA's counters as a worker publishes them.
@@ -212,6 +219,7 @@ impl<P: Port> Worker<P> {
     /// One turn of the loop. Returns the number of frames and commands handled.
     pub fn poll(&mut self, now: u64) -> usize {
         let mut work = self.apply_commands();
+        work += self.transmit_datagrams();
         self.flush();
         // Each rx is paused only by the queues it feeds: LAN rx feeds the WAN (and the odd
         // ICMP error back to the LAN), WAN rx feeds the LAN. Gating WAN rx on the WAN queue too
@@ -236,6 +244,37 @@ impl<P: Port> Worker<P> {
     }
 
     // ---- control ------------------------------------------------------------------------
+
+    /// Sends what the control plane queued, while the WAN queue has room (a full queue leaves
+    /// the rest in the ring: back-pressure).
+    fn transmit_datagrams(&mut self) -> usize {
+        let mut sent = 0;
+        while self.wan_txq.len() < TXQ_HIGH && sent < BURST {
+            let Some(ring) = self.control.transmit.as_mut() else {
+                break;
+            };
+            let Ok(d) = ring.pop() else {
+                break;
+            };
+            sent += 1;
+            let Some(mut f) = self.wan.alloc() else {
+                self.counters.record_drop(DropReason::NoBufferRoom);
+                continue;
+            };
+            match build_datagram(&mut f, &d) {
+                Ok(ipv6) => {
+                    if push_eth(&mut f, &self.wan_link, ipv6) {
+                        self.counters.count(Traffic::IkeSent, 1);
+                        self.wan_txq.push_back(f);
+                    } else {
+                        self.counters.record_drop(DropReason::NoBufferRoom);
+                    }
+                }
+                Err(r) => self.counters.record_drop(r),
+            }
+        }
+        sent
+    }
 
     fn apply_commands(&mut self) -> usize {
         while let Some(r) = self.replies_waiting.pop_front() {
@@ -885,6 +924,70 @@ fn push_eth<F: Frame>(f: &mut F, link: &Link, ipv6: bool) -> bool {
     true
 }
 
+/// Writes `d` into the empty frame `f` as IPv4/IPv6 + UDP (+ the non-ESP marker on port
+/// 4500) + payload. Returns whether it is IPv6.
+fn build_datagram<F: Frame>(f: &mut F, d: &Datagram) -> Result<bool, DropReason> {
+    let marker = if d.src_port == natt::NATT_PORT || d.dst_port == natt::NATT_PORT {
+        natt::NON_ESP_MARKER_LEN
+    } else {
+        0
+    };
+    let udp_len = udp::HEADER_LEN + marker + d.payload.len();
+    let (ipv6, ip_len) = match (d.src, d.dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => (false, ipv4::HEADER_LEN),
+        (IpAddr::V6(_), IpAddr::V6(_)) => (true, ipv6::HEADER_LEN),
+        _ => return Err(DropReason::MalformedIp),
+    };
+    if ip_len + udp_len > usize::from(u16::MAX) || !f.append(ip_len + udp_len) {
+        return Err(DropReason::NoBufferRoom);
+    }
+    let buf = f.data_mut();
+    let Some((ip, seg)) = buf.split_at_mut_checked(ip_len) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    match (d.src, d.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4::Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: crate::wire::IpProtocol::Udp,
+            payload_len: udp_len,
+            hop_limit: 64,
+            dscp: 0,
+            ecn: 0,
+            ident: 0,
+            dont_frag: true,
+        }
+        .emit(&mut ipv4::Packet::new_unchecked(ip)),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => ipv6::Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: crate::wire::IpProtocol::Udp,
+            payload_len: udp_len,
+            hop_limit: 64,
+            dscp: 0,
+            ecn: 0,
+            flow_label: 0,
+        }
+        .emit(&mut ipv6::Packet::new_unchecked(ip)),
+        _ => return Err(DropReason::MalformedIp),
+    }
+    let Some(body) = seg.get_mut(udp::HEADER_LEN..) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    let (m, payload) = body.split_at_mut(marker);
+    m.fill(0);
+    payload.copy_from_slice(&d.payload);
+    let mut u = udp::Packet::new_unchecked(seg);
+    udp::Repr {
+        src_port: d.src_port,
+        dst_port: d.dst_port,
+        payload_len: marker + d.payload.len(),
+    }
+    .emit(&mut u);
+    u.fill_checksum(&d.src, &d.dst);
+    Ok(ipv6)
+}
+
 /// Forwards toward `link` as `verdict` if the Ethernet header fits.
 fn forward<F: Frame>(f: &mut F, link: &Link, ipv6: bool, verdict: Verdict) -> Verdict {
     if push_eth(f, link, ipv6) {
@@ -1050,6 +1153,54 @@ mod tests {
         fn drops(&self, r: DropReason) -> u64 {
             self.w.counters.drops(r)
         }
+    }
+
+    #[test]
+    fn ike_datagrams_from_control_are_sent_and_punted_back_intact() {
+        let mut a = rig(1500);
+        let mut b = rig(1500);
+        let (mut tx, tx_rx) = rtrb::RingBuffer::new(8);
+        a.w.control.transmit = Some(tx_rx);
+        let (punt_tx, mut punted) = rtrb::RingBuffer::new(8);
+        b.w.control.punt = Some(punt_tx);
+        let ike: Vec<u8> = (0..100u8).collect();
+        for (src_port, dst_port) in [(500u16, 500u16), (4500, 4500)] {
+            tx.push(Datagram {
+                src: "192.0.2.1".parse().unwrap(),
+                dst: "192.0.2.2".parse().unwrap(),
+                src_port,
+                dst_port,
+                payload: ike.clone(),
+            })
+            .unwrap();
+        }
+        a.w.poll(0);
+        let mut frames = Vec::new();
+        a.wan.rx_burst(&mut frames, 8);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(a.w.counters.traffic(Traffic::IkeSent), 2);
+        for (i, f) in frames.iter().enumerate() {
+            let d = f.data();
+            assert_eq!(&d[0..6], &PEER_MAC);
+            assert_eq!(&d[6..12], &WAN_MAC);
+            let ip = ipv4::Packet::new_checked(&d[14..]).unwrap();
+            assert!(ip.verify_checksum());
+            let u = udp::Packet::new_checked(ip.payload()).unwrap();
+            assert!(u.verify_checksum(&"192.0.2.1".parse().unwrap(), &"192.0.2.2".parse().unwrap()));
+            let marker = if i == 1 { 4 } else { 0 };
+            assert_eq!(&u.payload()[..marker], &[0u8; 4][..marker]);
+            assert_eq!(&u.payload()[marker..], &ike[..]);
+        }
+        for f in frames {
+            assert!(b.wan.send(f).is_ok());
+        }
+        b.w.poll(1);
+        for port in [500, 4500] {
+            let p = punted.pop().expect("punted");
+            assert_eq!((p.src_port, p.dst_port), (port, port));
+            assert_eq!(p.payload, ike, "non-ESP marker stripped on port 4500");
+        }
+        assert_eq!(b.drops(DropReason::IkePunted), 2);
     }
 
     #[test]
