@@ -8,10 +8,13 @@
 #   iproute2 ethtool iputils-ping iperf3   the network-namespace lab of the end-to-end tests
 #                    (vendor-scripts/netns-lab.sh): veths, offloads off, ping and TCP through
 #                    the tunnel
+#   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
+#                    the IKEv2 interop peer (kernel-libipsec: userspace ESP over TUN)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in libipsec-mb-dev libclang-dev clang tshark iproute2 ethtool iputils-ping iperf3; do
+for p in libipsec-mb-dev libclang-dev clang tshark iproute2 ethtool iputils-ping iperf3 \
+         strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
