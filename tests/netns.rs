@@ -184,6 +184,8 @@ impl Drop for NsProcess {
 pub struct DataplaneProcess {
     pub proc: NsProcess,
     pub stats_file: PathBuf,
+    /// Its view socket (`roamgate stats|sa --socket`).
+    pub socket: PathBuf,
 }
 
 impl DataplaneProcess {
@@ -191,6 +193,7 @@ impl DataplaneProcess {
     pub fn start(bin: &Path, ns: &str, config: &Path, dir: &Path, name: &str) -> DataplaneProcess {
         let stats_file = dir.join(format!("{name}.stats.json"));
         let _ = std::fs::remove_file(&stats_file);
+        let socket = dir.join(format!("{name}.sock"));
         let mut proc = NsProcess::spawn(
             ns,
             &[
@@ -204,6 +207,8 @@ impl DataplaneProcess {
                 "0",
                 "--idle-sleep-us",
                 "50",
+                "--socket",
+                socket.to_str().expect("utf-8 path"),
             ],
             name,
         );
@@ -215,7 +220,11 @@ impl DataplaneProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        DataplaneProcess { proc, stats_file }
+        DataplaneProcess {
+            proc,
+            stats_file,
+            socket,
+        }
     }
 
     /// The latest counters it published.

@@ -10,6 +10,7 @@
 //! iperf3, tshark and python3.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -256,6 +257,35 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
         3,
         "gateway forwards after bad input"
     );
+
+    // The read-only views: `roamgate sa` lists the SAs with their counters, never keys.
+    let out = Command::new(BIN)
+        .args(["sa", "--socket", gw_a.socket.to_str().expect("utf-8")])
+        .output()
+        .expect("roamgate sa");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "roamgate sa failed: {text}");
+    for (name, dir, spi) in [("a-to-b", "out", "0000a001"), ("b-to-a", "in", "0000b001")] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(name) && l.contains(spi))
+            .unwrap_or_else(|| panic!("no {name} in `roamgate sa`:\n{text}"));
+        assert!(line.contains(&format!(" {dir} ")), "{line}");
+        assert!(!line.contains(" 0 packets"), "{line}");
+    }
+    let config = std::fs::read_to_string(root().join("configs/netns-a.yaml")).expect("config");
+    for key in config
+        .split('"')
+        .filter(|w| w.len() >= 40 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        assert!(!text.contains(key), "`roamgate sa` printed key material");
+    }
+    let out = Command::new(BIN)
+        .args(["stats", "--socket", gw_a.socket.to_str().expect("utf-8")])
+        .output()
+        .expect("roamgate stats");
+    let stats_text = String::from_utf8_lossy(&out.stdout);
+    assert!(stats_text.contains("auth_failed"), "{stats_text}");
 
     let final_a = gw_a.stop();
     let final_b = gw_b.stop();

@@ -34,6 +34,9 @@ pub struct DataplaneArgs {
     /// Seconds between status lines on stdout (0: none).
     #[arg(long, default_value_t = 5)]
     status_secs: u64,
+    /// Serve the read-only views (`roamgate stats`, `roamgate sa`) on this unix socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     duration: Option<f64>,
@@ -59,8 +62,11 @@ struct Opened<P> {
     /// Kept alive while the workers run (XDP programs, EAL); dropped at the end.
     _keep: Box<dyn std::any::Any>,
     describe: String,
-    port_stats: Box<dyn Fn() -> serde_json::Value>,
+    port_stats: PortStats,
 }
+
+/// Reads the port kind's own counters (kernel drops, pool starvation) from any thread.
+type PortStats = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 pub fn run(args: DataplaneArgs) -> Result<()> {
     let file: DataplaneFile = config::load(&args.config)?;
@@ -161,7 +167,7 @@ fn open_af_xdp(file: &DataplaneFile) -> Result<Opened<pipeline::port::afxdp::Xdp
         pairs,
         _keep: Box::new((lan_prog, wan_prog)),
         describe,
-        port_stats: Box::new(move || {
+        port_stats: Arc::new(move || {
             let q: Vec<serde_json::Value> = stats_src
                 .iter()
                 .map(|(l, w)| {
@@ -232,6 +238,7 @@ fn serve<P: Port + 'static>(
     }
     let idle = Duration::from_micros(args.idle_sleep_us);
     let mut running = Vec::new();
+    let mut handles = Vec::new();
     for (i, (lan, wan)) in opened.pairs.into_iter().enumerate() {
         let (mut link, control) = agent::link(i as u16, 1024, None);
         let spd = Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -255,12 +262,29 @@ fn serve<P: Port + 'static>(
             })
             .context("starting a worker thread")?;
         crate::install(&mut link, backend, gw, plan)?;
+        handles.push(handle.clone());
         running.push(Running {
             handle,
             link,
             thread,
         });
     }
+
+    let views = match &args.socket {
+        Some(path) => {
+            let name = gw.name.clone();
+            let handles = handles.clone();
+            let port_stats = opened.port_stats.clone();
+            let sa_names: Vec<String> = gw.sas.iter().map(|s| s.name.clone()).collect();
+            let handler: crate::views::Handler = Box::new(move |req| match req {
+                "stats" => Some(stats_json(&name, &handles, &*port_stats)),
+                "sas" => Some(sas_json(&name, &handles, &sa_names)),
+                _ => None,
+            });
+            Some(crate::views::serve(path, handler, stop.clone())?)
+        }
+        None => None,
+    };
 
     let start = Instant::now();
     let mut last_status = Instant::now();
@@ -278,7 +302,7 @@ fn serve<P: Port + 'static>(
             if last_status.elapsed() >= Duration::from_secs(1)
                 || start.elapsed() < Duration::from_secs(1)
             {
-                write_atomically(path, &stats_json(&gw.name, &running, &*opened.port_stats))?;
+                write_atomically(path, &stats_json(&gw.name, &handles, &*opened.port_stats))?;
             }
         }
         if args.status_secs > 0 && last_status.elapsed() >= Duration::from_secs(args.status_secs) {
@@ -314,9 +338,12 @@ fn serve<P: Port + 'static>(
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let final_stats = stats_json(&gw.name, &running, &*opened.port_stats);
+    let final_stats = stats_json(&gw.name, &handles, &*opened.port_stats);
     for r in running {
         let _ = r.thread.join();
+    }
+    if let Some(v) = views {
+        let _ = v.join();
     }
     if let Some(path) = &args.stats_file {
         write_atomically(path, &final_stats)?;
@@ -333,12 +360,12 @@ fn per_sec(n: u64, dt: Duration) -> f64 {
 /// Counters of every worker, summed, plus per-worker and port details, as one JSON object.
 fn stats_json(
     name: &str,
-    running: &[Running],
-    port_stats: &dyn Fn() -> serde_json::Value,
+    handles: &[WorkerHandle],
+    port_stats: &(dyn Fn() -> serde_json::Value + Send + Sync),
 ) -> String {
     let mut total = Snapshot::default();
-    for r in running {
-        total.add(&r.handle.counters.snapshot());
+    for h in handles {
+        total.add(&h.counters.snapshot());
     }
     let traffic: serde_json::Map<String, serde_json::Value> = Traffic::ALL
         .iter()
@@ -351,12 +378,44 @@ fn stats_json(
         .collect();
     serde_json::json!({
         "gateway": name,
-        "workers": running.len(),
+        "workers": handles.len(),
         "traffic": traffic,
         "drops": drops,
         "ports": port_stats(),
     })
     .to_string()
+}
+
+/// Every SA the workers hold, with its counters (never its keys).
+fn sas_json(name: &str, handles: &[WorkerHandle], sa_names: &[String]) -> String {
+    let mut sas = Vec::new();
+    for h in handles {
+        let list = match h.sa_counters.lock() {
+            Ok(l) => l.clone(),
+            Err(_) => Vec::new(),
+        };
+        for e in list {
+            let c = &e.counters;
+            let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+                .iter()
+                .filter(|r| c.drops(**r) > 0)
+                .map(|r| (r.name().to_string(), c.drops(*r).into()))
+                .collect();
+            sas.push(serde_json::json!({
+                "name": sa_names.get(e.id.0 as usize).map_or("?", String::as_str),
+                "direction": match e.direction {
+                    pipeline::msg::Direction::Inbound => "in",
+                    pipeline::msg::Direction::Outbound => "out",
+                },
+                "spi": format!("{:08x}", e.spi.0),
+                "worker": h.id,
+                "packets": c.packets.get(),
+                "bytes": c.bytes.get(),
+                "drops": drops,
+            }));
+        }
+    }
+    serde_json::json!({ "gateway": name, "sas": sas }).to_string()
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {

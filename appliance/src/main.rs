@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod dataplane;
 mod lab;
+mod views;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,10 @@ enum Command {
     /// Run the data plane on real ports (AF_XDP or DPDK) with the gateway's static SAs and
     /// policies from --config, until SIGINT/SIGTERM; prints the final counters as JSON.
     Dataplane(dataplane::DataplaneArgs),
+    /// Show a running process's counters (read-only, over its view socket).
+    Stats(views::ViewArgs),
+    /// List a running process's SAs with their counters (never keys).
+    Sa(views::ViewArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +48,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
         Command::Dataplane(args) => dataplane::run(args),
+        Command::Stats(args) => views::stats(args),
+        Command::Sa(args) => views::sas(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
