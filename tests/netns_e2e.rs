@@ -60,7 +60,7 @@ fn dpdk_eal_args(side: &str) -> Vec<String> {
     vec![
         "--no-huge".into(),
         "--no-pci".into(),
-        "--in-memory".into(),
+        "--no-shconf".into(),
         format!("--file-prefix=rg-{side}"),
         "-m".into(),
         "256".into(),

@@ -209,8 +209,49 @@ fn open_and_serve_dpdk(
     plan: &GatewayPlan,
     backend: Backend,
 ) -> Result<()> {
-    let opened = crate::dpdk::open(file)?;
+    let opened = open_dpdk(file)?;
     serve(args, file, plan, backend, opened)
+}
+
+#[cfg(feature = "dpdk")]
+fn open_dpdk(file: &DataplaneFile) -> Result<Opened<pipeline::port::dpdk::DpdkPort>> {
+    use pipeline::port::dpdk::{DpdkDevice, Eal};
+
+    let d = &file.dataplane;
+    let eal = Eal::init(&d.dpdk.eal_args).context("dataplane.dpdk.eal_args")?;
+    let lan_dev = file.gateway.lan.device.clone().unwrap_or_default();
+    let wan_dev = file.gateway.wan.device.clone().unwrap_or_default();
+    let mut lan = DpdkDevice::open(&eal, &lan_dev, d.workers, 1024, d.dpdk.mbufs)
+        .with_context(|| format!("gateway.lan.device {lan_dev}"))?;
+    let mut wan = DpdkDevice::open(&eal, &wan_dev, d.workers, 1024, d.dpdk.mbufs)
+        .with_context(|| format!("gateway.wan.device {wan_dev}"))?;
+    let mut pairs = Vec::new();
+    for q in 0..d.workers {
+        pairs.push((lan.queue(q)?, wan.queue(q)?));
+    }
+    let lan_mac = file.gateway.lan.mac.map_or(lan.mac(), |m| m.0);
+    let wan_mac = file.gateway.wan.mac.map_or(wan.mac(), |m| m.0);
+    let (lr, wr) = (lan.stats_reader(), wan.stats_reader());
+    let describe = format!("DPDK {lan_dev} / {wan_dev}");
+    Ok(Opened {
+        pairs,
+        lan_mac,
+        wan_mac,
+        // Devices before the EAL: they are stopped and closed before it is cleaned up.
+        _keep: Box::new((lan, wan, eal)),
+        describe,
+        port_stats: Arc::new(move || {
+            let j = |s: pipeline::port::dpdk::DpdkStats| {
+                serde_json::json!({
+                    "rx_packets": s.rx_packets, "tx_packets": s.tx_packets,
+                    "rx_missed": s.rx_missed, "rx_errors": s.rx_errors,
+                    "tx_errors": s.tx_errors, "rx_no_mbuf": s.rx_no_mbuf,
+                    "multi_seg_dropped": s.multi_seg_dropped,
+                })
+            };
+            serde_json::json!({ "lan": j(lr.read()), "wan": j(wr.read()) })
+        }),
+    })
 }
 
 fn serve<P: Port + 'static>(

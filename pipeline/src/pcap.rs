@@ -50,14 +50,16 @@ impl<W: Write> PcapWriter<W> {
     }
 }
 
-/// Reads a classic pcap file back into frames (used by tests and tools).
+/// Reads a classic little-endian pcap file (microsecond or nanosecond timestamps, as DPDK's
+/// `net_pcap` writes) back into frames (used by tests and tools).
 pub fn read_pcap(bytes: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
     let magic = bytes
         .get(0..4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or("short pcap header")?;
-    if magic != MAGIC {
-        return Err("not a little-endian microsecond pcap");
+    // 0xa1b23c4d: the nanosecond-resolution variant; records have the same layout.
+    if magic != MAGIC && magic != 0xa1b2_3c4d {
+        return Err("not a little-endian pcap");
     }
     let mut at = 24;
     let mut frames = Vec::new();

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 
 #[cfg(target_os = "linux")]
 pub mod afxdp;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod mem;
 #[cfg(target_os = "linux")]
 pub mod xdp_prog;
