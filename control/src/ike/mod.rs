@@ -8,4 +8,8 @@
 #![deny(unsafe_code)]
 
 pub mod crypto;
+pub mod sa;
 pub mod wire;
+
+#[cfg(test)]
+mod tests;

@@ -128,6 +128,17 @@ impl Prefix {
         self.len
     }
 
+    /// The first and last address of the prefix.
+    pub fn range(&self) -> (IpAddr, IpAddr) {
+        let w = width(self.addr);
+        let last = bits(self.addr) | (!mask(w, self.len) & mask(w, w));
+        let last = match self.addr {
+            IpAddr::V4(_) => IpAddr::V4((last as u32).into()),
+            IpAddr::V6(_) => IpAddr::V6(last.into()),
+        };
+        (self.addr, last)
+    }
+
     /// True for `0.0.0.0/0` and `::/0`.
     pub fn is_default(&self) -> bool {
         self.len == 0

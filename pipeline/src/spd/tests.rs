@@ -620,3 +620,21 @@ fn fast_lookup_equals_linear_exhaustively_on_a_small_universe() {
     }
     assert!(hits > 100_000, "hits {hits}");
 }
+
+#[test]
+fn prefix_range() {
+    let p: Prefix = "10.1.0.0/24".parse().unwrap();
+    assert_eq!(
+        p.range(),
+        ("10.1.0.0".parse().unwrap(), "10.1.0.255".parse().unwrap())
+    );
+    let p: Prefix = "0.0.0.0/0".parse().unwrap();
+    assert_eq!(p.range().1, "255.255.255.255".parse::<IpAddr>().unwrap());
+    let p: Prefix = "fd00:a::/64".parse().unwrap();
+    assert_eq!(
+        p.range().1,
+        "fd00:a::ffff:ffff:ffff:ffff".parse::<IpAddr>().unwrap()
+    );
+    let p: Prefix = "10.1.0.7/32".parse().unwrap();
+    assert_eq!(p.range().0, p.range().1);
+}

@@ -1,0 +1,571 @@
+//! Two endpoints on virtual time (quinn's `Pair` idea): a road-warrior client and a gateway,
+//! joined by an in-memory network that can lose packets or translate the client's address.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+use super::crypto::{DhGroup, Prf};
+use super::sa::*;
+use super::wire::{Id, TrafficSelector};
+
+const MS: u64 = 1_000_000;
+
+fn ts(s: &str) -> TrafficSelector {
+    prefix_ts(&s.parse().unwrap())
+}
+
+fn peer(name: &str, local: &str, remote: Option<&str>, psk: &[u8]) -> PeerConfig {
+    PeerConfig {
+        name: name.into(),
+        local_id: Id::from_text(local),
+        remote_id: remote.map(Id::from_text),
+        auth: Authenticator::Psk(secret(psk)),
+        ike_proposals: vec![IkeProposal {
+            encr_bits: 128,
+            prf: Prf::HmacSha256,
+            dh: DhGroup::X25519,
+        }],
+        esp_proposals: vec![EspProposal {
+            encr_bits: 128,
+            esn: true,
+        }],
+        local_ts: vec![],
+        remote_ts: vec![],
+        pool: None,
+        request_vip: false,
+        child_rekey_ns: 0,
+        ike_rekey_ns: 0,
+        dpd_ns: 0,
+    }
+}
+
+fn gateway_cfg() -> PeerConfig {
+    let mut g = peer("rw", "gw.roamgate.test", None, b"lab-psk");
+    g.local_ts = vec![ts("10.9.0.0/24")];
+    g.remote_ts = vec![ts("0.0.0.0/0")];
+    g.pool = Some(Pool {
+        first: "10.99.0.1".parse().unwrap(),
+        count: 2,
+    });
+    g
+}
+
+fn client_cfg() -> PeerConfig {
+    let mut c = peer(
+        "gw",
+        "rw.roamgate.test",
+        Some("gw.roamgate.test"),
+        b"lab-psk",
+    );
+    c.remote_ts = vec![ts("10.9.0.0/24")];
+    c.request_vip = true;
+    c
+}
+
+struct Pair {
+    now: u64,
+    client: Endpoint,
+    gw: Endpoint,
+    client_addr: SocketAddr,
+    gw_addr: SocketAddr,
+    /// The client's address as the gateway sees it (a NAT when different).
+    client_seen: SocketAddr,
+    /// Drop the n-th datagram (0-based) in each direction if listed.
+    drop_to_gw: Vec<usize>,
+    drop_to_client: Vec<usize>,
+    sent_to_gw: usize,
+    sent_to_client: usize,
+    client_events: VecDeque<Event>,
+    gw_events: VecDeque<Event>,
+    /// The peer is unplugged: everything is lost.
+    cut: bool,
+}
+
+impl Pair {
+    fn new(client: PeerConfig, gw: PeerConfig) -> Pair {
+        let client_addr: SocketAddr = "192.0.2.10:500".parse().unwrap();
+        Pair {
+            now: 0,
+            client: Endpoint::new(
+                EndpointConfig {
+                    peers: vec![client],
+                    ..Default::default()
+                },
+                [1; 32],
+            ),
+            gw: Endpoint::new(
+                EndpointConfig {
+                    peers: vec![gw],
+                    ..Default::default()
+                },
+                [2; 32],
+            ),
+            client_addr,
+            gw_addr: "192.0.2.1:500".parse().unwrap(),
+            client_seen: client_addr,
+            drop_to_gw: vec![],
+            drop_to_client: vec![],
+            sent_to_gw: 0,
+            sent_to_client: 0,
+            client_events: VecDeque::new(),
+            gw_events: VecDeque::new(),
+            cut: false,
+        }
+    }
+
+    fn connect(&mut self) -> IkeSaId {
+        let (c, g) = (self.client_addr, self.gw_addr);
+        self.client.connect(self.now, "gw", c, g).unwrap()
+    }
+
+    /// Delivers what both sides want to send; true if anything moved.
+    fn deliver(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(t) = self.client.poll_transmit() {
+            moved = true;
+            let n = self.sent_to_gw;
+            self.sent_to_gw += 1;
+            if self.cut || self.drop_to_gw.contains(&n) {
+                continue;
+            }
+            // The NAT rewrites the source address (and keeps a separate mapping for 4500).
+            let mut src = self.client_seen;
+            if t.src.port() == 4500 {
+                src.set_port(self.client_seen.port().wrapping_add(4000));
+            }
+            self.gw.handle(self.now, t.dst, src, &t.data);
+        }
+        while let Some(t) = self.gw.poll_transmit() {
+            moved = true;
+            let n = self.sent_to_client;
+            self.sent_to_client += 1;
+            if self.cut || self.drop_to_client.contains(&n) {
+                continue;
+            }
+            let mut dst = self.client_addr;
+            if t.dst.port() != self.client_seen.port() {
+                dst.set_port(4500);
+            }
+            self.client.handle(self.now, dst, t.src, &t.data);
+        }
+        while let Some(e) = self.client.poll_event() {
+            self.client_events.push_back(e);
+        }
+        while let Some(e) = self.gw.poll_event() {
+            self.gw_events.push_back(e);
+        }
+        moved
+    }
+
+    /// Moves datagrams and advances virtual time until both sides are quiet, or two minutes
+    /// of virtual time have passed.
+    fn drive(&mut self) {
+        let until = self.now + 120_000 * MS;
+        loop {
+            if self.deliver() {
+                continue;
+            }
+            let next = [self.client.poll_timeout(), self.gw.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    self.client.handle_timeout(self.now);
+                    self.gw.handle_timeout(self.now);
+                    let after = [self.client.poll_timeout(), self.gw.poll_timeout()]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                    if !self.deliver() && after == next {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn children(events: &VecDeque<Event>) -> Vec<ChildSaInfo> {
+        events
+            .iter()
+            .filter_map(|e| {
+                if let Event::ChildUp(c) = e {
+                    Some(c.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn downs(events: &VecDeque<Event>) -> Vec<DownReason> {
+        events
+            .iter()
+            .filter_map(|e| {
+                if let Event::IkeDown { reason, .. } = e {
+                    Some(reason.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+fn assert_keys_pair(c: &ChildSaInfo, g: &ChildSaInfo) {
+    assert_eq!(c.outbound.spi, g.inbound.spi);
+    assert_eq!(c.inbound.spi, g.outbound.spi);
+    assert_eq!(c.outbound.keymat.as_slice(), g.inbound.keymat.as_slice());
+    assert_eq!(c.inbound.keymat.as_slice(), g.outbound.keymat.as_slice());
+    assert_ne!(c.outbound.keymat.as_slice(), c.inbound.keymat.as_slice());
+    assert_eq!(c.esn, g.esn);
+}
+
+#[test]
+fn handshake_brings_up_ike_and_child_with_matching_keys_and_a_virtual_ip() {
+    let mut p = Pair::new(client_cfg(), gateway_cfg());
+    p.connect();
+    p.drive();
+    let c = Pair::children(&p.client_events);
+    let g = Pair::children(&p.gw_events);
+    assert_eq!(
+        (c.len(), g.len()),
+        (1, 1),
+        "client {:?} gw {:?}",
+        p.client_events,
+        p.gw_events
+    );
+    assert_keys_pair(&c[0], &g[0]);
+    let vip: IpAddr = "10.99.0.1".parse().unwrap();
+    assert!(p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::IkeUp { virtual_ip: Some(a), .. } if *a == vip)));
+    // Narrowed: the gateway's side is its LAN, the client's side its virtual IP alone.
+    assert_eq!(g[0].remote_ts, vec![host_ts(vip)]);
+    assert_eq!(g[0].local_ts, vec![ts("10.9.0.0/24")]);
+    assert_eq!(c[0].remote_ts, vec![ts("10.9.0.0/24")]);
+    assert!(!c[0].udp_encap, "no NAT, no encapsulation");
+    assert_eq!(c[0].outbound.keymat.len(), 20);
+}
+
+#[test]
+fn every_proposal_and_group_negotiates() {
+    for dh in [DhGroup::X25519, DhGroup::Ecp256, DhGroup::Modp2048] {
+        for (encr_bits, prf) in [
+            (128, Prf::HmacSha256),
+            (256, Prf::HmacSha384),
+            (256, Prf::HmacSha512),
+        ] {
+            for esn in [false, true] {
+                let mut c = client_cfg();
+                let mut g = gateway_cfg();
+                c.ike_proposals = vec![IkeProposal { encr_bits, prf, dh }];
+                g.ike_proposals = c.ike_proposals.clone();
+                c.esp_proposals = vec![EspProposal { encr_bits, esn }];
+                g.esp_proposals = c.esp_proposals.clone();
+                let mut p = Pair::new(c, g);
+                p.connect();
+                p.drive();
+                let (c, g) = (
+                    Pair::children(&p.client_events),
+                    Pair::children(&p.gw_events),
+                );
+                assert_eq!(
+                    (c.len(), g.len()),
+                    (1, 1),
+                    "{dh:?} {encr_bits} {prf:?} esn={esn}"
+                );
+                assert_keys_pair(&c[0], &g[0]);
+                assert_eq!(c[0].outbound.keymat.len(), usize::from(encr_bits / 8) + 4);
+            }
+        }
+    }
+}
+
+#[test]
+fn invalid_ke_payload_makes_the_client_retry_with_the_gateways_group() {
+    let mut c = client_cfg();
+    c.ike_proposals = vec![
+        IkeProposal {
+            encr_bits: 128,
+            prf: Prf::HmacSha256,
+            dh: DhGroup::Ecp256,
+        },
+        IkeProposal {
+            encr_bits: 128,
+            prf: Prf::HmacSha256,
+            dh: DhGroup::X25519,
+        },
+    ];
+    let mut g = gateway_cfg();
+    g.ike_proposals = vec![IkeProposal {
+        encr_bits: 128,
+        prf: Prf::HmacSha256,
+        dh: DhGroup::X25519,
+    }];
+    let mut p = Pair::new(c, g);
+    p.connect();
+    p.drive();
+    assert_eq!(
+        Pair::children(&p.client_events).len(),
+        1,
+        "{:?}",
+        p.client_events
+    );
+}
+
+#[test]
+fn a_wrong_psk_fails_on_both_sides_and_installs_nothing() {
+    let mut c = client_cfg();
+    c.auth = Authenticator::Psk(secret(b"wrong"));
+    let mut p = Pair::new(c, gateway_cfg());
+    p.connect();
+    p.drive();
+    assert!(Pair::children(&p.client_events).is_empty());
+    assert!(Pair::children(&p.gw_events).is_empty());
+    assert_eq!(Pair::downs(&p.gw_events), vec![DownReason::AuthFailed]);
+    assert_eq!(Pair::downs(&p.client_events), vec![DownReason::AuthFailed]);
+}
+
+#[test]
+fn a_nat_is_detected_and_both_float_to_4500() {
+    let mut p = Pair::new(client_cfg(), gateway_cfg());
+    p.client_seen = "198.51.100.7:31000".parse().unwrap();
+    p.connect();
+    p.drive();
+    let (c, g) = (
+        Pair::children(&p.client_events),
+        Pair::children(&p.gw_events),
+    );
+    assert_eq!((c.len(), g.len()), (1, 1));
+    assert!(c[0].udp_encap && g[0].udp_encap);
+    assert_eq!(c[0].remote.port(), 4500);
+    assert_eq!(
+        g[0].remote,
+        "198.51.100.7:35000".parse().unwrap(),
+        "the NAT's mapping for 4500"
+    );
+}
+
+#[test]
+fn lost_packets_are_retransmitted() {
+    let mut p = Pair::new(client_cfg(), gateway_cfg());
+    p.drop_to_gw = vec![1]; // the first IKE_AUTH request
+    p.drop_to_client = vec![1]; // and the first IKE_AUTH response to its retransmission
+    p.connect();
+    p.drive();
+    assert_eq!(Pair::children(&p.client_events).len(), 1);
+    assert_eq!(
+        Pair::children(&p.gw_events).len(),
+        1,
+        "the replayed request was answered from cache, not processed twice"
+    );
+    assert!(p.now >= 4_000 * MS, "a retransmission timeout passed");
+}
+
+fn up() -> (Pair, IkeSaId, IkeSaId) {
+    let mut p = Pair::new(client_cfg(), gateway_cfg());
+    let cid = p.connect();
+    p.drive();
+    let gid = p
+        .gw_events
+        .iter()
+        .find_map(|e| {
+            if let Event::IkeUp { ike, .. } = e {
+                Some(*ike)
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    (p, cid, gid)
+}
+
+#[test]
+fn child_rekey_from_either_side_is_make_before_break() {
+    for from_client in [true, false] {
+        let (mut p, cid, gid) = up();
+        let old_c = Pair::children(&p.client_events)[0].clone();
+        p.client_events.clear();
+        p.gw_events.clear();
+        if from_client {
+            p.client.rekey_child(p.now, cid, old_c.inbound.spi).unwrap();
+        } else {
+            p.gw.rekey_child(p.now, gid, old_c.outbound.spi).unwrap();
+        }
+        p.drive();
+        let (c, g) = (
+            Pair::children(&p.client_events),
+            Pair::children(&p.gw_events),
+        );
+        assert_eq!(
+            (c.len(), g.len()),
+            (1, 1),
+            "from_client={from_client}: {:?}",
+            p.client_events
+        );
+        assert_keys_pair(&c[0], &g[0]);
+        assert_ne!(c[0].inbound.spi, old_c.inbound.spi);
+        assert_ne!(
+            c[0].inbound.keymat.as_slice(),
+            old_c.inbound.keymat.as_slice()
+        );
+        // The new SA came up before the old one went, on both sides.
+        for ev in [&p.client_events, &p.gw_events] {
+            let up_at = ev
+                .iter()
+                .position(|e| matches!(e, Event::ChildUp(_)))
+                .unwrap();
+            let down_at = ev
+                .iter()
+                .position(|e| matches!(e, Event::ChildDown { .. }))
+                .unwrap();
+            assert!(up_at < down_at);
+        }
+        assert_eq!(p.client.list()[0].3.len(), 1, "only the new child remains");
+        assert_eq!(p.gw.list()[0].3.len(), 1);
+    }
+}
+
+#[test]
+fn ike_rekey_from_either_side_keeps_the_children() {
+    for from_client in [true, false] {
+        let (mut p, cid, gid) = up();
+        let child = Pair::children(&p.client_events)[0].clone();
+        p.client_events.clear();
+        p.gw_events.clear();
+        if from_client {
+            p.client.rekey_ike(p.now, cid).unwrap();
+        } else {
+            p.gw.rekey_ike(p.now, gid).unwrap();
+        }
+        p.drive();
+        for (side, ev) in [("client", &p.client_events), ("gw", &p.gw_events)] {
+            assert!(
+                ev.iter().any(|e| matches!(e, Event::IkeRekeyed { .. })),
+                "{side}: {ev:?}"
+            );
+            assert!(
+                !ev.iter().any(|e| matches!(e, Event::ChildDown { .. })),
+                "{side}: children kept"
+            );
+        }
+        assert_eq!(p.client.list().len(), 1, "the old IKE SA is gone");
+        assert_eq!(p.gw.list().len(), 1);
+        assert_eq!(
+            p.client.list()[0].3,
+            vec![(child.inbound.spi, child.outbound.spi)]
+        );
+        // The new IKE SA works: a child rekey over it.
+        let new_c = p.client.list()[0].0;
+        p.client
+            .rekey_child(p.now, new_c, child.inbound.spi)
+            .unwrap();
+        p.drive();
+        assert_eq!(Pair::children(&p.gw_events).len(), 1);
+    }
+}
+
+#[test]
+fn delete_tears_down_both_sides() {
+    let (mut p, cid, _) = up();
+    p.client_events.clear();
+    p.gw_events.clear();
+    p.client.delete_ike(p.now, cid).unwrap();
+    p.drive();
+    assert!(p.client.list().is_empty());
+    assert!(p.gw.list().is_empty());
+    assert_eq!(Pair::downs(&p.gw_events), vec![DownReason::PeerDeleted]);
+    assert!(p
+        .gw_events
+        .iter()
+        .any(|e| matches!(e, Event::ChildDown { .. })));
+    assert!(p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::ChildDown { .. })));
+}
+
+#[test]
+fn liveness_checks_find_a_dead_peer() {
+    let mut c = client_cfg();
+    c.dpd_ns = 10_000 * MS;
+    let mut p = Pair::new(c, gateway_cfg());
+    p.connect();
+    p.drive();
+    p.client_events.clear();
+    p.cut = true;
+    p.now += 11_000 * MS;
+    p.client.handle_timeout(p.now);
+    // Five retransmissions, 4 s x 1.8^n apart: about 165 s of virtual time.
+    for _ in 0..3 {
+        p.drive();
+    }
+    assert_eq!(Pair::downs(&p.client_events), vec![DownReason::Timeout]);
+    assert!(p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::ChildDown { .. })));
+}
+
+#[test]
+fn traffic_selectors_are_narrowed_or_refused() {
+    let mut g = gateway_cfg();
+    g.pool = None;
+    g.remote_ts = vec![ts("10.8.0.0/16")];
+    let mut c = client_cfg();
+    c.request_vip = false;
+    c.local_ts = vec![ts("10.8.1.0/24"), ts("172.16.0.0/12")];
+    c.remote_ts = vec![ts("10.0.0.0/8")];
+    let mut p = Pair::new(c, g.clone());
+    p.connect();
+    p.drive();
+    let gc = Pair::children(&p.gw_events);
+    assert_eq!(
+        gc[0].remote_ts,
+        vec![ts("10.8.1.0/24")],
+        "intersection with 10.8.0.0/16"
+    );
+    assert_eq!(gc[0].local_ts, vec![ts("10.9.0.0/24")]);
+    // No overlap at all: the IKE SA comes up, the CHILD_SA does not.
+    let mut c = client_cfg();
+    c.request_vip = false;
+    c.local_ts = vec![ts("172.16.0.0/12")];
+    let mut p = Pair::new(c, g);
+    p.connect();
+    p.drive();
+    assert!(Pair::children(&p.gw_events).is_empty());
+    assert!(p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::IkeUp { .. })));
+}
+
+#[test]
+fn garbage_and_forged_messages_are_dropped_without_harm() {
+    let (mut p, _, _) = up();
+    let (c, g) = (p.client_addr, p.gw_addr);
+    let mut x: u64 = 7;
+    for len in 0..200usize {
+        let mut junk = vec![0u8; len];
+        for b in junk.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        p.gw.handle(p.now, g, c, &junk);
+    }
+    // A real SPI pair with a forged encrypted payload.
+    let sas = p.gw.list();
+    assert_eq!(sas.len(), 1);
+    assert!(
+        p.gw.poll_transmit().is_none(),
+        "nothing is answered to garbage"
+    );
+    assert!(p.gw.drops.values().sum::<u64>() >= 190);
+    assert_eq!(p.gw.list().len(), 1, "the SA survives");
+}
