@@ -14,6 +14,10 @@
 #
 # usage: netns-lab.sh up [PFX]     create (removing a previous lab of that prefix first)
 #        netns-lab.sh down [PFX]   remove
+#        netns-lab.sh rw-up [PFX]  the road-warrior lab of the IKE interop tests instead:
+#            PFX-lan 10.9.0.10 -- lan [roamgate PFX-gw] wan 192.0.2.1 -- eth0 192.0.2.10 PFX-rw
+#          (PFX-rw runs strongSwan; virtual IPs 10.99.0.0/24 are routed back via the gateway)
+#        netns-lab.sh rw-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
 set -euo pipefail
@@ -21,6 +25,7 @@ set -euo pipefail
 cmd=${1:-}
 p=${2:-rg}
 NSS="lana gwa net gwb lanb"
+RW_NSS="lan gw rw"
 
 down() {
     for n in $NSS; do
@@ -83,9 +88,42 @@ host() { # ns addr4 gw4 addr6 gw6
     ip -n "$ns" -6 route add default via "$5"
 }
 
+rw_down() {
+    for n in $RW_NSS; do
+        ip netns del "$p-$n" 2>/dev/null || true
+    done
+}
+
+rw_up() {
+    rw_down
+    for n in $RW_NSS; do
+        ip netns add "$p-$n"
+        ip -n "$p-$n" link set lo up
+    done
+    ip link add lan0 netns "$p-lan" address 02:00:00:00:09:fe type veth \
+        peer name lan netns "$p-gw" address 02:00:00:00:09:01
+    ip link add wan netns "$p-gw" address 02:00:00:00:02:01 type veth \
+        peer name eth0 netns "$p-rw" address 02:00:00:00:02:0a
+    ip netns exec "$p-gw" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    ip netns exec "$p-gw" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+    for d in lan wan; do
+        offloads_off "$p-gw" "$d"
+        ip -n "$p-gw" link set dev "$d" up
+    done
+    offloads_off "$p-lan" lan0
+    ip -n "$p-lan" link set lan0 up
+    ip -n "$p-lan" addr add 10.9.0.10/24 dev lan0
+    ip -n "$p-lan" route add 10.99.0.0/24 via 10.9.0.1
+    offloads_off "$p-rw" eth0
+    ip -n "$p-rw" link set eth0 up
+    ip -n "$p-rw" addr add 192.0.2.10/24 dev eth0
+}
+
 case "$cmd" in
 up) up ;;
 down) down ;;
+rw-up) rw_up ;;
+rw-down) rw_down ;;
 exec)
     shift
     ns=$1
@@ -93,7 +131,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

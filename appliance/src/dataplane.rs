@@ -68,8 +68,16 @@ struct Opened<P> {
 /// Reads the port kind's own counters (kernel drops, pool starvation) from any thread.
 type PortStats = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-pub fn run(args: DataplaneArgs) -> Result<()> {
-    let file: DataplaneFile = config::load(&args.config)?;
+/// `roamgate dataplane` (`with_ike` false: static SAs only) or `roamgate run` (true).
+pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
+    let mut file: DataplaneFile = config::load(&args.config)?;
+    if !with_ike && !file.ike.connections.is_empty() {
+        println!(
+            "{}: the ike section is left to `roamgate run`; the data plane alone uses the static SAs",
+            args.config.display()
+        );
+        file.ike.connections.clear();
+    }
     let plan = file.validate(&args.config)?;
     if file.dataplane.workers > 1 {
         bail!(
@@ -280,8 +288,27 @@ fn serve<P: Port + 'static>(
     let idle = Duration::from_micros(args.idle_sleep_us);
     let mut running = Vec::new();
     let mut handles = Vec::new();
+    // IKE: worker 0 punts what arrives on UDP 500/4500 and sends what the control loop queues.
+    let conns = file.ike.validate(&args.config, "ike")?;
+    let mut ike_rings = None;
+    let mut ike = None;
+    if !conns.is_empty() {
+        let (punt_tx, punt_rx) = rtrb::RingBuffer::new(1024);
+        let (tx_tx, tx_rx) = rtrb::RingBuffer::new(1024);
+        ike_rings = Some((punt_tx, tx_rx));
+        let repo = control::repo::SaRepository::new(plan.rules.clone(), gw.replay_window);
+        let mut c =
+            crate::ikectl::IkeControl::new(conns, repo, punt_rx, tx_tx, backend, gw.wan.address);
+        c.initiate();
+        ike = Some(c);
+    }
     for (i, (lan, wan)) in opened.pairs.into_iter().enumerate() {
-        let (mut link, control) = agent::link(i as u16, 1024, None);
+        let (punt, transmit) = match ike_rings.take() {
+            Some((p, t)) => (Some(p), Some(t)),
+            None => (None, None),
+        };
+        let (mut link, mut control) = agent::link(i as u16, 1024, punt);
+        control.transmit = transmit;
         let spd = Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let worker = Worker::new(
             i as u16,
@@ -317,9 +344,17 @@ fn serve<P: Port + 'static>(
             let handles = handles.clone();
             let port_stats = opened.port_stats.clone();
             let sa_names: Vec<String> = gw.sas.iter().map(|s| s.name.clone()).collect();
+            let ike_view = ike.as_ref().map(|c| c.view.clone());
             let handler: crate::views::Handler = Box::new(move |req| match req {
                 "stats" => Some(stats_json(&name, &handles, &*port_stats)),
                 "sas" => Some(sas_json(&name, &handles, &sa_names)),
+                "ike" => Some(
+                    ike_view
+                        .as_ref()
+                        .and_then(|v| v.lock().ok().map(|v| v.json.clone()))
+                        .filter(|j| !j.is_empty())
+                        .unwrap_or_else(|| r#"{"ike_sas":[]}"#.into()),
+                ),
                 _ => None,
             });
             Some(crate::views::serve(path, handler, stop.clone())?)
@@ -334,8 +369,22 @@ fn serve<P: Port + 'static>(
         .map(|r| r.handle.counters.snapshot())
         .collect();
     let deadline = args.duration.map(Duration::from_secs_f64);
+    let mut last_pump = Instant::now();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
-        std::thread::sleep(Duration::from_millis(100));
+        match ike.as_mut() {
+            Some(c) => {
+                let mut links: Vec<&mut WorkerLink> =
+                    running.iter_mut().map(|r| &mut r.link).collect();
+                if !c.turn(&mut links)? {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+        if last_pump.elapsed() < Duration::from_millis(20) && ike.is_some() {
+            continue;
+        }
+        last_pump = Instant::now();
         for r in running.iter_mut() {
             r.link.pump();
         }
@@ -377,6 +426,11 @@ fn serve<P: Port + 'static>(
         } else if args.status_secs == 0 && last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
         }
+    }
+    if let Some(c) = ike.as_mut() {
+        // Tell the peers before the workers stop carrying our datagrams.
+        let mut links: Vec<&mut WorkerLink> = running.iter_mut().map(|r| &mut r.link).collect();
+        c.shutdown(&mut links, Duration::from_secs(2));
     }
     stop.store(true, Ordering::Relaxed);
     let final_stats = stats_json(&gw.name, &handles, &*opened.port_stats);
@@ -443,7 +497,7 @@ fn sas_json(name: &str, handles: &[WorkerHandle], sa_names: &[String]) -> String
                 .map(|r| (r.name().to_string(), c.drops(*r).into()))
                 .collect();
             sas.push(serde_json::json!({
-                "name": sa_names.get(e.id.0 as usize).map_or("?", String::as_str),
+                "name": sa_names.get(e.id.0 as usize).map_or("ike", String::as_str),
                 "direction": match e.direction {
                     pipeline::msg::Direction::Inbound => "in",
                     pipeline::msg::Direction::Outbound => "out",

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod dataplane;
+mod ikectl;
 mod lab;
 mod views;
 
@@ -37,6 +38,9 @@ enum Command {
     /// Run the data plane on real ports (AF_XDP or DPDK) with the gateway's static SAs and
     /// policies from --config, until SIGINT/SIGTERM; prints the final counters as JSON.
     Dataplane(dataplane::DataplaneArgs),
+    /// Run a gateway with IKEv2: the data plane of `dataplane` plus the control loop that
+    /// negotiates SAs for the file's `ike` connections (today in the same process).
+    Run(dataplane::DataplaneArgs),
     /// Show a running process's counters (read-only, over its view socket).
     Stats(views::ViewArgs),
     /// List a running process's SAs with their counters (never keys).
@@ -47,7 +51,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
-        Command::Dataplane(args) => dataplane::run(args),
+        Command::Dataplane(args) => dataplane::run(args, false),
+        Command::Run(args) => dataplane::run(args, true),
         Command::Stats(args) => views::stats(args),
         Command::Sa(args) => views::sas(args),
     };

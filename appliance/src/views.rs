@@ -136,12 +136,42 @@ pub fn stats(args: ViewArgs) -> Result<()> {
     Ok(())
 }
 
-/// `roamgate sa`: the SAs a process holds, one line each (never keys).
+/// `roamgate sa`: the IKE SAs and the data plane's SAs, one line each (never keys).
 pub fn sas(args: ViewArgs) -> Result<()> {
     let v = ask(&args.socket, "sas")?;
+    let ike = ask(&args.socket, "ike").ok();
     if args.json {
-        println!("{v}");
+        println!("{}", serde_json::json!({ "dataplane": v, "ike": ike }));
         return Ok(());
+    }
+    if let Some(ike) = &ike {
+        for sa in ike["ike_sas"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            println!(
+                "IKE_SA {} ({}) {}",
+                sa["ike_sa"].as_str().unwrap_or("?"),
+                sa["connection"].as_str().unwrap_or("?"),
+                if sa["established"].as_bool() == Some(true) {
+                    "ESTABLISHED"
+                } else {
+                    "CONNECTING"
+                }
+            );
+            for c in sa["children"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                println!(
+                    "  CHILD_SA in {} out {}",
+                    c["spi_in"].as_str().unwrap_or("?"),
+                    c["spi_out"].as_str().unwrap_or("?")
+                );
+            }
+        }
     }
     println!("{}:", v["gateway"].as_str().unwrap_or("?"));
     for sa in v["sas"].as_array().map(Vec::as_slice).unwrap_or_default() {

@@ -739,6 +739,9 @@ fn one() -> u16 {
 pub struct DataplaneFile {
     pub gateway: GatewayConfig,
     pub dataplane: DataplaneConfig,
+    /// IKEv2 connections (`roamgate run`): SAs negotiated at run time, next to the static ones.
+    #[serde(default)]
+    pub ike: crate::ike_config::IkeYaml,
 }
 
 impl DataplaneFile {

@@ -7,3 +7,5 @@
 
 pub mod config;
 pub mod ike;
+pub mod ike_config;
+pub mod repo;

@@ -158,6 +158,8 @@ pub struct ChildSaInfo {
     pub udp_encap: bool,
     /// The inbound SPI of the CHILD_SA this one replaces (a rekey).
     pub rekey_of: Option<u32>,
+    /// True when this end started the exchange that made it.
+    pub initiated_here: bool,
 }
 
 /// What happened, for the SA repository.
@@ -182,6 +184,8 @@ pub enum Event {
     IkeRekeyed {
         old: IkeSaId,
         new: IkeSaId,
+        /// True when this end started the rekey.
+        initiated_here: bool,
     },
     IkeDown {
         ike: IkeSaId,
@@ -1020,7 +1024,7 @@ impl Endpoint {
                 0
             },
         };
-        let info = sa.child_info(&child, r2i, i2r, None);
+        let info = sa.child_info(&child, r2i, i2r, None, true);
         sa.children.push(child);
         self.events.push_back(Event::ChildUp(info));
     }
@@ -1214,7 +1218,7 @@ impl Endpoint {
                     remote_ts: tsi.clone(),
                     rekey_at: 0,
                 };
-                let info = sa.child_info(&child, i2r, r2i, None);
+                let info = sa.child_info(&child, i2r, r2i, None, false);
                 sa.children.push(child);
                 self.events.push_back(Event::ChildUp(info));
                 reply.push(Payload::Sa(vec![esp_proposal(num, &esp, child_spi)]));
@@ -1376,6 +1380,7 @@ impl Endpoint {
             self.events.push_back(Event::IkeRekeyed {
                 old: IkeSaId(spi),
                 new: IkeSaId(new_spi_r),
+                initiated_here: false,
             });
             return Some(vec![
                 Payload::Sa(vec![Proposal {
@@ -1458,7 +1463,7 @@ impl Endpoint {
             remote_ts: tsi.clone(),
             rekey_at: 0,
         };
-        let info = sa.child_info(&child, i2r, r2i, old.as_ref().map(|c| c.spi_in));
+        let info = sa.child_info(&child, i2r, r2i, old.as_ref().map(|c| c.spi_in), false);
         sa.children.push(child);
         self.events.push_back(Event::ChildUp(info));
         let mut reply = vec![
@@ -1706,7 +1711,7 @@ impl Endpoint {
                 0
             },
         };
-        let info = sa.child_info(&child, r2i, i2r, Some(old_in));
+        let info = sa.child_info(&child, r2i, i2r, Some(old_in), true);
         sa.children.push(child);
         self.events.push_back(Event::ChildUp(info));
         // Make-before-break: the new SA is up; now the old one goes.
@@ -1780,6 +1785,7 @@ impl Endpoint {
         self.events.push_back(Event::IkeRekeyed {
             old: IkeSaId(spi),
             new: IkeSaId(new_spi_i),
+            initiated_here: true,
         });
     }
 
@@ -2017,6 +2023,7 @@ impl IkeSa {
         key_in: Secret,
         key_out: Secret,
         rekey_of: Option<u32>,
+        initiated_here: bool,
     ) -> ChildSaInfo {
         ChildSaInfo {
             ike: self.id,
@@ -2038,6 +2045,7 @@ impl IkeSa {
             remote: self.remote,
             udp_encap: self.nat || self.remote.port() == 4500,
             rekey_of,
+            initiated_here,
         }
     }
 }

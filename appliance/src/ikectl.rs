@@ -1,0 +1,247 @@
+//! The control loop of `roamgate run`: the IKEv2 endpoint fed from the data plane's punt ring,
+//! its datagrams sent through the transmit ring, its events turned into data-plane updates by
+//! the SA repository and sent to every worker through the agent.
+//!
+//! Today this loop runs in the data-plane process (a thread of `roamgate run`), joined to the
+//! workers by in-process rings; the shared-memory transport that lets it live in its own
+//! process is the next step. Nothing here logs key material.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Result;
+use control::ike::sa::{Endpoint, Event, IkeSaId};
+use control::ike_config::{endpoint_config, Connection};
+use control::repo::SaRepository;
+use pipeline::agent::{self, WorkerLink};
+use pipeline::crypto::Backend;
+use pipeline::worker::Datagram;
+use rtrb::{Consumer, Producer};
+
+/// What the views show of IKE (never keys).
+#[derive(Default, Clone)]
+pub struct IkeView {
+    pub json: String,
+}
+
+pub struct IkeControl {
+    endpoint: Endpoint,
+    repo: SaRepository,
+    conns: Vec<Connection>,
+    punt: Consumer<Datagram>,
+    transmit: Producer<Datagram>,
+    /// Datagrams the transmit ring had no room for yet (back-pressure: kept, sent in order).
+    backlog: VecDeque<Datagram>,
+    backend: Backend,
+    start: Instant,
+    /// Our WAN address (the source of what we initiate).
+    local: std::net::IpAddr,
+    initiated: Vec<(String, IkeSaId)>,
+    pub view: Arc<Mutex<IkeView>>,
+    pub events_seen: u64,
+}
+
+impl IkeControl {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        conns: Vec<Connection>,
+        repo: SaRepository,
+        punt: Consumer<Datagram>,
+        transmit: Producer<Datagram>,
+        backend: Backend,
+        local: std::net::IpAddr,
+    ) -> IkeControl {
+        let mut seed = [0u8; 32];
+        // The one place randomness enters the IKE core: the OS's generator seeds it.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        IkeControl {
+            endpoint: Endpoint::new(endpoint_config(&conns), seed),
+            repo,
+            conns,
+            punt,
+            transmit,
+            backlog: VecDeque::new(),
+            backend,
+            start: Instant::now(),
+            local,
+            initiated: Vec::new(),
+            view: Arc::new(Mutex::new(IkeView::default())),
+            events_seen: 0,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Starts the connections that have a peer address.
+    pub fn initiate(&mut self) {
+        let now = self.now();
+        for c in &self.conns {
+            if let Some(remote) = c.initiate_to {
+                let local = SocketAddr::new(self.local, 500);
+                match self.endpoint.connect(now, &c.peer.name, local, remote) {
+                    Ok(id) => {
+                        println!("ike: initiating {} to {remote}", c.peer.name);
+                        self.initiated.push((c.peer.name.clone(), id));
+                    }
+                    Err(e) => eprintln!("ike: cannot initiate {}: {e}", c.peer.name),
+                }
+            }
+        }
+    }
+
+    /// One turn: received datagrams, timers, transmissions, events. Returns true if it did
+    /// anything.
+    pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool> {
+        let mut work = false;
+        let now = self.now();
+        while let Ok(d) = self.punt.pop() {
+            work = true;
+            let local = SocketAddr::new(d.dst, d.dst_port);
+            let remote = SocketAddr::new(d.src, d.src_port);
+            self.endpoint.handle(now, local, remote, &d.payload);
+        }
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            work = true;
+            self.endpoint.handle_timeout(now);
+        }
+        while let Some(t) = self.endpoint.poll_transmit() {
+            work = true;
+            self.backlog.push_back(Datagram {
+                src: t.src.ip(),
+                dst: t.dst.ip(),
+                src_port: t.src.port(),
+                dst_port: t.dst.port(),
+                payload: t.data,
+            });
+        }
+        while let Some(d) = self.backlog.pop_front() {
+            if let Err(rtrb::PushError::Full(d)) = self.transmit.push(d) {
+                self.backlog.push_front(d);
+                break;
+            }
+        }
+        let mut changed = false;
+        while let Some(e) = self.endpoint.poll_event() {
+            work = true;
+            changed = true;
+            self.events_seen += 1;
+            log_event(&e);
+            match self.repo.on_event(&e) {
+                Ok(updates) => {
+                    for u in &updates {
+                        for l in links.iter_mut() {
+                            l.send(agent::prepare(self.backend, u)?);
+                        }
+                    }
+                }
+                Err(err) => eprintln!("ike: {err}"),
+            }
+        }
+        if changed {
+            self.publish();
+        }
+        Ok(work)
+    }
+
+    /// Deletes every IKE SA (a clean shutdown tells the peers) and gives the deletes up to
+    /// `wait` to go out and be answered.
+    pub fn shutdown(&mut self, links: &mut [&mut WorkerLink], wait: std::time::Duration) {
+        let now = self.now();
+        let ids: Vec<IkeSaId> = self.endpoint.list().into_iter().map(|s| s.0).collect();
+        if ids.is_empty() {
+            return;
+        }
+        for id in ids {
+            let _ = self.endpoint.delete_ike(now, id);
+        }
+        let t = Instant::now();
+        while t.elapsed() < wait && !self.endpoint.list().is_empty() {
+            if !self.turn(links).unwrap_or(false) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        // Let the last datagrams leave through the worker.
+        let t = Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(200) && !self.backlog.is_empty() {
+            let _ = self.turn(links);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    fn publish(&self) {
+        let sas: Vec<serde_json::Value> = self
+            .endpoint
+            .list()
+            .into_iter()
+            .map(|(id, name, up, children)| {
+                serde_json::json!({
+                    "ike_sa": format!("{:016x}", id.0),
+                    "connection": name,
+                    "established": up,
+                    "children": children.iter().map(|(i, o)| serde_json::json!({
+                        "spi_in": format!("{i:08x}"), "spi_out": format!("{o:08x}"),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "ike_sas": sas,
+            "children_installed": self.repo.installed,
+            "children_rekeyed": self.repo.rekeyed,
+            "children_removed": self.repo.removed,
+        })
+        .to_string();
+        if let Ok(mut v) = self.view.lock() {
+            v.json = json;
+        }
+    }
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::IkeUp {
+            ike,
+            peer,
+            remote_id,
+            remote,
+            virtual_ip,
+            ..
+        } => println!(
+            "ike: IKE_SA {:016x} ({peer}) established with {remote_id} at {remote}{}",
+            ike.0,
+            virtual_ip.map_or(String::new(), |v| format!(", virtual IP {v}"))
+        ),
+        Event::ChildUp(c) => println!(
+            "ike: CHILD_SA {} up: spi in {:08x} out {:08x}{}{}",
+            c.name,
+            c.inbound.spi,
+            c.outbound.spi,
+            if c.udp_encap { ", ESP in UDP" } else { "" },
+            c.rekey_of.map_or(String::new(), |o| format!(
+                ", replaces {o:08x} (rekeyed by {})",
+                if c.initiated_here { "us" } else { "the peer" }
+            ))
+        ),
+        Event::ChildDown {
+            spi_in, spi_out, ..
+        } => {
+            println!("ike: CHILD_SA down: spi in {spi_in:08x} out {spi_out:08x}")
+        }
+        Event::IkeRekeyed {
+            old,
+            new,
+            initiated_here,
+        } => println!(
+            "ike: IKE_SA {:016x} rekeyed to {:016x} (by {})",
+            old.0,
+            new.0,
+            if *initiated_here { "us" } else { "the peer" }
+        ),
+        Event::IkeDown { ike, reason } => println!("ike: IKE_SA {:016x} down: {reason:?}", ike.0),
+    }
+}

@@ -1,0 +1,350 @@
+//! The `ike` section of a gateway or client file: IKEv2 connections, in the spirit of
+//! strongSwan's swanctl.conf (proposal strings like `aes128gcm16-prfsha256-x25519`).
+//!
+//! ```yaml
+//! ike:
+//!   connections:
+//!     - name: rw
+//!       local_id: gw.roamgate.test
+//!       remote_id: any                 # or an FQDN, e-mail or IP address
+//!       psk: "..."                     # or psk_file: /etc/roamgate/rw.psk
+//!       ike_proposals: [aes128gcm16-prfsha256-x25519]
+//!       esp_proposals: [aes128gcm16, aes128gcm16-esn]
+//!       local_ts: [10.9.0.0/24]
+//!       remote_ts: [0.0.0.0/0]
+//!       pool: 10.99.0.0/24             # virtual IPs for road warriors
+//! ```
+//!
+//! A connection with `remote_addr` is initiated at start (a client, or a site-to-site
+//! initiator); one without waits for peers. Pre-shared keys never reach `Debug` or logs.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::ike::crypto::{DhGroup, Prf};
+use crate::ike::sa::{
+    prefix_ts, secret, Authenticator, EndpointConfig, EspProposal, IkeProposal, PeerConfig, Pool,
+};
+use crate::ike::wire::Id;
+use pipeline::spd::Prefix;
+
+const SEC: u64 = 1_000_000_000;
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionYaml {
+    pub name: String,
+    pub local_id: String,
+    /// `any` (or absent) accepts every peer identity.
+    #[serde(default)]
+    pub remote_id: Option<String>,
+    #[serde(default)]
+    pub psk: Option<String>,
+    #[serde(default)]
+    pub psk_file: Option<String>,
+    #[serde(default = "default_ike")]
+    pub ike_proposals: Vec<String>,
+    #[serde(default = "default_esp")]
+    pub esp_proposals: Vec<String>,
+    #[serde(default)]
+    pub local_ts: Vec<Prefix>,
+    #[serde(default)]
+    pub remote_ts: Vec<Prefix>,
+    #[serde(default)]
+    pub pool: Option<Prefix>,
+    /// Ask the peer for a virtual IP (a road-warrior client).
+    #[serde(default)]
+    pub request_vip: bool,
+    /// Initiate to this peer at start.
+    #[serde(default)]
+    pub remote_addr: Option<IpAddr>,
+    #[serde(default)]
+    pub remote_port: Option<u16>,
+    #[serde(default)]
+    pub child_rekey_secs: u64,
+    #[serde(default)]
+    pub ike_rekey_secs: u64,
+    #[serde(default)]
+    pub dpd_secs: u64,
+}
+
+impl core::fmt::Debug for ConnectionYaml {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ConnectionYaml")
+            .field("name", &self.name)
+            .field("local_id", &self.local_id)
+            .field("remote_id", &self.remote_id)
+            .field("psk", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_ike() -> Vec<String> {
+    vec!["aes128gcm16-prfsha256-x25519".into()]
+}
+
+fn default_esp() -> Vec<String> {
+    vec!["aes128gcm16".into()]
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IkeYaml {
+    #[serde(default)]
+    pub connections: Vec<ConnectionYaml>,
+}
+
+/// A connection ready for the endpoint, and where to initiate it (if anywhere).
+#[derive(Debug)]
+pub struct Connection {
+    pub peer: PeerConfig,
+    pub initiate_to: Option<std::net::SocketAddr>,
+}
+
+/// Parses `aes128gcm16-prfsha256-x25519` (also `aes256gcm16`, `prfsha384`, `prfsha512`,
+/// `ecp256`, `modp2048`). A missing PRF defaults to prfsha256.
+pub fn parse_ike_proposal(s: &str) -> Result<IkeProposal, String> {
+    let mut encr = None;
+    let mut prf = Prf::HmacSha256;
+    let mut dh = None;
+    for part in s.split('-') {
+        match part {
+            "aes128gcm16" | "aes128gcm" => encr = Some(128),
+            "aes256gcm16" | "aes256gcm" => encr = Some(256),
+            "prfsha256" => prf = Prf::HmacSha256,
+            "prfsha384" => prf = Prf::HmacSha384,
+            "prfsha512" => prf = Prf::HmacSha512,
+            "x25519" | "curve25519" => dh = Some(DhGroup::X25519),
+            "ecp256" => dh = Some(DhGroup::Ecp256),
+            "modp2048" => dh = Some(DhGroup::Modp2048),
+            other => return Err(format!("'{other}' in '{s}' is not supported (aes128gcm16|aes256gcm16, prfsha256|384|512, x25519|ecp256|modp2048)")),
+        }
+    }
+    Ok(IkeProposal {
+        encr_bits: encr
+            .ok_or_else(|| format!("'{s}' names no encryption (aes128gcm16 or aes256gcm16)"))?,
+        prf,
+        dh: dh.ok_or_else(|| format!("'{s}' names no DH group (x25519, ecp256 or modp2048)"))?,
+    })
+}
+
+/// Parses `aes128gcm16`, `aes256gcm16-esn`, `aes128gcm16-noesn`.
+pub fn parse_esp_proposal(s: &str) -> Result<EspProposal, String> {
+    let mut encr = None;
+    let mut esn = false;
+    for part in s.split('-') {
+        match part {
+            "aes128gcm16" | "aes128gcm" => encr = Some(128),
+            "aes256gcm16" | "aes256gcm" => encr = Some(256),
+            "esn" => esn = true,
+            "noesn" => esn = false,
+            other => {
+                return Err(format!(
+                    "'{other}' in '{s}' is not supported (aes128gcm16|aes256gcm16, esn|noesn)"
+                ))
+            }
+        }
+    }
+    Ok(EspProposal {
+        encr_bits: encr.ok_or_else(|| format!("'{s}' names no encryption"))?,
+        esn,
+    })
+}
+
+impl IkeYaml {
+    /// Validates every connection; errors name the file and the key.
+    pub fn validate(&self, file: &Path, at: &str) -> Result<Vec<Connection>, ConfigError> {
+        let err = |key: String, what: String| ConfigError {
+            file: file.to_owned(),
+            key,
+            what,
+        };
+        let mut out = Vec::new();
+        for (i, c) in self.connections.iter().enumerate() {
+            let key = |k: &str| format!("{at}.connections[{i}].{k}");
+            if self.connections[..i].iter().any(|o| o.name == c.name) {
+                return Err(err(
+                    key("name"),
+                    format!("duplicate connection name '{}'", c.name),
+                ));
+            }
+            let psk = match (&c.psk, &c.psk_file) {
+                (Some(p), None) => p.as_bytes().to_vec(),
+                (None, Some(f)) => std::fs::read(f)
+                    .map(|mut b| {
+                        while b.last().is_some_and(u8::is_ascii_whitespace) {
+                            b.pop();
+                        }
+                        b
+                    })
+                    .map_err(|e| err(key("psk_file"), format!("cannot read {f}: {e}")))?,
+                _ => {
+                    return Err(err(
+                        key("psk"),
+                        "give exactly one of psk and psk_file".into(),
+                    ))
+                }
+            };
+            if psk.len() < 8 {
+                return Err(err(
+                    key("psk"),
+                    "a pre-shared key shorter than 8 bytes is refused".into(),
+                ));
+            }
+            let mut ike = Vec::new();
+            for (j, p) in c.ike_proposals.iter().enumerate() {
+                ike.push(
+                    parse_ike_proposal(p)
+                        .map_err(|w| err(key(&format!("ike_proposals[{j}]")), w))?,
+                );
+            }
+            let mut esp = Vec::new();
+            for (j, p) in c.esp_proposals.iter().enumerate() {
+                esp.push(
+                    parse_esp_proposal(p)
+                        .map_err(|w| err(key(&format!("esp_proposals[{j}]")), w))?,
+                );
+            }
+            if ike.is_empty() || esp.is_empty() {
+                return Err(err(
+                    key("ike_proposals"),
+                    "needs at least one IKE and one ESP proposal".into(),
+                ));
+            }
+            let pool = match c.pool {
+                None => None,
+                Some(p) => {
+                    let (IpAddr::V4(first), IpAddr::V4(last)) = p.range() else {
+                        return Err(err(key("pool"), "only IPv4 pools are supported".into()));
+                    };
+                    // Skip the network address; hand out the rest but the broadcast address.
+                    let span = u32::from(last).saturating_sub(u32::from(first));
+                    let first = std::net::Ipv4Addr::from(
+                        u32::from(first).saturating_add(u32::from(span > 1)),
+                    );
+                    Some(Pool {
+                        first,
+                        count: span.saturating_sub(1).max(1),
+                    })
+                }
+            };
+            let remote_id = match c.remote_id.as_deref() {
+                None | Some("any") | Some("%any") => None,
+                Some(s) => Some(Id::from_text(s)),
+            };
+            if c.remote_addr.is_some() && c.pool.is_some() {
+                return Err(err(
+                    key("pool"),
+                    "an initiator does not hand out virtual IPs".into(),
+                ));
+            }
+            let remote_ts = if c.remote_ts.is_empty() && c.pool.is_none() {
+                return Err(err(
+                    key("remote_ts"),
+                    "needs the peer's traffic selectors (or a pool)".into(),
+                ));
+            } else {
+                c.remote_ts.iter().map(prefix_ts).collect()
+            };
+            if c.local_ts.is_empty() && !c.request_vip {
+                return Err(err(
+                    key("local_ts"),
+                    "needs our traffic selectors (or request_vip)".into(),
+                ));
+            }
+            out.push(Connection {
+                peer: PeerConfig {
+                    name: c.name.clone(),
+                    local_id: Id::from_text(&c.local_id),
+                    remote_id,
+                    auth: Authenticator::Psk(secret(&psk)),
+                    ike_proposals: ike,
+                    esp_proposals: esp,
+                    local_ts: c.local_ts.iter().map(prefix_ts).collect(),
+                    remote_ts,
+                    pool,
+                    request_vip: c.request_vip,
+                    child_rekey_ns: c.child_rekey_secs.saturating_mul(SEC),
+                    ike_rekey_ns: c.ike_rekey_secs.saturating_mul(SEC),
+                    dpd_ns: c.dpd_secs.saturating_mul(SEC),
+                },
+                initiate_to: c
+                    .remote_addr
+                    .map(|a| std::net::SocketAddr::new(a, c.remote_port.unwrap_or(500))),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The endpoint configuration of validated connections.
+pub fn endpoint_config(conns: &[Connection]) -> EndpointConfig {
+    EndpointConfig {
+        peers: conns.iter().map(|c| c.peer.clone()).collect(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proposal_strings() {
+        let p = parse_ike_proposal("aes256gcm16-prfsha384-ecp256").unwrap();
+        assert_eq!(
+            (p.encr_bits, p.prf, p.dh),
+            (256, Prf::HmacSha384, DhGroup::Ecp256)
+        );
+        assert!(parse_ike_proposal("aes128cbc-sha256-x25519").is_err());
+        assert!(parse_ike_proposal("aes128gcm16")
+            .unwrap_err()
+            .contains("no DH group"));
+        let e = parse_esp_proposal("aes128gcm16-esn").unwrap();
+        assert!(e.esn);
+        assert!(!parse_esp_proposal("aes128gcm16").unwrap().esn);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let y: IkeYaml = crate::config::parse(
+            Path::new("x.yaml"),
+            "connections:\n  - { name: rw, local_id: gw, psk: \"0123456789\", ike_proposals: [aes128gcm16-foo], remote_ts: [10.0.0.0/8], local_ts: [10.9.0.0/24] }\n",
+        )
+        .unwrap();
+        let e = y.validate(Path::new("x.yaml"), "ike").unwrap_err();
+        assert_eq!(e.key, "ike.connections[0].ike_proposals[0]");
+        let y: IkeYaml = crate::config::parse(
+            Path::new("x.yaml"),
+            "connections:\n  - { name: rw, local_id: gw, psk: \"short\", remote_ts: [10.0.0.0/8], local_ts: [10.9.0.0/24] }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            y.validate(Path::new("x.yaml"), "ike").unwrap_err().key,
+            "ike.connections[0].psk"
+        );
+    }
+
+    #[test]
+    fn a_pool_skips_network_and_broadcast() {
+        let y: IkeYaml = crate::config::parse(
+            Path::new("x.yaml"),
+            "connections:\n  - { name: rw, local_id: gw, psk: \"0123456789\", pool: 10.99.0.0/24, local_ts: [10.9.0.0/24] }\n",
+        )
+        .unwrap();
+        let c = y.validate(Path::new("x.yaml"), "ike").unwrap();
+        let pool = c[0].peer.pool.clone().unwrap();
+        assert_eq!(
+            pool.first,
+            "10.99.0.1".parse::<std::net::Ipv4Addr>().unwrap()
+        );
+        assert_eq!(pool.count, 254);
+        assert!(
+            !format!("{:?}", y.connections[0]).contains("0123456789"),
+            "no key in Debug"
+        );
+    }
+}

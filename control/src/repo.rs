@@ -1,0 +1,377 @@
+//! The SA repository: what the control plane knows of every CHILD_SA, and the data-plane
+//! updates that follow from IKE's events.
+//!
+//! A CHILD_SA that comes up becomes an inbound and an outbound SA in the data plane plus one
+//! protect rule per pair of its traffic selectors, placed before the gateway's static rules.
+//! A rekey is make-before-break: the new inbound SA is installed first, then the policy moves
+//! to the new outbound SA, and only when IKE reports the old CHILD_SA gone are its SAs
+//! deleted. The repository is plain data in, plain data out: it never touches a ring.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use pipeline::crypto::AeadAlg;
+use pipeline::esp::sa::{SaKeys, SaParams, UdpEncap};
+use pipeline::ids::{SaId, Spi};
+use pipeline::msg::{Direction, Update};
+use pipeline::spd::{Action, PortRange, Prefix, Rule, Selector};
+
+use crate::ike::sa::{ChildSaInfo, Event};
+use crate::ike::wire::TrafficSelector;
+
+/// Dynamic SA ids start here (static SAs from the config use their index).
+const FIRST_ID: u32 = 1 << 20;
+/// Dynamic rule ids start here.
+const FIRST_RULE: u32 = 1 << 20;
+
+#[derive(Clone, Debug)]
+struct ChildRec {
+    name: String,
+    spi_out: u32,
+    out_id: SaId,
+    rules: Vec<Rule>,
+    local: IpAddr,
+    remote: IpAddr,
+}
+
+/// A CHILD_SA as the views show it (never keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildView {
+    pub name: String,
+    pub spi_in: u32,
+    pub spi_out: u32,
+    pub local: IpAddr,
+    pub remote: IpAddr,
+}
+
+pub struct SaRepository {
+    static_rules: Vec<Rule>,
+    replay_window: u32,
+    children: BTreeMap<u32, ChildRec>,
+    next_id: u32,
+    next_rule: u32,
+    /// Children installed, rekeyed, removed (for views and tests).
+    pub installed: u64,
+    pub rekeyed: u64,
+    pub removed: u64,
+}
+
+/// Why a CHILD_SA could not become data-plane SAs.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("CHILD_SA {name}: {what}")]
+    Child { name: String, what: String },
+}
+
+impl SaRepository {
+    pub fn new(static_rules: Vec<Rule>, replay_window: u32) -> SaRepository {
+        SaRepository {
+            static_rules,
+            replay_window,
+            children: BTreeMap::new(),
+            next_id: FIRST_ID,
+            next_rule: FIRST_RULE,
+            installed: 0,
+            rekeyed: 0,
+            removed: 0,
+        }
+    }
+
+    pub fn children(&self) -> Vec<ChildView> {
+        self.children
+            .iter()
+            .map(|(spi_in, c)| ChildView {
+                name: c.name.clone(),
+                spi_in: *spi_in,
+                spi_out: c.spi_out,
+                local: c.local,
+                remote: c.remote,
+            })
+            .collect()
+    }
+
+    /// The updates, in order, that an IKE event asks of the data plane.
+    pub fn on_event(&mut self, e: &Event) -> Result<Vec<Update>, RepoError> {
+        match e {
+            Event::ChildUp(info) => self.child_up(info),
+            Event::ChildDown { spi_in, .. } => Ok(self.child_down(*spi_in)),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn alloc_id(&mut self) -> SaId {
+        let id = SaId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1).max(FIRST_ID);
+        id
+    }
+
+    fn child_up(&mut self, info: &ChildSaInfo) -> Result<Vec<Update>, RepoError> {
+        let fail = |what: String| RepoError::Child {
+            name: info.name.clone(),
+            what,
+        };
+        let alg = match info.inbound.encr_bits {
+            128 => AeadAlg::AesGcm128,
+            256 => AeadAlg::AesGcm256,
+            b => return Err(fail(format!("AES-GCM-{b} is not supported"))),
+        };
+        let key_in =
+            SaKeys::from_keymat(alg, &info.inbound.keymat).map_err(|e| fail(e.to_string()))?;
+        let key_out =
+            SaKeys::from_keymat(alg, &info.outbound.keymat).map_err(|e| fail(e.to_string()))?;
+        let local_ts = info
+            .local_ts
+            .first()
+            .map(ts_prefix)
+            .ok_or_else(|| fail("no local selector".into()))?;
+        let remote_ts = info
+            .remote_ts
+            .first()
+            .map(ts_prefix)
+            .ok_or_else(|| fail("no remote selector".into()))?;
+        let encap = info.udp_encap.then_some(UdpEncap {
+            local_port: info.local.port(),
+            remote_port: info.remote.port(),
+        });
+        let in_id = self.alloc_id();
+        let out_id = self.alloc_id();
+        let common = |id: SaId, spi: u32, keys: SaKeys| SaParams {
+            id,
+            spi: Spi(spi),
+            keys,
+            esn: info.esn,
+            replay_window: self.replay_window,
+            local: info.local.ip(),
+            remote: info.remote.ip(),
+            encap,
+            local_ts,
+            remote_ts,
+            outer_ttl: 64,
+        };
+        let inbound = common(in_id, info.inbound.spi, key_in);
+        let outbound = common(out_id, info.outbound.spi, key_out);
+        let mut rules = Vec::new();
+        for l in &info.local_ts {
+            for r in &info.remote_ts {
+                if l.start.is_ipv4() != r.start.is_ipv4() {
+                    continue;
+                }
+                let id = self.next_rule;
+                self.next_rule = self.next_rule.wrapping_add(1).max(FIRST_RULE);
+                rules.push(Rule {
+                    id,
+                    selector: Selector {
+                        src: ts_prefix(l),
+                        dst: ts_prefix(r),
+                        proto: (r.protocol != 0).then_some(r.protocol),
+                        src_ports: PortRange {
+                            lo: l.start_port,
+                            hi: l.end_port,
+                        },
+                        dst_ports: PortRange {
+                            lo: r.start_port,
+                            hi: r.end_port,
+                        },
+                    },
+                    action: Action::Protect(out_id),
+                });
+            }
+        }
+        // Make-before-break: the new inbound SA first, then the outbound, then the policy
+        // moves over. The old SAs stay until IKE says the old CHILD_SA is gone.
+        let mut ups = vec![
+            Update::AddSa {
+                dir: Direction::Inbound,
+                params: inbound,
+            },
+            Update::AddSa {
+                dir: Direction::Outbound,
+                params: outbound,
+            },
+        ];
+        if let Some(old) = info.rekey_of.and_then(|o| self.children.get_mut(&o)) {
+            old.rules.clear();
+            self.rekeyed += 1;
+        }
+        self.children.insert(
+            info.inbound.spi,
+            ChildRec {
+                name: info.name.clone(),
+                spi_out: info.outbound.spi,
+                out_id,
+                rules,
+                local: info.local.ip(),
+                remote: info.remote.ip(),
+            },
+        );
+        self.installed += 1;
+        ups.push(Update::ReplaceSpd {
+            rules: self.rules(),
+        });
+        Ok(ups)
+    }
+
+    fn child_down(&mut self, spi_in: u32) -> Vec<Update> {
+        let Some(c) = self.children.remove(&spi_in) else {
+            return Vec::new();
+        };
+        self.removed += 1;
+        let mut ups = Vec::new();
+        if !c.rules.is_empty() {
+            ups.push(Update::ReplaceSpd {
+                rules: self.rules(),
+            });
+        }
+        ups.push(Update::DeleteOutbound { id: c.out_id });
+        ups.push(Update::DeleteInbound { spi: Spi(spi_in) });
+        ups
+    }
+
+    /// Dynamic rules (newest CHILD_SAs first), then the static ones.
+    pub fn rules(&self) -> Vec<Rule> {
+        let mut r: Vec<Rule> = self
+            .children
+            .values()
+            .rev()
+            .flat_map(|c| c.rules.iter().cloned())
+            .collect();
+        r.extend(self.static_rules.iter().cloned());
+        r
+    }
+}
+
+/// The prefix a selector's address range is, or the smallest one covering it.
+pub fn ts_prefix(t: &TrafficSelector) -> Prefix {
+    let (a, b, width) = match (t.start, t.end) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32)
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128u32),
+        _ => return Prefix::masked(t.start, 0),
+    };
+    let common = (a ^ b).leading_zeros().saturating_sub(128 - width);
+    Prefix::masked(t.start, common as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ike::sa::{host_ts, prefix_ts, ChildSaKeys, IkeSaId};
+    use zeroize::Zeroizing;
+
+    fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
+        ChildSaInfo {
+            ike: IkeSaId(1),
+            name: "rw".into(),
+            inbound: ChildSaKeys {
+                spi: spi_in,
+                encr_bits: 128,
+                keymat: Zeroizing::new(vec![1; 20]),
+            },
+            outbound: ChildSaKeys {
+                spi: spi_out,
+                encr_bits: 128,
+                keymat: Zeroizing::new(vec![2; 20]),
+            },
+            esn: false,
+            local_ts: vec![prefix_ts(&"10.9.0.0/24".parse().unwrap())],
+            remote_ts: vec![host_ts("10.99.0.1".parse().unwrap())],
+            local: "192.0.2.1:4500".parse().unwrap(),
+            remote: "192.0.2.10:4500".parse().unwrap(),
+            udp_encap: true,
+            rekey_of,
+            initiated_here: false,
+        }
+    }
+
+    #[test]
+    fn selectors_become_prefixes() {
+        assert_eq!(
+            ts_prefix(&host_ts("10.99.0.1".parse().unwrap())),
+            "10.99.0.1/32".parse().unwrap()
+        );
+        let t = prefix_ts(&"10.9.0.0/24".parse().unwrap());
+        assert_eq!(ts_prefix(&t), "10.9.0.0/24".parse().unwrap());
+        let mut odd = t;
+        odd.end = "10.9.1.3".parse().unwrap();
+        assert_eq!(
+            ts_prefix(&odd),
+            "10.9.0.0/23".parse().unwrap(),
+            "the covering prefix"
+        );
+        let any = crate::ike::sa::any_v4();
+        assert!(ts_prefix(&any).is_default());
+    }
+
+    #[test]
+    fn a_child_installs_in_then_out_then_policy_and_a_rekey_breaks_after_making() {
+        let static_rule = Rule {
+            id: 0,
+            selector: Selector {
+                src: "0.0.0.0/0".parse().unwrap(),
+                dst: "0.0.0.0/0".parse().unwrap(),
+                proto: None,
+                src_ports: PortRange { lo: 0, hi: 65535 },
+                dst_ports: PortRange { lo: 0, hi: 65535 },
+            },
+            action: Action::Discard,
+        };
+        let mut r = SaRepository::new(vec![static_rule], 1024);
+        let ups = r
+            .on_event(&Event::ChildUp(info(0x1000, 0x2000, None)))
+            .unwrap();
+        assert!(
+            matches!(&ups[0], Update::AddSa { dir: Direction::Inbound, params } if params.spi == Spi(0x1000) && params.encap.is_some())
+        );
+        assert!(
+            matches!(&ups[1], Update::AddSa { dir: Direction::Outbound, params } if params.spi == Spi(0x2000))
+        );
+        let Update::ReplaceSpd { rules } = &ups[2] else {
+            panic!("{ups:?}")
+        };
+        assert_eq!(rules.len(), 2, "one protect rule before the static discard");
+        let Action::Protect(first_out) = rules[0].action else {
+            panic!()
+        };
+        assert_eq!(rules[0].selector.dst, "10.99.0.1/32".parse().unwrap());
+
+        // Rekey: new SAs and the policy moves; nothing is deleted yet.
+        let ups = r
+            .on_event(&Event::ChildUp(info(0x1001, 0x2001, Some(0x1000))))
+            .unwrap();
+        assert_eq!(ups.len(), 3);
+        let Update::ReplaceSpd { rules } = &ups[2] else {
+            panic!()
+        };
+        assert_eq!(rules.len(), 2);
+        assert_ne!(
+            rules[0].action,
+            Action::Protect(first_out),
+            "the policy points at the new SA"
+        );
+        // The old CHILD_SA goes: its SAs are deleted, the policy is untouched.
+        let ups = r
+            .on_event(&Event::ChildDown {
+                ike: IkeSaId(1),
+                spi_in: 0x1000,
+                spi_out: 0x2000,
+            })
+            .unwrap();
+        assert!(
+            matches!(ups[..], [Update::DeleteOutbound { id }, Update::DeleteInbound { spi: Spi(0x1000) }] if id == first_out)
+        );
+        assert_eq!(r.children().len(), 1);
+        // The last one goes: SPD back to the static rules.
+        let ups = r
+            .on_event(&Event::ChildDown {
+                ike: IkeSaId(1),
+                spi_in: 0x1001,
+                spi_out: 0x2001,
+            })
+            .unwrap();
+        let Update::ReplaceSpd { rules } = &ups[0] else {
+            panic!()
+        };
+        assert_eq!(rules.len(), 1);
+    }
+}
