@@ -189,8 +189,21 @@ pub struct DataplaneProcess {
 }
 
 impl DataplaneProcess {
-    /// Starts it and waits until its SAs are installed (its first stats file appears).
+    /// Starts `roamgate dataplane` and waits until its SAs are installed (its first stats
+    /// file appears).
     pub fn start(bin: &Path, ns: &str, config: &Path, dir: &Path, name: &str) -> DataplaneProcess {
+        Self::start_sub(bin, "dataplane", ns, config, dir, name)
+    }
+
+    /// As [`start`](Self::start) for another subcommand (`run`).
+    pub fn start_sub(
+        bin: &Path,
+        sub: &str,
+        ns: &str,
+        config: &Path,
+        dir: &Path,
+        name: &str,
+    ) -> DataplaneProcess {
         let stats_file = dir.join(format!("{name}.stats.json"));
         let _ = std::fs::remove_file(&stats_file);
         let socket = dir.join(format!("{name}.sock"));
@@ -198,7 +211,7 @@ impl DataplaneProcess {
             ns,
             &[
                 bin.to_str().expect("utf-8 path"),
-                "dataplane",
+                sub,
                 "--config",
                 config.to_str().expect("utf-8 path"),
                 "--stats-file",
@@ -235,12 +248,18 @@ impl DataplaneProcess {
 
     /// Stops it with SIGTERM; returns the final counters it printed.
     pub fn stop(self) -> serde_json::Value {
+        self.stop_with_output().0
+    }
+
+    /// Stops it with SIGTERM; returns the final counters and everything it printed.
+    pub fn stop_with_output(self) -> (serde_json::Value, String) {
         let what = self.proc.what.clone();
         let (ok, out, err) = self.proc.stop("TERM", Duration::from_secs(10));
         assert!(ok, "{what} did not exit cleanly:\n{out}\n{err}");
         let last = out.lines().last().unwrap_or_default();
-        serde_json::from_str(last)
-            .unwrap_or_else(|e| panic!("{what}'s last line is not JSON ({e}):\n{out}"))
+        let v = serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("{what}'s last line is not JSON ({e}):\n{out}"));
+        (v, out)
     }
 }
 

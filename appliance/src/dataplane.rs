@@ -279,10 +279,13 @@ fn serve<P: Port + 'static>(
         opened.describe
     );
 
+    // Two flags: a signal asks for shutdown; the workers (and the views) stop only after the
+    // control loop has told its peers, because its goodbyes leave through the workers.
     let stop = Arc::new(AtomicBool::new(false));
+    let shutdown = Arc::new(AtomicBool::new(false));
     {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+        let shutdown = shutdown.clone();
+        ctrlc::set_handler(move || shutdown.store(true, Ordering::Relaxed))
             .context("installing the SIGINT/SIGTERM handler")?;
     }
     let idle = Duration::from_micros(args.idle_sleep_us);
@@ -370,7 +373,7 @@ fn serve<P: Port + 'static>(
         .collect();
     let deadline = args.duration.map(Duration::from_secs_f64);
     let mut last_pump = Instant::now();
-    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
+    while !shutdown.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
         match ike.as_mut() {
             Some(c) => {
                 let mut links: Vec<&mut WorkerLink> =

@@ -41,6 +41,9 @@ pub struct IkeControl {
     initiated: Vec<(String, IkeSaId)>,
     pub view: Arc<Mutex<IkeView>>,
     pub events_seen: u64,
+    /// Rekeys by who started them: [child by us, child by peer, IKE by us, IKE by peer].
+    rekeys: [u64; 4],
+    ike_down: u64,
 }
 
 impl IkeControl {
@@ -69,6 +72,8 @@ impl IkeControl {
             initiated: Vec::new(),
             view: Arc::new(Mutex::new(IkeView::default())),
             events_seen: 0,
+            rekeys: [0; 4],
+            ike_down: 0,
         }
     }
 
@@ -130,6 +135,16 @@ impl IkeControl {
             changed = true;
             self.events_seen += 1;
             log_event(&e);
+            match &e {
+                Event::ChildUp(c) if c.rekey_of.is_some() => {
+                    self.rekeys[if c.initiated_here { 0 } else { 1 }] += 1
+                }
+                Event::IkeRekeyed { initiated_here, .. } => {
+                    self.rekeys[if *initiated_here { 2 } else { 3 }] += 1
+                }
+                Event::IkeDown { .. } => self.ike_down += 1,
+                _ => {}
+            }
             match self.repo.on_event(&e) {
                 Ok(updates) => {
                     for u in &updates {
@@ -194,6 +209,11 @@ impl IkeControl {
             "children_installed": self.repo.installed,
             "children_rekeyed": self.repo.rekeyed,
             "children_removed": self.repo.removed,
+            "child_rekeys_by_us": self.rekeys[0],
+            "child_rekeys_by_peer": self.rekeys[1],
+            "ike_rekeys_by_us": self.rekeys[2],
+            "ike_rekeys_by_peer": self.rekeys[3],
+            "ike_sas_down": self.ike_down,
         })
         .to_string();
         if let Ok(mut v) = self.view.lock() {

@@ -1216,7 +1216,11 @@ impl Endpoint {
                     encr_bits: esp.encr_bits,
                     local_ts: tsr.clone(),
                     remote_ts: tsi.clone(),
-                    rekey_at: 0,
+                    rekey_at: if cfg.child_rekey_ns > 0 {
+                        now + cfg.child_rekey_ns
+                    } else {
+                        0
+                    },
                 };
                 let info = sa.child_info(&child, i2r, r2i, None, false);
                 sa.children.push(child);
@@ -1461,7 +1465,11 @@ impl Endpoint {
             encr_bits: esp.encr_bits,
             local_ts: tsr.clone(),
             remote_ts: tsi.clone(),
-            rekey_at: 0,
+            rekey_at: if cfg.child_rekey_ns > 0 {
+                now + cfg.child_rekey_ns
+            } else {
+                0
+            },
         };
         let info = sa.child_info(&child, i2r, r2i, old.as_ref().map(|c| c.spi_in), false);
         sa.children.push(child);

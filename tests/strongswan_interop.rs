@@ -1,0 +1,310 @@
+//! Interop with Debian's strongSwan 5.9.8 (kernel-libipsec) as a road-warrior client against
+//! `roamgate run` on the AF_XDP port, in network namespaces (vendor-scripts/netns-lab.sh
+//! rw-up): the tunnel comes up with a virtual IP; ping, a UDP stream and an iperf3 TCP run pass
+//! through it; a capture of the client's link holds only IKE and ESP; a CHILD_SA rekey and an
+//! IKE rekey initiated by each side complete with traffic still flowing; a delete from each
+//! side tears the tunnel down on both.
+//!
+//! Needs root (prints a SKIP line otherwise; CI runs it as root), strongSwan, iperf3, tshark.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use roamgate_tests::netns::{in_ns, root_or_skip, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::{have_tool, root, scratch};
+
+const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+
+struct RwLab {
+    prefix: String,
+}
+
+impl RwLab {
+    fn up(prefix: &str) -> RwLab {
+        let out = Command::new("bash")
+            .arg(root().join("vendor-scripts/netns-lab.sh"))
+            .args(["rw-up", prefix])
+            .output()
+            .expect("netns-lab.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        RwLab {
+            prefix: prefix.into(),
+        }
+    }
+    fn ns(&self, n: &str) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+}
+
+impl Drop for RwLab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(root().join("vendor-scripts/netns-lab.sh"))
+            .args(["rw-down", &self.prefix])
+            .status();
+    }
+}
+
+/// strongSwan's charon in a namespace (killed, by its pid, on drop).
+struct Charon {
+    pid: String,
+    ns: String,
+    dir: std::path::PathBuf,
+}
+
+impl Charon {
+    fn start(ns: &str, dir: &Path) -> Charon {
+        let out = Command::new("bash")
+            .arg(root().join("tests/tools/strongswan/charon-netns.sh"))
+            .args(["start", ns, dir.to_str().unwrap()])
+            .output()
+            .expect("charon-netns.sh");
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success() && !pid.is_empty(),
+            "charon did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Charon {
+            pid,
+            ns: ns.into(),
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn swanctl(&self, args: &[&str]) -> String {
+        let out = Command::new("bash")
+            .arg(root().join("tests/tools/strongswan/charon-netns.sh"))
+            .args(["swanctl", &self.ns, self.dir.to_str().unwrap()])
+            .args(args)
+            .output()
+            .expect("swanctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Charon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+fn ask(sock: &Path, req: &str) -> serde_json::Value {
+    let mut c = UnixStream::connect(sock).expect("view socket");
+    c.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&c).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).expect("JSON")
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pings(lab: &RwLab, n: u32) -> u32 {
+    let out = in_ns(
+        &lab.ns("rw"),
+        &[
+            "ping",
+            "-c",
+            &n.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "10.9.0.10",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split_once(" packets transmitted, ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn strongswan_road_warrior_against_roamgate_run() {
+    if !root_or_skip("strongswan_interop")
+        || !have_tool("swanctl", &["--help"])
+        || !have_tool("/usr/lib/ipsec/charon", &["--version"])
+        || !have_tool("iperf3", &["--version"])
+        || !have_tool("tshark", &["--version"])
+    {
+        return;
+    }
+    let dir = scratch("strongswan_interop");
+    let lab = RwLab::up("rgi");
+    // roamgate rekeys on its own too: the CHILD_SA every 8 s, the IKE SA every 14 s.
+    let cfg = std::fs::read_to_string(root().join("configs/interop-gw.yaml"))
+        .unwrap()
+        .replace(
+            "      pool: 10.99.0.0/24",
+            "      pool: 10.99.0.0/24\n      child_rekey_secs: 8\n      ike_rekey_secs: 14",
+        );
+    let cfg_path = dir.join("gw.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let gw =
+        DataplaneProcess::start_sub(Path::new(BIN), "run", &lab.ns("gw"), &cfg_path, &dir, "gw");
+    // Every IPv4 frame on the client's link (the namespace's own multicast chatter, IGMP and
+    // IPv6 neighbour discovery, is not tunnel traffic; a leak of inner IPv4 would show).
+    let capture = Capture::start(
+        &lab.ns("rw"),
+        "eth0",
+        "ip and not igmp",
+        &dir.join("rw-link.pcap"),
+    );
+    let rw_dir = dir.join("rw");
+    std::fs::create_dir_all(&rw_dir).unwrap();
+    std::fs::copy(
+        root().join("tests/tools/strongswan/rw-psk.swanctl.conf"),
+        rw_dir.join("swanctl.conf"),
+    )
+    .unwrap();
+    let charon = Charon::start(&lab.ns("rw"), &rw_dir);
+
+    // Up, with a virtual IP.
+    let out = charon.swanctl(&["--initiate", "--child", "net"]);
+    assert!(out.contains("initiate completed successfully"), "{out}");
+    let sas = charon.swanctl(&["--list-sas"]);
+    assert!(sas.contains("[10.99.0.1]"), "virtual IP: {sas}");
+    assert_eq!(pings(&lab, 5), 5, "ping through the tunnel");
+
+    // The client rekeys its CHILD_SA and the IKE SA.
+    assert!(charon
+        .swanctl(&["--rekey", "--child", "net"])
+        .contains("rekey completed successfully"));
+    assert_eq!(pings(&lab, 2), 2);
+    assert!(charon
+        .swanctl(&["--rekey", "--ike", "gw"])
+        .contains("rekey completed successfully"));
+    assert_eq!(pings(&lab, 2), 2);
+    let v = ask(&gw.socket, "ike");
+    assert!(v["child_rekeys_by_peer"].as_u64() >= Some(1), "{v}");
+    assert!(v["ike_rekeys_by_peer"].as_u64() >= Some(1), "{v}");
+
+    // A UDP stream and a TCP run, LAN host <- client (its virtual IP), during which roamgate's
+    // own rekey timers fire.
+    let server = NsProcess::spawn(
+        &lab.ns("lan"),
+        &["iperf3", "-s", "-B", "10.9.0.10"],
+        "iperf3 -s",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let udp: serde_json::Value = serde_json::from_slice(
+        &in_ns(
+            &lab.ns("rw"),
+            &[
+                "iperf3",
+                "-c",
+                "10.9.0.10",
+                "-u",
+                "-b",
+                "20M",
+                "-t",
+                "4",
+                "-J",
+            ],
+        )
+        .stdout,
+    )
+    .expect("iperf3 JSON");
+    let s = &udp["end"]["sum"];
+    let (pk, lost) = (
+        s["packets"].as_u64().unwrap_or(0),
+        s["lost_packets"].as_u64().unwrap_or(u64::MAX),
+    );
+    println!("UDP stream through strongSwan <-> roamgate: {pk} datagrams, {lost} lost");
+    assert!(
+        pk > 1000 && lost * 100 <= pk,
+        "UDP stream: {pk} sent, {lost} lost"
+    );
+    let tcp: serde_json::Value = serde_json::from_slice(
+        &in_ns(
+            &lab.ns("rw"),
+            &["iperf3", "-c", "10.9.0.10", "-t", "4", "-J"],
+        )
+        .stdout,
+    )
+    .expect("iperf3 JSON");
+    let bytes = tcp["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    println!(
+        "TCP through strongSwan <-> roamgate: {:.3} Gbit/s",
+        tcp["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9
+    );
+    assert!(bytes > 1_000_000, "{tcp}");
+    drop(server);
+
+    // roamgate's own rekeys happened (CHILD_SA and IKE SA) and traffic still flows.
+    wait_for("roamgate-initiated rekeys", 30, || {
+        let v = ask(&gw.socket, "ike");
+        v["child_rekeys_by_us"].as_u64() >= Some(1) && v["ike_rekeys_by_us"].as_u64() >= Some(1)
+    });
+    assert_eq!(pings(&lab, 3), 3, "traffic after roamgate's rekeys");
+    let sas = charon.swanctl(&["--list-sas"]);
+    assert!(
+        sas.contains("ESTABLISHED") && sas.contains("INSTALLED"),
+        "{sas}"
+    );
+
+    // Delete from the client: gone on both sides.
+    assert!(charon
+        .swanctl(&["--terminate", "--ike", "gw"])
+        .contains("terminate completed successfully"));
+    wait_for("roamgate to drop the IKE SA", 10, || {
+        ask(&gw.socket, "ike")["ike_sas"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    assert_eq!(pings(&lab, 1), 0, "no tunnel, no traffic");
+
+    // Up again, then delete from roamgate (a clean shutdown deletes its IKE SAs).
+    assert!(charon
+        .swanctl(&["--initiate", "--child", "net"])
+        .contains("initiate completed successfully"));
+    assert_eq!(pings(&lab, 2), 2);
+    let (stats, out) = gw.stop_with_output();
+    assert!(
+        out.contains("down: Deleted"),
+        "roamgate deleted its IKE SA on shutdown:\n{out}"
+    );
+    wait_for("strongSwan to see the delete", 10, || {
+        !charon.swanctl(&["--list-sas"]).contains("ESTABLISHED")
+    });
+    println!("gateway counters: {stats}");
+
+    // The client's link carried IKE and ESP only (the pings and streams never went in clear).
+    let protocols = capture.finish();
+    let ok = |p: &String| p.ends_with(":isakmp") || p.ends_with(":esp");
+    let other: Vec<&String> = protocols.iter().filter(|p| !ok(p)).collect();
+    assert!(
+        protocols.iter().filter(|p| p.ends_with(":esp")).count() > 1000,
+        "ESP captured"
+    );
+    assert!(
+        other.is_empty(),
+        "non-IKE/ESP frames on the client's link: {other:?}"
+    );
+}
