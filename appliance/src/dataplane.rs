@@ -301,7 +301,7 @@ fn serve<P: Port + 'static>(
         ike_rings = Some((punt_tx, tx_rx));
         let repo = control::repo::SaRepository::new(plan.rules.clone(), gw.replay_window);
         let mut c =
-            crate::ikectl::IkeControl::new(conns, repo, punt_rx, tx_tx, backend, gw.wan.address);
+            control::runner::IkeControl::new(conns, repo, punt_rx, tx_tx, backend, gw.wan.address);
         c.initiate();
         ike = Some(c);
     }

@@ -14,7 +14,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod dataplane;
-mod ikectl;
 mod lab;
 mod views;
 

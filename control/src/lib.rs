@@ -1,11 +1,15 @@
 //! roamgate's control plane.
 //!
-//! Today: deployment configuration (YAML) and its validation into data-plane parameters.
-//! IKEv2 (sans-IO), the SA repository and the links for HA, clusters and group mode come next;
-//! they hand SAs to the data plane as `pipeline::msg::Update`s.
+//! - `config`, `ike_config`: deployment configuration (YAML), validated into data-plane
+//!   parameters and IKE connections.
+//! - `ike`: IKEv2, sans-IO (wire codec, crypto, the endpoint and its IKE SAs).
+//! - `repo`: the SA repository, turning IKE's events into `pipeline::msg::Update`s.
+//! - `runner`: the control loop that joins the endpoint to the data plane's rings.
+//! The links for HA, clusters and group mode come later.
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod ike;
 pub mod ike_config;
 pub mod repo;
+pub mod runner;

@@ -3,9 +3,14 @@
 //!
 //! A CHILD_SA that comes up becomes an inbound and an outbound SA in the data plane plus one
 //! protect rule per pair of its traffic selectors, placed before the gateway's static rules.
-//! A rekey is make-before-break: the new inbound SA is installed first, then the policy moves
-//! to the new outbound SA, and only when IKE reports the old CHILD_SA gone are its SAs
-//! deleted. The repository is plain data in, plain data out: it never touches a ring.
+//! A rekey is make-before-break on both ends:
+//! - the end that started it gets the response only after the peer installed its new inbound
+//!   SA, so it moves its policy to the new outbound SA at once;
+//! - the end that answered has just installed its new inbound SA, but the starter may not yet
+//!   have installed its own, so it keeps sending on the old SA until the starter deletes the
+//!   old CHILD_SA (which the starter does only after switching).
+//! Old SAs are deleted only when IKE reports the old CHILD_SA gone. The repository is plain
+//! data in, plain data out: it never touches a ring.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -30,6 +35,10 @@ struct ChildRec {
     spi_out: u32,
     out_id: SaId,
     rules: Vec<Rule>,
+    /// Rules waiting for the CHILD_SA this one replaces to go (a rekey the peer started).
+    parked: Vec<Rule>,
+    /// The CHILD_SA (inbound SPI) that takes over this one's rules when it goes.
+    successor: Option<u32>,
     local: IpAddr,
     remote: IpAddr,
 }
@@ -189,9 +198,18 @@ impl SaRepository {
                 params: outbound,
             },
         ];
+        let mut parked = Vec::new();
+        let mut switch_now = true;
         if let Some(old) = info.rekey_of.and_then(|o| self.children.get_mut(&o)) {
-            old.rules.clear();
             self.rekeyed += 1;
+            if info.initiated_here {
+                old.rules.clear();
+            } else {
+                // Keep sending on the old SA until the peer deletes it.
+                old.successor = Some(info.inbound.spi);
+                parked = core::mem::take(&mut rules);
+                switch_now = false;
+            }
         }
         self.children.insert(
             info.inbound.spi,
@@ -200,14 +218,18 @@ impl SaRepository {
                 spi_out: info.outbound.spi,
                 out_id,
                 rules,
+                parked,
+                successor: None,
                 local: info.local.ip(),
                 remote: info.remote.ip(),
             },
         );
         self.installed += 1;
-        ups.push(Update::ReplaceSpd {
-            rules: self.rules(),
-        });
+        if switch_now {
+            ups.push(Update::ReplaceSpd {
+                rules: self.rules(),
+            });
+        }
         Ok(ups)
     }
 
@@ -217,7 +239,12 @@ impl SaRepository {
         };
         self.removed += 1;
         let mut ups = Vec::new();
-        if !c.rules.is_empty() {
+        let mut spd_changed = !c.rules.is_empty();
+        if let Some(n) = c.successor.and_then(|s| self.children.get_mut(&s)) {
+            n.rules = core::mem::take(&mut n.parked);
+            spd_changed = true;
+        }
+        if spd_changed {
             ups.push(Update::ReplaceSpd {
                 rules: self.rules(),
             });
@@ -227,7 +254,7 @@ impl SaRepository {
         ups
     }
 
-    /// Dynamic rules (newest CHILD_SAs first), then the static ones.
+    /// The CHILD_SAs' rules (by inbound SPI), then the static ones.
     pub fn rules(&self) -> Vec<Rule> {
         let mut r: Vec<Rule> = self
             .children
@@ -260,6 +287,10 @@ mod tests {
     use zeroize::Zeroizing;
 
     fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
+        info_by(spi_in, spi_out, rekey_of, true)
+    }
+
+    fn info_by(spi_in: u32, spi_out: u32, rekey_of: Option<u32>, here: bool) -> ChildSaInfo {
         ChildSaInfo {
             ike: IkeSaId(1),
             name: "rw".into(),
@@ -280,7 +311,7 @@ mod tests {
             remote: "192.0.2.10:4500".parse().unwrap(),
             udp_encap: true,
             rekey_of,
-            initiated_here: false,
+            initiated_here: here,
         }
     }
 
@@ -373,5 +404,67 @@ mod tests {
             panic!()
         };
         assert_eq!(rules.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod peer_rekey_tests {
+    use super::*;
+    use crate::ike::sa::{host_ts, prefix_ts, ChildSaKeys, IkeSaId};
+    use zeroize::Zeroizing;
+
+    fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
+        ChildSaInfo {
+            ike: IkeSaId(1),
+            name: "rw".into(),
+            inbound: ChildSaKeys {
+                spi: spi_in,
+                encr_bits: 128,
+                keymat: Zeroizing::new(vec![1; 20]),
+            },
+            outbound: ChildSaKeys {
+                spi: spi_out,
+                encr_bits: 128,
+                keymat: Zeroizing::new(vec![2; 20]),
+            },
+            esn: true,
+            local_ts: vec![prefix_ts(&"10.9.0.0/24".parse().unwrap())],
+            remote_ts: vec![host_ts("10.99.0.1".parse().unwrap())],
+            local: "192.0.2.1:500".parse().unwrap(),
+            remote: "192.0.2.10:500".parse().unwrap(),
+            udp_encap: false,
+            rekey_of,
+            initiated_here: false,
+        }
+    }
+
+    #[test]
+    fn a_rekey_the_peer_started_switches_only_when_the_old_child_goes() {
+        let mut r = SaRepository::new(Vec::new(), 64);
+        let ups = r.on_event(&Event::ChildUp(info(0x10, 0x20, None))).unwrap();
+        let Update::ReplaceSpd { rules } = &ups[2] else {
+            panic!()
+        };
+        let old_action = rules[0].action;
+        // The peer rekeys: new SAs installed, the policy stays on the old outbound SA.
+        let ups = r
+            .on_event(&Event::ChildUp(info(0x11, 0x21, Some(0x10))))
+            .unwrap();
+        assert_eq!(ups.len(), 2, "in and out, no policy change: {ups:?}");
+        assert_eq!(r.rules()[0].action, old_action);
+        // The peer deletes the old CHILD_SA: switch, then delete the old SAs.
+        let ups = r
+            .on_event(&Event::ChildDown {
+                ike: IkeSaId(1),
+                spi_in: 0x10,
+                spi_out: 0x20,
+            })
+            .unwrap();
+        let Update::ReplaceSpd { rules } = &ups[0] else {
+            panic!("{ups:?}")
+        };
+        assert_ne!(rules[0].action, old_action);
+        assert!(matches!(ups[1], Update::DeleteOutbound { .. }));
+        assert!(matches!(ups[2], Update::DeleteInbound { spi: Spi(0x10) }));
     }
 }

@@ -1,4 +1,5 @@
-//! The control loop of `roamgate run`: the IKEv2 endpoint fed from the data plane's punt ring,
+//! The control loop of `roamgate run` (and of tests that pair two gateways in one process):
+//! the IKEv2 endpoint fed from the data plane's punt ring,
 //! its datagrams sent through the transmit ring, its events turned into data-plane updates by
 //! the SA repository and sent to every worker through the agent.
 //!
@@ -11,11 +12,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::Result;
-use control::ike::sa::{Endpoint, Event, IkeSaId};
-use control::ike_config::{endpoint_config, Connection};
-use control::repo::SaRepository;
-use pipeline::agent::{self, WorkerLink};
+use crate::ike::sa::{Endpoint, Event, IkeSaId};
+use crate::ike_config::{endpoint_config, Connection};
+use crate::repo::SaRepository;
+use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
 use pipeline::worker::Datagram;
 use rtrb::{Consumer, Producer};
@@ -100,7 +100,7 @@ impl IkeControl {
 
     /// One turn: received datagrams, timers, transmissions, events. Returns true if it did
     /// anything.
-    pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool> {
+    pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool, AgentError> {
         let mut work = false;
         let now = self.now();
         while let Ok(d) = self.punt.pop() {
@@ -160,6 +160,28 @@ impl IkeControl {
             self.publish();
         }
         Ok(work)
+    }
+
+    /// The CHILD_SAs the repository holds (never keys).
+    pub fn children(&self) -> Vec<crate::repo::ChildView> {
+        self.repo.children()
+    }
+
+    /// (installed, rekeyed, removed) CHILD_SAs so far.
+    pub fn child_counts(&self) -> (u64, u64, u64) {
+        (self.repo.installed, self.repo.rekeyed, self.repo.removed)
+    }
+
+    /// Starts a rekey of every CHILD_SA (an operator's request, or a test's).
+    pub fn rekey_children(&mut self) {
+        let now = self.now();
+        for (ike, _, up, children) in self.endpoint.list() {
+            if up {
+                for (spi_in, _) in children {
+                    let _ = self.endpoint.rekey_child(now, ike, spi_in);
+                }
+            }
+        }
     }
 
     /// Deletes every IKE SA (a clean shutdown tells the peers) and gives the deletes up to
