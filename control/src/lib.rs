@@ -5,6 +5,7 @@
 //! - `ike`: IKEv2, sans-IO (wire codec, crypto, the endpoint and its IKE SAs).
 //! - `repo`: the SA repository, turning IKE's events into `pipeline::msg::Update`s.
 //! - `runner`: the control loop that joins the endpoint to the data plane's rings.
+//!
 //! The links for HA, clusters and group mode come later.
 #![deny(unsafe_code)]
 

@@ -9,6 +9,7 @@
 //! - the end that answered has just installed its new inbound SA, but the starter may not yet
 //!   have installed its own, so it keeps sending on the old SA until the starter deletes the
 //!   old CHILD_SA (which the starter does only after switching).
+//!
 //! Old SAs are deleted only when IKE reports the old CHILD_SA gone. The repository is plain
 //! data in, plain data out: it never touches a ring.
 
