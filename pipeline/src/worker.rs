@@ -45,7 +45,7 @@ const TXQ_HIGH: usize = 4 * BURST;
 
 /// An IKE datagram handed to the control plane: the UDP payload (non-ESP marker stripped) with
 /// its addresses and ports.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Punted {
     pub src: IpAddr,
     pub dst: IpAddr,
