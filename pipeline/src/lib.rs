@@ -15,6 +15,7 @@ pub mod nat;
 pub mod pcap;
 pub mod port;
 pub mod sad;
+pub mod shm;
 pub mod spd;
 pub mod stats;
 pub mod traffic;
