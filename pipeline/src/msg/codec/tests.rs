@@ -436,12 +436,19 @@ impl Rng {
     }
 }
 
+/// Decodes `b` as every record type; whatever is accepted must encode back to `b` exactly
+/// (the encoding is canonical: one byte sequence per value).
 fn decode_all(b: &[u8]) {
-    let _ = UpdateEnvelope::decode(b);
-    let _ = Ack::decode(b);
-    let _ = Event::decode(b);
-    let _ = Punted::decode(b);
-    let _ = Transmit::decode(b);
+    fn check<T: Record + Debug>(b: &[u8]) {
+        if let Ok(x) = T::decode(b) {
+            assert_eq!(&*to_vec(&x).unwrap(), b, "{x:?}");
+        }
+    }
+    check::<UpdateEnvelope>(b);
+    check::<Ack>(b);
+    check::<Event>(b);
+    check::<Punted>(b);
+    check::<Transmit>(b);
 }
 
 #[test]
