@@ -16,6 +16,7 @@ pub mod neighbor;
 pub mod pcap;
 pub mod port;
 pub mod sad;
+pub mod shm;
 pub mod spd;
 pub mod stats;
 pub mod traffic;

@@ -47,7 +47,7 @@ const TXQ_HIGH: usize = 4 * BURST;
 /// the non-ESP marker) with its addresses and ports. Punted ones came in on the WAN; outgoing
 /// ones are built into frames by a worker and sent out of its WAN port (a payload sent from or
 /// to port 4500 gets the non-ESP marker, RFC 3948).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Datagram {
     pub src: IpAddr,
     pub dst: IpAddr,

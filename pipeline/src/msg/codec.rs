@@ -1,0 +1,833 @@
+//! The binary encoding of what crosses the shared-memory rings: [`UpdateEnvelope`] (every
+//! [`Update`], keys included), [`Ack`], [`Event`], [`Punted`] and [`Transmit`].
+//!
+//! This module owns the byte layout and its version; it never allocates more than the input
+//! can justify, never panics on any byte sequence, and never leaves key bytes behind: encoding
+//! writes straight into the caller's buffer (a ring slot), [`to_vec`] returns a zeroizing
+//! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
+//! into [`SaKeys`] (zeroized on drop).
+//!
+//! # Layout (version 1)
+//!
+//! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
+//! little-endian. Tags are distinct across record types, so a record read from the wrong ring
+//! is refused, not misread:
+//!
+//! | tag | record | body |
+//! |---|---|---|
+//! | 0x10 | `Update::AddSa` | generation u64, direction u8 (0 in, 1 out), SaParams |
+//! | 0x11 | `Update::DeleteInbound` | generation, spi u32 |
+//! | 0x12 | `Update::DeleteOutbound` | generation, id u32 |
+//! | 0x13 | `Update::RebindOutbound` | generation, id, local ip, remote ip, encap |
+//! | 0x14 | `Update::ReplaceSpd` | generation, count u32, count x rule |
+//! | 0x15 | `Update::SetMasquerade` | generation, present u8, config |
+//! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
+//! | 0x30..=0x34 | `Event` variants, in declaration order | worker u16, then the fields in order |
+//! | 0x40 / 0x41 | `Punted` / `Transmit` | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
+//!
+//! Pieces: ip = family u8 (4 or 6) + 4 or 16 bytes; prefix = ip + length u8 (host bits must
+//! be zero); encap = present u8 (+ local port u16, remote port u16); bool = u8 0 or 1, nothing
+//! else; SaParams = id u32, spi u32, alg u8 (1 AES-128-GCM, 2 AES-256-GCM), key (16 or 32) and
+//! salt (4), esn bool, replay window u32, local ip, remote ip, encap, local ts prefix, remote
+//! ts prefix, outer ttl u8; rule = id u32, src prefix, dst prefix, proto (present u8 + u8),
+//! src ports lo/hi u16, dst ports lo/hi u16, action u8 (0 protect + sa id u32, 1 bypass, 2
+//! discard); masquerade config = external IPv4 (4 bytes), port lo/hi u16, udp, tcp
+//! established, tcp transitory, icmp timeouts and port reuse delay u64 (ns), max sessions u64.
+//!
+//! Decoding is strict: unknown versions, tags and enum values, a bool other than 0/1, a prefix
+//! with host bits, a backwards port range, a short buffer and trailing bytes are errors.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use zeroize::Zeroizing;
+
+use crate::crypto::{AeadAlg, SALT_LEN};
+use crate::esp::sa::{SaKeys, SaParams, UdpEncap};
+use crate::ids::{SaId, Spi};
+use crate::msg::{
+    Ack, Direction, Event, LifetimeKind, LifetimeLimit, Transmit, Update, UpdateEnvelope,
+};
+use crate::nat::MasqueradeConfig;
+use crate::spd::{Action, PortRange, Prefix, Rule, Selector};
+use crate::worker::Punted;
+
+/// The version byte every record starts with.
+pub const CODEC_VERSION: u8 = 1;
+
+mod tag {
+    pub const ADD_SA: u8 = 0x10;
+    pub const DELETE_INBOUND: u8 = 0x11;
+    pub const DELETE_OUTBOUND: u8 = 0x12;
+    pub const REBIND_OUTBOUND: u8 = 0x13;
+    pub const REPLACE_SPD: u8 = 0x14;
+    pub const SET_MASQUERADE: u8 = 0x15;
+    pub const ACK_APPLIED: u8 = 0x20;
+    pub const ACK_REJECTED: u8 = 0x21;
+    pub const EV_UNKNOWN_SPI: u8 = 0x30;
+    pub const EV_LIFETIME: u8 = 0x31;
+    pub const EV_SEQ_NEAR_WRAP: u8 = 0x32;
+    pub const EV_AUTH_FAILURES: u8 = 0x33;
+    pub const EV_REPLAY_FAILURES: u8 = 0x34;
+    pub const PUNTED: u8 = 0x40;
+    pub const TRANSMIT: u8 = 0x41;
+}
+
+/// Why a record could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("output buffer too small")]
+    BufferTooSmall,
+    #[error("{0} does not fit its field")]
+    TooLong(&'static str),
+}
+
+/// Why bytes did not decode. Never a panic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record is truncated")]
+    Truncated,
+    #[error("{0} trailing bytes after the record")]
+    TrailingBytes(usize),
+    #[error("codec version {0}, expected {CODEC_VERSION}")]
+    Version(u8),
+    #[error("unknown {what} tag {tag:#04x}")]
+    Tag { what: &'static str, tag: u8 },
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+}
+
+/// A record type the rings carry.
+pub trait Record: Sized {
+    /// Exact encoded length.
+    fn encoded_len(&self) -> Result<usize, EncodeError> {
+        let mut w = Writer::counter();
+        self.write(&mut w)?;
+        Ok(w.at)
+    }
+
+    /// Encodes into the front of `out`; returns the length written. A too-small `out` is an
+    /// error (part of it may have been written).
+    fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::over(out);
+        self.write(&mut w)?;
+        Ok(w.at)
+    }
+
+    /// Decodes exactly one record that fills `bytes`.
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf: bytes };
+        let v = r.u8()?;
+        if v != CODEC_VERSION {
+            return Err(DecodeError::Version(v));
+        }
+        let out = Self::read(&mut r)?;
+        match r.buf.len() {
+            0 => Ok(out),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
+    }
+
+    #[doc(hidden)]
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError>;
+    #[doc(hidden)]
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
+}
+
+/// Encodes into a zeroizing buffer allocated once at the exact size.
+pub fn to_vec<T: Record>(rec: &T) -> Result<Zeroizing<Vec<u8>>, EncodeError> {
+    let len = rec.encoded_len()?;
+    let mut out = Zeroizing::new(vec![0u8; len]);
+    let n = rec.encode(&mut out)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Writes into a buffer, or only counts (for [`Record::encoded_len`]).
+#[doc(hidden)]
+pub struct Writer<'a> {
+    out: Option<&'a mut [u8]>,
+    at: usize,
+}
+
+impl<'a> Writer<'a> {
+    fn counter() -> Self {
+        Writer { out: None, at: 0 }
+    }
+
+    fn over(out: &'a mut [u8]) -> Self {
+        Writer {
+            out: Some(out),
+            at: 0,
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) -> Result<(), EncodeError> {
+        let end = self
+            .at
+            .checked_add(b.len())
+            .ok_or(EncodeError::BufferTooSmall)?;
+        if let Some(out) = self.out.as_deref_mut() {
+            out.get_mut(self.at..end)
+                .ok_or(EncodeError::BufferTooSmall)?
+                .copy_from_slice(b);
+        }
+        self.at = end;
+        Ok(())
+    }
+
+    fn u8(&mut self, v: u8) -> Result<(), EncodeError> {
+        self.put(&[v])
+    }
+    fn u16(&mut self, v: u16) -> Result<(), EncodeError> {
+        self.put(&v.to_le_bytes())
+    }
+    fn u32(&mut self, v: u32) -> Result<(), EncodeError> {
+        self.put(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) -> Result<(), EncodeError> {
+        self.put(&v.to_le_bytes())
+    }
+    fn bool(&mut self, v: bool) -> Result<(), EncodeError> {
+        self.u8(u8::from(v))
+    }
+
+    fn head(&mut self, tag: u8) -> Result<(), EncodeError> {
+        self.u8(CODEC_VERSION)?;
+        self.u8(tag)
+    }
+
+    fn ip(&mut self, a: IpAddr) -> Result<(), EncodeError> {
+        match a {
+            IpAddr::V4(v) => {
+                self.u8(4)?;
+                self.put(&v.octets())
+            }
+            IpAddr::V6(v) => {
+                self.u8(6)?;
+                self.put(&v.octets())
+            }
+        }
+    }
+
+    fn prefix(&mut self, p: Prefix) -> Result<(), EncodeError> {
+        self.ip(p.addr())?;
+        self.u8(p.prefix_len())
+    }
+
+    fn encap(&mut self, e: Option<UdpEncap>) -> Result<(), EncodeError> {
+        match e {
+            None => self.u8(0),
+            Some(e) => {
+                self.u8(1)?;
+                self.u16(e.local_port)?;
+                self.u16(e.remote_port)
+            }
+        }
+    }
+
+    fn ports(&mut self, p: PortRange) -> Result<(), EncodeError> {
+        self.u16(p.lo)?;
+        self.u16(p.hi)
+    }
+
+    fn sa_params(&mut self, p: &SaParams) -> Result<(), EncodeError> {
+        self.u32(p.id.0)?;
+        self.u32(p.spi.0)?;
+        self.u8(match p.keys.alg {
+            AeadAlg::AesGcm128 => 1,
+            AeadAlg::AesGcm256 => 2,
+        })?;
+        self.put(p.keys.key())?;
+        self.put(&p.keys.salt)?;
+        self.bool(p.esn)?;
+        self.u32(p.replay_window)?;
+        self.ip(p.local)?;
+        self.ip(p.remote)?;
+        self.encap(p.encap)?;
+        self.prefix(p.local_ts)?;
+        self.prefix(p.remote_ts)?;
+        self.u8(p.outer_ttl)
+    }
+
+    fn rule(&mut self, r: &Rule) -> Result<(), EncodeError> {
+        self.u32(r.id)?;
+        self.prefix(r.selector.src)?;
+        self.prefix(r.selector.dst)?;
+        match r.selector.proto {
+            None => self.put(&[0, 0])?,
+            Some(p) => self.put(&[1, p])?,
+        }
+        self.ports(r.selector.src_ports)?;
+        self.ports(r.selector.dst_ports)?;
+        match r.action {
+            Action::Protect(id) => {
+                self.u8(0)?;
+                self.u32(id.0)
+            }
+            Action::Bypass => self.u8(1),
+            Action::Discard => self.u8(2),
+        }
+    }
+
+    fn masquerade(&mut self, c: &MasqueradeConfig) -> Result<(), EncodeError> {
+        self.put(&c.external_addr.octets())?;
+        self.u16(c.port_range.0)?;
+        self.u16(c.port_range.1)?;
+        self.u64(c.udp_timeout_ns)?;
+        self.u64(c.tcp_established_timeout_ns)?;
+        self.u64(c.tcp_transitory_timeout_ns)?;
+        self.u64(c.icmp_timeout_ns)?;
+        self.u64(c.port_reuse_delay_ns)?;
+        self.u64(u64::try_from(c.max_sessions).map_err(|_| EncodeError::TooLong("max_sessions"))?)
+    }
+
+    fn datagram(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        ports: (u16, u16),
+        payload: &[u8],
+    ) -> Result<(), EncodeError> {
+        self.ip(src)?;
+        self.ip(dst)?;
+        self.u16(ports.0)?;
+        self.u16(ports.1)?;
+        self.u32(u32::try_from(payload.len()).map_err(|_| EncodeError::TooLong("payload"))?)?;
+        self.put(payload)
+    }
+}
+
+/// Reads from the front of a byte slice; every read is checked.
+#[doc(hidden)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let (head, rest) = self.buf.split_at_checked(n).ok_or(DecodeError::Truncated)?;
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.take(N)?.try_into().map_err(|_| DecodeError::Truncated)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(u8::from_le_bytes(self.array()?))
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid(what)),
+        }
+    }
+
+    fn ip(&mut self) -> Result<IpAddr, DecodeError> {
+        match self.u8()? {
+            4 => Ok(IpAddr::V4(Ipv4Addr::from(self.array::<4>()?))),
+            6 => Ok(IpAddr::V6(Ipv6Addr::from(self.array::<16>()?))),
+            _ => Err(DecodeError::Invalid("address family")),
+        }
+    }
+
+    fn prefix(&mut self) -> Result<Prefix, DecodeError> {
+        let addr = self.ip()?;
+        let len = self.u8()?;
+        Prefix::new(addr, len).map_err(|_| DecodeError::Invalid("prefix"))
+    }
+
+    fn encap(&mut self) -> Result<Option<UdpEncap>, DecodeError> {
+        Ok(if self.bool("encap flag")? {
+            Some(UdpEncap {
+                local_port: self.u16()?,
+                remote_port: self.u16()?,
+            })
+        } else {
+            None
+        })
+    }
+
+    fn ports(&mut self) -> Result<PortRange, DecodeError> {
+        let (lo, hi) = (self.u16()?, self.u16()?);
+        if lo > hi {
+            return Err(DecodeError::Invalid("port range"));
+        }
+        Ok(PortRange { lo, hi })
+    }
+
+    fn direction(&mut self) -> Result<Direction, DecodeError> {
+        match self.u8()? {
+            0 => Ok(Direction::Inbound),
+            1 => Ok(Direction::Outbound),
+            _ => Err(DecodeError::Invalid("direction")),
+        }
+    }
+
+    fn sa_params(&mut self) -> Result<SaParams, DecodeError> {
+        let id = SaId(self.u32()?);
+        let spi = Spi(self.u32()?);
+        let alg = match self.u8()? {
+            1 => AeadAlg::AesGcm128,
+            2 => AeadAlg::AesGcm256,
+            _ => return Err(DecodeError::Invalid("AEAD algorithm")),
+        };
+        let keymat_len = alg
+            .key_len()
+            .checked_add(SALT_LEN)
+            .ok_or(DecodeError::Invalid("AEAD algorithm"))?;
+        // Straight from the input into SaKeys (zeroized on drop): no intermediate copy.
+        let keys = SaKeys::from_keymat(alg, self.take(keymat_len)?)
+            .map_err(|_| DecodeError::Invalid("key material"))?;
+        Ok(SaParams {
+            id,
+            spi,
+            keys,
+            esn: self.bool("esn flag")?,
+            replay_window: self.u32()?,
+            local: self.ip()?,
+            remote: self.ip()?,
+            encap: self.encap()?,
+            local_ts: self.prefix()?,
+            remote_ts: self.prefix()?,
+            outer_ttl: self.u8()?,
+        })
+    }
+
+    fn rule(&mut self) -> Result<Rule, DecodeError> {
+        let id = self.u32()?;
+        let src = self.prefix()?;
+        let dst = self.prefix()?;
+        let proto = match self.u8()? {
+            0 => {
+                if self.u8()? != 0 {
+                    return Err(DecodeError::Invalid("protocol"));
+                }
+                None
+            }
+            1 => Some(self.u8()?),
+            _ => return Err(DecodeError::Invalid("protocol flag")),
+        };
+        let selector = Selector {
+            src,
+            dst,
+            proto,
+            src_ports: self.ports()?,
+            dst_ports: self.ports()?,
+        };
+        let action = match self.u8()? {
+            0 => Action::Protect(SaId(self.u32()?)),
+            1 => Action::Bypass,
+            2 => Action::Discard,
+            _ => return Err(DecodeError::Invalid("action")),
+        };
+        Ok(Rule {
+            id,
+            selector,
+            action,
+        })
+    }
+
+    fn masquerade(&mut self) -> Result<MasqueradeConfig, DecodeError> {
+        let external_addr = Ipv4Addr::from(self.array::<4>()?);
+        let (lo, hi) = (self.u16()?, self.u16()?);
+        if lo > hi {
+            return Err(DecodeError::Invalid("masquerade port range"));
+        }
+        Ok(MasqueradeConfig {
+            external_addr,
+            port_range: (lo, hi),
+            udp_timeout_ns: self.u64()?,
+            tcp_established_timeout_ns: self.u64()?,
+            tcp_transitory_timeout_ns: self.u64()?,
+            icmp_timeout_ns: self.u64()?,
+            port_reuse_delay_ns: self.u64()?,
+            max_sessions: usize::try_from(self.u64()?)
+                .map_err(|_| DecodeError::Invalid("max_sessions"))?,
+        })
+    }
+
+    /// (src, dst, src port, dst port, payload).
+    fn datagram(&mut self) -> Result<(IpAddr, IpAddr, u16, u16, Vec<u8>), DecodeError> {
+        let src = self.ip()?;
+        let dst = self.ip()?;
+        let sp = self.u16()?;
+        let dp = self.u16()?;
+        let len = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
+        // take() checks the length against the input before anything is allocated.
+        let payload = self.take(len)?.to_vec();
+        Ok((src, dst, sp, dp, payload))
+    }
+}
+
+/// Smallest encoded rule: id, two IPv4 prefixes, proto, two port ranges, a bypass action.
+const MIN_RULE_LEN: usize = 4 + 2 * 6 + 2 + 8 + 1;
+
+impl Record for UpdateEnvelope {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        let tag = match &self.update {
+            Update::AddSa { .. } => tag::ADD_SA,
+            Update::DeleteInbound { .. } => tag::DELETE_INBOUND,
+            Update::DeleteOutbound { .. } => tag::DELETE_OUTBOUND,
+            Update::RebindOutbound { .. } => tag::REBIND_OUTBOUND,
+            Update::ReplaceSpd { .. } => tag::REPLACE_SPD,
+            Update::SetMasquerade { .. } => tag::SET_MASQUERADE,
+        };
+        w.head(tag)?;
+        w.u64(self.generation)?;
+        match &self.update {
+            Update::AddSa { dir, params } => {
+                w.u8(match dir {
+                    Direction::Inbound => 0,
+                    Direction::Outbound => 1,
+                })?;
+                w.sa_params(params)
+            }
+            Update::DeleteInbound { spi } => w.u32(spi.0),
+            Update::DeleteOutbound { id } => w.u32(id.0),
+            Update::RebindOutbound {
+                id,
+                local,
+                remote,
+                encap,
+            } => {
+                w.u32(id.0)?;
+                w.ip(*local)?;
+                w.ip(*remote)?;
+                w.encap(*encap)
+            }
+            Update::ReplaceSpd { rules } => {
+                w.u32(u32::try_from(rules.len()).map_err(|_| EncodeError::TooLong("rules"))?)?;
+                rules.iter().try_for_each(|r| w.rule(r))
+            }
+            Update::SetMasquerade { config } => match config {
+                None => w.u8(0),
+                Some(c) => {
+                    w.u8(1)?;
+                    w.masquerade(c)
+                }
+            },
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let t = r.u8()?;
+        let generation = r.u64()?;
+        let update = match t {
+            tag::ADD_SA => Update::AddSa {
+                dir: r.direction()?,
+                params: r.sa_params()?,
+            },
+            tag::DELETE_INBOUND => Update::DeleteInbound { spi: Spi(r.u32()?) },
+            tag::DELETE_OUTBOUND => Update::DeleteOutbound { id: SaId(r.u32()?) },
+            tag::REBIND_OUTBOUND => Update::RebindOutbound {
+                id: SaId(r.u32()?),
+                local: r.ip()?,
+                remote: r.ip()?,
+                encap: r.encap()?,
+            },
+            tag::REPLACE_SPD => {
+                let n = usize::try_from(r.u32()?).map_err(|_| DecodeError::Truncated)?;
+                // A count the remaining bytes cannot hold is refused before allocating.
+                if n > r.buf.len() / MIN_RULE_LEN {
+                    return Err(DecodeError::Truncated);
+                }
+                let mut rules = Vec::with_capacity(n);
+                for _ in 0..n {
+                    rules.push(r.rule()?);
+                }
+                Update::ReplaceSpd { rules }
+            }
+            tag::SET_MASQUERADE => Update::SetMasquerade {
+                config: if r.bool("masquerade flag")? {
+                    Some(r.masquerade()?)
+                } else {
+                    None
+                },
+            },
+            tag => {
+                return Err(DecodeError::Tag {
+                    what: "update",
+                    tag,
+                })
+            }
+        };
+        Ok(UpdateEnvelope { generation, update })
+    }
+}
+
+impl Record for Ack {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        match self {
+            Ack::Applied { worker, generation } => {
+                w.head(tag::ACK_APPLIED)?;
+                w.u16(*worker)?;
+                w.u64(*generation)
+            }
+            Ack::Rejected {
+                worker,
+                generation,
+                why,
+            } => {
+                w.head(tag::ACK_REJECTED)?;
+                w.u16(*worker)?;
+                w.u64(*generation)?;
+                w.u8(u8::try_from(why.len()).map_err(|_| EncodeError::TooLong("why"))?)?;
+                w.put(why.as_bytes())
+            }
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let t = r.u8()?;
+        let worker = r.u16()?;
+        let generation = r.u64()?;
+        match t {
+            tag::ACK_APPLIED => Ok(Ack::Applied { worker, generation }),
+            tag::ACK_REJECTED => {
+                let len = usize::from(r.u8()?);
+                let why = core::str::from_utf8(r.take(len)?)
+                    .map_err(|_| DecodeError::Invalid("reason (not UTF-8)"))?;
+                Ok(Ack::Rejected {
+                    worker,
+                    generation,
+                    why: why.to_owned(),
+                })
+            }
+            tag => Err(DecodeError::Tag { what: "ack", tag }),
+        }
+    }
+}
+
+impl Record for Event {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        match self {
+            Event::UnknownSpi {
+                worker,
+                spi,
+                src,
+                dst,
+                packets,
+            } => {
+                w.head(tag::EV_UNKNOWN_SPI)?;
+                w.u16(*worker)?;
+                w.u32(spi.0)?;
+                w.ip(*src)?;
+                w.ip(*dst)?;
+                w.u64(*packets)
+            }
+            Event::Lifetime {
+                worker,
+                id,
+                spi,
+                dir,
+                kind,
+                limit,
+                bytes,
+                packets,
+                age_secs,
+            } => {
+                w.head(tag::EV_LIFETIME)?;
+                w.u16(*worker)?;
+                w.u32(id.0)?;
+                w.u32(spi.0)?;
+                w.u8(match dir {
+                    Direction::Inbound => 0,
+                    Direction::Outbound => 1,
+                })?;
+                w.u8(match kind {
+                    LifetimeKind::Soft => 0,
+                    LifetimeKind::Hard => 1,
+                })?;
+                w.u8(match limit {
+                    LifetimeLimit::Time => 0,
+                    LifetimeLimit::Bytes => 1,
+                    LifetimeLimit::Packets => 2,
+                })?;
+                w.u64(*bytes)?;
+                w.u64(*packets)?;
+                w.u64(*age_secs)
+            }
+            Event::SeqNearWrap {
+                worker,
+                id,
+                spi,
+                seq,
+                limit,
+            } => {
+                w.head(tag::EV_SEQ_NEAR_WRAP)?;
+                w.u16(*worker)?;
+                w.u32(id.0)?;
+                w.u32(spi.0)?;
+                w.u64(*seq)?;
+                w.u64(*limit)
+            }
+            Event::AuthFailures {
+                worker,
+                id,
+                spi,
+                count,
+            }
+            | Event::ReplayFailures {
+                worker,
+                id,
+                spi,
+                count,
+            } => {
+                w.head(if matches!(self, Event::AuthFailures { .. }) {
+                    tag::EV_AUTH_FAILURES
+                } else {
+                    tag::EV_REPLAY_FAILURES
+                })?;
+                w.u16(*worker)?;
+                w.u32(id.0)?;
+                w.u32(spi.0)?;
+                w.u64(*count)
+            }
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let t = r.u8()?;
+        let worker = r.u16()?;
+        Ok(match t {
+            tag::EV_UNKNOWN_SPI => Event::UnknownSpi {
+                worker,
+                spi: Spi(r.u32()?),
+                src: r.ip()?,
+                dst: r.ip()?,
+                packets: r.u64()?,
+            },
+            tag::EV_LIFETIME => Event::Lifetime {
+                worker,
+                id: SaId(r.u32()?),
+                spi: Spi(r.u32()?),
+                dir: r.direction()?,
+                kind: match r.u8()? {
+                    0 => LifetimeKind::Soft,
+                    1 => LifetimeKind::Hard,
+                    _ => return Err(DecodeError::Invalid("lifetime kind")),
+                },
+                limit: match r.u8()? {
+                    0 => LifetimeLimit::Time,
+                    1 => LifetimeLimit::Bytes,
+                    2 => LifetimeLimit::Packets,
+                    _ => return Err(DecodeError::Invalid("lifetime limit")),
+                },
+                bytes: r.u64()?,
+                packets: r.u64()?,
+                age_secs: r.u64()?,
+            },
+            tag::EV_SEQ_NEAR_WRAP => Event::SeqNearWrap {
+                worker,
+                id: SaId(r.u32()?),
+                spi: Spi(r.u32()?),
+                seq: r.u64()?,
+                limit: r.u64()?,
+            },
+            tag::EV_AUTH_FAILURES => Event::AuthFailures {
+                worker,
+                id: SaId(r.u32()?),
+                spi: Spi(r.u32()?),
+                count: r.u64()?,
+            },
+            tag::EV_REPLAY_FAILURES => Event::ReplayFailures {
+                worker,
+                id: SaId(r.u32()?),
+                spi: Spi(r.u32()?),
+                count: r.u64()?,
+            },
+            tag => return Err(DecodeError::Tag { what: "event", tag }),
+        })
+    }
+}
+
+impl Record for Punted {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        w.head(tag::PUNTED)?;
+        w.datagram(
+            self.src,
+            self.dst,
+            (self.src_port, self.dst_port),
+            &self.payload,
+        )
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match r.u8()? {
+            tag::PUNTED => {
+                let (src, dst, src_port, dst_port, payload) = r.datagram()?;
+                Ok(Punted {
+                    src,
+                    dst,
+                    src_port,
+                    dst_port,
+                    payload,
+                })
+            }
+            tag => Err(DecodeError::Tag {
+                what: "punted datagram",
+                tag,
+            }),
+        }
+    }
+}
+
+impl Record for Transmit {
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        w.head(tag::TRANSMIT)?;
+        w.datagram(
+            self.src,
+            self.dst,
+            (self.src_port, self.dst_port),
+            &self.payload,
+        )
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        match r.u8()? {
+            tag::TRANSMIT => {
+                let (src, dst, src_port, dst_port, payload) = r.datagram()?;
+                Ok(Transmit {
+                    src,
+                    dst,
+                    src_port,
+                    dst_port,
+                    payload,
+                })
+            }
+            tag => Err(DecodeError::Tag {
+                what: "transmit datagram",
+                tag,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
+mod tests;

@@ -1,0 +1,488 @@
+use super::*;
+use core::fmt::Debug;
+
+fn v4(a: [u8; 4]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(a))
+}
+
+fn v6(last: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last))
+}
+
+fn params(alg: AeadAlg, six: bool, encap: Option<UdpEncap>) -> SaParams {
+    let keymat: Vec<u8> = (0..alg.key_len() + SALT_LEN)
+        .map(|i| i as u8 ^ 0x5a)
+        .collect();
+    let (local, remote, lts, rts) = if six {
+        (
+            v6(1),
+            v6(2),
+            "2001:db8:a::/48".parse().unwrap(),
+            "2001:db8:b::/48".parse().unwrap(),
+        )
+    } else {
+        (
+            v4([192, 0, 2, 1]),
+            v4([198, 51, 100, 7]),
+            "10.1.0.0/16".parse().unwrap(),
+            "10.2.0.0/16".parse().unwrap(),
+        )
+    };
+    SaParams {
+        id: SaId(7),
+        spi: Spi(0xdead_beef),
+        keys: SaKeys::from_keymat(alg, &keymat).unwrap(),
+        esn: six,
+        replay_window: 1024,
+        local,
+        remote,
+        encap,
+        local_ts: lts,
+        remote_ts: rts,
+        outer_ttl: 64,
+    }
+}
+
+fn rules() -> Vec<Rule> {
+    let sel = |src: &str, dst: &str, proto, sp: PortRange, dp: PortRange| Selector {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        proto,
+        src_ports: sp,
+        dst_ports: dp,
+    };
+    vec![
+        Rule {
+            id: 1,
+            selector: sel(
+                "10.1.0.0/16",
+                "10.2.0.0/16",
+                Some(17),
+                PortRange::ANY,
+                PortRange { lo: 500, hi: 4500 },
+            ),
+            action: Action::Protect(SaId(3)),
+        },
+        Rule {
+            id: 2,
+            selector: sel(
+                "2001:db8::/32",
+                "::/0",
+                None,
+                PortRange::ANY,
+                PortRange::ANY,
+            ),
+            action: Action::Bypass,
+        },
+        Rule {
+            id: 3,
+            selector: sel(
+                "0.0.0.0/0",
+                "192.0.2.9",
+                Some(6),
+                PortRange { lo: 22, hi: 22 },
+                PortRange::ANY,
+            ),
+            action: Action::Discard,
+        },
+    ]
+}
+
+fn updates() -> Vec<UpdateEnvelope> {
+    let encap = Some(UdpEncap {
+        local_port: 4500,
+        remote_port: 61000,
+    });
+    let ups = vec![
+        Update::AddSa {
+            dir: Direction::Inbound,
+            params: params(AeadAlg::AesGcm128, false, None),
+        },
+        Update::AddSa {
+            dir: Direction::Outbound,
+            params: params(AeadAlg::AesGcm256, true, encap),
+        },
+        Update::DeleteInbound { spi: Spi(0x1234) },
+        Update::DeleteOutbound { id: SaId(99) },
+        Update::RebindOutbound {
+            id: SaId(4),
+            local: v4([192, 0, 2, 1]),
+            remote: v4([203, 0, 113, 5]),
+            encap,
+        },
+        Update::RebindOutbound {
+            id: SaId(4),
+            local: v6(1),
+            remote: v6(9),
+            encap: None,
+        },
+        Update::ReplaceSpd { rules: rules() },
+        Update::ReplaceSpd { rules: vec![] },
+        Update::SetMasquerade {
+            config: Some(MasqueradeConfig {
+                external_addr: Ipv4Addr::new(192, 0, 2, 1),
+                max_sessions: 12345,
+                ..MasqueradeConfig::default()
+            }),
+        },
+        Update::SetMasquerade { config: None },
+    ];
+    ups.into_iter()
+        .enumerate()
+        .map(|(i, update)| UpdateEnvelope {
+            generation: u64::MAX - i as u64,
+            update,
+        })
+        .collect()
+}
+
+fn acks() -> Vec<Ack> {
+    vec![
+        Ack::Applied {
+            worker: 3,
+            generation: 1 << 40,
+        },
+        Ack::Rejected {
+            worker: 65535,
+            generation: 2,
+            why: "no inbound SA with that SPI".into(),
+        },
+        Ack::Rejected {
+            worker: 0,
+            generation: 0,
+            why: String::new(),
+        },
+    ]
+}
+
+fn events() -> Vec<Event> {
+    let mut out = vec![
+        Event::UnknownSpi {
+            worker: 1,
+            spi: Spi(5),
+            src: v4([198, 51, 100, 7]),
+            dst: v4([192, 0, 2, 1]),
+            packets: 17,
+        },
+        Event::UnknownSpi {
+            worker: 1,
+            spi: Spi(5),
+            src: v6(7),
+            dst: v6(1),
+            packets: 1,
+        },
+        Event::SeqNearWrap {
+            worker: 2,
+            id: SaId(8),
+            spi: Spi(9),
+            seq: u64::from(u32::MAX) - 1000,
+            limit: u64::from(u32::MAX),
+        },
+        Event::AuthFailures {
+            worker: 4,
+            id: SaId(1),
+            spi: Spi(2),
+            count: 3,
+        },
+        Event::ReplayFailures {
+            worker: 4,
+            id: SaId(1),
+            spi: Spi(2),
+            count: u64::MAX,
+        },
+    ];
+    for dir in [Direction::Inbound, Direction::Outbound] {
+        for kind in [LifetimeKind::Soft, LifetimeKind::Hard] {
+            for limit in [
+                LifetimeLimit::Time,
+                LifetimeLimit::Bytes,
+                LifetimeLimit::Packets,
+            ] {
+                out.push(Event::Lifetime {
+                    worker: 9,
+                    id: SaId(10),
+                    spi: Spi(11),
+                    dir,
+                    kind,
+                    limit,
+                    bytes: 1 << 33,
+                    packets: 1 << 20,
+                    age_secs: 3600,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn punts() -> Vec<Punted> {
+    vec![
+        Punted {
+            src: v4([198, 51, 100, 7]),
+            dst: v4([192, 0, 2, 1]),
+            src_port: 500,
+            dst_port: 500,
+            payload: (0..300u16).map(|i| i as u8).collect(),
+        },
+        Punted {
+            src: v6(2),
+            dst: v6(1),
+            src_port: 4500,
+            dst_port: 4500,
+            payload: vec![],
+        },
+    ]
+}
+
+fn transmits() -> Vec<Transmit> {
+    vec![Transmit {
+        src: v4([192, 0, 2, 1]),
+        dst: v4([198, 51, 100, 7]),
+        src_port: 4500,
+        dst_port: 61000,
+        payload: vec![0xee; 1200],
+    }]
+}
+
+/// Every sample encoding, with a label.
+fn encodings() -> Vec<(String, Vec<u8>)> {
+    fn enc<T: Record + Debug>(out: &mut Vec<(String, Vec<u8>)>, xs: &[T]) {
+        for x in xs {
+            out.push((format!("{x:?}"), to_vec(x).unwrap().to_vec()));
+        }
+    }
+    let mut out = Vec::new();
+    enc(&mut out, &updates());
+    enc(&mut out, &acks());
+    enc(&mut out, &events());
+    enc(&mut out, &punts());
+    enc(&mut out, &transmits());
+    out
+}
+
+/// decode(encode(x)) re-encodes to the same bytes, and `encoded_len` is exact.
+fn same_bytes<T: Record + Debug>(x: &T) -> T {
+    let a = to_vec(x).unwrap();
+    assert_eq!(a.len(), x.encoded_len().unwrap());
+    let y = T::decode(&a).unwrap_or_else(|e| panic!("{x:?}: {e}"));
+    assert_eq!(*a, *to_vec(&y).unwrap(), "{x:?}");
+    y
+}
+
+#[test]
+fn updates_round_trip() {
+    for u in updates() {
+        let back = same_bytes(&u);
+        assert_eq!(back.generation, u.generation);
+        match (&u.update, &back.update) {
+            (
+                Update::AddSa {
+                    dir: d1,
+                    params: p1,
+                },
+                Update::AddSa {
+                    dir: d2,
+                    params: p2,
+                },
+            ) => {
+                assert_eq!(d1, d2);
+                assert_eq!(p1.keys.key(), p2.keys.key());
+                assert_eq!(p1.keys.salt, p2.keys.salt);
+                assert_eq!(p1.keys.alg, p2.keys.alg);
+                assert_eq!(
+                    (p1.id, p1.spi, p1.esn, p1.replay_window, p1.outer_ttl),
+                    (p2.id, p2.spi, p2.esn, p2.replay_window, p2.outer_ttl)
+                );
+                assert_eq!(
+                    (p1.local, p1.remote, p1.encap, p1.local_ts, p1.remote_ts),
+                    (p2.local, p2.remote, p2.encap, p2.local_ts, p2.remote_ts)
+                );
+            }
+            (Update::ReplaceSpd { rules: a }, Update::ReplaceSpd { rules: b }) => {
+                assert_eq!(a, b)
+            }
+            (Update::SetMasquerade { config: a }, Update::SetMasquerade { config: b }) => {
+                assert_eq!(a, b)
+            }
+            (a, b) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
+        }
+    }
+}
+
+#[test]
+fn acks_events_and_datagrams_round_trip() {
+    for a in acks() {
+        assert_eq!(same_bytes(&a), a);
+    }
+    for e in events() {
+        assert_eq!(same_bytes(&e), e);
+    }
+    for p in punts() {
+        assert_eq!(same_bytes(&p), p);
+    }
+    for t in transmits() {
+        assert_eq!(same_bytes(&t), t);
+    }
+}
+
+#[test]
+fn add_sa_is_compact() {
+    let u = &updates()[0];
+    let n = u.encoded_len().unwrap();
+    println!("AddSa (AES-128, IPv4) encodes to {n} bytes");
+    assert!(n < 120, "{n}");
+}
+
+#[test]
+fn every_truncation_and_any_trailing_byte_is_refused() {
+    for (what, bytes) in encodings() {
+        for cut in 0..bytes.len() {
+            let b = &bytes[..cut];
+            let errs = [
+                UpdateEnvelope::decode(b).err(),
+                Ack::decode(b).err(),
+                Event::decode(b).err(),
+                Punted::decode(b).err(),
+                Transmit::decode(b).err(),
+            ];
+            assert!(errs.iter().all(Option::is_some), "{what} cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(UpdateEnvelope::decode(&long).is_err(), "{what}");
+        assert!(Ack::decode(&long).is_err(), "{what}");
+        assert!(Event::decode(&long).is_err(), "{what}");
+        assert!(Punted::decode(&long).is_err(), "{what}");
+        assert!(Transmit::decode(&long).is_err(), "{what}");
+    }
+}
+
+#[test]
+fn a_record_from_the_wrong_ring_is_refused_by_tag() {
+    let u = to_vec(&updates()[0]).unwrap();
+    assert!(matches!(
+        Ack::decode(&u),
+        Err(DecodeError::Tag { what: "ack", .. })
+    ));
+    let p = to_vec(&punts()[0]).unwrap();
+    assert!(matches!(Transmit::decode(&p), Err(DecodeError::Tag { .. })));
+    let mut v = to_vec(&acks()[0]).unwrap();
+    v[0] = 2;
+    assert_eq!(Ack::decode(&v), Err(DecodeError::Version(2)));
+}
+
+#[test]
+fn invalid_fields_are_named() {
+    // A prefix with host bits set: rule 1's source length byte turned into /8.
+    let mut spd = to_vec(&UpdateEnvelope {
+        generation: 1,
+        update: Update::ReplaceSpd {
+            rules: rules()[..1].to_vec(),
+        },
+    })
+    .unwrap();
+    // version, tag, generation (8), count (4), id (4), family, 4 address bytes, length.
+    let len_at = 2 + 8 + 4 + 4 + 1 + 4;
+    assert_eq!(spd[len_at], 16);
+    spd[len_at] = 8;
+    assert!(matches!(
+        UpdateEnvelope::decode(&spd),
+        Err(DecodeError::Invalid("prefix"))
+    ));
+    // A rule count the bytes cannot hold: refused before allocating.
+    let mut huge = vec![CODEC_VERSION, tag::REPLACE_SPD];
+    huge.extend_from_slice(&1u64.to_le_bytes());
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        UpdateEnvelope::decode(&huge).err(),
+        Some(DecodeError::Truncated)
+    );
+    // A bool that is neither 0 nor 1.
+    let mut m = to_vec(&UpdateEnvelope {
+        generation: 1,
+        update: Update::SetMasquerade { config: None },
+    })
+    .unwrap();
+    m[10] = 2;
+    assert!(matches!(
+        UpdateEnvelope::decode(&m),
+        Err(DecodeError::Invalid(_))
+    ));
+    // A punt whose length field claims more than there is.
+    let mut p = to_vec(&punts()[1]).unwrap();
+    let n = p.len();
+    p[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(Punted::decode(&p), Err(DecodeError::Truncated));
+}
+
+#[test]
+fn encode_into_a_short_buffer_is_an_error() {
+    let u = &updates()[1];
+    let n = u.encoded_len().unwrap();
+    let mut buf = vec![0u8; n - 1];
+    assert_eq!(u.encode(&mut buf), Err(EncodeError::BufferTooSmall));
+    let mut buf = vec![0u8; n + 10];
+    assert_eq!(u.encode(&mut buf), Ok(n));
+}
+
+/// xorshift64*: deterministic, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Decodes `b` as every record type; whatever is accepted must encode back to `b` exactly
+/// (the encoding is canonical: one byte sequence per value).
+fn decode_all(b: &[u8]) {
+    fn check<T: Record + Debug>(b: &[u8]) {
+        if let Ok(x) = T::decode(b) {
+            assert_eq!(&*to_vec(&x).unwrap(), b, "{x:?}");
+        }
+    }
+    check::<UpdateEnvelope>(b);
+    check::<Ack>(b);
+    check::<Event>(b);
+    check::<Punted>(b);
+    check::<Transmit>(b);
+}
+
+#[test]
+fn random_and_mutated_bytes_never_panic() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let tags: Vec<u8> = (0x10..=0x15)
+        .chain(0x20..=0x21)
+        .chain(0x30..=0x34)
+        .chain(0x40..=0x41)
+        .collect();
+    // Random bytes behind a valid version and tag, so the bodies get exercised.
+    for _ in 0..100_000 {
+        let len = (rng.next() % 200) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if b.len() >= 2 {
+            b[0] = CODEC_VERSION;
+            b[1] = tags[(rng.next() % tags.len() as u64) as usize];
+        }
+        decode_all(&b);
+    }
+    // Valid encodings with a few bytes changed, cut or extended.
+    let samples = encodings();
+    for _ in 0..100_000 {
+        let (_, base) = &samples[(rng.next() % samples.len() as u64) as usize];
+        let mut b = base.clone();
+        for _ in 0..1 + rng.next() % 4 {
+            let i = (rng.next() % b.len() as u64) as usize;
+            b[i] = rng.next() as u8;
+        }
+        match rng.next() % 4 {
+            0 => b.truncate((rng.next() % (b.len() as u64 + 1)) as usize),
+            1 => b.push(rng.next() as u8),
+            _ => {}
+        }
+        decode_all(&b);
+    }
+}
