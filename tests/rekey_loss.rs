@@ -63,8 +63,8 @@ fn side(gw: &GatewayConfig, ike: &str, wan: MemPort, flow: FlowSpec, id: u16) ->
     let ctl = IkeControl::new(
         conns,
         SaRepository::new(Vec::new(), 1024),
-        punt_rx,
-        tx_tx,
+        Some(punt_rx),
+        Some(tx_tx),
         best_backend(),
         gw.wan.address,
     );

@@ -308,3 +308,110 @@ fn strongswan_road_warrior_against_roamgate_run() {
         "non-IKE/ESP frames on the client's link: {other:?}"
     );
 }
+
+/// The control plane and the data plane as separate processes on the shared-memory channel:
+/// strongSwan's tunnel comes up through them; the data plane is killed and restarted (it gets
+/// the inbound SAs and policy back and every CHILD_SA is rekeyed — never an old outbound SA,
+/// whose nonces are spent — and the IKE SA stays); the control plane is killed and restarted
+/// (the data plane forwards on meanwhile and re-attaches).
+#[test]
+fn control_and_dataplane_processes_survive_each_others_restart() {
+    if !root_or_skip("strongswan_split")
+        || !have_tool("swanctl", &["--help"])
+        || !have_tool("/usr/lib/ipsec/charon", &["--version"])
+    {
+        return;
+    }
+    let dir = scratch("strongswan_split");
+    let lab = RwLab::up("rgs");
+    let cfg = root().join("configs/interop-gw.yaml");
+    let shm = dir.join("control.shm");
+    let start_control = |name: &str| {
+        NsProcess::spawn(
+            &lab.ns("gw"),
+            &[
+                BIN,
+                "control",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--shm",
+                shm.to_str().unwrap(),
+                "--socket",
+                dir.join(format!("{name}.sock")).to_str().unwrap(),
+            ],
+            name,
+        )
+    };
+    let start_dataplane = |name: &str| {
+        NsProcess::spawn(
+            &lab.ns("gw"),
+            &[
+                BIN,
+                "dataplane",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--shm",
+                shm.to_str().unwrap(),
+                "--status-secs",
+                "0",
+                "--idle-sleep-us",
+                "50",
+            ],
+            name,
+        )
+    };
+    let ctl = start_control("control");
+    wait_for("the control channel", 10, || shm.exists());
+    let dp = start_dataplane("dataplane");
+    let rw_dir = dir.join("rw");
+    std::fs::create_dir_all(&rw_dir).unwrap();
+    std::fs::copy(
+        root().join("tests/tools/strongswan/rw-psk.swanctl.conf"),
+        rw_dir.join("swanctl.conf"),
+    )
+    .unwrap();
+    let charon = Charon::start(&lab.ns("rw"), &rw_dir);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = charon.swanctl(&["--initiate", "--child", "net"]);
+    assert!(out.contains("initiate completed successfully"), "{out}");
+    assert_eq!(pings(&lab, 3), 3, "through two processes");
+    let ike_spis = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("ESTABLISHED"))
+            .map(str::to_owned)
+    };
+    let before = ike_spis(&charon.swanctl(&["--list-sas"]));
+
+    // The data plane dies and comes back.
+    dp.signal("KILL");
+    drop(dp);
+    let dp = start_dataplane("dataplane-2");
+    wait_for("traffic after the data plane restart", 15, || {
+        pings(&lab, 1) == 1
+    });
+    let v = ask(&dir.join("control.sock"), "ike");
+    assert!(
+        v["child_rekeys_by_us"].as_u64() >= Some(1),
+        "the CHILD_SA was rekeyed: {v}"
+    );
+    assert_eq!(
+        ike_spis(&charon.swanctl(&["--list-sas"])),
+        before,
+        "same IKE SA, no new handshake"
+    );
+
+    // The control plane dies: the data plane forwards on; a new one takes over.
+    ctl.signal("KILL");
+    drop(ctl);
+    assert_eq!(pings(&lab, 3), 3, "forwarding without a control plane");
+    let ctl = start_control("control-2");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pings(&lab, 2), 2);
+    let (_, out, _) = dp.stop("TERM", Duration::from_secs(10));
+    assert!(
+        out.contains("again, keeping our SAs"),
+        "the data plane re-attached:\n{out}"
+    );
+    let (_, out, _) = ctl.stop("TERM", Duration::from_secs(10));
+    assert!(out.contains("re-attached with its SAs"), "{out}");
+}

@@ -34,6 +34,10 @@ pub struct DataplaneArgs {
     /// Seconds between status lines on stdout (0: none).
     #[arg(long, default_value_t = 5)]
     status_secs: u64,
+    /// Take SAs and policies from a separate control plane through this shared-memory
+    /// channel (`roamgate control --shm PATH` creates it) instead of the file's static part.
+    #[arg(long)]
+    shm: Option<PathBuf>,
     /// Serve the read-only views (`roamgate stats`, `roamgate sa`) on this unix socket.
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -72,10 +76,13 @@ type PortStats = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
     let mut file: DataplaneFile = config::load(&args.config)?;
     if !with_ike && !file.ike.connections.is_empty() {
-        println!(
-            "{}: the ike section is left to `roamgate run`; the data plane alone uses the static SAs",
-            args.config.display()
-        );
+        match &args.shm {
+            Some(p) => println!("dataplane: SAs and policy come from the control plane at {}", p.display()),
+            None => println!(
+                "{}: the ike section is left to `roamgate run` / `roamgate control`; the data plane alone uses the static SAs",
+                args.config.display()
+            ),
+        }
         file.ike.connections.clear();
     }
     let plan = file.validate(&args.config)?;
@@ -295,13 +302,26 @@ fn serve<P: Port + 'static>(
     let conns = file.ike.validate(&args.config, "ike")?;
     let mut ike_rings = None;
     let mut ike = None;
-    if !conns.is_empty() {
+    let mut shm_rings = None;
+    if args.shm.is_some() {
+        // The control plane is another process: worker 0's IKE rings lead to the channel.
+        let (punt_tx, punt_rx) = rtrb::RingBuffer::new(1024);
+        let (tx_tx, tx_rx) = rtrb::RingBuffer::new(1024);
+        ike_rings = Some((punt_tx, tx_rx));
+        shm_rings = Some((punt_rx, tx_tx));
+    } else if !conns.is_empty() {
         let (punt_tx, punt_rx) = rtrb::RingBuffer::new(1024);
         let (tx_tx, tx_rx) = rtrb::RingBuffer::new(1024);
         ike_rings = Some((punt_tx, tx_rx));
         let repo = control::repo::SaRepository::new(plan.rules.clone(), gw.replay_window);
-        let mut c =
-            control::runner::IkeControl::new(conns, repo, punt_rx, tx_tx, backend, gw.wan.address);
+        let mut c = control::runner::IkeControl::new(
+            conns,
+            repo,
+            Some(punt_rx),
+            Some(tx_tx),
+            backend,
+            gw.wan.address,
+        );
         c.initiate();
         ike = Some(c);
     }
@@ -332,7 +352,9 @@ fn serve<P: Port + 'static>(
                 worker.run_idle(core, &stop_w, idle);
             })
             .context("starting a worker thread")?;
-        crate::install(&mut link, backend, gw, plan)?;
+        if args.shm.is_none() {
+            crate::install(&mut link, backend, gw, plan)?;
+        }
         handles.push(handle.clone());
         running.push(Running {
             handle,
@@ -341,6 +363,16 @@ fn serve<P: Port + 'static>(
         });
     }
 
+    let mut attached = match (&args.shm, shm_rings) {
+        (Some(path), Some((punt_rx, tx_tx))) => Some(crate::shm_link::ShmLink::new(
+            path.clone(),
+            running.len() as u16,
+            punt_rx,
+            tx_tx,
+            backend,
+        )),
+        _ => None,
+    };
     let views = match &args.socket {
         Some(path) => {
             let name = gw.name.clone();
@@ -374,17 +406,24 @@ fn serve<P: Port + 'static>(
     let deadline = args.duration.map(Duration::from_secs_f64);
     let mut last_pump = Instant::now();
     while !shutdown.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
-        match ike.as_mut() {
-            Some(c) => {
-                let mut links: Vec<&mut WorkerLink> =
-                    running.iter_mut().map(|r| &mut r.link).collect();
-                if !c.turn(&mut links)? {
-                    std::thread::sleep(Duration::from_micros(500));
+        {
+            let mut links: Vec<&mut WorkerLink> = running.iter_mut().map(|r| &mut r.link).collect();
+            match (ike.as_mut(), attached.as_mut()) {
+                (Some(c), _) => {
+                    if !c.turn(&mut links)? {
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
                 }
+                (None, Some(a)) => {
+                    if !a.turn(&mut links)? {
+                        std::thread::sleep(Duration::from_micros(300));
+                    }
+                }
+                (None, None) => std::thread::sleep(Duration::from_millis(100)),
             }
-            None => std::thread::sleep(Duration::from_millis(100)),
         }
-        if last_pump.elapsed() < Duration::from_millis(20) && ike.is_some() {
+        if last_pump.elapsed() < Duration::from_millis(20) && (ike.is_some() || attached.is_some())
+        {
             continue;
         }
         last_pump = Instant::now();

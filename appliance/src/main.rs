@@ -13,8 +13,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod control_proc;
 mod dataplane;
 mod lab;
+mod shm_link;
 mod views;
 
 #[derive(Parser)]
@@ -40,6 +42,9 @@ enum Command {
     /// Run a gateway with IKEv2: the data plane of `dataplane` plus the control loop that
     /// negotiates SAs for the file's `ike` connections (today in the same process).
     Run(dataplane::DataplaneArgs),
+    /// Run the control plane alone (IKEv2, the SA repository) on a shared-memory channel to
+    /// `roamgate dataplane --shm` (same config file).
+    Control(control_proc::ControlArgs),
     /// Show a running process's counters (read-only, over its view socket).
     Stats(views::ViewArgs),
     /// List a running process's SAs with their counters (never keys).
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Lab(args) => lab::run(args),
         Command::Dataplane(args) => dataplane::run(args, false),
         Command::Run(args) => dataplane::run(args, true),
+        Command::Control(args) => control_proc::run(args),
         Command::Stats(args) => views::stats(args),
         Command::Sa(args) => views::sas(args),
     };

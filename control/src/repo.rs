@@ -40,6 +40,9 @@ struct ChildRec {
     parked: Vec<Rule>,
     /// The CHILD_SA (inbound SPI) that takes over this one's rules when it goes.
     successor: Option<u32>,
+    /// What the data plane holds for it (keys included: zeroized when dropped); the inbound
+    /// one is installed again in a data plane that restarted.
+    sas: [SaParams; 2],
     local: IpAddr,
     remote: IpAddr,
 }
@@ -160,6 +163,7 @@ impl SaRepository {
         };
         let inbound = common(in_id, info.inbound.spi, key_in);
         let outbound = common(out_id, info.outbound.spi, key_out);
+        let kept = [inbound.clone(), outbound.clone()];
         let mut rules = Vec::new();
         for l in &info.local_ts {
             for r in &info.remote_ts {
@@ -221,6 +225,7 @@ impl SaRepository {
                 rules,
                 parked,
                 successor: None,
+                sas: kept,
                 local: info.local.ip(),
                 remote: info.remote.ip(),
             },
@@ -253,6 +258,26 @@ impl SaRepository {
         ups.push(Update::DeleteOutbound { id: c.out_id });
         ups.push(Update::DeleteInbound { spi: Spi(spi_in) });
         ups
+    }
+
+    /// What a data plane that restarted empty may get back: every CHILD_SA's inbound SA and
+    /// the policy — but no outbound SA. Its sequence number (the GCM nonce) died with the old
+    /// data plane; installing it again would seal with nonces already used under the same
+    /// key. The caller rekeys every CHILD_SA instead, and the new outbound SAs arrive with
+    /// the rekeys.
+    pub fn full_state(&self) -> Vec<Update> {
+        let mut v = Vec::new();
+        for c in self.children.values() {
+            let [i, _] = &c.sas;
+            v.push(Update::AddSa {
+                dir: Direction::Inbound,
+                params: i.clone(),
+            });
+        }
+        v.push(Update::ReplaceSpd {
+            rules: self.rules(),
+        });
+        v
     }
 
     /// The CHILD_SAs' rules (by inbound SPI), then the static ones.

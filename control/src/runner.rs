@@ -17,6 +17,7 @@ use crate::ike_config::{endpoint_config, Connection};
 use crate::repo::SaRepository;
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
+use pipeline::msg::Update;
 use pipeline::worker::Datagram;
 use rtrb::{Consumer, Producer};
 
@@ -30,9 +31,12 @@ pub struct IkeControl {
     endpoint: Endpoint,
     repo: SaRepository,
     conns: Vec<Connection>,
-    punt: Consumer<Datagram>,
-    transmit: Producer<Datagram>,
-    /// Datagrams the transmit ring had no room for yet (back-pressure: kept, sent in order).
+    /// In-process rings to worker 0 (None when the data plane is another process).
+    punt: Option<Consumer<Datagram>>,
+    transmit: Option<Producer<Datagram>>,
+    /// Updates not yet delivered to the data plane.
+    outbox: VecDeque<Update>,
+    /// Datagrams not yet handed to the data plane (back-pressure: kept, sent in order).
     backlog: VecDeque<Datagram>,
     backend: Backend,
     start: Instant,
@@ -51,8 +55,8 @@ impl IkeControl {
     pub fn new(
         conns: Vec<Connection>,
         repo: SaRepository,
-        punt: Consumer<Datagram>,
-        transmit: Producer<Datagram>,
+        punt: Option<Consumer<Datagram>>,
+        transmit: Option<Producer<Datagram>>,
         backend: Backend,
         local: std::net::IpAddr,
     ) -> IkeControl {
@@ -65,6 +69,7 @@ impl IkeControl {
             conns,
             punt,
             transmit,
+            outbox: VecDeque::new(),
             backlog: VecDeque::new(),
             backend,
             start: Instant::now(),
@@ -98,17 +103,19 @@ impl IkeControl {
         }
     }
 
-    /// One turn: received datagrams, timers, transmissions, events. Returns true if it did
-    /// anything.
-    pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool, AgentError> {
+    /// Feeds one punted IKE datagram to the endpoint.
+    pub fn handle_datagram(&mut self, d: &Datagram) {
+        let now = self.now();
+        let local = SocketAddr::new(d.dst, d.dst_port);
+        let remote = SocketAddr::new(d.src, d.src_port);
+        self.endpoint.handle(now, local, remote, &d.payload);
+    }
+
+    /// Timers, then the endpoint's outputs: datagrams go to the transmit backlog, events
+    /// through the repository to the update outbox. Returns true if it did anything.
+    pub fn step(&mut self) -> bool {
         let mut work = false;
         let now = self.now();
-        while let Ok(d) = self.punt.pop() {
-            work = true;
-            let local = SocketAddr::new(d.dst, d.dst_port);
-            let remote = SocketAddr::new(d.src, d.src_port);
-            self.endpoint.handle(now, local, remote, &d.payload);
-        }
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             work = true;
             self.endpoint.handle_timeout(now);
@@ -122,12 +129,6 @@ impl IkeControl {
                 dst_port: t.dst.port(),
                 payload: t.data,
             });
-        }
-        while let Some(d) = self.backlog.pop_front() {
-            if let Err(rtrb::PushError::Full(d)) = self.transmit.push(d) {
-                self.backlog.push_front(d);
-                break;
-            }
         }
         let mut changed = false;
         while let Some(e) = self.endpoint.poll_event() {
@@ -146,20 +147,71 @@ impl IkeControl {
                 _ => {}
             }
             match self.repo.on_event(&e) {
-                Ok(updates) => {
-                    for u in &updates {
-                        for l in links.iter_mut() {
-                            l.send(agent::prepare(self.backend, u)?);
-                        }
-                    }
-                }
+                Ok(updates) => self.outbox.extend(updates),
                 Err(err) => eprintln!("ike: {err}"),
             }
         }
         if changed {
             self.publish();
         }
+        work
+    }
+
+    /// Datagrams to send, oldest first (pop; push back to the front what did not fit).
+    pub fn transmits(&mut self) -> &mut VecDeque<Datagram> {
+        &mut self.backlog
+    }
+
+    /// Data-plane updates to deliver, oldest first, to every worker.
+    pub fn updates(&mut self) -> &mut VecDeque<Update> {
+        &mut self.outbox
+    }
+
+    /// What a data plane that restarted empty gets: the inbound SAs and the policy (see
+    /// `SaRepository::full_state`); then every CHILD_SA is rekeyed, so outbound SAs come back
+    /// with fresh keys and no GCM nonce is ever used twice.
+    pub fn resync(&mut self) -> Vec<Update> {
+        let v = self.repo.full_state();
+        self.rekey_children();
+        v
+    }
+
+    /// One turn with the data plane in this process: punted datagrams from `punt`, sends on
+    /// `transmit`, updates prepared and sent to every worker link.
+    pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool, AgentError> {
+        let mut work = false;
+        while let Some(d) = self.punt.as_mut().and_then(|p| p.pop().ok()) {
+            work = true;
+            self.handle_datagram(&d);
+        }
+        work |= self.step();
+        if let Some(tx) = self.transmit.as_mut() {
+            while let Some(d) = self.backlog.pop_front() {
+                if let Err(rtrb::PushError::Full(d)) = tx.push(d) {
+                    self.backlog.push_front(d);
+                    break;
+                }
+            }
+        }
+        while let Some(u) = self.outbox.pop_front() {
+            for l in links.iter_mut() {
+                l.send(agent::prepare(self.backend, &u)?);
+            }
+        }
         Ok(work)
+    }
+
+    /// Starts deleting every IKE SA (a clean shutdown tells the peers); drive `step` until
+    /// [`ike_sa_count`](Self::ike_sa_count) is zero or time runs out.
+    pub fn begin_shutdown(&mut self) {
+        let now = self.now();
+        for (id, ..) in self.endpoint.list() {
+            let _ = self.endpoint.delete_ike(now, id);
+        }
+    }
+
+    pub fn ike_sa_count(&self) -> usize {
+        self.endpoint.list().len()
     }
 
     /// The CHILD_SAs the repository holds (never keys).

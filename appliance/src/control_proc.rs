@@ -1,0 +1,260 @@
+//! `roamgate control --config X --shm PATH`: the control plane as its own process.
+//!
+//! It creates the shared-memory control channel at PATH (mode 0600) for the file's workers,
+//! runs the IKEv2 endpoint and the SA repository, and talks to `roamgate dataplane --shm PATH`
+//! only through the channel's rings: updates (with generations) to each worker and their
+//! acknowledgements back, punted IKE datagrams in, datagrams to send out.
+//!
+//! Restarts: a data plane announces itself with an acknowledgement of generation 0 ("I am
+//! empty"); the control plane answers with the file's static SAs, the inbound SA of every
+//! negotiated CHILD_SA and the policy, and rekeys every CHILD_SA: the old outbound SAs'
+//! sequence numbers (their GCM nonces) died with the old data plane, so they are never
+//! installed again. A data plane that re-attaches after a control-plane restart announces
+//! `u64::MAX` ("I keep what I have") and is left forwarding on its SAs.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use control::config::{self, DataplaneFile};
+use control::repo::SaRepository;
+use control::runner::IkeControl;
+use pipeline::crypto::best_backend;
+use pipeline::msg::{Ack, Transmit, Update, UpdateEnvelope};
+use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
+
+/// The generation a fresh data plane acknowledges first.
+pub const HELLO_FRESH: u64 = 0;
+/// The generation a data plane that keeps its SAs acknowledges first.
+pub const HELLO_KEEP: u64 = u64::MAX;
+
+#[derive(clap::Args)]
+pub struct ControlArgs {
+    /// Configuration file (the same file as the data plane's).
+    #[arg(long)]
+    config: PathBuf,
+    /// The shared-memory control channel to create (e.g. /dev/shm/roamgate.ctl).
+    #[arg(long)]
+    shm: PathBuf,
+    /// Serve the read-only IKE view (`roamgate sa`) on this unix socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+struct WorkerEnds {
+    updates: Sender<UpdateEnvelope>,
+    acks: Receiver<Ack>,
+    backlog: VecDeque<UpdateEnvelope>,
+    acked: u64,
+}
+
+pub fn run(args: ControlArgs) -> Result<()> {
+    let file: DataplaneFile = config::load(&args.config)?;
+    let plan = file.validate(&args.config)?;
+    let conns = file.ike.validate(&args.config, "ike")?;
+    let gw = &file.gateway;
+    let workers = file.dataplane.workers;
+    if args.shm.exists() {
+        // A channel left by a control plane that died: its creator is gone, so it is ours to
+        // replace. One whose creator still runs belongs to another control plane.
+        match ControlChannel::open(&args.shm) {
+            Ok(old) if old.region().creator_alive() => bail!(
+                "{}: another control plane (pid {}) is running on this channel",
+                args.shm.display(),
+                old.region().identity().creator_pid
+            ),
+            _ => {
+                println!(
+                    "control: replacing the stale channel {}",
+                    args.shm.display()
+                );
+                std::fs::remove_file(&args.shm)
+                    .with_context(|| format!("removing {}", args.shm.display()))?;
+            }
+        }
+    }
+    let ch = ControlChannel::create(&args.shm, workers)
+        .with_context(|| format!("creating {}", args.shm.display()))?;
+    let mut ends = Vec::new();
+    for w in 0..workers {
+        ends.push(WorkerEnds {
+            updates: ch.update_sender(w)?,
+            acks: ch.ack_receiver(w)?,
+            backlog: VecDeque::new(),
+            acked: 0,
+        });
+    }
+    let mut punt = ch.punt_receiver()?;
+    let mut transmit = ch.transmit_sender()?;
+    println!(
+        "roamgate control {}: {} connection(s), channel {} for {workers} worker(s)",
+        gw.name,
+        conns.len(),
+        args.shm.display()
+    );
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let s = shutdown.clone();
+        ctrlc::set_handler(move || s.store(true, Ordering::Relaxed))
+            .context("installing the SIGINT/SIGTERM handler")?;
+    }
+    let repo = SaRepository::new(plan.rules.clone(), gw.replay_window);
+    let mut ctl = IkeControl::new(conns, repo, None, None, best_backend(), gw.wan.address);
+    let stop_views = Arc::new(AtomicBool::new(false));
+    let views = match &args.socket {
+        Some(path) => {
+            let view = ctl.view.clone();
+            let name = gw.name.clone();
+            let handler: crate::views::Handler = Box::new(move |req| {
+                match req {
+                "ike" => Some(
+                    view.lock()
+                        .ok()
+                        .map(|v| v.json.clone())
+                        .filter(|j| !j.is_empty())
+                        .unwrap_or_else(|| r#"{"ike_sas":[]}"#.into()),
+                ),
+                "sas" | "stats" => Some(
+                    serde_json::json!({ "gateway": name, "sas": [], "note": "the control plane; ask the data plane's socket for its SAs and counters" })
+                        .to_string(),
+                ),
+                _ => None,
+            }
+            });
+            Some(crate::views::serve(path, handler, stop_views.clone())?)
+        }
+        None => None,
+    };
+    // The static part of the state (the file's SAs); the repository adds the policy and
+    // the negotiated CHILD_SAs.
+    let static_sas: Vec<Update> = plan
+        .sas
+        .iter()
+        .map(|(dir, params)| Update::AddSa {
+            dir: *dir,
+            params: params.clone(),
+        })
+        .collect();
+    let mut generation = 0u64;
+    ctl.initiate();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if shutdown.load(Ordering::Relaxed) && deadline.is_none() {
+            ctl.begin_shutdown();
+            deadline = Some(Instant::now() + Duration::from_secs(2));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d || ctl.ike_sa_count() == 0) {
+            // Let the last datagrams reach the data plane.
+            let t = Instant::now();
+            while !ctl.transmits().is_empty() && t.elapsed() < Duration::from_millis(300) {
+                flush_transmits(&mut ctl, &mut transmit);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            break;
+        }
+        let mut work = false;
+        while let Ok(Some(d)) = punt.try_recv() {
+            work = true;
+            ctl.handle_datagram(&d);
+        }
+        work |= ctl.step();
+        flush_transmits(&mut ctl, &mut transmit);
+        while let Some(u) = ctl.updates().pop_front() {
+            generation += 1;
+            for e in ends.iter_mut() {
+                e.backlog.push_back(UpdateEnvelope {
+                    generation,
+                    update: u.clone(),
+                });
+            }
+        }
+        for (w, e) in ends.iter_mut().enumerate() {
+            while let Ok(Some(a)) = e.acks.try_recv() {
+                work = true;
+                match a {
+                    Ack::Applied {
+                        generation: HELLO_FRESH,
+                        ..
+                    } => {
+                        println!(
+                            "control: data plane worker {w} is fresh: inbound SAs and policy again, every CHILD_SA rekeyed"
+                        );
+                        e.backlog.clear();
+                        for u in static_sas.iter().cloned().chain(ctl.resync()) {
+                            generation += 1;
+                            e.backlog.push_back(UpdateEnvelope {
+                                generation,
+                                update: u,
+                            });
+                        }
+                    }
+                    Ack::Applied {
+                        generation: HELLO_KEEP,
+                        ..
+                    } => println!("control: data plane worker {w} re-attached with its SAs"),
+                    Ack::Applied { generation: g, .. } => e.acked = e.acked.max(g),
+                    Ack::Rejected {
+                        generation: g, why, ..
+                    } => {
+                        eprintln!("control: worker {w} rejected generation {g}: {why}")
+                    }
+                }
+            }
+            while let Some(env) = e.backlog.pop_front() {
+                match e.updates.try_send(&env) {
+                    Ok(()) => work = true,
+                    Err(SendError::Full) => {
+                        e.backlog.push_front(env);
+                        break;
+                    }
+                    Err(err) => {
+                        eprintln!(
+                            "control: update {} for worker {w} cannot be sent: {err}",
+                            env.generation
+                        );
+                    }
+                }
+            }
+        }
+        if !work {
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+    stop_views.store(true, Ordering::Relaxed);
+    if let Some(v) = views {
+        let _ = v.join();
+    }
+    println!("control: stopped");
+    drop(ch);
+    Ok(())
+}
+
+fn flush_transmits(ctl: &mut IkeControl, tx: &mut Sender<Transmit>) {
+    while let Some(d) = ctl.transmits().pop_front() {
+        let t = Transmit {
+            src: d.src,
+            dst: d.dst,
+            src_port: d.src_port,
+            dst_port: d.dst_port,
+            payload: d.payload,
+        };
+        match tx.try_send(&t) {
+            Ok(()) => {}
+            Err(SendError::Full) => {
+                ctl.transmits().push_front(pipeline::worker::Datagram {
+                    src: t.src,
+                    dst: t.dst,
+                    src_port: t.src_port,
+                    dst_port: t.dst_port,
+                    payload: t.payload,
+                });
+                break;
+            }
+            Err(e) => eprintln!("control: an IKE datagram cannot be sent: {e}"),
+        }
+    }
+}
