@@ -96,6 +96,13 @@ impl Drop for Charon {
     }
 }
 
+/// The IKE view of a `roamgate run`: the control plane's socket next to the data plane's.
+fn ike_view(sock: &Path) -> serde_json::Value {
+    let mut p = sock.as_os_str().to_owned();
+    p.push(".ike");
+    ask(Path::new(&p), "ike")
+}
+
 fn ask(sock: &Path, req: &str) -> serde_json::Value {
     let mut c = UnixStream::connect(sock).expect("view socket");
     c.write_all(format!("{req}\n").as_bytes()).unwrap();
@@ -198,7 +205,7 @@ fn strongswan_road_warrior_against_roamgate_run() {
         .swanctl(&["--rekey", "--ike", "gw"])
         .contains("rekey completed successfully"));
     assert_eq!(pings(&lab, 2), 2);
-    let v = ask(&gw.socket, "ike");
+    let v = ike_view(&gw.socket);
     assert!(v["child_rekeys_by_peer"].as_u64() >= Some(1), "{v}");
     assert!(v["ike_rekeys_by_peer"].as_u64() >= Some(1), "{v}");
 
@@ -259,7 +266,7 @@ fn strongswan_road_warrior_against_roamgate_run() {
 
     // roamgate's own rekeys happened (CHILD_SA and IKE SA) and traffic still flows.
     wait_for("roamgate-initiated rekeys", 30, || {
-        let v = ask(&gw.socket, "ike");
+        let v = ike_view(&gw.socket);
         v["child_rekeys_by_us"].as_u64() >= Some(1) && v["ike_rekeys_by_us"].as_u64() >= Some(1)
     });
     assert_eq!(pings(&lab, 3), 3, "traffic after roamgate's rekeys");
@@ -269,12 +276,49 @@ fn strongswan_road_warrior_against_roamgate_run() {
         "{sas}"
     );
 
+    // The supervisor restarts a data plane that dies; the tunnel comes back without a new
+    // IKE handshake (the control plane rekeys the CHILD_SA for the fresh data plane).
+    let dp_pid = Command::new("ip")
+        .args(["netns", "pids", &lab.ns("gw")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("dataplane"))
+                .unwrap_or(false)
+        })
+        .map(str::to_owned)
+        .expect("the supervised data plane");
+    let ike_before = charon
+        .swanctl(&["--list-sas"])
+        .lines()
+        .next()
+        .map(str::to_owned);
+    Command::new("kill")
+        .args(["-KILL", &dp_pid])
+        .status()
+        .unwrap();
+    wait_for("traffic after the supervised restart", 20, || {
+        pings(&lab, 1) == 1
+    });
+    assert_eq!(
+        charon
+            .swanctl(&["--list-sas"])
+            .lines()
+            .next()
+            .map(str::to_owned),
+        ike_before,
+        "the same IKE SA"
+    );
+
     // Delete from the client: gone on both sides.
     assert!(charon
         .swanctl(&["--terminate", "--ike", "gw"])
         .contains("terminate completed successfully"));
     wait_for("roamgate to drop the IKE SA", 10, || {
-        ask(&gw.socket, "ike")["ike_sas"]
+        ike_view(&gw.socket)["ike_sas"]
             .as_array()
             .is_some_and(Vec::is_empty)
     });

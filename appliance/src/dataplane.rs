@@ -51,6 +51,40 @@ pub struct DataplaneArgs {
     idle_sleep_us: u64,
 }
 
+impl DataplaneArgs {
+    pub fn config(&self) -> &std::path::Path {
+        &self.config
+    }
+    pub fn shm(&self) -> Option<&std::path::Path> {
+        self.shm.as_deref()
+    }
+    pub fn socket(&self) -> Option<&std::path::Path> {
+        self.socket.as_deref()
+    }
+    pub fn duration(&self) -> Option<f64> {
+        self.duration
+    }
+    /// The options a supervisor passes on to a `dataplane` child (all but the duration,
+    /// which the supervisor keeps, and `--shm`, which it sets).
+    pub fn forwarded_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--config".to_string(),
+            self.config.display().to_string(),
+            "--status-secs".into(),
+            self.status_secs.to_string(),
+            "--idle-sleep-us".into(),
+            self.idle_sleep_us.to_string(),
+        ];
+        if let Some(f) = &self.stats_file {
+            v.extend(["--stats-file".into(), f.display().to_string()]);
+        }
+        if let Some(s) = &self.socket {
+            v.extend(["--socket".into(), s.display().to_string()]);
+        }
+        v
+    }
+}
+
 /// A running worker seen from the main thread.
 struct Running {
     handle: WorkerHandle,
@@ -383,13 +417,14 @@ fn serve<P: Port + 'static>(
             let handler: crate::views::Handler = Box::new(move |req| match req {
                 "stats" => Some(stats_json(&name, &handles, &*port_stats)),
                 "sas" => Some(sas_json(&name, &handles, &sa_names)),
-                "ike" => Some(
-                    ike_view
-                        .as_ref()
-                        .and_then(|v| v.lock().ok().map(|v| v.json.clone()))
+                // Only when IKE runs in this process; otherwise the control plane answers.
+                "ike" => ike_view.as_ref().map(|v| {
+                    v.lock()
+                        .ok()
+                        .map(|v| v.json.clone())
                         .filter(|j| !j.is_empty())
-                        .unwrap_or_else(|| r#"{"ike_sas":[]}"#.into()),
-                ),
+                        .unwrap_or_else(|| r#"{"ike_sas":[]}"#.into())
+                }),
                 _ => None,
             });
             Some(crate::views::serve(path, handler, stop.clone())?)

@@ -17,6 +17,7 @@ mod control_proc;
 mod dataplane;
 mod lab;
 mod shm_link;
+mod supervise;
 mod views;
 
 #[derive(Parser)]
@@ -39,9 +40,9 @@ enum Command {
     /// Run the data plane on real ports (AF_XDP or DPDK) with the gateway's static SAs and
     /// policies from --config, until SIGINT/SIGTERM; prints the final counters as JSON.
     Dataplane(dataplane::DataplaneArgs),
-    /// Run a gateway with IKEv2: the data plane of `dataplane` plus the control loop that
-    /// negotiates SAs for the file's `ike` connections (today in the same process).
-    Run(dataplane::DataplaneArgs),
+    /// Run a gateway with IKEv2: `control` and `dataplane` as two supervised processes on a
+    /// shared-memory channel (or, with --single-process, both in one process).
+    Run(supervise::RunArgs),
     /// Run the control plane alone (IKEv2, the SA repository) on a shared-memory channel to
     /// `roamgate dataplane --shm` (same config file).
     Control(control_proc::ControlArgs),
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
         Command::Dataplane(args) => dataplane::run(args, false),
-        Command::Run(args) => dataplane::run(args, true),
+        Command::Run(args) => supervise::run(args),
         Command::Control(args) => control_proc::run(args),
         Command::Stats(args) => views::stats(args),
         Command::Sa(args) => views::sas(args),

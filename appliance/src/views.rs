@@ -139,7 +139,13 @@ pub fn stats(args: ViewArgs) -> Result<()> {
 /// `roamgate sa`: the IKE SAs and the data plane's SAs, one line each (never keys).
 pub fn sas(args: ViewArgs) -> Result<()> {
     let v = ask(&args.socket, "sas")?;
-    let ike = ask(&args.socket, "ike").ok();
+    // The IKE view: from the same process (`run --single-process`), or from the control
+    // plane's socket next to it (`run` puts it at <socket>.ike).
+    let ike = ask(&args.socket, "ike").ok().or_else(|| {
+        let mut p = args.socket.clone().into_os_string();
+        p.push(".ike");
+        ask(std::path::Path::new(&p), "ike").ok()
+    });
     if args.json {
         println!("{}", serde_json::json!({ "dataplane": v, "ike": ike }));
         return Ok(());

@@ -48,6 +48,8 @@ pub struct IkeControl {
     /// Rekeys by who started them: [child by us, child by peer, IKE by us, IKE by peer].
     rekeys: [u64; 4],
     ike_down: u64,
+    /// IKE SAs established by a handshake (rekeys do not count).
+    ike_up: u64,
 }
 
 impl IkeControl {
@@ -79,6 +81,7 @@ impl IkeControl {
             events_seen: 0,
             rekeys: [0; 4],
             ike_down: 0,
+            ike_up: 0,
         }
     }
 
@@ -144,6 +147,7 @@ impl IkeControl {
                     self.rekeys[if *initiated_here { 2 } else { 3 }] += 1
                 }
                 Event::IkeDown { .. } => self.ike_down += 1,
+                Event::IkeUp { .. } => self.ike_up += 1,
                 _ => {}
             }
             match self.repo.on_event(&e) {
@@ -288,6 +292,7 @@ impl IkeControl {
             "ike_rekeys_by_us": self.rekeys[2],
             "ike_rekeys_by_peer": self.rekeys[3],
             "ike_sas_down": self.ike_down,
+            "ike_sas_up": self.ike_up,
         })
         .to_string();
         if let Ok(mut v) = self.view.lock() {
