@@ -163,3 +163,44 @@ fn tshark_and_scapy_decrypt_what_roamgate_sealed() {
         assert_eq!(r["failed"], 0, "{r}");
     }
 }
+
+#[test]
+fn lab_negotiates_with_ike_and_rekeys_under_traffic_without_loss() {
+    let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+        .args([
+            "lab",
+            "--ike",
+            "--rekey-secs",
+            "1",
+            "--duration",
+            "4",
+            "--rate-pps",
+            "50000",
+        ])
+        .output()
+        .expect("run roamgate lab --ike");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "roamgate lab --ike failed (it exits non-zero on any loss):\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("both tunnels negotiated"), "{text}");
+    let ups = text.matches("rekeyed by us").count();
+    let downs = text.matches("CHILD_SA down").count();
+    assert!(
+        ups >= 4,
+        "CHILD_SAs were rekeyed while traffic flowed:\n{text}"
+    );
+    // Simultaneous rekeys (both sites rekey on the same timer) leave one CHILD_SA per
+    // tunnel and site: every rekey's old (or redundant) SA went down.
+    let all_ups = text.matches("CHILD_SA v").count();
+    assert_eq!(
+        all_ups - downs,
+        4,
+        "two tunnels x two sites remain:\n{text}"
+    );
+    for line in text.lines().filter(|l| l.contains("hosts of")) {
+        assert!(line.contains("lost 0"), "{line}");
+    }
+}

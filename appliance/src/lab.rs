@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,6 +56,46 @@ pub struct LabArgs {
     /// Crypto backend (overrides the config): auto, ipsec-mb, ring.
     #[arg(long)]
     crypto: Option<String>,
+    /// Negotiate the SAs with IKEv2 through the gateways' own punt path instead of using the
+    /// config's static keys (PSK, one IKE SA per tunnel), and rekey them while traffic flows.
+    #[arg(long)]
+    ike: bool,
+    /// With --ike: rekey every CHILD_SA after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    rekey_secs: u64,
+}
+
+/// The lab's two tunnels as IKEv2 connections, site A initiating (a fresh random PSK per run).
+fn lab_ike(cfg: &LabConfig, rekey_secs: u64) -> Result<[Vec<control::ike_config::Connection>; 2]> {
+    let mut psk = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut psk)
+        .map_err(|_| anyhow::anyhow!("no randomness for the lab PSK"))?;
+    let psk: String = psk.iter().map(|b| format!("{b:02x}")).collect();
+    let remote_a = cfg.site_b.wan.address;
+    let conn = |me: &str, peer: &str, fam: &str, l: &str, r: &str, to: Option<IpAddr>| {
+        format!(
+            "  - {{ name: {fam}, local_id: {me}-{fam}.lab.roamgate.test, remote_id: {peer}-{fam}.lab.roamgate.test, \
+             psk: \"{psk}\", esp_proposals: [aes128gcm16-esn], local_ts: [\"{l}\"], remote_ts: [\"{r}\"], \
+             child_rekey_secs: {rekey_secs}{} }}\n",
+            to.map_or(String::new(), |a| format!(", remote_addr: \"{a}\""))
+        )
+    };
+    let a = format!(
+        "connections:\n{}{}",
+        conn("a", "b", "v4", "10.1.0.0/24", "10.2.0.0/24", Some(remote_a)),
+        conn("a", "b", "v6", "fd00:a::/64", "fd00:b::/64", Some(remote_a))
+    );
+    let b = format!(
+        "connections:\n{}{}",
+        conn("b", "a", "v4", "10.2.0.0/24", "10.1.0.0/24", None),
+        conn("b", "a", "v6", "fd00:b::/64", "fd00:a::/64", None)
+    );
+    let p = Path::new("lab --ike");
+    let parse = |t: &str| -> Result<Vec<control::ike_config::Connection>> {
+        let y: control::ike_config::IkeYaml = config::parse(p, t)?;
+        Ok(y.validate(p, "ike")?)
+    };
+    Ok([parse(&a)?, parse(&b)?])
 }
 
 struct Gateway {
@@ -117,6 +158,12 @@ pub fn run(args: LabArgs) -> Result<()> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut gateways = Vec::new();
     let mut worker_threads = Vec::new();
+    let mut ike_conns = if args.ike {
+        lab_ike(&cfg, args.rekey_secs)?.map(Some)
+    } else {
+        [None, None]
+    };
+    let mut controls: Vec<control::runner::IkeControl> = Vec::new();
     for (i, (gw, plan, lan, wan)) in [
         (&cfg.site_a, &plan_a, lan_a, wan_a),
         (&cfg.site_b, &plan_b, lan_b, wan_b),
@@ -124,7 +171,34 @@ pub fn run(args: LabArgs) -> Result<()> {
     .into_iter()
     .enumerate()
     {
-        let (mut agent_link, control_link) = agent::link(i as u16, 256, None);
+        let mut ike_rings = None;
+        if let Some(conns) = ike_conns[i].take() {
+            let (punt_tx, punt_rx) = rtrb::RingBuffer::new(256);
+            let (tx_tx, tx_rx) = rtrb::RingBuffer::new(256);
+            // The config's policies without its static protect rules: the negotiated CHILD_SAs
+            // bring their own.
+            let rules = plan
+                .rules
+                .iter()
+                .filter(|r| !matches!(r.action, pipeline::spd::Action::Protect(_)))
+                .cloned()
+                .collect();
+            controls.push(control::runner::IkeControl::new(
+                conns,
+                control::repo::SaRepository::new(rules, gw.replay_window),
+                Some(punt_rx),
+                Some(tx_tx),
+                backend,
+                gw.wan.address,
+            ));
+            ike_rings = Some((punt_tx, tx_rx));
+        }
+        let (punt, transmit) = match ike_rings {
+            Some((p, t)) => (Some(p), Some(t)),
+            None => (None, None),
+        };
+        let (mut agent_link, mut control_link) = agent::link(i as u16, 256, punt);
+        control_link.transmit = transmit;
         let worker = Worker::new(
             i as u16,
             lan,
@@ -143,13 +217,49 @@ pub fn run(args: LabArgs) -> Result<()> {
                 worker.run(core, &stop);
             },
         )?);
-        crate::install(&mut agent_link, backend, gw, plan)?;
+        if args.ike {
+            // The policies arrive with the negotiated CHILD_SAs; until then the config's
+            // discards apply.
+        } else {
+            crate::install(&mut agent_link, backend, gw, plan)?;
+        }
         gateways.push(Gateway {
             name: gw.name.clone(),
             handle,
             link: agent_link,
-            sa_names: gw.sas.iter().map(|s| s.name.clone()).collect(),
+            sa_names: if args.ike {
+                Vec::new()
+            } else {
+                gw.sas.iter().map(|s| s.name.clone()).collect()
+            },
         });
+    }
+    if args.ike {
+        if args.wireshark_keys.is_some() {
+            bail!("--wireshark-keys exports the static keys; with --ike the keys are negotiated");
+        }
+        for c in controls.iter_mut() {
+            c.initiate();
+        }
+        // Traffic starts once both tunnels are up at both sites.
+        let t = Instant::now();
+        while controls.iter().any(|c| c.children().len() < 2) {
+            ike_turn(&mut controls, &mut gateways)?;
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("IKE did not bring the lab's tunnels up within 10 s");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Let the policies reach the workers.
+        for g in gateways.iter_mut() {
+            let g2 = g.link.pump();
+            let _ = g2;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        println!(
+            "ike: both tunnels negotiated; rekeying every CHILD_SA every {} s",
+            args.rekey_secs
+        );
     }
 
     if let Some(p) = &args.wireshark_keys {
@@ -260,16 +370,25 @@ pub fn run(args: LabArgs) -> Result<()> {
         if now >= next_tick {
             let cur = totals(&gateways);
             live_line(start.elapsed(), &gateways, &cur, &last, now - last_t);
+            if !controls.is_empty() {
+                let rekeyed: u64 = controls.iter().map(|c| c.child_counts().1).sum();
+                println!("        ike: {rekeyed} CHILD_SA rekeys so far, traffic never paused");
+            }
             last = cur;
             last_t = now;
             next_tick += Duration::from_secs(1);
         }
-        for g in gateways.iter_mut() {
-            g.link.pump();
+        if controls.is_empty() {
+            for g in gateways.iter_mut() {
+                g.link.pump();
+            }
+            std::thread::sleep(
+                Duration::from_millis(20).min(next_tick.saturating_duration_since(Instant::now())),
+            );
+        } else {
+            ike_turn(&mut controls, &mut gateways)?;
+            std::thread::sleep(Duration::from_micros(500));
         }
-        std::thread::sleep(
-            Duration::from_millis(20).min(next_tick.saturating_duration_since(Instant::now())),
-        );
     }
     let elapsed = start.elapsed();
     stop_hosts.store(true, Ordering::Relaxed);
@@ -414,6 +533,15 @@ impl Tap {
     }
 }
 
+/// One turn of each site's IKE control loop (its worker's link only).
+fn ike_turn(controls: &mut [control::runner::IkeControl], gateways: &mut [Gateway]) -> Result<()> {
+    for (c, g) in controls.iter_mut().zip(gateways.iter_mut()) {
+        c.turn(&mut [&mut g.link])?;
+        g.link.pump();
+    }
+    Ok(())
+}
+
 fn totals(gateways: &[Gateway]) -> Vec<Snapshot> {
     gateways
         .iter()
@@ -495,7 +623,10 @@ fn summary(
         };
         list.sort_by_key(|e| e.id.0);
         for e in list {
-            let name = g.sa_names.get(e.id.0 as usize).map_or("?", String::as_str);
+            let name = g
+                .sa_names
+                .get(e.id.0 as usize)
+                .map_or("ike", String::as_str);
             let c = &e.counters;
             let errs: Vec<String> = DropReason::ALL
                 .iter()

@@ -40,6 +40,14 @@ struct ChildRec {
     parked: Vec<Rule>,
     /// The CHILD_SA (inbound SPI) that takes over this one's rules when it goes.
     successor: Option<u32>,
+    /// Our rekey replaced this one: its rules, kept in case the replacement is deleted first
+    /// (a simultaneous rekey the peer won, RFC 7296 2.8.1).
+    own_parked: Vec<Rule>,
+    /// The CHILD_SA this one replaced by our rekey.
+    predecessor: Option<u32>,
+    /// The peer's replacement of our predecessor, parked: it takes over if this one is
+    /// deleted after the predecessor (we lost a simultaneous rekey).
+    fallback: Option<u32>,
     /// What the data plane holds for it (keys included: zeroized when dropped); the inbound
     /// one is installed again in a data plane that restarted.
     sas: [SaParams; 2],
@@ -205,10 +213,15 @@ impl SaRepository {
         ];
         let mut parked = Vec::new();
         let mut switch_now = true;
-        if let Some(old) = info.rekey_of.and_then(|o| self.children.get_mut(&o)) {
+        if info.redundant {
+            // Never used: installed only so that nothing the peer sends on it is lost, and
+            // deleted by IKE right away.
+            parked = core::mem::take(&mut rules);
+            switch_now = false;
+        } else if let Some(old) = info.rekey_of.and_then(|o| self.children.get_mut(&o)) {
             self.rekeyed += 1;
             if info.initiated_here {
-                old.rules.clear();
+                old.own_parked = core::mem::take(&mut old.rules);
             } else {
                 // Keep sending on the old SA until the peer deletes it.
                 old.successor = Some(info.inbound.spi);
@@ -225,6 +238,11 @@ impl SaRepository {
                 rules,
                 parked,
                 successor: None,
+                own_parked: Vec::new(),
+                predecessor: info
+                    .rekey_of
+                    .filter(|_| info.initiated_here && !info.redundant),
+                fallback: None,
                 sas: kept,
                 local: info.local.ip(),
                 remote: info.remote.ip(),
@@ -246,9 +264,35 @@ impl SaRepository {
         self.removed += 1;
         let mut ups = Vec::new();
         let mut spd_changed = !c.rules.is_empty();
-        if let Some(n) = c.successor.and_then(|s| self.children.get_mut(&s)) {
-            n.rules = core::mem::take(&mut n.parked);
-            spd_changed = true;
+        if c.own_parked.is_empty() {
+            // The peer's replacement takes over.
+            if let Some(n) = c.successor.and_then(|s| self.children.get_mut(&s)) {
+                n.rules = core::mem::take(&mut n.parked);
+                spd_changed = true;
+            }
+        } else if let Some(succ) = c.successor {
+            // Both ends replaced it (a simultaneous rekey): ours carries the traffic; if ours
+            // turns out to be the redundant one and goes, the peer's takes over then.
+            if let Some(ours) = self
+                .children
+                .values_mut()
+                .find(|o| o.predecessor == Some(spi_in))
+            {
+                ours.fallback = Some(succ);
+            }
+        }
+        if !c.rules.is_empty() {
+            // Our replacement went (we lost a simultaneous rekey): the old CHILD_SA carries
+            // the traffic again if it is still there, else the peer's replacement.
+            if let Some(p) = c.predecessor.and_then(|p| self.children.get_mut(&p)) {
+                if p.rules.is_empty() {
+                    p.rules = core::mem::take(&mut p.own_parked);
+                    spd_changed = true;
+                }
+            } else if let Some(f) = c.fallback.and_then(|f| self.children.get_mut(&f)) {
+                f.rules = core::mem::take(&mut f.parked);
+                spd_changed = true;
+            }
         }
         if spd_changed {
             ups.push(Update::ReplaceSpd {
@@ -338,6 +382,7 @@ mod tests {
             udp_encap: true,
             rekey_of,
             initiated_here: here,
+            redundant: false,
         }
     }
 
@@ -461,6 +506,7 @@ mod peer_rekey_tests {
             udp_encap: false,
             rekey_of,
             initiated_here: false,
+            redundant: false,
         }
     }
 

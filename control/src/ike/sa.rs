@@ -160,6 +160,9 @@ pub struct ChildSaInfo {
     pub rekey_of: Option<u32>,
     /// True when this end started the exchange that made it.
     pub initiated_here: bool,
+    /// Made by our rekey but redundant: the peer rekeyed the same CHILD_SA at the same time
+    /// and its exchange won (RFC 7296 2.8.1). We delete it at once and never send on it.
+    pub redundant: bool,
 }
 
 /// What happened, for the SA repository.
@@ -289,6 +292,13 @@ struct Child {
     local_ts: Vec<TrafficSelector>,
     remote_ts: Vec<TrafficSelector>,
     rekey_at: u64,
+    /// We sent a rekey request for this CHILD_SA and await the answer.
+    rekeying: bool,
+    /// We already replaced it by our own rekey (its delete is queued or in flight).
+    replaced: bool,
+    /// The peer rekeyed it while we were rekeying it too: the CHILD_SA we created for the
+    /// peer (its inbound SPI) and the lowest nonce of that exchange (RFC 7296 2.8.1).
+    peer_rekey: Option<(u32, Vec<u8>)>,
 }
 
 struct IkeSa {
@@ -1023,6 +1033,9 @@ impl Endpoint {
             } else {
                 0
             },
+            rekeying: false,
+            replaced: false,
+            peer_rekey: None,
         };
         let info = sa.child_info(&child, r2i, i2r, None, true);
         sa.children.push(child);
@@ -1221,6 +1234,9 @@ impl Endpoint {
                     } else {
                         0
                     },
+                    rekeying: false,
+                    replaced: false,
+                    peer_rekey: None,
                 };
                 let info = sa.child_info(&child, i2r, r2i, None, false);
                 sa.children.push(child);
@@ -1414,6 +1430,10 @@ impl Endpoint {
         });
         let old = match old_out {
             Some(o) => match sa.children.iter().find(|c| c.spi_out == o) {
+                // We replaced it already; our delete of it is on its way (RFC 7296 2.25).
+                Some(c) if c.replaced => {
+                    return Some(vec![Payload::notify(notify::TEMPORARY_FAILURE, vec![])])
+                }
                 Some(c) => Some(c.clone()),
                 None => return Some(vec![Payload::notify(notify::CHILD_SA_NOT_FOUND, vec![])]),
             },
@@ -1470,10 +1490,27 @@ impl Endpoint {
             } else {
                 0
             },
+            rekeying: false,
+            replaced: false,
+            peer_rekey: None,
         };
         let info = sa.child_info(&child, i2r, r2i, old.as_ref().map(|c| c.spi_in), false);
         sa.children.push(child);
         self.events.push_back(Event::ChildUp(info));
+        // We are rekeying the same CHILD_SA: remember this exchange's lowest nonce for the
+        // collision rule when our own answer comes.
+        if let Some(o) = &old {
+            if let Some(c) = sa
+                .children
+                .iter_mut()
+                .find(|c| c.spi_in == o.spi_in && c.rekeying)
+            {
+                c.peer_rekey = Some((
+                    new_in,
+                    core::cmp::min(ni.as_slice(), nr.as_slice()).to_vec(),
+                ));
+            }
+        }
         let mut reply = vec![
             Payload::Sa(vec![esp_proposal(num, &esp, new_in)]),
             Payload::Nonce(nr),
@@ -1567,9 +1604,15 @@ impl Endpoint {
                 self.send_request(now, spi, id, data, Request::DeleteChild { spi_in });
             }
             Action::RekeyChild(old_in) => {
-                let Some(old) = sa.children.iter().find(|c| c.spi_in == old_in).cloned() else {
+                let Some(old) = sa
+                    .children
+                    .iter_mut()
+                    .find(|c| c.spi_in == old_in && !c.replaced && !c.rekeying)
+                else {
                     return self.next_action(now, spi);
                 };
+                old.rekeying = true;
+                let old = old.clone();
                 let Some(cfg) = sa.peer.clone() else { return };
                 let new_spi = self.spi32();
                 let nonce = self.nonce();
@@ -1684,6 +1727,7 @@ impl Endpoint {
             // Refused (e.g. TEMPORARY_FAILURE during a simultaneous rekey): try again later.
             if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == old_in) {
                 c.rekey_at = now + 10 * SEC;
+                c.rekeying = false;
             }
             return;
         };
@@ -1718,12 +1762,30 @@ impl Endpoint {
             } else {
                 0
             },
+            rekeying: false,
+            replaced: false,
+            peer_rekey: None,
         };
-        let info = sa.child_info(&child, r2i, i2r, Some(old_in), true);
+        let mut info = sa.child_info(&child, r2i, i2r, Some(old_in), true);
         sa.children.push(child);
+        let our_min = core::cmp::min(ni, nr).to_vec();
+        let Some(old) = sa.children.iter_mut().find(|c| c.spi_in == old_in) else {
+            return;
+        };
+        old.rekeying = false;
+        old.replaced = true;
+        match old.peer_rekey.take() {
+            // Both ends rekeyed it at once (RFC 7296 2.8.1): the CHILD_SA made with the lowest
+            // of the four nonces is redundant and its creator deletes it. If that is ours, we
+            // never send on it, delete it, and leave the old one to the peer, whose rekey won.
+            Some((_, peer_min)) if our_min < peer_min => {
+                info.redundant = true;
+                sa.queue.push_front(Action::DeleteChild(new_spi));
+            }
+            // Ours won (or there was no collision): make-before-break, the old one goes now.
+            _ => sa.queue.push_front(Action::DeleteChild(old_in)),
+        }
         self.events.push_back(Event::ChildUp(info));
-        // Make-before-break: the new SA is up; now the old one goes.
-        sa.queue.push_front(Action::DeleteChild(old_in));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2054,6 +2116,7 @@ impl IkeSa {
             udp_encap: self.nat || self.remote.port() == 4500,
             rekey_of,
             initiated_here,
+            redundant: false,
         }
     }
 }

@@ -569,3 +569,78 @@ fn garbage_and_forged_messages_are_dropped_without_harm() {
     assert!(p.gw.drops.values().sum::<u64>() >= 190);
     assert_eq!(p.gw.list().len(), 1, "the SA survives");
 }
+
+#[test]
+fn simultaneous_child_rekeys_leave_exactly_one_new_child() {
+    // Several seeds, so that both outcomes of the nonce comparison occur.
+    let mut outcomes = std::collections::HashSet::new();
+    for seed in 0..12u8 {
+        let mut c = client_cfg();
+        c.name = "gw".into();
+        let mut p = Pair::new(c, gateway_cfg());
+        p.client = Endpoint::new(
+            EndpointConfig {
+                peers: vec![client_cfg()],
+                ..Default::default()
+            },
+            [seed.wrapping_add(100); 32],
+        );
+        let cid = p.connect();
+        p.drive();
+        let gid = p
+            .gw_events
+            .iter()
+            .find_map(|e| {
+                if let Event::IkeUp { ike, .. } = e {
+                    Some(*ike)
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        let old = Pair::children(&p.client_events)[0].clone();
+        p.client_events.clear();
+        p.gw_events.clear();
+        // Both ends start a rekey of the same CHILD_SA before either hears of the other's.
+        p.client.rekey_child(p.now, cid, old.inbound.spi).unwrap();
+        p.gw.rekey_child(p.now, gid, old.outbound.spi).unwrap();
+        p.drive();
+        let (cl, gl) = (p.client.list(), p.gw.list());
+        assert_eq!(
+            cl[0].3.len(),
+            1,
+            "seed {seed}: client keeps one CHILD_SA: {:?}",
+            p.client_events
+        );
+        assert_eq!(
+            gl[0].3.len(),
+            1,
+            "seed {seed}: gateway keeps one CHILD_SA: {:?}",
+            p.gw_events
+        );
+        let (ci, co) = cl[0].3[0];
+        let (gi, go) = gl[0].3[0];
+        assert_eq!(
+            (ci, co),
+            (go, gi),
+            "seed {seed}: the survivor is the same SA on both ends"
+        );
+        assert_ne!(ci, old.inbound.spi, "seed {seed}: it is a new one");
+        // Its keys match on both ends.
+        let c = Pair::children(&p.client_events)
+            .into_iter()
+            .find(|x| x.inbound.spi == ci)
+            .unwrap();
+        let g = Pair::children(&p.gw_events)
+            .into_iter()
+            .find(|x| x.inbound.spi == gi)
+            .unwrap();
+        assert_keys_pair(&c, &g);
+        outcomes.insert(c.initiated_here);
+    }
+    assert_eq!(
+        outcomes.len(),
+        2,
+        "both the client's and the gateway's rekey won sometimes"
+    );
+}
