@@ -192,7 +192,7 @@ impl DataplaneProcess {
     /// Starts `roamgate dataplane` and waits until its SAs are installed (its first stats
     /// file appears).
     pub fn start(bin: &Path, ns: &str, config: &Path, dir: &Path, name: &str) -> DataplaneProcess {
-        Self::start_sub(bin, "dataplane", ns, config, dir, name)
+        Self::start_sub(bin, "dataplane", ns, config, dir, name, &[])
     }
 
     /// As [`start`](Self::start) for another subcommand (`run`).
@@ -203,6 +203,7 @@ impl DataplaneProcess {
         config: &Path,
         dir: &Path,
         name: &str,
+        extra: &[&str],
     ) -> DataplaneProcess {
         let stats_file = dir.join(format!("{name}.stats.json"));
         let _ = std::fs::remove_file(&stats_file);
@@ -222,7 +223,11 @@ impl DataplaneProcess {
                 "50",
                 "--socket",
                 socket.to_str().expect("utf-8 path"),
-            ],
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>(),
             name,
         );
         let t = Instant::now();

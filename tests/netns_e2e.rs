@@ -306,19 +306,34 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
 
 #[test]
 fn af_xdp_both_gateways() {
-    run("netns_af_xdp", "rgx", Kind::AfXdp, Kind::AfXdp);
+    run(
+        "netns_af_xdp",
+        &format!("rgx{}", std::process::id() % 100_000),
+        Kind::AfXdp,
+        Kind::AfXdp,
+    );
 }
 
 #[cfg(feature = "dpdk")]
 #[test]
 fn dpdk_both_gateways() {
-    run("netns_dpdk", "rgd", Kind::Dpdk, Kind::Dpdk);
+    run(
+        "netns_dpdk",
+        &format!("rgd{}", std::process::id() % 100_000),
+        Kind::Dpdk,
+        Kind::Dpdk,
+    );
 }
 
 #[cfg(feature = "dpdk")]
 #[test]
 fn af_xdp_and_dpdk_mixed() {
-    run("netns_mixed", "rgm", Kind::AfXdp, Kind::Dpdk);
+    run(
+        "netns_mixed",
+        &format!("rgm{}", std::process::id() % 100_000),
+        Kind::AfXdp,
+        Kind::Dpdk,
+    );
 }
 
 /// iperf3 A -> B: (TCP Gbit/s, UDP 64-byte datagrams delivered per second).
@@ -385,7 +400,7 @@ fn measure_port_throughput() {
 
     // The cap: kernel IP forwarding in the gateway namespaces, no crypto.
     {
-        let lab = NetnsLab::up("rgk");
+        let lab = NetnsLab::up(&format!("{}{}", "rgk", std::process::id() % 100_000));
         let in_ns = roamgate_tests::netns::in_ns;
         for (g, lan, wan, peer, remote) in [
             (
@@ -417,7 +432,7 @@ fn measure_port_throughput() {
         kinds.push((Kind::Dpdk, "roamgate DPDK net_af_packet, ESP"));
     }
     for (kind, label) in kinds {
-        let lab = NetnsLab::up("rgp");
+        let lab = NetnsLab::up(&format!("{}{}", "rgp", std::process::id() % 100_000));
         let a = DataplaneProcess::start(
             Path::new(BIN),
             &lab.ns("gwa"),

@@ -160,7 +160,7 @@ fn strongswan_road_warrior_against_roamgate_run() {
         return;
     }
     let dir = scratch("strongswan_interop");
-    let lab = RwLab::up("rgi");
+    let lab = RwLab::up(&format!("rgi{}", std::process::id() % 100_000));
     // roamgate rekeys on its own too: the CHILD_SA every 8 s, the IKE SA every 14 s.
     let cfg = std::fs::read_to_string(root().join("configs/interop-gw.yaml"))
         .unwrap()
@@ -170,8 +170,15 @@ fn strongswan_road_warrior_against_roamgate_run() {
         );
     let cfg_path = dir.join("gw.yaml");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let gw =
-        DataplaneProcess::start_sub(Path::new(BIN), "run", &lab.ns("gw"), &cfg_path, &dir, "gw");
+    let gw = DataplaneProcess::start_sub(
+        Path::new(BIN),
+        "run",
+        &lab.ns("gw"),
+        &cfg_path,
+        &dir,
+        "gw",
+        &["--shm", dir.join("control.shm").to_str().unwrap()],
+    );
     // Every IPv4 frame on the client's link (the namespace's own multicast chatter, IGMP and
     // IPv6 neighbour discovery, is not tunnel traffic; a leak of inner IPv4 would show).
     let capture = Capture::start(
@@ -367,7 +374,7 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
         return;
     }
     let dir = scratch("strongswan_split");
-    let lab = RwLab::up("rgs");
+    let lab = RwLab::up(&format!("rgs{}", std::process::id() % 100_000));
     let cfg = root().join("configs/interop-gw.yaml");
     let shm = dir.join("control.shm");
     let start_control = |name: &str| {
@@ -409,16 +416,24 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
     let dp = start_dataplane("dataplane");
     let rw_dir = dir.join("rw");
     std::fs::create_dir_all(&rw_dir).unwrap();
-    std::fs::copy(
-        root().join("tests/tools/strongswan/rw-psk.swanctl.conf"),
-        rw_dir.join("swanctl.conf"),
-    )
-    .unwrap();
+    // This client proposes only AES-CBC with HMAC-SHA2-256-128 for IKE (the other test
+    // covers AES-GCM).
+    let conf = std::fs::read_to_string(root().join("tests/tools/strongswan/rw-psk.swanctl.conf"))
+        .unwrap()
+        .replace(
+            "proposals = aes128gcm16-prfsha256-x25519",
+            "proposals = aes128-sha256-x25519",
+        );
+    assert!(conf.contains("aes128-sha256-x25519"));
+    std::fs::write(rw_dir.join("swanctl.conf"), conf).unwrap();
     let charon = Charon::start(&lab.ns("rw"), &rw_dir);
     std::thread::sleep(Duration::from_millis(500));
     let out = charon.swanctl(&["--initiate", "--child", "net"]);
     assert!(out.contains("initiate completed successfully"), "{out}");
     assert_eq!(pings(&lab, 3), 3, "through two processes");
+    assert!(charon
+        .swanctl(&["--list-sas"])
+        .contains("AES_CBC-128/HMAC_SHA2_256_128"));
     let ike_spis = |s: &str| {
         s.lines()
             .find(|l| l.contains("ESTABLISHED"))

@@ -21,6 +21,7 @@ fn peer(name: &str, local: &str, remote: &str, dh: DhGroup) -> PeerConfig {
             encr_bits: 128,
             prf: Prf::HmacSha256,
             dh,
+            cbc: false,
         }],
         esp_proposals: vec![EspProposal {
             encr_bits: 128,

@@ -104,30 +104,46 @@ pub struct Connection {
     pub initiate_to: Option<std::net::SocketAddr>,
 }
 
-/// Parses `aes128gcm16-prfsha256-x25519` (also `aes256gcm16`, `prfsha384`, `prfsha512`,
-/// `ecp256`, `modp2048`). A missing PRF defaults to prfsha256.
+/// Parses strongSwan-style IKE proposals: `aes128gcm16-prfsha256-x25519` (AES-GCM-16; also
+/// `aes256gcm16`, `prfsha384`, `prfsha512`, `ecp256`, `modp2048`) or `aes128-sha256-x25519`
+/// (AES-CBC 128/256 with HMAC-SHA2-256-128). A missing PRF is prfsha256.
 pub fn parse_ike_proposal(s: &str) -> Result<IkeProposal, String> {
     let mut encr = None;
+    let mut cbc = false;
+    let mut integ = false;
     let mut prf = Prf::HmacSha256;
     let mut dh = None;
     for part in s.split('-') {
         match part {
             "aes128gcm16" | "aes128gcm" => encr = Some(128),
             "aes256gcm16" | "aes256gcm" => encr = Some(256),
+            "aes128" => (encr, cbc) = (Some(128), true),
+            "aes256" => (encr, cbc) = (Some(256), true),
+            "sha256" => integ = true,
             "prfsha256" => prf = Prf::HmacSha256,
             "prfsha384" => prf = Prf::HmacSha384,
             "prfsha512" => prf = Prf::HmacSha512,
             "x25519" | "curve25519" => dh = Some(DhGroup::X25519),
             "ecp256" => dh = Some(DhGroup::Ecp256),
             "modp2048" => dh = Some(DhGroup::Modp2048),
-            other => return Err(format!("'{other}' in '{s}' is not supported (aes128gcm16|aes256gcm16, prfsha256|384|512, x25519|ecp256|modp2048)")),
+            other => return Err(format!("'{other}' in '{s}' is not supported (aes128gcm16|aes256gcm16, or aes128|aes256 with sha256; prfsha256|384|512; x25519|ecp256|modp2048)")),
         }
     }
+    if cbc && !integ {
+        return Err(format!(
+            "'{s}': AES-CBC needs an integrity algorithm (sha256)"
+        ));
+    }
+    if !cbc && integ {
+        return Err(format!(
+            "'{s}': AES-GCM takes no separate integrity algorithm"
+        ));
+    }
     Ok(IkeProposal {
-        encr_bits: encr
-            .ok_or_else(|| format!("'{s}' names no encryption (aes128gcm16 or aes256gcm16)"))?,
+        encr_bits: encr.ok_or_else(|| format!("'{s}' names no encryption"))?,
         prf,
         dh: dh.ok_or_else(|| format!("'{s}' names no DH group (x25519, ecp256 or modp2048)"))?,
+        cbc,
     })
 }
 
@@ -300,6 +316,12 @@ mod tests {
             (256, Prf::HmacSha384, DhGroup::Ecp256)
         );
         assert!(parse_ike_proposal("aes128cbc-sha256-x25519").is_err());
+        let c = parse_ike_proposal("aes256-sha256-ecp256").unwrap();
+        assert!(c.cbc && c.encr_bits == 256);
+        assert!(
+            parse_ike_proposal("aes128-x25519").is_err(),
+            "CBC without integrity"
+        );
         assert!(parse_ike_proposal("aes128gcm16")
             .unwrap_err()
             .contains("no DH group"));

@@ -252,6 +252,9 @@ fn left_pad(b: &[u8], len: usize) -> Vec<u8> {
 pub struct IkeKeys {
     pub prf: Prf,
     pub sk_d: Secret,
+    /// Integrity keys (empty for AES-GCM, which has none).
+    pub sk_ai: Secret,
+    pub sk_ar: Secret,
     pub sk_ei: Secret,
     pub sk_er: Secret,
     pub sk_pi: Secret,
@@ -278,6 +281,7 @@ impl IkeKeys {
         spi_i: u64,
         spi_r: u64,
         encr_len: usize,
+        integ_len: usize,
     ) -> IkeKeys {
         let skeyseed = match old_sk_d {
             None => prf.prf(&[ni, nr].concat(), &[shared]),
@@ -289,17 +293,20 @@ impl IkeKeys {
         seed.extend_from_slice(&spi_i.to_be_bytes());
         seed.extend_from_slice(&spi_r.to_be_bytes());
         let p = prf.output_len();
-        let km = prf.prf_plus(&skeyseed, &seed, 3 * p + 2 * encr_len);
+        let (e, a) = (encr_len, integ_len);
+        let km = prf.prf_plus(&skeyseed, &seed, 3 * p + 2 * e + 2 * a);
         let take = |from: usize, n: usize| {
             Zeroizing::new(km.get(from..from + n).unwrap_or_default().to_vec())
         };
         IkeKeys {
             prf,
             sk_d: take(0, p),
-            sk_ei: take(p, encr_len),
-            sk_er: take(p + encr_len, encr_len),
-            sk_pi: take(p + 2 * encr_len, p),
-            sk_pr: take(2 * p + 2 * encr_len, p),
+            sk_ai: take(p, a),
+            sk_ar: take(p + a, a),
+            sk_ei: take(p + 2 * a, e),
+            sk_er: take(p + 2 * a + e, e),
+            sk_pi: take(p + 2 * a + 2 * e, p),
+            sk_pr: take(2 * p + 2 * a + 2 * e, p),
         }
     }
 }
@@ -355,12 +362,60 @@ pub fn nat_hash(spi_i: u64, spi_r: u64, addr: core::net::IpAddr, port: u16) -> V
     d.finish().as_ref().to_vec()
 }
 
-/// The encrypted payload's cipher for one direction: AES-GCM with a 16-byte ICV and an 8-byte
-/// explicit IV (RFC 5282). The IV is a counter, so it never repeats under one key.
+/// The encrypted payload's cipher for one direction: AES-GCM-16 (RFC 5282: 8-byte explicit IV,
+/// 16-byte ICV) or AES-CBC with HMAC-SHA2-256-128 (RFC 7296 3.14, RFC 4868). IVs never repeat:
+/// GCM's is a counter; CBC's is the counter encrypted under the key (unpredictable to anyone
+/// without it, NIST SP 800-38A appendix C).
 pub struct SkCipher {
-    key: aead::LessSafeKey,
-    salt: [u8; 4],
+    kind: SkKind,
     next_iv: u64,
+}
+
+enum SkKind {
+    Gcm {
+        key: Box<aead::LessSafeKey>,
+        salt: [u8; 4],
+    },
+    Cbc {
+        aes: Box<Aes>,
+        integ: hmac::Key,
+    },
+}
+
+enum Aes {
+    A128(Box<aes::Aes128>),
+    A256(Box<aes::Aes256>),
+}
+
+impl Aes {
+    fn new(k: &[u8]) -> Option<Aes> {
+        use aes::cipher::KeyInit;
+        match k.len() {
+            16 => aes::Aes128::new_from_slice(k)
+                .ok()
+                .map(|c| Aes::A128(Box::new(c))),
+            32 => aes::Aes256::new_from_slice(k)
+                .ok()
+                .map(|c| Aes::A256(Box::new(c))),
+            _ => None,
+        }
+    }
+    fn encrypt(&self, b: &mut [u8; 16]) {
+        use aes::cipher::BlockEncrypt;
+        let blk = aes::Block::from_mut_slice(b);
+        match self {
+            Aes::A128(c) => c.encrypt_block(blk),
+            Aes::A256(c) => c.encrypt_block(blk),
+        }
+    }
+    fn decrypt(&self, b: &mut [u8; 16]) {
+        use aes::cipher::BlockDecrypt;
+        let blk = aes::Block::from_mut_slice(b);
+        match self {
+            Aes::A128(c) => c.decrypt_block(blk),
+            Aes::A256(c) => c.decrypt_block(blk),
+        }
+    }
 }
 
 impl core::fmt::Debug for SkCipher {
@@ -371,6 +426,9 @@ impl core::fmt::Debug for SkCipher {
 
 pub const SK_IV_LEN: usize = 8;
 pub const SK_ICV_LEN: usize = 16;
+const CBC_BLOCK: usize = 16;
+/// HMAC-SHA2-256-128: a 32-byte key, the MAC truncated to 16 bytes.
+pub const INTEG_SHA256_KEY_LEN: usize = 32;
 
 /// Why an encrypted payload did not open.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -384,7 +442,7 @@ pub enum SkError {
 }
 
 impl SkCipher {
-    /// From key material: the AES key followed by the 4-byte salt.
+    /// AES-GCM from key material: the AES key followed by the 4-byte salt.
     pub fn new(keymat: &[u8]) -> Option<SkCipher> {
         let (k, salt) = keymat.split_at_checked(keymat.len().checked_sub(4)?)?;
         let alg = match k.len() {
@@ -396,65 +454,161 @@ impl SkCipher {
         let mut s = [0u8; 4];
         s.copy_from_slice(salt);
         Some(SkCipher {
-            key,
-            salt: s,
+            kind: SkKind::Gcm {
+                key: Box::new(key),
+                salt: s,
+            },
             next_iv: 1,
         })
     }
 
-    fn nonce(&self, iv: &[u8; 8]) -> aead::Nonce {
-        let mut n = [0u8; 12];
-        n[..4].copy_from_slice(&self.salt);
-        n[4..].copy_from_slice(iv);
-        aead::Nonce::assume_unique_for_key(n)
+    /// AES-CBC with HMAC-SHA2-256-128.
+    pub fn new_cbc(encr_key: &[u8], integ_key: &[u8]) -> Option<SkCipher> {
+        Some(SkCipher {
+            kind: SkKind::Cbc {
+                aes: Box::new(Aes::new(encr_key)?),
+                integ: hmac::Key::new(hmac::HMAC_SHA256, integ_key),
+            },
+            next_iv: 1,
+        })
     }
 
-    /// IV | ciphertext | ICV of `inner` (the inner payload chain), padded with a zero pad
-    /// length; `aad` is the IKE header and the SK generic header.
-    pub fn seal(&mut self, aad: &[u8], inner: &[u8]) -> Vec<u8> {
-        let iv = self.next_iv.to_be_bytes();
-        self.next_iv = self.next_iv.wrapping_add(1);
-        let mut buf = Vec::with_capacity(SK_IV_LEN + inner.len() + 1 + SK_ICV_LEN);
-        buf.extend_from_slice(&iv);
-        let mut pt = inner.to_vec();
-        pt.push(0); // pad length: no padding needed for GCM
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(self.nonce(&iv), aead::Aad::from(aad), &mut pt)
-            .ok();
-        buf.extend_from_slice(&pt);
-        pt.zeroize();
-        match tag {
-            Some(t) => buf.extend_from_slice(t.as_ref()),
-            None => buf.extend_from_slice(&[0u8; SK_ICV_LEN]),
+    /// Bytes of the SK payload body (IV, ciphertext with padding, ICV) for `inner` bytes.
+    pub fn sealed_len(&self, inner: usize) -> usize {
+        match self.kind {
+            SkKind::Gcm { .. } => SK_IV_LEN + inner + 1 + SK_ICV_LEN,
+            SkKind::Cbc { .. } => {
+                CBC_BLOCK + (inner + 1).div_ceil(CBC_BLOCK) * CBC_BLOCK + SK_ICV_LEN
+            }
         }
-        buf
+    }
+
+    /// IV | ciphertext | ICV of `inner` (the inner payload chain); `aad` is the message up to
+    /// the SK payload's body (IKE header and SK generic header), whose length fields already
+    /// count [`sealed_len`](Self::sealed_len).
+    pub fn seal(&mut self, aad: &[u8], inner: &[u8]) -> Vec<u8> {
+        let ctr = self.next_iv;
+        self.next_iv = self.next_iv.wrapping_add(1);
+        match &self.kind {
+            SkKind::Gcm { key, salt } => {
+                let iv = ctr.to_be_bytes();
+                let mut buf = Vec::with_capacity(SK_IV_LEN + inner.len() + 1 + SK_ICV_LEN);
+                buf.extend_from_slice(&iv);
+                let mut pt = inner.to_vec();
+                pt.push(0); // pad length: GCM needs no padding
+                let tag = key
+                    .seal_in_place_separate_tag(gcm_nonce(salt, &iv), aead::Aad::from(aad), &mut pt)
+                    .ok();
+                buf.extend_from_slice(&pt);
+                pt.zeroize();
+                match tag {
+                    Some(t) => buf.extend_from_slice(t.as_ref()),
+                    None => buf.extend_from_slice(&[0u8; SK_ICV_LEN]),
+                }
+                buf
+            }
+            SkKind::Cbc { aes, integ } => {
+                let mut iv = [0u8; CBC_BLOCK];
+                iv[8..].copy_from_slice(&ctr.to_be_bytes());
+                aes.encrypt(&mut iv);
+                let mut pt = Zeroizing::new(inner.to_vec());
+                let pad = (CBC_BLOCK - (inner.len() + 1) % CBC_BLOCK) % CBC_BLOCK;
+                pt.extend(core::iter::repeat_n(0u8, pad));
+                pt.push(pad as u8);
+                let mut out = Vec::with_capacity(CBC_BLOCK + pt.len() + SK_ICV_LEN);
+                out.extend_from_slice(&iv);
+                let mut prev = iv;
+                for chunk in pt.chunks(CBC_BLOCK) {
+                    let mut b = [0u8; CBC_BLOCK];
+                    for (i, x) in b.iter_mut().enumerate() {
+                        *x = chunk.get(i).copied().unwrap_or(0) ^ prev[i];
+                    }
+                    aes.encrypt(&mut b);
+                    out.extend_from_slice(&b);
+                    prev = b;
+                }
+                let mut ctx = hmac::Context::with_key(integ);
+                ctx.update(aad);
+                ctx.update(&out);
+                out.extend_from_slice(ctx.sign().as_ref().get(..SK_ICV_LEN).unwrap_or_default());
+                out
+            }
+        }
     }
 
     /// The inner payload chain of IV | ciphertext | ICV.
     pub fn open(&self, aad: &[u8], body: &[u8]) -> Result<Secret, SkError> {
-        if body.len() < SK_IV_LEN + 1 + SK_ICV_LEN {
-            return Err(SkError::Short);
+        match &self.kind {
+            SkKind::Gcm { key, salt } => {
+                if body.len() < SK_IV_LEN + 1 + SK_ICV_LEN {
+                    return Err(SkError::Short);
+                }
+                let (iv, rest) = body.split_at(SK_IV_LEN);
+                let mut ivb = [0u8; 8];
+                ivb.copy_from_slice(iv);
+                let mut ct = Zeroizing::new(rest.to_vec());
+                let pt = key
+                    .open_in_place(gcm_nonce(salt, &ivb), aead::Aad::from(aad), &mut ct)
+                    .map_err(|_| SkError::Integrity)?;
+                strip_padding(pt)
+            }
+            SkKind::Cbc { aes, integ } => {
+                if body.len() < 2 * CBC_BLOCK + SK_ICV_LEN
+                    || (body.len() - SK_ICV_LEN) % CBC_BLOCK != 0
+                {
+                    return Err(SkError::Short);
+                }
+                let (signed, icv) = body.split_at(body.len() - SK_ICV_LEN);
+                let mut ctx = hmac::Context::with_key(integ);
+                ctx.update(aad);
+                ctx.update(signed);
+                let mac = ctx.sign();
+                let want = mac.as_ref().get(..SK_ICV_LEN).unwrap_or_default();
+                // Constant time: the MAC is checked before anything is decrypted.
+                if want.len() != icv.len()
+                    || want.iter().zip(icv).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
+                {
+                    return Err(SkError::Integrity);
+                }
+                let (iv, ct) = signed.split_at(CBC_BLOCK);
+                let mut prev = [0u8; CBC_BLOCK];
+                prev.copy_from_slice(iv);
+                let mut pt = Zeroizing::new(Vec::with_capacity(ct.len()));
+                for chunk in ct.chunks(CBC_BLOCK) {
+                    let mut b = [0u8; CBC_BLOCK];
+                    b.copy_from_slice(chunk);
+                    let c = b;
+                    aes.decrypt(&mut b);
+                    for (x, p) in b.iter_mut().zip(prev) {
+                        *x ^= p;
+                    }
+                    pt.extend_from_slice(&b);
+                    prev = c;
+                }
+                strip_padding(&pt)
+            }
         }
-        let (iv, rest) = body.split_at(SK_IV_LEN);
-        let mut ivb = [0u8; 8];
-        ivb.copy_from_slice(iv);
-        let mut ct = Zeroizing::new(rest.to_vec());
-        let pt = self
-            .key
-            .open_in_place(self.nonce(&ivb), aead::Aad::from(aad), &mut ct)
-            .map_err(|_| SkError::Integrity)?;
-        let pad = usize::from(*pt.last().ok_or(SkError::Padding)?);
-        let inner_len = pt.len().checked_sub(1 + pad).ok_or(SkError::Padding)?;
-        Ok(Zeroizing::new(
-            pt.get(..inner_len).unwrap_or_default().to_vec(),
-        ))
     }
 
     /// Encryption key material length for AES-GCM with `key_bits` (salt included).
     pub fn keymat_len(key_bits: u16) -> usize {
         usize::from(key_bits / 8) + 4
     }
+}
+
+fn gcm_nonce(salt: &[u8; 4], iv: &[u8; 8]) -> aead::Nonce {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(salt);
+    n[4..].copy_from_slice(iv);
+    aead::Nonce::assume_unique_for_key(n)
+}
+
+fn strip_padding(pt: &[u8]) -> Result<Secret, SkError> {
+    let pad = usize::from(*pt.last().ok_or(SkError::Padding)?);
+    let inner_len = pt.len().checked_sub(1 + pad).ok_or(SkError::Padding)?;
+    Ok(Zeroizing::new(
+        pt.get(..inner_len).unwrap_or_default().to_vec(),
+    ))
 }
 
 #[cfg(test)]
@@ -562,6 +716,7 @@ mod tests {
             1,
             2,
             20,
+            0,
         );
         let skeyseed = Prf::HmacSha256.prf(&[[1u8; 32], [2u8; 32]].concat(), &[b"shared"]);
         let mut seed = [[1u8; 32], [2u8; 32]].concat();
@@ -573,5 +728,31 @@ mod tests {
         assert_eq!(&k.sk_er[..], &km[52..72]);
         assert_eq!(&k.sk_pi[..], &km[72..104]);
         assert_eq!(&k.sk_pr[..], &km[104..136]);
+    }
+}
+
+#[cfg(test)]
+mod cbc_tests {
+    use super::*;
+
+    #[test]
+    fn cbc_hmac_round_trip_padding_and_tamper() {
+        for klen in [16usize, 32] {
+            let mut s = SkCipher::new_cbc(&vec![3u8; klen], &[9u8; 32]).unwrap();
+            let o = SkCipher::new_cbc(&vec![3u8; klen], &[9u8; 32]).unwrap();
+            for n in [0usize, 1, 15, 16, 17, 100] {
+                let inner = vec![0x5au8; n];
+                let c = s.seal(b"aad", &inner);
+                assert_eq!(c.len(), s.sealed_len(n));
+                assert_eq!(o.open(b"aad", &c).unwrap().as_slice(), inner.as_slice());
+                let mut bad = c.clone();
+                bad[20] ^= 1;
+                assert_eq!(o.open(b"aad", &bad), Err(SkError::Integrity));
+                assert_eq!(o.open(b"AAD", &c), Err(SkError::Integrity));
+            }
+            let a = s.seal(b"x", b"same");
+            let b = s.seal(b"x", b"same");
+            assert_ne!(a[..16], b[..16], "IVs differ");
+        }
     }
 }

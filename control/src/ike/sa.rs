@@ -34,12 +34,34 @@ use super::wire::{
 
 const SEC: u64 = 1_000_000_000;
 
-/// An IKE SA proposal: AES-GCM-16 with `encr_bits`, a PRF and a DH group.
+/// An IKE SA proposal: AES-GCM-16 (or, with `cbc`, AES-CBC with HMAC-SHA2-256-128) with
+/// `encr_bits`, a PRF and a DH group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IkeProposal {
     pub encr_bits: u16,
     pub prf: Prf,
     pub dh: DhGroup,
+    pub cbc: bool,
+}
+
+impl IkeProposal {
+    /// Encryption key material per direction (GCM: key and salt; CBC: the key).
+    fn encr_len(&self) -> usize {
+        if self.cbc {
+            usize::from(self.encr_bits / 8)
+        } else {
+            SkCipher::keymat_len(self.encr_bits)
+        }
+    }
+
+    /// Integrity key length per direction (none for GCM).
+    fn integ_len(&self) -> usize {
+        if self.cbc {
+            crypto::INTEG_SHA256_KEY_LEN
+        } else {
+            0
+        }
+    }
 }
 
 /// An ESP proposal: AES-GCM-16 with `encr_bits`, ESN or not.
@@ -680,7 +702,8 @@ impl Endpoint {
             &nr,
             h.spi_i,
             spi_r,
-            SkCipher::keymat_len(prop.encr_bits),
+            prop.encr_len(),
+            prop.integ_len(),
         ));
         let reply = vec![
             Payload::Sa(vec![Proposal {
@@ -872,7 +895,8 @@ impl Endpoint {
             nr,
             sa.spi_i,
             sa.spi_r,
-            SkCipher::keymat_len(prop.encr_bits),
+            prop.encr_len(),
+            prop.integ_len(),
         ));
         sa.outstanding = None;
         sa.last_heard = now;
@@ -1365,7 +1389,8 @@ impl Endpoint {
                 &nr,
                 new_spi_i,
                 new_spi_r,
-                SkCipher::keymat_len(prop.encr_bits),
+                prop.encr_len(),
+                prop.integ_len(),
             );
             let mut new = IkeSa::new(
                 IkeSaId(new_spi_r),
@@ -1820,7 +1845,8 @@ impl Endpoint {
             nr,
             new_spi_i,
             new_spi_r,
-            SkCipher::keymat_len(prop.encr_bits),
+            prop.encr_len(),
+            prop.integ_len(),
         );
         let cfg = sa.peer.clone();
         let mut new = IkeSa::new(
@@ -2003,12 +2029,17 @@ impl IkeSa {
     }
 
     fn install_keys(&mut self, keys: IkeKeys) {
-        let (out, inn) = match self.role {
-            Role::Initiator => (&keys.sk_ei, &keys.sk_er),
-            Role::Responder => (&keys.sk_er, &keys.sk_ei),
+        let (out, inn, a_out, a_in) = match self.role {
+            Role::Initiator => (&keys.sk_ei, &keys.sk_er, &keys.sk_ai, &keys.sk_ar),
+            Role::Responder => (&keys.sk_er, &keys.sk_ei, &keys.sk_ar, &keys.sk_ai),
         };
-        self.sk_out = SkCipher::new(out);
-        self.sk_in = SkCipher::new(inn);
+        if self.prop.cbc {
+            self.sk_out = SkCipher::new_cbc(out, a_out);
+            self.sk_in = SkCipher::new_cbc(inn, a_in);
+        } else {
+            self.sk_out = SkCipher::new(out);
+            self.sk_in = SkCipher::new(inn);
+        }
         self.keys = Some(keys);
     }
 
@@ -2051,7 +2082,10 @@ impl IkeSa {
         if self.role == Role::Initiator {
             flags |= wire::FLAG_INITIATOR;
         }
-        let sk_len = 4 + crypto::SK_IV_LEN + body.len() + 1 + crypto::SK_ICV_LEN;
+        let sk_len = 4 + self.sk_out.as_ref().map_or(
+            crypto::SK_IV_LEN + body.len() + 1 + crypto::SK_ICV_LEN,
+            |c| c.sealed_len(body.len()),
+        );
         let mut msg = Vec::with_capacity(wire::HEADER_LEN + sk_len);
         Header {
             spi_i: self.spi_i,
@@ -2140,12 +2174,23 @@ fn plain_message(spi_i: u64, spi_r: u64, exch: u8, flags: u8, id: u32, p: &[Payl
 }
 
 fn ike_transforms(p: &IkeProposal) -> Vec<Transform> {
-    vec![
-        Transform {
-            kind: transform::ENCR,
-            id: transform::ENCR_AES_GCM_16,
-            key_len: Some(p.encr_bits),
+    let mut t = vec![Transform {
+        kind: transform::ENCR,
+        id: if p.cbc {
+            transform::ENCR_AES_CBC
+        } else {
+            transform::ENCR_AES_GCM_16
         },
+        key_len: Some(p.encr_bits),
+    }];
+    if p.cbc {
+        t.push(Transform {
+            kind: transform::INTEG,
+            id: transform::AUTH_HMAC_SHA2_256_128,
+            key_len: None,
+        });
+    }
+    t.extend([
         Transform {
             kind: transform::PRF,
             id: p.prf.id(),
@@ -2156,7 +2201,8 @@ fn ike_transforms(p: &IkeProposal) -> Vec<Transform> {
             id: p.dh.id(),
             key_len: None,
         },
-    ]
+    ]);
+    t
 }
 
 fn ike_proposals_payload(props: &[IkeProposal], spi: &[u8]) -> Vec<Proposal> {
@@ -2214,11 +2260,15 @@ fn select_ike(theirs: &[Proposal], ours: &[IkeProposal]) -> Option<(u8, IkePropo
                     .iter()
                     .any(|x| x.kind == kind && x.id == id && (key.is_none() || x.key_len == key))
             };
-            if has(
-                transform::ENCR,
-                transform::ENCR_AES_GCM_16,
-                Some(o.encr_bits),
-            ) && has(transform::PRF, o.prf.id(), None)
+            let encr = if o.cbc {
+                transform::ENCR_AES_CBC
+            } else {
+                transform::ENCR_AES_GCM_16
+            };
+            let integ_ok = !o.cbc || has(transform::INTEG, transform::AUTH_HMAC_SHA2_256_128, None);
+            if has(transform::ENCR, encr, Some(o.encr_bits))
+                && integ_ok
+                && has(transform::PRF, o.prf.id(), None)
                 && has(transform::DH, o.dh.id(), None)
             {
                 return Some((t.num, *o));

@@ -24,6 +24,7 @@ fn peer(name: &str, local: &str, remote: Option<&str>, psk: &[u8]) -> PeerConfig
             encr_bits: 128,
             prf: Prf::HmacSha256,
             dh: DhGroup::X25519,
+            cbc: false,
         }],
         esp_proposals: vec![EspProposal {
             encr_bits: 128,
@@ -259,10 +260,15 @@ fn every_proposal_and_group_negotiates() {
             (256, Prf::HmacSha384),
             (256, Prf::HmacSha512),
         ] {
-            for esn in [false, true] {
+            for (esn, cbc) in [(false, false), (true, false), (false, true), (true, true)] {
                 let mut c = client_cfg();
                 let mut g = gateway_cfg();
-                c.ike_proposals = vec![IkeProposal { encr_bits, prf, dh }];
+                c.ike_proposals = vec![IkeProposal {
+                    encr_bits,
+                    prf,
+                    dh,
+                    cbc,
+                }];
                 g.ike_proposals = c.ike_proposals.clone();
                 c.esp_proposals = vec![EspProposal { encr_bits, esn }];
                 g.esp_proposals = c.esp_proposals.clone();
@@ -293,11 +299,13 @@ fn invalid_ke_payload_makes_the_client_retry_with_the_gateways_group() {
             encr_bits: 128,
             prf: Prf::HmacSha256,
             dh: DhGroup::Ecp256,
+            cbc: false,
         },
         IkeProposal {
             encr_bits: 128,
             prf: Prf::HmacSha256,
             dh: DhGroup::X25519,
+            cbc: false,
         },
     ];
     let mut g = gateway_cfg();
@@ -305,6 +313,7 @@ fn invalid_ke_payload_makes_the_client_retry_with_the_gateways_group() {
         encr_bits: 128,
         prf: Prf::HmacSha256,
         dh: DhGroup::X25519,
+        cbc: false,
     }];
     let mut p = Pair::new(c, g);
     p.connect();

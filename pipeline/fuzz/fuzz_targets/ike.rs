@@ -22,8 +22,7 @@ fuzz_target!(|data: &[u8]| {
         ike_proposals: vec![IkeProposal {
             encr_bits: 128,
             prf: Prf::HmacSha256,
-            dh: DhGroup::X25519,
-        }],
+            dh: DhGroup::X25519, cbc: false }],
         esp_proposals: vec![EspProposal {
             encr_bits: 128,
             esn: false,
