@@ -402,19 +402,21 @@ impl Aes {
     }
     fn encrypt(&self, b: &mut [u8; 16]) {
         use aes::cipher::BlockEncrypt;
-        let blk = aes::Block::from_mut_slice(b);
+        let mut blk = aes::Block::from(*b);
         match self {
-            Aes::A128(c) => c.encrypt_block(blk),
-            Aes::A256(c) => c.encrypt_block(blk),
+            Aes::A128(c) => c.encrypt_block(&mut blk),
+            Aes::A256(c) => c.encrypt_block(&mut blk),
         }
+        b.copy_from_slice(&blk);
     }
     fn decrypt(&self, b: &mut [u8; 16]) {
         use aes::cipher::BlockDecrypt;
-        let blk = aes::Block::from_mut_slice(b);
+        let mut blk = aes::Block::from(*b);
         match self {
-            Aes::A128(c) => c.decrypt_block(blk),
-            Aes::A256(c) => c.decrypt_block(blk),
+            Aes::A128(c) => c.decrypt_block(&mut blk),
+            Aes::A256(c) => c.decrypt_block(&mut blk),
         }
+        b.copy_from_slice(&blk);
     }
 }
 
