@@ -286,6 +286,23 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
         .expect("roamgate stats");
     let stats_text = String::from_utf8_lossy(&out.stdout);
     assert!(stats_text.contains("auth_failed"), "{stats_text}");
+    let out = Command::new(BIN)
+        .args(["status", "--socket", gw_a.socket.to_str().expect("utf-8")])
+        .output()
+        .expect("roamgate status");
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("worker 0: generation") && status.contains("2 inbound / 2 outbound SAs"),
+        "{status}"
+    );
+    assert!(
+        status.contains(if kind_a == Kind::AfXdp {
+            "AF_XDP"
+        } else {
+            "DPDK"
+        }),
+        "{status}"
+    );
 
     let final_a = gw_a.stop();
     let final_b = gw_b.stop();

@@ -118,7 +118,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
                         .filter(|j| !j.is_empty())
                         .unwrap_or_else(|| r#"{"ike_sas":[]}"#.into()),
                 ),
-                "sas" | "stats" => Some(
+                "sas" | "stats" | "status" => Some(
                     serde_json::json!({ "gateway": name, "sas": [], "note": "the control plane; ask the data plane's socket for its SAs and counters" })
                         .to_string(),
                 ),

@@ -414,7 +414,15 @@ fn serve<P: Port + 'static>(
             let port_stats = opened.port_stats.clone();
             let sa_names: Vec<String> = gw.sas.iter().map(|s| s.name.clone()).collect();
             let ike_view = ike.as_ref().map(|c| c.view.clone());
+            let describe = opened.describe.clone();
+            let started = Instant::now();
+            let control = match (&args.shm, ike.is_some()) {
+                (Some(p), _) => format!("roamgate control at {}", p.display()),
+                (None, true) => "in this process".to_string(),
+                (None, false) => "none (static SAs)".to_string(),
+            };
             let handler: crate::views::Handler = Box::new(move |req| match req {
+                "status" => Some(status_json(&name, &describe, &control, started, &handles)),
                 "stats" => Some(stats_json(&name, &handles, &*port_stats)),
                 "sas" => Some(sas_json(&name, &handles, &sa_names)),
                 // Only when IKE runs in this process; otherwise the control plane answers.
@@ -554,6 +562,49 @@ fn stats_json(
         "traffic": traffic,
         "drops": drops,
         "ports": port_stats(),
+    })
+    .to_string()
+}
+
+/// What the process is and how it is doing, one JSON object.
+fn status_json(
+    name: &str,
+    ports: &str,
+    control: &str,
+    started: Instant,
+    handles: &[WorkerHandle],
+) -> String {
+    let workers: Vec<serde_json::Value> = handles
+        .iter()
+        .map(|h| {
+            let (mut sa_in, mut sa_out) = (0, 0);
+            if let Ok(l) = h.sa_counters.lock() {
+                for e in l.iter() {
+                    match e.direction {
+                        pipeline::msg::Direction::Inbound => sa_in += 1,
+                        pipeline::msg::Direction::Outbound => sa_out += 1,
+                    }
+                }
+            }
+            let s = h.counters.snapshot();
+            serde_json::json!({
+                "worker": h.id,
+                "generation": h.counters.generation.get(),
+                "sas_in": sa_in,
+                "sas_out": sa_out,
+                "rx_packets": s.traffic(Traffic::RxPackets),
+                "tx_packets": s.traffic(Traffic::TxPackets),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "gateway": name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_secs": started.elapsed().as_secs(),
+        "ports": ports,
+        "control_plane": control,
+        "workers": workers,
     })
     .to_string()
 }

@@ -46,6 +46,8 @@ enum Command {
     /// Run the control plane alone (IKEv2, the SA repository) on a shared-memory channel to
     /// `roamgate dataplane --shm` (same config file).
     Control(control_proc::ControlArgs),
+    /// Show what a running gateway is: ports, workers, control plane, IKE SAs.
+    Status(views::ViewArgs),
     /// Show a running process's counters (read-only, over its view socket).
     Stats(views::ViewArgs),
     /// List a running process's SAs with their counters (never keys).
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Dataplane(args) => dataplane::run(args, false),
         Command::Run(args) => supervise::run(args),
         Command::Control(args) => control_proc::run(args),
+        Command::Status(args) => views::status(args),
         Command::Stats(args) => views::stats(args),
         Command::Sa(args) => views::sas(args),
     };

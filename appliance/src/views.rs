@@ -103,6 +103,55 @@ pub struct ViewArgs {
     json: bool,
 }
 
+/// `roamgate status`: what the process is, its workers, its control plane and IKE SAs.
+pub fn status(args: ViewArgs) -> Result<()> {
+    let v = ask(&args.socket, "status")?;
+    let ike = ask(&args.socket, "ike").ok().or_else(|| {
+        let mut p = args.socket.clone().into_os_string();
+        p.push(".ike");
+        ask(std::path::Path::new(&p), "ike").ok()
+    });
+    if args.json {
+        println!("{}", serde_json::json!({ "dataplane": v, "ike": ike }));
+        return Ok(());
+    }
+    println!(
+        "{} (roamgate {}, pid {}), up {} s",
+        v["gateway"].as_str().unwrap_or("?"),
+        v["version"].as_str().unwrap_or("?"),
+        v["pid"],
+        v["uptime_secs"]
+    );
+    println!("  ports: {}", v["ports"].as_str().unwrap_or("?"));
+    println!(
+        "  control plane: {}",
+        v["control_plane"].as_str().unwrap_or("?")
+    );
+    for w in v["workers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!(
+            "  worker {}: generation {}, {} inbound / {} outbound SAs, rx {} tx {}",
+            w["worker"],
+            w["generation"],
+            w["sas_in"],
+            w["sas_out"],
+            w["rx_packets"],
+            w["tx_packets"]
+        );
+    }
+    if let Some(ike) = ike {
+        let sas = ike["ike_sas"].as_array().map(Vec::len).unwrap_or(0);
+        println!(
+            "  IKE: {sas} IKE SA(s); CHILD_SAs installed {}, rekeyed {}, removed {}",
+            ike["children_installed"], ike["children_rekeyed"], ike["children_removed"]
+        );
+    }
+    Ok(())
+}
+
 /// `roamgate stats`: counters, drops by reason, port counters.
 pub fn stats(args: ViewArgs) -> Result<()> {
     let v = ask(&args.socket, "stats")?;
