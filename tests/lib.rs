@@ -16,6 +16,7 @@ use pipeline::spd::Spd;
 use pipeline::worker::Worker;
 
 pub mod netns;
+pub mod strongswan;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

@@ -7,146 +7,25 @@
 //!
 //! Needs root (prints a SKIP line otherwise; CI runs it as root), strongSwan, iperf3, tshark.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use roamgate_tests::netns::{in_ns, root_or_skip, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{root_or_skip, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::strongswan::{
+    ask, ike_view, iperf_tcp, iperf_udp, swanctl_conf, wait_for, Charon, ScriptLab,
+};
 use roamgate_tests::{have_tool, root, scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
 
-struct RwLab {
-    prefix: String,
+fn rw_lab(prefix: &str) -> ScriptLab {
+    ScriptLab::up("rw-up", "rw-down", prefix)
 }
 
-impl RwLab {
-    fn up(prefix: &str) -> RwLab {
-        let out = Command::new("bash")
-            .arg(root().join("vendor-scripts/netns-lab.sh"))
-            .args(["rw-up", prefix])
-            .output()
-            .expect("netns-lab.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        RwLab {
-            prefix: prefix.into(),
-        }
-    }
-    fn ns(&self, n: &str) -> String {
-        format!("{}-{n}", self.prefix)
-    }
-}
-
-impl Drop for RwLab {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(root().join("vendor-scripts/netns-lab.sh"))
-            .args(["rw-down", &self.prefix])
-            .status();
-    }
-}
-
-/// strongSwan's charon in a namespace (killed, by its pid, on drop).
-struct Charon {
-    pid: String,
-    ns: String,
-    dir: std::path::PathBuf,
-}
-
-impl Charon {
-    fn start(ns: &str, dir: &Path) -> Charon {
-        let out = Command::new("bash")
-            .arg(root().join("tests/tools/strongswan/charon-netns.sh"))
-            .args(["start", ns, dir.to_str().unwrap()])
-            .output()
-            .expect("charon-netns.sh");
-        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !pid.is_empty(),
-            "charon did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Charon {
-            pid,
-            ns: ns.into(),
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn swanctl(&self, args: &[&str]) -> String {
-        let out = Command::new("bash")
-            .arg(root().join("tests/tools/strongswan/charon-netns.sh"))
-            .args(["swanctl", &self.ns, self.dir.to_str().unwrap()])
-            .args(args)
-            .output()
-            .expect("swanctl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Charon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(&self.pid).status();
-    }
-}
-
-/// The IKE view of a `roamgate run`: the control plane's socket next to the data plane's.
-fn ike_view(sock: &Path) -> serde_json::Value {
-    let mut p = sock.as_os_str().to_owned();
-    p.push(".ike");
-    ask(Path::new(&p), "ike")
-}
-
-fn ask(sock: &Path, req: &str) -> serde_json::Value {
-    let mut c = UnixStream::connect(sock).expect("view socket");
-    c.write_all(format!("{req}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(&c).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).expect("JSON")
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn pings(lab: &RwLab, n: u32) -> u32 {
-    let out = in_ns(
-        &lab.ns("rw"),
-        &[
-            "ping",
-            "-c",
-            &n.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "10.9.0.10",
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.split_once(" packets transmitted, ")?
-                .1
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+/// Pings the gateway's LAN host from the road warrior.
+fn pings(lab: &ScriptLab, n: u32) -> u32 {
+    roamgate_tests::strongswan::pings(&lab.ns("rw"), "10.9.0.10", n)
 }
 
 #[test]
@@ -160,7 +39,7 @@ fn strongswan_road_warrior_against_roamgate_run() {
         return;
     }
     let dir = scratch("strongswan_interop");
-    let lab = RwLab::up(&format!("rgi{}", std::process::id() % 100_000));
+    let lab = rw_lab(&format!("rgi{}", std::process::id() % 100_000));
     // roamgate rekeys on its own too: the CHILD_SA every 8 s, the IKE SA every 14 s.
     let cfg = std::fs::read_to_string(root().join("configs/interop-gw.yaml"))
         .unwrap()
@@ -187,14 +66,11 @@ fn strongswan_road_warrior_against_roamgate_run() {
         "ip and not igmp",
         &dir.join("rw-link.pcap"),
     );
-    let rw_dir = dir.join("rw");
-    std::fs::create_dir_all(&rw_dir).unwrap();
-    std::fs::copy(
-        root().join("tests/tools/strongswan/rw-psk.swanctl.conf"),
-        rw_dir.join("swanctl.conf"),
-    )
-    .unwrap();
-    let charon = Charon::start(&lab.ns("rw"), &rw_dir);
+    let charon = Charon::start_with(
+        &lab.ns("rw"),
+        &dir.join("rw"),
+        &swanctl_conf("rw-psk.swanctl.conf"),
+    );
 
     // Up, with a virtual IP.
     let out = charon.swanctl(&["--initiate", "--child", "net"]);
@@ -224,51 +100,18 @@ fn strongswan_road_warrior_against_roamgate_run() {
         "iperf3 -s",
     );
     std::thread::sleep(Duration::from_millis(500));
-    let udp: serde_json::Value = serde_json::from_slice(
-        &in_ns(
-            &lab.ns("rw"),
-            &[
-                "iperf3",
-                "-c",
-                "10.9.0.10",
-                "-u",
-                "-b",
-                "20M",
-                "-t",
-                "4",
-                "-J",
-            ],
-        )
-        .stdout,
-    )
-    .expect("iperf3 JSON");
-    let s = &udp["end"]["sum"];
-    let (pk, lost) = (
-        s["packets"].as_u64().unwrap_or(0),
-        s["lost_packets"].as_u64().unwrap_or(u64::MAX),
-    );
+    let (pk, lost) = iperf_udp(&lab.ns("rw"), "10.9.0.10", "20M", 4);
     println!("UDP stream through strongSwan <-> roamgate: {pk} datagrams, {lost} lost");
     assert!(
         pk > 1000 && lost * 100 <= pk,
         "UDP stream: {pk} sent, {lost} lost"
     );
-    let tcp: serde_json::Value = serde_json::from_slice(
-        &in_ns(
-            &lab.ns("rw"),
-            &["iperf3", "-c", "10.9.0.10", "-t", "4", "-J"],
-        )
-        .stdout,
-    )
-    .expect("iperf3 JSON");
-    let bytes = tcp["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    let (bytes, bps) = iperf_tcp(&lab.ns("rw"), "10.9.0.10", 4);
     println!(
         "TCP through strongSwan <-> roamgate: {:.3} Gbit/s",
-        tcp["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
-            / 1e9
+        bps / 1e9
     );
-    assert!(bytes > 1_000_000, "{tcp}");
+    assert!(bytes > 1_000_000, "TCP: {bytes} bytes");
     drop(server);
 
     // roamgate's own rekeys happened (CHILD_SA and IKE SA) and traffic still flows.
@@ -298,11 +141,7 @@ fn strongswan_road_warrior_against_roamgate_run() {
         })
         .map(str::to_owned)
         .expect("the supervised data plane");
-    let ike_before = charon
-        .swanctl(&["--list-sas"])
-        .lines()
-        .next()
-        .map(str::to_owned);
+    let ike_before = charon.ike_sa_line();
     Command::new("kill")
         .args(["-KILL", &dp_pid])
         .status()
@@ -310,15 +149,7 @@ fn strongswan_road_warrior_against_roamgate_run() {
     wait_for("traffic after the supervised restart", 20, || {
         pings(&lab, 1) == 1
     });
-    assert_eq!(
-        charon
-            .swanctl(&["--list-sas"])
-            .lines()
-            .next()
-            .map(str::to_owned),
-        ike_before,
-        "the same IKE SA"
-    );
+    assert_eq!(charon.ike_sa_line(), ike_before, "the same IKE SA");
 
     // Delete from the client: gone on both sides.
     assert!(charon
@@ -374,7 +205,7 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
         return;
     }
     let dir = scratch("strongswan_split");
-    let lab = RwLab::up(&format!("rgs{}", std::process::id() % 100_000));
+    let lab = rw_lab(&format!("rgs{}", std::process::id() % 100_000));
     let cfg = root().join("configs/interop-gw.yaml");
     let shm = dir.join("control.shm");
     let start_control = |name: &str| {
@@ -414,19 +245,14 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
     let ctl = start_control("control");
     wait_for("the control channel", 10, || shm.exists());
     let dp = start_dataplane("dataplane");
-    let rw_dir = dir.join("rw");
-    std::fs::create_dir_all(&rw_dir).unwrap();
     // This client proposes only AES-CBC with HMAC-SHA2-256-128 for IKE (the other test
     // covers AES-GCM).
-    let conf = std::fs::read_to_string(root().join("tests/tools/strongswan/rw-psk.swanctl.conf"))
-        .unwrap()
-        .replace(
-            "proposals = aes128gcm16-prfsha256-x25519",
-            "proposals = aes128-sha256-x25519",
-        );
+    let conf = swanctl_conf("rw-psk.swanctl.conf").replace(
+        "proposals = aes128gcm16-prfsha256-x25519",
+        "proposals = aes128-sha256-x25519",
+    );
     assert!(conf.contains("aes128-sha256-x25519"));
-    std::fs::write(rw_dir.join("swanctl.conf"), conf).unwrap();
-    let charon = Charon::start(&lab.ns("rw"), &rw_dir);
+    let charon = Charon::start_with(&lab.ns("rw"), &dir.join("rw"), &conf);
     std::thread::sleep(Duration::from_millis(500));
     let out = charon.swanctl(&["--initiate", "--child", "net"]);
     assert!(out.contains("initiate completed successfully"), "{out}");
@@ -434,12 +260,7 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
     assert!(charon
         .swanctl(&["--list-sas"])
         .contains("AES_CBC-128/HMAC_SHA2_256_128"));
-    let ike_spis = |s: &str| {
-        s.lines()
-            .find(|l| l.contains("ESTABLISHED"))
-            .map(str::to_owned)
-    };
-    let before = ike_spis(&charon.swanctl(&["--list-sas"]));
+    let before = charon.ike_sa_line();
 
     // The data plane dies and comes back.
     dp.signal("KILL");
@@ -454,7 +275,7 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
         "the CHILD_SA was rekeyed: {v}"
     );
     assert_eq!(
-        ike_spis(&charon.swanctl(&["--list-sas"])),
+        charon.ike_sa_line(),
         before,
         "same IKE SA, no new handshake"
     );

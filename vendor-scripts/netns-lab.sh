@@ -18,6 +18,10 @@
 #            PFX-lan 10.9.0.10 -- lan [roamgate PFX-gw] wan 192.0.2.1 -- eth0 192.0.2.10 PFX-rw
 #          (PFX-rw runs strongSwan; virtual IPs 10.99.0.0/24 are routed back via the gateway)
 #        netns-lab.sh rw-down [PFX]
+#        netns-lab.sh cl-up [PFX]  the client lab (roamgate client against a strongSwan gateway):
+#            PFX-home 10.7.0.10 -- lan [roamgate client PFX-cl] wan 192.0.2.10 --
+#              eth0 192.0.2.1 [PFX-sgw, strongSwan, forwarding] eth1 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
+#        netns-lab.sh cl-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
 set -euo pipefail
@@ -26,6 +30,7 @@ cmd=${1:-}
 p=${2:-rg}
 NSS="lana gwa net gwb lanb"
 RW_NSS="lan gw rw"
+CL_NSS="home cl sgw srv"
 
 down() {
     for n in $NSS; do
@@ -119,11 +124,54 @@ rw_up() {
     ip -n "$p-rw" addr add 192.0.2.10/24 dev eth0
 }
 
+cl_down() {
+    for n in $CL_NSS; do
+        ip netns del "$p-$n" 2>/dev/null || true
+    done
+}
+
+cl_up() {
+    cl_down
+    for n in $CL_NSS; do
+        ip netns add "$p-$n"
+        ip -n "$p-$n" link set lo up
+    done
+    ip link add lan0 netns "$p-home" address 02:00:00:00:07:fe type veth \
+        peer name lan netns "$p-cl" address 02:00:00:00:07:01
+    ip link add wan netns "$p-cl" address 02:00:00:00:02:10 type veth \
+        peer name eth0 netns "$p-sgw" address 02:00:00:00:02:01
+    ip link add eth1 netns "$p-sgw" address 02:00:00:00:09:01 type veth \
+        peer name lan0 netns "$p-srv" address 02:00:00:00:09:fe
+    ip netns exec "$p-cl" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    ip netns exec "$p-cl" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+    for d in lan wan; do
+        offloads_off "$p-cl" "$d"
+        ip -n "$p-cl" link set dev "$d" up
+    done
+    offloads_off "$p-home" lan0
+    ip -n "$p-home" link set lan0 up
+    ip -n "$p-home" addr add 10.7.0.10/24 dev lan0
+    ip -n "$p-home" route add default via 10.7.0.1
+    ip netns exec "$p-sgw" sysctl -qw net.ipv4.ip_forward=1
+    for d in eth0 eth1; do
+        offloads_off "$p-sgw" "$d"
+        ip -n "$p-sgw" link set "$d" up
+    done
+    ip -n "$p-sgw" addr add 192.0.2.1/24 dev eth0
+    ip -n "$p-sgw" addr add 10.9.0.1/24 dev eth1
+    offloads_off "$p-srv" lan0
+    ip -n "$p-srv" link set lan0 up
+    ip -n "$p-srv" addr add 10.9.0.10/24 dev lan0
+    ip -n "$p-srv" route add default via 10.9.0.1
+}
+
 case "$cmd" in
 up) up ;;
 down) down ;;
 rw-up) rw_up ;;
 rw-down) rw_down ;;
+cl-up) cl_up ;;
+cl-down) cl_down ;;
 exec)
     shift
     ns=$1
@@ -131,7 +179,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

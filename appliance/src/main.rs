@@ -43,6 +43,10 @@ enum Command {
     /// Run a gateway with IKEv2: `control` and `dataplane` as two supervised processes on a
     /// shared-memory channel (or, with --single-process, both in one process).
     Run(supervise::RunArgs),
+    /// Run a road-warrior client: like `run`, but every IKE connection is initiated to a
+    /// gateway, and the LAN behind the client reaches the gateway's networks as the virtual
+    /// IP the gateway assigns (LAN flows masqueraded to it inside the tunnel).
+    Client(supervise::RunArgs),
     /// Run the control plane alone (IKEv2, the SA repository) on a shared-memory channel to
     /// `roamgate dataplane --shm` (same config file).
     Control(control_proc::ControlArgs),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Lab(args) => lab::run(args),
         Command::Dataplane(args) => dataplane::run(args, false),
         Command::Run(args) => supervise::run(args),
+        Command::Client(args) => supervise::client(args),
         Command::Control(args) => control_proc::run(args),
         Command::Status(args) => views::status(args),
         Command::Stats(args) => views::stats(args),

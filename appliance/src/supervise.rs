@@ -88,6 +88,15 @@ impl Supervised {
     }
 }
 
+/// `roamgate client`: `run` for a file whose connections are all initiated (a road warrior).
+pub fn client(args: RunArgs) -> Result<()> {
+    let dp = &args.dataplane;
+    let file: control::config::DataplaneFile = control::config::load(dp.config())?;
+    file.validate(dp.config())?;
+    file.ike.validate_client(dp.config(), "ike")?;
+    run(args)
+}
+
 pub fn run(args: RunArgs) -> Result<()> {
     if args.single_process {
         if args.dataplane.shm().is_some() {

@@ -296,6 +296,31 @@ impl IkeYaml {
     }
 }
 
+impl IkeYaml {
+    /// The checks a road-warrior client's file must pass on top of [`validate`]
+    /// (`roamgate client`): at least one connection, each initiated to a gateway.
+    ///
+    /// [`validate`]: IkeYaml::validate
+    pub fn validate_client(&self, file: &Path, at: &str) -> Result<Vec<Connection>, ConfigError> {
+        let conns = self.validate(file, at)?;
+        if conns.is_empty() {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                key: format!("{at}.connections"),
+                what: "a client needs a connection to a gateway".into(),
+            });
+        }
+        if let Some(i) = conns.iter().position(|c| c.initiate_to.is_none()) {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                key: format!("{at}.connections[{i}].remote_addr"),
+                what: "a client initiates every connection: give the gateway's address".into(),
+            });
+        }
+        Ok(conns)
+    }
+}
+
 /// The endpoint configuration of validated connections.
 pub fn endpoint_config(conns: &[Connection]) -> EndpointConfig {
     EndpointConfig {

@@ -16,13 +16,15 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use pipeline::nat::MasqueradeConfig;
+
 use pipeline::crypto::AeadAlg;
 use pipeline::esp::sa::{SaKeys, SaParams, UdpEncap};
 use pipeline::ids::{SaId, Spi};
 use pipeline::msg::{Direction, Update};
 use pipeline::spd::{Action, PortRange, Prefix, Rule, Selector};
 
-use crate::ike::sa::{ChildSaInfo, Event};
+use crate::ike::sa::{ChildSaInfo, Event, IkeSaId};
 use crate::ike::wire::TrafficSelector;
 
 /// Dynamic SA ids start here (static SAs from the config use their index).
@@ -71,6 +73,8 @@ pub struct SaRepository {
     children: BTreeMap<u32, ChildRec>,
     next_id: u32,
     next_rule: u32,
+    /// A client's virtual IP and the IKE SA that holds it.
+    vip: Option<(IkeSaId, std::net::Ipv4Addr)>,
     /// Children installed, rekeyed, removed (for views and tests).
     pub installed: u64,
     pub rekeyed: u64,
@@ -92,6 +96,7 @@ impl SaRepository {
             children: BTreeMap::new(),
             next_id: FIRST_ID,
             next_rule: FIRST_RULE,
+            vip: None,
             installed: 0,
             rekeyed: 0,
             removed: 0,
@@ -116,8 +121,42 @@ impl SaRepository {
         match e {
             Event::ChildUp(info) => self.child_up(info),
             Event::ChildDown { spi_in, .. } => Ok(self.child_down(*spi_in)),
+            Event::IkeUp {
+                ike,
+                virtual_ip: Some(IpAddr::V4(v)),
+                virtual_ip_is_ours: true,
+                ..
+            } => {
+                self.vip = Some((*ike, *v));
+                Ok(vec![self.virtual_ip_update()])
+            }
+            Event::IkeRekeyed { old, new, .. } => {
+                if let Some((ike, _)) = self.vip.as_mut().filter(|(i, _)| i == old) {
+                    *ike = *new;
+                }
+                Ok(Vec::new())
+            }
+            Event::IkeDown { ike, .. } if self.vip.is_some_and(|(i, _)| i == *ike) => {
+                self.vip = None;
+                Ok(vec![self.virtual_ip_update()])
+            }
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// A client's virtual IP as the data plane's masquerade inside the tunnel (or none).
+    fn virtual_ip_update(&self) -> Update {
+        Update::SetVirtualIp {
+            config: self.vip.map(|(_, v)| MasqueradeConfig {
+                external_addr: v,
+                ..MasqueradeConfig::default()
+            }),
+        }
+    }
+
+    /// The virtual IP the peer assigned us, if we are a client that holds one.
+    pub fn virtual_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.vip.map(|(_, v)| v)
     }
 
     fn alloc_id(&mut self) -> SaId {
@@ -321,6 +360,9 @@ impl SaRepository {
         v.push(Update::ReplaceSpd {
             rules: self.rules(),
         });
+        if self.vip.is_some() {
+            v.push(self.virtual_ip_update());
+        }
         v
     }
 
@@ -538,5 +580,61 @@ mod peer_rekey_tests {
         assert_ne!(rules[0].action, old_action);
         assert!(matches!(ups[1], Update::DeleteOutbound { .. }));
         assert!(matches!(ups[2], Update::DeleteInbound { spi: Spi(0x10) }));
+    }
+}
+
+#[cfg(test)]
+mod virtual_ip_tests {
+    use super::*;
+    use crate::ike::sa::DownReason;
+
+    fn up(ike: u64, vip: &str, ours: bool) -> Event {
+        Event::IkeUp {
+            ike: IkeSaId(ike),
+            peer: "home".into(),
+            remote_id: "gw".into(),
+            local: "192.0.2.10:500".parse().unwrap(),
+            remote: "192.0.2.1:500".parse().unwrap(),
+            virtual_ip: Some(vip.parse().unwrap()),
+            virtual_ip_is_ours: ours,
+        }
+    }
+
+    fn vip_of(u: &[Update]) -> Option<Option<std::net::Ipv4Addr>> {
+        u.iter().find_map(|u| match u {
+            Update::SetVirtualIp { config } => Some(config.as_ref().map(|c| c.external_addr)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_clients_virtual_ip_follows_its_ike_sa_through_rekeys_and_restarts() {
+        let mut r = SaRepository::new(Vec::new(), 64);
+        // A gateway that leased an address to its peer masquerades nothing.
+        assert!(r.on_event(&up(7, "10.99.0.9", false)).unwrap().is_empty());
+        let ups = r.on_event(&up(1, "10.99.0.5", true)).unwrap();
+        assert_eq!(vip_of(&ups), Some(Some("10.99.0.5".parse().unwrap())));
+        // A fresh data plane gets it back.
+        assert_eq!(
+            vip_of(&r.full_state()),
+            Some(Some("10.99.0.5".parse().unwrap()))
+        );
+        // The rekeyed IKE SA keeps it; the old one going does not clear it.
+        r.on_event(&Event::IkeRekeyed {
+            old: IkeSaId(1),
+            new: IkeSaId(2),
+            initiated_here: true,
+        })
+        .unwrap();
+        let down = |ike| Event::IkeDown {
+            ike: IkeSaId(ike),
+            reason: DownReason::Deleted,
+        };
+        assert!(r.on_event(&down(1)).unwrap().is_empty());
+        assert!(r.on_event(&down(7)).unwrap().is_empty());
+        assert_eq!(r.virtual_ip(), Some("10.99.0.5".parse().unwrap()));
+        let ups = r.on_event(&down(2)).unwrap();
+        assert_eq!(vip_of(&ups), Some(None));
+        assert_eq!(vip_of(&r.full_state()), None);
     }
 }

@@ -293,6 +293,7 @@ impl IkeControl {
             "ike_rekeys_by_peer": self.rekeys[3],
             "ike_sas_down": self.ike_down,
             "ike_sas_up": self.ike_up,
+            "virtual_ip": self.repo.virtual_ip().map(|v| v.to_string()),
         })
         .to_string();
         if let Ok(mut v) = self.view.lock() {

@@ -106,6 +106,9 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
         Update::SetMasquerade { config } => {
             Command::ReplaceMasquerade(config.clone().map(|c| Box::new(Masquerade::new(c))))
         }
+        Update::SetVirtualIp { config } => {
+            Command::ReplaceVirtualIp(config.clone().map(|c| Box::new(Masquerade::new(c))))
+        }
         Update::ReplaceSpd { rules } => {
             Command::ReplaceSpd(Box::new(Spd::new(rules.clone()).map_err(AgentError::Spd)?))
         }

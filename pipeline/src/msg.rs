@@ -54,6 +54,11 @@ pub enum Update {
     ReplaceSpd { rules: Vec<Rule> },
     /// Turn masquerading of bypassed IPv4 traffic on (with a fresh session table) or off.
     SetMasquerade { config: Option<MasqueradeConfig> },
+    /// A road-warrior client's virtual IP (`config.external_addr`, assigned by the gateway):
+    /// LAN traffic that a protect rule for the virtual IP covers is rewritten to it before
+    /// sealing, and the answers back after opening (a masquerade inside the tunnel); `None`
+    /// turns it off.
+    SetVirtualIp { config: Option<MasqueradeConfig> },
 }
 
 /// An [`Update`] with the generation it is applied under: one record on a worker's update ring.
@@ -171,6 +176,7 @@ pub enum Command {
     },
     ReplaceSpd(Box<Spd>),
     ReplaceMasquerade(Option<Box<Masquerade>>),
+    ReplaceVirtualIp(Option<Box<Masquerade>>),
 }
 
 /// A command and its generation.

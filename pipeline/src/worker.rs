@@ -97,6 +97,8 @@ pub struct Worker<P: Port> {
     sad: Sad,
     spd: Box<Spd>,
     nat: Option<Box<Masquerade>>,
+    /// A client's virtual IP: LAN flows are masqueraded to it inside the tunnel.
+    vip_nat: Option<Box<Masquerade>>,
     counters: Arc<CoreCounters>,
     sa_counters: SaCounterList,
     control: ControlLink,
@@ -143,6 +145,7 @@ impl<P: Port> Worker<P> {
             sad,
             spd,
             nat: None,
+            vip_nat: None,
             counters: Arc::new(CoreCounters::default()),
             sa_counters: Arc::new(std::sync::Mutex::new(Vec::new())),
             control,
@@ -374,6 +377,11 @@ impl<P: Port> Worker<P> {
                     self.release(Released::Masquerade(old));
                 }
             }
+            Command::ReplaceVirtualIp(nat) => {
+                if let Some(old) = core::mem::replace(&mut self.vip_nat, nat) {
+                    self.release(Released::Masquerade(old));
+                }
+            }
         }
         Ok(())
     }
@@ -485,6 +493,18 @@ impl<P: Port> Worker<P> {
         if pkt.hop_limit <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
+        // A client: LAN flows go into the tunnel as the virtual IP the gateway assigned.
+        if let Some(vip) = self.vip_nat.as_ref().map(|n| IpAddr::V4(n.external_addr())) {
+            if !pkt.ipv6 && pkt.key.src != vip {
+                let key = FlowKey {
+                    src: vip,
+                    ..pkt.key
+                };
+                if let Some(Action::Protect(id)) = self.spd.lookup(&key).map(|r| r.action) {
+                    return self.protect(f, &pkt, id, now, true);
+                }
+            }
+        }
         let Some(rule) = self.spd.lookup(&pkt.key) else {
             return Verdict::Drop(DropReason::NoPolicy);
         };
@@ -505,11 +525,20 @@ impl<P: Port> Worker<P> {
                 self.counters.count(Traffic::Bypassed, 1);
                 forward(f, &self.wan_link, pkt.ipv6, Verdict::ToWan)
             }
-            Action::Protect(id) => self.protect(f, &pkt, id),
+            Action::Protect(id) => self.protect(f, &pkt, id, now, false),
         }
     }
 
-    fn protect(&mut self, f: &mut P::Frame, pkt: &IpInfo, id: SaId) -> Verdict {
+    /// Seals one LAN packet into ESP on outbound SA `id`; `vip` masquerades it to the
+    /// client's virtual IP first.
+    fn protect(
+        &mut self,
+        f: &mut P::Frame,
+        pkt: &IpInfo,
+        id: SaId,
+        now: u64,
+        vip: bool,
+    ) -> Verdict {
         let Some(sa) = self.sad.outbound_mut(id) else {
             return Verdict::Drop(DropReason::NoSa);
         };
@@ -524,6 +553,15 @@ impl<P: Port> Worker<P> {
         }
         if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
             return Verdict::Drop(DropReason::MalformedIp);
+        }
+        // Rewritten after the MTU check, so that an ICMP error quotes what the host sent.
+        if let Some(nat) = self.vip_nat.as_mut().filter(|_| vip) {
+            if let Err(e) = nat.outbound(f.data_mut(), now) {
+                let r = nat_reason(e);
+                sa.counters.record_drop(r);
+                return Verdict::Drop(r);
+            }
+            self.counters.count(Traffic::Masqueraded, 1);
         }
         let meta = InnerMeta {
             next_header: if pkt.ipv6 { NH_IPV6 } else { NH_IPV4 },
@@ -595,7 +633,7 @@ impl<P: Port> Worker<P> {
             if pkt.fragment {
                 return Verdict::Drop(DropReason::OuterFragment);
             }
-            return self.open(f, at, pkt.ecn);
+            return self.open(f, at, pkt.ecn, now);
         }
         // Clear traffic from the protected side.
         if pkt.hop_limit <= 1 {
@@ -694,7 +732,7 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    fn open(&mut self, f: &mut P::Frame, esp_at: usize, outer_ecn: u8) -> Verdict {
+    fn open(&mut self, f: &mut P::Frame, esp_at: usize, outer_ecn: u8, now: u64) -> Verdict {
         if !f.adj(esp_at) {
             return Verdict::Drop(DropReason::EspTruncated);
         }
@@ -736,6 +774,17 @@ impl<P: Port> Worker<P> {
         };
         if !rewrite_inner(f.data_mut(), inner.ipv6, new_ecn) {
             return Verdict::Drop(DropReason::InnerMalformed);
+        }
+        // A client: answers to the virtual IP go back to the LAN host that opened the flow.
+        if let Some(nat) = self.vip_nat.as_mut() {
+            if IpAddr::V4(nat.external_addr()) == inner.key.dst {
+                if let Err(e) = nat.inbound(f.data_mut(), now) {
+                    let r = nat_reason(e);
+                    counters.record_drop(r);
+                    return Verdict::Drop(r);
+                }
+                self.counters.count(Traffic::Masqueraded, 1);
+            }
         }
         self.counters.count(Traffic::Decrypted, 1);
         self.counters
@@ -1381,6 +1430,168 @@ mod tests {
         let u = udp::Packet::new_checked(ip.payload()).unwrap();
         assert_eq!(u.dst_port(), 1234);
         assert!(u.verify_checksum(&IpAddr::V4(ip.src_addr()), &IpAddr::V4(ip.dst_addr())));
+    }
+
+    /// Swaps a frame's MACs, addresses and UDP ports: the far end's answer to it.
+    fn answer(f: &mut MemFrame, dst_mac: [u8; 6], src_mac: [u8; 6]) {
+        let d = f.data_mut();
+        d[0..6].copy_from_slice(&dst_mac);
+        d[6..12].copy_from_slice(&src_mac);
+        let mut ip = ipv4::Packet::new_unchecked(&mut d[14..]);
+        let (s, t) = (ip.src_addr(), ip.dst_addr());
+        ip.set_src_addr(t);
+        ip.set_dst_addr(s);
+        ip.set_hop_limit(64);
+        ip.fill_checksum();
+        let (s, t) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
+        let mut u = udp::Packet::new_unchecked(ip.payload_mut());
+        let (sp, dp) = (u.src_port(), u.dst_port());
+        u.set_src_port(dp);
+        u.set_dst_port(sp);
+        u.set_checksum(0);
+        u.fill_checksum(&s, &t);
+    }
+
+    fn readdress(f: &mut MemFrame, dst_mac: [u8; 6], src_mac: [u8; 6]) {
+        f.data_mut()[0..6].copy_from_slice(&dst_mac);
+        f.data_mut()[6..12].copy_from_slice(&src_mac);
+    }
+
+    #[test]
+    fn client_masquerades_its_lan_into_the_tunnel_as_the_virtual_ip() {
+        // The client: its CHILD_SA carries 10.99.0.5 (the virtual IP) <-> 10.2.0.0/24.
+        let mut c = rig(1500);
+        for (dir, id, spi) in [
+            (Direction::Outbound, 1, 0xa001),
+            (Direction::Inbound, 2, 0xb001),
+        ] {
+            c.update(Update::AddSa {
+                dir,
+                params: sa(
+                    id,
+                    spi,
+                    "192.0.2.1",
+                    "192.0.2.2",
+                    "10.99.0.5/32",
+                    "10.2.0.0/24",
+                ),
+            });
+        }
+        c.update(Update::ReplaceSpd {
+            rules: vec![
+                Rule {
+                    id: 0,
+                    selector: sel("10.99.0.5/32", "10.2.0.0/24"),
+                    action: Action::Protect(SaId(1)),
+                },
+                Rule {
+                    id: 1,
+                    selector: sel("0.0.0.0/0", "0.0.0.0/0"),
+                    action: Action::Discard,
+                },
+            ],
+        });
+        // The gateway: the mirror image.
+        let mut g = rig(1500);
+        g.update(Update::AddSa {
+            dir: Direction::Inbound,
+            params: sa(
+                3,
+                0xa001,
+                "192.0.2.2",
+                "192.0.2.1",
+                "10.2.0.0/24",
+                "10.99.0.5/32",
+            ),
+        });
+        g.update(Update::AddSa {
+            dir: Direction::Outbound,
+            params: sa(
+                1,
+                0xb001,
+                "192.0.2.2",
+                "192.0.2.1",
+                "10.2.0.0/24",
+                "10.99.0.5/32",
+            ),
+        });
+        g.update(Update::ReplaceSpd {
+            rules: vec![Rule {
+                id: 0,
+                selector: sel("10.2.0.0/24", "10.99.0.5/32"),
+                action: Action::Protect(SaId(1)),
+            }],
+        });
+
+        // Without the virtual IP set, the LAN host's flow matches no protect rule.
+        c.send_lan("10.1.0.10", "10.2.0.7", 100);
+        assert!(c.wan.recv().is_none());
+        assert_eq!(c.drops(DropReason::PolicyDiscard), 1);
+
+        c.update(Update::SetVirtualIp {
+            config: Some(MasqueradeConfig {
+                external_addr: "10.99.0.5".parse().unwrap(),
+                ..MasqueradeConfig::default()
+            }),
+        });
+        // Too big for the tunnel: the ICMP error quotes the packet as the host sent it.
+        c.send_lan("10.1.0.10", "10.2.0.7", 1514);
+        assert!(c.wan.recv().is_none());
+        let icmp = c.lan.recv().expect("frag-needed");
+        let ip = ipv4::Packet::new_checked(&icmp.data()[14..]).unwrap();
+        let quoted = ipv4::Packet::new_unchecked(&ip.payload()[8..]);
+        assert_eq!(quoted.src_addr(), "10.1.0.10".parse::<Ipv4Addr>().unwrap());
+        c.send_lan("10.1.0.10", "10.2.0.7", 100);
+        let mut esp = c.wan.recv().expect("sealed");
+        readdress(&mut esp, WAN_MAC, PEER_MAC);
+        assert!(g.wan.send(esp).is_ok());
+        g.w.poll(1);
+        let mut inner = g.lan.recv().expect("opened at the gateway");
+        let (src, sport) = {
+            let ip = ipv4::Packet::new_checked(&inner.data()[14..]).unwrap();
+            assert!(ip.verify_checksum());
+            let u = udp::Packet::new_checked(ip.payload()).unwrap();
+            assert!(u.verify_checksum(&IpAddr::V4(ip.src_addr()), &IpAddr::V4(ip.dst_addr())));
+            (ip.src_addr(), u.src_port())
+        };
+        assert_eq!(
+            src,
+            "10.99.0.5".parse::<Ipv4Addr>().unwrap(),
+            "the virtual IP"
+        );
+
+        // The server's answer comes back through the tunnel to the LAN host and its port.
+        answer(&mut inner, LAN_MAC, HOST_MAC);
+        let second = MemFrame::from_bytes(inner.data()).unwrap();
+        assert!(g.lan.send(inner).is_ok());
+        g.w.poll(2);
+        let mut back = g.wan.recv().expect("sealed by the gateway");
+        readdress(&mut back, WAN_MAC, PEER_MAC);
+        assert!(c.wan.send(back).is_ok());
+        c.w.poll(3);
+        let host = c.lan.recv().expect("to the LAN host");
+        let ip = ipv4::Packet::new_checked(&host.data()[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), "10.1.0.10".parse::<Ipv4Addr>().unwrap());
+        assert!(ip.verify_checksum());
+        let u = udp::Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!((u.src_port(), u.dst_port()), (5001, 1234));
+        assert!(u.verify_checksum(&IpAddr::V4(ip.src_addr()), &IpAddr::V4(ip.dst_addr())));
+        assert_ne!(sport, 0);
+
+        // Turned off: an answer to the virtual IP is delivered as it is (the SA's selectors
+        // allow it), never to the LAN host.
+        c.update(Update::SetVirtualIp { config: None });
+        assert!(g.lan.send(second).is_ok());
+        g.w.poll(4);
+        let mut back = g.wan.recv().expect("sealed by the gateway");
+        readdress(&mut back, WAN_MAC, PEER_MAC);
+        assert!(c.wan.send(back).is_ok());
+        c.w.poll(5);
+        let out = c.lan.recv().expect("opened");
+        let ip = ipv4::Packet::new_checked(&out.data()[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), "10.99.0.5".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(c.w.counters.traffic(Traffic::Masqueraded), 2);
+        assert_eq!(c.drops(DropReason::MtuExceeded), 1);
     }
 
     #[test]

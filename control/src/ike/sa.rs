@@ -196,7 +196,10 @@ pub enum Event {
         remote_id: String,
         local: SocketAddr,
         remote: SocketAddr,
+        /// The virtual IP of this IKE SA: ours (a client the peer assigned one to) when
+        /// `virtual_ip_is_ours`, else the one we leased to the peer from a pool.
         virtual_ip: Option<IpAddr>,
+        virtual_ip_is_ours: bool,
     },
     ChildUp(ChildSaInfo),
     /// A CHILD_SA is gone (deleted by either side, or with its IKE SA).
@@ -1031,6 +1034,7 @@ impl Endpoint {
             local: sa.local,
             remote: sa.remote,
             virtual_ip: sa.virtual_ip,
+            virtual_ip_is_ours: true,
         });
         // The first CHILD_SA (or the reason there is none).
         let (Some(props), Some(tsi), Some(tsr)) = (find_sa(p), find_tsi(p), find_tsr(p)) else {
@@ -1234,6 +1238,7 @@ impl Endpoint {
             local: sa.local,
             remote: sa.remote,
             virtual_ip: sa.virtual_ip,
+            virtual_ip_is_ours: false,
         });
         // The first CHILD_SA.
         let remote_cfg_ts: Vec<TrafficSelector> = match vip {

@@ -21,6 +21,7 @@
 //! | 0x13 | `Update::RebindOutbound` | generation, id, local ip, remote ip, encap |
 //! | 0x14 | `Update::ReplaceSpd` | generation, count u32, count x rule |
 //! | 0x15 | `Update::SetMasquerade` | generation, present u8, config |
+//! | 0x16 | `Update::SetVirtualIp` | generation, present u8, config |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
 //! | 0x30..=0x34 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 / 0x41 | `Punted` / `Transmit` | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
@@ -68,6 +69,7 @@ mod tag {
     pub const REBIND_OUTBOUND: u8 = 0x13;
     pub const REPLACE_SPD: u8 = 0x14;
     pub const SET_MASQUERADE: u8 = 0x15;
+    pub const SET_VIRTUAL_IP: u8 = 0x16;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -491,6 +493,7 @@ impl Record for UpdateEnvelope {
             Update::RebindOutbound { .. } => tag::REBIND_OUTBOUND,
             Update::ReplaceSpd { .. } => tag::REPLACE_SPD,
             Update::SetMasquerade { .. } => tag::SET_MASQUERADE,
+            Update::SetVirtualIp { .. } => tag::SET_VIRTUAL_IP,
         };
         w.head(tag)?;
         w.u64(self.generation)?;
@@ -519,7 +522,7 @@ impl Record for UpdateEnvelope {
                 w.u32(u32::try_from(rules.len()).map_err(|_| EncodeError::TooLong("rules"))?)?;
                 rules.iter().try_for_each(|r| w.rule(r))
             }
-            Update::SetMasquerade { config } => match config {
+            Update::SetMasquerade { config } | Update::SetVirtualIp { config } => match config {
                 None => w.u8(0),
                 Some(c) => {
                     w.u8(1)?;
@@ -559,6 +562,13 @@ impl Record for UpdateEnvelope {
             }
             tag::SET_MASQUERADE => Update::SetMasquerade {
                 config: if r.bool("masquerade flag")? {
+                    Some(r.masquerade()?)
+                } else {
+                    None
+                },
+            },
+            tag::SET_VIRTUAL_IP => Update::SetVirtualIp {
+                config: if r.bool("virtual IP flag")? {
                     Some(r.masquerade()?)
                 } else {
                     None

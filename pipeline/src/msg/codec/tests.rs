@@ -126,6 +126,13 @@ fn updates() -> Vec<UpdateEnvelope> {
             }),
         },
         Update::SetMasquerade { config: None },
+        Update::SetVirtualIp {
+            config: Some(MasqueradeConfig {
+                external_addr: Ipv4Addr::new(10, 99, 0, 5),
+                ..MasqueradeConfig::default()
+            }),
+        },
+        Update::SetVirtualIp { config: None },
     ];
     ups.into_iter()
         .enumerate()
@@ -301,7 +308,8 @@ fn updates_round_trip() {
             (Update::ReplaceSpd { rules: a }, Update::ReplaceSpd { rules: b }) => {
                 assert_eq!(a, b)
             }
-            (Update::SetMasquerade { config: a }, Update::SetMasquerade { config: b }) => {
+            (Update::SetMasquerade { config: a }, Update::SetMasquerade { config: b })
+            | (Update::SetVirtualIp { config: a }, Update::SetVirtualIp { config: b }) => {
                 assert_eq!(a, b)
             }
             (a, b) => assert_eq!(format!("{a:?}"), format!("{b:?}")),

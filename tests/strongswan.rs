@@ -1,0 +1,207 @@
+//! strongSwan as the reference peer of the interop tests: the namespace labs of
+//! `vendor-scripts/netns-lab.sh` that host it, Debian's charon in a namespace
+//! (`tests/tools/strongswan/charon-netns.sh`), roamgate's view sockets, and the traffic
+//! tools (ping, iperf3) the tests measure with. Only processes started here are signalled.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::netns::in_ns;
+use crate::root;
+
+/// One of netns-lab.sh's labs (`rw-up` / `cl-up` ...), torn down with its `*-down` verb.
+pub struct ScriptLab {
+    pub prefix: String,
+    down: &'static str,
+}
+
+impl ScriptLab {
+    pub fn up(up: &str, down: &'static str, prefix: &str) -> ScriptLab {
+        let out = Command::new("bash")
+            .arg(root().join("vendor-scripts/netns-lab.sh"))
+            .args([up, prefix])
+            .output()
+            .expect("netns-lab.sh");
+        assert!(
+            out.status.success(),
+            "netns-lab.sh {up}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ScriptLab {
+            prefix: prefix.into(),
+            down,
+        }
+    }
+
+    pub fn ns(&self, n: &str) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+}
+
+impl Drop for ScriptLab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(root().join("vendor-scripts/netns-lab.sh"))
+            .args([self.down, &self.prefix])
+            .status();
+    }
+}
+
+/// strongSwan's charon in a namespace (killed, by its pid, on drop).
+pub struct Charon {
+    pid: String,
+    ns: String,
+    dir: PathBuf,
+}
+
+impl Charon {
+    /// Starts charon with `dir/swanctl.conf` loaded.
+    pub fn start(ns: &str, dir: &Path) -> Charon {
+        let out = Command::new("bash")
+            .arg(root().join("tests/tools/strongswan/charon-netns.sh"))
+            .args(["start", ns, dir.to_str().unwrap()])
+            .output()
+            .expect("charon-netns.sh");
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success() && !pid.is_empty(),
+            "charon did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Charon {
+            pid,
+            ns: ns.into(),
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Writes `conf` as the swanctl.conf of `dir` and starts charon with it.
+    pub fn start_with(ns: &str, dir: &Path, conf: &str) -> Charon {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("swanctl.conf"), conf).unwrap();
+        Charon::start(ns, dir)
+    }
+
+    pub fn swanctl(&self, args: &[&str]) -> String {
+        let out = Command::new("bash")
+            .arg(root().join("tests/tools/strongswan/charon-netns.sh"))
+            .args(["swanctl", &self.ns, self.dir.to_str().unwrap()])
+            .args(args)
+            .output()
+            .expect("swanctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The line naming the established IKE SA (its SPIs), if any.
+    pub fn ike_sa_line(&self) -> Option<String> {
+        self.swanctl(&["--list-sas"])
+            .lines()
+            .find(|l| l.contains("ESTABLISHED"))
+            .map(str::to_owned)
+    }
+}
+
+impl Drop for Charon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+/// The shipped strongSwan config `name` under tests/tools/strongswan.
+pub fn swanctl_conf(name: &str) -> String {
+    std::fs::read_to_string(root().join("tests/tools/strongswan").join(name)).unwrap()
+}
+
+/// The IKE view of a `roamgate run`/`client`: the control plane's socket next to the data
+/// plane's.
+pub fn ike_view(sock: &Path) -> serde_json::Value {
+    let mut p = sock.as_os_str().to_owned();
+    p.push(".ike");
+    ask(Path::new(&p), "ike")
+}
+
+/// One request on a view socket, its JSON answer.
+pub fn ask(sock: &Path, req: &str) -> serde_json::Value {
+    let mut c = UnixStream::connect(sock).expect("view socket");
+    c.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&c).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).expect("JSON")
+}
+
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Pings `dst` from namespace `ns` `n` times (0.2 s apart); the replies received.
+pub fn pings(ns: &str, dst: &str, n: u32) -> u32 {
+    let out = in_ns(
+        ns,
+        &["ping", "-c", &n.to_string(), "-i", "0.2", "-W", "2", dst],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split_once(" packets transmitted, ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// An iperf3 UDP stream of 1200-byte datagrams (they fit the tunnel's path MTU, which the
+/// sender may have learned) from `ns` to a server at `dst`: (datagrams, lost).
+pub fn iperf_udp(ns: &str, dst: &str, rate: &str, secs: u32) -> (u64, u64) {
+    let out = in_ns(
+        ns,
+        &[
+            "iperf3",
+            "-c",
+            dst,
+            "-u",
+            "-b",
+            rate,
+            "-l",
+            "1200",
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    if let Some(e) = v["error"].as_str() {
+        panic!("iperf3 UDP from {ns} to {dst}: {e}");
+    }
+    let s = &v["end"]["sum"];
+    (
+        s["packets"].as_u64().unwrap_or(0),
+        s["lost_packets"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+/// An iperf3 TCP run from `ns` to a server at `dst`: (bytes received, bits per second).
+pub fn iperf_tcp(ns: &str, dst: &str, secs: u32) -> (u64, f64) {
+    let out = in_ns(ns, &["iperf3", "-c", dst, "-t", &secs.to_string(), "-J"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    if let Some(e) = v["error"].as_str() {
+        panic!("iperf3 TCP from {ns} to {dst}: {e}");
+    }
+    let r = &v["end"]["sum_received"];
+    (
+        r["bytes"].as_u64().unwrap_or(0),
+        r["bits_per_second"].as_f64().unwrap_or(0.0),
+    )
+}
