@@ -402,6 +402,7 @@ impl GatewayConfig {
                     local_ts: sa.local_ts,
                     remote_ts: sa.remote_ts,
                     outer_ttl: 64,
+                    lifetime: Default::default(),
                 },
             ));
         }

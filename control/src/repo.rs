@@ -207,6 +207,7 @@ impl SaRepository {
             local_ts,
             remote_ts,
             outer_ttl: 64,
+            lifetime: Default::default(),
         };
         let inbound = common(in_id, info.inbound.spi, key_in);
         let outbound = common(out_id, info.outbound.spi, key_out);

@@ -11,7 +11,7 @@ use rtrb::{Consumer, Producer, RingBuffer};
 
 use crate::crypto::Backend;
 use crate::esp::sa::{build_inbound, build_outbound, SaBuildError};
-use crate::msg::{Command, Direction, Envelope, Reply, Update};
+use crate::msg::{Command, Direction, Envelope, Event, Reply, Update};
 use crate::nat::Masquerade;
 use crate::spd::{Spd, SpdError};
 use crate::worker::{ControlLink, Punted};
@@ -49,7 +49,13 @@ pub struct WorkerLink {
     rejected: Vec<(u64, &'static str)>,
     /// Records released by the worker and dropped (zeroized) here.
     pub released: u64,
+    /// The worker's reports, waiting for [`take_events`](Self::take_events).
+    events: std::collections::VecDeque<Event>,
+    pub events_dropped: u64,
 }
+
+/// Reports an agent keeps for its reader at most.
+const MAX_EVENTS: usize = 4096;
 
 /// Creates the rings between an agent and a worker. `capacity` commands may wait.
 pub fn link(
@@ -69,6 +75,8 @@ pub fn link(
             acked: 0,
             rejected: Vec::new(),
             released: 0,
+            events: Default::default(),
+            events_dropped: 0,
         },
         ControlLink {
             commands: crx,
@@ -144,6 +152,15 @@ impl WorkerLink {
                 Reply::Rejected {
                     generation, why, ..
                 } => self.rejected.push((generation, why)),
+                Reply::Event(e) => {
+                    // Bounded: the oldest report goes first (counts are running totals, a
+                    // newer report of the same kind carries what an older one did).
+                    if self.events.len() >= MAX_EVENTS {
+                        self.events.pop_front();
+                        self.events_dropped += 1;
+                    }
+                    self.events.push_back(e);
+                }
                 Reply::Released(r) => {
                     // Dropping the record here zeroizes its keys (ZeroizeOnDrop in the AEAD
                     // backends): the worker has acknowledged it holds no reference.
@@ -153,6 +170,11 @@ impl WorkerLink {
             }
         }
         self.acked
+    }
+
+    /// The worker's reports since the last call, oldest first.
+    pub fn take_events(&mut self) -> std::collections::VecDeque<Event> {
+        core::mem::take(&mut self.events)
     }
 
     pub fn acked(&self) -> u64 {

@@ -208,4 +208,6 @@ pub enum Reply {
         why: &'static str,
     },
     Released(Released),
+    /// Something for the control plane (lifetimes, unknown SPIs, failures).
+    Event(Event),
 }

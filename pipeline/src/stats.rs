@@ -5,7 +5,7 @@
 //! (the live line, `roamgate stats`): each is an `AtomicU64` updated with a relaxed load and
 //! store, which on x86 compiles to a plain add with no lock prefix.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 macro_rules! reasons {
     ($( $(#[$doc:meta])* $variant:ident => $name:literal, $err:literal; )*) => {
@@ -81,6 +81,8 @@ reasons! {
     NoSa => "no_sa", true;
     /// Outbound sequence number space exhausted: the SA must be rekeyed.
     SeqExhausted => "seq_exhausted", true;
+    /// The SA reached its hard byte or packet lifetime: it carries nothing more.
+    SaExpired => "sa_expired", true;
     /// Too big for the egress MTU after encapsulation; an ICMP error went back.
     MtuExceeded => "mtu_exceeded", true;
     /// Buffer lacked head- or tailroom for the encapsulation.
@@ -179,6 +181,12 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Sets the value (owner only, like `add`).
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
 }
 
 /// Everything one worker counts. Shared (`Arc`) with readers; written only by its worker.
@@ -231,25 +239,136 @@ impl CoreCounters {
     }
 }
 
-/// Per-SA counters: packets, bytes and the drops attributable to this SA.
+/// Byte and packet lifetimes of one SA direction (RFC 4301 4.4.2.1); 0 is no limit. The soft
+/// limit asks the control plane to rekey; at the hard limit the SA stops carrying traffic.
+/// Time lifetimes are the control plane's (it knows when it installed the SA).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lifetime {
+    pub soft_bytes: u64,
+    pub hard_bytes: u64,
+    pub soft_packets: u64,
+    pub hard_packets: u64,
+}
+
+/// A limit an SA just reached (reported once each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crossing {
+    /// The soft or hard byte/packet lifetime.
+    Lifetime {
+        hard: bool,
+        /// True when the byte count reached it, false for packets.
+        bytes: bool,
+    },
+    /// An outbound SA's sequence number is near the last it may send.
+    SeqNearWrap { seq: u64, limit: u64 },
+}
+
+/// Per-SA counters: packets, bytes and the drops attributable to this SA, and the lifetime
+/// thresholds they are checked against (on the same cache lines the counting touches).
 #[derive(Debug)]
 pub struct SaCounters {
     pub packets: Counter,
     pub bytes: Counter,
+    /// The packet and byte counts at which a lifetime is next reached (u64::MAX: never).
+    next_packets: Counter,
+    next_bytes: Counter,
+    /// Set once the hard lifetime is reached: the SA carries nothing more.
+    expired: AtomicBool,
+    /// The worker's clock when it installed the SA (for the age in lifetime reports).
+    pub installed_at: Counter,
+    lifetime: Lifetime,
     drops: [Counter; DropReason::COUNT],
 }
 
 impl Default for SaCounters {
     fn default() -> Self {
-        SaCounters {
-            packets: Counter::default(),
-            bytes: Counter::default(),
-            drops: std::array::from_fn(|_| Counter::default()),
-        }
+        SaCounters::with_lifetime(Lifetime::default())
+    }
+}
+
+/// A limit of 0 is none.
+fn limit(v: u64) -> u64 {
+    if v == 0 {
+        u64::MAX
+    } else {
+        v
     }
 }
 
 impl SaCounters {
+    pub fn with_lifetime(lifetime: Lifetime) -> Self {
+        let c = SaCounters {
+            packets: Counter::default(),
+            bytes: Counter::default(),
+            next_packets: Counter::default(),
+            next_bytes: Counter::default(),
+            expired: AtomicBool::new(false),
+            installed_at: Counter::default(),
+            lifetime,
+            drops: std::array::from_fn(|_| Counter::default()),
+        };
+        c.next_packets
+            .set(limit(lifetime.soft_packets).min(limit(lifetime.hard_packets)));
+        c.next_bytes
+            .set(limit(lifetime.soft_bytes).min(limit(lifetime.hard_bytes)));
+        c
+    }
+
+    pub fn lifetime(&self) -> Lifetime {
+        self.lifetime
+    }
+
+    /// True once the hard lifetime was reached.
+    #[inline]
+    pub fn expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
+    }
+
+    /// Counts one packet of `bytes` (only the owning worker calls this); returns the lifetime
+    /// this packet reached, if any. The packet that reaches the hard limit is the last one
+    /// the SA carries.
+    #[inline]
+    pub fn count(&self, bytes: u64) -> Option<Crossing> {
+        self.packets.add(1);
+        self.bytes.add(bytes);
+        if self.packets.get() < self.next_packets.get() && self.bytes.get() < self.next_bytes.get()
+        {
+            return None;
+        }
+        self.crossed()
+    }
+
+    /// Counts a packet without looking at the lifetimes (the next [`count`](Self::count)
+    /// reports a limit this one reached).
+    #[inline]
+    pub fn count_quietly(&self, bytes: u64) {
+        self.packets.add(1);
+        self.bytes.add(bytes);
+    }
+
+    #[cold]
+    fn crossed(&self) -> Option<Crossing> {
+        let (p, b, l) = (self.packets.get(), self.bytes.get(), self.lifetime);
+        let hard_p = p >= limit(l.hard_packets);
+        let hard_b = b >= limit(l.hard_bytes);
+        if hard_p || hard_b {
+            self.expired.store(true, Ordering::Relaxed);
+            self.next_packets.set(u64::MAX);
+            self.next_bytes.set(u64::MAX);
+            return Some(Crossing::Lifetime {
+                hard: true,
+                bytes: hard_b,
+            });
+        }
+        // The soft limit: from here on only the hard one is left to report.
+        self.next_packets.set(limit(l.hard_packets));
+        self.next_bytes.set(limit(l.hard_bytes));
+        Some(Crossing::Lifetime {
+            hard: false,
+            bytes: b >= limit(l.soft_bytes),
+        })
+    }
+
     #[inline]
     pub fn record_drop(&self, r: DropReason) {
         if let Some(c) = self.drops.get(r as usize) {
@@ -356,5 +475,58 @@ mod tests {
             b.nonzero_drops().collect::<Vec<_>>(),
             vec![(DropReason::AuthFailed, 2)]
         );
+    }
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use super::*;
+
+    #[test]
+    fn soft_then_hard_each_reported_once_and_hard_expires() {
+        let c = SaCounters::with_lifetime(Lifetime {
+            soft_packets: 3,
+            hard_packets: 5,
+            soft_bytes: 250,
+            hard_bytes: 0,
+        });
+        let soft_bytes = Some(Crossing::Lifetime {
+            hard: false,
+            bytes: true,
+        });
+        let hard_packets = Some(Crossing::Lifetime {
+            hard: true,
+            bytes: false,
+        });
+        assert_eq!(c.count(100), None);
+        assert_eq!(c.count(100), None);
+        // Packet 3 reaches both soft limits (bytes 300 >= 250): one report.
+        assert_eq!(c.count(100), soft_bytes);
+        assert_eq!(c.count(100), None);
+        assert!(!c.expired());
+        assert_eq!(c.count(100), hard_packets);
+        assert!(c.expired());
+        assert_eq!(c.count(100), None, "reported once");
+    }
+
+    #[test]
+    fn a_quiet_count_is_reported_by_the_next_real_one() {
+        let c = SaCounters::with_lifetime(Lifetime {
+            soft_packets: 2,
+            ..Lifetime::default()
+        });
+        assert_eq!(c.count(1), None);
+        c.count_quietly(1);
+        assert_eq!(
+            c.count(1),
+            Some(Crossing::Lifetime {
+                hard: false,
+                bytes: false
+            })
+        );
+        let none = SaCounters::default();
+        for _ in 0..1000 {
+            assert_eq!(none.count(u64::MAX / 2000), None);
+        }
     }
 }

@@ -18,12 +18,14 @@ use rtrb::{Consumer, Producer};
 use crate::esp::sa::{InboundSa, OutboundSa};
 use crate::esp::tunnel::{self, InnerMeta, NH_IPV4, NH_IPV6};
 use crate::ids::{SaId, Spi};
-use crate::msg::{Command, Direction, Envelope, Released, Reply};
+use crate::msg::{
+    Command, Direction, Envelope, Event, LifetimeKind, LifetimeLimit, Released, Reply,
+};
 use crate::nat::{Masquerade, NatDrop};
 use crate::port::{Frame, Port};
 use crate::sad::Sad;
 use crate::spd::{Action, FlowKey, Spd};
-use crate::stats::{CoreCounters, DropReason, SaCounters, Traffic};
+use crate::stats::{CoreCounters, Crossing, DropReason, SaCounters, Traffic};
 use crate::wire::{checksum, ethernet, icmpv4, icmpv6, ipv4, ipv6, natt, udp, EtherType};
 
 /// Static facts of one link (from the config).
@@ -99,6 +101,11 @@ pub struct Worker<P: Port> {
     nat: Option<Box<Masquerade>>,
     /// A client's virtual IP: LAN flows are masqueraded to it inside the tunnel.
     vip_nat: Option<Box<Masquerade>>,
+    /// The clock of the current turn (ns, the caller's).
+    now: u64,
+    unknown_spi_total: u64,
+    /// When an unknown-SPI, auth-failure and replay-failure report last went out.
+    reported_at: [u64; 3],
     counters: Arc<CoreCounters>,
     sa_counters: SaCounterList,
     control: ControlLink,
@@ -146,6 +153,9 @@ impl<P: Port> Worker<P> {
             spd,
             nat: None,
             vip_nat: None,
+            now: 0,
+            unknown_spi_total: 0,
+            reported_at: [0; 3],
             counters: Arc::new(CoreCounters::default()),
             sa_counters: Arc::new(std::sync::Mutex::new(Vec::new())),
             control,
@@ -221,6 +231,7 @@ impl<P: Port> Worker<P> {
 
     /// One turn of the loop. Returns the number of frames and commands handled.
     pub fn poll(&mut self, now: u64) -> usize {
+        self.now = now;
         let mut work = self.apply_commands();
         work += self.transmit_datagrams();
         self.flush();
@@ -336,11 +347,13 @@ impl<P: Port> Worker<P> {
     fn apply(&mut self, cmd: Command) -> Result<(), &'static str> {
         match cmd {
             Command::AddInbound(sa) => {
+                sa.counters.installed_at.set(self.now);
                 if let Some(old) = self.sad.insert_inbound(*sa) {
                     self.release(Released::Inbound(Box::new(old)));
                 }
             }
             Command::AddOutbound(sa) => {
+                sa.counters.installed_at.set(self.now);
                 if let Some(old) = self.sad.insert_outbound(*sa) {
                     self.release(Released::Outbound(Box::new(old)));
                 }
@@ -569,13 +582,29 @@ impl<P: Port> Worker<P> {
             ecn: pkt.ecn,
         };
         let outer_v6 = sa.ipv6;
-        if let Err(r) = tunnel::encapsulate(sa, f, meta) {
-            sa.counters.record_drop(r);
-            return Verdict::Drop(r);
-        }
+        let crossing = match tunnel::encapsulate(sa, f, meta) {
+            Ok(c) => c,
+            Err(r) => {
+                sa.counters.record_drop(r);
+                return Verdict::Drop(r);
+            }
+        };
+        let event = crossing.map(|c| {
+            crossing_event(
+                self.id,
+                (sa.id, sa.spi),
+                &sa.counters,
+                Direction::Outbound,
+                c,
+                now,
+            )
+        });
         self.counters.count(Traffic::Encrypted, 1);
         self.counters
             .count(Traffic::EncryptedBytes, inner_len as u64);
+        if let Some(e) = event {
+            self.reply(Reply::Event(e));
+        }
         forward(f, &self.wan_link, outer_v6, Verdict::ToWan)
     }
 
@@ -633,7 +662,7 @@ impl<P: Port> Worker<P> {
             if pkt.fragment {
                 return Verdict::Drop(DropReason::OuterFragment);
             }
-            return self.open(f, at, pkt.ecn, now);
+            return self.open(f, at, (pkt.key.src, pkt.key.dst, pkt.ecn), now);
         }
         // Clear traffic from the protected side.
         if pkt.hop_limit <= 1 {
@@ -732,19 +761,46 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    fn open(&mut self, f: &mut P::Frame, esp_at: usize, outer_ecn: u8, now: u64) -> Verdict {
+    /// Opens the ESP packet at `esp_at`; `outer` is the outer (source, destination, ECN).
+    fn open(
+        &mut self,
+        f: &mut P::Frame,
+        esp_at: usize,
+        outer: (IpAddr, IpAddr, u8),
+        now: u64,
+    ) -> Verdict {
+        let (outer_src, outer_dst, outer_ecn) = outer;
         if !f.adj(esp_at) {
             return Verdict::Drop(DropReason::EspTruncated);
         }
         let opened = match tunnel::decapsulate(&mut self.sad, f) {
             Ok(o) => o,
-            Err(r) => return Verdict::Drop(r),
+            Err(r) => {
+                let spi = f
+                    .data()
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(Spi(0), |b| Spi(u32::from_be_bytes(b)));
+                self.report_failure(r, spi, outer_src, outer_dst, now);
+                return Verdict::Drop(r);
+            }
         };
         let Some(sa) = self.sad.inbound(opened.spi) else {
             return Verdict::Drop(DropReason::UnknownSpi);
         };
         let counters = sa.counters.clone();
         let (local_ts, remote_ts) = (sa.local_ts, sa.remote_ts);
+        if let Some(c) = opened.crossing {
+            let e = crossing_event(
+                self.id,
+                (opened.sa, opened.spi),
+                &counters,
+                Direction::Inbound,
+                c,
+                now,
+            );
+            self.reply(Reply::Event(e));
+        }
         let inner = match parse_inner(f.data(), opened.next_header) {
             Ok(i) => i,
             Err(r) => {
@@ -790,6 +846,104 @@ impl<P: Port> Worker<P> {
         self.counters
             .count(Traffic::DecryptedBytes, opened.inner_len as u64);
         forward(f, &self.lan_link, inner.ipv6, Verdict::ToLan)
+    }
+}
+
+/// At most one report per second per worker and kind: totals travel, so a coalesced report
+/// loses nothing.
+const REPORT_EVERY_NS: u64 = 1_000_000_000;
+
+impl<P: Port> Worker<P> {
+    /// Tells the control plane about ESP it could not open: an unknown SPI (RFC 4303 3.4.2
+    /// auditable event; IKE may answer INVALID_SPI), or an SA's authentication or replay
+    /// failures. Rate-limited; the counts are running totals.
+    fn report_failure(&mut self, r: DropReason, spi: Spi, src: IpAddr, dst: IpAddr, now: u64) {
+        let slot = match r {
+            DropReason::UnknownSpi => 0,
+            DropReason::AuthFailed => 1,
+            DropReason::ReplayDuplicate | DropReason::ReplayTooOld | DropReason::ReplayZero => 2,
+            _ => return,
+        };
+        if slot == 0 {
+            self.unknown_spi_total += 1;
+        }
+        let last = &mut self.reported_at[slot];
+        if *last != 0 && now.saturating_sub(*last) < REPORT_EVERY_NS {
+            return;
+        }
+        *last = now.max(1);
+        let worker = self.id;
+        let event = if slot == 0 {
+            Event::UnknownSpi {
+                worker,
+                spi,
+                src,
+                dst,
+                packets: self.unknown_spi_total,
+            }
+        } else {
+            let Some(sa) = self.sad.inbound(spi) else {
+                return;
+            };
+            let (id, c) = (sa.id, &sa.counters);
+            if slot == 1 {
+                Event::AuthFailures {
+                    worker,
+                    id,
+                    spi,
+                    count: c.drops(DropReason::AuthFailed),
+                }
+            } else {
+                Event::ReplayFailures {
+                    worker,
+                    id,
+                    spi,
+                    count: c.drops(DropReason::ReplayDuplicate)
+                        + c.drops(DropReason::ReplayTooOld)
+                        + c.drops(DropReason::ReplayZero),
+                }
+            }
+        };
+        self.reply(Reply::Event(event));
+    }
+}
+
+/// The event for a limit an SA reached.
+fn crossing_event(
+    worker: u16,
+    (id, spi): (SaId, Spi),
+    c: &SaCounters,
+    dir: Direction,
+    x: Crossing,
+    now: u64,
+) -> Event {
+    match x {
+        Crossing::Lifetime { hard, bytes } => Event::Lifetime {
+            worker,
+            id,
+            spi,
+            dir,
+            kind: if hard {
+                LifetimeKind::Hard
+            } else {
+                LifetimeKind::Soft
+            },
+            limit: if bytes {
+                LifetimeLimit::Bytes
+            } else {
+                LifetimeLimit::Packets
+            },
+            bytes: c.bytes.get(),
+            packets: c.packets.get(),
+            age_secs: now.saturating_sub(c.installed_at.get()) / 1_000_000_000,
+        },
+        Crossing::SeqNearWrap { seq, limit } => Event::SeqNearWrap {
+            worker,
+            id,
+            spi,
+            seq,
+            limit,
+        },
     }
 }
 
@@ -1055,6 +1209,7 @@ mod tests {
     use crate::nat::MasqueradeConfig;
     use crate::port::mem::{cable, MemFrame, MemPort};
     use crate::spd::{PortRange, Prefix, Rule, Selector};
+    use crate::stats::Lifetime;
     use crate::traffic::{FlowSpec, Generator};
     use crate::wire::IpProtocol;
 
@@ -1094,6 +1249,7 @@ mod tests {
             local_ts: lts.parse::<Prefix>().unwrap(),
             remote_ts: rts.parse::<Prefix>().unwrap(),
             outer_ttl: 64,
+            lifetime: Default::default(),
         }
     }
 
@@ -1592,6 +1748,129 @@ mod tests {
         assert_eq!(ip.dst_addr(), "10.99.0.5".parse::<Ipv4Addr>().unwrap());
         assert_eq!(c.w.counters.traffic(Traffic::Masqueraded), 2);
         assert_eq!(c.drops(DropReason::MtuExceeded), 1);
+    }
+
+    #[test]
+    fn lifetimes_are_reported_and_a_hard_one_stops_the_sa() {
+        let mut r = rig(1500);
+        let mut p = sa(
+            1,
+            0xa001,
+            "192.0.2.1",
+            "192.0.2.2",
+            "10.1.0.0/24",
+            "10.2.0.0/24",
+        );
+        p.lifetime = Lifetime {
+            soft_packets: 2,
+            hard_packets: 3,
+            ..Lifetime::default()
+        };
+        r.update(Update::AddSa {
+            dir: Direction::Outbound,
+            params: p,
+        });
+        for _ in 0..5 {
+            r.send_lan("10.1.0.10", "10.2.0.7", 100);
+        }
+        assert_eq!(std::iter::from_fn(|| r.wan.recv()).count(), 3);
+        assert_eq!(r.drops(DropReason::SaExpired), 2);
+        r.agent.pump();
+        let kinds: Vec<_> = r
+            .agent
+            .take_events()
+            .into_iter()
+            .map(|e| match e {
+                Event::Lifetime {
+                    id,
+                    spi,
+                    dir,
+                    kind,
+                    limit,
+                    packets,
+                    ..
+                } => {
+                    assert_eq!((id, spi, dir), (SaId(1), Spi(0xa001), Direction::Outbound));
+                    assert_eq!(limit, LifetimeLimit::Packets);
+                    (kind, packets)
+                }
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, [(LifetimeKind::Soft, 2), (LifetimeKind::Hard, 3)]);
+    }
+
+    #[test]
+    fn unknown_spis_and_forgeries_are_reported_rate_limited() {
+        let mut r = rig(1500);
+        // A sealed packet from a peer gateway that has the mirror SAs (the rig's keys).
+        let mut peer = rig(1500);
+        peer.update(Update::AddSa {
+            dir: Direction::Outbound,
+            params: sa(
+                1,
+                0xb001,
+                "192.0.2.2",
+                "192.0.2.1",
+                "10.2.0.0/24",
+                "10.1.0.0/24",
+            ),
+        });
+        peer.update(Update::ReplaceSpd {
+            rules: vec![Rule {
+                id: 0,
+                selector: sel("10.2.0.0/24", "10.1.0.0/24"),
+                action: Action::Protect(SaId(1)),
+            }],
+        });
+        peer.send_lan("10.2.0.7", "10.1.0.10", 100);
+        let good = peer.wan.recv().expect("sealed");
+        let mut forged = MemFrame::from_bytes(good.data()).unwrap();
+        let n = forged.data().len();
+        forged.data_mut()[n - 1] ^= 1;
+        let mut unknown = MemFrame::from_bytes(good.data()).unwrap();
+        unknown.data_mut()[34..38].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+        for (i, f) in [unknown, forged].into_iter().enumerate() {
+            let mut f = f;
+            readdress(&mut f, WAN_MAC, PEER_MAC);
+            let again = MemFrame::from_bytes(f.data()).unwrap();
+            assert!(r.wan.send(f).is_ok());
+            r.w.poll(10 + i as u64);
+            // The same again within the second: counted, not reported again.
+            assert!(r.wan.send(again).is_ok());
+            r.w.poll(20 + i as u64);
+        }
+        assert_eq!(r.drops(DropReason::UnknownSpi), 2);
+        assert_eq!(r.drops(DropReason::AuthFailed), 2);
+        r.agent.pump();
+        let ev: Vec<Event> = r.agent.take_events().into();
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(matches!(
+            ev[0],
+            Event::UnknownSpi { spi: Spi(0xdead_beef), packets: 1, src, .. }
+                if src == "192.0.2.2".parse::<IpAddr>().unwrap()
+        ));
+        assert!(matches!(
+            ev[1],
+            Event::AuthFailures {
+                id: SaId(2),
+                spi: Spi(0xb001),
+                count: 1,
+                ..
+            }
+        ));
+        // A second later the running total is reported.
+        let mut f = MemFrame::from_bytes(good.data()).unwrap();
+        f.data_mut()[34..38].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+        readdress(&mut f, WAN_MAC, PEER_MAC);
+        assert!(r.wan.send(f).is_ok());
+        r.w.poll(2_000_000_000);
+        r.agent.pump();
+        let ev: Vec<Event> = r.agent.take_events().into();
+        assert!(
+            matches!(ev[..], [Event::UnknownSpi { packets: 3, .. }]),
+            "{ev:?}"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::crypto::{self, Aead, AeadAlg, Backend, KeyError, SALT_LEN};
 use crate::esp::replay::{BadWindowSize, ReplayWindow};
 use crate::ids::{SaId, Spi};
 use crate::spd::Prefix;
-use crate::stats::SaCounters;
+use crate::stats::{Lifetime, SaCounters};
 
 /// Key material of one SA direction: AES key and the 4-byte GCM salt (RFC 4106 section 8.1).
 /// Zeroized on drop; `Debug` never shows it.
@@ -82,6 +82,8 @@ pub struct SaParams {
     pub remote_ts: Prefix,
     /// TTL / hop limit of the outer header.
     pub outer_ttl: u8,
+    /// Soft and hard byte/packet lifetimes (0: none).
+    pub lifetime: Lifetime,
 }
 
 impl SaParams {
@@ -254,7 +256,7 @@ pub fn build_inbound(backend: Backend, p: &SaParams) -> Result<InboundSa, SaBuil
         esn: p.esn,
         replay: ReplayWindow::new(p.replay_window, p.esn)?,
         cipher: crypto::new_aead(backend, p.keys.alg, p.keys.key())?,
-        counters: Arc::new(SaCounters::default()),
+        counters: Arc::new(SaCounters::with_lifetime(p.lifetime)),
         local_ts: p.local_ts,
         remote_ts: p.remote_ts,
         remote: p.remote,
@@ -277,7 +279,7 @@ pub fn build_outbound(backend: Backend, p: &SaParams) -> Result<OutboundSa, SaBu
         id: p.id,
         cipher: crypto::new_aead(backend, p.keys.alg, p.keys.key())?,
         outer: OuterTemplate::new(p.local, p.remote, p.encap, p.outer_ttl),
-        counters: Arc::new(SaCounters::default()),
+        counters: Arc::new(SaCounters::with_lifetime(p.lifetime)),
         local: p.local,
         remote: p.remote,
         local_ts: p.local_ts,

@@ -16,7 +16,7 @@ use crate::esp::sa::{InboundSa, OutboundSa};
 use crate::ids::{SaId, Spi};
 use crate::port::Frame;
 use crate::sad::Sad;
-use crate::stats::DropReason;
+use crate::stats::{Crossing, DropReason};
 use crate::wire::{checksum, esp as wire_esp, ipv4, ipv6, udp};
 
 pub const ESP_HEADER_LEN: usize = 8;
@@ -69,11 +69,17 @@ fn aad(buf: &mut [u8; 12], spi: Spi, seq: u64, esn: bool) -> &[u8] {
 ///
 /// ECN is copied to the outer header as RFC 6040 normal mode says; DSCP is copied too. The
 /// outer IPv4 header has DF set: oversize packets are answered with ICMP before they get here.
+///
+/// Returns the lifetime (or sequence-number limit) this packet reached, if any: the caller
+/// reports it to the control plane.
 pub fn encapsulate<F: Frame>(
     sa: &mut OutboundSa,
     f: &mut F,
     meta: InnerMeta,
-) -> Result<(), DropReason> {
+) -> Result<Option<Crossing>, DropReason> {
+    if sa.counters.expired() {
+        return Err(DropReason::SaExpired);
+    }
     let inner_len = f.len();
     let pad = pad_len(inner_len);
     let tail = pad + 2 + TAG_LEN;
@@ -121,11 +127,20 @@ pub fn encapsulate<F: Frame>(
     let aad = aad(&mut aad_buf, sa.spi, seq, sa.esn);
     sa.cipher
         .seal_in_place(&esp_nonce(&sa.salt, &iv), aad, ct, tag);
-    sa.counters.packets.add(1);
-    sa.counters.bytes.add(inner_len as u64);
-
-    push_outer(sa, f, meta, seq)
+    let mut crossing = sa.counters.count(inner_len as u64);
+    if seq == sa.seq_limit().saturating_sub(SEQ_WARN_BEFORE) {
+        crossing = crossing.or(Some(Crossing::SeqNearWrap {
+            seq,
+            limit: sa.seq_limit(),
+        }));
+    }
+    push_outer(sa, f, meta, seq)?;
+    Ok(crossing)
 }
+
+/// How many sequence numbers before the last one an outbound SA asks for a rekey: 16 M
+/// packets, 1.6 s at 10 Mpps on one SA.
+pub const SEQ_WARN_BEFORE: u64 = 1 << 24;
 
 /// Prepends the outer header from the SA's template and fills in the per-packet fields.
 fn push_outer<F: Frame>(
@@ -187,6 +202,8 @@ pub struct Opened {
     /// 4 (IPv4) or 41 (IPv6).
     pub next_header: u8,
     pub inner_len: usize,
+    /// The lifetime this packet reached, if any.
+    pub crossing: Option<Crossing>,
 }
 
 /// Opens the ESP packet that starts at the beginning of `f`'s data. On success `f` holds the
@@ -214,7 +231,7 @@ pub fn decapsulate<F: Frame>(sad: &mut Sad, f: &mut F) -> Result<Opened, DropRea
     };
     let r = open_with(sa, d, seq_lo, &iv);
     match r {
-        Ok((next_header, inner_len)) => {
+        Ok((next_header, inner_len, crossing)) => {
             let id = sa.id;
             if !f.adj(ESP_HEADER_LEN + IV_LEN) {
                 return Err(DropReason::EspTruncated);
@@ -225,6 +242,7 @@ pub fn decapsulate<F: Frame>(sad: &mut Sad, f: &mut F) -> Result<Opened, DropRea
                 spi,
                 next_header,
                 inner_len,
+                crossing,
             })
         }
         Err(reason) => {
@@ -249,7 +267,10 @@ fn open_with(
     d: &mut [u8],
     seq_lo: u32,
     iv: &[u8; IV_LEN],
-) -> Result<(u8, usize), DropReason> {
+) -> Result<(u8, usize, Option<Crossing>), DropReason> {
+    if sa.counters.expired() {
+        return Err(DropReason::SaExpired);
+    }
     let seq = sa.replay.check(seq_lo).map_err(replay_reason)?;
     let mut aad_buf = [0u8; 12];
     let aad = aad(&mut aad_buf, sa.spi, seq, sa.esn);
@@ -276,12 +297,18 @@ fn open_with(
         return Err(DropReason::BadPadding);
     };
     let nh = u8::from(nh);
-    sa.counters.packets.add(1);
-    sa.counters.bytes.add(inner_len as u64);
+    // Every authentic packet counts toward the lifetimes; a limit that a TFC dummy reaches
+    // is reported with the next real packet (the thresholds compare with >=).
     match nh {
-        NH_NONE => Err(DropReason::TfcDummy),
-        NH_IPV4 | NH_IPV6 => Ok((nh, inner_len)),
-        _ => Err(DropReason::BadNextHeader),
+        NH_IPV4 | NH_IPV6 => Ok((nh, inner_len, sa.counters.count(inner_len as u64))),
+        NH_NONE => {
+            sa.counters.count_quietly(inner_len as u64);
+            Err(DropReason::TfcDummy)
+        }
+        _ => {
+            sa.counters.count_quietly(inner_len as u64);
+            Err(DropReason::BadNextHeader)
+        }
     }
 }
 
@@ -311,6 +338,7 @@ mod tests {
             local_ts: "10.1.0.0/24".parse::<Prefix>().unwrap(),
             remote_ts: "10.2.0.0/24".parse::<Prefix>().unwrap(),
             outer_ttl: 64,
+            lifetime: Default::default(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 1)
+//! # Layout (version 2: version 1 plus SA lifetimes)
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -30,7 +30,8 @@
 //! be zero); encap = present u8 (+ local port u16, remote port u16); bool = u8 0 or 1, nothing
 //! else; SaParams = id u32, spi u32, alg u8 (1 AES-128-GCM, 2 AES-256-GCM), key (16 or 32) and
 //! salt (4), esn bool, replay window u32, local ip, remote ip, encap, local ts prefix, remote
-//! ts prefix, outer ttl u8; rule = id u32, src prefix, dst prefix, proto (present u8 + u8),
+//! ts prefix, outer ttl u8, lifetime (soft bytes, hard bytes, soft packets, hard packets:
+//! u64 each, 0 = none); rule = id u32, src prefix, dst prefix, proto (present u8 + u8),
 //! src ports lo/hi u16, dst ports lo/hi u16, action u8 (0 protect + sa id u32, 1 bypass, 2
 //! discard); masquerade config = external IPv4 (4 bytes), port lo/hi u16, udp, tcp
 //! established, tcp transitory, icmp timeouts and port reuse delay u64 (ns), max sessions u64.
@@ -57,10 +58,11 @@ use crate::msg::{
 };
 use crate::nat::MasqueradeConfig;
 use crate::spd::{Action, PortRange, Prefix, Rule, Selector};
+use crate::stats::Lifetime;
 use crate::worker::Punted;
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 1;
+pub const CODEC_VERSION: u8 = 2;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -255,7 +257,11 @@ impl<'a> Writer<'a> {
         self.encap(p.encap)?;
         self.prefix(p.local_ts)?;
         self.prefix(p.remote_ts)?;
-        self.u8(p.outer_ttl)
+        self.u8(p.outer_ttl)?;
+        let l = p.lifetime;
+        [l.soft_bytes, l.hard_bytes, l.soft_packets, l.hard_packets]
+            .into_iter()
+            .try_for_each(|v| self.u64(v))
     }
 
     fn rule(&mut self, r: &Rule) -> Result<(), EncodeError> {
@@ -412,6 +418,12 @@ impl<'a> Reader<'a> {
             local_ts: self.prefix()?,
             remote_ts: self.prefix()?,
             outer_ttl: self.u8()?,
+            lifetime: Lifetime {
+                soft_bytes: self.u64()?,
+                hard_bytes: self.u64()?,
+                soft_packets: self.u64()?,
+                hard_packets: self.u64()?,
+            },
         })
     }
 

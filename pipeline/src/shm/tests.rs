@@ -528,6 +528,7 @@ mod channel {
                     local_ts: "10.0.0.0/8".parse().unwrap(),
                     remote_ts: "10.0.0.0/8".parse().unwrap(),
                     outer_ttl: 64,
+                    lifetime: Default::default(),
                 },
             },
         }

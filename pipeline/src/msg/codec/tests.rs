@@ -40,6 +40,12 @@ fn params(alg: AeadAlg, six: bool, encap: Option<UdpEncap>) -> SaParams {
         local_ts: lts,
         remote_ts: rts,
         outer_ttl: 64,
+        lifetime: crate::stats::Lifetime {
+            soft_bytes: 1 << 30,
+            hard_bytes: u64::MAX - 1,
+            soft_packets: 1000,
+            hard_packets: if six { 0 } else { 2000 },
+        },
     }
 }
 
@@ -297,8 +303,22 @@ fn updates_round_trip() {
                 assert_eq!(p1.keys.salt, p2.keys.salt);
                 assert_eq!(p1.keys.alg, p2.keys.alg);
                 assert_eq!(
-                    (p1.id, p1.spi, p1.esn, p1.replay_window, p1.outer_ttl),
-                    (p2.id, p2.spi, p2.esn, p2.replay_window, p2.outer_ttl)
+                    (
+                        p1.id,
+                        p1.spi,
+                        p1.esn,
+                        p1.replay_window,
+                        p1.outer_ttl,
+                        p1.lifetime
+                    ),
+                    (
+                        p2.id,
+                        p2.spi,
+                        p2.esn,
+                        p2.replay_window,
+                        p2.outer_ttl,
+                        p2.lifetime
+                    )
                 );
                 assert_eq!(
                     (p1.local, p1.remote, p1.encap, p1.local_ts, p1.remote_ts),
@@ -375,8 +395,17 @@ fn a_record_from_the_wrong_ring_is_refused_by_tag() {
     let p = to_vec(&punts()[0]).unwrap();
     assert!(matches!(Transmit::decode(&p), Err(DecodeError::Tag { .. })));
     let mut v = to_vec(&acks()[0]).unwrap();
-    v[0] = 2;
-    assert_eq!(Ack::decode(&v), Err(DecodeError::Version(2)));
+    v[0] = CODEC_VERSION + 1;
+    assert_eq!(
+        Ack::decode(&v),
+        Err(DecodeError::Version(CODEC_VERSION + 1))
+    );
+    v[0] = 1;
+    assert_eq!(
+        Ack::decode(&v),
+        Err(DecodeError::Version(1)),
+        "version 1 is gone"
+    );
 }
 
 #[test]
