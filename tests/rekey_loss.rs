@@ -186,3 +186,101 @@ fn a_udp_stream_survives_100_child_rekeys_without_loss() {
     assert_eq!(b.sink.received(), sent_a, "A->B lost packets");
     assert_eq!(a.sink.received(), sent_b, "B->A lost packets");
 }
+
+fn flows(cfg: &control::config::LabConfig) -> (FlowSpec, FlowSpec) {
+    let f = |gw: &GatewayConfig, src: &str, dst: &str| FlowSpec {
+        src_mac: gw.lan.neighbor_mac.0,
+        dst_mac: gw.lan.mac.unwrap_or_default().0,
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        src_port: 40000,
+        dst_port: 5001,
+    };
+    (
+        f(&cfg.site_a, "10.1.0.10", "10.2.0.10"),
+        f(&cfg.site_b, "10.2.0.10", "10.1.0.10"),
+    )
+}
+
+fn up(ike_a: &str, ike_b: &str) -> (Side, Side) {
+    let (cfg, _, _) = lab_config();
+    let (wan_a, wan_b) = cable("a-wan", "b-wan", 4096);
+    let (flow_a, flow_b) = flows(&cfg);
+    let mut a = side(&cfg.site_a, ike_a, wan_a, flow_a, 0);
+    let mut b = side(&cfg.site_b, ike_b, wan_b, flow_b, 1);
+    a.ctl.initiate();
+    let t = Instant::now();
+    while a.ctl.children().is_empty() || b.ctl.children().is_empty() {
+        a.turn(0);
+        b.turn(0);
+        assert!(t.elapsed() < Duration::from_secs(10), "no CHILD_SA came up");
+    }
+    for _ in 0..10 {
+        a.turn(0);
+        b.turn(0);
+    }
+    (a, b)
+}
+
+/// The data plane's lifetime reports drive the control plane: a soft packet lifetime on both
+/// ends rekeys the CHILD_SA again and again (both ends' SAs reach it together, so the rekeys
+/// collide and RFC 7296 2.8.1 decides), with nothing lost; a hard one ends the CHILD_SA.
+#[test]
+fn packet_lifetimes_rekey_without_loss_and_a_hard_one_ends_the_child() {
+    let soft = ", child_rekey_packets: 400, child_life_packets: 100000 }";
+    let (mut a, mut b) = up(
+        &IKE_A.replacen(" }", soft, 1),
+        &IKE_B.replacen(" }", soft, 1),
+    );
+    let t = Instant::now();
+    while a.gen.sent().iter().sum::<u64>() < 6000 {
+        a.turn(4);
+        b.turn(4);
+        assert!(t.elapsed() < Duration::from_secs(20), "stream stalled");
+    }
+    for _ in 0..200 {
+        a.turn(0);
+        b.turn(0);
+    }
+    let (sent_a, sent_b) = (a.gen.sent()[0], b.gen.sent()[0]);
+    let view: serde_json::Value = serde_json::from_str(&a.ctl.view.lock().unwrap().json).unwrap();
+    let (_, rekeyed_a, _) = a.ctl.child_counts();
+    let (_, rekeyed_b, _) = b.ctl.child_counts();
+    println!(
+        "soft packet lifetime 400: {rekeyed_a}/{rekeyed_b} rekeys, A->B {sent_a} sent {} received, B->A {sent_b} sent {} received; {}",
+        b.sink.received(),
+        a.sink.received(),
+        view["dataplane_reports"]
+    );
+    assert!(view["dataplane_reports"]["soft_lifetimes"].as_u64() >= Some(10));
+    assert!(
+        rekeyed_a >= 10 && rekeyed_b >= 10,
+        "{rekeyed_a} {rekeyed_b}"
+    );
+    assert_eq!(
+        view["dataplane_reports"]["hard_lifetimes"].as_u64(),
+        Some(0)
+    );
+    assert_eq!(b.sink.received(), sent_a, "A->B lost packets");
+    assert_eq!(a.sink.received(), sent_b, "B->A lost packets");
+    assert_eq!((a.ctl.children().len(), b.ctl.children().len()), (1, 1));
+
+    // A hard limit of 300 packets on A only, no soft one: the SA stops after 300 and A
+    // deletes the CHILD_SA on both ends.
+    let (mut a, mut b) = up(
+        &IKE_A.replacen(" }", ", child_life_packets: 300 }", 1),
+        IKE_B,
+    );
+    let t = Instant::now();
+    while !a.ctl.children().is_empty() || !b.ctl.children().is_empty() {
+        a.turn(2);
+        b.turn(0);
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the CHILD_SA outlived its hard lifetime"
+        );
+    }
+    let s = a.worker.handle().counters.snapshot();
+    assert_eq!(b.sink.received(), 300, "exactly the hard limit got through");
+    assert!(s.drops(DropReason::SaExpired) + s.drops(DropReason::NoSa) > 0);
+}

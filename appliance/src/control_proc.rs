@@ -89,6 +89,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     }
     let mut punt = ch.punt_receiver()?;
     let mut transmit = ch.transmit_sender()?;
+    let mut dp_events = ch.event_receiver()?;
     println!(
         "roamgate control {}: {} connection(s), channel {} for {workers} worker(s)",
         gw.name,
@@ -160,6 +161,10 @@ pub fn run(args: ControlArgs) -> Result<()> {
         while let Ok(Some(d)) = punt.try_recv() {
             work = true;
             ctl.handle_datagram(&d);
+        }
+        while let Ok(Some(e)) = dp_events.try_recv() {
+            work = true;
+            ctl.on_dataplane_event(&e);
         }
         work |= ctl.step();
         flush_transmits(&mut ctl, &mut transmit);

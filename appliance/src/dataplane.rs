@@ -472,6 +472,11 @@ fn serve<P: Port + 'static>(
         last_pump = Instant::now();
         for r in running.iter_mut() {
             r.link.pump();
+            // With a control plane these went to it in the turn above; alone, the data plane
+            // says what happened to its static SAs.
+            for e in r.link.take_events() {
+                println!("dataplane: {e:?}");
+            }
         }
         if let Some(path) = &args.stats_file {
             if last_status.elapsed() >= Duration::from_secs(1)

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
-use pipeline::msg::{Ack, Transmit, UpdateEnvelope};
+use pipeline::msg::{Ack, Event, Transmit, UpdateEnvelope};
 use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
 use pipeline::worker::{Datagram, Punted};
 use rtrb::{Consumer, Producer};
@@ -30,6 +30,7 @@ struct Ends {
     acks: Vec<Sender<Ack>>,
     punt: Sender<Punted>,
     transmit: Receiver<Transmit>,
+    events: Sender<Event>,
 }
 
 pub struct ShmLink {
@@ -45,6 +46,9 @@ pub struct ShmLink {
     ack_backlog: Vec<VecDeque<Ack>>,
     punt_backlog: VecDeque<Punted>,
     tx_backlog: VecDeque<Datagram>,
+    /// Workers' reports not yet on the event ring (bounded: running totals, so the oldest
+    /// can go).
+    event_backlog: VecDeque<Event>,
     ever_attached: bool,
     last_try: Option<Instant>,
     last_check: Instant,
@@ -69,6 +73,7 @@ impl ShmLink {
             ack_backlog: vec![VecDeque::new(); usize::from(workers)],
             punt_backlog: VecDeque::new(),
             tx_backlog: VecDeque::new(),
+            event_backlog: VecDeque::new(),
             ever_attached: false,
             last_try: None,
             last_check: Instant::now(),
@@ -106,7 +111,9 @@ impl ShmLink {
                 _ => return,
             }
         }
-        let (Ok(punt), Ok(transmit)) = (ch.punt_sender(), ch.transmit_receiver()) else {
+        let (Ok(punt), Ok(transmit), Ok(events)) =
+            (ch.punt_sender(), ch.transmit_receiver(), ch.event_sender())
+        else {
             return;
         };
         let hello = if self.ever_attached {
@@ -137,6 +144,7 @@ impl ShmLink {
             acks,
             punt,
             transmit,
+            events,
         });
     }
 
@@ -232,6 +240,12 @@ impl ShmLink {
                 }
             }
             let acked = link.pump();
+            for ev in link.take_events() {
+                if self.event_backlog.len() >= 4096 {
+                    self.event_backlog.pop_front();
+                }
+                self.event_backlog.push_back(ev);
+            }
             let mut last = None;
             while self.inflight[w].front().is_some_and(|(l, _)| *l <= acked) {
                 last = self.inflight[w].pop_front().map(|(_, g)| g);
@@ -251,6 +265,16 @@ impl ShmLink {
                     }
                     Err(err) => eprintln!("dataplane: ack ring of worker {w}: {err}"),
                 }
+            }
+        }
+        while let Some(ev) = self.event_backlog.pop_front() {
+            match e.events.try_send(&ev) {
+                Ok(()) => work = true,
+                Err(SendError::Full) => {
+                    self.event_backlog.push_front(ev);
+                    break;
+                }
+                Err(err) => eprintln!("dataplane: event ring: {err}"),
             }
         }
         Ok(work)

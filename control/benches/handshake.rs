@@ -34,6 +34,7 @@ fn peer(name: &str, local: &str, remote: &str, dh: DhGroup) -> PeerConfig {
         child_rekey_ns: 0,
         ike_rekey_ns: 0,
         dpd_ns: 0,
+        child_life_ns: 0,
     }
 }
 

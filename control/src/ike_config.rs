@@ -13,6 +13,12 @@
 //!       local_ts: [10.9.0.0/24]
 //!       remote_ts: [0.0.0.0/0]
 //!       pool: 10.99.0.0/24             # virtual IPs for road warriors
+//!       child_rekey_secs: 3600         # soft lifetimes: rekey
+//!       child_life_secs: 3960          # hard lifetimes: the CHILD_SA goes
+//!       child_rekey_bytes: 0           # and by bytes / packets (0: none),
+//!       child_life_bytes: 0            #   counted by the data plane
+//!       child_rekey_packets: 0
+//!       child_life_packets: 0
 //! ```
 //!
 //! A connection with `remote_addr` is initiated at start (a client, or a site-to-site
@@ -30,6 +36,7 @@ use crate::ike::sa::{
 };
 use crate::ike::wire::Id;
 use pipeline::spd::Prefix;
+use pipeline::stats::Lifetime;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -69,6 +76,20 @@ pub struct ConnectionYaml {
     pub ike_rekey_secs: u64,
     #[serde(default)]
     pub dpd_secs: u64,
+    /// Hard lifetime of a CHILD_SA by time: deleted if not rekeyed by then (0: none).
+    #[serde(default)]
+    pub child_life_secs: u64,
+    /// Soft (rekey) and hard (the SA stops) lifetimes of each CHILD_SA direction by bytes
+    /// and packets, counted by the data plane (0: none), as strongSwan's rekey_bytes /
+    /// life_bytes / rekey_packets / life_packets.
+    #[serde(default)]
+    pub child_rekey_bytes: u64,
+    #[serde(default)]
+    pub child_life_bytes: u64,
+    #[serde(default)]
+    pub child_rekey_packets: u64,
+    #[serde(default)]
+    pub child_life_packets: u64,
 }
 
 impl core::fmt::Debug for ConnectionYaml {
@@ -101,6 +122,8 @@ pub struct IkeYaml {
 #[derive(Debug)]
 pub struct Connection {
     pub peer: PeerConfig,
+    /// The byte/packet lifetimes of its CHILD_SAs' data-plane SAs.
+    pub child_lifetime: Lifetime,
     pub initiate_to: Option<std::net::SocketAddr>,
 }
 
@@ -271,7 +294,40 @@ impl IkeYaml {
                     "needs our traffic selectors (or request_vip)".into(),
                 ));
             }
+            for (soft, hard, soft_key, hard_key) in [
+                (
+                    c.child_rekey_secs,
+                    c.child_life_secs,
+                    "child_rekey_secs",
+                    "child_life_secs",
+                ),
+                (
+                    c.child_rekey_bytes,
+                    c.child_life_bytes,
+                    "child_rekey_bytes",
+                    "child_life_bytes",
+                ),
+                (
+                    c.child_rekey_packets,
+                    c.child_life_packets,
+                    "child_rekey_packets",
+                    "child_life_packets",
+                ),
+            ] {
+                if soft > 0 && hard > 0 && soft >= hard {
+                    return Err(err(
+                        key(hard_key),
+                        format!("must be larger than {soft_key} ({soft}): the rekey comes first"),
+                    ));
+                }
+            }
             out.push(Connection {
+                child_lifetime: Lifetime {
+                    soft_bytes: c.child_rekey_bytes,
+                    hard_bytes: c.child_life_bytes,
+                    soft_packets: c.child_rekey_packets,
+                    hard_packets: c.child_life_packets,
+                },
                 peer: PeerConfig {
                     name: c.name.clone(),
                     local_id: Id::from_text(&c.local_id),
@@ -286,6 +342,7 @@ impl IkeYaml {
                     child_rekey_ns: c.child_rekey_secs.saturating_mul(SEC),
                     ike_rekey_ns: c.ike_rekey_secs.saturating_mul(SEC),
                     dpd_ns: c.dpd_secs.saturating_mul(SEC),
+                    child_life_ns: c.child_life_secs.saturating_mul(SEC),
                 },
                 initiate_to: c
                     .remote_addr
@@ -392,6 +449,53 @@ mod tests {
         assert!(
             !format!("{:?}", y.connections[0]).contains("0123456789"),
             "no key in Debug"
+        );
+    }
+
+    #[test]
+    fn lifetimes_are_read_and_a_hard_one_must_follow_the_soft_one() {
+        let base = "connections:\n  - { name: rw, local_id: gw, psk: \"0123456789\", remote_ts: [10.0.0.0/8], local_ts: [10.9.0.0/24], ";
+        let y: IkeYaml = crate::config::parse(
+            Path::new("x.yaml"),
+            &format!("{base}child_rekey_secs: 60, child_life_secs: 66, child_rekey_bytes: 1000, child_life_packets: 50 }}\n"),
+        )
+        .unwrap();
+        let c = y.validate(Path::new("x.yaml"), "ike").unwrap();
+        assert_eq!(c[0].peer.child_life_ns, 66 * SEC);
+        assert_eq!(
+            c[0].child_lifetime,
+            Lifetime {
+                soft_bytes: 1000,
+                hard_packets: 50,
+                ..Lifetime::default()
+            }
+        );
+        let y: IkeYaml = crate::config::parse(
+            Path::new("x.yaml"),
+            &format!("{base}child_rekey_packets: 100, child_life_packets: 100 }}\n"),
+        )
+        .unwrap();
+        let e = y.validate(Path::new("x.yaml"), "ike").unwrap_err();
+        assert_eq!(e.key, "ike.connections[0].child_life_packets");
+        assert!(e.to_string().contains("child_rekey_packets"), "{e}");
+    }
+
+    #[test]
+    fn a_client_initiates_every_connection() {
+        let y: IkeYaml = crate::config::parse(
+            Path::new("c.yaml"),
+            "connections:\n  - { name: home, local_id: rw, psk: \"0123456789\", remote_ts: [10.9.0.0/24], request_vip: true }\n",
+        )
+        .unwrap();
+        let e = y.validate_client(Path::new("c.yaml"), "ike").unwrap_err();
+        assert_eq!(e.key, "ike.connections[0].remote_addr");
+        let empty = IkeYaml::default();
+        assert_eq!(
+            empty
+                .validate_client(Path::new("c.yaml"), "ike")
+                .unwrap_err()
+                .key,
+            "ike.connections"
         );
     }
 }

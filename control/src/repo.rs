@@ -23,6 +23,7 @@ use pipeline::esp::sa::{SaKeys, SaParams, UdpEncap};
 use pipeline::ids::{SaId, Spi};
 use pipeline::msg::{Direction, Update};
 use pipeline::spd::{Action, PortRange, Prefix, Rule, Selector};
+use pipeline::stats::Lifetime;
 
 use crate::ike::sa::{ChildSaInfo, Event, IkeSaId};
 use crate::ike::wire::TrafficSelector;
@@ -75,6 +76,8 @@ pub struct SaRepository {
     next_rule: u32,
     /// A client's virtual IP and the IKE SA that holds it.
     vip: Option<(IkeSaId, std::net::Ipv4Addr)>,
+    /// Byte/packet lifetimes of the data-plane SAs, by connection name.
+    lifetimes: BTreeMap<String, Lifetime>,
     /// Children installed, rekeyed, removed (for views and tests).
     pub installed: u64,
     pub rekeyed: u64,
@@ -97,10 +100,24 @@ impl SaRepository {
             next_id: FIRST_ID,
             next_rule: FIRST_RULE,
             vip: None,
+            lifetimes: BTreeMap::new(),
             installed: 0,
             rekeyed: 0,
             removed: 0,
         }
+    }
+
+    /// The byte/packet lifetimes of connection `conn`'s CHILD_SAs from now on.
+    pub fn set_lifetime(&mut self, conn: &str, l: Lifetime) {
+        self.lifetimes.insert(conn.to_owned(), l);
+    }
+
+    /// The CHILD_SA (its inbound SPI) a data-plane SA id belongs to, either direction.
+    pub fn child_of_sa(&self, id: SaId) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(_, c)| c.sas.iter().any(|p| p.id == id))
+            .map(|(spi, _)| *spi)
     }
 
     pub fn children(&self) -> Vec<ChildView> {
@@ -195,6 +212,7 @@ impl SaRepository {
         });
         let in_id = self.alloc_id();
         let out_id = self.alloc_id();
+        let lifetime = self.lifetimes.get(&info.name).copied().unwrap_or_default();
         let common = |id: SaId, spi: u32, keys: SaKeys| SaParams {
             id,
             spi: Spi(spi),
@@ -207,7 +225,7 @@ impl SaRepository {
             local_ts,
             remote_ts,
             outer_ttl: 64,
-            lifetime: Default::default(),
+            lifetime,
         };
         let inbound = common(in_id, info.inbound.spi, key_in);
         let outbound = common(out_id, info.outbound.spi, key_out);

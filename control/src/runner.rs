@@ -17,7 +17,7 @@ use crate::ike_config::{endpoint_config, Connection};
 use crate::repo::SaRepository;
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
-use pipeline::msg::Update;
+use pipeline::msg::{Event as DpEvent, LifetimeKind, Update};
 use pipeline::worker::Datagram;
 use rtrb::{Consumer, Producer};
 
@@ -50,13 +50,27 @@ pub struct IkeControl {
     ike_down: u64,
     /// IKE SAs established by a handshake (rekeys do not count).
     ike_up: u64,
+    /// What the data plane reported (see [`on_dataplane_event`](Self::on_dataplane_event)).
+    dp: DataplaneReports,
+}
+
+/// The data plane's reports as the views show them.
+#[derive(Default)]
+struct DataplaneReports {
+    soft_lifetimes: u64,
+    hard_lifetimes: u64,
+    seq_near_wrap: u64,
+    /// Latest running totals per worker (unknown SPI) or per (worker, SA id).
+    unknown_spi: std::collections::BTreeMap<u16, u64>,
+    auth_failures: std::collections::BTreeMap<(u16, u32), u64>,
+    replay_failures: std::collections::BTreeMap<(u16, u32), u64>,
 }
 
 impl IkeControl {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         conns: Vec<Connection>,
-        repo: SaRepository,
+        mut repo: SaRepository,
         punt: Option<Consumer<Datagram>>,
         transmit: Option<Producer<Datagram>>,
         backend: Backend,
@@ -65,6 +79,9 @@ impl IkeControl {
         let mut seed = [0u8; 32];
         // The one place randomness enters the IKE core: the OS's generator seeds it.
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        for c in &conns {
+            repo.set_lifetime(&c.peer.name, c.child_lifetime);
+        }
         IkeControl {
             endpoint: Endpoint::new(endpoint_config(&conns), seed),
             repo,
@@ -82,7 +99,90 @@ impl IkeControl {
             rekeys: [0; 4],
             ike_down: 0,
             ike_up: 0,
+            dp: DataplaneReports::default(),
         }
+    }
+
+    /// A report from the data plane: a soft lifetime (or a sequence number near its limit)
+    /// rekeys the CHILD_SA, a hard one deletes it (the data plane already stopped using the
+    /// SA); unknown SPIs and authentication/replay failures are counted for the views.
+    pub fn on_dataplane_event(&mut self, e: &DpEvent) {
+        let now = self.now();
+        match e {
+            DpEvent::Lifetime {
+                id,
+                spi,
+                dir,
+                kind,
+                limit,
+                bytes,
+                packets,
+                ..
+            } => {
+                let hard = *kind == LifetimeKind::Hard;
+                if hard {
+                    self.dp.hard_lifetimes += 1;
+                } else {
+                    self.dp.soft_lifetimes += 1;
+                }
+                let Some(spi_in) = self.repo.child_of_sa(*id) else {
+                    return;
+                };
+                let Some(ike) = self.endpoint.ike_of_child(spi_in) else {
+                    return;
+                };
+                println!(
+                    "ike: CHILD_SA {spi_in:08x}: {dir:?} SA {:08x} reached its {} {limit:?} lifetime ({bytes} bytes, {packets} packets): {}",
+                    spi.0,
+                    if hard { "hard" } else { "soft" },
+                    if hard { "deleting it" } else { "rekeying" }
+                );
+                let _ = if hard {
+                    self.endpoint.delete_child(now, ike, spi_in)
+                } else {
+                    self.endpoint.rekey_child(now, ike, spi_in)
+                };
+            }
+            DpEvent::SeqNearWrap { id, spi, seq, .. } => {
+                self.dp.seq_near_wrap += 1;
+                let Some(spi_in) = self.repo.child_of_sa(*id) else {
+                    return;
+                };
+                if let Some(ike) = self.endpoint.ike_of_child(spi_in) {
+                    println!(
+                        "ike: CHILD_SA {spi_in:08x}: outbound SA {:08x} at sequence number {seq}: rekeying",
+                        spi.0
+                    );
+                    let _ = self.endpoint.rekey_child(now, ike, spi_in);
+                }
+            }
+            DpEvent::UnknownSpi {
+                worker,
+                spi,
+                src,
+                packets,
+                ..
+            } => {
+                let last = self.dp.unknown_spi.insert(*worker, *packets).unwrap_or(0);
+                if *packets > last {
+                    println!(
+                        "dataplane: ESP for unknown SPI {:08x} from {src} (worker {worker}: {packets} such packets)",
+                        spi.0
+                    );
+                }
+            }
+            DpEvent::AuthFailures {
+                worker, id, count, ..
+            } => {
+                self.dp.auth_failures.insert((*worker, id.0), *count);
+            }
+            DpEvent::ReplayFailures {
+                worker, id, count, ..
+            } => {
+                self.dp.replay_failures.insert((*worker, id.0), *count);
+            }
+        }
+        self.publish();
     }
 
     fn now(&self) -> u64 {
@@ -202,6 +302,13 @@ impl IkeControl {
                 l.send(agent::prepare(self.backend, &u)?);
             }
         }
+        for l in links.iter_mut() {
+            l.pump();
+            for e in l.take_events() {
+                work = true;
+                self.on_dataplane_event(&e);
+            }
+        }
         Ok(work)
     }
 
@@ -294,6 +401,14 @@ impl IkeControl {
             "ike_sas_down": self.ike_down,
             "ike_sas_up": self.ike_up,
             "virtual_ip": self.repo.virtual_ip().map(|v| v.to_string()),
+            "dataplane_reports": {
+                "soft_lifetimes": self.dp.soft_lifetimes,
+                "hard_lifetimes": self.dp.hard_lifetimes,
+                "seq_near_wrap": self.dp.seq_near_wrap,
+                "unknown_spi_packets": self.dp.unknown_spi.values().sum::<u64>(),
+                "auth_failures": self.dp.auth_failures.values().sum::<u64>(),
+                "replay_failures": self.dp.replay_failures.values().sum::<u64>(),
+            },
         })
         .to_string();
         if let Ok(mut v) = self.view.lock() {

@@ -112,6 +112,9 @@ pub struct PeerConfig {
     /// Rekey the CHILD_SA / the IKE SA after this long (0: never).
     pub child_rekey_ns: u64,
     pub ike_rekey_ns: u64,
+    /// Delete a CHILD_SA that reaches this age without being replaced (its hard lifetime by
+    /// time; 0: never).
+    pub child_life_ns: u64,
     /// Send a liveness check when nothing arrived for this long (0: never).
     pub dpd_ns: u64,
 }
@@ -317,6 +320,8 @@ struct Child {
     local_ts: Vec<TrafficSelector>,
     remote_ts: Vec<TrafficSelector>,
     rekey_at: u64,
+    /// The hard lifetime by time: deleted then if no rekey replaced it (0: never).
+    expire_at: u64,
     /// We sent a rekey request for this CHILD_SA and await the answer.
     rekeying: bool,
     /// We already replaced it by our own rekey (its delete is queued or in flight).
@@ -1056,11 +1061,8 @@ impl Endpoint {
             encr_bits: esp.encr_bits,
             local_ts: tsi.to_vec(),
             remote_ts: tsr.to_vec(),
-            rekey_at: if cfg.child_rekey_ns > 0 {
-                now + cfg.child_rekey_ns
-            } else {
-                0
-            },
+            rekey_at: deadline(now, cfg.child_rekey_ns),
+            expire_at: deadline(now, cfg.child_life_ns),
             rekeying: false,
             replaced: false,
             peer_rekey: None,
@@ -1258,11 +1260,8 @@ impl Endpoint {
                     encr_bits: esp.encr_bits,
                     local_ts: tsr.clone(),
                     remote_ts: tsi.clone(),
-                    rekey_at: if cfg.child_rekey_ns > 0 {
-                        now + cfg.child_rekey_ns
-                    } else {
-                        0
-                    },
+                    rekey_at: deadline(now, cfg.child_rekey_ns),
+                    expire_at: deadline(now, cfg.child_life_ns),
                     rekeying: false,
                     replaced: false,
                     peer_rekey: None,
@@ -1515,11 +1514,8 @@ impl Endpoint {
             encr_bits: esp.encr_bits,
             local_ts: tsr.clone(),
             remote_ts: tsi.clone(),
-            rekey_at: if cfg.child_rekey_ns > 0 {
-                now + cfg.child_rekey_ns
-            } else {
-                0
-            },
+            rekey_at: deadline(now, cfg.child_rekey_ns),
+            expire_at: deadline(now, cfg.child_life_ns),
             rekeying: false,
             replaced: false,
             peer_rekey: None,
@@ -1567,6 +1563,14 @@ impl Endpoint {
 
     pub fn delete_ike(&mut self, now: u64, ike: IkeSaId) -> Result<(), ConnectError> {
         self.enqueue(now, ike, Action::DeleteIke)
+    }
+
+    /// The IKE SA a CHILD_SA (by inbound SPI) belongs to now.
+    pub fn ike_of_child(&self, spi_in: u32) -> Option<IkeSaId> {
+        self.sas
+            .values()
+            .find(|sa| sa.children.iter().any(|c| c.spi_in == spi_in))
+            .map(|sa| sa.id)
     }
 
     pub fn delete_child(
@@ -1787,11 +1791,8 @@ impl Endpoint {
             encr_bits: e.encr_bits,
             local_ts: tsi.to_vec(),
             remote_ts: tsr.to_vec(),
-            rekey_at: if cfg.child_rekey_ns > 0 {
-                now + cfg.child_rekey_ns
-            } else {
-                0
-            },
+            rekey_at: deadline(now, cfg.child_rekey_ns),
+            expire_at: deadline(now, cfg.child_life_ns),
             rekeying: false,
             replaced: false,
             peer_rekey: None,
@@ -1942,6 +1943,10 @@ impl Endpoint {
                     c.rekey_at = 0;
                     sa.queue.push_back(Action::RekeyChild(c.spi_in));
                 }
+                if c.expire_at != 0 && now >= c.expire_at && !c.replaced {
+                    c.expire_at = 0;
+                    sa.queue.push_back(Action::DeleteChild(c.spi_in));
+                }
             }
             let dpd = sa.peer.as_ref().map_or(0, |p| p.dpd_ns);
             if dpd > 0 && now.saturating_sub(sa.last_heard) >= dpd && sa.queue.is_empty() {
@@ -2065,8 +2070,8 @@ impl IkeSa {
             d.extend(
                 self.children
                     .iter()
-                    .filter(|c| c.rekey_at != 0)
-                    .map(|c| c.rekey_at),
+                    .flat_map(|c| [c.rekey_at, if c.replaced { 0 } else { c.expire_at }])
+                    .filter(|t| *t != 0),
             );
             if let Some(p) = &self.peer {
                 if p.dpd_ns > 0 {
@@ -2157,6 +2162,15 @@ impl IkeSa {
             initiated_here,
             redundant: false,
         }
+    }
+}
+
+/// `now + after`, or 0 (never) when `after` is 0.
+fn deadline(now: u64, after: u64) -> u64 {
+    if after > 0 {
+        now.saturating_add(after)
+    } else {
+        0
     }
 }
 

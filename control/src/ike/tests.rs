@@ -37,6 +37,7 @@ fn peer(name: &str, local: &str, remote: Option<&str>, psk: &[u8]) -> PeerConfig
         child_rekey_ns: 0,
         ike_rekey_ns: 0,
         dpd_ns: 0,
+        child_life_ns: 0,
     }
 }
 
@@ -652,4 +653,51 @@ fn simultaneous_child_rekeys_leave_exactly_one_new_child() {
         2,
         "both the client's and the gateway's rekey won sometimes"
     );
+}
+
+#[test]
+fn a_child_sa_past_its_hard_lifetime_is_deleted_unless_a_rekey_replaced_it() {
+    const SEC: u64 = 1000 * MS;
+    // No rekey: at 30 s the CHILD_SA goes on both sides, the IKE SA stays.
+    let mut c = client_cfg();
+    c.child_life_ns = 30 * SEC;
+    let mut p = Pair::new(c, gateway_cfg());
+    let cid = p.connect();
+    p.drive();
+    assert_eq!(Pair::children(&p.client_events).len(), 1);
+    let child_down = |ev: &VecDeque<Event>| {
+        ev.iter()
+            .filter(|e| matches!(e, Event::ChildDown { .. }))
+            .count()
+    };
+    // drive() ran the clock on past the 30 s.
+    assert!(p.now >= 30 * SEC);
+    assert_eq!(child_down(&p.client_events), 1);
+    assert_eq!(child_down(&p.gw_events), 1);
+    assert!(p.client.list()[0].3.is_empty());
+    assert_eq!(p.client.ike_of_child(1), None);
+    assert!(
+        p.client.list().iter().any(|s| s.0 == cid),
+        "the IKE SA stays"
+    );
+
+    // Rekeyed at 20 s: the replacement lives on past the first one's 30 s.
+    let mut c = client_cfg();
+    c.child_rekey_ns = 20 * SEC;
+    c.child_life_ns = 30 * SEC;
+    let mut p = Pair::new(c, gateway_cfg());
+    p.connect();
+    p.drive();
+    // drive() ran two minutes: rekeys at 20 s intervals, none reached 30 s.
+    let kids = Pair::children(&p.client_events);
+    assert!(kids.len() >= 5, "{}", kids.len());
+    assert!(kids[1..].iter().all(|k| k.rekey_of.is_some()));
+    assert_eq!(
+        child_down(&p.client_events),
+        kids.len() - 1,
+        "only replaced ones went"
+    );
+    let last = kids.last().unwrap().inbound.spi;
+    assert_eq!(p.client.list()[0].3.len(), 1);
+    assert_eq!(p.client.ike_of_child(last), Some(p.client.list()[0].0));
 }
