@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod control_proc;
 mod dataplane;
 mod lab;
+mod perf_cmd;
 mod shm_link;
 mod supervise;
 mod views;
@@ -50,6 +51,9 @@ enum Command {
     /// Run the control plane alone (IKEv2, the SA repository) on a shared-memory channel to
     /// `roamgate dataplane --shm` (same config file).
     Control(control_proc::ControlArgs),
+    /// The perf lab: `roamgate perf handshakes` (IKEv2 handshakes per second against a
+    /// gateway, from a simulated crowd of road-warrior clients).
+    Perf(perf_cmd::PerfArgs),
     /// Show what a running gateway is: ports, workers, control plane, IKE SAs.
     Status(views::ViewArgs),
     /// Show a running process's counters (read-only, over its view socket).
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Run(args) => supervise::run(args),
         Command::Client(args) => supervise::client(args),
         Command::Control(args) => control_proc::run(args),
+        Command::Perf(args) => perf_cmd::run(args),
         Command::Status(args) => views::status(args),
         Command::Stats(args) => views::stats(args),
         Command::Sa(args) => views::sas(args),

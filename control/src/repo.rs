@@ -56,6 +56,10 @@ struct ChildRec {
     sas: [SaParams; 2],
     local: IpAddr,
     remote: IpAddr,
+    /// A road warrior's CHILD_SA (one local selector, one remote host, any protocol and
+    /// port): its rules go to the data plane as a host binding (destination -> SA), not into
+    /// the SPD, so a gateway with many clients never recompiles its policy per client.
+    host: Option<(IpAddr, Prefix)>,
 }
 
 /// A CHILD_SA as the views show it (never keys).
@@ -78,6 +82,8 @@ pub struct SaRepository {
     vip: Option<(IkeSaId, std::net::Ipv4Addr)>,
     /// Byte/packet lifetimes of the data-plane SAs, by connection name.
     lifetimes: BTreeMap<String, Lifetime>,
+    /// The host bindings the data plane holds: destination -> (sources, outbound SA).
+    bound: std::collections::HashMap<IpAddr, (Prefix, SaId)>,
     /// Children installed, rekeyed, removed (for views and tests).
     pub installed: u64,
     pub rekeyed: u64,
@@ -101,6 +107,7 @@ impl SaRepository {
             next_rule: FIRST_RULE,
             vip: None,
             lifetimes: BTreeMap::new(),
+            bound: std::collections::HashMap::new(),
             installed: 0,
             rekeyed: 0,
             removed: 0,
@@ -257,6 +264,12 @@ impl SaRepository {
                 });
             }
         }
+        let full =
+            |t: &TrafficSelector| t.protocol == 0 && t.start_port == 0 && t.end_port == 65535;
+        let host = match (info.local_ts.as_slice(), info.remote_ts.as_slice()) {
+            ([l], [r]) if r.start == r.end && full(l) && full(r) => Some((r.start, ts_prefix(l))),
+            _ => None,
+        };
         // Make-before-break: the new inbound SA first, then the outbound, then the policy
         // moves over. The old SAs stay until IKE says the old CHILD_SA is gone.
         let mut ups = vec![
@@ -304,15 +317,62 @@ impl SaRepository {
                 sas: kept,
                 local: info.local.ip(),
                 remote: info.remote.ip(),
+                host,
             },
         );
         self.installed += 1;
-        if switch_now {
+        let touched = [Some(info.inbound.spi), info.rekey_of];
+        ups.extend(self.policy_updates(&touched, None, switch_now));
+        Ok(ups)
+    }
+
+    /// The policy updates after the CHILD_SAs `touched` (and `gone`, just removed) had their
+    /// rules moved: host bindings by difference, the SPD only if `spd_changed` for a CHILD_SA
+    /// that is not a host binding.
+    fn policy_updates(
+        &mut self,
+        touched: &[Option<u32>],
+        gone: Option<&ChildRec>,
+        spd_changed: bool,
+    ) -> Vec<Update> {
+        let mut ups = Vec::new();
+        let mut want = Vec::new();
+        let mut drop = Vec::new();
+        let mut spd = false;
+        let live = touched
+            .iter()
+            .flatten()
+            .filter_map(|s| self.children.get(s));
+        for c in live.chain(gone) {
+            match c.host {
+                Some((dst, src))
+                    if !c.rules.is_empty() && gone.is_none_or(|g| !std::ptr::eq(g, c)) =>
+                {
+                    want.push((dst, src, c.out_id))
+                }
+                Some((dst, _)) => drop.push((dst, c.out_id)),
+                None => spd = true,
+            }
+        }
+        for (dst, id) in drop {
+            let ours = self.bound.get(&dst).is_some_and(|b| b.1 == id);
+            if ours && !want.iter().any(|w| w.0 == dst) {
+                self.bound.remove(&dst);
+                ups.push(Update::UnbindHost { dst });
+            }
+        }
+        for (dst, src, sa) in want {
+            if self.bound.get(&dst) != Some(&(src, sa)) {
+                self.bound.insert(dst, (src, sa));
+                ups.push(Update::BindHost { dst, src, sa });
+            }
+        }
+        if spd && spd_changed {
             ups.push(Update::ReplaceSpd {
                 rules: self.rules(),
             });
         }
-        Ok(ups)
+        ups
     }
 
     fn child_down(&mut self, spi_in: u32) -> Vec<Update> {
@@ -320,13 +380,14 @@ impl SaRepository {
             return Vec::new();
         };
         self.removed += 1;
-        let mut ups = Vec::new();
         let mut spd_changed = !c.rules.is_empty();
+        let mut touched = [None; 3];
         if c.own_parked.is_empty() {
             // The peer's replacement takes over.
             if let Some(n) = c.successor.and_then(|s| self.children.get_mut(&s)) {
                 n.rules = core::mem::take(&mut n.parked);
                 spd_changed = true;
+                touched[0] = c.successor;
             }
         } else if let Some(succ) = c.successor {
             // Both ends replaced it (a simultaneous rekey): ours carries the traffic; if ours
@@ -346,17 +407,15 @@ impl SaRepository {
                 if p.rules.is_empty() {
                     p.rules = core::mem::take(&mut p.own_parked);
                     spd_changed = true;
+                    touched[1] = c.predecessor;
                 }
             } else if let Some(f) = c.fallback.and_then(|f| self.children.get_mut(&f)) {
                 f.rules = core::mem::take(&mut f.parked);
                 spd_changed = true;
+                touched[2] = c.fallback;
             }
         }
-        if spd_changed {
-            ups.push(Update::ReplaceSpd {
-                rules: self.rules(),
-            });
-        }
+        let mut ups = self.policy_updates(&touched, Some(&c), spd_changed);
         ups.push(Update::DeleteOutbound { id: c.out_id });
         ups.push(Update::DeleteInbound { spi: Spi(spi_in) });
         ups
@@ -379,18 +438,24 @@ impl SaRepository {
         v.push(Update::ReplaceSpd {
             rules: self.rules(),
         });
+        v.extend(self.bound.iter().map(|(dst, (src, sa))| Update::BindHost {
+            dst: *dst,
+            src: *src,
+            sa: *sa,
+        }));
         if self.vip.is_some() {
             v.push(self.virtual_ip_update());
         }
         v
     }
 
-    /// The CHILD_SAs' rules (by inbound SPI), then the static ones.
+    /// The CHILD_SAs' rules (by inbound SPI; host bindings apart), then the static ones.
     pub fn rules(&self) -> Vec<Rule> {
         let mut r: Vec<Rule> = self
             .children
             .values()
             .rev()
+            .filter(|c| c.host.is_none())
             .flat_map(|c| c.rules.iter().cloned())
             .collect();
         r.extend(self.static_rules.iter().cloned());
@@ -437,7 +502,7 @@ mod tests {
             },
             esn: false,
             local_ts: vec![prefix_ts(&"10.9.0.0/24".parse().unwrap())],
-            remote_ts: vec![host_ts("10.99.0.1".parse().unwrap())],
+            remote_ts: vec![prefix_ts(&"10.99.0.0/28".parse().unwrap())],
             local: "192.0.2.1:4500".parse().unwrap(),
             remote: "192.0.2.10:4500".parse().unwrap(),
             udp_encap: true,
@@ -496,7 +561,7 @@ mod tests {
         let Action::Protect(first_out) = rules[0].action else {
             panic!()
         };
-        assert_eq!(rules[0].selector.dst, "10.99.0.1/32".parse().unwrap());
+        assert_eq!(rules[0].selector.dst, "10.99.0.0/28".parse().unwrap());
 
         // Rekey: new SAs and the policy moves; nothing is deleted yet.
         let ups = r
@@ -542,7 +607,7 @@ mod tests {
 #[cfg(test)]
 mod peer_rekey_tests {
     use super::*;
-    use crate::ike::sa::{host_ts, prefix_ts, ChildSaKeys, IkeSaId};
+    use crate::ike::sa::{prefix_ts, ChildSaKeys, IkeSaId};
     use zeroize::Zeroizing;
 
     fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
@@ -561,7 +626,7 @@ mod peer_rekey_tests {
             },
             esn: true,
             local_ts: vec![prefix_ts(&"10.9.0.0/24".parse().unwrap())],
-            remote_ts: vec![host_ts("10.99.0.1".parse().unwrap())],
+            remote_ts: vec![prefix_ts(&"10.99.0.0/28".parse().unwrap())],
             local: "192.0.2.1:500".parse().unwrap(),
             remote: "192.0.2.10:500".parse().unwrap(),
             udp_encap: false,
@@ -655,5 +720,134 @@ mod virtual_ip_tests {
         let ups = r.on_event(&down(2)).unwrap();
         assert_eq!(vip_of(&ups), Some(None));
         assert_eq!(vip_of(&r.full_state()), None);
+    }
+}
+
+#[cfg(test)]
+mod host_binding_tests {
+    use super::*;
+    use crate::ike::sa::{host_ts, prefix_ts, ChildSaKeys, IkeSaId};
+    use zeroize::Zeroizing;
+
+    /// A road warrior's CHILD_SA: 10.9.0.0/24 <-> its virtual IP 10.99.0.7.
+    fn rw(spi_in: u32, rekey_of: Option<u32>, here: bool) -> Event {
+        Event::ChildUp(ChildSaInfo {
+            ike: IkeSaId(1),
+            name: "rw".into(),
+            inbound: ChildSaKeys {
+                spi: spi_in,
+                encr_bits: 128,
+                keymat: Zeroizing::new(vec![1; 20]),
+            },
+            outbound: ChildSaKeys {
+                spi: spi_in + 1,
+                encr_bits: 128,
+                keymat: Zeroizing::new(vec![2; 20]),
+            },
+            esn: true,
+            local_ts: vec![prefix_ts(&"10.9.0.0/24".parse().unwrap())],
+            remote_ts: vec![host_ts("10.99.0.7".parse().unwrap())],
+            local: "192.0.2.1:4500".parse().unwrap(),
+            remote: "192.0.2.10:4500".parse().unwrap(),
+            udp_encap: true,
+            rekey_of,
+            initiated_here: here,
+            redundant: false,
+        })
+    }
+
+    fn down(spi_in: u32) -> Event {
+        Event::ChildDown {
+            ike: IkeSaId(1),
+            spi_in,
+            spi_out: spi_in + 1,
+        }
+    }
+
+    /// The policy part of some updates: ("bind", sa id) / ("unbind", 0) / ("spd", rules).
+    fn policy(ups: &[Update]) -> Vec<(&'static str, u32)> {
+        ups.iter()
+            .filter_map(|u| match u {
+                Update::BindHost { dst, sa, .. } => {
+                    assert_eq!(*dst, "10.99.0.7".parse::<IpAddr>().unwrap());
+                    Some(("bind", sa.0))
+                }
+                Update::UnbindHost { .. } => Some(("unbind", 0)),
+                Update::ReplaceSpd { rules } => Some(("spd", rules.len() as u32)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn out_id(ups: &[Update]) -> u32 {
+        ups.iter()
+            .find_map(|u| match u {
+                Update::AddSa {
+                    dir: Direction::Outbound,
+                    params,
+                } => Some(params.id.0),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_road_warrior_is_a_host_binding_that_rekeys_make_before_break() {
+        let mut r = SaRepository::new(Vec::new(), 64);
+        let ups = r.on_event(&rw(0x100, None, false)).unwrap();
+        let first = out_id(&ups);
+        assert_eq!(policy(&ups), [("bind", first)], "no SPD recompile");
+        assert!(r.rules().is_empty());
+
+        // Our rekey: the binding moves to the new SA at once; the old SAs go later.
+        let ups = r.on_event(&rw(0x200, Some(0x100), true)).unwrap();
+        let second = out_id(&ups);
+        assert_eq!(policy(&ups), [("bind", second)]);
+        let ups = r.on_event(&down(0x100)).unwrap();
+        assert_eq!(policy(&ups), []);
+        assert!(matches!(ups[0], Update::DeleteOutbound { id } if id.0 == first));
+
+        // The peer's rekey: the binding stays on the old SA until the peer deletes it, and
+        // moves before the old SA is deleted.
+        let ups = r.on_event(&rw(0x300, Some(0x200), false)).unwrap();
+        let third = out_id(&ups);
+        assert_eq!(policy(&ups), []);
+        let ups = r.on_event(&down(0x200)).unwrap();
+        assert_eq!(policy(&ups), [("bind", third)]);
+        let bind_at = ups
+            .iter()
+            .position(|u| matches!(u, Update::BindHost { .. }))
+            .unwrap();
+        let del_at = ups
+            .iter()
+            .position(|u| matches!(u, Update::DeleteOutbound { .. }))
+            .unwrap();
+        assert!(bind_at < del_at);
+
+        // A restarted data plane gets the binding back.
+        assert_eq!(policy(&r.full_state()), [("spd", 0), ("bind", third)]);
+
+        // The client leaves: unbound, then its SAs go.
+        let ups = r.on_event(&down(0x300)).unwrap();
+        assert_eq!(policy(&ups), [("unbind", 0)]);
+        assert_eq!(policy(&r.full_state()), [("spd", 0)]);
+    }
+
+    #[test]
+    fn a_simultaneous_rekey_leaves_the_binding_on_a_live_sa() {
+        let mut r = SaRepository::new(Vec::new(), 64);
+        r.on_event(&rw(0x100, None, false)).unwrap();
+        // Both ends rekey 0x100: ours (0x200) switches at once, the peer's (0x300) parks.
+        let ours = out_id(&r.on_event(&rw(0x200, Some(0x100), true)).unwrap());
+        let peers = out_id(&r.on_event(&rw(0x300, Some(0x100), false)).unwrap());
+        // Ours turns out redundant and goes first: the old one carries again...
+        let ups = r.on_event(&down(0x200)).unwrap();
+        assert_ne!(policy(&ups), [("unbind", 0)], "never left unbound: {ups:?}");
+        let bound_after = *policy(&r.full_state()).last().unwrap();
+        assert_eq!(bound_after.0, "bind");
+        assert_ne!(bound_after.1, ours);
+        // ...then the old one goes and the peer's takes over.
+        let ups = r.on_event(&down(0x100)).unwrap();
+        assert_eq!(policy(&ups), [("bind", peers)]);
     }
 }

@@ -52,6 +52,12 @@ pub struct IkeControl {
     ike_up: u64,
     /// What the data plane reported (see [`on_dataplane_event`](Self::on_dataplane_event)).
     dp: DataplaneReports,
+    /// Print IKE events (the default; benchmarks turn it off).
+    log: bool,
+    /// The views are out of date; when they were last rebuilt.
+    dirty: bool,
+    published_at: Option<Instant>,
+    publish_cost: std::time::Duration,
 }
 
 /// The data plane's reports as the views show them.
@@ -100,7 +106,16 @@ impl IkeControl {
             ike_down: 0,
             ike_up: 0,
             dp: DataplaneReports::default(),
+            log: true,
+            dirty: false,
+            published_at: None,
+            publish_cost: std::time::Duration::ZERO,
         }
+    }
+
+    /// Stops printing IKE events (a benchmark's crowd of clients would flood the output).
+    pub fn set_quiet(&mut self) {
+        self.log = false;
     }
 
     /// A report from the data plane: a soft lifetime (or a sequence number near its limit)
@@ -182,7 +197,8 @@ impl IkeControl {
                 self.dp.replay_failures.insert((*worker, id.0), *count);
             }
         }
-        self.publish();
+        self.dirty = true;
+        self.publish_if_due();
     }
 
     fn now(&self) -> u64 {
@@ -238,7 +254,9 @@ impl IkeControl {
             work = true;
             changed = true;
             self.events_seen += 1;
-            log_event(&e);
+            if self.log {
+                log_event(&e);
+            }
             match &e {
                 Event::ChildUp(c) if c.rekey_of.is_some() => {
                     self.rekeys[if c.initiated_here { 0 } else { 1 }] += 1
@@ -251,14 +269,51 @@ impl IkeControl {
                 _ => {}
             }
             match self.repo.on_event(&e) {
-                Ok(updates) => self.outbox.extend(updates),
+                Ok(updates) => updates.into_iter().for_each(|u| self.push_update(u)),
                 Err(err) => eprintln!("ike: {err}"),
             }
         }
-        if changed {
-            self.publish();
-        }
+        self.dirty |= changed;
+        self.publish_if_due();
         work
+    }
+
+    /// Queues an update for the data plane. A policy still waiting in the queue is
+    /// superseded by a newer one when only installs come between them (nothing it refers to
+    /// goes away in between), so a burst of new CHILD_SAs compiles the SPD once, not once
+    /// each.
+    fn push_update(&mut self, u: Update) {
+        if matches!(u, Update::ReplaceSpd { .. }) {
+            if let Some(pos) = self
+                .outbox
+                .iter()
+                .rposition(|x| matches!(x, Update::ReplaceSpd { .. }))
+            {
+                let only_installs = self
+                    .outbox
+                    .iter()
+                    .skip(pos + 1)
+                    .all(|x| matches!(x, Update::AddSa { .. } | Update::SetVirtualIp { .. }));
+                if only_installs {
+                    self.outbox.remove(pos);
+                }
+            }
+        }
+        self.outbox.push_back(u);
+    }
+
+    /// The views are rebuilt at most every 50 ms, and never more than 5% of the time:
+    /// listing every IKE SA takes time that grows with the number of clients, and a busy
+    /// gateway must not spend it per event.
+    fn publish_if_due(&mut self) {
+        let pause = std::time::Duration::from_millis(50).max(self.publish_cost * 20);
+        if self.dirty && self.published_at.is_none_or(|t| t.elapsed() >= pause) {
+            self.dirty = false;
+            let t = Instant::now();
+            self.publish();
+            self.publish_cost = t.elapsed();
+            self.published_at = Some(Instant::now());
+        }
     }
 
     /// Datagrams to send, oldest first (pop; push back to the front what did not fit).

@@ -117,6 +117,12 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
         Update::SetVirtualIp { config } => {
             Command::ReplaceVirtualIp(config.clone().map(|c| Box::new(Masquerade::new(c))))
         }
+        Update::BindHost { dst, src, sa } => Command::BindHost {
+            dst: *dst,
+            src: *src,
+            sa: *sa,
+        },
+        Update::UnbindHost { dst } => Command::UnbindHost(*dst),
         Update::ReplaceSpd { rules } => {
             Command::ReplaceSpd(Box::new(Spd::new(rules.clone()).map_err(AgentError::Spd)?))
         }

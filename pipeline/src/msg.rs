@@ -21,7 +21,7 @@ use core::net::IpAddr;
 use crate::esp::sa::{InboundSa, OutboundSa, SaParams, UdpEncap};
 use crate::ids::{SaId, Spi};
 use crate::nat::{Masquerade, MasqueradeConfig};
-use crate::spd::{Rule, Spd};
+use crate::spd::{Prefix, Rule, Spd};
 
 pub mod codec;
 
@@ -59,6 +59,12 @@ pub enum Update {
     /// sealing, and the answers back after opening (a masquerade inside the tunnel); `None`
     /// turns it off.
     SetVirtualIp { config: Option<MasqueradeConfig> },
+    /// Protect traffic to one host address (a road warrior's virtual IP) from `src` with
+    /// outbound SA `sa`: an exact-match table consulted before the SPD, so a gateway with
+    /// many clients changes one entry per client instead of recompiling its policy.
+    BindHost { dst: IpAddr, src: Prefix, sa: SaId },
+    /// Remove a host binding.
+    UnbindHost { dst: IpAddr },
 }
 
 /// An [`Update`] with the generation it is applied under: one record on a worker's update ring.
@@ -177,6 +183,12 @@ pub enum Command {
     ReplaceSpd(Box<Spd>),
     ReplaceMasquerade(Option<Box<Masquerade>>),
     ReplaceVirtualIp(Option<Box<Masquerade>>),
+    BindHost {
+        dst: IpAddr,
+        src: Prefix,
+        sa: SaId,
+    },
+    UnbindHost(IpAddr),
 }
 
 /// A command and its generation.

@@ -24,7 +24,7 @@ use crate::msg::{
 use crate::nat::{Masquerade, NatDrop};
 use crate::port::{Frame, Port};
 use crate::sad::Sad;
-use crate::spd::{Action, FlowKey, Spd};
+use crate::spd::{Action, FlowKey, Prefix, Spd};
 use crate::stats::{CoreCounters, Crossing, DropReason, SaCounters, Traffic};
 use crate::wire::{checksum, ethernet, icmpv4, icmpv6, ipv4, ipv6, natt, udp, EtherType};
 
@@ -101,6 +101,9 @@ pub struct Worker<P: Port> {
     nat: Option<Box<Masquerade>>,
     /// A client's virtual IP: LAN flows are masqueraded to it inside the tunnel.
     vip_nat: Option<Box<Masquerade>>,
+    /// Host bindings (road warriors' virtual IPs): destination -> (allowed sources, SA),
+    /// looked up before the SPD.
+    hosts: std::collections::HashMap<IpAddr, (Prefix, SaId)>,
     /// The clock of the current turn (ns, the caller's).
     now: u64,
     unknown_spi_total: u64,
@@ -153,6 +156,7 @@ impl<P: Port> Worker<P> {
             spd,
             nat: None,
             vip_nat: None,
+            hosts: std::collections::HashMap::new(),
             now: 0,
             unknown_spi_total: 0,
             reported_at: [0; 3],
@@ -395,6 +399,14 @@ impl<P: Port> Worker<P> {
                     self.release(Released::Masquerade(old));
                 }
             }
+            Command::BindHost { dst, src, sa } => {
+                self.hosts.insert(dst, (src, sa));
+            }
+            Command::UnbindHost(dst) => {
+                if self.hosts.remove(&dst).is_none() {
+                    return Err("no host binding for that address");
+                }
+            }
         }
         Ok(())
     }
@@ -505,6 +517,14 @@ impl<P: Port> Worker<P> {
         };
         if pkt.hop_limit <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        // A road warrior's virtual IP: one exact-match lookup before the SPD.
+        if !self.hosts.is_empty() {
+            if let Some(&(src, id)) = self.hosts.get(&pkt.key.dst) {
+                if src.contains(pkt.key.src) {
+                    return self.protect(f, &pkt, id, now, false);
+                }
+            }
         }
         // A client: LAN flows go into the tunnel as the virtual IP the gateway assigned.
         if let Some(vip) = self.vip_nat.as_ref().map(|n| IpAddr::V4(n.external_addr())) {
@@ -684,6 +704,15 @@ impl<P: Port> Worker<P> {
                     return forward(f, &self.lan_link, false, Verdict::ToLan);
                 }
             }
+        }
+        // Clear traffic from a bound host (a road warrior's virtual IP) must come through its
+        // tunnel.
+        if self
+            .hosts
+            .get(&pkt.key.src)
+            .is_some_and(|(src, _)| src.contains(pkt.key.dst))
+        {
+            return Verdict::Drop(DropReason::ClearButProtected);
         }
         // Inbound SPD check: look up the mirror image of the flow, as policies are written
         // for the outbound direction.
@@ -1358,6 +1387,25 @@ mod tests {
         fn drops(&self, r: DropReason) -> u64 {
             self.w.counters.drops(r)
         }
+
+        /// A clear UDP packet arriving on the WAN side.
+        fn send_wan_clear(&mut self, src: &str, dst: &str) {
+            let mut g = Generator::new(
+                vec![FlowSpec {
+                    src_mac: PEER_MAC,
+                    dst_mac: WAN_MAC,
+                    src: src.parse().unwrap(),
+                    dst: dst.parse().unwrap(),
+                    src_port: 1234,
+                    dst_port: 5001,
+                }],
+                &[100],
+            );
+            let mut f = MemFrame::new();
+            g.fill(&mut f, 0);
+            assert!(self.wan.send(f).is_ok());
+            self.w.poll(1);
+        }
     }
 
     #[test]
@@ -1871,6 +1919,52 @@ mod tests {
             matches!(ev[..], [Event::UnknownSpi { packets: 3, .. }]),
             "{ev:?}"
         );
+    }
+
+    #[test]
+    fn host_bindings_come_before_the_spd_and_guard_the_clear_side() {
+        let mut r = rig(1500);
+        // The SPD discards 10.99.0.7; a binding protects it from the LAN's /24 only.
+        r.send_lan("10.1.0.10", "10.99.0.7", 100);
+        assert_eq!(r.drops(DropReason::PolicyDiscard), 1);
+        r.update(Update::BindHost {
+            dst: "10.99.0.7".parse().unwrap(),
+            src: "10.1.0.0/24".parse().unwrap(),
+            sa: SaId(1),
+        });
+        r.send_lan("10.1.0.10", "10.99.0.7", 100);
+        let esp = r.wan.recv().expect("sealed by the bound SA");
+        let ip = ipv4::Packet::new_checked(&esp.data()[14..]).unwrap();
+        assert_eq!(ip.next_header(), IpProtocol::Esp);
+        assert_eq!(&ip.payload()[0..4], &0xa001u32.to_be_bytes());
+        r.send_lan("10.1.1.10", "10.99.0.7", 100);
+        assert!(r.wan.recv().is_none(), "a source outside the binding");
+        assert_eq!(r.drops(DropReason::PolicyDiscard), 2);
+
+        // The bound host in the clear on the WAN side is refused.
+        r.send_wan_clear("10.99.0.7", "10.1.0.10");
+        assert!(r.lan.recv().is_none());
+        assert_eq!(r.drops(DropReason::ClearButProtected), 1);
+
+        r.update(Update::UnbindHost {
+            dst: "10.99.0.7".parse().unwrap(),
+        });
+        r.send_lan("10.1.0.10", "10.99.0.7", 100);
+        assert!(r.wan.recv().is_none());
+        assert_eq!(r.drops(DropReason::PolicyDiscard), 3);
+        // Unbinding what is not bound is reported, not fatal.
+        let g = r.agent.send(
+            agent::prepare(
+                crate::crypto::best_backend(),
+                &Update::UnbindHost {
+                    dst: "10.99.0.7".parse().unwrap(),
+                },
+            )
+            .unwrap(),
+        );
+        r.w.poll(9);
+        r.agent.pump();
+        assert!(r.agent.rejections().iter().any(|(gen, _)| *gen == g));
     }
 
     #[test]

@@ -381,6 +381,13 @@ pub struct Endpoint {
     sas: HashMap<u64, IkeSa>,
     /// Responder side: (initiator SPI, peer address) -> our SPI, to spot IKE_SA_INIT retries.
     half_open: HashMap<(u64, SocketAddr), u64>,
+    /// `poll_timeout`'s answer until something changes (None: look again).
+    deadline_cache: std::cell::Cell<Option<Option<u64>>>,
+    /// Where the next pool lease search starts.
+    lease_cursor: u32,
+    /// Every inbound CHILD_SA SPI we handed out and have not yet reported down (a superset
+    /// of those in use: an SPI of an exchange that failed stays, harmlessly).
+    spis_in_use: std::collections::HashSet<u32>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Virtual IPs in use.
@@ -408,6 +415,9 @@ impl Endpoint {
             rng: ChaCha20Rng::from_seed(seed),
             sas: HashMap::new(),
             half_open: HashMap::new(),
+            deadline_cache: std::cell::Cell::new(None),
+            spis_in_use: std::collections::HashSet::new(),
+            lease_cursor: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             leases: HashMap::new(),
@@ -420,7 +430,11 @@ impl Endpoint {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if let Some(Event::ChildDown { spi_in, .. }) = &e {
+            self.spis_in_use.remove(spi_in);
+        }
+        e
     }
 
     /// The IKE SAs, for views: (id, peer name, established, children (spi_in, spi_out)).
@@ -443,7 +457,19 @@ impl Endpoint {
 
     /// The earliest time something is due (a retransmission, a rekey, a liveness check).
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.sas.values().filter_map(|s| s.next_deadline()).min()
+        // Cached: every call that can move a timer clears it (see `touch`), so a control loop
+        // that asks every turn does not walk every IKE SA every turn.
+        if let Some(d) = self.deadline_cache.get() {
+            return d;
+        }
+        let d = self.sas.values().filter_map(|s| s.next_deadline()).min();
+        self.deadline_cache.set(Some(d));
+        d
+    }
+
+    /// Something may have moved a timer: the next `poll_timeout` looks again.
+    fn touch(&self) {
+        self.deadline_cache.set(None);
     }
 
     fn drop(&mut self, d: Drop) {
@@ -463,12 +489,7 @@ impl Endpoint {
         loop {
             let s = self.rng.next_u32();
             // 1..255 are reserved (RFC 4303); and never twice among our inbound SPIs.
-            if s > 255
-                && !self
-                    .sas
-                    .values()
-                    .any(|sa| sa.children.iter().any(|c| c.spi_in == s))
-            {
+            if s > 255 && self.spis_in_use.insert(s) {
                 return s;
             }
         }
@@ -490,6 +511,7 @@ impl Endpoint {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Result<IkeSaId, ConnectError> {
+        self.touch();
         let cfg = self
             .peers
             .iter()
@@ -575,6 +597,7 @@ impl Endpoint {
 
     /// Handles one received IKE message (without the non-ESP marker) from `remote` to `local`.
     pub fn handle(&mut self, now: u64, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        self.touch();
         let Ok(h) = Header::parse(data) else {
             self.drop(Drop::Malformed);
             return;
@@ -1291,11 +1314,15 @@ impl Endpoint {
     }
 
     fn lease(&mut self, pool: &Pool, ike: IkeSaId) -> Option<Ipv4Addr> {
+        // From where the last search stopped: O(1) while the pool has room (and a released
+        // address is not handed out again at once).
         let first = u32::from(pool.first);
-        for i in 0..pool.count {
+        for k in 0..pool.count {
+            let i = (self.lease_cursor.wrapping_add(k)) % pool.count.max(1);
             let a = Ipv4Addr::from(first.checked_add(i)?);
             if let std::collections::hash_map::Entry::Vacant(e) = self.leases.entry(a) {
                 e.insert(ike);
+                self.lease_cursor = i.wrapping_add(1);
                 return Some(a);
             }
         }
@@ -1583,6 +1610,7 @@ impl Endpoint {
     }
 
     fn enqueue(&mut self, now: u64, ike: IkeSaId, a: Action) -> Result<(), ConnectError> {
+        self.touch();
         let sa = self.sas.get_mut(&ike.0).ok_or(ConnectError::NoSuchSa)?;
         sa.queue.push_back(a);
         self.next_action(now, ike.0);
@@ -1895,6 +1923,7 @@ impl Endpoint {
 
     /// Retransmits, times out dead peers, starts due rekeys and liveness checks.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.touch();
         let rt = self.config.retransmit;
         let spis: Vec<u64> = self.sas.keys().copied().collect();
         for spi in spis {
@@ -2060,28 +2089,37 @@ impl IkeSa {
     }
 
     fn next_deadline(&self) -> Option<u64> {
-        let mut d: Vec<u64> = Vec::new();
+        let min = |a: Option<u64>, t: u64| {
+            if t == 0 {
+                a
+            } else {
+                Some(a.map_or(t, |a| a.min(t)))
+            }
+        };
         if let Some(o) = &self.outstanding {
-            d.push(o.deadline);
-        } else if self.state == State::Established {
-            if self.rekey_at != 0 {
-                d.push(self.rekey_at);
-            }
-            d.extend(
-                self.children
-                    .iter()
-                    .flat_map(|c| [c.rekey_at, if c.replaced { 0 } else { c.expire_at }])
-                    .filter(|t| *t != 0),
-            );
-            if let Some(p) = &self.peer {
-                if p.dpd_ns > 0 {
-                    d.push(self.last_heard.saturating_add(p.dpd_ns));
-                }
-            }
-        } else if self.state == State::Init && self.role == Role::Responder {
-            d.push(self.last_heard.saturating_add(30 * SEC));
+            return Some(o.deadline);
         }
-        d.into_iter().min()
+        match self.state {
+            State::Established => {
+                let mut d = min(None, self.rekey_at);
+                for c in &self.children {
+                    d = min(d, c.rekey_at);
+                    if !c.replaced {
+                        d = min(d, c.expire_at);
+                    }
+                }
+                if let Some(p) = &self.peer {
+                    if p.dpd_ns > 0 {
+                        d = min(d, self.last_heard.saturating_add(p.dpd_ns));
+                    }
+                }
+                d
+            }
+            State::Init if self.role == Role::Responder => {
+                Some(self.last_heard.saturating_add(30 * SEC))
+            }
+            _ => None,
+        }
     }
 
     /// Builds an encrypted message: header, SK payload holding `inner`.

@@ -22,6 +22,8 @@
 //! | 0x14 | `Update::ReplaceSpd` | generation, count u32, count x rule |
 //! | 0x15 | `Update::SetMasquerade` | generation, present u8, config |
 //! | 0x16 | `Update::SetVirtualIp` | generation, present u8, config |
+//! | 0x17 | `Update::BindHost` | generation, dst ip, src prefix, sa id u32 |
+//! | 0x18 | `Update::UnbindHost` | generation, dst ip |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
 //! | 0x30..=0x34 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 / 0x41 | `Punted` / `Transmit` | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
@@ -72,6 +74,8 @@ mod tag {
     pub const REPLACE_SPD: u8 = 0x14;
     pub const SET_MASQUERADE: u8 = 0x15;
     pub const SET_VIRTUAL_IP: u8 = 0x16;
+    pub const BIND_HOST: u8 = 0x17;
+    pub const UNBIND_HOST: u8 = 0x18;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -506,6 +510,8 @@ impl Record for UpdateEnvelope {
             Update::ReplaceSpd { .. } => tag::REPLACE_SPD,
             Update::SetMasquerade { .. } => tag::SET_MASQUERADE,
             Update::SetVirtualIp { .. } => tag::SET_VIRTUAL_IP,
+            Update::BindHost { .. } => tag::BIND_HOST,
+            Update::UnbindHost { .. } => tag::UNBIND_HOST,
         };
         w.head(tag)?;
         w.u64(self.generation)?;
@@ -541,6 +547,12 @@ impl Record for UpdateEnvelope {
                     w.masquerade(c)
                 }
             },
+            Update::BindHost { dst, src, sa } => {
+                w.ip(*dst)?;
+                w.prefix(*src)?;
+                w.u32(sa.0)
+            }
+            Update::UnbindHost { dst } => w.ip(*dst),
         }
     }
 
@@ -579,6 +591,12 @@ impl Record for UpdateEnvelope {
                     None
                 },
             },
+            tag::BIND_HOST => Update::BindHost {
+                dst: r.ip()?,
+                src: r.prefix()?,
+                sa: SaId(r.u32()?),
+            },
+            tag::UNBIND_HOST => Update::UnbindHost { dst: r.ip()? },
             tag::SET_VIRTUAL_IP => Update::SetVirtualIp {
                 config: if r.bool("virtual IP flag")? {
                     Some(r.masquerade()?)

@@ -139,6 +139,14 @@ fn updates() -> Vec<UpdateEnvelope> {
             }),
         },
         Update::SetVirtualIp { config: None },
+        Update::BindHost {
+            dst: "10.99.0.7".parse().unwrap(),
+            src: "10.9.0.0/24".parse().unwrap(),
+            sa: SaId(1 << 20),
+        },
+        Update::UnbindHost {
+            dst: "fd00:99::7".parse().unwrap(),
+        },
     ];
     ups.into_iter()
         .enumerate()
