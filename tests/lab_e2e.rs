@@ -193,14 +193,51 @@ fn lab_negotiates_with_ike_and_rekeys_under_traffic_without_loss() {
         "CHILD_SAs were rekeyed while traffic flowed:\n{text}"
     );
     // Simultaneous rekeys (both sites rekey on the same timer) leave one CHILD_SA per
-    // tunnel and site: every rekey's old (or redundant) SA went down.
-    let all_ups = text.matches("CHILD_SA v").count();
+    // tunnel and site, and one per road-warrior client at site B: every rekey's old (or
+    // redundant) SA went down. (The clients themselves log quietly.)
+    let all_ups = text
+        .lines()
+        .filter(|l| l.starts_with("ike: CHILD_SA ") && l.contains(" up: "))
+        .count();
     assert_eq!(
         all_ups - downs,
-        4,
-        "two tunnels x two sites remain:\n{text}"
+        4 + 3,
+        "two tunnels x two sites and three clients remain:\n{text}"
     );
     for line in text.lines().filter(|l| l.contains("hosts of")) {
         assert!(line.contains("lost 0"), "{line}");
     }
+    // The three road warriors got virtual IPs from site B's pool, streamed through their
+    // tunnels and rekeyed, and every packet came back.
+    let clients: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("client-"))
+        .collect();
+    assert_eq!(clients.len(), 3, "{text}");
+    let mut vips: Vec<&str> = clients
+        .iter()
+        .filter_map(|l| l.split("(virtual IP ").nth(1)?.split(')').next())
+        .collect();
+    vips.sort();
+    vips.dedup();
+    assert_eq!(vips.len(), 3, "three distinct virtual IPs: {clients:?}");
+    assert!(vips.iter().all(|v| v.starts_with("10.99.0.")), "{vips:?}");
+    for line in &clients {
+        assert!(line.contains(", lost 0,"), "{line}");
+        let rekeys: u64 = line
+            .split(", lost 0, ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(rekeys >= 1, "{line}");
+        let sent: u64 = line
+            .split("sent ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(sent > 2000, "{line}");
+    }
+    assert!(text.contains("clients: 3/3 up with virtual IPs"), "{text}");
 }

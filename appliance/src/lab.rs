@@ -63,10 +63,20 @@ pub struct LabArgs {
     /// With --ike: rekey every CHILD_SA after this many seconds.
     #[arg(long, default_value_t = 5)]
     rekey_secs: u64,
+    /// With --ike: this many road-warrior clients (what `roamgate client` runs) get virtual
+    /// IPs from site B and stream to its host, which echoes.
+    #[arg(long, default_value_t = 3)]
+    clients: usize,
+    /// Packets per second each client's LAN host sends.
+    #[arg(long, default_value_t = 2000)]
+    client_rate_pps: u64,
 }
 
-/// The lab's two tunnels as IKEv2 connections, site A initiating (a fresh random PSK per run).
-fn lab_ike(cfg: &LabConfig, rekey_secs: u64) -> Result<[Vec<control::ike_config::Connection>; 2]> {
+type Conns = Vec<control::ike_config::Connection>;
+
+/// The lab's two tunnels as IKEv2 connections, site A initiating, and with `clients` site B's
+/// road-warrior connection; a fresh random PSK per run (returned too, for the clients).
+fn lab_ike(cfg: &LabConfig, rekey_secs: u64, clients: bool) -> Result<([Conns; 2], String)> {
     let mut psk = [0u8; 24];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut psk)
         .map_err(|_| anyhow::anyhow!("no randomness for the lab PSK"))?;
@@ -86,16 +96,21 @@ fn lab_ike(cfg: &LabConfig, rekey_secs: u64) -> Result<[Vec<control::ike_config:
         conn("a", "b", "v6", "fd00:a::/64", "fd00:b::/64", Some(remote_a))
     );
     let b = format!(
-        "connections:\n{}{}",
+        "connections:\n{}{}{}",
         conn("b", "a", "v4", "10.2.0.0/24", "10.1.0.0/24", None),
-        conn("b", "a", "v6", "fd00:b::/64", "fd00:a::/64", None)
+        conn("b", "a", "v6", "fd00:b::/64", "fd00:a::/64", None),
+        if clients {
+            crate::lab_clients::gateway_connection(&psk, rekey_secs)
+        } else {
+            String::new()
+        }
     );
     let p = Path::new("lab --ike");
     let parse = |t: &str| -> Result<Vec<control::ike_config::Connection>> {
         let y: control::ike_config::IkeYaml = config::parse(p, t)?;
         Ok(y.validate(p, "ike")?)
     };
-    Ok([parse(&a)?, parse(&b)?])
+    Ok(([parse(&a)?, parse(&b)?], psk))
 }
 
 struct Gateway {
@@ -145,7 +160,24 @@ pub fn run(args: LabArgs) -> Result<()> {
     // Cables: hosts <-> gateway LANs, gateway WAN <-> (tap) <-> gateway WAN.
     let (hosts_a, lan_a) = cable("hosts-a", "site-a/lan", CABLE_SLOTS);
     let (hosts_b, lan_b) = cable("hosts-b", "site-b/lan", CABLE_SLOTS);
-    let (wan_a, wan_b, tap) = if args.pcap.is_some() {
+    let clients = if args.ike { args.clients } else { 0 };
+    if clients > 200 {
+        bail!("--clients {clients}: at most 200 (one address each in 198.51.100.0/24)");
+    }
+    let mut internet = (clients > 0).then(crate::lab_clients::Internet::new);
+    let (wan_a, wan_b, tap) = if let Some(net) = internet.as_mut() {
+        let addrs = |gw: &GatewayConfig, plan: &GatewayPlan| {
+            let mut v = vec![gw.wan.address];
+            v.extend(gw.wan.address6.map(IpAddr::V6));
+            v.extend(plan.sas.iter().map(|(_, p)| p.local));
+            v
+        };
+        (
+            net.attach("site-a/wan", addrs(&cfg.site_a, &plan_a)),
+            net.attach("site-b/wan", addrs(&cfg.site_b, &plan_b)),
+            None,
+        )
+    } else if args.pcap.is_some() {
         let (wan_a, tap_a) = cable("site-a/wan", "tap-a", CABLE_SLOTS);
         let (tap_b, wan_b) = cable("tap-b", "site-b/wan", CABLE_SLOTS);
         (wan_a, wan_b, Some((tap_a, tap_b)))
@@ -158,10 +190,11 @@ pub fn run(args: LabArgs) -> Result<()> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut gateways = Vec::new();
     let mut worker_threads = Vec::new();
-    let mut ike_conns = if args.ike {
-        lab_ike(&cfg, args.rekey_secs)?.map(Some)
+    let (mut ike_conns, psk) = if args.ike {
+        let (c, psk) = lab_ike(&cfg, args.rekey_secs, clients > 0)?;
+        (c.map(Some), psk)
     } else {
-        [None, None]
+        ([None, None], String::new())
     };
     let mut controls: Vec<control::runner::IkeControl> = Vec::new();
     for (i, (gw, plan, lan, wan)) in [
@@ -234,6 +267,70 @@ pub fn run(args: LabArgs) -> Result<()> {
             },
         });
     }
+    let mut pcap = match &args.pcap {
+        Some(p) => Some(PcapWriter::new(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ))?),
+        None => None,
+    };
+    let clients_view = Arc::new(crate::lab_clients::ClientsView::default());
+    let stop_client_traffic = Arc::new(AtomicBool::new(false));
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let client_thread = match internet.as_mut() {
+        Some(net) => {
+            println!(
+                "ike: {clients} road-warrior clients ask {} for virtual IPs from {}",
+                cfg.site_b.name,
+                crate::lab_clients::POOL
+            );
+            Some(crate::lab_clients::spawn(
+                clients,
+                net,
+                cfg.site_b.wan.address,
+                &psk,
+                args.rekey_secs,
+                args.client_rate_pps,
+                backend,
+                clients_view.clone(),
+                stop_client_traffic.clone(),
+                stop_clients.clone(),
+            )?)
+        }
+        None => None,
+    };
+    // With clients, the lab's internet runs from the start: IKE goes through it too.
+    let stop_internet = Arc::new(AtomicBool::new(false));
+    let internet_thread = match internet.take() {
+        Some(mut net) => {
+            let mut pcap = pcap.take();
+            let stop = stop_internet.clone();
+            let limit = args.pcap_limit;
+            Some(
+                std::thread::Builder::new()
+                    .name("internet".into())
+                    .spawn(move || {
+                        let mut written = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let moved = net.pass(|frame| {
+                                if let Some(p) = pcap.as_mut() {
+                                    if written < limit && p.write(stamp_us(), frame).is_ok() {
+                                        written += 1;
+                                    }
+                                }
+                            });
+                            if moved == 0 {
+                                std::thread::sleep(Duration::from_micros(20));
+                            }
+                        }
+                        if let Some(p) = pcap.as_mut() {
+                            let _ = p.flush();
+                        }
+                        (written, net.unroutable)
+                    })?,
+            )
+        }
+        None => None,
+    };
     if args.ike {
         if args.wireshark_keys.is_some() {
             bail!("--wireshark-keys exports the static keys; with --ike the keys are negotiated");
@@ -243,7 +340,9 @@ pub fn run(args: LabArgs) -> Result<()> {
         }
         // Traffic starts once both tunnels are up at both sites.
         let t = Instant::now();
-        while controls.iter().any(|c| c.children().len() < 2) {
+        // Site A initiates both tunnels: when it has them, site B has installed them too
+        // (site B also counts the clients' CHILD_SAs).
+        while controls[0].children().len() < 2 {
             ike_turn(&mut controls, &mut gateways)?;
             if t.elapsed() > Duration::from_secs(10) {
                 bail!("IKE did not bring the lab's tunnels up within 10 s");
@@ -289,12 +388,6 @@ pub fn run(args: LabArgs) -> Result<()> {
     };
     let flows_a = flows_from(Site::SiteA, &cfg.site_a);
     let flows_b = flows_from(Site::SiteB, &cfg.site_b);
-    let mut pcap = match &args.pcap {
-        Some(p) => Some(PcapWriter::new(BufWriter::new(
-            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        ))?),
-        None => None,
-    };
     let stop_hosts = Arc::new(AtomicBool::new(false));
     let hosts = {
         let stop = stop_hosts.clone();
@@ -307,6 +400,9 @@ pub fn run(args: LabArgs) -> Result<()> {
                     HostSite::new(hosts_a, flows_a, &sizes, rate),
                     HostSite::new(hosts_b, flows_b, &sizes, rate),
                 ];
+                let echo_pool: pipeline::spd::Prefix = crate::lab_clients::POOL
+                    .parse()
+                    .expect("a valid prefix literal");
                 let mut tap = tap.map(|(a, b)| Tap {
                     a,
                     b,
@@ -325,10 +421,12 @@ pub fn run(args: LabArgs) -> Result<()> {
                     // What arrives at one site's hosts was generated at the other site, whose sink
                     // keeps the per-flow account.
                     let (a, b) = sites.split_at_mut(1);
-                    moved += a[0].receive(&mut b[0], now) + b[0].receive(&mut a[0], now);
+                    moved += a[0].receive(&mut b[0], now, None)
+                        + b[0].receive(&mut a[0], now, Some(echo_pool));
                     if let Some(t) = tap.as_mut() {
                         moved += t.pass(pcap.as_mut());
                     }
+
                     if !generating {
                         let since = *draining_since.get_or_insert_with(Instant::now);
                         let in_flight = sites
@@ -374,6 +472,19 @@ pub fn run(args: LabArgs) -> Result<()> {
                 let rekeyed: u64 = controls.iter().map(|c| c.child_counts().1).sum();
                 println!("        ike: {rekeyed} CHILD_SA rekeys so far, traffic never paused");
             }
+            if client_thread.is_some() {
+                let v = &clients_view;
+                let (sent, echoed) = (
+                    v.sent.load(Ordering::Relaxed),
+                    v.echoed.load(Ordering::Relaxed),
+                );
+                println!(
+                    "        clients: {}/{clients} up with virtual IPs, {sent} sent, {echoed} echoed back, {} in flight, {} rekeys",
+                    v.up.load(Ordering::Relaxed),
+                    sent.saturating_sub(echoed),
+                    v.rekeys.load(Ordering::Relaxed),
+                );
+            }
             last = cur;
             last_t = now;
             next_tick += Duration::from_secs(1);
@@ -391,6 +502,21 @@ pub fn run(args: LabArgs) -> Result<()> {
         }
     }
     let elapsed = start.elapsed();
+    // The clients stop sending first; their last echoes need the hosts and the internet.
+    stop_client_traffic.store(true, Ordering::Relaxed);
+    if client_thread.is_some() {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            let v = &clients_view;
+            if v.sent.load(Ordering::Relaxed) == v.echoed.load(Ordering::Relaxed) {
+                break;
+            }
+            if !controls.is_empty() {
+                ike_turn(&mut controls, &mut gateways)?;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     stop_hosts.store(true, Ordering::Relaxed);
     let (sites, captured) = hosts
         .join()
@@ -400,7 +526,48 @@ pub fn run(args: LabArgs) -> Result<()> {
         t.join()
             .map_err(|_| anyhow::anyhow!("worker thread panicked"))?;
     }
+    stop_clients.store(true, Ordering::Relaxed);
+    let client_summaries = match client_thread {
+        Some(t) => t
+            .join()
+            .map_err(|_| anyhow::anyhow!("clients thread panicked"))?,
+        None => Vec::new(),
+    };
+    stop_internet.store(true, Ordering::Relaxed);
+    let captured = match internet_thread {
+        Some(t) => {
+            let (written, unroutable) = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("internet thread panicked"))?;
+            if unroutable > 0 {
+                println!("internet: {unroutable} frames for addresses nobody owns");
+            }
+            args.pcap.is_some().then_some(written)
+        }
+        None => captured,
+    };
     summary(elapsed, backend, &gateways, &sites, &cfg);
+    let mut clients_lost = 0;
+    for c in &client_summaries {
+        let lost = c.sent.saturating_sub(c.echoed);
+        clients_lost += lost;
+        println!(
+            "  {} (virtual IP {}): sent {}, echoed back {}, lost {lost}, {} rekeys; round trip p50 {:.1} us, p99 {:.1} us",
+            c.name,
+            c.virtual_ip.map_or("none".to_string(), |v| v.to_string()),
+            c.sent,
+            c.echoed,
+            c.rekeys,
+            c.p50_us,
+            c.p99_us
+        );
+    }
+    if client_summaries
+        .iter()
+        .any(|c| c.virtual_ip.is_none() || c.sent == 0)
+    {
+        bail!("a road-warrior client never got its tunnel up");
+    }
     if let (Some(p), Some(n)) = (&args.pcap, captured) {
         println!(
             "capture: {n} frames of the link between the gateways in {}",
@@ -414,6 +581,9 @@ pub fn run(args: LabArgs) -> Result<()> {
         - sites.iter().map(|s| s.sink.received()).sum::<u64>();
     if lost > 0 {
         bail!("{lost} packets were sent by the hosts but never arrived");
+    }
+    if clients_lost > 0 {
+        bail!("{clients_lost} client packets were never echoed back");
     }
     Ok(())
 }
@@ -481,10 +651,20 @@ impl HostSite {
         self.port.tx_burst(&mut self.pending)
     }
 
-    /// Receives frames at this site's LAN that `from`'s hosts generated.
-    fn receive(&mut self, from: &mut HostSite, now: u64) -> usize {
+    /// Receives frames at this site's LAN that `from`'s hosts generated; frames from `echo`
+    /// (the road-warrior clients' virtual IPs) are sent back instead.
+    fn receive(
+        &mut self,
+        from: &mut HostSite,
+        now: u64,
+        echo: Option<pipeline::spd::Prefix>,
+    ) -> usize {
         let n = self.port.rx_burst(&mut self.rx, 64);
-        for f in self.rx.drain(..) {
+        for mut f in self.rx.drain(..) {
+            if echo.is_some_and(|pool| crate::lab_clients::echo(&mut f, pool)) {
+                self.pending.push_back(f);
+                continue;
+            }
             if let Some(lat) = from.sink.observe(f.data(), now) {
                 let _ = from.latency.record(lat.max(1));
             }
@@ -514,14 +694,8 @@ impl Tap {
             while to.tx_space() > 0 {
                 let Some(f) = from.recv() else { break };
                 if let Some(p) = pcap.as_deref_mut() {
-                    if self.written < self.limit {
-                        let ts = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map(|d| d.as_micros() as u64)
-                            .unwrap_or(0);
-                        if p.write(ts, f.data()).is_ok() {
-                            self.written += 1;
-                        }
+                    if self.written < self.limit && p.write(stamp_us(), f.data()).is_ok() {
+                        self.written += 1;
                     }
                 }
                 // tx_space() > 0 was checked, so the send cannot fail.
@@ -531,6 +705,14 @@ impl Tap {
         }
         moved
     }
+}
+
+/// Wall-clock microseconds for pcap records.
+fn stamp_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// One turn of each site's IKE control loop (its worker's link only).

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod control_proc;
 mod dataplane;
 mod lab;
+mod lab_clients;
 mod perf_cmd;
 mod shm_link;
 mod supervise;

@@ -385,6 +385,11 @@ impl IkeControl {
         self.repo.children()
     }
 
+    /// The virtual IP the gateway assigned us (a client), if any.
+    pub fn virtual_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.repo.virtual_ip()
+    }
+
     /// (installed, rekeyed, removed) CHILD_SAs so far.
     pub fn child_counts(&self) -> (u64, u64, u64) {
         (self.repo.installed, self.repo.rekeyed, self.repo.removed)
