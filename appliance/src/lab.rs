@@ -503,19 +503,22 @@ pub fn run(args: LabArgs) -> Result<()> {
     }
     let elapsed = start.elapsed();
     // The clients stop sending first; their last echoes need the hosts and the internet.
+    // Then IKE gets up to 3 s to finish the exchanges under way (a rekey cut off halfway
+    // would leave both the old and the new CHILD_SA in the summary).
     stop_client_traffic.store(true, Ordering::Relaxed);
-    if client_thread.is_some() {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(2) {
-            let v = &clients_view;
-            if v.sent.load(Ordering::Relaxed) == v.echoed.load(Ordering::Relaxed) {
-                break;
-            }
-            if !controls.is_empty() {
-                ike_turn(&mut controls, &mut gateways)?;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        let v = &clients_view;
+        let clients_done = client_thread.is_none()
+            || (v.sent.load(Ordering::Relaxed) == v.echoed.load(Ordering::Relaxed)
+                && v.busy.load(Ordering::Relaxed) == 0);
+        if clients_done && controls.iter().all(|c| !c.busy()) {
+            break;
         }
+        if !controls.is_empty() {
+            ike_turn(&mut controls, &mut gateways)?;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
     stop_hosts.store(true, Ordering::Relaxed);
     let (sites, captured) = hosts

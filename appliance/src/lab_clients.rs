@@ -108,6 +108,8 @@ pub struct ClientsView {
     pub sent: AtomicU64,
     pub echoed: AtomicU64,
     pub rekeys: AtomicU64,
+    /// Clients with an IKE exchange under way.
+    pub busy: AtomicU64,
 }
 
 /// One client's account at the end.
@@ -283,7 +285,7 @@ fn run(
         let now = start.elapsed().as_nanos() as u64;
         let generating = !stop_traffic.load(Ordering::Relaxed);
         let mut work = 0;
-        let (mut up, mut sent, mut echoed, mut rekeys) = (0, 0, 0, 0);
+        let (mut up, mut sent, mut echoed, mut rekeys, mut busy) = (0, 0, 0, 0, 0);
         for c in clients.iter_mut() {
             work += c.worker.poll(now);
             if c.ctl.turn(&mut [&mut c.link]).unwrap_or(false) {
@@ -316,7 +318,9 @@ fn run(
             sent += c.gen.sent().iter().sum::<u64>();
             echoed += c.sink.received();
             rekeys += c.ctl.child_counts().1;
+            busy += u64::from(c.ctl.busy());
         }
+        view.busy.store(busy, Ordering::Relaxed);
         view.up.store(up, Ordering::Relaxed);
         view.sent.store(sent, Ordering::Relaxed);
         view.echoed.store(echoed, Ordering::Relaxed);

@@ -160,12 +160,56 @@ impl SaRepository {
                 }
                 Ok(Vec::new())
             }
+            Event::IkeMoved {
+                local,
+                remote,
+                udp_encap,
+                children,
+                ..
+            } => Ok(self.moved(*local, *remote, *udp_encap, children)),
             Event::IkeDown { ike, .. } if self.vip.is_some_and(|(i, _)| i == *ike) => {
                 self.vip = None;
                 Ok(vec![self.virtual_ip_update()])
             }
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// MOBIKE moved an IKE SA: its CHILD_SAs' outbound SAs are rebound in one update (same
+    /// keys, same sequence numbers); what a restarted data plane would get is updated too.
+    fn moved(
+        &mut self,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        udp_encap: bool,
+        children: &[u32],
+    ) -> Vec<Update> {
+        let encap = udp_encap.then_some(UdpEncap {
+            local_port: local.port(),
+            remote_port: remote.port(),
+        });
+        let mut ids = Vec::new();
+        for spi in children {
+            if let Some(c) = self.children.get_mut(spi) {
+                c.local = local.ip();
+                c.remote = remote.ip();
+                for p in c.sas.iter_mut() {
+                    p.local = local.ip();
+                    p.remote = remote.ip();
+                    p.encap = encap;
+                }
+                ids.push(c.out_id);
+            }
+        }
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        vec![Update::RebindOutbound {
+            ids,
+            local: local.ip(),
+            remote: remote.ip(),
+            encap,
+        }]
     }
 
     /// A client's virtual IP as the data plane's masquerade inside the tunnel (or none).

@@ -50,6 +50,8 @@ pub struct IkeControl {
     ike_down: u64,
     /// IKE SAs established by a handshake (rekeys do not count).
     ike_up: u64,
+    /// MOBIKE moves (ours and the peers').
+    moves: u64,
     /// What the data plane reported (see [`on_dataplane_event`](Self::on_dataplane_event)).
     dp: DataplaneReports,
     /// Print IKE events (the default; benchmarks turn it off).
@@ -105,6 +107,7 @@ impl IkeControl {
             rekeys: [0; 4],
             ike_down: 0,
             ike_up: 0,
+            moves: 0,
             dp: DataplaneReports::default(),
             log: true,
             dirty: false,
@@ -265,6 +268,7 @@ impl IkeControl {
                     self.rekeys[if *initiated_here { 2 } else { 3 }] += 1
                 }
                 Event::IkeDown { .. } => self.ike_down += 1,
+                Event::IkeMoved { .. } => self.moves += 1,
                 Event::IkeUp { .. } => self.ike_up += 1,
                 _ => {}
             }
@@ -376,6 +380,11 @@ impl IkeControl {
         }
     }
 
+    /// True while an IKE exchange is under way, or updates or datagrams wait to go out.
+    pub fn busy(&self) -> bool {
+        self.endpoint.busy() || !self.outbox.is_empty() || !self.backlog.is_empty()
+    }
+
     pub fn ike_sa_count(&self) -> usize {
         self.endpoint.list().len()
     }
@@ -393,6 +402,29 @@ impl IkeControl {
     /// (installed, rekeyed, removed) CHILD_SAs so far.
     pub fn child_counts(&self) -> (u64, u64, u64) {
         (self.repo.installed, self.repo.rekeyed, self.repo.removed)
+    }
+
+    /// MOBIKE: our WAN address is now `local` (the old one went away, or a better path came
+    /// up). Every IKE SA that negotiated MOBIKE moves, with its CHILD_SAs (same SPIs, no
+    /// rekey): our data plane at once, the peer by UPDATE_SA_ADDRESSES. Returns how many IKE
+    /// SAs move.
+    pub fn roam(&mut self, local: std::net::IpAddr) -> usize {
+        let now = self.now();
+        self.local = local;
+        let ids: Vec<IkeSaId> = self.endpoint.list().into_iter().map(|s| s.0).collect();
+        ids.into_iter()
+            .filter(|id| self.endpoint.roam(now, *id, local, Vec::new()).is_ok())
+            .count()
+    }
+
+    /// Starts a further CHILD_SA under every IKE SA (per-core SAs, tests).
+    pub fn create_children(&mut self) {
+        let now = self.now();
+        for (ike, _, up, _) in self.endpoint.list() {
+            if up {
+                let _ = self.endpoint.create_child(now, ike);
+            }
+        }
     }
 
     /// Starts a rekey of every CHILD_SA (an operator's request, or a test's).
@@ -460,6 +492,7 @@ impl IkeControl {
             "ike_rekeys_by_peer": self.rekeys[3],
             "ike_sas_down": self.ike_down,
             "ike_sas_up": self.ike_up,
+            "mobike_moves": self.moves,
             "virtual_ip": self.repo.virtual_ip().map(|v| v.to_string()),
             "dataplane_reports": {
                 "soft_lifetimes": self.dp.soft_lifetimes,
@@ -518,5 +551,17 @@ fn log_event(e: &Event) {
             if *initiated_here { "us" } else { "the peer" }
         ),
         Event::IkeDown { ike, reason } => println!("ike: IKE_SA {:016x} down: {reason:?}", ike.0),
+        Event::IkeMoved {
+            ike,
+            local,
+            remote,
+            udp_encap,
+            children,
+        } => println!(
+            "ike: IKE_SA {:016x} moved (MOBIKE): {local} <-> {remote}{}, {} CHILD_SA(s) rebound, same SPIs",
+            ike.0,
+            if *udp_encap { ", ESP in UDP" } else { "" },
+            children.len()
+        ),
     }
 }

@@ -101,12 +101,12 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
         Update::DeleteInbound { spi } => Command::DeleteInbound(*spi),
         Update::DeleteOutbound { id } => Command::DeleteOutbound(*id),
         Update::RebindOutbound {
-            id,
+            ids,
             local,
             remote,
             encap,
         } => Command::RebindOutbound {
-            id: *id,
+            ids: ids.clone(),
             local: *local,
             remote: *remote,
             encap: *encap,

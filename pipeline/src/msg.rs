@@ -42,10 +42,10 @@ pub enum Update {
     DeleteInbound { spi: Spi },
     /// Remove an outbound SA by id.
     DeleteOutbound { id: SaId },
-    /// Move an outbound SA's tunnel endpoints (MOBIKE, NAT mapping change): keys and sequence
-    /// numbers are kept.
+    /// Move outbound SAs' tunnel endpoints (MOBIKE, NAT mapping change), all at once (every
+    /// CHILD_SA of one IKE SA): keys and sequence numbers are kept.
     RebindOutbound {
-        id: SaId,
+        ids: Vec<SaId>,
         local: IpAddr,
         remote: IpAddr,
         encap: Option<UdpEncap>,
@@ -175,7 +175,7 @@ pub enum Command {
     DeleteInbound(Spi),
     DeleteOutbound(SaId),
     RebindOutbound {
-        id: SaId,
+        ids: Vec<SaId>,
         local: IpAddr,
         remote: IpAddr,
         encap: Option<UdpEncap>,

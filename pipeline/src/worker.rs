@@ -371,20 +371,28 @@ impl<P: Port> Worker<P> {
                 None => return Err("no outbound SA with that id"),
             },
             Command::RebindOutbound {
-                id,
+                ids,
                 local,
                 remote,
                 encap,
-            } => match self.sad.outbound_mut(id) {
-                Some(sa)
-                    if sa.local.is_ipv4() == local.is_ipv4()
-                        && local.is_ipv4() == remote.is_ipv4() =>
-                {
-                    sa.rebind(local, remote, encap)
+            } => {
+                // All or none: checked first, so a refused rebind leaves every SA as it was.
+                if local.is_ipv4() != remote.is_ipv4() {
+                    return Err("rebind mixes address families");
                 }
-                Some(_) => return Err("rebind would change the address family"),
-                None => return Err("no outbound SA with that id"),
-            },
+                for id in &ids {
+                    match self.sad.outbound_mut(*id) {
+                        Some(sa) if sa.local.is_ipv4() == local.is_ipv4() => {}
+                        Some(_) => return Err("rebind would change the address family"),
+                        None => return Err("no outbound SA with that id"),
+                    }
+                }
+                for id in ids {
+                    if let Some(sa) = self.sad.outbound_mut(id) {
+                        sa.rebind(local, remote, encap);
+                    }
+                }
+            }
             Command::ReplaceSpd(spd) => {
                 let old = core::mem::replace(&mut self.spd, spd);
                 self.release(Released::Spd(old));
@@ -1965,6 +1973,84 @@ mod tests {
         r.w.poll(9);
         r.agent.pump();
         assert!(r.agent.rejections().iter().any(|(gen, _)| *gen == g));
+    }
+
+    #[test]
+    fn esp_from_a_new_address_is_accepted_but_never_redirects_the_tunnel() {
+        let mut r = rig(1500);
+        let mut peer = rig(1500);
+        peer.update(Update::AddSa {
+            dir: Direction::Outbound,
+            params: sa(
+                1,
+                0xb001,
+                "192.0.2.2",
+                "192.0.2.1",
+                "10.2.0.0/24",
+                "10.1.0.0/24",
+            ),
+        });
+        peer.update(Update::ReplaceSpd {
+            rules: vec![Rule {
+                id: 0,
+                selector: sel("10.2.0.0/24", "10.1.0.0/24"),
+                action: Action::Protect(SaId(1)),
+            }],
+        });
+        peer.send_lan("10.2.0.7", "10.1.0.10", 100);
+        let mut esp = peer.wan.recv().expect("sealed");
+        readdress(&mut esp, WAN_MAC, PEER_MAC);
+        // The peer (or an attacker who replays its packet) now appears at another address.
+        {
+            let mut ip = ipv4::Packet::new_unchecked(&mut esp.data_mut()[14..]);
+            ip.set_src_addr("203.0.113.9".parse().unwrap());
+            ip.fill_checksum();
+        }
+        assert!(r.wan.send(esp).is_ok());
+        r.w.poll(1);
+        // M1: found by SPI alone, opened, delivered.
+        assert!(r.lan.recv().is_some(), "accepted from the new address");
+        // M3: our answers still go to the address the SA was negotiated with.
+        r.send_lan("10.1.0.10", "10.2.0.7", 100);
+        let out = r.wan.recv().expect("sealed");
+        let ip = ipv4::Packet::new_checked(&out.data()[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), "192.0.2.2".parse::<Ipv4Addr>().unwrap());
+
+        // Only an update from the control plane moves it (every listed SA at once, or none).
+        let bad = Update::RebindOutbound {
+            ids: vec![SaId(1), SaId(77)],
+            local: "192.0.2.1".parse().unwrap(),
+            remote: "203.0.113.9".parse().unwrap(),
+            encap: None,
+        };
+        let g = r
+            .agent
+            .send(agent::prepare(crate::crypto::best_backend(), &bad).unwrap());
+        r.w.poll(2);
+        r.agent.pump();
+        assert!(r.agent.rejections().iter().any(|(gen, _)| *gen == g));
+        r.send_lan("10.1.0.10", "10.2.0.7", 100);
+        let out = r.wan.recv().expect("sealed");
+        let ip = ipv4::Packet::new_checked(&out.data()[14..]).unwrap();
+        assert_eq!(
+            ip.dst_addr(),
+            "192.0.2.2".parse::<Ipv4Addr>().unwrap(),
+            "none moved"
+        );
+        r.update(Update::RebindOutbound {
+            ids: vec![SaId(1)],
+            local: "192.0.2.1".parse().unwrap(),
+            remote: "203.0.113.9".parse().unwrap(),
+            encap: Some(crate::esp::sa::UdpEncap {
+                local_port: 4500,
+                remote_port: 4500,
+            }),
+        });
+        r.send_lan("10.1.0.10", "10.2.0.7", 100);
+        let out = r.wan.recv().expect("sealed");
+        let ip = ipv4::Packet::new_checked(&out.data()[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), "203.0.113.9".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(ip.next_header(), IpProtocol::Udp, "now in UDP 4500");
     }
 
     #[test]

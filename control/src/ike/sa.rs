@@ -205,6 +205,15 @@ pub enum Event {
         virtual_ip_is_ours: bool,
     },
     ChildUp(ChildSaInfo),
+    /// MOBIKE moved the IKE SA and its CHILD_SAs (by inbound SPI) to new addresses: same
+    /// keys, same SPIs, no rekey. The data plane rebinds their outbound SAs.
+    IkeMoved {
+        ike: IkeSaId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        udp_encap: bool,
+        children: Vec<u32>,
+    },
     /// A CHILD_SA is gone (deleted by either side, or with its IKE SA).
     ChildDown {
         ike: IkeSaId,
@@ -233,6 +242,8 @@ pub enum DownReason {
     AuthFailed,
     NoProposal,
     Rekeyed,
+    /// A MOBIKE update's answer did not echo our COOKIE2 (RFC 4555 3.6).
+    ReturnRoutability,
 }
 
 /// An IKE SA as the views show it: id, connection name, established, its CHILD_SAs as
@@ -299,6 +310,11 @@ enum Request {
     },
     DeleteIke,
     Liveness,
+    /// MOBIKE UPDATE_SA_ADDRESSES with our COOKIE2; the peer addresses tried so far.
+    UpdateAddresses {
+        cookie2: Vec<u8>,
+        tried: Vec<IpAddr>,
+    },
 }
 
 #[derive(Debug)]
@@ -360,6 +376,11 @@ struct IkeSa {
     virtual_ip: Option<IpAddr>,
     last_heard: u64,
     rekey_at: u64,
+    /// Both ends sent MOBIKE_SUPPORTED (RFC 4555 3.1).
+    mobike: bool,
+    /// The peer's additional addresses (its latest announcement, RFC 4555 3.3), and ours.
+    peer_additional: Vec<IpAddr>,
+    our_additional: Vec<IpAddr>,
     /// Requests waiting for the window (one outstanding at a time).
     queue: VecDeque<Action>,
 }
@@ -367,6 +388,9 @@ struct IkeSa {
 #[derive(Clone, Copy, Debug)]
 enum Action {
     RekeyChild(u32),
+    /// A further CHILD_SA with the first one's selectors.
+    NewChild,
+    UpdateAddresses,
     RekeyIke,
     DeleteChild(u32),
     DeleteIke,
@@ -404,6 +428,8 @@ pub enum ConnectError {
     NoProposal(String),
     #[error("no such IKE SA")]
     NoSuchSa,
+    #[error("the peer did not negotiate MOBIKE")]
+    NoMobike,
 }
 
 impl Endpoint {
@@ -465,6 +491,13 @@ impl Endpoint {
         let d = self.sas.values().filter_map(|s| s.next_deadline()).min();
         self.deadline_cache.set(Some(d));
         d
+    }
+
+    /// True while any exchange is under way or queued.
+    pub fn busy(&self) -> bool {
+        self.sas
+            .values()
+            .any(|sa| sa.outstanding.is_some() || !sa.queue.is_empty())
     }
 
     /// Something may have moved a timer: the next `poll_timeout` looks again.
@@ -843,6 +876,9 @@ impl Endpoint {
                 }
             }
             Request::DeleteIke => self.remove_sa(spi, DownReason::Deleted),
+            Request::UpdateAddresses { cookie2, .. } => {
+                self.update_addresses_response(spi, local, remote, &cookie2, &payloads)
+            }
             Request::Liveness | Request::Init => {}
         }
         self.next_action(now, spi);
@@ -931,9 +967,10 @@ impl Endpoint {
         ));
         sa.outstanding = None;
         sa.last_heard = now;
-        // Float to 4500 for IKE_AUTH when a NAT sits between us (RFC 7296 2.23), as strongSwan
-        // also does when MOBIKE is on.
-        if sa.nat && sa.remote.port() == 500 {
+        // Float to 4500 for IKE_AUTH when a NAT sits between us (RFC 7296 2.23), and always
+        // for a road warrior (it asks for a virtual IP): it may roam behind a NAT later
+        // (MOBIKE), as strongSwan floats whenever MOBIKE is on.
+        if (sa.nat || cfg.request_vip) && sa.remote.port() == 500 {
             sa.remote.set_port(4500);
             sa.local.set_port(4500);
         }
@@ -1036,6 +1073,7 @@ impl Endpoint {
             return;
         }
         sa.state = State::Established;
+        sa.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
         sa.rekey_at = if cfg.ike_rekey_ns > 0 {
             now + cfg.ike_rekey_ns
         } else {
@@ -1141,7 +1179,7 @@ impl Endpoint {
             exchange::IKE_AUTH if sa.role == Role::Responder && sa.state == State::Init => {
                 self.responder_auth(now, spi, &payloads)
             }
-            exchange::INFORMATIONAL => self.informational(now, spi, &payloads),
+            exchange::INFORMATIONAL => self.informational(now, spi, local, remote, &payloads),
             exchange::CREATE_CHILD_SA => self.create_child_request(now, spi, &payloads),
             _ => Some(vec![Payload::notify(notify::INVALID_SYNTAX, vec![])]),
         };
@@ -1249,6 +1287,7 @@ impl Endpoint {
         let sa = self.sas.get_mut(&spi)?;
         sa.peer = Some(cfg.clone());
         sa.state = State::Established;
+        sa.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
         sa.virtual_ip = vip.map(IpAddr::V4);
         sa.rekey_at = if cfg.ike_rekey_ns > 0 {
             now + cfg.ike_rekey_ns
@@ -1329,8 +1368,16 @@ impl Endpoint {
         None
     }
 
-    fn informational(&mut self, _now: u64, spi: u64, p: &[Payload]) -> Option<Vec<Payload>> {
+    fn informational(
+        &mut self,
+        _now: u64,
+        spi: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        p: &[Payload],
+    ) -> Option<Vec<Payload>> {
         let mut reply = Vec::new();
+        self.mobike_request(spi, local, remote, p, &mut reply);
         for x in p {
             if let Payload::Delete { protocol, spis } = x {
                 match *protocol {
@@ -1439,6 +1486,9 @@ impl Endpoint {
             new.nr = nr.clone();
             new.nat = sa.nat;
             new.virtual_ip = sa.virtual_ip;
+            new.mobike = sa.mobike;
+            new.peer_additional = sa.peer_additional.clone();
+            new.our_additional = sa.our_additional.clone();
             new.children = sa.children.clone();
             new.rekey_at = if cfg.ike_rekey_ns > 0 {
                 now + cfg.ike_rekey_ns
@@ -1576,6 +1626,134 @@ impl Endpoint {
         Some(reply)
     }
 
+    // ---- MOBIKE (RFC 4555) ----------------------------------------------------------------
+
+    /// The MOBIKE part of an authenticated INFORMATIONAL request (it passed the integrity
+    /// check and the message-id window, so a replayed or forged one never gets here):
+    /// UPDATE_SA_ADDRESSES moves the IKE SA and its CHILD_SAs to the addresses this request
+    /// came from and to (RFC 4555 3.5), announced addresses are kept, COOKIE2 is echoed.
+    fn mobike_request(
+        &mut self,
+        spi: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        p: &[Payload],
+        reply: &mut Vec<Payload>,
+    ) {
+        let Some(sa) = self.sas.get_mut(&spi) else {
+            return;
+        };
+        if !sa.mobike || sa.state != State::Established {
+            return;
+        }
+        let announced: Vec<IpAddr> = p
+            .iter()
+            .filter_map(|x| match x {
+                Payload::Notify {
+                    kind: notify::ADDITIONAL_IP4_ADDRESS,
+                    data,
+                    ..
+                } => <[u8; 4]>::try_from(data.as_slice()).ok().map(IpAddr::from),
+                Payload::Notify {
+                    kind: notify::ADDITIONAL_IP6_ADDRESS,
+                    data,
+                    ..
+                } => <[u8; 16]>::try_from(data.as_slice()).ok().map(IpAddr::from),
+                _ => None,
+            })
+            .collect();
+        if !announced.is_empty() || find_notify(p, notify::NO_ADDITIONAL_ADDRESSES).is_some() {
+            sa.peer_additional = announced;
+        }
+        if find_notify(p, notify::UPDATE_SA_ADDRESSES).is_some() {
+            let (spi_i, spi_r) = (sa.spi_i, sa.spi_r);
+            sa.local = local;
+            sa.remote = remote;
+            sa.nat = nat_detected(p, spi_i, spi_r, local, remote);
+            reply.push(Payload::notify(
+                notify::NAT_DETECTION_SOURCE_IP,
+                crypto::nat_hash(spi_i, spi_r, local.ip(), local.port()),
+            ));
+            reply.push(Payload::notify(
+                notify::NAT_DETECTION_DESTINATION_IP,
+                crypto::nat_hash(spi_i, spi_r, remote.ip(), remote.port()),
+            ));
+            let moved = sa.moved_event();
+            self.events.push_back(moved);
+        }
+        if let Some(c) = find_notify(p, notify::COOKIE2) {
+            reply.push(Payload::notify(notify::COOKIE2, c.to_vec()));
+        }
+    }
+
+    /// MOBIKE, the mobile end (RFC 4555 3.4): our address for IKE SA `ike` is now `local`
+    /// (the old one went away, or a better path came up). The IKE SA and its CHILD_SAs move at
+    /// once on our side (an [`Event::IkeMoved`] for our data plane: make-before-break, since
+    /// the peer accepts ESP by SPI from anywhere), and an UPDATE_SA_ADDRESSES request with NAT
+    /// detection and a COOKIE2 tells the peer; its retransmissions leave from the new address.
+    /// `additional` are further addresses of ours, announced with it (none:
+    /// NO_ADDITIONAL_ADDRESSES).
+    pub fn roam(
+        &mut self,
+        now: u64,
+        ike: IkeSaId,
+        local: IpAddr,
+        additional: Vec<IpAddr>,
+    ) -> Result<(), ConnectError> {
+        self.touch();
+        let sa = self.sas.get_mut(&ike.0).ok_or(ConnectError::NoSuchSa)?;
+        if !sa.mobike {
+            return Err(ConnectError::NoMobike);
+        }
+        sa.local = SocketAddr::new(local, sa.local.port());
+        sa.our_additional = additional;
+        let moved = sa.moved_event();
+        self.events.push_back(moved);
+        if !sa
+            .queue
+            .iter()
+            .any(|a| matches!(a, Action::UpdateAddresses))
+        {
+            sa.queue.push_back(Action::UpdateAddresses);
+        }
+        self.next_action(now, ike.0);
+        Ok(())
+    }
+
+    /// Starts a further CHILD_SA under IKE SA `ike` with the first one's selectors (e.g. one
+    /// per core, RFC 9611 style).
+    pub fn create_child(&mut self, now: u64, ike: IkeSaId) -> Result<(), ConnectError> {
+        self.enqueue(now, ike, Action::NewChild)
+    }
+
+    /// The answer to our UPDATE_SA_ADDRESSES: the COOKIE2 must come back (return
+    /// routability); NAT detection may change whether ESP goes in UDP.
+    fn update_addresses_response(
+        &mut self,
+        spi: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        cookie2: &[u8],
+        p: &[Payload],
+    ) {
+        if find_notify(p, notify::COOKIE2) != Some(cookie2) {
+            self.remove_sa(spi, DownReason::ReturnRoutability);
+            return;
+        }
+        let Some(sa) = self.sas.get_mut(&spi) else {
+            return;
+        };
+        let nat = nat_detected(p, sa.spi_i, sa.spi_r, local, remote);
+        let encap_before = sa.nat || sa.remote.port() == 4500;
+        sa.nat = nat;
+        sa.local = local;
+        sa.remote = remote;
+        if (sa.nat || sa.remote.port() == 4500) != encap_before {
+            let moved = sa.moved_event();
+            self.events.push_back(moved);
+        }
+    }
+
     // ---- operator and timer driven requests ----------------------------------------------
 
     /// Rekeys the CHILD_SA whose inbound SPI is `spi_in` (make-before-break: the new SA is
@@ -1664,6 +1842,87 @@ impl Endpoint {
                     }],
                 );
                 self.send_request(now, spi, id, data, Request::DeleteChild { spi_in });
+            }
+            Action::NewChild => {
+                let Some(cfg) = sa.peer.clone() else { return };
+                // The first CHILD_SA's selectors (a client's virtual IP), else the config's.
+                let (tsi, tsr) = match sa.children.first() {
+                    Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
+                    None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
+                };
+                let new_spi = self.spi32();
+                let nonce = self.nonce();
+                let Some(sa) = self.sas.get_mut(&spi) else {
+                    return;
+                };
+                let esp = cfg.esp_proposals.clone();
+                let p = vec![
+                    Payload::Sa(esp_proposals_payload(&esp, new_spi)),
+                    Payload::Nonce(nonce.clone()),
+                    Payload::TsI(tsi),
+                    Payload::TsR(tsr),
+                ];
+                let id = sa.take_request_id();
+                let data = sa.encrypted(exchange::CREATE_CHILD_SA, id, false, &p);
+                // A rekey of nothing: old SPI 0 is never one of ours (they start above 255).
+                self.send_request(
+                    now,
+                    spi,
+                    id,
+                    data,
+                    Request::RekeyChild {
+                        old_spi_in: 0,
+                        new_spi,
+                        nonce,
+                        dh: None,
+                        esp,
+                    },
+                );
+            }
+            Action::UpdateAddresses => {
+                let mut cookie2 = vec![0u8; 16];
+                self.rng.fill_bytes(&mut cookie2);
+                let Some(sa) = self.sas.get_mut(&spi) else {
+                    return;
+                };
+                let (spi_i, spi_r) = (sa.spi_i, sa.spi_r);
+                let mut p = vec![
+                    Payload::notify(notify::UPDATE_SA_ADDRESSES, vec![]),
+                    Payload::notify(
+                        notify::NAT_DETECTION_SOURCE_IP,
+                        crypto::nat_hash(spi_i, spi_r, sa.local.ip(), sa.local.port()),
+                    ),
+                    Payload::notify(
+                        notify::NAT_DETECTION_DESTINATION_IP,
+                        crypto::nat_hash(spi_i, spi_r, sa.remote.ip(), sa.remote.port()),
+                    ),
+                    Payload::notify(notify::COOKIE2, cookie2.clone()),
+                ];
+                if sa.our_additional.is_empty() {
+                    p.push(Payload::notify(notify::NO_ADDITIONAL_ADDRESSES, vec![]));
+                }
+                for a in &sa.our_additional {
+                    p.push(match a {
+                        IpAddr::V4(v) => {
+                            Payload::notify(notify::ADDITIONAL_IP4_ADDRESS, v.octets().to_vec())
+                        }
+                        IpAddr::V6(v) => {
+                            Payload::notify(notify::ADDITIONAL_IP6_ADDRESS, v.octets().to_vec())
+                        }
+                    });
+                }
+                let id = sa.take_request_id();
+                let data = sa.encrypted(exchange::INFORMATIONAL, id, false, &p);
+                self.send_request(
+                    now,
+                    spi,
+                    id,
+                    data,
+                    Request::UpdateAddresses {
+                        cookie2,
+                        tried: Vec::new(),
+                    },
+                );
             }
             Action::RekeyChild(old_in) => {
                 let Some(old) = sa
@@ -1825,8 +2084,13 @@ impl Endpoint {
             replaced: false,
             peer_rekey: None,
         };
-        let mut info = sa.child_info(&child, r2i, i2r, Some(old_in), true);
+        let mut info = sa.child_info(&child, r2i, i2r, (old_in != 0).then_some(old_in), true);
         sa.children.push(child);
+        if old_in == 0 {
+            // A further CHILD_SA, not a rekey.
+            self.events.push_back(Event::ChildUp(info));
+            return;
+        }
         let our_min = core::cmp::min(ni, nr).to_vec();
         let Some(old) = sa.children.iter_mut().find(|c| c.spi_in == old_in) else {
             return;
@@ -1899,6 +2163,9 @@ impl Endpoint {
         new.nr = nr.to_vec();
         new.nat = sa.nat;
         new.virtual_ip = sa.virtual_ip;
+        new.mobike = sa.mobike;
+        new.peer_additional = sa.peer_additional.clone();
+        new.our_additional = sa.our_additional.clone();
         new.children = sa.children.clone();
         new.rekey_at = cfg
             .as_ref()
@@ -1933,6 +2200,29 @@ impl Endpoint {
             if let Some(out) = sa.outstanding.as_mut() {
                 if now >= out.deadline {
                     if out.tries >= rt.tries {
+                        // MOBIKE: the peer announced other addresses; try them before giving
+                        // up (RFC 4555 3.3, 3.11).
+                        if let Request::UpdateAddresses { tried, .. } = &mut out.request {
+                            tried.push(sa.remote.ip());
+                            let next = sa
+                                .peer_additional
+                                .iter()
+                                .find(|a| !tried.contains(a) && a.is_ipv4() == sa.local.is_ipv4())
+                                .copied();
+                            if let Some(a) = next {
+                                sa.remote = SocketAddr::new(a, sa.remote.port());
+                                out.tries = 0;
+                                out.deadline = now.saturating_add(rt.timeout_ns);
+                                self.transmits.push_back(Transmit {
+                                    src: sa.local,
+                                    dst: sa.remote,
+                                    data: out.data.clone(),
+                                });
+                                let moved = sa.moved_event();
+                                self.events.push_back(moved);
+                                continue;
+                            }
+                        }
                         self.remove_sa(spi, DownReason::Timeout);
                         continue;
                     }
@@ -2024,6 +2314,17 @@ impl Endpoint {
 }
 
 impl IkeSa {
+    /// Where this IKE SA and its CHILD_SAs are now, for the data plane.
+    fn moved_event(&self) -> Event {
+        Event::IkeMoved {
+            ike: self.id,
+            local: self.local,
+            remote: self.remote,
+            udp_encap: self.nat || self.remote.port() == 4500,
+            children: self.children.iter().map(|c| c.spi_in).collect(),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn new(
         id: IkeSaId,
@@ -2063,6 +2364,9 @@ impl IkeSa {
             virtual_ip: None,
             last_heard: now,
             rekey_at: 0,
+            mobike: false,
+            peer_additional: Vec::new(),
+            our_additional: Vec::new(),
             queue: VecDeque::new(),
         }
     }

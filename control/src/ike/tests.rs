@@ -81,6 +81,8 @@ struct Pair {
     gw_events: VecDeque<Event>,
     /// The peer is unplugged: everything is lost.
     cut: bool,
+    /// Every datagram the gateway received: (from, to, bytes), for replays.
+    to_gw_log: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
 }
 
 impl Pair {
@@ -112,6 +114,7 @@ impl Pair {
             client_events: VecDeque::new(),
             gw_events: VecDeque::new(),
             cut: false,
+            to_gw_log: Vec::new(),
         }
     }
 
@@ -135,13 +138,15 @@ impl Pair {
             if t.src.port() == 4500 {
                 src.set_port(self.client_seen.port().wrapping_add(4000));
             }
+            self.to_gw_log.push((src, t.dst, t.data.clone()));
             self.gw.handle(self.now, t.dst, src, &t.data);
         }
         while let Some(t) = self.gw.poll_transmit() {
             moved = true;
             let n = self.sent_to_client;
             self.sent_to_client += 1;
-            if self.cut || self.drop_to_client.contains(&n) {
+            // Sent to an address the client no longer has (it roamed): lost.
+            if self.cut || self.drop_to_client.contains(&n) || t.dst.ip() != self.client_seen.ip() {
                 continue;
             }
             let mut dst = self.client_addr;
@@ -157,6 +162,51 @@ impl Pair {
             self.gw_events.push_back(e);
         }
         moved
+    }
+
+    /// Moves datagrams and runs timers until virtual time `t`.
+    fn run_until(&mut self, t: u64) {
+        loop {
+            while self.deliver() {}
+            let next = [self.client.poll_timeout(), self.gw.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(n) if n <= t => {
+                    self.now = self.now.max(n);
+                    self.client.handle_timeout(self.now);
+                    self.gw.handle_timeout(self.now);
+                }
+                _ => {
+                    self.now = t;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The client changes address: `public` is where the gateway sees it from (itself, or
+    /// its NAT's address), `local` its own.
+    fn move_client(&mut self, local: &str, public: &str) {
+        self.client_addr = local.parse().unwrap();
+        self.client_seen = public.parse().unwrap();
+    }
+
+    fn moves(events: &VecDeque<Event>) -> Vec<(SocketAddr, SocketAddr, bool, usize)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::IkeMoved {
+                    local,
+                    remote,
+                    udp_encap,
+                    children,
+                    ..
+                } => Some((*local, *remote, *udp_encap, children.len())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Moves datagrams and advances virtual time until both sides are quiet, or two minutes
@@ -249,8 +299,27 @@ fn handshake_brings_up_ike_and_child_with_matching_keys_and_a_virtual_ip() {
     assert_eq!(g[0].remote_ts, vec![host_ts(vip)]);
     assert_eq!(g[0].local_ts, vec![ts("10.9.0.0/24")]);
     assert_eq!(c[0].remote_ts, vec![ts("10.9.0.0/24")]);
-    assert!(!c[0].udp_encap, "no NAT, no encapsulation");
+    // A road warrior floats to 4500 even without a NAT (it may roam behind one later).
+    assert!(c[0].udp_encap && g[0].udp_encap);
+    assert_eq!(c[0].remote.port(), 4500);
     assert_eq!(c[0].outbound.keymat.len(), 20);
+}
+
+#[test]
+fn a_site_to_site_initiator_without_nat_stays_on_500_with_plain_esp() {
+    let mut c = client_cfg();
+    c.request_vip = false;
+    c.local_ts = vec![ts("10.8.0.0/24")];
+    let mut g = gateway_cfg();
+    g.pool = None;
+    g.remote_ts = vec![ts("10.8.0.0/24")];
+    let mut p = Pair::new(c, g);
+    p.connect();
+    p.drive();
+    let c = Pair::children(&p.client_events);
+    assert_eq!(c.len(), 1);
+    assert!(!c[0].udp_encap, "no NAT, no encapsulation");
+    assert_eq!(c[0].remote.port(), 500);
 }
 
 #[test]
@@ -700,4 +769,218 @@ fn a_child_sa_past_its_hard_lifetime_is_deleted_unless_a_rekey_replaced_it() {
     let last = kids.last().unwrap().inbound.spi;
     assert_eq!(p.client.list()[0].3.len(), 1);
     assert_eq!(p.client.ike_of_child(last), Some(p.client.list()[0].0));
+}
+
+// ---- MOBIKE (RFC 4555) ---------------------------------------------------------------------
+
+/// One side's CHILD_SAs as (inbound SPI, outbound SPI).
+type SpiPairs = Vec<(u32, u32)>;
+
+/// The CHILD_SA SPIs on each side (client, gateway).
+fn spis(p: &Pair) -> (SpiPairs, SpiPairs) {
+    (p.client.list()[0].3.clone(), p.gw.list()[0].3.clone())
+}
+
+fn no_child_changes(p: &Pair) {
+    for ev in [&p.client_events, &p.gw_events] {
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, Event::ChildUp(_) | Event::ChildDown { .. })),
+            "no rekey, no new CHILD_SA: {ev:?}"
+        );
+    }
+}
+
+#[test]
+fn a_roam_moves_the_ike_sa_and_its_child_without_a_rekey() {
+    let (mut p, cid, _) = up();
+    let before = spis(&p);
+    p.client_events.clear();
+    p.gw_events.clear();
+    // Make-before-break: the new address works before the old one is given up.
+    p.move_client("192.0.2.77:500", "192.0.2.77:500");
+    p.client
+        .roam(p.now, cid, "192.0.2.77".parse().unwrap(), vec![])
+        .unwrap();
+    p.drive();
+    // The client's data plane moved at once; the gateway's on the authenticated update.
+    assert_eq!(
+        Pair::moves(&p.client_events),
+        [(
+            "192.0.2.77:4500".parse().unwrap(),
+            "192.0.2.1:4500".parse().unwrap(),
+            true,
+            1
+        )]
+    );
+    assert_eq!(
+        Pair::moves(&p.gw_events),
+        [(
+            "192.0.2.1:4500".parse().unwrap(),
+            "192.0.2.77:4500".parse().unwrap(),
+            true,
+            1
+        )]
+    );
+    assert_eq!(spis(&p), before, "same SPIs");
+    no_child_changes(&p);
+    assert!(p.client.drops.is_empty() && p.gw.drops.is_empty());
+
+    // And back to the first address.
+    p.gw_events.clear();
+    p.move_client("192.0.2.10:500", "192.0.2.10:500");
+    p.client
+        .roam(p.now, cid, "192.0.2.10".parse().unwrap(), vec![])
+        .unwrap();
+    p.drive();
+    assert_eq!(
+        Pair::moves(&p.gw_events)[0].1,
+        "192.0.2.10:4500".parse().unwrap()
+    );
+    assert_eq!(spis(&p), before);
+    no_child_changes(&p);
+}
+
+#[test]
+fn break_before_make_the_update_is_retransmitted_from_the_new_address() {
+    let (mut p, cid, _) = up();
+    let before = spis(&p);
+    p.client_events.clear();
+    p.gw_events.clear();
+    // The old address is gone and the new one not yet usable: the first tries are lost.
+    p.cut = true;
+    p.move_client("192.0.2.88:500", "192.0.2.88:500");
+    p.client
+        .roam(p.now, cid, "192.0.2.88".parse().unwrap(), vec![])
+        .unwrap();
+    let t = p.now + 6_000 * MS;
+    p.run_until(t);
+    assert!(Pair::moves(&p.gw_events).is_empty());
+    p.cut = false;
+    p.drive();
+    assert_eq!(
+        Pair::moves(&p.gw_events),
+        [(
+            "192.0.2.1:4500".parse().unwrap(),
+            "192.0.2.88:4500".parse().unwrap(),
+            true,
+            1
+        )]
+    );
+    assert_eq!(spis(&p), before);
+    no_child_changes(&p);
+    assert_eq!(p.client.list().len(), 1, "the IKE SA survived the outage");
+}
+
+#[test]
+fn a_roam_behind_a_nat_follows_the_mapping_the_update_came_through() {
+    let (mut p, cid, _) = up();
+    p.client_events.clear();
+    p.gw_events.clear();
+    p.move_client("10.0.0.5:500", "198.51.100.9:40000");
+    p.client
+        .roam(p.now, cid, "10.0.0.5".parse().unwrap(), vec![])
+        .unwrap();
+    p.drive();
+    // The NAT's mapping for the client's port 4500.
+    assert_eq!(
+        Pair::moves(&p.gw_events),
+        [(
+            "192.0.2.1:4500".parse().unwrap(),
+            "198.51.100.9:44000".parse().unwrap(),
+            true,
+            1
+        )]
+    );
+    no_child_changes(&p);
+}
+
+#[test]
+fn one_update_rebinds_every_child_sa_of_the_ike_sa() {
+    let (mut p, cid, _) = up();
+    p.client.create_child(p.now, cid).unwrap();
+    p.drive();
+    assert_eq!(Pair::children(&p.client_events).len(), 2);
+    assert_eq!(Pair::children(&p.gw_events).len(), 2);
+    let c = Pair::children(&p.client_events);
+    let g = Pair::children(&p.gw_events);
+    assert_keys_pair(&c[1], &g[1]);
+    assert_eq!(c[1].rekey_of, None, "a further CHILD_SA, not a rekey");
+    p.client_events.clear();
+    p.gw_events.clear();
+    let requests_before = p.to_gw_log.len();
+    p.move_client("192.0.2.99:500", "192.0.2.99:500");
+    p.client
+        .roam(p.now, cid, "192.0.2.99".parse().unwrap(), vec![])
+        .unwrap();
+    p.drive();
+    assert_eq!(p.to_gw_log.len() - requests_before, 1, "one request");
+    assert_eq!(Pair::moves(&p.gw_events)[0].3, 2, "both CHILD_SAs rebound");
+    no_child_changes(&p);
+}
+
+#[test]
+fn replayed_forged_and_unauthenticated_updates_move_nothing() {
+    let (mut p, cid, _) = up();
+    let before = spis(&p);
+    // A genuine roam to B, then back to A.
+    p.move_client("192.0.2.66:500", "192.0.2.66:500");
+    let from = p.to_gw_log.len();
+    p.client
+        .roam(p.now, cid, "192.0.2.66".parse().unwrap(), vec![])
+        .unwrap();
+    p.drive();
+    let update_to_b = p.to_gw_log[from].clone();
+    p.move_client("192.0.2.10:500", "192.0.2.10:500");
+    p.client
+        .roam(p.now, cid, "192.0.2.10".parse().unwrap(), vec![])
+        .unwrap();
+    p.drive();
+    p.gw_events.clear();
+    let drops_before: u64 = p.gw.drops.values().sum();
+    let attacker: SocketAddr = "203.0.113.66:4500".parse().unwrap();
+
+    // 1. The old UPDATE_SA_ADDRESSES replayed from the attacker: an old message id.
+    p.gw.handle(p.now, update_to_b.1, attacker, &update_to_b.2);
+    // 2. The same, re-labelled with the next message id: its integrity check fails.
+    let mut forged = update_to_b.2.clone();
+    let next_id = u32::from_be_bytes(forged[20..24].try_into().unwrap()) + 2;
+    forged[20..24].copy_from_slice(&next_id.to_be_bytes());
+    p.gw.handle(p.now, update_to_b.1, attacker, &forged);
+    // 3. That one with a flipped byte in the encrypted part.
+    let mut flipped = forged.clone();
+    let n = flipped.len();
+    flipped[n - 20] ^= 0x40;
+    p.gw.handle(p.now, update_to_b.1, attacker, &flipped);
+    p.deliver();
+
+    assert!(Pair::moves(&p.gw_events).is_empty(), "{:?}", p.gw_events);
+    assert_eq!(p.gw.drops.values().sum::<u64>() - drops_before, 3);
+    assert_eq!(p.gw.drops.get(&Drop::BadMessageId), Some(&1));
+    assert!(p.gw.drops.get(&Drop::Integrity) >= Some(&2));
+    assert_eq!(spis(&p), before);
+    // The tunnel still answers at A.
+    let gid = p.gw.list()[0].0;
+    p.gw.rekey_child(p.now, gid, before.1[0].0).unwrap();
+    p.drive();
+    assert_eq!(
+        Pair::children(&p.gw_events).len(),
+        1,
+        "the gateway reaches A"
+    );
+}
+
+#[test]
+fn without_mobike_a_client_cannot_roam() {
+    let (mut p, cid, gid) = up();
+    // Both sent MOBIKE_SUPPORTED in IKE_AUTH: negotiated.
+    assert!(p
+        .client
+        .roam(p.now, cid, "192.0.2.5".parse().unwrap(), vec![])
+        .is_ok());
+    assert!(p
+        .gw
+        .roam(p.now, IkeSaId(0xdead), "192.0.2.5".parse().unwrap(), vec![])
+        .is_err());
+    let _ = gid;
 }

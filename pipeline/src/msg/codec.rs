@@ -18,7 +18,7 @@
 //! | 0x10 | `Update::AddSa` | generation u64, direction u8 (0 in, 1 out), SaParams |
 //! | 0x11 | `Update::DeleteInbound` | generation, spi u32 |
 //! | 0x12 | `Update::DeleteOutbound` | generation, id u32 |
-//! | 0x13 | `Update::RebindOutbound` | generation, id, local ip, remote ip, encap |
+//! | 0x13 | `Update::RebindOutbound` | generation, count u32, count x id u32, local ip, remote ip, encap |
 //! | 0x14 | `Update::ReplaceSpd` | generation, count u32, count x rule |
 //! | 0x15 | `Update::SetMasquerade` | generation, present u8, config |
 //! | 0x16 | `Update::SetVirtualIp` | generation, present u8, config |
@@ -526,12 +526,13 @@ impl Record for UpdateEnvelope {
             Update::DeleteInbound { spi } => w.u32(spi.0),
             Update::DeleteOutbound { id } => w.u32(id.0),
             Update::RebindOutbound {
-                id,
+                ids,
                 local,
                 remote,
                 encap,
             } => {
-                w.u32(id.0)?;
+                w.u32(u32::try_from(ids.len()).map_err(|_| EncodeError::TooLong("ids"))?)?;
+                ids.iter().try_for_each(|id| w.u32(id.0))?;
                 w.ip(*local)?;
                 w.ip(*remote)?;
                 w.encap(*encap)
@@ -566,12 +567,23 @@ impl Record for UpdateEnvelope {
             },
             tag::DELETE_INBOUND => Update::DeleteInbound { spi: Spi(r.u32()?) },
             tag::DELETE_OUTBOUND => Update::DeleteOutbound { id: SaId(r.u32()?) },
-            tag::REBIND_OUTBOUND => Update::RebindOutbound {
-                id: SaId(r.u32()?),
-                local: r.ip()?,
-                remote: r.ip()?,
-                encap: r.encap()?,
-            },
+            tag::REBIND_OUTBOUND => {
+                let n = usize::try_from(r.u32()?).map_err(|_| DecodeError::Truncated)?;
+                // A count the remaining bytes cannot hold is refused before allocating.
+                if n > r.buf.len() / 4 {
+                    return Err(DecodeError::Truncated);
+                }
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push(SaId(r.u32()?));
+                }
+                Update::RebindOutbound {
+                    ids,
+                    local: r.ip()?,
+                    remote: r.ip()?,
+                    encap: r.encap()?,
+                }
+            }
             tag::REPLACE_SPD => {
                 let n = usize::try_from(r.u32()?).map_err(|_| DecodeError::Truncated)?;
                 // A count the remaining bytes cannot hold is refused before allocating.

@@ -111,13 +111,13 @@ fn updates() -> Vec<UpdateEnvelope> {
         Update::DeleteInbound { spi: Spi(0x1234) },
         Update::DeleteOutbound { id: SaId(99) },
         Update::RebindOutbound {
-            id: SaId(4),
+            ids: vec![SaId(4), SaId(1 << 20), SaId(7)],
             local: v4([192, 0, 2, 1]),
             remote: v4([203, 0, 113, 5]),
             encap,
         },
         Update::RebindOutbound {
-            id: SaId(4),
+            ids: vec![],
             local: v6(1),
             remote: v6(9),
             encap: None,
