@@ -211,7 +211,7 @@ fn lab_negotiates_with_ike_and_rekeys_under_traffic_without_loss() {
     // tunnels and rekeyed, and every packet came back.
     let clients: Vec<&str> = text
         .lines()
-        .filter(|l| l.trim_start().starts_with("client-"))
+        .filter(|l| l.trim_start().starts_with("client-") && l.contains("(virtual IP "))
         .collect();
     assert_eq!(clients.len(), 3, "{text}");
     let mut vips: Vec<&str> = clients
@@ -240,4 +240,12 @@ fn lab_negotiates_with_ike_and_rekeys_under_traffic_without_loss() {
         assert!(sent > 2000, "{line}");
     }
     assert!(text.contains("clients: 3/3 up with virtual IPs"), "{text}");
+    // client-0 roamed between two addresses (MOBIKE) mid-stream and lost nothing (above).
+    let roams: u64 = clients
+        .iter()
+        .find(|l| l.trim_start().starts_with("client-0"))
+        .and_then(|l| l.split(" rekeys, ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(roams >= 1, "client-0 roamed: {clients:?}");
+    assert!(text.contains("moved (MOBIKE)"), "site B followed: {text}");
 }

@@ -70,6 +70,10 @@ pub struct LabArgs {
     /// Packets per second each client's LAN host sends.
     #[arg(long, default_value_t = 2000)]
     client_rate_pps: u64,
+    /// With clients: client-0 changes its address every this many seconds (MOBIKE, make
+    /// before break; 0: never).
+    #[arg(long, default_value_t = 2.0)]
+    roam_secs: f64,
 }
 
 type Conns = Vec<control::ike_config::Connection>;
@@ -290,6 +294,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                 &psk,
                 args.rekey_secs,
                 args.client_rate_pps,
+                Some(args.roam_secs),
                 backend,
                 clients_view.clone(),
                 stop_client_traffic.clone(),
@@ -484,6 +489,15 @@ pub fn run(args: LabArgs) -> Result<()> {
                     sent.saturating_sub(echoed),
                     v.rekeys.load(Ordering::Relaxed),
                 );
+                let roams = v.roams.load(Ordering::Relaxed);
+                if roams > 0 {
+                    println!(
+                        "        client-0 roamed {roams}x between {} and {} (MOBIKE, same SAs, no rekey); last update answered in {:.1} ms",
+                        crate::lab_clients::client_wan(0),
+                        crate::lab_clients::client_wan_alt(0),
+                        v.last_roam_us.load(Ordering::Relaxed) as f64 / 1e3
+                    );
+                }
             }
             last = cur;
             last_t = now;
@@ -555,14 +569,16 @@ pub fn run(args: LabArgs) -> Result<()> {
         let lost = c.sent.saturating_sub(c.echoed);
         clients_lost += lost;
         println!(
-            "  {} (virtual IP {}): sent {}, echoed back {}, lost {lost}, {} rekeys; round trip p50 {:.1} us, p99 {:.1} us",
+            "  {} (virtual IP {}): sent {}, echoed back {}, lost {lost}, {} rekeys, {} roams; round trip p50 {:.1} us, p99 {:.1} us, max {:.1} us",
             c.name,
             c.virtual_ip.map_or("none".to_string(), |v| v.to_string()),
             c.sent,
             c.echoed,
             c.rekeys,
+            c.roams,
             c.p50_us,
-            c.p99_us
+            c.p99_us,
+            c.max_us
         );
     }
     if client_summaries

@@ -43,6 +43,28 @@ pub struct Internet {
     rx: Vec<MemFrame>,
     /// Frames for an address nobody owns.
     pub unroutable: u64,
+    /// Who owns which addresses, changed by roaming clients (another thread).
+    routes: Arc<Routes>,
+    seen: u64,
+}
+
+/// The internet's address table as other threads change it (a client that roams).
+#[derive(Default)]
+pub struct Routes {
+    version: AtomicU64,
+    table: std::sync::Mutex<Vec<Vec<IpAddr>>>,
+}
+
+impl Routes {
+    /// Port `port` (in attach order) now owns `addrs`.
+    pub fn set(&self, port: usize, addrs: Vec<IpAddr>) {
+        if let Ok(mut t) = self.table.lock() {
+            if let Some(a) = t.get_mut(port) {
+                *a = addrs;
+            }
+        }
+        self.version.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl Internet {
@@ -52,12 +74,27 @@ impl Internet {
             held: Vec::new(),
             rx: Vec::with_capacity(64),
             unroutable: 0,
+            routes: Arc::new(Routes::default()),
+            seen: 0,
         }
+    }
+
+    /// The address table, for threads that move addresses between ports.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.clone()
+    }
+
+    /// The number of ports attached so far (the next one's index).
+    pub fn ports(&self) -> usize {
+        self.ports.len()
     }
 
     /// Returns the far end of a new cable: the gateway's or client's WAN port.
     pub fn attach(&mut self, name: &str, addrs: Vec<IpAddr>) -> MemPort {
         let (ours, theirs) = cable(&format!("internet/{name}"), name, SLOTS);
+        if let Ok(mut t) = self.routes.table.lock() {
+            t.push(addrs.clone());
+        }
         self.ports.push((ours, addrs));
         self.held.push(VecDeque::new());
         theirs
@@ -74,6 +111,15 @@ impl Internet {
 
     /// Moves what every port sent; `tap` sees each frame forwarded. Returns frames moved.
     pub fn pass(&mut self, mut tap: impl FnMut(&[u8])) -> usize {
+        let v = self.routes.version.load(Ordering::Acquire);
+        if v != self.seen {
+            self.seen = v;
+            if let Ok(t) = self.routes.table.lock() {
+                for (p, a) in self.ports.iter_mut().zip(t.iter()) {
+                    p.1.clone_from(a);
+                }
+            }
+        }
         let mut moved = 0;
         let mut rx = std::mem::take(&mut self.rx);
         for i in 0..self.ports.len() {
@@ -110,6 +156,9 @@ pub struct ClientsView {
     pub rekeys: AtomicU64,
     /// Clients with an IKE exchange under way.
     pub busy: AtomicU64,
+    /// MOBIKE roams so far, and how long the last one's update took to be answered (us).
+    pub roams: AtomicU64,
+    pub last_roam_us: AtomicU64,
 }
 
 /// One client's account at the end.
@@ -119,8 +168,22 @@ pub struct ClientSummary {
     pub sent: u64,
     pub echoed: u64,
     pub rekeys: u64,
+    pub roams: u64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub max_us: f64,
+}
+
+/// A client that moves between two addresses (MOBIKE), make-before-break: the new address
+/// reaches it before it roams, the old one until its update is answered.
+struct Roamer {
+    port: usize,
+    addrs: [IpAddr; 2],
+    at: usize,
+    every_ns: u64,
+    next_ns: u64,
+    retire: Option<(IpAddr, u64)>,
+    roams: u64,
 }
 
 struct Client {
@@ -136,6 +199,12 @@ struct Client {
     rx: Vec<MemFrame>,
     credit: f64,
     last_ns: u64,
+    roamer: Option<Roamer>,
+}
+
+/// Client `i`'s second address (where it roams to).
+pub fn client_wan_alt(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 110 + i as u8))
 }
 
 /// Site B's extra connection for the clients (a pool of virtual IPs).
@@ -170,7 +239,8 @@ pub fn client_wan(i: usize) -> IpAddr {
 }
 
 /// Builds `n` clients of site B's gateway at `gateway` on `internet` and runs them in one
-/// thread until `stop`; each LAN host offers `rate_pps` until `stop_traffic`.
+/// thread until `stop`; each LAN host offers `rate_pps` until `stop_traffic`. With
+/// `roam_secs`, client 0 changes its address that often (MOBIKE).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     n: usize,
@@ -179,6 +249,7 @@ pub fn spawn(
     psk: &str,
     rekey_secs: u64,
     rate_pps: u64,
+    roam_secs: Option<f64>,
     backend: Backend,
     view: Arc<ClientsView>,
     stop_traffic: Arc<AtomicBool>,
@@ -187,7 +258,17 @@ pub fn spawn(
     let mut clients = Vec::new();
     for i in 0..n {
         let name = format!("client-{i}");
+        let port = internet.ports();
         let wan = internet.attach(&name, vec![client_wan(i)]);
+        let roamer = roam_secs.filter(|s| i == 0 && *s > 0.0).map(|s| Roamer {
+            port,
+            addrs: [client_wan(i), client_wan_alt(i)],
+            at: 0,
+            every_ns: (s * 1e9) as u64,
+            next_ns: (s * 1e9) as u64,
+            retire: None,
+            roams: 0,
+        });
         let (host, lan) = cable(&format!("{name}/host"), &format!("{name}/lan"), SLOTS);
         let (punt_tx, punt_rx) = rtrb::RingBuffer::new(256);
         let (tx_tx, tx_rx) = rtrb::RingBuffer::new(256);
@@ -263,16 +344,47 @@ pub fn spawn(
             rx: Vec::with_capacity(64),
             credit: 0.0,
             last_ns: 0,
+            roamer,
         });
     }
+    let routes = internet.routes();
     Ok(std::thread::Builder::new()
         .name("clients".into())
-        .spawn(move || run(clients, rate_pps, &view, &stop_traffic, &stop))?)
+        .spawn(move || run(clients, rate_pps, &routes, &view, &stop_traffic, &stop))?)
+}
+
+/// Client roaming: time to move, or its update was answered and the old address can go.
+fn roam(c: &mut Client, routes: &Routes, view: &ClientsView, now: u64, up: bool) {
+    let Some(r) = c.roamer.as_mut() else { return };
+    if let Some((old, since)) = r.retire {
+        if !c.ctl.busy() {
+            routes.set(r.port, vec![r.addrs[r.at]]);
+            r.retire = None;
+            view.last_roam_us
+                .store(now.saturating_sub(since) / 1000, Ordering::Relaxed);
+            let _ = old;
+        }
+        return;
+    }
+    if up && now >= r.next_ns {
+        let old = r.addrs[r.at];
+        r.at ^= 1;
+        let new = r.addrs[r.at];
+        // Make-before-break: both addresses reach the client until the gateway moved.
+        routes.set(r.port, vec![old, new]);
+        if c.ctl.roam(new) > 0 {
+            r.retire = Some((old, now));
+            r.roams += 1;
+            view.roams.fetch_add(1, Ordering::Relaxed);
+        }
+        r.next_ns = now + r.every_ns;
+    }
 }
 
 fn run(
     mut clients: Vec<Client>,
     rate_pps: u64,
+    routes: &Routes,
     view: &ClientsView,
     stop_traffic: &AtomicBool,
     stop: &AtomicBool,
@@ -292,6 +404,7 @@ fn run(
                 work += 1;
             }
             let is_up = c.ctl.virtual_ip().is_some() && !c.ctl.children().is_empty();
+            roam(c, routes, view, now, is_up);
             // The LAN host starts once the tunnel is up (before, its packets would meet the
             // default discard) and paces itself at the rate.
             if generating && is_up && c.pending.len() < 64 {
@@ -337,8 +450,10 @@ fn run(
             sent: c.gen.sent().iter().sum(),
             echoed: c.sink.received(),
             rekeys: c.ctl.child_counts().1,
+            roams: c.roamer.as_ref().map_or(0, |r| r.roams),
             p50_us: c.latency.value_at_quantile(0.5) as f64 / 1e3,
             p99_us: c.latency.value_at_quantile(0.99) as f64 / 1e3,
+            max_us: c.latency.max() as f64 / 1e3,
         })
         .collect()
 }
