@@ -378,6 +378,11 @@ struct IkeSa {
     rekey_at: u64,
     /// Both ends sent MOBIKE_SUPPORTED (RFC 4555 3.1).
     mobike: bool,
+    /// A simultaneous rekey of this IKE SA (RFC 7296 2.8.2): the new IKE SA the peer's
+    /// exchange made and ours, each with its exchange's lowest nonce. The children stay here
+    /// until both are known, then go to the one that survives.
+    rekey_peer: Option<(u64, Vec<u8>)>,
+    rekey_ours: Option<(u64, Vec<u8>)>,
     /// The peer's additional addresses (its latest announcement, RFC 4555 3.3), and ours.
     peer_additional: Vec<IpAddr>,
     our_additional: Vec<IpAddr>,
@@ -491,6 +496,11 @@ impl Endpoint {
         let d = self.sas.values().filter_map(|s| s.next_deadline()).min();
         self.deadline_cache.set(Some(d));
         d
+    }
+
+    /// The virtual IPs leased from pools, with the IKE SA holding each.
+    pub fn leases(&self) -> Vec<(Ipv4Addr, IkeSaId)> {
+        self.leases.iter().map(|(a, i)| (*a, *i)).collect()
     }
 
     /// True while any exchange is under way or queued.
@@ -1451,8 +1461,16 @@ impl Endpoint {
                     prop.dh.id().to_be_bytes().to_vec(),
                 )]);
             }
-            // Simultaneous IKE rekey (RFC 7296 2.8.1): if we are rekeying too, both proceed;
-            // the loser is sorted out when both are done (the one with the lowest nonce goes).
+            // Simultaneous IKE rekey (RFC 7296 2.8.2): when we are rekeying this IKE SA too,
+            // both exchanges complete; the children wait on the old SA until ours is done,
+            // then go to the new SA whose exchange did not have the lowest nonce.
+            let colliding = matches!(
+                sa.outstanding,
+                Some(Outstanding {
+                    request: Request::RekeyIke { .. },
+                    ..
+                })
+            );
             let dh = DhPrivate::generate(prop.dh, &mut self.rng);
             let shared = dh.shared(ke).ok()?;
             let new_spi_r = self.spi64();
@@ -1489,25 +1507,34 @@ impl Endpoint {
             new.mobike = sa.mobike;
             new.peer_additional = sa.peer_additional.clone();
             new.our_additional = sa.our_additional.clone();
-            new.children = sa.children.clone();
+            if !colliding {
+                new.children = sa.children.clone();
+            }
             new.rekey_at = if cfg.ike_rekey_ns > 0 {
                 now + cfg.ike_rekey_ns
             } else {
                 0
             };
+            let min_nonce = core::cmp::min(new.ni.as_slice(), new.nr.as_slice()).to_vec();
             new.install_keys(keys);
             self.sas.insert(new_spi_r, new);
-            // The old IKE SA's children now belong to the new one; the initiator deletes the
-            // old IKE SA next.
-            if let Some(old) = self.sas.get_mut(&spi) {
-                old.children.clear();
+            if colliding {
+                if let Some(old) = self.sas.get_mut(&spi) {
+                    old.rekey_peer = Some((new_spi_r, min_nonce));
+                }
+            } else {
+                // The old IKE SA's children now belong to the new one; the initiator deletes
+                // the old IKE SA next.
+                if let Some(old) = self.sas.get_mut(&spi) {
+                    old.children.clear();
+                }
+                self.move_lease(spi, new_spi_r);
+                self.events.push_back(Event::IkeRekeyed {
+                    old: IkeSaId(spi),
+                    new: IkeSaId(new_spi_r),
+                    initiated_here: false,
+                });
             }
-            self.move_lease(spi, new_spi_r);
-            self.events.push_back(Event::IkeRekeyed {
-                old: IkeSaId(spi),
-                new: IkeSaId(new_spi_r),
-                initiated_here: false,
-            });
             return Some(vec![
                 Payload::Sa(vec![Proposal {
                     num,
@@ -2124,6 +2151,9 @@ impl Endpoint {
     ) {
         let Some(sa) = self.sas.get(&spi) else { return };
         let (Some(props), Some(nr), Some((_, ke))) = (find_sa(p), find_nonce(p), find_ke(p)) else {
+            // Refused (e.g. TEMPORARY_FAILURE: the peer is rekeying it too): if the peer's
+            // rekey made a new IKE SA here, that one carries on.
+            self.settle_ike_rekey(now, spi);
             return;
         };
         let Some(new_spi_r) = props
@@ -2166,13 +2196,23 @@ impl Endpoint {
         new.mobike = sa.mobike;
         new.peer_additional = sa.peer_additional.clone();
         new.our_additional = sa.our_additional.clone();
-        new.children = sa.children.clone();
+        let colliding = sa.rekey_peer.is_some();
+        if !colliding {
+            new.children = sa.children.clone();
+        }
         new.rekey_at = cfg
             .as_ref()
             .filter(|c| c.ike_rekey_ns > 0)
             .map_or(0, |c| now + c.ike_rekey_ns);
         new.install_keys(keys);
         self.sas.insert(new_spi_i, new);
+        if colliding {
+            if let Some(old) = self.sas.get_mut(&spi) {
+                old.rekey_ours = Some((new_spi_i, core::cmp::min(ni, nr).to_vec()));
+            }
+            self.settle_ike_rekey(now, spi);
+            return;
+        }
         if let Some(old) = self.sas.get_mut(&spi) {
             old.children.clear();
             old.queue.clear();
@@ -2184,6 +2224,45 @@ impl Endpoint {
             new: IkeSaId(new_spi_i),
             initiated_here: true,
         });
+    }
+
+    /// After a simultaneous rekey of IKE SA `old` (RFC 7296 2.8.2): the new IKE SA made by the
+    /// exchange with the lowest of the four nonces is redundant and its creator deletes it;
+    /// the other takes the children (and the virtual IP lease); the old one is deleted. With
+    /// our exchange failed, the peer's new IKE SA carries on.
+    fn settle_ike_rekey(&mut self, now: u64, old: u64) {
+        let Some(o) = self.sas.get_mut(&old) else {
+            return;
+        };
+        let Some((theirs, their_min)) = o.rekey_peer.take() else {
+            return;
+        };
+        let ours = o.rekey_ours.take();
+        let (survivor, redundant_ours) = match &ours {
+            Some((mine, my_min)) if my_min < &their_min => (theirs, Some(*mine)),
+            Some((mine, _)) => (*mine, None),
+            None => (theirs, None),
+        };
+        let children = core::mem::take(&mut o.children);
+        o.queue.clear();
+        o.queue.push_back(Action::DeleteIke);
+        if let Some(s) = self.sas.get_mut(&survivor) {
+            s.children = children;
+        }
+        self.move_lease(old, survivor);
+        self.events.push_back(Event::IkeRekeyed {
+            old: IkeSaId(old),
+            new: IkeSaId(survivor),
+            initiated_here: ours.as_ref().is_some_and(|(m, _)| *m == survivor),
+        });
+        if let Some(r) = redundant_ours {
+            // Ours lost: it never carried anything; delete it.
+            if let Some(sa) = self.sas.get_mut(&r) {
+                sa.queue.push_back(Action::DeleteIke);
+            }
+            self.next_action(now, r);
+        }
+        self.next_action(now, old);
     }
 
     // ---- timers ----------------------------------------------------------------------------
@@ -2365,6 +2444,8 @@ impl IkeSa {
             last_heard: now,
             rekey_at: 0,
             mobike: false,
+            rekey_peer: None,
+            rekey_ours: None,
             peer_additional: Vec::new(),
             our_additional: Vec::new(),
             queue: VecDeque::new(),

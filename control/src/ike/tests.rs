@@ -984,3 +984,73 @@ fn without_mobike_a_client_cannot_roam() {
         .is_err());
     let _ = gid;
 }
+
+#[test]
+fn simultaneous_ike_rekeys_leave_one_ike_sa_with_the_children_on_both_ends() {
+    // RFC 7296 2.8.2; several seeds so that both outcomes of the nonce comparison occur.
+    let mut survivors_by = std::collections::HashSet::new();
+    for seed in 0..12u8 {
+        let mut p = Pair::new(client_cfg(), gateway_cfg());
+        p.client = Endpoint::new(
+            EndpointConfig {
+                peers: vec![client_cfg()],
+                ..Default::default()
+            },
+            [seed.wrapping_add(50); 32],
+        );
+        let cid = p.connect();
+        p.drive();
+        let gid = p.gw.list()[0].0;
+        let child = p.client.list()[0].3.clone();
+        p.client_events.clear();
+        p.gw_events.clear();
+        // Both ends rekey the IKE SA before either hears of the other's.
+        p.client.rekey_ike(p.now, cid).unwrap();
+        p.gw.rekey_ike(p.now, gid).unwrap();
+        p.drive();
+        let (cl, gl) = (p.client.list(), p.gw.list());
+        assert_eq!(cl.len(), 1, "seed {seed}: one IKE SA at the client: {cl:?}");
+        assert_eq!(
+            gl.len(),
+            1,
+            "seed {seed}: one IKE SA at the gateway: {gl:?}"
+        );
+        assert_ne!(cl[0].0, cid, "seed {seed}: a new one");
+        assert_eq!(cl[0].3, child, "seed {seed}: the CHILD_SA moved with it");
+        assert_eq!(gl[0].3.len(), 1);
+        for ev in [&p.client_events, &p.gw_events] {
+            assert!(
+                !ev.iter().any(|e| matches!(e, Event::ChildDown { .. })),
+                "seed {seed}: no CHILD_SA went down: {ev:?}"
+            );
+        }
+        let rekeyed: Vec<bool> = p
+            .client_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::IkeRekeyed { initiated_here, .. } => Some(*initiated_here),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rekeyed.len(), 1, "seed {seed}: one rekey reported");
+        survivors_by.insert(rekeyed[0]);
+        // The surviving IKE SA works: a CHILD_SA rekey over it completes on both ends.
+        p.client_events.clear();
+        p.gw_events.clear();
+        p.client.rekey_child(p.now, cl[0].0, child[0].0).unwrap();
+        p.drive();
+        assert_eq!(Pair::children(&p.client_events).len(), 1, "seed {seed}");
+        assert_eq!(Pair::children(&p.gw_events).len(), 1, "seed {seed}");
+        // The virtual IP lease went with the children to the surviving IKE SA.
+        assert_eq!(
+            p.gw.leases(),
+            [("10.99.0.1".parse().unwrap(), gl[0].0)],
+            "seed {seed}"
+        );
+    }
+    assert_eq!(
+        survivors_by.len(),
+        2,
+        "both the client's and the gateway's rekey survived in some seed"
+    );
+}
