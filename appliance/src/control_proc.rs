@@ -42,6 +42,69 @@ pub struct ControlArgs {
     /// Serve the read-only IKE view (`roamgate sa`) on this unix socket.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Follow the kernel's addresses on the WAN device (rtnetlink) and move the IKE SAs with
+    /// them (MOBIKE): `roamgate client` sets it.
+    #[arg(long)]
+    follow_wan: bool,
+}
+
+/// The WAN addresses the kernel has on the device and the one IKE uses: a new address is
+/// taken at once (make-before-break: the old one still works while the peer is told); when
+/// the one in use goes, the newest remaining one is taken.
+struct WanFollower {
+    watch: crate::addr_watch::AddrWatch,
+    kernel: Vec<std::net::IpAddr>,
+    current: std::net::IpAddr,
+}
+
+impl WanFollower {
+    fn turn(&mut self, ctl: &mut IkeControl) -> bool {
+        use crate::addr_watch::AddrChange;
+        let changes = self.watch.poll();
+        if changes.is_empty() {
+            return false;
+        }
+        let family = self.current.is_ipv4();
+        let mut want = None;
+        for c in changes {
+            match c {
+                AddrChange::Added(a) if a.is_ipv4() == family => {
+                    if !self.kernel.contains(&a) {
+                        self.kernel.push(a);
+                    }
+                    if a != self.current {
+                        want = Some(a);
+                    }
+                }
+                AddrChange::Removed(a) => {
+                    self.kernel.retain(|k| *k != a);
+                    if a == self.current {
+                        want = self
+                            .kernel
+                            .iter()
+                            .rev()
+                            .find(|k| k.is_ipv4() == family)
+                            .copied();
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The data plane answers ARP/ND for what the kernel has, and the address in use.
+        let first = want.unwrap_or(self.current);
+        let mut addrs = vec![first];
+        addrs.extend(self.kernel.iter().filter(|k| **k != first).copied());
+        ctl.push_update(Update::SetWanAddresses { addrs });
+        if let Some(a) = want {
+            let n = ctl.roam(a);
+            println!(
+                "control: WAN address {} -> {a}: {n} IKE SA(s) moving (MOBIKE)",
+                self.current
+            );
+            self.current = a;
+        }
+        true
+    }
 }
 
 struct WorkerEnds {
@@ -105,6 +168,24 @@ pub fn run(args: ControlArgs) -> Result<()> {
     }
     let repo = SaRepository::new(plan.rules.clone(), gw.replay_window);
     let mut ctl = IkeControl::new(conns, repo, None, None, best_backend(), gw.wan.address);
+    let mut follower = if args.follow_wan {
+        let Some(dev) = gw.wan.device.as_deref() else {
+            bail!(
+                "{}: gateway.wan.device: --follow-wan needs the WAN device's name",
+                args.config.display()
+            );
+        };
+        let watch = crate::addr_watch::AddrWatch::new(dev)
+            .with_context(|| format!("watching the addresses of WAN device {dev}"))?;
+        println!("control: following the kernel's addresses on {dev} (MOBIKE)");
+        Some(WanFollower {
+            watch,
+            kernel: Vec::new(),
+            current: gw.wan.address,
+        })
+    } else {
+        None
+    };
     let stop_views = Arc::new(AtomicBool::new(false));
     let views = match &args.socket {
         Some(path) => {
@@ -165,6 +246,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
         while let Ok(Some(e)) = dp_events.try_recv() {
             work = true;
             ctl.on_dataplane_event(&e);
+        }
+        if let Some(f) = follower.as_mut() {
+            work |= f.turn(&mut ctl);
         }
         work |= ctl.step();
         flush_transmits(&mut ctl, &mut transmit);

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod addr_watch;
 mod control_proc;
 mod dataplane;
 mod lab;

@@ -88,16 +88,21 @@ impl Supervised {
     }
 }
 
-/// `roamgate client`: `run` for a file whose connections are all initiated (a road warrior).
+/// `roamgate client`: `run` for a file whose connections are all initiated (a road warrior),
+/// whose control plane follows the kernel's addresses on the WAN device (MOBIKE).
 pub fn client(args: RunArgs) -> Result<()> {
     let dp = &args.dataplane;
     let file: control::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
     file.ike.validate_client(dp.config(), "ike")?;
-    run(args)
+    supervise(args, true)
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    supervise(args, false)
+}
+
+fn supervise(args: RunArgs, client: bool) -> Result<()> {
     if args.single_process {
         if args.dataplane.shm().is_some() {
             anyhow::bail!("--single-process has no shared-memory channel: drop --shm");
@@ -122,6 +127,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     ];
     if let Some(s) = dp.socket() {
         control_args.extend(["--socket".into(), format!("{}.ike", s.display())]);
+    }
+    if client {
+        control_args.push("--follow-wan".into());
     }
     let mut dataplane_args = vec![
         "dataplane".to_string(),

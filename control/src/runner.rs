@@ -273,7 +273,7 @@ impl IkeControl {
                 _ => {}
             }
             match self.repo.on_event(&e) {
-                Ok(updates) => updates.into_iter().for_each(|u| self.push_update(u)),
+                Ok(updates) => updates.into_iter().for_each(|u| self.queue_update(u)),
                 Err(err) => eprintln!("ike: {err}"),
             }
         }
@@ -282,11 +282,16 @@ impl IkeControl {
         work
     }
 
+    /// Queues an update of the control loop's own (not from IKE) for the data plane.
+    pub fn push_update(&mut self, u: Update) {
+        self.outbox.push_back(u);
+    }
+
     /// Queues an update for the data plane. A policy still waiting in the queue is
     /// superseded by a newer one when only installs come between them (nothing it refers to
     /// goes away in between), so a burst of new CHILD_SAs compiles the SPD once, not once
     /// each.
-    fn push_update(&mut self, u: Update) {
+    fn queue_update(&mut self, u: Update) {
         if matches!(u, Update::ReplaceSpd { .. }) {
             if let Some(pos) = self
                 .outbox

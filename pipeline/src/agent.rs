@@ -123,6 +123,7 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
             sa: *sa,
         },
         Update::UnbindHost { dst } => Command::UnbindHost(*dst),
+        Update::SetWanAddresses { addrs } => Command::SetWanAddresses(addrs.clone()),
         Update::ReplaceSpd { rules } => {
             Command::ReplaceSpd(Box::new(Spd::new(rules.clone()).map_err(AgentError::Spd)?))
         }

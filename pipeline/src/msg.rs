@@ -65,6 +65,10 @@ pub enum Update {
     BindHost { dst: IpAddr, src: Prefix, sa: SaId },
     /// Remove a host binding.
     UnbindHost { dst: IpAddr },
+    /// The WAN port's own addresses (the first of each family is the primary): the worker
+    /// answers ARP / neighbour solicitations for all of them. A client that roams holds the
+    /// old and the new address for a moment (make-before-break), then only the new one.
+    SetWanAddresses { addrs: Vec<IpAddr> },
 }
 
 /// An [`Update`] with the generation it is applied under: one record on a worker's update ring.
@@ -189,6 +193,7 @@ pub enum Command {
         sa: SaId,
     },
     UnbindHost(IpAddr),
+    SetWanAddresses(Vec<IpAddr>),
 }
 
 /// A command and its generation.

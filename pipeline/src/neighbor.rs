@@ -190,14 +190,14 @@ fn ns(frame: &mut [u8], mac: [u8; 6], addr6: Option<Ipv6Addr>) -> (Outcome, usiz
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::indexing_slicing, clippy::unwrap_used)]
     use super::*;
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0xaa, 1];
     const HOST: [u8; 6] = [2, 0, 0, 0, 0x0a, 0xfe];
 
-    fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    pub(crate) fn arp_request(target: [u8; 4]) -> Vec<u8> {
         let mut f = vec![0xff; 6];
         f.extend_from_slice(&HOST);
         f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);

@@ -104,6 +104,8 @@ pub struct Worker<P: Port> {
     /// Host bindings (road warriors' virtual IPs): destination -> (allowed sources, SA),
     /// looked up before the SPD.
     hosts: std::collections::HashMap<IpAddr, (Prefix, SaId)>,
+    /// Further WAN addresses answered for (a roaming client's old one, for a moment).
+    wan_also: Vec<IpAddr>,
     /// The clock of the current turn (ns, the caller's).
     now: u64,
     unknown_spi_total: u64,
@@ -157,6 +159,7 @@ impl<P: Port> Worker<P> {
             nat: None,
             vip_nat: None,
             hosts: std::collections::HashMap::new(),
+            wan_also: Vec::new(),
             now: 0,
             unknown_spi_total: 0,
             reported_at: [0; 3],
@@ -410,6 +413,22 @@ impl<P: Port> Worker<P> {
             Command::BindHost { dst, src, sa } => {
                 self.hosts.insert(dst, (src, sa));
             }
+            Command::SetWanAddresses(addrs) => {
+                let v4 = addrs.iter().find_map(|a| match a {
+                    IpAddr::V4(v) => Some(*v),
+                    IpAddr::V6(_) => None,
+                });
+                let v6 = addrs.iter().find_map(|a| match a {
+                    IpAddr::V6(v) => Some(*v),
+                    IpAddr::V4(_) => None,
+                });
+                self.wan_link.addr4 = v4;
+                self.wan_link.addr6 = v6;
+                self.wan_also = addrs
+                    .into_iter()
+                    .filter(|a| Some(*a) != v4.map(IpAddr::V4) && Some(*a) != v6.map(IpAddr::V6))
+                    .collect();
+            }
             Command::UnbindHost(dst) => {
                 if self.hosts.remove(&dst).is_none() {
                     return Err("no host binding for that address");
@@ -499,8 +518,20 @@ impl<P: Port> Worker<P> {
         if is_ns && len < 86 && !f.append(86 - len) {
             return Some(Verdict::Drop(DropReason::NoBufferRoom));
         }
-        let (outcome, new_len) =
+        let (mut outcome, mut new_len) =
             crate::neighbor::respond(f.data_mut(), link.mac, link.addr4, link.addr6);
+        if matches!(side, Side::Wan) && matches!(outcome, crate::neighbor::Outcome::Ignored) {
+            for a in &self.wan_also {
+                let (a4, a6) = match a {
+                    IpAddr::V4(v) => (Some(*v), None),
+                    IpAddr::V6(v) => (None, Some(*v)),
+                };
+                (outcome, new_len) = crate::neighbor::respond(f.data_mut(), link.mac, a4, a6);
+                if matches!(outcome, crate::neighbor::Outcome::Replied) {
+                    break;
+                }
+            }
+        }
         match outcome {
             crate::neighbor::Outcome::Replied => {
                 f.truncate(new_len);
@@ -2051,6 +2082,32 @@ mod tests {
         let ip = ipv4::Packet::new_checked(&out.data()[14..]).unwrap();
         assert_eq!(ip.dst_addr(), "203.0.113.9".parse::<Ipv4Addr>().unwrap());
         assert_eq!(ip.next_header(), IpProtocol::Udp, "now in UDP 4500");
+    }
+
+    #[test]
+    fn a_roaming_client_answers_for_its_old_and_new_wan_address_then_only_the_new() {
+        let mut r = rig(1500);
+        let ask = |r: &mut Rig, target: [u8; 4]| -> bool {
+            let f = crate::neighbor::tests::arp_request(target);
+            assert!(r.wan.send(MemFrame::from_bytes(&f).unwrap()).is_ok());
+            r.w.poll(1);
+            r.wan.recv().is_some()
+        };
+        assert!(ask(&mut r, [192, 0, 2, 1]), "the configured address");
+        assert!(!ask(&mut r, [198, 51, 100, 10]));
+        r.update(Update::SetWanAddresses {
+            addrs: vec![
+                "198.51.100.10".parse().unwrap(),
+                "192.0.2.1".parse().unwrap(),
+            ],
+        });
+        assert!(ask(&mut r, [198, 51, 100, 10]), "the new one");
+        assert!(ask(&mut r, [192, 0, 2, 1]), "the old one, for now");
+        r.update(Update::SetWanAddresses {
+            addrs: vec!["198.51.100.10".parse().unwrap()],
+        });
+        assert!(ask(&mut r, [198, 51, 100, 10]));
+        assert!(!ask(&mut r, [192, 0, 2, 1]), "given up");
     }
 
     #[test]

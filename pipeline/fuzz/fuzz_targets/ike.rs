@@ -22,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
         ike_proposals: vec![IkeProposal {
             encr_bits: 128,
             prf: Prf::HmacSha256,
-            dh: DhGroup::X25519, cbc: false }],
+            dh: DhGroup::X25519,
+            cbc: false,
+        }],
         esp_proposals: vec![EspProposal {
             encr_bits: 128,
             esn: false,
@@ -34,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
         child_rekey_ns: 0,
         ike_rekey_ns: 0,
         dpd_ns: 0,
+        child_life_ns: 0,
     };
     let mut ep = Endpoint::new(
         EndpointConfig {

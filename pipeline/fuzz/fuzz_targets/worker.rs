@@ -14,6 +14,7 @@ use pipeline::nat::MasqueradeConfig;
 use pipeline::port::mem::{cable, MemFrame, MemPort};
 use pipeline::sad::Sad;
 use pipeline::spd::{Action, PortRange, Rule, Selector, Spd};
+use pipeline::stats::Lifetime;
 use pipeline::worker::{Link, Worker};
 
 struct Rig {
@@ -43,6 +44,13 @@ fn sa(id: u32, spi: u32, v6: bool, encap: bool) -> SaParams {
         local_ts: lts.parse().expect("literal"),
         remote_ts: rts.parse().expect("literal"),
         outer_ttl: 64,
+        // Small limits so that the soft and hard lifetime paths (and `sa_expired`) are
+        // reached by the fuzzer's frames too.
+        lifetime: Lifetime {
+            soft_packets: 3,
+            hard_packets: 40,
+            ..Lifetime::default()
+        },
     }
 }
 

@@ -24,6 +24,7 @@
 //! | 0x16 | `Update::SetVirtualIp` | generation, present u8, config |
 //! | 0x17 | `Update::BindHost` | generation, dst ip, src prefix, sa id u32 |
 //! | 0x18 | `Update::UnbindHost` | generation, dst ip |
+//! | 0x19 | `Update::SetWanAddresses` | generation, count u8, count x ip |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
 //! | 0x30..=0x34 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 / 0x41 | `Punted` / `Transmit` | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
@@ -76,6 +77,7 @@ mod tag {
     pub const SET_VIRTUAL_IP: u8 = 0x16;
     pub const BIND_HOST: u8 = 0x17;
     pub const UNBIND_HOST: u8 = 0x18;
+    pub const SET_WAN_ADDRESSES: u8 = 0x19;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -512,6 +514,7 @@ impl Record for UpdateEnvelope {
             Update::SetVirtualIp { .. } => tag::SET_VIRTUAL_IP,
             Update::BindHost { .. } => tag::BIND_HOST,
             Update::UnbindHost { .. } => tag::UNBIND_HOST,
+            Update::SetWanAddresses { .. } => tag::SET_WAN_ADDRESSES,
         };
         w.head(tag)?;
         w.u64(self.generation)?;
@@ -554,6 +557,10 @@ impl Record for UpdateEnvelope {
                 w.u32(sa.0)
             }
             Update::UnbindHost { dst } => w.ip(*dst),
+            Update::SetWanAddresses { addrs } => {
+                w.u8(u8::try_from(addrs.len()).map_err(|_| EncodeError::TooLong("addresses"))?)?;
+                addrs.iter().try_for_each(|a| w.ip(*a))
+            }
         }
     }
 
@@ -609,6 +616,14 @@ impl Record for UpdateEnvelope {
                 sa: SaId(r.u32()?),
             },
             tag::UNBIND_HOST => Update::UnbindHost { dst: r.ip()? },
+            tag::SET_WAN_ADDRESSES => {
+                let n = r.u8()?;
+                let mut addrs = Vec::with_capacity(usize::from(n));
+                for _ in 0..n {
+                    addrs.push(r.ip()?);
+                }
+                Update::SetWanAddresses { addrs }
+            }
             tag::SET_VIRTUAL_IP => Update::SetVirtualIp {
                 config: if r.bool("virtual IP flag")? {
                     Some(r.masquerade()?)

@@ -147,6 +147,14 @@ fn updates() -> Vec<UpdateEnvelope> {
         Update::UnbindHost {
             dst: "fd00:99::7".parse().unwrap(),
         },
+        Update::SetWanAddresses {
+            addrs: vec![
+                "198.51.100.10".parse().unwrap(),
+                "192.0.2.10".parse().unwrap(),
+                "2001:db8::10".parse().unwrap(),
+            ],
+        },
+        Update::SetWanAddresses { addrs: vec![] },
     ];
     ups.into_iter()
         .enumerate()
