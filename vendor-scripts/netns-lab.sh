@@ -22,6 +22,14 @@
 #            PFX-home 10.7.0.10 -- lan [roamgate client PFX-cl] wan 192.0.2.10 --
 #              eth0 192.0.2.1 [PFX-sgw, strongSwan, forwarding] eth1 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
 #        netns-lab.sh cl-down [PFX]
+#        netns-lab.sh mob-up [PFX]  the roaming lab of the MOBIKE tests: a client with two access
+#            networks (192.0.2.0/24 and 198.51.100.0/24 on one link to a router) and a gateway
+#            behind the router:
+#            PFX-home 10.7.0.10 -- lan [PFX-cl] wan 192.0.2.10 -- eth0 [PFX-rtr] eth1 --
+#              wan 203.0.113.1 [PFX-gw] lan 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
+#          (the client's kernel holds its WAN address: `roamgate client` follows it, so does
+#          strongSwan; a roam is `ip addr add` of the new address, then `ip addr del` of the old)
+#        netns-lab.sh mob-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
 set -euo pipefail
@@ -31,6 +39,7 @@ p=${2:-rg}
 NSS="lana gwa net gwb lanb"
 RW_NSS="lan gw rw"
 CL_NSS="home cl sgw srv"
+MOB_NSS="home cl rtr gw srv"
 
 down() {
     for n in $NSS; do
@@ -165,6 +174,58 @@ cl_up() {
     ip -n "$p-srv" route add default via 10.9.0.1
 }
 
+mob_down() {
+    for n in $MOB_NSS; do
+        ip netns del "$p-$n" 2>/dev/null || true
+    done
+}
+
+# gw_kernel=1: the gateway namespace's kernel owns its addresses (strongSwan as gateway).
+mob_up() {
+    mob_down
+    for n in $MOB_NSS; do
+        ip netns add "$p-$n"
+        ip -n "$p-$n" link set lo up
+    done
+    ip link add lan0 netns "$p-home" address 02:00:00:00:07:fe type veth \
+        peer name lan netns "$p-cl" address 02:00:00:00:07:01
+    ip link add wan netns "$p-cl" address 02:00:00:00:02:10 type veth \
+        peer name eth0 netns "$p-rtr" address 02:00:00:00:71:01
+    ip link add eth1 netns "$p-rtr" address 02:00:00:00:71:02 type veth \
+        peer name wan netns "$p-gw" address 02:00:00:00:03:01
+    ip link add lan netns "$p-gw" address 02:00:00:00:09:01 type veth \
+        peer name lan0 netns "$p-srv" address 02:00:00:00:09:fe
+    for ns in cl gw; do
+        ip netns exec "$p-$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+        ip netns exec "$p-$ns" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+    done
+    for d in lan wan; do
+        offloads_off "$p-cl" "$d"
+        ip -n "$p-cl" link set "$d" up
+        offloads_off "$p-gw" "$d"
+        ip -n "$p-gw" link set "$d" up
+    done
+    # The client's first access network; its kernel holds the address.
+    ip -n "$p-cl" addr add 192.0.2.10/24 dev wan
+    # The router: both access networks on one link, the gateway's network on the other.
+    ip netns exec "$p-rtr" sysctl -qw net.ipv4.ip_forward=1
+    for d in eth0 eth1; do
+        offloads_off "$p-rtr" "$d"
+        ip -n "$p-rtr" link set "$d" up
+    done
+    ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
+    ip -n "$p-rtr" addr add 198.51.100.254/24 dev eth0
+    ip -n "$p-rtr" addr add 203.0.113.254/24 dev eth1
+    offloads_off "$p-home" lan0
+    ip -n "$p-home" link set lan0 up
+    ip -n "$p-home" addr add 10.7.0.10/24 dev lan0
+    ip -n "$p-home" route add default via 10.7.0.1
+    offloads_off "$p-srv" lan0
+    ip -n "$p-srv" link set lan0 up
+    ip -n "$p-srv" addr add 10.9.0.10/24 dev lan0
+    ip -n "$p-srv" route add default via 10.9.0.1
+}
+
 case "$cmd" in
 up) up ;;
 down) down ;;
@@ -172,6 +233,8 @@ rw-up) rw_up ;;
 rw-down) rw_down ;;
 cl-up) cl_up ;;
 cl-down) cl_down ;;
+mob-up) mob_up ;;
+mob-down) mob_down ;;
 exec)
     shift
     ns=$1
@@ -179,7 +242,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

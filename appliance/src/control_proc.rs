@@ -96,7 +96,14 @@ impl WanFollower {
         addrs.extend(self.kernel.iter().filter(|k| **k != first).copied());
         ctl.push_update(Update::SetWanAddresses { addrs });
         if let Some(a) = want {
-            let n = ctl.roam(a);
+            // The other addresses the kernel still has are announced (RFC 4555 3.3).
+            let others = self
+                .kernel
+                .iter()
+                .filter(|k| **k != a && k.is_ipv4() == family)
+                .copied()
+                .collect();
+            let n = ctl.roam_with(a, others);
             println!(
                 "control: WAN address {} -> {a}: {n} IKE SA(s) moving (MOBIKE)",
                 self.current

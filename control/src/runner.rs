@@ -414,11 +414,25 @@ impl IkeControl {
     /// rekey): our data plane at once, the peer by UPDATE_SA_ADDRESSES. Returns how many IKE
     /// SAs move.
     pub fn roam(&mut self, local: std::net::IpAddr) -> usize {
+        self.roam_with(local, Vec::new())
+    }
+
+    /// [`roam`](Self::roam), announcing `additional` addresses of ours too (the peer may try
+    /// them when a path fails; none: NO_ADDITIONAL_ADDRESSES).
+    pub fn roam_with(
+        &mut self,
+        local: std::net::IpAddr,
+        additional: Vec<std::net::IpAddr>,
+    ) -> usize {
         let now = self.now();
         self.local = local;
         let ids: Vec<IkeSaId> = self.endpoint.list().into_iter().map(|s| s.0).collect();
         ids.into_iter()
-            .filter(|id| self.endpoint.roam(now, *id, local, Vec::new()).is_ok())
+            .filter(|id| {
+                self.endpoint
+                    .roam(now, *id, local, additional.clone())
+                    .is_ok()
+            })
             .count()
     }
 

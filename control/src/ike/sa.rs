@@ -1200,9 +1200,11 @@ impl Endpoint {
         let data = sa.encrypted(h.exchange, h.message_id, true, &reply);
         sa.peer_next_id = h.message_id.wrapping_add(1);
         sa.last_response = Some((h.message_id, data.clone()));
+        // A response goes back where the request came from (RFC 7296 2.11), which is not the
+        // SA's address when a MOBIKE peer probes a new path before it updates.
         self.transmits.push_back(Transmit {
-            src: sa.local,
-            dst: sa.remote,
+            src: local,
+            dst: remote,
             data,
         });
         if sa.state == State::Deleting && sa.outstanding.is_none() {

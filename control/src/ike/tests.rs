@@ -1054,3 +1054,31 @@ fn simultaneous_ike_rekeys_leave_one_ike_sa_with_the_children_on_both_ends() {
         "both the client's and the gateway's rekey survived in some seed"
     );
 }
+
+#[test]
+fn a_request_from_a_new_path_is_answered_there_without_moving_the_sa() {
+    // strongSwan probes a new path with an empty INFORMATIONAL before it sends
+    // UPDATE_SA_ADDRESSES: the answer must go to the probe's source (RFC 7296 2.11), and the
+    // SA stays where it is.
+    let (mut p, cid, _) = up();
+    p.gw_events.clear();
+    // The client's requests now come from a new address (it has not roamed): a CHILD_SA
+    // rekey stands in for strongSwan's probe, it travels the same way.
+    p.move_client("192.0.2.150:500", "192.0.2.150:500");
+    let before = p.to_gw_log.len();
+    let spi = p.client.list()[0].3[0].0;
+    let t0 = p.now;
+    p.client.rekey_child(p.now, cid, spi).unwrap();
+    p.drive();
+    assert!(p.to_gw_log.len() > before);
+    assert_eq!(p.now, t0, "answered at once, no retransmission needed");
+    assert_eq!(
+        Pair::children(&p.client_events).len(),
+        2,
+        "the answer reached the client at its new address"
+    );
+    assert!(
+        Pair::moves(&p.gw_events).is_empty(),
+        "no move without an update"
+    );
+}
