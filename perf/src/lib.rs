@@ -3,6 +3,7 @@
 //! wire.
 
 pub mod handshakes;
+pub mod run;
 
 use std::path::Path;
 

@@ -1,0 +1,574 @@
+//! The perf lab's data-plane measurements: real workers on in-memory ports, driven with
+//! pre-generated traffic so that a worker's time is its own.
+//!
+//! - Throughput: a worker thread refills a burst of frames (untimed), then runs one
+//!   `Worker::poll` (timed) and takes what came out. Encrypt frames are a plaintext template
+//!   whose destination is patched per packet to a random SA's host binding; decrypt frames
+//!   are real ESP, sealed beforehand with the same keys and sequence numbers, so that every
+//!   frame passes the anti-replay window once. With two workers both run at once on their own
+//!   cores, each with its own SAs (per-core SAs), and the aggregate counts.
+//! - The crypto ceiling: the bare AEAD seal of the same ESP plaintext, same backend.
+//! - Latency and NDR: a paced feeder and a sink in one thread, the worker in another; the
+//!   highest offered rate with zero loss (FD.io CSIT's NDR) found by binary search, and the
+//!   latency at a fraction of it (the ESP sequence number identifies each packet).
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use pipeline::agent::{self, WorkerLink};
+use pipeline::crypto::{self, AeadAlg, Backend};
+use pipeline::esp::sa::{build_outbound, SaKeys, SaParams};
+use pipeline::esp::tunnel::{self, InnerMeta};
+use pipeline::ids::{SaId, Spi};
+use pipeline::msg::{Direction, Update};
+use pipeline::port::mem::{cable, MemFrame, MemPort};
+use pipeline::port::{Frame, Port};
+use pipeline::sad::Sad;
+use pipeline::spd::Spd;
+use pipeline::stats::Lifetime;
+use pipeline::worker::{Link, Worker, BURST};
+
+/// Frame sizes (Ethernet frame without FCS, as RFC 2544 counts them less 4) and IMIX (0).
+pub const SIZES: [usize; 7] = [64, 128, 256, 512, 1024, 1420, 0];
+/// IMIX: 7 x 64, 4 x 570, 1 x 1420 (the simple IMIX, capped at what the tunnel's MTU carries).
+pub const IMIX: [usize; 12] = [64, 64, 64, 64, 64, 64, 64, 570, 570, 570, 570, 1420];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    Encrypt,
+    Decrypt,
+}
+
+impl std::fmt::Display for Dir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dir::Encrypt => "encrypt",
+            Dir::Decrypt => "decrypt",
+        })
+    }
+}
+
+/// One measured point.
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub dir: Dir,
+    /// Frame size, 0 = IMIX.
+    pub size: usize,
+    pub sas: usize,
+    pub workers: usize,
+    pub backend: Backend,
+    pub packets: u64,
+    /// Aggregate packets per second of worker time (each worker's packets over its own poll
+    /// time, summed).
+    pub pps: f64,
+    /// Inner (LAN-side) bits per second, aggregate.
+    pub bps: f64,
+    /// Worker time per packet (the mean over workers).
+    pub ns_per_packet: f64,
+    /// Frames that did not come out (must be 0).
+    pub missing: u64,
+}
+
+fn lan_link() -> Link {
+    Link {
+        mac: [2, 0, 0, 0, 0x0a, 1],
+        neighbor: [2, 0, 0, 0, 0x0a, 0xfe],
+        addr4: Some(Ipv4Addr::new(10, 1, 0, 1)),
+        addr6: None,
+        mtu: 1500,
+    }
+}
+
+fn wan_link() -> Link {
+    Link {
+        mac: [2, 0, 0, 0, 0xaa, 1],
+        neighbor: [2, 0, 0, 0, 0xbb, 1],
+        addr4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        addr6: None,
+        mtu: 1500,
+    }
+}
+
+/// SA `i` of a run: its key (from its index, so that each SA has its own key schedule), SPI
+/// and the host address it protects.
+fn sa_params(i: usize, dir: Direction) -> SaParams {
+    let mut keymat = [0u8; 20];
+    keymat[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    keymat[8] = 0x5a;
+    let (local, remote) = match dir {
+        Direction::Outbound => ("192.0.2.1", "192.0.2.2"),
+        Direction::Inbound => ("192.0.2.1", "192.0.2.2"),
+    };
+    SaParams {
+        id: SaId(i as u32 + 1),
+        spi: Spi(0x1000 + i as u32),
+        keys: SaKeys::from_keymat(AeadAlg::AesGcm128, &keymat).expect("20 bytes"),
+        esn: false,
+        replay_window: 1024,
+        local: local.parse().expect("literal"),
+        remote: remote.parse().expect("literal"),
+        encap: None,
+        local_ts: "10.1.0.0/24".parse().expect("literal"),
+        remote_ts: "10.128.0.0/9".parse().expect("literal"),
+        outer_ttl: 64,
+        lifetime: Lifetime::default(),
+    }
+}
+
+/// The host SA `i` protects (10.128.0.0/9 holds 8 M).
+fn host(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i as u32)
+}
+
+/// A worker on in-memory ports with `sas` SAs of direction `dir` installed through the agent
+/// (outbound ones bound to their hosts).
+pub struct Rig {
+    pub worker: Worker<MemPort>,
+    pub lan: MemPort,
+    pub wan: MemPort,
+    link: WorkerLink,
+}
+
+impl Rig {
+    pub fn new(id: u16, sas: usize, dir: Direction, backend: Backend) -> Rig {
+        let (lan, lan_gw) = cable("perf-lan", "gw-lan", 4096);
+        let (wan_gw, wan) = cable("gw-wan", "perf-wan", 4096);
+        let (link, control) = agent::link(id, 4096, None);
+        let worker = Worker::new(
+            id,
+            lan_gw,
+            wan_gw,
+            lan_link(),
+            wan_link(),
+            Sad::with_capacity(sas + 16, 0x5eed ^ u64::from(id)),
+            Box::new(Spd::new(Vec::new()).expect("empty SPD")),
+            control,
+        );
+        let mut r = Rig {
+            worker,
+            lan,
+            wan,
+            link,
+        };
+        let mut last = 0;
+        for i in 0..sas {
+            let p = sa_params(i, dir);
+            let id = p.id;
+            last = r.link.send(
+                agent::prepare(backend, &Update::AddSa { dir, params: p }).expect("SA builds"),
+            );
+            if dir == Direction::Outbound {
+                last = r.link.send(
+                    agent::prepare(
+                        backend,
+                        &Update::BindHost {
+                            dst: host(i).into(),
+                            src: "10.1.0.0/24".parse().expect("literal"),
+                            sa: id,
+                        },
+                    )
+                    .expect("binding"),
+                );
+            }
+            if i % 1024 == 1023 {
+                r.settle(last);
+            }
+        }
+        r.settle(last);
+        r
+    }
+
+    fn settle(&mut self, generation: u64) {
+        while self.link.pump() < generation {
+            self.worker.poll(0);
+        }
+    }
+}
+
+/// A UDP/IPv4 frame of `size` bytes (Ethernet included) from 10.1.0.10 to `dst`, UDP
+/// checksum 0 (allowed for IPv4), IPv4 checksum set.
+fn plain_frame(size: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let size = size.max(64);
+    let ip_len = size - 14;
+    let mut f = vec![0u8; size];
+    f[0..6].copy_from_slice(&lan_link().mac);
+    f[6..12].copy_from_slice(&lan_link().neighbor);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    ip[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    ip[22..24].copy_from_slice(&5001u16.to_be_bytes());
+    ip[24..26].copy_from_slice(&((ip_len - 20) as u16).to_be_bytes());
+    set_ipv4_checksum(&mut f[14..34]);
+    f
+}
+
+fn set_ipv4_checksum(h: &mut [u8]) {
+    h[10] = 0;
+    h[11] = 0;
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// A small deterministic generator for SA indexes (SPIs spread at random).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+fn size_at(size: usize, k: u64) -> usize {
+    if size == 0 {
+        IMIX[(k % IMIX.len() as u64) as usize]
+    } else {
+        size
+    }
+}
+
+/// ESP frames (Ethernet included) that a peer with SAs 0..sas would send us: `n` of them,
+/// to random SAs, each SA's sequence numbers in order.
+fn esp_frames(n: u64, size: usize, sas: usize, backend: Backend, seed: u64) -> Vec<Vec<u8>> {
+    let mut out_sas: Vec<_> = (0..sas)
+        .map(|i| {
+            let mut p = sa_params(i, Direction::Outbound);
+            // The peer's view: it sends from 192.0.2.2 to us.
+            core::mem::swap(&mut p.local, &mut p.remote);
+            build_outbound(backend, &p).expect("SA builds")
+        })
+        .collect();
+    let mut rng = XorShift(seed | 1);
+    let mut v = Vec::with_capacity(n as usize);
+    for k in 0..n {
+        let i = rng.next(sas);
+        let fsize = size_at(size, k);
+        let inner = plain_frame(fsize, host(i), Ipv4Addr::new(10, 1, 0, 10));
+        let mut f = MemFrame::from_bytes(&inner[14..]).expect("fits");
+        let meta = InnerMeta {
+            next_header: 4,
+            dscp: 0,
+            ecn: 0,
+        };
+        tunnel::encapsulate(&mut out_sas[i], &mut f, meta).expect("seals");
+        assert!(f.prepend(14), "headroom");
+        let d = f.data_mut();
+        d[0..6].copy_from_slice(&wan_link().mac);
+        d[6..12].copy_from_slice(&wan_link().neighbor);
+        d[12..14].copy_from_slice(&[0x08, 0x00]);
+        v.push(f.data().to_vec());
+    }
+    v
+}
+
+/// Runs one worker over `n` packets; returns (packets out, inner bytes, worker time).
+fn drive(
+    rig: &mut Rig,
+    dir: Dir,
+    size: usize,
+    sas: usize,
+    n: u64,
+    seed: u64,
+    esp: &[Vec<u8>],
+) -> (u64, u64, Duration) {
+    let mut q: VecDeque<MemFrame> = (0..BURST).map(|_| MemFrame::new()).collect();
+    let mut out = Vec::with_capacity(BURST);
+    let mut rng = XorShift(seed | 1);
+    let templates: Vec<Vec<u8>> = IMIX
+        .iter()
+        .chain(std::iter::once(&size))
+        .map(|s| plain_frame(*s, Ipv4Addr::new(10, 1, 0, 10), host(0)))
+        .collect();
+    let (mut sent, mut got, mut bytes) = (0u64, 0u64, 0u64);
+    let mut busy = Duration::ZERO;
+    let mut idle_turns = 0;
+    while got < n {
+        // Refill (untimed): the traffic generator's work, not the worker's.
+        let mut burst = VecDeque::new();
+        while sent < n && burst.len() < BURST {
+            let Some(mut f) = q.pop_front().or_else(|| Some(MemFrame::new())) else {
+                break;
+            };
+            match dir {
+                Dir::Encrypt => {
+                    let fsize = size_at(size, sent);
+                    let t = if size == 0 {
+                        &templates[IMIX.iter().position(|s| *s == fsize).unwrap_or(0)]
+                    } else {
+                        &templates[IMIX.len()]
+                    };
+                    f.set_data(t);
+                    let i = rng.next(sas);
+                    let d = f.data_mut();
+                    d[30..34].copy_from_slice(&host(i).octets());
+                    set_ipv4_checksum(&mut d[14..34]);
+                    bytes += (fsize - 14) as u64;
+                }
+                Dir::Decrypt => {
+                    f.set_data(&esp[sent as usize]);
+                    bytes += (size_at(size, sent) - 14) as u64;
+                }
+            }
+            burst.push_back(f);
+            sent += 1;
+        }
+        let port = match dir {
+            Dir::Encrypt => &mut rig.lan,
+            Dir::Decrypt => &mut rig.wan,
+        };
+        port.tx_burst(&mut burst);
+        q.extend(burst);
+        let t = Instant::now();
+        let w = rig.worker.poll(0);
+        busy += t.elapsed();
+        let port = match dir {
+            Dir::Encrypt => &mut rig.wan,
+            Dir::Decrypt => &mut rig.lan,
+        };
+        out.clear();
+        let k = port.rx_burst(&mut out, BURST * 2);
+        got += k as u64;
+        q.extend(out.drain(..));
+        if w == 0 && k == 0 && sent >= n {
+            idle_turns += 1;
+            if idle_turns > 1000 {
+                break;
+            }
+        }
+    }
+    (got, bytes, busy)
+}
+
+/// Throughput of `workers` workers (at once, on their own cores), each with `sas` SAs.
+pub fn throughput(
+    dir: Dir,
+    size: usize,
+    sas: usize,
+    workers: usize,
+    backend: Backend,
+    n: u64,
+) -> Point {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let results: Vec<(u64, u64, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let core = cores.get(w).copied();
+                s.spawn(move || {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(c);
+                    }
+                    let d = match dir {
+                        Dir::Encrypt => Direction::Outbound,
+                        Dir::Decrypt => Direction::Inbound,
+                    };
+                    let mut rig = Rig::new(w as u16, sas, d, backend);
+                    let esp = if dir == Dir::Decrypt {
+                        esp_frames(n, size, sas, backend, 7 + w as u64)
+                    } else {
+                        Vec::new()
+                    };
+                    drive(&mut rig, dir, size, sas, n, 7 + w as u64, &esp)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread"))
+            .collect()
+    });
+    let packets: u64 = results.iter().map(|r| r.0).sum();
+    let pps: f64 = results
+        .iter()
+        .map(|r| r.0 as f64 / r.2.as_secs_f64().max(1e-9))
+        .sum();
+    let bps: f64 = results
+        .iter()
+        .map(|r| r.1 as f64 * 8.0 / r.2.as_secs_f64().max(1e-9))
+        .sum();
+    let ns = results
+        .iter()
+        .map(|r| r.2.as_nanos() as f64 / r.0.max(1) as f64)
+        .sum::<f64>()
+        / workers.max(1) as f64;
+    Point {
+        dir,
+        size,
+        sas,
+        workers,
+        backend,
+        packets,
+        pps,
+        bps,
+        ns_per_packet: ns,
+        missing: n * workers as u64 - packets,
+    }
+}
+
+/// The bare AEAD seal of a frame's ESP plaintext (inner packet + padding + trailer), ns.
+pub fn aead_ns(size: usize, backend: Backend, iters: u32) -> f64 {
+    let sizes: Vec<usize> = if size == 0 { IMIX.to_vec() } else { vec![size] };
+    let aead = crypto::new_aead(backend, AeadAlg::AesGcm128, &[7u8; 16]).expect("key");
+    let mut total = 0.0;
+    for s in &sizes {
+        let inner = s - 14;
+        let len = (inner + 2).next_multiple_of(4);
+        let mut buf = vec![0u8; len];
+        let mut tag = [0u8; 16];
+        let t = Instant::now();
+        for i in 0..iters {
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&u64::from(i).to_be_bytes());
+            aead.seal_in_place(&nonce, &[0u8; 8], &mut buf, &mut tag);
+        }
+        total += t.elapsed().as_nanos() as f64 / f64::from(iters);
+    }
+    total / sizes.len() as f64
+}
+
+/// Latency at an offered rate: (accepted, received, histogram of ns), encrypt, one SA.
+pub fn latency(
+    size: usize,
+    rate_pps: f64,
+    secs: f64,
+    backend: Backend,
+) -> (u64, u64, hdrhistogram::Histogram<u64>) {
+    let mut rig = Rig::new(0, 1, Direction::Outbound, backend);
+    let mut lan = std::mem::replace(&mut rig.lan, cable("x", "y", 1).0);
+    let mut wan = std::mem::replace(&mut rig.wan, cable("x", "y", 1).0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut hist =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
+    let start = Instant::now();
+    let n = (rate_pps * secs) as usize;
+    let mut pushed_at = vec![0u64; n + 1];
+    let (accepted, received) = std::thread::scope(|s| {
+        let worker = rig.worker;
+        let stop = &stop;
+        let wcore = cores.first().copied();
+        s.spawn(move || {
+            if let Some(c) = wcore {
+                core_affinity::set_for_current(c);
+            }
+            worker.run(None, stop);
+        });
+        if let Some(c) = cores.get(1) {
+            core_affinity::set_for_current(*c);
+        }
+        let template = plain_frame(size_at(size, 0), Ipv4Addr::new(10, 1, 0, 10), host(0));
+        let (mut accepted, mut received, mut offered) = (0u64, 0u64, 0usize);
+        let mut out = Vec::with_capacity(64);
+        let t0 = Instant::now();
+        loop {
+            let now = t0.elapsed().as_nanos() as u64;
+            let due = ((now as f64 / 1e9) * rate_pps) as usize;
+            while offered < due.min(n) {
+                let mut f = MemFrame::from_bytes(&template).expect("fits");
+                f.data_mut()[30..34].copy_from_slice(&host(0).octets());
+                offered += 1;
+                if lan.send(f).is_ok() {
+                    accepted += 1;
+                    pushed_at[accepted as usize] = start.elapsed().as_nanos() as u64;
+                }
+            }
+            out.clear();
+            wan.rx_burst(&mut out, 64);
+            let arrive = start.elapsed().as_nanos() as u64;
+            for f in &out {
+                // The ESP sequence number numbers the accepted packets in order.
+                let d = f.data();
+                if let Some(b) = d.get(38..42) {
+                    let seq = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                    if let Some(t) = pushed_at.get(seq) {
+                        let _ = hist.record(arrive.saturating_sub(*t).max(1));
+                    }
+                }
+                received += 1;
+            }
+            if offered >= n && (received >= accepted || t0.elapsed().as_secs_f64() > secs + 0.2) {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (accepted, received)
+    });
+    let offered_lost = n as u64 - accepted;
+    let _ = offered_lost;
+    (accepted, received, hist)
+}
+
+/// The highest offered rate (pps) at which nothing is lost (RFC 2544 / CSIT NDR), by binary
+/// search between `lo` and `hi` with trials of `secs`.
+pub fn ndr(size: usize, hi: f64, secs: f64, steps: u32, backend: Backend) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, hi);
+    for _ in 0..steps {
+        let mid = (lo + hi) / 2.0;
+        let n = (mid * secs) as u64;
+        let (accepted, received, _) = latency(size, mid, secs, backend);
+        if accepted == n && received == n {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_packet_goes_through_in_each_direction_and_with_many_sas() {
+        let b = pipeline::crypto::best_backend();
+        for dir in [Dir::Encrypt, Dir::Decrypt] {
+            for (size, sas) in [(64, 1), (1420, 1000), (0, 10)] {
+                let p = throughput(dir, size, sas, 1, b, 3000);
+                assert_eq!(
+                    (p.packets, p.missing),
+                    (3000, 0),
+                    "{dir} {size} {sas}: {p:?}"
+                );
+                assert!(p.pps > 0.0 && p.ns_per_packet > 0.0);
+            }
+        }
+        let p = throughput(Dir::Encrypt, 64, 100, 2, b, 2000);
+        assert_eq!(p.packets, 4000, "two workers: {p:?}");
+    }
+
+    #[test]
+    fn latency_is_measured_per_packet_and_a_low_rate_loses_nothing() {
+        let (acc, rec, h) = latency(64, 20_000.0, 0.1, pipeline::crypto::best_backend());
+        assert_eq!(acc, 2000);
+        assert_eq!(rec, 2000);
+        assert_eq!(h.len(), 2000);
+        assert!(h.value_at_quantile(0.5) > 0);
+    }
+
+    #[test]
+    fn the_bare_seal_costs_less_than_the_pipeline() {
+        let b = pipeline::crypto::best_backend();
+        let bare = aead_ns(1420, b, 20_000);
+        let p = throughput(Dir::Encrypt, 1420, 1, 1, b, 20_000);
+        assert!(
+            bare > 0.0 && bare < p.ns_per_packet,
+            "{bare} vs {}",
+            p.ns_per_packet
+        );
+    }
+}
