@@ -2,6 +2,8 @@
 //! `roamgate perf`). Everything here drives the real worker code; nothing is simulated but the
 //! wire.
 
+pub mod secgw;
+
 use std::path::Path;
 
 use control::config::{self, GatewayConfig, GatewayPlan, LabConfig};
