@@ -4,6 +4,7 @@
 
 pub mod handshakes;
 pub mod run;
+pub mod secgw;
 
 use std::path::Path;
 
