@@ -2,6 +2,7 @@
 # Installs what building and testing roamgate needs on Debian 12 (run as root).
 #   libipsec-mb-dev  intel-ipsec-mb 1.3: the hot-path AES-GCM (pipeline feature `ipsecmb`)
 #   libclang-dev     for bindgen (ipsecmb-sys, dpdk-sys)
+#   make patch python3  building the ipsec-secgw baseline; the roaming tests' UDP stream tool
 #   libdpdk-dev pkg-config   DPDK 22.11 for the DPDK port (feature `dpdk`); dpdk-doc ships the
 #                    ipsec-secgw example source the perf lab builds as its baseline
 #   tshark           independent check: decrypts roamgate's ESP with the exported keys
@@ -15,7 +16,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in libipsec-mb-dev libclang-dev clang tshark libdpdk-dev pkg-config dpdk-doc iproute2 ethtool iputils-ping iperf3 \
+for p in libipsec-mb-dev libclang-dev clang make patch python3 tshark libdpdk-dev pkg-config dpdk-doc iproute2 ethtool iputils-ping iperf3 \
          strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done

@@ -53,8 +53,10 @@ enum Command {
     /// Run the control plane alone (IKEv2, the SA repository) on a shared-memory channel to
     /// `roamgate dataplane --shm` (same config file).
     Control(control_proc::ControlArgs),
-    /// The perf lab: `roamgate perf handshakes` (IKEv2 handshakes per second against a
-    /// gateway, from a simulated crowd of road-warrior clients).
+    /// The perf lab: `roamgate perf [--quick]` measures the data plane (sizes, directions, SA
+    /// counts, workers, latency/NDR) against the bare AEAD and DPDK's ipsec-secgw in one run
+    /// and writes a dated report with plots under perf/reports/; `roamgate perf handshakes`
+    /// measures IKEv2 handshakes per second against a gateway.
     Perf(perf_cmd::PerfArgs),
     /// Show what a running gateway is: ports, workers, control plane, IKE SAs.
     Status(views::ViewArgs),

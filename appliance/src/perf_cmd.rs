@@ -1,14 +1,35 @@
 //! `roamgate perf`: the perf lab's measurements (code in the `roamgate-perf` crate).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use roamgate_perf::handshakes;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct PerfArgs {
     #[command(subcommand)]
-    what: PerfWhat,
+    what: Option<PerfWhat>,
+    #[command(flatten)]
+    report: ReportArgs,
+}
+
+/// `roamgate perf` without a subcommand: the whole perf lab, written as a report.
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// A one-minute smoke run (fewer sizes, SA counts and packets).
+    #[arg(long)]
+    quick: bool,
+    /// Where the dated report (markdown, with its SVG plots in a directory beside it) goes.
+    #[arg(long, default_value = "perf/reports")]
+    out: PathBuf,
+    /// Where DPDK's ipsec-secgw baseline is built (from dpdk-doc's source).
+    #[arg(long, default_value = "target/secgw")]
+    secgw_dir: PathBuf,
+    /// Skip the ipsec-secgw baseline.
+    #[arg(long)]
+    no_secgw: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -33,7 +54,20 @@ enum PerfWhat {
 }
 
 pub fn run(args: PerfArgs) -> Result<()> {
-    match args.what {
+    let Some(what) = args.what else {
+        let r = args.report;
+        std::fs::create_dir_all(&r.out)?;
+        let plan = roamgate_perf::report::Plan {
+            quick: r.quick,
+            backend: pipeline::crypto::best_backend(),
+            out_dir: r.out.clone(),
+            secgw_build: (!r.no_secgw).then(|| r.secgw_dir.clone()),
+        };
+        let path = roamgate_perf::report::run(&plan).map_err(anyhow::Error::msg)?;
+        println!("report: {}", path.display());
+        return Ok(());
+    };
+    match what {
         PerfWhat::Handshakes {
             clients,
             in_flight,

@@ -116,6 +116,11 @@ fn sa_params(i: usize, dir: Direction) -> SaParams {
     }
 }
 
+/// SA `i`'s parameters (inbound view), for other measurements.
+pub fn sa_params_pub(i: usize) -> SaParams {
+    sa_params(i, Direction::Inbound)
+}
+
 /// The host SA `i` protects (10.128.0.0/9 holds 8 M).
 fn host(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i as u32)
@@ -188,7 +193,7 @@ impl Rig {
 
 /// A UDP/IPv4 frame of `size` bytes (Ethernet included) from 10.1.0.10 to `dst`, UDP
 /// checksum 0 (allowed for IPv4), IPv4 checksum set.
-fn plain_frame(size: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+pub(crate) fn plain_frame(size: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     let size = size.max(64);
     let ip_len = size - 14;
     let mut f = vec![0u8; size];
@@ -473,17 +478,22 @@ pub fn latency(
         let template = plain_frame(size_at(size, 0), Ipv4Addr::new(10, 1, 0, 10), host(0));
         let (mut accepted, mut received, mut offered) = (0u64, 0u64, 0usize);
         let mut out = Vec::with_capacity(64);
+        // Frames come back from the sink and are refilled (no allocation per packet).
+        let mut pool: Vec<MemFrame> = (0..8192).map(|_| MemFrame::new()).collect();
         let t0 = Instant::now();
         loop {
             let now = t0.elapsed().as_nanos() as u64;
             let due = ((now as f64 / 1e9) * rate_pps) as usize;
             while offered < due.min(n) {
-                let mut f = MemFrame::from_bytes(&template).expect("fits");
-                f.data_mut()[30..34].copy_from_slice(&host(0).octets());
+                let mut f = pool.pop().unwrap_or_default();
+                f.set_data(&template);
                 offered += 1;
-                if lan.send(f).is_ok() {
-                    accepted += 1;
-                    pushed_at[accepted as usize] = start.elapsed().as_nanos() as u64;
+                match lan.send(f) {
+                    Ok(()) => {
+                        accepted += 1;
+                        pushed_at[accepted as usize] = start.elapsed().as_nanos() as u64;
+                    }
+                    Err(f) => pool.push(f),
                 }
             }
             out.clear();
@@ -500,6 +510,7 @@ pub fn latency(
                 }
                 received += 1;
             }
+            pool.append(&mut out);
             if offered >= n && (received >= accepted || t0.elapsed().as_secs_f64() > secs + 0.2) {
                 break;
             }

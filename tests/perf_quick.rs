@@ -1,0 +1,71 @@
+//! `roamgate perf --quick`, the perf lab's one-minute smoke run, as CI runs it: it must
+//! measure every part (data plane per size, direction, SA count and workers; the bare AEAD;
+//! latency at fractions of the NDR; ipsec-secgw when DPDK's example source is installed; SA
+//! installs and handshakes) and write the dated report with its three plots. The figures of a
+//! debug build on a shared CI machine mean nothing; that they are there, finite and positive
+//! does.
+
+use std::process::Command;
+
+use roamgate_tests::scratch;
+
+#[test]
+fn perf_quick_writes_a_complete_report() {
+    let out = scratch("perf_quick");
+    let run = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+        .args(["perf", "--quick", "--out", out.to_str().unwrap()])
+        .args([
+            "--secgw-dir",
+            roamgate_tests::root()
+                .join("target/secgw")
+                .to_str()
+                .unwrap(),
+        ])
+        .output()
+        .expect("roamgate perf");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "roamgate perf --quick failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .expect("the report's path");
+    let report = std::fs::read_to_string(path).expect("report");
+    for section in [
+        "## Machine",
+        "## One core, one SA",
+        "## SA count",
+        "## Workers",
+        "## Latency",
+        "## Baseline: DPDK 22.11 ipsec-secgw",
+        "## Control plane",
+        "## Goals",
+    ] {
+        assert!(report.contains(section), "{section} missing:\n{report}");
+    }
+    // Every size and direction of the single-core table has a positive rate.
+    for size in ["64 B", "512 B", "1420 B", "IMIX"] {
+        for dir in ["encrypt", "decrypt"] {
+            let row = report
+                .lines()
+                .find(|l| l.starts_with(&format!("| {dir} | {size} |")))
+                .unwrap_or_else(|| panic!("{dir} {size} row:\n{report}"));
+            let mpps: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
+            assert!(mpps > 0.0 && mpps.is_finite(), "{row}");
+        }
+    }
+    assert!(report.contains("| 1000 | encrypt | 64 B |"), "{report}");
+    assert!(report.contains("SA/s"), "{report}");
+    let stem = std::path::Path::new(path).with_extension("");
+    for svg in [
+        "throughput-vs-size.svg",
+        "throughput-vs-workers.svg",
+        "latency-cdf.svg",
+    ] {
+        let s = std::fs::read_to_string(stem.join(svg)).expect(svg);
+        assert!(s.contains("<svg") && s.contains("polyline"), "{svg}");
+    }
+}
