@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use rtrb::{Consumer, Producer};
 
-use crate::esp::sa::{InboundSa, OutboundSa};
 use crate::esp::tunnel::{self, InnerMeta, NH_IPV4, NH_IPV6};
 use crate::ids::{SaId, Spi};
 use crate::msg::{
@@ -106,6 +105,8 @@ pub struct Worker<P: Port> {
     hosts: std::collections::HashMap<IpAddr, (Prefix, SaId)>,
     /// Further WAN addresses answered for (a roaming client's old one, for a moment).
     wan_also: Vec<IpAddr>,
+    /// Where each SA sits in `sa_counters`.
+    sa_index: std::collections::HashMap<(bool, u32), usize>,
     /// The clock of the current turn (ns, the caller's).
     now: u64,
     unknown_spi_total: u64,
@@ -148,7 +149,7 @@ impl<P: Port> Worker<P> {
         spd: Box<Spd>,
         control: ControlLink,
     ) -> Self {
-        let w = Worker {
+        Worker {
             id,
             lan,
             wan,
@@ -160,6 +161,7 @@ impl<P: Port> Worker<P> {
             vip_nat: None,
             hosts: std::collections::HashMap::new(),
             wan_also: Vec::new(),
+            sa_index: std::collections::HashMap::new(),
             now: 0,
             unknown_spi_total: 0,
             reported_at: [0; 3],
@@ -171,9 +173,7 @@ impl<P: Port> Worker<P> {
             lan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
             wan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
             generation: 0,
-        };
-        w.publish_sa_counters();
-        w
+        }
     }
 
     pub fn handle(&self) -> WorkerHandle {
@@ -305,14 +305,12 @@ impl<P: Port> Worker<P> {
             }
         }
         let mut applied = 0;
-        let mut changed = false;
         // Bounded per turn so a flood of updates cannot starve the packets.
         while applied < 64 {
             let Ok(env) = self.control.commands.pop() else {
                 break;
             };
             applied += 1;
-            changed = true;
             self.generation = env.generation;
             if let Err(why) = self.apply(env.command) {
                 self.reply(Reply::Rejected {
@@ -330,9 +328,6 @@ impl<P: Port> Worker<P> {
                 worker: self.id,
                 generation: self.generation,
             });
-        }
-        if changed {
-            self.publish_sa_counters();
         }
         applied
     }
@@ -355,22 +350,42 @@ impl<P: Port> Worker<P> {
         match cmd {
             Command::AddInbound(sa) => {
                 sa.counters.installed_at.set(self.now);
+                let e = SaCounterEntry {
+                    id: sa.id,
+                    spi: sa.spi,
+                    direction: Direction::Inbound,
+                    counters: sa.counters.clone(),
+                };
                 if let Some(old) = self.sad.insert_inbound(*sa) {
                     self.release(Released::Inbound(Box::new(old)));
                 }
+                self.list_upsert(e);
             }
             Command::AddOutbound(sa) => {
                 sa.counters.installed_at.set(self.now);
+                let e = SaCounterEntry {
+                    id: sa.id,
+                    spi: sa.spi,
+                    direction: Direction::Outbound,
+                    counters: sa.counters.clone(),
+                };
                 if let Some(old) = self.sad.insert_outbound(*sa) {
                     self.release(Released::Outbound(Box::new(old)));
                 }
+                self.list_upsert(e);
             }
             Command::DeleteInbound(spi) => match self.sad.remove_inbound(spi) {
-                Some(old) => self.release(Released::Inbound(Box::new(old))),
+                Some(old) => {
+                    self.release(Released::Inbound(Box::new(old)));
+                    self.list_remove((false, spi.0));
+                }
                 None => return Err("no inbound SA with that SPI"),
             },
             Command::DeleteOutbound(id) => match self.sad.remove_outbound(id) {
-                Some(old) => self.release(Released::Outbound(Box::new(old))),
+                Some(old) => {
+                    self.release(Released::Outbound(Box::new(old)));
+                    self.list_remove((true, id.0));
+                }
                 None => return Err("no outbound SA with that id"),
             },
             Command::RebindOutbound {
@@ -438,27 +453,31 @@ impl<P: Port> Worker<P> {
         Ok(())
     }
 
-    fn publish_sa_counters(&self) {
-        let entry = |id, spi, direction, c: &Arc<SaCounters>| SaCounterEntry {
-            id,
-            spi,
-            direction,
-            counters: c.clone(),
-        };
-        let list: Vec<_> = self
-            .sad
-            .inbound_iter()
-            .map(|s: &InboundSa| entry(s.id, s.spi, Direction::Inbound, &s.counters))
-            .chain(
-                self.sad
-                    .outbound_iter()
-                    .map(|s: &OutboundSa| entry(s.id, s.spi, Direction::Outbound, &s.counters)),
-            )
-            .collect();
-        // Readers hold this lock only to clone the list; a worker never waits on it for long,
-        // and it is touched only when SAs change, never per packet.
+    /// The SA list readers see is kept up to date one entry at a time (an index from SA key
+    /// to position), so installing the millionth SA costs what the first did.
+    fn list_upsert(&mut self, e: SaCounterEntry) {
+        let key = list_key(&e);
         if let Ok(mut g) = self.sa_counters.lock() {
-            *g = list;
+            match self.sa_index.get(&key) {
+                Some(&i) if i < g.len() => g[i] = e,
+                _ => {
+                    self.sa_index.insert(key, g.len());
+                    g.push(e);
+                }
+            }
+        }
+    }
+
+    fn list_remove(&mut self, key: (bool, u32)) {
+        if let Ok(mut g) = self.sa_counters.lock() {
+            if let Some(i) = self.sa_index.remove(&key) {
+                if i < g.len() {
+                    g.swap_remove(i);
+                    if let Some(moved) = g.get(i) {
+                        self.sa_index.insert(list_key(moved), i);
+                    }
+                }
+            }
         }
     }
 
@@ -914,6 +933,14 @@ impl<P: Port> Worker<P> {
         self.counters
             .count(Traffic::DecryptedBytes, opened.inner_len as u64);
         forward(f, &self.lan_link, inner.ipv6, Verdict::ToLan)
+    }
+}
+
+/// An SA's key in the readers' list: (outbound, id) or (inbound, SPI), as the SAD keys them.
+fn list_key(e: &SaCounterEntry) -> (bool, u32) {
+    match e.direction {
+        Direction::Outbound => (true, e.id.0),
+        Direction::Inbound => (false, e.spi.0),
     }
 }
 
@@ -2108,6 +2135,61 @@ mod tests {
         });
         assert!(ask(&mut r, [198, 51, 100, 10]));
         assert!(!ask(&mut r, [192, 0, 2, 1]), "given up");
+    }
+
+    #[test]
+    fn the_sa_list_follows_installs_replacements_and_deletes() {
+        let mut r = rig(1500);
+        for i in 10..15u32 {
+            for dir in [Direction::Inbound, Direction::Outbound] {
+                r.update(Update::AddSa {
+                    dir,
+                    params: sa(
+                        i,
+                        0x100 + i,
+                        "192.0.2.1",
+                        "192.0.2.2",
+                        "10.1.0.0/24",
+                        "10.2.0.0/24",
+                    ),
+                });
+            }
+        }
+        r.update(Update::DeleteInbound { spi: Spi(0x10b) });
+        r.update(Update::DeleteOutbound { id: SaId(10) });
+        // A replacement (same id) is one entry, with the new counters.
+        r.update(Update::AddSa {
+            dir: Direction::Outbound,
+            params: sa(
+                12,
+                0x999,
+                "192.0.2.1",
+                "192.0.2.2",
+                "10.1.0.0/24",
+                "10.2.0.0/24",
+            ),
+        });
+        let mut got: Vec<(bool, u32, u32)> =
+            r.w.handle()
+                .sa_counters
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|e| (e.direction == Direction::Outbound, e.id.0, e.spi.0))
+                .collect();
+        got.sort();
+        let mut want: Vec<(bool, u32, u32)> =
+            r.w.sad()
+                .inbound_iter()
+                .map(|s| (false, s.id.0, s.spi.0))
+                .chain(r.w.sad().outbound_iter().map(|s| (true, s.id.0, s.spi.0)))
+                .collect();
+        want.sort();
+        assert_eq!(got, want);
+        assert!(got.contains(&(true, 12, 0x999)));
+        assert!(!got
+            .iter()
+            .any(|e| *e == (false, 11, 0x10b) || e.1 == 10 && e.0));
     }
 
     #[test]
