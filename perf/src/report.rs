@@ -31,6 +31,7 @@ pub struct Plan {
 }
 
 struct Machine {
+    topology: String,
     cpu: String,
     flags: Vec<&'static str>,
     cores: usize,
@@ -53,7 +54,20 @@ fn machine() -> Machine {
         .into_iter()
         .filter(|f| have.contains(f))
         .collect();
+    let siblings =
+        std::fs::read_to_string("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
+            .unwrap_or_default();
+    let topology = format!(
+        "cpu0's SMT siblings: {}{}",
+        siblings.trim(),
+        if have.contains(&"hypervisor") {
+            "; a virtual machine (the host's placement of the vCPUs is not visible)"
+        } else {
+            ""
+        }
+    );
     Machine {
+        topology,
         cpu: field("model name"),
         flags,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -355,7 +369,12 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     for &s in &sizes {
         for dir in [Dir::Encrypt, Dir::Decrypt] {
             pr.step(&format!("{dir} {} 1 SA 1 worker", size_name(s)));
-            let p = run::throughput(dir, s, 1, 1, b, n_for(s));
+            // The median of three runs (one in a quick run): this machine is a VM.
+            let mut runs: Vec<Point> = (0..if q { 1 } else { 3 })
+                .map(|_| run::throughput(dir, s, 1, 1, b, n_for(s)))
+                .collect();
+            runs.sort_by(|a, b| a.pps.total_cmp(&b.pps));
+            let p = runs.swap_remove(runs.len() / 2);
             pr.step(&format!("bare AEAD {}", size_name(s)));
             let a = run::aead_ns(s, b, if q { 50_000 } else { 500_000 });
             single.push((p, a));
@@ -471,6 +490,7 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     let _ = writeln!(r, "| CPU | {} |", m.cpu);
     let _ = writeln!(r, "| flags used by the crypto | {} |", m.flags.join(", "));
     let _ = writeln!(r, "| cores | {} |", m.cores);
+    let _ = writeln!(r, "| topology | {} |", m.topology);
     let _ = writeln!(r, "| clock (cpu MHz, /proc/cpuinfo) | {:.0} MHz |", m.mhz);
     let _ = writeln!(r, "| kernel | {} |", m.kernel);
     let _ = writeln!(r, "| crypto backend | {b} |");
@@ -479,8 +499,9 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
         r,
         "Method: a worker on in-memory ports; each burst is refilled outside the timed region \
          (the traffic generator's work), then one `Worker::poll` is timed. Decrypt frames are ESP \
-         sealed beforehand, each passing the anti-replay window once. Cycles = ns x the clock \
-         above.\n"
+         sealed beforehand, each passing the anti-replay window once. The first tenth of each \
+         run is a warm-up; single-core points are the median of three runs. Cycles = ns x the \
+         clock above.\n"
     );
     let _ = writeln!(r, "## One core, one SA\n");
     let _ = writeln!(
@@ -567,7 +588,15 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             h.max() as f64 / 1e3
         );
     }
-    let _ = writeln!(r, "\n![latency CDF]({stem}/latency-cdf.svg)\n");
+    let _ = writeln!(
+        r,
+        "\nKnown problem of this harness, not yet understood: on this VM the sink sees the \
+         worker's output in bursts about 4 ms apart (a clock tick) at any rate above ~20 kpps \
+         (at 20 kpps p50 is ~0.4 us), so these latencies and the NDR are the harness's, an \
+         upper bound, not the pipeline's. Both threads are pinned to their own vCPU, and two \
+         pinned busy loops run at full speed side by side here.\n"
+    );
+    let _ = writeln!(r, "![latency CDF]({stem}/latency-cdf.svg)\n");
     let _ = writeln!(
         r,
         "## Baseline: DPDK 22.11 ipsec-secgw (one lcore, same SA and frames)\n"
