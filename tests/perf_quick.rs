@@ -1,7 +1,8 @@
 //! `roamgate perf --quick`, the perf lab's one-minute smoke run, as CI runs it: it must
 //! measure every part (data plane per size, direction, SA count and workers; the bare AEAD;
 //! latency at fractions of the NDR; ipsec-secgw when DPDK's example source is installed; SA
-//! installs and handshakes) and write the dated report with its three plots. The figures of a
+//! installs, rekeys under a stream and handshakes) and write the dated report with its three
+//! plots. The figures of a
 //! debug build on a shared CI machine mean nothing; that they are there, finite and positive
 //! does.
 
@@ -59,6 +60,10 @@ fn perf_quick_writes_a_complete_report() {
     }
     assert!(report.contains("| 1000 | encrypt | 64 B |"), "{report}");
     assert!(report.contains("SA/s"), "{report}");
+    assert!(
+        report.contains("CHILD_SA rekeys in a row") && report.contains("rekeys: 0 lost: met"),
+        "rekeys under a stream lose nothing:\n{report}"
+    );
     let stem = std::path::Path::new(path).with_extension("");
     for svg in [
         "throughput-vs-size.svg",

@@ -3,6 +3,7 @@
 //! wire.
 
 pub mod handshakes;
+pub mod rekeys;
 pub mod report;
 pub mod run;
 pub mod secgw;
