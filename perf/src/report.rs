@@ -11,11 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pipeline::crypto::Backend;
 use pipeline::esp::sa::build_outbound;
-use pipeline::esp::tunnel::{self, InnerMeta};
 use pipeline::ids::SaId;
 use pipeline::msg::Direction;
-use pipeline::port::mem::MemFrame;
-use pipeline::port::Frame;
 
 use crate::run::{self, Dir, Point};
 use crate::secgw::{self, SecgwMode, SecgwOutput, SecgwRun, SecgwSa};
@@ -169,23 +166,7 @@ fn secgw_rate(
             .map_err(|e| e.to_string())?;
             plain
                 .iter()
-                .map(|p| {
-                    let mut f = MemFrame::from_bytes(&p[14..]).ok_or("frame fits")?;
-                    let meta = InnerMeta {
-                        next_header: 4,
-                        dscp: 0,
-                        ecn: 0,
-                    };
-                    tunnel::encapsulate(&mut out, &mut f, meta).map_err(|r| r.name())?;
-                    if !f.prepend(14) {
-                        return Err("headroom");
-                    }
-                    let d = f.data_mut();
-                    d[0..6].copy_from_slice(&[2, 0, 0, 0, 0xaa, 1]);
-                    d[6..12].copy_from_slice(&[2, 0, 0, 0, 0xbb, 1]);
-                    d[12..14].copy_from_slice(&[8, 0]);
-                    Ok(f.data().to_vec())
-                })
+                .map(|p| run::seal_frame(&mut out, p))
                 .collect::<Result<Vec<_>, &str>>()?
         }
     };
@@ -217,33 +198,12 @@ fn secgw_rate(
 fn install_rate(n: usize, backend: Backend) -> f64 {
     use pipeline::agent;
     use pipeline::msg::Update;
-    let rig = run::Rig::new(0, 0, Direction::Outbound, backend);
-    let (mut link, control) = agent::link(1, 4096, None);
-    let (lan, lan_gw) = pipeline::port::mem::cable("a", "b", 64);
-    let (wan_gw, wan) = pipeline::port::mem::cable("c", "d", 64);
-    drop(rig);
-    let worker = pipeline::worker::Worker::new(
-        1,
-        lan_gw,
-        wan_gw,
-        pipeline::worker::Link {
-            mac: [2, 0, 0, 0, 1, 1],
-            neighbor: [2, 0, 0, 0, 1, 2],
-            addr4: None,
-            addr6: None,
-            mtu: 1500,
-        },
-        pipeline::worker::Link {
-            mac: [2, 0, 0, 0, 2, 1],
-            neighbor: [2, 0, 0, 0, 2, 2],
-            addr4: None,
-            addr6: None,
-            mtu: 1500,
-        },
-        pipeline::sad::Sad::with_capacity(n + 16, 9),
-        Box::new(pipeline::spd::Spd::new(Vec::new()).expect("empty")),
-        control,
-    );
+    let run::Rig {
+        worker,
+        lan,
+        wan,
+        mut link,
+    } = run::Rig::empty(1, n);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let t = std::thread::scope(|s| {
         let stop = &stop;
@@ -254,18 +214,11 @@ fn install_rate(n: usize, backend: Backend) -> f64 {
         let t = Instant::now();
         let mut last = 0;
         for i in 0..n {
-            let mut p = crate::run::sa_params_pub(i);
-            p.spi = pipeline::ids::Spi(0x10_0000 + i as u32);
-            last = link.send(
-                agent::prepare(
-                    backend,
-                    &Update::AddSa {
-                        dir: Direction::Inbound,
-                        params: p,
-                    },
-                )
-                .expect("SA builds"),
-            );
+            let u = Update::AddSa {
+                dir: Direction::Inbound,
+                params: run::sa_params(i),
+            };
+            last = link.send(agent::prepare(backend, &u).expect("SA builds"));
         }
         while link.pump() < last {
             std::hint::spin_loop();

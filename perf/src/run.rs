@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::{self, AeadAlg, Backend};
-use pipeline::esp::sa::{build_outbound, SaKeys, SaParams};
+use pipeline::esp::sa::{build_outbound, OutboundSa, SaKeys, SaParams};
 use pipeline::esp::tunnel::{self, InnerMeta};
 use pipeline::ids::{SaId, Spi};
 use pipeline::msg::{Direction, Update};
@@ -90,16 +90,13 @@ fn wan_link() -> Link {
     }
 }
 
-/// SA `i` of a run: its key (from its index, so that each SA has its own key schedule), SPI
-/// and the host address it protects.
-fn sa_params(i: usize, dir: Direction) -> SaParams {
+/// SA `i` of a run, either direction: its key (from its index, so that each SA has its own
+/// key schedule), SPI and the host address it protects.
+pub fn sa_params(i: usize) -> SaParams {
     let mut keymat = [0u8; 20];
     keymat[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
     keymat[8] = 0x5a;
-    let (local, remote) = match dir {
-        Direction::Outbound => ("192.0.2.1", "192.0.2.2"),
-        Direction::Inbound => ("192.0.2.1", "192.0.2.2"),
-    };
+    let (local, remote) = ("192.0.2.1", "192.0.2.2");
     SaParams {
         id: SaId(i as u32 + 1),
         spi: Spi(0x1000 + i as u32),
@@ -116,11 +113,6 @@ fn sa_params(i: usize, dir: Direction) -> SaParams {
     }
 }
 
-/// SA `i`'s parameters (inbound view), for other measurements.
-pub fn sa_params_pub(i: usize) -> SaParams {
-    sa_params(i, Direction::Inbound)
-}
-
 /// The host SA `i` protects (10.128.0.0/9 holds 8 M).
 fn host(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i as u32)
@@ -132,33 +124,15 @@ pub struct Rig {
     pub worker: Worker<MemPort>,
     pub lan: MemPort,
     pub wan: MemPort,
-    link: WorkerLink,
+    pub link: WorkerLink,
 }
 
 impl Rig {
     pub fn new(id: u16, sas: usize, dir: Direction, backend: Backend) -> Rig {
-        let (lan, lan_gw) = cable("perf-lan", "gw-lan", 4096);
-        let (wan_gw, wan) = cable("gw-wan", "perf-wan", 4096);
-        let (link, control) = agent::link(id, 4096, None);
-        let worker = Worker::new(
-            id,
-            lan_gw,
-            wan_gw,
-            lan_link(),
-            wan_link(),
-            Sad::with_capacity(sas + 16, 0x5eed ^ u64::from(id)),
-            Box::new(Spd::new(Vec::new()).expect("empty SPD")),
-            control,
-        );
-        let mut r = Rig {
-            worker,
-            lan,
-            wan,
-            link,
-        };
+        let mut r = Rig::empty(id, sas);
         let mut last = 0;
         for i in 0..sas {
-            let p = sa_params(i, dir);
+            let p = sa_params(i);
             let id = p.id;
             last = r.link.send(
                 agent::prepare(backend, &Update::AddSa { dir, params: p }).expect("SA builds"),
@@ -182,6 +156,29 @@ impl Rig {
         }
         r.settle(last);
         r
+    }
+
+    /// A worker with no SAs yet and room for `capacity` of them.
+    pub fn empty(id: u16, capacity: usize) -> Rig {
+        let (lan, lan_gw) = cable("perf-lan", "gw-lan", 4096);
+        let (wan_gw, wan) = cable("gw-wan", "perf-wan", 4096);
+        let (link, control) = agent::link(id, 4096, None);
+        let worker = Worker::new(
+            id,
+            lan_gw,
+            wan_gw,
+            lan_link(),
+            wan_link(),
+            Sad::with_capacity(capacity + 16, 0x5eed ^ u64::from(id)),
+            Box::new(Spd::new(Vec::new()).expect("empty SPD")),
+            control,
+        );
+        Rig {
+            worker,
+            lan,
+            wan,
+            link,
+        }
     }
 
     fn settle(&mut self, generation: u64) {
@@ -252,7 +249,7 @@ fn size_at(size: usize, k: u64) -> usize {
 fn esp_frames(n: u64, size: usize, sas: usize, backend: Backend, seed: u64) -> Vec<Vec<u8>> {
     let mut out_sas: Vec<_> = (0..sas)
         .map(|i| {
-            let mut p = sa_params(i, Direction::Outbound);
+            let mut p = sa_params(i);
             // The peer's view: it sends from 192.0.2.2 to us.
             core::mem::swap(&mut p.local, &mut p.remote);
             build_outbound(backend, &p).expect("SA builds")
@@ -264,21 +261,29 @@ fn esp_frames(n: u64, size: usize, sas: usize, backend: Backend, seed: u64) -> V
         let i = rng.next(sas);
         let fsize = size_at(size, k);
         let inner = plain_frame(fsize, host(i), Ipv4Addr::new(10, 1, 0, 10));
-        let mut f = MemFrame::from_bytes(&inner[14..]).expect("fits");
-        let meta = InnerMeta {
-            next_header: 4,
-            dscp: 0,
-            ecn: 0,
-        };
-        tunnel::encapsulate(&mut out_sas[i], &mut f, meta).expect("seals");
-        assert!(f.prepend(14), "headroom");
-        let d = f.data_mut();
-        d[0..6].copy_from_slice(&wan_link().mac);
-        d[6..12].copy_from_slice(&wan_link().neighbor);
-        d[12..14].copy_from_slice(&[0x08, 0x00]);
-        v.push(f.data().to_vec());
+        v.push(seal_frame(&mut out_sas[i], &inner).expect("seals"));
     }
     v
+}
+
+/// The ESP frame (Ethernet included, to our WAN port from its neighbour) that `sa` makes of
+/// the plaintext Ethernet frame `plain`.
+pub(crate) fn seal_frame(sa: &mut OutboundSa, plain: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let mut f = MemFrame::from_bytes(plain.get(14..).ok_or("short frame")?).ok_or("too big")?;
+    let meta = InnerMeta {
+        next_header: 4,
+        dscp: 0,
+        ecn: 0,
+    };
+    tunnel::encapsulate(sa, &mut f, meta).map_err(|r| r.name())?;
+    if !f.prepend(14) {
+        return Err("no headroom");
+    }
+    let d = f.data_mut();
+    d[0..6].copy_from_slice(&wan_link().mac);
+    d[6..12].copy_from_slice(&wan_link().neighbor);
+    d[12..14].copy_from_slice(&[0x08, 0x00]);
+    Ok(f.data().to_vec())
 }
 
 /// Runs one worker over `n` packets; returns (timed packets, their inner bytes, worker time
