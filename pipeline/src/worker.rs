@@ -1702,6 +1702,31 @@ mod tests {
         assert!(u.verify_checksum(&IpAddr::V4(ip.src_addr()), &IpAddr::V4(ip.dst_addr())));
     }
 
+    /// The rig's peer gateway: it seals 10.2.0.0/24 -> 10.1.0.0/24 with the SA the rig opens
+    /// (SPI 0xb001, the rig's keys).
+    fn mirror_peer() -> Rig {
+        let mut peer = rig(1500);
+        peer.update(Update::AddSa {
+            dir: Direction::Outbound,
+            params: sa(
+                1,
+                0xb001,
+                "192.0.2.2",
+                "192.0.2.1",
+                "10.2.0.0/24",
+                "10.1.0.0/24",
+            ),
+        });
+        peer.update(Update::ReplaceSpd {
+            rules: vec![Rule {
+                id: 0,
+                selector: sel("10.2.0.0/24", "10.1.0.0/24"),
+                action: Action::Protect(SaId(1)),
+            }],
+        });
+        peer
+    }
+
     /// Swaps a frame's MACs, addresses and UDP ports: the far end's answer to it.
     fn answer(f: &mut MemFrame, dst_mac: [u8; 6], src_mac: [u8; 6]) {
         let d = f.data_mut();
@@ -1918,25 +1943,7 @@ mod tests {
     fn unknown_spis_and_forgeries_are_reported_rate_limited() {
         let mut r = rig(1500);
         // A sealed packet from a peer gateway that has the mirror SAs (the rig's keys).
-        let mut peer = rig(1500);
-        peer.update(Update::AddSa {
-            dir: Direction::Outbound,
-            params: sa(
-                1,
-                0xb001,
-                "192.0.2.2",
-                "192.0.2.1",
-                "10.2.0.0/24",
-                "10.1.0.0/24",
-            ),
-        });
-        peer.update(Update::ReplaceSpd {
-            rules: vec![Rule {
-                id: 0,
-                selector: sel("10.2.0.0/24", "10.1.0.0/24"),
-                action: Action::Protect(SaId(1)),
-            }],
-        });
+        let mut peer = mirror_peer();
         peer.send_lan("10.2.0.7", "10.1.0.10", 100);
         let good = peer.wan.recv().expect("sealed");
         let mut forged = MemFrame::from_bytes(good.data()).unwrap();
@@ -2036,25 +2043,7 @@ mod tests {
     #[test]
     fn esp_from_a_new_address_is_accepted_but_never_redirects_the_tunnel() {
         let mut r = rig(1500);
-        let mut peer = rig(1500);
-        peer.update(Update::AddSa {
-            dir: Direction::Outbound,
-            params: sa(
-                1,
-                0xb001,
-                "192.0.2.2",
-                "192.0.2.1",
-                "10.2.0.0/24",
-                "10.1.0.0/24",
-            ),
-        });
-        peer.update(Update::ReplaceSpd {
-            rules: vec![Rule {
-                id: 0,
-                selector: sel("10.2.0.0/24", "10.1.0.0/24"),
-                action: Action::Protect(SaId(1)),
-            }],
-        });
+        let mut peer = mirror_peer();
         peer.send_lan("10.2.0.7", "10.1.0.10", 100);
         let mut esp = peer.wan.recv().expect("sealed");
         readdress(&mut esp, WAN_MAC, PEER_MAC);

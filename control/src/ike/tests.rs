@@ -193,6 +193,13 @@ impl Pair {
         self.client_seen = public.parse().unwrap();
     }
 
+    /// The client moves to `local` (seen as `public`) and roams its IKE SA `cid` there.
+    fn roam_to(&mut self, cid: IkeSaId, local: &str, public: &str) {
+        self.move_client(&format!("{local}:500"), public);
+        let ip: IpAddr = local.parse().unwrap();
+        self.client.roam(self.now, cid, ip, vec![]).unwrap();
+    }
+
     fn moves(events: &VecDeque<Event>) -> Vec<(SocketAddr, SocketAddr, bool, usize)> {
         events
             .iter()
@@ -798,10 +805,7 @@ fn a_roam_moves_the_ike_sa_and_its_child_without_a_rekey() {
     p.client_events.clear();
     p.gw_events.clear();
     // Make-before-break: the new address works before the old one is given up.
-    p.move_client("192.0.2.77:500", "192.0.2.77:500");
-    p.client
-        .roam(p.now, cid, "192.0.2.77".parse().unwrap(), vec![])
-        .unwrap();
+    p.roam_to(cid, "192.0.2.77", "192.0.2.77:500");
     p.drive();
     // The client's data plane moved at once; the gateway's on the authenticated update.
     assert_eq!(
@@ -828,10 +832,7 @@ fn a_roam_moves_the_ike_sa_and_its_child_without_a_rekey() {
 
     // And back to the first address.
     p.gw_events.clear();
-    p.move_client("192.0.2.10:500", "192.0.2.10:500");
-    p.client
-        .roam(p.now, cid, "192.0.2.10".parse().unwrap(), vec![])
-        .unwrap();
+    p.roam_to(cid, "192.0.2.10", "192.0.2.10:500");
     p.drive();
     assert_eq!(
         Pair::moves(&p.gw_events)[0].1,
@@ -849,10 +850,7 @@ fn break_before_make_the_update_is_retransmitted_from_the_new_address() {
     p.gw_events.clear();
     // The old address is gone and the new one not yet usable: the first tries are lost.
     p.cut = true;
-    p.move_client("192.0.2.88:500", "192.0.2.88:500");
-    p.client
-        .roam(p.now, cid, "192.0.2.88".parse().unwrap(), vec![])
-        .unwrap();
+    p.roam_to(cid, "192.0.2.88", "192.0.2.88:500");
     let t = p.now + 6_000 * MS;
     p.run_until(t);
     assert!(Pair::moves(&p.gw_events).is_empty());
@@ -877,10 +875,7 @@ fn a_roam_behind_a_nat_follows_the_mapping_the_update_came_through() {
     let (mut p, cid, _) = up();
     p.client_events.clear();
     p.gw_events.clear();
-    p.move_client("10.0.0.5:500", "198.51.100.9:40000");
-    p.client
-        .roam(p.now, cid, "10.0.0.5".parse().unwrap(), vec![])
-        .unwrap();
+    p.roam_to(cid, "10.0.0.5", "198.51.100.9:40000");
     p.drive();
     // The NAT's mapping for the client's port 4500.
     assert_eq!(
@@ -909,10 +904,7 @@ fn one_update_rebinds_every_child_sa_of_the_ike_sa() {
     p.client_events.clear();
     p.gw_events.clear();
     let requests_before = p.to_gw_log.len();
-    p.move_client("192.0.2.99:500", "192.0.2.99:500");
-    p.client
-        .roam(p.now, cid, "192.0.2.99".parse().unwrap(), vec![])
-        .unwrap();
+    p.roam_to(cid, "192.0.2.99", "192.0.2.99:500");
     p.drive();
     assert_eq!(p.to_gw_log.len() - requests_before, 1, "one request");
     assert_eq!(Pair::moves(&p.gw_events)[0].3, 2, "both CHILD_SAs rebound");
@@ -924,17 +916,11 @@ fn replayed_forged_and_unauthenticated_updates_move_nothing() {
     let (mut p, cid, _) = up();
     let before = spis(&p);
     // A genuine roam to B, then back to A.
-    p.move_client("192.0.2.66:500", "192.0.2.66:500");
     let from = p.to_gw_log.len();
-    p.client
-        .roam(p.now, cid, "192.0.2.66".parse().unwrap(), vec![])
-        .unwrap();
+    p.roam_to(cid, "192.0.2.66", "192.0.2.66:500");
     p.drive();
     let update_to_b = p.to_gw_log[from].clone();
-    p.move_client("192.0.2.10:500", "192.0.2.10:500");
-    p.client
-        .roam(p.now, cid, "192.0.2.10".parse().unwrap(), vec![])
-        .unwrap();
+    p.roam_to(cid, "192.0.2.10", "192.0.2.10:500");
     p.drive();
     p.gw_events.clear();
     let drops_before: u64 = p.gw.drops.values().sum();
