@@ -1655,6 +1655,53 @@ impl Endpoint {
         Some(reply)
     }
 
+    /// Sends a CREATE_CHILD_SA request for a new CHILD_SA: the rekey of inbound SPI `old_in`
+    /// (REKEY_SA names it), or with `old_in` 0 a further one (0 is never one of our SPIs,
+    /// they start above 255). The response is handled as `Request::RekeyChild` either way.
+    fn send_create_child(
+        &mut self,
+        now: u64,
+        spi: u64,
+        old_in: u32,
+        esp: Vec<EspProposal>,
+        tsi: Vec<TrafficSelector>,
+        tsr: Vec<TrafficSelector>,
+    ) {
+        let new_spi = self.spi32();
+        let nonce = self.nonce();
+        let Some(sa) = self.sas.get_mut(&spi) else {
+            return;
+        };
+        let mut p = Vec::with_capacity(5);
+        if old_in != 0 {
+            p.push(Payload::Notify {
+                protocol: proto::ESP,
+                spi: old_in.to_be_bytes().to_vec(),
+                kind: notify::REKEY_SA,
+                data: vec![],
+            });
+        }
+        p.push(Payload::Sa(esp_proposals_payload(&esp, new_spi)));
+        p.push(Payload::Nonce(nonce.clone()));
+        p.push(Payload::TsI(tsi));
+        p.push(Payload::TsR(tsr));
+        let id = sa.take_request_id();
+        let data = sa.encrypted(exchange::CREATE_CHILD_SA, id, false, &p);
+        self.send_request(
+            now,
+            spi,
+            id,
+            data,
+            Request::RekeyChild {
+                old_spi_in: old_in,
+                new_spi,
+                nonce,
+                dh: None,
+                esp,
+            },
+        );
+    }
+
     // ---- MOBIKE (RFC 4555) ----------------------------------------------------------------
 
     /// The MOBIKE part of an authenticated INFORMATIONAL request (it passed the integrity
@@ -1879,34 +1926,7 @@ impl Endpoint {
                     Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
                     None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
                 };
-                let new_spi = self.spi32();
-                let nonce = self.nonce();
-                let Some(sa) = self.sas.get_mut(&spi) else {
-                    return;
-                };
-                let esp = cfg.esp_proposals.clone();
-                let p = vec![
-                    Payload::Sa(esp_proposals_payload(&esp, new_spi)),
-                    Payload::Nonce(nonce.clone()),
-                    Payload::TsI(tsi),
-                    Payload::TsR(tsr),
-                ];
-                let id = sa.take_request_id();
-                let data = sa.encrypted(exchange::CREATE_CHILD_SA, id, false, &p);
-                // A rekey of nothing: old SPI 0 is never one of ours (they start above 255).
-                self.send_request(
-                    now,
-                    spi,
-                    id,
-                    data,
-                    Request::RekeyChild {
-                        old_spi_in: 0,
-                        new_spi,
-                        nonce,
-                        dh: None,
-                        esp,
-                    },
-                );
+                self.send_create_child(now, spi, 0, cfg.esp_proposals.clone(), tsi, tsr);
             }
             Action::UpdateAddresses => {
                 let mut cookie2 = vec![0u8; 16];
@@ -1964,44 +1984,13 @@ impl Endpoint {
                 old.rekeying = true;
                 let old = old.clone();
                 let Some(cfg) = sa.peer.clone() else { return };
-                let new_spi = self.spi32();
-                let nonce = self.nonce();
-                let Some(sa) = self.sas.get_mut(&spi) else {
-                    return;
-                };
                 let esp: Vec<EspProposal> = cfg
                     .esp_proposals
                     .iter()
                     .copied()
                     .filter(|e| e.esn == old.esn)
                     .collect();
-                let p = vec![
-                    Payload::Notify {
-                        protocol: proto::ESP,
-                        spi: old.spi_in.to_be_bytes().to_vec(),
-                        kind: notify::REKEY_SA,
-                        data: vec![],
-                    },
-                    Payload::Sa(esp_proposals_payload(&esp, new_spi)),
-                    Payload::Nonce(nonce.clone()),
-                    Payload::TsI(old.local_ts.clone()),
-                    Payload::TsR(old.remote_ts.clone()),
-                ];
-                let id = sa.take_request_id();
-                let data = sa.encrypted(exchange::CREATE_CHILD_SA, id, false, &p);
-                self.send_request(
-                    now,
-                    spi,
-                    id,
-                    data,
-                    Request::RekeyChild {
-                        old_spi_in: old_in,
-                        new_spi,
-                        nonce,
-                        dh: None,
-                        esp,
-                    },
-                );
+                self.send_create_child(now, spi, old_in, esp, old.local_ts, old.remote_ts);
             }
             Action::RekeyIke => {
                 let prop = sa.prop;
