@@ -16,9 +16,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use roamgate_tests::netns::{in_ns, root_or_skip, DataplaneProcess, NsProcess};
-use roamgate_tests::strongswan::{ike_view, pings, swanctl_conf, wait_for, Charon, ScriptLab};
-use roamgate_tests::{have_tool, root, scratch};
+use roamgate_tests::netns::{in_ns, DataplaneProcess, NsProcess};
+use roamgate_tests::strongswan::{
+    ike_view, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
+};
+use roamgate_tests::{root, scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
 const SERVER: &str = "10.9.0.10";
@@ -239,11 +241,7 @@ fn run_case(client: Impl, gateway: Impl, dir: &Path) -> Outcome {
 
 #[test]
 fn a_client_changes_address_mid_stream() {
-    if !root_or_skip("mobike_netns")
-        || !have_tool("swanctl", &["--help"])
-        || !have_tool("/usr/lib/ipsec/charon", &["--version"])
-        || !have_tool("python3", &["--version"])
-    {
+    if !strongswan_or_skip("mobike_netns", &["python3"]) {
         return;
     }
     let dir = scratch("mobike_netns");

@@ -205,3 +205,24 @@ pub fn iperf_tcp(ns: &str, dst: &str, secs: u32) -> (u64, f64) {
         r["bits_per_second"].as_f64().unwrap_or(0.0),
     )
 }
+
+/// True when the test can run: root (else the SKIP line `root_or_skip` prints), strongSwan's
+/// charon and swanctl, and each of `tools` (run with `--version`).
+pub fn strongswan_or_skip(test: &str, tools: &[&str]) -> bool {
+    crate::netns::root_or_skip(test)
+        && crate::have_tool("swanctl", &["--help"])
+        && crate::have_tool("/usr/lib/ipsec/charon", &["--version"])
+        && tools.iter().all(|t| crate::have_tool(t, &["--version"]))
+}
+
+/// A capture (`Capture::finish`'s "layers" per frame) of a link that must carry nothing but
+/// IKE and ESP, and plenty of ESP.
+pub fn assert_only_ike_and_esp(protocols: &[String], link: &str) {
+    let ok = |p: &String| p.ends_with(":isakmp") || p.ends_with(":esp");
+    let other: Vec<&String> = protocols.iter().filter(|p| !ok(p)).collect();
+    assert!(
+        protocols.iter().filter(|p| p.ends_with(":esp")).count() > 1000,
+        "ESP captured on {link}"
+    );
+    assert!(other.is_empty(), "non-IKE/ESP frames on {link}: {other:?}");
+}

@@ -41,22 +41,59 @@ RW_NSS="lan gw rw"
 CL_NSS="home cl sgw srv"
 MOB_NSS="home cl rtr gw srv"
 
-down() {
-    for n in $NSS; do
-        ip netns del "$p-$n" 2>/dev/null || true
-    done
-}
-
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
 }
 
-up() {
-    down
-    for n in $NSS; do
+ns_del() { # names...
+    for n in "$@"; do
+        ip netns del "$p-$n" 2>/dev/null || true
+    done
+}
+
+ns_add() { # names... (removing a previous lab of those names first)
+    ns_del "$@"
+    for n in "$@"; do
         ip netns add "$p-$n"
         ip -n "$p-$n" link set lo up
     done
+}
+
+no_ipv6() { # ns: a quiet kernel (no IPv6 autoconf/ND chatter)
+    ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    ip netns exec "$1" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+}
+
+links_up() { # ns devs...: offloads off, up
+    local ns=$1
+    shift
+    for d in "$@"; do
+        offloads_off "$ns" "$d"
+        ip -n "$ns" link set dev "$d" up
+    done
+}
+
+gateway() { # ns devs...: roamgate's devices, quiet kernel
+    no_ipv6 "$1"
+    links_up "$@"
+}
+
+host4() { # ns addr/len gw4: a host on lan0 with a default route
+    links_up "$1" lan0
+    ip -n "$1" addr add "$2" dev lan0
+    ip -n "$1" route add default via "$3"
+}
+
+host() { # ns addr4 gw4 addr6 gw6
+    host4 "$1" "$2/24" "$3"
+    ip -n "$1" -6 addr add "$4/64" dev lan0 nodad
+    ip -n "$1" -6 route add default via "$5"
+}
+
+down() { ns_del $NSS; }
+
+up() {
+    ns_add $NSS
     ip link add lan0 netns "$p-lana" address 02:00:00:00:0a:fe type veth \
         peer name lan netns "$p-gwa" address 02:00:00:00:0a:01
     ip link add wan netns "$p-gwa" address 02:00:00:00:aa:01 type veth \
@@ -68,125 +105,58 @@ up() {
 
     # The internet: a bridge joining the two WAN links (capture here: it sees both ways).
     ip -n "$p-net" link add br0 type bridge
-    ip netns exec "$p-net" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-    ip netns exec "$p-net" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+    no_ipv6 "$p-net"
     for d in to-a to-b; do
         ip -n "$p-net" link set dev "$d" master br0
-        offloads_off "$p-net" "$d"
-        ip -n "$p-net" link set dev "$d" up
     done
+    links_up "$p-net" to-a to-b
     ip -n "$p-net" link set br0 up
 
-    # Gateways: roamgate's devices, quiet kernel (no IPv6 autoconf/ND chatter on them).
-    for g in gwa gwb; do
-        ip netns exec "$p-$g" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-        ip netns exec "$p-$g" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
-        for d in lan wan; do
-            offloads_off "$p-$g" "$d"
-            ip -n "$p-$g" link set dev "$d" up
-        done
-    done
-
-    # Hosts.
+    gateway "$p-gwa" lan wan
+    gateway "$p-gwb" lan wan
     host "$p-lana" 10.1.0.10 10.1.0.1 fd00:a::10 fd00:a::1
     host "$p-lanb" 10.2.0.10 10.2.0.1 fd00:b::10 fd00:b::1
 }
 
-host() { # ns addr4 gw4 addr6 gw6
-    local ns=$1
-    offloads_off "$ns" lan0
-    ip -n "$ns" link set lan0 up
-    ip -n "$ns" addr add "$2/24" dev lan0
-    ip -n "$ns" -6 addr add "$4/64" dev lan0 nodad
-    ip -n "$ns" route add default via "$3"
-    ip -n "$ns" -6 route add default via "$5"
-}
-
-rw_down() {
-    for n in $RW_NSS; do
-        ip netns del "$p-$n" 2>/dev/null || true
-    done
-}
+rw_down() { ns_del $RW_NSS; }
 
 rw_up() {
-    rw_down
-    for n in $RW_NSS; do
-        ip netns add "$p-$n"
-        ip -n "$p-$n" link set lo up
-    done
+    ns_add $RW_NSS
     ip link add lan0 netns "$p-lan" address 02:00:00:00:09:fe type veth \
         peer name lan netns "$p-gw" address 02:00:00:00:09:01
     ip link add wan netns "$p-gw" address 02:00:00:00:02:01 type veth \
         peer name eth0 netns "$p-rw" address 02:00:00:00:02:0a
-    ip netns exec "$p-gw" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-    ip netns exec "$p-gw" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
-    for d in lan wan; do
-        offloads_off "$p-gw" "$d"
-        ip -n "$p-gw" link set dev "$d" up
-    done
-    offloads_off "$p-lan" lan0
-    ip -n "$p-lan" link set lan0 up
+    gateway "$p-gw" lan wan
+    links_up "$p-lan" lan0
     ip -n "$p-lan" addr add 10.9.0.10/24 dev lan0
     ip -n "$p-lan" route add 10.99.0.0/24 via 10.9.0.1
-    offloads_off "$p-rw" eth0
-    ip -n "$p-rw" link set eth0 up
+    links_up "$p-rw" eth0
     ip -n "$p-rw" addr add 192.0.2.10/24 dev eth0
 }
 
-cl_down() {
-    for n in $CL_NSS; do
-        ip netns del "$p-$n" 2>/dev/null || true
-    done
-}
+cl_down() { ns_del $CL_NSS; }
 
 cl_up() {
-    cl_down
-    for n in $CL_NSS; do
-        ip netns add "$p-$n"
-        ip -n "$p-$n" link set lo up
-    done
+    ns_add $CL_NSS
     ip link add lan0 netns "$p-home" address 02:00:00:00:07:fe type veth \
         peer name lan netns "$p-cl" address 02:00:00:00:07:01
     ip link add wan netns "$p-cl" address 02:00:00:00:02:10 type veth \
         peer name eth0 netns "$p-sgw" address 02:00:00:00:02:01
     ip link add eth1 netns "$p-sgw" address 02:00:00:00:09:01 type veth \
         peer name lan0 netns "$p-srv" address 02:00:00:00:09:fe
-    ip netns exec "$p-cl" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-    ip netns exec "$p-cl" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
-    for d in lan wan; do
-        offloads_off "$p-cl" "$d"
-        ip -n "$p-cl" link set dev "$d" up
-    done
-    offloads_off "$p-home" lan0
-    ip -n "$p-home" link set lan0 up
-    ip -n "$p-home" addr add 10.7.0.10/24 dev lan0
-    ip -n "$p-home" route add default via 10.7.0.1
+    gateway "$p-cl" lan wan
+    host4 "$p-home" 10.7.0.10/24 10.7.0.1
     ip netns exec "$p-sgw" sysctl -qw net.ipv4.ip_forward=1
-    for d in eth0 eth1; do
-        offloads_off "$p-sgw" "$d"
-        ip -n "$p-sgw" link set "$d" up
-    done
+    links_up "$p-sgw" eth0 eth1
     ip -n "$p-sgw" addr add 192.0.2.1/24 dev eth0
     ip -n "$p-sgw" addr add 10.9.0.1/24 dev eth1
-    offloads_off "$p-srv" lan0
-    ip -n "$p-srv" link set lan0 up
-    ip -n "$p-srv" addr add 10.9.0.10/24 dev lan0
-    ip -n "$p-srv" route add default via 10.9.0.1
+    host4 "$p-srv" 10.9.0.10/24 10.9.0.1
 }
 
-mob_down() {
-    for n in $MOB_NSS; do
-        ip netns del "$p-$n" 2>/dev/null || true
-    done
-}
+mob_down() { ns_del $MOB_NSS; }
 
-# gw_kernel=1: the gateway namespace's kernel owns its addresses (strongSwan as gateway).
 mob_up() {
-    mob_down
-    for n in $MOB_NSS; do
-        ip netns add "$p-$n"
-        ip -n "$p-$n" link set lo up
-    done
+    ns_add $MOB_NSS
     ip link add lan0 netns "$p-home" address 02:00:00:00:07:fe type veth \
         peer name lan netns "$p-cl" address 02:00:00:00:07:01
     ip link add wan netns "$p-cl" address 02:00:00:00:02:10 type veth \
@@ -195,35 +165,18 @@ mob_up() {
         peer name wan netns "$p-gw" address 02:00:00:00:03:01
     ip link add lan netns "$p-gw" address 02:00:00:00:09:01 type veth \
         peer name lan0 netns "$p-srv" address 02:00:00:00:09:fe
-    for ns in cl gw; do
-        ip netns exec "$p-$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-        ip netns exec "$p-$ns" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
-    done
-    for d in lan wan; do
-        offloads_off "$p-cl" "$d"
-        ip -n "$p-cl" link set "$d" up
-        offloads_off "$p-gw" "$d"
-        ip -n "$p-gw" link set "$d" up
-    done
+    gateway "$p-cl" lan wan
+    gateway "$p-gw" lan wan
     # The client's first access network; its kernel holds the address.
     ip -n "$p-cl" addr add 192.0.2.10/24 dev wan
     # The router: both access networks on one link, the gateway's network on the other.
     ip netns exec "$p-rtr" sysctl -qw net.ipv4.ip_forward=1
-    for d in eth0 eth1; do
-        offloads_off "$p-rtr" "$d"
-        ip -n "$p-rtr" link set "$d" up
-    done
+    links_up "$p-rtr" eth0 eth1
     ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
     ip -n "$p-rtr" addr add 198.51.100.254/24 dev eth0
     ip -n "$p-rtr" addr add 203.0.113.254/24 dev eth1
-    offloads_off "$p-home" lan0
-    ip -n "$p-home" link set lan0 up
-    ip -n "$p-home" addr add 10.7.0.10/24 dev lan0
-    ip -n "$p-home" route add default via 10.7.0.1
-    offloads_off "$p-srv" lan0
-    ip -n "$p-srv" link set lan0 up
-    ip -n "$p-srv" addr add 10.9.0.10/24 dev lan0
-    ip -n "$p-srv" route add default via 10.9.0.1
+    host4 "$p-home" 10.7.0.10/24 10.7.0.1
+    host4 "$p-srv" 10.9.0.10/24 10.9.0.1
 }
 
 case "$cmd" in
