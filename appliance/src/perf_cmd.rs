@@ -34,6 +34,28 @@ struct ReportArgs {
 
 #[derive(clap::Subcommand)]
 enum PerfWhat {
+    /// One point of the throughput matrix (worker time only), plus the bare AEAD cost of the
+    /// same size: for a quick comparison or to profile one path.
+    Point {
+        /// encrypt or decrypt.
+        #[arg(long, default_value = "encrypt")]
+        dir: String,
+        /// Frame size in bytes (Ethernet, without FCS), or 0 for IMIX.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// SAs per worker (SPIs and destinations at random).
+        #[arg(long, default_value_t = 1)]
+        sas: usize,
+        /// Workers, each pinned to its own core.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Packets per worker.
+        #[arg(long, default_value_t = 2_000_000)]
+        packets: u64,
+        /// Runs (the median is shown, and each run).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// IKEv2 handshakes per second against a gateway (worker + control loop on in-memory
     /// ports, installing every client's CHILD_SA), from simulated road-warrior clients; per
     /// core of the gateway's control thread, measured by its CPU time.
@@ -68,6 +90,54 @@ pub fn run(args: PerfArgs) -> Result<()> {
         return Ok(());
     };
     match what {
+        PerfWhat::Point {
+            dir,
+            size,
+            sas,
+            workers,
+            packets,
+            runs,
+        } => {
+            use roamgate_perf::run::{self as perf_run, Dir};
+            let dir = match dir.as_str() {
+                "encrypt" => Dir::Encrypt,
+                "decrypt" => Dir::Decrypt,
+                other => bail!("--dir {other}: expected encrypt or decrypt"),
+            };
+            if size != 0 && !(64..=1420).contains(&size) {
+                bail!("--size {size}: expected 64..=1420, or 0 for IMIX");
+            }
+            if sas == 0 || workers == 0 || packets < 1000 || runs == 0 {
+                bail!("--sas, --workers and --runs must be at least 1, --packets at least 1000");
+            }
+            let backend = pipeline::crypto::best_backend();
+            let mut pts: Vec<_> = (0..runs)
+                .map(|_| perf_run::throughput(dir, size, sas, workers, backend, packets))
+                .collect();
+            for p in &pts {
+                println!(
+                    "run: {:.3} Mpps, {:.1} ns/pkt, {} missing",
+                    p.pps / 1e6,
+                    p.ns_per_packet,
+                    p.missing
+                );
+            }
+            pts.sort_by(|a, b| a.pps.total_cmp(&b.pps));
+            let m = &pts[pts.len() / 2];
+            let aead = perf_run::aead_ns(size, dir, backend, 200_000);
+            println!(
+                "{dir} {} B, {sas} SA(s), {workers} worker(s), {backend}: median {:.3} Mpps, {:.2} Gbit/s, {:.1} ns/pkt per worker; bare AEAD {aead:.1} ns, pipeline - AEAD {:.1} ns",
+                size,
+                m.pps / 1e6,
+                m.bps / 1e9,
+                m.ns_per_packet,
+                m.ns_per_packet - aead
+            );
+            if m.missing > 0 {
+                bail!("{} frames did not come out", m.missing);
+            }
+            Ok(())
+        }
         PerfWhat::Handshakes {
             clients,
             in_flight,

@@ -329,7 +329,7 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             runs.sort_by(|a, b| a.pps.total_cmp(&b.pps));
             let p = runs.swap_remove(runs.len() / 2);
             pr.step(&format!("bare AEAD {}", size_name(s)));
-            let a = run::aead_ns(s, b, if q { 50_000 } else { 500_000 });
+            let a = run::aead_ns(s, dir, b, if q { 50_000 } else { 500_000 });
             single.push((p, a));
         }
     }

@@ -41,6 +41,8 @@ pub struct Link {
 
 /// Frames per rx burst.
 pub const BURST: usize = 32;
+
+type HostMap = std::collections::HashMap<IpAddr, (Prefix, SaId), foldhash::fast::RandomState>;
 /// A tx queue longer than this pauses the rx that feeds it.
 const TXQ_HIGH: usize = 4 * BURST;
 
@@ -102,7 +104,9 @@ pub struct Worker<P: Port> {
     vip_nat: Option<Box<Masquerade>>,
     /// Host bindings (road warriors' virtual IPs): destination -> (allowed sources, SA),
     /// looked up before the SPD.
-    hosts: std::collections::HashMap<IpAddr, (Prefix, SaId)>,
+    /// Keyed by the virtual IPs the control plane bound, hashed with a per-process random seed
+    /// (foldhash: a few ns where SipHash took ~10 per packet).
+    hosts: HostMap,
     /// Further WAN addresses answered for (a roaming client's old one, for a moment).
     wan_also: Vec<IpAddr>,
     /// Where each SA sits in `sa_counters`.
@@ -159,7 +163,7 @@ impl<P: Port> Worker<P> {
             spd,
             nat: None,
             vip_nat: None,
-            hosts: std::collections::HashMap::new(),
+            hosts: HostMap::default(),
             wan_also: Vec::new(),
             sa_index: std::collections::HashMap::new(),
             now: 0,
@@ -872,45 +876,32 @@ impl<P: Port> Worker<P> {
                 return Verdict::Drop(r);
             }
         };
-        let Some(sa) = self.sad.inbound(opened.spi) else {
-            return Verdict::Drop(DropReason::UnknownSpi);
-        };
-        let counters = sa.counters.clone();
-        let (local_ts, remote_ts) = (sa.local_ts, sa.remote_ts);
         if let Some(c) = opened.crossing {
-            let e = crossing_event(
-                self.id,
-                (opened.sa, opened.spi),
-                &counters,
-                Direction::Inbound,
-                c,
-                now,
-            );
-            self.reply(Reply::Event(e));
+            self.report_crossing(opened.spi, c, now);
         }
+        // Drops from here on are also counted on the SA (looked up again only then: the hot
+        // path holds no reference to it).
+        let sa_drop = |sad: &Sad, r: DropReason| {
+            if let Some(sa) = sad.inbound(opened.spi) {
+                sa.counters.record_drop(r);
+            }
+            Verdict::Drop(r)
+        };
         let inner = match parse_inner(f.data(), opened.next_header) {
             Ok(i) => i,
-            Err(r) => {
-                counters.record_drop(r);
-                return Verdict::Drop(r);
-            }
+            Err(r) => return sa_drop(&self.sad, r),
         };
         // The inner packet must be what this SA was negotiated to carry (RFC 4301 5.2).
-        if !remote_ts.contains(inner.key.src) || !local_ts.contains(inner.key.dst) {
-            counters.record_drop(DropReason::PolicyMismatch);
-            return Verdict::Drop(DropReason::PolicyMismatch);
+        if !opened.remote_ts.contains(inner.key.src) || !opened.local_ts.contains(inner.key.dst) {
+            return sa_drop(&self.sad, DropReason::PolicyMismatch);
         }
         if inner.hop_limit <= 1 {
-            counters.record_drop(DropReason::TtlExceeded);
-            return Verdict::Drop(DropReason::TtlExceeded);
+            return sa_drop(&self.sad, DropReason::TtlExceeded);
         }
         // RFC 6040 decapsulation: CE on the outer marks an ECN-capable inner packet; a
         // Not-ECT inner packet with CE outside must be dropped.
         let new_ecn = match (outer_ecn, inner.ecn) {
-            (3, 0) => {
-                counters.record_drop(DropReason::InnerMalformed);
-                return Verdict::Drop(DropReason::InnerMalformed);
-            }
+            (3, 0) => return sa_drop(&self.sad, DropReason::InnerMalformed),
             (3, _) => 3,
             (1, 2) => 1,
             (_, e) => e,
@@ -922,9 +913,7 @@ impl<P: Port> Worker<P> {
         if let Some(nat) = self.vip_nat.as_mut() {
             if IpAddr::V4(nat.external_addr()) == inner.key.dst {
                 if let Err(e) = nat.inbound(f.data_mut(), now) {
-                    let r = nat_reason(e);
-                    counters.record_drop(r);
-                    return Verdict::Drop(r);
+                    return sa_drop(&self.sad, nat_reason(e));
                 }
                 self.counters.count(Traffic::Masqueraded, 1);
             }
@@ -933,6 +922,22 @@ impl<P: Port> Worker<P> {
         self.counters
             .count(Traffic::DecryptedBytes, opened.inner_len as u64);
         forward(f, &self.lan_link, inner.ipv6, Verdict::ToLan)
+    }
+
+    /// Reports the lifetime an inbound packet on `spi` reached (rare: once per threshold).
+    fn report_crossing(&mut self, spi: Spi, c: Crossing, now: u64) {
+        let Some(sa) = self.sad.inbound(spi) else {
+            return;
+        };
+        let e = crossing_event(
+            self.id,
+            (sa.id, spi),
+            &sa.counters,
+            Direction::Inbound,
+            c,
+            now,
+        );
+        self.reply(Reply::Event(e));
     }
 }
 

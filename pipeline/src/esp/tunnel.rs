@@ -16,6 +16,7 @@ use crate::esp::sa::{InboundSa, OutboundSa};
 use crate::ids::{SaId, Spi};
 use crate::port::Frame;
 use crate::sad::Sad;
+use crate::spd::Prefix;
 use crate::stats::{Crossing, DropReason};
 use crate::wire::{checksum, esp as wire_esp, ipv4, ipv6, udp};
 
@@ -204,6 +205,10 @@ pub struct Opened {
     pub inner_len: usize,
     /// The lifetime this packet reached, if any.
     pub crossing: Option<Crossing>,
+    /// The SA's traffic selectors, for the caller's check of the inner packet (RFC 4301 5.2):
+    /// its source must lie in `remote_ts`, its destination in `local_ts`.
+    pub local_ts: Prefix,
+    pub remote_ts: Prefix,
 }
 
 /// Opens the ESP packet that starts at the beginning of `f`'s data. On success `f` holds the
@@ -243,6 +248,8 @@ pub fn decapsulate<F: Frame>(sad: &mut Sad, f: &mut F) -> Result<Opened, DropRea
                 next_header,
                 inner_len,
                 crossing,
+                local_ts: sa.local_ts,
+                remote_ts: sa.remote_ts,
             })
         }
         Err(reason) => {

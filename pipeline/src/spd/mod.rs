@@ -146,8 +146,21 @@ impl Prefix {
 
     #[inline]
     pub fn contains(&self, a: IpAddr) -> bool {
-        a.is_ipv4() == self.addr.is_ipv4()
-            && (bits(a) & mask(width(a), self.len)) == bits(self.addr)
+        // Per family, in the family's own width (this runs per packet: the inbound selector
+        // check and host bindings).
+        match (self.addr, a) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(a) & m == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(a) & m == u128::from(net)
+            }
+            _ => false,
+        }
     }
 }
 
