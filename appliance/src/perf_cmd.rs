@@ -55,6 +55,10 @@ enum PerfWhat {
         /// Runs (the median is shown, and each run).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Crypto backend: ipsec-mb, ring, or null (no crypto: the rest of the pipeline alone).
+        /// Default: the best available.
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// IKEv2 handshakes per second against a gateway (worker + control loop on in-memory
     /// ports, installing every client's CHILD_SA), from simulated road-warrior clients; per
@@ -97,6 +101,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
             workers,
             packets,
             runs,
+            backend,
         } => {
             use roamgate_perf::run::{self as perf_run, Dir};
             let dir = match dir.as_str() {
@@ -110,7 +115,17 @@ pub fn run(args: PerfArgs) -> Result<()> {
             if sas == 0 || workers == 0 || packets < 1000 || runs == 0 {
                 bail!("--sas, --workers and --runs must be at least 1, --packets at least 1000");
             }
-            let backend = pipeline::crypto::best_backend();
+            use pipeline::crypto::Backend;
+            let backend = match backend.as_deref() {
+                None => pipeline::crypto::best_backend(),
+                Some("ipsec-mb") => Backend::IpsecMb,
+                Some("ring") => Backend::Ring,
+                Some("null") => Backend::Null,
+                Some(other) => bail!("--backend {other}: expected ipsec-mb, ring or null"),
+            };
+            if !pipeline::crypto::available(backend) {
+                bail!("--backend {backend}: not available on this machine or build");
+            }
             let mut pts: Vec<_> = (0..runs)
                 .map(|_| perf_run::throughput(dir, size, sas, workers, backend, packets))
                 .collect();

@@ -1070,6 +1070,7 @@ struct IpInfo {
 }
 
 /// Parses Ethernet + IP (+ the first transport bytes for the flow key).
+#[inline(always)]
 fn parse_ip(frame: &[u8]) -> Result<IpInfo, DropReason> {
     let eth = ethernet::Frame::new_checked(frame).map_err(|_| DropReason::MalformedFrame)?;
     let ipv6 = match eth.ethertype() {
@@ -1085,6 +1086,7 @@ fn parse_ip(frame: &[u8]) -> Result<IpInfo, DropReason> {
     }
 }
 
+#[inline(always)]
 fn parse_inner(ip: &[u8], next_header: u8) -> Result<IpInfo, DropReason> {
     let version = ip.first().map(|b| b >> 4);
     match (next_header, version) {
@@ -1094,6 +1096,7 @@ fn parse_inner(ip: &[u8], next_header: u8) -> Result<IpInfo, DropReason> {
     }
 }
 
+#[inline(always)]
 fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
     let be = |i: usize| {
         l4.get(i..i + 2)
@@ -1110,6 +1113,7 @@ fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
     }
 }
 
+#[inline(always)]
 fn parse_ipv4(ip: &[u8]) -> Result<IpInfo, DropReason> {
     let p = ipv4::Packet::new_checked(ip).map_err(|_| DropReason::MalformedIp)?;
     if !p.verify_checksum() {
@@ -1139,6 +1143,7 @@ fn parse_ipv4(ip: &[u8]) -> Result<IpInfo, DropReason> {
     })
 }
 
+#[inline(always)]
 fn parse_ipv6(ip: &[u8]) -> Result<IpInfo, DropReason> {
     let p = ipv6::Packet::new_checked(ip).map_err(|_| DropReason::MalformedIp)?;
     let upper = ipv6::upper_layer(&p).map_err(|_| DropReason::MalformedIp)?;
