@@ -244,9 +244,23 @@ fn size_at(size: usize, k: u64) -> usize {
     }
 }
 
+/// Pre-generated frames, back to back in one buffer (one allocation, read in order).
+pub(crate) struct Frames {
+    bytes: Vec<u8>,
+    /// Where each frame ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Frames {
+    fn get(&self, k: usize) -> &[u8] {
+        let start = if k == 0 { 0 } else { self.ends[k - 1] };
+        &self.bytes[start..self.ends[k]]
+    }
+}
+
 /// ESP frames (Ethernet included) that a peer with SAs 0..sas would send us: `n` of them,
 /// to random SAs, each SA's sequence numbers in order.
-fn esp_frames(n: u64, size: usize, sas: usize, backend: Backend, seed: u64) -> Vec<Vec<u8>> {
+fn esp_frames(n: u64, size: usize, sas: usize, backend: Backend, seed: u64) -> Frames {
     let mut out_sas: Vec<_> = (0..sas)
         .map(|i| {
             let mut p = sa_params(i);
@@ -256,26 +270,42 @@ fn esp_frames(n: u64, size: usize, sas: usize, backend: Backend, seed: u64) -> V
         })
         .collect();
     let mut rng = XorShift(seed | 1);
-    let mut v = Vec::with_capacity(n as usize);
+    let per_frame = size_at(size, 0).max(IMIX[IMIX.len() - 1]) + 80;
+    let mut frames = Frames {
+        bytes: Vec::with_capacity(n as usize * if size == 0 { 400 } else { per_frame }),
+        ends: Vec::with_capacity(n as usize),
+    };
+    let mut scratch = MemFrame::new();
     for k in 0..n {
         let i = rng.next(sas);
         let fsize = size_at(size, k);
         let inner = plain_frame(fsize, host(i), Ipv4Addr::new(10, 1, 0, 10));
-        v.push(seal_frame(&mut out_sas[i], &inner).expect("seals"));
+        seal_into(&mut out_sas[i], &inner, &mut scratch).expect("seals");
+        frames.bytes.extend_from_slice(scratch.data());
+        frames.ends.push(frames.bytes.len());
     }
-    v
+    frames
 }
 
 /// The ESP frame (Ethernet included, to our WAN port from its neighbour) that `sa` makes of
 /// the plaintext Ethernet frame `plain`.
 pub(crate) fn seal_frame(sa: &mut OutboundSa, plain: &[u8]) -> Result<Vec<u8>, &'static str> {
-    let mut f = MemFrame::from_bytes(plain.get(14..).ok_or("short frame")?).ok_or("too big")?;
+    let mut f = MemFrame::new();
+    seal_into(sa, plain, &mut f)?;
+    Ok(f.data().to_vec())
+}
+
+/// [`seal_frame`] into `f`.
+fn seal_into(sa: &mut OutboundSa, plain: &[u8], f: &mut MemFrame) -> Result<(), &'static str> {
+    if !f.set_data(plain.get(14..).ok_or("short frame")?) {
+        return Err("too big");
+    }
     let meta = InnerMeta {
         next_header: 4,
         dscp: 0,
         ecn: 0,
     };
-    tunnel::encapsulate(sa, &mut f, meta).map_err(|r| r.name())?;
+    tunnel::encapsulate(sa, f, meta).map_err(|r| r.name())?;
     if !f.prepend(14) {
         return Err("no headroom");
     }
@@ -283,7 +313,7 @@ pub(crate) fn seal_frame(sa: &mut OutboundSa, plain: &[u8]) -> Result<Vec<u8>, &
     d[0..6].copy_from_slice(&wan_link().mac);
     d[6..12].copy_from_slice(&wan_link().neighbor);
     d[12..14].copy_from_slice(&[0x08, 0x00]);
-    Ok(f.data().to_vec())
+    Ok(())
 }
 
 /// Runs one worker over `n` packets; returns (timed packets, their inner bytes, worker time
@@ -295,7 +325,7 @@ fn drive(
     sas: usize,
     n: u64,
     seed: u64,
-    esp: &[Vec<u8>],
+    esp: &Frames,
 ) -> (u64, u64, Duration, u64) {
     let mut q: VecDeque<MemFrame> = (0..BURST).map(|_| MemFrame::new()).collect();
     let mut out = Vec::with_capacity(BURST);
@@ -332,7 +362,7 @@ fn drive(
                     bytes += (fsize - 14) as u64;
                 }
                 Dir::Decrypt => {
-                    f.set_data(&esp[sent as usize]);
+                    f.set_data(esp.get(sent as usize));
                     bytes += (size_at(size, sent) - 14) as u64;
                 }
             }
@@ -401,7 +431,10 @@ pub fn throughput(
                     let esp = if dir == Dir::Decrypt {
                         esp_frames(n, size, sas, backend, 7 + w as u64)
                     } else {
-                        Vec::new()
+                        Frames {
+                            bytes: Vec::new(),
+                            ends: Vec::new(),
+                        }
                     };
                     drive(&mut rig, dir, size, sas, n, 7 + w as u64, &esp)
                 })

@@ -744,7 +744,7 @@ impl<P: Port> Worker<P> {
             if pkt.fragment {
                 return Verdict::Drop(DropReason::OuterFragment);
             }
-            return self.open(f, at, (pkt.key.src, pkt.key.dst, pkt.ecn), now);
+            return self.open(f, at, &pkt, now);
         }
         // Clear traffic from the protected side.
         if pkt.hop_limit <= 1 {
@@ -853,14 +853,7 @@ impl<P: Port> Worker<P> {
     }
 
     /// Opens the ESP packet at `esp_at`; `outer` is the outer (source, destination, ECN).
-    fn open(
-        &mut self,
-        f: &mut P::Frame,
-        esp_at: usize,
-        outer: (IpAddr, IpAddr, u8),
-        now: u64,
-    ) -> Verdict {
-        let (outer_src, outer_dst, outer_ecn) = outer;
+    fn open(&mut self, f: &mut P::Frame, esp_at: usize, outer: &IpInfo, now: u64) -> Verdict {
         if !f.adj(esp_at) {
             return Verdict::Drop(DropReason::EspTruncated);
         }
@@ -872,7 +865,7 @@ impl<P: Port> Worker<P> {
                     .get(..4)
                     .and_then(|b| b.try_into().ok())
                     .map_or(Spi(0), |b| Spi(u32::from_be_bytes(b)));
-                self.report_failure(r, spi, outer_src, outer_dst, now);
+                self.report_failure(r, spi, outer.key.src, outer.key.dst, now);
                 return Verdict::Drop(r);
             }
         };
@@ -900,7 +893,7 @@ impl<P: Port> Worker<P> {
         }
         // RFC 6040 decapsulation: CE on the outer marks an ECN-capable inner packet; a
         // Not-ECT inner packet with CE outside must be dropped.
-        let new_ecn = match (outer_ecn, inner.ecn) {
+        let new_ecn = match (outer.ecn, inner.ecn) {
             (3, 0) => return sa_drop(&self.sad, DropReason::InnerMalformed),
             (3, _) => 3,
             (1, 2) => 1,

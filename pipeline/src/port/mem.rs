@@ -16,19 +16,28 @@ pub const MEM_BUF_SIZE: usize = 2304;
 /// Headroom of a fresh frame: room for outer IPv6 + UDP + ESP header + IV.
 pub const MEM_HEADROOM: usize = 128;
 
-/// A heap frame.
+/// A heap frame: one pointer, like an mbuf, with its data window kept in the buffer. Frames
+/// move between rings and queues on every hop; a pointer moves without waiting for the
+/// window's latest narrow stores (a frame carrying its window inline was read back with
+/// a wider load than it was written, a failed store-to-load forward per packet).
 pub struct MemFrame {
-    buf: Box<[u8; MEM_BUF_SIZE]>,
+    buf: Box<MemBuf>,
+}
+
+struct MemBuf {
     start: u16,
     len: u16,
+    bytes: [u8; MEM_BUF_SIZE],
 }
 
 impl MemFrame {
     pub fn new() -> Self {
         MemFrame {
-            buf: Box::new([0u8; MEM_BUF_SIZE]),
-            start: MEM_HEADROOM as u16,
-            len: 0,
+            buf: Box::new(MemBuf {
+                start: MEM_HEADROOM as u16,
+                len: 0,
+                bytes: [0u8; MEM_BUF_SIZE],
+            }),
         }
     }
 
@@ -41,11 +50,11 @@ impl MemFrame {
     /// Resets the frame to hold a copy of `bytes` after the default headroom.
     pub fn set_data(&mut self, bytes: &[u8]) -> bool {
         let end = MEM_HEADROOM + bytes.len();
-        match self.buf.get_mut(MEM_HEADROOM..end) {
+        match self.buf.bytes.get_mut(MEM_HEADROOM..end) {
             Some(dst) => {
                 dst.copy_from_slice(bytes);
-                self.start = MEM_HEADROOM as u16;
-                self.len = bytes.len() as u16;
+                self.buf.start = MEM_HEADROOM as u16;
+                self.buf.len = bytes.len() as u16;
                 true
             }
             None => false,
@@ -53,8 +62,8 @@ impl MemFrame {
     }
 
     fn range(&self) -> core::ops::Range<usize> {
-        let s = usize::from(self.start);
-        s..s + usize::from(self.len)
+        let s = usize::from(self.buf.start);
+        s..s + usize::from(self.buf.len)
     }
 }
 
@@ -67,23 +76,23 @@ impl Default for MemFrame {
 impl Frame for MemFrame {
     #[inline]
     fn data(&self) -> &[u8] {
-        self.buf.get(self.range()).unwrap_or(&[])
+        self.buf.bytes.get(self.range()).unwrap_or(&[])
     }
 
     #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         let r = self.range();
-        self.buf.get_mut(r).unwrap_or(&mut [])
+        self.buf.bytes.get_mut(r).unwrap_or(&mut [])
     }
 
     #[inline]
     fn headroom(&self) -> usize {
-        usize::from(self.start)
+        usize::from(self.buf.start)
     }
 
     #[inline]
     fn tailroom(&self) -> usize {
-        MEM_BUF_SIZE - usize::from(self.start) - usize::from(self.len)
+        MEM_BUF_SIZE - usize::from(self.buf.start) - usize::from(self.buf.len)
     }
 
     #[inline]
@@ -91,18 +100,18 @@ impl Frame for MemFrame {
         if n > self.headroom() {
             return false;
         }
-        self.start -= n as u16;
-        self.len += n as u16;
+        self.buf.start -= n as u16;
+        self.buf.len += n as u16;
         true
     }
 
     #[inline]
     fn adj(&mut self, n: usize) -> bool {
-        if n > usize::from(self.len) {
+        if n > usize::from(self.buf.len) {
             return false;
         }
-        self.start += n as u16;
-        self.len -= n as u16;
+        self.buf.start += n as u16;
+        self.buf.len -= n as u16;
         true
     }
 
@@ -111,14 +120,14 @@ impl Frame for MemFrame {
         if n > self.tailroom() {
             return false;
         }
-        self.len += n as u16;
+        self.buf.len += n as u16;
         true
     }
 
     #[inline]
     fn truncate(&mut self, len: usize) {
-        if len < usize::from(self.len) {
-            self.len = len as u16;
+        if len < usize::from(self.buf.len) {
+            self.buf.len = len as u16;
         }
     }
 }
