@@ -1112,7 +1112,7 @@ fn parse_ipv4(ip: &[u8]) -> Result<IpInfo, DropReason> {
     if !p.verify_checksum() {
         return Err(DropReason::IpChecksum);
     }
-    let proto = u8::from(p.next_header());
+    let proto = p.protocol();
     let fragment = p.more_frags() || p.frag_offset() != 0;
     let (src_port, dst_port) = if p.frag_offset() == 0 {
         ports(proto, p.payload())

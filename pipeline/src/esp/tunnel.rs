@@ -269,6 +269,7 @@ fn replay_reason(e: ReplayError) -> DropReason {
 
 /// Replay pre-check, tag check, window advance, trailer validation. Returns (next header,
 /// inner length).
+#[inline]
 fn open_with(
     sa: &mut InboundSa,
     d: &mut [u8],

@@ -134,7 +134,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     pub fn next_header(&self) -> IpProtocol {
-        IpProtocol::from(bytes::get_u8(self.b(), field::PROTOCOL))
+        IpProtocol::from(self.protocol())
+    }
+
+    /// The protocol number as it is on the wire (the hot path's flow key wants the number,
+    /// not the enum).
+    #[inline]
+    pub fn protocol(&self) -> u8 {
+        bytes::get_u8(self.b(), field::PROTOCOL)
     }
 
     pub fn checksum(&self) -> u16 {
