@@ -327,7 +327,7 @@ impl SaCounters {
     /// Counts one packet of `bytes` (only the owning worker calls this); returns the lifetime
     /// this packet reached, if any. The packet that reaches the hard limit is the last one
     /// the SA carries.
-    #[inline]
+    #[inline(always)]
     pub fn count(&self, bytes: u64) -> Option<Crossing> {
         self.packets.add(1);
         self.bytes.add(bytes);
@@ -347,6 +347,7 @@ impl SaCounters {
     }
 
     #[cold]
+    #[inline(never)]
     fn crossed(&self) -> Option<Crossing> {
         let (p, b, l) = (self.packets.get(), self.bytes.get(), self.lifetime);
         let hard_p = p >= limit(l.hard_packets);

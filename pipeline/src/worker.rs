@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rtrb::{Consumer, Producer};
 
-use crate::esp::tunnel::{self, InnerMeta, NH_IPV4, NH_IPV6};
+use crate::esp::tunnel::{self, InnerMeta, Opened, NH_IPV4, NH_IPV6};
 use crate::ids::{SaId, Spi};
 use crate::msg::{
     Command, Direction, Envelope, Event, LifetimeKind, LifetimeLimit, Released, Reply,
@@ -744,7 +744,18 @@ impl<P: Port> Worker<P> {
             if pkt.fragment {
                 return Verdict::Drop(DropReason::OuterFragment);
             }
-            return self.open(f, at, &pkt, now);
+            // A failed open is reported with the outer addresses, read from the frame again
+            // only then: keeping `pkt` alive across the open made every packet read it back
+            // from the stack before the stores that wrote it had retired.
+            return match self.open(f, at, pkt.ecn, now) {
+                Ok(v) => v,
+                Err((r, spi)) => {
+                    let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+                    let (src, dst) = outer_addrs(f.data()).unwrap_or((unspecified, unspecified));
+                    self.report_failure(r, spi, src, dst, now);
+                    Verdict::Drop(r)
+                }
+            };
         }
         // Clear traffic from the protected side.
         if pkt.hop_limit <= 1 {
@@ -853,9 +864,17 @@ impl<P: Port> Worker<P> {
     }
 
     /// Opens the ESP packet at `esp_at`; `outer` is the outer (source, destination, ECN).
-    fn open(&mut self, f: &mut P::Frame, esp_at: usize, outer: &IpInfo, now: u64) -> Verdict {
+    /// Opens the ESP at `esp_at` and forwards the inner packet; Err: the open itself failed
+    /// (unknown SPI, authentication, replay, ...), for the caller to report.
+    fn open(
+        &mut self,
+        f: &mut P::Frame,
+        esp_at: usize,
+        outer_ecn: u8,
+        now: u64,
+    ) -> Result<Verdict, (DropReason, Spi)> {
         if !f.adj(esp_at) {
-            return Verdict::Drop(DropReason::EspTruncated);
+            return Ok(Verdict::Drop(DropReason::EspTruncated));
         }
         let opened = match tunnel::decapsulate(&mut self.sad, f) {
             Ok(o) => o,
@@ -865,13 +884,22 @@ impl<P: Port> Worker<P> {
                     .get(..4)
                     .and_then(|b| b.try_into().ok())
                     .map_or(Spi(0), |b| Spi(u32::from_be_bytes(b)));
-                self.report_failure(r, spi, outer.key.src, outer.key.dst, now);
-                return Verdict::Drop(r);
+                // Back to the outer header, for the caller's report (a failed open leaves the
+                // frame's data where it was).
+                f.prepend(esp_at);
+                return Err((r, spi));
             }
         };
         if let Some(c) = opened.crossing {
             self.report_crossing(opened.spi, c, now);
         }
+        Ok(self.deliver(f, &opened, outer_ecn, now))
+    }
+
+    /// Checks an opened packet against its SA's selectors, applies the RFC 6040 ECN outcome
+    /// and the hop limit, and forwards it to the LAN.
+    #[inline]
+    fn deliver(&mut self, f: &mut P::Frame, opened: &Opened, outer_ecn: u8, now: u64) -> Verdict {
         // Drops from here on are also counted on the SA (looked up again only then: the hot
         // path holds no reference to it).
         let sa_drop = |sad: &Sad, r: DropReason| {
@@ -893,7 +921,7 @@ impl<P: Port> Worker<P> {
         }
         // RFC 6040 decapsulation: CE on the outer marks an ECN-capable inner packet; a
         // Not-ECT inner packet with CE outside must be dropped.
-        let new_ecn = match (outer.ecn, inner.ecn) {
+        let new_ecn = match (outer_ecn, inner.ecn) {
             (3, 0) => return sa_drop(&self.sad, DropReason::InnerMalformed),
             (3, _) => 3,
             (1, 2) => 1,
@@ -1060,6 +1088,22 @@ struct IpInfo {
     dscp: u8,
     ecn: u8,
     fragment: bool,
+}
+
+/// The outer source and destination of an Ethernet + IP frame (for reports).
+fn outer_addrs(frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    let ip = frame.get(ethernet::HEADER_LEN..)?;
+    match ip.first()? >> 4 {
+        4 => {
+            let p = ipv4::Packet::new_checked(ip).ok()?;
+            Some((p.src_addr().into(), p.dst_addr().into()))
+        }
+        6 => {
+            let p = ipv6::Packet::new_checked(ip).ok()?;
+            Some((p.src_addr().into(), p.dst_addr().into()))
+        }
+        _ => None,
+    }
 }
 
 /// Parses Ethernet + IP (+ the first transport bytes for the flow key).
