@@ -21,7 +21,7 @@ use pipeline::port::Port;
 use pipeline::sad::Sad;
 use pipeline::spd::Spd;
 use pipeline::stats::{DropReason, Snapshot, Traffic};
-use pipeline::worker::{Link, Worker, WorkerHandle};
+use pipeline::worker::{Idle, Link, Worker, WorkerHandle};
 
 #[derive(clap::Args)]
 pub struct DataplaneArgs {
@@ -44,11 +44,15 @@ pub struct DataplaneArgs {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     duration: Option<f64>,
-    /// Sleep this many microseconds when a worker finds nothing to do for a while (0: pure
-    /// poll mode, the production setting; tests that share two cores with their hosts use a
-    /// little sleep).
+    /// Sleep this many microseconds when a worker finds nothing to do for a while (0: yield
+    /// the core instead, to whatever else is runnable on it; tests that share two cores with
+    /// their hosts use a little sleep).
     #[arg(long, default_value_t = 0)]
     idle_sleep_us: u64,
+    /// Pure poll mode: a worker never gives up its core, not even when idle. The production
+    /// setting for workers pinned to isolated cores (`dataplane.cores`).
+    #[arg(long, conflicts_with = "idle_sleep_us")]
+    busy_poll: bool,
 }
 
 impl DataplaneArgs {
@@ -72,9 +76,12 @@ impl DataplaneArgs {
             self.config.display().to_string(),
             "--status-secs".into(),
             self.status_secs.to_string(),
-            "--idle-sleep-us".into(),
-            self.idle_sleep_us.to_string(),
         ];
+        if self.busy_poll {
+            v.push("--busy-poll".into());
+        } else {
+            v.extend(["--idle-sleep-us".into(), self.idle_sleep_us.to_string()]);
+        }
         if let Some(f) = &self.stats_file {
             v.extend(["--stats-file".into(), f.display().to_string()]);
         }
@@ -329,7 +336,11 @@ fn serve<P: Port + 'static>(
         ctrlc::set_handler(move || shutdown.store(true, Ordering::Relaxed))
             .context("installing the SIGINT/SIGTERM handler")?;
     }
-    let idle = Duration::from_micros(args.idle_sleep_us);
+    let idle = match (args.busy_poll, args.idle_sleep_us) {
+        (true, _) => Idle::Spin,
+        (false, 0) => Idle::Yield,
+        (false, us) => Idle::Sleep(Duration::from_micros(us)),
+    };
     let mut running = Vec::new();
     let mut handles = Vec::new();
     // IKE: worker 0 punts what arrives on UDP 500/4500 and sends what the control loop queues.
@@ -383,7 +394,7 @@ fn serve<P: Port + 'static>(
         let thread = std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
-                worker.run_idle(core, &stop_w, idle);
+                worker.run_with(core, &stop_w, idle);
             })
             .context("starting a worker thread")?;
         if args.shm.is_none() {

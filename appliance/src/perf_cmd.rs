@@ -34,6 +34,19 @@ struct ReportArgs {
 
 #[derive(clap::Subcommand)]
 enum PerfWhat {
+    /// Latency through one busy-polling worker (encrypt, one SA) at an offered rate: a paced
+    /// feeder and a sink on another core; prints the histogram's percentiles and any loss.
+    Latency {
+        /// Frame size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Offered packets per second.
+        #[arg(long, default_value_t = 100_000.0)]
+        rate: f64,
+        /// Seconds to offer traffic.
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+    },
     /// One point of the throughput matrix (worker time only), plus the bare AEAD cost of the
     /// same size: for a quick comparison or to profile one path.
     Point {
@@ -94,6 +107,22 @@ pub fn run(args: PerfArgs) -> Result<()> {
         return Ok(());
     };
     match what {
+        PerfWhat::Latency { size, rate, secs } => {
+            if !(64..=1420).contains(&size) || rate <= 0.0 || secs <= 0.0 {
+                bail!("--size must be 64..=1420, --rate and --secs above 0");
+            }
+            let backend = pipeline::crypto::best_backend();
+            let (acc, rec, h) = roamgate_perf::run::latency(size, rate, secs, backend);
+            let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+            println!(
+                "{size} B at {rate:.0} pps for {secs} s: {acc} accepted, {rec} received; latency p50 {:.2} us, p99 {:.2} us, p99.9 {:.2} us, max {:.2} us",
+                us(0.5),
+                us(0.99),
+                us(0.999),
+                h.max() as f64 / 1e3
+            );
+            Ok(())
+        }
         PerfWhat::Point {
             dir,
             size,

@@ -24,7 +24,7 @@ use pipeline::crypto::Backend;
 use pipeline::port::mem::cable;
 use pipeline::sad::Sad;
 use pipeline::spd::{Action, Spd};
-use pipeline::worker::{Datagram, Worker};
+use pipeline::worker::{Datagram, Idle, Worker};
 
 const PSK: &str = "perf-handshake-psk-not-secret";
 
@@ -151,7 +151,7 @@ pub fn run(
         std::thread::Builder::new()
             .name("gw-worker".into())
             .spawn(move || {
-                let w = gw_worker.run_idle(None, &stop, Duration::from_micros(20));
+                let w = gw_worker.run_with(None, &stop, Idle::Sleep(Duration::from_micros(20)));
                 let cpu = thread_cpu();
                 (w.sad().inbound_len(), cpu)
             })
@@ -194,7 +194,7 @@ pub fn run(
         std::thread::Builder::new()
             .name("clients-worker".into())
             .spawn(move || {
-                let _w = cl_worker.run_idle(None, &stop, Duration::from_micros(20));
+                let _w = cl_worker.run_with(None, &stop, Idle::Sleep(Duration::from_micros(20)));
                 thread_cpu()
             })
             .map_err(|e| e.to_string())?

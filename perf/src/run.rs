@@ -27,7 +27,7 @@ use pipeline::port::{Frame, Port};
 use pipeline::sad::Sad;
 use pipeline::spd::Spd;
 use pipeline::stats::Lifetime;
-use pipeline::worker::{Link, Worker, BURST};
+use pipeline::worker::{Idle, Link, Worker, BURST};
 
 /// Frame sizes (Ethernet frame without FCS, as RFC 2544 counts them less 4) and IMIX (0).
 pub const SIZES: [usize; 7] = [64, 128, 256, 512, 1024, 1420, 0];
@@ -569,7 +569,9 @@ pub fn latency(
             if let Some(c) = wcore {
                 core_affinity::set_for_current(c);
             }
-            worker.run(None, stop);
+            // Pure poll mode: a yielding worker lets other threads have its core for up to a
+            // scheduler tick, which is what the sink then measures.
+            worker.run_with(None, stop, Idle::Spin);
         });
         if let Some(c) = cores.get(1) {
             core_affinity::set_for_current(*c);
@@ -621,6 +623,55 @@ pub fn latency(
     let offered_lost = n as u64 - accepted;
     let _ = offered_lost;
     (accepted, received, hist)
+}
+
+/// The machine's own floor for [`latency`]: the same paced feeder and sink threads on the
+/// same cores, but a bare echo thread between two rings instead of a worker. Returns the
+/// round-trip histogram (ns) and the longest stretch the feeder itself did not run (ns): on
+/// a VM that is the hypervisor's, and any packet in flight then waits with it.
+pub fn ring_floor(rate_pps: f64, secs: f64) -> (hdrhistogram::Histogram<u64>, u64) {
+    let (mut to_echo, mut echo_rx) = rtrb::RingBuffer::<u64>::new(4096);
+    let (mut echo_tx, mut back) = rtrb::RingBuffer::<u64>::new(4096);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut hist =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
+    let n = (rate_pps * secs) as u64;
+    let mut longest_gap = 0u64;
+    std::thread::scope(|s| {
+        let stop = &stop;
+        let ecore = cores.first().copied();
+        s.spawn(move || {
+            if let Some(c) = ecore {
+                core_affinity::set_for_current(c);
+            }
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(v) = echo_rx.pop() {
+                    while echo_tx.push(v).is_err() {}
+                }
+            }
+        });
+        if let Some(c) = cores.get(1) {
+            core_affinity::set_for_current(*c);
+        }
+        let t0 = Instant::now();
+        let (mut sent, mut got, mut last) = (0u64, 0u64, 0u64);
+        while got < n && t0.elapsed().as_secs_f64() < secs + 1.0 {
+            let now = t0.elapsed().as_nanos() as u64;
+            longest_gap = longest_gap.max(now - last);
+            last = now;
+            let due = (((now as f64) / 1e9) * rate_pps) as u64;
+            while sent < due.min(n) && to_echo.push(t0.elapsed().as_nanos() as u64).is_ok() {
+                sent += 1;
+            }
+            while let Ok(v) = back.pop() {
+                let _ = hist.record((t0.elapsed().as_nanos() as u64).saturating_sub(v).max(1));
+                got += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    (hist, longest_gap)
 }
 
 /// The highest offered rate (pps) at which nothing is lost (RFC 2544 / CSIT NDR), by binary

@@ -134,6 +134,19 @@ enum Side {
     Wan,
 }
 
+/// What a worker does after a long run of polls that found nothing to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// Keep polling: pure poll mode, for a core of its own (isolated). A packet never waits
+    /// for the scheduler.
+    Spin,
+    /// `sched_yield`: another runnable thread on this core may run, for up to a scheduler
+    /// tick (4 ms at HZ=250) before the worker polls again. Suits cores shared with other work.
+    Yield,
+    /// Sleep this long (labs and tests that share their cores with the hosts they simulate).
+    Sleep(std::time::Duration),
+}
+
 /// Where a processed frame goes.
 enum Verdict {
     ToLan,
@@ -192,20 +205,14 @@ impl<P: Port> Worker<P> {
         &self.sad
     }
 
-    /// Runs until `stop` is set, pinned to `core` if given.
+    /// Runs until `stop` is set, pinned to `core` if given, yielding the core when idle.
     pub fn run(self, core: Option<usize>, stop: &AtomicBool) -> Self {
-        self.run_idle(core, stop, std::time::Duration::ZERO)
+        self.run_with(core, stop, Idle::Yield)
     }
 
-    /// [`run`](Self::run), sleeping `idle_sleep` whenever a long run of polls found nothing to
-    /// do (zero: only yield). Pure poll mode is the production setting; a little sleep suits
-    /// tests and labs that share their cores with the hosts they simulate.
-    pub fn run_idle(
-        mut self,
-        core: Option<usize>,
-        stop: &AtomicBool,
-        idle_sleep: std::time::Duration,
-    ) -> Self {
+    /// [`run`](Self::run) with an explicit policy for a long run of polls that found nothing
+    /// to do.
+    pub fn run_with(mut self, core: Option<usize>, stop: &AtomicBool, idle_policy: Idle) -> Self {
         if let Some(c) = core {
             core_affinity::set_for_current(core_affinity::CoreId { id: c });
         }
@@ -218,10 +225,10 @@ impl<P: Port> Worker<P> {
                 // Poll mode, but be polite when there is nothing to do for a while: a lab or
                 // test shares its cores with the traffic generator.
                 if idle > 1024 {
-                    if idle_sleep.is_zero() {
-                        std::thread::yield_now();
-                    } else {
-                        std::thread::sleep(idle_sleep);
+                    match idle_policy {
+                        Idle::Spin => {}
+                        Idle::Yield => std::thread::yield_now(),
+                        Idle::Sleep(d) => std::thread::sleep(d),
                     }
                 }
                 core::hint::spin_loop();
