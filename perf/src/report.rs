@@ -310,7 +310,7 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     let workers_max = m.cores.clamp(1, 2);
     // Steps: per size and direction a run and an AEAD; per SA count 2 sizes x 2 directions;
     // 4 scaling; per latency size an NDR and two loads; 4 secgw; 3 control plane.
-    let total = sizes.len() * 2 * 2 + sa_counts.len() * 4 + 4 + 2 * 3 + 4 + 3;
+    let total = sizes.len() * 2 * 2 + sa_counts.len() * 4 + 4 + 1 + 2 * 3 + 4 + 3;
     let mut pr = Progress {
         done: 0,
         total,
@@ -380,6 +380,11 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             scaling.push((format!("{what}, {}", size_name(s)), one, two, spread));
         }
     }
+    // The cost model's terms, measured on this machine.
+    pr.step("cost model terms");
+    let poll_ns = run::idle_poll_ns();
+    let (sa_out_bytes, sa_in_bytes) = run::sa_footprint(b);
+    let copy_gbs = run::copy_bandwidth_gbs();
     // 4. Latency at 50% and 90% of the NDR, encrypt, 1 SA.
     let mut lat = Vec::new();
     let mut floor = Vec::new();
@@ -541,19 +546,81 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             two.pps / one.pps.max(1e-9)
         );
     }
+    // The cost model: per-core terms, checked against the measured 2-worker points, then
+    // projected.
+    let burst = pipeline::worker::BURST as f64;
+    // Bytes a packet moves: the frame in, the frame out (ESP adds outer IPv4 20, ESP header 8,
+    // IV 8, trailer 2 + padding to 4, ICV 16).
+    let moved = |size: usize| -> f64 {
+        let inner = size - 14;
+        (size + 14 + 20 + 8 + 8 + (inner + 2).next_multiple_of(4) + 16) as f64
+    };
+    let one_tunnel = |s: usize| {
+        scaling
+            .iter()
+            .find(|(w, ..)| w.starts_with("one tunnel") && w.ends_with(&size_name(s)))
+            .map(|(_, one, two, _)| (one.pps, two.pps))
+    };
+    let _ = writeln!(r, "\n### Cost model\n");
     let _ = writeln!(
         r,
-        "\nCost model: a worker shares nothing on its fast path. Its SAs (outbound sequence \
-         numbers, replay windows, counters) are its own, a tunnel gets one SA per core (RFC 9611 \
-         style), and the rings to the control plane are touched only between bursts. So the \
-         per-packet cost c(size) of one core is what each further core adds, and N workers \
-         deliver N/c(size) as long as the NIC spreads flows over N queues and memory bandwidth \
-         holds (at 1420 B one core moves ~{:.1} Gbit/s; DRAM moves far more). What does not \
-         scale: one SA's traffic is one core's (an SA's sequence number is the GCM nonce).\n",
-        single
-            .iter()
-            .find(|(p, _)| p.size == 1420 && p.dir == Dir::Encrypt)
-            .map_or(0.0, |(p, _)| p.bps / 1e9)
+        "One worker spends c(size) = 1 / r1(size) per packet, r1 being its rate alone (the \
+         1-worker column above). A further worker on its own core adds its own r1 unless one of \
+         these terms couples them:\n\n\
+         | term | per packet, per worker | with N workers |\n|---|---|---|\n\
+         | cache lines written by two cores on the fast path | none: counters are per core; an SA, its sequence number, replay window and counters belong to one worker; one tunnel gets one SA per core (RFC 9611 style) | stays 0 |\n\
+         | rings to the control plane and ports | an empty poll costs {poll_ns:.1} ns here, at most {:.2} ns per packet at full bursts of {burst:.0}; every worker has its own rings | stays per worker |\n\
+         | SA state | outbound {sa_out_bytes} B, inbound {sa_in_bytes} B per SA (record, counters, key schedule); 1000 SAs per worker: {:.1} MB | L2 is per core; N x that must fit the shared L3 or each worker's misses grow (the SA-count table shows the cost of misses) |\n\
+         | memory traffic | a frame in and its ESP out: {:.0} B at 64 B, {:.0} B at 1420 B | N x r1 x bytes against the socket's memory bandwidth; one core here copies {copy_gbs:.1} GB/s |\n",
+        poll_ns / burst,
+        1000.0 * sa_out_bytes as f64 / 1e6,
+        moved(64),
+        moved(1420)
+    );
+    let _ = writeln!(
+        r,
+        "Check against this run: the model predicts N x r1; measured at N = {workers_max}:\n\n\
+         | traffic | predicted Mpps | measured Mpps | measured / predicted |\n|---|---|---|---|"
+    );
+    for (what, one, two, _) in &scaling {
+        let predicted = one.pps * workers_max as f64;
+        let _ = writeln!(
+            r,
+            "| {what} | {:.2} | {:.2} | {:.2} |",
+            predicted / 1e6,
+            two.pps / 1e6,
+            two.pps / predicted.max(1e-9)
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\nProjection for one tunnel with per-core SAs (N x r1; the memory traffic it implies is \
+         what the socket must sustain, DDIO aside):\n\n\
+         | workers | 64 B Mpps | 64 B GB/s moved | 1420 B Mpps | 1420 B Gbit/s inner | 1420 B GB/s moved |\n|---|---|---|---|---|---|"
+    );
+    if let (Some((r64, _)), Some((r1420, _))) = (one_tunnel(64), one_tunnel(1420)) {
+        for n in [1usize, 2, 4, 8, 16, 32] {
+            let nf = n as f64;
+            let _ = writeln!(
+                r,
+                "| {n}{} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} |",
+                if n <= workers_max {
+                    " (measured above)"
+                } else {
+                    ""
+                },
+                nf * r64 / 1e6,
+                nf * r64 * moved(64) / 1e9,
+                nf * r1420 / 1e6,
+                nf * r1420 * (1420.0 - 14.0) * 8.0 / 1e9,
+                nf * r1420 * moved(1420) / 1e9
+            );
+        }
+    }
+    let _ = writeln!(
+        r,
+        "\nWhat does not scale: one SA's traffic is one core's (its sequence number is the GCM \
+         nonce), so a single SA is capped at r1; a tunnel scales by negotiating one SA per core.\n"
     );
     let _ = writeln!(r, "## Latency (encrypt, one SA, one worker busy-polling)\n");
     let _ = writeln!(r, "| size | NDR Mpps | load | offered accepted | p50 us | p99 us | p99.9 us | max us |\n|---|---|---|---|---|---|---|---|");

@@ -551,6 +551,23 @@ pub fn latency(
     secs: f64,
     backend: Backend,
 ) -> (u64, u64, hdrhistogram::Histogram<u64>) {
+    in_own_thread(|| latency_here(size, rate_pps, secs, backend))
+}
+
+/// Runs `f` on a thread of its own and returns its result. The feeders pin the thread they
+/// run on; done on the caller's thread, that pin outlived the call, and the next
+/// `get_core_ids` (which lists the calling thread's allowed cores) then put every later
+/// worker and feeder on that one core.
+fn in_own_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("measurement thread"))
+}
+
+fn latency_here(
+    size: usize,
+    rate_pps: f64,
+    secs: f64,
+    backend: Backend,
+) -> (u64, u64, hdrhistogram::Histogram<u64>) {
     let mut rig = Rig::new(0, 1, Direction::Outbound, backend);
     let mut lan = std::mem::replace(&mut rig.lan, cable("x", "y", 1).0);
     let mut wan = std::mem::replace(&mut rig.wan, cable("x", "y", 1).0);
@@ -625,11 +642,81 @@ pub fn latency(
     (accepted, received, hist)
 }
 
+/// The cost model's fixed term: one `Worker::poll` that finds nothing to do (command ring,
+/// transmit ring, both ports' rx rings, NAT expiry), ns, on the first worker's core.
+pub fn idle_poll_ns() -> f64 {
+    let core = core_affinity::get_core_ids().and_then(|c| c.first().copied());
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            if let Some(c) = core {
+                core_affinity::set_for_current(c);
+            }
+            let mut rig = Rig::empty(0, 16);
+            let polls = 1_000_000u32;
+            for _ in 0..polls / 10 {
+                rig.worker.poll(0);
+            }
+            let t = Instant::now();
+            for _ in 0..polls {
+                rig.worker.poll(0);
+            }
+            t.elapsed().as_nanos() as f64 / f64::from(polls)
+        })
+        .join()
+        .expect("poll thread")
+    })
+}
+
+/// Memory one SA direction occupies on its worker, bytes: the runtime record, its counters
+/// (with the lifetimes) and the key state (`Aead::state_bytes`).
+pub fn sa_footprint(backend: Backend) -> (usize, usize) {
+    let p = sa_params(0);
+    let out = build_outbound(backend, &p).expect("SA builds");
+    let inb = pipeline::esp::sa::build_inbound(backend, &p).expect("SA builds");
+    let counters = core::mem::size_of::<pipeline::stats::SaCounters>();
+    (
+        core::mem::size_of::<OutboundSa>() + counters + out.cipher.state_bytes(),
+        core::mem::size_of::<pipeline::esp::sa::InboundSa>() + counters + inb.cipher.state_bytes(),
+    )
+}
+
+/// One core's memory copy bandwidth, GB/s: 64 MiB copied eight times on the first worker's
+/// core (far beyond any cache here). The yardstick for the memory traffic the cost model
+/// projects.
+pub fn copy_bandwidth_gbs() -> f64 {
+    let core = core_affinity::get_core_ids().and_then(|c| c.first().copied());
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            if let Some(c) = core {
+                core_affinity::set_for_current(c);
+            }
+            let n = 64 << 20;
+            let src = vec![1u8; n];
+            let mut dst = vec![0u8; n];
+            dst.copy_from_slice(&src);
+            let t = Instant::now();
+            for _ in 0..8 {
+                dst.copy_from_slice(std::hint::black_box(&src));
+            }
+            // Each copy reads and writes n bytes.
+            let moved = 8.0 * 2.0 * n as f64;
+            std::hint::black_box(&dst);
+            moved / t.elapsed().as_secs_f64() / 1e9
+        })
+        .join()
+        .expect("copy thread")
+    })
+}
+
 /// The machine's own floor for [`latency`]: the same paced feeder and sink threads on the
 /// same cores, but a bare echo thread between two rings instead of a worker. Returns the
 /// round-trip histogram (ns) and the longest stretch the feeder itself did not run (ns): on
 /// a VM that is the hypervisor's, and any packet in flight then waits with it.
 pub fn ring_floor(rate_pps: f64, secs: f64) -> (hdrhistogram::Histogram<u64>, u64) {
+    in_own_thread(|| ring_floor_here(rate_pps, secs))
+}
+
+fn ring_floor_here(rate_pps: f64, secs: f64) -> (hdrhistogram::Histogram<u64>, u64) {
     let (mut to_echo, mut echo_rx) = rtrb::RingBuffer::<u64>::new(4096);
     let (mut echo_tx, mut back) = rtrb::RingBuffer::<u64>::new(4096);
     let stop = std::sync::atomic::AtomicBool::new(false);

@@ -226,6 +226,10 @@ impl Aead for IpsecMbGcm {
         self.alg
     }
 
+    fn state_bytes(&self) -> usize {
+        core::mem::size_of::<Self>() + core::mem::size_of::<gcm_key_data>()
+    }
+
     #[inline]
     fn seal_in_place(
         &self,

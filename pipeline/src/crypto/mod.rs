@@ -124,6 +124,10 @@ pub trait Aead: Send + Sync {
     fn backend(&self) -> Backend;
     /// The algorithm of this key.
     fn alg(&self) -> AeadAlg;
+
+    /// Bytes of key state this instance holds, its heap allocations included (the perf lab's
+    /// per-SA memory footprint).
+    fn state_bytes(&self) -> usize;
     /// Encrypts `buf` in place and writes the tag.
     fn seal_in_place(
         &self,

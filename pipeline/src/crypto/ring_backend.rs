@@ -47,6 +47,10 @@ impl Aead for RingGcm {
         self.alg
     }
 
+    fn state_bytes(&self) -> usize {
+        core::mem::size_of::<Self>()
+    }
+
     fn seal_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
