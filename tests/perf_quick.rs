@@ -59,6 +59,30 @@ fn perf_quick_writes_a_complete_report() {
         }
     }
     assert!(report.contains("| 1000 | encrypt | 64 B |"), "{report}");
+    for part in [
+        "### Cost model",
+        "measured / predicted",
+        "The machine's floor",
+        "### On the same DPDK vdevs",
+    ] {
+        assert!(report.contains(part), "{part} missing:\n{report}");
+    }
+    // With the DPDK port built in, roamgate's worker runs on the same vdevs as ipsec-secgw.
+    let dpdk = report
+        .split("### On the same DPDK vdevs")
+        .nth(1)
+        .and_then(|t| t.lines().find(|l| l.starts_with("| encrypt | 64 B |")))
+        .unwrap_or_else(|| panic!("DPDK 64 B row:\n{report}"));
+    if cfg!(feature = "dpdk") {
+        let mpps: f64 = dpdk
+            .split('|')
+            .nth(4)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        assert!(mpps > 0.0 && mpps.is_finite(), "{dpdk}");
+    }
     assert!(report.contains("SA/s"), "{report}");
     assert!(
         report.contains("CHILD_SA rekeys in a row") && report.contains("rekeys: 0 lost: met"),

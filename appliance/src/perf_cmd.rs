@@ -34,6 +34,16 @@ struct ReportArgs {
 
 #[derive(clap::Subcommand)]
 enum PerfWhat {
+    /// Encrypt rate of one worker on DPDK vdevs set up as the ipsec-secgw baseline
+    /// (net_pcap with infinite_rx into net_null; needs a build with the `dpdk` feature).
+    Dpdk {
+        /// Frame sizes, comma-separated.
+        #[arg(long, default_value = "64,1420")]
+        sizes: String,
+        /// Seconds measured per size (after a half-second warm-up).
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+    },
     /// Latency through one busy-polling worker (encrypt, one SA) at an offered rate: a paced
     /// feeder and a sink on another core; prints the histogram's percentiles and any loss.
     Latency {
@@ -107,6 +117,30 @@ pub fn run(args: PerfArgs) -> Result<()> {
         return Ok(());
     };
     match what {
+        PerfWhat::Dpdk { sizes, secs } => {
+            let sizes: Vec<usize> = sizes
+                .split(',')
+                .map(|x| x.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
+            if sizes.iter().any(|s| !(64..=1420).contains(s)) || secs <= 0.0 {
+                bail!("--sizes must be within 64..=1420, --secs above 0");
+            }
+            let dir =
+                std::env::temp_dir().join(format!("roamgate-perf-dpdk-{}", std::process::id()));
+            let r = roamgate_perf::dpdk_ports::encrypt_rates(
+                &sizes,
+                Duration::from_millis(500),
+                Duration::from_secs_f64(secs),
+                pipeline::crypto::best_backend(),
+                &dir,
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+            for (s, pps) in r.map_err(anyhow::Error::msg)? {
+                println!("encrypt {s} B on DPDK vdevs: {:.3} Mpps", pps / 1e6);
+            }
+            Ok(())
+        }
         PerfWhat::Latency { size, rate, secs } => {
             if !(64..=1420).contains(&size) || rate <= 0.0 || secs <= 0.0 {
                 bail!("--size must be 64..=1420, --rate and --secs above 0");

@@ -2,6 +2,7 @@
 //! `roamgate perf`). Everything here drives the real worker code; nothing is simulated but the
 //! wire.
 
+pub mod dpdk_ports;
 pub mod handshakes;
 pub mod rekeys;
 pub mod report;

@@ -310,7 +310,7 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     let workers_max = m.cores.clamp(1, 2);
     // Steps: per size and direction a run and an AEAD; per SA count 2 sizes x 2 directions;
     // 4 scaling; per latency size an NDR and two loads; 4 secgw; 3 control plane.
-    let total = sizes.len() * 2 * 2 + sa_counts.len() * 4 + 4 + 1 + 2 * 3 + 4 + 3;
+    let total = sizes.len() * 2 * 2 + sa_counts.len() * 4 + 4 + 1 + 2 * 3 + 4 + 1 + 3;
     let mut pr = Progress {
         done: 0,
         total,
@@ -435,6 +435,16 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             secgw_rows.push((dir, s, r));
         }
     }
+    // roamgate's worker on the same DPDK vdevs (encrypt only: a looping capture of ESP would
+    // be dropped by the anti-replay check).
+    pr.step("roamgate on DPDK vdevs");
+    let on_dpdk = crate::dpdk_ports::encrypt_rates(
+        &[64, 1420],
+        Duration::from_millis(if q { 200 } else { 500 }),
+        Duration::from_secs(if q { 1 } else { 2 }),
+        b,
+        &work.join("dpdk"),
+    );
     let _ = std::fs::remove_dir_all(&work);
     // 6. Control plane: SA installs into a running worker, handshakes per control core.
     pr.step("SA installs into a running worker");
@@ -696,6 +706,48 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
                     size_name(*s),
                     ours / 1e6
                 );
+            }
+        }
+    }
+    let _ = writeln!(
+        r,
+        "\n### On the same DPDK vdevs\n\nroamgate's worker on DPDK ports set up as ipsec-secgw's \
+         are (`net_pcap` with infinite_rx into `net_null`, one core busy-polling, the rate over \
+         wall time from the worker's counters), so the PMDs' own costs are in both figures:\n\n\
+         | direction | size | ipsec-secgw Mpps | roamgate on DPDK Mpps | roamgate / secgw |\n|---|---|---|---|---|"
+    );
+    match &on_dpdk {
+        Ok(rows) => {
+            for (s, pps) in rows {
+                match secgw_rows
+                    .iter()
+                    .find(|(d, sz, _)| *d == Dir::Encrypt && sz == s)
+                    .map(|(_, _, r)| r)
+                {
+                    Some(Ok(theirs)) => {
+                        let _ = writeln!(
+                            r,
+                            "| encrypt | {} | {:.2} | {:.2} | {:.2}x |",
+                            size_name(*s),
+                            theirs / 1e6,
+                            pps / 1e6,
+                            pps / theirs.max(1e-9)
+                        );
+                    }
+                    _ => {
+                        let _ = writeln!(
+                            r,
+                            "| encrypt | {} | - | {:.2} | - |",
+                            size_name(*s),
+                            pps / 1e6
+                        );
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            for s in [64, 1420] {
+                let _ = writeln!(r, "| encrypt | {} | - | ({e}) | - |", size_name(s));
             }
         }
     }

@@ -70,7 +70,7 @@ pub struct Point {
     pub missing: u64,
 }
 
-fn lan_link() -> Link {
+pub(crate) fn lan_link() -> Link {
     Link {
         mac: [2, 0, 0, 0, 0x0a, 1],
         neighbor: [2, 0, 0, 0, 0x0a, 0xfe],
@@ -80,7 +80,7 @@ fn lan_link() -> Link {
     }
 }
 
-fn wan_link() -> Link {
+pub(crate) fn wan_link() -> Link {
     Link {
         mac: [2, 0, 0, 0, 0xaa, 1],
         neighbor: [2, 0, 0, 0, 0xbb, 1],
@@ -114,7 +114,7 @@ pub fn sa_params(i: usize) -> SaParams {
 }
 
 /// The host SA `i` protects (10.128.0.0/9 holds 8 M).
-fn host(i: usize) -> Ipv4Addr {
+pub(crate) fn host(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i as u32)
 }
 

@@ -95,6 +95,18 @@ unsigned rg_lcore_id(void)
 	return rte_lcore_id();
 }
 
+int rg_thread_register(void)
+{
+	if (rte_lcore_id() != LCORE_ID_ANY)
+		return 1;
+	return rte_thread_register();
+}
+
+void rg_thread_unregister(void)
+{
+	rte_thread_unregister();
+}
+
 int rg_port_setup(uint16_t port, uint16_t nb_queues, uint16_t nb_desc, struct rte_mempool *pool)
 {
 	struct rte_eth_dev_info info;

@@ -34,6 +34,12 @@ void rg_mbuf_layout(uint32_t out[7]);
 
 int rg_errno(void);
 unsigned rg_lcore_id(void);
+/* Gives the calling thread an lcore id (rte_thread_register) unless it has one: mempool
+ * caches are per lcore, and a thread without one takes every mbuf from the pool's ring. 0: now
+ * registered; 1: it already had an lcore id (an EAL thread); -1: failed (rte_errno). */
+int rg_thread_register(void);
+/* Releases the calling thread's lcore id. */
+void rg_thread_unregister(void);
 
 /* Configures port `port` with `nb_queues` rx and tx queues of `nb_desc` descriptors each,
  * all rx queues fed from `pool`, RSS over IP addresses when there is more than one queue,

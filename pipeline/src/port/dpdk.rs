@@ -475,6 +475,48 @@ impl Frame for DpdkFrame {
 }
 
 /// One rx/tx queue pair of a device, owned by one worker.
+/// The polling thread's lcore id. DPDK keeps mempool caches per lcore; a thread that is not
+/// an EAL lcore (a roamgate worker is a plain Rust thread) gets every mbuf from the pool's
+/// shared ring and hands every freed one back to it, cycling through the whole pool, so each
+/// new mbuf is cold in the cache (at 1420 B the driver's copy into it then misses on every
+/// line). The first poll on a thread registers it (`rte_thread_register`); the thread
+/// releases the id when it ends.
+mod lcore {
+    use std::cell::Cell;
+
+    use super::sys;
+
+    struct Registered;
+
+    impl Drop for Registered {
+        fn drop(&mut self) {
+            // SAFETY: runs on the thread that registered, as it exits (thread-local drop).
+            unsafe { sys::rg_thread_unregister() };
+        }
+    }
+
+    thread_local! {
+        static TRIED: Cell<bool> = const { Cell::new(false) };
+        static HELD: std::cell::RefCell<Option<Registered>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Registers the calling thread once (a failure, e.g. no free lcore id, leaves it
+    /// working without a cache, as before).
+    #[inline]
+    pub(super) fn ensure() {
+        if TRIED.with(Cell::get) {
+            return;
+        }
+        TRIED.with(|t| t.set(true));
+        // SAFETY: the EAL is up (a port exists only after Eal::init); the shim registers the
+        // calling thread unless it already has an lcore id (then it returns 1 and the EAL's
+        // own thread keeps its id).
+        if unsafe { sys::rg_thread_register() } == 0 {
+            HELD.with(|h| *h.borrow_mut() = Some(Registered));
+        }
+    }
+}
+
 pub struct DpdkPort {
     name: String,
     port: u16,
@@ -493,6 +535,7 @@ impl Port for DpdkPort {
     type Frame = DpdkFrame;
 
     fn rx_burst(&mut self, out: &mut Vec<DpdkFrame>, max: usize) -> usize {
+        lcore::ensure();
         let max = max.min(self.rx.capacity()).min(u16::MAX as usize);
         self.rx.clear();
         // SAFETY: `rx` has capacity for `max` pointers and the driver writes at most `max`;
