@@ -786,7 +786,8 @@ mod tests {
     fn every_packet_goes_through_in_each_direction_and_with_many_sas() {
         let b = pipeline::crypto::best_backend();
         for dir in [Dir::Encrypt, Dir::Decrypt] {
-            for (size, sas) in [(64, 1), (1420, 1000), (0, 10)] {
+            // 5000 SAs: above the count at which a worker reads a burst's SA state ahead.
+            for (size, sas) in [(64, 1), (1420, 1000), (0, 10), (64, 5000)] {
                 let p = throughput(dir, size, sas, 1, b, 3000);
                 assert_eq!(
                     (p.packets, p.missing),

@@ -128,6 +128,13 @@ pub trait Aead: Send + Sync {
     /// Bytes of key state this instance holds, its heap allocations included (the perf lab's
     /// per-SA memory footprint).
     fn state_bytes(&self) -> usize;
+
+    /// Reads the key state a seal or open reads first (one byte per cache line), so that a
+    /// burst's SA lookups can bring it into the cache ahead of the packets that need it. The
+    /// value means nothing. Default: nothing to warm.
+    fn warm(&self) -> u8 {
+        0
+    }
     /// Encrypts `buf` in place and writes the tag.
     fn seal_in_place(
         &self,
