@@ -538,6 +538,8 @@ impl<P: Port> Worker<P> {
     /// pass reads, for every frame of the burst, the SA state its lookup will reach, with no
     /// dependence between frames, so the misses of a burst overlap; processing then finds
     /// them cached. Plain loads: the fast path has no `unsafe` for a prefetch instruction.
+    /// Covered: inbound ESP over IPv4 (raw or UDP 4500) and outbound IPv4 to a bound host (a
+    /// road warrior's virtual IP), the many-SA cases; SPD-selected SAs are not read ahead.
     fn warm_burst(&self, rx: &[P::Frame], side: Side) {
         if self.sad.inbound_len() + self.sad.outbound_len() < WARM_SAS_ABOVE {
             return;
@@ -914,7 +916,6 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    /// Opens the ESP packet at `esp_at`; `outer` is the outer (source, destination, ECN).
     /// Opens the ESP at `esp_at` and forwards the inner packet; Err: the open itself failed
     /// (unknown SPI, authentication, replay, ...), for the caller to report.
     fn open(
@@ -937,7 +938,7 @@ impl<P: Port> Worker<P> {
                     .map_or(Spi(0), |b| Spi(u32::from_be_bytes(b)));
                 // Back to the outer header, for the caller's report (a failed open leaves the
                 // frame's data where it was).
-                f.prepend(esp_at);
+                let _ = f.prepend(esp_at);
                 return Err((r, spi));
             }
         };
@@ -1411,32 +1412,6 @@ fn forward<F: Frame>(f: &mut F, link: &Link, ipv6: bool, verdict: Verdict) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peek_spi_finds_raw_and_udp_encapsulated_esp_and_nothing_else() {
-        let mut raw = vec![0u8; 14 + 20 + 8];
-        raw[12..14].copy_from_slice(&[0x08, 0x00]);
-        raw[14] = 0x45;
-        raw[23] = 50;
-        raw[34..38].copy_from_slice(&0x0102_0304u32.to_be_bytes());
-        assert_eq!(peek_spi(&raw), Some(Spi(0x0102_0304)));
-        let mut udp = vec![0u8; 14 + 20 + 8 + 8];
-        udp[12..14].copy_from_slice(&[0x08, 0x00]);
-        udp[14] = 0x45;
-        udp[23] = 17;
-        udp[36..38].copy_from_slice(&4500u16.to_be_bytes());
-        udp[42..46].copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
-        assert_eq!(peek_spi(&udp), Some(Spi(0x0a0b_0c0d)));
-        udp[36..38].copy_from_slice(&500u16.to_be_bytes());
-        assert_eq!(peek_spi(&udp), None, "IKE on 500 is not ESP");
-        // Truncated before the SPI's last byte, or an IHL pointing past the end: None, never
-        // a panic.
-        for n in 0..14 + 20 + 4 {
-            assert_eq!(peek_spi(&raw[..n]), None, "{n} bytes");
-        }
-        raw[14] = 0x4f;
-        assert_eq!(peek_spi(&raw), None);
-    }
     use crate::agent::{self, WorkerLink};
     use crate::crypto::AeadAlg;
     use crate::esp::sa::{SaKeys, SaParams};
@@ -2361,5 +2336,31 @@ mod tests {
         r.w.poll(0);
         assert_eq!(r.drops(DropReason::IkeNoControl), 1);
         assert_eq!(r.drops(DropReason::NatKeepalive), 1);
+    }
+
+    #[test]
+    fn peek_spi_finds_raw_and_udp_encapsulated_esp_and_nothing_else() {
+        let mut raw = vec![0u8; 14 + 20 + 8];
+        raw[12..14].copy_from_slice(&[0x08, 0x00]);
+        raw[14] = 0x45;
+        raw[23] = 50;
+        raw[34..38].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+        assert_eq!(peek_spi(&raw), Some(Spi(0x0102_0304)));
+        let mut udp = vec![0u8; 14 + 20 + 8 + 8];
+        udp[12..14].copy_from_slice(&[0x08, 0x00]);
+        udp[14] = 0x45;
+        udp[23] = 17;
+        udp[36..38].copy_from_slice(&4500u16.to_be_bytes());
+        udp[42..46].copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
+        assert_eq!(peek_spi(&udp), Some(Spi(0x0a0b_0c0d)));
+        udp[36..38].copy_from_slice(&500u16.to_be_bytes());
+        assert_eq!(peek_spi(&udp), None, "IKE on 500 is not ESP");
+        // Truncated before the SPI's last byte, or an IHL pointing past the end: None, never
+        // a panic.
+        for n in 0..14 + 20 + 4 {
+            assert_eq!(peek_spi(&raw[..n]), None, "{n} bytes");
+        }
+        raw[14] = 0x4f;
+        assert_eq!(peek_spi(&raw), None);
     }
 }

@@ -474,7 +474,6 @@ impl Frame for DpdkFrame {
     }
 }
 
-/// One rx/tx queue pair of a device, owned by one worker.
 /// The polling thread's lcore id. DPDK keeps mempool caches per lcore; a thread that is not
 /// an EAL lcore (a roamgate worker is a plain Rust thread) gets every mbuf from the pool's
 /// shared ring and hands every freed one back to it, cycling through the whole pool, so each
@@ -517,6 +516,7 @@ mod lcore {
     }
 }
 
+/// One rx/tx queue pair of a device, owned by one worker.
 pub struct DpdkPort {
     name: String,
     port: u16,
