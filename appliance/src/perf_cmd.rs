@@ -133,8 +133,8 @@ pub fn run(args: PerfArgs) -> Result<()> {
                 .map(|x| x.trim().parse::<usize>())
                 .collect::<Result<_, _>>()
                 .map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
-            if sizes.iter().any(|s| !(64..=1420).contains(s)) || secs <= 0.0 {
-                bail!("--sizes must be within 64..=1420, --secs above 0");
+            if sizes.iter().any(|s| !(64..=1420).contains(s)) || !(secs > 0.0 && secs < 3600.0) {
+                bail!("--sizes must be within 64..=1420, --secs above 0 (and below an hour)");
             }
             let dir =
                 std::env::temp_dir().join(format!("roamgate-perf-dpdk-{}", std::process::id()));
