@@ -44,6 +44,16 @@ enum PerfWhat {
         #[arg(long, default_value_t = 2.0)]
         secs: f64,
     },
+    /// Encrypt rate of one worker on AF_XDP over veth pairs in a network namespace of its
+    /// own, fed by an AF_XDP generator on the second core (needs root).
+    Xdp {
+        /// Frame sizes, comma-separated.
+        #[arg(long, default_value = "64,1420")]
+        sizes: String,
+        /// Seconds measured per size (after a half-second warm-up).
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+    },
     /// Latency through one busy-polling worker (encrypt, one SA) at an offered rate: a paced
     /// feeder and a sink on another core; prints the histogram's percentiles and any loss.
     Latency {
@@ -123,8 +133,8 @@ pub fn run(args: PerfArgs) -> Result<()> {
                 .map(|x| x.trim().parse::<usize>())
                 .collect::<Result<_, _>>()
                 .map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
-            if sizes.iter().any(|s| !(64..=1420).contains(s)) || secs <= 0.0 {
-                bail!("--sizes must be within 64..=1420, --secs above 0");
+            if sizes.iter().any(|s| !(64..=1420).contains(s)) || !(secs > 0.0 && secs < 3600.0) {
+                bail!("--sizes must be within 64..=1420, --secs above 0 (and below an hour)");
             }
             let dir =
                 std::env::temp_dir().join(format!("roamgate-perf-dpdk-{}", std::process::id()));
@@ -138,6 +148,33 @@ pub fn run(args: PerfArgs) -> Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
             for (s, pps) in r.map_err(anyhow::Error::msg)? {
                 println!("encrypt {s} B on DPDK vdevs: {:.3} Mpps", pps / 1e6);
+            }
+            Ok(())
+        }
+        PerfWhat::Xdp { sizes, secs } => {
+            let sizes: Vec<usize> = sizes
+                .split(',')
+                .map(|x| x.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
+            if sizes.iter().any(|s| !(64..=1420).contains(s)) || !(secs > 0.0 && secs < 3600.0) {
+                bail!("--sizes must be within 64..=1420, --secs above 0 (and below an hour)");
+            }
+            let pts = roamgate_perf::xdp_ports::encrypt_rates(
+                &sizes,
+                Duration::from_millis(500),
+                Duration::from_secs_f64(secs),
+                pipeline::crypto::best_backend(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            for p in pts {
+                println!(
+                    "encrypt {} B on AF_XDP veth ({}): {:.3} Mpps, sink {:.3} Mpps",
+                    p.size,
+                    p.mode,
+                    p.pps / 1e6,
+                    p.sink_pps / 1e6
+                );
             }
             Ok(())
         }
