@@ -64,6 +64,7 @@ fn perf_quick_writes_a_complete_report() {
         "measured / predicted",
         "The machine's floor",
         "### On the same DPDK vdevs",
+        "### On AF_XDP over veth",
     ] {
         assert!(report.contains(part), "{part} missing:\n{report}");
     }
