@@ -24,6 +24,27 @@ pub fn encrypt_rates(
     backend: Backend,
     workdir: &Path,
 ) -> Result<Vec<(usize, f64)>, String> {
+    // `rte_eal_init` pins the thread that calls it to the main lcore, and every thread it
+    // spawns later inherits that: done on the caller's thread, the rest of the perf lab (and
+    // `get_core_ids`) would then see one core. So the EAL lives and dies on a thread of its
+    // own.
+    let core = core_affinity::get_core_ids().and_then(|c| c.first().copied());
+    std::thread::scope(|s| {
+        s.spawn(|| encrypt_rates_here(sizes, warmup, measure, backend, workdir, core))
+            .join()
+            .map_err(|_| "the DPDK measurement thread panicked".to_string())?
+    })
+}
+
+#[cfg(feature = "dpdk")]
+fn encrypt_rates_here(
+    sizes: &[usize],
+    warmup: Duration,
+    measure: Duration,
+    backend: Backend,
+    workdir: &Path,
+    core: Option<core_affinity::CoreId>,
+) -> Result<Vec<(usize, f64)>, String> {
     use std::net::Ipv4Addr;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
@@ -70,7 +91,6 @@ pub fn encrypt_rates(
     args.push(format!("--file-prefix=rg-perf-{}", std::process::id()));
     args.extend(vdevs);
     let eal = Eal::init(&args).map_err(|e| format!("EAL: {e}"))?;
-    let core = core_affinity::get_core_ids().and_then(|c| c.first().copied());
     let mut out = Vec::new();
     for (i, &s) in sizes.iter().enumerate() {
         let mut lan_dev = DpdkDevice::open(&eal, &format!("net_pcap{i}"), 1, 1024, 0)

@@ -1323,17 +1323,13 @@ fn push_eth<F: Frame>(f: &mut F, link: &Link, ipv6: bool) -> bool {
     if !f.prepend(ethernet::HEADER_LEN) {
         return false;
     }
-    let repr = ethernet::Repr {
-        src_addr: link.mac,
-        dst_addr: link.neighbor,
-        ethertype: if ipv6 {
-            EtherType::Ipv6
-        } else {
-            EtherType::Ipv4
-        },
+    // Destination, source, EtherType: three plain copies (every forwarded packet does this).
+    let Some(h) = f.data_mut().get_mut(..ethernet::HEADER_LEN) else {
+        return false;
     };
-    let mut eth = ethernet::Frame::new_unchecked(f.data_mut());
-    repr.emit(&mut eth);
+    h[0..6].copy_from_slice(&link.neighbor);
+    h[6..12].copy_from_slice(&link.mac);
+    h[12..14].copy_from_slice(if ipv6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
     true
 }
 

@@ -10,24 +10,33 @@ use super::IpProtocol;
 
 /// Folds a 32-bit accumulator into a 16-bit one's-complement sum (no final complement).
 #[inline]
-pub fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+pub fn fold(sum: u32) -> u16 {
+    // Two fixed steps: 2^32 - 1 folds to at most 0x1fffe, then to at most 0xffff.
+    let s = (sum & 0xffff) + (sum >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    s as u16
 }
 
+/// Folds a 64-bit accumulator in four fixed steps (no data-dependent loop): 2^64 - 1 folds to
+/// at most 2^33, then 2^17 + 2^16, then 0x10001, then 0xffff.
 #[inline]
-fn fold64(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+fn fold64(sum: u64) -> u16 {
+    let s = (sum & 0xffff_ffff) + (sum >> 32);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    s as u16
 }
 
 /// One's-complement sum of `data` as big-endian 16-bit words; an odd last byte is padded with a
 /// zero byte on the right.
+#[inline]
 pub fn data(data: &[u8]) -> u16 {
+    // An option-less IPv4 header, the per-packet case: five 32-bit words, no loop.
+    if let Ok(h) = <&[u8; 20]>::try_from(data) {
+        let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+        return fold64(w(0) + w(4) + w(8) + w(12) + w(16));
+    }
     // Summing 64-bit words with end-around carry is the same sum modulo 0xffff, since
     // 2^16 = 1 (mod 2^16 - 1) and 2^64 - 1 is a multiple of 2^16 - 1.
     let mut acc: u64 = 0;
@@ -151,6 +160,45 @@ pub fn equivalent(a: u16, b: u16) -> bool {
 )]
 pub(crate) mod tests {
     use super::*;
+
+    /// RFC 1071 word by word, the definition the fast paths must agree with.
+    fn reference(data: &[u8]) -> u16 {
+        let mut sum: u64 = 0;
+        for c in data.chunks(2) {
+            sum += u64::from(c[0]) << 8 | c.get(1).map_or(0, |&b| u64::from(b));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_definition() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for len in [0usize, 1, 2, 3, 19, 20, 21, 40, 61, 1500] {
+            for _ in 0..200 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                assert_eq!(data(&bytes), reference(&bytes), "{len} bytes: {bytes:02x?}");
+            }
+            let ones = vec![0xffu8; len];
+            assert_eq!(data(&ones), reference(&ones), "{len} bytes of 0xff");
+        }
+        for s in [0u32, 1, 0xffff, 0x1_0000, 0x1_fffe, u32::MAX, 0xdead_beef] {
+            let mut r = u64::from(s);
+            while r > 0xffff {
+                r = (r & 0xffff) + (r >> 16);
+            }
+            assert_eq!(u64::from(fold(s)), r, "{s:#x}");
+        }
+    }
 
     /// xorshift64*, for reproducible random packets in tests.
     pub(crate) struct Rng(pub u64);
