@@ -33,9 +33,17 @@ fn fold64(sum: u64) -> u16 {
 #[inline]
 pub fn data(data: &[u8]) -> u16 {
     // An option-less IPv4 header, the per-packet case: five 32-bit words, no loop.
-    if let Ok(h) = <&[u8; 20]>::try_from(data) {
-        let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-        return fold64(w(0) + w(4) + w(8) + w(12) + w(16));
+    if let Ok(&[a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, e0, e1, e2, e3]) =
+        <&[u8; 20]>::try_from(data)
+    {
+        let w = |b: [u8; 4]| u64::from(u32::from_be_bytes(b));
+        return fold64(
+            w([a0, a1, a2, a3])
+                + w([b0, b1, b2, b3])
+                + w([c0, c1, c2, c3])
+                + w([d0, d1, d2, d3])
+                + w([e0, e1, e2, e3]),
+        );
     }
     // Summing 64-bit words with end-around carry is the same sum modulo 0xffff, since
     // 2^16 = 1 (mod 2^16 - 1) and 2^64 - 1 is a multiple of 2^16 - 1.
