@@ -886,14 +886,36 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             }
         }
     }
-    let worst = single
+    let over: Vec<(f64, String)> = single
         .iter()
-        .map(|(p, a)| p.ns_per_packet - a)
-        .fold(f64::MIN, f64::max);
+        .map(|(p, a)| {
+            (
+                p.ns_per_packet - a,
+                format!("{} {}", p.dir, size_name(p.size)),
+            )
+        })
+        .collect();
+    let worst = over.iter().map(|(x, _)| *x).fold(f64::MIN, f64::max);
+    let above: Vec<String> = over
+        .iter()
+        .filter(|(x, _)| *x > 50.0)
+        .map(|(x, w)| format!("{w} {x:.1} ns"))
+        .collect();
     let _ = writeln!(
         r,
-        "- pipeline over bare AEAD: at most {worst:.1} ns per packet, goal 50 ns: {}",
-        verdict(worst <= 50.0)
+        "- pipeline over bare AEAD: at most {worst:.1} ns per packet, goal 50 ns: {}{}",
+        verdict(worst <= 50.0),
+        if above.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " by {:.1} ns ({} of {} rows above 50: {})",
+                worst - 50.0,
+                above.len(),
+                over.len(),
+                above.join(", ")
+            )
+        }
     );
     for (what, one, two, _) in &scaling {
         let x = two.pps / one.pps.max(1e-9);
