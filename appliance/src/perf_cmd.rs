@@ -179,8 +179,14 @@ pub fn run(args: PerfArgs) -> Result<()> {
             Ok(())
         }
         PerfWhat::Latency { size, rate, secs } => {
-            if !(64..=1420).contains(&size) || rate <= 0.0 || secs <= 0.0 {
-                bail!("--size must be 64..=1420, --rate and --secs above 0");
+            // Written so that NaN fails too; the bounds keep the per-packet timestamp table
+            // (rate x secs entries) within memory.
+            let ok = |x: f64, max: f64| x > 0.0 && x <= max;
+            if !(64..=1420).contains(&size) || !ok(rate, 100e6) || !ok(secs, 600.0) {
+                bail!("--size must be 64..=1420, --rate within (0, 1e8], --secs within (0, 600]");
+            }
+            if rate * secs > 2e8 {
+                bail!("--rate x --secs is {:.0} packets; at most 2e8", rate * secs);
             }
             let backend = pipeline::crypto::best_backend();
             let (acc, rec, h) = roamgate_perf::run::latency(size, rate, secs, backend);
