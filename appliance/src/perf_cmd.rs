@@ -128,14 +128,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
     };
     match what {
         PerfWhat::Dpdk { sizes, secs } => {
-            let sizes: Vec<usize> = sizes
-                .split(',')
-                .map(|x| x.trim().parse::<usize>())
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
-            if sizes.iter().any(|s| !(64..=1420).contains(s)) || !(secs > 0.0 && secs < 3600.0) {
-                bail!("--sizes must be within 64..=1420, --secs above 0 (and below an hour)");
-            }
+            let sizes = port_sizes(&sizes, secs)?;
             let dir =
                 std::env::temp_dir().join(format!("roamgate-perf-dpdk-{}", std::process::id()));
             let r = roamgate_perf::dpdk_ports::encrypt_rates(
@@ -152,14 +145,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
             Ok(())
         }
         PerfWhat::Xdp { sizes, secs } => {
-            let sizes: Vec<usize> = sizes
-                .split(',')
-                .map(|x| x.trim().parse::<usize>())
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
-            if sizes.iter().any(|s| !(64..=1420).contains(s)) || !(secs > 0.0 && secs < 3600.0) {
-                bail!("--sizes must be within 64..=1420, --secs above 0 (and below an hour)");
-            }
+            let sizes = port_sizes(&sizes, secs)?;
             let pts = roamgate_perf::xdp_ports::encrypt_rates(
                 &sizes,
                 Duration::from_millis(500),
@@ -309,4 +295,17 @@ pub fn run(args: PerfArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--sizes` and `--secs` of `perf dpdk` / `perf xdp`, checked (NaN fails too).
+fn port_sizes(sizes: &str, secs: f64) -> Result<Vec<usize>> {
+    let sizes: Vec<usize> = sizes
+        .split(',')
+        .map(|x| x.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
+    if sizes.iter().any(|s| !(64..=1420).contains(s)) || !(secs > 0.0 && secs < 3600.0) {
+        bail!("--sizes must be within 64..=1420, --secs above 0 (and below an hour)");
+    }
+    Ok(sizes)
 }

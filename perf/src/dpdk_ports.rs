@@ -49,14 +49,10 @@ fn encrypt_rates_here(
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 
-    use pipeline::agent;
-    use pipeline::msg::{Direction, Update};
     use pipeline::pcap::PcapWriter;
-    use pipeline::port::dpdk::{DpdkDevice, DpdkPort, Eal};
-    use pipeline::sad::Sad;
-    use pipeline::spd::Spd;
+    use pipeline::port::dpdk::{DpdkDevice, Eal};
     use pipeline::stats::Traffic;
-    use pipeline::worker::{Idle, Worker};
+    use pipeline::worker::Idle;
 
     use crate::run;
 
@@ -99,36 +95,7 @@ fn encrypt_rates_here(
             .map_err(|e| e.to_string())?;
         let lan = lan_dev.queue(0).map_err(|e| e.to_string())?;
         let wan = wan_dev.queue(0).map_err(|e| e.to_string())?;
-        let (mut link, control) = agent::link(0, 64, None);
-        let mut worker: Worker<DpdkPort> = Worker::new(
-            0,
-            lan,
-            wan,
-            run::lan_link(),
-            run::wan_link(),
-            Sad::with_capacity(16, 1),
-            Box::new(Spd::new(Vec::new()).map_err(|e| e.to_string())?),
-            control,
-        );
-        let p = run::sa_params(0);
-        let id = p.id;
-        let mut last = 0;
-        for u in [
-            Update::AddSa {
-                dir: Direction::Outbound,
-                params: p,
-            },
-            Update::BindHost {
-                dst: run::host(0).into(),
-                src: "10.1.0.0/24".parse().map_err(|_| "literal")?,
-                sa: id,
-            },
-        ] {
-            last = link.send(agent::prepare(backend, &u).map_err(|e| e.to_string())?);
-        }
-        while link.pump() < last {
-            worker.poll(0);
-        }
+        let (worker, _link) = run::one_sa_worker(lan, wan, backend)?;
         let handle = worker.handle();
         let stop = AtomicBool::new(false);
         let pps = std::thread::scope(|sc| {

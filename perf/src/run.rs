@@ -188,6 +188,47 @@ impl Rig {
     }
 }
 
+/// A worker on ports `lan` and `wan` (a real port kind) with one outbound SA, `sa_params(0)`,
+/// bound to `host(0)`, installed through the agent: what the DPDK and AF_XDP measurements
+/// encrypt with. The link must stay alive as long as the worker runs.
+pub(crate) fn one_sa_worker<P: Port>(
+    lan: P,
+    wan: P,
+    backend: Backend,
+) -> Result<(Worker<P>, WorkerLink), String> {
+    let (mut link, control) = agent::link(0, 64, None);
+    let mut worker = Worker::new(
+        0,
+        lan,
+        wan,
+        lan_link(),
+        wan_link(),
+        Sad::with_capacity(16, 1),
+        Box::new(Spd::new(Vec::new()).map_err(|e| e.to_string())?),
+        control,
+    );
+    let p = sa_params(0);
+    let id = p.id;
+    let mut last = 0;
+    for u in [
+        Update::AddSa {
+            dir: Direction::Outbound,
+            params: p,
+        },
+        Update::BindHost {
+            dst: host(0).into(),
+            src: "10.1.0.0/24".parse().map_err(|_| "literal")?,
+            sa: id,
+        },
+    ] {
+        last = link.send(agent::prepare(backend, &u).map_err(|e| e.to_string())?);
+    }
+    while link.pump() < last {
+        worker.poll(0);
+    }
+    Ok((worker, link))
+}
+
 /// A UDP/IPv4 frame of `size` bytes (Ethernet included) from 10.1.0.10 to `dst`, UDP
 /// checksum 0 (allowed for IPv4), IPv4 checksum set.
 pub(crate) fn plain_frame(size: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
@@ -270,9 +311,10 @@ fn esp_frames(n: u64, size: usize, sas: usize, backend: Backend, seed: u64) -> F
         })
         .collect();
     let mut rng = XorShift(seed | 1);
-    let per_frame = size_at(size, 0).max(IMIX[IMIX.len() - 1]) + 80;
+    // ESP adds at most 80 bytes to a frame; IMIX averages under 400.
+    let per_frame = if size == 0 { 400 } else { size + 80 };
     let mut frames = Frames {
-        bytes: Vec::with_capacity(n as usize * if size == 0 { 400 } else { per_frame }),
+        bytes: Vec::with_capacity(n as usize * per_frame),
         ends: Vec::with_capacity(n as usize),
     };
     let mut scratch = MemFrame::new();
@@ -477,16 +519,17 @@ pub fn throughput(
 /// `Encrypt`, the open (decrypt and tag check) for `Decrypt`. The median of five timed loops
 /// after an untimed warm-up loop, on a thread pinned to the first worker's core.
 pub fn aead_ns(size: usize, dir: Dir, backend: Backend, iters: u32) -> f64 {
+    on_first_core(|| aead_ns_here(size, dir, backend, iters))
+}
+
+/// Runs `f` on a thread of its own pinned to the first core (where single workers run).
+fn on_first_core<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     let core = core_affinity::get_core_ids().and_then(|c| c.first().copied());
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            if let Some(c) = core {
-                core_affinity::set_for_current(c);
-            }
-            aead_ns_here(size, dir, backend, iters)
-        })
-        .join()
-        .expect("AEAD thread")
+    in_own_thread(move || {
+        if let Some(c) = core {
+            core_affinity::set_for_current(c);
+        }
+        f()
     })
 }
 
@@ -645,25 +688,17 @@ fn latency_here(
 /// The cost model's fixed term: one `Worker::poll` that finds nothing to do (command ring,
 /// transmit ring, both ports' rx rings, NAT expiry), ns, on the first worker's core.
 pub fn idle_poll_ns() -> f64 {
-    let core = core_affinity::get_core_ids().and_then(|c| c.first().copied());
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            if let Some(c) = core {
-                core_affinity::set_for_current(c);
-            }
-            let mut rig = Rig::empty(0, 16);
-            let polls = 1_000_000u32;
-            for _ in 0..polls / 10 {
-                rig.worker.poll(0);
-            }
-            let t = Instant::now();
-            for _ in 0..polls {
-                rig.worker.poll(0);
-            }
-            t.elapsed().as_nanos() as f64 / f64::from(polls)
-        })
-        .join()
-        .expect("poll thread")
+    on_first_core(|| {
+        let mut rig = Rig::empty(0, 16);
+        let polls = 1_000_000u32;
+        for _ in 0..polls / 10 {
+            rig.worker.poll(0);
+        }
+        let t = Instant::now();
+        for _ in 0..polls {
+            rig.worker.poll(0);
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(polls)
     })
 }
 
@@ -684,27 +719,19 @@ pub fn sa_footprint(backend: Backend) -> (usize, usize) {
 /// core (far beyond any cache here). The yardstick for the memory traffic the cost model
 /// projects.
 pub fn copy_bandwidth_gbs() -> f64 {
-    let core = core_affinity::get_core_ids().and_then(|c| c.first().copied());
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            if let Some(c) = core {
-                core_affinity::set_for_current(c);
-            }
-            let n = 64 << 20;
-            let src = vec![1u8; n];
-            let mut dst = vec![0u8; n];
-            dst.copy_from_slice(&src);
-            let t = Instant::now();
-            for _ in 0..8 {
-                dst.copy_from_slice(std::hint::black_box(&src));
-            }
-            // Each copy reads and writes n bytes.
-            let moved = 8.0 * 2.0 * n as f64;
-            std::hint::black_box(&dst);
-            moved / t.elapsed().as_secs_f64() / 1e9
-        })
-        .join()
-        .expect("copy thread")
+    on_first_core(|| {
+        let n = 64 << 20;
+        let src = vec![1u8; n];
+        let mut dst = vec![0u8; n];
+        dst.copy_from_slice(&src);
+        let t = Instant::now();
+        for _ in 0..8 {
+            dst.copy_from_slice(std::hint::black_box(&src));
+        }
+        // Each copy reads and writes n bytes.
+        let moved = 8.0 * 2.0 * n as f64;
+        std::hint::black_box(&dst);
+        moved / t.elapsed().as_secs_f64() / 1e9
     })
 }
 

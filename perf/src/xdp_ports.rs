@@ -71,16 +71,12 @@ mod imp {
     use std::time::{Duration, Instant};
 
     use nix::sched::{setns, CloneFlags};
-    use pipeline::agent;
     use pipeline::crypto::Backend;
-    use pipeline::msg::{Direction, Update};
     use pipeline::port::afxdp::{XdpConfig, XdpPort};
     use pipeline::port::xdp_prog::{XdpMode, XdpProgram};
     use pipeline::port::{Frame, Port};
-    use pipeline::sad::Sad;
-    use pipeline::spd::Spd;
     use pipeline::stats::Traffic;
-    use pipeline::worker::{Idle, Worker};
+    use pipeline::worker::Idle;
 
     use super::XdpPoint;
     use crate::run;
@@ -240,36 +236,7 @@ mod imp {
             .map_err(|e| format!("generator's AF_XDP sockets: {e}"))?;
         let mode = describe(&lan_prog, &wan_prog, &lan);
 
-        let (mut link, control) = agent::link(0, 64, None);
-        let mut worker: Worker<XdpPort> = Worker::new(
-            0,
-            lan,
-            wan,
-            run::lan_link(),
-            run::wan_link(),
-            Sad::with_capacity(16, 1),
-            Box::new(Spd::new(Vec::new()).map_err(|e| e.to_string())?),
-            control,
-        );
-        let p = run::sa_params(0);
-        let id = p.id;
-        let mut last = 0;
-        for u in [
-            Update::AddSa {
-                dir: Direction::Outbound,
-                params: p,
-            },
-            Update::BindHost {
-                dst: run::host(0).into(),
-                src: "10.1.0.0/24".parse().map_err(|_| "literal")?,
-                sa: id,
-            },
-        ] {
-            last = link.send(agent::prepare(backend, &u).map_err(|e| e.to_string())?);
-        }
-        while link.pump() < last {
-            worker.poll(0);
-        }
+        let (mut worker, _link) = run::one_sa_worker(lan, wan, backend)?;
         let handle = worker.handle();
         let reserve = cfg.ring_size as usize;
 
