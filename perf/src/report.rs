@@ -638,7 +638,11 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     let _ = writeln!(
         r,
         "\nWhat does not scale: one SA's traffic is one core's (its sequence number is the GCM \
-         nonce), so a single SA is capped at r1; a tunnel scales by negotiating one SA per core.\n"
+         nonce), so a single SA is capped at r1; a tunnel scales by negotiating one SA per core. \
+         The model assumes the NIC hands each worker its own traffic: LAN flows by RSS, and on \
+         the WAN each SPI to the worker that owns it (a flow rule per SPI, or RSS over the \
+         SPI). Packets for another worker's SA are dropped today (no hand-off between \
+         workers), and the control plane does not negotiate per-core SAs yet.\n"
     );
     let _ = writeln!(r, "## Latency (encrypt, one SA, one worker busy-polling)\n");
     let _ = writeln!(r, "| size | NDR Mpps | load | offered accepted | p50 us | p99 us | p99.9 us | max us |\n|---|---|---|---|---|---|---|---|");
