@@ -150,12 +150,14 @@ impl Prefix {
         // check and host bindings).
         match (self.addr, a) {
             (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                let m = u32::MAX
+                    .checked_shl(32u32.saturating_sub(u32::from(self.len)))
+                    .unwrap_or(0);
                 u32::from(a) & m == u32::from(net)
             }
             (IpAddr::V6(net), IpAddr::V6(a)) => {
                 let m = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
+                    .checked_shl(128u32.saturating_sub(u32::from(self.len)))
                     .unwrap_or(0);
                 u128::from(a) & m == u128::from(net)
             }
