@@ -1031,9 +1031,13 @@ impl Endpoint {
         inner.push(Payload::TsR(cfg.remote_ts.clone()));
         inner.push(Payload::notify(notify::MOBIKE_SUPPORTED, vec![]));
         sa.state = State::Auth;
-        let id = sa.take_request_id();
-        let data = sa.encrypted(exchange::IKE_AUTH, id, false, &inner);
-        self.send_request(now, spi, id, data, Request::Auth { child_spi });
+        self.send_encrypted(
+            now,
+            spi,
+            exchange::IKE_AUTH,
+            &inner,
+            Request::Auth { child_spi },
+        );
     }
 
     fn initiator_auth_response(&mut self, now: u64, spi: u64, child_spi: u32, p: &[Payload]) {
@@ -1669,9 +1673,6 @@ impl Endpoint {
     ) {
         let new_spi = self.spi32();
         let nonce = self.nonce();
-        let Some(sa) = self.sas.get_mut(&spi) else {
-            return;
-        };
         let mut p = Vec::with_capacity(5);
         if old_in != 0 {
             p.push(Payload::Notify {
@@ -1685,13 +1686,11 @@ impl Endpoint {
         p.push(Payload::Nonce(nonce.clone()));
         p.push(Payload::TsI(tsi));
         p.push(Payload::TsR(tsr));
-        let id = sa.take_request_id();
-        let data = sa.encrypted(exchange::CREATE_CHILD_SA, id, false, &p);
-        self.send_request(
+        self.send_encrypted(
             now,
             spi,
-            id,
-            data,
+            exchange::CREATE_CHILD_SA,
+            &p,
             Request::RekeyChild {
                 old_spi_in: old_in,
                 new_spi,
@@ -1884,40 +1883,27 @@ impl Endpoint {
         };
         match a {
             Action::Liveness => {
-                let id = sa.take_request_id();
-                let data = sa.encrypted(exchange::INFORMATIONAL, id, false, &[]);
-                self.send_request(now, spi, id, data, Request::Liveness);
+                self.send_encrypted(now, spi, exchange::INFORMATIONAL, &[], Request::Liveness);
             }
             Action::DeleteIke => {
-                let id = sa.take_request_id();
-                let data = sa.encrypted(
-                    exchange::INFORMATIONAL,
-                    id,
-                    false,
-                    &[Payload::Delete {
-                        protocol: proto::IKE,
-                        spis: vec![],
-                    }],
-                );
                 sa.state = State::Deleting;
                 self.down_children(spi);
-                self.send_request(now, spi, id, data, Request::DeleteIke);
+                let p = [Payload::Delete {
+                    protocol: proto::IKE,
+                    spis: vec![],
+                }];
+                self.send_encrypted(now, spi, exchange::INFORMATIONAL, &p, Request::DeleteIke);
             }
             Action::DeleteChild(spi_in) => {
                 if !sa.children.iter().any(|c| c.spi_in == spi_in) {
                     return self.next_action(now, spi);
                 }
-                let id = sa.take_request_id();
-                let data = sa.encrypted(
-                    exchange::INFORMATIONAL,
-                    id,
-                    false,
-                    &[Payload::Delete {
-                        protocol: proto::ESP,
-                        spis: vec![spi_in.to_be_bytes().to_vec()],
-                    }],
-                );
-                self.send_request(now, spi, id, data, Request::DeleteChild { spi_in });
+                let p = [Payload::Delete {
+                    protocol: proto::ESP,
+                    spis: vec![spi_in.to_be_bytes().to_vec()],
+                }];
+                let request = Request::DeleteChild { spi_in };
+                self.send_encrypted(now, spi, exchange::INFORMATIONAL, &p, request);
             }
             Action::NewChild => {
                 let Some(cfg) = sa.peer.clone() else { return };
@@ -1960,13 +1946,11 @@ impl Endpoint {
                         }
                     });
                 }
-                let id = sa.take_request_id();
-                let data = sa.encrypted(exchange::INFORMATIONAL, id, false, &p);
-                self.send_request(
+                self.send_encrypted(
                     now,
                     spi,
-                    id,
-                    data,
+                    exchange::INFORMATIONAL,
+                    &p,
                     Request::UpdateAddresses {
                         cookie2,
                         tried: Vec::new(),
@@ -1997,10 +1981,7 @@ impl Endpoint {
                 let new_spi = self.spi64();
                 let nonce = self.nonce();
                 let dh = DhPrivate::generate(prop.dh, &mut self.rng);
-                let Some(sa) = self.sas.get_mut(&spi) else {
-                    return;
-                };
-                let p = vec![
+                let p = [
                     Payload::Sa(ike_proposals_payload(&[prop], &new_spi.to_be_bytes())),
                     Payload::Nonce(nonce.clone()),
                     Payload::Ke {
@@ -2008,13 +1989,11 @@ impl Endpoint {
                         data: dh.public().to_vec(),
                     },
                 ];
-                let id = sa.take_request_id();
-                let data = sa.encrypted(exchange::CREATE_CHILD_SA, id, false, &p);
-                self.send_request(
+                self.send_encrypted(
                     now,
                     spi,
-                    id,
-                    data,
+                    exchange::CREATE_CHILD_SA,
+                    &p,
                     Request::RekeyIke {
                         new_spi,
                         nonce,
@@ -2026,11 +2005,22 @@ impl Endpoint {
         }
     }
 
-    fn send_request(&mut self, now: u64, spi: u64, id: u32, data: Vec<u8>, request: Request) {
+    /// Sends `payloads` as IKE SA `spi`'s next request (its next message id, encrypted) and
+    /// keeps it for retransmission until `request`'s response comes.
+    fn send_encrypted(
+        &mut self,
+        now: u64,
+        spi: u64,
+        exchange: u8,
+        payloads: &[Payload],
+        request: Request,
+    ) {
         let timeout = self.config.retransmit.timeout_ns;
         let Some(sa) = self.sas.get_mut(&spi) else {
             return;
         };
+        let id = sa.take_request_id();
+        let data = sa.encrypted(exchange, id, false, payloads);
         sa.outstanding = Some(Outstanding {
             id,
             data: data.clone(),
