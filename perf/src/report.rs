@@ -727,6 +727,14 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             }
         }
     }
+    // ipsec-secgw's rate of a direction and size, if this run has one.
+    let secgw_pps = |dir: Dir, size: usize| -> Option<f64> {
+        secgw_rows
+            .iter()
+            .find(|(d, sz, _)| *d == dir && *sz == size)
+            .and_then(|(_, _, r)| r.as_ref().ok())
+            .copied()
+    };
     let _ = writeln!(
         r,
         "\n### On the same DPDK vdevs\n\nroamgate's worker on DPDK ports set up as ipsec-secgw's \
@@ -737,12 +745,8 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     match &on_dpdk {
         Ok(rows) => {
             for (s, pps) in rows {
-                match secgw_rows
-                    .iter()
-                    .find(|(d, sz, _)| *d == Dir::Encrypt && sz == s)
-                    .map(|(_, _, r)| r)
-                {
-                    Some(Ok(theirs)) => {
+                match secgw_pps(Dir::Encrypt, *s) {
+                    Some(theirs) => {
                         let _ = writeln!(
                             r,
                             "| encrypt | {} | {:.2} | {:.2} | {:.2}x |",
@@ -752,7 +756,7 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
                             pps / theirs.max(1e-9)
                         );
                     }
-                    _ => {
+                    None => {
                         let _ = writeln!(
                             r,
                             "| encrypt | {} | - | {:.2} | - |",
@@ -837,29 +841,26 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             .find(|(p, _)| p.size == s && p.dir == dir)?
             .0
             .pps;
-        let theirs = secgw_rows
-            .iter()
-            .find(|(d, sz, _)| *d == dir && *sz == s)?
-            .2
-            .as_ref()
-            .ok()?;
-        Some(ours / theirs)
+        Some(ours / secgw_pps(dir, s)?)
     };
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    // "met", or "MISSED by N%" for a ratio `x` against its goal.
+    let against = |x: f64, goal: f64| {
+        if x >= goal {
+            verdict(true).to_string()
+        } else {
+            format!("{} by {:.0}%", verdict(false), (goal - x) / goal * 100.0)
+        }
+    };
     for (s, goal) in [(64, 1.3), (1420, 1.2)] {
         for dir in [Dir::Encrypt, Dir::Decrypt] {
             match ratio(dir, s) {
                 Some(x) => {
                     let _ = writeln!(
                         r,
-                        "- {dir} {}, roamgate on in-memory ports (worker time): {x:.2}x ipsec-secgw, goal {goal}x: {}{}",
+                        "- {dir} {}, roamgate on in-memory ports (worker time): {x:.2}x ipsec-secgw, goal {goal}x: {}",
                         size_name(s),
-                        verdict(x >= goal),
-                        if x < goal {
-                            format!(" by {:.0}%", (goal - x) / goal * 100.0)
-                        } else {
-                            String::new()
-                        }
+                        against(x, goal)
                     );
                 }
                 None => {
@@ -876,22 +877,13 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     if let Ok(rows) = &on_dpdk {
         for (s, pps) in rows {
             let goal = if *s == 64 { 1.3 } else { 1.2 };
-            let theirs = secgw_rows
-                .iter()
-                .find(|(d, sz, _)| *d == Dir::Encrypt && sz == s)
-                .and_then(|(_, _, r)| r.as_ref().ok());
-            if let Some(theirs) = theirs {
+            if let Some(theirs) = secgw_pps(Dir::Encrypt, *s) {
                 let x = pps / theirs.max(1e-9);
                 let _ = writeln!(
                     r,
-                    "- encrypt {} on the same DPDK vdevs: {x:.2}x ipsec-secgw, goal {goal}x: {}{}",
+                    "- encrypt {} on the same DPDK vdevs: {x:.2}x ipsec-secgw, goal {goal}x: {}",
                     size_name(*s),
-                    verdict(x >= goal),
-                    if x < goal {
-                        format!(" by {:.0}%", (goal - x) / goal * 100.0)
-                    } else {
-                        String::new()
-                    }
+                    against(x, goal)
                 );
             }
         }
