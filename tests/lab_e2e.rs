@@ -35,6 +35,10 @@ fn run_lab(dir: &std::path::Path) -> String {
         stderr.contains("WARNING") && stderr.contains("Lab only"),
         "the key export warns: {stderr}"
     );
+    assert!(
+        stdout.contains("the static SAs use 32-bit sequence numbers (no ESN)"),
+        "the key export turns ESN off and says so: {stdout}"
+    );
     stdout
 }
 
@@ -110,12 +114,16 @@ fn tshark_and_scapy_decrypt_what_roamgate_sealed() {
             .args([
                 "-o",
                 "esp.enable_encryption_decode:TRUE",
+                "-o",
+                "esp.enable_authentication_check:TRUE",
                 "-Y",
-                "udp.dstport == 5001",
+                "esp",
                 "-T",
                 "fields",
+                "-E",
+                "separator=,",
                 "-e",
-                "esp.spi",
+                "esp.icv_good",
                 "-e",
                 "udp.dstport",
             ])
@@ -127,10 +135,20 @@ fn tshark_and_scapy_decrypt_what_roamgate_sealed() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let decrypted = text.lines().filter(|l| !l.trim().is_empty()).count();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), esp_count, "tshark saw every ESP frame");
+        // The last udp.dstport is the inner packet's (the outer one is 4500 on the UDP-encap SA).
+        let decrypted = lines.iter().filter(|l| l.ends_with(",5001")).count();
         assert_eq!(
             decrypted, esp_count,
             "tshark decrypted {decrypted} of {esp_count} ESP frames to the inner UDP flows"
+        );
+        let good = lines.iter().filter(|l| l.starts_with("1,")).count();
+        assert_eq!(
+            good,
+            esp_count,
+            "tshark found {good} of {esp_count} ICVs good (esp.icv_good): {:?}",
+            lines.iter().find(|l| !l.starts_with("1,"))
         );
     }
 
@@ -143,6 +161,10 @@ fn tshark_and_scapy_decrypt_what_roamgate_sealed() {
             serde_json::from_str::<Vec<serde_json::Value>>(&sas_json(&b, Direction::Outbound))
                 .unwrap(),
         );
+        // The exported run's SAs use 32-bit sequence numbers (the run says so, see run_lab).
+        for sa in sas.iter_mut() {
+            sa["esn"] = false.into();
+        }
         std::fs::write(dir.join("sas.json"), serde_json::to_string(&sas).unwrap()).unwrap();
         let out = Command::new("python3")
             .arg(roamgate_tests::root().join("tests/tools/esp_check.py"))

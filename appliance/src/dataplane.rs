@@ -140,6 +140,13 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
         file.dataplane.crypto_backend.resolve().map_err(|e| {
             anyhow::anyhow!("{}: dataplane.crypto_backend: {e}", args.config.display())
         })?;
+    println!(
+        "roamgate dataplane: {}",
+        pipeline::crypto::describe_backend(
+            backend,
+            file.dataplane.crypto_backend != control::config::BackendChoice::Auto
+        )
+    );
     match file.dataplane.port {
         PortKind::AfXdp => {
             let opened = open_af_xdp(&file)?;

@@ -126,7 +126,7 @@ struct Gateway {
 }
 
 pub fn run(args: LabArgs) -> Result<()> {
-    let (path, cfg): (PathBuf, LabConfig) = match &args.config {
+    let (path, mut cfg): (PathBuf, LabConfig) = match &args.config {
         Some(p) => (p.clone(), config::load(p)?),
         None => {
             let p = crate::embedded_path();
@@ -134,6 +134,19 @@ pub fn run(args: LabArgs) -> Result<()> {
             (p, c)
         }
     };
+    if args.wireshark_keys.is_some() && !args.ike {
+        // Wireshark's esp_sa table cannot say that an SA uses extended sequence numbers, and
+        // with ESN the ICV covers the high 32 bits of the sequence number: tshark would call
+        // every ICV bad. The exported run uses 32-bit sequence numbers instead (its SAs stop
+        // after 2^32 - 1 packets each, which a capture-sized run never reaches).
+        for sa in cfg.site_a.sas.iter_mut().chain(cfg.site_b.sas.iter_mut()) {
+            sa.esn = false;
+        }
+        println!(
+            "roamgate lab: --wireshark-keys: the static SAs use 32-bit sequence numbers (no ESN), \
+             which the esp_sa file can describe, so Wireshark checks every ICV"
+        );
+    }
     let (plan_a, plan_b) = cfg.validate(&path)?;
     let choice = match args.crypto.as_deref() {
         None => cfg.crypto_backend,
@@ -151,14 +164,10 @@ pub fn run(args: LabArgs) -> Result<()> {
     let backend = choice.resolve().map_err(anyhow::Error::msg)?;
     let rate = args.rate_pps.unwrap_or(cfg.traffic.rate_pps);
     println!(
-        "roamgate lab: {} <-> {} on in-memory ports, crypto backend {}{}",
+        "roamgate lab: {} <-> {} on in-memory ports; {}",
         cfg.site_a.name,
         cfg.site_b.name,
-        backend,
-        match pipeline::crypto::ipsecmb_arch() {
-            Some(arch) if backend == Backend::IpsecMb => format!(" ({arch})"),
-            _ => String::new(),
-        }
+        pipeline::crypto::describe_backend(backend, choice != BackendChoice::Auto)
     );
 
     // Cables: hosts <-> gateway LANs, gateway WAN <-> (tap) <-> gateway WAN.

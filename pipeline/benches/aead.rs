@@ -125,7 +125,7 @@ fn bench_open(c: &mut Criterion) {
 /// 32 AES-128-GCM seals: through the `Aead` trait (direct API) vs ipsec-mb's job API
 /// (`IMB_GET_NEXT_JOB`/`IMB_SUBMIT_JOB`/`IMB_FLUSH_JOB`) vs its burst API
 /// (`IMB_GET_NEXT_BURST`/`IMB_SUBMIT_BURST`/`IMB_FLUSH_BURST`).
-#[cfg(feature = "ipsecmb")]
+#[cfg(ipsecmb)]
 mod burst {
     use super::*;
     use ipsecmb_sys as ffi;
@@ -255,7 +255,7 @@ mod burst {
     }
 }
 
-#[cfg(feature = "ipsecmb")]
+#[cfg(ipsecmb)]
 fn bench_burst(c: &mut Criterion) {
     use burst::{Mgr, BURST};
     if !crypto::available(Backend::IpsecMb) {
@@ -303,7 +303,7 @@ fn bench_burst(c: &mut Criterion) {
     g.finish();
 }
 
-#[cfg(not(feature = "ipsecmb"))]
+#[cfg(not(ipsecmb))]
 fn bench_burst(_: &mut Criterion) {}
 
 fn status(_: &mut Criterion) {

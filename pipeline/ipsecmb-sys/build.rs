@@ -5,6 +5,11 @@
 //! - `IPSECMB_INCLUDE_DIR`: directory holding `intel-ipsec-mb.h` (default `/usr/include`).
 //! - `IPSECMB_LIB_DIR`: directory holding `libIPSec_MB.{so,a}` (default: the linker's search path).
 //! - `IPSECMB_STATIC=1`: link the static library.
+//! - `IPSECMB_REQUIRE=1`: fail the build when the library cannot be used (CI, packaging).
+//!
+//! Without the header (or without libclang for bindgen) the crate builds empty: a cargo warning
+//! says what is missing, `AVAILABLE` is false, and the `links` metadata `available=0` tells
+//! `roamgate-pipeline`'s build script to leave the ipsec-mb backend out (ring is then the AEAD).
 
 use std::env;
 use std::path::PathBuf;
@@ -15,26 +20,51 @@ fn main() {
     println!("cargo:rerun-if-env-changed=IPSECMB_INCLUDE_DIR");
     println!("cargo:rerun-if-env-changed=IPSECMB_LIB_DIR");
     println!("cargo:rerun-if-env-changed=IPSECMB_STATIC");
+    println!("cargo:rerun-if-env-changed=IPSECMB_REQUIRE");
 
     let include_dir = env::var_os("IPSECMB_INCLUDE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/include"));
     let header = include_dir.join(HEADER);
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR not set")).join("bindings.rs");
     if !header.is_file() {
-        // A panic message is the only way to get a readable error out of a build script.
-        panic!(
-            "\n\nipsecmb-sys: cannot find {} .\n\
-             intel-ipsec-mb development files are required for the `ipsecmb` feature.\n\
-             Either install them (Debian/Ubuntu: `apt-get install libipsec-mb-dev`),\n\
-             point IPSECMB_INCLUDE_DIR (and IPSECMB_LIB_DIR) at a local build,\n\
-             or build roamgate-pipeline without it: `cargo build -p roamgate-pipeline --no-default-features`\n\
-             (the ring AEAD backend is then the only one).\n\n",
-            header.display()
+        // The crate is built by default (the fast path), so a machine without the library
+        // must still build: the crate builds empty, says so, and `roamgate-pipeline` falls
+        // back to ring (it reads `available` through the `links` metadata).
+        // Installing the package adds the header to this directory, which changes its mtime.
+        println!("cargo:rerun-if-changed={}", include_dir.display());
+        fail_or_empty(
+            &out,
+            &format!(
+                "cannot find {}: building without intel-ipsec-mb, so AES-GCM uses ring (slower, \
+                 see the README). For the fast path: apt-get install libipsec-mb-dev (or point \
+                 IPSECMB_INCLUDE_DIR / IPSECMB_LIB_DIR at a local build)",
+                header.display()
+            ),
         );
+        return;
     }
     println!("cargo:rerun-if-changed={}", header.display());
     println!("cargo:include={}", include_dir.display());
 
+    let generated = std::panic::catch_unwind(|| generate(&include_dir, &header));
+    let bindings = match generated {
+        Ok(Ok(b)) => Some(b),
+        Ok(Err(e)) => fail_or_empty(
+            &out,
+            &format!(
+                "bindgen failed on {}: {e}; building without intel-ipsec-mb, so AES-GCM uses ring",
+                header.display()
+            ),
+        ),
+        // bindgen panics when it cannot load libclang.
+        Err(_) => fail_or_empty(
+            &out,
+            "bindgen could not run (is libclang installed? apt-get install libclang-dev); \
+             building without intel-ipsec-mb, so AES-GCM uses ring",
+        ),
+    };
+    let Some(bindings) = bindings else { return };
     if let Some(lib_dir) = env::var_os("IPSECMB_LIB_DIR") {
         println!(
             "cargo:rustc-link-search=native={}",
@@ -48,7 +78,48 @@ fn main() {
     };
     println!("cargo:rustc-link-lib={kind}=IPSec_MB");
 
-    let bindings = bindgen::Builder::default()
+    bindings
+        .write_to_file(&out)
+        .unwrap_or_else(|e| panic!("ipsecmb-sys: writing {}: {e}", out.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&out)
+        .unwrap_or_else(|e| panic!("ipsecmb-sys: writing {}: {e}", out.display()));
+    std::io::Write::write_all(
+        &mut f,
+        b"\n/// True: intel-ipsec-mb was found when this crate was built.\npub const AVAILABLE: bool = true;\n",
+    )
+    .unwrap_or_else(|e| panic!("ipsecmb-sys: writing {}: {e}", out.display()));
+    println!("cargo:available=1");
+}
+
+/// Without the library this crate holds only `AVAILABLE = false`; a warning says what is
+/// missing and how to get the fast path.
+fn build_empty(out: &std::path::Path, why: &str) {
+    println!("cargo:warning=ipsecmb-sys: {why}");
+    println!("cargo:available=0");
+    std::fs::write(
+        out,
+        "/// False: intel-ipsec-mb was not found when this crate was built.\npub const AVAILABLE: bool = false;\n",
+    )
+    .unwrap_or_else(|e| panic!("ipsecmb-sys: writing {}: {e}", out.display()));
+}
+
+/// The library cannot be built against: with `IPSECMB_REQUIRE=1` (CI, packaging: the fast path
+/// must be there) that is an error; otherwise the crate builds empty and says why.
+fn fail_or_empty(out: &std::path::Path, why: &str) -> Option<bindgen::Bindings> {
+    if env::var_os("IPSECMB_REQUIRE").is_some_and(|v| v == "1") {
+        panic!("ipsecmb-sys: {why}");
+    }
+    build_empty(out, why);
+    None
+}
+
+fn generate(
+    include_dir: &std::path::Path,
+    header: &std::path::Path,
+) -> Result<bindgen::Bindings, bindgen::BindgenError> {
+    bindgen::Builder::default()
         .header(header.to_string_lossy())
         // The header only applies `aligned(64)` to `struct gcm_key_data` when LINUX is defined
         // (its own build system defines it). The assembly relies on that alignment.
@@ -98,10 +169,4 @@ fn main() {
         .layout_tests(true)
         .generate_comments(false)
         .generate()
-        .unwrap_or_else(|e| panic!("ipsecmb-sys: bindgen failed on {}: {e}", header.display()));
-
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR not set")).join("bindings.rs");
-    bindings
-        .write_to_file(&out)
-        .unwrap_or_else(|e| panic!("ipsecmb-sys: writing {}: {e}", out.display()));
 }

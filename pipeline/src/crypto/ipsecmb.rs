@@ -56,8 +56,7 @@ pub(super) fn runtime() -> Option<&'static Runtime> {
     RUNTIME.get_or_init(init).as_ref().ok()
 }
 
-/// Why the ipsec-mb backend is unavailable, if it is (for diagnostics and tests).
-#[cfg(test)]
+/// Why the ipsec-mb backend is unavailable, if it is (start-up line, tests).
 pub(super) fn unavailable_reason() -> Option<&'static str> {
     RUNTIME.get_or_init(init).as_ref().err().map(String::as_str)
 }

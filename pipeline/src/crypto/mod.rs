@@ -17,7 +17,7 @@
 
 use std::fmt;
 
-#[cfg(feature = "ipsecmb")]
+#[cfg(ipsecmb)]
 mod ipsecmb;
 mod null;
 mod ring_backend;
@@ -184,11 +184,11 @@ pub fn new_aead(backend: Backend, alg: AeadAlg, key: &[u8]) -> Result<Box<dyn Ae
     match backend {
         Backend::Ring => Ok(Box::new(ring_backend::RingGcm::new(alg, key))),
         Backend::Null => Ok(Box::new(null::NullAead::new(alg))),
-        #[cfg(feature = "ipsecmb")]
+        #[cfg(ipsecmb)]
         Backend::IpsecMb => ipsecmb::IpsecMbGcm::new(alg, key)
             .map(|a| Box::new(a) as Box<dyn Aead>)
             .ok_or(KeyError::BackendUnavailable(Backend::IpsecMb)),
-        #[cfg(not(feature = "ipsecmb"))]
+        #[cfg(not(ipsecmb))]
         Backend::IpsecMb => Err(KeyError::BackendUnavailable(Backend::IpsecMb)),
     }
 }
@@ -201,9 +201,9 @@ pub fn new_aead(backend: Backend, alg: AeadAlg, key: &[u8]) -> Result<Box<dyn Ae
 pub fn available(backend: Backend) -> bool {
     match backend {
         Backend::Ring | Backend::Null => true,
-        #[cfg(feature = "ipsecmb")]
+        #[cfg(ipsecmb)]
         Backend::IpsecMb => ipsecmb::runtime().is_some(),
-        #[cfg(not(feature = "ipsecmb"))]
+        #[cfg(not(ipsecmb))]
         Backend::IpsecMb => false,
     }
 }
@@ -217,21 +217,62 @@ pub fn best_backend() -> Backend {
     }
 }
 
+/// One line for start-up output: the AEAD backend in use and why. `chosen` says whether the
+/// operator named it (`--crypto`, `crypto_backend:`) or [`best_backend`] picked it.
+pub fn describe_backend(backend: Backend, chosen: bool) -> String {
+    match backend {
+        Backend::IpsecMb => format!(
+            "AEAD backend: intel-ipsec-mb ({} code path){}",
+            ipsecmb_arch().unwrap_or("unknown"),
+            if chosen {
+                ", as configured"
+            } else {
+                ", the fast path"
+            }
+        ),
+        Backend::Ring if chosen => "AEAD backend: ring, as configured".to_owned(),
+        Backend::Ring => format!("AEAD backend: ring, because {}", ipsecmb_unavailable()),
+        Backend::Null => "AEAD backend: null (NO ENCRYPTION: perf lab only)".to_owned(),
+    }
+}
+
+/// Why the ipsec-mb backend cannot be used in this process (empty reasons never occur: when it
+/// can be used this says so).
+pub fn ipsecmb_unavailable() -> String {
+    #[cfg(ipsecmb)]
+    {
+        match ipsecmb::unavailable_reason() {
+            Some(why) => format!("intel-ipsec-mb is built in but unusable here: {why}"),
+            None => "intel-ipsec-mb is available".to_owned(),
+        }
+    }
+    #[cfg(not(ipsecmb))]
+    {
+        if cfg!(feature = "ipsecmb") {
+            "this build has no intel-ipsec-mb (its headers were missing when it was built: \
+             apt-get install libipsec-mb-dev, then rebuild)"
+                .to_owned()
+        } else {
+            "this build has no intel-ipsec-mb (built without the `ipsecmb` feature)".to_owned()
+        }
+    }
+}
+
 /// The code path intel-ipsec-mb's `init_mb_mgr_auto` selected ("sse", "avx", "avx2",
 /// "avx512"), or `None` if the ipsec-mb backend is not available. For status output.
 pub fn ipsecmb_arch() -> Option<&'static str> {
-    #[cfg(feature = "ipsecmb")]
+    #[cfg(ipsecmb)]
     {
         ipsecmb::runtime().map(|rt| rt.arch)
     }
-    #[cfg(not(feature = "ipsecmb"))]
+    #[cfg(not(ipsecmb))]
     {
         None
     }
 }
 
 /// Constant-time equality of two tags (no early exit on the first differing byte).
-#[cfg(any(feature = "ipsecmb", test))]
+#[cfg(any(ipsecmb, test))]
 #[inline]
 pub(crate) fn tags_equal(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
     let mut diff = 0u8;

@@ -414,8 +414,8 @@ fn ipsecmb_available_when_supported() {
             false
         }
     };
-    if cfg!(feature = "ipsecmb") && cpu_ok {
-        #[cfg(feature = "ipsecmb")]
+    if cfg!(ipsecmb) && cpu_ok {
+        #[cfg(ipsecmb)]
         assert!(
             available(Backend::IpsecMb),
             "ipsec-mb unavailable: {:?}",
