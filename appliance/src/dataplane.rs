@@ -236,8 +236,12 @@ fn open_af_xdp(file: &DataplaneFile) -> Result<Opened<pipeline::port::afxdp::Xdp
                 .map(|(l, w)| {
                     let (l, w) = (l.read(), w.read());
                     serde_json::json!({
-                        "lan": {"kernel_rx_dropped": l.rx_dropped, "fill_starved": l.fill_starved},
-                        "wan": {"kernel_rx_dropped": w.rx_dropped, "fill_starved": w.fill_starved},
+                        "lan": {"kernel_rx_dropped": l.rx_dropped,
+                                "kernel_fill_ring_empty": l.fill_ring_empty,
+                                "fill_starved": l.fill_starved},
+                        "wan": {"kernel_rx_dropped": w.rx_dropped,
+                                "kernel_fill_ring_empty": w.fill_ring_empty,
+                                "fill_starved": w.fill_starved},
                     })
                 })
                 .collect();

@@ -249,10 +249,15 @@ impl Frame for XdpFrame {
 
 /// Counters of one AF_XDP port (frames the kernel could not hand us are the operator's first
 /// question when a NIC drops).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpPortStats {
-    /// Frames the kernel dropped for this socket (rx ring full or no fill buffer).
+    /// Frames the kernel dropped for this socket, each counted once: no buffer on the fill
+    /// ring (copy mode) or a frame too large for a chunk (the kernel's `rx_dropped`), or the
+    /// rx ring full (`rx_ring_full`).
     pub rx_dropped: u64,
+    /// Times the kernel found this socket's fill ring empty (`rx_fill_ring_empty_descs`). In
+    /// copy mode each such frame is also in `rx_dropped`; in zero-copy mode the driver retries.
+    pub fill_ring_empty: u64,
     pub rx_invalid_descs: u64,
     pub tx_invalid_descs: u64,
     /// Times rx found no chunk to put on the fill ring.
@@ -589,11 +594,53 @@ impl XdpStatsReader {
             )
         };
         if r == 0 {
-            out.rx_dropped = s.rx_dropped + s.rx_ring_full + s.rx_fill_ring_empty_descs;
-            out.rx_invalid_descs = s.rx_invalid_descs;
-            out.tx_invalid_descs = s.tx_invalid_descs;
+            kernel_counters(&s, &mut out);
         }
         out
+    }
+}
+
+/// The kernel's socket counters as ours. A frame that finds the fill ring empty in copy mode
+/// is counted by the kernel twice, in `rx_dropped` (`xsk_buff_alloc` failed) and in
+/// `rx_fill_ring_empty_descs` (the pool found no descriptor): adding the two counted every
+/// such drop twice. `rx_ring_full` is a separate, disjoint cause of loss.
+fn kernel_counters(s: &libc_xdp_statistics, out: &mut XdpPortStats) {
+    out.rx_dropped = s.rx_dropped.saturating_add(s.rx_ring_full);
+    out.fill_ring_empty = s.rx_fill_ring_empty_descs;
+    out.rx_invalid_descs = s.rx_invalid_descs;
+    out.tx_invalid_descs = s.tx_invalid_descs;
+}
+
+#[cfg(test)]
+mod kernel_counter_tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_ring_drop_is_counted_once() {
+        // 454 frames dropped for want of a fill buffer (copy mode): the kernel shows them in
+        // both counters.
+        let s = libc_xdp_statistics {
+            rx_dropped: 454,
+            rx_fill_ring_empty_descs: 454,
+            ..Default::default()
+        };
+        let mut out = XdpPortStats::default();
+        kernel_counters(&s, &mut out);
+        assert_eq!(out.rx_dropped, 454);
+        assert_eq!(out.fill_ring_empty, 454);
+    }
+
+    #[test]
+    fn a_full_rx_ring_adds_to_the_drops() {
+        let s = libc_xdp_statistics {
+            rx_dropped: 3,
+            rx_ring_full: 7,
+            ..Default::default()
+        };
+        let mut out = XdpPortStats::default();
+        kernel_counters(&s, &mut out);
+        assert_eq!(out.rx_dropped, 10);
+        assert_eq!(out.fill_ring_empty, 0);
     }
 }
 
