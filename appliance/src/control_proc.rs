@@ -19,12 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use control::config::{self, DataplaneFile};
+use control::config;
 use control::repo::SaRepository;
 use control::runner::IkeControl;
 use pipeline::crypto::best_backend;
 use pipeline::msg::{Ack, Transmit, Update, UpdateEnvelope};
 use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
+
+use crate::config::DataplaneFile;
 
 /// The generation a fresh data plane acknowledges first.
 pub const HELLO_FRESH: u64 = 0;

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use control::config::{self, DataplaneFile, GatewayPlan, PortKind};
+use control::config::{self, GatewayPlan};
+
+use crate::config::{DataplaneFile, PortKind};
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
 use pipeline::port::Port;
@@ -151,7 +153,7 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
 
 #[cfg(target_os = "linux")]
 fn open_af_xdp(file: &DataplaneFile) -> Result<Opened<pipeline::port::afxdp::XdpPort>> {
-    use control::config::{XdpModeName, ZeroCopyName};
+    use crate::config::{XdpModeName, ZeroCopyName};
     use pipeline::port::afxdp::{XdpConfig, XdpPort, ZeroCopy};
     use pipeline::port::xdp_prog::{mac_address, XdpMode, XdpProgram};
 

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod addr_watch;
+mod config;
 mod control_proc;
 mod dataplane;
 mod lab;

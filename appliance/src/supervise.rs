@@ -92,7 +92,7 @@ impl Supervised {
 /// whose control plane follows the kernel's addresses on the WAN device (MOBIKE).
 pub fn client(args: RunArgs) -> Result<()> {
     let dp = &args.dataplane;
-    let file: control::config::DataplaneFile = control::config::load(dp.config())?;
+    let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
     file.ike.validate_client(dp.config(), "ike")?;
     supervise(args, true)
@@ -110,7 +110,7 @@ fn supervise(args: RunArgs, client: bool) -> Result<()> {
         return crate::dataplane::run(args.dataplane, true);
     }
     let dp = &args.dataplane;
-    let file: control::config::DataplaneFile = control::config::load(dp.config())?;
+    let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
     // --shm names the channel (default: /dev/shm/roamgate-<gateway>.ctl).
     let shm = dp

@@ -29,7 +29,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 use crate::ike::crypto::{DhGroup, Prf};
 use crate::ike::sa::{
     prefix_ts, secret, Authenticator, EndpointConfig, EspProposal, IkeProposal, PeerConfig, Pool,

@@ -1,0 +1,77 @@
+//! The file of a gateway on real ports (`roamgate dataplane|control|run|client --config`): a
+//! `gateway` section (control's [`GatewayConfig`]), a `dataplane` section ([`dataplane`]: the
+//! port schema, which only this process reads) and an optional `ike` section (control's
+//! [`IkeYaml`]).
+
+use std::path::Path;
+
+use control::config::ike::IkeYaml;
+use control::config::{ConfigError, GatewayConfig, GatewayPlan};
+use serde::Deserialize;
+
+pub mod dataplane;
+
+pub use dataplane::{DataplaneConfig, PortKind, XdpModeName, ZeroCopyName};
+
+/// A file for `roamgate dataplane`: one gateway and its data plane.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneFile {
+    pub gateway: GatewayConfig,
+    pub dataplane: DataplaneConfig,
+    /// IKEv2 connections (`roamgate run`): SAs negotiated at run time, next to the static ones.
+    #[serde(default)]
+    pub ike: IkeYaml,
+}
+
+impl DataplaneFile {
+    /// Validates the gateway and the data-plane section.
+    pub fn validate(&self, file: &Path) -> Result<GatewayPlan, ConfigError> {
+        let plan = self.gateway.validate(file, "gateway")?;
+        self.dataplane.validate(file, "dataplane")?;
+        for (side, i) in [("lan", &self.gateway.lan), ("wan", &self.gateway.wan)] {
+            if i.device.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError {
+                    file: file.to_owned(),
+                    key: format!("gateway.{side}.device"),
+                    what: "the data plane needs the device of each side".into(),
+                });
+            }
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use control::config::parse;
+
+    const EXAMPLE: &str = include_str!("../../../configs/netns-a.yaml");
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let f: DataplaneFile = parse(Path::new("x.yaml"), EXAMPLE).unwrap();
+        let plan = f.validate(Path::new("x.yaml")).unwrap();
+        assert_eq!(f.dataplane.port, PortKind::AfXdp);
+        assert_eq!(plan.sas.len(), 4);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = EXAMPLE.replace("ring_size: 2048", "ring_size: 1000");
+        let f: DataplaneFile = parse(Path::new("x.yaml"), &bad).unwrap();
+        let e = f.validate(Path::new("x.yaml")).unwrap_err();
+        assert_eq!(e.key, "dataplane.af_xdp.ring_size");
+        let bad = EXAMPLE.replace("device: lan,", "device: \"\",");
+        let f: DataplaneFile = parse(Path::new("x.yaml"), &bad).unwrap();
+        let e = f.validate(Path::new("x.yaml")).unwrap_err();
+        assert_eq!(e.key, "gateway.lan.device");
+        let bad = EXAMPLE.replace("workers: 1", "workers: 0");
+        let f: DataplaneFile = parse(Path::new("x.yaml"), &bad).unwrap();
+        assert_eq!(
+            f.validate(Path::new("x.yaml")).unwrap_err().key,
+            "dataplane.workers"
+        );
+    }
+}
