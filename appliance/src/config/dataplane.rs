@@ -120,11 +120,7 @@ fn one() -> u16 {
 impl DataplaneConfig {
     /// Checks the section on its own; `at` is its key path (`dataplane`).
     pub fn validate(&self, file: &Path, at: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, what: String| ConfigError {
-            file: file.to_owned(),
-            key: format!("{at}.{key}"),
-            what,
-        };
+        let err = |key: &str, what: String| ConfigError::new(file, format!("{at}.{key}"), what);
         if self.workers == 0 {
             return Err(err("workers", "needs at least one worker".into()));
         }

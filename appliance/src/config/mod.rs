@@ -31,11 +31,11 @@ impl DataplaneFile {
         self.dataplane.validate(file, "dataplane")?;
         for (side, i) in [("lan", &self.gateway.lan), ("wan", &self.gateway.wan)] {
             if i.device.as_deref().is_none_or(str::is_empty) {
-                return Err(ConfigError {
-                    file: file.to_owned(),
-                    key: format!("gateway.{side}.device"),
-                    what: "the data plane needs the device of each side".into(),
-                });
+                return Err(ConfigError::new(
+                    file,
+                    format!("gateway.{side}.device"),
+                    "the data plane needs the device of each side",
+                ));
             }
         }
         Ok(plan)

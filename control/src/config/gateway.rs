@@ -302,11 +302,7 @@ impl GatewayConfig {
     /// Checks cross-references and converts to data-plane parameters. `at` is the key path of
     /// this gateway inside its file (e.g. `site_a`).
     pub fn validate(&self, file: &Path, at: &str) -> Result<GatewayPlan, ConfigError> {
-        let err = |key: String, what: String| ConfigError {
-            file: file.to_owned(),
-            key,
-            what,
-        };
+        let err = |key: String, what: String| ConfigError::new(file, key, what);
         if let Err(e) = ReplayWindow::new(self.replay_window, true) {
             return Err(err(format!("{at}.replay_window"), e.to_string()));
         }

@@ -196,11 +196,7 @@ pub fn parse_esp_proposal(s: &str) -> Result<EspProposal, String> {
 impl IkeYaml {
     /// Validates every connection; errors name the file and the key.
     pub fn validate(&self, file: &Path, at: &str) -> Result<Vec<Connection>, ConfigError> {
-        let err = |key: String, what: String| ConfigError {
-            file: file.to_owned(),
-            key,
-            what,
-        };
+        let err = |key: String, what: String| ConfigError::new(file, key, what);
         let mut out = Vec::new();
         for (i, c) in self.connections.iter().enumerate() {
             let key = |k: &str| format!("{at}.connections[{i}].{k}");
@@ -361,18 +357,18 @@ impl IkeYaml {
     pub fn validate_client(&self, file: &Path, at: &str) -> Result<Vec<Connection>, ConfigError> {
         let conns = self.validate(file, at)?;
         if conns.is_empty() {
-            return Err(ConfigError {
-                file: file.to_owned(),
-                key: format!("{at}.connections"),
-                what: "a client needs a connection to a gateway".into(),
-            });
+            return Err(ConfigError::new(
+                file,
+                format!("{at}.connections"),
+                "a client needs a connection to a gateway",
+            ));
         }
         if let Some(i) = conns.iter().position(|c| c.initiate_to.is_none()) {
-            return Err(ConfigError {
-                file: file.to_owned(),
-                key: format!("{at}.connections[{i}].remote_addr"),
-                what: "a client initiates every connection: give the gateway's address".into(),
-            });
+            return Err(ConfigError::new(
+                file,
+                format!("{at}.connections[{i}].remote_addr"),
+                "a client initiates every connection: give the gateway's address",
+            ));
         }
         Ok(conns)
     }
