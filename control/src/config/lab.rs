@@ -173,11 +173,14 @@ mod tests {
         let e = parse::<LabConfig>(Path::new("lab.yaml"), &bad)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("lab.yaml:13:96: invalid u16"), "{e}");
+        assert_eq!(e, "lab.yaml:13:96: site_a.wan.mtu: invalid u16");
         let bad = LAB.replacen("rate_pps: 0", "rate_ps: 0", 1);
         let e = parse::<LabConfig>(Path::new("lab.yaml"), &bad)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown field `rate_ps`"), "{e}");
+        assert!(
+            e.starts_with("lab.yaml:") && e.contains(": traffic.rate_ps: unknown field `rate_ps`"),
+            "{e}"
+        );
     }
 }
