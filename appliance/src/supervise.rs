@@ -95,14 +95,19 @@ pub fn client(args: RunArgs) -> Result<()> {
     let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
     file.ike.validate_client(dp.config(), "ike")?;
-    supervise(args, true)
+    supervise(args, true, file)
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    supervise(args, false)
+    // The whole file (gateway, dataplane, every IKE connection) is checked before anything
+    // starts: a child that cannot start would otherwise be restarted for ever.
+    let dp = &args.dataplane;
+    let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
+    file.validate(dp.config())?;
+    supervise(args, false, file)
 }
 
-fn supervise(args: RunArgs, client: bool) -> Result<()> {
+fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) -> Result<()> {
     if args.single_process {
         if args.dataplane.shm().is_some() {
             anyhow::bail!("--single-process has no shared-memory channel: drop --shm");
@@ -110,8 +115,6 @@ fn supervise(args: RunArgs, client: bool) -> Result<()> {
         return crate::dataplane::run(args.dataplane, true);
     }
     let dp = &args.dataplane;
-    let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
-    file.validate(dp.config())?;
     // --shm names the channel (default: /dev/shm/roamgate-<gateway>.ctl).
     let shm = dp
         .shm()

@@ -91,6 +91,7 @@ pub struct DpdkYaml {
     pub eal_args: Vec<String>,
     /// mbufs per port's pool (0 = the port's default).
     #[serde(default)]
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
     pub mbufs: u32,
 }
 

@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
-use control::config::ike::IkeYaml;
+use control::config::ike::{Connection, IkeYaml};
 use control::config::{ConfigError, GatewayConfig, GatewayPlan};
+use pipeline::crypto::Backend;
 use serde::Deserialize;
 
 pub mod dataplane;
@@ -24,11 +25,27 @@ pub struct DataplaneFile {
     pub ike: IkeYaml,
 }
 
+/// What a checked file yields: the data plane's static part, the IKE connections and the
+/// AEAD backend this machine will use.
+#[derive(Debug)]
+pub struct Checked {
+    pub plan: GatewayPlan,
+    pub conns: Vec<Connection>,
+    pub backend: Backend,
+}
+
 impl DataplaneFile {
-    /// Validates the gateway and the data-plane section.
-    pub fn validate(&self, file: &Path) -> Result<GatewayPlan, ConfigError> {
+    /// Validates the whole file: the gateway, the data-plane section (including whether its
+    /// crypto backend exists on this machine) and every IKE connection. Every subcommand that
+    /// starts a gateway calls this before it starts anything.
+    pub fn validate(&self, file: &Path) -> Result<Checked, ConfigError> {
         let plan = self.gateway.validate(file, "gateway")?;
         self.dataplane.validate(file, "dataplane")?;
+        let backend = self
+            .dataplane
+            .crypto_backend
+            .resolve()
+            .map_err(|e| ConfigError::new(file, "dataplane.crypto_backend", e))?;
         for (side, i) in [("lan", &self.gateway.lan), ("wan", &self.gateway.wan)] {
             if i.device.as_deref().is_none_or(str::is_empty) {
                 return Err(ConfigError::new(
@@ -38,7 +55,12 @@ impl DataplaneFile {
                 ));
             }
         }
-        Ok(plan)
+        let conns = self.ike.validate(file, "ike")?;
+        Ok(Checked {
+            plan,
+            conns,
+            backend,
+        })
     }
 }
 
@@ -52,9 +74,9 @@ mod tests {
     #[test]
     fn the_shipped_example_is_valid() {
         let f: DataplaneFile = parse(Path::new("x.yaml"), EXAMPLE).unwrap();
-        let plan = f.validate(Path::new("x.yaml")).unwrap();
+        let checked = f.validate(Path::new("x.yaml")).unwrap();
         assert_eq!(f.dataplane.port, PortKind::AfXdp);
-        assert_eq!(plan.sas.len(), 4);
+        assert_eq!(checked.plan.sas.len(), 4);
     }
 
     #[test]
