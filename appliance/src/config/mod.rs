@@ -56,6 +56,8 @@ impl DataplaneFile {
             }
         }
         let conns = self.ike.validate(file, "ike")?;
+        self.ike
+            .check_against(&self.gateway, file, "ike", "gateway")?;
         Ok(Checked {
             plan,
             conns,
@@ -77,6 +79,21 @@ mod tests {
         let checked = f.validate(Path::new("x.yaml")).unwrap();
         assert_eq!(f.dataplane.port, PortKind::AfXdp);
         assert_eq!(checked.plan.sas.len(), 4);
+    }
+
+    #[test]
+    fn every_shipped_gateway_file_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") && !p.ends_with("lab.yaml") {
+                let f: DataplaneFile = control::config::load(&p).unwrap();
+                f.validate(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "{n} files");
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub struct InterfaceConfig {
     /// A second, IPv6 address when `address` is IPv4 (dual-stack links).
     #[serde(default)]
     pub address6: Option<core::net::Ipv6Addr>,
+    /// Length of the link's subnet around `address` (e.g. 24); absent: only the address itself
+    /// is known to be on the link. Virtual-IP pools must stay out of it.
+    #[serde(default)]
+    pub prefix_len: Option<u8>,
     /// Next hop's Ethernet address (static neighbour).
     pub neighbor_mac: MacAddr,
     /// IP MTU of the link.
@@ -118,6 +122,16 @@ fn default_mtu() -> u16 {
 }
 
 impl InterfaceConfig {
+    /// The link's subnet (`address`/`prefix_len`), or the address alone as a host prefix.
+    pub fn subnet(&self) -> Result<Prefix, String> {
+        let host = if self.address.is_ipv4() { 32 } else { 128 };
+        let len = self.prefix_len.unwrap_or(host);
+        if len > host {
+            return Err(format!("{len} is longer than an address ({host} bits)"));
+        }
+        Ok(Prefix::masked(self.address, len))
+    }
+
     /// What a worker needs to know of this link.
     pub fn link(&self) -> pipeline::worker::Link {
         self.link_with_mac(self.mac.unwrap_or_default().0)
