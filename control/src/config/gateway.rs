@@ -117,11 +117,37 @@ pub struct InterfaceConfig {
     pub mtu: u16,
 }
 
+/// Smallest MTU of an IPv4-only link (every host must accept 576-byte datagrams).
+pub const MIN_MTU_V4: u16 = 576;
+/// Smallest MTU of a link that carries IPv6.
+pub const MIN_MTU_V6: u16 = 1280;
+/// Largest MTU: a jumbo frame.
+pub const MAX_MTU: u16 = 9216;
+
 fn default_mtu() -> u16 {
     1500
 }
 
 impl InterfaceConfig {
+    /// The MTU must carry the smallest datagram every family on the link must pass (IPv4
+    /// 576, RFC 791; IPv6 1280, RFC 8200) and at most a jumbo frame (9216). A link with both
+    /// families (`address6` next to an IPv4 `address`) takes the stricter minimum, 1280: its
+    /// IPv6 traffic must fit whatever the IPv4 side would allow.
+    pub fn check_mtu(&self) -> Result<(), String> {
+        let (min, why) = if self.address.is_ipv6() || self.address6.is_some() {
+            (MIN_MTU_V6, "IPv6 needs 1280 (RFC 8200)")
+        } else {
+            (MIN_MTU_V4, "IPv4 needs 576 (RFC 791)")
+        };
+        if !(min..=MAX_MTU).contains(&self.mtu) {
+            return Err(format!(
+                "{} is outside {min}..={MAX_MTU} ({why}; at most a jumbo frame)",
+                self.mtu
+            ));
+        }
+        Ok(())
+    }
+
     /// The link's subnet (`address`/`prefix_len`), or the address alone as a host prefix.
     pub fn subnet(&self) -> Result<Prefix, String> {
         let host = if self.address.is_ipv4() { 32 } else { 128 };
@@ -320,6 +346,10 @@ impl GatewayConfig {
         if let Err(e) = ReplayWindow::new(self.replay_window, true) {
             return Err(err(format!("{at}.replay_window"), e.to_string()));
         }
+        for (side, i) in [("lan", &self.lan), ("wan", &self.wan)] {
+            i.check_mtu()
+                .map_err(|w| err(format!("{at}.{side}.mtu"), w))?;
+        }
         let mut sas = Vec::new();
         for (i, sa) in self.sas.iter().enumerate() {
             let key = |k: &str| format!("{at}.sas[{i}].{k}");
@@ -460,6 +490,54 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gateway(lan: &str, wan: &str) -> GatewayConfig {
+        crate::config::parse(
+            Path::new("x.yaml"),
+            &format!("name: gw\nlan: {{ {lan}, neighbor_mac: \"02:00:00:00:00:01\" }}\nwan: {{ {wan}, neighbor_mac: \"02:00:00:00:00:02\" }}\n"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_mtu_is_bounded_per_family() {
+        let f = Path::new("x.yaml");
+        let ok = |lan: &str, wan: &str| gateway(lan, wan).validate(f, "gateway").map(|_| ());
+        let v4 = "address: 10.0.0.1";
+        assert!(ok(&format!("{v4}, mtu: 576"), v4).is_ok());
+        assert!(ok(v4, &format!("{v4}, mtu: 9216")).is_ok());
+        for (lan, wan, key) in [
+            (format!("{v4}, mtu: 20"), v4.to_string(), "gateway.lan.mtu"),
+            (format!("{v4}, mtu: 575"), v4.to_string(), "gateway.lan.mtu"),
+            (
+                v4.to_string(),
+                format!("{v4}, mtu: 65535"),
+                "gateway.wan.mtu",
+            ),
+            (
+                v4.to_string(),
+                format!("{v4}, mtu: 9217"),
+                "gateway.wan.mtu",
+            ),
+            // IPv6, alone or next to IPv4 on the link: 1280 at least.
+            (
+                v4.to_string(),
+                "address: \"2001:db8::1\", mtu: 1279".into(),
+                "gateway.wan.mtu",
+            ),
+            (
+                format!("{v4}, address6: \"2001:db8::1\", mtu: 1000"),
+                v4.to_string(),
+                "gateway.lan.mtu",
+            ),
+        ] {
+            let e = ok(&lan, &wan).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        assert!(ok(v4, "address: \"2001:db8::1\", mtu: 1280").is_ok());
+        let e = ok(&format!("{v4}, mtu: 20"), v4).unwrap_err().to_string();
+        assert!(e.contains("20 is outside 576..=9216"), "{e}");
+    }
 
     #[test]
     fn mac() {
