@@ -20,6 +20,7 @@ mod dataplane;
 mod lab;
 mod lab_clients;
 mod perf_cmd;
+mod run_dir;
 mod shm_link;
 mod supervise;
 mod views;

@@ -7,13 +7,15 @@
 //! process instead (threads and in-process rings).
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+
+use crate::run_dir::RunDir;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -115,11 +117,20 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
         return crate::dataplane::run(args.dataplane, true);
     }
     let dp = &args.dataplane;
-    // --shm names the channel (default: /dev/shm/roamgate-<gateway>.ctl).
-    let shm = dp
-        .shm()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/roamgate-{}.ctl", file.gateway.name)));
+    // --shm names the channel; by default it lives in this run's private directory under
+    // /dev/shm, which no other user can block or redirect (run_dir.rs).
+    let name = &file.gateway.name;
+    let (shm, _run_dir) = match dp.shm() {
+        Some(p) => (PathBuf::from(p), None),
+        None => {
+            let root = Path::new(crate::run_dir::SHM_ROOT);
+            let dir = RunDir::create(root, name)?;
+            for old in dir.clear_leftovers(root, name)? {
+                eprintln!("run: removed what an earlier run left: {}", old.display());
+            }
+            (dir.channel(), Some(dir))
+        }
+    };
     let config = dp.config().display().to_string();
     let mut control_args = vec![
         "control".to_string(),

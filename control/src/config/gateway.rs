@@ -330,6 +330,27 @@ fn default_window() -> u32 {
     1024
 }
 
+/// Longest gateway name.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// A gateway's name becomes part of file names (its shared-memory channel, its run
+/// directory): 1 to 32 of `[A-Za-z0-9_.-]`, not starting with `.`, so it can never be a path
+/// (`../x`), a hidden file or a separator.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=MAX_NAME_LEN).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a gateway name: 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ . -, not starting with '.'"
+        ))
+    }
+}
+
 /// What a validated gateway config yields for the data plane.
 #[derive(Debug)]
 pub struct GatewayPlan {
@@ -343,6 +364,7 @@ impl GatewayConfig {
     /// this gateway inside its file (e.g. `site_a`).
     pub fn validate(&self, file: &Path, at: &str) -> Result<GatewayPlan, ConfigError> {
         let err = |key: String, what: String| ConfigError::new(file, key, what);
+        check_name(&self.name).map_err(|w| err(format!("{at}.name"), w))?;
         if let Err(e) = ReplayWindow::new(self.replay_window, true) {
             return Err(err(format!("{at}.replay_window"), e.to_string()));
         }
@@ -497,6 +519,31 @@ mod tests {
             &format!("name: gw\nlan: {{ {lan}, neighbor_mac: \"02:00:00:00:00:01\" }}\nwan: {{ {wan}, neighbor_mac: \"02:00:00:00:00:02\" }}\n"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_name_that_could_be_a_path_is_refused() {
+        let f = Path::new("x.yaml");
+        let v4 = "address: 10.0.0.1";
+        for bad in [
+            "../../x",
+            "a/b",
+            ".hidden",
+            "",
+            "x y",
+            "name\u{0}",
+            &"n".repeat(33),
+        ] {
+            let mut gw = gateway(v4, v4);
+            gw.name = bad.to_string();
+            let e = gw.validate(f, "gateway").unwrap_err();
+            assert_eq!(e.key, "gateway.name", "{bad:?}: {e}");
+        }
+        for good in ["gw", "gw-a", "site_b.2", &"n".repeat(32)] {
+            let mut gw = gateway(v4, v4);
+            gw.name = good.to_string();
+            assert!(gw.validate(f, "gateway").is_ok(), "{good:?}");
+        }
     }
 
     #[test]

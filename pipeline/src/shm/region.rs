@@ -263,7 +263,9 @@ impl Region {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
+            // O_EXCL (create_new) already refuses any existing name, a symlink included;
+            // O_NOFOLLOW says so where it is read.
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| match e.kind() {
                 io::ErrorKind::AlreadyExists => ShmError::Exists(path.to_path_buf()),
