@@ -81,3 +81,27 @@ fn run_refuses_a_bad_ike_section_before_starting_anything() {
         assert!(!stderr.contains("Zq9x"), "no PSK in the error:\n{stderr}");
     }
 }
+
+#[test]
+fn run_stops_when_a_child_cannot_start_instead_of_restarting_it_for_ever() {
+    let dir = scratch("run_checks_startup");
+    let text = std::fs::read_to_string(root().join("configs/interop-gw.yaml")).unwrap();
+    let text = text
+        .replace("name: gw\n", "name: startup-check\n")
+        .replace("device: lan,", "device: rgnodev0,")
+        .replace("device: wan,", "device: rgnodev1,");
+    let cfg = dir.join("no-devices.yaml");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, stderr, secs) = run_for(&cfg, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "run gives up with an error:\n{stderr}");
+    assert!(secs < 10.0, "promptly ({secs:.1} s):\n{stderr}");
+    assert!(
+        stderr.contains("roamgate dataplane failed at start-up"),
+        "it says which child and why:\n{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("run: started dataplane").count(),
+        1,
+        "never restarted:\n{stderr}"
+    );
+}
