@@ -26,6 +26,8 @@ fn run_for(config: &Path, limit: Duration) -> (Option<i32>, String, f64) {
         .arg(config)
         .arg("--shm")
         .arg(config.with_extension("ctl"))
+        .arg("--socket")
+        .arg(config.with_extension("sock"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -104,4 +106,10 @@ fn run_stops_when_a_child_cannot_start_instead_of_restarting_it_for_ever() {
         1,
         "never restarted:\n{stderr}"
     );
+    // The control plane it had started is stopped and leaves nothing behind.
+    assert!(stderr.contains("run: started control"), "{stderr}");
+    for left in ["ctl", "sock", "sock.ike"] {
+        let p = cfg.with_extension(left);
+        assert!(!p.exists(), "{} was left behind:\n{stderr}", p.display());
+    }
 }

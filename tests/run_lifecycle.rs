@@ -212,7 +212,7 @@ fn run_children_die_with_it_and_nothing_is_left_behind() {
 
     // A new run on the same devices comes up: the XDP programs went with the old data plane,
     // the old run's directory is found and removed.
-    let second = Run::start(&config, &socket);
+    let mut second = Run::start(&config, &socket);
     assert!(
         up(&second, &socket),
         "a second run came up:\n{}",
@@ -224,4 +224,34 @@ fn run_children_die_with_it_and_nothing_is_left_behind() {
         second.text()
     );
     assert_eq!(run_dirs().len(), 1, "{:?}", run_dirs());
+
+    // SIGTERM while the control plane is stalled (as under a flood): it is killed after its
+    // grace period, and the run still leaves nothing behind.
+    let (Some(control), Some(_)) = second.children() else {
+        unreachable!()
+    };
+    let st = Command::new("kill")
+        .args(["-STOP", &control.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    second.signal("TERM");
+    let status = second.wait(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "run exits 0 on SIGTERM ({status:?}):\n{}",
+        second.text()
+    );
+    assert!(gone(control));
+    assert_eq!(
+        run_dirs(),
+        Vec::<String>::new(),
+        "the channel's directory is gone"
+    );
+    assert!(!socket.exists(), "the data plane's view socket is gone");
+    assert!(
+        !ike_socket(&socket).exists(),
+        "the control plane's view socket is gone:\n{}",
+        second.text()
+    );
 }

@@ -150,6 +150,39 @@ impl Supervised {
     }
 }
 
+impl Drop for Supervised {
+    /// An error or a panic in the supervisor still stops the child (the normal path has
+    /// stopped it already, in order).
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// What the children leave when they cannot clean up themselves (killed after their grace
+/// period, or dead by a signal): view sockets nobody answers on and a channel whose creator is
+/// gone. Cleared when the run ends, on every path out of it (dropped after the children are
+/// stopped).
+struct Leftovers {
+    sockets: Vec<PathBuf>,
+    /// A channel at a path given with --shm (the default one goes with the run directory).
+    channel: Option<PathBuf>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for s in &self.sockets {
+            crate::views::remove_stale(s);
+        }
+        if let Some(p) = &self.channel {
+            let stale =
+                pipeline::shm::ControlChannel::open(p).is_ok_and(|ch| !ch.region().creator_alive());
+            if stale {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
 /// The child is killed when the supervisor dies, however it dies (kill -9 included): it
 /// asks the kernel for SIGKILL on its parent's death between fork and exec. SIGKILL, not
 /// SIGTERM: without its supervisor nobody would stop a child that hangs in its shutdown;
@@ -237,6 +270,15 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
         shm.display().to_string(),
     ];
     dataplane_args.extend(dp.forwarded_args());
+    let mut sockets = Vec::new();
+    if let Some(sock) = dp.socket() {
+        sockets.push(sock.to_owned());
+        sockets.push(PathBuf::from(format!("{}.ike", sock.display())));
+    }
+    let _leftovers = Leftovers {
+        sockets,
+        channel: dp.shm().map(Path::to_owned),
+    };
     let mut control = Supervised::new("control", control_args);
     let mut dataplane = Supervised::new("dataplane", dataplane_args);
     let shutdown = Arc::new(AtomicBool::new(false));

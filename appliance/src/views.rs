@@ -50,6 +50,15 @@ pub fn serve(
         })?)
 }
 
+/// Removes `path` if it is a unix socket nobody answers on (what a killed server left).
+pub fn remove_stale(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Binds a unix socket that is never reachable with a mode wider than 0600: it is bound in a
 /// fresh 0700 directory next to `path` (so the umask never matters and nobody else can reach
 /// it there), set to 0600, then renamed into place (atomic, same file system). A unix socket
