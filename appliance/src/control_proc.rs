@@ -19,12 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use control::config::{self, DataplaneFile};
+use control::config;
 use control::repo::SaRepository;
 use control::runner::IkeControl;
-use pipeline::crypto::best_backend;
 use pipeline::msg::{Ack, Transmit, Update, UpdateEnvelope};
 use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
+
+use crate::config::{Checked, DataplaneFile};
 
 /// The generation a fresh data plane acknowledges first.
 pub const HELLO_FRESH: u64 = 0;
@@ -123,8 +124,11 @@ struct WorkerEnds {
 
 pub fn run(args: ControlArgs) -> Result<()> {
     let file: DataplaneFile = config::load(&args.config)?;
-    let plan = file.validate(&args.config)?;
-    let conns = file.ike.validate(&args.config, "ike")?;
+    let Checked {
+        plan,
+        conns,
+        backend,
+    } = file.validate(&args.config)?;
     let gw = &file.gateway;
     let workers = file.dataplane.workers;
     if args.shm.exists() {
@@ -174,7 +178,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             .context("installing the SIGINT/SIGTERM handler")?;
     }
     let repo = SaRepository::new(plan.rules.clone(), gw.replay_window);
-    let mut ctl = IkeControl::new(conns, repo, None, None, best_backend(), gw.wan.address);
+    let mut ctl = IkeControl::new(conns, repo, None, None, backend, gw.wan.address);
     let mut follower = if args.follow_wan {
         let Some(dev) = gw.wan.device.as_deref() else {
             bail!(

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use control::config::{self, DataplaneFile, GatewayPlan, PortKind};
+use control::config::ike::Connection;
+use control::config::{self, GatewayPlan};
+
+use crate::config::{Checked, DataplaneFile, PortKind};
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
 use pipeline::port::Port;
@@ -126,7 +129,11 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
         }
         file.ike.connections.clear();
     }
-    let plan = file.validate(&args.config)?;
+    let Checked {
+        plan,
+        conns,
+        backend,
+    } = file.validate(&args.config)?;
     if file.dataplane.workers > 1 {
         bail!(
             "{}: dataplane.workers: {} workers would each need their own outbound SAs (an \
@@ -136,10 +143,6 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
             file.dataplane.workers
         );
     }
-    let backend =
-        file.dataplane.crypto_backend.resolve().map_err(|e| {
-            anyhow::anyhow!("{}: dataplane.crypto_backend: {e}", args.config.display())
-        })?;
     println!(
         "roamgate dataplane: {}",
         pipeline::crypto::describe_backend(
@@ -150,15 +153,15 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
     match file.dataplane.port {
         PortKind::AfXdp => {
             let opened = open_af_xdp(&file)?;
-            serve(&args, &file, &plan, backend, opened)
+            serve(&args, &file, &plan, conns, backend, opened)
         }
-        PortKind::Dpdk => open_and_serve_dpdk(&args, &file, &plan, backend),
+        PortKind::Dpdk => open_and_serve_dpdk(&args, &file, &plan, conns, backend),
     }
 }
 
 #[cfg(target_os = "linux")]
 fn open_af_xdp(file: &DataplaneFile) -> Result<Opened<pipeline::port::afxdp::XdpPort>> {
-    use control::config::{XdpModeName, ZeroCopyName};
+    use crate::config::{XdpModeName, ZeroCopyName};
     use pipeline::port::afxdp::{XdpConfig, XdpPort, ZeroCopy};
     use pipeline::port::xdp_prog::{mac_address, XdpMode, XdpProgram};
 
@@ -260,6 +263,7 @@ fn open_and_serve_dpdk(
     args: &DataplaneArgs,
     _: &DataplaneFile,
     _: &GatewayPlan,
+    _: Vec<Connection>,
     _: Backend,
 ) -> Result<()> {
     bail!(
@@ -274,10 +278,11 @@ fn open_and_serve_dpdk(
     args: &DataplaneArgs,
     file: &DataplaneFile,
     plan: &GatewayPlan,
+    conns: Vec<Connection>,
     backend: Backend,
 ) -> Result<()> {
     let opened = open_dpdk(file)?;
-    serve(args, file, plan, backend, opened)
+    serve(args, file, plan, conns, backend, opened)
 }
 
 #[cfg(feature = "dpdk")]
@@ -325,6 +330,7 @@ fn serve<P: Port + 'static>(
     args: &DataplaneArgs,
     file: &DataplaneFile,
     plan: &GatewayPlan,
+    conns: Vec<Connection>,
     backend: Backend,
     opened: Opened<P>,
 ) -> Result<()> {
@@ -355,7 +361,6 @@ fn serve<P: Port + 'static>(
     let mut running = Vec::new();
     let mut handles = Vec::new();
     // IKE: worker 0 punts what arrives on UDP 500/4500 and sends what the control loop queues.
-    let conns = file.ike.validate(&args.config, "ike")?;
     let mut ike_rings = None;
     let mut ike = None;
     let mut shm_rings = None;

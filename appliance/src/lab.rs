@@ -76,7 +76,7 @@ pub struct LabArgs {
     roam_secs: f64,
 }
 
-type Conns = Vec<control::ike_config::Connection>;
+type Conns = Vec<control::config::ike::Connection>;
 
 /// The lab's two tunnels as IKEv2 connections, site A initiating, and with `clients` site B's
 /// road-warrior connection; a fresh random PSK per run (returned too, for the clients).
@@ -110,8 +110,8 @@ fn lab_ike(cfg: &LabConfig, rekey_secs: u64, clients: bool) -> Result<([Conns; 2
         }
     );
     let p = Path::new("lab --ike");
-    let parse = |t: &str| -> Result<Vec<control::ike_config::Connection>> {
-        let y: control::ike_config::IkeYaml = config::parse(p, t)?;
+    let parse = |t: &str| -> Result<Vec<control::config::ike::Connection>> {
+        let y: control::config::ike::IkeYaml = config::parse(p, t)?;
         Ok(y.validate(p, "ike")?)
     };
     Ok(([parse(&a)?, parse(&b)?], psk))

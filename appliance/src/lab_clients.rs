@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use control::config;
-use control::ike_config::{Connection, IkeYaml};
+use control::config::ike::{Connection, IkeYaml};
 use control::repo::SaRepository;
 use control::runner::IkeControl;
 use pipeline::agent::{self, WorkerLink};

@@ -14,11 +14,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod addr_watch;
+mod config;
 mod control_proc;
 mod dataplane;
 mod lab;
 mod lab_clients;
 mod perf_cmd;
+mod run_dir;
 mod shm_link;
 mod supervise;
 mod views;

@@ -1,10 +1,11 @@
 //! Read-only views over a local socket: `roamgate stats` and `roamgate sa` ask a running
 //! process (the data plane today, the control plane next) for its counters and SAs, in the
 //! spirit of `swanctl --list-sas`. One request line ("stats" or "sas"), one JSON line back.
-//! The socket is created mode 0600; nothing served here ever contains key material.
+//! The socket is never reachable with a mode wider than 0600 ([`bind_private`]); nothing
+//! served here ever contains key material.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,13 +34,7 @@ pub fn serve(
         std::fs::remove_file(path)
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    let listener = bind_private(path)?;
     listener.set_nonblocking(true)?;
     let owned: PathBuf = path.to_owned();
     Ok(std::thread::Builder::new()
@@ -53,6 +48,53 @@ pub fn serve(
             }
             let _ = std::fs::remove_file(&owned);
         })?)
+}
+
+/// Removes `path` if it is a unix socket nobody answers on (what a killed server left).
+pub fn remove_stale(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Binds a unix socket that is never reachable with a mode wider than 0600: it is bound in a
+/// fresh 0700 directory next to `path` (so the umask never matters and nobody else can reach
+/// it there), set to 0600, then renamed into place (atomic, same file system). A unix socket
+/// cannot be fchmod-ed before bind, and a umask around bind would change it for every thread
+/// of the process.
+fn bind_private(path: &Path) -> Result<UnixListener> {
+    let parent = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.to_owned()
+        }
+        None => PathBuf::from("."),
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let mut r = [0u8; 6];
+    ring::rand::SecureRandom::fill(&rng, &mut r)
+        .map_err(|_| anyhow::anyhow!("no randomness for a private directory name"))?;
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    let private = parent.join(format!(".roamgate-bind.{hex}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let bound = private.join("s");
+    let result = (|| {
+        let listener =
+            UnixListener::bind(&bound).with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", bound.display()))?;
+        std::fs::rename(&bound, path)
+            .with_context(|| format!("moving the socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&bound);
+    let _ = std::fs::remove_dir(&private);
+    result
 }
 
 fn answer(conn: UnixStream, handler: &Handler) {
@@ -249,4 +291,40 @@ pub fn sas(args: ViewArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_socket_is_bound_privately_and_appears_with_mode_0600() {
+        let dir = std::env::temp_dir().join(format!("roamgate-views-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("view.sock");
+        let listener = bind_private(&path).unwrap();
+        // It was bound inside a private directory, not at the public path: there, whatever
+        // the umask, nobody else could reach it before its mode was set.
+        let bound = listener.local_addr().unwrap();
+        let bound = bound.as_pathname().unwrap().to_owned();
+        assert_ne!(
+            bound, path,
+            "bound in place: its mode followed the umask for a moment"
+        );
+        assert_eq!(bound.parent().unwrap().parent(), Some(dir.as_path()));
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        // Nothing left but the socket, and it answers at its public path.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("view.sock")]);
+        UnixStream::connect(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,7 +1,7 @@
 //! roamgate's control plane.
 //!
-//! - `config`, `ike_config`: deployment configuration (YAML), validated into data-plane
-//!   parameters and IKE connections.
+//! - `config`: deployment configuration (YAML), validated into data-plane parameters
+//!   (`config::gateway`), IKE connections (`config::ike`) and the lab (`config::lab`).
 //! - `ike`: IKEv2, sans-IO (wire codec, crypto, the endpoint and its IKE SAs).
 //! - `repo`: the SA repository, turning IKE's events into `pipeline::msg::Update`s.
 //! - `runner`: the control loop that joins the endpoint to the data plane's rings.
@@ -11,6 +11,5 @@
 
 pub mod config;
 pub mod ike;
-pub mod ike_config;
 pub mod repo;
 pub mod runner;

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::config::ike::{endpoint_config, Connection};
 use crate::ike::sa::{Endpoint, Event, IkeSaId};
-use crate::ike_config::{endpoint_config, Connection};
 use crate::repo::SaRepository;
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;

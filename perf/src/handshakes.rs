@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use control::config;
+use control::config::ike::{endpoint_config, IkeYaml};
 use control::ike::sa::{Endpoint, Event};
-use control::ike_config::{endpoint_config, IkeYaml};
 use control::repo::SaRepository;
 use control::runner::IkeControl;
 use pipeline::agent;

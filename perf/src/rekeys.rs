@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use control::config::ike::IkeYaml;
 use control::config::{self, GatewayConfig};
-use control::ike_config::IkeYaml;
 use control::repo::SaRepository;
 use control::runner::IkeControl;
 use pipeline::agent::{self, WorkerLink};

@@ -229,6 +229,16 @@ fn boot_id() -> [u8; 16] {
     out
 }
 
+/// Whether `pid` has exited and waits to be reaped (state Z or X in /proc/PID/stat).
+fn is_zombie(pid: libc::pid_t) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name in parentheses may hold anything; the state follows the last ')'.
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
 }
@@ -263,7 +273,9 @@ impl Region {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
+            // O_EXCL (create_new) already refuses any existing name, a symlink included;
+            // O_NOFOLLOW says so where it is read.
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| match e.kind() {
                 io::ErrorKind::AlreadyExists => ShmError::Exists(path.to_path_buf()),
@@ -470,7 +482,9 @@ impl Region {
         };
         // SAFETY: signal 0 only checks that the process exists; nothing is delivered.
         let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        let exists = r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        // A dead process that its (new) parent has not reaped yet still answers signal 0.
+        exists && !is_zombie(pid)
     }
 
     fn ring(self: &Arc<Self>, ring: usize) -> Result<RingMem, ShmError> {

@@ -29,7 +29,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::{ActionName, ConfigError, GatewayConfig};
 use crate::ike::crypto::{DhGroup, Prf};
 use crate::ike::sa::{
     prefix_ts, secret, Authenticator, EndpointConfig, EspProposal, IkeProposal, PeerConfig, Pool,
@@ -196,11 +196,7 @@ pub fn parse_esp_proposal(s: &str) -> Result<EspProposal, String> {
 impl IkeYaml {
     /// Validates every connection; errors name the file and the key.
     pub fn validate(&self, file: &Path, at: &str) -> Result<Vec<Connection>, ConfigError> {
-        let err = |key: String, what: String| ConfigError {
-            file: file.to_owned(),
-            key,
-            what,
-        };
+        let err = |key: String, what: String| ConfigError::new(file, key, what);
         let mut out = Vec::new();
         for (i, c) in self.connections.iter().enumerate() {
             let key = |k: &str| format!("{at}.connections[{i}].{k}");
@@ -361,20 +357,79 @@ impl IkeYaml {
     pub fn validate_client(&self, file: &Path, at: &str) -> Result<Vec<Connection>, ConfigError> {
         let conns = self.validate(file, at)?;
         if conns.is_empty() {
-            return Err(ConfigError {
-                file: file.to_owned(),
-                key: format!("{at}.connections"),
-                what: "a client needs a connection to a gateway".into(),
-            });
+            return Err(ConfigError::new(
+                file,
+                format!("{at}.connections"),
+                "a client needs a connection to a gateway",
+            ));
         }
         if let Some(i) = conns.iter().position(|c| c.initiate_to.is_none()) {
-            return Err(ConfigError {
-                file: file.to_owned(),
-                key: format!("{at}.connections[{i}].remote_addr"),
-                what: "a client initiates every connection: give the gateway's address".into(),
-            });
+            return Err(ConfigError::new(
+                file,
+                format!("{at}.connections[{i}].remote_addr"),
+                "a client initiates every connection: give the gateway's address",
+            ));
         }
         Ok(conns)
+    }
+}
+
+/// Whether two prefixes share an address (never across address families).
+fn overlap(a: &Prefix, b: &Prefix) -> bool {
+    let ((a0, a1), (b0, b1)) = (a.range(), b.range());
+    a0.is_ipv4() == b0.is_ipv4() && a0 <= b1 && b0 <= a1
+}
+
+impl IkeYaml {
+    /// The checks between the connections and the gateway they run on (`gw` at key path
+    /// `gw_at`): a virtual-IP pool must not overlap the WAN subnet (which holds our own
+    /// address), the LAN's subnet, or any LAN selector (a connection's `local_ts`, a static
+    /// SA's `local_ts`, a protect rule's `src`). A `/0` selector (a full tunnel) stands for
+    /// "everything", not for a LAN, and is not compared.
+    pub fn check_against(
+        &self,
+        gw: &GatewayConfig,
+        file: &Path,
+        at: &str,
+        gw_at: &str,
+    ) -> Result<(), ConfigError> {
+        let mut taken: Vec<(String, Prefix)> = Vec::new();
+        for side in ["wan", "lan"] {
+            let i = if side == "wan" { &gw.wan } else { &gw.lan };
+            let subnet = i
+                .subnet()
+                .map_err(|w| ConfigError::new(file, format!("{gw_at}.{side}.prefix_len"), w))?;
+            taken.push((format!("{gw_at}.{side} subnet"), subnet));
+        }
+        for (j, c) in self.connections.iter().enumerate() {
+            for (k, p) in c.local_ts.iter().enumerate() {
+                taken.push((format!("{at}.connections[{j}].local_ts[{k}]"), *p));
+            }
+        }
+        for (j, sa) in gw.sas.iter().enumerate() {
+            taken.push((format!("{gw_at}.sas[{j}].local_ts"), sa.local_ts));
+        }
+        for (j, p) in gw.policies.iter().enumerate() {
+            if p.action == ActionName::Protect {
+                taken.push((format!("{gw_at}.policies[{j}].src"), p.src));
+            }
+        }
+        for (i, c) in self.connections.iter().enumerate() {
+            let Some(pool) = c.pool else { continue };
+            if let Some((what, p)) = taken
+                .iter()
+                .find(|(_, p)| !p.is_default() && overlap(&pool, p))
+            {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{at}.connections[{i}].pool"),
+                    format!(
+                        "{pool} overlaps {what} ({p}): a client's virtual IP would collide with an address on our side"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -478,6 +533,61 @@ mod tests {
         let e = y.validate(Path::new("x.yaml"), "ike").unwrap_err();
         assert_eq!(e.key, "ike.connections[0].child_life_packets");
         assert!(e.to_string().contains("child_rekey_packets"), "{e}");
+    }
+
+    fn gateway(lan: &str, wan: &str, extra: &str) -> GatewayConfig {
+        crate::config::parse(
+            Path::new("x.yaml"),
+            &format!(
+                "name: gw\nlan: {{ address: {lan}, neighbor_mac: \"02:00:00:00:00:01\" }}\nwan: {{ address: {wan}, neighbor_mac: \"02:00:00:00:00:02\" }}\n{extra}"
+            ),
+        )
+        .unwrap()
+    }
+
+    fn rw(pool: &str, local_ts: &str) -> IkeYaml {
+        crate::config::parse(
+            Path::new("x.yaml"),
+            &format!("connections:\n  - {{ name: rw, local_id: gw, psk: \"0123456789\", pool: {pool}, local_ts: [{local_ts}] }}\n"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pool_must_not_overlap_the_lan_selectors_or_the_wan_subnet() {
+        let f = Path::new("x.yaml");
+        let check = |y: &IkeYaml, gw: &GatewayConfig| {
+            y.validate(f, "ike").unwrap();
+            y.check_against(gw, f, "ike", "gateway")
+        };
+        let gw = gateway("10.9.0.1", "192.0.2.1", "");
+        assert!(check(&rw("10.99.0.0/24", "10.9.0.0/24"), &gw).is_ok());
+        // A full tunnel (0.0.0.0/0) is not a LAN.
+        assert!(check(&rw("10.99.0.0/24", "0.0.0.0/0"), &gw).is_ok());
+
+        let e = check(&rw("10.9.0.128/25", "10.9.0.0/24"), &gw).unwrap_err();
+        assert_eq!(e.key, "ike.connections[0].pool", "{e}");
+        assert!(e.what.contains("ike.connections[0].local_ts[0]"), "{e}");
+        // A pool that holds the gateway's own WAN address, and one inside the WAN subnet.
+        let e = check(&rw("192.0.2.0/24", "10.9.0.0/24"), &gw).unwrap_err();
+        assert_eq!(e.key, "ike.connections[0].pool", "{e}");
+        assert!(e.what.contains("gateway.wan subnet"), "{e}");
+        let mut gw24 = gateway("10.9.0.1", "192.0.2.1", "");
+        gw24.wan.prefix_len = Some(24);
+        let e = check(&rw("192.0.2.128/26", "10.9.0.0/24"), &gw24).unwrap_err();
+        assert!(e.what.contains("gateway.wan subnet (192.0.2.0/24)"), "{e}");
+        assert!(
+            check(&rw("192.0.2.128/26", "10.9.0.0/24"), &gw).is_ok(),
+            "no prefix: only the address"
+        );
+        // A protect rule's LAN side.
+        let gw_sa = gateway(
+            "10.9.0.1",
+            "192.0.2.1",
+            "sas:\n  - { name: o, direction: out, spi: 0x1000, aead: aes-gcm-128, key: \"00112233445566778899aabbccddeeff00112233\", local: 192.0.2.1, remote: 192.0.2.2, local_ts: 10.8.0.0/16, remote_ts: 10.1.0.0/16 }\npolicies:\n  - { src: 10.8.0.0/16, dst: 10.1.0.0/16, action: protect, sa: o }\n",
+        );
+        let e = check(&rw("10.8.3.0/24", "10.9.0.0/24"), &gw_sa).unwrap_err();
+        assert!(e.what.contains("gateway.sas[0].local_ts"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,596 @@
+//! The `gateway` schema: one gateway's data-plane parameters (its two interfaces, static SAs,
+//! policies, masquerade and the AEAD backend), validated into a [`GatewayPlan`]. Keys are
+//! never echoed: [`SaConfig`]'s `Debug` redacts them and hex errors name positions only.
+
+use core::fmt;
+use core::net::IpAddr;
+use std::path::Path;
+
+use pipeline::crypto::{AeadAlg, Backend};
+use pipeline::esp::replay::ReplayWindow;
+use pipeline::esp::sa::{SaKeys, SaParams, UdpEncap};
+use pipeline::ids::{SaId, Spi};
+use pipeline::msg::Direction;
+use pipeline::nat::MasqueradeConfig;
+use pipeline::spd::{Action, PortRange, Prefix, Rule, Selector};
+use serde::Deserialize;
+
+use super::{decode_hex, ConfigError};
+
+/// Which AEAD backend the data plane uses.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// intel-ipsec-mb when it is built in and the CPU has AES-NI + PCLMULQDQ, else ring.
+    #[default]
+    Auto,
+    IpsecMb,
+    Ring,
+    /// No encryption at all: for benchmarks only, refused outside the perf lab.
+    Null,
+}
+
+impl BackendChoice {
+    pub fn resolve(self) -> Result<Backend, String> {
+        let b = match self {
+            BackendChoice::Auto => return Ok(pipeline::crypto::best_backend()),
+            BackendChoice::IpsecMb => Backend::IpsecMb,
+            BackendChoice::Ring => Backend::Ring,
+            BackendChoice::Null => Backend::Null,
+        };
+        if pipeline::crypto::available(b) {
+            Ok(b)
+        } else {
+            Err(format!(
+                "crypto backend {b} is not available on this machine or build"
+            ))
+        }
+    }
+}
+
+/// An Ethernet address, written `02:00:00:00:00:01`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl core::str::FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in mac.iter_mut() {
+            let p = parts
+                .next()
+                .ok_or_else(|| format!("'{s}' is not a MAC address"))?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| format!("'{s}' is not a MAC address"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("'{s}' is not a MAC address"));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// One side of a gateway (LAN: clear, WAN: protected).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// The device that carries this side: a kernel interface name for the AF_XDP port
+    /// (`eth1`), a DPDK port name for the DPDK port (`net_af_packet0`, `0000:03:00.0`). Not
+    /// used by the in-memory lab.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Our Ethernet address on this link; the data plane reads it from the device when absent.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// Our address on this link (source of ICMP errors on the LAN, tunnel endpoint on the WAN;
+    /// answered in ARP or neighbour discovery).
+    pub address: IpAddr,
+    /// A second, IPv6 address when `address` is IPv4 (dual-stack links).
+    #[serde(default)]
+    pub address6: Option<core::net::Ipv6Addr>,
+    /// Length of the link's subnet around `address` (e.g. 24); absent: only the address itself
+    /// is known to be on the link. Virtual-IP pools must stay out of it.
+    #[serde(default)]
+    pub prefix_len: Option<u8>,
+    /// Next hop's Ethernet address (static neighbour).
+    pub neighbor_mac: MacAddr,
+    /// IP MTU of the link.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+/// Smallest MTU of an IPv4-only link (every host must accept 576-byte datagrams).
+pub const MIN_MTU_V4: u16 = 576;
+/// Smallest MTU of a link that carries IPv6.
+pub const MIN_MTU_V6: u16 = 1280;
+/// Largest MTU: a jumbo frame.
+pub const MAX_MTU: u16 = 9216;
+
+fn default_mtu() -> u16 {
+    1500
+}
+
+impl InterfaceConfig {
+    /// The MTU must carry the smallest datagram every family on the link must pass (IPv4
+    /// 576, RFC 791; IPv6 1280, RFC 8200) and at most a jumbo frame (9216). A link with both
+    /// families (`address6` next to an IPv4 `address`) takes the stricter minimum, 1280: its
+    /// IPv6 traffic must fit whatever the IPv4 side would allow.
+    pub fn check_mtu(&self) -> Result<(), String> {
+        let (min, why) = if self.address.is_ipv6() || self.address6.is_some() {
+            (MIN_MTU_V6, "IPv6 needs 1280 (RFC 8200)")
+        } else {
+            (MIN_MTU_V4, "IPv4 needs 576 (RFC 791)")
+        };
+        if !(min..=MAX_MTU).contains(&self.mtu) {
+            return Err(format!(
+                "{} is outside {min}..={MAX_MTU} ({why}; at most a jumbo frame)",
+                self.mtu
+            ));
+        }
+        Ok(())
+    }
+
+    /// The link's subnet (`address`/`prefix_len`), or the address alone as a host prefix.
+    pub fn subnet(&self) -> Result<Prefix, String> {
+        let host = if self.address.is_ipv4() { 32 } else { 128 };
+        let len = self.prefix_len.unwrap_or(host);
+        if len > host {
+            return Err(format!("{len} is longer than an address ({host} bits)"));
+        }
+        Ok(Prefix::masked(self.address, len))
+    }
+
+    /// What a worker needs to know of this link.
+    pub fn link(&self) -> pipeline::worker::Link {
+        self.link_with_mac(self.mac.unwrap_or_default().0)
+    }
+
+    /// [`link`](Self::link) with the MAC the device reported.
+    pub fn link_with_mac(&self, mac: [u8; 6]) -> pipeline::worker::Link {
+        let (addr4, addr6) = match self.address {
+            IpAddr::V4(a) => (Some(a), self.address6),
+            IpAddr::V6(a) => (None, Some(a)),
+        };
+        pipeline::worker::Link {
+            mac,
+            neighbor: self.neighbor_mac.0,
+            addr4,
+            addr6,
+            mtu: self.mtu,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum AeadName {
+    /// AES-GCM with a 128-bit key and 16-byte ICV (RFC 4106).
+    #[serde(rename = "aes-gcm-128")]
+    AesGcm128,
+    #[serde(rename = "aes-gcm-256")]
+    AesGcm256,
+}
+
+impl From<AeadName> for AeadAlg {
+    fn from(a: AeadName) -> AeadAlg {
+        match a {
+            AeadName::AesGcm128 => AeadAlg::AesGcm128,
+            AeadName::AesGcm256 => AeadAlg::AesGcm256,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectionName {
+    In,
+    Out,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UdpEncapConfig {
+    #[serde(default = "natt_port")]
+    pub local_port: u16,
+    #[serde(default = "natt_port")]
+    pub remote_port: u16,
+}
+
+fn natt_port() -> u16 {
+    4500
+}
+
+/// A statically keyed SA (lab and tests; IKEv2 negotiates them in production).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaConfig {
+    pub name: String,
+    pub direction: DirectionName,
+    pub spi: u32,
+    pub aead: AeadName,
+    /// Hex: the AES key followed by the 4-byte salt (20 or 36 bytes).
+    pub key: String,
+    #[serde(default = "yes")]
+    pub esn: bool,
+    /// Our tunnel endpoint and the peer's.
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub local_ts: Prefix,
+    pub remote_ts: Prefix,
+    #[serde(default)]
+    pub udp_encap: Option<UdpEncapConfig>,
+    #[serde(default)]
+    pub replay_window: Option<u32>,
+}
+
+impl fmt::Debug for SaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaConfig")
+            .field("name", &self.name)
+            .field("direction", &self.direction)
+            .field("spi", &Spi(self.spi))
+            .field("aead", &self.aead)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionName {
+    Protect,
+    Bypass,
+    Discard,
+}
+
+/// One SPD rule; rules are matched in file order, first match wins.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub src: Prefix,
+    pub dst: Prefix,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, ...); absent = any.
+    #[serde(default)]
+    pub proto: Option<u8>,
+    #[serde(default = "any_port")]
+    pub src_ports: PortRange,
+    #[serde(default = "any_port")]
+    pub dst_ports: PortRange,
+    pub action: ActionName,
+    /// The outbound SA of a protect rule, by name.
+    #[serde(default)]
+    pub sa: Option<String>,
+}
+
+fn any_port() -> PortRange {
+    PortRange { lo: 0, hi: 65535 }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasqueradeYaml {
+    /// The address inside flows are rewritten to (usually the WAN address).
+    pub address: core::net::Ipv4Addr,
+    #[serde(default = "port_lo")]
+    pub port_lo: u16,
+    #[serde(default = "port_hi")]
+    pub port_hi: u16,
+    #[serde(default)]
+    pub udp_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
+}
+
+fn port_lo() -> u16 {
+    1024
+}
+fn port_hi() -> u16 {
+    65535
+}
+
+/// One gateway's data plane: its two interfaces, SAs, policies and masquerade.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub name: String,
+    pub lan: InterfaceConfig,
+    pub wan: InterfaceConfig,
+    #[serde(default = "default_window")]
+    pub replay_window: u32,
+    #[serde(default)]
+    pub sas: Vec<SaConfig>,
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+    #[serde(default)]
+    pub masquerade: Option<MasqueradeYaml>,
+}
+
+fn default_window() -> u32 {
+    1024
+}
+
+/// Longest gateway name.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// A gateway's name becomes part of file names (its shared-memory channel, its run
+/// directory): 1 to 32 of `[A-Za-z0-9_.-]`, not starting with `.`, so it can never be a path
+/// (`../x`), a hidden file or a separator.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=MAX_NAME_LEN).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a gateway name: 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ . -, not starting with '.'"
+        ))
+    }
+}
+
+/// What a validated gateway config yields for the data plane.
+#[derive(Debug)]
+pub struct GatewayPlan {
+    pub sas: Vec<(Direction, SaParams)>,
+    pub rules: Vec<Rule>,
+    pub masquerade: Option<MasqueradeConfig>,
+}
+
+impl GatewayConfig {
+    /// Checks cross-references and converts to data-plane parameters. `at` is the key path of
+    /// this gateway inside its file (e.g. `site_a`).
+    pub fn validate(&self, file: &Path, at: &str) -> Result<GatewayPlan, ConfigError> {
+        let err = |key: String, what: String| ConfigError::new(file, key, what);
+        check_name(&self.name).map_err(|w| err(format!("{at}.name"), w))?;
+        if let Err(e) = ReplayWindow::new(self.replay_window, true) {
+            return Err(err(format!("{at}.replay_window"), e.to_string()));
+        }
+        for (side, i) in [("lan", &self.lan), ("wan", &self.wan)] {
+            i.check_mtu()
+                .map_err(|w| err(format!("{at}.{side}.mtu"), w))?;
+        }
+        let mut sas = Vec::new();
+        for (i, sa) in self.sas.iter().enumerate() {
+            let key = |k: &str| format!("{at}.sas[{i}].{k}");
+            if self.sas[..i].iter().any(|o| o.name == sa.name) {
+                return Err(err(key("name"), format!("duplicate SA name '{}'", sa.name)));
+            }
+            if sa.spi < 256 {
+                return Err(err(
+                    key("spi"),
+                    format!(
+                        "SPI {} is reserved (RFC 4303: 1..255 are IANA's, 0 is never used)",
+                        sa.spi
+                    ),
+                ));
+            }
+            let keymat = decode_hex(&sa.key).map_err(|w| err(key("key"), w))?;
+            let alg = AeadAlg::from(sa.aead);
+            let keys =
+                SaKeys::from_keymat(alg, &keymat).map_err(|e| err(key("key"), e.to_string()))?;
+            if sa.local.is_ipv4() != sa.remote.is_ipv4() {
+                return Err(err(
+                    key("remote"),
+                    "local and remote mix IPv4 and IPv6".into(),
+                ));
+            }
+            let window = sa.replay_window.unwrap_or(self.replay_window);
+            if let Err(e) = ReplayWindow::new(window, sa.esn) {
+                return Err(err(key("replay_window"), e.to_string()));
+            }
+            let dir = match sa.direction {
+                DirectionName::In => Direction::Inbound,
+                DirectionName::Out => Direction::Outbound,
+            };
+            sas.push((
+                dir,
+                SaParams {
+                    id: SaId(i as u32),
+                    spi: Spi(sa.spi),
+                    keys,
+                    esn: sa.esn,
+                    replay_window: window,
+                    local: sa.local,
+                    remote: sa.remote,
+                    encap: sa.udp_encap.map(|u| UdpEncap {
+                        local_port: u.local_port,
+                        remote_port: u.remote_port,
+                    }),
+                    local_ts: sa.local_ts,
+                    remote_ts: sa.remote_ts,
+                    outer_ttl: 64,
+                    lifetime: Default::default(),
+                },
+            ));
+        }
+        for (i, a) in self.sas.iter().enumerate() {
+            if let Some(b) = self.sas[..i].iter().find(|b| {
+                b.direction == DirectionName::In
+                    && a.direction == DirectionName::In
+                    && b.spi == a.spi
+            }) {
+                return Err(err(
+                    format!("{at}.sas[{i}].spi"),
+                    format!("inbound SPI {:#x} is also used by SA '{}'", a.spi, b.name),
+                ));
+            }
+        }
+        let mut rules = Vec::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            let key = |k: &str| format!("{at}.policies[{i}].{k}");
+            let action = match (p.action, &p.sa) {
+                (ActionName::Protect, None) => {
+                    return Err(err(
+                        key("sa"),
+                        "a protect rule needs the name of an outbound SA".into(),
+                    ))
+                }
+                (ActionName::Protect, Some(name)) => {
+                    let idx = self
+                        .sas
+                        .iter()
+                        .position(|s| &s.name == name && s.direction == DirectionName::Out)
+                        .ok_or_else(|| err(key("sa"), format!("no outbound SA named '{name}'")))?;
+                    Action::Protect(SaId(idx as u32))
+                }
+                (_, Some(_)) => return Err(err(key("sa"), "only protect rules name an SA".into())),
+                (ActionName::Bypass, None) => Action::Bypass,
+                (ActionName::Discard, None) => Action::Discard,
+            };
+            if p.src.addr().is_ipv4() != p.dst.addr().is_ipv4() {
+                return Err(err(key("dst"), "src and dst mix IPv4 and IPv6".into()));
+            }
+            rules.push(Rule {
+                id: i as u32,
+                selector: Selector {
+                    src: p.src,
+                    dst: p.dst,
+                    proto: p.proto,
+                    src_ports: p.src_ports,
+                    dst_ports: p.dst_ports,
+                },
+                action,
+            });
+        }
+        let masquerade = match &self.masquerade {
+            None => None,
+            Some(m) => {
+                if m.port_lo == 0 || m.port_lo > m.port_hi {
+                    return Err(err(
+                        format!("{at}.masquerade.port_lo"),
+                        format!(
+                            "port range {}-{} is empty or starts at 0",
+                            m.port_lo, m.port_hi
+                        ),
+                    ));
+                }
+                let mut c = MasqueradeConfig {
+                    external_addr: m.address,
+                    port_range: (m.port_lo, m.port_hi),
+                    ..MasqueradeConfig::default()
+                };
+                if let Some(t) = m.udp_timeout_secs {
+                    c.udp_timeout_ns = t.saturating_mul(1_000_000_000);
+                }
+                if let Some(n) = m.max_sessions {
+                    c.max_sessions = n;
+                }
+                Some(c)
+            }
+        };
+        Ok(GatewayPlan {
+            sas,
+            rules,
+            masquerade,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(lan: &str, wan: &str) -> GatewayConfig {
+        crate::config::parse(
+            Path::new("x.yaml"),
+            &format!("name: gw\nlan: {{ {lan}, neighbor_mac: \"02:00:00:00:00:01\" }}\nwan: {{ {wan}, neighbor_mac: \"02:00:00:00:00:02\" }}\n"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_name_that_could_be_a_path_is_refused() {
+        let f = Path::new("x.yaml");
+        let v4 = "address: 10.0.0.1";
+        for bad in [
+            "../../x",
+            "a/b",
+            ".hidden",
+            "",
+            "x y",
+            "name\u{0}",
+            &"n".repeat(33),
+        ] {
+            let mut gw = gateway(v4, v4);
+            gw.name = bad.to_string();
+            let e = gw.validate(f, "gateway").unwrap_err();
+            assert_eq!(e.key, "gateway.name", "{bad:?}: {e}");
+        }
+        for good in ["gw", "gw-a", "site_b.2", &"n".repeat(32)] {
+            let mut gw = gateway(v4, v4);
+            gw.name = good.to_string();
+            assert!(gw.validate(f, "gateway").is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn the_mtu_is_bounded_per_family() {
+        let f = Path::new("x.yaml");
+        let ok = |lan: &str, wan: &str| gateway(lan, wan).validate(f, "gateway").map(|_| ());
+        let v4 = "address: 10.0.0.1";
+        assert!(ok(&format!("{v4}, mtu: 576"), v4).is_ok());
+        assert!(ok(v4, &format!("{v4}, mtu: 9216")).is_ok());
+        for (lan, wan, key) in [
+            (format!("{v4}, mtu: 20"), v4.to_string(), "gateway.lan.mtu"),
+            (format!("{v4}, mtu: 575"), v4.to_string(), "gateway.lan.mtu"),
+            (
+                v4.to_string(),
+                format!("{v4}, mtu: 65535"),
+                "gateway.wan.mtu",
+            ),
+            (
+                v4.to_string(),
+                format!("{v4}, mtu: 9217"),
+                "gateway.wan.mtu",
+            ),
+            // IPv6, alone or next to IPv4 on the link: 1280 at least.
+            (
+                v4.to_string(),
+                "address: \"2001:db8::1\", mtu: 1279".into(),
+                "gateway.wan.mtu",
+            ),
+            (
+                format!("{v4}, address6: \"2001:db8::1\", mtu: 1000"),
+                v4.to_string(),
+                "gateway.lan.mtu",
+            ),
+        ] {
+            let e = ok(&lan, &wan).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        assert!(ok(v4, "address: \"2001:db8::1\", mtu: 1280").is_ok());
+        let e = ok(&format!("{v4}, mtu: 20"), v4).unwrap_err().to_string();
+        assert!(e.contains("20 is outside 576..=9216"), "{e}");
+    }
+
+    #[test]
+    fn mac() {
+        let m: MacAddr = "02:00:00:00:0a:ff".parse().unwrap();
+        assert_eq!(m.to_string(), "02:00:00:00:0a:ff");
+        assert!("02:00:00:00:0a".parse::<MacAddr>().is_err());
+        assert!("02:00:00:00:0a:ff:01".parse::<MacAddr>().is_err());
+    }
+}

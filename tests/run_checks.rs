@@ -1,0 +1,115 @@
+//! `roamgate run` through the real binary, without root: a file that cannot work is refused
+//! before any child process starts, with an exit status of 1 and the key named.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use roamgate_tests::{root, scratch};
+
+/// The interop gateway's file with `from` replaced by `to`.
+fn variant(dir: &Path, name: &str, from: &str, to: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(root().join("configs/interop-gw.yaml")).unwrap();
+    assert!(text.contains(from), "{from} is in the example");
+    let p = dir.join(name);
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    p
+}
+
+/// Runs `roamgate run --config FILE`; returns (exit code, stderr, seconds it took). A run that
+/// is still going after `limit` is killed (it is our child) and reported as None.
+fn run_for(config: &Path, limit: Duration) -> (Option<i32>, String, f64) {
+    let t = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--shm")
+        .arg(config.with_extension("ctl"))
+        .arg("--socket")
+        .arg(config.with_extension("sock"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roamgate starts");
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    (
+        code,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        t.elapsed().as_secs_f64(),
+    )
+}
+
+#[test]
+fn run_refuses_a_bad_ike_section_before_starting_anything() {
+    let dir = scratch("run_checks");
+    for (name, from, to, key) in [
+        (
+            "bad-proposal.yaml",
+            "ike_proposals: [aes128gcm16-prfsha256-x25519,",
+            "ike_proposals: [aes128gcm16-prfsha256-x448,",
+            "ike.connections[0].ike_proposals[0]",
+        ),
+        (
+            "bad-psk.yaml",
+            "psk: \"lab-psk-not-secret\"",
+            "psk: \"Zq9x\"",
+            "ike.connections[0].psk",
+        ),
+    ] {
+        let cfg = variant(&dir, name, from, to);
+        let (code, stderr, secs) = run_for(&cfg, Duration::from_secs(10));
+        assert_eq!(code, Some(1), "{name}: run exits 1 at once:\n{stderr}");
+        assert!(secs < 5.0, "{name}: promptly ({secs:.1} s)");
+        assert!(
+            stderr.contains(&cfg.display().to_string()) && stderr.contains(key),
+            "{name}: the error names the file and {key}:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("run: started"),
+            "{name}: no child was started:\n{stderr}"
+        );
+        assert!(!stderr.contains("Zq9x"), "no PSK in the error:\n{stderr}");
+    }
+}
+
+#[test]
+fn run_stops_when_a_child_cannot_start_instead_of_restarting_it_for_ever() {
+    let dir = scratch("run_checks_startup");
+    let text = std::fs::read_to_string(root().join("configs/interop-gw.yaml")).unwrap();
+    let text = text
+        .replace("name: gw\n", "name: startup-check\n")
+        .replace("device: lan,", "device: rgnodev0,")
+        .replace("device: wan,", "device: rgnodev1,");
+    let cfg = dir.join("no-devices.yaml");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, stderr, secs) = run_for(&cfg, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "run gives up with an error:\n{stderr}");
+    assert!(secs < 10.0, "promptly ({secs:.1} s):\n{stderr}");
+    assert!(
+        stderr.contains("roamgate dataplane failed at start-up"),
+        "it says which child and why:\n{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("run: started dataplane").count(),
+        1,
+        "never restarted:\n{stderr}"
+    );
+    // The control plane it had started is stopped and leaves nothing behind.
+    assert!(stderr.contains("run: started control"), "{stderr}");
+    for left in ["ctl", "sock", "sock.ike"] {
+        let p = cfg.with_extension(left);
+        assert!(!p.exists(), "{} was left behind:\n{stderr}", p.display());
+    }
+}

@@ -1,0 +1,257 @@
+//! `roamgate run`'s life through the real binary, on AF_XDP over veths in a namespace of its
+//! own (root; a SKIP line otherwise): kill -9 of the supervisor takes its children with it and
+//! a new run comes up on the same devices; SIGTERM while the control plane is stalled still
+//! leaves no shared-memory channel and no view socket behind.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use roamgate_tests::netns::root_or_skip;
+use roamgate_tests::{root, scratch};
+
+const NS: &str = "rglife-gw";
+const NAME: &str = "lifecycle";
+
+/// One namespace with the gateway's two veths (`lan`, `wan`; their peers stay unused).
+struct Namespace;
+
+impl Namespace {
+    fn up() -> Namespace {
+        let _ = Command::new("ip")
+            .args(["netns", "del", NS])
+            .stderr(Stdio::null())
+            .status();
+        let sh = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        sh(&["netns", "add", NS]);
+        for (dev, peer) in [("lan", "lanp"), ("wan", "wanp")] {
+            sh(&[
+                "-n", NS, "link", "add", dev, "type", "veth", "peer", "name", peer,
+            ]);
+            sh(&["-n", NS, "link", "set", dev, "up"]);
+            sh(&["-n", NS, "link", "set", peer, "up"]);
+        }
+        Namespace
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", NS]).status();
+    }
+}
+
+/// A `roamgate run` in the namespace with its stderr collected.
+struct Run {
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Run {
+    fn start(config: &Path, socket: &Path) -> Run {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", NS, env!("CARGO_BIN_EXE_roamgate"), "run"])
+            .arg("--config")
+            .arg(config)
+            .arg("--socket")
+            .arg(socket)
+            .args(["--status-secs", "0", "--idle-sleep-us", "200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("roamgate run starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Run {
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    fn text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The pids of the children it started last.
+    fn children(&self) -> (Option<u32>, Option<u32>) {
+        let text = self.text();
+        let pid = |name: &str| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&format!("run: started {name} (pid ")))
+                .filter_map(|r| r.trim_end_matches(')').parse().ok())
+                .next_back()
+        };
+        (pid("control"), pid("dataplane"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits for the exit; None if it did not exit within `limit`.
+    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether a process is gone (no such pid, or a zombie waiting for its reaper).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Both children serve their views: the data plane at `socket`, the control plane at
+/// `socket.ike`.
+fn up(run: &Run, socket: &Path) -> bool {
+    let ike = ike_socket(socket);
+    wait_until(Duration::from_secs(20), || {
+        socket.exists() && ike.exists() && {
+            let (c, d) = run.children();
+            c.is_some() && d.is_some()
+        }
+    })
+}
+
+fn ike_socket(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".ike");
+    PathBuf::from(p)
+}
+
+/// This gateway's run directories in /dev/shm.
+fn run_dirs() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("roamgate-{NAME}.")))
+        .collect()
+}
+
+#[test]
+fn run_children_die_with_it_and_nothing_is_left_behind() {
+    if !root_or_skip("run_lifecycle") {
+        return;
+    }
+    let dir = scratch("run_lifecycle");
+    let text = std::fs::read_to_string(root().join("configs/interop-gw.yaml")).unwrap();
+    let config = dir.join("gw.yaml");
+    std::fs::write(
+        &config,
+        text.replace("name: gw\n", &format!("name: {NAME}\n")),
+    )
+    .unwrap();
+    let socket = dir.join("view.sock");
+    let _ns = Namespace::up();
+
+    // kill -9 of the supervisor: its children go with it.
+    let mut first = Run::start(&config, &socket);
+    assert!(up(&first, &socket), "run came up:\n{}", first.text());
+    let (Some(control), Some(dataplane)) = first.children() else {
+        unreachable!()
+    };
+    first.signal("KILL");
+    assert!(first.wait(Duration::from_secs(2)).is_some());
+    let t = Instant::now();
+    let both_gone = wait_until(Duration::from_secs(2), || gone(control) && gone(dataplane));
+    assert!(
+        both_gone,
+        "control {control} and dataplane {dataplane} outlived their supervisor:\n{}",
+        first.text()
+    );
+    println!("children gone {:?} after the supervisor", t.elapsed());
+
+    // A new run on the same devices comes up: the XDP programs went with the old data plane,
+    // the old run's directory is found and removed.
+    let mut second = Run::start(&config, &socket);
+    assert!(
+        up(&second, &socket),
+        "a second run came up:\n{}",
+        second.text()
+    );
+    assert!(
+        second.text().contains("removed what an earlier run left"),
+        "{}",
+        second.text()
+    );
+    assert_eq!(run_dirs().len(), 1, "{:?}", run_dirs());
+
+    // SIGTERM while the control plane is stalled (as under a flood): it is killed after its
+    // grace period, and the run still leaves nothing behind.
+    let (Some(control), Some(_)) = second.children() else {
+        unreachable!()
+    };
+    let st = Command::new("kill")
+        .args(["-STOP", &control.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    second.signal("TERM");
+    let status = second.wait(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "run exits 0 on SIGTERM ({status:?}):\n{}",
+        second.text()
+    );
+    assert!(gone(control));
+    assert_eq!(
+        run_dirs(),
+        Vec::<String>::new(),
+        "the channel's directory is gone"
+    );
+    assert!(!socket.exists(), "the data plane's view socket is gone");
+    assert!(
+        !ike_socket(&socket).exists(),
+        "the control plane's view socket is gone:\n{}",
+        second.text()
+    );
+}
