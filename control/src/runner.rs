@@ -17,6 +17,7 @@ use crate::ike::sa::{Endpoint, Event, IkeSaId};
 use crate::repo::SaRepository;
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
+use pipeline::ids::{SaId, Spi};
 use pipeline::msg::{Event as DpEvent, LifetimeKind, Update};
 use pipeline::worker::Datagram;
 use rtrb::{Consumer, Producer};
@@ -68,10 +69,32 @@ struct DataplaneReports {
     soft_lifetimes: u64,
     hard_lifetimes: u64,
     seq_near_wrap: u64,
-    /// Latest running totals per worker (unknown SPI) or per (worker, SA id).
+    /// Latest running totals per worker (unknown SPI) or per (worker, SA id, SPI) of the
+    /// SAs alive; an SA's totals move to `retired` when it goes.
     unknown_spi: std::collections::BTreeMap<u16, u64>,
-    auth_failures: std::collections::BTreeMap<(u16, u32), u64>,
-    replay_failures: std::collections::BTreeMap<(u16, u32), u64>,
+    auth_failures: std::collections::BTreeMap<(u16, u32, u32), u64>,
+    replay_failures: std::collections::BTreeMap<(u16, u32, u32), u64>,
+    /// Authentication and replay failures of SAs that went.
+    retired: [u64; 2],
+}
+
+impl DataplaneReports {
+    /// Moves the totals of SAs that `alive` no longer holds to `retired`: one entry per SA
+    /// that ever failed would grow with every rekey.
+    fn retire(&mut self, alive: impl Fn(SaId, Spi) -> bool) {
+        for (i, map) in [&mut self.auth_failures, &mut self.replay_failures]
+            .into_iter()
+            .enumerate()
+        {
+            map.retain(|(_, id, spi), n| {
+                let keep = alive(SaId(*id), Spi(*spi));
+                if !keep {
+                    self.retired[i] += *n;
+                }
+                keep
+            });
+        }
+    }
 }
 
 impl IkeControl {
@@ -143,7 +166,7 @@ impl IkeControl {
                 } else {
                     self.dp.soft_lifetimes += 1;
                 }
-                let Some(spi_in) = self.repo.child_of_sa(*id) else {
+                let Some(spi_in) = self.repo.child_of_sa(*id, *spi) else {
                     return;
                 };
                 let Some(ike) = self.endpoint.ike_of_child(spi_in) else {
@@ -163,7 +186,7 @@ impl IkeControl {
             }
             DpEvent::SeqNearWrap { id, spi, seq, .. } => {
                 self.dp.seq_near_wrap += 1;
-                let Some(spi_in) = self.repo.child_of_sa(*id) else {
+                let Some(spi_in) = self.repo.child_of_sa(*id, *spi) else {
                     return;
                 };
                 if let Some(ike) = self.endpoint.ike_of_child(spi_in) {
@@ -189,16 +212,27 @@ impl IkeControl {
                     );
                 }
             }
+            // A report about an SA that went was on its way when it went (reports are rate
+            // limited): what it adds since the last one is not counted.
             DpEvent::AuthFailures {
-                worker, id, count, ..
-            } => {
-                self.dp.auth_failures.insert((*worker, id.0), *count);
+                worker,
+                id,
+                spi,
+                count,
+            } if self.repo.holds(*id, *spi) => {
+                self.dp.auth_failures.insert((*worker, id.0, spi.0), *count);
             }
             DpEvent::ReplayFailures {
-                worker, id, count, ..
-            } => {
-                self.dp.replay_failures.insert((*worker, id.0), *count);
+                worker,
+                id,
+                spi,
+                count,
+            } if self.repo.holds(*id, *spi) => {
+                self.dp
+                    .replay_failures
+                    .insert((*worker, id.0, spi.0), *count);
             }
+            DpEvent::AuthFailures { .. } | DpEvent::ReplayFailures { .. } => return,
         }
         self.dirty = true;
         self.publish_if_due();
@@ -292,6 +326,10 @@ impl IkeControl {
     /// goes away in between), so a burst of new CHILD_SAs compiles the SPD once, not once
     /// each.
     fn queue_update(&mut self, u: Update) {
+        if matches!(u, Update::DeleteInbound { .. }) {
+            let repo = &self.repo;
+            self.dp.retire(|id, spi| repo.holds(id, spi));
+        }
         if matches!(u, Update::ReplaceSpd { .. }) {
             if let Some(pos) = self
                 .outbox
@@ -518,8 +556,8 @@ impl IkeControl {
                 "hard_lifetimes": self.dp.hard_lifetimes,
                 "seq_near_wrap": self.dp.seq_near_wrap,
                 "unknown_spi_packets": self.dp.unknown_spi.values().sum::<u64>(),
-                "auth_failures": self.dp.auth_failures.values().sum::<u64>(),
-                "replay_failures": self.dp.replay_failures.values().sum::<u64>(),
+                "auth_failures": self.dp.auth_failures.values().sum::<u64>() + self.dp.retired[0],
+                "replay_failures": self.dp.replay_failures.values().sum::<u64>() + self.dp.retired[1],
             },
         })
         .to_string();
@@ -582,5 +620,23 @@ fn log_event(e: &Event) {
             if *udp_encap { ", ESP in UDP" } else { "" },
             children.len()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_totals_of_sas_that_went_are_kept_in_one_number_not_one_entry_each() {
+        let mut dp = DataplaneReports::default();
+        // A thousand rekeys of an SA that saw replay failures: the live one (the last)
+        // keeps its entry, the others fold into the retired total.
+        for k in 0..1000u32 {
+            dp.replay_failures.insert((0, 7, 0x100 + k), 2);
+            dp.retire(|_, spi| spi.0 == 0x100 + k);
+        }
+        assert_eq!(dp.replay_failures.len(), 1);
+        assert_eq!(dp.retired, [0, 999 * 2]);
     }
 }
