@@ -18,7 +18,6 @@ mod config;
 mod control_proc;
 mod dataplane;
 mod lab;
-mod lab_clients;
 mod perf_cmd;
 mod run_dir;
 mod shm_link;

@@ -28,7 +28,9 @@ use pipeline::stats::{DropReason, Snapshot, Traffic};
 use pipeline::traffic::{FlowSpec, Generator, Sink};
 use pipeline::worker::{Worker, WorkerHandle};
 
-const EMBEDDED: &str = include_str!("../../configs/lab.yaml");
+mod clients;
+
+const EMBEDDED: &str = include_str!("../../../configs/lab.yaml");
 const CABLE_SLOTS: usize = 1024;
 
 #[derive(clap::Args)]
@@ -104,7 +106,7 @@ fn lab_ike(cfg: &LabConfig, rekey_secs: u64, clients: bool) -> Result<([Conns; 2
         conn("b", "a", "v4", "10.2.0.0/24", "10.1.0.0/24", None),
         conn("b", "a", "v6", "fd00:b::/64", "fd00:a::/64", None),
         if clients {
-            crate::lab_clients::gateway_connection(&psk, rekey_secs)
+            clients::gateway_connection(&psk, rekey_secs)
         } else {
             String::new()
         }
@@ -177,7 +179,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     if clients > 200 {
         bail!("--clients {clients}: at most 200 (one address each in 198.51.100.0/24)");
     }
-    let mut internet = (clients > 0).then(crate::lab_clients::Internet::new);
+    let mut internet = (clients > 0).then(clients::Internet::new);
     let (wan_a, wan_b, tap) = if let Some(net) = internet.as_mut() {
         let addrs = |gw: &GatewayConfig, plan: &GatewayPlan| {
             let mut v = vec![gw.wan.address];
@@ -286,7 +288,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         ))?),
         None => None,
     };
-    let clients_view = Arc::new(crate::lab_clients::ClientsView::default());
+    let clients_view = Arc::new(clients::ClientsView::default());
     let stop_client_traffic = Arc::new(AtomicBool::new(false));
     let stop_clients = Arc::new(AtomicBool::new(false));
     let client_thread = match internet.as_mut() {
@@ -294,9 +296,9 @@ pub fn run(args: LabArgs) -> Result<()> {
             println!(
                 "ike: {clients} road-warrior clients ask {} for virtual IPs from {}",
                 cfg.site_b.name,
-                crate::lab_clients::POOL
+                clients::POOL
             );
-            Some(crate::lab_clients::spawn(
+            Some(clients::spawn(
                 clients,
                 net,
                 cfg.site_b.wan.address,
@@ -414,7 +416,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                     HostSite::new(hosts_a, flows_a, &sizes, rate),
                     HostSite::new(hosts_b, flows_b, &sizes, rate),
                 ];
-                let echo_pool: pipeline::spd::Prefix = crate::lab_clients::POOL
+                let echo_pool: pipeline::spd::Prefix = clients::POOL
                     .parse()
                     .expect("a valid prefix literal");
                 let mut tap = tap.map(|(a, b)| Tap {
@@ -502,8 +504,8 @@ pub fn run(args: LabArgs) -> Result<()> {
                 if roams > 0 {
                     println!(
                         "        client-0 roamed {roams}x between {} and {} (MOBIKE, same SAs, no rekey); last update answered in {:.1} ms",
-                        crate::lab_clients::client_wan(0),
-                        crate::lab_clients::client_wan_alt(0),
+                        clients::client_wan(0),
+                        clients::client_wan_alt(0),
                         v.last_roam_us.load(Ordering::Relaxed) as f64 / 1e3
                     );
                 }
@@ -689,7 +691,7 @@ impl HostSite {
     ) -> usize {
         let n = self.port.rx_burst(&mut self.rx, 64);
         for mut f in self.rx.drain(..) {
-            if echo.is_some_and(|pool| crate::lab_clients::echo(&mut f, pool)) {
+            if echo.is_some_and(|pool| clients::echo(&mut f, pool)) {
                 self.pending.push_back(f);
                 continue;
             }
