@@ -1,133 +1,138 @@
-//! `roamgate lab`: two gateways, site A and site B, on in-memory ports in one process.
+//! `roamgate lab`: two gateways, site A and site B, on in-memory ports in one process, with
+//! simulated LAN hosts sending both ways through the tunnel; with `--ike` the tunnels are
+//! negotiated and rekeyed by IKEv2 and road-warrior clients join site B.
 //!
-//! Threads: one worker per gateway (pinned to its own core when there are enough), one
-//! "hosts" thread that plays every LAN host (generators and sinks) and, with `--pcap`, the tap
-//! on the link between the gateways; the main thread prints the live line. SAs and policies
-//! reach the workers as messages through the same agent path a control plane uses.
-
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use anyhow::{bail, Context, Result};
-use control::config::{self, BackendChoice, GatewayConfig, GatewayPlan, LabConfig, Site};
-use hdrhistogram::Histogram;
-use pipeline::agent::{self, WorkerLink};
-use pipeline::crypto::Backend;
-use pipeline::msg::Direction;
-use pipeline::pcap::{esp_sa_line, PcapWriter};
-use pipeline::port::mem::{cable, MemFrame, MemPort};
-use pipeline::port::{Frame, Port};
-use pipeline::sad::Sad;
-use pipeline::spd::Spd;
-use pipeline::stats::{DropReason, Snapshot, Traffic};
-use pipeline::traffic::{FlowSpec, Generator, Sink};
-use pipeline::worker::{Worker, WorkerHandle};
+//! | module | owns |
+//! |---|---|
+//! | `topology` | the cables, the tap (`--pcap`), the lab's internet (a switch by destination address) |
+//! | `gateways` | the gateways' workers and links, their IKE control loops, the lab's IKE connections |
+//! | `hosts` | the sites' LAN hosts (generators, sinks, echo), the per-direction accounts and gaps |
+//! | `clients` | the road-warrior clients (worker, control loop, host, roaming) |
+//! | `report` | the live lines, the summary, the lab's account and its verdict |
+//!
+//! Threads: one worker per gateway (pinned to its own core when there are enough), `hosts`,
+//! `clients` and `internet` with clients; the caller's thread runs the gateways' IKE control
+//! loops and the live line. SAs and policies reach the workers as messages through the same
+//! agent path a control plane uses. The lab never drops a packet on purpose: every hop is
+//! back-pressured, so anything sent and not delivered is a finding, and fails the run.
 
 mod clients;
+mod gateways;
+mod hosts;
+mod report;
+mod topology;
 
-const EMBEDDED: &str = include_str!("../../../configs/lab.yaml");
-const CABLE_SLOTS: usize = 1024;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-#[derive(clap::Args)]
+use anyhow::{bail, Context, Result};
+use control::config::{self, BackendChoice, GatewayConfig, LabConfig, Site as FlowSite};
+use pipeline::pcap::PcapWriter;
+use pipeline::port::mem::cable;
+use pipeline::stats::Snapshot;
+use pipeline::traffic::FlowSpec;
+
+pub use report::{LabReport, Tick};
+
+use clients::{ClientsPlan, ClientsView};
+use gateways::{Gateway, Gateways};
+use hosts::HostSite;
+use report::{ClientsTick, Flow};
+use topology::{Tap, CABLE_SLOTS};
+
+pub(crate) const EMBEDDED: &str = include_str!("../../../configs/lab.yaml");
+
+const DEFAULT_CLIENTS: usize = 3;
+const DEFAULT_REKEY_SECS: u64 = 5;
+const DEFAULT_ROAM_SECS: f64 = 2.0;
+const DEFAULT_CLIENT_RATE_PPS: u64 = 2000;
+
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct LabArgs {
     /// Lab configuration file (default: the embedded configs/lab.yaml).
     #[arg(long)]
-    config: Option<PathBuf>,
-    /// Stop after this many seconds, print the summary and exit 0.
+    pub config: Option<PathBuf>,
+    /// Stop after this many seconds, print the summary and exit (0 if nothing was lost).
     #[arg(long)]
-    duration: Option<f64>,
+    pub duration: Option<f64>,
     /// Write the ESP link between the two gateways to this pcap file.
     #[arg(long)]
-    pcap: Option<PathBuf>,
+    pub pcap: Option<PathBuf>,
     /// At most this many frames go into the pcap file.
     #[arg(long, default_value_t = 100_000)]
-    pcap_limit: u64,
+    pub pcap_limit: u64,
     /// Write the SAs' keys to this file in Wireshark's esp_sa format so the capture can be
-    /// decrypted (lab only: it exports keys).
+    /// decrypted (lab only: it exports keys; not with --ike).
     #[arg(long)]
-    wireshark_keys: Option<PathBuf>,
+    pub wireshark_keys: Option<PathBuf>,
     /// Packets per second offered by each site (overrides the config; 0 = as fast as the
     /// gateways take them).
     #[arg(long)]
-    rate_pps: Option<u64>,
+    pub rate_pps: Option<u64>,
     /// Crypto backend (overrides the config): auto, ipsec-mb, ring.
     #[arg(long)]
-    crypto: Option<String>,
+    pub crypto: Option<String>,
     /// Negotiate the SAs with IKEv2 through the gateways' own punt path instead of using the
     /// config's static keys (PSK, one IKE SA per tunnel), and rekey them while traffic flows.
     #[arg(long)]
-    ike: bool,
-    /// With --ike: rekey every CHILD_SA after this many seconds.
-    #[arg(long, default_value_t = 5)]
-    rekey_secs: u64,
+    pub ike: bool,
+    /// With --ike: rekey every CHILD_SA after this many seconds [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub rekey_secs: Option<u64>,
     /// With --ike: this many road-warrior clients (what `roamgate client` runs) get virtual
-    /// IPs from site B and stream to its host, which echoes.
-    #[arg(long, default_value_t = 3)]
-    clients: usize,
-    /// Packets per second each client's LAN host sends.
-    #[arg(long, default_value_t = 2000)]
-    client_rate_pps: u64,
-    /// With clients: client-0 changes its address every this many seconds (MOBIKE, make
-    /// before break; 0: never).
-    #[arg(long, default_value_t = 2.0)]
-    roam_secs: f64,
+    /// IPs from site B and stream to its host, which echoes [default: 3].
+    #[arg(long, value_name = "N")]
+    pub clients: Option<usize>,
+    /// With --ike: packets per second each client's LAN host sends [default: 2000].
+    #[arg(long, value_name = "PPS")]
+    pub client_rate_pps: Option<u64>,
+    /// With --ike and clients: client-0 changes its address every this many seconds
+    /// (MOBIKE, make before break; 0: never) [default: 2].
+    #[arg(long, value_name = "SECS")]
+    pub roam_secs: Option<f64>,
 }
 
-type Conns = Vec<control::config::ike::Connection>;
-
-/// The lab's two tunnels as IKEv2 connections, site A initiating, and with `clients` site B's
-/// road-warrior connection; a fresh random PSK per run (returned too, for the clients).
-fn lab_ike(cfg: &LabConfig, rekey_secs: u64, clients: bool) -> Result<([Conns; 2], String)> {
-    let mut psk = [0u8; 24];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut psk)
-        .map_err(|_| anyhow::anyhow!("no randomness for the lab PSK"))?;
-    let psk: String = psk.iter().map(|b| format!("{b:02x}")).collect();
-    let remote_a = cfg.site_b.wan.address;
-    let conn = |me: &str, peer: &str, fam: &str, l: &str, r: &str, to: Option<IpAddr>| {
-        format!(
-            "  - {{ name: {fam}, local_id: {me}-{fam}.lab.roamgate.test, remote_id: {peer}-{fam}.lab.roamgate.test, \
-             psk: \"{psk}\", esp_proposals: [aes128gcm16-esn], local_ts: [\"{l}\"], remote_ts: [\"{r}\"], \
-             child_rekey_secs: {rekey_secs}{} }}\n",
-            to.map_or(String::new(), |a| format!(", remote_addr: \"{a}\""))
-        )
-    };
-    let a = format!(
-        "connections:\n{}{}",
-        conn("a", "b", "v4", "10.1.0.0/24", "10.2.0.0/24", Some(remote_a)),
-        conn("a", "b", "v6", "fd00:a::/64", "fd00:b::/64", Some(remote_a))
-    );
-    let b = format!(
-        "connections:\n{}{}{}",
-        conn("b", "a", "v4", "10.2.0.0/24", "10.1.0.0/24", None),
-        conn("b", "a", "v6", "fd00:b::/64", "fd00:a::/64", None),
-        if clients {
-            clients::gateway_connection(&psk, rekey_secs)
-        } else {
-            String::new()
+impl LabArgs {
+    /// The flags that only mean something with `--ike` and were given without it. They are
+    /// refused rather than implying `--ike`: the static-key lab is a different lab (its keys
+    /// can be exported, its SAs never change), and silently switching would hide that.
+    fn ike_flags_without_ike(&self) -> Option<&'static str> {
+        if self.ike {
+            return None;
         }
-    );
-    let p = Path::new("lab --ike");
-    let parse = |t: &str| -> Result<Vec<control::config::ike::Connection>> {
-        let y: control::config::ike::IkeYaml = config::parse(p, t)?;
-        Ok(y.validate(p, "ike")?)
-    };
-    Ok(([parse(&a)?, parse(&b)?], psk))
+        [
+            ("--rekey-secs", self.rekey_secs.is_some()),
+            ("--clients", self.clients.is_some()),
+            ("--client-rate-pps", self.client_rate_pps.is_some()),
+            ("--roam-secs", self.roam_secs.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+    }
 }
 
-struct Gateway {
-    name: String,
-    handle: WorkerHandle,
-    link: WorkerLink,
-    /// SA names by id (the config's order).
-    sa_names: Vec<String>,
-}
-
+/// `roamgate lab`: the live lines once a second, the summary, exit non-zero on any loss.
 pub fn run(args: LabArgs) -> Result<()> {
+    run_with(&args, true, &mut |t| t.print())?.verdict()
+}
+
+/// Runs the lab until Ctrl-C or `--duration`, calls `on_tick` once a second and returns what
+/// it measured (the gateways' summary is printed; the caller judges the account). `log`:
+/// print the gateways' IKE events.
+pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Result<LabReport> {
+    if let Some(flag) = args.ike_flags_without_ike() {
+        bail!(
+            "{flag} needs --ike: the static-key lab has no IKE to rekey and no road-warrior \
+             clients (add --ike)"
+        );
+    }
+    if args.ike && args.wireshark_keys.is_some() {
+        bail!("--wireshark-keys exports the static keys; with --ike the keys are negotiated");
+    }
     let (path, mut cfg): (PathBuf, LabConfig) = match &args.config {
         Some(p) => (p.clone(), config::load(p)?),
         None => {
@@ -136,7 +141,7 @@ pub fn run(args: LabArgs) -> Result<()> {
             (p, c)
         }
     };
-    if args.wireshark_keys.is_some() && !args.ike {
+    if args.wireshark_keys.is_some() {
         // Wireshark's esp_sa table cannot say that an SA uses extended sequence numbers, and
         // with ESN the ICV covers the high 32 bits of the sequence number: tshark would call
         // every ICV bad. The exported run uses 32-bit sequence numbers instead (its SAs stop
@@ -165,6 +170,18 @@ pub fn run(args: LabArgs) -> Result<()> {
     }
     let backend = choice.resolve().map_err(anyhow::Error::msg)?;
     let rate = args.rate_pps.unwrap_or(cfg.traffic.rate_pps);
+    let clients = if args.ike {
+        args.clients.unwrap_or(DEFAULT_CLIENTS)
+    } else {
+        0
+    };
+    if clients > clients::MAX_CLIENTS {
+        bail!(
+            "--clients {clients}: at most {} (the lab's address plan)",
+            clients::MAX_CLIENTS
+        );
+    }
+    let rekey_secs = args.rekey_secs.unwrap_or(DEFAULT_REKEY_SECS);
     println!(
         "roamgate lab: {} <-> {} on in-memory ports; {}",
         cfg.site_a.name,
@@ -172,123 +189,59 @@ pub fn run(args: LabArgs) -> Result<()> {
         pipeline::crypto::describe_backend(backend, choice != BackendChoice::Auto)
     );
 
-    // Cables: hosts <-> gateway LANs, gateway WAN <-> (tap) <-> gateway WAN.
+    // Cables: hosts <-> gateway LANs, gateway WAN <-> (tap or internet) <-> gateway WAN.
     let (hosts_a, lan_a) = cable("hosts-a", "site-a/lan", CABLE_SLOTS);
     let (hosts_b, lan_b) = cable("hosts-b", "site-b/lan", CABLE_SLOTS);
-    let clients = if args.ike { args.clients } else { 0 };
-    if clients > 200 {
-        bail!("--clients {clients}: at most 200 (one address each in 198.51.100.0/24)");
-    }
-    let mut internet = (clients > 0).then(clients::Internet::new);
-    let (wan_a, wan_b, tap) = if let Some(net) = internet.as_mut() {
-        let addrs = |gw: &GatewayConfig, plan: &GatewayPlan| {
-            let mut v = vec![gw.wan.address];
-            v.extend(gw.wan.address6.map(IpAddr::V6));
-            v.extend(plan.sas.iter().map(|(_, p)| p.local));
-            v
-        };
-        (
-            net.attach("site-a/wan", addrs(&cfg.site_a, &plan_a)),
-            net.attach("site-b/wan", addrs(&cfg.site_b, &plan_b)),
-            None,
-        )
-    } else if args.pcap.is_some() {
-        let (wan_a, tap_a) = cable("site-a/wan", "tap-a", CABLE_SLOTS);
-        let (tap_b, wan_b) = cable("tap-b", "site-b/wan", CABLE_SLOTS);
-        (wan_a, wan_b, Some((tap_a, tap_b)))
-    } else {
-        let (wan_a, wan_b) = cable("site-a/wan", "site-b/wan", CABLE_SLOTS);
-        (wan_a, wan_b, None)
-    };
+    let wan = topology::wan(
+        (clients > 0).then(|| {
+            [
+                gateways::wan_addresses(&cfg.site_a, &plan_a),
+                gateways::wan_addresses(&cfg.site_b, &plan_b),
+            ]
+        }),
+        args.pcap.is_some(),
+    );
+    let mut internet = wan.internet;
 
-    let stop_workers = Arc::new(AtomicBool::new(false));
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut gateways = Vec::new();
-    let mut worker_threads = Vec::new();
-    let (mut ike_conns, psk) = if args.ike {
-        let (c, psk) = lab_ike(&cfg, args.rekey_secs, clients > 0)?;
-        (c.map(Some), psk)
+    let psk = if args.ike {
+        gateways::lab_psk()?
     } else {
-        ([None, None], String::new())
+        String::new()
     };
-    let mut controls: Vec<control::runner::IkeControl> = Vec::new();
-    for (i, (gw, plan, lan, wan)) in [
-        (&cfg.site_a, &plan_a, lan_a, wan_a),
-        (&cfg.site_b, &plan_b, lan_b, wan_b),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut ike_rings = None;
-        if let Some(conns) = ike_conns[i].take() {
-            let (punt_tx, punt_rx) = rtrb::RingBuffer::new(256);
-            let (tx_tx, tx_rx) = rtrb::RingBuffer::new(256);
-            // The config's policies without its static protect rules: the negotiated CHILD_SAs
-            // bring their own.
-            let rules = plan
-                .rules
-                .iter()
-                .filter(|r| !matches!(r.action, pipeline::spd::Action::Protect(_)))
-                .cloned()
-                .collect();
-            controls.push(control::runner::IkeControl::new(
-                conns,
-                control::repo::SaRepository::new(rules, gw.replay_window),
-                Some(punt_rx),
-                Some(tx_tx),
-                backend,
-                gw.wan.address,
-            ));
-            ike_rings = Some((punt_tx, tx_rx));
-        }
-        let (punt, transmit) = match ike_rings {
-            Some((p, t)) => (Some(p), Some(t)),
-            None => (None, None),
-        };
-        let (mut agent_link, mut control_link) = agent::link(i as u16, 256, punt);
-        control_link.transmit = transmit;
-        let worker = Worker::new(
-            i as u16,
-            lan,
-            wan,
-            gw.lan.link(),
-            gw.wan.link(),
-            Sad::with_capacity(64, crate::seed()),
-            Box::new(Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?),
-            control_link,
-        );
-        let handle = worker.handle();
-        let stop = stop_workers.clone();
-        let core = (cores.len() > 2).then(|| cores[i].id);
-        worker_threads.push(std::thread::Builder::new().name(gw.name.clone()).spawn(
-            move || {
-                worker.run(core, &stop);
+    let [ike_a, ike_b] = if args.ike {
+        gateways::connections(&cfg, &plan_a, &psk, rekey_secs, clients > 0)?.map(Some)
+    } else {
+        [None, None]
+    };
+    let tunnels = ike_a.as_ref().map_or(0, Vec::len);
+    let mut gateways = Gateways::start(
+        [
+            gateways::Site {
+                gw: &cfg.site_a,
+                plan: &plan_a,
+                lan: lan_a,
+                wan: wan.a,
+                ike: ike_a,
             },
-        )?);
-        if args.ike {
-            // The policies arrive with the negotiated CHILD_SAs; until then the config's
-            // discards apply.
-        } else {
-            crate::install(&mut agent_link, backend, gw, plan)?;
-        }
-        gateways.push(Gateway {
-            name: gw.name.clone(),
-            handle,
-            link: agent_link,
-            sa_names: if args.ike {
-                Vec::new()
-            } else {
-                gw.sas.iter().map(|s| s.name.clone()).collect()
+            gateways::Site {
+                gw: &cfg.site_b,
+                plan: &plan_b,
+                lan: lan_b,
+                wan: wan.b,
+                ike: ike_b,
             },
-        });
-    }
+        ],
+        backend,
+        log,
+    )?;
     let mut pcap = match &args.pcap {
         Some(p) => Some(PcapWriter::new(BufWriter::new(
             File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         ))?),
         None => None,
     };
-    let clients_view = Arc::new(clients::ClientsView::default());
+
+    let clients_view = Arc::new(ClientsView::default());
     let stop_client_traffic = Arc::new(AtomicBool::new(false));
     let stop_clients = Arc::new(AtomicBool::new(false));
     let client_thread = match internet.as_mut() {
@@ -298,15 +251,19 @@ pub fn run(args: LabArgs) -> Result<()> {
                 cfg.site_b.name,
                 clients::POOL
             );
-            Some(clients::spawn(
-                clients,
-                net,
-                cfg.site_b.wan.address,
-                &psk,
-                args.rekey_secs,
-                args.client_rate_pps,
-                Some(args.roam_secs),
+            let plan = ClientsPlan {
+                n: clients,
+                gateway: cfg.site_b.wan.address,
+                psk: &psk,
+                rekey_secs,
+                rate_pps: args.client_rate_pps.unwrap_or(DEFAULT_CLIENT_RATE_PPS),
+                roam_secs: Some(args.roam_secs.unwrap_or(DEFAULT_ROAM_SECS)),
                 backend,
+                log: false,
+            };
+            Some(clients::spawn(
+                &plan,
+                net,
                 clients_view.clone(),
                 stop_client_traffic.clone(),
                 stop_clients.clone(),
@@ -317,68 +274,42 @@ pub fn run(args: LabArgs) -> Result<()> {
     // With clients, the lab's internet runs from the start: IKE goes through it too.
     let stop_internet = Arc::new(AtomicBool::new(false));
     let internet_thread = match internet.take() {
-        Some(mut net) => {
-            let mut pcap = pcap.take();
-            let stop = stop_internet.clone();
-            let limit = args.pcap_limit;
-            Some(
-                std::thread::Builder::new()
-                    .name("internet".into())
-                    .spawn(move || {
-                        let mut written = 0u64;
-                        while !stop.load(Ordering::Relaxed) {
-                            let moved = net.pass(|frame| {
-                                if let Some(p) = pcap.as_mut() {
-                                    if written < limit && p.write(stamp_us(), frame).is_ok() {
-                                        written += 1;
-                                    }
-                                }
-                            });
-                            if moved == 0 {
-                                std::thread::sleep(Duration::from_micros(20));
-                            }
-                        }
-                        if let Some(p) = pcap.as_mut() {
-                            let _ = p.flush();
-                        }
-                        (written, net.unroutable)
-                    })?,
-            )
-        }
+        Some(net) => Some(net.spawn(pcap.take(), args.pcap_limit, stop_internet.clone())?),
         None => None,
     };
-    if args.ike {
-        if args.wireshark_keys.is_some() {
-            bail!("--wireshark-keys exports the static keys; with --ike the keys are negotiated");
+
+    if gateways.ike() {
+        for g in gateways.list.iter_mut() {
+            if let Some(c) = g.ike.as_mut() {
+                c.initiate();
+            }
         }
-        for c in controls.iter_mut() {
-            c.initiate();
-        }
-        // Traffic starts once both tunnels are up at both sites.
+        // Traffic starts once every tunnel is up at both sites. Site A initiates them: when
+        // it has them, site B has installed them too (site B also counts the clients').
         let t = Instant::now();
-        // Site A initiates both tunnels: when it has them, site B has installed them too
-        // (site B also counts the clients' CHILD_SAs).
-        while controls[0].children().len() < 2 {
-            ike_turn(&mut controls, &mut gateways)?;
+        let up = |g: &Gateways| g.list[0].ike.as_ref().map_or(0, |c| c.children().len());
+        while up(&gateways) < tunnels {
+            gateways.turn()?;
             if t.elapsed() > Duration::from_secs(10) {
                 bail!("IKE did not bring the lab's tunnels up within 10 s");
             }
             std::thread::sleep(Duration::from_micros(200));
         }
         // Let the policies reach the workers.
-        for g in gateways.iter_mut() {
-            let g2 = g.link.pump();
-            let _ = g2;
-        }
+        gateways.turn()?;
         std::thread::sleep(Duration::from_millis(50));
         println!(
-            "ike: both tunnels negotiated; rekeying every CHILD_SA every {} s",
-            args.rekey_secs
+            "ike: {} negotiated; rekeying every CHILD_SA every {rekey_secs} s",
+            if tunnels == 2 {
+                "both tunnels".to_string()
+            } else {
+                format!("all {tunnels} tunnels")
+            }
         );
     }
 
     if let Some(p) = &args.wireshark_keys {
-        write_keys(p, &plan_a, &plan_b)?;
+        gateways::write_keys(p, &plan_a, &plan_b)?;
         eprintln!(
             "WARNING: {} holds the SA keys of this lab run so that Wireshark/tshark can decrypt \
              the capture. Lab only: never export keys from a real deployment.",
@@ -387,7 +318,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     }
 
     // Hosts: generators and sinks for each site.
-    let flows_from = |site: Site, gw: &GatewayConfig| -> Vec<FlowSpec> {
+    let flows_from = |site: FlowSite, gw: &GatewayConfig| -> Vec<FlowSpec> {
         cfg.traffic
             .flows
             .iter()
@@ -402,68 +333,33 @@ pub fn run(args: LabArgs) -> Result<()> {
             })
             .collect()
     };
-    let flows_a = flows_from(Site::SiteA, &cfg.site_a);
-    let flows_b = flows_from(Site::SiteB, &cfg.site_b);
+    let sizes = &cfg.traffic.frame_sizes;
     let stop_hosts = Arc::new(AtomicBool::new(false));
-    let hosts = {
-        let stop = stop_hosts.clone();
-        let sizes = cfg.traffic.frame_sizes.clone();
-        let pcap_limit = args.pcap_limit;
-        std::thread::Builder::new()
-            .name("hosts".into())
-            .spawn(move || {
-                let mut sites = [
-                    HostSite::new(hosts_a, flows_a, &sizes, rate),
-                    HostSite::new(hosts_b, flows_b, &sizes, rate),
-                ];
-                let echo_pool: pipeline::spd::Prefix = clients::POOL
-                    .parse()
-                    .expect("a valid prefix literal");
-                let mut tap = tap.map(|(a, b)| Tap {
-                    a,
-                    b,
-                    written: 0,
-                    limit: pcap_limit,
-                });
-                let start = Instant::now();
-                let mut draining_since: Option<Instant> = None;
-                loop {
-                    let now = start.elapsed().as_nanos() as u64;
-                    let generating = !stop.load(Ordering::Relaxed);
-                    let mut moved = 0;
-                    for s in sites.iter_mut() {
-                        moved += s.turn(now, generating);
-                    }
-                    // What arrives at one site's hosts was generated at the other site, whose sink
-                    // keeps the per-flow account.
-                    let (a, b) = sites.split_at_mut(1);
-                    moved += a[0].receive(&mut b[0], now, None)
-                        + b[0].receive(&mut a[0], now, Some(echo_pool));
-                    if let Some(t) = tap.as_mut() {
-                        moved += t.pass(pcap.as_mut());
-                    }
-
-                    if !generating {
-                        let since = *draining_since.get_or_insert_with(Instant::now);
-                        let in_flight = sites
-                            .iter()
-                            .map(|s| s.gen.sent().iter().sum::<u64>())
-                            .sum::<u64>()
-                            - sites.iter().map(|s| s.sink.received()).sum::<u64>();
-                        if in_flight == 0 || since.elapsed() > Duration::from_secs(2) {
-                            break;
-                        }
-                    }
-                    if moved == 0 {
-                        std::thread::yield_now();
-                    }
-                }
-                if let Some(p) = pcap.as_mut() {
-                    let _ = p.flush();
-                }
-                (sites, tap.map(|t| t.written))
-            })?
-    };
+    let hosts = hosts::spawn(
+        [
+            HostSite::new(
+                hosts_a,
+                flows_from(FlowSite::SiteA, &cfg.site_a),
+                sizes,
+                rate,
+            ),
+            HostSite::new(
+                hosts_b,
+                flows_from(FlowSite::SiteB, &cfg.site_b),
+                sizes,
+                rate,
+            ),
+        ],
+        clients::pool(),
+        wan.tap.map(|(a, b)| Tap {
+            a,
+            b,
+            written: 0,
+            limit: args.pcap_limit,
+        }),
+        pcap,
+        stop_hosts.clone(),
+    )?;
 
     let stop_main = Arc::new(AtomicBool::new(false));
     {
@@ -473,7 +369,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     }
     let start = Instant::now();
     let deadline = args.duration.map(Duration::from_secs_f64);
-    let mut last = totals(&gateways);
+    let mut last = totals(&gateways.list);
     let mut last_t = start;
     let mut next_tick = start + Duration::from_secs(1);
     loop {
@@ -482,48 +378,25 @@ pub fn run(args: LabArgs) -> Result<()> {
         }
         let now = Instant::now();
         if now >= next_tick {
-            let cur = totals(&gateways);
-            live_line(start.elapsed(), &gateways, &cur, &last, now - last_t);
-            if !controls.is_empty() {
-                let rekeyed: u64 = controls.iter().map(|c| c.child_counts().1).sum();
-                println!("        ike: {rekeyed} CHILD_SA rekeys so far, traffic never paused");
-            }
-            if client_thread.is_some() {
-                let v = &clients_view;
-                let (sent, echoed) = (
-                    v.sent.load(Ordering::Relaxed),
-                    v.echoed.load(Ordering::Relaxed),
-                );
-                println!(
-                    "        clients: {}/{clients} up with virtual IPs, {sent} sent, {echoed} echoed back, {} in flight, {} rekeys",
-                    v.up.load(Ordering::Relaxed),
-                    sent.saturating_sub(echoed),
-                    v.rekeys.load(Ordering::Relaxed),
-                );
-                let roams = v.roams.load(Ordering::Relaxed);
-                if roams > 0 {
-                    println!(
-                        "        client-0 roamed {roams}x between {} and {} (MOBIKE, same SAs, no rekey); last update answered in {:.1} ms",
-                        clients::client_wan(0),
-                        clients::client_wan_alt(0),
-                        v.last_roam_us.load(Ordering::Relaxed) as f64 / 1e3
-                    );
-                }
-            }
+            let cur = totals(&gateways.list);
+            let mut tick = Tick::rates(&gateways.list, &cur, &last, now - last_t);
+            tick.elapsed = start.elapsed();
+            tick.rekeys = gateways.rekeys();
+            tick.clients = client_thread
+                .is_some()
+                .then(|| clients_now(&clients_view, clients));
+            on_tick(&tick);
             last = cur;
             last_t = now;
             next_tick += Duration::from_secs(1);
         }
-        if controls.is_empty() {
-            for g in gateways.iter_mut() {
-                g.link.pump();
-            }
+        gateways.turn()?;
+        if gateways.ike() {
+            std::thread::sleep(Duration::from_micros(500));
+        } else {
             std::thread::sleep(
                 Duration::from_millis(20).min(next_tick.saturating_duration_since(Instant::now())),
             );
-        } else {
-            ike_turn(&mut controls, &mut gateways)?;
-            std::thread::sleep(Duration::from_micros(500));
         }
     }
     let elapsed = start.elapsed();
@@ -537,23 +410,17 @@ pub fn run(args: LabArgs) -> Result<()> {
         let clients_done = client_thread.is_none()
             || (v.sent.load(Ordering::Relaxed) == v.echoed.load(Ordering::Relaxed)
                 && v.busy.load(Ordering::Relaxed) == 0);
-        if clients_done && controls.iter().all(|c| !c.busy()) {
+        if clients_done && !gateways.busy() {
             break;
         }
-        if !controls.is_empty() {
-            ike_turn(&mut controls, &mut gateways)?;
-        }
+        gateways.turn()?;
         std::thread::sleep(Duration::from_millis(1));
     }
     stop_hosts.store(true, Ordering::Relaxed);
     let (sites, captured) = hosts
         .join()
         .map_err(|_| anyhow::anyhow!("hosts thread panicked"))?;
-    stop_workers.store(true, Ordering::Relaxed);
-    for t in worker_threads {
-        t.join()
-            .map_err(|_| anyhow::anyhow!("worker thread panicked"))?;
-    }
+    let gateways = gateways.stop()?;
     stop_clients.store(true, Ordering::Relaxed);
     let client_summaries = match client_thread {
         Some(t) => t
@@ -562,196 +429,35 @@ pub fn run(args: LabArgs) -> Result<()> {
         None => Vec::new(),
     };
     stop_internet.store(true, Ordering::Relaxed);
-    let captured = match internet_thread {
+    let (captured, unroutable) = match internet_thread {
         Some(t) => {
             let (written, unroutable) = t
                 .join()
                 .map_err(|_| anyhow::anyhow!("internet thread panicked"))?;
-            if unroutable > 0 {
-                println!("internet: {unroutable} frames for addresses nobody owns");
-            }
-            args.pcap.is_some().then_some(written)
+            (args.pcap.is_some().then_some(written), unroutable)
         }
-        None => captured,
+        None => (captured, 0),
     };
-    summary(elapsed, backend, &gateways, &sites, &cfg);
-    let mut clients_lost = 0;
-    for c in &client_summaries {
-        let lost = c.sent.saturating_sub(c.echoed);
-        clients_lost += lost;
-        println!(
-            "  {} (virtual IP {}): sent {}, echoed back {}, lost {lost}, {} rekeys, {} roams; round trip p50 {:.1} us, p99 {:.1} us, max {:.1} us",
-            c.name,
-            c.virtual_ip.map_or("none".to_string(), |v| v.to_string()),
-            c.sent,
-            c.echoed,
-            c.rekeys,
-            c.roams,
-            c.p50_us,
-            c.p99_us,
-            c.max_us
-        );
-    }
-    if client_summaries
-        .iter()
-        .any(|c| c.virtual_ip.is_none() || c.sent == 0)
-    {
-        bail!("a road-warrior client never got its tunnel up");
-    }
+    report::gateways(elapsed, backend, &gateways);
+    let [a, b] = &sites;
+    let flow = |name: &str, from: &HostSite| Flow {
+        name: name.to_string(),
+        sent: from.sent(),
+        delivered: from.sink.received(),
+    };
+    let lab = LabReport {
+        flows: [flow(&cfg.site_a.name, a), flow(&cfg.site_b.name, b)],
+        clients: client_summaries,
+        unroutable,
+    };
+    lab.print(&sites);
     if let (Some(p), Some(n)) = (&args.pcap, captured) {
         println!(
             "capture: {n} frames of the link between the gateways in {}",
             p.display()
         );
     }
-    let lost: u64 = sites
-        .iter()
-        .map(|s| s.gen.sent().iter().sum::<u64>())
-        .sum::<u64>()
-        - sites.iter().map(|s| s.sink.received()).sum::<u64>();
-    if lost > 0 {
-        bail!("{lost} packets were sent by the hosts but never arrived");
-    }
-    if clients_lost > 0 {
-        bail!("{clients_lost} client packets were never echoed back");
-    }
-    Ok(())
-}
-
-fn write_keys(path: &Path, a: &GatewayPlan, b: &GatewayPlan) -> Result<()> {
-    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    for plan in [a, b] {
-        for (dir, p) in &plan.sas {
-            if *dir == Direction::Outbound {
-                writeln!(f, "{}", esp_sa_line(p, p.local, p.remote))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One site's simulated hosts: a generator into the LAN and a sink for what comes out of it.
-struct HostSite {
-    port: MemPort,
-    gen: Generator,
-    sink: Sink,
-    latency: Histogram<u64>,
-    pool: Vec<MemFrame>,
-    rate: u64,
-    credit: f64,
-    last_ns: u64,
-    pending: std::collections::VecDeque<MemFrame>,
-    rx: Vec<MemFrame>,
-}
-
-impl HostSite {
-    fn new(port: MemPort, flows: Vec<FlowSpec>, sizes: &[usize], rate: u64) -> Self {
-        HostSite {
-            port,
-            sink: Sink::new(flows.len()),
-            gen: Generator::new(flows, sizes),
-            latency: Histogram::new_with_bounds(1, 60_000_000_000, 3)
-                .expect("static bounds are valid"),
-            pool: Vec::new(),
-            rate,
-            credit: 0.0,
-            last_ns: 0,
-            pending: Default::default(),
-            rx: Vec::with_capacity(64),
-        }
-    }
-
-    /// Generates what the rate allows (and the link accepts). Returns frames sent.
-    fn turn(&mut self, now: u64, generating: bool) -> usize {
-        if generating && !self.gen.flows().is_empty() && self.pending.len() < 64 {
-            let mut n = 32;
-            if self.rate > 0 {
-                self.credit += (now - self.last_ns) as f64 * self.rate as f64 / 1e9;
-                self.credit = self.credit.min(64.0);
-                n = n.min(self.credit as usize);
-                self.credit -= n as f64;
-            }
-            for _ in 0..n {
-                let mut f = self.pool.pop().unwrap_or_default();
-                self.gen.fill(&mut f, now);
-                self.pending.push_back(f);
-            }
-        }
-        self.last_ns = now;
-        self.port.tx_burst(&mut self.pending)
-    }
-
-    /// Receives frames at this site's LAN that `from`'s hosts generated; frames from `echo`
-    /// (the road-warrior clients' virtual IPs) are sent back instead.
-    fn receive(
-        &mut self,
-        from: &mut HostSite,
-        now: u64,
-        echo: Option<pipeline::spd::Prefix>,
-    ) -> usize {
-        let n = self.port.rx_burst(&mut self.rx, 64);
-        for mut f in self.rx.drain(..) {
-            if echo.is_some_and(|pool| clients::echo(&mut f, pool)) {
-                self.pending.push_back(f);
-                continue;
-            }
-            if let Some(lat) = from.sink.observe(f.data(), now) {
-                let _ = from.latency.record(lat.max(1));
-            }
-            self.pool.push(f);
-        }
-        n
-    }
-}
-
-/// With --pcap: the frames between the two WAN ports pass through here and are captured.
-struct Tap {
-    a: MemPort,
-    b: MemPort,
-    written: u64,
-    limit: u64,
-}
-
-impl Tap {
-    fn pass<W: Write>(&mut self, mut pcap: Option<&mut PcapWriter<W>>) -> usize {
-        let mut moved = 0;
-        for dir in 0..2 {
-            let (from, to) = if dir == 0 {
-                (&mut self.a, &mut self.b)
-            } else {
-                (&mut self.b, &mut self.a)
-            };
-            while to.tx_space() > 0 {
-                let Some(f) = from.recv() else { break };
-                if let Some(p) = pcap.as_deref_mut() {
-                    if self.written < self.limit && p.write(stamp_us(), f.data()).is_ok() {
-                        self.written += 1;
-                    }
-                }
-                // tx_space() > 0 was checked, so the send cannot fail.
-                let _ = to.send(f);
-                moved += 1;
-            }
-        }
-        moved
-    }
-}
-
-/// Wall-clock microseconds for pcap records.
-fn stamp_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// One turn of each site's IKE control loop (its worker's link only).
-fn ike_turn(controls: &mut [control::runner::IkeControl], gateways: &mut [Gateway]) -> Result<()> {
-    for (c, g) in controls.iter_mut().zip(gateways.iter_mut()) {
-        c.turn(&mut [&mut g.link])?;
-        g.link.pump();
-    }
-    Ok(())
+    Ok(lab)
 }
 
 fn totals(gateways: &[Gateway]) -> Vec<Snapshot> {
@@ -761,132 +467,62 @@ fn totals(gateways: &[Gateway]) -> Vec<Snapshot> {
         .collect()
 }
 
-fn rate(n: u64, dt: Duration) -> f64 {
-    n as f64 / dt.as_secs_f64().max(1e-9)
-}
-
-fn fmt_pps(pps: f64) -> String {
-    if pps >= 1e6 {
-        format!("{:.2} Mpps", pps / 1e6)
-    } else {
-        format!("{:.1} kpps", pps / 1e3)
+fn clients_now(v: &ClientsView, n: usize) -> ClientsTick {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    ClientsTick {
+        n,
+        up: load(&v.up),
+        sent: load(&v.sent),
+        echoed: load(&v.echoed),
+        rekeys: load(&v.rekeys),
+        roams: load(&v.roams),
+        last_roam_us: load(&v.last_roam_us),
+        roam_addrs: (
+            clients::client_wan(0).to_string(),
+            clients::client_wan_alt(0).to_string(),
+        ),
     }
 }
 
-fn live_line(t: Duration, gateways: &[Gateway], cur: &[Snapshot], last: &[Snapshot], dt: Duration) {
-    let mut line = format!("[{:>4}s]", t.as_secs());
-    let mut drops = Snapshot::default();
-    for (i, g) in gateways.iter().enumerate() {
-        let d = cur[i].since(&last[i]);
-        drops.add(&d);
-        let pps = rate(d.traffic(Traffic::Encrypted), dt);
-        let gbps = rate(d.traffic(Traffic::EncryptedBytes) * 8, dt) / 1e9;
-        line.push_str(&format!(
-            " {} seal {} {:.2} Gbit/s |",
-            g.name,
-            fmt_pps(pps),
-            gbps
-        ));
-    }
-    let errs: Vec<String> = drops
-        .nonzero_drops()
-        .filter(|(r, _)| r.is_error())
-        .map(|(r, n)| format!("{}={}", r.name(), n))
-        .collect();
-    line.push_str(&format!(
-        " drops/s: {}",
-        if errs.is_empty() {
-            "none".to_string()
-        } else {
-            errs.join(" ")
-        }
-    ));
-    println!("{line}");
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn summary(
-    elapsed: Duration,
-    backend: Backend,
-    gateways: &[Gateway],
-    sites: &[HostSite],
-    cfg: &LabConfig,
-) {
-    println!();
-    println!(
-        "summary after {:.1} s, crypto backend {backend}:",
-        elapsed.as_secs_f64()
-    );
-    for g in gateways {
-        let s = g.handle.counters.snapshot();
-        println!(
-            "  {}: rx {} tx {} | sealed {} ({:.2} Gbit/s avg) | opened {} ({:.2} Gbit/s avg) | generation {}",
-            g.name,
-            s.traffic(Traffic::RxPackets),
-            s.traffic(Traffic::TxPackets),
-            s.traffic(Traffic::Encrypted),
-            rate(s.traffic(Traffic::EncryptedBytes) * 8, elapsed) / 1e9,
-            s.traffic(Traffic::Decrypted),
-            rate(s.traffic(Traffic::DecryptedBytes) * 8, elapsed) / 1e9,
-            g.handle.counters.generation.get(),
-        );
-        let mut list = match g.handle.sa_counters.lock() {
-            Ok(l) => l.clone(),
-            Err(_) => Vec::new(),
+    #[test]
+    fn ike_flags_without_ike_are_refused_with_the_flag_named() {
+        let args = LabArgs {
+            clients: Some(2),
+            ..LabArgs::default()
         };
-        list.sort_by_key(|e| e.id.0);
-        for e in list {
-            let name = g
-                .sa_names
-                .get(e.id.0 as usize)
-                .map_or("ike", String::as_str);
-            let c = &e.counters;
-            let errs: Vec<String> = DropReason::ALL
-                .iter()
-                .filter(|r| c.drops(**r) > 0)
-                .map(|r| format!("{}={}", r.name(), c.drops(*r)))
-                .collect();
-            println!(
-                "    SA {name:<12} {:<3} spi {}: {} packets, {} bytes{}",
-                match e.direction {
-                    Direction::Inbound => "in",
-                    Direction::Outbound => "out",
+        let e = run_with(&args, false, &mut |_| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--clients needs --ike"), "{e}");
+        for (args, flag) in [
+            (
+                LabArgs {
+                    rekey_secs: Some(1),
+                    ..LabArgs::default()
                 },
-                e.spi,
-                c.packets.get(),
-                c.bytes.get(),
-                if errs.is_empty() {
-                    String::new()
-                } else {
-                    format!(", drops: {}", errs.join(" "))
-                }
-            );
+                "--rekey-secs",
+            ),
+            (
+                LabArgs {
+                    roam_secs: Some(1.0),
+                    ..LabArgs::default()
+                },
+                "--roam-secs",
+            ),
+        ] {
+            assert_eq!(args.ike_flags_without_ike(), Some(flag));
         }
-        let drops: Vec<String> = s
-            .nonzero_drops()
-            .map(|(r, n)| format!("{}={}", r.name(), n))
-            .collect();
-        println!(
-            "    drops by reason: {}",
-            if drops.is_empty() {
-                "none".into()
-            } else {
-                drops.join(" ")
-            }
-        );
-    }
-    for (site, name) in sites.iter().zip([&cfg.site_a.name, &cfg.site_b.name]) {
-        let sent: u64 = site.gen.sent().iter().sum();
-        let recv = site.sink.received();
-        let reordered: u64 = site.sink.flows.iter().map(|f| f.reordered).sum();
-        let l = &site.latency;
-        println!(
-            "  hosts of {name}: sent {sent}, delivered {recv}, lost {}, reordered {reordered}, corrupt {}; \
-             latency p50 {:.1} us, p99 {:.1} us, max {:.1} us",
-            sent.saturating_sub(recv),
-            site.sink.corrupt,
-            l.value_at_quantile(0.5) as f64 / 1e3,
-            l.value_at_quantile(0.99) as f64 / 1e3,
-            l.max() as f64 / 1e3,
-        );
+        let ok = LabArgs {
+            ike: true,
+            clients: Some(0),
+            rekey_secs: Some(1),
+            ..LabArgs::default()
+        };
+        assert_eq!(ok.ike_flags_without_ike(), None);
     }
 }
