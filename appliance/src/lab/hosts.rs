@@ -4,8 +4,9 @@
 //! echo the road-warrior clients' streams back. With `--pcap` and no clients the thread also
 //! runs the tap between the gateways.
 //!
-//! Owns: the host frames (a pool for reuse), the per-direction accounts. Must never: drop a
-//! frame it was handed (a full LAN cable holds frames back).
+//! Owns: the host frames (a bounded pool for reuse), the per-direction accounts. Must never:
+//! drop a frame it was handed (a full LAN cable holds frames back), or stop taking frames
+//! from its LAN port (the gateway would stop taking the hosts' frames in turn: a deadlock).
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -22,6 +23,11 @@ use pipeline::traffic::{FlowSpec, Generator, Sink};
 use pipeline::wire::{ethernet, ipv4, udp, EtherType, IpProtocol};
 
 use super::topology::{Pcap, Tap};
+
+/// Spare frames a site's hosts keep for reuse. What arrives is recycled into the receiving
+/// site's pool and what leaves is taken from the sending one's, so a site that receives more
+/// than it sends (the gateways' rates differ) would otherwise grow its pool for ever.
+pub const POOL_FRAMES: usize = 4096;
 
 /// One site's simulated hosts: a generator into the LAN and a sink for what the other site's
 /// hosts sent.
@@ -91,7 +97,9 @@ impl HostSite {
             if let Some(lat) = from.sink.observe(f.data(), now) {
                 let _ = from.latency.record(lat.max(1));
             }
-            self.pool.push(f);
+            if self.pool.len() < POOL_FRAMES {
+                self.pool.push(f);
+            }
         }
         n
     }
@@ -184,6 +192,9 @@ pub fn echo_back(f: &mut MemFrame, pool: Prefix) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pipeline::port::mem::cable;
+
+    const CABLE: usize = super::super::topology::CABLE_SLOTS;
     fn flow(src: &str, dst: &str) -> FlowSpec {
         FlowSpec {
             src_mac: [2, 0, 0, 0, 0, 1],
@@ -193,6 +204,28 @@ mod tests {
             src_port: 30000,
             dst_port: 7,
         }
+    }
+
+    #[test]
+    fn a_site_that_receives_more_than_it_sends_keeps_a_bounded_pool() {
+        // Site A's hosts send, site B's only receive: every frame A sends lands in B's pool.
+        let (a_hosts, mut a_lan) = cable("a", "a/lan", CABLE);
+        let (b_hosts, mut b_lan) = cable("b", "b/lan", CABLE);
+        let mut a = HostSite::new(a_hosts, vec![flow("10.1.0.10", "10.2.0.10")], &[64], 0);
+        let mut b = HostSite::new(b_hosts, Vec::new(), &[64], 0);
+        let mut carried = 0u64;
+        for t in 0..20_000u64 {
+            a.turn(t * 1000, true);
+            // The "gateways": what A's LAN receives comes out at B's LAN.
+            while let Some(f) = a_lan.recv() {
+                assert!(b_lan.send(f).is_ok());
+                carried += 1;
+            }
+            b.receive(&mut a, t * 1000, None);
+        }
+        assert!(carried > 2 * POOL_FRAMES as u64, "{carried}");
+        assert_eq!(b.pool.len(), POOL_FRAMES);
+        assert_eq!(a.sink.received(), carried, "every frame was counted");
     }
 
     #[test]
