@@ -3,8 +3,8 @@
 //! internet), the IKE control loop in client role asking site B's gateway for a virtual IP,
 //! and the masquerade of its LAN host to that address inside the tunnel. The LAN host sends a
 //! stamped UDP stream to site B's host, which echoes it; the client's sink counts what comes
-//! back, so loss and latency are measured end to end through both data planes. Client 0 can
-//! roam between two addresses (MOBIKE), make-before-break.
+//! back, so loss, latency and the longest gap are measured end to end through both data
+//! planes. Client 0 can roam between two addresses (MOBIKE), make-before-break.
 //!
 //! Owns: the clients' thread (workers, control loops, hosts, roaming) and its live view.
 //! Must never: take the old address away from a roaming client before the gateway moved to
@@ -53,6 +53,10 @@ pub struct ClientsView {
     /// MOBIKE roams so far, and how long the last one's update took to be answered (us).
     pub roams: AtomicU64,
     pub last_roam_us: AtomicU64,
+    /// The longest gap between two echoes at any client since the reader last took it, and
+    /// over the whole run (ns).
+    pub gap_recent_ns: AtomicU64,
+    pub gap_max_ns: AtomicU64,
 }
 
 /// One client's account at the end.
@@ -66,6 +70,9 @@ pub struct ClientSummary {
     pub p50_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
+    pub gap_max_ns: u64,
+    /// The client's data plane's drops that are errors, by reason.
+    pub drops: Vec<(&'static str, u64)>,
 }
 
 /// A client that moves between two addresses (MOBIKE), make-before-break: the new address
@@ -94,6 +101,9 @@ struct Client {
     credit: f64,
     last_ns: u64,
     roamer: Option<Roamer>,
+    last_echo_ns: Option<u64>,
+    gap_recent_ns: u64,
+    gap_max_ns: u64,
 }
 
 /// Client `i`'s WAN address on the lab's internet.
@@ -258,6 +268,9 @@ pub fn spawn(
             credit: 0.0,
             last_ns: 0,
             roamer,
+            last_echo_ns: None,
+            gap_recent_ns: 0,
+            gap_max_ns: 0,
         });
     }
     let routes = internet.routes();
@@ -306,11 +319,13 @@ fn run(
         c.ctl.initiate();
     }
     let start = Instant::now();
+    let mut published = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let now = start.elapsed().as_nanos() as u64;
         let generating = !stop_traffic.load(Ordering::Relaxed);
         let mut work = 0;
         let (mut up, mut sent, mut echoed, mut rekeys, mut busy) = (0, 0, 0, 0, 0);
+        let mut gap = 0;
         for c in clients.iter_mut() {
             work += c.worker.poll(now);
             if c.ctl.turn(&mut [&mut c.link]).unwrap_or(false) {
@@ -338,6 +353,15 @@ fn run(
             for f in c.rx.drain(..) {
                 if let Some(lat) = c.sink.observe(f.data(), now) {
                     let _ = c.latency.record(lat.max(1));
+                    // Gaps count while the client sends (the drain at the end does not).
+                    if generating {
+                        if let Some(last) = c.last_echo_ns {
+                            let g = now.saturating_sub(last);
+                            c.gap_recent_ns = c.gap_recent_ns.max(g);
+                            c.gap_max_ns = c.gap_max_ns.max(g);
+                        }
+                        c.last_echo_ns = Some(now);
+                    }
                 }
             }
             up += u64::from(is_up);
@@ -345,28 +369,49 @@ fn run(
             echoed += c.sink.received();
             rekeys += c.ctl.child_counts().1;
             busy += u64::from(c.ctl.busy());
+            gap = gap.max(c.gap_max_ns);
         }
-        view.busy.store(busy, Ordering::Relaxed);
-        view.up.store(up, Ordering::Relaxed);
-        view.sent.store(sent, Ordering::Relaxed);
-        view.echoed.store(echoed, Ordering::Relaxed);
-        view.rekeys.store(rekeys, Ordering::Relaxed);
+        if now.saturating_sub(published) >= 10_000_000 || !generating {
+            published = now;
+            view.busy.store(busy, Ordering::Relaxed);
+            view.up.store(up, Ordering::Relaxed);
+            view.sent.store(sent, Ordering::Relaxed);
+            view.echoed.store(echoed, Ordering::Relaxed);
+            view.rekeys.store(rekeys, Ordering::Relaxed);
+            view.gap_max_ns.store(gap, Ordering::Relaxed);
+            let recent = clients
+                .iter_mut()
+                .map(|c| core::mem::take(&mut c.gap_recent_ns))
+                .max()
+                .unwrap_or(0);
+            view.gap_recent_ns.fetch_max(recent, Ordering::Relaxed);
+        }
         if work == 0 {
             std::thread::sleep(Duration::from_micros(50));
         }
     }
     clients
         .into_iter()
-        .map(|c| ClientSummary {
-            name: c.name,
-            virtual_ip: c.ctl.virtual_ip(),
-            sent: c.gen.sent().iter().sum(),
-            echoed: c.sink.received(),
-            rekeys: c.ctl.child_counts().1,
-            roams: c.roamer.as_ref().map_or(0, |r| r.roams),
-            p50_us: c.latency.value_at_quantile(0.5) as f64 / 1e3,
-            p99_us: c.latency.value_at_quantile(0.99) as f64 / 1e3,
-            max_us: c.latency.max() as f64 / 1e3,
+        .map(|c| {
+            let s = c.worker.handle().counters.snapshot();
+            let drops = s
+                .nonzero_drops()
+                .filter(|(r, _)| r.is_error())
+                .map(|(r, n)| (r.name(), n))
+                .collect();
+            ClientSummary {
+                name: c.name,
+                virtual_ip: c.ctl.virtual_ip(),
+                sent: c.gen.sent().iter().sum(),
+                echoed: c.sink.received(),
+                rekeys: c.ctl.child_counts().1,
+                roams: c.roamer.as_ref().map_or(0, |r| r.roams),
+                p50_us: c.latency.value_at_quantile(0.5) as f64 / 1e3,
+                p99_us: c.latency.value_at_quantile(0.99) as f64 / 1e3,
+                max_us: c.latency.max() as f64 / 1e3,
+                gap_max_ns: c.gap_max_ns,
+                drops,
+            }
         })
         .collect()
 }

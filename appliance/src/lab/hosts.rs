@@ -1,16 +1,18 @@
 //! The LAN hosts of both sites, in one thread (`hosts`): each site's generator offers the
 //! lab's flows to its gateway's LAN port at the configured rate, and each site's sink counts
-//! what the other site's hosts sent: loss, reordering, corruption, latency. Site B's hosts
-//! echo the road-warrior clients' streams back. With `--pcap` and no clients the thread also
-//! runs the tap between the gateways.
+//! what the other site's hosts sent: loss, reordering, corruption, latency, and the longest
+//! gap between two arrivals while both sites send. Site B's hosts echo the road-warrior
+//! clients' streams back. With `--pcap` and no clients the thread also runs the tap between
+//! the gateways.
 //!
-//! Owns: the host frames (a bounded pool for reuse), the per-direction accounts. Must never:
-//! drop a frame it was handed (a full LAN cable holds frames back), or stop taking frames
-//! from its LAN port (the gateway would stop taking the hosts' frames in turn: a deadlock).
+//! Owns: the host frames (a bounded pool for reuse), the per-direction accounts and their
+//! live view ([`HostsView`]). Must never: drop a frame it was handed (a full LAN cable holds
+//! frames back), or stop taking frames from its LAN port (the gateway would stop taking the
+//! hosts' frames in turn: a deadlock).
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ use super::topology::{Pcap, Tap};
 /// site's pool and what leaves is taken from the sending one's, so a site that receives more
 /// than it sends (the gateways' rates differ) would otherwise grow its pool for ever.
 pub const POOL_FRAMES: usize = 4096;
+/// How often the hosts thread publishes its accounts.
+const PUBLISH_NS: u64 = 10_000_000;
 
 /// One site's simulated hosts: a generator into the LAN and a sink for what the other site's
 /// hosts sent.
@@ -42,6 +46,11 @@ pub struct HostSite {
     last_ns: u64,
     pending: VecDeque<MemFrame>,
     rx: Vec<MemFrame>,
+    /// When the other site's last packet arrived here (while both sites send).
+    last_arrival_ns: Option<u64>,
+    /// The longest gap between two arrivals, since the last publish and over the whole run.
+    gap_recent_ns: u64,
+    pub gap_max_ns: u64,
 }
 
 impl HostSite {
@@ -58,6 +67,9 @@ impl HostSite {
             last_ns: 0,
             pending: VecDeque::new(),
             rx: Vec::with_capacity(64),
+            last_arrival_ns: None,
+            gap_recent_ns: 0,
+            gap_max_ns: 0,
         }
     }
 
@@ -85,9 +97,16 @@ impl HostSite {
         self.port.tx_burst(&mut self.pending)
     }
 
-    /// Receives frames at this site's LAN that `from`'s hosts generated; frames from `echo`
-    /// (the road-warrior clients' virtual IPs) are sent back instead.
-    fn receive(&mut self, from: &mut HostSite, now: u64, echo: Option<Prefix>) -> usize {
+    /// Receives frames at this site's LAN that `from`'s hosts generated (`gaps`: while both
+    /// sites send, the time between arrivals counts); frames from `echo` (the road-warrior
+    /// clients' virtual IPs) are sent back instead.
+    fn receive(
+        &mut self,
+        from: &mut HostSite,
+        now: u64,
+        echo: Option<Prefix>,
+        gaps: bool,
+    ) -> usize {
         let n = self.port.rx_burst(&mut self.rx, 64);
         for mut f in self.rx.drain(..) {
             if echo.is_some_and(|pool| echo_back(&mut f, pool)) {
@@ -96,6 +115,14 @@ impl HostSite {
             }
             if let Some(lat) = from.sink.observe(f.data(), now) {
                 let _ = from.latency.record(lat.max(1));
+                if gaps {
+                    if let Some(last) = self.last_arrival_ns {
+                        let gap = now.saturating_sub(last);
+                        self.gap_recent_ns = self.gap_recent_ns.max(gap);
+                        self.gap_max_ns = self.gap_max_ns.max(gap);
+                    }
+                    self.last_arrival_ns = Some(now);
+                }
             }
             if self.pool.len() < POOL_FRAMES {
                 self.pool.push(f);
@@ -103,6 +130,22 @@ impl HostSite {
         }
         n
     }
+}
+
+/// One direction between the sites as the live line shows it (written by the hosts thread).
+#[derive(Default)]
+pub struct Arrivals {
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+    /// The longest gap between two arrivals since the reader last took it (ns).
+    pub gap_recent_ns: AtomicU64,
+    pub gap_max_ns: AtomicU64,
+}
+
+/// Both directions: `[0]` site A's hosts to site B's, `[1]` back.
+#[derive(Default)]
+pub struct HostsView {
+    pub dirs: [Arrivals; 2],
 }
 
 /// What the hosts thread hands back: both sites (A, B) and the frames the tap captured.
@@ -115,6 +158,7 @@ pub fn spawn(
     echo: Prefix,
     mut tap: Option<Tap>,
     mut pcap: Option<Pcap>,
+    view: Arc<HostsView>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<HostsResult>> {
     std::thread::Builder::new()
@@ -122,6 +166,7 @@ pub fn spawn(
         .spawn(move || {
             let start = Instant::now();
             let mut draining_since: Option<Instant> = None;
+            let mut published = 0u64;
             loop {
                 let now = start.elapsed().as_nanos() as u64;
                 let generating = !stop.load(Ordering::Relaxed);
@@ -132,9 +177,14 @@ pub fn spawn(
                 // What arrives at one site's hosts was generated at the other site, whose
                 // sink keeps the per-flow account.
                 let [a, b] = &mut sites;
-                moved += a.receive(b, now, None) + b.receive(a, now, Some(echo));
+                moved +=
+                    a.receive(b, now, None, generating) + b.receive(a, now, Some(echo), generating);
                 if let Some(t) = tap.as_mut() {
                     moved += t.pass(pcap.as_mut());
+                }
+                if now.saturating_sub(published) >= PUBLISH_NS || !generating {
+                    published = now;
+                    publish(&mut sites, &view);
                 }
                 if !generating {
                     let since = *draining_since.get_or_insert_with(Instant::now);
@@ -155,6 +205,19 @@ pub fn spawn(
             }
             (sites, tap.map(|t| t.written))
         })
+}
+
+fn publish(sites: &mut [HostSite; 2], view: &HostsView) {
+    // Direction 0 (A to B) is generated at A, counted by A's sink, arrives at B.
+    for (d, (from, to)) in [(0usize, 1usize), (1, 0)].into_iter().enumerate() {
+        let v = &view.dirs[d];
+        v.sent.store(sites[from].sent(), Ordering::Relaxed);
+        v.delivered
+            .store(sites[from].sink.received(), Ordering::Relaxed);
+        let gap = core::mem::take(&mut sites[to].gap_recent_ns);
+        v.gap_recent_ns.fetch_max(gap, Ordering::Relaxed);
+        v.gap_max_ns.store(sites[to].gap_max_ns, Ordering::Relaxed);
+    }
 }
 
 /// Site B's hosts answer the clients: a UDP frame from a virtual IP goes back where it came
@@ -195,6 +258,7 @@ mod tests {
     use pipeline::port::mem::cable;
 
     const CABLE: usize = super::super::topology::CABLE_SLOTS;
+
     fn flow(src: &str, dst: &str) -> FlowSpec {
         FlowSpec {
             src_mac: [2, 0, 0, 0, 0, 1],
@@ -221,11 +285,36 @@ mod tests {
                 assert!(b_lan.send(f).is_ok());
                 carried += 1;
             }
-            b.receive(&mut a, t * 1000, None);
+            b.receive(&mut a, t * 1000, None, true);
         }
         assert!(carried > 2 * POOL_FRAMES as u64, "{carried}");
         assert_eq!(b.pool.len(), POOL_FRAMES);
         assert_eq!(a.sink.received(), carried, "every frame was counted");
+    }
+
+    #[test]
+    fn the_longest_gap_between_arrivals_is_measured_while_both_sites_send() {
+        let (a_hosts, mut a_lan) = cable("a", "a/lan", CABLE);
+        let (b_hosts, mut b_lan) = cable("b", "b/lan", CABLE);
+        let mut a = HostSite::new(a_hosts, vec![flow("10.1.0.10", "10.2.0.10")], &[64], 0);
+        let mut b = HostSite::new(b_hosts, Vec::new(), &[64], 0);
+        let ms = 1_000_000u64;
+        // Arrivals at 1, 2, 3 ms, then none until 10 ms: the gap is 7 ms.
+        for t in [1, 2, 3, 10, 11] {
+            a.turn(t * ms, true);
+            while let Some(f) = a_lan.recv() {
+                assert!(b_lan.send(f).is_ok());
+            }
+            b.receive(&mut a, t * ms, None, true);
+        }
+        assert_eq!(b.gap_max_ns, 7 * ms);
+        // The drain (nobody sends any more) does not count.
+        a.turn(40 * ms, true);
+        while let Some(f) = a_lan.recv() {
+            assert!(b_lan.send(f).is_ok());
+        }
+        b.receive(&mut a, 40 * ms, None, false);
+        assert_eq!(b.gap_max_ns, 7 * ms);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub use report::{LabReport, Tick};
 
 use clients::{ClientsPlan, ClientsView};
 use gateways::{Gateway, Gateways};
-use hosts::HostSite;
+use hosts::{HostSite, HostsView};
 use report::{ClientsTick, Flow};
 use topology::{Tap, CABLE_SLOTS};
 
@@ -334,6 +334,7 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
             .collect()
     };
     let sizes = &cfg.traffic.frame_sizes;
+    let hosts_view = Arc::new(HostsView::default());
     let stop_hosts = Arc::new(AtomicBool::new(false));
     let hosts = hosts::spawn(
         [
@@ -358,8 +359,13 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
             limit: args.pcap_limit,
         }),
         pcap,
+        hosts_view.clone(),
         stop_hosts.clone(),
     )?;
+    let names = [
+        format!("{} -> {}", cfg.site_a.name, cfg.site_b.name),
+        format!("{} -> {}", cfg.site_b.name, cfg.site_a.name),
+    ];
 
     let stop_main = Arc::new(AtomicBool::new(false));
     {
@@ -382,6 +388,7 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
             let mut tick = Tick::rates(&gateways.list, &cur, &last, now - last_t);
             tick.elapsed = start.elapsed();
             tick.rekeys = gateways.rekeys();
+            tick.flows = flows_now(&hosts_view, &names);
             tick.clients = client_thread
                 .is_some()
                 .then(|| clients_now(&clients_view, clients));
@@ -439,14 +446,19 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
         None => (captured, 0),
     };
     report::gateways(elapsed, backend, &gateways);
+    println!(
+        "  (stopped {:.1} s after the traffic: IKE exchanges under way finished, packets in flight drained)",
+        (start.elapsed() - elapsed).as_secs_f64()
+    );
     let [a, b] = &sites;
-    let flow = |name: &str, from: &HostSite| Flow {
+    let flow = |name: &str, from: &HostSite, to: &HostSite| Flow {
         name: name.to_string(),
         sent: from.sent(),
         delivered: from.sink.received(),
+        gap_ns: to.gap_max_ns,
     };
     let lab = LabReport {
-        flows: [flow(&cfg.site_a.name, a), flow(&cfg.site_b.name, b)],
+        flows: [flow(&names[0], a, b), flow(&names[1], b, a)],
         clients: client_summaries,
         unroutable,
     };
@@ -467,6 +479,21 @@ fn totals(gateways: &[Gateway]) -> Vec<Snapshot> {
         .collect()
 }
 
+/// Both directions as the hosts thread last published them; the gaps of the last second are
+/// taken (the next tick starts from zero).
+fn flows_now(view: &HostsView, names: &[String; 2]) -> [Flow; 2] {
+    let f = |d: usize| {
+        let v = &view.dirs[d];
+        Flow {
+            name: names[d].clone(),
+            sent: v.sent.load(Ordering::Relaxed),
+            delivered: v.delivered.load(Ordering::Relaxed),
+            gap_ns: v.gap_recent_ns.swap(0, Ordering::Relaxed),
+        }
+    };
+    [f(0), f(1)]
+}
+
 fn clients_now(v: &ClientsView, n: usize) -> ClientsTick {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     ClientsTick {
@@ -477,6 +504,7 @@ fn clients_now(v: &ClientsView, n: usize) -> ClientsTick {
         rekeys: load(&v.rekeys),
         roams: load(&v.roams),
         last_roam_us: load(&v.last_roam_us),
+        gap_ns: v.gap_recent_ns.swap(0, Ordering::Relaxed),
         roam_addrs: (
             clients::client_wan(0).to_string(),
             clients::client_wan_alt(0).to_string(),

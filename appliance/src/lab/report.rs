@@ -2,7 +2,9 @@
 //! lab's account ([`LabReport`]) with its verdict: any packet sent by a host or client that
 //! did not arrive fails the run.
 //!
-//! Owns: formatting and the verdict.
+//! Owns: formatting and the verdict. Must never: state what it did not measure (the gaps
+//! printed are the longest measured between two arrivals, not a claim that traffic never
+//! paused).
 
 use std::time::Duration;
 
@@ -18,10 +20,12 @@ use super::hosts::HostSite;
 /// One direction between the sites, as measured at the receiving hosts.
 #[derive(Clone, Debug, Default)]
 pub struct Flow {
-    /// The sending site.
+    /// "site-a -> site-b".
     pub name: String,
     pub sent: u64,
     pub delivered: u64,
+    /// The longest gap between two arrivals: in the last second (live) or the whole run.
+    pub gap_ns: u64,
 }
 
 impl Flow {
@@ -40,6 +44,8 @@ pub struct ClientsTick {
     pub rekeys: u64,
     pub roams: u64,
     pub last_roam_us: u64,
+    /// The longest gap between two echoes at any client in the last second.
+    pub gap_ns: u64,
     /// Where client 0 roams between.
     pub roam_addrs: (String, String),
 }
@@ -53,6 +59,7 @@ pub struct Tick {
     pub drops: Vec<(&'static str, u64)>,
     /// CHILD_SA rekeys at the gateways so far (with IKE).
     pub rekeys: Option<u64>,
+    pub flows: [Flow; 2],
     pub clients: Option<ClientsTick>,
 }
 
@@ -79,6 +86,7 @@ impl Tick {
                 .map(|(r, n)| (r.name(), n))
                 .collect(),
             rekeys: None,
+            flows: Default::default(),
             clients: None,
         }
     }
@@ -95,17 +103,25 @@ impl Tick {
         line.push_str(&format!(" drops/s: {}", list_or_none(&self.drops)));
         println!("{line}");
         if let Some(n) = self.rekeys {
-            println!("        ike: {n} CHILD_SA rekeys so far, traffic never paused");
+            println!(
+                "        ike: {n} CHILD_SA rekeys so far; longest gap between arrivals in this second: {}",
+                self.flows
+                    .iter()
+                    .map(|f| format!("{} {}", f.name, fmt_gap(f.gap_ns)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         if let Some(c) = &self.clients {
             println!(
-                "        clients: {}/{} up with virtual IPs, {} sent, {} echoed back, {} in flight, {} rekeys",
+                "        clients: {}/{} up with virtual IPs, {} sent, {} echoed back, {} in flight, {} rekeys; longest gap between echoes in this second {}",
                 c.up,
                 c.n,
                 c.sent,
                 c.echoed,
                 c.sent.saturating_sub(c.echoed),
                 c.rekeys,
+                fmt_gap(c.gap_ns)
             );
             if c.roams > 0 {
                 println!(
@@ -122,7 +138,7 @@ impl Tick {
 
 /// What a lab run measured, for its verdict and for callers (the soak).
 pub struct LabReport {
-    /// Site A to site B, and back.
+    /// Site A to site B, and back (gaps over the whole run).
     pub flows: [Flow; 2],
     pub clients: Vec<ClientSummary>,
     /// Frames the lab's internet could not deliver (an address nobody owned).
@@ -164,8 +180,8 @@ impl LabReport {
             let reordered: u64 = site.sink.flows.iter().map(|f| f.reordered).sum();
             let l = &site.latency;
             println!(
-                "  hosts of {}: sent {}, delivered {}, lost {}, reordered {reordered}, corrupt {}; \
-                 latency p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+                "  hosts {}: sent {}, delivered {}, lost {}, reordered {reordered}, corrupt {}; \
+                 latency p50 {:.1} us, p99 {:.1} us, max {:.1} us; longest gap between arrivals {}",
                 f.name,
                 f.sent,
                 f.delivered,
@@ -174,11 +190,12 @@ impl LabReport {
                 l.value_at_quantile(0.5) as f64 / 1e3,
                 l.value_at_quantile(0.99) as f64 / 1e3,
                 l.max() as f64 / 1e3,
+                fmt_gap(f.gap_ns),
             );
         }
         for c in &self.clients {
             println!(
-                "  {} (virtual IP {}): sent {}, echoed back {}, lost {}, {} rekeys, {} roams; round trip p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+                "  {} (virtual IP {}): sent {}, echoed back {}, lost {}, {} rekeys, {} roams; round trip p50 {:.1} us, p99 {:.1} us, max {:.1} us; longest gap between echoes {}{}",
                 c.name,
                 c.virtual_ip.map_or("none".to_string(), |v| v.to_string()),
                 c.sent,
@@ -189,11 +206,17 @@ impl LabReport {
                 c.p50_us,
                 c.p99_us,
                 c.max_us,
+                fmt_gap(c.gap_max_ns),
+                if c.drops.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its data plane dropped {}", list_or_none(&c.drops))
+                }
             );
         }
         if self.unroutable > 0 {
             println!(
-                "internet: {} frames for addresses nobody owns",
+                "  internet: {} frames for addresses nobody owns",
                 self.unroutable
             );
         }
@@ -267,6 +290,10 @@ fn list_or_none(v: &[(&str, u64)]) -> String {
         .join(" ")
 }
 
+pub fn fmt_gap(ns: u64) -> String {
+    format!("{:.1} ms", ns as f64 / 1e6)
+}
+
 fn rate(n: u64, dt: Duration) -> f64 {
     n as f64 / dt.as_secs_f64().max(1e-9)
 }
@@ -288,9 +315,10 @@ mod tests {
             name: name.into(),
             sent: 100,
             delivered: 100 - lost,
+            gap_ns: 0,
         };
         LabReport {
-            flows: [flow("a", lost), flow("b", 0)],
+            flows: [flow("a -> b", lost), flow("b -> a", 0)],
             clients: vec![ClientSummary {
                 name: "client-0".into(),
                 virtual_ip: Some("10.99.0.1".parse().unwrap()),
@@ -301,6 +329,8 @@ mod tests {
                 p50_us: 0.0,
                 p99_us: 0.0,
                 max_us: 0.0,
+                gap_max_ns: 0,
+                drops: Vec::new(),
             }],
             unroutable: 0,
         }
@@ -313,5 +343,6 @@ mod tests {
         assert!(e.contains("3 packets"), "{e}");
         let e = report(0, 2).verdict().unwrap_err().to_string();
         assert!(e.contains("2 client packets"), "{e}");
+        assert_eq!(fmt_gap(1_260_000), "1.3 ms");
     }
 }
