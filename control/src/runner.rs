@@ -39,6 +39,16 @@ pub struct IkeControl {
     outbox: VecDeque<Update>,
     /// Datagrams not yet handed to the data plane (back-pressure: kept, sent in order).
     backlog: VecDeque<Datagram>,
+    /// [`turn`](Self::turn)'s datagrams with, per worker link, the generation of the last
+    /// update sent before them: a datagram goes to the data plane only once every worker
+    /// applied those updates. An IKE message must never overtake the data-plane change it
+    /// follows: the DELETE of a rekeyed CHILD_SA leaving before the policy moved to the new
+    /// SA lets packets sealed with the old one arrive after the peer removed it, and a
+    /// response leaving before its CHILD_SA's inbound SA is installed lets the peer send on
+    /// it too early.
+    held: VecDeque<(Datagram, Vec<u64>)>,
+    /// Per worker link, the generation of the last update `turn` sent.
+    sent: Vec<u64>,
     backend: Backend,
     start: Instant,
     /// Our WAN address (the source of what we initiate).
@@ -121,6 +131,8 @@ impl IkeControl {
             transmit,
             outbox: VecDeque::new(),
             backlog: VecDeque::new(),
+            held: VecDeque::new(),
+            sent: Vec::new(),
             backend,
             start: Instant::now(),
             local,
@@ -382,8 +394,9 @@ impl IkeControl {
         v
     }
 
-    /// One turn with the data plane in this process: punted datagrams from `punt`, sends on
-    /// `transmit`, updates prepared and sent to every worker link.
+    /// One turn with the data plane in this process: punted datagrams from `punt`, updates
+    /// prepared and sent to every worker link, then datagrams on `transmit` once the updates
+    /// queued before them are applied (see `held`).
     pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool, AgentError> {
         let mut work = false;
         while let Some(d) = self.punt.as_mut().and_then(|p| p.pop().ok()) {
@@ -391,24 +404,33 @@ impl IkeControl {
             self.handle_datagram(&d);
         }
         work |= self.step();
-        if let Some(tx) = self.transmit.as_mut() {
-            while let Some(d) = self.backlog.pop_front() {
-                if let Err(rtrb::PushError::Full(d)) = tx.push(d) {
-                    self.backlog.push_front(d);
-                    break;
-                }
+        self.sent.resize(links.len(), 0);
+        while let Some(u) = self.outbox.pop_front() {
+            for (l, sent) in links.iter_mut().zip(self.sent.iter_mut()) {
+                *sent = l.send(agent::prepare(self.backend, &u)?);
             }
         }
-        while let Some(u) = self.outbox.pop_front() {
-            for l in links.iter_mut() {
-                l.send(agent::prepare(self.backend, &u)?);
-            }
+        while let Some(d) = self.backlog.pop_front() {
+            self.held.push_back((d, self.sent.clone()));
         }
         for l in links.iter_mut() {
             l.pump();
             for e in l.take_events() {
                 work = true;
                 self.on_dataplane_event(&e);
+            }
+        }
+        if let Some(tx) = self.transmit.as_mut() {
+            while let Some((d, after)) = self.held.pop_front() {
+                let applied = links.iter().zip(&after).all(|(l, g)| l.acked() >= *g);
+                if !applied {
+                    self.held.push_front((d, after));
+                    break;
+                }
+                if let Err(rtrb::PushError::Full(d)) = tx.push(d) {
+                    self.held.push_front((d, after));
+                    break;
+                }
             }
         }
         Ok(work)
@@ -425,7 +447,10 @@ impl IkeControl {
 
     /// True while an IKE exchange is under way, or updates or datagrams wait to go out.
     pub fn busy(&self) -> bool {
-        self.endpoint.busy() || !self.outbox.is_empty() || !self.backlog.is_empty()
+        self.endpoint.busy()
+            || !self.outbox.is_empty()
+            || !self.backlog.is_empty()
+            || !self.held.is_empty()
     }
 
     pub fn ike_sa_count(&self) -> usize {
@@ -515,7 +540,9 @@ impl IkeControl {
         }
         // Let the last datagrams leave through the worker.
         let t = Instant::now();
-        while t.elapsed() < std::time::Duration::from_millis(200) && !self.backlog.is_empty() {
+        while t.elapsed() < std::time::Duration::from_millis(200)
+            && !(self.backlog.is_empty() && self.held.is_empty())
+        {
             let _ = self.turn(links);
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -626,6 +653,138 @@ fn log_event(e: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ike::IkeYaml;
+    use pipeline::msg::Reply;
+    use pipeline::worker::ControlLink;
+    use std::path::Path;
+
+    /// A worker that applies nothing: it acknowledges when told to and carries datagrams.
+    struct Wire {
+        control: ControlLink,
+    }
+
+    impl Wire {
+        fn ack_all(&mut self) {
+            let mut last = None;
+            while let Ok(env) = self.control.commands.pop() {
+                last = Some(env.generation);
+            }
+            if let Some(generation) = last {
+                assert!(self
+                    .control
+                    .replies
+                    .push(Reply::Applied {
+                        worker: 0,
+                        generation,
+                    })
+                    .is_ok());
+            }
+        }
+
+        /// Moves what this side's control plane handed its worker to the peer's punt ring.
+        fn carry_to(&mut self, peer: &mut Wire) -> usize {
+            let mut n = 0;
+            while let Some(d) = self.control.transmit.as_mut().and_then(|t| t.pop().ok()) {
+                let punt = peer.control.punt.as_mut().unwrap();
+                assert!(punt.push(d).is_ok());
+                n += 1;
+            }
+            n
+        }
+
+        fn transmits_waiting(&self) -> usize {
+            self.control.transmit.as_ref().map_or(0, |t| t.slots())
+        }
+    }
+
+    fn side(ike: &str, local: &str) -> (IkeControl, WorkerLink, Wire) {
+        let p = Path::new("test.yaml");
+        let conns = crate::config::parse::<IkeYaml>(p, ike)
+            .unwrap()
+            .validate(p, "ike")
+            .unwrap();
+        let (punt_tx, punt_rx) = rtrb::RingBuffer::new(64);
+        let (tx_tx, tx_rx) = rtrb::RingBuffer::new(64);
+        let (link, mut control) = agent::link(0, 64, Some(punt_tx));
+        control.transmit = Some(tx_rx);
+        let mut ctl = IkeControl::new(
+            conns,
+            SaRepository::new(Vec::new(), 64),
+            Some(punt_rx),
+            Some(tx_tx),
+            Backend::Ring,
+            local.parse().unwrap(),
+        );
+        ctl.set_quiet();
+        (ctl, link, Wire { control })
+    }
+
+    const A: &str = "connections:
+  - { name: site, local_id: a.test, remote_id: b.test, psk: \"barrier-test-psk\",
+      local_ts: [10.1.0.0/24], remote_ts: [10.2.0.0/24], remote_addr: 192.0.2.2 }
+";
+    const B: &str = "connections:
+  - { name: site, local_id: b.test, remote_id: a.test, psk: \"barrier-test-psk\",
+      local_ts: [10.2.0.0/24], remote_ts: [10.1.0.0/24] }
+";
+
+    #[test]
+    fn an_ike_message_leaves_only_after_the_data_plane_applied_the_updates_before_it() {
+        let (mut a, mut la, mut wa) = side(A, "192.0.2.1");
+        let (mut b, mut lb, mut wb) = side(B, "192.0.2.2");
+        a.initiate();
+        // The handshake: B's IKE_AUTH answer follows the install of its CHILD_SA's SAs, so it
+        // waits for B's worker; everything else is acknowledged at once.
+        let mut answer_held = false;
+        for _ in 0..50 {
+            a.turn(&mut [&mut la]).unwrap();
+            wa.ack_all();
+            wa.carry_to(&mut wb);
+            let installed = b.child_counts().0;
+            b.turn(&mut [&mut lb]).unwrap();
+            if b.child_counts().0 > installed {
+                assert_eq!(
+                    wb.transmits_waiting(),
+                    0,
+                    "the answer waits for the install"
+                );
+                answer_held = true;
+            }
+            wb.ack_all();
+            b.turn(&mut [&mut lb]).unwrap();
+            wb.carry_to(&mut wa);
+            if !a.children().is_empty() && !b.busy() && !a.busy() {
+                break;
+            }
+        }
+        assert!(answer_held);
+        assert_eq!((a.children().len(), b.children().len()), (1, 1));
+
+        // A rekeys. When its answer arrives, A moves its policy to the new SA and deletes the
+        // old CHILD_SA: the DELETE must not leave before A's worker has the new policy.
+        a.rekey_children();
+        let mut delete_held = false;
+        for _ in 0..50 {
+            a.turn(&mut [&mut la]).unwrap();
+            wa.ack_all();
+            wa.carry_to(&mut wb);
+            b.turn(&mut [&mut lb]).unwrap();
+            wb.ack_all();
+            b.turn(&mut [&mut lb]).unwrap();
+            wb.carry_to(&mut wa);
+            let rekeyed = a.child_counts().1;
+            a.turn(&mut [&mut la]).unwrap();
+            if a.child_counts().1 > rekeyed {
+                assert_eq!(wa.transmits_waiting(), 0, "the DELETE waits for the switch");
+                wa.ack_all();
+                a.turn(&mut [&mut la]).unwrap();
+                assert_eq!(wa.transmits_waiting(), 1, "then it goes");
+                delete_held = true;
+                break;
+            }
+        }
+        assert!(delete_held);
+    }
 
     #[test]
     fn failure_totals_of_sas_that_went_are_kept_in_one_number_not_one_entry_each() {
