@@ -21,6 +21,7 @@ mod lab;
 mod perf_cmd;
 mod run_dir;
 mod shm_link;
+mod soak;
 mod supervise;
 mod views;
 

@@ -458,8 +458,13 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
         gap_ns: to.gap_max_ns,
     };
     let lab = LabReport {
+        elapsed,
         flows: [flow(&names[0], a, b), flow(&names[1], b, a)],
         clients: client_summaries,
+        gateway_rekeys: gateways
+            .iter()
+            .filter_map(|g| Some((g.name.clone(), g.ike.as_ref()?.child_counts().1)))
+            .collect(),
         unroutable,
     };
     lab.print(&sites);

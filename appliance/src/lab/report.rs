@@ -138,9 +138,13 @@ impl Tick {
 
 /// What a lab run measured, for its verdict and for callers (the soak).
 pub struct LabReport {
+    /// How long traffic flowed.
+    pub elapsed: Duration,
     /// Site A to site B, and back (gaps over the whole run).
     pub flows: [Flow; 2],
     pub clients: Vec<ClientSummary>,
+    /// CHILD_SA rekeys each gateway saw (with IKE; a rekey counts at both ends).
+    pub gateway_rekeys: Vec<(String, u64)>,
     /// Frames the lab's internet could not deliver (an address nobody owned).
     pub unroutable: u64,
 }
@@ -152,6 +156,15 @@ impl LabReport {
             .iter()
             .map(|c| c.sent.saturating_sub(c.echoed))
             .sum()
+    }
+
+    /// CHILD_SA rekeys the clients saw.
+    pub fn client_rekeys(&self) -> u64 {
+        self.clients.iter().map(|c| c.rekeys).sum()
+    }
+
+    pub fn roams(&self) -> u64 {
+        self.clients.iter().map(|c| c.roams).sum()
     }
 
     /// Fails when a client never got its tunnel or anything sent was not delivered.
@@ -318,6 +331,7 @@ mod tests {
             gap_ns: 0,
         };
         LabReport {
+            elapsed: Duration::from_secs(1),
             flows: [flow("a -> b", lost), flow("b -> a", 0)],
             clients: vec![ClientSummary {
                 name: "client-0".into(),
@@ -332,6 +346,7 @@ mod tests {
                 gap_max_ns: 0,
                 drops: Vec::new(),
             }],
+            gateway_rekeys: Vec::new(),
             unroutable: 0,
         }
     }
