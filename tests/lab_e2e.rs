@@ -74,7 +74,10 @@ fn lab_carries_traffic_both_ways_and_only_esp_crosses_the_link() {
         "a live line each second:\n{stdout}"
     );
     assert!(stdout.contains("summary after"), "{stdout}");
-    let hosts: Vec<&str> = stdout.lines().filter(|l| l.contains("hosts of")).collect();
+    let hosts: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("hosts site-"))
+        .collect();
     assert_eq!(hosts.len(), 2, "{stdout}");
     for l in &hosts {
         assert!(l.contains(", lost 0,"), "no loss: {l}");
@@ -226,9 +229,21 @@ fn lab_negotiates_with_ike_and_rekeys_under_traffic_without_loss() {
         4 + 3,
         "two tunnels x two sites and three clients remain:\n{text}"
     );
-    for line in text.lines().filter(|l| l.contains("hosts of")) {
-        assert!(line.contains("lost 0"), "{line}");
+    let hosts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("hosts site-"))
+        .collect();
+    assert_eq!(hosts.len(), 2, "both directions are reported:\n{text}");
+    for line in hosts {
+        assert!(line.contains(" lost 0,"), "{line}");
+        assert!(line.contains("longest gap between arrivals"), "{line}");
     }
+    // The live line says what it measured.
+    assert!(!text.contains("never paused"), "{text}");
+    assert!(
+        text.contains("longest gap between arrivals in this second: site-a -> site-b "),
+        "{text}"
+    );
     // The three road warriors got virtual IPs from site B's pool, streamed through their
     // tunnels and rekeyed, and every packet came back.
     let clients: Vec<&str> = text

@@ -262,7 +262,6 @@ pub fn run(args: ControlArgs) -> Result<()> {
             work |= f.turn(&mut ctl);
         }
         work |= ctl.step();
-        flush_transmits(&mut ctl, &mut transmit);
         while let Some(u) = ctl.updates().pop_front() {
             generation += 1;
             for e in ends.iter_mut() {
@@ -319,6 +318,11 @@ pub fn run(args: ControlArgs) -> Result<()> {
                     }
                 }
             }
+        }
+        // Datagrams after the updates that came before them (the data plane sends a datagram
+        // only once the updates written before it are applied): not while one waits here.
+        if ends.iter().all(|e| e.backlog.is_empty()) {
+            flush_transmits(&mut ctl, &mut transmit);
         }
         if !work {
             std::thread::sleep(Duration::from_micros(300));

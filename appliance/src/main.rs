@@ -18,10 +18,10 @@ mod config;
 mod control_proc;
 mod dataplane;
 mod lab;
-mod lab_clients;
 mod perf_cmd;
 mod run_dir;
 mod shm_link;
+mod soak;
 mod supervise;
 mod views;
 

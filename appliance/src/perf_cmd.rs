@@ -93,6 +93,10 @@ enum PerfWhat {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// The lab with IKE, road-warrior clients, CHILD_SA rekeys and MOBIKE roams for minutes:
+    /// RSS over time and its slope, the loss per direction, the rekeys and roams, and a
+    /// verdict (flat and lossless, or exit status 1).
+    Soak(crate::soak::SoakArgs),
     /// IKEv2 handshakes per second against a gateway (worker + control loop on in-memory
     /// ports, installing every client's CHILD_SA), from simulated road-warrior clients; per
     /// core of the gateway's control thread, measured by its CPU time.
@@ -127,6 +131,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
         return Ok(());
     };
     match what {
+        PerfWhat::Soak(args) => crate::soak::run(args),
         PerfWhat::Dpdk { sizes, secs } => {
             let sizes = port_sizes(&sizes, secs)?;
             let dir =

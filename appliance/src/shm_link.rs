@@ -6,6 +6,11 @@
 //! IKE datagrams go out on the punt ring, the control plane's datagrams come in on the
 //! transmit ring. Full rings are back-pressure: what does not fit waits here, in order.
 //!
+//! A datagram of the control plane leaves only after the workers applied every update the
+//! control plane wrote before it (it writes an update before the datagram that follows it):
+//! an IKE DELETE that overtook the policy switch to a rekey's new SA would let packets sealed
+//! with the old SA reach the peer after it removed that SA.
+//!
 //! The channel may appear after the data plane starts, and may go away and come back (a
 //! control plane restart): the link attaches when it can and announces itself — fresh (ask
 //! for the whole state) the first time, keeping its SAs after that.
@@ -45,7 +50,14 @@ pub struct ShmLink {
     /// Per worker: acknowledgements not yet written.
     ack_backlog: Vec<VecDeque<Ack>>,
     punt_backlog: VecDeque<Punted>,
-    tx_backlog: VecDeque<Datagram>,
+    /// Datagrams read from the transmit ring whose preceding updates may not all have been
+    /// read yet.
+    tx_unplaced: VecDeque<Datagram>,
+    /// Datagrams with, per worker, the local generation of the last update sent before them:
+    /// they go to worker 0 once every worker acknowledged it.
+    tx_held: VecDeque<(Datagram, Vec<u64>)>,
+    /// Per worker, the local generation of the last update sent.
+    sent: Vec<u64>,
     /// Workers' reports not yet on the event ring (bounded: running totals, so the oldest
     /// can go).
     event_backlog: VecDeque<Event>,
@@ -72,7 +84,9 @@ impl ShmLink {
             inflight: vec![VecDeque::new(); usize::from(workers)],
             ack_backlog: vec![VecDeque::new(); usize::from(workers)],
             punt_backlog: VecDeque::new(),
-            tx_backlog: VecDeque::new(),
+            tx_unplaced: VecDeque::new(),
+            tx_held: VecDeque::new(),
+            sent: vec![0; usize::from(workers)],
             event_backlog: VecDeque::new(),
             ever_attached: false,
             last_try: None,
@@ -186,11 +200,13 @@ impl ShmLink {
                 Err(err) => eprintln!("dataplane: a punted datagram cannot be sent: {err}"),
             }
         }
-        while self.tx_backlog.len() < 1024 {
+        // Datagrams first, then the updates: everything the control plane wrote before a
+        // datagram read here is in the update rings by now.
+        while self.tx_unplaced.len() + self.tx_held.len() < 1024 {
             match e.transmit.try_recv() {
                 Ok(Some(t)) => {
                     work = true;
-                    self.tx_backlog.push_back(Datagram {
+                    self.tx_unplaced.push_back(Datagram {
                         src: t.src,
                         dst: t.dst,
                         src_port: t.src_port,
@@ -205,17 +221,14 @@ impl ShmLink {
                 }
             }
         }
-        while let Some(d) = self.tx_backlog.pop_front() {
-            if let Err(rtrb::PushError::Full(d)) = self.tx_tx.push(d) {
-                self.tx_backlog.push_front(d);
-                break;
-            }
-        }
+        // Every update ring read to its end this turn: the datagrams read before are placed.
+        let mut drained = true;
         for (w, link) in links.iter_mut().enumerate() {
             let (Some(rx), Some(tx)) = (e.updates.get_mut(w), e.acks.get_mut(w)) else {
                 continue;
             };
             // At most a burst of updates per turn, so acknowledgements keep flowing.
+            let mut read_all = false;
             for _ in 0..256 {
                 match rx.try_recv() {
                     Ok(Some(env)) => {
@@ -224,6 +237,9 @@ impl ShmLink {
                             Ok(cmd) => {
                                 let local = link.send(cmd);
                                 self.inflight[w].push_back((local, env.generation));
+                                if let Some(s) = self.sent.get_mut(w) {
+                                    *s = local;
+                                }
                             }
                             Err(err) => self.ack_backlog[w].push_back(Ack::Rejected {
                                 worker: w as u16,
@@ -232,13 +248,20 @@ impl ShmLink {
                             }),
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        read_all = true;
+                        break;
+                    }
                     Err(err) => {
+                        // Nothing more can be read from it: holding datagrams for it would
+                        // hold them for ever.
                         eprintln!("dataplane: update ring of worker {w}: {err}");
+                        read_all = true;
                         break;
                     }
                 }
             }
+            drained &= read_all;
             let acked = link.pump();
             for ev in link.take_events() {
                 if self.event_backlog.len() >= 4096 {
@@ -267,6 +290,23 @@ impl ShmLink {
                 }
             }
         }
+        if drained {
+            while let Some(d) = self.tx_unplaced.pop_front() {
+                self.tx_held.push_back((d, self.sent.clone()));
+            }
+        }
+        while let Some((d, after)) = self.tx_held.pop_front() {
+            let applied = links.iter().zip(&after).all(|(l, g)| l.acked() >= *g);
+            if !applied {
+                self.tx_held.push_front((d, after));
+                break;
+            }
+            if let Err(rtrb::PushError::Full(d)) = self.tx_tx.push(d) {
+                self.tx_held.push_front((d, after));
+                break;
+            }
+            work = true;
+        }
         while let Some(ev) = self.event_backlog.pop_front() {
             match e.events.try_send(&ev) {
                 Ok(()) => work = true,
@@ -278,5 +318,69 @@ impl ShmLink {
             }
         }
         Ok(work)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipeline::msg::{Reply, Update};
+
+    #[test]
+    fn a_datagram_of_the_control_plane_waits_for_the_updates_written_before_it() {
+        let path = std::env::temp_dir().join(format!("roamgate-shm-link-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let ch = ControlChannel::create(&path, 1).unwrap();
+        let mut updates = ch.update_sender(0).unwrap();
+        let mut transmit = ch.transmit_sender().unwrap();
+        let (_punt_tx, punt_rx) = rtrb::RingBuffer::new(16);
+        let (tx_tx, mut tx_rx) = rtrb::RingBuffer::new(16);
+        let (mut link, mut worker) = agent::link(0, 16, None);
+        let mut shm = ShmLink::new(path.clone(), 1, punt_rx, tx_tx, Backend::Ring);
+        shm.turn(&mut [&mut link]).unwrap();
+        assert!(shm.ends.is_some(), "attached");
+
+        // The control plane writes an update, then a datagram that follows it.
+        let update = UpdateEnvelope {
+            generation: 1,
+            update: Update::SetWanAddresses {
+                addrs: vec!["192.0.2.1".parse().unwrap()],
+            },
+        };
+        assert!(updates.try_send(&update).is_ok());
+        let t = Transmit {
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "192.0.2.2".parse().unwrap(),
+            src_port: 500,
+            dst_port: 500,
+            payload: vec![1, 2, 3],
+        };
+        assert!(transmit.try_send(&t).is_ok());
+        shm.turn(&mut [&mut link]).unwrap();
+        shm.turn(&mut [&mut link]).unwrap();
+        assert!(
+            tx_rx.pop().is_err(),
+            "held: the worker has not applied the update"
+        );
+
+        // The worker applies it: the datagram goes.
+        let env = worker.commands.pop().ok().unwrap();
+        assert!(worker
+            .replies
+            .push(Reply::Applied {
+                worker: 0,
+                generation: env.generation,
+            })
+            .is_ok());
+        shm.turn(&mut [&mut link]).unwrap();
+        let d = tx_rx.pop().ok().unwrap();
+        assert_eq!(d.payload, [1, 2, 3]);
+
+        // A datagram with no update before it is not held.
+        assert!(transmit.try_send(&t).is_ok());
+        shm.turn(&mut [&mut link]).unwrap();
+        assert!(tx_rx.pop().is_ok());
+        drop(ch);
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -28,7 +28,10 @@ use pipeline::stats::Lifetime;
 use crate::ike::sa::{ChildSaInfo, Event, IkeSaId};
 use crate::ike::wire::TrafficSelector;
 
-/// Dynamic SA ids start here (static SAs from the config use their index).
+/// Dynamic SA ids start here (static SAs from the config use their index). Ids are
+/// recycled, lowest first: a worker indexes its outbound SAs by id, so the highest id ever
+/// handed out sizes that index, and it must follow the number of CHILD_SAs alive, not the
+/// number of rekeys so far.
 const FIRST_ID: u32 = 1 << 20;
 /// Dynamic rule ids start here.
 const FIRST_RULE: u32 = 1 << 20;
@@ -77,6 +80,11 @@ pub struct SaRepository {
     replay_window: u32,
     children: BTreeMap<u32, ChildRec>,
     next_id: u32,
+    /// Ids of CHILD_SAs that went (their deletes are queued before any reuse, and every
+    /// rule or binding naming them is gone first), handed out again lowest first.
+    free_ids: std::collections::BTreeSet<u32>,
+    /// SA id -> the CHILD_SA (inbound SPI) holding it, for the data plane's reports.
+    owner: std::collections::HashMap<SaId, u32>,
     next_rule: u32,
     /// A client's virtual IP and the IKE SA that holds it.
     vip: Option<(IkeSaId, std::net::Ipv4Addr)>,
@@ -104,6 +112,8 @@ impl SaRepository {
             replay_window,
             children: BTreeMap::new(),
             next_id: FIRST_ID,
+            free_ids: std::collections::BTreeSet::new(),
+            owner: std::collections::HashMap::new(),
             next_rule: FIRST_RULE,
             vip: None,
             lifetimes: BTreeMap::new(),
@@ -119,12 +129,26 @@ impl SaRepository {
         self.lifetimes.insert(conn.to_owned(), l);
     }
 
-    /// The CHILD_SA (its inbound SPI) a data-plane SA id belongs to, either direction.
-    pub fn child_of_sa(&self, id: SaId) -> Option<u32> {
-        self.children
+    /// The CHILD_SA (its inbound SPI) a data-plane SA belongs to, either direction, by its
+    /// id and SPI: ids are reused, so a report about an SA that went must not name the
+    /// CHILD_SA that holds its id now.
+    pub fn child_of_sa(&self, id: SaId, spi: Spi) -> Option<u32> {
+        let spi_in = *self.owner.get(&id)?;
+        let c = self.children.get(&spi_in)?;
+        c.sas
             .iter()
-            .find(|(_, c)| c.sas.iter().any(|p| p.id == id))
-            .map(|(spi, _)| *spi)
+            .any(|p| p.id == id && p.spi == spi)
+            .then_some(spi_in)
+    }
+
+    /// True for a static SA (the config's, never deleted) and for an SA of a CHILD_SA alive.
+    pub fn holds(&self, id: SaId, spi: Spi) -> bool {
+        id.0 < FIRST_ID || self.child_of_sa(id, spi).is_some()
+    }
+
+    /// The highest dynamic SA id in use or free (what sizes a worker's outbound index).
+    pub fn highest_id(&self) -> Option<SaId> {
+        (self.next_id > FIRST_ID).then(|| SaId(self.next_id - 1))
     }
 
     pub fn children(&self) -> Vec<ChildView> {
@@ -228,8 +252,12 @@ impl SaRepository {
     }
 
     fn alloc_id(&mut self) -> SaId {
+        if let Some(id) = self.free_ids.pop_first() {
+            return SaId(id);
+        }
         let id = SaId(self.next_id);
-        self.next_id = self.next_id.wrapping_add(1).max(FIRST_ID);
+        // Ids are recycled, so this counts live SAs; u32::MAX of them cannot exist.
+        self.next_id = self.next_id.saturating_add(1);
         id
     }
 
@@ -364,6 +392,8 @@ impl SaRepository {
                 host,
             },
         );
+        self.owner.insert(in_id, info.inbound.spi);
+        self.owner.insert(out_id, info.inbound.spi);
         self.installed += 1;
         let touched = [Some(info.inbound.spi), info.rekey_of];
         ups.extend(self.policy_updates(&touched, None, switch_now));
@@ -462,6 +492,12 @@ impl SaRepository {
         let mut ups = self.policy_updates(&touched, Some(&c), spd_changed);
         ups.push(Update::DeleteOutbound { id: c.out_id });
         ups.push(Update::DeleteInbound { spi: Spi(spi_in) });
+        // Reused only by a CHILD_SA that comes later: its install follows these deletes, and
+        // the policy above no longer names them.
+        for p in &c.sas {
+            self.owner.remove(&p.id);
+            self.free_ids.insert(p.id.0);
+        }
         ups
     }
 
@@ -645,6 +681,92 @@ mod tests {
             panic!()
         };
         assert_eq!(rules.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod id_reuse_tests {
+    use super::*;
+    use crate::ike::sa::{prefix_ts, ChildSaKeys, IkeSaId};
+    use zeroize::Zeroizing;
+
+    fn up(spi_in: u32, rekey_of: Option<u32>, here: bool) -> Event {
+        Event::ChildUp(ChildSaInfo {
+            ike: IkeSaId(1),
+            name: "site".into(),
+            inbound: ChildSaKeys {
+                spi: spi_in,
+                encr_bits: 128,
+                keymat: Zeroizing::new(vec![1; 20]),
+            },
+            outbound: ChildSaKeys {
+                spi: spi_in + 1,
+                encr_bits: 128,
+                keymat: Zeroizing::new(vec![2; 20]),
+            },
+            esn: true,
+            local_ts: vec![prefix_ts(&"10.1.0.0/24".parse().unwrap())],
+            remote_ts: vec![prefix_ts(&"10.2.0.0/24".parse().unwrap())],
+            local: "192.0.2.1:500".parse().unwrap(),
+            remote: "192.0.2.2:500".parse().unwrap(),
+            udp_encap: false,
+            rekey_of,
+            initiated_here: here,
+            redundant: false,
+        })
+    }
+
+    fn down(spi_in: u32) -> Event {
+        Event::ChildDown {
+            ike: IkeSaId(1),
+            spi_in,
+            spi_out: spi_in + 1,
+        }
+    }
+
+    fn ids(ups: &[Update]) -> Vec<SaId> {
+        ups.iter()
+            .filter_map(|u| match u {
+                Update::AddSa { params, .. } => Some(params.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ten_thousand_rekeys_reuse_a_handful_of_sa_ids() {
+        // A worker's outbound index is as long as the highest id: it must follow the
+        // CHILD_SAs alive (here one, two during a rekey), not the rekeys so far.
+        let mut r = SaRepository::new(Vec::new(), 64);
+        r.on_event(&up(0x100, None, true)).unwrap();
+        let mut spi = 0x100;
+        for k in 0..10_000u32 {
+            let next = spi + 0x10;
+            r.on_event(&up(next, Some(spi), k % 2 == 0)).unwrap();
+            r.on_event(&down(spi)).unwrap();
+            spi = next;
+        }
+        assert_eq!(r.children().len(), 1);
+        assert_eq!(r.highest_id(), Some(SaId(FIRST_ID + 3)));
+    }
+
+    #[test]
+    fn a_report_about_an_sa_that_went_does_not_name_the_child_that_reuses_its_id() {
+        let mut r = SaRepository::new(Vec::new(), 64);
+        let first = ids(&r.on_event(&up(0x100, None, true)).unwrap());
+        r.on_event(&up(0x200, Some(0x100), true)).unwrap();
+        let ups = r.on_event(&down(0x100)).unwrap();
+        // The old SAs' deletes come before any reuse of their ids.
+        assert!(ups
+            .iter()
+            .any(|u| matches!(u, Update::DeleteOutbound { id } if *id == first[1])));
+        let third = ids(&r.on_event(&up(0x300, Some(0x200), true)).unwrap());
+        assert_eq!(third, first, "the freed ids are handed out again");
+        // A lifetime report about the old outbound SA (SPI 0x101) that was still on its
+        // way: it names no CHILD_SA; one about the new SA with that id names the new one.
+        assert_eq!(r.child_of_sa(first[1], Spi(0x101)), None);
+        assert_eq!(r.child_of_sa(first[1], Spi(0x301)), Some(0x300));
+        assert_eq!(r.child_of_sa(first[0], Spi(0x300)), Some(0x300));
     }
 }
 

@@ -17,6 +17,7 @@ use crate::ike::sa::{Endpoint, Event, IkeSaId};
 use crate::repo::SaRepository;
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
+use pipeline::ids::{SaId, Spi};
 use pipeline::msg::{Event as DpEvent, LifetimeKind, Update};
 use pipeline::worker::Datagram;
 use rtrb::{Consumer, Producer};
@@ -38,6 +39,16 @@ pub struct IkeControl {
     outbox: VecDeque<Update>,
     /// Datagrams not yet handed to the data plane (back-pressure: kept, sent in order).
     backlog: VecDeque<Datagram>,
+    /// [`turn`](Self::turn)'s datagrams with, per worker link, the generation of the last
+    /// update sent before them: a datagram goes to the data plane only once every worker
+    /// applied those updates. An IKE message must never overtake the data-plane change it
+    /// follows: the DELETE of a rekeyed CHILD_SA leaving before the policy moved to the new
+    /// SA lets packets sealed with the old one arrive after the peer removed it, and a
+    /// response leaving before its CHILD_SA's inbound SA is installed lets the peer send on
+    /// it too early.
+    held: VecDeque<(Datagram, Vec<u64>)>,
+    /// Per worker link, the generation of the last update `turn` sent.
+    sent: Vec<u64>,
     backend: Backend,
     start: Instant,
     /// Our WAN address (the source of what we initiate).
@@ -68,10 +79,32 @@ struct DataplaneReports {
     soft_lifetimes: u64,
     hard_lifetimes: u64,
     seq_near_wrap: u64,
-    /// Latest running totals per worker (unknown SPI) or per (worker, SA id).
+    /// Latest running totals per worker (unknown SPI) or per (worker, SA id, SPI) of the
+    /// SAs alive; an SA's totals move to `retired` when it goes.
     unknown_spi: std::collections::BTreeMap<u16, u64>,
-    auth_failures: std::collections::BTreeMap<(u16, u32), u64>,
-    replay_failures: std::collections::BTreeMap<(u16, u32), u64>,
+    auth_failures: std::collections::BTreeMap<(u16, u32, u32), u64>,
+    replay_failures: std::collections::BTreeMap<(u16, u32, u32), u64>,
+    /// Authentication and replay failures of SAs that went.
+    retired: [u64; 2],
+}
+
+impl DataplaneReports {
+    /// Moves the totals of SAs that `alive` no longer holds to `retired`: one entry per SA
+    /// that ever failed would grow with every rekey.
+    fn retire(&mut self, alive: impl Fn(SaId, Spi) -> bool) {
+        for (i, map) in [&mut self.auth_failures, &mut self.replay_failures]
+            .into_iter()
+            .enumerate()
+        {
+            map.retain(|(_, id, spi), n| {
+                let keep = alive(SaId(*id), Spi(*spi));
+                if !keep {
+                    self.retired[i] += *n;
+                }
+                keep
+            });
+        }
+    }
 }
 
 impl IkeControl {
@@ -98,6 +131,8 @@ impl IkeControl {
             transmit,
             outbox: VecDeque::new(),
             backlog: VecDeque::new(),
+            held: VecDeque::new(),
+            sent: Vec::new(),
             backend,
             start: Instant::now(),
             local,
@@ -143,7 +178,7 @@ impl IkeControl {
                 } else {
                     self.dp.soft_lifetimes += 1;
                 }
-                let Some(spi_in) = self.repo.child_of_sa(*id) else {
+                let Some(spi_in) = self.repo.child_of_sa(*id, *spi) else {
                     return;
                 };
                 let Some(ike) = self.endpoint.ike_of_child(spi_in) else {
@@ -163,7 +198,7 @@ impl IkeControl {
             }
             DpEvent::SeqNearWrap { id, spi, seq, .. } => {
                 self.dp.seq_near_wrap += 1;
-                let Some(spi_in) = self.repo.child_of_sa(*id) else {
+                let Some(spi_in) = self.repo.child_of_sa(*id, *spi) else {
                     return;
                 };
                 if let Some(ike) = self.endpoint.ike_of_child(spi_in) {
@@ -189,16 +224,27 @@ impl IkeControl {
                     );
                 }
             }
+            // A report about an SA that went was on its way when it went (reports are rate
+            // limited): what it adds since the last one is not counted.
             DpEvent::AuthFailures {
-                worker, id, count, ..
-            } => {
-                self.dp.auth_failures.insert((*worker, id.0), *count);
+                worker,
+                id,
+                spi,
+                count,
+            } if self.repo.holds(*id, *spi) => {
+                self.dp.auth_failures.insert((*worker, id.0, spi.0), *count);
             }
             DpEvent::ReplayFailures {
-                worker, id, count, ..
-            } => {
-                self.dp.replay_failures.insert((*worker, id.0), *count);
+                worker,
+                id,
+                spi,
+                count,
+            } if self.repo.holds(*id, *spi) => {
+                self.dp
+                    .replay_failures
+                    .insert((*worker, id.0, spi.0), *count);
             }
+            DpEvent::AuthFailures { .. } | DpEvent::ReplayFailures { .. } => return,
         }
         self.dirty = true;
         self.publish_if_due();
@@ -292,6 +338,10 @@ impl IkeControl {
     /// goes away in between), so a burst of new CHILD_SAs compiles the SPD once, not once
     /// each.
     fn queue_update(&mut self, u: Update) {
+        if matches!(u, Update::DeleteInbound { .. }) {
+            let repo = &self.repo;
+            self.dp.retire(|id, spi| repo.holds(id, spi));
+        }
         if matches!(u, Update::ReplaceSpd { .. }) {
             if let Some(pos) = self
                 .outbox
@@ -344,8 +394,9 @@ impl IkeControl {
         v
     }
 
-    /// One turn with the data plane in this process: punted datagrams from `punt`, sends on
-    /// `transmit`, updates prepared and sent to every worker link.
+    /// One turn with the data plane in this process: punted datagrams from `punt`, updates
+    /// prepared and sent to every worker link, then datagrams on `transmit` once the updates
+    /// queued before them are applied (see `held`).
     pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool, AgentError> {
         let mut work = false;
         while let Some(d) = self.punt.as_mut().and_then(|p| p.pop().ok()) {
@@ -353,24 +404,33 @@ impl IkeControl {
             self.handle_datagram(&d);
         }
         work |= self.step();
-        if let Some(tx) = self.transmit.as_mut() {
-            while let Some(d) = self.backlog.pop_front() {
-                if let Err(rtrb::PushError::Full(d)) = tx.push(d) {
-                    self.backlog.push_front(d);
-                    break;
-                }
+        self.sent.resize(links.len(), 0);
+        while let Some(u) = self.outbox.pop_front() {
+            for (l, sent) in links.iter_mut().zip(self.sent.iter_mut()) {
+                *sent = l.send(agent::prepare(self.backend, &u)?);
             }
         }
-        while let Some(u) = self.outbox.pop_front() {
-            for l in links.iter_mut() {
-                l.send(agent::prepare(self.backend, &u)?);
-            }
+        while let Some(d) = self.backlog.pop_front() {
+            self.held.push_back((d, self.sent.clone()));
         }
         for l in links.iter_mut() {
             l.pump();
             for e in l.take_events() {
                 work = true;
                 self.on_dataplane_event(&e);
+            }
+        }
+        if let Some(tx) = self.transmit.as_mut() {
+            while let Some((d, after)) = self.held.pop_front() {
+                let applied = links.iter().zip(&after).all(|(l, g)| l.acked() >= *g);
+                if !applied {
+                    self.held.push_front((d, after));
+                    break;
+                }
+                if let Err(rtrb::PushError::Full(d)) = tx.push(d) {
+                    self.held.push_front((d, after));
+                    break;
+                }
             }
         }
         Ok(work)
@@ -387,7 +447,10 @@ impl IkeControl {
 
     /// True while an IKE exchange is under way, or updates or datagrams wait to go out.
     pub fn busy(&self) -> bool {
-        self.endpoint.busy() || !self.outbox.is_empty() || !self.backlog.is_empty()
+        self.endpoint.busy()
+            || !self.outbox.is_empty()
+            || !self.backlog.is_empty()
+            || !self.held.is_empty()
     }
 
     pub fn ike_sa_count(&self) -> usize {
@@ -477,7 +540,9 @@ impl IkeControl {
         }
         // Let the last datagrams leave through the worker.
         let t = Instant::now();
-        while t.elapsed() < std::time::Duration::from_millis(200) && !self.backlog.is_empty() {
+        while t.elapsed() < std::time::Duration::from_millis(200)
+            && !(self.backlog.is_empty() && self.held.is_empty())
+        {
             let _ = self.turn(links);
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -518,8 +583,8 @@ impl IkeControl {
                 "hard_lifetimes": self.dp.hard_lifetimes,
                 "seq_near_wrap": self.dp.seq_near_wrap,
                 "unknown_spi_packets": self.dp.unknown_spi.values().sum::<u64>(),
-                "auth_failures": self.dp.auth_failures.values().sum::<u64>(),
-                "replay_failures": self.dp.replay_failures.values().sum::<u64>(),
+                "auth_failures": self.dp.auth_failures.values().sum::<u64>() + self.dp.retired[0],
+                "replay_failures": self.dp.replay_failures.values().sum::<u64>() + self.dp.retired[1],
             },
         })
         .to_string();
@@ -582,5 +647,155 @@ fn log_event(e: &Event) {
             if *udp_encap { ", ESP in UDP" } else { "" },
             children.len()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ike::IkeYaml;
+    use pipeline::msg::Reply;
+    use pipeline::worker::ControlLink;
+    use std::path::Path;
+
+    /// A worker that applies nothing: it acknowledges when told to and carries datagrams.
+    struct Wire {
+        control: ControlLink,
+    }
+
+    impl Wire {
+        fn ack_all(&mut self) {
+            let mut last = None;
+            while let Ok(env) = self.control.commands.pop() {
+                last = Some(env.generation);
+            }
+            if let Some(generation) = last {
+                assert!(self
+                    .control
+                    .replies
+                    .push(Reply::Applied {
+                        worker: 0,
+                        generation,
+                    })
+                    .is_ok());
+            }
+        }
+
+        /// Moves what this side's control plane handed its worker to the peer's punt ring.
+        fn carry_to(&mut self, peer: &mut Wire) -> usize {
+            let mut n = 0;
+            while let Some(d) = self.control.transmit.as_mut().and_then(|t| t.pop().ok()) {
+                let punt = peer.control.punt.as_mut().unwrap();
+                assert!(punt.push(d).is_ok());
+                n += 1;
+            }
+            n
+        }
+
+        fn transmits_waiting(&self) -> usize {
+            self.control.transmit.as_ref().map_or(0, |t| t.slots())
+        }
+    }
+
+    fn side(ike: &str, local: &str) -> (IkeControl, WorkerLink, Wire) {
+        let p = Path::new("test.yaml");
+        let conns = crate::config::parse::<IkeYaml>(p, ike)
+            .unwrap()
+            .validate(p, "ike")
+            .unwrap();
+        let (punt_tx, punt_rx) = rtrb::RingBuffer::new(64);
+        let (tx_tx, tx_rx) = rtrb::RingBuffer::new(64);
+        let (link, mut control) = agent::link(0, 64, Some(punt_tx));
+        control.transmit = Some(tx_rx);
+        let mut ctl = IkeControl::new(
+            conns,
+            SaRepository::new(Vec::new(), 64),
+            Some(punt_rx),
+            Some(tx_tx),
+            Backend::Ring,
+            local.parse().unwrap(),
+        );
+        ctl.set_quiet();
+        (ctl, link, Wire { control })
+    }
+
+    const A: &str = "connections:
+  - { name: site, local_id: a.test, remote_id: b.test, psk: \"barrier-test-psk\",
+      local_ts: [10.1.0.0/24], remote_ts: [10.2.0.0/24], remote_addr: 192.0.2.2 }
+";
+    const B: &str = "connections:
+  - { name: site, local_id: b.test, remote_id: a.test, psk: \"barrier-test-psk\",
+      local_ts: [10.2.0.0/24], remote_ts: [10.1.0.0/24] }
+";
+
+    #[test]
+    fn an_ike_message_leaves_only_after_the_data_plane_applied_the_updates_before_it() {
+        let (mut a, mut la, mut wa) = side(A, "192.0.2.1");
+        let (mut b, mut lb, mut wb) = side(B, "192.0.2.2");
+        a.initiate();
+        // The handshake: B's IKE_AUTH answer follows the install of its CHILD_SA's SAs, so it
+        // waits for B's worker; everything else is acknowledged at once.
+        let mut answer_held = false;
+        for _ in 0..50 {
+            a.turn(&mut [&mut la]).unwrap();
+            wa.ack_all();
+            wa.carry_to(&mut wb);
+            let installed = b.child_counts().0;
+            b.turn(&mut [&mut lb]).unwrap();
+            if b.child_counts().0 > installed {
+                assert_eq!(
+                    wb.transmits_waiting(),
+                    0,
+                    "the answer waits for the install"
+                );
+                answer_held = true;
+            }
+            wb.ack_all();
+            b.turn(&mut [&mut lb]).unwrap();
+            wb.carry_to(&mut wa);
+            if !a.children().is_empty() && !b.busy() && !a.busy() {
+                break;
+            }
+        }
+        assert!(answer_held);
+        assert_eq!((a.children().len(), b.children().len()), (1, 1));
+
+        // A rekeys. When its answer arrives, A moves its policy to the new SA and deletes the
+        // old CHILD_SA: the DELETE must not leave before A's worker has the new policy.
+        a.rekey_children();
+        let mut delete_held = false;
+        for _ in 0..50 {
+            a.turn(&mut [&mut la]).unwrap();
+            wa.ack_all();
+            wa.carry_to(&mut wb);
+            b.turn(&mut [&mut lb]).unwrap();
+            wb.ack_all();
+            b.turn(&mut [&mut lb]).unwrap();
+            wb.carry_to(&mut wa);
+            let rekeyed = a.child_counts().1;
+            a.turn(&mut [&mut la]).unwrap();
+            if a.child_counts().1 > rekeyed {
+                assert_eq!(wa.transmits_waiting(), 0, "the DELETE waits for the switch");
+                wa.ack_all();
+                a.turn(&mut [&mut la]).unwrap();
+                assert_eq!(wa.transmits_waiting(), 1, "then it goes");
+                delete_held = true;
+                break;
+            }
+        }
+        assert!(delete_held);
+    }
+
+    #[test]
+    fn failure_totals_of_sas_that_went_are_kept_in_one_number_not_one_entry_each() {
+        let mut dp = DataplaneReports::default();
+        // A thousand rekeys of an SA that saw replay failures: the live one (the last)
+        // keeps its entry, the others fold into the retired total.
+        for k in 0..1000u32 {
+            dp.replay_failures.insert((0, 7, 0x100 + k), 2);
+            dp.retire(|_, spi| spi.0 == 0x100 + k);
+        }
+        assert_eq!(dp.replay_failures.len(), 1);
+        assert_eq!(dp.retired, [0, 999 * 2]);
     }
 }

@@ -8,6 +8,7 @@ pub mod rekeys;
 pub mod report;
 pub mod run;
 pub mod secgw;
+pub mod soak;
 pub mod xdp_ports;
 
 use std::path::Path;

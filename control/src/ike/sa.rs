@@ -424,6 +424,19 @@ pub struct Endpoint {
     pub drops: HashMap<Drop, u64>,
 }
 
+/// Record counts of an [`Endpoint`] (see [`Endpoint::footprint`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub ike_sas: usize,
+    pub child_sas: usize,
+    pub half_open: usize,
+    /// Inbound CHILD_SA SPIs reserved (in use, or handed out and not yet released).
+    pub inbound_spis: usize,
+    pub leases: usize,
+    /// Datagrams, events and requests waiting.
+    pub queued: usize,
+}
+
 /// Why an operator request could not start.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
@@ -503,6 +516,21 @@ impl Endpoint {
         self.leases.iter().map(|(a, i)| (*a, *i)).collect()
     }
 
+    /// How many records the endpoint holds: what must stay bounded by the number of peers
+    /// however many exchanges it runs (the soak tests and views read it).
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            ike_sas: self.sas.len(),
+            child_sas: self.sas.values().map(|s| s.children.len()).sum(),
+            half_open: self.half_open.len(),
+            inbound_spis: self.spis_in_use.len(),
+            leases: self.leases.len(),
+            queued: self.transmits.len()
+                + self.events.len()
+                + self.sas.values().map(|s| s.queue.len()).sum::<usize>(),
+        }
+    }
+
     /// True while any exchange is under way or queued.
     pub fn busy(&self) -> bool {
         self.sas
@@ -525,6 +553,19 @@ impl Endpoint {
             if s != 0 && !self.sas.contains_key(&s) {
                 return s;
             }
+        }
+    }
+
+    /// The inbound SPI a request of ours reserved goes back unless the exchange made a
+    /// CHILD_SA of it under IKE SA `ike` (the peer refused it, or it failed): a gateway whose
+    /// peers rekey for years must not keep an SPI per refused exchange.
+    fn release_unused_spi(&mut self, ike: u64, spi_in: u32) {
+        let used = self
+            .sas
+            .get(&ike)
+            .is_some_and(|sa| sa.children.iter().any(|c| c.spi_in == spi_in));
+        if !used {
+            self.spis_in_use.remove(&spi_in);
         }
     }
 
@@ -857,7 +898,8 @@ impl Endpoint {
         };
         match out.request {
             Request::Auth { child_spi } => {
-                self.initiator_auth_response(now, spi, child_spi, &payloads)
+                self.initiator_auth_response(now, spi, child_spi, &payloads);
+                self.release_unused_spi(spi, child_spi);
             }
             Request::RekeyChild {
                 old_spi_in,
@@ -865,8 +907,12 @@ impl Endpoint {
                 nonce,
                 dh,
                 esp,
-            } => self
-                .rekey_child_response(now, spi, old_spi_in, new_spi, &nonce, dh, &esp, &payloads),
+            } => {
+                self.rekey_child_response(
+                    now, spi, old_spi_in, new_spi, &nonce, dh, &esp, &payloads,
+                );
+                self.release_unused_spi(spi, new_spi);
+            }
             Request::RekeyIke {
                 new_spi,
                 nonce,
@@ -1351,7 +1397,10 @@ impl Endpoint {
                 reply.push(Payload::TsI(tsi));
                 reply.push(Payload::TsR(tsr));
             }
-            Err(n) => reply.push(Payload::notify(n, vec![])),
+            Err(n) => {
+                self.spis_in_use.remove(&child_spi);
+                reply.push(Payload::notify(n, vec![]));
+            }
         }
         reply.push(Payload::notify(notify::MOBIKE_SUPPORTED, vec![]));
         Some(reply)
@@ -2337,6 +2386,16 @@ impl Endpoint {
     }
 
     fn remove_sa(&mut self, spi: u64, reason: DownReason) {
+        // A request of ours still under way gives back the SPI it reserved.
+        if let Some(Request::Auth { child_spi: s } | Request::RekeyChild { new_spi: s, .. }) = self
+            .sas
+            .get(&spi)
+            .and_then(|sa| sa.outstanding.as_ref())
+            .map(|o| &o.request)
+        {
+            let s = *s;
+            self.spis_in_use.remove(&s);
+        }
         self.down_children(spi);
         self.release_lease(spi);
         if self.sas.remove(&spi).is_some() {

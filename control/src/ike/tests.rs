@@ -1067,3 +1067,121 @@ fn a_request_from_a_new_path_is_answered_there_without_moving_the_sa() {
         "no move without an update"
     );
 }
+
+#[test]
+fn a_thousand_rekeys_collisions_and_roams_leave_the_endpoints_holding_what_they_did_at_the_start() {
+    // A long run in a few lines of virtual time: every kind of exchange that replaces state
+    // (CHILD_SA rekeys by either end and by both at once, IKE SA rekeys by either end and by
+    // both, MOBIKE roams) many times over. What each endpoint holds must come back to what
+    // one IKE SA with one CHILD_SA needs.
+    let (mut p, _, _) = up();
+    let settled = (p.client.footprint(), p.gw.footprint());
+    assert_eq!(settled.0.child_sas, 1);
+    // CHILD_SAs up by a rekey, IKE SA rekeys, moves, as the client saw them.
+    let mut done = [0u32; 3];
+    for round in 0..1000usize {
+        let (cl, gl) = (p.client.list(), p.gw.list());
+        let (cid, gid) = (cl[0].0, gl[0].0);
+        let (c_in, _) = cl[0].3[0];
+        let (g_in, _) = gl[0].3[0];
+        match round % 7 {
+            0 => p.client.rekey_child(p.now, cid, c_in).unwrap(),
+            1 => p.gw.rekey_child(p.now, gid, g_in).unwrap(),
+            2 => {
+                p.client.rekey_child(p.now, cid, c_in).unwrap();
+                p.gw.rekey_child(p.now, gid, g_in).unwrap();
+            }
+            3 => p.client.rekey_ike(p.now, cid).unwrap(),
+            4 => p.gw.rekey_ike(p.now, gid).unwrap(),
+            5 => {
+                p.client.rekey_ike(p.now, cid).unwrap();
+                p.gw.rekey_ike(p.now, gid).unwrap();
+            }
+            _ => {
+                let to = if round % 2 == 0 {
+                    "192.0.2.10"
+                } else {
+                    "192.0.2.77"
+                };
+                p.roam_to(cid, to, &format!("{to}:500"));
+            }
+        }
+        p.drive();
+        for e in p.client_events.drain(..) {
+            match e {
+                Event::ChildUp(c) if c.rekey_of.is_some() => done[0] += 1,
+                Event::IkeRekeyed { .. } => done[1] += 1,
+                Event::IkeMoved { .. } => done[2] += 1,
+                _ => {}
+            }
+        }
+        p.gw_events.clear();
+        assert_eq!(
+            (p.client.footprint(), p.gw.footprint()),
+            settled,
+            "round {round} ({})",
+            round % 7
+        );
+    }
+    // Every round did what it asked (a collision brings up two CHILD_SAs, one redundant).
+    assert!(done[0] >= 3 * 1000 / 7, "{done:?}");
+    assert!(done[1] >= 3 * 1000 / 7, "{done:?}");
+    assert!(done[2] >= 1000 / 7, "{done:?}");
+}
+
+#[test]
+fn a_refused_child_sa_gives_its_reserved_spi_back() {
+    // IKE_AUTH whose CHILD_SA the gateway refuses (no common selectors): the IKE SA is up,
+    // no CHILD_SA, and neither end keeps the inbound SPI it reserved for it.
+    let mut g = gateway_cfg();
+    g.pool = None;
+    g.remote_ts = vec![ts("10.8.0.0/16")];
+    let mut c = client_cfg();
+    c.request_vip = false;
+    c.local_ts = vec![ts("172.16.0.0/12")];
+    let mut p = Pair::new(c, g);
+    p.connect();
+    p.drive();
+    assert_eq!(p.gw.list().len(), 1);
+    for (who, e) in [("client", &p.client), ("gateway", &p.gw)] {
+        let f = e.footprint();
+        assert_eq!(
+            (f.child_sas, f.inbound_spis),
+            (0, 0),
+            "{who}: no CHILD_SA, no SPI kept for it"
+        );
+    }
+
+    // A CHILD_SA rekey the peer refuses (TEMPORARY_FAILURE: the client replaced that CHILD_SA
+    // a moment before, its delete still on the way): the gateway keeps no SPI for it either.
+    let (mut p, cid, gid) = up();
+    let (c_in, _) = p.client.list()[0].3[0];
+    let (g_in, _) = p.gw.list()[0].3[0];
+    p.client.rekey_child(p.now, cid, c_in).unwrap();
+    // The request and its answer; the client's delete of the old CHILD_SA is now queued.
+    assert!(p.deliver());
+    p.gw.rekey_child(p.now, gid, g_in).unwrap();
+    p.drive();
+    assert!(
+        p.client_events
+            .iter()
+            .all(|e| !matches!(e, Event::ChildUp(c) if !c.initiated_here)),
+        "the client refused the gateway's rekey of a CHILD_SA it had replaced: {:?}",
+        p.client_events
+    );
+    for (who, e) in [("client", &p.client), ("gateway", &p.gw)] {
+        let f = e.footprint();
+        assert_eq!((f.child_sas, f.inbound_spis), (1, 1), "{who}");
+    }
+
+    // The peer goes silent during our rekey: the IKE SA times out, and the SPI reserved for
+    // the rekey goes with it.
+    let (mut p, _, gid) = up();
+    let (g_in, _) = p.gw.list()[0].3[0];
+    p.cut = true;
+    p.gw.rekey_child(p.now, gid, g_in).unwrap();
+    p.drive();
+    p.drive();
+    assert!(Pair::downs(&p.gw_events).contains(&DownReason::Timeout));
+    assert_eq!(p.gw.footprint(), Footprint::default());
+}
