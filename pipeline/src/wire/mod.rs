@@ -1,9 +1,10 @@
 //! Wire formats: zero-copy views and checked representations of the headers the gateway reads
 //! and writes.
 //!
-//! This module owns the byte layout of Ethernet II, IPv4, IPv6 (with an extension-header walk),
-//! UDP, TCP, ICMPv4, ICMPv6, the ESP header and trailer (RFC 4303), UDP encapsulation of ESP
-//! (RFC 3948) and the Internet checksum (RFC 1071, RFC 1624).
+//! This module owns the byte layout of Ethernet II, ARP, IPv4, IPv6 (with an extension-header
+//! walk and the Fragment header), UDP, TCP, ICMPv4, ICMPv6 (with neighbour discovery's
+//! solicitations and advertisements), the ESP header and trailer (RFC 4303), UDP encapsulation
+//! of ESP (RFC 3948) and the Internet checksum (RFC 1071, RFC 1624).
 //!
 //! Every format follows one pattern (after smoltcp's `wire`):
 //!
@@ -28,6 +29,7 @@
 
 use core::fmt;
 
+pub mod arp;
 pub mod checksum;
 pub mod esp;
 pub mod ethernet;
@@ -36,7 +38,9 @@ pub mod icmpv6;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod ipv6frag;
 pub mod natt;
+pub mod ndp;
 pub mod tcp;
 pub mod udp;
 
