@@ -23,8 +23,8 @@ use control::config::{self, DataplaneFile};
 use control::repo::SaRepository;
 use control::runner::IkeControl;
 use pipeline::crypto::best_backend;
-use pipeline::msg::{Ack, Transmit, Update, UpdateEnvelope};
 use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
+use proto::{Ack, Datagram, Update, UpdateEnvelope};
 
 /// The generation a fresh data plane acknowledges first.
 pub const HELLO_FRESH: u64 = 0;
@@ -329,25 +329,12 @@ pub fn run(args: ControlArgs) -> Result<()> {
     Ok(())
 }
 
-fn flush_transmits(ctl: &mut IkeControl, tx: &mut Sender<Transmit>) {
+fn flush_transmits(ctl: &mut IkeControl, tx: &mut Sender<Datagram>) {
     while let Some(d) = ctl.transmits().pop_front() {
-        let t = Transmit {
-            src: d.src,
-            dst: d.dst,
-            src_port: d.src_port,
-            dst_port: d.dst_port,
-            payload: d.payload,
-        };
-        match tx.try_send(&t) {
+        match tx.try_send(&d) {
             Ok(()) => {}
             Err(SendError::Full) => {
-                ctl.transmits().push_front(pipeline::worker::Datagram {
-                    src: t.src,
-                    dst: t.dst,
-                    src_port: t.src_port,
-                    dst_port: t.dst_port,
-                    payload: t.payload,
-                });
+                ctl.transmits().push_front(d);
                 break;
             }
             Err(e) => eprintln!("control: an IKE datagram cannot be sent: {e}"),

@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
-use pipeline::msg::{Ack, Event, Transmit, UpdateEnvelope};
 use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
-use pipeline::worker::{Datagram, Punted};
+use proto::{Ack, Datagram, Event, UpdateEnvelope};
 use rtrb::{Consumer, Producer};
 
 use crate::control_proc::{HELLO_FRESH, HELLO_KEEP};
@@ -28,8 +27,8 @@ struct Ends {
     ch: ControlChannel,
     updates: Vec<Receiver<UpdateEnvelope>>,
     acks: Vec<Sender<Ack>>,
-    punt: Sender<Punted>,
-    transmit: Receiver<Transmit>,
+    punt: Sender<Datagram>,
+    transmit: Receiver<Datagram>,
     events: Sender<Event>,
 }
 
@@ -44,7 +43,7 @@ pub struct ShmLink {
     inflight: Vec<VecDeque<(u64, u64)>>,
     /// Per worker: acknowledgements not yet written.
     ack_backlog: Vec<VecDeque<Ack>>,
-    punt_backlog: VecDeque<Punted>,
+    punt_backlog: VecDeque<Datagram>,
     tx_backlog: VecDeque<Datagram>,
     /// Workers' reports not yet on the event ring (bounded: running totals, so the oldest
     /// can go).
@@ -188,15 +187,9 @@ impl ShmLink {
         }
         while self.tx_backlog.len() < 1024 {
             match e.transmit.try_recv() {
-                Ok(Some(t)) => {
+                Ok(Some(d)) => {
                     work = true;
-                    self.tx_backlog.push_back(Datagram {
-                        src: t.src,
-                        dst: t.dst,
-                        src_port: t.src_port,
-                        dst_port: t.dst_port,
-                        payload: t.payload,
-                    });
+                    self.tx_backlog.push_back(d);
                 }
                 Ok(None) => break,
                 Err(err) => {

@@ -17,8 +17,7 @@ use crate::ike_config::{endpoint_config, Connection};
 use crate::repo::SaRepository;
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
-use pipeline::msg::{Event as DpEvent, LifetimeKind, Update};
-use pipeline::worker::Datagram;
+use proto::{Datagram, Event as DpEvent, LifetimeKind, Update};
 use rtrb::{Consumer, Producer};
 
 /// What the views show of IKE (never keys).

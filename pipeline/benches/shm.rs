@@ -15,9 +15,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pipeline::crypto::AeadAlg;
 use pipeline::esp::sa::{SaKeys, SaParams};
 use pipeline::ids::{SaId, Spi};
-use pipeline::msg::codec::Record;
 use pipeline::msg::{Direction, Update, UpdateEnvelope};
 use pipeline::shm::{ChannelSizes, ControlChannel, Region, RingKind, RingSpec};
+use proto::codec::Record;
 
 fn path(name: &str) -> PathBuf {
     let dir = if std::path::Path::new("/dev/shm").is_dir() {

@@ -239,16 +239,7 @@ impl CoreCounters {
     }
 }
 
-/// Byte and packet lifetimes of one SA direction (RFC 4301 4.4.2.1); 0 is no limit. The soft
-/// limit asks the control plane to rekey; at the hard limit the SA stops carrying traffic.
-/// Time lifetimes are the control plane's (it knows when it installed the SA).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Lifetime {
-    pub soft_bytes: u64,
-    pub hard_bytes: u64,
-    pub soft_packets: u64,
-    pub hard_packets: u64,
-}
+pub use proto::sa::Lifetime;
 
 /// A limit an SA just reached (reported once each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use rtrb::{Consumer, Producer};
 use crate::esp::tunnel::{self, InnerMeta, Opened, NH_IPV4, NH_IPV6};
 use crate::ids::{SaId, Spi};
 use crate::msg::{
-    Command, Direction, Envelope, Event, LifetimeKind, LifetimeLimit, Released, Reply,
+    Command, Datagram, Direction, Envelope, Event, LifetimeKind, LifetimeLimit, Released, Reply,
 };
 use crate::nat::{Masquerade, NatDrop};
 use crate::port::{Frame, Port};
@@ -87,27 +87,11 @@ const WARM_SAS_ABOVE: usize = 3000;
 /// A tx queue longer than this pauses the rx that feeds it.
 const TXQ_HIGH: usize = 4 * BURST;
 
-/// An IKE datagram between the data plane and the control plane: the UDP payload (without
-/// the non-ESP marker) with its addresses and ports. Punted ones came in on the WAN; outgoing
-/// ones are built into frames by a worker and sent out of its WAN port (a payload sent from or
-/// to port 4500 gets the non-ESP marker, RFC 3948).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Datagram {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub payload: Vec<u8>,
-}
-
-/// An IKE datagram handed to the control plane.
-pub type Punted = Datagram;
-
 /// The control side of a worker: where its commands come from and its replies go.
 pub struct ControlLink {
     pub commands: Consumer<Envelope>,
     pub replies: Producer<Reply>,
-    pub punt: Option<Producer<Punted>>,
+    pub punt: Option<Producer<Datagram>>,
     /// IKE datagrams the control plane wants sent from this worker's WAN port.
     pub transmit: Option<Consumer<Datagram>>,
 }
@@ -937,7 +921,7 @@ impl<P: Port> Worker<P> {
         let Some(ring) = self.control.punt.as_mut() else {
             return DropReason::IkeNoControl;
         };
-        let p = Punted {
+        let p = Datagram {
             src: pkt.key.src,
             dst: pkt.key.dst,
             src_port: pkt.key.src_port,

@@ -1,98 +1,28 @@
-//! SA records as the fast path sees them: hot per-direction runtime records, and the
-//! parameters the control plane sends to build them.
+//! SA records as the fast path sees them: hot per-direction runtime records, built from the
+//! parameters the control plane sends (`proto::sa::SaParams`, re-exported here).
 //!
 //! A worker owns its records outright (no locks, no atomics besides its own counters). The
 //! hot fields come first and the records are cache-line aligned with their size asserted at
 //! compile time, after VPP's `ipsec_sa.h`; names, lifetimes and selectors of the cold record
 //! stay in the control plane.
 
-use core::fmt;
 use core::net::IpAddr;
 use std::sync::Arc;
 
-use zeroize::{Zeroize, ZeroizeOnDrop};
-
-use crate::crypto::{self, Aead, AeadAlg, Backend, KeyError, SALT_LEN};
+use crate::crypto::{self, Aead, Backend, KeyError, SALT_LEN};
 use crate::esp::replay::{BadWindowSize, ReplayWindow};
 use crate::ids::{SaId, Spi};
 use crate::spd::Prefix;
-use crate::stats::{Lifetime, SaCounters};
+use crate::stats::SaCounters;
 
-/// Key material of one SA direction: AES key and the 4-byte GCM salt (RFC 4106 section 8.1).
-/// Zeroized on drop; `Debug` never shows it.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct SaKeys {
-    #[zeroize(skip)]
-    pub alg: AeadAlg,
-    key: [u8; 32],
-    pub salt: [u8; SALT_LEN],
-}
+pub use proto::sa::{SaKeys, SaParams, UdpEncap};
 
-impl SaKeys {
-    /// From the KEYMAT slice IKEv2 or a static config yields: key followed by salt.
-    pub fn from_keymat(alg: AeadAlg, keymat: &[u8]) -> Result<Self, SaBuildError> {
-        let klen = alg.key_len();
-        if keymat.len() != klen + SALT_LEN {
-            return Err(SaBuildError::KeymatLength {
-                expected: klen + SALT_LEN,
-                got: keymat.len(),
-            });
-        }
-        let mut key = [0u8; 32];
-        let mut salt = [0u8; SALT_LEN];
-        key[..klen].copy_from_slice(&keymat[..klen]);
-        salt.copy_from_slice(&keymat[klen..]);
-        Ok(SaKeys { alg, key, salt })
+/// Both tunnel endpoints of one family.
+fn check_family(p: &SaParams) -> Result<(), SaBuildError> {
+    if p.local.is_ipv4() != p.remote.is_ipv4() {
+        return Err(SaBuildError::MixedFamilies);
     }
-
-    pub fn key(&self) -> &[u8] {
-        &self.key[..self.alg.key_len()]
-    }
-}
-
-impl fmt::Debug for SaKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SaKeys({:?}, <redacted>)", self.alg)
-    }
-}
-
-/// RFC 3948 UDP encapsulation ports of an SA (4500 on both sides unless a NAT moved them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UdpEncap {
-    pub local_port: u16,
-    pub remote_port: u16,
-}
-
-/// Everything needed to build one direction of a tunnel-mode SA.
-#[derive(Clone, Debug)]
-pub struct SaParams {
-    pub id: SaId,
-    pub spi: Spi,
-    pub keys: SaKeys,
-    pub esn: bool,
-    /// Anti-replay window in packets (inbound only; 64..=4096, a power of two).
-    pub replay_window: u32,
-    /// Tunnel endpoints: our address and the peer's.
-    pub local: IpAddr,
-    pub remote: IpAddr,
-    pub encap: Option<UdpEncap>,
-    /// Inner traffic this SA may carry: source and destination prefixes as seen in the
-    /// outbound direction (local side first). Inbound checks the mirror image.
-    pub local_ts: Prefix,
-    pub remote_ts: Prefix,
-    /// TTL / hop limit of the outer header.
-    pub outer_ttl: u8,
-    /// Soft and hard byte/packet lifetimes (0: none).
-    pub lifetime: Lifetime,
-}
-
-impl SaParams {
-    fn check_family(&self) -> Result<(), SaBuildError> {
-        if self.local.is_ipv4() != self.remote.is_ipv4() {
-            return Err(SaBuildError::MixedFamilies);
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Why an SA could not be built from its parameters.
@@ -106,8 +36,6 @@ pub enum SaBuildError {
     MixedFamilies,
     #[error("SPI 0 is reserved")]
     ZeroSpi,
-    #[error("key material is {got} bytes, the algorithm needs {expected} (key + 4-byte salt)")]
-    KeymatLength { expected: usize, got: usize },
 }
 
 /// Inbound runtime record. Hot fields first: what `open` touches per packet.
@@ -245,7 +173,7 @@ impl OutboundSa {
 
 /// Builds the runtime records. Key schedules are expanded here, off the worker's fast path.
 pub fn build_inbound(backend: Backend, p: &SaParams) -> Result<InboundSa, SaBuildError> {
-    p.check_family()?;
+    check_family(p)?;
     if p.spi.0 == 0 {
         return Err(SaBuildError::ZeroSpi);
     }
@@ -264,7 +192,7 @@ pub fn build_inbound(backend: Backend, p: &SaParams) -> Result<InboundSa, SaBuil
 }
 
 pub fn build_outbound(backend: Backend, p: &SaParams) -> Result<OutboundSa, SaBuildError> {
-    p.check_family()?;
+    check_family(p)?;
     if p.spi.0 == 0 {
         return Err(SaBuildError::ZeroSpi);
     }
@@ -302,13 +230,5 @@ mod tests {
         assert!(i <= 192 && o <= 192);
         assert_eq!(i % 64, 0);
         assert_eq!(o % 64, 0);
-    }
-
-    #[test]
-    fn keys_never_show_in_debug() {
-        let k = SaKeys::from_keymat(AeadAlg::AesGcm128, &[0xab; 20]).unwrap();
-        let s = format!("{k:?}");
-        assert!(!s.contains("ab") && !s.contains("171"), "{s}");
-        assert!(SaKeys::from_keymat(AeadAlg::AesGcm256, &[0; 20]).is_err());
     }
 }

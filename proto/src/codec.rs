@@ -1,5 +1,5 @@
 //! The binary encoding of what crosses the shared-memory rings: [`UpdateEnvelope`] (every
-//! [`Update`], keys included), [`Ack`], [`Event`], [`Punted`] and [`Transmit`].
+//! [`Update`], keys included), [`Ack`], [`Event`] and [`Datagram`].
 //!
 //! This module owns the byte layout and its version; it never allocates more than the input
 //! can justify, never panics on any byte sequence, and never leaves key bytes behind: encoding
@@ -7,7 +7,8 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 2: version 1 plus SA lifetimes)
+//! # Layout (version 3: version 2, which added SA lifetimes, with one datagram record for
+//! both directions)
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -27,7 +28,7 @@
 //! | 0x19 | `Update::SetWanAddresses` | generation, count u8, count x ip |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
 //! | 0x30..=0x34 | `Event` variants, in declaration order | worker u16, then the fields in order |
-//! | 0x40 / 0x41 | `Punted` / `Transmit` | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
+//! | 0x40 | `Datagram` (punted or to transmit) | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
 //!
 //! Pieces: ip = family u8 (4 or 6) + 4 or 16 bytes; prefix = ip + length u8 (host bits must
 //! be zero); encap = present u8 (+ local port u16, remote port u16); bool = u8 0 or 1, nothing
@@ -41,6 +42,10 @@
 //!
 //! Decoding is strict: unknown versions, tags and enum values, a bool other than 0/1, a prefix
 //! with host bits, a backwards port range, a short buffer and trailing bytes are errors.
+//!
+//! Any change to a record (a field, a tag, an enum value) bumps [`CODEC_VERSION`]: the two
+//! ends of a ring are one build, and a peer of another version is refused record by record
+//! rather than misread.
 #![deny(
     clippy::indexing_slicing,
     clippy::unwrap_used,
@@ -53,19 +58,14 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{AeadAlg, SALT_LEN};
-use crate::esp::sa::{SaKeys, SaParams, UdpEncap};
 use crate::ids::{SaId, Spi};
-use crate::msg::{
-    Ack, Direction, Event, LifetimeKind, LifetimeLimit, Transmit, Update, UpdateEnvelope,
-};
 use crate::nat::MasqueradeConfig;
-use crate::spd::{Action, PortRange, Prefix, Rule, Selector};
-use crate::stats::Lifetime;
-use crate::worker::Punted;
+use crate::policy::{Action, PortRange, Prefix, Rule, Selector};
+use crate::records::{Ack, Datagram, Event, LifetimeKind, LifetimeLimit, Update, UpdateEnvelope};
+use crate::sa::{AeadAlg, Direction, Lifetime, SaKeys, SaParams, UdpEncap, SALT_LEN};
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 2;
+pub const CODEC_VERSION: u8 = 3;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -85,8 +85,7 @@ mod tag {
     pub const EV_SEQ_NEAR_WRAP: u8 = 0x32;
     pub const EV_AUTH_FAILURES: u8 = 0x33;
     pub const EV_REPLAY_FAILURES: u8 = 0x34;
-    pub const PUNTED: u8 = 0x40;
-    pub const TRANSMIT: u8 = 0x41;
+    pub const DATAGRAM: u8 = 0x40;
 }
 
 /// Why a record could not be encoded.
@@ -301,21 +300,6 @@ impl<'a> Writer<'a> {
         self.u64(c.port_reuse_delay_ns)?;
         self.u64(u64::try_from(c.max_sessions).map_err(|_| EncodeError::TooLong("max_sessions"))?)
     }
-
-    fn datagram(
-        &mut self,
-        src: IpAddr,
-        dst: IpAddr,
-        ports: (u16, u16),
-        payload: &[u8],
-    ) -> Result<(), EncodeError> {
-        self.ip(src)?;
-        self.ip(dst)?;
-        self.u16(ports.0)?;
-        self.u16(ports.1)?;
-        self.u32(u32::try_from(payload.len()).map_err(|_| EncodeError::TooLong("payload"))?)?;
-        self.put(payload)
-    }
 }
 
 /// Reads from the front of a byte slice; every read is checked.
@@ -484,18 +468,6 @@ impl<'a> Reader<'a> {
             max_sessions: usize::try_from(self.u64()?)
                 .map_err(|_| DecodeError::Invalid("max_sessions"))?,
         })
-    }
-
-    /// (src, dst, src port, dst port, payload).
-    fn datagram(&mut self) -> Result<(IpAddr, IpAddr, u16, u16, Vec<u8>), DecodeError> {
-        let src = self.ip()?;
-        let dst = self.ip()?;
-        let sp = self.u16()?;
-        let dp = self.u16()?;
-        let len = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
-        // take() checks the length against the input before anything is allocated.
-        let payload = self.take(len)?.to_vec();
-        Ok((src, dst, sp, dp, payload))
     }
 }
 
@@ -828,22 +800,28 @@ impl Record for Event {
     }
 }
 
-impl Record for Punted {
+impl Record for Datagram {
     fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        w.head(tag::PUNTED)?;
-        w.datagram(
-            self.src,
-            self.dst,
-            (self.src_port, self.dst_port),
-            &self.payload,
-        )
+        w.head(tag::DATAGRAM)?;
+        w.ip(self.src)?;
+        w.ip(self.dst)?;
+        w.u16(self.src_port)?;
+        w.u16(self.dst_port)?;
+        w.u32(u32::try_from(self.payload.len()).map_err(|_| EncodeError::TooLong("payload"))?)?;
+        w.put(&self.payload)
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         match r.u8()? {
-            tag::PUNTED => {
-                let (src, dst, src_port, dst_port, payload) = r.datagram()?;
-                Ok(Punted {
+            tag::DATAGRAM => {
+                let src = r.ip()?;
+                let dst = r.ip()?;
+                let src_port = r.u16()?;
+                let dst_port = r.u16()?;
+                let len = usize::try_from(r.u32()?).map_err(|_| DecodeError::Truncated)?;
+                // take() checks the length against the input before anything is allocated.
+                let payload = r.take(len)?.to_vec();
+                Ok(Datagram {
                     src,
                     dst,
                     src_port,
@@ -852,38 +830,7 @@ impl Record for Punted {
                 })
             }
             tag => Err(DecodeError::Tag {
-                what: "punted datagram",
-                tag,
-            }),
-        }
-    }
-}
-
-impl Record for Transmit {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        w.head(tag::TRANSMIT)?;
-        w.datagram(
-            self.src,
-            self.dst,
-            (self.src_port, self.dst_port),
-            &self.payload,
-        )
-    }
-
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        match r.u8()? {
-            tag::TRANSMIT => {
-                let (src, dst, src_port, dst_port, payload) = r.datagram()?;
-                Ok(Transmit {
-                    src,
-                    dst,
-                    src_port,
-                    dst_port,
-                    payload,
-                })
-            }
-            tag => Err(DecodeError::Tag {
-                what: "transmit datagram",
+                what: "datagram",
                 tag,
             }),
         }
