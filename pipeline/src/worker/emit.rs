@@ -4,7 +4,7 @@
 use super::{Link, Verdict};
 use crate::port::Frame;
 use crate::stats::DropReason;
-use crate::wire::{checksum, ethernet, ipv4, ipv6};
+use crate::wire::{checksum, ethernet, ipv4, ipv6, EtherType};
 
 /// Decrements TTL / hop limit of the IP packet after the Ethernet header (RFC 1624 update).
 pub(super) fn decrement_hop_limit<F: Frame>(f: &mut F, ipv6: bool) -> bool {
@@ -54,12 +54,16 @@ pub(super) fn push_eth<F: Frame>(f: &mut F, link: &Link, ipv6: bool) -> bool {
         return false;
     }
     // Destination, source, EtherType: three plain copies (every forwarded packet does this).
-    let Some(h) = f.data_mut().get_mut(..ethernet::HEADER_LEN) else {
+    let Ok(mut eth) = ethernet::Frame::new_checked(f.data_mut()) else {
         return false;
     };
-    h[0..6].copy_from_slice(&link.neighbor);
-    h[6..12].copy_from_slice(&link.mac);
-    h[12..14].copy_from_slice(if ipv6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+    eth.set_dst_addr(link.neighbor);
+    eth.set_src_addr(link.mac);
+    eth.set_ethertype(if ipv6 {
+        EtherType::Ipv6
+    } else {
+        EtherType::Ipv4
+    });
     true
 }
 

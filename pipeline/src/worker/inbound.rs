@@ -16,7 +16,7 @@ use crate::port::{Frame, Port};
 use crate::sad::Sad;
 use crate::spd::{Action, FlowKey};
 use crate::stats::{DropReason, Traffic};
-use crate::wire::{ethernet, natt, udp};
+use crate::wire::{esp, ethernet, natt, udp, IpProtocol};
 
 impl<P: Port> Worker<P> {
     pub(super) fn rx_wan(&mut self, now: u64) -> usize {
@@ -28,9 +28,9 @@ impl<P: Port> Worker<P> {
             Ok(p) => p,
             Err(r) => return Verdict::Drop(r),
         };
-        let esp_at = match pkt.key.proto {
-            50 => Some(ethernet::HEADER_LEN + pkt.header_len),
-            17 => match self.classify_udp(f, &pkt) {
+        let esp_at = match IpProtocol::from(pkt.key.proto) {
+            IpProtocol::Esp => Some(ethernet::HEADER_LEN + pkt.header_len),
+            IpProtocol::Udp => match self.classify_udp(f, &pkt) {
                 Ok(Some(at)) => Some(at),
                 Ok(None) => None,
                 Err(r) => return Verdict::Drop(r),
@@ -85,17 +85,21 @@ impl<P: Port> Worker<P> {
             return Verdict::Drop(DropReason::ClearButProtected);
         }
         // Inbound SPD check: look up the mirror image of the flow, as policies are written
-        // for the outbound direction.
+        // for the outbound direction (ICMP's type and code stay where they are).
+        let icmp = matches!(
+            IpProtocol::from(pkt.key.proto),
+            IpProtocol::Icmp | IpProtocol::Icmpv6
+        );
         let mirror = FlowKey {
             src: pkt.key.dst,
             dst: pkt.key.src,
             proto: pkt.key.proto,
-            src_port: if pkt.key.proto == 1 || pkt.key.proto == 58 {
+            src_port: if icmp {
                 pkt.key.src_port
             } else {
                 pkt.key.dst_port
             },
-            dst_port: if pkt.key.proto == 1 || pkt.key.proto == 58 {
+            dst_port: if icmp {
                 pkt.key.dst_port
             } else {
                 pkt.key.src_port
@@ -158,11 +162,7 @@ impl<P: Port> Worker<P> {
         let opened = match tunnel::decapsulate(&mut self.sad, f) {
             Ok(o) => o,
             Err(r) => {
-                let spi = f
-                    .data()
-                    .get(..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(Spi(0), |b| Spi(u32::from_be_bytes(b)));
+                let spi = esp::Packet::new_checked(f.data()).map_or(Spi(0), |p| Spi(p.spi()));
                 // Back to the outer header, for the caller's report (a failed open leaves the
                 // frame's data where it was).
                 let _ = f.prepend(esp_at);

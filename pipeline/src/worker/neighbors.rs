@@ -6,27 +6,38 @@ use core::net::IpAddr;
 use super::{Side, Verdict, Worker};
 use crate::port::{Frame, Port};
 use crate::stats::{DropReason, Traffic};
+use crate::wire::{ethernet, icmpv6, ipv6, EtherType, IpProtocol};
+
+/// A neighbour advertisement with its target link-layer address option: Ethernet, IPv6 and 32
+/// bytes of ICMPv6 (RFC 4861 4.4). A solicitation may be shorter than the answer.
+const NA_FRAME_LEN: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + 32;
+
+/// An IPv6 neighbour solicitation: ICMPv6 type 135 right after a bare IPv6 header (one behind
+/// extension headers is not looked for: it goes the way of other IPv6 traffic).
+fn is_solicitation(ip: &[u8]) -> bool {
+    ipv6::Packet::new_checked(ip).is_ok_and(|p| {
+        p.next_header() == IpProtocol::Icmpv6
+            && icmpv6::Packet::new_unchecked(p.payload()).msg_type()
+                == icmpv6::Message::NeighborSolicit
+    })
+}
 
 impl<P: Port> Worker<P> {
     /// ARP and neighbour solicitations for our own address are answered on the side they came
     /// from; other ARP is link chatter. None: not neighbour discovery, go on.
     pub(super) fn neighbor(&mut self, f: &mut P::Frame, side: Side) -> Option<Verdict> {
-        let d = f.data();
-        let is_arp = d.get(12..14) == Some(&[0x08, 0x06][..]);
-        // IPv6 with next header ICMPv6 and type 135, at the fixed offsets of a bare header.
-        let is_ns = d.get(12..14) == Some(&[0x86, 0xdd][..])
-            && d.get(20) == Some(&58)
-            && d.get(54) == Some(&135);
-        if !is_arp && !is_ns {
-            return None;
-        }
+        let eth = ethernet::Frame::new_checked(f.data()).ok()?;
+        let is_ns = match eth.ethertype() {
+            EtherType::Arp => false,
+            EtherType::Ipv6 if is_solicitation(eth.payload()) => true,
+            _ => return None,
+        };
         let link = match side {
             Side::Lan => &self.lan_link,
             Side::Wan => &self.wan_link,
         };
-        // An advertisement (86 bytes with its option) may be longer than the solicitation.
         let len = f.len();
-        if is_ns && len < 86 && !f.append(86 - len) {
+        if is_ns && len < NA_FRAME_LEN && !f.append(NA_FRAME_LEN - len) {
             return Some(Verdict::Drop(DropReason::NoBufferRoom));
         }
         let (mut outcome, mut new_len) =

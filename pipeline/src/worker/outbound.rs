@@ -16,7 +16,7 @@ use crate::msg::{Direction, Reply};
 use crate::port::{Frame, Port};
 use crate::spd::{Action, FlowKey};
 use crate::stats::{DropReason, Traffic};
-use crate::wire::{ethernet, icmpv4, icmpv6};
+use crate::wire::{ethernet, icmpv4, icmpv6, ipv4, ipv6};
 
 impl<P: Port> Worker<P> {
     pub(super) fn rx_lan(&mut self, now: u64) -> usize {
@@ -147,7 +147,7 @@ impl<P: Port> Worker<P> {
             return;
         };
         // RFC 792/4443: the error, quote included, fits in the minimum MTU of the family.
-        let cap = if ipv6 { 1280 } else { 576 };
+        let cap = if ipv6 { ipv6::MIN_MTU } else { ipv4::MIN_MTU };
         if !out.append(cap) {
             return;
         }

@@ -6,7 +6,7 @@ use core::net::IpAddr;
 use crate::esp::tunnel::{NH_IPV4, NH_IPV6};
 use crate::spd::FlowKey;
 use crate::stats::DropReason;
-use crate::wire::{ethernet, ipv4, ipv6, EtherType};
+use crate::wire::{ethernet, icmpv4, icmpv6, ipv4, ipv6, tcp, udp, EtherType, IpProtocol};
 
 /// What the worker needs from an IP header.
 pub(super) struct IpInfo {
@@ -64,17 +64,27 @@ pub(super) fn parse_inner(ip: &[u8], next_header: u8) -> Result<IpInfo, DropReas
 
 #[inline(always)]
 pub(super) fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
-    let be = |i: usize| {
-        l4.get(i..i + 2)
-            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
-    };
-    match proto {
-        6 | 17 => (be(0), be(2)),
+    // Read where the bytes are (a field past the end reads 0, as the views do for a buffer
+    // they were not checked against): a short segment still gets a flow key; its own header
+    // checks belong to whoever receives it.
+    match IpProtocol::from(proto) {
+        IpProtocol::Tcp => {
+            let t = tcp::Packet::new_unchecked(l4);
+            (t.src_port(), t.dst_port())
+        }
+        IpProtocol::Udp => {
+            let u = udp::Packet::new_unchecked(l4);
+            (u.src_port(), u.dst_port())
+        }
         // ICMP: type and code stand in for the ports (RFC 4301 4.4.1.1).
-        1 | 58 => (
-            u16::from(l4.first().copied().unwrap_or(0)),
-            u16::from(l4.get(1).copied().unwrap_or(0)),
-        ),
+        IpProtocol::Icmp => {
+            let i = icmpv4::Packet::new_unchecked(l4);
+            (u16::from(u8::from(i.msg_type())), u16::from(i.msg_code()))
+        }
+        IpProtocol::Icmpv6 => {
+            let i = icmpv6::Packet::new_unchecked(l4);
+            (u16::from(u8::from(i.msg_type())), u16::from(i.msg_code()))
+        }
         _ => (0, 0),
     }
 }

@@ -1,11 +1,11 @@
 //! Reading a burst's SA state ahead of processing it, when the SAD is too large for the cache.
 
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::IpAddr;
 
 use super::{Side, Worker, WARM_SAS_ABOVE};
 use crate::ids::Spi;
 use crate::port::{Frame, Port};
-use crate::wire::natt;
+use crate::wire::{esp, ethernet, ipv4, natt, udp, EtherType, IpProtocol};
 
 impl<P: Port> Worker<P> {
     /// With many SAs, a packet's SA state (table slot, record, counters) is likely not in
@@ -29,12 +29,10 @@ impl<P: Port> Worker<P> {
                     }
                 }
                 Side::Lan => {
-                    let dst = match d.get(30..34) {
-                        Some(&[a, b, c, e]) if d.get(12..14) == Some(&[0x08, 0x00][..]) => {
-                            IpAddr::V4(Ipv4Addr::new(a, b, c, e))
-                        }
-                        _ => continue,
+                    let Some(ip) = ipv4_of(d) else {
+                        continue;
                     };
+                    let dst = IpAddr::V4(ip.dst_addr());
                     if let Some(sa) = self
                         .hosts
                         .get(&dst)
@@ -49,49 +47,93 @@ impl<P: Port> Worker<P> {
     }
 }
 
-/// The SPI of an IPv4 frame carrying ESP, raw or in UDP 4500 (for [`Worker::warm_burst`];
-/// the real classification comes later and checks everything).
-fn peek_spi(d: &[u8]) -> Option<Spi> {
-    if d.get(12..14)? != [0x08, 0x00] {
+/// The IPv4 packet of an Ethernet frame, checked as far as its length fields.
+#[inline]
+fn ipv4_of(frame: &[u8]) -> Option<ipv4::Packet<&[u8]>> {
+    if ethernet::Frame::new_checked(frame).ok()?.ethertype() != EtherType::Ipv4 {
         return None;
     }
-    let ihl = usize::from(d.get(14)? & 0x0f) * 4;
-    let at = match *d.get(23)? {
-        50 => 14 + ihl,
-        17 if d.get(14 + ihl + 2..14 + ihl + 4)? == natt::NATT_PORT.to_be_bytes() => 14 + ihl + 8,
-        _ => return None,
-    };
-    let b = d.get(at..at + 4)?;
-    Some(Spi(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+    ipv4::Packet::new_checked(frame.get(ethernet::HEADER_LEN..)?).ok()
+}
+
+/// The SPI of an IPv4 frame carrying ESP, raw or in UDP 4500 (for [`Worker::warm_burst`];
+/// the real classification comes later and checks everything).
+fn peek_spi(frame: &[u8]) -> Option<Spi> {
+    let spi_of = |esp_bytes: &[u8]| Some(Spi(esp::Packet::new_checked(esp_bytes).ok()?.spi()));
+    let ip = ipv4_of(frame)?;
+    match ip.next_header() {
+        IpProtocol::Esp => spi_of(ip.payload()),
+        IpProtocol::Udp => {
+            let u = udp::Packet::new_checked(ip.payload()).ok()?;
+            (u.dst_port() == natt::NATT_PORT)
+                .then(|| spi_of(u.payload()))
+                .flatten()
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// An Ethernet + IPv4 frame carrying `l4` as protocol `proto`.
+    fn frame(proto: IpProtocol, l4: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; ethernet::HEADER_LEN + ipv4::HEADER_LEN];
+        ethernet::Frame::new_unchecked(&mut f[..]).set_ethertype(EtherType::Ipv4);
+        ipv4::Repr {
+            src_addr: "192.0.2.2".parse().unwrap(),
+            dst_addr: "192.0.2.1".parse().unwrap(),
+            next_header: proto,
+            payload_len: l4.len(),
+            hop_limit: 64,
+            dscp: 0,
+            ecn: 0,
+            ident: 0,
+            dont_frag: true,
+        }
+        .emit(&mut ipv4::Packet::new_unchecked(
+            &mut f[ethernet::HEADER_LEN..],
+        ));
+        f.extend_from_slice(l4);
+        f
+    }
+
+    /// UDP from and to `port` around `payload`.
+    fn udp_seg(port: u16, payload: &[u8]) -> Vec<u8> {
+        let mut seg = vec![0u8; udp::HEADER_LEN];
+        seg.extend_from_slice(payload);
+        udp::Repr {
+            src_port: port,
+            dst_port: port,
+            payload_len: payload.len(),
+        }
+        .emit(&mut udp::Packet::new_unchecked(&mut seg[..]));
+        seg
+    }
+
     #[test]
     fn peek_spi_finds_raw_and_udp_encapsulated_esp_and_nothing_else() {
-        let mut raw = vec![0u8; 14 + 20 + 8];
-        raw[12..14].copy_from_slice(&[0x08, 0x00]);
-        raw[14] = 0x45;
-        raw[23] = 50;
-        raw[34..38].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+        let mut esp_hdr = 0x0102_0304u32.to_be_bytes().to_vec();
+        esp_hdr.extend_from_slice(&7u32.to_be_bytes());
+        let raw = frame(IpProtocol::Esp, &esp_hdr);
         assert_eq!(peek_spi(&raw), Some(Spi(0x0102_0304)));
-        let mut udp = vec![0u8; 14 + 20 + 8 + 8];
-        udp[12..14].copy_from_slice(&[0x08, 0x00]);
-        udp[14] = 0x45;
-        udp[23] = 17;
-        udp[36..38].copy_from_slice(&4500u16.to_be_bytes());
-        udp[42..46].copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
-        assert_eq!(peek_spi(&udp), Some(Spi(0x0a0b_0c0d)));
-        udp[36..38].copy_from_slice(&500u16.to_be_bytes());
-        assert_eq!(peek_spi(&udp), None, "IKE on 500 is not ESP");
-        // Truncated before the SPI's last byte, or an IHL pointing past the end: None, never
-        // a panic.
-        for n in 0..14 + 20 + 4 {
+        let mut esp_hdr = 0x0a0b_0c0du32.to_be_bytes().to_vec();
+        esp_hdr.extend_from_slice(&7u32.to_be_bytes());
+        let in_udp = frame(IpProtocol::Udp, &udp_seg(natt::NATT_PORT, &esp_hdr));
+        assert_eq!(peek_spi(&in_udp), Some(Spi(0x0a0b_0c0d)));
+        let ike = frame(IpProtocol::Udp, &udp_seg(natt::IKE_PORT, &esp_hdr));
+        assert_eq!(peek_spi(&ike), None, "IKE on 500 is not ESP");
+        // Truncated anywhere before the end of the ESP header, or an IHL pointing past the
+        // end: None, never a panic.
+        for n in 0..raw.len() {
             assert_eq!(peek_spi(&raw[..n]), None, "{n} bytes");
         }
-        raw[14] = 0x4f;
-        assert_eq!(peek_spi(&raw), None);
+        for n in 0..in_udp.len() {
+            assert_eq!(peek_spi(&in_udp[..n]), None, "{n} bytes");
+        }
+        let mut long_ihl = raw.clone();
+        long_ihl[ethernet::HEADER_LEN] = 0x4f;
+        assert_eq!(peek_spi(&long_ihl), None);
     }
 }

@@ -13,7 +13,7 @@ use crate::port::mem::{cable, MemFrame, MemPort};
 use crate::spd::{Action, PortRange, Prefix, Rule, Selector};
 use crate::stats::{DropReason, Lifetime, Traffic};
 use crate::traffic::{FlowSpec, Generator};
-use crate::wire::{icmpv4, ipv4, udp, IpProtocol};
+use crate::wire::{esp, ethernet, icmpv4, ipv4, udp, IpProtocol};
 
 mod client;
 mod commands;
@@ -215,10 +215,8 @@ fn mirror_peer() -> Rig {
 
 /// Swaps a frame's MACs, addresses and UDP ports: the far end's answer to it.
 fn answer(f: &mut MemFrame, dst_mac: [u8; 6], src_mac: [u8; 6]) {
-    let d = f.data_mut();
-    d[0..6].copy_from_slice(&dst_mac);
-    d[6..12].copy_from_slice(&src_mac);
-    let mut ip = ipv4::Packet::new_unchecked(&mut d[14..]);
+    readdress(f, dst_mac, src_mac);
+    let mut ip = ipv4::Packet::new_unchecked(&mut f.data_mut()[ethernet::HEADER_LEN..]);
     let (s, t) = (ip.src_addr(), ip.dst_addr());
     ip.set_src_addr(t);
     ip.set_dst_addr(s);
@@ -233,7 +231,22 @@ fn answer(f: &mut MemFrame, dst_mac: [u8; 6], src_mac: [u8; 6]) {
     u.fill_checksum(&s, &t);
 }
 
+/// Sends a frame on to the next link: new destination and source MACs.
 fn readdress(f: &mut MemFrame, dst_mac: [u8; 6], src_mac: [u8; 6]) {
-    f.data_mut()[0..6].copy_from_slice(&dst_mac);
-    f.data_mut()[6..12].copy_from_slice(&src_mac);
+    let mut eth = ethernet::Frame::new_unchecked(f.data_mut());
+    eth.set_dst_addr(dst_mac);
+    eth.set_src_addr(src_mac);
+}
+
+/// The IPv4 header of an Ethernet frame (checked).
+fn outer_ipv4(f: &MemFrame) -> ipv4::Packet<&[u8]> {
+    ipv4::Packet::new_checked(&f.data()[ethernet::HEADER_LEN..]).unwrap()
+}
+
+/// Rewrites the SPI of a frame carrying raw ESP over IPv4.
+fn set_esp_spi(f: &mut MemFrame, spi: u32) {
+    let mut ip = ipv4::Packet::new_unchecked(&mut f.data_mut()[ethernet::HEADER_LEN..]);
+    esp::Packet::new_checked(ip.payload_mut())
+        .unwrap()
+        .set_spi(spi);
 }

@@ -61,7 +61,7 @@ fn unknown_spis_and_forgeries_are_reported_rate_limited() {
     let n = forged.data().len();
     forged.data_mut()[n - 1] ^= 1;
     let mut unknown = MemFrame::from_bytes(good.data()).unwrap();
-    unknown.data_mut()[34..38].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+    set_esp_spi(&mut unknown, 0xdead_beef);
     for (i, f) in [unknown, forged].into_iter().enumerate() {
         let mut f = f;
         readdress(&mut f, WAN_MAC, PEER_MAC);
@@ -93,7 +93,7 @@ fn unknown_spis_and_forgeries_are_reported_rate_limited() {
     ));
     // A second later the running total is reported.
     let mut f = MemFrame::from_bytes(good.data()).unwrap();
-    f.data_mut()[34..38].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+    set_esp_spi(&mut f, 0xdead_beef);
     readdress(&mut f, WAN_MAC, PEER_MAC);
     assert!(r.wan.send(f).is_ok());
     r.w.poll(2_000_000_000);
