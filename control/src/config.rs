@@ -402,6 +402,8 @@ impl GatewayConfig {
                     local_ts: sa.local_ts,
                     remote_ts: sa.remote_ts,
                     outer_ttl: 64,
+                    resume: Default::default(),
+                    checkpoint: None,
                     lifetime: Default::default(),
                 },
             ));

@@ -272,6 +272,8 @@ impl SaRepository {
             local_ts,
             remote_ts,
             outer_ttl: 64,
+            resume: Default::default(),
+            checkpoint: None,
             lifetime,
         };
         let inbound = common(in_id, info.inbound.spi, key_in);

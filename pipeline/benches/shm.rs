@@ -48,6 +48,8 @@ fn add_sa() -> UpdateEnvelope {
                 local_ts: "10.1.0.0/16".parse().unwrap(),
                 remote_ts: "10.2.0.0/16".parse().unwrap(),
                 outer_ttl: 64,
+                resume: Default::default(),
+                checkpoint: None,
                 lifetime: Default::default(),
             },
         },

@@ -127,6 +127,11 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
         Update::ReplaceSpd { rules } => {
             Command::ReplaceSpd(Box::new(Spd::new(rules.clone()).map_err(AgentError::Spd)?))
         }
+        Update::ReserveSeq { id, up_to } => Command::ReserveSeq {
+            id: *id,
+            up_to: *up_to,
+        },
+        Update::ExportSa { sa } => Command::ExportSa(*sa),
     })
 }
 

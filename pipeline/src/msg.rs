@@ -19,6 +19,7 @@ use crate::esp::sa::{InboundSa, OutboundSa, UdpEncap};
 use crate::ids::{SaId, Spi};
 use crate::nat::Masquerade;
 use crate::spd::{Prefix, Spd};
+use proto::sa::SaRef;
 
 pub use proto::{
     Ack, Datagram, Direction, Event, LifetimeKind, LifetimeLimit, Update, UpdateEnvelope,
@@ -46,6 +47,13 @@ pub enum Command {
     },
     UnbindHost(IpAddr),
     SetWanAddresses(Vec<IpAddr>),
+    /// Raise an outbound SA's reservation (never lowers it).
+    ReserveSeq {
+        id: SaId,
+        up_to: u64,
+    },
+    /// Report one SA's runtime state (an `Event::SaState` with this command's generation).
+    ExportSa(SaRef),
 }
 
 /// A command and its generation.

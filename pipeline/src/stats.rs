@@ -81,6 +81,9 @@ reasons! {
     NoSa => "no_sa", true;
     /// Outbound sequence number space exhausted: the SA must be rekeyed.
     SeqExhausted => "seq_exhausted", true;
+    /// Outbound: the next sequence number lies beyond what the SA's owner has reserved (made
+    /// durable); the SA sends again when the reservation moves on.
+    SeqNotReserved => "seq_not_reserved", true;
     /// The SA reached its hard byte or packet lifetime: it carries nothing more.
     SaExpired => "sa_expired", true;
     /// Too big for the egress MTU after encapsulation; an ICMP error went back.
@@ -250,8 +253,6 @@ pub enum Crossing {
         /// True when the byte count reached it, false for packets.
         bytes: bool,
     },
-    /// An outbound SA's sequence number is near the last it may send.
-    SeqNearWrap { seq: u64, limit: u64 },
 }
 
 /// Per-SA counters: packets, bytes and the drops attributable to this SA, and the lifetime

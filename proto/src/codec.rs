@@ -7,8 +7,11 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 3: version 2, which added SA lifetimes, with one datagram record for
-//! both directions)
+//! # Layout (version 4)
+//!
+//! Version 2 added SA lifetimes, 3 made the punted and transmitted datagrams one record, 4
+//! added the state an SA moves with (resume, checkpoints), `ReserveSeq`, `ExportSa` and the
+//! `SeqCheckpoint` and `SaState` events.
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -26,8 +29,10 @@
 //! | 0x17 | `Update::BindHost` | generation, dst ip, src prefix, sa id u32 |
 //! | 0x18 | `Update::UnbindHost` | generation, dst ip |
 //! | 0x19 | `Update::SetWanAddresses` | generation, count u8, count x ip |
+//! | 0x1a | `Update::ReserveSeq` | generation, id u32, up to u64 |
+//! | 0x1b | `Update::ExportSa` | generation, sa ref |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
-//! | 0x30..=0x34 | `Event` variants, in declaration order | worker u16, then the fields in order |
+//! | 0x30..=0x36 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 | `Datagram` (punted or to transmit) | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
 //!
 //! Pieces: ip = family u8 (4 or 6) + 4 or 16 bytes; prefix = ip + length u8 (host bits must
@@ -35,7 +40,11 @@
 //! else; SaParams = id u32, spi u32, alg u8 (1 AES-128-GCM, 2 AES-256-GCM), key (16 or 32) and
 //! salt (4), esn bool, replay window u32, local ip, remote ip, encap, local ts prefix, remote
 //! ts prefix, outer ttl u8, lifetime (soft bytes, hard bytes, soft packets, hard packets:
-//! u64 each, 0 = none); rule = id u32, src prefix, dst prefix, proto (present u8 + u8),
+//! u64 each, 0 = none), resume (seq u64, reserved opt u64, replay: present u8 + replay state),
+//! checkpoint (present u8 + packets u64 + millis u64); opt u64 = present u8 (+ u64); replay
+//! state = top u64, count u8 (1..=64), count x u64; sa ref = 0 + spi u32 (inbound) or 1 + id
+//! u32 (outbound); sa state = 0 + replay state (inbound) or 1 + seq u64 + reserved opt u64
+//! (outbound); rule = id u32, src prefix, dst prefix, proto (present u8 + u8),
 //! src ports lo/hi u16, dst ports lo/hi u16, action u8 (0 protect + sa id u32, 1 bypass, 2
 //! discard); masquerade config = external IPv4 (4 bytes), port lo/hi u16, udp, tcp
 //! established, tcp transitory, icmp timeouts and port reuse delay u64 (ns), max sessions u64.
@@ -62,10 +71,13 @@ use crate::ids::{SaId, Spi};
 use crate::nat::MasqueradeConfig;
 use crate::policy::{Action, PortRange, Prefix, Rule, Selector};
 use crate::records::{Ack, Datagram, Event, LifetimeKind, LifetimeLimit, Update, UpdateEnvelope};
-use crate::sa::{AeadAlg, Direction, Lifetime, SaKeys, SaParams, UdpEncap, SALT_LEN};
+use crate::sa::{
+    AeadAlg, Checkpoint, Direction, Lifetime, ReplayState, Resume, SaKeys, SaParams, SaRef,
+    SaState, UdpEncap, MAX_REPLAY_WORDS, SALT_LEN,
+};
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 3;
+pub const CODEC_VERSION: u8 = 4;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -78,6 +90,8 @@ mod tag {
     pub const BIND_HOST: u8 = 0x17;
     pub const UNBIND_HOST: u8 = 0x18;
     pub const SET_WAN_ADDRESSES: u8 = 0x19;
+    pub const RESERVE_SEQ: u8 = 0x1a;
+    pub const EXPORT_SA: u8 = 0x1b;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -85,6 +99,8 @@ mod tag {
     pub const EV_SEQ_NEAR_WRAP: u8 = 0x32;
     pub const EV_AUTH_FAILURES: u8 = 0x33;
     pub const EV_REPLAY_FAILURES: u8 = 0x34;
+    pub const EV_SEQ_CHECKPOINT: u8 = 0x35;
+    pub const EV_SA_STATE: u8 = 0x36;
     pub const DATAGRAM: u8 = 0x40;
 }
 
@@ -266,7 +282,70 @@ impl<'a> Writer<'a> {
         let l = p.lifetime;
         [l.soft_bytes, l.hard_bytes, l.soft_packets, l.hard_packets]
             .into_iter()
-            .try_for_each(|v| self.u64(v))
+            .try_for_each(|v| self.u64(v))?;
+        self.u64(p.resume.seq)?;
+        self.opt_u64(p.resume.seq_reserved)?;
+        match &p.resume.replay {
+            None => self.u8(0)?,
+            Some(r) => {
+                self.u8(1)?;
+                self.replay(r)?;
+            }
+        }
+        match p.checkpoint {
+            None => self.u8(0),
+            Some(c) => {
+                self.u8(1)?;
+                self.u64(c.packets)?;
+                self.u64(c.millis)
+            }
+        }
+    }
+
+    fn opt_u64(&mut self, v: Option<u64>) -> Result<(), EncodeError> {
+        match v {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1)?;
+                self.u64(v)
+            }
+        }
+    }
+
+    fn replay(&mut self, r: &ReplayState) -> Result<(), EncodeError> {
+        if r.seen.is_empty() || r.seen.len() > MAX_REPLAY_WORDS {
+            return Err(EncodeError::TooLong("replay window"));
+        }
+        self.u64(r.top)?;
+        self.u8(u8::try_from(r.seen.len()).map_err(|_| EncodeError::TooLong("replay window"))?)?;
+        r.seen.iter().try_for_each(|w| self.u64(*w))
+    }
+
+    fn sa_ref(&mut self, s: SaRef) -> Result<(), EncodeError> {
+        match s {
+            SaRef::Inbound(spi) => {
+                self.u8(0)?;
+                self.u32(spi.0)
+            }
+            SaRef::Outbound(id) => {
+                self.u8(1)?;
+                self.u32(id.0)
+            }
+        }
+    }
+
+    fn sa_state(&mut self, s: &SaState) -> Result<(), EncodeError> {
+        match s {
+            SaState::Inbound { replay } => {
+                self.u8(0)?;
+                self.replay(replay)
+            }
+            SaState::Outbound { seq, seq_reserved } => {
+                self.u8(1)?;
+                self.u64(*seq)?;
+                self.opt_u64(*seq_reserved)
+            }
+        }
     }
 
     fn rule(&mut self, r: &Rule) -> Result<(), EncodeError> {
@@ -381,6 +460,48 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn opt_u64(&mut self, what: &'static str) -> Result<Option<u64>, DecodeError> {
+        Ok(if self.bool(what)? {
+            Some(self.u64()?)
+        } else {
+            None
+        })
+    }
+
+    fn replay(&mut self) -> Result<ReplayState, DecodeError> {
+        let top = self.u64()?;
+        let n = usize::from(self.u8()?);
+        if n == 0 || n > MAX_REPLAY_WORDS {
+            return Err(DecodeError::Invalid("replay window size"));
+        }
+        let mut seen = Vec::with_capacity(n);
+        for _ in 0..n {
+            seen.push(self.u64()?);
+        }
+        Ok(ReplayState { top, seen })
+    }
+
+    fn sa_ref(&mut self) -> Result<SaRef, DecodeError> {
+        match self.u8()? {
+            0 => Ok(SaRef::Inbound(Spi(self.u32()?))),
+            1 => Ok(SaRef::Outbound(SaId(self.u32()?))),
+            _ => Err(DecodeError::Invalid("SA reference")),
+        }
+    }
+
+    fn sa_state(&mut self) -> Result<SaState, DecodeError> {
+        match self.u8()? {
+            0 => Ok(SaState::Inbound {
+                replay: self.replay()?,
+            }),
+            1 => Ok(SaState::Outbound {
+                seq: self.u64()?,
+                seq_reserved: self.opt_u64("reservation flag")?,
+            }),
+            _ => Err(DecodeError::Invalid("SA state")),
+        }
+    }
+
     fn sa_params(&mut self) -> Result<SaParams, DecodeError> {
         let id = SaId(self.u32()?);
         let spi = Spi(self.u32()?);
@@ -413,6 +534,23 @@ impl<'a> Reader<'a> {
                 hard_bytes: self.u64()?,
                 soft_packets: self.u64()?,
                 hard_packets: self.u64()?,
+            },
+            resume: Resume {
+                seq: self.u64()?,
+                seq_reserved: self.opt_u64("reservation flag")?,
+                replay: if self.bool("replay state flag")? {
+                    Some(self.replay()?)
+                } else {
+                    None
+                },
+            },
+            checkpoint: if self.bool("checkpoint flag")? {
+                Some(Checkpoint {
+                    packets: self.u64()?,
+                    millis: self.u64()?,
+                })
+            } else {
+                None
             },
         })
     }
@@ -487,6 +625,8 @@ impl Record for UpdateEnvelope {
             Update::BindHost { .. } => tag::BIND_HOST,
             Update::UnbindHost { .. } => tag::UNBIND_HOST,
             Update::SetWanAddresses { .. } => tag::SET_WAN_ADDRESSES,
+            Update::ReserveSeq { .. } => tag::RESERVE_SEQ,
+            Update::ExportSa { .. } => tag::EXPORT_SA,
         };
         w.head(tag)?;
         w.u64(self.generation)?;
@@ -533,6 +673,11 @@ impl Record for UpdateEnvelope {
                 w.u8(u8::try_from(addrs.len()).map_err(|_| EncodeError::TooLong("addresses"))?)?;
                 addrs.iter().try_for_each(|a| w.ip(*a))
             }
+            Update::ReserveSeq { id, up_to } => {
+                w.u32(id.0)?;
+                w.u64(*up_to)
+            }
+            Update::ExportSa { sa } => w.sa_ref(*sa),
         }
     }
 
@@ -603,6 +748,11 @@ impl Record for UpdateEnvelope {
                     None
                 },
             },
+            tag::RESERVE_SEQ => Update::ReserveSeq {
+                id: SaId(r.u32()?),
+                up_to: r.u64()?,
+            },
+            tag::EXPORT_SA => Update::ExportSa { sa: r.sa_ref()? },
             tag => {
                 return Err(DecodeError::Tag {
                     what: "update",
@@ -742,6 +892,34 @@ impl Record for Event {
                 w.u32(spi.0)?;
                 w.u64(*count)
             }
+            Event::SeqCheckpoint {
+                worker,
+                id,
+                spi,
+                seq,
+                seq_reserved,
+            } => {
+                w.head(tag::EV_SEQ_CHECKPOINT)?;
+                w.u16(*worker)?;
+                w.u32(id.0)?;
+                w.u32(spi.0)?;
+                w.u64(*seq)?;
+                w.opt_u64(*seq_reserved)
+            }
+            Event::SaState {
+                worker,
+                generation,
+                id,
+                spi,
+                state,
+            } => {
+                w.head(tag::EV_SA_STATE)?;
+                w.u16(*worker)?;
+                w.u64(*generation)?;
+                w.u32(id.0)?;
+                w.u32(spi.0)?;
+                w.sa_state(state)
+            }
         }
     }
 
@@ -794,6 +972,20 @@ impl Record for Event {
                 id: SaId(r.u32()?),
                 spi: Spi(r.u32()?),
                 count: r.u64()?,
+            },
+            tag::EV_SEQ_CHECKPOINT => Event::SeqCheckpoint {
+                worker,
+                id: SaId(r.u32()?),
+                spi: Spi(r.u32()?),
+                seq: r.u64()?,
+                seq_reserved: r.opt_u64("reservation flag")?,
+            },
+            tag::EV_SA_STATE => Event::SaState {
+                worker,
+                generation: r.u64()?,
+                id: SaId(r.u32()?),
+                spi: Spi(r.u32()?),
+                state: r.sa_state()?,
             },
             tag => return Err(DecodeError::Tag { what: "event", tag }),
         })

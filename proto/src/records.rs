@@ -9,7 +9,7 @@ use core::net::IpAddr;
 use crate::ids::{SaId, Spi};
 use crate::nat::MasqueradeConfig;
 use crate::policy::{Prefix, Rule};
-use crate::sa::{Direction, SaParams, UdpEncap};
+use crate::sa::{Direction, SaParams, SaRef, SaState, UdpEncap};
 
 /// A control-plane request in plain data (no pointers): the unit the shared-memory update
 /// rings carry.
@@ -48,6 +48,11 @@ pub enum Update {
     /// answers ARP / neighbour solicitations for all of them. A client that roams holds the
     /// old and the new address for a moment (make-before-break), then only the new one.
     SetWanAddresses { addrs: Vec<IpAddr> },
+    /// Raise an outbound SA's reservation: the highest sequence number it may send. Never
+    /// lowers it, so a late or repeated record changes nothing.
+    ReserveSeq { id: SaId, up_to: u64 },
+    /// Report one SA's runtime state: answered by `Event::SaState` with this generation.
+    ExportSa { sa: SaRef },
 }
 
 /// An [`Update`] with the generation it is applied under: one record on a worker's update ring.
@@ -136,6 +141,23 @@ pub enum Event {
         id: SaId,
         spi: Spi,
         count: u64,
+    },
+    /// Where an outbound SA's sequence numbers stand (a checkpoint, every so many packets or
+    /// milliseconds): `seq` is the last one used, `seq_reserved` its reservation.
+    SeqCheckpoint {
+        worker: u16,
+        id: SaId,
+        spi: Spi,
+        seq: u64,
+        seq_reserved: Option<u64>,
+    },
+    /// One SA's runtime state, answering the `Update::ExportSa` of `generation`.
+    SaState {
+        worker: u16,
+        generation: u64,
+        id: SaId,
+        spi: Spi,
+        state: SaState,
     },
 }
 

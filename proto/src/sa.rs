@@ -1,9 +1,21 @@
 //! An SA as data: the parameters one direction of a tunnel-mode ESP SA is built from.
 //!
 //! This module owns [`SaParams`] and its parts: the AEAD algorithm, the key material
-//! ([`SaKeys`]: zeroized on drop, never in `Debug`), the UDP encapsulation ports and the byte
-//! and packet [`Lifetime`]s. It never expands a key or builds a runtime record (the data
-//! plane's agent does, off the fast path).
+//! ([`SaKeys`]: zeroized on drop, never in `Debug`), the UDP encapsulation ports, the byte
+//! and packet [`Lifetime`]s, and the state that moves with an SA between workers, processes
+//! or nodes ([`Resume`], [`ReplayState`], [`SaState`]) with the [`Checkpoint`]s that report
+//! it. It never expands a key or builds a runtime record (the data plane's agent does, off
+//! the fast path).
+//!
+//! # Sequence numbers that move
+//!
+//! An outbound SA's sequence number is its GCM nonce: under one key, no number may be sent
+//! twice, by any worker, process or node, across any restart. An SA is therefore installed
+//! with the last number already used ([`Resume::seq`]; it sends `seq + 1` first and never a
+//! number at or below it) and, where its owner makes the numbers durable ahead of use, the
+//! highest it may send ([`Resume::seq_reserved`]). It reports where it stands every so many
+//! packets or milliseconds ([`Checkpoint`]), so the owner can move the reservation on before
+//! the SA reaches it, and on request ([`SaState`]).
 
 use core::fmt;
 use core::net::IpAddr;
@@ -121,6 +133,68 @@ pub struct Lifetime {
     pub hard_packets: u64,
 }
 
+/// Most words a [`ReplayState`] holds: a window of 4096 packets.
+pub const MAX_REPLAY_WORDS: usize = 64;
+
+/// An inbound SA's anti-replay window as data: the highest authenticated sequence number and
+/// which of the numbers at and below it were received. Bit `i` (word `i / 64`, bit `i % 64`)
+/// stands for sequence number `top - i`; the window is `64 * seen.len()` packets wide.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayState {
+    pub top: u64,
+    pub seen: Vec<u64>,
+}
+
+/// Where an SA continues from when it is installed: a fresh SA by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Outbound: the last sequence number already used under this key (0: none). The SA sends
+    /// `seq + 1` first, and never a number at or below `seq`.
+    pub seq: u64,
+    /// Outbound: the highest sequence number the SA may send, a reservation its owner made
+    /// durable (None: only the protocol's limit). Raised later by `Update::ReserveSeq`.
+    pub seq_reserved: Option<u64>,
+    /// Inbound: the anti-replay window to continue from (None: an empty one).
+    pub replay: Option<ReplayState>,
+}
+
+/// When an outbound SA reports its sequence number (`Event::SeqCheckpoint`): after every
+/// `packets` sequence numbers used, and every `millis` milliseconds while it has sent anything
+/// new (or is held at its reservation). 0 turns either off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub packets: u64,
+    pub millis: u64,
+}
+
+impl Checkpoint {
+    /// No checkpoints.
+    pub const OFF: Checkpoint = Checkpoint {
+        packets: 0,
+        millis: 0,
+    };
+}
+
+/// One SA direction, as the SAD keys it: inbound by SPI, outbound by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaRef {
+    Inbound(Spi),
+    Outbound(SaId),
+}
+
+/// The runtime state of one SA direction, as a worker exports it (`Update::ExportSa`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaState {
+    /// The last sequence number used and the reservation (as in [`Resume`]).
+    Outbound {
+        seq: u64,
+        seq_reserved: Option<u64>,
+    },
+    Inbound {
+        replay: ReplayState,
+    },
+}
+
 /// Everything needed to build one direction of a tunnel-mode SA.
 #[derive(Clone, Debug)]
 pub struct SaParams {
@@ -142,6 +216,10 @@ pub struct SaParams {
     pub outer_ttl: u8,
     /// Soft and hard byte/packet lifetimes (0: none).
     pub lifetime: Lifetime,
+    /// The state the SA continues from (sequence number, reservation, replay window).
+    pub resume: Resume,
+    /// Outbound: when the SA reports its sequence number (None: the worker's default).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 #[cfg(test)]

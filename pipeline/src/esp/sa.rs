@@ -10,12 +10,12 @@ use core::net::IpAddr;
 use std::sync::Arc;
 
 use crate::crypto::{self, Aead, Backend, KeyError, SALT_LEN};
-use crate::esp::replay::{BadWindowSize, ReplayWindow};
+use crate::esp::replay::{BadReplayState, BadWindowSize, ReplayWindow};
 use crate::ids::{SaId, Spi};
 use crate::spd::Prefix;
-use crate::stats::SaCounters;
+use crate::stats::{DropReason, SaCounters};
 
-pub use proto::sa::{SaKeys, SaParams, UdpEncap};
+pub use proto::sa::{Checkpoint, SaKeys, SaParams, UdpEncap};
 
 /// Both tunnel endpoints of one family.
 fn check_family(p: &SaParams) -> Result<(), SaBuildError> {
@@ -36,6 +36,24 @@ pub enum SaBuildError {
     MixedFamilies,
     #[error("SPI 0 is reserved")]
     ZeroSpi,
+    #[error(transparent)]
+    ReplayState(#[from] BadReplayState),
+    #[error("resumes after sequence number {seq}, beyond the SA's last one ({limit})")]
+    SeqBeyondLimit { seq: u64, limit: u64 },
+}
+
+/// How many sequence numbers before the last one an outbound SA asks for a rekey: 16 M
+/// packets, 1.6 s at 10 Mpps on one SA.
+pub const SEQ_WARN_BEFORE: u64 = 1 << 24;
+
+/// The last sequence number an SA may send: 2^32-1 without ESN (RFC 4303 3.3.3: never wrap;
+/// the SA must be rekeyed), 2^64-1 with it.
+pub const fn seq_limit(esn: bool) -> u64 {
+    if esn {
+        u64::MAX
+    } else {
+        u32::MAX as u64
+    }
 }
 
 /// Inbound runtime record. Hot fields first: what `open` touches per packet.
@@ -69,21 +87,39 @@ pub const MAX_OUTER: usize = 48;
 pub struct OutboundSa {
     /// Last sequence number used (64-bit; the low half goes on the wire).
     pub seq: u64,
+    /// The highest sequence number it may send: the protocol's limit, or lower, the
+    /// reservation its owner made durable. Only ever raised.
+    seq_max: u64,
+    /// The sequence number at which the worker next reports (a checkpoint, or the warning
+    /// before the limit): one compare per packet.
+    pub next_report: u64,
     pub spi: Spi,
     pub salt: [u8; SALT_LEN],
     pub esn: bool,
     pub ipv6: bool,
     pub encap: Option<UdpEncap>,
     pub outer_ttl: u8,
+    /// The warning before the sequence limit went out.
+    warned: bool,
     pub id: SaId,
     pub cipher: Box<dyn Aead>,
     /// The outer IP (+ UDP) header with per-packet fields zeroed; see [`OuterTemplate`].
     pub outer: OuterTemplate,
     pub counters: Arc<SaCounters>,
+    /// When the SA reports its sequence number: its own, until the worker installing it
+    /// settles it (a worker's default replaces `None`).
+    pub checkpoint: Option<Checkpoint>,
     pub local: IpAddr,
     pub remote: IpAddr,
-    pub local_ts: Prefix,
-    pub remote_ts: Prefix,
+}
+
+/// Which sequence-number reports are due (see [`OutboundSa::take_due_reports`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DueReports {
+    /// The sequence number reached the warning before the limit: rekey.
+    pub near_wrap: bool,
+    /// A checkpoint: where the sequence numbers stand.
+    pub checkpoint: bool,
 }
 
 /// A precomputed outer header (VPP keeps one per SA too): IPv4 or IPv6, then UDP when the SA
@@ -145,14 +181,70 @@ const _: () = assert!(core::mem::size_of::<OutboundSa>() <= 192);
 const _: () = assert!(core::mem::align_of::<OutboundSa>() == 64);
 
 impl OutboundSa {
-    /// Highest sequence number this SA may send: 2^32-1 without ESN (RFC 4303 3.3.3: never
-    /// wrap; the SA must be rekeyed), 2^64-1 with it.
+    /// Highest sequence number this SA may ever send (see [`seq_limit`]).
     pub fn seq_limit(&self) -> u64 {
-        if self.esn {
+        seq_limit(self.esn)
+    }
+
+    /// The highest sequence number it may send now.
+    #[inline]
+    pub fn seq_max(&self) -> u64 {
+        self.seq_max
+    }
+
+    /// The reservation, when it is below the protocol's limit.
+    pub fn seq_reserved(&self) -> Option<u64> {
+        (self.seq_max < self.seq_limit()).then_some(self.seq_max)
+    }
+
+    /// Raises the reservation to `up_to` (never lowers it: a late or repeated reservation
+    /// changes nothing).
+    pub fn reserve(&mut self, up_to: u64) {
+        self.seq_max = self.seq_max.max(up_to.min(self.seq_limit()));
+    }
+
+    /// Why the next packet gets no sequence number: the protocol's limit is reached, or only
+    /// the reservation.
+    #[cold]
+    pub fn seq_refusal(&self) -> DropReason {
+        if self.seq >= self.seq_limit() {
+            DropReason::SeqExhausted
+        } else {
+            DropReason::SeqNotReserved
+        }
+    }
+
+    /// Settles when the SA reports its sequence number.
+    pub fn set_checkpoint(&mut self, c: Checkpoint) {
+        self.checkpoint = Some(c);
+        self.schedule_report();
+    }
+
+    fn schedule_report(&mut self) {
+        let next_checkpoint = match self.checkpoint {
+            Some(c) if c.packets > 0 => self.seq.saturating_add(c.packets),
+            _ => u64::MAX,
+        };
+        let warn_at = if self.warned {
             u64::MAX
         } else {
-            u64::from(u32::MAX)
-        }
+            self.seq_limit().saturating_sub(SEQ_WARN_BEFORE)
+        };
+        self.next_report = next_checkpoint.min(warn_at);
+    }
+
+    /// Called when `seq` reached `next_report`: what to report now, and the next report
+    /// scheduled. A checkpoint goes with every report while checkpoints are on.
+    pub fn take_due_reports(&mut self) -> DueReports {
+        let near_wrap =
+            !self.warned && self.seq >= self.seq_limit().saturating_sub(SEQ_WARN_BEFORE);
+        self.warned |= near_wrap;
+        let due = DueReports {
+            near_wrap,
+            checkpoint: self.checkpoint.is_some_and(|c| c.packets > 0),
+        };
+        self.schedule_report();
+        due
     }
 
     /// Outer header bytes: IP (+ UDP).
@@ -177,12 +269,16 @@ pub fn build_inbound(backend: Backend, p: &SaParams) -> Result<InboundSa, SaBuil
     if p.spi.0 == 0 {
         return Err(SaBuildError::ZeroSpi);
     }
+    let replay = match &p.resume.replay {
+        Some(state) => ReplayWindow::resume(p.replay_window, p.esn, state)?,
+        None => ReplayWindow::new(p.replay_window, p.esn)?,
+    };
     Ok(InboundSa {
         spi: p.spi,
         salt: p.keys.salt,
         id: p.id,
         esn: p.esn,
-        replay: ReplayWindow::new(p.replay_window, p.esn)?,
+        replay,
         cipher: crypto::new_aead(backend, p.keys.alg, p.keys.key())?,
         counters: Arc::new(SaCounters::with_lifetime(p.lifetime)),
         local_ts: p.local_ts,
@@ -191,28 +287,41 @@ pub fn build_inbound(backend: Backend, p: &SaParams) -> Result<InboundSa, SaBuil
     })
 }
 
+/// Builds an outbound record that continues after `p.resume.seq` (never sending it or a lower
+/// number) up to its reservation. Its checkpoints are settled by the worker that installs it.
 pub fn build_outbound(backend: Backend, p: &SaParams) -> Result<OutboundSa, SaBuildError> {
     check_family(p)?;
     if p.spi.0 == 0 {
         return Err(SaBuildError::ZeroSpi);
     }
-    Ok(OutboundSa {
-        seq: 0,
+    let limit = seq_limit(p.esn);
+    if p.resume.seq > limit {
+        return Err(SaBuildError::SeqBeyondLimit {
+            seq: p.resume.seq,
+            limit,
+        });
+    }
+    let mut sa = OutboundSa {
+        seq: p.resume.seq,
+        seq_max: p.resume.seq_reserved.map_or(limit, |r| r.min(limit)),
+        next_report: u64::MAX,
         spi: p.spi,
         salt: p.keys.salt,
         esn: p.esn,
         ipv6: p.local.is_ipv6(),
         encap: p.encap,
         outer_ttl: p.outer_ttl,
+        warned: false,
         id: p.id,
         cipher: crypto::new_aead(backend, p.keys.alg, p.keys.key())?,
         outer: OuterTemplate::new(p.local, p.remote, p.encap, p.outer_ttl),
         counters: Arc::new(SaCounters::with_lifetime(p.lifetime)),
+        checkpoint: p.checkpoint,
         local: p.local,
         remote: p.remote,
-        local_ts: p.local_ts,
-        remote_ts: p.remote_ts,
-    })
+    };
+    sa.schedule_report();
+    Ok(sa)
 }
 
 #[cfg(test)]

@@ -527,6 +527,8 @@ mod channel {
                     local_ts: "10.0.0.0/8".parse().unwrap(),
                     remote_ts: "10.0.0.0/8".parse().unwrap(),
                     outer_ttl: 64,
+                    resume: Default::default(),
+                    checkpoint: None,
                     lifetime: Default::default(),
                 },
             },

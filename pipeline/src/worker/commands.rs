@@ -77,8 +77,9 @@ impl<P: Port> Worker<P> {
                 }
                 self.list_upsert(e);
             }
-            Command::AddOutbound(sa) => {
+            Command::AddOutbound(mut sa) => {
                 sa.counters.installed_at.set(self.now);
+                self.settle_checkpoints(&mut sa);
                 let e = SaCounterEntry {
                     id: sa.id,
                     spi: sa.spi,
@@ -99,6 +100,7 @@ impl<P: Port> Worker<P> {
             },
             Command::DeleteOutbound(id) => match self.sad.remove_outbound(id) {
                 Some(old) => {
+                    self.timed.stop(id);
                     self.release(Released::Outbound(Box::new(old)));
                     self.list_remove((true, id.0));
                 }
@@ -160,6 +162,8 @@ impl<P: Port> Worker<P> {
                     .filter(|a| Some(*a) != v4.map(IpAddr::V4) && Some(*a) != v6.map(IpAddr::V6))
                     .collect();
             }
+            Command::ReserveSeq { id, up_to } => self.reserve_seq(id, up_to)?,
+            Command::ExportSa(which) => self.export_sa(which)?,
             Command::UnbindHost(dst) => {
                 if self.hosts.remove(&dst).is_none() {
                     return Err("no host binding for that address");

@@ -20,7 +20,8 @@
 //! | `outbound` | LAN -> host binding or SPD -> ESP seal, or bypass (+ masquerade) -> WAN; ICMP too-big |
 //! | `inbound` | WAN -> ESP open -> selector and ECN checks -> LAN; clear traffic and masquerade in |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
-//! | `reports` | events for the control plane: lifetimes, sequence limits, failures (rate-limited) |
+//! | `reports` | events for the control plane: lifetimes, failures (rate-limited) |
+//! | `sa_state` | an SA's state leaving the worker: sequence checkpoints (packets, time), the warning before the limit, reservations, exports on request |
 //! | `parse` | what the worker reads of Ethernet and IP headers, through the `wire` views |
 //! | `emit` | hop-limit and ECN rewrites, the Ethernet header toward a link |
 //!
@@ -34,6 +35,7 @@ use std::sync::Arc;
 
 use rtrb::{Consumer, Producer};
 
+use crate::esp::sa::Checkpoint;
 use crate::ids::{SaId, Spi};
 use crate::msg::{Datagram, Direction, Envelope, Reply};
 use crate::nat::{Masquerade, NatDrop};
@@ -51,6 +53,7 @@ mod neighbors;
 mod outbound;
 mod parse;
 mod reports;
+mod sa_state;
 #[cfg(test)]
 mod tests;
 mod warm;
@@ -133,6 +136,10 @@ pub struct Worker<P: Port> {
     unknown_spi_total: u64,
     /// When an unknown-SPI, auth-failure and replay-failure report last went out.
     reported_at: [u64; 3],
+    /// The checkpoints of outbound SAs installed without their own.
+    checkpoint_default: Checkpoint,
+    /// Outbound SAs that report their sequence numbers by time too.
+    timed: sa_state::TimedCheckpoints,
     counters: Arc<CoreCounters>,
     sa_counters: SaCounterList,
     control: ControlLink,
@@ -199,6 +206,8 @@ impl<P: Port> Worker<P> {
             now: 0,
             unknown_spi_total: 0,
             reported_at: [0; 3],
+            checkpoint_default: Checkpoint::OFF,
+            timed: Default::default(),
             counters: Arc::new(CoreCounters::default()),
             sa_counters: Arc::new(std::sync::Mutex::new(Vec::new())),
             control,
@@ -282,6 +291,9 @@ impl<P: Port> Worker<P> {
         self.flush();
         if let Some(nat) = self.nat.as_mut() {
             nat.expire(now, 64);
+        }
+        if now >= self.timed.next {
+            self.timed_checkpoints(now);
         }
         work
     }

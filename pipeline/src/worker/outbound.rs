@@ -8,11 +8,9 @@ use core::net::IpAddr;
 
 use super::emit::{decrement_hop_limit, forward, push_eth};
 use super::parse::{parse_ip, IpInfo};
-use super::reports::crossing_event;
 use super::{nat_reason, Side, Verdict, Worker};
 use crate::esp::tunnel::{self, InnerMeta, NH_IPV4, NH_IPV6};
 use crate::ids::SaId;
-use crate::msg::{Direction, Reply};
 use crate::port::{Frame, Port};
 use crate::spd::{Action, FlowKey};
 use crate::stats::{DropReason, Traffic};
@@ -122,21 +120,12 @@ impl<P: Port> Worker<P> {
                 return Verdict::Drop(r);
             }
         };
-        let event = crossing.map(|c| {
-            crossing_event(
-                self.id,
-                (sa.id, sa.spi),
-                &sa.counters,
-                Direction::Outbound,
-                c,
-                now,
-            )
-        });
+        let seq_due = sa.seq >= sa.next_report;
         self.counters.count(Traffic::Encrypted, 1);
         self.counters
             .count(Traffic::EncryptedBytes, inner_len as u64);
-        if let Some(e) = event {
-            self.reply(Reply::Event(e));
+        if crossing.is_some() || seq_due {
+            self.report_outbound(id, crossing, now);
         }
         forward(f, &self.wan_link, outer_v6, Verdict::ToWan)
     }

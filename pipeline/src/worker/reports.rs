@@ -1,5 +1,5 @@
-//! What the worker tells the control plane on its reply ring: lifetimes reached, sequence
-//! numbers near their limit, unknown SPIs, authentication and replay failures.
+//! What the worker tells the control plane on its reply ring: lifetimes reached, unknown
+//! SPIs, authentication and replay failures (sequence numbers: `sa_state`).
 //!
 //! Counts are running totals, so a report that is coalesced or lost loses nothing; failure
 //! reports go out at most once a second per kind.
@@ -122,13 +122,6 @@ pub(super) fn crossing_event(
             bytes: c.bytes.get(),
             packets: c.packets.get(),
             age_secs: now.saturating_sub(c.installed_at.get()) / 1_000_000_000,
-        },
-        Crossing::SeqNearWrap { seq, limit } => Event::SeqNearWrap {
-            worker,
-            id,
-            spi,
-            seq,
-            limit,
         },
     }
 }

@@ -46,7 +46,33 @@ fn params(alg: AeadAlg, six: bool, encap: Option<UdpEncap>) -> SaParams {
             soft_packets: 1000,
             hard_packets: if six { 0 } else { 2000 },
         },
+        resume: if six {
+            Resume {
+                seq: (1 << 40) + 17,
+                seq_reserved: Some((1 << 40) + (1 << 20)),
+                replay: None,
+            }
+        } else {
+            Resume {
+                seq: 0,
+                seq_reserved: None,
+                replay: Some(replay_state(1024)),
+            }
+        },
+        checkpoint: six.then_some(Checkpoint {
+            packets: 1 << 16,
+            millis: 250,
+        }),
     }
+}
+
+/// A window of `size` packets below 70000 with every third one received.
+fn replay_state(size: usize) -> ReplayState {
+    let mut seen = vec![0u64; size / 64];
+    for i in (0..size).step_by(3) {
+        seen[i / 64] |= 1 << (i % 64);
+    }
+    ReplayState { top: 70_000, seen }
 }
 
 fn rules() -> Vec<Rule> {
@@ -155,6 +181,16 @@ fn updates() -> Vec<UpdateEnvelope> {
             ],
         },
         Update::SetWanAddresses { addrs: vec![] },
+        Update::ReserveSeq {
+            id: SaId(5),
+            up_to: u64::MAX,
+        },
+        Update::ExportSa {
+            sa: SaRef::Inbound(Spi(0xb001)),
+        },
+        Update::ExportSa {
+            sa: SaRef::Outbound(SaId(1)),
+        },
     ];
     ups.into_iter()
         .enumerate()
@@ -220,6 +256,41 @@ fn events() -> Vec<Event> {
             count: u64::MAX,
         },
     ];
+    out.extend([
+        Event::SeqCheckpoint {
+            worker: 0,
+            id: SaId(1),
+            spi: Spi(0xa001),
+            seq: 1 << 20,
+            seq_reserved: Some(1 << 21),
+        },
+        Event::SeqCheckpoint {
+            worker: 3,
+            id: SaId(2),
+            spi: Spi(0xa002),
+            seq: 0,
+            seq_reserved: None,
+        },
+        Event::SaState {
+            worker: 1,
+            generation: 42,
+            id: SaId(2),
+            spi: Spi(0xb001),
+            state: SaState::Inbound {
+                replay: replay_state(4096),
+            },
+        },
+        Event::SaState {
+            worker: 1,
+            generation: 43,
+            id: SaId(1),
+            spi: Spi(0xa001),
+            state: SaState::Outbound {
+                seq: 99,
+                seq_reserved: Some(1000),
+            },
+        },
+    ]);
     for dir in [Direction::Inbound, Direction::Outbound] {
         for kind in [LifetimeKind::Soft, LifetimeKind::Hard] {
             for limit in [
@@ -336,6 +407,7 @@ fn updates_round_trip() {
                     (p1.local, p1.remote, p1.encap, p1.local_ts, p1.remote_ts),
                     (p2.local, p2.remote, p2.encap, p2.local_ts, p2.remote_ts)
                 );
+                assert_eq!((&p1.resume, p1.checkpoint), (&p2.resume, p2.checkpoint));
             }
             (Update::ReplaceSpd { rules: a }, Update::ReplaceSpd { rules: b }) => {
                 assert_eq!(a, b)
@@ -364,10 +436,23 @@ fn acks_events_and_datagrams_round_trip() {
 
 #[test]
 fn add_sa_is_compact() {
-    let u = &updates()[0];
+    // A fresh SA (no state to resume) fits one 256-byte update slot with room to spare; one
+    // that carries a replay window takes a few.
+    let mut p = params(AeadAlg::AesGcm128, false, None);
+    p.resume = Resume::default();
+    let u = UpdateEnvelope {
+        generation: 1,
+        update: Update::AddSa {
+            dir: Direction::Inbound,
+            params: p,
+        },
+    };
     let n = u.encoded_len().unwrap();
-    println!("AddSa (AES-128, IPv4) encodes to {n} bytes");
-    assert!(n < 120, "{n}");
+    println!("AddSa (AES-128, IPv4, fresh) encodes to {n} bytes");
+    assert!(n < 132, "{n}");
+    let n = updates()[0].encoded_len().unwrap();
+    println!("AddSa (AES-128, IPv4, a 1024-packet replay window) encodes to {n} bytes");
+    assert!(n < 132 + 1024 / 8 + 1, "{n}");
 }
 
 #[test]
@@ -459,6 +544,52 @@ fn invalid_fields_are_named() {
         UpdateEnvelope::decode(&m),
         Err(DecodeError::Invalid(_))
     ));
+    // A replay window of no words, or of more than 4096 packets.
+    for (n, what) in [(0u8, "empty"), (65, "too wide")] {
+        let mut e = vec![CODEC_VERSION, tag::EV_SA_STATE];
+        e.extend_from_slice(&1u16.to_le_bytes());
+        e.extend_from_slice(&7u64.to_le_bytes());
+        e.extend_from_slice(&1u32.to_le_bytes());
+        e.extend_from_slice(&2u32.to_le_bytes());
+        e.push(0);
+        e.extend_from_slice(&100u64.to_le_bytes());
+        e.push(n);
+        e.extend(std::iter::repeat_n(0u8, usize::from(n) * 8));
+        assert_eq!(
+            Event::decode(&e),
+            Err(DecodeError::Invalid("replay window size")),
+            "{what}"
+        );
+        let state = ReplayState {
+            top: 1,
+            seen: vec![0; usize::from(n)],
+        };
+        let ev = Event::SaState {
+            worker: 1,
+            generation: 7,
+            id: SaId(1),
+            spi: Spi(2),
+            state: SaState::Inbound { replay: state },
+        };
+        assert_eq!(
+            to_vec(&ev).err(),
+            Some(EncodeError::TooLong("replay window")),
+            "{what}"
+        );
+    }
+    // An SA reference of neither direction.
+    let mut x = to_vec(&UpdateEnvelope {
+        generation: 1,
+        update: Update::ExportSa {
+            sa: SaRef::Outbound(SaId(1)),
+        },
+    })
+    .unwrap();
+    x[10] = 2;
+    assert_eq!(
+        UpdateEnvelope::decode(&x).err(),
+        Some(DecodeError::Invalid("SA reference"))
+    );
     // A datagram whose length field claims more than there is.
     let mut p = to_vec(&datagrams()[1]).unwrap();
     let n = p.len();
@@ -504,9 +635,9 @@ fn decode_all(b: &[u8]) {
 #[test]
 fn random_and_mutated_bytes_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let tags: Vec<u8> = (0x10..=0x19)
+    let tags: Vec<u8> = (0x10..=0x1b)
         .chain(0x20..=0x21)
-        .chain(0x30..=0x34)
+        .chain(0x30..=0x36)
         .chain(0x40..=0x40)
         .collect();
     // Random bytes behind a valid version and tag, so the bodies get exercised.

@@ -21,6 +21,7 @@ mod ike_io;
 mod inbound;
 mod outbound;
 mod reports;
+mod sa_state;
 
 const LAN_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 1];
 const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 0xfe];
@@ -32,6 +33,8 @@ struct Rig {
     lan: MemPort,
     wan: MemPort,
     agent: WorkerLink,
+    /// The worker's clock when [`Rig::update`] applies an update.
+    clock: u64,
 }
 
 fn sel(src: &str, dst: &str) -> Selector {
@@ -58,6 +61,8 @@ fn sa(id: u32, spi: u32, local: &str, remote: &str, lts: &str, rts: &str) -> SaP
         local_ts: lts.parse::<Prefix>().unwrap(),
         remote_ts: rts.parse::<Prefix>().unwrap(),
         outer_ttl: 64,
+        resume: Default::default(),
+        checkpoint: None,
         lifetime: Default::default(),
     }
 }
@@ -88,7 +93,13 @@ fn rig(mtu: u16) -> Rig {
         Box::new(Spd::new(Vec::new()).unwrap()),
         control,
     );
-    let mut r = Rig { w, lan, wan, agent };
+    let mut r = Rig {
+        w,
+        lan,
+        wan,
+        agent,
+        clock: 0,
+    };
     let rules = vec![
         Rule {
             id: 0,
@@ -138,7 +149,7 @@ impl Rig {
             .agent
             .send(agent::prepare(crate::crypto::best_backend(), &u).unwrap());
         for _ in 0..100 {
-            self.w.poll(0);
+            self.w.poll(self.clock);
             if self.agent.pump() >= g {
                 return;
             }
