@@ -19,6 +19,7 @@ mod dataplane;
 mod lab;
 mod lab_clients;
 mod perf_cmd;
+mod seq_state;
 mod shm_link;
 mod supervise;
 mod views;
