@@ -7,6 +7,7 @@ use crate::stats::DropReason;
 use crate::wire::{checksum, ethernet, ipv4, ipv6, EtherType};
 
 /// Decrements TTL / hop limit of the IP packet after the Ethernet header (RFC 1624 update).
+#[inline]
 pub(super) fn decrement_hop_limit<F: Frame>(f: &mut F, ipv6: bool) -> bool {
     let Some(ip) = f.data_mut().get_mut(ethernet::HEADER_LEN..) else {
         return false;
@@ -14,6 +15,7 @@ pub(super) fn decrement_hop_limit<F: Frame>(f: &mut F, ipv6: bool) -> bool {
     dec_hop(ip, ipv6)
 }
 
+#[inline]
 fn dec_hop(ip: &mut [u8], ipv6: bool) -> bool {
     if ipv6 {
         let mut p = ipv6::Packet::new_unchecked(ip);
@@ -35,6 +37,7 @@ fn dec_hop(ip: &mut [u8], ipv6: bool) -> bool {
 }
 
 /// After decapsulation: hop limit minus one and the RFC 6040 ECN outcome.
+#[inline]
 pub(super) fn rewrite_inner(ip: &mut [u8], ipv6: bool, ecn: u8) -> bool {
     if ipv6 {
         ipv6::Packet::new_unchecked(&mut *ip).set_ecn(ecn);
@@ -49,6 +52,7 @@ pub(super) fn rewrite_inner(ip: &mut [u8], ipv6: bool, ecn: u8) -> bool {
 }
 
 /// Prepends the Ethernet header toward `link`'s neighbour. False if there is no headroom.
+#[inline]
 pub(super) fn push_eth<F: Frame>(f: &mut F, link: &Link, ipv6: bool) -> bool {
     if !f.prepend(ethernet::HEADER_LEN) {
         return false;
@@ -68,6 +72,7 @@ pub(super) fn push_eth<F: Frame>(f: &mut F, link: &Link, ipv6: bool) -> bool {
 }
 
 /// Forwards toward `link` as `verdict` if the Ethernet header fits.
+#[inline]
 pub(super) fn forward<F: Frame>(f: &mut F, link: &Link, ipv6: bool, verdict: Verdict) -> Verdict {
     if push_eth(f, link, ipv6) {
         verdict

@@ -19,10 +19,12 @@ use crate::stats::{DropReason, Traffic};
 use crate::wire::{esp, ethernet, natt, udp, IpProtocol};
 
 impl<P: Port> Worker<P> {
+    #[inline]
     pub(super) fn rx_wan(&mut self, now: u64) -> usize {
         self.rx_burst(Side::Wan, now)
     }
 
+    #[inline]
     pub(super) fn inbound(&mut self, f: &mut P::Frame, now: u64) -> Verdict {
         let pkt = match parse_ip(f.data()) {
             Ok(p) => p,
@@ -121,6 +123,7 @@ impl<P: Port> Worker<P> {
 
     /// UDP on the protected side: ESP-in-UDP (returns where ESP starts), IKE (punted),
     /// keepalive, or plain UDP (None: handled as clear traffic).
+    #[inline]
     fn classify_udp(&mut self, f: &P::Frame, pkt: &IpInfo) -> Result<Option<usize>, DropReason> {
         let port = pkt.key.dst_port;
         if port != natt::NATT_PORT && port != natt::IKE_PORT {
@@ -149,6 +152,7 @@ impl<P: Port> Worker<P> {
 
     /// Opens the ESP at `esp_at` and forwards the inner packet; Err: the open itself failed
     /// (unknown SPI, authentication, replay, ...), for the caller to report.
+    #[inline]
     pub(super) fn open(
         &mut self,
         f: &mut P::Frame,

@@ -26,7 +26,8 @@
 //! | `emit` | hop-limit and ECN rewrites, the Ethernet header toward a link |
 //!
 //! None of them may block, allocate per packet (punted IKE aside) or drop a frame without a
-//! named [`DropReason`].
+//! named [`DropReason`]. The per-packet functions are `#[inline]`: in separate modules they may
+//! land in separate codegen units, where without the hint they would be called, not inlined.
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::collections::VecDeque;
@@ -305,6 +306,7 @@ impl<P: Port> Worker<P> {
     }
 
     /// Receives a burst on one side and sends each frame where its verdict says.
+    #[inline]
     fn rx_burst(&mut self, side: Side, now: u64) -> usize {
         let mut rx = core::mem::take(&mut self.rx);
         let n = match side {
@@ -336,6 +338,7 @@ impl<P: Port> Worker<P> {
 }
 
 /// The drop reason of the masquerade's refusal.
+#[inline]
 fn nat_reason(e: NatDrop) -> DropReason {
     match e {
         NatDrop::Malformed => DropReason::NatMalformed,

@@ -14,6 +14,7 @@ const NA_FRAME_LEN: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + 32;
 
 /// An IPv6 neighbour solicitation: ICMPv6 type 135 right after a bare IPv6 header (one behind
 /// extension headers is not looked for: it goes the way of other IPv6 traffic).
+#[inline]
 fn is_solicitation(ip: &[u8]) -> bool {
     ipv6::Packet::new_checked(ip).is_ok_and(|p| {
         p.next_header() == IpProtocol::Icmpv6
@@ -25,6 +26,7 @@ fn is_solicitation(ip: &[u8]) -> bool {
 impl<P: Port> Worker<P> {
     /// ARP and neighbour solicitations for our own address are answered on the side they came
     /// from; other ARP is link chatter. None: not neighbour discovery, go on.
+    #[inline]
     pub(super) fn neighbor(&mut self, f: &mut P::Frame, side: Side) -> Option<Verdict> {
         let eth = ethernet::Frame::new_checked(f.data()).ok()?;
         let is_ns = match eth.ethertype() {

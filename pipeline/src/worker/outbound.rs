@@ -17,10 +17,12 @@ use crate::stats::{DropReason, Traffic};
 use crate::wire::{ethernet, icmpv4, icmpv6, ipv4, ipv6};
 
 impl<P: Port> Worker<P> {
+    #[inline]
     pub(super) fn rx_lan(&mut self, now: u64) -> usize {
         self.rx_burst(Side::Lan, now)
     }
 
+    #[inline]
     pub(super) fn outbound(&mut self, f: &mut P::Frame, now: u64) -> Verdict {
         let pkt = match parse_ip(f.data()) {
             Ok(p) => p,
@@ -75,6 +77,7 @@ impl<P: Port> Worker<P> {
 
     /// Seals one LAN packet into ESP on outbound SA `id`; `vip` masquerades it to the
     /// client's virtual IP first.
+    #[inline]
     pub(super) fn protect(
         &mut self,
         f: &mut P::Frame,

@@ -15,6 +15,7 @@ impl<P: Port> Worker<P> {
     /// them cached. Plain loads: the fast path has no `unsafe` for a prefetch instruction.
     /// Covered: inbound ESP over IPv4 (raw or UDP 4500) and outbound IPv4 to a bound host (a
     /// road warrior's virtual IP), the many-SA cases; SPD-selected SAs are not read ahead.
+    #[inline]
     pub(super) fn warm_burst(&self, rx: &[P::Frame], side: Side) {
         if self.sad.inbound_len() + self.sad.outbound_len() < WARM_SAS_ABOVE {
             return;
@@ -58,6 +59,7 @@ fn ipv4_of(frame: &[u8]) -> Option<ipv4::Packet<&[u8]>> {
 
 /// The SPI of an IPv4 frame carrying ESP, raw or in UDP 4500 (for [`Worker::warm_burst`];
 /// the real classification comes later and checks everything).
+#[inline]
 fn peek_spi(frame: &[u8]) -> Option<Spi> {
     let spi_of = |esp_bytes: &[u8]| Some(Spi(esp::Packet::new_checked(esp_bytes).ok()?.spi()));
     let ip = ipv4_of(frame)?;
