@@ -208,6 +208,9 @@ impl DataplaneProcess {
         let stats_file = dir.join(format!("{name}.stats.json"));
         let _ = std::fs::remove_file(&stats_file);
         let socket = dir.join(format!("{name}.sock"));
+        // The static SAs' sequence state of this test's gateway, not the one next to the
+        // shipped config.
+        let seq_state = dir.join(format!("{name}.seq-state"));
         let mut proc = NsProcess::spawn(
             ns,
             &[
@@ -223,6 +226,8 @@ impl DataplaneProcess {
                 "50",
                 "--socket",
                 socket.to_str().expect("utf-8 path"),
+                "--seq-state",
+                seq_state.to_str().expect("utf-8 path"),
             ]
             .iter()
             .chain(extra)

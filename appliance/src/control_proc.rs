@@ -11,6 +11,14 @@
 //! sequence numbers (their GCM nonces) died with the old data plane, so they are never
 //! installed again. A data plane that re-attaches after a control-plane restart announces
 //! `u64::MAX` ("I keep what I have") and is left forwarding on its SAs.
+//!
+//! The static outbound SAs keep their keys across every restart, so this process keeps
+//! their sequence numbers: it owns the state file (`--seq-state`, `crate::seq_state`), and
+//! a fresh data plane gets them resumed past everything the dead one could have used; their
+//! checkpoints move the reservations on. This process, not the data plane, owns the file
+//! because it is the one that installs the static SAs and outlives the data plane's restarts;
+//! its own restart reads the file back, while the data plane goes on within reservations
+//! that are on disk.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -22,8 +30,10 @@ use anyhow::{bail, Context, Result};
 use control::config;
 use control::repo::SaRepository;
 use control::runner::IkeControl;
-use pipeline::msg::{Ack, Transmit, Update, UpdateEnvelope};
 use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
+use proto::{Ack, Datagram, Direction, Event, Update, UpdateEnvelope};
+
+use crate::seq_state::SeqKeeper;
 
 use crate::config::{Checked, DataplaneFile};
 
@@ -47,6 +57,10 @@ pub struct ControlArgs {
     /// them (MOBIKE): `roamgate client` sets it.
     #[arg(long)]
     follow_wan: bool,
+    /// The file that keeps the static outbound SAs' sequence numbers across restarts
+    /// (default: next to the config file, CONFIG.seq-state).
+    #[arg(long)]
+    seq_state: Option<PathBuf>,
 }
 
 /// The WAN addresses the kernel has on the device and the one IKE uses: a new address is
@@ -131,6 +145,15 @@ pub fn run(args: ControlArgs) -> Result<()> {
     } = file.validate(&args.config)?;
     let gw = &file.gateway;
     let workers = file.dataplane.workers;
+    let mut keeper = if plan.sas.iter().any(|(d, _)| *d == Direction::Outbound) {
+        let path = args
+            .seq_state
+            .clone()
+            .unwrap_or_else(|| crate::seq_state::default_path(&args.config));
+        Some(SeqKeeper::open(&path, &plan.sas)?)
+    } else {
+        None
+    };
     if args.shm.exists() {
         // A channel left by a control plane that died: its creator is gone, so it is ours to
         // replace. One whose creator still runs belongs to another control plane.
@@ -222,16 +245,19 @@ pub fn run(args: ControlArgs) -> Result<()> {
         }
         None => None,
     };
-    // The static part of the state (the file's SAs); the repository adds the policy and
-    // the negotiated CHILD_SAs.
-    let static_sas: Vec<Update> = plan
-        .sas
-        .iter()
-        .map(|(dir, params)| Update::AddSa {
-            dir: *dir,
-            params: params.clone(),
-        })
-        .collect();
+    // The static part of the state (the file's SAs, their outbound ones resumed past what
+    // any earlier data plane may have sent); the repository adds the policy and the
+    // negotiated CHILD_SAs.
+    let static_sas = |keeper: &mut Option<SeqKeeper>| -> Result<Vec<Update>> {
+        let mut sas = plan.sas.clone();
+        if let Some(k) = keeper.as_mut() {
+            k.start(&mut sas)?;
+        }
+        Ok(sas
+            .into_iter()
+            .map(|(dir, params)| Update::AddSa { dir, params })
+            .collect())
+    };
     let mut generation = 0u64;
     ctl.initiate();
     let mut deadline: Option<Instant> = None;
@@ -256,7 +282,16 @@ pub fn run(args: ControlArgs) -> Result<()> {
         }
         while let Ok(Some(e)) = dp_events.try_recv() {
             work = true;
-            ctl.on_dataplane_event(&e);
+            let Event::SeqCheckpoint { worker, .. } = e else {
+                ctl.on_dataplane_event(&e);
+                continue;
+            };
+            // A static SA's checkpoint: its reservation moves on, on disk before it is sent.
+            let update = keeper.as_mut().and_then(|k| k.on_event(&e));
+            if let (Some(update), Some(end)) = (update, ends.get_mut(usize::from(worker))) {
+                generation += 1;
+                end.backlog.push_back(UpdateEnvelope { generation, update });
+            }
         }
         if let Some(f) = follower.as_mut() {
             work |= f.turn(&mut ctl);
@@ -283,7 +318,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
                             "control: data plane worker {w} is fresh: inbound SAs and policy again, every CHILD_SA rekeyed"
                         );
                         e.backlog.clear();
-                        for u in static_sas.iter().cloned().chain(ctl.resync()) {
+                        for u in static_sas(&mut keeper)?.into_iter().chain(ctl.resync()) {
                             generation += 1;
                             e.backlog.push_back(UpdateEnvelope {
                                 generation,
@@ -337,25 +372,12 @@ pub fn run(args: ControlArgs) -> Result<()> {
     Ok(())
 }
 
-fn flush_transmits(ctl: &mut IkeControl, tx: &mut Sender<Transmit>) {
+fn flush_transmits(ctl: &mut IkeControl, tx: &mut Sender<Datagram>) {
     while let Some(d) = ctl.transmits().pop_front() {
-        let t = Transmit {
-            src: d.src,
-            dst: d.dst,
-            src_port: d.src_port,
-            dst_port: d.dst_port,
-            payload: d.payload,
-        };
-        match tx.try_send(&t) {
+        match tx.try_send(&d) {
             Ok(()) => {}
             Err(SendError::Full) => {
-                ctl.transmits().push_front(pipeline::worker::Datagram {
-                    src: t.src,
-                    dst: t.dst,
-                    src_port: t.src_port,
-                    dst_port: t.dst_port,
-                    payload: t.payload,
-                });
+                ctl.transmits().push_front(d);
                 break;
             }
             Err(e) => eprintln!("control: an IKE datagram cannot be sent: {e}"),

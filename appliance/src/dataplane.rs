@@ -6,6 +6,10 @@
 //! prints a status line every `--status-secs` and, with `--stats-file`, rewrites a JSON
 //! snapshot of its counters there once a second; on exit it prints the final snapshot as one
 //! JSON line on stdout.
+//!
+//! The static outbound SAs of the file resume past the sequence numbers (GCM nonces) their
+//! previous runs may have used: this process keeps them in the state file (`--seq-state`,
+//! `crate::seq_state`) unless a control process owns the SAs (`--shm`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,9 @@ use pipeline::sad::Sad;
 use pipeline::spd::Spd;
 use pipeline::stats::{DropReason, Snapshot, Traffic};
 use pipeline::worker::{Idle, Link, Worker, WorkerHandle};
+use proto::{Direction, Event, Update};
+
+use crate::seq_state::SeqKeeper;
 
 #[derive(clap::Args)]
 pub struct DataplaneArgs {
@@ -56,6 +63,11 @@ pub struct DataplaneArgs {
     /// setting for workers pinned to isolated cores (`dataplane.cores`).
     #[arg(long, conflicts_with = "idle_sleep_us")]
     busy_poll: bool,
+    /// The file that keeps the static outbound SAs' sequence numbers across restarts, so
+    /// that none is sent twice under the same key (default: next to the config file,
+    /// CONFIG.seq-state). Under `roamgate run` the control process keeps it.
+    #[arg(long)]
+    seq_state: Option<PathBuf>,
 }
 
 impl DataplaneArgs {
@@ -70,6 +82,12 @@ impl DataplaneArgs {
     }
     pub fn duration(&self) -> Option<f64> {
         self.duration
+    }
+    /// Where the static SAs' sequence state is kept (`--seq-state`, or next to the config).
+    pub fn seq_state(&self) -> PathBuf {
+        self.seq_state
+            .clone()
+            .unwrap_or_else(|| crate::seq_state::default_path(&self.config))
     }
     /// The options a supervisor passes on to a `dataplane` child (all but the duration,
     /// which the supervisor keeps, and `--shm`, which it sets).
@@ -150,13 +168,38 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
             file.dataplane.crypto_backend != control::config::BackendChoice::Auto
         )
     );
+    let (plan, keeper) = keep_static_sequence_numbers(&args, plan)?;
+    let plan = &plan;
     match file.dataplane.port {
         PortKind::AfXdp => {
             let opened = open_af_xdp(&file)?;
-            serve(&args, &file, &plan, conns, backend, opened)
+            serve(&args, &file, plan, conns, backend, opened, keeper)
         }
-        PortKind::Dpdk => open_and_serve_dpdk(&args, &file, &plan, conns, backend),
+        PortKind::Dpdk => open_and_serve_dpdk(&args, &file, plan, conns, backend, keeper),
     }
+}
+
+/// Without a control process, this process installs the file's static SAs: their outbound
+/// ones start past what the state file says may have been used, and that is written down
+/// before any of them is installed.
+fn keep_static_sequence_numbers(
+    args: &DataplaneArgs,
+    plan: GatewayPlan,
+) -> Result<(GatewayPlan, Option<SeqKeeper>)> {
+    if args.shm.is_some() || !plan.sas.iter().any(|(d, _)| *d == Direction::Outbound) {
+        return Ok((plan, None));
+    }
+    let mut keeper = SeqKeeper::open(&args.seq_state(), &plan.sas)?;
+    let mut sas = plan.sas;
+    keeper.start(&mut sas)?;
+    Ok((
+        GatewayPlan {
+            sas,
+            rules: plan.rules,
+            masquerade: plan.masquerade,
+        },
+        Some(keeper),
+    ))
 }
 
 #[cfg(target_os = "linux")]
@@ -265,6 +308,7 @@ fn open_and_serve_dpdk(
     _: &GatewayPlan,
     _: Vec<Connection>,
     _: Backend,
+    _: Option<SeqKeeper>,
 ) -> Result<()> {
     bail!(
         "{}: dataplane.port: dpdk, but this roamgate was built without DPDK (build with \
@@ -280,9 +324,10 @@ fn open_and_serve_dpdk(
     plan: &GatewayPlan,
     conns: Vec<Connection>,
     backend: Backend,
+    keeper: Option<SeqKeeper>,
 ) -> Result<()> {
     let opened = open_dpdk(file)?;
-    serve(args, file, plan, conns, backend, opened)
+    serve(args, file, plan, conns, backend, opened, keeper)
 }
 
 #[cfg(feature = "dpdk")]
@@ -333,6 +378,7 @@ fn serve<P: Port + 'static>(
     conns: Vec<Connection>,
     backend: Backend,
     opened: Opened<P>,
+    mut keeper: Option<SeqKeeper>,
 ) -> Result<()> {
     let gw = &file.gateway;
     let lan_link: Link = gw.lan.link_with_mac(opened.lan_mac);
@@ -480,7 +526,12 @@ fn serve<P: Port + 'static>(
             let mut links: Vec<&mut WorkerLink> = running.iter_mut().map(|r| &mut r.link).collect();
             match (ike.as_mut(), attached.as_mut()) {
                 (Some(c), _) => {
-                    if !c.turn(&mut links)? {
+                    let busy = c.turn(&mut links)?;
+                    // The static SAs' checkpoints, which the IKE loop keeps aside.
+                    for e in c.take_seq_reports() {
+                        reserve_on(&mut keeper, &e, &mut links, backend)?;
+                    }
+                    if !busy {
                         std::thread::sleep(Duration::from_micros(500));
                     }
                 }
@@ -489,6 +540,9 @@ fn serve<P: Port + 'static>(
                         std::thread::sleep(Duration::from_micros(300));
                     }
                 }
+                // Kept SAs' checkpoints must be answered well within a block's worth of
+                // packets (see seq_state::block_size).
+                (None, None) if keeper.is_some() => std::thread::sleep(Duration::from_millis(5)),
                 (None, None) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
@@ -500,9 +554,13 @@ fn serve<P: Port + 'static>(
         for r in running.iter_mut() {
             r.link.pump();
             // With a control plane these went to it in the turn above; alone, the data plane
-            // says what happened to its static SAs.
+            // says what happened to its static SAs (and moves their reservations on).
             for e in r.link.take_events() {
-                println!("dataplane: {e:?}");
+                if matches!(e, Event::SeqCheckpoint { .. }) {
+                    reserve_on(&mut keeper, &e, &mut [&mut r.link], backend)?;
+                } else {
+                    println!("dataplane: {e:?}");
+                }
             }
         }
         if let Some(path) = &args.stats_file {
@@ -562,6 +620,27 @@ fn serve<P: Port + 'static>(
     }
     println!("{final_stats}");
     drop(opened._keep);
+    Ok(())
+}
+
+/// A checkpoint of a kept SA: the reservation moved on (on disk first), sent to the worker
+/// that reported it.
+fn reserve_on(
+    keeper: &mut Option<SeqKeeper>,
+    e: &Event,
+    links: &mut [&mut WorkerLink],
+    backend: Backend,
+) -> Result<()> {
+    let (Some(k), Event::SeqCheckpoint { worker, .. }) = (keeper.as_mut(), e) else {
+        return Ok(());
+    };
+    let Some(update) = k.on_event(e) else {
+        return Ok(());
+    };
+    let link = links.iter_mut().find(|l| l.worker == *worker);
+    if let (Some(link), Update::ReserveSeq { .. }) = (link, &update) {
+        link.send(agent::prepare(backend, &update)?);
+    }
     Ok(())
 }
 

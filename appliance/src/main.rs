@@ -20,6 +20,7 @@ mod dataplane;
 mod lab;
 mod perf_cmd;
 mod run_dir;
+mod seq_state;
 mod shm_link;
 mod soak;
 mod supervise;

@@ -22,9 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
-use pipeline::msg::{Ack, Event, Transmit, UpdateEnvelope};
 use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
-use pipeline::worker::{Datagram, Punted};
+use proto::{Ack, Datagram, Event, UpdateEnvelope};
 use rtrb::{Consumer, Producer};
 
 use crate::control_proc::{HELLO_FRESH, HELLO_KEEP};
@@ -33,8 +32,8 @@ struct Ends {
     ch: ControlChannel,
     updates: Vec<Receiver<UpdateEnvelope>>,
     acks: Vec<Sender<Ack>>,
-    punt: Sender<Punted>,
-    transmit: Receiver<Transmit>,
+    punt: Sender<Datagram>,
+    transmit: Receiver<Datagram>,
     events: Sender<Event>,
 }
 
@@ -49,7 +48,7 @@ pub struct ShmLink {
     inflight: Vec<VecDeque<(u64, u64)>>,
     /// Per worker: acknowledgements not yet written.
     ack_backlog: Vec<VecDeque<Ack>>,
-    punt_backlog: VecDeque<Punted>,
+    punt_backlog: VecDeque<Datagram>,
     /// Datagrams read from the transmit ring whose preceding updates may not all have been
     /// read yet.
     tx_unplaced: VecDeque<Datagram>,
@@ -204,15 +203,9 @@ impl ShmLink {
         // datagram read here is in the update rings by now.
         while self.tx_unplaced.len() + self.tx_held.len() < 1024 {
             match e.transmit.try_recv() {
-                Ok(Some(t)) => {
+                Ok(Some(d)) => {
                     work = true;
-                    self.tx_unplaced.push_back(Datagram {
-                        src: t.src,
-                        dst: t.dst,
-                        src_port: t.src_port,
-                        dst_port: t.dst_port,
-                        payload: t.payload,
-                    });
+                    self.tx_unplaced.push_back(d);
                 }
                 Ok(None) => break,
                 Err(err) => {
@@ -348,7 +341,7 @@ mod tests {
             },
         };
         assert!(updates.try_send(&update).is_ok());
-        let t = Transmit {
+        let t = Datagram {
             src: "192.0.2.1".parse().unwrap(),
             dst: "192.0.2.2".parse().unwrap(),
             src_port: 500,

@@ -264,6 +264,8 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
     if client {
         control_args.push("--follow-wan".into());
     }
+    // The control process keeps the static SAs' sequence numbers (see control_proc).
+    control_args.extend(["--seq-state".into(), dp.seq_state().display().to_string()]);
     let mut dataplane_args = vec![
         "dataplane".to_string(),
         "--shm".into(),

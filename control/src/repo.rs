@@ -16,14 +16,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use pipeline::nat::MasqueradeConfig;
-
-use pipeline::crypto::AeadAlg;
-use pipeline::esp::sa::{SaKeys, SaParams, UdpEncap};
-use pipeline::ids::{SaId, Spi};
-use pipeline::msg::{Direction, Update};
-use pipeline::spd::{Action, PortRange, Prefix, Rule, Selector};
-use pipeline::stats::Lifetime;
+use proto::nat::MasqueradeConfig;
+use proto::policy::{Action, PortRange, Prefix, Rule, Selector};
+use proto::sa::{AeadAlg, Lifetime, SaKeys, SaParams, UdpEncap};
+use proto::{Direction, SaId, Spi, Update};
 
 use crate::ike::sa::{ChildSaInfo, Event, IkeSaId};
 use crate::ike::wire::TrafficSelector;
@@ -304,6 +300,8 @@ impl SaRepository {
             local_ts,
             remote_ts,
             outer_ttl: 64,
+            resume: Default::default(),
+            checkpoint: None,
             lifetime,
         };
         let inbound = common(in_id, info.inbound.spi, key_in);

@@ -17,9 +17,7 @@ use crate::ike::sa::{Endpoint, Event, IkeSaId};
 use crate::repo::SaRepository;
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
-use pipeline::ids::{SaId, Spi};
-use pipeline::msg::{Event as DpEvent, LifetimeKind, Update};
-use pipeline::worker::Datagram;
+use proto::{Datagram, Event as DpEvent, LifetimeKind, SaId, Spi, Update};
 use rtrb::{Consumer, Producer};
 
 /// What the views show of IKE (never keys).
@@ -65,6 +63,9 @@ pub struct IkeControl {
     moves: u64,
     /// What the data plane reported (see [`on_dataplane_event`](Self::on_dataplane_event)).
     dp: DataplaneReports,
+    /// Sequence checkpoints and SA states: not IKE's business, kept for the driver that owns
+    /// the static SAs' reservations ([`take_seq_reports`](Self::take_seq_reports)).
+    seq_reports: VecDeque<DpEvent>,
     /// Print IKE events (the default; benchmarks turn it off).
     log: bool,
     /// The views are out of date; when they were last rebuilt.
@@ -144,6 +145,7 @@ impl IkeControl {
             ike_up: 0,
             moves: 0,
             dp: DataplaneReports::default(),
+            seq_reports: VecDeque::new(),
             log: true,
             dirty: false,
             published_at: None,
@@ -245,9 +247,22 @@ impl IkeControl {
                     .insert((*worker, id.0, spi.0), *count);
             }
             DpEvent::AuthFailures { .. } | DpEvent::ReplayFailures { .. } => return,
+            DpEvent::SeqCheckpoint { .. } | DpEvent::SaState { .. } => {
+                // Bounded: a newer checkpoint of an SA says all an older one did.
+                if self.seq_reports.len() >= 4096 {
+                    self.seq_reports.pop_front();
+                }
+                self.seq_reports.push_back(e.clone());
+                return;
+            }
         }
         self.dirty = true;
         self.publish_if_due();
+    }
+
+    /// The sequence checkpoints and SA states the data plane reported since the last call.
+    pub fn take_seq_reports(&mut self) -> VecDeque<DpEvent> {
+        core::mem::take(&mut self.seq_reports)
     }
 
     fn now(&self) -> u64 {

@@ -35,6 +35,8 @@ fn params(i: u32) -> SaParams {
         local_ts: "10.1.0.0/24".parse().unwrap(),
         remote_ts: "10.2.0.0/24".parse().unwrap(),
         outer_ttl: 64,
+        resume: Default::default(),
+        checkpoint: None,
         lifetime: Default::default(),
     }
 }

@@ -21,10 +21,11 @@ use control::repo::SaRepository;
 use control::runner::IkeControl;
 use pipeline::agent;
 use pipeline::crypto::Backend;
+use pipeline::msg::Datagram;
 use pipeline::port::mem::cable;
 use pipeline::sad::Sad;
 use pipeline::spd::{Action, Spd};
-use pipeline::worker::{Datagram, Idle, Worker};
+use pipeline::worker::{Idle, Worker};
 
 const PSK: &str = "perf-handshake-psk-not-secret";
 

@@ -109,6 +109,8 @@ pub fn sa_params(i: usize) -> SaParams {
         local_ts: "10.1.0.0/24".parse().expect("literal"),
         remote_ts: "10.128.0.0/9".parse().expect("literal"),
         outer_ttl: 64,
+        resume: Default::default(),
+        checkpoint: None,
         lifetime: Lifetime::default(),
     }
 }

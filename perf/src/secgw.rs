@@ -174,6 +174,8 @@ impl SecgwSa {
             local_ts,
             remote_ts,
             outer_ttl: 64,
+            resume: Default::default(),
+            checkpoint: None,
             lifetime: Default::default(),
         }
     }

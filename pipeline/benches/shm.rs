@@ -15,9 +15,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pipeline::crypto::AeadAlg;
 use pipeline::esp::sa::{SaKeys, SaParams};
 use pipeline::ids::{SaId, Spi};
-use pipeline::msg::codec::Record;
 use pipeline::msg::{Direction, Update, UpdateEnvelope};
 use pipeline::shm::{ChannelSizes, ControlChannel, Region, RingKind, RingSpec};
+use proto::codec::Record;
 
 fn path(name: &str) -> PathBuf {
     let dir = if std::path::Path::new("/dev/shm").is_dir() {
@@ -48,6 +48,8 @@ fn add_sa() -> UpdateEnvelope {
                 local_ts: "10.1.0.0/16".parse().unwrap(),
                 remote_ts: "10.2.0.0/16".parse().unwrap(),
                 outer_ttl: 64,
+                resume: Default::default(),
+                checkpoint: None,
                 lifetime: Default::default(),
             },
         },

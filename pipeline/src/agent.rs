@@ -11,10 +11,10 @@ use rtrb::{Consumer, Producer, RingBuffer};
 
 use crate::crypto::Backend;
 use crate::esp::sa::{build_inbound, build_outbound, SaBuildError};
-use crate::msg::{Command, Direction, Envelope, Event, Reply, Update};
+use crate::msg::{Command, Datagram, Direction, Envelope, Event, Reply, Update};
 use crate::nat::Masquerade;
 use crate::spd::{Spd, SpdError};
-use crate::worker::{ControlLink, Punted};
+use crate::worker::ControlLink;
 
 /// Why an update could not be turned into a command.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ const MAX_EVENTS: usize = 4096;
 pub fn link(
     worker: u16,
     capacity: usize,
-    punt: Option<Producer<Punted>>,
+    punt: Option<Producer<Datagram>>,
 ) -> (WorkerLink, ControlLink) {
     let (ctx, crx) = RingBuffer::new(capacity);
     let (rtx, rrx) = RingBuffer::new(capacity * 2);
@@ -127,6 +127,11 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
         Update::ReplaceSpd { rules } => {
             Command::ReplaceSpd(Box::new(Spd::new(rules.clone()).map_err(AgentError::Spd)?))
         }
+        Update::ReserveSeq { id, up_to } => Command::ReserveSeq {
+            id: *id,
+            up_to: *up_to,
+        },
+        Update::ExportSa { sa } => Command::ExportSa(*sa),
     })
 }
 

@@ -81,6 +81,9 @@ reasons! {
     NoSa => "no_sa", true;
     /// Outbound sequence number space exhausted: the SA must be rekeyed.
     SeqExhausted => "seq_exhausted", true;
+    /// Outbound: the next sequence number lies beyond what the SA's owner has reserved (made
+    /// durable); the SA sends again when the reservation moves on.
+    SeqNotReserved => "seq_not_reserved", true;
     /// The SA reached its hard byte or packet lifetime: it carries nothing more.
     SaExpired => "sa_expired", true;
     /// Too big for the egress MTU after encapsulation; an ICMP error went back.
@@ -239,16 +242,7 @@ impl CoreCounters {
     }
 }
 
-/// Byte and packet lifetimes of one SA direction (RFC 4301 4.4.2.1); 0 is no limit. The soft
-/// limit asks the control plane to rekey; at the hard limit the SA stops carrying traffic.
-/// Time lifetimes are the control plane's (it knows when it installed the SA).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Lifetime {
-    pub soft_bytes: u64,
-    pub hard_bytes: u64,
-    pub soft_packets: u64,
-    pub hard_packets: u64,
-}
+pub use proto::sa::Lifetime;
 
 /// A limit an SA just reached (reported once each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,8 +253,6 @@ pub enum Crossing {
         /// True when the byte count reached it, false for packets.
         bytes: bool,
     },
-    /// An outbound SA's sequence number is near the last it may send.
-    SeqNearWrap { seq: u64, limit: u64 },
 }
 
 /// Per-SA counters: packets, bytes and the drops attributable to this SA, and the lifetime

@@ -423,6 +423,8 @@ impl GatewayConfig {
                     remote_ts: sa.remote_ts,
                     outer_ttl: 64,
                     lifetime: Default::default(),
+                    resume: Default::default(),
+                    checkpoint: None,
                 },
             ));
         }

@@ -2,9 +2,8 @@
 //! The shared-memory record codec: any bytes, decoded as every record type; whatever decodes
 //! must encode back to exactly the input (the encoding is canonical).
 use libfuzzer_sys::fuzz_target;
-use pipeline::msg::codec::{to_vec, Record};
-use pipeline::msg::{Ack, Event, Transmit, UpdateEnvelope};
-use pipeline::worker::Punted;
+use proto::codec::{to_vec, Record};
+use proto::{Ack, Datagram, Event, UpdateEnvelope};
 
 fn check<T: Record>(data: &[u8]) {
     if let Ok(x) = T::decode(data) {
@@ -16,6 +15,5 @@ fuzz_target!(|data: &[u8]| {
     check::<UpdateEnvelope>(data);
     check::<Ack>(data);
     check::<Event>(data);
-    check::<Punted>(data);
-    check::<Transmit>(data);
+    check::<Datagram>(data);
 });

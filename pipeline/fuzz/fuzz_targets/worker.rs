@@ -8,6 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use pipeline::agent;
 use pipeline::crypto::{AeadAlg, Backend};
 use pipeline::esp::sa::{SaKeys, SaParams, UdpEncap};
+use proto::sa::{Checkpoint, Resume};
 use pipeline::ids::{SaId, Spi};
 use pipeline::msg::{Direction, Update};
 use pipeline::nat::MasqueradeConfig;
@@ -51,6 +52,17 @@ fn sa(id: u32, spi: u32, v6: bool, encap: bool) -> SaParams {
             hard_packets: 40,
             ..Lifetime::default()
         },
+        // Likewise a reservation below the hard limit (`seq_not_reserved`) and checkpoints by
+        // packets and by time.
+        resume: Resume {
+            seq: 0,
+            seq_reserved: Some(30),
+            replay: None,
+        },
+        checkpoint: Some(Checkpoint {
+            packets: 4,
+            millis: 1,
+        }),
     }
 }
 

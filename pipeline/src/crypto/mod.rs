@@ -17,6 +17,8 @@
 
 use std::fmt;
 
+pub use proto::sa::{AeadAlg, SALT_LEN};
+
 #[cfg(ipsecmb)]
 mod ipsecmb;
 mod null;
@@ -26,42 +28,12 @@ mod tests;
 
 /// Length of the GCM authentication tag (ICV) we use: always the full 16 bytes.
 pub const TAG_LEN: usize = 16;
-/// Length of the RFC 4106 salt, taken from the end of the keying material.
-pub const SALT_LEN: usize = 4;
 /// Length of the explicit per-packet IV carried in the ESP payload.
 pub const IV_LEN: usize = 8;
 /// Length of the GCM nonce: salt || IV.
 pub const NONCE_LEN: usize = 12;
 
 const _: () = assert!(SALT_LEN + IV_LEN == NONCE_LEN);
-
-/// The AEAD algorithm of an SA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AeadAlg {
-    /// AES-128-GCM with a 16-byte ICV (IKEv2 transform ENCR_AES_GCM_16, 128-bit key).
-    AesGcm128,
-    /// AES-256-GCM with a 16-byte ICV (IKEv2 transform ENCR_AES_GCM_16, 256-bit key).
-    AesGcm256,
-}
-
-impl AeadAlg {
-    /// Length of the AES key in bytes (without the RFC 4106 salt).
-    pub const fn key_len(self) -> usize {
-        match self {
-            AeadAlg::AesGcm128 => 16,
-            AeadAlg::AesGcm256 => 32,
-        }
-    }
-}
-
-impl fmt::Display for AeadAlg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AeadAlg::AesGcm128 => "aes128-gcm16",
-            AeadAlg::AesGcm256 => "aes256-gcm16",
-        })
-    }
-}
 
 /// Which implementation performs the AEAD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -4,6 +4,12 @@
 //! decryption (cheap: infers the high 32 bits of an extended sequence number and rejects what
 //! is too old or already seen) and [`ReplayWindow::advance`] only after the ICV verified, so a
 //! forged packet can never move the window. Owned by exactly one worker: no atomics.
+//!
+//! A window can leave its worker as data ([`ReplayWindow::export`], `proto::sa::ReplayState`)
+//! and continue elsewhere ([`ReplayWindow::resume`]): another worker, process or node then
+//! refuses exactly what this one would have.
+
+use proto::sa::ReplayState;
 
 /// Why a sequence number was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +55,17 @@ impl core::fmt::Display for BadWindowSize {
 
 impl std::error::Error for BadWindowSize {}
 
+/// A replay state that cannot be continued from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadReplayState {
+    #[error(transparent)]
+    Size(#[from] BadWindowSize),
+    #[error("replay state of {state} packets for a window of {window}")]
+    Width { window: u32, state: usize },
+    #[error("replay state at sequence number {0}, beyond 2^32-1 without ESN")]
+    BeyondEsn(u64),
+}
+
 impl ReplayWindow {
     pub fn new(size: u32, esn: bool) -> Result<Self, BadWindowSize> {
         if !(MIN_WINDOW..=MAX_WINDOW).contains(&size) || !size.is_power_of_two() {
@@ -69,6 +86,45 @@ impl ReplayWindow {
     /// The highest sequence number authenticated so far.
     pub fn top(&self) -> u64 {
         self.top
+    }
+
+    /// The window as data: bit `i` of the state is sequence number `top - i`.
+    pub fn export(&self) -> ReplayState {
+        let mut seen = vec![0u64; self.bits.len()];
+        for i in 0..self.size.min(self.top) {
+            if self.is_set(self.top - i) {
+                if let Some(w) = seen.get_mut((i / 64) as usize) {
+                    *w |= 1 << (i % 64);
+                }
+            }
+        }
+        ReplayState {
+            top: self.top,
+            seen,
+        }
+    }
+
+    /// A window of `size` packets that continues from `state` (exported by another worker,
+    /// process or node): it refuses what the exporting window had received or left behind.
+    pub fn resume(size: u32, esn: bool, state: &ReplayState) -> Result<Self, BadReplayState> {
+        let mut w = ReplayWindow::new(size, esn)?;
+        if state.seen.len().checked_mul(64) != Some(size as usize) {
+            return Err(BadReplayState::Width {
+                window: size,
+                state: state.seen.len().saturating_mul(64),
+            });
+        }
+        if !esn && state.top > u64::from(u32::MAX) {
+            return Err(BadReplayState::BeyondEsn(state.top));
+        }
+        w.top = state.top;
+        for i in 0..w.size.min(state.top) {
+            let word = state.seen.get((i / 64) as usize).copied().unwrap_or(0);
+            if word & (1 << (i % 64)) != 0 {
+                w.set(state.top - i);
+            }
+        }
+        Ok(w)
     }
 
     /// Step one, before decryption: infer the full sequence number from the 32 bits on the
@@ -283,6 +339,57 @@ mod tests {
         let mut w = ReplayWindow::new(64, false).unwrap();
         accept(&mut w, u32::MAX).unwrap();
         assert_eq!(w.check(1), Err(ReplayError::TooOld));
+    }
+
+    #[test]
+    fn an_exported_window_continues_elsewhere_refusing_the_same() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for (size, esn) in [(64u32, false), (128, true), (1024, false), (4096, true)] {
+            let mut a = ReplayWindow::new(size, esn).unwrap();
+            // Up to some point in a random walk, then moved; both then see the same packets.
+            let mut top = 0u64;
+            for step in 0..20_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let delta = (x % (2 * u64::from(size) + 10)) as i64 - i64::from(size);
+                let s = (top as i64 + delta).max(1) as u64;
+                if accept(&mut a, s as u32).is_ok() {
+                    top = top.max(s);
+                }
+                if step == 10_000 {
+                    let state = a.export();
+                    assert_eq!(state.seen.len() * 64, size as usize);
+                    let b = ReplayWindow::resume(size, esn, &state).unwrap();
+                    assert_eq!(b.export(), state, "export(resume(x)) = x");
+                    // From here on, the moved window answers every number as the original.
+                    for probe in top.saturating_sub(u64::from(size) + 3)..=top + 3 {
+                        assert_eq!(b.check(probe as u32), a.check(probe as u32), "{probe}");
+                    }
+                    a = b;
+                }
+            }
+        }
+        // A fresh window exports an empty state; a state of the wrong width is refused.
+        let fresh = ReplayWindow::new(128, false).unwrap().export();
+        assert_eq!((fresh.top, fresh.seen), (0, vec![0, 0]));
+        let s = ReplayState {
+            top: 10,
+            seen: vec![1],
+        };
+        assert_eq!(
+            ReplayWindow::resume(128, false, &s).err(),
+            Some(BadReplayState::Width {
+                window: 128,
+                state: 64
+            })
+        );
+        let s = ReplayState {
+            top: 1 << 33,
+            seen: vec![1],
+        };
+        assert!(ReplayWindow::resume(64, false, &s).is_err());
+        assert!(ReplayWindow::resume(64, true, &s).is_ok());
     }
 
     #[test]

@@ -71,8 +71,8 @@ fn aad(buf: &mut [u8; 12], spi: Spi, seq: u64, esn: bool) -> &[u8] {
 /// ECN is copied to the outer header as RFC 6040 normal mode says; DSCP is copied too. The
 /// outer IPv4 header has DF set: oversize packets are answered with ICMP before they get here.
 ///
-/// Returns the lifetime (or sequence-number limit) this packet reached, if any: the caller
-/// reports it to the control plane.
+/// Returns the lifetime this packet reached, if any: the caller reports it to the control
+/// plane, and also what the SA's sequence number reached (`sa.next_report`).
 pub fn encapsulate<F: Frame>(
     sa: &mut OutboundSa,
     f: &mut F,
@@ -89,8 +89,8 @@ pub fn encapsulate<F: Frame>(
         return Err(DropReason::NoBufferRoom);
     }
     let seq = match sa.seq.checked_add(1) {
-        Some(s) if s <= sa.seq_limit() => s,
-        _ => return Err(DropReason::SeqExhausted),
+        Some(s) if s <= sa.seq_max() => s,
+        _ => return Err(sa.seq_refusal()),
     };
     sa.seq = seq;
 
@@ -128,20 +128,10 @@ pub fn encapsulate<F: Frame>(
     let aad = aad(&mut aad_buf, sa.spi, seq, sa.esn);
     sa.cipher
         .seal_in_place(&esp_nonce(&sa.salt, &iv), aad, ct, tag);
-    let mut crossing = sa.counters.count(inner_len as u64);
-    if seq == sa.seq_limit().saturating_sub(SEQ_WARN_BEFORE) {
-        crossing = crossing.or(Some(Crossing::SeqNearWrap {
-            seq,
-            limit: sa.seq_limit(),
-        }));
-    }
+    let crossing = sa.counters.count(inner_len as u64);
     push_outer(sa, f, meta, seq)?;
     Ok(crossing)
 }
-
-/// How many sequence numbers before the last one an outbound SA asks for a rekey: 16 M
-/// packets, 1.6 s at 10 Mpps on one SA.
-pub const SEQ_WARN_BEFORE: u64 = 1 << 24;
 
 /// Prepends the outer header from the SA's template and fills in the per-packet fields.
 fn push_outer<F: Frame>(
@@ -346,6 +336,8 @@ mod tests {
             local_ts: "10.1.0.0/24".parse::<Prefix>().unwrap(),
             remote_ts: "10.2.0.0/24".parse::<Prefix>().unwrap(),
             outer_ttl: 64,
+            resume: Default::default(),
+            checkpoint: None,
             lifetime: Default::default(),
         }
     }

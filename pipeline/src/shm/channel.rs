@@ -1,5 +1,5 @@
 //! [`ControlChannel`]: the roamgate layout of rings in one region, and typed endpoints that
-//! encode and decode records with [`crate::msg::codec`].
+//! encode and decode records with `proto::codec`.
 #![deny(unsafe_code)]
 
 use core::marker::PhantomData;
@@ -9,9 +9,8 @@ use std::sync::Arc;
 use super::region::{Region, RingKind, RingSpec};
 use super::ring::{Consumer, PopError, Producer, PushError};
 use super::ShmError;
-use crate::msg::codec::{DecodeError, EncodeError, Record};
-use crate::msg::{Ack, Event, Transmit, UpdateEnvelope};
-use crate::worker::Punted;
+use proto::codec::{DecodeError, EncodeError, Record};
+use proto::{Ack, Datagram, Event, UpdateEnvelope};
 
 /// Slot size and count of one ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,22 +246,22 @@ impl ControlChannel {
     }
 
     /// Data plane: punted IKE datagrams.
-    pub fn punt_sender(&self) -> Result<Sender<Punted>, ShmError> {
+    pub fn punt_sender(&self) -> Result<Sender<Datagram>, ShmError> {
         self.sender(self.shared_ring(0))
     }
 
     /// Control plane: punted IKE datagrams.
-    pub fn punt_receiver(&self) -> Result<Receiver<Punted>, ShmError> {
+    pub fn punt_receiver(&self) -> Result<Receiver<Datagram>, ShmError> {
         self.receiver(self.shared_ring(0))
     }
 
     /// Control plane: IKE datagrams to send.
-    pub fn transmit_sender(&self) -> Result<Sender<Transmit>, ShmError> {
+    pub fn transmit_sender(&self) -> Result<Sender<Datagram>, ShmError> {
         self.sender(self.shared_ring(1))
     }
 
     /// Data plane: IKE datagrams to send.
-    pub fn transmit_receiver(&self) -> Result<Receiver<Transmit>, ShmError> {
+    pub fn transmit_receiver(&self) -> Result<Receiver<Datagram>, ShmError> {
         self.receiver(self.shared_ring(1))
     }
 

@@ -4,7 +4,7 @@
 //! single-producer single-consumer rings inside it, and the roamgate layout of those rings
 //! ([`ControlChannel`]). It is, with the ipsec-mb FFI, one of the two places `unsafe` lives:
 //! raw pointers into the mapping, atomics placed in it, `mmap`/`munmap`. Everything above the
-//! ring (the records and their encoding, [`crate::msg::codec`]) is safe code.
+//! ring (the records and their encoding, `proto::codec`) is safe code.
 //!
 //! It must never: read or write outside the mapping whatever the peer wrote into it (every
 //! index, header and descriptor read from shared memory is validated; a bad one is an error);
@@ -44,11 +44,11 @@
 //!
 //! | rings | kind | direction | record | default slots |
 //! |---|---|---|---|---|
-//! | per worker `w`: | `Update` | control -> data | [`UpdateEnvelope`](crate::msg::UpdateEnvelope) (zeroized) | 4096 x 256 B |
-//! | | `Ack` | data -> control | [`Ack`](crate::msg::Ack) | 1024 x 32 B |
-//! | one | `Punt` | data -> control | [`Punted`](crate::worker::Punted) IKE datagrams | 512 x 2 KiB |
-//! | one | `Transmit` | control -> data | [`Transmit`](crate::msg::Transmit) IKE datagrams | 512 x 2 KiB |
-//! | one | `Event` | data -> control | [`Event`](crate::msg::Event) | 4096 x 64 B |
+//! | per worker `w`: | `Update` | control -> data | [`UpdateEnvelope`](proto::UpdateEnvelope) (zeroized) | 4096 x 256 B |
+//! | | `Ack` | data -> control | [`Ack`](proto::Ack) | 1024 x 32 B |
+//! | one | `Punt` | data -> control | [`Datagram`](proto::Datagram)s from the wire | 512 x 2 KiB |
+//! | one | `Transmit` | control -> data | [`Datagram`](proto::Datagram)s to send | 512 x 2 KiB |
+//! | one | `Event` | data -> control | [`Event`](proto::Event) | 4096 x 64 B |
 //!
 //! A record larger than a slot spans consecutive slots (a whole SPD goes as one update of up
 //! to a ring's size). The punt, transmit and event rings have one producer or consumer in the

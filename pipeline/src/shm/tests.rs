@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
-use crate::msg::codec::Record;
+use proto::codec::Record;
 
 /// A unique path under /dev/shm (or the temp dir), removed on drop whatever happened.
 struct TmpPath(PathBuf);
@@ -492,8 +492,7 @@ mod channel {
     use crate::crypto::AeadAlg;
     use crate::esp::sa::{SaKeys, SaParams};
     use crate::ids::{SaId, Spi};
-    use crate::msg::{Ack, Direction, Event, Transmit, Update, UpdateEnvelope};
-    use crate::worker::Punted;
+    use crate::msg::{Ack, Datagram, Direction, Event, Update, UpdateEnvelope};
     use core::net::{IpAddr, Ipv4Addr};
 
     fn small() -> ChannelSizes {
@@ -528,6 +527,8 @@ mod channel {
                     local_ts: "10.0.0.0/8".parse().unwrap(),
                     remote_ts: "10.0.0.0/8".parse().unwrap(),
                     outer_ttl: 64,
+                    resume: Default::default(),
+                    checkpoint: None,
                     lifetime: Default::default(),
                 },
             },
@@ -548,8 +549,8 @@ mod channel {
             let got = down.try_recv().unwrap().unwrap();
             assert_eq!(got.generation, u64::from(w) + 10);
             assert_eq!(
-                crate::msg::codec::to_vec(&got).unwrap(),
-                crate::msg::codec::to_vec(&add_sa(u64::from(w) + 10)).unwrap()
+                proto::codec::to_vec(&got).unwrap(),
+                proto::codec::to_vec(&add_sa(u64::from(w) + 10)).unwrap()
             );
             assert!(down.try_recv().unwrap().is_none());
             let ack = Ack::Applied {
@@ -570,7 +571,7 @@ mod channel {
             control.update_sender(0),
             Err(ShmError::Taken { .. })
         ));
-        let punt = Punted {
+        let punt = Datagram {
             src: addr,
             dst: addr,
             src_port: 500,
@@ -582,7 +583,7 @@ mod channel {
             control.punt_receiver().unwrap().try_recv().unwrap(),
             Some(punt)
         );
-        let tx = Transmit {
+        let tx = Datagram {
             src: addr,
             dst: addr,
             src_port: 4500,
@@ -653,10 +654,10 @@ mod channel {
         raw_tx.try_push(&[1, 0x99, 0]).unwrap();
         assert!(matches!(rx.try_recv(), Err(RecvError::Decode(_))));
         raw_tx
-            .try_push(&crate::msg::codec::to_vec(&ev).unwrap())
+            .try_push(&proto::codec::to_vec(&ev).unwrap())
             .unwrap();
         assert_eq!(rx.try_recv().unwrap(), Some(ev));
-        let big = Punted {
+        let big = Datagram {
             src: IpAddr::V4(Ipv4Addr::LOCALHOST),
             dst: IpAddr::V4(Ipv4Addr::LOCALHOST),
             src_port: 1,

@@ -39,6 +39,9 @@ pub enum Message {
     ParamProblem,
     EchoRequest,
     EchoReply,
+    /// Neighbour solicitation and advertisement (RFC 4861 4.3, 4.4).
+    NeighborSolicit,
+    NeighborAdvert,
     Unknown(u8),
 }
 
@@ -58,6 +61,8 @@ impl From<u8> for Message {
             4 => Message::ParamProblem,
             128 => Message::EchoRequest,
             129 => Message::EchoReply,
+            135 => Message::NeighborSolicit,
+            136 => Message::NeighborAdvert,
             other => Message::Unknown(other),
         }
     }
@@ -72,6 +77,8 @@ impl From<Message> for u8 {
             Message::ParamProblem => 4,
             Message::EchoRequest => 128,
             Message::EchoReply => 129,
+            Message::NeighborSolicit => 135,
+            Message::NeighborAdvert => 136,
             Message::Unknown(v) => v,
         }
     }

@@ -40,13 +40,39 @@ fn params(alg: AeadAlg, six: bool, encap: Option<UdpEncap>) -> SaParams {
         local_ts: lts,
         remote_ts: rts,
         outer_ttl: 64,
-        lifetime: crate::stats::Lifetime {
+        lifetime: Lifetime {
             soft_bytes: 1 << 30,
             hard_bytes: u64::MAX - 1,
             soft_packets: 1000,
             hard_packets: if six { 0 } else { 2000 },
         },
+        resume: if six {
+            Resume {
+                seq: (1 << 40) + 17,
+                seq_reserved: Some((1 << 40) + (1 << 20)),
+                replay: None,
+            }
+        } else {
+            Resume {
+                seq: 0,
+                seq_reserved: None,
+                replay: Some(replay_state(1024)),
+            }
+        },
+        checkpoint: six.then_some(Checkpoint {
+            packets: 1 << 16,
+            millis: 250,
+        }),
     }
+}
+
+/// A window of `size` packets below 70000 with every third one received.
+fn replay_state(size: usize) -> ReplayState {
+    let mut seen = vec![0u64; size / 64];
+    for i in (0..size).step_by(3) {
+        seen[i / 64] |= 1 << (i % 64);
+    }
+    ReplayState { top: 70_000, seen }
 }
 
 fn rules() -> Vec<Rule> {
@@ -155,6 +181,16 @@ fn updates() -> Vec<UpdateEnvelope> {
             ],
         },
         Update::SetWanAddresses { addrs: vec![] },
+        Update::ReserveSeq {
+            id: SaId(5),
+            up_to: u64::MAX,
+        },
+        Update::ExportSa {
+            sa: SaRef::Inbound(Spi(0xb001)),
+        },
+        Update::ExportSa {
+            sa: SaRef::Outbound(SaId(1)),
+        },
     ];
     ups.into_iter()
         .enumerate()
@@ -220,6 +256,41 @@ fn events() -> Vec<Event> {
             count: u64::MAX,
         },
     ];
+    out.extend([
+        Event::SeqCheckpoint {
+            worker: 0,
+            id: SaId(1),
+            spi: Spi(0xa001),
+            seq: 1 << 20,
+            seq_reserved: Some(1 << 21),
+        },
+        Event::SeqCheckpoint {
+            worker: 3,
+            id: SaId(2),
+            spi: Spi(0xa002),
+            seq: 0,
+            seq_reserved: None,
+        },
+        Event::SaState {
+            worker: 1,
+            generation: 42,
+            id: SaId(2),
+            spi: Spi(0xb001),
+            state: SaState::Inbound {
+                replay: replay_state(4096),
+            },
+        },
+        Event::SaState {
+            worker: 1,
+            generation: 43,
+            id: SaId(1),
+            spi: Spi(0xa001),
+            state: SaState::Outbound {
+                seq: 99,
+                seq_reserved: Some(1000),
+            },
+        },
+    ]);
     for dir in [Direction::Inbound, Direction::Outbound] {
         for kind in [LifetimeKind::Soft, LifetimeKind::Hard] {
             for limit in [
@@ -244,33 +315,30 @@ fn events() -> Vec<Event> {
     out
 }
 
-fn punts() -> Vec<Punted> {
+fn datagrams() -> Vec<Datagram> {
     vec![
-        Punted {
+        Datagram {
             src: v4([198, 51, 100, 7]),
             dst: v4([192, 0, 2, 1]),
             src_port: 500,
             dst_port: 500,
             payload: (0..300u16).map(|i| i as u8).collect(),
         },
-        Punted {
+        Datagram {
             src: v6(2),
             dst: v6(1),
             src_port: 4500,
             dst_port: 4500,
             payload: vec![],
         },
+        Datagram {
+            src: v4([192, 0, 2, 1]),
+            dst: v4([198, 51, 100, 7]),
+            src_port: 4500,
+            dst_port: 61000,
+            payload: vec![0xee; 1200],
+        },
     ]
-}
-
-fn transmits() -> Vec<Transmit> {
-    vec![Transmit {
-        src: v4([192, 0, 2, 1]),
-        dst: v4([198, 51, 100, 7]),
-        src_port: 4500,
-        dst_port: 61000,
-        payload: vec![0xee; 1200],
-    }]
 }
 
 /// Every sample encoding, with a label.
@@ -284,8 +352,7 @@ fn encodings() -> Vec<(String, Vec<u8>)> {
     enc(&mut out, &updates());
     enc(&mut out, &acks());
     enc(&mut out, &events());
-    enc(&mut out, &punts());
-    enc(&mut out, &transmits());
+    enc(&mut out, &datagrams());
     out
 }
 
@@ -340,6 +407,7 @@ fn updates_round_trip() {
                     (p1.local, p1.remote, p1.encap, p1.local_ts, p1.remote_ts),
                     (p2.local, p2.remote, p2.encap, p2.local_ts, p2.remote_ts)
                 );
+                assert_eq!((&p1.resume, p1.checkpoint), (&p2.resume, p2.checkpoint));
             }
             (Update::ReplaceSpd { rules: a }, Update::ReplaceSpd { rules: b }) => {
                 assert_eq!(a, b)
@@ -361,20 +429,30 @@ fn acks_events_and_datagrams_round_trip() {
     for e in events() {
         assert_eq!(same_bytes(&e), e);
     }
-    for p in punts() {
-        assert_eq!(same_bytes(&p), p);
-    }
-    for t in transmits() {
-        assert_eq!(same_bytes(&t), t);
+    for d in datagrams() {
+        assert_eq!(same_bytes(&d), d);
     }
 }
 
 #[test]
 fn add_sa_is_compact() {
-    let u = &updates()[0];
+    // A fresh SA (no state to resume) fits one 256-byte update slot with room to spare; one
+    // that carries a replay window takes a few.
+    let mut p = params(AeadAlg::AesGcm128, false, None);
+    p.resume = Resume::default();
+    let u = UpdateEnvelope {
+        generation: 1,
+        update: Update::AddSa {
+            dir: Direction::Inbound,
+            params: p,
+        },
+    };
     let n = u.encoded_len().unwrap();
-    println!("AddSa (AES-128, IPv4) encodes to {n} bytes");
-    assert!(n < 120, "{n}");
+    println!("AddSa (AES-128, IPv4, fresh) encodes to {n} bytes");
+    assert!(n < 132, "{n}");
+    let n = updates()[0].encoded_len().unwrap();
+    println!("AddSa (AES-128, IPv4, a 1024-packet replay window) encodes to {n} bytes");
+    assert!(n < 132 + 1024 / 8 + 1, "{n}");
 }
 
 #[test]
@@ -386,8 +464,7 @@ fn every_truncation_and_any_trailing_byte_is_refused() {
                 UpdateEnvelope::decode(b).err(),
                 Ack::decode(b).err(),
                 Event::decode(b).err(),
-                Punted::decode(b).err(),
-                Transmit::decode(b).err(),
+                Datagram::decode(b).err(),
             ];
             assert!(errs.iter().all(Option::is_some), "{what} cut at {cut}");
         }
@@ -396,8 +473,7 @@ fn every_truncation_and_any_trailing_byte_is_refused() {
         assert!(UpdateEnvelope::decode(&long).is_err(), "{what}");
         assert!(Ack::decode(&long).is_err(), "{what}");
         assert!(Event::decode(&long).is_err(), "{what}");
-        assert!(Punted::decode(&long).is_err(), "{what}");
-        assert!(Transmit::decode(&long).is_err(), "{what}");
+        assert!(Datagram::decode(&long).is_err(), "{what}");
     }
 }
 
@@ -408,8 +484,15 @@ fn a_record_from_the_wrong_ring_is_refused_by_tag() {
         Ack::decode(&u),
         Err(DecodeError::Tag { what: "ack", .. })
     ));
-    let p = to_vec(&punts()[0]).unwrap();
-    assert!(matches!(Transmit::decode(&p), Err(DecodeError::Tag { .. })));
+    let d = to_vec(&datagrams()[0]).unwrap();
+    assert!(matches!(Event::decode(&d), Err(DecodeError::Tag { .. })));
+    assert!(matches!(
+        Datagram::decode(&u),
+        Err(DecodeError::Tag {
+            what: "datagram",
+            ..
+        })
+    ));
     let mut v = to_vec(&acks()[0]).unwrap();
     v[0] = CODEC_VERSION + 1;
     assert_eq!(
@@ -461,11 +544,57 @@ fn invalid_fields_are_named() {
         UpdateEnvelope::decode(&m),
         Err(DecodeError::Invalid(_))
     ));
-    // A punt whose length field claims more than there is.
-    let mut p = to_vec(&punts()[1]).unwrap();
+    // A replay window of no words, or of more than 4096 packets.
+    for (n, what) in [(0u8, "empty"), (65, "too wide")] {
+        let mut e = vec![CODEC_VERSION, tag::EV_SA_STATE];
+        e.extend_from_slice(&1u16.to_le_bytes());
+        e.extend_from_slice(&7u64.to_le_bytes());
+        e.extend_from_slice(&1u32.to_le_bytes());
+        e.extend_from_slice(&2u32.to_le_bytes());
+        e.push(0);
+        e.extend_from_slice(&100u64.to_le_bytes());
+        e.push(n);
+        e.extend(std::iter::repeat_n(0u8, usize::from(n) * 8));
+        assert_eq!(
+            Event::decode(&e),
+            Err(DecodeError::Invalid("replay window size")),
+            "{what}"
+        );
+        let state = ReplayState {
+            top: 1,
+            seen: vec![0; usize::from(n)],
+        };
+        let ev = Event::SaState {
+            worker: 1,
+            generation: 7,
+            id: SaId(1),
+            spi: Spi(2),
+            state: SaState::Inbound { replay: state },
+        };
+        assert_eq!(
+            to_vec(&ev).err(),
+            Some(EncodeError::TooLong("replay window")),
+            "{what}"
+        );
+    }
+    // An SA reference of neither direction.
+    let mut x = to_vec(&UpdateEnvelope {
+        generation: 1,
+        update: Update::ExportSa {
+            sa: SaRef::Outbound(SaId(1)),
+        },
+    })
+    .unwrap();
+    x[10] = 2;
+    assert_eq!(
+        UpdateEnvelope::decode(&x).err(),
+        Some(DecodeError::Invalid("SA reference"))
+    );
+    // A datagram whose length field claims more than there is.
+    let mut p = to_vec(&datagrams()[1]).unwrap();
     let n = p.len();
     p[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert_eq!(Punted::decode(&p), Err(DecodeError::Truncated));
+    assert_eq!(Datagram::decode(&p), Err(DecodeError::Truncated));
 }
 
 #[test]
@@ -500,17 +629,16 @@ fn decode_all(b: &[u8]) {
     check::<UpdateEnvelope>(b);
     check::<Ack>(b);
     check::<Event>(b);
-    check::<Punted>(b);
-    check::<Transmit>(b);
+    check::<Datagram>(b);
 }
 
 #[test]
 fn random_and_mutated_bytes_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let tags: Vec<u8> = (0x10..=0x15)
+    let tags: Vec<u8> = (0x10..=0x1b)
         .chain(0x20..=0x21)
-        .chain(0x30..=0x34)
-        .chain(0x40..=0x41)
+        .chain(0x30..=0x36)
+        .chain(0x40..=0x40)
         .collect();
     // Random bytes behind a valid version and tag, so the bodies get exercised.
     for _ in 0..100_000 {

@@ -1,5 +1,5 @@
 //! The binary encoding of what crosses the shared-memory rings: [`UpdateEnvelope`] (every
-//! [`Update`], keys included), [`Ack`], [`Event`], [`Punted`] and [`Transmit`].
+//! [`Update`], keys included), [`Ack`], [`Event`] and [`Datagram`].
 //!
 //! This module owns the byte layout and its version; it never allocates more than the input
 //! can justify, never panics on any byte sequence, and never leaves key bytes behind: encoding
@@ -7,7 +7,11 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 2: version 1 plus SA lifetimes)
+//! # Layout (version 4)
+//!
+//! Version 2 added SA lifetimes, 3 made the punted and transmitted datagrams one record, 4
+//! added the state an SA moves with (resume, checkpoints), `ReserveSeq`, `ExportSa` and the
+//! `SeqCheckpoint` and `SaState` events.
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -25,22 +29,32 @@
 //! | 0x17 | `Update::BindHost` | generation, dst ip, src prefix, sa id u32 |
 //! | 0x18 | `Update::UnbindHost` | generation, dst ip |
 //! | 0x19 | `Update::SetWanAddresses` | generation, count u8, count x ip |
+//! | 0x1a | `Update::ReserveSeq` | generation, id u32, up to u64 |
+//! | 0x1b | `Update::ExportSa` | generation, sa ref |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
-//! | 0x30..=0x34 | `Event` variants, in declaration order | worker u16, then the fields in order |
-//! | 0x40 / 0x41 | `Punted` / `Transmit` | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
+//! | 0x30..=0x36 | `Event` variants, in declaration order | worker u16, then the fields in order |
+//! | 0x40 | `Datagram` (punted or to transmit) | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
 //!
 //! Pieces: ip = family u8 (4 or 6) + 4 or 16 bytes; prefix = ip + length u8 (host bits must
 //! be zero); encap = present u8 (+ local port u16, remote port u16); bool = u8 0 or 1, nothing
 //! else; SaParams = id u32, spi u32, alg u8 (1 AES-128-GCM, 2 AES-256-GCM), key (16 or 32) and
 //! salt (4), esn bool, replay window u32, local ip, remote ip, encap, local ts prefix, remote
 //! ts prefix, outer ttl u8, lifetime (soft bytes, hard bytes, soft packets, hard packets:
-//! u64 each, 0 = none); rule = id u32, src prefix, dst prefix, proto (present u8 + u8),
+//! u64 each, 0 = none), resume (seq u64, reserved opt u64, replay: present u8 + replay state),
+//! checkpoint (present u8 + packets u64 + millis u64); opt u64 = present u8 (+ u64); replay
+//! state = top u64, count u8 (1..=64), count x u64; sa ref = 0 + spi u32 (inbound) or 1 + id
+//! u32 (outbound); sa state = 0 + replay state (inbound) or 1 + seq u64 + reserved opt u64
+//! (outbound); rule = id u32, src prefix, dst prefix, proto (present u8 + u8),
 //! src ports lo/hi u16, dst ports lo/hi u16, action u8 (0 protect + sa id u32, 1 bypass, 2
 //! discard); masquerade config = external IPv4 (4 bytes), port lo/hi u16, udp, tcp
 //! established, tcp transitory, icmp timeouts and port reuse delay u64 (ns), max sessions u64.
 //!
 //! Decoding is strict: unknown versions, tags and enum values, a bool other than 0/1, a prefix
 //! with host bits, a backwards port range, a short buffer and trailing bytes are errors.
+//!
+//! Any change to a record (a field, a tag, an enum value) bumps [`CODEC_VERSION`]: the two
+//! ends of a ring are one build, and a peer of another version is refused record by record
+//! rather than misread.
 #![deny(
     clippy::indexing_slicing,
     clippy::unwrap_used,
@@ -53,19 +67,17 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{AeadAlg, SALT_LEN};
-use crate::esp::sa::{SaKeys, SaParams, UdpEncap};
 use crate::ids::{SaId, Spi};
-use crate::msg::{
-    Ack, Direction, Event, LifetimeKind, LifetimeLimit, Transmit, Update, UpdateEnvelope,
-};
 use crate::nat::MasqueradeConfig;
-use crate::spd::{Action, PortRange, Prefix, Rule, Selector};
-use crate::stats::Lifetime;
-use crate::worker::Punted;
+use crate::policy::{Action, PortRange, Prefix, Rule, Selector};
+use crate::records::{Ack, Datagram, Event, LifetimeKind, LifetimeLimit, Update, UpdateEnvelope};
+use crate::sa::{
+    AeadAlg, Checkpoint, Direction, Lifetime, ReplayState, Resume, SaKeys, SaParams, SaRef,
+    SaState, UdpEncap, MAX_REPLAY_WORDS, SALT_LEN,
+};
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 2;
+pub const CODEC_VERSION: u8 = 4;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -78,6 +90,8 @@ mod tag {
     pub const BIND_HOST: u8 = 0x17;
     pub const UNBIND_HOST: u8 = 0x18;
     pub const SET_WAN_ADDRESSES: u8 = 0x19;
+    pub const RESERVE_SEQ: u8 = 0x1a;
+    pub const EXPORT_SA: u8 = 0x1b;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -85,8 +99,9 @@ mod tag {
     pub const EV_SEQ_NEAR_WRAP: u8 = 0x32;
     pub const EV_AUTH_FAILURES: u8 = 0x33;
     pub const EV_REPLAY_FAILURES: u8 = 0x34;
-    pub const PUNTED: u8 = 0x40;
-    pub const TRANSMIT: u8 = 0x41;
+    pub const EV_SEQ_CHECKPOINT: u8 = 0x35;
+    pub const EV_SA_STATE: u8 = 0x36;
+    pub const DATAGRAM: u8 = 0x40;
 }
 
 /// Why a record could not be encoded.
@@ -267,7 +282,70 @@ impl<'a> Writer<'a> {
         let l = p.lifetime;
         [l.soft_bytes, l.hard_bytes, l.soft_packets, l.hard_packets]
             .into_iter()
-            .try_for_each(|v| self.u64(v))
+            .try_for_each(|v| self.u64(v))?;
+        self.u64(p.resume.seq)?;
+        self.opt_u64(p.resume.seq_reserved)?;
+        match &p.resume.replay {
+            None => self.u8(0)?,
+            Some(r) => {
+                self.u8(1)?;
+                self.replay(r)?;
+            }
+        }
+        match p.checkpoint {
+            None => self.u8(0),
+            Some(c) => {
+                self.u8(1)?;
+                self.u64(c.packets)?;
+                self.u64(c.millis)
+            }
+        }
+    }
+
+    fn opt_u64(&mut self, v: Option<u64>) -> Result<(), EncodeError> {
+        match v {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1)?;
+                self.u64(v)
+            }
+        }
+    }
+
+    fn replay(&mut self, r: &ReplayState) -> Result<(), EncodeError> {
+        if r.seen.is_empty() || r.seen.len() > MAX_REPLAY_WORDS {
+            return Err(EncodeError::TooLong("replay window"));
+        }
+        self.u64(r.top)?;
+        self.u8(u8::try_from(r.seen.len()).map_err(|_| EncodeError::TooLong("replay window"))?)?;
+        r.seen.iter().try_for_each(|w| self.u64(*w))
+    }
+
+    fn sa_ref(&mut self, s: SaRef) -> Result<(), EncodeError> {
+        match s {
+            SaRef::Inbound(spi) => {
+                self.u8(0)?;
+                self.u32(spi.0)
+            }
+            SaRef::Outbound(id) => {
+                self.u8(1)?;
+                self.u32(id.0)
+            }
+        }
+    }
+
+    fn sa_state(&mut self, s: &SaState) -> Result<(), EncodeError> {
+        match s {
+            SaState::Inbound { replay } => {
+                self.u8(0)?;
+                self.replay(replay)
+            }
+            SaState::Outbound { seq, seq_reserved } => {
+                self.u8(1)?;
+                self.u64(*seq)?;
+                self.opt_u64(*seq_reserved)
+            }
+        }
     }
 
     fn rule(&mut self, r: &Rule) -> Result<(), EncodeError> {
@@ -300,21 +378,6 @@ impl<'a> Writer<'a> {
         self.u64(c.icmp_timeout_ns)?;
         self.u64(c.port_reuse_delay_ns)?;
         self.u64(u64::try_from(c.max_sessions).map_err(|_| EncodeError::TooLong("max_sessions"))?)
-    }
-
-    fn datagram(
-        &mut self,
-        src: IpAddr,
-        dst: IpAddr,
-        ports: (u16, u16),
-        payload: &[u8],
-    ) -> Result<(), EncodeError> {
-        self.ip(src)?;
-        self.ip(dst)?;
-        self.u16(ports.0)?;
-        self.u16(ports.1)?;
-        self.u32(u32::try_from(payload.len()).map_err(|_| EncodeError::TooLong("payload"))?)?;
-        self.put(payload)
     }
 }
 
@@ -397,6 +460,48 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn opt_u64(&mut self, what: &'static str) -> Result<Option<u64>, DecodeError> {
+        Ok(if self.bool(what)? {
+            Some(self.u64()?)
+        } else {
+            None
+        })
+    }
+
+    fn replay(&mut self) -> Result<ReplayState, DecodeError> {
+        let top = self.u64()?;
+        let n = usize::from(self.u8()?);
+        if n == 0 || n > MAX_REPLAY_WORDS {
+            return Err(DecodeError::Invalid("replay window size"));
+        }
+        let mut seen = Vec::with_capacity(n);
+        for _ in 0..n {
+            seen.push(self.u64()?);
+        }
+        Ok(ReplayState { top, seen })
+    }
+
+    fn sa_ref(&mut self) -> Result<SaRef, DecodeError> {
+        match self.u8()? {
+            0 => Ok(SaRef::Inbound(Spi(self.u32()?))),
+            1 => Ok(SaRef::Outbound(SaId(self.u32()?))),
+            _ => Err(DecodeError::Invalid("SA reference")),
+        }
+    }
+
+    fn sa_state(&mut self) -> Result<SaState, DecodeError> {
+        match self.u8()? {
+            0 => Ok(SaState::Inbound {
+                replay: self.replay()?,
+            }),
+            1 => Ok(SaState::Outbound {
+                seq: self.u64()?,
+                seq_reserved: self.opt_u64("reservation flag")?,
+            }),
+            _ => Err(DecodeError::Invalid("SA state")),
+        }
+    }
+
     fn sa_params(&mut self) -> Result<SaParams, DecodeError> {
         let id = SaId(self.u32()?);
         let spi = Spi(self.u32()?);
@@ -429,6 +534,23 @@ impl<'a> Reader<'a> {
                 hard_bytes: self.u64()?,
                 soft_packets: self.u64()?,
                 hard_packets: self.u64()?,
+            },
+            resume: Resume {
+                seq: self.u64()?,
+                seq_reserved: self.opt_u64("reservation flag")?,
+                replay: if self.bool("replay state flag")? {
+                    Some(self.replay()?)
+                } else {
+                    None
+                },
+            },
+            checkpoint: if self.bool("checkpoint flag")? {
+                Some(Checkpoint {
+                    packets: self.u64()?,
+                    millis: self.u64()?,
+                })
+            } else {
+                None
             },
         })
     }
@@ -485,18 +607,6 @@ impl<'a> Reader<'a> {
                 .map_err(|_| DecodeError::Invalid("max_sessions"))?,
         })
     }
-
-    /// (src, dst, src port, dst port, payload).
-    fn datagram(&mut self) -> Result<(IpAddr, IpAddr, u16, u16, Vec<u8>), DecodeError> {
-        let src = self.ip()?;
-        let dst = self.ip()?;
-        let sp = self.u16()?;
-        let dp = self.u16()?;
-        let len = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
-        // take() checks the length against the input before anything is allocated.
-        let payload = self.take(len)?.to_vec();
-        Ok((src, dst, sp, dp, payload))
-    }
 }
 
 /// Smallest encoded rule: id, two IPv4 prefixes, proto, two port ranges, a bypass action.
@@ -515,6 +625,8 @@ impl Record for UpdateEnvelope {
             Update::BindHost { .. } => tag::BIND_HOST,
             Update::UnbindHost { .. } => tag::UNBIND_HOST,
             Update::SetWanAddresses { .. } => tag::SET_WAN_ADDRESSES,
+            Update::ReserveSeq { .. } => tag::RESERVE_SEQ,
+            Update::ExportSa { .. } => tag::EXPORT_SA,
         };
         w.head(tag)?;
         w.u64(self.generation)?;
@@ -561,6 +673,11 @@ impl Record for UpdateEnvelope {
                 w.u8(u8::try_from(addrs.len()).map_err(|_| EncodeError::TooLong("addresses"))?)?;
                 addrs.iter().try_for_each(|a| w.ip(*a))
             }
+            Update::ReserveSeq { id, up_to } => {
+                w.u32(id.0)?;
+                w.u64(*up_to)
+            }
+            Update::ExportSa { sa } => w.sa_ref(*sa),
         }
     }
 
@@ -631,6 +748,11 @@ impl Record for UpdateEnvelope {
                     None
                 },
             },
+            tag::RESERVE_SEQ => Update::ReserveSeq {
+                id: SaId(r.u32()?),
+                up_to: r.u64()?,
+            },
+            tag::EXPORT_SA => Update::ExportSa { sa: r.sa_ref()? },
             tag => {
                 return Err(DecodeError::Tag {
                     what: "update",
@@ -770,6 +892,34 @@ impl Record for Event {
                 w.u32(spi.0)?;
                 w.u64(*count)
             }
+            Event::SeqCheckpoint {
+                worker,
+                id,
+                spi,
+                seq,
+                seq_reserved,
+            } => {
+                w.head(tag::EV_SEQ_CHECKPOINT)?;
+                w.u16(*worker)?;
+                w.u32(id.0)?;
+                w.u32(spi.0)?;
+                w.u64(*seq)?;
+                w.opt_u64(*seq_reserved)
+            }
+            Event::SaState {
+                worker,
+                generation,
+                id,
+                spi,
+                state,
+            } => {
+                w.head(tag::EV_SA_STATE)?;
+                w.u16(*worker)?;
+                w.u64(*generation)?;
+                w.u32(id.0)?;
+                w.u32(spi.0)?;
+                w.sa_state(state)
+            }
         }
     }
 
@@ -823,27 +973,47 @@ impl Record for Event {
                 spi: Spi(r.u32()?),
                 count: r.u64()?,
             },
+            tag::EV_SEQ_CHECKPOINT => Event::SeqCheckpoint {
+                worker,
+                id: SaId(r.u32()?),
+                spi: Spi(r.u32()?),
+                seq: r.u64()?,
+                seq_reserved: r.opt_u64("reservation flag")?,
+            },
+            tag::EV_SA_STATE => Event::SaState {
+                worker,
+                generation: r.u64()?,
+                id: SaId(r.u32()?),
+                spi: Spi(r.u32()?),
+                state: r.sa_state()?,
+            },
             tag => return Err(DecodeError::Tag { what: "event", tag }),
         })
     }
 }
 
-impl Record for Punted {
+impl Record for Datagram {
     fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        w.head(tag::PUNTED)?;
-        w.datagram(
-            self.src,
-            self.dst,
-            (self.src_port, self.dst_port),
-            &self.payload,
-        )
+        w.head(tag::DATAGRAM)?;
+        w.ip(self.src)?;
+        w.ip(self.dst)?;
+        w.u16(self.src_port)?;
+        w.u16(self.dst_port)?;
+        w.u32(u32::try_from(self.payload.len()).map_err(|_| EncodeError::TooLong("payload"))?)?;
+        w.put(&self.payload)
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         match r.u8()? {
-            tag::PUNTED => {
-                let (src, dst, src_port, dst_port, payload) = r.datagram()?;
-                Ok(Punted {
+            tag::DATAGRAM => {
+                let src = r.ip()?;
+                let dst = r.ip()?;
+                let src_port = r.u16()?;
+                let dst_port = r.u16()?;
+                let len = usize::try_from(r.u32()?).map_err(|_| DecodeError::Truncated)?;
+                // take() checks the length against the input before anything is allocated.
+                let payload = r.take(len)?.to_vec();
+                Ok(Datagram {
                     src,
                     dst,
                     src_port,
@@ -852,38 +1022,7 @@ impl Record for Punted {
                 })
             }
             tag => Err(DecodeError::Tag {
-                what: "punted datagram",
-                tag,
-            }),
-        }
-    }
-}
-
-impl Record for Transmit {
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
-        w.head(tag::TRANSMIT)?;
-        w.datagram(
-            self.src,
-            self.dst,
-            (self.src_port, self.dst_port),
-            &self.payload,
-        )
-    }
-
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        match r.u8()? {
-            tag::TRANSMIT => {
-                let (src, dst, src_port, dst_port, payload) = r.datagram()?;
-                Ok(Transmit {
-                    src,
-                    dst,
-                    src_port,
-                    dst_port,
-                    payload,
-                })
-            }
-            tag => Err(DecodeError::Tag {
-                what: "transmit datagram",
+                what: "datagram",
                 tag,
             }),
         }

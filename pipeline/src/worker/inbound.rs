@@ -1,0 +1,230 @@
+//! The protected side: WAN -> ESP open -> selector, ECN and hop-limit checks -> LAN; IKE and
+//! NAT-T keepalives sorted out of UDP; clear traffic by the mirrored SPD or the masquerade.
+//!
+//! Owns the inbound verdict of a WAN frame. Never delivers an inner packet its SA was not
+//! negotiated to carry (RFC 4301 5.2), never moves an SA on a packet (M1: lookup by SPI
+//! alone), never accepts clear traffic a protect policy covers.
+
+use core::net::{IpAddr, Ipv4Addr};
+
+use super::emit::{decrement_hop_limit, forward, rewrite_inner};
+use super::parse::{outer_addrs, parse_inner, parse_ip, IpInfo};
+use super::{nat_reason, Side, Verdict, Worker};
+use crate::esp::tunnel::{self, Opened};
+use crate::ids::Spi;
+use crate::port::{Frame, Port};
+use crate::sad::Sad;
+use crate::spd::{Action, FlowKey};
+use crate::stats::{DropReason, Traffic};
+use crate::wire::{esp, ethernet, natt, udp, IpProtocol};
+
+impl<P: Port> Worker<P> {
+    #[inline]
+    pub(super) fn rx_wan(&mut self, now: u64) -> usize {
+        self.rx_burst(Side::Wan, now)
+    }
+
+    #[inline]
+    pub(super) fn inbound(&mut self, f: &mut P::Frame, now: u64) -> Verdict {
+        let pkt = match parse_ip(f.data()) {
+            Ok(p) => p,
+            Err(r) => return Verdict::Drop(r),
+        };
+        let esp_at = match IpProtocol::from(pkt.key.proto) {
+            IpProtocol::Esp => Some(ethernet::HEADER_LEN + pkt.header_len),
+            IpProtocol::Udp => match self.classify_udp(f, &pkt) {
+                Ok(Some(at)) => Some(at),
+                Ok(None) => None,
+                Err(r) => return Verdict::Drop(r),
+            },
+            _ => None,
+        };
+        if let Some(at) = esp_at {
+            if pkt.fragment {
+                return Verdict::Drop(DropReason::OuterFragment);
+            }
+            // A failed open is reported with the outer addresses, read from the frame again
+            // only then: keeping `pkt` alive across the open made every packet read it back
+            // from the stack before the stores that wrote it had retired.
+            return match self.open(f, at, pkt.ecn, now) {
+                Ok(v) => v,
+                Err((r, spi)) => {
+                    let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+                    let (src, dst) = outer_addrs(f.data()).unwrap_or((unspecified, unspecified));
+                    self.report_failure(r, spi, src, dst, now);
+                    Verdict::Drop(r)
+                }
+            };
+        }
+        // Clear traffic from the protected side.
+        if pkt.hop_limit <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        if !pkt.ipv6 {
+            if let Some(nat) = self.nat.as_mut() {
+                if IpAddr::V4(nat.external_addr()) == pkt.key.dst {
+                    let Some(ip) = f.data_mut().get_mut(ethernet::HEADER_LEN..) else {
+                        return Verdict::Drop(DropReason::MalformedIp);
+                    };
+                    if let Err(e) = nat.inbound(ip, now) {
+                        return Verdict::Drop(nat_reason(e));
+                    }
+                    self.counters.count(Traffic::Masqueraded, 1);
+                    if !decrement_hop_limit(f, false) || !f.adj(ethernet::HEADER_LEN) {
+                        return Verdict::Drop(DropReason::MalformedIp);
+                    }
+                    return forward(f, &self.lan_link, false, Verdict::ToLan);
+                }
+            }
+        }
+        // Clear traffic from a bound host (a road warrior's virtual IP) must come through its
+        // tunnel.
+        if self
+            .hosts
+            .get(&pkt.key.src)
+            .is_some_and(|(src, _)| src.contains(pkt.key.dst))
+        {
+            return Verdict::Drop(DropReason::ClearButProtected);
+        }
+        // Inbound SPD check: look up the mirror image of the flow, as policies are written
+        // for the outbound direction (ICMP's type and code stay where they are).
+        let icmp = matches!(
+            IpProtocol::from(pkt.key.proto),
+            IpProtocol::Icmp | IpProtocol::Icmpv6
+        );
+        let mirror = FlowKey {
+            src: pkt.key.dst,
+            dst: pkt.key.src,
+            proto: pkt.key.proto,
+            src_port: if icmp {
+                pkt.key.src_port
+            } else {
+                pkt.key.dst_port
+            },
+            dst_port: if icmp {
+                pkt.key.dst_port
+            } else {
+                pkt.key.src_port
+            },
+        };
+        match self.spd.lookup(&mirror).map(|r| r.action) {
+            Some(Action::Bypass) => {
+                if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
+                    return Verdict::Drop(DropReason::MalformedIp);
+                }
+                self.counters.count(Traffic::Bypassed, 1);
+                forward(f, &self.lan_link, pkt.ipv6, Verdict::ToLan)
+            }
+            Some(Action::Protect(_)) => Verdict::Drop(DropReason::ClearButProtected),
+            Some(Action::Discard) => Verdict::Drop(DropReason::PolicyDiscard),
+            None => Verdict::Drop(DropReason::NoPolicy),
+        }
+    }
+
+    /// UDP on the protected side: ESP-in-UDP (returns where ESP starts), IKE (punted),
+    /// keepalive, or plain UDP (None: handled as clear traffic).
+    #[inline]
+    fn classify_udp(&mut self, f: &P::Frame, pkt: &IpInfo) -> Result<Option<usize>, DropReason> {
+        let port = pkt.key.dst_port;
+        if port != natt::NATT_PORT && port != natt::IKE_PORT {
+            return Ok(None);
+        }
+        let udp_at = ethernet::HEADER_LEN + pkt.header_len;
+        let Some(seg) = f.data().get(udp_at..) else {
+            return Err(DropReason::MalformedIp);
+        };
+        let Ok(u) = udp::Packet::new_checked(seg) else {
+            return Err(DropReason::MalformedIp);
+        };
+        let payload = u.payload();
+        if port == natt::IKE_PORT {
+            return Err(self.punt(pkt, payload));
+        }
+        match natt::classify(payload) {
+            natt::Kind::Keepalive => Err(DropReason::NatKeepalive),
+            natt::Kind::Ike => {
+                Err(self.punt(pkt, payload.get(natt::NON_ESP_MARKER_LEN..).unwrap_or(&[])))
+            }
+            natt::Kind::Esp => Ok(Some(udp_at + udp::HEADER_LEN)),
+            natt::Kind::Malformed => Err(DropReason::EspTruncated),
+        }
+    }
+
+    /// Opens the ESP at `esp_at` and forwards the inner packet; Err: the open itself failed
+    /// (unknown SPI, authentication, replay, ...), for the caller to report.
+    #[inline]
+    pub(super) fn open(
+        &mut self,
+        f: &mut P::Frame,
+        esp_at: usize,
+        outer_ecn: u8,
+        now: u64,
+    ) -> Result<Verdict, (DropReason, Spi)> {
+        if !f.adj(esp_at) {
+            return Ok(Verdict::Drop(DropReason::EspTruncated));
+        }
+        let opened = match tunnel::decapsulate(&mut self.sad, f) {
+            Ok(o) => o,
+            Err(r) => {
+                let spi = esp::Packet::new_checked(f.data()).map_or(Spi(0), |p| Spi(p.spi()));
+                // Back to the outer header, for the caller's report (a failed open leaves the
+                // frame's data where it was).
+                let _ = f.prepend(esp_at);
+                return Err((r, spi));
+            }
+        };
+        if let Some(c) = opened.crossing {
+            self.report_crossing(opened.spi, c, now);
+        }
+        Ok(self.deliver(f, &opened, outer_ecn, now))
+    }
+
+    /// Checks an opened packet against its SA's selectors, applies the RFC 6040 ECN outcome
+    /// and the hop limit, and forwards it to the LAN.
+    #[inline]
+    fn deliver(&mut self, f: &mut P::Frame, opened: &Opened, outer_ecn: u8, now: u64) -> Verdict {
+        // Drops from here on are also counted on the SA (looked up again only then: the hot
+        // path holds no reference to it).
+        let sa_drop = |sad: &Sad, r: DropReason| {
+            if let Some(sa) = sad.inbound(opened.spi) {
+                sa.counters.record_drop(r);
+            }
+            Verdict::Drop(r)
+        };
+        let inner = match parse_inner(f.data(), opened.next_header) {
+            Ok(i) => i,
+            Err(r) => return sa_drop(&self.sad, r),
+        };
+        // The inner packet must be what this SA was negotiated to carry (RFC 4301 5.2).
+        if !opened.remote_ts.contains(inner.key.src) || !opened.local_ts.contains(inner.key.dst) {
+            return sa_drop(&self.sad, DropReason::PolicyMismatch);
+        }
+        if inner.hop_limit <= 1 {
+            return sa_drop(&self.sad, DropReason::TtlExceeded);
+        }
+        // RFC 6040 decapsulation: CE on the outer marks an ECN-capable inner packet; a
+        // Not-ECT inner packet with CE outside must be dropped.
+        let new_ecn = match (outer_ecn, inner.ecn) {
+            (3, 0) => return sa_drop(&self.sad, DropReason::InnerMalformed),
+            (3, _) => 3,
+            (1, 2) => 1,
+            (_, e) => e,
+        };
+        if !rewrite_inner(f.data_mut(), inner.ipv6, new_ecn) {
+            return Verdict::Drop(DropReason::InnerMalformed);
+        }
+        // A client: answers to the virtual IP go back to the LAN host that opened the flow.
+        if let Some(nat) = self.vip_nat.as_mut() {
+            if IpAddr::V4(nat.external_addr()) == inner.key.dst {
+                if let Err(e) = nat.inbound(f.data_mut(), now) {
+                    return sa_drop(&self.sad, nat_reason(e));
+                }
+                self.counters.count(Traffic::Masqueraded, 1);
+            }
+        }
+        self.counters.count(Traffic::Decrypted, 1);
+        self.counters
+            .count(Traffic::DecryptedBytes, opened.inner_len as u64);
+        forward(f, &self.lan_link, inner.ipv6, Verdict::ToLan)
+    }
+}

@@ -1,0 +1,351 @@
+//! The worker: one per core, pinned, poll-mode, run to completion, never blocking.
+//!
+//! A gateway worker owns one rx/tx queue of the clear-side port (LAN) and one of the protected
+//! side (WAN), its SAD, its compiled SPD and its NAT table. Each turn of [`Worker::poll`]:
+//! apply pending control commands (acknowledged by generation), receive a burst from each
+//! port, classify and transform every frame in place, and transmit. A frame that cannot be
+//! forwarded leaves with exactly one [`DropReason`], counted per core and, where an SA is
+//! involved, per SA. A full output link holds frames in the worker's queue and pauses the rx
+//! that feeds it: back-pressure, not loss.
+//!
+//! The worker's rooms, by path:
+//!
+//! | module | owns |
+//! |---|---|
+//! | `mod` (here) | the [`Worker`] record, its poll loop, the rx dispatch by side, back-pressure |
+//! | `commands` | applying prepared commands between bursts, acknowledgements, released records, the SA list readers see |
+//! | `hosts` | host bindings (road warriors' virtual IPs): the exact-match table before the SPD |
+//! | `warm` | reading a burst's SA state ahead when the SAD is large |
+//! | `neighbors` | ARP requests and neighbour solicitations for our own addresses, answered in place |
+//! | `outbound` | LAN -> host binding or SPD -> ESP seal, or bypass (+ masquerade) -> WAN; ICMP too-big |
+//! | `inbound` | WAN -> ESP open -> selector and ECN checks -> LAN; clear traffic and masquerade in |
+//! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
+//! | `reports` | events for the control plane: lifetimes, failures (rate-limited) |
+//! | `sa_state` | an SA's state leaving the worker: sequence checkpoints (packets, time), the warning before the limit, reservations, exports on request |
+//! | `parse` | what the worker reads of Ethernet and IP headers, through the `wire` views |
+//! | `emit` | hop-limit and ECN rewrites, the Ethernet header toward a link |
+//!
+//! None of them may block, allocate per packet (punted IKE aside) or drop a frame without a
+//! named [`DropReason`]. The per-packet functions are `#[inline]`: in separate modules they may
+//! land in separate codegen units, where without the hint they would be called, not inlined.
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rtrb::{Consumer, Producer};
+
+use crate::esp::sa::Checkpoint;
+use crate::ids::{SaId, Spi};
+use crate::msg::{Datagram, Direction, Envelope, Reply};
+use crate::nat::{Masquerade, NatDrop};
+use crate::port::{Frame, Port};
+use crate::sad::Sad;
+use crate::spd::Spd;
+use crate::stats::{CoreCounters, DropReason, SaCounters, Traffic};
+
+mod commands;
+mod emit;
+mod hosts;
+mod ike_io;
+mod inbound;
+mod neighbors;
+mod outbound;
+mod parse;
+mod reports;
+mod sa_state;
+#[cfg(test)]
+mod tests;
+mod warm;
+
+use hosts::HostMap;
+
+/// Static facts of one link (from the config).
+#[derive(Clone, Copy, Debug)]
+pub struct Link {
+    pub mac: [u8; 6],
+    /// Next hop's MAC (static neighbour; ARP/ND come with the real ports).
+    pub neighbor: [u8; 6],
+    pub addr4: Option<Ipv4Addr>,
+    pub addr6: Option<Ipv6Addr>,
+    /// IP MTU.
+    pub mtu: u16,
+}
+
+/// Frames per rx burst.
+pub const BURST: usize = 32;
+
+/// Above this many SAs a burst's SA state is read ahead ([`Worker::warm_burst`]). Measured
+/// (64 B, `roamgate perf point`, this VM: 1 MB L2 per core, 32 MB L3): at 1000 SAs the pass
+/// cost 7%, at ~3000 it broke even, at 10000 it saved a third of the time per packet, at
+/// 100000 a fifth to a half.
+const WARM_SAS_ABOVE: usize = 3000;
+
+/// A tx queue longer than this pauses the rx that feeds it.
+const TXQ_HIGH: usize = 4 * BURST;
+
+/// The control side of a worker: where its commands come from and its replies go.
+pub struct ControlLink {
+    pub commands: Consumer<Envelope>,
+    pub replies: Producer<Reply>,
+    pub punt: Option<Producer<Datagram>>,
+    /// IKE datagrams the control plane wants sent from this worker's WAN port.
+    pub transmit: Option<Consumer<Datagram>>,
+}
+
+/// One SA's counters as a worker publishes them.
+#[derive(Clone, Debug)]
+pub struct SaCounterEntry {
+    pub id: SaId,
+    pub spi: Spi,
+    pub direction: Direction,
+    pub counters: Arc<SaCounters>,
+}
+
+/// The per-SA counters of the SAs a worker holds, republished when its SAs change.
+pub type SaCounterList = Arc<std::sync::Mutex<Vec<SaCounterEntry>>>;
+
+/// Read-only views of a worker that other threads hold.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    pub id: u16,
+    pub counters: Arc<CoreCounters>,
+    pub sa_counters: SaCounterList,
+}
+
+pub struct Worker<P: Port> {
+    id: u16,
+    lan: P,
+    wan: P,
+    lan_link: Link,
+    wan_link: Link,
+    sad: Sad,
+    spd: Box<Spd>,
+    nat: Option<Box<Masquerade>>,
+    /// A client's virtual IP: LAN flows are masqueraded to it inside the tunnel.
+    vip_nat: Option<Box<Masquerade>>,
+    /// Host bindings (road warriors' virtual IPs): destination -> (allowed sources, SA),
+    /// looked up before the SPD.
+    hosts: HostMap,
+    /// Further WAN addresses answered for (a roaming client's old one, for a moment).
+    wan_also: Vec<IpAddr>,
+    /// Where each SA sits in `sa_counters`.
+    sa_index: std::collections::HashMap<(bool, u32), usize>,
+    /// The clock of the current turn (ns, the caller's).
+    now: u64,
+    unknown_spi_total: u64,
+    /// When an unknown-SPI, auth-failure and replay-failure report last went out.
+    reported_at: [u64; 3],
+    /// The checkpoints of outbound SAs installed without their own.
+    checkpoint_default: Checkpoint,
+    /// Outbound SAs that report their sequence numbers by time too.
+    timed: sa_state::TimedCheckpoints,
+    counters: Arc<CoreCounters>,
+    sa_counters: SaCounterList,
+    control: ControlLink,
+    /// Replies the reply ring had no room for; while any wait, no new command is applied.
+    replies_waiting: VecDeque<Reply>,
+    rx: Vec<P::Frame>,
+    lan_txq: VecDeque<P::Frame>,
+    wan_txq: VecDeque<P::Frame>,
+    generation: u64,
+}
+
+/// The clear (LAN) or protected (WAN) side of a gateway.
+#[derive(Clone, Copy)]
+enum Side {
+    Lan,
+    Wan,
+}
+
+/// What a worker does after a long run of polls that found nothing to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// Keep polling: pure poll mode, for a core of its own (isolated). A packet never waits
+    /// for the scheduler.
+    Spin,
+    /// `sched_yield`: another runnable thread on this core may run, for up to a scheduler
+    /// tick (4 ms at HZ=250) before the worker polls again. Suits cores shared with other work.
+    Yield,
+    /// Sleep this long (labs and tests that share their cores with the hosts they simulate).
+    Sleep(std::time::Duration),
+}
+
+/// Where a processed frame goes.
+enum Verdict {
+    ToLan,
+    ToWan,
+    Drop(DropReason),
+}
+
+impl<P: Port> Worker<P> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u16,
+        lan: P,
+        wan: P,
+        lan_link: Link,
+        wan_link: Link,
+        sad: Sad,
+        spd: Box<Spd>,
+        control: ControlLink,
+    ) -> Self {
+        Worker {
+            id,
+            lan,
+            wan,
+            lan_link,
+            wan_link,
+            sad,
+            spd,
+            nat: None,
+            vip_nat: None,
+            hosts: HostMap::default(),
+            wan_also: Vec::new(),
+            sa_index: std::collections::HashMap::new(),
+            now: 0,
+            unknown_spi_total: 0,
+            reported_at: [0; 3],
+            checkpoint_default: Checkpoint::OFF,
+            timed: Default::default(),
+            counters: Arc::new(CoreCounters::default()),
+            sa_counters: Arc::new(std::sync::Mutex::new(Vec::new())),
+            control,
+            replies_waiting: VecDeque::new(),
+            rx: Vec::with_capacity(BURST),
+            lan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
+            wan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
+            generation: 0,
+        }
+    }
+
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            id: self.id,
+            counters: self.counters.clone(),
+            sa_counters: self.sa_counters.clone(),
+        }
+    }
+
+    pub fn sad(&self) -> &Sad {
+        &self.sad
+    }
+
+    /// Runs until `stop` is set, pinned to `core` if given, yielding the core when idle.
+    pub fn run(self, core: Option<usize>, stop: &AtomicBool) -> Self {
+        self.run_with(core, stop, Idle::Yield)
+    }
+
+    /// [`run`](Self::run) with an explicit policy for a long run of polls that found nothing
+    /// to do.
+    pub fn run_with(mut self, core: Option<usize>, stop: &AtomicBool, idle_policy: Idle) -> Self {
+        if let Some(c) = core {
+            core_affinity::set_for_current(core_affinity::CoreId { id: c });
+        }
+        let start = std::time::Instant::now();
+        let mut idle = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let now = start.elapsed().as_nanos() as u64;
+            if self.poll(now) == 0 {
+                idle = idle.saturating_add(1);
+                // Poll mode, but be polite when there is nothing to do for a while: a lab or
+                // test shares its cores with the traffic generator.
+                if idle > 1024 {
+                    match idle_policy {
+                        Idle::Spin => {}
+                        Idle::Yield => std::thread::yield_now(),
+                        Idle::Sleep(d) => std::thread::sleep(d),
+                    }
+                }
+                core::hint::spin_loop();
+            } else {
+                idle = 0;
+            }
+        }
+        // Let queued frames out before returning (bounded: the peer may be gone).
+        for _ in 0..1000 {
+            self.flush();
+            if self.lan_txq.is_empty() && self.wan_txq.is_empty() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        self
+    }
+
+    /// One turn of the loop. Returns the number of frames and commands handled.
+    pub fn poll(&mut self, now: u64) -> usize {
+        self.now = now;
+        let mut work = self.apply_commands();
+        work += self.transmit_datagrams();
+        self.flush();
+        // Each rx is paused only by the queues it feeds: LAN rx feeds the WAN (and the odd
+        // ICMP error back to the LAN), WAN rx feeds the LAN. Gating WAN rx on the WAN queue too
+        // would deadlock two gateways whose WAN links are both full.
+        if self.wan_txq.len() < TXQ_HIGH && self.lan_txq.len() < TXQ_HIGH {
+            work += self.rx_lan(now);
+        }
+        if self.lan_txq.len() < TXQ_HIGH {
+            work += self.rx_wan(now);
+        }
+        self.flush();
+        if let Some(nat) = self.nat.as_mut() {
+            nat.expire(now, 64);
+        }
+        if now >= self.timed.next {
+            self.timed_checkpoints(now);
+        }
+        work
+    }
+
+    fn flush(&mut self) {
+        let n = self.lan.tx_burst(&mut self.lan_txq);
+        let m = self.wan.tx_burst(&mut self.wan_txq);
+        self.counters.count(Traffic::TxPackets, (n + m) as u64);
+    }
+
+    /// Receives a burst on one side and sends each frame where its verdict says.
+    #[inline]
+    fn rx_burst(&mut self, side: Side, now: u64) -> usize {
+        let mut rx = core::mem::take(&mut self.rx);
+        let n = match side {
+            Side::Lan => self.lan.rx_burst(&mut rx, BURST),
+            Side::Wan => self.wan.rx_burst(&mut rx, BURST),
+        };
+        self.warm_burst(&rx, side);
+        let mut bytes = 0u64;
+        for mut f in rx.drain(..) {
+            bytes += f.len() as u64;
+            let verdict = match self.neighbor(&mut f, side) {
+                Some(v) => v,
+                None => match side {
+                    Side::Lan => self.outbound(&mut f, now),
+                    Side::Wan => self.inbound(&mut f, now),
+                },
+            };
+            match verdict {
+                Verdict::ToWan => self.wan_txq.push_back(f),
+                Verdict::ToLan => self.lan_txq.push_back(f),
+                Verdict::Drop(r) => self.counters.record_drop(r),
+            }
+        }
+        self.rx = rx;
+        self.counters.count(Traffic::RxPackets, n as u64);
+        self.counters.count(Traffic::RxBytes, bytes);
+        n
+    }
+}
+
+/// The drop reason of the masquerade's refusal.
+#[inline]
+fn nat_reason(e: NatDrop) -> DropReason {
+    match e {
+        NatDrop::Malformed => DropReason::NatMalformed,
+        NatDrop::NoSession => DropReason::NatNoSession,
+        NatDrop::PortsExhausted => DropReason::NatPortsExhausted,
+        NatDrop::TableFull => DropReason::NatTableFull,
+        NatDrop::Fragment => DropReason::NatFragment,
+        NatDrop::UnsupportedProtocol => DropReason::NatUnsupported,
+    }
+}

@@ -1,0 +1,75 @@
+//! ARP requests and IPv6 neighbour solicitations for the gateway's own addresses, answered in
+//! place on the side they came from (`crate::neighbor` builds the answer).
+
+use core::net::IpAddr;
+
+use super::{Side, Verdict, Worker};
+use crate::port::{Frame, Port};
+use crate::stats::{DropReason, Traffic};
+use crate::wire::{ethernet, icmpv6, ipv6, EtherType, IpProtocol};
+
+/// A neighbour advertisement with its target link-layer address option: Ethernet, IPv6 and 32
+/// bytes of ICMPv6 (RFC 4861 4.4). A solicitation may be shorter than the answer.
+const NA_FRAME_LEN: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + 32;
+
+/// An IPv6 neighbour solicitation: ICMPv6 type 135 right after a bare IPv6 header (one behind
+/// extension headers is not looked for: it goes the way of other IPv6 traffic).
+#[inline]
+fn is_solicitation(ip: &[u8]) -> bool {
+    ipv6::Packet::new_checked(ip).is_ok_and(|p| {
+        p.next_header() == IpProtocol::Icmpv6
+            && icmpv6::Packet::new_unchecked(p.payload()).msg_type()
+                == icmpv6::Message::NeighborSolicit
+    })
+}
+
+impl<P: Port> Worker<P> {
+    /// ARP and neighbour solicitations for our own address are answered on the side they came
+    /// from; other ARP is link chatter. None: not neighbour discovery, go on.
+    #[inline]
+    pub(super) fn neighbor(&mut self, f: &mut P::Frame, side: Side) -> Option<Verdict> {
+        let eth = ethernet::Frame::new_checked(f.data()).ok()?;
+        let is_ns = match eth.ethertype() {
+            EtherType::Arp => false,
+            EtherType::Ipv6 if is_solicitation(eth.payload()) => true,
+            _ => return None,
+        };
+        let link = match side {
+            Side::Lan => &self.lan_link,
+            Side::Wan => &self.wan_link,
+        };
+        let len = f.len();
+        if is_ns && len < NA_FRAME_LEN && !f.append(NA_FRAME_LEN - len) {
+            return Some(Verdict::Drop(DropReason::NoBufferRoom));
+        }
+        let (mut outcome, mut new_len) =
+            crate::neighbor::respond(f.data_mut(), link.mac, link.addr4, link.addr6);
+        if matches!(side, Side::Wan) && matches!(outcome, crate::neighbor::Outcome::Ignored) {
+            for a in &self.wan_also {
+                let (a4, a6) = match a {
+                    IpAddr::V4(v) => (Some(*v), None),
+                    IpAddr::V6(v) => (None, Some(*v)),
+                };
+                (outcome, new_len) = crate::neighbor::respond(f.data_mut(), link.mac, a4, a6);
+                if matches!(outcome, crate::neighbor::Outcome::Replied) {
+                    break;
+                }
+            }
+        }
+        match outcome {
+            crate::neighbor::Outcome::Replied => {
+                f.truncate(new_len);
+                self.counters.count(Traffic::NeighborReplies, 1);
+                Some(match side {
+                    Side::Lan => Verdict::ToLan,
+                    Side::Wan => Verdict::ToWan,
+                })
+            }
+            crate::neighbor::Outcome::Ignored => Some(Verdict::Drop(DropReason::NeighborIgnored)),
+            crate::neighbor::Outcome::NotNeighbor => {
+                f.truncate(len);
+                None
+            }
+        }
+    }
+}

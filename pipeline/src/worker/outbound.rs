@@ -1,0 +1,165 @@
+//! The clear side: LAN -> host binding or SPD -> ESP seal (or bypass, masqueraded) -> WAN.
+//!
+//! Owns the outbound verdict of a LAN frame, the MTU check with its ICMP error back to the
+//! sender, and the hand-off to `esp::tunnel::encapsulate`. Never seals a packet that does not
+//! fit the WAN MTU, never forwards with a hop limit of 1.
+
+use core::net::IpAddr;
+
+use super::emit::{decrement_hop_limit, forward, push_eth};
+use super::parse::{parse_ip, IpInfo};
+use super::{nat_reason, Side, Verdict, Worker};
+use crate::esp::tunnel::{self, InnerMeta, NH_IPV4, NH_IPV6};
+use crate::ids::SaId;
+use crate::port::{Frame, Port};
+use crate::spd::{Action, FlowKey};
+use crate::stats::{DropReason, Traffic};
+use crate::wire::{ethernet, icmpv4, icmpv6, ipv4, ipv6};
+
+impl<P: Port> Worker<P> {
+    #[inline]
+    pub(super) fn rx_lan(&mut self, now: u64) -> usize {
+        self.rx_burst(Side::Lan, now)
+    }
+
+    #[inline]
+    pub(super) fn outbound(&mut self, f: &mut P::Frame, now: u64) -> Verdict {
+        let pkt = match parse_ip(f.data()) {
+            Ok(p) => p,
+            Err(r) => return Verdict::Drop(r),
+        };
+        if pkt.hop_limit <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        // A road warrior's virtual IP: one exact-match lookup before the SPD.
+        if !self.hosts.is_empty() {
+            if let Some(&(src, id)) = self.hosts.get(&pkt.key.dst) {
+                if src.contains(pkt.key.src) {
+                    return self.protect(f, &pkt, id, now, false);
+                }
+            }
+        }
+        // A client: LAN flows go into the tunnel as the virtual IP the gateway assigned.
+        if let Some(vip) = self.vip_nat.as_ref().map(|n| IpAddr::V4(n.external_addr())) {
+            if !pkt.ipv6 && pkt.key.src != vip {
+                let key = FlowKey {
+                    src: vip,
+                    ..pkt.key
+                };
+                if let Some(Action::Protect(id)) = self.spd.lookup(&key).map(|r| r.action) {
+                    return self.protect(f, &pkt, id, now, true);
+                }
+            }
+        }
+        let Some(rule) = self.spd.lookup(&pkt.key) else {
+            return Verdict::Drop(DropReason::NoPolicy);
+        };
+        match rule.action {
+            Action::Discard => Verdict::Drop(DropReason::PolicyDiscard),
+            Action::Bypass => {
+                if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
+                    return Verdict::Drop(DropReason::MalformedIp);
+                }
+                if !pkt.ipv6 {
+                    if let Some(nat) = self.nat.as_mut() {
+                        if let Err(e) = nat.outbound(f.data_mut(), now) {
+                            return Verdict::Drop(nat_reason(e));
+                        }
+                        self.counters.count(Traffic::Masqueraded, 1);
+                    }
+                }
+                self.counters.count(Traffic::Bypassed, 1);
+                forward(f, &self.wan_link, pkt.ipv6, Verdict::ToWan)
+            }
+            Action::Protect(id) => self.protect(f, &pkt, id, now, false),
+        }
+    }
+
+    /// Seals one LAN packet into ESP on outbound SA `id`; `vip` masquerades it to the
+    /// client's virtual IP first.
+    #[inline]
+    pub(super) fn protect(
+        &mut self,
+        f: &mut P::Frame,
+        pkt: &IpInfo,
+        id: SaId,
+        now: u64,
+        vip: bool,
+    ) -> Verdict {
+        let Some(sa) = self.sad.outbound_mut(id) else {
+            return Verdict::Drop(DropReason::NoSa);
+        };
+        let inner_len = f.len() - ethernet::HEADER_LEN;
+        let outer_len = inner_len + tunnel::overhead(sa, inner_len);
+        if outer_len > usize::from(self.wan_link.mtu) {
+            let inner_mtu = usize::from(self.wan_link.mtu).saturating_sub(outer_len - inner_len);
+            let reason = DropReason::MtuExceeded;
+            sa.counters.record_drop(reason);
+            self.send_too_big(f, pkt.ipv6, inner_mtu);
+            return Verdict::Drop(reason);
+        }
+        if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
+            return Verdict::Drop(DropReason::MalformedIp);
+        }
+        // Rewritten after the MTU check, so that an ICMP error quotes what the host sent.
+        if let Some(nat) = self.vip_nat.as_mut().filter(|_| vip) {
+            if let Err(e) = nat.outbound(f.data_mut(), now) {
+                let r = nat_reason(e);
+                sa.counters.record_drop(r);
+                return Verdict::Drop(r);
+            }
+            self.counters.count(Traffic::Masqueraded, 1);
+        }
+        let meta = InnerMeta {
+            next_header: if pkt.ipv6 { NH_IPV6 } else { NH_IPV4 },
+            dscp: pkt.dscp,
+            ecn: pkt.ecn,
+        };
+        let outer_v6 = sa.ipv6;
+        let crossing = match tunnel::encapsulate(sa, f, meta) {
+            Ok(c) => c,
+            Err(r) => {
+                sa.counters.record_drop(r);
+                return Verdict::Drop(r);
+            }
+        };
+        let seq_due = sa.seq >= sa.next_report;
+        self.counters.count(Traffic::Encrypted, 1);
+        self.counters
+            .count(Traffic::EncryptedBytes, inner_len as u64);
+        if crossing.is_some() || seq_due {
+            self.report_outbound(id, crossing, now);
+        }
+        forward(f, &self.wan_link, outer_v6, Verdict::ToWan)
+    }
+
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" back to the sender on the LAN.
+    fn send_too_big(&mut self, f: &P::Frame, ipv6: bool, mtu: usize) {
+        let Some(mut out) = self.lan.alloc() else {
+            return;
+        };
+        // RFC 792/4443: the error, quote included, fits in the minimum MTU of the family.
+        let cap = if ipv6 { ipv6::MIN_MTU } else { ipv4::MIN_MTU };
+        if !out.append(cap) {
+            return;
+        }
+        let invoking = f.data().get(ethernet::HEADER_LEN..).unwrap_or(&[]);
+        let built = match (ipv6, self.lan_link.addr4, self.lan_link.addr6) {
+            (true, _, Some(src)) => {
+                icmpv6::build_packet_too_big(out.data_mut(), src, invoking, mtu as u32)
+            }
+            (false, Some(src), _) => {
+                icmpv4::build_frag_needed(out.data_mut(), src, invoking, mtu as u16)
+            }
+            _ => None,
+        };
+        let Some(n) = built else {
+            return;
+        };
+        out.truncate(n);
+        if push_eth(&mut out, &self.lan_link, ipv6) {
+            self.counters.count(Traffic::IcmpSent, 1);
+            self.lan_txq.push_back(out);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! What the worker tells the control plane on its reply ring: lifetimes reached, unknown
+//! SPIs, authentication and replay failures (sequence numbers: `sa_state`).
+//!
+//! Counts are running totals, so a report that is coalesced or lost loses nothing; failure
+//! reports go out at most once a second per kind.
+
+use core::net::IpAddr;
+
+use super::Worker;
+use crate::ids::{SaId, Spi};
+use crate::msg::{Direction, Event, LifetimeKind, LifetimeLimit, Reply};
+use crate::port::Port;
+use crate::stats::{Crossing, DropReason, SaCounters};
+
+/// At most one report per second per worker and kind: totals travel, so a coalesced report
+/// loses nothing.
+pub(super) const REPORT_EVERY_NS: u64 = 1_000_000_000;
+
+impl<P: Port> Worker<P> {
+    /// Tells the control plane about ESP it could not open: an unknown SPI (RFC 4303 3.4.2
+    /// auditable event; IKE may answer INVALID_SPI), or an SA's authentication or replay
+    /// failures. Rate-limited; the counts are running totals.
+    pub(super) fn report_failure(
+        &mut self,
+        r: DropReason,
+        spi: Spi,
+        src: IpAddr,
+        dst: IpAddr,
+        now: u64,
+    ) {
+        let slot = match r {
+            DropReason::UnknownSpi => 0,
+            DropReason::AuthFailed => 1,
+            DropReason::ReplayDuplicate | DropReason::ReplayTooOld | DropReason::ReplayZero => 2,
+            _ => return,
+        };
+        if slot == 0 {
+            self.unknown_spi_total += 1;
+        }
+        let last = &mut self.reported_at[slot];
+        if *last != 0 && now.saturating_sub(*last) < REPORT_EVERY_NS {
+            return;
+        }
+        *last = now.max(1);
+        let worker = self.id;
+        let event = if slot == 0 {
+            Event::UnknownSpi {
+                worker,
+                spi,
+                src,
+                dst,
+                packets: self.unknown_spi_total,
+            }
+        } else {
+            let Some(sa) = self.sad.inbound(spi) else {
+                return;
+            };
+            let (id, c) = (sa.id, &sa.counters);
+            if slot == 1 {
+                Event::AuthFailures {
+                    worker,
+                    id,
+                    spi,
+                    count: c.drops(DropReason::AuthFailed),
+                }
+            } else {
+                Event::ReplayFailures {
+                    worker,
+                    id,
+                    spi,
+                    count: c.drops(DropReason::ReplayDuplicate)
+                        + c.drops(DropReason::ReplayTooOld)
+                        + c.drops(DropReason::ReplayZero),
+                }
+            }
+        };
+        self.reply(Reply::Event(event));
+    }
+
+    /// Reports the lifetime an inbound packet on `spi` reached (rare: once per threshold).
+    pub(super) fn report_crossing(&mut self, spi: Spi, c: Crossing, now: u64) {
+        let Some(sa) = self.sad.inbound(spi) else {
+            return;
+        };
+        let e = crossing_event(
+            self.id,
+            (sa.id, spi),
+            &sa.counters,
+            Direction::Inbound,
+            c,
+            now,
+        );
+        self.reply(Reply::Event(e));
+    }
+}
+
+/// The event for a limit an SA reached.
+pub(super) fn crossing_event(
+    worker: u16,
+    (id, spi): (SaId, Spi),
+    c: &SaCounters,
+    dir: Direction,
+    x: Crossing,
+    now: u64,
+) -> Event {
+    match x {
+        Crossing::Lifetime { hard, bytes } => Event::Lifetime {
+            worker,
+            id,
+            spi,
+            dir,
+            kind: if hard {
+                LifetimeKind::Hard
+            } else {
+                LifetimeKind::Soft
+            },
+            limit: if bytes {
+                LifetimeLimit::Bytes
+            } else {
+                LifetimeLimit::Packets
+            },
+            bytes: c.bytes.get(),
+            packets: c.packets.get(),
+            age_secs: now.saturating_sub(c.installed_at.get()) / 1_000_000_000,
+        },
+    }
+}

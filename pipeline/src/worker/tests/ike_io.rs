@@ -1,0 +1,91 @@
+use super::*;
+
+#[test]
+fn ike_datagrams_from_control_are_sent_and_punted_back_intact() {
+    let mut a = rig(1500);
+    let mut b = rig(1500);
+    let (mut tx, tx_rx) = rtrb::RingBuffer::new(8);
+    a.w.control.transmit = Some(tx_rx);
+    let (punt_tx, mut punted) = rtrb::RingBuffer::new(8);
+    b.w.control.punt = Some(punt_tx);
+    let ike: Vec<u8> = (0..100u8).collect();
+    for (src_port, dst_port) in [(500u16, 500u16), (4500, 4500)] {
+        tx.push(Datagram {
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "192.0.2.2".parse().unwrap(),
+            src_port,
+            dst_port,
+            payload: ike.clone(),
+        })
+        .unwrap();
+    }
+    a.w.poll(0);
+    let mut frames = Vec::new();
+    a.wan.rx_burst(&mut frames, 8);
+    assert_eq!(frames.len(), 2);
+    assert_eq!(a.w.counters.traffic(Traffic::IkeSent), 2);
+    for (i, f) in frames.iter().enumerate() {
+        let d = f.data();
+        assert_eq!(&d[0..6], &PEER_MAC);
+        assert_eq!(&d[6..12], &WAN_MAC);
+        let ip = ipv4::Packet::new_checked(&d[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        let u = udp::Packet::new_checked(ip.payload()).unwrap();
+        assert!(u.verify_checksum(&"192.0.2.1".parse().unwrap(), &"192.0.2.2".parse().unwrap()));
+        let marker = if i == 1 { 4 } else { 0 };
+        assert_eq!(&u.payload()[..marker], &[0u8; 4][..marker]);
+        assert_eq!(&u.payload()[marker..], &ike[..]);
+    }
+    for f in frames {
+        assert!(b.wan.send(f).is_ok());
+    }
+    b.w.poll(1);
+    for port in [500, 4500] {
+        let p = punted.pop().expect("punted");
+        assert_eq!((p.src_port, p.dst_port), (port, port));
+        assert_eq!(p.payload, ike, "non-ESP marker stripped on port 4500");
+    }
+    assert_eq!(b.drops(DropReason::IkePunted), 2);
+}
+
+#[test]
+fn ike_and_keepalives_are_not_esp() {
+    let mut r = rig(1500);
+    let mut frame = vec![0u8; 14 + 20 + 8 + 40];
+    frame[0..6].copy_from_slice(&WAN_MAC);
+    frame[12] = 0x08;
+    {
+        let repr = ipv4::Repr {
+            src_addr: "192.0.2.2".parse().unwrap(),
+            dst_addr: "192.0.2.1".parse().unwrap(),
+            next_header: IpProtocol::Udp,
+            payload_len: 48,
+            hop_limit: 64,
+            dscp: 0,
+            ecn: 0,
+            ident: 0,
+            dont_frag: true,
+        };
+        repr.emit(&mut ipv4::Packet::new_unchecked(&mut frame[14..]));
+        let mut u = udp::Packet::new_unchecked(&mut frame[34..]);
+        u.set_src_port(4500);
+        u.set_dst_port(4500);
+        u.set_len(48);
+    }
+    // Non-ESP marker (4 zero bytes) then an IKE header: punted, but no control attached.
+    assert!(r.wan.send(MemFrame::from_bytes(&frame).unwrap()).is_ok());
+    // A NAT keepalive: a single 0xFF byte.
+    let mut ka = frame[..14 + 20 + 9].to_vec();
+    {
+        let mut ip = ipv4::Packet::new_unchecked(&mut ka[14..]);
+        ip.set_total_len(29);
+        ip.fill_checksum();
+        let mut u = udp::Packet::new_unchecked(&mut ka[34..]);
+        u.set_len(9);
+    }
+    ka[42] = 0xff;
+    assert!(r.wan.send(MemFrame::from_bytes(&ka).unwrap()).is_ok());
+    r.w.poll(0);
+    assert_eq!(r.drops(DropReason::IkeNoControl), 1);
+    assert_eq!(r.drops(DropReason::NatKeepalive), 1);
+}

@@ -1,0 +1,176 @@
+//! The records: what the control plane asks of the data plane ([`Update`], in an
+//! [`UpdateEnvelope`] with its generation), what the data plane answers ([`Ack`]) and reports
+//! ([`Event`]), and the IKE datagrams both hand each other ([`Datagram`]).
+//!
+//! Plain data, no pointers: each is one record on a shared-memory ring ([`crate::codec`]).
+
+use core::net::IpAddr;
+
+use crate::ids::{SaId, Spi};
+use crate::nat::MasqueradeConfig;
+use crate::policy::{Prefix, Rule};
+use crate::sa::{Direction, SaParams, SaRef, SaState, UdpEncap};
+
+/// A control-plane request in plain data (no pointers): the unit the shared-memory update
+/// rings carry.
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// Install (or replace, same SPI / same id) one direction of an SA.
+    AddSa { dir: Direction, params: SaParams },
+    /// Remove an inbound SA by SPI.
+    DeleteInbound { spi: Spi },
+    /// Remove an outbound SA by id.
+    DeleteOutbound { id: SaId },
+    /// Move outbound SAs' tunnel endpoints (MOBIKE, NAT mapping change), all at once (every
+    /// CHILD_SA of one IKE SA): keys and sequence numbers are kept.
+    RebindOutbound {
+        ids: Vec<SaId>,
+        local: IpAddr,
+        remote: IpAddr,
+        encap: Option<UdpEncap>,
+    },
+    /// Replace the whole SPD (compiled off the fast path).
+    ReplaceSpd { rules: Vec<Rule> },
+    /// Turn masquerading of bypassed IPv4 traffic on (with a fresh session table) or off.
+    SetMasquerade { config: Option<MasqueradeConfig> },
+    /// A road-warrior client's virtual IP (`config.external_addr`, assigned by the gateway):
+    /// LAN traffic that a protect rule for the virtual IP covers is rewritten to it before
+    /// sealing, and the answers back after opening (a masquerade inside the tunnel); `None`
+    /// turns it off.
+    SetVirtualIp { config: Option<MasqueradeConfig> },
+    /// Protect traffic to one host address (a road warrior's virtual IP) from `src` with
+    /// outbound SA `sa`: an exact-match table consulted before the SPD, so a gateway with
+    /// many clients changes one entry per client instead of recompiling its policy.
+    BindHost { dst: IpAddr, src: Prefix, sa: SaId },
+    /// Remove a host binding.
+    UnbindHost { dst: IpAddr },
+    /// The WAN port's own addresses (the first of each family is the primary): the worker
+    /// answers ARP / neighbour solicitations for all of them. A client that roams holds the
+    /// old and the new address for a moment (make-before-break), then only the new one.
+    SetWanAddresses { addrs: Vec<IpAddr> },
+    /// Raise an outbound SA's reservation: the highest sequence number it may send. Never
+    /// lowers it, so a late or repeated record changes nothing.
+    ReserveSeq { id: SaId, up_to: u64 },
+    /// Report one SA's runtime state: answered by `Event::SaState` with this generation.
+    ExportSa { sa: SaRef },
+}
+
+/// An [`Update`] with the generation it is applied under: one record on a worker's update ring.
+#[derive(Clone, Debug)]
+pub struct UpdateEnvelope {
+    pub generation: u64,
+    pub update: Update,
+}
+
+/// A worker's answer to the update ring, in plain data (the ack ring's record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Every update up to and including `generation` has been applied.
+    Applied { worker: u16, generation: u64 },
+    /// The update of `generation` referred to something this worker does not have; the
+    /// worker went on with the next one.
+    Rejected {
+        worker: u16,
+        generation: u64,
+        why: String,
+    },
+}
+
+/// Which lifetime limit of an SA was reached (RFC 4301 4.4.2.1: soft and hard, by time, bytes
+/// or packets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifetimeKind {
+    /// Rekey now; the SA still works.
+    Soft,
+    /// The SA is no longer used.
+    Hard,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifetimeLimit {
+    Time,
+    Bytes,
+    Packets,
+}
+
+/// Something the data plane reports to the control plane (the event ring's record). Counts
+/// are the worker's running totals, so a lost or coalesced report loses nothing: the control
+/// plane keeps the last value it saw per (worker, SA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// ESP arrived for an SPI this worker has no SA for (RFC 4303 3.4.2: auditable; IKEv2 may
+    /// answer with INVALID_SPI, RFC 7296 3.10.1). `packets` is the total of such packets.
+    UnknownSpi {
+        worker: u16,
+        spi: Spi,
+        src: IpAddr,
+        dst: IpAddr,
+        packets: u64,
+    },
+    /// A soft or hard lifetime of one SA direction was reached; usage at that moment.
+    Lifetime {
+        worker: u16,
+        id: SaId,
+        spi: Spi,
+        dir: Direction,
+        kind: LifetimeKind,
+        limit: LifetimeLimit,
+        bytes: u64,
+        packets: u64,
+        age_secs: u64,
+    },
+    /// An outbound SA's sequence number is close to the last one it may send (2^32-1 without
+    /// ESN, RFC 4303 3.3.3): rekey before it stops.
+    SeqNearWrap {
+        worker: u16,
+        id: SaId,
+        spi: Spi,
+        seq: u64,
+        limit: u64,
+    },
+    /// Packets on an inbound SA whose ICV did not verify (total on this worker).
+    AuthFailures {
+        worker: u16,
+        id: SaId,
+        spi: Spi,
+        count: u64,
+    },
+    /// Packets on an inbound SA refused by the anti-replay window (total on this worker).
+    ReplayFailures {
+        worker: u16,
+        id: SaId,
+        spi: Spi,
+        count: u64,
+    },
+    /// Where an outbound SA's sequence numbers stand (a checkpoint, every so many packets or
+    /// milliseconds): `seq` is the last one used, `seq_reserved` its reservation.
+    SeqCheckpoint {
+        worker: u16,
+        id: SaId,
+        spi: Spi,
+        seq: u64,
+        seq_reserved: Option<u64>,
+    },
+    /// One SA's runtime state, answering the `Update::ExportSa` of `generation`.
+    SaState {
+        worker: u16,
+        generation: u64,
+        id: SaId,
+        spi: Spi,
+        state: SaState,
+    },
+}
+
+/// An IKE datagram between the data plane and the control plane: the UDP payload (without
+/// the non-ESP marker) with its addresses and ports. The data plane punts the ones that
+/// arrive on UDP 500/4500 to the control plane; the control plane hands it the ones to send,
+/// which a worker builds into frames (a payload sent from or to port 4500 gets the non-ESP
+/// marker, RFC 3948).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datagram {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub payload: Vec<u8>,
+}
