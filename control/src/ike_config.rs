@@ -30,11 +30,10 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::ike::crypto::{DhGroup, Prf};
-use crate::ike::sa::{
-    prefix_ts, secret, Authenticator, EndpointConfig, EspProposal, IkeProposal, PeerConfig, Pool,
-};
-use crate::ike::wire::Id;
+use crate::repo::prefix_ts;
+use ike::crypto::{DhGroup, Prf};
+use ike::sa::{secret, Authenticator, EndpointConfig, EspProposal, IkeProposal, PeerConfig, Pool};
+use ike::wire::Id;
 use pipeline::spd::Prefix;
 use pipeline::stats::Lifetime;
 

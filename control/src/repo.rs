@@ -25,8 +25,8 @@ use pipeline::msg::{Direction, Update};
 use pipeline::spd::{Action, PortRange, Prefix, Rule, Selector};
 use pipeline::stats::Lifetime;
 
-use crate::ike::sa::{ChildSaInfo, Event, IkeSaId};
-use crate::ike::wire::TrafficSelector;
+use ike::sa::{range_ts, ChildSaInfo, Event, IkeSaId};
+use ike::wire::TrafficSelector;
 
 /// Dynamic SA ids start here (static SAs from the config use their index).
 const FIRST_ID: u32 = 1 << 20;
@@ -507,6 +507,12 @@ impl SaRepository {
     }
 }
 
+/// A configured prefix as an IKE traffic selector (all protocols and ports).
+pub fn prefix_ts(p: &Prefix) -> TrafficSelector {
+    let (start, end) = p.range();
+    range_ts(start, end)
+}
+
 /// The prefix a selector's address range is, or the smallest one covering it.
 pub fn ts_prefix(t: &TrafficSelector) -> Prefix {
     let (a, b, width) = match (t.start, t.end) {
@@ -523,7 +529,7 @@ pub fn ts_prefix(t: &TrafficSelector) -> Prefix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ike::sa::{host_ts, prefix_ts, ChildSaKeys, IkeSaId};
+    use ike::sa::{host_ts, ChildSaKeys, IkeSaId};
     use zeroize::Zeroizing;
 
     fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
@@ -571,7 +577,7 @@ mod tests {
             "10.9.0.0/23".parse().unwrap(),
             "the covering prefix"
         );
-        let any = crate::ike::sa::any_v4();
+        let any = ike::sa::any_v4();
         assert!(ts_prefix(&any).is_default());
     }
 
@@ -651,7 +657,7 @@ mod tests {
 #[cfg(test)]
 mod peer_rekey_tests {
     use super::*;
-    use crate::ike::sa::{prefix_ts, ChildSaKeys, IkeSaId};
+    use ike::sa::{ChildSaKeys, IkeSaId};
     use zeroize::Zeroizing;
 
     fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
@@ -714,7 +720,7 @@ mod peer_rekey_tests {
 #[cfg(test)]
 mod virtual_ip_tests {
     use super::*;
-    use crate::ike::sa::DownReason;
+    use ike::sa::DownReason;
 
     fn up(ike: u64, vip: &str, ours: bool) -> Event {
         Event::IkeUp {
@@ -770,7 +776,7 @@ mod virtual_ip_tests {
 #[cfg(test)]
 mod host_binding_tests {
     use super::*;
-    use crate::ike::sa::{host_ts, prefix_ts, ChildSaKeys, IkeSaId};
+    use ike::sa::{host_ts, ChildSaKeys, IkeSaId};
     use zeroize::Zeroizing;
 
     /// A road warrior's CHILD_SA: 10.9.0.0/24 <-> its virtual IP 10.99.0.7.

@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::ike::sa::{Endpoint, Event, IkeSaId};
 use crate::ike_config::{endpoint_config, Connection};
 use crate::repo::SaRepository;
+use ike::sa::{Endpoint, Event, IkeSaId};
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
 use pipeline::msg::{Event as DpEvent, LifetimeKind, Update};

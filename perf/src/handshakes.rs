@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use control::config;
-use control::ike::sa::{Endpoint, Event};
 use control::ike_config::{endpoint_config, IkeYaml};
 use control::repo::SaRepository;
 use control::runner::IkeControl;
+use ike::sa::{Endpoint, Event};
 use pipeline::agent;
 use pipeline::crypto::Backend;
 use pipeline::port::mem::cable;

@@ -3,11 +3,11 @@
 //! Seeds: strongSwan's messages from the interop test's capture.
 #![no_main]
 
-use control::ike::crypto::{DhGroup, Prf};
-use control::ike::sa::{
+use ike::crypto::{DhGroup, Prf};
+use ike::sa::{
     any_v4, secret, Authenticator, Endpoint, EndpointConfig, EspProposal, IkeProposal, PeerConfig,
 };
-use control::ike::wire::{parse_chain, Header, Id, HEADER_LEN};
+use ike::wire::{parse_chain, Header, Id, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -26,8 +26,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use zeroize::Zeroizing;
 
-use super::crypto::{self, DhGroup, DhPrivate, IkeKeys, Prf, Secret, SkCipher};
-use super::wire::{
+use crate::crypto::{self, DhGroup, DhPrivate, IkeKeys, Prf, Secret, SkCipher};
+use crate::wire::{
     self, cfg, exchange, notify, payload, proto, transform, CfgAttr, Header, Id, Payload, Proposal,
     TrafficSelector, Transform,
 };
@@ -2842,9 +2842,8 @@ pub fn host_ts(a: IpAddr) -> TrafficSelector {
     }
 }
 
-/// A prefix as a selector.
-pub fn prefix_ts(p: &pipeline::spd::Prefix) -> TrafficSelector {
-    let (start, end) = p.range();
+/// An address range, all protocols and ports.
+pub fn range_ts(start: IpAddr, end: IpAddr) -> TrafficSelector {
     TrafficSelector {
         protocol: 0,
         start_port: 0,
@@ -2852,6 +2851,36 @@ pub fn prefix_ts(p: &pipeline::spd::Prefix) -> TrafficSelector {
         start,
         end,
     }
+}
+
+/// `addr/len` as a selector (host bits of `addr` ignored); `None` when `len` is longer than
+/// the address family allows.
+pub fn prefix_ts(addr: IpAddr, len: u8) -> Option<TrafficSelector> {
+    let (start, end) = match addr {
+        IpAddr::V4(a) => {
+            let host = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+            if len > 32 {
+                return None;
+            }
+            let a = u32::from(a);
+            (
+                IpAddr::V4((a & !host).into()),
+                IpAddr::V4((a | host).into()),
+            )
+        }
+        IpAddr::V6(a) => {
+            let host = u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+            if len > 128 {
+                return None;
+            }
+            let a = u128::from(a);
+            (
+                IpAddr::V6((a & !host).into()),
+                IpAddr::V6((a | host).into()),
+            )
+        }
+    };
+    Some(range_ts(start, end))
 }
 
 fn nat_detected(

@@ -10,7 +10,7 @@ use rand_core::{CryptoRng, RngCore};
 use ring::{aead, hmac};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::wire::transform;
+use crate::wire::transform;
 
 /// A secret byte string (zeroized on drop, never printed).
 pub type Secret = Zeroizing<Vec<u8>>;

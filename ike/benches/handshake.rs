@@ -3,13 +3,13 @@
 //! Both ends run on the measured core, so a gateway alone does roughly half this work per
 //! handshake (one key generation and one shared secret each side).
 
-use control::ike::crypto::{DhGroup, Prf};
-use control::ike::sa::{
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ike::crypto::{DhGroup, Prf};
+use ike::sa::{
     any_v4, secret, Authenticator, Endpoint, EndpointConfig, EspProposal, Event, IkeProposal,
     PeerConfig,
 };
-use control::ike::wire::Id;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ike::wire::Id;
 
 fn peer(name: &str, local: &str, remote: &str, dh: DhGroup) -> PeerConfig {
     PeerConfig {

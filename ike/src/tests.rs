@@ -4,14 +4,15 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
-use super::crypto::{DhGroup, Prf};
-use super::sa::*;
-use super::wire::{Id, TrafficSelector};
+use crate::crypto::{DhGroup, Prf};
+use crate::sa::*;
+use crate::wire::{Id, TrafficSelector};
 
 const MS: u64 = 1_000_000;
 
 fn ts(s: &str) -> TrafficSelector {
-    prefix_ts(&s.parse().unwrap())
+    let (a, l) = s.split_once('/').unwrap();
+    prefix_ts(a.parse().unwrap(), l.parse().unwrap()).unwrap()
 }
 
 fn peer(name: &str, local: &str, remote: Option<&str>, psk: &[u8]) -> PeerConfig {
