@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::ike_config::{endpoint_config, Connection};
 use crate::repo::SaRepository;
-use ike::sa::{Endpoint, Event, IkeSaId};
+use ike::{Endpoint, Event, IkeSaId};
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
 use pipeline::msg::{Event as DpEvent, LifetimeKind, Update};
@@ -204,8 +204,8 @@ impl IkeControl {
         self.publish_if_due();
     }
 
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
+    fn now(&self) -> ike::Instant {
+        ike::Instant::from_nanos(self.start.elapsed().as_nanos() as u64)
     }
 
     /// Starts the connections that have a peer address.
