@@ -494,7 +494,7 @@ impl Endpoint {
                 }
             }
         }
-        sa.refresh_child_timers();
+        sa.refresh_timers();
         let next = sa.timers.next();
         self.deadlines.refile(id, sa.filed, next);
         sa.filed = next;

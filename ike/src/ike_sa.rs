@@ -88,6 +88,8 @@ pub(crate) struct IkeSaState {
     pub peer_next_id: u32,
     pub last_response: Option<(u32, Vec<u8>)>,
     pub children: Vec<Child>,
+    /// When the IKE SA is due for a rekey.
+    pub rekey_at: Option<Instant>,
     /// Ours (a client the peer gave one) or the peer's (leased from a pool).
     pub virtual_ip: Option<IpAddr>,
     /// Both ends sent MOBIKE_SUPPORTED (RFC 4555 3.1).
@@ -180,6 +182,7 @@ impl IkeSa {
                 peer_next_id: 0,
                 last_response: None,
                 children: Vec::new(),
+                rekey_at: None,
                 virtual_ip: None,
                 mobike: false,
                 peer_additional: Vec::new(),
@@ -393,12 +396,10 @@ impl IkeSa {
     pub(crate) fn establish(&mut self, now: Instant) {
         self.state.phase = Phase::Established;
         let peer = self.state.peer.clone();
-        self.timers.set(
-            Timer::IkeRekey,
-            peer.as_ref()
-                .and_then(|p| p.ike_rekey)
-                .map(|d| now.saturating_add(d)),
-        );
+        self.state.rekey_at = peer
+            .as_ref()
+            .and_then(|p| p.ike_rekey)
+            .map(|d| now.saturating_add(d));
         self.timers.set(
             Timer::Liveness,
             peer.as_ref()
@@ -436,8 +437,9 @@ impl IkeSa {
         self.state.phase = Phase::Dead;
     }
 
-    /// The child timers follow the children's own times.
-    pub(crate) fn refresh_child_timers(&mut self) {
+    /// The rekey and lifetime timers follow the times in the IKE SA's state.
+    pub(crate) fn refresh_timers(&mut self) {
+        self.timers.set(Timer::IkeRekey, self.state.rekey_at);
         let c = &self.state.children;
         self.timers
             .set(Timer::ChildRekey, c.iter().filter_map(|c| c.rekey_at).min());

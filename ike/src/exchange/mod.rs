@@ -500,8 +500,11 @@ pub(crate) fn on_timers(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
                 }
             }
             Timer::IkeRekey => {
-                if sa.state.phase == Phase::Established {
-                    sa.pending.queue.push_back(Action::RekeyIke);
+                if sa.state.rekey_at.is_some_and(|at| at <= now) {
+                    sa.state.rekey_at = None;
+                    if sa.state.phase == Phase::Established {
+                        sa.pending.queue.push_back(Action::RekeyIke);
+                    }
                 }
             }
             Timer::ChildRekey => {

@@ -118,3 +118,27 @@ fn simultaneous_ike_rekeys_leave_one_ike_sa_with_the_children_on_both_ends() {
         "both the client's and the gateway's rekey survived in some seed"
     );
 }
+
+#[test]
+fn the_ike_sa_is_rekeyed_on_its_timer_and_keeps_its_children() {
+    let mut c = client_cfg();
+    c.ike_rekey = Some(Duration::from_secs(50));
+    let mut p = Pair::new(c, gateway_cfg());
+    let cid = p.connect();
+    let child = {
+        p.net.deliver();
+        p.client().list()[0].3.clone()
+    };
+    p.net.run_for(Duration::from_secs(49));
+    assert_eq!(p.client().list()[0].0, cid, "not yet");
+    p.net.run_for(Duration::from_secs(2));
+    let after = p.client().list();
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0].0, cid, "rekeyed at 50 s");
+    assert_eq!(after[0].3, child);
+    // The new IKE SA has its own 50 s.
+    p.net.run_for(Duration::from_secs(50));
+    assert_ne!(p.client().list()[0].0, after[0].0);
+    assert_eq!(p.client().list()[0].3, child);
+    assert_eq!(child_downs(p.client_events()), 0);
+}
