@@ -41,6 +41,19 @@ use crate::time::Instant;
 use crate::timer::Deadlines;
 use crate::wire::{exchange as xchg, notify, Header, WireError};
 
+/// Record counts of an [`Endpoint`] (see [`Endpoint::footprint`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub ike_sas: usize,
+    pub child_sas: usize,
+    pub half_open: usize,
+    /// Inbound CHILD_SA SPIs reserved (in use, or handed out and not yet released).
+    pub inbound_spis: usize,
+    pub leases: usize,
+    /// Datagrams, events and requests waiting.
+    pub queued: usize,
+}
+
 /// Why an operator request could not start.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
@@ -145,6 +158,28 @@ impl Endpoint {
     /// The virtual IPs leased from pools, with the IKE SA holding each.
     pub fn leases(&self) -> Vec<(Ipv4Addr, IkeSaId)> {
         self.services.pool.leases()
+    }
+
+    /// How many records the endpoint holds: what must stay bounded by the number of peers
+    /// however many exchanges it runs (soak tests and views read it).
+    pub fn footprint(&self) -> Footprint {
+        let queued = self
+            .sas
+            .values()
+            .fold(0usize, |n, s| n.saturating_add(s.pending.queue.len()));
+        Footprint {
+            ike_sas: self.sas.len(),
+            child_sas: self
+                .sas
+                .values()
+                .fold(0usize, |n, s| n.saturating_add(s.state.children.len())),
+            half_open: self.half_open.len(),
+            inbound_spis: self.services.spis.in_use().1,
+            leases: self.services.pool.leases().len(),
+            queued: queued
+                .saturating_add(self.out.transmits.len())
+                .saturating_add(self.out.events.len()),
+        }
     }
 
     /// True while any exchange is under way or queued.

@@ -59,7 +59,7 @@ pub mod testing;
 mod tests;
 
 pub use config::{after_secs, secret, Credential, EndpointConfig, PeerConfig, Pool, Retransmit};
-pub use endpoint::{ConnectError, Endpoint};
+pub use endpoint::{ConnectError, Endpoint, Footprint};
 pub use event::{ChildSaInfo, ChildSaKeys, DownReason, Event, SaSummary, Transmit};
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};
 pub use proposal::{EspProposal, IkeProposal};

@@ -170,3 +170,68 @@ fn a_child_sa_past_its_hard_lifetime_is_deleted_unless_a_rekey_replaced_it() {
     let first_ike = p.client().list()[0].0;
     assert_eq!(p.client().ike_of_child(last), Some(first_ike));
 }
+
+#[test]
+fn a_refused_child_sa_gives_its_reserved_spi_back() {
+    // IKE_AUTH whose CHILD_SA the gateway refuses (no common selectors): the IKE SA is up,
+    // no CHILD_SA, and neither end keeps the inbound SPI it reserved for it.
+    let mut g = gateway_cfg();
+    g.pool = None;
+    g.remote_ts = vec![ts("10.8.0.0/16")];
+    let mut c = client_cfg();
+    c.request_vip = false;
+    c.local_ts = vec![ts("172.16.0.0/12")];
+    let mut p = Pair::new(c, g);
+    p.connect();
+    p.drive();
+    assert_eq!(p.gw().list().len(), 1);
+    for who in [CLIENT, GW] {
+        let f = p.net.ep(who).footprint();
+        assert_eq!(
+            (f.child_sas, f.inbound_spis),
+            (0, 0),
+            "node {who}: no CHILD_SA, no SPI kept for it"
+        );
+    }
+
+    // A CHILD_SA rekey the peer refuses (TEMPORARY_FAILURE: the client replaced that CHILD_SA
+    // a moment before, its delete still on the way): the gateway keeps no SPI for it either.
+    let (mut p, cid, gid) = up();
+    let (c_in, _) = p.client().list()[0].3[0];
+    let (g_in, _) = p.gw().list()[0].3[0];
+    let now = p.now();
+    p.client().rekey_child(now, cid, c_in).unwrap();
+    // The request and its answer; the client's delete of the old CHILD_SA is now queued.
+    p.clear_events();
+    let client = p.client();
+    let req = client.poll_transmit().unwrap();
+    p.gw().handle(now, req.dst, req.src, &req.data);
+    let resp = p.gw().poll_transmit().unwrap();
+    p.client().handle(now, resp.dst, resp.src, &resp.data);
+    p.gw().rekey_child(now, gid, g_in).unwrap();
+    p.drive();
+    assert!(
+        p.client_events()
+            .iter()
+            .all(|e| !matches!(e, Event::ChildUp(c) if !c.initiated_here)),
+        "the client refused the gateway's rekey of a CHILD_SA it had replaced: {:?}",
+        p.client_events()
+    );
+    for who in [CLIENT, GW] {
+        let f = p.net.ep(who).footprint();
+        assert_eq!((f.child_sas, f.inbound_spis), (1, 1), "node {who}");
+    }
+
+    // The peer goes silent during our rekey: the IKE SA times out, and the SPI reserved for
+    // the rekey goes with it.
+    let (mut p, _, gid) = up();
+    let (g_in, _) = p.gw().list()[0].3[0];
+    p.net.cut = true;
+    let now = p.now();
+    p.gw().rekey_child(now, gid, g_in).unwrap();
+    p.drive();
+    p.drive();
+    assert!(downs(p.gw_events()).contains(&DownReason::Timeout));
+    assert_eq!(p.gw().footprint(), crate::endpoint::Footprint::default());
+    assert_eq!(p.gw().services().spis.in_use(), (0, 0));
+}

@@ -173,3 +173,79 @@ fn three_parties_two_clients_one_gateway_each_with_its_own_virtual_ip() {
     assert_eq!(net.ep(gw).leases().len(), 1);
     assert_eq!(net.ep(b).list().len(), 1);
 }
+
+#[test]
+fn a_thousand_rekeys_collisions_and_roams_leave_the_endpoints_holding_what_they_did_at_the_start() {
+    // A long run in a few lines of virtual time: every kind of exchange that replaces state
+    // (CHILD_SA rekeys by either end and by both at once, IKE SA rekeys by either end and by
+    // both, MOBIKE roams) many times over. What each endpoint holds must come back to what
+    // one IKE SA with one CHILD_SA needs.
+    let (mut p, _, _) = up();
+    let settled = (p.client().footprint(), p.gw().footprint());
+    assert_eq!(settled.0.child_sas, 1);
+    let ike_spis = (
+        p.client().services().spis.in_use().0,
+        p.gw().services().spis.in_use().0,
+    );
+    assert_eq!(ike_spis, (1, 1));
+    // CHILD_SAs up by a rekey, IKE SA rekeys, moves, as the client saw them.
+    let mut done = [0u32; 3];
+    for round in 0..1000usize {
+        let (cl, gl) = (p.client().list(), p.gw().list());
+        let (cid, gid) = (cl[0].0, gl[0].0);
+        let (c_in, _) = cl[0].3[0];
+        let (g_in, _) = gl[0].3[0];
+        let now = p.now();
+        match round % 7 {
+            0 => p.client().rekey_child(now, cid, c_in).unwrap(),
+            1 => p.gw().rekey_child(now, gid, g_in).unwrap(),
+            2 => {
+                p.client().rekey_child(now, cid, c_in).unwrap();
+                p.gw().rekey_child(now, gid, g_in).unwrap();
+            }
+            3 => p.client().rekey_ike(now, cid).unwrap(),
+            4 => p.gw().rekey_ike(now, gid).unwrap(),
+            5 => {
+                p.client().rekey_ike(now, cid).unwrap();
+                p.gw().rekey_ike(now, gid).unwrap();
+            }
+            _ => {
+                let to = if round % 2 == 0 {
+                    "192.0.2.10"
+                } else {
+                    "192.0.2.77"
+                };
+                p.roam_to(cid, to, &format!("{to}:500"));
+            }
+        }
+        p.drive();
+        for e in p.net.nodes[CLIENT].events.drain(..) {
+            match e {
+                Event::ChildUp(c) if c.rekey_of.is_some() => done[0] += 1,
+                Event::IkeRekeyed { .. } => done[1] += 1,
+                Event::IkeMoved { .. } => done[2] += 1,
+                _ => {}
+            }
+        }
+        p.net.nodes[GW].events.clear();
+        assert_eq!(
+            (p.client().footprint(), p.gw().footprint()),
+            settled,
+            "round {round} ({})",
+            round % 7
+        );
+        assert_eq!(
+            (
+                p.client().services().spis.in_use().0,
+                p.gw().services().spis.in_use().0
+            ),
+            ike_spis,
+            "round {round}: one IKE SPI each"
+        );
+        assert!(p.client().filed_deadlines() <= 1 && p.gw().filed_deadlines() <= 1);
+    }
+    // Every round did what it asked (a collision brings up two CHILD_SAs, one redundant).
+    assert!(done[0] >= 3 * 1000 / 7, "{done:?}");
+    assert!(done[1] >= 3 * 1000 / 7, "{done:?}");
+    assert!(done[2] >= 1000 / 7, "{done:?}");
+}
