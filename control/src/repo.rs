@@ -21,8 +21,8 @@ use proto::policy::{Action, PortRange, Prefix, Rule, Selector};
 use proto::sa::{AeadAlg, Lifetime, SaKeys, SaParams, UdpEncap};
 use proto::{Direction, SaId, Spi, Update};
 
-use crate::ike::sa::{ChildSaInfo, Event, IkeSaId};
-use crate::ike::wire::TrafficSelector;
+use ike::wire::TrafficSelector;
+use ike::{range_ts, ChildSaInfo, ChildSpi, Event, IkeSaId};
 
 /// Dynamic SA ids start here (static SAs from the config use their index). Ids are
 /// recycled, lowest first: a worker indexes its outbound SAs by id, so the highest id ever
@@ -35,21 +35,21 @@ const FIRST_RULE: u32 = 1 << 20;
 #[derive(Clone, Debug)]
 struct ChildRec {
     name: String,
-    spi_out: u32,
+    spi_out: ChildSpi,
     out_id: SaId,
     rules: Vec<Rule>,
     /// Rules waiting for the CHILD_SA this one replaces to go (a rekey the peer started).
     parked: Vec<Rule>,
     /// The CHILD_SA (inbound SPI) that takes over this one's rules when it goes.
-    successor: Option<u32>,
+    successor: Option<ChildSpi>,
     /// Our rekey replaced this one: its rules, kept in case the replacement is deleted first
     /// (a simultaneous rekey the peer won, RFC 7296 2.8.1).
     own_parked: Vec<Rule>,
     /// The CHILD_SA this one replaced by our rekey.
-    predecessor: Option<u32>,
+    predecessor: Option<ChildSpi>,
     /// The peer's replacement of our predecessor, parked: it takes over if this one is
     /// deleted after the predecessor (we lost a simultaneous rekey).
-    fallback: Option<u32>,
+    fallback: Option<ChildSpi>,
     /// What the data plane holds for it (keys included: zeroized when dropped); the inbound
     /// one is installed again in a data plane that restarted.
     sas: [SaParams; 2],
@@ -65,8 +65,8 @@ struct ChildRec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChildView {
     pub name: String,
-    pub spi_in: u32,
-    pub spi_out: u32,
+    pub spi_in: ChildSpi,
+    pub spi_out: ChildSpi,
     pub local: IpAddr,
     pub remote: IpAddr,
 }
@@ -74,13 +74,13 @@ pub struct ChildView {
 pub struct SaRepository {
     static_rules: Vec<Rule>,
     replay_window: u32,
-    children: BTreeMap<u32, ChildRec>,
+    children: BTreeMap<ChildSpi, ChildRec>,
     next_id: u32,
     /// Ids of CHILD_SAs that went (their deletes are queued before any reuse, and every
     /// rule or binding naming them is gone first), handed out again lowest first.
     free_ids: std::collections::BTreeSet<u32>,
     /// SA id -> the CHILD_SA (inbound SPI) holding it, for the data plane's reports.
-    owner: std::collections::HashMap<SaId, u32>,
+    owner: std::collections::HashMap<SaId, ChildSpi>,
     next_rule: u32,
     /// A client's virtual IP and the IKE SA that holds it.
     vip: Option<(IkeSaId, std::net::Ipv4Addr)>,
@@ -128,7 +128,7 @@ impl SaRepository {
     /// The CHILD_SA (its inbound SPI) a data-plane SA belongs to, either direction, by its
     /// id and SPI: ids are reused, so a report about an SA that went must not name the
     /// CHILD_SA that holds its id now.
-    pub fn child_of_sa(&self, id: SaId, spi: Spi) -> Option<u32> {
+    pub fn child_of_sa(&self, id: SaId, spi: Spi) -> Option<ChildSpi> {
         let spi_in = *self.owner.get(&id)?;
         let c = self.children.get(&spi_in)?;
         c.sas
@@ -202,7 +202,7 @@ impl SaRepository {
         local: std::net::SocketAddr,
         remote: std::net::SocketAddr,
         udp_encap: bool,
-        children: &[u32],
+        children: &[ChildSpi],
     ) -> Vec<Update> {
         let encap = udp_encap.then_some(UdpEncap {
             local_port: local.port(),
@@ -288,9 +288,9 @@ impl SaRepository {
         let in_id = self.alloc_id();
         let out_id = self.alloc_id();
         let lifetime = self.lifetimes.get(&info.name).copied().unwrap_or_default();
-        let common = |id: SaId, spi: u32, keys: SaKeys| SaParams {
+        let common = |id: SaId, spi: ChildSpi, keys: SaKeys| SaParams {
             id,
-            spi: Spi(spi),
+            spi: Spi(spi.0),
             keys,
             esn: info.esn,
             replay_window: self.replay_window,
@@ -403,7 +403,7 @@ impl SaRepository {
     /// that is not a host binding.
     fn policy_updates(
         &mut self,
-        touched: &[Option<u32>],
+        touched: &[Option<ChildSpi>],
         gone: Option<&ChildRec>,
         spd_changed: bool,
     ) -> Vec<Update> {
@@ -447,7 +447,7 @@ impl SaRepository {
         ups
     }
 
-    fn child_down(&mut self, spi_in: u32) -> Vec<Update> {
+    fn child_down(&mut self, spi_in: ChildSpi) -> Vec<Update> {
         let Some(c) = self.children.remove(&spi_in) else {
             return Vec::new();
         };
@@ -489,7 +489,7 @@ impl SaRepository {
         }
         let mut ups = self.policy_updates(&touched, Some(&c), spd_changed);
         ups.push(Update::DeleteOutbound { id: c.out_id });
-        ups.push(Update::DeleteInbound { spi: Spi(spi_in) });
+        ups.push(Update::DeleteInbound { spi: Spi(spi_in.0) });
         // Reused only by a CHILD_SA that comes later: its install follows these deletes, and
         // the policy above no longer names them.
         for p in &c.sas {
@@ -541,6 +541,12 @@ impl SaRepository {
     }
 }
 
+/// A configured prefix as an IKE traffic selector (all protocols and ports).
+pub fn prefix_ts(p: &Prefix) -> TrafficSelector {
+    let (start, end) = p.range();
+    range_ts(start, end)
+}
+
 /// The prefix a selector's address range is, or the smallest one covering it.
 pub fn ts_prefix(t: &TrafficSelector) -> Prefix {
     let (a, b, width) = match (t.start, t.end) {
@@ -557,7 +563,7 @@ pub fn ts_prefix(t: &TrafficSelector) -> Prefix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ike::sa::{host_ts, prefix_ts, ChildSaKeys, IkeSaId};
+    use ike::{host_ts, ChildSaKeys, IkeSaId, IkeSpi};
     use zeroize::Zeroizing;
 
     fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
@@ -566,15 +572,15 @@ mod tests {
 
     fn info_by(spi_in: u32, spi_out: u32, rekey_of: Option<u32>, here: bool) -> ChildSaInfo {
         ChildSaInfo {
-            ike: IkeSaId(1),
+            ike: IkeSaId(IkeSpi(1)),
             name: "rw".into(),
             inbound: ChildSaKeys {
-                spi: spi_in,
+                spi: ChildSpi(spi_in),
                 encr_bits: 128,
                 keymat: Zeroizing::new(vec![1; 20]),
             },
             outbound: ChildSaKeys {
-                spi: spi_out,
+                spi: ChildSpi(spi_out),
                 encr_bits: 128,
                 keymat: Zeroizing::new(vec![2; 20]),
             },
@@ -584,7 +590,7 @@ mod tests {
             local: "192.0.2.1:4500".parse().unwrap(),
             remote: "192.0.2.10:4500".parse().unwrap(),
             udp_encap: true,
-            rekey_of,
+            rekey_of: rekey_of.map(ChildSpi),
             initiated_here: here,
             redundant: false,
         }
@@ -605,7 +611,7 @@ mod tests {
             "10.9.0.0/23".parse().unwrap(),
             "the covering prefix"
         );
-        let any = crate::ike::sa::any_v4();
+        let any = ike::any_v4();
         assert!(ts_prefix(&any).is_default());
     }
 
@@ -658,9 +664,9 @@ mod tests {
         // The old CHILD_SA goes: its SAs are deleted, the policy is untouched.
         let ups = r
             .on_event(&Event::ChildDown {
-                ike: IkeSaId(1),
-                spi_in: 0x1000,
-                spi_out: 0x2000,
+                ike: IkeSaId(IkeSpi(1)),
+                spi_in: ChildSpi(0x1000),
+                spi_out: ChildSpi(0x2000),
             })
             .unwrap();
         assert!(
@@ -670,9 +676,9 @@ mod tests {
         // The last one goes: SPD back to the static rules.
         let ups = r
             .on_event(&Event::ChildDown {
-                ike: IkeSaId(1),
-                spi_in: 0x1001,
-                spi_out: 0x2001,
+                ike: IkeSaId(IkeSpi(1)),
+                spi_in: ChildSpi(0x1001),
+                spi_out: ChildSpi(0x2001),
             })
             .unwrap();
         let Update::ReplaceSpd { rules } = &ups[0] else {
@@ -685,20 +691,20 @@ mod tests {
 #[cfg(test)]
 mod id_reuse_tests {
     use super::*;
-    use crate::ike::sa::{prefix_ts, ChildSaKeys, IkeSaId};
+    use ike::{ChildSaKeys, IkeSaId, IkeSpi};
     use zeroize::Zeroizing;
 
     fn up(spi_in: u32, rekey_of: Option<u32>, here: bool) -> Event {
         Event::ChildUp(ChildSaInfo {
-            ike: IkeSaId(1),
+            ike: IkeSaId(IkeSpi(1)),
             name: "site".into(),
             inbound: ChildSaKeys {
-                spi: spi_in,
+                spi: ChildSpi(spi_in),
                 encr_bits: 128,
                 keymat: Zeroizing::new(vec![1; 20]),
             },
             outbound: ChildSaKeys {
-                spi: spi_in + 1,
+                spi: ChildSpi(spi_in + 1),
                 encr_bits: 128,
                 keymat: Zeroizing::new(vec![2; 20]),
             },
@@ -708,7 +714,7 @@ mod id_reuse_tests {
             local: "192.0.2.1:500".parse().unwrap(),
             remote: "192.0.2.2:500".parse().unwrap(),
             udp_encap: false,
-            rekey_of,
+            rekey_of: rekey_of.map(ChildSpi),
             initiated_here: here,
             redundant: false,
         })
@@ -716,9 +722,9 @@ mod id_reuse_tests {
 
     fn down(spi_in: u32) -> Event {
         Event::ChildDown {
-            ike: IkeSaId(1),
-            spi_in,
-            spi_out: spi_in + 1,
+            ike: IkeSaId(IkeSpi(1)),
+            spi_in: ChildSpi(spi_in),
+            spi_out: ChildSpi(spi_in + 1),
         }
     }
 
@@ -763,28 +769,28 @@ mod id_reuse_tests {
         // A lifetime report about the old outbound SA (SPI 0x101) that was still on its
         // way: it names no CHILD_SA; one about the new SA with that id names the new one.
         assert_eq!(r.child_of_sa(first[1], Spi(0x101)), None);
-        assert_eq!(r.child_of_sa(first[1], Spi(0x301)), Some(0x300));
-        assert_eq!(r.child_of_sa(first[0], Spi(0x300)), Some(0x300));
+        assert_eq!(r.child_of_sa(first[1], Spi(0x301)), Some(ChildSpi(0x300)));
+        assert_eq!(r.child_of_sa(first[0], Spi(0x300)), Some(ChildSpi(0x300)));
     }
 }
 
 #[cfg(test)]
 mod peer_rekey_tests {
     use super::*;
-    use crate::ike::sa::{prefix_ts, ChildSaKeys, IkeSaId};
+    use ike::{ChildSaKeys, IkeSaId, IkeSpi};
     use zeroize::Zeroizing;
 
     fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
         ChildSaInfo {
-            ike: IkeSaId(1),
+            ike: IkeSaId(IkeSpi(1)),
             name: "rw".into(),
             inbound: ChildSaKeys {
-                spi: spi_in,
+                spi: ChildSpi(spi_in),
                 encr_bits: 128,
                 keymat: Zeroizing::new(vec![1; 20]),
             },
             outbound: ChildSaKeys {
-                spi: spi_out,
+                spi: ChildSpi(spi_out),
                 encr_bits: 128,
                 keymat: Zeroizing::new(vec![2; 20]),
             },
@@ -794,7 +800,7 @@ mod peer_rekey_tests {
             local: "192.0.2.1:500".parse().unwrap(),
             remote: "192.0.2.10:500".parse().unwrap(),
             udp_encap: false,
-            rekey_of,
+            rekey_of: rekey_of.map(ChildSpi),
             initiated_here: false,
             redundant: false,
         }
@@ -817,9 +823,9 @@ mod peer_rekey_tests {
         // The peer deletes the old CHILD_SA: switch, then delete the old SAs.
         let ups = r
             .on_event(&Event::ChildDown {
-                ike: IkeSaId(1),
-                spi_in: 0x10,
-                spi_out: 0x20,
+                ike: IkeSaId(IkeSpi(1)),
+                spi_in: ChildSpi(0x10),
+                spi_out: ChildSpi(0x20),
             })
             .unwrap();
         let Update::ReplaceSpd { rules } = &ups[0] else {
@@ -834,11 +840,11 @@ mod peer_rekey_tests {
 #[cfg(test)]
 mod virtual_ip_tests {
     use super::*;
-    use crate::ike::sa::DownReason;
+    use ike::{DownReason, IkeSpi};
 
     fn up(ike: u64, vip: &str, ours: bool) -> Event {
         Event::IkeUp {
-            ike: IkeSaId(ike),
+            ike: IkeSaId(IkeSpi(ike)),
             peer: "home".into(),
             remote_id: "gw".into(),
             local: "192.0.2.10:500".parse().unwrap(),
@@ -869,13 +875,13 @@ mod virtual_ip_tests {
         );
         // The rekeyed IKE SA keeps it; the old one going does not clear it.
         r.on_event(&Event::IkeRekeyed {
-            old: IkeSaId(1),
-            new: IkeSaId(2),
+            old: IkeSaId(IkeSpi(1)),
+            new: IkeSaId(IkeSpi(2)),
             initiated_here: true,
         })
         .unwrap();
         let down = |ike| Event::IkeDown {
-            ike: IkeSaId(ike),
+            ike: IkeSaId(IkeSpi(ike)),
             reason: DownReason::Deleted,
         };
         assert!(r.on_event(&down(1)).unwrap().is_empty());
@@ -890,21 +896,21 @@ mod virtual_ip_tests {
 #[cfg(test)]
 mod host_binding_tests {
     use super::*;
-    use crate::ike::sa::{host_ts, prefix_ts, ChildSaKeys, IkeSaId};
+    use ike::{host_ts, ChildSaKeys, IkeSaId, IkeSpi};
     use zeroize::Zeroizing;
 
     /// A road warrior's CHILD_SA: 10.9.0.0/24 <-> its virtual IP 10.99.0.7.
     fn rw(spi_in: u32, rekey_of: Option<u32>, here: bool) -> Event {
         Event::ChildUp(ChildSaInfo {
-            ike: IkeSaId(1),
+            ike: IkeSaId(IkeSpi(1)),
             name: "rw".into(),
             inbound: ChildSaKeys {
-                spi: spi_in,
+                spi: ChildSpi(spi_in),
                 encr_bits: 128,
                 keymat: Zeroizing::new(vec![1; 20]),
             },
             outbound: ChildSaKeys {
-                spi: spi_in + 1,
+                spi: ChildSpi(spi_in + 1),
                 encr_bits: 128,
                 keymat: Zeroizing::new(vec![2; 20]),
             },
@@ -914,7 +920,7 @@ mod host_binding_tests {
             local: "192.0.2.1:4500".parse().unwrap(),
             remote: "192.0.2.10:4500".parse().unwrap(),
             udp_encap: true,
-            rekey_of,
+            rekey_of: rekey_of.map(ChildSpi),
             initiated_here: here,
             redundant: false,
         })
@@ -922,9 +928,9 @@ mod host_binding_tests {
 
     fn down(spi_in: u32) -> Event {
         Event::ChildDown {
-            ike: IkeSaId(1),
-            spi_in,
-            spi_out: spi_in + 1,
+            ike: IkeSaId(IkeSpi(1)),
+            spi_in: ChildSpi(spi_in),
+            spi_out: ChildSpi(spi_in + 1),
         }
     }
 

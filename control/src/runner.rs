@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::ike::{endpoint_config, Connection};
-use crate::ike::sa::{Endpoint, Event, IkeSaId};
 use crate::repo::SaRepository;
+use ike::{Endpoint, Event, IkeSaId};
 use pipeline::agent::{self, AgentError, WorkerLink};
 use pipeline::crypto::Backend;
 use proto::{Datagram, Event as DpEvent, LifetimeKind, SaId, Spi, Update};
@@ -265,8 +265,8 @@ impl IkeControl {
         core::mem::take(&mut self.seq_reports)
     }
 
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
+    fn now(&self) -> ike::Instant {
+        ike::Instant::from_nanos(self.start.elapsed().as_nanos() as u64)
     }
 
     /// Starts the connections that have a peer address.

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use control::config;
 use control::config::ike::{endpoint_config, IkeYaml};
-use control::ike::sa::{Endpoint, Event};
 use control::repo::SaRepository;
 use control::runner::IkeControl;
+use ike::{Endpoint, Event};
 use pipeline::agent;
 use pipeline::crypto::Backend;
 use pipeline::msg::Datagram;
@@ -203,7 +203,7 @@ pub fn run(
     let mut ep = Endpoint::new(endpoint_config(&cl_conns), [0x5a; 32]);
     let gw_addr = std::net::SocketAddr::new(gw_cfg.wan.address, 500);
     let start = Instant::now();
-    let now = || start.elapsed().as_nanos() as u64;
+    let now = || ike::Instant::from_nanos(start.elapsed().as_nanos() as u64);
     let (mut started, mut established, mut failed) = (0usize, 0usize, 0usize);
     let mut backlog: std::collections::VecDeque<Datagram> = Default::default();
     let cpu0 = thread_cpu();

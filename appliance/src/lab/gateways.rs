@@ -330,7 +330,7 @@ mod tests {
             assert_eq!(x.peer.local_ts, y.peer.remote_ts);
             assert_eq!(x.peer.remote_ts, y.peer.local_ts);
             assert_eq!(Some(&x.peer.local_id), y.peer.remote_id.as_ref());
-            assert_eq!(x.peer.child_rekey_ns, 7_000_000_000);
+            assert_eq!(x.peer.child_rekey, Some(std::time::Duration::from_secs(7)));
         }
         assert!(b[2].peer.pool.is_some());
     }

@@ -30,15 +30,14 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{ActionName, ConfigError, GatewayConfig};
-use crate::ike::crypto::{DhGroup, Prf};
-use crate::ike::sa::{
-    prefix_ts, secret, Authenticator, EndpointConfig, EspProposal, IkeProposal, PeerConfig, Pool,
+use crate::repo::prefix_ts;
+use ike::crypto::{DhGroup, Prf};
+use ike::wire::Id;
+use ike::{
+    after_secs, secret, Credential, EndpointConfig, EspProposal, IkeProposal, PeerConfig, Pool,
 };
-use crate::ike::wire::Id;
 use pipeline::spd::Prefix;
 use pipeline::stats::Lifetime;
-
-const SEC: u64 = 1_000_000_000;
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,17 +327,17 @@ impl IkeYaml {
                     name: c.name.clone(),
                     local_id: Id::from_text(&c.local_id),
                     remote_id,
-                    auth: Authenticator::Psk(secret(&psk)),
+                    auth: Credential::Psk(secret(&psk)),
                     ike_proposals: ike,
                     esp_proposals: esp,
                     local_ts: c.local_ts.iter().map(prefix_ts).collect(),
                     remote_ts,
                     pool,
                     request_vip: c.request_vip,
-                    child_rekey_ns: c.child_rekey_secs.saturating_mul(SEC),
-                    ike_rekey_ns: c.ike_rekey_secs.saturating_mul(SEC),
-                    dpd_ns: c.dpd_secs.saturating_mul(SEC),
-                    child_life_ns: c.child_life_secs.saturating_mul(SEC),
+                    child_rekey: after_secs(c.child_rekey_secs),
+                    ike_rekey: after_secs(c.ike_rekey_secs),
+                    dpd: after_secs(c.dpd_secs),
+                    child_life: after_secs(c.child_life_secs),
                 },
                 initiate_to: c
                     .remote_addr
@@ -516,7 +515,10 @@ mod tests {
         )
         .unwrap();
         let c = y.validate(Path::new("x.yaml"), "ike").unwrap();
-        assert_eq!(c[0].peer.child_life_ns, 66 * SEC);
+        assert_eq!(
+            c[0].peer.child_life,
+            Some(std::time::Duration::from_secs(66))
+        );
         assert_eq!(
             c[0].child_lifetime,
             Lifetime {

@@ -3,11 +3,12 @@
 //! Seeds: strongSwan's messages from the interop test's capture.
 #![no_main]
 
-use control::ike::crypto::{DhGroup, Prf};
-use control::ike::sa::{
-    any_v4, secret, Authenticator, Endpoint, EndpointConfig, EspProposal, IkeProposal, PeerConfig,
+use ike::crypto::{DhGroup, Prf};
+use ike::wire::{parse_chain, Header, Id, HEADER_LEN};
+use ike::{
+    any_v4, secret, Credential, Endpoint, EndpointConfig, EspProposal, IkeProposal, Instant,
+    PeerConfig,
 };
-use control::ike::wire::{parse_chain, Header, Id, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         name: "rw".into(),
         local_id: Id::from_text("gw.roamgate.test"),
         remote_id: None,
-        auth: Authenticator::Psk(secret(b"fuzz-psk-0123")),
+        auth: Credential::Psk(secret(b"fuzz-psk-0123")),
         ike_proposals: vec![IkeProposal {
             encr_bits: 128,
             prf: Prf::HmacSha256,
@@ -33,10 +34,10 @@ fuzz_target!(|data: &[u8]| {
         remote_ts: vec![any_v4()],
         pool: None,
         request_vip: false,
-        child_rekey_ns: 0,
-        ike_rekey_ns: 0,
-        dpd_ns: 0,
-        child_life_ns: 0,
+        child_rekey: None,
+        ike_rekey: None,
+        dpd: None,
+        child_life: None,
     };
     let mut ep = Endpoint::new(
         EndpointConfig {
@@ -47,10 +48,10 @@ fuzz_target!(|data: &[u8]| {
     );
     let local = "192.0.2.1:500".parse().unwrap();
     let remote = "192.0.2.10:500".parse().unwrap();
-    ep.handle(0, local, remote, data);
+    ep.handle(Instant::from_nanos(0), local, remote, data);
     // A second message on whatever SA the first one opened.
-    ep.handle(1, local, remote, data);
+    ep.handle(Instant::from_nanos(1), local, remote, data);
     while ep.poll_transmit().is_some() {}
     while ep.poll_event().is_some() {}
-    ep.handle_timeout(60_000_000_000);
+    ep.handle_timeout(Instant::from_nanos(60_000_000_000));
 });

@@ -10,7 +10,7 @@ use rand_core::{CryptoRng, RngCore};
 use ring::{aead, hmac};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::wire::transform;
+use crate::wire::transform;
 
 /// A secret byte string (zeroized on drop, never printed).
 pub type Secret = Zeroizing<Vec<u8>>;
@@ -70,7 +70,7 @@ impl Prf {
 
     /// prf+(key, seed) truncated to `len` bytes (RFC 7296 2.13).
     pub fn prf_plus(self, key: &[u8], seed: &[u8], len: usize) -> Secret {
-        let mut out = Zeroizing::new(Vec::with_capacity(len + self.output_len()));
+        let mut out = Zeroizing::new(Vec::with_capacity(len.saturating_add(self.output_len())));
         let mut t: Secret = Zeroizing::new(Vec::new());
         let mut counter: u8 = 1;
         while out.len() < len {
@@ -228,7 +228,10 @@ impl DhPrivate {
                 let y = BigUint::from_bytes_be(peer);
                 // 1 < y < p - 1 (RFC 7296 / SP 800-56A public key validation).
                 let one = BigUint::from(1u8);
-                if y <= one || y >= &p - &one {
+                // `p` is the RFC 3526 prime: `p - 1` cannot underflow.
+                #[allow(clippy::arithmetic_side_effects)]
+                let p_minus_one = &p - &one;
+                if y <= one || y >= p_minus_one {
                     return Err(DhError::BadPublic);
                 }
                 let z = y.modpow(&BigUint::from_bytes_be(&self.secret), &p);
@@ -287,26 +290,34 @@ impl IkeKeys {
             None => prf.prf(&[ni, nr].concat(), &[shared]),
             Some((old_prf, sk_d)) => old_prf.prf(sk_d, &[shared, ni, nr]),
         };
-        let mut seed = Vec::with_capacity(ni.len() + nr.len() + 16);
+        let mut seed = Vec::with_capacity(ni.len().saturating_add(nr.len()).saturating_add(16));
         seed.extend_from_slice(ni);
         seed.extend_from_slice(nr);
         seed.extend_from_slice(&spi_i.to_be_bytes());
         seed.extend_from_slice(&spi_r.to_be_bytes());
         let p = prf.output_len();
         let (e, a) = (encr_len, integ_len);
-        let km = prf.prf_plus(&skeyseed, &seed, 3 * p + 2 * e + 2 * a);
-        let take = |from: usize, n: usize| {
-            Zeroizing::new(km.get(from..from + n).unwrap_or_default().to_vec())
+        let total = [p, a, a, e, e, p, p]
+            .iter()
+            .fold(0usize, |t, n| t.saturating_add(*n));
+        let km = prf.prf_plus(&skeyseed, &seed, total);
+        // The keys in RFC 7296 2.14 order, each following the last.
+        let mut at = 0usize;
+        let mut take = |n: usize| {
+            let end = at.saturating_add(n);
+            let k = Zeroizing::new(km.get(at..end).unwrap_or_default().to_vec());
+            at = end;
+            k
         };
         IkeKeys {
             prf,
-            sk_d: take(0, p),
-            sk_ai: take(p, a),
-            sk_ar: take(p + a, a),
-            sk_ei: take(p + 2 * a, e),
-            sk_er: take(p + 2 * a + e, e),
-            sk_pi: take(p + 2 * a + 2 * e, p),
-            sk_pr: take(2 * p + 2 * a + 2 * e, p),
+            sk_d: take(p),
+            sk_ai: take(a),
+            sk_ar: take(a),
+            sk_ei: take(e),
+            sk_er: take(e),
+            sk_pi: take(p),
+            sk_pr: take(p),
         }
     }
 }
@@ -327,7 +338,7 @@ pub fn child_keymat(
     }
     seed.extend_from_slice(ni);
     seed.extend_from_slice(nr);
-    let km = prf.prf_plus(sk_d, &seed, 2 * len_each);
+    let km = prf.prf_plus(sk_d, &seed, len_each.saturating_mul(2));
     seed.zeroize();
     let i2r = Zeroizing::new(km.get(..len_each).unwrap_or_default().to_vec());
     let r2i = Zeroizing::new(km.get(len_each..).unwrap_or_default().to_vec());
@@ -478,10 +489,18 @@ impl SkCipher {
     /// Bytes of the SK payload body (IV, ciphertext with padding, ICV) for `inner` bytes.
     pub fn sealed_len(&self, inner: usize) -> usize {
         match self.kind {
-            SkKind::Gcm { .. } => SK_IV_LEN + inner + 1 + SK_ICV_LEN,
-            SkKind::Cbc { .. } => {
-                CBC_BLOCK + (inner + 1).div_ceil(CBC_BLOCK) * CBC_BLOCK + SK_ICV_LEN
-            }
+            SkKind::Gcm { .. } => SK_IV_LEN
+                .saturating_add(inner)
+                .saturating_add(1)
+                .saturating_add(SK_ICV_LEN),
+            SkKind::Cbc { .. } => CBC_BLOCK
+                .saturating_add(
+                    inner
+                        .saturating_add(1)
+                        .div_ceil(CBC_BLOCK)
+                        .saturating_mul(CBC_BLOCK),
+                )
+                .saturating_add(SK_ICV_LEN),
         }
     }
 
@@ -494,7 +513,7 @@ impl SkCipher {
         match &self.kind {
             SkKind::Gcm { key, salt } => {
                 let iv = ctr.to_be_bytes();
-                let mut buf = Vec::with_capacity(SK_IV_LEN + inner.len() + 1 + SK_ICV_LEN);
+                let mut buf = Vec::with_capacity(self.sealed_len(inner.len()));
                 buf.extend_from_slice(&iv);
                 let mut pt = inner.to_vec();
                 pt.push(0); // pad length: GCM needs no padding
@@ -514,16 +533,22 @@ impl SkCipher {
                 iv[8..].copy_from_slice(&ctr.to_be_bytes());
                 aes.encrypt(&mut iv);
                 let mut pt = Zeroizing::new(inner.to_vec());
-                let pad = (CBC_BLOCK - (inner.len() + 1) % CBC_BLOCK) % CBC_BLOCK;
+                // Pad to whole blocks: `pad` zeros, then the pad length (below 16).
+                let used = inner.len().saturating_add(1) % CBC_BLOCK;
+                let pad = CBC_BLOCK.saturating_sub(used) % CBC_BLOCK;
                 pt.extend(core::iter::repeat_n(0u8, pad));
-                pt.push(pad as u8);
-                let mut out = Vec::with_capacity(CBC_BLOCK + pt.len() + SK_ICV_LEN);
+                pt.push(u8::try_from(pad).unwrap_or(0));
+                let mut out = Vec::with_capacity(self.sealed_len(inner.len()));
                 out.extend_from_slice(&iv);
                 let mut prev = iv;
                 for chunk in pt.chunks(CBC_BLOCK) {
                     let mut b = [0u8; CBC_BLOCK];
-                    for (i, x) in b.iter_mut().enumerate() {
-                        *x = chunk.get(i).copied().unwrap_or(0) ^ prev[i];
+                    for ((x, c), p) in b
+                        .iter_mut()
+                        .zip(chunk.iter().chain(core::iter::repeat(&0)))
+                        .zip(prev)
+                    {
+                        *x = c ^ p;
                     }
                     aes.encrypt(&mut b);
                     out.extend_from_slice(&b);
@@ -555,12 +580,12 @@ impl SkCipher {
                 strip_padding(pt)
             }
             SkKind::Cbc { aes, integ } => {
-                if body.len() < 2 * CBC_BLOCK + SK_ICV_LEN
-                    || (body.len() - SK_ICV_LEN) % CBC_BLOCK != 0
-                {
+                // IV, at least one block, ICV; the IV and ciphertext in whole blocks.
+                let signed_len = body.len().checked_sub(SK_ICV_LEN).ok_or(SkError::Short)?;
+                if signed_len < 2 * CBC_BLOCK || signed_len % CBC_BLOCK != 0 {
                     return Err(SkError::Short);
                 }
-                let (signed, icv) = body.split_at(body.len() - SK_ICV_LEN);
+                let (signed, icv) = body.split_at(signed_len);
                 let mut ctx = hmac::Context::with_key(integ);
                 ctx.update(aad);
                 ctx.update(signed);

@@ -3,20 +3,20 @@
 //! Both ends run on the measured core, so a gateway alone does roughly half this work per
 //! handshake (one key generation and one shared secret each side).
 
-use control::ike::crypto::{DhGroup, Prf};
-use control::ike::sa::{
-    any_v4, secret, Authenticator, Endpoint, EndpointConfig, EspProposal, Event, IkeProposal,
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ike::crypto::{DhGroup, Prf};
+use ike::wire::Id;
+use ike::{
+    any_v4, secret, Credential, Endpoint, EndpointConfig, EspProposal, Event, IkeProposal, Instant,
     PeerConfig,
 };
-use control::ike::wire::Id;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn peer(name: &str, local: &str, remote: &str, dh: DhGroup) -> PeerConfig {
     PeerConfig {
         name: name.into(),
         local_id: Id::from_text(local),
         remote_id: Some(Id::from_text(remote)),
-        auth: Authenticator::Psk(secret(b"bench-psk-0123")),
+        auth: Credential::Psk(secret(b"bench-psk-0123")),
         ike_proposals: vec![IkeProposal {
             encr_bits: 128,
             prf: Prf::HmacSha256,
@@ -31,10 +31,10 @@ fn peer(name: &str, local: &str, remote: &str, dh: DhGroup) -> PeerConfig {
         remote_ts: vec![any_v4()],
         pool: None,
         request_vip: false,
-        child_rekey_ns: 0,
-        ike_rekey_ns: 0,
-        dpd_ns: 0,
-        child_life_ns: 0,
+        child_rekey: None,
+        ike_rekey: None,
+        dpd: None,
+        child_life: None,
     }
 }
 
@@ -67,14 +67,15 @@ fn handshake(c: &mut Criterion) {
             |b, _| {
                 b.iter(|| {
                     n += 1;
-                    let id = client.connect(n, "gw", ca, ga).expect("connect");
+                    let now = Instant::from_nanos(n);
+                    let id = client.connect(now, "gw", ca, ga).expect("connect");
                     let mut up = false;
                     while !up {
                         while let Some(t) = client.poll_transmit() {
-                            gw.handle(n, t.dst, t.src, &t.data);
+                            gw.handle(now, t.dst, t.src, &t.data);
                         }
                         while let Some(t) = gw.poll_transmit() {
-                            client.handle(n, t.dst, t.src, &t.data);
+                            client.handle(now, t.dst, t.src, &t.data);
                         }
                         while let Some(e) = client.poll_event() {
                             up |= matches!(e, Event::ChildUp(_));
@@ -83,12 +84,12 @@ fn handshake(c: &mut Criterion) {
                     }
                     // Forget both SAs so the tables stay small (a delete exchange is not timed
                     // separately; it is cheap next to the DH).
-                    let _ = client.delete_ike(n, id);
+                    let _ = client.delete_ike(now, id);
                     while let Some(t) = client.poll_transmit() {
-                        gw.handle(n, t.dst, t.src, &t.data);
+                        gw.handle(now, t.dst, t.src, &t.data);
                     }
                     while let Some(t) = gw.poll_transmit() {
-                        client.handle(n, t.dst, t.src, &t.data);
+                        client.handle(now, t.dst, t.src, &t.data);
                     }
                     while client.poll_event().is_some() {}
                     while gw.poll_event().is_some() {}

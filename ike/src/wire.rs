@@ -51,8 +51,11 @@ pub mod payload {
 /// Notify message types used here.
 pub mod notify {
     pub const UNSUPPORTED_CRITICAL_PAYLOAD: u16 = 1;
+    pub const INVALID_IKE_SPI: u16 = 4;
+    pub const INVALID_MAJOR_VERSION: u16 = 5;
     pub const INVALID_SYNTAX: u16 = 7;
     pub const INVALID_MESSAGE_ID: u16 = 9;
+    pub const INVALID_SPI: u16 = 11;
     pub const NO_PROPOSAL_CHOSEN: u16 = 14;
     pub const INVALID_KE_PAYLOAD: u16 = 17;
     pub const AUTHENTICATION_FAILED: u16 = 24;
@@ -185,15 +188,24 @@ pub struct Header {
 }
 
 impl Header {
+    /// The header of an IKEv2 message: major version 2 (the minor version is ignored, RFC
+    /// 7296 2.5) and a length field within `buf`.
     pub fn parse(buf: &[u8]) -> Result<Header> {
+        let (h, version) = Header::parse_any_version(buf)?;
+        if version >> 4 != 2 {
+            return Err(WireError::Version(version));
+        }
+        Ok(h)
+    }
+
+    /// The header whatever its version byte (returned beside it), for answering a newer
+    /// major version (RFC 7296 2.5).
+    pub fn parse_any_version(buf: &[u8]) -> Result<(Header, u8)> {
         let mut r = Reader::new(buf);
         let spi_i = r.u64()?;
         let spi_r = r.u64()?;
         let next_payload = r.u8()?;
         let version = r.u8()?;
-        if version >> 4 != 2 {
-            return Err(WireError::Version(version));
-        }
         let exchange = r.u8()?;
         let flags = r.u8()?;
         let message_id = r.u32()?;
@@ -201,15 +213,18 @@ impl Header {
         if (length as usize) < HEADER_LEN || length as usize > buf.len() {
             return Err(WireError::Malformed("length field"));
         }
-        Ok(Header {
-            spi_i,
-            spi_r,
-            next_payload,
-            exchange,
-            flags,
-            message_id,
-            length,
-        })
+        Ok((
+            Header {
+                spi_i,
+                spi_r,
+                next_payload,
+                exchange,
+                flags,
+                message_id,
+                length,
+            },
+            version,
+        ))
     }
 
     pub fn emit(&self, out: &mut Vec<u8>) {

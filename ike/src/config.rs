@@ -1,0 +1,162 @@
+//! What the endpoint is told: its connections ([`PeerConfig`]) and its own policy
+//! ([`EndpointConfig`]: retransmission, half-open expiry, the rate of unprotected answers).
+//!
+//! Owns: plain configuration data, already validated by whoever built it (the control plane's
+//! config loader names the file and key of a bad value).
+//! Must never: print a credential (`Debug` redacts it); read a file or a clock.
+
+use core::net::Ipv4Addr;
+use core::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::crypto::Secret;
+use crate::proposal::{EspProposal, IkeProposal};
+use crate::wire::{Id, TrafficSelector};
+
+/// How a connection proves who it is and checks the peer; the endpoint's authenticator
+/// (`services::Authenticator`) interprets it.
+#[derive(Clone)]
+pub enum Credential {
+    /// A pre-shared key, the same on both ends (RFC 7296 2.15).
+    Psk(Secret),
+}
+
+impl core::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Credential::Psk(_) => write!(f, "Psk(<secret>)"),
+        }
+    }
+}
+
+/// A range of virtual IPv4 addresses handed to road-warrior clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub first: Ipv4Addr,
+    pub count: u32,
+}
+
+/// One connection (peer) as configured.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub name: String,
+    pub local_id: Id,
+    /// The peer's identity; `None` accepts any (a responder for many road warriors).
+    pub remote_id: Option<Id>,
+    pub auth: Credential,
+    pub ike_proposals: Vec<IkeProposal>,
+    pub esp_proposals: Vec<EspProposal>,
+    /// Our side's selectors; for a client asking for a virtual IP, the address it gets.
+    pub local_ts: Vec<TrafficSelector>,
+    /// The peer's side; for a responder with a pool, the virtual IP it hands out.
+    pub remote_ts: Vec<TrafficSelector>,
+    pub pool: Option<Pool>,
+    /// Initiator: ask for a virtual IP (CP request).
+    pub request_vip: bool,
+    /// Rekey each CHILD_SA / the IKE SA this long after it came up (`None`: never).
+    pub child_rekey: Option<Duration>,
+    pub ike_rekey: Option<Duration>,
+    /// Delete a CHILD_SA that reaches this age without being replaced (its hard lifetime by
+    /// time; `None`: never).
+    pub child_life: Option<Duration>,
+    /// Check liveness when nothing arrived for this long (`None`: never).
+    pub dpd: Option<Duration>,
+}
+
+/// Retransmission of our requests (strongSwan's defaults: 4 s, x1.8, 5 retransmits).
+#[derive(Clone, Copy, Debug)]
+pub struct Retransmit {
+    pub timeout: Duration,
+    /// Each retransmission waits this many thousandths of the previous wait.
+    pub base_milli: u32,
+    pub tries: u32,
+}
+
+impl Default for Retransmit {
+    fn default() -> Self {
+        Retransmit {
+            timeout: Duration::from_secs(4),
+            base_milli: 1800,
+            tries: 5,
+        }
+    }
+}
+
+impl Retransmit {
+    /// The wait after the `tries`-th retransmission: `timeout * (base/1000)^tries`.
+    pub fn wait(&self, tries: u32) -> Duration {
+        let mut t = self.timeout;
+        for _ in 0..tries {
+            t = t
+                .checked_mul(self.base_milli)
+                .and_then(|x| x.checked_div(1000))
+                .unwrap_or(Duration::MAX);
+        }
+        t
+    }
+}
+
+/// The endpoint's configuration.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    pub peers: Vec<PeerConfig>,
+    pub retransmit: Retransmit,
+    /// A responder's IKE SA that is not authenticated this long after its IKE_SA_INIT goes.
+    pub half_open_timeout: Duration,
+    /// A CHILD_SA rekey the peer refused (e.g. TEMPORARY_FAILURE) is tried again this later.
+    pub rekey_retry: Duration,
+    /// At most this many unprotected error answers (INVALID_SYNTAX, INVALID_IKE_SPI, ...) per
+    /// second, with a burst of as many (RFC 7296 2.21.4: limit the answers to unprotected
+    /// messages).
+    pub unprotected_answers_per_sec: u32,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            peers: Vec::new(),
+            retransmit: Retransmit::default(),
+            half_open_timeout: Duration::from_secs(30),
+            rekey_retry: Duration::from_secs(10),
+            unprotected_answers_per_sec: 20,
+        }
+    }
+}
+
+/// A new, zeroizing secret from bytes (for configuration).
+pub fn secret(b: &[u8]) -> Secret {
+    Zeroizing::new(b.to_vec())
+}
+
+/// A lifetime in whole seconds as configuration files write it (0: none).
+pub fn after_secs(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retransmit_waits_grow_and_saturate() {
+        let r = Retransmit::default();
+        assert_eq!(r.wait(0), Duration::from_secs(4));
+        assert_eq!(r.wait(1), Duration::from_millis(7200));
+        assert_eq!(r.wait(2), Duration::from_millis(12960));
+        let huge = Retransmit {
+            timeout: Duration::MAX,
+            base_milli: 2000,
+            tries: 1,
+        };
+        assert_eq!(huge.wait(3), Duration::MAX);
+        assert_eq!(after_secs(0), None);
+        assert_eq!(after_secs(3), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let c = Credential::Psk(secret(b"hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,610 @@
+//! The IKEv2 endpoint of one process (RFC 7296), sans-IO: it owns every IKE SA, finds the one
+//! a datagram is for, answers what arrives outside any IKE SA, and keeps the deadlines.
+//!
+//! Driven from outside: [`Endpoint::handle`] for each received datagram,
+//! [`Endpoint::handle_timeout`] when [`Endpoint::poll_timeout`] says so, and
+//! [`Endpoint::connect`] / [`Endpoint::rekey_child`] / [`Endpoint::rekey_ike`] /
+//! [`Endpoint::delete_ike`] / [`Endpoint::roam`] for what the operator or the SA repository
+//! asks. Outputs are pulled: [`Endpoint::poll_transmit`] (datagrams with their addresses) and
+//! [`Endpoint::poll_event`] (SAs up, rekeyed, moved, deleted). Time is an [`Instant`] on the
+//! caller's clock; randomness comes from a caller-seeded RNG; SPIs, virtual IPs and
+//! authentication come from the [`Services`] it was built with.
+//!
+//! What it answers outside an IKE SA (RFC 7296 2.5, 2.21; the full table is in `stats`):
+//! a request with a newer major version gets INVALID_MAJOR_VERSION; a request for an IKE SA
+//! we do not have gets INVALID_IKE_SPI; both unprotected, with the requester's SPIs and
+//! message id, and rate-limited. A response that matches no IKE SA, or anything malformed
+//! before an IKE SA is found, is counted and dropped: a response is never answered.
+//!
+//! Owns: the table of IKE SAs, the responder's table of IKE_SA_INIT retransmissions, the
+//! deadlines, the services, the output queues and the counters.
+//! Must never: run an exchange itself (the `exchange` modules do, on one IKE SA at a time);
+//! walk every IKE SA to find what is due.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use crate::config::EndpointConfig;
+use crate::config::PeerConfig;
+use crate::crypto::DhPrivate;
+use crate::event::{Event, SaSummary, Transmit};
+use crate::exchange::{self, error_answer, init, mobike, Action, Ctx, Effect, Output};
+use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
+use crate::ike_sa::{ours_and_theirs, IkeSa, Phase, Role};
+use crate::services::Services;
+use crate::stats::{Reason, Stats};
+use crate::time::Instant;
+use crate::timer::Deadlines;
+use crate::wire::{exchange as xchg, notify, Header, WireError};
+
+/// Record counts of an [`Endpoint`] (see [`Endpoint::footprint`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub ike_sas: usize,
+    pub child_sas: usize,
+    pub half_open: usize,
+    /// Inbound CHILD_SA SPIs reserved (in use, or handed out and not yet released).
+    pub inbound_spis: usize,
+    pub leases: usize,
+    /// Datagrams, events and requests waiting.
+    pub queued: usize,
+}
+
+/// Why an operator request could not start.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no connection named {0:?}")]
+    NoSuchPeer(String),
+    #[error("connection {0:?} has no IKE proposal")]
+    NoProposal(String),
+    #[error("no such IKE SA")]
+    NoSuchSa,
+    #[error("the peer did not negotiate MOBIKE")]
+    NoMobike,
+}
+
+/// The IKEv2 endpoint of one process.
+pub struct Endpoint {
+    config: EndpointConfig,
+    peers: Vec<Arc<PeerConfig>>,
+    rng: ChaCha20Rng,
+    sas: HashMap<IkeSaId, IkeSa>,
+    /// Responder side: (initiator SPI, peer address) -> our IKE SA, to spot IKE_SA_INIT
+    /// retransmissions.
+    half_open: HashMap<(IkeSpi, SocketAddr), IkeSaId>,
+    deadlines: Deadlines,
+    services: Services,
+    out: Output,
+    stats: Stats,
+}
+
+impl Endpoint {
+    /// An endpoint with the default services (random SPIs, local pools, pre-shared keys).
+    pub fn new(config: EndpointConfig, seed: [u8; 32]) -> Endpoint {
+        Endpoint::with_services(config, seed, Services::default())
+    }
+
+    pub fn with_services(config: EndpointConfig, seed: [u8; 32], services: Services) -> Endpoint {
+        let peers = config.peers.iter().cloned().map(Arc::new).collect();
+        Endpoint {
+            config,
+            peers,
+            rng: ChaCha20Rng::from_seed(seed),
+            sas: HashMap::new(),
+            half_open: HashMap::new(),
+            deadlines: Deadlines::default(),
+            services,
+            out: Output::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let e = self.out.events.pop_front();
+        if let Some(Event::ChildDown { spi_in, .. }) = &e {
+            // Reported down: the SPI may be handed out again.
+            self.services.spis.release_child(*spi_in);
+        }
+        e
+    }
+
+    /// The earliest time something is due (a retransmission, a rekey, a liveness check).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.first()
+    }
+
+    /// What was dropped or answered with an error, by reason.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The IKE SAs, for views: (id, peer name, established, children (spi_in, spi_out)).
+    pub fn list(&self) -> Vec<SaSummary> {
+        let mut v: Vec<_> = self
+            .sas
+            .values()
+            .map(|s| {
+                (
+                    s.id(),
+                    s.state
+                        .peer
+                        .as_ref()
+                        .map_or(String::new(), |p| p.name.clone()),
+                    s.state.phase == Phase::Established,
+                    s.state
+                        .children
+                        .iter()
+                        .map(|c| (c.spi_in, c.spi_out))
+                        .collect(),
+                )
+            })
+            .collect();
+        v.sort_by_key(|e| e.0);
+        v
+    }
+
+    /// The virtual IPs leased from pools, with the IKE SA holding each.
+    pub fn leases(&self) -> Vec<(Ipv4Addr, IkeSaId)> {
+        self.services.pool.leases()
+    }
+
+    /// How many records the endpoint holds: what must stay bounded by the number of peers
+    /// however many exchanges it runs (soak tests and views read it).
+    pub fn footprint(&self) -> Footprint {
+        let queued = self
+            .sas
+            .values()
+            .fold(0usize, |n, s| n.saturating_add(s.pending.queue.len()));
+        Footprint {
+            ike_sas: self.sas.len(),
+            child_sas: self
+                .sas
+                .values()
+                .fold(0usize, |n, s| n.saturating_add(s.state.children.len())),
+            half_open: self.half_open.len(),
+            inbound_spis: self.services.spis.in_use().1,
+            leases: self.services.pool.leases().len(),
+            queued: queued
+                .saturating_add(self.out.transmits.len())
+                .saturating_add(self.out.events.len()),
+        }
+    }
+
+    /// True while any exchange is under way or queued.
+    pub fn busy(&self) -> bool {
+        self.sas
+            .values()
+            .any(|sa| sa.pending.outstanding.is_some() || !sa.pending.queue.is_empty())
+    }
+
+    /// The IKE SA a CHILD_SA (by inbound SPI) belongs to now.
+    pub fn ike_of_child(&self, spi_in: ChildSpi) -> Option<IkeSaId> {
+        self.sas
+            .values()
+            .find(|sa| sa.state.children.iter().any(|c| c.spi_in == spi_in))
+            .map(IkeSa::id)
+    }
+
+    // ---- operator requests -------------------------------------------------------------
+
+    /// Starts an IKE SA (and its first CHILD_SA) to `remote` with connection `peer`.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        peer: &str,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<IkeSaId, ConnectError> {
+        let cfg = self
+            .peers
+            .iter()
+            .find(|p| p.name == peer)
+            .cloned()
+            .ok_or_else(|| ConnectError::NoSuchPeer(peer.into()))?;
+        let prop = *cfg
+            .ike_proposals
+            .first()
+            .ok_or_else(|| ConnectError::NoProposal(peer.into()))?;
+        let spi = self.services.spis.ike_spi(&mut self.rng);
+        let dh = DhPrivate::generate(prop.dh, &mut self.rng);
+        let mut ni = vec![0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut self.rng, &mut ni);
+        let id = IkeSaId(spi);
+        let mut sa = IkeSa::new(
+            id,
+            Role::Initiator,
+            spi,
+            IkeSpi::ZERO,
+            local,
+            remote,
+            prop,
+            now,
+        );
+        sa.state.peer = Some(cfg);
+        let hs = sa.handshake();
+        hs.dh = Some(dh);
+        hs.ni = ni;
+        self.sas.insert(id, sa);
+        self.run(id, now, init::start);
+        self.apply_effects(now);
+        Ok(id)
+    }
+
+    /// Rekeys the CHILD_SA whose inbound SPI is `spi_in` (make-before-break: the new SA is
+    /// reported up before the old one is deleted).
+    pub fn rekey_child(
+        &mut self,
+        now: Instant,
+        ike: IkeSaId,
+        spi_in: ChildSpi,
+    ) -> Result<(), ConnectError> {
+        self.enqueue(now, ike, Action::RekeyChild(spi_in))
+    }
+
+    pub fn rekey_ike(&mut self, now: Instant, ike: IkeSaId) -> Result<(), ConnectError> {
+        self.enqueue(now, ike, Action::RekeyIke)
+    }
+
+    pub fn delete_ike(&mut self, now: Instant, ike: IkeSaId) -> Result<(), ConnectError> {
+        self.enqueue(now, ike, Action::DeleteIke)
+    }
+
+    pub fn delete_child(
+        &mut self,
+        now: Instant,
+        ike: IkeSaId,
+        spi_in: ChildSpi,
+    ) -> Result<(), ConnectError> {
+        self.enqueue(now, ike, Action::DeleteChild(spi_in))
+    }
+
+    /// Starts a further CHILD_SA under IKE SA `ike` with the first one's selectors (e.g. one
+    /// per core, RFC 9611 style).
+    pub fn create_child(&mut self, now: Instant, ike: IkeSaId) -> Result<(), ConnectError> {
+        self.enqueue(now, ike, Action::NewChild)
+    }
+
+    /// MOBIKE, the mobile end (RFC 4555 3.4): our address for IKE SA `ike` is now `local`.
+    /// The IKE SA and its CHILD_SAs move at once on our side (an [`Event::IkeMoved`]) and an
+    /// UPDATE_SA_ADDRESSES request tells the peer. `additional` are further addresses of ours
+    /// (none: NO_ADDITIONAL_ADDRESSES).
+    pub fn roam(
+        &mut self,
+        now: Instant,
+        ike: IkeSaId,
+        local: IpAddr,
+        additional: Vec<IpAddr>,
+    ) -> Result<(), ConnectError> {
+        let r = self
+            .run(ike, now, |sa, ctx| mobike::roam(sa, ctx, local, additional))
+            .ok_or(ConnectError::NoSuchSa)?;
+        self.apply_effects(now);
+        r.map_err(|_| ConnectError::NoMobike)
+    }
+
+    /// ESP arrived from `from` for an SPI we do not have: tells the peer in an INFORMATIONAL
+    /// over the established IKE SA we have with that address (RFC 7296 2.21.4, 3.10.1), at
+    /// most one such request under way per IKE SA. True if one was queued.
+    pub fn notify_invalid_spi(&mut self, now: Instant, from: IpAddr, spi: ChildSpi) -> bool {
+        let Some(id) = self
+            .sas
+            .values()
+            .find(|sa| sa.state.phase == Phase::Established && sa.state.remote.ip() == from)
+            .map(IkeSa::id)
+        else {
+            return false;
+        };
+        let queued = self.run(id, now, |sa, ctx| {
+            let busy = sa
+                .pending
+                .queue
+                .iter()
+                .any(|a| matches!(a, Action::InvalidSpi(_)))
+                || matches!(
+                    sa.pending.outstanding.as_ref().map(|o| &o.request),
+                    Some(exchange::Request::InvalidSpi)
+                );
+            if !busy {
+                exchange::enqueue(sa, ctx, Action::InvalidSpi(spi));
+            }
+            !busy
+        });
+        self.apply_effects(now);
+        queued.unwrap_or(false)
+    }
+
+    fn enqueue(&mut self, now: Instant, ike: IkeSaId, a: Action) -> Result<(), ConnectError> {
+        self.run(ike, now, |sa, ctx| exchange::enqueue(sa, ctx, a))
+            .ok_or(ConnectError::NoSuchSa)?;
+        self.apply_effects(now);
+        Ok(())
+    }
+
+    // ---- receiving -----------------------------------------------------------------------
+
+    /// Handles one received IKE message (without the non-ESP marker) from `remote` to `local`.
+    pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        let (h, version) = match Header::parse_any_version(data) {
+            Ok(x) => x,
+            Err(WireError::Truncated) => {
+                self.stats.count(Reason::Truncated);
+                return;
+            }
+            // The length field is below a header or beyond the datagram.
+            Err(_) => {
+                self.stats.count(Reason::LengthMismatch);
+                return;
+            }
+        };
+        if usize::try_from(h.length).ok() != Some(data.len()) {
+            self.stats.count(Reason::LengthMismatch);
+            return;
+        }
+        match version >> 4 {
+            2 => {}
+            major if major > 2 => {
+                if h.is_response() {
+                    self.stats.count(Reason::NewerMajorVersion);
+                } else {
+                    // RFC 7296 2.5: the highest version we speak is in the answer's header.
+                    let answer = error_answer(&h, notify::INVALID_MAJOR_VERSION, vec![]);
+                    self.ctx(now).answer_unprotected(
+                        Reason::NewerMajorVersion,
+                        local,
+                        remote,
+                        answer,
+                    );
+                }
+                return;
+            }
+            _ => {
+                self.stats.count(Reason::OldMajorVersion);
+                return;
+            }
+        }
+        if h.exchange == xchg::IKE_SA_INIT && !h.is_response() {
+            self.init_request(now, local, remote, &h, data);
+            return;
+        }
+        let (ours, theirs) = ours_and_theirs(&h);
+        let id = IkeSaId(ours);
+        let Some(sa) = self.sas.get(&id) else {
+            if h.is_response() {
+                self.stats.count(Reason::UnknownSpiResponse);
+            } else {
+                let answer = error_answer(&h, notify::INVALID_IKE_SPI, vec![]);
+                self.ctx(now)
+                    .answer_unprotected(Reason::UnknownSpi, local, remote, answer);
+            }
+            return;
+        };
+        // The peer's SPI must match too (once known).
+        let expected = match sa.state.role {
+            Role::Initiator => sa.state.spi_r,
+            Role::Responder => sa.state.spi_i,
+        };
+        if !expected.is_zero() && theirs != expected {
+            self.stats.count(Reason::PeerSpiMismatch);
+            return;
+        }
+        self.run(id, now, |sa, ctx| {
+            if h.is_response() {
+                exchange::on_response(sa, ctx, local, remote, &h, data);
+            } else {
+                exchange::on_request(sa, ctx, local, remote, &h, data);
+            }
+        });
+        self.apply_effects(now);
+    }
+
+    /// An IKE_SA_INIT request: the same answer again for a retransmission, else the responder
+    /// side of `exchange::init`.
+    fn init_request(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        h: &Header,
+        msg: &[u8],
+    ) {
+        if h.spi_r != 0 {
+            self.stats.count(Reason::InitResponderSpi);
+            return;
+        }
+        let key = (IkeSpi(h.spi_i), remote);
+        if let Some(sa) = self.half_open.get(&key).and_then(|id| self.sas.get(id)) {
+            if let Some(hs) = sa.pending.handshake.as_ref() {
+                if hs.init_request == msg && !hs.init_response.is_empty() {
+                    let data = hs.init_response.clone();
+                    self.out.transmits.push_back(Transmit {
+                        src: local,
+                        dst: remote,
+                        data,
+                    });
+                    return;
+                }
+            }
+        }
+        let Some(sa) = init::respond(&mut self.ctx(now), local, remote, h, msg) else {
+            return;
+        };
+        let id = sa.id();
+        self.half_open.insert(key, id);
+        self.sas.insert(id, sa);
+        self.file(id);
+    }
+
+    // ---- timers ----------------------------------------------------------------------------
+
+    /// Retransmits, times out dead peers and half-open IKE SAs, starts due rekeys and liveness
+    /// checks: only on the IKE SAs that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for id in self.deadlines.take_due(now) {
+            if let Some(sa) = self.sas.get_mut(&id) {
+                sa.filed = None;
+            }
+            self.run(id, now, exchange::on_timers);
+        }
+        self.apply_effects(now);
+    }
+
+    /// How many IKE SAs are filed under a deadline (each at most once).
+    pub fn filed_deadlines(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    // ---- plumbing ----------------------------------------------------------------------------
+
+    fn ctx(&mut self, now: Instant) -> Ctx<'_> {
+        Ctx {
+            now,
+            rng: &mut self.rng,
+            config: &self.config,
+            peers: &self.peers,
+            services: &mut self.services,
+            out: &mut self.out,
+            stats: &mut self.stats,
+        }
+    }
+
+    /// Runs `f` on IKE SA `id` (if it exists) with a context, then re-files it under its
+    /// next deadline or takes it out if it ended. Effects on other IKE SAs wait in the output
+    /// for [`apply_effects`](Self::apply_effects).
+    fn run<R>(
+        &mut self,
+        id: IkeSaId,
+        now: Instant,
+        f: impl FnOnce(&mut IkeSa, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        let Endpoint {
+            sas,
+            rng,
+            config,
+            peers,
+            services,
+            out,
+            stats,
+            ..
+        } = self;
+        let sa = sas.get_mut(&id)?;
+        let mut ctx = Ctx {
+            now,
+            rng,
+            config,
+            peers,
+            services,
+            out,
+            stats,
+        };
+        let r = f(sa, &mut ctx);
+        self.file(id);
+        Some(r)
+    }
+
+    /// Files IKE SA `id` under its earliest deadline, or takes it out if it is dead.
+    fn file(&mut self, id: IkeSaId) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        if sa.state.phase == Phase::Dead {
+            self.remove(id);
+            return;
+        }
+        if sa.state.phase != Phase::Init {
+            if let Some(k) = sa.pending.half_open.take() {
+                if self.half_open.get(&k) == Some(&id) {
+                    self.half_open.remove(&k);
+                }
+            }
+        }
+        sa.refresh_timers();
+        let next = sa.timers.next();
+        self.deadlines.refile(id, sa.filed, next);
+        sa.filed = next;
+    }
+
+    fn remove(&mut self, id: IkeSaId) {
+        let Some(sa) = self.sas.remove(&id) else {
+            return;
+        };
+        self.deadlines.refile(id, sa.filed, None);
+        if let Some(k) = sa.pending.half_open {
+            if self.half_open.get(&k) == Some(&id) {
+                self.half_open.remove(&k);
+            }
+        }
+        if let Some(out) = &sa.pending.outstanding {
+            let (ike, child) = out.request.reserved();
+            if let Some(s) = ike {
+                self.services.spis.release_ike(s);
+            }
+            if let Some(s) = child {
+                self.services.spis.release_child(s);
+            }
+        }
+        self.services.pool.release(id);
+        self.services.spis.release_ike(id.0);
+    }
+
+    /// Does what exchanges asked of other IKE SAs than their own, until nothing is left.
+    fn apply_effects(&mut self, now: Instant) {
+        while !self.out.effects.is_empty() {
+            let effects = core::mem::take(&mut self.out.effects);
+            for e in effects {
+                match e {
+                    Effect::Insert(sa) => {
+                        let id = sa.id();
+                        self.sas.insert(id, *sa);
+                        self.file(id);
+                    }
+                    Effect::HandOver { to, children } => {
+                        let mut children = Some(children);
+                        self.run(to, now, |sa, _| {
+                            sa.state
+                                .children
+                                .extend(children.take().unwrap_or_default())
+                        });
+                        // The survivor went meanwhile: its children are gone with it.
+                        for c in children.into_iter().flatten() {
+                            self.out.events.push_back(Event::ChildDown {
+                                ike: to,
+                                spi_in: c.spi_in,
+                                spi_out: c.spi_out,
+                            });
+                        }
+                    }
+                    Effect::Delete(id) => {
+                        self.run(id, now, |sa, ctx| {
+                            exchange::enqueue(sa, ctx, Action::DeleteIke)
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Endpoint {
+    /// An IKE SA itself, for tests that forge messages with its keys.
+    pub(crate) fn sa_mut(&mut self, id: IkeSaId) -> Option<&mut IkeSa> {
+        self.sas.get_mut(&id)
+    }
+
+    /// Whether the responder's table of IKE_SA_INIT retransmissions is empty.
+    pub(crate) fn half_open_entries(&self) -> usize {
+        self.half_open.len()
+    }
+}

@@ -1,0 +1,124 @@
+//! What the endpoint reports: [`Event`]s for the SA repository (SAs up, moved, rekeyed, down)
+//! and [`Transmit`]s, the datagrams it wants sent.
+//!
+//! Owns: the output types of the control-plane API.
+//! Must never: show key material in `Debug` (CHILD_SA keys print as `<secret>`).
+
+use core::net::{IpAddr, SocketAddr};
+
+use crate::crypto::Secret;
+use crate::ids::{ChildSpi, IkeSaId};
+use crate::wire::TrafficSelector;
+
+/// One direction's keys and parameters of a CHILD_SA as the data plane needs them.
+#[derive(Clone)]
+pub struct ChildSaKeys {
+    pub spi: ChildSpi,
+    pub encr_bits: u16,
+    /// AES key followed by the 4-byte salt (RFC 4106).
+    pub keymat: Secret,
+}
+
+impl core::fmt::Debug for ChildSaKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "ChildSaKeys(spi {}, aes-gcm-{}, <secret>)",
+            self.spi, self.encr_bits
+        )
+    }
+}
+
+/// A CHILD_SA that came up.
+#[derive(Clone, Debug)]
+pub struct ChildSaInfo {
+    pub ike: IkeSaId,
+    pub name: String,
+    pub inbound: ChildSaKeys,
+    pub outbound: ChildSaKeys,
+    pub esn: bool,
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+    /// Tunnel endpoints (the IKE SA's addresses) and whether ESP goes in UDP 4500.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub udp_encap: bool,
+    /// The inbound SPI of the CHILD_SA this one replaces (a rekey).
+    pub rekey_of: Option<ChildSpi>,
+    /// True when this end started the exchange that made it.
+    pub initiated_here: bool,
+    /// Made by our rekey but redundant: the peer rekeyed the same CHILD_SA at the same time
+    /// and its exchange won (RFC 7296 2.8.1). We delete it at once and never send on it.
+    pub redundant: bool,
+}
+
+/// What happened, for the SA repository.
+#[derive(Clone, Debug)]
+pub enum Event {
+    IkeUp {
+        ike: IkeSaId,
+        peer: String,
+        remote_id: String,
+        local: SocketAddr,
+        remote: SocketAddr,
+        /// The virtual IP of this IKE SA: ours (a client the peer assigned one to) when
+        /// `virtual_ip_is_ours`, else the one we leased to the peer from a pool.
+        virtual_ip: Option<IpAddr>,
+        virtual_ip_is_ours: bool,
+    },
+    ChildUp(ChildSaInfo),
+    /// MOBIKE moved the IKE SA and its CHILD_SAs (by inbound SPI) to new addresses: same
+    /// keys, same SPIs, no rekey. The data plane rebinds their outbound SAs.
+    IkeMoved {
+        ike: IkeSaId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        udp_encap: bool,
+        children: Vec<ChildSpi>,
+    },
+    /// A CHILD_SA is gone (deleted by either side, or with its IKE SA).
+    ChildDown {
+        ike: IkeSaId,
+        spi_in: ChildSpi,
+        spi_out: ChildSpi,
+    },
+    /// The IKE SA was rekeyed: `old` is replaced by `new`, children move along.
+    IkeRekeyed {
+        old: IkeSaId,
+        new: IkeSaId,
+        /// True when this end started the rekey.
+        initiated_here: bool,
+    },
+    IkeDown {
+        ike: IkeSaId,
+        reason: DownReason,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DownReason {
+    Deleted,
+    PeerDeleted,
+    /// Retransmissions ran out (dead peer).
+    Timeout,
+    AuthFailed,
+    NoProposal,
+    Rekeyed,
+    /// A MOBIKE update's answer did not echo our COOKIE2 (RFC 4555 3.6).
+    ReturnRoutability,
+    /// A badly formed authenticated message: we answered INVALID_SYNTAX, or the peer did
+    /// (fatal to both ends, RFC 7296 2.21.3).
+    InvalidSyntax,
+}
+
+/// An IKE SA as the views show it: id, connection name, established, its CHILD_SAs as
+/// (inbound SPI, outbound SPI).
+pub type SaSummary = (IkeSaId, String, bool, Vec<(ChildSpi, ChildSpi)>);
+
+/// A datagram to send.
+#[derive(Clone, Debug)]
+pub struct Transmit {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub data: Vec<u8>,
+}

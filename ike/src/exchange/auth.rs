@@ -1,0 +1,377 @@
+//! IKE_AUTH (RFC 7296 1.2, 2.15): identities and AUTH (made and checked by the authenticator
+//! service, which may add payloads of its own), the first CHILD_SA with traffic-selector
+//! narrowing (2.9), a virtual IP from the address pool (CP, 3.15), MOBIKE_SUPPORTED (RFC 4555
+//! 3.1).
+//!
+//! A responder that cannot authenticate the peer (no IDi or AUTH, no connection for it, AUTH
+//! does not verify) answers AUTHENTICATION_FAILED (2.21.2) and the half-open IKE SA goes.
+//!
+//! Owns: the IKE_AUTH messages; choosing the connection of a responder's IKE SA.
+//! Must never: look at a credential (the authenticator does); report an IKE SA up before the
+//! peer's AUTH verified.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::config::PeerConfig;
+use crate::crypto::{self, SkCipher};
+use crate::event::{DownReason, Event};
+use crate::exchange::{
+    find_notify, find_sa, find_tsi, find_tsr, send_request, Ctx, Reply, Request,
+};
+use crate::ids::ChildSpi;
+use crate::ike_sa::{IkeSa, Phase};
+use crate::proposal::{esp_payload, esp_proposal, select_esp, EspProposal};
+use crate::services::{Auth, AuthInput};
+use crate::ts::{any_v4, host_ts, narrow};
+use crate::wire::{cfg, exchange, notify, CfgAttr, Id, Payload, TrafficSelector};
+
+/// Our IKE_AUTH request with the first CHILD_SA (the initiator, after IKE_SA_INIT).
+pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    let Some(cfg) = sa.state.peer.clone() else {
+        return;
+    };
+    let idi = cfg.local_id.clone();
+    let signed = {
+        let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
+            return;
+        };
+        let input = AuthInput {
+            prf: keys.prf,
+            message: &hs.init_request,
+            nonce: &hs.nr,
+            sk_p: &keys.sk_pi,
+            id: &idi,
+        };
+        ctx.services.auth.sign(&cfg, &input)
+    };
+    let Ok(auth) = signed else {
+        sa.close(ctx, DownReason::AuthFailed);
+        return;
+    };
+    let child_spi = ctx.child_spi();
+    let mut inner = vec![Payload::IdI(idi)];
+    inner.extend(ctx.services.auth.extra_payloads(&cfg));
+    inner.push(Payload::notify(notify::INITIAL_CONTACT, vec![]));
+    if let Some(r) = &cfg.remote_id {
+        inner.push(Payload::IdR(r.clone()));
+    }
+    inner.push(Payload::Auth {
+        method: auth.method,
+        data: auth.data,
+    });
+    if cfg.request_vip {
+        inner.push(Payload::Cp {
+            kind: cfg::REQUEST,
+            attrs: vec![CfgAttr {
+                kind: cfg::INTERNAL_IP4_ADDRESS,
+                value: vec![],
+            }],
+        });
+    }
+    inner.push(Payload::Sa(esp_payload(&cfg.esp_proposals, child_spi)));
+    let local_ts = if cfg.request_vip {
+        vec![any_v4()]
+    } else {
+        cfg.local_ts.clone()
+    };
+    inner.push(Payload::TsI(local_ts));
+    inner.push(Payload::TsR(cfg.remote_ts.clone()));
+    inner.push(Payload::notify(notify::MOBIKE_SUPPORTED, vec![]));
+    sa.state.phase = Phase::Auth;
+    send_request(
+        sa,
+        ctx,
+        exchange::IKE_AUTH,
+        &inner,
+        Request::Auth { child_spi },
+    );
+}
+
+fn find_idi(p: &[Payload]) -> Option<&Id> {
+    p.iter().find_map(|x| match x {
+        Payload::IdI(i) => Some(i),
+        _ => None,
+    })
+}
+
+fn find_idr(p: &[Payload]) -> Option<&Id> {
+    p.iter().find_map(|x| match x {
+        Payload::IdR(i) => Some(i),
+        _ => None,
+    })
+}
+
+fn find_auth(p: &[Payload]) -> Option<Auth> {
+    p.iter().find_map(|x| match x {
+        Payload::Auth { method, data } => Some(Auth {
+            method: *method,
+            data: data.clone(),
+        }),
+        _ => None,
+    })
+}
+
+/// The responder's IKE_AUTH answer (the initiator's side).
+pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi, p: &[Payload]) {
+    let Some(cfg) = sa.state.peer.clone() else {
+        return;
+    };
+    let fail = |sa: &mut IkeSa, ctx: &mut Ctx<'_>| {
+        ctx.services.spis.release_child(child_spi);
+        sa.close(ctx, DownReason::AuthFailed);
+    };
+    if find_notify(p, notify::AUTHENTICATION_FAILED).is_some() {
+        return fail(sa, ctx);
+    }
+    let (Some(idr), Some(auth)) = (find_idr(p), find_auth(p)) else {
+        return fail(sa, ctx);
+    };
+    if cfg.remote_id.as_ref().is_some_and(|r| r != idr) {
+        return fail(sa, ctx);
+    }
+    let verified = {
+        let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
+            return;
+        };
+        let input = AuthInput {
+            prf: keys.prf,
+            message: &hs.init_response,
+            nonce: &hs.ni,
+            sk_p: &keys.sk_pr,
+            id: idr,
+        };
+        ctx.services.auth.verify(&cfg, &input, &auth, p)
+    };
+    if verified.is_err() {
+        return fail(sa, ctx);
+    }
+    let (ni, nr) = match sa.pending.handshake.as_ref() {
+        Some(hs) => (hs.ni.clone(), hs.nr.clone()),
+        None => return,
+    };
+    sa.state.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
+    sa.state.virtual_ip = p.iter().find_map(|x| match x {
+        Payload::Cp {
+            kind: cfg::REPLY,
+            attrs,
+        } => attrs
+            .iter()
+            .find(|a| a.kind == cfg::INTERNAL_IP4_ADDRESS)
+            .and_then(|a| {
+                <[u8; 4]>::try_from(a.value.get(..4)?)
+                    .ok()
+                    .map(|b| IpAddr::from(Ipv4Addr::from(b)))
+            }),
+        _ => None,
+    });
+    sa.establish(ctx.now);
+    ctx.event(Event::IkeUp {
+        ike: sa.id(),
+        peer: cfg.name.clone(),
+        remote_id: idr.display(),
+        local: sa.state.local,
+        remote: sa.state.remote,
+        virtual_ip: sa.state.virtual_ip,
+        virtual_ip_is_ours: true,
+    });
+    // The first CHILD_SA (or the reason there is none).
+    let chosen = match (find_sa(p), find_tsi(p), find_tsr(p)) {
+        (Some(props), Some(tsi), Some(tsr)) => {
+            select_esp(props, &cfg.esp_proposals).map(|c| (c, tsi, tsr))
+        }
+        _ => None,
+    };
+    let Some(((_, esp, spi_out), tsi, tsr)) = chosen else {
+        ctx.services.spis.release_child(child_spi);
+        return;
+    };
+    let Some(keys) = sa.state.keys.as_ref() else {
+        return;
+    };
+    let len = SkCipher::keymat_len(esp.encr_bits);
+    let (i2r, r2i) = crypto::child_keymat(keys.prf, &keys.sk_d, None, &ni, &nr, len);
+    let child = sa.new_child(
+        ctx.now,
+        child_spi,
+        spi_out,
+        esp.esn,
+        esp.encr_bits,
+        tsi.to_vec(),
+        tsr.to_vec(),
+    );
+    let info = sa.child_info(&child, r2i, i2r, None, true);
+    sa.state.children.push(child);
+    ctx.event(Event::ChildUp(info));
+}
+
+/// The connection for this peer: its identity matches, the IKE proposal is one of its own,
+/// and (if the peer named us) our identity is the one it asked for.
+fn choose_peer<'a>(
+    ctx: &'a Ctx<'_>,
+    sa: &IkeSa,
+    idi: &Id,
+    idr_wanted: Option<&Id>,
+) -> Option<&'a std::sync::Arc<PeerConfig>> {
+    ctx.peers.iter().find(|c| {
+        c.remote_id.as_ref().is_none_or(|r| r == idi)
+            && c.ike_proposals.contains(&sa.state.prop)
+            && idr_wanted.is_none_or(|w| *w == c.local_id)
+    })
+}
+
+/// The initiator's IKE_AUTH request (the responder's side): authenticate, lease a virtual IP
+/// if asked, negotiate the first CHILD_SA.
+pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Reply {
+    let failed = Ok(vec![Payload::notify(notify::AUTHENTICATION_FAILED, vec![])]);
+    let (Some(idi), Some(auth)) = (find_idi(p), find_auth(p)) else {
+        return failed;
+    };
+    let Some(cfg) = choose_peer(ctx, sa, idi, find_idr(p)).cloned() else {
+        return failed;
+    };
+    let verified = {
+        let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
+            return failed;
+        };
+        let input = AuthInput {
+            prf: keys.prf,
+            message: &hs.init_request,
+            nonce: &hs.nr,
+            sk_p: &keys.sk_pi,
+            id: idi,
+        };
+        ctx.services.auth.verify(&cfg, &input, &auth, p)
+    };
+    if verified.is_err() {
+        return failed;
+    }
+    let signed = {
+        let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
+            return failed;
+        };
+        let input = AuthInput {
+            prf: keys.prf,
+            message: &hs.init_response,
+            nonce: &hs.ni,
+            sk_p: &keys.sk_pr,
+            id: &cfg.local_id,
+        };
+        ctx.services.auth.sign(&cfg, &input)
+    };
+    let Ok(my_auth) = signed else {
+        return failed;
+    };
+    let mut reply = vec![Payload::IdR(cfg.local_id.clone())];
+    reply.extend(ctx.services.auth.extra_payloads(&cfg));
+    reply.push(Payload::Auth {
+        method: my_auth.method,
+        data: my_auth.data,
+    });
+    // A virtual IP when asked for and we have a pool.
+    let wants_vip = p.iter().any(|x| {
+        matches!(x, Payload::Cp { kind: cfg::REQUEST, attrs }
+            if attrs.iter().any(|a| a.kind == cfg::INTERNAL_IP4_ADDRESS))
+    });
+    let mut vip = None;
+    if wants_vip {
+        if let Some(pool) = &cfg.pool {
+            vip = ctx.services.pool.lease(pool, sa.id());
+            reply.push(match vip {
+                Some(a) => Payload::Cp {
+                    kind: cfg::REPLY,
+                    attrs: vec![CfgAttr {
+                        kind: cfg::INTERNAL_IP4_ADDRESS,
+                        value: a.octets().to_vec(),
+                    }],
+                },
+                None => Payload::notify(notify::INTERNAL_ADDRESS_FAILURE, vec![]),
+            });
+        }
+    }
+    let (ni, nr) = match sa.pending.handshake.as_ref() {
+        Some(hs) => (hs.ni.clone(), hs.nr.clone()),
+        None => return failed,
+    };
+    sa.state.peer = Some(cfg.clone());
+    sa.state.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
+    sa.state.virtual_ip = vip.map(IpAddr::V4);
+    sa.establish(ctx.now);
+    ctx.event(Event::IkeUp {
+        ike: sa.id(),
+        peer: cfg.name.clone(),
+        remote_id: idi.display(),
+        local: sa.state.local,
+        remote: sa.state.remote,
+        virtual_ip: sa.state.virtual_ip,
+        virtual_ip_is_ours: false,
+    });
+    // The first CHILD_SA.
+    let remote_cfg_ts: Vec<TrafficSelector> = match vip {
+        Some(a) => vec![host_ts(IpAddr::V4(a))],
+        None => cfg.remote_ts.clone(),
+    };
+    match negotiate_child(p, &cfg.esp_proposals, &cfg.local_ts, &remote_cfg_ts) {
+        Ok(n) => {
+            let child_spi = ctx.child_spi();
+            let Some(keys) = sa.state.keys.as_ref() else {
+                return failed;
+            };
+            let len = SkCipher::keymat_len(n.esp.encr_bits);
+            let (i2r, r2i) = crypto::child_keymat(keys.prf, &keys.sk_d, None, &ni, &nr, len);
+            let child = sa.new_child(
+                ctx.now,
+                child_spi,
+                n.spi_out,
+                n.esp.esn,
+                n.esp.encr_bits,
+                n.tsr.clone(),
+                n.tsi.clone(),
+            );
+            let info = sa.child_info(&child, i2r, r2i, None, false);
+            sa.state.children.push(child);
+            ctx.event(Event::ChildUp(info));
+            reply.push(Payload::Sa(vec![esp_proposal(n.num, &n.esp, child_spi)]));
+            reply.push(Payload::TsI(n.tsi));
+            reply.push(Payload::TsR(n.tsr));
+        }
+        Err(n) => reply.push(Payload::notify(n, vec![])),
+    }
+    reply.push(Payload::notify(notify::MOBIKE_SUPPORTED, vec![]));
+    Ok(reply)
+}
+
+/// A responder's CHILD_SA: the chosen ESP proposal (its number, the peer's SPI) and the
+/// narrowed selectors (TSi: the initiator's side, TSr: ours).
+pub(crate) struct Negotiated {
+    pub num: u8,
+    pub esp: EspProposal,
+    pub spi_out: ChildSpi,
+    pub tsi: Vec<TrafficSelector>,
+    pub tsr: Vec<TrafficSelector>,
+}
+
+/// Chooses the ESP proposal and narrows TSi to `remote_cfg`, TSr to `local_cfg`; the error
+/// notify when it cannot.
+pub(crate) fn negotiate_child(
+    p: &[Payload],
+    esp: &[EspProposal],
+    local_cfg: &[TrafficSelector],
+    remote_cfg: &[TrafficSelector],
+) -> Result<Negotiated, u16> {
+    let props = find_sa(p).ok_or(notify::NO_PROPOSAL_CHOSEN)?;
+    let (num, e, spi_out) = select_esp(props, esp).ok_or(notify::NO_PROPOSAL_CHOSEN)?;
+    let tsi = find_tsi(p).ok_or(notify::TS_UNACCEPTABLE)?;
+    let tsr = find_tsr(p).ok_or(notify::TS_UNACCEPTABLE)?;
+    let tsi = narrow(tsi, remote_cfg);
+    let tsr = narrow(tsr, local_cfg);
+    if tsi.is_empty() || tsr.is_empty() {
+        return Err(notify::TS_UNACCEPTABLE);
+    }
+    Ok(Negotiated {
+        num,
+        esp: e,
+        spi_out,
+        tsi,
+        tsr,
+    })
+}

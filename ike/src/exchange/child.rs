@@ -1,0 +1,297 @@
+//! CREATE_CHILD_SA for CHILD_SAs (RFC 7296 1.3.1, 1.3.3): a further CHILD_SA under an IKE SA,
+//! or the rekey of one (make-before-break: the new one is reported up before the old one is
+//! deleted), with PFS when the initiator sends a KE. Simultaneous rekeys of one CHILD_SA
+//! (2.8.1): the exchange with the lowest of the four nonces made the redundant CHILD_SA; its
+//! creator deletes it and never sends on it.
+//!
+//! Owns: the CHILD_SA half of CREATE_CHILD_SA, both ends.
+//! Must never: take a request without SA or Ni (INVALID_SYNTAX); answer for a CHILD_SA the
+//! IKE SA does not have other than CHILD_SA_NOT_FOUND.
+
+use crate::crypto::{self, DhGroup, DhPrivate, SkCipher};
+use crate::event::Event;
+use crate::exchange::auth::negotiate_child;
+use crate::exchange::{
+    find_ke, find_nonce, find_sa, find_tsi, find_tsr, send_request, Action, Ctx, Reply, Request,
+};
+use crate::ids::ChildSpi;
+use crate::ike_sa::{min_nonce, IkeSa};
+use crate::proposal::{esp_payload, esp_proposal, select_esp, EspProposal};
+use crate::stats::Reason;
+use crate::wire::{exchange, notify, proto, Payload, TrafficSelector};
+
+/// Sends a CREATE_CHILD_SA request for a new CHILD_SA: the rekey of inbound SPI `old_in`
+/// (REKEY_SA names it), or a further one.
+fn send(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    old_in: Option<ChildSpi>,
+    esp: Vec<EspProposal>,
+    tsi: Vec<TrafficSelector>,
+    tsr: Vec<TrafficSelector>,
+) {
+    let new_spi = ctx.child_spi();
+    let nonce = ctx.nonce();
+    let mut p = Vec::with_capacity(5);
+    if let Some(old) = old_in {
+        p.push(Payload::Notify {
+            protocol: proto::ESP,
+            spi: old.to_bytes().to_vec(),
+            kind: notify::REKEY_SA,
+            data: vec![],
+        });
+    }
+    p.push(Payload::Sa(esp_payload(&esp, new_spi)));
+    p.push(Payload::Nonce(nonce.clone()));
+    p.push(Payload::TsI(tsi));
+    p.push(Payload::TsR(tsr));
+    send_request(
+        sa,
+        ctx,
+        exchange::CREATE_CHILD_SA,
+        &p,
+        Request::CreateChild {
+            old_spi_in: old_in,
+            new_spi,
+            nonce,
+            dh: None,
+            esp,
+        },
+    );
+}
+
+/// A further CHILD_SA with the first one's selectors (a client's virtual IP), else the
+/// connection's. False when there is no connection to take them from.
+pub(crate) fn start_new(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
+    let Some(cfg) = sa.state.peer.clone() else {
+        return false;
+    };
+    let (tsi, tsr) = match sa.state.children.first() {
+        Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
+        None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
+    };
+    send(sa, ctx, None, cfg.esp_proposals.clone(), tsi, tsr);
+    true
+}
+
+/// Rekeys the CHILD_SA with inbound SPI `old_in`; false when it is gone, already replaced or
+/// being rekeyed.
+pub(crate) fn start_rekey(sa: &mut IkeSa, ctx: &mut Ctx<'_>, old_in: ChildSpi) -> bool {
+    let Some(cfg) = sa.state.peer.clone() else {
+        return false;
+    };
+    let Some(old) = sa
+        .state
+        .children
+        .iter_mut()
+        .find(|c| c.spi_in == old_in && !c.replaced && !c.rekeying)
+    else {
+        return false;
+    };
+    old.rekeying = true;
+    let (esn, lts, rts) = (old.esn, old.local_ts.clone(), old.remote_ts.clone());
+    let esp: Vec<EspProposal> = cfg
+        .esp_proposals
+        .iter()
+        .copied()
+        .filter(|e| e.esn == esn)
+        .collect();
+    send(sa, ctx, Some(old_in), esp, lts, rts);
+    true
+}
+
+/// The peer's CREATE_CHILD_SA request for a CHILD_SA (its SA payload is not an IKE one).
+pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Reply {
+    let Some(cfg) = sa.state.peer.clone() else {
+        return Err(Reason::UnexpectedExchange);
+    };
+    find_sa(p).ok_or(Reason::MissingPayload)?;
+    let ni = find_nonce(p).ok_or(Reason::MissingPayload)?.to_vec();
+    // REKEY_SA names the old CHILD_SA by its SPI as the peer receives it: our outbound.
+    let mut old_out = None;
+    for x in p {
+        if let Payload::Notify {
+            kind: notify::REKEY_SA,
+            spi,
+            ..
+        } = x
+        {
+            old_out = Some(ChildSpi::from_slice(spi).ok_or(Reason::MissingPayload)?);
+        }
+    }
+    let old = match old_out {
+        Some(o) => match sa.state.children.iter().find(|c| c.spi_out == o) {
+            // We replaced it already; our delete of it is on its way (RFC 7296 2.25).
+            Some(c) if c.replaced => {
+                return Ok(vec![Payload::notify(notify::TEMPORARY_FAILURE, vec![])])
+            }
+            Some(c) => Some(c.clone()),
+            None => return Ok(vec![Payload::notify(notify::CHILD_SA_NOT_FOUND, vec![])]),
+        },
+        None => None,
+    };
+    let (lts, rts) = match &old {
+        Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
+        None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
+    };
+    let n = match negotiate_child(p, &cfg.esp_proposals, &lts, &rts) {
+        Ok(n) => n,
+        Err(e) => return Ok(vec![Payload::notify(e, vec![])]),
+    };
+    // PFS when the initiator sent a KE.
+    let (ke_reply, shared) = match find_ke(p) {
+        Some((group, ke)) => {
+            let Some(g) = DhGroup::from_id(group) else {
+                return Ok(vec![Payload::notify(notify::NO_PROPOSAL_CHOSEN, vec![])]);
+            };
+            let dh = DhPrivate::generate(g, ctx.rng);
+            let s = dh.shared(ke).map_err(|_| Reason::MissingPayload)?;
+            (
+                Some(Payload::Ke {
+                    group,
+                    data: dh.public().to_vec(),
+                }),
+                Some(s),
+            )
+        }
+        None => (None, None),
+    };
+    let new_in = ctx.child_spi();
+    let nr = ctx.nonce();
+    let Some(keys) = sa.state.keys.as_ref() else {
+        return Err(Reason::NotEncrypted);
+    };
+    let len = SkCipher::keymat_len(n.esp.encr_bits);
+    let (i2r, r2i) = crypto::child_keymat(
+        keys.prf,
+        &keys.sk_d,
+        shared.as_deref().map(|v| v.as_slice()),
+        &ni,
+        &nr,
+        len,
+    );
+    let child = sa.new_child(
+        ctx.now,
+        new_in,
+        n.spi_out,
+        n.esp.esn,
+        n.esp.encr_bits,
+        n.tsr.clone(),
+        n.tsi.clone(),
+    );
+    let info = sa.child_info(&child, i2r, r2i, old.as_ref().map(|c| c.spi_in), false);
+    sa.state.children.push(child);
+    ctx.event(Event::ChildUp(info));
+    // We are rekeying the same CHILD_SA: remember this exchange's lowest nonce for the
+    // collision rule when our own answer comes.
+    if let Some(o) = &old {
+        if let Some(c) = sa
+            .state
+            .children
+            .iter_mut()
+            .find(|c| c.spi_in == o.spi_in && c.rekeying)
+        {
+            c.peer_rekey = Some((new_in, min_nonce(&ni, &nr)));
+        }
+    }
+    let mut reply = vec![
+        Payload::Sa(vec![esp_proposal(n.num, &n.esp, new_in)]),
+        Payload::Nonce(nr),
+    ];
+    if let Some(k) = ke_reply {
+        reply.push(k);
+    }
+    reply.push(Payload::TsI(n.tsi));
+    reply.push(Payload::TsR(n.tsr));
+    Ok(reply)
+}
+
+/// The answer to our CREATE_CHILD_SA request for a CHILD_SA.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn on_response(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    old_in: Option<ChildSpi>,
+    new_spi: ChildSpi,
+    ni: &[u8],
+    dh: Option<DhPrivate>,
+    esp: &[EspProposal],
+    p: &[Payload],
+) {
+    let (Some(props), Some(nr), Some(tsi), Some(tsr)) =
+        (find_sa(p), find_nonce(p), find_tsi(p), find_tsr(p))
+    else {
+        return refused(sa, ctx, old_in, new_spi);
+    };
+    let Some((_, e, spi_out)) = select_esp(props, esp) else {
+        ctx.count(Reason::ResponseMalformed);
+        return refused(sa, ctx, old_in, new_spi);
+    };
+    let shared = match (&dh, find_ke(p)) {
+        (Some(d), Some((_, ke))) => d.shared(ke).ok(),
+        _ => None,
+    };
+    let Some(keys) = sa.state.keys.as_ref() else {
+        return;
+    };
+    let len = SkCipher::keymat_len(e.encr_bits);
+    let (i2r, r2i) = crypto::child_keymat(
+        keys.prf,
+        &keys.sk_d,
+        shared.as_deref().map(|v| v.as_slice()),
+        ni,
+        nr,
+        len,
+    );
+    let child = sa.new_child(
+        ctx.now,
+        new_spi,
+        spi_out,
+        e.esn,
+        e.encr_bits,
+        tsi.to_vec(),
+        tsr.to_vec(),
+    );
+    let mut info = sa.child_info(&child, r2i, i2r, old_in, true);
+    sa.state.children.push(child);
+    let Some(old_in) = old_in else {
+        // A further CHILD_SA, not a rekey.
+        ctx.event(Event::ChildUp(info));
+        return;
+    };
+    let our_min = min_nonce(ni, nr);
+    let Some(old) = sa.state.children.iter_mut().find(|c| c.spi_in == old_in) else {
+        ctx.event(Event::ChildUp(info));
+        return;
+    };
+    old.rekeying = false;
+    old.replaced = true;
+    match old.peer_rekey.take() {
+        // Both ends rekeyed it at once (RFC 7296 2.8.1): the CHILD_SA made with the lowest of
+        // the four nonces is redundant and its creator deletes it. If that is ours, we never
+        // send on it, delete it, and leave the old one to the peer, whose rekey won.
+        Some((_, peer_min)) if our_min < peer_min => {
+            info.redundant = true;
+            sa.pending.queue.push_front(Action::DeleteChild(new_spi));
+        }
+        // Ours won (or there was no collision): make-before-break, the old one goes now.
+        _ => sa.pending.queue.push_front(Action::DeleteChild(old_in)),
+    }
+    ctx.event(Event::ChildUp(info));
+}
+
+/// The peer refused our CHILD_SA request (e.g. TEMPORARY_FAILURE during a simultaneous rekey)
+/// or answered what we cannot use: a rekey is tried again later.
+fn refused(sa: &mut IkeSa, ctx: &mut Ctx<'_>, old_in: Option<ChildSpi>, new_spi: ChildSpi) {
+    ctx.services.spis.release_child(new_spi);
+    let retry = ctx.now.saturating_add(ctx.config.rekey_retry);
+    if let Some(c) = sa
+        .state
+        .children
+        .iter_mut()
+        .find(|c| Some(c.spi_in) == old_in)
+    {
+        c.rekey_at = Some(retry);
+        c.rekeying = false;
+    }
+}

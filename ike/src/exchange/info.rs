@@ -1,0 +1,131 @@
+//! INFORMATIONAL (RFC 7296 1.4): deleting the IKE SA or CHILD_SAs (both directions of a
+//! CHILD_SA go together, 1.4.1), liveness checks (an empty request), and INVALID_SPI (3.10.1:
+//! ESP arrived for an SPI we do not have, told to the peer inside its IKE SA). The MOBIKE
+//! notifies an INFORMATIONAL may carry are `mobike`'s.
+//!
+//! Owns: the INFORMATIONAL messages of deletes, liveness and INVALID_SPI.
+//! Must never: delete a CHILD_SA the request did not name; answer a delete with anything but
+//! the deletes of the peer's CHILD_SAs' partners (1.4.1).
+
+use std::net::SocketAddr;
+
+use crate::event::{DownReason, Event};
+use crate::exchange::{mobike, send_request, Ctx, Reply, Request};
+use crate::ids::ChildSpi;
+use crate::ike_sa::{IkeSa, Phase};
+use crate::wire::{exchange, notify, proto, Payload};
+
+/// The peer's INFORMATIONAL request.
+pub(crate) fn on_request(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    p: &[Payload],
+) -> Reply {
+    let mut reply = Vec::new();
+    mobike::on_request(sa, ctx, local, remote, p, &mut reply);
+    for x in p {
+        let Payload::Delete { protocol, spis } = x else {
+            continue;
+        };
+        match *protocol {
+            proto::IKE => {
+                sa.state.phase = Phase::Deleting;
+                if let Some(out) = sa.pending.outstanding.take() {
+                    super::release_reserved(ctx, &out.request);
+                }
+                sa.down_children(ctx);
+                ctx.event(Event::IkeDown {
+                    ike: sa.id(),
+                    reason: DownReason::PeerDeleted,
+                });
+                ctx.services.pool.release(sa.id());
+                return Ok(Vec::new());
+            }
+            proto::ESP => {
+                let mut ours = Vec::new();
+                for s in spis {
+                    // A malformed or unknown SPI names nothing of ours (3.11: ignore it).
+                    let Some(out_spi) = ChildSpi::from_slice(s) else {
+                        continue;
+                    };
+                    let Some(i) = sa.state.children.iter().position(|c| c.spi_out == out_spi)
+                    else {
+                        continue;
+                    };
+                    let c = sa.state.children.remove(i);
+                    ours.push(c.spi_in.to_bytes().to_vec());
+                    ctx.event(Event::ChildDown {
+                        ike: sa.id(),
+                        spi_in: c.spi_in,
+                        spi_out: c.spi_out,
+                    });
+                }
+                if !ours.is_empty() {
+                    reply.push(Payload::Delete {
+                        protocol: proto::ESP,
+                        spis: ours,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    // Anything else (an empty request: liveness; status notifies; INVALID_SPI, a hint we
+    // take no action on) gets an empty answer.
+    Ok(reply)
+}
+
+/// Deletes the IKE SA: its children go down now, the IKE SA when the peer answers.
+pub(crate) fn start_delete_ike(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    sa.state.phase = Phase::Deleting;
+    sa.down_children(ctx);
+    let p = [Payload::Delete {
+        protocol: proto::IKE,
+        spis: vec![],
+    }];
+    send_request(sa, ctx, exchange::INFORMATIONAL, &p, Request::DeleteIke);
+}
+
+/// Deletes the CHILD_SA with inbound SPI `spi_in`; false when it is gone already.
+pub(crate) fn start_delete_child(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi_in: ChildSpi) -> bool {
+    if !sa.state.children.iter().any(|c| c.spi_in == spi_in) {
+        return false;
+    }
+    let p = [Payload::Delete {
+        protocol: proto::ESP,
+        spis: vec![spi_in.to_bytes().to_vec()],
+    }];
+    send_request(
+        sa,
+        ctx,
+        exchange::INFORMATIONAL,
+        &p,
+        Request::DeleteChild { spi_in },
+    );
+    true
+}
+
+/// The peer answered our delete of CHILD_SA `spi_in`: it goes.
+pub(crate) fn on_delete_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi_in: ChildSpi) {
+    if let Some(i) = sa.state.children.iter().position(|c| c.spi_in == spi_in) {
+        let c = sa.state.children.remove(i);
+        ctx.event(Event::ChildDown {
+            ike: sa.id(),
+            spi_in: c.spi_in,
+            spi_out: c.spi_out,
+        });
+    }
+}
+
+/// Tells the peer that ESP for `spi` reached us and we have no such SA (RFC 7296 3.10.1).
+pub(crate) fn start_invalid_spi(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: ChildSpi) {
+    let p = [Payload::Notify {
+        protocol: proto::ESP,
+        spi: Vec::new(),
+        kind: notify::INVALID_SPI,
+        data: spi.to_bytes().to_vec(),
+    }];
+    send_request(sa, ctx, exchange::INFORMATIONAL, &p, Request::InvalidSpi);
+}

@@ -1,0 +1,731 @@
+//! The exchanges of RFC 7296 (and RFC 4555), each in its own module, each working on one IKE
+//! SA and a [`Ctx`]: the time, the RNG, the output queues, the services and the counters.
+//! This module holds what they share: receiving a request or a response on an IKE SA (the
+//! window, decryption, the answer), sending our requests one at a time, and the timers.
+//!
+//! - [`init`]: IKE_SA_INIT, both ends (the responder's admission point is there).
+//! - [`auth`]: IKE_AUTH with the first CHILD_SA, through the authenticator service.
+//! - [`child`]: CREATE_CHILD_SA for a new CHILD_SA or a CHILD_SA rekey (2.8.1 collisions).
+//! - [`ike_rekey`]: CREATE_CHILD_SA rekeying the IKE SA (2.8.2 collisions).
+//! - [`info`]: INFORMATIONAL: deletes, liveness, INVALID_SPI.
+//! - [`mobike`]: UPDATE_SA_ADDRESSES, additional addresses, return routability (RFC 4555).
+//!
+//! Errors are answered as RFC 7296 2.21 says (the table is in `stats`): a request that passed
+//! the integrity check and the window but is badly formed gets INVALID_SYNTAX and ends the IKE
+//! SA on both ends (2.21.3); nothing unauthenticated on an IKE SA is ever answered; a
+//! response is never answered.
+//!
+//! Owns: the request/response discipline of an IKE SA (one outstanding request, cached
+//! response for a retransmitted request, retransmission with back-off).
+//! Must never: reach another IKE SA except through an [`Effect`]; answer a message that
+//! failed its integrity check or fell outside the window.
+
+pub(crate) mod auth;
+pub(crate) mod child;
+pub(crate) mod ike_rekey;
+pub(crate) mod info;
+pub(crate) mod init;
+pub(crate) mod mobike;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::RngCore;
+
+use crate::config::{EndpointConfig, PeerConfig};
+use crate::crypto::DhPrivate;
+use crate::event::{DownReason, Event, Transmit};
+use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
+use crate::ike_sa::{Child, IkeSa, OpenError, Phase, Role};
+use crate::proposal::{EspProposal, IkeProposal};
+use crate::services::Services;
+use crate::stats::{Reason, Stats};
+use crate::time::Instant;
+use crate::timer::Timer;
+use crate::wire::{self, exchange, notify, Header, Payload, Proposal, TrafficSelector};
+
+/// What an exchange works with besides its IKE SA.
+pub(crate) struct Ctx<'a> {
+    pub now: Instant,
+    pub rng: &'a mut ChaCha20Rng,
+    pub config: &'a EndpointConfig,
+    pub peers: &'a [Arc<PeerConfig>],
+    pub services: &'a mut Services,
+    pub out: &'a mut Output,
+    pub stats: &'a mut Stats,
+}
+
+/// The endpoint's outputs, filled by the exchanges.
+#[derive(Default)]
+pub(crate) struct Output {
+    pub transmits: VecDeque<Transmit>,
+    pub events: VecDeque<Event>,
+    /// Work on other IKE SAs than the one at hand, done by the endpoint afterwards.
+    pub effects: Vec<Effect>,
+    pub unprotected: AnswerLimit,
+}
+
+/// Work for the endpoint on IKE SAs other than the one an exchange had.
+pub(crate) enum Effect {
+    /// A new IKE SA (made by an IKE SA rekey) joins the endpoint.
+    Insert(Box<IkeSa>),
+    /// CHILD_SAs held back during a simultaneous IKE SA rekey go to the one that survived.
+    HandOver { to: IkeSaId, children: Vec<Child> },
+    /// An IKE SA is to be deleted (the redundant one of a simultaneous rekey).
+    Delete(IkeSaId),
+}
+
+/// At most `per_sec` unprotected error answers in any one-second window (RFC 7296 2.21.4).
+#[derive(Debug, Default)]
+pub(crate) struct AnswerLimit {
+    window: Instant,
+    sent: u32,
+}
+
+impl AnswerLimit {
+    fn allow(&mut self, now: Instant, per_sec: u32) -> bool {
+        if now.saturating_duration_since(self.window) >= core::time::Duration::from_secs(1) {
+            self.window = now;
+            self.sent = 0;
+        }
+        if self.sent < per_sec {
+            self.sent = self.sent.saturating_add(1);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Ctx<'_> {
+    pub(crate) fn nonce(&mut self) -> Vec<u8> {
+        let mut n = vec![0u8; 32];
+        self.rng.fill_bytes(&mut n);
+        n
+    }
+
+    pub(crate) fn send(&mut self, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
+        self.out.transmits.push_back(Transmit { src, dst, data });
+    }
+
+    pub(crate) fn event(&mut self, e: Event) {
+        self.out.events.push_back(e);
+    }
+
+    pub(crate) fn effect(&mut self, e: Effect) {
+        self.out.effects.push(e);
+    }
+
+    pub(crate) fn count(&mut self, r: Reason) {
+        self.stats.count(r);
+    }
+
+    pub(crate) fn ike_spi(&mut self) -> IkeSpi {
+        self.services.spis.ike_spi(self.rng)
+    }
+
+    pub(crate) fn child_spi(&mut self) -> ChildSpi {
+        self.services.spis.child_spi(self.rng)
+    }
+
+    /// Counts `reason` and sends `data` (an unprotected error answer) unless the rate limit
+    /// holds it back.
+    pub(crate) fn answer_unprotected(
+        &mut self,
+        reason: Reason,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: Vec<u8>,
+    ) {
+        self.count(reason);
+        if self
+            .out
+            .unprotected
+            .allow(self.now, self.config.unprotected_answers_per_sec)
+        {
+            self.send(local, remote, data);
+        } else {
+            self.stats.answers_limited = self.stats.answers_limited.saturating_add(1);
+        }
+    }
+}
+
+/// What an outstanding request of ours was for.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Init,
+    Auth {
+        child_spi: ChildSpi,
+    },
+    /// A new CHILD_SA: the rekey of `old_spi_in`, or a further one.
+    CreateChild {
+        old_spi_in: Option<ChildSpi>,
+        new_spi: ChildSpi,
+        nonce: Vec<u8>,
+        dh: Option<DhPrivate>,
+        esp: Vec<EspProposal>,
+    },
+    RekeyIke {
+        new_spi: IkeSpi,
+        nonce: Vec<u8>,
+        dh: DhPrivate,
+        prop: IkeProposal,
+    },
+    DeleteChild {
+        spi_in: ChildSpi,
+    },
+    DeleteIke,
+    Liveness,
+    InvalidSpi,
+    /// MOBIKE UPDATE_SA_ADDRESSES with our COOKIE2; the peer addresses tried so far.
+    UpdateAddresses {
+        cookie2: Vec<u8>,
+        tried: Vec<IpAddr>,
+    },
+}
+
+impl Request {
+    /// SPIs this request holds for an SA that exists only if it succeeds.
+    pub(crate) fn reserved(&self) -> (Option<IkeSpi>, Option<ChildSpi>) {
+        match self {
+            Request::Auth { child_spi } => (None, Some(*child_spi)),
+            Request::CreateChild { new_spi, .. } => (None, Some(*new_spi)),
+            Request::RekeyIke { new_spi, .. } => (Some(*new_spi), None),
+            _ => (None, None),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Outstanding {
+    pub id: u32,
+    pub data: Vec<u8>,
+    pub request: Request,
+    pub tries: u32,
+}
+
+/// Requests waiting for the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    RekeyChild(ChildSpi),
+    /// A further CHILD_SA with the first one's selectors.
+    NewChild,
+    UpdateAddresses,
+    RekeyIke,
+    DeleteChild(ChildSpi),
+    DeleteIke,
+    Liveness,
+    /// Tell the peer ESP arrived for an SPI we do not have (RFC 7296 3.10.1).
+    InvalidSpi(ChildSpi),
+}
+
+/// A request on IKE SA `sa` (its SPIs matched): the window, decryption, the exchange, the
+/// answer.
+pub(crate) fn on_request(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    h: &Header,
+    msg: &[u8],
+) {
+    if let Some((id, resp)) = &sa.state.last_response {
+        if *id == h.message_id {
+            // A retransmitted request: the cached response, nothing processed twice.
+            let data = resp.clone();
+            ctx.send(local, remote, data);
+            return;
+        }
+    }
+    if h.message_id != sa.state.peer_next_id {
+        ctx.count(Reason::BadMessageId);
+        return;
+    }
+    let outcome = match sa.open(msg, h) {
+        Ok(payloads) => {
+            sa.pending.last_heard = ctx.now;
+            // Only an authenticated request may move the IKE SA's port (NAT mapping, RFC 7296
+            // 2.23: the float to 4500 happens on IKE_AUTH).
+            if sa.state.phase != Phase::Established && h.exchange == exchange::IKE_AUTH {
+                sa.state.local = local;
+                sa.state.remote = remote;
+            }
+            dispatch_request(sa, ctx, local, remote, h.exchange, &payloads)
+        }
+        Err(OpenError::Drop(r)) => {
+            ctx.count(r);
+            return;
+        }
+        Err(OpenError::Malformed) => Err(Reason::InnerMalformed),
+        Err(OpenError::Unsupported(t)) => {
+            ctx.count(Reason::UnsupportedCritical);
+            Ok(vec![Payload::notify(
+                notify::UNSUPPORTED_CRITICAL_PAYLOAD,
+                vec![t],
+            )])
+        }
+    };
+    let (reply, fatal) = match outcome {
+        Ok(reply) => (reply, false),
+        Err(reason) => {
+            ctx.count(reason);
+            (vec![Payload::notify(notify::INVALID_SYNTAX, vec![])], true)
+        }
+    };
+    let data = sa.encrypted(h.exchange, h.message_id, true, &reply);
+    sa.state.peer_next_id = h.message_id.wrapping_add(1);
+    sa.state.last_response = Some((h.message_id, data.clone()));
+    // A response goes back where the request came from (RFC 7296 2.11), which is not the
+    // SA's address when a MOBIKE peer probes a new path before it updates.
+    ctx.send(local, remote, data);
+    let not_up = sa.state.phase == Phase::Init && sa.state.role == Role::Responder;
+    if fatal || (not_up && reply_is_error(&reply)) {
+        // INVALID_SYNTAX ends the IKE SA on both ends (2.21.3); so does any error to an
+        // IKE_AUTH request, the IKE SA never came up.
+        let reason = if fatal {
+            DownReason::InvalidSyntax
+        } else {
+            DownReason::AuthFailed
+        };
+        sa.close(ctx, reason);
+    } else if sa.state.phase == Phase::Deleting && sa.pending.outstanding.is_none() {
+        sa.state.phase = Phase::Dead;
+    }
+}
+
+fn reply_is_error(reply: &[Payload]) -> bool {
+    reply
+        .iter()
+        .any(|p| matches!(p, Payload::Notify { kind, .. } if notify::is_error(*kind)))
+}
+
+/// The answer to an authenticated request, or the reason it is badly formed.
+pub(crate) type Reply = Result<Vec<Payload>, Reason>;
+
+fn dispatch_request(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    exch: u8,
+    p: &[Payload],
+) -> Reply {
+    match exch {
+        exchange::IKE_AUTH if sa.state.role == Role::Responder && sa.state.phase == Phase::Init => {
+            auth::on_request(sa, ctx, p)
+        }
+        // Nothing but IKE_AUTH before the IKE SA is up.
+        _ if sa.state.phase == Phase::Init || sa.state.phase == Phase::Auth => {
+            Err(Reason::UnexpectedExchange)
+        }
+        exchange::INFORMATIONAL => info::on_request(sa, ctx, local, remote, p),
+        exchange::CREATE_CHILD_SA => {
+            if sa.state.phase != Phase::Established {
+                return Ok(vec![Payload::notify(notify::TEMPORARY_FAILURE, vec![])]);
+            }
+            let props = find_sa(p).ok_or(Reason::MissingPayload)?;
+            if props
+                .first()
+                .is_some_and(|x| x.protocol == wire::proto::IKE)
+            {
+                ike_rekey::on_request(sa, ctx, p)
+            } else {
+                child::on_request(sa, ctx, p)
+            }
+        }
+        _ => Err(Reason::UnexpectedExchange),
+    }
+}
+
+/// A response on IKE SA `sa` (its SPIs matched).
+pub(crate) fn on_response(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    h: &Header,
+    msg: &[u8],
+) {
+    let Some(out) = sa.pending.outstanding.as_ref() else {
+        ctx.count(Reason::UnexpectedResponse);
+        return;
+    };
+    if out.id != h.message_id {
+        ctx.count(Reason::BadMessageId);
+        return;
+    }
+    if h.exchange == exchange::IKE_SA_INIT {
+        init::on_response(sa, ctx, local, remote, h, msg);
+        return;
+    }
+    let payloads = match sa.open(msg, h) {
+        Ok(p) => p,
+        Err(OpenError::Drop(r)) => {
+            ctx.count(r);
+            return;
+        }
+        // Authenticated but unreadable: never answered; the request times out.
+        Err(OpenError::Malformed | OpenError::Unsupported(_)) => {
+            ctx.count(Reason::ResponseMalformed);
+            return;
+        }
+    };
+    sa.pending.last_heard = ctx.now;
+    sa.timers.set(Timer::Retransmit, None);
+    let Some(out) = sa.pending.outstanding.take() else {
+        return;
+    };
+    if find_notify(&payloads, notify::INVALID_SYNTAX).is_some() {
+        // Fatal to both ends (RFC 7296 2.21.3).
+        release_reserved(ctx, &out.request);
+        sa.close(ctx, DownReason::InvalidSyntax);
+        return;
+    }
+    match out.request {
+        Request::Auth { child_spi } => auth::on_response(sa, ctx, child_spi, &payloads),
+        Request::CreateChild {
+            old_spi_in,
+            new_spi,
+            nonce,
+            dh,
+            esp,
+        } => child::on_response(sa, ctx, old_spi_in, new_spi, &nonce, dh, &esp, &payloads),
+        Request::RekeyIke {
+            new_spi,
+            nonce,
+            dh,
+            prop,
+        } => ike_rekey::on_response(sa, ctx, new_spi, &nonce, &dh, prop, &payloads),
+        Request::DeleteChild { spi_in } => info::on_delete_child_response(sa, ctx, spi_in),
+        Request::DeleteIke => sa.close(ctx, DownReason::Deleted),
+        Request::UpdateAddresses { cookie2, .. } => {
+            mobike::on_response(sa, ctx, local, remote, &cookie2, &payloads)
+        }
+        Request::Liveness | Request::InvalidSpi | Request::Init => {}
+    }
+    next_action(sa, ctx);
+}
+
+/// Returns the SPIs a request held for an SA that will not come.
+pub(crate) fn release_reserved(ctx: &mut Ctx<'_>, r: &Request) {
+    let (ike, child) = r.reserved();
+    if let Some(s) = ike {
+        ctx.services.spis.release_ike(s);
+    }
+    if let Some(s) = child {
+        ctx.services.spis.release_child(s);
+    }
+}
+
+/// Sends `payloads` as the IKE SA's next request (its next message id, encrypted) and keeps
+/// it for retransmission until `request`'s response comes.
+pub(crate) fn send_request(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    exch: u8,
+    payloads: &[Payload],
+    request: Request,
+) {
+    let id = sa.take_request_id();
+    let data = sa.encrypted(exch, id, false, payloads);
+    sa.pending.outstanding = Some(Outstanding {
+        id,
+        data: data.clone(),
+        request,
+        tries: 0,
+    });
+    sa.timers.set(
+        Timer::Retransmit,
+        Some(ctx.now.saturating_add(ctx.config.retransmit.timeout)),
+    );
+    ctx.send(sa.state.local, sa.state.remote, data);
+}
+
+/// Queues `a` and starts it if the window is free.
+pub(crate) fn enqueue(sa: &mut IkeSa, ctx: &mut Ctx<'_>, a: Action) {
+    sa.pending.queue.push_back(a);
+    next_action(sa, ctx);
+}
+
+/// Starts the next queued request if the window is free.
+pub(crate) fn next_action(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    while sa.pending.outstanding.is_none() && sa.state.phase == Phase::Established {
+        let Some(a) = sa.pending.queue.pop_front() else {
+            return;
+        };
+        let started = match a {
+            Action::Liveness => {
+                send_request(sa, ctx, exchange::INFORMATIONAL, &[], Request::Liveness);
+                true
+            }
+            Action::DeleteIke => {
+                info::start_delete_ike(sa, ctx);
+                true
+            }
+            Action::DeleteChild(spi_in) => info::start_delete_child(sa, ctx, spi_in),
+            Action::InvalidSpi(spi) => {
+                info::start_invalid_spi(sa, ctx, spi);
+                true
+            }
+            Action::NewChild => child::start_new(sa, ctx),
+            Action::RekeyChild(old_in) => child::start_rekey(sa, ctx, old_in),
+            Action::UpdateAddresses => {
+                mobike::start_update(sa, ctx);
+                true
+            }
+            Action::RekeyIke => {
+                ike_rekey::start(sa, ctx);
+                true
+            }
+        };
+        if started {
+            return;
+        }
+    }
+}
+
+/// Whatever of the IKE SA's timers is due: retransmissions, a dead peer, half-open expiry,
+/// rekeys, hard lifetimes, liveness checks.
+pub(crate) fn on_timers(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    let now = ctx.now;
+    for t in sa.timers.take_due(now) {
+        match t {
+            Timer::Retransmit => retransmit(sa, ctx),
+            Timer::HalfOpen => {
+                if sa.state.phase == Phase::Init && sa.state.role == Role::Responder {
+                    // A half-open SA nobody completed: it was never reported up.
+                    sa.state.phase = Phase::Dead;
+                }
+            }
+            Timer::IkeRekey => {
+                if sa.state.rekey_at.is_some_and(|at| at <= now) {
+                    sa.state.rekey_at = None;
+                    if sa.state.phase == Phase::Established {
+                        sa.pending.queue.push_back(Action::RekeyIke);
+                    }
+                }
+            }
+            Timer::ChildRekey => {
+                for c in sa.state.children.iter_mut() {
+                    if c.rekey_at.is_some_and(|at| at <= now) {
+                        c.rekey_at = None;
+                        sa.pending.queue.push_back(Action::RekeyChild(c.spi_in));
+                    }
+                }
+            }
+            Timer::ChildExpire => {
+                for c in sa.state.children.iter_mut() {
+                    if c.expire_at.is_some_and(|at| at <= now) && !c.replaced {
+                        c.expire_at = None;
+                        sa.pending.queue.push_back(Action::DeleteChild(c.spi_in));
+                    }
+                }
+            }
+            Timer::Liveness => liveness(sa, ctx),
+        }
+    }
+    if sa.state.phase != Phase::Dead {
+        next_action(sa, ctx);
+    }
+}
+
+/// Nothing heard for the liveness interval: an empty INFORMATIONAL asks the peer.
+fn liveness(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    let Some(dpd) = sa.state.peer.as_ref().and_then(|p| p.dpd) else {
+        return;
+    };
+    if sa.state.phase != Phase::Established {
+        return;
+    }
+    let due = sa.pending.last_heard.saturating_add(dpd);
+    if due > ctx.now {
+        // Something was heard since the timer was set.
+        sa.timers.set(Timer::Liveness, Some(due));
+        return;
+    }
+    if sa.pending.outstanding.is_none() && sa.pending.queue.is_empty() {
+        sa.pending.queue.push_back(Action::Liveness);
+    }
+    // A request under way checks liveness by itself (its retransmissions run out).
+    sa.pending.last_heard = ctx.now;
+    sa.timers
+        .set(Timer::Liveness, Some(ctx.now.saturating_add(dpd)));
+}
+
+fn retransmit(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    let rt = ctx.config.retransmit;
+    let Some(out) = sa.pending.outstanding.as_mut() else {
+        return;
+    };
+    if out.tries >= rt.tries {
+        // MOBIKE: the peer announced other addresses; try them before giving up (RFC 4555
+        // 3.3, 3.11).
+        if mobike::try_next_address(sa, ctx) {
+            return;
+        }
+        if let Some(out) = sa.pending.outstanding.take() {
+            release_reserved(ctx, &out.request);
+        }
+        sa.close(ctx, DownReason::Timeout);
+        return;
+    }
+    out.tries = out.tries.saturating_add(1);
+    let data = out.data.clone();
+    let wait = rt.wait(out.tries);
+    sa.timers
+        .set(Timer::Retransmit, Some(ctx.now.saturating_add(wait)));
+    ctx.send(sa.state.local, sa.state.remote, data);
+}
+
+/// An unencrypted message (IKE_SA_INIT, or an error answer outside any IKE SA).
+pub(crate) fn plain_message(
+    spi_i: IkeSpi,
+    spi_r: IkeSpi,
+    exch: u8,
+    flags: u8,
+    id: u32,
+    p: &[Payload],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    let first = wire::emit_chain(p, &mut body);
+    let total = wire::HEADER_LEN.saturating_add(body.len());
+    let mut m = Vec::with_capacity(total);
+    Header {
+        spi_i: spi_i.0,
+        spi_r: spi_r.0,
+        next_payload: first,
+        exchange: exch,
+        flags,
+        message_id: id,
+        length: u32::try_from(total).unwrap_or(u32::MAX),
+    }
+    .emit(&mut m);
+    m.extend_from_slice(&body);
+    m
+}
+
+/// An unprotected error answer to request `h` (RFC 7296 2.21.4): the same SPIs, exchange and
+/// message id, the response flag, and one notify.
+pub(crate) fn error_answer(h: &Header, kind: u16, data: Vec<u8>) -> Vec<u8> {
+    // The initiator flag says who sent a message: set when the requester was not the
+    // original initiator (we are, then).
+    let flags = wire::FLAG_RESPONSE
+        | if h.from_initiator() {
+            0
+        } else {
+            wire::FLAG_INITIATOR
+        };
+    plain_message(
+        IkeSpi(h.spi_i),
+        IkeSpi(h.spi_r),
+        h.exchange,
+        flags,
+        h.message_id,
+        &[Payload::notify(kind, data)],
+    )
+}
+
+pub(crate) fn find_sa(p: &[Payload]) -> Option<&[Proposal]> {
+    p.iter().find_map(|x| match x {
+        Payload::Sa(v) => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
+pub(crate) fn find_ke(p: &[Payload]) -> Option<(u16, &[u8])> {
+    p.iter().find_map(|x| match x {
+        Payload::Ke { group, data } => Some((*group, data.as_slice())),
+        _ => None,
+    })
+}
+
+pub(crate) fn find_nonce(p: &[Payload]) -> Option<&[u8]> {
+    p.iter().find_map(|x| match x {
+        Payload::Nonce(n) => Some(n.as_slice()),
+        _ => None,
+    })
+}
+
+pub(crate) fn find_tsi(p: &[Payload]) -> Option<&[TrafficSelector]> {
+    p.iter().find_map(|x| match x {
+        Payload::TsI(t) => Some(t.as_slice()),
+        _ => None,
+    })
+}
+
+pub(crate) fn find_tsr(p: &[Payload]) -> Option<&[TrafficSelector]> {
+    p.iter().find_map(|x| match x {
+        Payload::TsR(t) => Some(t.as_slice()),
+        _ => None,
+    })
+}
+
+pub(crate) fn find_notify(p: &[Payload], k: u16) -> Option<&[u8]> {
+    p.iter().find_map(|x| match x {
+        Payload::Notify { kind, data, .. } if *kind == k => Some(data.as_slice()),
+        _ => None,
+    })
+}
+
+/// The first error notify of a message, if any.
+pub(crate) fn first_error(p: &[Payload]) -> Option<u16> {
+    p.iter().find_map(|x| match x {
+        Payload::Notify { kind, .. } if notify::is_error(*kind) => Some(*kind),
+        _ => None,
+    })
+}
+
+/// NAT detection (RFC 7296 2.23): did either side's address change on the way?
+pub(crate) fn nat_detected(
+    p: &[Payload],
+    spi_i: IkeSpi,
+    spi_r: IkeSpi,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> bool {
+    let mut src = p.iter().filter_map(|x| match x {
+        Payload::Notify {
+            kind: notify::NAT_DETECTION_SOURCE_IP,
+            data,
+            ..
+        } => Some(data.as_slice()),
+        _ => None,
+    });
+    let dst = find_notify(p, notify::NAT_DETECTION_DESTINATION_IP);
+    let peer_seen = crate::ike_sa::nat_hash(spi_i, spi_r, remote);
+    let us_seen = crate::ike_sa::nat_hash(spi_i, spi_r, local);
+    let mut any_src = false;
+    let mut src_matches = false;
+    for s in src.by_ref() {
+        any_src = true;
+        src_matches |= s == peer_seen.as_slice();
+    }
+    if !any_src && dst.is_none() {
+        return false;
+    }
+    // The peer hashed what it saw as its own source and as our address.
+    let peer_natted = !src_matches;
+    let we_natted = dst.is_some_and(|d| d != us_seen.as_slice());
+    peer_natted || we_natted
+}
+
+/// The NAT detection notifies for a message between `local` and `remote`.
+pub(crate) fn nat_notifies(
+    spi_i: IkeSpi,
+    spi_r: IkeSpi,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> [Payload; 2] {
+    [
+        Payload::notify(
+            notify::NAT_DETECTION_SOURCE_IP,
+            crate::ike_sa::nat_hash(spi_i, spi_r, local),
+        ),
+        Payload::notify(
+            notify::NAT_DETECTION_DESTINATION_IP,
+            crate::ike_sa::nat_hash(spi_i, spi_r, remote),
+        ),
+    ]
+}

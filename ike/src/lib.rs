@@ -1,0 +1,68 @@
+//! IKEv2 (RFC 7296) with MOBIKE (RFC 4555), sans-IO: datagrams, addresses and the time go
+//! in; datagrams to send, events (SAs up, rekeyed, moved, deleted) and the next deadline come
+//! out. No sockets, no clock reads, no unseeded randomness, and none of roamgate's other
+//! crates: the control plane (`control`) drives an [`Endpoint`] and turns its events into
+//! data-plane updates.
+//!
+//! | module | owns | must never |
+//! |---|---|---|
+//! | [`wire`] | the message codec: header, payload chain, every payload as a `Repr` | panic on any byte sequence |
+//! | [`crypto`] | PRFs and prf+, key derivation, Diffie-Hellman, the SK payload's ciphers | print or keep key material past its drop |
+//! | [`proposal`], [`ts`] | the suites we offer and choosing one; traffic selectors and narrowing | accept what the peer did not offer |
+//! | [`config`] | connections and endpoint policy | print a credential |
+//! | [`event`], [`stats`] | what the endpoint reports; why a message was dropped or answered with an error | |
+//! | [`endpoint`] | the table of IKE SAs, dispatch of datagrams, answers outside any IKE SA, deadlines | run an exchange itself; walk every IKE SA for a timer |
+//! | `ike_sa` | one IKE SA's lasting state and work under way | touch another IKE SA |
+//! | `exchange::*` | IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA (children, IKE SA), INFORMATIONAL, MOBIKE, each on one IKE SA and a context | answer an unauthenticated message on an IKE SA |
+//! | `timer` | per-IKE-SA deadline tables and the endpoint's ordered deadlines | file an IKE SA twice |
+//! | [`services`] | SPI allocation (node/worker bits), virtual-IP pools, authentication | reach the network or a clock |
+//! | [`ids`], [`time`] | `IkeSpi`, `ChildSpi`, `IkeSaId`; `Instant` | wrap around |
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+// Tests may panic: that is how they fail. (The lib target itself is checked without this.)
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
+pub mod config;
+pub mod crypto;
+pub mod endpoint;
+pub mod event;
+mod exchange;
+pub mod ids;
+mod ike_sa;
+pub mod proposal;
+pub mod services;
+pub mod stats;
+pub mod time;
+mod timer;
+pub mod ts;
+pub mod wire;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{after_secs, secret, Credential, EndpointConfig, PeerConfig, Pool, Retransmit};
+pub use endpoint::{ConnectError, Endpoint, Footprint};
+pub use event::{ChildSaInfo, ChildSaKeys, DownReason, Event, SaSummary, Transmit};
+pub use ids::{ChildSpi, IkeSaId, IkeSpi};
+pub use proposal::{EspProposal, IkeProposal};
+pub use stats::{Reason, Stats};
+pub use time::Instant;
+pub use ts::{any_v4, host_ts, prefix_ts, range_ts};

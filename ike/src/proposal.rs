@@ -1,0 +1,235 @@
+//! SA proposals (RFC 7296 3.3): the suites roamgate offers and accepts, their SA payload form,
+//! and choosing one from what the peer proposed.
+//!
+//! IKE: AES-GCM-16 (128/256), or AES-CBC (128/256) with HMAC-SHA2-256-128; PRF
+//! HMAC-SHA2-256/384/512; DH x25519, ecp256, modp2048. ESP: AES-GCM-16 (128/256), with or
+//! without ESN.
+//!
+//! Owns: [`IkeProposal`], [`EspProposal`], the transforms they stand for, selection in our
+//! order of preference.
+//! Must never: accept a proposal the peer did not offer completely.
+
+use crate::crypto::{self, DhGroup, Prf, SkCipher};
+use crate::ids::ChildSpi;
+use crate::wire::{proto, transform, Proposal, Transform};
+
+/// An IKE SA proposal: AES-GCM-16 (or, with `cbc`, AES-CBC with HMAC-SHA2-256-128) with
+/// `encr_bits`, a PRF and a DH group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IkeProposal {
+    pub encr_bits: u16,
+    pub prf: Prf,
+    pub dh: DhGroup,
+    pub cbc: bool,
+}
+
+impl IkeProposal {
+    /// Encryption key material per direction (GCM: key and salt; CBC: the key).
+    pub fn encr_len(&self) -> usize {
+        if self.cbc {
+            usize::from(self.encr_bits / 8)
+        } else {
+            SkCipher::keymat_len(self.encr_bits)
+        }
+    }
+
+    /// Integrity key length per direction (none for GCM).
+    pub fn integ_len(&self) -> usize {
+        if self.cbc {
+            crypto::INTEG_SHA256_KEY_LEN
+        } else {
+            0
+        }
+    }
+
+    /// Its transforms, as an SA payload lists them.
+    pub fn transforms(&self) -> Vec<Transform> {
+        let mut t = vec![Transform {
+            kind: transform::ENCR,
+            id: if self.cbc {
+                transform::ENCR_AES_CBC
+            } else {
+                transform::ENCR_AES_GCM_16
+            },
+            key_len: Some(self.encr_bits),
+        }];
+        if self.cbc {
+            t.push(Transform {
+                kind: transform::INTEG,
+                id: transform::AUTH_HMAC_SHA2_256_128,
+                key_len: None,
+            });
+        }
+        t.extend([
+            Transform {
+                kind: transform::PRF,
+                id: self.prf.id(),
+                key_len: None,
+            },
+            Transform {
+                kind: transform::DH,
+                id: self.dh.id(),
+                key_len: None,
+            },
+        ]);
+        t
+    }
+}
+
+/// An ESP proposal: AES-GCM-16 with `encr_bits`, ESN or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EspProposal {
+    pub encr_bits: u16,
+    pub esn: bool,
+}
+
+/// Proposal numbers count from 1 (RFC 7296 3.3.1).
+fn number(i: usize) -> u8 {
+    u8::try_from(i.saturating_add(1)).unwrap_or(u8::MAX)
+}
+
+/// Our IKE proposals as an SA payload, each with `spi` (empty in IKE_SA_INIT, the new SPI in
+/// a rekey).
+pub fn ike_payload(props: &[IkeProposal], spi: &[u8]) -> Vec<Proposal> {
+    props
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Proposal {
+            num: number(i),
+            protocol: proto::IKE,
+            spi: spi.to_vec(),
+            transforms: p.transforms(),
+        })
+        .collect()
+}
+
+/// One ESP proposal with number `num` and our inbound SPI.
+pub fn esp_proposal(num: u8, e: &EspProposal, spi: ChildSpi) -> Proposal {
+    Proposal {
+        num,
+        protocol: proto::ESP,
+        spi: spi.to_bytes().to_vec(),
+        transforms: vec![
+            Transform {
+                kind: transform::ENCR,
+                id: transform::ENCR_AES_GCM_16,
+                key_len: Some(e.encr_bits),
+            },
+            Transform {
+                kind: transform::ESN,
+                id: if e.esn {
+                    transform::ESN_YES
+                } else {
+                    transform::ESN_NO
+                },
+                key_len: None,
+            },
+        ],
+    }
+}
+
+/// Our ESP proposals as an SA payload.
+pub fn esp_payload(props: &[EspProposal], spi: ChildSpi) -> Vec<Proposal> {
+    props
+        .iter()
+        .enumerate()
+        .map(|(i, e)| esp_proposal(number(i), e, spi))
+        .collect()
+}
+
+fn offers(t: &Proposal, kind: u8, id: u16, key: Option<u16>) -> bool {
+    t.transforms
+        .iter()
+        .any(|x| x.kind == kind && x.id == id && (key.is_none() || x.key_len == key))
+}
+
+/// The first of our proposals (our preference) that one of the peer's proposals offers
+/// completely. Returns the peer's proposal number.
+pub fn select_ike(theirs: &[Proposal], ours: &[IkeProposal]) -> Option<(u8, IkeProposal)> {
+    for o in ours {
+        for t in theirs.iter().filter(|t| t.protocol == proto::IKE) {
+            let encr = if o.cbc {
+                transform::ENCR_AES_CBC
+            } else {
+                transform::ENCR_AES_GCM_16
+            };
+            let integ_ok =
+                !o.cbc || offers(t, transform::INTEG, transform::AUTH_HMAC_SHA2_256_128, None);
+            if offers(t, transform::ENCR, encr, Some(o.encr_bits))
+                && integ_ok
+                && offers(t, transform::PRF, o.prf.id(), None)
+                && offers(t, transform::DH, o.dh.id(), None)
+            {
+                return Some((t.num, *o));
+            }
+        }
+    }
+    None
+}
+
+/// As [`select_ike`] for ESP; also returns the peer's SPI (`None` as a whole when the chosen
+/// proposal's SPI is not 4 octets).
+pub fn select_esp(
+    theirs: &[Proposal],
+    ours: &[EspProposal],
+) -> Option<(u8, EspProposal, ChildSpi)> {
+    for o in ours {
+        for t in theirs.iter().filter(|t| t.protocol == proto::ESP) {
+            let esn_id = if o.esn {
+                transform::ESN_YES
+            } else {
+                transform::ESN_NO
+            };
+            // No ESN transform at all means "no ESN".
+            let esn_ok = offers(t, transform::ESN, esn_id, None)
+                || (!o.esn && !t.transforms.iter().any(|x| x.kind == transform::ESN));
+            if offers(
+                t,
+                transform::ENCR,
+                transform::ENCR_AES_GCM_16,
+                Some(o.encr_bits),
+            ) && esn_ok
+            {
+                let spi = ChildSpi::from_slice(&t.spi)?;
+                return Some((t.num, *o, spi));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GCM128: IkeProposal = IkeProposal {
+        encr_bits: 128,
+        prf: Prf::HmacSha256,
+        dh: DhGroup::X25519,
+        cbc: false,
+    };
+
+    #[test]
+    fn selection_follows_our_preference_and_needs_every_transform() {
+        let cbc = IkeProposal {
+            cbc: true,
+            ..GCM128
+        };
+        let theirs = ike_payload(&[cbc, GCM128], &[]);
+        assert_eq!(select_ike(&theirs, &[GCM128, cbc]), Some((2, GCM128)));
+        assert_eq!(select_ike(&theirs, &[cbc]), Some((1, cbc)));
+        // CBC without its integrity transform is not a complete offer.
+        let mut broken = ike_payload(&[cbc], &[]);
+        broken[0].transforms.retain(|t| t.kind != transform::INTEG);
+        assert_eq!(select_ike(&broken, &[cbc]), None);
+        let e = EspProposal {
+            encr_bits: 256,
+            esn: true,
+        };
+        let esp = esp_payload(&[e], ChildSpi(0x1234));
+        assert_eq!(select_esp(&esp, &[e]), Some((1, e, ChildSpi(0x1234))));
+        let mut short = esp.clone();
+        short[0].spi = vec![1, 2];
+        assert_eq!(select_esp(&short, &[e]), None, "an ESP SPI is 4 octets");
+    }
+}

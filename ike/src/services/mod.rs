@@ -1,0 +1,40 @@
+//! What the exchanges ask of the world around one IKE SA, behind small interfaces:
+//! SPIs ([`SpiAllocator`]), virtual IPs ([`AddressPool`]) and proving and checking identities
+//! ([`Authenticator`]). An endpoint gets them at construction ([`Services::default`]: random
+//! SPIs, one local pool table, pre-shared keys).
+//!
+//! Owns: the service interfaces and their default implementations.
+//! Must never: reach the network or a clock, or keep a credential where `Debug` prints it.
+
+pub mod auth;
+pub mod pool;
+pub mod spi;
+
+pub use auth::{Auth, AuthError, AuthInput, Authenticator, PskAuthenticator};
+pub use pool::{AddressPool, LocalPool};
+pub use spi::{SpiAllocator, SpiLayout, SpiLayoutError};
+
+/// The services of one endpoint.
+pub struct Services {
+    pub spis: SpiAllocator,
+    pub pool: Box<dyn AddressPool>,
+    pub auth: Box<dyn Authenticator>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            spis: SpiAllocator::default(),
+            pool: Box::new(LocalPool::default()),
+            auth: Box::new(PskAuthenticator),
+        }
+    }
+}
+
+impl core::fmt::Debug for Services {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Services")
+            .field("spis", &self.spis)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,257 @@
+//! SPI allocation: IKE SA SPIs (64 bits) and inbound CHILD_SA SPIs (32 bits), unique among
+//! those this endpoint holds, random in their free bits.
+//!
+//! Bit layout, most significant first (the same for both sizes):
+//!
+//! ```text
+//!   | node id (node_bits) | worker id (worker_bits) | random (the rest) |
+//! ```
+//!
+//! With node bits, endpoints of a cluster never hand out the same SPI (each has its own node
+//! id); with worker bits, a NIC or the data plane can steer inbound ESP to the core that owns
+//! the SA by looking at the SPI alone. The default reserves no bits: every bit is random, as
+//! a lone gateway wants. At most 16 bits are reserved in total, so a CHILD_SPI keeps at least
+//! 16 random bits. CHILD_SA SPIs are never 0 to 255 (RFC 4303 reserves 1 to 255); IKE SPIs
+//! are never 0.
+//!
+//! Owns: the layout and the sets of SPIs in use.
+//! Must never: hand out an SPI that is in use, or one whose reserved bits are not ours.
+
+use std::collections::HashSet;
+
+use rand_core::RngCore;
+
+use crate::ids::{ChildSpi, IkeSpi};
+
+/// How many bits of every SPI carry the node and worker ids, and their values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpiLayout {
+    node_bits: u8,
+    node: u32,
+    worker_bits: u8,
+    worker: u32,
+}
+
+/// A layout that cannot be.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpiLayoutError {
+    #[error("{0} reserved bits: at most 16 (node and worker together)")]
+    TooManyBits(u32),
+    #[error("id {id} does not fit in {bits} bits")]
+    IdTooLarge { id: u32, bits: u8 },
+}
+
+/// The most bits node and worker ids may take together.
+pub const MAX_RESERVED_BITS: u32 = 16;
+
+impl SpiLayout {
+    /// `node` in the top `node_bits` bits, `worker` (the default worker of this endpoint's
+    /// CHILD_SAs) in the `worker_bits` below.
+    pub fn new(
+        node_bits: u8,
+        node: u32,
+        worker_bits: u8,
+        worker: u32,
+    ) -> Result<SpiLayout, SpiLayoutError> {
+        let total = u32::from(node_bits).saturating_add(u32::from(worker_bits));
+        if total > MAX_RESERVED_BITS {
+            return Err(SpiLayoutError::TooManyBits(total));
+        }
+        for (id, bits) in [(node, node_bits), (worker, worker_bits)] {
+            if u64::from(id) >= 1u64 << bits {
+                return Err(SpiLayoutError::IdTooLarge { id, bits });
+            }
+        }
+        Ok(SpiLayout {
+            node_bits,
+            node,
+            worker_bits,
+            worker,
+        })
+    }
+
+    fn reserved(&self) -> u32 {
+        u32::from(self.node_bits).saturating_add(u32::from(self.worker_bits))
+    }
+
+    /// The reserved bits' value, right-aligned.
+    fn prefix(&self, worker: u32) -> u64 {
+        (u64::from(self.node) << self.worker_bits) | u64::from(worker)
+    }
+
+    /// `random` with its top bits replaced by the prefix, for a `width`-bit SPI.
+    fn compose(&self, worker: u32, random: u64, width: u32) -> u64 {
+        let r = self.reserved();
+        let keep = width.saturating_sub(r);
+        let mask = u64::MAX
+            .checked_shr(64u32.saturating_sub(keep))
+            .unwrap_or(0);
+        let mask = if keep == 0 { 0 } else { mask };
+        let prefix = self.prefix(worker).checked_shl(keep).unwrap_or(0);
+        prefix | (random & mask)
+    }
+
+    /// The worker id a CHILD_SA SPI carries (0 without worker bits).
+    pub fn worker_of(&self, spi: ChildSpi) -> u32 {
+        let below = 32u32.saturating_sub(self.reserved());
+        let w = spi.0.checked_shr(below).unwrap_or(0);
+        w & low_mask(self.worker_bits)
+    }
+
+    /// The node id an SPI of either kind carries (0 without node bits).
+    pub fn node_of_child(&self, spi: ChildSpi) -> u32 {
+        spi.0
+            .checked_shr(32u32.saturating_sub(u32::from(self.node_bits)))
+            .unwrap_or(0)
+            & low_mask(self.node_bits)
+    }
+
+    pub fn node_of_ike(&self, spi: IkeSpi) -> u32 {
+        let n = spi
+            .0
+            .checked_shr(64u32.saturating_sub(u32::from(self.node_bits)))
+            .unwrap_or(0);
+        u32::try_from(n).unwrap_or(0) & low_mask(self.node_bits)
+    }
+}
+
+fn low_mask(bits: u8) -> u32 {
+    u32::MAX
+        .checked_shr(32u32.saturating_sub(u32::from(bits)))
+        .filter(|_| bits > 0)
+        .unwrap_or(0)
+}
+
+/// Hands out SPIs by a [`SpiLayout`] and remembers which are in use.
+#[derive(Debug, Default)]
+pub struct SpiAllocator {
+    layout: SpiLayout,
+    ike: HashSet<IkeSpi>,
+    child: HashSet<ChildSpi>,
+}
+
+impl SpiAllocator {
+    pub fn new(layout: SpiLayout) -> SpiAllocator {
+        SpiAllocator {
+            layout,
+            ..Default::default()
+        }
+    }
+
+    pub fn layout(&self) -> SpiLayout {
+        self.layout
+    }
+
+    /// A new IKE SA SPI of ours.
+    pub fn ike_spi<R: RngCore>(&mut self, rng: &mut R) -> IkeSpi {
+        loop {
+            let s = IkeSpi(self.layout.compose(self.layout.worker, rng.next_u64(), 64));
+            if !s.is_zero() && self.ike.insert(s) {
+                return s;
+            }
+        }
+    }
+
+    /// A new inbound CHILD_SA SPI for this endpoint's default worker.
+    pub fn child_spi<R: RngCore>(&mut self, rng: &mut R) -> ChildSpi {
+        self.child_spi_for(rng, self.layout.worker)
+    }
+
+    /// A new inbound CHILD_SA SPI steered to `worker` (its low bits when `worker` is wider
+    /// than the layout's worker bits).
+    pub fn child_spi_for<R: RngCore>(&mut self, rng: &mut R, worker: u32) -> ChildSpi {
+        let worker = worker & low_mask(self.layout.worker_bits);
+        loop {
+            let v = self.layout.compose(worker, u64::from(rng.next_u32()), 32);
+            let s = ChildSpi(u32::try_from(v).unwrap_or(0));
+            // 1..=255 are reserved (RFC 4303), 0 is never an SPI.
+            if s.0 > 255 && self.child.insert(s) {
+                return s;
+            }
+        }
+    }
+
+    /// Takes an SPI we got otherwise (an adopted IKE SA's) out of circulation; false if it was
+    /// in use already.
+    pub fn claim_ike(&mut self, spi: IkeSpi) -> bool {
+        self.ike.insert(spi)
+    }
+
+    pub fn release_ike(&mut self, spi: IkeSpi) {
+        self.ike.remove(&spi);
+    }
+
+    pub fn release_child(&mut self, spi: ChildSpi) {
+        self.child.remove(&spi);
+    }
+
+    /// How many (IKE, CHILD_SA) SPIs are in use.
+    pub fn in_use(&self) -> (usize, usize) {
+        (self.ike.len(), self.child.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn default_layout_is_all_random_unique_and_never_reserved() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut a = SpiAllocator::default();
+        let mut seen = HashSet::new();
+        for _ in 0..10_000 {
+            let c = a.child_spi(&mut rng);
+            assert!(c.0 > 255);
+            assert!(seen.insert(c));
+        }
+        // High bits vary: no bits reserved.
+        assert!(seen.iter().any(|s| s.0 >> 31 == 1) && seen.iter().any(|s| s.0 >> 31 == 0));
+        assert_eq!(a.in_use(), (0, 10_000));
+        let s = *seen.iter().next().unwrap();
+        a.release_child(s);
+        assert_eq!(a.in_use().1, 9_999);
+        assert!(!a.ike_spi(&mut rng).is_zero());
+    }
+
+    #[test]
+    fn node_and_worker_bits_are_where_the_layout_says() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        // 4 node bits (node 0xa), 3 worker bits (worker 5).
+        let l = SpiLayout::new(4, 0xa, 3, 5).unwrap();
+        let mut a = SpiAllocator::new(l);
+        for _ in 0..1000 {
+            let c = a.child_spi(&mut rng);
+            assert_eq!(c.0 >> 28, 0xa, "{c}");
+            assert_eq!((c.0 >> 25) & 0x7, 5, "{c}");
+            assert_eq!(l.node_of_child(c), 0xa);
+            assert_eq!(l.worker_of(c), 5);
+            let s = a.ike_spi(&mut rng);
+            assert_eq!(s.0 >> 60, 0xa);
+            assert_eq!((s.0 >> 57) & 0x7, 5);
+            assert_eq!(l.node_of_ike(s), 0xa);
+            let w = a.child_spi_for(&mut rng, 2);
+            assert_eq!(l.worker_of(w), 2);
+            assert_eq!(l.node_of_child(w), 0xa);
+        }
+        // Another node never collides with this one.
+        let other = SpiLayout::new(4, 0xb, 3, 5).unwrap();
+        let c = SpiAllocator::new(other).child_spi(&mut rng);
+        assert_eq!(c.0 >> 28, 0xb);
+    }
+
+    #[test]
+    fn impossible_layouts_are_refused() {
+        assert_eq!(
+            SpiLayout::new(10, 0, 7, 0),
+            Err(SpiLayoutError::TooManyBits(17))
+        );
+        assert_eq!(
+            SpiLayout::new(2, 4, 0, 0),
+            Err(SpiLayoutError::IdTooLarge { id: 4, bits: 2 })
+        );
+        assert!(SpiLayout::new(0, 0, 16, 65535).is_ok());
+    }
+}

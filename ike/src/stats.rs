@@ -1,0 +1,181 @@
+//! Why a received message was not processed as it stands, counted by reason.
+//!
+//! Owns: [`Reason`] (one name per kind of malformed or unexpected message, and what RFC 7296
+//! says to do about it) and [`Stats`] (the counters the endpoint exposes).
+//! Must never: count a message under two reasons, or leave one uncounted.
+//!
+//! | reason | what arrived | answer |
+//! |---|---|---|
+//! | `Truncated` | shorter than an IKE header | none |
+//! | `LengthMismatch` | the header's length is not the datagram's (trailing bytes, or cut short) | none |
+//! | `OldMajorVersion` | major version below 2 (IKEv1) | none |
+//! | `NewerMajorVersion` | major version above 2 | to a request: INVALID_MAJOR_VERSION, unprotected, version 2.0 in its header (2.5) |
+//! | `InitZeroSpi` | IKE_SA_INIT request with initiator SPI 0 (3.1: never zero) | none |
+//! | `InitResponderSpi` | IKE_SA_INIT request that already carries a responder SPI | none |
+//! | `InitMessageId` | IKE_SA_INIT request with a message id other than 0 | none (INVALID_MESSAGE_ID is never a response, 3.10.1) |
+//! | `InitMalformed` | IKE_SA_INIT request whose payloads do not parse | INVALID_SYNTAX, unprotected |
+//! | `InitMissingPayload` | IKE_SA_INIT request without SA, KE or Ni | INVALID_SYNTAX, unprotected |
+//! | `InitProposalSpi` | an IKE proposal in IKE_SA_INIT with an SPI (3.3.1: size 0) | INVALID_SYNTAX, unprotected |
+//! | `InitKeyExchange` | a KE value its group rejects | INVALID_SYNTAX, unprotected |
+//! | `UnsupportedCritical` | an unknown payload with the critical bit, in an IKE_SA_INIT request or inside an authenticated request | UNSUPPORTED_CRITICAL_PAYLOAD with the payload type (2.5), unprotected or encrypted alike |
+//! | `UnknownSpi` | a request for an IKE SA we do not have | INVALID_IKE_SPI, unprotected, SPIs and message id copied (2.21.4) |
+//! | `UnknownSpiResponse` | a response for an IKE SA we do not have | none (a response is never answered) |
+//! | `PeerSpiMismatch` | our SPI matches an IKE SA, the peer's does not | none |
+//! | `BadMessageId` | a request outside the window, or a response to no request of that id | none (3.10.1) |
+//! | `UnexpectedResponse` | a response while no request is outstanding | none |
+//! | `OuterMalformed` | the unencrypted part of a protected message does not parse | none (not authenticated, 3.10.1) |
+//! | `NotEncrypted` | no SK payload where one is required, or no keys yet | none |
+//! | `Integrity` | the SK payload's integrity check fails | none |
+//! | `InnerMalformed` | the decrypted payloads do not parse | INVALID_SYNTAX, encrypted; the IKE SA goes (2.21.3) |
+//! | `MissingPayload` | an authenticated request without a payload it needs, or with one that is malformed | INVALID_SYNTAX, encrypted; the IKE SA goes |
+//! | `UnexpectedExchange` | an authenticated request of an exchange type this IKE SA does not take now | INVALID_SYNTAX, encrypted; the IKE SA goes |
+//! | `ResponseMalformed` | a response that does not parse or lacks what it must carry | none (the request is retransmitted, then times out) |
+//!
+//! Unprotected answers (to messages no key vouches for) are rate-limited (2.21.4); one the
+//! limit holds back is counted in [`Stats::answers_limited`] besides its reason.
+
+/// Why a received message was dropped or answered with an error. See the module table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Truncated,
+    LengthMismatch,
+    OldMajorVersion,
+    NewerMajorVersion,
+    InitZeroSpi,
+    InitResponderSpi,
+    InitMessageId,
+    InitMalformed,
+    InitMissingPayload,
+    InitProposalSpi,
+    InitKeyExchange,
+    UnsupportedCritical,
+    UnknownSpi,
+    UnknownSpiResponse,
+    PeerSpiMismatch,
+    BadMessageId,
+    UnexpectedResponse,
+    OuterMalformed,
+    NotEncrypted,
+    Integrity,
+    InnerMalformed,
+    MissingPayload,
+    UnexpectedExchange,
+    ResponseMalformed,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 24] = [
+        Reason::Truncated,
+        Reason::LengthMismatch,
+        Reason::OldMajorVersion,
+        Reason::NewerMajorVersion,
+        Reason::InitZeroSpi,
+        Reason::InitResponderSpi,
+        Reason::InitMessageId,
+        Reason::InitMalformed,
+        Reason::InitMissingPayload,
+        Reason::InitProposalSpi,
+        Reason::InitKeyExchange,
+        Reason::UnsupportedCritical,
+        Reason::UnknownSpi,
+        Reason::UnknownSpiResponse,
+        Reason::PeerSpiMismatch,
+        Reason::BadMessageId,
+        Reason::UnexpectedResponse,
+        Reason::OuterMalformed,
+        Reason::NotEncrypted,
+        Reason::Integrity,
+        Reason::InnerMalformed,
+        Reason::MissingPayload,
+        Reason::UnexpectedExchange,
+        Reason::ResponseMalformed,
+    ];
+
+    /// The name views and logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Truncated => "truncated",
+            Reason::LengthMismatch => "length_mismatch",
+            Reason::OldMajorVersion => "old_major_version",
+            Reason::NewerMajorVersion => "newer_major_version",
+            Reason::InitZeroSpi => "init_zero_spi",
+            Reason::InitResponderSpi => "init_responder_spi",
+            Reason::InitMessageId => "init_message_id",
+            Reason::InitMalformed => "init_malformed",
+            Reason::InitMissingPayload => "init_missing_payload",
+            Reason::InitProposalSpi => "init_proposal_spi",
+            Reason::InitKeyExchange => "init_key_exchange",
+            Reason::UnsupportedCritical => "unsupported_critical",
+            Reason::UnknownSpi => "unknown_spi",
+            Reason::UnknownSpiResponse => "unknown_spi_response",
+            Reason::PeerSpiMismatch => "peer_spi_mismatch",
+            Reason::BadMessageId => "bad_message_id",
+            Reason::UnexpectedResponse => "unexpected_response",
+            Reason::OuterMalformed => "outer_malformed",
+            Reason::NotEncrypted => "not_encrypted",
+            Reason::Integrity => "integrity",
+            Reason::InnerMalformed => "inner_malformed",
+            Reason::MissingPayload => "missing_payload",
+            Reason::UnexpectedExchange => "unexpected_exchange",
+            Reason::ResponseMalformed => "response_malformed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The endpoint's counters of messages it did not take as they stood.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    counts: [u64; Reason::ALL.len()],
+    /// Unprotected error answers the rate limit held back (their reasons are counted too).
+    pub answers_limited: u64,
+}
+
+impl Stats {
+    pub fn count(&mut self, r: Reason) {
+        if let Some(c) = self.counts.get_mut(r.index()) {
+            *c = c.saturating_add(1);
+        }
+    }
+
+    pub fn get(&self, r: Reason) -> u64 {
+        self.counts.get(r.index()).copied().unwrap_or(0)
+    }
+
+    /// Every reason with a count above zero.
+    pub fn nonzero(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .map(|r| (*r, self.get(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().fold(0u64, |a, n| a.saturating_add(*n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_counter_and_name() {
+        let mut s = Stats::default();
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?} is in ALL at its own index");
+            for _ in 0..=i {
+                s.count(*r);
+            }
+        }
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(s.get(*r), i as u64 + 1);
+        }
+        let names: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+    }
+}
