@@ -319,6 +319,16 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
             "{s}"
         );
     }
+    // A DPDK data plane that stopped leaves no runtime directory behind (the EAL creates
+    // /var/run/dpdk/<file-prefix> even with --no-shconf).
+    for (side, kind) in [("a", kind_a), ("b", kind_b)] {
+        let dir = std::path::PathBuf::from(format!("/var/run/dpdk/rg-{side}"));
+        assert!(
+            kind != Kind::Dpdk || !dir.exists(),
+            "{} left behind",
+            dir.display()
+        );
+    }
 }
 
 #[test]
