@@ -111,6 +111,14 @@ impl DataplaneArgs {
         }
         v
     }
+
+    /// Checks the files the data plane will write (the stats file) before anything starts.
+    pub fn check_outputs(&self) -> Result<()> {
+        match &self.stats_file {
+            Some(path) => check_stats_file(path),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A running worker seen from the main thread.
@@ -139,8 +147,8 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
     let mut file: DataplaneFile = config::load(&args.config)?;
     if !with_ike && !file.ike.connections.is_empty() {
         match &args.shm {
-            Some(p) => println!("dataplane: SAs and policy come from the control plane at {}", p.display()),
-            None => println!(
+            Some(p) => eprintln!("dataplane: SAs and policy come from the control plane at {}", p.display()),
+            None => eprintln!(
                 "{}: the ike section is left to `roamgate run` / `roamgate control`; the data plane alone uses the static SAs",
                 args.config.display()
             ),
@@ -152,6 +160,7 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
         conns,
         backend,
     } = file.validate(&args.config)?;
+    args.check_outputs()?;
     if file.dataplane.workers > 1 {
         bail!(
             "{}: dataplane.workers: {} workers would each need their own outbound SAs (an \
@@ -161,7 +170,7 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
             file.dataplane.workers
         );
     }
-    println!(
+    eprintln!(
         "roamgate dataplane: {}",
         pipeline::crypto::describe_backend(
             backend,
@@ -276,22 +285,37 @@ fn open_af_xdp(file: &DataplaneFile) -> Result<Opened<pipeline::port::afxdp::Xdp
         pairs,
         _keep: Box::new((lan_prog, wan_prog)),
         describe,
+        // The same shape as DPDK's: the port kind, then lan and wan (totals over the
+        // queues), then what only this kind has (per-queue figures).
         port_stats: Arc::new(move || {
+            let j = |rx_dropped: u64, fill_ring_empty: u64, fill_starved: u64| {
+                serde_json::json!({"kernel_rx_dropped": rx_dropped,
+                                   "kernel_fill_ring_empty": fill_ring_empty,
+                                   "fill_starved": fill_starved})
+            };
+            let mut total = [[0u64; 3]; 2];
             let q: Vec<serde_json::Value> = stats_src
                 .iter()
                 .map(|(l, w)| {
                     let (l, w) = (l.read(), w.read());
+                    for (t, s) in total.iter_mut().zip([&l, &w]) {
+                        t[0] += s.rx_dropped;
+                        t[1] += s.fill_ring_empty;
+                        t[2] += s.fill_starved;
+                    }
                     serde_json::json!({
-                        "lan": {"kernel_rx_dropped": l.rx_dropped,
-                                "kernel_fill_ring_empty": l.fill_ring_empty,
-                                "fill_starved": l.fill_starved},
-                        "wan": {"kernel_rx_dropped": w.rx_dropped,
-                                "kernel_fill_ring_empty": w.fill_ring_empty,
-                                "fill_starved": w.fill_starved},
+                        "lan": j(l.rx_dropped, l.fill_ring_empty, l.fill_starved),
+                        "wan": j(w.rx_dropped, w.fill_ring_empty, w.fill_starved),
                     })
                 })
                 .collect();
-            serde_json::Value::Array(q)
+            let [l, w] = total;
+            serde_json::json!({
+                "kind": "af_xdp",
+                "lan": j(l[0], l[1], l[2]),
+                "wan": j(w[0], w[1], w[2]),
+                "queues": q,
+            })
         }),
     })
 }
@@ -366,7 +390,7 @@ fn open_dpdk(file: &DataplaneFile) -> Result<Opened<pipeline::port::dpdk::DpdkPo
                     "multi_seg_dropped": s.multi_seg_dropped,
                 })
             };
-            serde_json::json!({ "lan": j(lr.read()), "wan": j(wr.read()) })
+            serde_json::json!({ "kind": "dpdk", "lan": j(lr.read()), "wan": j(wr.read()) })
         }),
     })
 }
@@ -383,7 +407,7 @@ fn serve<P: Port + 'static>(
     let gw = &file.gateway;
     let lan_link: Link = gw.lan.link_with_mac(opened.lan_mac);
     let wan_link: Link = gw.wan.link_with_mac(opened.wan_mac);
-    println!(
+    eprintln!(
         "roamgate dataplane {}: {} worker(s) on {}, crypto backend {backend}",
         gw.name,
         opened.pairs.len(),
@@ -515,6 +539,7 @@ fn serve<P: Port + 'static>(
 
     let start = Instant::now();
     let mut last_status = Instant::now();
+    let mut stats_writer = StatsFileHealth::default();
     let mut last_snap: Vec<Snapshot> = running
         .iter()
         .map(|r| r.handle.counters.snapshot())
@@ -559,7 +584,7 @@ fn serve<P: Port + 'static>(
                 if matches!(e, Event::SeqCheckpoint { .. }) {
                     reserve_on(&mut keeper, &e, &mut [&mut r.link], backend)?;
                 } else {
-                    println!("dataplane: {e:?}");
+                    eprintln!("dataplane: {e:?}");
                 }
             }
         }
@@ -567,7 +592,9 @@ fn serve<P: Port + 'static>(
             if last_status.elapsed() >= Duration::from_secs(1)
                 || start.elapsed() < Duration::from_secs(1)
             {
-                write_atomically(path, &stats_json(&gw.name, &handles, &*opened.port_stats))?;
+                let r =
+                    write_atomically(path, &stats_json(&gw.name, &handles, &*opened.port_stats));
+                stats_writer.report(r);
             }
         }
         if args.status_secs > 0 && last_status.elapsed() >= Duration::from_secs(args.status_secs) {
@@ -586,7 +613,7 @@ fn serve<P: Port + 'static>(
                 .nonzero_drops()
                 .map(|(r, n)| format!("{}={n}", r.name()))
                 .collect();
-            println!(
+            eprintln!(
                 "[{:>5}s] rx {:.0}/s sealed {:.0}/s opened {:.0}/s drops: {}",
                 start.elapsed().as_secs(),
                 per_sec(d.traffic(Traffic::RxPackets), dt),
@@ -616,7 +643,7 @@ fn serve<P: Port + 'static>(
         let _ = v.join();
     }
     if let Some(path) = &args.stats_file {
-        write_atomically(path, &final_stats)?;
+        stats_writer.report(write_atomically(path, &final_stats));
     }
     println!("{final_stats}");
     drop(opened._keep);
@@ -750,6 +777,52 @@ fn sas_json(name: &str, handles: &[WorkerHandle], sa_names: &[String]) -> String
         }
     }
     serde_json::json!({ "gateway": name, "sas": sas }).to_string()
+}
+
+/// Whether the stats file could be written: a file that cannot be written any more (a full
+/// disk, a directory removed under us) is said once, and once again when it recovers, and
+/// never stops forwarding.
+#[derive(Default)]
+struct StatsFileHealth {
+    failing: bool,
+    failures: u64,
+}
+
+impl StatsFileHealth {
+    fn report(&mut self, r: Result<()>) {
+        match r {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                eprintln!(
+                    "dataplane: the stats file is written again (after {} failed writes)",
+                    self.failures
+                );
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.failures += 1;
+                if !self.failing {
+                    self.failing = true;
+                    eprintln!("dataplane: {e:#}; forwarding goes on");
+                }
+            }
+        }
+    }
+}
+
+/// Fails the start when the stats file cannot be written, before anything forwards: a path
+/// that is wrong now will not be right in a minute.
+fn check_stats_file(path: &Path) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::File::create(&tmp).with_context(|| {
+        format!(
+            "--stats-file {}: cannot write {}",
+            path.display(),
+            tmp.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {

@@ -216,6 +216,7 @@ pub fn client(args: RunArgs) -> Result<()> {
     let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
     file.ike.validate_client(dp.config(), "ike")?;
+    dp.check_outputs()?;
     supervise(args, true, file)
 }
 
@@ -225,6 +226,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let dp = &args.dataplane;
     let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
+    dp.check_outputs()?;
     supervise(args, false, file)
 }
 
