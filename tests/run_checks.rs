@@ -144,6 +144,9 @@ fn an_unwritable_stats_file_is_refused_at_start_up() {
             stderr.contains("--stats-file") && stderr.contains("no-such-dir"),
             "{sub} names the flag and the path:\n{stderr}"
         );
-        assert!(!stderr.contains("started"), "{sub} started nothing:\n{stderr}");
+        assert!(
+            !stderr.contains("started"),
+            "{sub} started nothing:\n{stderr}"
+        );
     }
 }

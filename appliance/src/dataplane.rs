@@ -41,7 +41,7 @@ pub struct DataplaneArgs {
     /// Rewrite a JSON snapshot of the counters to this file once a second.
     #[arg(long)]
     stats_file: Option<PathBuf>,
-    /// Seconds between status lines on stdout (0: none).
+    /// Seconds between status lines on stderr (0: none; stdout carries only the final JSON).
     #[arg(long, default_value_t = 5)]
     status_secs: u64,
     /// Take SAs and policies from a separate control plane through this shared-memory
@@ -79,6 +79,14 @@ impl DataplaneArgs {
     }
     pub fn socket(&self) -> Option<&std::path::Path> {
         self.socket.as_deref()
+    }
+    /// Without `--socket`, the views are served at gateway `name`'s default socket
+    /// ([`crate::views::default_socket`]) when it can be had.
+    pub fn use_default_socket(&mut self, name: &str) {
+        if self.socket.is_none() {
+            self.socket =
+                crate::views::default_socket(name).filter(|p| crate::views::claim_default(p));
+        }
     }
     pub fn duration(&self) -> Option<f64> {
         self.duration
@@ -143,7 +151,7 @@ struct Opened<P> {
 type PortStats = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// `roamgate dataplane` (`with_ike` false: static SAs only) or `roamgate run` (true).
-pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
+pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
     let mut file: DataplaneFile = config::load(&args.config)?;
     if !with_ike && !file.ike.connections.is_empty() {
         match &args.shm {
@@ -161,6 +169,10 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
         backend,
     } = file.validate(&args.config)?;
     args.check_outputs()?;
+    // A data plane under a supervisor is given its socket (or none) explicitly.
+    if args.shm.is_none() {
+        args.use_default_socket(&file.gateway.name);
+    }
     if file.dataplane.workers > 1 {
         bail!(
             "{}: dataplane.workers: {} workers would each need their own outbound SAs (an \

@@ -237,6 +237,8 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
         }
         return crate::dataplane::run(args.dataplane, true);
     }
+    let mut args = args;
+    args.dataplane.use_default_socket(&file.gateway.name);
     let dp = &args.dataplane;
     // --shm names the channel; by default it lives in this run's private directory under
     // /dev/shm, which no other user can block or redirect (run_dir.rs).
