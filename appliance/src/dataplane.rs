@@ -44,11 +44,14 @@ pub struct DataplaneArgs {
     /// Seconds between status lines on stderr (0: none; stdout carries only the final JSON).
     #[arg(long, default_value_t = 5)]
     status_secs: u64,
-    /// Take SAs and policies from a separate control plane through this shared-memory
-    /// channel (`roamgate control --shm PATH` creates it) instead of the file's static part.
+    /// The shared-memory channel between control plane and data plane. `dataplane`: take SAs
+    /// and policies from the control plane that created it (`roamgate control --shm PATH`)
+    /// instead of the file's static part. `run`/`client`: where to create it (default: a
+    /// private directory under /dev/shm).
     #[arg(long)]
     shm: Option<PathBuf>,
-    /// Serve the read-only views (`roamgate stats`, `roamgate sa`) on this unix socket.
+    /// Serve the read-only views (`roamgate status|stats|sa`) on this unix socket (default:
+    /// /run/roamgate/<gateway.name>.sock as root, else under $XDG_RUNTIME_DIR/roamgate).
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
