@@ -54,6 +54,10 @@ pub struct DataplaneArgs {
     /// /run/roamgate/<gateway.name>.sock as root, else under $XDG_RUNTIME_DIR/roamgate).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Serve the counters in the Prometheus text format at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9464; under `run`, the data plane serves them).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     duration: Option<f64>,
@@ -120,6 +124,9 @@ impl DataplaneArgs {
         if let Some(s) = &self.socket {
             v.extend(["--socket".into(), s.display().to_string()]);
         }
+        if let Some(m) = &self.metrics {
+            v.extend(["--metrics".into(), m.to_string()]);
+        }
         v
     }
 
@@ -151,7 +158,7 @@ struct Opened<P> {
 }
 
 /// Reads the port kind's own counters (kernel drops, pool starvation) from any thread.
-type PortStats = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+pub type PortStats = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// `roamgate dataplane` (`with_ike` false: static SAs only) or `roamgate run` (true).
 pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
@@ -519,6 +526,19 @@ fn serve<P: Port + 'static>(
         )),
         _ => None,
     };
+    let metrics = match args.metrics {
+        Some(addr) => Some(crate::metrics::serve(
+            addr,
+            crate::metrics::Sources {
+                gateway: gw.name.clone(),
+                handles: handles.clone(),
+                ports: opened.port_stats.clone(),
+                started: Instant::now(),
+            },
+            stop.clone(),
+        )?),
+        None => None,
+    };
     let views = match &args.socket {
         Some(path) => {
             let name = gw.name.clone();
@@ -656,6 +676,9 @@ fn serve<P: Port + 'static>(
     }
     if let Some(v) = views {
         let _ = v.join();
+    }
+    if let Some(m) = metrics {
+        let _ = m.join();
     }
     if let Some(path) = &args.stats_file {
         stats_writer.report(write_atomically(path, &final_stats));

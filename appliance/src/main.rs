@@ -18,6 +18,7 @@ mod config;
 mod control_proc;
 mod dataplane;
 mod lab;
+mod metrics;
 mod perf_cmd;
 mod run_dir;
 mod seq_state;
