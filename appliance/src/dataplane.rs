@@ -530,9 +530,11 @@ fn serve<P: Port + 'static>(
         Some(addr) => Some(crate::metrics::serve(
             addr,
             crate::metrics::Sources {
-                gateway: gw.name.clone(),
-                handles: handles.clone(),
-                ports: opened.port_stats.clone(),
+                gateways: vec![crate::metrics::GatewaySource {
+                    name: gw.name.clone(),
+                    handles: handles.clone(),
+                    ports: Some(opened.port_stats.clone()),
+                }],
                 started: Instant::now(),
             },
             stop.clone(),

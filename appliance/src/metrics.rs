@@ -18,30 +18,37 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pipeline::stats::{DropReason, Traffic};
-use pipeline::worker::WorkerHandle;
+use pipeline::stats::{DropReason, Snapshot, Traffic};
+use pipeline::worker::{SaCounterEntry, WorkerHandle};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use proto::Direction;
 
-/// What a scrape reads: the workers' handles and the port kind's own counters.
-pub struct Sources {
-    pub gateway: String,
+/// One gateway's data plane as a scrape reads it: its workers' handles and the port kind's
+/// own counters.
+pub struct GatewaySource {
+    pub name: String,
     pub handles: Vec<WorkerHandle>,
-    /// The port counters as `roamgate stats` shows them (`{"kind", "lan": {..}, "wan": {..}}`).
-    pub ports: crate::dataplane::PortStats,
+    /// The port counters as `roamgate stats` shows them (`{"kind", "lan": {..}, "wan": {..}}`);
+    /// None for the lab's in-memory ports.
+    pub ports: Option<crate::dataplane::PortStats>,
+}
+
+/// What a scrape reads: every gateway of the process (one, or the lab's two), each series
+/// labelled with its gateway.
+pub struct Sources {
+    pub gateways: Vec<GatewaySource>,
     pub started: Instant,
 }
 
 impl std::fmt::Debug for Sources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sources")
-            .field("gateway", &self.gateway)
-            .field("workers", &self.handles.len())
-            .finish()
+        let names: Vec<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
+        f.debug_struct("Sources").field("gateways", &names).finish()
     }
 }
 
@@ -59,11 +66,27 @@ fn traffic_series(name: &str) -> (&'static str, &str) {
 
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
-        let gw = self.gateway.as_str();
-        let snaps: Vec<_> = self
-            .handles
+        // Each family once, every gateway's series in it.
+        let snaps: Vec<(&str, String, Snapshot)> = self
+            .gateways
             .iter()
-            .map(|h| (h.id.to_string(), h.counters.snapshot()))
+            .flat_map(|g| {
+                g.handles
+                    .iter()
+                    .map(|h| (g.name.as_str(), h.id.to_string(), h.counters.snapshot()))
+            })
+            .collect();
+        // Per SA: each list is cloned under its worker's lock (held by the worker only for
+        // installs and deletes), then read without it.
+        let lists: Vec<(&str, String, Vec<SaCounterEntry>)> = self
+            .gateways
+            .iter()
+            .flat_map(|g| {
+                g.handles.iter().map(|h| {
+                    let list = h.sa_counters.lock().map(|l| l.clone()).unwrap_or_default();
+                    (g.name.as_str(), h.id.to_string(), list)
+                })
+            })
             .collect();
 
         let mut up = enc.encode_descriptor(
@@ -72,8 +95,10 @@ impl Collector for Sources {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(self.started.elapsed().as_secs_f64())
-            .encode(up.encode_family(&[("gateway", gw)])?)?;
+        for g in &self.gateways {
+            ConstGauge::new(self.started.elapsed().as_secs_f64())
+                .encode(up.encode_family(&[("gateway", g.name.as_str())])?)?;
+        }
 
         for (family, help) in [
             (
@@ -84,12 +109,12 @@ impl Collector for Sources {
         ] {
             let name = format!("roamgate_traffic_{family}");
             let mut m = enc.encode_descriptor(&name, help, None, MetricType::Counter)?;
-            for (worker, s) in &snaps {
+            for (gw, worker, s) in &snaps {
                 for t in Traffic::ALL {
                     let (f, event) = traffic_series(t.name());
                     if f == family {
                         ConstCounter::new(s.traffic(*t)).encode(m.encode_family(&[
-                            ("gateway", gw),
+                            ("gateway", *gw),
                             ("worker", worker),
                             ("event", event),
                         ])?)?;
@@ -104,40 +129,27 @@ impl Collector for Sources {
             None,
             MetricType::Counter,
         )?;
-        for (worker, s) in &snaps {
+        for (gw, worker, s) in &snaps {
             for r in DropReason::ALL {
                 ConstCounter::new(s.drops(*r)).encode(m.encode_family(&[
-                    ("gateway", gw),
+                    ("gateway", *gw),
                     ("worker", worker),
                     ("reason", r.name()),
                 ])?)?;
             }
         }
 
-        // Per SA: the list is cloned under the worker's lock (held by the worker only for
-        // installs and deletes), then read without it.
-        let lists: Vec<(String, Vec<pipeline::worker::SaCounterEntry>)> = self
-            .handles
-            .iter()
-            .map(|h| {
-                let list = h.sa_counters.lock().map(|l| l.clone()).unwrap_or_default();
-                (h.id.to_string(), list)
-            })
-            .collect();
         let mut sas = enc.encode_descriptor(
             "roamgate_sas",
             "SAs installed in the data plane",
             None,
             MetricType::Gauge,
         )?;
-        for (worker, list) in &lists {
-            for (dir, want) in [
-                ("in", pipeline::msg::Direction::Inbound),
-                ("out", pipeline::msg::Direction::Outbound),
-            ] {
+        for (gw, worker, list) in &lists {
+            for (dir, want) in [("in", Direction::Inbound), ("out", Direction::Outbound)] {
                 let n = list.iter().filter(|e| e.direction == want).count();
                 ConstGauge::new(n as i64).encode(sas.encode_family(&[
-                    ("gateway", gw),
+                    ("gateway", *gw),
                     ("worker", worker),
                     ("direction", dir),
                 ])?)?;
@@ -149,11 +161,11 @@ impl Collector for Sources {
         ] {
             let name = format!("roamgate_sa_{family}");
             let mut m = enc.encode_descriptor(&name, help, None, MetricType::Counter)?;
-            for (worker, list) in &lists {
+            for (gw, worker, list) in &lists {
                 for e in list {
                     let dir = match e.direction {
-                        pipeline::msg::Direction::Inbound => "in",
-                        pipeline::msg::Direction::Outbound => "out",
+                        Direction::Inbound => "in",
+                        Direction::Outbound => "out",
                     };
                     let spi = format!("{:08x}", e.spi.0);
                     let v = if family == "packets" {
@@ -162,7 +174,7 @@ impl Collector for Sources {
                         e.counters.bytes.get()
                     };
                     ConstCounter::new(v).encode(m.encode_family(&[
-                        ("gateway", gw),
+                        ("gateway", *gw),
                         ("worker", worker.as_str()),
                         ("direction", dir),
                         ("spi", spi.as_str()),
@@ -171,23 +183,34 @@ impl Collector for Sources {
             }
         }
 
-        // The port kind's own counters, one family per field, both sides in it.
-        let ports = (self.ports)();
-        let kind = ports["kind"].as_str().unwrap_or("unknown").to_string();
-        if let Some(fields) = ports["lan"].as_object() {
-            for field in fields.keys() {
-                let name = format!("roamgate_port_{field}");
-                let mut m = enc.encode_descriptor(
-                    &name,
-                    "A port counter of this port kind (kernel or PMD)",
-                    None,
-                    MetricType::Counter,
-                )?;
+        // The port kinds' own counters, one family per field, both sides of every gateway in it.
+        let ports: Vec<(&str, serde_json::Value)> = self
+            .gateways
+            .iter()
+            .filter_map(|g| Some((g.name.as_str(), (g.ports.as_ref()?)())))
+            .collect();
+        let mut fields: Vec<String> = ports
+            .iter()
+            .filter_map(|(_, p)| p["lan"].as_object())
+            .flat_map(|o| o.keys().cloned())
+            .collect();
+        fields.sort();
+        fields.dedup();
+        for field in &fields {
+            let name = format!("roamgate_port_{field}");
+            let mut m = enc.encode_descriptor(
+                &name,
+                "A port counter of this port kind (kernel or PMD)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (gw, p) in &ports {
+                let kind = p["kind"].as_str().unwrap_or("unknown");
                 for side in ["lan", "wan"] {
-                    if let Some(v) = ports[side][field].as_u64() {
+                    if let Some(v) = p[side][field.as_str()].as_u64() {
                         ConstCounter::new(v).encode(m.encode_family(&[
-                            ("gateway", gw),
-                            ("kind", kind.as_str()),
+                            ("gateway", *gw),
+                            ("kind", kind),
                             ("side", side),
                         ])?)?;
                     }
@@ -219,6 +242,9 @@ pub fn serve(
     let listener =
         TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen"))?;
     listener.set_nonblocking(true)?;
+    // Port 0 asks for any free port: say which one it got.
+    let bound = listener.local_addr()?;
+    eprintln!("metrics: http://{bound}/metrics");
     let mut registry = Registry::default();
     registry.register_collector(Box::new(sources));
     Ok(std::thread::Builder::new()
@@ -298,11 +324,13 @@ mod tests {
     fn the_exposition_parses() {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Sources {
-            gateway: "gw".into(),
-            handles: Vec::new(),
-            ports: Arc::new(|| {
-                serde_json::json!({"kind": "dpdk", "lan": {"rx_missed": 3}, "wan": {"rx_missed": 4}})
-            }),
+            gateways: vec![GatewaySource {
+                name: "gw".into(),
+                handles: Vec::new(),
+                ports: Some(Arc::new(|| {
+                    serde_json::json!({"kind": "dpdk", "lan": {"rx_missed": 3}, "wan": {"rx_missed": 4}})
+                })),
+            }],
             started: Instant::now(),
         }));
         let text = render(&registry);
