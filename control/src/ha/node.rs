@@ -191,6 +191,8 @@ pub struct Node {
     receiving: bool,
     peer: Option<Peer>,
     peer_lost_said: bool,
+    /// When an active peer was last heard (a standby's failure detection).
+    active_heard: u64,
     next_heartbeat: u64,
     started: u64,
     control: VecDeque<Message>,
@@ -223,6 +225,7 @@ impl Node {
             receiving: false,
             peer: None,
             peer_lost_said: false,
+            active_heard: now,
             next_heartbeat: now,
             started: now,
             control: VecDeque::new(),
@@ -275,11 +278,15 @@ impl Node {
 
     /// The next deadline.
     pub fn poll_timeout(&self) -> u64 {
-        let silence = self
-            .peer
-            .map_or(self.started, |p| p.last_heard)
-            .saturating_add(self.p.detection_ms);
-        self.next_heartbeat.min(silence)
+        let mut t = self.next_heartbeat;
+        if self.role == Role::Standby {
+            t = t.min(self.active_heard.saturating_add(self.p.detection_ms));
+        }
+        if !self.peer_lost_said {
+            let last = self.peer.map_or(self.started, |p| p.last_heard);
+            t = t.min(last.saturating_add(self.p.detection_ms));
+        }
+        t
     }
 
     /// The next output for the data plane or driver.
@@ -335,15 +342,25 @@ impl Node {
             self.control.push_back(self.heartbeat());
             self.next_heartbeat = now.saturating_add(self.p.heartbeat_ms.max(1));
         }
-        let last = self.peer.map_or(self.started, |p| p.last_heard);
-        if now.saturating_sub(last) < self.p.detection_ms {
-            return;
-        }
-        if !self.peer_lost_said {
+        // A standby follows an active: a peer that only says it is standby or out of sync
+        // (a lost handover) is no active, and the standby takes over.
+        if self.role == Role::Standby
+            && now.saturating_sub(self.active_heard) >= self.p.detection_ms
+        {
             self.peer_lost_said = true;
             self.outputs
                 .push_back(Output::Said(Said::PeerLost { role: self.role }));
+            self.take_over(now);
+            return;
         }
+        let last = self.peer.map_or(self.started, |p| p.last_heard);
+        if self.peer_lost_said || now.saturating_sub(last) < self.p.detection_ms {
+            // Said and acted on once per silence; heartbeats go on.
+            return;
+        }
+        self.peer_lost_said = true;
+        self.outputs
+            .push_back(Output::Said(Said::PeerLost { role: self.role }));
         match self.role {
             Role::Active => {
                 // Unpaired from now on: grants cannot be acknowledged any more.
@@ -355,11 +372,11 @@ impl Node {
                     }
                 }
             }
-            Role::Standby => self.take_over(now),
+            Role::Standby => {}
             Role::OutOfSync | Role::Fenced => {
                 if self.is_empty() {
                     self.become_active(now);
-                } else if self.role == Role::OutOfSync && !self.peer_lost_said {
+                } else if self.role == Role::OutOfSync {
                     self.outputs.push_back(Output::Said(Said::CannotTakeOver));
                 }
             }
@@ -428,6 +445,9 @@ impl Node {
             last_heard: now,
         });
         self.peer_lost_said = false;
+        if role == Role::Active {
+            self.active_heard = now;
+        }
         let peer_wins = (epoch, priority, slot) > (self.epoch, self.p.priority, self.p.slot);
         match (self.role, role) {
             (Role::Active, Role::Active) if peer_wins => self.fence(epoch),
@@ -492,6 +512,7 @@ impl Node {
             }
             Record::SnapshotEnd { epoch } => {
                 self.role = Role::Standby;
+                self.active_heard = now;
                 self.receiving = false;
                 self.epoch = epoch;
                 // What we sent unpaired (on disk) must stay below the active's next ranges.
@@ -736,6 +757,10 @@ impl Node {
                     r.disk = None;
                     let jump = from != r.allowed.saturating_add(1);
                     let first_install = !r.installed;
+                    if up_to <= r.allowed && !first_install {
+                        // A grant overtook the disk: nothing new.
+                        continue;
+                    }
                     r.allowed = up_to;
                     r.installed = true;
                     if first_install {
@@ -848,13 +873,16 @@ impl Node {
 
     /// The data plane stopped (after [`Output::Quiesce`]): the last number each outbound SA
     /// used. The standby becomes active at the next numbers.
-    pub fn quiesced(&mut self, finals: &[(SaId, u64)]) {
+    pub fn quiesced(&mut self, now: u64, finals: &[(SaId, u64)]) {
         if self.role != Role::Active || !self.handing_over {
             return;
         }
+        // The handover's entries bypass the bound (a reset now would lose the handover):
+        // they are the last this node logs, to a standby that is current.
+        let mut last_words = Vec::new();
         for &(id, seq) in finals {
             self.table.apply(&Record::SeqCheckpoint { id, seq });
-            let _ = self.log.append(Record::SeqCheckpoint { id, seq });
+            last_words.push(Record::SeqCheckpoint { id, seq });
         }
         // The new active's first range, granted by us as we become its standby: contiguous
         // from the final numbers.
@@ -866,14 +894,15 @@ impl Node {
                 .map_or(used, |f| f.1.max(used));
             let up_to = self.plan.grant_for(used);
             self.table.apply(&Record::SeqGrant { id, up_to });
-            let _ = self.log.append(Record::SeqGrant { id, up_to });
+            last_words.push(Record::SeqGrant { id, up_to });
         }
         let next = self.epoch.saturating_add(1);
-        // Entries of a handover bypass the bound: they are the last this node logs.
-        let last = self.log.append_snapshot([Record::Handover { epoch: next }]);
+        last_words.push(Record::Handover { epoch: next });
+        let last = self.log.append_snapshot(last_words);
         self.outputs.push_back(Output::Deactivate);
         self.running.clear();
         self.role = Role::Standby;
+        self.active_heard = now;
         self.epoch = next;
         self.handing_over = false;
         self.standby_in_sync = false;

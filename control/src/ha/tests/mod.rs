@@ -324,7 +324,7 @@ impl Sim {
                     let finals: Vec<(SaId, u64)> =
                         s.dp.sas.iter().map(|(id, sa)| (*id, sa.next - 1)).collect();
                     s.dp.active = false;
-                    s.node.as_mut().unwrap().quiesced(&finals);
+                    s.node.as_mut().unwrap().quiesced(now, &finals);
                 }
                 Output::Said(x) => s.said.push(x),
             }

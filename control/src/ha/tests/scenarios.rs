@@ -292,3 +292,20 @@ fn random_faults_never_repeat_a_nonce() {
         assert_eq!(sim.active().len(), 1, "seed {seed}");
     }
 }
+
+#[test]
+fn a_handover_lost_with_the_link_ends_with_one_active_and_no_repeat() {
+    let mut sim = Sim::steady();
+    sim.slots[0].node.as_mut().unwrap().switchover().unwrap();
+    // The link goes before the handover gets through: neither follows an active any more.
+    sim.cut();
+    sim.run_until(1000, |s| s.active().len() == 2)
+        .expect("both take over");
+    sim.run(500);
+    sim.heal();
+    sim.run_until(2000, |s| {
+        s.active().len() == 1 && s.slots.iter().any(|x| x.role() == Some(Role::Standby))
+    })
+    .expect("one active again");
+    sim.run(1000);
+}
