@@ -214,9 +214,10 @@ pub enum Endpoint {
     Listen(TcpListener),
 }
 
-/// The send queue is full: the caller keeps the message and tries later (back-pressure).
+/// The send queue is full: the message comes back to the caller, who sends it again later
+/// (back-pressure).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Full;
+pub struct Full(pub Zeroizing<Vec<u8>>);
 
 /// One node's end of the sync channel, kept up by a thread.
 pub struct SyncLink {
@@ -247,11 +248,12 @@ impl SyncLink {
         })
     }
 
-    /// Queues a message; `Full` when the queue is full (nothing is dropped).
+    /// Queues a message; when the queue is full it comes back in `Full` (nothing is
+    /// dropped).
     pub fn try_send(&self, msg: Zeroizing<Vec<u8>>) -> Result<(), Full> {
         match self.tx.try_send(msg) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Full),
+            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(Full(m)),
         }
     }
 
@@ -527,7 +529,10 @@ mod tests {
         for _ in 0..3 {
             a.try_send(Zeroizing::new(vec![1])).unwrap();
         }
-        assert_eq!(a.try_send(Zeroizing::new(vec![1])), Err(Full));
+        assert_eq!(
+            a.try_send(Zeroizing::new(vec![4])),
+            Err(Full(Zeroizing::new(vec![4])))
+        );
         // The peer appears: the link comes up and the queued messages go.
         let b = SyncLink::start(
             Endpoint::Listen(TcpListener::bind(addr).unwrap()),
