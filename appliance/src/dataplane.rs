@@ -429,6 +429,7 @@ fn serve<P: Port + 'static>(
             backend,
             gw.wan.address,
         );
+        c.set_admission(file.ike.admission(&args.config, "ike")?);
         c.initiate();
         ike = Some(c);
     }
@@ -480,8 +481,10 @@ fn serve<P: Port + 'static>(
         )),
         _ => None,
     };
+    let punt_drops = attached.as_ref().map(|a| a.punt_drops());
     let views = match &args.socket {
         Some(path) => {
+            let punt_drops = punt_drops.clone();
             let name = gw.name.clone();
             let handles = handles.clone();
             let port_stats = opened.port_stats.clone();
@@ -496,7 +499,12 @@ fn serve<P: Port + 'static>(
             };
             let handler: crate::views::Handler = Box::new(move |req| match req {
                 "status" => Some(status_json(&name, &describe, &control, started, &handles)),
-                "stats" => Some(stats_json(&name, &handles, &*port_stats)),
+                "stats" => Some(stats_json(
+                    &name,
+                    &handles,
+                    &*port_stats,
+                    punt_drops.as_deref(),
+                )),
                 "sas" => Some(sas_json(&name, &handles, &sa_names)),
                 // Only when IKE runs in this process; otherwise the control plane answers.
                 "ike" => ike_view.as_ref().map(|v| {
@@ -567,7 +575,15 @@ fn serve<P: Port + 'static>(
             if last_status.elapsed() >= Duration::from_secs(1)
                 || start.elapsed() < Duration::from_secs(1)
             {
-                write_atomically(path, &stats_json(&gw.name, &handles, &*opened.port_stats))?;
+                write_atomically(
+                    path,
+                    &stats_json(
+                        &gw.name,
+                        &handles,
+                        &*opened.port_stats,
+                        punt_drops.as_deref(),
+                    ),
+                )?;
             }
         }
         if args.status_secs > 0 && last_status.elapsed() >= Duration::from_secs(args.status_secs) {
@@ -608,7 +624,12 @@ fn serve<P: Port + 'static>(
         c.shutdown(&mut links, Duration::from_secs(2));
     }
     stop.store(true, Ordering::Relaxed);
-    let final_stats = stats_json(&gw.name, &handles, &*opened.port_stats);
+    let final_stats = stats_json(
+        &gw.name,
+        &handles,
+        &*opened.port_stats,
+        punt_drops.as_deref(),
+    );
     for r in running {
         let _ = r.thread.join();
     }
@@ -648,11 +669,13 @@ fn per_sec(n: u64, dt: Duration) -> f64 {
     n as f64 / dt.as_secs_f64().max(1e-9)
 }
 
-/// Counters of every worker, summed, plus per-worker and port details, as one JSON object.
+/// Counters of every worker, summed, plus per-worker and port details, and the punted IKE
+/// the shared-memory link dropped, as one JSON object.
 fn stats_json(
     name: &str,
     handles: &[WorkerHandle],
     port_stats: &(dyn Fn() -> serde_json::Value + Send + Sync),
+    punt: Option<&crate::shm_link::PuntDrops>,
 ) -> String {
     let mut total = Snapshot::default();
     for h in handles {
@@ -666,6 +689,13 @@ fn stats_json(
         .iter()
         .filter(|r| total.drops(**r) > 0)
         .map(|r| (r.name().to_string(), total.drops(*r).into()))
+        .chain(
+            punt.map(|p| p.named())
+                .into_iter()
+                .flatten()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k.to_string(), n.into())),
+        )
         .collect();
     serde_json::json!({
         "gateway": name,
