@@ -16,8 +16,9 @@
 //! message id, and rate-limited. A response that matches no IKE SA, or anything malformed
 //! before an IKE SA is found, is counted and dropped: a response is never answered.
 //!
-//! Owns: the table of IKE SAs, the responder's table of IKE_SA_INIT retransmissions, the
-//! deadlines, the services, the output queues and the counters.
+//! Owns: the table of IKE SAs, the responder's table of half-open IKE SAs (IKE_SA_INIT
+//! retransmissions, and the counts admission goes by) and its cookie secrets, the deadlines,
+//! the services, the output queues and the counters.
 //! Must never: run an exchange itself (the `exchange` modules do, on one IKE SA at a time);
 //! walk every IKE SA to find what is due.
 
