@@ -475,6 +475,7 @@ fn serve<P: Port + 'static>(
             backend,
             gw.wan.address,
         );
+        c.set_admission(file.ike.admission(&args.config, "ike")?);
         c.initiate();
         ike = Some(c);
     }
@@ -526,6 +527,7 @@ fn serve<P: Port + 'static>(
         )),
         _ => None,
     };
+    let punt_drops = attached.as_ref().map(|a| a.punt_drops());
     let metrics = match args.metrics {
         Some(addr) => Some(crate::metrics::serve(
             addr,
@@ -534,6 +536,7 @@ fn serve<P: Port + 'static>(
                     name: gw.name.clone(),
                     handles: handles.clone(),
                     ports: Some(opened.port_stats.clone()),
+                    punt: punt_drops.clone(),
                 }],
                 started: Instant::now(),
             },
@@ -543,6 +546,7 @@ fn serve<P: Port + 'static>(
     };
     let views = match &args.socket {
         Some(path) => {
+            let punt_drops = punt_drops.clone();
             let name = gw.name.clone();
             let handles = handles.clone();
             let port_stats = opened.port_stats.clone();
@@ -557,7 +561,12 @@ fn serve<P: Port + 'static>(
             };
             let handler: crate::views::Handler = Box::new(move |req| match req {
                 "status" => Some(status_json(&name, &describe, &control, started, &handles)),
-                "stats" => Some(stats_json(&name, &handles, &*port_stats)),
+                "stats" => Some(stats_json(
+                    &name,
+                    &handles,
+                    &*port_stats,
+                    punt_drops.as_deref(),
+                )),
                 "sas" => Some(sas_json(&name, &handles, &sa_names)),
                 // Only when IKE runs in this process; otherwise the control plane answers.
                 "ike" => ike_view.as_ref().map(|v| {
@@ -629,8 +638,15 @@ fn serve<P: Port + 'static>(
             if last_status.elapsed() >= Duration::from_secs(1)
                 || start.elapsed() < Duration::from_secs(1)
             {
-                let r =
-                    write_atomically(path, &stats_json(&gw.name, &handles, &*opened.port_stats));
+                let r = write_atomically(
+                    path,
+                    &stats_json(
+                        &gw.name,
+                        &handles,
+                        &*opened.port_stats,
+                        punt_drops.as_deref(),
+                    ),
+                );
                 stats_writer.report(r);
             }
         }
@@ -672,7 +688,12 @@ fn serve<P: Port + 'static>(
         c.shutdown(&mut links, Duration::from_secs(2));
     }
     stop.store(true, Ordering::Relaxed);
-    let final_stats = stats_json(&gw.name, &handles, &*opened.port_stats);
+    let final_stats = stats_json(
+        &gw.name,
+        &handles,
+        &*opened.port_stats,
+        punt_drops.as_deref(),
+    );
     for r in running {
         let _ = r.thread.join();
     }
@@ -715,11 +736,13 @@ fn per_sec(n: u64, dt: Duration) -> f64 {
     n as f64 / dt.as_secs_f64().max(1e-9)
 }
 
-/// Counters of every worker, summed, plus per-worker and port details, as one JSON object.
+/// Counters of every worker, summed, plus per-worker and port details, and the punted IKE
+/// the shared-memory link dropped, as one JSON object.
 fn stats_json(
     name: &str,
     handles: &[WorkerHandle],
     port_stats: &(dyn Fn() -> serde_json::Value + Send + Sync),
+    punt: Option<&crate::shm_link::PuntDrops>,
 ) -> String {
     let mut total = Snapshot::default();
     for h in handles {
@@ -733,6 +756,13 @@ fn stats_json(
         .iter()
         .filter(|r| total.drops(**r) > 0)
         .map(|r| (r.name().to_string(), total.drops(*r).into()))
+        .chain(
+            punt.map(|p| p.named())
+                .into_iter()
+                .flatten()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k.to_string(), n.into())),
+        )
         .collect();
     serde_json::json!({
         "gateway": name,

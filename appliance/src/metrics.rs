@@ -36,6 +36,8 @@ pub struct GatewaySource {
     /// The port counters as `roamgate stats` shows them (`{"kind", "lan": {..}, "wan": {..}}`);
     /// None for the lab's in-memory ports.
     pub ports: Option<crate::dataplane::PortStats>,
+    /// Punted IKE the shared-memory link dropped (a data plane under a control process).
+    pub punt: Option<Arc<crate::shm_link::PuntDrops>>,
 }
 
 /// What a scrape reads: every gateway of the process (one, or the lab's two), each series
@@ -136,6 +138,20 @@ impl Collector for Sources {
                     ("worker", worker),
                     ("reason", r.name()),
                 ])?)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "roamgate_ike_punt_drops",
+            "Punted IKE datagrams the link to the control process dropped, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for g in &self.gateways {
+            for (reason, n) in g.punt.iter().flat_map(|p| p.named()) {
+                ConstCounter::new(n).encode(
+                    m.encode_family(&[("gateway", g.name.as_str()), ("reason", reason)])?,
+                )?;
             }
         }
 
@@ -330,6 +346,7 @@ mod tests {
                 ports: Some(Arc::new(|| {
                     serde_json::json!({"kind": "dpdk", "lan": {"rx_missed": 3}, "wan": {"rx_missed": 4}})
                 })),
+                punt: None,
             }],
             started: Instant::now(),
         }));

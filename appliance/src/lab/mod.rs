@@ -249,6 +249,7 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
                         name: g.name.clone(),
                         handles: vec![g.handle.clone()],
                         ports: None,
+                        punt: None,
                     })
                     .collect(),
                 started: Instant::now(),
