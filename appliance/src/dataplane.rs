@@ -421,13 +421,14 @@ fn serve<P: Port + 'static>(
         let (tx_tx, tx_rx) = rtrb::RingBuffer::new(1024);
         ike_rings = Some((punt_tx, tx_rx));
         let repo = control::repo::SaRepository::new(plan.rules.clone(), gw.replay_window);
-        let mut c = control::runner::IkeControl::new(
+        let mut c = control::driver::inproc::InProcControl::new(
             conns,
             repo,
             Some(punt_rx),
             Some(tx_tx),
             backend,
             gw.wan.address,
+            opened.pairs.len() as u16,
         );
         c.initiate();
         ike = Some(c);

@@ -26,7 +26,7 @@ use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
 use proto::{Ack, Datagram, Event, UpdateEnvelope};
 use rtrb::{Consumer, Producer};
 
-use crate::control_proc::{HELLO_FRESH, HELLO_KEEP};
+use crate::control_link::{HELLO_FRESH, HELLO_KEEP};
 
 struct Ends {
     ch: ControlChannel,

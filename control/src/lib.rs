@@ -3,9 +3,15 @@
 //! - `config`: deployment configuration (YAML), validated into data-plane parameters
 //!   (`config::gateway`), IKE connections (`config::ike`) and the lab (`config::lab`).
 //! - `repo`: the SA repository, turning IKE's events (crate `ike`) into `proto::Update`s.
-//! - `runner`: the control loop that joins the endpoint to the data plane's rings.
+//! - `core`: the sans-IO control core (the endpoint, the repository, placement, the
+//!   decisions on data-plane reports, the IKE view), with explicit time.
+//! - `driver`: the one control loop around the core, over a `Link` to the data plane;
+//!   `driver::inproc` is the in-process link (the shared-memory one is the appliance's).
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod core;
+pub mod driver;
 pub mod repo;
-pub mod runner;
+#[cfg(test)]
+mod testing;

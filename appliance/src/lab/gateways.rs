@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use control::config::ike::{Connection, ConnectionYaml, IkeYaml};
 use control::config::{GatewayConfig, GatewayPlan, LabConfig};
+use control::driver::inproc::InProcControl;
 use control::repo::SaRepository;
-use control::runner::IkeControl;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
 use pipeline::msg::Direction;
@@ -41,7 +41,7 @@ pub struct Gateway {
     /// SA names by id (the config's order; empty with IKE).
     pub sa_names: Vec<String>,
     /// The site's IKE control loop (with `--ike`).
-    pub ike: Option<IkeControl>,
+    pub ike: Option<InProcControl>,
 }
 
 /// Both sites' gateways, running.
@@ -84,13 +84,14 @@ impl Gateways {
                     .filter(|r| !matches!(r.action, Action::Protect(_)))
                     .cloned()
                     .collect();
-                let mut c = IkeControl::new(
+                let mut c = InProcControl::new(
                     conns,
                     SaRepository::new(rules, gw.replay_window),
                     Some(punt_rx),
                     Some(tx_tx),
                     backend,
                     gw.wan.address,
+                    1,
                 );
                 if !log {
                     c.set_quiet();
@@ -164,7 +165,7 @@ impl Gateways {
     pub fn busy(&self) -> bool {
         self.list
             .iter()
-            .any(|g| g.ike.as_ref().is_some_and(IkeControl::busy))
+            .any(|g| g.ike.as_ref().is_some_and(InProcControl::busy))
     }
 
     /// CHILD_SA rekeys so far at both sites (None without IKE).
