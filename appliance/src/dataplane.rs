@@ -663,16 +663,21 @@ fn stats_json(
         .iter()
         .map(|t| (t.name().to_string(), total.traffic(*t).into()))
         .collect();
-    let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
-        .iter()
-        .filter(|r| total.drops(**r) > 0)
-        .map(|r| (r.name().to_string(), total.drops(*r).into()))
+    let drops: serde_json::Map<String, serde_json::Value> = total
+        .nonzero_drops()
+        .map(|(r, n)| (r.name().to_string(), n.into()))
+        .collect();
+    // Punted IKE left the data path as intended: a hand-off, not a drop.
+    let handed_off: serde_json::Map<String, serde_json::Value> = total
+        .handed_off()
+        .map(|(r, n)| (r.name().to_string(), n.into()))
         .collect();
     serde_json::json!({
         "gateway": name,
         "workers": handles.len(),
         "traffic": traffic,
         "drops": drops,
+        "handed_off": handed_off,
         "ports": port_stats(),
     })
     .to_string()
