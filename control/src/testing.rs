@@ -1,6 +1,6 @@
 //! N parties on one virtual clock for the control core's tests: gateways (a [`Driver`] with
-//! its [`ControlCore`] over a simulated data plane of N workers) and the network between
-//! them. A simulated worker applies updates after a configurable delay (acknowledgements
+//! its [`ControlCore`] over a simulated data plane of N workers), bare IKE peers (an
+//! [`ike::Endpoint`] alone, as `ike::testing` runs them) and the network between them. A simulated worker applies updates after a configurable delay (acknowledgements
 //! that arrive late) and keeps what it was given, so tests can ask which worker holds which
 //! SA; datagrams go from a gateway's transmit side to the gateway whose address they name,
 //! through a fault hook that may drop them.
@@ -203,13 +203,22 @@ impl Gateway {
     }
 }
 
-/// Decides whether a datagram (from gateway, to gateway) is delivered.
+/// A bare IKE endpoint at an address (a peer with no data plane of ours).
+pub struct Peer {
+    pub endpoint: ike::Endpoint,
+    pub addr: IpAddr,
+    pub events: Vec<ike::Event>,
+}
+
+/// Decides whether a datagram (from party, to party) is delivered; parties are numbered
+/// gateways first, then peers.
 pub type Fault = Box<dyn FnMut(usize, usize, &Datagram) -> bool>;
 
 /// Gateways on one virtual clock.
 pub struct World {
     pub now: Instant,
     pub gws: Vec<Gateway>,
+    pub peers: Vec<Peer>,
     pub fault: Option<Fault>,
     /// Datagrams delivered so far.
     pub delivered: usize,
@@ -220,6 +229,7 @@ impl World {
         World {
             now: Instant::ZERO,
             gws: Vec::new(),
+            peers: Vec::new(),
             fault: None,
             delivered: 0,
         }
@@ -251,6 +261,33 @@ impl World {
         self.gws.len() - 1
     }
 
+    /// Adds a bare IKE endpoint at `addr` with `ike` (an `ike` section); returns its party
+    /// number (after every gateway: add gateways first).
+    pub fn peer(&mut self, ike: &str, addr: &str) -> usize {
+        let p = Path::new("peer.yaml");
+        let conns = crate::config::parse::<IkeYaml>(p, ike)
+            .unwrap()
+            .validate(p, "ike")
+            .unwrap();
+        let seed = [0x80 | self.peers.len() as u8; 32];
+        self.peers.push(Peer {
+            endpoint: ike::Endpoint::new(crate::config::ike::endpoint_config(&conns), seed),
+            addr: addr.parse().unwrap(),
+            events: Vec::new(),
+        });
+        self.gws.len() + self.peers.len() - 1
+    }
+
+    /// Starts every connection of peer `i` (its index among peers) that has a remote address.
+    pub fn peer_connect(&mut self, i: usize, conn: &str, remote: &str) {
+        let now = self.now;
+        let p = &mut self.peers[i];
+        let local = std::net::SocketAddr::new(p.addr, 500);
+        p.endpoint
+            .connect(now, conn, local, remote.parse().unwrap())
+            .unwrap();
+    }
+
     pub fn gw(&mut self, i: usize) -> &mut Gateway {
         &mut self.gws[i]
     }
@@ -263,17 +300,53 @@ impl World {
                 g.link.advance(self.now);
                 moved |= g.driver.turn(self.now, &mut g.link).unwrap();
             }
-            for from in 0..self.gws.len() {
-                while let Some(d) = self.gws[from].link.sent.pop_front() {
-                    moved = true;
-                    let Some(to) = self.gws.iter().position(|g| g.addr == d.dst) else {
-                        continue;
+            let mut wire = Vec::new();
+            for (from, g) in self.gws.iter_mut().enumerate() {
+                wire.extend(g.link.sent.drain(..).map(|d| (from, d)));
+            }
+            let n = self.gws.len();
+            for (i, p) in self.peers.iter_mut().enumerate() {
+                while let Some(t) = p.endpoint.poll_transmit() {
+                    let d = Datagram {
+                        src: t.src.ip(),
+                        dst: t.dst.ip(),
+                        src_port: t.src.port(),
+                        dst_port: t.dst.port(),
+                        payload: t.data,
                     };
-                    if self.fault.as_mut().is_some_and(|f| !f(from, to, &d)) {
-                        continue;
+                    wire.push((n + i, d));
+                }
+            }
+            for (from, d) in wire {
+                moved = true;
+                let to = match self.gws.iter().position(|g| g.addr == d.dst) {
+                    Some(g) => g,
+                    None => match self.peers.iter().position(|p| p.addr == d.dst) {
+                        Some(p) => n + p,
+                        None => continue,
+                    },
+                };
+                if self.fault.as_mut().is_some_and(|f| !f(from, to, &d)) {
+                    continue;
+                }
+                self.delivered += 1;
+                match self.gws.get_mut(to) {
+                    Some(g) => g.link.punt(d),
+                    None => {
+                        let p = &mut self.peers[to - n];
+                        let local = std::net::SocketAddr::new(d.dst, d.dst_port);
+                        let remote = std::net::SocketAddr::new(d.src, d.src_port);
+                        p.endpoint.handle(self.now, local, remote, &d.payload);
                     }
-                    self.delivered += 1;
-                    self.gws[to].link.punt(d);
+                }
+            }
+            for p in self.peers.iter_mut() {
+                if p.endpoint.poll_timeout().is_some_and(|t| t <= self.now) {
+                    moved = true;
+                    p.endpoint.handle_timeout(self.now);
+                }
+                while let Some(e) = p.endpoint.poll_event() {
+                    p.events.push(e);
                 }
             }
             if !moved {
@@ -286,6 +359,7 @@ impl World {
         self.gws
             .iter()
             .flat_map(|g| [g.driver.core().poll_timeout(), g.link.next_due()])
+            .chain(self.peers.iter().map(|p| p.endpoint.poll_timeout()))
             .flatten()
             .min()
     }

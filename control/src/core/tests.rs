@@ -350,3 +350,68 @@ fn the_view_shows_a_half_open_ike_sa_until_it_expires_with_no_event() {
     let v = w.gw(1).view();
     assert_eq!(v["ike_sas"].as_array().unwrap().len(), 0, "{v}");
 }
+
+#[test]
+fn one_gateway_four_workers_four_ike_peers_each_child_sa_on_one_worker() {
+    let mut w = World::new();
+    w.gateway(B, "192.0.2.2", 4);
+    let peer = "connections:
+  - { name: site, local_id: a.test, remote_id: b.test, psk: \"core-test-psk\",
+      local_ts: [10.1.0.0/24], remote_ts: [10.2.0.0/24] }
+";
+    for i in 0..4 {
+        w.peer(peer, &format!("192.0.2.{}", 11 + i));
+        w.peer_connect(i, "site", "192.0.2.2:500");
+    }
+    w.run_for(Duration::from_secs(1));
+    for p in &w.peers {
+        assert!(
+            p.events.iter().any(|e| matches!(e, ike::Event::ChildUp(_))),
+            "peer at {} has its CHILD_SA",
+            p.addr
+        );
+    }
+    let children = w.gw(0).core().children();
+    assert_eq!(children.len(), 4);
+    for c in &children {
+        let owner = w.gws[0]
+            .driver
+            .core()
+            .placement()
+            .inbound_owner(proto::Spi(c.spi_in.0));
+        for (i, wk) in w.gws[0].link.workers.iter().enumerate() {
+            let holds_in = wk.inbound.contains_key(&proto::Spi(c.spi_in.0));
+            let holds_out = wk.outbound.values().any(|s| s.0 == c.spi_out.0);
+            let sent_in = wk.received.iter().any(|u| matches!(u, Update::AddSa { params, .. } if params.spi.0 == c.spi_in.0 || params.spi.0 == c.spi_out.0));
+            assert_eq!(
+                holds_in,
+                i == usize::from(owner),
+                "inbound {} on worker {i}",
+                c.spi_in
+            );
+            assert_eq!(
+                holds_out,
+                i == usize::from(owner),
+                "outbound {} on worker {i}",
+                c.spi_out
+            );
+            assert_eq!(
+                sent_in,
+                i == usize::from(owner),
+                "keys of {} sent to worker {i}",
+                c.spi_in
+            );
+        }
+    }
+    let owners: std::collections::BTreeSet<u16> = children
+        .iter()
+        .map(|c| {
+            w.gws[0]
+                .driver
+                .core()
+                .placement()
+                .inbound_owner(proto::Spi(c.spi_in.0))
+        })
+        .collect();
+    assert_eq!(owners.len(), 4, "one CHILD_SA per worker");
+}
