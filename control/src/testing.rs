@@ -252,7 +252,7 @@ impl World {
             addr,
         );
         let mut driver = Driver::new(core);
-        driver.set_quiet();
+        driver.set_silent();
         self.gws.push(Gateway {
             driver,
             link: SimLink::new(workers),

@@ -124,7 +124,7 @@ impl ControlCore {
         self.endpoint.handle(now, local, remote, &d.payload);
         // A half-open IKE SA, a drop counted: the view changes without an event.
         self.view.mark_stale();
-        self.pump(now);
+        self.pump();
     }
 
     /// A report from the data plane: lifetimes and sequence limits decide a rekey or a
@@ -159,7 +159,7 @@ impl ControlCore {
             None => {}
         }
         self.view.mark_stale();
-        self.pump(now);
+        self.pump();
     }
 
     /// Worker `worker` restarted empty: it gets back the inbound SAs it owns and what every
@@ -181,7 +181,7 @@ impl ControlCore {
             self.endpoint.handle_timeout(now);
             // An expired half-open IKE SA goes without an event.
             self.view.mark_stale();
-            self.pump(now);
+            self.pump();
         }
         if self.view.due().is_some_and(|t| t <= now) {
             self.view.rebuilt(now);
@@ -241,7 +241,7 @@ impl ControlCore {
                 }
             }
         }
-        self.pump(now);
+        self.pump();
     }
 
     /// MOBIKE: our WAN address is now `local`; every IKE SA that negotiated MOBIKE moves with
@@ -258,7 +258,7 @@ impl ControlCore {
                     .is_ok()
             })
             .count();
-        self.pump(now);
+        self.pump();
         n
     }
 
@@ -269,7 +269,7 @@ impl ControlCore {
                 let _ = self.endpoint.create_child(now, ike);
             }
         }
-        self.pump(now);
+        self.pump();
     }
 
     /// Starts a rekey of every CHILD_SA.
@@ -281,7 +281,7 @@ impl ControlCore {
                 }
             }
         }
-        self.pump(now);
+        self.pump();
     }
 
     /// Starts deleting every IKE SA (a clean shutdown tells the peers).
@@ -289,7 +289,7 @@ impl ControlCore {
         for (id, ..) in self.endpoint.list() {
             let _ = self.endpoint.delete_ike(now, id);
         }
-        self.pump(now);
+        self.pump();
     }
 
     // ---- what it holds -------------------------------------------------------------------
@@ -331,7 +331,7 @@ impl ControlCore {
 
     /// The endpoint's events (through the repository to placed updates), then its
     /// datagrams.
-    fn pump(&mut self, _now: Instant) {
+    fn pump(&mut self) {
         while let Some(e) = self.endpoint.poll_event() {
             self.counts.count(&e);
             if self.log {
