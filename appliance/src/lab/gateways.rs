@@ -1,9 +1,9 @@
 //! The lab's two gateways: for each site a worker on in-memory ports in a thread of its own
 //! (pinned to a core when there are enough) and the agent's link to it. With `--ike` each
-//! site also runs the IKE control loop of `roamgate run` (`control::runner`): site A initiates
-//! one tunnel per static SA pair of the config, and both sites rekey every CHILD_SA while
-//! traffic flows; the config's static keys are not used. Without it, the static SAs and
-//! policies are installed as messages, the path a control plane uses.
+//! site also runs the in-process IKE control loop (`control::driver::inproc`): site A
+//! initiates one tunnel per static SA pair of the config, and both sites rekey every
+//! CHILD_SA while traffic flows; the config's static keys are not used. Without it, the
+//! static SAs and policies are installed as messages, the path a control plane uses.
 //!
 //! Owns: the gateways' threads and links, the lab's IKE connections (built as the `ike`
 //! section's structures and validated as a file's would be), the key export. Must never:
