@@ -109,6 +109,10 @@ fn metrics_agree_with_stats(lab: &NetnsLab, gw: &DataplaneProcess) {
                 "drops",
                 s.labels.get("reason").expect("reason label").to_string(),
             ),
+            "roamgate_handed_off_total" => (
+                "handed_off",
+                s.labels.get("reason").expect("reason label").to_string(),
+            ),
             _ => continue,
         };
         let (lo, hi) = (

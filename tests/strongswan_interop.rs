@@ -75,6 +75,35 @@ fn strongswan_road_warrior_against_roamgate_run() {
     assert!(sas.contains("[10.99.0.1]"), "virtual IP: {sas}");
     assert_eq!(pings(&lab, 5), 5, "ping through the tunnel");
 
+    // A malformed IKE message (a header whose length field says more than arrived) to the
+    // gateway: the control plane
+    // counts it by reason and `roamgate stats`/`sa` show it; the data plane lists punted IKE
+    // as a hand-off, not as a drop.
+    let sent = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("rw"), "python3", "-c"])
+        .arg("import socket, struct; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(struct.pack('!QQBBBBII', 0x1122334455667788, 0, 0, 0x20, 34, 8, 0, 100), ('192.0.2.1', 500))")
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    wait_for("the IKE drop in the view", 10, || {
+        ike_view(&gw.socket)["ike_drops"]["length_mismatch"].as_u64() >= Some(1)
+    });
+    let dp = ask(&gw.socket, "stats");
+    assert!(dp["drops"].get("ike_punted").is_none(), "{dp}");
+    assert!(dp["handed_off"]["ike_punted"].as_u64() >= Some(1), "{dp}");
+    for view in ["stats", "sa"] {
+        let out = Command::new(BIN)
+            .args([view, "--socket", gw.socket.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines()
+                .any(|l| l.contains("length_mismatch") && l.trim_end().ends_with('1')),
+            "`roamgate {view}` shows the IKE drop:\n{text}"
+        );
+    }
+
     // The client rekeys its CHILD_SA and the IKE SA.
     assert!(charon
         .swanctl(&["--rekey", "--child", "net"])

@@ -5,12 +5,9 @@
 //! only through the channel's rings: updates (with generations) to each worker and their
 //! acknowledgements back, punted IKE datagrams in, datagrams to send out.
 //!
-//! Restarts: a data plane announces itself with an acknowledgement of generation 0 ("I am
-//! empty"); the control plane answers with the file's static SAs, the inbound SA of every
-//! negotiated CHILD_SA and the policy, and rekeys every CHILD_SA: the old outbound SAs'
-//! sequence numbers (their GCM nonces) died with the old data plane, so they are never
-//! installed again. A data plane that re-attaches after a control-plane restart announces
-//! `u64::MAX` ("I keep what I have") and is left forwarding on its SAs.
+//! The loop is `control::driver::Driver` over the channel's link (`control_link`, where
+//! restarts of the data plane and the static SAs' reservations are handled); this file sets
+//! them up, follows the WAN addresses when asked, serves the IKE view and stops cleanly.
 //!
 //! The static outbound SAs keep their keys across every restart, so this process keeps
 //! their sequence numbers: it owns the state file (`--seq-state`, `crate::seq_state`), and
@@ -20,7 +17,6 @@
 //! its own restart reads the file back, while the data plane goes on within reservations
 //! that are on disk.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,19 +24,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use control::config;
+use control::core::ControlCore;
+use control::driver::{inproc::os_seed, Clock, Driver, Instant as CoreInstant};
 use control::repo::SaRepository;
-use control::runner::IkeControl;
-use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
-use proto::{Ack, Datagram, Direction, Event, Update, UpdateEnvelope};
-
-use crate::seq_state::SeqKeeper;
+use pipeline::shm::ControlChannel;
+use proto::{Direction, Update};
 
 use crate::config::{Checked, DataplaneFile};
-
-/// The generation a fresh data plane acknowledges first.
-pub const HELLO_FRESH: u64 = 0;
-/// The generation a data plane that keeps its SAs acknowledges first.
-pub const HELLO_KEEP: u64 = u64::MAX;
+use crate::control_link::ShmControlLink;
+use crate::seq_state::SeqKeeper;
 
 #[derive(clap::Args)]
 pub struct ControlArgs {
@@ -73,7 +65,7 @@ struct WanFollower {
 }
 
 impl WanFollower {
-    fn turn(&mut self, ctl: &mut IkeControl) -> bool {
+    fn turn(&mut self, now: CoreInstant, ctl: &mut ControlCore) -> bool {
         use crate::addr_watch::AddrChange;
         let changes = self.watch.poll();
         if changes.is_empty() {
@@ -118,7 +110,7 @@ impl WanFollower {
                 .filter(|k| **k != a && k.is_ipv4() == family)
                 .copied()
                 .collect();
-            let n = ctl.roam_with(a, others);
+            let n = ctl.roam(now, a, others);
             println!(
                 "control: WAN address {} -> {a}: {n} IKE SA(s) moving (MOBIKE)",
                 self.current
@@ -129,23 +121,16 @@ impl WanFollower {
     }
 }
 
-struct WorkerEnds {
-    updates: Sender<UpdateEnvelope>,
-    acks: Receiver<Ack>,
-    backlog: VecDeque<UpdateEnvelope>,
-    acked: u64,
-}
-
 pub fn run(args: ControlArgs) -> Result<()> {
     let file: DataplaneFile = config::load(&args.config)?;
     let Checked {
         plan,
         conns,
-        backend,
+        backend: _,
     } = file.validate(&args.config)?;
     let gw = &file.gateway;
     let workers = file.dataplane.workers;
-    let mut keeper = if plan.sas.iter().any(|(d, _)| *d == Direction::Outbound) {
+    let keeper = if plan.sas.iter().any(|(d, _)| *d == Direction::Outbound) {
         let path = args
             .seq_state
             .clone()
@@ -175,18 +160,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     }
     let ch = ControlChannel::create(&args.shm, workers)
         .with_context(|| format!("creating {}", args.shm.display()))?;
-    let mut ends = Vec::new();
-    for w in 0..workers {
-        ends.push(WorkerEnds {
-            updates: ch.update_sender(w)?,
-            acks: ch.ack_receiver(w)?,
-            backlog: VecDeque::new(),
-            acked: 0,
-        });
-    }
-    let mut punt = ch.punt_receiver()?;
-    let mut transmit = ch.transmit_sender()?;
-    let mut dp_events = ch.event_receiver()?;
+    let mut link = ShmControlLink::new(&ch, workers, keeper, plan.sas.clone())?;
     println!(
         "roamgate control {}: {} connection(s), channel {} for {workers} worker(s)",
         gw.name,
@@ -201,8 +175,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
             .context("installing the SIGINT/SIGTERM handler")?;
     }
     let repo = SaRepository::new(plan.rules.clone(), gw.replay_window);
-    let mut ctl = IkeControl::new(conns, repo, None, None, backend, gw.wan.address);
-    ctl.set_admission(file.ike.admission(&args.config, "ike")?);
+    let core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
+    let mut driver = Driver::new(core);
+    driver.set_admission(file.ike.admission(&args.config, "ike")?);
     let mut follower = if args.follow_wan {
         let Some(dev) = gw.wan.device.as_deref() else {
             bail!(
@@ -224,7 +199,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let stop_views = Arc::new(AtomicBool::new(false));
     let views = match &args.socket {
         Some(path) => {
-            let view = ctl.view.clone();
+            let view = driver.view.clone();
             let name = gw.name.clone();
             let handler: crate::views::Handler = Box::new(move |req| {
                 match req {
@@ -246,119 +221,31 @@ pub fn run(args: ControlArgs) -> Result<()> {
         }
         None => None,
     };
-    // The static part of the state (the file's SAs, their outbound ones resumed past what
-    // any earlier data plane may have sent); the repository adds the policy and the
-    // negotiated CHILD_SAs.
-    let static_sas = |keeper: &mut Option<SeqKeeper>| -> Result<Vec<Update>> {
-        let mut sas = plan.sas.clone();
-        if let Some(k) = keeper.as_mut() {
-            k.start(&mut sas)?;
-        }
-        Ok(sas
-            .into_iter()
-            .map(|(dir, params)| Update::AddSa { dir, params })
-            .collect())
-    };
-    let mut generation = 0u64;
-    ctl.initiate();
+    let clock = Clock::start();
+    let now = || clock.now();
+    driver.core_mut().initiate(now());
     let mut deadline: Option<Instant> = None;
     loop {
         if shutdown.load(Ordering::Relaxed) && deadline.is_none() {
-            ctl.begin_shutdown();
+            driver.core_mut().begin_shutdown(now());
             deadline = Some(Instant::now() + Duration::from_secs(2));
         }
-        if deadline.is_some_and(|d| Instant::now() >= d || ctl.ike_sa_count() == 0) {
+        if deadline.is_some_and(|d| Instant::now() >= d || driver.core().ike_sa_count() == 0) {
             // Let the last datagrams reach the data plane.
             let t = Instant::now();
-            while !ctl.transmits().is_empty() && t.elapsed() < Duration::from_millis(300) {
-                flush_transmits(&mut ctl, &mut transmit);
+            while driver.busy() && t.elapsed() < Duration::from_millis(300) {
+                driver.turn(now(), &mut link)?;
                 std::thread::sleep(Duration::from_millis(1));
             }
             break;
         }
         let mut work = false;
-        while let Ok(Some(d)) = punt.try_recv() {
-            work = true;
-            ctl.handle_datagram(&d);
-        }
-        while let Ok(Some(e)) = dp_events.try_recv() {
-            work = true;
-            let Event::SeqCheckpoint { worker, .. } = e else {
-                ctl.on_dataplane_event(&e);
-                continue;
-            };
-            // A static SA's checkpoint: its reservation moves on, on disk before it is sent.
-            let update = keeper.as_mut().and_then(|k| k.on_event(&e));
-            if let (Some(update), Some(end)) = (update, ends.get_mut(usize::from(worker))) {
-                generation += 1;
-                end.backlog.push_back(UpdateEnvelope { generation, update });
-            }
-        }
         if let Some(f) = follower.as_mut() {
-            work |= f.turn(&mut ctl);
+            work |= f.turn(now(), driver.core_mut());
         }
-        work |= ctl.step();
-        while let Some(u) = ctl.updates().pop_front() {
-            generation += 1;
-            for e in ends.iter_mut() {
-                e.backlog.push_back(UpdateEnvelope {
-                    generation,
-                    update: u.clone(),
-                });
-            }
-        }
-        for (w, e) in ends.iter_mut().enumerate() {
-            while let Ok(Some(a)) = e.acks.try_recv() {
-                work = true;
-                match a {
-                    Ack::Applied {
-                        generation: HELLO_FRESH,
-                        ..
-                    } => {
-                        println!(
-                            "control: data plane worker {w} is fresh: inbound SAs and policy again, every CHILD_SA rekeyed"
-                        );
-                        e.backlog.clear();
-                        for u in static_sas(&mut keeper)?.into_iter().chain(ctl.resync()) {
-                            generation += 1;
-                            e.backlog.push_back(UpdateEnvelope {
-                                generation,
-                                update: u,
-                            });
-                        }
-                    }
-                    Ack::Applied {
-                        generation: HELLO_KEEP,
-                        ..
-                    } => println!("control: data plane worker {w} re-attached with its SAs"),
-                    Ack::Applied { generation: g, .. } => e.acked = e.acked.max(g),
-                    Ack::Rejected {
-                        generation: g, why, ..
-                    } => {
-                        eprintln!("control: worker {w} rejected generation {g}: {why}")
-                    }
-                }
-            }
-            while let Some(env) = e.backlog.pop_front() {
-                match e.updates.try_send(&env) {
-                    Ok(()) => work = true,
-                    Err(SendError::Full) => {
-                        e.backlog.push_front(env);
-                        break;
-                    }
-                    Err(err) => {
-                        eprintln!(
-                            "control: update {} for worker {w} cannot be sent: {err}",
-                            env.generation
-                        );
-                    }
-                }
-            }
-        }
-        // Datagrams after the updates that came before them (the data plane sends a datagram
-        // only once the updates written before it are applied): not while one waits here.
-        if ends.iter().all(|e| e.backlog.is_empty()) {
-            flush_transmits(&mut ctl, &mut transmit);
+        work |= driver.turn(now(), &mut link)?;
+        if let Some(err) = link.fatal.take() {
+            return Err(err);
         }
         if !work {
             std::thread::sleep(Duration::from_micros(300));
@@ -371,17 +258,4 @@ pub fn run(args: ControlArgs) -> Result<()> {
     println!("control: stopped");
     drop(ch);
     Ok(())
-}
-
-fn flush_transmits(ctl: &mut IkeControl, tx: &mut Sender<Datagram>) {
-    while let Some(d) = ctl.transmits().pop_front() {
-        match tx.try_send(&d) {
-            Ok(()) => {}
-            Err(SendError::Full) => {
-                ctl.transmits().push_front(d);
-                break;
-            }
-            Err(e) => eprintln!("control: an IKE datagram cannot be sent: {e}"),
-        }
-    }
 }

@@ -467,13 +467,14 @@ fn serve<P: Port + 'static>(
         let (tx_tx, tx_rx) = rtrb::RingBuffer::new(1024);
         ike_rings = Some((punt_tx, tx_rx));
         let repo = control::repo::SaRepository::new(plan.rules.clone(), gw.replay_window);
-        let mut c = control::runner::IkeControl::new(
+        let mut c = control::driver::inproc::InProcControl::new(
             conns,
             repo,
             Some(punt_rx),
             Some(tx_tx),
             backend,
             gw.wan.address,
+            opened.pairs.len() as u16,
         );
         c.set_admission(file.ike.admission(&args.config, "ike")?);
         c.initiate();
@@ -752,10 +753,9 @@ fn stats_json(
         .iter()
         .map(|t| (t.name().to_string(), total.traffic(*t).into()))
         .collect();
-    let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
-        .iter()
-        .filter(|r| total.drops(**r) > 0)
-        .map(|r| (r.name().to_string(), total.drops(*r).into()))
+    let drops: serde_json::Map<String, serde_json::Value> = total
+        .nonzero_drops()
+        .map(|(r, n)| (r.name().to_string(), n.into()))
         .chain(
             punt.map(|p| p.named())
                 .into_iter()
@@ -764,11 +764,17 @@ fn stats_json(
                 .map(|(k, n)| (k.to_string(), n.into())),
         )
         .collect();
+    // Punted IKE left the data path as intended: a hand-off, not a drop.
+    let handed_off: serde_json::Map<String, serde_json::Value> = total
+        .handed_off()
+        .map(|(r, n)| (r.name().to_string(), n.into()))
+        .collect();
     serde_json::json!({
         "gateway": name,
         "workers": handles.len(),
         "traffic": traffic,
         "drops": drops,
+        "handed_off": handed_off,
         "ports": port_stats(),
     })
     .to_string()

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod addr_watch;
 mod config;
+mod control_link;
 mod control_proc;
 mod dataplane;
 // The HA pair's sync channel: tested here, not started by a subcommand yet (issue 17).

@@ -127,12 +127,27 @@ impl Collector for Sources {
 
         let mut m = enc.encode_descriptor(
             "roamgate_drops",
-            "Packets dropped or handed off, by reason",
+            "Packets dropped, by reason",
             None,
             MetricType::Counter,
         )?;
         for (gw, worker, s) in &snaps {
-            for r in DropReason::ALL {
+            for r in DropReason::ALL.iter().filter(|r| !r.is_hand_off()) {
+                ConstCounter::new(s.drops(*r)).encode(m.encode_family(&[
+                    ("gateway", *gw),
+                    ("worker", worker),
+                    ("reason", r.name()),
+                ])?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "roamgate_handed_off",
+            "Packets the data plane handed on as intended (IKE to the control plane), by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for (gw, worker, s) in &snaps {
+            for r in DropReason::ALL.iter().filter(|r| r.is_hand_off()) {
                 ConstCounter::new(s.drops(*r)).encode(m.encode_family(&[
                     ("gateway", *gw),
                     ("worker", worker),

@@ -33,7 +33,7 @@ use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
 use proto::{Ack, Datagram, Event, UpdateEnvelope};
 use rtrb::{Consumer, Producer};
 
-use crate::control_proc::{HELLO_FRESH, HELLO_KEEP};
+use crate::control_link::{HELLO_FRESH, HELLO_KEEP};
 
 /// Punted IKE datagrams that wait for room on the punt ring, at most.
 pub const PUNT_BACKLOG: usize = 1024;

@@ -1,5 +1,5 @@
 //! Read-only views over a local socket: `roamgate stats` and `roamgate sa` ask a running
-//! process (the data plane today, the control plane next) for its counters and SAs, in the
+//! process (the data plane, or the control plane's IKE view) for its counters and SAs, in the
 //! spirit of `swanctl --list-sas`. One request line ("stats" or "sas"), one JSON line back.
 //! The socket is never reachable with a mode wider than 0600 ([`bind_private`]); nothing
 //! served here ever contains key material.
@@ -234,15 +234,40 @@ impl ViewArgs {
     }
 }
 
+/// The IKE view: from the same process (`run --single-process`), or from the control
+/// plane's socket next to it (`run` puts it at <socket>.ike); none without IKE.
+fn ike_view(socket: &Path) -> Option<serde_json::Value> {
+    ask(socket, "ike").ok().or_else(|| {
+        let mut p = socket.to_owned().into_os_string();
+        p.push(".ike");
+        ask(Path::new(&p), "ike").ok()
+    })
+}
+
+/// The IKE endpoint's drops and error answers by reason (malformed, unknown SPI, bad message
+/// id, integrity, unexpected ...), as lines.
+fn ike_drop_lines(ike: &serde_json::Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    match ike["ike_drops"].as_object() {
+        Some(d) if !d.is_empty() => {
+            lines.push("  IKE drops:".to_string());
+            for (k, n) in d {
+                lines.push(format!("    {k:<22} {n}"));
+            }
+        }
+        _ => lines.push("  IKE drops: none".to_string()),
+    }
+    if let Some(n) = ike["ike_answers_limited"].as_u64().filter(|n| *n > 0) {
+        lines.push(format!("    {:<22} {n}", "answers_rate_limited"));
+    }
+    lines
+}
+
 /// `roamgate status`: what the process is, its workers, its control plane and IKE SAs.
 pub fn status(args: ViewArgs) -> Result<()> {
     let socket = args.socket()?;
     let v = ask(&socket, "status")?;
-    let ike = ask(&socket, "ike").ok().or_else(|| {
-        let mut p = socket.clone().into_os_string();
-        p.push(".ike");
-        ask(std::path::Path::new(&p), "ike").ok()
-    });
+    let ike = ike_view(&socket);
     if args.json {
         println!("{}", serde_json::json!({ "dataplane": v, "ike": ike }));
         return Ok(());
@@ -284,10 +309,16 @@ pub fn status(args: ViewArgs) -> Result<()> {
     Ok(())
 }
 
-/// `roamgate stats`: counters, drops by reason, port counters.
+/// `roamgate stats`: counters, drops by reason, hand-offs, the IKE endpoint's drops, port
+/// counters.
 pub fn stats(args: ViewArgs) -> Result<()> {
-    let v = ask(&args.socket()?, "stats")?;
+    let socket = args.socket()?;
+    let mut v = ask(&socket, "stats")?;
+    let ike = ike_view(&socket);
     if args.json {
+        if let (Some(o), Some(ike)) = (v.as_object_mut(), &ike) {
+            o.insert("ike_drops".into(), ike["ike_drops"].clone());
+        }
         println!("{v}");
         return Ok(());
     }
@@ -311,6 +342,17 @@ pub fn stats(args: ViewArgs) -> Result<()> {
         }
         _ => println!("  drops: none"),
     }
+    if let Some(h) = v["handed_off"].as_object().filter(|h| !h.is_empty()) {
+        println!("  handed off (not drops):");
+        for (k, n) in h {
+            println!("    {k:<18} {n}");
+        }
+    }
+    if let Some(ike) = &ike {
+        for l in ike_drop_lines(ike) {
+            println!("{l}");
+        }
+    }
     if !v["ports"].is_null() {
         println!("  ports: {}", v["ports"]);
     }
@@ -321,13 +363,7 @@ pub fn stats(args: ViewArgs) -> Result<()> {
 pub fn sas(args: ViewArgs) -> Result<()> {
     let socket = args.socket()?;
     let v = ask(&socket, "sas")?;
-    // The IKE view: from the same process (`run --single-process`), or from the control
-    // plane's socket next to it (`run` puts it at <socket>.ike).
-    let ike = ask(&socket, "ike").ok().or_else(|| {
-        let mut p = socket.clone().into_os_string();
-        p.push(".ike");
-        ask(std::path::Path::new(&p), "ike").ok()
-    });
+    let ike = ike_view(&socket);
     if args.json {
         println!("{}", serde_json::json!({ "dataplane": v, "ike": ike }));
         return Ok(());
@@ -360,6 +396,9 @@ pub fn sas(args: ViewArgs) -> Result<()> {
                 );
             }
         }
+        for l in ike_drop_lines(ike) {
+            println!("{l}");
+        }
     }
     println!("{}:", v["gateway"].as_str().unwrap_or("?"));
     for sa in v["sas"].as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -388,6 +427,27 @@ pub fn sas(args: ViewArgs) -> Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn ike_drops_are_listed_by_reason() {
+        let ike = serde_json::json!({
+            "ike_drops": { "truncated": 3, "integrity": 1 },
+            "ike_answers_limited": 2,
+        });
+        let lines = ike_drop_lines(&ike);
+        assert_eq!(lines[0], "  IKE drops:");
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("truncated") && l.ends_with(" 3")));
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("integrity") && l.ends_with(" 1")));
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("answers_rate_limited") && l.ends_with(" 2")));
+        let none = ike_drop_lines(&serde_json::json!({ "ike_drops": {} }));
+        assert_eq!(none, ["  IKE drops: none"]);
+    }
 
     #[test]
     fn the_socket_is_bound_privately_and_appears_with_mode_0600() {

@@ -3,11 +3,17 @@
 //! - `config`: deployment configuration (YAML), validated into data-plane parameters
 //!   (`config::gateway`), IKE connections (`config::ike`) and the lab (`config::lab`).
 //! - `repo`: the SA repository, turning IKE's events (crate `ike`) into `proto::Update`s.
+//! - `core`: the sans-IO control core (the endpoint, the repository, placement, the
+//!   decisions on data-plane reports, the IKE view), with explicit time.
+//! - `driver`: the one control loop around the core, over a `Link` to the data plane;
+//!   `driver::inproc` is the in-process link (the shared-memory one is the appliance's).
 //! - `ha`: the HA pair (roles, sync log and records, the nonce arithmetic of takeover).
-//! - `runner`: the control loop that joins the endpoint to the data plane's rings.
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod core;
+pub mod driver;
 pub mod ha;
 pub mod repo;
-pub mod runner;
+#[cfg(test)]
+mod testing;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use control::config;
 use control::config::ike::{endpoint_config, IkeYaml};
+use control::driver::inproc::InProcControl;
 use control::repo::SaRepository;
-use control::runner::IkeControl;
 use ike::{Endpoint, Event};
 use pipeline::agent;
 use pipeline::crypto::Backend;
@@ -138,13 +138,14 @@ pub fn run(
         Box::new(spd),
         gw_control,
     );
-    let mut ctl = IkeControl::new(
+    let mut ctl = InProcControl::new(
         gw_conns,
         SaRepository::new(rules, gw_cfg.replay_window),
         Some(gw_punt_rx),
         Some(gw_tx_tx),
         backend,
         gw_cfg.wan.address,
+        1,
     );
     ctl.set_quiet();
     let gw_worker_thread = {

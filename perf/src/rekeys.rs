@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use control::config::ike::IkeYaml;
 use control::config::{self, GatewayConfig};
+use control::driver::inproc::InProcControl;
 use control::repo::SaRepository;
-use control::runner::IkeControl;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::best_backend;
 use pipeline::port::mem::{cable, MemFrame, MemPort};
@@ -35,7 +35,7 @@ pub struct Side {
     pub worker: Worker<MemPort>,
     pub hosts: MemPort,
     pub link: WorkerLink,
-    pub ctl: IkeControl,
+    pub ctl: InProcControl,
     pub gen: Generator,
     pub sink: Sink,
 }
@@ -60,13 +60,14 @@ pub fn side(gw: &GatewayConfig, ike: &str, wan: MemPort, flow: FlowSpec, id: u16
         Box::new(Spd::new(Vec::new()).unwrap()),
         control,
     );
-    let ctl = IkeControl::new(
+    let ctl = InProcControl::new(
         conns,
         SaRepository::new(Vec::new(), 1024),
         Some(punt_rx),
         Some(tx_tx),
         best_backend(),
         gw.wan.address,
+        1,
     );
     Side {
         worker,

@@ -28,6 +28,13 @@ macro_rules! reasons {
             pub const fn is_error(self) -> bool {
                 match self { $(DropReason::$variant => $err,)* }
             }
+
+            /// True for a packet handed to another part of the gateway (IKE to the control
+            /// plane): it left the data path as intended, and views list it apart from the
+            /// drops.
+            pub const fn is_hand_off(self) -> bool {
+                matches!(self, DropReason::IkePunted)
+            }
         }
     };
 }
@@ -424,10 +431,20 @@ impl Snapshot {
         d
     }
 
-    /// Non-zero drop counters, by name.
+    /// Non-zero drop counters, by name (hand-offs apart: [`handed_off`](Self::handed_off)).
     pub fn nonzero_drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
         DropReason::ALL
             .iter()
+            .filter(|r| !r.is_hand_off())
+            .map(|r| (*r, self.drops(*r)))
+            .filter(|(_, n)| *n > 0)
+    }
+
+    /// Non-zero hand-off counters (IKE punted to the control plane), by name.
+    pub fn handed_off(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .filter(|r| r.is_hand_off())
             .map(|r| (*r, self.drops(*r)))
             .filter(|(_, n)| *n > 0)
     }

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use control::config::ike::{Connection, ConnectionYaml, IkeYaml};
+use control::driver::inproc::InProcControl;
 use control::repo::SaRepository;
-use control::runner::IkeControl;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
 use pipeline::port::mem::{cable, MemFrame, MemPort};
@@ -91,7 +91,7 @@ struct Client {
     name: String,
     worker: Worker<MemPort>,
     link: WorkerLink,
-    ctl: IkeControl,
+    ctl: InProcControl,
     host: MemPort,
     gen: Generator,
     sink: Sink,
@@ -236,13 +236,14 @@ pub fn spawn(
             },
             action: Action::Discard,
         };
-        let mut ctl = IkeControl::new(
+        let mut ctl = InProcControl::new(
             client_connections(i, plan.psk, plan.gateway, plan.rekey_secs)?,
             SaRepository::new(vec![discard], 1024),
             Some(punt_rx),
             Some(tx_tx),
             plan.backend,
             client_wan(i),
+            1,
         );
         if !plan.log {
             ctl.set_quiet();

@@ -1,9 +1,9 @@
 //! The lab's two gateways: for each site a worker on in-memory ports in a thread of its own
 //! (pinned to a core when there are enough) and the agent's link to it. With `--ike` each
-//! site also runs the IKE control loop of `roamgate run` (`control::runner`): site A initiates
-//! one tunnel per static SA pair of the config, and both sites rekey every CHILD_SA while
-//! traffic flows; the config's static keys are not used. Without it, the static SAs and
-//! policies are installed as messages, the path a control plane uses.
+//! site also runs the in-process IKE control loop (`control::driver::inproc`): site A
+//! initiates one tunnel per static SA pair of the config, and both sites rekey every
+//! CHILD_SA while traffic flows; the config's static keys are not used. Without it, the
+//! static SAs and policies are installed as messages, the path a control plane uses.
 //!
 //! Owns: the gateways' threads and links, the lab's IKE connections (built as the `ike`
 //! section's structures and validated as a file's would be), the key export. Must never:
@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use control::config::ike::{Connection, ConnectionYaml, IkeYaml};
 use control::config::{GatewayConfig, GatewayPlan, LabConfig};
+use control::driver::inproc::InProcControl;
 use control::repo::SaRepository;
-use control::runner::IkeControl;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
 use pipeline::msg::Direction;
@@ -41,7 +41,7 @@ pub struct Gateway {
     /// SA names by id (the config's order; empty with IKE).
     pub sa_names: Vec<String>,
     /// The site's IKE control loop (with `--ike`).
-    pub ike: Option<IkeControl>,
+    pub ike: Option<InProcControl>,
 }
 
 /// Both sites' gateways, running.
@@ -84,13 +84,14 @@ impl Gateways {
                     .filter(|r| !matches!(r.action, Action::Protect(_)))
                     .cloned()
                     .collect();
-                let mut c = IkeControl::new(
+                let mut c = InProcControl::new(
                     conns,
                     SaRepository::new(rules, gw.replay_window),
                     Some(punt_rx),
                     Some(tx_tx),
                     backend,
                     gw.wan.address,
+                    1,
                 );
                 if !log {
                     c.set_quiet();
@@ -164,7 +165,7 @@ impl Gateways {
     pub fn busy(&self) -> bool {
         self.list
             .iter()
-            .any(|g| g.ike.as_ref().is_some_and(IkeControl::busy))
+            .any(|g| g.ike.as_ref().is_some_and(InProcControl::busy))
     }
 
     /// CHILD_SA rekeys so far at both sites (None without IKE).

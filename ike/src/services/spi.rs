@@ -128,6 +128,9 @@ pub struct SpiAllocator {
     layout: SpiLayout,
     ike: HashSet<IkeSpi>,
     child: HashSet<ChildSpi>,
+    /// Inbound CHILD_SA SPIs go to workers 0..spread in turn (0 or 1: the layout's worker).
+    spread: u32,
+    next_worker: u32,
 }
 
 impl SpiAllocator {
@@ -142,6 +145,14 @@ impl SpiAllocator {
         self.layout
     }
 
+    /// Hands out inbound CHILD_SA SPIs for workers 0..`workers` in turn (a data plane with
+    /// that many workers, each owning the SAs whose SPIs carry its id), instead of all for
+    /// the layout's one worker.
+    pub fn spread_over(mut self, workers: u32) -> SpiAllocator {
+        self.spread = workers;
+        self
+    }
+
     /// A new IKE SA SPI of ours.
     pub fn ike_spi<R: RngCore>(&mut self, rng: &mut R) -> IkeSpi {
         loop {
@@ -154,6 +165,11 @@ impl SpiAllocator {
 
     /// A new inbound CHILD_SA SPI for this endpoint's default worker.
     pub fn child_spi<R: RngCore>(&mut self, rng: &mut R) -> ChildSpi {
+        if self.spread > 1 {
+            let w = self.next_worker.checked_rem(self.spread).unwrap_or(0);
+            self.next_worker = w.wrapping_add(1).checked_rem(self.spread).unwrap_or(0);
+            return self.child_spi_for(rng, w);
+        }
         self.child_spi_for(rng, self.layout.worker)
     }
 
@@ -240,6 +256,15 @@ mod tests {
         let other = SpiLayout::new(4, 0xb, 3, 5).unwrap();
         let c = SpiAllocator::new(other).child_spi(&mut rng);
         assert_eq!(c.0 >> 28, 0xb);
+    }
+
+    #[test]
+    fn spread_spis_take_the_workers_in_turn() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let l = SpiLayout::new(0, 0, 2, 0).unwrap();
+        let mut a = SpiAllocator::new(l).spread_over(3);
+        let workers: Vec<u32> = (0..7).map(|_| l.worker_of(a.child_spi(&mut rng))).collect();
+        assert_eq!(workers, [0, 1, 2, 0, 1, 2, 0]);
     }
 
     #[test]

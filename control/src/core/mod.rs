@@ -1,0 +1,376 @@
+//! The control core, sans-IO: the IKEv2 endpoint, the SA repository, placement and the
+//! decisions that join them to the data plane.
+//!
+//! Inputs, each with an explicit `now` (an [`ike::Instant`] on the driver's clock): IKE
+//! datagrams the data plane punted ([`ControlCore::handle_datagram`]), the data plane's
+//! reports ([`ControlCore::handle_dataplane_event`]), a worker that restarted empty
+//! ([`ControlCore::handle_worker_fresh`]), timeouts ([`ControlCore::handle_timeout`] when
+//! [`ControlCore::poll_timeout`] says so), and the operator's requests (initiate, roam, rekey,
+//! shut down). Outputs are drained by the driver from one ordered queue
+//! ([`ControlCore::poll_output`], see [`output`]): updates addressed to the worker that owns
+//! what they touch ([`placement`]), datagrams to send, log lines and the IKE view.
+//!
+//! After every input the endpoint's events go through the repository to updates first and
+//! its datagrams are queued after them, so a datagram never leaves ahead of the data-plane
+//! change its exchange made.
+//!
+//! Owns: the endpoint, the repository, placement, the decisions on data-plane reports
+//! ([`decisions`]), the view's counters and its rebuild deadline ([`view`]).
+//! Must never: read a clock, touch a ring, a socket or a thread; print (log lines are
+//! outputs); log key material.
+
+pub mod decisions;
+pub mod output;
+pub mod placement;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ike::services::{Services, SpiAllocator};
+use ike::{Endpoint, IkeSaId, Instant};
+use proto::{Datagram, Event as DpEvent, Spi, Update};
+
+use crate::config::ike::{endpoint_config, Connection};
+use crate::repo::{ChildView, SaRepository};
+use decisions::Decision;
+pub use output::Output;
+use output::Outputs;
+use placement::Placement;
+use view::{DataplaneReports, IkeCounts, ViewClock};
+
+/// The most sequence reports kept for the driver (a newer checkpoint of an SA says all an
+/// older one did).
+const MAX_SEQ_REPORTS: usize = 4096;
+
+pub struct ControlCore {
+    endpoint: Endpoint,
+    repo: SaRepository,
+    conns: Vec<Connection>,
+    placement: Placement,
+    out: Outputs,
+    /// Our WAN address (the source of what we initiate).
+    local: IpAddr,
+    counts: IkeCounts,
+    dp: DataplaneReports,
+    view: ViewClock,
+    /// Sequence checkpoints and SA states: not IKE's business, kept for the driver that owns
+    /// the static SAs' reservations.
+    seq_reports: VecDeque<DpEvent>,
+    /// Log IKE events (the default; benchmarks turn it off).
+    log: bool,
+}
+
+impl ControlCore {
+    /// A core for `conns` over a data plane of `workers` workers. `seed` seeds the
+    /// endpoint's RNG (the driver takes it from the OS).
+    pub fn new(
+        conns: Vec<Connection>,
+        mut repo: SaRepository,
+        workers: u16,
+        seed: [u8; 32],
+        local: IpAddr,
+    ) -> ControlCore {
+        for c in &conns {
+            repo.set_lifetime(&c.peer.name, c.child_lifetime);
+        }
+        let placement = Placement::new(workers);
+        let services = Services {
+            spis: SpiAllocator::new(placement.layout()).spread_over(u32::from(workers)),
+            ..Services::default()
+        };
+        ControlCore {
+            endpoint: Endpoint::with_services(endpoint_config(&conns), seed, services),
+            repo,
+            conns,
+            placement,
+            out: Outputs::default(),
+            local,
+            counts: IkeCounts::default(),
+            dp: DataplaneReports::default(),
+            view: ViewClock::default(),
+            seq_reports: VecDeque::new(),
+            log: true,
+        }
+    }
+
+    /// Stops logging IKE events (a benchmark's crowd of clients would flood the output).
+    pub fn set_quiet(&mut self) {
+        self.log = false;
+    }
+
+    /// The responder's defences against IKE_SA_INIT floods, from the `ike` section
+    /// ([`crate::config::ike::IkeYaml::admission`]).
+    pub fn set_admission(&mut self, (a, half_open_timeout): crate::config::ike::AdmissionPolicy) {
+        self.endpoint.set_admission(a, half_open_timeout);
+    }
+
+    pub fn workers(&self) -> u16 {
+        self.placement.workers()
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    // ---- inputs --------------------------------------------------------------------------
+
+    /// One punted IKE datagram.
+    pub fn handle_datagram(&mut self, now: Instant, d: &Datagram) {
+        let local = SocketAddr::new(d.dst, d.dst_port);
+        let remote = SocketAddr::new(d.src, d.src_port);
+        self.endpoint.handle(now, local, remote, &d.payload);
+        // A half-open IKE SA, a drop counted: the view changes without an event.
+        self.view.mark_stale();
+        self.pump();
+    }
+
+    /// A report from the data plane: lifetimes and sequence limits decide a rekey or a
+    /// delete ([`decisions`]); failures are counted for the view; sequence checkpoints and
+    /// SA states are kept for [`take_seq_reports`](Self::take_seq_reports).
+    pub fn handle_dataplane_event(&mut self, now: Instant, e: &DpEvent) {
+        if matches!(e, DpEvent::SeqCheckpoint { .. } | DpEvent::SaState { .. }) {
+            if self.seq_reports.len() >= MAX_SEQ_REPORTS {
+                self.seq_reports.pop_front();
+            }
+            self.seq_reports.push_back(e.clone());
+            return;
+        }
+        let repo = &self.repo;
+        if let Some(line) = self.dp.take(e, |id, spi| repo.holds(id, spi)) {
+            self.out.log(line);
+        }
+        let decision = decisions::decide(
+            e,
+            |id, spi| self.repo.child_of_sa(id, spi),
+            |c| self.endpoint.ike_of_child(c),
+        );
+        match decision {
+            Some(Decision::Rekey { ike, child, why }) => {
+                self.out.log(format!("ike: {why}"));
+                let _ = self.endpoint.rekey_child(now, ike, child);
+            }
+            Some(Decision::Delete { ike, child, why }) => {
+                self.out.log(format!("ike: {why}"));
+                let _ = self.endpoint.delete_child(now, ike, child);
+            }
+            None => {}
+        }
+        self.view.mark_stale();
+        self.pump();
+    }
+
+    /// Worker `worker` restarted empty: it gets back the inbound SAs it owns and what every
+    /// worker needs (`SaRepository::full_state`), and every CHILD_SA is rekeyed, so outbound
+    /// SAs come back with fresh keys and no GCM nonce is ever used twice.
+    pub fn handle_worker_fresh(&mut self, now: Instant, worker: u16) {
+        for u in self.repo.full_state() {
+            if self.placement.is_for(worker, &u) {
+                self.out.update(worker, u);
+            }
+        }
+        self.rekey_children(now);
+    }
+
+    /// Runs the endpoint's timers that are due, and rebuilds the view when its time came
+    /// (then true: the driver tells [`set_view_cost`](Self::set_view_cost) what it took).
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
+            // An expired half-open IKE SA goes without an event.
+            self.view.mark_stale();
+            self.pump();
+        }
+        if self.view.due().is_some_and(|t| t <= now) {
+            self.view.rebuilt(now);
+            let json = view::render(&self.endpoint, &self.repo, &self.counts, &self.dp);
+            self.out.view(json);
+            return true;
+        }
+        false
+    }
+
+    /// The earliest time [`handle_timeout`](Self::handle_timeout) has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.endpoint.poll_timeout(), self.view.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What the last view rebuild cost on the driver's clock (rebuilds keep to 5% of it).
+    pub fn set_view_cost(&mut self, d: Duration) {
+        self.view.set_cost(d);
+    }
+
+    /// The next output, oldest first (see [`output`] for the order the driver keeps).
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop()
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// The sequence checkpoints and SA states the data plane reported since the last call.
+    pub fn take_seq_reports(&mut self) -> VecDeque<DpEvent> {
+        core::mem::take(&mut self.seq_reports)
+    }
+
+    /// Queues an update of the driver's own (not from IKE), placed like every other.
+    pub fn push_update(&mut self, u: Update) {
+        self.route(u);
+    }
+
+    // ---- the operator's requests ---------------------------------------------------------
+
+    /// Starts the connections that have a peer address.
+    pub fn initiate(&mut self, now: Instant) {
+        let local = SocketAddr::new(self.local, 500);
+        for c in &self.conns {
+            if let Some(remote) = c.initiate_to {
+                match self.endpoint.connect(now, &c.peer.name, local, remote) {
+                    Ok(_) => self
+                        .out
+                        .log(format!("ike: initiating {} to {remote}", c.peer.name)),
+                    Err(e) => self
+                        .out
+                        .error(format!("ike: cannot initiate {}: {e}", c.peer.name)),
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// MOBIKE: our WAN address is now `local`; every IKE SA that negotiated MOBIKE moves with
+    /// its CHILD_SAs (same SPIs, no rekey), announcing `additional` addresses of ours too.
+    /// Returns how many IKE SAs move.
+    pub fn roam(&mut self, now: Instant, local: IpAddr, additional: Vec<IpAddr>) -> usize {
+        self.local = local;
+        let ids: Vec<IkeSaId> = self.endpoint.list().into_iter().map(|s| s.0).collect();
+        let n = ids
+            .into_iter()
+            .filter(|id| {
+                self.endpoint
+                    .roam(now, *id, local, additional.clone())
+                    .is_ok()
+            })
+            .count();
+        self.pump();
+        n
+    }
+
+    /// Starts a further CHILD_SA under every established IKE SA.
+    pub fn create_children(&mut self, now: Instant) {
+        for (ike, _, up, _) in self.endpoint.list() {
+            if up {
+                let _ = self.endpoint.create_child(now, ike);
+            }
+        }
+        self.pump();
+    }
+
+    /// Starts a rekey of every CHILD_SA.
+    pub fn rekey_children(&mut self, now: Instant) {
+        for (ike, _, up, children) in self.endpoint.list() {
+            if up {
+                for (spi_in, _) in children {
+                    let _ = self.endpoint.rekey_child(now, ike, spi_in);
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// Starts deleting every IKE SA (a clean shutdown tells the peers).
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        for (id, ..) in self.endpoint.list() {
+            let _ = self.endpoint.delete_ike(now, id);
+        }
+        self.pump();
+    }
+
+    // ---- what it holds -------------------------------------------------------------------
+
+    /// True while an IKE exchange is under way or outputs wait.
+    pub fn busy(&self) -> bool {
+        self.endpoint.busy() || !self.out.is_empty()
+    }
+
+    pub fn ike_sa_count(&self) -> usize {
+        self.endpoint.list().len()
+    }
+
+    /// The CHILD_SAs the repository holds (never keys).
+    pub fn children(&self) -> Vec<ChildView> {
+        self.repo.children()
+    }
+
+    /// The virtual IP the gateway assigned us (a client), if any.
+    pub fn virtual_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.repo.virtual_ip()
+    }
+
+    /// (installed, rekeyed, removed) CHILD_SAs so far.
+    pub fn child_counts(&self) -> (u64, u64, u64) {
+        (self.repo.installed, self.repo.rekeyed, self.repo.removed)
+    }
+
+    pub fn events_seen(&self) -> u64 {
+        self.counts.events
+    }
+
+    /// The view as it stands now (the queued [`Output::View`]s are rebuilt on a deadline).
+    pub fn render_view(&self) -> String {
+        view::render(&self.endpoint, &self.repo, &self.counts, &self.dp)
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    /// The endpoint's events (through the repository to placed updates), then its
+    /// datagrams.
+    fn pump(&mut self) {
+        while let Some(e) = self.endpoint.poll_event() {
+            self.counts.count(&e);
+            if self.log {
+                self.out.log(view::event_line(&e));
+            }
+            match self.repo.on_event(&e) {
+                Ok(updates) => updates.into_iter().for_each(|u| self.route(u)),
+                Err(err) => self.out.error(format!("ike: {err}")),
+            }
+            self.view.mark_stale();
+        }
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.out.transmit(Datagram {
+                src: t.src.ip(),
+                dst: t.dst.ip(),
+                src_port: t.src.port(),
+                dst_port: t.dst.port(),
+                payload: t.data,
+            });
+        }
+    }
+
+    fn route(&mut self, u: Update) {
+        if matches!(u, Update::DeleteInbound { .. }) {
+            let repo = &self.repo;
+            self.dp.retire(|id, spi| repo.holds(id, spi));
+        }
+        let repo = &self.repo;
+        let routed = self
+            .placement
+            .route(u, |id, spi| repo.child_of_sa(id, spi).map(|c| Spi(c.0)));
+        for (w, u) in routed {
+            self.out.update(w, u);
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Placement: which worker of the data plane owns each SA, and so which workers an update
+//! goes to.
+//!
+//! The rule:
+//! - an inbound SA belongs to the worker whose id its SPI carries (the worker bits the `ike`
+//!   crate's SPI allocator reserves, [`ike::services::spi::SpiLayout`]), so the data plane can
+//!   steer inbound ESP to its owner by the SPI alone; an SPI we did not choose (a static SA)
+//!   goes by the same bits, modulo the number of workers;
+//! - an outbound SA belongs to the worker that owns its CHILD_SA's inbound SA (one worker
+//!   holds both directions of a peer's traffic); a static outbound SA, which pairs with
+//!   nothing, goes by its remote address;
+//! - everything every worker needs (the policy, host bindings, the masquerade, the WAN
+//!   addresses) goes to every worker.
+//!
+//! An update naming an SA goes only to its owner, so its keys are expanded once (by the one
+//! worker's agent that builds it).
+//!
+//! Owns: the SPI layout of this data plane, the outbound SAs' owners.
+//! Must never: send an SA's keys to a worker that does not own it; route by anything but
+//! the SA's SPI or id (the data plane must be able to do the same).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ike::services::spi::SpiLayout;
+use ike::ChildSpi;
+use proto::sa::SaRef;
+use proto::{Direction, SaId, Spi, Update};
+
+/// Where the SAs of one data plane live.
+#[derive(Debug)]
+pub struct Placement {
+    workers: u16,
+    layout: SpiLayout,
+    /// Outbound SA id -> owner (inbound SAs carry theirs in the SPI).
+    outbound: HashMap<SaId, u16>,
+}
+
+/// The bits a worker id takes in an SPI for `workers` workers (0 for one).
+pub fn worker_bits(workers: u16) -> u8 {
+    let mut bits = 0u8;
+    while (1u32 << bits) < u32::from(workers) {
+        bits += 1;
+    }
+    bits
+}
+
+impl Placement {
+    /// A data plane of `workers` workers (at least one) on one node.
+    pub fn new(workers: u16) -> Placement {
+        let workers = workers.max(1);
+        let layout = SpiLayout::new(0, 0, worker_bits(workers), 0)
+            .expect("at most 16 worker bits for a u16 count of workers");
+        Placement {
+            workers,
+            layout,
+            outbound: HashMap::new(),
+        }
+    }
+
+    pub fn workers(&self) -> u16 {
+        self.workers
+    }
+
+    /// The SPI layout the IKE endpoint's allocator must use, so that SPIs say their owner.
+    pub fn layout(&self) -> SpiLayout {
+        self.layout
+    }
+
+    /// The owner of the inbound SA with this SPI.
+    pub fn inbound_owner(&self, spi: Spi) -> u16 {
+        let w = self.layout.worker_of(ChildSpi(spi.0));
+        u16::try_from(w % u32::from(self.workers)).unwrap_or(0)
+    }
+
+    /// The owner of outbound SA `id`, if it was placed.
+    pub fn outbound_owner(&self, id: SaId) -> Option<u16> {
+        self.outbound.get(&id).copied()
+    }
+
+    fn by_address(&self, a: IpAddr) -> u16 {
+        let h = match a {
+            IpAddr::V4(v) => u32::from(v),
+            IpAddr::V6(v) => {
+                let o = v.octets();
+                u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+            }
+        };
+        u16::try_from(h % u32::from(self.workers)).unwrap_or(0)
+    }
+
+    fn all(&self, u: Update) -> Vec<(u16, Update)> {
+        (0..self.workers).map(|w| (w, u.clone())).collect()
+    }
+
+    /// The workers `u` goes to, each with its copy. `paired_inbound` names the inbound SPI of
+    /// the CHILD_SA an outbound SA (id, SPI) belongs to, if any.
+    pub fn route(
+        &mut self,
+        u: Update,
+        paired_inbound: impl Fn(SaId, Spi) -> Option<Spi>,
+    ) -> Vec<(u16, Update)> {
+        match &u {
+            Update::AddSa {
+                dir: Direction::Inbound,
+                params,
+            } => vec![(self.inbound_owner(params.spi), u)],
+            Update::AddSa {
+                dir: Direction::Outbound,
+                params,
+            } => {
+                let w = match paired_inbound(params.id, params.spi) {
+                    Some(spi_in) => self.inbound_owner(spi_in),
+                    None => self.by_address(params.remote),
+                };
+                self.outbound.insert(params.id, w);
+                vec![(w, u)]
+            }
+            Update::DeleteInbound { spi } => vec![(self.inbound_owner(*spi), u)],
+            Update::DeleteOutbound { id } => match self.outbound.remove(id) {
+                Some(w) => vec![(w, u)],
+                None => self.all(u),
+            },
+            Update::ReserveSeq { id, .. }
+            | Update::ExportSa {
+                sa: SaRef::Outbound(id),
+            } => match self.outbound_owner(*id) {
+                Some(w) => vec![(w, u)],
+                None => self.all(u),
+            },
+            Update::ExportSa {
+                sa: SaRef::Inbound(spi),
+            } => vec![(self.inbound_owner(*spi), u)],
+            Update::RebindOutbound {
+                ids,
+                local,
+                remote,
+                encap,
+            } => {
+                // One update per owner, with that owner's SAs.
+                let mut per: Vec<(u16, Vec<SaId>)> = Vec::new();
+                for id in ids {
+                    let w = self.outbound_owner(*id);
+                    let targets: Vec<u16> = match w {
+                        Some(w) => vec![w],
+                        None => (0..self.workers).collect(),
+                    };
+                    for w in targets {
+                        match per.iter_mut().find(|(x, _)| *x == w) {
+                            Some((_, v)) => v.push(*id),
+                            None => per.push((w, vec![*id])),
+                        }
+                    }
+                }
+                per.sort_by_key(|(w, _)| *w);
+                per.into_iter()
+                    .map(|(w, ids)| {
+                        (
+                            w,
+                            Update::RebindOutbound {
+                                ids,
+                                local: *local,
+                                remote: *remote,
+                                encap: *encap,
+                            },
+                        )
+                    })
+                    .collect()
+            }
+            Update::ReplaceSpd { .. }
+            | Update::SetMasquerade { .. }
+            | Update::SetVirtualIp { .. }
+            | Update::BindHost { .. }
+            | Update::UnbindHost { .. }
+            | Update::SetWanAddresses { .. } => self.all(u),
+        }
+    }
+
+    /// Whether worker `w` should get `u` when it restarted empty (its own SAs and what every
+    /// worker needs).
+    pub fn is_for(&self, w: u16, u: &Update) -> bool {
+        match u {
+            Update::AddSa {
+                dir: Direction::Inbound,
+                params,
+            } => self.inbound_owner(params.spi) == w,
+            Update::AddSa {
+                dir: Direction::Outbound,
+                params,
+            } => self.outbound_owner(params.id).is_none_or(|o| o == w),
+            _ => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ike::services::spi::SpiAllocator;
+    use proto::sa::{AeadAlg, SaKeys, SaParams};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn params(id: u32, spi: u32) -> SaParams {
+        SaParams {
+            id: SaId(id),
+            spi: Spi(spi),
+            keys: SaKeys::from_keymat(AeadAlg::AesGcm128, &[7; 20]).unwrap(),
+            esn: true,
+            replay_window: 64,
+            local: "192.0.2.1".parse().unwrap(),
+            remote: "192.0.2.2".parse().unwrap(),
+            encap: None,
+            local_ts: "10.1.0.0/24".parse().unwrap(),
+            remote_ts: "10.2.0.0/24".parse().unwrap(),
+            outer_ttl: 64,
+            resume: Default::default(),
+            checkpoint: None,
+            lifetime: Default::default(),
+        }
+    }
+
+    #[test]
+    fn worker_bits_cover_the_workers() {
+        assert_eq!(
+            [1, 2, 3, 4, 5, 8, 9].map(worker_bits),
+            [0, 1, 2, 2, 3, 3, 4]
+        );
+    }
+
+    #[test]
+    fn an_sa_goes_to_its_owner_only_and_shared_state_to_every_worker() {
+        let mut p = Placement::new(4);
+        let mut spis = SpiAllocator::new(p.layout()).spread_over(4);
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        for k in 0..16u32 {
+            let spi_in = Spi(spis.child_spi(&mut rng).0);
+            let owner = p.inbound_owner(spi_in);
+            assert_eq!(u32::from(owner), k % 4, "SPIs take the workers in turn");
+            let add_in = Update::AddSa {
+                dir: Direction::Inbound,
+                params: params(2 * k, spi_in.0),
+            };
+            let routed = p.route(add_in, |_, _| None);
+            assert_eq!(routed.len(), 1);
+            assert_eq!(routed[0].0, owner);
+            // Its outbound SA follows it.
+            let add_out = Update::AddSa {
+                dir: Direction::Outbound,
+                params: params(2 * k + 1, 0x1000 + k),
+            };
+            let routed = p.route(add_out, |id, _| (id.0 == 2 * k + 1).then_some(spi_in));
+            assert_eq!(routed.iter().map(|r| r.0).collect::<Vec<_>>(), [owner]);
+            let del = p.route(
+                Update::DeleteOutbound {
+                    id: SaId(2 * k + 1),
+                },
+                |_, _| None,
+            );
+            assert_eq!(del.iter().map(|r| r.0).collect::<Vec<_>>(), [owner]);
+            let del = p.route(Update::DeleteInbound { spi: spi_in }, |_, _| None);
+            assert_eq!(del.iter().map(|r| r.0).collect::<Vec<_>>(), [owner]);
+        }
+        let spd = p.route(Update::ReplaceSpd { rules: vec![] }, |_, _| None);
+        assert_eq!(spd.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_rebind_is_split_by_owner() {
+        let mut p = Placement::new(2);
+        for (id, w) in [(10u32, 0u16), (11, 1), (12, 0)] {
+            p.outbound.insert(SaId(id), w);
+        }
+        let r = p.route(
+            Update::RebindOutbound {
+                ids: vec![SaId(10), SaId(11), SaId(12)],
+                local: "192.0.2.9".parse().unwrap(),
+                remote: "192.0.2.2".parse().unwrap(),
+                encap: None,
+            },
+            |_, _| None,
+        );
+        let got: Vec<(u16, Vec<SaId>)> = r
+            .into_iter()
+            .map(|(w, u)| match u {
+                Update::RebindOutbound { ids, .. } => (w, ids),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(got, [(0, vec![SaId(10), SaId(12)]), (1, vec![SaId(11)])]);
+    }
+
+    #[test]
+    fn one_worker_owns_everything() {
+        let mut p = Placement::new(1);
+        for spi in [0x100u32, 0xdead_beef, u32::MAX] {
+            assert_eq!(p.inbound_owner(Spi(spi)), 0);
+        }
+        let r = p.route(
+            Update::AddSa {
+                dir: Direction::Outbound,
+                params: params(1, 0x4242),
+            },
+            |_, _| None,
+        );
+        assert_eq!(r[0].0, 0);
+    }
+}

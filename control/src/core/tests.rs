@@ -1,0 +1,417 @@
+//! The control core on virtual time (`crate::testing`): decisions, placement, the order of
+//! datagrams and updates, the view.
+
+use std::time::Duration;
+
+use proto::{Datagram, Direction, Event as DpEvent, LifetimeKind, LifetimeLimit, Update};
+
+use crate::testing::World;
+
+const A: &str = "connections:
+  - { name: site, local_id: a.test, remote_id: b.test, psk: \"core-test-psk\",
+      local_ts: [10.1.0.0/24], remote_ts: [10.2.0.0/24], remote_addr: 192.0.2.2 }
+";
+const B: &str = "connections:
+  - { name: site, local_id: b.test, remote_id: a.test, psk: \"core-test-psk\",
+      local_ts: [10.2.0.0/24], remote_ts: [10.1.0.0/24] }
+";
+
+/// A (one worker) and B (`workers` workers), the tunnel up.
+fn pair(workers: u16) -> World {
+    let mut w = World::new();
+    w.gateway(A, "192.0.2.1", 1);
+    w.gateway(B, "192.0.2.2", workers);
+    let now = w.now;
+    w.gw(0).core().initiate(now);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.gw(0).core().children().len(), 1, "A's CHILD_SA is up");
+    assert_eq!(w.gw(1).core().children().len(), 1, "B's CHILD_SA is up");
+    w
+}
+
+/// B's outbound SA of its one CHILD_SA: (worker, id, SPI).
+fn outbound_of_b(w: &mut World) -> (u16, proto::SaId, proto::Spi) {
+    let link = &w.gw(1).link;
+    for (i, wk) in link.workers.iter().enumerate() {
+        if let Some((id, spi)) = wk.outbound.iter().next() {
+            return (i as u16, *id, *spi);
+        }
+    }
+    panic!("B holds no outbound SA");
+}
+
+fn lifetime(kind: LifetimeKind, worker: u16, id: proto::SaId, spi: proto::Spi) -> DpEvent {
+    DpEvent::Lifetime {
+        worker,
+        id,
+        spi,
+        dir: Direction::Outbound,
+        kind,
+        limit: LifetimeLimit::Bytes,
+        bytes: 1 << 30,
+        packets: 1 << 20,
+        age_secs: 60,
+    }
+}
+
+#[test]
+fn a_soft_lifetime_rekeys_the_child_sa_and_a_hard_one_deletes_it() {
+    let mut w = pair(1);
+    let (worker, id, spi) = outbound_of_b(&mut w);
+    w.gw(1)
+        .link
+        .report(lifetime(LifetimeKind::Soft, worker, id, spi));
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.gw(1).core().child_counts().1, 1, "B rekeyed");
+    assert_eq!(w.gw(0).core().child_counts().1, 1, "A took the rekey");
+    assert_eq!(w.gw(1).core().children().len(), 1, "the old one went");
+
+    let (worker, id, spi) = outbound_of_b(&mut w);
+    w.gw(1)
+        .link
+        .report(lifetime(LifetimeKind::Hard, worker, id, spi));
+    w.run_for(Duration::from_secs(1));
+    assert!(w.gw(1).core().children().is_empty(), "B deleted it");
+    assert!(w.gw(0).core().children().is_empty(), "and told A");
+    let b = &w.gw(1).link.workers[0];
+    assert!(
+        b.inbound.is_empty() && b.outbound.is_empty(),
+        "its SAs are gone"
+    );
+}
+
+#[test]
+fn a_report_that_arrives_after_its_sa_was_rekeyed_changes_nothing() {
+    let mut w = pair(1);
+    let old = outbound_of_b(&mut w);
+    let now = w.now;
+    w.gw(1).core().rekey_children(now);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.gw(1).core().child_counts().1, 1);
+    // The old SA's hard lifetime, reported late: its id may already be reused.
+    w.gw(1)
+        .link
+        .report(lifetime(LifetimeKind::Hard, old.0, old.1, old.2));
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.gw(1).core().children().len(), 1, "the new CHILD_SA stays");
+    assert_eq!(w.gw(1).core().child_counts().2, 1, "only the old one went");
+    assert_eq!(w.gw(1).view()["dataplane_reports"]["hard_lifetimes"], 1);
+}
+
+#[test]
+fn an_ike_answer_waits_for_acknowledgements_that_arrive_late() {
+    let mut w = World::new();
+    w.gateway(A, "192.0.2.1", 1);
+    w.gateway(B, "192.0.2.2", 1);
+    // B's worker takes two seconds to apply anything.
+    w.gw(1).link.ack_delay = Duration::from_secs(2);
+    let now = w.now;
+    w.gw(0).core().initiate(now);
+    w.run_for(Duration::from_millis(1900));
+    assert_eq!(w.gw(1).core().children().len(), 1, "B made its CHILD_SA");
+    assert!(
+        w.gw(1).link.workers[0].inbound.is_empty(),
+        "B's worker has not applied it yet"
+    );
+    assert!(
+        w.gw(0).core().children().is_empty(),
+        "so B's IKE_AUTH answer has not left"
+    );
+    w.run_for(Duration::from_millis(200));
+    assert_eq!(w.gw(1).link.workers[0].inbound.len(), 1);
+    assert_eq!(w.gw(0).core().children().len(), 1, "then it goes");
+}
+
+#[test]
+fn each_sa_update_reaches_exactly_its_owner_among_four_workers() {
+    let mut w = pair(4);
+    let now = w.now;
+    for _ in 0..7 {
+        w.gw(0).core().create_children(now);
+        w.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(w.gw(1).core().children().len(), 8);
+    let placement_workers = w.gw(1).core().workers();
+    assert_eq!(placement_workers, 4);
+    let mut installs = 0;
+    for (i, wk) in w.gws[1].link.workers.iter().enumerate() {
+        // Two CHILD_SAs each (SPIs take the workers in turn), both directions on one worker.
+        assert_eq!(wk.inbound.len(), 2, "worker {i}");
+        assert_eq!(wk.outbound.len(), 2, "worker {i}");
+        installs += wk.installs();
+        for spi in wk.inbound.keys() {
+            assert_eq!(
+                w.gws[1].driver.core().placement().inbound_owner(*spi),
+                i as u16,
+                "the SPI names its owner"
+            );
+        }
+        assert!(wk.policies() >= 1, "the policy goes to every worker");
+        assert_eq!(wk.spd_rules, 8);
+    }
+    assert_eq!(installs, 16, "each SA was sent to one worker only");
+    // Each child's pair is on one worker.
+    for c in w.gw(1).core().children() {
+        let owner = w.gws[1]
+            .driver
+            .core()
+            .placement()
+            .inbound_owner(proto::Spi(c.spi_in.0));
+        let wk = &w.gws[1].link.workers[usize::from(owner)];
+        assert!(wk.outbound.values().any(|s| s.0 == c.spi_out.0));
+    }
+}
+
+#[test]
+fn a_rekey_installs_the_new_sa_on_its_owner_and_deletes_the_old_one_after_the_switch() {
+    let mut w = pair(4);
+    let old = w.gw(1).core().children()[0].clone();
+    let old_owner = w.gws[1]
+        .driver
+        .core()
+        .placement()
+        .inbound_owner(proto::Spi(old.spi_in.0));
+    // A's DELETE of the old CHILD_SA is lost for a while: B keeps both.
+    w.fault = Some(Box::new(|from, _, d: &Datagram| {
+        !(from == 0 && d.payload.len() < 100)
+    }));
+    let now = w.now;
+    w.gw(0).core().rekey_children(now);
+    w.run_for(Duration::from_millis(500));
+    let new = w
+        .gw(1)
+        .core()
+        .children()
+        .into_iter()
+        .find(|c| c.spi_in != old.spi_in)
+        .expect("B has the new CHILD_SA");
+    let new_owner = w.gws[1]
+        .driver
+        .core()
+        .placement()
+        .inbound_owner(proto::Spi(new.spi_in.0));
+    assert_ne!(new_owner, old_owner, "SPIs take the workers in turn");
+    let b = &w.gws[1].link.workers;
+    assert!(b[usize::from(new_owner)]
+        .inbound
+        .contains_key(&proto::Spi(new.spi_in.0)));
+    assert!(
+        b[usize::from(old_owner)]
+            .inbound
+            .contains_key(&proto::Spi(old.spi_in.0)),
+        "the old SA stays until the old CHILD_SA is deleted"
+    );
+    for (i, wk) in b.iter().enumerate() {
+        if i != usize::from(new_owner) {
+            assert!(!wk.inbound.contains_key(&proto::Spi(new.spi_in.0)));
+        }
+    }
+    // The DELETE gets through (retransmitted): the old SAs go from their owner.
+    w.fault = None;
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.gw(1).core().children().len(), 1);
+    let b = &w.gws[1].link.workers;
+    assert!(!b[usize::from(old_owner)]
+        .inbound
+        .contains_key(&proto::Spi(old.spi_in.0)));
+    let deletes: usize = b
+        .iter()
+        .map(|wk| {
+            wk.received
+                .iter()
+                .filter(|u| matches!(u, Update::DeleteInbound { .. }))
+                .count()
+        })
+        .sum();
+    assert_eq!(deletes, 1, "the delete went to the owner only");
+}
+
+#[test]
+fn policies_of_children_that_come_up_in_one_turn_are_compiled_once() {
+    let three = "connections:
+  - { name: s1, local_id: a.test, remote_id: b.test, psk: \"core-test-psk\",
+      local_ts: [10.1.1.0/24], remote_ts: [10.2.1.0/24], remote_addr: 192.0.2.2 }
+  - { name: s2, local_id: a.test, remote_id: b.test, psk: \"core-test-psk\",
+      local_ts: [10.1.2.0/24], remote_ts: [10.2.2.0/24], remote_addr: 192.0.2.2 }
+  - { name: s3, local_id: a.test, remote_id: b.test, psk: \"core-test-psk\",
+      local_ts: [10.1.3.0/24], remote_ts: [10.2.3.0/24], remote_addr: 192.0.2.2 }
+";
+    let b3 = "connections:
+  - { name: s, local_id: b.test, remote_id: a.test, psk: \"core-test-psk\",
+      local_ts: [10.2.0.0/16], remote_ts: [10.1.0.0/16] }
+";
+    let mut w = World::new();
+    w.gateway(three, "192.0.2.1", 1);
+    w.gateway(b3, "192.0.2.2", 1);
+    let now = w.now;
+    w.gw(0).core().initiate(now);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.gw(0).core().children().len(), 3);
+    // A's three IKE_AUTH answers arrive in one turn: three CHILD_SAs, one policy.
+    let a = &w.gws[0].link.workers[0];
+    assert_eq!(a.installs(), 6);
+    assert_eq!(a.policies(), 1, "the three policies coalesced into one");
+    assert_eq!(a.spd_rules, 3);
+}
+
+#[test]
+fn a_worker_that_restarted_gets_its_own_inbound_sas_and_every_child_sa_is_rekeyed() {
+    let mut w = pair(4);
+    let now = w.now;
+    for _ in 0..3 {
+        w.gw(0).core().create_children(now);
+        w.run_for(Duration::from_millis(100));
+    }
+    let before: Vec<_> = w.gws[1].link.workers[2].inbound.keys().copied().collect();
+    assert_eq!(before.len(), 1);
+    let received: Vec<usize> = w.gws[1]
+        .link
+        .workers
+        .iter()
+        .map(|x| x.received.len())
+        .collect();
+    w.gw(1).link.restart(2);
+    w.run_until(w.now.saturating_add(Duration::from_millis(1)));
+    // (The rekeys complete at once on this network, so look at what was sent.)
+    for (i, x) in w.gws[1].link.workers.iter().enumerate() {
+        if i == 2 {
+            let got = &x.received[received[i]..];
+            for spi in &before {
+                assert!(
+                    got.iter().any(|u| matches!(u, Update::AddSa { dir: Direction::Inbound, params } if params.spi == *spi)),
+                    "its inbound SA is back"
+                );
+            }
+            assert!(
+                !got.iter()
+                    .take_while(|u| !matches!(u, Update::ReplaceSpd { .. }))
+                    .any(|u| matches!(
+                        u,
+                        Update::AddSa {
+                            dir: Direction::Outbound,
+                            ..
+                        }
+                    )),
+                "no outbound SA comes back (its sequence number died with the worker)"
+            );
+        } else {
+            let got = &x.received[received[i]..];
+            assert!(
+                !got.iter().any(|u| matches!(u, Update::AddSa { dir: Direction::Inbound, params } if before.contains(&params.spi))),
+                "worker {i} got none of worker 2's SAs"
+            );
+        }
+    }
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.gw(1).core().child_counts().1, 4, "every CHILD_SA rekeyed");
+}
+
+#[test]
+fn malformed_ike_is_counted_by_reason_in_the_view() {
+    let mut w = pair(1);
+    w.gw(1).link.punt(Datagram {
+        src: "198.51.100.7".parse().unwrap(),
+        dst: "192.0.2.2".parse().unwrap(),
+        src_port: 500,
+        dst_port: 500,
+        payload: vec![0; 10],
+    });
+    w.run_for(Duration::from_millis(100));
+    let v = w.gw(1).view();
+    assert_eq!(v["ike_drops"]["truncated"], 1, "{v}");
+    assert_eq!(v["ike_drops_total"], 1);
+}
+
+#[test]
+fn the_view_shows_a_half_open_ike_sa_until_it_expires_with_no_event() {
+    let mut w = World::new();
+    w.gateway(A, "192.0.2.1", 1);
+    w.gateway(B, "192.0.2.2", 1);
+    // Only A's first message (IKE_SA_INIT) reaches B: B holds a half-open IKE SA.
+    let mut sent = 0;
+    w.fault = Some(Box::new(move |from, _, _| {
+        if from == 0 {
+            sent += 1;
+            return sent == 1;
+        }
+        false
+    }));
+    let now = w.now;
+    w.gw(0).core().initiate(now);
+    w.run_for(Duration::from_secs(1));
+    let v = w.gw(1).view();
+    let sas = v["ike_sas"].as_array().unwrap();
+    assert_eq!(sas.len(), 1, "{v}");
+    assert_eq!(sas[0]["established"], false);
+    // Nothing arrives at B any more; its half-open SA expires (30 s) and the view, rebuilt
+    // on its own deadline, no longer shows it.
+    w.run_for(Duration::from_secs(31));
+    assert_eq!(w.gw(1).core().ike_sa_count(), 0);
+    let v = w.gw(1).view();
+    assert_eq!(v["ike_sas"].as_array().unwrap().len(), 0, "{v}");
+}
+
+#[test]
+fn one_gateway_four_workers_four_ike_peers_each_child_sa_on_one_worker() {
+    let mut w = World::new();
+    w.gateway(B, "192.0.2.2", 4);
+    let peer = "connections:
+  - { name: site, local_id: a.test, remote_id: b.test, psk: \"core-test-psk\",
+      local_ts: [10.1.0.0/24], remote_ts: [10.2.0.0/24] }
+";
+    for i in 0..4 {
+        w.peer(peer, &format!("192.0.2.{}", 11 + i));
+        w.peer_connect(i, "site", "192.0.2.2:500");
+    }
+    w.run_for(Duration::from_secs(1));
+    for p in &w.peers {
+        assert!(
+            p.events.iter().any(|e| matches!(e, ike::Event::ChildUp(_))),
+            "peer at {} has its CHILD_SA",
+            p.addr
+        );
+    }
+    let children = w.gw(0).core().children();
+    assert_eq!(children.len(), 4);
+    for c in &children {
+        let owner = w.gws[0]
+            .driver
+            .core()
+            .placement()
+            .inbound_owner(proto::Spi(c.spi_in.0));
+        for (i, wk) in w.gws[0].link.workers.iter().enumerate() {
+            let holds_in = wk.inbound.contains_key(&proto::Spi(c.spi_in.0));
+            let holds_out = wk.outbound.values().any(|s| s.0 == c.spi_out.0);
+            let sent_in = wk.received.iter().any(|u| matches!(u, Update::AddSa { params, .. } if params.spi.0 == c.spi_in.0 || params.spi.0 == c.spi_out.0));
+            assert_eq!(
+                holds_in,
+                i == usize::from(owner),
+                "inbound {} on worker {i}",
+                c.spi_in
+            );
+            assert_eq!(
+                holds_out,
+                i == usize::from(owner),
+                "outbound {} on worker {i}",
+                c.spi_out
+            );
+            assert_eq!(
+                sent_in,
+                i == usize::from(owner),
+                "keys of {} sent to worker {i}",
+                c.spi_in
+            );
+        }
+    }
+    let owners: std::collections::BTreeSet<u16> = children
+        .iter()
+        .map(|c| {
+            w.gws[0]
+                .driver
+                .core()
+                .placement()
+                .inbound_owner(proto::Spi(c.spi_in.0))
+        })
+        .collect();
+    assert_eq!(owners.len(), 4, "one CHILD_SA per worker");
+}

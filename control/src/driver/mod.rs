@@ -1,0 +1,221 @@
+//! The one control loop: a [`Driver`] runs a [`ControlCore`] over a [`Link`] to the data
+//! plane. Links are the transports: in-process rings ([`inproc`]) for `roamgate lab`,
+//! `run --single-process` and tests, the shared-memory channel for `roamgate control`
+//! (in the appliance), a simulated data plane on virtual time for the core's tests.
+//!
+//! Each [`Driver::turn`]: the link moves what it has, its inputs go to the core (punted
+//! datagrams, reports, workers that restarted empty), the core's timers run, and its outputs
+//! are drained in order: updates to their workers, log lines printed, the view published,
+//! datagrams held until every update queued before them is past [`Link::released`] on its
+//! worker, then handed to the link.
+//!
+//! Owns: the order in which outputs leave, the held datagrams, the published view.
+//! Must never: decide anything about SAs (the core does); read a clock itself (the caller
+//! passes `now`; only the cost of a view rebuild is timed, to pace rebuilds).
+
+pub mod inproc;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+pub use ike::Instant;
+use proto::{Datagram, Event as DpEvent, Update};
+
+use crate::core::{ControlCore, Output};
+
+/// The real clock of a driver, as the core's [`Instant`]s (nanoseconds since it started).
+pub struct Clock(std::time::Instant);
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock(std::time::Instant::now())
+    }
+
+    pub fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::start()
+    }
+}
+
+/// What the view socket serves of IKE (never keys).
+#[derive(Default, Clone)]
+pub struct IkeView {
+    pub json: String,
+}
+
+/// Something the data plane gave the control plane.
+#[derive(Debug)]
+pub enum Input {
+    /// An IKE datagram it received.
+    Datagram(Datagram),
+    /// A worker's report.
+    Event(DpEvent),
+    /// Worker `worker` (re)started empty and needs its state.
+    Fresh { worker: u16 },
+}
+
+/// An update the link cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error("update for worker {worker}: {why}")]
+pub struct LinkError {
+    pub worker: u16,
+    pub why: String,
+}
+
+/// A transport between the control core and the data plane's workers.
+pub trait Link {
+    /// Moves what waits (backlogs into rings, acknowledgements and reports out of them);
+    /// true if anything moved.
+    fn pump(&mut self) -> bool;
+    /// The next input, oldest first.
+    fn poll_input(&mut self) -> Option<Input>;
+    /// Hands `update` to worker `worker`; returns its generation on that worker (increasing).
+    /// Never drops: what does not fit waits in the link.
+    fn send_update(&mut self, worker: u16, update: Update) -> Result<u64, LinkError>;
+    /// The generation of worker `worker` up to which a datagram queued after its updates may
+    /// go: acknowledged by the worker, or (a transport that orders datagrams after updates
+    /// itself) written.
+    fn released(&self, worker: u16) -> u64;
+    /// Hands a datagram to the data plane; gives it back when there is no room now.
+    fn send_datagram(&mut self, d: Datagram) -> Result<(), Datagram>;
+}
+
+/// The control loop around one [`ControlCore`].
+pub struct Driver {
+    core: ControlCore,
+    /// Datagrams with, per worker, the generation of the last update sent before them.
+    held: VecDeque<(Datagram, Vec<u64>)>,
+    /// Per worker, the generation of the last update sent.
+    sent: Vec<u64>,
+    pub view: Arc<Mutex<IkeView>>,
+    /// Print log lines (tests and benchmarks turn it off).
+    print: bool,
+}
+
+impl Driver {
+    pub fn new(core: ControlCore) -> Driver {
+        let workers = usize::from(core.workers());
+        Driver {
+            core,
+            held: VecDeque::new(),
+            sent: vec![0; workers],
+            view: Arc::new(Mutex::new(IkeView::default())),
+            print: true,
+        }
+    }
+
+    /// Stops logging IKE events (a benchmark's crowd of clients would flood the output);
+    /// other lines (decisions, errors) are still printed.
+    pub fn set_quiet(&mut self) {
+        self.core.set_quiet();
+    }
+
+    /// See [`ControlCore::set_admission`](crate::core::ControlCore::set_admission).
+    pub fn set_admission(&mut self, a: crate::config::ike::AdmissionPolicy) {
+        self.core.set_admission(a);
+    }
+
+    /// Prints nothing but errors (tests).
+    pub fn set_silent(&mut self) {
+        self.set_quiet();
+        self.print = false;
+    }
+
+    pub fn core(&self) -> &ControlCore {
+        &self.core
+    }
+
+    pub fn core_mut(&mut self) -> &mut ControlCore {
+        &mut self.core
+    }
+
+    /// True while the core is busy or datagrams wait.
+    pub fn busy(&self) -> bool {
+        self.core.busy() || !self.held.is_empty()
+    }
+
+    /// Datagrams still waiting for their updates or for room.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// One turn at `now`; true if anything happened.
+    pub fn turn<L: Link>(&mut self, now: Instant, link: &mut L) -> Result<bool, LinkError> {
+        let mut work = link.pump();
+        while let Some(input) = link.poll_input() {
+            work = true;
+            match input {
+                Input::Datagram(d) => self.core.handle_datagram(now, &d),
+                Input::Event(e) => self.core.handle_dataplane_event(now, &e),
+                Input::Fresh { worker } => self.core.handle_worker_fresh(now, worker),
+            }
+        }
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            work = true;
+            let t = std::time::Instant::now();
+            if self.core.handle_timeout(now) {
+                // Rebuilds keep to a share of the time they cost (the core cannot measure).
+                self.core.set_view_cost(t.elapsed());
+            }
+        }
+        work |= self.drain(link)?;
+        work |= self.release(link);
+        Ok(work)
+    }
+
+    /// Takes the core's outputs in order (see `core::output`).
+    fn drain<L: Link>(&mut self, link: &mut L) -> Result<bool, LinkError> {
+        let mut work = false;
+        while let Some(o) = self.core.poll_output() {
+            work = true;
+            match o {
+                Output::Update { worker, update } => {
+                    let g = link.send_update(worker, update)?;
+                    if let Some(s) = self.sent.get_mut(usize::from(worker)) {
+                        *s = g;
+                    }
+                }
+                Output::Transmit(d) => self.held.push_back((d, self.sent.clone())),
+                Output::Log { line, error } => {
+                    if error {
+                        eprintln!("{line}");
+                    } else if self.print {
+                        println!("{line}");
+                    }
+                }
+                Output::View(json) => {
+                    if let Ok(mut v) = self.view.lock() {
+                        v.json = json;
+                    }
+                }
+            }
+        }
+        Ok(work)
+    }
+
+    /// Hands the held datagrams whose updates are released to the link, in order.
+    fn release<L: Link>(&mut self, link: &mut L) -> bool {
+        let mut work = false;
+        while let Some((d, after)) = self.held.pop_front() {
+            let released = after
+                .iter()
+                .enumerate()
+                .all(|(w, g)| link.released(w as u16) >= *g);
+            if !released {
+                self.held.push_front((d, after));
+                break;
+            }
+            if let Err(d) = link.send_datagram(d) {
+                self.held.push_front((d, after));
+                break;
+            }
+            work = true;
+        }
+        work
+    }
+}

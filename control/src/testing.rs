@@ -1,0 +1,393 @@
+//! N parties on one virtual clock for the control core's tests: gateways (a [`Driver`] with
+//! its [`ControlCore`] over a simulated data plane of N workers), bare IKE peers (an
+//! [`ike::Endpoint`] alone, as `ike::testing` runs them) and the network between them. A simulated worker applies updates after a configurable delay (acknowledgements
+//! that arrive late) and keeps what it was given, so tests can ask which worker holds which
+//! SA; datagrams go from a gateway's transmit side to the gateway whose address they name,
+//! through a fault hook that may drop them.
+//!
+//! Owns: the virtual clock, the simulated workers, routing datagrams.
+//! Must never: read a real clock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ike::Instant;
+use proto::{Datagram, Direction, Event as DpEvent, SaId, Spi, Update};
+
+use crate::config::ike::IkeYaml;
+use crate::core::ControlCore;
+use crate::driver::{Driver, Input, Link, LinkError};
+use crate::repo::SaRepository;
+
+/// One simulated worker: what it holds, what it was sent, and its pending updates.
+#[derive(Default)]
+pub struct SimWorker {
+    pub inbound: BTreeMap<Spi, SaId>,
+    pub outbound: BTreeMap<SaId, Spi>,
+    pub spd_rules: usize,
+    /// Every update it was sent, in order.
+    pub received: Vec<Update>,
+    pending: VecDeque<(Instant, u64, Update)>,
+    next: u64,
+    applied: u64,
+}
+
+impl SimWorker {
+    fn apply(&mut self, u: &Update) {
+        match u {
+            Update::AddSa {
+                dir: Direction::Inbound,
+                params,
+            } => {
+                self.inbound.insert(params.spi, params.id);
+            }
+            Update::AddSa {
+                dir: Direction::Outbound,
+                params,
+            } => {
+                self.outbound.insert(params.id, params.spi);
+            }
+            Update::DeleteInbound { spi } => {
+                self.inbound.remove(spi);
+            }
+            Update::DeleteOutbound { id } => {
+                self.outbound.remove(id);
+            }
+            Update::ReplaceSpd { rules } => self.spd_rules = rules.len(),
+            _ => {}
+        }
+    }
+
+    /// How many SA installs it received.
+    pub fn installs(&self) -> usize {
+        self.received
+            .iter()
+            .filter(|u| matches!(u, Update::AddSa { .. }))
+            .count()
+    }
+
+    pub fn policies(&self) -> usize {
+        self.received
+            .iter()
+            .filter(|u| matches!(u, Update::ReplaceSpd { .. }))
+            .count()
+    }
+}
+
+/// A simulated data plane: N workers, worker 0's IKE rings.
+pub struct SimLink {
+    pub workers: Vec<SimWorker>,
+    /// How long a worker takes to apply (and acknowledge) an update.
+    pub ack_delay: Duration,
+    now: Instant,
+    inputs: VecDeque<Input>,
+    /// Datagrams the core handed to the data plane, not yet on the network.
+    pub sent: VecDeque<Datagram>,
+}
+
+impl SimLink {
+    pub fn new(workers: u16) -> SimLink {
+        SimLink {
+            workers: (0..workers).map(|_| SimWorker::default()).collect(),
+            ack_delay: Duration::ZERO,
+            now: Instant::ZERO,
+            inputs: VecDeque::new(),
+            sent: VecDeque::new(),
+        }
+    }
+
+    /// A datagram for the control plane, as worker 0 punts it.
+    pub fn punt(&mut self, d: Datagram) {
+        self.inputs.push_back(Input::Datagram(d));
+    }
+
+    /// A worker's report.
+    pub fn report(&mut self, e: DpEvent) {
+        self.inputs.push_back(Input::Event(e));
+    }
+
+    /// Worker `w` restarted empty.
+    pub fn restart(&mut self, w: u16) {
+        if let Some(x) = self.workers.get_mut(usize::from(w)) {
+            // It loses its SAs; the log of what it was sent stays for the tests.
+            let (next, applied) = (x.next, x.applied);
+            let received = std::mem::take(&mut x.received);
+            *x = SimWorker {
+                next,
+                applied,
+                received,
+                ..SimWorker::default()
+            };
+        }
+        self.inputs.push_back(Input::Fresh { worker: w });
+    }
+
+    /// Applies what is due at `now`.
+    fn advance(&mut self, now: Instant) {
+        self.now = now;
+        for w in self.workers.iter_mut() {
+            while w.pending.front().is_some_and(|(t, ..)| *t <= now) {
+                if let Some((_, g, u)) = w.pending.pop_front() {
+                    w.apply(&u);
+                    w.applied = g;
+                }
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.workers
+            .iter()
+            .filter_map(|w| w.pending.front().map(|(t, ..)| *t))
+            .min()
+    }
+}
+
+impl Link for SimLink {
+    fn pump(&mut self) -> bool {
+        false
+    }
+
+    fn poll_input(&mut self) -> Option<Input> {
+        self.inputs.pop_front()
+    }
+
+    fn send_update(&mut self, worker: u16, update: Update) -> Result<u64, LinkError> {
+        let due = self.now.saturating_add(self.ack_delay);
+        let Some(w) = self.workers.get_mut(usize::from(worker)) else {
+            return Err(LinkError {
+                worker,
+                why: "no such worker".into(),
+            });
+        };
+        w.next += 1;
+        w.received.push(update.clone());
+        w.pending.push_back((due, w.next, update));
+        let g = w.next;
+        if self.ack_delay.is_zero() {
+            self.advance(self.now);
+        }
+        Ok(g)
+    }
+
+    fn released(&self, worker: u16) -> u64 {
+        self.workers
+            .get(usize::from(worker))
+            .map_or(u64::MAX, |w| w.applied)
+    }
+
+    fn send_datagram(&mut self, d: Datagram) -> Result<(), Datagram> {
+        self.sent.push_back(d);
+        Ok(())
+    }
+}
+
+/// A gateway: its control loop and its simulated data plane.
+pub struct Gateway {
+    pub driver: Driver,
+    pub link: SimLink,
+    pub addr: IpAddr,
+}
+
+impl Gateway {
+    pub fn core(&mut self) -> &mut ControlCore {
+        self.driver.core_mut()
+    }
+
+    /// The IKE view as last published.
+    pub fn view(&self) -> serde_json::Value {
+        let json = self.driver.view.lock().unwrap().json.clone();
+        serde_json::from_str(&json).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A bare IKE endpoint at an address (a peer with no data plane of ours).
+pub struct Peer {
+    pub endpoint: ike::Endpoint,
+    pub addr: IpAddr,
+    pub events: Vec<ike::Event>,
+}
+
+/// Decides whether a datagram (from party, to party) is delivered; parties are numbered
+/// gateways first, then peers.
+pub type Fault = Box<dyn FnMut(usize, usize, &Datagram) -> bool>;
+
+/// Gateways on one virtual clock.
+pub struct World {
+    pub now: Instant,
+    pub gws: Vec<Gateway>,
+    pub peers: Vec<Peer>,
+    pub fault: Option<Fault>,
+    /// Datagrams delivered so far.
+    pub delivered: usize,
+}
+
+impl World {
+    pub fn new() -> World {
+        World {
+            now: Instant::ZERO,
+            gws: Vec::new(),
+            peers: Vec::new(),
+            fault: None,
+            delivered: 0,
+        }
+    }
+
+    /// Adds a gateway at `addr` with `ike` (an `ike` section) over `workers` workers.
+    pub fn gateway(&mut self, ike: &str, addr: &str, workers: u16) -> usize {
+        let p = Path::new("test.yaml");
+        let conns = crate::config::parse::<IkeYaml>(p, ike)
+            .unwrap()
+            .validate(p, "ike")
+            .unwrap();
+        let addr: IpAddr = addr.parse().unwrap();
+        let seed = [self.gws.len() as u8 + 1; 32];
+        let core = ControlCore::new(
+            conns,
+            SaRepository::new(Vec::new(), 64),
+            workers,
+            seed,
+            addr,
+        );
+        let mut driver = Driver::new(core);
+        driver.set_silent();
+        self.gws.push(Gateway {
+            driver,
+            link: SimLink::new(workers),
+            addr,
+        });
+        self.gws.len() - 1
+    }
+
+    /// Adds a bare IKE endpoint at `addr` with `ike` (an `ike` section); returns its party
+    /// number (after every gateway: add gateways first).
+    pub fn peer(&mut self, ike: &str, addr: &str) -> usize {
+        let p = Path::new("peer.yaml");
+        let conns = crate::config::parse::<IkeYaml>(p, ike)
+            .unwrap()
+            .validate(p, "ike")
+            .unwrap();
+        let seed = [0x80 | self.peers.len() as u8; 32];
+        self.peers.push(Peer {
+            endpoint: ike::Endpoint::new(crate::config::ike::endpoint_config(&conns), seed),
+            addr: addr.parse().unwrap(),
+            events: Vec::new(),
+        });
+        self.gws.len() + self.peers.len() - 1
+    }
+
+    /// Starts every connection of peer `i` (its index among peers) that has a remote address.
+    pub fn peer_connect(&mut self, i: usize, conn: &str, remote: &str) {
+        let now = self.now;
+        let p = &mut self.peers[i];
+        let local = std::net::SocketAddr::new(p.addr, 500);
+        p.endpoint
+            .connect(now, conn, local, remote.parse().unwrap())
+            .unwrap();
+    }
+
+    pub fn gw(&mut self, i: usize) -> &mut Gateway {
+        &mut self.gws[i]
+    }
+
+    /// Every gateway takes a turn and the network delivers, until nothing moves at `now`.
+    pub fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for g in self.gws.iter_mut() {
+                g.link.advance(self.now);
+                moved |= g.driver.turn(self.now, &mut g.link).unwrap();
+            }
+            let mut wire = Vec::new();
+            for (from, g) in self.gws.iter_mut().enumerate() {
+                wire.extend(g.link.sent.drain(..).map(|d| (from, d)));
+            }
+            let n = self.gws.len();
+            for (i, p) in self.peers.iter_mut().enumerate() {
+                while let Some(t) = p.endpoint.poll_transmit() {
+                    let d = Datagram {
+                        src: t.src.ip(),
+                        dst: t.dst.ip(),
+                        src_port: t.src.port(),
+                        dst_port: t.dst.port(),
+                        payload: t.data,
+                    };
+                    wire.push((n + i, d));
+                }
+            }
+            for (from, d) in wire {
+                moved = true;
+                let to = match self.gws.iter().position(|g| g.addr == d.dst) {
+                    Some(g) => g,
+                    None => match self.peers.iter().position(|p| p.addr == d.dst) {
+                        Some(p) => n + p,
+                        None => continue,
+                    },
+                };
+                if self.fault.as_mut().is_some_and(|f| !f(from, to, &d)) {
+                    continue;
+                }
+                self.delivered += 1;
+                match self.gws.get_mut(to) {
+                    Some(g) => g.link.punt(d),
+                    None => {
+                        let p = &mut self.peers[to - n];
+                        let local = std::net::SocketAddr::new(d.dst, d.dst_port);
+                        let remote = std::net::SocketAddr::new(d.src, d.src_port);
+                        p.endpoint.handle(self.now, local, remote, &d.payload);
+                    }
+                }
+            }
+            for p in self.peers.iter_mut() {
+                if p.endpoint.poll_timeout().is_some_and(|t| t <= self.now) {
+                    moved = true;
+                    p.endpoint.handle_timeout(self.now);
+                }
+                while let Some(e) = p.endpoint.poll_event() {
+                    p.events.push(e);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.gws
+            .iter()
+            .flat_map(|g| [g.driver.core().poll_timeout(), g.link.next_due()])
+            .chain(self.peers.iter().map(|p| p.endpoint.poll_timeout()))
+            .flatten()
+            .min()
+    }
+
+    /// Runs the world until virtual time `t`.
+    pub fn run_until(&mut self, t: Instant) {
+        loop {
+            self.settle();
+            match self.next_deadline() {
+                Some(n) if n <= t => {
+                    // A deadline the turn did not consume moves time on a little.
+                    self.now = if n > self.now {
+                        n
+                    } else {
+                        self.now.saturating_add(Duration::from_millis(1))
+                    };
+                }
+                _ => {
+                    self.now = self.now.max(t);
+                    self.settle();
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        let t = self.now.saturating_add(d);
+        self.run_until(t);
+    }
+}
