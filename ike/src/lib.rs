@@ -12,6 +12,8 @@
 //! | [`config`] | connections and endpoint policy | print a credential |
 //! | [`event`], [`stats`] | what the endpoint reports; why a message was dropped or answered with an error | |
 //! | [`endpoint`] | the table of IKE SAs, dispatch of datagrams, answers outside any IKE SA, deadlines | run an exchange itself; walk every IKE SA for a timer |
+//! | `endpoint::transfer` | exporting an IKE SA as a record and adopting one: the reservations in the services, re-armed timers | export work under way; adopt over an SPI or lease it holds |
+//! | [`record`] | [`IkeSaRecord`], the versioned persistent state of an IKE SA, and its strict byte codec; why an adopted IKE SA never reuses an IV | print or keep key material; panic on any byte sequence |
 //! | `ike_sa` | one IKE SA's lasting state and work under way | touch another IKE SA |
 //! | `exchange::*` | IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA (children, IKE SA), INFORMATIONAL, MOBIKE, each on one IKE SA and a context | answer an unauthenticated message on an IKE SA |
 //! | `timer` | per-IKE-SA deadline tables and the endpoint's ordered deadlines | file an IKE SA twice |
@@ -45,6 +47,7 @@ mod exchange;
 pub mod ids;
 mod ike_sa;
 pub mod proposal;
+pub mod record;
 pub mod services;
 pub mod stats;
 pub mod time;
@@ -59,10 +62,11 @@ pub mod testing;
 mod tests;
 
 pub use config::{after_secs, secret, Credential, EndpointConfig, PeerConfig, Pool, Retransmit};
-pub use endpoint::{ConnectError, Endpoint, Footprint};
+pub use endpoint::{AdoptError, ConnectError, Endpoint, ExportError, Footprint};
 pub use event::{ChildSaInfo, ChildSaKeys, DownReason, Event, SaSummary, Transmit};
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};
 pub use proposal::{EspProposal, IkeProposal};
+pub use record::{ChildSaRecord, IkeSaRecord, RecordError};
 pub use stats::{Reason, Stats};
 pub use time::Instant;
 pub use ts::{any_v4, host_ts, prefix_ts, range_ts};
