@@ -768,7 +768,10 @@ mod tests {
         let b = s.seal(b"aad", b"x");
         assert_eq!(a[..8], 7u64.to_be_bytes());
         assert_eq!(b[..8], 8u64.to_be_bytes());
-        assert!(s.seal(b"aad", b"x").is_empty(), "counter 9 is outside the window");
+        assert!(
+            s.seal(b"aad", b"x").is_empty(),
+            "counter 9 is outside the window"
+        );
         assert_eq!(s.iv_window(), (9, 9));
         let mut c = SkCipher::new_cbc(&[3u8; 16], &[9u8; 32]).unwrap();
         c.set_iv_window(u64::MAX, u64::MAX);

@@ -5,6 +5,7 @@
 mod auth;
 mod child;
 mod endpoint;
+mod export;
 mod ike_rekey;
 mod info;
 mod init;

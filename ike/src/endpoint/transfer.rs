@@ -83,7 +83,10 @@ impl Endpoint {
             || !pending.queue.is_empty()
             || pending.rekey_peer.is_some()
             || pending.rekey_ours.is_some()
-            || st.children.iter().any(|c| c.rekeying || c.peer_rekey.is_some());
+            || st
+                .children
+                .iter()
+                .any(|c| c.rekeying || c.peer_rekey.is_some());
         if under_way {
             return Err(ExportError::Busy);
         }
@@ -157,7 +160,10 @@ impl Endpoint {
             .cloned()
             .ok_or_else(|| AdoptError::UnknownConnection(record.connection.clone()))?;
         if cfg.local_id != record.local_id
-            || cfg.remote_id.as_ref().is_some_and(|r| *r != record.remote_id)
+            || cfg
+                .remote_id
+                .as_ref()
+                .is_some_and(|r| *r != record.remote_id)
         {
             return Err(AdoptError::IdentityMismatch);
         }
@@ -291,8 +297,7 @@ fn build(
             peer_rekey: None,
         })
         .collect();
-    sa.pending.last_heard =
-        Instant::from_nanos(now.as_nanos().saturating_sub(nanos(r.heard_ago)));
+    sa.pending.last_heard = Instant::from_nanos(now.as_nanos().saturating_sub(nanos(r.heard_ago)));
     sa
 }
 

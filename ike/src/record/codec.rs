@@ -187,8 +187,8 @@ impl<S: Sink> W<'_, S> {
             self.str(&c.name);
             self.u32(c.spi_in.0);
             self.u32(c.spi_out.0);
-            let f = (if c.esn { CHILD_ESN } else { 0 })
-                | (if c.replaced { CHILD_REPLACED } else { 0 });
+            let f =
+                (if c.esn { CHILD_ESN } else { 0 }) | (if c.replaced { CHILD_REPLACED } else { 0 });
             self.u8(f);
             self.u16(c.encr_bits);
             self.tss(&c.local_ts);

@@ -181,7 +181,10 @@ impl core::fmt::Debug for IkeSaRecord {
             .field("remote_id", &self.remote_id.display())
             .field("prop", &self.prop)
             .field("keys", &self.keys)
-            .field("iv_epoch", &(self.iv_next >> crate::crypto::SK_IV_EPOCH_SHIFT))
+            .field(
+                "iv_epoch",
+                &(self.iv_next >> crate::crypto::SK_IV_EPOCH_SHIFT),
+            )
             .field("next_request_id", &self.next_request_id)
             .field("peer_next_id", &self.peer_next_id)
             .field(

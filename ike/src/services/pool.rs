@@ -133,11 +133,24 @@ mod tests {
         let a2: Ipv4Addr = "10.99.0.2".parse().unwrap();
         assert!(p.claim(&pool, a2, id(1)));
         assert!(!p.claim(&pool, a2, id(2)), "leased already");
-        assert!(!p.claim(&pool, "10.99.0.3".parse().unwrap(), id(2)), "past the pool");
-        assert!(!p.claim(&pool, "10.99.0.0".parse().unwrap(), id(2)), "before it");
-        assert!(!p.claim(&pool, "10.99.0.1".parse().unwrap(), id(1)), "one per IKE SA");
+        assert!(
+            !p.claim(&pool, "10.99.0.3".parse().unwrap(), id(2)),
+            "past the pool"
+        );
+        assert!(
+            !p.claim(&pool, "10.99.0.0".parse().unwrap(), id(2)),
+            "before it"
+        );
+        assert!(
+            !p.claim(&pool, "10.99.0.1".parse().unwrap(), id(1)),
+            "one per IKE SA"
+        );
         assert_eq!(p.leases(), [(a2, id(1))]);
         assert_eq!(p.lease(&pool, id(3)), Some("10.99.0.1".parse().unwrap()));
-        assert_eq!(p.lease(&pool, id(4)), None, "the claimed address is not handed out");
+        assert_eq!(
+            p.lease(&pool, id(4)),
+            None,
+            "the claimed address is not handed out"
+        );
     }
 }
