@@ -31,6 +31,8 @@ pub enum ExportError {
     NotEstablished,
     #[error("an exchange of ours is under way on the IKE SA; export it when it is done")]
     Busy,
+    #[error(transparent)]
+    Record(#[from] RecordError),
 }
 
 /// Why a record cannot be adopted.
@@ -99,7 +101,7 @@ impl Endpoint {
             return Err(ExportError::NotEstablished);
         };
         let lease = self.services.pool.leases().iter().any(|(_, i)| *i == id);
-        Ok(IkeSaRecord {
+        let record = IkeSaRecord {
             initiator: st.role == Role::Initiator,
             spi_i: st.spi_i,
             spi_r: st.spi_r,
@@ -146,7 +148,9 @@ impl Endpoint {
                     key_out: c.keys.outbound.clone(),
                 })
                 .collect(),
-        })
+        };
+        record.check()?;
+        Ok(record)
     }
 
     /// Carries on the IKE SA of `record` from `now`: its SPIs and lease are reserved here,

@@ -201,6 +201,46 @@ impl<S: Sink> W<'_, S> {
     }
 }
 
+/// Every length and count fits its field (a peer could make, say, more CHILD_SAs on one IKE
+/// SA than a u16 counts).
+pub(super) fn check_limits(r: &IkeSaRecord) -> Result<(), RecordError> {
+    let max = usize::from(u16::MAX);
+    let k = &r.keys;
+    let mut lens = vec![
+        r.connection.len(),
+        r.local_id.data.len(),
+        r.remote_id.data.len(),
+        k.sk_d.len(),
+        k.sk_ai.len(),
+        k.sk_ar.len(),
+        k.sk_ei.len(),
+        k.sk_er.len(),
+        r.peer_additional.len(),
+        r.our_additional.len(),
+        r.children.len(),
+    ];
+    for c in &r.children {
+        lens.extend([
+            c.name.len(),
+            c.local_ts.len(),
+            c.remote_ts.len(),
+            c.key_in.len(),
+            c.key_out.len(),
+        ]);
+    }
+    let response_fits = r
+        .last_response
+        .as_ref()
+        .is_none_or(|(_, m)| u32::try_from(m.len()).is_ok());
+    if lens.iter().any(|n| *n > max) || !response_fits {
+        return Err(RecordError::Invalid(
+            "a length or count beyond the byte form's",
+        ));
+    }
+    Ok(())
+}
+
+/// The byte form of a record whose lengths passed [`check_limits`].
 pub(super) fn encode(r: &IkeSaRecord) -> Secret {
     let mut n = 0usize;
     W(&mut n).record(r);

@@ -265,9 +265,11 @@ impl IkeSaRecord {
             .collect()
     }
 
-    /// Checks what the codec's types cannot: SPIs, key sizes that match the proposal, an
-    /// existing lease address. Both decoding and adoption call it.
+    /// Checks what the types cannot: SPIs, key sizes that match the proposal, an existing
+    /// lease address, lengths and counts the byte form can hold. Encoding, decoding, export
+    /// and adoption call it.
     pub fn check(&self) -> Result<(), RecordError> {
+        codec::check_limits(self)?;
         if self.spi_i.is_zero() || self.spi_r.is_zero() {
             return Err(RecordError::Invalid("zero IKE SPI"));
         }
@@ -303,9 +305,11 @@ impl IkeSaRecord {
         Ok(())
     }
 
-    /// The versioned byte form (zeroized on drop: it holds the keys).
-    pub fn to_bytes(&self) -> Secret {
-        codec::encode(self)
+    /// The versioned byte form (zeroized on drop: it holds the keys), of a record that
+    /// passes [`check`](Self::check).
+    pub fn to_bytes(&self) -> Result<Secret, RecordError> {
+        self.check()?;
+        Ok(codec::encode(self))
     }
 
     /// A record from its byte form: any truncation, corruption, unknown version or invalid

@@ -109,10 +109,10 @@ fn an_adopted_ike_sa_carries_on_with_the_same_peer() {
         let (mut p, ids) = mid_life(c.clone(), g.clone());
         let now = p.now();
         let record = p.net.ep(mover).export(now, ids[mover]).unwrap();
-        let bytes = record.to_bytes();
+        let bytes = record.to_bytes().unwrap();
         let decoded = IkeSaRecord::from_bytes(&bytes).unwrap();
         assert_eq!(decoded, record, "the byte form round-trips");
-        assert_eq!(decoded.to_bytes().as_slice(), bytes.as_slice());
+        assert_eq!(decoded.to_bytes().unwrap().as_slice(), bytes.as_slice());
         let spis = (record.spi_i, record.spi_r);
         let before = ivs(&p, mover, spis);
         replace_and_adopt(&mut p, mover, if mover == GW { g } else { c }, &decoded);
@@ -390,7 +390,7 @@ fn corrupted_truncated_or_unknown_records_are_refused() {
     let (mut p, ids) = mid_life(client_cfg(), gateway_cfg());
     let now = p.now();
     let record = p.gw().export(now, ids[GW]).unwrap();
-    let bytes = record.to_bytes().to_vec();
+    let bytes = record.to_bytes().unwrap().to_vec();
     for n in 0..bytes.len() {
         assert!(
             IkeSaRecord::from_bytes(&bytes[..n]).is_err(),
@@ -426,17 +426,30 @@ fn corrupted_truncated_or_unknown_records_are_refused() {
         IkeSaRecord::from_bytes(&resum(&trailing)),
         Err(RecordError::TrailingBytes)
     );
-    // Well-formed bytes of an invalid record: keys that do not fit the proposal.
+    // Well-formed bytes of an invalid record: a 256-bit proposal with 128-bit keys (the
+    // proposal is AES-GCM 128, PRF 5, DH 31, not CBC).
+    let prop = [0x00, 0x80, 0x00, 0x05, 0x00, 0x1f, 0x00];
+    let at = content.windows(prop.len()).position(|w| w == prop).unwrap();
+    let mut wrong = content.to_vec();
+    wrong[at] = 0x01;
+    wrong[at + 1] = 0x00;
+    assert_eq!(
+        IkeSaRecord::from_bytes(&resum(&wrong)),
+        Err(RecordError::Invalid("SK_e length"))
+    );
     let mut bad = record.clone();
     bad.prop.encr_bits = 256;
-    assert!(matches!(
-        IkeSaRecord::from_bytes(&bad.to_bytes()),
-        Err(RecordError::Invalid(_))
-    ));
+    assert!(matches!(bad.to_bytes(), Err(RecordError::Invalid(_))));
     assert!(matches!(
         endpoint(gateway_cfg(), 9).adopt(now, &bad),
         Err(AdoptError::Record(RecordError::Invalid(_)))
     ));
+    // More than the byte form can count is refused, never truncated into another record.
+    let mut many = record.clone();
+    many.our_additional = vec![IpAddr::from([192, 0, 2, 9]); 65_536];
+    assert!(many.to_bytes().is_err());
+    many.our_additional.pop();
+    assert!(IkeSaRecord::from_bytes(&many.to_bytes().unwrap()).is_ok());
     assert_eq!(IkeSaRecord::from_bytes(&bytes), Ok(record));
 }
 

@@ -58,7 +58,8 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn exercise(data: &[u8], record: &IkeSaRecord) {
-    let again = IkeSaRecord::from_bytes(&record.to_bytes()).expect("re-encoded record decodes");
+    let bytes = record.to_bytes().expect("a decoded record encodes");
+    let again = IkeSaRecord::from_bytes(&bytes).expect("re-encoded record decodes");
     assert!(again == *record, "the byte form round-trips");
     let _ = format!("{record:?}");
     let mut ep = Endpoint::new(
