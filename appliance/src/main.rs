@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod addr_watch;
 mod config;
 mod control_proc;
+mod core_dumps;
 mod dataplane;
 mod lab;
 mod perf_cmd;
@@ -73,10 +74,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
-        Command::Dataplane(args) => dataplane::run(args, false),
-        Command::Run(args) => supervise::run(args),
-        Command::Client(args) => supervise::client(args),
-        Command::Control(args) => control_proc::run(args),
+        // The processes that hold keys leave core dumps out before they read any.
+        Command::Dataplane(args) => {
+            core_dumps::apply(args.allow_core_dumps()).and_then(|_| dataplane::run(args, false))
+        }
+        Command::Run(args) => {
+            core_dumps::apply(args.dataplane.allow_core_dumps()).and_then(|_| supervise::run(args))
+        }
+        Command::Client(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
+            .and_then(|_| supervise::client(args)),
+        Command::Control(args) => {
+            core_dumps::apply(args.allow_core_dumps()).and_then(|_| control_proc::run(args))
+        }
         Command::Perf(args) => perf_cmd::run(args),
         Command::Status(args) => views::status(args),
         Command::Stats(args) => views::stats(args),
