@@ -53,6 +53,15 @@ pub struct ControlArgs {
     /// (default: next to the config file, CONFIG.seq-state).
     #[arg(long)]
     seq_state: Option<PathBuf>,
+    /// Leave the process dumpable (see `roamgate dataplane --allow-core-dumps`).
+    #[arg(long)]
+    allow_core_dumps: bool,
+}
+
+impl ControlArgs {
+    pub fn allow_core_dumps(&self) -> bool {
+        self.allow_core_dumps
+    }
 }
 
 /// The WAN addresses the kernel has on the device and the one IKE uses: a new address is

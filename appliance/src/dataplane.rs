@@ -75,9 +75,16 @@ pub struct DataplaneArgs {
     /// CONFIG.seq-state). Under `roamgate run` the control process keeps it.
     #[arg(long)]
     seq_state: Option<PathBuf>,
+    /// Leave the process dumpable: a crash may write a core file holding keys, and other
+    /// processes of this user may read its memory. For debugging only (core_dumps.rs).
+    #[arg(long)]
+    allow_core_dumps: bool,
 }
 
 impl DataplaneArgs {
+    pub fn allow_core_dumps(&self) -> bool {
+        self.allow_core_dumps
+    }
     pub fn config(&self) -> &std::path::Path {
         &self.config
     }
@@ -126,6 +133,9 @@ impl DataplaneArgs {
         }
         if let Some(m) = &self.metrics {
             v.extend(["--metrics".into(), m.to_string()]);
+        }
+        if self.allow_core_dumps {
+            v.push(crate::core_dumps::ALLOW_FLAG.into());
         }
         v
     }

@@ -17,6 +17,7 @@ mod addr_watch;
 mod config;
 mod control_link;
 mod control_proc;
+mod core_dumps;
 mod dataplane;
 // The HA pair's sync channel: tested here, not started by a subcommand yet (issue 17).
 #[cfg_attr(not(test), allow(dead_code))]
@@ -78,10 +79,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
-        Command::Dataplane(args) => dataplane::run(args, false),
-        Command::Run(args) => supervise::run(args),
-        Command::Client(args) => supervise::client(args),
-        Command::Control(args) => control_proc::run(args),
+        // The processes that hold keys leave core dumps out before they read any.
+        Command::Dataplane(args) => {
+            core_dumps::apply(args.allow_core_dumps()).and_then(|_| dataplane::run(args, false))
+        }
+        Command::Run(args) => {
+            core_dumps::apply(args.dataplane.allow_core_dumps()).and_then(|_| supervise::run(args))
+        }
+        Command::Client(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
+            .and_then(|_| supervise::client(args)),
+        Command::Control(args) => {
+            core_dumps::apply(args.allow_core_dumps()).and_then(|_| control_proc::run(args))
+        }
         Command::Perf(args) => perf_cmd::run(args),
         Command::Status(args) => views::status(args),
         Command::Stats(args) => views::stats(args),

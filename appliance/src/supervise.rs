@@ -270,6 +270,9 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
     }
     // The control process keeps the static SAs' sequence numbers (see control_proc).
     control_args.extend(["--seq-state".into(), dp.seq_state().display().to_string()]);
+    if dp.allow_core_dumps() {
+        control_args.push(crate::core_dumps::ALLOW_FLAG.into());
+    }
     let mut dataplane_args = vec![
         "dataplane".to_string(),
         "--shm".into(),

@@ -377,10 +377,19 @@ pub fn nat_hash(spi_i: u64, spi_r: u64, addr: core::net::IpAddr, port: u16) -> V
 /// 16-byte ICV) or AES-CBC with HMAC-SHA2-256-128 (RFC 7296 3.14, RFC 4868). IVs never repeat:
 /// GCM's is a counter; CBC's is the counter encrypted under the key (unpredictable to anyone
 /// without it, NIST SP 800-38A appendix C).
+///
+/// The counter runs inside a window `[next_iv, iv_end)`: a new cipher gets the first epoch
+/// `[1, 2^48)`; an IKE SA adopted from a record gets a later epoch of its own (see
+/// `record`), so that it never meets a counter value the exporter may have used. A cipher
+/// whose window is used up seals nothing rather than repeat a counter.
 pub struct SkCipher {
     kind: SkKind,
     next_iv: u64,
+    iv_end: u64,
 }
+
+/// The counter bits of an IV below its epoch (the IV is `epoch << 48 | counter`).
+pub const SK_IV_EPOCH_SHIFT: u32 = 48;
 
 enum SkKind {
     Gcm {
@@ -472,6 +481,7 @@ impl SkCipher {
                 salt: s,
             },
             next_iv: 1,
+            iv_end: 1 << SK_IV_EPOCH_SHIFT,
         })
     }
 
@@ -483,6 +493,7 @@ impl SkCipher {
                 integ: hmac::Key::new(hmac::HMAC_SHA256, integ_key),
             },
             next_iv: 1,
+            iv_end: 1 << SK_IV_EPOCH_SHIFT,
         })
     }
 
@@ -507,9 +518,13 @@ impl SkCipher {
     /// IV | ciphertext | ICV of `inner` (the inner payload chain); `aad` is the message up to
     /// the SK payload's body (IKE header and SK generic header), whose length fields already
     /// count [`sealed_len`](Self::sealed_len).
+    /// Empty when the IV window is used up (no counter is ever used twice).
     pub fn seal(&mut self, aad: &[u8], inner: &[u8]) -> Vec<u8> {
         let ctr = self.next_iv;
-        self.next_iv = self.next_iv.wrapping_add(1);
+        if ctr >= self.iv_end {
+            return Vec::new();
+        }
+        self.next_iv = ctr.saturating_add(1);
         match &self.kind {
             SkKind::Gcm { key, salt } => {
                 let iv = ctr.to_be_bytes();
@@ -615,6 +630,17 @@ impl SkCipher {
                 strip_padding(&pt)
             }
         }
+    }
+
+    /// The IV counter the next [`seal`](Self::seal) uses and the end (exclusive) of its window.
+    pub fn iv_window(&self) -> (u64, u64) {
+        (self.next_iv, self.iv_end)
+    }
+
+    /// Continues sealing with counters in `[next, end)` (an adopted IKE SA's epoch).
+    pub fn set_iv_window(&mut self, next: u64, end: u64) {
+        self.next_iv = next;
+        self.iv_end = end;
     }
 
     /// Encryption key material length for AES-GCM with `key_bits` (salt included).
@@ -730,6 +756,26 @@ mod tests {
         assert_eq!(o.open(aad, &bad), Err(SkError::Integrity));
         assert_eq!(o.open(b"other aad", &c1), Err(SkError::Integrity));
         assert_eq!(o.open(aad, &c1[..20]), Err(SkError::Short));
+    }
+
+    #[test]
+    fn a_used_up_iv_window_seals_nothing() {
+        let km: Vec<u8> = (0..20u8).collect();
+        let mut s = SkCipher::new(&km).unwrap();
+        assert_eq!(s.iv_window(), (1, 1 << SK_IV_EPOCH_SHIFT));
+        s.set_iv_window(7, 9);
+        let a = s.seal(b"aad", b"x");
+        let b = s.seal(b"aad", b"x");
+        assert_eq!(a[..8], 7u64.to_be_bytes());
+        assert_eq!(b[..8], 8u64.to_be_bytes());
+        assert!(
+            s.seal(b"aad", b"x").is_empty(),
+            "counter 9 is outside the window"
+        );
+        assert_eq!(s.iv_window(), (9, 9));
+        let mut c = SkCipher::new_cbc(&[3u8; 16], &[9u8; 32]).unwrap();
+        c.set_iv_window(u64::MAX, u64::MAX);
+        assert!(c.seal(b"aad", b"x").is_empty());
     }
 
     #[test]

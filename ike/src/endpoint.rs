@@ -44,6 +44,9 @@ use crate::time::Instant;
 use crate::timer::Deadlines;
 use crate::wire::{exchange as xchg, notify, Header, WireError};
 
+mod transfer;
+pub use transfer::{AdoptError, ExportError};
+
 /// Record counts of an [`Endpoint`] (see [`Endpoint::footprint`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Footprint {

@@ -21,7 +21,7 @@ use crate::proposal::IkeProposal;
 use crate::stats::Reason;
 use crate::time::Instant;
 use crate::timer::{Timer, TimerTable};
-use crate::wire::{self, payload, Header, Payload, TrafficSelector, WireError};
+use crate::wire::{self, payload, Header, Id, Payload, TrafficSelector, WireError};
 
 /// Which end of the IKE SA we are: the original initiator or responder (RFC 7296 2.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +43,20 @@ pub(crate) enum Phase {
     Dead,
 }
 
+/// A CHILD_SA's key material, inbound and outbound (AES key and salt each), kept for as long
+/// as the CHILD_SA lives so that an export of its IKE SA carries it.
+#[derive(Clone)]
+pub(crate) struct ChildKeys {
+    pub inbound: Secret,
+    pub outbound: Secret,
+}
+
+impl core::fmt::Debug for ChildKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ChildKeys(<secret>)")
+    }
+}
+
 /// A CHILD_SA of an IKE SA (its keys went to the data plane in `Event::ChildUp`).
 #[derive(Clone, Debug)]
 pub(crate) struct Child {
@@ -51,6 +65,7 @@ pub(crate) struct Child {
     pub spi_out: ChildSpi,
     pub esn: bool,
     pub encr_bits: u16,
+    pub keys: ChildKeys,
     pub local_ts: Vec<TrafficSelector>,
     pub remote_ts: Vec<TrafficSelector>,
     pub rekey_at: Option<Instant>,
@@ -78,6 +93,8 @@ pub(crate) struct IkeSaState {
     /// A NAT sits between us (RFC 7296 2.23).
     pub nat: bool,
     pub peer: Option<Arc<PeerConfig>>,
+    /// The peer's authenticated identity (IDi or IDr), once IKE_AUTH verified it.
+    pub remote_id: Option<Id>,
     pub prop: IkeProposal,
     pub keys: Option<IkeKeys>,
     pub sk_out: Option<SkCipher>,
@@ -175,6 +192,7 @@ impl IkeSa {
                 remote,
                 nat: false,
                 peer: None,
+                remote_id: None,
                 prop,
                 keys: None,
                 sk_out: None,
@@ -318,8 +336,6 @@ impl IkeSa {
     pub(crate) fn child_info(
         &self,
         c: &Child,
-        key_in: Secret,
-        key_out: Secret,
         rekey_of: Option<ChildSpi>,
         initiated_here: bool,
     ) -> ChildSaInfo {
@@ -329,12 +345,12 @@ impl IkeSa {
             inbound: ChildSaKeys {
                 spi: c.spi_in,
                 encr_bits: c.encr_bits,
-                keymat: key_in,
+                keymat: c.keys.inbound.clone(),
             },
             outbound: ChildSaKeys {
                 spi: c.spi_out,
                 encr_bits: c.encr_bits,
-                keymat: key_out,
+                keymat: c.keys.outbound.clone(),
             },
             esn: c.esn,
             local_ts: c.local_ts.clone(),
@@ -368,6 +384,7 @@ impl IkeSa {
         spi_out: ChildSpi,
         esn: bool,
         encr_bits: u16,
+        keys: ChildKeys,
         local_ts: Vec<TrafficSelector>,
         remote_ts: Vec<TrafficSelector>,
     ) -> Child {
@@ -378,6 +395,7 @@ impl IkeSa {
             spi_out,
             esn,
             encr_bits,
+            keys,
             local_ts,
             remote_ts,
             rekey_at: peer

@@ -14,6 +14,8 @@
 //! | [`endpoint`] | the table of IKE SAs, dispatch of datagrams, answers outside any IKE SA, deadlines | run an exchange itself; walk every IKE SA for a timer |
 //! | `cookie` | the responder's COOKIE secrets (rotated, the previous one kept for a grace), making and checking cookies (RFC 7296 2.6) | keep anything per request |
 //! | `half_open` | the responder's half-open IKE SAs by (SPIi, address), counted in total and per source for admission | disagree with its counts |
+//! | `endpoint::transfer` | exporting an IKE SA as a record and adopting one: the reservations in the services, re-armed timers | export work under way; adopt over an SPI or lease it holds |
+//! | [`record`] | [`IkeSaRecord`], the versioned persistent state of an IKE SA, and its strict byte codec; why an adopted IKE SA never reuses an IV | print or keep key material; panic on any byte sequence |
 //! | `ike_sa` | one IKE SA's lasting state and work under way | touch another IKE SA |
 //! | `exchange::*` | IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA (children, IKE SA), INFORMATIONAL, MOBIKE, each on one IKE SA and a context | answer an unauthenticated message on an IKE SA |
 //! | `timer` | per-IKE-SA deadline tables and the endpoint's ordered deadlines | file an IKE SA twice |
@@ -49,6 +51,7 @@ mod half_open;
 pub mod ids;
 mod ike_sa;
 pub mod proposal;
+pub mod record;
 pub mod services;
 pub mod stats;
 pub mod time;
@@ -65,10 +68,11 @@ mod tests;
 pub use config::{
     after_secs, secret, Admission, Credential, EndpointConfig, PeerConfig, Pool, Retransmit,
 };
-pub use endpoint::{ConnectError, Endpoint, Footprint};
+pub use endpoint::{AdoptError, ConnectError, Endpoint, ExportError, Footprint};
 pub use event::{ChildSaInfo, ChildSaKeys, DownReason, Event, SaSummary, Transmit};
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};
 pub use proposal::{EspProposal, IkeProposal};
+pub use record::{ChildSaRecord, IkeSaRecord, RecordError};
 pub use stats::{CookieStats, Reason, Stats};
 pub use time::Instant;
 pub use ts::{any_v4, host_ts, prefix_ts, range_ts};

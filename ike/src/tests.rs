@@ -6,6 +6,7 @@ mod auth;
 mod child;
 mod cookie;
 mod endpoint;
+mod export;
 mod ike_rekey;
 mod info;
 mod init;

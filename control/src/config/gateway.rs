@@ -15,7 +15,7 @@ use pipeline::nat::MasqueradeConfig;
 use pipeline::spd::{Action, PortRange, Prefix, Rule, Selector};
 use serde::Deserialize;
 
-use super::{decode_hex, ConfigError};
+use super::{decode_hex, ConfigError, SecretString};
 
 /// Which AEAD backend the data plane uses.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -226,7 +226,7 @@ pub struct SaConfig {
     pub spi: u32,
     pub aead: AeadName,
     /// Hex: the AES key followed by the 4-byte salt (20 or 36 bytes).
-    pub key: String,
+    pub key: SecretString,
     #[serde(default = "yes")]
     pub esn: bool,
     /// Our tunnel endpoint and the peer's.

@@ -41,7 +41,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{ActionName, ConfigError, GatewayConfig};
+use super::{ActionName, ConfigError, GatewayConfig, SecretString};
 use crate::repo::prefix_ts;
 use ike::crypto::{DhGroup, Prf};
 use ike::wire::Id;
@@ -51,6 +51,7 @@ use ike::{
 };
 use pipeline::spd::Prefix;
 use pipeline::stats::Lifetime;
+use zeroize::Zeroizing;
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +62,7 @@ pub struct ConnectionYaml {
     #[serde(default)]
     pub remote_id: Option<String>,
     #[serde(default)]
-    pub psk: Option<String>,
+    pub psk: Option<SecretString>,
     #[serde(default)]
     pub psk_file: Option<String>,
     #[serde(default = "default_ike")]
@@ -312,8 +313,8 @@ impl IkeYaml {
                 ));
             }
             let psk = match (&c.psk, &c.psk_file) {
-                (Some(p), None) => p.as_bytes().to_vec(),
-                (None, Some(f)) => std::fs::read(f)
+                (Some(p), None) => Zeroizing::new(p.as_bytes().to_vec()),
+                (None, Some(f)) => super::secret::read_bytes(Path::new(f))
                     .map(|mut b| {
                         while b.last().is_some_and(u8::is_ascii_whitespace) {
                             b.pop();

@@ -19,12 +19,14 @@ pub mod gateway;
 pub mod ha;
 pub mod ike;
 pub mod lab;
+pub mod secret;
 
 pub use gateway::{
     ActionName, AeadName, BackendChoice, DirectionName, GatewayConfig, GatewayPlan,
     InterfaceConfig, MacAddr, MasqueradeYaml, PolicyConfig, SaConfig, UdpEncapConfig,
 };
 pub use lab::{LabConfig, LabFlow, LabTraffic, Site, MAX_LAB_FRAME};
+pub use secret::SecretString;
 
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug)]
@@ -65,9 +67,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads and parses a YAML file into `T`.
+/// Reads and parses a YAML file into `T`. The text (keys and all) is held in memory that is
+/// zeroized when parsing is done (`secret`).
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let text = secret::read_text(path)
         .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
     parse(path, &text)
 }
@@ -353,25 +356,25 @@ impl<'de> Deserialize<'de> for KeyName {
 }
 
 /// Decodes hex (whitespace and a `0x` prefix allowed) without echoing it in errors.
-pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
+pub fn decode_hex(s: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
     let s = s.trim();
     let s = s.strip_prefix("0x").unwrap_or(s);
-    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    // Hex of a key is the key: both copies live in zeroizing buffers.
+    let digits: zeroize::Zeroizing<Vec<u8>> =
+        zeroize::Zeroizing::new(s.bytes().filter(|b| !b.is_ascii_whitespace()).collect());
     if digits.len() % 2 != 0 {
         return Err(format!("odd number of hex digits ({})", digits.len()));
     }
-    digits
-        .chunks(2)
-        .enumerate()
-        .map(|(i, pair)| {
-            let hi = (pair[0] as char).to_digit(16);
-            let lo = (pair[1] as char).to_digit(16);
-            match (hi, lo) {
-                (Some(h), Some(l)) => Ok((h * 16 + l) as u8),
-                _ => Err(format!("not a hex digit at byte {i}")),
-            }
-        })
-        .collect()
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(digits.len() / 2));
+    for (i, pair) in digits.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16);
+        let lo = (pair[1] as char).to_digit(16);
+        match (hi, lo) {
+            (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+            _ => return Err(format!("not a hex digit at byte {i}")),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -491,7 +494,7 @@ mod tests {
 
     #[test]
     fn hex() {
-        assert_eq!(decode_hex("0x0aff 10").unwrap(), vec![0x0a, 0xff, 0x10]);
+        assert_eq!(*decode_hex("0x0aff 10").unwrap(), vec![0x0a, 0xff, 0x10]);
         assert!(decode_hex("abc").is_err());
         let e = decode_hex("zz").unwrap_err();
         assert!(!e.contains("zz"), "errors must not echo key material: {e}");

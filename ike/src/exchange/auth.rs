@@ -19,7 +19,7 @@ use crate::exchange::{
     find_notify, find_sa, find_tsi, find_tsr, send_request, Ctx, Reply, Request,
 };
 use crate::ids::ChildSpi;
-use crate::ike_sa::{IkeSa, Phase};
+use crate::ike_sa::{ChildKeys, IkeSa, Phase};
 use crate::proposal::{esp_payload, esp_proposal, select_esp, EspProposal};
 use crate::services::{Auth, AuthInput};
 use crate::ts::{any_v4, host_ts, narrow};
@@ -164,6 +164,7 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi
             }),
         _ => None,
     });
+    sa.state.remote_id = Some(idr.clone());
     sa.establish(ctx.now);
     ctx.event(Event::IkeUp {
         ike: sa.id(),
@@ -196,10 +197,14 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi
         spi_out,
         esp.esn,
         esp.encr_bits,
+        ChildKeys {
+            inbound: r2i,
+            outbound: i2r,
+        },
         tsi.to_vec(),
         tsr.to_vec(),
     );
-    let info = sa.child_info(&child, r2i, i2r, None, true);
+    let info = sa.child_info(&child, None, true);
     sa.state.children.push(child);
     ctx.event(Event::ChildUp(info));
 }
@@ -295,6 +300,7 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
     sa.state.peer = Some(cfg.clone());
     sa.state.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
     sa.state.virtual_ip = vip.map(IpAddr::V4);
+    sa.state.remote_id = Some(idi.clone());
     sa.establish(ctx.now);
     ctx.event(Event::IkeUp {
         ike: sa.id(),
@@ -324,10 +330,14 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
                 n.spi_out,
                 n.esp.esn,
                 n.esp.encr_bits,
+                ChildKeys {
+                    inbound: i2r,
+                    outbound: r2i,
+                },
                 n.tsr.clone(),
                 n.tsi.clone(),
             );
-            let info = sa.child_info(&child, i2r, r2i, None, false);
+            let info = sa.child_info(&child, None, false);
             sa.state.children.push(child);
             ctx.event(Event::ChildUp(info));
             reply.push(Payload::Sa(vec![esp_proposal(n.num, &n.esp, child_spi)]));

@@ -15,7 +15,7 @@ use crate::exchange::{
     find_ke, find_nonce, find_sa, find_tsi, find_tsr, send_request, Action, Ctx, Reply, Request,
 };
 use crate::ids::ChildSpi;
-use crate::ike_sa::{min_nonce, IkeSa};
+use crate::ike_sa::{min_nonce, ChildKeys, IkeSa};
 use crate::proposal::{esp_payload, esp_proposal, select_esp, EspProposal};
 use crate::stats::Reason;
 use crate::wire::{exchange, notify, proto, Payload, TrafficSelector};
@@ -176,10 +176,14 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
         n.spi_out,
         n.esp.esn,
         n.esp.encr_bits,
+        ChildKeys {
+            inbound: i2r,
+            outbound: r2i,
+        },
         n.tsr.clone(),
         n.tsi.clone(),
     );
-    let info = sa.child_info(&child, i2r, r2i, old.as_ref().map(|c| c.spi_in), false);
+    let info = sa.child_info(&child, old.as_ref().map(|c| c.spi_in), false);
     sa.state.children.push(child);
     ctx.event(Event::ChildUp(info));
     // We are rekeying the same CHILD_SA: remember this exchange's lowest nonce for the
@@ -249,10 +253,14 @@ pub(crate) fn on_response(
         spi_out,
         e.esn,
         e.encr_bits,
+        ChildKeys {
+            inbound: r2i,
+            outbound: i2r,
+        },
         tsi.to_vec(),
         tsr.to_vec(),
     );
-    let mut info = sa.child_info(&child, r2i, i2r, old_in, true);
+    let mut info = sa.child_info(&child, old_in, true);
     sa.state.children.push(child);
     let Some(old_in) = old_in else {
         // A further CHILD_SA, not a rekey.

@@ -65,6 +65,7 @@ fn successor(
     let (local, remote): (SocketAddr, SocketAddr) = (old.state.local, old.state.remote);
     let mut new = IkeSa::new(id, role, spi_i, spi_r, local, remote, prop, ctx.now);
     new.state.peer = old.state.peer.clone();
+    new.state.remote_id = old.state.remote_id.clone();
     new.state.nat = old.state.nat;
     new.state.virtual_ip = old.state.virtual_ip;
     new.state.mobike = old.state.mobike;

@@ -17,6 +17,9 @@ use crate::ids::IkeSaId;
 pub trait AddressPool: Send {
     /// An address of `pool` for IKE SA `ike` (`None`: the pool is exhausted).
     fn lease(&mut self, pool: &Pool, ike: IkeSaId) -> Option<Ipv4Addr>;
+    /// Leases exactly `addr` of `pool` to IKE SA `ike` (an adopted IKE SA's lease); false if
+    /// `addr` is not in `pool` or leased already.
+    fn claim(&mut self, pool: &Pool, addr: Ipv4Addr, ike: IkeSaId) -> bool;
     /// IKE SA `ike` is gone: its address is free again.
     fn release(&mut self, ike: IkeSaId);
     /// IKE SA `from` was replaced by `to` (a rekey): the lease goes along.
@@ -52,6 +55,19 @@ impl AddressPool for LocalPool {
             }
         }
         None
+    }
+
+    fn claim(&mut self, pool: &Pool, addr: Ipv4Addr, ike: IkeSaId) -> bool {
+        let offset = u32::from(addr).checked_sub(u32::from(pool.first));
+        if offset.is_none_or(|o| o >= pool.count) || self.by_addr.contains_key(&addr) {
+            return false;
+        }
+        if self.by_ike.contains_key(&ike) {
+            return false;
+        }
+        self.by_addr.insert(addr, ike);
+        self.by_ike.insert(ike, addr);
+        true
     }
 
     fn release(&mut self, ike: IkeSaId) {
@@ -105,5 +121,36 @@ mod tests {
         assert_eq!(p.leases().len(), 2, "the old id holds nothing any more");
         p.release(id(4));
         assert_eq!(p.lease(&pool, id(5)), Some("10.99.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_claim_takes_exactly_a_free_address_of_the_pool() {
+        let pool = Pool {
+            first: "10.99.0.1".parse().unwrap(),
+            count: 2,
+        };
+        let mut p = LocalPool::default();
+        let a2: Ipv4Addr = "10.99.0.2".parse().unwrap();
+        assert!(p.claim(&pool, a2, id(1)));
+        assert!(!p.claim(&pool, a2, id(2)), "leased already");
+        assert!(
+            !p.claim(&pool, "10.99.0.3".parse().unwrap(), id(2)),
+            "past the pool"
+        );
+        assert!(
+            !p.claim(&pool, "10.99.0.0".parse().unwrap(), id(2)),
+            "before it"
+        );
+        assert!(
+            !p.claim(&pool, "10.99.0.1".parse().unwrap(), id(1)),
+            "one per IKE SA"
+        );
+        assert_eq!(p.leases(), [(a2, id(1))]);
+        assert_eq!(p.lease(&pool, id(3)), Some("10.99.0.1".parse().unwrap()));
+        assert_eq!(
+            p.lease(&pool, id(4)),
+            None,
+            "the claimed address is not handed out"
+        );
     }
 }

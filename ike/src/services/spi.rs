@@ -193,6 +193,12 @@ impl SpiAllocator {
         self.ike.insert(spi)
     }
 
+    /// Takes an inbound CHILD_SA SPI we got otherwise (an adopted CHILD_SA's) out of
+    /// circulation; false if it was in use already.
+    pub fn claim_child(&mut self, spi: ChildSpi) -> bool {
+        self.child.insert(spi)
+    }
+
     pub fn release_ike(&mut self, spi: IkeSpi) {
         self.ike.remove(&spi);
     }
