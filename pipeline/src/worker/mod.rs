@@ -18,7 +18,8 @@
 //! | `warm` | reading a burst's SA state ahead when the SAD is large |
 //! | `neighbors` | ARP requests and neighbour solicitations for our own addresses, answered in place |
 //! | `outbound` | LAN -> host binding or SPD -> ESP seal, or bypass (+ masquerade) -> WAN; ICMP too-big |
-//! | `inbound` | WAN -> ESP open -> selector and ECN checks -> LAN; clear traffic and masquerade in |
+//! | `inbound` | WAN -> ESP open (in the SA's own encapsulation) -> selector and ECN checks -> LAN; clear traffic and masquerade in |
+//! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
 //! | `reports` | events for the control plane: lifetimes, failures (rate-limited) |
 //! | `sa_state` | an SA's state leaving the worker: sequence checkpoints (packets, time), the warning before the limit, reservations, exports on request |
@@ -41,12 +42,14 @@ use crate::ids::{SaId, Spi};
 use crate::msg::{Datagram, Direction, Envelope, Reply};
 use crate::nat::{Masquerade, NatDrop};
 use crate::port::{Frame, Port};
+use crate::reasm::{ReasmConfig, Reassembler};
 use crate::sad::Sad;
 use crate::spd::Spd;
 use crate::stats::{CoreCounters, DropReason, SaCounters, Traffic};
 
 mod commands;
 mod emit;
+mod fragments;
 mod hosts;
 mod ike_io;
 mod inbound;
@@ -130,6 +133,8 @@ pub struct Worker<P: Port> {
     hosts: HostMap,
     /// Further WAN addresses answered for (a roaming client's old one, for a moment).
     wan_also: Vec<IpAddr>,
+    /// Outer fragments for us are reassembled here (None: `outer_fragment` drops).
+    reasm: Option<Box<Reassembler>>,
     /// Where each SA sits in `sa_counters`.
     sa_index: std::collections::HashMap<(bool, u32), usize>,
     /// The clock of the current turn (ns, the caller's).
@@ -203,6 +208,7 @@ impl<P: Port> Worker<P> {
             vip_nat: None,
             hosts: HostMap::default(),
             wan_also: Vec::new(),
+            reasm: None,
             sa_index: std::collections::HashMap::new(),
             now: 0,
             unknown_spi_total: 0,
@@ -226,6 +232,19 @@ impl<P: Port> Worker<P> {
             counters: self.counters.clone(),
             sa_counters: self.sa_counters.clone(),
         }
+    }
+
+    /// Reassembles outer fragments of ESP and IKE sent to us, within these limits (None: drops
+    /// them as `outer_fragment`).
+    pub fn set_reassembly(
+        &mut self,
+        cfg: Option<ReasmConfig>,
+    ) -> Result<(), crate::reasm::ConfigError> {
+        self.reasm = match cfg {
+            Some(c) => Some(Box::new(Reassembler::new(c)?)),
+            None => None,
+        };
+        Ok(())
     }
 
     pub fn sad(&self) -> &Sad {
@@ -293,6 +312,7 @@ impl<P: Port> Worker<P> {
         if let Some(nat) = self.nat.as_mut() {
             nat.expire(now, 64);
         }
+        self.reasm_housekeeping(now);
         if now >= self.timed.next {
             self.timed_checkpoints(now);
         }

@@ -19,6 +19,7 @@ mod client;
 mod commands;
 mod ike_io;
 mod inbound;
+mod l3;
 mod outbound;
 mod reports;
 mod sa_state;
