@@ -174,6 +174,8 @@ pub enum Traffic {
     IcmpSent,
     /// ARP replies and neighbour advertisements sent for our own addresses.
     NeighborReplies,
+    /// ARP requests and neighbour solicitations sent (resolution and probes).
+    NeighborRequests,
     /// IKE datagrams sent for the control plane.
     IkeSent,
 }
@@ -191,6 +193,7 @@ impl Traffic {
         Traffic::Masqueraded,
         Traffic::IcmpSent,
         Traffic::NeighborReplies,
+        Traffic::NeighborRequests,
         Traffic::IkeSent,
     ];
     pub const COUNT: usize = Self::ALL.len();
@@ -208,6 +211,7 @@ impl Traffic {
             Traffic::Masqueraded => "masqueraded",
             Traffic::IcmpSent => "icmp_sent",
             Traffic::NeighborReplies => "neighbor_replies",
+            Traffic::NeighborRequests => "neighbor_requests",
             Traffic::IkeSent => "ike_sent",
         }
     }

@@ -417,7 +417,8 @@ mod tests {
                                     f.data().get(16..16 + len.min(16)),
                                     data.get(..len.min(16))
                                 );
-                                let o = decapsulate(&mut sad, &mut f, Encap::Bare).unwrap();
+                                let arrived = if encap { Encap::Udp } else { Encap::Bare };
+                                let o = decapsulate(&mut sad, &mut f, arrived).unwrap();
                                 assert_eq!(o.next_header, NH_IPV4);
                                 assert_eq!(
                                     f.data(),

@@ -8,7 +8,7 @@
 
 use core::net::IpAddr;
 
-use super::{SaCounterEntry, Worker};
+use super::{SaCounterEntry, Side, Worker};
 use crate::esp::sa::EncapRule;
 use crate::msg::{Command, Direction, Released, Reply};
 use crate::port::Port;
@@ -178,6 +178,10 @@ impl<P: Port> Worker<P> {
             }
             Command::ReserveSeq { id, up_to } => self.reserve_seq(id, up_to)?,
             Command::ExportSa(which) => self.export_sa(which)?,
+            Command::Announce { wan, addrs } => {
+                let side = if wan { Side::Wan } else { Side::Lan };
+                self.announce(side, &addrs)?;
+            }
             Command::UnbindHost(dst) => {
                 if self.hosts.remove(&dst).is_none() {
                     return Err("no host binding for that address");

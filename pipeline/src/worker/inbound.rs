@@ -7,7 +7,7 @@
 
 use core::net::{IpAddr, Ipv4Addr};
 
-use super::emit::{decrement_hop_limit, forward, rewrite_inner};
+use super::emit::{decrement_hop_limit, rewrite_inner};
 use super::parse::{outer_addrs, parse_inner, parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
 use crate::esp::sa::Encap;
@@ -111,7 +111,7 @@ impl<P: Port> Worker<P> {
                     if !decrement_hop_limit(f, false) || !f.adj(ethernet::HEADER_LEN) {
                         return Verdict::Drop(DropReason::MalformedIp);
                     }
-                    return forward(f, &self.lan_link, false, Verdict::ToLan);
+                    return self.forward(f, Side::Lan, false);
                 }
             }
         }
@@ -151,7 +151,7 @@ impl<P: Port> Worker<P> {
                     return Verdict::Drop(DropReason::MalformedIp);
                 }
                 self.counters.count(Traffic::Bypassed, 1);
-                forward(f, &self.lan_link, pkt.ipv6, Verdict::ToLan)
+                self.forward(f, Side::Lan, pkt.ipv6)
             }
             Some(Action::Protect(_)) => Verdict::Drop(DropReason::ClearButProtected),
             Some(Action::Discard) => Verdict::Drop(DropReason::PolicyDiscard),
@@ -264,6 +264,6 @@ impl<P: Port> Worker<P> {
         self.counters.count(Traffic::Decrypted, 1);
         self.counters
             .count(Traffic::DecryptedBytes, opened.inner_len as u64);
-        forward(f, &self.lan_link, inner.ipv6, Verdict::ToLan)
+        self.forward(f, Side::Lan, inner.ipv6)
     }
 }

@@ -57,18 +57,21 @@ mod neighbors;
 mod outbound;
 mod parse;
 mod reports;
+mod resolve;
 mod sa_state;
 #[cfg(test)]
 mod tests;
 mod warm;
 
 use hosts::HostMap;
+pub use resolve::{NeighborSetup, Routes, MEMO_NS};
 
 /// Static facts of one link (from the config).
 #[derive(Clone, Copy, Debug)]
 pub struct Link {
     pub mac: [u8; 6],
-    /// Next hop's MAC (static neighbour; ARP/ND come with the real ports).
+    /// The configured next hop's MAC (`neighbor_mac`): every frame toward this link goes to it,
+    /// unless the worker resolves this link's neighbours ([`Worker::set_neighbors`]).
     pub neighbor: [u8; 6],
     pub addr4: Option<Ipv4Addr>,
     pub addr6: Option<Ipv6Addr>,
@@ -135,6 +138,11 @@ pub struct Worker<P: Port> {
     wan_also: Vec<IpAddr>,
     /// Outer fragments for us are reassembled here (None: `outer_fragment` drops).
     reasm: Option<Box<Reassembler>>,
+    /// Neighbour resolution of the LAN and WAN links (indexed by [`Side`]); None: the link's
+    /// configured `neighbor` MAC.
+    resolvers: [Option<Box<resolve::LinkNeighbors<P::Frame>>>; 2],
+    /// Gratuitous ARPs and unsolicited advertisements sent.
+    announced: u64,
     /// Where each SA sits in `sa_counters`.
     sa_index: std::collections::HashMap<(bool, u32), usize>,
     /// The clock of the current turn (ns, the caller's).
@@ -181,6 +189,9 @@ pub enum Idle {
 enum Verdict {
     ToLan,
     ToWan,
+    /// Toward this side once the next hop's MAC is known (the neighbour cache has it or keeps
+    /// the frame until it does).
+    Resolve(Side, IpAddr),
     Drop(DropReason),
 }
 
@@ -209,6 +220,8 @@ impl<P: Port> Worker<P> {
             hosts: HostMap::default(),
             wan_also: Vec::new(),
             reasm: None,
+            resolvers: [None, None],
+            announced: 0,
             sa_index: std::collections::HashMap::new(),
             now: 0,
             unknown_spi_total: 0,
@@ -313,6 +326,7 @@ impl<P: Port> Worker<P> {
             nat.expire(now, 64);
         }
         self.reasm_housekeeping(now);
+        self.neighbor_housekeeping(now);
         if now >= self.timed.next {
             self.timed_checkpoints(now);
         }
@@ -347,6 +361,7 @@ impl<P: Port> Worker<P> {
             match verdict {
                 Verdict::ToWan => self.wan_txq.push_back(f),
                 Verdict::ToLan => self.lan_txq.push_back(f),
+                Verdict::Resolve(side, hop) => self.resolve_and_send(side, hop, f),
                 Verdict::Drop(r) => self.counters.record_drop(r),
             }
         }
@@ -354,6 +369,22 @@ impl<P: Port> Worker<P> {
         self.counters.count(Traffic::RxPackets, n as u64);
         self.counters.count(Traffic::RxBytes, bytes);
         n
+    }
+}
+
+impl<P: Port> Worker<P> {
+    /// Forwards the IP packet in `f` toward `side`: its Ethernet header, to the configured or
+    /// resolved next hop.
+    #[inline]
+    fn forward(&mut self, f: &mut P::Frame, side: Side, ipv6: bool) -> Verdict {
+        match self.address(f, side, ipv6) {
+            resolve::Handoff::Send => match side {
+                Side::Lan => Verdict::ToLan,
+                Side::Wan => Verdict::ToWan,
+            },
+            resolve::Handoff::Resolve(hop) => Verdict::Resolve(side, hop),
+            resolve::Handoff::Drop(r) => Verdict::Drop(r),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ mod commands;
 mod ike_io;
 mod inbound;
 mod l3;
+mod neighbors;
 mod outbound;
 mod reports;
 mod sa_state;
