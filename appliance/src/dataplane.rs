@@ -371,6 +371,33 @@ fn open_dpdk(file: &DataplaneFile) -> Result<Opened<pipeline::port::dpdk::DpdkPo
     })
 }
 
+/// Reassembly and neighbour resolution as the file says (checked by `validate` already).
+fn l3_setup<P: Port>(worker: &mut Worker<P>, file: &DataplaneFile) -> Result<()> {
+    let d = &file.dataplane;
+    let fail = |k: &str, w: String| anyhow::anyhow!("dataplane.{k}: {w}");
+    let reasm = d
+        .reassembly
+        .to_config()
+        .map_err(|(k, w)| fail(&format!("reassembly.{k}"), w))?;
+    worker
+        .set_reassembly(reasm)
+        .map_err(|e| fail("reassembly", e.to_string()))?;
+    let (lan, wan) = (file.gateway.lan.routes(), file.gateway.wan.routes());
+    let setup = if lan.is_some() || wan.is_some() {
+        let cache = d
+            .neighbor
+            .to_config()
+            .map_err(|(k, w)| fail(&format!("neighbor.{k}"), w))?;
+        Some(pipeline::worker::NeighborSetup { cache, lan, wan })
+    } else {
+        None
+    };
+    worker
+        .set_neighbors(setup)
+        .map_err(|e| anyhow::anyhow!("gateway.{e}"))?;
+    Ok(())
+}
+
 fn serve<P: Port + 'static>(
     args: &DataplaneArgs,
     file: &DataplaneFile,
@@ -440,7 +467,7 @@ fn serve<P: Port + 'static>(
         let (mut link, mut control) = agent::link(i as u16, 1024, punt);
         control.transmit = transmit;
         let spd = Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             i as u16,
             lan,
             wan,
@@ -450,6 +477,7 @@ fn serve<P: Port + 'static>(
             Box::new(spd),
             control,
         );
+        l3_setup(&mut worker, file)?;
         let handle = worker.handle();
         let core = file.dataplane.cores.get(i).copied();
         let stop_w = stop.clone();
