@@ -27,7 +27,7 @@ use pipeline::crypto::Backend;
 use pipeline::port::Port;
 use pipeline::sad::Sad;
 use pipeline::spd::Spd;
-use pipeline::stats::{DropReason, Snapshot, Traffic};
+use pipeline::stats::{DropReason, L3Stat, Snapshot, Traffic};
 use pipeline::worker::{Idle, Link, Worker, WorkerHandle};
 use proto::{Direction, Event, Update};
 
@@ -695,11 +695,17 @@ fn stats_json(
         .filter(|r| total.drops(**r) > 0)
         .map(|r| (r.name().to_string(), total.drops(*r).into()))
         .collect();
+    // Reassembly and neighbour resolution: datagram and address fates, memory, entries.
+    let l3: serde_json::Map<String, serde_json::Value> = L3Stat::ALL
+        .iter()
+        .map(|s| (s.name().to_string(), total.l3(*s).into()))
+        .collect();
     serde_json::json!({
         "gateway": name,
         "workers": handles.len(),
         "traffic": traffic,
         "drops": drops,
+        "l3": l3,
         "ports": port_stats(),
     })
     .to_string()

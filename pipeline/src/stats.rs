@@ -285,8 +285,6 @@ l3_stats! {
     NeighborWanEvicted => "neighbor_wan_evicted";
     /// Gratuitous ARPs and unsolicited advertisements sent (announcements).
     NeighborAnnounced => "neighbor_announced";
-    /// ICMP host / address unreachable sent for frames whose next hop did not resolve.
-    NeighborIcmpSent => "neighbor_icmp_sent";
 }
 
 /// A counter with a single writer.
