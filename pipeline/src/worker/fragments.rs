@@ -80,10 +80,13 @@ impl<P: Port> Worker<P> {
         let Some(r) = self.reasm.as_mut() else {
             return;
         };
-        if r.next_deadline().is_some_and(|d| d <= now) {
-            r.expire(now, 64);
+        let expired = r.next_deadline().is_some_and(|d| d <= now) && r.expire(now, 64) > 0;
+        // Published when something happened: fragments arrived or datagrams timed out.
+        let seen = r.counters().fragments;
+        if expired || seen != self.reasm_published {
+            self.reasm_published = seen;
+            publish(&self.counters, r);
         }
-        publish(&self.counters, r);
     }
 }
 

@@ -138,6 +138,8 @@ pub struct Worker<P: Port> {
     wan_also: Vec<IpAddr>,
     /// Outer fragments for us are reassembled here (None: `outer_fragment` drops).
     reasm: Option<Box<Reassembler>>,
+    /// The reassembler's fragment count when its counters were last published.
+    reasm_published: u64,
     /// Neighbour resolution of the LAN and WAN links (indexed by [`Side`]); None: the link's
     /// configured `neighbor` MAC.
     resolvers: [Option<Box<resolve::LinkNeighbors<P::Frame>>>; 2],
@@ -220,6 +222,7 @@ impl<P: Port> Worker<P> {
             hosts: HostMap::default(),
             wan_also: Vec::new(),
             reasm: None,
+            reasm_published: 0,
             resolvers: [None, None],
             announced: 0,
             sa_index: std::collections::HashMap::new(),
