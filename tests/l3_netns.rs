@@ -93,9 +93,22 @@ fn stats_until(
 /// A first fragment (More Fragments, offset 0) of ESP from `src` to gateway A, 64 bytes of
 /// data, never completed.
 fn first_fragment(src: [u8; 4], ident: u16) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0xaa, 0x01, 0x02, 0, 0, 0, 0xbb, 0x01, 0x08, 0x00];
+    let mut f = vec![
+        0x02, 0, 0, 0, 0xaa, 0x01, 0x02, 0, 0, 0, 0xbb, 0x01, 0x08, 0x00,
+    ];
     let mut ip = vec![
-        0x45, 0, 0, 84, (ident >> 8) as u8, ident as u8, 0x20, 0, 64, 50, 0, 0,
+        0x45,
+        0,
+        0,
+        84,
+        (ident >> 8) as u8,
+        ident as u8,
+        0x20,
+        0,
+        64,
+        50,
+        0,
+        0,
     ];
     ip.extend_from_slice(&src);
     ip.extend_from_slice(&[192, 0, 2, 1]);
@@ -157,7 +170,10 @@ fn a_gateway_without_neighbor_macs_resolves_and_bounds_reassembly() {
         serde_json::from_slice(&out.stdout).expect("iperf3 -J prints JSON");
     let bytes = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     println!("{test}: iperf3 TCP A->B moved {} MB", bytes / 1_000_000);
-    assert!(bytes > 1_000_000, "iperf3 moved only {bytes} bytes: {report}");
+    assert!(
+        bytes > 1_000_000,
+        "iperf3 moved only {bytes} bytes: {report}"
+    );
 
     let s = stats_until(&gw_a, "A resolved its neighbours", |s| {
         // B's IPv4 address resolved (its IPv6 one is static); both LAN hosts asked for the
@@ -191,57 +207,53 @@ fn a_gateway_without_neighbor_macs_resolves_and_bounds_reassembly() {
         "the limits pushed the rest out: {s}"
     );
     assert_eq!(drops(&s, "malformed_ip"), 0, "{s}");
-    assert_eq!(lab.ping("lana", "10.2.0.10", 3), 3, "A forwards after the flood");
+    assert_eq!(
+        lab.ping("lana", "10.2.0.10", 3),
+        3,
+        "A forwards after the flood"
+    );
     gw_a.stop();
     gw_b.stop();
 }
 
-/// The same static SAs as configs/netns-b.yaml's IPv4 pair, in the kernel of B's namespace.
-fn kernel_peer(lab: &NetnsLab) {
-    let ns = lab.ns("gwb");
-    let run = |args: &[&str]| {
-        let out = in_ns(&ns, args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "wan"]);
-    run(&["ip", "addr", "add", "10.2.0.1/24", "dev", "lan"]);
-    run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    let state = |src: &str, dst: &str, spi: &str, key: &str| {
-        run(&[
-            "ip", "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", spi,
-            "reqid", "1", "mode", "tunnel", "flag", "esn", "replay-window", "128", "aead",
-            "rfc4106(gcm(aes))", key, "128",
-        ]);
-    };
-    state(
-        "192.0.2.1",
-        "192.0.2.2",
-        "0xa001",
-        "0x92182da4849f36aa0a4dd65299d43cead6511b6b",
-    );
-    state(
-        "192.0.2.2",
-        "192.0.2.1",
-        "0xb001",
-        "0xe41c82b12c7ee381f1fe7c79025bbb79c8f59714",
-    );
-    let policy = |src: &str, dst: &str, dir: &str, tsrc: &str, tdst: &str| {
-        run(&[
-            "ip", "xfrm", "policy", "add", "src", src, "dst", dst, "dir", dir, "tmpl", "src",
-            tsrc, "dst", tdst, "proto", "esp", "reqid", "1", "mode", "tunnel",
-        ]);
-    };
-    policy("10.2.0.0/24", "10.1.0.0/24", "out", "192.0.2.2", "192.0.2.1");
-    policy("10.1.0.0/24", "10.2.0.0/24", "in", "192.0.2.1", "192.0.2.2");
-    policy("10.1.0.0/24", "10.2.0.0/24", "fwd", "192.0.2.1", "192.0.2.2");
-}
+/// Cuts every IPv4 ESP frame longer than 1514 bytes that arrives on `to-b` (from gateway B,
+/// whose WAN link allows 1600) in two fragments and sends them on `to-a` (1500), as a router
+/// on the path would: the bridge itself drops frames larger than A's link. Runs `secs`.
+const FRAGMENTER: &str = "import socket,struct,sys,time\n\
+rx=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(3))\n\
+rx.bind(('to-b',0))\n\
+rx.settimeout(0.1)\n\
+tx=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
+tx.bind(('to-a',0))\n\
+def csum(h):\n\
+\x20s=sum(struct.unpack('!10H',h))\n\
+\x20s=(s&0xffff)+(s>>16)\n\
+\x20return (~((s&0xffff)+(s>>16)))&0xffff\n\
+def frag(eth,ip,data,off,more):\n\
+\x20h=bytearray(ip[:20])\n\
+\x20struct.pack_into('!H',h,2,20+len(data))\n\
+\x20struct.pack_into('!H',h,6,(0x2000 if more else 0)|(off//8))\n\
+\x20struct.pack_into('!H',h,10,0)\n\
+\x20struct.pack_into('!H',h,10,csum(bytes(h)))\n\
+\x20tx.send(eth+bytes(h)+data)\n\
+n=0\n\
+end=time.time()+float(sys.argv[1])\n\
+while time.time()<end:\n\
+\x20try:\n\
+\x20\x20f=rx.recv(4096)\n\
+\x20except socket.timeout:\n\
+\x20\x20continue\n\
+\x20if len(f)<=1514 or f[12:14]!=b'\\x08\\x00' or f[23]!=50:\n\
+\x20\x20continue\n\
+\x20ip=f[14:]\n\
+\x20body=ip[20:struct.unpack('!H',ip[2:4])[0]]\n\
+\x20frag(f[:14],ip,body[:1472],0,True)\n\
+\x20frag(f[:14],ip,body[1472:],1472,False)\n\
+\x20n+=1\n\
+print(n)\n";
 
 #[test]
-fn esp_fragmented_by_a_kernel_peer_is_reassembled() {
+fn esp_fragmented_on_the_outer_path_is_reassembled() {
     let test = "l3_netns_fragments";
     if !root_or_skip(test) || !tools_present() {
         return;
@@ -249,7 +261,21 @@ fn esp_fragmented_by_a_kernel_peer_is_reassembled() {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = scratch(test);
     let lab = NetnsLab::up("rg3f");
-    kernel_peer(&lab);
+    // B's WAN link takes 1600-byte packets; A's stays at 1500.
+    for (ns, dev) in [("gwb", "wan"), ("net", "to-b")] {
+        let out = in_ns(
+            &lab.ns(ns),
+            &["ip", "link", "set", "dev", dev, "mtu", "1600"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(root().join("configs/netns-b.yaml")).expect("config");
+    let b_config = dir.join("gw-b-1600.yaml");
+    std::fs::write(&b_config, text.replace("mtu: 1500", "mtu: 1600")).expect("write config");
     let gw_a = DataplaneProcess::start(
         Path::new(BIN),
         &lab.ns("gwa"),
@@ -257,14 +283,12 @@ fn esp_fragmented_by_a_kernel_peer_is_reassembled() {
         &dir,
         "gw-a",
     );
-    assert!(lab.ping("lanb", "10.1.0.10", 5) >= 4, "kernel peer <-> A");
+    let gw_b = DataplaneProcess::start(Path::new(BIN), &lab.ns("gwb"), &b_config, &dir, "gw-b");
+    assert!(lab.ping("lanb", "10.1.0.10", 5) >= 4, "B -> A");
 
-    // 1440 bytes of UDP with DF clear: 1468 inner, about 1524 of ESP, more than the link's
-    // 1500, so B's kernel sends it in two fragments.
-    let (ns, script) = (
-        lab.ns("lana"),
-        root().join("tests/tools/udp_stream.py"),
-    );
+    let net = lab.ns("net");
+    let fragmenter = std::thread::spawn(move || in_ns(&net, &["python3", "-c", FRAGMENTER, "5"]));
+    let (ns, script) = (lab.ns("lana"), root().join("tests/tools/udp_stream.py"));
     // It ends by itself after 4 s.
     let recv = std::thread::spawn(move || {
         in_ns(
@@ -273,6 +297,8 @@ fn esp_fragmented_by_a_kernel_peer_is_reassembled() {
         )
     });
     std::thread::sleep(Duration::from_millis(500));
+    // 1440 bytes of UDP with DF clear: 1468 inner, about 1524 of ESP from B, more than A's
+    // link, so the fragmenter cuts each in two.
     let send = "import socket,struct,time\n\
                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
                 s.setsockopt(socket.IPPROTO_IP,10,0)\n\
@@ -280,7 +306,11 @@ fn esp_fragmented_by_a_kernel_peer_is_reassembled() {
                 \x20   s.sendto(struct.pack('!QQ',i,0)+b'x'*1424,('10.1.0.10',5301))\n\
                 \x20   time.sleep(0.02)\n";
     let out = in_ns(&lab.ns("lanb"), &["python3", "-c", send]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = recv.join().expect("receiver thread");
     let text = String::from_utf8_lossy(&out.stdout);
     let got: serde_json::Value = text
@@ -288,13 +318,16 @@ fn esp_fragmented_by_a_kernel_peer_is_reassembled() {
         .last()
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("receiver printed {text}"));
+    let cut = fragmenter.join().expect("fragmenter thread");
+    let cut = String::from_utf8_lossy(&cut.stdout).trim().to_string();
     let s = stats_until(&gw_a, "reassembled", |s| l3(s, "reasm_reassembled") >= 45);
     println!(
-        "{test}: {} of 50 large datagrams arrived; A's reassembly: {}",
+        "{test}: {cut} ESP packets fragmented, {} of 50 datagrams arrived; A: {}",
         got["received"], s["l3"]
     );
     assert!(got["received"].as_u64().unwrap_or(0) >= 45, "{got}");
     assert_eq!(drops(&s, "outer_fragment"), 0, "{s}");
     assert_eq!(drops(&s, "reasm_no_room"), 0, "{s}");
     gw_a.stop();
+    gw_b.stop();
 }
