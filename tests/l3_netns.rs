@@ -6,9 +6,9 @@
 //!   then a flood of incomplete outer fragments from many sources, which must leave A's
 //!   reassembly memory and datagram counts within the limits of its config, counted, and A
 //!   forwarding.
-//! * Gateway A against a Linux kernel IPsec peer in B's namespace (the same static SAs in
-//!   `ip xfrm`): the kernel fragments ESP that outgrows the link (DF clear), and A must
-//!   reassemble it and deliver what it carries.
+//! * Gateway B's WAN link allows 1600 bytes, A's 1500: ESP from B that outgrows A's link is
+//!   cut in two on the path (a raw-socket fragmenter in the internet namespace, as a router
+//!   would), and A must reassemble it and deliver what it carries.
 //!
 //! Needs root (prints a SKIP line otherwise, unless ROAMGATE_REQUIRE_ROOT=1) and iproute2,
 //! ping, iperf3 and python3. Run under the shared lock (`flock -o /tmp/roamgate-netns.lock`).
