@@ -3,11 +3,11 @@
 //! link's neighbour caches (`crate::neighbor`: ARP, neighbour discovery), with the frames the
 //! caches ask for (solicitations, probes, announcements) built and sent here.
 //!
-//! Owns the per-link caches and the memo of each family's last next hop: a forwarded frame
-//! whose next hop is the memoised one (the gateway, for nearly all WAN traffic) takes its MAC
-//! from the memo, without a hash lookup, for [`MEMO_NS`]; then one frame goes through the cache
-//! again, which is how the cache sees the entry in use (RFC 4861's DELAY and PROBE). Anything
-//! the cache learns or times out drops the memos.
+//! Owns the per-link caches and the memo of each family's last destination: a forwarded frame
+//! to the memoised destination (the peer, for all of one tunnel's ESP) takes its MAC from the
+//! memo, without choosing a next hop or hashing, for [`MEMO_NS`]; then one frame goes through
+//! the cache again, which is how the cache sees the entry in use (RFC 4861's DELAY and PROBE).
+//! Anything the cache learns or times out drops the memos.
 //!
 //! Never blocks, never holds more than the cache's limits (a few frames per unresolved
 //! address), never sends a frame with a guessed MAC, never announces an address that is not
@@ -26,7 +26,7 @@ use crate::spd::Prefix;
 use crate::stats::{CoreCounters, DropReason, L3Stat, Traffic};
 use crate::wire::ethernet;
 
-/// How long a memoised next hop's MAC is used without asking the cache.
+/// How long a memoised destination's MAC is used without asking the cache.
 pub const MEMO_NS: u64 = 100_000_000;
 
 /// Where a link's traffic goes, from the config.
@@ -64,9 +64,10 @@ pub struct NeighborSetup {
     pub wan: Option<Routes>,
 }
 
+/// The last destination of one family (as an integer: one compare) and its next hop's MAC.
 #[derive(Clone, Copy)]
-struct Memo {
-    hop: IpAddr,
+struct Memo<T> {
+    dst: T,
     mac: [u8; 6],
     until: u64,
 }
@@ -76,8 +77,8 @@ pub(super) struct LinkNeighbors<F> {
     routes: Routes,
     v4: NeighborCache<Ipv4Addr, F>,
     v6: NeighborCache<Ipv6Addr, F>,
-    memo4: Option<Memo>,
-    memo6: Option<Memo>,
+    memo4: Option<Memo<u32>>,
+    memo6: Option<Memo<u128>>,
 }
 
 impl<F> LinkNeighbors<F> {
@@ -100,24 +101,37 @@ impl<F> LinkNeighbors<F> {
         })
     }
 
+    /// The MAC of the IP packet at the start of `ip` if its destination is the memoised one.
     #[inline]
-    fn memo(&self, hop: IpAddr, now: u64) -> Option<[u8; 6]> {
-        let m = match hop {
-            IpAddr::V4(_) => self.memo4.as_ref(),
-            IpAddr::V6(_) => self.memo6.as_ref(),
-        }?;
-        (m.hop == hop && now < m.until).then_some(m.mac)
+    fn memo(&self, ip: &[u8], ipv6: bool, now: u64) -> Option<[u8; 6]> {
+        if ipv6 {
+            let m = self.memo6.as_ref()?;
+            let d = u128::from_be_bytes(ip.get(24..40)?.try_into().ok()?);
+            (m.dst == d && now < m.until).then_some(m.mac)
+        } else {
+            let m = self.memo4.as_ref()?;
+            let d = u32::from_be_bytes(ip.get(16..20)?.try_into().ok()?);
+            (m.dst == d && now < m.until).then_some(m.mac)
+        }
     }
 
-    fn remember(&mut self, hop: IpAddr, mac: [u8; 6], now: u64) {
-        let m = Some(Memo {
-            hop,
-            mac,
-            until: now.saturating_add(MEMO_NS),
-        });
-        match hop {
-            IpAddr::V4(_) => self.memo4 = m,
-            IpAddr::V6(_) => self.memo6 = m,
+    fn remember(&mut self, dst: IpAddr, mac: [u8; 6], now: u64) {
+        let until = now.saturating_add(MEMO_NS);
+        match dst {
+            IpAddr::V4(d) => {
+                self.memo4 = Some(Memo {
+                    dst: u32::from(d),
+                    mac,
+                    until,
+                })
+            }
+            IpAddr::V6(d) => {
+                self.memo6 = Some(Memo {
+                    dst: u128::from(d),
+                    mac,
+                    until,
+                })
+            }
         }
     }
 
@@ -188,20 +202,23 @@ impl<P: Port> Worker<P> {
                 Handoff::Drop(DropReason::NoBufferRoom)
             };
         };
+        if let Some(mac) = r.memo(f.data(), ipv6, self.now) {
+            return if push_eth_to(f, link.mac, mac, ipv6) {
+                Handoff::Send
+            } else {
+                Handoff::Drop(DropReason::NoBufferRoom)
+            };
+        }
         let Some(dst) = ip_dst(f.data(), ipv6) else {
             return Handoff::Drop(DropReason::MalformedIp);
         };
         let Some(hop) = r.routes.next_hop(dst) else {
             return Handoff::Drop(DropReason::NoRoute);
         };
-        let mac = r.memo(hop, self.now);
-        if !push_eth_to(f, link.mac, mac.unwrap_or([0; 6]), ipv6) {
+        if !push_eth_to(f, link.mac, [0; 6], ipv6) {
             return Handoff::Drop(DropReason::NoBufferRoom);
         }
-        match mac {
-            Some(_) => Handoff::Send,
-            None => Handoff::Resolve(hop),
-        }
+        Handoff::Resolve(hop)
     }
 
     /// A frame (with its Ethernet header) for `hop` on `side`: sent, queued until `hop`
@@ -218,7 +235,15 @@ impl<P: Port> Worker<P> {
         };
         match res {
             Resolution::Ready(mac, mut f) => {
-                r.remember(hop, mac, now);
+                // The memo is by destination: the packet's, behind its Ethernet header.
+                let ipv6 = hop.is_ipv6();
+                if let Some(dst) = f
+                    .data()
+                    .get(ethernet::HEADER_LEN..)
+                    .and_then(|ip| ip_dst(ip, ipv6))
+                {
+                    r.remember(dst, mac, now);
+                }
                 set_dst(&mut f, mac);
                 self.txq(side).push_back(f);
             }

@@ -194,3 +194,26 @@ fn a_configured_neighbor_needs_no_resolution() {
     r.send_lan("10.1.0.10", "10.2.0.7", 100);
     assert_eq!(&r.wan.recv().expect("sealed").data()[..6], &PEER_MAC);
 }
+
+#[test]
+fn a_neighbor_that_moves_is_followed_at_once_despite_the_memo() {
+    let mut r = resolving_rig();
+    r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    assert!(r.wan.recv().is_some_and(|f| arp_asks(&f).is_some()));
+    assert!(r
+        .wan
+        .send(arp_reply([192, 0, 2, 2], PEER_MAC, WAN_MAC, [192, 0, 2, 1]))
+        .is_ok());
+    r.w.poll(2);
+    assert_eq!(&r.wan.recv().expect("released").data()[..6], &PEER_MAC);
+    r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    assert_eq!(&r.wan.recv().expect("memoised").data()[..6], &PEER_MAC);
+    // The peer's address moves to another MAC (an HA takeover's gratuitous ARP).
+    let mut g = vec![0u8; 42];
+    crate::neighbor::frames::gratuitous_arp(&mut g, GW_MAC, "192.0.2.2".parse().unwrap()).unwrap();
+    assert!(r.wan.send(MemFrame::from_bytes(&g).unwrap()).is_ok());
+    r.w.poll(3);
+    r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    assert_eq!(&r.wan.recv().expect("sealed").data()[..6], &GW_MAC);
+    assert_eq!(r.w.counters.l3(L3Stat::NeighborWanMacChanged), 1);
+}
