@@ -387,8 +387,9 @@ impl<P: Port> Worker<P> {
                 self.counters.count(Traffic::NeighborRequests, 1);
                 self.txq(side).push_back(f);
             }
-            // No address of that family on the link to ask from.
-            None => self.counters.record_drop(DropReason::NeighborUnresolved),
+            // No address of that family on the link to ask from: nothing is sent, and the
+            // frames waiting for the answer go, counted, when the cache gives up.
+            None => {}
         }
     }
 
