@@ -248,5 +248,14 @@ fn dpdk_port_end_to_end() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     drop(ring);
+    let runtime_dir = eal
+        .runtime_dir()
+        .expect("the EAL names its runtime directory");
+    assert!(runtime_dir.is_dir(), "{}", runtime_dir.display());
     drop(eal);
+    assert!(
+        !runtime_dir.exists(),
+        "the EAL's runtime directory {} is removed on exit",
+        runtime_dir.display()
+    );
 }

@@ -286,3 +286,72 @@ fn lab_negotiates_with_ike_and_rekeys_under_traffic_without_loss() {
     assert!(roams >= 1, "client-0 roamed: {clients:?}");
     assert!(text.contains("moved (MOBIKE)"), "site B followed: {text}");
 }
+
+/// `lab --metrics 127.0.0.1:0`: while the lab runs, GET /metrics answers with both gateways'
+/// counters, which an independent parser reads and which grow between two scrapes.
+#[test]
+fn lab_serves_prometheus_metrics_of_both_gateways() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+        .args(["lab", "--duration", "4", "--rate-pps", "2000"])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roamgate runs");
+    // The address it bound, from its "metrics: http://ADDR/metrics" line.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() && stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        addr = line
+            .trim()
+            .strip_prefix("metrics: http://")
+            .and_then(|r| r.strip_suffix("/metrics"))
+            .map(str::to_owned);
+        line.clear();
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let addr = addr.expect("the lab says where its metrics are");
+    let scrape = || {
+        let mut c = std::net::TcpStream::connect(&addr).expect("connect");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+            .expect("the metrics parse");
+        let encrypted = |gw: &str| {
+            parsed
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.metric == "roamgate_traffic_packets_total"
+                        && s.labels.get("event") == Some("encrypted")
+                        && s.labels.get("gateway") == Some(gw)
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+                .sum::<f64>()
+        };
+        [encrypted("site-a"), encrypted("site-b")]
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let first = scrape();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let second = scrape();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    for i in 0..2 {
+        assert!(
+            second[i] > first[i] && first[i] > 0.0,
+            "gateway {i}: {first:?} then {second:?}"
+        );
+    }
+}

@@ -56,6 +56,106 @@ fn config(side: &str, kind: Kind, dir: &Path) -> PathBuf {
     }
 }
 
+/// Where gateway A serves its metrics (inside its namespace).
+const METRICS: &str = "127.0.0.1:9464";
+
+/// `curl http://ADDR/metrics` returns text an independent parser reads, and every traffic and
+/// drop counter in it lies between `roamgate stats` read just before and just after; the SAs
+/// have their own series.
+fn metrics_agree_with_stats(lab: &NetnsLab, gw: &DataplaneProcess) {
+    let stats = || -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args([
+                "stats",
+                "--json",
+                "--socket",
+                gw.socket.to_str().expect("utf-8"),
+            ])
+            .output()
+            .expect("roamgate stats");
+        serde_json::from_slice(&out.stdout).expect("stats --json")
+    };
+    let url = format!("http://{METRICS}/metrics");
+    let before = stats();
+    let out = roamgate_tests::netns::in_ns(&lab.ns("gwa"), &["curl", "-sf", &url]);
+    let after = stats();
+    assert!(out.status.success(), "curl {url}: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the metrics parse");
+    let value = |s: &prometheus_parse::Sample| match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v as u64,
+        _ => panic!("{s:?}"),
+    };
+    let mut checked = 0;
+    for s in &scrape.samples {
+        let (section, key) = match s.metric.as_str() {
+            "roamgate_traffic_packets_total" => {
+                let e = s.labels.get("event").expect("event label");
+                let key = if e == "rx" || e == "tx" {
+                    format!("{e}_packets")
+                } else {
+                    e.to_string()
+                };
+                ("traffic", key)
+            }
+            "roamgate_traffic_bytes_total" => (
+                "traffic",
+                format!("{}_bytes", s.labels.get("event").expect("event label")),
+            ),
+            "roamgate_drops_total" => (
+                "drops",
+                s.labels.get("reason").expect("reason label").to_string(),
+            ),
+            _ => continue,
+        };
+        let (lo, hi) = (
+            before[section][&key].as_u64().unwrap_or(0),
+            after[section][&key].as_u64().unwrap_or(0),
+        );
+        let v = value(s);
+        assert!(
+            lo <= v && v <= hi,
+            "{} {key}: metrics {v}, stats {lo}..{hi}",
+            s.metric
+        );
+        checked += 1;
+    }
+    assert!(checked > 20, "{checked} counters compared:\n{text}");
+    for (spi, dir) in [("0000a001", "out"), ("0000b001", "in")] {
+        let sa = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "roamgate_sa_packets_total"
+                    && s.labels.get("spi") == Some(spi)
+                    && s.labels.get("direction") == Some(dir)
+            })
+            .unwrap_or_else(|| panic!("no series for SA {spi}:\n{text}"));
+        assert!(value(sa) > 0, "{sa:?}");
+    }
+    // Anything but GET /metrics gets its status code, and the listener goes on.
+    for (args, code) in [(vec!["-X", "POST"], "405"), (vec![], "404")] {
+        let target = if code == "404" {
+            format!("http://{METRICS}/nothing")
+        } else {
+            url.clone()
+        };
+        let mut cmd = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        cmd.extend(args);
+        cmd.push(&target);
+        let out = roamgate_tests::netns::in_ns(&lab.ns("gwa"), &cmd);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), code, "{cmd:?}");
+    }
+    let out = roamgate_tests::netns::in_ns(&lab.ns("gwa"), &["curl", "-sf", &url]);
+    assert!(
+        out.status.success(),
+        "the listener serves after bad requests"
+    );
+}
+
 fn dpdk_eal_args(side: &str) -> Vec<String> {
     vec![
         "--no-huge".into(),
@@ -77,6 +177,7 @@ fn tools_present() -> bool {
         && have_tool("iperf3", &["--version"])
         && have_tool("tshark", &["--version"])
         && have_tool("python3", &["--version"])
+        && have_tool("curl", &["--version"])
 }
 
 /// A frame from the internet side to gateway A's WAN MAC.
@@ -137,12 +238,20 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = scratch(test);
     let lab = NetnsLab::up(prefix);
-    let gw_a = DataplaneProcess::start(
+    // Gateway A serves Prometheus metrics on its namespace's loopback.
+    let up = Command::new("ip")
+        .args(["-n", &lab.ns("gwa"), "link", "set", "lo", "up"])
+        .status()
+        .expect("ip");
+    assert!(up.success());
+    let gw_a = DataplaneProcess::start_sub(
         Path::new(BIN),
+        "dataplane",
         &lab.ns("gwa"),
         &config("a", kind_a, &dir),
         &dir,
         "gw-a",
+        &["--metrics", METRICS],
     );
     let gw_b = DataplaneProcess::start(
         Path::new(BIN),
@@ -304,6 +413,8 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
         "{status}"
     );
 
+    metrics_agree_with_stats(&lab, &gw_a);
+
     let final_a = gw_a.stop();
     let final_b = gw_b.stop();
     for s in [&final_a, &final_b] {
@@ -317,6 +428,16 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
         assert!(
             s["traffic"]["neighbor_replies"].as_u64().unwrap_or(0) >= 2,
             "{s}"
+        );
+    }
+    // A DPDK data plane that stopped leaves no runtime directory behind (the EAL creates
+    // /var/run/dpdk/<file-prefix> even with --no-shconf).
+    for (side, kind) in [("a", kind_a), ("b", kind_b)] {
+        let dir = std::path::PathBuf::from(format!("/var/run/dpdk/rg-{side}"));
+        assert!(
+            kind != Kind::Dpdk || !dir.exists(),
+            "{} left behind",
+            dir.display()
         );
     }
 }

@@ -113,3 +113,40 @@ fn run_stops_when_a_child_cannot_start_instead_of_restarting_it_for_ever() {
         assert!(!p.exists(), "{} was left behind:\n{stderr}", p.display());
     }
 }
+
+/// A stats file that cannot be written stops `dataplane`, `run` and `client` at start-up with
+/// the flag named, before any port is opened or child started (it used to stop a gateway
+/// that was already forwarding, at its first write).
+#[test]
+fn an_unwritable_stats_file_is_refused_at_start_up() {
+    let dir = scratch("run_checks_stats_file");
+    let cfg = dir.join("gw.yaml");
+    std::fs::copy(root().join("configs/interop-gw.yaml"), &cfg).unwrap();
+    let bad = dir.join("no-such-dir").join("stats.json");
+    for sub in ["dataplane", "run"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+            .arg(sub)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--stats-file")
+            .arg(&bad)
+            .arg("--socket")
+            .arg(cfg.with_extension("sock"))
+            .arg("--shm")
+            .arg(cfg.with_extension("ctl"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("roamgate starts");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{sub}:\n{stderr}");
+        assert!(
+            stderr.contains("--stats-file") && stderr.contains("no-such-dir"),
+            "{sub} names the flag and the path:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("started"),
+            "{sub} started nothing:\n{stderr}"
+        );
+    }
+}

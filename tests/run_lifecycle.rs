@@ -54,12 +54,15 @@ struct Run {
 
 impl Run {
     fn start(config: &Path, socket: &Path) -> Run {
+        Self::start_with(config, &["--socket".as_ref(), socket.as_os_str()])
+    }
+
+    fn start_with(config: &Path, extra: &[&std::ffi::OsStr]) -> Run {
         let mut child = Command::new("ip")
             .args(["netns", "exec", NS, env!("CARGO_BIN_EXE_roamgate"), "run"])
             .arg("--config")
             .arg(config)
-            .arg("--socket")
-            .arg(socket)
+            .args(extra)
             .args(["--status-secs", "0", "--idle-sleep-us", "200"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -254,4 +257,35 @@ fn run_children_die_with_it_and_nothing_is_left_behind() {
         "the control plane's view socket is gone:\n{}",
         second.text()
     );
+
+    // Without --socket, the views are served at the gateway's default socket and `roamgate
+    // status|stats|sa` find it without being told where.
+    let default = PathBuf::from(format!("/run/roamgate/{NAME}.sock"));
+    let mut third = Run::start_with(&config, &[]);
+    assert!(up(&third, &default), "run came up:\n{}", third.text());
+    let view = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    // Another gateway's default socket may be there too (a test running beside this one):
+    // name ours.
+    for sub in ["status", "stats", "sa"] {
+        let (ok, text) = view(&[sub, "--gateway", NAME]);
+        assert!(ok && text.contains(NAME), "roamgate {sub}:\n{text}");
+    }
+    let (ok, text) = view(&["status", "--json", "--gateway", NAME]);
+    assert!(
+        ok && text.contains("\"ike_sas\""),
+        "the control plane answers too:\n{text}"
+    );
+    third.signal("TERM");
+    let status = third.wait(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", third.text());
+    assert!(!default.exists(), "the default socket is gone");
+    assert!(!ike_socket(&default).exists(), "and the control plane's");
 }

@@ -16,7 +16,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in libipsec-mb-dev libclang-dev clang make patch python3 tshark libdpdk-dev pkg-config dpdk-doc iproute2 ethtool iputils-ping iperf3 \
+for p in libipsec-mb-dev libclang-dev clang make patch python3 tshark libdpdk-dev pkg-config dpdk-doc iproute2 ethtool iputils-ping iperf3 curl \
          strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done

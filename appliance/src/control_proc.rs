@@ -202,6 +202,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     }
     let repo = SaRepository::new(plan.rules.clone(), gw.replay_window);
     let mut ctl = IkeControl::new(conns, repo, None, None, backend, gw.wan.address);
+    ctl.set_admission(file.ike.admission(&args.config, "ike")?);
     let mut follower = if args.follow_wan {
         let Some(dev) = gw.wan.device.as_deref() else {
             bail!(

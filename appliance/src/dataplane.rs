@@ -41,16 +41,23 @@ pub struct DataplaneArgs {
     /// Rewrite a JSON snapshot of the counters to this file once a second.
     #[arg(long)]
     stats_file: Option<PathBuf>,
-    /// Seconds between status lines on stdout (0: none).
+    /// Seconds between status lines on stderr (0: none; stdout carries only the final JSON).
     #[arg(long, default_value_t = 5)]
     status_secs: u64,
-    /// Take SAs and policies from a separate control plane through this shared-memory
-    /// channel (`roamgate control --shm PATH` creates it) instead of the file's static part.
+    /// The shared-memory channel between control plane and data plane. `dataplane`: take SAs
+    /// and policies from the control plane that created it (`roamgate control --shm PATH`)
+    /// instead of the file's static part. `run`/`client`: where to create it (default: a
+    /// private directory under /dev/shm).
     #[arg(long)]
     shm: Option<PathBuf>,
-    /// Serve the read-only views (`roamgate stats`, `roamgate sa`) on this unix socket.
+    /// Serve the read-only views (`roamgate status|stats|sa`) on this unix socket (default:
+    /// /run/roamgate/<gateway.name>.sock as root, else under $XDG_RUNTIME_DIR/roamgate).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Serve the counters in the Prometheus text format at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9464; under `run`, the data plane serves them).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     duration: Option<f64>,
@@ -79,6 +86,14 @@ impl DataplaneArgs {
     }
     pub fn socket(&self) -> Option<&std::path::Path> {
         self.socket.as_deref()
+    }
+    /// Without `--socket`, the views are served at gateway `name`'s default socket
+    /// ([`crate::views::default_socket`]) when it can be had.
+    pub fn use_default_socket(&mut self, name: &str) {
+        if self.socket.is_none() {
+            self.socket =
+                crate::views::default_socket(name).filter(|p| crate::views::claim_default(p));
+        }
     }
     pub fn duration(&self) -> Option<f64> {
         self.duration
@@ -109,7 +124,18 @@ impl DataplaneArgs {
         if let Some(s) = &self.socket {
             v.extend(["--socket".into(), s.display().to_string()]);
         }
+        if let Some(m) = &self.metrics {
+            v.extend(["--metrics".into(), m.to_string()]);
+        }
         v
+    }
+
+    /// Checks the files the data plane will write (the stats file) before anything starts.
+    pub fn check_outputs(&self) -> Result<()> {
+        match &self.stats_file {
+            Some(path) => check_stats_file(path),
+            None => Ok(()),
+        }
     }
 }
 
@@ -132,15 +158,15 @@ struct Opened<P> {
 }
 
 /// Reads the port kind's own counters (kernel drops, pool starvation) from any thread.
-type PortStats = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+pub type PortStats = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// `roamgate dataplane` (`with_ike` false: static SAs only) or `roamgate run` (true).
-pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
+pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
     let mut file: DataplaneFile = config::load(&args.config)?;
     if !with_ike && !file.ike.connections.is_empty() {
         match &args.shm {
-            Some(p) => println!("dataplane: SAs and policy come from the control plane at {}", p.display()),
-            None => println!(
+            Some(p) => eprintln!("dataplane: SAs and policy come from the control plane at {}", p.display()),
+            None => eprintln!(
                 "{}: the ike section is left to `roamgate run` / `roamgate control`; the data plane alone uses the static SAs",
                 args.config.display()
             ),
@@ -152,6 +178,11 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
         conns,
         backend,
     } = file.validate(&args.config)?;
+    args.check_outputs()?;
+    // A data plane under a supervisor is given its socket (or none) explicitly.
+    if args.shm.is_none() {
+        args.use_default_socket(&file.gateway.name);
+    }
     if file.dataplane.workers > 1 {
         bail!(
             "{}: dataplane.workers: {} workers would each need their own outbound SAs (an \
@@ -161,7 +192,7 @@ pub fn run(args: DataplaneArgs, with_ike: bool) -> Result<()> {
             file.dataplane.workers
         );
     }
-    println!(
+    eprintln!(
         "roamgate dataplane: {}",
         pipeline::crypto::describe_backend(
             backend,
@@ -276,22 +307,37 @@ fn open_af_xdp(file: &DataplaneFile) -> Result<Opened<pipeline::port::afxdp::Xdp
         pairs,
         _keep: Box::new((lan_prog, wan_prog)),
         describe,
+        // The same shape as DPDK's: the port kind, then lan and wan (totals over the
+        // queues), then what only this kind has (per-queue figures).
         port_stats: Arc::new(move || {
+            let j = |rx_dropped: u64, fill_ring_empty: u64, fill_starved: u64| {
+                serde_json::json!({"kernel_rx_dropped": rx_dropped,
+                                   "kernel_fill_ring_empty": fill_ring_empty,
+                                   "fill_starved": fill_starved})
+            };
+            let mut total = [[0u64; 3]; 2];
             let q: Vec<serde_json::Value> = stats_src
                 .iter()
                 .map(|(l, w)| {
                     let (l, w) = (l.read(), w.read());
+                    for (t, s) in total.iter_mut().zip([&l, &w]) {
+                        t[0] += s.rx_dropped;
+                        t[1] += s.fill_ring_empty;
+                        t[2] += s.fill_starved;
+                    }
                     serde_json::json!({
-                        "lan": {"kernel_rx_dropped": l.rx_dropped,
-                                "kernel_fill_ring_empty": l.fill_ring_empty,
-                                "fill_starved": l.fill_starved},
-                        "wan": {"kernel_rx_dropped": w.rx_dropped,
-                                "kernel_fill_ring_empty": w.fill_ring_empty,
-                                "fill_starved": w.fill_starved},
+                        "lan": j(l.rx_dropped, l.fill_ring_empty, l.fill_starved),
+                        "wan": j(w.rx_dropped, w.fill_ring_empty, w.fill_starved),
                     })
                 })
                 .collect();
-            serde_json::Value::Array(q)
+            let [l, w] = total;
+            serde_json::json!({
+                "kind": "af_xdp",
+                "lan": j(l[0], l[1], l[2]),
+                "wan": j(w[0], w[1], w[2]),
+                "queues": q,
+            })
         }),
     })
 }
@@ -366,7 +412,7 @@ fn open_dpdk(file: &DataplaneFile) -> Result<Opened<pipeline::port::dpdk::DpdkPo
                     "multi_seg_dropped": s.multi_seg_dropped,
                 })
             };
-            serde_json::json!({ "lan": j(lr.read()), "wan": j(wr.read()) })
+            serde_json::json!({ "kind": "dpdk", "lan": j(lr.read()), "wan": j(wr.read()) })
         }),
     })
 }
@@ -410,7 +456,7 @@ fn serve<P: Port + 'static>(
     let gw = &file.gateway;
     let lan_link: Link = gw.lan.link_with_mac(opened.lan_mac);
     let wan_link: Link = gw.wan.link_with_mac(opened.wan_mac);
-    println!(
+    eprintln!(
         "roamgate dataplane {}: {} worker(s) on {}, crypto backend {backend}",
         gw.name,
         opened.pairs.len(),
@@ -456,6 +502,7 @@ fn serve<P: Port + 'static>(
             backend,
             gw.wan.address,
         );
+        c.set_admission(file.ike.admission(&args.config, "ike")?);
         c.initiate();
         ike = Some(c);
     }
@@ -508,8 +555,26 @@ fn serve<P: Port + 'static>(
         )),
         _ => None,
     };
+    let punt_drops = attached.as_ref().map(|a| a.punt_drops());
+    let metrics = match args.metrics {
+        Some(addr) => Some(crate::metrics::serve(
+            addr,
+            crate::metrics::Sources {
+                gateways: vec![crate::metrics::GatewaySource {
+                    name: gw.name.clone(),
+                    handles: handles.clone(),
+                    ports: Some(opened.port_stats.clone()),
+                    punt: punt_drops.clone(),
+                }],
+                started: Instant::now(),
+            },
+            stop.clone(),
+        )?),
+        None => None,
+    };
     let views = match &args.socket {
         Some(path) => {
+            let punt_drops = punt_drops.clone();
             let name = gw.name.clone();
             let handles = handles.clone();
             let port_stats = opened.port_stats.clone();
@@ -524,7 +589,12 @@ fn serve<P: Port + 'static>(
             };
             let handler: crate::views::Handler = Box::new(move |req| match req {
                 "status" => Some(status_json(&name, &describe, &control, started, &handles)),
-                "stats" => Some(stats_json(&name, &handles, &*port_stats)),
+                "stats" => Some(stats_json(
+                    &name,
+                    &handles,
+                    &*port_stats,
+                    punt_drops.as_deref(),
+                )),
                 "sas" => Some(sas_json(&name, &handles, &sa_names)),
                 // Only when IKE runs in this process; otherwise the control plane answers.
                 "ike" => ike_view.as_ref().map(|v| {
@@ -543,6 +613,7 @@ fn serve<P: Port + 'static>(
 
     let start = Instant::now();
     let mut last_status = Instant::now();
+    let mut stats_writer = StatsFileHealth::default();
     let mut last_snap: Vec<Snapshot> = running
         .iter()
         .map(|r| r.handle.counters.snapshot())
@@ -587,7 +658,7 @@ fn serve<P: Port + 'static>(
                 if matches!(e, Event::SeqCheckpoint { .. }) {
                     reserve_on(&mut keeper, &e, &mut [&mut r.link], backend)?;
                 } else {
-                    println!("dataplane: {e:?}");
+                    eprintln!("dataplane: {e:?}");
                 }
             }
         }
@@ -595,7 +666,16 @@ fn serve<P: Port + 'static>(
             if last_status.elapsed() >= Duration::from_secs(1)
                 || start.elapsed() < Duration::from_secs(1)
             {
-                write_atomically(path, &stats_json(&gw.name, &handles, &*opened.port_stats))?;
+                let r = write_atomically(
+                    path,
+                    &stats_json(
+                        &gw.name,
+                        &handles,
+                        &*opened.port_stats,
+                        punt_drops.as_deref(),
+                    ),
+                );
+                stats_writer.report(r);
             }
         }
         if args.status_secs > 0 && last_status.elapsed() >= Duration::from_secs(args.status_secs) {
@@ -614,7 +694,7 @@ fn serve<P: Port + 'static>(
                 .nonzero_drops()
                 .map(|(r, n)| format!("{}={n}", r.name()))
                 .collect();
-            println!(
+            eprintln!(
                 "[{:>5}s] rx {:.0}/s sealed {:.0}/s opened {:.0}/s drops: {}",
                 start.elapsed().as_secs(),
                 per_sec(d.traffic(Traffic::RxPackets), dt),
@@ -636,15 +716,23 @@ fn serve<P: Port + 'static>(
         c.shutdown(&mut links, Duration::from_secs(2));
     }
     stop.store(true, Ordering::Relaxed);
-    let final_stats = stats_json(&gw.name, &handles, &*opened.port_stats);
+    let final_stats = stats_json(
+        &gw.name,
+        &handles,
+        &*opened.port_stats,
+        punt_drops.as_deref(),
+    );
     for r in running {
         let _ = r.thread.join();
     }
     if let Some(v) = views {
         let _ = v.join();
     }
+    if let Some(m) = metrics {
+        let _ = m.join();
+    }
     if let Some(path) = &args.stats_file {
-        write_atomically(path, &final_stats)?;
+        stats_writer.report(write_atomically(path, &final_stats));
     }
     println!("{final_stats}");
     drop(opened._keep);
@@ -676,11 +764,13 @@ fn per_sec(n: u64, dt: Duration) -> f64 {
     n as f64 / dt.as_secs_f64().max(1e-9)
 }
 
-/// Counters of every worker, summed, plus per-worker and port details, as one JSON object.
+/// Counters of every worker, summed, plus per-worker and port details, and the punted IKE
+/// the shared-memory link dropped, as one JSON object.
 fn stats_json(
     name: &str,
     handles: &[WorkerHandle],
     port_stats: &(dyn Fn() -> serde_json::Value + Send + Sync),
+    punt: Option<&crate::shm_link::PuntDrops>,
 ) -> String {
     let mut total = Snapshot::default();
     for h in handles {
@@ -694,6 +784,13 @@ fn stats_json(
         .iter()
         .filter(|r| total.drops(**r) > 0)
         .map(|r| (r.name().to_string(), total.drops(*r).into()))
+        .chain(
+            punt.map(|p| p.named())
+                .into_iter()
+                .flatten()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k.to_string(), n.into())),
+        )
         .collect();
     // Reassembly and neighbour resolution: datagram and address fates, memory, entries.
     let l3: serde_json::Map<String, serde_json::Value> = L3Stat::ALL
@@ -784,6 +881,52 @@ fn sas_json(name: &str, handles: &[WorkerHandle], sa_names: &[String]) -> String
         }
     }
     serde_json::json!({ "gateway": name, "sas": sas }).to_string()
+}
+
+/// Whether the stats file could be written: a file that cannot be written any more (a full
+/// disk, a directory removed under us) is said once, and once again when it recovers, and
+/// never stops forwarding.
+#[derive(Default)]
+struct StatsFileHealth {
+    failing: bool,
+    failures: u64,
+}
+
+impl StatsFileHealth {
+    fn report(&mut self, r: Result<()>) {
+        match r {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                eprintln!(
+                    "dataplane: the stats file is written again (after {} failed writes)",
+                    self.failures
+                );
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.failures += 1;
+                if !self.failing {
+                    self.failing = true;
+                    eprintln!("dataplane: {e:#}; forwarding goes on");
+                }
+            }
+        }
+    }
+}
+
+/// Fails the start when the stats file cannot be written, before anything forwards: a path
+/// that is wrong now will not be right in a minute.
+fn check_stats_file(path: &Path) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::File::create(&tmp).with_context(|| {
+        format!(
+            "--stats-file {}: cannot write {}",
+            path.display(),
+            tmp.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {

@@ -4,7 +4,12 @@
 //! a worker) and sent to each worker through its in-process command ring; the worker's
 //! acknowledgement is translated back to the control plane's generation. Worker 0's punted
 //! IKE datagrams go out on the punt ring, the control plane's datagrams come in on the
-//! transmit ring. Full rings are back-pressure: what does not fit waits here, in order.
+//! transmit ring. Full rings are back-pressure: what does not fit waits here, in order,
+//! except punted IKE: a stalled control plane must not make the data plane hold every
+//! datagram a flood brings, so at most `PUNT_BACKLOG` wait and the oldest go first (their
+//! initiators have retransmitted by the time they would be read), counted as
+//! `ike_punt_oldest_dropped`; without a control plane they are dropped as
+//! `ike_punt_no_control`.
 //!
 //! A datagram of the control plane leaves only after the workers applied every update the
 //! control plane wrote before it (it writes an update before the datagram that follows it):
@@ -17,6 +22,8 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -27,6 +34,34 @@ use proto::{Ack, Datagram, Event, UpdateEnvelope};
 use rtrb::{Consumer, Producer};
 
 use crate::control_proc::{HELLO_FRESH, HELLO_KEEP};
+
+/// Punted IKE datagrams that wait for room on the punt ring, at most.
+pub const PUNT_BACKLOG: usize = 1024;
+
+/// Punted IKE datagrams the link dropped, by reason (read by the stats view).
+#[derive(Debug, Default)]
+pub struct PuntDrops {
+    /// The backlog was full: the oldest waiting datagram went.
+    pub oldest: AtomicU64,
+    /// No control plane attached.
+    pub no_control: AtomicU64,
+}
+
+impl PuntDrops {
+    /// (name, count) as `roamgate stats` shows them.
+    pub fn named(&self) -> [(&'static str, u64); 2] {
+        [
+            (
+                "ike_punt_oldest_dropped",
+                self.oldest.load(Ordering::Relaxed),
+            ),
+            (
+                "ike_punt_no_control",
+                self.no_control.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
 
 struct Ends {
     ch: ControlChannel,
@@ -49,6 +84,7 @@ pub struct ShmLink {
     /// Per worker: acknowledgements not yet written.
     ack_backlog: Vec<VecDeque<Ack>>,
     punt_backlog: VecDeque<Datagram>,
+    punt_drops: Arc<PuntDrops>,
     /// Datagrams read from the transmit ring whose preceding updates may not all have been
     /// read yet.
     tx_unplaced: VecDeque<Datagram>,
@@ -83,6 +119,7 @@ impl ShmLink {
             inflight: vec![VecDeque::new(); usize::from(workers)],
             ack_backlog: vec![VecDeque::new(); usize::from(workers)],
             punt_backlog: VecDeque::new(),
+            punt_drops: Arc::default(),
             tx_unplaced: VecDeque::new(),
             tx_held: VecDeque::new(),
             sent: vec![0; usize::from(workers)],
@@ -91,6 +128,11 @@ impl ShmLink {
             last_try: None,
             last_check: Instant::now(),
         }
+    }
+
+    /// The punted datagrams this link dropped, by reason.
+    pub fn punt_drops(&self) -> Arc<PuntDrops> {
+        self.punt_drops.clone()
     }
 
     fn attach(&mut self) {
@@ -182,10 +224,16 @@ impl ShmLink {
         let mut work = false;
         while let Ok(d) = self.punt_rx.pop() {
             work = true;
+            if self.punt_backlog.len() >= PUNT_BACKLOG {
+                self.punt_backlog.pop_front();
+                self.punt_drops.oldest.fetch_add(1, Ordering::Relaxed);
+            }
             self.punt_backlog.push_back(d);
         }
         let Some(e) = self.ends.as_mut() else {
             // Without a control plane, punted IKE has nowhere to go.
+            let n = self.punt_backlog.len() as u64;
+            self.punt_drops.no_control.fetch_add(n, Ordering::Relaxed);
             self.punt_backlog.clear();
             return Ok(work);
         };
@@ -318,6 +366,71 @@ impl ShmLink {
 mod tests {
     use super::*;
     use pipeline::msg::{Reply, Update};
+
+    fn datagram(n: u32) -> Datagram {
+        Datagram {
+            src: "192.0.2.2".parse().unwrap(),
+            dst: "192.0.2.1".parse().unwrap(),
+            src_port: 500,
+            dst_port: 500,
+            payload: n.to_be_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_stalled_control_plane_bounds_the_punt_backlog_and_loses_the_oldest() {
+        let path = std::env::temp_dir().join(format!("roamgate-shm-punt-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let ch = ControlChannel::create(&path, 1).unwrap();
+        let mut punted = ch.punt_receiver().unwrap();
+        let (mut punt_tx, punt_rx) = rtrb::RingBuffer::new(1024);
+        let (tx_tx, _tx_rx) = rtrb::RingBuffer::new(16);
+        let (mut link, _worker) = agent::link(0, 16, None);
+        let mut shm = ShmLink::new(path.clone(), 1, punt_rx, tx_tx, Backend::Ring);
+        shm.turn(&mut [&mut link]).unwrap();
+        assert!(shm.ends.is_some(), "attached");
+        // A flood while the control plane reads nothing.
+        let sent = 20_000u32;
+        for n in 0..sent {
+            if punt_tx.push(datagram(n)).is_err() {
+                shm.turn(&mut [&mut link]).unwrap();
+                punt_tx.push(datagram(n)).unwrap();
+            }
+        }
+        shm.turn(&mut [&mut link]).unwrap();
+        assert!(
+            shm.punt_backlog.len() <= PUNT_BACKLOG,
+            "{}",
+            shm.punt_backlog.len()
+        );
+        // The control plane wakes up: what it reads is the ring's first datagrams (written
+        // before the backlog filled) and then the newest ones.
+        let mut got = Vec::new();
+        loop {
+            while let Ok(Some(d)) = punted.try_recv() {
+                got.push(u32::from_be_bytes(d.payload[..4].try_into().unwrap()));
+            }
+            if shm.punt_backlog.is_empty() {
+                break;
+            }
+            shm.turn(&mut [&mut link]).unwrap();
+        }
+        let dropped = shm.punt_drops().oldest.load(Ordering::Relaxed);
+        assert_eq!(
+            got.len() as u64 + dropped,
+            u64::from(sent),
+            "each counted once"
+        );
+        assert!(dropped > 0);
+        assert_eq!(got.last(), Some(&(sent - 1)), "the newest got through");
+        let tail = &got[got.len() - PUNT_BACKLOG..];
+        assert!(
+            tail.windows(2).all(|w| w[1] == w[0] + 1) && tail[0] == sent - PUNT_BACKLOG as u32,
+            "the backlog kept the newest, in order"
+        );
+        drop(ch);
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn a_datagram_of_the_control_plane_waits_for_the_updates_written_before_it() {

@@ -216,6 +216,7 @@ pub fn client(args: RunArgs) -> Result<()> {
     let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
     file.ike.validate_client(dp.config(), "ike")?;
+    dp.check_outputs()?;
     supervise(args, true, file)
 }
 
@@ -225,6 +226,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let dp = &args.dataplane;
     let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
+    dp.check_outputs()?;
     supervise(args, false, file)
 }
 
@@ -235,6 +237,8 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
         }
         return crate::dataplane::run(args.dataplane, true);
     }
+    let mut args = args;
+    args.dataplane.use_default_socket(&file.gateway.name);
     let dp = &args.dataplane;
     // --shm names the channel; by default it lives in this run's private directory under
     // /dev/shm, which no other user can block or redirect (run_dir.rs).

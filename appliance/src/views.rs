@@ -135,21 +135,111 @@ pub fn ask(path: &Path, request: &str) -> Result<serde_json::Value> {
     Ok(v)
 }
 
+/// Where gateways started without `--socket` serve their views: `/run/roamgate` for root,
+/// `$XDG_RUNTIME_DIR/roamgate` for other users (None when neither applies).
+pub fn default_dir() -> Option<PathBuf> {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    #[allow(unsafe_code)]
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return Some(PathBuf::from("/run/roamgate"));
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("roamgate"))
+}
+
+/// The default view socket of gateway `name` (a checked `gateway.name`).
+pub fn default_socket(name: &str) -> Option<PathBuf> {
+    default_dir().map(|d| d.join(format!("{name}.sock")))
+}
+
+/// Makes the default directory (0700: the sockets in it carry counters, never keys, but
+/// nobody else needs to list them) and says whether `path` can be served: a default socket
+/// that another live gateway of the same name serves, or a directory that cannot be made,
+/// leaves this gateway without views (said once), never stops it.
+pub fn claim_default(path: &Path) -> bool {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = path.parent() {
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+        {
+            eprintln!(
+                "views: cannot make {} ({e}); no view socket (give --socket)",
+                dir.display()
+            );
+            return false;
+        }
+    }
+    if path.exists() && UnixStream::connect(path).is_ok() {
+        eprintln!(
+            "views: {} is served by another process; no view socket for this one (give \
+             --socket)",
+            path.display()
+        );
+        return false;
+    }
+    true
+}
+
 #[derive(clap::Args)]
 pub struct ViewArgs {
-    /// The process's view socket (`roamgate dataplane --socket`).
-    #[arg(long, default_value = "/run/roamgate/dataplane.sock")]
-    socket: PathBuf,
+    /// The process's view socket (`--socket` of `dataplane`/`run`). Default: the one gateway
+    /// serving in /run/roamgate (root) or $XDG_RUNTIME_DIR/roamgate, or --gateway's.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The gateway (its `gateway.name`) whose default socket to ask, when several serve.
+    #[arg(long, conflicts_with = "socket")]
+    gateway: Option<String>,
     /// Print the raw JSON.
     #[arg(long)]
     json: bool,
 }
 
+impl ViewArgs {
+    /// The socket to ask: `--socket`, `--gateway`'s default one, or the only gateway's.
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        let Some(dir) = default_dir() else {
+            bail!("no default view directory (not root and no XDG_RUNTIME_DIR): give --socket");
+        };
+        if let Some(name) = &self.gateway {
+            return Ok(dir.join(format!("{name}.sock")));
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter_map(|n| n.strip_suffix(".sock").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        match names.as_slice() {
+            [one] => Ok(dir.join(format!("{one}.sock"))),
+            [] => bail!(
+                "no gateway serves views in {} (is one running? else give --socket)",
+                dir.display()
+            ),
+            many => bail!(
+                "several gateways serve views in {}: {}; pick one with --gateway",
+                dir.display(),
+                many.join(", ")
+            ),
+        }
+    }
+}
+
 /// `roamgate status`: what the process is, its workers, its control plane and IKE SAs.
 pub fn status(args: ViewArgs) -> Result<()> {
-    let v = ask(&args.socket, "status")?;
-    let ike = ask(&args.socket, "ike").ok().or_else(|| {
-        let mut p = args.socket.clone().into_os_string();
+    let socket = args.socket()?;
+    let v = ask(&socket, "status")?;
+    let ike = ask(&socket, "ike").ok().or_else(|| {
+        let mut p = socket.clone().into_os_string();
         p.push(".ike");
         ask(std::path::Path::new(&p), "ike").ok()
     });
@@ -196,7 +286,7 @@ pub fn status(args: ViewArgs) -> Result<()> {
 
 /// `roamgate stats`: counters, drops by reason, port counters.
 pub fn stats(args: ViewArgs) -> Result<()> {
-    let v = ask(&args.socket, "stats")?;
+    let v = ask(&args.socket()?, "stats")?;
     if args.json {
         println!("{v}");
         return Ok(());
@@ -239,11 +329,12 @@ pub fn stats(args: ViewArgs) -> Result<()> {
 
 /// `roamgate sa`: the IKE SAs and the data plane's SAs, one line each (never keys).
 pub fn sas(args: ViewArgs) -> Result<()> {
-    let v = ask(&args.socket, "sas")?;
+    let socket = args.socket()?;
+    let v = ask(&socket, "sas")?;
     // The IKE view: from the same process (`run --single-process`), or from the control
     // plane's socket next to it (`run` puts it at <socket>.ike).
-    let ike = ask(&args.socket, "ike").ok().or_else(|| {
-        let mut p = args.socket.clone().into_os_string();
+    let ike = ask(&socket, "ike").ok().or_else(|| {
+        let mut p = socket.clone().into_os_string();
         p.push(".ike");
         ask(std::path::Path::new(&p), "ike").ok()
     });

@@ -158,6 +158,12 @@ impl IkeControl {
         self.log = false;
     }
 
+    /// The responder's defences against IKE_SA_INIT floods, from the `ike` section
+    /// ([`crate::config::ike::IkeYaml::admission`]).
+    pub fn set_admission(&mut self, (a, half_open_timeout): crate::config::ike::AdmissionPolicy) {
+        self.endpoint.set_admission(a, half_open_timeout);
+    }
+
     /// A report from the data plane: a soft lifetime (or a sequence number near its limit)
     /// rekeys the CHILD_SA, a hard one deletes it (the data plane already stopped using the
     /// SA); unknown SPIs and authentication/replay failures are counted for the views.
@@ -292,6 +298,9 @@ impl IkeControl {
         let local = SocketAddr::new(d.dst, d.dst_port);
         let remote = SocketAddr::new(d.src, d.src_port);
         self.endpoint.handle(now, local, remote, &d.payload);
+        // Counters (cookies, refusals) change without an event: the views follow, at their
+        // own pace.
+        self.dirty = true;
     }
 
     /// Timers, then the endpoint's outputs: datagrams go to the transmit backlog, events
@@ -592,6 +601,10 @@ impl IkeControl {
             "ike_sas_down": self.ike_down,
             "ike_sas_up": self.ike_up,
             "mobike_moves": self.moves,
+            "ike_messages": self.endpoint.stats().named().into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect::<serde_json::Map<_, _>>(),
+            "half_open": self.endpoint.footprint().half_open,
             "virtual_ip": self.repo.virtual_ip().map(|v| v.to_string()),
             "dataplane_reports": {
                 "soft_lifetimes": self.dp.soft_lifetimes,

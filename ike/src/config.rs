@@ -1,5 +1,6 @@
 //! What the endpoint is told: its connections ([`PeerConfig`]) and its own policy
-//! ([`EndpointConfig`]: retransmission, half-open expiry, the rate of unprotected answers).
+//! ([`EndpointConfig`]: retransmission, half-open expiry, the rate of unprotected answers, and
+//! [`Admission`]: cookies and caps on half-open IKE SAs against IKE_SA_INIT floods).
 //!
 //! Owns: plain configuration data, already validated by whoever built it (the control plane's
 //! config loader names the file and key of a bad value).
@@ -110,6 +111,38 @@ pub struct EndpointConfig {
     /// second, with a burst of as many (RFC 7296 2.21.4: limit the answers to unprotected
     /// messages).
     pub unprotected_answers_per_sec: u32,
+    pub admission: Admission,
+}
+
+/// Which IKE_SA_INIT requests a responder takes on (RFC 7296 2.6, RFC 8019): with this many
+/// half-open IKE SAs or more it answers a request without a valid COOKIE with one (stateless,
+/// no Diffie-Hellman); past the caps it drops the request, counted (RFC 7296 defines no
+/// answer for "too busy", and any answer to a spoofed source is reflection). Half-open IKE
+/// SAs go after [`EndpointConfig::half_open_timeout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// Demand a cookie once this many IKE SAs are half-open (0: always).
+    pub cookie_threshold: u32,
+    /// Half-open IKE SAs at most, in total.
+    pub half_open_max: u32,
+    /// Half-open IKE SAs at most from one source (an IPv4 address, an IPv6 /64).
+    pub half_open_per_source: u32,
+    /// The cookie secret is replaced this often.
+    pub cookie_secret_lifetime: Duration,
+    /// Cookies of the replaced secret are still accepted this long after its replacement.
+    pub cookie_grace: Duration,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            cookie_threshold: 64,
+            half_open_max: 5000,
+            half_open_per_source: 16,
+            cookie_secret_lifetime: Duration::from_secs(120),
+            cookie_grace: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for EndpointConfig {
@@ -120,6 +153,7 @@ impl Default for EndpointConfig {
             half_open_timeout: Duration::from_secs(30),
             rekey_retry: Duration::from_secs(10),
             unprotected_answers_per_sec: 20,
+            admission: Admission::default(),
         }
     }
 }

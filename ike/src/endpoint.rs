@@ -16,8 +16,9 @@
 //! message id, and rate-limited. A response that matches no IKE SA, or anything malformed
 //! before an IKE SA is found, is counted and dropped: a response is never answered.
 //!
-//! Owns: the table of IKE SAs, the responder's table of IKE_SA_INIT retransmissions, the
-//! deadlines, the services, the output queues and the counters.
+//! Owns: the table of IKE SAs, the responder's table of half-open IKE SAs (IKE_SA_INIT
+//! retransmissions, and the counts admission goes by) and its cookie secrets, the deadlines,
+//! the services, the output queues and the counters.
 //! Must never: run an exchange itself (the `exchange` modules do, on one IKE SA at a time);
 //! walk every IKE SA to find what is due.
 
@@ -30,9 +31,11 @@ use rand_core::SeedableRng;
 
 use crate::config::EndpointConfig;
 use crate::config::PeerConfig;
+use crate::cookie::CookieSecrets;
 use crate::crypto::DhPrivate;
 use crate::event::{Event, SaSummary, Transmit};
 use crate::exchange::{self, error_answer, init, mobike, Action, Ctx, Effect, Output};
+use crate::half_open::HalfOpen;
 use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
 use crate::ike_sa::{ours_and_theirs, IkeSa, Phase, Role};
 use crate::services::Services;
@@ -74,8 +77,9 @@ pub struct Endpoint {
     rng: ChaCha20Rng,
     sas: HashMap<IkeSaId, IkeSa>,
     /// Responder side: (initiator SPI, peer address) -> our IKE SA, to spot IKE_SA_INIT
-    /// retransmissions.
-    half_open: HashMap<(IkeSpi, SocketAddr), IkeSaId>,
+    /// retransmissions, counted for the admission of new ones.
+    half_open: HalfOpen,
+    cookies: CookieSecrets,
     deadlines: Deadlines,
     services: Services,
     out: Output,
@@ -94,8 +98,9 @@ impl Endpoint {
             config,
             peers,
             rng: ChaCha20Rng::from_seed(seed),
+            cookies: CookieSecrets::new(seed, Instant::ZERO),
             sas: HashMap::new(),
-            half_open: HashMap::new(),
+            half_open: HalfOpen::default(),
             deadlines: Deadlines::default(),
             services,
             out: Output::default(),
@@ -121,9 +126,21 @@ impl Endpoint {
         self.deadlines.first()
     }
 
-    /// What was dropped or answered with an error, by reason.
+    /// What was dropped or answered with an error, by reason; the cookies' counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Replaces the responder's admission policy (cookies, half-open caps) and the half-open
+    /// timeout, e.g. from a configuration file read after the endpoint was built; half-open
+    /// IKE SAs already made keep their expiry.
+    pub fn set_admission(
+        &mut self,
+        admission: crate::config::Admission,
+        half_open_timeout: core::time::Duration,
+    ) {
+        self.config.admission = admission;
+        self.config.half_open_timeout = half_open_timeout;
     }
 
     pub fn services(&self) -> &Services {
@@ -424,7 +441,7 @@ impl Endpoint {
             return;
         }
         let key = (IkeSpi(h.spi_i), remote);
-        if let Some(sa) = self.half_open.get(&key).and_then(|id| self.sas.get(id)) {
+        if let Some(sa) = self.half_open.get(&key).and_then(|id| self.sas.get(&id)) {
             if let Some(hs) = sa.pending.handshake.as_ref() {
                 if hs.init_request == msg && !hs.init_response.is_empty() {
                     let data = hs.init_response.clone();
@@ -437,11 +454,32 @@ impl Endpoint {
                 }
             }
         }
-        let Some(sa) = init::respond(&mut self.ctx(now), local, remote, h, msg) else {
+        let Endpoint {
+            rng,
+            config,
+            peers,
+            services,
+            out,
+            stats,
+            cookies,
+            half_open,
+            ..
+        } = self;
+        let mut ctx = Ctx {
+            now,
+            rng,
+            config,
+            peers,
+            services,
+            out,
+            stats,
+        };
+        let Some(sa) = init::respond(&mut ctx, cookies, half_open, local, remote, h, msg) else {
             return;
         };
         let id = sa.id();
-        self.half_open.insert(key, id);
+        // Admission refused a taken key, so this cannot fail.
+        let _ = self.half_open.insert(key, id);
         self.sas.insert(id, sa);
         self.file(id);
     }
@@ -524,9 +562,7 @@ impl Endpoint {
         }
         if sa.state.phase != Phase::Init {
             if let Some(k) = sa.pending.half_open.take() {
-                if self.half_open.get(&k) == Some(&id) {
-                    self.half_open.remove(&k);
-                }
+                self.half_open.remove(&k, id);
             }
         }
         sa.refresh_timers();
@@ -541,9 +577,7 @@ impl Endpoint {
         };
         self.deadlines.refile(id, sa.filed, None);
         if let Some(k) = sa.pending.half_open {
-            if self.half_open.get(&k) == Some(&id) {
-                self.half_open.remove(&k);
-            }
+            self.half_open.remove(&k, id);
         }
         if let Some(out) = &sa.pending.outstanding {
             let (ike, child) = out.request.reserved();

@@ -109,8 +109,9 @@ pub(crate) struct Handshake {
     /// same response).
     pub init_request: Vec<u8>,
     pub init_response: Vec<u8>,
-    /// The responder's COOKIE to echo (RFC 7296 2.6).
+    /// The responder's COOKIE to echo (RFC 7296 2.6), and how many it sent in a row.
     pub cookie: Option<Vec<u8>>,
+    pub cookie_retries: u8,
 }
 
 /// Work under way on an IKE SA.

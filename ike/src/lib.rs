@@ -12,6 +12,8 @@
 //! | [`config`] | connections and endpoint policy | print a credential |
 //! | [`event`], [`stats`] | what the endpoint reports; why a message was dropped or answered with an error | |
 //! | [`endpoint`] | the table of IKE SAs, dispatch of datagrams, answers outside any IKE SA, deadlines | run an exchange itself; walk every IKE SA for a timer |
+//! | `cookie` | the responder's COOKIE secrets (rotated, the previous one kept for a grace), making and checking cookies (RFC 7296 2.6) | keep anything per request |
+//! | `half_open` | the responder's half-open IKE SAs by (SPIi, address), counted in total and per source for admission | disagree with its counts |
 //! | `ike_sa` | one IKE SA's lasting state and work under way | touch another IKE SA |
 //! | `exchange::*` | IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA (children, IKE SA), INFORMATIONAL, MOBIKE, each on one IKE SA and a context | answer an unauthenticated message on an IKE SA |
 //! | `timer` | per-IKE-SA deadline tables and the endpoint's ordered deadlines | file an IKE SA twice |
@@ -38,10 +40,12 @@
 )]
 
 pub mod config;
+mod cookie;
 pub mod crypto;
 pub mod endpoint;
 pub mod event;
 mod exchange;
+mod half_open;
 pub mod ids;
 mod ike_sa;
 pub mod proposal;
@@ -58,11 +62,13 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use config::{after_secs, secret, Credential, EndpointConfig, PeerConfig, Pool, Retransmit};
+pub use config::{
+    after_secs, secret, Admission, Credential, EndpointConfig, PeerConfig, Pool, Retransmit,
+};
 pub use endpoint::{ConnectError, Endpoint, Footprint};
 pub use event::{ChildSaInfo, ChildSaKeys, DownReason, Event, SaSummary, Transmit};
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};
 pub use proposal::{EspProposal, IkeProposal};
-pub use stats::{Reason, Stats};
+pub use stats::{CookieStats, Reason, Stats};
 pub use time::Instant;
 pub use ts::{any_v4, host_ts, prefix_ts, range_ts};

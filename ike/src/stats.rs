@@ -17,6 +17,11 @@
 //! | `InitMissingPayload` | IKE_SA_INIT request without SA, KE or Ni | INVALID_SYNTAX, unprotected |
 //! | `InitProposalSpi` | an IKE proposal in IKE_SA_INIT with an SPI (3.3.1: size 0) | INVALID_SYNTAX, unprotected |
 //! | `InitKeyExchange` | a KE value its group rejects | INVALID_SYNTAX, unprotected |
+//! | `InitCookieMissing` | IKE_SA_INIT request without a COOKIE while cookies are demanded (2.6) | COOKIE, unprotected, no state |
+//! | `InitCookieInvalid` | IKE_SA_INIT request whose COOKIE does not check while cookies are demanded | a fresh COOKIE (2.6: as if it had none) |
+//! | `InitHalfOpenTotal` | IKE_SA_INIT request while the endpoint holds its maximum of half-open IKE SAs | none (dropped: the initiator retransmits) |
+//! | `InitHalfOpenSource` | IKE_SA_INIT request from a source (IPv4 address, IPv6 /64) at its maximum of half-open IKE SAs | none (dropped) |
+//! | `InitSpiInUse` | IKE_SA_INIT request, not a retransmission, with the SPI and address of a half-open IKE SA | none |
 //! | `UnsupportedCritical` | an unknown payload with the critical bit, in an IKE_SA_INIT request or inside an authenticated request | UNSUPPORTED_CRITICAL_PAYLOAD with the payload type (2.5), unprotected or encrypted alike |
 //! | `UnknownSpi` | a request for an IKE SA we do not have | INVALID_IKE_SPI, unprotected, SPIs and message id copied (2.21.4) |
 //! | `UnknownSpiResponse` | a response for an IKE SA we do not have | none (a response is never answered) |
@@ -32,7 +37,11 @@
 //! | `ResponseMalformed` | a response that does not parse or lacks what it must carry | none (the request is retransmitted, then times out) |
 //!
 //! Unprotected answers (to messages no key vouches for) are rate-limited (2.21.4); one the
-//! limit holds back is counted in [`Stats::answers_limited`] besides its reason.
+//! limit holds back is counted in [`Stats::answers_limited`] besides its reason. COOKIE
+//! answers are not: they are shorter than the request they answer (nothing to amplify) and
+//! the one way in for a legitimate initiator during a flood. Cookies sent, and cookies
+//! received that checked or did not (whether or not one was demanded), have counters of their
+//! own ([`Stats::cookies`]).
 
 /// Why a received message was dropped or answered with an error. See the module table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,6 +57,11 @@ pub enum Reason {
     InitMissingPayload,
     InitProposalSpi,
     InitKeyExchange,
+    InitCookieMissing,
+    InitCookieInvalid,
+    InitHalfOpenTotal,
+    InitHalfOpenSource,
+    InitSpiInUse,
     UnsupportedCritical,
     UnknownSpi,
     UnknownSpiResponse,
@@ -64,7 +78,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 29] = [
         Reason::Truncated,
         Reason::LengthMismatch,
         Reason::OldMajorVersion,
@@ -76,6 +90,11 @@ impl Reason {
         Reason::InitMissingPayload,
         Reason::InitProposalSpi,
         Reason::InitKeyExchange,
+        Reason::InitCookieMissing,
+        Reason::InitCookieInvalid,
+        Reason::InitHalfOpenTotal,
+        Reason::InitHalfOpenSource,
+        Reason::InitSpiInUse,
         Reason::UnsupportedCritical,
         Reason::UnknownSpi,
         Reason::UnknownSpiResponse,
@@ -105,6 +124,11 @@ impl Reason {
             Reason::InitMissingPayload => "init_missing_payload",
             Reason::InitProposalSpi => "init_proposal_spi",
             Reason::InitKeyExchange => "init_key_exchange",
+            Reason::InitCookieMissing => "init_cookie_missing",
+            Reason::InitCookieInvalid => "init_cookie_invalid",
+            Reason::InitHalfOpenTotal => "init_half_open_total",
+            Reason::InitHalfOpenSource => "init_half_open_source",
+            Reason::InitSpiInUse => "init_spi_in_use",
             Reason::UnsupportedCritical => "unsupported_critical",
             Reason::UnknownSpi => "unknown_spi",
             Reason::UnknownSpiResponse => "unknown_spi_response",
@@ -132,6 +156,19 @@ pub struct Stats {
     counts: [u64; Reason::ALL.len()],
     /// Unprotected error answers the rate limit held back (their reasons are counted too).
     pub answers_limited: u64,
+    pub cookies: CookieStats,
+}
+
+/// What the responder's cookies (RFC 7296 2.6) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CookieStats {
+    /// COOKIE answers sent.
+    pub sent: u64,
+    /// IKE_SA_INIT requests with a COOKIE we made for them (current or previous secret).
+    pub valid: u64,
+    /// IKE_SA_INIT requests with a COOKIE that does not check (wrong, stale, or for another
+    /// request).
+    pub invalid: u64,
 }
 
 impl Stats {
@@ -156,6 +193,21 @@ impl Stats {
 
     pub fn total(&self) -> u64 {
         self.counts.iter().fold(0u64, |a, n| a.saturating_add(*n))
+    }
+
+    /// Every counter by the name views show: the reasons above zero, then the rate limit's
+    /// and the cookies' counters (always).
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<(&'static str, u64)> = self
+            .nonzero()
+            .into_iter()
+            .map(|(r, n)| (r.name(), n))
+            .collect();
+        v.push(("answers_limited", self.answers_limited));
+        v.push(("cookies_sent", self.cookies.sent));
+        v.push(("cookies_valid", self.cookies.valid));
+        v.push(("cookies_invalid", self.cookies.invalid));
+        v
     }
 }
 

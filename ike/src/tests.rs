@@ -4,6 +4,7 @@
 
 mod auth;
 mod child;
+mod cookie;
 mod endpoint;
 mod ike_rekey;
 mod info;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use crate::config::{secret, Credential, EndpointConfig, PeerConfig, Pool};
 use crate::crypto::{DhGroup, Prf};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Footprint};
 use crate::event::{ChildSaInfo, DownReason, Event};
 use crate::ids::{ChildSpi, IkeSaId};
 use crate::proposal::{EspProposal, IkeProposal};

@@ -62,6 +62,7 @@ fn main() {
         .allowlist_function("rg_.*")
         .allowlist_function("rte_eal_init")
         .allowlist_function("rte_eal_cleanup")
+        .allowlist_function("rte_eal_get_runtime_dir")
         .allowlist_function("rte_strerror")
         .allowlist_function("rte_socket_id")
         .allowlist_function("rte_eth_dev_count_avail")

@@ -104,8 +104,11 @@ reasons! {
     NatKeepalive => "natt_keepalive", false;
     /// IKE packet handed to the control plane.
     IkePunted => "ike_punted", false;
-    /// IKE packet arrived but no control plane is attached or its ring is full.
+    /// IKE packet arrived but no control plane is attached.
     IkeNoControl => "ike_no_control", true;
+    /// IKE packet arrived while the punt ring to the control plane was full (a stalled or
+    /// flooded control plane): the ring is the bound, the new datagram is dropped.
+    IkePuntFull => "ike_punt_full", true;
     /// No SPD rule matched (default discard).
     NoPolicy => "no_policy", true;
     /// An SPD rule said discard.

@@ -99,7 +99,12 @@ mod tests {
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "yaml") && !p.ends_with("lab.yaml") {
+            // ha-*.yaml carry an `ha` section that `run` does not take yet (an unknown key,
+            // refused by name); control::config::ha validates them.
+            let ha = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ha-"));
+            if p.extension().is_some_and(|x| x == "yaml") && !p.ends_with("lab.yaml") && !ha {
                 let f: DataplaneFile = control::config::load(&p).unwrap();
                 f.validate(&p).unwrap_or_else(|e| panic!("{e}"));
                 n += 1;

@@ -146,6 +146,7 @@ fn client_connections(
     let p = Path::new("lab --clients");
     Ok(IkeYaml {
         connections: vec![c],
+        ..IkeYaml::default()
     }
     .validate_client(p, "ike")?)
 }

@@ -282,7 +282,13 @@ pub fn connections(
         b.push(super::clients::gateway_connection(psk, rekey_secs)?);
     }
     let p = Path::new("lab --ike");
-    let validate = |connections| IkeYaml { connections }.validate(p, "ike");
+    let validate = |connections| {
+        IkeYaml {
+            connections,
+            ..IkeYaml::default()
+        }
+        .validate(p, "ike")
+    };
     Ok([validate(a)?, validate(b)?])
 }
 

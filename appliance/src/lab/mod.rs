@@ -94,6 +94,9 @@ pub struct LabArgs {
     /// (MOBIKE, make before break; 0: never) [default: 2].
     #[arg(long, value_name = "SECS")]
     pub roam_secs: Option<f64>,
+    /// Serve both gateways' counters in the Prometheus text format at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl LabArgs {
@@ -234,6 +237,27 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
         backend,
         log,
     )?;
+    let stop_metrics = Arc::new(AtomicBool::new(false));
+    let metrics = match args.metrics {
+        Some(addr) => Some(crate::metrics::serve(
+            addr,
+            crate::metrics::Sources {
+                gateways: gateways
+                    .list
+                    .iter()
+                    .map(|g| crate::metrics::GatewaySource {
+                        name: g.name.clone(),
+                        handles: vec![g.handle.clone()],
+                        ports: None,
+                        punt: None,
+                    })
+                    .collect(),
+                started: Instant::now(),
+            },
+            stop_metrics.clone(),
+        )?),
+        None => None,
+    };
     let mut pcap = match &args.pcap {
         Some(p) => Some(PcapWriter::new(BufWriter::new(
             File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -445,6 +469,10 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
         }
         None => (captured, 0),
     };
+    stop_metrics.store(true, Ordering::Relaxed);
+    if let Some(m) = metrics {
+        let _ = m.join();
+    }
     report::gateways(elapsed, backend, &gateways);
     println!(
         "  (stopped {:.1} s after the traffic: IKE exchanges under way finished, packets in flight drained)",

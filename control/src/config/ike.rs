@@ -23,6 +23,18 @@
 //!
 //! A connection with `remote_addr` is initiated at start (a client, or a site-to-site
 //! initiator); one without waits for peers. Pre-shared keys never reach `Debug` or logs.
+//!
+//! Against IKE_SA_INIT floods (RFC 7296 2.6, RFC 8019), beside `connections` (defaults shown):
+//!
+//! ```yaml
+//! ike:
+//!   cookie_threshold: 64        # demand a COOKIE from this many half-open IKE SAs (0: always)
+//!   half_open_max: 5000         # half-open IKE SAs at most; more requests are dropped
+//!   half_open_per_source: 16    # ... and at most this many from one IPv4 address / IPv6 /64
+//!   half_open_timeout_secs: 30  # a half-open IKE SA goes when not authenticated by then
+//!   cookie_secret_secs: 120     # the cookie secret is replaced this often
+//!   cookie_grace_secs: 10       # cookies of the replaced secret still count this long
+//! ```
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -34,7 +46,8 @@ use crate::repo::prefix_ts;
 use ike::crypto::{DhGroup, Prf};
 use ike::wire::Id;
 use ike::{
-    after_secs, secret, Credential, EndpointConfig, EspProposal, IkeProposal, PeerConfig, Pool,
+    after_secs, secret, Admission, Credential, EndpointConfig, EspProposal, IkeProposal,
+    PeerConfig, Pool,
 };
 use pipeline::spd::Prefix;
 use pipeline::stats::Lifetime;
@@ -115,7 +128,23 @@ fn default_esp() -> Vec<String> {
 pub struct IkeYaml {
     #[serde(default)]
     pub connections: Vec<ConnectionYaml>,
+    /// The responder's defences against IKE_SA_INIT floods (module doc); absent: defaults.
+    #[serde(default)]
+    pub cookie_threshold: Option<u32>,
+    #[serde(default)]
+    pub half_open_max: Option<u32>,
+    #[serde(default)]
+    pub half_open_per_source: Option<u32>,
+    #[serde(default)]
+    pub half_open_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub cookie_secret_secs: Option<u64>,
+    #[serde(default)]
+    pub cookie_grace_secs: Option<u64>,
 }
+
+/// What [`IkeYaml::admission`] yields: the endpoint's admission policy and half-open timeout.
+pub type AdmissionPolicy = (Admission, std::time::Duration);
 
 /// A connection ready for the endpoint, and where to initiate it (if anywhere).
 #[derive(Debug)]
@@ -193,8 +222,85 @@ pub fn parse_esp_proposal(s: &str) -> Result<EspProposal, String> {
 }
 
 impl IkeYaml {
-    /// Validates every connection; errors name the file and the key.
+    /// The admission policy (cookies, half-open caps and timeout), each value in its bounds;
+    /// an error names the key.
+    pub fn admission(&self, file: &Path, at: &str) -> Result<AdmissionPolicy, ConfigError> {
+        let d = Admission::default();
+        let d_timeout = EndpointConfig::default().half_open_timeout.as_secs();
+        let check = |k: &str, v: u64, lo: u64, hi: u64, why: &str| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::new(
+                    file,
+                    format!("{at}.{k}"),
+                    format!("{v} is out of bounds: {lo} to {hi}{why}"),
+                ))
+            }
+        };
+        let max = check(
+            "half_open_max",
+            self.half_open_max
+                .map_or(u64::from(d.half_open_max), u64::from),
+            1,
+            1_000_000,
+            "",
+        )?;
+        let threshold = check(
+            "cookie_threshold",
+            self.cookie_threshold
+                .map_or(u64::from(d.cookie_threshold), u64::from),
+            0,
+            max,
+            " (half_open_max): cookies must be demanded before the cap refuses everyone",
+        )?;
+        let per_source = check(
+            "half_open_per_source",
+            self.half_open_per_source
+                .map_or(u64::from(d.half_open_per_source), u64::from),
+            1,
+            max,
+            " (half_open_max)",
+        )?;
+        let timeout = check(
+            "half_open_timeout_secs",
+            self.half_open_timeout_secs.unwrap_or(d_timeout),
+            1,
+            300,
+            "",
+        )?;
+        let secret = check(
+            "cookie_secret_secs",
+            self.cookie_secret_secs
+                .unwrap_or(d.cookie_secret_lifetime.as_secs()),
+            10,
+            86_400,
+            "",
+        )?;
+        let grace = check(
+            "cookie_grace_secs",
+            self.cookie_grace_secs.unwrap_or(d.cookie_grace.as_secs()),
+            1,
+            secret,
+            " (cookie_secret_secs): only the one secret before the current is kept",
+        )?;
+        // Each bound is at most 1,000,000: the conversions back cannot fail.
+        let small = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok((
+            Admission {
+                cookie_threshold: small(threshold),
+                half_open_max: small(max),
+                half_open_per_source: small(per_source),
+                cookie_secret_lifetime: std::time::Duration::from_secs(secret),
+                cookie_grace: std::time::Duration::from_secs(grace),
+            },
+            std::time::Duration::from_secs(timeout),
+        ))
+    }
+
+    /// Validates every connection and the admission policy; errors name the file and the key.
     pub fn validate(&self, file: &Path, at: &str) -> Result<Vec<Connection>, ConfigError> {
+        self.admission(file, at)?;
         let err = |key: String, what: String| ConfigError::new(file, key, what);
         let mut out = Vec::new();
         for (i, c) in self.connections.iter().enumerate() {
@@ -535,6 +641,60 @@ mod tests {
         let e = y.validate(Path::new("x.yaml"), "ike").unwrap_err();
         assert_eq!(e.key, "ike.connections[0].child_life_packets");
         assert!(e.to_string().contains("child_rekey_packets"), "{e}");
+    }
+
+    #[test]
+    fn admission_keys_have_defaults_and_bounds_and_errors_name_the_key() {
+        let f = Path::new("x.yaml");
+        let parse = |t: &str| crate::config::parse::<IkeYaml>(f, t).unwrap();
+        let (a, t) = parse("{}").admission(f, "ike").unwrap();
+        assert_eq!(a, Admission::default());
+        assert_eq!(t, EndpointConfig::default().half_open_timeout);
+        let (a, t) = parse(
+            "cookie_threshold: 0\nhalf_open_max: 100\nhalf_open_per_source: 3\nhalf_open_timeout_secs: 5\ncookie_secret_secs: 30\ncookie_grace_secs: 4\n",
+        )
+        .admission(f, "ike")
+        .unwrap();
+        assert_eq!(
+            a,
+            Admission {
+                cookie_threshold: 0,
+                half_open_max: 100,
+                half_open_per_source: 3,
+                cookie_secret_lifetime: std::time::Duration::from_secs(30),
+                cookie_grace: std::time::Duration::from_secs(4),
+            }
+        );
+        assert_eq!(t, std::time::Duration::from_secs(5));
+        for (text, key) in [
+            ("half_open_max: 0", "ike.half_open_max"),
+            ("half_open_max: 2000000", "ike.half_open_max"),
+            (
+                "half_open_max: 10\ncookie_threshold: 11",
+                "ike.cookie_threshold",
+            ),
+            ("half_open_per_source: 0", "ike.half_open_per_source"),
+            (
+                "half_open_max: 10\ncookie_threshold: 5\nhalf_open_per_source: 11",
+                "ike.half_open_per_source",
+            ),
+            ("half_open_timeout_secs: 0", "ike.half_open_timeout_secs"),
+            ("half_open_timeout_secs: 301", "ike.half_open_timeout_secs"),
+            ("cookie_secret_secs: 9", "ike.cookie_secret_secs"),
+            ("cookie_grace_secs: 0", "ike.cookie_grace_secs"),
+            (
+                "cookie_secret_secs: 20\ncookie_grace_secs: 21",
+                "ike.cookie_grace_secs",
+            ),
+        ] {
+            let e = parse(text).validate(f, "ike").unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.to_string().contains("x.yaml"), "{e}");
+        }
+        assert!(
+            crate::config::parse::<IkeYaml>(f, "cookie_treshold: 3").is_err(),
+            "typo"
+        );
     }
 
     fn gateway(lan: &str, wan: &str, extra: &str) -> GatewayConfig {

@@ -2,9 +2,9 @@
 //!
 //! This module owns reading and parsing a file and the one error type every schema reports
 //! ([`ConfigError`]: file, key path, problem). The schemas live in their own modules:
-//! [`gateway`] (interfaces, static SAs, policies, masquerade), [`ike`] (IKEv2 connections) and
-//! [`lab`] (the embedded lab). The data plane's port schema (AF_XDP, DPDK) belongs to the
-//! process that opens the ports, the appliance.
+//! [`gateway`] (interfaces, static SAs, policies, masquerade), [`ike`] (IKEv2 connections),
+//! [`lab`] (the embedded lab) and [`ha`] (a node of an HA pair). The data plane's port schema
+//! (AF_XDP, DPDK) belongs to the process that opens the ports, the appliance.
 //!
 //! Parsing happens in two steps. serde-saphyr turns the text into the schema's structs; each
 //! schema's `validate` then checks what YAML cannot express (references between SAs and
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub mod gateway;
+pub mod ha;
 pub mod ike;
 pub mod lab;
 

@@ -4,9 +4,24 @@
 //! The responder's checks, in order: the initiator SPI is not zero and the message id is 0
 //! (else dropped: there is nothing valid to answer), the payloads parse (else INVALID_SYNTAX,
 //! or UNSUPPORTED_CRITICAL_PAYLOAD for an unknown critical one), SA, KE and Ni are there and
-//! the IKE proposals carry no SPI (else INVALID_SYNTAX), a proposal matches (else
-//! NO_PROPOSAL_CHOSEN), the KE group is the chosen one (else INVALID_KE_PAYLOAD), the KE value
-//! is valid (else INVALID_SYNTAX). All of these answers are unprotected and rate-limited.
+//! the IKE proposals carry no SPI (else INVALID_SYNTAX); then the admission point (below); then
+//! a proposal matches (else NO_PROPOSAL_CHOSEN), the KE group is the chosen one (else
+//! INVALID_KE_PAYLOAD), the KE value is valid (else INVALID_SYNTAX). The error answers are
+//! unprotected and rate-limited.
+//!
+//! Admission (RFC 7296 2.6, RFC 8019), before any state or Diffie-Hellman work: a COOKIE in
+//! the request is checked (counted valid or invalid; one that does not check is ignored, as
+//! 2.6 says). With `cookie_threshold` or more half-open IKE SAs, a request without a valid
+//! cookie is answered with one (`HDR(A,0), N(COOKIE)`) and forgotten. Then the caps: with
+//! `half_open_max` half-open IKE SAs, or `half_open_per_source` from the request's source, the
+//! request is dropped, counted: RFC 7296 has no "busy" answer for IKE_SA_INIT, and the
+//! initiator's retransmission comes back when a half-open IKE SA is done or expired. A
+//! cookie is bound to Ni, IPi and SPIi, not to KEi, so the initiator may keep it across an
+//! INVALID_KE_PAYLOAD retry (2.6.1's shorter exchange).
+//!
+//! The initiator echoes a COOKIE as the first payload of the same request (same SPI, nonce
+//! and other payloads), and keeps it for an INVALID_KE_PAYLOAD retry; a responder that asks
+//! again gets the new cookie, at most `MAX_COOKIE_RETRIES` times in a row.
 //! RFC 7296 3.10.1 reserves INVALID_SYNTAX for protected messages; strongSwan and libreswan
 //! answer a malformed IKE_SA_INIT with it all the same, and so do we: the answer is shorter
 //! than the request, creates no state, and tells a broken initiator at once instead of after
@@ -18,12 +33,14 @@
 
 use std::net::SocketAddr;
 
+use crate::cookie::CookieSecrets;
 use crate::crypto::{DhPrivate, IkeKeys};
 use crate::event::DownReason;
 use crate::exchange::{
     auth, error_answer, find_ke, find_nonce, find_notify, find_sa, first_error, nat_detected,
     nat_notifies, plain_message, Ctx, Outstanding, Request,
 };
+use crate::half_open::HalfOpen;
 use crate::ids::{IkeSaId, IkeSpi};
 use crate::ike_sa::{IkeSa, Phase, Role};
 use crate::proposal::{ike_payload, select_ike, IkeProposal};
@@ -76,11 +93,16 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     ctx.send(local, remote, data);
 }
 
+/// How many COOKIE answers in a row the initiator follows before it gives up on a responder.
+const MAX_COOKIE_RETRIES: u8 = 4;
+
 /// Answers an IKE_SA_INIT request from `remote` (not a retransmission of one we answered):
-/// the new half-open IKE SA, or `None` when the request was refused or answered with an
-/// error.
+/// the new half-open IKE SA, or `None` when the request was refused, answered with a COOKIE
+/// or with an error.
 pub(crate) fn respond(
     ctx: &mut Ctx<'_>,
+    cookies: &mut CookieSecrets,
+    half_open: &HalfOpen,
     local: SocketAddr,
     remote: SocketAddr,
     h: &Header,
@@ -95,8 +117,6 @@ pub(crate) fn respond(
         ctx.count(Reason::InitMessageId);
         return None;
     }
-    // Admission: the one place a COOKIE demand (RFC 7296 2.6) goes, before any parsing, DH or
-    // state for this request.
     let chain = match wire::parse_chain(msg, wire::HEADER_LEN, h.next_payload) {
         Ok(c) if c.sk.is_none() => c,
         Ok(_) => return refuse(ctx, local, remote, h, Reason::InitMalformed),
@@ -117,6 +137,9 @@ pub(crate) fn respond(
     {
         // RFC 7296 3.3.1: an IKE proposal in IKE_SA_INIT has SPI size 0.
         return refuse(ctx, local, remote, h, Reason::InitProposalSpi);
+    }
+    if !admit(ctx, cookies, half_open, local, remote, spi_i, p, ni) {
+        return None;
     }
     // The union of our connections' proposals, in our order of preference.
     let ours: Vec<IkeProposal> = ctx
@@ -204,6 +227,59 @@ pub(crate) fn respond(
     Some(sa)
 }
 
+/// The admission point (module doc): true if the request may go on to cost us state and a
+/// Diffie-Hellman computation.
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    ctx: &mut Ctx<'_>,
+    cookies: &mut CookieSecrets,
+    half_open: &HalfOpen,
+    local: SocketAddr,
+    remote: SocketAddr,
+    spi_i: IkeSpi,
+    p: &[Payload],
+    ni: &[u8],
+) -> bool {
+    let a = ctx.config.admission;
+    let life = (a.cookie_secret_lifetime, a.cookie_grace);
+    let offered = find_notify(p, notify::COOKIE);
+    let valid = offered.is_some_and(|c| cookies.check(ctx.now, life, c, ni, remote.ip(), spi_i));
+    match (offered.is_some(), valid) {
+        (true, true) => ctx.stats.cookies.valid = ctx.stats.cookies.valid.saturating_add(1),
+        (true, false) => ctx.stats.cookies.invalid = ctx.stats.cookies.invalid.saturating_add(1),
+        _ => {}
+    }
+    let busy = u32::try_from(half_open.len()).unwrap_or(u32::MAX);
+    if busy >= a.cookie_threshold && !valid {
+        ctx.count(if offered.is_some() {
+            Reason::InitCookieInvalid
+        } else {
+            Reason::InitCookieMissing
+        });
+        let cookie = cookies.make(ctx.now, life, ni, remote.ip(), spi_i);
+        ctx.stats.cookies.sent = ctx.stats.cookies.sent.saturating_add(1);
+        ctx.send(
+            local,
+            remote,
+            plain_init_answer(spi_i, notify::COOKIE, cookie),
+        );
+        return false;
+    }
+    if busy >= a.half_open_max {
+        ctx.count(Reason::InitHalfOpenTotal);
+        return false;
+    }
+    if half_open.of_source(remote.ip()) >= a.half_open_per_source {
+        ctx.count(Reason::InitHalfOpenSource);
+        return false;
+    }
+    if half_open.get(&(spi_i, remote)).is_some() {
+        ctx.count(Reason::InitSpiInUse);
+        return false;
+    }
+    true
+}
+
 /// Counts `reason` and answers INVALID_SYNTAX, unprotected.
 fn refuse(
     ctx: &mut Ctx<'_>,
@@ -250,7 +326,18 @@ pub(crate) fn on_response(
         return;
     };
     if let Some(c) = find_notify(&p, notify::COOKIE) {
-        sa.handshake().cookie = Some(c.to_vec());
+        // RFC 7296 2.6: retry with the cookie as the first payload, the rest unchanged (the
+        // same SPI and nonce: the cookie is bound to them). 3.10.1: 1 to 64 bytes.
+        // A responder that keeps asking (or someone on the path answering for it) is ignored:
+        // our request is retransmitted with the last cookie and times out if nothing better
+        // comes.
+        let hs = sa.handshake();
+        if c.is_empty() || c.len() > 64 || hs.cookie_retries >= MAX_COOKIE_RETRIES {
+            ctx.count(Reason::ResponseMalformed);
+            return;
+        }
+        hs.cookie_retries = hs.cookie_retries.saturating_add(1);
+        hs.cookie = Some(c.to_vec());
         start(sa, ctx);
         return;
     }

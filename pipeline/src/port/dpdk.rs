@@ -112,6 +112,18 @@ impl Eal {
         Ok(Eal { _private: () })
     }
 
+    /// The EAL's runtime directory (`/var/run/dpdk/<file-prefix>` as root), which the EAL
+    /// creates even with `--no-shconf`; dropping the `Eal` removes it when it is empty.
+    pub fn runtime_dir(&self) -> Option<std::path::PathBuf> {
+        // SAFETY: plain query after a successful rte_eal_init; the string is the EAL's own,
+        // NUL-terminated, and copied before anything can free it.
+        let dir = unsafe {
+            let p = sys::rte_eal_get_runtime_dir();
+            (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+        }?;
+        (!dir.is_empty()).then(|| dir.into())
+    }
+
     /// Ports the EAL found (PCI devices and vdevs).
     pub fn port_count(&self) -> u16 {
         // SAFETY: plain query after a successful rte_eal_init.
@@ -121,9 +133,31 @@ impl Eal {
 
 impl Drop for Eal {
     fn drop(&mut self) {
+        // The EAL creates its runtime directory (/var/run/dpdk/<file-prefix>) even with
+        // --no-shconf and leaves it behind; read its path before the cleanup frees it.
+        let runtime_dir = self.runtime_dir();
         // SAFETY: called once, after every device (which borrows nothing from the EAL but is
         // dropped first by its owner) has been stopped and closed.
         unsafe { sys::rte_eal_cleanup() };
+        if let Some(dir) = runtime_dir {
+            // What is left is this process's telemetry socket (the EAL unlinks it only at
+            // exit) and nothing else unless another process shares the prefix: then leave
+            // the directory alone.
+            let entries: Vec<_> = std::fs::read_dir(&dir)
+                .map(|r| r.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            let ours = |p: &std::path::PathBuf| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("dpdk_telemetry"))
+            };
+            if entries.iter().all(ours) {
+                for p in &entries {
+                    let _ = std::fs::remove_file(p);
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! marker) are punted, and the control plane's datagrams are built into frames and sent from
 //! the WAN port.
 //!
-//! Never blocks on the control plane: a punt ring that is full or absent is a named drop, and
+//! Never blocks on the control plane: a punt ring that is absent (`ike_no_control`) or full
+//! (`ike_punt_full`: the ring is the bound of the backlog) is a named drop, and
 //! a full WAN queue leaves the control plane's datagrams in their ring.
 
 use core::net::IpAddr;
@@ -58,7 +59,7 @@ impl<P: Port> Worker<P> {
         };
         match ring.push(p) {
             Ok(()) => DropReason::IkePunted,
-            Err(_) => DropReason::IkeNoControl,
+            Err(_) => DropReason::IkePuntFull,
         }
     }
 }

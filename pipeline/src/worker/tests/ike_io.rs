@@ -49,6 +49,43 @@ fn ike_datagrams_from_control_are_sent_and_punted_back_intact() {
 }
 
 #[test]
+fn a_full_punt_ring_drops_the_new_datagram_under_its_own_reason() {
+    let mut a = rig(1500);
+    let mut b = rig(1500);
+    let (mut tx, tx_rx) = rtrb::RingBuffer::new(8);
+    a.w.control.transmit = Some(tx_rx);
+    // A control plane that reads nothing: room for one datagram.
+    let (punt_tx, mut punted) = rtrb::RingBuffer::new(1);
+    b.w.control.punt = Some(punt_tx);
+    for n in 0..3u8 {
+        tx.push(Datagram {
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "192.0.2.2".parse().unwrap(),
+            src_port: 500,
+            dst_port: 500,
+            payload: vec![n; 40],
+        })
+        .unwrap();
+    }
+    a.w.poll(0);
+    let mut frames = Vec::new();
+    a.wan.rx_burst(&mut frames, 8);
+    assert_eq!(frames.len(), 3);
+    for f in frames {
+        assert!(b.wan.send(f).is_ok());
+    }
+    b.w.poll(1);
+    assert_eq!(b.drops(DropReason::IkePunted), 1);
+    assert_eq!(b.drops(DropReason::IkePuntFull), 2);
+    assert_eq!(
+        b.drops(DropReason::IkeNoControl),
+        0,
+        "a control plane is attached"
+    );
+    assert_eq!(punted.pop().map(|d| d.payload), Ok(vec![0; 40]));
+}
+
+#[test]
 fn ike_and_keepalives_are_not_esp() {
     let mut r = rig(1500);
     let mut frame = vec![0u8; 14 + 20 + 8 + 40];
