@@ -381,15 +381,12 @@ impl<P: Port> Worker<P> {
                     .flatten()
             }),
         };
-        match built {
-            Some(n) => {
-                f.truncate(n);
-                self.counters.count(Traffic::NeighborRequests, 1);
-                self.txq(side).push_back(f);
-            }
-            // No address of that family on the link to ask from: nothing is sent, and the
-            // frames waiting for the answer go, counted, when the cache gives up.
-            None => {}
+        // None: no address of that family on the link to ask from. Nothing is sent, and the
+        // frames waiting for the answer go, counted, when the cache gives up.
+        if let Some(n) = built {
+            f.truncate(n);
+            self.counters.count(Traffic::NeighborRequests, 1);
+            self.txq(side).push_back(f);
         }
     }
 
