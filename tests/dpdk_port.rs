@@ -73,7 +73,7 @@ fn dpdk_port_end_to_end() {
     let (cfg, plan_a, plan_b) = lab();
     let flows: Vec<FlowSpec> = vec![
         FlowSpec {
-            src_mac: cfg.site_a.lan.neighbor_mac.0,
+            src_mac: cfg.site_a.lan.neighbor_mac.unwrap_or_default().0,
             dst_mac: cfg.site_a.lan.mac.unwrap_or_default().0,
             src: "10.1.0.10".parse().unwrap(),
             dst: "10.2.0.10".parse().unwrap(),
@@ -81,7 +81,7 @@ fn dpdk_port_end_to_end() {
             dst_port: 5001,
         },
         FlowSpec {
-            src_mac: cfg.site_a.lan.neighbor_mac.0,
+            src_mac: cfg.site_a.lan.neighbor_mac.unwrap_or_default().0,
             dst_mac: cfg.site_a.lan.mac.unwrap_or_default().0,
             src: "fd00:a::10".parse().unwrap(),
             dst: "fd00:b::10".parse().unwrap(),

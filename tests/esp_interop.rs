@@ -27,7 +27,7 @@ fn roamgate_accepts_scapy_esp_and_names_every_bad_packet() {
     std::fs::write(dir.join("sas.json"), format!("[{v4}]")).unwrap();
     let good = 200;
     let spec = serde_json::json!({
-        "src_mac": cfg.site_a.wan.neighbor_mac.to_string(),
+        "src_mac": cfg.site_a.wan.neighbor_mac.unwrap_or_default().to_string(),
         "dst_mac": cfg.site_a.wan.mac.unwrap_or_default().to_string(),
         "inner_src": "10.2.0.10",
         "inner_dst": "10.1.0.10",
@@ -65,7 +65,7 @@ fn roamgate_accepts_scapy_esp_and_names_every_bad_packet() {
         let (_, seq, _) = parse_stamp(f).expect("inner packet intact");
         assert_eq!(seq, i as u64);
         // Forwarded to site A's LAN neighbour, from site A's LAN MAC, TTL decremented.
-        assert_eq!(&f[0..6], &cfg.site_a.lan.neighbor_mac.0);
+        assert_eq!(&f[0..6], &cfg.site_a.lan.neighbor_mac.unwrap_or_default().0);
         assert_eq!(&f[6..12], &cfg.site_a.lan.mac.unwrap_or_default().0);
         assert_eq!(f[14 + 8], 63);
     }

@@ -27,7 +27,7 @@ use pipeline::crypto::Backend;
 use pipeline::port::Port;
 use pipeline::sad::Sad;
 use pipeline::spd::Spd;
-use pipeline::stats::{DropReason, Snapshot, Traffic};
+use pipeline::stats::{DropReason, L3Stat, Snapshot, Traffic};
 use pipeline::worker::{Idle, Link, Worker, WorkerHandle};
 use proto::{Direction, Event, Update};
 
@@ -427,6 +427,33 @@ fn open_dpdk(file: &DataplaneFile) -> Result<Opened<pipeline::port::dpdk::DpdkPo
     })
 }
 
+/// Reassembly and neighbour resolution as the file says (checked by `validate` already).
+fn l3_setup<P: Port>(worker: &mut Worker<P>, file: &DataplaneFile) -> Result<()> {
+    let d = &file.dataplane;
+    let fail = |k: &str, w: String| anyhow::anyhow!("dataplane.{k}: {w}");
+    let reasm = d
+        .reassembly
+        .to_config()
+        .map_err(|(k, w)| fail(&format!("reassembly.{k}"), w))?;
+    worker
+        .set_reassembly(reasm)
+        .map_err(|e| fail("reassembly", e.to_string()))?;
+    let (lan, wan) = (file.gateway.lan.routes(), file.gateway.wan.routes());
+    let setup = if lan.is_some() || wan.is_some() {
+        let cache = d
+            .neighbor
+            .to_config()
+            .map_err(|(k, w)| fail(&format!("neighbor.{k}"), w))?;
+        Some(pipeline::worker::NeighborSetup { cache, lan, wan })
+    } else {
+        None
+    };
+    worker
+        .set_neighbors(setup)
+        .map_err(|e| anyhow::anyhow!("gateway.{e}"))?;
+    Ok(())
+}
+
 fn serve<P: Port + 'static>(
     args: &DataplaneArgs,
     file: &DataplaneFile,
@@ -498,7 +525,7 @@ fn serve<P: Port + 'static>(
         let (mut link, mut control) = agent::link(i as u16, 1024, punt);
         control.transmit = transmit;
         let spd = Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             i as u16,
             lan,
             wan,
@@ -508,6 +535,7 @@ fn serve<P: Port + 'static>(
             Box::new(spd),
             control,
         );
+        l3_setup(&mut worker, file)?;
         let handle = worker.handle();
         let core = file.dataplane.cores.get(i).copied();
         let stop_w = stop.clone();
@@ -779,12 +807,18 @@ fn stats_json(
         .handed_off()
         .map(|(r, n)| (r.name().to_string(), n.into()))
         .collect();
+    // Reassembly and neighbour resolution: datagram and address fates, memory, entries.
+    let l3: serde_json::Map<String, serde_json::Value> = L3Stat::ALL
+        .iter()
+        .map(|s| (s.name().to_string(), total.l3(*s).into()))
+        .collect();
     serde_json::json!({
         "gateway": name,
         "workers": handles.len(),
         "traffic": traffic,
         "drops": drops,
         "handed_off": handed_off,
+        "l3": l3,
         "ports": port_stats(),
     })
     .to_string()

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pipeline::stats::{DropReason, Snapshot, Traffic};
+use pipeline::stats::{DropReason, L3Stat, Snapshot, Traffic};
 use pipeline::worker::{SaCounterEntry, WorkerHandle};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -153,6 +153,45 @@ impl Collector for Sources {
                     ("worker", worker),
                     ("reason", r.name()),
                 ])?)?;
+            }
+        }
+
+        // Reassembly and neighbour resolution: levels (memory, datagrams in flight, held
+        // fragments, cache entries) as gauges, the rest as counters.
+        let is_level = |n: &str| {
+            n.ends_with("_memory_bytes")
+                || n.ends_with("_in_flight")
+                || n.ends_with("_held_fragments")
+                || n.ends_with("_entries")
+        };
+        for (family, help, gauge) in [
+            (
+                "roamgate_l3_level",
+                "Reassembly and neighbour-cache levels",
+                true,
+            ),
+            (
+                "roamgate_l3_events",
+                "Reassembly and neighbour-resolution events (datagram and address fates)",
+                false,
+            ),
+        ] {
+            let kind = if gauge {
+                MetricType::Gauge
+            } else {
+                MetricType::Counter
+            };
+            let mut m = enc.encode_descriptor(family, help, None, kind)?;
+            for (gw, worker, s) in &snaps {
+                for st in L3Stat::ALL.iter().filter(|st| is_level(st.name()) == gauge) {
+                    let labels = [("gateway", *gw), ("worker", worker), ("stat", st.name())];
+                    let v = s.l3(*st);
+                    if gauge {
+                        ConstGauge::new(v as i64).encode(m.encode_family(&labels)?)?;
+                    } else {
+                        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                    }
+                }
             }
         }
 

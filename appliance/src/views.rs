@@ -353,6 +353,16 @@ pub fn stats(args: ViewArgs) -> Result<()> {
             println!("{l}");
         }
     }
+    // Reassembly and neighbour resolution: only what is not zero.
+    if let Some(l) = v["l3"].as_object() {
+        let set: Vec<_> = l.iter().filter(|(_, n)| n.as_u64() != Some(0)).collect();
+        if !set.is_empty() {
+            println!("  reassembly and neighbours:");
+            for (k, n) in set {
+                println!("    {k:<28} {n}");
+            }
+        }
+    }
     if !v["ports"].is_null() {
         println!("  ports: {}", v["ports"]);
     }

@@ -107,7 +107,7 @@ fn decrypt(c: &mut Criterion) {
             // Site B seals a long run of packets once; site A opens them in the bench.
             let mut sealer = Bench::new(&cfg.site_b, &plan_b, backend);
             let flow = pipeline::traffic::FlowSpec {
-                src_mac: cfg.site_b.lan.neighbor_mac.0,
+                src_mac: cfg.site_b.lan.neighbor_mac.unwrap_or_default().0,
                 dst_mac: cfg.site_b.lan.mac.unwrap_or_default().0,
                 src: "10.2.0.10".parse().expect("literal"),
                 dst: "10.1.0.10".parse().expect("literal"),

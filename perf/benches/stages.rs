@@ -149,7 +149,8 @@ fn seal_open(c: &mut Criterion) {
                     }
                     f.set_data(&sealed[i]);
                     i += 1;
-                    tunnel::decapsulate(&mut sad, &mut f).expect("opens")
+                    tunnel::decapsulate(&mut sad, &mut f, pipeline::esp::sa::Encap::Bare)
+                        .expect("opens")
                 })
             });
         }

@@ -88,7 +88,7 @@ impl Bench {
 /// The IPv4 flow from site A's first host to site B's (what the lab's a-to-b SA protects).
 pub fn flow_a_to_b(cfg: &LabConfig) -> FlowSpec {
     FlowSpec {
-        src_mac: cfg.site_a.lan.neighbor_mac.0,
+        src_mac: cfg.site_a.lan.neighbor_mac.unwrap_or_default().0,
         dst_mac: cfg.site_a.lan.mac.unwrap_or_default().0,
         src: "10.1.0.10".parse().expect("literal"),
         dst: "10.2.0.10".parse().expect("literal"),

@@ -102,7 +102,7 @@ impl Side {
 
 pub fn flows(cfg: &control::config::LabConfig) -> (FlowSpec, FlowSpec) {
     let f = |gw: &GatewayConfig, src: &str, dst: &str| FlowSpec {
-        src_mac: gw.lan.neighbor_mac.0,
+        src_mac: gw.lan.neighbor_mac.unwrap_or_default().0,
         dst_mac: gw.lan.mac.unwrap_or_default().0,
         src: src.parse().unwrap(),
         dst: dst.parse().unwrap(),

@@ -165,7 +165,7 @@ impl Rig {
         let (lan, lan_gw) = cable("perf-lan", "gw-lan", 4096);
         let (wan_gw, wan) = cable("gw-wan", "perf-wan", 4096);
         let (link, control) = agent::link(id, 4096, None);
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             id,
             lan_gw,
             wan_gw,
@@ -175,6 +175,23 @@ impl Rig {
             Box::new(Spd::new(Vec::new()).expect("empty SPD")),
             control,
         );
+        // ROAMGATE_PERF_RESOLVE=1: the WAN link resolves its next hop (the peer as a static
+        // neighbour, so nothing waits for an answer): what the neighbour layer costs per
+        // packet next to a configured neighbor_mac.
+        if std::env::var_os("ROAMGATE_PERF_RESOLVE").is_some() {
+            let routes = |subnet: &str, n: (&str, [u8; 6])| pipeline::worker::Routes {
+                on_link: vec![subnet.parse().expect("literal")],
+                statics: vec![(n.0.parse().expect("literal"), n.1)],
+                ..Default::default()
+            };
+            worker
+                .set_neighbors(Some(pipeline::worker::NeighborSetup {
+                    cache: Default::default(),
+                    lan: None,
+                    wan: Some(routes("192.0.2.0/24", ("192.0.2.2", wan_link().neighbor))),
+                }))
+                .expect("neighbour setup");
+        }
         Rig {
             worker,
             lan,

@@ -82,7 +82,7 @@ fn flows() -> Vec<FlowSpec> {
     let (cfg, _, _) = lab();
     (0..2u8)
         .map(|i| FlowSpec {
-            src_mac: cfg.site_a.lan.neighbor_mac.0,
+            src_mac: cfg.site_a.lan.neighbor_mac.unwrap_or_default().0,
             dst_mac: cfg.site_a.lan.mac.unwrap_or_default().0,
             src: format!("10.1.0.{}", 10 + i).parse().unwrap(),
             dst: format!("10.2.0.{}", 10 + i).parse().unwrap(),
@@ -230,7 +230,7 @@ fn correctness_run(
         output: SecgwOutput::Pcap(output),
         next_hop_mac: match mode {
             SecgwMode::Encrypt => cfg.site_b.wan.mac.unwrap_or_default().0,
-            SecgwMode::Decrypt => cfg.site_b.lan.neighbor_mac.0,
+            SecgwMode::Decrypt => cfg.site_b.lan.neighbor_mac.unwrap_or_default().0,
         },
         lcore: lcore(),
         librte_ipsec,

@@ -132,6 +132,10 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
             up_to: *up_to,
         },
         Update::ExportSa { sa } => Command::ExportSa(*sa),
+        Update::Announce { wan, addrs } => Command::Announce {
+            wan: *wan,
+            addrs: addrs.clone(),
+        },
     })
 }
 

@@ -54,6 +54,11 @@ pub enum Command {
     },
     /// Report one SA's runtime state (an `Event::SaState` with this command's generation).
     ExportSa(SaRef),
+    /// Gratuitous ARP / unsolicited neighbour advertisements for our addresses on one side.
+    Announce {
+        wan: bool,
+        addrs: Vec<IpAddr>,
+    },
 }
 
 /// A command and its generation.

@@ -48,8 +48,41 @@ reasons! {
     IpChecksum => "ip_checksum", true;
     /// TTL / hop limit would reach zero when forwarded.
     TtlExceeded => "ttl_exceeded", true;
-    /// An outer fragment of ESP: we do not reassemble.
+    /// An outer fragment of ESP or IKE for us while reassembly is off.
     OuterFragment => "outer_fragment", true;
+    /// An outer fragment for us, kept until its datagram is complete (not an error).
+    ReasmHeld => "reasm_held", false;
+    /// Reassembly: the IP header fails its checks.
+    ReasmMalformed => "reasm_malformed", true;
+    /// Reassembly: More Fragments set and a length not a multiple of 8, or an empty fragment.
+    ReasmBadLength => "reasm_bad_length", true;
+    /// Reassembly: the datagram would be larger than the configured maximum.
+    ReasmTooLarge => "reasm_too_large", true;
+    /// Reassembly: an IPv6 unfragmentable part longer than the reassembler keeps room for.
+    ReasmHeadersTooLong => "reasm_headers_too_long", true;
+    /// Reassembly: the first fragment does not hold the whole header chain (RFC 1858, 7112).
+    ReasmTinyFirstFragment => "reasm_tiny_first_fragment", true;
+    /// Reassembly: overlaps a fragment already held (RFC 5722): the datagram is discarded.
+    ReasmOverlap => "reasm_overlap", true;
+    /// Reassembly: an exact copy of data already held.
+    ReasmDuplicate => "reasm_duplicate", false;
+    /// Reassembly: two last fragments with different ends, or data past the end.
+    ReasmInconsistentEnd => "reasm_inconsistent_end", true;
+    /// Reassembly: more fragments in one datagram than allowed.
+    ReasmTooManyFragments => "reasm_too_many_fragments", true;
+    /// Reassembly: Not-ECT fragments mixed with ECN-capable ones (RFC 3168 5.3).
+    ReasmEcnMismatch => "reasm_ecn_mismatch", true;
+    /// Reassembly: a fragment of a datagram discarded earlier (RFC 5722).
+    ReasmDiscarded => "reasm_discarded", true;
+    /// Reassembly: no slot or memory even after pushing out the oldest datagrams.
+    ReasmEvicted => "reasm_evicted", true;
+    /// A reassembled datagram for us that is neither ESP nor IKE.
+    ReasmNotIpsec => "reasm_not_ipsec", true;
+    /// A reassembled ESP datagram larger than a frame buffer (IKE is punted whatever its size).
+    ReasmNoRoom => "reasm_no_room", true;
+    /// ESP in the encapsulation its SA was not negotiated with (proto 50 on a UDP-encapsulated
+    /// SA, UDP 4500 on a plain one).
+    EspWrongEncap => "esp_wrong_encap", true;
     /// ESP shorter than header + IV + ICV, or a UDP-encapsulated ESP too short.
     EspTruncated => "esp_truncated", true;
     /// No inbound SA has this SPI.
@@ -114,8 +147,20 @@ reasons! {
     NatFragment => "nat_fragment", true;
     /// NAT: a protocol that cannot be masqueraded.
     NatUnsupported => "nat_unsupported", true;
-    /// ARP or neighbour solicitation not asking for our address (normal link chatter).
+    /// ARP or neighbour solicitation not asking for our address, or an advertisement (normal
+    /// link chatter; what it says about its sender is learned first).
     NeighborIgnored => "neighbor_ignored", false;
+    /// Kept by the neighbour cache until its next hop resolves (not an error; what becomes of
+    /// it is counted by the cache: `L3Stat`).
+    NeighborQueued => "neighbor_queued", false;
+    /// Every neighbour queue together was full.
+    NeighborQueueFull => "neighbor_queue_full", true;
+    /// The next hop could not be resolved (an unspecified address).
+    NeighborUnresolved => "neighbor_unresolved", true;
+    /// The neighbour cache was full of permanent entries.
+    NeighborCacheFull => "neighbor_cache_full", true;
+    /// Neither on-link nor a configured gateway (or neighbour) for this destination.
+    NoRoute => "no_route", true;
 }
 
 /// Non-drop traffic counters of one core.
@@ -139,6 +184,8 @@ pub enum Traffic {
     IcmpSent,
     /// ARP replies and neighbour advertisements sent for our own addresses.
     NeighborReplies,
+    /// ARP requests and neighbour solicitations sent (resolution and probes).
+    NeighborRequests,
     /// IKE datagrams sent for the control plane.
     IkeSent,
 }
@@ -156,6 +203,7 @@ impl Traffic {
         Traffic::Masqueraded,
         Traffic::IcmpSent,
         Traffic::NeighborReplies,
+        Traffic::NeighborRequests,
         Traffic::IkeSent,
     ];
     pub const COUNT: usize = Self::ALL.len();
@@ -173,9 +221,80 @@ impl Traffic {
             Traffic::Masqueraded => "masqueraded",
             Traffic::IcmpSent => "icmp_sent",
             Traffic::NeighborReplies => "neighbor_replies",
+            Traffic::NeighborRequests => "neighbor_requests",
             Traffic::IkeSent => "ike_sent",
         }
     }
+}
+
+macro_rules! l3_stats {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal; )*) => {
+        /// What the worker's reassembler and neighbour caches hold and have done: datagram and
+        /// address fates, which are not per-frame drops (every frame already left with one
+        /// [`DropReason`] or was forwarded). Published by the worker after it used them.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum L3Stat { $( $(#[$doc])* $variant, )* }
+
+        impl L3Stat {
+            pub const ALL: &'static [L3Stat] = &[$(L3Stat::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            pub const fn name(self) -> &'static str {
+                match self { $(L3Stat::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+l3_stats! {
+    /// Fragments given to the reassembler.
+    ReasmFragments => "reasm_fragments";
+    /// Datagrams reassembled.
+    ReasmReassembled => "reasm_reassembled";
+    /// Bytes of reassembly buffers (at most `max_bytes`).
+    ReasmMemoryBytes => "reasm_memory_bytes";
+    /// Incomplete datagrams held now.
+    ReasmInFlight => "reasm_in_flight";
+    /// Datagrams abandoned: not complete in time.
+    ReasmDatagramsTimeout => "reasm_datagrams_timeout";
+    /// Datagrams pushed out by a newer one from the same source.
+    ReasmDatagramsSourceLimit => "reasm_datagrams_source_limit";
+    /// Datagrams pushed out by the total datagram or memory limit.
+    ReasmDatagramsEvicted => "reasm_datagrams_evicted";
+    /// Datagrams discarded for overlap, size, end or fragment count.
+    ReasmDatagramsDiscarded => "reasm_datagrams_discarded";
+    /// Fragments held in incomplete datagrams now.
+    ReasmHeldFragments => "reasm_held_fragments";
+    /// Fragments dropped, on arrival or with their datagram (timeouts, evictions, discards).
+    ReasmFragmentsDropped => "reasm_fragments_dropped";
+    NeighborLanEntries => "neighbor_lan_entries";
+    /// LAN addresses resolved (INCOMPLETE to usable).
+    NeighborLanResolved => "neighbor_lan_resolved";
+    /// LAN addresses given up on (no answer).
+    NeighborLanNoAnswer => "neighbor_lan_no_answer";
+    /// Queued LAN frames dropped because their address did not resolve.
+    NeighborLanUnresolved => "neighbor_lan_unresolved";
+    /// Queued LAN frames pushed out by newer ones (per-address queue full), or with their
+    /// entry.
+    NeighborLanQueueDrops => "neighbor_lan_queue_drops";
+    NeighborLanSolicits => "neighbor_lan_solicits";
+    NeighborLanProbes => "neighbor_lan_probes";
+    NeighborLanGleaned => "neighbor_lan_gleaned";
+    NeighborLanMacChanged => "neighbor_lan_mac_changed";
+    NeighborLanEvicted => "neighbor_lan_evicted";
+    NeighborWanEntries => "neighbor_wan_entries";
+    NeighborWanResolved => "neighbor_wan_resolved";
+    NeighborWanNoAnswer => "neighbor_wan_no_answer";
+    NeighborWanUnresolved => "neighbor_wan_unresolved";
+    NeighborWanQueueDrops => "neighbor_wan_queue_drops";
+    NeighborWanSolicits => "neighbor_wan_solicits";
+    NeighborWanProbes => "neighbor_wan_probes";
+    NeighborWanGleaned => "neighbor_wan_gleaned";
+    NeighborWanMacChanged => "neighbor_wan_mac_changed";
+    NeighborWanEvicted => "neighbor_wan_evicted";
+    /// Gratuitous ARPs and unsolicited advertisements sent (announcements).
+    NeighborAnnounced => "neighbor_announced";
 }
 
 /// A counter with a single writer.
@@ -207,6 +326,7 @@ impl Counter {
 pub struct CoreCounters {
     traffic: [Counter; Traffic::COUNT],
     drops: [Counter; DropReason::COUNT],
+    l3: [Counter; L3Stat::COUNT],
     /// Highest control generation this worker has applied.
     pub generation: Counter,
 }
@@ -216,6 +336,7 @@ impl Default for CoreCounters {
         CoreCounters {
             traffic: std::array::from_fn(|_| Counter::default()),
             drops: std::array::from_fn(|_| Counter::default()),
+            l3: std::array::from_fn(|_| Counter::default()),
             generation: Counter::default(),
         }
     }
@@ -244,10 +365,22 @@ impl CoreCounters {
         self.drops.get(r as usize).map_or(0, Counter::get)
     }
 
+    /// Publishes an L3 value (the worker's own; readers see it at once).
+    pub fn set_l3(&self, s: L3Stat, v: u64) {
+        if let Some(c) = self.l3.get(s as usize) {
+            c.set(v);
+        }
+    }
+
+    pub fn l3(&self, s: L3Stat) -> u64 {
+        self.l3.get(s as usize).map_or(0, Counter::get)
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             traffic: std::array::from_fn(|i| self.traffic.get(i).map_or(0, Counter::get)),
             drops: std::array::from_fn(|i| self.drops.get(i).map_or(0, Counter::get)),
+            l3: std::array::from_fn(|i| self.l3.get(i).map_or(0, Counter::get)),
         }
     }
 }
@@ -389,6 +522,9 @@ impl SaCounters {
 pub struct Snapshot {
     pub traffic: [u64; Traffic::COUNT],
     pub drops: [u64; DropReason::COUNT],
+    /// Published L3 values ([`L3Stat`]): sums across cores; a difference of two snapshots is
+    /// meaningful for the totals only, not for the gauges (memory, entries, in flight).
+    pub l3: [u64; L3Stat::COUNT],
 }
 
 impl Default for Snapshot {
@@ -396,6 +532,7 @@ impl Default for Snapshot {
         Snapshot {
             traffic: [0; Traffic::COUNT],
             drops: [0; DropReason::COUNT],
+            l3: [0; L3Stat::COUNT],
         }
     }
 }
@@ -409,8 +546,15 @@ impl Snapshot {
         self.drops.get(r as usize).copied().unwrap_or(0)
     }
 
+    pub fn l3(&self, s: L3Stat) -> u64 {
+        self.l3.get(s as usize).copied().unwrap_or(0)
+    }
+
     /// Counter-wise sum.
     pub fn add(&mut self, other: &Snapshot) {
+        for (a, b) in self.l3.iter_mut().zip(other.l3.iter()) {
+            *a = a.wrapping_add(*b);
+        }
         for (a, b) in self.traffic.iter_mut().zip(other.traffic.iter()) {
             *a = a.wrapping_add(*b);
         }
@@ -426,6 +570,9 @@ impl Snapshot {
             *a = a.wrapping_sub(*b);
         }
         for (a, b) in d.drops.iter_mut().zip(earlier.drops.iter()) {
+            *a = a.wrapping_sub(*b);
+        }
+        for (a, b) in d.l3.iter_mut().zip(earlier.l3.iter()) {
             *a = a.wrapping_sub(*b);
         }
         d

@@ -7,11 +7,11 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 4)
+//! # Layout (version 5)
 //!
 //! Version 2 added SA lifetimes, 3 made the punted and transmitted datagrams one record, 4
 //! added the state an SA moves with (resume, checkpoints), `ReserveSeq`, `ExportSa` and the
-//! `SeqCheckpoint` and `SaState` events.
+//! `SeqCheckpoint` and `SaState` events, 5 added `Announce`.
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -31,6 +31,7 @@
 //! | 0x19 | `Update::SetWanAddresses` | generation, count u8, count x ip |
 //! | 0x1a | `Update::ReserveSeq` | generation, id u32, up to u64 |
 //! | 0x1b | `Update::ExportSa` | generation, sa ref |
+//! | 0x1c | `Update::Announce` | generation, wan bool, count u8, count x ip |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
 //! | 0x30..=0x36 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 | `Datagram` (punted or to transmit) | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
@@ -77,7 +78,7 @@ use crate::sa::{
 };
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 4;
+pub const CODEC_VERSION: u8 = 5;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -92,6 +93,7 @@ mod tag {
     pub const SET_WAN_ADDRESSES: u8 = 0x19;
     pub const RESERVE_SEQ: u8 = 0x1a;
     pub const EXPORT_SA: u8 = 0x1b;
+    pub const ANNOUNCE: u8 = 0x1c;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -627,6 +629,7 @@ impl Record for UpdateEnvelope {
             Update::SetWanAddresses { .. } => tag::SET_WAN_ADDRESSES,
             Update::ReserveSeq { .. } => tag::RESERVE_SEQ,
             Update::ExportSa { .. } => tag::EXPORT_SA,
+            Update::Announce { .. } => tag::ANNOUNCE,
         };
         w.head(tag)?;
         w.u64(self.generation)?;
@@ -678,6 +681,11 @@ impl Record for UpdateEnvelope {
                 w.u64(*up_to)
             }
             Update::ExportSa { sa } => w.sa_ref(*sa),
+            Update::Announce { wan, addrs } => {
+                w.bool(*wan)?;
+                w.u8(u8::try_from(addrs.len()).map_err(|_| EncodeError::TooLong("addresses"))?)?;
+                addrs.iter().try_for_each(|a| w.ip(*a))
+            }
         }
     }
 
@@ -753,6 +761,15 @@ impl Record for UpdateEnvelope {
                 up_to: r.u64()?,
             },
             tag::EXPORT_SA => Update::ExportSa { sa: r.sa_ref()? },
+            tag::ANNOUNCE => {
+                let wan = r.bool("announce side")?;
+                let n = r.u8()?;
+                let mut addrs = Vec::with_capacity(usize::from(n));
+                for _ in 0..n {
+                    addrs.push(r.ip()?);
+                }
+                Update::Announce { wan, addrs }
+            }
             tag => {
                 return Err(DecodeError::Tag {
                     what: "update",

@@ -53,6 +53,11 @@ pub enum Update {
     ReserveSeq { id: SaId, up_to: u64 },
     /// Report one SA's runtime state: answered by `Event::SaState` with this generation.
     ExportSa { sa: SaRef },
+    /// Tell the link that these addresses of ours are here now (gratuitous ARP, RFC 5227's
+    /// announcement; unsolicited neighbour advertisement, RFC 4861 7.2.6): after an address
+    /// was taken over, hosts that cached another MAC for it learn ours. `wan` picks the side;
+    /// an address that is not ours there is refused.
+    Announce { wan: bool, addrs: Vec<IpAddr> },
 }
 
 /// An [`Update`] with the generation it is applied under: one record on a worker's update ring.

@@ -95,6 +95,176 @@ pub struct DpdkYaml {
     pub mbufs: u32,
 }
 
+/// The `dataplane.neighbor` section: the neighbour caches of links without a `neighbor_mac`
+/// (one per link, family and worker). Defaults: RFC 4861 10's constants, Linux's table sizes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NeighborYaml {
+    /// Entries per cache (static neighbours included).
+    pub cache_size: usize,
+    /// A confirmed neighbour is used without asking again for about this long (0.5 to 1.5
+    /// times it, RFC 4861's BaseReachableTime).
+    pub reachable_ms: u64,
+    /// Between solicitations (RetransTimer).
+    pub retrans_ms: u64,
+    /// A stale entry in use waits this long before its first unicast probe.
+    pub delay_first_probe_ms: u64,
+    /// Solicitations (broadcast / multicast, then unicast probes) before giving up.
+    pub probes: u8,
+    /// An unused stale entry goes after this long.
+    pub stale_ms: u64,
+    /// Frames kept per unresolved address (the oldest makes way).
+    pub queue_per_address: usize,
+    /// Frames kept in all, per cache.
+    pub queue_total: usize,
+}
+
+impl Default for NeighborYaml {
+    fn default() -> Self {
+        let d = pipeline::neighbor::NeighborConfig::default();
+        NeighborYaml {
+            cache_size: d.capacity,
+            reachable_ms: d.reachable_ns / MS,
+            retrans_ms: d.retrans_ns / MS,
+            delay_first_probe_ms: d.delay_first_probe_ns / MS,
+            probes: d.multicast_solicit,
+            stale_ms: d.stale_ns / MS,
+            queue_per_address: d.queue_len,
+            queue_total: d.max_queued,
+        }
+    }
+}
+
+const MS: u64 = 1_000_000;
+
+impl NeighborYaml {
+    /// The cache's limits, checked; Err names the key (under `dataplane.neighbor`).
+    pub fn to_config(&self) -> Result<pipeline::neighbor::NeighborConfig, (&'static str, String)> {
+        let in_range = |key: &'static str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err((key, format!("{v} is outside {lo}..={hi}")))
+            }
+        };
+        in_range("cache_size", self.cache_size as u64, 1, 1 << 20)?;
+        in_range("reachable_ms", self.reachable_ms, 1000, 3_600_000)?;
+        in_range("retrans_ms", self.retrans_ms, 100, 60_000)?;
+        in_range(
+            "delay_first_probe_ms",
+            self.delay_first_probe_ms,
+            100,
+            60_000,
+        )?;
+        in_range("probes", u64::from(self.probes), 1, 10)?;
+        in_range("stale_ms", self.stale_ms, 1000, 86_400_000)?;
+        in_range("queue_per_address", self.queue_per_address as u64, 1, 64)?;
+        in_range("queue_total", self.queue_total as u64, 1, 65536)?;
+        if self.queue_total < self.queue_per_address {
+            return Err((
+                "queue_total",
+                format!(
+                    "{} is less than queue_per_address ({})",
+                    self.queue_total, self.queue_per_address
+                ),
+            ));
+        }
+        let c = pipeline::neighbor::NeighborConfig {
+            capacity: self.cache_size,
+            reachable_ns: self.reachable_ms * MS,
+            retrans_ns: self.retrans_ms * MS,
+            delay_first_probe_ns: self.delay_first_probe_ms * MS,
+            multicast_solicit: self.probes,
+            unicast_solicit: self.probes,
+            stale_ns: self.stale_ms * MS,
+            queue_len: self.queue_per_address,
+            max_queued: self.queue_total,
+            seed: crate::seed(),
+        };
+        c.validate().map_err(|e| (e.field, e.problem.to_string()))?;
+        Ok(c)
+    }
+}
+
+/// The `dataplane.reassembly` section: outer fragments of ESP and IKE sent to the gateway,
+/// reassembled per worker within these limits (defaults: RFC 791's 15 s timer, Linux's 4 MiB).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReassemblyYaml {
+    /// Off: every such fragment is dropped as `outer_fragment`.
+    pub enabled: bool,
+    /// A datagram not complete this long after its first fragment is dropped (at most 60 s).
+    pub timeout_ms: u64,
+    /// Incomplete datagrams held, in total.
+    pub max_datagrams: usize,
+    /// Incomplete datagrams held per source (IPv4 address, IPv6 /64).
+    pub max_per_source: usize,
+    /// Bytes of reassembly buffers, in total.
+    pub max_bytes: usize,
+    /// Fragments per datagram.
+    pub max_fragments: usize,
+}
+
+impl Default for ReassemblyYaml {
+    fn default() -> Self {
+        let d = pipeline::reasm::ReasmConfig::default();
+        ReassemblyYaml {
+            enabled: true,
+            timeout_ms: d.timeout_ns / MS,
+            max_datagrams: d.max_datagrams,
+            max_per_source: d.max_per_source,
+            max_bytes: d.max_bytes,
+            max_fragments: d.max_fragments,
+        }
+    }
+}
+
+impl ReassemblyYaml {
+    /// The reassembler's limits, checked (None: off); Err names the key (under
+    /// `dataplane.reassembly`).
+    pub fn to_config(
+        &self,
+    ) -> Result<Option<pipeline::reasm::ReasmConfig>, (&'static str, String)> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        if self.max_bytes > 1 << 30 {
+            return Err((
+                "max_bytes",
+                format!("{} is more than 1 GiB", self.max_bytes),
+            ));
+        }
+        if self.max_per_source > self.max_datagrams {
+            return Err((
+                "max_per_source",
+                format!(
+                    "{} is more than max_datagrams ({})",
+                    self.max_per_source, self.max_datagrams
+                ),
+            ));
+        }
+        let c = pipeline::reasm::ReasmConfig {
+            timeout_ns: self.timeout_ms.saturating_mul(MS),
+            max_datagrams: self.max_datagrams,
+            max_per_source: self.max_per_source,
+            max_bytes: self.max_bytes,
+            max_fragments: self.max_fragments,
+            ..pipeline::reasm::ReasmConfig::default()
+        };
+        c.validate().map_err(|e| {
+            let key = match e.field {
+                "timeout_ns" => "timeout_ms",
+                "max_datagrams" => "max_datagrams",
+                "max_per_source" => "max_per_source",
+                "max_fragments" => "max_fragments",
+                _ => "max_bytes",
+            };
+            (key, e.problem)
+        })?;
+        Ok(Some(c))
+    }
+}
+
 /// The `dataplane` section: how the workers meet the wire.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +282,10 @@ pub struct DataplaneConfig {
     pub af_xdp: AfXdpYaml,
     #[serde(default)]
     pub dpdk: DpdkYaml,
+    #[serde(default)]
+    pub neighbor: NeighborYaml,
+    #[serde(default)]
+    pub reassembly: ReassemblyYaml,
 }
 
 fn one() -> u16 {
@@ -162,6 +336,12 @@ impl DataplaneConfig {
                 ),
             ));
         }
+        self.neighbor
+            .to_config()
+            .map_err(|(k, w)| err(&format!("neighbor.{k}"), w))?;
+        self.reassembly
+            .to_config()
+            .map_err(|(k, w)| err(&format!("reassembly.{k}"), w))?;
         if self.port == PortKind::Dpdk && self.dpdk.eal_args.is_empty() {
             return Err(err(
                 "dpdk.eal_args",

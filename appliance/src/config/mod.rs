@@ -55,6 +55,18 @@ impl DataplaneFile {
                 ));
             }
         }
+        // Each worker resolves on its own, and ARP / neighbour discovery answers reach one
+        // queue (no RSS hash for them): with more workers the others would never learn.
+        for (side, i) in [("lan", &self.gateway.lan), ("wan", &self.gateway.wan)] {
+            if i.neighbor_mac.is_none() && self.dataplane.workers > 1 {
+                return Err(ConfigError::new(
+                    file,
+                    format!("gateway.{side}.neighbor_mac"),
+                    "more than one worker needs a configured neighbour: ARP and neighbour \
+                     discovery answers reach one worker's queue only",
+                ));
+            }
+        }
         let conns = self.ike.validate(file, "ike")?;
         self.ike
             .check_against(&self.gateway, file, "ike", "gateway")?;
@@ -117,5 +129,94 @@ mod tests {
             f.validate(Path::new("x.yaml")).unwrap_err().key,
             "dataplane.workers"
         );
+    }
+
+    /// netns-a.yaml with its links resolving: no neighbor_mac, the subnets and the WAN's
+    /// gateway given instead.
+    fn resolving() -> String {
+        EXAMPLE
+            .replace(
+                "address6: \"fd00:a::1\", neighbor_mac: \"02:00:00:00:0a:fe\"",
+                "address6: \"fd00:a::1\", prefix_len: 24, prefix_len6: 64",
+            )
+            .replace(
+                "address: 192.0.2.1, neighbor_mac: \"02:00:00:00:bb:01\"",
+                "address: 192.0.2.1, prefix_len: 24, gateway: 192.0.2.254",
+            )
+    }
+
+    #[test]
+    fn links_without_a_neighbor_mac_resolve_their_next_hops() {
+        let text = resolving();
+        assert!(!text.contains("neighbor_mac"), "{text}");
+        let f: DataplaneFile = parse(Path::new("x.yaml"), &text).unwrap();
+        f.validate(Path::new("x.yaml")).unwrap();
+        let wan = f.gateway.wan.routes().expect("the WAN resolves");
+        assert_eq!(wan.gateway4, Some("192.0.2.254".parse().unwrap()));
+        assert_eq!(wan.on_link, vec!["192.0.2.0/24".parse().unwrap()]);
+        let lan = f.gateway.lan.routes().expect("the LAN resolves");
+        assert_eq!(lan.on_link.len(), 2);
+        // Defaults: reassembly on, the neighbour caches' RFC 4861 timers.
+        assert!(f.dataplane.reassembly.to_config().unwrap().is_some());
+        let n = f.dataplane.neighbor.to_config().unwrap();
+        assert_eq!((n.queue_len, n.retrans_ns), (3, 1_000_000_000));
+        // The shipped file, with its neighbor_mac, does not resolve.
+        let f: DataplaneFile = parse(Path::new("x.yaml"), EXAMPLE).unwrap();
+        assert!(f.gateway.wan.routes().is_none());
+    }
+
+    #[test]
+    fn next_hop_and_l3_errors_name_the_key() {
+        let key = |text: &str| {
+            let f: DataplaneFile = parse(Path::new("x.yaml"), text).unwrap();
+            let e = f.validate(Path::new("x.yaml")).unwrap_err();
+            assert!(e.to_string().contains("x.yaml"), "{e}");
+            e.key
+        };
+        let text = resolving();
+        assert_eq!(
+            key(&text.replace(", prefix_len: 24, gateway: 192.0.2.254", "")),
+            "gateway.wan.neighbor_mac"
+        );
+        assert_eq!(
+            key(&text.replace("gateway: 192.0.2.254", "gateway: 198.51.100.1")),
+            "gateway.wan.gateway"
+        );
+        assert_eq!(
+            key(&text.replace("gateway: 192.0.2.254", "gateway: \"2001:db8::9\"")),
+            "gateway.wan.gateway"
+        );
+        assert_eq!(
+            key(&EXAMPLE.replace("mtu: 1500 }", "mtu: 1500, gateway: 192.0.2.254 }")),
+            "gateway.wan.gateway"
+        );
+        assert_eq!(
+            key(&text.replace("workers: 1", "workers: 2\n  cores: [0, 1]")),
+            "gateway.lan.neighbor_mac"
+        );
+        let with =
+            |section: &str| text.replace("  workers: 1\n", &format!("  workers: 1\n{section}\n"));
+        assert_eq!(
+            key(&with("  neighbor: { queue_per_address: 0 }")),
+            "dataplane.neighbor.queue_per_address"
+        );
+        assert_eq!(
+            key(&with("  neighbor: { retrans_ms: 5 }")),
+            "dataplane.neighbor.retrans_ms"
+        );
+        assert_eq!(
+            key(&with("  reassembly: { timeout_ms: 70000 }")),
+            "dataplane.reassembly.timeout_ms"
+        );
+        assert_eq!(
+            key(&with("  reassembly: { max_bytes: 1000 }")),
+            "dataplane.reassembly.max_bytes"
+        );
+        let f: DataplaneFile = parse(
+            Path::new("x.yaml"),
+            &with("  reassembly: { enabled: false }"),
+        )
+        .unwrap();
+        assert!(f.dataplane.reassembly.to_config().unwrap().is_none());
     }
 }

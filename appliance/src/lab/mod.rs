@@ -348,7 +348,7 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
             .iter()
             .filter(|f| f.from == site)
             .map(|f| FlowSpec {
-                src_mac: gw.lan.neighbor_mac.0,
+                src_mac: gw.lan.neighbor_mac.unwrap_or_default().0,
                 dst_mac: gw.lan.mac.unwrap_or_default().0,
                 src: f.src,
                 dst: f.dst,

@@ -110,11 +110,35 @@ pub struct InterfaceConfig {
     /// is known to be on the link. Virtual-IP pools must stay out of it.
     #[serde(default)]
     pub prefix_len: Option<u8>,
-    /// Next hop's Ethernet address (static neighbour).
-    pub neighbor_mac: MacAddr,
+    /// The one next hop's Ethernet address (a static neighbour for everything sent on this
+    /// link). Absent: the data plane resolves next hops with ARP / neighbour discovery, which
+    /// needs `prefix_len` (destinations on the link) or `gateway` (everything else).
+    #[serde(default)]
+    pub neighbor_mac: Option<MacAddr>,
+    /// The next hop of destinations outside the link's subnet, in `address`'s family.
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    /// The IPv6 next hop when `address6` is given.
+    #[serde(default)]
+    pub gateway6: Option<core::net::Ipv6Addr>,
+    /// Length of the link's IPv6 subnet around `address6` (e.g. 64).
+    #[serde(default)]
+    pub prefix_len6: Option<u8>,
+    /// Neighbours whose MAC is configured (never replaced by what the link says); only where
+    /// next hops are resolved (no `neighbor_mac`).
+    #[serde(default)]
+    pub neighbors: Vec<StaticNeighbor>,
     /// IP MTU of the link.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+}
+
+/// A neighbour with a configured MAC.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNeighbor {
+    pub address: IpAddr,
+    pub mac: MacAddr,
 }
 
 /// Smallest MTU of an IPv4-only link (every host must accept 576-byte datagrams).
@@ -158,6 +182,113 @@ impl InterfaceConfig {
         Ok(Prefix::masked(self.address, len))
     }
 
+    /// Where this link's traffic goes, for a worker that resolves its neighbours; None with
+    /// a `neighbor_mac` (everything goes to it). Checked by [`check_next_hops`](Self::check_next_hops).
+    pub fn routes(&self) -> Option<pipeline::worker::Routes> {
+        if self.neighbor_mac.is_some() {
+            return None;
+        }
+        let mut on_link = Vec::new();
+        if let (Some(_), Ok(p)) = (self.prefix_len, self.subnet()) {
+            on_link.push(p);
+        }
+        if let (Some(a6), Some(len)) = (self.address6, self.prefix_len6) {
+            if len <= 128 {
+                on_link.push(Prefix::masked(IpAddr::V6(a6), len));
+            }
+        }
+        let (mut gateway4, mut gateway6) = (None, self.gateway6);
+        match self.gateway {
+            Some(IpAddr::V4(g)) => gateway4 = Some(g),
+            Some(IpAddr::V6(g)) => gateway6 = gateway6.or(Some(g)),
+            None => {}
+        }
+        Some(pipeline::worker::Routes {
+            on_link,
+            gateway4,
+            gateway6,
+            statics: self
+                .neighbors
+                .iter()
+                .map(|n| (n.address, n.mac.0))
+                .collect(),
+        })
+    }
+
+    /// The next-hop keys make sense together. Returns (key, problem) on error.
+    pub fn check_next_hops(&self) -> Result<(), (&'static str, String)> {
+        if self.neighbor_mac.is_some() {
+            for (key, set) in [
+                ("gateway", self.gateway.is_some()),
+                ("gateway6", self.gateway6.is_some()),
+                ("neighbors", !self.neighbors.is_empty()),
+            ] {
+                if set {
+                    return Err((
+                        key,
+                        "with neighbor_mac every frame goes to that MAC: drop neighbor_mac to \
+                         resolve next hops, or this key"
+                            .into(),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if self.prefix_len.is_none() && self.gateway.is_none() && self.gateway6.is_none() {
+            return Err((
+                "neighbor_mac",
+                "without neighbor_mac the data plane resolves next hops: give prefix_len (the \
+                 link's subnet), gateway, or neighbor_mac"
+                    .into(),
+            ));
+        }
+        if let Some(g) = self.gateway {
+            if g.is_ipv4() != self.address.is_ipv4() {
+                return Err(("gateway", format!("{g} is not in address's family")));
+            }
+            if g == self.address {
+                return Err(("gateway", format!("{g} is our own address")));
+            }
+            if self.prefix_len.is_some() && !self.subnet().is_ok_and(|p| p.contains(g)) {
+                return Err(("gateway", format!("{g} is not on the link's subnet")));
+            }
+        }
+        if let Some(len) = self.prefix_len6 {
+            if len > 128 {
+                return Err(("prefix_len6", format!("{len} is longer than 128")));
+            }
+            if self.address6.is_none() {
+                return Err(("prefix_len6", "needs address6".into()));
+            }
+        }
+        if let Some(g) = self.gateway6 {
+            if self.address6.is_none() && !self.address.is_ipv6() {
+                return Err(("gateway6", "needs an IPv6 address on the link".into()));
+            }
+            if Some(g) == self.address6 {
+                return Err(("gateway6", format!("{g} is our own address")));
+            }
+        }
+        for (i, n) in self.neighbors.iter().enumerate() {
+            if n.address == self.address || Some(n.address) == self.address6.map(IpAddr::V6) {
+                return Err((
+                    "neighbors",
+                    format!("[{i}]: {} is our own address", n.address),
+                ));
+            }
+            if n.mac.0[0] & 1 != 0 || n.mac.0 == [0; 6] {
+                return Err((
+                    "neighbors",
+                    format!("[{i}]: {} is not a unicast MAC", n.mac),
+                ));
+            }
+            if self.neighbors[..i].iter().any(|o| o.address == n.address) {
+                return Err(("neighbors", format!("[{i}]: {} is listed twice", n.address)));
+            }
+        }
+        Ok(())
+    }
+
     /// What a worker needs to know of this link.
     pub fn link(&self) -> pipeline::worker::Link {
         self.link_with_mac(self.mac.unwrap_or_default().0)
@@ -171,7 +302,7 @@ impl InterfaceConfig {
         };
         pipeline::worker::Link {
             mac,
-            neighbor: self.neighbor_mac.0,
+            neighbor: self.neighbor_mac.unwrap_or_default().0,
             addr4,
             addr6,
             mtu: self.mtu,
@@ -371,6 +502,8 @@ impl GatewayConfig {
         for (side, i) in [("lan", &self.lan), ("wan", &self.wan)] {
             i.check_mtu()
                 .map_err(|w| err(format!("{at}.{side}.mtu"), w))?;
+            i.check_next_hops()
+                .map_err(|(k, w)| err(format!("{at}.{side}.{k}"), w))?;
         }
         let mut sas = Vec::new();
         for (i, sa) in self.sas.iter().enumerate() {

@@ -56,6 +56,18 @@ impl LabConfig {
     pub fn validate(&self, file: &Path) -> Result<(GatewayPlan, GatewayPlan), ConfigError> {
         let a = self.site_a.validate(file, "site_a")?;
         let b = self.site_b.validate(file, "site_b")?;
+        // The lab's links are in memory: nobody answers ARP there.
+        for (at, g) in [("site_a", &self.site_a), ("site_b", &self.site_b)] {
+            for (side, i) in [("lan", &g.lan), ("wan", &g.wan)] {
+                if i.neighbor_mac.is_none() {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("{at}.{side}.neighbor_mac"),
+                        "the lab's in-memory links need a configured neighbour",
+                    ));
+                }
+            }
+        }
         let err = |key: String, what: String| ConfigError::new(file, key, what);
         for (at, gw) in [("site_a", &self.site_a), ("site_b", &self.site_b)] {
             for (side, i) in [("lan", &gw.lan), ("wan", &gw.wan)] {

@@ -173,6 +173,8 @@ impl Placement {
             | Update::BindHost { .. }
             | Update::UnbindHost { .. }
             | Update::SetWanAddresses { .. } => self.all(u),
+            // A gratuitous ARP / unsolicited NA is one frame on the wire: one worker sends it.
+            Update::Announce { .. } => vec![(0, u)],
         }
     }
 

@@ -1,7 +1,7 @@
 #![no_main]
 //! Whole frames into a real worker, on both sides: everything a packet can reach in the data
 //! plane (Ethernet/IP parsing, SPD, ESP open against installed SAs, NAT-T classification, NAT,
-//! ICMP generation). Every frame must leave either forwarded or counted under one reason.
+//! ICMP generation, outer-fragment reassembly, next-hop resolution and ARP/ND learning). Every frame must leave either forwarded or counted under one reason.
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -16,7 +16,7 @@ use pipeline::port::mem::{cable, MemFrame, MemPort};
 use pipeline::sad::Sad;
 use pipeline::spd::{Action, PortRange, Rule, Selector, Spd};
 use pipeline::stats::Lifetime;
-use pipeline::worker::{Link, Worker};
+use pipeline::worker::{Link, NeighborSetup, Routes, Worker};
 
 struct Rig {
     w: Worker<MemPort>,
@@ -87,6 +87,23 @@ fn rig() -> Rig {
         Box::new(Spd::new(Vec::new()).expect("empty")),
         control,
     );
+    // Outer fragments reassembled, next hops resolved (the peer pinned, the rest asked for).
+    w.set_reassembly(Some(pipeline::reasm::ReasmConfig::default()))
+        .expect("limits");
+    w.set_neighbors(Some(NeighborSetup {
+        cache: Default::default(),
+        lan: Some(Routes {
+            on_link: vec!["10.1.0.0/24".parse().expect("literal")],
+            ..Routes::default()
+        }),
+        wan: Some(Routes {
+            on_link: vec!["192.0.2.0/24".parse().expect("literal")],
+            gateway4: Some("192.0.2.254".parse().expect("literal")),
+            statics: vec![("192.0.2.2".parse().expect("literal"), [2, 0, 0, 0, 1, 2])],
+            ..Routes::default()
+        }),
+    }))
+    .expect("neighbour setup");
     let any = PortRange::ANY;
     let sel = |s: &str, d: &str| Selector {
         src: s.parse().expect("literal"),

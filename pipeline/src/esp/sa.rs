@@ -56,6 +56,53 @@ pub const fn seq_limit(esn: bool) -> u64 {
     }
 }
 
+/// How an ESP packet arrived: bare (IP protocol 50) or in UDP (RFC 3948).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encap {
+    Bare,
+    Udp,
+}
+
+/// Which encapsulation an inbound SA accepts ESP in.
+///
+/// An SA accepts only the encapsulation it was negotiated (or configured) with: ESP that
+/// arrives otherwise was not sent by the peer as the SA says, and accepting it would let
+/// anyone who can reach one of our ports but not the other (a filter, a NAT) feed the SA's
+/// replay window and decryption. The one exception is MOBIKE (RFC 4555 3.5, 4.2.1: an
+/// UPDATE_SA_ADDRESSES re-runs NAT detection and turns UDP encapsulation on or off): once a
+/// move changed the encapsulation of the peer's SAs, packets the peer sent before it processed
+/// the update still arrive in the old one, and both are accepted from then on
+/// ([`EncapRule::Either`], set by the worker when it rebinds the outbound SAs).
+///
+/// Not done: RFC 7296 2.23 asks an IKE peer using port 4500 to understand UDP-encapsulated ESP
+/// even on an SA negotiated without NAT. The data plane cannot tell such an SA from a static
+/// plain one, and the peers roamgate meets (strongSwan, Linux) encapsulate only when NAT was
+/// detected or forced (which the NAT detection payloads then say), so a plain SA stays plain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncapRule {
+    Only(Encap),
+    Either,
+}
+
+impl EncapRule {
+    /// The rule of an SA negotiated with `encap`.
+    pub fn of(encap: Option<UdpEncap>) -> EncapRule {
+        EncapRule::Only(if encap.is_some() {
+            Encap::Udp
+        } else {
+            Encap::Bare
+        })
+    }
+
+    #[inline]
+    pub fn accepts(self, e: Encap) -> bool {
+        match self {
+            EncapRule::Only(o) => o == e,
+            EncapRule::Either => true,
+        }
+    }
+}
+
 /// Inbound runtime record. Hot fields first: what `open` touches per packet.
 #[repr(C, align(64))]
 pub struct InboundSa {
@@ -63,6 +110,8 @@ pub struct InboundSa {
     pub salt: [u8; SALT_LEN],
     pub id: SaId,
     pub esn: bool,
+    /// The encapsulation ESP for this SA must arrive in.
+    pub accept: EncapRule,
     pub replay: ReplayWindow,
     pub cipher: Box<dyn Aead>,
     pub counters: Arc<SaCounters>,
@@ -278,6 +327,7 @@ pub fn build_inbound(backend: Backend, p: &SaParams) -> Result<InboundSa, SaBuil
         salt: p.keys.salt,
         id: p.id,
         esn: p.esn,
+        accept: EncapRule::of(p.encap),
         replay,
         cipher: crypto::new_aead(backend, p.keys.alg, p.keys.key())?,
         counters: Arc::new(SaCounters::with_lifetime(p.lifetime)),

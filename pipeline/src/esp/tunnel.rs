@@ -12,7 +12,7 @@
 
 use crate::crypto::{esp_nonce, IV_LEN, TAG_LEN};
 use crate::esp::replay::ReplayError;
-use crate::esp::sa::{InboundSa, OutboundSa};
+use crate::esp::sa::{Encap, InboundSa, OutboundSa};
 use crate::ids::{SaId, Spi};
 use crate::port::Frame;
 use crate::sad::Sad;
@@ -202,8 +202,14 @@ pub struct Opened {
 }
 
 /// Opens the ESP packet that starts at the beginning of `f`'s data. On success `f` holds the
-/// inner IP packet. Drops attributable to an SA are also counted on that SA.
-pub fn decapsulate<F: Frame>(sad: &mut Sad, f: &mut F) -> Result<Opened, DropReason> {
+/// inner IP packet. Drops attributable to an SA are also counted on that SA. `arrived` is how
+/// it came: ESP in the other encapsulation than its SA accepts is `EspWrongEncap`
+/// ([`EncapRule`](crate::esp::sa::EncapRule)), refused before any cryptography.
+pub fn decapsulate<F: Frame>(
+    sad: &mut Sad,
+    f: &mut F,
+    arrived: Encap,
+) -> Result<Opened, DropReason> {
     let len = f.len();
     if len < MIN_ESP_LEN {
         return Err(DropReason::EspTruncated);
@@ -224,6 +230,10 @@ pub fn decapsulate<F: Frame>(sad: &mut Sad, f: &mut F) -> Result<Opened, DropRea
     let Some(sa) = sad.inbound_mut(spi) else {
         return Err(DropReason::UnknownSpi);
     };
+    if !sa.accept.accepts(arrived) {
+        sa.counters.record_drop(DropReason::EspWrongEncap);
+        return Err(DropReason::EspWrongEncap);
+    }
     let r = open_with(sa, d, seq_lo, &iv);
     match r {
         Ok((next_header, inner_len, crossing)) => {
@@ -407,7 +417,8 @@ mod tests {
                                     f.data().get(16..16 + len.min(16)),
                                     data.get(..len.min(16))
                                 );
-                                let o = decapsulate(&mut sad, &mut f).unwrap();
+                                let arrived = if encap { Encap::Udp } else { Encap::Bare };
+                                let o = decapsulate(&mut sad, &mut f, arrived).unwrap();
                                 assert_eq!(o.next_header, NH_IPV4);
                                 assert_eq!(
                                     f.data(),
@@ -443,14 +454,17 @@ mod tests {
                 let mut bad = esp.clone();
                 bad[i] ^= 0x80;
                 let mut f = MemFrame::from_bytes(&bad).unwrap();
-                let r = decapsulate(&mut sad, &mut f);
+                let r = decapsulate(&mut sad, &mut f, Encap::Bare);
                 assert!(
                     matches!(r, Err(DropReason::AuthFailed) | Err(DropReason::ReplayZero)),
                     "byte {i}: {r:?}"
                 );
                 // A forged packet must not move the window: the genuine one still opens.
                 let mut f = MemFrame::from_bytes(&esp).unwrap();
-                assert!(decapsulate(&mut sad, &mut f).is_ok(), "byte {i}");
+                assert!(
+                    decapsulate(&mut sad, &mut f, Encap::Bare).is_ok(),
+                    "byte {i}"
+                );
             }
         }
     }
@@ -475,7 +489,10 @@ mod tests {
         let mut sad = Sad::with_capacity(4, 9);
         sad.insert_inbound(build_inbound(backend, &mirror(&p)).unwrap());
         let mut f = MemFrame::from_bytes(&esp).unwrap();
-        assert_eq!(decapsulate(&mut sad, &mut f), Err(DropReason::AuthFailed));
+        assert_eq!(
+            decapsulate(&mut sad, &mut f, Encap::Bare),
+            Err(DropReason::AuthFailed)
+        );
     }
 
     #[test]
@@ -506,8 +523,14 @@ mod tests {
     fn short_and_unknown_packets_are_named() {
         let mut sad = Sad::with_capacity(4, 9);
         let mut f = MemFrame::from_bytes(&[0u8; MIN_ESP_LEN - 1]).unwrap();
-        assert_eq!(decapsulate(&mut sad, &mut f), Err(DropReason::EspTruncated));
+        assert_eq!(
+            decapsulate(&mut sad, &mut f, Encap::Bare),
+            Err(DropReason::EspTruncated)
+        );
         let mut f = MemFrame::from_bytes(&[1u8; MIN_ESP_LEN]).unwrap();
-        assert_eq!(decapsulate(&mut sad, &mut f), Err(DropReason::UnknownSpi));
+        assert_eq!(
+            decapsulate(&mut sad, &mut f, Encap::Bare),
+            Err(DropReason::UnknownSpi)
+        );
     }
 }

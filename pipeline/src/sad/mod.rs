@@ -146,6 +146,10 @@ impl Sad {
         self.inbound.iter().flatten()
     }
 
+    pub fn inbound_iter_mut(&mut self) -> impl Iterator<Item = &mut InboundSa> {
+        self.inbound.iter_mut().flatten()
+    }
+
     pub fn outbound_iter(&self) -> impl Iterator<Item = &OutboundSa> {
         self.outbound.iter().flatten()
     }

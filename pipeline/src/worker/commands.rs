@@ -8,7 +8,8 @@
 
 use core::net::IpAddr;
 
-use super::{SaCounterEntry, Worker};
+use super::{SaCounterEntry, Side, Worker};
+use crate::esp::sa::EncapRule;
 use crate::msg::{Command, Direction, Released, Reply};
 use crate::port::Port;
 
@@ -123,9 +124,22 @@ impl<P: Port> Worker<P> {
                         None => return Err("no outbound SA with that id"),
                     }
                 }
+                // The peers whose encapsulation this move changes (MOBIKE turned NAT
+                // traversal on or off): their inbound SAs accept both from now on
+                // (`EncapRule`, RFC 4555 3.5).
+                let mut switched: Vec<IpAddr> = Vec::new();
                 for id in ids {
                     if let Some(sa) = self.sad.outbound_mut(id) {
+                        if sa.encap.is_some() != encap.is_some() && !switched.contains(&sa.remote) {
+                            switched.push(sa.remote);
+                        }
                         sa.rebind(local, remote, encap);
+                    }
+                }
+                for sa in self.sad.inbound_iter_mut() {
+                    if switched.contains(&sa.remote) {
+                        sa.accept = EncapRule::Either;
+                        sa.remote = remote;
                     }
                 }
             }
@@ -164,6 +178,10 @@ impl<P: Port> Worker<P> {
             }
             Command::ReserveSeq { id, up_to } => self.reserve_seq(id, up_to)?,
             Command::ExportSa(which) => self.export_sa(which)?,
+            Command::Announce { wan, addrs } => {
+                let side = if wan { Side::Wan } else { Side::Lan };
+                self.announce(side, &addrs)?;
+            }
             Command::UnbindHost(dst) => {
                 if self.hosts.remove(&dst).is_none() {
                     return Err("no host binding for that address");

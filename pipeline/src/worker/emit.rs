@@ -1,9 +1,7 @@
 //! What the worker writes into a frame it forwards: the hop limit (RFC 1624 checksum update),
 //! the RFC 6040 ECN outcome after decapsulation, the Ethernet header toward a link.
 
-use super::{Link, Verdict};
 use crate::port::Frame;
-use crate::stats::DropReason;
 use crate::wire::{checksum, ethernet, ipv4, ipv6, EtherType};
 
 /// Decrements TTL / hop limit of the IP packet after the Ethernet header (RFC 1624 update).
@@ -51,9 +49,9 @@ pub(super) fn rewrite_inner(ip: &mut [u8], ipv6: bool, ecn: u8) -> bool {
     dec_hop(ip, ipv6)
 }
 
-/// Prepends the Ethernet header toward `link`'s neighbour. False if there is no headroom.
+/// Prepends an Ethernet header from `src` to `dst`. False if there is no headroom.
 #[inline]
-pub(super) fn push_eth<F: Frame>(f: &mut F, link: &Link, ipv6: bool) -> bool {
+pub(super) fn push_eth_to<F: Frame>(f: &mut F, src: [u8; 6], dst: [u8; 6], ipv6: bool) -> bool {
     if !f.prepend(ethernet::HEADER_LEN) {
         return false;
     }
@@ -61,22 +59,12 @@ pub(super) fn push_eth<F: Frame>(f: &mut F, link: &Link, ipv6: bool) -> bool {
     let Ok(mut eth) = ethernet::Frame::new_checked(f.data_mut()) else {
         return false;
     };
-    eth.set_dst_addr(link.neighbor);
-    eth.set_src_addr(link.mac);
+    eth.set_dst_addr(dst);
+    eth.set_src_addr(src);
     eth.set_ethertype(if ipv6 {
         EtherType::Ipv6
     } else {
         EtherType::Ipv4
     });
     true
-}
-
-/// Forwards toward `link` as `verdict` if the Ethernet header fits.
-#[inline]
-pub(super) fn forward<F: Frame>(f: &mut F, link: &Link, ipv6: bool, verdict: Verdict) -> Verdict {
-    if push_eth(f, link, ipv6) {
-        verdict
-    } else {
-        Verdict::Drop(DropReason::NoBufferRoom)
-    }
 }

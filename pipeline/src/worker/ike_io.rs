@@ -8,9 +8,8 @@
 
 use core::net::IpAddr;
 
-use super::emit::push_eth;
 use super::parse::IpInfo;
-use super::{Worker, BURST, TXQ_HIGH};
+use super::{Side, Worker, BURST, TXQ_HIGH};
 use crate::msg::Datagram;
 use crate::port::{Frame, Port};
 use crate::stats::{DropReason, Traffic};
@@ -35,11 +34,10 @@ impl<P: Port> Worker<P> {
             };
             match build_datagram(&mut f, &d) {
                 Ok(ipv6) => {
-                    if push_eth(&mut f, &self.wan_link, ipv6) {
+                    // To the next hop's MAC, resolved first where the link has no configured
+                    // neighbour.
+                    if self.send_originated(Side::Wan, f, ipv6) {
                         self.counters.count(Traffic::IkeSent, 1);
-                        self.wan_txq.push_back(f);
-                    } else {
-                        self.counters.record_drop(DropReason::NoBufferRoom);
                     }
                 }
                 Err(r) => self.counters.record_drop(r),

@@ -7,9 +7,10 @@
 
 use core::net::{IpAddr, Ipv4Addr};
 
-use super::emit::{decrement_hop_limit, forward, rewrite_inner};
+use super::emit::{decrement_hop_limit, rewrite_inner};
 use super::parse::{outer_addrs, parse_inner, parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
+use crate::esp::sa::Encap;
 use crate::esp::tunnel::{self, Opened};
 use crate::ids::Spi;
 use crate::port::{Frame, Port};
@@ -30,23 +31,57 @@ impl<P: Port> Worker<P> {
             Ok(p) => p,
             Err(r) => return Verdict::Drop(r),
         };
+        if pkt.fragment && self.fragment_for_us(&pkt) {
+            return self.reassemble(f, now);
+        }
+        self.inbound_whole(f, pkt, now, false)
+    }
+
+    /// A fragment of ESP or of UDP (where IKE and ESP-in-UDP travel) sent to one of our WAN
+    /// addresses: reassembled, never taken for clear traffic. Other fragments (transit traffic)
+    /// go the way of clear traffic.
+    #[inline]
+    fn fragment_for_us(&self, pkt: &IpInfo) -> bool {
+        matches!(
+            IpProtocol::from(pkt.key.proto),
+            IpProtocol::Esp | IpProtocol::Udp
+        ) && self.is_wan_address(pkt.key.dst)
+    }
+
+    fn is_wan_address(&self, a: IpAddr) -> bool {
+        let own = match a {
+            IpAddr::V4(v) => self.wan_link.addr4 == Some(v),
+            IpAddr::V6(v) => self.wan_link.addr6 == Some(v),
+        };
+        own || self.wan_also.contains(&a)
+    }
+
+    /// An unfragmented packet (or a reassembled one, `reassembled`) from the WAN.
+    #[inline]
+    pub(super) fn inbound_whole(
+        &mut self,
+        f: &mut P::Frame,
+        pkt: IpInfo,
+        now: u64,
+        reassembled: bool,
+    ) -> Verdict {
         let esp_at = match IpProtocol::from(pkt.key.proto) {
-            IpProtocol::Esp => Some(ethernet::HEADER_LEN + pkt.header_len),
+            IpProtocol::Esp => Some((ethernet::HEADER_LEN + pkt.header_len, Encap::Bare)),
             IpProtocol::Udp => match self.classify_udp(f, &pkt) {
-                Ok(Some(at)) => Some(at),
+                Ok(Some(at)) => Some((at, Encap::Udp)),
                 Ok(None) => None,
                 Err(r) => return Verdict::Drop(r),
             },
             _ => None,
         };
-        if let Some(at) = esp_at {
+        if let Some((at, encap)) = esp_at {
             if pkt.fragment {
                 return Verdict::Drop(DropReason::OuterFragment);
             }
             // A failed open is reported with the outer addresses, read from the frame again
             // only then: keeping `pkt` alive across the open made every packet read it back
             // from the stack before the stores that wrote it had retired.
-            return match self.open(f, at, pkt.ecn, now) {
+            return match self.open(f, at, encap, pkt.ecn, now) {
                 Ok(v) => v,
                 Err((r, spi)) => {
                     let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -55,6 +90,9 @@ impl<P: Port> Worker<P> {
                     Verdict::Drop(r)
                 }
             };
+        }
+        if reassembled {
+            return Verdict::Drop(DropReason::ReasmNotIpsec);
         }
         // Clear traffic from the protected side.
         if pkt.hop_limit <= 1 {
@@ -73,7 +111,7 @@ impl<P: Port> Worker<P> {
                     if !decrement_hop_limit(f, false) || !f.adj(ethernet::HEADER_LEN) {
                         return Verdict::Drop(DropReason::MalformedIp);
                     }
-                    return forward(f, &self.lan_link, false, Verdict::ToLan);
+                    return self.forward(f, Side::Lan, false);
                 }
             }
         }
@@ -113,7 +151,7 @@ impl<P: Port> Worker<P> {
                     return Verdict::Drop(DropReason::MalformedIp);
                 }
                 self.counters.count(Traffic::Bypassed, 1);
-                forward(f, &self.lan_link, pkt.ipv6, Verdict::ToLan)
+                self.forward(f, Side::Lan, pkt.ipv6)
             }
             Some(Action::Protect(_)) => Verdict::Drop(DropReason::ClearButProtected),
             Some(Action::Discard) => Verdict::Drop(DropReason::PolicyDiscard),
@@ -157,13 +195,14 @@ impl<P: Port> Worker<P> {
         &mut self,
         f: &mut P::Frame,
         esp_at: usize,
+        encap: Encap,
         outer_ecn: u8,
         now: u64,
     ) -> Result<Verdict, (DropReason, Spi)> {
         if !f.adj(esp_at) {
             return Ok(Verdict::Drop(DropReason::EspTruncated));
         }
-        let opened = match tunnel::decapsulate(&mut self.sad, f) {
+        let opened = match tunnel::decapsulate(&mut self.sad, f, encap) {
             Ok(o) => o,
             Err(r) => {
                 let spi = esp::Packet::new_checked(f.data()).map_or(Spi(0), |p| Spi(p.spi()));
@@ -225,6 +264,6 @@ impl<P: Port> Worker<P> {
         self.counters.count(Traffic::Decrypted, 1);
         self.counters
             .count(Traffic::DecryptedBytes, opened.inner_len as u64);
-        forward(f, &self.lan_link, inner.ipv6, Verdict::ToLan)
+        self.forward(f, Side::Lan, inner.ipv6)
     }
 }

@@ -18,7 +18,8 @@
 //! | `warm` | reading a burst's SA state ahead when the SAD is large |
 //! | `neighbors` | ARP requests and neighbour solicitations for our own addresses, answered in place |
 //! | `outbound` | LAN -> host binding or SPD -> ESP seal, or bypass (+ masquerade) -> WAN; ICMP too-big |
-//! | `inbound` | WAN -> ESP open -> selector and ECN checks -> LAN; clear traffic and masquerade in |
+//! | `inbound` | WAN -> ESP open (in the SA's own encapsulation) -> selector and ECN checks -> LAN; clear traffic and masquerade in |
+//! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
 //! | `reports` | events for the control plane: lifetimes, failures (rate-limited) |
 //! | `sa_state` | an SA's state leaving the worker: sequence checkpoints (packets, time), the warning before the limit, reservations, exports on request |
@@ -41,12 +42,14 @@ use crate::ids::{SaId, Spi};
 use crate::msg::{Datagram, Direction, Envelope, Reply};
 use crate::nat::{Masquerade, NatDrop};
 use crate::port::{Frame, Port};
+use crate::reasm::{ReasmConfig, Reassembler};
 use crate::sad::Sad;
 use crate::spd::Spd;
 use crate::stats::{CoreCounters, DropReason, SaCounters, Traffic};
 
 mod commands;
 mod emit;
+mod fragments;
 mod hosts;
 mod ike_io;
 mod inbound;
@@ -54,18 +57,21 @@ mod neighbors;
 mod outbound;
 mod parse;
 mod reports;
+mod resolve;
 mod sa_state;
 #[cfg(test)]
 mod tests;
 mod warm;
 
 use hosts::HostMap;
+pub use resolve::{NeighborSetup, Routes, MEMO_NS};
 
 /// Static facts of one link (from the config).
 #[derive(Clone, Copy, Debug)]
 pub struct Link {
     pub mac: [u8; 6],
-    /// Next hop's MAC (static neighbour; ARP/ND come with the real ports).
+    /// The configured next hop's MAC (`neighbor_mac`): every frame toward this link goes to it,
+    /// unless the worker resolves this link's neighbours ([`Worker::set_neighbors`]).
     pub neighbor: [u8; 6],
     pub addr4: Option<Ipv4Addr>,
     pub addr6: Option<Ipv6Addr>,
@@ -130,6 +136,15 @@ pub struct Worker<P: Port> {
     hosts: HostMap,
     /// Further WAN addresses answered for (a roaming client's old one, for a moment).
     wan_also: Vec<IpAddr>,
+    /// Outer fragments for us are reassembled here (None: `outer_fragment` drops).
+    reasm: Option<Box<Reassembler>>,
+    /// The reassembler's fragment count when its counters were last published.
+    reasm_published: u64,
+    /// Neighbour resolution of the LAN and WAN links (indexed by [`Side`]); None: the link's
+    /// configured `neighbor` MAC.
+    resolvers: [Option<Box<resolve::LinkNeighbors<P::Frame>>>; 2],
+    /// Gratuitous ARPs and unsolicited advertisements sent.
+    announced: u64,
     /// Where each SA sits in `sa_counters`.
     sa_index: std::collections::HashMap<(bool, u32), usize>,
     /// The clock of the current turn (ns, the caller's).
@@ -176,6 +191,9 @@ pub enum Idle {
 enum Verdict {
     ToLan,
     ToWan,
+    /// Toward this side once the next hop's MAC is known (the neighbour cache has it or keeps
+    /// the frame until it does).
+    Resolve(Side, IpAddr),
     Drop(DropReason),
 }
 
@@ -203,6 +221,10 @@ impl<P: Port> Worker<P> {
             vip_nat: None,
             hosts: HostMap::default(),
             wan_also: Vec::new(),
+            reasm: None,
+            reasm_published: 0,
+            resolvers: [None, None],
+            announced: 0,
             sa_index: std::collections::HashMap::new(),
             now: 0,
             unknown_spi_total: 0,
@@ -226,6 +248,19 @@ impl<P: Port> Worker<P> {
             counters: self.counters.clone(),
             sa_counters: self.sa_counters.clone(),
         }
+    }
+
+    /// Reassembles outer fragments of ESP and IKE sent to us, within these limits (None: drops
+    /// them as `outer_fragment`).
+    pub fn set_reassembly(
+        &mut self,
+        cfg: Option<ReasmConfig>,
+    ) -> Result<(), crate::reasm::ConfigError> {
+        self.reasm = match cfg {
+            Some(c) => Some(Box::new(Reassembler::new(c)?)),
+            None => None,
+        };
+        Ok(())
     }
 
     pub fn sad(&self) -> &Sad {
@@ -293,6 +328,8 @@ impl<P: Port> Worker<P> {
         if let Some(nat) = self.nat.as_mut() {
             nat.expire(now, 64);
         }
+        self.reasm_housekeeping(now);
+        self.neighbor_housekeeping(now);
         if now >= self.timed.next {
             self.timed_checkpoints(now);
         }
@@ -327,6 +364,7 @@ impl<P: Port> Worker<P> {
             match verdict {
                 Verdict::ToWan => self.wan_txq.push_back(f),
                 Verdict::ToLan => self.lan_txq.push_back(f),
+                Verdict::Resolve(side, hop) => self.resolve_and_send(side, hop, f),
                 Verdict::Drop(r) => self.counters.record_drop(r),
             }
         }
@@ -334,6 +372,22 @@ impl<P: Port> Worker<P> {
         self.counters.count(Traffic::RxPackets, n as u64);
         self.counters.count(Traffic::RxBytes, bytes);
         n
+    }
+}
+
+impl<P: Port> Worker<P> {
+    /// Forwards the IP packet in `f` toward `side`: its Ethernet header, to the configured or
+    /// resolved next hop.
+    #[inline]
+    fn forward(&mut self, f: &mut P::Frame, side: Side, ipv6: bool) -> Verdict {
+        match self.address(f, side, ipv6) {
+            resolve::Handoff::Send => match side {
+                Side::Lan => Verdict::ToLan,
+                Side::Wan => Verdict::ToWan,
+            },
+            resolve::Handoff::Resolve(hop) => Verdict::Resolve(side, hop),
+            resolve::Handoff::Drop(r) => Verdict::Drop(r),
+        }
     }
 }
 

@@ -1,5 +1,7 @@
-//! ARP requests and IPv6 neighbour solicitations for the gateway's own addresses, answered in
-//! place on the side they came from (`crate::neighbor` builds the answer).
+//! ARP and IPv6 neighbour discovery arriving on either side: what they say about their sender
+//! goes to that side's neighbour cache (where the link resolves, `resolve`), and requests and
+//! solicitations for the gateway's own addresses are answered in place on the side they came
+//! from (`crate::neighbor` builds the answer). Never answers for an address that is not ours.
 
 use core::net::IpAddr;
 
@@ -12,15 +14,20 @@ use crate::wire::{ethernet, icmpv6, ipv6, EtherType, IpProtocol};
 /// bytes of ICMPv6 (RFC 4861 4.4). A solicitation may be shorter than the answer.
 const NA_FRAME_LEN: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + 32;
 
-/// An IPv6 neighbour solicitation: ICMPv6 type 135 right after a bare IPv6 header (one behind
-/// extension headers is not looked for: it goes the way of other IPv6 traffic).
+/// An IPv6 neighbour solicitation (Some(true)) or advertisement (Some(false)): ICMPv6 type 135
+/// or 136 right after a bare IPv6 header (one behind extension headers is not looked for: it
+/// goes the way of other IPv6 traffic).
 #[inline]
-fn is_solicitation(ip: &[u8]) -> bool {
-    ipv6::Packet::new_checked(ip).is_ok_and(|p| {
-        p.next_header() == IpProtocol::Icmpv6
-            && icmpv6::Packet::new_unchecked(p.payload()).msg_type()
-                == icmpv6::Message::NeighborSolicit
-    })
+fn nd_kind(ip: &[u8]) -> Option<bool> {
+    let p = ipv6::Packet::new_checked(ip).ok()?;
+    if p.next_header() != IpProtocol::Icmpv6 {
+        return None;
+    }
+    match icmpv6::Packet::new_unchecked(p.payload()).msg_type() {
+        icmpv6::Message::NeighborSolicit => Some(true),
+        icmpv6::Message::NeighborAdvert => Some(false),
+        _ => None,
+    }
 }
 
 impl<P: Port> Worker<P> {
@@ -30,8 +37,20 @@ impl<P: Port> Worker<P> {
     pub(super) fn neighbor(&mut self, f: &mut P::Frame, side: Side) -> Option<Verdict> {
         let eth = ethernet::Frame::new_checked(f.data()).ok()?;
         let is_ns = match eth.ethertype() {
-            EtherType::Arp => false,
-            EtherType::Ipv6 if is_solicitation(eth.payload()) => true,
+            EtherType::Arp => {
+                self.learn(f.data(), side, true);
+                false
+            }
+            EtherType::Ipv6 => match nd_kind(eth.payload())? {
+                true => {
+                    self.learn(f.data(), side, false);
+                    true
+                }
+                false => {
+                    self.learn(f.data(), side, false);
+                    return Some(Verdict::Drop(DropReason::NeighborIgnored));
+                }
+            },
             _ => return None,
         };
         let link = match side {

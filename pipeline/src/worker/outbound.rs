@@ -6,7 +6,7 @@
 
 use core::net::IpAddr;
 
-use super::emit::{decrement_hop_limit, forward, push_eth};
+use super::emit::decrement_hop_limit;
 use super::parse::{parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
 use crate::esp::tunnel::{self, InnerMeta, NH_IPV4, NH_IPV6};
@@ -69,7 +69,7 @@ impl<P: Port> Worker<P> {
                     }
                 }
                 self.counters.count(Traffic::Bypassed, 1);
-                forward(f, &self.wan_link, pkt.ipv6, Verdict::ToWan)
+                self.forward(f, Side::Wan, pkt.ipv6)
             }
             Action::Protect(id) => self.protect(f, &pkt, id, now, false),
         }
@@ -130,7 +130,7 @@ impl<P: Port> Worker<P> {
         if crossing.is_some() || seq_due {
             self.report_outbound(id, crossing, now);
         }
-        forward(f, &self.wan_link, outer_v6, Verdict::ToWan)
+        self.forward(f, Side::Wan, outer_v6)
     }
 
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" back to the sender on the LAN.
@@ -157,9 +157,8 @@ impl<P: Port> Worker<P> {
             return;
         };
         out.truncate(n);
-        if push_eth(&mut out, &self.lan_link, ipv6) {
+        if self.send_originated(Side::Lan, out, ipv6) {
             self.counters.count(Traffic::IcmpSent, 1);
-            self.lan_txq.push_back(out);
         }
     }
 }

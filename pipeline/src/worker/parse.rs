@@ -52,6 +52,15 @@ pub(super) fn parse_ip(frame: &[u8]) -> Result<IpInfo, DropReason> {
     }
 }
 
+/// Parses a bare IP packet (no Ethernet header) of either family.
+pub(super) fn parse_l3(ip: &[u8]) -> Result<IpInfo, DropReason> {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) => parse_ipv4(ip),
+        Some(6) => parse_ipv6(ip),
+        _ => Err(DropReason::MalformedIp),
+    }
+}
+
 #[inline(always)]
 pub(super) fn parse_inner(ip: &[u8], next_header: u8) -> Result<IpInfo, DropReason> {
     let version = ip.first().map(|b| b >> 4);

@@ -191,6 +191,10 @@ fn updates() -> Vec<UpdateEnvelope> {
         Update::ExportSa {
             sa: SaRef::Outbound(SaId(1)),
         },
+        Update::Announce {
+            wan: true,
+            addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+        },
     ];
     ups.into_iter()
         .enumerate()

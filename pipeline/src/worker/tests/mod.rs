@@ -19,6 +19,8 @@ mod client;
 mod commands;
 mod ike_io;
 mod inbound;
+mod l3;
+mod neighbors;
 mod outbound;
 mod reports;
 mod sa_state;
