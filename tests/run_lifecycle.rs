@@ -278,6 +278,8 @@ fn run_children_die_with_it_and_nothing_is_left_behind() {
         let (ok, text) = view(&[sub, "--gateway", NAME]);
         assert!(ok && text.contains(NAME), "roamgate {sub}:\n{text}");
     }
+    let (ok, text) = view(&["status", "--gateway", "../etc/x"]);
+    assert!(!ok && text.contains("not a path"), "{text}");
     let (ok, text) = view(&["status", "--json", "--gateway", NAME]);
     assert!(
         ok && text.contains("\"ike_sas\""),

@@ -208,11 +208,16 @@ impl ViewArgs {
             bail!("no default view directory (not root and no XDG_RUNTIME_DIR): give --socket");
         };
         if let Some(name) = &self.gateway {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                bail!("--gateway {name:?}: a gateway.name, not a path");
+            }
             return Ok(dir.join(format!("{name}.sock")));
         }
+        // Only sockets somebody answers on: what a killed gateway left is not a choice.
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .map(|r| {
                 r.filter_map(|e| e.ok())
+                    .filter(|e| UnixStream::connect(e.path()).is_ok())
                     .filter_map(|e| e.file_name().into_string().ok())
                     .filter_map(|n| n.strip_suffix(".sock").map(str::to_owned))
                     .collect()
