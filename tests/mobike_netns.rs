@@ -56,7 +56,15 @@ fn sh(ns: &str, cmd: &str) {
 fn client_sas(client: Impl, sock: &Path, charon: Option<&Charon>) -> (String, Vec<String>) {
     match client {
         Impl::Roamgate => {
-            let v = ike_view(sock);
+            // `run`/`client` serve the control plane's view at SOCK.ike; a single process
+            // answers on its own socket.
+            let mut ike = sock.as_os_str().to_owned();
+            ike.push(".ike");
+            let v = if Path::new(&ike).exists() {
+                ike_view(sock)
+            } else {
+                roamgate_tests::strongswan::ask(sock, "ike")
+            };
             let sa = &v["ike_sas"][0];
             let children = sa["children"]
                 .as_array()
@@ -86,7 +94,8 @@ fn client_sas(client: Impl, sock: &Path, charon: Option<&Charon>) -> (String, Ve
     }
 }
 
-fn run_case(client: Impl, gateway: Impl, dir: &Path) -> Outcome {
+/// One roam; `single`: the roamgate client runs as one process (`client --single-process`).
+fn run_case(client: Impl, gateway: Impl, single: bool, dir: &Path) -> Outcome {
     let lab = ScriptLab::up(
         "mob-up",
         "mob-down",
@@ -94,6 +103,7 @@ fn run_case(client: Impl, gateway: Impl, dir: &Path) -> Outcome {
             "rgm{}{}",
             std::process::id() % 10_000,
             match (client, gateway) {
+                (Impl::Roamgate, Impl::Roamgate) if single => "e",
                 (Impl::Roamgate, Impl::Roamgate) => "a",
                 (Impl::StrongSwan, Impl::Roamgate) => "b",
                 (Impl::Roamgate, Impl::StrongSwan) => "c",
@@ -101,7 +111,11 @@ fn run_case(client: Impl, gateway: Impl, dir: &Path) -> Outcome {
             }
         ),
     );
-    let name = format!("{client:?}-{gateway:?}").to_lowercase();
+    let name = format!(
+        "{client:?}{}-{gateway:?}",
+        if single { "-single" } else { "" }
+    )
+    .to_lowercase();
     let dir = dir.join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     let (cl, gw) = (lab.ns("cl"), lab.ns("gw"));
@@ -132,6 +146,7 @@ fn run_case(client: Impl, gateway: Impl, dir: &Path) -> Outcome {
     // The client, and where its stream starts from.
     let mut cl_charon = None;
     let mut cl_proc = None;
+    let shm = dir.join("cl.shm");
     let sender_ns = match client {
         Impl::Roamgate => {
             cl_proc = Some(DataplaneProcess::start_sub(
@@ -141,7 +156,11 @@ fn run_case(client: Impl, gateway: Impl, dir: &Path) -> Outcome {
                 &root().join("configs/mobike-client.yaml"),
                 &dir,
                 "cl",
-                &["--shm", dir.join("cl.shm").to_str().unwrap()],
+                &if single {
+                    vec!["--single-process"]
+                } else {
+                    vec!["--shm", shm.to_str().unwrap()]
+                },
             ));
             lab.ns("home")
         }
@@ -246,15 +265,17 @@ fn a_client_changes_address_mid_stream() {
     }
     let dir = scratch("mobike_netns");
     let mut table = Vec::new();
-    for (c, g) in [
-        (Impl::Roamgate, Impl::Roamgate),
-        (Impl::StrongSwan, Impl::Roamgate),
-        (Impl::Roamgate, Impl::StrongSwan),
-        (Impl::StrongSwan, Impl::StrongSwan),
+    for (c, g, single) in [
+        (Impl::Roamgate, Impl::Roamgate, false),
+        (Impl::Roamgate, Impl::Roamgate, true),
+        (Impl::StrongSwan, Impl::Roamgate, false),
+        (Impl::Roamgate, Impl::StrongSwan, false),
+        (Impl::StrongSwan, Impl::StrongSwan, false),
     ] {
-        let o = run_case(c, g, &dir);
+        let o = run_case(c, g, single, &dir);
         println!(
-            "MOBIKE roam, make-before-break, {PPS} pkt/s: client {c:?} -> gateway {g:?}: lost {} of {}, longest gap {:.1} ms, same IKE SA {}, same CHILD_SA SPIs {}",
+            "MOBIKE roam, make-before-break, {PPS} pkt/s: client {c:?}{} -> gateway {g:?}: lost {} of {}, longest gap {:.1} ms, same IKE SA {}, same CHILD_SA SPIs {}",
+            if single { " (one process)" } else { "" },
             o.sent.saturating_sub(o.received),
             o.sent,
             o.longest_gap_ms,

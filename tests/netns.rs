@@ -269,7 +269,8 @@ impl DataplaneProcess {
         let last = out.lines().last().unwrap_or_default();
         let v = serde_json::from_str(last)
             .unwrap_or_else(|e| panic!("{what}'s last line is not JSON ({e}):\n{out}"));
-        (v, out)
+        // What it said on either stream (status and log lines go to stderr).
+        (v, out + "\n" + &err)
     }
 }
 

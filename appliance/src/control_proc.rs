@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use control::config;
 use control::core::ControlCore;
-use control::driver::{inproc::os_seed, Clock, Driver, Instant as CoreInstant};
+use control::driver::{inproc::os_seed, Clock, Driver};
 use control::repo::SaRepository;
 use pipeline::shm::ControlChannel;
 use proto::{Direction, Update};
@@ -33,6 +33,7 @@ use proto::{Direction, Update};
 use crate::config::{Checked, DataplaneFile};
 use crate::control_link::ShmControlLink;
 use crate::seq_state::SeqKeeper;
+use crate::wan_follow::WanFollower;
 
 #[derive(clap::Args)]
 pub struct ControlArgs {
@@ -61,72 +62,6 @@ pub struct ControlArgs {
 impl ControlArgs {
     pub fn allow_core_dumps(&self) -> bool {
         self.allow_core_dumps
-    }
-}
-
-/// The WAN addresses the kernel has on the device and the one IKE uses: a new address is
-/// taken at once (make-before-break: the old one still works while the peer is told); when
-/// the one in use goes, the newest remaining one is taken.
-struct WanFollower {
-    watch: crate::addr_watch::AddrWatch,
-    kernel: Vec<std::net::IpAddr>,
-    current: std::net::IpAddr,
-}
-
-impl WanFollower {
-    fn turn(&mut self, now: CoreInstant, ctl: &mut ControlCore) -> bool {
-        use crate::addr_watch::AddrChange;
-        let changes = self.watch.poll();
-        if changes.is_empty() {
-            return false;
-        }
-        let family = self.current.is_ipv4();
-        let mut want = None;
-        for c in changes {
-            match c {
-                AddrChange::Added(a) if a.is_ipv4() == family => {
-                    if !self.kernel.contains(&a) {
-                        self.kernel.push(a);
-                    }
-                    if a != self.current {
-                        want = Some(a);
-                    }
-                }
-                AddrChange::Removed(a) => {
-                    self.kernel.retain(|k| *k != a);
-                    if a == self.current {
-                        want = self
-                            .kernel
-                            .iter()
-                            .rev()
-                            .find(|k| k.is_ipv4() == family)
-                            .copied();
-                    }
-                }
-                _ => {}
-            }
-        }
-        // The data plane answers ARP/ND for what the kernel has, and the address in use.
-        let first = want.unwrap_or(self.current);
-        let mut addrs = vec![first];
-        addrs.extend(self.kernel.iter().filter(|k| **k != first).copied());
-        ctl.push_update(Update::SetWanAddresses { addrs });
-        if let Some(a) = want {
-            // The other addresses the kernel still has are announced (RFC 4555 3.3).
-            let others = self
-                .kernel
-                .iter()
-                .filter(|k| **k != a && k.is_ipv4() == family)
-                .copied()
-                .collect();
-            let n = ctl.roam(now, a, others);
-            println!(
-                "control: WAN address {} -> {a}: {n} IKE SA(s) moving (MOBIKE)",
-                self.current
-            );
-            self.current = a;
-        }
-        true
     }
 }
 
@@ -194,14 +129,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
                 args.config.display()
             );
         };
-        let watch = crate::addr_watch::AddrWatch::new(dev)
-            .with_context(|| format!("watching the addresses of WAN device {dev}"))?;
+        let f = WanFollower::new(dev, gw.wan.address)?;
         println!("control: following the kernel's addresses on {dev} (MOBIKE)");
-        Some(WanFollower {
-            watch,
-            kernel: Vec::new(),
-            current: gw.wan.address,
-        })
+        Some(f)
     } else {
         None
     };
@@ -249,8 +179,19 @@ pub fn run(args: ControlArgs) -> Result<()> {
             break;
         }
         let mut work = false;
-        if let Some(f) = follower.as_mut() {
-            work |= f.turn(now(), driver.core_mut());
+        if let Some(change) = follower.as_mut().and_then(WanFollower::poll) {
+            let core = driver.core_mut();
+            core.push_update(Update::SetWanAddresses {
+                addrs: change.addrs,
+            });
+            if let Some(r) = change.roam {
+                let n = core.roam(now(), r.to, r.others);
+                println!(
+                    "control: WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
+                    r.from, r.to
+                );
+            }
+            work = true;
         }
         work |= driver.turn(now(), &mut link)?;
         if let Some(err) = link.fatal.take() {

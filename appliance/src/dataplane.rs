@@ -79,6 +79,11 @@ pub struct DataplaneArgs {
     /// processes of this user may read its memory. For debugging only (core_dumps.rs).
     #[arg(long)]
     allow_core_dumps: bool,
+    /// A client run in one process (`client --single-process`): the in-process control loop
+    /// follows the kernel's addresses on the WAN device (MOBIKE), as `control --follow-wan`
+    /// does in its own process.
+    #[arg(skip)]
+    follow_wan: bool,
 }
 
 impl DataplaneArgs {
@@ -138,6 +143,11 @@ impl DataplaneArgs {
             v.push(crate::core_dumps::ALLOW_FLAG.into());
         }
         v
+    }
+
+    /// Makes the in-process control loop follow the WAN device's addresses.
+    pub fn follow_wan(&mut self) {
+        self.follow_wan = true;
     }
 
     /// Checks the files the data plane will write (the stats file) before anything starts.
@@ -492,6 +502,7 @@ fn serve<P: Port + 'static>(
     // IKE: worker 0 punts what arrives on UDP 500/4500 and sends what the control loop queues.
     let mut ike_rings = None;
     let mut ike = None;
+    let mut follower = None;
     let mut shm_rings = None;
     if args.shm.is_some() {
         // The control plane is another process: worker 0's IKE rings lead to the channel.
@@ -516,6 +527,16 @@ fn serve<P: Port + 'static>(
         c.set_admission(file.ike.admission(&args.config, "ike")?);
         c.initiate();
         ike = Some(c);
+        if args.follow_wan {
+            let Some(dev) = gw.wan.device.as_deref() else {
+                bail!(
+                    "{}: gateway.wan.device: following the WAN addresses needs the device's name",
+                    args.config.display()
+                );
+            };
+            follower = Some(crate::wan_follow::WanFollower::new(dev, gw.wan.address)?);
+            eprintln!("control: following the kernel's addresses on {dev} (MOBIKE)");
+        }
     }
     for (i, (lan, wan)) in opened.pairs.into_iter().enumerate() {
         let (punt, transmit) = match ike_rings.take() {
@@ -636,6 +657,18 @@ fn serve<P: Port + 'static>(
             let mut links: Vec<&mut WorkerLink> = running.iter_mut().map(|r| &mut r.link).collect();
             match (ike.as_mut(), attached.as_mut()) {
                 (Some(c), _) => {
+                    if let Some(change) = follower.as_mut().and_then(|f| f.poll()) {
+                        c.push_update(proto::Update::SetWanAddresses {
+                            addrs: change.addrs,
+                        });
+                        if let Some(r) = change.roam {
+                            let n = c.roam_with(r.to, r.others);
+                            eprintln!(
+                                "control: WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
+                                r.from, r.to
+                            );
+                        }
+                    }
                     let busy = c.turn(&mut links)?;
                     // The static SAs' checkpoints, which the IKE loop keeps aside.
                     for e in c.take_seq_reports() {

@@ -31,6 +31,7 @@ mod shm_link;
 mod soak;
 mod supervise;
 mod views;
+mod wan_follow;
 
 #[derive(Parser)]
 #[command(

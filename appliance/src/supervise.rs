@@ -235,7 +235,11 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
         if args.dataplane.shm().is_some() {
             anyhow::bail!("--single-process has no shared-memory channel: drop --shm");
         }
-        return crate::dataplane::run(args.dataplane, true);
+        let mut dp = args.dataplane;
+        if client {
+            dp.follow_wan();
+        }
+        return crate::dataplane::run(dp, true);
     }
     let mut args = args;
     args.dataplane.use_default_socket(&file.gateway.name);
