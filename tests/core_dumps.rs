@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use roamgate_tests::netns::root_or_skip;
+use roamgate_tests::netns::{root_or_skip, GatewayNamespace};
 use roamgate_tests::{root, scratch};
 
 const NS: &str = "rgcore-gw";
@@ -230,43 +230,12 @@ fn control_is_not_dumpable_unless_allowed() {
     }
 }
 
-/// One namespace with the two veths every shipped config names (`lan`, `wan`).
-struct Namespace;
-
-impl Namespace {
-    fn up() -> Namespace {
-        let _ = Command::new("ip")
-            .args(["netns", "del", NS])
-            .stderr(Stdio::null())
-            .status();
-        let sh = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().unwrap();
-            assert!(st.success(), "ip {args:?}");
-        };
-        sh(&["netns", "add", NS]);
-        for (dev, peer) in [("lan", "lanp"), ("wan", "wanp")] {
-            sh(&[
-                "-n", NS, "link", "add", dev, "type", "veth", "peer", "name", peer,
-            ]);
-            sh(&["-n", NS, "link", "set", dev, "up"]);
-            sh(&["-n", NS, "link", "set", peer, "up"]);
-        }
-        Namespace
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", NS]).status();
-    }
-}
-
 #[test]
 fn dataplane_run_and_client_with_their_children_are_not_dumpable_unless_allowed() {
     if !root_or_skip("core_dumps") {
         return;
     }
-    let _ns = Namespace::up();
+    let _ns = GatewayNamespace::up(NS);
     for allow in [false, true] {
         // The data plane alone, with the static SAs of its file.
         let dir = workdir("core_dataplane", "netns-a.yaml", "gw-a");

@@ -343,3 +343,42 @@ impl Capture {
             .collect()
     }
 }
+
+/// One namespace holding the two veths every shipped gateway config names (`lan`, `wan`;
+/// their peers `lanp`, `wanp` stay unused), for tests that start a gateway and need nothing
+/// behind it. A leftover of that name is removed first; dropping it removes the namespace.
+pub struct GatewayNamespace {
+    name: String,
+}
+
+impl GatewayNamespace {
+    pub fn up(name: &str) -> GatewayNamespace {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        let sh = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        sh(&["netns", "add", name]);
+        for (dev, peer) in [("lan", "lanp"), ("wan", "wanp")] {
+            sh(&[
+                "-n", name, "link", "add", dev, "type", "veth", "peer", "name", peer,
+            ]);
+            sh(&["-n", name, "link", "set", dev, "up"]);
+            sh(&["-n", name, "link", "set", peer, "up"]);
+        }
+        GatewayNamespace {
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for GatewayNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

@@ -9,42 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use roamgate_tests::netns::root_or_skip;
+use roamgate_tests::netns::{root_or_skip, GatewayNamespace};
 use roamgate_tests::{root, scratch};
 
 const NS: &str = "rglife-gw";
 const NAME: &str = "lifecycle";
-
-/// One namespace with the gateway's two veths (`lan`, `wan`; their peers stay unused).
-struct Namespace;
-
-impl Namespace {
-    fn up() -> Namespace {
-        let _ = Command::new("ip")
-            .args(["netns", "del", NS])
-            .stderr(Stdio::null())
-            .status();
-        let sh = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().unwrap();
-            assert!(st.success(), "ip {args:?}");
-        };
-        sh(&["netns", "add", NS]);
-        for (dev, peer) in [("lan", "lanp"), ("wan", "wanp")] {
-            sh(&[
-                "-n", NS, "link", "add", dev, "type", "veth", "peer", "name", peer,
-            ]);
-            sh(&["-n", NS, "link", "set", dev, "up"]);
-            sh(&["-n", NS, "link", "set", peer, "up"]);
-        }
-        Namespace
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", NS]).status();
-    }
-}
 
 /// A `roamgate run` in the namespace with its stderr collected.
 struct Run {
@@ -194,7 +163,7 @@ fn run_children_die_with_it_and_nothing_is_left_behind() {
     )
     .unwrap();
     let socket = dir.join("view.sock");
-    let _ns = Namespace::up();
+    let _ns = GatewayNamespace::up(NS);
 
     // kill -9 of the supervisor: its children go with it.
     let mut first = Run::start(&config, &socket);
