@@ -69,7 +69,9 @@ impl Supervised {
         // Own process group: a Ctrl-C at the terminal reaches only the supervisor, which
         // stops the children in order.
         let mut cmd = Command::new(exe);
-        cmd.args(&self.args).process_group(0);
+        cmd.args(&self.args)
+            .envs(crate::logs::child_env())
+            .process_group(0);
         die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
