@@ -93,8 +93,8 @@ pub fn run(args: ControlArgs) -> Result<()> {
                 old.region().identity().creator_pid
             ),
             _ => {
-                println!(
-                    "control: replacing the stale channel {}",
+                tracing::info!(target: "control",
+                    "replacing the stale channel {}",
                     args.shm.display()
                 );
                 std::fs::remove_file(&args.shm)
@@ -105,7 +105,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let ch = ControlChannel::create(&args.shm, workers)
         .with_context(|| format!("creating {}", args.shm.display()))?;
     let mut link = ShmControlLink::new(&ch, workers, keeper, plan.sas.clone())?;
-    println!(
+    tracing::info!(target: "control",
         "roamgate control {}: {} connection(s), channel {} for {workers} worker(s)",
         gw.name,
         conns.len(),
@@ -130,7 +130,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             );
         };
         let f = WanFollower::new(dev, gw.wan.address)?;
-        println!("control: following the kernel's addresses on {dev} (MOBIKE)");
+        tracing::info!(target: "control", "following the kernel's addresses on {dev} (MOBIKE)");
         Some(f)
     } else {
         None
@@ -186,8 +186,8 @@ pub fn run(args: ControlArgs) -> Result<()> {
             });
             if let Some(r) = change.roam {
                 let n = core.roam(now(), r.to, r.others);
-                println!(
-                    "control: WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
+                tracing::info!(target: "control",
+                    "WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
                     r.from, r.to
                 );
             }
@@ -205,7 +205,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     if let Some(v) = views {
         let _ = v.join();
     }
-    println!("control: stopped");
+    tracing::info!(target: "control", "stopped");
     drop(ch);
     Ok(())
 }

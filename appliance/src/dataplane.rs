@@ -185,8 +185,10 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
     let mut file: DataplaneFile = config::load(&args.config)?;
     if !with_ike && !file.ike.connections.is_empty() {
         match &args.shm {
-            Some(p) => eprintln!("dataplane: SAs and policy come from the control plane at {}", p.display()),
-            None => eprintln!(
+            Some(p) => {
+                tracing::info!(target: "dataplane", "SAs and policy come from the control plane at {}", p.display())
+            }
+            None => tracing::warn!(target: "dataplane",
                 "{}: the ike section is left to `roamgate run` / `roamgate control`; the data plane alone uses the static SAs",
                 args.config.display()
             ),
@@ -212,8 +214,8 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
             file.dataplane.workers
         );
     }
-    eprintln!(
-        "roamgate dataplane: {}",
+    tracing::info!(target: "dataplane",
+        "{}",
         pipeline::crypto::describe_backend(
             backend,
             file.dataplane.crypto_backend != control::config::BackendChoice::Auto
@@ -476,7 +478,7 @@ fn serve<P: Port + 'static>(
     let gw = &file.gateway;
     let lan_link: Link = gw.lan.link_with_mac(opened.lan_mac);
     let wan_link: Link = gw.wan.link_with_mac(opened.wan_mac);
-    eprintln!(
+    tracing::info!(target: "dataplane",
         "roamgate dataplane {}: {} worker(s) on {}, crypto backend {backend}",
         gw.name,
         opened.pairs.len(),
@@ -535,7 +537,7 @@ fn serve<P: Port + 'static>(
                 );
             };
             follower = Some(crate::wan_follow::WanFollower::new(dev, gw.wan.address)?);
-            eprintln!("control: following the kernel's addresses on {dev} (MOBIKE)");
+            tracing::info!(target: "control", "following the kernel's addresses on {dev} (MOBIKE)");
         }
     }
     for (i, (lan, wan)) in opened.pairs.into_iter().enumerate() {
@@ -663,8 +665,8 @@ fn serve<P: Port + 'static>(
                         });
                         if let Some(r) = change.roam {
                             let n = c.roam_with(r.to, r.others);
-                            eprintln!(
-                                "control: WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
+                            tracing::info!(target: "control",
+                                "WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
                                 r.from, r.to
                             );
                         }
@@ -702,7 +704,7 @@ fn serve<P: Port + 'static>(
                 if matches!(e, Event::SeqCheckpoint { .. }) {
                     reserve_on(&mut keeper, &e, &mut [&mut r.link], backend)?;
                 } else {
-                    eprintln!("dataplane: {e:?}");
+                    tracing::info!(target: "dataplane", "{e:?}");
                 }
             }
         }
@@ -738,7 +740,7 @@ fn serve<P: Port + 'static>(
                 .nonzero_drops()
                 .map(|(r, n)| format!("{}={n}", r.name()))
                 .collect();
-            eprintln!(
+            tracing::info!(target: "dataplane",
                 "[{:>5}s] rx {:.0}/s sealed {:.0}/s opened {:.0}/s drops: {}",
                 start.elapsed().as_secs(),
                 per_sec(d.traffic(Traffic::RxPackets), dt),
@@ -946,8 +948,8 @@ impl StatsFileHealth {
         match r {
             Ok(()) if self.failing => {
                 self.failing = false;
-                eprintln!(
-                    "dataplane: the stats file is written again (after {} failed writes)",
+                tracing::info!(target: "dataplane",
+                    "the stats file is written again (after {} failed writes)",
                     self.failures
                 );
             }
@@ -956,7 +958,7 @@ impl StatsFileHealth {
                 self.failures += 1;
                 if !self.failing {
                     self.failing = true;
-                    eprintln!("dataplane: {e:#}; forwarding goes on");
+                    tracing::warn!(target: "dataplane", "{e:#}; forwarding goes on");
                 }
             }
         }

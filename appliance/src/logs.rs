@@ -1,7 +1,12 @@
 //! Logs: the process's `tracing` subscriber. Diagnostics are `tracing` events with a level and
-//! a target naming the part that speaks (`ike`, `control`, `dataplane`, `port`, `supervise`,
-//! `seq_state`, `metrics`, `lab`, `perf`, `ha`); they go to stderr, one line each with a UTC
-//! timestamp, human-readable by default or as JSON objects with `--log-format json`.
+//! a target naming the part that speaks: `ike` (IKE SAs and CHILD_SAs up, rekeyed, moved,
+//! down), `control` (the control process, its channel, the WAN follower), `dataplane` (ports,
+//! workers, the shared-memory link, the data plane's reports), `run` (the supervisor of
+//! `run`/`client`), `seq_state` (the static SAs' sequence state file), `metrics`, `lab`.
+//! They go to stderr, one line each with a UTC timestamp, human-readable by default or as
+//! JSON objects with `--log-format json`. What a one-shot command answers (`sa`, `stats`,
+//! `status`, the lab's live lines and summary, perf reports, the data plane's final
+//! counters) stays on stdout, as plain output.
 //!
 //! Which events are written: `--log-level FILTER`, else the `RUST_LOG` environment variable,
 //! else `info` (`warn` for `roamgate perf`, whose progress bar and report are the output).
@@ -68,7 +73,11 @@ fn resolve(args: &LogArgs, default_level: &str) -> Result<(String, LogFormat)> {
     let filter = args
         .log_level
         .clone()
-        .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("RUST_LOG")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        })
         .unwrap_or_else(|| default_level.to_owned());
     let format = match args.log_format {
         Some(f) => f,

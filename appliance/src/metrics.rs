@@ -314,7 +314,7 @@ pub fn serve(
     listener.set_nonblocking(true)?;
     // Port 0 asks for any free port: say which one it got.
     let bound = listener.local_addr()?;
-    eprintln!("metrics: http://{bound}/metrics");
+    tracing::info!(target: "metrics", "http://{bound}/metrics");
     let mut registry = Registry::default();
     registry.register_collector(Box::new(sources));
     Ok(std::thread::Builder::new()

@@ -334,7 +334,7 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
 
     if let Some(p) = &args.wireshark_keys {
         gateways::write_keys(p, &plan_a, &plan_b)?;
-        eprintln!(
+        tracing::warn!(target: "lab",
             "WARNING: {} holds the SA keys of this lab run so that Wireshark/tshark can decrypt \
              the capture. Lab only: never export keys from a real deployment.",
             p.display()

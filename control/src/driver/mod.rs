@@ -5,7 +5,8 @@
 //!
 //! Each [`Driver::turn`]: the link moves what it has, its inputs go to the core (punted
 //! datagrams, reports, workers that restarted empty), the core's timers run, and its outputs
-//! are drained in order: updates to their workers, log lines printed, the view published,
+//! are drained in order: updates to their workers, log lines written as `tracing` events
+//! (target `ike`, `dataplane` or `control`), the view published,
 //! datagrams held until every update queued before them is past [`Link::released`] on its
 //! worker, then handed to the link.
 //!
@@ -181,13 +182,7 @@ impl Driver {
                     }
                 }
                 Output::Transmit(d) => self.held.push_back((d, self.sent.clone())),
-                Output::Log { line, error } => {
-                    if error {
-                        eprintln!("{line}");
-                    } else if self.print {
-                        println!("{line}");
-                    }
-                }
+                Output::Log { line, error } => log_line(&line, error, self.print),
                 Output::View(json) => {
                     if let Ok(mut v) = self.view.lock() {
                         v.json = json;
@@ -217,5 +212,25 @@ impl Driver {
             work = true;
         }
         work
+    }
+}
+
+/// One line of the core as a log event: its prefix (`ike: `, `dataplane: `) names the target;
+/// errors are warnings, the rest info (debug when the driver was told to stay quiet).
+fn log_line(line: &str, error: bool, print: bool) {
+    let (target, msg) = match line.split_once(": ") {
+        Some((t @ ("ike" | "dataplane"), rest)) => (t, rest),
+        _ => ("control", line),
+    };
+    match (target, error, print) {
+        ("ike", true, _) => tracing::warn!(target: "ike", "{msg}"),
+        ("ike", false, true) => tracing::info!(target: "ike", "{msg}"),
+        ("ike", false, false) => tracing::debug!(target: "ike", "{msg}"),
+        ("dataplane", true, _) => tracing::warn!(target: "dataplane", "{msg}"),
+        ("dataplane", false, true) => tracing::info!(target: "dataplane", "{msg}"),
+        ("dataplane", false, false) => tracing::debug!(target: "dataplane", "{msg}"),
+        (_, true, _) => tracing::warn!(target: "control", "{msg}"),
+        (_, false, true) => tracing::info!(target: "control", "{msg}"),
+        (_, false, false) => tracing::debug!(target: "control", "{msg}"),
     }
 }
