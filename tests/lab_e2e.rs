@@ -359,3 +359,105 @@ fn lab_serves_prometheus_metrics_of_both_gateways() {
         );
     }
 }
+
+/// Every form in which a secret could show up in a line: hex either case, every 8-byte window
+/// of it in hex, and the byte list `Debug` prints for a `Vec<u8>`.
+fn secret_forms(bytes: &[u8]) -> Vec<String> {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut forms = vec![hex.clone(), hex.to_uppercase()];
+    for w in bytes.windows(8) {
+        let h: String = w.iter().map(|b| format!("{b:02x}")).collect();
+        forms.push(h.to_uppercase());
+        forms.push(h);
+        let list: Vec<String> = w.iter().map(u8::to_string).collect();
+        forms.push(format!("[{}", list.join(", ")));
+        forms.push(list.join(", "));
+    }
+    forms
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Nothing secret at any log level, in either format: the lab negotiates its tunnels and three
+/// road warriors' with IKE and rekeys them every second, logging at trace level; no line of
+/// its output (stderr and stdout) holds the run's PSK or any SA key its `--wireshark-keys`
+/// export lists (every negotiated SA, as installed), in any of the forms above.
+#[test]
+fn no_log_line_at_any_level_holds_the_psk_or_a_key() {
+    for format in ["human", "json"] {
+        let dir = scratch(&format!("log-secrets-{format}"));
+        let keys = dir.join("esp_sa");
+        let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+            .args(["--log-level", "trace", "--log-format", format])
+            .args(["lab", "--ike", "--rekey-secs", "1", "--duration", "3"])
+            .args(["--rate-pps", "5000", "--wireshark-keys"])
+            .arg(&keys)
+            .output()
+            .expect("roamgate runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let export = std::fs::read_to_string(&keys).expect("the key export");
+
+        let psk = export
+            .lines()
+            .next()
+            .and_then(|l| l.split("the IKE PSK of this run is ").nth(1))
+            .expect("the PSK line")
+            .trim()
+            .to_owned();
+        // The PSK is used as its text; its hex digits are also read as bytes, in case
+        // something decoded it.
+        let mut secrets: Vec<(String, Vec<u8>)> = vec![
+            ("PSK".into(), psk.as_bytes().to_vec()),
+            ("PSK decoded".into(), unhex(&psk)),
+        ];
+        for line in export.lines().skip(1) {
+            let fields: Vec<&str> = line.split(',').map(|f| f.trim_matches('"')).collect();
+            let (spi, key) = (fields[3], fields[5].trim_start_matches("0x"));
+            secrets.push((format!("key of SPI {spi}"), unhex(key)));
+        }
+        // Two tunnels and three clients, both directions' outbound SAs, rekeyed: many keys.
+        assert!(secrets.len() > 2 + 10, "{export}");
+        for (what, bytes) in &secrets {
+            assert!(bytes.len() >= 20, "{what}: {bytes:?}");
+            for form in secret_forms(bytes) {
+                for (stream, text) in [("stderr", &stderr), ("stdout", &stdout)] {
+                    if let Some(l) = text.lines().find(|l| l.contains(&form)) {
+                        panic!("{what} ({form}) in a line of {stream}: {l}");
+                    }
+                }
+            }
+        }
+        // The keys were read whole: each one's hex is back in the export as written.
+        for (what, bytes) in secrets.iter().skip(2) {
+            let hex = &secret_forms(bytes)[0];
+            assert!(export.contains(hex.as_str()), "{what}: {hex}");
+        }
+
+        // Every level had something to say, and the format is the one asked for.
+        for level in ["TRACE", "DEBUG", "INFO"] {
+            assert!(stderr.contains(level), "no {level} line:\n{stderr}");
+        }
+        let log_lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+        if format == "json" {
+            for l in &log_lines {
+                let v: serde_json::Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                assert!(v["timestamp"].is_string() && v["target"].is_string(), "{l}");
+            }
+        } else {
+            // A UTC timestamp, then the level and the target.
+            assert!(
+                log_lines
+                    .iter()
+                    .any(|l| l.contains("Z  INFO ike: CHILD_SA ") && l.starts_with("20")),
+                "{stderr}"
+            );
+        }
+    }
+}
