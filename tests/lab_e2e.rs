@@ -360,6 +360,135 @@ fn lab_serves_prometheus_metrics_of_both_gateways() {
     }
 }
 
+/// One value of a parsed scrape: the sample of `metric` whose labels include all of `want`.
+fn sample(parsed: &prometheus_parse::Scrape, metric: &str, want: &[(&str, &str)]) -> Option<f64> {
+    parsed
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && want.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+/// `lab --ike --metrics`: once the lab says both tunnels and the three road warriors are up,
+/// a scrape parsed by an independent reader counts exactly those handshakes at each site
+/// (site A initiated the two tunnels; site B answered them and the clients), none failed,
+/// as many IKE SAs established (rekeys replace, never add), none half-open; CHILD_SA rekeys
+/// (every second) and client-0's MOBIKE roam are counted at site B.
+#[test]
+fn lab_ike_metrics_count_the_handshakes_the_lab_reports() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+        .args(["lab", "--ike", "--duration", "6", "--rekey-secs", "1"])
+        .args(["--roam-secs", "1", "--rate-pps", "5000"])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roamgate runs");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() && stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        addr = line
+            .trim()
+            .split_once("metrics: http://")
+            .and_then(|(_, r)| r.strip_suffix("/metrics"))
+            .map(str::to_owned);
+        line.clear();
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let addr = addr.expect("the lab says where its metrics are");
+    let stdout = Arc::new(Mutex::new(String::new()));
+    {
+        let stdout = stdout.clone();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut l = String::new();
+            while out.read_line(&mut l).unwrap_or(0) > 0 {
+                stdout.lock().unwrap().push_str(&l);
+                l.clear();
+            }
+        });
+    }
+    // What the lab itself reports: the tunnels negotiated, then a live line with the clients.
+    let t = std::time::Instant::now();
+    let (tunnels, clients) = loop {
+        let text = stdout.lock().unwrap().clone();
+        let tunnels = text.contains("both tunnels negotiated").then_some(2.0);
+        let clients = text
+            .lines()
+            .filter_map(|l| {
+                l.split("clients: ")
+                    .nth(1)?
+                    .split('/')
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .next_back();
+        if let (Some(t), Some(c)) = (tunnels, clients.filter(|c| *c == 3.0)) {
+            break (t, c);
+        }
+        assert!(t.elapsed().as_secs() < 5, "the lab never said so:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Past the view's rebuild pause, and past a rekey and a roam.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut c = std::net::TcpStream::connect(&addr).expect("connect");
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the metrics parse");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", stdout.lock().unwrap());
+
+    for (gw, handshakes) in [("site-a", tunnels), ("site-b", tunnels + clients)] {
+        let g = [("gateway", gw)];
+        let v = |m: &str| sample(&parsed, m, &g).unwrap_or_else(|| panic!("{gw} {m}:\n{body}"));
+        assert_eq!(
+            v("roamgate_ike_handshakes_completed_total"),
+            handshakes,
+            "{gw}"
+        );
+        assert_eq!(
+            v("roamgate_ike_handshakes_started_total"),
+            handshakes,
+            "{gw}"
+        );
+        assert_eq!(v("roamgate_ike_handshakes_failed_total"), 0.0, "{gw}");
+        assert_eq!(v("roamgate_ike_half_open"), 0.0, "{gw}");
+        let established = [("gateway", gw), ("state", "established")];
+        assert_eq!(
+            sample(&parsed, "roamgate_ike_sas", &established),
+            Some(handshakes),
+            "{gw}"
+        );
+    }
+    let b = |m: &str, l: &[(&str, &str)]| {
+        let mut want = vec![("gateway", "site-b")];
+        want.extend_from_slice(l);
+        sample(&parsed, m, &want).unwrap_or(0.0)
+    };
+    assert!(
+        b(
+            "roamgate_ike_rekeys_total",
+            &[("kind", "child"), ("initiator", "us")]
+        ) >= 1.0
+    );
+    assert!(b("roamgate_ike_mobike_updates_total", &[]) >= 1.0, "{body}");
+}
+
 /// Every form in which a secret could show up in a line: hex either case, every 8-byte window
 /// of it in hex, and the byte list `Debug` prints for a `Vec<u8>`.
 fn secret_forms(bytes: &[u8]) -> Vec<String> {

@@ -57,6 +57,10 @@ pub struct ControlArgs {
     /// Leave the process dumpable (see `roamgate dataplane --allow-core-dumps`).
     #[arg(long)]
     allow_core_dumps: bool,
+    /// Serve the IKE endpoint's counters in the Prometheus text format at
+    /// http://ADDR/metrics (port 0: any free port, printed).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl ControlArgs {
@@ -160,6 +164,23 @@ pub fn run(args: ControlArgs) -> Result<()> {
         }
         None => None,
     };
+    let metrics = match args.metrics {
+        Some(addr) => Some(crate::metrics::serve(
+            addr,
+            crate::metrics::Sources {
+                gateways: vec![crate::metrics::GatewaySource {
+                    name: gw.name.clone(),
+                    handles: Vec::new(),
+                    ports: None,
+                    punt: None,
+                    ike: Some(crate::metrics::IkeSource::InProcess(driver.view.clone())),
+                }],
+                started: Instant::now(),
+            },
+            stop_views.clone(),
+        )?),
+        None => None,
+    };
     let clock = Clock::start();
     let now = || clock.now();
     driver.core_mut().initiate(now());
@@ -204,6 +225,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
     stop_views.store(true, Ordering::Relaxed);
     if let Some(v) = views {
         let _ = v.join();
+    }
+    if let Some(m) = metrics {
+        let _ = m.join();
     }
     tracing::info!(target: "control", "stopped");
     drop(ch);

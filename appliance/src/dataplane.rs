@@ -599,6 +599,7 @@ fn serve<P: Port + 'static>(
                     handles: handles.clone(),
                     ports: Some(opened.port_stats.clone()),
                     punt: punt_drops.clone(),
+                    ike: ike_metrics(&args, ike.as_ref()),
                 }],
                 started: Instant::now(),
             },
@@ -988,4 +989,19 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot write stats file {}", path.display()))?;
     Ok(())
+}
+
+/// Where `--metrics` reads the IKE counters: this process's control plane, or under `run` the
+/// control process's view socket next to ours (none without a socket or without IKE).
+fn ike_metrics(
+    args: &DataplaneArgs,
+    ike: Option<&control::driver::inproc::InProcControl>,
+) -> Option<crate::metrics::IkeSource> {
+    match (ike, &args.shm, &args.socket) {
+        (Some(c), _, _) => Some(crate::metrics::IkeSource::InProcess(c.view.clone())),
+        (None, Some(_), Some(s)) => Some(crate::metrics::IkeSource::Socket(PathBuf::from(
+            format!("{}.ike", s.display()),
+        ))),
+        _ => None,
+    }
 }

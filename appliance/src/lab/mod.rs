@@ -254,6 +254,10 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
                         handles: vec![g.handle.clone()],
                         ports: None,
                         punt: None,
+                        ike: g
+                            .ike
+                            .as_ref()
+                            .map(|c| crate::metrics::IkeSource::InProcess(c.view.clone())),
                     })
                     .collect(),
                 started: Instant::now(),
