@@ -593,6 +593,120 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
+    /// The IKE families of a control plane's view, as an independent reader sees them: every
+    /// value from its place in the view, the counters typed as counters.
+    #[test]
+    fn the_ike_view_becomes_ike_families() {
+        let view = serde_json::json!({
+            "ike_sas": [],
+            "ike_sa_states": {"init": 1, "auth": 2, "established": 7, "deleting": 0},
+            "half_open": 1,
+            "child_rekeys_by_us": 3, "child_rekeys_by_peer": 4,
+            "ike_rekeys_by_us": 5, "ike_rekeys_by_peer": 6,
+            "mobike_moves": 8,
+            "ike_drops": {"integrity": 9, "bad_message_id": 10},
+            "ike_messages": {
+                "integrity": 9, "bad_message_id": 10, "answers_limited": 11,
+                "cookies_sent": 12, "cookies_valid": 13, "cookies_invalid": 14,
+                "handshakes_started": 20, "handshakes_completed": 15, "handshakes_failed": 2,
+            },
+        });
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Sources {
+            gateways: vec![GatewaySource {
+                name: "gw".into(),
+                handles: Vec::new(),
+                ports: None,
+                punt: None,
+                ike: Some(IkeSource::InProcess(Arc::new(Mutex::new(
+                    control::driver::IkeView {
+                        json: view.to_string(),
+                    },
+                )))),
+            }],
+            started: Instant::now(),
+        }));
+        let text = render(&registry);
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("parses");
+        let get = |m: &str, labels: &[(&str, &str)]| -> f64 {
+            scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == m
+                        && s.labels.get("gateway") == Some("gw")
+                        && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+                .unwrap_or_else(|| panic!("{m} {labels:?}:\n{text}"))
+        };
+        assert_eq!(get("roamgate_ike_sas", &[("state", "established")]), 7.0);
+        assert_eq!(get("roamgate_ike_sas", &[("state", "auth")]), 2.0);
+        assert_eq!(get("roamgate_ike_half_open", &[]), 1.0);
+        assert_eq!(get("roamgate_ike_handshakes_started_total", &[]), 20.0);
+        assert_eq!(get("roamgate_ike_handshakes_completed_total", &[]), 15.0);
+        assert_eq!(get("roamgate_ike_handshakes_failed_total", &[]), 2.0);
+        let rekeys = |kind, by| {
+            get(
+                "roamgate_ike_rekeys_total",
+                &[("kind", kind), ("initiator", by)],
+            )
+        };
+        assert_eq!(
+            [
+                rekeys("child", "us"),
+                rekeys("child", "peer"),
+                rekeys("ike", "us"),
+                rekeys("ike", "peer")
+            ],
+            [3.0, 4.0, 5.0, 6.0]
+        );
+        assert_eq!(get("roamgate_ike_mobike_updates_total", &[]), 8.0);
+        assert_eq!(
+            get("roamgate_ike_drops_total", &[("reason", "integrity")]),
+            9.0
+        );
+        assert_eq!(
+            get("roamgate_ike_drops_total", &[("reason", "bad_message_id")]),
+            10.0
+        );
+        assert_eq!(get("roamgate_ike_answers_limited_total", &[]), 11.0);
+        assert_eq!(get("roamgate_ike_cookies_sent_total", &[]), 12.0);
+        assert_eq!(
+            get(
+                "roamgate_ike_cookies_received_total",
+                &[("result", "valid")]
+            ),
+            13.0
+        );
+        assert_eq!(
+            get(
+                "roamgate_ike_cookies_received_total",
+                &[("result", "invalid")]
+            ),
+            14.0
+        );
+        for counter in [
+            "handshakes_started",
+            "rekeys",
+            "drops",
+            "cookies_sent",
+            "mobike_updates",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE roamgate_ike_{counter} counter")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("# TYPE roamgate_ike_sas gauge"), "{text}");
+    }
+
     #[test]
     fn traffic_counters_split_into_packets_and_bytes() {
         assert_eq!(traffic_series("rx_bytes"), ("bytes", "rx"));
