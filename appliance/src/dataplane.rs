@@ -599,7 +599,7 @@ fn serve<P: Port + 'static>(
                     handles: handles.clone(),
                     ports: Some(opened.port_stats.clone()),
                     punt: punt_drops.clone(),
-                    ike: ike_metrics(&args, ike.as_ref()),
+                    ike: ike_metrics(args, ike.as_ref()),
                 }],
                 started: Instant::now(),
             },
