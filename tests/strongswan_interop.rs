@@ -357,11 +357,12 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
     let ctl = start_control("control-2");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(pings(&lab, 2), 2);
-    let (_, out, _) = dp.stop("TERM", Duration::from_secs(10));
+    // What they said is in their logs (stderr).
+    let (_, _, log) = dp.stop("TERM", Duration::from_secs(10));
     assert!(
-        out.contains("again, keeping our SAs"),
-        "the data plane re-attached:\n{out}"
+        log.contains("again, keeping our SAs"),
+        "the data plane re-attached:\n{log}"
     );
-    let (_, out, _) = ctl.stop("TERM", Duration::from_secs(10));
-    assert!(out.contains("re-attached with its SAs"), "{out}");
+    let (_, _, log) = ctl.stop("TERM", Duration::from_secs(10));
+    assert!(log.contains("re-attached with its SAs"), "{log}");
 }
