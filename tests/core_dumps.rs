@@ -127,7 +127,7 @@ impl Proc {
     fn child_pid(&self, name: &str) -> u32 {
         let text = self.text();
         text.lines()
-            .filter_map(|l| l.strip_prefix(&format!("run: started {name} (pid ")))
+            .filter_map(|l| Some(l.split_once(&format!("run: started {name} (pid "))?.1))
             .filter_map(|r| r.trim_end_matches(')').parse().ok())
             .next_back()
             .unwrap_or_else(|| panic!("no pid of {name}:\n{text}"))

@@ -28,6 +28,8 @@ use roamgate_tests::strongswan::{
 use roamgate_tests::{root, scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// Where `roamgate control --metrics` serves (inside the gateway's namespace).
+const METRICS: &str = "127.0.0.1:9464";
 const FLOOD: u32 = 50_000;
 const RATE: u32 = 10_000;
 /// The lab's MACs (netns-lab.sh rw-up): the gateway's WAN and the client's eth0.
@@ -245,6 +247,8 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
             sock.to_str().unwrap(),
             "--seq-state",
             dir.join("gw.seq-state").to_str().unwrap(),
+            "--metrics",
+            METRICS,
         ],
         "control",
     );
@@ -307,6 +311,8 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = rss_kib(ctl_pid);
     let view = ask(&sock, "ike");
+    let url = format!("http://{METRICS}/metrics");
+    let scraped = roamgate_tests::netns::in_ns(&lab.ns("gw"), &["curl", "-sf", &url]);
     let _ = capture.finish();
     let cookies = cookies_in(&pcap);
 
@@ -350,6 +356,40 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
     assert!(
         during < calm * 10 + Duration::from_millis(500),
         "connect during the flood {during:?} vs {calm:?} calm"
+    );
+    // `control --metrics`, parsed by an independent reader, says what the view says: the
+    // cookies demanded, the three handshakes the client made (the spoofed requests never
+    // complete one), the half-open IKE SAs.
+    assert!(scraped.status.success(), "curl {url}: {scraped:?}");
+    let text = String::from_utf8_lossy(&scraped.stdout).into_owned();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the metrics parse");
+    let metric = |name: &str| -> u64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("gateway") == Some("gw"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v as u64,
+                _ => u64::MAX,
+            })
+            .unwrap_or_else(|| panic!("no {name}:\n{text}"))
+    };
+    assert_eq!(
+        Some(metric("roamgate_ike_cookies_sent_total")),
+        m["cookies_sent"].as_u64()
+    );
+    assert!(metric("roamgate_ike_cookies_sent_total") >= cookies as u64);
+    assert_eq!(metric("roamgate_ike_handshakes_completed_total"), 3, "{m}");
+    assert_eq!(
+        Some(metric("roamgate_ike_handshakes_completed_total")),
+        m["handshakes_completed"].as_u64()
+    );
+    assert_eq!(
+        Some(metric("roamgate_ike_half_open")),
+        view["half_open"].as_u64()
     );
     drop(charon);
 }

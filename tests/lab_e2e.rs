@@ -204,11 +204,15 @@ fn lab_negotiates_with_ike_and_rekeys_under_traffic_without_loss() {
         ])
         .output()
         .expect("run roamgate lab --ike");
-    let text = String::from_utf8_lossy(&out.stdout);
+    // The lab's own lines on stdout, the IKE events as log lines on stderr.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         out.status.success(),
-        "roamgate lab --ike failed (it exits non-zero on any loss):\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "roamgate lab --ike failed (it exits non-zero on any loss):\n{text}"
     );
     assert!(text.contains("both tunnels negotiated"), "{text}");
     let ups = text.matches("rekeyed by us").count();
@@ -222,7 +226,7 @@ fn lab_negotiates_with_ike_and_rekeys_under_traffic_without_loss() {
     // redundant) SA went down. (The clients themselves log quietly.)
     let all_ups = text
         .lines()
-        .filter(|l| l.starts_with("ike: CHILD_SA ") && l.contains(" up: "))
+        .filter(|l| l.contains(" ike: CHILD_SA ") && l.contains(" up: "))
         .count();
     assert_eq!(
         all_ups - downs,
@@ -308,8 +312,8 @@ fn lab_serves_prometheus_metrics_of_both_gateways() {
     while addr.is_none() && stderr.read_line(&mut line).unwrap_or(0) > 0 {
         addr = line
             .trim()
-            .strip_prefix("metrics: http://")
-            .and_then(|r| r.strip_suffix("/metrics"))
+            .split_once("metrics: http://")
+            .and_then(|(_, r)| r.strip_suffix("/metrics"))
             .map(str::to_owned);
         line.clear();
     }
@@ -353,5 +357,236 @@ fn lab_serves_prometheus_metrics_of_both_gateways() {
             second[i] > first[i] && first[i] > 0.0,
             "gateway {i}: {first:?} then {second:?}"
         );
+    }
+}
+
+/// One value of a parsed scrape: the sample of `metric` whose labels include all of `want`.
+fn sample(parsed: &prometheus_parse::Scrape, metric: &str, want: &[(&str, &str)]) -> Option<f64> {
+    parsed
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && want.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+/// `lab --ike --metrics`: once the lab says both tunnels and the three road warriors are up,
+/// a scrape parsed by an independent reader counts exactly those handshakes at each site
+/// (site A initiated the two tunnels; site B answered them and the clients), none failed,
+/// as many IKE SAs established (rekeys replace, never add), none half-open; CHILD_SA rekeys
+/// (every second) and client-0's MOBIKE roam are counted at site B.
+#[test]
+fn lab_ike_metrics_count_the_handshakes_the_lab_reports() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+        .args(["lab", "--ike", "--duration", "6", "--rekey-secs", "1"])
+        .args(["--roam-secs", "1", "--rate-pps", "5000"])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roamgate runs");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() && stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        addr = line
+            .trim()
+            .split_once("metrics: http://")
+            .and_then(|(_, r)| r.strip_suffix("/metrics"))
+            .map(str::to_owned);
+        line.clear();
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let addr = addr.expect("the lab says where its metrics are");
+    let stdout = Arc::new(Mutex::new(String::new()));
+    {
+        let stdout = stdout.clone();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut l = String::new();
+            while out.read_line(&mut l).unwrap_or(0) > 0 {
+                stdout.lock().unwrap().push_str(&l);
+                l.clear();
+            }
+        });
+    }
+    // What the lab itself reports: the tunnels negotiated, then a live line with the clients.
+    let t = std::time::Instant::now();
+    let (tunnels, clients) = loop {
+        let text = stdout.lock().unwrap().clone();
+        let tunnels = text.contains("both tunnels negotiated").then_some(2.0);
+        let clients = text
+            .lines()
+            .filter_map(|l| {
+                l.split("clients: ")
+                    .nth(1)?
+                    .split('/')
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .next_back();
+        if let (Some(t), Some(c)) = (tunnels, clients.filter(|c| *c == 3.0)) {
+            break (t, c);
+        }
+        assert!(t.elapsed().as_secs() < 5, "the lab never said so:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Past the view's rebuild pause, and past a rekey and a roam.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut c = std::net::TcpStream::connect(&addr).expect("connect");
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let (_, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the metrics parse");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", stdout.lock().unwrap());
+
+    for (gw, handshakes) in [("site-a", tunnels), ("site-b", tunnels + clients)] {
+        let g = [("gateway", gw)];
+        let v = |m: &str| sample(&parsed, m, &g).unwrap_or_else(|| panic!("{gw} {m}:\n{body}"));
+        assert_eq!(
+            v("roamgate_ike_handshakes_completed_total"),
+            handshakes,
+            "{gw}"
+        );
+        assert_eq!(
+            v("roamgate_ike_handshakes_started_total"),
+            handshakes,
+            "{gw}"
+        );
+        assert_eq!(v("roamgate_ike_handshakes_failed_total"), 0.0, "{gw}");
+        assert_eq!(v("roamgate_ike_half_open"), 0.0, "{gw}");
+        let established = [("gateway", gw), ("state", "established")];
+        assert_eq!(
+            sample(&parsed, "roamgate_ike_sas", &established),
+            Some(handshakes),
+            "{gw}"
+        );
+    }
+    let b = |m: &str, l: &[(&str, &str)]| {
+        let mut want = vec![("gateway", "site-b")];
+        want.extend_from_slice(l);
+        sample(&parsed, m, &want).unwrap_or(0.0)
+    };
+    assert!(
+        b(
+            "roamgate_ike_rekeys_total",
+            &[("kind", "child"), ("initiator", "us")]
+        ) >= 1.0
+    );
+    assert!(b("roamgate_ike_mobike_updates_total", &[]) >= 1.0, "{body}");
+}
+
+/// Every form in which a secret could show up in a line: hex either case, every 8-byte window
+/// of it in hex, and the byte list `Debug` prints for a `Vec<u8>`.
+fn secret_forms(bytes: &[u8]) -> Vec<String> {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut forms = vec![hex.clone(), hex.to_uppercase()];
+    for w in bytes.windows(8) {
+        let h: String = w.iter().map(|b| format!("{b:02x}")).collect();
+        forms.push(h.to_uppercase());
+        forms.push(h);
+        let list: Vec<String> = w.iter().map(u8::to_string).collect();
+        forms.push(format!("[{}", list.join(", ")));
+        forms.push(list.join(", "));
+    }
+    forms
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Nothing secret at any log level, in either format: the lab negotiates its tunnels and three
+/// road warriors' with IKE and rekeys them every second, logging at trace level; no line of
+/// its output (stderr and stdout) holds the run's PSK or any SA key its `--wireshark-keys`
+/// export lists (every negotiated SA, as installed), in any of the forms above.
+#[test]
+fn no_log_line_at_any_level_holds_the_psk_or_a_key() {
+    for format in ["human", "json"] {
+        let dir = scratch(&format!("log-secrets-{format}"));
+        let keys = dir.join("esp_sa");
+        let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+            .args(["--log-level", "trace", "--log-format", format])
+            .args(["lab", "--ike", "--rekey-secs", "1", "--duration", "3"])
+            .args(["--rate-pps", "5000", "--wireshark-keys"])
+            .arg(&keys)
+            .output()
+            .expect("roamgate runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let export = std::fs::read_to_string(&keys).expect("the key export");
+
+        let psk = export
+            .lines()
+            .next()
+            .and_then(|l| l.split("the IKE PSK of this run is ").nth(1))
+            .expect("the PSK line")
+            .trim()
+            .to_owned();
+        // The PSK is used as its text; its hex digits are also read as bytes, in case
+        // something decoded it.
+        let mut secrets: Vec<(String, Vec<u8>)> = vec![
+            ("PSK".into(), psk.as_bytes().to_vec()),
+            ("PSK decoded".into(), unhex(&psk)),
+        ];
+        for line in export.lines().skip(1) {
+            let fields: Vec<&str> = line.split(',').map(|f| f.trim_matches('"')).collect();
+            let (spi, key) = (fields[3], fields[5].trim_start_matches("0x"));
+            secrets.push((format!("key of SPI {spi}"), unhex(key)));
+        }
+        // Two tunnels and three clients, both directions' outbound SAs, rekeyed: many keys.
+        assert!(secrets.len() > 2 + 10, "{export}");
+        for (what, bytes) in &secrets {
+            assert!(bytes.len() >= 20, "{what}: {bytes:?}");
+            for form in secret_forms(bytes) {
+                for (stream, text) in [("stderr", &stderr), ("stdout", &stdout)] {
+                    if let Some(l) = text.lines().find(|l| l.contains(&form)) {
+                        panic!("{what} ({form}) in a line of {stream}: {l}");
+                    }
+                }
+            }
+        }
+        // The keys were read whole: each one's hex is back in the export as written.
+        for (what, bytes) in secrets.iter().skip(2) {
+            let hex = &secret_forms(bytes)[0];
+            assert!(export.contains(hex.as_str()), "{what}: {hex}");
+        }
+
+        // Every level had something to say, and the format is the one asked for.
+        for level in ["TRACE", "DEBUG", "INFO"] {
+            assert!(stderr.contains(level), "no {level} line:\n{stderr}");
+        }
+        let log_lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+        if format == "json" {
+            for l in &log_lines {
+                let v: serde_json::Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                assert!(v["timestamp"].is_string() && v["target"].is_string(), "{l}");
+            }
+        } else {
+            // A UTC timestamp, then the level and the target.
+            assert!(
+                log_lines
+                    .iter()
+                    .any(|l| l.contains("Z  INFO ike: CHILD_SA ") && l.starts_with("20")),
+                "{stderr}"
+            );
+        }
     }
 }

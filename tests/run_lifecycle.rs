@@ -62,7 +62,7 @@ impl Run {
         let text = self.text();
         let pid = |name: &str| {
             text.lines()
-                .filter_map(|l| l.strip_prefix(&format!("run: started {name} (pid ")))
+                .filter_map(|l| Some(l.split_once(&format!("run: started {name} (pid "))?.1))
                 .filter_map(|r| r.trim_end_matches(')').parse().ok())
                 .next_back()
         };

@@ -19,6 +19,36 @@ use roamgate_tests::strongswan::{
 use roamgate_tests::{root, scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// Where the gateway serves its metrics (inside its namespace).
+const METRICS: &str = "127.0.0.1:9464";
+
+/// `curl http://METRICS/metrics` in the gateway's namespace, parsed by prometheus-parse: a
+/// reader of one sample by name and labels (gateway "gw"), which must be there.
+fn ike_metrics(lab: &ScriptLab) -> impl Fn(&str, &[(&str, &str)]) -> f64 {
+    let url = format!("http://{METRICS}/metrics");
+    let out = roamgate_tests::netns::in_ns(&lab.ns("gw"), &["curl", "-sf", &url]);
+    assert!(out.status.success(), "curl {url}: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the metrics parse");
+    move |metric, labels| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == metric
+                    && s.labels.get("gateway") == Some("gw")
+                    && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {metric} {labels:?}:\n{text}"))
+    }
+}
 
 fn rw_lab(prefix: &str) -> ScriptLab {
     ScriptLab::up("rw-up", "rw-down", prefix)
@@ -52,7 +82,12 @@ fn strongswan_road_warrior_against_roamgate_run() {
         &cfg_path,
         &dir,
         "gw",
-        &["--shm", dir.join("control.shm").to_str().unwrap()],
+        &[
+            "--shm",
+            dir.join("control.shm").to_str().unwrap(),
+            "--metrics",
+            METRICS,
+        ],
     );
     // Every IPv4 frame on the client's link (the namespace's own multicast chatter, IGMP and
     // IPv6 neighbour discovery, is not tunnel traffic; a leak of inner IPv4 would show).
@@ -103,6 +138,29 @@ fn strongswan_road_warrior_against_roamgate_run() {
             "`roamgate {view}` shows the IKE drop:\n{text}"
         );
     }
+
+    // `run --metrics`: the data plane's endpoint shows the control process's IKE counters
+    // (read over its view socket at scrape time), parsed by an independent reader: the one
+    // handshake strongSwan made, the one IKE SA the view (`roamgate sa`) lists, the drop
+    // `roamgate stats` shows.
+    let v = ike_view(&gw.socket);
+    let listed = v["ike_sas"].as_array().map_or(0, Vec::len) as f64;
+    assert_eq!(listed, 1.0, "{v}");
+    let scrape = ike_metrics(&lab);
+    assert_eq!(
+        scrape("roamgate_ike_handshakes_completed_total", &[]),
+        listed
+    );
+    assert_eq!(scrape("roamgate_ike_handshakes_started_total", &[]), listed);
+    assert_eq!(scrape("roamgate_ike_handshakes_failed_total", &[]), 0.0);
+    assert_eq!(
+        scrape("roamgate_ike_sas", &[("state", "established")]),
+        listed
+    );
+    assert_eq!(
+        scrape("roamgate_ike_drops_total", &[("reason", "length_mismatch")]),
+        v["ike_drops"]["length_mismatch"].as_f64().unwrap_or(-1.0)
+    );
 
     // The client rekeys its CHILD_SA and the IKE SA.
     assert!(charon
@@ -299,11 +357,12 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
     let ctl = start_control("control-2");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(pings(&lab, 2), 2);
-    let (_, out, _) = dp.stop("TERM", Duration::from_secs(10));
+    // What they said is in their logs (stderr).
+    let (_, _, log) = dp.stop("TERM", Duration::from_secs(10));
     assert!(
-        out.contains("again, keeping our SAs"),
-        "the data plane re-attached:\n{out}"
+        log.contains("again, keeping our SAs"),
+        "the data plane re-attached:\n{log}"
     );
-    let (_, out, _) = ctl.stop("TERM", Duration::from_secs(10));
-    assert!(out.contains("re-attached with its SAs"), "{out}");
+    let (_, _, log) = ctl.stop("TERM", Duration::from_secs(10));
+    assert!(log.contains("re-attached with its SAs"), "{log}");
 }

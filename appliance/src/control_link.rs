@@ -96,8 +96,8 @@ impl ShmControlLink {
 
     /// Worker `w` is empty: what waited for it goes, the static SAs come first.
     fn fresh(&mut self, w: u16) {
-        println!(
-            "control: data plane worker {w} is fresh: inbound SAs and policy again, every CHILD_SA rekeyed"
+        tracing::info!(target: "control",
+            "data plane worker {w} is fresh: inbound SAs and policy again, every CHILD_SA rekeyed"
         );
         let last = self.generation;
         if let Some(e) = self.ends.get_mut(usize::from(w)) {
@@ -131,8 +131,8 @@ impl ShmControlLink {
                         break;
                     }
                     Err(err) => {
-                        eprintln!(
-                            "control: update {} for worker {w} cannot be sent: {err}",
+                        tracing::error!(target: "control",
+                            "update {} for worker {w} cannot be sent: {err}",
                             env.generation
                         );
                         e.written = env.generation;
@@ -158,11 +158,15 @@ impl Link for ShmControlLink {
                     Ack::Applied {
                         generation: HELLO_KEEP,
                         ..
-                    } => println!("control: data plane worker {w} re-attached with its SAs"),
+                    } => {
+                        tracing::info!(target: "control", "data plane worker {w} re-attached with its SAs")
+                    }
                     Ack::Applied { .. } => {}
                     Ack::Rejected {
                         generation: g, why, ..
-                    } => eprintln!("control: worker {w} rejected generation {g}: {why}"),
+                    } => {
+                        tracing::warn!(target: "control", "worker {w} rejected generation {g}: {why}")
+                    }
                 }
             }
         }
@@ -212,7 +216,7 @@ impl Link for ShmControlLink {
             Ok(()) => Ok(()),
             Err(SendError::Full) => Err(d),
             Err(e) => {
-                eprintln!("control: an IKE datagram cannot be sent: {e}");
+                tracing::error!(target: "control", "an IKE datagram cannot be sent: {e}");
                 Ok(())
             }
         }

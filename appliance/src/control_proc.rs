@@ -57,6 +57,10 @@ pub struct ControlArgs {
     /// Leave the process dumpable (see `roamgate dataplane --allow-core-dumps`).
     #[arg(long)]
     allow_core_dumps: bool,
+    /// Serve the IKE endpoint's counters in the Prometheus text format at
+    /// http://ADDR/metrics (port 0: any free port, printed).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl ControlArgs {
@@ -93,8 +97,8 @@ pub fn run(args: ControlArgs) -> Result<()> {
                 old.region().identity().creator_pid
             ),
             _ => {
-                println!(
-                    "control: replacing the stale channel {}",
+                tracing::info!(target: "control",
+                    "replacing the stale channel {}",
                     args.shm.display()
                 );
                 std::fs::remove_file(&args.shm)
@@ -105,7 +109,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let ch = ControlChannel::create(&args.shm, workers)
         .with_context(|| format!("creating {}", args.shm.display()))?;
     let mut link = ShmControlLink::new(&ch, workers, keeper, plan.sas.clone())?;
-    println!(
+    tracing::info!(target: "control",
         "roamgate control {}: {} connection(s), channel {} for {workers} worker(s)",
         gw.name,
         conns.len(),
@@ -130,7 +134,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             );
         };
         let f = WanFollower::new(dev, gw.wan.address)?;
-        println!("control: following the kernel's addresses on {dev} (MOBIKE)");
+        tracing::info!(target: "control", "following the kernel's addresses on {dev} (MOBIKE)");
         Some(f)
     } else {
         None
@@ -160,6 +164,23 @@ pub fn run(args: ControlArgs) -> Result<()> {
         }
         None => None,
     };
+    let metrics = match args.metrics {
+        Some(addr) => Some(crate::metrics::serve(
+            addr,
+            crate::metrics::Sources {
+                gateways: vec![crate::metrics::GatewaySource {
+                    name: gw.name.clone(),
+                    handles: Vec::new(),
+                    ports: None,
+                    punt: None,
+                    ike: Some(crate::metrics::IkeSource::InProcess(driver.view.clone())),
+                }],
+                started: Instant::now(),
+            },
+            stop_views.clone(),
+        )?),
+        None => None,
+    };
     let clock = Clock::start();
     let now = || clock.now();
     driver.core_mut().initiate(now());
@@ -186,8 +207,8 @@ pub fn run(args: ControlArgs) -> Result<()> {
             });
             if let Some(r) = change.roam {
                 let n = core.roam(now(), r.to, r.others);
-                println!(
-                    "control: WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
+                tracing::info!(target: "control",
+                    "WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
                     r.from, r.to
                 );
             }
@@ -205,7 +226,10 @@ pub fn run(args: ControlArgs) -> Result<()> {
     if let Some(v) = views {
         let _ = v.join();
     }
-    println!("control: stopped");
+    if let Some(m) = metrics {
+        let _ = m.join();
+    }
+    tracing::info!(target: "control", "stopped");
     drop(ch);
     Ok(())
 }

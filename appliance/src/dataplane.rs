@@ -185,8 +185,10 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
     let mut file: DataplaneFile = config::load(&args.config)?;
     if !with_ike && !file.ike.connections.is_empty() {
         match &args.shm {
-            Some(p) => eprintln!("dataplane: SAs and policy come from the control plane at {}", p.display()),
-            None => eprintln!(
+            Some(p) => {
+                tracing::info!(target: "dataplane", "SAs and policy come from the control plane at {}", p.display())
+            }
+            None => tracing::warn!(target: "dataplane",
                 "{}: the ike section is left to `roamgate run` / `roamgate control`; the data plane alone uses the static SAs",
                 args.config.display()
             ),
@@ -212,8 +214,8 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
             file.dataplane.workers
         );
     }
-    eprintln!(
-        "roamgate dataplane: {}",
+    tracing::info!(target: "dataplane",
+        "{}",
         pipeline::crypto::describe_backend(
             backend,
             file.dataplane.crypto_backend != control::config::BackendChoice::Auto
@@ -476,7 +478,7 @@ fn serve<P: Port + 'static>(
     let gw = &file.gateway;
     let lan_link: Link = gw.lan.link_with_mac(opened.lan_mac);
     let wan_link: Link = gw.wan.link_with_mac(opened.wan_mac);
-    eprintln!(
+    tracing::info!(target: "dataplane",
         "roamgate dataplane {}: {} worker(s) on {}, crypto backend {backend}",
         gw.name,
         opened.pairs.len(),
@@ -535,7 +537,7 @@ fn serve<P: Port + 'static>(
                 );
             };
             follower = Some(crate::wan_follow::WanFollower::new(dev, gw.wan.address)?);
-            eprintln!("control: following the kernel's addresses on {dev} (MOBIKE)");
+            tracing::info!(target: "control", "following the kernel's addresses on {dev} (MOBIKE)");
         }
     }
     for (i, (lan, wan)) in opened.pairs.into_iter().enumerate() {
@@ -597,6 +599,7 @@ fn serve<P: Port + 'static>(
                     handles: handles.clone(),
                     ports: Some(opened.port_stats.clone()),
                     punt: punt_drops.clone(),
+                    ike: ike_metrics(args, ike.as_ref()),
                 }],
                 started: Instant::now(),
             },
@@ -663,8 +666,8 @@ fn serve<P: Port + 'static>(
                         });
                         if let Some(r) = change.roam {
                             let n = c.roam_with(r.to, r.others);
-                            eprintln!(
-                                "control: WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
+                            tracing::info!(target: "control",
+                                "WAN address {} -> {}: {n} IKE SA(s) moving (MOBIKE)",
                                 r.from, r.to
                             );
                         }
@@ -702,7 +705,7 @@ fn serve<P: Port + 'static>(
                 if matches!(e, Event::SeqCheckpoint { .. }) {
                     reserve_on(&mut keeper, &e, &mut [&mut r.link], backend)?;
                 } else {
-                    eprintln!("dataplane: {e:?}");
+                    tracing::info!(target: "dataplane", "{e:?}");
                 }
             }
         }
@@ -738,7 +741,7 @@ fn serve<P: Port + 'static>(
                 .nonzero_drops()
                 .map(|(r, n)| format!("{}={n}", r.name()))
                 .collect();
-            eprintln!(
+            tracing::info!(target: "dataplane",
                 "[{:>5}s] rx {:.0}/s sealed {:.0}/s opened {:.0}/s drops: {}",
                 start.elapsed().as_secs(),
                 per_sec(d.traffic(Traffic::RxPackets), dt),
@@ -946,8 +949,8 @@ impl StatsFileHealth {
         match r {
             Ok(()) if self.failing => {
                 self.failing = false;
-                eprintln!(
-                    "dataplane: the stats file is written again (after {} failed writes)",
+                tracing::info!(target: "dataplane",
+                    "the stats file is written again (after {} failed writes)",
                     self.failures
                 );
             }
@@ -956,7 +959,7 @@ impl StatsFileHealth {
                 self.failures += 1;
                 if !self.failing {
                     self.failing = true;
-                    eprintln!("dataplane: {e:#}; forwarding goes on");
+                    tracing::warn!(target: "dataplane", "{e:#}; forwarding goes on");
                 }
             }
         }
@@ -986,4 +989,19 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot write stats file {}", path.display()))?;
     Ok(())
+}
+
+/// Where `--metrics` reads the IKE counters: this process's control plane, or under `run` the
+/// control process's view socket next to ours (none without a socket or without IKE).
+fn ike_metrics(
+    args: &DataplaneArgs,
+    ike: Option<&control::driver::inproc::InProcControl>,
+) -> Option<crate::metrics::IkeSource> {
+    match (ike, &args.shm, &args.socket) {
+        (Some(c), _, _) => Some(crate::metrics::IkeSource::InProcess(c.view.clone())),
+        (None, Some(_), Some(s)) => Some(crate::metrics::IkeSource::Socket(PathBuf::from(
+            format!("{}.ike", s.display()),
+        ))),
+        _ => None,
+    }
 }

@@ -23,6 +23,7 @@ mod dataplane;
 #[cfg_attr(not(test), allow(dead_code))]
 mod ha;
 mod lab;
+mod logs;
 mod metrics;
 mod perf_cmd;
 mod run_dir;
@@ -42,6 +43,8 @@ mod wan_follow;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    logs: logs::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +81,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `perf` draws a progress bar and writes a report: only warnings interrupt it by default.
+    let default_level = if matches!(cli.command, Command::Perf(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    if let Err(e) = logs::init(&cli.logs, default_level) {
+        eprintln!("roamgate: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
         // The processes that hold keys leave core dumps out before they read any.

@@ -13,8 +13,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -38,6 +39,31 @@ pub struct GatewaySource {
     pub ports: Option<crate::dataplane::PortStats>,
     /// Punted IKE the shared-memory link dropped (a data plane under a control process).
     pub punt: Option<Arc<crate::shm_link::PuntDrops>>,
+    /// Its IKE endpoint's counters, where it has one.
+    pub ike: Option<IkeSource>,
+}
+
+/// Where a gateway's IKE counters are read at scrape time: its control plane's view (the
+/// JSON `roamgate sa`/`stats` show, rebuilt by the control loop at most every 50 ms after a
+/// change), never the endpoint itself, so a scrape takes no lock the control loop waits on
+/// beyond the one it publishes the view under.
+pub enum IkeSource {
+    /// The control plane runs in this process (`control`, `--single-process`, `lab --ike`).
+    InProcess(Arc<Mutex<control::driver::IkeView>>),
+    /// The control process's view socket (`run`/`client`: the data plane's socket + `.ike`).
+    Socket(PathBuf),
+}
+
+impl IkeSource {
+    fn read(&self) -> Option<serde_json::Value> {
+        match self {
+            IkeSource::InProcess(v) => {
+                let json = v.lock().ok()?.json.clone();
+                serde_json::from_str(&json).ok()
+            }
+            IkeSource::Socket(p) => crate::views::ask(p, "ike").ok(),
+        }
+    }
 }
 
 /// What a scrape reads: every gateway of the process (one, or the lab's two), each series
@@ -93,7 +119,7 @@ impl Collector for Sources {
 
         let mut up = enc.encode_descriptor(
             "roamgate_uptime_seconds",
-            "Seconds since this data plane started",
+            "Seconds since this process started serving metrics",
             None,
             MetricType::Gauge,
         )?;
@@ -253,6 +279,15 @@ impl Collector for Sources {
             }
         }
 
+        let ike: Vec<(&str, serde_json::Value)> = self
+            .gateways
+            .iter()
+            .filter_map(|g| Some((g.name.as_str(), g.ike.as_ref()?.read()?)))
+            .collect();
+        if !ike.is_empty() {
+            encode_ike(&ike, &mut enc)?;
+        }
+
         // The port kinds' own counters, one family per field, both sides of every gateway in it.
         let ports: Vec<(&str, serde_json::Value)> = self
             .gateways
@@ -291,6 +326,130 @@ impl Collector for Sources {
     }
 }
 
+/// The IKE endpoints' families, from their views (`control::core::view::render`).
+fn encode_ike(
+    views: &[(&str, serde_json::Value)],
+    enc: &mut DescriptorEncoder,
+) -> std::result::Result<(), std::fmt::Error> {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let mut m = enc.encode_descriptor(
+        "roamgate_ike_sas",
+        "IKE SAs by state (init: IKE_SA_INIT done, auth: IKE_AUTH sent, established, deleting)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (gw, v) in views {
+        for state in ["init", "auth", "established", "deleting"] {
+            ConstGauge::new(n(&v["ike_sa_states"][state]) as i64)
+                .encode(m.encode_family(&[("gateway", *gw), ("state", state)])?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "roamgate_ike_half_open",
+        "Half-open IKE SAs (responder, IKE_SA_INIT answered, not yet authenticated)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (gw, v) in views {
+        ConstGauge::new(n(&v["half_open"]) as i64).encode(m.encode_family(&[("gateway", *gw)])?)?;
+    }
+    // Counters, one value per gateway, from the view's `ike_messages` or top level.
+    for (name, help, key, top) in [
+        (
+            "roamgate_ike_handshakes_started",
+            "IKE SAs created by a handshake (initiated, or an IKE_SA_INIT request admitted)",
+            "handshakes_started",
+            false,
+        ),
+        (
+            "roamgate_ike_handshakes_completed",
+            "Handshakes that established their IKE SA",
+            "handshakes_completed",
+            false,
+        ),
+        (
+            "roamgate_ike_handshakes_failed",
+            "IKE SAs gone before their handshake completed",
+            "handshakes_failed",
+            false,
+        ),
+        (
+            "roamgate_ike_cookies_sent",
+            "COOKIE answers sent: IKE_SA_INIT requests asked for a cookie (RFC 7296 2.6)",
+            "cookies_sent",
+            false,
+        ),
+        (
+            "roamgate_ike_answers_limited",
+            "Unprotected error answers the rate limit held back",
+            "answers_limited",
+            false,
+        ),
+        (
+            "roamgate_ike_mobike_updates",
+            "IKE SAs moved to new addresses by MOBIKE (ours and the peers')",
+            "mobike_moves",
+            true,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (gw, v) in views {
+            let value = if top {
+                &v[key]
+            } else {
+                &v["ike_messages"][key]
+            };
+            ConstCounter::new(n(value)).encode(m.encode_family(&[("gateway", *gw)])?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "roamgate_ike_cookies_received",
+        "IKE_SA_INIT requests carrying a COOKIE, by whether it checked",
+        None,
+        MetricType::Counter,
+    )?;
+    for (gw, v) in views {
+        for (result, key) in [("valid", "cookies_valid"), ("invalid", "cookies_invalid")] {
+            ConstCounter::new(n(&v["ike_messages"][key]))
+                .encode(m.encode_family(&[("gateway", *gw), ("result", result)])?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "roamgate_ike_rekeys",
+        "Rekeys completed, by what was rekeyed (child, ike) and who started it (us, peer)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (gw, v) in views {
+        for (kind, by, key) in [
+            ("child", "us", "child_rekeys_by_us"),
+            ("child", "peer", "child_rekeys_by_peer"),
+            ("ike", "us", "ike_rekeys_by_us"),
+            ("ike", "peer", "ike_rekeys_by_peer"),
+        ] {
+            ConstCounter::new(n(&v[key])).encode(m.encode_family(&[
+                ("gateway", *gw),
+                ("kind", kind),
+                ("initiator", by),
+            ])?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "roamgate_ike_drops",
+        "IKE messages dropped or answered with an error, by reason (malformed, unknown SPI, \
+         bad message id, integrity, unexpected ...); a reason appears with its first drop",
+        None,
+        MetricType::Counter,
+    )?;
+    for (gw, v) in views {
+        for (reason, count) in v["ike_drops"].as_object().into_iter().flatten() {
+            ConstCounter::new(n(count))
+                .encode(m.encode_family(&[("gateway", *gw), ("reason", reason.as_str())])?)?;
+        }
+    }
+    Ok(())
+}
+
 /// The whole exposition, as a scrape gets it.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
@@ -314,7 +473,7 @@ pub fn serve(
     listener.set_nonblocking(true)?;
     // Port 0 asks for any free port: say which one it got.
     let bound = listener.local_addr()?;
-    eprintln!("metrics: http://{bound}/metrics");
+    tracing::info!(target: "metrics", "http://{bound}/metrics");
     let mut registry = Registry::default();
     registry.register_collector(Box::new(sources));
     Ok(std::thread::Builder::new()
@@ -401,6 +560,7 @@ mod tests {
                     serde_json::json!({"kind": "dpdk", "lan": {"rx_missed": 3}, "wan": {"rx_missed": 4}})
                 })),
                 punt: None,
+                ike: None,
             }],
             started: Instant::now(),
         }));
@@ -431,6 +591,120 @@ mod tests {
         );
         assert!(text.contains("roamgate_uptime_seconds"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// The IKE families of a control plane's view, as an independent reader sees them: every
+    /// value from its place in the view, the counters typed as counters.
+    #[test]
+    fn the_ike_view_becomes_ike_families() {
+        let view = serde_json::json!({
+            "ike_sas": [],
+            "ike_sa_states": {"init": 1, "auth": 2, "established": 7, "deleting": 0},
+            "half_open": 1,
+            "child_rekeys_by_us": 3, "child_rekeys_by_peer": 4,
+            "ike_rekeys_by_us": 5, "ike_rekeys_by_peer": 6,
+            "mobike_moves": 8,
+            "ike_drops": {"integrity": 9, "bad_message_id": 10},
+            "ike_messages": {
+                "integrity": 9, "bad_message_id": 10, "answers_limited": 11,
+                "cookies_sent": 12, "cookies_valid": 13, "cookies_invalid": 14,
+                "handshakes_started": 20, "handshakes_completed": 15, "handshakes_failed": 2,
+            },
+        });
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Sources {
+            gateways: vec![GatewaySource {
+                name: "gw".into(),
+                handles: Vec::new(),
+                ports: None,
+                punt: None,
+                ike: Some(IkeSource::InProcess(Arc::new(Mutex::new(
+                    control::driver::IkeView {
+                        json: view.to_string(),
+                    },
+                )))),
+            }],
+            started: Instant::now(),
+        }));
+        let text = render(&registry);
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("parses");
+        let get = |m: &str, labels: &[(&str, &str)]| -> f64 {
+            scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == m
+                        && s.labels.get("gateway") == Some("gw")
+                        && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+                .unwrap_or_else(|| panic!("{m} {labels:?}:\n{text}"))
+        };
+        assert_eq!(get("roamgate_ike_sas", &[("state", "established")]), 7.0);
+        assert_eq!(get("roamgate_ike_sas", &[("state", "auth")]), 2.0);
+        assert_eq!(get("roamgate_ike_half_open", &[]), 1.0);
+        assert_eq!(get("roamgate_ike_handshakes_started_total", &[]), 20.0);
+        assert_eq!(get("roamgate_ike_handshakes_completed_total", &[]), 15.0);
+        assert_eq!(get("roamgate_ike_handshakes_failed_total", &[]), 2.0);
+        let rekeys = |kind, by| {
+            get(
+                "roamgate_ike_rekeys_total",
+                &[("kind", kind), ("initiator", by)],
+            )
+        };
+        assert_eq!(
+            [
+                rekeys("child", "us"),
+                rekeys("child", "peer"),
+                rekeys("ike", "us"),
+                rekeys("ike", "peer")
+            ],
+            [3.0, 4.0, 5.0, 6.0]
+        );
+        assert_eq!(get("roamgate_ike_mobike_updates_total", &[]), 8.0);
+        assert_eq!(
+            get("roamgate_ike_drops_total", &[("reason", "integrity")]),
+            9.0
+        );
+        assert_eq!(
+            get("roamgate_ike_drops_total", &[("reason", "bad_message_id")]),
+            10.0
+        );
+        assert_eq!(get("roamgate_ike_answers_limited_total", &[]), 11.0);
+        assert_eq!(get("roamgate_ike_cookies_sent_total", &[]), 12.0);
+        assert_eq!(
+            get(
+                "roamgate_ike_cookies_received_total",
+                &[("result", "valid")]
+            ),
+            13.0
+        );
+        assert_eq!(
+            get(
+                "roamgate_ike_cookies_received_total",
+                &[("result", "invalid")]
+            ),
+            14.0
+        );
+        for counter in [
+            "handshakes_started",
+            "rekeys",
+            "drops",
+            "cookies_sent",
+            "mobike_updates",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE roamgate_ike_{counter} counter")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("# TYPE roamgate_ike_sas gauge"), "{text}");
     }
 
     #[test]

@@ -147,8 +147,8 @@ impl ShmLink {
             return;
         };
         if ch.workers() != self.workers {
-            eprintln!(
-                "dataplane: {} is for {} workers, this data plane has {}",
+            tracing::error!(target: "dataplane",
+                "{} is for {} workers, this data plane has {}",
                 self.path.display(),
                 ch.workers(),
                 self.workers
@@ -183,8 +183,8 @@ impl ShmLink {
                 generation: hello,
             });
         }
-        println!(
-            "dataplane: attached to the control plane at {}{}",
+        tracing::info!(target: "dataplane",
+            "attached to the control plane at {}{}",
             self.path.display(),
             if self.ever_attached {
                 " (again, keeping our SAs)"
@@ -217,7 +217,7 @@ impl ShmLink {
                 .as_ref()
                 .is_some_and(|e| e.ch.region().creator_alive() && e.ch.region().is_open());
             if !alive || !self.path.exists() {
-                println!("dataplane: the control plane left; forwarding on the SAs we have");
+                tracing::warn!(target: "dataplane", "the control plane left; forwarding on the SAs we have");
                 self.ends = None;
             }
         }
@@ -244,7 +244,9 @@ impl ShmLink {
                     self.punt_backlog.push_front(d);
                     break;
                 }
-                Err(err) => eprintln!("dataplane: a punted datagram cannot be sent: {err}"),
+                Err(err) => {
+                    tracing::error!(target: "dataplane", "a punted datagram cannot be sent: {err}")
+                }
             }
         }
         // Datagrams first, then the updates: everything the control plane wrote before a
@@ -257,7 +259,7 @@ impl ShmLink {
                 }
                 Ok(None) => break,
                 Err(err) => {
-                    eprintln!("dataplane: transmit ring: {err}");
+                    tracing::error!(target: "dataplane", "transmit ring: {err}");
                     break;
                 }
             }
@@ -296,7 +298,7 @@ impl ShmLink {
                     Err(err) => {
                         // Nothing more can be read from it: holding datagrams for it would
                         // hold them for ever.
-                        eprintln!("dataplane: update ring of worker {w}: {err}");
+                        tracing::error!(target: "dataplane", "update ring of worker {w}: {err}");
                         read_all = true;
                         break;
                     }
@@ -327,7 +329,9 @@ impl ShmLink {
                         self.ack_backlog[w].push_front(a);
                         break;
                     }
-                    Err(err) => eprintln!("dataplane: ack ring of worker {w}: {err}"),
+                    Err(err) => {
+                        tracing::error!(target: "dataplane", "ack ring of worker {w}: {err}")
+                    }
                 }
             }
         }
@@ -355,7 +359,7 @@ impl ShmLink {
                     self.event_backlog.push_front(ev);
                     break;
                 }
-                Err(err) => eprintln!("dataplane: event ring: {err}"),
+                Err(err) => tracing::error!(target: "dataplane", "event ring: {err}"),
             }
         }
         Ok(work)

@@ -69,12 +69,14 @@ impl Supervised {
         // Own process group: a Ctrl-C at the terminal reaches only the supervisor, which
         // stops the children in order.
         let mut cmd = Command::new(exe);
-        cmd.args(&self.args).process_group(0);
+        cmd.args(&self.args)
+            .envs(crate::logs::child_env())
+            .process_group(0);
         die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting roamgate {}", self.name))?;
-        eprintln!("run: started {} (pid {})", self.name, child.id());
+        tracing::info!(target: "run", "started {} (pid {})", self.name, child.id());
         self.child = Some(child);
         self.started_at = Instant::now();
         Ok(())
@@ -118,8 +120,8 @@ impl Supervised {
                     }
                     self.restarts += 1;
                     let pause = Duration::from_millis(200u64 << self.restarts.min(6));
-                    eprintln!(
-                        "run: {} exited ({status}); starting it again in {:?} (restart {})",
+                    tracing::warn!(target: "run",
+                        "{} exited ({status}); starting it again in {:?} (restart {})",
                         self.name, pause, self.restarts
                     );
                     self.next_start = Instant::now() + pause;
@@ -253,7 +255,7 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
             let root = Path::new(crate::run_dir::SHM_ROOT);
             let dir = RunDir::create(root, name)?;
             for old in dir.clear_leftovers(root, name)? {
-                eprintln!("run: removed what an earlier run left: {}", old.display());
+                tracing::info!(target: "run", "removed what an earlier run left: {}", old.display());
             }
             (dir.channel(), Some(dir))
         }
@@ -305,7 +307,7 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
     // The control plane says goodbye to its peers through the data plane, so it goes first.
     control.stop(Duration::from_secs(5));
     dataplane.stop(Duration::from_secs(10));
-    eprintln!("run: stopped");
+    tracing::info!(target: "run", "stopped");
     result
 }
 

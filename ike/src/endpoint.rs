@@ -60,6 +60,18 @@ pub struct Footprint {
     pub queued: usize,
 }
 
+/// IKE SAs by where they stand (see [`Endpoint::sa_states`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaStates {
+    /// IKE_SA_INIT sent (initiator) or answered (responder).
+    pub init: usize,
+    /// IKE_AUTH sent (initiator).
+    pub auth: usize,
+    pub established: usize,
+    /// Being deleted.
+    pub deleting: usize,
+}
+
 /// Why an operator request could not start.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
@@ -180,6 +192,21 @@ impl Endpoint {
         self.services.pool.leases()
     }
 
+    /// How many IKE SAs stand where: one pass over them (views and metrics).
+    pub fn sa_states(&self) -> SaStates {
+        let mut st = SaStates::default();
+        for sa in self.sas.values() {
+            let n = match sa.state.phase {
+                Phase::Init => &mut st.init,
+                Phase::Auth => &mut st.auth,
+                Phase::Established => &mut st.established,
+                Phase::Deleting | Phase::Dead => &mut st.deleting,
+            };
+            *n = n.saturating_add(1);
+        }
+        st
+    }
+
     /// How many records the endpoint holds: what must stay bounded by the number of peers
     /// however many exchanges it runs (soak tests and views read it).
     pub fn footprint(&self) -> Footprint {
@@ -257,6 +284,7 @@ impl Endpoint {
         hs.dh = Some(dh);
         hs.ni = ni;
         self.sas.insert(id, sa);
+        self.stats.handshakes.started = self.stats.handshakes.started.saturating_add(1);
         self.run(id, now, init::start);
         self.apply_effects(now);
         Ok(id)
@@ -484,6 +512,7 @@ impl Endpoint {
         // Admission refused a taken key, so this cannot fail.
         let _ = self.half_open.insert(key, id);
         self.sas.insert(id, sa);
+        self.stats.handshakes.started = self.stats.handshakes.started.saturating_add(1);
         self.file(id);
     }
 
@@ -579,6 +608,9 @@ impl Endpoint {
             return;
         };
         self.deadlines.refile(id, sa.filed, None);
+        if sa.pending.handshake.is_some() {
+            self.stats.handshakes.failed = self.stats.handshakes.failed.saturating_add(1);
+        }
         if let Some(k) = sa.pending.half_open {
             self.half_open.remove(&k, id);
         }

@@ -68,11 +68,11 @@ mod tests;
 pub use config::{
     after_secs, secret, Admission, Credential, EndpointConfig, PeerConfig, Pool, Retransmit,
 };
-pub use endpoint::{AdoptError, ConnectError, Endpoint, ExportError, Footprint};
+pub use endpoint::{AdoptError, ConnectError, Endpoint, ExportError, Footprint, SaStates};
 pub use event::{ChildSaInfo, ChildSaKeys, DownReason, Event, SaSummary, Transmit};
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};
 pub use proposal::{EspProposal, IkeProposal};
 pub use record::{ChildSaRecord, IkeSaRecord, RecordError};
-pub use stats::{CookieStats, Reason, Stats};
+pub use stats::{CookieStats, HandshakeStats, Reason, Stats};
 pub use time::Instant;
 pub use ts::{any_v4, host_ts, prefix_ts, range_ts};

@@ -157,6 +157,19 @@ pub struct Stats {
     /// Unprotected error answers the rate limit held back (their reasons are counted too).
     pub answers_limited: u64,
     pub cookies: CookieStats,
+    pub handshakes: HandshakeStats,
+}
+
+/// IKE SAs made by a handshake (IKE_SA_INIT and IKE_AUTH; an IKE SA rekey or an adopted
+/// record is none): started = completed + failed + those under way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeStats {
+    /// IKE SAs created by `connect` (initiator) or by an IKE_SA_INIT request admitted (responder).
+    pub started: u64,
+    /// Handshakes that established their IKE SA.
+    pub completed: u64,
+    /// IKE SAs gone before their handshake completed (refused, timed out, half-open expiry).
+    pub failed: u64,
 }
 
 /// What the responder's cookies (RFC 7296 2.6) did.
@@ -207,6 +220,9 @@ impl Stats {
         v.push(("cookies_sent", self.cookies.sent));
         v.push(("cookies_valid", self.cookies.valid));
         v.push(("cookies_invalid", self.cookies.invalid));
+        v.push(("handshakes_started", self.handshakes.started));
+        v.push(("handshakes_completed", self.handshakes.completed));
+        v.push(("handshakes_failed", self.handshakes.failed));
         v
     }
 }

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pipeline::crypto::Backend;
@@ -102,6 +103,11 @@ fn size_name(s: usize) -> String {
     }
 }
 
+/// Set while a progress line is drawn on stderr and not yet ended by a newline: a log
+/// line written meanwhile starts on a line of its own (the appliance's log writer reads and
+/// clears it), and the next step draws the bar again below it.
+pub static PROGRESS_OPEN: AtomicBool = AtomicBool::new(false);
+
 /// A progress line on stderr.
 struct Progress {
     done: usize,
@@ -114,6 +120,9 @@ impl Progress {
         self.done += 1;
         let w = 30;
         let filled = (w * self.done / self.total.max(1)).min(w);
+        // Open before it is drawn: a log line in between costs an empty line, never a
+        // broken bar.
+        PROGRESS_OPEN.store(true, Ordering::Relaxed);
         eprint!(
             "\r[{}{}] {:>3}/{} {:>5.0} s  {what:<48}",
             "#".repeat(filled),
@@ -125,6 +134,7 @@ impl Progress {
         if self.done == self.total {
             eprintln!();
         }
+        PROGRESS_OPEN.store(self.done < self.total, Ordering::Relaxed);
     }
 }
 

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use control::config::ike::{Connection, ConnectionYaml, IkeYaml};
 use control::config::{GatewayConfig, GatewayPlan, LabConfig};
-use control::driver::inproc::InProcControl;
+use control::driver::inproc::{InProcControl, KeyExport};
 use control::repo::SaRepository;
 use pipeline::agent::{self, WorkerLink};
 use pipeline::crypto::Backend;
@@ -59,6 +59,8 @@ pub struct Site<'a> {
     pub wan: MemPort,
     /// Its IKE connections (with `--ike`).
     pub ike: Option<Vec<Connection>>,
+    /// With `--ike --wireshark-keys`: receives every SA its control plane installs.
+    pub export: Option<KeyExport>,
 }
 
 impl Gateways {
@@ -95,6 +97,9 @@ impl Gateways {
                 );
                 if !log {
                     c.set_quiet();
+                }
+                if let Some(e) = s.export {
+                    c.export_keys(e);
                 }
                 ike = Some(c);
                 rings = (Some(punt_tx), Some(tx_rx));
@@ -188,6 +193,23 @@ impl Gateways {
         }
         Ok(self.list)
     }
+}
+
+/// With `--ike`: the run's PSK as a comment line (Wireshark's UAT files skip them), then
+/// each outbound SA's line as the control planes install them, one [`KeyExport`] per site.
+pub fn export_negotiated_keys(path: &Path, psk: &str) -> Result<[KeyExport; 2]> {
+    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "# roamgate lab --ike: the IKE PSK of this run is {psk}")?;
+    let f = Arc::new(std::sync::Mutex::new(f));
+    Ok([f.clone(), f].map(|f| {
+        Box::new(move |dir: Direction, p: &proto::sa::SaParams| {
+            if dir == Direction::Outbound {
+                if let Ok(mut f) = f.lock() {
+                    let _ = writeln!(f, "{}", esp_sa_line(p, p.local, p.remote));
+                }
+            }
+        }) as KeyExport
+    }))
 }
 
 /// A fresh random PSK for one lab run (both sites and the clients share it).

@@ -66,7 +66,8 @@ pub struct LabArgs {
     #[arg(long, default_value_t = 100_000)]
     pub pcap_limit: u64,
     /// Write the SAs' keys to this file in Wireshark's esp_sa format so the capture can be
-    /// decrypted (lab only: it exports keys; not with --ike).
+    /// decrypted (lab only: it exports keys). With --ike: the PSK as a comment line and each
+    /// negotiated SA as it is installed (they use ESN, which the file cannot describe).
     #[arg(long)]
     pub wireshark_keys: Option<PathBuf>,
     /// Packets per second offered by each site (overrides the config; 0 = as fast as the
@@ -133,9 +134,6 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
              clients (add --ike)"
         );
     }
-    if args.ike && args.wireshark_keys.is_some() {
-        bail!("--wireshark-keys exports the static keys; with --ike the keys are negotiated");
-    }
     let (path, mut cfg): (PathBuf, LabConfig) = match &args.config {
         Some(p) => (p.clone(), config::load(p)?),
         None => {
@@ -144,7 +142,7 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
             (p, c)
         }
     };
-    if args.wireshark_keys.is_some() {
+    if args.wireshark_keys.is_some() && !args.ike {
         // Wireshark's esp_sa table cannot say that an SA uses extended sequence numbers, and
         // with ESN the ICV covers the high 32 bits of the sequence number: tshark would call
         // every ICV bad. The exported run uses 32-bit sequence numbers instead (its SAs stop
@@ -216,6 +214,10 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
     } else {
         [None, None]
     };
+    let [export_a, export_b] = match (&args.wireshark_keys, args.ike) {
+        (Some(p), true) => gateways::export_negotiated_keys(p, &psk)?.map(Some),
+        _ => [None, None],
+    };
     let tunnels = ike_a.as_ref().map_or(0, Vec::len);
     let mut gateways = Gateways::start(
         [
@@ -225,6 +227,7 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
                 lan: lan_a,
                 wan: wan.a,
                 ike: ike_a,
+                export: export_a,
             },
             gateways::Site {
                 gw: &cfg.site_b,
@@ -232,6 +235,7 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
                 lan: lan_b,
                 wan: wan.b,
                 ike: ike_b,
+                export: export_b,
             },
         ],
         backend,
@@ -250,6 +254,10 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
                         handles: vec![g.handle.clone()],
                         ports: None,
                         punt: None,
+                        ike: g
+                            .ike
+                            .as_ref()
+                            .map(|c| crate::metrics::IkeSource::InProcess(c.view.clone())),
                     })
                     .collect(),
                 started: Instant::now(),
@@ -333,8 +341,10 @@ pub fn run_with(args: &LabArgs, log: bool, on_tick: &mut dyn FnMut(&Tick)) -> Re
     }
 
     if let Some(p) = &args.wireshark_keys {
-        gateways::write_keys(p, &plan_a, &plan_b)?;
-        eprintln!(
+        if !args.ike {
+            gateways::write_keys(p, &plan_a, &plan_b)?;
+        }
+        tracing::warn!(target: "lab",
             "WARNING: {} holds the SA keys of this lab run so that Wireshark/tshark can decrypt \
              the capture. Lab only: never export keys from a real deployment.",
             p.display()

@@ -219,13 +219,13 @@ impl SeqKeeper {
     pub fn open(path: &Path, sas: &[(Direction, SaParams)]) -> Result<SeqKeeper> {
         let (file, marks) = StateFile::open(path)?;
         match &marks {
-            None => println!(
-                "seq-state: {} does not exist: a first start, so static outbound SAs begin at \
+            None => tracing::info!(target: "seq_state",
+                "{} does not exist: a first start, so static outbound SAs begin at \
                  sequence number 1 (the file is created before any is sent)",
                 path.display()
             ),
-            Some(m) => println!(
-                "seq-state: {}: {} key(s) with sequence numbers in use",
+            Some(m) => tracing::info!(target: "seq_state",
+                "{}: {} key(s) with sequence numbers in use",
                 path.display(),
                 m.0.len()
             ),
@@ -281,8 +281,8 @@ impl SeqKeeper {
             if *dir != Direction::Outbound {
                 continue;
             }
-            println!(
-                "seq-state: SA {} (SPI {:08x}): {}, reserved up to {}",
+            tracing::info!(target: "seq_state",
+                "SA {} (SPI {:08x}): {}, reserved up to {}",
                 p.id.0,
                 p.spi.0,
                 if s.first {
@@ -293,8 +293,8 @@ impl SeqKeeper {
                 s.reserved
             );
             if s.resume >= seq_limit(p.esn) {
-                eprintln!(
-                    "seq-state: SA {} (SPI {:08x}) has used every sequence number its key \
+                tracing::warn!(target: "seq_state",
+                    "SA {} (SPI {:08x}) has used every sequence number its key \
                      allows: it will send nothing (seq_exhausted) until its key changes",
                     p.id.0, p.spi.0
                 );
@@ -317,15 +317,15 @@ impl SeqKeeper {
             Ok(()) => {
                 self.res.adopt(next);
                 if self.failing {
-                    println!("seq-state: {} is written again", self.path().display());
+                    tracing::info!(target: "seq_state", "{} is written again", self.path().display());
                     self.failing = false;
                 }
                 Some(Update::ReserveSeq { id: *id, up_to })
             }
             Err(err) => {
                 if !self.failing {
-                    eprintln!(
-                        "seq-state: cannot write {}: {err:#}; SA {} stays within its \
+                    tracing::error!(target: "seq_state",
+                        "cannot write {}: {err:#}; SA {} stays within its \
                          reservation (seq_not_reserved) until it can",
                         self.path().display(),
                         id.0

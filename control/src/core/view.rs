@@ -191,6 +191,7 @@ pub fn render(
         })
         .collect();
     let stats = endpoint.stats();
+    let states = endpoint.sa_states();
     let drops: serde_json::Map<String, serde_json::Value> = stats
         .nonzero()
         .into_iter()
@@ -217,6 +218,10 @@ pub fn render(
             .map(|(k, v)| (k.to_string(), v.into()))
             .collect::<serde_json::Map<_, _>>(),
         "half_open": endpoint.footprint().half_open,
+        "ike_sa_states": {
+            "init": states.init, "auth": states.auth,
+            "established": states.established, "deleting": states.deleting,
+        },
         "dataplane_reports": {
             "soft_lifetimes": dp.soft_lifetimes,
             "hard_lifetimes": dp.hard_lifetimes,

@@ -29,7 +29,13 @@ pub struct InProcLink<'a, 'b> {
     pub transmit: Option<&'a mut Producer<Datagram>>,
     pub backend: Backend,
     events: VecDeque<proto::Event>,
+    /// Sees every SA installed (the lab's Wireshark key export; nothing else).
+    export: Option<&'a mut KeyExport>,
 }
+
+/// A receiver of every SA a control plane installs, keys included: only `roamgate lab
+/// --wireshark-keys` sets one, to export its run's keys for Wireshark.
+pub type KeyExport = Box<dyn FnMut(proto::Direction, &proto::sa::SaParams) + Send>;
 
 impl<'a, 'b> InProcLink<'a, 'b> {
     pub fn new(
@@ -44,6 +50,7 @@ impl<'a, 'b> InProcLink<'a, 'b> {
             transmit,
             backend,
             events: VecDeque::new(),
+            export: None,
         }
     }
 }
@@ -75,6 +82,11 @@ impl Link for InProcLink<'_, '_> {
                 why: "no such worker".into(),
             });
         };
+        if let Update::AddSa { dir, params } = &update {
+            if let Some(export) = self.export.as_mut() {
+                export(*dir, params);
+            }
+        }
         let cmd = agent::prepare(self.backend, &update).map_err(|e| LinkError {
             worker,
             why: e.to_string(),
@@ -106,6 +118,7 @@ pub struct InProcControl {
     backend: Backend,
     clock: Clock,
     pub view: std::sync::Arc<std::sync::Mutex<super::IkeView>>,
+    key_export: Option<KeyExport>,
 }
 
 impl InProcControl {
@@ -128,7 +141,14 @@ impl InProcControl {
             transmit,
             backend,
             clock: Clock::start(),
+            key_export: None,
         }
+    }
+
+    /// Hands every SA installed from now on, keys included, to `export` (the lab's
+    /// `--wireshark-keys`; never a gateway's).
+    pub fn export_keys(&mut self, export: KeyExport) {
+        self.key_export = Some(export);
     }
 
     fn now(&self) -> ike::Instant {
@@ -158,6 +178,7 @@ impl InProcControl {
             self.transmit.as_mut(),
             self.backend,
         );
+        link.export = self.key_export.as_mut();
         self.driver.turn(now, &mut link)
     }
 

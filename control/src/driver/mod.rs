@@ -5,7 +5,8 @@
 //!
 //! Each [`Driver::turn`]: the link moves what it has, its inputs go to the core (punted
 //! datagrams, reports, workers that restarted empty), the core's timers run, and its outputs
-//! are drained in order: updates to their workers, log lines printed, the view published,
+//! are drained in order: updates to their workers, log lines written as `tracing` events
+//! (target `ike`, `dataplane` or `control`), the view published,
 //! datagrams held until every update queued before them is past [`Link::released`] on its
 //! worker, then handed to the link.
 //!
@@ -150,7 +151,11 @@ impl Driver {
         while let Some(input) = link.poll_input() {
             work = true;
             match input {
-                Input::Datagram(d) => self.core.handle_datagram(now, &d),
+                Input::Datagram(d) => {
+                    tracing::trace!(target: "ike", "datagram in: {}:{} -> {}:{}, {} bytes",
+                        d.src, d.src_port, d.dst, d.dst_port, d.payload.len());
+                    self.core.handle_datagram(now, &d)
+                }
                 Input::Event(e) => self.core.handle_dataplane_event(now, &e),
                 Input::Fresh { worker } => self.core.handle_worker_fresh(now, worker),
             }
@@ -175,19 +180,18 @@ impl Driver {
             work = true;
             match o {
                 Output::Update { worker, update } => {
+                    tracing::debug!(target: "control", "worker {worker}: {}", update_summary(&update));
                     let g = link.send_update(worker, update)?;
                     if let Some(s) = self.sent.get_mut(usize::from(worker)) {
                         *s = g;
                     }
                 }
-                Output::Transmit(d) => self.held.push_back((d, self.sent.clone())),
-                Output::Log { line, error } => {
-                    if error {
-                        eprintln!("{line}");
-                    } else if self.print {
-                        println!("{line}");
-                    }
+                Output::Transmit(d) => {
+                    tracing::trace!(target: "ike", "datagram out: {}:{} -> {}:{}, {} bytes",
+                        d.src, d.src_port, d.dst, d.dst_port, d.payload.len());
+                    self.held.push_back((d, self.sent.clone()))
                 }
+                Output::Log { line, error } => log_line(&line, error, self.print),
                 Output::View(json) => {
                     if let Ok(mut v) = self.view.lock() {
                         v.json = json;
@@ -217,5 +221,49 @@ impl Driver {
             work = true;
         }
         work
+    }
+}
+
+/// One line of the core as a log event: its prefix (`ike: `, `dataplane: `) names the target;
+/// errors are warnings, the rest info (debug when the driver was told to stay quiet).
+fn log_line(line: &str, error: bool, print: bool) {
+    let (target, msg) = match line.split_once(": ") {
+        Some((t @ ("ike" | "dataplane"), rest)) => (t, rest),
+        _ => ("control", line),
+    };
+    match (target, error, print) {
+        ("ike", true, _) => tracing::warn!(target: "ike", "{msg}"),
+        ("ike", false, true) => tracing::info!(target: "ike", "{msg}"),
+        ("ike", false, false) => tracing::debug!(target: "ike", "{msg}"),
+        ("dataplane", true, _) => tracing::warn!(target: "dataplane", "{msg}"),
+        ("dataplane", false, true) => tracing::info!(target: "dataplane", "{msg}"),
+        ("dataplane", false, false) => tracing::debug!(target: "dataplane", "{msg}"),
+        (_, true, _) => tracing::warn!(target: "control", "{msg}"),
+        (_, false, true) => tracing::info!(target: "control", "{msg}"),
+        (_, false, false) => tracing::debug!(target: "control", "{msg}"),
+    }
+}
+
+/// What an update does, for a debug line: SPIs, ids and counts, never keys.
+fn update_summary(u: &Update) -> String {
+    match u {
+        Update::AddSa { dir, params } => format!(
+            "add {dir:?} SA {} (SPI {:08x}, {} -> {})",
+            params.id.0, params.spi.0, params.local, params.remote
+        ),
+        Update::DeleteInbound { spi } => format!("delete inbound SPI {:08x}", spi.0),
+        Update::DeleteOutbound { id } => format!("delete outbound SA {}", id.0),
+        Update::RebindOutbound { ids, remote, .. } => {
+            format!("rebind {} outbound SA(s) to {remote}", ids.len())
+        }
+        Update::ReplaceSpd { rules } => format!("policy: {} rules", rules.len()),
+        Update::SetMasquerade { config } => format!("masquerade {}", config.is_some()),
+        Update::SetVirtualIp { config } => format!("virtual IP {}", config.is_some()),
+        Update::BindHost { dst, sa, .. } => format!("bind host {dst} to SA {}", sa.0),
+        Update::UnbindHost { dst } => format!("unbind host {dst}"),
+        Update::SetWanAddresses { addrs } => format!("WAN addresses {addrs:?}"),
+        Update::ReserveSeq { id, up_to } => format!("SA {} reserved up to {up_to}", id.0),
+        Update::ExportSa { .. } => "export an SA's state".into(),
+        Update::Announce { wan, addrs } => format!("announce {addrs:?} (wan {wan})"),
     }
 }

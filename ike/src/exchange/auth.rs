@@ -166,6 +166,7 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi
     });
     sa.state.remote_id = Some(idr.clone());
     sa.establish(ctx.now);
+    ctx.stats.handshakes.completed = ctx.stats.handshakes.completed.saturating_add(1);
     ctx.event(Event::IkeUp {
         ike: sa.id(),
         peer: cfg.name.clone(),
@@ -302,6 +303,7 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
     sa.state.virtual_ip = vip.map(IpAddr::V4);
     sa.state.remote_id = Some(idi.clone());
     sa.establish(ctx.now);
+    ctx.stats.handshakes.completed = ctx.stats.handshakes.completed.saturating_add(1);
     ctx.event(Event::IkeUp {
         ike: sa.id(),
         peer: cfg.name.clone(),

@@ -78,6 +78,9 @@ fn no_common_proposal_ends_the_attempt_on_both_sides() {
     assert_eq!(downs(p.client_events()), vec![DownReason::NoProposal]);
     assert!(p.gw().list().is_empty(), "the gateway kept no state");
     assert!(p.client().list().is_empty());
+    let hs = |s: crate::HandshakeStats| (s.started, s.completed, s.failed);
+    assert_eq!(hs(p.client().stats().handshakes), (1, 0, 1));
+    assert_eq!(hs(p.gw().stats().handshakes), (0, 0, 0), "never admitted");
 }
 
 #[test]
@@ -143,6 +146,13 @@ fn a_retransmitted_init_request_gets_the_same_answer_and_no_second_sa() {
         0,
         "forgotten once authenticated"
     );
+    // One handshake each, complete; the duplicate started none.
+    for gw in [true, false] {
+        let e = if gw { p.gw() } else { p.client() };
+        let h = e.stats().handshakes;
+        assert_eq!((h.started, h.completed, h.failed), (1, 1, 0));
+        assert_eq!(e.sa_states().established, 1);
+    }
 }
 
 #[test]
@@ -160,8 +170,12 @@ fn a_half_open_responder_sa_expires() {
     p.net.deliver();
     assert_eq!(p.gw().list().len(), 1);
     assert_eq!(p.gw().half_open_entries(), 1);
+    assert_eq!(p.gw().sa_states().init, 1);
     p.net.run_for(Duration::from_secs(31));
     assert!(p.gw().list().is_empty(), "gone after the half-open timeout");
     assert_eq!(p.gw().half_open_entries(), 0);
+    let h = p.gw().stats().handshakes;
+    assert_eq!((h.started, h.completed, h.failed), (1, 0, 1));
+    assert_eq!(p.gw().sa_states(), crate::SaStates::default());
     assert!(p.gw_events().is_empty(), "never reported: it never came up");
 }
