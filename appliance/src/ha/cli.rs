@@ -14,16 +14,14 @@ use crate::views::{ask, ViewArgs};
 pub struct HaArgs {
     #[command(subcommand)]
     what: HaCommand,
-    #[command(flatten)]
-    view: ViewArgs,
 }
 
 #[derive(clap::Subcommand)]
 enum HaCommand {
     /// Role, peer, sync channel, backlog, replicated and installed SAs, counters.
-    Status,
+    Status(ViewArgs),
     /// A planned switchover: the active hands over to a standby in sync (refused otherwise).
-    Switchover,
+    Switchover(ViewArgs),
 }
 
 /// The control process's socket next to the data plane's.
@@ -34,14 +32,15 @@ fn control_socket(socket: &Path) -> PathBuf {
 }
 
 pub fn run(args: HaArgs) -> Result<()> {
-    let socket = args.view.socket()?;
+    let (HaCommand::Status(view) | HaCommand::Switchover(view)) = &args.what;
+    let socket = view.socket()?;
     // `run` serves the control process at <socket>.ike; a lone `roamgate control --socket`
     // at the socket given.
     let ask_pair = |req: &str| ask(&control_socket(&socket), req).or_else(|_| ask(&socket, req));
     match args.what {
-        HaCommand::Status => {
+        HaCommand::Status(_) => {
             let v = ask_pair(STATUS_REQUEST)?;
-            if args.view.json() {
+            if view.json() {
                 println!("{v}");
                 return Ok(());
             }
@@ -76,7 +75,7 @@ pub fn run(args: HaArgs) -> Result<()> {
                 println!("  counters: {}", line.join(", "));
             }
         }
-        HaCommand::Switchover => {
+        HaCommand::Switchover(_) => {
             ask_pair(SWITCHOVER_REQUEST)?;
             println!("switchover requested (see `roamgate ha status` and the node's log)");
         }

@@ -42,6 +42,13 @@ use super::marks::MarksFile;
 /// How often every IKE SA is exported even without traffic (timers: DPD, rekey deadlines).
 const FULL_EXPORT_MS: u64 = 1000;
 
+/// How often an active node announces its virtual addresses again: a neighbour that cached
+/// another node's MAC (a node that was active for a moment at its start, then fenced) learns
+/// ours within this time.
+const ANNOUNCE_MS: u64 = 1000;
+/// The least a fresh node waits for its peer's sync channel before it may start alone.
+const START_GRACE_MS: u64 = 1000;
+
 /// The view socket's requests this module answers.
 pub const STATUS_REQUEST: &str = "ha";
 pub const SWITCHOVER_REQUEST: &str = "ha-switchover";
@@ -108,6 +115,13 @@ pub struct Pair {
     view: PairView,
     counters: Counters,
     next_view: u64,
+    next_announce: u64,
+    /// The data plane's WAN addresses must be set for the role (at the start, after a
+    /// worker restarted with the file's addresses).
+    addresses_due: bool,
+    /// Before this, a fresh node waits for its peer (the sync channel takes a moment to
+    /// connect) instead of declaring it lost.
+    start_grace_until: u64,
 }
 
 fn ms(now: Instant) -> u64 {
@@ -159,6 +173,14 @@ impl Pair {
             view: PairView::default(),
             counters: Counters::default(),
             next_view: 0,
+            next_announce: 0,
+            addresses_due: true,
+            start_grace_until: ms(now).saturating_add(
+                plan.params
+                    .detection_ms
+                    .saturating_mul(4)
+                    .max(START_GRACE_MS),
+            ),
         })
     }
 
@@ -211,10 +233,35 @@ impl Pair {
                 }
             }
         }
-        if t >= self.node.poll_timeout() {
+        // A fresh node hears its peer before it may decide alone (the channel connects
+        // after the detection time has passed).
+        let heard = self.node.peer().is_some();
+        if t >= self.node.poll_timeout() && (heard || t >= self.start_grace_until) {
             self.node.handle_timeout(t);
         }
+        if self.addresses_due {
+            // The file's WAN address is a virtual one: only the active answers for it.
+            self.addresses_due = false;
+            let addrs = if self.active {
+                self.next_announce = 0;
+                self.wan_vips.clone()
+            } else {
+                Vec::new()
+            };
+            for w in 0..self.workers {
+                link.send_update(
+                    w,
+                    Update::SetWanAddresses {
+                        addrs: addrs.clone(),
+                    },
+                )?;
+            }
+        }
         if self.active {
+            if t >= self.next_announce {
+                self.next_announce = t.saturating_add(ANNOUNCE_MS);
+                self.announce(link)?;
+            }
             self.export_ike(now, driver);
             if t >= self.next_replay_poll {
                 self.next_replay_poll = t.saturating_add(self.plan_checkpoint.millis.max(10));
@@ -358,22 +405,8 @@ impl Pair {
                         },
                     )?;
                 }
-                link.send_update(
-                    0,
-                    Update::Announce {
-                        wan: true,
-                        addrs: self.wan_vips.clone(),
-                    },
-                )?;
-                if !self.lan_vips.is_empty() {
-                    link.send_update(
-                        0,
-                        Update::Announce {
-                            wan: false,
-                            addrs: self.lan_vips.clone(),
-                        },
-                    )?;
-                }
+                self.next_announce = t.saturating_add(ANNOUNCE_MS);
+                self.announce(link)?;
             }
             Output::Deactivate => {
                 self.active = false;
@@ -441,6 +474,27 @@ impl Pair {
                 self.node.quiesced(ms(now), &finals);
             }
             Output::Said(s) => println!("ha: {s:?}"),
+        }
+        Ok(())
+    }
+
+    /// Gratuitous ARP / unsolicited NA for the virtual addresses on both sides.
+    fn announce<L: Link>(&self, link: &mut L) -> Result<(), LinkError> {
+        link.send_update(
+            0,
+            Update::Announce {
+                wan: true,
+                addrs: self.wan_vips.clone(),
+            },
+        )?;
+        if !self.lan_vips.is_empty() {
+            link.send_update(
+                0,
+                Update::Announce {
+                    wan: false,
+                    addrs: self.lan_vips.clone(),
+                },
+            )?;
         }
         Ok(())
     }
@@ -733,7 +787,7 @@ impl<L: Link> Link for PairLink<'_, L> {
                 }
                 Input::Datagram(d) => self.pair.touch(&d.payload),
                 Input::Event(e) => self.pair.on_event(e),
-                Input::Fresh { .. } => {}
+                Input::Fresh { .. } => self.pair.addresses_due = true,
             }
             return Some(i);
         }
