@@ -125,6 +125,19 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
     let mut driver = Driver::new(core);
     driver.set_admission(file.ike.admission(&args.config, "ike")?);
+    // An HA node that stops being active starts again with an empty core (its IKE SAs are
+    // the new active's now).
+    let fresh_core = {
+        let (file, path) = (file.clone(), args.config.clone());
+        move || -> Result<ControlCore> {
+            let Checked { plan, conns, .. } = file.validate(&path)?;
+            let gw = &file.gateway;
+            let repo = SaRepository::new(plan.rules, gw.replay_window);
+            let mut core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
+            core.set_admission(file.ike.admission(&path, "ike")?);
+            Ok(core)
+        }
+    };
     let mut follower = if args.follow_wan {
         let Some(dev) = gw.wan.device.as_deref() else {
             bail!(
@@ -146,7 +159,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
                 .ha_marks
                 .clone()
                 .unwrap_or_else(|| crate::ha::marks::default_path(&args.config));
-            Some(Pair::start(h, &path, workers, now())?)
+            Some(Pair::start(h, &path, workers, now(), Box::new(fresh_core))?)
         }
         None => None,
     };

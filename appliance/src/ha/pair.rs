@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use control::config::ha::HaPlan;
+use control::core::ControlCore;
 use control::driver::{Driver, Input, Link, LinkError};
 use control::ha::{ChildKey, Node, Output, Record, Role};
 use ike::{IkeSaId, IkeSpi, Instant};
@@ -86,8 +87,12 @@ struct Counters {
     takeover_install_ms: Option<u64>,
 }
 
+/// Makes an empty control core (what a node that stops being active continues with).
+pub type FreshCore = Box<dyn FnMut() -> Result<ControlCore>>;
+
 pub struct Pair {
     node: Node,
+    fresh_core: FreshCore,
     sync: SyncLink,
     marks: MarksFile,
     plan_checkpoint: Checkpoint,
@@ -130,7 +135,13 @@ fn ms(now: Instant) -> u64 {
 
 impl Pair {
     /// Starts the node with the marks on disk and its end of the sync channel.
-    pub fn start(plan: HaPlan, marks_path: &Path, workers: u16, now: Instant) -> Result<Pair> {
+    pub fn start(
+        plan: HaPlan,
+        marks_path: &Path,
+        workers: u16,
+        now: Instant,
+        fresh_core: FreshCore,
+    ) -> Result<Pair> {
         let (marks, disk) = MarksFile::open(marks_path)?;
         let endpoint = if plan.params.slot == 0 {
             channel::Endpoint::Dial(plan.sync_peer)
@@ -152,6 +163,7 @@ impl Pair {
         );
         Ok(Pair {
             node: Node::new(plan.params, disk, ms(now)),
+            fresh_core,
             sync,
             marks,
             plan_checkpoint: plan.params.checkpoint,
@@ -424,6 +436,14 @@ impl Pair {
                 for w in 0..self.workers {
                     link.send_update(w, Update::SetWanAddresses { addrs: Vec::new() })?;
                 }
+                // The IKE SAs are the new active's: this node forgets them without a word to
+                // the peers, and adopts them again from the replicated state if it takes over.
+                match (self.fresh_core)() {
+                    Ok(core) => *driver.core_mut() = core,
+                    Err(e) => eprintln!("ha: cannot start an empty control core: {e:#}"),
+                }
+                self.exported.clear();
+                self.touched.clear();
             }
             Output::InstallInbound { .. } => {}
             Output::InstallOutbound { id, from, up_to } => {

@@ -45,12 +45,16 @@ impl ControlCore {
     ) -> Result<IkeSaId, AdoptFailure> {
         let record = IkeSaRecord::from_bytes(bytes)?;
         let infos = record.child_infos();
-        let mut ids = Vec::with_capacity(infos.len());
-        for info in &infos {
-            ids.push(ids_of(info).ok_or_else(|| AdoptFailure::NoIds(info.name.clone()))?);
-        }
         let ike = self.endpoint.adopt(now, &record)?;
-        for (info, (in_id, out_id)) in infos.iter().zip(ids) {
+        for info in &infos {
+            // A CHILD_SA whose data-plane SAs were not replicated (its record overtook them)
+            // stays with the IKE SA, which rekeys or deletes it as usual; it carries no
+            // traffic here.
+            let Some((in_id, out_id)) = ids_of(info) else {
+                self.out
+                    .error(format!("ha: {}", AdoptFailure::NoIds(info.name.clone())));
+                continue;
+            };
             match self.repo.adopt_child(info, in_id, out_id) {
                 Ok(ups) => ups.into_iter().for_each(|u| self.route(u)),
                 Err(e) => self.out.error(format!("ha: {e}")),
