@@ -638,6 +638,48 @@ mod tests {
     }
 
     #[test]
+    fn an_adopted_child_keeps_the_ids_it_had_and_later_children_avoid_them() {
+        let mut r = SaRepository::new(Vec::new(), 64);
+        let (in_id, out_id) = (SaId(FIRST_ID + 5), SaId(FIRST_ID + 6));
+        let ups = r
+            .adopt_child(&info(0x10, 0x20, None), in_id, out_id)
+            .unwrap();
+        let added: Vec<(Direction, SaId)> = ups
+            .iter()
+            .filter_map(|u| match u {
+                Update::AddSa { dir, params } => Some((*dir, params.id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            added,
+            [(Direction::Inbound, in_id), (Direction::Outbound, out_id)]
+        );
+        assert_eq!(
+            r.child_of_sa(out_id, Spi(0x20)),
+            Some(ChildSpi(0x10)),
+            "reports about it name it"
+        );
+        // Its ids are in use: a second adoption of them is refused, fresh children get others.
+        assert!(r
+            .adopt_child(&info(0x11, 0x21, None), in_id, SaId(FIRST_ID + 9))
+            .is_err());
+        assert!(r
+            .adopt_child(&info(0x11, 0x21, None), SaId(3), SaId(FIRST_ID + 9))
+            .is_err());
+        for n in 0..8u32 {
+            let ups = r
+                .on_event(&Event::ChildUp(info(0x100 + n, 0x200 + n, None)))
+                .unwrap();
+            for u in &ups {
+                if let Update::AddSa { params, .. } = u {
+                    assert!(params.id != in_id && params.id != out_id, "{:?}", params.id);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn selectors_become_prefixes() {
         assert_eq!(
             ts_prefix(&host_ts("10.99.0.1".parse().unwrap())),
