@@ -116,6 +116,11 @@ pub struct Pair {
     /// starts that came before their SA.
     held: BTreeMap<SaId, (u16, SaParams)>,
     starts: BTreeMap<SaId, (u64, u64)>,
+    /// Jumps to a later range (`Range { from }`), applied when the SA nears the end of the
+    /// range it sends in: jumping at once would waste the rest of it.
+    jumps: BTreeMap<SaId, (u64, u64)>,
+    /// Checkpoints of SAs with a jump waiting.
+    near_end: Vec<(SaId, u64)>,
     takeover_at: Option<u64>,
     view: PairView,
     counters: Counters,
@@ -181,6 +186,8 @@ impl Pair {
             installed: BTreeMap::new(),
             held: BTreeMap::new(),
             starts: BTreeMap::new(),
+            jumps: BTreeMap::new(),
+            near_end: Vec::new(),
             takeover_at: None,
             view: PairView::default(),
             counters: Counters::default(),
@@ -292,6 +299,21 @@ impl Pair {
         while let Some(o) = self.node.poll_output() {
             work = true;
             self.apply(now, o, driver, link)?;
+        }
+        for (id, seq) in std::mem::take(&mut self.near_end) {
+            let key = ChildKey::new(Direction::Outbound, id);
+            let Some((w, p)) = self.installed.get(&key) else {
+                self.jumps.remove(&id);
+                continue;
+            };
+            let end = p.resume.seq_reserved.unwrap_or(u64::MAX);
+            // Near the end: what one checkpoint interval may use.
+            if end.saturating_sub(seq) <= self.plan_checkpoint.packets.max(1) {
+                let (w, p) = (*w, p.clone());
+                if let Some((from, up_to)) = self.jumps.remove(&id) {
+                    self.install_outbound(link, w, p, from, up_to)?;
+                }
+            }
         }
         work |= self.send_messages();
         if let Some(t0) = self.takeover_at {
@@ -433,6 +455,7 @@ impl Pair {
                 }
                 self.held.clear();
                 self.starts.clear();
+                self.jumps.clear();
                 for w in 0..self.workers {
                     link.send_update(w, Update::SetWanAddresses { addrs: Vec::new() })?;
                 }
@@ -456,12 +479,21 @@ impl Pair {
             Output::Range { id, from, up_to } => {
                 let key = ChildKey::new(Direction::Outbound, id);
                 match (from, self.installed.get(&key)) {
-                    (Some(from), Some((w, p))) => {
-                        let (w, p) = (*w, p.clone());
-                        self.install_outbound(link, w, p, from, up_to)?;
+                    (Some(from), Some(_)) => {
+                        let j = self.jumps.entry(id).or_insert((from, up_to));
+                        j.1 = j.1.max(up_to);
+                    }
+                    (None, Some(_)) if self.jumps.contains_key(&id) => {
+                        if let Some(j) = self.jumps.get_mut(&id) {
+                            j.1 = j.1.max(up_to);
+                        }
                     }
                     (None, Some((w, _))) => {
                         link.send_update(*w, Update::ReserveSeq { id, up_to })?;
+                        if let Some((_, p)) = self.installed.get_mut(&key) {
+                            let r = p.resume.seq_reserved.get_or_insert(up_to);
+                            *r = (*r).max(up_to);
+                        }
                     }
                     (_, None) => {
                         if let Some(s) = self.starts.get_mut(&id) {
@@ -693,7 +725,12 @@ impl Pair {
     /// A report of the data plane's.
     fn on_event(&mut self, e: &Event) {
         match e {
-            Event::SeqCheckpoint { id, seq, .. } => self.node.seq_checkpoint(*id, *seq),
+            Event::SeqCheckpoint { id, seq, .. } => {
+                self.node.seq_checkpoint(*id, *seq);
+                if self.jumps.contains_key(id) {
+                    self.near_end.push((*id, *seq));
+                }
+            }
             Event::SaState {
                 id,
                 state: SaState::Inbound { replay },
