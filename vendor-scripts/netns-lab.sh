@@ -30,6 +30,13 @@
 #          (the client's kernel holds its WAN address: `roamgate client` follows it, so does
 #          strongSwan; a roam is `ip addr add` of the new address, then `ip addr del` of the old)
 #        netns-lab.sh mob-down [PFX]
+#        netns-lab.sh ha-up [PFX]   the HA lab (tests/ha_failover.rs, configs/ha-a.yaml, ha-b.yaml):
+#            the MOBIKE lab's client and router, and two gateways sharing 203.0.113.1 (WAN)
+#            and 10.9.0.1 (LAN) on one bridge each side, joined by a sync link:
+#              PFX-home 10.7.0.10 -- lan [PFX-cl] wan 192.0.2.10 -- eth0 [PFX-rtr] br1 --
+#                wan [PFX-gwa] / wan [PFX-gwb] -- br0 [PFX-lsw] -- lan0 10.9.0.10 PFX-srv
+#              sync 169.254.77.1 [PFX-gwa] -- sync 169.254.77.2 [PFX-gwb] (kernel TCP)
+#        netns-lab.sh ha-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
 set -euo pipefail
@@ -40,6 +47,7 @@ NSS="lana gwa net gwb lanb"
 RW_NSS="lan gw rw"
 CL_NSS="home cl sgw srv"
 MOB_NSS="home cl rtr gw srv"
+HA_NSS="home cl rtr gwa gwb lsw srv"
 
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
@@ -179,6 +187,54 @@ mob_up() {
     host4 "$p-srv" 10.9.0.10/24 10.9.0.1
 }
 
+ha_up() {
+    ns_add $HA_NSS
+    ip link add lan0 netns "$p-home" address 02:00:00:00:07:fe type veth \
+        peer name lan netns "$p-cl" address 02:00:00:00:07:01
+    ip link add wan netns "$p-cl" address 02:00:00:00:02:10 type veth \
+        peer name eth0 netns "$p-rtr" address 02:00:00:00:71:01
+    # The router's side of the gateways' WAN: a bridge with the router's address on it.
+    ip -n "$p-rtr" link add br1 address 02:00:00:00:71:02 type bridge
+    ip -n "$p-lsw" link add br0 type bridge
+    for g in a b; do
+        ip link add "p$g" netns "$p-rtr" type veth peer name wan netns "$p-gw$g" \
+            address "02:00:00:00:03:0${g/a/1}"
+        ip link add "l$g" netns "$p-lsw" type veth peer name lan netns "$p-gw$g" \
+            address "02:00:00:00:09:0${g/a/1}"
+        ip -n "$p-rtr" link set "p$g" master br1
+        ip -n "$p-lsw" link set "l$g" master br0
+        links_up "$p-rtr" "p$g"
+        links_up "$p-lsw" "l$g"
+    done
+    ip link add sync netns "$p-gwa" type veth peer name sync netns "$p-gwb"
+    ip link add lan0 netns "$p-srv" address 02:00:00:00:09:fe type veth \
+        peer name ls netns "$p-lsw"
+    ip -n "$p-lsw" link set ls master br0
+    links_up "$p-lsw" ls br0
+    gateway "$p-cl" lan wan
+    gateway "$p-gwa" lan wan sync
+    gateway "$p-gwb" lan wan sync
+    ip -n "$p-gwa" addr add 169.254.77.1/30 dev sync
+    ip -n "$p-gwb" addr add 169.254.77.2/30 dev sync
+    ip -n "$p-cl" addr add 192.0.2.10/24 dev wan
+    ip netns exec "$p-rtr" sysctl -qw net.ipv4.ip_forward=1
+    # Taken-over addresses: gratuitous ARP moves the router's entry at once.
+    ip netns exec "$p-rtr" sysctl -qw net.ipv4.conf.all.arp_accept=1
+    ip netns exec "$p-rtr" sysctl -qw net.ipv4.conf.br1.arp_accept=1
+    links_up "$p-rtr" eth0 br1
+    ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
+    ip -n "$p-rtr" addr add 198.51.100.254/24 dev eth0
+    ip -n "$p-rtr" addr add 203.0.113.254/24 dev br1
+    host4 "$p-home" 10.7.0.10/24 10.7.0.1
+    host4 "$p-srv" 10.9.0.10/24 10.9.0.1
+    ip netns exec "$p-srv" sysctl -qw net.ipv4.conf.all.arp_accept=1
+    ip netns exec "$p-srv" sysctl -qw net.ipv4.conf.lan0.arp_accept=1
+}
+
+ha_down() {
+    ns_del $HA_NSS
+}
+
 case "$cmd" in
 up) up ;;
 down) down ;;
@@ -188,6 +244,8 @@ cl-up) cl_up ;;
 cl-down) cl_down ;;
 mob-up) mob_up ;;
 mob-down) mob_down ;;
+ha-up) ha_up ;;
+ha-down) ha_down ;;
 exec)
     shift
     ns=$1
@@ -195,7 +253,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

@@ -180,15 +180,17 @@ impl Link for ShmControlLink {
         if let Ok(Some(d)) = self.punt.try_recv() {
             return Some(Input::Datagram(d));
         }
-        while let Ok(Some(e)) = self.events.try_recv() {
-            let Event::SeqCheckpoint { worker, .. } = e else {
-                return Some(Input::Event(e));
-            };
-            // A static SA's checkpoint: its reservation moves on, on disk before it is sent.
-            if let Some(u) = self.keeper.as_mut().and_then(|k| k.on_event(&e)) {
-                self.queue(worker, u);
-                self.flush();
+        if let Ok(Some(e)) = self.events.try_recv() {
+            if let Event::SeqCheckpoint { worker, .. } = e {
+                // A static SA's checkpoint: its reservation moves on, on disk before it is
+                // sent. Every checkpoint goes on to the core too (an HA pair replicates its
+                // SAs' checkpoints).
+                if let Some(u) = self.keeper.as_mut().and_then(|k| k.on_event(&e)) {
+                    self.queue(worker, u);
+                    self.flush();
+                }
             }
+            return Some(Input::Event(e));
         }
         None
     }

@@ -32,6 +32,7 @@ use proto::{Direction, Update};
 
 use crate::config::{Checked, DataplaneFile};
 use crate::control_link::ShmControlLink;
+use crate::ha::pair::Pair;
 use crate::seq_state::SeqKeeper;
 use crate::wan_follow::WanFollower;
 
@@ -54,6 +55,10 @@ pub struct ControlArgs {
     /// (default: next to the config file, CONFIG.seq-state).
     #[arg(long)]
     seq_state: Option<PathBuf>,
+    /// The HA node's durable sequence marks (default: next to the config file,
+    /// CONFIG.ha-marks); only with an `ha` section.
+    #[arg(long)]
+    ha_marks: Option<PathBuf>,
     /// Leave the process dumpable (see `roamgate dataplane --allow-core-dumps`).
     #[arg(long)]
     allow_core_dumps: bool,
@@ -72,9 +77,7 @@ impl ControlArgs {
 pub fn run(args: ControlArgs) -> Result<()> {
     let file: DataplaneFile = config::load(&args.config)?;
     let Checked {
-        plan,
-        conns,
-        backend: _,
+        plan, conns, ha, ..
     } = file.validate(&args.config)?;
     let gw = &file.gateway;
     let workers = file.dataplane.workers;
@@ -126,6 +129,19 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
     let mut driver = Driver::new(core);
     driver.set_admission(file.ike.admission(&args.config, "ike")?);
+    // An HA node that stops being active starts again with an empty core (its IKE SAs are
+    // the new active's now).
+    let fresh_core = {
+        let (file, path) = (file.clone(), args.config.clone());
+        move || -> Result<ControlCore> {
+            let Checked { plan, conns, .. } = file.validate(&path)?;
+            let gw = &file.gateway;
+            let repo = SaRepository::new(plan.rules, gw.replay_window);
+            let mut core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
+            core.set_admission(file.ike.admission(&path, "ike")?);
+            Ok(core)
+        }
+    };
     let mut follower = if args.follow_wan {
         let Some(dev) = gw.wan.device.as_deref() else {
             bail!(
@@ -139,6 +155,19 @@ pub fn run(args: ControlArgs) -> Result<()> {
     } else {
         None
     };
+    let clock = Clock::start();
+    let now = || clock.now();
+    let mut pair = match ha {
+        Some(h) => {
+            let path = args
+                .ha_marks
+                .clone()
+                .unwrap_or_else(|| crate::ha::marks::default_path(&args.config));
+            Some(Pair::start(h, &path, workers, now(), Box::new(fresh_core))?)
+        }
+        None => None,
+    };
+    let pair_view = pair.as_ref().map(Pair::view);
     let stop_views = Arc::new(AtomicBool::new(false));
     let views = match &args.socket {
         Some(path) => {
@@ -157,7 +186,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
                     serde_json::json!({ "gateway": name, "sas": [], "note": "the control plane; ask the data plane's socket for its SAs and counters" })
                         .to_string(),
                 ),
-                _ => None,
+                other => pair_view.as_ref().and_then(|p| p.answer(other)),
             }
             });
             Some(crate::views::serve(path, handler, stop_views.clone())?)
@@ -181,8 +210,6 @@ pub fn run(args: ControlArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let clock = Clock::start();
-    let now = || clock.now();
     driver.core_mut().initiate(now());
     let mut deadline: Option<Instant> = None;
     loop {
@@ -214,7 +241,10 @@ pub fn run(args: ControlArgs) -> Result<()> {
             }
             work = true;
         }
-        work |= driver.turn(now(), &mut link)?;
+        work |= match pair.as_mut() {
+            Some(p) => p.turn(now(), &mut driver, &mut link)?,
+            None => driver.turn(now(), &mut link)?,
+        };
         if let Some(err) = link.fatal.take() {
             return Err(err);
         }

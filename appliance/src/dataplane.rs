@@ -199,7 +199,15 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
         plan,
         conns,
         backend,
+        ha,
     } = file.validate(&args.config)?;
+    if ha.is_some() && with_ike {
+        bail!(
+            "{}: ha: an HA node runs as two processes (`roamgate run` without \
+             --single-process): the pair lives in the control process",
+            args.config.display()
+        );
+    }
     args.check_outputs()?;
     // A data plane under a supervisor is given its socket (or none) explicitly.
     if args.shm.is_none() {

@@ -77,6 +77,8 @@ enum Command {
     Stats(views::ViewArgs),
     /// List a running process's SAs with their counters (never keys).
     Sa(views::ViewArgs),
+    /// An HA node: `status` (role, peer, sync state, SAs) or `switchover` (planned).
+    Ha(ha::cli::HaArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::Status(args) => views::status(args),
         Command::Stats(args) => views::stats(args),
         Command::Sa(args) => views::sas(args),
+        Command::Ha(args) => ha::cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

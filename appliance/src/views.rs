@@ -199,8 +199,12 @@ pub struct ViewArgs {
 }
 
 impl ViewArgs {
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+
     /// The socket to ask: `--socket`, `--gateway`'s default one, or the only gateway's.
-    fn socket(&self) -> Result<PathBuf> {
+    pub(crate) fn socket(&self) -> Result<PathBuf> {
         if let Some(s) = &self.socket {
             return Ok(s.clone());
         }

@@ -257,7 +257,46 @@ impl SaRepository {
         id
     }
 
+    /// A CHILD_SA carried over from another node (an HA takeover adopts its IKE SA): the
+    /// updates that install it, under the SA ids the other node gave it, so that sequence
+    /// state replicated by id stays attached to the same SA. Fails for an id in use here.
+    pub fn adopt_child(
+        &mut self,
+        info: &ChildSaInfo,
+        in_id: SaId,
+        out_id: SaId,
+    ) -> Result<Vec<Update>, RepoError> {
+        let fail = |what: String| RepoError::Child {
+            name: info.name.clone(),
+            what,
+        };
+        for id in [in_id, out_id] {
+            if id.0 < FIRST_ID || self.owner.contains_key(&id) {
+                return Err(fail(format!("SA id {} is in use here", id.0)));
+            }
+        }
+        for id in [in_id, out_id] {
+            self.free_ids.remove(&id.0);
+            // Ids between the old end and this one become free for later CHILD_SAs.
+            while self.next_id <= id.0 {
+                if self.next_id != in_id.0 && self.next_id != out_id.0 {
+                    self.free_ids.insert(self.next_id);
+                }
+                self.next_id = self.next_id.saturating_add(1);
+            }
+        }
+        self.child_up_as(info, Some((in_id, out_id)))
+    }
+
     fn child_up(&mut self, info: &ChildSaInfo) -> Result<Vec<Update>, RepoError> {
+        self.child_up_as(info, None)
+    }
+
+    fn child_up_as(
+        &mut self,
+        info: &ChildSaInfo,
+        ids: Option<(SaId, SaId)>,
+    ) -> Result<Vec<Update>, RepoError> {
         let fail = |what: String| RepoError::Child {
             name: info.name.clone(),
             what,
@@ -285,8 +324,10 @@ impl SaRepository {
             local_port: info.local.port(),
             remote_port: info.remote.port(),
         });
-        let in_id = self.alloc_id();
-        let out_id = self.alloc_id();
+        let (in_id, out_id) = match ids {
+            Some(ids) => ids,
+            None => (self.alloc_id(), self.alloc_id()),
+        };
         let lifetime = self.lifetimes.get(&info.name).copied().unwrap_or_default();
         let common = |id: SaId, spi: ChildSpi, keys: SaKeys| SaParams {
             id,
@@ -593,6 +634,48 @@ mod tests {
             rekey_of: rekey_of.map(ChildSpi),
             initiated_here: here,
             redundant: false,
+        }
+    }
+
+    #[test]
+    fn an_adopted_child_keeps_the_ids_it_had_and_later_children_avoid_them() {
+        let mut r = SaRepository::new(Vec::new(), 64);
+        let (in_id, out_id) = (SaId(FIRST_ID + 5), SaId(FIRST_ID + 6));
+        let ups = r
+            .adopt_child(&info(0x10, 0x20, None), in_id, out_id)
+            .unwrap();
+        let added: Vec<(Direction, SaId)> = ups
+            .iter()
+            .filter_map(|u| match u {
+                Update::AddSa { dir, params } => Some((*dir, params.id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            added,
+            [(Direction::Inbound, in_id), (Direction::Outbound, out_id)]
+        );
+        assert_eq!(
+            r.child_of_sa(out_id, Spi(0x20)),
+            Some(ChildSpi(0x10)),
+            "reports about it name it"
+        );
+        // Its ids are in use: a second adoption of them is refused, fresh children get others.
+        assert!(r
+            .adopt_child(&info(0x11, 0x21, None), in_id, SaId(FIRST_ID + 9))
+            .is_err());
+        assert!(r
+            .adopt_child(&info(0x11, 0x21, None), SaId(3), SaId(FIRST_ID + 9))
+            .is_err());
+        for n in 0..8u32 {
+            let ups = r
+                .on_event(&Event::ChildUp(info(0x100 + n, 0x200 + n, None)))
+                .unwrap();
+            for u in &ups {
+                if let Update::AddSa { params, .. } = u {
+                    assert!(params.id != in_id && params.id != out_id, "{:?}", params.id);
+                }
+            }
         }
     }
 

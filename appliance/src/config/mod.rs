@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use control::config::ha::{HaPlan, HaYaml};
 use control::config::ike::{Connection, IkeYaml};
 use control::config::{ConfigError, GatewayConfig, GatewayPlan};
 use pipeline::crypto::Backend;
@@ -23,6 +24,9 @@ pub struct DataplaneFile {
     /// IKEv2 connections (`roamgate run`): SAs negotiated at run time, next to the static ones.
     #[serde(default)]
     pub ike: IkeYaml,
+    /// This node's place in an HA pair (`roamgate run`/`control`): absent, a lone gateway.
+    #[serde(default)]
+    pub ha: Option<HaYaml>,
 }
 
 /// What a checked file yields: the data plane's static part, the IKE connections and the
@@ -32,6 +36,7 @@ pub struct Checked {
     pub plan: GatewayPlan,
     pub conns: Vec<Connection>,
     pub backend: Backend,
+    pub ha: Option<HaPlan>,
 }
 
 impl DataplaneFile {
@@ -70,10 +75,29 @@ impl DataplaneFile {
         let conns = self.ike.validate(file, "ike")?;
         self.ike
             .check_against(&self.gateway, file, "ike", "gateway")?;
+        let ha = self
+            .ha
+            .as_ref()
+            .map(|h| h.validate(file, "ha"))
+            .transpose()?;
+        if let Some(h) = &ha {
+            if !h.wan_addresses.contains(&self.gateway.wan.address) {
+                return Err(ConfigError::new(
+                    file,
+                    "ha.virtual_addresses.wan",
+                    format!(
+                        "does not hold gateway.wan.address ({}): the pair's clients talk to \
+                         a virtual address",
+                        self.gateway.wan.address
+                    ),
+                ));
+            }
+        }
         Ok(Checked {
             plan,
             conns,
             backend,
+            ha,
         })
     }
 }
@@ -99,12 +123,7 @@ mod tests {
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            // ha-*.yaml carry an `ha` section that `run` does not take yet (an unknown key,
-            // refused by name); control::config::ha validates them.
-            let ha = p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("ha-"));
-            if p.extension().is_some_and(|x| x == "yaml") && !p.ends_with("lab.yaml") && !ha {
+            if p.extension().is_some_and(|x| x == "yaml") && !p.ends_with("lab.yaml") {
                 let f: DataplaneFile = control::config::load(&p).unwrap();
                 f.validate(&p).unwrap_or_else(|e| panic!("{e}"));
                 n += 1;

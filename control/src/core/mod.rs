@@ -22,6 +22,7 @@
 pub mod decisions;
 pub mod output;
 pub mod placement;
+pub mod transfer;
 pub mod view;
 
 #[cfg(test)]

@@ -30,6 +30,10 @@ use super::record::{ChildKey, Message, Record, Role};
 use super::seq::SeqPlan;
 use super::table::{Applied, Table};
 
+/// How many detection times an empty node that heard an active peer waits for it before it
+/// starts alone.
+const EMPTY_PATIENCE: u64 = 20;
+
 /// The parameters of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HaParams {
@@ -286,6 +290,15 @@ impl Node {
             let last = self.peer.map_or(self.started, |p| p.last_heard);
             t = t.min(last.saturating_add(self.p.detection_ms));
         }
+        if let Some(p) = self
+            .peer
+            .filter(|p| p.role == Role::Active && self.role != Role::Active)
+        {
+            t = t.min(
+                p.last_heard
+                    .saturating_add(self.p.detection_ms.saturating_mul(EMPTY_PATIENCE)),
+            );
+        }
         t
     }
 
@@ -354,6 +367,10 @@ impl Node {
             return;
         }
         let last = self.peer.map_or(self.started, |p| p.last_heard);
+        if self.waited_for_active(now) {
+            self.become_active(now);
+            return;
+        }
         if self.peer_lost_said || now.saturating_sub(last) < self.p.detection_ms {
             // Said and acted on once per silence; heartbeats go on.
             return;
@@ -374,13 +391,31 @@ impl Node {
             }
             Role::Standby => {}
             Role::OutOfSync | Role::Fenced => {
-                if self.is_empty() {
+                // An empty node that heard an active peer (it was syncing from it) waits much
+                // longer before it starts alone: a busy or slow active would otherwise be
+                // fenced by an empty table, and its state lost.
+                let heard_active = self.peer.is_some_and(|p| p.role == Role::Active);
+                let patience = self.p.detection_ms.saturating_mul(EMPTY_PATIENCE);
+                if self.is_empty() && heard_active && now.saturating_sub(last) < patience {
+                    // Said; started alone by `waited_for_active` if the peer stays silent.
+                } else if self.is_empty() {
                     self.become_active(now);
                 } else if self.role == Role::OutOfSync {
                     self.outputs.push_back(Output::Said(Said::CannotTakeOver));
                 }
             }
         }
+    }
+
+    /// An empty node that heard an active peer, silent for the whole patience since.
+    fn waited_for_active(&self, now: u64) -> bool {
+        matches!(self.role, Role::OutOfSync | Role::Fenced)
+            && self.is_empty()
+            && self.peer.is_some_and(|p| {
+                p.role == Role::Active
+                    && now.saturating_sub(p.last_heard)
+                        >= self.p.detection_ms.saturating_mul(EMPTY_PATIENCE)
+            })
     }
 
     fn is_empty(&self) -> bool {

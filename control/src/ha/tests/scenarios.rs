@@ -309,3 +309,31 @@ fn a_handover_lost_with_the_link_ends_with_one_active_and_no_repeat() {
     .expect("one active again");
     sim.run(1000);
 }
+
+#[test]
+fn an_empty_node_that_heard_an_active_waits_for_it_before_starting_alone() {
+    use crate::ha::{Message, Node};
+    let p = params(1, 100);
+    let mut n = Node::new(p, Default::default(), 0);
+    let hb = Message::Heartbeat {
+        slot: 0,
+        role: Role::Active,
+        epoch: 2,
+        priority: 200,
+        applied: 0,
+    }
+    .encode()
+    .unwrap();
+    n.handle_message(10, &hb);
+    // A slow active (silent past the detection time) is not fenced by an empty table.
+    for t in (20..p.detection_ms * 19).step_by(10) {
+        n.handle_timeout(t);
+        assert_ne!(n.role(), Role::Active, "at {t} ms");
+    }
+    // An active that is gone for good: the node starts alone, after the patience.
+    let at = n.poll_timeout();
+    assert!(at <= 10 + p.detection_ms * 20, "deadline {at}");
+    n.handle_timeout(10 + p.detection_ms * 20);
+    assert_eq!(n.role(), Role::Active);
+    assert!(n.epoch() > 2);
+}

@@ -1,0 +1,475 @@
+//! An HA pair takes over a road warrior's tunnel without renegotiation, end to end in network
+//! namespaces (vendor-scripts/netns-lab.sh ha-up, AF_XDP): two `roamgate run` nodes
+//! (configs/ha-a.yaml, ha-b.yaml) share 203.0.113.1 (WAN) and 10.9.0.1 (LAN); a `roamgate
+//! client` behind a router connects to the virtual address, and a UDP sequence stream runs
+//! each way between the host behind the client and the LAN host (1000 packets/s each). The
+//! active node is then made to fail, by kind:
+//!
+//! - `kill`: SIGKILL of the active's `roamgate run` (its control and data plane die with it);
+//!   it is started again and rejoins as standby;
+//! - `stop`: SIGSTOP of its three processes; SIGCONT later, when it meets the newer active and
+//!   is fenced (stops sending, resyncs as standby);
+//! - `cut`: its WAN, LAN and sync links cut (on the far side: the router's and the LAN
+//!   switch's ports, its sync device); restored later, when the two actives meet.
+//!
+//! Per kind it prints `ha-failover kind=K takeovers=N gap_ms_p50=.. gap_ms_p99=.. lost=..
+//! renegotiations=R dup_seq=D`: the longest gap of either stream per takeover (p50 and p99
+//! over the takeovers), packets lost in all, IKE_SA_INIT or CREATE_CHILD_SA frames seen on
+//! the client's link (a capture on the router, from after the tunnel is up), and (SPI,
+//! sequence number) pairs seen twice in that capture (a repeated GCM nonce). The client's IKE
+//! SA and CHILD_SA SPIs must be the same at the end as at the start.
+//!
+//! Takeovers per kind: 2 (CI); `ROAMGATE_HA_TAKEOVERS=N` runs N. Needs root (prints a SKIP
+//! line otherwise), python3 and tshark; run it under `flock -o /tmp/roamgate-netns.lock`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use roamgate_tests::netns::{in_ns, root_or_skip, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::strongswan::{ike_view, pings, wait_for, ScriptLab};
+use roamgate_tests::{root, scratch};
+
+const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+const SERVER: &str = "10.9.0.10";
+const PPS: u32 = 1000;
+/// Seconds each stream runs; the failure comes `FAIL_AT` into it.
+const SECS: u32 = 4;
+const FAIL_AT: Duration = Duration::from_millis(1500);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Kill,
+    Stop,
+    Cut,
+}
+
+fn have(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn sh(ns: &str, cmd: &str) {
+    let out = in_ns(ns, &["sh", "-c", cmd]);
+    assert!(
+        out.status.success(),
+        "{ns}: {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The node's pair status (`roamgate ha status --json`), or None when nobody answers.
+fn ha_status(sock: &Path) -> Option<serde_json::Value> {
+    let mut p = sock.as_os_str().to_owned();
+    p.push(".ike");
+    let mut c = UnixStream::connect(PathBuf::from(p)).ok()?;
+    c.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    c.write_all(b"ha\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(&c).read_line(&mut line).ok()?;
+    serde_json::from_str(line.trim()).ok()
+}
+
+fn role(sock: &Path) -> String {
+    ha_status(sock)
+        .and_then(|v| v["role"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// One node of the pair.
+struct HaNode {
+    name: &'static str,
+    ns: String,
+    config: PathBuf,
+    dir: PathBuf,
+    proc: Option<DataplaneProcess>,
+    /// The router's and the LAN switch's ports to it.
+    wan_port: String,
+    lan_port: String,
+}
+
+impl HaNode {
+    /// Ends the node by SIGKILL and keeps what it printed in DIR/NAME-N.log.
+    fn kill_and_log(&mut self) {
+        if let Some(p) = self.proc.take() {
+            let (_, out, err) = p.proc.stop("KILL", Duration::from_secs(5));
+            let mut n = 0;
+            while self.dir.join(format!("{}-{n}.log", self.name)).exists() {
+                n += 1;
+            }
+            let _ = std::fs::write(
+                self.dir.join(format!("{}-{n}.log", self.name)),
+                format!("{out}\n--- stderr\n{err}"),
+            );
+        }
+    }
+
+    fn start(&mut self) {
+        let shm = self.dir.join(format!("{}.shm", self.name));
+        self.proc = Some(DataplaneProcess::start_sub(
+            Path::new(BIN),
+            "run",
+            &self.ns,
+            &self.config,
+            &self.dir,
+            self.name,
+            &["--shm", shm.to_str().unwrap()],
+        ));
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join(format!("{}.sock", self.name))
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc
+            .as_ref()
+            .and_then(|p| p.proc.child.as_ref())
+            .map(|c| c.id())
+            .expect("running")
+    }
+
+    /// The supervisor and its children (control, data plane).
+    fn pids(&self) -> Vec<String> {
+        let sup = self.pid().to_string();
+        let out = Command::new("pgrep").args(["-P", &sup]).output().unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        v.push(sup);
+        v
+    }
+
+    fn signal_all(&self, sig: &str) {
+        let mut args = vec![format!("-{sig}")];
+        args.extend(self.pids());
+        let _ = Command::new("kill").args(&args).status();
+    }
+}
+
+/// (SPI, sequence number) of every ESP frame in `pcap` (ESP in UDP included).
+fn esp_nonces(pcap: &Path) -> Vec<(u32, u32)> {
+    let out = Command::new("tshark")
+        .args(["-r", pcap.to_str().unwrap(), "-Y", "esp", "-T", "fields"])
+        .args(["-e", "esp.spi", "-e", "esp.sequence"])
+        .output()
+        .expect("tshark -r");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (spi, seq) = l.split_once('\t')?;
+            let spi = u32::from_str_radix(spi.trim().trim_start_matches("0x"), 16).ok()?;
+            Some((spi, seq.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// IKE exchange types of every IKE frame in `pcap`.
+fn ike_exchanges(pcap: &Path) -> Vec<u32> {
+    let out = Command::new("tshark")
+        .args(["-r", pcap.to_str().unwrap(), "-Y", "isakmp", "-T", "fields"])
+        .args(["-e", "isakmp.exchangetype"])
+        .output()
+        .expect("tshark -r");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// The client's IKE SA and CHILD_SA SPIs.
+fn client_sas(sock: &Path) -> (String, Vec<String>) {
+    let v = ike_view(sock);
+    let sa = &v["ike_sas"][0];
+    let children = sa["children"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|x| format!("{}/{}", x["spi_in"], x["spi_out"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    (sa["ike_sa"].to_string(), children)
+}
+
+struct Streams {
+    recv: NsProcess,
+    send: NsProcess,
+    serve: NsProcess,
+    fetch: NsProcess,
+}
+
+fn start_streams(lab: &ScriptLab, port: u16) -> Streams {
+    let tool = root().join("tests/tools/udp_stream.py");
+    let tool = tool.to_str().unwrap();
+    let (home, srv) = (lab.ns("home"), lab.ns("srv"));
+    let secs = SECS.to_string();
+    let wait = (SECS + 2).to_string();
+    let (p1, p2) = (port.to_string(), (port + 1).to_string());
+    let recv = NsProcess::spawn(&srv, &["python3", tool, "recv", &p1, &wait], "recv");
+    let serve = NsProcess::spawn(
+        &srv,
+        &["python3", tool, "serve", &p2, &PPS.to_string(), &secs],
+        "serve",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let fetch = NsProcess::spawn(
+        &home,
+        &["python3", tool, "fetch", SERVER, &p2, &wait],
+        "fetch",
+    );
+    let send = NsProcess::spawn(
+        &home,
+        &[
+            "python3",
+            tool,
+            "send",
+            SERVER,
+            &p1,
+            &PPS.to_string(),
+            &secs,
+        ],
+        "send",
+    );
+    Streams {
+        recv,
+        send,
+        serve,
+        fetch,
+    }
+}
+
+/// What a stream tool printed when it ended (by itself, within 15 s).
+fn json_of(mut p: NsProcess) -> Option<serde_json::Value> {
+    let what = p.what.clone();
+    let t = std::time::Instant::now();
+    while p.is_running() && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, out, err) = p.stop("TERM", Duration::from_secs(2));
+    let v = serde_json::from_str(out.trim()).ok();
+    if v.is_none() {
+        println!("{what} printed no result: {out} {err}");
+    }
+    v
+}
+
+/// Waits for the streams' end: (sent, received, longest gap in ms) of both directions.
+fn finish_streams(s: Streams) -> (u64, u64, f64) {
+    std::thread::sleep(Duration::from_secs(u64::from(SECS) + 3).saturating_sub(FAIL_AT));
+    // A stream whose tool printed nothing counts as all lost (the server that never heard
+    // its client's hello: the way there was broken).
+    let all = u64::from(PPS * SECS);
+    let sent_of = |v: Option<serde_json::Value>| v.map_or(all, |v| v["sent"].as_u64().unwrap_or(0));
+    let got_of = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .map_or(0, |v| v["received"].as_u64().unwrap_or(0))
+    };
+    let gap_of = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .and_then(|v| v["longest_gap_ms"].as_f64())
+            .unwrap_or(f64::INFINITY)
+    };
+    let sent = sent_of(json_of(s.send)) + sent_of(json_of(s.serve));
+    let (got1, got2) = (json_of(s.recv), json_of(s.fetch));
+    let got = got_of(&got1) + got_of(&got2);
+    let gap = gap_of(&got1).max(gap_of(&got2));
+    (sent, got, gap)
+}
+
+/// The active node's index, waiting until exactly one is active and the other standby.
+fn settled(nodes: &[HaNode; 2], secs: u64) -> usize {
+    let mut active = 0;
+    wait_for("one active node and one standby", secs, || {
+        let r = [role(&nodes[0].sock()), role(&nodes[1].sock())];
+        match (r[0].as_str(), r[1].as_str()) {
+            ("active", "standby") => active = 0,
+            ("standby", "active") => active = 1,
+            _ => return false,
+        }
+        true
+    });
+    active
+}
+
+fn epoch(n: &HaNode) -> u64 {
+    ha_status(&n.sock()).map_or(0, |v| v["epoch"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn the_standby_takes_over_without_renegotiation() {
+    if !root_or_skip("ha_failover") || !have("python3", "--version") || !have("tshark", "--version")
+    {
+        println!("SKIP ha_failover: needs root, python3 and tshark");
+        return;
+    }
+    let reps: usize = std::env::var("ROAMGATE_HA_TAKEOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let dir = scratch("ha_failover");
+    let lab = ScriptLab::up(
+        "ha-up",
+        "ha-down",
+        &format!("rgh{}", std::process::id() % 10_000),
+    );
+    // The configs next to this run's files: the nodes keep their marks next to them.
+    let mut nodes = [("a", "gwa", "pa", "la"), ("b", "gwb", "pb", "lb")].map(|(n, ns, w, l)| {
+        let config = dir.join(format!("ha-{n}.yaml"));
+        std::fs::copy(root().join(format!("configs/ha-{n}.yaml")), &config).unwrap();
+        let _ = std::fs::remove_file(dir.join(format!("ha-{n}.yaml.ha-marks")));
+        HaNode {
+            name: if n == "a" { "a" } else { "b" },
+            ns: lab.ns(ns),
+            config,
+            dir: dir.clone(),
+            proc: None,
+            wan_port: w.into(),
+            lan_port: l.into(),
+        }
+    });
+    nodes[0].start();
+    wait_for("node a active", 10, || role(&nodes[0].sock()) == "active");
+    nodes[1].start();
+    settled(&nodes, 20);
+
+    let client_dir = dir.join("client");
+    std::fs::create_dir_all(&client_dir).unwrap();
+    let shm = client_dir.join("cl.shm");
+    let client = DataplaneProcess::start_sub(
+        Path::new(BIN),
+        "client",
+        &lab.ns("cl"),
+        &root().join("configs/mobike-client.yaml"),
+        &client_dir,
+        "cl",
+        &["--shm", shm.to_str().unwrap()],
+    );
+    wait_for("the tunnel", 20, || pings(&lab.ns("home"), SERVER, 1) == 1);
+    let before = client_sas(&client.socket);
+    assert!(
+        !before.1.is_empty(),
+        "the client has a CHILD_SA: {before:?}"
+    );
+
+    let mut port = 5001;
+    let mut failures = Vec::new();
+    for kind in [Kind::Kill, Kind::Stop, Kind::Cut] {
+        let pcap = dir.join(format!("{kind:?}.pcap").to_lowercase());
+        let capture = Capture::start(
+            &lab.ns("rtr"),
+            "eth0",
+            "udp port 500 or udp port 4500",
+            &pcap,
+        );
+        let mut gaps = Vec::new();
+        let mut lost = 0;
+        for rep in 0..reps {
+            let a = settled(&nodes, 30);
+            let s = 1 - a;
+            let epoch_before = epoch(&nodes[a]);
+            let streams = start_streams(&lab, port);
+            port += 2;
+            std::thread::sleep(FAIL_AT);
+            match kind {
+                Kind::Kill => nodes[a].signal_all("KILL"),
+                Kind::Stop => nodes[a].signal_all("STOP"),
+                Kind::Cut => {
+                    let n = &nodes[a];
+                    sh(&lab.ns("rtr"), &format!("ip link set {} down", n.wan_port));
+                    sh(&lab.ns("lsw"), &format!("ip link set {} down", n.lan_port));
+                    sh(&n.ns, "ip link set sync down");
+                }
+            }
+            let (sent, got, gap) = finish_streams(streams);
+            let took_over = role(&nodes[s].sock()) == "active" && epoch(&nodes[s]) > epoch_before;
+            // Bring the failed node back; it rejoins as standby.
+            match kind {
+                Kind::Kill => {
+                    nodes[a].kill_and_log();
+                    nodes[a].start();
+                }
+                Kind::Stop => nodes[a].signal_all("CONT"),
+                Kind::Cut => {
+                    let n = &nodes[a];
+                    sh(&n.ns, "ip link set sync up");
+                    sh(&lab.ns("rtr"), &format!("ip link set {} up", n.wan_port));
+                    sh(&lab.ns("lsw"), &format!("ip link set {} up", n.lan_port));
+                }
+            }
+            let lost_now = sent.saturating_sub(got);
+            println!(
+                "ha-failover kind={kind:?} rep={rep}: node {} -> {}: took over {took_over}, lost {lost_now} of {sent}, longest gap {gap:.1} ms",
+                nodes[a].name, nodes[s].name
+            );
+            if !took_over {
+                failures.push(format!("{kind:?} rep {rep}: no takeover"));
+            }
+            gaps.push(gap);
+            lost += lost_now;
+        }
+        settled(&nodes, 30);
+        let frames = capture.finish();
+        assert!(!frames.is_empty(), "{kind:?}: the capture saw the tunnel");
+        let renegotiations = ike_exchanges(&pcap)
+            .iter()
+            .filter(|t| **t == 34 || **t == 36)
+            .count();
+        let nonces = esp_nonces(&pcap);
+        let mut seen: HashMap<(u32, u32), usize> = HashMap::new();
+        for n in &nonces {
+            *seen.entry(*n).or_default() += 1;
+        }
+        let dup = seen.values().filter(|c| **c > 1).count();
+        let kind_name = format!("{kind:?}").to_lowercase();
+        println!(
+            "ha-failover kind={kind_name} takeovers={reps} gap_ms_p50={:.1} gap_ms_p99={:.1} lost={lost} renegotiations={renegotiations} dup_seq={dup} (esp frames audited {})",
+            percentile(&gaps, 0.5),
+            percentile(&gaps, 0.99),
+            nonces.len()
+        );
+        if renegotiations != 0 {
+            failures.push(format!(
+                "{kind_name}: {renegotiations} IKE_SA_INIT/CREATE_CHILD_SA frames"
+            ));
+        }
+        if dup != 0 {
+            failures.push(format!("{kind_name}: {dup} (SPI, seq) sent twice"));
+        }
+        if nonces.len() < (PPS as usize) * reps {
+            failures.push(format!(
+                "{kind_name}: only {} ESP frames captured",
+                nonces.len()
+            ));
+        }
+        if gaps.iter().any(|g| !g.is_finite() || *g > 2000.0) {
+            failures.push(format!("{kind_name}: traffic stopped for long: {gaps:?}"));
+        }
+    }
+    let flows = pings(&lab.ns("home"), SERVER, 3);
+    let after = client_sas(&client.socket);
+    let (_, client_out) = client.stop_with_output();
+    let _ = std::fs::write(dir.join("client.log"), client_out);
+    for n in &mut nodes {
+        n.kill_and_log();
+    }
+    assert_eq!(flows, 3, "traffic after all takeovers");
+    assert_eq!(
+        before, after,
+        "the client kept its IKE SA and CHILD_SA SPIs"
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}
