@@ -467,6 +467,7 @@ fn pss_alg(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
