@@ -161,6 +161,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
         None => None,
     };
     let clock = Clock::start();
+    driver
+        .core_mut()
+        .set_unix_time_at_zero(clock.unix_time_at_zero());
     let now = || clock.now();
     driver.core_mut().initiate(now());
     let mut deadline: Option<Instant> = None;
