@@ -66,8 +66,7 @@ pub mod testing;
 mod tests;
 
 pub use config::{
-    after_secs, secret, Admission, Credential, EndpointConfig, PeerConfig, Pool, Pubkey,
-    Retransmit,
+    after_secs, secret, Admission, Credential, EndpointConfig, PeerConfig, Pool, Pubkey, Retransmit,
 };
 pub use endpoint::{AdoptError, ConnectError, Endpoint, ExportError, Footprint};
 pub use event::{ChildSaInfo, ChildSaKeys, DownReason, Event, SaSummary, Transmit};
