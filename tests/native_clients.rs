@@ -6,8 +6,9 @@
 //! `native-clients case=<name> up=yes ping=5/5 udp=<datagrams> lost=<n> rekey=yes`.
 //!
 //! Cases: an Android-like RSA client with RFC 7427 signatures (PKCS#1 v1.5 SHA-256), the same
-//! with RSASSA-PSS, and an ECDSA P-256 client. The log of strongSwan names the scheme each side
-//! signed with; the test checks it.
+//! with RSASSA-PSS, and an ECDSA P-256 client; a client of another CA, refused and counted as
+//! `auth_unknown_ca`; and roamgate as the client (ECDSA P-256) against strongSwan as the
+//! gateway. The log of strongSwan names the scheme each side signed with; the test checks it.
 //!
 //! Needs root (prints a SKIP line otherwise), strongSwan, openssl, iperf3.
 
@@ -57,9 +58,27 @@ fn gateway_config(pki: &Path) -> String {
     )
 }
 
-/// strongSwan as a client with `cert`/`key` of the PKI and `auth` (swanctl's syntax).
-fn client_conf(pki: &Path, who: &str, auth: &str) -> String {
-    let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
+/// Puts PKI files into the swanctl credential folders of `dir` (charon-netns.sh points
+/// swanctl there): `(folder, file)` pairs.
+fn swanctl_creds(pki: &Path, dir: &Path, files: &[(&str, &str)]) {
+    for (folder, f) in files {
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+        std::fs::copy(pki.join(f), dir.join(folder).join(f)).unwrap();
+    }
+}
+
+/// strongSwan as a client with `who`'s certificate and key of the PKI (put in `dir`'s
+/// credential folders) and `auth` (swanctl's syntax), trusting the root CA.
+fn client_conf(pki: &Path, dir: &Path, who: &str, auth: &str) -> String {
+    swanctl_creds(
+        pki,
+        dir,
+        &[
+            ("x509", &format!("{who}.pem")),
+            ("private", &format!("{who}.key")),
+            ("x509ca", "ca.pem"),
+        ],
+    );
     format!(
         "connections {{
   gw {{
@@ -80,11 +99,9 @@ fn client_conf(pki: &Path, who: &str, auth: &str) -> String {
     }}
   }}
 }}
-secrets {{ private-rw {{ file = {key} }} }}
 ",
-        cert = p(&format!("{who}.pem")),
-        key = p(&format!("{who}.key")),
-        ca = p("ca.pem"),
+        cert = format!("{who}.pem"),
+        ca = "ca.pem",
     )
 }
 
@@ -153,11 +170,8 @@ fn native_clients_with_certificates_against_roamgate_run() {
     ];
     for case in &cases {
         let cdir = dir.join(case.name);
-        let charon = Charon::start_with(
-            &lab.ns("rw"),
-            &cdir,
-            &client_conf(&pki, case.who, case.auth),
-        );
+        let conf = client_conf(&pki, &cdir, case.who, case.auth);
+        let charon = Charon::start_with(&lab.ns("rw"), &cdir, &conf);
         let out = charon.swanctl(&["--initiate", "--child", "net"]);
         let log = std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
         assert!(
@@ -203,9 +217,135 @@ fn native_clients_with_certificates_against_roamgate_run() {
     }
     // The IKE view counted no authentication failure on the way.
     let v = ike_view(&gw.socket);
-    let drops = v["ike_drops"].to_string();
-    assert!(!drops.contains("auth_"), "{drops}");
+    assert_eq!(v["ike_auth_failures"], serde_json::json!({}), "{v}");
+
+    // A client whose certificate comes from another CA: refused, counted by that reason, and
+    // strongSwan hears AUTHENTICATION_FAILED.
+    let stranger = make_pki(&dir.join("stranger"));
+    let cdir = dir.join("unknown-ca");
+    let conf = client_conf(&stranger, &cdir, "rw-ecdsa", "pubkey");
+    // It trusts our root, so only the gateway has reason to refuse.
+    std::fs::copy(pki.join("ca.pem"), cdir.join("x509ca/ca.pem")).unwrap();
+    let charon = Charon::start_with(&lab.ns("rw"), &cdir, &conf);
+    let out = charon.swanctl(&["--initiate", "--child", "net"]);
+    assert!(!out.contains("initiate completed successfully"), "{out}");
+    let log = std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
+    assert!(
+        log.contains("AUTHENTICATION_FAILED"),
+        "strongSwan was told: {log}"
+    );
+    let v = ike_view(&gw.socket);
+    let n = v["ike_auth_failures"]["auth_unknown_ca"].as_u64();
+    println!(
+        "native-clients case=unknown-ca up=no reason=auth_unknown_ca count={}",
+        n.unwrap_or(0)
+    );
+    assert!(n >= Some(1), "{v}");
+    drop(charon);
     drop(server);
     let (stats, _) = gw.stop_with_output();
     println!("gateway counters: {stats}");
+}
+
+/// roamgate as the client with an ECDSA P-256 certificate against strongSwan as the gateway
+/// with the RSA certificate of the intermediate CA (strongSwan sends the intermediate along).
+#[test]
+fn roamgate_client_with_a_certificate_against_a_strongswan_gateway() {
+    if !strongswan_or_skip("native_clients", &[])
+        || !roamgate_tests::have_tool("openssl", &["version"])
+    {
+        return;
+    }
+    let dir = scratch("native_clients_client");
+    let pki = make_pki(&dir);
+    let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    let lab = ScriptLab::up(
+        "cl-up",
+        "cl-down",
+        &format!("rgm{}", std::process::id() % 100_000),
+    );
+    let sgw = "connections {
+  rw {
+    local_addrs = 192.0.2.1
+    pools = vpool
+    version = 2
+    proposals = aes128gcm16-prfsha256-x25519
+    local { auth = pubkey
+      certs = gw.pem
+      id = gw.roamgate.test }
+    remote { auth = pubkey
+      cacerts = ca.pem
+      id = rw-ecdsa.roamgate.test }
+    children {
+      net { local_ts = 10.9.0.0/24
+        esp_proposals = aes128gcm16
+        start_action = none }
+    }
+  }
+}
+pools { vpool { addrs = 10.99.0.0/24 } }
+";
+    let cdir = dir.join("sgw");
+    swanctl_creds(
+        &pki,
+        &cdir,
+        &[
+            ("x509", "gw.pem"),
+            ("private", "gw.key"),
+            ("x509ca", "ca.pem"),
+            ("x509ca", "intermediate.pem"),
+        ],
+    );
+    let charon = Charon::start_with(&lab.ns("sgw"), &cdir, sgw);
+    let cfg = std::fs::read_to_string(root().join("configs/client.yaml")).unwrap();
+    let psk = "      local_id: rw.roamgate.test\n      remote_id: gw.roamgate.test\n      psk: \"lab-psk-not-secret\"\n";
+    assert!(cfg.contains(psk), "the client config changed");
+    let cfg = cfg.replace(
+        psk,
+        &format!(
+            "      local_id: rw-ecdsa.roamgate.test\n      remote_id: gw.roamgate.test\n      auth: pubkey\n      cert: {}\n      key: {}\n      cacerts: [{}]\n",
+            p("rw-ecdsa.pem"),
+            p("rw-ecdsa.key"),
+            p("ca.pem")
+        ),
+    );
+    let cfg_path = dir.join("client.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let client = DataplaneProcess::start_sub(
+        Path::new(BIN),
+        "client",
+        &lab.ns("cl"),
+        &cfg_path,
+        &dir,
+        "cl",
+        &["--shm", dir.join("cl.shm").to_str().unwrap()],
+    );
+    let up = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        ike_view(&client.socket)["virtual_ip"].as_str() == Some("10.99.0.1")
+    });
+    let log = std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
+    assert!(
+        up,
+        "the client's tunnel: {}\ncharon log:\n{log}",
+        ike_view(&client.socket)
+    );
+    assert!(
+        log.contains("authentication of 'rw-ecdsa.roamgate.test' with ECDSA_WITH_SHA256_DER"),
+        "{log}"
+    );
+    let ping = pings(&lab.ns("home"), "10.9.0.10", 5);
+    let rekey = charon
+        .swanctl(&["--rekey", "--child", "net"])
+        .contains("rekey completed successfully")
+        && pings(&lab.ns("home"), "10.9.0.10", 2) == 2;
+    println!(
+        "native-clients case=roamgate-client-ecdsa-vs-strongswan-gw up=yes ping={ping}/5 rekey={}",
+        if rekey { "yes" } else { "no" }
+    );
+    assert_eq!(ping, 5, "ping through the tunnel");
+    assert!(rekey, "rekey");
+    let (stats, _) = client.stop_with_output();
+    println!("client counters: {stats}");
+    drop(charon);
 }
