@@ -200,9 +200,8 @@ pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, LoadEr
 pub struct LocalCert {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: SigningKey,
-    /// SHA-1 of the SPKI of each certificate in the chain after the end entity and of the
-    /// issuer of the last (unknown: the issuer's key is not in the chain) is not kept; a
-    /// CERTREQ naming one of the chain's CAs is matched on these.
+    /// SHA-1 of the SPKI of each intermediate in the chain: a CERTREQ naming one of them
+    /// says the peer has it already.
     issuers_spki_sha1: Vec<[u8; 20]>,
 }
 

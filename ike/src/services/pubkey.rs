@@ -139,7 +139,6 @@ const OID_SHA512: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
 const OID_ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
-const OID_ECDSA_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
 const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
@@ -416,7 +415,7 @@ fn digital_alg(
     };
     match chosen {
         Some(a) => Ok(a),
-        // A known algorithm for another key type, or one we do not do (ECDSA with SHA-512).
+        // A known algorithm for another key type.
         None if [
             OID_RSA_SHA1,
             OID_RSA_SHA256,
@@ -431,7 +430,7 @@ fn digital_alg(
         {
             Err(AuthError::KeyMismatch)
         }
-        None if oid == OID_ECDSA_SHA512 => Err(AuthError::SignatureAlgorithm),
+        // ECDSA with SHA-512 (ring has none), or an algorithm unknown here.
         None => Err(AuthError::SignatureAlgorithm),
     }
 }
