@@ -6,8 +6,9 @@
 //! `native-clients case=<name> up=yes ping=5/5 udp=<datagrams> lost=<n> rekey=yes`.
 //!
 //! Cases: an Android-like RSA client with RFC 7427 signatures (PKCS#1 v1.5 SHA-256), the same
-//! with RSASSA-PSS, and an ECDSA P-256 client; a client of another CA, refused and counted as
-//! `auth_unknown_ca`; and roamgate as the client (ECDSA P-256) against strongSwan as the
+//! with RSASSA-PSS, and an ECDSA P-256 client; clients of another CA, refused and counted as
+//! `auth_unknown_ca` (or `auth_chain_signature_invalid` for a CA that has our root's name but
+//! another key); and roamgate as the client (ECDSA P-256) against strongSwan as the
 //! gateway. The log of strongSwan names the scheme each side signed with; the test checks it.
 //!
 //! Needs root (prints a SKIP line otherwise), strongSwan, openssl, iperf3.
@@ -17,18 +18,19 @@ use std::time::Duration;
 
 use roamgate_tests::netns::{DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
-    ike_view, iperf_udp, pings, strongswan_or_skip, wait_for, Charon, ScriptLab,
+    ike_view, iperf_udp, pings, strongswan_or_skip, Charon, ScriptLab,
 };
 use roamgate_tests::{root, scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
 
-/// The test PKI, made by the shipped script.
-fn make_pki(dir: &Path) -> PathBuf {
+/// The test PKI, made by the shipped script, its CAs named after `org`.
+fn make_pki(dir: &Path, org: &str) -> PathBuf {
     let pki = dir.join("pki");
     let out = std::process::Command::new("bash")
         .arg(root().join("vendor-scripts/make-test-ca.sh"))
         .arg(&pki)
+        .env("ORG", org)
         .output()
         .expect("make-test-ca.sh");
     assert!(
@@ -122,7 +124,7 @@ fn native_clients_with_certificates_against_roamgate_run() {
         return;
     }
     let dir = scratch("native_clients");
-    let pki = make_pki(&dir);
+    let pki = make_pki(&dir, "roamgate test");
     let lab = ScriptLab::up(
         "rw-up",
         "rw-down",
@@ -219,29 +221,43 @@ fn native_clients_with_certificates_against_roamgate_run() {
     let v = ike_view(&gw.socket);
     assert_eq!(v["ike_auth_failures"], serde_json::json!({}), "{v}");
 
-    // A client whose certificate comes from another CA: refused, counted by that reason, and
-    // strongSwan hears AUTHENTICATION_FAILED.
-    let stranger = make_pki(&dir.join("stranger"));
-    let cdir = dir.join("unknown-ca");
-    let conf = client_conf(&stranger, &cdir, "rw-ecdsa", "pubkey");
-    // It trusts our root, so only the gateway has reason to refuse.
-    std::fs::copy(pki.join("ca.pem"), cdir.join("x509ca/ca.pem")).unwrap();
-    let charon = Charon::start_with(&lab.ns("rw"), &cdir, &conf);
-    let out = charon.swanctl(&["--initiate", "--child", "net"]);
-    assert!(!out.contains("initiate completed successfully"), "{out}");
-    let log = std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
-    assert!(
-        log.contains("AUTHENTICATION_FAILED"),
-        "strongSwan was told: {log}"
-    );
-    // The view is rebuilt on its own deadline: wait for it.
-    let count = || ike_view(&gw.socket)["ike_auth_failures"]["auth_unknown_ca"].as_u64();
-    wait_for("auth_unknown_ca in the IKE view", 10, || count() >= Some(1));
-    println!(
-        "native-clients case=unknown-ca up=no reason=auth_unknown_ca count={}",
-        count().unwrap_or(0)
-    );
-    charon.stop();
+    // Clients whose certificates come from another CA: refused, counted by that reason, and
+    // strongSwan hears AUTHENTICATION_FAILED. A CA of another name is unknown; one that has
+    // our root's name but not its key fails on the chain's signature.
+    for (case, org, reason) in [
+        ("unknown-ca", "stranger test", "auth_unknown_ca"),
+        (
+            "same-name-other-key-ca",
+            "roamgate test",
+            "auth_chain_signature_invalid",
+        ),
+    ] {
+        let stranger = make_pki(&dir.join(case), org);
+        let cdir = dir.join(case).join("rw");
+        let conf = client_conf(&stranger, &cdir, "rw-ecdsa", "pubkey");
+        // It trusts our root, so only the gateway has reason to refuse.
+        std::fs::copy(pki.join("ca.pem"), cdir.join("x509ca/ca.pem")).unwrap();
+        let charon = Charon::start_with(&lab.ns("rw"), &cdir, &conf);
+        let out = charon.swanctl(&["--initiate", "--child", "net"]);
+        assert!(!out.contains("initiate completed successfully"), "{out}");
+        let log = std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
+        assert!(
+            log.contains("received AUTHENTICATION_FAILED notify"),
+            "{case}: strongSwan was told: {log}"
+        );
+        // The view is rebuilt on its own deadline: wait for it.
+        let count = || ike_view(&gw.socket)["ike_auth_failures"][reason].as_u64();
+        let seen = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            count() >= Some(1)
+        });
+        println!(
+            "native-clients case={case} up=no reason={reason} count={}",
+            count().unwrap_or(0)
+        );
+        assert!(seen, "{case}: {}", ike_view(&gw.socket));
+        charon.stop();
+    }
     drop(server);
     let (stats, _) = gw.stop_with_output();
     println!("gateway counters: {stats}");
@@ -257,7 +273,7 @@ fn roamgate_client_with_a_certificate_against_a_strongswan_gateway() {
         return;
     }
     let dir = scratch("native_clients_client");
-    let pki = make_pki(&dir);
+    let pki = make_pki(&dir, "roamgate test");
     let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
     let lab = ScriptLab::up(
         "cl-up",

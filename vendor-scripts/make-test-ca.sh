@@ -17,6 +17,7 @@
 #   rw-ecdsa.pem .key              client, ECDSA P-256, the same for rw-ecdsa
 #   ca.crl                         the root's CRL (empty; `REVOKE=rw-rsa` revokes that client)
 #
+# ORG (default "roamgate test") names the CAs: "/O=$ORG/CN=$ORG root CA" and intermediate.
 # Private keys are PKCS#8 PEM ("BEGIN PRIVATE KEY"), which roamgate and strongSwan both read.
 # Validity: DAYS (default 825) from now; set START (openssl -startdate form, YYMMDDHHMMSSZ)
 # to back-date them.
@@ -24,6 +25,7 @@ set -euo pipefail
 out=${1:?usage: make-test-ca.sh OUTDIR [GATEWAY_NAME]}
 gw=${2:-gw.roamgate.test}
 days=${DAYS:-825}
+org=${ORG:-roamgate test}
 mkdir -p "$out"
 cd "$out"
 
@@ -108,13 +110,13 @@ issue() { # NAME CA_SECTION EXT_SECTION SUBJECT
 }
 
 key ca.key rsa 3072
-openssl req -new -key ca.key -subj "/O=roamgate test/CN=roamgate test root CA" -out ca.csr
+openssl req -new -key ca.key -subj "/O=$org/CN=$org root CA" -out ca.csr
 openssl ca -batch -config ca.cnf -name root -selfsign -extensions v3_root "${start[@]}" \
     -notext -in ca.csr -out ca.pem 2>/dev/null
 rm -f ca.csr
 
 key intermediate.key rsa 2048
-issue intermediate root v3_inter "/O=roamgate test/CN=roamgate test intermediate CA"
+issue intermediate root v3_inter "/O=$org/CN=$org intermediate CA"
 
 key gw.key rsa 2048
 issue gw inter v3_gw "/O=roamgate test/CN=$gw"

@@ -129,10 +129,12 @@ impl Ctx<'_> {
 
     /// Seconds since the UNIX epoch at `now` (certificate validity).
     pub(crate) fn unix_time(&self) -> u64 {
+        // Added before rounding down: two truncated parts would lag the clock by up to 2 s
+        // and call a certificate issued a second ago not yet valid.
         self.config
             .unix_time_at_zero
+            .saturating_add(core::time::Duration::from_nanos(self.now.as_nanos()))
             .as_secs()
-            .saturating_add(self.now.as_nanos() / 1_000_000_000)
     }
 
     pub(crate) fn ike_spi(&mut self) -> IkeSpi {

@@ -1107,3 +1107,43 @@ fn a_key_that_is_not_the_certificates_is_refused_at_load() {
     assert!(format!("{:?}", SigningKey::from_pem(RSA_A.as_bytes()).unwrap()).contains("<secret>"));
     assert!(!format!("{:?}", SigningKey::from_pem(RSA_A.as_bytes()).unwrap()).contains("MII"));
 }
+
+/// The caller's clock is added up before it is rounded to seconds: a certificate that became
+/// valid a fraction of a second ago is valid (two truncated parts would lag by up to 2 s).
+#[test]
+fn validity_is_judged_at_the_callers_exact_time() {
+    let ca = root("root");
+    let mut fresh = rw_leaf();
+    fresh.from = (2026, 1, 1); // valid from JAN_2026 exactly
+    let c = cred(Alg::P256, &ca, &[], &fresh, &[&ca], PeerEku::Server, false);
+    let g = cred(
+        Alg::P256,
+        &ca,
+        &[],
+        &gw_leaf(),
+        &[&ca],
+        PeerEku::Client,
+        false,
+    );
+    let mut cc = client_cfg();
+    cc.auth = c;
+    let mut gc = gateway_cfg();
+    gc.auth = g;
+    // UNIX time JAN_2026 - 0.4 s at the clock's zero; the handshake runs at 0.5 s.
+    let at_zero = Duration::from_secs(JAN_2026 - 1) + Duration::from_millis(600);
+    let ep = |peer, seed| {
+        Endpoint::new(
+            EndpointConfig {
+                peers: vec![peer],
+                unix_time_at_zero: at_zero,
+                ..Default::default()
+            },
+            [seed; 32],
+        )
+    };
+    let mut p = Pair::with_endpoints(ep(cc, 1), ep(gc, 2));
+    p.net.run_for(ms(500));
+    p.connect();
+    p.drive();
+    assert_up(&mut p);
+}
