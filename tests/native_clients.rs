@@ -89,10 +89,10 @@ fn client_conf(pki: &Path, dir: &Path, who: &str, auth: &str) -> String {
     version = 2
     proposals = aes128gcm16-prfsha256-x25519
     local {{ auth = {auth}
-      certs = {cert}
+      certs = {who}.pem
       id = {who}.roamgate.test }}
     remote {{ auth = pubkey
-      cacerts = {ca}
+      cacerts = ca.pem
       id = gw.roamgate.test }}
     children {{
       net {{ remote_ts = 10.9.0.0/24
@@ -101,9 +101,7 @@ fn client_conf(pki: &Path, dir: &Path, who: &str, auth: &str) -> String {
     }}
   }}
 }}
-",
-        cert = format!("{who}.pem"),
-        ca = "ca.pem",
+"
     )
 }
 
