@@ -104,9 +104,25 @@ impl Charon {
     }
 }
 
+impl Charon {
+    /// Stops charon and waits (up to 10 s) until it is gone, so that the next charon in the
+    /// same namespace can bind the IKE ports.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+        let proc = PathBuf::from(format!("/proc/{}", self.pid));
+        let t = Instant::now();
+        while proc.exists() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.pid.clear();
+    }
+}
+
 impl Drop for Charon {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(&self.pid).status();
+        if !self.pid.is_empty() {
+            let _ = Command::new("kill").arg(&self.pid).status();
+        }
     }
 }
 

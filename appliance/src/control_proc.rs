@@ -129,6 +129,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
     let mut driver = Driver::new(core);
     driver.set_admission(file.ike.admission(&args.config, "ike")?);
+    let clock = Clock::start();
+    let unix_time_at_zero = clock.unix_time_at_zero();
+    driver.core_mut().set_unix_time_at_zero(unix_time_at_zero);
     // An HA node that stops being active starts again with an empty core (its IKE SAs are
     // the new active's now).
     let fresh_core = {
@@ -139,6 +142,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             let repo = SaRepository::new(plan.rules, gw.replay_window);
             let mut core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
             core.set_admission(file.ike.admission(&path, "ike")?);
+            core.set_unix_time_at_zero(unix_time_at_zero);
             Ok(core)
         }
     };
@@ -155,7 +159,6 @@ pub fn run(args: ControlArgs) -> Result<()> {
     } else {
         None
     };
-    let clock = Clock::start();
     let now = || clock.now();
     let mut pair = match ha {
         Some(h) => {

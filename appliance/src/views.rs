@@ -269,6 +269,15 @@ fn ike_drop_lines(ike: &serde_json::Value) -> Vec<String> {
     if let Some(n) = ike["ike_answers_limited"].as_u64().filter(|n| *n > 0) {
         lines.push(format!("    {:<22} {n}", "answers_rate_limited"));
     }
+    if let Some(d) = ike["ike_auth_failures"]
+        .as_object()
+        .filter(|d| !d.is_empty())
+    {
+        lines.push("  IKE authentication failures:".to_string());
+        for (k, n) in d {
+            lines.push(format!("    {k:<22} {n}"));
+        }
+    }
     lines
 }
 
@@ -452,6 +461,7 @@ mod tests {
         let ike = serde_json::json!({
             "ike_drops": { "truncated": 3, "integrity": 1 },
             "ike_answers_limited": 2,
+            "ike_auth_failures": { "auth_unknown_ca": 4 },
         });
         let lines = ike_drop_lines(&ike);
         assert_eq!(lines[0], "  IKE drops:");
@@ -464,6 +474,9 @@ mod tests {
         assert!(lines
             .iter()
             .any(|l| l.contains("answers_rate_limited") && l.ends_with(" 2")));
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("auth_unknown_ca") && l.ends_with(" 4")));
         let none = ike_drop_lines(&serde_json::json!({ "ike_drops": {} }));
         assert_eq!(none, ["  IKE drops: none"]);
     }

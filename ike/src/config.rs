@@ -8,6 +8,7 @@
 
 use core::net::Ipv4Addr;
 use core::time::Duration;
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
@@ -21,14 +22,35 @@ use crate::wire::{Id, TrafficSelector};
 pub enum Credential {
     /// A pre-shared key, the same on both ends (RFC 7296 2.15).
     Psk(Secret),
+    /// X.509 certificates: our chain and key, the CAs (and CRLs) the peer's must chain to.
+    Pubkey(Arc<Pubkey>),
 }
 
 impl core::fmt::Debug for Credential {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Credential::Psk(_) => write!(f, "Psk(<secret>)"),
+            Credential::Pubkey(p) => write!(f, "Pubkey({p:?})"),
         }
     }
+}
+
+/// Certificate authentication of one connection (RFC 7296 2.15 signatures, RFC 7427).
+#[derive(Debug)]
+pub struct Pubkey {
+    /// Our certificate chain and private key.
+    pub local: crate::services::LocalCert,
+    /// What the peer's certificate must chain to.
+    pub trust: crate::services::TrustStore,
+    /// The extended key usage the peer's certificate must allow.
+    pub peer_eku: crate::services::PeerEku,
+    /// Sign RSA as RSASSA-PSS (else PKCS#1 v1.5) under RFC 7427.
+    pub rsa_pss: bool,
+    /// Accept and make SHA-1 RSA signatures (AUTH method 1, or SHA-1 under method 14).
+    pub allow_sha1: bool,
+    /// Send our certificate only when the peer asked with a CERTREQ (iOS/macOS never ask
+    /// without a profile, so the default is always).
+    pub cert_only_if_asked: bool,
 }
 
 /// A range of virtual IPv4 addresses handed to road-warrior clients.
@@ -112,6 +134,9 @@ pub struct EndpointConfig {
     /// messages).
     pub unprotected_answers_per_sec: u32,
     pub admission: Admission,
+    /// The UNIX time at the caller's `Instant::ZERO`: certificate and CRL validity are
+    /// judged at this plus the `now` the caller passes in (the core reads no clock).
+    pub unix_time_at_zero: Duration,
 }
 
 /// Which IKE_SA_INIT requests a responder takes on (RFC 7296 2.6, RFC 8019): with this many
@@ -154,6 +179,7 @@ impl Default for EndpointConfig {
             rekey_retry: Duration::from_secs(10),
             unprotected_answers_per_sec: 20,
             admission: Admission::default(),
+            unix_time_at_zero: Duration::ZERO,
         }
     }
 }

@@ -149,6 +149,11 @@ impl Endpoint {
     /// Replaces the responder's admission policy (cookies, half-open caps) and the half-open
     /// timeout, e.g. from a configuration file read after the endpoint was built; half-open
     /// IKE SAs already made keep their expiry.
+    /// The UNIX time at the caller's `Instant::ZERO` (certificate validity is judged by it).
+    pub fn set_unix_time_at_zero(&mut self, t: core::time::Duration) {
+        self.config.unix_time_at_zero = t;
+    }
+
     pub fn set_admission(
         &mut self,
         admission: crate::config::Admission,

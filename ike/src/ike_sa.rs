@@ -129,6 +129,10 @@ pub(crate) struct Handshake {
     /// The responder's COOKIE to echo (RFC 7296 2.6), and how many it sent in a row.
     pub cookie: Option<Vec<u8>>,
     pub cookie_retries: u8,
+    /// What the peer's IKE_SA_INIT said for certificate authentication: its
+    /// SIGNATURE_HASH_ALGORITHMS (RFC 7427 4) and CERTREQs.
+    pub peer_hashes: Vec<u16>,
+    pub certreqs: Vec<Vec<u8>>,
 }
 
 /// Work under way on an IKE SA.

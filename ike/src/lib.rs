@@ -19,7 +19,7 @@
 //! | `ike_sa` | one IKE SA's lasting state and work under way | touch another IKE SA |
 //! | `exchange::*` | IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA (children, IKE SA), INFORMATIONAL, MOBIKE, each on one IKE SA and a context | answer an unauthenticated message on an IKE SA |
 //! | `timer` | per-IKE-SA deadline tables and the endpoint's ordered deadlines | file an IKE SA twice |
-//! | [`services`] | SPI allocation (node/worker bits), virtual-IP pools, authentication | reach the network or a clock |
+//! | [`services`] | SPI allocation (node/worker bits), virtual-IP pools, authentication: PSK and certificates (`auth`), signatures (`pubkey`), trust stores, chains, EKU and identities (`certs`) | reach the network or a clock; read a file |
 //! | [`ids`], [`time`] | `IkeSpi`, `ChildSpi`, `IkeSaId`; `Instant` | wrap around |
 #![forbid(unsafe_code)]
 #![deny(
@@ -66,7 +66,7 @@ pub mod testing;
 mod tests;
 
 pub use config::{
-    after_secs, secret, Admission, Credential, EndpointConfig, PeerConfig, Pool, Retransmit,
+    after_secs, secret, Admission, Credential, EndpointConfig, PeerConfig, Pool, Pubkey, Retransmit,
 };
 pub use endpoint::{AdoptError, ConnectError, Endpoint, ExportError, Footprint, SaStates};
 pub use event::{ChildSaInfo, ChildSaKeys, DownReason, Event, SaSummary, Transmit};

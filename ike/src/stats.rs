@@ -41,7 +41,11 @@
 //! answers are not: they are shorter than the request they answer (nothing to amplify) and
 //! the one way in for a legitimate initiator during a flood. Cookies sent, and cookies
 //! received that checked or did not (whether or not one was demanded), have counters of their
-//! own ([`Stats::cookies`]).
+//! own ([`Stats::cookies`]). Failed authentications are counted by their reason
+//! ([`AuthError::name`], `auth_*`), apart from the message reasons: such an IKE_AUTH was well
+//! formed and is answered AUTHENTICATION_FAILED (RFC 7296 2.21.2).
+
+use crate::services::AuthError;
 
 /// Why a received message was dropped or answered with an error. See the module table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -158,6 +162,8 @@ pub struct Stats {
     pub answers_limited: u64,
     pub cookies: CookieStats,
     pub handshakes: HandshakeStats,
+    /// IKE_AUTH exchanges that failed, by why (ours or the peer's authentication).
+    auth: [u64; AuthError::ALL.len()],
 }
 
 /// IKE SAs made by a handshake (IKE_SA_INIT and IKE_AUTH; an IKE SA rekey or an adopted
@@ -189,6 +195,26 @@ impl Stats {
         if let Some(c) = self.counts.get_mut(r.index()) {
             *c = c.saturating_add(1);
         }
+    }
+
+    pub fn count_auth(&mut self, e: AuthError) {
+        if let Some(i) = AuthError::ALL
+            .iter()
+            .position(|x| core::mem::discriminant(x) == core::mem::discriminant(&e))
+        {
+            if let Some(c) = self.auth.get_mut(i) {
+                *c = c.saturating_add(1);
+            }
+        }
+    }
+
+    /// How often authentication failed for this reason (`Method(_)` counts every method).
+    pub fn get_auth(&self, e: AuthError) -> u64 {
+        AuthError::ALL
+            .iter()
+            .position(|x| core::mem::discriminant(x) == core::mem::discriminant(&e))
+            .and_then(|i| self.auth.get(i).copied())
+            .unwrap_or(0)
     }
 
     pub fn get(&self, r: Reason) -> u64 {
@@ -223,6 +249,12 @@ impl Stats {
         v.push(("handshakes_started", self.handshakes.started));
         v.push(("handshakes_completed", self.handshakes.completed));
         v.push(("handshakes_failed", self.handshakes.failed));
+        v.extend(
+            AuthError::ALL
+                .iter()
+                .map(|e| (e.name(), self.get_auth(*e)))
+                .filter(|(_, n)| *n > 0),
+        );
         v
     }
 }

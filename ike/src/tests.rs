@@ -3,6 +3,7 @@
 //! builds more parties.
 
 mod auth;
+mod certs;
 mod child;
 mod cookie;
 mod endpoint;

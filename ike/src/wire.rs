@@ -84,6 +84,11 @@ pub mod notify {
     }
 }
 
+/// Certificate encodings of CERT and CERTREQ (RFC 7296 3.6).
+pub mod cert_encoding {
+    pub const X509_SIGNATURE: u8 = 4;
+}
+
 /// Protocol ids (SA proposals, notify, delete).
 pub mod proto {
     pub const IKE: u8 = 1;
@@ -278,6 +283,7 @@ pub mod id_type {
     pub const FQDN: u8 = 2;
     pub const RFC822: u8 = 3;
     pub const IPV6: u8 = 5;
+    pub const DER_ASN1_DN: u8 = 9;
     pub const KEY_ID: u8 = 11;
 }
 
@@ -300,6 +306,13 @@ impl Id {
                 Ok(a) => Ipv6Addr::from(a).to_string(),
                 Err(_) => "<bad ipv6 id>".into(),
             },
+            id_type::DER_ASN1_DN => {
+                use x509_parser::prelude::FromDer;
+                match x509_parser::x509::X509Name::from_der(&self.data) {
+                    Ok((_, name)) => name.to_string(),
+                    Err(_) => "<bad dn id>".into(),
+                }
+            }
             _ => String::from_utf8_lossy(&self.data).into_owned(),
         }
     }
@@ -392,7 +405,18 @@ pub enum Payload {
         kind: u8,
         attrs: Vec<CfgAttr>,
     },
-    /// A payload we do not interpret (CERTREQ, EAP, ... without the critical bit).
+    /// CERT (RFC 7296 3.6): an encoding (`cert_encoding`) and the certificate data.
+    Cert {
+        encoding: u8,
+        data: Vec<u8>,
+    },
+    /// CERTREQ (RFC 7296 3.7): an encoding and, for X.509, the SHA-1 hashes of the trusted
+    /// CAs' SubjectPublicKeyInfo, concatenated.
+    CertReq {
+        encoding: u8,
+        data: Vec<u8>,
+    },
+    /// A payload we do not interpret (EAP, ... without the critical bit).
     Other {
         kind: u8,
         data: Vec<u8>,
@@ -414,6 +438,8 @@ impl Payload {
             Payload::TsI(_) => payload::TSI,
             Payload::TsR(_) => payload::TSR,
             Payload::Cp { .. } => payload::CP,
+            Payload::Cert { .. } => payload::CERT,
+            Payload::CertReq { .. } => payload::CERTREQ,
             Payload::Other { kind, .. } => *kind,
         }
     }
@@ -547,6 +573,15 @@ impl Payload {
                 }
                 Payload::Cp { kind, attrs }
             }
+            payload::CERT | payload::CERTREQ => {
+                let encoding = r.u8()?;
+                let data = r.rest().to_vec();
+                if kind == payload::CERT {
+                    Payload::Cert { encoding, data }
+                } else {
+                    Payload::CertReq { encoding, data }
+                }
+            }
             other => Payload::Other {
                 kind: other,
                 data: body.to_vec(),
@@ -617,6 +652,10 @@ impl Payload {
                     out.extend_from_slice(&(a.value.len() as u16).to_be_bytes());
                     out.extend_from_slice(&a.value);
                 }
+            }
+            Payload::Cert { encoding, data } | Payload::CertReq { encoding, data } => {
+                out.push(*encoding);
+                out.extend_from_slice(data);
             }
             Payload::Other { data, .. } => out.extend_from_slice(data),
         }

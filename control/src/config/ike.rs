@@ -21,6 +21,9 @@
 //!       child_life_packets: 0
 //! ```
 //!
+//! With `auth: pubkey` a connection authenticates with certificates instead (`cert`, `key`,
+//! `cacerts`, `crls`, ...: see `config::certs`).
+//!
 //! A connection with `remote_addr` is initiated at start (a client, or a site-to-site
 //! initiator); one without waits for peers. Pre-shared keys never reach `Debug` or logs.
 //!
@@ -65,6 +68,25 @@ pub struct ConnectionYaml {
     pub psk: Option<SecretString>,
     #[serde(default)]
     pub psk_file: Option<String>,
+    /// `psk` (the default) or `pubkey` (certificates: see `config::certs`).
+    #[serde(default)]
+    pub auth: Option<String>,
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub cacerts: Vec<String>,
+    #[serde(default)]
+    pub crls: Vec<String>,
+    #[serde(default)]
+    pub peer_eku: Option<String>,
+    #[serde(default)]
+    pub rsa_pss: bool,
+    #[serde(default)]
+    pub allow_sha1: bool,
+    #[serde(default)]
+    pub send_cert: Option<String>,
     #[serde(default = "default_ike")]
     pub ike_proposals: Vec<String>,
     #[serde(default = "default_esp")]
@@ -299,6 +321,38 @@ impl IkeYaml {
         ))
     }
 
+    /// A connection's pre-shared key (`psk` or `psk_file`), at least 8 bytes.
+    fn psk(
+        c: &ConnectionYaml,
+        err: &impl Fn(String, String) -> ConfigError,
+        key: &impl Fn(&str) -> String,
+    ) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+        let psk = match (&c.psk, &c.psk_file) {
+            (Some(p), None) => Zeroizing::new(p.as_bytes().to_vec()),
+            (None, Some(f)) => super::secret::read_bytes(Path::new(f))
+                .map(|mut b| {
+                    while b.last().is_some_and(u8::is_ascii_whitespace) {
+                        b.pop();
+                    }
+                    b
+                })
+                .map_err(|e| err(key("psk_file"), format!("cannot read {f}: {e}")))?,
+            _ => {
+                return Err(err(
+                    key("psk"),
+                    "give exactly one of psk and psk_file".into(),
+                ))
+            }
+        };
+        if psk.len() < 8 {
+            return Err(err(
+                key("psk"),
+                "a pre-shared key shorter than 8 bytes is refused".into(),
+            ));
+        }
+        Ok(psk)
+    }
+
     /// Validates every connection and the admission policy; errors name the file and the key.
     pub fn validate(&self, file: &Path, at: &str) -> Result<Vec<Connection>, ConfigError> {
         self.admission(file, at)?;
@@ -312,29 +366,11 @@ impl IkeYaml {
                     format!("duplicate connection name '{}'", c.name),
                 ));
             }
-            let psk = match (&c.psk, &c.psk_file) {
-                (Some(p), None) => Zeroizing::new(p.as_bytes().to_vec()),
-                (None, Some(f)) => super::secret::read_bytes(Path::new(f))
-                    .map(|mut b| {
-                        while b.last().is_some_and(u8::is_ascii_whitespace) {
-                            b.pop();
-                        }
-                        b
-                    })
-                    .map_err(|e| err(key("psk_file"), format!("cannot read {f}: {e}")))?,
-                _ => {
-                    return Err(err(
-                        key("psk"),
-                        "give exactly one of psk and psk_file".into(),
-                    ))
-                }
+            let auth = match c.auth.as_deref() {
+                None | Some("psk") => Credential::Psk(secret(&Self::psk(c, &err, &key)?)),
+                Some("pubkey") => super::certs::load(c, file, &format!("{at}.connections[{i}]"))?,
+                Some(o) => return Err(err(key("auth"), format!("'{o}': expected psk or pubkey"))),
             };
-            if psk.len() < 8 {
-                return Err(err(
-                    key("psk"),
-                    "a pre-shared key shorter than 8 bytes is refused".into(),
-                ));
-            }
             let mut ike = Vec::new();
             for (j, p) in c.ike_proposals.iter().enumerate() {
                 ike.push(
@@ -434,7 +470,7 @@ impl IkeYaml {
                     name: c.name.clone(),
                     local_id: Id::from_text(&c.local_id),
                     remote_id,
-                    auth: Credential::Psk(secret(&psk)),
+                    auth,
                     ike_proposals: ike,
                     esp_proposals: esp,
                     local_ts: c.local_ts.iter().map(prefix_ts).collect(),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod certs;
 pub mod gateway;
 pub mod ha;
 pub mod ike;

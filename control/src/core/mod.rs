@@ -99,6 +99,12 @@ impl ControlCore {
         }
     }
 
+    /// The UNIX time at the driver clock's zero: the endpoint judges certificate validity by
+    /// it plus the `now` it is given.
+    pub fn set_unix_time_at_zero(&mut self, t: std::time::Duration) {
+        self.endpoint.set_unix_time_at_zero(t);
+    }
+
     /// Stops logging IKE events (a benchmark's crowd of clients would flood the output).
     pub fn set_quiet(&mut self) {
         self.log = false;

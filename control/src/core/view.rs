@@ -213,6 +213,12 @@ pub fn render(
         "ike_drops": drops,
         "ike_drops_total": stats.total(),
         "ike_answers_limited": stats.answers_limited,
+        // Failed authentications by reason (unknown CA, expired, missing EKU, ...).
+        "ike_auth_failures": ike::services::AuthError::ALL.iter()
+            .map(|e| (e.name(), stats.get_auth(*e)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.to_string(), n.into()))
+            .collect::<serde_json::Map<_, _>>(),
         // Every IKE counter by name, the cookies' too (RFC 7296 2.6), and the half-open SAs.
         "ike_messages": stats.named().into_iter()
             .map(|(k, v)| (k.to_string(), v.into()))

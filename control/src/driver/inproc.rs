@@ -132,7 +132,9 @@ impl InProcControl {
         local: IpAddr,
         workers: u16,
     ) -> InProcControl {
-        let core = ControlCore::new(conns, repo, workers, os_seed(), local);
+        let mut core = ControlCore::new(conns, repo, workers, os_seed(), local);
+        let clock = Clock::start();
+        core.set_unix_time_at_zero(clock.unix_time_at_zero());
         let driver = Driver::new(core);
         InProcControl {
             view: driver.view.clone(),
@@ -140,7 +142,7 @@ impl InProcControl {
             punt,
             transmit,
             backend,
-            clock: Clock::start(),
+            clock,
             key_export: None,
         }
     }

@@ -24,16 +24,25 @@ use proto::{Datagram, Event as DpEvent, Update};
 
 use crate::core::{ControlCore, Output};
 
-/// The real clock of a driver, as the core's [`Instant`]s (nanoseconds since it started).
-pub struct Clock(std::time::Instant);
+/// The real clock of a driver, as the core's [`Instant`]s (nanoseconds since it started), and
+/// the UNIX time it started at (certificate validity).
+pub struct Clock(std::time::Instant, std::time::Duration);
 
 impl Clock {
     pub fn start() -> Clock {
-        Clock(std::time::Instant::now())
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Clock(std::time::Instant::now(), unix)
     }
 
     pub fn now(&self) -> Instant {
         Instant::from_nanos(u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// The UNIX time at this clock's [`Instant`] zero.
+    pub fn unix_time_at_zero(&self) -> std::time::Duration {
+        self.1
     }
 }
 

@@ -16,12 +16,12 @@ use crate::config::PeerConfig;
 use crate::crypto::{self, SkCipher};
 use crate::event::{DownReason, Event};
 use crate::exchange::{
-    find_notify, find_sa, find_tsi, find_tsr, send_request, Ctx, Reply, Request,
+    auth_hints, find_notify, find_sa, find_tsi, find_tsr, send_request, Ctx, Reply, Request,
 };
 use crate::ids::ChildSpi;
 use crate::ike_sa::{ChildKeys, IkeSa, Phase};
 use crate::proposal::{esp_payload, esp_proposal, select_esp, EspProposal};
-use crate::services::{Auth, AuthInput};
+use crate::services::{Auth, AuthContext, AuthInput};
 use crate::ts::{any_v4, host_ts, narrow};
 use crate::wire::{cfg, exchange, notify, CfgAttr, Id, Payload, TrafficSelector};
 
@@ -31,6 +31,7 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         return;
     };
     let idi = cfg.local_id.clone();
+    let unix_time = ctx.unix_time();
     let signed = {
         let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
             return;
@@ -42,15 +43,27 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             sk_p: &keys.sk_pi,
             id: &idi,
         };
-        ctx.services.auth.sign(&cfg, &input)
+        let actx = AuthContext {
+            unix_time,
+            peer_hashes: &hs.peer_hashes,
+            certreqs: &hs.certreqs,
+        };
+        ctx.services
+            .auth
+            .sign(&cfg, &input, &actx)
+            .map(|a| (a, ctx.services.auth.extra_payloads(&cfg, &actx)))
     };
-    let Ok(auth) = signed else {
-        sa.close(ctx, DownReason::AuthFailed);
-        return;
+    let (auth, extra) = match signed {
+        Ok(x) => x,
+        Err(e) => {
+            ctx.count_auth(e);
+            sa.close(ctx, DownReason::AuthFailed);
+            return;
+        }
     };
     let child_spi = ctx.child_spi();
     let mut inner = vec![Payload::IdI(idi)];
-    inner.extend(ctx.services.auth.extra_payloads(&cfg));
+    inner.extend(extra);
     inner.push(Payload::notify(notify::INITIAL_CONTACT, vec![]));
     if let Some(r) = &cfg.remote_id {
         inner.push(Payload::IdR(r.clone()));
@@ -129,6 +142,7 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi
     if cfg.remote_id.as_ref().is_some_and(|r| r != idr) {
         return fail(sa, ctx);
     }
+    let unix_time = ctx.unix_time();
     let verified = {
         let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
             return;
@@ -140,9 +154,15 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi
             sk_p: &keys.sk_pr,
             id: idr,
         };
-        ctx.services.auth.verify(&cfg, &input, &auth, p)
+        let actx = AuthContext {
+            unix_time,
+            peer_hashes: &hs.peer_hashes,
+            certreqs: &hs.certreqs,
+        };
+        ctx.services.auth.verify(&cfg, &input, &auth, p, &actx)
     };
-    if verified.is_err() {
+    if let Err(e) = verified {
+        ctx.count_auth(e);
         return fail(sa, ctx);
     }
     let (ni, nr) = match sa.pending.handshake.as_ref() {
@@ -235,6 +255,9 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
     let Some(cfg) = choose_peer(ctx, sa, idi, find_idr(p)).cloned() else {
         return failed;
     };
+    let unix_time = ctx.unix_time();
+    // The initiator asks for our certificate in its IKE_AUTH request (RFC 7296 3.7).
+    let (_, certreqs) = auth_hints(p);
     let verified = {
         let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
             return failed;
@@ -246,9 +269,15 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
             sk_p: &keys.sk_pi,
             id: idi,
         };
-        ctx.services.auth.verify(&cfg, &input, &auth, p)
+        let actx = AuthContext {
+            unix_time,
+            peer_hashes: &hs.peer_hashes,
+            certreqs: &certreqs,
+        };
+        ctx.services.auth.verify(&cfg, &input, &auth, p, &actx)
     };
-    if verified.is_err() {
+    if let Err(e) = verified {
+        ctx.count_auth(e);
         return failed;
     }
     let signed = {
@@ -262,13 +291,25 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
             sk_p: &keys.sk_pr,
             id: &cfg.local_id,
         };
-        ctx.services.auth.sign(&cfg, &input)
+        let actx = AuthContext {
+            unix_time,
+            peer_hashes: &hs.peer_hashes,
+            certreqs: &certreqs,
+        };
+        ctx.services
+            .auth
+            .sign(&cfg, &input, &actx)
+            .map(|a| (a, ctx.services.auth.extra_payloads(&cfg, &actx)))
     };
-    let Ok(my_auth) = signed else {
-        return failed;
+    let (my_auth, extra) = match signed {
+        Ok(x) => x,
+        Err(e) => {
+            ctx.count_auth(e);
+            return failed;
+        }
     };
     let mut reply = vec![Payload::IdR(cfg.local_id.clone())];
-    reply.extend(ctx.services.auth.extra_payloads(&cfg));
+    reply.extend(extra);
     reply.push(Payload::Auth {
         method: my_auth.method,
         data: my_auth.data,

@@ -33,12 +33,13 @@
 
 use std::net::SocketAddr;
 
+use crate::config::PeerConfig;
 use crate::cookie::CookieSecrets;
 use crate::crypto::{DhPrivate, IkeKeys};
 use crate::event::DownReason;
 use crate::exchange::{
-    auth, error_answer, find_ke, find_nonce, find_notify, find_sa, first_error, nat_detected,
-    nat_notifies, plain_message, Ctx, Outstanding, Request,
+    auth, auth_hints, error_answer, find_ke, find_nonce, find_notify, find_sa, first_error,
+    nat_detected, nat_notifies, plain_message, Ctx, Outstanding, Request,
 };
 use crate::half_open::HalfOpen;
 use crate::ids::{IkeSaId, IkeSpi};
@@ -69,6 +70,7 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     });
     p.push(Payload::Nonce(hs.ni.clone()));
     p.extend(nat_notifies(spi_i, IkeSpi::ZERO, local, remote));
+    p.extend(ctx.services.auth.init_payloads(&[cfg.as_ref()], false));
     let data = plain_message(
         spi_i,
         IkeSpi::ZERO,
@@ -203,6 +205,9 @@ pub(crate) fn respond(
         Payload::Nonce(nr.clone()),
     ];
     reply.extend(nat_notifies(spi_i, spi_r, local, remote));
+    let peers: Vec<&PeerConfig> = ctx.peers.iter().map(|c| c.as_ref()).collect();
+    reply.extend(ctx.services.auth.init_payloads(&peers, true));
+    let (peer_hashes, _) = auth_hints(p);
     let data = plain_message(
         spi_i,
         spi_r,
@@ -216,6 +221,7 @@ pub(crate) fn respond(
     hs.nr = nr;
     hs.init_request = msg.to_vec();
     hs.init_response = data.clone();
+    hs.peer_hashes = peer_hashes;
     sa.state.peer_next_id = 1;
     sa.state.phase = Phase::Init;
     sa.pending.half_open = Some((spi_i, remote));
@@ -404,6 +410,7 @@ pub(crate) fn on_response(
     hs.dh = None;
     hs.nr = nr.to_vec();
     hs.init_response = msg.to_vec();
+    (hs.peer_hashes, hs.certreqs) = auth_hints(&p);
     sa.state.spi_r = spi_r;
     sa.state.prop = prop;
     sa.state.nat = nat_detected(&p, spi_i, spi_r, local, remote);

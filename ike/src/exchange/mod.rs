@@ -122,6 +122,21 @@ impl Ctx<'_> {
         self.stats.count(r);
     }
 
+    /// An authentication failure, by its reason.
+    pub(crate) fn count_auth(&mut self, e: crate::services::AuthError) {
+        self.stats.count_auth(e);
+    }
+
+    /// Seconds since the UNIX epoch at `now` (certificate validity).
+    pub(crate) fn unix_time(&self) -> u64 {
+        // Added before rounding down: two truncated parts would lag the clock by up to 2 s
+        // and call a certificate issued a second ago not yet valid.
+        self.config
+            .unix_time_at_zero
+            .saturating_add(core::time::Duration::from_nanos(self.now.as_nanos()))
+            .as_secs()
+    }
+
     pub(crate) fn ike_spi(&mut self) -> IkeSpi {
         self.services.spis.ike_spi(self.rng)
     }
@@ -660,6 +675,25 @@ pub(crate) fn find_tsr(p: &[Payload]) -> Option<&[TrafficSelector]> {
         Payload::TsR(t) => Some(t.as_slice()),
         _ => None,
     })
+}
+
+/// What a peer's message says for certificate authentication: its SIGNATURE_HASH_ALGORITHMS
+/// hashes (RFC 7427 4) and the data of its X.509 CERTREQs.
+pub(crate) fn auth_hints(p: &[Payload]) -> (Vec<u16>, Vec<Vec<u8>>) {
+    let hashes = find_notify(p, notify::SIGNATURE_HASH_ALGORITHMS)
+        .map(crate::services::pubkey::decode_hashes)
+        .unwrap_or_default();
+    let certreqs = p
+        .iter()
+        .filter_map(|x| match x {
+            Payload::CertReq {
+                encoding: wire::cert_encoding::X509_SIGNATURE,
+                data,
+            } => Some(data.clone()),
+            _ => None,
+        })
+        .collect();
+    (hashes, certreqs)
 }
 
 pub(crate) fn find_notify(p: &[Payload], k: u16) -> Option<&[u8]> {

@@ -2,14 +2,20 @@
 //! AUTH payload, to check the peer's, and for any payloads it wants carried with them
 //! (certificates and requests for them, say); they never look at a credential themselves.
 //! [`PskAuthenticator`] does pre-shared keys (AUTH method 2, Shared Key Message Integrity
-//! Code) from each connection's [`Credential`].
+//! Code) from each connection's [`Credential`]; [`CredentialAuthenticator`] (the endpoint's
+//! default) does those and certificates: SIGNATURE_HASH_ALGORITHMS and CERTREQ in
+//! IKE_SA_INIT, CERT and CERTREQ in IKE_AUTH, signatures (`pubkey`), path validation and
+//! identities (`certs`).
 //!
 //! Owns: the AUTH computation and check, and the credentials' meaning.
 //! Must never: compare MACs in time that depends on their content; print a credential.
 
-use crate::config::{Credential, PeerConfig};
+use rustls_pki_types::CertificateDer;
+
+use super::{certs, pubkey};
+use crate::config::{Credential, PeerConfig, Pubkey};
 use crate::crypto::Prf;
-use crate::wire::{Id, Payload};
+use crate::wire::{cert_encoding, notify, Id, Payload};
 
 /// AUTH method: Shared Key Message Integrity Code (RFC 7296 3.8).
 pub const METHOD_PSK: u8 = 2;
@@ -56,8 +62,9 @@ impl core::fmt::Debug for Auth {
     }
 }
 
-/// Why authentication failed (the exchange answers or reports AUTHENTICATION_FAILED).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why authentication failed: each a counted reason ([`AuthError::name`]); the exchange
+/// answers (or reports) AUTHENTICATION_FAILED whatever the reason (RFC 7296 2.21.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
 pub enum AuthError {
     #[error("the connection has no credential for this method")]
     NoCredential,
@@ -65,17 +72,146 @@ pub enum AuthError {
     Method(u8),
     #[error("the peer's AUTH does not verify")]
     Mismatch,
+    #[error("the peer sent no certificate")]
+    NoCertificate,
+    #[error("the peer's certificate does not parse")]
+    CertMalformed,
+    #[error("the peer's certificate does not chain to a configured CA")]
+    UnknownCa,
+    #[error("a certificate of the peer's chain has expired")]
+    Expired,
+    #[error("a certificate of the peer's chain is not valid yet")]
+    NotYetValid,
+    #[error("a certificate of the peer's chain is revoked")]
+    Revoked,
+    #[error("the peer's certificate lacks the required extended key usage")]
+    MissingEku,
+    #[error("a signature in the peer's certificate chain does not verify")]
+    ChainSignatureInvalid,
+    #[error("the peer's certificate chain is invalid")]
+    ChainInvalid,
+    #[error("the peer's certificate has no subjectAltName of its identity's type")]
+    SanType,
+    #[error("no subjectAltName of the peer's certificate matches its identity")]
+    SanMismatch,
+    #[error("the peer's DN identity is not its certificate's subject")]
+    SubjectMismatch,
+    #[error("the peer's identity type cannot be matched against a certificate")]
+    IdType,
+    #[error("the peer's key is on a curve we do not accept")]
+    CurveNotAllowed,
+    #[error("the peer's key type is not RSA, ECDSA or Ed25519")]
+    KeyType,
+    #[error("the AUTH method does not fit the peer's key")]
+    KeyMismatch,
+    #[error("SHA-1 signatures are not allowed on this connection")]
+    Sha1NotAllowed,
+    #[error("the signature algorithm is not one we accept")]
+    SignatureAlgorithm,
+    #[error("the AUTH signature data is malformed")]
+    SignatureMalformed,
+    #[error("the AUTH signature does not verify")]
+    SignatureInvalid,
+    #[error("the peer announced no hash our key can sign with")]
+    NoCommonHash,
+    #[error("our signature could not be made")]
+    SignFailed,
+}
+
+impl AuthError {
+    /// Every reason, for counters and views.
+    pub const ALL: [AuthError; 25] = [
+        AuthError::NoCredential,
+        AuthError::Method(0),
+        AuthError::Mismatch,
+        AuthError::NoCertificate,
+        AuthError::CertMalformed,
+        AuthError::UnknownCa,
+        AuthError::Expired,
+        AuthError::NotYetValid,
+        AuthError::Revoked,
+        AuthError::MissingEku,
+        AuthError::ChainSignatureInvalid,
+        AuthError::ChainInvalid,
+        AuthError::SanType,
+        AuthError::SanMismatch,
+        AuthError::SubjectMismatch,
+        AuthError::IdType,
+        AuthError::CurveNotAllowed,
+        AuthError::KeyType,
+        AuthError::KeyMismatch,
+        AuthError::Sha1NotAllowed,
+        AuthError::SignatureAlgorithm,
+        AuthError::SignatureMalformed,
+        AuthError::SignatureInvalid,
+        AuthError::NoCommonHash,
+        AuthError::SignFailed,
+    ];
+
+    /// The counter's name (`auth_` and the reason).
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthError::NoCredential => "auth_no_credential",
+            AuthError::Method(_) => "auth_method_unsupported",
+            AuthError::Mismatch => "auth_psk_mismatch",
+            AuthError::NoCertificate => "auth_no_certificate",
+            AuthError::CertMalformed => "auth_cert_malformed",
+            AuthError::UnknownCa => "auth_unknown_ca",
+            AuthError::Expired => "auth_cert_expired",
+            AuthError::NotYetValid => "auth_cert_not_yet_valid",
+            AuthError::Revoked => "auth_cert_revoked",
+            AuthError::MissingEku => "auth_missing_eku",
+            AuthError::ChainSignatureInvalid => "auth_chain_signature_invalid",
+            AuthError::ChainInvalid => "auth_chain_invalid",
+            AuthError::SanType => "auth_san_type",
+            AuthError::SanMismatch => "auth_san_mismatch",
+            AuthError::SubjectMismatch => "auth_subject_mismatch",
+            AuthError::IdType => "auth_id_type",
+            AuthError::CurveNotAllowed => "auth_curve_not_allowed",
+            AuthError::KeyType => "auth_key_type",
+            AuthError::KeyMismatch => "auth_key_mismatch",
+            AuthError::Sha1NotAllowed => "auth_sha1_not_allowed",
+            AuthError::SignatureAlgorithm => "auth_signature_algorithm",
+            AuthError::SignatureMalformed => "auth_signature_malformed",
+            AuthError::SignatureInvalid => "auth_signature_invalid",
+            AuthError::NoCommonHash => "auth_no_common_hash",
+            AuthError::SignFailed => "auth_sign_failed",
+        }
+    }
+}
+
+/// What the exchange knows besides the signed octets: the time for certificate validity, and
+/// what the peer said in IKE_SA_INIT (and, to a responder, in its IKE_AUTH request).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AuthContext<'a> {
+    /// Seconds since the UNIX epoch (the caller's time, `EndpointConfig::unix_time_at_zero`).
+    pub unix_time: u64,
+    /// The hashes of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 4), empty if it sent none.
+    pub peer_hashes: &'a [u16],
+    /// The data of each CERTREQ the peer sent (SHA-1 SPKI hashes of its CAs).
+    pub certreqs: &'a [Vec<u8>],
 }
 
 /// Proves our identity and checks the peer's.
 pub trait Authenticator: Send {
+    /// Payloads for our IKE_SA_INIT message (SIGNATURE_HASH_ALGORITHMS; a responder's CERTREQ)
+    /// given the connections it may be for.
+    fn init_payloads(&mut self, _peers: &[&PeerConfig], _responder: bool) -> Vec<Payload> {
+        Vec::new()
+    }
+
     /// Payloads to carry in our IKE_AUTH message next to IDi/IDr (e.g. CERT, CERTREQ).
-    fn extra_payloads(&mut self, _peer: &PeerConfig) -> Vec<Payload> {
+    fn extra_payloads(&mut self, _peer: &PeerConfig, _ctx: &AuthContext<'_>) -> Vec<Payload> {
         Vec::new()
     }
 
     /// Our AUTH payload over `input`.
-    fn sign(&mut self, peer: &PeerConfig, input: &AuthInput<'_>) -> Result<Auth, AuthError>;
+    fn sign(
+        &mut self,
+        peer: &PeerConfig,
+        input: &AuthInput<'_>,
+        ctx: &AuthContext<'_>,
+    ) -> Result<Auth, AuthError>;
 
     /// Checks the peer's AUTH over `input`; `message` is the peer's whole IKE_AUTH message
     /// (for payloads such as CERT).
@@ -85,6 +221,7 @@ pub trait Authenticator: Send {
         input: &AuthInput<'_>,
         auth: &Auth,
         message: &[Payload],
+        ctx: &AuthContext<'_>,
     ) -> Result<(), AuthError>;
 }
 
@@ -104,12 +241,18 @@ impl PskAuthenticator {
                 &input.id.body(),
             )
             .to_vec()),
+            Credential::Pubkey(_) => Err(AuthError::NoCredential),
         }
     }
 }
 
 impl Authenticator for PskAuthenticator {
-    fn sign(&mut self, peer: &PeerConfig, input: &AuthInput<'_>) -> Result<Auth, AuthError> {
+    fn sign(
+        &mut self,
+        peer: &PeerConfig,
+        input: &AuthInput<'_>,
+        _ctx: &AuthContext<'_>,
+    ) -> Result<Auth, AuthError> {
         Ok(Auth {
             method: METHOD_PSK,
             data: Self::mac(peer, input)?,
@@ -122,6 +265,7 @@ impl Authenticator for PskAuthenticator {
         input: &AuthInput<'_>,
         auth: &Auth,
         _message: &[Payload],
+        _ctx: &AuthContext<'_>,
     ) -> Result<(), AuthError> {
         if auth.method != METHOD_PSK {
             return Err(AuthError::Method(auth.method));
@@ -132,6 +276,132 @@ impl Authenticator for PskAuthenticator {
             Err(AuthError::Mismatch)
         }
     }
+}
+
+/// Each connection's own credential: pre-shared keys as [`PskAuthenticator`], certificates
+/// (RFC 7296 signatures, RFC 7427) with the connection's [`Pubkey`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CredentialAuthenticator;
+
+impl Authenticator for CredentialAuthenticator {
+    fn init_payloads(&mut self, peers: &[&PeerConfig], responder: bool) -> Vec<Payload> {
+        let pubkeys: Vec<&Pubkey> = peers
+            .iter()
+            .filter_map(|p| match &p.auth {
+                Credential::Pubkey(k) => Some(k.as_ref()),
+                Credential::Psk(_) => None,
+            })
+            .collect();
+        if pubkeys.is_empty() {
+            return Vec::new();
+        }
+        let sha1 = pubkeys.iter().any(|k| k.allow_sha1);
+        let mut v = vec![Payload::notify(
+            notify::SIGNATURE_HASH_ALGORITHMS,
+            pubkey::encode_hashes(&pubkey::announced_hashes(sha1)),
+        )];
+        if responder {
+            v.extend(certreq(&pubkeys));
+        }
+        v
+    }
+
+    fn extra_payloads(&mut self, peer: &PeerConfig, ctx: &AuthContext<'_>) -> Vec<Payload> {
+        let Credential::Pubkey(k) = &peer.auth else {
+            return Vec::new();
+        };
+        let mut v = Vec::new();
+        let asked = !ctx.certreqs.is_empty();
+        if asked || !k.cert_only_if_asked {
+            // The end entity always; the intermediates too unless every CERTREQ names a CA
+            // of ours the peer holds already (an intermediate it has).
+            let named = ctx
+                .certreqs
+                .iter()
+                .all(|r| !r.is_empty() && k.local.chain_named_by(r));
+            let send = if asked && named {
+                1
+            } else {
+                k.local.chain.len()
+            };
+            v.extend(k.local.chain.iter().take(send).map(|c| Payload::Cert {
+                encoding: cert_encoding::X509_SIGNATURE,
+                data: c.as_ref().to_vec(),
+            }));
+        }
+        v.extend(certreq(&[k.as_ref()]));
+        v
+    }
+
+    fn sign(
+        &mut self,
+        peer: &PeerConfig,
+        input: &AuthInput<'_>,
+        ctx: &AuthContext<'_>,
+    ) -> Result<Auth, AuthError> {
+        match &peer.auth {
+            Credential::Psk(_) => PskAuthenticator.sign(peer, input, ctx),
+            Credential::Pubkey(k) => {
+                let (method, data) =
+                    k.local
+                        .key
+                        .sign(&input.signed_octets(), ctx.peer_hashes, k.rsa_pss)?;
+                Ok(Auth { method, data })
+            }
+        }
+    }
+
+    fn verify(
+        &mut self,
+        peer: &PeerConfig,
+        input: &AuthInput<'_>,
+        auth: &Auth,
+        message: &[Payload],
+        ctx: &AuthContext<'_>,
+    ) -> Result<(), AuthError> {
+        let k = match &peer.auth {
+            Credential::Psk(_) => return PskAuthenticator.verify(peer, input, auth, message, ctx),
+            Credential::Pubkey(k) => k,
+        };
+        if auth.method == METHOD_PSK {
+            return Err(AuthError::Method(auth.method));
+        }
+        let certs: Vec<CertificateDer<'_>> = message
+            .iter()
+            .filter_map(|p| match p {
+                Payload::Cert {
+                    encoding: cert_encoding::X509_SIGNATURE,
+                    data,
+                } => Some(CertificateDer::from(data.as_slice())),
+                _ => None,
+            })
+            .collect();
+        let octets = input.signed_octets();
+        certs::validate_peer(
+            &k.trust,
+            &certs,
+            ctx.unix_time,
+            k.peer_eku,
+            input.id,
+            |spki| pubkey::verify(spki, auth.method, &auth.data, &octets, k.allow_sha1),
+        )
+    }
+}
+
+/// One CERTREQ naming the CAs of these connections, if they have any.
+fn certreq(pubkeys: &[&Pubkey]) -> Option<Payload> {
+    let mut data = Vec::new();
+    for k in pubkeys {
+        for h in k.trust.certreq_data().chunks_exact(20) {
+            if !data.chunks_exact(20).any(|x: &[u8]| x == h) {
+                data.extend_from_slice(h);
+            }
+        }
+    }
+    (!data.is_empty()).then_some(Payload::CertReq {
+        encoding: cert_encoding::X509_SIGNATURE,
+        data,
+    })
 }
 
 /// Compares two MACs in time that depends only on their lengths.
@@ -181,11 +451,12 @@ mod tests {
             id: &id,
         };
         let mut a = PskAuthenticator;
-        let auth = a.sign(&peer(b"k1"), &input).unwrap();
+        let c = AuthContext::default();
+        let auth = a.sign(&peer(b"k1"), &input, &c).unwrap();
         assert_eq!(auth.method, METHOD_PSK);
-        assert_eq!(a.verify(&peer(b"k1"), &input, &auth, &[]), Ok(()));
+        assert_eq!(a.verify(&peer(b"k1"), &input, &auth, &[], &c), Ok(()));
         assert_eq!(
-            a.verify(&peer(b"k2"), &input, &auth, &[]),
+            a.verify(&peer(b"k2"), &input, &auth, &[], &c),
             Err(AuthError::Mismatch)
         );
         let other = Auth {
@@ -193,7 +464,7 @@ mod tests {
             ..auth.clone()
         };
         assert_eq!(
-            a.verify(&peer(b"k1"), &input, &other, &[]),
+            a.verify(&peer(b"k1"), &input, &other, &[], &c),
             Err(AuthError::Method(1))
         );
         assert!(!format!("{auth:?}").contains(&format!("{:?}", auth.data)));

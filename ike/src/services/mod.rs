@@ -1,17 +1,24 @@
 //! What the exchanges ask of the world around one IKE SA, behind small interfaces:
 //! SPIs ([`SpiAllocator`]), virtual IPs ([`AddressPool`]) and proving and checking identities
 //! ([`Authenticator`]). An endpoint gets them at construction ([`Services::default`]: random
-//! SPIs, one local pool table, pre-shared keys).
+//! SPIs, one local pool table, each connection's credential: pre-shared keys or certificates).
 //!
 //! Owns: the service interfaces and their default implementations.
 //! Must never: reach the network or a clock, or keep a credential where `Debug` prints it.
 
 pub mod auth;
+pub mod certs;
 pub mod pool;
+pub mod pubkey;
 pub mod spi;
 
-pub use auth::{Auth, AuthError, AuthInput, Authenticator, PskAuthenticator};
+pub use auth::{
+    Auth, AuthContext, AuthError, AuthInput, Authenticator, CredentialAuthenticator,
+    PskAuthenticator,
+};
+pub use certs::{LocalCert, PeerEku, TrustStore};
 pub use pool::{AddressPool, LocalPool};
+pub use pubkey::SigningKey;
 pub use spi::{SpiAllocator, SpiLayout, SpiLayoutError};
 
 /// The services of one endpoint.
@@ -26,7 +33,7 @@ impl Default for Services {
         Services {
             spis: SpiAllocator::default(),
             pool: Box::new(LocalPool::default()),
-            auth: Box::new(PskAuthenticator),
+            auth: Box::new(CredentialAuthenticator),
         }
     }
 }

@@ -3,7 +3,9 @@
 
 use super::*;
 use crate::config::PeerConfig;
-use crate::services::{Auth, AuthError, AuthInput, Authenticator, PskAuthenticator, Services};
+use crate::services::{
+    Auth, AuthContext, AuthError, AuthInput, Authenticator, PskAuthenticator, Services,
+};
 use crate::wire::Payload;
 
 #[test]
@@ -143,12 +145,17 @@ struct Stamped {
 const STAMP: u16 = 40_000;
 
 impl Authenticator for Stamped {
-    fn extra_payloads(&mut self, peer: &PeerConfig) -> Vec<Payload> {
+    fn extra_payloads(&mut self, peer: &PeerConfig, _ctx: &AuthContext<'_>) -> Vec<Payload> {
         vec![Payload::notify(STAMP, peer.local_id.data.clone())]
     }
 
-    fn sign(&mut self, peer: &PeerConfig, input: &AuthInput<'_>) -> Result<Auth, AuthError> {
-        self.psk.sign(peer, input)
+    fn sign(
+        &mut self,
+        peer: &PeerConfig,
+        input: &AuthInput<'_>,
+        ctx: &AuthContext<'_>,
+    ) -> Result<Auth, AuthError> {
+        self.psk.sign(peer, input, ctx)
     }
 
     fn verify(
@@ -157,6 +164,7 @@ impl Authenticator for Stamped {
         input: &AuthInput<'_>,
         auth: &Auth,
         message: &[Payload],
+        ctx: &AuthContext<'_>,
     ) -> Result<(), AuthError> {
         let stamped = message.iter().any(|p| {
             matches!(p, Payload::Notify { kind, data, .. } if *kind == STAMP && *data == input.id.data)
@@ -166,7 +174,7 @@ impl Authenticator for Stamped {
         }
         self.carried
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.psk.verify(peer, input, auth, message)
+        self.psk.verify(peer, input, auth, message, ctx)
     }
 }
 

@@ -2,6 +2,11 @@
 //! marker) are punted, and the control plane's datagrams are built into frames and sent from
 //! the WAN port.
 //!
+//! An IPv4 IKE datagram larger than the WAN MTU (an IKE_AUTH with a certificate chain) goes
+//! out in IP fragments (RFC 791), as a kernel would send it: without RFC 7383 IKE
+//! fragmentation that is how IKE crosses a 1500-byte link. IPv6 datagrams are never
+//! fragmented here (a `no_buffer_room` drop if larger than a frame).
+//!
 //! Never blocks on the control plane: a punt ring that is absent (`ike_no_control`) or full
 //! (`ike_punt_full`: the ring is the bound of the backlog) is a named drop, and
 //! a full WAN queue leaves the control plane's datagrams in their ring.
@@ -28,6 +33,10 @@ impl<P: Port> Worker<P> {
                 break;
             };
             sent += 1;
+            if d.src.is_ipv4() && datagram_len(&d) > usize::from(self.wan_link.mtu) {
+                self.transmit_fragments(&d);
+                continue;
+            }
             let Some(mut f) = self.wan.alloc() else {
                 self.counters.record_drop(DropReason::NoBufferRoom);
                 continue;
@@ -46,6 +55,62 @@ impl<P: Port> Worker<P> {
         sent
     }
 
+    /// Sends IPv4 datagram `d` in fragments that fit the WAN MTU (offsets in units of 8).
+    fn transmit_fragments(&mut self, d: &Datagram) {
+        let mut whole = Scratch(Vec::new());
+        if let Err(r) = build_datagram(&mut whole, d) {
+            self.counters.record_drop(r);
+            return;
+        }
+        let data = whole.data();
+        let (Some(header), Some(payload)) =
+            (data.get(..ipv4::HEADER_LEN), data.get(ipv4::HEADER_LEN..))
+        else {
+            self.counters.record_drop(DropReason::NoBufferRoom);
+            return;
+        };
+        let step = usize::from(self.wan_link.mtu).saturating_sub(ipv4::HEADER_LEN) & !7;
+        if step == 0 {
+            self.counters.record_drop(DropReason::NoBufferRoom);
+            return;
+        }
+        let ident = self.ike_frag_ident;
+        self.ike_frag_ident = self.ike_frag_ident.wrapping_add(1).max(1);
+        let mut frames = Vec::new();
+        for (i, chunk) in payload.chunks(step).enumerate() {
+            let Some(mut f) = self.wan.alloc() else {
+                self.counters.record_drop(DropReason::NoBufferRoom);
+                return;
+            };
+            let len = ipv4::HEADER_LEN + chunk.len();
+            let offset = i * step;
+            if !f.append(len) || offset > usize::from(u16::MAX) {
+                self.counters.record_drop(DropReason::NoBufferRoom);
+                return;
+            }
+            let buf = f.data_mut();
+            let (h, body) = buf.split_at_mut(ipv4::HEADER_LEN);
+            h.copy_from_slice(header);
+            body.copy_from_slice(chunk);
+            let mut ip = ipv4::Packet::new_unchecked(&mut buf[..]);
+            ip.set_total_len(len as u16);
+            ip.set_ident(ident);
+            ip.set_dont_frag(false);
+            ip.set_more_frags(offset + chunk.len() < payload.len());
+            ip.set_frag_offset(offset as u16);
+            ip.fill_checksum();
+            frames.push(f);
+        }
+        let n = frames.len();
+        let mut ok = true;
+        for f in frames {
+            ok &= self.send_originated(Side::Wan, f, false);
+        }
+        if ok && n > 0 {
+            self.counters.count(Traffic::IkeSent, 1);
+        }
+    }
+
     pub(super) fn punt(&mut self, pkt: &IpInfo, payload: &[u8]) -> DropReason {
         let Some(ring) = self.control.punt.as_mut() else {
             return DropReason::IkeNoControl;
@@ -62,6 +127,55 @@ impl<P: Port> Worker<P> {
             Err(_) => DropReason::IkePuntFull,
         }
     }
+}
+
+/// A whole datagram built before it is cut into fragments (larger than any frame).
+struct Scratch(Vec<u8>);
+
+impl Frame for Scratch {
+    fn data(&self) -> &[u8] {
+        &self.0
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+    fn headroom(&self) -> usize {
+        0
+    }
+    fn tailroom(&self) -> usize {
+        usize::from(u16::MAX).saturating_sub(self.0.len())
+    }
+    fn prepend(&mut self, _: usize) -> bool {
+        false
+    }
+    fn adj(&mut self, _: usize) -> bool {
+        false
+    }
+    fn append(&mut self, n: usize) -> bool {
+        if n > self.tailroom() {
+            return false;
+        }
+        self.0.resize(self.0.len() + n, 0);
+        true
+    }
+    fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
+    }
+}
+
+/// The IP datagram `d` becomes: IP and UDP headers, the non-ESP marker on 4500, the payload.
+fn datagram_len(d: &Datagram) -> usize {
+    let ip = if d.src.is_ipv4() {
+        ipv4::HEADER_LEN
+    } else {
+        ipv6::HEADER_LEN
+    };
+    let marker = if d.src_port == natt::NATT_PORT || d.dst_port == natt::NATT_PORT {
+        natt::NON_ESP_MARKER_LEN
+    } else {
+        0
+    };
+    ip + udp::HEADER_LEN + marker + d.payload.len()
 }
 
 /// Writes `d` into the empty frame `f` as IPv4/IPv6 + UDP (+ the non-ESP marker on port

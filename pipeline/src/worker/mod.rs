@@ -165,6 +165,8 @@ pub struct Worker<P: Port> {
     lan_txq: VecDeque<P::Frame>,
     wan_txq: VecDeque<P::Frame>,
     generation: u64,
+    /// The IPv4 identification of the next IKE datagram sent in fragments.
+    ike_frag_ident: u16,
 }
 
 /// The clear (LAN) or protected (WAN) side of a gateway.
@@ -238,6 +240,7 @@ impl<P: Port> Worker<P> {
             rx: Vec::with_capacity(BURST),
             lan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
             wan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
+            ike_frag_ident: 1,
             generation: 0,
         }
     }

@@ -8,6 +8,10 @@
 #                                    starts charon, loads DIR/swanctl.conf, prints charon's pid
 #   charon-netns.sh swanctl NS DIR ARGS...   runs swanctl against that charon
 #
+# Credentials: when DIR has swanctl's credential folders (x509, x509ca, private, ecdsa, ...),
+# swanctl loads them from there (SWANCTL_DIR=DIR) rather than from /etc/swanctl; swanctl.conf
+# then names certificates relative to them (certs = rw.pem, cacerts = ca.pem).
+#
 # Facts learned on this machine (strongSwan 5.9.8, kernel-libipsec):
 # - libipsec has no ESN: propose ESP without it ("aes128gcm16", not "aes128gcm16-esn").
 # - libipsec sends ESP in UDP 4500 even without a NAT (raw_esp = no is its default); set
@@ -20,6 +24,9 @@ dir=$3
 shift 3
 conf=$dir/strongswan.conf
 vici=unix://$dir/charon.vici
+if [ -d "$dir/x509" ] || [ -d "$dir/private" ] || [ -d "$dir/x509ca" ]; then
+    export SWANCTL_DIR=$dir
+fi
 case "$cmd" in
 start)
     cat > "$conf" <<CONF

@@ -126,3 +126,59 @@ fn ike_and_keepalives_are_not_esp() {
     assert_eq!(r.drops(DropReason::IkeNoControl), 1);
     assert_eq!(r.drops(DropReason::NatKeepalive), 1);
 }
+
+#[test]
+fn an_ike_datagram_larger_than_the_mtu_leaves_in_ip_fragments_and_is_reassembled() {
+    let mut a = rig(1500);
+    let mut b = rig(1500);
+    let (mut tx, tx_rx) = rtrb::RingBuffer::new(8);
+    a.w.control.transmit = Some(tx_rx);
+    let (punt_tx, mut punted) = rtrb::RingBuffer::new(8);
+    b.w.control.punt = Some(punt_tx);
+    b.w.set_reassembly(Some(crate::reasm::ReasmConfig::default()))
+        .unwrap();
+    // An IKE_AUTH with a certificate chain: some 4 KB.
+    let ike: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    tx.push(Datagram {
+        // To b's WAN address: fragments are reassembled only for the gateway itself.
+        src: "192.0.2.2".parse().unwrap(),
+        dst: "192.0.2.1".parse().unwrap(),
+        src_port: 4500,
+        dst_port: 4500,
+        payload: ike.clone(),
+    })
+    .unwrap();
+    a.w.poll(0);
+    let mut frames = Vec::new();
+    a.wan.rx_burst(&mut frames, 8);
+    assert_eq!(
+        frames.len(),
+        3,
+        "4032 bytes of IP payload in 1480-byte steps"
+    );
+    assert_eq!(a.w.counters.traffic(Traffic::IkeSent), 1);
+    let mut ident = None;
+    for (i, f) in frames.iter().enumerate() {
+        let d = f.data();
+        assert!(d.len() - 14 <= 1500, "each fragment fits the MTU");
+        let ip = ipv4::Packet::new_checked(&d[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(usize::from(ip.frag_offset()), i * 1480);
+        assert_eq!(ip.more_frags(), i < 2);
+        assert!(ident.is_none_or(|x| x == ip.ident()));
+        ident = Some(ip.ident());
+    }
+    for f in frames {
+        assert!(b.wan.send(f).is_ok());
+    }
+    b.w.poll(1);
+    let drops: Vec<_> = crate::stats::DropReason::ALL
+        .iter()
+        .filter(|r| b.drops(**r) > 0)
+        .map(|r| (r.name(), b.drops(*r)))
+        .collect();
+    let p = punted
+        .pop()
+        .unwrap_or_else(|_| panic!("not punted: {drops:?}"));
+    assert_eq!(p.payload, ike, "the whole IKE message, marker stripped");
+}
