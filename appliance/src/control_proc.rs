@@ -54,6 +54,11 @@ pub struct ControlArgs {
     /// (default: next to the config file, CONFIG.seq-state).
     #[arg(long)]
     seq_state: Option<PathBuf>,
+    /// Keep the IKE SAs in this directory (one file each, written before every message that
+    /// advances them) and adopt what it holds at start, so a restart of this process keeps
+    /// the tunnels (`crate::ike_state`; `run` puts it in its private run directory).
+    #[arg(long)]
+    ike_state: Option<PathBuf>,
     /// Leave the process dumpable (see `roamgate dataplane --allow-core-dumps`).
     #[arg(long)]
     allow_core_dumps: bool,
@@ -162,6 +167,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
     };
     let clock = Clock::start();
     let now = || clock.now();
+    if let Some(dir) = &args.ike_state {
+        crate::ike_state::attach(&mut driver, now(), dir)?;
+    }
     driver.core_mut().initiate(now());
     let mut deadline: Option<Instant> = None;
     loop {
@@ -179,6 +187,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
             break;
         }
         let mut work = false;
+        driver
+            .core_mut()
+            .set_wall_clock(crate::ike_state::unix_ms());
         if let Some(change) = follower.as_mut().and_then(WanFollower::poll) {
             let core = driver.core_mut();
             core.push_update(Update::SetWanAddresses {

@@ -257,7 +257,79 @@ impl SaRepository {
         id
     }
 
+    /// The data-plane SAs of CHILD_SA `spi_in` (by its inbound SPI), if the repository holds it.
+    pub fn child_sas(&self, spi_in: ChildSpi) -> Option<crate::core::durable::ChildSas> {
+        let c = self.children.get(&spi_in)?;
+        let [i, o] = &c.sas;
+        Some(crate::core::durable::ChildSas {
+            spi_in,
+            in_id: i.id,
+            spi_out: c.spi_out,
+            out_id: o.id,
+        })
+    }
+
+    /// Takes an adopted CHILD_SA (a restarted control plane's, from the store) under the ids
+    /// its SAs have in the data plane, which kept them: no SA is installed (an outbound SA
+    /// installed again would start its sequence numbers, the GCM nonces, from 1 under the
+    /// same key); the policy updates are returned.
+    pub fn adopt_child(
+        &mut self,
+        info: &ChildSaInfo,
+        in_id: SaId,
+        out_id: SaId,
+    ) -> Result<Vec<Update>, RepoError> {
+        let fail = |what: &str| RepoError::Child {
+            name: info.name.clone(),
+            what: what.to_owned(),
+        };
+        let dynamic = |id: SaId| id.0 >= FIRST_ID && id.0 < u32::MAX;
+        if !dynamic(in_id) || !dynamic(out_id) || in_id == out_id {
+            return Err(fail("stored SA ids out of range"));
+        }
+        if self.owner.contains_key(&in_id) || self.owner.contains_key(&out_id) {
+            return Err(fail("stored SA id held by another CHILD_SA"));
+        }
+        if self.children.contains_key(&info.inbound.spi) {
+            return Err(fail("inbound SPI held already"));
+        }
+        // Every id below the highest one seen is free unless a CHILD_SA holds it.
+        for id in [in_id, out_id] {
+            while self.next_id <= id.0 {
+                self.free_ids.insert(self.next_id);
+                self.next_id += 1;
+            }
+            self.free_ids.remove(&id.0);
+        }
+        let mut ups = self.child_up_with(info, Some((in_id, out_id)))?;
+        ups.retain(|u| !matches!(u, Update::AddSa { .. }));
+        Ok(ups)
+    }
+
+    /// Marks an id a stored SA had as in use until its delete is queued (an SA the data plane
+    /// may hold that no CHILD_SA owns any more): returns false if a CHILD_SA holds it.
+    pub fn hold_orphan_id(&mut self, id: SaId) -> bool {
+        if id.0 < FIRST_ID || id.0 == u32::MAX || self.owner.contains_key(&id) {
+            return false;
+        }
+        while self.next_id <= id.0 {
+            self.free_ids.insert(self.next_id);
+            self.next_id += 1;
+        }
+        // Its delete is queued by the caller right away: reusable after it.
+        self.free_ids.insert(id.0);
+        true
+    }
+
     fn child_up(&mut self, info: &ChildSaInfo) -> Result<Vec<Update>, RepoError> {
+        self.child_up_with(info, None)
+    }
+
+    fn child_up_with(
+        &mut self,
+        info: &ChildSaInfo,
+        ids: Option<(SaId, SaId)>,
+    ) -> Result<Vec<Update>, RepoError> {
         let fail = |what: String| RepoError::Child {
             name: info.name.clone(),
             what,
@@ -285,8 +357,10 @@ impl SaRepository {
             local_port: info.local.port(),
             remote_port: info.remote.port(),
         });
-        let in_id = self.alloc_id();
-        let out_id = self.alloc_id();
+        let (in_id, out_id) = match ids {
+            Some(ids) => ids,
+            None => (self.alloc_id(), self.alloc_id()),
+        };
         let lifetime = self.lifetimes.get(&info.name).copied().unwrap_or_default();
         let common = |id: SaId, spi: ChildSpi, keys: SaKeys| SaParams {
             id,
