@@ -71,7 +71,10 @@ impl IkeStateDir {
             .open(dir.join("lock"))
             .with_context(|| ctx("cannot open its lock file"))?;
         let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            anyhow::anyhow!("{}", ctx(&format!("another control process holds it ({e})")))
+            anyhow::anyhow!(
+                "{}",
+                ctx(&format!("another control process holds it ({e})"))
+            )
         })?;
         let mut loaded = Loaded::default();
         let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -208,4 +211,3 @@ pub fn attach(driver: &mut control::driver::Driver, now: ike::Instant, dir: &Pat
     driver.set_store(Box::new(store));
     Ok(())
 }
-

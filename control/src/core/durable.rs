@@ -123,9 +123,7 @@ impl StoredIkeSa {
         let record = self.record.to_bytes()?;
         let n_sas = u16::try_from(self.sas.len()).map_err(|_| StoreError::TooLarge)?;
         let record_len = u32::try_from(record.len()).map_err(|_| StoreError::TooLarge)?;
-        let mut b = Secret::new(Vec::with_capacity(
-            record.len() + self.sas.len() * 16 + 64,
-        ));
+        let mut b = Secret::new(Vec::with_capacity(record.len() + self.sas.len() * 16 + 64));
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&VERSION.to_be_bytes());
         b.extend_from_slice(&self.written_unix_ms.to_be_bytes());
@@ -359,8 +357,7 @@ impl super::ControlCore {
                     .filter(|c| !s.record.children.iter().any(|r| r.spi_in == c.spi_in))
                     .copied(),
             );
-            if let (Some(core::net::IpAddr::V4(v)), false) = (s.record.virtual_ip, s.record.lease)
-            {
+            if let (Some(core::net::IpAddr::V4(v)), false) = (s.record.virtual_ip, s.record.lease) {
                 // A client's own virtual IP, as `IkeUp` would have set it.
                 let ups = self.repo.on_event(&ike::Event::IkeUp {
                     ike: id,

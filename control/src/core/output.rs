@@ -237,7 +237,12 @@ mod tests {
         let mark = o.mark();
         o.update(0, Update::DeleteOutbound { id: SaId(9) });
         o.transmit(dgram(2));
-        o.insert_at_mark(mark, Output::Forget { ike: ike::IkeSaId(ike::IkeSpi(7)) });
+        o.insert_at_mark(
+            mark,
+            Output::Forget {
+                ike: ike::IkeSaId(ike::IkeSpi(7)),
+            },
+        );
         assert_eq!(kinds(&o), ["tx1", "forget", "del0", "tx2"]);
         // A policy that supersedes one from before the mark moves nothing ahead of it.
         let mut o = Outputs::default();
@@ -245,7 +250,12 @@ mod tests {
         let mark = o.mark();
         o.update(0, spd(2));
         o.transmit(dgram(3));
-        o.insert_at_mark(mark, Output::Forget { ike: ike::IkeSaId(ike::IkeSpi(7)) });
+        o.insert_at_mark(
+            mark,
+            Output::Forget {
+                ike: ike::IkeSaId(ike::IkeSpi(7)),
+            },
+        );
         assert_eq!(kinds(&o), ["forget", "spd0:2", "tx3"]);
     }
 
