@@ -7,7 +7,11 @@
 //! A write never changes a file in place: the bytes go to `NAME.tmp`, which is fsync'd and
 //! renamed over `NAME`, then the directory is fsync'd, so a name holds the old or the new
 //! bytes, whole, whatever happens in between (a crash leaves at most a `.tmp`, removed at the
-//! next start). [`Driver`](control::driver::Driver) calls it in the order of the core's outputs,
+//! next start). Several IKE SAs written together (an IKE SA rekey changes two) are all or
+//! none: every `NAME.tmp` is fsync'd, then a `journal` naming them is written the same way
+//! (its rename is the commit), then the renames follow and the journal goes. A start that
+//! finds a journal finishes its renames (each `.tmp` it names is whole and on disk); one that
+//! finds `.tmp` files without a journal removes them (the write never committed). [`Driver`](control::driver::Driver) calls it in the order of the core's outputs,
 //! and a failed write stops the process before anything that followed it leaves. A deleted
 //! IKE SA's file is removed (and the directory fsync'd).
 //!
@@ -29,6 +33,33 @@ use control::core::durable::{file_name, parse_file_name, StoreError, StoredIkeSa
 use control::driver::IkeStore;
 use ike::IkeSaId;
 use nix::fcntl::{Flock, FlockArg};
+
+/// The file that commits a write of several IKE SAs (see the module documentation).
+const JOURNAL: &str = "journal";
+
+/// Finishes a committed write of several IKE SAs that a crash cut short.
+fn redo_journal(dir: &Path) -> Result<()> {
+    let journal = dir.join(JOURNAL);
+    let text = match std::fs::read_to_string(&journal) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("IKE state: reading {}", journal.display()))
+        }
+    };
+    for name in text.lines().filter(|n| parse_file_name(n).is_some()) {
+        let tmp = dir.join(format!("{name}.tmp"));
+        if tmp.exists() {
+            std::fs::rename(&tmp, dir.join(name))
+                .with_context(|| format!("IKE state: finishing the write of {}", tmp.display()))?;
+        }
+    }
+    let sync = || File::open(dir).and_then(|d| d.sync_all());
+    sync().with_context(|| format!("IKE state {}: fsync", dir.display()))?;
+    std::fs::remove_file(&journal)
+        .with_context(|| format!("IKE state: removing {}", journal.display()))?;
+    sync().with_context(|| format!("IKE state {}: fsync", dir.display()))
+}
 
 /// The IKE state directory, locked.
 pub struct IkeStateDir {
@@ -76,6 +107,7 @@ impl IkeStateDir {
                 ctx(&format!("another control process holds it ({e})"))
             )
         })?;
+        redo_journal(dir)?;
         let mut loaded = Loaded::default();
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .with_context(|| ctx("cannot list it"))?
@@ -133,23 +165,49 @@ impl IkeStateDir {
             .with_context(|| format!("IKE state {}: fsync of the directory", self.dir.display()))
     }
 
-    fn write_file(&self, id: IkeSaId, bytes: &[u8]) -> Result<()> {
-        let name = file_name(id);
-        let path = self.dir.join(&name);
+    /// Writes `NAME.tmp` whole and fsync'd.
+    fn write_tmp(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let ctx = |what: &str| format!("IKE state {}: {what}", path.display());
+        let ctx = |what: &str| format!("IKE state {}: {what}", tmp.display());
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
-            .with_context(|| ctx("cannot create the temporary file"))?;
+            .with_context(|| ctx("cannot create it"))?;
         f.write_all(bytes).with_context(|| ctx("write"))?;
-        f.sync_all().with_context(|| ctx("fsync"))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).with_context(|| ctx("rename"))?;
-        self.sync_dir()
+        f.sync_all().with_context(|| ctx("fsync"))
+    }
+
+    fn rename_tmp(&self, name: &str) -> Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        std::fs::rename(&tmp, self.dir.join(name))
+            .with_context(|| format!("IKE state {}: rename", tmp.display()))
+    }
+
+    fn write_batch(&self, batch: &[(IkeSaId, &[u8])]) -> Result<()> {
+        let names: Vec<String> = batch.iter().map(|(id, _)| file_name(*id)).collect();
+        for (name, (_, bytes)) in names.iter().zip(batch) {
+            self.write_tmp(name, bytes)?;
+        }
+        if names.len() > 1 {
+            // The commit: from here on a start finishes the renames.
+            self.write_tmp(JOURNAL, names.join("\n").as_bytes())?;
+            self.rename_tmp(JOURNAL)?;
+            self.sync_dir()?;
+        }
+        for name in &names {
+            self.rename_tmp(name)?;
+        }
+        self.sync_dir()?;
+        if names.len() > 1 {
+            std::fs::remove_file(self.dir.join(JOURNAL)).with_context(|| {
+                format!("IKE state {}: removing the journal", self.dir.display())
+            })?;
+            self.sync_dir()?;
+        }
+        Ok(())
     }
 
     fn remove_file(&self, id: IkeSaId) -> Result<()> {
@@ -165,8 +223,8 @@ impl IkeStateDir {
 }
 
 impl IkeStore for IkeStateDir {
-    fn write(&mut self, ike: IkeSaId, bytes: &[u8]) -> Result<(), String> {
-        self.write_file(ike, bytes).map_err(|e| format!("{e:#}"))
+    fn write(&mut self, batch: &[(IkeSaId, &[u8])]) -> Result<(), String> {
+        self.write_batch(batch).map_err(|e| format!("{e:#}"))
     }
 
     fn remove(&mut self, ike: IkeSaId) -> Result<(), String> {
@@ -211,3 +269,7 @@ pub fn attach(driver: &mut control::driver::Driver, now: ike::Instant, dir: &Pat
     driver.set_store(Box::new(store));
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "ike_state_tests.rs"]
+mod tests;

@@ -14,9 +14,12 @@
 //!
 //! ## When it is written (persist before send)
 //! After every input, each IKE SA the input touched (an event named it, or a datagram of its
-//! is about to leave) is exported and queued as [`Output::Persist`](super::Output::Persist)
-//! ahead of the data-plane updates and the datagrams of that input: the driver has it on disk
-//! before any of them leaves. An IKE SA that went is [`Output::Forget`](super::Output::Forget)
+//! is about to leave) is exported, and all of them are queued as one
+//! [`Output::Persist`](super::Output::Persist) ahead of the data-plane updates and the
+//! datagrams of that input: the driver has them on disk, all or none, before any of them
+//! leaves. All or none matters where one answer changes two IKE SAs: an IKE SA rekey moves the
+//! CHILD_SAs from the old IKE SA to the new one, and the old one alone on disk would have lost
+//! them. An IKE SA that went is [`Output::Forget`](super::Output::Forget)
 //! once the updates that delete its CHILD_SAs are queued.
 //!
 //! ## Why a crash can at worst skip, never repeat
@@ -415,6 +418,7 @@ impl super::ControlCore {
         let d = &mut self.durable;
         let touched = core::mem::take(&mut d.touched);
         let removed = core::mem::take(&mut d.removed);
+        let mut batch = Vec::new();
         for id in touched {
             if d.gone.contains(&id) {
                 continue;
@@ -442,11 +446,13 @@ impl super::ControlCore {
             match stored.to_bytes() {
                 Ok(bytes) => {
                     d.stored.insert(id);
-                    self.out
-                        .insert_at_mark(mark, super::Output::Persist { ike: id, bytes });
+                    batch.push((id, bytes));
                 }
                 Err(e) => self.out.error(format!("ike: {id} cannot be stored: {e}")),
             }
+        }
+        if !batch.is_empty() {
+            self.out.insert_at_mark(mark, super::Output::Persist(batch));
         }
         for id in core::mem::take(&mut d.gone) {
             if d.stored.remove(&id) {

@@ -26,6 +26,8 @@ pub mod placement;
 pub mod view;
 
 #[cfg(test)]
+mod durable_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;

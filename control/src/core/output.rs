@@ -39,9 +39,9 @@ pub enum Output {
     Log { line: String, error: bool },
     /// The IKE view (JSON, never keys) was rebuilt.
     View(String),
-    /// Write IKE SA `ike`'s stored state durably before anything queued after it happens
-    /// (`durable`: persist before send).
-    Persist { ike: IkeSaId, bytes: StoredBytes },
+    /// Write these IKE SAs' stored state durably, all or none (an IKE SA rekey changes two
+    /// at once), before anything queued after it happens (`durable`: persist before send).
+    Persist(Vec<(IkeSaId, StoredBytes)>),
     /// IKE SA `ike` went: remove its stored state.
     Forget { ike: IkeSaId },
 }
@@ -146,7 +146,7 @@ impl Outputs {
             Output::Transmit(_)
             | Output::Log { .. }
             | Output::View(_)
-            | Output::Persist { .. }
+            | Output::Persist(_)
             | Output::Forget { .. } => true,
         });
         if !only_installs {
@@ -196,7 +196,7 @@ mod tests {
                 Output::Transmit(d) => format!("tx{}", d.payload[0]),
                 Output::Log { .. } => "log".into(),
                 Output::View(_) => "view".into(),
-                Output::Persist { .. } => "persist".into(),
+                Output::Persist(_) => "persist".into(),
                 Output::Forget { .. } => "forget".into(),
             })
             .collect()

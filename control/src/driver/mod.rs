@@ -84,7 +84,9 @@ pub enum TurnError {
 /// Where the driver keeps the IKE state the core asks to keep (`core::durable`): each call
 /// returns once the change is durable.
 pub trait IkeStore {
-    fn write(&mut self, ike: ike::IkeSaId, bytes: &[u8]) -> Result<(), String>;
+    /// Writes the stored state of these IKE SAs, all or none (after a crash in between,
+    /// either every one of them is the new state or every one is the old).
+    fn write(&mut self, batch: &[(ike::IkeSaId, &[u8])]) -> Result<(), String>;
     fn remove(&mut self, ike: ike::IkeSaId) -> Result<(), String>;
 }
 
@@ -222,9 +224,11 @@ impl Driver {
                         v.json = json;
                     }
                 }
-                Output::Persist { ike, bytes } => {
+                Output::Persist(batch) => {
                     if let Some(s) = self.store.as_mut() {
-                        s.write(ike, &bytes.0).map_err(TurnError::Store)?;
+                        let batch: Vec<(ike::IkeSaId, &[u8])> =
+                            batch.iter().map(|(id, b)| (*id, b.0.as_slice())).collect();
+                        s.write(&batch).map_err(TurnError::Store)?;
                     }
                 }
                 Output::Forget { ike } => {
