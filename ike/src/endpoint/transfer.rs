@@ -7,8 +7,12 @@
 //!
 //! Owns: the translation between an IKE SA and its record, and the reservations an adopted IKE
 //! SA needs.
-//! Must never: export work under way (an IKE SA with a request of ours outstanding or queued
-//! is refused, the caller tries again when it is done); adopt a record whose SPIs or lease
+//! [`Endpoint::export_durable`] is the one exception to "between exchanges": a process's copy
+//! of its own IKE SAs for a restart, taken with work under way, its message ids past every
+//! request sent.
+//!
+//! Must never: export work under way through [`Endpoint::export`] (an IKE SA with a request of
+//! ours outstanding or queued is refused, the caller tries again when it is done); adopt a record whose SPIs or lease
 //! this endpoint holds already, or leave a reservation behind when an adoption is refused.
 
 use core::net::IpAddr;
