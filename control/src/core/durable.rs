@@ -327,6 +327,9 @@ impl super::ControlCore {
     /// IKE SAs are written again (in their new IV epoch) before anything is sent on them.
     pub fn adopt_stored(&mut self, now: Instant, stored: Vec<StoredIkeSa>) -> AdoptReport {
         let mut report = AdoptReport::default();
+        if stored.is_empty() {
+            return report;
+        }
         let mut orphans: Vec<ChildSas> = Vec::new();
         let mut adopted = Vec::new();
         for mut s in stored {
@@ -348,6 +351,8 @@ impl super::ControlCore {
                 };
                 match self.repo.adopt_child(&info, c.in_id, c.out_id) {
                     Ok(ups) => {
+                        self.placement
+                            .place_adopted(c.out_id, proto::Spi(c.spi_in.0));
                         ups.into_iter().for_each(|u| self.route(u));
                         n += 1;
                     }
