@@ -340,3 +340,45 @@ fn stored_bytes_that_are_cut_short_corrupt_or_foreign_are_refused_never_a_panic(
     assert!(report.refused[0].1.contains("gone"), "{report:?}");
     assert_eq!(report.orphans_deleted, 2);
 }
+
+/// An initiating gateway (a road-warrior client, say) restarted from its store carries its
+/// IKE SA on: starting its connections again initiates nothing new.
+#[test]
+fn a_restarted_initiator_does_not_initiate_again() {
+    let store = MemStore::default();
+    let mut w = World::new();
+    w.gateway(PEER, "192.0.2.1", 1);
+    w.gw(0).driver.set_store(Box::new(store.clone()));
+    w.peer(B, "192.0.2.2");
+    let now = w.now;
+    w.gw(0).core().initiate(now);
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(w.gw(0).core().ike_sa_count(), 1);
+    let report = w.restart_control(0, PEER, store.clone());
+    assert_eq!(report.adopted.len(), 1);
+    let now = w.now;
+    w.gw(0).core().initiate(now);
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.gw(0).core().ike_sa_count(), 1, "no second IKE SA");
+    assert_eq!(w.peers[0].endpoint.list().len(), 1, "the peer holds one");
+    assert_in_agreement_with_peer_as_responder(&mut w);
+}
+
+/// B's data plane and the peer agree (the peer answered, B initiated).
+fn assert_in_agreement_with_peer_as_responder(w: &mut World) {
+    let peer: BTreeSet<(u32, u32)> = w.peers[0]
+        .endpoint
+        .list()
+        .into_iter()
+        .flat_map(|s| s.3)
+        .map(|(i, o)| (o.0, i.0))
+        .collect();
+    let ours: BTreeSet<(u32, u32)> = w
+        .gw(0)
+        .core()
+        .children()
+        .into_iter()
+        .map(|c| (c.spi_in.0, c.spi_out.0))
+        .collect();
+    assert_eq!(ours, peer);
+}

@@ -238,10 +238,15 @@ impl ControlCore {
 
     // ---- the operator's requests ---------------------------------------------------------
 
-    /// Starts the connections that have a peer address.
+    /// Starts the connections that have a peer address and no IKE SA yet (one adopted after a
+    /// restart carries on instead).
     pub fn initiate(&mut self, now: Instant) {
         let local = SocketAddr::new(self.local, 500);
+        let up: Vec<String> = self.endpoint.list().into_iter().map(|s| s.1).collect();
         for c in &self.conns {
+            if up.contains(&c.peer.name) {
+                continue;
+            }
             if let Some(remote) = c.initiate_to {
                 match self.endpoint.connect(now, &c.peer.name, local, remote) {
                     Ok(_) => self
