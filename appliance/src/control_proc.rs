@@ -59,6 +59,11 @@ pub struct ControlArgs {
     /// CONFIG.ha-marks); only with an `ha` section.
     #[arg(long)]
     ha_marks: Option<PathBuf>,
+    /// Keep the IKE SAs in this directory (one file each, written before every message that
+    /// advances them) and adopt what it holds at start, so a restart of this process keeps
+    /// the tunnels (`crate::ike_state`; `run` puts it in its private run directory).
+    #[arg(long)]
+    ike_state: Option<PathBuf>,
     /// Leave the process dumpable (see `roamgate dataplane --allow-core-dumps`).
     #[arg(long)]
     allow_core_dumps: bool,
@@ -213,6 +218,17 @@ pub fn run(args: ControlArgs) -> Result<()> {
         )?),
         None => None,
     };
+    match (&args.ike_state, &pair) {
+        (Some(dir), None) => crate::ike_state::attach(&mut driver, now(), dir)?,
+        // In a pair the other node holds the IKE SAs: a restart of this process is a
+        // takeover by the standby, and a node adopting its own old records as well would
+        // run the same IKE SAs twice.
+        (Some(_), Some(_)) => tracing::info!(
+            target: "ha",
+            "IKE state is not kept in a local directory in an HA pair (the peer holds it)"
+        ),
+        (None, _) => {}
+    }
     driver.core_mut().initiate(now());
     let mut deadline: Option<Instant> = None;
     loop {
@@ -230,6 +246,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
             break;
         }
         let mut work = false;
+        driver
+            .core_mut()
+            .set_wall_clock(crate::ike_state::unix_ms());
         if let Some(change) = follower.as_mut().and_then(WanFollower::poll) {
             let core = driver.core_mut();
             core.push_update(Update::SetWanAddresses {

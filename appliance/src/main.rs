@@ -22,6 +22,7 @@ mod dataplane;
 // The HA pair's sync channel: tested here, not started by a subcommand yet (issue 17).
 #[cfg_attr(not(test), allow(dead_code))]
 mod ha;
+mod ike_state;
 mod lab;
 mod logs;
 mod metrics;

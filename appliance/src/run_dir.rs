@@ -1,4 +1,5 @@
-//! The private directory of one `roamgate run`: where its shared-memory control channel lives.
+//! The private directory of one `roamgate run`: where its shared-memory control channel and
+//! the control process's IKE state live.
 //!
 //! `/dev/shm` is writable by every user, so a fixed name there (`roamgate-<name>.ctl`) can be
 //! taken first by anyone: a dangling symlink or another user's file at that name blocked the
@@ -22,6 +23,9 @@ pub const SHM_ROOT: &str = "/dev/shm";
 
 /// The channel's file name inside the run directory.
 const CHANNEL: &str = "control.ctl";
+
+/// The IKE state directory's name inside the run directory.
+const IKE_STATE: &str = "ike-state";
 
 /// One run's directory; removed (with everything in it) when dropped.
 pub struct RunDir {
@@ -66,6 +70,12 @@ impl RunDir {
     #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The control process's IKE state directory of this run (`ike_state`): it outlives the
+    /// control process's restarts, not the run.
+    pub fn ike_state(&self) -> PathBuf {
+        self.path.join(IKE_STATE)
     }
 
     /// The shared-memory control channel of this run.

@@ -276,6 +276,13 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
     }
     // The control process keeps the static SAs' sequence numbers (see control_proc).
     control_args.extend(["--seq-state".into(), dp.seq_state().display().to_string()]);
+    // ... and its IKE SAs, for as long as the run lasts (ike_state.rs): in the run's private
+    // directory, or next to the channel it was given.
+    let ike_state = match &_run_dir {
+        Some(d) => d.ike_state(),
+        None => PathBuf::from(format!("{}.ike-state", shm.display())),
+    };
+    control_args.extend(["--ike-state".into(), ike_state.display().to_string()]);
     if dp.allow_core_dumps() {
         control_args.push(crate::core_dumps::ALLOW_FLAG.into());
     }

@@ -257,42 +257,81 @@ impl SaRepository {
         id
     }
 
-    /// A CHILD_SA carried over from another node (an HA takeover adopts its IKE SA): the
-    /// updates that install it, under the SA ids the other node gave it, so that sequence
-    /// state replicated by id stays attached to the same SA. Fails for an id in use here.
+    /// The data-plane SAs of CHILD_SA `spi_in` (by its inbound SPI), if the repository holds it.
+    pub fn child_sas(&self, spi_in: ChildSpi) -> Option<crate::core::durable::ChildSas> {
+        let c = self.children.get(&spi_in)?;
+        let [i, o] = &c.sas;
+        Some(crate::core::durable::ChildSas {
+            spi_in,
+            in_id: i.id,
+            spi_out: c.spi_out,
+            out_id: o.id,
+        })
+    }
+
+    /// Takes an adopted CHILD_SA under the SA ids it had, so that state kept or replicated
+    /// by id stays attached to the same SA. A restarted control plane's CHILD_SA (from the
+    /// store; `install` false) is still in the data plane, which kept its ids: no SA is
+    /// installed (an outbound SA installed again would start its sequence numbers, the GCM
+    /// nonces, from 1 under the same key) and only the policy updates are returned. One
+    /// carried over from another node (an HA takeover; `install` true) comes with the
+    /// updates that install it. Fails for an id or inbound SPI in use here.
     pub fn adopt_child(
         &mut self,
         info: &ChildSaInfo,
         in_id: SaId,
         out_id: SaId,
+        install: bool,
     ) -> Result<Vec<Update>, RepoError> {
-        let fail = |what: String| RepoError::Child {
+        let fail = |what: &str| RepoError::Child {
             name: info.name.clone(),
-            what,
+            what: what.to_owned(),
         };
-        for id in [in_id, out_id] {
-            if id.0 < FIRST_ID || self.owner.contains_key(&id) {
-                return Err(fail(format!("SA id {} is in use here", id.0)));
-            }
+        let dynamic = |id: SaId| id.0 >= FIRST_ID && id.0 < u32::MAX;
+        if !dynamic(in_id) || !dynamic(out_id) || in_id == out_id {
+            return Err(fail("stored SA ids out of range"));
         }
+        if self.owner.contains_key(&in_id) || self.owner.contains_key(&out_id) {
+            return Err(fail("stored SA id held by another CHILD_SA"));
+        }
+        if self.children.contains_key(&info.inbound.spi) {
+            return Err(fail("inbound SPI held already"));
+        }
+        // Every id below the highest one seen is free unless a CHILD_SA holds it.
         for id in [in_id, out_id] {
-            self.free_ids.remove(&id.0);
-            // Ids between the old end and this one become free for later CHILD_SAs.
             while self.next_id <= id.0 {
-                if self.next_id != in_id.0 && self.next_id != out_id.0 {
-                    self.free_ids.insert(self.next_id);
-                }
-                self.next_id = self.next_id.saturating_add(1);
+                self.free_ids.insert(self.next_id);
+                self.next_id += 1;
             }
+            self.free_ids.remove(&id.0);
         }
-        self.child_up_as(info, Some((in_id, out_id)))
+        let mut ups = self.child_up_with(info, Some((in_id, out_id)))?;
+        if !install {
+            ups.retain(|u| !matches!(u, Update::AddSa { .. }));
+        }
+        Ok(ups)
+    }
+
+    /// Marks an id a stored SA had as in use until its delete is queued (an SA the data plane
+    /// may hold that no CHILD_SA owns any more): returns false if a CHILD_SA holds it.
+    pub fn hold_orphan_id(&mut self, id: SaId) -> bool {
+        if id.0 < FIRST_ID || id.0 == u32::MAX || self.owner.contains_key(&id) {
+            return false;
+        }
+        while self.next_id <= id.0 {
+            self.free_ids.insert(self.next_id);
+            self.next_id += 1;
+        }
+        // Its delete is queued by the caller right away: reusable after it.
+        self.free_ids.insert(id.0);
+        true
     }
 
     fn child_up(&mut self, info: &ChildSaInfo) -> Result<Vec<Update>, RepoError> {
-        self.child_up_as(info, None)
+        self.child_up_with(info, None)
     }
 
-    fn child_up_as(
+    fn child_up_with(
         &mut self,
         info: &ChildSaInfo,
         ids: Option<(SaId, SaId)>,
@@ -642,7 +681,7 @@ mod tests {
         let mut r = SaRepository::new(Vec::new(), 64);
         let (in_id, out_id) = (SaId(FIRST_ID + 5), SaId(FIRST_ID + 6));
         let ups = r
-            .adopt_child(&info(0x10, 0x20, None), in_id, out_id)
+            .adopt_child(&info(0x10, 0x20, None), in_id, out_id, true)
             .unwrap();
         let added: Vec<(Direction, SaId)> = ups
             .iter()
@@ -662,10 +701,10 @@ mod tests {
         );
         // Its ids are in use: a second adoption of them is refused, fresh children get others.
         assert!(r
-            .adopt_child(&info(0x11, 0x21, None), in_id, SaId(FIRST_ID + 9))
+            .adopt_child(&info(0x11, 0x21, None), in_id, SaId(FIRST_ID + 9), true)
             .is_err());
         assert!(r
-            .adopt_child(&info(0x11, 0x21, None), SaId(3), SaId(FIRST_ID + 9))
+            .adopt_child(&info(0x11, 0x21, None), SaId(3), SaId(FIRST_ID + 9), true)
             .is_err());
         for n in 0..8u32 {
             let ups = r

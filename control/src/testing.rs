@@ -18,7 +18,7 @@ use proto::{Datagram, Direction, Event as DpEvent, SaId, Spi, Update};
 
 use crate::config::ike::IkeYaml;
 use crate::core::ControlCore;
-use crate::driver::{Driver, Input, Link, LinkError};
+use crate::driver::{Driver, IkeStore, Input, Link, LinkError, TurnError};
 use crate::repo::SaRepository;
 
 /// One simulated worker: what it holds, what it was sent, and its pending updates.
@@ -189,6 +189,60 @@ pub struct Gateway {
     pub driver: Driver,
     pub link: SimLink,
     pub addr: IpAddr,
+    /// Its control process died (its store failed, as a crash injected there makes it): it
+    /// takes no turns until [`World::restart_control`]; its data plane goes on.
+    pub crashed: bool,
+}
+
+/// An IKE state store in memory that can crash the control process at its `n`th operation
+/// (1-based), before or after the operation is durable.
+#[derive(Clone, Default)]
+pub struct MemStore {
+    pub files: std::sync::Arc<std::sync::Mutex<BTreeMap<ike::IkeSaId, Vec<u8>>>>,
+    pub ops: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// (n, after): crash at operation n, before it is done or after.
+    pub crash_at: Option<(usize, bool)>,
+}
+
+impl MemStore {
+    fn op(&mut self, f: impl FnOnce(&mut BTreeMap<ike::IkeSaId, Vec<u8>>)) -> Result<(), String> {
+        let n = self.ops.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if self.crash_at == Some((n, false)) {
+            return Err(format!("crash before operation {n}"));
+        }
+        if let Ok(mut files) = self.files.lock() {
+            f(&mut files);
+        }
+        if self.crash_at == Some((n, true)) {
+            return Err(format!("crash after operation {n}"));
+        }
+        Ok(())
+    }
+
+    /// What a restarted control process reads back.
+    pub fn stored(&self) -> Vec<crate::core::durable::StoredIkeSa> {
+        let files = self.files.lock().unwrap();
+        files
+            .values()
+            .map(|b| crate::core::durable::StoredIkeSa::from_bytes(b).unwrap())
+            .collect()
+    }
+}
+
+impl IkeStore for MemStore {
+    fn write(&mut self, batch: &[(ike::IkeSaId, &[u8])]) -> Result<(), String> {
+        self.op(|f| {
+            for (ike, bytes) in batch {
+                f.insert(*ike, bytes.to_vec());
+            }
+        })
+    }
+
+    fn remove(&mut self, ike: ike::IkeSaId) -> Result<(), String> {
+        self.op(|f| {
+            f.remove(&ike);
+        })
+    }
 }
 
 impl Gateway {
@@ -257,8 +311,43 @@ impl World {
             driver,
             link: SimLink::new(workers),
             addr,
+            crashed: false,
         });
         self.gws.len() - 1
+    }
+
+    /// Gateway `i`'s control process starts again (a new core with another seed, `ike` its
+    /// `ike` section) over the same data plane, adopts what `store` holds and keeps its IKE
+    /// SAs there from now on.
+    pub fn restart_control(
+        &mut self,
+        i: usize,
+        ike: &str,
+        store: MemStore,
+    ) -> crate::core::durable::AdoptReport {
+        let p = Path::new("test.yaml");
+        let conns = crate::config::parse::<IkeYaml>(p, ike)
+            .unwrap()
+            .validate(p, "ike")
+            .unwrap();
+        let g = &mut self.gws[i];
+        let workers = g.driver.core().workers();
+        let core = ControlCore::new(
+            conns,
+            SaRepository::new(Vec::new(), 64),
+            workers,
+            [0x40 | i as u8; 32],
+            g.addr,
+        );
+        let mut driver = Driver::new(core);
+        driver.set_silent();
+        let stored = store.stored();
+        driver.core_mut().enable_durability();
+        let report = driver.core_mut().adopt_stored(self.now, stored);
+        driver.set_store(Box::new(store));
+        g.driver = driver;
+        g.crashed = false;
+        report
     }
 
     /// Adds a bare IKE endpoint at `addr` with `ike` (an `ike` section); returns its party
@@ -298,7 +387,17 @@ impl World {
             let mut moved = false;
             for g in self.gws.iter_mut() {
                 g.link.advance(self.now);
-                moved |= g.driver.turn(self.now, &mut g.link).unwrap();
+                if g.crashed {
+                    continue;
+                }
+                match g.driver.turn(self.now, &mut g.link) {
+                    Ok(m) => moved |= m,
+                    Err(TurnError::Store(_)) => {
+                        g.crashed = true;
+                        moved = true;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
             }
             let mut wire = Vec::new();
             for (from, g) in self.gws.iter_mut().enumerate() {
@@ -358,7 +457,10 @@ impl World {
     fn next_deadline(&self) -> Option<Instant> {
         self.gws
             .iter()
-            .flat_map(|g| [g.driver.core().poll_timeout(), g.link.next_due()])
+            .flat_map(|g| {
+                let core = (!g.crashed).then(|| g.driver.core().poll_timeout());
+                [core.flatten(), g.link.next_due()]
+            })
             .chain(self.peers.iter().map(|p| p.endpoint.poll_timeout()))
             .flatten()
             .min()

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use control::config::ha::HaPlan;
 use control::core::ControlCore;
-use control::driver::{Driver, Input, Link, LinkError};
+use control::driver::{Driver, Input, Link, LinkError, TurnError};
 use control::ha::{ChildKey, Node, Output, Record, Role};
 use ike::{IkeSaId, IkeSpi, Instant};
 use proto::sa::{Checkpoint, SaParams, SaRef, SaState};
@@ -213,7 +213,7 @@ impl Pair {
         now: Instant,
         driver: &mut Driver,
         link: &mut L,
-    ) -> Result<bool, LinkError> {
+    ) -> Result<bool, TurnError> {
         let mut work = {
             let mut l = PairLink {
                 inner: link,

@@ -20,11 +20,14 @@
 //! outputs); log key material.
 
 pub mod decisions;
+pub mod durable;
 pub mod output;
 pub mod placement;
 pub mod transfer;
 pub mod view;
 
+#[cfg(test)]
+mod durable_tests;
 #[cfg(test)]
 mod tests;
 
@@ -64,6 +67,8 @@ pub struct ControlCore {
     seq_reports: VecDeque<DpEvent>,
     /// Log IKE events (the default; benchmarks turn it off).
     log: bool,
+    /// What is kept on disk of the IKE SAs ([`durable`]; off unless the driver has a store).
+    durable: durable::Durability,
 }
 
 impl ControlCore {
@@ -96,6 +101,7 @@ impl ControlCore {
             view: ViewClock::default(),
             seq_reports: VecDeque::new(),
             log: true,
+            durable: durable::Durability::default(),
         }
     }
 
@@ -137,7 +143,7 @@ impl ControlCore {
         self.endpoint.handle(now, local, remote, &d.payload);
         // A half-open IKE SA, a drop counted: the view changes without an event.
         self.view.mark_stale();
-        self.pump();
+        self.pump(now);
     }
 
     /// A report from the data plane: lifetimes and sequence limits decide a rekey or a
@@ -172,7 +178,7 @@ impl ControlCore {
             None => {}
         }
         self.view.mark_stale();
-        self.pump();
+        self.pump(now);
     }
 
     /// Worker `worker` restarted empty: it gets back the inbound SAs it owns and what every
@@ -194,7 +200,7 @@ impl ControlCore {
             self.endpoint.handle_timeout(now);
             // An expired half-open IKE SA goes without an event.
             self.view.mark_stale();
-            self.pump();
+            self.pump(now);
         }
         if self.view.due().is_some_and(|t| t <= now) {
             self.view.rebuilt(now);
@@ -239,10 +245,15 @@ impl ControlCore {
 
     // ---- the operator's requests ---------------------------------------------------------
 
-    /// Starts the connections that have a peer address.
+    /// Starts the connections that have a peer address and no IKE SA yet (one adopted after a
+    /// restart carries on instead).
     pub fn initiate(&mut self, now: Instant) {
         let local = SocketAddr::new(self.local, 500);
+        let up: Vec<String> = self.endpoint.list().into_iter().map(|s| s.1).collect();
         for c in &self.conns {
+            if up.contains(&c.peer.name) {
+                continue;
+            }
             if let Some(remote) = c.initiate_to {
                 match self.endpoint.connect(now, &c.peer.name, local, remote) {
                     Ok(_) => self
@@ -254,7 +265,7 @@ impl ControlCore {
                 }
             }
         }
-        self.pump();
+        self.pump(now);
     }
 
     /// MOBIKE: our WAN address is now `local`; every IKE SA that negotiated MOBIKE moves with
@@ -271,7 +282,7 @@ impl ControlCore {
                     .is_ok()
             })
             .count();
-        self.pump();
+        self.pump(now);
         n
     }
 
@@ -282,7 +293,7 @@ impl ControlCore {
                 let _ = self.endpoint.create_child(now, ike);
             }
         }
-        self.pump();
+        self.pump(now);
     }
 
     /// Starts a rekey of every CHILD_SA.
@@ -294,7 +305,7 @@ impl ControlCore {
                 }
             }
         }
-        self.pump();
+        self.pump(now);
     }
 
     /// Starts deleting every IKE SA (a clean shutdown tells the peers).
@@ -302,7 +313,7 @@ impl ControlCore {
         for (id, ..) in self.endpoint.list() {
             let _ = self.endpoint.delete_ike(now, id);
         }
-        self.pump();
+        self.pump(now);
     }
 
     // ---- what it holds -------------------------------------------------------------------
@@ -342,13 +353,22 @@ impl ControlCore {
 
     // ---- internals -----------------------------------------------------------------------
 
-    /// The endpoint's events (through the repository to placed updates), then its
-    /// datagrams.
-    fn pump(&mut self) {
+    /// The endpoint's events (through the repository to placed updates), then the stored
+    /// state of the IKE SAs they touched (ahead of those updates), then its datagrams.
+    fn pump(&mut self, now: Instant) {
+        let mark = self.out.mark();
         while let Some(e) = self.endpoint.poll_event() {
             self.counts.count(&e);
             if self.log {
                 self.out.log(view::event_line(&e));
+            }
+            if self.durable.on {
+                self.durable.note_event(&e);
+                if let ike::Event::ChildDown { ike, spi_in, .. } = &e {
+                    if let Some(s) = self.repo.child_sas(*spi_in) {
+                        self.durable.removed.push((*ike, s));
+                    }
+                }
             }
             match self.repo.on_event(&e) {
                 Ok(updates) => updates.into_iter().for_each(|u| self.route(u)),
@@ -356,7 +376,17 @@ impl ControlCore {
             }
             self.view.mark_stale();
         }
+        let mut sent = Vec::new();
         while let Some(t) = self.endpoint.poll_transmit() {
+            if self.durable.on {
+                self.durable.note_transmit(&t.data);
+            }
+            sent.push(t);
+        }
+        if self.durable.on {
+            self.persist(now, mark);
+        }
+        for t in sent {
             self.out.transmit(Datagram {
                 src: t.src.ip(),
                 dst: t.dst.ip(),

@@ -9,6 +9,9 @@
 //! the peer send on it too early. Any output that must happen before a datagram (a durable
 //! record of the IKE SA it advances, say) is queued before it and carries the same rule.
 //!
+//! [`Output::Persist`] is such an output: the core places it ahead of the updates and datagrams
+//! of the input that changed the IKE SA ([`Outputs::insert_at_mark`]).
+//!
 //! Coalescing: a policy (`ReplaceSpd`) still waiting in the queue is superseded by a newer
 //! one for the same worker when only installs come between them (nothing the older policy
 //! refers to goes away in between; another worker's policy takes nothing away), so a burst of new CHILD_SAs compiles the SPD once, not
@@ -20,7 +23,10 @@
 
 use std::collections::VecDeque;
 
+use ike::IkeSaId;
 use proto::{Datagram, Update};
+
+use super::durable::StoredBytes;
 
 /// One thing the core asks its driver to do.
 #[derive(Debug)]
@@ -33,17 +39,49 @@ pub enum Output {
     Log { line: String, error: bool },
     /// The IKE view (JSON, never keys) was rebuilt.
     View(String),
+    /// Write these IKE SAs' stored state durably, all or none (an IKE SA rekey changes two
+    /// at once), before anything queued after it happens (`durable`: persist before send).
+    Persist(Vec<(IkeSaId, StoredBytes)>),
+    /// IKE SA `ike` went: remove its stored state.
+    Forget { ike: IkeSaId },
 }
 
 /// The ordered queue of [`Output`]s.
 #[derive(Debug, Default)]
 pub struct Outputs {
-    q: VecDeque<Output>,
+    /// Each output with the number it was queued under (a mark for
+    /// [`insert_at_mark`](Outputs::insert_at_mark)).
+    q: VecDeque<(u64, Output)>,
+    next: u64,
 }
 
 impl Outputs {
     pub fn pop(&mut self) -> Option<Output> {
-        self.q.pop_front()
+        self.q.pop_front().map(|(_, o)| o)
+    }
+
+    /// The number the next output will be queued under.
+    pub fn mark(&self) -> u64 {
+        self.next
+    }
+
+    /// Queues `o` ahead of everything queued since `mark` (and behind everything before it).
+    pub fn insert_at_mark(&mut self, mark: u64, o: Output) {
+        let at = self
+            .q
+            .iter()
+            .position(|(n, _)| *n >= mark)
+            .unwrap_or(self.q.len());
+        self.q.insert(at, (mark, o));
+    }
+
+    fn push(&mut self, o: Output) {
+        self.q.push_back((self.next, o));
+        self.next += 1;
+    }
+
+    pub fn forget(&mut self, ike: IkeSaId) {
+        self.push(Output::Forget { ike });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -55,25 +93,25 @@ impl Outputs {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Output> {
-        self.q.iter()
+        self.q.iter().map(|(_, o)| o)
     }
 
     pub fn transmit(&mut self, d: Datagram) {
-        self.q.push_back(Output::Transmit(d));
+        self.push(Output::Transmit(d));
     }
 
     pub fn log(&mut self, line: String) {
-        self.q.push_back(Output::Log { line, error: false });
+        self.push(Output::Log { line, error: false });
     }
 
     pub fn error(&mut self, line: String) {
-        self.q.push_back(Output::Log { line, error: true });
+        self.push(Output::Log { line, error: true });
     }
 
     pub fn view(&mut self, json: String) {
         // Only the newest view matters.
-        self.q.retain(|o| !matches!(o, Output::View(_)));
-        self.q.push_back(Output::View(json));
+        self.q.retain(|(_, o)| !matches!(o, Output::View(_)));
+        self.push(Output::View(json));
     }
 
     /// Queues `update` for `worker`, superseding a waiting policy of that worker (see the
@@ -84,19 +122,19 @@ impl Outputs {
         } else {
             Vec::new()
         };
-        self.q.push_back(Output::Update { worker, update });
+        self.push(Output::Update { worker, update });
         self.q.extend(moved);
     }
 
     /// Removes a waiting policy of `worker` that the next one makes useless; returns the
     /// datagrams that were queued after it, to go after the next one.
-    fn supersede_policy(&mut self, worker: u16) -> Vec<Output> {
-        let Some(pos) = self.q.iter().rposition(|o| {
+    fn supersede_policy(&mut self, worker: u16) -> Vec<(u64, Output)> {
+        let Some(pos) = self.q.iter().rposition(|(_, o)| {
             matches!(o, Output::Update { worker: w, update: Update::ReplaceSpd { .. } } if *w == worker)
         }) else {
             return Vec::new();
         };
-        let only_installs = self.q.iter().skip(pos + 1).all(|o| match o {
+        let only_installs = self.q.iter().skip(pos + 1).all(|(_, o)| match o {
             // Another worker's policy takes nothing away from this one.
             Output::Update {
                 worker: w,
@@ -105,7 +143,11 @@ impl Outputs {
             Output::Update { update, .. } => {
                 matches!(update, Update::AddSa { .. } | Update::SetVirtualIp { .. })
             }
-            Output::Transmit(_) | Output::Log { .. } | Output::View(_) => true,
+            Output::Transmit(_)
+            | Output::Log { .. }
+            | Output::View(_)
+            | Output::Persist(_)
+            | Output::Forget { .. } => true,
         });
         if !only_installs {
             return Vec::new();
@@ -115,7 +157,7 @@ impl Outputs {
         let mut moved = Vec::new();
         let mut i = pos;
         while i < self.q.len() {
-            if matches!(self.q.get(i), Some(Output::Transmit(_))) {
+            if matches!(self.q.get(i), Some((_, Output::Transmit(_)))) {
                 if let Some(o) = self.q.remove(i) {
                     moved.push(o);
                 }
@@ -154,6 +196,8 @@ mod tests {
                 Output::Transmit(d) => format!("tx{}", d.payload[0]),
                 Output::Log { .. } => "log".into(),
                 Output::View(_) => "view".into(),
+                Output::Persist(_) => "persist".into(),
+                Output::Forget { .. } => "forget".into(),
             })
             .collect()
     }
@@ -184,6 +228,35 @@ mod tests {
         o.transmit(dgram(2));
         o.update(0, spd(3));
         assert_eq!(kinds(&o), ["spd0:3", "tx1", "tx2"]);
+    }
+
+    #[test]
+    fn an_output_inserted_at_a_mark_goes_ahead_of_everything_queued_since() {
+        let mut o = Outputs::default();
+        o.transmit(dgram(1));
+        let mark = o.mark();
+        o.update(0, Update::DeleteOutbound { id: SaId(9) });
+        o.transmit(dgram(2));
+        o.insert_at_mark(
+            mark,
+            Output::Forget {
+                ike: ike::IkeSaId(ike::IkeSpi(7)),
+            },
+        );
+        assert_eq!(kinds(&o), ["tx1", "forget", "del0", "tx2"]);
+        // A policy that supersedes one from before the mark moves nothing ahead of it.
+        let mut o = Outputs::default();
+        o.update(0, spd(1));
+        let mark = o.mark();
+        o.update(0, spd(2));
+        o.transmit(dgram(3));
+        o.insert_at_mark(
+            mark,
+            Output::Forget {
+                ike: ike::IkeSaId(ike::IkeSpi(7)),
+            },
+        );
+        assert_eq!(kinds(&o), ["forget", "spd0:2", "tx3"]);
     }
 
     #[test]

@@ -78,6 +78,13 @@ impl Placement {
         self.outbound.get(&id).copied()
     }
 
+    /// Records where an outbound SA already lives (an adopted CHILD_SA's, which the data plane
+    /// kept: its owner is its inbound SA's, as at its install).
+    pub fn place_adopted(&mut self, out_id: SaId, spi_in: Spi) {
+        let w = self.inbound_owner(spi_in);
+        self.outbound.insert(out_id, w);
+    }
+
     fn by_address(&self, a: IpAddr) -> u16 {
         let h = match a {
             IpAddr::V4(v) => u32::from(v),

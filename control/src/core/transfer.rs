@@ -55,13 +55,13 @@ impl ControlCore {
                     .error(format!("ha: {}", AdoptFailure::NoIds(info.name.clone())));
                 continue;
             };
-            match self.repo.adopt_child(info, in_id, out_id) {
+            match self.repo.adopt_child(info, in_id, out_id, true) {
                 Ok(ups) => ups.into_iter().for_each(|u| self.route(u)),
                 Err(e) => self.out.error(format!("ha: {e}")),
             }
         }
         self.view.mark_stale();
-        self.pump();
+        self.pump(now);
         Ok(ike)
     }
 }

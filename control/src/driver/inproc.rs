@@ -17,7 +17,7 @@ use pipeline::crypto::Backend;
 use proto::{Datagram, Update};
 use rtrb::{Consumer, Producer};
 
-use super::{Clock, Driver, Input, Link, LinkError};
+use super::{Clock, Driver, Input, Link, LinkError, TurnError};
 use crate::config::ike::Connection;
 use crate::core::ControlCore;
 use crate::repo::{ChildView, SaRepository};
@@ -172,7 +172,7 @@ impl InProcControl {
     }
 
     /// One turn with the workers in this process (see [`Driver::turn`]).
-    pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool, LinkError> {
+    pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool, TurnError> {
         let now = self.now();
         let mut link = InProcLink::new(
             links,

@@ -10,6 +10,10 @@
 //! datagrams held until every update queued before them is past [`Link::released`] on its
 //! worker, then handed to the link.
 //!
+//! The IKE state the core asks to keep ([`Output::Persist`], [`Output::Forget`]) goes to the
+//! driver's [`IkeStore`] as it comes in the order: a write that fails stops the turn with
+//! [`TurnError::Store`] before anything queued after it leaves.
+//!
 //! Owns: the order in which outputs leave, the held datagrams, the published view.
 //! Must never: decide anything about SAs (the core does); read a clock itself (the caller
 //! passes `now`; only the cost of a view rebuild is timed, to pace rebuilds).
@@ -77,6 +81,25 @@ pub struct LinkError {
     pub why: String,
 }
 
+/// Why a turn stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The IKE state could not be kept: nothing queued after it may leave.
+    #[error("IKE state store: {0}")]
+    Store(String),
+}
+
+/// Where the driver keeps the IKE state the core asks to keep (`core::durable`): each call
+/// returns once the change is durable.
+pub trait IkeStore {
+    /// Writes the stored state of these IKE SAs, all or none (after a crash in between,
+    /// either every one of them is the new state or every one is the old).
+    fn write(&mut self, batch: &[(ike::IkeSaId, &[u8])]) -> Result<(), String>;
+    fn remove(&mut self, ike: ike::IkeSaId) -> Result<(), String>;
+}
+
 /// A transport between the control core and the data plane's workers.
 pub trait Link {
     /// Moves what waits (backlogs into rings, acknowledgements and reports out of them);
@@ -105,6 +128,7 @@ pub struct Driver {
     pub view: Arc<Mutex<IkeView>>,
     /// Print log lines (tests and benchmarks turn it off).
     print: bool,
+    store: Option<Box<dyn IkeStore + Send>>,
 }
 
 impl Driver {
@@ -116,7 +140,14 @@ impl Driver {
             sent: vec![0; workers],
             view: Arc::new(Mutex::new(IkeView::default())),
             print: true,
+            store: None,
         }
+    }
+
+    /// Keeps the IKE SAs in `store` from now on (persist before send, `core::durable`).
+    pub fn set_store(&mut self, store: Box<dyn IkeStore + Send>) {
+        self.core.enable_durability();
+        self.store = Some(store);
     }
 
     /// Stops logging IKE events (a benchmark's crowd of clients would flood the output);
@@ -155,7 +186,7 @@ impl Driver {
     }
 
     /// One turn at `now`; true if anything happened.
-    pub fn turn<L: Link>(&mut self, now: Instant, link: &mut L) -> Result<bool, LinkError> {
+    pub fn turn<L: Link>(&mut self, now: Instant, link: &mut L) -> Result<bool, TurnError> {
         let mut work = link.pump();
         while let Some(input) = link.poll_input() {
             work = true;
@@ -183,7 +214,7 @@ impl Driver {
     }
 
     /// Takes the core's outputs in order (see `core::output`).
-    fn drain<L: Link>(&mut self, link: &mut L) -> Result<bool, LinkError> {
+    fn drain<L: Link>(&mut self, link: &mut L) -> Result<bool, TurnError> {
         let mut work = false;
         while let Some(o) = self.core.poll_output() {
             work = true;
@@ -204,6 +235,18 @@ impl Driver {
                 Output::View(json) => {
                     if let Ok(mut v) = self.view.lock() {
                         v.json = json;
+                    }
+                }
+                Output::Persist(batch) => {
+                    if let Some(s) = self.store.as_mut() {
+                        let batch: Vec<(ike::IkeSaId, &[u8])> =
+                            batch.iter().map(|(id, b)| (*id, b.0.as_slice())).collect();
+                        s.write(&batch).map_err(TurnError::Store)?;
+                    }
+                }
+                Output::Forget { ike } => {
+                    if let Some(s) = self.store.as_mut() {
+                        s.remove(ike).map_err(TurnError::Store)?;
                     }
                 }
             }

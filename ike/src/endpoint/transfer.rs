@@ -7,8 +7,12 @@
 //!
 //! Owns: the translation between an IKE SA and its record, and the reservations an adopted IKE
 //! SA needs.
-//! Must never: export work under way (an IKE SA with a request of ours outstanding or queued
-//! is refused, the caller tries again when it is done); adopt a record whose SPIs or lease
+//! [`Endpoint::export_durable`] is the one exception to "between exchanges": a process's copy
+//! of its own IKE SAs for a restart, taken with work under way, its message ids past every
+//! request sent.
+//!
+//! Must never: export work under way through [`Endpoint::export`] (an IKE SA with a request of
+//! ours outstanding or queued is refused, the caller tries again when it is done); adopt a record whose SPIs or lease
 //! this endpoint holds already, or leave a reservation behind when an adoption is refused.
 
 use core::net::IpAddr;
@@ -76,6 +80,28 @@ fn until(now: Instant, at: Option<Instant>) -> Option<Duration> {
 impl Endpoint {
     /// The lasting state of IKE SA `id` at `now`, between exchanges of ours.
     pub fn export(&self, now: Instant, id: IkeSaId) -> Result<IkeSaRecord, ExportError> {
+        self.export_with(now, id, false)
+    }
+
+    /// The state of IKE SA `id` at `now` for a durable copy of this endpoint's own (a crash
+    /// and a restart), taken even while work is under way: an exchange of ours in flight is
+    /// left out as if it had been lost, and the record's `next_request_id` is already past
+    /// its message id (and past every request sent), so an adopter skips that id and never
+    /// sends another request under it. The peer's last request and our answer are in it as
+    /// for [`export`](Self::export). A record taken with work under way is for this one
+    /// purpose: adopting it loses the exchange in flight (the peer may hold a CHILD_SA or IKE
+    /// SA it made, which its lifetime ends), and if the request never reached the peer, our
+    /// next request's id is one the peer does not expect (a skip: never a repeat).
+    pub fn export_durable(&self, now: Instant, id: IkeSaId) -> Result<IkeSaRecord, ExportError> {
+        self.export_with(now, id, true)
+    }
+
+    fn export_with(
+        &self,
+        now: Instant,
+        id: IkeSaId,
+        under_way_ok: bool,
+    ) -> Result<IkeSaRecord, ExportError> {
         let sa = self.sas.get(&id).ok_or(ExportError::NoSuchSa)?;
         let (st, pending) = (&sa.state, &sa.pending);
         if st.phase != Phase::Established {
@@ -89,7 +115,7 @@ impl Endpoint {
                 .children
                 .iter()
                 .any(|c| c.rekeying || c.peer_rekey.is_some());
-        if under_way {
+        if under_way && !under_way_ok {
             return Err(ExportError::Busy);
         }
         let (Some(keys), Some(sk_out), Some(cfg), Some(remote_id)) = (

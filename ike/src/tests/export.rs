@@ -305,6 +305,34 @@ fn export_refuses_work_under_way_and_unknown_ike_sas() {
     );
 }
 
+/// A durable copy taken while our request is in flight: its next message id is already past
+/// the request, and an adopter's next request goes under that id (a skip, never a repeat).
+#[test]
+fn a_durable_export_with_a_request_in_flight_reserves_its_message_id() {
+    let (mut p, ids) = mid_life(client_cfg(), gateway_cfg());
+    let now = p.now();
+    let quiet = p.gw().export(now, ids[GW]).unwrap();
+    assert_eq!(p.gw().export_durable(now, ids[GW]).unwrap(), quiet);
+    let spi = child_in(&mut p, GW, ids[GW]);
+    p.gw().rekey_child(now, ids[GW], spi).unwrap();
+    assert_eq!(p.gw().export(now, ids[GW]).unwrap_err(), ExportError::Busy);
+    let record = p.gw().export_durable(now, ids[GW]).unwrap();
+    assert_eq!(record.next_request_id, quiet.next_request_id + 1);
+    assert_eq!(record.peer_next_id, quiet.peer_next_id);
+    let sent = p.gw().poll_transmit().unwrap();
+    let h = Header::parse(&sent.data).unwrap();
+    assert_eq!(h.message_id, quiet.next_request_id, "the request in flight");
+    replace_and_adopt(&mut p, GW, gateway_cfg(), &record);
+    let now = p.now();
+    p.gw().rekey_child(now, ids[GW], spi).unwrap();
+    let t = p.gw().poll_transmit().unwrap();
+    assert_eq!(
+        Header::parse(&t.data).unwrap().message_id,
+        record.next_request_id,
+        "the adopter skips the id in flight"
+    );
+}
+
 /// Each of the adopter's services refuses what it holds already, and a refused adoption
 /// leaves no reservation behind.
 #[test]
