@@ -220,7 +220,10 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
         )
     );
     for weak in &plan.weak {
-        eprintln!("roamgate dataplane: warning: {}: {weak}", args.config.display());
+        eprintln!(
+            "roamgate dataplane: warning: {}: {weak}",
+            args.config.display()
+        );
     }
     let (plan, keeper) = keep_static_sequence_numbers(&args, plan)?;
     let plan = &plan;

@@ -732,7 +732,11 @@ fn sa_keys(sa: &SaConfig) -> Result<SaKeys, (&'static str, String)> {
             if keymat.len() != c.key_len() {
                 return Err((
                     "key",
-                    format!("{c:?} needs a {}-byte key, got {}", c.key_len(), keymat.len()),
+                    format!(
+                        "{c:?} needs a {}-byte key, got {}",
+                        c.key_len(),
+                        keymat.len()
+                    ),
                 ));
             }
             if ik.len() != i.key_len() {
