@@ -2,7 +2,8 @@
 //! Python's hmac) arrives at a real roamgate worker built from configs/lab.yaml: the good
 //! packets are delivered to the LAN, and each bad one is counted under its own drop reason.
 //! For AES-CBC with each HMAC, with and without ESN, the other direction too: what roamgate
-//! seals, scapy decrypts and authenticates.
+//! seals, scapy decrypts and authenticates, and (without ESN, which Wireshark's SA table
+//! cannot express) tshark decrypts and checks every ICV.
 
 use std::process::Command;
 use std::time::Duration;
@@ -198,6 +199,73 @@ fn roamgate_to_scapy(name: &str, cfg: &LabConfig, plan_a: &GatewayPlan, esn_hi: 
     assert_eq!(r["decrypted"], n, "{name}: {r}");
     assert_eq!(r["stamped"], n, "{name}: {r}");
     assert_eq!(r["failed"], 0, "{name}: {r}");
+    if esn_hi == 0 && !esn_of(plan_a) {
+        tshark_decrypts_and_authenticates(name, &dir, plan_a, n);
+    }
+}
+
+fn esn_of(plan: &GatewayPlan) -> bool {
+    plan.sas.iter().any(|(_, p)| p.esn)
+}
+
+/// tshark decrypts every frame of `dir/out.pcap` to the inner flow and finds every ICV good,
+/// given the SA as `pcap::esp_sa_line` writes it (Wireshark's esp_sa table has no ESN).
+fn tshark_decrypts_and_authenticates(
+    name: &str,
+    dir: &std::path::Path,
+    plan_a: &GatewayPlan,
+    n: usize,
+) {
+    if !have_tool("tshark", &["--version"]) {
+        return;
+    }
+    let home = dir.join("home");
+    let conf = home.join(".config/wireshark");
+    std::fs::create_dir_all(&conf).unwrap();
+    let lines: Vec<String> = plan_a
+        .sas
+        .iter()
+        .filter(|(d, p)| *d == Direction::Outbound && p.local.is_ipv4())
+        .map(|(_, p)| pipeline::pcap::esp_sa_line(p, p.local, p.remote))
+        .collect();
+    std::fs::write(conf.join("esp_sa"), lines.join("\n") + "\n").unwrap();
+    let out = Command::new("tshark")
+        .env("HOME", &home)
+        .args(["-n", "-r"])
+        .arg(dir.join("out.pcap"))
+        .args([
+            "-o",
+            "esp.enable_encryption_decode:TRUE",
+            "-o",
+            "esp.enable_authentication_check:TRUE",
+            "-Y",
+            "esp",
+            "-T",
+            "fields",
+            "-E",
+            "separator=,",
+            "-e",
+            "esp.icv_good",
+            "-e",
+            "udp.dstport",
+        ])
+        .output()
+        .expect("tshark runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(rows.len(), n, "{name}: tshark saw every ESP frame:\n{text}");
+    let decrypted = rows.iter().filter(|l| l.ends_with(",5001")).count();
+    let good = rows.iter().filter(|l| l.starts_with("1,")).count();
+    assert_eq!(
+        (decrypted, good),
+        (n, n),
+        "{name}: tshark decrypted {decrypted} and found {good} good ICVs of {n}:\n{text}"
+    );
 }
 
 #[test]
