@@ -9,6 +9,8 @@
 //! outer hash states (ipad/opad, hashed once) live in one 64-byte-aligned heap block that is
 //! zeroized on drop.
 //!
+//! Each thread's manager runs ipsec-mb's SSE code path (see [`ThreadMgr::new`] for why).
+//!
 //! One of the two modules of the crate allowed to use `unsafe` (with `ipsecmb`).
 #![allow(unsafe_code)]
 
@@ -34,9 +36,13 @@ impl ThreadMgr {
         if mgr.is_null() {
             return ThreadMgr(mgr);
         }
-        let mut arch = ffi::IMB_ARCH::IMB_ARCH_NONE;
-        // SAFETY: `mgr` is a fresh, exclusive manager; `arch` is writable.
-        unsafe { ffi::init_mb_mgr_auto(mgr, &mut arch) };
+        // The SSE code path, not the widest one `init_mb_mgr_auto` picks: a packet's job is
+        // flushed alone, and the AVX-512 manager hashes HMAC-SHA-1/256 sixteen lanes wide in
+        // software, paying for all sixteen lanes per flushed packet, where the SSE manager
+        // uses the CPU's SHA extensions on one buffer. AES-CBC encryption is bound by the
+        // AES round latency either way (see the perf report for the numbers).
+        // SAFETY: `mgr` is a fresh, exclusive manager.
+        unsafe { ffi::init_mb_mgr_sse(mgr) };
         // SAFETY: `mgr` is valid.
         if unsafe { ffi::imb_get_errno(mgr) } != 0 {
             // SAFETY: allocated above, not used afterwards.
