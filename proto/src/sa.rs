@@ -201,7 +201,18 @@ pub struct SaKeys {
     key: [u8; 32],
     /// AEAD only (all zero for CBC).
     pub salt: [u8; SALT_LEN],
-    integ: [u8; MAX_INTEG_KEY_LEN],
+    /// CBC only: the HMAC key, on the heap so that a GCM SA's record stays its old size.
+    integ: Option<IntegKey>,
+}
+
+/// A boxed HMAC key, zeroized in place.
+#[derive(Clone)]
+struct IntegKey(Box<[u8; MAX_INTEG_KEY_LEN]>);
+
+impl Zeroize for IntegKey {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
 }
 
 impl SaKeys {
@@ -224,7 +235,7 @@ impl SaKeys {
             alg,
             key: [0; 32],
             salt: [0; SALT_LEN],
-            integ: [0; MAX_INTEG_KEY_LEN],
+            integ: None,
         };
         if let Some(dst) = keys.key.get_mut(..klen) {
             dst.copy_from_slice(k);
@@ -236,10 +247,14 @@ impl SaKeys {
                 };
                 keys.salt = salt;
             }
-            EspAlg::Cbc(..) => match keys.integ.get_mut(..rest.len()) {
-                Some(dst) => dst.copy_from_slice(rest),
-                None => return Err(wrong),
-            },
+            EspAlg::Cbc(..) => {
+                let mut integ = Box::new([0u8; MAX_INTEG_KEY_LEN]);
+                match integ.get_mut(..rest.len()) {
+                    Some(dst) => dst.copy_from_slice(rest),
+                    None => return Err(wrong),
+                }
+                keys.integ = Some(IntegKey(integ));
+            }
         }
         Ok(keys)
     }
@@ -253,7 +268,11 @@ impl SaKeys {
     pub fn integ_key(&self) -> &[u8] {
         match self.alg {
             EspAlg::Aead(_) => &[],
-            EspAlg::Cbc(_, i) => self.integ.get(..i.key_len()).unwrap_or(&[]),
+            EspAlg::Cbc(_, i) => self
+                .integ
+                .as_ref()
+                .and_then(|k| k.0.get(..i.key_len()))
+                .unwrap_or(&[]),
         }
     }
 }
