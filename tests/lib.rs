@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use control::config::{self, GatewayConfig, GatewayPlan, LabConfig};
 use pipeline::agent::{self, WorkerLink};
-use pipeline::crypto::Backend;
+use pipeline::crypto::{Backend, EspAlg, IntegAlg};
 use pipeline::msg::{Direction, Update};
 use pipeline::port::mem::{cable, MemFrame, MemPort};
 use pipeline::port::Frame;
@@ -156,20 +156,31 @@ pub fn sas_json(plan: &GatewayPlan, dir: Direction) -> String {
         .iter()
         .filter(|(d, _)| *d == dir)
         .map(|(_, p)| {
-            let key: String = p
-                .keys
-                .key()
-                .iter()
-                .chain(p.keys.salt.iter())
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
+            // scapy's names; AES-GCM keys carry their salt, AES-CBC ones a separate HMAC key.
+            let (key, algs) = match p.keys.alg {
+                EspAlg::Aead(_) => (hex(&[p.keys.key(), &p.keys.salt[..]].concat()), String::new()),
+                EspAlg::Cbc(_, integ) => (
+                    hex(p.keys.key()),
+                    format!(
+                        r#", "crypt": "AES-CBC", "auth": "{}", "auth_key": "{}""#,
+                        match integ {
+                            IntegAlg::HmacSha1_96 => "HMAC-SHA1-96",
+                            IntegAlg::HmacSha256_128 => "SHA2-256-128",
+                            IntegAlg::HmacSha384_192 => "SHA2-384-192",
+                            IntegAlg::HmacSha512_256 => "SHA2-512-256",
+                        },
+                        hex(p.keys.integ_key())
+                    ),
+                ),
+            };
             // Outbound SAs run local -> remote; inbound ones were sent remote -> local.
             let (src, dst) = match dir {
                 Direction::Outbound => (p.local, p.remote),
                 Direction::Inbound => (p.remote, p.local),
             };
             format!(
-                r#"{{"spi": {}, "key": "{key}", "esn": {}, "src": "{src}", "dst": "{dst}", "udp": {}}}"#,
+                r#"{{"spi": {}, "key": "{key}", "esn": {}, "src": "{src}", "dst": "{dst}", "udp": {}{algs}}}"#,
                 p.spi.0,
                 p.esn,
                 p.encap.is_some()

@@ -229,6 +229,12 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
             file.dataplane.crypto_backend != control::config::BackendChoice::Auto
         )
     );
+    for weak in &plan.weak {
+        eprintln!(
+            "roamgate dataplane: warning: {}: {weak}",
+            args.config.display()
+        );
+    }
     let (plan, keeper) = keep_static_sequence_numbers(&args, plan)?;
     let plan = &plan;
     match file.dataplane.port {
@@ -258,6 +264,7 @@ fn keep_static_sequence_numbers(
             sas,
             rules: plan.rules,
             masquerade: plan.masquerade,
+            weak: plan.weak,
         },
         Some(keeper),
     ))

@@ -92,6 +92,12 @@ enum PerfWhat {
         /// Default: the best available.
         #[arg(long)]
         backend: Option<String>,
+        /// ESP transforms, comma-separated: aes128-gcm16, aes256-gcm16, or AES-CBC with an
+        /// HMAC as aes128-sha1, aes256-sha256, aes128-sha384, aes256-sha512 (any size with any
+        /// hash). With more than one, the runs alternate between them and each is compared
+        /// with the first (best of the runs, same process).
+        #[arg(long, default_value = "aes128-gcm16")]
+        alg: String,
     },
     /// The lab with IKE, road-warrior clients, CHILD_SA rekeys and MOBIKE roams for minutes:
     /// RSS over time and its slope, the loss per direction, the rekeys and roams, and a
@@ -199,6 +205,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
             packets,
             runs,
             backend,
+            alg,
         } => {
             use roamgate_perf::run::{self as perf_run, Dir};
             let dir = match dir.as_str() {
@@ -223,30 +230,47 @@ pub fn run(args: PerfArgs) -> Result<()> {
             if !pipeline::crypto::available(backend) {
                 bail!("--backend {backend}: not available on this machine or build");
             }
-            let mut pts: Vec<_> = (0..runs)
-                .map(|_| perf_run::throughput(dir, size, sas, workers, backend, packets))
-                .collect();
-            for p in &pts {
-                println!(
-                    "run: {:.3} Mpps, {:.1} ns/pkt, {} missing",
-                    p.pps / 1e6,
-                    p.ns_per_packet,
-                    p.missing
-                );
+            let algs = parse_algs(&alg)?;
+            // Runs alternate between the transforms, so that drift hits them alike.
+            let mut pts: Vec<Vec<roamgate_perf::run::Point>> = vec![Vec::new(); algs.len()];
+            for _ in 0..runs {
+                for (k, a) in algs.iter().enumerate() {
+                    let p = perf_run::throughput_alg(dir, size, sas, workers, backend, *a, packets);
+                    println!(
+                        "run: {a}: {:.3} Mpps, {:.2} Gbit/s, {:.1} ns/pkt, {} missing",
+                        p.pps / 1e6,
+                        p.bps / 1e9,
+                        p.ns_per_packet,
+                        p.missing
+                    );
+                    pts[k].push(p);
+                }
             }
-            pts.sort_by(|a, b| a.pps.total_cmp(&b.pps));
-            let m = &pts[pts.len() / 2];
-            let aead = perf_run::aead_ns(size, dir, backend, 200_000);
-            println!(
-                "{dir} {} B, {sas} SA(s), {workers} worker(s), {backend}: median {:.3} Mpps, {:.2} Gbit/s, {:.1} ns/pkt per worker; bare AEAD {aead:.1} ns, pipeline - AEAD {:.1} ns",
-                size,
-                m.pps / 1e6,
-                m.bps / 1e9,
-                m.ns_per_packet,
-                m.ns_per_packet - aead
-            );
-            if m.missing > 0 {
-                bail!("{} frames did not come out", m.missing);
+            let mut first_best = None;
+            for (a, mut pts) in algs.iter().zip(pts) {
+                pts.sort_by(|a, b| a.pps.total_cmp(&b.pps));
+                let m = &pts[pts.len() / 2];
+                let best = pts[pts.len() - 1].bps;
+                let crypto = perf_run::crypto_ns(size, dir, backend, *a, 200_000);
+                println!(
+                    "{dir} {} B, {sas} SA(s), {workers} worker(s), {backend}, {a}: median {:.3} Mpps, {:.2} Gbit/s, {:.1} ns/pkt per worker; best {:.2} Gbit/s; bare crypto {crypto:.1} ns, pipeline - crypto {:.1} ns",
+                    size,
+                    m.pps / 1e6,
+                    m.bps / 1e9,
+                    m.ns_per_packet,
+                    best / 1e9,
+                    m.ns_per_packet - crypto
+                );
+                match first_best {
+                    None => first_best = Some((*a, best)),
+                    Some((f, fb)) => println!(
+                        "ratio {a} / {f} (best of {runs}): {:.2}",
+                        best / f64::max(fb, 1.0)
+                    ),
+                }
+                if m.missing > 0 {
+                    bail!("{a}: {} frames did not come out", m.missing);
+                }
             }
             Ok(())
         }
@@ -313,4 +337,36 @@ fn port_sizes(sizes: &str, secs: f64) -> Result<Vec<usize>> {
         bail!("--sizes must be within 64..=1420, --secs above 0 (and below an hour)");
     }
     Ok(sizes)
+}
+
+/// `--alg`'s list: the names `EspAlg` displays (strongSwan's proposal keywords).
+fn parse_algs(list: &str) -> Result<Vec<pipeline::crypto::EspAlg>> {
+    use pipeline::crypto::{AeadAlg, CbcAlg, EspAlg, IntegAlg};
+    let mut known = vec![
+        EspAlg::Aead(AeadAlg::AesGcm128),
+        EspAlg::Aead(AeadAlg::AesGcm256),
+    ];
+    for c in [CbcAlg::AesCbc128, CbcAlg::AesCbc256] {
+        for i in [
+            IntegAlg::HmacSha1_96,
+            IntegAlg::HmacSha256_128,
+            IntegAlg::HmacSha384_192,
+            IntegAlg::HmacSha512_256,
+        ] {
+            known.push(EspAlg::Cbc(c, i));
+        }
+    }
+    list.split(',')
+        .map(|n| {
+            let n = n.trim();
+            known
+                .iter()
+                .find(|a| a.to_string() == n)
+                .copied()
+                .ok_or_else(|| {
+                    let names: Vec<String> = known.iter().map(|a| a.to_string()).collect();
+                    anyhow::anyhow!("--alg {n}: expected one of {}", names.join(", "))
+                })
+        })
+        .collect()
 }

@@ -10,13 +10,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pipeline::crypto::Backend;
+use pipeline::crypto::{Backend, CbcAlg, EspAlg, IntegAlg};
 use pipeline::esp::sa::build_outbound;
 use pipeline::ids::SaId;
 use pipeline::msg::Direction;
 
 use crate::run::{self, Dir, Point};
 use crate::secgw::{self, SecgwMode, SecgwOutput, SecgwRun, SecgwSa};
+
+/// The AES-CBC + HMAC transforms the report measures beside GCM.
+const CBC_ROWS: [EspAlg; 2] = [
+    EspAlg::Cbc(CbcAlg::AesCbc256, IntegAlg::HmacSha256_128),
+    EspAlg::Cbc(CbcAlg::AesCbc128, IntegAlg::HmacSha1_96),
+];
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -320,7 +326,15 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     let workers_max = m.cores.clamp(1, 2);
     // Steps: per size and direction a run and an AEAD; per SA count 2 sizes x 2 directions;
     // 4 scaling; per latency size an NDR and two loads; 4 secgw; 3 control plane.
-    let total = sizes.len() * 2 * 2 + sa_counts.len() * 4 + 4 + 1 + 2 * 3 + 4 + 2 + 3;
+    let total = sizes.len() * 2 * 2
+        + CBC_ROWS.len() * 2 * 2
+        + sa_counts.len() * 4
+        + 4
+        + 1
+        + 2 * 3
+        + 4
+        + 2
+        + 3;
     let mut pr = Progress {
         done: 0,
         total,
@@ -347,6 +361,26 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             pr.step(&format!("bare AEAD {}", size_name(s)));
             let a = run::aead_ns(s, dir, b, if q { 50_000 } else { 500_000 });
             single.push((p, a));
+        }
+    }
+    // 1b. AES-CBC + HMAC beside GCM: the same points with CBC SAs (the clients' defaults).
+    let mut cbc: Vec<(Point, f64, f64)> = Vec::new();
+    for alg in CBC_ROWS {
+        for s in [64, 1420] {
+            for dir in [Dir::Encrypt, Dir::Decrypt] {
+                pr.step(&format!("{dir} {} 1 SA {alg}", size_name(s)));
+                let mut runs: Vec<Point> = (0..if q { 1 } else { 3 })
+                    .map(|_| run::throughput_alg(dir, s, 1, 1, b, alg, n_for(s)))
+                    .collect();
+                runs.sort_by(|a, b| a.pps.total_cmp(&b.pps));
+                let p = runs.swap_remove(runs.len() / 2);
+                let gcm = single
+                    .iter()
+                    .find(|(g, _)| g.size == s && g.dir == dir)
+                    .map_or(f64::NAN, |(g, _)| p.bps / g.bps.max(1.0));
+                let c = run::crypto_ns(s, dir, b, alg, if q { 20_000 } else { 100_000 });
+                cbc.push((p, c, gcm));
+            }
         }
     }
     // 2. SA counts at 64 B and 1420 B.
@@ -550,6 +584,33 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
         r,
         "\n![throughput vs size]({stem}/throughput-vs-size.svg)\n"
     );
+    let _ = writeln!(r, "## AES-CBC + HMAC beside AES-GCM (one core, one SA)\n");
+    let _ = writeln!(
+        r,
+        "The same worker with AES-CBC + HMAC SAs (the defaults of the Windows and Apple \
+         clients); the ratio is to the AES-128-GCM row of the same size and direction above. \
+         Bare crypto: IV, CBC and HMAC of the whole ESP packet (encrypt), or ICV check and CBC \
+         decryption (decrypt).\n"
+    );
+    let _ = writeln!(
+        r,
+        "| transform | direction | size | Mpps | Gbit/s (inner) | ns/pkt | bare crypto ns | Gbit/s vs GCM |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (p, c, ratio) in &cbc {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} |",
+            p.alg,
+            p.dir,
+            size_name(p.size),
+            p.pps / 1e6,
+            p.bps / 1e9,
+            p.ns_per_packet,
+            c,
+            ratio
+        );
+    }
+    let _ = writeln!(r);
     let _ = writeln!(r, "## SA count (SPIs at random, one core)\n");
     let _ = writeln!(
         r,

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use pipeline::agent::{self, WorkerLink};
-use pipeline::crypto::{self, AeadAlg, Backend};
+use pipeline::crypto::{self, AeadAlg, Backend, EspAlg};
 use pipeline::esp::sa::{build_outbound, OutboundSa, SaKeys, SaParams};
 use pipeline::esp::tunnel::{self, InnerMeta};
 use pipeline::ids::{SaId, Spi};
@@ -58,6 +58,8 @@ pub struct Point {
     pub sas: usize,
     pub workers: usize,
     pub backend: Backend,
+    /// The SAs' transform.
+    pub alg: EspAlg,
     pub packets: u64,
     /// Aggregate packets per second of worker time (each worker's packets over its own poll
     /// time, summed).
@@ -90,17 +92,25 @@ pub(crate) fn wan_link() -> Link {
     }
 }
 
+/// The transform of the perf lab's SAs unless a point names another.
+pub const GCM: EspAlg = EspAlg::Aead(AeadAlg::AesGcm128);
+
 /// SA `i` of a run, either direction: its key (from its index, so that each SA has its own
-/// key schedule), SPI and the host address it protects.
+/// key schedule), SPI and the host address it protects. AES-128-GCM.
 pub fn sa_params(i: usize) -> SaParams {
-    let mut keymat = [0u8; 20];
+    sa_params_alg(i, GCM)
+}
+
+/// [`sa_params`] with the transform `alg`.
+pub fn sa_params_alg(i: usize, alg: EspAlg) -> SaParams {
+    let mut keymat = vec![0u8; alg.keymat_len()];
     keymat[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
     keymat[8] = 0x5a;
     let (local, remote) = ("192.0.2.1", "192.0.2.2");
     SaParams {
         id: SaId(i as u32 + 1),
         spi: Spi(0x1000 + i as u32),
-        keys: SaKeys::from_keymat(AeadAlg::AesGcm128, &keymat).expect("20 bytes"),
+        keys: SaKeys::from_keymat(alg, &keymat).expect("keymat_len bytes"),
         esn: false,
         replay_window: 1024,
         local: local.parse().expect("literal"),
@@ -131,10 +141,15 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(id: u16, sas: usize, dir: Direction, backend: Backend) -> Rig {
+        Rig::with_alg(id, sas, dir, backend, GCM)
+    }
+
+    /// [`Rig::new`] with SAs of transform `alg`.
+    pub fn with_alg(id: u16, sas: usize, dir: Direction, backend: Backend, alg: EspAlg) -> Rig {
         let mut r = Rig::empty(id, sas);
         let mut last = 0;
         for i in 0..sas {
-            let p = sa_params(i);
+            let p = sa_params_alg(i, alg);
             let id = p.id;
             last = r.link.send(
                 agent::prepare(backend, &Update::AddSa { dir, params: p }).expect("SA builds"),
@@ -320,10 +335,10 @@ impl Frames {
 
 /// ESP frames (Ethernet included) that a peer with SAs 0..sas would send us: `n` of them,
 /// to random SAs, each SA's sequence numbers in order.
-fn esp_frames(n: u64, size: usize, sas: usize, backend: Backend, seed: u64) -> Frames {
+fn esp_frames(n: u64, size: usize, sas: usize, backend: Backend, alg: EspAlg, seed: u64) -> Frames {
     let mut out_sas: Vec<_> = (0..sas)
         .map(|i| {
-            let mut p = sa_params(i);
+            let mut p = sa_params_alg(i, alg);
             // The peer's view: it sends from 192.0.2.2 to us.
             core::mem::swap(&mut p.local, &mut p.remote);
             build_outbound(backend, &p).expect("SA builds")
@@ -466,13 +481,27 @@ fn drive(
     (timed_pkts, timed_bytes, busy, got)
 }
 
-/// Throughput of `workers` workers (at once, on their own cores), each with `sas` SAs.
+/// Throughput of `workers` workers (at once, on their own cores), each with `sas` SAs of
+/// AES-128-GCM.
 pub fn throughput(
     dir: Dir,
     size: usize,
     sas: usize,
     workers: usize,
     backend: Backend,
+    n: u64,
+) -> Point {
+    throughput_alg(dir, size, sas, workers, backend, GCM, n)
+}
+
+/// [`throughput`] with SAs of transform `alg`.
+pub fn throughput_alg(
+    dir: Dir,
+    size: usize,
+    sas: usize,
+    workers: usize,
+    backend: Backend,
+    alg: EspAlg,
     n: u64,
 ) -> Point {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -488,9 +517,9 @@ pub fn throughput(
                         Dir::Encrypt => Direction::Outbound,
                         Dir::Decrypt => Direction::Inbound,
                     };
-                    let mut rig = Rig::new(w as u16, sas, d, backend);
+                    let mut rig = Rig::with_alg(w as u16, sas, d, backend, alg);
                     let esp = if dir == Dir::Decrypt {
-                        esp_frames(n, size, sas, backend, 7 + w as u64)
+                        esp_frames(n, size, sas, backend, alg, 7 + w as u64)
                     } else {
                         Frames {
                             bytes: Vec::new(),
@@ -526,6 +555,7 @@ pub fn throughput(
         sas,
         workers,
         backend,
+        alg,
         packets,
         pps,
         bps,
@@ -550,6 +580,75 @@ fn on_first_core<T: Send>(f: impl FnOnce() -> T + Send) -> T {
         }
         f()
     })
+}
+
+/// [`aead_ns`] for transform `alg`: for AES-CBC + HMAC, the bare seal (IV generation, CBC
+/// and HMAC) or open (HMAC check and CBC decryption) of the whole ESP packet.
+pub fn crypto_ns(size: usize, dir: Dir, backend: Backend, alg: EspAlg, iters: u32) -> f64 {
+    match alg {
+        EspAlg::Aead(_) => aead_ns(size, dir, backend, iters),
+        EspAlg::Cbc(..) => on_first_core(|| cbc_ns_here(size, dir, backend, alg, iters)),
+    }
+}
+
+fn cbc_ns_here(size: usize, dir: Dir, backend: Backend, alg: EspAlg, iters: u32) -> f64 {
+    const BATCH: usize = 256;
+    let EspAlg::Cbc(cipher, integ) = alg else {
+        return 0.0;
+    };
+    let keymat: Vec<u8> = (0..alg.keymat_len()).map(|i| i as u8).collect();
+    let (key, ikey) = keymat.split_at(cipher.key_len());
+    let c = crypto::new_cbc_hmac(backend, cipher, key, integ, ikey).expect("key");
+    let ivs = crypto::IvGen::random().expect("random IV key");
+    let sizes: Vec<usize> = if size == 0 { IMIX.to_vec() } else { vec![size] };
+    let per_loop = u64::from(iters / 5).max(BATCH as u64);
+    let mut total = 0.0;
+    for s in &sizes {
+        // The ESP packet of the frame's inner IP packet: header, IV, padded ciphertext, ICV.
+        let ct = (s - 14 + 2).next_multiple_of(16);
+        let len = 8 + 16 + ct + integ.icv_len();
+        let mut bufs = vec![vec![0u8; len]; BATCH];
+        let mut seq = 0u64;
+        let mut one_loop = || {
+            let mut busy = Duration::ZERO;
+            let mut done = 0u64;
+            while done < per_loop {
+                let seal = |b: &mut Vec<u8>, seq: u64| {
+                    b[8..24].copy_from_slice(&ivs.iv(0x1000, seq));
+                    c.seal_in_place(b, None).expect("seals");
+                };
+                match dir {
+                    Dir::Encrypt => {
+                        let t = Instant::now();
+                        for b in bufs.iter_mut() {
+                            seq += 1;
+                            seal(b, seq);
+                        }
+                        busy += t.elapsed();
+                    }
+                    Dir::Decrypt => {
+                        for b in bufs.iter_mut() {
+                            seq += 1;
+                            seal(b, seq);
+                        }
+                        let t = Instant::now();
+                        for b in bufs.iter_mut() {
+                            let ok = c.open_in_place(b, None);
+                            debug_assert!(ok.is_ok());
+                        }
+                        busy += t.elapsed();
+                    }
+                }
+                done += BATCH as u64;
+            }
+            busy.as_nanos() as f64 / done as f64
+        };
+        one_loop();
+        let mut runs: Vec<f64> = (0..5).map(|_| one_loop()).collect();
+        runs.sort_by(f64::total_cmp);
+        total += runs[2];
+    }
+    total / sizes.len() as f64
 }
 
 fn aead_ns_here(size: usize, dir: Dir, backend: Backend, iters: u32) -> f64 {

@@ -203,6 +203,7 @@ impl SecgwSa {
             sas: vec![(dir, self.sa_params(dir, id))],
             rules,
             masquerade: None,
+            weak: Vec::new(),
         }
     }
 }

@@ -2,6 +2,9 @@
 //! `aes-gcm`, plus (with feature `ipsecmb`) a comparison of 32 direct GCM calls against
 //! ipsec-mb's job and burst APIs, to decide whether a burst seal API is worth having.
 //!
+//! AES-CBC + HMAC ESP packets (`cbc/...`) are sealed and opened on the same backends beside
+//! them.
+//!
 //! Run: `cargo bench -p roamgate-pipeline --bench aead -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
@@ -314,5 +317,55 @@ fn status(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, status, bench_seal, bench_open, bench_burst);
+/// AES-CBC + HMAC: seal (CBC then HMAC) and open (HMAC check then CBC) of a whole ESP packet
+/// whose ciphertext is `size` bytes rounded up to the block.
+fn bench_cbc(c: &mut Criterion) {
+    use pipeline::crypto::{CbcAlg, EspAlg, IntegAlg};
+    for alg in [
+        EspAlg::Cbc(CbcAlg::AesCbc256, IntegAlg::HmacSha256_128),
+        EspAlg::Cbc(CbcAlg::AesCbc128, IntegAlg::HmacSha1_96),
+    ] {
+        let EspAlg::Cbc(cipher, integ) = alg else {
+            continue;
+        };
+        let keymat: Vec<u8> = (0..alg.keymat_len() as u8).collect();
+        let (k, ik) = keymat.split_at(cipher.key_len());
+        let mut g = c.benchmark_group(format!("cbc/{alg}"));
+        for size in SIZES {
+            g.throughput(Throughput::Bytes(size as u64));
+            let len = 8 + 16 + size.next_multiple_of(16) + integ.icv_len();
+            for b in backends() {
+                let a = crypto::new_cbc_hmac(b, cipher, k, integ, ik).unwrap();
+                let mut buf = vec![0xa5u8; len];
+                g.bench_with_input(
+                    BenchmarkId::new(format!("seal-{b}"), size),
+                    &size,
+                    |bch, _| bch.iter(|| a.seal_in_place(black_box(&mut buf), None).unwrap()),
+                );
+                let mut sealed = vec![0xa5u8; len];
+                a.seal_in_place(&mut sealed, None).unwrap();
+                g.bench_with_input(
+                    BenchmarkId::new(format!("open-{b}"), size),
+                    &size,
+                    |bch, _| {
+                        bch.iter(|| {
+                            buf.copy_from_slice(&sealed);
+                            a.open_in_place(black_box(&mut buf), None).unwrap();
+                        })
+                    },
+                );
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(
+    benches,
+    status,
+    bench_seal,
+    bench_open,
+    bench_burst,
+    bench_cbc
+);
 criterion_main!(benches);

@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 
-use crate::crypto::AeadAlg;
+use crate::crypto::{EspAlg, IntegAlg};
 use crate::esp::sa::SaParams;
 
 const MAGIC: u32 = 0xa1b2_c3d4;
@@ -76,19 +76,40 @@ pub fn read_pcap(bytes: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
 }
 
 /// One line of Wireshark's `esp_sa` UAT file for an SA: protocol, source, destination, SPI,
-/// encryption algorithm and key (key followed by salt, RFC 4106), authentication "NULL".
+/// encryption algorithm and key (AES-GCM: key followed by salt, RFC 4106, authentication
+/// "NULL"; AES-CBC: the key, then the HMAC and its key).
 /// The caller decides whether exporting keys is allowed (lab only).
 pub fn esp_sa_line(p: &SaParams, src: core::net::IpAddr, dst: core::net::IpAddr) -> String {
     let proto = if src.is_ipv4() { "IPv4" } else { "IPv6" };
-    let alg = match p.keys.alg {
-        AeadAlg::AesGcm128 | AeadAlg::AesGcm256 => "AES-GCM with 16 octet ICV [RFC4106]",
+    let hex = |bytes: &mut dyn Iterator<Item = &u8>| {
+        let mut s = String::from("0x");
+        for b in bytes {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
     };
-    let mut key = String::from("0x");
-    for b in p.keys.key().iter().chain(p.keys.salt.iter()) {
-        key.push_str(&format!("{b:02x}"));
-    }
+    // Wireshark's names for the algorithms (its esp_sa UAT).
+    let (alg, key, auth, auth_key) = match p.keys.alg {
+        EspAlg::Aead(_) => (
+            "AES-GCM with 16 octet ICV [RFC4106]",
+            hex(&mut p.keys.key().iter().chain(p.keys.salt.iter())),
+            "NULL",
+            String::new(),
+        ),
+        EspAlg::Cbc(_, integ) => (
+            "AES-CBC [RFC3602]",
+            hex(&mut p.keys.key().iter()),
+            match integ {
+                IntegAlg::HmacSha1_96 => "HMAC-SHA-1-96 [RFC2404]",
+                IntegAlg::HmacSha256_128 => "HMAC-SHA-256-128 [RFC4868]",
+                IntegAlg::HmacSha384_192 => "HMAC-SHA-384-192 [RFC4868]",
+                IntegAlg::HmacSha512_256 => "HMAC-SHA-512-256 [RFC4868]",
+            },
+            hex(&mut p.keys.integ_key().iter()),
+        ),
+    };
     format!(
-        "\"{proto}\",\"{src}\",\"{dst}\",\"{:#010x}\",\"{alg}\",\"{key}\",\"NULL\",\"\"",
+        "\"{proto}\",\"{src}\",\"{dst}\",\"{:#010x}\",\"{alg}\",\"{key}\",\"{auth}\",\"{auth_key}\"",
         p.spi.0
     )
 }

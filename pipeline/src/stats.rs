@@ -95,6 +95,11 @@ reasons! {
     ReplayZero => "replay_zero", true;
     /// ICV verification failed.
     AuthFailed => "auth_failed", true;
+    /// AES-CBC ciphertext that is not a whole number of blocks (RFC 3602 2.4).
+    EspBadLength => "esp_bad_length", true;
+    /// The crypto backend refused or failed a packet it should have handled (a library
+    /// fault, never the peer's bytes).
+    CryptoFailed => "crypto_failed", true;
     /// Padding length does not fit or the padding bytes are not 1, 2, 3, ...
     BadPadding => "bad_padding", true;
     /// Next header is not IPv4 or IPv6 (tunnel mode) or disagrees with the inner version.

@@ -73,8 +73,8 @@ use crate::nat::MasqueradeConfig;
 use crate::policy::{Action, PortRange, Prefix, Rule, Selector};
 use crate::records::{Ack, Datagram, Event, LifetimeKind, LifetimeLimit, Update, UpdateEnvelope};
 use crate::sa::{
-    AeadAlg, Checkpoint, Direction, Lifetime, ReplayState, Resume, SaKeys, SaParams, SaRef,
-    SaState, UdpEncap, MAX_REPLAY_WORDS, SALT_LEN,
+    AeadAlg, CbcAlg, Checkpoint, Direction, EspAlg, IntegAlg, Lifetime, ReplayState, Resume,
+    SaKeys, SaParams, SaRef, SaState, UdpEncap, MAX_REPLAY_WORDS,
 };
 
 /// The version byte every record starts with.
@@ -267,12 +267,28 @@ impl<'a> Writer<'a> {
     fn sa_params(&mut self, p: &SaParams) -> Result<(), EncodeError> {
         self.u32(p.id.0)?;
         self.u32(p.spi.0)?;
-        self.u8(match p.keys.alg {
-            AeadAlg::AesGcm128 => 1,
-            AeadAlg::AesGcm256 => 2,
-        })?;
+        // 1, 2: AES-GCM, key || salt; 3, 4: AES-CBC, then the HMAC, key || integrity key.
+        match p.keys.alg {
+            EspAlg::Aead(AeadAlg::AesGcm128) => self.u8(1)?,
+            EspAlg::Aead(AeadAlg::AesGcm256) => self.u8(2)?,
+            EspAlg::Cbc(c, i) => {
+                self.u8(match c {
+                    CbcAlg::AesCbc128 => 3,
+                    CbcAlg::AesCbc256 => 4,
+                })?;
+                self.u8(match i {
+                    IntegAlg::HmacSha1_96 => 1,
+                    IntegAlg::HmacSha256_128 => 2,
+                    IntegAlg::HmacSha384_192 => 3,
+                    IntegAlg::HmacSha512_256 => 4,
+                })?;
+            }
+        }
         self.put(p.keys.key())?;
-        self.put(&p.keys.salt)?;
+        match p.keys.alg {
+            EspAlg::Aead(_) => self.put(&p.keys.salt)?,
+            EspAlg::Cbc(..) => self.put(p.keys.integ_key())?,
+        }
         self.bool(p.esn)?;
         self.u32(p.replay_window)?;
         self.ip(p.local)?;
@@ -504,18 +520,27 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn integ_alg(&mut self) -> Result<IntegAlg, DecodeError> {
+        Ok(match self.u8()? {
+            1 => IntegAlg::HmacSha1_96,
+            2 => IntegAlg::HmacSha256_128,
+            3 => IntegAlg::HmacSha384_192,
+            4 => IntegAlg::HmacSha512_256,
+            _ => return Err(DecodeError::Invalid("integrity algorithm")),
+        })
+    }
+
     fn sa_params(&mut self) -> Result<SaParams, DecodeError> {
         let id = SaId(self.u32()?);
         let spi = Spi(self.u32()?);
         let alg = match self.u8()? {
-            1 => AeadAlg::AesGcm128,
-            2 => AeadAlg::AesGcm256,
-            _ => return Err(DecodeError::Invalid("AEAD algorithm")),
+            1 => EspAlg::Aead(AeadAlg::AesGcm128),
+            2 => EspAlg::Aead(AeadAlg::AesGcm256),
+            3 => EspAlg::Cbc(CbcAlg::AesCbc128, self.integ_alg()?),
+            4 => EspAlg::Cbc(CbcAlg::AesCbc256, self.integ_alg()?),
+            _ => return Err(DecodeError::Invalid("ESP algorithm")),
         };
-        let keymat_len = alg
-            .key_len()
-            .checked_add(SALT_LEN)
-            .ok_or(DecodeError::Invalid("AEAD algorithm"))?;
+        let keymat_len = alg.keymat_len();
         // Straight from the input into SaKeys (zeroized on drop): no intermediate copy.
         let keys = SaKeys::from_keymat(alg, self.take(keymat_len)?)
             .map_err(|_| DecodeError::Invalid("key material"))?;

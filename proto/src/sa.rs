@@ -1,6 +1,7 @@
 //! An SA as data: the parameters one direction of a tunnel-mode ESP SA is built from.
 //!
-//! This module owns [`SaParams`] and its parts: the AEAD algorithm, the key material
+//! This module owns [`SaParams`] and its parts: the ESP transform ([`EspAlg`]: an AEAD, or
+//! AES-CBC with an HMAC), the key material
 //! ([`SaKeys`]: zeroized on drop, never in `Debug`), the UDP encapsulation ports, the byte
 //! and packet [`Lifetime`]s, and the state that moves with an SA between workers, processes
 //! or nodes ([`Resume`], [`ReplayState`], [`SaState`]) with the [`Checkpoint`]s that report
@@ -63,49 +64,216 @@ impl fmt::Display for AeadAlg {
     }
 }
 
+/// AES in CBC mode with an explicit 16-byte IV per packet (RFC 3602; IKEv2 ENCR_AES_CBC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CbcAlg {
+    AesCbc128,
+    AesCbc256,
+}
+
+impl CbcAlg {
+    /// Length of the AES key in bytes.
+    pub const fn key_len(self) -> usize {
+        match self {
+            CbcAlg::AesCbc128 => 16,
+            CbcAlg::AesCbc256 => 32,
+        }
+    }
+}
+
+/// The HMAC integrity algorithm of a non-AEAD SA, with the ICV truncation its RFC fixes
+/// (RFC 2404 for SHA-1, RFC 4868 for SHA-2; IKEv2 AUTH_HMAC_*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IntegAlg {
+    /// HMAC-SHA1-96: weak (SHA-1), only for peers that offer nothing else.
+    HmacSha1_96,
+    HmacSha256_128,
+    HmacSha384_192,
+    HmacSha512_256,
+}
+
+impl IntegAlg {
+    /// Key length in bytes: the hash's output length (RFC 2404 2, RFC 4868 2.1.1).
+    pub const fn key_len(self) -> usize {
+        match self {
+            IntegAlg::HmacSha1_96 => 20,
+            IntegAlg::HmacSha256_128 => 32,
+            IntegAlg::HmacSha384_192 => 48,
+            IntegAlg::HmacSha512_256 => 64,
+        }
+    }
+
+    /// ICV length in bytes: the HMAC output truncated to half (SHA-2) or 96 bits (SHA-1).
+    pub const fn icv_len(self) -> usize {
+        match self {
+            IntegAlg::HmacSha1_96 => 12,
+            IntegAlg::HmacSha256_128 => 16,
+            IntegAlg::HmacSha384_192 => 24,
+            IntegAlg::HmacSha512_256 => 32,
+        }
+    }
+
+    /// SHA-1 based: accepted only where configured, and warned about.
+    pub const fn is_weak(self) -> bool {
+        matches!(self, IntegAlg::HmacSha1_96)
+    }
+}
+
+impl fmt::Display for IntegAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // strongSwan's proposal keywords.
+        f.write_str(match self {
+            IntegAlg::HmacSha1_96 => "sha1",
+            IntegAlg::HmacSha256_128 => "sha256",
+            IntegAlg::HmacSha384_192 => "sha384",
+            IntegAlg::HmacSha512_256 => "sha512",
+        })
+    }
+}
+
+/// The ESP transform of an SA: an AEAD, or AES-CBC with an HMAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EspAlg {
+    Aead(AeadAlg),
+    Cbc(CbcAlg, IntegAlg),
+}
+
+/// Longest integrity key (HMAC-SHA-512).
+pub const MAX_INTEG_KEY_LEN: usize = 64;
+
+impl EspAlg {
+    /// Length of the cipher key (without a salt).
+    pub const fn key_len(self) -> usize {
+        match self {
+            EspAlg::Aead(a) => a.key_len(),
+            EspAlg::Cbc(c, _) => c.key_len(),
+        }
+    }
+
+    /// Length of the keying material one direction takes: key and salt (AEAD, RFC 4106 8.1),
+    /// or cipher key and integrity key (RFC 7296 2.17: encryption key first).
+    pub const fn keymat_len(self) -> usize {
+        match self {
+            EspAlg::Aead(a) => a.key_len() + SALT_LEN,
+            EspAlg::Cbc(c, i) => c.key_len() + i.key_len(),
+        }
+    }
+
+    /// Whether the transform is one only configured on purpose (HMAC-SHA1).
+    pub const fn is_weak(self) -> bool {
+        match self {
+            EspAlg::Aead(_) => false,
+            EspAlg::Cbc(_, i) => i.is_weak(),
+        }
+    }
+}
+
+impl From<AeadAlg> for EspAlg {
+    fn from(a: AeadAlg) -> EspAlg {
+        EspAlg::Aead(a)
+    }
+}
+
+impl fmt::Display for EspAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EspAlg::Aead(a) => a.fmt(f),
+            EspAlg::Cbc(CbcAlg::AesCbc128, i) => write!(f, "aes128-{i}"),
+            EspAlg::Cbc(CbcAlg::AesCbc256, i) => write!(f, "aes256-{i}"),
+        }
+    }
+}
+
 /// Keying material of the wrong length for its algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("key material is {got} bytes, the algorithm needs {expected} (key + 4-byte salt)")]
+#[error("key material is {got} bytes, the algorithm needs {expected} (key + 4-byte salt, or cipher key + integrity key)")]
 pub struct KeymatLength {
     pub expected: usize,
     pub got: usize,
 }
 
-/// Key material of one SA direction: AES key and the 4-byte GCM salt (RFC 4106 section 8.1).
-/// Zeroized on drop; `Debug` never shows it.
+/// Key material of one SA direction: the cipher key, and the 4-byte GCM salt (RFC 4106
+/// section 8.1) or the HMAC key. Zeroized on drop; `Debug` never shows it.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct SaKeys {
     #[zeroize(skip)]
-    pub alg: AeadAlg,
+    pub alg: EspAlg,
     key: [u8; 32],
+    /// AEAD only (all zero for CBC).
     pub salt: [u8; SALT_LEN],
+    /// CBC only: the HMAC key, on the heap so that a GCM SA's record stays its old size.
+    integ: Option<IntegKey>,
+}
+
+/// A boxed HMAC key, zeroized in place.
+#[derive(Clone)]
+struct IntegKey(Box<[u8; MAX_INTEG_KEY_LEN]>);
+
+impl Zeroize for IntegKey {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
 }
 
 impl SaKeys {
-    /// From the KEYMAT slice IKEv2 or a static config yields: key followed by salt.
-    pub fn from_keymat(alg: AeadAlg, keymat: &[u8]) -> Result<Self, KeymatLength> {
+    /// From the KEYMAT slice IKEv2 or a static config yields: key followed by salt (AEAD), or
+    /// cipher key followed by integrity key (CBC + HMAC).
+    pub fn from_keymat(alg: impl Into<EspAlg>, keymat: &[u8]) -> Result<Self, KeymatLength> {
+        let alg = alg.into();
+        let wrong = KeymatLength {
+            expected: alg.keymat_len(),
+            got: keymat.len(),
+        };
+        if keymat.len() != alg.keymat_len() {
+            return Err(wrong);
+        }
         let klen = alg.key_len();
-        let (Some(k), Some(s)) = (keymat.get(..klen), keymat.get(klen..)) else {
-            return Err(KeymatLength {
-                expected: klen + SALT_LEN,
-                got: keymat.len(),
-            });
+        let (Some(k), Some(rest)) = (keymat.get(..klen), keymat.get(klen..)) else {
+            return Err(wrong);
         };
-        let Ok(salt) = <[u8; SALT_LEN]>::try_from(s) else {
-            return Err(KeymatLength {
-                expected: klen + SALT_LEN,
-                got: keymat.len(),
-            });
+        let mut keys = SaKeys {
+            alg,
+            key: [0; 32],
+            salt: [0; SALT_LEN],
+            integ: None,
         };
-        let mut key = [0u8; 32];
-        if let Some(dst) = key.get_mut(..klen) {
+        if let Some(dst) = keys.key.get_mut(..klen) {
             dst.copy_from_slice(k);
         }
-        Ok(SaKeys { alg, key, salt })
+        match alg {
+            EspAlg::Aead(_) => {
+                let Ok(salt) = <[u8; SALT_LEN]>::try_from(rest) else {
+                    return Err(wrong);
+                };
+                keys.salt = salt;
+            }
+            EspAlg::Cbc(..) => {
+                let mut integ = Box::new([0u8; MAX_INTEG_KEY_LEN]);
+                match integ.get_mut(..rest.len()) {
+                    Some(dst) => dst.copy_from_slice(rest),
+                    None => return Err(wrong),
+                }
+                keys.integ = Some(IntegKey(integ));
+            }
+        }
+        Ok(keys)
     }
 
+    /// The cipher key.
     pub fn key(&self) -> &[u8] {
         self.key.get(..self.alg.key_len()).unwrap_or(&[])
+    }
+
+    /// The HMAC key (empty for an AEAD).
+    pub fn integ_key(&self) -> &[u8] {
+        match self.alg {
+            EspAlg::Aead(_) => &[],
+            EspAlg::Cbc(_, i) => self
+                .integ
+                .as_ref()
+                .and_then(|k| k.0.get(..i.key_len()))
+                .unwrap_or(&[]),
+        }
     }
 }
 
@@ -243,5 +411,30 @@ mod tests {
         for n in [0, 3, 16, 19, 21] {
             assert!(SaKeys::from_keymat(AeadAlg::AesGcm128, &vec![1; n]).is_err());
         }
+    }
+
+    #[test]
+    fn cbc_keymat_is_cipher_key_then_integrity_key() {
+        let alg = EspAlg::Cbc(CbcAlg::AesCbc256, IntegAlg::HmacSha384_192);
+        let keymat: Vec<u8> = (0..80u8).collect();
+        let k = SaKeys::from_keymat(alg, &keymat).unwrap();
+        assert_eq!(k.key(), &keymat[..32]);
+        assert_eq!(k.integ_key(), &keymat[32..]);
+        assert_eq!(k.salt, [0; SALT_LEN]);
+        let s = format!("{k:?}");
+        assert!(!s.contains("33") && !s.contains("0x"), "{s}");
+        assert_eq!(
+            SaKeys::from_keymat(alg, &keymat[..79]).err(),
+            Some(KeymatLength {
+                expected: 80,
+                got: 79
+            })
+        );
+        assert!(SaKeys::from_keymat(alg, &[0; 81]).is_err());
+        assert_eq!(alg.to_string(), "aes256-sha384");
+        assert!(EspAlg::Cbc(CbcAlg::AesCbc128, IntegAlg::HmacSha1_96).is_weak());
+        assert!(!alg.is_weak());
+        // The GCM names are unchanged (they are hashed into sequence-state records).
+        assert_eq!(EspAlg::from(AeadAlg::AesGcm256).to_string(), "aes256-gcm16");
     }
 }

@@ -8,11 +8,17 @@
 
   esp_check.py encrypt OUT_PCAP SAS_JSON SPEC_JSON
       Writes ESP frames made by scapy (and deliberately broken ones, crafted with the
-      `cryptography` AES-GCM directly) for roamgate to receive.
+      `cryptography` AES-GCM or AES-CBC and Python's hmac directly) for roamgate to receive.
 
-SAS_JSON: [{"spi": int, "key": hex (key+salt), "esn": bool, "src": ip, "dst": ip,
-            "udp": bool}]
+SAS_JSON: [{"spi": int, "key": hex (AES-GCM: key+salt; AES-CBC: the AES key), "esn": bool,
+            "src": ip, "dst": ip, "udp": bool,
+            optional "crypt": "AES-GCM" (default) | "AES-CBC",
+            "auth": "HMAC-SHA1-96" | "SHA2-256-128" | "SHA2-384-192" | "SHA2-512-256",
+            "auth_key": hex, "esn_hi": int (the high half of every sequence number)}]
 """
+import hashlib
+import hmac
+import os
 import json
 import struct
 import sys
@@ -20,6 +26,11 @@ import sys
 from scapy.all import Ether, IP, IPv6, UDP, Raw, rdpcap, wrpcap  # noqa: E402
 from scapy.layers.ipsec import ESP, SecurityAssociation  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
+
+# ESP integrity algorithms: (hash, ICV length).
+HMACS = {"HMAC-SHA1-96": (hashlib.sha1, 12), "SHA2-256-128": (hashlib.sha256, 16),
+         "SHA2-384-192": (hashlib.sha384, 24), "SHA2-512-256": (hashlib.sha512, 32)}
 
 STAMP_MAGIC = 0x52474C42
 
@@ -30,8 +41,13 @@ def make_sa(sa):
         hdr = IPv6(src=sa["src"], dst=sa["dst"])
     else:
         hdr = IP(src=sa["src"], dst=sa["dst"])
-    kwargs = dict(crypt_algo="AES-GCM", crypt_key=key, auth_algo="NULL", tunnel_header=hdr,
-                  esn_en=bool(sa.get("esn")), esn=0)
+    if sa.get("crypt", "AES-GCM") == "AES-CBC":
+        algs = dict(crypt_algo="AES-CBC", crypt_key=key, auth_algo=sa["auth"],
+                    auth_key=bytes.fromhex(sa["auth_key"]))
+    else:
+        algs = dict(crypt_algo="AES-GCM", crypt_key=key, auth_algo="NULL")
+    kwargs = dict(tunnel_header=hdr, esn_en=bool(sa.get("esn")), esn=sa.get("esn_hi", 0),
+                  **algs)
     if sa.get("udp"):
         kwargs["nat_t_header"] = UDP(sport=4500, dport=4500)
     return SecurityAssociation(ESP, spi=sa["spi"], **kwargs)
@@ -93,8 +109,12 @@ def stamp(flow, seq):
 
 
 def raw_esp(sa, seq, inner, pad_ok=True, nh=4):
-    """ESP (header + IV + ct + tag) made with cryptography's AES-GCM directly, so padding
-    can be broken on purpose."""
+    """ESP (header + IV + ct + ICV) made with cryptography's AES-GCM or AES-CBC and hmac
+    directly, so padding can be broken on purpose. `seq` is the low half; the SA's esn_hi
+    is the high half."""
+    seq |= sa.get("esn_hi", 0) << 32
+    if sa.get("crypt", "AES-GCM") == "AES-CBC":
+        return raw_cbc(sa, seq, inner, pad_ok, nh)
     key = bytes.fromhex(sa["key"])
     aes, salt = key[:-4], key[-4:]
     iv = struct.pack("!Q", seq)
@@ -107,6 +127,21 @@ def raw_esp(sa, seq, inner, pad_ok=True, nh=4):
         aad = struct.pack("!II", sa["spi"], seq & 0xFFFFFFFF)
     ct = AESGCM(aes).encrypt(salt + iv, pt, aad)
     return struct.pack("!II", sa["spi"], seq & 0xFFFFFFFF) + iv + ct
+
+
+def raw_cbc(sa, seq, inner, pad_ok, nh):
+    """RFC 3602 + RFC 4303: random IV, block padding, HMAC over SPI..ciphertext (|| seq hi)."""
+    iv = os.urandom(16)
+    padlen = (16 - (len(inner) + 2) % 16) % 16 or 16
+    pad = bytes(range(1, padlen + 1)) if pad_ok else bytes([9] * padlen)
+    enc = Cipher(algorithms.AES(bytes.fromhex(sa["key"])), modes.CBC(iv)).encryptor()
+    ct = enc.update(inner + pad + bytes([padlen, nh])) + enc.finalize()
+    authed = struct.pack("!II", sa["spi"], seq & 0xFFFFFFFF) + iv + ct
+    digest, icv_len = HMACS[sa["auth"]]
+    mac = hmac.new(bytes.fromhex(sa["auth_key"]), authed, digest)
+    if sa.get("esn"):
+        mac.update(struct.pack("!I", seq >> 32))
+    return authed + mac.digest()[:icv_len]
 
 
 def encrypt(out_pcap, sas_json, spec_json):

@@ -69,8 +69,8 @@ pub fn checkpoints(esn: bool) -> Checkpoint {
     }
 }
 
-/// The identity of an SA's key: SHA-256 over a label, the SPI, the algorithm, the key and the
-/// salt, cut to 128 bits. It names a key without revealing it.
+/// The identity of an SA's key: SHA-256 over a label, the SPI, the algorithm, the key, the
+/// salt and the integrity key (CBC), cut to 128 bits. It names a key without revealing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyId(pub [u8; 16]);
 
@@ -83,6 +83,8 @@ impl KeyId {
         h.update(&[0]);
         h.update(p.keys.key());
         h.update(&p.keys.salt);
+        // Empty for an AEAD, so a GCM key's identity is what it always was.
+        h.update(p.keys.integ_key());
         let d = h.finish();
         let mut id = [0u8; 16];
         id.copy_from_slice(d.as_ref().get(..16).unwrap_or(&[0; 16]));

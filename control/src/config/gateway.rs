@@ -6,7 +6,7 @@ use core::fmt;
 use core::net::IpAddr;
 use std::path::Path;
 
-use pipeline::crypto::{AeadAlg, Backend};
+use pipeline::crypto::{AeadAlg, Backend, CbcAlg, EspAlg, IntegAlg};
 use pipeline::esp::replay::ReplayWindow;
 use pipeline::esp::sa::{SaKeys, SaParams, UdpEncap};
 use pipeline::ids::{SaId, Spi};
@@ -328,6 +328,50 @@ impl From<AeadName> for AeadAlg {
     }
 }
 
+/// A non-AEAD cipher of a static SA (paired with an `integrity` algorithm).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum CipherName {
+    /// AES-CBC with a 128-bit key and a random 16-byte IV per packet (RFC 3602).
+    #[serde(rename = "aes-cbc-128")]
+    AesCbc128,
+    #[serde(rename = "aes-cbc-256")]
+    AesCbc256,
+}
+
+impl From<CipherName> for CbcAlg {
+    fn from(c: CipherName) -> CbcAlg {
+        match c {
+            CipherName::AesCbc128 => CbcAlg::AesCbc128,
+            CipherName::AesCbc256 => CbcAlg::AesCbc256,
+        }
+    }
+}
+
+/// The integrity algorithm of a static CBC SA, named as in the IANA registry.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum IntegrityName {
+    /// HMAC-SHA1-96 (RFC 2404): weak, warned about at start-up.
+    #[serde(rename = "hmac-sha1-96")]
+    HmacSha1_96,
+    #[serde(rename = "hmac-sha2-256-128")]
+    HmacSha256_128,
+    #[serde(rename = "hmac-sha2-384-192")]
+    HmacSha384_192,
+    #[serde(rename = "hmac-sha2-512-256")]
+    HmacSha512_256,
+}
+
+impl From<IntegrityName> for IntegAlg {
+    fn from(i: IntegrityName) -> IntegAlg {
+        match i {
+            IntegrityName::HmacSha1_96 => IntegAlg::HmacSha1_96,
+            IntegrityName::HmacSha256_128 => IntegAlg::HmacSha256_128,
+            IntegrityName::HmacSha384_192 => IntegAlg::HmacSha384_192,
+            IntegrityName::HmacSha512_256 => IntegAlg::HmacSha512_256,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DirectionName {
@@ -355,9 +399,19 @@ pub struct SaConfig {
     pub name: String,
     pub direction: DirectionName,
     pub spi: u32,
-    pub aead: AeadName,
-    /// Hex: the AES key followed by the 4-byte salt (20 or 36 bytes).
+    /// An AEAD (`aes-gcm-128`, `aes-gcm-256`), or else `cipher` with `integrity`.
+    #[serde(default)]
+    pub aead: Option<AeadName>,
+    #[serde(default)]
+    pub cipher: Option<CipherName>,
+    #[serde(default)]
+    pub integrity: Option<IntegrityName>,
+    /// Hex: the AES key followed by the 4-byte salt (20 or 36 bytes) for an AEAD; the AES key
+    /// alone (16 or 32 bytes) for a `cipher`.
     pub key: SecretString,
+    /// Hex: the HMAC key of `integrity` (as long as the hash: 20, 32, 48 or 64 bytes).
+    #[serde(default)]
+    pub integrity_key: Option<SecretString>,
     #[serde(default = "yes")]
     pub esn: bool,
     /// Our tunnel endpoint and the peer's.
@@ -378,6 +432,8 @@ impl fmt::Debug for SaConfig {
             .field("direction", &self.direction)
             .field("spi", &Spi(self.spi))
             .field("aead", &self.aead)
+            .field("cipher", &self.cipher)
+            .field("integrity", &self.integrity)
             .field("key", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -488,6 +544,8 @@ pub struct GatewayPlan {
     pub sas: Vec<(Direction, SaParams)>,
     pub rules: Vec<Rule>,
     pub masquerade: Option<MasqueradeConfig>,
+    /// One line per SA with a weak algorithm (HMAC-SHA1): start-up warns with each.
+    pub weak: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -506,6 +564,7 @@ impl GatewayConfig {
                 .map_err(|(k, w)| err(format!("{at}.{side}.{k}"), w))?;
         }
         let mut sas = Vec::new();
+        let mut weak = Vec::new();
         for (i, sa) in self.sas.iter().enumerate() {
             let key = |k: &str| format!("{at}.sas[{i}].{k}");
             if self.sas[..i].iter().any(|o| o.name == sa.name) {
@@ -520,10 +579,15 @@ impl GatewayConfig {
                     ),
                 ));
             }
-            let keymat = decode_hex(&sa.key).map_err(|w| err(key("key"), w))?;
-            let alg = AeadAlg::from(sa.aead);
-            let keys =
-                SaKeys::from_keymat(alg, &keymat).map_err(|e| err(key("key"), e.to_string()))?;
+            let keys = sa_keys(sa).map_err(|(k, w)| err(key(k), w))?;
+            if keys.alg.is_weak() {
+                weak.push(format!(
+                    "{}: SA '{}' uses {} (HMAC-SHA1-96): weak, kept only because it is configured",
+                    key("integrity"),
+                    sa.name,
+                    keys.alg
+                ));
+            }
             if sa.local.is_ipv4() != sa.remote.is_ipv4() {
                 return Err(err(
                     key("remote"),
@@ -640,8 +704,70 @@ impl GatewayConfig {
             sas,
             rules,
             masquerade,
+            weak,
         })
     }
+}
+
+/// The keys of a static SA: an AEAD with its key and salt, or a cipher and an integrity
+/// algorithm with their two keys. Errors name the key (`aead`, `key`, ...) and the problem.
+fn sa_keys(sa: &SaConfig) -> Result<SaKeys, (&'static str, String)> {
+    let mut keymat = decode_hex(&sa.key).map_err(|w| ("key", w))?;
+    let alg = match (sa.aead, sa.cipher, sa.integrity) {
+        (Some(a), None, None) => {
+            if sa.integrity_key.is_some() {
+                return Err((
+                    "integrity_key",
+                    "an AEAD has no integrity key (its key is AES key and salt)".into(),
+                ));
+            }
+            EspAlg::Aead(AeadAlg::from(a))
+        }
+        (None, Some(c), Some(i)) => {
+            let Some(ik) = &sa.integrity_key else {
+                return Err(("integrity_key", format!("{i:?} needs an integrity_key")));
+            };
+            let ik = decode_hex(ik).map_err(|w| ("integrity_key", w))?;
+            let (c, i) = (CbcAlg::from(c), IntegAlg::from(i));
+            if keymat.len() != c.key_len() {
+                return Err((
+                    "key",
+                    format!(
+                        "{c:?} needs a {}-byte key, got {}",
+                        c.key_len(),
+                        keymat.len()
+                    ),
+                ));
+            }
+            if ik.len() != i.key_len() {
+                return Err((
+                    "integrity_key",
+                    format!("{i:?} needs a {}-byte key, got {}", i.key_len(), ik.len()),
+                ));
+            }
+            keymat.extend_from_slice(&ik);
+            EspAlg::Cbc(c, i)
+        }
+        (None, Some(_), None) => {
+            return Err(("integrity", "a cipher needs an integrity algorithm".into()))
+        }
+        (None, None, Some(_)) => {
+            return Err(("cipher", "an integrity algorithm needs a cipher".into()))
+        }
+        (None, None, None) => {
+            return Err((
+                "aead",
+                "no algorithm: give aead, or cipher with integrity".into(),
+            ))
+        }
+        (Some(_), ..) => {
+            return Err((
+                "aead",
+                "an AEAD takes no cipher or integrity algorithm besides".into(),
+            ))
+        }
+    };
+    SaKeys::from_keymat(alg, &keymat).map_err(|e| ("key", e.to_string()))
 }
 
 #[cfg(test)]
@@ -654,6 +780,85 @@ mod tests {
             &format!("name: gw\nlan: {{ {lan}, neighbor_mac: \"02:00:00:00:00:01\" }}\nwan: {{ {wan}, neighbor_mac: \"02:00:00:00:00:02\" }}\n"),
         )
         .unwrap()
+    }
+
+    fn with_sa(sa: &str) -> Result<GatewayPlan, ConfigError> {
+        let text = format!(
+            "name: gw\nlan: {{ address: 10.0.0.1, neighbor_mac: \"02:00:00:00:00:01\" }}\n\
+             wan: {{ address: 192.0.2.1, neighbor_mac: \"02:00:00:00:00:02\" }}\n\
+             sas:\n  - {{ name: o, direction: out, spi: 0x1000, local: 192.0.2.1, \
+             remote: 192.0.2.2, local_ts: 10.8.0.0/16, remote_ts: 10.1.0.0/16, {sa} }}\n"
+        );
+        let gw: GatewayConfig = crate::config::parse(Path::new("x.yaml"), &text)?;
+        gw.validate(Path::new("x.yaml"), "gateway")
+    }
+
+    #[test]
+    fn static_sas_take_aes_cbc_with_an_hmac() {
+        let k32 = "00".repeat(32);
+        let plan = with_sa(&format!(
+            "cipher: aes-cbc-256, integrity: hmac-sha2-256-128, key: \"{k32}\", \
+             integrity_key: \"{}\"",
+            "11".repeat(32)
+        ))
+        .unwrap();
+        let keys = &plan.sas[0].1.keys;
+        assert_eq!(
+            keys.alg,
+            EspAlg::Cbc(CbcAlg::AesCbc256, IntegAlg::HmacSha256_128)
+        );
+        assert_eq!(keys.integ_key(), &[0x11; 32]);
+        assert!(plan.weak.is_empty());
+        // HMAC-SHA1 is accepted because it is configured, and warned about.
+        let plan = with_sa(&format!(
+            "cipher: aes-cbc-128, integrity: hmac-sha1-96, key: \"{}\", integrity_key: \"{}\"",
+            "00".repeat(16),
+            "22".repeat(20)
+        ))
+        .unwrap();
+        assert_eq!(plan.weak.len(), 1);
+        assert!(
+            plan.weak[0].contains("gateway.sas[0].integrity") && plan.weak[0].contains("weak"),
+            "{}",
+            plan.weak[0]
+        );
+        // Each mistake names its key.
+        for (sa, key) in [
+            (format!("cipher: aes-cbc-256, key: \"{k32}\""), "integrity"),
+            (
+                format!("integrity: hmac-sha2-256-128, key: \"{k32}\""),
+                "cipher",
+            ),
+            (
+                format!("cipher: aes-cbc-256, integrity: hmac-sha2-256-128, key: \"{k32}\""),
+                "integrity_key",
+            ),
+            (
+                format!(
+                    "cipher: aes-cbc-128, integrity: hmac-sha2-256-128, key: \"{k32}\", \
+                     integrity_key: \"{k32}\""
+                ),
+                "key",
+            ),
+            (
+                format!(
+                    "cipher: aes-cbc-256, integrity: hmac-sha2-512-256, key: \"{k32}\", \
+                     integrity_key: \"{k32}\""
+                ),
+                "integrity_key",
+            ),
+            (
+                format!(
+                    "aead: aes-gcm-128, cipher: aes-cbc-128, key: \"{}\"",
+                    "00".repeat(20)
+                ),
+                "aead",
+            ),
+            (format!("key: \"{k32}\""), "aead"),
+        ] {
+            let e = with_sa(&sa).unwrap_err();
+            assert_eq!(e.key, format!("gateway.sas[0].{key}"), "{sa}: {e}");
+        }
     }
 
     #[test]

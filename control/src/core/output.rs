@@ -29,6 +29,9 @@ use proto::{Datagram, Update};
 use super::durable::StoredBytes;
 
 /// One thing the core asks its driver to do.
+// An update carries its SA's keys inline (an AES-CBC SA's HMAC key is boxed, the rest is not):
+// outputs are queued a handful per exchange, and boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Output {
     /// Deliver `update` to worker `worker` of the data plane.

@@ -1,7 +1,9 @@
-//! AEAD layer of the data plane: AES-GCM (RFC 4106 ESP) seal/open in place.
+//! Crypto layer of the data plane: AES-GCM (RFC 4106 ESP) and AES-CBC + HMAC (RFC 3602,
+//! RFC 2404, RFC 4868; [`cbc`]) seal/open in place.
 //!
 //! This module owns:
-//! - the [`Aead`] trait the hot path calls (one boxed instance per SA direction),
+//! - the [`Aead`] trait the hot path calls for GCM SAs and the [`CbcHmac`] trait for CBC
+//!   SAs (one boxed instance per SA direction),
 //! - the backends behind it: intel-ipsec-mb ([`Backend::IpsecMb`], feature `ipsecmb`, x86_64
 //!   with AES-NI + PCLMULQDQ), ring ([`Backend::Ring`], always built) and [`Backend::Null`]
 //!   (no crypto at all, for benchmarks of the rest of the pipeline only),
@@ -17,14 +19,22 @@
 
 use std::fmt;
 
-pub use proto::sa::{AeadAlg, SALT_LEN};
+pub use proto::sa::{AeadAlg, CbcAlg, EspAlg, IntegAlg, SALT_LEN};
 
+pub mod cbc;
+mod cbc_portable;
+#[cfg(test)]
+mod cbc_tests;
 #[cfg(ipsecmb)]
 mod ipsecmb;
+#[cfg(ipsecmb)]
+mod ipsecmb_cbc;
 mod null;
 mod ring_backend;
 #[cfg(test)]
 mod tests;
+
+pub use cbc::{new_cbc_hmac, CbcError, CbcHmac, IvGen};
 
 /// Length of the GCM authentication tag (ICV) we use: always the full 16 bytes.
 pub const TAG_LEN: usize = 16;
@@ -80,6 +90,13 @@ pub enum KeyError {
         /// Required key length in bytes.
         expected: usize,
         /// Length that was passed.
+        got: usize,
+    },
+    /// An AES-CBC or HMAC key of the wrong length.
+    #[error("{what} needs a {expected}-byte key, got {got} bytes")]
+    WrongCbcKeyLength {
+        what: &'static str,
+        expected: usize,
         got: usize,
     },
     /// The backend is not compiled in, or the CPU / library cannot run it.

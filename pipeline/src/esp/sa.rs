@@ -9,7 +9,8 @@
 use core::net::IpAddr;
 use std::sync::Arc;
 
-use crate::crypto::{self, Aead, Backend, KeyError, SALT_LEN};
+use crate::crypto::cbc::{RandomError, CBC_IV_LEN};
+use crate::crypto::{self, Aead, Backend, CbcHmac, EspAlg, IvGen, KeyError, SALT_LEN, TAG_LEN};
 use crate::esp::replay::{BadReplayState, BadWindowSize, ReplayWindow};
 use crate::ids::{SaId, Spi};
 use crate::spd::Prefix;
@@ -40,6 +41,109 @@ pub enum SaBuildError {
     ReplayState(#[from] BadReplayState),
     #[error("resumes after sequence number {seq}, beyond the SA's last one ({limit})")]
     SeqBeyondLimit { seq: u64, limit: u64 },
+    #[error("no IV key for the AES-CBC SA: {0}")]
+    Random(#[from] RandomError),
+}
+
+/// The transform of one SA direction. GCM, the common case, keeps the layout it always had (a
+/// boxed [`Aead`] in the record's hot line); a CBC SA's state, larger and with its own IV
+/// generator, sits behind one more pointer, so that it grows no record.
+pub enum EspCipher {
+    Aead(Box<dyn Aead>),
+    Cbc(Box<CbcSa>),
+}
+
+/// AES-CBC + HMAC state of one SA direction.
+pub struct CbcSa {
+    pub imp: Box<dyn CbcHmac>,
+    /// Outbound only: where the packets' IVs come from.
+    pub iv: Option<IvGen>,
+    /// ICV length of the integrity algorithm.
+    pub icv_len: usize,
+}
+
+impl EspCipher {
+    /// Builds the transform for `p`'s keys; `outbound` SAs of CBC get an IV generator.
+    pub fn new(backend: Backend, keys: &SaKeys, outbound: bool) -> Result<EspCipher, SaBuildError> {
+        Ok(match keys.alg {
+            EspAlg::Aead(a) => EspCipher::Aead(crypto::new_aead(backend, a, keys.key())?),
+            EspAlg::Cbc(c, i) => EspCipher::Cbc(Box::new(CbcSa {
+                imp: crypto::new_cbc_hmac(backend, c, keys.key(), i, keys.integ_key())?,
+                iv: if outbound {
+                    Some(IvGen::random()?)
+                } else {
+                    None
+                },
+                icv_len: i.icv_len(),
+            })),
+        })
+    }
+
+    /// Bytes of key state (perf lab footprint).
+    pub fn state_bytes(&self) -> usize {
+        match self {
+            EspCipher::Aead(a) => a.state_bytes(),
+            EspCipher::Cbc(c) => {
+                core::mem::size_of::<CbcSa>()
+                    + c.imp.state_bytes()
+                    + c.iv.as_ref().map_or(0, IvGen::state_bytes)
+            }
+        }
+    }
+
+    /// See [`Aead::warm`].
+    #[inline]
+    pub fn warm(&self) -> u8 {
+        match self {
+            EspCipher::Aead(a) => a.warm(),
+            EspCipher::Cbc(c) => c.imp.warm(),
+        }
+    }
+
+    /// The backend that runs it.
+    pub fn backend(&self) -> Backend {
+        match self {
+            EspCipher::Aead(a) => a.backend(),
+            EspCipher::Cbc(c) => c.imp.backend(),
+        }
+    }
+
+    /// Explicit IV bytes on the wire.
+    #[inline]
+    pub fn iv_len(&self) -> usize {
+        match self {
+            EspCipher::Aead(_) => crypto::IV_LEN,
+            EspCipher::Cbc(_) => CBC_IV_LEN,
+        }
+    }
+
+    /// ICV bytes on the wire.
+    #[inline]
+    pub fn icv_len(&self) -> usize {
+        match self {
+            EspCipher::Aead(_) => TAG_LEN,
+            EspCipher::Cbc(c) => c.icv_len,
+        }
+    }
+
+    /// What header, IV, padded plaintext and trailer must align to: 4 for GCM (RFC 4303 2.4),
+    /// the AES block for CBC (RFC 3602 2.4).
+    #[inline]
+    pub fn align(&self) -> usize {
+        match self {
+            EspCipher::Aead(_) => 4,
+            EspCipher::Cbc(_) => crypto::cbc::BLOCK_LEN,
+        }
+    }
+}
+
+impl core::fmt::Debug for EspCipher {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EspCipher::Aead(a) => a.fmt(f),
+            EspCipher::Cbc(c) => c.imp.fmt(f),
+        }
+    }
 }
 
 /// How many sequence numbers before the last one an outbound SA asks for a rekey: 16 M
@@ -113,7 +217,7 @@ pub struct InboundSa {
     /// The encapsulation ESP for this SA must arrive in.
     pub accept: EncapRule,
     pub replay: ReplayWindow,
-    pub cipher: Box<dyn Aead>,
+    pub cipher: EspCipher,
     pub counters: Arc<SaCounters>,
     // Post-decryption checks.
     /// Inner source must lie in `remote_ts`, inner destination in `local_ts`.
@@ -151,7 +255,7 @@ pub struct OutboundSa {
     /// The warning before the sequence limit went out.
     warned: bool,
     pub id: SaId,
-    pub cipher: Box<dyn Aead>,
+    pub cipher: EspCipher,
     /// The outer IP (+ UDP) header with per-packet fields zeroed; see [`OuterTemplate`].
     pub outer: OuterTemplate,
     pub counters: Arc<SaCounters>,
@@ -329,7 +433,7 @@ pub fn build_inbound(backend: Backend, p: &SaParams) -> Result<InboundSa, SaBuil
         esn: p.esn,
         accept: EncapRule::of(p.encap),
         replay,
-        cipher: crypto::new_aead(backend, p.keys.alg, p.keys.key())?,
+        cipher: EspCipher::new(backend, &p.keys, false)?,
         counters: Arc::new(SaCounters::with_lifetime(p.lifetime)),
         local_ts: p.local_ts,
         remote_ts: p.remote_ts,
@@ -363,7 +467,7 @@ pub fn build_outbound(backend: Backend, p: &SaParams) -> Result<OutboundSa, SaBu
         outer_ttl: p.outer_ttl,
         warned: false,
         id: p.id,
-        cipher: crypto::new_aead(backend, p.keys.alg, p.keys.key())?,
+        cipher: EspCipher::new(backend, &p.keys, true)?,
         outer: OuterTemplate::new(p.local, p.remote, p.encap, p.outer_ttl),
         counters: Arc::new(SaCounters::with_lifetime(p.lifetime)),
         checkpoint: p.checkpoint,
@@ -387,6 +491,11 @@ mod tests {
         );
         println!("InboundSa {i} bytes, OutboundSa {o} bytes");
         assert!(i <= 192 && o <= 192);
+        // The transform is one pointer pair either way: CBC grows no record.
+        assert_eq!(
+            core::mem::size_of::<EspCipher>(),
+            core::mem::size_of::<Box<dyn Aead>>()
+        );
         assert_eq!(i % 64, 0);
         assert_eq!(o % 64, 0);
     }

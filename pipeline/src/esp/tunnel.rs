@@ -7,12 +7,19 @@
 //! The explicit IV is the SA's 64-bit sequence number, which never repeats under one key and is
 //! owned by exactly one worker: GCM nonce uniqueness follows from sequence-number uniqueness.
 //! AAD is SPI || seq (8 bytes), or SPI || seq hi || seq lo (12 bytes) with ESN (RFC 4106 5).
+//!
+//! AES-CBC + HMAC SAs (RFC 3602, RFC 2404, RFC 4868) carry a 16-byte IV that nobody can
+//! predict ([`IvGen`](crate::crypto::IvGen)), pad the plaintext to the AES block, and append
+//! an ICV of the HMAC's truncated length; with ESN the high half of the sequence number is
+//! authenticated after the ciphertext (RFC 4303 2.2.1). The ICV is checked before anything is
+//! decrypted. GCM SAs take the first branch of each function, as before.
 //! Nothing here may panic on packet contents: every index is checked and a failure is a
 //! [`DropReason`].
 
+use crate::crypto::cbc::{CbcError, BLOCK_LEN, CBC_IV_LEN};
 use crate::crypto::{esp_nonce, IV_LEN, TAG_LEN};
 use crate::esp::replay::ReplayError;
-use crate::esp::sa::{Encap, InboundSa, OutboundSa};
+use crate::esp::sa::{CbcSa, Encap, EspCipher, InboundSa, OutboundSa};
 use crate::ids::{SaId, Spi};
 use crate::port::Frame;
 use crate::sad::Sad;
@@ -38,10 +45,23 @@ pub fn pad_len(inner_len: usize) -> usize {
     wire_esp::pad_len(inner_len, 4).map_or(0, usize::from)
 }
 
+/// Padding so that inner + pad + 2 is a multiple of the AES block (RFC 3602 2.4).
+#[inline]
+pub fn cbc_pad_len(inner_len: usize) -> usize {
+    wire_esp::pad_len(inner_len, BLOCK_LEN).map_or(0, usize::from)
+}
+
 /// Bytes added to an inner packet of `inner_len` bytes by this SA (outer headers included).
 #[inline]
 pub fn overhead(sa: &OutboundSa, inner_len: usize) -> usize {
-    sa.outer_len() + ESP_HEADER_LEN + IV_LEN + pad_len(inner_len) + 2 + TAG_LEN
+    match &sa.cipher {
+        EspCipher::Aead(_) => {
+            sa.outer_len() + ESP_HEADER_LEN + IV_LEN + pad_len(inner_len) + 2 + TAG_LEN
+        }
+        EspCipher::Cbc(c) => {
+            sa.outer_len() + ESP_HEADER_LEN + CBC_IV_LEN + cbc_pad_len(inner_len) + 2 + c.icv_len
+        }
+    }
 }
 
 /// What the outer header inherits from the inner packet.
@@ -80,6 +100,9 @@ pub fn encapsulate<F: Frame>(
 ) -> Result<Option<Crossing>, DropReason> {
     if sa.counters.expired() {
         return Err(DropReason::SaExpired);
+    }
+    if let EspCipher::Cbc(_) = sa.cipher {
+        return encapsulate_cbc(sa, f, meta);
     }
     let inner_len = f.len();
     let pad = pad_len(inner_len);
@@ -126,8 +149,88 @@ pub fn encapsulate<F: Frame>(
     };
     let mut aad_buf = [0u8; 12];
     let aad = aad(&mut aad_buf, sa.spi, seq, sa.esn);
-    sa.cipher
-        .seal_in_place(&esp_nonce(&sa.salt, &iv), aad, ct, tag);
+    let EspCipher::Aead(cipher) = &sa.cipher else {
+        return Err(DropReason::CryptoFailed);
+    };
+    cipher.seal_in_place(&esp_nonce(&sa.salt, &iv), aad, ct, tag);
+    let crossing = sa.counters.count(inner_len as u64);
+    push_outer(sa, f, meta, seq)?;
+    Ok(crossing)
+}
+
+/// The high half of the sequence number the ICV covers (ESN only).
+#[inline]
+fn esn_hi(esn: bool, seq: u64) -> Option<u32> {
+    esn.then_some((seq >> 32) as u32)
+}
+
+fn cbc_reason(e: CbcError) -> DropReason {
+    match e {
+        CbcError::Auth => DropReason::AuthFailed,
+        CbcError::Length => DropReason::EspBadLength,
+        CbcError::Backend => DropReason::CryptoFailed,
+    }
+}
+
+/// [`encapsulate`] for an AES-CBC + HMAC SA: block padding, an unpredictable IV, the ICV of
+/// the integrity algorithm.
+#[inline(never)]
+fn encapsulate_cbc<F: Frame>(
+    sa: &mut OutboundSa,
+    f: &mut F,
+    meta: InnerMeta,
+) -> Result<Option<Crossing>, DropReason> {
+    let EspCipher::Cbc(cbc) = &sa.cipher else {
+        return Err(DropReason::CryptoFailed);
+    };
+    let CbcSa {
+        imp,
+        iv: Some(ivgen),
+        icv_len,
+    } = &**cbc
+    else {
+        // An inbound record's state in an outbound one: never built that way.
+        return Err(DropReason::CryptoFailed);
+    };
+    let inner_len = f.len();
+    let pad = cbc_pad_len(inner_len);
+    let tail = pad + 2 + icv_len;
+    let head = ESP_HEADER_LEN + CBC_IV_LEN + sa.outer_len();
+    if f.tailroom() < tail || f.headroom() < head {
+        return Err(DropReason::NoBufferRoom);
+    }
+    let seq = match sa.seq.checked_add(1) {
+        Some(s) if s <= sa.seq_max() => s,
+        _ => return Err(sa.seq_refusal()),
+    };
+    sa.seq = seq;
+    if !f.append(tail) || !f.prepend(ESP_HEADER_LEN + CBC_IV_LEN) {
+        return Err(DropReason::NoBufferRoom);
+    }
+    let d = f.data_mut();
+    let ct_start = ESP_HEADER_LEN + CBC_IV_LEN;
+    let ct_end = ct_start + inner_len + pad + 2;
+    let Some(trailer) = d.get_mut(ct_start + inner_len..ct_end) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    for (i, b) in trailer.iter_mut().take(pad).enumerate() {
+        *b = (i + 1) as u8;
+    }
+    if let [.., pl, nh] = trailer {
+        *pl = pad as u8;
+        *nh = meta.next_header;
+    }
+    let Some(hdr) = d.get_mut(..ct_start) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    hdr[0..4].copy_from_slice(&sa.spi.0.to_be_bytes());
+    hdr[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+    hdr[8..24].copy_from_slice(&ivgen.iv(sa.spi.0, seq));
+    let Some(esp) = d.get_mut(..ct_end + icv_len) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    imp.seal_in_place(esp, esn_hi(sa.esn, seq))
+        .map_err(cbc_reason)?;
     let crossing = sa.counters.count(inner_len as u64);
     push_outer(sa, f, meta, seq)?;
     Ok(crossing)
@@ -234,11 +337,14 @@ pub fn decapsulate<F: Frame>(
         sa.counters.record_drop(DropReason::EspWrongEncap);
         return Err(DropReason::EspWrongEncap);
     }
-    let r = open_with(sa, d, seq_lo, &iv);
+    let r = match sa.cipher {
+        EspCipher::Aead(_) => open_with(sa, d, seq_lo, &iv),
+        EspCipher::Cbc(_) => open_cbc(sa, d, seq_lo),
+    };
     match r {
         Ok((next_header, inner_len, crossing)) => {
             let id = sa.id;
-            if !f.adj(ESP_HEADER_LEN + IV_LEN) {
+            if !f.adj(ESP_HEADER_LEN + sa.cipher.iv_len()) {
                 return Err(DropReason::EspTruncated);
             }
             f.truncate(inner_len);
@@ -292,14 +398,54 @@ fn open_with(
     let Ok(tag): Result<&[u8; TAG_LEN], _> = (&*tag).try_into() else {
         return Err(DropReason::EspTruncated);
     };
-    if sa
-        .cipher
+    let EspCipher::Aead(cipher) = &sa.cipher else {
+        return Err(DropReason::CryptoFailed);
+    };
+    if cipher
         .open_in_place(&esp_nonce(&sa.salt, iv), aad, ct, tag)
         .is_err()
     {
         return Err(DropReason::AuthFailed);
     }
     sa.replay.advance(seq).map_err(replay_reason)?;
+    after_open(sa, ct)
+}
+
+/// [`open_with`] for an AES-CBC + HMAC SA: the length must be header, IV, whole blocks and
+/// ICV; the ICV (with the inferred ESN high half) is checked before decryption.
+#[inline(never)]
+fn open_cbc(
+    sa: &mut InboundSa,
+    d: &mut [u8],
+    seq_lo: u32,
+) -> Result<(u8, usize, Option<Crossing>), DropReason> {
+    if sa.counters.expired() {
+        return Err(DropReason::SaExpired);
+    }
+    let EspCipher::Cbc(cbc) = &sa.cipher else {
+        return Err(DropReason::CryptoFailed);
+    };
+    let icv_len = cbc.icv_len;
+    let Some(ct_len) = d.len().checked_sub(ESP_HEADER_LEN + CBC_IV_LEN + icv_len) else {
+        return Err(DropReason::EspTruncated);
+    };
+    if ct_len == 0 || ct_len % BLOCK_LEN != 0 {
+        return Err(DropReason::EspBadLength);
+    }
+    let seq = sa.replay.check(seq_lo).map_err(replay_reason)?;
+    cbc.imp
+        .open_in_place(d, esn_hi(sa.esn, seq))
+        .map_err(cbc_reason)?;
+    sa.replay.advance(seq).map_err(replay_reason)?;
+    let Some(ct) = d.get(ESP_HEADER_LEN + CBC_IV_LEN..ESP_HEADER_LEN + CBC_IV_LEN + ct_len) else {
+        return Err(DropReason::EspTruncated);
+    };
+    after_open(sa, ct)
+}
+
+/// Trailer validation and lifetimes of an authentic packet.
+#[inline]
+fn after_open(sa: &mut InboundSa, ct: &[u8]) -> Result<(u8, usize, Option<Crossing>), DropReason> {
     // The packet is authentic from here on; what follows validates the peer's trailer.
     let Ok((inner_len, nh)) = wire_esp::parse_trailer(ct) else {
         return Err(DropReason::BadPadding);
@@ -323,14 +469,23 @@ fn open_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{AeadAlg, Backend};
+    use crate::crypto::{AeadAlg, Backend, CbcAlg, EspAlg, IntegAlg};
     use crate::esp::sa::{build_inbound, build_outbound, SaKeys, SaParams, UdpEncap};
     use crate::port::mem::MemFrame;
     use crate::spd::Prefix;
     use core::net::IpAddr;
 
-    fn params(local: &str, remote: &str, esn: bool, encap: bool, alg: AeadAlg) -> SaParams {
-        let keymat: Vec<u8> = (0..alg.key_len() + 4).map(|i| i as u8 * 7 + 1).collect();
+    fn params(
+        local: &str,
+        remote: &str,
+        esn: bool,
+        encap: bool,
+        alg: impl Into<EspAlg>,
+    ) -> SaParams {
+        let alg = alg.into();
+        let keymat: Vec<u8> = (0..alg.keymat_len())
+            .map(|i| (i as u8).wrapping_mul(7).wrapping_add(1))
+            .collect();
         SaParams {
             id: SaId(3),
             spi: Spi(0x1234_5678),
@@ -377,10 +532,24 @@ mod tests {
         assert!(f.adj(n));
     }
 
+    /// Every transform: both GCM sizes, and CBC with each HMAC.
+    fn algs() -> [EspAlg; 6] {
+        [
+            EspAlg::Aead(AeadAlg::AesGcm128),
+            EspAlg::Aead(AeadAlg::AesGcm256),
+            EspAlg::Cbc(CbcAlg::AesCbc128, IntegAlg::HmacSha1_96),
+            EspAlg::Cbc(CbcAlg::AesCbc256, IntegAlg::HmacSha256_128),
+            EspAlg::Cbc(CbcAlg::AesCbc128, IntegAlg::HmacSha384_192),
+            EspAlg::Cbc(CbcAlg::AesCbc256, IntegAlg::HmacSha512_256),
+        ]
+    }
+
+    const CBC: EspAlg = EspAlg::Cbc(CbcAlg::AesCbc256, IntegAlg::HmacSha256_128);
+
     #[test]
     fn seal_then_open_every_combination() {
         for backend in backends() {
-            for alg in [AeadAlg::AesGcm128, AeadAlg::AesGcm256] {
+            for alg in algs() {
                 for (l, r) in [("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")] {
                     for esn in [false, true] {
                         for encap in [false, true] {
@@ -434,48 +603,85 @@ mod tests {
     }
 
     #[test]
-    fn every_tampered_byte_fails_authentication() {
-        let p = params("192.0.2.1", "192.0.2.2", true, false, AeadAlg::AesGcm128);
-        for backend in backends() {
-            let mut out = build_outbound(backend, &p).unwrap();
-            let meta = InnerMeta {
-                next_header: NH_IPV4,
-                dscp: 0,
-                ecn: 0,
-            };
-            let mut f = MemFrame::from_bytes(&inner(40)).unwrap();
-            encapsulate(&mut out, &mut f, meta).unwrap();
-            strip_outer(&mut f, false, false);
-            let esp = f.data().to_vec();
-            // Every byte after the SPI: seq (AAD), IV (nonce), ciphertext, tag.
-            for i in 4..esp.len() {
-                let mut sad = Sad::with_capacity(4, 9);
-                sad.insert_inbound(build_inbound(backend, &mirror(&p)).unwrap());
-                let mut bad = esp.clone();
-                bad[i] ^= 0x80;
-                let mut f = MemFrame::from_bytes(&bad).unwrap();
-                let r = decapsulate(&mut sad, &mut f, Encap::Bare);
-                assert!(
-                    matches!(r, Err(DropReason::AuthFailed) | Err(DropReason::ReplayZero)),
-                    "byte {i}: {r:?}"
-                );
-                // A forged packet must not move the window: the genuine one still opens.
-                let mut f = MemFrame::from_bytes(&esp).unwrap();
-                assert!(
-                    decapsulate(&mut sad, &mut f, Encap::Bare).is_ok(),
-                    "byte {i}"
-                );
+    fn cbc_sealed_on_one_backend_opens_on_every_other() {
+        let all = backends();
+        for alg in algs().into_iter().filter(|a| matches!(a, EspAlg::Cbc(..))) {
+            for esn in [false, true] {
+                let p = params("192.0.2.1", "192.0.2.2", esn, false, alg);
+                for &tx in &all {
+                    let mut out = build_outbound(tx, &p).unwrap();
+                    out.seq = if esn { (7u64 << 32) + 3 } else { 3 };
+                    for &rx in &all {
+                        let mut inb = build_inbound(rx, &mirror(&p)).unwrap();
+                        if esn {
+                            // A receiver that has seen this subspace infers the same high half.
+                            inb.replay = crate::esp::replay::ReplayWindow::resume(
+                                64,
+                                true,
+                                &proto::sa::ReplayState {
+                                    top: 7u64 << 32,
+                                    seen: vec![1],
+                                },
+                            )
+                            .unwrap();
+                        }
+                        let mut sad = Sad::with_capacity(4, 9);
+                        sad.insert_inbound(inb);
+                        let data = inner(333);
+                        let mut f = MemFrame::from_bytes(&data).unwrap();
+                        let meta = InnerMeta {
+                            next_header: NH_IPV4,
+                            dscp: 0,
+                            ecn: 0,
+                        };
+                        encapsulate(&mut out, &mut f, meta).unwrap();
+                        strip_outer(&mut f, false, false);
+                        // Block-aligned ciphertext, a 16-byte IV, the HMAC's ICV.
+                        let icv = match alg {
+                            EspAlg::Cbc(_, i) => i.icv_len(),
+                            EspAlg::Aead(_) => unreachable!(),
+                        };
+                        assert_eq!((f.len() - 8 - 16 - icv) % 16, 0);
+                        let o = decapsulate(&mut sad, &mut f, Encap::Bare)
+                            .unwrap_or_else(|e| panic!("{tx}->{rx} {alg} esn={esn}: {e:?}"));
+                        assert_eq!(o.inner_len, 333);
+                        assert_eq!(f.data(), &data[..]);
+                    }
+                }
             }
         }
     }
 
     #[test]
-    fn esn_high_bits_are_authenticated() {
-        // The high half travels only in the AAD: a receiver that infers another subspace fails.
-        let p = params("192.0.2.1", "192.0.2.2", true, false, AeadAlg::AesGcm128);
+    fn cbc_ivs_are_unpredictable_not_the_sequence_number() {
+        let p = params("192.0.2.1", "192.0.2.2", false, false, CBC);
+        let meta = InnerMeta {
+            next_header: NH_IPV4,
+            dscp: 0,
+            ecn: 0,
+        };
+        let mut ivs = std::collections::HashSet::new();
+        for backend in backends() {
+            // Two records of the same SA (a restart, a move) still never share an IV stream.
+            for _ in 0..2 {
+                let mut out = build_outbound(backend, &p).unwrap();
+                for seq in 1..=50u64 {
+                    let mut f = MemFrame::from_bytes(&inner(40)).unwrap();
+                    encapsulate(&mut out, &mut f, meta).unwrap();
+                    strip_outer(&mut f, false, false);
+                    let iv: [u8; 16] = f.data()[8..24].try_into().unwrap();
+                    assert_ne!(iv[..8], seq.to_be_bytes(), "a counter IV");
+                    assert!(ivs.insert(iv), "IV repeated");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cbc_bad_lengths_and_padding_are_named() {
+        let p = params("192.0.2.1", "192.0.2.2", false, false, CBC);
         let backend = crate::crypto::best_backend();
         let mut out = build_outbound(backend, &p).unwrap();
-        out.seq = (1u64 << 32) + 10;
         let meta = InnerMeta {
             next_header: NH_IPV4,
             dscp: 0,
@@ -485,14 +691,124 @@ mod tests {
         encapsulate(&mut out, &mut f, meta).unwrap();
         strip_outer(&mut f, false, false);
         let esp = f.data().to_vec();
-        // Fresh receiver (window at 0): infers high bits 0, so the tag check fails.
-        let mut sad = Sad::with_capacity(4, 9);
-        sad.insert_inbound(build_inbound(backend, &mirror(&p)).unwrap());
-        let mut f = MemFrame::from_bytes(&esp).unwrap();
+        let fresh = || {
+            let mut sad = Sad::with_capacity(4, 9);
+            sad.insert_inbound(build_inbound(backend, &mirror(&p)).unwrap());
+            sad
+        };
+        // One byte short of a whole block, and a packet with no ciphertext at all.
+        for bad in [&esp[..esp.len() - 1], &esp[..8 + 16 + 16]] {
+            let mut f = MemFrame::from_bytes(bad).unwrap();
+            let r = decapsulate(&mut fresh(), &mut f, Encap::Bare);
+            assert!(
+                matches!(
+                    r,
+                    Err(DropReason::EspBadLength) | Err(DropReason::EspTruncated)
+                ),
+                "{r:?}"
+            );
+        }
+        // Authentic, but the padding is not 1, 2, 3, ...: sealed by hand with a bad pad byte.
+        let keys = &p.keys;
+        let (c, i) = match keys.alg {
+            EspAlg::Cbc(c, i) => (c, i),
+            EspAlg::Aead(_) => unreachable!(),
+        };
+        let imp = crate::crypto::new_cbc_hmac(backend, c, keys.key(), i, keys.integ_key()).unwrap();
+        let mut pkt = vec![0u8; 8 + 16 + 48 + i.icv_len()];
+        pkt[..4].copy_from_slice(&p.spi.0.to_be_bytes());
+        pkt[4..8].copy_from_slice(&1u32.to_be_bytes());
+        let pt = &mut pkt[24..72];
+        pt[..40].copy_from_slice(&inner(40));
+        pt[40..46].copy_from_slice(&[1, 2, 3, 4, 5, 7]);
+        pt[46] = 6;
+        pt[47] = NH_IPV4;
+        imp.seal_in_place(&mut pkt, None).unwrap();
+        let mut f = MemFrame::from_bytes(&pkt).unwrap();
         assert_eq!(
-            decapsulate(&mut sad, &mut f, Encap::Bare),
-            Err(DropReason::AuthFailed)
+            decapsulate(&mut fresh(), &mut f, Encap::Bare),
+            Err(DropReason::BadPadding)
         );
+        // The same with good padding opens: the test above failed for the padding alone.
+        let pt = &mut pkt[24..72];
+        let _ = pt;
+        let mut good = vec![0u8; 8 + 16 + 48 + i.icv_len()];
+        good[..4].copy_from_slice(&p.spi.0.to_be_bytes());
+        good[4..8].copy_from_slice(&1u32.to_be_bytes());
+        good[24..64].copy_from_slice(&inner(40));
+        good[64..70].copy_from_slice(&[1, 2, 3, 4, 5, 6]);
+        good[70] = 6;
+        good[71] = NH_IPV4;
+        imp.seal_in_place(&mut good, None).unwrap();
+        let mut f = MemFrame::from_bytes(&good).unwrap();
+        assert!(decapsulate(&mut fresh(), &mut f, Encap::Bare).is_ok());
+    }
+
+    #[test]
+    fn every_tampered_byte_fails_authentication() {
+        for alg in [EspAlg::Aead(AeadAlg::AesGcm128), CBC] {
+            let p = params("192.0.2.1", "192.0.2.2", true, false, alg);
+            for backend in backends() {
+                let mut out = build_outbound(backend, &p).unwrap();
+                let meta = InnerMeta {
+                    next_header: NH_IPV4,
+                    dscp: 0,
+                    ecn: 0,
+                };
+                let mut f = MemFrame::from_bytes(&inner(40)).unwrap();
+                encapsulate(&mut out, &mut f, meta).unwrap();
+                strip_outer(&mut f, false, false);
+                let esp = f.data().to_vec();
+                // Every byte after the SPI: seq (AAD), IV (nonce), ciphertext, tag.
+                for i in 4..esp.len() {
+                    let mut sad = Sad::with_capacity(4, 9);
+                    sad.insert_inbound(build_inbound(backend, &mirror(&p)).unwrap());
+                    let mut bad = esp.clone();
+                    bad[i] ^= 0x80;
+                    let mut f = MemFrame::from_bytes(&bad).unwrap();
+                    let r = decapsulate(&mut sad, &mut f, Encap::Bare);
+                    assert!(
+                        matches!(r, Err(DropReason::AuthFailed) | Err(DropReason::ReplayZero)),
+                        "byte {i}: {r:?}"
+                    );
+                    // A forged packet must not move the window: the genuine one still opens.
+                    let mut f = MemFrame::from_bytes(&esp).unwrap();
+                    assert!(
+                        decapsulate(&mut sad, &mut f, Encap::Bare).is_ok(),
+                        "byte {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn esn_high_bits_are_authenticated() {
+        // The high half travels only in the AAD (GCM) or the ICV input (CBC): a receiver that
+        // infers another subspace fails.
+        for alg in [EspAlg::Aead(AeadAlg::AesGcm128), CBC] {
+            let p = params("192.0.2.1", "192.0.2.2", true, false, alg);
+            let backend = crate::crypto::best_backend();
+            let mut out = build_outbound(backend, &p).unwrap();
+            out.seq = (1u64 << 32) + 10;
+            let meta = InnerMeta {
+                next_header: NH_IPV4,
+                dscp: 0,
+                ecn: 0,
+            };
+            let mut f = MemFrame::from_bytes(&inner(40)).unwrap();
+            encapsulate(&mut out, &mut f, meta).unwrap();
+            strip_outer(&mut f, false, false);
+            let esp = f.data().to_vec();
+            // Fresh receiver (window at 0): infers high bits 0, so the tag check fails.
+            let mut sad = Sad::with_capacity(4, 9);
+            sad.insert_inbound(build_inbound(backend, &mirror(&p)).unwrap());
+            let mut f = MemFrame::from_bytes(&esp).unwrap();
+            assert_eq!(
+                decapsulate(&mut sad, &mut f, Encap::Bare),
+                Err(DropReason::AuthFailed)
+            );
+        }
     }
 
     #[test]

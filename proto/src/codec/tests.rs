@@ -9,10 +9,9 @@ fn v6(last: u16) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last))
 }
 
-fn params(alg: AeadAlg, six: bool, encap: Option<UdpEncap>) -> SaParams {
-    let keymat: Vec<u8> = (0..alg.key_len() + SALT_LEN)
-        .map(|i| i as u8 ^ 0x5a)
-        .collect();
+fn params(alg: impl Into<EspAlg>, six: bool, encap: Option<UdpEncap>) -> SaParams {
+    let alg = alg.into();
+    let keymat: Vec<u8> = (0..alg.keymat_len()).map(|i| i as u8 ^ 0x5a).collect();
     let (local, remote, lts, rts) = if six {
         (
             v6(1),
@@ -133,6 +132,22 @@ fn updates() -> Vec<UpdateEnvelope> {
         Update::AddSa {
             dir: Direction::Outbound,
             params: params(AeadAlg::AesGcm256, true, encap),
+        },
+        Update::AddSa {
+            dir: Direction::Outbound,
+            params: params(
+                EspAlg::Cbc(CbcAlg::AesCbc256, IntegAlg::HmacSha512_256),
+                true,
+                None,
+            ),
+        },
+        Update::AddSa {
+            dir: Direction::Inbound,
+            params: params(
+                EspAlg::Cbc(CbcAlg::AesCbc128, IntegAlg::HmacSha1_96),
+                false,
+                encap,
+            ),
         },
         Update::DeleteInbound { spi: Spi(0x1234) },
         Update::DeleteOutbound { id: SaId(99) },
@@ -388,6 +403,7 @@ fn updates_round_trip() {
                 assert_eq!(d1, d2);
                 assert_eq!(p1.keys.key(), p2.keys.key());
                 assert_eq!(p1.keys.salt, p2.keys.salt);
+                assert_eq!(p1.keys.integ_key(), p2.keys.integ_key());
                 assert_eq!(p1.keys.alg, p2.keys.alg);
                 assert_eq!(
                     (
@@ -508,6 +524,36 @@ fn a_record_from_the_wrong_ring_is_refused_by_tag() {
         Ack::decode(&v),
         Err(DecodeError::Version(1)),
         "version 1 is gone"
+    );
+}
+
+#[test]
+fn unknown_esp_and_integrity_algorithms_are_named() {
+    let add = |alg: EspAlg| {
+        to_vec(&UpdateEnvelope {
+            generation: 1,
+            update: Update::AddSa {
+                dir: Direction::Inbound,
+                params: params(alg, false, None),
+            },
+        })
+        .unwrap()
+    };
+    let cbc = add(EspAlg::Cbc(CbcAlg::AesCbc128, IntegAlg::HmacSha256_128));
+    // The algorithm bytes follow the SPI.
+    let spi = 0xdead_beef_u32.to_le_bytes();
+    let at = cbc.windows(4).position(|w| w == spi).unwrap() + 4;
+    assert_eq!(cbc[at..at + 2], [3, 2]);
+    let mut bad = cbc.clone();
+    bad[at + 1] = 9;
+    assert_eq!(
+        UpdateEnvelope::decode(&bad).err(),
+        Some(DecodeError::Invalid("integrity algorithm"))
+    );
+    bad[at] = 0;
+    assert_eq!(
+        UpdateEnvelope::decode(&bad).err(),
+        Some(DecodeError::Invalid("ESP algorithm"))
     );
 }
 

@@ -1,0 +1,381 @@
+//! The intel-ipsec-mb backend of AES-CBC + HMAC: one job per packet through the job API,
+//! which ciphers and hashes in one pass (cipher then hash when sealing, hash then cipher when
+//! opening, `IMB_CHAIN_ORDER`).
+//!
+//! The job API keeps queues in its manager, so each thread that seals or opens gets its own
+//! `IMB_MGR` (a thread-local, allocated on first use and freed when the thread ends); a packet's
+//! job is submitted and, when the multi-buffer lanes hold it back, flushed at once, so no job
+//! ever outlives the call that made it. Per key, the expanded AES keys and the HMAC's inner and
+//! outer hash states (ipad/opad, hashed once) live in one 64-byte-aligned heap block that is
+//! zeroized on drop.
+//!
+//! Each thread's manager runs ipsec-mb's SSE code path (see [`ThreadMgr::new`] for why).
+//!
+//! One of the two modules of the crate allowed to use `unsafe` (with `ipsecmb`).
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::ptr;
+
+use ipsecmb_sys as ffi;
+use zeroize::Zeroize;
+
+use super::cbc::{ct_len, icv_equal, CbcError, CbcHmac, CBC_IV_LEN, CT_OFFSET, MAX_ICV_LEN};
+use super::{ipsecmb, Backend, CbcAlg, IntegAlg};
+
+/// A thread's own job manager (the job API is not thread-safe).
+struct ThreadMgr(*mut ffi::IMB_MGR);
+
+impl ThreadMgr {
+    fn new() -> ThreadMgr {
+        if ipsecmb::runtime().is_none() {
+            return ThreadMgr(ptr::null_mut());
+        }
+        // SAFETY: alloc_mb_mgr has no preconditions and returns NULL on failure (checked).
+        let mgr = unsafe { ffi::alloc_mb_mgr(0) };
+        if mgr.is_null() {
+            return ThreadMgr(mgr);
+        }
+        // The SSE code path, not the widest one `init_mb_mgr_auto` picks: a packet's job is
+        // flushed alone, and the AVX-512 manager hashes HMAC-SHA-1/256 sixteen lanes wide in
+        // software, paying for all sixteen lanes per flushed packet, where the SSE manager
+        // uses the CPU's SHA extensions on one buffer. AES-CBC encryption is bound by the
+        // AES round latency either way (see the perf report for the numbers).
+        // SAFETY: `mgr` is a fresh, exclusive manager.
+        unsafe { ffi::init_mb_mgr_sse(mgr) };
+        // SAFETY: `mgr` is valid.
+        if unsafe { ffi::imb_get_errno(mgr) } != 0 {
+            // SAFETY: allocated above, not used afterwards.
+            unsafe { ffi::free_mb_mgr(mgr) };
+            return ThreadMgr(ptr::null_mut());
+        }
+        ThreadMgr(mgr)
+    }
+}
+
+impl Drop for ThreadMgr {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: allocated by alloc_mb_mgr on this thread; every job was completed by
+            // the call that submitted it, and nothing uses the manager after this.
+            unsafe { ffi::free_mb_mgr(self.0) };
+        }
+    }
+}
+
+thread_local! {
+    static MGR: ThreadMgr = ThreadMgr::new();
+}
+
+/// Expanded keys and hashed pads of one SA direction. The assembly wants the key schedules
+/// 16-byte aligned; 64 keeps each part on its own lines.
+#[repr(C, align(64))]
+struct KeyData {
+    enc: [u8; 256],
+    dec: [u8; 256],
+    ipad: [u8; 64],
+    opad: [u8; 64],
+}
+
+pub(super) struct IpsecMbCbcHmac {
+    cipher: CbcAlg,
+    integ: IntegAlg,
+    keys: Box<KeyData>,
+}
+
+impl IpsecMbCbcHmac {
+    /// Expands the keys; `None` if the backend is unavailable. Lengths were checked by
+    /// `new_cbc_hmac`.
+    pub(super) fn new(
+        cipher: CbcAlg,
+        key: &[u8],
+        integ: IntegAlg,
+        integ_key: &[u8],
+    ) -> Option<IpsecMbCbcHmac> {
+        if key.len() != cipher.key_len() || integ_key.len() != integ.key_len() {
+            return None;
+        }
+        let mut keys = Box::new(KeyData {
+            enc: [0; 256],
+            dec: [0; 256],
+            ipad: [0; 64],
+            opad: [0; 64],
+        });
+        MGR.with(|m| {
+            let mgr = m.0;
+            if mgr.is_null() {
+                return None;
+            }
+            // SAFETY: `mgr` is this thread's initialised manager; we read function pointers.
+            let (keyexp, one_block) = unsafe {
+                let keyexp = match cipher {
+                    CbcAlg::AesCbc128 => (*mgr).keyexp_128,
+                    CbcAlg::AesCbc256 => (*mgr).keyexp_256,
+                };
+                let one_block = match integ {
+                    IntegAlg::HmacSha1_96 => (*mgr).sha1_one_block,
+                    IntegAlg::HmacSha256_128 => (*mgr).sha256_one_block,
+                    IntegAlg::HmacSha384_192 => (*mgr).sha384_one_block,
+                    IntegAlg::HmacSha512_256 => (*mgr).sha512_one_block,
+                };
+                (keyexp?, one_block?)
+            };
+            // SAFETY: keyexp reads key_len() bytes of key (checked above) and writes at most
+            // 15 round keys (240 bytes) into each 256-byte schedule.
+            unsafe {
+                keyexp(
+                    key.as_ptr().cast(),
+                    keys.enc.as_mut_ptr().cast(),
+                    keys.dec.as_mut_ptr().cast(),
+                )
+            };
+            // RFC 2104: the key, zero-padded to the hash's block, XORed with 0x36 / 0x5c; the
+            // job API takes the state after hashing each as the first block.
+            let mut block = [0u8; 128];
+            for (pad, out) in [(0x36u8, &mut keys.ipad), (0x5cu8, &mut keys.opad)] {
+                block.fill(pad);
+                for (b, k) in block.iter_mut().zip(integ_key) {
+                    *b ^= k;
+                }
+                // SAFETY: one_block reads one block of its hash (64 or 128 bytes, all of `block` at
+                // most) and
+                // writes the hash state (at most 64 bytes) into `out`.
+                unsafe { one_block(block.as_ptr().cast(), out.as_mut_ptr().cast()) };
+            }
+            block.zeroize();
+            Some(())
+        })?;
+        Some(IpsecMbCbcHmac {
+            cipher,
+            integ,
+            keys,
+        })
+    }
+
+    /// Runs one job over `buf`: the cipher (if any) over `len` bytes at `offset` under `iv`,
+    /// then (or before, when decrypting) the hash (if `hash_len` > 0) over the first
+    /// `hash_len` bytes; the truncated ICV goes to `icv_out`.
+    fn run(
+        &self,
+        buf: &mut [u8],
+        cipher: Option<CipherPart>,
+        hash_len: usize,
+        icv_out: &mut [u8],
+    ) -> Result<(), CbcError> {
+        let (offset, len, iv, encrypt) = match cipher {
+            Some(c) => (c.offset, c.len, c.iv, c.encrypt),
+            None => (0, 0, [0; CBC_IV_LEN], true),
+        };
+        if buf.len() < hash_len
+            || offset.checked_add(len).is_none_or(|end| end > buf.len())
+            || len % super::cbc::BLOCK_LEN != 0
+            || (hash_len > 0 && icv_out.len() != self.integ.icv_len())
+        {
+            return Err(CbcError::Length);
+        }
+        MGR.with(|m| {
+            let mgr = m.0;
+            if mgr.is_null() {
+                return Err(CbcError::Backend);
+            }
+            let p = buf.as_mut_ptr();
+            // SAFETY: `mgr` is this thread's manager and no other job is in flight on it (each
+            // call completes its job before returning). The job returned by get_next_job is
+            // valid until submitted. Every pointer stored in it lives until this block ends:
+            // `p` covers `hash_len` bytes and `offset + len` bytes (checked above), `iv` is a
+            // local array of 16 bytes, the key schedules and pads are in `self.keys`, and
+            // `icv_out` holds icv_len() bytes. In-place ciphering (src == dst) is supported.
+            unsafe {
+                let (Some(next), Some(submit), Some(flush)) =
+                    ((*mgr).get_next_job, (*mgr).submit_job, (*mgr).flush_job)
+                else {
+                    return Err(CbcError::Backend);
+                };
+                let job = next(mgr);
+                let j = &mut *job;
+                j.enc_keys = self.keys.enc.as_ptr().cast();
+                j.dec_keys = self.keys.dec.as_ptr().cast();
+                j.key_len_in_bytes = self.cipher.key_len() as u64;
+                j.__bindgen_anon_1.src = p;
+                j.__bindgen_anon_2.dst = p.add(offset);
+                j.__bindgen_anon_3.cipher_start_src_offset_in_bytes = offset as u64;
+                j.__bindgen_anon_4.msg_len_to_cipher_in_bytes = len as u64;
+                j.hash_start_src_offset_in_bytes = 0;
+                j.__bindgen_anon_5.msg_len_to_hash_in_bytes = hash_len as u64;
+                j.iv = iv.as_ptr();
+                j.iv_len_in_bytes = CBC_IV_LEN as u64;
+                j.auth_tag_output = icv_out.as_mut_ptr();
+                j.auth_tag_output_len_in_bytes = icv_out.len() as u64;
+                j.u.HMAC._hashed_auth_key_xor_ipad = self.keys.ipad.as_ptr();
+                j.u.HMAC._hashed_auth_key_xor_opad = self.keys.opad.as_ptr();
+                j.cipher_mode = if cipher.is_some() {
+                    ffi::IMB_CIPHER_MODE::IMB_CIPHER_CBC
+                } else {
+                    ffi::IMB_CIPHER_MODE::IMB_CIPHER_NULL
+                };
+                j.hash_alg = match self.integ {
+                    _ if hash_len == 0 => ffi::IMB_HASH_ALG::IMB_AUTH_NULL,
+                    IntegAlg::HmacSha1_96 => ffi::IMB_HASH_ALG::IMB_AUTH_HMAC_SHA_1,
+                    IntegAlg::HmacSha256_128 => ffi::IMB_HASH_ALG::IMB_AUTH_HMAC_SHA_256,
+                    IntegAlg::HmacSha384_192 => ffi::IMB_HASH_ALG::IMB_AUTH_HMAC_SHA_384,
+                    IntegAlg::HmacSha512_256 => ffi::IMB_HASH_ALG::IMB_AUTH_HMAC_SHA_512,
+                };
+                if encrypt {
+                    j.cipher_direction = ffi::IMB_CIPHER_DIRECTION::IMB_DIR_ENCRYPT;
+                    j.chain_order = ffi::IMB_CHAIN_ORDER::IMB_ORDER_CIPHER_HASH;
+                } else {
+                    j.cipher_direction = ffi::IMB_CIPHER_DIRECTION::IMB_DIR_DECRYPT;
+                    j.chain_order = ffi::IMB_CHAIN_ORDER::IMB_ORDER_HASH_CIPHER;
+                }
+                let mut done = submit(mgr);
+                if done.is_null() {
+                    done = flush(mgr);
+                }
+                if done != job {
+                    // Only ever one job in flight: anything else is a library fault. Drain
+                    // so that no job can later write through stale pointers.
+                    while !flush(mgr).is_null() {}
+                    return Err(CbcError::Backend);
+                }
+                if (*done).status.0 != ffi::IMB_STATUS::IMB_STATUS_COMPLETED.0 {
+                    return Err(CbcError::Backend);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The ESP job: cipher over the ciphertext field, hash over SPI..ciphertext (+ `extra`).
+    fn esp_job(
+        &self,
+        esp: &mut [u8],
+        ct: usize,
+        extra: usize,
+        encrypt: bool,
+        icv_out: &mut [u8],
+    ) -> Result<(), CbcError> {
+        let iv = esp
+            .get(CT_OFFSET - CBC_IV_LEN..CT_OFFSET)
+            .and_then(|b| <[u8; CBC_IV_LEN]>::try_from(b).ok())
+            .ok_or(CbcError::Length)?;
+        let cipher = CipherPart {
+            offset: CT_OFFSET,
+            len: ct,
+            iv,
+            encrypt,
+        };
+        self.run(esp, Some(cipher), CT_OFFSET + ct + extra, icv_out)
+    }
+}
+
+/// The cipher half of a job.
+#[derive(Clone, Copy)]
+struct CipherPart {
+    offset: usize,
+    len: usize,
+    iv: [u8; CBC_IV_LEN],
+    encrypt: bool,
+}
+
+impl Drop for IpsecMbCbcHmac {
+    fn drop(&mut self) {
+        self.keys.enc.zeroize();
+        self.keys.dec.zeroize();
+        self.keys.ipad.zeroize();
+        self.keys.opad.zeroize();
+    }
+}
+
+impl fmt::Debug for IpsecMbCbcHmac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IpsecMbCbcHmac")
+            .field("cipher", &self.cipher)
+            .field("integ", &self.integ)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CbcHmac for IpsecMbCbcHmac {
+    fn backend(&self) -> Backend {
+        Backend::IpsecMb
+    }
+
+    fn alg(&self) -> (CbcAlg, IntegAlg) {
+        (self.cipher, self.integ)
+    }
+
+    fn state_bytes(&self) -> usize {
+        core::mem::size_of::<Self>() + core::mem::size_of::<KeyData>()
+    }
+
+    fn warm(&self) -> u8 {
+        // The encryption round keys and both pads: the lines every packet reads.
+        self.keys.enc[0] ^ self.keys.enc[64] ^ self.keys.ipad[0] ^ self.keys.opad[0]
+    }
+
+    fn seal_in_place(&self, esp: &mut [u8], esn_hi: Option<u32>) -> Result<(), CbcError> {
+        let icv_len = self.integ.icv_len();
+        let ct = ct_len(esp.len(), icv_len)?;
+        let extra = put_esn_hi(esp, CT_OFFSET + ct, esn_hi)?;
+        let mut icv = [0u8; MAX_ICV_LEN];
+        let icv = icv.get_mut(..icv_len).ok_or(CbcError::Length)?;
+        self.esp_job(esp, ct, extra, true, icv)?;
+        esp.get_mut(CT_OFFSET + ct..)
+            .ok_or(CbcError::Length)?
+            .copy_from_slice(icv);
+        Ok(())
+    }
+
+    fn open_in_place(&self, esp: &mut [u8], esn_hi: Option<u32>) -> Result<(), CbcError> {
+        let icv_len = self.integ.icv_len();
+        let ct = ct_len(esp.len(), icv_len)?;
+        let mut received = [0u8; MAX_ICV_LEN];
+        let received = received.get_mut(..icv_len).ok_or(CbcError::Length)?;
+        received.copy_from_slice(esp.get(CT_OFFSET + ct..).ok_or(CbcError::Length)?);
+        let extra = put_esn_hi(esp, CT_OFFSET + ct, esn_hi)?;
+        let mut computed = [0u8; MAX_ICV_LEN];
+        let computed = computed.get_mut(..icv_len).ok_or(CbcError::Length)?;
+        let r = self.esp_job(esp, ct, extra, false, computed);
+        let ok = r.is_ok() && icv_equal(computed, received);
+        if !ok {
+            // The job decrypted whatever arrived: leave none of it behind.
+            if let Some(pt) = esp.get_mut(CT_OFFSET..CT_OFFSET + ct) {
+                pt.zeroize();
+            }
+            return Err(r.err().unwrap_or(CbcError::Auth));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn hmac_only(&self, data: &mut [u8], icv: &mut [u8]) -> Result<(), CbcError> {
+        let n = data.len();
+        self.run(data, None, n, icv)
+    }
+
+    #[cfg(test)]
+    fn cbc_only(&self, iv: &[u8; 16], data: &mut [u8], encrypt: bool) -> Result<(), CbcError> {
+        let cipher = CipherPart {
+            offset: 0,
+            len: data.len(),
+            iv: *iv,
+            encrypt,
+        };
+        self.run(data, Some(cipher), 0, &mut [])
+    }
+}
+
+/// Writes the ESN high half at `at` (the start of the ICV field, which the hash reads before
+/// the ICV is written or after it was saved) and returns how many bytes the hash covers
+/// beyond the ciphertext.
+fn put_esn_hi(esp: &mut [u8], at: usize, esn_hi: Option<u32>) -> Result<usize, CbcError> {
+    match esn_hi {
+        None => Ok(0),
+        Some(hi) => {
+            esp.get_mut(at..at + 4)
+                .ok_or(CbcError::Length)?
+                .copy_from_slice(&hi.to_be_bytes());
+            Ok(4)
+        }
+    }
+}
