@@ -26,6 +26,7 @@ mod lab;
 mod metrics;
 mod perf_cmd;
 mod run_dir;
+mod sa_report;
 mod seq_state;
 mod shm_link;
 mod soak;

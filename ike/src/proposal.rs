@@ -75,19 +75,28 @@ impl IkeProposal {
         t
     }
 
-    /// Its name as strongSwan prints a negotiated IKE proposal (`swanctl --list-sas`):
-    /// encryption with key size, integrity (CBC only), PRF, DH group.
-    pub fn name(&self) -> String {
-        let dh = match self.dh {
-            DhGroup::X25519 => "CURVE_25519",
-            DhGroup::Ecp256 => "ECP_256",
-            DhGroup::Modp2048 => "MODP_2048",
-        };
-        let prf = match self.prf {
+    /// Its PRF as strongSwan names it (`PRF_HMAC_SHA2_256`).
+    pub fn prf_name(&self) -> &'static str {
+        match self.prf {
             Prf::HmacSha256 => "PRF_HMAC_SHA2_256",
             Prf::HmacSha384 => "PRF_HMAC_SHA2_384",
             Prf::HmacSha512 => "PRF_HMAC_SHA2_512",
-        };
+        }
+    }
+
+    /// Its DH group as strongSwan names it (`CURVE_25519`).
+    pub fn dh_name(&self) -> &'static str {
+        match self.dh {
+            DhGroup::X25519 => "CURVE_25519",
+            DhGroup::Ecp256 => "ECP_256",
+            DhGroup::Modp2048 => "MODP_2048",
+        }
+    }
+
+    /// Its name as strongSwan prints a negotiated IKE proposal (`swanctl --list-sas`):
+    /// encryption with key size, integrity (CBC only), PRF, DH group.
+    pub fn name(&self) -> String {
+        let (prf, dh) = (self.prf_name(), self.dh_name());
         if self.cbc {
             format!("AES_CBC-{}/HMAC_SHA2_256_128/{prf}/{dh}", self.encr_bits)
         } else {

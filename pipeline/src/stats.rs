@@ -329,6 +329,9 @@ pub struct CoreCounters {
     l3: [Counter; L3Stat::COUNT],
     /// Highest control generation this worker has applied.
     pub generation: Counter,
+    /// The worker's clock at its last poll (nanoseconds since it started): what readers
+    /// measure an SA's `installed_at` and `last_used` against.
+    pub clock: Counter,
 }
 
 impl Default for CoreCounters {
@@ -338,6 +341,7 @@ impl Default for CoreCounters {
             drops: std::array::from_fn(|_| Counter::default()),
             l3: std::array::from_fn(|_| Counter::default()),
             generation: Counter::default(),
+            clock: Counter::default(),
         }
     }
 }
@@ -411,6 +415,9 @@ pub struct SaCounters {
     expired: AtomicBool,
     /// The worker's clock when it installed the SA (for the age in lifetime reports).
     pub installed_at: Counter,
+    /// The worker's clock at the last packet the SA carried (0: none yet), for the views'
+    /// "last use"; on the cache line the counting touches anyway.
+    pub last_used: Counter,
     lifetime: Lifetime,
     drops: [Counter; DropReason::COUNT],
 }
@@ -439,6 +446,7 @@ impl SaCounters {
             next_bytes: Counter::default(),
             expired: AtomicBool::new(false),
             installed_at: Counter::default(),
+            last_used: Counter::default(),
             lifetime,
             drops: std::array::from_fn(|_| Counter::default()),
         };

@@ -204,11 +204,13 @@ pub struct Opened {
 /// Opens the ESP packet that starts at the beginning of `f`'s data. On success `f` holds the
 /// inner IP packet. Drops attributable to an SA are also counted on that SA. `arrived` is how
 /// it came: ESP in the other encapsulation than its SA accepts is `EspWrongEncap`
-/// ([`EncapRule`](crate::esp::sa::EncapRule)), refused before any cryptography.
+/// ([`EncapRule`](crate::esp::sa::EncapRule)), refused before any cryptography. `now` (the
+/// worker's clock) becomes the SA's last use when the packet opens.
 pub fn decapsulate<F: Frame>(
     sad: &mut Sad,
     f: &mut F,
     arrived: Encap,
+    now: u64,
 ) -> Result<Opened, DropReason> {
     let len = f.len();
     if len < MIN_ESP_LEN {
@@ -238,6 +240,7 @@ pub fn decapsulate<F: Frame>(
     match r {
         Ok((next_header, inner_len, crossing)) => {
             let id = sa.id;
+            sa.counters.last_used.set(now.max(1));
             if !f.adj(ESP_HEADER_LEN + IV_LEN) {
                 return Err(DropReason::EspTruncated);
             }
@@ -418,7 +421,7 @@ mod tests {
                                     data.get(..len.min(16))
                                 );
                                 let arrived = if encap { Encap::Udp } else { Encap::Bare };
-                                let o = decapsulate(&mut sad, &mut f, arrived).unwrap();
+                                let o = decapsulate(&mut sad, &mut f, arrived, 1).unwrap();
                                 assert_eq!(o.next_header, NH_IPV4);
                                 assert_eq!(
                                     f.data(),
@@ -454,7 +457,7 @@ mod tests {
                 let mut bad = esp.clone();
                 bad[i] ^= 0x80;
                 let mut f = MemFrame::from_bytes(&bad).unwrap();
-                let r = decapsulate(&mut sad, &mut f, Encap::Bare);
+                let r = decapsulate(&mut sad, &mut f, Encap::Bare, 1);
                 assert!(
                     matches!(r, Err(DropReason::AuthFailed) | Err(DropReason::ReplayZero)),
                     "byte {i}: {r:?}"
@@ -462,7 +465,7 @@ mod tests {
                 // A forged packet must not move the window: the genuine one still opens.
                 let mut f = MemFrame::from_bytes(&esp).unwrap();
                 assert!(
-                    decapsulate(&mut sad, &mut f, Encap::Bare).is_ok(),
+                    decapsulate(&mut sad, &mut f, Encap::Bare, 1).is_ok(),
                     "byte {i}"
                 );
             }
@@ -490,7 +493,7 @@ mod tests {
         sad.insert_inbound(build_inbound(backend, &mirror(&p)).unwrap());
         let mut f = MemFrame::from_bytes(&esp).unwrap();
         assert_eq!(
-            decapsulate(&mut sad, &mut f, Encap::Bare),
+            decapsulate(&mut sad, &mut f, Encap::Bare, 1),
             Err(DropReason::AuthFailed)
         );
     }
@@ -524,12 +527,12 @@ mod tests {
         let mut sad = Sad::with_capacity(4, 9);
         let mut f = MemFrame::from_bytes(&[0u8; MIN_ESP_LEN - 1]).unwrap();
         assert_eq!(
-            decapsulate(&mut sad, &mut f, Encap::Bare),
+            decapsulate(&mut sad, &mut f, Encap::Bare, 1),
             Err(DropReason::EspTruncated)
         );
         let mut f = MemFrame::from_bytes(&[1u8; MIN_ESP_LEN]).unwrap();
         assert_eq!(
-            decapsulate(&mut sad, &mut f, Encap::Bare),
+            decapsulate(&mut sad, &mut f, Encap::Bare, 1),
             Err(DropReason::UnknownSpi)
         );
     }

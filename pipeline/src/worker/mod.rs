@@ -312,6 +312,7 @@ impl<P: Port> Worker<P> {
     /// One turn of the loop. Returns the number of frames and commands handled.
     pub fn poll(&mut self, now: u64) -> usize {
         self.now = now;
+        self.counters.clock.set(now);
         let mut work = self.apply_commands();
         work += self.transmit_datagrams();
         self.flush();

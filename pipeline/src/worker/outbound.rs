@@ -123,6 +123,7 @@ impl<P: Port> Worker<P> {
                 return Verdict::Drop(r);
             }
         };
+        sa.counters.last_used.set(now.max(1));
         let seq_due = sa.seq >= sa.next_report;
         self.counters.count(Traffic::Encrypted, 1);
         self.counters
