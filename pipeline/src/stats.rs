@@ -188,6 +188,12 @@ pub enum Traffic {
     NeighborRequests,
     /// IKE datagrams sent for the control plane.
     IkeSent,
+    /// LAN TCP/UDP packets whose L4 checksum was verified before sealing (all of them, or a
+    /// sample: `gateway.lan.checksum`), those found wrong (a host that left it to hardware:
+    /// unfinished), and those completed.
+    ClearChecksumChecked,
+    ClearChecksumBad,
+    ClearChecksumCompleted,
 }
 
 impl Traffic {
@@ -205,6 +211,9 @@ impl Traffic {
         Traffic::NeighborReplies,
         Traffic::NeighborRequests,
         Traffic::IkeSent,
+        Traffic::ClearChecksumChecked,
+        Traffic::ClearChecksumBad,
+        Traffic::ClearChecksumCompleted,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -223,6 +232,9 @@ impl Traffic {
             Traffic::NeighborReplies => "neighbor_replies",
             Traffic::NeighborRequests => "neighbor_requests",
             Traffic::IkeSent => "ike_sent",
+            Traffic::ClearChecksumChecked => "clear_checksum_checked",
+            Traffic::ClearChecksumBad => "clear_checksum_bad",
+            Traffic::ClearChecksumCompleted => "clear_checksum_completed",
         }
     }
 }
