@@ -225,6 +225,12 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
     let plan = &plan;
     match file.dataplane.port {
         PortKind::AfXdp => {
+            if let Some(lan) = file.gateway.lan.device.as_deref() {
+                let mode = file.gateway.lan.checksum.unwrap_or_default();
+                if let Some(w) = crate::offload::startup_warning(lan, mode) {
+                    eprintln!("dataplane: {w}");
+                }
+            }
             let opened = open_af_xdp(&file)?;
             serve(&args, &file, plan, conns, backend, opened, keeper)
         }
@@ -481,6 +487,7 @@ fn l3_setup<P: Port>(worker: &mut Worker<P>, file: &DataplaneFile) -> Result<()>
     worker
         .set_neighbors(setup)
         .map_err(|e| anyhow::anyhow!("gateway.{e}"))?;
+    worker.set_clear_checksum(file.gateway.lan.checksum.unwrap_or_default().into());
     Ok(())
 }
 
@@ -683,6 +690,7 @@ fn serve<P: Port + 'static>(
         .collect();
     let deadline = args.duration.map(Duration::from_secs_f64);
     let mut last_pump = Instant::now();
+    let mut checksum_seen = crate::offload::UnfinishedSeen::default();
     while !shutdown.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
         {
             let mut links: Vec<&mut WorkerLink> = running.iter_mut().map(|r| &mut r.link).collect();
@@ -736,6 +744,17 @@ fn serve<P: Port + 'static>(
                     eprintln!("dataplane: {e:?}");
                 }
             }
+        }
+        let (bad, checked) = handles.iter().fold((0, 0), |(b, c), h| {
+            let s = h.counters.snapshot();
+            (
+                b + s.traffic(Traffic::ClearChecksumBad),
+                c + s.traffic(Traffic::ClearChecksumChecked),
+            )
+        });
+        let mode = gw.lan.checksum.unwrap_or_default();
+        if let Some(line) = checksum_seen.check(bad, checked, mode) {
+            eprintln!("{line}");
         }
         if let Some(path) = &args.stats_file {
             if last_status.elapsed() >= Duration::from_secs(1)

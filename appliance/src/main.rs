@@ -24,6 +24,7 @@ mod dataplane;
 mod ha;
 mod lab;
 mod metrics;
+mod offload;
 mod perf_cmd;
 mod run_dir;
 mod sa_report;
