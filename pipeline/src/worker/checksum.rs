@@ -31,7 +31,7 @@ pub enum ClearChecksum {
     Complete,
 }
 
-/// In `Pass`, one sealed packet in this many is verified (when it is TCP or UDP).
+/// In `Pass`, one unfragmented TCP/UDP packet in this many is verified.
 pub const SAMPLE_EVERY: u32 = 64;
 
 /// The bytes an L4 checksum covers: from the upper-layer header to the end the IP header
@@ -97,6 +97,11 @@ impl ChecksumState {
     /// Applies the mode to one LAN packet about to be sealed (`ip`: from its IP header on).
     #[inline]
     pub(super) fn apply(&mut self, ip: &mut [u8], pkt: &IpInfo, counters: &CoreCounters) {
+        // Only TCP and UDP count toward the sample: an ICMP packet never hides a segment.
+        let proto = IpProtocol::from(pkt.key.proto);
+        if pkt.fragment || !matches!(proto, IpProtocol::Tcp | IpProtocol::Udp) {
+            return;
+        }
         let complete = match self.mode {
             ClearChecksum::Pass => {
                 if self.countdown > 0 {
