@@ -271,6 +271,25 @@ pub(crate) fn plain_frame(size: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> 
     f
 }
 
+/// Sets a `plain_frame`'s UDP checksum to the pseudo-header sum alone: what a host that
+/// leaves checksums to hardware sends (the rest is never summed).
+fn unfinish_udp_checksum(f: &mut [u8]) {
+    let (src, dst) = (&f[26..30], &f[30..34]);
+    let len = f.len() - 34;
+    let mut sum: u32 = src
+        .chunks(2)
+        .chain(dst.chunks(2))
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>()
+        + 17
+        + len as u32;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    // A zero would read as "no checksum"; the sum of real addresses is never zero.
+    f[40..42].copy_from_slice(&(sum as u16).to_be_bytes());
+}
+
 fn set_ipv4_checksum(h: &mut [u8]) {
     h[10] = 0;
     h[11] = 0;
@@ -387,6 +406,7 @@ fn drive(
     n: u64,
     seed: u64,
     esp: &Frames,
+    unfinished: bool,
 ) -> (u64, u64, Duration, u64) {
     let mut q: VecDeque<MemFrame> = (0..BURST).map(|_| MemFrame::new()).collect();
     let mut out = Vec::with_capacity(BURST);
@@ -394,7 +414,13 @@ fn drive(
     let templates: Vec<Vec<u8>> = IMIX
         .iter()
         .chain(std::iter::once(&size))
-        .map(|s| plain_frame(*s, Ipv4Addr::new(10, 1, 0, 10), host(0)))
+        .map(|s| {
+            let mut f = plain_frame(*s, Ipv4Addr::new(10, 1, 0, 10), host(0));
+            if unfinished {
+                unfinish_udp_checksum(&mut f);
+            }
+            f
+        })
         .collect();
     let (mut sent, mut got, mut bytes) = (0u64, 0u64, 0u64);
     let mut busy = Duration::ZERO;
@@ -475,6 +501,22 @@ pub fn throughput(
     backend: Backend,
     n: u64,
 ) -> Point {
+    throughput_with(dir, size, sas, workers, backend, n, None)
+}
+
+/// [`throughput`] with the workers' clear-side checksum mode set to `checksum` and, when it
+/// is given, every generated UDP checksum unfinished (the pseudo-header sum only, as a host
+/// with checksum offload leaves it): the worst case, where `complete` verifies and then
+/// recomputes every packet.
+pub fn throughput_with(
+    dir: Dir,
+    size: usize,
+    sas: usize,
+    workers: usize,
+    backend: Backend,
+    n: u64,
+    checksum: Option<pipeline::worker::ClearChecksum>,
+) -> Point {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let results: Vec<(u64, u64, Duration, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -489,6 +531,9 @@ pub fn throughput(
                         Dir::Decrypt => Direction::Inbound,
                     };
                     let mut rig = Rig::new(w as u16, sas, d, backend);
+                    if let Some(mode) = checksum {
+                        rig.worker.set_clear_checksum(mode);
+                    }
                     let esp = if dir == Dir::Decrypt {
                         esp_frames(n, size, sas, backend, 7 + w as u64)
                     } else {
@@ -497,7 +542,16 @@ pub fn throughput(
                             ends: Vec::new(),
                         }
                     };
-                    drive(&mut rig, dir, size, sas, n, 7 + w as u64, &esp)
+                    drive(
+                        &mut rig,
+                        dir,
+                        size,
+                        sas,
+                        n,
+                        7 + w as u64,
+                        &esp,
+                        checksum.is_some(),
+                    )
                 })
             })
             .collect();
@@ -845,6 +899,20 @@ mod tests {
         }
         let p = throughput(Dir::Encrypt, 64, 100, 2, b, 2000);
         assert_eq!(p.packets, 4000, "two workers: {p:?}");
+    }
+
+    #[test]
+    fn every_checksum_mode_carries_every_packet() {
+        use pipeline::worker::ClearChecksum;
+        let b = pipeline::crypto::best_backend();
+        for mode in [
+            ClearChecksum::Pass,
+            ClearChecksum::Verify,
+            ClearChecksum::Complete,
+        ] {
+            let p = throughput_with(Dir::Encrypt, 1420, 1, 1, b, 3000, Some(mode));
+            assert_eq!((p.packets, p.missing), (3000, 0), "{mode:?}: {p:?}");
+        }
     }
 
     #[test]
