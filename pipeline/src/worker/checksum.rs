@@ -17,7 +17,7 @@ use core::net::IpAddr;
 
 use super::parse::IpInfo;
 use crate::stats::{CoreCounters, Traffic};
-use crate::wire::{ipv4, ipv6, tcp, udp, IpProtocol};
+use crate::wire::{checksum, ipv4, ipv6, tcp, udp, IpProtocol};
 
 /// What the worker does with the TCP/UDP checksums of the LAN packets it seals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,27 +59,37 @@ fn l4_range(ip: &[u8], pkt: &IpInfo) -> Option<(usize, usize)> {
 pub(super) fn check(ip: &mut [u8], pkt: &IpInfo, complete: bool) -> Option<bool> {
     let (start, end) = l4_range(ip, pkt)?;
     let (src, dst): (IpAddr, IpAddr) = (pkt.key.src, pkt.key.dst);
+    let proto = IpProtocol::from(pkt.key.proto);
     let l4 = ip.get_mut(start..end)?;
-    if IpProtocol::from(pkt.key.proto) == IpProtocol::Tcp {
-        let mut t = tcp::Packet::new_checked(l4).ok()?;
-        let ok = t.verify_checksum(&src, &dst);
-        if !ok && complete {
-            t.fill_checksum(&src, &dst);
-        }
-        Some(ok)
+    let len = u32::try_from(l4.len()).ok()?;
+    let old = if proto == IpProtocol::Tcp {
+        tcp::Packet::new_checked(&mut *l4).ok()?.checksum()
     } else {
-        let mut u = udp::Packet::new_checked(l4).ok()?;
+        let u = udp::Packet::new_checked(&mut *l4).ok()?;
         // The UDP length must cover what the IP length gives, or the checksum covers less
-        // than is sent: leave such a datagram alone.
-        if usize::from(u.len()) != end - start {
+        // than is sent: leave such a datagram alone. Zero over IPv4 is "no checksum".
+        if u32::from(u.len()) != len || (u.checksum() == 0 && src.is_ipv4()) {
             return None;
         }
-        let ok = u.verify_checksum(&src, &dst);
-        if !ok && complete {
-            u.fill_checksum(&src, &dst);
+        u.checksum()
+    };
+    // One pass over the bytes: the sum with the field as it is verifies it, and the same sum
+    // with the old field taken out (one's complement: adding its complement) completes it.
+    let sum = checksum::combine(&[
+        checksum::pseudo_header(&src, &dst, proto, len),
+        checksum::data(l4),
+    ]);
+    let ok = sum == 0xffff;
+    if !ok && complete {
+        let new = !checksum::combine(&[sum, !old]);
+        if proto == IpProtocol::Tcp {
+            tcp::Packet::new_unchecked(&mut *l4).set_checksum(new);
+        } else {
+            // A computed zero is sent as all ones (RFC 768).
+            udp::Packet::new_unchecked(&mut *l4).set_checksum(if new == 0 { 0xffff } else { new });
         }
-        Some(ok)
     }
+    Some(ok)
 }
 
 /// What the worker keeps for its mode: the mode and the sampling countdown.
@@ -130,7 +140,6 @@ impl ChecksumState {
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::wire::checksum;
     use crate::worker::parse::parse_l3;
 
     /// An IP packet (IPv4 or IPv6 by the addresses) with a TCP or UDP segment of `payload`
