@@ -398,6 +398,7 @@ fn seal_into(sa: &mut OutboundSa, plain: &[u8], f: &mut MemFrame) -> Result<(), 
 
 /// Runs one worker over `n` packets; returns (timed packets, their inner bytes, worker time
 /// over them, all packets out). The first tenth is a warm-up, not timed.
+#[allow(clippy::too_many_arguments)]
 fn drive(
     rig: &mut Rig,
     dir: Dir,
