@@ -242,3 +242,69 @@ pub fn assert_only_ike_and_esp(protocols: &[String], link: &str) {
     );
     assert!(other.is_empty(), "non-IKE/ESP frames on {link}: {other:?}");
 }
+
+/// `swanctl --list-sas --raw` as JSON: one object per IKE SA, keyed by connection name, with
+/// vici's own keys (`initiator-spi`, `local-host`, `encr-alg`, `child-sas` ...); lists (the
+/// selectors, virtual IPs) as arrays. Values are single words in what the tests compare.
+pub fn swanctl_sas(raw: &str) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    let mut out = Map::new();
+    for line in raw.lines() {
+        let Some(body) = line.trim().strip_prefix("list-sa event") else {
+            continue;
+        };
+        let spaced = body
+            .replace('{', " { ")
+            .replace('}', " } ")
+            .replace('[', " [ ")
+            .replace(']', " ] ");
+        let mut toks = spaced.split_whitespace().peekable();
+        // A stack of (name, section); the outermost is the event itself.
+        let mut stack: Vec<(String, Map<String, Value>)> = vec![(String::new(), Map::new())];
+        let mut pending: Option<String> = None;
+        while let Some(t) = toks.next() {
+            match t {
+                "{" => stack.push((pending.take().unwrap_or_default(), Map::new())),
+                "}" => {
+                    let (name, sec) = stack.pop().expect("balanced braces");
+                    match stack.last_mut() {
+                        Some(parent) => {
+                            parent.1.insert(name, Value::Object(sec));
+                        }
+                        None => panic!("unbalanced: {line}"),
+                    }
+                }
+                t if t.ends_with('=') && toks.peek() == Some(&"[") => {
+                    toks.next();
+                    let mut items = Vec::new();
+                    for i in toks.by_ref() {
+                        if i == "]" {
+                            break;
+                        }
+                        items.push(Value::String(i.to_string()));
+                    }
+                    let key = t.trim_end_matches('=').to_string();
+                    stack.last_mut().unwrap().1.insert(key, Value::Array(items));
+                }
+                t => match t.split_once('=') {
+                    Some((k, v)) => {
+                        stack
+                            .last_mut()
+                            .unwrap()
+                            .1
+                            .insert(k.to_string(), Value::String(v.to_string()));
+                    }
+                    None => pending = Some(t.to_string()),
+                },
+            }
+        }
+        // The event's own braces hold the IKE SAs (a section with no name).
+        if let Some((_, mut top)) = stack.pop() {
+            match top.remove("") {
+                Some(Value::Object(inner)) => out.extend(inner),
+                _ => out.extend(top),
+            }
+        }
+    }
+    Value::Object(out)
+}

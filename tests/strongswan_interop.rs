@@ -14,7 +14,7 @@ use std::time::Duration;
 use roamgate_tests::netns::{Capture, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
     ask, assert_only_ike_and_esp, ike_view, iperf_tcp, iperf_udp, strongswan_or_skip, swanctl_conf,
-    wait_for, Charon, ScriptLab,
+    swanctl_sas, wait_for, Charon, ScriptLab,
 };
 use roamgate_tests::{root, scratch};
 
@@ -57,6 +57,141 @@ fn rw_lab(prefix: &str) -> ScriptLab {
 /// Pings the gateway's LAN host from the road warrior.
 fn pings(lab: &ScriptLab, n: u32) -> u32 {
     roamgate_tests::strongswan::pings(&lab.ns("rw"), "10.9.0.10", n)
+}
+
+/// Two texts in two columns.
+fn side_by_side(left: &str, right: &str) -> String {
+    let width = left.lines().map(|l| l.chars().count()).max().unwrap_or(0) + 2;
+    let (l, r): (Vec<&str>, Vec<&str>) = (left.lines().collect(), right.lines().collect());
+    (0..l.len().max(r.len()))
+        .map(|i| {
+            let a = l.get(i).copied().unwrap_or("");
+            let b = r.get(i).copied().unwrap_or("");
+            format!("{a:<width$}| {b}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `roamgate sa --json` (the gateway, responder) and `swanctl --list-sas` (the client,
+/// initiator) describe the same tunnel, mirrored: SPIs, addresses and ports, identities, the
+/// IKE and ESP proposals, the selectors, NAT, and the packets each way (no traffic flows
+/// between the pings before and this look).
+fn sa_views_agree(charon: &Charon, socket: &Path) {
+    let sock = socket.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "roamgate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run(&["sa", "--socket", sock]);
+    let ours: serde_json::Value =
+        serde_json::from_str(&run(&["sa", "--json", "--socket", sock])).unwrap();
+    let theirs_text = charon.swanctl(&["--list-sas"]);
+    println!(
+        "{}",
+        side_by_side(
+            &format!("roamgate sa (the gateway)\n\n{text}"),
+            &format!("swanctl --list-sas (strongSwan, the client)\n\n{theirs_text}")
+        )
+    );
+    let raw = swanctl_sas(&charon.swanctl(&["--list-sas", "--raw"]));
+    let t = &raw["gw"];
+    let r = &ours["ike_sas"][0];
+    let both = format!("roamgate: {ours:#}\nstrongSwan: {raw:#}");
+    let st = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let eq = |what: &str, a: &serde_json::Value, b: &serde_json::Value| {
+        assert_eq!(st(a), st(b), "{what}\n{both}");
+    };
+    eq("state", &r["state"], &t["state"]);
+    eq("SPIi", &r["spi_i"], &t["initiator-spi"]);
+    eq("SPIr", &r["spi_r"], &t["responder-spi"]);
+    assert_eq!(r["initiator"], false, "{both}");
+    assert_eq!(t["initiator"], "yes", "{both}");
+    eq("our address", &r["local_host"], &t["remote-host"]);
+    eq("our port", &r["local_port"], &t["remote-port"]);
+    eq("the peer's address", &r["remote_host"], &t["local-host"]);
+    eq("the peer's port", &r["remote_port"], &t["local-port"]);
+    eq("our identity", &r["local_id"], &t["remote-id"]);
+    eq("the peer's identity", &r["remote_id"], &t["local-id"]);
+    eq(
+        "IKE encryption",
+        &r["proposal"]["encryption"],
+        &t["encr-alg"],
+    );
+    eq(
+        "IKE key size",
+        &r["proposal"]["key_size"],
+        &t["encr-keysize"],
+    );
+    eq("PRF", &r["proposal"]["prf"], &t["prf-alg"]);
+    eq("DH group", &r["proposal"]["dh_group"], &t["dh-group"]);
+    assert_eq!(
+        r["nat"],
+        t.get("nat-any").is_some_and(|v| v == "yes"),
+        "NAT\n{both}"
+    );
+    let vips = t["local-vips"].as_array().cloned().unwrap_or_default();
+    assert_eq!(vips, [r["virtual_ip"].clone()], "virtual IP\n{both}");
+    let children: Vec<&serde_json::Value> = t["child-sas"]
+        .as_object()
+        .expect("child-sas")
+        .values()
+        .collect();
+    let (rc, tc) = (&r["children"][0], children[0]);
+    assert_eq!(
+        (r["children"].as_array().map(Vec::len), children.len()),
+        (Some(1), 1),
+        "{both}"
+    );
+    eq("CHILD_SA state", &rc["state"], &tc["state"]);
+    eq("mode", &rc["mode"], &tc["mode"]);
+    eq("protocol", &rc["protocol"], &tc["protocol"]);
+    eq("our inbound SPI", &rc["in"]["spi"], &tc["spi-out"]);
+    eq("our outbound SPI", &rc["out"]["spi"], &tc["spi-in"]);
+    eq(
+        "ESP encryption",
+        &rc["proposal"]["encryption"],
+        &tc["encr-alg"],
+    );
+    eq(
+        "ESP key size",
+        &rc["proposal"]["key_size"],
+        &tc["encr-keysize"],
+    );
+    assert_eq!(
+        rc["proposal"]["esn"].as_bool(),
+        Some(tc.get("esn").is_some_and(|v| v == "1")),
+        "ESN\n{both}"
+    );
+    assert_eq!(
+        rc["udp_encap"].as_bool(),
+        Some(tc.get("encap").is_some_and(|v| v == "yes")),
+        "encap\n{both}"
+    );
+    eq("our selectors", &rc["local_ts"], &tc["remote-ts"]);
+    eq("the peer's selectors", &rc["remote_ts"], &tc["local-ts"]);
+    eq("packets to us", &rc["in"]["packets"], &tc["packets-out"]);
+    eq("packets from us", &rc["out"]["packets"], &tc["packets-in"]);
+    assert!(rc["in"]["packets"].as_u64() >= Some(5), "{both}");
+    assert!(rc["in"]["last_use_secs"].as_u64().is_some(), "{both}");
+    // The text names the same SPIs and selectors.
+    for spi in [
+        &rc["in"]["spi"],
+        &rc["out"]["spi"],
+        &r["spi_i"],
+        &r["spi_r"],
+    ] {
+        assert!(text.contains(spi.as_str().unwrap()), "{spi} in:\n{text}");
+    }
 }
 
 #[test]
@@ -109,6 +244,7 @@ fn strongswan_road_warrior_against_roamgate_run() {
     let sas = charon.swanctl(&["--list-sas"]);
     assert!(sas.contains("[10.99.0.1]"), "virtual IP: {sas}");
     assert_eq!(pings(&lab, 5), 5, "ping through the tunnel");
+    sa_views_agree(&charon, &gw.socket);
 
     // A malformed IKE message (a header whose length field says more than arrived) to the
     // gateway: the control plane

@@ -186,8 +186,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
                 "ike" => Some(
                     view.lock()
                         .ok()
-                        .map(|v| v.json.clone())
-                        .filter(|j| !j.is_empty())
+                        .map(|v| v.answer())
                         .unwrap_or_else(|| r#"{"ike_sas":[]}"#.into()),
                 ),
                 "sas" | "stats" | "status" => Some(

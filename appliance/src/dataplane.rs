@@ -174,6 +174,8 @@ struct Opened<P> {
     /// Kept alive while the workers run (XDP programs, EAL); dropped at the end.
     _keep: Box<dyn std::any::Any>,
     describe: String,
+    /// The driver and each side's device and mode, for `roamgate status`.
+    port_info: serde_json::Value,
     port_stats: PortStats,
 }
 
@@ -230,15 +232,18 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
         )
     );
     for weak in &plan.weak {
-        eprintln!(
-            "roamgate dataplane: warning: {}: {weak}",
-            args.config.display()
-        );
+        tracing::warn!(target: "dataplane", "{}: {weak}", args.config.display());
     }
     let (plan, keeper) = keep_static_sequence_numbers(&args, plan)?;
     let plan = &plan;
     match file.dataplane.port {
         PortKind::AfXdp => {
+            if let Some(lan) = file.gateway.lan.device.as_deref() {
+                let mode = file.gateway.lan.checksum.unwrap_or_default();
+                if let Some(w) = crate::offload::startup_warning(lan, mode) {
+                    tracing::warn!(target: "dataplane", "{w}");
+                }
+            }
             let opened = open_af_xdp(&file)?;
             serve(&args, &file, plan, conns, backend, opened, keeper)
         }
@@ -334,6 +339,18 @@ fn open_af_xdp(file: &DataplaneFile) -> Result<Opened<pipeline::port::afxdp::Xdp
             "copy"
         },
     );
+    let side = |dev: &str, native: bool, zero_copy: bool| {
+        serde_json::json!({
+            "device": dev,
+            "mode": if native { "native" } else { "skb" },
+            "zero_copy": zero_copy,
+        })
+    };
+    let port_info = serde_json::json!({
+        "driver": "af_xdp",
+        "lan": side(&lan_dev, lan_prog.is_native(), pairs[0].0.is_zero_copy()),
+        "wan": side(&wan_dev, wan_prog.is_native(), pairs[0].1.is_zero_copy()),
+    });
     let stats_src: Vec<_> = pairs
         .iter()
         .map(|(l, w)| (l.stats_reader(), w.stats_reader()))
@@ -344,6 +361,7 @@ fn open_af_xdp(file: &DataplaneFile) -> Result<Opened<pipeline::port::afxdp::Xdp
         pairs,
         _keep: Box::new((lan_prog, wan_prog)),
         describe,
+        port_info,
         // The same shape as DPDK's: the port kind, then lan and wan (totals over the
         // queues), then what only this kind has (per-queue figures).
         port_stats: Arc::new(move || {
@@ -440,6 +458,11 @@ fn open_dpdk(file: &DataplaneFile) -> Result<Opened<pipeline::port::dpdk::DpdkPo
         // Devices before the EAL: they are stopped and closed before it is cleaned up.
         _keep: Box::new((lan, wan, eal)),
         describe,
+        port_info: serde_json::json!({
+            "driver": "dpdk",
+            "lan": { "device": lan_dev },
+            "wan": { "device": wan_dev },
+        }),
         port_stats: Arc::new(move || {
             let j = |s: pipeline::port::dpdk::DpdkStats| {
                 serde_json::json!({
@@ -478,6 +501,7 @@ fn l3_setup<P: Port>(worker: &mut Worker<P>, file: &DataplaneFile) -> Result<()>
     worker
         .set_neighbors(setup)
         .map_err(|e| anyhow::anyhow!("gateway.{e}"))?;
+    worker.set_clear_checksum(file.gateway.lan.checksum.unwrap_or_default().into());
     Ok(())
 }
 
@@ -630,15 +654,27 @@ fn serve<P: Port + 'static>(
             let port_stats = opened.port_stats.clone();
             let sa_names: Vec<String> = gw.sas.iter().map(|s| s.name.clone()).collect();
             let ike_view = ike.as_ref().map(|c| c.view.clone());
-            let describe = opened.describe.clone();
-            let started = Instant::now();
             let control = match (&args.shm, ike.is_some()) {
                 (Some(p), _) => format!("roamgate control at {}", p.display()),
                 (None, true) => "in this process".to_string(),
                 (None, false) => "none (static SAs)".to_string(),
             };
+            let info = StatusInfo {
+                name: gw.name.clone(),
+                ports: opened.describe.clone(),
+                port_info: opened.port_info.clone(),
+                backend: pipeline::crypto::describe_backend(
+                    backend,
+                    file.dataplane.crypto_backend != control::config::BackendChoice::Auto,
+                ),
+                cores: (0..handles.len())
+                    .map(|i| file.dataplane.cores.get(i).copied())
+                    .collect(),
+                started: Instant::now(),
+                control,
+            };
             let handler: crate::views::Handler = Box::new(move |req| match req {
-                "status" => Some(status_json(&name, &describe, &control, started, &handles)),
+                "status" => Some(status_json(&info, &handles)),
                 "stats" => Some(stats_json(
                     &name,
                     &handles,
@@ -650,8 +686,7 @@ fn serve<P: Port + 'static>(
                 "ike" => ike_view.as_ref().map(|v| {
                     v.lock()
                         .ok()
-                        .map(|v| v.json.clone())
-                        .filter(|j| !j.is_empty())
+                        .map(|v| v.answer())
                         .unwrap_or_else(|| r#"{"ike_sas":[]}"#.into())
                 }),
                 _ => None,
@@ -670,6 +705,7 @@ fn serve<P: Port + 'static>(
         .collect();
     let deadline = args.duration.map(Duration::from_secs_f64);
     let mut last_pump = Instant::now();
+    let mut checksum_seen = crate::offload::UnfinishedSeen::default();
     while !shutdown.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
         {
             let mut links: Vec<&mut WorkerLink> = running.iter_mut().map(|r| &mut r.link).collect();
@@ -723,6 +759,17 @@ fn serve<P: Port + 'static>(
                     tracing::info!(target: "dataplane", "{e:?}");
                 }
             }
+        }
+        let (bad, checked) = handles.iter().fold((0, 0), |(b, c), h| {
+            let s = h.counters.snapshot();
+            (
+                b + s.traffic(Traffic::ClearChecksumBad),
+                c + s.traffic(Traffic::ClearChecksumChecked),
+            )
+        });
+        let mode = gw.lan.checksum.unwrap_or_default();
+        if let Some(line) = checksum_seen.check(bad, checked, mode) {
+            tracing::warn!(target: "dataplane", "{line}");
         }
         if let Some(path) = &args.stats_file {
             if last_status.elapsed() >= Duration::from_secs(1)
@@ -876,13 +923,21 @@ fn stats_json(
 }
 
 /// What the process is and how it is doing, one JSON object.
-fn status_json(
-    name: &str,
-    ports: &str,
-    control: &str,
+/// What `roamgate status` shows beside the workers' counters.
+struct StatusInfo {
+    name: String,
+    /// One line: driver, devices, modes.
+    ports: String,
+    port_info: serde_json::Value,
+    /// The AEAD backend and why it was chosen.
+    backend: String,
+    /// The core each worker is pinned to (None: not pinned).
+    cores: Vec<Option<usize>>,
     started: Instant,
-    handles: &[WorkerHandle],
-) -> String {
+    control: String,
+}
+
+fn status_json(info: &StatusInfo, handles: &[WorkerHandle]) -> String {
     let workers: Vec<serde_json::Value> = handles
         .iter()
         .map(|h| {
@@ -898,6 +953,9 @@ fn status_json(
             let s = h.counters.snapshot();
             serde_json::json!({
                 "worker": h.id,
+                "core": info.cores.get(usize::from(h.id)).copied().flatten(),
+                // Worker i polls queue i of both devices.
+                "queue": h.id,
                 "generation": h.counters.generation.get(),
                 "sas_in": sa_in,
                 "sas_out": sa_out,
@@ -907,12 +965,14 @@ fn status_json(
         })
         .collect();
     serde_json::json!({
-        "gateway": name,
+        "gateway": info.name,
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
-        "uptime_secs": started.elapsed().as_secs(),
-        "ports": ports,
-        "control_plane": control,
+        "uptime_secs": info.started.elapsed().as_secs(),
+        "backend": info.backend,
+        "ports": info.ports,
+        "port_info": info.port_info,
+        "control_plane": info.control,
         "workers": workers,
     })
     .to_string()
@@ -926,8 +986,12 @@ fn sas_json(name: &str, handles: &[WorkerHandle], sa_names: &[String]) -> String
             Ok(l) => l.clone(),
             Err(_) => Vec::new(),
         };
+        // An SA's times are on its worker's clock; the worker publishes where that clock is.
+        let clock = h.counters.clock.get();
+        let ago = |t: u64| clock.saturating_sub(t) / 1_000_000_000;
         for e in list {
             let c = &e.counters;
+            let last = c.last_used.get();
             let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
                 .iter()
                 .filter(|r| c.drops(**r) > 0)
@@ -943,6 +1007,8 @@ fn sas_json(name: &str, handles: &[WorkerHandle], sa_names: &[String]) -> String
                 "worker": h.id,
                 "packets": c.packets.get(),
                 "bytes": c.bytes.get(),
+                "installed_secs": ago(c.installed_at.get()),
+                "last_use_secs": (last != 0).then(|| ago(last)),
                 "drops": drops,
             }));
         }

@@ -621,6 +621,7 @@ mod tests {
                 ike: Some(IkeSource::InProcess(Arc::new(Mutex::new(
                     control::driver::IkeView {
                         json: view.to_string(),
+                        published: None,
                     },
                 )))),
             }],

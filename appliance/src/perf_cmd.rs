@@ -98,6 +98,11 @@ enum PerfWhat {
         /// with the first (best of the runs, same process).
         #[arg(long, default_value = "aes128-gcm16")]
         alg: String,
+        /// The cost of `gateway.lan.checksum: verify|complete` (encrypt only): every UDP
+        /// checksum generated unfinished, each run measured with `pass` (the default, a
+        /// sample verified) and with this mode, and the ratio.
+        #[arg(long)]
+        clear_checksum: Option<String>,
     },
     /// The lab with IKE, road-warrior clients, CHILD_SA rekeys and MOBIKE roams for minutes:
     /// RSS over time and its slope, the loss per direction, the rekeys and roams, and a
@@ -206,6 +211,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
             runs,
             backend,
             alg,
+            clear_checksum,
         } => {
             use roamgate_perf::run::{self as perf_run, Dir};
             let dir = match dir.as_str() {
@@ -229,6 +235,54 @@ pub fn run(args: PerfArgs) -> Result<()> {
             };
             if !pipeline::crypto::available(backend) {
                 bail!("--backend {backend}: not available on this machine or build");
+            }
+            if let Some(mode) = clear_checksum {
+                use pipeline::worker::ClearChecksum;
+                // The first transform of --alg (split always yields one).
+                let alg0 = parse_algs(&alg)?[0];
+                let mode = match mode.as_str() {
+                    "verify" => ClearChecksum::Verify,
+                    "complete" => ClearChecksum::Complete,
+                    other => bail!("--clear-checksum {other}: expected verify or complete"),
+                };
+                if dir != Dir::Encrypt {
+                    bail!("--clear-checksum: the clear side's checksums are an encrypt matter");
+                }
+                let mut base = Vec::new();
+                let mut with = Vec::new();
+                // Interleaved, so that a change of machine load hits both alike.
+                for _ in 0..runs {
+                    for (m, v) in [(ClearChecksum::Pass, &mut base), (mode, &mut with)] {
+                        let p = perf_run::throughput_with(
+                            dir,
+                            size,
+                            sas,
+                            workers,
+                            backend,
+                            alg0,
+                            packets,
+                            Some(m),
+                        );
+                        println!(
+                            "run {m:?}: {:.3} Mpps, {:.1} ns/pkt",
+                            p.pps / 1e6,
+                            p.ns_per_packet
+                        );
+                        v.push(p.ns_per_packet);
+                    }
+                }
+                let median = |v: &mut Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let (b, w) = (median(&mut base), median(&mut with));
+                println!(
+                    "encrypt {} B, unfinished UDP checksums, {backend}: pass {b:.1} ns/pkt, {mode:?} {w:.1} ns/pkt: x{:.3} (+{:.1} ns/pkt), medians of {runs}",
+                    if size == 0 { "IMIX".to_string() } else { size.to_string() },
+                    w / b,
+                    w - b
+                );
+                return Ok(());
             }
             let algs = parse_algs(&alg)?;
             // Runs alternate between the transforms, so that drift hits them alike.

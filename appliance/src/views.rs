@@ -290,41 +290,76 @@ pub fn status(args: ViewArgs) -> Result<()> {
         println!("{}", serde_json::json!({ "dataplane": v, "ike": ike }));
         return Ok(());
     }
-    println!(
-        "{} (roamgate {}, pid {}), up {} s",
-        v["gateway"].as_str().unwrap_or("?"),
-        v["version"].as_str().unwrap_or("?"),
-        v["pid"],
-        v["uptime_secs"]
-    );
-    println!("  ports: {}", v["ports"].as_str().unwrap_or("?"));
-    println!(
+    for l in status_lines(&v, ike.as_ref()) {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+/// `roamgate status` as text: the process, its AEAD backend, ports, workers (core, queue,
+/// SAs, packets), control plane and IKE SAs.
+fn status_lines(v: &serde_json::Value, ike: Option<&serde_json::Value>) -> Vec<String> {
+    let mut out = vec![
+        format!(
+            "{} (roamgate {}, pid {}), up {} s",
+            v["gateway"].as_str().unwrap_or("?"),
+            v["version"].as_str().unwrap_or("?"),
+            v["pid"],
+            v["uptime_secs"]
+        ),
+        format!("  {}", v["backend"].as_str().unwrap_or("AEAD backend: ?")),
+        format!("  ports: {}", v["ports"].as_str().unwrap_or("?")),
+    ];
+    let p = &v["port_info"];
+    for side in ["lan", "wan"] {
+        if let Some(dev) = p[side]["device"].as_str() {
+            let mode = p[side]["mode"]
+                .as_str()
+                .map_or(String::new(), |m| format!(", {m} mode"));
+            let zc = match p[side]["zero_copy"].as_bool() {
+                Some(true) => ", zero-copy",
+                Some(false) => ", copy",
+                None => "",
+            };
+            out.push(format!(
+                "    {side}: {} device {dev}{mode}{zc}",
+                p["driver"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    out.push(format!(
         "  control plane: {}",
         v["control_plane"].as_str().unwrap_or("?")
-    );
+    ));
     for w in v["workers"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        println!(
-            "  worker {}: generation {}, {} inbound / {} outbound SAs, rx {} tx {}",
+        let core = w["core"]
+            .as_u64()
+            .map_or("not pinned".to_string(), |c| format!("core {c}"));
+        let queue = w["queue"]
+            .as_u64()
+            .map_or(String::new(), |q| format!(", queue {q}"));
+        out.push(format!(
+            "  worker {}: generation {}, {core}{queue}, {} inbound / {} outbound SAs, rx {} tx {}",
             w["worker"],
             w["generation"],
             w["sas_in"],
             w["sas_out"],
             w["rx_packets"],
             w["tx_packets"]
-        );
+        ));
     }
     if let Some(ike) = ike {
         let sas = ike["ike_sas"].as_array().map(Vec::len).unwrap_or(0);
-        println!(
+        out.push(format!(
             "  IKE: {sas} IKE SA(s); CHILD_SAs installed {}, rekeyed {}, removed {}",
             ike["children_installed"], ike["children_rekeyed"], ike["children_removed"]
-        );
+        ));
     }
-    Ok(())
+    out
 }
 
 /// `roamgate stats`: counters, drops by reason, hand-offs, the IKE endpoint's drops, port
@@ -387,66 +422,23 @@ pub fn stats(args: ViewArgs) -> Result<()> {
     Ok(())
 }
 
-/// `roamgate sa`: the IKE SAs and the data plane's SAs, one line each (never keys).
+/// `roamgate sa`: the IKE SAs with their CHILD_SAs and counters, and the static SAs, as
+/// `swanctl --list-sas` shows them (never keys); `--json`: the same in a stable shape
+/// ([`crate::sa_report`]).
 pub fn sas(args: ViewArgs) -> Result<()> {
     let socket = args.socket()?;
     let v = ask(&socket, "sas")?;
     let ike = ike_view(&socket);
+    let report = crate::sa_report::report(&v, ike.as_ref());
     if args.json {
-        println!("{}", serde_json::json!({ "dataplane": v, "ike": ike }));
+        println!("{report}");
         return Ok(());
     }
+    println!("{}", crate::sa_report::text(&report));
     if let Some(ike) = &ike {
-        for sa in ike["ike_sas"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            println!(
-                "IKE_SA {} ({}) {}",
-                sa["ike_sa"].as_str().unwrap_or("?"),
-                sa["connection"].as_str().unwrap_or("?"),
-                if sa["established"].as_bool() == Some(true) {
-                    "ESTABLISHED"
-                } else {
-                    "CONNECTING"
-                }
-            );
-            for c in sa["children"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                println!(
-                    "  CHILD_SA in {} out {}",
-                    c["spi_in"].as_str().unwrap_or("?"),
-                    c["spi_out"].as_str().unwrap_or("?")
-                );
-            }
-        }
         for l in ike_drop_lines(ike) {
             println!("{l}");
         }
-    }
-    println!("{}:", v["gateway"].as_str().unwrap_or("?"));
-    for sa in v["sas"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let drops = sa["drops"]
-            .as_object()
-            .filter(|d| !d.is_empty())
-            .map(|d| {
-                let parts: Vec<String> = d.iter().map(|(k, n)| format!("{k}={n}")).collect();
-                format!(", drops: {}", parts.join(" "))
-            })
-            .unwrap_or_default();
-        println!(
-            "  {:<14} {:<3} spi {:>10} worker {}: {} packets, {} bytes{drops}",
-            sa["name"].as_str().unwrap_or("?"),
-            sa["direction"].as_str().unwrap_or("?"),
-            sa["spi"].as_str().unwrap_or("?"),
-            sa["worker"],
-            sa["packets"],
-            sa["bytes"],
-        );
     }
     Ok(())
 }
@@ -455,6 +447,32 @@ pub fn sas(args: ViewArgs) -> Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn status_names_the_backend_the_ports_and_each_workers_core_and_queue() {
+        let v = serde_json::json!({
+            "gateway": "gw-a", "version": "0.1.0", "pid": 42, "uptime_secs": 7,
+            "backend": "AEAD backend: ring, as configured",
+            "ports": "AF_XDP lana (native, copy) / wana (native, copy)",
+            "port_info": {
+                "driver": "af_xdp",
+                "lan": { "device": "lana", "mode": "native", "zero_copy": false },
+                "wan": { "device": "wana", "mode": "skb", "zero_copy": false },
+            },
+            "control_plane": "none (static SAs)",
+            "workers": [{ "worker": 0, "core": 1, "queue": 0, "generation": 3, "sas_in": 2,
+                          "sas_out": 2, "rx_packets": 10, "tx_packets": 9 }],
+        });
+        let l = status_lines(&v, None);
+        assert_eq!(l[0], "gw-a (roamgate 0.1.0, pid 42), up 7 s");
+        assert_eq!(l[1], "  AEAD backend: ring, as configured");
+        assert_eq!(l[3], "    lan: af_xdp device lana, native mode, copy");
+        assert_eq!(l[4], "    wan: af_xdp device wana, skb mode, copy");
+        assert_eq!(
+            l[6],
+            "  worker 0: generation 3, core 1, queue 0, 2 inbound / 2 outbound SAs, rx 10 tx 9"
+        );
+    }
 
     #[test]
     fn ike_drops_are_listed_by_reason() {

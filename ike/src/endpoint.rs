@@ -33,7 +33,7 @@ use crate::config::EndpointConfig;
 use crate::config::PeerConfig;
 use crate::cookie::CookieSecrets;
 use crate::crypto::DhPrivate;
-use crate::event::{Event, SaSummary, Transmit};
+use crate::event::{Event, IkeSaView, SaSummary, Transmit};
 use crate::exchange::{self, error_answer, init, mobike, Action, Ctx, Effect, Output};
 use crate::half_open::HalfOpen;
 use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
@@ -189,6 +189,14 @@ impl Endpoint {
             })
             .collect();
         v.sort_by_key(|e| e.0);
+        v
+    }
+
+    /// The IKE SAs as the views show them (never keys), times counted from `now`, in the
+    /// order of their ids.
+    pub fn view(&self, now: Instant) -> Vec<IkeSaView> {
+        let mut v: Vec<_> = self.sas.values().map(|s| s.view(now)).collect();
+        v.sort_by_key(|e| e.id);
         v
     }
 

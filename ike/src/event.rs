@@ -1,13 +1,15 @@
-//! What the endpoint reports: [`Event`]s for the SA repository (SAs up, moved, rekeyed, down)
-//! and [`Transmit`]s, the datagrams it wants sent.
+//! What the endpoint reports: [`Event`]s for the SA repository (SAs up, moved, rekeyed, down),
+//! [`Transmit`]s, the datagrams it wants sent, and [`IkeSaView`]s, its IKE SAs for the views.
 //!
 //! Owns: the output types of the control-plane API.
 //! Must never: show key material in `Debug` (CHILD_SA keys print as `<secret>`).
 
 use core::net::{IpAddr, SocketAddr};
+use core::time::Duration;
 
 use crate::crypto::Secret;
-use crate::ids::{ChildSpi, IkeSaId};
+use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
+use crate::proposal::{EspProposal, IkeProposal};
 use crate::wire::TrafficSelector;
 
 /// One direction's keys and parameters of a CHILD_SA as the data plane needs them.
@@ -114,6 +116,69 @@ pub enum DownReason {
 /// An IKE SA as the views show it: id, connection name, established, its CHILD_SAs as
 /// (inbound SPI, outbound SPI).
 pub type SaSummary = (IkeSaId, String, bool, Vec<(ChildSpi, ChildSpi)>);
+
+/// Which ends NAT detection found behind a NAT (RFC 7296 2.23): `local` when the peer saw
+/// another address of ours than we sent from, `remote` when the peer's address is not the one
+/// it hashed. An adopted IKE SA knows only that a NAT is there ([`IkeSaView::nat`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatSides {
+    pub local: bool,
+    pub remote: bool,
+}
+
+impl NatSides {
+    pub fn any(self) -> bool {
+        self.local || self.remote
+    }
+}
+
+/// An IKE SA as the views show it, in the terms of `swanctl --list-sas` (never keys). Times
+/// are durations from the `now` the view was made at.
+#[derive(Clone, Debug)]
+pub struct IkeSaView {
+    pub id: IkeSaId,
+    pub connection: String,
+    /// CONNECTING (IKE_SA_INIT or IKE_AUTH under way), ESTABLISHED, DELETING.
+    pub state: &'static str,
+    /// We are the original initiator.
+    pub initiator: bool,
+    pub spi_i: IkeSpi,
+    pub spi_r: IkeSpi,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// A NAT sits between the ends (ESP goes in UDP), and which ends it found behind one.
+    pub nat: bool,
+    pub nat_sides: NatSides,
+    pub local_id: String,
+    /// The peer's authenticated identity; before IKE_AUTH, the configured one (if any).
+    pub remote_id: String,
+    pub proposal: IkeProposal,
+    pub virtual_ip: Option<IpAddr>,
+    pub mobike: bool,
+    /// Since the IKE SA was established (or adopted here); None while connecting.
+    pub established_ago: Option<Duration>,
+    pub rekey_in: Option<Duration>,
+    pub children: Vec<ChildSaView>,
+}
+
+/// A CHILD_SA as the views show it (never keys).
+#[derive(Clone, Debug)]
+pub struct ChildSaView {
+    pub name: String,
+    pub spi_in: ChildSpi,
+    pub spi_out: ChildSpi,
+    /// INSTALLED, REKEYING (our rekey is under way), REKEYED (replaced, its delete pending).
+    pub state: &'static str,
+    /// ESP in UDP (RFC 3948); the mode is always tunnel.
+    pub udp_encap: bool,
+    pub proposal: EspProposal,
+    /// Since it was installed (or adopted here).
+    pub installed_ago: Duration,
+    pub rekey_in: Option<Duration>,
+    pub expire_in: Option<Duration>,
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+}
 
 /// A datagram to send.
 #[derive(Clone, Debug)]

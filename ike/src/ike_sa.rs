@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use crate::config::PeerConfig;
 use crate::crypto::{self, DhPrivate, IkeKeys, Secret, SkCipher};
-use crate::event::{ChildSaInfo, ChildSaKeys, DownReason, Event};
+use crate::event::{ChildSaInfo, ChildSaKeys, ChildSaView, DownReason, Event, IkeSaView, NatSides};
 use crate::exchange::{Action, Ctx, Outstanding};
 use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
-use crate::proposal::IkeProposal;
+use crate::proposal::{EspProposal, IkeProposal};
 use crate::stats::Reason;
 use crate::time::Instant;
 use crate::timer::{Timer, TimerTable};
@@ -68,6 +68,8 @@ pub(crate) struct Child {
     pub keys: ChildKeys,
     pub local_ts: Vec<TrafficSelector>,
     pub remote_ts: Vec<TrafficSelector>,
+    /// When it was installed here (made, or adopted with its IKE SA): for the views.
+    pub installed_at: Instant,
     pub rekey_at: Option<Instant>,
     /// The hard lifetime by time: deleted then if no rekey replaced it.
     pub expire_at: Option<Instant>,
@@ -154,8 +156,17 @@ pub(crate) struct Pending {
     pub half_open: Option<(IkeSpi, SocketAddr)>,
 }
 
+/// What the views show of an IKE SA and the record of its state does not carry: when it came
+/// up here and which ends NAT detection found behind a NAT.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Observed {
+    pub established_at: Option<Instant>,
+    pub nat: NatSides,
+}
+
 pub(crate) struct IkeSa {
     pub state: IkeSaState,
+    pub observed: Observed,
     pub pending: Pending,
     pub timers: TimerTable,
     /// The deadline the endpoint has this IKE SA filed under.
@@ -211,6 +222,7 @@ impl IkeSa {
                 peer_additional: Vec::new(),
                 our_additional: Vec::new(),
             },
+            observed: Observed::default(),
             pending: Pending {
                 last_heard: now,
                 ..Pending::default()
@@ -248,6 +260,77 @@ impl IkeSa {
         let id = self.state.next_request_id;
         self.state.next_request_id = id.wrapping_add(1);
         id
+    }
+
+    /// What NAT detection found (RFC 7296 2.23, RFC 4555 3.5).
+    pub(crate) fn set_nat(&mut self, sides: NatSides) {
+        self.state.nat = sides.any();
+        self.observed.nat = sides;
+    }
+
+    /// The IKE SA as the views show it, times counted from `now`.
+    pub(crate) fn view(&self, now: Instant) -> IkeSaView {
+        let s = &self.state;
+        let peer = s.peer.as_deref();
+        let until = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now));
+        let udp_encap = self.udp_encap();
+        IkeSaView {
+            id: s.id,
+            connection: peer.map_or_else(String::new, |p| p.name.clone()),
+            state: match s.phase {
+                Phase::Init | Phase::Auth => "CONNECTING",
+                Phase::Established => "ESTABLISHED",
+                Phase::Deleting | Phase::Dead => "DELETING",
+            },
+            initiator: s.role == Role::Initiator,
+            spi_i: s.spi_i,
+            spi_r: s.spi_r,
+            local: s.local,
+            remote: s.remote,
+            nat: s.nat,
+            nat_sides: self.observed.nat,
+            local_id: peer.map_or_else(String::new, |p| p.local_id.display()),
+            remote_id: s
+                .remote_id
+                .as_ref()
+                .or(peer.and_then(|p| p.remote_id.as_ref()))
+                .map_or_else(String::new, Id::display),
+            proposal: s.prop,
+            virtual_ip: s.virtual_ip,
+            mobike: s.mobike,
+            established_ago: self
+                .observed
+                .established_at
+                .filter(|_| s.phase == Phase::Established)
+                .map(|t| now.saturating_duration_since(t)),
+            rekey_in: until(s.rekey_at).filter(|_| s.phase == Phase::Established),
+            children: s
+                .children
+                .iter()
+                .map(|c| ChildSaView {
+                    name: c.name.clone(),
+                    spi_in: c.spi_in,
+                    spi_out: c.spi_out,
+                    state: if c.replaced {
+                        "REKEYED"
+                    } else if c.rekeying {
+                        "REKEYING"
+                    } else {
+                        "INSTALLED"
+                    },
+                    udp_encap,
+                    proposal: EspProposal {
+                        encr_bits: c.encr_bits,
+                        esn: c.esn,
+                    },
+                    installed_ago: now.saturating_duration_since(c.installed_at),
+                    rekey_in: until(c.rekey_at),
+                    expire_in: until(c.expire_at),
+                    local_ts: c.local_ts.clone(),
+                    remote_ts: c.remote_ts.clone(),
+                })
+                .collect(),
+        }
     }
 
     /// ESP goes in UDP: behind a NAT, or since the IKE SA floated to 4500.
@@ -402,6 +485,7 @@ impl IkeSa {
             keys,
             local_ts,
             remote_ts,
+            installed_at: now,
             rekey_at: peer
                 .and_then(|p| p.child_rekey)
                 .map(|d| now.saturating_add(d)),
@@ -418,6 +502,7 @@ impl IkeSa {
     /// leftovers go.
     pub(crate) fn establish(&mut self, now: Instant) {
         self.state.phase = Phase::Established;
+        self.observed.established_at = Some(now);
         let peer = self.state.peer.clone();
         self.state.rekey_at = peer
             .as_ref()

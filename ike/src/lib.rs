@@ -69,7 +69,10 @@ pub use config::{
     after_secs, secret, Admission, Credential, EndpointConfig, PeerConfig, Pool, Pubkey, Retransmit,
 };
 pub use endpoint::{AdoptError, ConnectError, Endpoint, ExportError, Footprint, SaStates};
-pub use event::{ChildSaInfo, ChildSaKeys, DownReason, Event, SaSummary, Transmit};
+pub use event::{
+    ChildSaInfo, ChildSaKeys, ChildSaView, DownReason, Event, IkeSaView, NatSides, SaSummary,
+    Transmit,
+};
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};
 pub use proposal::{EspProposal, IkeProposal};
 pub use record::{ChildSaRecord, IkeSaRecord, RecordError};

@@ -74,6 +74,35 @@ impl IkeProposal {
         ]);
         t
     }
+
+    /// Its PRF as strongSwan names it (`PRF_HMAC_SHA2_256`).
+    pub fn prf_name(&self) -> &'static str {
+        match self.prf {
+            Prf::HmacSha256 => "PRF_HMAC_SHA2_256",
+            Prf::HmacSha384 => "PRF_HMAC_SHA2_384",
+            Prf::HmacSha512 => "PRF_HMAC_SHA2_512",
+        }
+    }
+
+    /// Its DH group as strongSwan names it (`CURVE_25519`).
+    pub fn dh_name(&self) -> &'static str {
+        match self.dh {
+            DhGroup::X25519 => "CURVE_25519",
+            DhGroup::Ecp256 => "ECP_256",
+            DhGroup::Modp2048 => "MODP_2048",
+        }
+    }
+
+    /// Its name as strongSwan prints a negotiated IKE proposal (`swanctl --list-sas`):
+    /// encryption with key size, integrity (CBC only), PRF, DH group.
+    pub fn name(&self) -> String {
+        let (prf, dh) = (self.prf_name(), self.dh_name());
+        if self.cbc {
+            format!("AES_CBC-{}/HMAC_SHA2_256_128/{prf}/{dh}", self.encr_bits)
+        } else {
+            format!("AES_GCM_16-{}/{prf}/{dh}", self.encr_bits)
+        }
+    }
 }
 
 /// An ESP proposal: AES-GCM-16 with `encr_bits`, ESN or not.
@@ -81,6 +110,18 @@ impl IkeProposal {
 pub struct EspProposal {
     pub encr_bits: u16,
     pub esn: bool,
+}
+
+impl EspProposal {
+    /// Its name as strongSwan prints a CHILD_SA's proposal (`AES_GCM_16-128`, `/ESN` with
+    /// extended sequence numbers).
+    pub fn name(&self) -> String {
+        format!(
+            "AES_GCM_16-{}{}",
+            self.encr_bits,
+            if self.esn { "/ESN" } else { "" }
+        )
+    }
 }
 
 /// Proposal numbers count from 1 (RFC 7296 3.3.1).
@@ -208,6 +249,30 @@ mod tests {
         dh: DhGroup::X25519,
         cbc: false,
     };
+
+    #[test]
+    fn names_are_strongswans() {
+        assert_eq!(
+            GCM128.name(),
+            "AES_GCM_16-128/PRF_HMAC_SHA2_256/CURVE_25519"
+        );
+        let cbc = IkeProposal {
+            encr_bits: 256,
+            prf: Prf::HmacSha384,
+            dh: DhGroup::Modp2048,
+            cbc: true,
+        };
+        assert_eq!(
+            cbc.name(),
+            "AES_CBC-256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_384/MODP_2048"
+        );
+        let esp = EspProposal {
+            encr_bits: 256,
+            esn: true,
+        };
+        assert_eq!(esp.name(), "AES_GCM_16-256/ESN");
+        assert_eq!(EspProposal { esn: false, ..esp }.name(), "AES_GCM_16-256");
+    }
 
     #[test]
     fn selection_follows_our_preference_and_needs_every_transform() {

@@ -13,6 +13,7 @@ mod info;
 mod init;
 mod malformed;
 mod mobike;
+mod view;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};

@@ -115,6 +115,51 @@ pub fn prefix_ts(addr: IpAddr, len: u8) -> Option<TrafficSelector> {
     Some(range_ts(start, end))
 }
 
+/// A selector as strongSwan prints one (`swanctl --list-sas`): `addr/len` when the range is
+/// a prefix (else `start..end`), then `[proto]` or `[proto/port]` / `[proto/lo-hi]` when it
+/// is narrower than every protocol and port.
+pub fn text(ts: &TrafficSelector) -> String {
+    let addrs = match prefix_len(ts.start, ts.end) {
+        Some(len) => format!("{}/{len}", ts.start),
+        None => format!("{}..{}", ts.start, ts.end),
+    };
+    let all_ports = ts.start_port == 0 && ts.end_port == u16::MAX;
+    if ts.protocol == 0 && all_ports {
+        return addrs;
+    }
+    let proto = match ts.protocol {
+        0 => "0".to_string(),
+        1 => "icmp".to_string(),
+        6 => "tcp".to_string(),
+        17 => "udp".to_string(),
+        58 => "ipv6-icmp".to_string(),
+        n => n.to_string(),
+    };
+    if all_ports {
+        format!("{addrs}[{proto}]")
+    } else if ts.start_port == ts.end_port {
+        format!("{addrs}[{proto}/{}]", ts.start_port)
+    } else {
+        format!("{addrs}[{proto}/{}-{}]", ts.start_port, ts.end_port)
+    }
+}
+
+/// The prefix length of `start..end` when the range is exactly one prefix.
+fn prefix_len(start: IpAddr, end: IpAddr) -> Option<u8> {
+    let (s, e, bits): (u128, u128, u8) = match (start, end) {
+        (IpAddr::V4(s), IpAddr::V4(e)) => (u128::from(u32::from(s)), u128::from(u32::from(e)), 32),
+        (IpAddr::V6(s), IpAddr::V6(e)) => (u128::from(s), u128::from(e), 128),
+        _ => return None,
+    };
+    // A prefix: the differing bits are all ones at the end and the start has them clear.
+    let host = s ^ e;
+    if host.wrapping_add(1) & host != 0 || s & host != 0 {
+        return None;
+    }
+    let host_bits = u8::try_from(host.count_ones()).ok()?;
+    bits.checked_sub(host_bits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +182,31 @@ mod tests {
             vec![ts("10.8.0.0/16")]
         );
         assert!(narrow(&[ts("10.0.0.0/8")], &[ts("172.16.0.0/12")]).is_empty());
+    }
+
+    #[test]
+    fn text_as_strongswan_prints_it() {
+        assert_eq!(text(&ts("10.1.0.0/16")), "10.1.0.0/16");
+        assert_eq!(text(&ts("10.99.0.1/32")), "10.99.0.1/32");
+        assert_eq!(text(&any_v4()), "0.0.0.0/0");
+        assert_eq!(text(&ts("fd00:2::/64")), "fd00:2::/64");
+        assert_eq!(text(&ts("::/0")), "::/0");
+        let r = range_ts("10.0.0.1".parse().unwrap(), "10.0.0.5".parse().unwrap());
+        assert_eq!(text(&r), "10.0.0.1..10.0.0.5");
+        let odd = range_ts("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert_eq!(
+            text(&odd),
+            "10.0.0.1..10.0.0.2",
+            "aligned size, unaligned start"
+        );
+        let mut p = ts("10.1.0.0/16");
+        p.protocol = 6;
+        assert_eq!(text(&p), "10.1.0.0/16[tcp]");
+        p.start_port = 80;
+        p.end_port = 80;
+        assert_eq!(text(&p), "10.1.0.0/16[tcp/80]");
+        p.protocol = 17;
+        p.end_port = 90;
+        assert_eq!(text(&p), "10.1.0.0/16[udp/80-90]");
     }
 }

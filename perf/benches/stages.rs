@@ -149,7 +149,7 @@ fn seal_open(c: &mut Criterion) {
                     }
                     f.set_data(&sealed[i]);
                     i += 1;
-                    tunnel::decapsulate(&mut sad, &mut f, pipeline::esp::sa::Encap::Bare)
+                    tunnel::decapsulate(&mut sad, &mut f, pipeline::esp::sa::Encap::Bare, 1)
                         .expect("opens")
                 })
             });

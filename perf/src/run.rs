@@ -286,6 +286,25 @@ pub(crate) fn plain_frame(size: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> 
     f
 }
 
+/// Sets a `plain_frame`'s UDP checksum to the pseudo-header sum alone: what a host that
+/// leaves checksums to hardware sends (the rest is never summed).
+fn unfinish_udp_checksum(f: &mut [u8]) {
+    let (src, dst) = (&f[26..30], &f[30..34]);
+    let len = f.len() - 34;
+    let mut sum: u32 = src
+        .chunks(2)
+        .chain(dst.chunks(2))
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>()
+        + 17
+        + len as u32;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    // A zero would read as "no checksum"; the sum of real addresses is never zero.
+    f[40..42].copy_from_slice(&(sum as u16).to_be_bytes());
+}
+
 fn set_ipv4_checksum(h: &mut [u8]) {
     h[10] = 0;
     h[11] = 0;
@@ -394,6 +413,7 @@ fn seal_into(sa: &mut OutboundSa, plain: &[u8], f: &mut MemFrame) -> Result<(), 
 
 /// Runs one worker over `n` packets; returns (timed packets, their inner bytes, worker time
 /// over them, all packets out). The first tenth is a warm-up, not timed.
+#[allow(clippy::too_many_arguments)]
 fn drive(
     rig: &mut Rig,
     dir: Dir,
@@ -402,6 +422,7 @@ fn drive(
     n: u64,
     seed: u64,
     esp: &Frames,
+    unfinished: bool,
 ) -> (u64, u64, Duration, u64) {
     let mut q: VecDeque<MemFrame> = (0..BURST).map(|_| MemFrame::new()).collect();
     let mut out = Vec::with_capacity(BURST);
@@ -409,7 +430,13 @@ fn drive(
     let templates: Vec<Vec<u8>> = IMIX
         .iter()
         .chain(std::iter::once(&size))
-        .map(|s| plain_frame(*s, Ipv4Addr::new(10, 1, 0, 10), host(0)))
+        .map(|s| {
+            let mut f = plain_frame(*s, Ipv4Addr::new(10, 1, 0, 10), host(0));
+            if unfinished {
+                unfinish_udp_checksum(&mut f);
+            }
+            f
+        })
         .collect();
     let (mut sent, mut got, mut bytes) = (0u64, 0u64, 0u64);
     let mut busy = Duration::ZERO;
@@ -491,7 +518,7 @@ pub fn throughput(
     backend: Backend,
     n: u64,
 ) -> Point {
-    throughput_alg(dir, size, sas, workers, backend, GCM, n)
+    throughput_with(dir, size, sas, workers, backend, GCM, n, None)
 }
 
 /// [`throughput`] with SAs of transform `alg`.
@@ -503,6 +530,24 @@ pub fn throughput_alg(
     backend: Backend,
     alg: EspAlg,
     n: u64,
+) -> Point {
+    throughput_with(dir, size, sas, workers, backend, alg, n, None)
+}
+
+/// [`throughput`] with SAs of transform `alg` and the workers' clear-side checksum mode set
+/// to `checksum` and, when it is given, every generated UDP checksum unfinished (the
+/// pseudo-header sum only, as a host with checksum offload leaves it): the worst case, where
+/// `complete` verifies and then recomputes every packet.
+#[allow(clippy::too_many_arguments)] // the bench's knobs, each one a column of the report
+pub fn throughput_with(
+    dir: Dir,
+    size: usize,
+    sas: usize,
+    workers: usize,
+    backend: Backend,
+    alg: EspAlg,
+    n: u64,
+    checksum: Option<pipeline::worker::ClearChecksum>,
 ) -> Point {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let results: Vec<(u64, u64, Duration, u64)> = std::thread::scope(|s| {
@@ -518,6 +563,9 @@ pub fn throughput_alg(
                         Dir::Decrypt => Direction::Inbound,
                     };
                     let mut rig = Rig::with_alg(w as u16, sas, d, backend, alg);
+                    if let Some(mode) = checksum {
+                        rig.worker.set_clear_checksum(mode);
+                    }
                     let esp = if dir == Dir::Decrypt {
                         esp_frames(n, size, sas, backend, alg, 7 + w as u64)
                     } else {
@@ -526,7 +574,16 @@ pub fn throughput_alg(
                             ends: Vec::new(),
                         }
                     };
-                    drive(&mut rig, dir, size, sas, n, 7 + w as u64, &esp)
+                    drive(
+                        &mut rig,
+                        dir,
+                        size,
+                        sas,
+                        n,
+                        7 + w as u64,
+                        &esp,
+                        checksum.is_some(),
+                    )
                 })
             })
             .collect();
@@ -944,6 +1001,20 @@ mod tests {
         }
         let p = throughput(Dir::Encrypt, 64, 100, 2, b, 2000);
         assert_eq!(p.packets, 4000, "two workers: {p:?}");
+    }
+
+    #[test]
+    fn every_checksum_mode_carries_every_packet() {
+        use pipeline::worker::ClearChecksum;
+        let b = pipeline::crypto::best_backend();
+        for mode in [
+            ClearChecksum::Pass,
+            ClearChecksum::Verify,
+            ClearChecksum::Complete,
+        ] {
+            let p = throughput_with(Dir::Encrypt, 1420, 1, 1, b, GCM, 3000, Some(mode));
+            assert_eq!((p.packets, p.missing), (3000, 0), "{mode:?}: {p:?}");
+        }
     }
 
     #[test]

@@ -193,6 +193,12 @@ pub enum Traffic {
     NeighborRequests,
     /// IKE datagrams sent for the control plane.
     IkeSent,
+    /// LAN TCP/UDP packets whose L4 checksum was verified before sealing (all of them, or a
+    /// sample: `gateway.lan.checksum`), those found wrong (a host that left it to hardware:
+    /// unfinished), and those completed.
+    ClearChecksumChecked,
+    ClearChecksumBad,
+    ClearChecksumCompleted,
 }
 
 impl Traffic {
@@ -210,6 +216,9 @@ impl Traffic {
         Traffic::NeighborReplies,
         Traffic::NeighborRequests,
         Traffic::IkeSent,
+        Traffic::ClearChecksumChecked,
+        Traffic::ClearChecksumBad,
+        Traffic::ClearChecksumCompleted,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -228,6 +237,9 @@ impl Traffic {
             Traffic::NeighborReplies => "neighbor_replies",
             Traffic::NeighborRequests => "neighbor_requests",
             Traffic::IkeSent => "ike_sent",
+            Traffic::ClearChecksumChecked => "clear_checksum_checked",
+            Traffic::ClearChecksumBad => "clear_checksum_bad",
+            Traffic::ClearChecksumCompleted => "clear_checksum_completed",
         }
     }
 }
@@ -334,6 +346,9 @@ pub struct CoreCounters {
     l3: [Counter; L3Stat::COUNT],
     /// Highest control generation this worker has applied.
     pub generation: Counter,
+    /// The worker's clock at its last poll (nanoseconds since it started): what readers
+    /// measure an SA's `installed_at` and `last_used` against.
+    pub clock: Counter,
 }
 
 impl Default for CoreCounters {
@@ -343,6 +358,7 @@ impl Default for CoreCounters {
             drops: std::array::from_fn(|_| Counter::default()),
             l3: std::array::from_fn(|_| Counter::default()),
             generation: Counter::default(),
+            clock: Counter::default(),
         }
     }
 }
@@ -416,6 +432,9 @@ pub struct SaCounters {
     expired: AtomicBool,
     /// The worker's clock when it installed the SA (for the age in lifetime reports).
     pub installed_at: Counter,
+    /// The worker's clock at the last packet the SA carried (0: none yet), for the views'
+    /// "last use"; on the cache line the counting touches anyway.
+    pub last_used: Counter,
     lifetime: Lifetime,
     drops: [Counter; DropReason::COUNT],
 }
@@ -444,6 +463,7 @@ impl SaCounters {
             next_bytes: Counter::default(),
             expired: AtomicBool::new(false),
             installed_at: Counter::default(),
+            last_used: Counter::default(),
             lifetime,
             drops: std::array::from_fn(|_| Counter::default()),
         };

@@ -131,6 +131,32 @@ pub struct InterfaceConfig {
     /// IP MTU of the link.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// LAN side only: what to do with the TCP/UDP checksums of clear packets before sealing
+    /// them. `pass` (default): as they are, a sample verified and counted; `verify`: each
+    /// verified and counted; `complete`: each recomputed, for LAN hosts that leave checksums
+    /// to hardware (veth, virtio with offloads: their segments arrive unfinished).
+    #[serde(default)]
+    pub checksum: Option<ChecksumChoice>,
+}
+
+/// `gateway.lan.checksum`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChecksumChoice {
+    #[default]
+    Pass,
+    Verify,
+    Complete,
+}
+
+impl From<ChecksumChoice> for pipeline::worker::ClearChecksum {
+    fn from(c: ChecksumChoice) -> Self {
+        match c {
+            ChecksumChoice::Pass => Self::Pass,
+            ChecksumChoice::Verify => Self::Verify,
+            ChecksumChoice::Complete => Self::Complete,
+        }
+    }
 }
 
 /// A neighbour with a configured MAC.
@@ -563,6 +589,14 @@ impl GatewayConfig {
             i.check_next_hops()
                 .map_err(|(k, w)| err(format!("{at}.{side}.{k}"), w))?;
         }
+        if self.wan.checksum.is_some() {
+            return Err(err(
+                format!("{at}.wan.checksum"),
+                "only the LAN side has clear packets whose checksums can be completed; set \
+                 lan.checksum"
+                    .into(),
+            ));
+        }
         let mut sas = Vec::new();
         let mut weak = Vec::new();
         for (i, sa) in self.sas.iter().enumerate() {
@@ -924,6 +958,20 @@ mod tests {
         assert!(ok(v4, "address: \"2001:db8::1\", mtu: 1280").is_ok());
         let e = ok(&format!("{v4}, mtu: 20"), v4).unwrap_err().to_string();
         assert!(e.contains("20 is outside 576..=9216"), "{e}");
+    }
+
+    #[test]
+    fn checksum_completion_is_a_lan_key() {
+        let f = Path::new("x.yaml");
+        let v4 = "address: 10.0.0.1";
+        let g = gateway(&format!("{v4}, checksum: complete"), v4);
+        assert_eq!(g.lan.checksum, Some(ChecksumChoice::Complete));
+        assert!(g.validate(f, "gateway").is_ok());
+        assert_eq!(gateway(v4, v4).lan.checksum, None, "pass by default");
+        let e = gateway(v4, &format!("{v4}, checksum: verify"))
+            .validate(f, "gateway")
+            .unwrap_err();
+        assert_eq!(e.key, "gateway.wan.checksum", "{e}");
     }
 
     #[test]

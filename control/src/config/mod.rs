@@ -23,7 +23,7 @@ pub mod lab;
 pub mod secret;
 
 pub use gateway::{
-    ActionName, AeadName, BackendChoice, DirectionName, GatewayConfig, GatewayPlan,
+    ActionName, AeadName, BackendChoice, ChecksumChoice, DirectionName, GatewayConfig, GatewayPlan,
     InterfaceConfig, MacAddr, MasqueradeYaml, PolicyConfig, SaConfig, UdpEncapConfig,
 };
 pub use lab::{LabConfig, LabFlow, LabTraffic, Site, MAX_LAB_FRAME};

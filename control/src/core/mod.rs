@@ -204,7 +204,7 @@ impl ControlCore {
         }
         if self.view.due().is_some_and(|t| t <= now) {
             self.view.rebuilt(now);
-            let json = view::render(&self.endpoint, &self.repo, &self.counts, &self.dp);
+            let json = view::render(&self.endpoint, &self.repo, &self.counts, &self.dp, now);
             self.out.view(json);
             return true;
         }
@@ -346,9 +346,10 @@ impl ControlCore {
         self.counts.events
     }
 
-    /// The view as it stands now (the queued [`Output::View`]s are rebuilt on a deadline).
-    pub fn render_view(&self) -> String {
-        view::render(&self.endpoint, &self.repo, &self.counts, &self.dp)
+    /// The view as it stands at `now` (the queued [`Output::View`]s are rebuilt on a
+    /// deadline).
+    pub fn render_view(&self, now: Instant) -> String {
+        view::render(&self.endpoint, &self.repo, &self.counts, &self.dp, now)
     }
 
     // ---- internals -----------------------------------------------------------------------

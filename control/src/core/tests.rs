@@ -343,6 +343,7 @@ fn the_view_shows_a_half_open_ike_sa_until_it_expires_with_no_event() {
     let sas = v["ike_sas"].as_array().unwrap();
     assert_eq!(sas.len(), 1, "{v}");
     assert_eq!(sas[0]["established"], false);
+    assert_eq!(sas[0]["state"], "CONNECTING");
     // Nothing arrives at B any more; its half-open SA expires (30 s) and the view, rebuilt
     // on its own deadline, no longer shows it.
     w.run_for(Duration::from_secs(31));
@@ -414,4 +415,56 @@ fn one_gateway_four_workers_four_ike_peers_each_child_sa_on_one_worker() {
         })
         .collect();
     assert_eq!(owners.len(), 4, "one CHILD_SA per worker");
+}
+
+#[test]
+fn the_view_shows_each_ike_sa_as_swanctl_does_and_both_ends_agree() {
+    let mut w = pair(1);
+    w.run_for(Duration::from_secs(5));
+    let (a, b) = (w.gw(0).view(), w.gw(1).view());
+    let (a, b) = (&a["ike_sas"][0], &b["ike_sas"][0]);
+    assert_eq!(
+        (a["state"].as_str(), b["state"].as_str()),
+        (Some("ESTABLISHED"), Some("ESTABLISHED")),
+        "{a}"
+    );
+    assert_eq!(
+        (a["initiator"].as_bool(), b["initiator"].as_bool()),
+        (Some(true), Some(false))
+    );
+    for k in ["spi_i", "spi_r"] {
+        assert_eq!(a[k], b[k], "{k}");
+    }
+    assert_eq!(
+        (a["local_host"].as_str(), a["remote_host"].as_str()),
+        (Some("192.0.2.1"), Some("192.0.2.2"))
+    );
+    assert_eq!(a["local_port"], b["remote_port"]);
+    assert_eq!(
+        (a["local_id"].as_str(), a["remote_id"].as_str()),
+        (Some("a.test"), Some("b.test"))
+    );
+    assert_eq!(a["proposal"], b["proposal"]);
+    assert!(
+        a["proposal"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("AES_GCM_16-"),
+        "{a}"
+    );
+    let (ca, cb) = (&a["children"][0], &b["children"][0]);
+    assert_eq!(ca["spi_in"], cb["spi_out"]);
+    assert_eq!(ca["spi_out"], cb["spi_in"]);
+    assert_eq!(ca["local_ts"], serde_json::json!(["10.1.0.0/24"]));
+    assert_eq!(ca["remote_ts"], serde_json::json!(["10.2.0.0/24"]));
+    assert_eq!(
+        (ca["mode"].as_str(), ca["protocol"].as_str()),
+        (Some("TUNNEL"), Some("ESP"))
+    );
+    assert!(a["established_secs"].as_u64().is_some());
+    // What the socket answers says how old the view is.
+    let answer: serde_json::Value =
+        serde_json::from_str(&w.gw(0).driver.view.lock().unwrap().answer()).unwrap();
+    assert!(answer["view_age_ms"].as_u64().is_some(), "{answer}");
+    assert_eq!(answer["ike_sas"][0]["spi_i"], a["spi_i"]);
 }

@@ -169,27 +169,78 @@ impl ViewClock {
     }
 }
 
-/// The view as JSON.
+/// Whole seconds of a duration, for the JSON.
+fn secs(d: Duration) -> u64 {
+    d.as_secs()
+}
+
+/// One IKE SA in the view's JSON: what `swanctl --list-sas` shows of it, in a stable shape
+/// (times in whole seconds as of the view's `now`; the view socket adds how old the view is).
+pub fn ike_sa_json(sa: &ike::IkeSaView) -> serde_json::Value {
+    let p = &sa.proposal;
+    let ts =
+        |v: &[ike::wire::TrafficSelector]| -> Vec<String> { v.iter().map(ike::ts::text).collect() };
+    serde_json::json!({
+        "ike_sa": format!("{:016x}", sa.id.0),
+        "connection": sa.connection,
+        "state": sa.state,
+        "established": sa.state == "ESTABLISHED",
+        "initiator": sa.initiator,
+        "spi_i": format!("{:016x}", sa.spi_i.0),
+        "spi_r": format!("{:016x}", sa.spi_r.0),
+        "local_host": sa.local.ip().to_string(),
+        "local_port": sa.local.port(),
+        "remote_host": sa.remote.ip().to_string(),
+        "remote_port": sa.remote.port(),
+        "nat": sa.nat,
+        "nat_local": sa.nat_sides.local,
+        "nat_remote": sa.nat_sides.remote,
+        "local_id": sa.local_id,
+        "remote_id": sa.remote_id,
+        "proposal": {
+            "name": p.name(),
+            "encryption": if p.cbc { "AES_CBC" } else { "AES_GCM_16" },
+            "key_size": p.encr_bits,
+            "integrity": if p.cbc { Some("HMAC_SHA2_256_128") } else { None },
+            "prf": p.prf_name(),
+            "dh_group": p.dh_name(),
+        },
+        "virtual_ip": sa.virtual_ip.map(|v| v.to_string()),
+        "mobike": sa.mobike,
+        "established_secs": sa.established_ago.map(secs),
+        "rekey_in_secs": sa.rekey_in.map(secs),
+        "children": sa.children.iter().map(|c| serde_json::json!({
+            "name": c.name,
+            "state": c.state,
+            "protocol": "ESP",
+            "mode": "TUNNEL",
+            "udp_encap": c.udp_encap,
+            "spi_in": format!("{:08x}", c.spi_in.0),
+            "spi_out": format!("{:08x}", c.spi_out.0),
+            "proposal": {
+                "name": c.proposal.name(),
+                "encryption": "AES_GCM_16",
+                "key_size": c.proposal.encr_bits,
+                "esn": c.proposal.esn,
+            },
+            "installed_secs": secs(c.installed_ago),
+            "rekey_in_secs": c.rekey_in.map(secs),
+            "expire_in_secs": c.expire_in.map(secs),
+            "local_ts": ts(&c.local_ts),
+            "remote_ts": ts(&c.remote_ts),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The view as JSON, its times as of `now`.
 pub fn render(
     endpoint: &Endpoint,
     repo: &SaRepository,
     counts: &IkeCounts,
     dp: &DataplaneReports,
+    now: Instant,
 ) -> String {
-    let sas: Vec<serde_json::Value> = endpoint
-        .list()
-        .into_iter()
-        .map(|(id, name, up, children)| {
-            serde_json::json!({
-                "ike_sa": format!("{:016x}", id.0),
-                "connection": name,
-                "established": up,
-                "children": children.iter().map(|(i, o)| serde_json::json!({
-                    "spi_in": format!("{i:08x}"), "spi_out": format!("{o:08x}"),
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let sas: Vec<serde_json::Value> = endpoint.view(now).iter().map(ike_sa_json).collect();
     let stats = endpoint.stats();
     let states = endpoint.sa_states();
     let drops: serde_json::Map<String, serde_json::Value> = stats

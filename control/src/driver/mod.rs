@@ -60,6 +60,27 @@ impl Default for Clock {
 #[derive(Default, Clone)]
 pub struct IkeView {
     pub json: String,
+    /// When `json` was published: the view is rebuilt when something changed, so its ages
+    /// and countdowns are as of then.
+    pub published: Option<std::time::Instant>,
+}
+
+impl IkeView {
+    /// The answer to an "ike" request: the view with `view_age_ms`, how long ago its times
+    /// were true (the reader adds it to ages and takes it from countdowns).
+    pub fn answer(&self) -> String {
+        let mut v: serde_json::Value = match serde_json::from_str(&self.json) {
+            Ok(v) => v,
+            Err(_) => serde_json::json!({ "ike_sas": [] }),
+        };
+        let age = self.published.map_or(0, |t| {
+            u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+        });
+        if let Some(o) = v.as_object_mut() {
+            o.insert("view_age_ms".into(), age.into());
+        }
+        v.to_string()
+    }
 }
 
 /// Something the data plane gave the control plane.
@@ -235,6 +256,7 @@ impl Driver {
                 Output::View(json) => {
                     if let Ok(mut v) = self.view.lock() {
                         v.json = json;
+                        v.published = Some(std::time::Instant::now());
                     }
                 }
                 Output::Persist(batch) => {

@@ -292,6 +292,8 @@ fn build(
         sk_pr: Default::default(),
     });
     let at = |d: Option<Duration>| d.map(|d| now.saturating_add(d));
+    // Established here now: what the views count its age from.
+    sa.observed.established_at = Some(now);
     let s = &mut sa.state;
     s.phase = Phase::Established;
     s.nat = r.nat;
@@ -320,6 +322,7 @@ fn build(
             },
             local_ts: c.local_ts.clone(),
             remote_ts: c.remote_ts.clone(),
+            installed_at: now,
             rekey_at: at(c.rekey_in),
             expire_at: at(c.expire_in),
             rekeying: false,

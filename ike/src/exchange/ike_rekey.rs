@@ -67,6 +67,7 @@ fn successor(
     new.state.peer = old.state.peer.clone();
     new.state.remote_id = old.state.remote_id.clone();
     new.state.nat = old.state.nat;
+    new.observed.nat = old.observed.nat;
     new.state.virtual_ip = old.state.virtual_ip;
     new.state.mobike = old.state.mobike;
     new.state.peer_additional = old.state.peer_additional.clone();

@@ -179,7 +179,7 @@ pub(crate) fn respond(
         prop,
         ctx.now,
     );
-    sa.state.nat = nat_detected(p, spi_i, IkeSpi::ZERO, local, remote);
+    sa.set_nat(nat_detected(p, spi_i, IkeSpi::ZERO, local, remote));
     sa.install_keys(IkeKeys::derive(
         prop.prf,
         None,
@@ -413,7 +413,7 @@ pub(crate) fn on_response(
     (hs.peer_hashes, hs.certreqs) = auth_hints(&p);
     sa.state.spi_r = spi_r;
     sa.state.prop = prop;
-    sa.state.nat = nat_detected(&p, spi_i, spi_r, local, remote);
+    sa.set_nat(nat_detected(&p, spi_i, spi_r, local, remote));
     sa.install_keys(keys);
     sa.pending.outstanding = None;
     sa.timers.set(Timer::Retransmit, None);

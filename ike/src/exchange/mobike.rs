@@ -84,7 +84,7 @@ pub(crate) fn on_request(
         let (spi_i, spi_r) = (sa.state.spi_i, sa.state.spi_r);
         sa.state.local = local;
         sa.state.remote = remote;
-        sa.state.nat = nat_detected(p, spi_i, spi_r, local, remote);
+        sa.set_nat(nat_detected(p, spi_i, spi_r, local, remote));
         reply.extend(nat_notifies(spi_i, spi_r, local, remote));
         ctx.event(sa.moved_event());
     }
@@ -138,7 +138,7 @@ pub(crate) fn on_response(
     }
     let nat = nat_detected(p, sa.state.spi_i, sa.state.spi_r, local, remote);
     let encap_before = sa.udp_encap();
-    sa.state.nat = nat;
+    sa.set_nat(nat);
     sa.state.local = local;
     sa.state.remote = remote;
     if sa.udp_encap() != encap_before {

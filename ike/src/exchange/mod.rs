@@ -36,7 +36,7 @@ use rand_core::RngCore;
 
 use crate::config::{EndpointConfig, PeerConfig};
 use crate::crypto::DhPrivate;
-use crate::event::{DownReason, Event, Transmit};
+use crate::event::{DownReason, Event, NatSides, Transmit};
 use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
 use crate::ike_sa::{Child, IkeSa, OpenError, Phase, Role};
 use crate::proposal::{EspProposal, IkeProposal};
@@ -718,7 +718,7 @@ pub(crate) fn nat_detected(
     spi_r: IkeSpi,
     local: SocketAddr,
     remote: SocketAddr,
-) -> bool {
+) -> NatSides {
     let mut src = p.iter().filter_map(|x| match x {
         Payload::Notify {
             kind: notify::NAT_DETECTION_SOURCE_IP,
@@ -737,12 +737,13 @@ pub(crate) fn nat_detected(
         src_matches |= s == peer_seen.as_slice();
     }
     if !any_src && dst.is_none() {
-        return false;
+        return NatSides::default();
     }
     // The peer hashed what it saw as its own source and as our address.
-    let peer_natted = !src_matches;
-    let we_natted = dst.is_some_and(|d| d != us_seen.as_slice());
-    peer_natted || we_natted
+    NatSides {
+        remote: !src_matches,
+        local: dst.is_some_and(|d| d != us_seen.as_slice()),
+    }
 }
 
 /// The NAT detection notifies for a message between `local` and `remote`.

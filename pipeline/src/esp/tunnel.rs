@@ -307,11 +307,13 @@ pub struct Opened {
 /// Opens the ESP packet that starts at the beginning of `f`'s data. On success `f` holds the
 /// inner IP packet. Drops attributable to an SA are also counted on that SA. `arrived` is how
 /// it came: ESP in the other encapsulation than its SA accepts is `EspWrongEncap`
-/// ([`EncapRule`](crate::esp::sa::EncapRule)), refused before any cryptography.
+/// ([`EncapRule`](crate::esp::sa::EncapRule)), refused before any cryptography. `now` (the
+/// worker's clock) becomes the SA's last use when the packet opens.
 pub fn decapsulate<F: Frame>(
     sad: &mut Sad,
     f: &mut F,
     arrived: Encap,
+    now: u64,
 ) -> Result<Opened, DropReason> {
     let len = f.len();
     if len < MIN_ESP_LEN {
@@ -344,6 +346,7 @@ pub fn decapsulate<F: Frame>(
     match r {
         Ok((next_header, inner_len, crossing)) => {
             let id = sa.id;
+            sa.counters.last_used.set(now.max(1));
             if !f.adj(ESP_HEADER_LEN + sa.cipher.iv_len()) {
                 return Err(DropReason::EspTruncated);
             }
@@ -587,7 +590,7 @@ mod tests {
                                     data.get(..len.min(16))
                                 );
                                 let arrived = if encap { Encap::Udp } else { Encap::Bare };
-                                let o = decapsulate(&mut sad, &mut f, arrived).unwrap();
+                                let o = decapsulate(&mut sad, &mut f, arrived, 1).unwrap();
                                 assert_eq!(o.next_header, NH_IPV4);
                                 assert_eq!(
                                     f.data(),
@@ -642,7 +645,7 @@ mod tests {
                             EspAlg::Aead(_) => unreachable!(),
                         };
                         assert_eq!((f.len() - 8 - 16 - icv) % 16, 0);
-                        let o = decapsulate(&mut sad, &mut f, Encap::Bare)
+                        let o = decapsulate(&mut sad, &mut f, Encap::Bare, 1)
                             .unwrap_or_else(|e| panic!("{tx}->{rx} {alg} esn={esn}: {e:?}"));
                         assert_eq!(o.inner_len, 333);
                         assert_eq!(f.data(), &data[..]);
@@ -699,7 +702,7 @@ mod tests {
         // One byte short of a whole block, and a packet with no ciphertext at all.
         for bad in [&esp[..esp.len() - 1], &esp[..8 + 16 + 16]] {
             let mut f = MemFrame::from_bytes(bad).unwrap();
-            let r = decapsulate(&mut fresh(), &mut f, Encap::Bare);
+            let r = decapsulate(&mut fresh(), &mut f, Encap::Bare, 1);
             assert!(
                 matches!(
                     r,
@@ -726,7 +729,7 @@ mod tests {
         imp.seal_in_place(&mut pkt, None).unwrap();
         let mut f = MemFrame::from_bytes(&pkt).unwrap();
         assert_eq!(
-            decapsulate(&mut fresh(), &mut f, Encap::Bare),
+            decapsulate(&mut fresh(), &mut f, Encap::Bare, 1),
             Err(DropReason::BadPadding)
         );
         // The same with good padding opens: the test above failed for the padding alone.
@@ -741,7 +744,7 @@ mod tests {
         good[71] = NH_IPV4;
         imp.seal_in_place(&mut good, None).unwrap();
         let mut f = MemFrame::from_bytes(&good).unwrap();
-        assert!(decapsulate(&mut fresh(), &mut f, Encap::Bare).is_ok());
+        assert!(decapsulate(&mut fresh(), &mut f, Encap::Bare, 1).is_ok());
     }
 
     #[test]
@@ -766,7 +769,7 @@ mod tests {
                     let mut bad = esp.clone();
                     bad[i] ^= 0x80;
                     let mut f = MemFrame::from_bytes(&bad).unwrap();
-                    let r = decapsulate(&mut sad, &mut f, Encap::Bare);
+                    let r = decapsulate(&mut sad, &mut f, Encap::Bare, 1);
                     assert!(
                         matches!(r, Err(DropReason::AuthFailed) | Err(DropReason::ReplayZero)),
                         "byte {i}: {r:?}"
@@ -774,7 +777,7 @@ mod tests {
                     // A forged packet must not move the window: the genuine one still opens.
                     let mut f = MemFrame::from_bytes(&esp).unwrap();
                     assert!(
-                        decapsulate(&mut sad, &mut f, Encap::Bare).is_ok(),
+                        decapsulate(&mut sad, &mut f, Encap::Bare, 1).is_ok(),
                         "byte {i}"
                     );
                 }
@@ -805,7 +808,7 @@ mod tests {
             sad.insert_inbound(build_inbound(backend, &mirror(&p)).unwrap());
             let mut f = MemFrame::from_bytes(&esp).unwrap();
             assert_eq!(
-                decapsulate(&mut sad, &mut f, Encap::Bare),
+                decapsulate(&mut sad, &mut f, Encap::Bare, 1),
                 Err(DropReason::AuthFailed)
             );
         }
@@ -840,12 +843,12 @@ mod tests {
         let mut sad = Sad::with_capacity(4, 9);
         let mut f = MemFrame::from_bytes(&[0u8; MIN_ESP_LEN - 1]).unwrap();
         assert_eq!(
-            decapsulate(&mut sad, &mut f, Encap::Bare),
+            decapsulate(&mut sad, &mut f, Encap::Bare, 1),
             Err(DropReason::EspTruncated)
         );
         let mut f = MemFrame::from_bytes(&[1u8; MIN_ESP_LEN]).unwrap();
         assert_eq!(
-            decapsulate(&mut sad, &mut f, Encap::Bare),
+            decapsulate(&mut sad, &mut f, Encap::Bare, 1),
             Err(DropReason::UnknownSpi)
         );
     }

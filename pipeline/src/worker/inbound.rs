@@ -202,7 +202,7 @@ impl<P: Port> Worker<P> {
         if !f.adj(esp_at) {
             return Ok(Verdict::Drop(DropReason::EspTruncated));
         }
-        let opened = match tunnel::decapsulate(&mut self.sad, f, encap) {
+        let opened = match tunnel::decapsulate(&mut self.sad, f, encap, now) {
             Ok(o) => o,
             Err(r) => {
                 let spi = esp::Packet::new_checked(f.data()).map_or(Spi(0), |p| Spi(p.spi()));

@@ -47,6 +47,7 @@ use crate::sad::Sad;
 use crate::spd::Spd;
 use crate::stats::{CoreCounters, DropReason, SaCounters, Traffic};
 
+mod checksum;
 mod commands;
 mod emit;
 mod fragments;
@@ -63,6 +64,7 @@ mod sa_state;
 mod tests;
 mod warm;
 
+pub use checksum::{ClearChecksum, SAMPLE_EVERY};
 use hosts::HostMap;
 pub use resolve::{NeighborSetup, Routes, MEMO_NS};
 
@@ -140,6 +142,8 @@ pub struct Worker<P: Port> {
     reasm: Option<Box<Reassembler>>,
     /// The reassembler's fragment count when its counters were last published.
     reasm_published: u64,
+    /// What happens to the L4 checksums of LAN packets before sealing.
+    clear_checksum: checksum::ChecksumState,
     /// Neighbour resolution of the LAN and WAN links (indexed by [`Side`]); None: the link's
     /// configured `neighbor` MAC.
     resolvers: [Option<Box<resolve::LinkNeighbors<P::Frame>>>; 2],
@@ -225,6 +229,7 @@ impl<P: Port> Worker<P> {
             wan_also: Vec::new(),
             reasm: None,
             reasm_published: 0,
+            clear_checksum: checksum::ChecksumState::default(),
             resolvers: [None, None],
             announced: 0,
             sa_index: std::collections::HashMap::new(),
@@ -264,6 +269,12 @@ impl<P: Port> Worker<P> {
             None => None,
         };
         Ok(())
+    }
+
+    /// What to do with the TCP/UDP checksums of LAN packets before sealing them (default:
+    /// pass them on, verifying a sample).
+    pub fn set_clear_checksum(&mut self, mode: ClearChecksum) {
+        self.clear_checksum = checksum::ChecksumState::new(mode);
     }
 
     pub fn sad(&self) -> &Sad {
@@ -315,6 +326,7 @@ impl<P: Port> Worker<P> {
     /// One turn of the loop. Returns the number of frames and commands handled.
     pub fn poll(&mut self, now: u64) -> usize {
         self.now = now;
+        self.counters.clock.set(now);
         let mut work = self.apply_commands();
         work += self.transmit_datagrams();
         self.flush();

@@ -101,6 +101,9 @@ impl<P: Port> Worker<P> {
         if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
             return Verdict::Drop(DropReason::MalformedIp);
         }
+        // Before the masquerade, whose incremental updates keep a checksum right only if it
+        // was right.
+        self.clear_checksum.apply(f.data_mut(), pkt, &self.counters);
         // Rewritten after the MTU check, so that an ICMP error quotes what the host sent.
         if let Some(nat) = self.vip_nat.as_mut().filter(|_| vip) {
             if let Err(e) = nat.outbound(f.data_mut(), now) {
@@ -123,6 +126,7 @@ impl<P: Port> Worker<P> {
                 return Verdict::Drop(r);
             }
         };
+        sa.counters.last_used.set(now.max(1));
         let seq_due = sa.seq >= sa.next_report;
         self.counters.count(Traffic::Encrypted, 1);
         self.counters

@@ -118,3 +118,52 @@ fn a_roaming_client_answers_for_its_old_and_new_wan_address_then_only_the_new() 
     assert!(ask(&mut r, [198, 51, 100, 10]));
     assert!(!ask(&mut r, [192, 0, 2, 1]), "given up");
 }
+
+#[test]
+fn each_sa_keeps_its_last_use_on_the_worker_clock() {
+    let mut r = rig(1500);
+    let mut peer = mirror_peer();
+    let h = r.w.handle();
+    let used = |dir: Direction| {
+        h.sa_counters
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.direction == dir)
+            .map(|e| e.counters.last_used.get())
+            .unwrap()
+    };
+    assert_eq!(
+        (used(Direction::Inbound), used(Direction::Outbound)),
+        (0, 0)
+    );
+    r.w.poll(5_000);
+    assert_eq!(
+        h.counters.clock.get(),
+        5_000,
+        "the clock readers compare with"
+    );
+    // Sealed at the worker's clock 1 (send_lan polls at 1)...
+    r.send_lan("10.1.0.10", "10.2.0.10", 100);
+    assert!(r.wan.recv().is_some());
+    assert_eq!(used(Direction::Outbound), 1);
+    // ... opened at 7,000; a packet that does not open leaves it.
+    peer.send_lan("10.2.0.7", "10.1.0.10", 100);
+    let mut esp = peer.wan.recv().expect("sealed");
+    readdress(&mut esp, WAN_MAC, PEER_MAC);
+    let mut forged = MemFrame::from_bytes(esp.data()).unwrap();
+    assert!(r.wan.send(esp).is_ok());
+    r.w.poll(7_000);
+    assert!(r.lan.recv().is_some());
+    assert_eq!(used(Direction::Inbound), 7_000);
+    let n = forged.data().len();
+    forged.data_mut()[n - 1] ^= 1;
+    assert!(r.wan.send(forged).is_ok());
+    r.w.poll(9_000);
+    assert_eq!(
+        r.drops(DropReason::ReplayDuplicate) + r.drops(DropReason::AuthFailed),
+        1
+    );
+    assert_eq!(used(Direction::Inbound), 7_000);
+    assert_eq!(used(Direction::Outbound), 1);
+}
