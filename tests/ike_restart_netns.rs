@@ -180,6 +180,14 @@ fn kill_9_of_control_under_run_keeps_the_ike_sa_and_its_rekeys_are_answered() {
         "strongSwan holds the same IKE SA"
     );
 
+    // The adopting control plane rekeys every adopted CHILD_SA itself (a crash may have cut
+    // an install short); strongSwan's own rekey starts after that one is done, so that the
+    // two do not collide (a collision is answered too, but one of the two rekeys then
+    // stands for both and the peer's would not be counted as the peer's).
+    wait_for("the adopted CHILD_SA rekeyed by the gateway", 20, || {
+        ike_view(&gw.socket)["child_rekeys_by_us"].as_u64() >= Some(1)
+    });
+
     // strongSwan rekeys the CHILD_SA, then the IKE SA: the new control plane answers both.
     let out = charon.swanctl(&["--rekey", "--child", "net"]);
     assert!(out.contains("rekey completed successfully"), "{out}");
