@@ -13,7 +13,9 @@
 //!   CHILD SAs installed under the ids the old active used, outbound ones held until the node
 //!   says where they start: `InstallOutbound`, inbound ones with the replicated window) and
 //!   the virtual addresses (`SetWanAddresses`, `Announce` on both sides), `Deactivate` as
-//!   the removal of every SA from the data plane and of the virtual WAN addresses.
+//!   the removal of every SA from the data plane and of the virtual WAN addresses, `Quiesce`
+//!   (a planned switchover) as the deletion of every outbound SA, whose final states
+//!   (`Event::SaState` under each deletion's generation) are the exact final numbers.
 //!
 //! A node that is not active holds the replicated state in its table only: nothing is
 //! installed in its data plane until it takes over (the sequence numbers it would start at
@@ -794,7 +796,10 @@ impl Pair {
             } => {
                 // The final word of an SA a planned switchover deleted.
                 if let Some(q) = self.quiescing.as_mut() {
-                    if q.pending.get(&(*worker, *generation)).is_some_and(|p| p.0 == *id) {
+                    if q.pending
+                        .get(&(*worker, *generation))
+                        .is_some_and(|p| p.0 == *id)
+                    {
                         q.pending.remove(&(*worker, *generation));
                         q.finals.push((*id, *seq));
                     }
