@@ -19,7 +19,8 @@ pub enum Update {
     AddSa { dir: Direction, params: SaParams },
     /// Remove an inbound SA by SPI.
     DeleteInbound { spi: Spi },
-    /// Remove an outbound SA by id.
+    /// Remove an outbound SA by id. One with checkpoints answers with its final
+    /// `Event::SaState` (the last sequence number it used) under this generation.
     DeleteOutbound { id: SaId },
     /// Move outbound SAs' tunnel endpoints (MOBIKE, NAT mapping change), all at once (every
     /// CHILD_SA of one IKE SA): keys and sequence numbers are kept.
@@ -156,7 +157,8 @@ pub enum Event {
         seq: u64,
         seq_reserved: Option<u64>,
     },
-    /// One SA's runtime state, answering the `Update::ExportSa` of `generation`.
+    /// One SA's runtime state, answering the `Update::ExportSa` of `generation` (or, outbound,
+    /// its final state when the `Update::DeleteOutbound` of `generation` removed it).
     SaState {
         worker: u16,
         generation: u64,

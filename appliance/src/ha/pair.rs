@@ -13,7 +13,9 @@
 //!   CHILD SAs installed under the ids the old active used, outbound ones held until the node
 //!   says where they start: `InstallOutbound`, inbound ones with the replicated window) and
 //!   the virtual addresses (`SetWanAddresses`, `Announce` on both sides), `Deactivate` as
-//!   the removal of every SA from the data plane and of the virtual WAN addresses.
+//!   the removal of every SA from the data plane and of the virtual WAN addresses, `Quiesce`
+//!   (a planned switchover) as the deletion of every outbound SA, whose final states
+//!   (`Event::SaState` under each deletion's generation) are the exact final numbers.
 //!
 //! A node that is not active holds the replicated state in its table only: nothing is
 //! installed in its data plane until it takes over (the sequence numbers it would start at
@@ -49,6 +51,9 @@ const FULL_EXPORT_MS: u64 = 1000;
 const ANNOUNCE_MS: u64 = 1000;
 /// The least a fresh node waits for its peer's sync channel before it may start alone.
 const START_GRACE_MS: u64 = 1000;
+/// How long a planned switchover waits for the data plane's final numbers; an SA whose final
+/// word does not come is handed over at its reservation (safe: it never sent above it).
+const QUIESCE_WAIT_MS: u64 = 500;
 
 /// The view socket's requests this module answers.
 pub const STATUS_REQUEST: &str = "ha";
@@ -132,6 +137,17 @@ pub struct Pair {
     /// Before this, a fresh node waits for its peer (the sync channel takes a moment to
     /// connect) instead of declaring it lost.
     start_grace_until: u64,
+    /// A planned switchover waiting for the final numbers of its deleted outbound SAs.
+    quiescing: Option<Quiescing>,
+}
+
+/// The outbound SAs a planned switchover deleted, waiting for their final state: by the
+/// (worker, generation) of the deletion, the SA and its reservation (the fallback).
+struct Quiescing {
+    pending: BTreeMap<(u16, u64), (SaId, u64)>,
+    finals: Vec<(SaId, u64)>,
+    reserved: usize,
+    until: u64,
 }
 
 fn ms(now: Instant) -> u64 {
@@ -193,6 +209,7 @@ impl Pair {
             next_view: 0,
             next_announce: 0,
             addresses_due: true,
+            quiescing: None,
             start_grace_until: ms(now).saturating_add(
                 plan.params
                     .detection_ms
@@ -327,6 +344,7 @@ impl Pair {
             self.next_view = t.saturating_add(100);
             self.render_view(t);
         }
+        self.finish_quiesce(t);
         if self.view.switchover.swap(false, Ordering::Relaxed) {
             match self.node.switchover() {
                 Ok(()) => tracing::info!(target: "ha", "planned switchover: stopping"),
@@ -515,22 +533,58 @@ impl Pair {
                 }
             },
             Output::Quiesce => {
-                // The final numbers are the reservations: the data plane never sent above
-                // them, and the next active starts after them.
-                let mut finals = Vec::new();
+                // Every outbound SA leaves the data plane; each deletion answers with the SA's
+                // last used number (`Event::SaState` under the deletion's generation), exact
+                // because nothing is sealed on it after. The next active starts right after.
+                let mut q = Quiescing {
+                    pending: BTreeMap::new(),
+                    finals: Vec::new(),
+                    reserved: 0,
+                    until: ms(now).saturating_add(QUIESCE_WAIT_MS),
+                };
                 for (key, (w, p)) in std::mem::take(&mut self.installed) {
                     if key.dir_out {
-                        link.send_update(w, Update::DeleteOutbound { id: key.id })?;
-                        finals.push((key.id, p.resume.seq_reserved.unwrap_or(p.resume.seq)));
+                        let g = link.send_update(w, Update::DeleteOutbound { id: key.id })?;
+                        let reserved = p.resume.seq_reserved.unwrap_or(p.resume.seq);
+                        q.pending.insert((w, g), (key.id, reserved));
                     } else {
                         self.installed.insert(key, (w, p));
                     }
                 }
-                self.node.quiesced(ms(now), &finals);
+                self.held.clear();
+                self.starts.clear();
+                self.jumps.clear();
+                self.quiescing = Some(q);
+                self.finish_quiesce(ms(now));
             }
             Output::Said(s) => tracing::info!(target: "ha", "{s:?}"),
         }
         Ok(())
+    }
+
+    /// Hands the final numbers to the node once every deleted SA answered (or the wait is
+    /// over: the ones that did not are handed over at their reservations).
+    fn finish_quiesce(&mut self, t: u64) {
+        let Some(q) = self.quiescing.as_mut() else {
+            return;
+        };
+        if !q.pending.is_empty() && t < q.until {
+            return;
+        }
+        for (_, (id, reserved)) in std::mem::take(&mut q.pending) {
+            q.finals.push((id, reserved));
+            q.reserved += 1;
+        }
+        let Some(q) = self.quiescing.take() else {
+            return;
+        };
+        tracing::info!(target: "ha",
+            "planned switchover: {} outbound SA(s) stopped, {} at their exact last number, {} at their reservation",
+            q.finals.len(),
+            q.finals.len().saturating_sub(q.reserved),
+            q.reserved
+        );
+        self.node.quiesced(t, &q.finals);
     }
 
     /// Gratuitous ARP / unsolicited NA for the virtual addresses on both sides.
@@ -731,6 +785,24 @@ impl Pair {
                 self.node.seq_checkpoint(*id, *seq);
                 if self.jumps.contains_key(id) {
                     self.near_end.push((*id, *seq));
+                }
+            }
+            Event::SaState {
+                worker,
+                generation,
+                id,
+                state: SaState::Outbound { seq, .. },
+                ..
+            } => {
+                // The final word of an SA a planned switchover deleted.
+                if let Some(q) = self.quiescing.as_mut() {
+                    if q.pending
+                        .get(&(*worker, *generation))
+                        .is_some_and(|p| p.0 == *id)
+                    {
+                        q.pending.remove(&(*worker, *generation));
+                        q.finals.push((*id, *seq));
+                    }
                 }
             }
             Event::SaState {

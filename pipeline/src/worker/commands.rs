@@ -9,7 +9,7 @@
 use core::net::IpAddr;
 
 use super::{SaCounterEntry, Side, Worker};
-use crate::esp::sa::EncapRule;
+use crate::esp::sa::{Checkpoint, EncapRule};
 use crate::msg::{Command, Direction, Released, Reply};
 use crate::port::Port;
 
@@ -102,6 +102,11 @@ impl<P: Port> Worker<P> {
             Command::DeleteOutbound(id) => match self.sad.remove_outbound(id) {
                 Some(old) => {
                     self.timed.stop(id);
+                    // Its owner tracks its sequence numbers: the SA's last word is exact (it
+                    // is out of the SAD in this command, nothing is sealed on it after).
+                    if old.checkpoint.is_some_and(|c| c != Checkpoint::OFF) {
+                        self.final_state(&old);
+                    }
                     self.release(Released::Outbound(Box::new(old)));
                     self.list_remove((true, id.0));
                 }

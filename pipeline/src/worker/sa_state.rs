@@ -1,6 +1,7 @@
 //! An SA's runtime state leaving the worker: where an outbound SA's sequence numbers stand
 //! (checkpoints every so many packets or milliseconds, the warning before the limit), the
-//! reservation an owner moves on, and an SA's state exported on request.
+//! reservation an owner moves on, an SA's state exported on request, and the final state of
+//! an outbound SA with checkpoints when it is deleted.
 //!
 //! This is what lets an SA continue elsewhere (another worker, process or node) without a
 //! sequence number, and so a GCM nonce, being used twice: the owner learns from checkpoints
@@ -180,6 +181,22 @@ impl<P: Port> Worker<P> {
         };
         self.reply(Reply::Event(e));
         Ok(())
+    }
+
+    /// A removed outbound SA's final state (`Event::SaState` under the removing command's
+    /// generation): the last sequence number it used, which a successor continues after.
+    pub(super) fn final_state(&mut self, sa: &OutboundSa) {
+        let e = Event::SaState {
+            worker: self.id,
+            generation: self.generation,
+            id: sa.id,
+            spi: sa.spi,
+            state: SaState::Outbound {
+                seq: sa.seq,
+                seq_reserved: sa.seq_reserved(),
+            },
+        };
+        self.reply(Reply::Event(e));
     }
 
     /// Raises an outbound SA's reservation.

@@ -281,6 +281,52 @@ fn checkpoints_come_every_n_packets() {
 }
 
 #[test]
+fn a_deleted_outbound_sa_with_checkpoints_reports_its_last_number() {
+    let mut r = rig(1500);
+    let every = Some(Checkpoint {
+        packets: 4,
+        millis: 0,
+    });
+    r.update(outbound_from(
+        Resume {
+            seq: 1000,
+            seq_reserved: Some(1_000_000),
+            replay: None,
+        },
+        every,
+    ));
+    // Between checkpoints: the last one said 1004, the SA used 1006.
+    for _ in 0..6 {
+        r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    }
+    assert_eq!(sent_seqs(&mut r).len(), 6);
+    let _ = events(&mut r);
+    r.update(Update::DeleteOutbound { id: SaId(1) });
+    let g = r.agent.acked();
+    assert_eq!(
+        events(&mut r),
+        [Event::SaState {
+            worker: 0,
+            generation: g,
+            id: SaId(1),
+            spi: Spi(0xa001),
+            state: SaState::Outbound {
+                seq: 1006,
+                seq_reserved: Some(1_000_000),
+            },
+        }]
+    );
+    // Nothing is sealed on it after its last word.
+    r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    assert!(sent_seqs(&mut r).is_empty());
+    // Without checkpoints nobody tracks its numbers: no word.
+    r.update(outbound_from(Resume::default(), Some(Checkpoint::OFF)));
+    r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    r.update(Update::DeleteOutbound { id: SaId(1) });
+    assert!(events(&mut r).is_empty());
+}
+
+#[test]
 fn checkpoints_come_every_t_milliseconds_of_the_workers_clock() {
     let mut r = rig(1500);
     // The worker's default, for SAs installed without their own.
