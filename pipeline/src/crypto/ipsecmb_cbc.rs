@@ -179,12 +179,13 @@ impl IpsecMbCbcHmac {
                 return Err(CbcError::Backend);
             }
             let p = buf.as_mut_ptr();
-            // SAFETY: `mgr` is this thread's manager and no other job is in flight on it (each
-            // call completes its job before returning). The job returned by get_next_job is
-            // valid until submitted. Every pointer stored in it lives until this block ends:
-            // `p` covers `hash_len` bytes and `offset + len` bytes (checked above), `iv` is a
-            // local array of 16 bytes, the key schedules and pads are in `self.keys`, and
-            // `icv_out` holds icv_len() bytes. In-place ciphering (src == dst) is supported.
+            // Each call completes its job before returning, so no other job is in flight on
+            // `mgr`; the job from get_next_job is valid until submitted; in-place ciphering
+            // (src == dst) is supported. `p` covers `hash_len` and `offset + len` bytes
+            // (checked above), `iv` is a local 16-byte array, the key schedules and pads are
+            // in `self.keys`, `icv_out` holds icv_len() bytes.
+            // SAFETY: `mgr` is this thread's manager, and every pointer stored in the job
+            // lives until this block ends (see above).
             unsafe {
                 let (Some(next), Some(submit), Some(flush)) =
                     ((*mgr).get_next_job, (*mgr).submit_job, (*mgr).flush_job)
