@@ -666,7 +666,7 @@ fn cbc_ns_here(size: usize, dir: Dir, backend: Backend, alg: EspAlg, iters: u32)
         let len = 8 + 16 + ct + integ.icv_len();
         let mut bufs = vec![vec![0u8; len]; BATCH];
         let mut seq = 0u64;
-        let mut one_loop = || {
+        let one_loop = || {
             let mut busy = Duration::ZERO;
             let mut done = 0u64;
             while done < per_loop {
@@ -700,12 +700,17 @@ fn cbc_ns_here(size: usize, dir: Dir, backend: Backend, alg: EspAlg, iters: u32)
             }
             busy.as_nanos() as f64 / done as f64
         };
-        one_loop();
-        let mut runs: Vec<f64> = (0..5).map(|_| one_loop()).collect();
-        runs.sort_by(f64::total_cmp);
-        total += runs[2];
+        total += warm_median_of_five(one_loop);
     }
     total / sizes.len() as f64
+}
+
+/// One untimed warm-up run of `one_loop`, then the median of five timed ones (ns/packet).
+fn warm_median_of_five(mut one_loop: impl FnMut() -> f64) -> f64 {
+    one_loop();
+    let mut runs: Vec<f64> = (0..5).map(|_| one_loop()).collect();
+    runs.sort_by(f64::total_cmp);
+    runs[2]
 }
 
 fn aead_ns_here(size: usize, dir: Dir, backend: Backend, iters: u32) -> f64 {
@@ -724,7 +729,7 @@ fn aead_ns_here(size: usize, dir: Dir, backend: Backend, iters: u32) -> f64 {
         let len = (s - 14 + 2).next_multiple_of(4);
         let mut bufs = vec![(vec![0u8; len], [0u8; 16]); BATCH];
         let mut next = 0u64;
-        let mut one_loop = || {
+        let one_loop = || {
             let mut busy = Duration::ZERO;
             let mut done = 0u64;
             while done < per_loop {
@@ -754,10 +759,7 @@ fn aead_ns_here(size: usize, dir: Dir, backend: Backend, iters: u32) -> f64 {
             }
             busy.as_nanos() as f64 / done as f64
         };
-        one_loop();
-        let mut runs: Vec<f64> = (0..5).map(|_| one_loop()).collect();
-        runs.sort_by(f64::total_cmp);
-        total += runs[2];
+        total += warm_median_of_five(one_loop);
     }
     total / sizes.len() as f64
 }
