@@ -48,6 +48,14 @@ fn gateway_config(pki: &Path) -> String {
     let cfg = std::fs::read_to_string(root().join("configs/interop-gw.yaml")).unwrap();
     let psk = "      remote_id: rw.roamgate.test\n      psk: \"lab-psk-not-secret\"\n";
     assert!(cfg.contains(psk), "the interop config changed");
+    // The native clients' ESP defaults: AES-CBC with HMAC-SHA2-256 (iOS/macOS) and with
+    // HMAC-SHA1-96 (Windows; weak, so offered only because it is configured here).
+    let esp = "      esp_proposals: [aes128gcm16, aes128gcm16-esn]\n";
+    assert!(cfg.contains(esp), "the interop config changed");
+    let cfg = cfg.replace(
+        esp,
+        "      esp_proposals: [aes128gcm16, aes128gcm16-esn, aes256-sha256, aes256-sha1]\n",
+    );
     cfg.replace(
         psk,
         &format!(
@@ -70,8 +78,9 @@ fn swanctl_creds(pki: &Path, dir: &Path, files: &[(&str, &str)]) {
 }
 
 /// strongSwan as a client with `who`'s certificate and key of the PKI (put in `dir`'s
-/// credential folders) and `auth` (swanctl's syntax), trusting the root CA.
-fn client_conf(pki: &Path, dir: &Path, who: &str, auth: &str) -> String {
+/// credential folders) and `auth` (swanctl's syntax), trusting the root CA, proposing `ike`
+/// and `esp` (swanctl's syntax).
+fn client_conf(pki: &Path, dir: &Path, who: &str, auth: &str, ike: &str, esp: &str) -> String {
     swanctl_creds(
         pki,
         dir,
@@ -87,7 +96,7 @@ fn client_conf(pki: &Path, dir: &Path, who: &str, auth: &str) -> String {
     remote_addrs = 192.0.2.1
     vips = 0.0.0.0
     version = 2
-    proposals = aes128gcm16-prfsha256-x25519
+    proposals = {ike}
     local {{ auth = {auth}
       certs = {who}.pem
       id = {who}.roamgate.test }}
@@ -96,7 +105,7 @@ fn client_conf(pki: &Path, dir: &Path, who: &str, auth: &str) -> String {
       id = gw.roamgate.test }}
     children {{
       net {{ remote_ts = 10.9.0.0/24
-        esp_proposals = aes128gcm16
+        esp_proposals = {esp}
         start_action = none }}
     }}
   }}
@@ -105,6 +114,8 @@ fn client_conf(pki: &Path, dir: &Path, who: &str, auth: &str) -> String {
     )
 }
 
+const GCM_IKE: &str = "aes128gcm16-prfsha256-x25519";
+
 struct Case {
     name: &'static str,
     who: &'static str,
@@ -112,6 +123,11 @@ struct Case {
     /// What strongSwan's log says it signed with, and what it verified ours with.
     ours: &'static str,
     theirs: &'static str,
+    /// Its IKE and ESP proposals (swanctl's syntax), and the CHILD_SA's proposal as
+    /// `swanctl --list-sas` prints it.
+    ike: &'static str,
+    esp: &'static str,
+    esp_name: &'static str,
 }
 
 #[test]
@@ -152,6 +168,9 @@ fn native_clients_with_certificates_against_roamgate_run() {
             auth: "pubkey",
             ours: "RSA_EMSA_PKCS1_SHA2_256",
             theirs: "RSA_EMSA_PKCS1_SHA2_256",
+            ike: GCM_IKE,
+            esp: "aes128gcm16",
+            esp_name: "AES_GCM_16-128",
         },
         Case {
             name: "rsa-pss-rfc7427",
@@ -159,6 +178,9 @@ fn native_clients_with_certificates_against_roamgate_run() {
             auth: "rsa/pss-sha256",
             ours: "RSA_EMSA_PSS_SHA2_256",
             theirs: "RSA_EMSA_PKCS1_SHA2_256",
+            ike: GCM_IKE,
+            esp: "aes128gcm16",
+            esp_name: "AES_GCM_16-128",
         },
         Case {
             name: "ecdsa-p256",
@@ -166,11 +188,37 @@ fn native_clients_with_certificates_against_roamgate_run() {
             auth: "pubkey",
             ours: "ECDSA_WITH_SHA256_DER",
             theirs: "RSA_EMSA_PKCS1_SHA2_256",
+            ike: GCM_IKE,
+            esp: "aes128gcm16",
+            esp_name: "AES_GCM_16-128",
+        },
+        // iOS/macOS's defaults: a certificate, IKE and ESP with AES-CBC-256 and
+        // HMAC-SHA2-256-128, no ESN.
+        Case {
+            name: "ios-cert-aes256cbc-sha256",
+            who: "rw-ecdsa",
+            auth: "pubkey",
+            ours: "ECDSA_WITH_SHA256_DER",
+            theirs: "RSA_EMSA_PKCS1_SHA2_256",
+            ike: "aes256-sha256-modp2048",
+            esp: "aes256-sha256",
+            esp_name: "AES_CBC-256/HMAC_SHA2_256_128",
+        },
+        // Windows's ESP default: AES-CBC-256 with HMAC-SHA1-96.
+        Case {
+            name: "windows-cert-aes256cbc-sha1",
+            who: "rw-rsa",
+            auth: "pubkey",
+            ours: "RSA_EMSA_PKCS1_SHA2_256",
+            theirs: "RSA_EMSA_PKCS1_SHA2_256",
+            ike: "aes256-sha256-modp2048",
+            esp: "aes256-sha1",
+            esp_name: "AES_CBC-256/HMAC_SHA1_96",
         },
     ];
     for case in &cases {
         let cdir = dir.join(case.name);
-        let conf = client_conf(&pki, &cdir, case.who, case.auth);
+        let conf = client_conf(&pki, &cdir, case.who, case.auth, case.ike, case.esp);
         let charon = Charon::start_with(&lab.ns("rw"), &cdir, &conf);
         let out = charon.swanctl(&["--initiate", "--child", "net"]);
         let log = std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
@@ -191,6 +239,13 @@ fn native_clients_with_certificates_against_roamgate_run() {
         );
         let peer = format!("authentication of 'gw.roamgate.test' with {}", case.theirs);
         assert!(log.contains(&peer), "{}: no '{peer}' in\n{log}", case.name);
+        let sas = charon.swanctl(&["--list-sas"]);
+        assert!(
+            sas.contains(case.esp_name),
+            "{}: no {} in\n{sas}",
+            case.name,
+            case.esp_name
+        );
         let ping = pings(&lab.ns("rw"), "10.9.0.10", 5);
         assert_eq!(ping, 5, "{}: ping through the tunnel", case.name);
         let (udp, lost) = iperf_udp(&lab.ns("rw"), "10.9.0.10", "10M", 2);
@@ -232,7 +287,14 @@ fn native_clients_with_certificates_against_roamgate_run() {
     ] {
         let stranger = make_pki(&dir.join(case), org);
         let cdir = dir.join(case).join("rw");
-        let conf = client_conf(&stranger, &cdir, "rw-ecdsa", "pubkey");
+        let conf = client_conf(
+            &stranger,
+            &cdir,
+            "rw-ecdsa",
+            "pubkey",
+            GCM_IKE,
+            "aes128gcm16",
+        );
         // It trusts our root, so only the gateway has reason to refuse.
         std::fs::copy(pki.join("ca.pem"), cdir.join("x509ca/ca.pem")).unwrap();
         let charon = Charon::start_with(&lab.ns("rw"), &cdir, &conf);

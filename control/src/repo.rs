@@ -18,11 +18,33 @@ use std::net::IpAddr;
 
 use proto::nat::MasqueradeConfig;
 use proto::policy::{Action, PortRange, Prefix, Rule, Selector};
-use proto::sa::{AeadAlg, Lifetime, SaKeys, SaParams, UdpEncap};
+use proto::sa::{AeadAlg, CbcAlg, EspAlg, IntegAlg, Lifetime, SaKeys, SaParams, UdpEncap};
 use proto::{Direction, SaId, Spi, Update};
 
 use ike::wire::TrafficSelector;
-use ike::{range_ts, ChildSaInfo, ChildSpi, Event, IkeSaId};
+use ike::{range_ts, ChildSaInfo, ChildSpi, EspInteg, Event, IkeSaId};
+
+/// The data plane's algorithm for a CHILD_SA's suite: AES-GCM-16, or AES-CBC with its HMAC.
+fn esp_alg(encr_bits: u16, integ: Option<EspInteg>) -> Result<EspAlg, String> {
+    let integ = match integ {
+        None => {
+            return match encr_bits {
+                128 => Ok(AeadAlg::AesGcm128.into()),
+                256 => Ok(AeadAlg::AesGcm256.into()),
+                b => Err(format!("AES-GCM-{b} is not supported")),
+            }
+        }
+        Some(EspInteg::HmacSha1_96) => IntegAlg::HmacSha1_96,
+        Some(EspInteg::HmacSha256_128) => IntegAlg::HmacSha256_128,
+        Some(EspInteg::HmacSha384_192) => IntegAlg::HmacSha384_192,
+        Some(EspInteg::HmacSha512_256) => IntegAlg::HmacSha512_256,
+    };
+    match encr_bits {
+        128 => Ok(EspAlg::Cbc(CbcAlg::AesCbc128, integ)),
+        256 => Ok(EspAlg::Cbc(CbcAlg::AesCbc256, integ)),
+        b => Err(format!("AES-CBC-{b} is not supported")),
+    }
+}
 
 /// Dynamic SA ids start here (static SAs from the config use their index). Ids are
 /// recycled, lowest first: a worker indexes its outbound SAs by id, so the highest id ever
@@ -340,11 +362,7 @@ impl SaRepository {
             name: info.name.clone(),
             what,
         };
-        let alg = match info.inbound.encr_bits {
-            128 => AeadAlg::AesGcm128,
-            256 => AeadAlg::AesGcm256,
-            b => return Err(fail(format!("AES-GCM-{b} is not supported"))),
-        };
+        let alg = esp_alg(info.inbound.encr_bits, info.inbound.integ).map_err(fail)?;
         let key_in =
             SaKeys::from_keymat(alg, &info.inbound.keymat).map_err(|e| fail(e.to_string()))?;
         let key_out =
@@ -640,11 +658,37 @@ pub fn ts_prefix(t: &TrafficSelector) -> Prefix {
     Prefix::masked(t.start, common as u8)
 }
 
+/// A test CHILD_SA of IKE SA 1 with AES-GCM-128 keys: `spi_in`/`spi_out`, ESN off, no
+/// selectors, addresses or rekey; tests fill in what they need.
+#[cfg(test)]
+fn test_info(spi_in: u32, spi_out: u32) -> ChildSaInfo {
+    let keys = |spi: u32, fill: u8| ike::ChildSaKeys {
+        spi: ChildSpi(spi),
+        encr_bits: 128,
+        integ: None,
+        keymat: zeroize::Zeroizing::new(vec![fill; 20]),
+    };
+    ChildSaInfo {
+        ike: IkeSaId(ike::IkeSpi(1)),
+        name: String::new(),
+        inbound: keys(spi_in, 1),
+        outbound: keys(spi_out, 2),
+        esn: false,
+        local_ts: Vec::new(),
+        remote_ts: Vec::new(),
+        local: "192.0.2.1:500".parse().unwrap(),
+        remote: "192.0.2.2:500".parse().unwrap(),
+        udp_encap: false,
+        rekey_of: None,
+        initiated_here: false,
+        redundant: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ike::{host_ts, ChildSaKeys, IkeSaId, IkeSpi};
-    use zeroize::Zeroizing;
+    use ike::host_ts;
 
     fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
         info_by(spi_in, spi_out, rekey_of, true)
@@ -652,18 +696,7 @@ mod tests {
 
     fn info_by(spi_in: u32, spi_out: u32, rekey_of: Option<u32>, here: bool) -> ChildSaInfo {
         ChildSaInfo {
-            ike: IkeSaId(IkeSpi(1)),
             name: "rw".into(),
-            inbound: ChildSaKeys {
-                spi: ChildSpi(spi_in),
-                encr_bits: 128,
-                keymat: Zeroizing::new(vec![1; 20]),
-            },
-            outbound: ChildSaKeys {
-                spi: ChildSpi(spi_out),
-                encr_bits: 128,
-                keymat: Zeroizing::new(vec![2; 20]),
-            },
             esn: false,
             local_ts: vec![prefix_ts(&"10.9.0.0/24".parse().unwrap())],
             remote_ts: vec![prefix_ts(&"10.99.0.0/28".parse().unwrap())],
@@ -672,7 +705,7 @@ mod tests {
             udp_encap: true,
             rekey_of: rekey_of.map(ChildSpi),
             initiated_here: here,
-            redundant: false,
+            ..test_info(spi_in, spi_out)
         }
     }
 
@@ -737,6 +770,34 @@ mod tests {
         assert!(ts_prefix(&any).is_default());
     }
 
+    /// A CHILD_SA negotiated with AES-CBC + HMAC installs as such, the KEYMAT split into the
+    /// AES key and the HMAC key; a key of the wrong length is an error, not an install.
+    #[test]
+    fn a_cbc_child_installs_with_its_cipher_and_hmac_keys() {
+        let mut c = info(0x1000, 0x2000, None);
+        for k in [&mut c.inbound, &mut c.outbound] {
+            k.encr_bits = 256;
+            k.integ = Some(EspInteg::HmacSha256_128);
+            k.keymat = zeroize::Zeroizing::new((0..64).collect());
+        }
+        let mut r = SaRepository::new(Vec::new(), 1024);
+        let ups = r.on_event(&Event::ChildUp(c.clone())).unwrap();
+        let Update::AddSa { params, .. } = &ups[0] else {
+            panic!("{ups:?}")
+        };
+        assert_eq!(
+            params.keys.alg,
+            EspAlg::Cbc(CbcAlg::AesCbc256, IntegAlg::HmacSha256_128)
+        );
+        assert_eq!(params.keys.key(), &(0..32).collect::<Vec<u8>>()[..]);
+        assert_eq!(params.keys.integ_key(), &(32..64).collect::<Vec<u8>>()[..]);
+        let mut bad = c;
+        bad.inbound.integ = Some(EspInteg::HmacSha512_256);
+        assert!(SaRepository::new(Vec::new(), 1024)
+            .on_event(&Event::ChildUp(bad))
+            .is_err());
+    }
+
     #[test]
     fn a_child_installs_in_then_out_then_policy_and_a_rekey_breaks_after_making() {
         let static_rule = Rule {
@@ -786,7 +847,7 @@ mod tests {
         // The old CHILD_SA goes: its SAs are deleted, the policy is untouched.
         let ups = r
             .on_event(&Event::ChildDown {
-                ike: IkeSaId(IkeSpi(1)),
+                ike: IkeSaId(ike::IkeSpi(1)),
                 spi_in: ChildSpi(0x1000),
                 spi_out: ChildSpi(0x2000),
             })
@@ -798,7 +859,7 @@ mod tests {
         // The last one goes: SPD back to the static rules.
         let ups = r
             .on_event(&Event::ChildDown {
-                ike: IkeSaId(IkeSpi(1)),
+                ike: IkeSaId(ike::IkeSpi(1)),
                 spi_in: ChildSpi(0x1001),
                 spi_out: ChildSpi(0x2001),
             })
@@ -813,23 +874,10 @@ mod tests {
 #[cfg(test)]
 mod id_reuse_tests {
     use super::*;
-    use ike::{ChildSaKeys, IkeSaId, IkeSpi};
-    use zeroize::Zeroizing;
 
     fn up(spi_in: u32, rekey_of: Option<u32>, here: bool) -> Event {
         Event::ChildUp(ChildSaInfo {
-            ike: IkeSaId(IkeSpi(1)),
             name: "site".into(),
-            inbound: ChildSaKeys {
-                spi: ChildSpi(spi_in),
-                encr_bits: 128,
-                keymat: Zeroizing::new(vec![1; 20]),
-            },
-            outbound: ChildSaKeys {
-                spi: ChildSpi(spi_in + 1),
-                encr_bits: 128,
-                keymat: Zeroizing::new(vec![2; 20]),
-            },
             esn: true,
             local_ts: vec![prefix_ts(&"10.1.0.0/24".parse().unwrap())],
             remote_ts: vec![prefix_ts(&"10.2.0.0/24".parse().unwrap())],
@@ -838,13 +886,13 @@ mod id_reuse_tests {
             udp_encap: false,
             rekey_of: rekey_of.map(ChildSpi),
             initiated_here: here,
-            redundant: false,
+            ..test_info(spi_in, spi_in + 1)
         })
     }
 
     fn down(spi_in: u32) -> Event {
         Event::ChildDown {
-            ike: IkeSaId(IkeSpi(1)),
+            ike: IkeSaId(ike::IkeSpi(1)),
             spi_in: ChildSpi(spi_in),
             spi_out: ChildSpi(spi_in + 1),
         }
@@ -899,23 +947,10 @@ mod id_reuse_tests {
 #[cfg(test)]
 mod peer_rekey_tests {
     use super::*;
-    use ike::{ChildSaKeys, IkeSaId, IkeSpi};
-    use zeroize::Zeroizing;
 
     fn info(spi_in: u32, spi_out: u32, rekey_of: Option<u32>) -> ChildSaInfo {
         ChildSaInfo {
-            ike: IkeSaId(IkeSpi(1)),
             name: "rw".into(),
-            inbound: ChildSaKeys {
-                spi: ChildSpi(spi_in),
-                encr_bits: 128,
-                keymat: Zeroizing::new(vec![1; 20]),
-            },
-            outbound: ChildSaKeys {
-                spi: ChildSpi(spi_out),
-                encr_bits: 128,
-                keymat: Zeroizing::new(vec![2; 20]),
-            },
             esn: true,
             local_ts: vec![prefix_ts(&"10.9.0.0/24".parse().unwrap())],
             remote_ts: vec![prefix_ts(&"10.99.0.0/28".parse().unwrap())],
@@ -924,7 +959,7 @@ mod peer_rekey_tests {
             udp_encap: false,
             rekey_of: rekey_of.map(ChildSpi),
             initiated_here: false,
-            redundant: false,
+            ..test_info(spi_in, spi_out)
         }
     }
 
@@ -945,7 +980,7 @@ mod peer_rekey_tests {
         // The peer deletes the old CHILD_SA: switch, then delete the old SAs.
         let ups = r
             .on_event(&Event::ChildDown {
-                ike: IkeSaId(IkeSpi(1)),
+                ike: IkeSaId(ike::IkeSpi(1)),
                 spi_in: ChildSpi(0x10),
                 spi_out: ChildSpi(0x20),
             })
@@ -997,7 +1032,7 @@ mod virtual_ip_tests {
         );
         // The rekeyed IKE SA keeps it; the old one going does not clear it.
         r.on_event(&Event::IkeRekeyed {
-            old: IkeSaId(IkeSpi(1)),
+            old: IkeSaId(ike::IkeSpi(1)),
             new: IkeSaId(IkeSpi(2)),
             initiated_here: true,
         })
@@ -1018,24 +1053,12 @@ mod virtual_ip_tests {
 #[cfg(test)]
 mod host_binding_tests {
     use super::*;
-    use ike::{host_ts, ChildSaKeys, IkeSaId, IkeSpi};
-    use zeroize::Zeroizing;
+    use ike::host_ts;
 
     /// A road warrior's CHILD_SA: 10.9.0.0/24 <-> its virtual IP 10.99.0.7.
     fn rw(spi_in: u32, rekey_of: Option<u32>, here: bool) -> Event {
         Event::ChildUp(ChildSaInfo {
-            ike: IkeSaId(IkeSpi(1)),
             name: "rw".into(),
-            inbound: ChildSaKeys {
-                spi: ChildSpi(spi_in),
-                encr_bits: 128,
-                keymat: Zeroizing::new(vec![1; 20]),
-            },
-            outbound: ChildSaKeys {
-                spi: ChildSpi(spi_in + 1),
-                encr_bits: 128,
-                keymat: Zeroizing::new(vec![2; 20]),
-            },
             esn: true,
             local_ts: vec![prefix_ts(&"10.9.0.0/24".parse().unwrap())],
             remote_ts: vec![host_ts("10.99.0.7".parse().unwrap())],
@@ -1044,13 +1067,13 @@ mod host_binding_tests {
             udp_encap: true,
             rekey_of: rekey_of.map(ChildSpi),
             initiated_here: here,
-            redundant: false,
+            ..test_info(spi_in, spi_in + 1)
         })
     }
 
     fn down(spi_in: u32) -> Event {
         Event::ChildDown {
-            ike: IkeSaId(IkeSpi(1)),
+            ike: IkeSaId(ike::IkeSpi(1)),
             spi_in: ChildSpi(spi_in),
             spi_out: ChildSpi(spi_in + 1),
         }

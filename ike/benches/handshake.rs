@@ -23,10 +23,7 @@ fn peer(name: &str, local: &str, remote: &str, dh: DhGroup) -> PeerConfig {
             dh,
             cbc: false,
         }],
-        esp_proposals: vec![EspProposal {
-            encr_bits: 128,
-            esn: true,
-        }],
+        esp_proposals: vec![EspProposal::gcm(128, true)],
         local_ts: vec![any_v4()],
         remote_ts: vec![any_v4()],
         pool: None,

@@ -9,7 +9,7 @@ use core::time::Duration;
 
 use crate::crypto::Secret;
 use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
-use crate::proposal::{EspProposal, IkeProposal};
+use crate::proposal::{EspInteg, EspProposal, IkeProposal};
 use crate::wire::TrafficSelector;
 
 /// One direction's keys and parameters of a CHILD_SA as the data plane needs them.
@@ -17,17 +17,29 @@ use crate::wire::TrafficSelector;
 pub struct ChildSaKeys {
     pub spi: ChildSpi,
     pub encr_bits: u16,
-    /// AES key followed by the 4-byte salt (RFC 4106).
+    /// AES-CBC's HMAC; none for AES-GCM-16.
+    pub integ: Option<EspInteg>,
+    /// AES-GCM: the AES key followed by the 4-byte salt (RFC 4106); AES-CBC: the AES key
+    /// followed by the HMAC key (RFC 7296 2.17).
     pub keymat: Secret,
 }
 
 impl core::fmt::Debug for ChildSaKeys {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "ChildSaKeys(spi {}, aes-gcm-{}, <secret>)",
-            self.spi, self.encr_bits
-        )
+        match self.integ {
+            None => write!(
+                f,
+                "ChildSaKeys(spi {}, aes-gcm-{}, <secret>)",
+                self.spi, self.encr_bits
+            ),
+            Some(i) => write!(
+                f,
+                "ChildSaKeys(spi {}, aes-cbc-{}/{}, <secret>)",
+                self.spi,
+                self.encr_bits,
+                i.name()
+            ),
+        }
     }
 }
 

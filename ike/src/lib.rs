@@ -74,7 +74,7 @@ pub use event::{
     Transmit,
 };
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};
-pub use proposal::{EspProposal, IkeProposal};
+pub use proposal::{EspInteg, EspProposal, IkeProposal};
 pub use record::{ChildSaRecord, IkeSaRecord, RecordError};
 pub use stats::{CookieStats, HandshakeStats, Reason, Stats};
 pub use time::Instant;

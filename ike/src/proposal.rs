@@ -2,11 +2,12 @@
 //! and choosing one from what the peer proposed.
 //!
 //! IKE: AES-GCM-16 (128/256), or AES-CBC (128/256) with HMAC-SHA2-256-128; PRF
-//! HMAC-SHA2-256/384/512; DH x25519, ecp256, modp2048. ESP: AES-GCM-16 (128/256), with or
-//! without ESN.
+//! HMAC-SHA2-256/384/512; DH x25519, ecp256, modp2048. ESP: AES-GCM-16 (128/256), or
+//! AES-CBC (128/256) with HMAC-SHA1-96 or HMAC-SHA2-256-128/384-192/512-256 (the native
+//! clients' defaults), each with or without ESN.
 //!
-//! Owns: [`IkeProposal`], [`EspProposal`], the transforms they stand for, selection in our
-//! order of preference.
+//! Owns: [`IkeProposal`], [`EspProposal`], [`EspInteg`], the transforms they stand for,
+//! selection in our order of preference.
 //! Must never: accept a proposal the peer did not offer completely.
 
 use crate::crypto::{self, DhGroup, Prf, SkCipher};
@@ -105,22 +106,136 @@ impl IkeProposal {
     }
 }
 
-/// An ESP proposal: AES-GCM-16 with `encr_bits`, ESN or not.
+/// The integrity algorithm of an AES-CBC ESP proposal (RFC 2404, RFC 4868).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EspInteg {
+    /// HMAC-SHA1-96: weak (SHA-1); only where configured, for peers that offer nothing else.
+    HmacSha1_96,
+    HmacSha256_128,
+    HmacSha384_192,
+    HmacSha512_256,
+}
+
+impl EspInteg {
+    /// Every one, strongest first.
+    pub const ALL: [EspInteg; 4] = [
+        EspInteg::HmacSha512_256,
+        EspInteg::HmacSha384_192,
+        EspInteg::HmacSha256_128,
+        EspInteg::HmacSha1_96,
+    ];
+
+    /// Its IKEv2 transform id (transform type 3).
+    pub const fn id(self) -> u16 {
+        match self {
+            EspInteg::HmacSha1_96 => transform::AUTH_HMAC_SHA1_96,
+            EspInteg::HmacSha256_128 => transform::AUTH_HMAC_SHA2_256_128,
+            EspInteg::HmacSha384_192 => transform::AUTH_HMAC_SHA2_384_192,
+            EspInteg::HmacSha512_256 => transform::AUTH_HMAC_SHA2_512_256,
+        }
+    }
+
+    /// The algorithm of a transform id, if it is one of ours.
+    pub fn from_id(id: u16) -> Option<EspInteg> {
+        EspInteg::ALL.into_iter().find(|i| i.id() == id)
+    }
+
+    /// Key length in bytes: the hash's output length (RFC 2404 2, RFC 4868 2.1.1).
+    pub const fn key_len(self) -> usize {
+        match self {
+            EspInteg::HmacSha1_96 => 20,
+            EspInteg::HmacSha256_128 => 32,
+            EspInteg::HmacSha384_192 => 48,
+            EspInteg::HmacSha512_256 => 64,
+        }
+    }
+
+    /// SHA-1 based: accepted only where configured, and warned about.
+    pub const fn is_weak(self) -> bool {
+        matches!(self, EspInteg::HmacSha1_96)
+    }
+
+    /// Its name as strongSwan prints it (`HMAC_SHA2_256_128`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            EspInteg::HmacSha1_96 => "HMAC_SHA1_96",
+            EspInteg::HmacSha256_128 => "HMAC_SHA2_256_128",
+            EspInteg::HmacSha384_192 => "HMAC_SHA2_384_192",
+            EspInteg::HmacSha512_256 => "HMAC_SHA2_512_256",
+        }
+    }
+}
+
+/// An ESP proposal: AES-GCM-16 with `encr_bits` (`integ` none), or AES-CBC with `encr_bits`
+/// and the HMAC `integ`; ESN or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EspProposal {
     pub encr_bits: u16,
     pub esn: bool,
+    pub integ: Option<EspInteg>,
 }
 
 impl EspProposal {
-    /// Its name as strongSwan prints a CHILD_SA's proposal (`AES_GCM_16-128`, `/ESN` with
-    /// extended sequence numbers).
+    /// AES-GCM-16 with `encr_bits`.
+    pub const fn gcm(encr_bits: u16, esn: bool) -> EspProposal {
+        EspProposal {
+            encr_bits,
+            esn,
+            integ: None,
+        }
+    }
+
+    /// KEYMAT per direction (RFC 7296 2.17: the encryption key, then the integrity key):
+    /// GCM's key and 4-byte salt (RFC 4106 8.1), or the AES-CBC key and the HMAC key.
+    pub fn keymat_len(&self) -> usize {
+        match self.integ {
+            None => SkCipher::keymat_len(self.encr_bits),
+            Some(i) => usize::from(self.encr_bits / 8).saturating_add(i.key_len()),
+        }
+    }
+
+    /// Weak (SHA-1 integrity): accepted only where configured, and logged.
+    pub fn is_weak(&self) -> bool {
+        self.integ.is_some_and(EspInteg::is_weak)
+    }
+
+    /// Its name as strongSwan prints a CHILD_SA's proposal (`AES_GCM_16-128`,
+    /// `AES_CBC-256/HMAC_SHA2_256_128`, `/ESN` with extended sequence numbers).
     pub fn name(&self) -> String {
-        format!(
-            "AES_GCM_16-{}{}",
-            self.encr_bits,
-            if self.esn { "/ESN" } else { "" }
-        )
+        let esn = if self.esn { "/ESN" } else { "" };
+        match self.integ {
+            None => format!("AES_GCM_16-{}{esn}", self.encr_bits),
+            Some(i) => format!("AES_CBC-{}/{}{esn}", self.encr_bits, i.name()),
+        }
+    }
+
+    /// Its transforms, as an SA payload lists them.
+    fn transforms(&self) -> Vec<Transform> {
+        let mut t = vec![Transform {
+            kind: transform::ENCR,
+            id: match self.integ {
+                None => transform::ENCR_AES_GCM_16,
+                Some(_) => transform::ENCR_AES_CBC,
+            },
+            key_len: Some(self.encr_bits),
+        }];
+        if let Some(i) = self.integ {
+            t.push(Transform {
+                kind: transform::INTEG,
+                id: i.id(),
+                key_len: None,
+            });
+        }
+        t.push(Transform {
+            kind: transform::ESN,
+            id: if self.esn {
+                transform::ESN_YES
+            } else {
+                transform::ESN_NO
+            },
+            key_len: None,
+        });
+        t
     }
 }
 
@@ -150,22 +265,7 @@ pub fn esp_proposal(num: u8, e: &EspProposal, spi: ChildSpi) -> Proposal {
         num,
         protocol: proto::ESP,
         spi: spi.to_bytes().to_vec(),
-        transforms: vec![
-            Transform {
-                kind: transform::ENCR,
-                id: transform::ENCR_AES_GCM_16,
-                key_len: Some(e.encr_bits),
-            },
-            Transform {
-                kind: transform::ESN,
-                id: if e.esn {
-                    transform::ESN_YES
-                } else {
-                    transform::ESN_NO
-                },
-                key_len: None,
-            },
-        ],
+        transforms: e.transforms(),
     }
 }
 
@@ -224,13 +324,30 @@ pub fn select_esp(
             // No ESN transform at all means "no ESN".
             let esn_ok = offers(t, transform::ESN, esn_id, None)
                 || (!o.esn && !t.transforms.iter().any(|x| x.kind == transform::ESN));
-            if offers(
-                t,
-                transform::ENCR,
-                transform::ENCR_AES_GCM_16,
-                Some(o.encr_bits),
-            ) && esn_ok
-            {
+            let encr_ok = match o.integ {
+                None => offers(
+                    t,
+                    transform::ENCR,
+                    transform::ENCR_AES_GCM_16,
+                    Some(o.encr_bits),
+                ),
+                Some(_) => offers(
+                    t,
+                    transform::ENCR,
+                    transform::ENCR_AES_CBC,
+                    Some(o.encr_bits),
+                ),
+            };
+            // GCM with an integrity transform other than NONE is not a valid offer for us;
+            // CBC needs ours among the offered ones.
+            let integ_ok = match o.integ {
+                None => !t
+                    .transforms
+                    .iter()
+                    .any(|x| x.kind == transform::INTEG && x.id != 0),
+                Some(i) => offers(t, transform::INTEG, i.id(), None),
+            };
+            if encr_ok && integ_ok && esn_ok {
                 let spi = ChildSpi::from_slice(&t.spi)?;
                 return Some((t.num, *o, spi));
             }
@@ -266,12 +383,23 @@ mod tests {
             cbc.name(),
             "AES_CBC-256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_384/MODP_2048"
         );
-        let esp = EspProposal {
-            encr_bits: 256,
-            esn: true,
-        };
+        let esp = EspProposal::gcm(256, true);
         assert_eq!(esp.name(), "AES_GCM_16-256/ESN");
         assert_eq!(EspProposal { esn: false, ..esp }.name(), "AES_GCM_16-256");
+        let cbc = EspProposal {
+            encr_bits: 128,
+            esn: false,
+            integ: Some(EspInteg::HmacSha1_96),
+        };
+        assert_eq!(cbc.name(), "AES_CBC-128/HMAC_SHA1_96");
+        assert!(cbc.is_weak());
+        let cbc = EspProposal {
+            integ: Some(EspInteg::HmacSha512_256),
+            ..cbc
+        };
+        assert_eq!(cbc.name(), "AES_CBC-128/HMAC_SHA2_512_256");
+        assert_eq!(cbc.keymat_len(), 16 + 64);
+        assert!(!cbc.is_weak());
     }
 
     #[test]
@@ -287,14 +415,42 @@ mod tests {
         let mut broken = ike_payload(&[cbc], &[]);
         broken[0].transforms.retain(|t| t.kind != transform::INTEG);
         assert_eq!(select_ike(&broken, &[cbc]), None);
-        let e = EspProposal {
-            encr_bits: 256,
-            esn: true,
-        };
+        let e = EspProposal::gcm(256, true);
         let esp = esp_payload(&[e], ChildSpi(0x1234));
         assert_eq!(select_esp(&esp, &[e]), Some((1, e, ChildSpi(0x1234))));
         let mut short = esp.clone();
         short[0].spi = vec![1, 2];
         assert_eq!(select_esp(&short, &[e]), None, "an ESP SPI is 4 octets");
+        // CBC: the integrity transform is part of the offer, and transform ids round-trip.
+        let sha256 = EspProposal {
+            encr_bits: 256,
+            esn: false,
+            integ: Some(EspInteg::HmacSha256_128),
+        };
+        let sha1 = EspProposal {
+            integ: Some(EspInteg::HmacSha1_96),
+            ..sha256
+        };
+        let theirs = esp_payload(&[sha1, sha256], ChildSpi(0x5678));
+        assert_eq!(
+            select_esp(&theirs, &[sha256, sha1]),
+            Some((2, sha256, ChildSpi(0x5678)))
+        );
+        assert_eq!(
+            select_esp(&esp_payload(&[sha1], ChildSpi(0x5678)), &[sha256]),
+            None
+        );
+        assert_eq!(select_esp(&theirs, &[e]), None, "CBC is not GCM");
+        // GCM offered with an integrity transform is not a GCM offer we take.
+        let mut gcm_integ = esp.clone();
+        gcm_integ[0].transforms.push(Transform {
+            kind: transform::INTEG,
+            id: transform::AUTH_HMAC_SHA2_256_128,
+            key_len: None,
+        });
+        assert_eq!(select_esp(&gcm_integ, &[e]), None);
+        for i in EspInteg::ALL {
+            assert_eq!(EspInteg::from_id(i.id()), Some(i));
+        }
     }
 }

@@ -24,7 +24,7 @@ use crate::crypto::{DhGroup, Prf};
 use crate::endpoint::{Endpoint, Footprint};
 use crate::event::{ChildSaInfo, DownReason, Event};
 use crate::ids::{ChildSpi, IkeSaId};
-use crate::proposal::{EspProposal, IkeProposal};
+use crate::proposal::{EspInteg, EspProposal, IkeProposal};
 use crate::testing::{Datagram, Net};
 use crate::time::Instant;
 use crate::ts::prefix_ts;
@@ -54,10 +54,7 @@ pub(crate) fn peer(name: &str, local: &str, remote: Option<&str>, psk: &[u8]) ->
             dh: DhGroup::X25519,
             cbc: false,
         }],
-        esp_proposals: vec![EspProposal {
-            encr_bits: 128,
-            esn: true,
-        }],
+        esp_proposals: vec![EspProposal::gcm(128, true)],
         local_ts: vec![],
         remote_ts: vec![],
         pool: None,

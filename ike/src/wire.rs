@@ -108,7 +108,10 @@ pub mod transform {
     pub const PRF_HMAC_SHA2_256: u16 = 5;
     pub const PRF_HMAC_SHA2_384: u16 = 6;
     pub const PRF_HMAC_SHA2_512: u16 = 7;
+    pub const AUTH_HMAC_SHA1_96: u16 = 2;
     pub const AUTH_HMAC_SHA2_256_128: u16 = 12;
+    pub const AUTH_HMAC_SHA2_384_192: u16 = 13;
+    pub const AUTH_HMAC_SHA2_512_256: u16 = 14;
     pub const DH_MODP2048: u16 = 14;
     pub const DH_ECP256: u16 = 19;
     pub const DH_X25519: u16 = 31;

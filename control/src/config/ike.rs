@@ -49,7 +49,7 @@ use crate::repo::prefix_ts;
 use ike::crypto::{DhGroup, Prf};
 use ike::wire::Id;
 use ike::{
-    after_secs, secret, Admission, Credential, EndpointConfig, EspProposal, IkeProposal,
+    after_secs, secret, Admission, Credential, EndpointConfig, EspInteg, EspProposal, IkeProposal,
     PeerConfig, Pool,
 };
 use pipeline::spd::Prefix;
@@ -221,26 +221,47 @@ pub fn parse_ike_proposal(s: &str) -> Result<IkeProposal, String> {
     })
 }
 
-/// Parses `aes128gcm16`, `aes256gcm16-esn`, `aes128gcm16-noesn`.
+/// Parses strongSwan-style ESP proposals: `aes128gcm16`, `aes256gcm16-esn`,
+/// `aes128gcm16-noesn`, and AES-CBC with its HMAC: `aes256-sha256`, `aes128-sha1-esn`
+/// (`sha1`: HMAC-SHA1-96, weak; `sha256|sha384|sha512`: HMAC-SHA2 with half-length ICVs).
 pub fn parse_esp_proposal(s: &str) -> Result<EspProposal, String> {
     let mut encr = None;
+    let mut cbc = false;
+    let mut integ = None;
     let mut esn = false;
     for part in s.split('-') {
         match part {
             "aes128gcm16" | "aes128gcm" => encr = Some(128),
             "aes256gcm16" | "aes256gcm" => encr = Some(256),
+            "aes128" => (encr, cbc) = (Some(128), true),
+            "aes256" => (encr, cbc) = (Some(256), true),
+            "sha1" => integ = Some(EspInteg::HmacSha1_96),
+            "sha256" => integ = Some(EspInteg::HmacSha256_128),
+            "sha384" => integ = Some(EspInteg::HmacSha384_192),
+            "sha512" => integ = Some(EspInteg::HmacSha512_256),
             "esn" => esn = true,
             "noesn" => esn = false,
             other => {
                 return Err(format!(
-                    "'{other}' in '{s}' is not supported (aes128gcm16|aes256gcm16, esn|noesn)"
+                    "'{other}' in '{s}' is not supported (aes128gcm16|aes256gcm16, or aes128|aes256 with sha1|sha256|sha384|sha512; esn|noesn)"
                 ))
             }
         }
     }
+    if cbc && integ.is_none() {
+        return Err(format!(
+            "'{s}': AES-CBC needs an integrity algorithm (sha1, sha256, sha384 or sha512)"
+        ));
+    }
+    if !cbc && integ.is_some() {
+        return Err(format!(
+            "'{s}': AES-GCM takes no separate integrity algorithm"
+        ));
+    }
     Ok(EspProposal {
         encr_bits: encr.ok_or_else(|| format!("'{s}' names no encryption"))?,
         esn,
+        integ,
     })
 }
 
@@ -380,10 +401,16 @@ impl IkeYaml {
             }
             let mut esp = Vec::new();
             for (j, p) in c.esp_proposals.iter().enumerate() {
-                esp.push(
-                    parse_esp_proposal(p)
-                        .map_err(|w| err(key(&format!("esp_proposals[{j}]")), w))?,
-                );
+                let at = key(&format!("esp_proposals[{j}]"));
+                let e = parse_esp_proposal(p).map_err(|w| err(at.clone(), w))?;
+                if e.is_weak() {
+                    tracing::warn!(
+                        target: "config",
+                        "{}: {at} '{p}' uses HMAC-SHA1-96: weak, offered and accepted only because it is configured",
+                        file.display()
+                    );
+                }
+                esp.push(e);
             }
             if ike.is_empty() || esp.is_empty() {
                 return Err(err(
@@ -606,7 +633,26 @@ mod tests {
             .contains("no DH group"));
         let e = parse_esp_proposal("aes128gcm16-esn").unwrap();
         assert!(e.esn);
+        assert_eq!(e.integ, None);
         assert!(!parse_esp_proposal("aes128gcm16").unwrap().esn);
+        let c = parse_esp_proposal("aes256-sha256").unwrap();
+        assert_eq!(
+            (c.encr_bits, c.integ, c.esn),
+            (256, Some(EspInteg::HmacSha256_128), false)
+        );
+        let c = parse_esp_proposal("aes128-sha1-esn").unwrap();
+        assert_eq!(
+            (c.encr_bits, c.integ, c.esn),
+            (128, Some(EspInteg::HmacSha1_96), true)
+        );
+        assert!(c.is_weak());
+        assert!(parse_esp_proposal("aes256")
+            .unwrap_err()
+            .contains("needs an integrity algorithm"));
+        assert!(parse_esp_proposal("aes256gcm16-sha256")
+            .unwrap_err()
+            .contains("no separate integrity"));
+        assert!(parse_esp_proposal("aes256-md5").is_err());
     }
 
     #[test]

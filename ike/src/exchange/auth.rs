@@ -13,7 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::config::PeerConfig;
-use crate::crypto::{self, SkCipher};
+use crate::crypto;
 use crate::event::{DownReason, Event};
 use crate::exchange::{
     auth_hints, find_notify, find_sa, find_tsi, find_tsr, send_request, Ctx, Reply, Request,
@@ -210,14 +210,13 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi
     let Some(keys) = sa.state.keys.as_ref() else {
         return;
     };
-    let len = SkCipher::keymat_len(esp.encr_bits);
+    let len = esp.keymat_len();
     let (i2r, r2i) = crypto::child_keymat(keys.prf, &keys.sk_d, None, &ni, &nr, len);
     let child = sa.new_child(
         ctx.now,
         child_spi,
         spi_out,
-        esp.esn,
-        esp.encr_bits,
+        esp,
         ChildKeys {
             inbound: r2i,
             outbound: i2r,
@@ -365,14 +364,13 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
             let Some(keys) = sa.state.keys.as_ref() else {
                 return failed;
             };
-            let len = SkCipher::keymat_len(n.esp.encr_bits);
+            let len = n.esp.keymat_len();
             let (i2r, r2i) = crypto::child_keymat(keys.prf, &keys.sk_d, None, &ni, &nr, len);
             let child = sa.new_child(
                 ctx.now,
                 child_spi,
                 n.spi_out,
-                n.esp.esn,
-                n.esp.encr_bits,
+                n.esp,
                 ChildKeys {
                     inbound: i2r,
                     outbound: r2i,

@@ -8,7 +8,7 @@
 //! Must never: take a request without SA or Ni (INVALID_SYNTAX); answer for a CHILD_SA the
 //! IKE SA does not have other than CHILD_SA_NOT_FOUND.
 
-use crate::crypto::{self, DhGroup, DhPrivate, SkCipher};
+use crate::crypto::{self, DhGroup, DhPrivate};
 use crate::event::Event;
 use crate::exchange::auth::negotiate_child;
 use crate::exchange::{
@@ -89,7 +89,7 @@ pub(crate) fn start_rekey(sa: &mut IkeSa, ctx: &mut Ctx<'_>, old_in: ChildSpi) -
         return false;
     };
     old.rekeying = true;
-    let (esn, lts, rts) = (old.esn, old.local_ts.clone(), old.remote_ts.clone());
+    let (esn, lts, rts) = (old.esp.esn, old.local_ts.clone(), old.remote_ts.clone());
     let esp: Vec<EspProposal> = cfg
         .esp_proposals
         .iter()
@@ -161,7 +161,7 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
     let Some(keys) = sa.state.keys.as_ref() else {
         return Err(Reason::NotEncrypted);
     };
-    let len = SkCipher::keymat_len(n.esp.encr_bits);
+    let len = n.esp.keymat_len();
     let (i2r, r2i) = crypto::child_keymat(
         keys.prf,
         &keys.sk_d,
@@ -174,8 +174,7 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
         ctx.now,
         new_in,
         n.spi_out,
-        n.esp.esn,
-        n.esp.encr_bits,
+        n.esp,
         ChildKeys {
             inbound: i2r,
             outbound: r2i,
@@ -238,7 +237,7 @@ pub(crate) fn on_response(
     let Some(keys) = sa.state.keys.as_ref() else {
         return;
     };
-    let len = SkCipher::keymat_len(e.encr_bits);
+    let len = e.keymat_len();
     let (i2r, r2i) = crypto::child_keymat(
         keys.prf,
         &keys.sk_d,
@@ -251,8 +250,7 @@ pub(crate) fn on_response(
         ctx.now,
         new_spi,
         spi_out,
-        e.esn,
-        e.encr_bits,
+        e,
         ChildKeys {
             inbound: r2i,
             outbound: i2r,

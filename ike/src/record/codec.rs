@@ -4,6 +4,9 @@
 //!   "RGSA" | version (u16) | body | SHA-256 of everything before it (32)
 //! ```
 //!
+//! Version 2 added a CHILD_SA's ESP integrity transform id (u16 after its key size; 0 for
+//! AES-GCM); version 1 records (GCM only) are still read.
+//!
 //! The body lists the record's fields in declaration order: integers fixed-size, strings and
 //! byte strings with a u16 length (the last response with a u32 one), lists with a u16 count,
 //! options and flags as one byte whose unknown values are errors, addresses as a family byte
@@ -24,11 +27,13 @@ use zeroize::Zeroizing;
 use super::{ChildSaRecord, IkeSaRecord, IkeSaSecrets, RecordError};
 use crate::crypto::{DhGroup, Prf, Secret};
 use crate::ids::{ChildSpi, IkeSpi};
-use crate::proposal::IkeProposal;
+use crate::proposal::{EspInteg, IkeProposal};
 use crate::wire::{Id, TrafficSelector};
 
-/// The version this code writes and the only one it reads.
-pub const RECORD_VERSION: u16 = 1;
+/// The version this code writes; it also reads [`RECORD_VERSION_GCM_ONLY`].
+pub const RECORD_VERSION: u16 = 2;
+/// The first version: every CHILD_SA AES-GCM-16, no integrity transform field.
+pub const RECORD_VERSION_GCM_ONLY: u16 = 1;
 const MAGIC: &[u8; 4] = b"RGSA";
 const SUM_LEN: usize = 32;
 
@@ -191,6 +196,7 @@ impl<S: Sink> W<'_, S> {
                 (if c.esn { CHILD_ESN } else { 0 }) | (if c.replaced { CHILD_REPLACED } else { 0 });
             self.u8(f);
             self.u16(c.encr_bits);
+            self.u16(c.integ.map_or(0, EspInteg::id));
             self.tss(&c.local_ts);
             self.tss(&c.remote_ts);
             self.opt_dur(c.rekey_in);
@@ -254,6 +260,7 @@ pub(super) fn encode(r: &IkeSaRecord) -> Secret {
 /// A strict reader over the body.
 struct R<'a> {
     b: &'a [u8],
+    version: u16,
 }
 
 type Res<T> = Result<T, RecordError>;
@@ -381,13 +388,24 @@ impl<'a> R<'a> {
         if f & !(CHILD_ESN | CHILD_REPLACED) != 0 {
             return Err(RecordError::Invalid("CHILD_SA flags"));
         }
+        let encr_bits = self.u16()?;
+        let integ = match self.version {
+            RECORD_VERSION_GCM_ONLY => None,
+            _ => match self.u16()? {
+                0 => None,
+                id => {
+                    Some(EspInteg::from_id(id).ok_or(RecordError::Invalid("CHILD_SA integrity"))?)
+                }
+            },
+        };
         Ok(ChildSaRecord {
             name,
             spi_in,
             spi_out,
             esn: f & CHILD_ESN != 0,
             replaced: f & CHILD_REPLACED != 0,
-            encr_bits: self.u16()?,
+            encr_bits,
+            integ,
             local_ts: self.tss()?,
             remote_ts: self.tss()?,
             rekey_in: self.opt_dur()?,
@@ -468,7 +486,10 @@ pub(super) fn decode(b: &[u8]) -> Result<IkeSaRecord, RecordError> {
     let (content, sum) = b
         .split_at_checked(b.len().checked_sub(SUM_LEN).ok_or(RecordError::Truncated)?)
         .ok_or(RecordError::Truncated)?;
-    let mut r = R { b: content };
+    let mut r = R {
+        b: content,
+        version: 0,
+    };
     if r.take(MAGIC.len())? != MAGIC {
         return Err(RecordError::BadMagic);
     }
@@ -476,9 +497,10 @@ pub(super) fn decode(b: &[u8]) -> Result<IkeSaRecord, RecordError> {
     if digest::digest(&digest::SHA256, content).as_ref() != sum {
         return Err(RecordError::Checksum);
     }
-    if version != RECORD_VERSION {
+    if version != RECORD_VERSION && version != RECORD_VERSION_GCM_ONLY {
         return Err(RecordError::UnknownVersion(version));
     }
+    r.version = version;
     let rec = r.record()?;
     if !r.b.is_empty() {
         return Err(RecordError::TrailingBytes);

@@ -46,13 +46,13 @@ mod codec;
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 
-use crate::crypto::{Secret, SkCipher};
+use crate::crypto::Secret;
 use crate::event::{ChildSaInfo, ChildSaKeys};
 use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
-use crate::proposal::IkeProposal;
+use crate::proposal::{EspInteg, EspProposal, IkeProposal};
 use crate::wire::{Id, TrafficSelector};
 
-pub use codec::RECORD_VERSION;
+pub use codec::{RECORD_VERSION, RECORD_VERSION_GCM_ONLY};
 
 /// Why a record (or its bytes) cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -95,8 +95,10 @@ pub struct ChildSaRecord {
     pub spi_in: ChildSpi,
     pub spi_out: ChildSpi,
     pub esn: bool,
-    /// AES-GCM-16 key size.
+    /// AES key size (GCM-16, or CBC with `integ`).
     pub encr_bits: u16,
+    /// AES-CBC's HMAC; none for AES-GCM-16.
+    pub integ: Option<EspInteg>,
     pub local_ts: Vec<TrafficSelector>,
     pub remote_ts: Vec<TrafficSelector>,
     /// Time left until its rekey / its hard lifetime, from the moment of export.
@@ -104,9 +106,20 @@ pub struct ChildSaRecord {
     pub expire_in: Option<Duration>,
     /// Already replaced by our rekey (its delete had not completed).
     pub replaced: bool,
-    /// AES key and salt, inbound and outbound.
+    /// AES key and salt (GCM) or AES key and HMAC key (CBC), inbound and outbound.
     pub key_in: Secret,
     pub key_out: Secret,
+}
+
+impl ChildSaRecord {
+    /// Its algorithms as a proposal.
+    pub fn proposal(&self) -> EspProposal {
+        EspProposal {
+            encr_bits: self.encr_bits,
+            esn: self.esn,
+            integ: self.integ,
+        }
+    }
 }
 
 impl core::fmt::Debug for ChildSaRecord {
@@ -117,6 +130,7 @@ impl core::fmt::Debug for ChildSaRecord {
             .field("spi_out", &self.spi_out)
             .field("esn", &self.esn)
             .field("encr_bits", &self.encr_bits)
+            .field("integ", &self.integ)
             .field("local_ts", &self.local_ts)
             .field("remote_ts", &self.remote_ts)
             .field("rekey_in", &self.rekey_in)
@@ -245,11 +259,13 @@ impl IkeSaRecord {
                 inbound: ChildSaKeys {
                     spi: c.spi_in,
                     encr_bits: c.encr_bits,
+                    integ: c.integ,
                     keymat: c.key_in.clone(),
                 },
                 outbound: ChildSaKeys {
                     spi: c.spi_out,
                     encr_bits: c.encr_bits,
+                    integ: c.integ,
                     keymat: c.key_out.clone(),
                 },
                 esn: c.esn,
@@ -297,7 +313,7 @@ impl IkeSaRecord {
             if !valid_encr_bits(c.encr_bits) {
                 return Err(RecordError::Invalid("CHILD_SA key size"));
             }
-            let len = SkCipher::keymat_len(c.encr_bits);
+            let len = c.proposal().keymat_len();
             if c.key_in.len() != len || c.key_out.len() != len {
                 return Err(RecordError::Invalid("CHILD_SA key length"));
             }

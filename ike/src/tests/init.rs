@@ -21,7 +21,7 @@ fn every_proposal_and_group_negotiates() {
                     cbc,
                 }];
                 g.ike_proposals = c.ike_proposals.clone();
-                c.esp_proposals = vec![EspProposal { encr_bits, esn }];
+                c.esp_proposals = vec![EspProposal::gcm(encr_bits, esn)];
                 g.esp_proposals = c.esp_proposals.clone();
                 let mut p = Pair::new(c, g);
                 p.connect();
@@ -37,6 +37,65 @@ fn every_proposal_and_group_negotiates() {
             }
         }
     }
+}
+
+/// ESP AES-CBC with every HMAC, with and without ESN: both ends derive the same keys, the
+/// encryption key followed by the integrity key (RFC 7296 2.17), and the gateway chooses the
+/// client's proposal it prefers, not the first one offered.
+#[test]
+fn every_cbc_esp_proposal_negotiates() {
+    for integ in EspInteg::ALL {
+        for (encr_bits, esn) in [(128, false), (256, true)] {
+            let e = EspProposal {
+                encr_bits,
+                esn,
+                integ: Some(integ),
+            };
+            let mut c = client_cfg();
+            let mut g = gateway_cfg();
+            // The client offers GCM first; the gateway prefers this CBC suite.
+            c.esp_proposals = vec![EspProposal::gcm(128, esn), e];
+            g.esp_proposals = vec![e, EspProposal::gcm(128, esn)];
+            let mut p = Pair::new(c, g);
+            p.connect();
+            p.drive();
+            let (c, g) = (children(p.client_events()), children(p.gw_events()));
+            assert_eq!(
+                (c.len(), g.len()),
+                (1, 1),
+                "{integ:?} {encr_bits} esn={esn}"
+            );
+            assert_keys_pair(&c[0], &g[0]);
+            for k in [&c[0].outbound, &c[0].inbound, &g[0].outbound] {
+                assert_eq!(k.integ, Some(integ));
+                assert_eq!(k.encr_bits, encr_bits);
+                assert_eq!(k.keymat.len(), usize::from(encr_bits / 8) + integ.key_len());
+            }
+            assert_eq!(c[0].esn, esn);
+        }
+    }
+}
+
+/// A gateway that accepts only CBC with SHA-256 refuses a client that offers CBC with SHA-1
+/// only: the integrity transform is part of the proposal.
+#[test]
+fn cbc_integrity_must_match() {
+    let mut c = client_cfg();
+    let mut g = gateway_cfg();
+    c.esp_proposals = vec![EspProposal {
+        encr_bits: 256,
+        esn: false,
+        integ: Some(EspInteg::HmacSha1_96),
+    }];
+    g.esp_proposals = vec![EspProposal {
+        integ: Some(EspInteg::HmacSha256_128),
+        ..c.esp_proposals[0]
+    }];
+    let mut p = Pair::new(c, g);
+    p.connect();
+    p.drive();
+    assert!(children(p.client_events()).is_empty());
+    assert!(children(p.gw_events()).is_empty());
 }
 
 #[test]
