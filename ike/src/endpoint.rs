@@ -123,6 +123,11 @@ impl Endpoint {
         }
     }
 
+    /// Bytes of fragmented messages (RFC 7383) held for reassembly by all IKE SAs.
+    pub fn fragments_held(&self) -> usize {
+        self.out.reassembly.held()
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.transmits.pop_front()
     }
@@ -617,9 +622,10 @@ impl Endpoint {
     }
 
     fn remove(&mut self, id: IkeSaId) {
-        let Some(sa) = self.sas.remove(&id) else {
+        let Some(mut sa) = self.sas.remove(&id) else {
             return;
         };
+        sa.pending.reassembly.clear(&mut self.out.reassembly);
         self.deadlines.refile(id, sa.filed, None);
         if sa.pending.handshake.is_some() {
             self.stats.handshakes.failed = self.stats.handshakes.failed.saturating_add(1);
