@@ -168,6 +168,12 @@ impl Endpoint {
         self.config.half_open_timeout = half_open_timeout;
     }
 
+    /// IKE fragmentation (RFC 7383) from now on: IKE SAs negotiate it in IKE_SA_INIT, so
+    /// those up already keep what they agreed (their sizes and bounds follow this).
+    pub fn set_fragmentation(&mut self, f: crate::config::Fragmentation) {
+        self.config.fragmentation = f;
+    }
+
     pub fn services(&self) -> &Services {
         &self.services
     }
