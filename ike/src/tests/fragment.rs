@@ -391,3 +391,73 @@ fn malformed_fragment_headers_are_counted() {
     assert_eq!(p.gw().stats().get(Reason::FragmentMalformed), 3);
     assert_eq!(p.gw().fragments_held(), 0);
 }
+
+#[test]
+fn a_rekeyed_ike_sa_keeps_fragmentation_and_fragments_from_either_end() {
+    let mut p = pair_with(small(), small());
+    let cid = p.connect();
+    p.drive();
+    let gid = ike_up(p.gw_events()).unwrap();
+    // The gateway rekeys the IKE SA, then the client rekeys the CHILD_SA over the new one:
+    // CREATE_CHILD_SA requests and responses above the size go in fragments both ways.
+    let before = [CLIENT, GW].map(|i| p.net.ep(i).stats().fragments);
+    let now = p.now();
+    p.gw().rekey_ike(now, gid).unwrap();
+    p.drive();
+    let new = p.client().list()[0].0;
+    assert_ne!(new, cid, "rekeyed");
+    let now = p.now();
+    assert!(p.client().export(now, new).unwrap().fragmentation);
+    let spi = p.client().list()[0].3[0].0;
+    p.client().rekey_child(now, new, spi).unwrap();
+    p.drive();
+    assert_eq!(p.client().list()[0].3.len(), 1, "child rekeyed");
+    assert_ne!(p.client().list()[0].3[0].0, spi);
+    for (i, b) in [CLIENT, GW].into_iter().zip(before) {
+        let s = p.net.ep(i).stats();
+        assert!(s.fragments.messages_sent >= b.messages_sent + 2, "{:?}", s);
+        assert!(s.fragments.reassembled >= b.reassembled + 2, "{:?}", s);
+        assert_eq!(s.total(), 0, "{:?}", s.named());
+    }
+}
+
+#[test]
+fn a_fragmented_last_response_survives_export_and_adoption() {
+    let mut p = pair_with(small(), small());
+    p.connect();
+    p.drive();
+    let gid = ike_up(p.gw_events()).unwrap();
+    let now = p.now();
+    let record = p.gw().export(now, gid).unwrap();
+    let (id, resp) = record.last_response.clone().unwrap();
+    let parts: Vec<&[u8]> = crate::fragment::datagrams(&resp).collect();
+    assert!(parts.len() >= 3, "the IKE_AUTH response's fragments");
+    for d in &parts {
+        let (h, _) = fragment_of(d).unwrap();
+        assert_eq!((h.message_id, h.length as usize), (id, d.len()));
+    }
+    // The record's byte form keeps them, and an endpoint that adopts it answers the first
+    // fragment of the retransmitted request with every fragment again.
+    let bytes = record.to_bytes().unwrap();
+    let back = crate::record::IkeSaRecord::from_bytes(&bytes).unwrap();
+    assert_eq!(back.last_response, record.last_response);
+    assert!(back.fragmentation);
+    let mut other = frag_endpoint(gateway_cfg(), 3, small());
+    let adopted = other.adopt(now, &back).unwrap();
+    assert_eq!(adopted, gid);
+    let first = p
+        .net
+        .log
+        .iter()
+        .find(|d| d.to == Some(GW) && fragment_of(&d.data).is_some_and(|(_, f)| f.number == 1))
+        .unwrap()
+        .clone();
+    let mut local = p.gw_addr();
+    local.set_port(4500);
+    other.handle(now, local, first.src, &first.data);
+    let mut again = Vec::new();
+    while let Some(t) = other.poll_transmit() {
+        again.push(t.data);
+    }
+    assert_eq!(again, parts.iter().map(|d| d.to_vec()).collect::<Vec<_>>());
+}
