@@ -60,9 +60,16 @@ pub struct Charon {
 impl Charon {
     /// Starts charon with `dir/swanctl.conf` loaded.
     pub fn start(ns: &str, dir: &Path) -> Charon {
+        Charon::start_env(ns, dir, &[])
+    }
+
+    /// Starts charon with `dir/swanctl.conf` loaded and `env` for charon-netns.sh (e.g.
+    /// `FRAGMENT_SIZE`).
+    pub fn start_env(ns: &str, dir: &Path, env: &[(&str, &str)]) -> Charon {
         let out = Command::new("bash")
             .arg(root().join("tests/tools/strongswan/charon-netns.sh"))
             .args(["start", ns, dir.to_str().unwrap()])
+            .envs(env.iter().copied())
             .output()
             .expect("charon-netns.sh");
         let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();

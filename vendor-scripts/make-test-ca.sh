@@ -17,6 +17,8 @@
 #   rw-ecdsa.pem .key              client, ECDSA P-256, the same for rw-ecdsa
 #   ca.crl                         the root's CRL (empty; `REVOKE=rw-rsa` revokes that client)
 #
+# RSA_BITS (default 2048) sizes the RSA keys of the intermediate, gw and rw-rsa: 4096 makes a
+# gateway chain of about 4 KB (the IKE fragmentation test over a 576-byte MTU).
 # ORG (default "roamgate test") names the CAs: "/O=$ORG/CN=$ORG root CA" and intermediate.
 # Private keys are PKCS#8 PEM ("BEGIN PRIVATE KEY"), which roamgate and strongSwan both read.
 # Validity: DAYS (default 825) from now; set START (openssl -startdate form, YYMMDDHHMMSSZ)
@@ -26,6 +28,7 @@ out=${1:?usage: make-test-ca.sh OUTDIR [GATEWAY_NAME]}
 gw=${2:-gw.roamgate.test}
 days=${DAYS:-825}
 org=${ORG:-roamgate test}
+bits=${RSA_BITS:-2048}
 mkdir -p "$out"
 cd "$out"
 
@@ -115,15 +118,15 @@ openssl ca -batch -config ca.cnf -name root -selfsign -extensions v3_root "${sta
     -notext -in ca.csr -out ca.pem 2>/dev/null
 rm -f ca.csr
 
-key intermediate.key rsa 2048
+key intermediate.key rsa "$bits"
 issue intermediate root v3_inter "/O=$org/CN=$org intermediate CA"
 
-key gw.key rsa 2048
+key gw.key rsa "$bits"
 issue gw inter v3_gw "/O=roamgate test/CN=$gw"
 cat gw.pem intermediate.pem > gw-chain.pem
 
 CLIENT=rw-rsa
-key rw-rsa.key rsa 2048
+key rw-rsa.key rsa "$bits"
 issue rw-rsa root v3_client "/O=roamgate test/CN=rw-rsa.roamgate.test"
 CLIENT=rw-ecdsa
 key rw-ecdsa.key ec P-256

@@ -134,6 +134,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
     let mut driver = Driver::new(core);
     driver.set_admission(file.ike.admission(&args.config, "ike")?);
+    driver.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
     let clock = Clock::start();
     let unix_time_at_zero = clock.unix_time_at_zero();
     driver.core_mut().set_unix_time_at_zero(unix_time_at_zero);
@@ -147,6 +148,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             let repo = SaRepository::new(plan.rules, gw.replay_window);
             let mut core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
             core.set_admission(file.ike.admission(&path, "ike")?);
+            core.set_fragmentation(file.ike.fragmentation(&path, "ike")?);
             core.set_unix_time_at_zero(unix_time_at_zero);
             Ok(core)
         }

@@ -566,6 +566,7 @@ fn serve<P: Port + 'static>(
             opened.pairs.len() as u16,
         );
         c.set_admission(file.ike.admission(&args.config, "ike")?);
+        c.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
         c.initiate();
         ike = Some(c);
         if args.follow_wan {

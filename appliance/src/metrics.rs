@@ -386,6 +386,24 @@ fn encode_ike(
             false,
         ),
         (
+            "roamgate_ike_fragments_sent",
+            "IKE fragments sent (RFC 7383), retransmissions included",
+            "fragments_sent",
+            false,
+        ),
+        (
+            "roamgate_ike_fragments_received",
+            "Authenticated IKE fragments kept for reassembly (RFC 7383)",
+            "fragments_received",
+            false,
+        ),
+        (
+            "roamgate_ike_fragments_reassembled",
+            "IKE messages reassembled from their fragments (RFC 7383)",
+            "fragments_reassembled",
+            false,
+        ),
+        (
             "roamgate_ike_mobike_updates",
             "IKE SAs moved to new addresses by MOBIKE (ours and the peers')",
             "mobike_moves",
@@ -609,6 +627,7 @@ mod tests {
                 "integrity": 9, "bad_message_id": 10, "answers_limited": 11,
                 "cookies_sent": 12, "cookies_valid": 13, "cookies_invalid": 14,
                 "handshakes_started": 20, "handshakes_completed": 15, "handshakes_failed": 2,
+                "fragments_sent": 21, "fragments_received": 22, "fragments_reassembled": 23,
             },
         });
         let mut registry = Registry::default();
@@ -679,6 +698,9 @@ mod tests {
         );
         assert_eq!(get("roamgate_ike_answers_limited_total", &[]), 11.0);
         assert_eq!(get("roamgate_ike_cookies_sent_total", &[]), 12.0);
+        assert_eq!(get("roamgate_ike_fragments_sent_total", &[]), 21.0);
+        assert_eq!(get("roamgate_ike_fragments_received_total", &[]), 22.0);
+        assert_eq!(get("roamgate_ike_fragments_reassembled_total", &[]), 23.0);
         assert_eq!(
             get(
                 "roamgate_ike_cookies_received_total",

@@ -134,6 +134,8 @@ pub struct EndpointConfig {
     /// messages).
     pub unprotected_answers_per_sec: u32,
     pub admission: Admission,
+    /// IKE fragmentation (RFC 7383).
+    pub fragmentation: Fragmentation,
     /// The UNIX time at the caller's `Instant::ZERO`: certificate and CRL validity are
     /// judged at this plus the `now` the caller passes in (the core reads no clock).
     pub unix_time_at_zero: Duration,
@@ -179,7 +181,48 @@ impl Default for EndpointConfig {
             rekey_retry: Duration::from_secs(10),
             unprotected_answers_per_sec: 20,
             admission: Admission::default(),
+            fragmentation: Fragmentation::default(),
             unix_time_at_zero: Duration::ZERO,
+        }
+    }
+}
+
+/// IKE fragmentation (RFC 7383): offered and accepted in IKE_SA_INIT when `enabled` (as
+/// strongSwan's `fragmentation = yes`); once both ends announced it, a protected message
+/// whose IP datagram would exceed the fragment size for the peer's address family goes as
+/// Encrypted Fragment payloads, and fragments the peer sends are reassembled within the
+/// bounds below (what is beyond them is dropped, counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragmentation {
+    pub enabled: bool,
+    /// The largest IP datagram a fragment may make, IPv4 and IPv6 (RFC 7383 2.5.1
+    /// recommends 576 and 1280 without path MTU discovery). IP and UDP headers and the
+    /// non-ESP marker on port 4500 count.
+    pub size_v4: u16,
+    pub size_v6: u16,
+    /// A reassembled message may be at most this long (its decrypted payloads).
+    pub max_message: usize,
+    /// A message may come in at most this many fragments.
+    pub max_fragments: u16,
+    /// Bytes held for reassembly by all IKE SAs together.
+    pub max_total: usize,
+    /// A message whose fragments did not all come this long after its first is dropped.
+    pub timeout: Duration,
+}
+
+/// The smallest fragment size accepted: below it a fragment carries too little.
+pub const MIN_FRAGMENT_SIZE: u16 = 200;
+
+impl Default for Fragmentation {
+    fn default() -> Self {
+        Fragmentation {
+            enabled: true,
+            size_v4: 576,
+            size_v6: 1280,
+            max_message: 64 * 1024,
+            max_fragments: 256,
+            max_total: 4 * 1024 * 1024,
+            timeout: Duration::from_secs(30),
         }
     }
 }

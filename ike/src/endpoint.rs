@@ -123,6 +123,11 @@ impl Endpoint {
         }
     }
 
+    /// Bytes of fragmented messages (RFC 7383) held for reassembly by all IKE SAs.
+    pub fn fragments_held(&self) -> usize {
+        self.out.reassembly.held()
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.transmits.pop_front()
     }
@@ -161,6 +166,12 @@ impl Endpoint {
     ) {
         self.config.admission = admission;
         self.config.half_open_timeout = half_open_timeout;
+    }
+
+    /// IKE fragmentation (RFC 7383) from now on: IKE SAs negotiate it in IKE_SA_INIT, so
+    /// those up already keep what they agreed (their sizes and bounds follow this).
+    pub fn set_fragmentation(&mut self, f: crate::config::Fragmentation) {
+        self.config.fragmentation = f;
     }
 
     pub fn services(&self) -> &Services {
@@ -617,9 +628,10 @@ impl Endpoint {
     }
 
     fn remove(&mut self, id: IkeSaId) {
-        let Some(sa) = self.sas.remove(&id) else {
+        let Some(mut sa) = self.sas.remove(&id) else {
             return;
         };
+        sa.pending.reassembly.clear(&mut self.out.reassembly);
         self.deadlines.refile(id, sa.filed, None);
         if sa.pending.handshake.is_some() {
             self.stats.handshakes.failed = self.stats.handshakes.failed.saturating_add(1);

@@ -103,7 +103,8 @@ pub(crate) struct IkeSaState {
     pub sk_in: Option<SkCipher>,
     /// The message id of our next request.
     pub next_request_id: u32,
-    /// The next request id we expect from the peer, and our last response (for replays).
+    /// The next request id we expect from the peer, and our last response (for replays; its
+    /// datagrams back to back when it went in fragments, `fragment::datagrams`).
     pub peer_next_id: u32,
     pub last_response: Option<(u32, Vec<u8>)>,
     pub children: Vec<Child>,
@@ -113,6 +114,8 @@ pub(crate) struct IkeSaState {
     pub virtual_ip: Option<IpAddr>,
     /// Both ends sent MOBIKE_SUPPORTED (RFC 4555 3.1).
     pub mobike: bool,
+    /// Both ends sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 2.3).
+    pub fragmentation: bool,
     /// The peer's additional addresses (its latest announcement, RFC 4555 3.3), and ours.
     pub peer_additional: Vec<IpAddr>,
     pub our_additional: Vec<IpAddr>,
@@ -154,6 +157,8 @@ pub(crate) struct Pending {
     pub last_heard: Instant,
     /// A responder's entry in the endpoint's table of IKE_SA_INIT retransmissions.
     pub half_open: Option<(IkeSpi, SocketAddr)>,
+    /// Fragmented messages (RFC 7383) under reassembly.
+    pub reassembly: crate::fragment::Reassembly,
 }
 
 /// What the views show of an IKE SA and the record of its state does not carry: when it came
@@ -219,6 +224,7 @@ impl IkeSa {
                 rekey_at: None,
                 virtual_ip: None,
                 mobike: false,
+                fragmentation: false,
                 peer_additional: Vec::new(),
                 our_additional: Vec::new(),
             },
@@ -335,7 +341,9 @@ impl IkeSa {
         self.state.nat || self.state.remote.port() == 4500
     }
 
-    /// Builds an encrypted message: header, SK payload holding `inner`.
+    /// Builds an encrypted message: header, SK payload holding `inner` (never fragmented:
+    /// the exchanges go through `fragment::protect`).
+    #[cfg(test)]
     pub(crate) fn encrypted(
         &mut self,
         exch: u8,
@@ -408,13 +416,7 @@ impl IkeSa {
         let inner = cipher
             .open(aad, body)
             .map_err(|_| OpenError::Drop(Reason::Integrity))?;
-        match wire::parse_chain(&inner, 0, sk.first_inner) {
-            Ok(c) if c.sk.is_none() => Ok(c.payloads),
-            // An SK payload inside an SK payload is no valid message either.
-            Ok(_) => Err(OpenError::Malformed),
-            Err(WireError::UnsupportedCritical(t)) => Err(OpenError::Unsupported(t)),
-            Err(_) => Err(OpenError::Malformed),
-        }
+        parse_inner(&inner, sk.first_inner)
     }
 
     pub(crate) fn child_info(
@@ -555,6 +557,18 @@ impl IkeSa {
                 .filter_map(|c| c.expire_at)
                 .min(),
         );
+    }
+}
+
+/// The payloads of a decrypted SK payload (or of a reassembled fragmented message) whose
+/// first payload has type `first`.
+pub(crate) fn parse_inner(inner: &[u8], first: u8) -> Result<Vec<Payload>, OpenError> {
+    match wire::parse_chain(inner, 0, first) {
+        Ok(c) if c.sk.is_none() => Ok(c.payloads),
+        // An SK payload inside an SK payload is no valid message either.
+        Ok(_) => Err(OpenError::Malformed),
+        Err(WireError::UnsupportedCritical(t)) => Err(OpenError::Unsupported(t)),
+        Err(_) => Err(OpenError::Malformed),
     }
 }
 

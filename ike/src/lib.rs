@@ -18,6 +18,7 @@
 //! | [`record`] | [`IkeSaRecord`], the versioned persistent state of an IKE SA, and its strict byte codec; why an adopted IKE SA never reuses an IV | print or keep key material; panic on any byte sequence |
 //! | `ike_sa` | one IKE SA's lasting state and work under way | touch another IKE SA |
 //! | `exchange::*` | IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA (children, IKE SA), INFORMATIONAL, MOBIKE, each on one IKE SA and a context | answer an unauthenticated message on an IKE SA |
+//! | `fragment` | IKE fragmentation (RFC 7383): splitting a protected message into Encrypted Fragment payloads, each sealed on its own; reassembly per IKE SA and direction, each fragment authenticated before it is kept, bounded per message, per IKE SA and in total, expired by a timer | keep an unauthenticated fragment; hold more than its budget |
 //! | `timer` | per-IKE-SA deadline tables and the endpoint's ordered deadlines | file an IKE SA twice |
 //! | [`services`] | SPI allocation (node/worker bits), virtual-IP pools, authentication: PSK and certificates (`auth`), signatures (`pubkey`), trust stores, chains, EKU and identities (`certs`) | reach the network or a clock; read a file |
 //! | [`ids`], [`time`] | `IkeSpi`, `ChildSpi`, `IkeSaId`; `Instant` | wrap around |
@@ -47,6 +48,7 @@ pub mod crypto;
 pub mod endpoint;
 pub mod event;
 mod exchange;
+mod fragment;
 mod half_open;
 pub mod ids;
 mod ike_sa;
@@ -66,7 +68,8 @@ pub mod testing;
 mod tests;
 
 pub use config::{
-    after_secs, secret, Admission, Credential, EndpointConfig, PeerConfig, Pool, Pubkey, Retransmit,
+    after_secs, secret, Admission, Credential, EndpointConfig, Fragmentation, PeerConfig, Pool,
+    Pubkey, Retransmit,
 };
 pub use endpoint::{AdoptError, ConnectError, Endpoint, ExportError, Footprint, SaStates};
 pub use event::{

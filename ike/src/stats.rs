@@ -35,6 +35,11 @@
 //! | `MissingPayload` | an authenticated request without a payload it needs, or with one that is malformed | INVALID_SYNTAX, encrypted; the IKE SA goes |
 //! | `UnexpectedExchange` | an authenticated request of an exchange type this IKE SA does not take now | INVALID_SYNTAX, encrypted; the IKE SA goes |
 //! | `ResponseMalformed` | a response that does not parse or lacks what it must carry | none (the request is retransmitted, then times out) |
+//! | `FragmentUnnegotiated` | an Encrypted Fragment payload on an IKE SA that did not negotiate fragmentation (RFC 7383 2.3), or in IKE_SA_INIT | none |
+//! | `FragmentMalformed` | an Encrypted Fragment payload that does not parse, or numbered 0 or above its total (2.5) | none |
+//! | `FragmentDuplicate` | a fragment of a message under reassembly that is already held | none |
+//! | `FragmentStale` | a fragment whose total is below the one under reassembly (2.6), or a retransmitted fragment other than the first of a request already answered (2.6.1) | none |
+//! | `FragmentOverLimit` | a fragment beyond the bounds: more fragments, a longer message or more bytes held in total than configured (the partial message goes too) | none |
 //!
 //! Unprotected answers (to messages no key vouches for) are rate-limited (2.21.4); one the
 //! limit holds back is counted in [`Stats::answers_limited`] besides its reason. COOKIE
@@ -79,10 +84,15 @@ pub enum Reason {
     MissingPayload,
     UnexpectedExchange,
     ResponseMalformed,
+    FragmentUnnegotiated,
+    FragmentMalformed,
+    FragmentDuplicate,
+    FragmentStale,
+    FragmentOverLimit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 34] = [
         Reason::Truncated,
         Reason::LengthMismatch,
         Reason::OldMajorVersion,
@@ -112,6 +122,11 @@ impl Reason {
         Reason::MissingPayload,
         Reason::UnexpectedExchange,
         Reason::ResponseMalformed,
+        Reason::FragmentUnnegotiated,
+        Reason::FragmentMalformed,
+        Reason::FragmentDuplicate,
+        Reason::FragmentStale,
+        Reason::FragmentOverLimit,
     ];
 
     /// The name views and logs use.
@@ -146,6 +161,11 @@ impl Reason {
             Reason::MissingPayload => "missing_payload",
             Reason::UnexpectedExchange => "unexpected_exchange",
             Reason::ResponseMalformed => "response_malformed",
+            Reason::FragmentUnnegotiated => "fragment_unnegotiated",
+            Reason::FragmentMalformed => "fragment_malformed",
+            Reason::FragmentDuplicate => "fragment_duplicate",
+            Reason::FragmentStale => "fragment_stale",
+            Reason::FragmentOverLimit => "fragment_over_limit",
         }
     }
 
@@ -155,13 +175,14 @@ impl Reason {
 }
 
 /// The endpoint's counters of messages it did not take as they stood.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
     counts: [u64; Reason::ALL.len()],
     /// Unprotected error answers the rate limit held back (their reasons are counted too).
     pub answers_limited: u64,
     pub cookies: CookieStats,
     pub handshakes: HandshakeStats,
+    pub fragments: FragmentStats,
     /// IKE_AUTH exchanges that failed, by why (ours or the peer's authentication).
     auth: [u64; AuthError::ALL.len()],
 }
@@ -178,6 +199,25 @@ pub struct HandshakeStats {
     pub failed: u64,
 }
 
+/// What IKE fragmentation (RFC 7383) did. A fragment that failed its integrity check is
+/// counted as `Integrity`, other dropped ones under their `Fragment*` reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentStats {
+    /// Messages we sent as fragments (each retransmission of one counts again), and the
+    /// fragments in them.
+    pub messages_sent: u64,
+    pub sent: u64,
+    /// Authenticated fragments kept for reassembly.
+    pub received: u64,
+    /// Messages reassembled from all their fragments.
+    pub reassembled: u64,
+    /// Reassemblies started over: a fragment with a larger total came (RFC 7383 2.6), or
+    /// the first of another message replaced an unfinished one.
+    pub restarted: u64,
+    /// Unfinished messages dropped when their time ran out.
+    pub expired: u64,
+}
+
 /// What the responder's cookies (RFC 7296 2.6) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CookieStats {
@@ -188,6 +228,20 @@ pub struct CookieStats {
     /// IKE_SA_INIT requests with a COOKIE that does not check (wrong, stale, or for another
     /// request).
     pub invalid: u64,
+}
+
+// By hand: `Default` is derived for arrays of at most 32 elements.
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            counts: [0; Reason::ALL.len()],
+            answers_limited: 0,
+            cookies: CookieStats::default(),
+            handshakes: HandshakeStats::default(),
+            fragments: FragmentStats::default(),
+            auth: [0; AuthError::ALL.len()],
+        }
+    }
 }
 
 impl Stats {
@@ -249,6 +303,13 @@ impl Stats {
         v.push(("handshakes_started", self.handshakes.started));
         v.push(("handshakes_completed", self.handshakes.completed));
         v.push(("handshakes_failed", self.handshakes.failed));
+        let f = &self.fragments;
+        v.push(("fragmented_messages_sent", f.messages_sent));
+        v.push(("fragments_sent", f.sent));
+        v.push(("fragments_received", f.received));
+        v.push(("fragments_reassembled", f.reassembled));
+        v.push(("fragment_reassembly_restarted", f.restarted));
+        v.push(("fragment_reassembly_expired", f.expired));
         v.extend(
             AuthError::ALL
                 .iter()

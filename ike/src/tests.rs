@@ -8,6 +8,7 @@ mod child;
 mod cookie;
 mod endpoint;
 mod export;
+mod fragment;
 mod ike_rekey;
 mod info;
 mod init;

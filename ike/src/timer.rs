@@ -27,16 +27,19 @@ pub(crate) enum Timer {
     ChildExpire,
     /// Nothing heard for the liveness interval: check the peer.
     Liveness,
+    /// The oldest unfinished reassembly of a fragmented message (RFC 7383) expires.
+    Reassembly,
 }
 
 impl Timer {
-    pub(crate) const ALL: [Timer; 6] = [
+    pub(crate) const ALL: [Timer; 7] = [
         Timer::Retransmit,
         Timer::HalfOpen,
         Timer::IkeRekey,
         Timer::ChildRekey,
         Timer::ChildExpire,
         Timer::Liveness,
+        Timer::Reassembly,
     ];
 }
 

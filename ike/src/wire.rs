@@ -46,6 +46,8 @@ pub mod payload {
     pub const SK: u8 = 46;
     pub const CP: u8 = 47;
     pub const EAP: u8 = 48;
+    /// Encrypted Fragment (RFC 7383 2.5).
+    pub const SKF: u8 = 53;
 }
 
 /// Notify message types used here.
@@ -76,6 +78,7 @@ pub mod notify {
     pub const NO_ADDITIONAL_ADDRESSES: u16 = 16399;
     pub const UPDATE_SA_ADDRESSES: u16 = 16400;
     pub const COOKIE2: u16 = 16401;
+    pub const IKEV2_FRAGMENTATION_SUPPORTED: u16 = 16430;
     pub const SIGNATURE_HASH_ALGORITHMS: u16 = 16431;
 
     /// Types below 16384 are errors (RFC 7296 3.10.1).
@@ -861,6 +864,60 @@ pub fn parse_chain(msg: &[u8], at: usize, first: u8) -> Result<Chain> {
         return Err(WireError::Malformed("trailing bytes"));
     }
     Ok(Chain { payloads, sk: None })
+}
+
+/// The fixed part of an Encrypted Fragment payload (RFC 7383 2.5): the generic payload
+/// header (next payload, flags, length), Fragment Number and Total Fragments. The IV,
+/// ciphertext and ICV follow; everything before the IV is the fragment's associated data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragmentHeader {
+    /// In fragment 1, the type of the first inner payload; zero in the others.
+    pub first_inner: u8,
+    /// 1-based, at most `total`.
+    pub number: u16,
+    pub total: u16,
+}
+
+/// Length of [`FragmentHeader`] on the wire.
+pub const SKF_HEADER_LEN: usize = 8;
+
+impl FragmentHeader {
+    /// The Encrypted Fragment payload of `msg`, a whole IKE message whose header says the
+    /// first payload is SKF. It must be the only payload: its length runs to the end of the
+    /// message (no exchange carries anything beside it). Numbers of 0 and a number above
+    /// the total are malformed (RFC 7383 2.5).
+    pub fn parse(msg: &[u8]) -> Result<FragmentHeader> {
+        let mut r = Reader::new(msg);
+        r.take(HEADER_LEN)?;
+        let first_inner = r.u8()?;
+        let _flags = r.u8()?;
+        let len = usize::from(r.u16()?);
+        let number = r.u16()?;
+        let total = r.u16()?;
+        if HEADER_LEN.checked_add(len) != Some(msg.len()) {
+            return Err(WireError::Malformed("encrypted fragment length"));
+        }
+        if len <= SKF_HEADER_LEN {
+            return Err(WireError::Malformed("empty encrypted fragment"));
+        }
+        if number == 0 || total == 0 || number > total {
+            return Err(WireError::Malformed("fragment number"));
+        }
+        Ok(FragmentHeader {
+            first_inner,
+            number,
+            total,
+        })
+    }
+
+    /// The payload's fixed part for a payload of `len` bytes in all.
+    pub fn emit(&self, len: u16, out: &mut Vec<u8>) {
+        out.push(self.first_inner);
+        out.push(0);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&self.number.to_be_bytes());
+        out.extend_from_slice(&self.total.to_be_bytes());
+    }
 }
 
 #[cfg(test)]

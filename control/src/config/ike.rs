@@ -38,6 +38,17 @@
 //!   cookie_secret_secs: 120     # the cookie secret is replaced this often
 //!   cookie_grace_secs: 10       # cookies of the replaced secret still count this long
 //! ```
+//!
+//! IKE fragmentation (RFC 7383), for every connection (defaults shown; strongSwan's
+//! `fragmentation = yes`):
+//!
+//! ```yaml
+//! ike:
+//!   fragmentation: true         # offer and accept it in IKE_SA_INIT
+//!   fragment_size: 576          # largest IPv4 datagram a fragment makes (RFC 7383 2.5.1)
+//!   fragment_size_v6: 1280      # ... and IPv6
+//!   fragment_timeout_secs: 30   # an unfinished reassembly goes after this
+//! ```
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -49,8 +60,8 @@ use crate::repo::prefix_ts;
 use ike::crypto::{DhGroup, Prf};
 use ike::wire::Id;
 use ike::{
-    after_secs, secret, Admission, Credential, EndpointConfig, EspInteg, EspProposal, IkeProposal,
-    PeerConfig, Pool,
+    after_secs, secret, Admission, Credential, EndpointConfig, EspInteg, EspProposal,
+    Fragmentation, IkeProposal, PeerConfig, Pool,
 };
 use pipeline::spd::Prefix;
 use pipeline::stats::Lifetime;
@@ -164,6 +175,15 @@ pub struct IkeYaml {
     pub cookie_secret_secs: Option<u64>,
     #[serde(default)]
     pub cookie_grace_secs: Option<u64>,
+    /// IKE fragmentation (module doc); absent: defaults.
+    #[serde(default)]
+    pub fragmentation: Option<bool>,
+    #[serde(default)]
+    pub fragment_size: Option<u64>,
+    #[serde(default)]
+    pub fragment_size_v6: Option<u64>,
+    #[serde(default)]
+    pub fragment_timeout_secs: Option<u64>,
 }
 
 /// What [`IkeYaml::admission`] yields: the endpoint's admission policy and half-open timeout.
@@ -342,6 +362,51 @@ impl IkeYaml {
         ))
     }
 
+    /// IKE fragmentation (RFC 7383) as configured, each value in its bounds; an error names
+    /// the key.
+    pub fn fragmentation(&self, file: &Path, at: &str) -> Result<Fragmentation, ConfigError> {
+        let d = Fragmentation::default();
+        let check = |k: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::new(
+                    file,
+                    format!("{at}.{k}"),
+                    format!("{v} is out of bounds: {lo} to {hi}"),
+                ))
+            }
+        };
+        let min = u64::from(ike::config::MIN_FRAGMENT_SIZE);
+        let v4 = check(
+            "fragment_size",
+            self.fragment_size.unwrap_or(u64::from(d.size_v4)),
+            min,
+            65_535,
+        )?;
+        let v6 = check(
+            "fragment_size_v6",
+            self.fragment_size_v6.unwrap_or(u64::from(d.size_v6)),
+            min,
+            65_535,
+        )?;
+        let timeout = check(
+            "fragment_timeout_secs",
+            self.fragment_timeout_secs.unwrap_or(d.timeout.as_secs()),
+            1,
+            300,
+        )?;
+        // Each size is at most 65535: the conversions back cannot fail.
+        let size = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+        Ok(Fragmentation {
+            enabled: self.fragmentation.unwrap_or(d.enabled),
+            size_v4: size(v4),
+            size_v6: size(v6),
+            timeout: std::time::Duration::from_secs(timeout),
+            ..d
+        })
+    }
+
     /// A connection's pre-shared key (`psk` or `psk_file`), at least 8 bytes.
     fn psk(
         c: &ConnectionYaml,
@@ -377,6 +442,7 @@ impl IkeYaml {
     /// Validates every connection and the admission policy; errors name the file and the key.
     pub fn validate(&self, file: &Path, at: &str) -> Result<Vec<Connection>, ConfigError> {
         self.admission(file, at)?;
+        self.fragmentation(file, at)?;
         let err = |key: String, what: String| ConfigError::new(file, key, what);
         let mut out = Vec::new();
         for (i, c) in self.connections.iter().enumerate() {
@@ -724,6 +790,35 @@ mod tests {
         let e = y.validate(Path::new("x.yaml"), "ike").unwrap_err();
         assert_eq!(e.key, "ike.connections[0].child_life_packets");
         assert!(e.to_string().contains("child_rekey_packets"), "{e}");
+    }
+
+    #[test]
+    fn fragmentation_keys_have_defaults_and_bounds_and_errors_name_the_key() {
+        let f = Path::new("x.yaml");
+        let parse = |t: &str| crate::config::parse::<IkeYaml>(f, t).unwrap();
+        assert_eq!(
+            parse("{}").fragmentation(f, "ike").unwrap(),
+            Fragmentation::default()
+        );
+        let g = parse(
+            "fragmentation: false\nfragment_size: 1200\nfragment_size_v6: 1400\nfragment_timeout_secs: 5\n",
+        )
+        .fragmentation(f, "ike")
+        .unwrap();
+        assert_eq!(
+            (g.enabled, g.size_v4, g.size_v6, g.timeout.as_secs()),
+            (false, 1200, 1400, 5)
+        );
+        for (text, key) in [
+            ("fragment_size: 100", "ike.fragment_size"),
+            ("fragment_size: 70000", "ike.fragment_size"),
+            ("fragment_size_v6: 199", "ike.fragment_size_v6"),
+            ("fragment_timeout_secs: 0", "ike.fragment_timeout_secs"),
+        ] {
+            let e = parse(text).validate(f, "ike").unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.to_string().contains("x.yaml"), "{e}");
+        }
     }
 
     #[test]

@@ -122,6 +122,10 @@ impl ControlCore {
         self.endpoint.set_admission(a, half_open_timeout);
     }
 
+    pub fn set_fragmentation(&mut self, f: ike::Fragmentation) {
+        self.endpoint.set_fragmentation(f);
+    }
+
     pub fn workers(&self) -> u16 {
         self.placement.workers()
     }

@@ -171,6 +171,10 @@ impl InProcControl {
         self.driver.set_admission(a);
     }
 
+    pub fn set_fragmentation(&mut self, f: ike::Fragmentation) {
+        self.driver.set_fragmentation(f);
+    }
+
     /// One turn with the workers in this process (see [`Driver::turn`]).
     pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool, TurnError> {
         let now = self.now();

@@ -182,6 +182,10 @@ impl Driver {
         self.core.set_admission(a);
     }
 
+    pub fn set_fragmentation(&mut self, f: ike::Fragmentation) {
+        self.core.set_fragmentation(f);
+    }
+
     /// Prints nothing but errors (tests).
     pub fn set_silent(&mut self) {
         self.set_quiet();

@@ -154,6 +154,7 @@ impl Endpoint {
             virtual_ip: st.virtual_ip,
             lease,
             mobike: st.mobike,
+            fragmentation: st.fragmentation,
             peer_additional: st.peer_additional.clone(),
             our_additional: st.our_additional.clone(),
             children: st
@@ -306,6 +307,7 @@ fn build(
     s.rekey_at = at(r.rekey_in);
     s.virtual_ip = r.virtual_ip;
     s.mobike = r.mobike;
+    s.fragmentation = r.fragmentation;
     s.peer_additional = r.peer_additional.clone();
     s.our_additional = r.our_additional.clone();
     s.children = r

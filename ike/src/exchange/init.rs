@@ -71,6 +71,12 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     p.push(Payload::Nonce(hs.ni.clone()));
     p.extend(nat_notifies(spi_i, IkeSpi::ZERO, local, remote));
     p.extend(ctx.services.auth.init_payloads(&[cfg.as_ref()], false));
+    if ctx.config.fragmentation.enabled {
+        p.push(Payload::notify(
+            notify::IKEV2_FRAGMENTATION_SUPPORTED,
+            vec![],
+        ));
+    }
     let data = plain_message(
         spi_i,
         IkeSpi::ZERO,
@@ -207,6 +213,16 @@ pub(crate) fn respond(
     reply.extend(nat_notifies(spi_i, spi_r, local, remote));
     let peers: Vec<&PeerConfig> = ctx.peers.iter().map(|c| c.as_ref()).collect();
     reply.extend(ctx.services.auth.init_payloads(&peers, true));
+    // RFC 7383 2.3: announced back only to an initiator that announced it.
+    let fragmentation = ctx.config.fragmentation.enabled
+        && find_notify(p, notify::IKEV2_FRAGMENTATION_SUPPORTED).is_some();
+    if fragmentation {
+        reply.push(Payload::notify(
+            notify::IKEV2_FRAGMENTATION_SUPPORTED,
+            vec![],
+        ));
+    }
+    sa.state.fragmentation = fragmentation;
     let (peer_hashes, _) = auth_hints(p);
     let data = plain_message(
         spi_i,
@@ -413,6 +429,8 @@ pub(crate) fn on_response(
     (hs.peer_hashes, hs.certreqs) = auth_hints(&p);
     sa.state.spi_r = spi_r;
     sa.state.prop = prop;
+    sa.state.fragmentation = ctx.config.fragmentation.enabled
+        && find_notify(&p, notify::IKEV2_FRAGMENTATION_SUPPORTED).is_some();
     sa.set_nat(nat_detected(&p, spi_i, spi_r, local, remote));
     sa.install_keys(keys);
     sa.pending.outstanding = None;

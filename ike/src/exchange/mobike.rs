@@ -173,7 +173,7 @@ pub(crate) fn try_next_address(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
         Timer::Retransmit,
         Some(ctx.now.saturating_add(ctx.config.retransmit.timeout)),
     );
-    ctx.send(sa.state.local, sa.state.remote, data);
+    ctx.send_datagrams(sa.state.local, sa.state.remote, &data);
     ctx.event(sa.moved_event());
     true
 }

@@ -65,6 +65,8 @@ pub(crate) struct Output {
     /// Work on other IKE SAs than the one at hand, done by the endpoint afterwards.
     pub effects: Vec<Effect>,
     pub unprotected: AnswerLimit,
+    /// Bytes held for reassembly of fragmented messages by every IKE SA (RFC 7383).
+    pub reassembly: crate::fragment::Budget,
 }
 
 /// Work for the endpoint on IKE SAs other than the one an exchange had.
@@ -108,6 +110,21 @@ impl Ctx<'_> {
 
     pub(crate) fn send(&mut self, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
         self.out.transmits.push_back(Transmit { src, dst, data });
+    }
+
+    /// Sends a message kept as its datagrams back to back (its fragments, or the one
+    /// message: `fragment::datagrams`).
+    pub(crate) fn send_datagrams(&mut self, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
+        let mut n = 0u64;
+        for d in crate::fragment::datagrams(data) {
+            n = n.saturating_add(1);
+            self.send(src, dst, d.to_vec());
+        }
+        if n > 1 {
+            let f = &mut self.stats.fragments;
+            f.messages_sent = f.messages_sent.saturating_add(1);
+            f.sent = f.sent.saturating_add(n);
+        }
     }
 
     pub(crate) fn event(&mut self, e: Event) {
@@ -216,6 +233,7 @@ impl Request {
 #[derive(Debug)]
 pub(crate) struct Outstanding {
     pub id: u32,
+    /// The request's datagrams back to back (its fragments, or the one message).
     pub data: Vec<u8>,
     pub request: Request,
     pub tries: u32,
@@ -246,11 +264,15 @@ pub(crate) fn on_request(
     h: &Header,
     msg: &[u8],
 ) {
+    let fragment = h.next_payload == wire::payload::SKF;
     if let Some((id, resp)) = &sa.state.last_response {
         if *id == h.message_id {
-            // A retransmitted request: the cached response, nothing processed twice.
+            // A retransmitted request: the cached response, nothing processed twice (of a
+            // fragmented request, its first fragment only: RFC 7383 2.6.1).
             let data = resp.clone();
-            ctx.send(local, remote, data);
+            if !fragment || crate::fragment::is_first(ctx, msg) {
+                ctx.send_datagrams(local, remote, &data);
+            }
             return;
         }
     }
@@ -258,7 +280,15 @@ pub(crate) fn on_request(
         ctx.count(Reason::BadMessageId);
         return;
     }
-    let outcome = match sa.open(msg, h) {
+    let opened = if fragment {
+        match crate::fragment::receive(sa, ctx, h, msg) {
+            crate::fragment::Received::Incomplete => return,
+            crate::fragment::Received::Complete(r) => r,
+        }
+    } else {
+        sa.open(msg, h)
+    };
+    let outcome = match opened {
         Ok(payloads) => {
             sa.pending.last_heard = ctx.now;
             // Only an authenticated request may move the IKE SA's port (NAT mapping, RFC 7296
@@ -289,12 +319,12 @@ pub(crate) fn on_request(
             (vec![Payload::notify(notify::INVALID_SYNTAX, vec![])], true)
         }
     };
-    let data = sa.encrypted(h.exchange, h.message_id, true, &reply);
+    let data = crate::fragment::protect(sa, ctx, remote, h.exchange, h.message_id, true, &reply);
     sa.state.peer_next_id = h.message_id.wrapping_add(1);
-    sa.state.last_response = Some((h.message_id, data.clone()));
     // A response goes back where the request came from (RFC 7296 2.11), which is not the
     // SA's address when a MOBIKE peer probes a new path before it updates.
-    ctx.send(local, remote, data);
+    ctx.send_datagrams(local, remote, &data);
+    sa.state.last_response = Some((h.message_id, data));
     let not_up = sa.state.phase == Phase::Init && sa.state.role == Role::Responder;
     if fatal || (not_up && reply_is_error(&reply)) {
         // INVALID_SYNTAX ends the IKE SA on both ends (2.21.3); so does any error to an
@@ -375,7 +405,15 @@ pub(crate) fn on_response(
         init::on_response(sa, ctx, local, remote, h, msg);
         return;
     }
-    let payloads = match sa.open(msg, h) {
+    let opened = if h.next_payload == wire::payload::SKF {
+        match crate::fragment::receive(sa, ctx, h, msg) {
+            crate::fragment::Received::Incomplete => return,
+            crate::fragment::Received::Complete(r) => r,
+        }
+    } else {
+        sa.open(msg, h)
+    };
+    let payloads = match opened {
         Ok(p) => p,
         Err(OpenError::Drop(r)) => {
             ctx.count(r);
@@ -444,18 +482,19 @@ pub(crate) fn send_request(
     request: Request,
 ) {
     let id = sa.take_request_id();
-    let data = sa.encrypted(exch, id, false, payloads);
-    sa.pending.outstanding = Some(Outstanding {
-        id,
-        data: data.clone(),
-        request,
-        tries: 0,
-    });
+    let remote = sa.state.remote;
+    let data = crate::fragment::protect(sa, ctx, remote, exch, id, false, payloads);
     sa.timers.set(
         Timer::Retransmit,
         Some(ctx.now.saturating_add(ctx.config.retransmit.timeout)),
     );
-    ctx.send(sa.state.local, sa.state.remote, data);
+    ctx.send_datagrams(sa.state.local, remote, &data);
+    sa.pending.outstanding = Some(Outstanding {
+        id,
+        data,
+        request,
+        tries: 0,
+    });
 }
 
 /// Queues `a` and starts it if the window is free.
@@ -539,6 +578,7 @@ pub(crate) fn on_timers(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
                 }
             }
             Timer::Liveness => liveness(sa, ctx),
+            Timer::Reassembly => crate::fragment::expire(sa, ctx),
         }
     }
     if sa.state.phase != Phase::Dead {
@@ -591,7 +631,7 @@ fn retransmit(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     let wait = rt.wait(out.tries);
     sa.timers
         .set(Timer::Retransmit, Some(ctx.now.saturating_add(wait)));
-    ctx.send(sa.state.local, sa.state.remote, data);
+    ctx.send_datagrams(sa.state.local, sa.state.remote, &data);
 }
 
 /// An unencrypted message (IKE_SA_INIT, or an error answer outside any IKE SA).

@@ -41,6 +41,7 @@ const FLAG_INITIATOR: u8 = 1;
 const FLAG_NAT: u8 = 2;
 const FLAG_MOBIKE: u8 = 4;
 const FLAG_LEASE: u8 = 8;
+const FLAG_FRAGMENTATION: u8 = 16;
 const CHILD_ESN: u8 = 1;
 const CHILD_REPLACED: u8 = 2;
 
@@ -150,6 +151,7 @@ impl<S: Sink> W<'_, S> {
             (r.nat, FLAG_NAT),
             (r.mobike, FLAG_MOBIKE),
             (r.lease, FLAG_LEASE),
+            (r.fragmentation, FLAG_FRAGMENTATION),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -417,7 +419,8 @@ impl<'a> R<'a> {
 
     fn record(&mut self) -> Res<IkeSaRecord> {
         let flags = self.u8()?;
-        if flags & !(FLAG_INITIATOR | FLAG_NAT | FLAG_MOBIKE | FLAG_LEASE) != 0 {
+        if flags & !(FLAG_INITIATOR | FLAG_NAT | FLAG_MOBIKE | FLAG_LEASE | FLAG_FRAGMENTATION) != 0
+        {
             return Err(RecordError::Invalid("flags"));
         }
         let spi_i = IkeSpi(self.u64()?);
@@ -474,6 +477,7 @@ impl<'a> R<'a> {
             virtual_ip: self.opt_ip()?,
             lease: flags & FLAG_LEASE != 0,
             mobike: flags & FLAG_MOBIKE != 0,
+            fragmentation: flags & FLAG_FRAGMENTATION != 0,
             peer_additional: self.ips()?,
             our_additional: self.ips()?,
             // A CHILD_SA takes at least 23 bytes (every length and count zero).

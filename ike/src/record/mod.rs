@@ -176,6 +176,8 @@ pub struct IkeSaRecord {
     pub lease: bool,
     /// MOBIKE was negotiated (RFC 4555), with the peer's and our additional addresses.
     pub mobike: bool,
+    /// IKE fragmentation was negotiated (RFC 7383); `last_response` may hold fragments.
+    pub fragmentation: bool,
     pub peer_additional: Vec<IpAddr>,
     pub our_additional: Vec<IpAddr>,
     pub children: Vec<ChildSaRecord>,
@@ -210,6 +212,7 @@ impl core::fmt::Debug for IkeSaRecord {
             .field("virtual_ip", &self.virtual_ip)
             .field("lease", &self.lease)
             .field("mobike", &self.mobike)
+            .field("fragmentation", &self.fragmentation)
             .field("peer_additional", &self.peer_additional)
             .field("our_additional", &self.our_additional)
             .field("children", &self.children)

@@ -1147,3 +1147,45 @@ fn validity_is_judged_at_the_callers_exact_time() {
     p.drive();
     assert_up(&mut p);
 }
+
+#[test]
+fn a_certificate_chain_crosses_in_fragments() {
+    // RSA leaves and an intermediate on both sides: IKE_AUTH is well over what fits a 576-byte
+    // IPv4 datagram, the default fragment size (RFC 7383 2.5.1).
+    let ca = root("root");
+    let sub = intermediate(&ca, "sub");
+    let c = cred(
+        Alg::RsaB,
+        &sub,
+        &[&sub],
+        &rw_leaf(),
+        &[&ca],
+        PeerEku::Server,
+        true,
+    );
+    let g = cred(
+        Alg::RsaA,
+        &sub,
+        &[&sub],
+        &gw_leaf(),
+        &[&ca],
+        PeerEku::Client,
+        true,
+    );
+    let mut p = handshake(c, g);
+    assert_up(&mut p);
+    let mut largest = 0;
+    for d in &p.net.log {
+        let h = wire::Header::parse(&d.data).unwrap();
+        if h.exchange != wire::exchange::IKE_SA_INIT {
+            // IPv4 and UDP headers, and the non-ESP marker on 4500.
+            largest = largest.max(d.data.len() + 28 + if d.dst.port() == 500 { 0 } else { 4 });
+        }
+    }
+    assert!(largest <= 576, "{largest}");
+    for i in [CLIENT, GW] {
+        let f = p.net.ep(i).stats().fragments;
+        assert_eq!((f.messages_sent, f.reassembled), (1, 1), "{f:?}");
+        assert!(f.sent >= 4, "{f:?}");
+    }
+}

@@ -8,6 +8,9 @@
 #                                    starts charon, loads DIR/swanctl.conf, prints charon's pid
 #   charon-netns.sh swanctl NS DIR ARGS...   runs swanctl against that charon
 #
+# FRAGMENT_SIZE (default 1280, strongSwan's own) is charon.fragment_size: the largest IP
+# datagram of an IKE fragment it sends (RFC 7383).
+#
 # Credentials: when DIR has swanctl's credential folders (x509, x509ca, private, ecdsa, ...),
 # swanctl loads them from there (SWANCTL_DIR=DIR) rather than from /etc/swanctl; swanctl.conf
 # then names certificates relative to them (certs = rw.pem, cacerts = ca.pem).
@@ -33,6 +36,7 @@ start)
 charon {
   load_modular = yes
   install_routes = yes
+  fragment_size = ${FRAGMENT_SIZE:-1280}
   plugins {
     include /etc/strongswan.d/charon/*.conf
     kernel-libipsec { load = yes
