@@ -20,6 +20,8 @@
 //! | `exchange::*` | IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA (children, IKE SA), INFORMATIONAL, MOBIKE, each on one IKE SA and a context | answer an unauthenticated message on an IKE SA |
 //! | `timer` | per-IKE-SA deadline tables and the endpoint's ordered deadlines | file an IKE SA twice |
 //! | [`services`] | SPI allocation (node/worker bits), virtual-IP pools, authentication: PSK and certificates (`auth`), signatures (`pubkey`), trust stores, chains, EKU and identities (`certs`) | reach the network or a clock; read a file |
+//! | [`eap`] | EAP framing; EAP-MSCHAPv2 against a local user file (`mschapv2`); RADIUS pass-through (`radius`), each a sans-IO conversation per IKE SA | keep a password, print an NT hash, MSK or RADIUS secret |
+//! | `exchange::eap_auth` | the responder's IKE_AUTH rounds with EAP (RFC 7296 2.16): our certificate AUTH, the EAP rounds, the AUTH from the MSK both ways; waiting for a RADIUS answer | pass a retransmitted request to the EAP backend twice |
 //! | [`ids`], [`time`] | `IkeSpi`, `ChildSpi`, `IkeSaId`; `Instant` | wrap around |
 #![forbid(unsafe_code)]
 #![deny(
@@ -44,6 +46,7 @@
 pub mod config;
 mod cookie;
 pub mod crypto;
+pub mod eap;
 pub mod endpoint;
 pub mod event;
 mod exchange;
