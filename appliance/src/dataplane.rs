@@ -566,6 +566,9 @@ fn serve<P: Port + 'static>(
             opened.pairs.len() as u16,
         );
         c.set_admission(file.ike.admission(&args.config, "ike")?);
+        if let Some(e) = file.ike.eap(&args.config, "ike", &gw.name)? {
+            c.set_eap(e).context("opening the RADIUS socket")?;
+        }
         c.initiate();
         ike = Some(c);
         if args.follow_wan {

@@ -215,8 +215,12 @@ pub fn text(r: &Value) -> String {
             sa["local_port"],
             behind("nat_local"),
         ));
+        // As swanctl shows it: the identity the peer authenticated with by EAP.
+        let eap = sa["eap_identity"]
+            .as_str()
+            .map_or(String::new(), |e| format!(" EAP: '{e}'"));
         out.push(format!(
-            "  remote '{}' @ {}[{}]{}{remote_vip}",
+            "  remote '{}' @ {}[{}]{}{eap}{remote_vip}",
             s(&sa["remote_id"]),
             s(&sa["remote_host"]),
             sa["remote_port"],

@@ -38,6 +38,9 @@
 //!   cookie_secret_secs: 120     # the cookie secret is replaced this often
 //!   cookie_grace_secs: 10       # cookies of the replaced secret still count this long
 //! ```
+//!
+//! EAP for road warriors (`eap`: the connections, a user file or a RADIUS server): see
+//! `config::eap`.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -164,6 +167,9 @@ pub struct IkeYaml {
     pub cookie_secret_secs: Option<u64>,
     #[serde(default)]
     pub cookie_grace_secs: Option<u64>,
+    /// EAP for road warriors (`config::eap`); absent: none.
+    #[serde(default)]
+    pub eap: Option<super::eap::EapYaml>,
 }
 
 /// What [`IkeYaml::admission`] yields: the endpoint's admission policy and half-open timeout.
@@ -492,6 +498,21 @@ impl IkeYaml {
 }
 
 impl IkeYaml {
+    /// The `eap` section, checked and its files read (`None` when there is none); `name` is
+    /// the gateway's (the default NAS-Identifier).
+    pub fn eap(
+        &self,
+        file: &Path,
+        at: &str,
+        name: &str,
+    ) -> Result<Option<super::eap::Eap>, ConfigError> {
+        let Some(e) = &self.eap else {
+            return Ok(None);
+        };
+        let names: Vec<String> = self.connections.iter().map(|c| c.name.clone()).collect();
+        e.load(file, &format!("{at}.eap"), &names, name).map(Some)
+    }
+
     /// The checks a road-warrior client's file must pass on top of [`validate`]
     /// (`roamgate client`): at least one connection, each initiated to a gateway.
     ///

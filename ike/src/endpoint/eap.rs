@@ -10,6 +10,11 @@ use crate::exchange::eap_auth;
 use crate::time::Instant;
 
 impl Endpoint {
+    /// EAP for the connections `eap` names (and its clients); replaces any before.
+    pub fn set_eap(&mut self, eap: crate::eap::EapService) {
+        self.services.eap = Some(eap);
+    }
+
     /// A datagram for the EAP backend's server (RADIUS), to send from the driver's socket.
     pub fn poll_eap_transmit(&mut self) -> Option<Vec<u8>> {
         self.services.eap.as_mut()?.server.as_mut()?.poll_transmit()
