@@ -389,7 +389,11 @@ impl RadiusClient {
             return false;
         }
         let Some(at) = message_authenticator_at(pk) else {
-            return false;
+            // RFC 3579 3.2 asks for one in every answer that carries EAP-Message; an
+            // Access-Reject without either (FreeRADIUS's plain reject) stands on its Response
+            // Authenticator: forging it could only refuse a user.
+            return pk.first() == Some(&code::ACCESS_REJECT)
+                && attributes(pk).is_some_and(|a| a.iter().all(|(k, _)| *k != attr::EAP_MESSAGE));
         };
         let Some(ma) = pk.get(at..at.saturating_add(16)).map(<[u8]>::to_vec) else {
             return false;
