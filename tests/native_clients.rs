@@ -11,6 +11,11 @@
 //! another key); and roamgate as the client (ECDSA P-256) against strongSwan as the
 //! gateway. The log of strongSwan names the scheme each side signed with; the test checks it.
 //!
+//! EAP (`windows_like_eap_against_roamgate_run`): Windows-like clients with EAP-MSCHAPv2
+//! (a local user file made by `roamgate eap-user`, and Debian's FreeRADIUS) and EAP-TLS
+//! (FreeRADIUS), the gateway authenticated by its certificate:
+//! `native-clients case=windows-eap-mschapv2 up=yes ping=5/5 udp=<n> lost=0 eap_identity=alice`.
+//!
 //! Needs root (prints a SKIP line otherwise), strongSwan, openssl, iperf3.
 
 use std::path::{Path, PathBuf};
@@ -382,6 +387,41 @@ fn eap_gateway_config(pki: &Path, eap: &str) -> String {
     format!("{cfg}  eap:\n    connections: [rw]\n{eap}")
 }
 
+/// strongSwan as Windows' built-in client does EAP-TLS: its certificate checked by the RADIUS
+/// server inside EAP, the gateway by its certificate in IKE.
+fn eap_tls_client_conf(pki: &Path, dir: &Path) -> String {
+    swanctl_creds(
+        pki,
+        dir,
+        &[
+            ("x509", "rw-ecdsa.pem"),
+            ("private", "rw-ecdsa.key"),
+            ("x509ca", "ca.pem"),
+        ],
+    );
+    "connections {
+  gw {
+    remote_addrs = 192.0.2.1
+    vips = 0.0.0.0
+    version = 2
+    proposals = aes128gcm16-prfsha256-x25519
+    local { auth = eap-tls
+      certs = rw-ecdsa.pem
+      id = rw-ecdsa.roamgate.test }
+    remote { auth = pubkey
+      cacerts = ca.pem
+      id = gw.roamgate.test }
+    children {
+      net { remote_ts = 10.9.0.0/24
+        esp_proposals = aes128gcm16
+        start_action = none }
+    }
+  }
+}
+"
+    .into()
+}
+
 /// strongSwan as Windows' built-in client would do it: EAP-MSCHAPv2 with a user name and
 /// password, the gateway by its certificate (no client certificate).
 fn eap_client_conf(pki: &Path, dir: &Path, password: &str) -> String {
@@ -416,7 +456,7 @@ secrets {{
 
 /// A FreeRADIUS configuration in `dir` (Debian's, copied) with our client's secret, the EAP
 /// user, EAP-MSCHAPv2 first and privileges kept (the files are ours).
-fn freeradius_conf(dir: &Path) -> PathBuf {
+fn freeradius_conf(dir: &Path, pki: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let conf = dir.join("raddb");
     let st = std::process::Command::new("cp")
@@ -445,11 +485,24 @@ fn freeradius_conf(dir: &Path) -> PathBuf {
         e.contains("default_eap_type = md5"),
         "Debian's eap module changed"
     );
-    std::fs::write(
-        &eap,
-        e.replace("default_eap_type = md5", "default_eap_type = mschapv2"),
-    )
-    .unwrap();
+    // EAP-TLS: the gateway's certificate and chain serve as the RADIUS server's, client
+    // certificates chain to the test root.
+    let p = |f: &str| pki.join(f).display().to_string();
+    let e = e
+        .replace("default_eap_type = md5", "default_eap_type = mschapv2")
+        .replace(
+            "private_key_file = /etc/ssl/private/ssl-cert-snakeoil.key",
+            &format!("private_key_file = {}", p("gw.key")),
+        )
+        .replace(
+            "certificate_file = /etc/ssl/certs/ssl-cert-snakeoil.pem",
+            &format!("certificate_file = {}", p("gw-chain.pem")),
+        )
+        .replace(
+            "ca_file = /etc/ssl/certs/ca-certificates.crt",
+            &format!("ca_file = {}", p("ca.pem")),
+        );
+    std::fs::write(&eap, e).unwrap();
     let r = conf.join("radiusd.conf");
     let t = std::fs::read_to_string(&r).unwrap();
     std::fs::write(
@@ -489,12 +542,13 @@ fn freeradius(ns: &str, conf: &Path, log: &Path) -> NsProcess {
     p
 }
 
-/// Windows-like EAP-MSCHAPv2 clients (strongSwan 5.9.8's eap-mschapv2) against `roamgate run`
-/// authenticated by its certificate: against a local user file and through FreeRADIUS
-/// (Debian's, on the gateway's loopback); tunnel up, ping, UDP stream; a wrong password
-/// refused and counted by its reason.
+/// Windows-like EAP clients (strongSwan 5.9.8's eap-mschapv2 and eap-tls) against `roamgate
+/// run` authenticated by its certificate: EAP-MSCHAPv2 against a local user file and through
+/// FreeRADIUS (Debian's, on the gateway namespace's loopback), EAP-TLS through FreeRADIUS;
+/// tunnel up, ping, UDP stream with 0 lost, the EAP identity on the IKE SA; a wrong password
+/// refused, counted and logged by its reason. About 30 s.
 #[test]
-fn windows_like_eap_mschapv2_against_roamgate_run() {
+fn windows_like_eap_against_roamgate_run() {
     if !strongswan_or_skip("native_clients", &["iperf3"])
         || !roamgate_tests::have_tool("openssl", &["version"])
     {
@@ -543,6 +597,13 @@ fn windows_like_eap_mschapv2_against_roamgate_run() {
                 secret.display()
             ),
         ));
+        backends.push((
+            "windows-eap-tls-radius",
+            format!(
+                "    radius:\n      server: 127.0.0.1:1812\n      secret_file: {}\n      timeout_ms: 2000\n      retries: 2\n",
+                secret.display()
+            ),
+        ));
     } else {
         println!("native-clients case=windows-eap-mschapv2-radius SKIP (no freeradius)");
     }
@@ -552,8 +613,8 @@ fn windows_like_eap_mschapv2_against_roamgate_run() {
         "iperf3 -s",
     );
     for (name, eap) in &backends {
-        let radius = name.ends_with("radius").then(|| {
-            let conf = freeradius_conf(&dir.join(name));
+        let radius = name.contains("radius").then(|| {
+            let conf = freeradius_conf(&dir.join(name), &pki);
             freeradius(&lab.ns("gw"), &conf, &dir.join(name).join("radius.log"))
         });
         let cfg_path = dir.join(format!("{name}.yaml"));
@@ -568,12 +629,14 @@ fn windows_like_eap_mschapv2_against_roamgate_run() {
             &["--shm", dir.join(format!("{name}.shm")).to_str().unwrap()],
         );
         std::thread::sleep(Duration::from_millis(500));
+        let tls = name.contains("eap-tls");
         let cdir = dir.join(name).join("rw");
-        let charon = Charon::start_with(
-            &lab.ns("rw"),
-            &cdir,
-            &eap_client_conf(&pki, &cdir, EAP_PASSWORD),
-        );
+        let conf = if tls {
+            eap_tls_client_conf(&pki, &cdir)
+        } else {
+            eap_client_conf(&pki, &cdir, EAP_PASSWORD)
+        };
+        let charon = Charon::start_with(&lab.ns("rw"), &cdir, &conf);
         let out = charon.swanctl(&["--initiate", "--child", "net"]);
         let log = std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
         let radius_log =
@@ -583,8 +646,13 @@ fn windows_like_eap_mschapv2_against_roamgate_run() {
             "{name}: {out}\ncharon log:\n{log}\nroamgate view: {}\nradius: {radius_log}",
             ike_view(&gw.socket)
         );
+        let (method, user) = if tls {
+            ("EAP_TLS", "rw-ecdsa.roamgate.test")
+        } else {
+            ("EAP_MSCHAPV2", EAP_USER)
+        };
         assert!(
-            log.contains("EAP method EAP_MSCHAPV2 succeeded, MSK established"),
+            log.contains(&format!("EAP method {method} succeeded, MSK established")),
             "{name}: {log}"
         );
         assert!(
@@ -601,10 +669,18 @@ fn windows_like_eap_mschapv2_against_roamgate_run() {
             "native-clients case={name} up=yes ping={ping}/5 udp={udp} lost={lost} eap_identity={}",
             who.as_deref().unwrap_or("-")
         );
-        assert_eq!(who.as_deref(), Some(EAP_USER), "{v}");
+        assert_eq!(who.as_deref(), Some(user), "{v}");
         assert!(udp > 500, "{name}: UDP stream of {udp} datagrams");
         assert_eq!(lost, 0, "{name}: {lost} of {udp} UDP datagrams lost");
         charon.stop();
+        if tls {
+            let (_, output) = gw.stop_with_output();
+            assert!(output.contains("established"), "{output}");
+            if let Some(r) = radius {
+                r.stop("TERM", Duration::from_secs(5));
+            }
+            continue;
+        }
 
         // A wrong password: refused, counted by its reason.
         let bdir = dir.join(name).join("bad");

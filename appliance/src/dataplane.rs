@@ -196,6 +196,7 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
             ),
         }
         file.ike.connections.clear();
+        file.ike.eap = None;
     }
     let Checked {
         plan,
