@@ -422,6 +422,18 @@ mod tests {
     }
 
     #[test]
+    fn the_eap_identity_shows_as_swanctl_shows_it() {
+        let (mut ike, dp) = views();
+        ike["ike_sas"][0]["eap_identity"] = json!("alice");
+        let t = text(&report(&dp, Some(&ike)));
+        assert!(
+            t.lines().any(|l| l
+                == "  remote 'rw.roamgate.test' @ 198.51.100.7[4500] [behind NAT] EAP: 'alice' [10.99.0.1]"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn without_ike_or_counters_what_is_missing_shows_as_missing() {
         let (ike, _) = views();
         // The data plane has not installed the CHILD_SA (yet).

@@ -625,6 +625,58 @@ mod tests {
         assert!(decrypt_mppe_key(b"s3cret", &ra, &enc[..10]).is_none());
     }
 
+    /// An answer without Message-Authenticator: only a plain Access-Reject (no EAP-Message)
+    /// with the right Response Authenticator counts.
+    #[test]
+    fn only_a_plain_reject_may_lack_the_message_authenticator() {
+        use rand_chacha::ChaCha20Rng;
+        use rand_core::SeedableRng;
+        let plain = |code: u8, id: u8, ra: &[u8; 16], attrs: &[u8], secret: &[u8]| {
+            let len = u16::try_from(HEADER + attrs.len()).unwrap();
+            let mut pk = vec![code, id];
+            pk.extend_from_slice(&len.to_be_bytes());
+            pk.extend_from_slice(ra);
+            pk.extend_from_slice(attrs);
+            let d = Md5::new().chain_update(&pk).chain_update(secret).finalize();
+            pk[4..20].copy_from_slice(&d);
+            pk
+        };
+        for (code, attrs, secret, counts) in [
+            (code::ACCESS_REJECT, vec![], &b"s"[..], true),
+            (code::ACCESS_REJECT, vec![], &b"not it"[..], false),
+            (code::ACCESS_ACCEPT, vec![], &b"s"[..], false),
+            (
+                code::ACCESS_REJECT,
+                vec![attr::EAP_MESSAGE, 6, 4, 1, 0, 4],
+                &b"s"[..],
+                false,
+            ),
+        ] {
+            let mut c = RadiusClient::new(RadiusConfig {
+                secret: crate::config::secret(b"s"),
+                nas_identifier: "gw".into(),
+                timeout: Duration::from_secs(1),
+                retries: 0,
+            });
+            let ike = IkeSaId(crate::ids::IkeSpi(5));
+            let mut rng = ChaCha20Rng::from_seed([1; 32]);
+            let resp = eap_packet(eap_code::RESPONSE, 3, &[&[1], b"alice"]);
+            assert!(matches!(
+                c.begin(Instant::ZERO, ike, "alice", &resp, &mut rng),
+                Step::Pending
+            ));
+            let req = c.poll_transmit().unwrap();
+            let ra: [u8; 16] = req[4..20].try_into().unwrap();
+            c.handle_datagram(Instant::ZERO, &plain(code, req[1], &ra, &attrs, secret));
+            let r = c.poll_result();
+            assert_eq!(r.is_some(), counts, "code {code} attrs {attrs:?}");
+            if let Some((_, Step::Failure { why, .. })) = r {
+                assert_eq!(why, AuthError::EapRadiusReject);
+            }
+            assert_eq!(c.stats.bad_authenticator, u64::from(!counts));
+        }
+    }
+
     #[test]
     fn attributes_parse_and_long_values_split() {
         let mut b = vec![0u8; HEADER];
