@@ -11,6 +11,11 @@
 //! another key); and roamgate as the client (ECDSA P-256) against strongSwan as the
 //! gateway. The log of strongSwan names the scheme each side signed with; the test checks it.
 //!
+//! EAP (`windows_like_eap_against_roamgate_run`): Windows-like clients with EAP-MSCHAPv2
+//! (a local user file made by `roamgate eap-user`, and Debian's FreeRADIUS) and EAP-TLS
+//! (FreeRADIUS), the gateway authenticated by its certificate:
+//! `native-clients case=windows-eap-mschapv2 up=yes ping=5/5 udp=<n> lost=0 eap_identity=alice`.
+//!
 //! Needs root (prints a SKIP line otherwise), strongSwan, openssl, iperf3.
 
 use std::path::{Path, PathBuf};
@@ -424,4 +429,358 @@ pools { vpool { addrs = 10.99.0.0/24 } }
     let (stats, _) = client.stop_with_output();
     println!("client counters: {stats}");
     drop(charon);
+}
+
+// ---- EAP-MSCHAPv2 (issue 19 item 2) ----------------------------------------------------
+
+/// The EAP user of these cases and its password (a lab password: never use it anywhere else).
+const EAP_USER: &str = "alice";
+const EAP_PASSWORD: &str = "correct horse lab";
+/// The RADIUS shared secret of the loopback FreeRADIUS (lab only).
+const RADIUS_SECRET: &str = "lab-radius-secret";
+
+/// The gateway's config authenticated by its certificate, its clients by EAP as `eap`
+/// (the `ike.eap` section's body) says; any client identity.
+fn eap_gateway_config(pki: &Path, eap: &str) -> String {
+    let cfg = gateway_config(pki).replace(
+        "      auth: pubkey\n",
+        "      remote_id: any\n      auth: pubkey\n",
+    );
+    format!("{cfg}  eap:\n    connections: [rw]\n{eap}")
+}
+
+/// strongSwan as Windows' built-in client does EAP-TLS: its certificate checked by the RADIUS
+/// server inside EAP, the gateway by its certificate in IKE.
+fn eap_tls_client_conf(pki: &Path, dir: &Path) -> String {
+    swanctl_creds(
+        pki,
+        dir,
+        &[
+            ("x509", "rw-ecdsa.pem"),
+            ("private", "rw-ecdsa.key"),
+            ("x509ca", "ca.pem"),
+        ],
+    );
+    "connections {
+  gw {
+    remote_addrs = 192.0.2.1
+    vips = 0.0.0.0
+    version = 2
+    proposals = aes128gcm16-prfsha256-x25519
+    local { auth = eap-tls
+      certs = rw-ecdsa.pem
+      id = rw-ecdsa.roamgate.test }
+    remote { auth = pubkey
+      cacerts = ca.pem
+      id = gw.roamgate.test }
+    children {
+      net { remote_ts = 10.9.0.0/24
+        esp_proposals = aes128gcm16
+        start_action = none }
+    }
+  }
+}
+"
+    .into()
+}
+
+/// strongSwan as Windows' built-in client would do it: EAP-MSCHAPv2 with a user name and
+/// password, the gateway by its certificate (no client certificate).
+fn eap_client_conf(pki: &Path, dir: &Path, password: &str) -> String {
+    swanctl_creds(pki, dir, &[("x509ca", "ca.pem")]);
+    format!(
+        "connections {{
+  gw {{
+    remote_addrs = 192.0.2.1
+    vips = 0.0.0.0
+    version = 2
+    proposals = aes128gcm16-prfsha256-x25519
+    local {{ auth = eap-mschapv2
+      id = {EAP_USER}
+      eap_id = {EAP_USER} }}
+    remote {{ auth = pubkey
+      cacerts = ca.pem
+      id = gw.roamgate.test }}
+    children {{
+      net {{ remote_ts = 10.9.0.0/24
+        esp_proposals = aes128gcm16
+        start_action = none }}
+    }}
+  }}
+}}
+secrets {{
+  eap-{EAP_USER} {{ id = {EAP_USER}
+    secret = \"{password}\" }}
+}}
+"
+    )
+}
+
+/// A FreeRADIUS configuration in `dir` (Debian's, copied) with our client's secret, the EAP
+/// user, EAP-MSCHAPv2 first and privileges kept (the files are ours).
+fn freeradius_conf(dir: &Path, pki: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let conf = dir.join("raddb");
+    let st = std::process::Command::new("cp")
+        .args(["-a", "/etc/freeradius/3.0"])
+        .arg(&conf)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "copying /etc/freeradius/3.0");
+    std::fs::write(
+        conf.join("clients.conf"),
+        format!(
+            "client roamgate {{\n  ipaddr = 127.0.0.1\n  secret = {RADIUS_SECRET}\n  require_message_authenticator = yes\n}}\n"
+        ),
+    )
+    .unwrap();
+    let users = conf.join("mods-config/files/authorize");
+    let old = std::fs::read_to_string(&users).unwrap();
+    std::fs::write(
+        &users,
+        format!("{EAP_USER} Cleartext-Password := \"{EAP_PASSWORD}\"\n{old}"),
+    )
+    .unwrap();
+    let eap = conf.join("mods-available/eap");
+    let e = std::fs::read_to_string(&eap).unwrap();
+    assert!(
+        e.contains("default_eap_type = md5"),
+        "Debian's eap module changed"
+    );
+    // EAP-TLS: the gateway's certificate and chain serve as the RADIUS server's, client
+    // certificates chain to the test root.
+    let p = |f: &str| pki.join(f).display().to_string();
+    let e = e
+        .replace("default_eap_type = md5", "default_eap_type = mschapv2")
+        .replace(
+            "private_key_file = /etc/ssl/private/ssl-cert-snakeoil.key",
+            &format!("private_key_file = {}", p("gw.key")),
+        )
+        .replace(
+            "certificate_file = /etc/ssl/certs/ssl-cert-snakeoil.pem",
+            &format!("certificate_file = {}", p("gw-chain.pem")),
+        )
+        .replace(
+            "ca_file = /etc/ssl/certs/ca-certificates.crt",
+            &format!("ca_file = {}", p("ca.pem")),
+        );
+    std::fs::write(&eap, e).unwrap();
+    let r = conf.join("radiusd.conf");
+    let t = std::fs::read_to_string(&r).unwrap();
+    std::fs::write(
+        &r,
+        t.replace("\tuser = freerad\n", "")
+            .replace("\tgroup = freerad\n", ""),
+    )
+    .unwrap();
+    conf
+}
+
+/// FreeRADIUS in `ns` (the gateway's namespace: its ports 1812/1813 are ours), up when it
+/// says so.
+fn freeradius(ns: &str, conf: &Path, log: &Path) -> NsProcess {
+    let p = NsProcess::spawn(
+        ns,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "exec freeradius -X -f -d {} > {} 2>&1",
+                conf.display(),
+                log.display()
+            ),
+        ],
+        "freeradius",
+    );
+    let up = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("Ready to process requests"))
+    });
+    assert!(
+        up,
+        "FreeRADIUS did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    p
+}
+
+/// Windows-like EAP clients (strongSwan 5.9.8's eap-mschapv2 and eap-tls) against `roamgate
+/// run` authenticated by its certificate: EAP-MSCHAPv2 against a local user file and through
+/// FreeRADIUS (Debian's, on the gateway namespace's loopback), EAP-TLS through FreeRADIUS;
+/// tunnel up, ping, UDP stream with 0 lost, the EAP identity on the IKE SA; a wrong password
+/// refused, counted and logged by its reason. About 30 s.
+#[test]
+fn windows_like_eap_against_roamgate_run() {
+    if !strongswan_or_skip("native_clients", &["iperf3"])
+        || !roamgate_tests::have_tool("openssl", &["version"])
+    {
+        return;
+    }
+    let have_radius = roamgate_tests::have_tool("freeradius", &["-v"]);
+    let dir = scratch("native_clients_eap");
+    let pki = make_pki(&dir, "roamgate test");
+    let lab = ScriptLab::up(
+        "rw-up",
+        "rw-down",
+        &format!("rge{}", std::process::id() % 100_000),
+    );
+    let users = dir.join("eap-users");
+    let line = std::process::Command::new(BIN)
+        .args(["eap-user", EAP_USER])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{EAP_PASSWORD}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("roamgate eap-user");
+    let line = String::from_utf8(line.stdout).unwrap();
+    assert!(
+        !line.contains(EAP_PASSWORD) && line.starts_with("alice:"),
+        "{line}"
+    );
+    std::fs::write(&users, &line).unwrap();
+    let secret = dir.join("radius.secret");
+    std::fs::write(&secret, format!("{RADIUS_SECRET}\n")).unwrap();
+    let mut backends = vec![(
+        "windows-eap-mschapv2",
+        format!("    users_file: {}\n", users.display()),
+    )];
+    if have_radius {
+        backends.push((
+            "windows-eap-mschapv2-radius",
+            format!(
+                "    radius:\n      server: 127.0.0.1:1812\n      secret_file: {}\n      nas_identifier: gw.roamgate.test\n      timeout_ms: 2000\n      retries: 2\n",
+                secret.display()
+            ),
+        ));
+        backends.push((
+            "windows-eap-tls-radius",
+            format!(
+                "    radius:\n      server: 127.0.0.1:1812\n      secret_file: {}\n      timeout_ms: 2000\n      retries: 2\n",
+                secret.display()
+            ),
+        ));
+    } else {
+        println!("native-clients case=windows-eap-mschapv2-radius SKIP (no freeradius)");
+    }
+    let server = NsProcess::spawn(
+        &lab.ns("lan"),
+        &["iperf3", "-s", "-B", "10.9.0.10"],
+        "iperf3 -s",
+    );
+    for (name, eap) in &backends {
+        let radius = name.contains("radius").then(|| {
+            let conf = freeradius_conf(&dir.join(name), &pki);
+            freeradius(&lab.ns("gw"), &conf, &dir.join(name).join("radius.log"))
+        });
+        let cfg_path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&cfg_path, eap_gateway_config(&pki, eap)).unwrap();
+        let gw = DataplaneProcess::start_sub(
+            Path::new(BIN),
+            "run",
+            &lab.ns("gw"),
+            &cfg_path,
+            &dir,
+            "gw",
+            &["--shm", dir.join(format!("{name}.shm")).to_str().unwrap()],
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let tls = name.contains("eap-tls");
+        let cdir = dir.join(name).join("rw");
+        let conf = if tls {
+            eap_tls_client_conf(&pki, &cdir)
+        } else {
+            eap_client_conf(&pki, &cdir, EAP_PASSWORD)
+        };
+        let charon = Charon::start_with(&lab.ns("rw"), &cdir, &conf);
+        let out = charon.swanctl(&["--initiate", "--child", "net"]);
+        let log = std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
+        let radius_log =
+            std::fs::read_to_string(dir.join(name).join("radius.log")).unwrap_or_default();
+        assert!(
+            out.contains("initiate completed successfully"),
+            "{name}: {out}\ncharon log:\n{log}\nroamgate view: {}\nradius: {radius_log}",
+            ike_view(&gw.socket)
+        );
+        let (method, user) = if tls {
+            ("EAP_TLS", "rw-ecdsa.roamgate.test")
+        } else {
+            ("EAP_MSCHAPV2", EAP_USER)
+        };
+        assert!(
+            log.contains(&format!("EAP method {method} succeeded, MSK established")),
+            "{name}: {log}"
+        );
+        assert!(
+            log.contains("authentication of 'gw.roamgate.test' with"),
+            "{name}: the gateway's certificate AUTH: {log}"
+        );
+        let ping = pings(&lab.ns("rw"), "10.9.0.10", 5);
+        assert_eq!(ping, 5, "{name}: ping through the tunnel");
+        let (udp, lost) = iperf_udp(&lab.ns("rw"), "10.9.0.10", "10M", 2);
+        // The IKE SA carries the EAP identity (what per-user policy keys on).
+        let v = ike_view(&gw.socket);
+        let who = v["ike_sas"][0]["eap_identity"].as_str().map(str::to_owned);
+        println!(
+            "native-clients case={name} up=yes ping={ping}/5 udp={udp} lost={lost} eap_identity={}",
+            who.as_deref().unwrap_or("-")
+        );
+        assert_eq!(who.as_deref(), Some(user), "{v}");
+        assert!(udp > 500, "{name}: UDP stream of {udp} datagrams");
+        assert_eq!(lost, 0, "{name}: {lost} of {udp} UDP datagrams lost");
+        charon.stop();
+        if tls {
+            let (_, output) = gw.stop_with_output();
+            assert!(output.contains("established"), "{output}");
+            if let Some(r) = radius {
+                r.stop("TERM", Duration::from_secs(5));
+            }
+            continue;
+        }
+
+        // A wrong password: refused, counted by its reason.
+        let bdir = dir.join(name).join("bad");
+        let charon =
+            Charon::start_with(&lab.ns("rw"), &bdir, &eap_client_conf(&pki, &bdir, "wrong"));
+        let out = charon.swanctl(&["--initiate", "--child", "net"]);
+        assert!(!out.contains("initiate completed successfully"), "{out}");
+        let reason = if radius.is_some() {
+            "auth_eap_radius_reject"
+        } else {
+            "auth_eap_wrong_password"
+        };
+        let count = || ike_view(&gw.socket)["ike_auth_failures"][reason].as_u64();
+        let seen = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            count() >= Some(1)
+        });
+        println!(
+            "native-clients case={name}-wrong-password up=no reason={reason} count={}",
+            count().unwrap_or(0)
+        );
+        assert!(seen, "{name}: {}", ike_view(&gw.socket));
+        charon.stop();
+        let (_, output) = gw.stop_with_output();
+        // The log says exactly why, never the password.
+        let why = if radius.is_some() {
+            "EapRadiusReject"
+        } else {
+            "EapWrongPassword"
+        };
+        assert!(
+            output.contains(&format!("identity: Some(\"{EAP_USER}\"), why: {why}")),
+            "{name}: the log does not say why: {output}"
+        );
+        assert!(!output.contains(EAP_PASSWORD), "{output}");
+        if let Some(r) = radius {
+            r.stop("TERM", Duration::from_secs(5));
+        }
+    }
+    drop(server);
 }

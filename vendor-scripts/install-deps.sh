@@ -13,11 +13,13 @@
 #                    the tunnel
 #   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
 #                    the IKEv2 interop peer (kernel-libipsec: userspace ESP over TUN)
+#   freeradius freeradius-utils   the RADIUS server of the EAP pass-through tests (and smbencrypt)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
 for p in libipsec-mb-dev libclang-dev clang make patch python3 tshark libdpdk-dev pkg-config dpdk-doc iproute2 ethtool iputils-ping iperf3 curl \
-         strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins; do
+         strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
+         freeradius freeradius-utils; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

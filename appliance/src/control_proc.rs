@@ -135,6 +135,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let mut driver = Driver::new(core);
     driver.set_admission(file.ike.admission(&args.config, "ike")?);
     driver.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
+    if let Some(e) = file.ike.eap(&args.config, "ike", &gw.name)? {
+        driver.set_eap(e).context("opening the RADIUS socket")?;
+    }
     let clock = Clock::start();
     let unix_time_at_zero = clock.unix_time_at_zero();
     driver.core_mut().set_unix_time_at_zero(unix_time_at_zero);
@@ -149,6 +152,10 @@ pub fn run(args: ControlArgs) -> Result<()> {
             let mut core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
             core.set_admission(file.ike.admission(&path, "ike")?);
             core.set_fragmentation(file.ike.fragmentation(&path, "ike")?);
+            if let Some(e) = file.ike.eap(&path, "ike", &file.gateway.name)? {
+                // The driver keeps its RADIUS socket; the new core gets the backend.
+                core.set_eap(e.service);
+            }
             core.set_unix_time_at_zero(unix_time_at_zero);
             Ok(core)
         }

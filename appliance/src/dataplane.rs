@@ -196,6 +196,7 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
             ),
         }
         file.ike.connections.clear();
+        file.ike.eap = None;
     }
     let Checked {
         plan,
@@ -567,6 +568,9 @@ fn serve<P: Port + 'static>(
         );
         c.set_admission(file.ike.admission(&args.config, "ike")?);
         c.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
+        if let Some(e) = file.ike.eap(&args.config, "ike", &gw.name)? {
+            c.set_eap(e).context("opening the RADIUS socket")?;
+        }
         c.initiate();
         ike = Some(c);
         if args.follow_wan {

@@ -82,6 +82,34 @@ enum Command {
     Sa(views::ViewArgs),
     /// An HA node: `status` (role, peer, sync state, SAs) or `switchover` (planned).
     Ha(ha::cli::HaArgs),
+    /// A line for an EAP user file (`ike.eap.users_file`): `NAME:nthash`, the password read
+    /// from standard input (its first line), never written anywhere.
+    EapUser(EapUserArgs),
+}
+
+#[derive(clap::Args)]
+struct EapUserArgs {
+    /// The user name (the EAP identity the client gives).
+    name: String,
+}
+
+/// `roamgate eap-user NAME < password`: prints `NAME:<MD4 of the UTF-16LE password>`.
+fn eap_user(args: EapUserArgs) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input");
+    }
+    if args.name.is_empty() || args.name.contains(['\n', '\r']) {
+        anyhow::bail!("the user name must be one non-empty line");
+    }
+    println!(
+        "{}",
+        ike::eap::mschapv2::UserDb::entry(&args.name, password)
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -115,6 +143,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => views::stats(args),
         Command::Sa(args) => views::sas(args),
         Command::Ha(args) => ha::cli::run(args),
+        Command::EapUser(args) => eap_user(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -215,8 +215,12 @@ pub fn text(r: &Value) -> String {
             sa["local_port"],
             behind("nat_local"),
         ));
+        // As swanctl shows it: the identity the peer authenticated with by EAP.
+        let eap = sa["eap_identity"]
+            .as_str()
+            .map_or(String::new(), |e| format!(" EAP: '{e}'"));
         out.push(format!(
-            "  remote '{}' @ {}[{}]{}{remote_vip}",
+            "  remote '{}' @ {}[{}]{}{eap}{remote_vip}",
             s(&sa["remote_id"]),
             s(&sa["remote_host"]),
             sa["remote_port"],
@@ -414,6 +418,18 @@ mod tests {
                 && lines[12].ends_with("installed 30s ago, last use 0s ago"),
             "{}",
             lines[12]
+        );
+    }
+
+    #[test]
+    fn the_eap_identity_shows_as_swanctl_shows_it() {
+        let (mut ike, dp) = views();
+        ike["ike_sas"][0]["eap_identity"] = json!("alice");
+        let t = text(&report(&dp, Some(&ike)));
+        assert!(
+            t.lines().any(|l| l
+                == "  remote 'rw.roamgate.test' @ 198.51.100.7[4500] [behind NAT] EAP: 'alice' [10.99.0.1]"),
+            "{t}"
         );
     }
 

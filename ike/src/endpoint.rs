@@ -44,6 +44,7 @@ use crate::time::Instant;
 use crate::timer::Deadlines;
 use crate::wire::{exchange as xchg, notify, Header, WireError};
 
+mod eap;
 mod transfer;
 pub use transfer::{AdoptError, ExportError};
 
@@ -143,7 +144,10 @@ impl Endpoint {
 
     /// The earliest time something is due (a retransmission, a rekey, a liveness check).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first()
+        match (self.deadlines.first(), self.eap_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// What was dropped or answered with an error, by reason; the cookies' counters.
@@ -552,6 +556,7 @@ impl Endpoint {
             self.run(id, now, exchange::on_timers);
         }
         self.apply_effects(now);
+        self.eap_handle_timeout(now);
     }
 
     /// How many IKE SAs are filed under a deadline (each at most once).
@@ -650,6 +655,11 @@ impl Endpoint {
         }
         self.services.pool.release(id);
         self.services.spis.release_ike(id.0);
+        if sa.pending.eap.is_some() {
+            if let Some(s) = self.services.eap.as_mut().and_then(|e| e.server.as_mut()) {
+                s.forget(id);
+            }
+        }
     }
 
     /// Does what exchanges asked of other IKE SAs than their own, until nothing is left.

@@ -123,6 +123,12 @@ pub enum DownReason {
     /// A badly formed authenticated message: we answered INVALID_SYNTAX, or the peer did
     /// (fatal to both ends, RFC 7296 2.21.3).
     InvalidSyntax,
+    /// EAP refused the peer (RFC 7296 2.16): for this reason, the identity it gave (if it
+    /// got that far).
+    EapFailed {
+        identity: Option<String>,
+        why: crate::services::AuthError,
+    },
 }
 
 /// An IKE SA as the views show it: id, connection name, established, its CHILD_SAs as
@@ -164,6 +170,8 @@ pub struct IkeSaView {
     pub local_id: String,
     /// The peer's authenticated identity; before IKE_AUTH, the configured one (if any).
     pub remote_id: String,
+    /// The identity the peer authenticated with by EAP (what per-user policy keys on).
+    pub eap_identity: Option<String>,
     pub proposal: IkeProposal,
     pub virtual_ip: Option<IpAddr>,
     pub mobike: bool,

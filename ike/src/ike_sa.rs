@@ -97,6 +97,8 @@ pub(crate) struct IkeSaState {
     pub peer: Option<Arc<PeerConfig>>,
     /// The peer's authenticated identity (IDi or IDr), once IKE_AUTH verified it.
     pub remote_id: Option<Id>,
+    /// The identity the peer authenticated with by EAP (EAP identity, RADIUS User-Name).
+    pub eap_identity: Option<String>,
     pub prop: IkeProposal,
     pub keys: Option<IkeKeys>,
     pub sk_out: Option<SkCipher>,
@@ -159,6 +161,10 @@ pub(crate) struct Pending {
     pub half_open: Option<(IkeSpi, SocketAddr)>,
     /// Fragmented messages (RFC 7383) under reassembly.
     pub reassembly: crate::fragment::Reassembly,
+    /// A responder's IKE_AUTH with EAP under way (RFC 7296 2.16).
+    pub eap: Option<Box<crate::exchange::eap_auth::EapRound>>,
+    /// An initiator's EAP rounds (we are the EAP peer).
+    pub eap_client: Option<Box<crate::exchange::eap_auth::EapClientRound>>,
 }
 
 /// What the views show of an IKE SA and the record of its state does not carry: when it came
@@ -213,6 +219,7 @@ impl IkeSa {
                 nat: false,
                 peer: None,
                 remote_id: None,
+                eap_identity: None,
                 prop,
                 keys: None,
                 sk_out: None,
@@ -301,6 +308,7 @@ impl IkeSa {
                 .as_ref()
                 .or(peer.and_then(|p| p.remote_id.as_ref()))
                 .map_or_else(String::new, Id::display),
+            eap_identity: s.eap_identity.clone(),
             proposal: s.prop,
             virtual_ip: s.virtual_ip,
             mobike: s.mobike,

@@ -21,6 +21,8 @@
 //! | `fragment` | IKE fragmentation (RFC 7383): splitting a protected message into Encrypted Fragment payloads, each sealed on its own; reassembly per IKE SA and direction, each fragment authenticated before it is kept, bounded per message, per IKE SA and in total, expired by a timer | keep an unauthenticated fragment; hold more than its budget |
 //! | `timer` | per-IKE-SA deadline tables and the endpoint's ordered deadlines | file an IKE SA twice |
 //! | [`services`] | SPI allocation (node/worker bits), virtual-IP pools, authentication: PSK and certificates (`auth`), signatures (`pubkey`), trust stores, chains, EKU and identities (`certs`) | reach the network or a clock; read a file |
+//! | [`eap`] | EAP framing; EAP-MSCHAPv2 against a local user file (`mschapv2`); RADIUS pass-through (`radius`), each a sans-IO conversation per IKE SA | keep a password, print an NT hash, MSK or RADIUS secret |
+//! | `exchange::eap_auth` | the responder's IKE_AUTH rounds with EAP (RFC 7296 2.16): our certificate AUTH, the EAP rounds, the AUTH from the MSK both ways; waiting for a RADIUS answer | pass a retransmitted request to the EAP backend twice |
 //! | [`ids`], [`time`] | `IkeSpi`, `ChildSpi`, `IkeSaId`; `Instant` | wrap around |
 #![forbid(unsafe_code)]
 #![deny(
@@ -45,6 +47,7 @@
 pub mod config;
 mod cookie;
 pub mod crypto;
+pub mod eap;
 pub mod endpoint;
 pub mod event;
 mod exchange;

@@ -184,7 +184,17 @@ pub struct Stats {
     pub handshakes: HandshakeStats,
     pub fragments: FragmentStats,
     /// IKE_AUTH exchanges that failed, by why (ours or the peer's authentication).
-    auth: [u64; AuthError::ALL.len()],
+    auth: AuthCounts,
+}
+
+/// One counter per [`AuthError`] (more than `Default` derives for an array).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AuthCounts([u64; AuthError::ALL.len()]);
+
+impl Default for AuthCounts {
+    fn default() -> Self {
+        AuthCounts([0; AuthError::ALL.len()])
+    }
 }
 
 /// IKE SAs made by a handshake (IKE_SA_INIT and IKE_AUTH; an IKE SA rekey or an adopted
@@ -239,7 +249,7 @@ impl Default for Stats {
             cookies: CookieStats::default(),
             handshakes: HandshakeStats::default(),
             fragments: FragmentStats::default(),
-            auth: [0; AuthError::ALL.len()],
+            auth: AuthCounts::default(),
         }
     }
 }
@@ -256,7 +266,7 @@ impl Stats {
             .iter()
             .position(|x| core::mem::discriminant(x) == core::mem::discriminant(&e))
         {
-            if let Some(c) = self.auth.get_mut(i) {
+            if let Some(c) = self.auth.0.get_mut(i) {
                 *c = c.saturating_add(1);
             }
         }
@@ -267,7 +277,7 @@ impl Stats {
         AuthError::ALL
             .iter()
             .position(|x| core::mem::discriminant(x) == core::mem::discriminant(&e))
-            .and_then(|i| self.auth.get(i).copied())
+            .and_then(|i| self.auth.0.get(i).copied())
             .unwrap_or(0)
     }
 

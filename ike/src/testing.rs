@@ -56,6 +56,9 @@ pub enum Fate {
 pub type Fault = Box<dyn FnMut(&Datagram) -> Fate>;
 
 /// N endpoints on one virtual clock.
+/// A node's EAP server (node, time, datagram) -> its answers.
+pub type EapHook = Box<dyn FnMut(usize, Instant, Vec<u8>) -> Vec<Vec<u8>>>;
+
 pub struct Net {
     pub now: Instant,
     pub nodes: Vec<Node>,
@@ -64,6 +67,9 @@ pub struct Net {
     /// Everything is lost while set (a cable pulled).
     pub cut: bool,
     pub fault: Option<Fault>,
+    /// The EAP backends' servers (RADIUS): each node's datagrams for its server go to this,
+    /// its answers straight back (none: lost, or held back by the hook).
+    pub eap_server: Option<EapHook>,
     in_flight: VecDeque<(Datagram, bool)>,
     counts: std::collections::HashMap<(usize, Option<usize>), usize>,
 }
@@ -82,6 +88,7 @@ impl Net {
             log: Vec::new(),
             cut: false,
             fault: None,
+            eap_server: None,
             in_flight: VecDeque::new(),
             counts: std::collections::HashMap::new(),
         }
@@ -134,6 +141,20 @@ impl Net {
 
     fn send_all(&mut self) -> bool {
         let mut any = false;
+        for i in 0..self.nodes.len() {
+            while let Some(d) = self.ep(i).poll_eap_transmit() {
+                any = true;
+                let now = self.now;
+                let answers = self
+                    .eap_server
+                    .as_mut()
+                    .map(|h| h(i, now, d))
+                    .unwrap_or_default();
+                for a in answers {
+                    self.ep(i).handle_eap_datagram(now, &a);
+                }
+            }
+        }
         for i in 0..self.nodes.len() {
             while let Some(t) = self.ep(i).poll_transmit() {
                 any = true;

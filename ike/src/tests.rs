@@ -6,6 +6,7 @@ mod auth;
 mod certs;
 mod child;
 mod cookie;
+mod eap;
 mod endpoint;
 mod export;
 mod fragment;

@@ -49,6 +49,9 @@
 //!   fragment_size_v6: 1280      # ... and IPv6
 //!   fragment_timeout_secs: 30   # an unfinished reassembly goes after this
 //! ```
+//!
+//! EAP for road warriors (`eap`: the connections, a user file or a RADIUS server): see
+//! `config::eap`.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -184,6 +187,9 @@ pub struct IkeYaml {
     pub fragment_size_v6: Option<u64>,
     #[serde(default)]
     pub fragment_timeout_secs: Option<u64>,
+    /// EAP for road warriors (`config::eap`); absent: none.
+    #[serde(default)]
+    pub eap: Option<super::eap::EapYaml>,
 }
 
 /// What [`IkeYaml::admission`] yields: the endpoint's admission policy and half-open timeout.
@@ -585,6 +591,21 @@ impl IkeYaml {
 }
 
 impl IkeYaml {
+    /// The `eap` section, checked and its files read (`None` when there is none); `name` is
+    /// the gateway's (the default NAS-Identifier).
+    pub fn eap(
+        &self,
+        file: &Path,
+        at: &str,
+        name: &str,
+    ) -> Result<Option<super::eap::Eap>, ConfigError> {
+        let Some(e) = &self.eap else {
+            return Ok(None);
+        };
+        let names: Vec<String> = self.connections.iter().map(|c| c.name.clone()).collect();
+        e.load(file, &format!("{at}.eap"), &names, name).map(Some)
+    }
+
     /// The checks a road-warrior client's file must pass on top of [`validate`]
     /// (`roamgate client`): at least one connection, each initiated to a gateway.
     ///

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub mod certs;
+pub mod eap;
 pub mod gateway;
 pub mod ha;
 pub mod ike;

@@ -111,6 +111,23 @@ impl ControlCore {
         self.endpoint.set_unix_time_at_zero(t);
     }
 
+    /// EAP for road warriors (`config::eap`).
+    pub fn set_eap(&mut self, eap: ike::eap::EapService) {
+        self.endpoint.set_eap(eap);
+    }
+
+    /// A datagram from the RADIUS server: the IKE exchanges that waited for it go on.
+    pub fn handle_radius(&mut self, now: Instant, data: &[u8]) {
+        self.endpoint.handle_eap_datagram(now, data);
+        self.view.mark_stale();
+        self.pump(now);
+    }
+
+    /// A datagram for the RADIUS server.
+    pub fn poll_radius_transmit(&mut self) -> Option<Vec<u8>> {
+        self.endpoint.poll_eap_transmit()
+    }
+
     /// Stops logging IKE events (a benchmark's crowd of clients would flood the output).
     pub fn set_quiet(&mut self) {
         self.log = false;

@@ -197,6 +197,7 @@ pub fn ike_sa_json(sa: &ike::IkeSaView) -> serde_json::Value {
         "nat_remote": sa.nat_sides.remote,
         "local_id": sa.local_id,
         "remote_id": sa.remote_id,
+        "eap_identity": sa.eap_identity,
         "proposal": {
             "name": p.name(),
             "encryption": if p.cbc { "AES_CBC" } else { "AES_GCM_16" },

@@ -175,6 +175,11 @@ impl InProcControl {
         self.driver.set_fragmentation(f);
     }
 
+    /// See [`Driver::set_eap`].
+    pub fn set_eap(&mut self, eap: crate::config::eap::Eap) -> std::io::Result<()> {
+        self.driver.set_eap(eap)
+    }
+
     /// One turn with the workers in this process (see [`Driver::turn`]).
     pub fn turn(&mut self, links: &mut [&mut WorkerLink]) -> Result<bool, TurnError> {
         let now = self.now();

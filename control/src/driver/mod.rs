@@ -150,6 +150,8 @@ pub struct Driver {
     /// Print log lines (tests and benchmarks turn it off).
     print: bool,
     store: Option<Box<dyn IkeStore + Send>>,
+    /// The socket to the RADIUS server of EAP pass-through, connected to it.
+    radius: Option<std::net::UdpSocket>,
 }
 
 impl Driver {
@@ -162,7 +164,63 @@ impl Driver {
             view: Arc::new(Mutex::new(IkeView::default())),
             print: true,
             store: None,
+            radius: None,
         }
+    }
+
+    /// EAP for road warriors as the `ike.eap` section says (with its RADIUS socket).
+    pub fn set_eap(&mut self, eap: crate::config::eap::Eap) -> std::io::Result<()> {
+        self.core.set_eap(eap.service);
+        match eap.radius {
+            Some(server) => self.set_radius(server),
+            None => Ok(()),
+        }
+    }
+
+    /// EAP through the RADIUS server at `server`: a socket of its own, non-blocking, read and
+    /// written each turn.
+    pub fn set_radius(&mut self, server: std::net::SocketAddr) -> std::io::Result<()> {
+        let any: std::net::SocketAddr = if server.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let s = std::net::UdpSocket::bind(any)?;
+        s.connect(server)?;
+        s.set_nonblocking(true)?;
+        tracing::info!(target: "ike", "EAP through the RADIUS server at {server} (from {})", s.local_addr()?);
+        self.radius = Some(s);
+        Ok(())
+    }
+
+    /// Moves the RADIUS server's answers in and the requests out; true if anything moved.
+    fn radius_io(&mut self, now: Instant) -> bool {
+        let Some(s) = self.radius.as_ref() else {
+            return false;
+        };
+        let mut work = false;
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.recv(&mut buf) {
+                Ok(n) => {
+                    work = true;
+                    self.core.handle_radius(now, buf.get(..n).unwrap_or(&[]));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP unreachable and the like: the request is retransmitted on time.
+                Err(e) => {
+                    tracing::debug!(target: "ike", "RADIUS socket: {e}");
+                    break;
+                }
+            }
+        }
+        while let Some(d) = self.core.poll_radius_transmit() {
+            work = true;
+            if let Err(e) = s.send(&d) {
+                tracing::warn!(target: "ike", "RADIUS request not sent: {e} (retransmitted on time)");
+            }
+        }
+        work
     }
 
     /// Keeps the IKE SAs in `store` from now on (persist before send, `core::durable`).
@@ -233,6 +291,7 @@ impl Driver {
                 self.core.set_view_cost(t.elapsed());
             }
         }
+        work |= self.radius_io(now);
         work |= self.drain(link)?;
         work |= self.release(link);
         Ok(work)

@@ -61,6 +61,8 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             return;
         }
     };
+    // An EAP peer sends no AUTH in its first request (RFC 7296 2.16).
+    let auth = Some(auth).filter(|_| !super::eap_auth::client_begin(sa, ctx, &cfg));
     let child_spi = ctx.child_spi();
     let mut inner = vec![Payload::IdI(idi)];
     inner.extend(extra);
@@ -68,10 +70,12 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     if let Some(r) = &cfg.remote_id {
         inner.push(Payload::IdR(r.clone()));
     }
-    inner.push(Payload::Auth {
-        method: auth.method,
-        data: auth.data,
-    });
+    if let Some(auth) = auth {
+        inner.push(Payload::Auth {
+            method: auth.method,
+            data: auth.data,
+        });
+    }
     if cfg.request_vip {
         inner.push(Payload::Cp {
             kind: cfg::REQUEST,
@@ -100,21 +104,21 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     );
 }
 
-fn find_idi(p: &[Payload]) -> Option<&Id> {
+pub(crate) fn find_idi(p: &[Payload]) -> Option<&Id> {
     p.iter().find_map(|x| match x {
         Payload::IdI(i) => Some(i),
         _ => None,
     })
 }
 
-fn find_idr(p: &[Payload]) -> Option<&Id> {
+pub(crate) fn find_idr(p: &[Payload]) -> Option<&Id> {
     p.iter().find_map(|x| match x {
         Payload::IdR(i) => Some(i),
         _ => None,
     })
 }
 
-fn find_auth(p: &[Payload]) -> Option<Auth> {
+pub(crate) fn find_auth(p: &[Payload]) -> Option<Auth> {
     p.iter().find_map(|x| match x {
         Payload::Auth { method, data } => Some(Auth {
             method: *method,
@@ -126,6 +130,9 @@ fn find_auth(p: &[Payload]) -> Option<Auth> {
 
 /// The responder's IKE_AUTH answer (the initiator's side).
 pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi, p: &[Payload]) {
+    if super::eap_auth::client_on_response(sa, ctx, child_spi, p) {
+        return;
+    }
     let Some(cfg) = sa.state.peer.clone() else {
         return;
     };
@@ -139,32 +146,61 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi
     let (Some(idr), Some(auth)) = (find_idr(p), find_auth(p)) else {
         return fail(sa, ctx);
     };
-    if cfg.remote_id.as_ref().is_some_and(|r| r != idr) {
+    if let Err(e) = verify_responder(sa, ctx, &cfg, idr, &auth, p) {
+        if let Some(e) = e {
+            ctx.count_auth(e);
+        }
         return fail(sa, ctx);
+    }
+    let idr = idr.clone();
+    complete_initiator(sa, ctx, cfg, child_spi, &idr, p);
+}
+
+/// Checks the responder's identity and AUTH (its connection's credential); `Err(None)`: the
+/// identity is not the one we want, or the handshake's keys are gone.
+pub(crate) fn verify_responder(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    cfg: &PeerConfig,
+    idr: &Id,
+    auth: &Auth,
+    p: &[Payload],
+) -> Result<(), Option<crate::services::AuthError>> {
+    if cfg.remote_id.as_ref().is_some_and(|r| r != idr) {
+        return Err(None);
     }
     let unix_time = ctx.unix_time();
-    let verified = {
-        let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
-            return;
-        };
-        let input = AuthInput {
-            prf: keys.prf,
-            message: &hs.init_response,
-            nonce: &hs.ni,
-            sk_p: &keys.sk_pr,
-            id: idr,
-        };
-        let actx = AuthContext {
-            unix_time,
-            peer_hashes: &hs.peer_hashes,
-            certreqs: &hs.certreqs,
-        };
-        ctx.services.auth.verify(&cfg, &input, &auth, p, &actx)
+    let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
+        return Err(None);
     };
-    if let Err(e) = verified {
-        ctx.count_auth(e);
-        return fail(sa, ctx);
-    }
+    let input = AuthInput {
+        prf: keys.prf,
+        message: &hs.init_response,
+        nonce: &hs.ni,
+        sk_p: &keys.sk_pr,
+        id: idr,
+    };
+    let actx = AuthContext {
+        unix_time,
+        peer_hashes: &hs.peer_hashes,
+        certreqs: &hs.certreqs,
+    };
+    ctx.services
+        .auth
+        .verify(cfg, &input, auth, p, &actx)
+        .map_err(Some)
+}
+
+/// The responder `idr` is authenticated: the IKE SA comes up, with the virtual IP and the
+/// first CHILD_SA the response `p` carries.
+pub(crate) fn complete_initiator(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    cfg: std::sync::Arc<PeerConfig>,
+    child_spi: ChildSpi,
+    idr: &Id,
+    p: &[Payload],
+) {
     let (ni, nr) = match sa.pending.handshake.as_ref() {
         Some(hs) => (hs.ni.clone(), hs.nr.clone()),
         None => return,
@@ -230,28 +266,35 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, child_spi: ChildSpi
 }
 
 /// The connection for this peer: its identity matches, the IKE proposal is one of its own,
-/// and (if the peer named us) our identity is the one it asked for.
-fn choose_peer<'a>(
+/// (if the peer named us) our identity is the one it asked for, and it authenticates its
+/// peers by EAP exactly when `eap` says.
+pub(crate) fn choose_peer<'a>(
     ctx: &'a Ctx<'_>,
     sa: &IkeSa,
     idi: &Id,
     idr_wanted: Option<&Id>,
+    eap: bool,
 ) -> Option<&'a std::sync::Arc<PeerConfig>> {
     ctx.peers.iter().find(|c| {
         c.remote_id.as_ref().is_none_or(|r| r == idi)
             && c.ike_proposals.contains(&sa.state.prop)
             && idr_wanted.is_none_or(|w| *w == c.local_id)
+            && super::eap_auth::is_eap(ctx, c) == eap
     })
 }
 
 /// The initiator's IKE_AUTH request (the responder's side): authenticate, lease a virtual IP
-/// if asked, negotiate the first CHILD_SA.
+/// if asked, negotiate the first CHILD_SA. A request without AUTH for a connection whose
+/// peers authenticate by EAP goes to `eap_auth` (as do the requests after it).
 pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Reply {
+    if let Some(r) = super::eap_auth::on_request(sa, ctx, p) {
+        return r;
+    }
     let failed = Ok(vec![Payload::notify(notify::AUTHENTICATION_FAILED, vec![])]);
     let (Some(idi), Some(auth)) = (find_idi(p), find_auth(p)) else {
         return failed;
     };
-    let Some(cfg) = choose_peer(ctx, sa, idi, find_idr(p)).cloned() else {
+    let Some(cfg) = choose_peer(ctx, sa, idi, find_idr(p), false).cloned() else {
         return failed;
     };
     let unix_time = ctx.unix_time();
@@ -279,40 +322,65 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
         ctx.count_auth(e);
         return failed;
     }
-    let signed = {
-        let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
-            return failed;
-        };
-        let input = AuthInput {
-            prf: keys.prf,
-            message: &hs.init_response,
-            nonce: &hs.ni,
-            sk_p: &keys.sk_pr,
-            id: &cfg.local_id,
-        };
-        let actx = AuthContext {
-            unix_time,
-            peer_hashes: &hs.peer_hashes,
-            certreqs: &certreqs,
-        };
-        ctx.services
-            .auth
-            .sign(&cfg, &input, &actx)
-            .map(|a| (a, ctx.services.auth.extra_payloads(&cfg, &actx)))
-    };
-    let (my_auth, extra) = match signed {
-        Ok(x) => x,
+    let reply = match our_auth(sa, ctx, &cfg, &certreqs) {
+        Ok(r) => r,
         Err(e) => {
-            ctx.count_auth(e);
+            if let Some(e) = e {
+                ctx.count_auth(e);
+            }
             return failed;
         }
     };
+    complete(sa, ctx, cfg, idi, p, reply)
+}
+
+/// The responder's IDr, any payloads of the authenticator (CERT, CERTREQ) and AUTH, made with
+/// the connection's own credential (`None`: the handshake's keys are gone).
+pub(crate) fn our_auth(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    cfg: &PeerConfig,
+    certreqs: &[Vec<u8>],
+) -> Result<Vec<Payload>, Option<crate::services::AuthError>> {
+    let unix_time = ctx.unix_time();
+    let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
+        return Err(None);
+    };
+    let input = AuthInput {
+        prf: keys.prf,
+        message: &hs.init_response,
+        nonce: &hs.ni,
+        sk_p: &keys.sk_pr,
+        id: &cfg.local_id,
+    };
+    let actx = AuthContext {
+        unix_time,
+        peer_hashes: &hs.peer_hashes,
+        certreqs,
+    };
+    let my_auth = ctx.services.auth.sign(cfg, &input, &actx).map_err(Some)?;
+    let extra = ctx.services.auth.extra_payloads(cfg, &actx);
     let mut reply = vec![Payload::IdR(cfg.local_id.clone())];
     reply.extend(extra);
     reply.push(Payload::Auth {
         method: my_auth.method,
         data: my_auth.data,
     });
+    Ok(reply)
+}
+
+/// The peer `idi` is authenticated for connection `cfg`: the IKE SA comes up, with a virtual
+/// IP and the first CHILD_SA as the request `p` (the first IKE_AUTH request) asks; `reply`
+/// (our AUTH and what goes with it) gets their payloads.
+pub(crate) fn complete(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    cfg: std::sync::Arc<PeerConfig>,
+    idi: &Id,
+    p: &[Payload],
+    mut reply: Vec<Payload>,
+) -> Reply {
+    let failed = Ok(vec![Payload::notify(notify::AUTHENTICATION_FAILED, vec![])]);
     // A virtual IP when asked for and we have a pool.
     let wants_vip = p.iter().any(|x| {
         matches!(x, Payload::Cp { kind: cfg::REQUEST, attrs }

@@ -5,6 +5,7 @@
 //!
 //! - [`init`]: IKE_SA_INIT, both ends (the responder's admission point is there).
 //! - [`auth`]: IKE_AUTH with the first CHILD_SA, through the authenticator service.
+//! - [`eap_auth`]: the responder's IKE_AUTH rounds when the peer authenticates by EAP.
 //! - [`child`]: CREATE_CHILD_SA for a new CHILD_SA or a CHILD_SA rekey (2.8.1 collisions).
 //! - [`ike_rekey`]: CREATE_CHILD_SA rekeying the IKE SA (2.8.2 collisions).
 //! - [`info`]: INFORMATIONAL: deletes, liveness, INVALID_SPI.
@@ -22,6 +23,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod child;
+pub(crate) mod eap_auth;
 pub(crate) mod ike_rekey;
 pub(crate) mod info;
 pub(crate) mod init;
@@ -276,6 +278,11 @@ pub(crate) fn on_request(
             return;
         }
     }
+    if eap_auth::waiting_for(sa, h.message_id) {
+        // Retransmitted while the EAP backend's server has the previous one: answered once
+        // the result is in, never passed on twice.
+        return;
+    }
     if h.message_id != sa.state.peer_next_id {
         ctx.count(Reason::BadMessageId);
         return;
@@ -312,6 +319,23 @@ pub(crate) fn on_request(
             )])
         }
     };
+    if eap_auth::defer(sa, h.message_id, local, remote) {
+        return;
+    }
+    answer(sa, ctx, local, remote, h.exchange, h.message_id, outcome);
+}
+
+/// Sends the answer to request `message_id` (encrypted, kept for its retransmissions) and
+/// ends the IKE SA if the answer says so.
+pub(crate) fn answer(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    exch: u8,
+    message_id: u32,
+    outcome: Reply,
+) {
     let (reply, fatal) = match outcome {
         Ok(reply) => (reply, false),
         Err(reason) => {
@@ -319,12 +343,12 @@ pub(crate) fn on_request(
             (vec![Payload::notify(notify::INVALID_SYNTAX, vec![])], true)
         }
     };
-    let data = crate::fragment::protect(sa, ctx, remote, h.exchange, h.message_id, true, &reply);
-    sa.state.peer_next_id = h.message_id.wrapping_add(1);
+    let data = crate::fragment::protect(sa, ctx, remote, exch, message_id, true, &reply);
+    sa.state.peer_next_id = message_id.wrapping_add(1);
     // A response goes back where the request came from (RFC 7296 2.11), which is not the
     // SA's address when a MOBIKE peer probes a new path before it updates.
     ctx.send_datagrams(local, remote, &data);
-    sa.state.last_response = Some((h.message_id, data));
+    sa.state.last_response = Some((message_id, data));
     let not_up = sa.state.phase == Phase::Init && sa.state.role == Role::Responder;
     if fatal || (not_up && reply_is_error(&reply)) {
         // INVALID_SYNTAX ends the IKE SA on both ends (2.21.3); so does any error to an

@@ -116,11 +116,29 @@ pub enum AuthError {
     NoCommonHash,
     #[error("our signature could not be made")]
     SignFailed,
+    #[error("the connection authenticates its peers by EAP, the peer sent AUTH")]
+    EapRequired,
+    #[error("EAP: the user is unknown")]
+    EapUnknownUser,
+    #[error("EAP: wrong password")]
+    EapWrongPassword,
+    #[error("EAP: the peer refused the method (Nak)")]
+    EapMethodRefused,
+    #[error("EAP: a malformed or unexpected EAP message")]
+    EapMalformed,
+    #[error("EAP: the RADIUS server rejected the user")]
+    EapRadiusReject,
+    #[error("EAP: the RADIUS server did not answer")]
+    EapRadiusTimeout,
+    #[error("EAP: the method succeeded without an MSK")]
+    EapNoMsk,
+    #[error("EAP: the peer's AUTH from the MSK does not verify")]
+    EapAuthMismatch,
 }
 
 impl AuthError {
     /// Every reason, for counters and views.
-    pub const ALL: [AuthError; 25] = [
+    pub const ALL: [AuthError; 34] = [
         AuthError::NoCredential,
         AuthError::Method(0),
         AuthError::Mismatch,
@@ -146,6 +164,15 @@ impl AuthError {
         AuthError::SignatureInvalid,
         AuthError::NoCommonHash,
         AuthError::SignFailed,
+        AuthError::EapRequired,
+        AuthError::EapUnknownUser,
+        AuthError::EapWrongPassword,
+        AuthError::EapMethodRefused,
+        AuthError::EapMalformed,
+        AuthError::EapRadiusReject,
+        AuthError::EapRadiusTimeout,
+        AuthError::EapNoMsk,
+        AuthError::EapAuthMismatch,
     ];
 
     /// The counter's name (`auth_` and the reason).
@@ -176,6 +203,15 @@ impl AuthError {
             AuthError::SignatureInvalid => "auth_signature_invalid",
             AuthError::NoCommonHash => "auth_no_common_hash",
             AuthError::SignFailed => "auth_sign_failed",
+            AuthError::EapRequired => "auth_eap_required",
+            AuthError::EapUnknownUser => "auth_eap_unknown_user",
+            AuthError::EapWrongPassword => "auth_eap_wrong_password",
+            AuthError::EapMethodRefused => "auth_eap_method_refused",
+            AuthError::EapMalformed => "auth_eap_malformed",
+            AuthError::EapRadiusReject => "auth_eap_radius_reject",
+            AuthError::EapRadiusTimeout => "auth_eap_radius_timeout",
+            AuthError::EapNoMsk => "auth_eap_no_msk",
+            AuthError::EapAuthMismatch => "auth_eap_auth_mismatch",
         }
     }
 }

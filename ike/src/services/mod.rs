@@ -26,6 +26,8 @@ pub struct Services {
     pub spis: SpiAllocator,
     pub pool: Box<dyn AddressPool>,
     pub auth: Box<dyn Authenticator>,
+    /// EAP for the peers of some connections (RFC 7296 2.16), if configured.
+    pub eap: Option<crate::eap::EapService>,
 }
 
 impl Default for Services {
@@ -34,6 +36,7 @@ impl Default for Services {
             spis: SpiAllocator::default(),
             pool: Box::new(LocalPool::default()),
             auth: Box::new(CredentialAuthenticator),
+            eap: None,
         }
     }
 }

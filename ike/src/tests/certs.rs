@@ -32,10 +32,10 @@ const RSA_B: &str = include_str!("data/rsa2048-b.pem");
 const P521_EE: &[u8] = include_bytes!("data/p521-ee.pem");
 
 /// 2026-01-01T00:00:00Z: the virtual clock's zero in these tests.
-const JAN_2026: u64 = 1_767_225_600;
+pub(super) const JAN_2026: u64 = 1_767_225_600;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Alg {
+pub(super) enum Alg {
     RsaA,
     RsaB,
     P256,
@@ -61,7 +61,7 @@ fn name(cn: &str) -> DistinguishedName {
 }
 
 /// A CA (root or intermediate): its certificate and what issues with it.
-struct Ca {
+pub(super) struct Ca {
     der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
 }
@@ -76,7 +76,7 @@ fn ca_params(cn: &str) -> CertificateParams {
     p
 }
 
-fn root(cn: &str) -> Ca {
+pub(super) fn root(cn: &str) -> Ca {
     let k = key(Alg::P256);
     let p = ca_params(cn);
     let der = p.self_signed(&k).unwrap().der().clone();
@@ -97,7 +97,7 @@ fn intermediate(parent: &Ca, cn: &str) -> Ca {
 }
 
 /// What an end-entity certificate carries.
-struct Leaf {
+pub(super) struct Leaf {
     sans: Vec<SanType>,
     ekus: Vec<ExtendedKeyUsagePurpose>,
     from: (i32, u8, u8),
@@ -143,7 +143,7 @@ fn issue(
 /// A connection's certificate credential: a leaf for `alg` from `ca` (and the intermediates
 /// to send), trusting `trusted`.
 #[allow(clippy::too_many_arguments)]
-fn cred(
+pub(super) fn cred(
     alg: Alg,
     ca: &Ca,
     sent_cas: &[&Ca],
@@ -171,7 +171,7 @@ fn cred(
     }))
 }
 
-fn gw_leaf() -> Leaf {
+pub(super) fn gw_leaf() -> Leaf {
     leaf(
         vec![dns("gw.roamgate.test")],
         vec![
@@ -181,7 +181,7 @@ fn gw_leaf() -> Leaf {
     )
 }
 
-fn rw_leaf() -> Leaf {
+pub(super) fn rw_leaf() -> Leaf {
     leaf(
         vec![dns("rw.roamgate.test")],
         vec![ExtendedKeyUsagePurpose::ClientAuth],
@@ -192,7 +192,7 @@ fn endpoint_at(peer: PeerConfig, seed: u8, unix: u64) -> Endpoint {
     endpoint_with(peer, seed, unix, Services::default())
 }
 
-fn endpoint_with(peer: PeerConfig, seed: u8, unix: u64, services: Services) -> Endpoint {
+pub(super) fn endpoint_with(peer: PeerConfig, seed: u8, unix: u64, services: Services) -> Endpoint {
     Endpoint::with_services(
         EndpointConfig {
             peers: vec![peer],
