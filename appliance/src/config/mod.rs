@@ -27,6 +27,11 @@ pub struct DataplaneFile {
     /// This node's place in an HA pair (`roamgate run`/`control`): absent, a lone gateway.
     #[serde(default)]
     pub ha: Option<HaYaml>,
+    /// Which log events to write, as `--log-level` takes it (`info`, `info,ike=debug`):
+    /// applied at start when neither `--log-level` nor `RUST_LOG` was given, and again at
+    /// each reload.
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 /// What a checked file yields: the data plane's static part, the IKE connections and the
@@ -40,6 +45,32 @@ pub struct Checked {
 }
 
 impl DataplaneFile {
+    /// What a reload compares of this (validated) file: the control crate's sections, the
+    /// log level, and this file's own sections that cannot change at run time (the data
+    /// plane's ports, devices and workers; the HA section).
+    pub fn snapshot<'a>(
+        &self,
+        checked: &'a Checked,
+        admission: control::config::ike::AdmissionPolicy,
+    ) -> control::config::reload::Snapshot<'a> {
+        let mut s = control::config::reload::Snapshot::of(
+            &self.gateway,
+            &checked.plan,
+            &checked.conns,
+            admission,
+        );
+        s.log_level = self.log_level.clone();
+        let d = &self.dataplane;
+        s.fixed.extend([
+            ("dataplane.port".into(), format!("{:?}", d.port)),
+            ("dataplane.workers".into(), d.workers.to_string()),
+            ("dataplane.cores".into(), format!("{:?}", d.cores)),
+            ("dataplane".into(), format!("{d:?}")),
+            ("ha".into(), format!("{:?}", self.ha)),
+        ]);
+        s
+    }
+
     /// Validates the whole file: the gateway, the data-plane section (including whether its
     /// crypto backend exists on this machine) and every IKE connection. Every subcommand that
     /// starts a gateway calls this before it starts anything.
@@ -71,6 +102,9 @@ impl DataplaneFile {
                      discovery answers reach one worker's queue only",
                 ));
             }
+        }
+        if let Some(l) = &self.log_level {
+            crate::logs::check_filter(l).map_err(|w| ConfigError::new(file, "log_level", w))?;
         }
         let conns = self.ike.validate(file, "ike")?;
         self.ike

@@ -170,7 +170,7 @@ pub struct IkeYaml {
 pub type AdmissionPolicy = (Admission, std::time::Duration);
 
 /// A connection ready for the endpoint, and where to initiate it (if anywhere).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     pub peer: PeerConfig,
     /// The byte/packet lifetimes of its CHILD_SAs' data-plane SAs.
