@@ -22,7 +22,9 @@ use roamgate_tests::strongswan::{
 };
 use roamgate_tests::{root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 
 /// The test PKI, made by the shipped script, its CAs named after `org`.
 fn make_pki(dir: &Path, org: &str) -> PathBuf {
@@ -131,7 +133,7 @@ fn native_clients_with_certificates_against_roamgate_run() {
     let cfg_path = dir.join("gw.yaml");
     std::fs::write(&cfg_path, gateway_config(&pki)).unwrap();
     let gw = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "run",
         &lab.ns("gw"),
         &cfg_path,
@@ -326,7 +328,7 @@ pools { vpool { addrs = 10.99.0.0/24 } }
     let cfg_path = dir.join("client.yaml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let client = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "client",
         &lab.ns("cl"),
         &cfg_path,
