@@ -184,6 +184,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_reload_refuses_what_needs_a_restart_and_a_bad_log_level() {
+        let path = Path::new("x.yaml");
+        let load = |text: &str| -> (DataplaneFile, Checked) {
+            let f: DataplaneFile = parse(path, text).unwrap();
+            let c = f.validate(path).unwrap();
+            (f, c)
+        };
+        let adm = control::config::ike::IkeYaml::default()
+            .admission(path, "ike")
+            .unwrap();
+        let (fa, ca) = load(EXAMPLE);
+        let plan = |text: &str| {
+            let (fb, cb) = load(text);
+            control::config::reload::plan(&fa.snapshot(&ca, adm), &fb.snapshot(&cb, adm), path)
+        };
+        assert!(plan(EXAMPLE).unwrap().is_empty());
+        let e = plan(&EXAMPLE.replace("frames: 8192", "frames: 16384")).unwrap_err();
+        assert_eq!(e.key, "dataplane");
+        assert!(e.what.contains("needs a restart"), "{e}");
+        let p = plan(&format!("log_level: \"info,ike=debug\"\n{EXAMPLE}")).unwrap();
+        assert_eq!(p.log_level, Some(Some("info,ike=debug".into())));
+        let f: DataplaneFile = parse(path, &format!("log_level: \"ike=loud\"\n{EXAMPLE}")).unwrap();
+        assert_eq!(f.validate(path).unwrap_err().key, "log_level");
+    }
+
     /// netns-a.yaml with its links resolving: no neighbor_mac, the subnets and the WAN's
     /// gateway given instead.
     fn resolving() -> String {
