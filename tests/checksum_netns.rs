@@ -15,7 +15,9 @@ use std::time::Duration;
 use roamgate_tests::netns::{in_ns, root_or_skip, DataplaneProcess, NetnsLab, NsProcess};
 use roamgate_tests::{have_tool, root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 const BYTES: usize = 300_000;
 
 /// Accepts connections on port 5555 (both families) until killed; answers each with the
@@ -106,8 +108,8 @@ fn unfinished_lan_checksums_are_counted_and_completed() {
     let mut results = Vec::new();
     for checksum in [None, Some("complete")] {
         let (pa, pb) = configs(&dir, checksum);
-        let a = DataplaneProcess::start(Path::new(BIN), &lab.ns("gwa"), &pa, &dir, "gw-a");
-        let b = DataplaneProcess::start(Path::new(BIN), &lab.ns("gwb"), &pb, &dir, "gw-b");
+        let a = DataplaneProcess::start(Path::new(BIN.as_str()), &lab.ns("gwa"), &pa, &dir, "gw-a");
+        let b = DataplaneProcess::start(Path::new(BIN.as_str()), &lab.ns("gwb"), &pb, &dir, "gw-b");
         assert_eq!(
             lab.ping("lana", "10.2.0.10", 2),
             2,

@@ -18,13 +18,15 @@ use roamgate_tests::strongswan::{
 };
 use roamgate_tests::{root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 const SERVER: &str = "10.9.0.10";
 
 fn start_client(lab: &ScriptLab, cfg: &Path, dir: &Path, name: &str) -> DataplaneProcess {
     let shm = dir.join(format!("{name}.shm"));
     DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "client",
         &lab.ns("cl"),
         cfg,

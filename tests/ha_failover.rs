@@ -37,7 +37,9 @@ use roamgate_tests::netns::{in_ns, root_or_skip, Capture, DataplaneProcess, NsPr
 use roamgate_tests::strongswan::{ike_view, pings, wait_for, ScriptLab};
 use roamgate_tests::{root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 const SERVER: &str = "10.9.0.10";
 const PPS: u32 = 1000;
 /// Seconds each stream runs; the failure comes `FAIL_AT` into it.
@@ -117,7 +119,7 @@ impl HaNode {
     fn start(&mut self) {
         let shm = self.dir.join(format!("{}.shm", self.name));
         self.proc = Some(DataplaneProcess::start_sub(
-            Path::new(BIN),
+            Path::new(BIN.as_str()),
             "run",
             &self.ns,
             &self.config,
@@ -355,7 +357,7 @@ fn the_standby_takes_over_without_renegotiation() {
     std::fs::create_dir_all(&client_dir).unwrap();
     let shm = client_dir.join("cl.shm");
     let client = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "client",
         &lab.ns("cl"),
         &root().join("configs/mobike-client.yaml"),
@@ -412,7 +414,7 @@ fn the_standby_takes_over_without_renegotiation() {
                     sh(&n.ns, "ip link set sync down");
                 }
                 Kind::Switchover => {
-                    let out = Command::new(BIN)
+                    let out = Command::new(BIN.as_str())
                         .args(["ha", "switchover", "--socket"])
                         .arg(nodes[a].sock())
                         .output()

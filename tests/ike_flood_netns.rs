@@ -27,7 +27,9 @@ use roamgate_tests::strongswan::{
 };
 use roamgate_tests::{root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 /// Where `roamgate control --metrics` serves (inside the gateway's namespace).
 const METRICS: &str = "127.0.0.1:9464";
 const FLOOD: u32 = 50_000;
@@ -237,7 +239,7 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
     let ctl = NsProcess::spawn(
         &lab.ns("gw"),
         &[
-            BIN,
+            BIN.as_str(),
             "control",
             "--config",
             cfg.to_str().unwrap(),
@@ -257,7 +259,7 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
     let _dp = NsProcess::spawn(
         &lab.ns("gw"),
         &[
-            BIN,
+            BIN.as_str(),
             "dataplane",
             "--config",
             cfg.to_str().unwrap(),

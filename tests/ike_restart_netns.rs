@@ -18,7 +18,9 @@ use roamgate_tests::strongswan::{
 };
 use roamgate_tests::{root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 
 /// The pid of the `roamgate control` child of the supervisor `run_pid`, if one runs.
 fn control_pid(run_pid: u32) -> Option<u32> {
@@ -101,7 +103,7 @@ fn kill_9_of_control_under_run_keeps_the_ike_sa_and_its_rekeys_are_answered() {
     let cfg_path = dir.join("gw.yaml");
     std::fs::copy(root().join("configs/interop-gw.yaml"), &cfg_path).unwrap();
     let gw = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "run",
         &lab.ns("gw"),
         &cfg_path,

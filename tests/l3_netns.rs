@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use roamgate_tests::netns::{in_ns, root_or_skip, DataplaneProcess, NetnsLab, NsProcess};
 use roamgate_tests::{have_tool, root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -134,14 +136,14 @@ fn a_gateway_without_neighbor_macs_resolves_and_bounds_reassembly() {
     let dir = scratch(test);
     let lab = NetnsLab::up("rg3r");
     let gw_a = DataplaneProcess::start(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         &lab.ns("gwa"),
         &resolving_config(&dir),
         &dir,
         "gw-a",
     );
     let gw_b = DataplaneProcess::start(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         &lab.ns("gwb"),
         &root().join("configs/netns-b.yaml"),
         &dir,
@@ -277,13 +279,19 @@ fn esp_fragmented_on_the_outer_path_is_reassembled() {
     let b_config = dir.join("gw-b-1600.yaml");
     std::fs::write(&b_config, text.replace("mtu: 1500", "mtu: 1600")).expect("write config");
     let gw_a = DataplaneProcess::start(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         &lab.ns("gwa"),
         &resolving_config(&dir),
         &dir,
         "gw-a",
     );
-    let gw_b = DataplaneProcess::start(Path::new(BIN), &lab.ns("gwb"), &b_config, &dir, "gw-b");
+    let gw_b = DataplaneProcess::start(
+        Path::new(BIN.as_str()),
+        &lab.ns("gwb"),
+        &b_config,
+        &dir,
+        "gw-b",
+    );
     assert!(lab.ping("lanb", "10.1.0.10", 5) >= 4, "B -> A");
 
     let net = lab.ns("net");

@@ -26,6 +26,28 @@ pub fn root() -> PathBuf {
         .to_owned()
 }
 
+/// The roamgate binary the end-to-end tests run: `ROAMGATE_BIN` when set (`.ci/run` and the
+/// README's test command build `target/release/roamgate` first and point it there: the
+/// namespace tests measure loss and timing, which a debug build on a loaded machine distorts),
+/// else `cargo_bin`, the test's own build (`env!("CARGO_BIN_EXE_roamgate")`).
+pub fn roamgate_bin(cargo_bin: &str) -> String {
+    match std::env::var("ROAMGATE_BIN") {
+        Ok(p) if !p.is_empty() => {
+            let path = if Path::new(&p).is_absolute() {
+                PathBuf::from(&p)
+            } else {
+                root().join(&p)
+            };
+            assert!(
+                path.is_file(),
+                "ROAMGATE_BIN={p}: no such binary (cargo build --release -p roamgate first)"
+            );
+            path.to_str().expect("utf-8 path").to_owned()
+        }
+        _ => cargo_bin.to_owned(),
+    }
+}
+
 /// The shipped lab configuration.
 pub fn lab_config() -> (LabConfig, GatewayPlan, GatewayPlan) {
     let path = root().join("configs/lab.yaml");

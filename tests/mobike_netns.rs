@@ -22,7 +22,9 @@ use roamgate_tests::strongswan::{
 };
 use roamgate_tests::{root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 const SERVER: &str = "10.9.0.10";
 const PPS: u32 = 1000;
 const SECS: u32 = 6;
@@ -126,7 +128,7 @@ fn run_case(client: Impl, gateway: Impl, single: bool, dir: &Path) -> Outcome {
     match gateway {
         Impl::Roamgate => {
             gw_proc = Some(DataplaneProcess::start_sub(
-                Path::new(BIN),
+                Path::new(BIN.as_str()),
                 "run",
                 &gw,
                 &root().join("configs/mobike-gw.yaml"),
@@ -150,7 +152,7 @@ fn run_case(client: Impl, gateway: Impl, single: bool, dir: &Path) -> Outcome {
     let sender_ns = match client {
         Impl::Roamgate => {
             cl_proc = Some(DataplaneProcess::start_sub(
-                Path::new(BIN),
+                Path::new(BIN.as_str()),
                 "client",
                 &cl,
                 &root().join("configs/mobike-client.yaml"),

@@ -27,7 +27,9 @@ use roamgate_tests::strongswan::{
 };
 use roamgate_tests::{root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 
 /// The test PKI, made by the shipped script, its CAs named after `org`.
 fn make_pki(dir: &Path, org: &str) -> PathBuf {
@@ -152,7 +154,7 @@ fn native_clients_with_certificates_against_roamgate_run() {
     let cfg_path = dir.join("gw.yaml");
     std::fs::write(&cfg_path, gateway_config(&pki)).unwrap();
     let gw = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "run",
         &lab.ns("gw"),
         &cfg_path,
@@ -393,7 +395,7 @@ pools { vpool { addrs = 10.99.0.0/24 } }
     let cfg_path = dir.join("client.yaml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let client = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "client",
         &lab.ns("cl"),
         &cfg_path,
@@ -625,7 +627,7 @@ fn windows_like_eap_against_roamgate_run() {
         &format!("rge{}", std::process::id() % 100_000),
     );
     let users = dir.join("eap-users");
-    let line = std::process::Command::new(BIN)
+    let line = std::process::Command::new(BIN.as_str())
         .args(["eap-user", EAP_USER])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -682,7 +684,7 @@ fn windows_like_eap_against_roamgate_run() {
         let cfg_path = dir.join(format!("{name}.yaml"));
         std::fs::write(&cfg_path, eap_gateway_config(&pki, eap)).unwrap();
         let gw = DataplaneProcess::start_sub(
-            Path::new(BIN),
+            Path::new(BIN.as_str()),
             "run",
             &lab.ns("gw"),
             &cfg_path,

@@ -30,7 +30,9 @@ use roamgate_tests::netns::DataplaneProcess;
 use roamgate_tests::strongswan::{ike_view, pings, strongswan_or_skip, Charon, ScriptLab};
 use roamgate_tests::{root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 
 fn make_pki(dir: &Path) -> PathBuf {
     let pki = dir.join("pki");
@@ -157,7 +159,7 @@ fn strongswan_client_to_roamgate_gateway_over_mtu_576() {
     let cfg_path = dir.join("gw.yaml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let gw = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "run",
         &lab.ns("gw"),
         &cfg_path,
@@ -328,7 +330,7 @@ pools { vpool { addrs = 10.99.0.0/24 } }
     let cfg_path = dir.join("client.yaml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let client = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "client",
         &lab.ns("cl"),
         &cfg_path,

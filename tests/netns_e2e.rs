@@ -17,7 +17,9 @@ use std::time::Duration;
 use roamgate_tests::netns::{root_or_skip, Capture, DataplaneProcess, NetnsLab, NsProcess};
 use roamgate_tests::{have_tool, root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 
 /// One lab at a time: the machine has two cores, and each lab runs two busy gateways.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -64,7 +66,7 @@ const METRICS: &str = "127.0.0.1:9464";
 /// have their own series.
 fn metrics_agree_with_stats(lab: &NetnsLab, gw: &DataplaneProcess) {
     let stats = || -> serde_json::Value {
-        let out = Command::new(BIN)
+        let out = Command::new(BIN.as_str())
             .args([
                 "stats",
                 "--json",
@@ -249,7 +251,7 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
         .expect("ip");
     assert!(up.success());
     let gw_a = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "dataplane",
         &lab.ns("gwa"),
         &config("a", kind_a, &dir),
@@ -258,7 +260,7 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
         &["--metrics", METRICS],
     );
     let gw_b = DataplaneProcess::start(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         &lab.ns("gwb"),
         &config("b", kind_b, &dir),
         &dir,
@@ -372,7 +374,7 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
     );
 
     // The read-only views: `roamgate sa` lists the SAs with their counters, never keys.
-    let out = Command::new(BIN)
+    let out = Command::new(BIN.as_str())
         .args(["sa", "--socket", gw_a.socket.to_str().expect("utf-8")])
         .output()
         .expect("roamgate sa");
@@ -393,13 +395,13 @@ fn run(test: &str, prefix: &str, kind_a: Kind, kind_b: Kind) {
     {
         assert!(!text.contains(key), "`roamgate sa` printed key material");
     }
-    let out = Command::new(BIN)
+    let out = Command::new(BIN.as_str())
         .args(["stats", "--socket", gw_a.socket.to_str().expect("utf-8")])
         .output()
         .expect("roamgate stats");
     let stats_text = String::from_utf8_lossy(&out.stdout);
     assert!(stats_text.contains("auth_failed"), "{stats_text}");
-    let out = Command::new(BIN)
+    let out = Command::new(BIN.as_str())
         .args(["status", "--socket", gw_a.socket.to_str().expect("utf-8")])
         .output()
         .expect("roamgate status");
@@ -576,14 +578,14 @@ fn measure_port_throughput() {
     for (kind, label) in kinds {
         let lab = NetnsLab::up(&format!("{}{}", "rgp", std::process::id() % 100_000));
         let a = DataplaneProcess::start(
-            Path::new(BIN),
+            Path::new(BIN.as_str()),
             &lab.ns("gwa"),
             &config("a", kind, &dir),
             &dir,
             "gw-a",
         );
         let b = DataplaneProcess::start(
-            Path::new(BIN),
+            Path::new(BIN.as_str()),
             &lab.ns("gwb"),
             &config("b", kind, &dir),
             &dir,

@@ -41,8 +41,19 @@ fn the_systemd_unit_verifies_and_its_command_line_parses() {
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // Only what it says of our unit: verify also loads the machine's other units, and their
+    // deprecation warnings (e.g. Debian's freeradius.service on MemoryLimit=) are not ours.
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !l.trim().is_empty()
+                && !l.starts_with("/lib/systemd/")
+                && !l.starts_with("/usr/lib/systemd/")
+                && !l.starts_with("/etc/systemd/")
+        })
+        .collect();
     assert!(
-        out.status.success() && text.trim().is_empty(),
+        out.status.success() && ours.is_empty(),
         "systemd-analyze verify:\n{text}"
     );
 }

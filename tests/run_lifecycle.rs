@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use roamgate_tests::netns::{root_or_skip, GatewayNamespace};
 use roamgate_tests::{root, scratch};
 
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
+
 const NS: &str = "rglife-gw";
 const NAME: &str = "lifecycle";
 
@@ -28,7 +32,7 @@ impl Run {
 
     fn start_with(config: &Path, extra: &[&std::ffi::OsStr]) -> Run {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", NS, env!("CARGO_BIN_EXE_roamgate"), "run"])
+            .args(["netns", "exec", NS, BIN.as_str(), "run"])
             .arg("--config")
             .arg(config)
             .args(extra)
@@ -233,10 +237,7 @@ fn run_children_die_with_it_and_nothing_is_left_behind() {
     let mut third = Run::start_with(&config, &[]);
     assert!(up(&third, &default), "run came up:\n{}", third.text());
     let view = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = Command::new(BIN.as_str()).args(args).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)

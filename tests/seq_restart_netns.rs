@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use roamgate_tests::netns::{root_or_skip, Capture, DataplaneProcess, NetnsLab, NsProcess};
 use roamgate_tests::{have_tool, root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 
 /// One lab at a time: the machine has two cores, and each lab runs two busy gateways.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -111,7 +113,13 @@ fn three_restarts(
 ) {
     let dir = scratch(test);
     let lab = NetnsLab::up(&format!("sq{}", std::process::id() % 100_000));
-    let _gw_b = DataplaneProcess::start(Path::new(BIN), &lab.ns("gwb"), &config("b"), &dir, "gw-b");
+    let _gw_b = DataplaneProcess::start(
+        Path::new(BIN.as_str()),
+        &lab.ns("gwb"),
+        &config("b"),
+        &dir,
+        "gw-b",
+    );
     let mut gw_a = GatewayA(Some(start_a(&lab, &dir)));
     let capture = Capture::start(
         &lab.ns("net"),
@@ -179,7 +187,13 @@ fn a_static_gateway_killed_three_times_never_sends_a_nonce_twice() {
     }
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let start = |lab: &NetnsLab, dir: &Path| {
-        DataplaneProcess::start(Path::new(BIN), &lab.ns("gwa"), &config("a"), dir, "gw-a")
+        DataplaneProcess::start(
+            Path::new(BIN.as_str()),
+            &lab.ns("gwa"),
+            &config("a"),
+            dir,
+            "gw-a",
+        )
     };
     let restart = |lab: &NetnsLab, dir: &Path, gw: &mut Option<DataplaneProcess>| {
         if let Some(old) = gw.take() {
@@ -199,7 +213,7 @@ fn run_restarts_its_data_plane_past_what_the_dead_one_sent() {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let start = |lab: &NetnsLab, dir: &Path| {
         DataplaneProcess::start_sub(
-            Path::new(BIN),
+            Path::new(BIN.as_str()),
             "run",
             &lab.ns("gwa"),
             &config("a"),

@@ -186,11 +186,16 @@ pub fn pings(ns: &str, dst: &str, n: u32) -> u32 {
 }
 
 /// An iperf3 UDP stream of 1200-byte datagrams (they fit the tunnel's path MTU, which the
-/// sender may have learned) from `ns` to a server at `dst`: (datagrams, lost).
+/// sender may have learned) from `ns` to a server at `dst`: (datagrams, lost). A client that
+/// hangs (its control connection cut by a broken tunnel) is stopped 30 s after its time and
+/// fails the test instead of hanging it.
 pub fn iperf_udp(ns: &str, dst: &str, rate: &str, secs: u32) -> (u64, u64) {
+    let limit = (secs + 30).to_string();
     let out = in_ns(
         ns,
         &[
+            "timeout",
+            &limit,
             "iperf3",
             "-c",
             dst,
@@ -204,7 +209,8 @@ pub fn iperf_udp(ns: &str, dst: &str, rate: &str, secs: u32) -> (u64, u64) {
             "-J",
         ],
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("iperf3 UDP from {ns} to {dst}: no result ({})", out.status));
     if let Some(e) = v["error"].as_str() {
         panic!("iperf3 UDP from {ns} to {dst}: {e}");
     }
@@ -217,7 +223,20 @@ pub fn iperf_udp(ns: &str, dst: &str, rate: &str, secs: u32) -> (u64, u64) {
 
 /// An iperf3 TCP run from `ns` to a server at `dst`: (bytes received, bits per second).
 pub fn iperf_tcp(ns: &str, dst: &str, secs: u32) -> (u64, f64) {
-    let out = in_ns(ns, &["iperf3", "-c", dst, "-t", &secs.to_string(), "-J"]);
+    let limit = (secs + 30).to_string();
+    let out = in_ns(
+        ns,
+        &[
+            "timeout",
+            &limit,
+            "iperf3",
+            "-c",
+            dst,
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ],
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
     if let Some(e) = v["error"].as_str() {
         panic!("iperf3 TCP from {ns} to {dst}: {e}");

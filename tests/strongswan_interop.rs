@@ -18,7 +18,9 @@ use roamgate_tests::strongswan::{
 };
 use roamgate_tests::{root, scratch};
 
-const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
+/// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 /// Where the gateway serves its metrics (inside its namespace).
 const METRICS: &str = "127.0.0.1:9464";
 
@@ -80,7 +82,7 @@ fn side_by_side(left: &str, right: &str) -> String {
 fn sa_views_agree(charon: &Charon, socket: &Path) {
     let sock = socket.to_str().unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(BIN).args(args).output().unwrap();
+        let out = Command::new(BIN.as_str()).args(args).output().unwrap();
         assert!(
             out.status.success(),
             "roamgate {args:?}: {}",
@@ -211,7 +213,7 @@ fn strongswan_road_warrior_against_roamgate_run() {
     let cfg_path = dir.join("gw.yaml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let gw = DataplaneProcess::start_sub(
-        Path::new(BIN),
+        Path::new(BIN.as_str()),
         "run",
         &lab.ns("gw"),
         &cfg_path,
@@ -263,7 +265,7 @@ fn strongswan_road_warrior_against_roamgate_run() {
     assert!(dp["drops"].get("ike_punted").is_none(), "{dp}");
     assert!(dp["handed_off"]["ike_punted"].as_u64() >= Some(1), "{dp}");
     for view in ["stats", "sa"] {
-        let out = Command::new(BIN)
+        let out = Command::new(BIN.as_str())
             .args([view, "--socket", gw.socket.to_str().unwrap()])
             .output()
             .unwrap();
@@ -418,7 +420,7 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
         NsProcess::spawn(
             &lab.ns("gw"),
             &[
-                BIN,
+                BIN.as_str(),
                 "control",
                 "--config",
                 cfg.to_str().unwrap(),
@@ -434,7 +436,7 @@ fn control_and_dataplane_processes_survive_each_others_restart() {
         NsProcess::spawn(
             &lab.ns("gw"),
             &[
-                BIN,
+                BIN.as_str(),
                 "dataplane",
                 "--config",
                 cfg.to_str().unwrap(),

@@ -35,6 +35,7 @@ use crate::control_link::ShmControlLink;
 use crate::ha::pair::Pair;
 use crate::seq_state::SeqKeeper;
 use crate::wan_follow::WanFollower;
+use control::config::GatewayPlan;
 
 #[derive(clap::Args)]
 pub struct ControlArgs {
@@ -81,9 +82,25 @@ impl ControlArgs {
 
 pub fn run(args: ControlArgs) -> Result<()> {
     let file: DataplaneFile = config::load(&args.config)?;
-    let Checked {
-        plan, conns, ha, ..
-    } = file.validate(&args.config)?;
+    let mut checked = file.validate(&args.config)?;
+    crate::logs::apply_file_level(file.log_level.as_deref())?;
+    let ha = checked.ha.take();
+    let (plan, conns) = (&checked.plan, checked.conns.clone());
+    let mut running = Running {
+        admission: file.ike.admission(&args.config, "ike")?,
+        file: file.clone(),
+        checked: Checked {
+            plan: GatewayPlan {
+                sas: plan.sas.clone(),
+                rules: plan.rules.clone(),
+                masquerade: plan.masquerade.clone(),
+                weak: Vec::new(),
+            },
+            conns: checked.conns.clone(),
+            backend: checked.backend,
+            ha: None,
+        },
+    };
     let gw = &file.gateway;
     let workers = file.dataplane.workers;
     let keeper = if plan.sas.iter().any(|(d, _)| *d == Direction::Outbound) {
@@ -130,6 +147,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
         ctrlc::set_handler(move || s.store(true, Ordering::Relaxed))
             .context("installing the SIGINT/SIGTERM handler")?;
     }
+    crate::hup::install()?;
+    // `roamgate reload` asks through the view socket; the loop below answers.
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel::<ReloadReply>();
     let repo = SaRepository::new(plan.rules.clone(), gw.replay_window);
     let core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
     let mut driver = Driver::new(core);
@@ -202,6 +222,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
                     serde_json::json!({ "gateway": name, "sas": [], "note": "the control plane; ask the data plane's socket for its SAs and counters" })
                         .to_string(),
                 ),
+                "reload" => Some(ask_reload(&reload_tx)),
                 other => pair_view.as_ref().and_then(|p| p.answer(other)),
             }
             });
@@ -254,6 +275,21 @@ pub fn run(args: ControlArgs) -> Result<()> {
             break;
         }
         let mut work = false;
+        if crate::hup::take() {
+            tracing::info!(target: "control", "SIGHUP: reloading {}", args.config.display());
+            let _ = reload(&args, &mut running, &mut driver, pair.is_some(), now());
+            work = true;
+        }
+        while let Ok(reply) = reload_rx.try_recv() {
+            let _ = reply.send(reload(
+                &args,
+                &mut running,
+                &mut driver,
+                pair.is_some(),
+                now(),
+            ));
+            work = true;
+        }
         driver
             .core_mut()
             .set_wall_clock(crate::ike_state::unix_ms());
@@ -292,4 +328,105 @@ pub fn run(args: ControlArgs) -> Result<()> {
     tracing::info!(target: "control", "stopped");
     drop(ch);
     Ok(())
+}
+
+/// The configuration the control plane runs: the file as it was read, what validation made
+/// of it, and its admission policy (a reload compares the file read again with this).
+struct Running {
+    file: DataplaneFile,
+    checked: Checked,
+    admission: control::config::ike::AdmissionPolicy,
+}
+
+/// Where a reload's outcome goes: the change lines, or why the file was refused.
+type ReloadReply = std::sync::mpsc::Sender<Result<Vec<String>, String>>;
+
+/// The view socket's "reload": hands the request to the control loop and waits for it.
+fn ask_reload(tx: &std::sync::mpsc::Sender<ReloadReply>) -> String {
+    let (reply, answer) = std::sync::mpsc::channel();
+    if tx.send(reply).is_err() {
+        return serde_json::json!({ "error": "the control plane is stopping" }).to_string();
+    }
+    match answer.recv_timeout(Duration::from_secs(4)) {
+        Ok(Ok(lines)) => serde_json::json!({ "reloaded": true, "changes": lines }).to_string(),
+        Ok(Err(e)) => serde_json::json!({ "error": e }).to_string(),
+        Err(_) => {
+            serde_json::json!({ "error": "the control plane did not answer in time" }).to_string()
+        }
+    }
+}
+
+/// Reads the config file again and applies what differs ([`control::config::reload`]): a
+/// file that does not parse or validate, or that changes what cannot change while running, is
+/// refused whole and the running configuration stays. Logged either way; returns the change
+/// lines or the refusal.
+fn reload(
+    args: &ControlArgs,
+    running: &mut Running,
+    driver: &mut Driver,
+    in_pair: bool,
+    now: control::driver::Instant,
+) -> Result<Vec<String>, String> {
+    let r = (|| -> Result<Vec<String>, String> {
+        let path = &args.config;
+        let file: DataplaneFile = config::load(path).map_err(|e| e.to_string())?;
+        let checked = file.validate(path).map_err(|e| e.to_string())?;
+        if args.follow_wan {
+            file.ike
+                .validate_client(path, "ike")
+                .map_err(|e| e.to_string())?;
+        }
+        let admission = file.ike.admission(path, "ike").map_err(|e| e.to_string())?;
+        if in_pair {
+            return Err(format!(
+                "{}: ha: a node of an HA pair is not reloaded (both nodes would have to change \
+                 together): needs a restart",
+                path.display()
+            ));
+        }
+        let plan = control::config::reload::plan(
+            &running.file.snapshot(&running.checked, running.admission),
+            &file.snapshot(&checked, admission),
+            path,
+        )
+        .map_err(|e| e.to_string())?;
+        let fragmentation = file
+            .ike
+            .fragmentation(path, "ike")
+            .map_err(|e| e.to_string())?;
+        // The EAP section is read again whole: a user added to or removed from the users
+        // file, or another RADIUS server, counts from this reload on.
+        let eap = file
+            .ike
+            .eap(path, "ike", &file.gateway.name)
+            .map_err(|e| e.to_string())?;
+        driver
+            .core_mut()
+            .reconfigure(now, checked.conns.clone(), &plan);
+        driver.set_fragmentation(fragmentation);
+        let mut lines = plan.summary();
+        if let Some(e) = eap {
+            driver
+                .set_eap(e)
+                .map_err(|e| format!("opening the RADIUS socket: {e}"))?;
+            lines.push("EAP: users file / RADIUS server read again".into());
+        }
+        crate::logs::apply_file_level(file.log_level.as_deref()).map_err(|e| format!("{e:#}"))?;
+        *running = Running {
+            file,
+            checked,
+            admission,
+        };
+        Ok(lines)
+    })();
+    match &r {
+        Ok(lines) => {
+            for l in lines {
+                tracing::info!(target: "control", "reload: {l}");
+            }
+        }
+        Err(e) => tracing::error!(target: "control",
+            "reload refused, the running configuration stays: {e}"),
+    }
+    r
 }

@@ -204,6 +204,7 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
         backend,
         ha,
     } = file.validate(&args.config)?;
+    crate::logs::apply_file_level(file.log_level.as_deref())?;
     if ha.is_some() && with_ike {
         bail!(
             "{}: ha: an HA node runs as two processes (`roamgate run` without \
@@ -534,6 +535,7 @@ fn serve<P: Port + 'static>(
         ctrlc::set_handler(move || shutdown.store(true, Ordering::Relaxed))
             .context("installing the SIGINT/SIGTERM handler")?;
     }
+    crate::hup::install()?;
     let idle = match (args.busy_poll, args.idle_sleep_us) {
         (true, _) => Idle::Spin,
         (false, 0) => Idle::Yield,
@@ -659,6 +661,7 @@ fn serve<P: Port + 'static>(
             let port_stats = opened.port_stats.clone();
             let sa_names: Vec<String> = gw.sas.iter().map(|s| s.name.clone()).collect();
             let ike_view = ike.as_ref().map(|c| c.view.clone());
+            let (config, under_control) = (args.config.clone(), args.shm.is_some());
             let control = match (&args.shm, ike.is_some()) {
                 (Some(p), _) => format!("roamgate control at {}", p.display()),
                 (None, true) => "in this process".to_string(),
@@ -694,6 +697,10 @@ fn serve<P: Port + 'static>(
                         .map(|v| v.answer())
                         .unwrap_or_else(|| r#"{"ike_sas":[]}"#.into())
                 }),
+                "reload" => Some(crate::reload::answer(crate::reload::dataplane_reload(
+                    &config,
+                    under_control,
+                ))),
                 _ => None,
             });
             Some(crate::views::serve(path, handler, stop.clone())?)
@@ -712,6 +719,14 @@ fn serve<P: Port + 'static>(
     let mut last_pump = Instant::now();
     let mut checksum_seen = crate::offload::UnfinishedSeen::default();
     while !shutdown.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
+        if crate::hup::take() {
+            match crate::reload::dataplane_reload(&args.config, args.shm.is_some()) {
+                Ok(lines) => lines
+                    .iter()
+                    .for_each(|l| tracing::info!(target: "dataplane", "SIGHUP: {l}")),
+                Err(e) => tracing::error!(target: "dataplane", "SIGHUP: {e:#}"),
+            }
+        }
         {
             let mut links: Vec<&mut WorkerLink> = running.iter_mut().map(|r| &mut r.link).collect();
             match (ike.as_mut(), attached.as_mut()) {

@@ -22,12 +22,14 @@ mod dataplane;
 // The HA pair's sync channel: tested here, not started by a subcommand yet (issue 17).
 #[cfg_attr(not(test), allow(dead_code))]
 mod ha;
+mod hup;
 mod ike_state;
 mod lab;
 mod logs;
 mod metrics;
 mod offload;
 mod perf_cmd;
+mod reload;
 mod run_dir;
 mod sa_report;
 mod seq_state;
@@ -80,6 +82,11 @@ enum Command {
     Stats(views::ViewArgs),
     /// List a running process's SAs with their counters (never keys).
     Sa(views::ViewArgs),
+    /// Ask a running gateway (`roamgate run`) to re-read its config file and apply what
+    /// changed without taking unchanged tunnels down (as SIGHUP to `roamgate run` does):
+    /// connections added, removed or changed, the static policy, the log level. A file that
+    /// does not validate, or changes what needs a restart, is refused (non-zero exit).
+    Reload(views::ViewArgs),
     /// An HA node: `status` (role, peer, sync state, SAs) or `switchover` (planned).
     Ha(ha::cli::HaArgs),
     /// A line for an EAP user file (`ike.eap.users_file`): `NAME:nthash`, the password read
@@ -142,6 +149,7 @@ fn main() -> ExitCode {
         Command::Status(args) => views::status(args),
         Command::Stats(args) => views::stats(args),
         Command::Sa(args) => views::sas(args),
+        Command::Reload(args) => reload::run(args),
         Command::Ha(args) => ha::cli::run(args),
         Command::EapUser(args) => eap_user(args),
     };

@@ -11,6 +11,9 @@
 //! instead of being restarted for ever: what makes a start fail (a device held by a leftover
 //! process, a file it cannot use) does not go away by itself. A run whose gateway is still
 //! served by an earlier run's control plane is refused ([`crate::run_dir`]).
+//!
+//! SIGHUP is a reload: passed on to both children (the control process re-reads the file and
+//! applies what changed, `crate::reload`), and the file's log level taken here too.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -134,6 +137,21 @@ impl Supervised {
         Ok(self.child.is_some())
     }
 
+    /// Passes a SIGHUP (a reload) on to the child.
+    fn hup(&self) {
+        if let Some(c) = &self.child {
+            // One still starting may not have its SIGHUP handler yet (SIGHUP would stop it).
+            if self.started_at.elapsed() < STARTUP && !self.ever_up {
+                tracing::warn!(target: "run",
+                    "{} is still starting: the reload is not passed on to it", self.name);
+                return;
+            }
+            let _ = Command::new("kill")
+                .args(["-HUP", &c.id().to_string()])
+                .status();
+        }
+    }
+
     fn stop(&mut self, wait: Duration) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
@@ -218,6 +236,7 @@ pub fn client(args: RunArgs) -> Result<()> {
     let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
     file.ike.validate_client(dp.config(), "ike")?;
+    crate::logs::apply_file_level(file.log_level.as_deref())?;
     dp.check_outputs()?;
     supervise(args, true, file)
 }
@@ -228,6 +247,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let dp = &args.dataplane;
     let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     file.validate(dp.config())?;
+    crate::logs::apply_file_level(file.log_level.as_deref())?;
     dp.check_outputs()?;
     supervise(args, false, file)
 }
@@ -309,8 +329,17 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
         ctrlc::set_handler(move || s.store(true, Ordering::Relaxed))
             .context("installing the SIGINT/SIGTERM handler")?;
     }
+    crate::hup::install()?;
     let deadline = dp.duration().map(Duration::from_secs_f64);
-    let result = run_children(&mut control, &mut dataplane, &shm, &shutdown, deadline);
+    let config = dp.config().to_owned();
+    let result = run_children(
+        &mut control,
+        &mut dataplane,
+        &shm,
+        &shutdown,
+        deadline,
+        &config,
+    );
     // The control plane says goodbye to its peers through the data plane, so it goes first.
     control.stop(Duration::from_secs(5));
     dataplane.stop(Duration::from_secs(10));
@@ -326,6 +355,7 @@ fn run_children(
     shm: &Path,
     shutdown: &AtomicBool,
     deadline: Option<Duration>,
+    config: &Path,
 ) -> Result<()> {
     control.start()?;
     // The channel exists before the data plane looks for it (it would find it later anyway).
@@ -338,6 +368,22 @@ fn run_children(
     while !shutdown.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
         control.watch()?;
         dataplane.watch()?;
+        if crate::hup::take() {
+            // A reload: the control process applies the file (and logs what changed or why
+            // it refused it), the data plane and this process take its log level.
+            tracing::info!(target: "run", "SIGHUP: passing the reload on to control and dataplane");
+            control.hup();
+            dataplane.hup();
+            let level = control::config::load::<crate::config::DataplaneFile>(config)
+                .map_err(anyhow::Error::from)
+                .and_then(|f| {
+                    f.validate(config)?;
+                    crate::logs::apply_file_level(f.log_level.as_deref())
+                });
+            if let Err(e) = level {
+                tracing::warn!(target: "run", "SIGHUP: {e:#}");
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())

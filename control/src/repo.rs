@@ -625,6 +625,15 @@ impl SaRepository {
         v
     }
 
+    /// Replaces the gateway's static rules (a reload); returns the SPD update with the
+    /// CHILD_SAs' rules ahead of the new static ones.
+    pub fn set_static_rules(&mut self, rules: Vec<Rule>) -> Update {
+        self.static_rules = rules;
+        Update::ReplaceSpd {
+            rules: self.rules(),
+        }
+    }
+
     /// The CHILD_SAs' rules (by inbound SPI; host bindings apart), then the static ones.
     pub fn rules(&self) -> Vec<Rule> {
         let mut r: Vec<Rule> = self

@@ -178,6 +178,15 @@ impl Endpoint {
         self.config.fragmentation = f;
     }
 
+    /// Replaces the connections (a configuration reload). IKE SAs already made keep the
+    /// connection they were made with (their own copy); new exchanges, as initiator or
+    /// responder, see only `peers`. The caller deletes the IKE SAs of connections that went
+    /// or changed.
+    pub fn set_peers(&mut self, peers: Vec<PeerConfig>) {
+        self.peers = peers.iter().cloned().map(Arc::new).collect();
+        self.config.peers = peers;
+    }
+
     pub fn services(&self) -> &Services {
         &self.services
     }

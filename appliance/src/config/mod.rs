@@ -27,6 +27,11 @@ pub struct DataplaneFile {
     /// This node's place in an HA pair (`roamgate run`/`control`): absent, a lone gateway.
     #[serde(default)]
     pub ha: Option<HaYaml>,
+    /// Which log events to write, as `--log-level` takes it (`info`, `info,ike=debug`):
+    /// applied at start when neither `--log-level` nor `RUST_LOG` was given, and again at
+    /// each reload.
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 /// What a checked file yields: the data plane's static part, the IKE connections and the
@@ -40,6 +45,37 @@ pub struct Checked {
 }
 
 impl DataplaneFile {
+    /// What a reload compares of this (validated) file: the control crate's sections, the
+    /// log level, and this file's own sections that cannot change at run time (the data
+    /// plane's ports, devices and workers; the HA section).
+    pub fn snapshot<'a>(
+        &self,
+        checked: &'a Checked,
+        admission: control::config::ike::AdmissionPolicy,
+    ) -> control::config::reload::Snapshot<'a> {
+        let mut s = control::config::reload::Snapshot::of(
+            &self.gateway,
+            &checked.plan,
+            &checked.conns,
+            admission,
+        );
+        s.log_level = self.log_level.clone();
+        let d = &self.dataplane;
+        s.fixed.extend([
+            ("dataplane.port".into(), format!("{:?}", d.port)),
+            ("dataplane.workers".into(), d.workers.to_string()),
+            ("dataplane.cores".into(), format!("{:?}", d.cores)),
+            ("dataplane".into(), format!("{d:?}")),
+            ("ha".into(), format!("{:?}", self.ha)),
+            // EAP's settings are read again at each reload; turning it on or off is not.
+            (
+                "ike.eap".into(),
+                format!("present: {}", self.ike.eap.is_some()),
+            ),
+        ]);
+        s
+    }
+
     /// Validates the whole file: the gateway, the data-plane section (including whether its
     /// crypto backend exists on this machine) and every IKE connection. Every subcommand that
     /// starts a gateway calls this before it starts anything.
@@ -71,6 +107,9 @@ impl DataplaneFile {
                      discovery answers reach one worker's queue only",
                 ));
             }
+        }
+        if let Some(l) = &self.log_level {
+            crate::logs::check_filter(l).map_err(|w| ConfigError::new(file, "log_level", w))?;
         }
         let conns = self.ike.validate(file, "ike")?;
         self.ike
@@ -156,6 +195,32 @@ mod tests {
             f.validate(Path::new("x.yaml")).unwrap_err().key,
             "dataplane.workers"
         );
+    }
+
+    #[test]
+    fn a_reload_refuses_what_needs_a_restart_and_a_bad_log_level() {
+        let path = Path::new("x.yaml");
+        let load = |text: &str| -> (DataplaneFile, Checked) {
+            let f: DataplaneFile = parse(path, text).unwrap();
+            let c = f.validate(path).unwrap();
+            (f, c)
+        };
+        let adm = control::config::ike::IkeYaml::default()
+            .admission(path, "ike")
+            .unwrap();
+        let (fa, ca) = load(EXAMPLE);
+        let plan = |text: &str| {
+            let (fb, cb) = load(text);
+            control::config::reload::plan(&fa.snapshot(&ca, adm), &fb.snapshot(&cb, adm), path)
+        };
+        assert!(plan(EXAMPLE).unwrap().is_empty());
+        let e = plan(&EXAMPLE.replace("frames: 8192", "frames: 16384")).unwrap_err();
+        assert_eq!(e.key, "dataplane");
+        assert!(e.what.contains("needs a restart"), "{e}");
+        let p = plan(&format!("log_level: \"info,ike=debug\"\n{EXAMPLE}")).unwrap();
+        assert_eq!(p.log_level, Some(Some("info,ike=debug".into())));
+        let f: DataplaneFile = parse(path, &format!("log_level: \"ike=loud\"\n{EXAMPLE}")).unwrap();
+        assert_eq!(f.validate(path).unwrap_err().key, "log_level");
     }
 
     /// netns-a.yaml with its links resolving: no neighbor_mac, the subnets and the WAN's

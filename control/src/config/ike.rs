@@ -196,12 +196,51 @@ pub struct IkeYaml {
 pub type AdmissionPolicy = (Admission, std::time::Duration);
 
 /// A connection ready for the endpoint, and where to initiate it (if anywhere).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     pub peer: PeerConfig,
     /// The byte/packet lifetimes of its CHILD_SAs' data-plane SAs.
     pub child_lifetime: Lifetime,
     pub initiate_to: Option<std::net::SocketAddr>,
+    /// A digest of everything that makes the connection what it is: its settings, its key or
+    /// the bytes of its certificate, key, CA and CRL files. A reload compares connections by
+    /// it ([`super::reload`]); it is never shown.
+    pub fingerprint: [u8; 32],
+}
+
+/// The digest of a connection for [`Connection::fingerprint`]: its settings as the endpoint
+/// has them (credentials redacted in `Debug`), then its pre-shared key or the contents of the
+/// files of its certificate credential, each length-prefixed.
+fn fingerprint(
+    c: &ConnectionYaml,
+    peer: &PeerConfig,
+    lifetime: &Lifetime,
+    initiate_to: Option<std::net::SocketAddr>,
+) -> [u8; 32] {
+    let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut put = |b: &[u8]| {
+        d.update(&(b.len() as u64).to_be_bytes());
+        d.update(b);
+    };
+    put(format!("{peer:?}|{lifetime:?}|{initiate_to:?}").as_bytes());
+    match &peer.auth {
+        Credential::Psk(k) => put(k),
+        Credential::Pubkey(p) => {
+            put(format!("{:?}|{}|{}", p.peer_eku, p.rsa_pss, p.allow_sha1).as_bytes());
+            let files = c.cert.iter().chain(&c.key).chain(&c.cacerts).chain(&c.crls);
+            for f in files {
+                // Read once more: validation has just read them; an unreadable one now
+                // (removed in between) counts as different content.
+                match super::secret::read_bytes(Path::new(f)) {
+                    Ok(b) => put(&b),
+                    Err(_) => put(b"<unreadable>"),
+                }
+            }
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.finish().as_ref());
+    out
 }
 
 /// Parses strongSwan-style IKE proposals: `aes128gcm16-prfsha256-x25519` (AES-GCM-16; also
@@ -558,32 +597,36 @@ impl IkeYaml {
                     ));
                 }
             }
+            let child_lifetime = Lifetime {
+                soft_bytes: c.child_rekey_bytes,
+                hard_bytes: c.child_life_bytes,
+                soft_packets: c.child_rekey_packets,
+                hard_packets: c.child_life_packets,
+            };
+            let peer = PeerConfig {
+                name: c.name.clone(),
+                local_id: Id::from_text(&c.local_id),
+                remote_id,
+                auth,
+                ike_proposals: ike,
+                esp_proposals: esp,
+                local_ts: c.local_ts.iter().map(prefix_ts).collect(),
+                remote_ts,
+                pool,
+                request_vip: c.request_vip,
+                child_rekey: after_secs(c.child_rekey_secs),
+                ike_rekey: after_secs(c.ike_rekey_secs),
+                dpd: after_secs(c.dpd_secs),
+                child_life: after_secs(c.child_life_secs),
+            };
+            let initiate_to = c
+                .remote_addr
+                .map(|a| std::net::SocketAddr::new(a, c.remote_port.unwrap_or(500)));
             out.push(Connection {
-                child_lifetime: Lifetime {
-                    soft_bytes: c.child_rekey_bytes,
-                    hard_bytes: c.child_life_bytes,
-                    soft_packets: c.child_rekey_packets,
-                    hard_packets: c.child_life_packets,
-                },
-                peer: PeerConfig {
-                    name: c.name.clone(),
-                    local_id: Id::from_text(&c.local_id),
-                    remote_id,
-                    auth,
-                    ike_proposals: ike,
-                    esp_proposals: esp,
-                    local_ts: c.local_ts.iter().map(prefix_ts).collect(),
-                    remote_ts,
-                    pool,
-                    request_vip: c.request_vip,
-                    child_rekey: after_secs(c.child_rekey_secs),
-                    ike_rekey: after_secs(c.ike_rekey_secs),
-                    dpd: after_secs(c.dpd_secs),
-                    child_life: after_secs(c.child_life_secs),
-                },
-                initiate_to: c
-                    .remote_addr
-                    .map(|a| std::net::SocketAddr::new(a, c.remote_port.unwrap_or(500))),
+                fingerprint: fingerprint(c, &peer, &child_lifetime, initiate_to),
+                child_lifetime,
+                peer,
+                initiate_to,
             });
         }
         Ok(out)

@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod ha;
 pub mod ike;
 pub mod lab;
+pub mod reload;
 pub mod secret;
 
 pub use gateway::{

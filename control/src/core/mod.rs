@@ -307,6 +307,78 @@ impl ControlCore {
         n
     }
 
+    /// Applies a configuration reload ([`crate::config::reload`]): `conns` is the new file's
+    /// connections, `plan` what differs from the running ones. The IKE SAs of removed and
+    /// changed connections are deleted (an INFORMATIONAL delete to the peer; their CHILD_SAs
+    /// leave the data plane as the delete goes through), the endpoint takes the new
+    /// connections, added and changed ones that we initiate are started; the static policy
+    /// and the admission policy are replaced when they changed. The IKE SAs of unchanged
+    /// connections are not touched: their CHILD_SAs keep their SPIs and their traffic.
+    pub fn reconfigure(
+        &mut self,
+        now: Instant,
+        conns: Vec<Connection>,
+        plan: &crate::config::reload::ReloadPlan,
+    ) {
+        for (id, name, ..) in self.endpoint.list() {
+            let why = if plan.removed.contains(&name) {
+                "removed"
+            } else if plan.changed.contains(&name) {
+                "changed"
+            } else {
+                continue;
+            };
+            self.out.log(format!(
+                "ike: reload: connection {name} {why}: deleting its IKE SA{}",
+                if why == "changed" {
+                    " (made again with the new settings)"
+                } else {
+                    ""
+                }
+            ));
+            if let Err(e) = self.endpoint.delete_ike(now, id) {
+                self.out
+                    .error(format!("ike: reload: cannot delete {name}'s IKE SA: {e}"));
+            }
+        }
+        self.endpoint
+            .set_peers(conns.iter().map(|c| c.peer.clone()).collect());
+        for c in &conns {
+            self.repo.set_lifetime(&c.peer.name, c.child_lifetime);
+        }
+        self.conns = conns;
+        if let Some(rules) = &plan.rules {
+            let u = self.repo.set_static_rules(rules.clone());
+            self.out.log(format!(
+                "control: reload: static policy replaced ({} rules)",
+                rules.len()
+            ));
+            self.route(u);
+        }
+        if let Some(a) = plan.admission {
+            self.set_admission(a);
+        }
+        let local = SocketAddr::new(self.local, 500);
+        for c in &self.conns {
+            let name = &c.peer.name;
+            if !(plan.added.contains(name) || plan.changed.contains(name)) {
+                continue;
+            }
+            if let Some(remote) = c.initiate_to {
+                match self.endpoint.connect(now, name, local, remote) {
+                    Ok(_) => self
+                        .out
+                        .log(format!("ike: reload: initiating {name} to {remote}")),
+                    Err(e) => self
+                        .out
+                        .error(format!("ike: reload: cannot initiate {name}: {e}")),
+                }
+            }
+        }
+        self.view.mark_stale();
+        self.pump(now);
+    }
+
     /// Starts a further CHILD_SA under every established IKE SA.
     pub fn create_children(&mut self, now: Instant) {
         for (ike, _, up, _) in self.endpoint.list() {

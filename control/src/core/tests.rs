@@ -468,3 +468,117 @@ fn the_view_shows_each_ike_sa_as_swanctl_does_and_both_ends_agree() {
     assert!(answer["view_age_ms"].as_u64().is_some(), "{answer}");
     assert_eq!(answer["ike_sas"][0]["spi_i"], a["spi_i"]);
 }
+
+/// A reload on A: "keep" stays, "gone" is removed, "new" is added. B (the responder) knows
+/// all three from the start.
+#[test]
+fn a_reload_deletes_a_removed_connection_adds_a_new_one_and_leaves_the_others_alone() {
+    let conn = |name: &str, me: &str, them: &str, net: u8, a_side: bool, initiate: bool| {
+        let (l, r) = if a_side { (1, 2) } else { (2, 1) };
+        format!(
+            "  - {{ name: {name}, local_id: {me}, remote_id: {them}, psk: \"core-test-psk\",
+      local_ts: [10.{l}.{net}.0/24], remote_ts: [10.{r}.{net}.0/24]{} }}\n",
+            if initiate {
+                ", remote_addr: 192.0.2.2"
+            } else {
+                ""
+            }
+        )
+    };
+    let a_before = format!(
+        "connections:\n{}{}",
+        conn("keep", "a1.test", "b.test", 0, true, true),
+        conn("gone", "a2.test", "b.test", 1, true, true)
+    );
+    let a_after = format!(
+        "connections:\n{}{}",
+        conn("new", "a3.test", "b.test", 2, true, true),
+        conn("keep", "a1.test", "b.test", 0, true, true)
+    );
+    let b = format!(
+        "connections:\n{}{}{}",
+        conn("keep", "b.test", "a1.test", 0, false, false),
+        conn("gone", "b.test", "a2.test", 1, false, false),
+        conn("new", "b.test", "a3.test", 2, false, false)
+    );
+    let mut w = World::new();
+    w.gateway(&a_before, "192.0.2.1", 1);
+    w.gateway(&b, "192.0.2.2", 1);
+    let now = w.now;
+    w.gw(0).core().initiate(now);
+    w.run_for(Duration::from_secs(1));
+    let spis = |w: &mut World, gw: usize| -> Vec<(String, u32)> {
+        let mut v: Vec<_> = w
+            .gw(gw)
+            .core()
+            .children()
+            .iter()
+            .map(|c| (c.name.clone(), c.spi_in.0))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = spis(&mut w, 0);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let keep = before.iter().find(|c| c.0 == "keep").unwrap().clone();
+    let gone = before.iter().find(|c| c.0 == "gone").unwrap().1;
+
+    let p = std::path::Path::new("test.yaml");
+    let parse = |text: &str| {
+        crate::config::parse::<crate::config::ike::IkeYaml>(p, text)
+            .unwrap()
+            .validate(p, "ike")
+            .unwrap()
+    };
+    let (old, new) = (parse(&a_before), parse(&a_after));
+    let plan = crate::config::reload::ReloadPlan {
+        added: vec!["new".into()],
+        removed: vec!["gone".into()],
+        unchanged: vec!["keep".into()],
+        ..Default::default()
+    };
+    // The plan is what the sans-IO diff makes of the two files.
+    let gwc: crate::config::GatewayConfig = crate::config::parse(
+        p,
+        "name: a\nlan: { device: l, address: 10.1.0.1, prefix_len: 24 }\nwan: { device: w, address: 192.0.2.1, prefix_len: 24 }\n",
+    )
+    .unwrap();
+    let gplan = gwc.validate(p, "gateway").unwrap();
+    let adm = crate::config::ike::IkeYaml::default()
+        .admission(p, "ike")
+        .unwrap();
+    let made = crate::config::reload::plan(
+        &crate::config::reload::Snapshot::of(&gwc, &gplan, &old, adm),
+        &crate::config::reload::Snapshot::of(&gwc, &gplan, &new, adm),
+        p,
+    )
+    .unwrap();
+    assert_eq!(made, plan);
+
+    let now = w.now;
+    w.gw(0).core().reconfigure(now, new, &plan);
+    w.run_for(Duration::from_secs(1));
+    let after = spis(&mut w, 0);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.contains(&keep),
+        "keep's CHILD_SA is the same: {after:?}"
+    );
+    assert!(after.iter().any(|c| c.0 == "new"), "new is up: {after:?}");
+    let b_after = spis(&mut w, 1);
+    assert!(
+        !b_after.iter().any(|c| c.0 == "gone"),
+        "B was told gone went: {b_after:?}"
+    );
+    assert_eq!(w.gw(1).core().ike_sa_count(), 2);
+    let a = &w.gw(0).link.workers[0];
+    assert!(
+        !a.inbound.contains_key(&proto::Spi(gone)),
+        "gone's inbound SA left A's data plane"
+    );
+    assert_eq!(
+        w.gw(0).core().child_counts().1,
+        0,
+        "nothing was rekeyed (keep untouched)"
+    );
+}
