@@ -12,8 +12,8 @@
 //! - `cut`: its WAN, LAN and sync links cut (on the far side: the router's and the LAN
 //!   switch's ports, its sync device); restored later, when the two actives meet;
 //! - `switchover`: no failure but a planned switchover (`roamgate ha switchover`): the active
-//!   hands over its exact final sequence numbers and becomes the standby (the goal, nothing
-//!   lost, is required only with `ROAMGATE_HA_ZERO_LOSS=1`: not reached yet).
+//!   hands over above its fences and drains while the new active announces the addresses
+//!   (make-before-break); nothing may be lost.
 //!
 //! Per kind it prints `ha-failover kind=K takeovers=N gap_ms_p50=.. gap_ms_p99=.. lost=..
 //! renegotiations=R dup_seq=D`: the longest gap of either stream per takeover (p50 and p99
@@ -487,13 +487,8 @@ fn the_standby_takes_over_without_renegotiation() {
                 nonces.len()
             ));
         }
-        // The goal of a planned switchover: nothing lost. Not reached yet (frames reaching
-        // either node between the old active's stop and the new one's start are dropped;
-        // docs/architecture.md, Known limits): required with ROAMGATE_HA_ZERO_LOSS=1.
-        if kind == Kind::Switchover
-            && lost != 0
-            && std::env::var_os("ROAMGATE_HA_ZERO_LOSS").is_some()
-        {
+        // A planned switchover is make-before-break: nothing may be lost.
+        if kind == Kind::Switchover && lost != 0 {
             failures.push(format!("{kind_name}: {lost} packets lost"));
         }
         if gaps.iter().any(|g| !g.is_finite() || *g > 2000.0) {
