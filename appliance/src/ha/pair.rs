@@ -58,7 +58,7 @@ const ANNOUNCE_MS: u64 = 1000;
 const START_GRACE_MS: u64 = 1000;
 /// How long a planned switchover waits for the data plane's ceilings; an SA whose answer
 /// does not come is handed over at its fence (safe: it never sends above its reservation).
-const CAP_WAIT_MS: u64 = 500;
+const CAP_WAIT_MS: u64 = 100;
 
 /// How long a new active waits for the outbound SAs of its adoption (a takeover writes their
 /// marks to disk first) before it announces the addresses anyway.
