@@ -274,7 +274,17 @@ impl Pair {
                     tracing::info!(target: "ha", "sync channel up");
                     self.node.link_up(t);
                 }
-                LinkEvent::Message(m) => self.node.handle_message(t, &m),
+                LinkEvent::Message(m, read_at) => {
+                    let was = self.node.role();
+                    self.node.handle_message(t, &m);
+                    if was != Role::Active && self.node.role() == Role::Active {
+                        // A handover: how long it waited between the channel and the node.
+                        tracing::info!(target: "ha",
+                            "handover read from the sync channel {} us ago",
+                            read_at.elapsed().as_micros()
+                        );
+                    }
+                }
                 LinkEvent::Down { why, unsent } => {
                     if self.link_up {
                         tracing::info!(target: "ha", "sync channel down ({why}; {unsent} message(s) to resend)");
