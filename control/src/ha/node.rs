@@ -516,6 +516,14 @@ impl Node {
         match (self.role, role) {
             (Role::Active, Role::Active) if peer_wins => self.fence(epoch),
             (Role::Active, Role::Active) => {}
+            // Our standby, heard again after a silence that unpaired us (a loaded machine, a
+            // link that came back): it resyncs (a snapshot carries every fence) and we are
+            // paired again once it applied it; without this the pair would stay unpaired.
+            (Role::Active, Role::Standby)
+                if epoch == self.epoch && !self.standby_in_sync && self.snapshot_end.is_none() =>
+            {
+                self.start_snapshot();
+            }
             (Role::OutOfSync | Role::Fenced, Role::Active) if !self.receiving => {
                 self.epoch = self.epoch.max(epoch);
                 self.control.push_back(Message::SnapshotRequest { epoch });

@@ -86,6 +86,8 @@ pub struct Sim {
     pub steer: Option<usize>,
     /// Packets that arrived at the steered node with no SA there to send them on.
     pub lost: u64,
+    /// Messages this slot sends are lost (a one-way silence).
+    pub mute: Option<usize>,
     /// Stop the data plane at once on `Draining` (no make-before-break), to show the loss.
     pub stop_on_drain: bool,
 }
@@ -140,6 +142,7 @@ impl Sim {
             steer: None,
             lost: 0,
             stop_on_drain: false,
+            mute: None,
         }
     }
 
@@ -283,7 +286,7 @@ impl Sim {
             while let Some(m) = self.slots[i].node.as_mut().unwrap().poll_message() {
                 out.push(m.to_vec());
             }
-            if self.link {
+            if self.link && self.mute != Some(i) {
                 let at = now + self.link_delay;
                 let other = &mut self.slots[1 - i];
                 if other.node.is_some() {

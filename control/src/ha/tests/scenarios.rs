@@ -174,6 +174,25 @@ fn a_switchover_without_the_drain_would_lose_packets() {
 }
 
 #[test]
+fn an_active_that_lost_its_standby_for_a_while_pairs_again() {
+    // The standby's messages are lost for longer than the detection time (a loaded machine):
+    // the active sends unpaired; the standby still hears it and stays standby. Heard again,
+    // it resyncs and the pair is paired again (a switchover is possible again).
+    let mut sim = Sim::steady();
+    sim.mute = Some(1);
+    sim.run(300);
+    assert!(!sim.slots[0].node().paired());
+    assert_eq!(sim.slots[1].role(), Some(Role::Standby));
+    sim.mute = None;
+    sim.run_until(1000, |s| s.slots[0].node().paired())
+        .expect("paired again");
+    sim.slots[0].node.as_mut().unwrap().switchover().unwrap();
+    sim.run_until(200, |s| s.active() == vec![1])
+        .expect("switched");
+    sim.run(500);
+}
+
+#[test]
 fn switchover_is_refused_without_a_standby_in_sync() {
     let mut sim = Sim::steady();
     sim.kill(1);
