@@ -45,7 +45,7 @@ use proto::{Datagram, Direction, Event, SaId, Update};
 use zeroize::Zeroizing;
 
 use super::channel::{self, LinkEvent, Psk, SyncLink};
-use super::marks::MarksFile;
+use super::marks::{MarksFile, MarksWriter};
 
 /// How often every IKE SA is exported even without traffic (timers: DPD, rekey deadlines).
 const FULL_EXPORT_MS: u64 = 1000;
@@ -108,7 +108,7 @@ pub struct Pair {
     node: Node,
     fresh_core: FreshCore,
     sync: SyncLink,
-    marks: MarksFile,
+    marks: MarksWriter,
     plan_checkpoint: Checkpoint,
     wan_vips: Vec<IpAddr>,
     lan_vips: Vec<IpAddr>,
@@ -195,6 +195,7 @@ impl Pair {
             marks.path().display(),
             disk.len()
         );
+        let marks = MarksWriter::start(marks)?;
         Ok(Pair {
             node: Node::new(plan.params, disk, ms(now)),
             fresh_core,
@@ -294,6 +295,18 @@ impl Pair {
                 }
             }
         }
+        while let Some((token, marks, r)) = self.marks.stored() {
+            work = true;
+            match r {
+                Ok(()) => self.node.persisted(token, marks),
+                Err(e) => {
+                    // Without the marks on disk the node extends nothing: the SAs stop at
+                    // their reservation rather than risk a nonce.
+                    self.counters.persist_failed += 1;
+                    tracing::warn!(target: "ha", "{e:#}");
+                }
+            }
+        }
         // A fresh node hears its peer before it may decide alone (the channel connects
         // after the detection time has passed).
         let heard = self.node.peer().is_some();
@@ -374,7 +387,8 @@ impl Pair {
         }
         work |= self.send_messages();
         if let Some(t0) = self.takeover_at {
-            if self.held.is_empty() && self.starts.is_empty() {
+            // After the announcement: a driver turn has passed the adoption's SAs on by then.
+            if self.announce_due.is_none() && self.held.is_empty() && self.starts.is_empty() {
                 // Every outbound SA of the takeover is in the data plane.
                 self.takeover_at = None;
                 self.counters.takeover_install_ms = Some(t.saturating_sub(t0));
@@ -618,15 +632,13 @@ impl Pair {
                     }
                 }
             }
-            Output::Persist { token, marks } => match self.marks.store(&marks) {
-                Ok(()) => self.node.persisted(token, marks),
-                Err(e) => {
-                    // Without the marks on disk the node extends nothing: the SAs stop at
-                    // their reservation rather than risk a nonce.
+            Output::Persist { token, marks } => {
+                // Written on the marks thread; `Node::persisted` when it answers (`tick`).
+                if !self.marks.store(token, marks) {
                     self.counters.persist_failed += 1;
-                    tracing::warn!(target: "ha", "{e:#}");
+                    tracing::warn!(target: "ha", "the marks writer is gone: nothing is extended");
                 }
-            },
+            }
             Output::Said(s) => tracing::info!(target: "ha", "{s:?}"),
         }
         Ok(())
