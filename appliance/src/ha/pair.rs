@@ -63,6 +63,9 @@ const CAP_WAIT_MS: u64 = 100;
 /// How long a new active waits for the outbound SAs of its adoption (a takeover writes their
 /// marks to disk first) before it announces the addresses anyway.
 const ANNOUNCE_WAIT_MS: u64 = 50;
+/// The same after a planned switchover: the old active drains meanwhile (at least
+/// `control::ha::DRAIN_MIN_MS`), so nothing is lost by waiting for the disk.
+const HANDOVER_ANNOUNCE_WAIT_MS: u64 = 800;
 
 /// The view socket's requests this module answers.
 pub const STATUS_REQUEST: &str = "ha";
@@ -149,6 +152,7 @@ pub struct Pair {
     /// Activated at this time: the addresses are announced once the adoption's SAs are in
     /// the data plane (or `ANNOUNCE_WAIT_MS` later).
     announce_due: Option<u64>,
+    announce_wait: u64,
     /// A planned switchover made this node standby at this time (its data plane drains).
     drain_since: Option<u64>,
     /// A planned switchover waiting for its ceilings.
@@ -225,6 +229,7 @@ impl Pair {
             next_announce: 0,
             addresses_due: true,
             announce_due: None,
+            announce_wait: ANNOUNCE_WAIT_MS,
             drain_since: None,
             capping: None,
             start_grace_until: ms(now).saturating_add(
@@ -316,7 +321,7 @@ impl Pair {
         if let Some(t0) = self.announce_due {
             // A driver turn ran since the activation: the adoption's updates reached the link.
             if (self.held.is_empty() && self.starts.is_empty())
-                || t >= t0.saturating_add(ANNOUNCE_WAIT_MS)
+                || t >= t0.saturating_add(self.announce_wait)
             {
                 self.announce_due = None;
                 self.next_announce = t.saturating_add(ANNOUNCE_MS);
@@ -508,7 +513,7 @@ impl Pair {
         link: &mut L,
     ) -> Result<(), LinkError> {
         match o {
-            Output::Activate { epoch } => {
+            Output::Activate { epoch, handover } => {
                 self.active = true;
                 let t = ms(now);
                 tracing::info!(target: "ha", "active in epoch {epoch}");
@@ -528,6 +533,11 @@ impl Pair {
                 }
                 // Announced once the adoption's SAs are in the data plane.
                 self.announce_due = Some(t);
+                self.announce_wait = if handover {
+                    HANDOVER_ANNOUNCE_WAIT_MS
+                } else {
+                    ANNOUNCE_WAIT_MS
+                };
             }
             Output::Cap { ahead } => {
                 // Each outbound SA may send `ahead` more; its answer is the exact ceiling.

@@ -38,6 +38,10 @@ use super::table::{Applied, Table};
 /// starts alone.
 const EMPTY_PATIENCE: u64 = 20;
 
+/// The least an old active drains after hearing the new one: the new active announces the
+/// addresses only once its SAs are in, which may wait for its disk (hundreds of ms when busy).
+pub const DRAIN_MIN_MS: u64 = 1000;
+
 /// The parameters of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HaParams {
@@ -75,8 +79,9 @@ impl HaParams {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Became active in `epoch`: take the virtual addresses (gratuitous ARP / unsolicited NA),
-    /// tell the peers (IKEV2_MESSAGE_ID_SYNC where supported).
-    Activate { epoch: u64 },
+    /// tell the peers (IKEV2_MESSAGE_ID_SYNC where supported). `handover`: a planned
+    /// switchover (the old active drains meanwhile: announce only once everything is in).
+    Activate { epoch: u64, handover: bool },
     /// Stop sending on every outbound SA and give up the virtual addresses.
     Deactivate,
     /// Install an inbound SA (parameters in [`Node::table`]) with this window.
@@ -509,7 +514,7 @@ impl Node {
             // The new active of our switchover speaks: its addresses are being announced;
             // what still reaches us is drained for one detection time more.
             if self.draining == Some(u64::MAX) && epoch >= self.epoch {
-                self.draining = Some(now.saturating_add(self.p.detection_ms));
+                self.draining = Some(now.saturating_add(self.p.detection_ms.max(DRAIN_MIN_MS)));
             }
         }
         let peer_wins = (epoch, priority, slot) > (self.epoch, self.p.priority, self.p.slot);
@@ -874,8 +879,10 @@ impl Node {
         self.standby_in_sync = false;
         self.snapshot_end = None;
         self.next_heartbeat = now;
-        self.outputs
-            .push_back(Output::Activate { epoch: self.epoch });
+        self.outputs.push_back(Output::Activate {
+            epoch: self.epoch,
+            handover: false,
+        });
     }
 
     /// The standby takes over after silence: every SA from the replicated state, outbound
@@ -1019,7 +1026,10 @@ impl Node {
         self.standby_in_sync = true;
         self.snapshot_end = None;
         self.next_heartbeat = now;
-        self.outputs.push_back(Output::Activate { epoch });
+        self.outputs.push_back(Output::Activate {
+            epoch,
+            handover: true,
+        });
         let entries: Vec<(ChildKey, u64, u64, Option<ReplayState>)> = self
             .table
             .children()
