@@ -36,6 +36,7 @@
 #              PFX-home 10.7.0.10 -- lan [PFX-cl] wan 192.0.2.10 -- eth0 [PFX-rtr] br1 --
 #                wan [PFX-gwa] / wan [PFX-gwb] -- br0 [PFX-lsw] -- lan0 10.9.0.10 PFX-srv
 #              sync 169.254.77.1 [PFX-gwa] -- sync 169.254.77.2 [PFX-gwb] (kernel TCP)
+#              PFX-sw wan 100.64.0.20 -- eth1 [PFX-rtr] (a second road warrior: strongSwan)
 #        netns-lab.sh ha-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
@@ -47,7 +48,7 @@ NSS="lana gwa net gwb lanb"
 RW_NSS="lan gw rw"
 CL_NSS="home cl sgw srv"
 MOB_NSS="home cl rtr gw srv"
-HA_NSS="home cl rtr gwa gwb lsw srv"
+HA_NSS="home cl rtr gwa gwb lsw srv sw"
 
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
@@ -225,6 +226,14 @@ ha_up() {
     ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
     ip -n "$p-rtr" addr add 198.51.100.254/24 dev eth0
     ip -n "$p-rtr" addr add 203.0.113.254/24 dev br1
+    ip link add wan netns "$p-sw" address 02:00:00:00:64:14 type veth \
+        peer name eth1 netns "$p-rtr" address 02:00:00:00:64:fe
+    links_up "$p-rtr" eth1
+    ip -n "$p-rtr" addr add 100.64.0.254/24 dev eth1
+    no_ipv6 "$p-sw"
+    links_up "$p-sw" wan
+    ip -n "$p-sw" addr add 100.64.0.20/24 dev wan
+    ip -n "$p-sw" route add default via 100.64.0.254
     host4 "$p-home" 10.7.0.10/24 10.7.0.1
     host4 "$p-srv" 10.9.0.10/24 10.9.0.1
     ip netns exec "$p-srv" sysctl -qw net.ipv4.conf.all.arp_accept=1

@@ -768,10 +768,16 @@ fn serve<P: Port + 'static>(
             continue;
         }
         last_pump = Instant::now();
+        let alone = ike.is_none() && attached.is_none();
         for r in running.iter_mut() {
             r.link.pump();
-            // With a control plane these went to it in the turn above; alone, the data plane
-            // says what happened to its static SAs (and moves their reservations on).
+            // With a control plane the events are its own: the next turn hands them over
+            // (taking them here lost a report now and then: an HA node's checkpoint, replay
+            // mark or planned switchover's ceiling). Alone, the data plane says what happened
+            // to its static SAs (and moves their reservations on).
+            if !alone {
+                continue;
+            }
             for e in r.link.take_events() {
                 if matches!(e, Event::SeqCheckpoint { .. }) {
                     reserve_on(&mut keeper, &e, &mut [&mut r.link], backend)?;

@@ -131,6 +131,10 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
             id: *id,
             up_to: *up_to,
         },
+        Update::CapSeq { id, ahead } => Command::CapSeq {
+            id: *id,
+            ahead: *ahead,
+        },
         Update::ExportSa { sa } => Command::ExportSa(*sa),
         Update::Announce { wan, addrs } => Command::Announce {
             wan: *wan,

@@ -52,6 +52,11 @@ pub enum Command {
         id: SaId,
         up_to: u64,
     },
+    /// Lower the reservation to `ahead` past the last number used; report the state.
+    CapSeq {
+        id: SaId,
+        ahead: u64,
+    },
     /// Report one SA's runtime state (an `Event::SaState` with this command's generation).
     ExportSa(SaRef),
     /// Gratuitous ARP / unsolicited neighbour advertisements for our addresses on one side.

@@ -7,11 +7,11 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 5)
+//! # Layout (version 6)
 //!
 //! Version 2 added SA lifetimes, 3 made the punted and transmitted datagrams one record, 4
 //! added the state an SA moves with (resume, checkpoints), `ReserveSeq`, `ExportSa` and the
-//! `SeqCheckpoint` and `SaState` events, 5 added `Announce`.
+//! `SeqCheckpoint` and `SaState` events, 5 added `Announce`, 6 `CapSeq`.
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -32,6 +32,7 @@
 //! | 0x1a | `Update::ReserveSeq` | generation, id u32, up to u64 |
 //! | 0x1b | `Update::ExportSa` | generation, sa ref |
 //! | 0x1c | `Update::Announce` | generation, wan bool, count u8, count x ip |
+//! | 0x1d | `Update::CapSeq` | generation, id u32, ahead u64 |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
 //! | 0x30..=0x36 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 | `Datagram` (punted or to transmit) | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
@@ -78,7 +79,7 @@ use crate::sa::{
 };
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 5;
+pub const CODEC_VERSION: u8 = 6;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -94,6 +95,7 @@ mod tag {
     pub const RESERVE_SEQ: u8 = 0x1a;
     pub const EXPORT_SA: u8 = 0x1b;
     pub const ANNOUNCE: u8 = 0x1c;
+    pub const CAP_SEQ: u8 = 0x1d;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -653,6 +655,7 @@ impl Record for UpdateEnvelope {
             Update::UnbindHost { .. } => tag::UNBIND_HOST,
             Update::SetWanAddresses { .. } => tag::SET_WAN_ADDRESSES,
             Update::ReserveSeq { .. } => tag::RESERVE_SEQ,
+            Update::CapSeq { .. } => tag::CAP_SEQ,
             Update::ExportSa { .. } => tag::EXPORT_SA,
             Update::Announce { .. } => tag::ANNOUNCE,
         };
@@ -704,6 +707,10 @@ impl Record for UpdateEnvelope {
             Update::ReserveSeq { id, up_to } => {
                 w.u32(id.0)?;
                 w.u64(*up_to)
+            }
+            Update::CapSeq { id, ahead } => {
+                w.u32(id.0)?;
+                w.u64(*ahead)
             }
             Update::ExportSa { sa } => w.sa_ref(*sa),
             Update::Announce { wan, addrs } => {
@@ -784,6 +791,10 @@ impl Record for UpdateEnvelope {
             tag::RESERVE_SEQ => Update::ReserveSeq {
                 id: SaId(r.u32()?),
                 up_to: r.u64()?,
+            },
+            tag::CAP_SEQ => Update::CapSeq {
+                id: SaId(r.u32()?),
+                ahead: r.u64()?,
             },
             tag::EXPORT_SA => Update::ExportSa { sa: r.sa_ref()? },
             tag::ANNOUNCE => {

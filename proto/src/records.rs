@@ -52,6 +52,11 @@ pub enum Update {
     /// Raise an outbound SA's reservation: the highest sequence number it may send. Never
     /// lowers it, so a late or repeated record changes nothing.
     ReserveSeq { id: SaId, up_to: u64 },
+    /// Lower an outbound SA's reservation to at most `ahead` numbers past the last one it
+    /// used, atomically with that number: answered by `Event::SaState` with this generation,
+    /// whose `seq_reserved` is the SA's new ceiling (an HA pair's planned switchover: the next
+    /// active starts above it while this SA drains below it).
+    CapSeq { id: SaId, ahead: u64 },
     /// Report one SA's runtime state: answered by `Event::SaState` with this generation.
     ExportSa { sa: SaRef },
     /// Tell the link that these addresses of ours are here now (gratuitous ARP, RFC 5227's

@@ -200,12 +200,10 @@ fn recv_on(
 pub enum LinkEvent {
     /// A new connection is up (the core calls `Node::link_up`).
     Up,
-    Message(Zeroizing<Vec<u8>>),
+    /// A message and when the channel's thread read it (the driver's queueing delay).
+    Message(Zeroizing<Vec<u8>>, std::time::Instant),
     /// The connection went; `unsent` queued messages went with it.
-    Down {
-        why: String,
-        unsent: usize,
-    },
+    Down { why: String, unsent: usize },
 }
 
 /// How a link finds its peer.
@@ -344,7 +342,10 @@ fn serve(
     let reader_thread = thread::spawn(move || loop {
         match recv_on(&mut reader, &rn) {
             Ok(m) => {
-                if ev.send(LinkEvent::Message(m)).is_err() {
+                if ev
+                    .send(LinkEvent::Message(m, std::time::Instant::now()))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -432,13 +433,13 @@ mod tests {
         for l in [&b, &a] {
             for i in 0..500u32 {
                 match l.events().recv_timeout(Duration::from_secs(5)) {
-                    Ok(LinkEvent::Message(m)) => assert_eq!(&m[..4], &i.to_be_bytes()),
+                    Ok(LinkEvent::Message(m, _)) => assert_eq!(&m[..4], &i.to_be_bytes()),
                     other => panic!("message {i}: {other:?}"),
                 }
             }
         }
         match b.events().recv_timeout(Duration::from_secs(5)) {
-            Ok(LinkEvent::Message(m)) => assert_eq!(m.len(), MAX_PAYLOAD),
+            Ok(LinkEvent::Message(m, _)) => assert_eq!(m.len(), MAX_PAYLOAD),
             other => panic!("{other:?}"),
         }
     }
@@ -545,7 +546,7 @@ mod tests {
         let mut got = 0;
         while got < 3 {
             match b.events().recv_timeout(Duration::from_secs(5)) {
-                Ok(LinkEvent::Message(_)) => got += 1,
+                Ok(LinkEvent::Message(..)) => got += 1,
                 other => panic!("{other:?}"),
             }
         }
@@ -565,7 +566,7 @@ mod tests {
         wait_up(&b);
         send_blocking(&a, b"again".to_vec());
         match b.events().recv_timeout(Duration::from_secs(5)) {
-            Ok(LinkEvent::Message(m)) => assert_eq!(&m[..], b"again"),
+            Ok(LinkEvent::Message(m, _)) => assert_eq!(&m[..], b"again"),
             other => panic!("{other:?}"),
         }
     }

@@ -23,6 +23,47 @@ pub struct MarksFile {
     path: PathBuf,
 }
 
+/// What one write of the marks gave: the node's token, the marks, whether they are on disk.
+pub type Stored = (u64, BTreeMap<SaId, u64>, Result<()>);
+
+/// The marks file written on a thread of its own: an fsync takes hundreds of milliseconds on
+/// a busy disk, and the control loop must go on meanwhile (heartbeats, a takeover's inbound
+/// SAs and announcements). Nothing is lost by the wait: the node sends above a mark only
+/// after `Node::persisted`, which follows the write's answer. Writes happen in order.
+pub struct MarksWriter {
+    tx: std::sync::mpsc::Sender<(u64, BTreeMap<SaId, u64>)>,
+    done: std::sync::mpsc::Receiver<Stored>,
+}
+
+impl MarksWriter {
+    pub fn start(file: MarksFile) -> Result<MarksWriter> {
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, BTreeMap<SaId, u64>)>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("ha-marks".into())
+            .spawn(move || {
+                for (token, marks) in rx {
+                    let r = file.store(&marks);
+                    if done_tx.send((token, marks, r)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("starting the marks writer")?;
+        Ok(MarksWriter { tx, done })
+    }
+
+    /// Queues a write (answered through [`MarksWriter::stored`]); false if the writer is gone.
+    pub fn store(&self, token: u64, marks: BTreeMap<SaId, u64>) -> bool {
+        self.tx.send((token, marks)).is_ok()
+    }
+
+    /// A finished write, if any.
+    pub fn stored(&self) -> Option<Stored> {
+        self.done.try_recv().ok()
+    }
+}
+
 /// The default place: next to the config file, CONFIG.ha-marks.
 pub fn default_path(config: &Path) -> PathBuf {
     let mut name = config.file_name().unwrap_or_default().to_os_string();

@@ -13,9 +13,14 @@
 //!   CHILD SAs installed under the ids the old active used, outbound ones held until the node
 //!   says where they start: `InstallOutbound`, inbound ones with the replicated window) and
 //!   the virtual addresses (`SetWanAddresses`, `Announce` on both sides), `Deactivate` as
-//!   the removal of every SA from the data plane and of the virtual WAN addresses, `Quiesce`
-//!   (a planned switchover) as the deletion of every outbound SA, whose final states
-//!   (`Event::SaState` under each deletion's generation) are the exact final numbers.
+//!   the removal of every SA from the data plane and of the virtual WAN addresses, `Cap` (a
+//!   planned switchover) as `Update::CapSeq` of every outbound SA, whose answers
+//!   (`Event::SaState` under each command's generation) are the ceilings handed to the node,
+//!   `Draining` as the end of IKE and replication while the data plane keeps its
+//!   SAs (below their fences) and addresses for the traffic still on its way here, until the
+//!   node's `Deactivate`. A new active announces its addresses only once the SAs of the
+//!   adoption are in its data plane (the updates go in order), so the first frames the
+//!   announcement draws find them.
 //!
 //! A node that is not active holds the replicated state in its table only: nothing is
 //! installed in its data plane until it takes over (the sequence numbers it would start at
@@ -40,7 +45,7 @@ use proto::{Datagram, Direction, Event, SaId, Update};
 use zeroize::Zeroizing;
 
 use super::channel::{self, LinkEvent, Psk, SyncLink};
-use super::marks::MarksFile;
+use super::marks::{MarksFile, MarksWriter};
 
 /// How often every IKE SA is exported even without traffic (timers: DPD, rekey deadlines).
 const FULL_EXPORT_MS: u64 = 1000;
@@ -51,9 +56,16 @@ const FULL_EXPORT_MS: u64 = 1000;
 const ANNOUNCE_MS: u64 = 1000;
 /// The least a fresh node waits for its peer's sync channel before it may start alone.
 const START_GRACE_MS: u64 = 1000;
-/// How long a planned switchover waits for the data plane's final numbers; an SA whose final
-/// word does not come is handed over at its reservation (safe: it never sent above it).
-const QUIESCE_WAIT_MS: u64 = 500;
+/// How long a planned switchover waits for the data plane's ceilings; an SA whose answer
+/// does not come is handed over at its fence (safe: it never sends above its reservation).
+const CAP_WAIT_MS: u64 = 100;
+
+/// How long a new active waits for the outbound SAs of its adoption (a takeover writes their
+/// marks to disk first) before it announces the addresses anyway.
+const ANNOUNCE_WAIT_MS: u64 = 50;
+/// The same after a planned switchover: the old active drains meanwhile (at least
+/// `control::ha::DRAIN_MIN_MS`), so nothing is lost by waiting for the disk.
+const HANDOVER_ANNOUNCE_WAIT_MS: u64 = 800;
 
 /// The view socket's requests this module answers.
 pub const STATUS_REQUEST: &str = "ha";
@@ -99,7 +111,7 @@ pub struct Pair {
     node: Node,
     fresh_core: FreshCore,
     sync: SyncLink,
-    marks: MarksFile,
+    marks: MarksWriter,
     plan_checkpoint: Checkpoint,
     wan_vips: Vec<IpAddr>,
     lan_vips: Vec<IpAddr>,
@@ -137,16 +149,22 @@ pub struct Pair {
     /// Before this, a fresh node waits for its peer (the sync channel takes a moment to
     /// connect) instead of declaring it lost.
     start_grace_until: u64,
-    /// A planned switchover waiting for the final numbers of its deleted outbound SAs.
-    quiescing: Option<Quiescing>,
+    /// Activated at this time: the addresses are announced once the adoption's SAs are in
+    /// the data plane (or `ANNOUNCE_WAIT_MS` later).
+    announce_due: Option<u64>,
+    announce_wait: u64,
+    /// A planned switchover made this node standby at this time (its data plane drains).
+    drain_since: Option<u64>,
+    /// A planned switchover waiting for its ceilings.
+    capping: Option<Capping>,
 }
 
-/// The outbound SAs a planned switchover deleted, waiting for their final state: by the
-/// (worker, generation) of the deletion, the SA and its reservation (the fallback).
-struct Quiescing {
-    pending: BTreeMap<(u16, u64), (SaId, u64)>,
-    finals: Vec<(SaId, u64)>,
-    reserved: usize,
+/// The outbound SAs a planned switchover capped, waiting for their answers: by the (worker,
+/// generation) of the command, the SA; the ceilings so far; when to stop waiting.
+struct Capping {
+    pending: BTreeMap<(u16, u64), SaId>,
+    caps: Vec<(SaId, u64)>,
+    since: u64,
     until: u64,
 }
 
@@ -181,6 +199,7 @@ impl Pair {
             marks.path().display(),
             disk.len()
         );
+        let marks = MarksWriter::start(marks)?;
         Ok(Pair {
             node: Node::new(plan.params, disk, ms(now)),
             fresh_core,
@@ -209,7 +228,10 @@ impl Pair {
             next_view: 0,
             next_announce: 0,
             addresses_due: true,
-            quiescing: None,
+            announce_due: None,
+            announce_wait: ANNOUNCE_WAIT_MS,
+            drain_since: None,
+            capping: None,
             start_grace_until: ms(now).saturating_add(
                 plan.params
                     .detection_ms
@@ -258,7 +280,17 @@ impl Pair {
                     tracing::info!(target: "ha", "sync channel up");
                     self.node.link_up(t);
                 }
-                LinkEvent::Message(m) => self.node.handle_message(t, &m),
+                LinkEvent::Message(m, read_at) => {
+                    let was = self.node.role();
+                    self.node.handle_message(t, &m);
+                    if was != Role::Active && self.node.role() == Role::Active {
+                        // A handover: how long it waited between the channel and the node.
+                        tracing::info!(target: "ha",
+                            "handover read from the sync channel {} us ago",
+                            read_at.elapsed().as_micros()
+                        );
+                    }
+                }
                 LinkEvent::Down { why, unsent } => {
                     if self.link_up {
                         tracing::info!(target: "ha", "sync channel down ({why}; {unsent} message(s) to resend)");
@@ -268,11 +300,38 @@ impl Pair {
                 }
             }
         }
+        while let Some((token, marks, r)) = self.marks.stored() {
+            work = true;
+            match r {
+                Ok(()) => self.node.persisted(token, marks),
+                Err(e) => {
+                    // Without the marks on disk the node extends nothing: the SAs stop at
+                    // their reservation rather than risk a nonce.
+                    self.counters.persist_failed += 1;
+                    tracing::warn!(target: "ha", "{e:#}");
+                }
+            }
+        }
         // A fresh node hears its peer before it may decide alone (the channel connects
         // after the detection time has passed).
         let heard = self.node.peer().is_some();
         if t >= self.node.poll_timeout() && (heard || t >= self.start_grace_until) {
             self.node.handle_timeout(t);
+        }
+        if let Some(t0) = self.announce_due {
+            // A driver turn ran since the activation: the adoption's updates reached the link.
+            if (self.held.is_empty() && self.starts.is_empty())
+                || t >= t0.saturating_add(self.announce_wait)
+            {
+                self.announce_due = None;
+                self.next_announce = t.saturating_add(ANNOUNCE_MS);
+                self.announce(link)?;
+                tracing::info!(target: "ha",
+                    "addresses announced {} ms after the activation ({} outbound SA(s) held)",
+                    t.saturating_sub(t0),
+                    self.held.len() + self.starts.len()
+                );
+            }
         }
         if self.addresses_due {
             // The file's WAN address is a virtual one: only the active answers for it.
@@ -293,7 +352,7 @@ impl Pair {
             }
         }
         if self.active {
-            if t >= self.next_announce {
+            if t >= self.next_announce && self.announce_due.is_none() {
                 self.next_announce = t.saturating_add(ANNOUNCE_MS);
                 self.announce(link)?;
             }
@@ -333,7 +392,8 @@ impl Pair {
         }
         work |= self.send_messages();
         if let Some(t0) = self.takeover_at {
-            if self.held.is_empty() && self.starts.is_empty() {
+            // After the announcement: a driver turn has passed the adoption's SAs on by then.
+            if self.announce_due.is_none() && self.held.is_empty() && self.starts.is_empty() {
                 // Every outbound SA of the takeover is in the data plane.
                 self.takeover_at = None;
                 self.counters.takeover_install_ms = Some(t.saturating_sub(t0));
@@ -344,10 +404,21 @@ impl Pair {
             self.next_view = t.saturating_add(100);
             self.render_view(t);
         }
-        self.finish_quiesce(t);
+        if self.finish_cap(t) {
+            // The handover goes out before anything else is done.
+            while let Some(o) = self.node.poll_output() {
+                self.apply(now, o, driver, link)?;
+            }
+            self.send_messages();
+        }
         if self.view.switchover.swap(false, Ordering::Relaxed) {
             match self.node.switchover() {
-                Ok(()) => tracing::info!(target: "ha", "planned switchover: stopping"),
+                Ok(()) => {
+                    tracing::info!(target: "ha", "planned switchover: capping the outbound SAs");
+                    while let Some(o) = self.node.poll_output() {
+                        self.apply(now, o, driver, link)?;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(target: "ha", "switchover refused: {e} with a standby in sync")
                 }
@@ -442,13 +513,15 @@ impl Pair {
         link: &mut L,
     ) -> Result<(), LinkError> {
         match o {
-            Output::Activate { epoch } => {
+            Output::Activate { epoch, handover } => {
                 self.active = true;
                 let t = ms(now);
                 tracing::info!(target: "ha", "active in epoch {epoch}");
                 if driver.core().ike_sa_count() == 0 {
                     self.takeover_at = Some(t);
+                    let began = std::time::Instant::now();
                     self.adopt_all(now, driver);
+                    tracing::debug!(target: "ha", "adopted in {} us", began.elapsed().as_micros());
                 }
                 for w in 0..self.workers {
                     link.send_update(
@@ -458,12 +531,53 @@ impl Pair {
                         },
                     )?;
                 }
-                self.next_announce = t.saturating_add(ANNOUNCE_MS);
-                self.announce(link)?;
+                // Announced once the adoption's SAs are in the data plane.
+                self.announce_due = Some(t);
+                self.announce_wait = if handover {
+                    HANDOVER_ANNOUNCE_WAIT_MS
+                } else {
+                    ANNOUNCE_WAIT_MS
+                };
+            }
+            Output::Cap { ahead } => {
+                // Each outbound SA may send `ahead` more; its answer is the exact ceiling.
+                self.jumps.clear();
+                self.near_end.clear();
+                let t = ms(now);
+                let mut c = Capping {
+                    pending: BTreeMap::new(),
+                    caps: Vec::new(),
+                    since: t,
+                    until: t.saturating_add(CAP_WAIT_MS),
+                };
+                for (key, (w, _)) in &self.installed {
+                    if key.dir_out {
+                        let g = link.send_update(*w, Update::CapSeq { id: key.id, ahead })?;
+                        c.pending.insert((*w, g), key.id);
+                    }
+                }
+                self.capping = Some(c);
+            }
+            Output::Draining => {
+                // A planned switchover: the new active answers IKE from now on; the data
+                // plane goes on below the fences for the traffic still coming here.
+                self.active = false;
+                self.announce_due = None;
+                self.drain_since = Some(ms(now));
+                self.jumps.clear();
+                self.near_end.clear();
+                tracing::info!(target: "ha", "planned switchover: standby, draining");
             }
             Output::Deactivate => {
                 self.active = false;
-                tracing::info!(target: "ha", "stopped sending (deactivated)");
+                self.announce_due = None;
+                self.capping = None;
+                let t = ms(now);
+                match self.drain_since.take() {
+                    Some(t0) => tracing::info!(target: "ha",
+                        "stopped sending (drained for {} ms)", t.saturating_sub(t0)),
+                    None => tracing::info!(target: "ha", "stopped sending (deactivated)"),
+                }
                 for (key, (w, p)) in std::mem::take(&mut self.installed) {
                     let u = if key.dir_out {
                         Update::DeleteOutbound { id: key.id }
@@ -480,8 +594,13 @@ impl Pair {
                 }
                 // The IKE SAs are the new active's: this node forgets them without a word to
                 // the peers, and adopts them again from the replicated state if it takes over.
+                let built = std::time::Instant::now();
                 match (self.fresh_core)() {
-                    Ok(core) => *driver.core_mut() = core,
+                    Ok(core) => {
+                        *driver.core_mut() = core;
+                        tracing::debug!(target: "ha", "an empty control core in {} us",
+                            built.elapsed().as_micros());
+                    }
                     Err(e) => {
                         tracing::warn!(target: "ha", "cannot start an empty control core: {e:#}")
                     }
@@ -523,68 +642,38 @@ impl Pair {
                     }
                 }
             }
-            Output::Persist { token, marks } => match self.marks.store(&marks) {
-                Ok(()) => self.node.persisted(token, marks),
-                Err(e) => {
-                    // Without the marks on disk the node extends nothing: the SAs stop at
-                    // their reservation rather than risk a nonce.
+            Output::Persist { token, marks } => {
+                // Written on the marks thread; `Node::persisted` when it answers (`tick`).
+                if !self.marks.store(token, marks) {
                     self.counters.persist_failed += 1;
-                    tracing::warn!(target: "ha", "{e:#}");
+                    tracing::warn!(target: "ha", "the marks writer is gone: nothing is extended");
                 }
-            },
-            Output::Quiesce => {
-                // Every outbound SA leaves the data plane; each deletion answers with the SA's
-                // last used number (`Event::SaState` under the deletion's generation), exact
-                // because nothing is sealed on it after. The next active starts right after.
-                let mut q = Quiescing {
-                    pending: BTreeMap::new(),
-                    finals: Vec::new(),
-                    reserved: 0,
-                    until: ms(now).saturating_add(QUIESCE_WAIT_MS),
-                };
-                for (key, (w, p)) in std::mem::take(&mut self.installed) {
-                    if key.dir_out {
-                        let g = link.send_update(w, Update::DeleteOutbound { id: key.id })?;
-                        let reserved = p.resume.seq_reserved.unwrap_or(p.resume.seq);
-                        q.pending.insert((w, g), (key.id, reserved));
-                    } else {
-                        self.installed.insert(key, (w, p));
-                    }
-                }
-                self.held.clear();
-                self.starts.clear();
-                self.jumps.clear();
-                self.quiescing = Some(q);
-                self.finish_quiesce(ms(now));
             }
             Output::Said(s) => tracing::info!(target: "ha", "{s:?}"),
         }
         Ok(())
     }
 
-    /// Hands the final numbers to the node once every deleted SA answered (or the wait is
-    /// over: the ones that did not are handed over at their reservations).
-    fn finish_quiesce(&mut self, t: u64) {
-        let Some(q) = self.quiescing.as_mut() else {
-            return;
+    /// Hands the ceilings to the node once every capped SA answered (or the wait is over:
+    /// the ones that did not are handed over at their fences). True when it did.
+    fn finish_cap(&mut self, t: u64) -> bool {
+        let Some(c) = self.capping.as_ref() else {
+            return false;
         };
-        if !q.pending.is_empty() && t < q.until {
-            return;
+        if !c.pending.is_empty() && t < c.until {
+            return false;
         }
-        for (_, (id, reserved)) in std::mem::take(&mut q.pending) {
-            q.finals.push((id, reserved));
-            q.reserved += 1;
-        }
-        let Some(q) = self.quiescing.take() else {
-            return;
+        let Some(c) = self.capping.take() else {
+            return false;
         };
         tracing::info!(target: "ha",
-            "planned switchover: {} outbound SA(s) stopped, {} at their exact last number, {} at their reservation",
-            q.finals.len(),
-            q.finals.len().saturating_sub(q.reserved),
-            q.reserved
+            "planned switchover: {} outbound SA(s) capped in {} ms ({} without an answer), handover logged",
+            c.caps.len(),
+            t.saturating_sub(c.since),
+            c.pending.len()
         );
-        self.node.quiesced(t, &q.finals);
+        self.node.capped(t, &c.caps);
+        true
     }
 
     /// Gratuitous ARP / unsolicited NA for the virtual addresses on both sides.
@@ -791,17 +880,16 @@ impl Pair {
                 worker,
                 generation,
                 id,
-                state: SaState::Outbound { seq, .. },
+                state: SaState::Outbound { seq_reserved, .. },
                 ..
             } => {
-                // The final word of an SA a planned switchover deleted.
-                if let Some(q) = self.quiescing.as_mut() {
-                    if q.pending
-                        .get(&(*worker, *generation))
-                        .is_some_and(|p| p.0 == *id)
-                    {
-                        q.pending.remove(&(*worker, *generation));
-                        q.finals.push((*id, *seq));
+                // The ceiling of an SA a planned switchover capped.
+                if let Some(c) = self.capping.as_mut() {
+                    if c.pending.get(&(*worker, *generation)) == Some(id) {
+                        c.pending.remove(&(*worker, *generation));
+                        if let Some(r) = seq_reserved {
+                            c.caps.push((*id, *r));
+                        }
                     }
                 }
             }

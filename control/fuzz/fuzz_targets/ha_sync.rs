@@ -19,6 +19,7 @@ fn params(slot: u8) -> HaParams {
         max_pps: 10_000,
         window: 16,
         max_backlog: 64,
+        switchover_margin: 512,
     }
 }
 

@@ -63,6 +63,10 @@ pub struct HaYaml {
     /// Log entries the standby may be behind before it is out of sync.
     #[serde(default = "default_backlog")]
     pub max_backlog: usize,
+    /// Numbers per SA the old active may still send in a planned switchover while the
+    /// traffic moves (the new active starts right above: the jump its peers see).
+    #[serde(default = "default_switchover_margin")]
+    pub switchover_margin: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -96,6 +100,9 @@ fn default_queue() -> usize {
 }
 fn default_backlog() -> usize {
     65_536
+}
+fn default_switchover_margin() -> u64 {
+    512
 }
 
 impl fmt::Debug for HaYaml {
@@ -209,6 +216,12 @@ impl HaYaml {
         if self.max_pps == 0 {
             return Err(err("max_pps", "must be at least 1".into()));
         }
+        if self.switchover_margin == 0 || self.switchover_margin > MAX_JUMP {
+            return Err(err(
+                "switchover_margin",
+                format!("must be between 1 and {MAX_JUMP}"),
+            ));
+        }
         if self.sync_queue == 0 || self.max_backlog == 0 {
             return Err(err(
                 if self.sync_queue == 0 {
@@ -231,6 +244,7 @@ impl HaYaml {
             max_pps: self.max_pps,
             window: self.sync_queue,
             max_backlog: self.max_backlog,
+            switchover_margin: self.switchover_margin,
         };
         let jump = params.plan().max_jump();
         if jump > MAX_JUMP {

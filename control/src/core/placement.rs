@@ -129,6 +129,7 @@ impl Placement {
                 None => self.all(u),
             },
             Update::ReserveSeq { id, .. }
+            | Update::CapSeq { id, .. }
             | Update::ExportSa {
                 sa: SaRef::Outbound(id),
             } => match self.outbound_owner(*id) {

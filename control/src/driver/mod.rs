@@ -400,6 +400,7 @@ fn update_summary(u: &Update) -> String {
         Update::UnbindHost { dst } => format!("unbind host {dst}"),
         Update::SetWanAddresses { addrs } => format!("WAN addresses {addrs:?}"),
         Update::ReserveSeq { id, up_to } => format!("SA {} reserved up to {up_to}", id.0),
+        Update::CapSeq { id, ahead } => format!("SA {} capped at {ahead} ahead", id.0),
         Update::ExportSa { .. } => "export an SA's state".into(),
         Update::Announce { wan, addrs } => format!("announce {addrs:?} (wan {wan})"),
     }

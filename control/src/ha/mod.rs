@@ -29,7 +29,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use node::{HaParams, Node, NotActive, Output, Said, Stats};
+pub use node::{HaParams, Node, NotActive, Output, Said, Stats, DRAIN_MIN_MS};
 pub use record::{ChildKey, Message, Record, Role};
 pub use seq::{SeqPlan, MAX_JUMP};
 pub use table::Table;

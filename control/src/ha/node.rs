@@ -15,8 +15,12 @@
 //! detection time takes over (epoch + 1). Two actives (a healed split brain, an old active
 //! back from a freeze) resolve by (epoch, priority, slot): the lower one is
 //! [`Role::Fenced`]: it stops sending at once and resyncs as a standby. A planned
-//! switchover quiesces the active's data plane, logs its final positions and a `Handover`;
-//! the standby starts at the next numbers. There is no preemption: a returning node with a
+//! switchover is make-before-break: the active's data plane caps every outbound SA a margin
+//! past its last number; the active logs each ceiling and a grant above it, then a
+//! `Handover`, and stops being active at once; its data plane drains (keeps its SAs and
+//! addresses for the traffic still on its way to it, never passing a ceiling) until the new
+//! active has been heard for the detection time; the standby starts right above the ceilings
+//! and announces the addresses. There is no preemption: a returning node with a
 //! higher priority stays standby until a switchover.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -33,6 +37,10 @@ use super::table::{Applied, Table};
 /// How many detection times an empty node that heard an active peer waits for it before it
 /// starts alone.
 const EMPTY_PATIENCE: u64 = 20;
+
+/// The least an old active drains after hearing the new one: the new active announces the
+/// addresses only once its SAs are in, which may wait for its disk (hundreds of ms when busy).
+pub const DRAIN_MIN_MS: u64 = 1000;
 
 /// The parameters of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +59,9 @@ pub struct HaParams {
     pub window: usize,
     /// Log entries waiting before the standby is out of sync.
     pub max_backlog: usize,
+    /// A planned switchover lets the old active send at most this many numbers more per SA
+    /// while its traffic moves; the new active starts right above (the jump its peer sees).
+    pub switchover_margin: u64,
 }
 
 impl HaParams {
@@ -68,8 +79,9 @@ impl HaParams {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Became active in `epoch`: take the virtual addresses (gratuitous ARP / unsolicited NA),
-    /// tell the peers (IKEV2_MESSAGE_ID_SYNC where supported).
-    Activate { epoch: u64 },
+    /// tell the peers (IKEV2_MESSAGE_ID_SYNC where supported). `handover`: a planned
+    /// switchover (the old active drains meanwhile: announce only once everything is in).
+    Activate { epoch: u64, handover: bool },
     /// Stop sending on every outbound SA and give up the virtual addresses.
     Deactivate,
     /// Install an inbound SA (parameters in [`Node::table`]) with this window.
@@ -92,8 +104,14 @@ pub enum Output {
         token: u64,
         marks: BTreeMap<SaId, u64>,
     },
-    /// Stop sending and report every outbound SA's last used number ([`Node::quiesced`]).
-    Quiesce,
+    /// A planned switchover: lower every outbound SA's reservation to at most `ahead` past
+    /// the last number it used (`Update::CapSeq`) and report the ceilings ([`Node::capped`]).
+    Cap { ahead: u64 },
+    /// A planned switchover made this node the standby: answer no IKE any more, but keep
+    /// the data plane's SAs (each below its fence already) and addresses for the traffic
+    /// still on its way here; [`Output::Deactivate`] follows once the new active has been
+    /// heard for the detection time (or before this node becomes active again).
+    Draining,
     /// Something to say (log line, counter).
     Said(Said),
 }
@@ -208,7 +226,11 @@ pub struct Node {
     want: BTreeMap<SaId, u64>,
     persist_inflight: Option<u64>,
     persist_token: u64,
+    /// A planned switchover waits for the data plane's ceilings ([`Node::capped`]).
     handing_over: bool,
+    /// After a planned switchover: the data plane still holds the old SAs until this
+    /// deadline (`u64::MAX` until the new active is heard).
+    draining: Option<u64>,
     stats: Stats,
 }
 
@@ -240,6 +262,7 @@ impl Node {
             persist_inflight: None,
             persist_token: 0,
             handing_over: false,
+            draining: None,
             stats: Stats::default(),
         }
     }
@@ -283,6 +306,9 @@ impl Node {
     /// The next deadline.
     pub fn poll_timeout(&self) -> u64 {
         let mut t = self.next_heartbeat;
+        if let Some(d) = self.draining {
+            t = t.min(d);
+        }
         if self.role == Role::Standby {
             t = t.min(self.active_heard.saturating_add(self.p.detection_ms));
         }
@@ -351,6 +377,9 @@ impl Node {
 
     /// Timers: heartbeats and failure detection.
     pub fn handle_timeout(&mut self, now: u64) {
+        if self.draining.is_some_and(|d| now >= d) {
+            self.end_drain();
+        }
         if now >= self.next_heartbeat {
             self.control.push_back(self.heartbeat());
             self.next_heartbeat = now.saturating_add(self.p.heartbeat_ms.max(1));
@@ -482,11 +511,24 @@ impl Node {
         self.peer_lost_said = false;
         if role == Role::Active {
             self.active_heard = now;
+            // The new active of our switchover speaks: its addresses are being announced;
+            // what still reaches us is drained for one detection time more.
+            if self.draining == Some(u64::MAX) && epoch >= self.epoch {
+                self.draining = Some(now.saturating_add(self.p.detection_ms.max(DRAIN_MIN_MS)));
+            }
         }
         let peer_wins = (epoch, priority, slot) > (self.epoch, self.p.priority, self.p.slot);
         match (self.role, role) {
             (Role::Active, Role::Active) if peer_wins => self.fence(epoch),
             (Role::Active, Role::Active) => {}
+            // Our standby, heard again after a silence that unpaired us (a loaded machine, a
+            // link that came back): it resyncs (a snapshot carries every fence) and we are
+            // paired again once it applied it; without this the pair would stay unpaired.
+            (Role::Active, Role::Standby)
+                if epoch == self.epoch && !self.standby_in_sync && self.snapshot_end.is_none() =>
+            {
+                self.start_snapshot();
+            }
             (Role::OutOfSync | Role::Fenced, Role::Active) if !self.receiving => {
                 self.epoch = self.epoch.max(epoch);
                 self.control.push_back(Message::SnapshotRequest { epoch });
@@ -601,7 +643,8 @@ impl Node {
                         // sent unpaired before it synced).
                         let from = (r.floor >= r.allowed).then(|| r.floor.saturating_add(1));
                         r.allowed = up_to;
-                        if r.installed {
+                        // Not while the data plane is being capped for a handover.
+                        if r.installed && !self.handing_over {
                             self.outputs.push_back(Output::Range { id, from, up_to });
                         }
                     }
@@ -788,7 +831,7 @@ impl Node {
                 continue;
             };
             if let Some((from, up_to)) = r.disk {
-                if on_disk >= up_to && self.role == Role::Active {
+                if on_disk >= up_to && self.role == Role::Active && !self.handing_over {
                     r.disk = None;
                     let jump = from != r.allowed.saturating_add(1);
                     let first_install = !r.installed;
@@ -815,7 +858,15 @@ impl Node {
         self.persist();
     }
 
+    /// The drain of a planned switchover is over: the data plane lets go of the old SAs.
+    fn end_drain(&mut self) {
+        if self.draining.take().is_some() {
+            self.outputs.push_back(Output::Deactivate);
+        }
+    }
+
     fn become_active(&mut self, now: u64) {
+        self.end_drain();
         let peer_epoch = self.peer.map_or(0, |p| p.epoch);
         self.epoch = self.epoch.max(peer_epoch).saturating_add(1);
         self.role = Role::Active;
@@ -828,8 +879,10 @@ impl Node {
         self.standby_in_sync = false;
         self.snapshot_end = None;
         self.next_heartbeat = now;
-        self.outputs
-            .push_back(Output::Activate { epoch: self.epoch });
+        self.outputs.push_back(Output::Activate {
+            epoch: self.epoch,
+            handover: false,
+        });
     }
 
     /// The standby takes over after silence: every SA from the replicated state, outbound
@@ -888,6 +941,7 @@ impl Node {
         self.standby_in_sync = false;
         self.snapshot_end = None;
         self.handing_over = false;
+        self.draining = None;
         self.outputs.push_back(Output::Deactivate);
         self.outputs
             .push_back(Output::Said(Said::Fenced { by_epoch }));
@@ -896,50 +950,63 @@ impl Node {
         self.receiving = true;
     }
 
-    /// A planned switchover: refused unless this node is active with a standby in sync.
+    /// A planned switchover, make-before-break: refused unless this node is active with a
+    /// standby in sync. The data plane caps every outbound SA at `switchover_margin` numbers
+    /// past the last one it used ([`Output::Cap`]); [`Node::capped`] hands over above the caps.
     pub fn switchover(&mut self) -> Result<(), NotActive> {
-        if !self.paired() {
+        if !self.paired() || self.handing_over {
             return Err(NotActive);
         }
         self.handing_over = true;
-        self.outputs.push_back(Output::Quiesce);
+        self.outputs.push_back(Output::Cap {
+            ahead: self.p.switchover_margin,
+        });
         Ok(())
     }
 
-    /// The data plane stopped (after [`Output::Quiesce`]): the last number each outbound SA
-    /// used. The standby becomes active at the next numbers.
-    pub fn quiesced(&mut self, now: u64, finals: &[(SaId, u64)]) {
+    /// The data plane's ceilings after [`Output::Cap`] (an SA missing here counts at its
+    /// fence: every range it was given, every grant and disk extension asked for). The log
+    /// gets each ceiling as a checkpoint and a grant above it for the new active, then the
+    /// `Handover`. This node becomes the standby at once but its data plane drains
+    /// ([`Output::Draining`]): it goes on sending below the ceilings (and receiving) until
+    /// the new active, which starts right above them, has announced the addresses and the
+    /// traffic has moved.
+    pub fn capped(&mut self, now: u64, caps: &[(SaId, u64)]) {
         if self.role != Role::Active || !self.handing_over {
             return;
         }
+        self.handing_over = false;
         // The handover's entries bypass the bound (a reset now would lose the handover):
         // they are the last this node logs, to a standby that is current.
         let mut last_words = Vec::new();
-        for &(id, seq) in finals {
-            self.table.apply(&Record::SeqCheckpoint { id, seq });
-            last_words.push(Record::SeqCheckpoint { id, seq });
-        }
-        // The new active's first range, granted by us as we become its standby: contiguous
-        // from the final numbers.
-        let ids: Vec<(SaId, u64)> = self.running.iter().map(|(id, r)| (*id, r.used)).collect();
-        for (id, used) in ids {
-            let used = finals
+        let sas: Vec<(SaId, Running)> = self.running.iter().map(|(i, r)| (*i, *r)).collect();
+        for (id, r) in sas {
+            let fence = self
+                .table
+                .child(&ChildKey::new(Direction::Outbound, id))
+                .map_or(0, |c| c.fence)
+                .max(r.allowed)
+                .max(r.disk.map_or(0, |d| d.1));
+            let top = caps
                 .iter()
-                .find(|f| f.0 == id)
-                .map_or(used, |f| f.1.max(used));
-            let up_to = self.plan.grant_for(used);
+                .find(|c| c.0 == id)
+                .map_or(fence, |c| c.1.min(fence))
+                .max(r.used);
+            self.table.apply(&Record::SeqCheckpoint { id, seq: top });
+            last_words.push(Record::SeqCheckpoint { id, seq: top });
+            let up_to = self.plan.grant_for(top.max(r.floor));
             self.table.apply(&Record::SeqGrant { id, up_to });
             last_words.push(Record::SeqGrant { id, up_to });
         }
         let next = self.epoch.saturating_add(1);
         last_words.push(Record::Handover { epoch: next });
         let last = self.log.append_snapshot(last_words);
-        self.outputs.push_back(Output::Deactivate);
+        self.outputs.push_back(Output::Draining);
+        self.draining = Some(u64::MAX);
         self.running.clear();
         self.role = Role::Standby;
         self.active_heard = now;
         self.epoch = next;
-        self.handing_over = false;
         self.standby_in_sync = false;
         self.applied = last;
         self.outputs
@@ -947,6 +1014,7 @@ impl Node {
     }
 
     fn accept_handover(&mut self, now: u64, epoch: u64) {
+        self.end_drain();
         self.role = Role::Active;
         self.epoch = epoch;
         self.log = SyncLog::new(
@@ -958,7 +1026,10 @@ impl Node {
         self.standby_in_sync = true;
         self.snapshot_end = None;
         self.next_heartbeat = now;
-        self.outputs.push_back(Output::Activate { epoch });
+        self.outputs.push_back(Output::Activate {
+            epoch,
+            handover: true,
+        });
         let entries: Vec<(ChildKey, u64, u64, Option<ReplayState>)> = self
             .table
             .children()
@@ -971,7 +1042,8 @@ impl Node {
                     .push_back(Output::InstallInbound { id: key.id, replay });
                 continue;
             }
-            // Exact: the old active stopped at `checkpoint` and granted us up to `fence`. Our
+            // The old active sends at most `checkpoint` (its fence) while it drains and granted
+            // us up to `fence`. Our
             // own earlier unpaired numbers (the disk mark) stay behind us.
             let mark = self.disk.get(&key.id).copied().unwrap_or(0);
             let from = checkpoint.max(mark).saturating_add(1);

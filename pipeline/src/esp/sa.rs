@@ -356,6 +356,11 @@ impl OutboundSa {
         self.seq_max = self.seq_max.max(up_to.min(self.seq_limit()));
     }
 
+    /// Lowers the reservation to at most `ahead` past the last number used (never raises it).
+    pub fn cap(&mut self, ahead: u64) {
+        self.seq_max = self.seq_max.min(self.seq.saturating_add(ahead));
+    }
+
     /// Why the next packet gets no sequence number: the protocol's limit is reached, or only
     /// the reservation.
     #[cold]

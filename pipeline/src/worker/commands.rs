@@ -182,6 +182,7 @@ impl<P: Port> Worker<P> {
                     .collect();
             }
             Command::ReserveSeq { id, up_to } => self.reserve_seq(id, up_to)?,
+            Command::CapSeq { id, ahead } => self.cap_seq(id, ahead)?,
             Command::ExportSa(which) => self.export_sa(which)?,
             Command::Announce { wan, addrs } => {
                 let side = if wan { Side::Wan } else { Side::Lan };

@@ -199,6 +199,29 @@ impl<P: Port> Worker<P> {
         self.reply(Reply::Event(e));
     }
 
+    /// Lowers an outbound SA's reservation to at most `ahead` past the last number it used and
+    /// reports its state under this command's generation: the reported `seq_reserved` is a
+    /// ceiling nothing is sealed above afterwards (this command runs between packets).
+    pub(super) fn cap_seq(&mut self, id: SaId, ahead: u64) -> Result<(), &'static str> {
+        let sa = self
+            .sad
+            .outbound_mut(id)
+            .ok_or("no outbound SA with that id")?;
+        sa.cap(ahead);
+        let e = Event::SaState {
+            worker: self.id,
+            generation: self.generation,
+            id: sa.id,
+            spi: sa.spi,
+            state: SaState::Outbound {
+                seq: sa.seq,
+                seq_reserved: sa.seq_reserved(),
+            },
+        };
+        self.reply(Reply::Event(e));
+        Ok(())
+    }
+
     /// Raises an outbound SA's reservation.
     pub(super) fn reserve_seq(&mut self, id: SaId, up_to: u64) -> Result<(), &'static str> {
         let sa = self

@@ -200,6 +200,10 @@ fn updates() -> Vec<UpdateEnvelope> {
             id: SaId(5),
             up_to: u64::MAX,
         },
+        Update::CapSeq {
+            id: SaId(6),
+            ahead: 512,
+        },
         Update::ExportSa {
             sa: SaRef::Inbound(Spi(0xb001)),
         },

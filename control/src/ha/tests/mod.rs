@@ -32,6 +32,7 @@ pub fn params(slot: u8, priority: u8) -> HaParams {
         max_pps: RATE * 1000,
         window: 64,
         max_backlog: 4096,
+        switchover_margin: 64,
     }
 }
 
@@ -47,6 +48,8 @@ struct DpSa {
 #[derive(Default)]
 struct DataPlane {
     active: bool,
+    /// After a planned switchover: sends only while the traffic still comes here.
+    draining: bool,
     sas: BTreeMap<SaId, DpSa>,
 }
 
@@ -79,6 +82,14 @@ pub struct Sim {
     /// Jumps the peer saw (new number minus the top before it), largest.
     pub largest_jump: u64,
     next_sa: u32,
+    /// The node whose addresses were announced last: the traffic arrives there.
+    pub steer: Option<usize>,
+    /// Packets that arrived at the steered node with no SA there to send them on.
+    pub lost: u64,
+    /// Messages this slot sends are lost (a one-way silence).
+    pub mute: Option<usize>,
+    /// Stop the data plane at once on `Draining` (no make-before-break), to show the loss.
+    pub stop_on_drain: bool,
 }
 
 impl Slot {
@@ -128,6 +139,10 @@ impl Sim {
             behind_window: 0,
             largest_jump: 0,
             next_sa: 1,
+            steer: None,
+            lost: 0,
+            stop_on_drain: false,
+            mute: None,
         }
     }
 
@@ -271,7 +286,7 @@ impl Sim {
             while let Some(m) = self.slots[i].node.as_mut().unwrap().poll_message() {
                 out.push(m.to_vec());
             }
-            if self.link {
+            if self.link && self.mute != Some(i) {
                 let at = now + self.link_delay;
                 let other = &mut self.slots[1 - i];
                 if other.node.is_some() {
@@ -286,7 +301,10 @@ impl Sim {
         while let Some(o) = self.slots[i].node.as_mut().unwrap().poll_output() {
             let s = &mut self.slots[i];
             match o {
-                Output::Activate { .. } => s.dp.active = true,
+                Output::Activate { .. } => {
+                    s.dp.active = true;
+                    self.steer = Some(i);
+                }
                 Output::Deactivate => s.dp = DataPlane::default(),
                 Output::InstallInbound { .. } => {}
                 Output::InstallOutbound { id, from, up_to } => {
@@ -320,11 +338,17 @@ impl Sim {
                 Output::Persist { token, marks } => {
                     s.persists.push((now + self.persist_delay, token, marks));
                 }
-                Output::Quiesce => {
-                    let finals: Vec<(SaId, u64)> =
-                        s.dp.sas.iter().map(|(id, sa)| (*id, sa.next - 1)).collect();
-                    s.dp.active = false;
-                    s.node.as_mut().unwrap().quiesced(now, &finals);
+                Output::Cap { ahead } => {
+                    let mut caps = Vec::new();
+                    for (id, sa) in &mut s.dp.sas {
+                        sa.up_to = sa.up_to.min((sa.next - 1).saturating_add(ahead));
+                        caps.push((*id, sa.up_to));
+                    }
+                    s.node.as_mut().unwrap().capped(now, &caps);
+                }
+                Output::Draining => {
+                    s.dp.draining = true;
+                    s.dp.active &= !self.stop_on_drain;
                 }
                 Output::Said(x) => s.said.push(x),
             }
@@ -334,8 +358,22 @@ impl Sim {
     fn send_packets(&mut self, i: usize) {
         let now = self.now;
         let cp = self.slots[i].node().plan().checkpoint;
+        let steered = self.steer == Some(i);
         let s = &mut self.slots[i];
-        if !s.dp.active {
+        if steered {
+            // What the traffic source sends this node and it cannot seal: lost.
+            let sas = u64::from(self.next_sa - 1);
+            let room: u64 = if s.dp.active {
+                s.dp.sas
+                    .values()
+                    .map(|sa| (sa.up_to + 1).saturating_sub(sa.next).min(RATE))
+                    .sum()
+            } else {
+                0
+            };
+            self.lost += (sas * RATE).saturating_sub(room);
+        }
+        if !s.dp.active || (s.dp.draining && !steered) {
             return;
         }
         let mut checkpoints = Vec::new();

@@ -327,6 +327,55 @@ fn a_deleted_outbound_sa_with_checkpoints_reports_its_last_number() {
 }
 
 #[test]
+fn a_capped_outbound_sa_reports_its_ceiling_and_never_passes_it() {
+    let mut r = rig(1500);
+    r.update(outbound_from(
+        Resume {
+            seq: 1000,
+            seq_reserved: Some(1_000_000),
+            replay: None,
+        },
+        None,
+    ));
+    for _ in 0..3 {
+        r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    }
+    assert_eq!(sent_seqs(&mut r).len(), 3);
+    let _ = events(&mut r);
+    r.update(Update::CapSeq {
+        id: SaId(1),
+        ahead: 2,
+    });
+    let g = r.agent.acked();
+    assert_eq!(
+        events(&mut r),
+        [Event::SaState {
+            worker: 0,
+            generation: g,
+            id: SaId(1),
+            spi: Spi(0xa001),
+            state: SaState::Outbound {
+                seq: 1003,
+                seq_reserved: Some(1005),
+            },
+        }]
+    );
+    for _ in 0..4 {
+        r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    }
+    let seqs: Vec<u32> = sent_seqs(&mut r).into_iter().map(|s| s.0).collect();
+    assert_eq!(seqs, [1004, 1005]);
+    assert_eq!(r.drops(DropReason::SeqNotReserved), 2);
+    // A cap never raises: a wider one later keeps the ceiling.
+    r.update(Update::CapSeq {
+        id: SaId(1),
+        ahead: 100,
+    });
+    r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    assert!(sent_seqs(&mut r).is_empty());
+}
+
+#[test]
 fn checkpoints_come_every_t_milliseconds_of_the_workers_clock() {
     let mut r = rig(1500);
     // The worker's default, for SAs installed without their own.
