@@ -67,6 +67,25 @@ enum PerfWhat {
         #[arg(long, default_value_t = 1.0)]
         secs: f64,
     },
+    /// The many-SA cliff: one worker's rate with each SA count (SPIs at random), each against
+    /// the first count's rate measured in the same run (runs interleaved, medians).
+    SaScale {
+        /// Directions, comma-separated: encrypt, decrypt.
+        #[arg(long, default_value = "decrypt,encrypt")]
+        dir: String,
+        /// Frame sizes in bytes, comma-separated.
+        #[arg(long, default_value = "64,1420")]
+        size: String,
+        /// SA counts, comma-separated; the first is the baseline of the ratios.
+        #[arg(long, default_value = "1,10000,100000,1000000")]
+        sas: String,
+        /// Packets per point.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Runs (medians shown).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// One point of the throughput matrix (worker time only), plus the bare AEAD cost of the
     /// same size: for a quick comparison or to profile one path.
     Point {
@@ -202,6 +221,13 @@ pub fn run(args: PerfArgs) -> Result<()> {
             );
             Ok(())
         }
+        PerfWhat::SaScale {
+            dir,
+            size,
+            sas,
+            packets,
+            runs,
+        } => sa_scale(&dir, &size, &sas, packets, runs),
         PerfWhat::Point {
             dir,
             size,
@@ -423,4 +449,78 @@ fn parse_algs(list: &str) -> Result<Vec<pipeline::crypto::EspAlg>> {
                 })
         })
         .collect()
+}
+
+/// `roamgate perf sa-scale`: see [`PerfWhat::SaScale`].
+fn sa_scale(dirs: &str, sizes: &str, sas: &str, packets: u64, runs: usize) -> Result<()> {
+    use roamgate_perf::run::{self as perf_run, Dir};
+    fn list<T: std::str::FromStr>(what: &str, s: &str) -> Result<Vec<T>> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                x.parse()
+                    .map_err(|_| anyhow::anyhow!("--{what} {x}: not a valid value"))
+            })
+            .collect()
+    }
+    let dirs = dirs
+        .split(',')
+        .map(|d| match d.trim() {
+            "encrypt" => Ok(Dir::Encrypt),
+            "decrypt" => Ok(Dir::Decrypt),
+            other => bail!("--dir {other}: expected encrypt or decrypt"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sizes: Vec<usize> = list("size", sizes)?;
+    let counts: Vec<usize> = list("sas", sas)?;
+    if let Some(s) = sizes.iter().find(|s| !(64..=1420).contains(*s)) {
+        bail!("--size {s}: expected 64..=1420");
+    }
+    if counts.is_empty() || counts.contains(&0) || runs == 0 || packets < 1000 {
+        bail!("--sas must list counts of at least 1, --runs at least 1, --packets at least 1000");
+    }
+    let backend = pipeline::crypto::best_backend();
+    let (out_b, in_b) = perf_run::sa_footprint(backend);
+    println!(
+        "{backend} ({}), per-SA footprint: outbound {out_b} B, inbound {in_b} B; {packets} packets per point, medians of {runs}",
+        pipeline::crypto::ipsecmb_arch().unwrap_or("-")
+    );
+    for &dir in &dirs {
+        for &size in &sizes {
+            // Runs interleave the counts, so that a change of load hits them alike.
+            let mut ns: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+            for _ in 0..runs {
+                for (k, &n) in counts.iter().enumerate() {
+                    let p = perf_run::throughput(dir, size, n, 1, backend, packets);
+                    if p.missing > 0 {
+                        bail!(
+                            "{dir} {size} B {n} SAs: {} frames did not come out",
+                            p.missing
+                        );
+                    }
+                    ns[k].push(p.ns_per_packet);
+                }
+            }
+            let med: Vec<f64> = ns
+                .iter_mut()
+                .map(|v| {
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                })
+                .collect();
+            for (k, &n) in counts.iter().enumerate() {
+                let each: Vec<String> = ns[k].iter().map(|x| format!("{x:.1}")).collect();
+                println!(
+                    "{dir} {size:>4} B {n:>8} SAs: {:>6.3} Mpps {:>7.1} ns/pkt ({} ns), {:.0}% of {} SA(s)",
+                    1e3 / med[k],
+                    med[k],
+                    each.join(" "),
+                    100.0 * med[0] / med[k],
+                    counts[0]
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ pub mod nat;
 pub mod neighbor;
 pub mod pcap;
 pub mod port;
+pub mod prefetch;
 pub mod reasm;
 pub mod sad;
 pub mod shm;

@@ -421,23 +421,32 @@ pub enum Crossing {
 
 /// Per-SA counters: packets, bytes and the drops attributable to this SA, and the lifetime
 /// thresholds they are checked against (on the same cache lines the counting touches).
+///
+/// Laid out for the per-packet path: what every packet reads or writes (counts, the next
+/// lifetime thresholds, `expired`, `last_used`) fills the first cache line, which the
+/// alignment keeps from straddling two (in an `Arc`, the reference counts sit on the line
+/// before); the rest is touched only on drops, reports and lifetime crossings.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct SaCounters {
     pub packets: Counter,
     pub bytes: Counter,
     /// The packet and byte counts at which a lifetime is next reached (u64::MAX: never).
     next_packets: Counter,
     next_bytes: Counter,
+    /// The worker's clock at the last packet the SA carried (0: none yet), for the views'
+    /// "last use"; on the cache line the counting touches anyway.
+    pub last_used: Counter,
     /// Set once the hard lifetime is reached: the SA carries nothing more.
     expired: AtomicBool,
     /// The worker's clock when it installed the SA (for the age in lifetime reports).
     pub installed_at: Counter,
-    /// The worker's clock at the last packet the SA carried (0: none yet), for the views'
-    /// "last use"; on the cache line the counting touches anyway.
-    pub last_used: Counter,
     lifetime: Lifetime,
     drops: [Counter; DropReason::COUNT],
 }
+
+// The per-packet fields share the first line.
+const _: () = assert!(core::mem::offset_of!(SaCounters, expired) < 64);
 
 impl Default for SaCounters {
     fn default() -> Self {
@@ -462,8 +471,8 @@ impl SaCounters {
             next_packets: Counter::default(),
             next_bytes: Counter::default(),
             expired: AtomicBool::new(false),
-            installed_at: Counter::default(),
             last_used: Counter::default(),
+            installed_at: Counter::default(),
             lifetime,
             drops: std::array::from_fn(|_| Counter::default()),
         };

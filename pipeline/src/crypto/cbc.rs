@@ -61,10 +61,9 @@ pub trait CbcHmac: Send + Sync {
     fn alg(&self) -> (CbcAlg, IntegAlg);
     /// Bytes of key state, heap included.
     fn state_bytes(&self) -> usize;
-    /// Reads the key state a packet reads first (see `Aead::warm`).
-    fn warm(&self) -> u8 {
-        0
-    }
+    /// Prefetches the key state every packet reads (see `Aead::prefetch`).
+    #[inline]
+    fn prefetch(&self) {}
     /// `esp` is one ESP packet from the SPI to the end of the ICV (see the module doc) with
     /// the plaintext (already padded to whole blocks) in the ciphertext field and the IV in
     /// place. Encrypts in place, then writes the ICV over SPI..ciphertext (|| `esn_hi`).

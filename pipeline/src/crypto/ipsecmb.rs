@@ -153,13 +153,17 @@ fn init() -> Result<Runtime, String> {
     rt
 }
 
-/// One AES-GCM key on the ipsec-mb backend.
+/// One AES-GCM key on the ipsec-mb backend: the entry points, then the expanded key and
+/// GHASH tables inline (one allocation, no pointer to chase between the SA record and the key
+/// data, so that one prefetch stage reaches all of it).
+#[repr(C)]
 pub(super) struct IpsecMbGcm {
-    alg: AeadAlg,
-    /// Expanded key + GHASH tables; `gcm_key_data` is `align(64)`, which `Box` honours.
-    key: Box<gcm_key_data>,
     enc: EncDecFn,
     dec: EncDecFn,
+    alg: AeadAlg,
+    /// Expanded key + GHASH tables; `gcm_key_data` is `align(64)`, so it starts on the
+    /// struct's second cache line (and `Box` honours the alignment).
+    key: gcm_key_data,
 }
 
 impl IpsecMbGcm {
@@ -167,24 +171,53 @@ impl IpsecMbGcm {
     ///
     /// # Panics
     /// If `key.len() != alg.key_len()` (checked by `new_aead` before).
-    pub(super) fn new(alg: AeadAlg, key: &[u8]) -> Option<Self> {
+    pub(super) fn new(alg: AeadAlg, key: &[u8]) -> Option<Box<Self>> {
         assert_eq!(key.len(), alg.key_len(), "key length checked by new_aead");
         let rt = runtime()?;
         let (pre, enc, dec) = match alg {
             AeadAlg::AesGcm128 => (rt.pre128, rt.enc128, rt.dec128),
             AeadAlg::AesGcm256 => (rt.pre256, rt.enc256, rt.dec256),
         };
-        let mut kd: Box<gcm_key_data> = Box::default();
-        // SAFETY: `pre` is the gcmXXX_pre entry point matching `alg`; it reads exactly
-        // alg.key_len() bytes from `key` (asserted above) and writes only into `*kd`, a valid,
-        // exclusively borrowed, 64-byte-aligned gcm_key_data.
-        unsafe { pre(key.as_ptr().cast(), &mut *kd) };
-        Some(Self {
-            alg,
-            key: kd,
+        let mut me = Box::new(Self {
             enc,
             dec,
-        })
+            alg,
+            key: gcm_key_data::default(),
+        });
+        // SAFETY: `pre` is the gcmXXX_pre entry point matching `alg`; it reads exactly
+        // alg.key_len() bytes from `key` (asserted above) and writes only into `me.key`, a
+        // valid, exclusively borrowed, 64-byte-aligned gcm_key_data.
+        unsafe { pre(key.as_ptr().cast(), &mut me.key) };
+        Some(me)
+    }
+
+    /// The byte ranges of `gcm_key_data` a seal or open of `len` bytes reads, as measured
+    /// for the code path in use (see the test `key_data_lines_read`): the round keys, and the
+    /// GHASH key powers it multiplies with.
+    fn hot_key_bytes(&self, len: usize) -> [(usize, usize); 2] {
+        let rounds = match self.alg {
+            AeadAlg::AesGcm128 => 11 * 16,
+            AeadAlg::AesGcm256 => 15 * 16,
+        };
+        // Blocks of ciphertext plus the AAD and length blocks.
+        let blocks = len.div_ceil(16) + 2;
+        [(0, rounds), hkey_span(blocks)]
+    }
+}
+
+/// Where in `gcm_key_data` the powers H^1..H^blocks (capped at what the layout holds) lie,
+/// for the layout of the code path in use: offset and length.
+fn hkey_span(blocks: usize) -> (usize, usize) {
+    const HKEYS: usize = 16 * 15;
+    match runtime().map(|rt| rt.arch) {
+        // VAES (avx512): H^48 first, H^1 last; the multiply-by-powers loops read the top
+        // `blocks` powers, the tail of the table.
+        Some("avx512") => {
+            let n = blocks.min(48);
+            (HKEYS + 16 * (48 - n), 16 * n)
+        }
+        // SSE/AVX/AVX2: H^1 first, 8 powers (and SSE/AVX the Karatsuba halves after them).
+        _ => (HKEYS, 16 * blocks.min(8)),
     }
 }
 
@@ -193,7 +226,7 @@ impl Drop for IpsecMbGcm {
         // SAFETY: gcm_key_data consists only of u8 arrays (and a union of u8 arrays): no
         // pointers, no Drop impls, all-zero is a valid value. The pointer comes from a live
         // `&mut`, so it is non-null, exclusive and covers size_of::<gcm_key_data>() bytes.
-        unsafe { zeroize::zeroize_flat_type(&mut *self.key as *mut gcm_key_data) };
+        unsafe { zeroize::zeroize_flat_type(&mut self.key as *mut gcm_key_data) };
     }
 }
 
@@ -225,19 +258,18 @@ impl Aead for IpsecMbGcm {
         self.alg
     }
 
-    fn warm(&self) -> u8 {
-        // The AES round keys (240 bytes, four lines), which every packet reads in full. The
-        // GHASH key powers a packet needs depend on its length; reading all twelve lines of
-        // them cost more than it saved at 1000 SAs (L2/L3 hits).
-        let mut x = 0u8;
-        for line in self.key.expanded_keys.iter().step_by(64) {
-            x ^= *line;
+    #[inline]
+    fn prefetch(&self, len: usize) {
+        // The entry points (first line), then the round keys and the GHASH powers a packet
+        // of this length reads: 5 to 7 lines at 64 B instead of the whole 1 KiB.
+        crate::prefetch::line(self);
+        for (at, n) in self.hot_key_bytes(len) {
+            crate::prefetch::range(&self.key, at, n);
         }
-        x
     }
 
     fn state_bytes(&self) -> usize {
-        core::mem::size_of::<Self>() + core::mem::size_of::<gcm_key_data>()
+        core::mem::size_of::<Self>()
     }
 
     #[inline]
@@ -258,7 +290,7 @@ impl Aead for IpsecMbGcm {
         // slice's dangling pointer is never dereferenced since its length is 0).
         unsafe {
             (self.enc)(
-                &*self.key,
+                &self.key,
                 &mut ctx,
                 p,
                 p,
@@ -288,7 +320,7 @@ impl Aead for IpsecMbGcm {
         // written to the local `computed` array of TAG_LEN bytes.
         unsafe {
             (self.dec)(
-                &*self.key,
+                &self.key,
                 &mut ctx,
                 p,
                 p,
@@ -306,6 +338,100 @@ impl Aead for IpsecMbGcm {
         } else {
             buf.zeroize();
             Err(AuthError)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 64-byte lines of `gcm_key_data` whose contents change what a seal of `len` bytes
+    /// (with 8 bytes of AAD, as ESP without ESN) produces: the lines the code path in use
+    /// reads. Each line in turn is overwritten with garbage and the output compared.
+    fn lines_read(alg: AeadAlg, len: usize) -> Vec<usize> {
+        let k = [0x42u8; 32];
+        let g = IpsecMbGcm::new(alg, &k[..alg.key_len()]).expect("ipsec-mb available");
+        let seal = |kd: &gcm_key_data| {
+            let mut buf: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut tag = [0u8; TAG_LEN];
+            let mut ctx = gcm_context_data::default();
+            let (nonce, aad) = ([7u8; NONCE_LEN], [9u8; 8]);
+            let p = buf.as_mut_ptr();
+            // SAFETY: as in `seal_in_place`: `g.enc` matches the key size `kd` was expanded
+            // for, and every pointer covers the length passed with it.
+            unsafe {
+                (g.enc)(
+                    kd,
+                    &mut ctx,
+                    p,
+                    p,
+                    len as u64,
+                    nonce.as_ptr(),
+                    aad.as_ptr(),
+                    aad.len() as u64,
+                    tag.as_mut_ptr(),
+                    TAG_LEN as u64,
+                )
+            };
+            (buf, tag)
+        };
+        let reference = seal(&g.key);
+        let size = core::mem::size_of::<gcm_key_data>();
+        (0..size / 64)
+            .filter(|line| {
+                let mut kd = g.key;
+                // SAFETY: gcm_key_data is plain bytes (u8 arrays and a union of them), so any
+                // bytes are a valid value; the slice covers exactly the local copy.
+                let bytes = unsafe {
+                    core::slice::from_raw_parts_mut(
+                        (&mut kd as *mut gcm_key_data).cast::<u8>(),
+                        size,
+                    )
+                };
+                for b in &mut bytes[line * 64..(line + 1) * 64] {
+                    *b ^= 0xa5;
+                }
+                seal(&kd) != reference
+            })
+            .collect()
+    }
+
+    /// The lines `IpsecMbGcm::prefetch` covers for `len` bytes, relative to the key data.
+    fn lines_prefetched(alg: AeadAlg, len: usize) -> Vec<usize> {
+        let k = [0x42u8; 32];
+        let g = IpsecMbGcm::new(alg, &k[..alg.key_len()]).expect("ipsec-mb available");
+        let mut v: Vec<usize> = g
+            .hot_key_bytes(len)
+            .iter()
+            .flat_map(|&(at, n)| (at / 64)..(at + n).div_ceil(64))
+            .collect();
+        v.dedup();
+        v
+    }
+
+    /// What the prefetch of a packet's key data covers every line the library reads for it
+    /// (the layout of the GHASH key powers differs between code paths, and a prefetch of the
+    /// wrong lines would leave the real ones to miss).
+    #[test]
+    fn key_data_lines_read_are_prefetched() {
+        if runtime().is_none() {
+            eprintln!("skipped: ipsec-mb unavailable here");
+            return;
+        }
+        let arch = runtime().map(|r| r.arch).unwrap_or("-");
+        for alg in [AeadAlg::AesGcm128, AeadAlg::AesGcm256] {
+            // 64 B and 1420 B frames, as ESP payloads, and the sizes between.
+            for len in [1, 16, 52, 64, 100, 256, 500, 1024, 1408] {
+                let read = lines_read(alg, len);
+                let pre = lines_prefetched(alg, len);
+                println!("{arch} {alg} {len} B: reads lines {read:?}, prefetches {pre:?}");
+                let missed: Vec<_> = read.iter().filter(|l| !pre.contains(l)).collect();
+                assert!(
+                    missed.is_empty(),
+                    "{arch} {alg} {len} B: lines {missed:?} not prefetched"
+                );
+            }
         }
     }
 }

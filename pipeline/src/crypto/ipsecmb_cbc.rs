@@ -309,9 +309,13 @@ impl CbcHmac for IpsecMbCbcHmac {
         core::mem::size_of::<Self>() + core::mem::size_of::<KeyData>()
     }
 
-    fn warm(&self) -> u8 {
+    #[inline]
+    fn prefetch(&self) {
         // The encryption round keys and both pads: the lines every packet reads.
-        self.keys.enc[0] ^ self.keys.enc[64] ^ self.keys.ipad[0] ^ self.keys.opad[0]
+        crate::prefetch::line(&self.keys.enc[0]);
+        crate::prefetch::line(&self.keys.enc[64]);
+        crate::prefetch::line(&self.keys.ipad[0]);
+        crate::prefetch::line(&self.keys.opad[0]);
     }
 
     fn seal_in_place(&self, esp: &mut [u8], esn_hi: Option<u32>) -> Result<(), CbcError> {

@@ -118,11 +118,12 @@ pub trait Aead: Send + Sync {
     /// per-SA memory footprint).
     fn state_bytes(&self) -> usize;
 
-    /// Reads the key state a seal or open reads first (one byte per cache line), so that a
-    /// burst's SA lookups can bring it into the cache ahead of the packets that need it. The
-    /// value means nothing. Default: nothing to warm.
-    fn warm(&self) -> u8 {
-        0
+    /// Prefetches the key state a seal or open of `len` bytes will read (see
+    /// [`crate::prefetch`]), so that a burst's SA lookups can bring it into the cache ahead
+    /// of the packets that need it. Default: nothing (the key state is small or not ours).
+    #[inline]
+    fn prefetch(&self, len: usize) {
+        let _ = len;
     }
     /// Encrypts `buf` in place and writes the tag.
     fn seal_in_place(
@@ -175,7 +176,7 @@ pub fn new_aead(backend: Backend, alg: AeadAlg, key: &[u8]) -> Result<Box<dyn Ae
         Backend::Null => Ok(Box::new(null::NullAead::new(alg))),
         #[cfg(ipsecmb)]
         Backend::IpsecMb => ipsecmb::IpsecMbGcm::new(alg, key)
-            .map(|a| Box::new(a) as Box<dyn Aead>)
+            .map(|a| a as Box<dyn Aead>)
             .ok_or(KeyError::BackendUnavailable(Backend::IpsecMb)),
         #[cfg(not(ipsecmb))]
         Backend::IpsecMb => Err(KeyError::BackendUnavailable(Backend::IpsecMb)),

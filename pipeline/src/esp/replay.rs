@@ -211,6 +211,16 @@ impl ReplayWindow {
         ((bit / 64) as usize, 1u64 << (bit % 64))
     }
 
+    /// Prefetches the word of the bitmap a packet with `seq_lo` on the wire will test and
+    /// set (the window size divides 2^32, so the low half of the number picks the word).
+    #[inline]
+    pub fn prefetch(&self, seq_lo: u32) {
+        let (word, _) = self.slot(u64::from(seq_lo));
+        if let Some(w) = self.bits.get(word) {
+            crate::prefetch::line(w);
+        }
+    }
+
     fn is_set(&self, seq: u64) -> bool {
         let (word, mask) = self.slot(seq);
         self.bits.get(word).is_some_and(|w| w & mask != 0)

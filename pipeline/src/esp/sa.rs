@@ -91,12 +91,12 @@ impl EspCipher {
         }
     }
 
-    /// See [`Aead::warm`].
+    /// Prefetches the key state a packet of `len` bytes reads (see [`Aead::prefetch`]).
     #[inline]
-    pub fn warm(&self) -> u8 {
+    pub fn prefetch(&self, len: usize) {
         match self {
-            EspCipher::Aead(a) => a.warm(),
-            EspCipher::Cbc(c) => c.imp.warm(),
+            EspCipher::Aead(a) => a.prefetch(len),
+            EspCipher::Cbc(c) => c.imp.prefetch(),
         }
     }
 
@@ -210,7 +210,6 @@ impl EncapRule {
 /// Inbound runtime record. Hot fields first: what `open` touches per packet.
 #[repr(C, align(64))]
 pub struct InboundSa {
-    pub spi: Spi,
     pub salt: [u8; SALT_LEN],
     pub id: SaId,
     pub esn: bool,
@@ -223,10 +222,25 @@ pub struct InboundSa {
     /// Inner source must lie in `remote_ts`, inner destination in `local_ts`.
     pub local_ts: Prefix,
     pub remote_ts: Prefix,
+    // Cold from here on: never read per packet (the packet brings its SPI).
+    pub spi: Spi,
     /// The peer's address this SA was negotiated with (informational: inbound lookup never
     /// looks at the outer source, M1).
     pub remote: IpAddr,
 }
+
+impl InboundSa {
+    /// The leading bytes of the record a packet reads (what a burst prefetches).
+    pub const HOT_BYTES: usize = core::mem::offset_of!(InboundSa, spi);
+}
+
+impl OutboundSa {
+    /// The leading bytes of the record a packet reads (what a burst prefetches).
+    pub const HOT_BYTES: usize = core::mem::offset_of!(OutboundSa, checkpoint);
+}
+
+// What a packet reads comes before what it does not: two lines of either record.
+const _: () = assert!(InboundSa::HOT_BYTES <= 128 && OutboundSa::HOT_BYTES <= 128);
 
 const _: () = assert!(core::mem::size_of::<InboundSa>() <= 192);
 const _: () = assert!(core::mem::align_of::<InboundSa>() == 64);
@@ -494,7 +508,13 @@ mod tests {
             core::mem::size_of::<InboundSa>(),
             core::mem::size_of::<OutboundSa>(),
         );
-        println!("InboundSa {i} bytes, OutboundSa {o} bytes");
+        println!(
+            "InboundSa {i} bytes ({} per packet), OutboundSa {o} bytes ({} per packet), \
+             SaCounters {} bytes",
+            InboundSa::HOT_BYTES,
+            OutboundSa::HOT_BYTES,
+            core::mem::size_of::<SaCounters>()
+        );
         assert!(i <= 192 && o <= 192);
         // The transform is one pointer pair either way: CBC grows no record.
         assert_eq!(

@@ -51,6 +51,51 @@ impl Sad {
         self.inbound.get_mut(slot as usize)?.as_mut()
     }
 
+    /// Staged lookups for a burst (see `worker::warm`): prefetch the SPI's table slot, then
+    /// find its record's slot and prefetch the record, then read the record.
+    #[inline]
+    pub fn prefetch_spi(&self, spi: Spi) {
+        self.spis.prefetch(spi);
+    }
+
+    /// The slab slot of `spi`'s inbound record.
+    #[inline]
+    pub fn inbound_slot(&self, spi: Spi) -> Option<u32> {
+        self.spis.get(spi)
+    }
+
+    /// Prefetches the per-packet part of the inbound record in `slot`.
+    #[inline]
+    pub fn prefetch_inbound_at(&self, slot: u32) {
+        if let Some(r) = self.inbound.get(slot as usize) {
+            crate::prefetch::range(r, 0, InboundSa::HOT_BYTES);
+        }
+    }
+
+    #[inline]
+    pub fn inbound_at(&self, slot: u32) -> Option<&InboundSa> {
+        self.inbound.get(slot as usize)?.as_ref()
+    }
+
+    /// The slab slot of outbound SA `id`'s record.
+    #[inline]
+    pub fn outbound_slot(&self, id: SaId) -> Option<u32> {
+        self.out_index.get(id.0 as usize).copied()
+    }
+
+    /// Prefetches the per-packet part of the outbound record in `slot`.
+    #[inline]
+    pub fn prefetch_outbound_at(&self, slot: u32) {
+        if let Some(r) = self.outbound.get(slot as usize) {
+            crate::prefetch::range(r, 0, OutboundSa::HOT_BYTES);
+        }
+    }
+
+    #[inline]
+    pub fn outbound_at(&self, slot: u32) -> Option<&OutboundSa> {
+        self.outbound.get(slot as usize)?.as_ref()
+    }
+
     pub fn inbound(&self, spi: Spi) -> Option<&InboundSa> {
         let slot = self.spis.get(spi)?;
         self.inbound.get(slot as usize)?.as_ref()

@@ -68,6 +68,14 @@ impl SpiTable {
         }
     }
 
+    /// Prefetches the bucket where the search for `spi` starts (see [`crate::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, spi: Spi) {
+        if let Some(b) = self.buckets.get(self.home(spi.0)) {
+            crate::prefetch::line(b);
+        }
+    }
+
     /// Inserts or replaces; returns the slot it replaced.
     pub fn insert(&mut self, spi: Spi, slot: u32) -> Result<Option<u32>, ReservedSpi> {
         if spi.0 == 0 {
@@ -194,6 +202,60 @@ mod tests {
         for k in 1..=5000 {
             assert_eq!(t.get(Spi(k)), m.get(&Spi(k)).copied());
         }
+    }
+
+    #[test]
+    fn delete_and_reinsert_keep_every_other_spi_reachable() {
+        // Random SPIs (what peers pick), one table sized for them: delete every third,
+        // check the rest, reinsert with new slots, check all against the model.
+        let mut t = SpiTable::with_capacity(30_000, 3);
+        let mut m = HashMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        while m.len() < 30_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let spi = Spi((x >> 32) as u32 | 1);
+            let slot = m.len() as u32;
+            if let std::collections::hash_map::Entry::Vacant(e) = m.entry(spi) {
+                e.insert(slot);
+                assert_eq!(t.insert(spi, slot), Ok(None));
+            }
+        }
+        let spis: Vec<Spi> = m.keys().copied().collect();
+        for (k, spi) in spis.iter().enumerate().filter(|(k, _)| k % 3 == 0) {
+            assert_eq!(t.remove(*spi), m.remove(spi), "remove #{k}");
+            assert_eq!(t.remove(*spi), None, "a second remove finds nothing");
+        }
+        for spi in &spis {
+            assert_eq!(t.get(*spi), m.get(spi).copied());
+        }
+        for (k, spi) in spis.iter().enumerate().filter(|(k, _)| k % 3 == 0) {
+            let slot = 1_000_000 + k as u32;
+            assert_eq!(t.insert(*spi, slot), Ok(None));
+            m.insert(*spi, slot);
+        }
+        assert_eq!(t.len(), m.len());
+        for spi in &spis {
+            assert_eq!(t.get(*spi), m.get(spi).copied());
+        }
+    }
+
+    #[test]
+    fn a_full_table_grows_and_loses_no_spi() {
+        // Sized for 8, filled with 5000: every insert past half full doubles the table,
+        // and every SPI inserted before is still found after each doubling.
+        let mut t = SpiTable::with_capacity(8, 9);
+        let first = t.buckets.len();
+        for s in 1..=5000u32 {
+            assert_eq!(t.insert(Spi(s.wrapping_mul(0x9e37_79b9)), s), Ok(None));
+            assert!(t.len() * 2 <= t.buckets.len(), "at most half full");
+        }
+        assert!(t.buckets.len() > first);
+        for s in 1..=5000u32 {
+            assert_eq!(t.get(Spi(s.wrapping_mul(0x9e37_79b9))), Some(s));
+        }
+        assert_eq!(t.iter().count(), 5000);
     }
 
     #[test]

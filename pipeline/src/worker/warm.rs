@@ -1,50 +1,83 @@
-//! Reading a burst's SA state ahead of processing it, when the SAD is too large for the cache.
+//! Prefetching a burst's SA state ahead of processing it, when the SAD is too large for the
+//! cache.
 
 use core::net::IpAddr;
 
-use super::{Side, Worker, WARM_SAS_ABOVE};
+use super::{Side, Worker, BURST, WARM_SAS_ABOVE};
 use crate::ids::Spi;
 use crate::port::{Frame, Port};
 use crate::wire::{esp, ethernet, ipv4, natt, udp, EtherType, IpProtocol};
 
+/// No slot: the frame is not ESP to a known SA (or not to a bound host).
+const NONE: u32 = u32::MAX;
+
 impl<P: Port> Worker<P> {
-    /// With many SAs, a packet's SA state (table slot, record, counters) is likely not in
-    /// the cache, and looked up packet by packet each miss waits for the one before. This
-    /// pass reads, for every frame of the burst, the SA state its lookup will reach, with no
-    /// dependence between frames, so the misses of a burst overlap; processing then finds
-    /// them cached. Plain loads: the fast path has no `unsafe` for a prefetch instruction.
+    /// With many SAs, a packet's SA state (table slot, record, counters, replay word, key
+    /// data) is likely not in the cache, and looked up packet by packet each miss waits for
+    /// the one before (slot, then record, then what the record points to). This pass walks
+    /// the burst in stages, each prefetching for every frame what the next stage reads, so
+    /// that the misses of a burst overlap and processing then finds them cached:
+    /// inbound, (1) the SPI's table slot, (2) the record, (3) the counters' line, the replay
+    /// window's word and the key data the packet's length needs; outbound, (1) the bound
+    /// host's record, (2) its counters and key data.
     /// Covered: inbound ESP over IPv4 (raw or UDP 4500) and outbound IPv4 to a bound host (a
-    /// road warrior's virtual IP), the many-SA cases; SPD-selected SAs are not read ahead.
+    /// road warrior's virtual IP), the many-SA cases; SPD-selected SAs are not prefetched.
     #[inline]
     pub(super) fn warm_burst(&self, rx: &[P::Frame], side: Side) {
         if self.sad.inbound_len() + self.sad.outbound_len() < WARM_SAS_ABOVE {
             return;
         }
-        let mut sink = 0u64;
-        for f in rx {
-            let d = f.data();
-            match side {
-                Side::Wan => {
-                    if let Some(sa) = peek_spi(d).and_then(|spi| self.sad.inbound(spi)) {
-                        sink ^= sa.counters.packets.get() ^ u64::from(sa.cipher.warm());
+        let rx = rx.get(..BURST).unwrap_or(rx);
+        // Per frame: the record's slab slot, the ESP sequence number (low half) and length.
+        let mut at = [(NONE, 0u32, 0usize); BURST];
+        match side {
+            Side::Wan => {
+                let mut spis = [Spi(0); BURST];
+                for ((f, spi), a) in rx.iter().zip(spis.iter_mut()).zip(at.iter_mut()) {
+                    if let Some((s, seq, len)) = peek_esp(f.data()) {
+                        self.sad.prefetch_spi(s);
+                        *spi = s;
+                        *a = (NONE, seq, len);
                     }
                 }
-                Side::Lan => {
-                    let Some(ip) = ipv4_of(d) else {
+                for (spi, a) in spis.iter().zip(at.iter_mut()).take(rx.len()) {
+                    if let Some(slot) = self.sad.inbound_slot(*spi) {
+                        self.sad.prefetch_inbound_at(slot);
+                        a.0 = slot;
+                    }
+                }
+                for &(slot, seq, len) in at.iter().take(rx.len()) {
+                    if let Some(sa) = self.sad.inbound_at(slot) {
+                        crate::prefetch::line(&*sa.counters);
+                        sa.replay.prefetch(seq);
+                        sa.cipher.prefetch(len);
+                    }
+                }
+            }
+            Side::Lan => {
+                for (f, a) in rx.iter().zip(at.iter_mut()) {
+                    let Some(ip) = ipv4_of(f.data()) else {
                         continue;
                     };
                     let dst = IpAddr::V4(ip.dst_addr());
-                    if let Some(sa) = self
+                    let slot = self
                         .hosts
                         .get(&dst)
-                        .and_then(|(_, id)| self.sad.outbound(*id))
-                    {
-                        sink ^= sa.counters.packets.get() ^ sa.seq ^ u64::from(sa.cipher.warm());
+                        .and_then(|(_, id)| self.sad.outbound_slot(*id));
+                    if let Some(slot) = slot {
+                        self.sad.prefetch_outbound_at(slot);
+                        // ESP seals the IP packet, padded, plus its trailer.
+                        *a = (slot, 0, usize::from(ip.total_len()) + 2);
+                    }
+                }
+                for &(slot, _, len) in at.iter().take(rx.len()) {
+                    if let Some(sa) = self.sad.outbound_at(slot) {
+                        crate::prefetch::line(&*sa.counters);
+                        sa.cipher.prefetch(len);
                     }
                 }
             }
         }
-        core::hint::black_box(sink);
     }
 }
 
@@ -57,22 +90,32 @@ fn ipv4_of(frame: &[u8]) -> Option<ipv4::Packet<&[u8]>> {
     ipv4::Packet::new_checked(frame.get(ethernet::HEADER_LEN..)?).ok()
 }
 
-/// The SPI of an IPv4 frame carrying ESP, raw or in UDP 4500 (for [`Worker::warm_burst`];
-/// the real classification comes later and checks everything).
+/// The SPI, sequence number (low half) and length of the ESP in an IPv4 frame, raw or in UDP
+/// 4500 (for [`Worker::warm_burst`]; the real classification comes later and checks
+/// everything).
 #[inline]
-fn peek_spi(frame: &[u8]) -> Option<Spi> {
-    let spi_of = |esp_bytes: &[u8]| Some(Spi(esp::Packet::new_checked(esp_bytes).ok()?.spi()));
+fn peek_esp(frame: &[u8]) -> Option<(Spi, u32, usize)> {
+    let of = |esp_bytes: &[u8]| {
+        let p = esp::Packet::new_checked(esp_bytes).ok()?;
+        Some((Spi(p.spi()), p.seq_number(), esp_bytes.len()))
+    };
     let ip = ipv4_of(frame)?;
     match ip.next_header() {
-        IpProtocol::Esp => spi_of(ip.payload()),
+        IpProtocol::Esp => of(ip.payload()),
         IpProtocol::Udp => {
             let u = udp::Packet::new_checked(ip.payload()).ok()?;
             (u.dst_port() == natt::NATT_PORT)
-                .then(|| spi_of(u.payload()))
+                .then(|| of(u.payload()))
                 .flatten()
         }
         _ => None,
     }
+}
+
+/// The SPI of [`peek_esp`].
+#[cfg(test)]
+fn peek_spi(frame: &[u8]) -> Option<Spi> {
+    peek_esp(frame).map(|(s, ..)| s)
 }
 
 #[cfg(test)]
