@@ -521,11 +521,19 @@ async fn handle(m: &Members, req: Request) -> Result<Reply, StoreError> {
     match req {
         Request::Txn(t) => {
             let txn = etcd_txn(&t);
+            let lease = t.ops.iter().find_map(|op| match op {
+                Op::Put { lease: Some(l), .. } => Some(l.0),
+                _ => None,
+            });
             let resp = with_retry(m, |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
-            .await?;
+            .await
+            .map_err(|e| match (e, lease) {
+                (StoreError::LeaseNotFound(_), Some(l)) => StoreError::LeaseNotFound(l),
+                (e, _) => e,
+            })?;
             Ok(Reply::Txn {
                 succeeded: resp.succeeded(),
                 revision: resp.header().map_or(0, |h| h.revision()),
@@ -552,7 +560,11 @@ async fn handle(m: &Members, req: Request) -> Result<Reply, StoreError> {
                     None => Ok(0),
                 }
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(id.0),
+                e => e,
+            })?;
             if ttl <= 0 {
                 Err(StoreError::LeaseNotFound(id.0))
             } else {
