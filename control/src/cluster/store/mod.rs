@@ -71,6 +71,7 @@
     clippy::panic
 )]
 
+pub mod config;
 pub mod etcd;
 pub mod keys;
 pub mod local;
