@@ -70,6 +70,9 @@ pub struct EtcdOptions {
     pub request_timeout: Duration,
     /// How long a request is retried across members before it fails `Unavailable`.
     pub retry_for: Duration,
+    /// HTTP/2 keep-alive interval (and its timeout): how soon a member that stopped answering
+    /// (hung, cut off) is given up on, watches included.
+    pub keep_alive: Duration,
 }
 
 impl std::fmt::Debug for EtcdOptions {
@@ -92,6 +95,7 @@ impl EtcdOptions {
             window: 256,
             request_timeout: Duration::from_secs(3),
             retry_for: Duration::from_secs(15),
+            keep_alive: Duration::from_secs(2),
         }
     }
 }
@@ -310,7 +314,7 @@ async fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StoreErro
     let mut co = ConnectOptions::new()
         .with_connect_timeout(opts.request_timeout)
         .with_timeout(opts.request_timeout)
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive(opts.keep_alive, opts.keep_alive)
         .with_require_leader(true);
     if let Some((user, pass)) = &opts.user {
         co = co.with_user(user.clone(), pass.as_str());

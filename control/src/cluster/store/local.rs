@@ -37,6 +37,8 @@ pub struct LocalEtcd {
     members: Vec<Member>,
     token: String,
     security: Option<LocalSecurity>,
+    /// Auth has been enabled (etcdctl then logs in as root).
+    auth_on: bool,
 }
 
 /// A free loopback TCP port (bound and released; a race with another process is possible
@@ -64,6 +66,7 @@ impl LocalEtcd {
             members,
             token: format!("roamgate-test-{}-{}", std::process::id(), free_port()?),
             security,
+            auth_on: false,
         };
         for i in 0..n {
             c.spawn(i, "new")?;
@@ -73,6 +76,7 @@ impl LocalEtcd {
             let pw = format!("root:{}", sec.root_password);
             c.etcdctl_checked(&["user", "add", &pw])?;
             c.etcdctl_checked(&["auth", "enable"])?;
+            c.auth_on = true;
         }
         Ok(c)
     }
@@ -192,9 +196,10 @@ impl LocalEtcd {
                 .arg("--cert")
                 .arg(&sec.client_cert)
                 .arg("--key")
-                .arg(&sec.client_key)
-                .arg("--user")
-                .arg(format!("root:{}", sec.root_password));
+                .arg(&sec.client_key);
+            if self.auth_on {
+                cmd.arg("--user").arg(format!("root:{}", sec.root_password));
+            }
         }
         cmd.args(args).stdin(Stdio::null()).output()
     }
