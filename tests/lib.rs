@@ -18,6 +18,23 @@ use pipeline::worker::Worker;
 pub mod netns;
 pub mod strongswan;
 
+/// A local etcd cluster (members on loopback ports in a scratch directory, started by the
+/// test and killed by pid when dropped): the cluster store's integration tests and, later,
+/// the cluster namespace tests.
+pub mod etcd {
+    pub use control::cluster::store::local::{LocalEtcd, LocalSecurity};
+
+    /// Starts `n` members under `target/e2e/<name>`, or `None` (a SKIP line) when Debian's
+    /// etcd is not installed and `ROAMGATE_REQUIRE_TOOLS` is not set.
+    pub fn cluster(name: &str, n: usize) -> Option<LocalEtcd> {
+        if !super::have_tool("etcd", &["--version"]) || !super::have_tool("etcdctl", &["version"]) {
+            return None;
+        }
+        let dir = super::scratch(name);
+        Some(LocalEtcd::start(&dir, n, None).expect("local etcd cluster"))
+    }
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -14,12 +14,17 @@
 #   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins
 #                    the IKEv2 interop peer (kernel-libipsec: userspace ESP over TUN)
 #   freeradius freeradius-utils   the RADIUS server of the EAP pass-through tests (and smbencrypt)
+#   etcd-server etcd-client  etcd 3.4 + etcdctl: the cluster store's backend (tests/cluster_store.rs
+#                    starts a 3-member cluster on loopback; roamgate perf cluster-store)
+#   protobuf-compiler  protoc, which the etcd-client crate's build script needs for etcd's protos
+#   openssl          makes the test PKI of the cluster store's TLS + auth test
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
 for p in libipsec-mb-dev libclang-dev clang make patch python3 tshark libdpdk-dev pkg-config dpdk-doc iproute2 ethtool iputils-ping iperf3 curl \
          strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
-         freeradius freeradius-utils; do
+         freeradius freeradius-utils \
+         etcd-server etcd-client protobuf-compiler openssl; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

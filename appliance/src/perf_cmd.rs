@@ -144,6 +144,34 @@ enum PerfWhat {
         )]
         proposals: String,
     },
+    /// SA installs per second into the cluster store on etcd (issue 18): simulated clients,
+    /// each an IKE SA + 2 CHILD SA records + a placement, sealed and batched into
+    /// transactions; beside it, in the same run on the same cluster, etcd's single-put rate
+    /// through the same client, optionally `etcdctl check perf`, and the recovery (list +
+    /// open + decode every record). Starts a local 3-member etcd unless --endpoints is given.
+    ClusterStore {
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Clients per transaction (4 records each; at most 32: etcd's --max-txn-ops 128).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Transactions in flight.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Bytes of each IKE SA record.
+        #[arg(long, default_value_t = 1024)]
+        ike_bytes: usize,
+        /// Also run `etcdctl check perf --load LOAD` (60 s) on the local cluster. Its loads are
+        /// target rates (s 150, m 1000, l 8000, xl 15000 writes/s): use xl for the capacity.
+        #[arg(long)]
+        check_perf: Option<String>,
+        /// An existing etcd (comma-separated client URLs, no TLS/auth) instead of a local one.
+        #[arg(long)]
+        endpoints: Option<String>,
+        /// Where the local cluster's data goes (on disk: etcd fsyncs).
+        #[arg(long, default_value = "target/perf-etcd")]
+        dir: PathBuf,
+    },
 }
 
 pub fn run(args: PerfArgs) -> Result<()> {
@@ -352,6 +380,64 @@ pub fn run(args: PerfArgs) -> Result<()> {
                     bail!("{a}: {} frames did not come out", m.missing);
                 }
             }
+            Ok(())
+        }
+        PerfWhat::ClusterStore {
+            clients,
+            batch,
+            window,
+            ike_bytes,
+            check_perf,
+            endpoints,
+            dir,
+        } => {
+            use control::cluster::store::perf;
+            if clients == 0 || !(1..=32).contains(&batch) || window == 0 {
+                bail!("--clients and --window must be at least 1, --batch 1..=32");
+            }
+            let plan = perf::Plan {
+                clients,
+                batch,
+                window,
+                ike_bytes,
+                check_perf,
+            };
+            let f = match endpoints {
+                Some(eps) => perf::run(
+                    &plan,
+                    eps.split(',').map(|e| e.trim().to_string()).collect(),
+                    None,
+                ),
+                None => perf::run_local(&plan, &dir),
+            }
+            .map_err(anyhow::Error::msg)?;
+            println!(
+                "cluster-store: {} clients = {} sealed records (avg {} B), {} txns of {batch} clients, {window} in flight",
+                f.clients, f.records, f.value_bytes_avg, f.txns
+            );
+            println!(
+                "  installs: {:.0} SA installs/s ({:.0} records/s) in {:.2} s; txn latency p50 {:.1} ms, p99 {:.1} ms",
+                f.installs_per_s, f.records_per_s, f.install_secs, f.txn_ms_p50, f.txn_ms_p99
+            );
+            println!(
+                "  etcd single puts (same client, {} B, {window} in flight): {:.0} puts/s; records/s : puts/s = {:.2}",
+                f.value_bytes_avg,
+                f.raw_puts_per_s,
+                f.records_per_s / f.raw_puts_per_s
+            );
+            if let Some(line) = &f.check_perf {
+                match f.check_perf_writes_per_s {
+                    Some(w) => println!(
+                        "  etcdctl check perf: {line}; SA installs/s : its writes/s = {:.2}",
+                        f.installs_per_s / w
+                    ),
+                    None => println!("  etcdctl check perf: {line}"),
+                }
+            }
+            println!(
+                "  recovery: {} records listed, opened and decoded in {:.2} s",
+                f.recovered, f.recovery_secs
+            );
             Ok(())
         }
         PerfWhat::Handshakes {

@@ -10,6 +10,7 @@
 //! - `ha`: the HA pair (roles, sync log and records, the nonce arithmetic of takeover).
 #![deny(unsafe_code)]
 
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod driver;

@@ -1,0 +1,398 @@
+//! The values of the cluster store, before sealing: a versioned, strict binary codec.
+//!
+//! Every value is `version: u8` (= [`STORE_CODEC_VERSION`]), `tag: u8`, then the body;
+//! integers little-endian; strings are `len: u8` + UTF-8.
+//!
+//! | tag | record | body |
+//! |---|---|---|
+//! | 0x01 | `IkeSa` | id u64, version u64, len u32, bytes (the ike crate's export record) |
+//! | 0x02 | `ChildSa` | version u64, len u32, a `proto` `UpdateEnvelope` holding `AddSa` (generation 0) |
+//! | 0x03 | `Placement` | version u64, at_ms u64 |
+//! | 0x04 | `Seq` | seq u64, at_ms u64, reporter string |
+//! | 0x05 | `Edge` | address string, started_ms u64 |
+//! | 0x06 | `SpiBlock` | first u32, count u32 |
+//!
+//! Decoding never panics and allocates nothing before a length is checked against what is
+//! left; unknown versions and tags, short buffers and trailing bytes are errors. Records that
+//! hold keys (`IkeSa`, `ChildSa`) are encoded into zeroizing buffers and their `Debug` shows
+//! ids and lengths only.
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::fmt;
+
+use proto::codec::Record as _;
+use proto::sa::SaParams;
+use proto::{Direction, Update, UpdateEnvelope};
+use zeroize::Zeroizing;
+
+/// The version byte every value starts with.
+pub const STORE_CODEC_VERSION: u8 = 1;
+
+/// The largest value (etcd's default request limit is 1.5 MiB for a whole transaction).
+pub const MAX_VALUE: usize = 64 * 1024;
+
+mod tag {
+    pub const IKE_SA: u8 = 0x01;
+    pub const CHILD_SA: u8 = 0x02;
+    pub const PLACEMENT: u8 = 0x03;
+    pub const SEQ: u8 = 0x04;
+    pub const EDGE: u8 = 0x05;
+    pub const SPI_BLOCK: u8 = 0x06;
+}
+
+/// One value of the store.
+#[derive(Clone)]
+pub enum Record {
+    /// An IKE SA as the ike crate exports it (opaque here; keys inside).
+    IkeSa {
+        id: u64,
+        version: u64,
+        bytes: Zeroizing<Vec<u8>>,
+    },
+    /// One direction of a CHILD SA, as installed (keys inside).
+    ChildSa {
+        version: u64,
+        dir: Direction,
+        params: Box<SaParams>,
+    },
+    /// The edge in the key holds the CHILD SA in the key.
+    Placement { version: u64, at_ms: u64 },
+    /// The freshest outbound sequence state of a CHILD SA: the highest sequence number the
+    /// reporter may have used.
+    Seq {
+        seq: u64,
+        at_ms: u64,
+        reporter: String,
+    },
+    /// A live edge (under its lease): where the crypto node reaches it.
+    Edge { address: String, started_ms: u64 },
+    /// The SPI range `first .. first + count` belongs to the node in the key.
+    SpiBlock { first: u32, count: u32 },
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Record::IkeSa { id, version, bytes } => {
+                write!(f, "IkeSa({id:#x} v{version}, {} bytes)", bytes.len())
+            }
+            Record::ChildSa {
+                version,
+                dir,
+                params,
+            } => write!(
+                f,
+                "ChildSa({dir:?} id {} spi {:#x} v{version})",
+                params.id.0, params.spi.0
+            ),
+            Record::Placement { version, at_ms } => write!(f, "Placement(v{version} @{at_ms})"),
+            Record::Seq {
+                seq,
+                at_ms,
+                reporter,
+            } => write!(f, "Seq({seq} by {reporter} @{at_ms})"),
+            Record::Edge {
+                address,
+                started_ms,
+            } => write!(f, "Edge({address} since {started_ms})"),
+            Record::SpiBlock { first, count } => write!(f, "SpiBlock({first:#x} +{count})"),
+        }
+    }
+}
+
+/// Equal when they encode to the same bytes (`SaParams` has no `PartialEq`).
+impl PartialEq for Record {
+    fn eq(&self, other: &Record) -> bool {
+        matches!((self.encode(), other.encode()), (Ok(a), Ok(b)) if *a == *b)
+    }
+}
+
+/// Why a value did not decode. Never a panic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("value is truncated")]
+    Truncated,
+    #[error("{0} trailing bytes after the value")]
+    TrailingBytes(usize),
+    #[error("store codec version {0}, expected {STORE_CODEC_VERSION}")]
+    Version(u8),
+    #[error("unknown tag {0:#04x}")]
+    Tag(u8),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    #[error("value longer than {MAX_VALUE} bytes")]
+    TooLong,
+}
+
+/// Why a record could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{0} is too long for its field")]
+    TooLong(&'static str),
+    #[error("the CHILD SA parameters do not encode: {0}")]
+    Params(proto::codec::EncodeError),
+}
+
+impl Record {
+    /// Encodes into a zeroizing buffer (records may hold keys).
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>, EncodeError> {
+        let mut w = Zeroizing::new(Vec::with_capacity(64));
+        w.push(STORE_CODEC_VERSION);
+        match self {
+            Record::IkeSa { id, version, bytes } => {
+                w.push(tag::IKE_SA);
+                w.extend_from_slice(&id.to_le_bytes());
+                w.extend_from_slice(&version.to_le_bytes());
+                put_len(&mut w, bytes.len(), "IKE SA record")?;
+                w.extend_from_slice(bytes);
+            }
+            Record::ChildSa {
+                version,
+                dir,
+                params,
+            } => {
+                w.push(tag::CHILD_SA);
+                w.extend_from_slice(&version.to_le_bytes());
+                let env = UpdateEnvelope {
+                    generation: 0,
+                    update: Update::AddSa {
+                        dir: *dir,
+                        params: (**params).clone(),
+                    },
+                };
+                let bytes =
+                    Zeroizing::new(proto::codec::to_vec(&env).map_err(EncodeError::Params)?);
+                put_len(&mut w, bytes.len(), "CHILD SA parameters")?;
+                w.extend_from_slice(&bytes);
+            }
+            Record::Placement { version, at_ms } => {
+                w.push(tag::PLACEMENT);
+                w.extend_from_slice(&version.to_le_bytes());
+                w.extend_from_slice(&at_ms.to_le_bytes());
+            }
+            Record::Seq {
+                seq,
+                at_ms,
+                reporter,
+            } => {
+                w.push(tag::SEQ);
+                w.extend_from_slice(&seq.to_le_bytes());
+                w.extend_from_slice(&at_ms.to_le_bytes());
+                put_str(&mut w, reporter, "reporter")?;
+            }
+            Record::Edge {
+                address,
+                started_ms,
+            } => {
+                w.push(tag::EDGE);
+                put_str(&mut w, address, "edge address")?;
+                w.extend_from_slice(&started_ms.to_le_bytes());
+            }
+            Record::SpiBlock { first, count } => {
+                w.push(tag::SPI_BLOCK);
+                w.extend_from_slice(&first.to_le_bytes());
+                w.extend_from_slice(&count.to_le_bytes());
+            }
+        }
+        if w.len() > MAX_VALUE {
+            return Err(EncodeError::TooLong("record"));
+        }
+        Ok(w)
+    }
+
+    /// Decodes exactly one record that fills `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+        if bytes.len() > MAX_VALUE {
+            return Err(DecodeError::TooLong);
+        }
+        let mut r = Reader { buf: bytes };
+        let v = r.u8()?;
+        if v != STORE_CODEC_VERSION {
+            return Err(DecodeError::Version(v));
+        }
+        let rec = match r.u8()? {
+            tag::IKE_SA => {
+                let id = r.u64()?;
+                let version = r.u64()?;
+                let len = r.len()?;
+                Record::IkeSa {
+                    id,
+                    version,
+                    bytes: Zeroizing::new(r.take(len)?.to_vec()),
+                }
+            }
+            tag::CHILD_SA => {
+                let version = r.u64()?;
+                let len = r.len()?;
+                let env = UpdateEnvelope::decode(r.take(len)?)
+                    .map_err(|_| DecodeError::Invalid("CHILD SA parameters"))?;
+                match env.update {
+                    Update::AddSa { dir, params } if env.generation == 0 => Record::ChildSa {
+                        version,
+                        dir,
+                        params: Box::new(params),
+                    },
+                    _ => return Err(DecodeError::Invalid("CHILD SA record")),
+                }
+            }
+            tag::PLACEMENT => Record::Placement {
+                version: r.u64()?,
+                at_ms: r.u64()?,
+            },
+            tag::SEQ => Record::Seq {
+                seq: r.u64()?,
+                at_ms: r.u64()?,
+                reporter: r.string()?,
+            },
+            tag::EDGE => Record::Edge {
+                address: r.string()?,
+                started_ms: r.u64()?,
+            },
+            tag::SPI_BLOCK => Record::SpiBlock {
+                first: r.u32()?,
+                count: r.u32()?,
+            },
+            t => return Err(DecodeError::Tag(t)),
+        };
+        match r.buf.len() {
+            0 => Ok(rec),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
+    }
+}
+
+fn put_len(w: &mut Vec<u8>, len: usize, what: &'static str) -> Result<(), EncodeError> {
+    if len > MAX_VALUE {
+        return Err(EncodeError::TooLong(what));
+    }
+    let n = u32::try_from(len).map_err(|_| EncodeError::TooLong(what))?;
+    w.extend_from_slice(&n.to_le_bytes());
+    Ok(())
+}
+
+fn put_str(w: &mut Vec<u8>, s: &str, what: &'static str) -> Result<(), EncodeError> {
+    let n = u8::try_from(s.len()).map_err(|_| EncodeError::TooLong(what))?;
+    w.push(n);
+    w.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let (head, rest) = self.buf.split_at_checked(n).ok_or(DecodeError::Truncated)?;
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.take(N)?.try_into().map_err(|_| DecodeError::Truncated)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(u8::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn len(&mut self) -> Result<usize, DecodeError> {
+        let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::TooLong)?;
+        if n > self.buf.len() {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let n = usize::from(self.u8()?);
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid("string"))
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+mod tests {
+    use super::*;
+    use crate::ha::testing::child_params;
+
+    pub(crate) fn samples() -> Vec<Record> {
+        vec![
+            Record::IkeSa {
+                id: 0xfeed_0001,
+                version: 3,
+                bytes: Zeroizing::new(vec![0x5a; 300]),
+            },
+            Record::ChildSa {
+                version: 2,
+                dir: Direction::Outbound,
+                params: Box::new(child_params(proto::SaId(7), 0xc000_0007)),
+            },
+            Record::Placement {
+                version: 2,
+                at_ms: 1234,
+            },
+            Record::Seq {
+                seq: 1 << 40,
+                at_ms: 99,
+                reporter: "edge-b".into(),
+            },
+            Record::Edge {
+                address: "127.0.0.1:4600".into(),
+                started_ms: 5,
+            },
+            Record::SpiBlock {
+                first: 0xc000_0000,
+                count: 0x0100_0000,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_record_round_trips_and_every_truncation_is_an_error() {
+        for rec in samples() {
+            let bytes = rec.encode().unwrap();
+            assert_eq!(Record::decode(&bytes).unwrap(), rec);
+            for cut in 0..bytes.len() {
+                assert!(
+                    Record::decode(&bytes[..cut]).is_err(),
+                    "{rec:?} cut at {cut}"
+                );
+            }
+            let mut long = bytes.to_vec();
+            long.push(0);
+            assert_eq!(Record::decode(&long), Err(DecodeError::TrailingBytes(1)));
+        }
+        assert_eq!(Record::decode(&[2, 1]), Err(DecodeError::Version(2)));
+        assert_eq!(Record::decode(&[1, 0x77]), Err(DecodeError::Tag(0x77)));
+        // A length past the end: no allocation, an error.
+        let mut b = vec![1, tag::IKE_SA];
+        b.extend_from_slice(&[0; 16]);
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Record::decode(&b), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn debug_never_shows_key_bytes() {
+        for rec in samples() {
+            let s = format!("{rec:?}");
+            assert!(
+                !s.contains("90, 90") && !s.contains("170") && !s.contains("aa"),
+                "{s}"
+            );
+        }
+    }
+}

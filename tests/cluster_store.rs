@@ -1,0 +1,492 @@
+//! The cluster store's etcd backend against a real 3-member etcd 3.4 (Debian's etcd-server),
+//! started by each test on loopback ports and killed by pid afterwards.
+//!
+//! - `records_watch_and_resync_after_compaction`: sealed records written in batched
+//!   transactions and read back; a watcher whose member is frozen while the others write and
+//!   compact, then killed: the watch resumes on another member, finds its revision compacted,
+//!   re-lists (a resync with every record) and follows on in order.
+//! - `an_edge_key_goes_when_its_lease_expires`: kept alive it stays; left alone etcd deletes
+//!   it and the watch sees the delete.
+//! - `no_acknowledged_write_is_lost_when_the_leader_is_killed`: batches written with many in
+//!   flight to the leader while it gets SIGKILL (the client moves to another member, a new
+//!   leader is elected): every acknowledged key is there afterwards, on the survivors and on
+//!   the killed member once it has rejoined.
+//! - `tls_and_auth_through_the_store_section`: a member with client-certificate TLS and auth
+//!   (a PKI made with openssl as in configs/cluster/etcd/README.md), reached through a
+//!   `store:` section; without the password, or over plain HTTP, nothing is read.
+//!
+//! Run time: about 10 s in all. Needs `etcd` and `etcdctl` (prints SKIP without them unless
+//! ROAMGATE_REQUIRE_TOOLS=1). Uses free loopback ports only; run under the shared lock with
+//! the other multi-process tests: `flock -o /tmp/roamgate-netns.lock cargo test -p
+//! roamgate-tests --test cluster_store -- --nocapture`.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use control::cluster::store::etcd::{EtcdOptions, EtcdStore};
+use control::cluster::store::keys::{Name, RecordKey};
+use control::cluster::store::repo::Update;
+use control::cluster::store::{
+    ClusterStore, Event, Record, Reply, Request, Sealer, Store, StoreError, Txn,
+};
+use roamgate_tests::etcd;
+use zeroize::Zeroizing;
+
+const T: Duration = Duration::from_secs(20);
+
+fn sealer() -> Arc<Sealer> {
+    Arc::new(Sealer::new(Zeroizing::new([0x17; 32])))
+}
+
+fn connect(endpoints: Vec<String>) -> EtcdStore {
+    EtcdStore::connect(EtcdOptions::new(endpoints)).expect("connect to the local etcd")
+}
+
+fn ike(id: u64) -> (RecordKey, Record) {
+    (
+        RecordKey::Ike(id),
+        Record::IkeSa {
+            id,
+            version: 1,
+            bytes: Zeroizing::new(vec![0x61; 400]),
+        },
+    )
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Waits for updates until `done` says so.
+fn pump<S: Store>(
+    repo: &mut ClusterStore<S>,
+    within: Duration,
+    mut done: impl FnMut(&Update) -> bool,
+) -> Vec<Update> {
+    let deadline = Instant::now() + within;
+    let mut all = Vec::new();
+    loop {
+        let mut out = Vec::new();
+        repo.poll(&mut out);
+        for u in out {
+            let stop = done(&u);
+            all.push(u);
+            if stop {
+                return all;
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out; got {all:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn records_watch_and_resync_after_compaction() {
+    let Some(mut cluster) = etcd::cluster("cluster_store_watch", 3) else {
+        return;
+    };
+    let eps = cluster.endpoints();
+    let name = Name::new("it").unwrap();
+    let mut writer = ClusterStore::new(connect(eps[1..].to_vec()), &name, sealer());
+    // Batched writes: 10 transactions of 10 IKE SA records.
+    let mut tickets = Vec::new();
+    for b in 0..10u64 {
+        let mut t = Txn::default();
+        for i in 0..10 {
+            let (k, r) = ike(b * 10 + i);
+            writer.put(&mut t, &k, &r, None).unwrap();
+        }
+        tickets.push(writer.submit(t).unwrap());
+    }
+    for t in tickets {
+        assert!(matches!(
+            writer.store().wait(t, T),
+            Ok(Reply::Txn {
+                succeeded: true,
+                ..
+            })
+        ));
+    }
+    let (all, rev) = writer.load("ike/", T).unwrap();
+    assert_eq!(all.len(), 100);
+
+    // The watcher talks to member 0 first. Its keep-alive is long so that only the kill below
+    // (not a keep-alive timeout while the member is frozen) breaks its stream: the resume
+    // then happens after the compaction, whatever the machine's load.
+    let mut wopts = EtcdOptions::new(eps.clone());
+    wopts.keep_alive = Duration::from_secs(120);
+    let mut watcher = ClusterStore::new(EtcdStore::connect(wopts).unwrap(), &name, sealer());
+    let wt = watcher.watch("ike/", rev + 1).unwrap();
+    assert!(matches!(
+        watcher.store().wait(wt, T),
+        Ok(Reply::Watching(_))
+    ));
+    let mut t = Txn::default();
+    let (k, r) = ike(1000);
+    writer.put(&mut t, &k, &r, None).unwrap();
+    writer.store().call(Request::Txn(t), T).unwrap();
+    pump(
+        &mut watcher,
+        T,
+        |u| matches!(u, Update::Put { entry, .. } if entry.key == RecordKey::Ike(1000)),
+    );
+
+    // Freeze the watcher's member; meanwhile the others write and compact past the
+    // watcher's resume point; then kill the frozen member.
+    let pid0 = cluster.pid(0).unwrap();
+    signal(pid0, "-STOP");
+    for id in 2000..2005 {
+        let mut t = Txn::default();
+        let (k, r) = ike(id);
+        writer.put(&mut t, &k, &r, None).unwrap();
+        writer.store().call(Request::Txn(t), T).unwrap();
+    }
+    let mut t = Txn::default();
+    writer.delete(&mut t, &RecordKey::Ike(5));
+    let Ok(Reply::Txn { revision: now, .. }) = writer.store().call(Request::Txn(t), T) else {
+        panic!("delete")
+    };
+    writer.store().call(Request::Compact(now), T).unwrap();
+    cluster.kill9(0).unwrap();
+
+    let got = pump(&mut watcher, T, |u| matches!(u, Update::Resync { .. }));
+    let Some(Update::Resync {
+        entries, revision, ..
+    }) = got.last()
+    else {
+        unreachable!()
+    };
+    assert!(*revision >= now);
+    let keys: BTreeSet<RecordKey> = entries.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(
+        keys.len(),
+        100 + 1 + 5 - 1,
+        "every record, the deleted one gone"
+    );
+    assert!(keys.contains(&RecordKey::Ike(2004)) && !keys.contains(&RecordKey::Ike(5)));
+    // And it follows on from there, in order.
+    let after = *revision;
+    for id in 3000..3003 {
+        let mut t = Txn::default();
+        let (k, r) = ike(id);
+        writer.put(&mut t, &k, &r, None).unwrap();
+        writer.store().call(Request::Txn(t), T).unwrap();
+    }
+    let got = pump(
+        &mut watcher,
+        T,
+        |u| matches!(u, Update::Put { entry, .. } if entry.key == RecordKey::Ike(3002)),
+    );
+    let revs: Vec<i64> = got
+        .iter()
+        .filter_map(|u| match u {
+            Update::Put { entry, .. } => Some(entry.mod_revision),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(revs.len(), 3, "{got:?}");
+    assert!(revs.windows(2).all(|w| w[0] < w[1]) && revs[0] > after);
+    assert_eq!(
+        watcher
+            .stats
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    println!(
+        "cluster_store case=watch_resync records=105 resync_revision={after} compacted_at={now}"
+    );
+}
+
+#[test]
+fn an_edge_key_goes_when_its_lease_expires() {
+    let Some(cluster) = etcd::cluster("cluster_store_lease", 3) else {
+        return;
+    };
+    let name = Name::new("it").unwrap();
+    let mut repo = ClusterStore::new(connect(cluster.endpoints()), &name, sealer());
+    let Ok(Reply::Lease { id, .. }) = repo.store().call(Request::LeaseGrant { ttl_s: 2 }, T) else {
+        panic!("lease")
+    };
+    let edge = Name::new("edge-a").unwrap();
+    let mut t = Txn::default();
+    repo.put(
+        &mut t,
+        &RecordKey::Edge(edge.clone()),
+        &Record::Edge {
+            address: "127.0.0.1:4800".into(),
+            started_ms: 1,
+        },
+        Some(id),
+    )
+    .unwrap();
+    repo.store().call(Request::Txn(t), T).unwrap();
+    let w = repo.watch("edges/", 0).unwrap();
+    assert!(matches!(repo.store().wait(w, T), Ok(Reply::Watching(_))));
+    // Kept alive past its ttl: still there.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3000) {
+        assert!(matches!(
+            repo.store().call(Request::LeaseKeepAlive(id), T),
+            Ok(Reply::Lease { .. })
+        ));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert_eq!(repo.load("edges/", T).unwrap().0.len(), 1);
+    // Left alone (the edge died): etcd deletes it after the ttl (its lease checker runs
+    // every 500 ms).
+    let left = Instant::now();
+    pump(
+        &mut repo,
+        Duration::from_secs(10),
+        |u| matches!(u, Update::Deleted { key: RecordKey::Edge(e), .. } if *e == edge),
+    );
+    let gone_after = left.elapsed();
+    assert!(gone_after >= Duration::from_millis(1000), "{gone_after:?}");
+    assert!(repo.load("edges/", T).unwrap().0.is_empty());
+    assert_eq!(
+        repo.store().call(Request::LeaseKeepAlive(id), T),
+        Err(StoreError::LeaseNotFound(id.0))
+    );
+    println!(
+        "cluster_store case=lease ttl_s=2 gone_after_ms={}",
+        gone_after.as_millis()
+    );
+}
+
+fn leader_index(cluster: &etcd::LocalEtcd) -> usize {
+    let out = cluster
+        .etcdctl(&["endpoint", "status", "--write-out=json"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eps = cluster.endpoints();
+    for s in v.as_array().unwrap() {
+        let me = &s["Status"]["header"]["member_id"];
+        if *me == s["Status"]["leader"] {
+            let ep = s["Endpoint"].as_str().unwrap();
+            return eps.iter().position(|e| e == ep).unwrap();
+        }
+    }
+    panic!("no leader in {v}");
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_when_the_leader_is_killed() {
+    let Some(mut cluster) = etcd::cluster("cluster_store_kill", 3) else {
+        return;
+    };
+    let eps = cluster.endpoints();
+    let leader = leader_index(&cluster);
+    // The writer talks to the leader first: killing it forces both a move to another member
+    // and an election.
+    let mut order = eps.clone();
+    order.rotate_left(leader);
+    let mut store = connect(order);
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    let mut pending = std::collections::HashMap::new();
+    let mut failed = 0usize;
+    let start = Instant::now();
+    let mut killed_at = None;
+    let mut n = 0u64;
+    let mut events = Vec::new();
+    while start.elapsed() < Duration::from_millis(3000) {
+        if killed_at.is_none() && start.elapsed() > Duration::from_millis(800) {
+            cluster.kill9(leader).unwrap();
+            killed_at = Some(n);
+        }
+        let mut t = Txn::default();
+        let keys: Vec<String> = (0..8)
+            .map(|i| format!("/roamgate/it/kill/{:08}", n * 8 + i))
+            .collect();
+        for k in &keys {
+            t.put(k.clone().into_bytes(), vec![0x55; 200], None);
+        }
+        n += 1;
+        let ticket = store.submit(Request::Txn(t)).unwrap();
+        pending.insert(ticket, keys);
+        store.poll(&mut events);
+        for e in events.drain(..) {
+            if let Event::Done { ticket, result } = e {
+                let keys = pending.remove(&ticket).unwrap();
+                match result {
+                    Ok(Reply::Txn {
+                        succeeded: true, ..
+                    }) => acked.extend(keys),
+                    _ => failed += 1,
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    while !pending.is_empty() {
+        let t = *pending.keys().next().unwrap();
+        let keys = pending.remove(&t).unwrap();
+        match store.wait(t, T) {
+            Ok(Reply::Txn {
+                succeeded: true, ..
+            }) => acked.extend(keys),
+            _ => failed += 1,
+        }
+    }
+    assert!(killed_at.is_some());
+    assert_eq!(
+        failed, 0,
+        "every batch is retried on a live member until it is acknowledged"
+    );
+    // Read back from a fresh client on the survivors.
+    let survivors: Vec<String> = eps
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, e)| e.clone())
+        .collect();
+    let mut fresh = connect(survivors);
+    let Ok(Reply::Range { kvs, .. }) = fresh.call(
+        Request::Range {
+            prefix: b"/roamgate/it/kill/".to_vec(),
+        },
+        T,
+    ) else {
+        panic!("range")
+    };
+    let stored: BTreeSet<String> = kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+        .collect();
+    let lost: Vec<&String> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged keys lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    // The killed member rejoins and has them too.
+    cluster.restart(leader).unwrap();
+    cluster.wait_healthy(Duration::from_secs(20)).unwrap();
+    let mut back = connect(vec![eps[leader].clone()]);
+    let deadline = Instant::now() + T;
+    loop {
+        if let Ok(Reply::Range { kvs, .. }) = back.call(
+            Request::Range {
+                prefix: b"/roamgate/it/kill/".to_vec(),
+            },
+            T,
+        ) {
+            if kvs.len() == stored.len() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined member did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "cluster_store case=kill_leader batches={n} acked_keys={} lost=0 killed_after_batch={}",
+        acked.len(),
+        killed_at.unwrap_or(0)
+    );
+}
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl (the
+/// recipe of configs/cluster/etcd/README.md, on loopback).
+fn make_pki(dir: &std::path::Path) -> Option<etcd::LocalSecurity> {
+    let sh = |script: &str| {
+        Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let ok = sh("set -e
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+          -subj /CN=test-ca -keyout ca-key.pem -out ca.pem 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=member \
+          -keyout member-key.pem -out member.csr 2>/dev/null
+        openssl x509 -req -in member.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+          -extfile <(printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth') \
+          -out member.pem 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=roamgate-node \
+          -keyout client-key.pem -out client.csr 2>/dev/null
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+          -extfile <(printf 'extendedKeyUsage=clientAuth') -out client.pem 2>/dev/null");
+    ok.then(|| etcd::LocalSecurity {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("member.pem"),
+        server_key: dir.join("member-key.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client-key.pem"),
+        root_password: "test-root-pw".into(),
+    })
+}
+
+#[test]
+fn tls_and_auth_through_the_store_section() {
+    if !roamgate_tests::have_tool("etcd", &["--version"])
+        || !roamgate_tests::have_tool("openssl", &["version"])
+    {
+        return;
+    }
+    let dir = roamgate_tests::scratch("cluster_store_tls");
+    let sec = make_pki(&dir).expect("openssl made the test PKI");
+    let cluster = etcd::LocalEtcd::start(&dir.join("etcd"), 1, Some(sec.clone())).unwrap();
+    std::fs::write(dir.join("cluster.key"), [0x42u8; 32]).unwrap();
+    std::fs::write(dir.join("password"), "test-root-pw\n").unwrap();
+    let yaml = format!(
+        "store:\n  cluster: tls\n  key_file: cluster.key\n  etcd:\n    endpoints: [{}]\n    ca: ca.pem\n    cert: client.pem\n    key: client-key.pem\n    user: root\n    password_file: password\n",
+        cluster.endpoints()[0]
+    );
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        store: control::cluster::store::config::StoreYaml,
+    }
+    let file = dir.join("node.yaml");
+    let doc: Doc = control::config::parse(&file, &yaml).unwrap();
+    let mut repo = doc.store.plan(&file, "store").unwrap().open().unwrap();
+    let mut t = Txn::default();
+    let (k, r) = ike(7);
+    repo.put(&mut t, &k, &r, None).unwrap();
+    assert!(matches!(
+        repo.store().call(Request::Txn(t), T),
+        Ok(Reply::Txn {
+            succeeded: true,
+            ..
+        })
+    ));
+    assert_eq!(repo.load("ike/", T).unwrap().0.len(), 1);
+    // The same certificate without the password: etcd takes the certificate's CN as the
+    // user, which does not exist: refused.
+    let plan = doc.store.plan(&file, "store").unwrap();
+    let mut opts = plan.etcd.clone();
+    opts.user = None;
+    opts.retry_for = Duration::from_secs(2);
+    let refused = match EtcdStore::connect(opts) {
+        Err(_) => true,
+        Ok(mut s) => !matches!(
+            s.call(
+                Request::Range {
+                    prefix: b"/roamgate/".to_vec()
+                },
+                T
+            ),
+            Ok(Reply::Range { .. })
+        ),
+    };
+    assert!(refused, "a client without the etcd password read the store");
+    // And plain HTTP to the TLS member gets nowhere.
+    let mut plain = EtcdOptions::new(vec![cluster.endpoints()[0].replace("https", "http")]);
+    plain.retry_for = Duration::from_secs(1);
+    plain.request_timeout = Duration::from_millis(500);
+    assert!(EtcdStore::connect(plain).is_err());
+    println!("cluster_store case=tls_auth ok");
+}
