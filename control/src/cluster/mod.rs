@@ -1,0 +1,26 @@
+//! The cluster (issue 18): one crypto node keys for many edge data planes.
+//!
+//! - `msg`: the edge <-> crypto node messages and their versioned, strict codec.
+//! - `placement`: the SA repository's in-memory form: CHILD SA records, which edges hold
+//!   them, the freshest sequence state of every outbound SA.
+//! - `crypto_node`: the crypto node, sans-IO: the control core for every edge, IKE answered
+//!   from the address it came to and sent back through the edge that forwarded it, SA
+//!   carriers to the forwarding edge ahead of the answer.
+//! - `edge`: an edge's stateless IKE forwarder and carrier applier, sans-IO, over the same
+//!   `Link` to the data plane as the control core.
+//!
+//! The drivers (threads, sockets, the Noise channel) are the appliance's
+//! (`appliance/src/cluster/`). The etcd storage layer lives in `store/` (another branch:
+//! `pub mod store;` is declared when it is merged).
+
+pub mod crypto_node;
+pub mod edge;
+pub mod msg;
+pub mod placement;
+#[cfg(test)]
+mod tests;
+
+pub use crypto_node::{CryptoNode, NodeStats};
+pub use edge::{EdgeForwarder, EdgeStats};
+pub use msg::{EdgeId, EdgeMsg, MsgError, NodeMsg};
+pub use placement::{SaPlacement, SeqState};
