@@ -56,6 +56,7 @@ struct Client {
 /// One datagram an edge's data plane sent, and what it held then.
 #[derive(Debug)]
 struct Sent {
+    #[allow(dead_code)]
     at: Instant,
     edge: usize,
     d: Datagram,
@@ -425,4 +426,240 @@ fn every_spi_the_crypto_node_hands_out_carries_its_node_id() {
         }
     }
     assert_eq!(n, 3);
+}
+
+/// Every client up through edge `edge` (INIT and AUTH alike).
+fn all_via(edge: usize) -> Router {
+    Box::new(move |_, _| edge)
+}
+
+fn adds_of(w: &Cluster, edge: usize, spi: Spi) -> usize {
+    w.edges[edge].link.workers[0]
+        .received
+        .iter()
+        .filter(|u| matches!(u, Update::AddSa { params, .. } if params.spi == spi))
+        .count()
+}
+
+/// Edge 1's channel is cut when `when` says, for `down_for`, while the client's IKE_AUTH
+/// goes through edge 1; returns the world once the client is up.
+fn cut_during_auth(when: fn(&Cluster) -> bool, down_for: Duration) -> Cluster {
+    let mut w = Cluster::new(3, 1);
+    w.router = all_via(1);
+    w.client_connect(0);
+    let mut cut = false;
+    for _ in 0..2000 {
+        w.run_for(Duration::from_micros(500));
+        if !cut && when(&w) {
+            w.disconnect(1);
+            cut = true;
+            w.run_for(down_for);
+            w.connect(1);
+        }
+        if !w.child_spis(0).is_empty() {
+            break;
+        }
+    }
+    assert!(cut, "the cut happened");
+    w.run_for(Duration::from_secs(3));
+    w
+}
+
+#[test]
+fn a_carrier_lost_with_its_connection_is_sent_again_and_installed_once() {
+    // The CHILD_SA's carrier (edge 1's second) is on the wire when the connection goes.
+    let w = cut_during_auth(
+        |w| w.node.stats.carriers >= 4 && w.edges[1].fwd.stats.carriers < 2,
+        Duration::from_millis(20),
+    );
+    let spis = w.child_spis(0);
+    assert_eq!(spis.len(), 1, "the client is up after the reconnect");
+    assert!(w.node.stats.resent >= 1, "{:?}", w.node.stats);
+    assert_eq!(
+        adds_of(&w, 1, spis[0].1),
+        1,
+        "the outbound SA was installed once"
+    );
+    assert_eq!(w.holds(1, spis[0]), (true, true));
+}
+
+#[test]
+fn a_carrier_received_but_not_acknowledged_is_sent_again_and_skipped() {
+    // The edge has the carrier, its data plane has not applied it yet (5 ms), and the
+    // connection comes back at once: the node sends it again, the edge skips it.
+    let w = cut_during_auth(
+        |w| w.edges[1].fwd.stats.carriers >= 2,
+        Duration::from_micros(500),
+    );
+    let spis = w.child_spis(0);
+    assert_eq!(spis.len(), 1);
+    assert!(w.node.stats.resent >= 1, "{:?}", w.node.stats);
+    assert!(
+        w.edges[1].fwd.stats.carriers_skipped >= 1,
+        "{:?}",
+        w.edges[1].fwd.stats
+    );
+    assert_eq!(
+        adds_of(&w, 1, spis[0].1),
+        1,
+        "the outbound SA was installed once"
+    );
+    assert_eq!(w.holds(1, spis[0]), (true, true));
+}
+
+#[test]
+fn an_edge_whose_data_plane_restarted_empty_gets_the_policy_again_and_its_child_sas_are_rekeyed() {
+    let mut w = Cluster::new(3, 2);
+    w.router = all_via(2);
+    w.client_connect(0);
+    w.client_connect(1);
+    w.run_for(Duration::from_secs(1));
+    let before: Vec<(Spi, Spi)> = (0..2).flat_map(|i| w.child_spis(i)).collect();
+    assert_eq!(before.len(), 2);
+    let policies = w.edges[2].link.workers[0].policies();
+    w.edges[2].link.restart(0);
+    w.run_for(Duration::from_secs(2));
+    assert!(w.edges[2].link.workers[0].policies() > policies);
+    for i in 0..2 {
+        let spis = w.child_spis(i);
+        assert_eq!(spis.len(), 2, "client {i}'s CHILD_SA was rekeyed");
+        let new = spis[1];
+        assert!(!before.contains(&new));
+        assert_eq!(
+            w.holds(2, new),
+            (true, true),
+            "client {i}'s new SAs at edge 2"
+        );
+    }
+}
+
+#[test]
+fn esp_for_an_unknown_spi_at_another_edge_gets_the_inbound_sa_on_demand_and_the_outbound_stays() {
+    let mut w = Cluster::new(3, 1);
+    w.router = all_via(0);
+    w.client_connect(0);
+    w.run_for(Duration::from_secs(1));
+    let spis = w.child_spis(0)[0];
+    assert_eq!(w.holds(1, spis), (false, false));
+    // The client's ESP starts reaching edge 1: its data plane reports the unknown SPI.
+    w.edges[1].link.report(DpEvent::UnknownSpi {
+        worker: 0,
+        spi: spis.0,
+        src: w.clients[0].addr,
+        dst: PUBLIC.parse().unwrap(),
+        packets: 1,
+    });
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.node.stats.on_demand, 1);
+    assert_eq!(
+        w.holds(1, spis),
+        (true, false),
+        "inbound on demand, outbound not"
+    );
+    assert_eq!(w.holds(0, spis), (true, true));
+    assert_eq!(
+        w.node.placement().inbound_edges(spis.0),
+        BTreeSet::from([0, 1])
+    );
+    // An SPI nobody holds gets nothing.
+    w.edges[1].link.report(DpEvent::UnknownSpi {
+        worker: 0,
+        spi: Spi(0x1234_5678),
+        src: w.clients[0].addr,
+        dst: PUBLIC.parse().unwrap(),
+        packets: 1,
+    });
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.node.stats.on_demand, 1);
+}
+
+#[test]
+fn sequence_reports_reach_the_repository_and_only_the_freshest_is_kept() {
+    let mut w = Cluster::new(3, 1);
+    w.router = all_via(0);
+    w.client_connect(0);
+    w.run_for(Duration::from_secs(1));
+    let (_, ours_out) = w.child_spis(0)[0];
+    let id: SaId = *w.edges[0].link.workers[0]
+        .outbound
+        .iter()
+        .find(|(_, s)| **s == ours_out)
+        .unwrap()
+        .0;
+    for seq in [100, 5000, 4000] {
+        w.edges[0].link.report(DpEvent::SeqCheckpoint {
+            worker: 0,
+            id,
+            spi: ours_out,
+            seq,
+            seq_reserved: None,
+        });
+    }
+    w.run_for(Duration::from_millis(50));
+    let s = w.node.placement().freshest_seq(id).unwrap();
+    assert_eq!((s.seq, s.by, s.final_state), (5000, Some(0), false));
+    assert_eq!(
+        w.node.placement().outbound_params(id).map(|p| p.spi),
+        Some(ours_out)
+    );
+}
+
+#[test]
+fn a_backed_up_channel_stops_the_edge_taking_from_its_data_plane_and_nothing_is_lost() {
+    let mut link = SimLink::new(1);
+    let mut fwd = EdgeForwarder::new(4, 1);
+    fwd.connected();
+    assert!(matches!(
+        fwd.poll_to_node(),
+        Some(EdgeMsg::Hello { edge: 4, .. })
+    ));
+    let n = 3 * edge::MAX_TO_NODE;
+    for i in 0..n {
+        link.punt(Datagram {
+            src: "198.51.100.1".parse().unwrap(),
+            dst: PUBLIC.parse().unwrap(),
+            src_port: 500,
+            dst_port: 500,
+            payload: (i as u32).to_be_bytes().to_vec(),
+        });
+    }
+    fwd.turn(&mut link);
+    assert_eq!(fwd.stats.ike_forwarded as usize, edge::MAX_TO_NODE);
+    let mut got = Vec::new();
+    loop {
+        fwd.turn(&mut link);
+        let before = got.len();
+        while let Some(m) = fwd.poll_to_node() {
+            if let EdgeMsg::Ike { datagram, .. } = m {
+                got.push(u32::from_be_bytes(
+                    datagram.payload[..4].try_into().unwrap(),
+                ));
+            }
+        }
+        if got.len() == before {
+            break;
+        }
+    }
+    assert_eq!(got, (0..n as u32).collect::<Vec<_>>(), "all, in order");
+    assert_eq!(fwd.stats.ike_no_node, 0);
+}
+
+#[test]
+fn a_message_from_an_edge_that_names_another_edge_is_refused() {
+    let mut w = Cluster::new(2, 0);
+    let now = w.now;
+    w.node.handle(now, 0, EdgeMsg::DataplaneFresh { edge: 1 });
+    assert_eq!(w.node.stats.refused, 1);
+    // And one before its hello.
+    w.node.edge_up(7);
+    w.node.handle(
+        now,
+        7,
+        EdgeMsg::Applied {
+            edge: 7,
+            carrier: 1,
+        },
+    );
+    assert_eq!(w.node.stats.refused, 2);
+    let _ = Direction::Inbound;
 }
