@@ -202,6 +202,7 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
         conns,
         backend,
         ha,
+        ..
     } = file.validate(&args.config)?;
     if ha.is_some() && with_ike {
         bail!(

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use control::cluster::config::{ClusterPlan, ClusterYaml, CryptoNodePlan, EdgePlan};
 use control::config::ha::{HaPlan, HaYaml};
 use control::config::ike::{Connection, IkeYaml};
 use control::config::{ConfigError, GatewayConfig, GatewayPlan};
@@ -27,6 +28,56 @@ pub struct DataplaneFile {
     /// This node's place in an HA pair (`roamgate run`/`control`): absent, a lone gateway.
     #[serde(default)]
     pub ha: Option<HaYaml>,
+    /// A cluster edge (`roamgate edge`): its id, the crypto node, the channel's key.
+    #[serde(default)]
+    pub cluster: Option<ClusterYaml>,
+}
+
+/// A file for `roamgate crypto-node`: the gateway the edges stand for (its name, the public
+/// WAN address the clients talk to, the LAN prefixes and policies; no devices: a crypto node
+/// has no data-plane ports), its IKE connections and its `cluster` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoNodeFile {
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub ike: IkeYaml,
+    pub cluster: ClusterYaml,
+}
+
+/// What a checked crypto-node file yields.
+pub struct CheckedNode {
+    pub plan: GatewayPlan,
+    pub conns: Vec<Connection>,
+    pub cluster: CryptoNodePlan,
+}
+
+impl CryptoNodeFile {
+    pub fn validate(&self, file: &Path) -> Result<CheckedNode, ConfigError> {
+        let plan = self.gateway.validate(file, "gateway")?;
+        if !plan.sas.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                "gateway.sas",
+                "a crypto node has no data plane for static SAs: give them to the edges",
+            ));
+        }
+        let conns = self.ike.validate(file, "ike")?;
+        self.ike
+            .check_against(&self.gateway, file, "ike", "gateway")?;
+        match self.cluster.validate(file, "cluster")? {
+            ClusterPlan::CryptoNode(cluster) => Ok(CheckedNode {
+                plan,
+                conns,
+                cluster,
+            }),
+            ClusterPlan::Edge(_) => Err(ConfigError::new(
+                file,
+                "cluster.role",
+                "is edge: run it with `roamgate edge`",
+            )),
+        }
+    }
 }
 
 /// What a checked file yields: the data plane's static part, the IKE connections and the
@@ -37,6 +88,8 @@ pub struct Checked {
     pub conns: Vec<Connection>,
     pub backend: Backend,
     pub ha: Option<HaPlan>,
+    /// A cluster edge's part (`roamgate edge`).
+    pub edge: Option<EdgePlan>,
 }
 
 impl DataplaneFile {
@@ -93,11 +146,54 @@ impl DataplaneFile {
                 ));
             }
         }
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map(|c| c.validate(file, "cluster"))
+            .transpose()?;
+        let edge = match cluster {
+            None => None,
+            Some(ClusterPlan::CryptoNode(_)) => {
+                return Err(ConfigError::new(
+                    file,
+                    "cluster.role",
+                    "is crypto-node, which has no data plane: run it with `roamgate \
+                     crypto-node`",
+                ))
+            }
+            Some(ClusterPlan::Edge(e)) => {
+                if !conns.is_empty() {
+                    return Err(ConfigError::new(
+                        file,
+                        "ike.connections",
+                        "an edge runs no IKE of its own: the crypto node's file holds the \
+                         connections",
+                    ));
+                }
+                if self.dataplane.workers != 1 {
+                    return Err(ConfigError::new(
+                        file,
+                        "dataplane.workers",
+                        "an edge runs one worker for now (the crypto node places SAs per \
+                         edge, not per worker)",
+                    ));
+                }
+                if ha.is_some() {
+                    return Err(ConfigError::new(
+                        file,
+                        "ha",
+                        "an edge is not an HA node",
+                    ));
+                }
+                Some(e)
+            }
+        };
         Ok(Checked {
             plan,
             conns,
             backend,
             ha,
+            edge,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The cluster (issue 18): one crypto node keys for many edge data planes.
 //!
+//! - `config`: the `cluster` section of a crypto node's or an edge's file.
 //! - `msg`: the edge <-> crypto node messages and their versioned, strict codec.
 //! - `placement`: the SA repository's in-memory form: CHILD SA records, which edges hold
 //!   them, the freshest sequence state of every outbound SA.
@@ -13,6 +14,7 @@
 //! (`appliance/src/cluster/`). The etcd storage layer lives in `store/` (another branch:
 //! `pub mod store;` is declared when it is merged).
 
+pub mod config;
 pub mod crypto_node;
 pub mod edge;
 pub mod msg;
