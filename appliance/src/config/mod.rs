@@ -46,6 +46,7 @@ pub struct CryptoNodeFile {
 }
 
 /// What a checked crypto-node file yields.
+#[derive(Debug)]
 pub struct CheckedNode {
     pub plan: GatewayPlan,
     pub conns: Vec<Connection>,
@@ -226,6 +227,41 @@ mod tests {
             }
         }
         assert!(n >= 5, "{n} files");
+    }
+
+    #[test]
+    fn the_shipped_cluster_files_are_valid_and_their_roles_are_kept_apart() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cluster");
+        let node = dir.join("crypto-node.yaml");
+        let f: CryptoNodeFile = control::config::load(&node).unwrap();
+        let c = f.validate(&node).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.cluster.node_id, c.cluster.node_bits), (1, 4));
+        for (i, name) in ["edge-a", "edge-b", "edge-c"].iter().enumerate() {
+            let p = dir.join(format!("{name}.yaml"));
+            let f: DataplaneFile = control::config::load(&p).unwrap();
+            let c = f.validate(&p).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.edge.map(|e| e.edge_id), Some(i as u16));
+        }
+        let client = dir.join("client.yaml");
+        let f: DataplaneFile = control::config::load(&client).unwrap();
+        assert!(f.validate(&client).unwrap().edge.is_none());
+        // An edge with IKE connections, or more workers, or a crypto node run as an edge.
+        let edge = std::fs::read_to_string(dir.join("edge-a.yaml")).unwrap();
+        let key = |text: &str| {
+            let f: DataplaneFile = parse(Path::new("x.yaml"), text).unwrap();
+            f.validate(Path::new("x.yaml")).unwrap_err().key
+        };
+        assert_eq!(
+            key(&edge.replace("workers: 1", "workers: 2\n  cores: [0, 1]")),
+            "dataplane.workers"
+        );
+        assert_eq!(
+            key(&edge.replace("role: edge", "role: crypto-node")),
+            "cluster.edge_id"
+        );
+        let text = std::fs::read_to_string(&node).unwrap();
+        let f: CryptoNodeFile = parse(Path::new("x.yaml"), &text.replace("role: crypto-node", "role: edge")).unwrap();
+        assert_eq!(f.validate(Path::new("x.yaml")).unwrap_err().key, "cluster.node_id");
     }
 
     #[test]
