@@ -131,7 +131,7 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
             stream.to_str().unwrap(),
             "recv",
             "5001",
-            &(secs + 3).to_string(),
+            &(secs + 2).to_string(),
         ],
         "udp recv",
     );
@@ -149,7 +149,8 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
         ],
         "udp send",
     );
-    std::thread::sleep(Duration::from_secs(secs + 2));
+    // The receiver ends (and reports) on its own, 2 s after the stream.
+    std::thread::sleep(Duration::from_secs(secs + 3));
     let (_, sent_out, _) = send.stop("TERM", Duration::from_secs(5));
     let (_, recv_out, _) = recv.stop("TERM", Duration::from_secs(5));
     let sent: serde_json::Value =
