@@ -6,7 +6,9 @@
 //! router and server behind the edges, and a `roamgate client` with a LAN host. The client
 //! connects through edge 0; a paced UDP stream (1000 packets/s by default) and pings pass the
 //! tunnel; the crypto node placed the CHILD_SA on edge 0 only, and edge 0's data plane holds
-//! exactly its two SAs; the other edges hold none.
+//! exactly its two SAs; the other edges hold none. Then (case split) the router sends UDP 500
+//! (IKE_SA_INIT) to edge 1 and everything else (IKE_AUTH on 4500, ESP) to edge 0: a second
+//! client's IKE SA sees both edges, and its SAs are on edge 0 only.
 //!
 //! Prints one summary line per case, e.g.
 //! `cluster case=connect up=yes lost=0 sa_at_edge_ms=..` where `sa_at_edge_ms` is the largest
@@ -179,7 +181,9 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
         "cluster case=connect up=yes up_ms={up_ms} sent={sent_n} lost={lost} \
          sa_at_edge_ms={sa_at_edge_ms:.2} placed_e0={placed_in}/{placed_out} \
          held={:?}",
-        held.iter().map(|(i, o)| (i.len(), o.len())).collect::<Vec<_>>()
+        held.iter()
+            .map(|(i, o)| (i.len(), o.len()))
+            .collect::<Vec<_>>()
     );
     println!("crypto node: {state}");
     assert_eq!(node_ike_sas, 1, "the crypto node's IKE view: {node_ike}");
@@ -193,13 +197,78 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
         held[0]
     );
     for (n, h) in held.iter().enumerate().skip(1) {
-        assert_eq!((h.0.len(), h.1.len()), (0, 0), "edge {n} holds no SA: {h:?}");
+        assert_eq!(
+            (h.0.len(), h.1.len()),
+            (0, 0),
+            "edge {n} holds no SA: {h:?}"
+        );
     }
     assert!(state["no_edge"].as_u64() == Some(0), "{state}");
 
     // Stop: the client deletes its IKE SA through edge 0.
     let (_, out) = client.stop_with_output();
     assert!(out.contains("down"), "the client's last words:\n{out}");
+    wait_for("edge 0 to let the SAs go", 10, || {
+        dataplane_spis(&edges[0].socket) == (vec![], vec![])
+    });
+
+    // Case split: the router sends IKE on UDP 500 (IKE_SA_INIT) to edge 1 and the rest (UDP
+    // 4500: IKE_AUTH; ESP) to edge 0. One IKE SA through two edges: the crypto node answers
+    // each through the edge that forwarded it, and the SAs go to edge 0, which forwarded
+    // IKE_AUTH.
+    let rtr = lab.ns("rtr");
+    for cmd in [
+        "ip route add 203.0.113.1/32 dev p1 table 100",
+        "ip rule add ipproto udp dport 500 table 100",
+    ] {
+        let out = roamgate_tests::netns::in_ns(&rtr, &cmd.split(' ').collect::<Vec<_>>());
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let punted = |e: &DataplaneProcess| {
+        ask(&e.socket, "stats")["handed_off"]["ike_punted"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before: Vec<u64> = edges.iter().map(punted).collect();
+    let t = Instant::now();
+    let client = DataplaneProcess::start_sub(
+        Path::new(BIN),
+        "client",
+        &lab.ns("cl"),
+        &root().join("configs/cluster/client.yaml"),
+        &dir,
+        "cl2",
+        &["--shm", dir.join("cl2.shm").to_str().unwrap()],
+    );
+    wait_for("the client's tunnel through two edges", 30, || {
+        ike_view(&client.socket)["virtual_ip"].is_string()
+    });
+    let up_ms = t.elapsed().as_millis();
+    wait_for("a ping through edge 0", 20, || pings(&home, SERVER, 1) == 1);
+    let after: Vec<u64> = edges.iter().map(punted).collect();
+    let via: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let held: Vec<(usize, usize)> = edges
+        .iter()
+        .map(|e| {
+            let (i, o) = dataplane_spis(&e.socket);
+            (i.len(), o.len())
+        })
+        .collect();
+    let state = ask(&node_sock, "cluster");
+    println!(
+        "cluster case=split up=yes up_ms={up_ms} ike_via_edges={via:?} held={held:?} \
+         no_edge={}",
+        state["no_edge"]
+    );
+    assert!(via[1] >= 1, "IKE_SA_INIT through edge 1: {via:?}");
+    assert!(via[0] >= 1, "IKE_AUTH through edge 0: {via:?}");
+    assert_eq!(held, vec![(1, 1), (0, 0), (0, 0)], "the SAs on edge 0 only");
+    assert_eq!(pings(&home, SERVER, 3), 3, "traffic through edge 0");
+    let _ = client.stop_with_output();
     for e in edges {
         let _ = e.stop();
     }

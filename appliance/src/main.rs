@@ -24,12 +24,12 @@ mod dataplane;
 #[cfg_attr(not(test), allow(dead_code))]
 mod ha;
 // Shared by the HA sync channel and the cluster's edge channel (parts used by tests only).
-#[cfg_attr(not(test), allow(dead_code))]
-mod noise_channel;
 mod ike_state;
 mod lab;
 mod logs;
 mod metrics;
+#[cfg_attr(not(test), allow(dead_code))]
+mod noise_channel;
 mod offload;
 mod perf_cmd;
 mod run_dir;
@@ -110,33 +110,33 @@ fn main() -> ExitCode {
         eprintln!("roamgate: {e:#}");
         return ExitCode::FAILURE;
     }
-    let result = match cli.command {
-        Command::Lab(args) => lab::run(args),
-        // The processes that hold keys leave core dumps out before they read any.
-        Command::Dataplane(args) => {
-            core_dumps::apply(args.allow_core_dumps()).and_then(|_| dataplane::run(args, false))
-        }
-        Command::Run(args) => {
-            core_dumps::apply(args.dataplane.allow_core_dumps()).and_then(|_| supervise::run(args))
-        }
-        Command::Client(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
-            .and_then(|_| supervise::client(args)),
-        Command::Control(args) => {
-            core_dumps::apply(args.allow_core_dumps()).and_then(|_| control_proc::run(args))
-        }
-        Command::CryptoNode(args) => core_dumps::apply(args.allow_core_dumps())
-            .and_then(|_| cluster::crypto_node::run(args)),
-        Command::Edge(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
-            .and_then(|_| supervise::edge(args)),
-        Command::EdgeLink(args) => {
-            core_dumps::apply(args.allow_core_dumps()).and_then(|_| cluster::edge::run(args))
-        }
-        Command::Perf(args) => perf_cmd::run(args),
-        Command::Status(args) => views::status(args),
-        Command::Stats(args) => views::stats(args),
-        Command::Sa(args) => views::sas(args),
-        Command::Ha(args) => ha::cli::run(args),
-    };
+    let result =
+        match cli.command {
+            Command::Lab(args) => lab::run(args),
+            // The processes that hold keys leave core dumps out before they read any.
+            Command::Dataplane(args) => {
+                core_dumps::apply(args.allow_core_dumps()).and_then(|_| dataplane::run(args, false))
+            }
+            Command::Run(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
+                .and_then(|_| supervise::run(args)),
+            Command::Client(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
+                .and_then(|_| supervise::client(args)),
+            Command::Control(args) => {
+                core_dumps::apply(args.allow_core_dumps()).and_then(|_| control_proc::run(args))
+            }
+            Command::CryptoNode(args) => core_dumps::apply(args.allow_core_dumps())
+                .and_then(|_| cluster::crypto_node::run(args)),
+            Command::Edge(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
+                .and_then(|_| supervise::edge(args)),
+            Command::EdgeLink(args) => {
+                core_dumps::apply(args.allow_core_dumps()).and_then(|_| cluster::edge::run(args))
+            }
+            Command::Perf(args) => perf_cmd::run(args),
+            Command::Status(args) => views::status(args),
+            Command::Stats(args) => views::stats(args),
+            Command::Sa(args) => views::sas(args),
+            Command::Ha(args) => ha::cli::run(args),
+        };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

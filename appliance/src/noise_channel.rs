@@ -719,7 +719,8 @@ mod tests {
             let second = c.recv();
             (first, second)
         });
-        let mut c = Connection::initiate(TcpStream::connect(paddr).unwrap(), &psk(7), HA_SYNC).unwrap();
+        let mut c =
+            Connection::initiate(TcpStream::connect(paddr).unwrap(), &psk(7), HA_SYNC).unwrap();
         c.send(b"fine").unwrap();
         c.send(b"tampered").unwrap();
         let (first, second) = srv.join().unwrap();

@@ -289,7 +289,12 @@ fn supervise(args: RunArgs, kind: Kind, file: crate::config::DataplaneFile) -> R
     };
     let config = dp.config().display().to_string();
     let mut control_args = vec![
-        if kind == Kind::Edge { "edge-link" } else { "control" }.to_string(),
+        if kind == Kind::Edge {
+            "edge-link"
+        } else {
+            "control"
+        }
+        .to_string(),
         "--config".into(),
         config.clone(),
         "--shm".into(),

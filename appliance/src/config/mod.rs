@@ -180,11 +180,7 @@ impl DataplaneFile {
                     ));
                 }
                 if ha.is_some() {
-                    return Err(ConfigError::new(
-                        file,
-                        "ha",
-                        "an edge is not an HA node",
-                    ));
+                    return Err(ConfigError::new(file, "ha", "an edge is not an HA node"));
                 }
                 Some(e)
             }
@@ -260,8 +256,15 @@ mod tests {
             "cluster.edge_id"
         );
         let text = std::fs::read_to_string(&node).unwrap();
-        let f: CryptoNodeFile = parse(Path::new("x.yaml"), &text.replace("role: crypto-node", "role: edge")).unwrap();
-        assert_eq!(f.validate(Path::new("x.yaml")).unwrap_err().key, "cluster.node_id");
+        let f: CryptoNodeFile = parse(
+            Path::new("x.yaml"),
+            &text.replace("role: crypto-node", "role: edge"),
+        )
+        .unwrap();
+        assert_eq!(
+            f.validate(Path::new("x.yaml")).unwrap_err().key,
+            "cluster.node_id"
+        );
     }
 
     #[test]

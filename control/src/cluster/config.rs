@@ -133,13 +133,8 @@ impl ClusterYaml {
         if !(1..=65536).contains(&self.queue) {
             return Err(err("queue", format!("{} is not in 1..=65536", self.queue)));
         }
-        let psk = crate::config::read_key32(
-            &self.psk,
-            &self.psk_file,
-            file,
-            at,
-            "the cluster key",
-        )?;
+        let psk =
+            crate::config::read_key32(&self.psk, &self.psk_file, file, at, "the cluster key")?;
         let only = |k: &str, set: bool, role: &str| {
             if set {
                 Err(err(k, format!("is for a {role}, not this role")))
@@ -163,10 +158,7 @@ impl ClusterYaml {
                 if u64::from(node_id) >= 1u64 << self.node_bits {
                     return Err(err(
                         "node_id",
-                        format!(
-                            "{node_id} does not fit in node_bits ({})",
-                            self.node_bits
-                        ),
+                        format!("{node_id} does not fit in node_bits ({})", self.node_bits),
                     ));
                 }
                 let listen = self
@@ -213,21 +205,36 @@ mod tests {
 
     #[test]
     fn both_roles_validate_and_errors_name_the_key_never_the_psk() {
-        let node = format!("role: crypto-node\nnode_id: 3\nlisten: 127.0.0.1:7600\npsk: \"{KEY}\"\n");
-        assert!(matches!(check(&node).unwrap(), ClusterPlan::CryptoNode(p) if p.node_id == 3 && p.node_bits == 4));
+        let node =
+            format!("role: crypto-node\nnode_id: 3\nlisten: 127.0.0.1:7600\npsk: \"{KEY}\"\n");
+        assert!(
+            matches!(check(&node).unwrap(), ClusterPlan::CryptoNode(p) if p.node_id == 3 && p.node_bits == 4)
+        );
         let edge = format!("role: edge\nedge_id: 2\ncrypto_node: 127.0.0.1:7600\npsk: \"{KEY}\"\n");
         assert!(matches!(check(&edge).unwrap(), ClusterPlan::Edge(p) if p.edge_id == 2));
         let key = |t: String| check(&t).unwrap_err().key;
-        assert_eq!(key(node.replace("node_id: 3", "node_id: 16")), "cluster.node_id");
-        assert_eq!(key(node.replace("listen: 127.0.0.1:7600\n", "")), "cluster.listen");
+        assert_eq!(
+            key(node.replace("node_id: 3", "node_id: 16")),
+            "cluster.node_id"
+        );
+        assert_eq!(
+            key(node.replace("listen: 127.0.0.1:7600\n", "")),
+            "cluster.listen"
+        );
         assert_eq!(key(format!("{node}edge_id: 1\n")), "cluster.edge_id");
         assert_eq!(key(edge.replace("edge_id: 2\n", "")), "cluster.edge_id");
-        assert_eq!(key(edge.replace("crypto_node: 127.0.0.1:7600\n", "")), "cluster.crypto_node");
+        assert_eq!(
+            key(edge.replace("crypto_node: 127.0.0.1:7600\n", "")),
+            "cluster.crypto_node"
+        );
         let short = edge.replace(KEY, "0011");
         let e = check(&short).unwrap_err();
         assert_eq!(e.key, "cluster.psk");
         assert!(!e.to_string().contains("0011"), "{e}");
-        let dbg = format!("{:?}", crate::config::parse::<ClusterYaml>(Path::new("c"), &edge).unwrap());
+        let dbg = format!(
+            "{:?}",
+            crate::config::parse::<ClusterYaml>(Path::new("c"), &edge).unwrap()
+        );
         assert!(!dbg.contains(KEY) && dbg.contains("redacted"), "{dbg}");
         assert_eq!(key(edge.replace("role: edge", "role: router")), "role");
     }
