@@ -8,7 +8,8 @@
 //! tunnel; the crypto node placed the CHILD_SA on edge 0 only, and edge 0's data plane holds
 //! exactly its two SAs; the other edges hold none. Then (case split) the router sends UDP 500
 //! (IKE_SA_INIT) to edge 1 and everything else (IKE_AUTH on 4500, ESP) to edge 0: a second
-//! client's IKE SA sees both edges, and its SAs are on edge 0 only.
+//! client's IKE SA sees both edges, and its SAs are on edge 0 only. Then (case strongswan)
+//! Debian's strongSwan 5.9.8 connects through edge 0 and pings the server.
 //!
 //! Prints one summary line per case, e.g.
 //! `cluster case=connect up=yes lost=0 sa_at_edge_ms=..` where `sa_at_edge_ms` is the largest
@@ -24,7 +25,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use roamgate_tests::netns::{root_or_skip, DataplaneProcess, NsProcess};
-use roamgate_tests::strongswan::{ask, ike_view, pings, wait_for, ScriptLab};
+use roamgate_tests::strongswan::{
+    ask, ike_view, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
+};
 use roamgate_tests::{root, scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_roamgate");
@@ -269,6 +272,44 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
     assert_eq!(held, vec![(1, 1), (0, 0), (0, 0)], "the SAs on edge 0 only");
     assert_eq!(pings(&home, SERVER, 3), 3, "traffic through edge 0");
     let _ = client.stop_with_output();
+    wait_for("edge 0 to let the SAs go", 10, || {
+        dataplane_spis(&edges[0].socket) == (vec![], vec![])
+    });
+
+    // Case strongswan: Debian's strongSwan 5.9.8 (kernel-libipsec) connects through edge 0.
+    if strongswan_or_skip("cluster_move strongswan", &[]) {
+        for cmd in ["ip rule del ipproto udp dport 500 table 100"] {
+            let out = roamgate_tests::netns::in_ns(&rtr, &cmd.split(' ').collect::<Vec<_>>());
+            assert!(out.status.success(), "{cmd}");
+        }
+        let sw = lab.ns("sw");
+        let conf = swanctl_conf("rw-psk.swanctl.conf")
+            .replace("remote_addrs = 192.0.2.1", "remote_addrs = 203.0.113.1");
+        let charon = Charon::start_with(&sw, &dir.join("sw"), &conf);
+        let t = Instant::now();
+        let out = charon.swanctl(&["--initiate", "--child", "net"]);
+        let up_ms = t.elapsed().as_millis();
+        assert!(out.contains("initiate completed successfully"), "{out}");
+        let n = {
+            let mut n = 0;
+            let t = Instant::now();
+            while n == 0 && t.elapsed() < Duration::from_secs(10) {
+                n = pings(&sw, SERVER, 3);
+            }
+            n
+        };
+        let held: Vec<(usize, usize)> = edges
+            .iter()
+            .map(|e| {
+                let (i, o) = dataplane_spis(&e.socket);
+                (i.len(), o.len())
+            })
+            .collect();
+        println!("cluster case=strongswan up=yes up_ms={up_ms} pings={n}/3 held={held:?}");
+        assert!(n >= 2, "strongSwan's pings through edge 0: {n}/3");
+        assert_eq!(held, vec![(1, 1), (0, 0), (0, 0)]);
+        charon.stop();
+    }
     for e in edges {
         let _ = e.stop();
     }

@@ -46,6 +46,7 @@
 #            crypto node PFX-cn on a management bridge (169.254.80.1; edge N at 169.254.80.1N):
 #              PFX-home 10.7.0.10 -- lan [PFX-cl] wan 192.0.2.10 -- eth0 [PFX-rtr] pN --
 #                wan [PFX-eN] lan -- lN [PFX-lr] lan1 -- lan0 10.9.0.10 PFX-srv
+#              PFX-sw eth0 198.51.100.10 (strongSwan) -- eth1 198.51.100.254 [PFX-rtr]
 #        netns-lab.sh cluster-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
@@ -58,7 +59,7 @@ RW_NSS="lan gw rw"
 CL_NSS="home cl sgw srv"
 MOB_NSS="home cl rtr gw srv"
 HA_NSS="home cl rtr gwa gwb lsw srv"
-CLUSTER_NSS="home cl rtr e0 e1 e2 lr cn srv"
+CLUSTER_NSS="home cl sw rtr e0 e1 e2 lr cn srv"
 
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
@@ -287,6 +288,14 @@ cluster_up() {
     links_up "$p-rtr" eth0
     ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
     ip -n "$p-rtr" route replace 203.0.113.1/32 dev p0
+    # A kernel-networked client (strongSwan) on a second access network.
+    ip link add eth0 netns "$p-sw" address 02:00:00:00:51:0a type veth \
+        peer name eth1 netns "$p-rtr" address 02:00:00:00:51:01
+    links_up "$p-sw" eth0
+    ip -n "$p-sw" addr add 198.51.100.10/24 dev eth0
+    ip -n "$p-sw" route add default via 198.51.100.254
+    links_up "$p-rtr" eth1
+    ip -n "$p-rtr" addr add 198.51.100.254/24 dev eth1
     links_up "$p-lr" lan1
     ip -n "$p-lr" addr add 10.9.0.1/24 dev lan1
     ip -n "$p-lr" route replace 10.99.0.0/24 via 10.8.0.2
