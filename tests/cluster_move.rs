@@ -278,10 +278,9 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
 
     // Case strongswan: Debian's strongSwan 5.9.8 (kernel-libipsec) connects through edge 0.
     if strongswan_or_skip("cluster_move strongswan", &[]) {
-        for cmd in ["ip rule del ipproto udp dport 500 table 100"] {
-            let out = roamgate_tests::netns::in_ns(&rtr, &cmd.split(' ').collect::<Vec<_>>());
-            assert!(out.status.success(), "{cmd}");
-        }
+        let cmd = "ip rule del ipproto udp dport 500 table 100";
+        let out = roamgate_tests::netns::in_ns(&rtr, &cmd.split(' ').collect::<Vec<_>>());
+        assert!(out.status.success(), "{cmd}");
         let sw = lab.ns("sw");
         let conf = swanctl_conf("rw-psk.swanctl.conf")
             .replace("remote_addrs = 192.0.2.1", "remote_addrs = 203.0.113.1");
