@@ -183,10 +183,11 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
     println!(
         "cluster case=connect up=yes up_ms={up_ms} sent={sent_n} lost={lost} \
          sa_at_edge_ms={sa_at_edge_ms:.2} placed_e0={placed_in}/{placed_out} \
-         held={:?}",
+         held={:?} seq_report={}",
         held.iter()
             .map(|(i, o)| (i.len(), o.len()))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>(),
+        e0["outbound_seq"][0]
     );
     println!("crypto node: {state}");
     assert_eq!(node_ike_sas, 1, "the crypto node's IKE view: {node_ike}");
@@ -207,6 +208,12 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
         );
     }
     assert!(state["no_edge"].as_u64() == Some(0), "{state}");
+    // Edge 0's sequence reports reached the repository (the pings' answers used some).
+    let seq = e0["outbound_seq"][0].as_u64().unwrap_or(0);
+    assert!(
+        seq >= 1,
+        "the freshest sequence report of edge 0's outbound SA: {e0}"
+    );
 
     // Stop: the client deletes its IKE SA through edge 0.
     let (_, out) = client.stop_with_output();

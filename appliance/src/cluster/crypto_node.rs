@@ -231,6 +231,11 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
                 "edge": e,
                 "inbound_spis": inb.iter().map(|s| format!("{:08x}", s.0)).collect::<Vec<_>>(),
                 "outbound_ids": out.iter().map(|i| i.0).collect::<Vec<_>>(),
+                // The freshest sequence report of each outbound SA (last number used).
+                "outbound_seq": out
+                    .iter()
+                    .map(|i| node.placement().freshest_seq(*i).map_or(0, |s| s.seq))
+                    .collect::<Vec<_>>(),
                 "carrier_rtt_ms_p50": rt.get(rt.len() / 2),
                 "carrier_rtt_ms_max": rt.last(),
             })

@@ -54,6 +54,13 @@ use crate::core::{ControlCore, Output};
 /// The most IKE SAs / peer addresses whose last edge is remembered (oldest forgotten first).
 const MAX_ROUTES: usize = 1 << 18;
 
+/// How often an edge's outbound SA reports its sequence number unless the core asked for
+/// its own checkpoints: the repository's freshest state, which a move will resume above.
+pub const DEFAULT_CHECKPOINT: proto::sa::Checkpoint = proto::sa::Checkpoint {
+    packets: 4096,
+    millis: 100,
+};
+
 /// Counters of the node (the view and the tests read them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -132,6 +139,8 @@ pub struct CryptoNode {
     view: Option<String>,
     /// The `now` of the input being handled.
     now: Instant,
+    /// Sequence checkpoints of outbound SAs sent to edges.
+    checkpoint: proto::sa::Checkpoint,
     pub stats: NodeStats,
 }
 
@@ -158,6 +167,7 @@ impl CryptoNode {
             logs: VecDeque::new(),
             view: None,
             now: Instant::ZERO,
+            checkpoint: DEFAULT_CHECKPOINT,
             stats: NodeStats::default(),
         }
     }
@@ -172,6 +182,11 @@ impl CryptoNode {
 
     pub fn placement(&self) -> &SaPlacement {
         &self.placement
+    }
+
+    /// Sets how often outbound SAs on edges report their sequence numbers.
+    pub fn set_checkpoint(&mut self, c: proto::sa::Checkpoint) {
+        self.checkpoint = c;
     }
 
     /// A connection from `edge` is up; it is known once its hello arrives.
@@ -465,7 +480,18 @@ impl CryptoNode {
         self.edges.keys().copied().collect()
     }
 
-    fn route_update(&mut self, u: Update) {
+    fn route_update(&mut self, mut u: Update) {
+        if let Update::AddSa {
+            dir: Direction::Outbound,
+            params,
+        } = &mut u
+        {
+            // Every outbound SA reports where its sequence numbers stand (the sequence
+            // reports the repository keeps the freshest of).
+            if params.checkpoint.is_none() {
+                params.checkpoint = Some(self.checkpoint);
+            }
+        }
         match &u {
             Update::AddSa { dir, params } => {
                 let target = self.current.or_else(|| self.peer_edge.get(&params.remote));

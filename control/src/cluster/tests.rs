@@ -598,6 +598,13 @@ fn sequence_reports_reach_the_repository_and_only_the_freshest_is_kept() {
     w.run_for(Duration::from_millis(50));
     let s = w.node.placement().freshest_seq(id).unwrap();
     assert_eq!((s.seq, s.by, s.final_state), (5000, Some(0), false));
+    // The edge's outbound SA was installed with checkpoints on (the reports come by
+    // themselves from a real data plane).
+    let carried = w.edges[0].link.workers[0].received.iter().any(|u| {
+        matches!(u, Update::AddSa { dir: Direction::Outbound, params }
+            if params.id == id && params.checkpoint == Some(crypto_node::DEFAULT_CHECKPOINT))
+    });
+    assert!(carried);
     assert_eq!(
         w.node.placement().outbound_params(id).map(|p| p.spi),
         Some(ours_out)
@@ -661,5 +668,4 @@ fn a_message_from_an_edge_that_names_another_edge_is_refused() {
         },
     );
     assert_eq!(w.node.stats.refused, 2);
-    let _ = Direction::Inbound;
 }
