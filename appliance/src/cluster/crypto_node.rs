@@ -18,7 +18,7 @@ use control::driver::{inproc::os_seed, Clock, IkeView};
 use control::repo::SaRepository;
 
 use crate::config::{CheckedNode, CryptoNodeFile};
-use crate::noise_channel::{Hub, LinkEvent, Psk, CLUSTER};
+use crate::noise_channel::{Hub, LinkEvent, Psk, CLUSTER, MAX_PAYLOAD};
 
 #[derive(clap::Args)]
 pub struct CryptoNodeArgs {
@@ -171,7 +171,15 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
             };
             while let Some(m) = node.poll_for(edge) {
                 let bytes = match m.encode() {
-                    Ok(b) => b,
+                    Ok(b) if b.len() <= MAX_PAYLOAD => b,
+                    Ok(b) => {
+                        // A policy too large for one channel message (site-to-site rules of
+                        // very many CHILD_SAs): said, not sent (it would break the channel).
+                        tracing::error!(target: "cluster",
+                            "edge {edge}: a message of {} bytes does not fit the channel \
+                             ({MAX_PAYLOAD}): not sent", b.len());
+                        continue;
+                    }
                     Err(e) => {
                         tracing::error!(target: "cluster", "edge {edge}: cannot encode: {e}");
                         continue;

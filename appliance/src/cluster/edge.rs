@@ -18,7 +18,7 @@ use pipeline::shm::ControlChannel;
 
 use crate::config::{Checked, DataplaneFile};
 use crate::control_link::ShmControlLink;
-use crate::noise_channel::{Endpoint, LinkEvent, Psk, SyncLink, CLUSTER};
+use crate::noise_channel::{Endpoint, LinkEvent, Psk, SyncLink, CLUSTER, MAX_PAYLOAD};
 
 #[derive(clap::Args)]
 pub struct EdgeLinkArgs {
@@ -107,7 +107,12 @@ pub fn run(args: EdgeLinkArgs) -> Result<()> {
         work |= fwd.turn(&mut link);
         while let Some(m) = fwd.poll_to_node() {
             let bytes = match m.encode() {
-                Ok(b) => b,
+                Ok(b) if b.len() <= MAX_PAYLOAD => b,
+                Ok(b) => {
+                    tracing::error!(target: "cluster",
+                        "a message of {} bytes does not fit the channel: not sent", b.len());
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(target: "cluster", "cannot encode: {e}");
                     continue;
