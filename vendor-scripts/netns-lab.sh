@@ -38,6 +38,17 @@
 #              sync 169.254.77.1 [PFX-gwa] -- sync 169.254.77.2 [PFX-gwb] (kernel TCP)
 #              PFX-sw wan 100.64.0.20 -- eth1 [PFX-rtr] (a second road warrior: strongSwan)
 #        netns-lab.sh ha-down [PFX]
+#        netns-lab.sh cluster-up [PFX]  the cluster lab (tests/cluster_move.rs, configs/cluster/):
+#            the client side of the HA lab; edges PFX-e0, PFX-e1, PFX-e2 sharing the public
+#            address 203.0.113.1 behind the router, each on its own router link (pN, router
+#            MAC 02:00:00:00:72:0N) so `ip route replace 203.0.113.1/32 dev pN` steers the
+#            clients to edge N; a LAN router PFX-lr (link lN 10.8.N.1 to edge N's lan 10.8.N.2,
+#            10.9.0.1 to the server) with `ip route replace 10.99.0.0/24 via 10.8.N.2`; the
+#            crypto node PFX-cn on a management bridge (169.254.80.1; edge N at 169.254.80.1N):
+#              PFX-home 10.7.0.10 -- lan [PFX-cl] wan 192.0.2.10 -- eth0 [PFX-rtr] pN --
+#                wan [PFX-eN] lan -- lN [PFX-lr] lan1 -- lan0 10.9.0.10 PFX-srv
+#              PFX-sw eth0 198.51.100.10 (strongSwan) -- eth1 198.51.100.254 [PFX-rtr]
+#        netns-lab.sh cluster-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
 set -euo pipefail
@@ -49,6 +60,7 @@ RW_NSS="lan gw rw"
 CL_NSS="home cl sgw srv"
 MOB_NSS="home cl rtr gw srv"
 HA_NSS="home cl rtr gwa gwb lsw srv sw"
+CLUSTER_NSS="home cl sw rtr e0 e1 e2 lr cn srv"
 
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
@@ -244,6 +256,62 @@ ha_down() {
     ns_del $HA_NSS
 }
 
+cluster_down() { ns_del $CLUSTER_NSS; }
+
+cluster_up() {
+    ns_add $CLUSTER_NSS
+    ip link add lan0 netns "$p-home" address 02:00:00:00:07:fe type veth \
+        peer name lan netns "$p-cl" address 02:00:00:00:07:01
+    ip link add wan netns "$p-cl" address 02:00:00:00:02:10 type veth \
+        peer name eth0 netns "$p-rtr" address 02:00:00:00:02:01
+    ip -n "$p-cn" link add brm type bridge
+    for n in 0 1 2; do
+        ip link add "p$n" netns "$p-rtr" address "02:00:00:00:72:0$n" type veth \
+            peer name wan netns "$p-e$n" address "02:00:00:00:03:0$n"
+        ip link add "l$n" netns "$p-lr" address "02:00:00:00:81:0$n" type veth \
+            peer name lan netns "$p-e$n" address "02:00:00:00:82:0$n"
+        ip link add "m$n" netns "$p-cn" type veth peer name mgmt netns "$p-e$n"
+        ip -n "$p-cn" link set "m$n" master brm
+        links_up "$p-cn" "m$n"
+        gateway "$p-e$n" lan wan mgmt
+        ip -n "$p-e$n" addr add "169.254.80.1$n/24" dev mgmt
+        links_up "$p-rtr" "p$n"
+        ip -n "$p-rtr" addr add 203.0.113.254/24 dev "p$n" 2>/dev/null || true
+        links_up "$p-lr" "l$n"
+        ip -n "$p-lr" addr add "10.8.$n.1/24" dev "l$n"
+    done
+    links_up "$p-cn" brm
+    ip -n "$p-cn" addr add 169.254.80.1/24 dev brm
+    ip link add lan1 netns "$p-lr" address 02:00:00:00:09:01 type veth \
+        peer name lan0 netns "$p-srv" address 02:00:00:00:09:fe
+    gateway "$p-cl" lan wan
+    for r in rtr lr; do
+        ip netns exec "$p-$r" sysctl -qw net.ipv4.ip_forward=1
+        ip netns exec "$p-$r" sysctl -qw net.ipv4.conf.all.rp_filter=0
+        ip netns exec "$p-$r" sysctl -qw net.ipv4.conf.default.rp_filter=0
+    done
+    for n in 0 1 2; do
+        ip netns exec "$p-rtr" sysctl -qw "net.ipv4.conf.p$n.rp_filter=0"
+        ip netns exec "$p-lr" sysctl -qw "net.ipv4.conf.l$n.rp_filter=0"
+    done
+    links_up "$p-rtr" eth0
+    ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
+    ip -n "$p-rtr" route replace 203.0.113.1/32 dev p0
+    # A kernel-networked client (strongSwan) on a second access network.
+    ip link add eth0 netns "$p-sw" address 02:00:00:00:51:0a type veth \
+        peer name eth1 netns "$p-rtr" address 02:00:00:00:51:01
+    links_up "$p-sw" eth0
+    ip -n "$p-sw" addr add 198.51.100.10/24 dev eth0
+    ip -n "$p-sw" route add default via 198.51.100.254
+    links_up "$p-rtr" eth1
+    ip -n "$p-rtr" addr add 198.51.100.254/24 dev eth1
+    links_up "$p-lr" lan1
+    ip -n "$p-lr" addr add 10.9.0.1/24 dev lan1
+    ip -n "$p-lr" route replace 10.99.0.0/24 via 10.8.0.2
+    host4 "$p-home" 10.7.0.10/24 10.7.0.1
+    host4 "$p-srv" 10.9.0.10/24 10.9.0.1
+}
+
 case "$cmd" in
 up) up ;;
 down) down ;;
@@ -255,6 +323,8 @@ mob-up) mob_up ;;
 mob-down) mob_down ;;
 ha-up) ha_up ;;
 ha-down) ha_down ;;
+cluster-up) cluster_up ;;
+cluster-down) cluster_down ;;
 exec)
     shift
     ns=$1
@@ -262,7 +332,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|cluster-up|cluster-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

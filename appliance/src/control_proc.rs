@@ -99,6 +99,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             conns: checked.conns.clone(),
             backend: checked.backend,
             ha: None,
+            edge: None,
         },
     };
     let gw = &file.gateway;

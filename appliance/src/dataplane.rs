@@ -203,6 +203,7 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
         conns,
         backend,
         ha,
+        ..
     } = file.validate(&args.config)?;
     crate::logs::apply_file_level(file.log_level.as_deref())?;
     if ha.is_some() && with_ike {

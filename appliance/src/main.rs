@@ -14,12 +14,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod addr_watch;
+mod cluster;
 mod config;
 mod control_link;
 mod control_proc;
 mod core_dumps;
 mod dataplane;
-// The HA pair's sync channel: tested here, not started by a subcommand yet (issue 17).
+// The HA pair (parts used by tests only).
 #[cfg_attr(not(test), allow(dead_code))]
 mod ha;
 mod hup;
@@ -27,6 +28,9 @@ mod ike_state;
 mod lab;
 mod logs;
 mod metrics;
+// Shared by the HA sync channel and the cluster's edge channel (parts used by tests only).
+#[cfg_attr(not(test), allow(dead_code))]
+mod noise_channel;
 mod offload;
 mod perf_cmd;
 mod reload;
@@ -68,6 +72,16 @@ enum Command {
     /// gateway, and the LAN behind the client reaches the gateway's networks as the virtual
     /// IP the gateway assigns (LAN flows masqueraded to it inside the tunnel).
     Client(supervise::RunArgs),
+    /// Run a cluster's crypto node: IKE for every edge (answering as the address each request
+    /// came to), the SA repository, SA carriers to the edges; no data-plane ports.
+    CryptoNode(cluster::crypto_node::CryptoNodeArgs),
+    /// Run a cluster edge: the data plane (as `run`'s) and a stateless IKE forwarder to the
+    /// crypto node, as two supervised processes.
+    Edge(supervise::RunArgs),
+    /// An edge's forwarder alone (`roamgate edge` starts it) on a shared-memory channel to
+    /// `roamgate dataplane --shm`.
+    #[command(hide = true)]
+    EdgeLink(cluster::edge::EdgeLinkArgs),
     /// Run the control plane alone (IKEv2, the SA repository) on a shared-memory channel to
     /// `roamgate dataplane --shm` (same config file).
     Control(control_proc::ControlArgs),
@@ -131,28 +145,35 @@ fn main() -> ExitCode {
         eprintln!("roamgate: {e:#}");
         return ExitCode::FAILURE;
     }
-    let result = match cli.command {
-        Command::Lab(args) => lab::run(args),
-        // The processes that hold keys leave core dumps out before they read any.
-        Command::Dataplane(args) => {
-            core_dumps::apply(args.allow_core_dumps()).and_then(|_| dataplane::run(args, false))
-        }
-        Command::Run(args) => {
-            core_dumps::apply(args.dataplane.allow_core_dumps()).and_then(|_| supervise::run(args))
-        }
-        Command::Client(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
-            .and_then(|_| supervise::client(args)),
-        Command::Control(args) => {
-            core_dumps::apply(args.allow_core_dumps()).and_then(|_| control_proc::run(args))
-        }
-        Command::Perf(args) => perf_cmd::run(args),
-        Command::Status(args) => views::status(args),
-        Command::Stats(args) => views::stats(args),
-        Command::Sa(args) => views::sas(args),
-        Command::Reload(args) => reload::run(args),
-        Command::Ha(args) => ha::cli::run(args),
-        Command::EapUser(args) => eap_user(args),
-    };
+    let result =
+        match cli.command {
+            Command::Lab(args) => lab::run(args),
+            // The processes that hold keys leave core dumps out before they read any.
+            Command::Dataplane(args) => {
+                core_dumps::apply(args.allow_core_dumps()).and_then(|_| dataplane::run(args, false))
+            }
+            Command::Run(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
+                .and_then(|_| supervise::run(args)),
+            Command::Client(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
+                .and_then(|_| supervise::client(args)),
+            Command::Control(args) => {
+                core_dumps::apply(args.allow_core_dumps()).and_then(|_| control_proc::run(args))
+            }
+            Command::CryptoNode(args) => core_dumps::apply(args.allow_core_dumps())
+                .and_then(|_| cluster::crypto_node::run(args)),
+            Command::Edge(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
+                .and_then(|_| supervise::edge(args)),
+            Command::EdgeLink(args) => {
+                core_dumps::apply(args.allow_core_dumps()).and_then(|_| cluster::edge::run(args))
+            }
+            Command::Perf(args) => perf_cmd::run(args),
+            Command::Status(args) => views::status(args),
+            Command::Stats(args) => views::stats(args),
+            Command::Sa(args) => views::sas(args),
+            Command::Reload(args) => reload::run(args),
+            Command::Ha(args) => ha::cli::run(args),
+            Command::EapUser(args) => eap_user(args),
+        };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -238,7 +238,33 @@ pub fn client(args: RunArgs) -> Result<()> {
     file.ike.validate_client(dp.config(), "ike")?;
     crate::logs::apply_file_level(file.log_level.as_deref())?;
     dp.check_outputs()?;
-    supervise(args, true, file)
+    supervise(args, Kind::Client, file)
+}
+
+/// `roamgate edge`: `run` for a cluster edge: the data plane and the edge's forwarder
+/// (`roamgate edge-link`) in place of the control plane.
+pub fn edge(args: RunArgs) -> Result<()> {
+    let dp = &args.dataplane;
+    let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
+    let checked = file.validate(dp.config())?;
+    if checked.edge.is_none() {
+        anyhow::bail!(
+            "{}: cluster: `roamgate edge` needs a cluster section with role edge",
+            dp.config().display()
+        );
+    }
+    if args.single_process {
+        anyhow::bail!("--single-process: an edge runs as two processes (edge-link, dataplane)");
+    }
+    dp.check_outputs()?;
+    supervise(args, Kind::Edge, file)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Run,
+    Client,
+    Edge,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -249,10 +275,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     file.validate(dp.config())?;
     crate::logs::apply_file_level(file.log_level.as_deref())?;
     dp.check_outputs()?;
-    supervise(args, false, file)
+    supervise(args, Kind::Run, file)
 }
 
-fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) -> Result<()> {
+fn supervise(args: RunArgs, kind: Kind, file: crate::config::DataplaneFile) -> Result<()> {
+    let client = kind == Kind::Client;
     if args.single_process {
         if args.dataplane.shm().is_some() {
             anyhow::bail!("--single-process has no shared-memory channel: drop --shm");
@@ -282,27 +309,34 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
     };
     let config = dp.config().display().to_string();
     let mut control_args = vec![
-        "control".to_string(),
+        if kind == Kind::Edge {
+            "edge-link"
+        } else {
+            "control"
+        }
+        .to_string(),
         "--config".into(),
         config.clone(),
         "--shm".into(),
         shm.display().to_string(),
     ];
-    if let Some(s) = dp.socket() {
-        control_args.extend(["--socket".into(), format!("{}.ike", s.display())]);
+    if kind != Kind::Edge {
+        if let Some(s) = dp.socket() {
+            control_args.extend(["--socket".into(), format!("{}.ike", s.display())]);
+        }
+        if client {
+            control_args.push("--follow-wan".into());
+        }
+        // The control process keeps the static SAs' sequence numbers (see control_proc).
+        control_args.extend(["--seq-state".into(), dp.seq_state().display().to_string()]);
+        // ... and its IKE SAs, for as long as the run lasts (ike_state.rs): in the run's
+        // private directory, or next to the channel it was given.
+        let ike_state = match &_run_dir {
+            Some(d) => d.ike_state(),
+            None => PathBuf::from(format!("{}.ike-state", shm.display())),
+        };
+        control_args.extend(["--ike-state".into(), ike_state.display().to_string()]);
     }
-    if client {
-        control_args.push("--follow-wan".into());
-    }
-    // The control process keeps the static SAs' sequence numbers (see control_proc).
-    control_args.extend(["--seq-state".into(), dp.seq_state().display().to_string()]);
-    // ... and its IKE SAs, for as long as the run lasts (ike_state.rs): in the run's private
-    // directory, or next to the channel it was given.
-    let ike_state = match &_run_dir {
-        Some(d) => d.ike_state(),
-        None => PathBuf::from(format!("{}.ike-state", shm.display())),
-    };
-    control_args.extend(["--ike-state".into(), ike_state.display().to_string()]);
     if dp.allow_core_dumps() {
         control_args.push(crate::core_dumps::ALLOW_FLAG.into());
     }
@@ -321,7 +355,14 @@ fn supervise(args: RunArgs, client: bool, file: crate::config::DataplaneFile) ->
         sockets,
         channel: dp.shm().map(Path::to_owned),
     };
-    let mut control = Supervised::new("control", control_args);
+    let mut control = Supervised::new(
+        if kind == Kind::Edge {
+            "edge-link"
+        } else {
+            "control"
+        },
+        control_args,
+    );
     let mut dataplane = Supervised::new("dataplane", dataplane_args);
     let shutdown = Arc::new(AtomicBool::new(false));
     {

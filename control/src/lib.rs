@@ -7,6 +7,7 @@
 //!   decisions on data-plane reports, the IKE view), with explicit time.
 //! - `driver`: the one control loop around the core, over a `Link` to the data plane;
 //!   `driver::inproc` is the in-process link (the shared-memory one is the appliance's).
+//! - `cluster`: a crypto node and its edges (the SA carrier messages, placement, the forwarder).
 //! - `ha`: the HA pair (roles, sync log and records, the nonce arithmetic of takeover).
 #![deny(unsafe_code)]
 

@@ -125,7 +125,7 @@ impl SimLink {
     }
 
     /// Applies what is due at `now`.
-    fn advance(&mut self, now: Instant) {
+    pub(crate) fn advance(&mut self, now: Instant) {
         self.now = now;
         for w in self.workers.iter_mut() {
             while w.pending.front().is_some_and(|(t, ..)| *t <= now) {
@@ -137,7 +137,7 @@ impl SimLink {
         }
     }
 
-    fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.workers
             .iter()
             .filter_map(|w| w.pending.front().map(|(t, ..)| *t))

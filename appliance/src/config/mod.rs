@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use control::cluster::config::{ClusterPlan, ClusterYaml, CryptoNodePlan, EdgePlan};
 use control::config::ha::{HaPlan, HaYaml};
 use control::config::ike::{Connection, IkeYaml};
 use control::config::{ConfigError, GatewayConfig, GatewayPlan};
@@ -32,6 +33,57 @@ pub struct DataplaneFile {
     /// each reload.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// A cluster edge (`roamgate edge`): its id, the crypto node, the channel's key.
+    #[serde(default)]
+    pub cluster: Option<ClusterYaml>,
+}
+
+/// A file for `roamgate crypto-node`: the gateway the edges stand for (its name, the public
+/// WAN address the clients talk to, the LAN prefixes and policies; no devices: a crypto node
+/// has no data-plane ports), its IKE connections and its `cluster` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoNodeFile {
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub ike: IkeYaml,
+    pub cluster: ClusterYaml,
+}
+
+/// What a checked crypto-node file yields.
+#[derive(Debug)]
+pub struct CheckedNode {
+    pub plan: GatewayPlan,
+    pub conns: Vec<Connection>,
+    pub cluster: CryptoNodePlan,
+}
+
+impl CryptoNodeFile {
+    pub fn validate(&self, file: &Path) -> Result<CheckedNode, ConfigError> {
+        let plan = self.gateway.validate(file, "gateway")?;
+        if !plan.sas.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                "gateway.sas",
+                "a crypto node has no data plane for static SAs: give them to the edges",
+            ));
+        }
+        let conns = self.ike.validate(file, "ike")?;
+        self.ike
+            .check_against(&self.gateway, file, "ike", "gateway")?;
+        match self.cluster.validate(file, "cluster")? {
+            ClusterPlan::CryptoNode(cluster) => Ok(CheckedNode {
+                plan,
+                conns,
+                cluster,
+            }),
+            ClusterPlan::Edge(_) => Err(ConfigError::new(
+                file,
+                "cluster.role",
+                "is edge: run it with `roamgate edge`",
+            )),
+        }
+    }
 }
 
 /// What a checked file yields: the data plane's static part, the IKE connections and the
@@ -42,6 +94,8 @@ pub struct Checked {
     pub conns: Vec<Connection>,
     pub backend: Backend,
     pub ha: Option<HaPlan>,
+    /// A cluster edge's part (`roamgate edge`).
+    pub edge: Option<EdgePlan>,
 }
 
 impl DataplaneFile {
@@ -134,11 +188,50 @@ impl DataplaneFile {
                 ));
             }
         }
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map(|c| c.validate(file, "cluster"))
+            .transpose()?;
+        let edge = match cluster {
+            None => None,
+            Some(ClusterPlan::CryptoNode(_)) => {
+                return Err(ConfigError::new(
+                    file,
+                    "cluster.role",
+                    "is crypto-node, which has no data plane: run it with `roamgate \
+                     crypto-node`",
+                ))
+            }
+            Some(ClusterPlan::Edge(e)) => {
+                if !conns.is_empty() {
+                    return Err(ConfigError::new(
+                        file,
+                        "ike.connections",
+                        "an edge runs no IKE of its own: the crypto node's file holds the \
+                         connections",
+                    ));
+                }
+                if self.dataplane.workers != 1 {
+                    return Err(ConfigError::new(
+                        file,
+                        "dataplane.workers",
+                        "an edge runs one worker for now (the crypto node places SAs per \
+                         edge, not per worker)",
+                    ));
+                }
+                if ha.is_some() {
+                    return Err(ConfigError::new(file, "ha", "an edge is not an HA node"));
+                }
+                Some(e)
+            }
+        };
         Ok(Checked {
             plan,
             conns,
             backend,
             ha,
+            edge,
         })
     }
 }
@@ -177,6 +270,48 @@ mod tests {
             }
         }
         assert!(n >= 5, "{n} files");
+    }
+
+    #[test]
+    fn the_shipped_cluster_files_are_valid_and_their_roles_are_kept_apart() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cluster");
+        let node = dir.join("crypto-node.yaml");
+        let f: CryptoNodeFile = control::config::load(&node).unwrap();
+        let c = f.validate(&node).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.cluster.node_id, c.cluster.node_bits), (1, 4));
+        for (i, name) in ["edge-a", "edge-b", "edge-c"].iter().enumerate() {
+            let p = dir.join(format!("{name}.yaml"));
+            let f: DataplaneFile = control::config::load(&p).unwrap();
+            let c = f.validate(&p).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.edge.map(|e| e.edge_id), Some(i as u16));
+        }
+        let client = dir.join("client.yaml");
+        let f: DataplaneFile = control::config::load(&client).unwrap();
+        assert!(f.validate(&client).unwrap().edge.is_none());
+        // An edge with IKE connections, or more workers, or a crypto node run as an edge.
+        let edge = std::fs::read_to_string(dir.join("edge-a.yaml")).unwrap();
+        let key = |text: &str| {
+            let f: DataplaneFile = parse(Path::new("x.yaml"), text).unwrap();
+            f.validate(Path::new("x.yaml")).unwrap_err().key
+        };
+        assert_eq!(
+            key(&edge.replace("workers: 1", "workers: 2\n  cores: [0, 1]")),
+            "dataplane.workers"
+        );
+        assert_eq!(
+            key(&edge.replace("role: edge", "role: crypto-node")),
+            "cluster.edge_id"
+        );
+        let text = std::fs::read_to_string(&node).unwrap();
+        let f: CryptoNodeFile = parse(
+            Path::new("x.yaml"),
+            &text.replace("role: crypto-node", "role: edge"),
+        )
+        .unwrap();
+        assert_eq!(
+            f.validate(Path::new("x.yaml")).unwrap_err().key,
+            "cluster.node_id"
+        );
     }
 
     #[test]

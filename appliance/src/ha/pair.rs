@@ -189,7 +189,7 @@ impl Pair {
                 .with_context(|| format!("ha: listening on {}", plan.sync_local))?;
             channel::Endpoint::Listen(l)
         };
-        let sync = SyncLink::start(endpoint, Psk::new(*plan.psk), plan.sync_queue)
+        let sync = channel::start(endpoint, Psk::new(*plan.psk), plan.sync_queue)
             .context("ha: starting the sync channel")?;
         tracing::info!(target: "ha", "node {} (priority {}), sync {} <-> {}, marks {} ({} SA(s))",
             plan.params.slot,

@@ -31,7 +31,7 @@ use proto::sa::Checkpoint;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{decode_hex, ConfigError};
+use super::ConfigError;
 use crate::ha::{HaParams, MAX_JUMP};
 
 #[derive(Clone, Deserialize)]
@@ -269,41 +269,7 @@ impl HaYaml {
     }
 
     fn key(&self, file: &Path, at: &str) -> Result<Zeroizing<[u8; 32]>, ConfigError> {
-        let (text, k) = match (&self.psk, &self.psk_file) {
-            (Some(p), None) => (Zeroizing::new(p.clone()), "psk"),
-            (None, Some(f)) => (
-                Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
-                    ConfigError::new(
-                        file,
-                        format!("{at}.psk_file"),
-                        format!("cannot read {f}: {e}"),
-                    )
-                })?),
-                "psk_file",
-            ),
-            _ => {
-                return Err(ConfigError::new(
-                    file,
-                    format!("{at}.psk"),
-                    "give exactly one of psk and psk_file",
-                ))
-            }
-        };
-        let bytes = Zeroizing::new(
-            decode_hex(&text).map_err(|w| ConfigError::new(file, format!("{at}.{k}"), w))?,
-        );
-        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            ConfigError::new(
-                file,
-                format!("{at}.{k}"),
-                format!(
-                    "the sync key is {} bytes; it must be 32 (64 hex digits, e.g. from \
-                     `openssl rand -hex 32`)",
-                    bytes.len()
-                ),
-            )
-        })?;
-        Ok(Zeroizing::new(key))
+        super::read_key32(&self.psk, &self.psk_file, file, at, "the sync key")
     }
 }
 

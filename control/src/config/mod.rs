@@ -358,6 +358,51 @@ impl<'de> Deserialize<'de> for KeyName {
     }
 }
 
+/// A 32-byte key given as `psk` (64 hex digits) or read from `psk_file` (exactly one of the
+/// two), at key path `at`; errors name the key, never echo it. `what` names the key in
+/// messages ("the sync key").
+pub fn read_key32(
+    psk: &Option<String>,
+    psk_file: &Option<String>,
+    file: &Path,
+    at: &str,
+    what: &str,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, ConfigError> {
+    let (text, k) = match (psk, psk_file) {
+        (Some(p), None) => (zeroize::Zeroizing::new(p.clone()), "psk"),
+        (None, Some(f)) => (
+            zeroize::Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+                ConfigError::new(
+                    file,
+                    format!("{at}.psk_file"),
+                    format!("cannot read {f}: {e}"),
+                )
+            })?),
+            "psk_file",
+        ),
+        _ => {
+            return Err(ConfigError::new(
+                file,
+                format!("{at}.psk"),
+                "give exactly one of psk and psk_file",
+            ))
+        }
+    };
+    let bytes = decode_hex(&text).map_err(|w| ConfigError::new(file, format!("{at}.{k}"), w))?;
+    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        ConfigError::new(
+            file,
+            format!("{at}.{k}"),
+            format!(
+                "{what} is {} bytes; it must be 32 (64 hex digits, e.g. from `openssl rand \
+                 -hex 32`)",
+                bytes.len()
+            ),
+        )
+    })?;
+    Ok(zeroize::Zeroizing::new(key))
+}
+
 /// Decodes hex (whitespace and a `0x` prefix allowed) without echoing it in errors.
 pub fn decode_hex(s: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
     let s = s.trim();

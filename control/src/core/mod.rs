@@ -76,15 +76,40 @@ impl ControlCore {
     /// endpoint's RNG (the driver takes it from the OS).
     pub fn new(
         conns: Vec<Connection>,
-        mut repo: SaRepository,
+        repo: SaRepository,
         workers: u16,
+        seed: [u8; 32],
+        local: IpAddr,
+    ) -> ControlCore {
+        Self::with_placement(conns, repo, Placement::new(workers), seed, local)
+    }
+
+    /// A core of a cluster's crypto node `node` (`node_bits` wide, see
+    /// [`Placement::for_node`]): every SPI it hands out carries the node id, so two crypto
+    /// nodes never hand out the same SPI. Its data plane is one worker per edge.
+    pub fn for_cluster_node(
+        conns: Vec<Connection>,
+        repo: SaRepository,
+        seed: [u8; 32],
+        local: IpAddr,
+        node_bits: u8,
+        node: u32,
+    ) -> Result<ControlCore, ike::services::spi::SpiLayoutError> {
+        let placement = Placement::for_node(node_bits, node)?;
+        Ok(Self::with_placement(conns, repo, placement, seed, local))
+    }
+
+    fn with_placement(
+        conns: Vec<Connection>,
+        mut repo: SaRepository,
+        placement: Placement,
         seed: [u8; 32],
         local: IpAddr,
     ) -> ControlCore {
         for c in &conns {
             repo.set_lifetime(&c.peer.name, c.child_lifetime);
         }
-        let placement = Placement::new(workers);
+        let workers = placement.workers();
         let services = Services {
             spis: SpiAllocator::new(placement.layout()).spread_over(u32::from(workers)),
             ..Services::default()
@@ -257,6 +282,26 @@ impl ControlCore {
     /// The sequence checkpoints and SA states the data plane reported since the last call.
     pub fn take_seq_reports(&mut self) -> VecDeque<DpEvent> {
         core::mem::take(&mut self.seq_reports)
+    }
+
+    /// Rekeys the CHILD_SA that holds SA (`id`, `spi`) now (a cluster edge that lost it);
+    /// false if no CHILD_SA holds it.
+    pub fn rekey_sa(&mut self, now: Instant, id: proto::SaId, spi: Spi) -> bool {
+        let Some(c) = self.repo.child_of_sa(id, spi) else {
+            return false;
+        };
+        let Some(ike) = self.endpoint.ike_of_child(c) else {
+            return false;
+        };
+        let ok = self.endpoint.rekey_child(now, ike, c).is_ok();
+        self.pump(now);
+        ok
+    }
+
+    /// The policy every data plane needs now (static rules and the CHILD_SAs' own), for a
+    /// cluster edge that joins.
+    pub fn policy_rules(&self) -> Vec<proto::policy::Rule> {
+        self.repo.rules()
     }
 
     /// Queues an update of the driver's own (not from IKE), placed like every other.

@@ -58,6 +58,19 @@ impl Placement {
         }
     }
 
+    /// A cluster crypto node's: one worker per edge (edges run one worker for now), the
+    /// node id in the top `node_bits` bits of every SPI.
+    pub fn for_node(
+        node_bits: u8,
+        node: u32,
+    ) -> Result<Placement, ike::services::spi::SpiLayoutError> {
+        Ok(Placement {
+            workers: 1,
+            layout: SpiLayout::new(node_bits, node, 0, 0)?,
+            outbound: HashMap::new(),
+        })
+    }
+
     pub fn workers(&self) -> u16 {
         self.workers
     }

@@ -1,0 +1,241 @@
+//! The `cluster` section of a crypto node's or an edge's file.
+//!
+//! ```yaml
+//! cluster:
+//!   role: crypto-node            # or: edge
+//!   node_id: 1                   # crypto node: its id in the top node_bits bits of every SPI
+//!   node_bits: 4                 # crypto node (default 4): up to 16 crypto nodes
+//!   listen: 10.0.0.1:7600        # crypto node: where edges connect
+//!   edge_id: 0                   # edge: unique in the cluster
+//!   crypto_node: 10.0.0.1:7600   # edge: the crypto node's address
+//!   psk_file: /etc/roamgate/cluster.psk   # or psk: "<64 hex digits>" (32 bytes), the same on all
+//!   queue: 1024                  # messages queued per channel before back-pressure
+//! ```
+//!
+//! Owns: the schema and its validation ([`ClusterPlan`]); errors name the file, the key path
+//! and the problem. Must never: print the key (`Debug` shows `<redacted>`).
+
+use core::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::msg::EdgeId;
+use crate::config::ConfigError;
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    CryptoNode,
+    Edge,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterYaml {
+    pub role: Role,
+    #[serde(default)]
+    pub node_id: Option<u32>,
+    #[serde(default = "default_node_bits")]
+    pub node_bits: u8,
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub edge_id: Option<EdgeId>,
+    #[serde(default)]
+    pub crypto_node: Option<SocketAddr>,
+    #[serde(default)]
+    pub psk: Option<String>,
+    #[serde(default)]
+    pub psk_file: Option<String>,
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+fn default_node_bits() -> u8 {
+    4
+}
+
+fn default_queue() -> usize {
+    1024
+}
+
+impl fmt::Debug for ClusterYaml {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterYaml")
+            .field("role", &self.role)
+            .field("node_id", &self.node_id)
+            .field("edge_id", &self.edge_id)
+            .field("listen", &self.listen)
+            .field("crypto_node", &self.crypto_node)
+            .field("psk", &self.psk.as_ref().map(|_| "<redacted>"))
+            .field("psk_file", &self.psk_file)
+            .finish()
+    }
+}
+
+/// What a crypto node runs with.
+pub struct CryptoNodePlan {
+    pub node_id: u32,
+    pub node_bits: u8,
+    pub listen: SocketAddr,
+    pub psk: Zeroizing<[u8; 32]>,
+    pub queue: usize,
+}
+
+/// What an edge runs with.
+pub struct EdgePlan {
+    pub edge_id: EdgeId,
+    pub crypto_node: SocketAddr,
+    pub psk: Zeroizing<[u8; 32]>,
+    pub queue: usize,
+}
+
+pub enum ClusterPlan {
+    CryptoNode(CryptoNodePlan),
+    Edge(EdgePlan),
+}
+
+impl fmt::Debug for CryptoNodePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CryptoNodePlan(node {} of {} bits, listen {}, key <redacted>)",
+            self.node_id, self.node_bits, self.listen
+        )
+    }
+}
+
+impl fmt::Debug for EdgePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "EdgePlan({}, crypto node {}, key <redacted>)",
+            self.edge_id, self.crypto_node
+        )
+    }
+}
+
+impl fmt::Debug for ClusterPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterPlan::CryptoNode(p) => p.fmt(f),
+            ClusterPlan::Edge(p) => p.fmt(f),
+        }
+    }
+}
+
+impl ClusterYaml {
+    pub fn validate(&self, file: &Path, at: &str) -> Result<ClusterPlan, ConfigError> {
+        let err = |k: &str, what: String| ConfigError::new(file, format!("{at}.{k}"), what);
+        if !(1..=65536).contains(&self.queue) {
+            return Err(err("queue", format!("{} is not in 1..=65536", self.queue)));
+        }
+        let psk =
+            crate::config::read_key32(&self.psk, &self.psk_file, file, at, "the cluster key")?;
+        let only = |k: &str, set: bool, role: &str| {
+            if set {
+                Err(err(k, format!("is for a {role}, not this role")))
+            } else {
+                Ok(())
+            }
+        };
+        match self.role {
+            Role::CryptoNode => {
+                only("edge_id", self.edge_id.is_some(), "edge")?;
+                only("crypto_node", self.crypto_node.is_some(), "edge")?;
+                if !(1..=8).contains(&self.node_bits) {
+                    return Err(err(
+                        "node_bits",
+                        format!("{} is not in 1..=8", self.node_bits),
+                    ));
+                }
+                let node_id = self
+                    .node_id
+                    .ok_or_else(|| err("node_id", "a crypto node needs its id".into()))?;
+                if u64::from(node_id) >= 1u64 << self.node_bits {
+                    return Err(err(
+                        "node_id",
+                        format!("{node_id} does not fit in node_bits ({})", self.node_bits),
+                    ));
+                }
+                let listen = self
+                    .listen
+                    .ok_or_else(|| err("listen", "where edges connect is missing".into()))?;
+                Ok(ClusterPlan::CryptoNode(CryptoNodePlan {
+                    node_id,
+                    node_bits: self.node_bits,
+                    listen,
+                    psk,
+                    queue: self.queue,
+                }))
+            }
+            Role::Edge => {
+                only("node_id", self.node_id.is_some(), "crypto node")?;
+                only("listen", self.listen.is_some(), "crypto node")?;
+                let edge_id = self
+                    .edge_id
+                    .ok_or_else(|| err("edge_id", "an edge needs its id".into()))?;
+                let crypto_node = self.crypto_node.ok_or_else(|| {
+                    err("crypto_node", "the crypto node's address is missing".into())
+                })?;
+                Ok(ClusterPlan::Edge(EdgePlan {
+                    edge_id,
+                    crypto_node,
+                    psk,
+                    queue: self.queue,
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn check(text: &str) -> Result<ClusterPlan, ConfigError> {
+        let p = Path::new("c.yaml");
+        crate::config::parse::<ClusterYaml>(p, text)?.validate(p, "cluster")
+    }
+
+    #[test]
+    fn both_roles_validate_and_errors_name_the_key_never_the_psk() {
+        let node =
+            format!("role: crypto-node\nnode_id: 3\nlisten: 127.0.0.1:7600\npsk: \"{KEY}\"\n");
+        assert!(
+            matches!(check(&node).unwrap(), ClusterPlan::CryptoNode(p) if p.node_id == 3 && p.node_bits == 4)
+        );
+        let edge = format!("role: edge\nedge_id: 2\ncrypto_node: 127.0.0.1:7600\npsk: \"{KEY}\"\n");
+        assert!(matches!(check(&edge).unwrap(), ClusterPlan::Edge(p) if p.edge_id == 2));
+        let key = |t: String| check(&t).unwrap_err().key;
+        assert_eq!(
+            key(node.replace("node_id: 3", "node_id: 16")),
+            "cluster.node_id"
+        );
+        assert_eq!(
+            key(node.replace("listen: 127.0.0.1:7600\n", "")),
+            "cluster.listen"
+        );
+        assert_eq!(key(format!("{node}edge_id: 1\n")), "cluster.edge_id");
+        assert_eq!(key(edge.replace("edge_id: 2\n", "")), "cluster.edge_id");
+        assert_eq!(
+            key(edge.replace("crypto_node: 127.0.0.1:7600\n", "")),
+            "cluster.crypto_node"
+        );
+        let short = edge.replace(KEY, "0011");
+        let e = check(&short).unwrap_err();
+        assert_eq!(e.key, "cluster.psk");
+        assert!(!e.to_string().contains("0011"), "{e}");
+        let dbg = format!(
+            "{:?}",
+            crate::config::parse::<ClusterYaml>(Path::new("c"), &edge).unwrap()
+        );
+        assert!(!dbg.contains(KEY) && dbg.contains("redacted"), "{dbg}");
+        assert_eq!(key(edge.replace("role: edge", "role: router")), "role");
+    }
+}

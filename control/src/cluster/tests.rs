@@ -1,0 +1,671 @@
+//! A crypto node, three edges and road-warrior clients on one virtual clock.
+//!
+//! The clients (bare `ike::Endpoint`s) all talk to one public address; a router in front of
+//! the edges picks, per datagram, which edge gets it (the test decides). Each edge is an
+//! [`EdgeForwarder`] over a simulated data plane (`crate::testing::SimLink`, acknowledging
+//! updates after `ack_delay`); the edge <-> crypto node channel carries the encoded messages
+//! (so the codec is on the path) with a delay. Every datagram an edge's data plane sends is
+//! recorded with what that data plane held at that moment.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ike::Instant;
+use proto::{Datagram, Direction, Event as DpEvent, SaId, Spi, Update};
+
+use super::*;
+use crate::config::ike::IkeYaml;
+use crate::core::ControlCore;
+use crate::repo::SaRepository;
+use crate::testing::SimLink;
+
+const PUBLIC: &str = "192.0.2.1";
+const NODE: &str = "connections:
+  - { name: rw, local_id: gw.test, remote_id: rw.test, psk: \"cluster-test-psk\",
+      local_ts: [10.9.0.0/24], pool: 10.99.0.0/24 }
+";
+const CLIENT: &str = "connections:
+  - { name: rw, local_id: rw.test, remote_id: gw.test, psk: \"cluster-test-psk\",
+      local_ts: [0.0.0.0/0], remote_ts: [10.9.0.0/24], request_vip: true }
+";
+
+const IKE_SA_INIT: u8 = 34;
+const IKE_AUTH: u8 = 35;
+
+fn exchange(payload: &[u8]) -> (u8, bool) {
+    let t = payload.get(18).copied().unwrap_or(0);
+    let response = payload.get(19).is_some_and(|f| f & 0x20 != 0);
+    (t, response)
+}
+
+struct Edge {
+    fwd: EdgeForwarder,
+    link: SimLink,
+    /// The channel is up (both ends know).
+    up: bool,
+}
+
+struct Client {
+    endpoint: ike::Endpoint,
+    addr: IpAddr,
+    events: Vec<ike::Event>,
+}
+
+/// One datagram an edge's data plane sent, and what it held then.
+#[derive(Debug)]
+struct Sent {
+    #[allow(dead_code)]
+    at: Instant,
+    edge: usize,
+    d: Datagram,
+    inbound: BTreeSet<Spi>,
+    outbound: BTreeSet<Spi>,
+}
+
+type Router = Box<dyn FnMut(IpAddr, &Datagram) -> usize>;
+
+struct Cluster {
+    now: Instant,
+    node: CryptoNode,
+    edges: Vec<Edge>,
+    clients: Vec<Client>,
+    router: Router,
+    /// (due, edge index, bytes): edge -> node and node -> edge.
+    up: VecDeque<(Instant, usize, Vec<u8>)>,
+    down: VecDeque<(Instant, usize, Vec<u8>)>,
+    delay: Duration,
+    sent: Vec<Sent>,
+    delivered: usize,
+}
+
+impl Cluster {
+    fn new(edges: usize, clients: usize) -> Cluster {
+        let p = Path::new("node.yaml");
+        let conns = crate::config::parse::<IkeYaml>(p, NODE)
+            .unwrap()
+            .validate(p, "ike")
+            .unwrap();
+        let mut core = ControlCore::for_cluster_node(
+            conns,
+            SaRepository::new(Vec::new(), 64),
+            [7; 32],
+            PUBLIC.parse().unwrap(),
+            4,
+            5,
+        )
+        .unwrap();
+        core.set_quiet();
+        let mut c = Cluster {
+            now: Instant::ZERO,
+            node: CryptoNode::new(core),
+            edges: Vec::new(),
+            clients: Vec::new(),
+            router: Box::new(|_, _| 0),
+            up: VecDeque::new(),
+            down: VecDeque::new(),
+            delay: Duration::from_millis(2),
+            sent: Vec::new(),
+            delivered: 0,
+        };
+        for i in 0..edges {
+            let mut link = SimLink::new(1);
+            link.ack_delay = Duration::from_millis(5);
+            c.edges.push(Edge {
+                fwd: EdgeForwarder::new(i as EdgeId, 0x1000 + i as u64),
+                link,
+                up: false,
+            });
+            c.connect(i);
+        }
+        let pc = Path::new("client.yaml");
+        let conns = crate::config::parse::<IkeYaml>(pc, CLIENT)
+            .unwrap()
+            .validate(pc, "ike")
+            .unwrap();
+        for i in 0..clients {
+            c.clients.push(Client {
+                endpoint: ike::Endpoint::new(
+                    crate::config::ike::endpoint_config(&conns),
+                    [0x80 | i as u8; 32],
+                ),
+                addr: format!("198.51.100.{}", 10 + i).parse().unwrap(),
+                events: Vec::new(),
+            });
+        }
+        c.settle();
+        c
+    }
+
+    fn connect(&mut self, i: usize) {
+        let e = &mut self.edges[i];
+        e.up = true;
+        self.node.edge_up(i as EdgeId);
+        e.fwd.connected();
+    }
+
+    fn disconnect(&mut self, i: usize) {
+        self.edges[i].up = false;
+        self.edges[i].fwd.disconnected();
+        self.node.edge_down(i as EdgeId);
+        self.up.retain(|(_, e, _)| *e != i);
+        self.down.retain(|(_, e, _)| *e != i);
+    }
+
+    fn client_connect(&mut self, i: usize) {
+        let now = self.now;
+        let c = &mut self.clients[i];
+        c.endpoint
+            .connect(
+                now,
+                "rw",
+                SocketAddr::new(c.addr, 500),
+                SocketAddr::new(PUBLIC.parse().unwrap(), 500),
+            )
+            .unwrap();
+    }
+
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            let now = self.now;
+            // Edges: data plane <-> forwarder, forwarder -> channel.
+            for (i, e) in self.edges.iter_mut().enumerate() {
+                e.link.advance(now);
+                moved |= e.fwd.turn(&mut e.link);
+                while let Some(m) = e.fwd.poll_to_node() {
+                    moved = true;
+                    if e.up {
+                        self.up.push_back((
+                            now.saturating_add(self.delay),
+                            i,
+                            m.encode().unwrap().to_vec(),
+                        ));
+                    }
+                }
+                for d in e.link.sent.drain(..) {
+                    moved = true;
+                    let w = &e.link.workers[0];
+                    self.sent.push(Sent {
+                        at: now,
+                        edge: i,
+                        inbound: w.inbound.keys().copied().collect(),
+                        outbound: w.outbound.values().copied().collect(),
+                        d,
+                    });
+                }
+            }
+            // The channel, both ways.
+            while self.up.front().is_some_and(|(t, ..)| *t <= now) {
+                let (_, i, b) = self.up.pop_front().unwrap();
+                moved = true;
+                self.node
+                    .handle(now, i as EdgeId, EdgeMsg::decode(&b).unwrap());
+            }
+            self.node.handle_timeout(now);
+            for i in 0..self.edges.len() {
+                while let Some(m) = self.node.poll_for(i as EdgeId) {
+                    moved = true;
+                    self.down.push_back((
+                        now.saturating_add(self.delay),
+                        i,
+                        m.encode().unwrap().to_vec(),
+                    ));
+                }
+            }
+            while self.down.front().is_some_and(|(t, ..)| *t <= now) {
+                let (_, i, b) = self.down.pop_front().unwrap();
+                moved = true;
+                let e = &mut self.edges[i];
+                e.fwd
+                    .handle_node(NodeMsg::decode(&b).unwrap(), &mut e.link)
+                    .unwrap();
+            }
+            // Edges' datagrams reach the clients; clients' reach an edge by the router.
+            while self.delivered < self.sent.len() {
+                let d = self.sent[self.delivered].d.clone();
+                self.delivered += 1;
+                if let Some(c) = self.clients.iter_mut().find(|c| c.addr == d.dst) {
+                    c.endpoint.handle(
+                        now,
+                        SocketAddr::new(d.dst, d.dst_port),
+                        SocketAddr::new(d.src, d.src_port),
+                        &d.payload,
+                    );
+                    moved = true;
+                }
+            }
+            for ci in 0..self.clients.len() {
+                let c = &mut self.clients[ci];
+                if c.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                    moved = true;
+                    c.endpoint.handle_timeout(now);
+                }
+                while let Some(e) = c.endpoint.poll_event() {
+                    c.events.push(e);
+                }
+                let mut wire = Vec::new();
+                while let Some(t) = c.endpoint.poll_transmit() {
+                    wire.push(Datagram {
+                        src: t.src.ip(),
+                        dst: t.dst.ip(),
+                        src_port: t.src.port(),
+                        dst_port: t.dst.port(),
+                        payload: t.data,
+                    });
+                }
+                let addr = c.addr;
+                for d in wire {
+                    moved = true;
+                    let e = (self.router)(addr, &d);
+                    self.edges[e].link.punt(d);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut t: Vec<Instant> = Vec::new();
+        t.extend(self.node.poll_timeout());
+        t.extend(self.edges.iter().filter_map(|e| e.link.next_due()));
+        t.extend(self.up.front().map(|x| x.0));
+        t.extend(self.down.front().map(|x| x.0));
+        t.extend(
+            self.clients
+                .iter()
+                .filter_map(|c| c.endpoint.poll_timeout()),
+        );
+        t.into_iter().min()
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now.saturating_add(d);
+        loop {
+            self.settle();
+            match self.next_deadline() {
+                Some(n) if n <= end => {
+                    self.now = if n > self.now {
+                        n
+                    } else {
+                        self.now.saturating_add(Duration::from_millis(1))
+                    };
+                }
+                _ => {
+                    self.now = end;
+                    self.settle();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Client `i`'s CHILD_SAs as (its outbound SPI = our inbound, its inbound = our outbound).
+    fn child_spis(&self, i: usize) -> Vec<(Spi, Spi)> {
+        self.clients[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                ike::Event::ChildUp(c) => Some((Spi(c.outbound.spi.0), Spi(c.inbound.spi.0))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn holds(&self, edge: usize, (ours_in, ours_out): (Spi, Spi)) -> (bool, bool) {
+        let w = &self.edges[edge].link.workers[0];
+        (
+            w.inbound.contains_key(&ours_in),
+            w.outbound.values().any(|s| *s == ours_out),
+        )
+    }
+}
+
+/// Client `c`'s IKE_SA_INIT goes to edge `c % 3`, everything after it to edge `(c + 1) % 3`.
+fn init_here_auth_there() -> Router {
+    Box::new(|addr, d| {
+        let c = match addr {
+            IpAddr::V4(v) => usize::from(v.octets()[3]) - 10,
+            IpAddr::V6(_) => 0,
+        };
+        if exchange(&d.payload).0 == IKE_SA_INIT {
+            c % 3
+        } else {
+            (c + 1) % 3
+        }
+    })
+}
+
+#[test]
+fn ike_sa_init_via_one_edge_and_ike_auth_via_another_and_the_sa_is_at_the_forwarding_edge_before_the_response(
+) {
+    let mut w = Cluster::new(3, 3);
+    w.router = init_here_auth_there();
+    for i in 0..3 {
+        w.client_connect(i);
+    }
+    w.run_for(Duration::from_secs(1));
+    for i in 0..3 {
+        let spis = w.child_spis(i);
+        assert_eq!(spis.len(), 1, "client {i} has its CHILD_SA");
+        let auth_edge = (i + 1) % 3;
+        // The IKE_AUTH response left through the edge that forwarded the IKE_AUTH request,
+        // from the public address the request came to, and that edge held both SAs then.
+        let resp: Vec<&Sent> = w
+            .sent
+            .iter()
+            .filter(|s| s.d.dst == w.clients[i].addr && exchange_of(s) == (IKE_AUTH, true))
+            .collect();
+        assert_eq!(resp.len(), 1, "one IKE_AUTH response to client {i}");
+        let r = resp[0];
+        assert_eq!(
+            r.edge, auth_edge,
+            "client {i}'s response left by its IKE_AUTH edge"
+        );
+        assert_eq!(r.d.src, PUBLIC.parse::<IpAddr>().unwrap());
+        assert!(
+            r.inbound.contains(&spis[0].0) && r.outbound.contains(&spis[0].1),
+            "edge {auth_edge} held client {i}'s SAs when the IKE_AUTH response left: {r:?}"
+        );
+        let init: Vec<&Sent> = w
+            .sent
+            .iter()
+            .filter(|s| s.d.dst == w.clients[i].addr && exchange_of(s) == (IKE_SA_INIT, true))
+            .collect();
+        assert_eq!(init.len(), 1);
+        assert_eq!(
+            init[0].edge,
+            i % 3,
+            "the IKE_SA_INIT response by the INIT edge"
+        );
+        // No other edge got this client's keys.
+        for e in 0..3 {
+            let held = w.holds(e, spis[0]);
+            assert_eq!(
+                held,
+                (e == auth_edge, e == auth_edge),
+                "edge {e}, client {i}"
+            );
+        }
+        // The placement says the same.
+        let p = w.node.placement();
+        assert_eq!(
+            p.inbound_edges(spis[0].0),
+            BTreeSet::from([auth_edge as EdgeId])
+        );
+    }
+    // Every edge got the policy when it joined, and the carriers were acknowledged.
+    for e in 0..3 {
+        assert!(w.edges[e].link.workers[0].policies() >= 1);
+        assert!(!w.node.round_trips(e as EdgeId).is_empty());
+    }
+    assert_eq!(w.node.stats.no_edge, 0);
+}
+
+fn exchange_of(s: &Sent) -> (u8, bool) {
+    exchange(&s.d.payload)
+}
+
+#[test]
+fn every_spi_the_crypto_node_hands_out_carries_its_node_id() {
+    let mut w = Cluster::new(3, 3);
+    w.router = init_here_auth_there();
+    for i in 0..3 {
+        w.client_connect(i);
+    }
+    w.run_for(Duration::from_secs(1));
+    let layout = ike::services::SpiLayout::new(4, 5, 0, 0).unwrap();
+    let mut n = 0;
+    for i in 0..3 {
+        for (ours_in, _) in w.child_spis(i) {
+            assert_eq!(layout.node_of_child(ike::ChildSpi(ours_in.0)), 5);
+            n += 1;
+        }
+    }
+    assert_eq!(n, 3);
+}
+
+/// Every client up through edge `edge` (INIT and AUTH alike).
+fn all_via(edge: usize) -> Router {
+    Box::new(move |_, _| edge)
+}
+
+fn adds_of(w: &Cluster, edge: usize, spi: Spi) -> usize {
+    w.edges[edge].link.workers[0]
+        .received
+        .iter()
+        .filter(|u| matches!(u, Update::AddSa { params, .. } if params.spi == spi))
+        .count()
+}
+
+/// Edge 1's channel is cut when `when` says, for `down_for`, while the client's IKE_AUTH
+/// goes through edge 1; returns the world once the client is up.
+fn cut_during_auth(when: fn(&Cluster) -> bool, down_for: Duration) -> Cluster {
+    let mut w = Cluster::new(3, 1);
+    w.router = all_via(1);
+    w.client_connect(0);
+    let mut cut = false;
+    for _ in 0..2000 {
+        w.run_for(Duration::from_micros(500));
+        if !cut && when(&w) {
+            w.disconnect(1);
+            cut = true;
+            w.run_for(down_for);
+            w.connect(1);
+        }
+        if !w.child_spis(0).is_empty() {
+            break;
+        }
+    }
+    assert!(cut, "the cut happened");
+    w.run_for(Duration::from_secs(3));
+    w
+}
+
+#[test]
+fn a_carrier_lost_with_its_connection_is_sent_again_and_installed_once() {
+    // The CHILD_SA's carrier (edge 1's second) is on the wire when the connection goes.
+    let w = cut_during_auth(
+        |w| w.node.stats.carriers >= 4 && w.edges[1].fwd.stats.carriers < 2,
+        Duration::from_millis(20),
+    );
+    let spis = w.child_spis(0);
+    assert_eq!(spis.len(), 1, "the client is up after the reconnect");
+    assert!(w.node.stats.resent >= 1, "{:?}", w.node.stats);
+    assert_eq!(
+        adds_of(&w, 1, spis[0].1),
+        1,
+        "the outbound SA was installed once"
+    );
+    assert_eq!(w.holds(1, spis[0]), (true, true));
+}
+
+#[test]
+fn a_carrier_received_but_not_acknowledged_is_sent_again_and_skipped() {
+    // The edge has the carrier, its data plane has not applied it yet (5 ms), and the
+    // connection comes back at once: the node sends it again, the edge skips it.
+    let w = cut_during_auth(
+        |w| w.edges[1].fwd.stats.carriers >= 2,
+        Duration::from_micros(500),
+    );
+    let spis = w.child_spis(0);
+    assert_eq!(spis.len(), 1);
+    assert!(w.node.stats.resent >= 1, "{:?}", w.node.stats);
+    assert!(
+        w.edges[1].fwd.stats.carriers_skipped >= 1,
+        "{:?}",
+        w.edges[1].fwd.stats
+    );
+    assert_eq!(
+        adds_of(&w, 1, spis[0].1),
+        1,
+        "the outbound SA was installed once"
+    );
+    assert_eq!(w.holds(1, spis[0]), (true, true));
+}
+
+#[test]
+fn an_edge_whose_data_plane_restarted_empty_gets_the_policy_again_and_its_child_sas_are_rekeyed() {
+    let mut w = Cluster::new(3, 2);
+    w.router = all_via(2);
+    w.client_connect(0);
+    w.client_connect(1);
+    w.run_for(Duration::from_secs(1));
+    let before: Vec<(Spi, Spi)> = (0..2).flat_map(|i| w.child_spis(i)).collect();
+    assert_eq!(before.len(), 2);
+    let policies = w.edges[2].link.workers[0].policies();
+    w.edges[2].link.restart(0);
+    w.run_for(Duration::from_secs(2));
+    assert!(w.edges[2].link.workers[0].policies() > policies);
+    for i in 0..2 {
+        let spis = w.child_spis(i);
+        assert_eq!(spis.len(), 2, "client {i}'s CHILD_SA was rekeyed");
+        let new = spis[1];
+        assert!(!before.contains(&new));
+        assert_eq!(
+            w.holds(2, new),
+            (true, true),
+            "client {i}'s new SAs at edge 2"
+        );
+    }
+}
+
+#[test]
+fn esp_for_an_unknown_spi_at_another_edge_gets_the_inbound_sa_on_demand_and_the_outbound_stays() {
+    let mut w = Cluster::new(3, 1);
+    w.router = all_via(0);
+    w.client_connect(0);
+    w.run_for(Duration::from_secs(1));
+    let spis = w.child_spis(0)[0];
+    assert_eq!(w.holds(1, spis), (false, false));
+    // The client's ESP starts reaching edge 1: its data plane reports the unknown SPI.
+    w.edges[1].link.report(DpEvent::UnknownSpi {
+        worker: 0,
+        spi: spis.0,
+        src: w.clients[0].addr,
+        dst: PUBLIC.parse().unwrap(),
+        packets: 1,
+    });
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.node.stats.on_demand, 1);
+    assert_eq!(
+        w.holds(1, spis),
+        (true, false),
+        "inbound on demand, outbound not"
+    );
+    assert_eq!(w.holds(0, spis), (true, true));
+    assert_eq!(
+        w.node.placement().inbound_edges(spis.0),
+        BTreeSet::from([0, 1])
+    );
+    // An SPI nobody holds gets nothing.
+    w.edges[1].link.report(DpEvent::UnknownSpi {
+        worker: 0,
+        spi: Spi(0x1234_5678),
+        src: w.clients[0].addr,
+        dst: PUBLIC.parse().unwrap(),
+        packets: 1,
+    });
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.node.stats.on_demand, 1);
+}
+
+#[test]
+fn sequence_reports_reach_the_repository_and_only_the_freshest_is_kept() {
+    let mut w = Cluster::new(3, 1);
+    w.router = all_via(0);
+    w.client_connect(0);
+    w.run_for(Duration::from_secs(1));
+    let (_, ours_out) = w.child_spis(0)[0];
+    let id: SaId = *w.edges[0].link.workers[0]
+        .outbound
+        .iter()
+        .find(|(_, s)| **s == ours_out)
+        .unwrap()
+        .0;
+    for seq in [100, 5000, 4000] {
+        w.edges[0].link.report(DpEvent::SeqCheckpoint {
+            worker: 0,
+            id,
+            spi: ours_out,
+            seq,
+            seq_reserved: None,
+        });
+    }
+    w.run_for(Duration::from_millis(50));
+    let s = w.node.placement().freshest_seq(id).unwrap();
+    assert_eq!((s.seq, s.by, s.final_state), (5000, Some(0), false));
+    // The edge's outbound SA was installed with checkpoints on (the reports come by
+    // themselves from a real data plane).
+    let carried = w.edges[0].link.workers[0].received.iter().any(|u| {
+        matches!(u, Update::AddSa { dir: Direction::Outbound, params }
+            if params.id == id && params.checkpoint == Some(crypto_node::DEFAULT_CHECKPOINT))
+    });
+    assert!(carried);
+    assert_eq!(
+        w.node.placement().outbound_params(id).map(|p| p.spi),
+        Some(ours_out)
+    );
+}
+
+#[test]
+fn a_backed_up_channel_stops_the_edge_taking_from_its_data_plane_and_nothing_is_lost() {
+    let mut link = SimLink::new(1);
+    let mut fwd = EdgeForwarder::new(4, 1);
+    fwd.connected();
+    assert!(matches!(
+        fwd.poll_to_node(),
+        Some(EdgeMsg::Hello { edge: 4, .. })
+    ));
+    let n = 3 * edge::MAX_TO_NODE;
+    for i in 0..n {
+        link.punt(Datagram {
+            src: "198.51.100.1".parse().unwrap(),
+            dst: PUBLIC.parse().unwrap(),
+            src_port: 500,
+            dst_port: 500,
+            payload: (i as u32).to_be_bytes().to_vec(),
+        });
+    }
+    fwd.turn(&mut link);
+    assert_eq!(fwd.stats.ike_forwarded as usize, edge::MAX_TO_NODE);
+    let mut got = Vec::new();
+    loop {
+        fwd.turn(&mut link);
+        let before = got.len();
+        while let Some(m) = fwd.poll_to_node() {
+            if let EdgeMsg::Ike { datagram, .. } = m {
+                got.push(u32::from_be_bytes(
+                    datagram.payload[..4].try_into().unwrap(),
+                ));
+            }
+        }
+        if got.len() == before {
+            break;
+        }
+    }
+    assert_eq!(got, (0..n as u32).collect::<Vec<_>>(), "all, in order");
+    assert_eq!(fwd.stats.ike_no_node, 0);
+}
+
+#[test]
+fn a_message_from_an_edge_that_names_another_edge_is_refused() {
+    let mut w = Cluster::new(2, 0);
+    let now = w.now;
+    w.node.handle(now, 0, EdgeMsg::DataplaneFresh { edge: 1 });
+    assert_eq!(w.node.stats.refused, 1);
+    // And one before its hello.
+    w.node.edge_up(7);
+    w.node.handle(
+        now,
+        7,
+        EdgeMsg::Applied {
+            edge: 7,
+            carrier: 1,
+        },
+    );
+    assert_eq!(w.node.stats.refused, 2);
+}
