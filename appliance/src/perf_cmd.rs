@@ -382,6 +382,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "etcd")]
         PerfWhat::ClusterStore {
             clients,
             batch,
@@ -440,6 +441,11 @@ pub fn run(args: PerfArgs) -> Result<()> {
             );
             Ok(())
         }
+        #[cfg(not(feature = "etcd"))]
+        PerfWhat::ClusterStore { .. } => bail!(
+            "this roamgate was built without the etcd client: build it with `cargo build \
+             --release -p roamgate --features etcd` (needs protoc: Debian protobuf-compiler)"
+        ),
         PerfWhat::Handshakes {
             clients,
             in_flight,

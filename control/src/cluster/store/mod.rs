@@ -71,11 +71,14 @@
     clippy::panic
 )]
 
+#[cfg(feature = "etcd")]
 pub mod config;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod keys;
 pub mod local;
 pub mod mem;
+#[cfg(feature = "etcd")]
 pub mod perf;
 pub mod record;
 pub mod repo;
