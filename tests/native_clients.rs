@@ -6,13 +6,16 @@
 //! `native-clients case=<name> up=yes ping=5/5 udp=<datagrams> lost=<n> rekey=yes`.
 //!
 //! Cases: an Android-like RSA client with RFC 7427 signatures (PKCS#1 v1.5 SHA-256), the same
-//! with RSASSA-PSS, and an ECDSA P-256 client; clients of another CA, refused and counted as
+//! with RSASSA-PSS, and an ECDSA P-256 client; an iOS-like client (ESP AES-CBC-256 with
+//! HMAC-SHA2-256-128, no ESN) and a Windows-like one (ESP AES-CBC-256 with HMAC-SHA1-96), both
+//! negotiated by IKE and checked in `swanctl --list-sas`; clients of another CA, refused and counted as
 //! `auth_unknown_ca` (or `auth_chain_signature_invalid` for a CA that has our root's name but
 //! another key); and roamgate as the client (ECDSA P-256) against strongSwan as the
 //! gateway. The log of strongSwan names the scheme each side signed with; the test checks it.
 //!
 //! EAP (`windows_like_eap_against_roamgate_run`): Windows-like clients with EAP-MSCHAPv2
-//! (a local user file made by `roamgate eap-user`, and Debian's FreeRADIUS) and EAP-TLS
+//! and Windows' ESP default, AES-CBC-256 with HMAC-SHA1-96 (a local user file made by
+//! `roamgate eap-user`, and Debian's FreeRADIUS) and EAP-TLS
 //! (FreeRADIUS), the gateway authenticated by its certificate:
 //! `native-clients case=windows-eap-mschapv2 up=yes ping=5/5 udp=<n> lost=0 eap_identity=alice`.
 //!
@@ -487,7 +490,9 @@ fn eap_tls_client_conf(pki: &Path, dir: &Path) -> String {
 }
 
 /// strongSwan as Windows' built-in client would do it: EAP-MSCHAPv2 with a user name and
-/// password, the gateway by its certificate (no client certificate).
+/// password, the gateway by its certificate (no client certificate), and Windows' default ESP
+/// suite, AES-CBC-256 with HMAC-SHA1-96 (IKE: AES-CBC-256 with SHA2-256 and MODP-2048, which
+/// Windows offers when so configured; its default MODP-1024 is not supported).
 fn eap_client_conf(pki: &Path, dir: &Path, password: &str) -> String {
     swanctl_creds(pki, dir, &[("x509ca", "ca.pem")]);
     format!(
@@ -496,7 +501,7 @@ fn eap_client_conf(pki: &Path, dir: &Path, password: &str) -> String {
     remote_addrs = 192.0.2.1
     vips = 0.0.0.0
     version = 2
-    proposals = aes128gcm16-prfsha256-x25519
+    proposals = aes256-sha256-modp2048
     local {{ auth = eap-mschapv2
       id = {EAP_USER}
       eap_id = {EAP_USER} }}
@@ -505,7 +510,7 @@ fn eap_client_conf(pki: &Path, dir: &Path, password: &str) -> String {
       id = gw.roamgate.test }}
     children {{
       net {{ remote_ts = 10.9.0.0/24
-        esp_proposals = aes128gcm16
+        esp_proposals = aes256-sha1
         start_action = none }}
     }}
   }}
