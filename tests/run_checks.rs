@@ -150,3 +150,54 @@ fn an_unwritable_stats_file_is_refused_at_start_up() {
         );
     }
 }
+
+/// `roamgate check --config FILE`: the shipped certificate gateway with a PKI made by
+/// make-test-ca.sh is OK (exit 0, its connections counted); the same with a broken ESP
+/// proposal or a missing key file is refused with the file and key named (exit 1).
+#[test]
+fn check_validates_a_file_with_its_credentials() {
+    if !roamgate_tests::have_tool("openssl", &["version"]) {
+        println!("SKIP check_validates_a_file_with_its_credentials: needs openssl");
+        return;
+    }
+    let dir = scratch("check_cmd");
+    let pki = dir.join("pki");
+    let st = Command::new("bash")
+        .arg(root().join("vendor-scripts/make-test-ca.sh"))
+        .arg(&pki)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "make-test-ca.sh");
+    let text = std::fs::read_to_string(root().join("configs/rw-cert-gw.yaml"))
+        .unwrap()
+        .replace("/etc/roamgate/", &format!("{}/", pki.display()));
+    let check = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+            .args(["check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check("ok.yaml", &text);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("OK: gateway gw, 1 IKE connection(s)"), "{out}");
+    let (code, _, err) = check("md5.yaml", &text.replace("aes128-sha256]", "aes128-md5]"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("md5.yaml: ike.connections[0].esp_proposals[4]") && err.contains("'md5'"),
+        "{err}"
+    );
+    std::fs::remove_file(pki.join("gw.key")).unwrap();
+    let (code, _, err) = check("nokey.yaml", &text);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nokey.yaml: ike.connections[0].key"), "{err}");
+}
