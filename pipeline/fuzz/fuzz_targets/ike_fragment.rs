@@ -34,10 +34,7 @@ fn peer(local: &str, remote: Option<&str>, vip: bool) -> PeerConfig {
             dh: DhGroup::X25519,
             cbc: false,
         }],
-        esp_proposals: vec![EspProposal {
-            encr_bits: 128,
-            esn: false,
-        }],
+        esp_proposals: vec![EspProposal::gcm(128, false)],
         local_ts: vec![any_v4()],
         remote_ts: vec![any_v4()],
         pool: None,

@@ -27,10 +27,7 @@ fn peer(name: &str, local: &str) -> PeerConfig {
             dh: DhGroup::X25519,
             cbc: false,
         }],
-        esp_proposals: vec![EspProposal {
-            encr_bits: 128,
-            esn: true,
-        }],
+        esp_proposals: vec![EspProposal::gcm(128, true)],
         local_ts: vec![any_v4()],
         remote_ts: vec![any_v4()],
         pool: Some(Pool {
