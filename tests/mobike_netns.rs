@@ -179,6 +179,11 @@ fn run_case(client: Impl, gateway: Impl, single: bool, dir: &Path) -> Outcome {
     };
     wait_for("the tunnel", 20, || pings(&sender_ns, SERVER, 1) == 1);
     let cl_sock = dir.join("cl.sock");
+    // The control plane's view is rebuilt on its own deadline: a tunnel that just came up
+    // may not be in it yet.
+    wait_for("the CHILD_SA in the client's view", 10, || {
+        !client_sas(client, &cl_sock, cl_charon.as_ref()).1.is_empty()
+    });
     let before = client_sas(client, &cl_sock, cl_charon.as_ref());
 
     // The stream, and the roam in the middle of it.
@@ -239,6 +244,8 @@ fn run_case(client: Impl, gateway: Impl, single: bool, dir: &Path) -> Outcome {
     };
     if let Some(p) = cl_proc {
         let (_, out) = p.stop_with_output();
+        // Kept for a look after a failure.
+        let _ = std::fs::write(dir.join("cl.log"), &out);
         if client == Impl::Roamgate {
             assert!(
                 out.contains("WAN address 192.0.2.10 -> 198.51.100.10"),
@@ -248,6 +255,7 @@ fn run_case(client: Impl, gateway: Impl, single: bool, dir: &Path) -> Outcome {
     }
     if let Some(p) = gw_proc {
         let (_, out) = p.stop_with_output();
+        let _ = std::fs::write(dir.join("gw.log"), &out);
         if client == Impl::Roamgate {
             assert!(
                 out.contains("moved (MOBIKE)"),
