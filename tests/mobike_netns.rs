@@ -182,7 +182,9 @@ fn run_case(client: Impl, gateway: Impl, single: bool, dir: &Path) -> Outcome {
     // The control plane's view is rebuilt on its own deadline: a tunnel that just came up
     // may not be in it yet.
     wait_for("the CHILD_SA in the client's view", 10, || {
-        !client_sas(client, &cl_sock, cl_charon.as_ref()).1.is_empty()
+        !client_sas(client, &cl_sock, cl_charon.as_ref())
+            .1
+            .is_empty()
     });
     let before = client_sas(client, &cl_sock, cl_charon.as_ref());
 
