@@ -224,8 +224,8 @@ fn recv_on(
     Ok(out)
 }
 
-/// What a [`SyncLink`] reports.
-#[derive(Debug)]
+/// What a [`SyncLink`] reports. `Debug` prints a message's length, never its bytes (sync
+/// records carry keys).
 pub enum LinkEvent {
     /// A new connection is up (the core calls `Node::link_up`).
     Up,
@@ -233,6 +233,24 @@ pub enum LinkEvent {
     Message(Zeroizing<Vec<u8>>, std::time::Instant),
     /// The connection went; `unsent` queued messages went with it.
     Down { why: String, unsent: usize },
+}
+
+impl std::fmt::Debug for LinkEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkEvent::Up => f.write_str("Up"),
+            LinkEvent::Message(bytes, at) => f
+                .debug_struct("Message")
+                .field("len", &bytes.len())
+                .field("read_at", at)
+                .finish(),
+            LinkEvent::Down { why, unsent } => f
+                .debug_struct("Down")
+                .field("why", why)
+                .field("unsent", unsent)
+                .finish(),
+        }
+    }
 }
 
 /// How a link finds its peer.
@@ -603,6 +621,14 @@ mod tests {
         let b = SyncLink::start(Endpoint::Listen(l), k2, queue, HA_SYNC).unwrap();
         let a = SyncLink::start(Endpoint::Dial(addr), k1, queue, HA_SYNC).unwrap();
         (a, b)
+    }
+
+    #[test]
+    fn a_message_event_never_prints_its_bytes() {
+        let ev = LinkEvent::Message(Zeroizing::new(vec![0xab; 40]), std::time::Instant::now());
+        let shown = format!("{ev:?}");
+        assert!(shown.contains("len: 40"), "{shown}");
+        assert!(!shown.contains("171") && !shown.contains("ab"), "{shown}");
     }
 
     fn wait_up(l: &SyncLink) {
