@@ -260,9 +260,15 @@ pub enum Endpoint {
 }
 
 /// The send queue is full: the message comes back to the caller, who sends it again later
-/// (back-pressure).
-#[derive(Debug, PartialEq, Eq)]
+/// (back-pressure). `Debug` prints the length only.
+#[derive(PartialEq, Eq)]
 pub struct Full(pub Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Full({} bytes)", self.0.len())
+    }
+}
 
 /// One node's end of the sync channel, kept up by a thread.
 pub struct SyncLink {
@@ -629,6 +635,8 @@ mod tests {
         let shown = format!("{ev:?}");
         assert!(shown.contains("len: 40"), "{shown}");
         assert!(!shown.contains("171") && !shown.contains("ab"), "{shown}");
+        let full = format!("{:?}", Full(Zeroizing::new(vec![0xab; 40])));
+        assert_eq!(full, "Full(40 bytes)");
     }
 
     fn wait_up(l: &SyncLink) {
