@@ -155,6 +155,7 @@ impl Endpoint {
             lease,
             mobike: st.mobike,
             fragmentation: st.fragmentation,
+            mid_sync: st.mid_sync,
             peer_additional: st.peer_additional.clone(),
             our_additional: st.our_additional.clone(),
             children: st
@@ -308,6 +309,7 @@ fn build(
     s.virtual_ip = r.virtual_ip;
     s.mobike = r.mobike;
     s.fragmentation = r.fragmentation;
+    s.mid_sync = r.mid_sync;
     s.peer_additional = r.peer_additional.clone();
     s.our_additional = r.our_additional.clone();
     s.children = r
