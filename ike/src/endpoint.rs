@@ -178,6 +178,12 @@ impl Endpoint {
         self.config.fragmentation = f;
     }
 
+    /// RFC 6311 message-id sync from now on ([`EndpointConfig::mid_sync`]): IKE SAs made
+    /// later announce it; those made already keep what they negotiated.
+    pub fn set_mid_sync(&mut self, on: bool) {
+        self.config.mid_sync = on;
+    }
+
     /// Replaces the connections (a configuration reload). IKE SAs already made keep the
     /// connection they were made with (their own copy); new exchanges, as initiator or
     /// responder, see only `peers`. The caller deletes the IKE SAs of connections that went
