@@ -352,7 +352,10 @@ impl Endpoint {
     pub fn sync_message_ids(&mut self, now: Instant, ike: IkeSaId) -> Result<bool, ConnectError> {
         let started = self
             .run(ike, now, |sa, ctx| {
-                if !sa.state.mid_sync || sa.state.phase != crate::ike_sa::Phase::Established {
+                if !sa.state.mid_sync
+                    || sa.state.mid_sync_used
+                    || sa.state.phase != crate::ike_sa::Phase::Established
+                {
                     return false;
                 }
                 sa.pending.queue.push_front(Action::MidSync);

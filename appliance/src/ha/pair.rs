@@ -525,6 +525,9 @@ impl Pair {
         match o {
             Output::Activate { epoch, handover } => {
                 self.active = true;
+                // Record versions must pass every version the old active wrote (the table
+                // keeps the highest): this node's own counter may be far behind.
+                self.version = self.version.max(epoch << 40);
                 let t = ms(now);
                 tracing::info!(target: "ha", "active in epoch {epoch}");
                 if driver.core().ike_sa_count() == 0 {

@@ -156,6 +156,7 @@ impl Endpoint {
             mobike: st.mobike,
             fragmentation: st.fragmentation,
             mid_sync: st.mid_sync,
+            mid_sync_used: st.mid_sync_used,
             peer_additional: st.peer_additional.clone(),
             our_additional: st.our_additional.clone(),
             children: st
@@ -310,6 +311,7 @@ fn build(
     s.mobike = r.mobike;
     s.fragmentation = r.fragmentation;
     s.mid_sync = r.mid_sync;
+    s.mid_sync_used = r.mid_sync_used;
     s.peer_additional = r.peer_additional.clone();
     s.our_additional = r.our_additional.clone();
     s.children = r

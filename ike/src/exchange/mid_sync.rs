@@ -25,6 +25,13 @@
 //!   new node holds the answer the old one gave (its replicated last response) and repeats
 //!   it.
 //!
+//! One sync per IKE SA keys: strongSwan 5.9.8 makes its AES-GCM IV from the message id
+//! (`iv_gen_seq`: each id once, and once more in a second space for ids below the last),
+//! so its answers with message id 0 use up that id: a second sync on the same keys makes it
+//! refuse to encrypt ("no IV") and destroy the IKE SA. The IKE SA (and its record) remembers
+//! that it asked (`mid_sync_used`, in its record too); an IKE SA rekey makes new keys and
+//! may sync again.
+//!
 //! Owns: the IKEV2_MESSAGE_ID_SYNC messages of an IKE SA and the counters they move.
 //! Must never: move a message id back; answer a sync without both ends' announcement;
 //! count a message id 0 exchange against the window or cache its answer as the last
@@ -106,9 +113,10 @@ pub(crate) fn may_be_request(sa: &IkeSa, h: &Header) -> bool {
 /// Sends our IKEV2_MESSAGE_ID_SYNC request (the window is free); false when the IKE SA did
 /// not negotiate it.
 pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
-    if !sa.state.mid_sync || sa.state.phase != Phase::Established {
+    if !sa.state.mid_sync || sa.state.mid_sync_used || sa.state.phase != Phase::Established {
         return false;
     }
+    sa.state.mid_sync_used = true;
     let mut nonce = [0u8; 4];
     ctx.rng.fill_bytes(&mut nonce);
     // Past any request the old node may have sent after the record we hold.

@@ -72,6 +72,12 @@ fn support_is_negotiated_in_ike_auth_and_carried_in_the_record() {
 /// and the old gateway's CHILD_SA rekey was being retransmitted (its answer lost) when it died;
 /// the new gateway adopts the record. Returns the pair and (client, gateway) IKE SA ids.
 fn takeover_behind_both_ways(sync: bool) -> (Pair, IkeSaId, IkeSaId) {
+    let (p, c, g, _) = takeover_from(sync);
+    (p, c, g)
+}
+
+/// The same, with the record the new gateway adopted.
+fn takeover_from(sync: bool) -> (Pair, IkeSaId, IkeSaId, IkeSaRecord) {
     let (mut p, cid, gid) = pair(true, true);
     let now = p.now();
     let record = p.gw().export(now, gid).unwrap();
@@ -100,7 +106,7 @@ fn takeover_behind_both_ways(sync: bool) -> (Pair, IkeSaId, IkeSaId) {
     if sync {
         assert_eq!(p.gw().sync_message_ids(now, gid), Ok(true));
     }
-    (p, cid, gid)
+    (p, cid, gid, record)
 }
 
 #[test]
@@ -146,27 +152,39 @@ fn the_same_takeover_without_the_sync_loses_the_ike_sa() {
 }
 
 #[test]
+fn one_sync_per_ike_sa_keys() {
+    let (mut p, _, gid) = takeover_behind_both_ways(true);
+    p.net.run_for(ms(500));
+    assert_eq!(p.gw().stats().mid_sync.synced, 1);
+    let now = p.now();
+    // strongSwan could not encrypt a second answer with message id 0 on these keys.
+    assert_eq!(p.gw().sync_message_ids(now, gid), Ok(false));
+    let rec = p.gw().export(now, gid).unwrap();
+    assert!(rec.mid_sync && rec.mid_sync_used);
+    // Carried to the next adopter.
+    let back = IkeSaRecord::from_bytes(&rec.to_bytes().unwrap()).unwrap();
+    assert!(back.mid_sync_used);
+    p.net.nodes[GW].endpoint = ep(gateway_cfg(), 10, true);
+    assert_eq!(p.gw().adopt(now, &back), Ok(gid));
+    assert_eq!(p.gw().sync_message_ids(now, gid), Ok(false));
+}
+
+#[test]
 fn replayed_and_forged_sync_messages_are_refused() {
-    let (mut p, cid, gid) = takeover_behind_both_ways(true);
+    // `stale`: the record the first adopter took over (before it synced).
+    let (mut p, cid, gid, stale) = takeover_from(true);
     p.net.run_for(ms(500));
     assert_eq!(p.gw().stats().mid_sync.synced, 1);
     let request = mid0(&p, GW)[0].1.clone();
     let answer = mid0(&p, CLIENT)[0].1.clone();
     let (c, g) = (p.client_addr(), p.gw_addr());
-    // A second sync of the gateway's; the first one's answer replayed to it has another
-    // nonce: refused, the request stays outstanding, the real answer completes it.
+    // A gateway request moves the client's expected id past the first sync's.
+    let first = p.net.ep(GW).list()[0].3[0].0;
     let now = p.now();
-    assert_eq!(p.gw().sync_message_ids(now, gid), Ok(true));
-    let out = p.gw().poll_transmit().expect("sync request");
-    p.gw().handle(now, g, c, &answer);
-    assert_eq!(p.gw().stats().mid_sync.wrong_nonce, 1);
-    assert_eq!(p.gw().stats().mid_sync.synced, 1);
-    p.client().handle(now, c, g, &out.data);
-    let reply = p.client().poll_transmit().expect("answer");
-    p.gw().handle(now, g, c, &reply.data);
-    assert_eq!(p.gw().stats().mid_sync.synced, 2);
-    // The first request replayed to the client: its sender id is below the one the client
-    // expects now (the second sync moved it on): refused, never answered.
+    p.gw().rekey_child(now, gid, first).unwrap();
+    p.net.run_for(ms(500));
+    assert_eq!(children(p.gw_events()).len(), 1);
+    // The first request replayed to the client: refused as stale, never answered.
     let now = p.now();
     p.client().handle(now, c, g, &request);
     assert_eq!(p.client().stats().mid_sync.stale, 1);
@@ -182,19 +200,28 @@ fn replayed_and_forged_sync_messages_are_refused() {
     p.client().handle(now, c, g, &forged);
     assert_eq!(p.client().stats().get(Reason::Integrity), before + 1);
     assert!(p.client().poll_transmit().is_none());
-    assert_eq!(p.client().stats().mid_sync.answered, 2);
-    // Still working both ways.
+    assert_eq!(p.client().stats().mid_sync.answered, 1);
+    // The client keeps working with the gateway that synced.
     let now = p.now();
     p.client().create_child(now, cid).unwrap();
-    p.net.run_for(ms(500));
-    assert_eq!(children(p.gw_events()).len(), 1);
-    let first = p.net.ep(GW).list()[0].3[0].0;
-    let now = p.now();
-    p.gw().rekey_child(now, gid, first).unwrap();
     p.net.run_for(ms(500));
     assert_eq!(children(p.gw_events()).len(), 2);
     assert!(downs(p.client_events()).is_empty());
     assert!(downs(p.gw_events()).is_empty());
+    // Another adopter of the stale copy (same IKE SA keys) syncs: the first answer replayed
+    // to it carries another nonce: refused, its request stays outstanding; its request
+    // declares a sender id the client is past: refused as stale, unanswered.
+    let now = p.now();
+    p.net.nodes[GW].endpoint = ep(gateway_cfg(), 11, true);
+    assert_eq!(p.gw().adopt(now, &stale), Ok(gid));
+    assert_eq!(p.gw().sync_message_ids(now, gid), Ok(true));
+    let out = p.gw().poll_transmit().expect("sync request");
+    p.gw().handle(now, g, c, &answer);
+    assert_eq!(p.gw().stats().mid_sync.wrong_nonce, 1);
+    assert_eq!(p.gw().stats().mid_sync.synced, 0);
+    p.client().handle(now, c, g, &out.data);
+    assert!(p.client().poll_transmit().is_none());
+    assert_eq!(p.client().stats().mid_sync.stale, 2);
 }
 
 #[test]
