@@ -86,9 +86,11 @@ fn gateway_conns() -> Result<Vec<control::config::ike::Connection>> {
     ))
 }
 
-/// `n` real IKE SAs at a gateway endpoint: their exported records (bytes) and the SPIs of
-/// their CHILD SAs (inbound, outbound).
-fn make_ike_sas(n: usize) -> Result<Vec<(Zeroizing<Vec<u8>>, Vec<(u32, u32)>)>> {
+/// An exported IKE SA record (bytes) and the SPIs of its CHILD SAs (inbound, outbound).
+type Made = (Zeroizing<Vec<u8>>, Vec<(u32, u32)>);
+
+/// `n` real IKE SAs at a gateway endpoint.
+fn make_ike_sas(n: usize) -> Result<Vec<Made>> {
     let cl_conns = conns(format!(
         "connections:\n  - {{ name: gw, local_id: rw.perf.roamgate.test, \
          remote_id: gw.perf.roamgate.test, psk: \"{PSK}\", \
