@@ -16,7 +16,21 @@
 //!   switch's ports, its sync device); restored later, when the two actives meet;
 //! - `switchover`: no failure but a planned switchover (`roamgate ha switchover`): the active
 //!   hands over above its fences and drains while the new active announces the addresses
-//!   (make-before-break); nothing may be lost.
+//!   (make-before-break); nothing may be lost;
+//! - `split-brain`: only the sync link is cut: both nodes live and reach the clients and the
+//!   LAN, the standby takes over while the old active goes on sending in its own sequence
+//!   blocks; restored later, the two actives meet and the older epoch is fenced. The nonce
+//!   audit covers both actives' frames (losses are printed, not judged).
+//!
+//! After every takeover the new active sends RFC 6311 IKEV2_MESSAGE_ID_SYNC (an INFORMATIONAL
+//! with message id 0) to both clients, which announced IKEV2_MESSAGE_ID_SYNC_SUPPORTED in
+//! IKE_AUTH (strongSwan does as initiator, and enables the extension because the HA gateway
+//! announced it back), once per IKE SA keys: strongSwan 5.9.8 makes its IKE AES-GCM IV from the
+//! message id and destroys the IKE SA rather than encrypt a second answer with message id 0
+//! ("encrypting encrypted payload failed, no IV or padding"). Per kind the test counts those
+//! requests and answers in each client's capture and the `responder requested MID sync`
+//! lines in charon's log; over the run each client must have answered exactly one (the first
+//! takeover's).
 //!
 //! Per kind it prints `ha-failover kind=K takeovers=N gap_ms_p50=.. gap_ms_p99=.. lost=..
 //! renegotiations=R dup_seq=D`: the longest gap of any stream per takeover (p50 and p99
@@ -59,6 +73,7 @@ enum Kind {
     Stop,
     Cut,
     Switchover,
+    SplitBrain,
 }
 
 fn have(tool: &str, arg: &str) -> bool {
@@ -198,6 +213,34 @@ fn ike_exchanges(pcap: &Path) -> Vec<u32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// RFC 6311 IKEV2_MESSAGE_ID_SYNC in `pcap`: INFORMATIONAL (37) frames with message id 0,
+/// (requests, responses).
+fn mid_sync_frames(pcap: &Path) -> (usize, usize) {
+    let out = Command::new("tshark")
+        .args([
+            "-r",
+            pcap.to_str().unwrap(),
+            "-Y",
+            "isakmp.exchangetype == 37 && isakmp.messageid == 0",
+        ])
+        .args(["-T", "fields", "-e", "isakmp.flag_r"])
+        .output()
+        .expect("tshark -r");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let responses = text
+        .lines()
+        .filter(|l| matches!(l.trim(), "1" | "True" | "true"))
+        .count();
+    (text.lines().count() - responses, responses)
+}
+
+/// The syncs strongSwan answered so far (its charon.log: the IKE responder, our gateway, asked).
+fn strongswan_mid_syncs(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("sw/charon.log"))
+        .map(|t| t.matches("responder requested MID sync").count())
+        .unwrap_or(0)
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
@@ -434,6 +477,8 @@ fn the_standby_takes_over_without_renegotiation() {
 
     let mut port = 5001;
     let mut failures = Vec::new();
+    // IKEV2_MESSAGE_ID_SYNC answers: roamgate client, strongSwan (capture), strongSwan (log).
+    let mut syncs = [0usize; 3];
     let kinds = match std::env::var("ROAMGATE_HA_KINDS") {
         Ok(v) => v
             .split(',')
@@ -442,10 +487,17 @@ fn the_standby_takes_over_without_renegotiation() {
                 "stop" => Some(Kind::Stop),
                 "cut" => Some(Kind::Cut),
                 "switchover" => Some(Kind::Switchover),
+                "split-brain" => Some(Kind::SplitBrain),
                 _ => None,
             })
             .collect(),
-        Err(_) => vec![Kind::Kill, Kind::Stop, Kind::Cut, Kind::Switchover],
+        Err(_) => vec![
+            Kind::Kill,
+            Kind::Stop,
+            Kind::Cut,
+            Kind::Switchover,
+            Kind::SplitBrain,
+        ],
     };
     for kind in kinds {
         let pcap = dir.join(format!("{kind:?}.pcap").to_lowercase());
@@ -467,6 +519,8 @@ fn the_standby_takes_over_without_renegotiation() {
         let mut lost = 0;
         let mut lost_sw = 0;
         let refused_before = libipsec_replay_refusals(&dir);
+        let sw_syncs_before = strongswan_mid_syncs(&dir);
+        let mut took = 0;
         // Switchover reps in which heartbeats were missed (a takeover or fencing on a loaded
         // machine): not a planned switchover any more, reported apart.
         let mut disturbed = 0;
@@ -506,6 +560,9 @@ fn the_standby_takes_over_without_renegotiation() {
                         String::from_utf8_lossy(&out.stderr)
                     );
                 }
+                Kind::SplitBrain => {
+                    ip_all(&[format!("ip -n {} link set sync down", nodes[a].ns)]);
+                }
             }
             let (sent1, got1, gap1) = finish_streams(streams);
             let (sent2, got2, gap2) = finish_streams_now(sw_streams);
@@ -530,6 +587,15 @@ fn the_standby_takes_over_without_renegotiation() {
                 }
                 // The old active is the standby already.
                 Kind::Switchover => {}
+                Kind::SplitBrain => {
+                    // Both active until now (the old one never stopped): the sync link back,
+                    // the older epoch is fenced.
+                    let old_was_active = role(&nodes[a].sock()) == "active";
+                    println!(
+                        "ha-failover kind=SplitBrain rep={rep}: old active still active during the split: {old_was_active}"
+                    );
+                    ip_all(&[format!("ip -n {} link set sync up", nodes[a].ns)]);
+                }
             }
             let lost_now = sent.saturating_sub(got);
             println!(
@@ -546,6 +612,8 @@ fn the_standby_takes_over_without_renegotiation() {
             );
             if !took_over {
                 failures.push(format!("{kind:?} rep {rep}: no takeover"));
+            } else {
+                took += 1;
             }
             if upset {
                 disturbed += 1;
@@ -589,6 +657,16 @@ fn the_standby_takes_over_without_renegotiation() {
         };
         let (reneg1, esp1, dup1) = audit(&pcap);
         let (reneg2, esp2, dup2) = audit(&sw_pcap);
+        // RFC 6311: one answered IKEV2_MESSAGE_ID_SYNC per takeover and client at least.
+        let (sync_req1, sync_ans1) = mid_sync_frames(&pcap);
+        let (sync_req2, sync_ans2) = mid_sync_frames(&sw_pcap);
+        let sw_logged = strongswan_mid_syncs(&dir) - sw_syncs_before;
+        println!(
+            "ha-failover kind={kind:?} mid_sync: takeovers={took} roamgate client requests={sync_req1} answers={sync_ans1}, strongSwan requests={sync_req2} answers={sync_ans2} charon_logged={sw_logged}"
+        );
+        syncs[0] += sync_ans1;
+        syncs[1] += sync_ans2;
+        syncs[2] += sw_logged;
         let (renegotiations, dup) = (reneg1 + reneg2, dup1 + dup2);
         let nonces = esp1 + esp2;
         let kind_name = format!("{kind:?}").to_lowercase();
@@ -625,12 +703,26 @@ fn the_standby_takes_over_without_renegotiation() {
                 "ha-failover kind=switchover: strongSwan lost {lost_sw}, libipsec refused {refused} frame(s) as replayed"
             );
         }
+        if kind == Kind::SplitBrain {
+            println!("ha-failover kind=split-brain: lost {lost} (not judged: both nodes active)");
+        }
         if kind == Kind::Switchover && lost.saturating_sub(lost_sw.min(refused as u64)) != 0 {
             failures.push(format!("{kind_name}: {lost} packets lost"));
         }
         if gaps.iter().any(|g| !g.is_finite() || *g > 2000.0) {
             failures.push(format!("{kind_name}: traffic stopped for long: {gaps:?}"));
         }
+    }
+    // One sync per IKE SA keys: the first takeover's (strongSwan could not encrypt a second
+    // answer with message id 0 and would destroy its IKE SA).
+    println!(
+        "ha-failover mid_sync: answered by the roamgate client {}, by strongSwan {} (charon logged {})",
+        syncs[0], syncs[1], syncs[2]
+    );
+    if syncs[0] != 1 || syncs[1] != 1 || syncs[2] != 1 {
+        failures.push(format!(
+            "IKEV2_MESSAGE_ID_SYNC answered {syncs:?} times (roamgate client, strongSwan, charon's log): want exactly once each"
+        ));
     }
     let flows = pings(&lab.ns("home"), SERVER, 3);
     let sw_flows = pings(&lab.ns("sw"), SERVER, 3);

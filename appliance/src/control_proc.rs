@@ -154,6 +154,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let repo = SaRepository::new(plan.rules.clone(), gw.replay_window);
     let core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
     let mut driver = Driver::new(core);
+    if ha.is_some() {
+        driver.core_mut().enable_mid_sync();
+    }
     driver.set_admission(file.ike.admission(&args.config, "ike")?);
     driver.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
     if let Some(e) = file.ike.eap(&args.config, "ike", &gw.name)? {
@@ -173,6 +176,8 @@ pub fn run(args: ControlArgs) -> Result<()> {
             let mut core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
             core.set_admission(file.ike.admission(&path, "ike")?);
             core.set_fragmentation(file.ike.fragmentation(&path, "ike")?);
+            // Only an HA node makes fresh cores.
+            core.enable_mid_sync();
             if let Some(e) = file.ike.eap(&path, "ike", &file.gateway.name)? {
                 // The driver keeps its RADIUS socket; the new core gets the backend.
                 core.set_eap(e.service);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use roamgate_perf::handshakes;
 
 #[derive(clap::Args)]
@@ -34,6 +34,14 @@ struct ReportArgs {
 
 #[derive(clap::Subcommand)]
 enum PerfWhat {
+    /// HA pair: a fresh standby's resync over the real sync channel (Noise over loopback TCP)
+    /// and its takeover (the node's installs, the control core's adoption of every IKE SA),
+    /// for real IKE SAs of simulated clients (PSK, virtual IP, one CHILD_SA each).
+    HaResync {
+        /// IKE SA counts, comma-separated.
+        #[arg(long, default_value = "10000,100000")]
+        sas: String,
+    },
     /// Encrypt rate of one worker on DPDK vdevs set up as the ipsec-secgw baseline
     /// (net_pcap with infinite_rx into net_null; needs a build with the `dpdk` feature).
     Dpdk {
@@ -446,6 +454,30 @@ pub fn run(args: PerfArgs) -> Result<()> {
             "this roamgate was built without the etcd client: build it with `cargo build \
              --release -p roamgate --features etcd` (needs protoc: Debian protobuf-compiler)"
         ),
+        PerfWhat::HaResync { sas } => {
+            for n in sas.split(',') {
+                let n: usize = n
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--sas: {n:?} is not a count"))?;
+                let r = crate::ha::resync_perf::run(n)?;
+                let per = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+                println!(
+                    "ha-resync ike_sas={} child_sas={} record_bytes={} resync_ms={:.0} resync_us_per_sa={:.1} takeover_node_ms={:.0} adopt_ms={:.0} takeover_us_per_sa={:.1} adopted={} (making the IKE SAs took {:.1} s)",
+                    r.ike_sas,
+                    r.child_sas,
+                    r.record_bytes,
+                    r.resync.as_secs_f64() * 1e3,
+                    per(r.resync),
+                    r.takeover_node.as_secs_f64() * 1e3,
+                    r.adopt.as_secs_f64() * 1e3,
+                    per(r.takeover_node + r.adopt),
+                    r.adopted,
+                    r.make.as_secs_f64()
+                );
+            }
+            Ok(())
+        }
         PerfWhat::Handshakes {
             clients,
             in_flight,

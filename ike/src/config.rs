@@ -139,6 +139,11 @@ pub struct EndpointConfig {
     /// The UNIX time at the caller's `Instant::ZERO`: certificate and CRL validity are
     /// judged at this plus the `now` the caller passes in (the core reads no clock).
     pub unix_time_at_zero: Duration,
+    /// RFC 6311 message-id synchronization: announce IKEV2_MESSAGE_ID_SYNC_SUPPORTED in
+    /// IKE_AUTH; once both ends announced it, answer the peer's IKEV2_MESSAGE_ID_SYNC, and
+    /// [`Endpoint::sync_message_ids`](crate::Endpoint::sync_message_ids) may ask the peer
+    /// (an HA node that took the IKE SA over).
+    pub mid_sync: bool,
 }
 
 /// Which IKE_SA_INIT requests a responder takes on (RFC 7296 2.6, RFC 8019): with this many
@@ -183,6 +188,7 @@ impl Default for EndpointConfig {
             admission: Admission::default(),
             fragmentation: Fragmentation::default(),
             unix_time_at_zero: Duration::ZERO,
+            mid_sync: false,
         }
     }
 }

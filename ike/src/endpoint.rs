@@ -178,6 +178,12 @@ impl Endpoint {
         self.config.fragmentation = f;
     }
 
+    /// RFC 6311 message-id sync from now on ([`EndpointConfig::mid_sync`]): IKE SAs made
+    /// later announce it; those made already keep what they negotiated.
+    pub fn set_mid_sync(&mut self, on: bool) {
+        self.config.mid_sync = on;
+    }
+
     /// Replaces the connections (a configuration reload). IKE SAs already made keep the
     /// connection they were made with (their own copy); new exchanges, as initiator or
     /// responder, see only `peers`. The caller deletes the IKE SAs of connections that went
@@ -336,6 +342,29 @@ impl Endpoint {
         spi_in: ChildSpi,
     ) -> Result<(), ConnectError> {
         self.enqueue(now, ike, Action::RekeyChild(spi_in))
+    }
+
+    /// RFC 6311: asks the peer of IKE SA `ike` for its message ids (IKEV2_MESSAGE_ID_SYNC,
+    /// ahead of any other request of ours on it) and takes them on when it answers; for an
+    /// HA node that just took the IKE SA over from a replicated record. `Ok(false)`: the IKE
+    /// SA did not negotiate it (the peer did not announce IKEV2_MESSAGE_ID_SYNC_SUPPORTED, or
+    /// [`EndpointConfig::mid_sync`](crate::EndpointConfig::mid_sync) is off).
+    pub fn sync_message_ids(&mut self, now: Instant, ike: IkeSaId) -> Result<bool, ConnectError> {
+        let started = self
+            .run(ike, now, |sa, ctx| {
+                if !sa.state.mid_sync
+                    || sa.state.mid_sync_used
+                    || sa.state.phase != crate::ike_sa::Phase::Established
+                {
+                    return false;
+                }
+                sa.pending.queue.push_front(Action::MidSync);
+                exchange::next_action(sa, ctx);
+                true
+            })
+            .ok_or(ConnectError::NoSuchSa)?;
+        self.apply_effects(now);
+        Ok(started)
     }
 
     pub fn rekey_ike(&mut self, now: Instant, ike: IkeSaId) -> Result<(), ConnectError> {

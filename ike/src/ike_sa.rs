@@ -118,6 +118,12 @@ pub(crate) struct IkeSaState {
     pub mobike: bool,
     /// Both ends sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 2.3).
     pub fragmentation: bool,
+    /// Both ends sent IKEV2_MESSAGE_ID_SYNC_SUPPORTED in IKE_AUTH (RFC 6311 4.1).
+    pub mid_sync: bool,
+    /// We asked for a sync on these IKE SA keys already: never again (strongSwan derives its
+    /// GCM IV from the message id and can encrypt a second answer with message id 0 on the
+    /// same keys only by refusing it and destroying the IKE SA).
+    pub mid_sync_used: bool,
     /// The peer's additional addresses (its latest announcement, RFC 4555 3.3), and ours.
     pub peer_additional: Vec<IpAddr>,
     pub our_additional: Vec<IpAddr>,
@@ -232,6 +238,8 @@ impl IkeSa {
                 virtual_ip: None,
                 mobike: false,
                 fragmentation: false,
+                mid_sync: false,
+                mid_sync_used: false,
                 peer_additional: Vec::new(),
                 our_additional: Vec::new(),
             },

@@ -82,6 +82,6 @@ pub use event::{
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};
 pub use proposal::{EspInteg, EspProposal, IkeProposal};
 pub use record::{ChildSaRecord, IkeSaRecord, RecordError};
-pub use stats::{CookieStats, HandshakeStats, Reason, Stats};
+pub use stats::{CookieStats, HandshakeStats, MidSyncStats, Reason, Stats};
 pub use time::Instant;
 pub use ts::{any_v4, host_ts, prefix_ts, range_ts};

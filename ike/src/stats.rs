@@ -183,6 +183,7 @@ pub struct Stats {
     pub cookies: CookieStats,
     pub handshakes: HandshakeStats,
     pub fragments: FragmentStats,
+    pub mid_sync: MidSyncStats,
     /// IKE_AUTH exchanges that failed, by why (ours or the peer's authentication).
     auth: AuthCounts,
 }
@@ -228,6 +229,28 @@ pub struct FragmentStats {
     pub expired: u64,
 }
 
+/// What RFC 6311 message-id synchronization did. Its messages carry message id 0, outside the
+/// window: those refused are counted here, not under a [`Reason`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MidSyncStats {
+    /// IKEV2_MESSAGE_ID_SYNC requests we started (retransmissions not counted).
+    pub started: u64,
+    /// Our requests answered with our nonce: the message ids were taken on.
+    pub synced: u64,
+    /// A peer's requests we answered.
+    pub answered: u64,
+    /// Authenticated answers with another nonce than our request's (a replayed old answer):
+    /// dropped, the request stays outstanding.
+    pub wrong_nonce: u64,
+    /// A peer's requests whose EXPECTED_SEND_REQ_MESSAGE_ID is below the next request id we
+    /// expect from it (a replayed old request): dropped unanswered, as strongSwan does.
+    pub stale: u64,
+    /// Answers to our sync whose notify does not parse (missing, not 12 bytes of data):
+    /// dropped, the request stays outstanding. (A message id 0 request that is not a sync
+    /// goes through the ordinary window: `BadMessageId` unless 0 is the id expected.)
+    pub malformed: u64,
+}
+
 /// What the responder's cookies (RFC 7296 2.6) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CookieStats {
@@ -249,6 +272,7 @@ impl Default for Stats {
             cookies: CookieStats::default(),
             handshakes: HandshakeStats::default(),
             fragments: FragmentStats::default(),
+            mid_sync: MidSyncStats::default(),
             auth: AuthCounts::default(),
         }
     }

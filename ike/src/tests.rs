@@ -14,6 +14,7 @@ mod ike_rekey;
 mod info;
 mod init;
 mod malformed;
+mod mid_sync;
 mod mobike;
 mod view;
 

@@ -78,6 +78,10 @@ pub mod notify {
     pub const NO_ADDITIONAL_ADDRESSES: u16 = 16399;
     pub const UPDATE_SA_ADDRESSES: u16 = 16400;
     pub const COOKIE2: u16 = 16401;
+    /// RFC 6311 4.1: both ends of an IKE SA can synchronize its message ids.
+    pub const IKEV2_MESSAGE_ID_SYNC_SUPPORTED: u16 = 16420;
+    /// RFC 6311 4.2: nonce (4 bytes), EXPECTED_SEND_REQ_MESSAGE_ID, EXPECTED_RECV_REQ_MESSAGE_ID.
+    pub const IKEV2_MESSAGE_ID_SYNC: u16 = 16422;
     pub const IKEV2_FRAGMENTATION_SUPPORTED: u16 = 16430;
     pub const SIGNATURE_HASH_ALGORITHMS: u16 = 16431;
 

@@ -7,3 +7,4 @@ pub mod channel;
 pub mod cli;
 pub mod marks;
 pub mod pair;
+pub mod resync_perf;

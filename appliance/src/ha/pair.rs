@@ -102,6 +102,10 @@ struct Counters {
     dropped_ike_not_active: u64,
     persist_failed: u64,
     takeover_install_ms: Option<u64>,
+    /// RFC 6311 IKEV2_MESSAGE_ID_SYNC requests started at takeovers (peers that announced
+    /// support), and the endpoint's counters of them.
+    mid_sync_started: u64,
+    mid_sync: ike::MidSyncStats,
 }
 
 /// Makes an empty control core (what a node that stops being active continues with).
@@ -153,6 +157,9 @@ pub struct Pair {
     /// the data plane (or `ANNOUNCE_WAIT_MS` later).
     announce_due: Option<u64>,
     announce_wait: u64,
+    /// IKE SAs adopted at the last takeover: IKEV2_MESSAGE_ID_SYNC to their peers once the
+    /// addresses are announced (the answer comes back to them).
+    mid_sync_due: Vec<IkeSaId>,
     /// A planned switchover made this node standby at this time (its data plane drains).
     drain_since: Option<u64>,
     /// A planned switchover waiting for its ceilings.
@@ -230,6 +237,7 @@ impl Pair {
             addresses_due: true,
             announce_due: None,
             announce_wait: ANNOUNCE_WAIT_MS,
+            mid_sync_due: Vec::new(),
             drain_since: None,
             capping: None,
             start_grace_until: ms(now).saturating_add(
@@ -331,6 +339,7 @@ impl Pair {
                     t.saturating_sub(t0),
                     self.held.len() + self.starts.len()
                 );
+                self.sync_message_ids(now, driver);
             }
         }
         if self.addresses_due {
@@ -357,6 +366,7 @@ impl Pair {
                 self.announce(link)?;
             }
             self.export_ike(now, driver);
+            self.counters.mid_sync = driver.core().mid_sync_stats();
             if t >= self.next_replay_poll {
                 self.next_replay_poll = t.saturating_add(self.plan_checkpoint.millis.max(10));
                 for (key, (w, p)) in &self.installed {
@@ -515,6 +525,9 @@ impl Pair {
         match o {
             Output::Activate { epoch, handover } => {
                 self.active = true;
+                // Record versions must pass every version the old active wrote (the table
+                // keeps the highest): this node's own counter may be far behind.
+                self.version = self.version.max(epoch << 40);
                 let t = ms(now);
                 tracing::info!(target: "ha", "active in epoch {epoch}");
                 if driver.core().ike_sa_count() == 0 {
@@ -721,6 +734,27 @@ impl Pair {
         Ok(())
     }
 
+    /// RFC 6311: IKEV2_MESSAGE_ID_SYNC on every IKE SA of the takeover whose peer announced
+    /// support (the replicated message ids may lag the old active's by the exchanges it made
+    /// after its last replication; the peer's answer brings them level), ahead of any other
+    /// request on it. Peers that did not announce it (the record says) get none.
+    fn sync_message_ids(&mut self, now: Instant, driver: &mut Driver) {
+        let due = std::mem::take(&mut self.mid_sync_due);
+        let n = due.len();
+        let mut started = 0u64;
+        for ike in due {
+            if driver.core_mut().sync_message_ids(now, ike) {
+                started += 1;
+            }
+        }
+        self.counters.mid_sync_started += started;
+        if n > 0 {
+            tracing::info!(target: "ha",
+                "IKEV2_MESSAGE_ID_SYNC sent on {started} of {n} IKE SA(s) (the others' peers did not announce support)"
+            );
+        }
+    }
+
     /// Takes over every replicated IKE SA: the endpoint carries them on, the repository
     /// installs their CHILD SAs under the replicated ids (through [`PairLink`]).
     fn adopt_all(&mut self, now: Instant, driver: &mut Driver) {
@@ -741,9 +775,10 @@ impl Pair {
                 ))
             };
             match driver.core_mut().adopt_ike(now, &bytes, ids) {
-                Ok(_) => {
+                Ok(ike) => {
                     self.counters.adopted_ike += 1;
                     self.exported.insert(spi);
+                    self.mid_sync_due.push(ike);
                 }
                 Err(e) => {
                     self.counters.adopt_failed += 1;
@@ -967,6 +1002,13 @@ impl Pair {
                 "decode_errors": s.decode_errors.values().sum::<u64>(),
             },
             "takeover_install_ms": c.takeover_install_ms,
+            "mid_sync": {
+                "started": c.mid_sync_started,
+                "synced": c.mid_sync.synced,
+                "wrong_nonce": c.mid_sync.wrong_nonce,
+                "answered": c.mid_sync.answered,
+                "stale": c.mid_sync.stale,
+            },
         });
         if let Ok(mut v) = self.view.status.lock() {
             *v = json.to_string();

@@ -732,10 +732,14 @@ impl IkeYaml {
     }
 }
 
-/// The endpoint configuration of validated connections.
+/// The endpoint configuration of validated connections. An endpoint that initiates (a
+/// client) announces RFC 6311 message-id sync support, as strongSwan does: it answers an HA
+/// gateway's IKEV2_MESSAGE_ID_SYNC after a takeover. A responder announces it only in an HA
+/// pair (`ControlCore::enable_mid_sync`).
 pub fn endpoint_config(conns: &[Connection]) -> EndpointConfig {
     EndpointConfig {
         peers: conns.iter().map(|c| c.peer.clone()).collect(),
+        mid_sync: conns.iter().any(|c| c.initiate_to.is_some()),
         ..Default::default()
     }
 }

@@ -168,6 +168,26 @@ impl ControlCore {
         self.endpoint.set_fragmentation(f);
     }
 
+    /// An HA node: announce RFC 6311 message-id sync (IKEV2_MESSAGE_ID_SYNC_SUPPORTED) in
+    /// IKE_AUTH, so that after a takeover the new active may sync with the peers that
+    /// announced it too ([`ControlCore::sync_message_ids`]).
+    pub fn enable_mid_sync(&mut self) {
+        self.endpoint.set_mid_sync(true);
+    }
+
+    /// After a takeover: IKEV2_MESSAGE_ID_SYNC to the peer of IKE SA `ike` if both ends
+    /// announced support (true), ahead of any other request on it.
+    pub fn sync_message_ids(&mut self, now: Instant, ike: ike::IkeSaId) -> bool {
+        let started = self.endpoint.sync_message_ids(now, ike).unwrap_or(false);
+        self.pump(now);
+        started
+    }
+
+    /// The endpoint's RFC 6311 counters.
+    pub fn mid_sync_stats(&self) -> ike::MidSyncStats {
+        self.endpoint.stats().mid_sync
+    }
+
     pub fn workers(&self) -> u16 {
         self.placement.workers()
     }

@@ -155,6 +155,8 @@ impl Endpoint {
             lease,
             mobike: st.mobike,
             fragmentation: st.fragmentation,
+            mid_sync: st.mid_sync,
+            mid_sync_used: st.mid_sync_used,
             peer_additional: st.peer_additional.clone(),
             our_additional: st.our_additional.clone(),
             children: st
@@ -308,6 +310,8 @@ fn build(
     s.virtual_ip = r.virtual_ip;
     s.mobike = r.mobike;
     s.fragmentation = r.fragmentation;
+    s.mid_sync = r.mid_sync;
+    s.mid_sync_used = r.mid_sync_used;
     s.peer_additional = r.peer_additional.clone();
     s.our_additional = r.our_additional.clone();
     s.children = r

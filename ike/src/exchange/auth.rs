@@ -94,6 +94,12 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     inner.push(Payload::TsI(local_ts));
     inner.push(Payload::TsR(cfg.remote_ts.clone()));
     inner.push(Payload::notify(notify::MOBIKE_SUPPORTED, vec![]));
+    if ctx.config.mid_sync {
+        inner.push(Payload::notify(
+            notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED,
+            vec![],
+        ));
+    }
     sa.state.phase = Phase::Auth;
     send_request(
         sa,
@@ -206,6 +212,8 @@ pub(crate) fn complete_initiator(
         None => return,
     };
     sa.state.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
+    sa.state.mid_sync =
+        ctx.config.mid_sync && find_notify(p, notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED).is_some();
     sa.state.virtual_ip = p.iter().find_map(|x| match x {
         Payload::Cp {
             kind: cfg::REPLY,
@@ -408,6 +416,8 @@ pub(crate) fn complete(
     };
     sa.state.peer = Some(cfg.clone());
     sa.state.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
+    sa.state.mid_sync =
+        ctx.config.mid_sync && find_notify(p, notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED).is_some();
     sa.state.virtual_ip = vip.map(IpAddr::V4);
     sa.state.remote_id = Some(idi.clone());
     sa.establish(ctx.now);
@@ -456,6 +466,12 @@ pub(crate) fn complete(
         Err(n) => reply.push(Payload::notify(n, vec![])),
     }
     reply.push(Payload::notify(notify::MOBIKE_SUPPORTED, vec![]));
+    if ctx.config.mid_sync {
+        reply.push(Payload::notify(
+            notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED,
+            vec![],
+        ));
+    }
     Ok(reply)
 }
 

@@ -72,6 +72,7 @@ fn successor(
     new.state.mobike = old.state.mobike;
     // Negotiated in IKE_SA_INIT only: a rekeyed IKE SA keeps it (RFC 7383 2.3).
     new.state.fragmentation = old.state.fragmentation;
+    new.state.mid_sync = old.state.mid_sync;
     new.state.peer_additional = old.state.peer_additional.clone();
     new.state.our_additional = old.state.our_additional.clone();
     new.install_keys(keys);

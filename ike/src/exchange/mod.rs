@@ -10,6 +10,7 @@
 //! - [`ike_rekey`]: CREATE_CHILD_SA rekeying the IKE SA (2.8.2 collisions).
 //! - [`info`]: INFORMATIONAL: deletes, liveness, INVALID_SPI.
 //! - [`mobike`]: UPDATE_SA_ADDRESSES, additional addresses, return routability (RFC 4555).
+//! - [`mid_sync`]: IKEV2_MESSAGE_ID_SYNC after an HA takeover (RFC 6311), both ends.
 //!
 //! Errors are answered as RFC 7296 2.21 says (the table is in `stats`): a request that passed
 //! the integrity check and the window but is badly formed gets INVALID_SYNTAX and ends the IKE
@@ -27,6 +28,7 @@ pub(crate) mod eap_auth;
 pub(crate) mod ike_rekey;
 pub(crate) mod info;
 pub(crate) mod init;
+pub(crate) mod mid_sync;
 pub(crate) mod mobike;
 
 use std::collections::VecDeque;
@@ -218,6 +220,10 @@ pub(crate) enum Request {
         cookie2: Vec<u8>,
         tried: Vec<IpAddr>,
     },
+    /// IKEV2_MESSAGE_ID_SYNC (message id 0) with this nonce.
+    MidSync {
+        nonce: [u8; 4],
+    },
 }
 
 impl Request {
@@ -254,6 +260,8 @@ pub(crate) enum Action {
     Liveness,
     /// Tell the peer ESP arrived for an SPI we do not have (RFC 7296 3.10.1).
     InvalidSpi(ChildSpi),
+    /// Synchronize the message ids with the peer (RFC 6311).
+    MidSync,
 }
 
 /// A request on IKE SA `sa` (its SPIs matched): the window, decryption, the exchange, the
@@ -267,6 +275,12 @@ pub(crate) fn on_request(
     msg: &[u8],
 ) {
     let fragment = h.next_payload == wire::payload::SKF;
+    // Ahead of the retransmission check: a responder's first request has message id 0 too
+    // (RFC 6311 sync requests are told from it by their content, as strongSwan does by the
+    // request's hash).
+    if mid_sync::may_be_request(sa, h) && mid_sync::on_request(sa, ctx, local, remote, h, msg) {
+        return;
+    }
     if let Some((id, resp)) = &sa.state.last_response {
         if *id == h.message_id {
             // A retransmitted request: the cached response, nothing processed twice (of a
@@ -449,6 +463,11 @@ pub(crate) fn on_response(
             return;
         }
     };
+    if let Some(Request::MidSync { nonce }) = sa.pending.outstanding.as_ref().map(|o| &o.request) {
+        if !mid_sync::answers(ctx, *nonce, &payloads) {
+            return;
+        }
+    }
     sa.pending.last_heard = ctx.now;
     sa.timers.set(Timer::Retransmit, None);
     let Some(out) = sa.pending.outstanding.take() else {
@@ -480,6 +499,7 @@ pub(crate) fn on_response(
         Request::UpdateAddresses { cookie2, .. } => {
             mobike::on_response(sa, ctx, local, remote, &cookie2, &payloads)
         }
+        Request::MidSync { .. } => mid_sync::on_response(sa, ctx, &payloads),
         Request::Liveness | Request::InvalidSpi | Request::Init => {}
     }
     next_action(sa, ctx);
@@ -557,6 +577,7 @@ pub(crate) fn next_action(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
                 ike_rekey::start(sa, ctx);
                 true
             }
+            Action::MidSync => mid_sync::start(sa, ctx),
         };
         if started {
             return;

@@ -42,6 +42,8 @@ const FLAG_NAT: u8 = 2;
 const FLAG_MOBIKE: u8 = 4;
 const FLAG_LEASE: u8 = 8;
 const FLAG_FRAGMENTATION: u8 = 16;
+const FLAG_MID_SYNC: u8 = 32;
+const FLAG_MID_SYNC_USED: u8 = 64;
 const CHILD_ESN: u8 = 1;
 const CHILD_REPLACED: u8 = 2;
 
@@ -152,6 +154,8 @@ impl<S: Sink> W<'_, S> {
             (r.mobike, FLAG_MOBIKE),
             (r.lease, FLAG_LEASE),
             (r.fragmentation, FLAG_FRAGMENTATION),
+            (r.mid_sync, FLAG_MID_SYNC),
+            (r.mid_sync_used, FLAG_MID_SYNC_USED),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -419,7 +423,15 @@ impl<'a> R<'a> {
 
     fn record(&mut self) -> Res<IkeSaRecord> {
         let flags = self.u8()?;
-        if flags & !(FLAG_INITIATOR | FLAG_NAT | FLAG_MOBIKE | FLAG_LEASE | FLAG_FRAGMENTATION) != 0
+        if flags
+            & !(FLAG_INITIATOR
+                | FLAG_NAT
+                | FLAG_MOBIKE
+                | FLAG_LEASE
+                | FLAG_FRAGMENTATION
+                | FLAG_MID_SYNC
+                | FLAG_MID_SYNC_USED)
+            != 0
         {
             return Err(RecordError::Invalid("flags"));
         }
@@ -478,6 +490,8 @@ impl<'a> R<'a> {
             lease: flags & FLAG_LEASE != 0,
             mobike: flags & FLAG_MOBIKE != 0,
             fragmentation: flags & FLAG_FRAGMENTATION != 0,
+            mid_sync: flags & FLAG_MID_SYNC != 0,
+            mid_sync_used: flags & FLAG_MID_SYNC_USED != 0,
             peer_additional: self.ips()?,
             our_additional: self.ips()?,
             // A CHILD_SA takes at least 23 bytes (every length and count zero).

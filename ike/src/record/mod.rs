@@ -178,6 +178,11 @@ pub struct IkeSaRecord {
     pub mobike: bool,
     /// IKE fragmentation was negotiated (RFC 7383); `last_response` may hold fragments.
     pub fragmentation: bool,
+    /// RFC 6311 message-id synchronization was negotiated (IKEV2_MESSAGE_ID_SYNC_SUPPORTED both
+    /// ways): an adopter may send IKEV2_MESSAGE_ID_SYNC.
+    pub mid_sync: bool,
+    /// A sync was asked for on these keys already (one per IKE SA keys: `exchange::mid_sync`).
+    pub mid_sync_used: bool,
     pub peer_additional: Vec<IpAddr>,
     pub our_additional: Vec<IpAddr>,
     pub children: Vec<ChildSaRecord>,
@@ -213,6 +218,8 @@ impl core::fmt::Debug for IkeSaRecord {
             .field("lease", &self.lease)
             .field("mobike", &self.mobike)
             .field("fragmentation", &self.fragmentation)
+            .field("mid_sync", &self.mid_sync)
+            .field("mid_sync_used", &self.mid_sync_used)
             .field("peer_additional", &self.peer_additional)
             .field("our_additional", &self.our_additional)
             .field("children", &self.children)
