@@ -155,6 +155,8 @@ impl Endpoint {
             lease,
             mobike: st.mobike,
             fragmentation: st.fragmentation,
+            gateway_move: st.gateway_move,
+            redirect: st.redirect,
             peer_additional: st.peer_additional.clone(),
             our_additional: st.our_additional.clone(),
             children: st
@@ -308,6 +310,8 @@ fn build(
     s.virtual_ip = r.virtual_ip;
     s.mobike = r.mobike;
     s.fragmentation = r.fragmentation;
+    s.gateway_move = r.gateway_move;
+    s.redirect = r.redirect;
     s.peer_additional = r.peer_additional.clone();
     s.our_additional = r.our_additional.clone();
     s.children = r

@@ -94,6 +94,10 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     inner.push(Payload::TsI(local_ts));
     inner.push(Payload::TsR(cfg.remote_ts.clone()));
     inner.push(Payload::notify(notify::MOBIKE_SUPPORTED, vec![]));
+    inner.push(Payload::notify(
+        notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED,
+        vec![],
+    ));
     sa.state.phase = Phase::Auth;
     send_request(
         sa,
@@ -206,6 +210,7 @@ pub(crate) fn complete_initiator(
         None => return,
     };
     sa.state.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
+    sa.state.gateway_move = find_notify(p, notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED).is_some();
     sa.state.virtual_ip = p.iter().find_map(|x| match x {
         Payload::Cp {
             kind: cfg::REPLY,
@@ -408,6 +413,7 @@ pub(crate) fn complete(
     };
     sa.state.peer = Some(cfg.clone());
     sa.state.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
+    sa.state.gateway_move = find_notify(p, notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED).is_some();
     sa.state.virtual_ip = vip.map(IpAddr::V4);
     sa.state.remote_id = Some(idi.clone());
     sa.establish(ctx.now);
@@ -456,6 +462,14 @@ pub(crate) fn complete(
         Err(n) => reply.push(Payload::notify(n, vec![])),
     }
     reply.push(Payload::notify(notify::MOBIKE_SUPPORTED, vec![]));
+    if sa.state.gateway_move {
+        // Announced back only to a client that announced it (a private-use status type:
+        // any other peer would ignore it, RFC 7296 3.10.1, but it never sees it).
+        reply.push(Payload::notify(
+            notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED,
+            vec![],
+        ));
+    }
     Ok(reply)
 }
 

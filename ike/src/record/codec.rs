@@ -42,6 +42,9 @@ const FLAG_NAT: u8 = 2;
 const FLAG_MOBIKE: u8 = 4;
 const FLAG_LEASE: u8 = 8;
 const FLAG_FRAGMENTATION: u8 = 16;
+// 32 is left for another flag under way (RFC 6311 support).
+const FLAG_GATEWAY_MOVE: u8 = 64;
+const FLAG_REDIRECT: u8 = 128;
 const CHILD_ESN: u8 = 1;
 const CHILD_REPLACED: u8 = 2;
 
@@ -152,6 +155,8 @@ impl<S: Sink> W<'_, S> {
             (r.mobike, FLAG_MOBIKE),
             (r.lease, FLAG_LEASE),
             (r.fragmentation, FLAG_FRAGMENTATION),
+            (r.gateway_move, FLAG_GATEWAY_MOVE),
+            (r.redirect, FLAG_REDIRECT),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -419,7 +424,15 @@ impl<'a> R<'a> {
 
     fn record(&mut self) -> Res<IkeSaRecord> {
         let flags = self.u8()?;
-        if flags & !(FLAG_INITIATOR | FLAG_NAT | FLAG_MOBIKE | FLAG_LEASE | FLAG_FRAGMENTATION) != 0
+        if flags
+            & !(FLAG_INITIATOR
+                | FLAG_NAT
+                | FLAG_MOBIKE
+                | FLAG_LEASE
+                | FLAG_FRAGMENTATION
+                | FLAG_GATEWAY_MOVE
+                | FLAG_REDIRECT)
+            != 0
         {
             return Err(RecordError::Invalid("flags"));
         }
@@ -478,6 +491,8 @@ impl<'a> R<'a> {
             lease: flags & FLAG_LEASE != 0,
             mobike: flags & FLAG_MOBIKE != 0,
             fragmentation: flags & FLAG_FRAGMENTATION != 0,
+            gateway_move: flags & FLAG_GATEWAY_MOVE != 0,
+            redirect: flags & FLAG_REDIRECT != 0,
             peer_additional: self.ips()?,
             our_additional: self.ips()?,
             // A CHILD_SA takes at least 23 bytes (every length and count zero).

@@ -178,6 +178,10 @@ pub struct IkeSaRecord {
     pub mobike: bool,
     /// IKE fragmentation was negotiated (RFC 7383); `last_response` may hold fragments.
     pub fragmentation: bool,
+    /// Both ends sent ROAMGATE_GATEWAY_MOVE_SUPPORTED (`exchange::gw_move`).
+    pub gateway_move: bool,
+    /// The peer sent REDIRECT_SUPPORTED in IKE_SA_INIT (RFC 5685).
+    pub redirect: bool,
     pub peer_additional: Vec<IpAddr>,
     pub our_additional: Vec<IpAddr>,
     pub children: Vec<ChildSaRecord>,
@@ -212,6 +216,8 @@ impl core::fmt::Debug for IkeSaRecord {
             .field("virtual_ip", &self.virtual_ip)
             .field("lease", &self.lease)
             .field("mobike", &self.mobike)
+            .field("gateway_move", &self.gateway_move)
+            .field("redirect", &self.redirect)
             .field("fragmentation", &self.fragmentation)
             .field("peer_additional", &self.peer_additional)
             .field("our_additional", &self.our_additional)
