@@ -175,6 +175,15 @@ impl DataplaneFile {
             .as_ref()
             .map(|h| h.validate(file, "ha"))
             .transpose()?;
+        let mut ha = ha;
+        if let Some(h) = ha
+            .as_mut()
+            .filter(|h| h.takeover == control::config::ha::Takeover::Announce)
+        {
+            // Nodes on different subnets: this node's own WAN address is what it answers for
+            // while active, and what it tells the clients when it takes over.
+            h.wan_addresses = vec![self.gateway.wan.address];
+        }
         if let Some(h) = &ha {
             if !h.wan_addresses.contains(&self.gateway.wan.address) {
                 return Err(ConfigError::new(

@@ -102,6 +102,11 @@ struct Counters {
     dropped_ike_not_active: u64,
     persist_failed: u64,
     takeover_install_ms: Option<u64>,
+    /// `takeover: announce`: IKE SAs told the new address, redirected (RFC 5685), left to
+    /// reconnect.
+    moves_announced: u64,
+    moves_redirected: u64,
+    moves_unsupported: u64,
 }
 
 /// Makes an empty control core (what a node that stops being active continues with).
@@ -115,6 +120,9 @@ pub struct Pair {
     plan_checkpoint: Checkpoint,
     wan_vips: Vec<IpAddr>,
     lan_vips: Vec<IpAddr>,
+    /// `takeover: announce`: after a takeover the IKE SAs move to this node's own WAN
+    /// address (`wan_vips` holds just that) and their clients are told.
+    announce_move: bool,
     workers: u16,
     link_up: bool,
     /// A message the channel's queue had no room for (back-pressure: sent first next time).
@@ -208,6 +216,7 @@ impl Pair {
             plan_checkpoint: plan.params.checkpoint,
             wan_vips: plan.wan_addresses.clone(),
             lan_vips: plan.lan_addresses.clone(),
+            announce_move: plan.takeover == control::config::ha::Takeover::Announce,
             workers: workers.max(1),
             link_up: false,
             unsent: None,
@@ -326,6 +335,9 @@ impl Pair {
                 self.announce_due = None;
                 self.next_announce = t.saturating_add(ANNOUNCE_MS);
                 self.announce(link)?;
+                if self.announce_move {
+                    self.move_gateway(now, driver);
+                }
                 tracing::info!(target: "ha",
                     "addresses announced {} ms after the activation ({} outbound SA(s) held)",
                     t.saturating_sub(t0),
@@ -676,6 +688,23 @@ impl Pair {
         true
     }
 
+    /// `takeover: announce`: the adopted IKE SAs move to this node's own WAN address and
+    /// their clients are told (after the adoption's SAs are in the data plane: the clients'
+    /// ESP reaches SAs that are there).
+    fn move_gateway(&mut self, now: Instant, driver: &mut Driver) {
+        let Some(own) = self.wan_vips.first().copied() else {
+            return;
+        };
+        let [a, r, u] = driver.core_mut().move_gateway(now, own);
+        let c = &mut self.counters;
+        c.moves_announced += a as u64;
+        c.moves_redirected += r as u64;
+        c.moves_unsupported += u as u64;
+        tracing::info!(target: "ha",
+            "gateway moved to {own}: {a} IKE SA(s) told, {r} redirected (RFC 5685), {u} left to reconnect"
+        );
+    }
+
     /// Gratuitous ARP / unsolicited NA for the virtual addresses on both sides.
     fn announce<L: Link>(&self, link: &mut L) -> Result<(), LinkError> {
         link.send_update(
@@ -967,6 +996,11 @@ impl Pair {
                 "decode_errors": s.decode_errors.values().sum::<u64>(),
             },
             "takeover_install_ms": c.takeover_install_ms,
+            "gateway_moves": {
+                "announced": c.moves_announced,
+                "redirected": c.moves_redirected,
+                "unsupported": c.moves_unsupported,
+            },
         });
         if let Ok(mut v) = self.view.status.lock() {
             *v = json.to_string();
