@@ -282,6 +282,30 @@ mod tests {
     }
 
     #[test]
+    fn nodes_on_different_subnets_answer_for_their_own_wan_address() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        for (f, own) in [
+            ("ha-subnet-a.yaml", "203.0.113.1"),
+            ("ha-subnet-b.yaml", "198.18.0.2"),
+        ] {
+            let p = dir.join(f);
+            let file: DataplaneFile = control::config::load(&p).unwrap();
+            let ha = file.validate(&p).unwrap().ha.unwrap();
+            assert_eq!(ha.wan_addresses, [own.parse::<std::net::IpAddr>().unwrap()]);
+            assert_eq!(ha.lan_addresses.len(), 1);
+        }
+        // A shared WAN address with takeover: announce names the file and the key.
+        let p = dir.join("ha-subnet-a.yaml");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("lan: [10.9.0.1]", "lan: [10.9.0.1]\n    wan: [203.0.113.1]");
+        let file: DataplaneFile = parse(&p, &text).unwrap();
+        let e = file.validate(&p).err().expect("refused");
+        assert_eq!(e.key, "ha.virtual_addresses.wan", "{e}");
+        assert!(e.to_string().contains("ha-subnet-a.yaml"), "{e}");
+    }
+
+    #[test]
     fn the_shipped_cluster_files_are_valid_and_their_roles_are_kept_apart() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cluster");
         let node = dir.join("crypto-node.yaml");
