@@ -853,6 +853,13 @@ impl Pair {
                 encap,
             } => {
                 for id in &ids {
+                    // An adopted SA still held for its start (a gateway move right after a
+                    // takeover) is installed with its new addresses.
+                    if let Some((_, p)) = self.held.get_mut(id) {
+                        p.local = local;
+                        p.remote = remote;
+                        p.encap = encap;
+                    }
                     let k = ChildKey::new(Direction::Outbound, *id);
                     if let Some((_, p)) = self.installed.get_mut(&k) {
                         p.local = local;
