@@ -527,6 +527,12 @@ impl Pair {
         match o {
             Output::Activate { epoch, handover } => {
                 self.active = true;
+                // Our records must be newer than everything the table holds: the old active
+                // numbered them in its own process, and a record of ours with a lower
+                // version would be ignored (the IKE SA's message ids after this node's own
+                // exchanges, a gateway move's addresses, would never reach the standby, and
+                // the next takeover would adopt the old active's stale record).
+                self.version = self.version.max(self.node.table().max_version());
                 let t = ms(now);
                 tracing::info!(target: "ha", "active in epoch {epoch}");
                 if driver.core().ike_sa_count() == 0 {

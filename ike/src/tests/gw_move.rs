@@ -275,3 +275,32 @@ fn the_notify_data_is_strict() {
     );
     assert_eq!(redirect_data("2001:db8::2".parse().unwrap()).len(), 18);
 }
+
+#[test]
+fn a_client_that_did_not_negotiate_the_move_refuses_it() {
+    // The client's IKE SA as it would be without the notify in IKE_AUTH (its record with the
+    // flag cleared, adopted by a fresh client endpoint); the gateway believes otherwise.
+    let (mut p, cid, gid) = up();
+    let now = p.now();
+    let mut record = p.client().export(now, cid).unwrap();
+    record.gateway_move = false;
+    p.net.nodes[CLIENT].endpoint = endpoint(client_cfg(), 5);
+    let cid = p.client().adopt(now, &record).unwrap();
+    p.clear_events();
+    let how = p
+        .gw()
+        .move_gateway(now, gid, "192.0.2.1".parse().unwrap())
+        .unwrap();
+    assert_eq!(how, GatewayMove::Announced);
+    p.drive();
+    let s = p.client().stats().gateway_move;
+    assert_eq!((s.refused, s.heard, s.moved), (1, 0, 0));
+    assert!(moves(p.client_events()).is_empty());
+    // The request was answered all the same: the IKE SA goes on.
+    let now = p.now();
+    let spi = p.client().list()[0].3[0].0;
+    p.client().rekey_child(now, cid, spi).unwrap();
+    p.drive();
+    assert_eq!(children(p.client_events()).len(), 1);
+    assert_eq!(p.gw().stats().total() + p.client().stats().total(), 0);
+}
