@@ -300,7 +300,9 @@ mod tests {
             .unwrap()
             .replace("lan: [10.9.0.1]", "lan: [10.9.0.1]\n    wan: [203.0.113.1]");
         let file: DataplaneFile = parse(&p, &text).unwrap();
-        let e = file.validate(&p).err().expect("refused");
+        let Err(e) = file.validate(&p) else {
+            panic!("a shared WAN address with takeover: announce was taken");
+        };
         assert_eq!(e.key, "ha.virtual_addresses.wan", "{e}");
         assert!(e.to_string().contains("ha-subnet-a.yaml"), "{e}");
     }
