@@ -38,6 +38,15 @@
 #              sync 169.254.77.1 [PFX-gwa] -- sync 169.254.77.2 [PFX-gwb] (kernel TCP)
 #              PFX-sw wan 100.64.0.20 -- eth1 [PFX-rtr] (a second road warrior: strongSwan)
 #        netns-lab.sh ha-down [PFX]
+#        netns-lab.sh hs-up [PFX]   the HA lab with the nodes' WAN on different subnets
+#            (tests/ha_subnet.rs, configs/ha-subnet-a.yaml, ha-subnet-b.yaml: takeover by
+#            announcement): as ha-up, but the router reaches node A on 203.0.113.0/24 (port pa)
+#            and node B on 198.18.0.0/24 (port pb, MAC 02:00:00:00:71:03); the LAN side is
+#            shared (10.9.0.1); no strongSwan namespace:
+#              PFX-home 10.7.0.10 -- lan [PFX-cl] wan 192.0.2.10 -- eth0 [PFX-rtr] pa --
+#                wan 203.0.113.1 [PFX-gwa]; [PFX-rtr] pb -- wan 198.18.0.2 [PFX-gwb];
+#                gwa/gwb lan -- br0 [PFX-lsw] -- lan0 10.9.0.10 PFX-srv; sync as in ha-up
+#        netns-lab.sh hs-down [PFX]
 #        netns-lab.sh cluster-up [PFX]  the cluster lab (tests/cluster_move.rs, configs/cluster/):
 #            the client side of the HA lab; edges PFX-e0, PFX-e1, PFX-e2 sharing the public
 #            address 203.0.113.1 behind the router, each on its own router link (pN, router
@@ -60,6 +69,7 @@ RW_NSS="lan gw rw"
 CL_NSS="home cl sgw srv"
 MOB_NSS="home cl rtr gw srv"
 HA_NSS="home cl rtr gwa gwb lsw srv sw"
+HS_NSS="home cl rtr gwa gwb lsw srv"
 CLUSTER_NSS="home cl sw rtr e0 e1 e2 lr cn srv"
 
 offloads_off() { # ns dev
@@ -256,6 +266,52 @@ ha_down() {
     ns_del $HA_NSS
 }
 
+hs_down() { ns_del $HS_NSS; }
+
+hs_up() {
+    ns_add $HS_NSS
+    ip link add lan0 netns "$p-home" address 02:00:00:00:07:fe type veth \
+        peer name lan netns "$p-cl" address 02:00:00:00:07:01
+    ip link add wan netns "$p-cl" address 02:00:00:00:02:10 type veth \
+        peer name eth0 netns "$p-rtr" address 02:00:00:00:71:01
+    # Each node's WAN on a router port of its own, in a subnet of its own.
+    ip link add pa netns "$p-rtr" address 02:00:00:00:71:02 type veth \
+        peer name wan netns "$p-gwa" address 02:00:00:00:03:01
+    ip link add pb netns "$p-rtr" address 02:00:00:00:71:03 type veth \
+        peer name wan netns "$p-gwb" address 02:00:00:00:03:02
+    ip -n "$p-lsw" link add br0 type bridge
+    for g in a b; do
+        ip link add "l$g" netns "$p-lsw" type veth peer name lan netns "$p-gw$g" \
+            address "02:00:00:00:09:0${g/a/1}"
+        ip -n "$p-lsw" link set "l$g" master br0
+        links_up "$p-lsw" "l$g"
+    done
+    ip link add sync netns "$p-gwa" type veth peer name sync netns "$p-gwb"
+    ip link add lan0 netns "$p-srv" address 02:00:00:00:09:fe type veth \
+        peer name ls netns "$p-lsw"
+    ip -n "$p-lsw" link set ls master br0
+    links_up "$p-lsw" ls br0
+    gateway "$p-cl" lan wan
+    gateway "$p-gwa" lan wan sync
+    gateway "$p-gwb" lan wan sync
+    ip -n "$p-gwa" addr add 169.254.77.1/30 dev sync
+    ip -n "$p-gwb" addr add 169.254.77.2/30 dev sync
+    ip -n "$p-cl" addr add 192.0.2.10/24 dev wan
+    ip netns exec "$p-rtr" sysctl -qw net.ipv4.ip_forward=1
+    # A node announces its own address when it becomes active (gratuitous ARP).
+    ip netns exec "$p-rtr" sysctl -qw net.ipv4.conf.all.arp_accept=1
+    links_up "$p-rtr" eth0 pa pb
+    ip netns exec "$p-rtr" sysctl -qw net.ipv4.conf.pa.arp_accept=1
+    ip netns exec "$p-rtr" sysctl -qw net.ipv4.conf.pb.arp_accept=1
+    ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
+    ip -n "$p-rtr" addr add 203.0.113.254/24 dev pa
+    ip -n "$p-rtr" addr add 198.18.0.254/24 dev pb
+    host4 "$p-home" 10.7.0.10/24 10.7.0.1
+    host4 "$p-srv" 10.9.0.10/24 10.9.0.1
+    ip netns exec "$p-srv" sysctl -qw net.ipv4.conf.all.arp_accept=1
+    ip netns exec "$p-srv" sysctl -qw net.ipv4.conf.lan0.arp_accept=1
+}
+
 cluster_down() { ns_del $CLUSTER_NSS; }
 
 cluster_up() {
@@ -323,6 +379,8 @@ mob-up) mob_up ;;
 mob-down) mob_down ;;
 ha-up) ha_up ;;
 ha-down) ha_down ;;
+hs-up) hs_up ;;
+hs-down) hs_down ;;
 cluster-up) cluster_up ;;
 cluster-down) cluster_down ;;
 exec)
@@ -332,7 +390,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|cluster-up|cluster-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

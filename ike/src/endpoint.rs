@@ -408,6 +408,27 @@ impl Endpoint {
         r.map_err(|_| ConnectError::NoMobike)
     }
 
+    /// The gateway moved (an HA standby on another subnet took IKE SA `ike` over): our
+    /// address for it is now `local` (the port stays). Our CHILD_SAs tunnel from it at once
+    /// (an [`Event::IkeMoved`]); a client that negotiated it is told in an authenticated
+    /// INFORMATIONAL and moves after its return-routability probe, one that announced
+    /// REDIRECT_SUPPORTED is redirected (RFC 5685), any other reconnects
+    /// (`exchange::gw_move`).
+    pub fn move_gateway(
+        &mut self,
+        now: Instant,
+        ike: IkeSaId,
+        local: IpAddr,
+    ) -> Result<exchange::gw_move::GatewayMove, ConnectError> {
+        let r = self
+            .run(ike, now, |sa, ctx| {
+                exchange::gw_move::announce(sa, ctx, local)
+            })
+            .ok_or(ConnectError::NoSuchSa)?;
+        self.apply_effects(now);
+        Ok(r)
+    }
+
     /// ESP arrived from `from` for an SPI we do not have: tells the peer in an INFORMATIONAL
     /// over the established IKE SA we have with that address (RFC 7296 2.21.4, 3.10.1), at
     /// most one such request under way per IKE SA. True if one was queued.

@@ -124,6 +124,10 @@ pub(crate) struct IkeSaState {
     /// GCM IV from the message id and can encrypt a second answer with message id 0 on the
     /// same keys only by refusing it and destroying the IKE SA).
     pub mid_sync_used: bool,
+    /// Both ends sent ROAMGATE_GATEWAY_MOVE_SUPPORTED in IKE_AUTH (`exchange::gw_move`).
+    pub gateway_move: bool,
+    /// The peer sent REDIRECT_SUPPORTED in IKE_SA_INIT (RFC 5685): it follows a REDIRECT.
+    pub redirect: bool,
     /// The peer's additional addresses (its latest announcement, RFC 4555 3.3), and ours.
     pub peer_additional: Vec<IpAddr>,
     pub our_additional: Vec<IpAddr>,
@@ -171,6 +175,9 @@ pub(crate) struct Pending {
     pub eap: Option<Box<crate::exchange::eap_auth::EapRound>>,
     /// An initiator's EAP rounds (we are the EAP peer).
     pub eap_client: Option<Box<crate::exchange::eap_auth::EapClientRound>>,
+    /// A client told by its gateway that it moved (`exchange::gw_move`): the announced
+    /// address, until the probe there is answered or given up.
+    pub gateway_moved: Option<SocketAddr>,
 }
 
 /// What the views show of an IKE SA and the record of its state does not carry: when it came
@@ -240,6 +247,8 @@ impl IkeSa {
                 fragmentation: false,
                 mid_sync: false,
                 mid_sync_used: false,
+                gateway_move: false,
+                redirect: false,
                 peer_additional: Vec::new(),
                 our_additional: Vec::new(),
             },

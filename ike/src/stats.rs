@@ -184,6 +184,7 @@ pub struct Stats {
     pub handshakes: HandshakeStats,
     pub fragments: FragmentStats,
     pub mid_sync: MidSyncStats,
+    pub gateway_move: GatewayMoveStats,
     /// IKE_AUTH exchanges that failed, by why (ours or the peer's authentication).
     auth: AuthCounts,
 }
@@ -208,6 +209,25 @@ pub struct HandshakeStats {
     pub completed: u64,
     /// IKE SAs gone before their handshake completed (refused, timed out, half-open expiry).
     pub failed: u64,
+}
+
+/// What the gateway move (`exchange::gw_move`, an HA standby on another subnet) did, on
+/// either end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayMoveStats {
+    /// Gateway: IKE SAs told the new address (ROAMGATE_GATEWAY_MOVED), sent an RFC 5685
+    /// REDIRECT, or left to reconnect (the peer took neither).
+    pub announced: u64,
+    pub redirected: u64,
+    pub unsupported: u64,
+    /// Client: authenticated announcements taken (a probe started), IKE SAs moved after the
+    /// probe's answer came back with our COOKIE2, probes that went unanswered or came back
+    /// without it (the IKE SA stays where it was), announcements refused (malformed, not
+    /// negotiated, or from the wrong role).
+    pub heard: u64,
+    pub moved: u64,
+    pub probe_failed: u64,
+    pub refused: u64,
 }
 
 /// What IKE fragmentation (RFC 7383) did. A fragment that failed its integrity check is
@@ -273,6 +293,7 @@ impl Default for Stats {
             handshakes: HandshakeStats::default(),
             fragments: FragmentStats::default(),
             mid_sync: MidSyncStats::default(),
+            gateway_move: GatewayMoveStats::default(),
             auth: AuthCounts::default(),
         }
     }

@@ -10,6 +10,7 @@ mod eap;
 mod endpoint;
 mod export;
 mod fragment;
+mod gw_move;
 mod ike_rekey;
 mod info;
 mod init;

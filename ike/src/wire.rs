@@ -84,6 +84,16 @@ pub mod notify {
     pub const IKEV2_MESSAGE_ID_SYNC: u16 = 16422;
     pub const IKEV2_FRAGMENTATION_SUPPORTED: u16 = 16430;
     pub const SIGNATURE_HASH_ALGORITHMS: u16 = 16431;
+    /// RFC 5685: a client that follows redirects says so in IKE_SA_INIT; the gateway names
+    /// the new gateway in REDIRECT (here inside an INFORMATIONAL of the IKE SA, 5685 section 5).
+    pub const REDIRECT_SUPPORTED: u16 = 16406;
+    pub const REDIRECT: u16 = 16407;
+    /// Private use (RFC 7296 3.10.1: 40960..65535 status types): roamgate's gateway move
+    /// (`exchange::gw_move`). Sent in IKE_AUTH by both ends that take it.
+    pub const ROAMGATE_GATEWAY_MOVE_SUPPORTED: u16 = 47100;
+    /// In an INFORMATIONAL request of the gateway: "I am now at this address" (family byte
+    /// 4 or 6, the address, the port; 7 or 19 bytes).
+    pub const ROAMGATE_GATEWAY_MOVED: u16 = 47101;
 
     /// Types below 16384 are errors (RFC 7296 3.10.1).
     pub fn is_error(t: u16) -> bool {

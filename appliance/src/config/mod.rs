@@ -175,6 +175,15 @@ impl DataplaneFile {
             .as_ref()
             .map(|h| h.validate(file, "ha"))
             .transpose()?;
+        let mut ha = ha;
+        if let Some(h) = ha
+            .as_mut()
+            .filter(|h| h.takeover == control::config::ha::Takeover::Announce)
+        {
+            // Nodes on different subnets: this node's own WAN address is what it answers for
+            // while active, and what it tells the clients when it takes over.
+            h.wan_addresses = vec![self.gateway.wan.address];
+        }
         if let Some(h) = &ha {
             if !h.wan_addresses.contains(&self.gateway.wan.address) {
                 return Err(ConfigError::new(
@@ -270,6 +279,32 @@ mod tests {
             }
         }
         assert!(n >= 5, "{n} files");
+    }
+
+    #[test]
+    fn nodes_on_different_subnets_answer_for_their_own_wan_address() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        for (f, own) in [
+            ("ha-subnet-a.yaml", "203.0.113.1"),
+            ("ha-subnet-b.yaml", "198.18.0.2"),
+        ] {
+            let p = dir.join(f);
+            let file: DataplaneFile = control::config::load(&p).unwrap();
+            let ha = file.validate(&p).unwrap().ha.unwrap();
+            assert_eq!(ha.wan_addresses, [own.parse::<std::net::IpAddr>().unwrap()]);
+            assert_eq!(ha.lan_addresses.len(), 1);
+        }
+        // A shared WAN address with takeover: announce names the file and the key.
+        let p = dir.join("ha-subnet-a.yaml");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("lan: [10.9.0.1]", "lan: [10.9.0.1]\n    wan: [203.0.113.1]");
+        let file: DataplaneFile = parse(&p, &text).unwrap();
+        let Err(e) = file.validate(&p) else {
+            panic!("a shared WAN address with takeover: announce was taken");
+        };
+        assert_eq!(e.key, "ha.virtual_addresses.wan", "{e}");
+        assert!(e.to_string().contains("ha-subnet-a.yaml"), "{e}");
     }
 
     #[test]

@@ -106,6 +106,11 @@ struct Counters {
     /// support), and the endpoint's counters of them.
     mid_sync_started: u64,
     mid_sync: ike::MidSyncStats,
+    /// `takeover: announce`: IKE SAs told the new address, redirected (RFC 5685), left to
+    /// reconnect.
+    moves_announced: u64,
+    moves_redirected: u64,
+    moves_unsupported: u64,
 }
 
 /// Makes an empty control core (what a node that stops being active continues with).
@@ -119,6 +124,9 @@ pub struct Pair {
     plan_checkpoint: Checkpoint,
     wan_vips: Vec<IpAddr>,
     lan_vips: Vec<IpAddr>,
+    /// `takeover: announce`: after a takeover the IKE SAs move to this node's own WAN
+    /// address (`wan_vips` holds just that) and their clients are told.
+    announce_move: bool,
     workers: u16,
     link_up: bool,
     /// A message the channel's queue had no room for (back-pressure: sent first next time).
@@ -215,6 +223,7 @@ impl Pair {
             plan_checkpoint: plan.params.checkpoint,
             wan_vips: plan.wan_addresses.clone(),
             lan_vips: plan.lan_addresses.clone(),
+            announce_move: plan.takeover == control::config::ha::Takeover::Announce,
             workers: workers.max(1),
             link_up: false,
             unsent: None,
@@ -334,6 +343,9 @@ impl Pair {
                 self.announce_due = None;
                 self.next_announce = t.saturating_add(ANNOUNCE_MS);
                 self.announce(link)?;
+                if self.announce_move {
+                    self.move_gateway(now, driver);
+                }
                 tracing::info!(target: "ha",
                     "addresses announced {} ms after the activation ({} outbound SA(s) held)",
                     t.saturating_sub(t0),
@@ -526,8 +538,14 @@ impl Pair {
             Output::Activate { epoch, handover } => {
                 self.active = true;
                 // Record versions must pass every version the old active wrote (the table
-                // keeps the highest): this node's own counter may be far behind.
-                self.version = self.version.max(epoch << 40);
+                // keeps the highest): this node's own counter may be far behind. A record of
+                // ours with a lower version would be ignored (an IKE SA's message ids after
+                // this node's own exchanges, a gateway move's addresses, would never reach the
+                // standby, and the next takeover would adopt the old active's stale record).
+                self.version = self
+                    .version
+                    .max(epoch << 40)
+                    .max(self.node.table().max_version());
                 let t = ms(now);
                 tracing::info!(target: "ha", "active in epoch {epoch}");
                 if driver.core().ike_sa_count() == 0 {
@@ -687,6 +705,23 @@ impl Pair {
         );
         self.node.capped(t, &c.caps);
         true
+    }
+
+    /// `takeover: announce`: the adopted IKE SAs move to this node's own WAN address and
+    /// their clients are told (after the adoption's SAs are in the data plane: the clients'
+    /// ESP reaches SAs that are there).
+    fn move_gateway(&mut self, now: Instant, driver: &mut Driver) {
+        let Some(own) = self.wan_vips.first().copied() else {
+            return;
+        };
+        let [a, r, u] = driver.core_mut().move_gateway(now, own);
+        let c = &mut self.counters;
+        c.moves_announced += a as u64;
+        c.moves_redirected += r as u64;
+        c.moves_unsupported += u as u64;
+        tracing::info!(target: "ha",
+            "gateway moved to {own}: {a} IKE SA(s) told, {r} redirected (RFC 5685), {u} left to reconnect"
+        );
     }
 
     /// Gratuitous ARP / unsolicited NA for the virtual addresses on both sides.
@@ -859,6 +894,13 @@ impl Pair {
                 encap,
             } => {
                 for id in &ids {
+                    // An adopted SA still held for its start (a gateway move right after a
+                    // takeover) is installed with its new addresses.
+                    if let Some((_, p)) = self.held.get_mut(id) {
+                        p.local = local;
+                        p.remote = remote;
+                        p.encap = encap;
+                    }
                     let k = ChildKey::new(Direction::Outbound, *id);
                     if let Some((_, p)) = self.installed.get_mut(&k) {
                         p.local = local;
@@ -1008,6 +1050,11 @@ impl Pair {
                 "wrong_nonce": c.mid_sync.wrong_nonce,
                 "answered": c.mid_sync.answered,
                 "stale": c.mid_sync.stale,
+            },
+            "gateway_moves": {
+                "announced": c.moves_announced,
+                "redirected": c.moves_redirected,
+                "unsupported": c.moves_unsupported,
             },
         });
         if let Ok(mut v) = self.view.status.lock() {

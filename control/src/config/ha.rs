@@ -15,7 +15,15 @@
 //!   checkpoint_packets: 4096
 //!   checkpoint_ms: 50
 //!   max_pps: 2000000              # the highest rate one SA sends at
+//!   takeover: address             # or announce (below)
 //! ```
+//!
+//! `takeover: address` (the default): the nodes share the WAN virtual addresses and the
+//! active one holds them. `takeover: announce`: the nodes sit on different subnets and share
+//! no WAN address (`virtual_addresses.wan` stays empty; each node's `gateway.wan.address` is
+//! its own): a node that takes over tells every client its own address inside the IKE SA
+//! (roamgate's clients move after a return-routability probe, clients that announced
+//! REDIRECT_SUPPORTED get an RFC 5685 redirect, others reconnect; `ike::GatewayMove`).
 //!
 //! This module owns the schema and its validation into [`HaPlan`] (the pair's
 //! `control::ha::HaParams`, the sync addresses, the key, the virtual addresses). Every error
@@ -67,11 +75,26 @@ pub struct HaYaml {
     /// traffic moves (the new active starts right above: the jump its peers see).
     #[serde(default = "default_switchover_margin")]
     pub switchover_margin: u64,
+    /// How the clients find the node that took over.
+    #[serde(default)]
+    pub takeover: Takeover,
+}
+
+/// How the clients find the node that took over (`ha.takeover`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Takeover {
+    /// The nodes share the WAN virtual addresses; the active one holds them.
+    #[default]
+    Address,
+    /// The nodes sit on different subnets: the new active tells the clients its address.
+    Announce,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualAddresses {
+    #[serde(default)]
     pub wan: Vec<IpAddr>,
     #[serde(default)]
     pub lan: Vec<IpAddr>,
@@ -129,6 +152,7 @@ pub struct HaPlan {
     pub wan_addresses: Vec<IpAddr>,
     pub lan_addresses: Vec<IpAddr>,
     pub sync_queue: usize,
+    pub takeover: Takeover,
 }
 
 impl fmt::Debug for HaPlan {
@@ -140,6 +164,7 @@ impl fmt::Debug for HaPlan {
             .field("psk", &"<redacted>")
             .field("wan_addresses", &self.wan_addresses)
             .field("lan_addresses", &self.lan_addresses)
+            .field("takeover", &self.takeover)
             .finish()
     }
 }
@@ -167,11 +192,24 @@ impl HaYaml {
             ));
         }
         let psk = self.key(file, at)?;
-        if self.virtual_addresses.wan.is_empty() {
-            return Err(err(
-                "virtual_addresses.wan",
-                "needs at least one address (the one the clients talk to)".into(),
-            ));
+        match (self.takeover, self.virtual_addresses.wan.is_empty()) {
+            (Takeover::Address, true) => {
+                return Err(err(
+                    "virtual_addresses.wan",
+                    "needs at least one address (the one the clients talk to; with nodes on \
+                     different subnets, set takeover: announce instead)"
+                        .into(),
+                ))
+            }
+            (Takeover::Announce, false) => {
+                return Err(err(
+                    "virtual_addresses.wan",
+                    "must be empty with takeover: announce (the nodes share no WAN address: \
+                     each tells its clients its own gateway.wan.address when it takes over)"
+                        .into(),
+                ))
+            }
+            _ => {}
         }
         for (side, list) in [
             ("wan", &self.virtual_addresses.wan),
@@ -265,6 +303,7 @@ impl HaYaml {
             wan_addresses: self.virtual_addresses.wan.clone(),
             lan_addresses: self.virtual_addresses.lan.clone(),
             sync_queue: self.sync_queue,
+            takeover: self.takeover,
         })
     }
 
@@ -345,20 +384,41 @@ mod tests {
         assert_eq!(e.key, "ha.sync_peer");
         let e = check(&with_key("").replace("lan: [10.9.0.1]", "lan: [169.254.77.2]")).unwrap_err();
         assert_eq!(e.key, "ha.virtual_addresses.lan[0]");
+        let e = check(&with_key("  takeover: announce\n")).unwrap_err();
+        assert_eq!(e.key, "ha.virtual_addresses.wan", "{e}");
+        assert!(e.what.contains("takeover: announce"), "{e}");
+        let e = check(&with_key("").replace("wan: [192.0.2.1], ", "")).unwrap_err();
+        assert_eq!(e.key, "ha.virtual_addresses.wan", "{e}");
+        let e = check(&with_key("  takeover: anycast\n")).unwrap_err();
+        assert!(e.to_string().contains("takeover"), "{e}");
+        let p =
+            check(&with_key("  takeover: announce\n").replace("wan: [192.0.2.1], ", "")).unwrap();
+        assert_eq!(p.takeover, Takeover::Announce);
+        assert!(p.wan_addresses.is_empty());
         let e = check(&with_key("  bogus: 1\n")).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
     }
 
     #[test]
     fn the_example_configs_validate() {
-        for f in ["ha-a.yaml", "ha-b.yaml"] {
+        for f in [
+            "ha-a.yaml",
+            "ha-b.yaml",
+            "ha-subnet-a.yaml",
+            "ha-subnet-b.yaml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../configs")
                 .join(f);
             let text = std::fs::read_to_string(&path).unwrap();
             let c: OnlyHa = super::super::parse(&path, &text).unwrap();
             let p = c.ha.validate(&path, "ha").unwrap();
-            assert_eq!(p.params.slot, u8::from(f == "ha-b.yaml"));
+            assert_eq!(p.params.slot, u8::from(f.ends_with("b.yaml")));
+            assert_eq!(
+                p.takeover == Takeover::Announce,
+                f.starts_with("ha-subnet"),
+                "{f}"
+            );
         }
     }
 }

@@ -372,6 +372,30 @@ impl ControlCore {
         n
     }
 
+    /// The gateway moved (an HA standby on another subnet took the IKE SAs over, issue 17
+    /// item 6): our WAN address is now `local`. Every IKE SA tunnels from it at once and its
+    /// client is told as it negotiated (`ike::GatewayMove`: roamgate's authenticated
+    /// announcement, an RFC 5685 REDIRECT, or nothing: it reconnects). Returns how many IKE
+    /// SAs got each, in that order.
+    pub fn move_gateway(&mut self, now: Instant, local: IpAddr) -> [usize; 3] {
+        self.local = local;
+        let ids: Vec<IkeSaId> = self.endpoint.list().into_iter().map(|s| s.0).collect();
+        let mut n = [0usize; 3];
+        for id in ids {
+            let i = match self.endpoint.move_gateway(now, id, local) {
+                Ok(ike::GatewayMove::Announced) => 0,
+                Ok(ike::GatewayMove::Redirected) => 1,
+                Ok(ike::GatewayMove::Unsupported) => 2,
+                Err(_) => continue,
+            };
+            if let Some(c) = n.get_mut(i) {
+                *c = c.saturating_add(1);
+            }
+        }
+        self.pump(now);
+        n
+    }
+
     /// Applies a configuration reload ([`crate::config::reload`]): `conns` is the new file's
     /// connections, `plan` what differs from the running ones. The IKE SAs of removed and
     /// changed connections are deleted (an INFORMATIONAL delete to the peer; their CHILD_SAs

@@ -202,6 +202,24 @@ impl Table {
     }
 
     /// The live IKE SA records.
+    /// The highest version of any IKE SA, CHILD SA or lease record the table holds
+    /// (tombstones included): a node that becomes active numbers its records above it.
+    pub fn max_version(&self) -> u64 {
+        let ike = self.ike.values().map(|e| match e {
+            Ok((v, _)) => *v,
+            Err(Tombstone(v)) => *v,
+        });
+        let children = self.children.values().map(|e| match e {
+            Ok(c) => c.version,
+            Err(Tombstone(v)) => *v,
+        });
+        let leases = self.leases.values().map(|e| match e {
+            Ok((v, _)) => *v,
+            Err(Tombstone(v)) => *v,
+        });
+        ike.chain(children).chain(leases).max().unwrap_or(0)
+    }
+
     pub fn ike_sas(&self) -> impl Iterator<Item = (u64, u64, &[u8])> {
         self.ike
             .iter()
@@ -417,5 +435,38 @@ mod tests {
         }
         assert_eq!(a.summary(), b.summary());
         assert!(!b.summary().iter().any(|s| s.starts_with("ike 2 ")));
+    }
+}
+
+#[cfg(test)]
+mod max_version_tests {
+    use super::*;
+
+    #[test]
+    fn the_highest_version_counts_tombstones_too() {
+        let mut t = Table::default();
+        assert_eq!(t.max_version(), 0);
+        t.apply(&Record::IkeSa {
+            id: 1,
+            version: 5,
+            bytes: Zeroizing::new(vec![1, 2, 3]),
+        });
+        t.apply(&Record::IkeSaGone { id: 2, version: 9 });
+        t.apply(&Record::Lease {
+            addr: "10.99.0.1".parse().unwrap(),
+            ike: 1,
+            version: 3,
+        });
+        assert_eq!(t.max_version(), 9);
+        // A record below that is stale: what a node that took over must number above.
+        t.apply(&Record::IkeSa {
+            id: 1,
+            version: 4,
+            bytes: Zeroizing::new(vec![9]),
+        });
+        assert_eq!(
+            t.ike_sas().next().map(|(_, v, b)| (v, b.to_vec())),
+            Some((5, vec![1, 2, 3]))
+        );
     }
 }

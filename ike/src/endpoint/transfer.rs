@@ -157,6 +157,8 @@ impl Endpoint {
             fragmentation: st.fragmentation,
             mid_sync: st.mid_sync,
             mid_sync_used: st.mid_sync_used,
+            gateway_move: st.gateway_move,
+            redirect: st.redirect,
             peer_additional: st.peer_additional.clone(),
             our_additional: st.our_additional.clone(),
             children: st
@@ -312,6 +314,8 @@ fn build(
     s.fragmentation = r.fragmentation;
     s.mid_sync = r.mid_sync;
     s.mid_sync_used = r.mid_sync_used;
+    s.gateway_move = r.gateway_move;
+    s.redirect = r.redirect;
     s.peer_additional = r.peer_additional.clone();
     s.our_additional = r.our_additional.clone();
     s.children = r

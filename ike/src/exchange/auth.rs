@@ -100,6 +100,10 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             vec![],
         ));
     }
+    inner.push(Payload::notify(
+        notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED,
+        vec![],
+    ));
     sa.state.phase = Phase::Auth;
     send_request(
         sa,
@@ -214,6 +218,7 @@ pub(crate) fn complete_initiator(
     sa.state.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
     sa.state.mid_sync =
         ctx.config.mid_sync && find_notify(p, notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED).is_some();
+    sa.state.gateway_move = find_notify(p, notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED).is_some();
     sa.state.virtual_ip = p.iter().find_map(|x| match x {
         Payload::Cp {
             kind: cfg::REPLY,
@@ -418,6 +423,7 @@ pub(crate) fn complete(
     sa.state.mobike = find_notify(p, notify::MOBIKE_SUPPORTED).is_some();
     sa.state.mid_sync =
         ctx.config.mid_sync && find_notify(p, notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED).is_some();
+    sa.state.gateway_move = find_notify(p, notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED).is_some();
     sa.state.virtual_ip = vip.map(IpAddr::V4);
     sa.state.remote_id = Some(idi.clone());
     sa.establish(ctx.now);
@@ -469,6 +475,14 @@ pub(crate) fn complete(
     if ctx.config.mid_sync {
         reply.push(Payload::notify(
             notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED,
+            vec![],
+        ));
+    }
+    if sa.state.gateway_move {
+        // Announced back only to a client that announced it (a private-use status type:
+        // any other peer would ignore it, RFC 7296 3.10.1, but it never sees it).
+        reply.push(Payload::notify(
+            notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED,
             vec![],
         ));
     }

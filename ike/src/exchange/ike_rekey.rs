@@ -70,6 +70,8 @@ fn successor(
     new.observed.nat = old.observed.nat;
     new.state.virtual_ip = old.state.virtual_ip;
     new.state.mobike = old.state.mobike;
+    new.state.gateway_move = old.state.gateway_move;
+    new.state.redirect = old.state.redirect;
     // Negotiated in IKE_SA_INIT only: a rekeyed IKE SA keeps it (RFC 7383 2.3).
     new.state.fragmentation = old.state.fragmentation;
     new.state.mid_sync = old.state.mid_sync;

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 
 use crate::event::{DownReason, Event};
-use crate::exchange::{mobike, send_request, Ctx, Reply, Request};
+use crate::exchange::{gw_move, mobike, send_request, Ctx, Reply, Request};
 use crate::ids::ChildSpi;
 use crate::ike_sa::{IkeSa, Phase};
 use crate::wire::{exchange, notify, proto, Payload};
@@ -25,6 +25,7 @@ pub(crate) fn on_request(
 ) -> Reply {
     let mut reply = Vec::new();
     mobike::on_request(sa, ctx, local, remote, p, &mut reply);
+    gw_move::on_request(sa, ctx, p, &mut reply);
     for x in p {
         let Payload::Delete { protocol, spis } = x else {
             continue;

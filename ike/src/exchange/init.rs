@@ -223,6 +223,9 @@ pub(crate) fn respond(
         ));
     }
     sa.state.fragmentation = fragmentation;
+    // RFC 5685 3: the client follows a REDIRECT (the gateway answers nothing to it here; a
+    // REDIRECT may come later inside the IKE SA, section 5).
+    sa.state.redirect = find_notify(p, notify::REDIRECT_SUPPORTED).is_some();
     let (peer_hashes, _) = auth_hints(p);
     let data = plain_message(
         spi_i,

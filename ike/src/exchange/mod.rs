@@ -11,6 +11,8 @@
 //! - [`info`]: INFORMATIONAL: deletes, liveness, INVALID_SPI.
 //! - [`mobike`]: UPDATE_SA_ADDRESSES, additional addresses, return routability (RFC 4555).
 //! - [`mid_sync`]: IKEV2_MESSAGE_ID_SYNC after an HA takeover (RFC 6311), both ends.
+//! - [`gw_move`]: the gateway moves (HA standby on another subnet): roamgate's private
+//!   announcement with the client's return-routability probe, or an RFC 5685 REDIRECT.
 //!
 //! Errors are answered as RFC 7296 2.21 says (the table is in `stats`): a request that passed
 //! the integrity check and the window but is badly formed gets INVALID_SYNTAX and ends the IKE
@@ -25,6 +27,7 @@
 pub(crate) mod auth;
 pub(crate) mod child;
 pub(crate) mod eap_auth;
+pub mod gw_move;
 pub(crate) mod ike_rekey;
 pub(crate) mod info;
 pub(crate) mod init;
@@ -224,6 +227,13 @@ pub(crate) enum Request {
     MidSync {
         nonce: [u8; 4],
     },
+    /// Gateway: ROAMGATE_GATEWAY_MOVED or a REDIRECT (`gw_move`).
+    AnnounceMove,
+    /// Client: the return-routability probe to the address the gateway announced.
+    ProbeGateway {
+        cookie2: Vec<u8>,
+        to: SocketAddr,
+    },
 }
 
 impl Request {
@@ -262,6 +272,11 @@ pub(crate) enum Action {
     InvalidSpi(ChildSpi),
     /// Synchronize the message ids with the peer (RFC 6311).
     MidSync,
+    /// Gateway: tell the client where we are now (`gw_move`), or redirect it (RFC 5685).
+    AnnounceMove,
+    Redirect,
+    /// Client: probe the address the gateway announced (`gw_move`).
+    ProbeGateway,
 }
 
 /// A request on IKE SA `sa` (its SPIs matched): the window, decryption, the exchange, the
@@ -337,6 +352,10 @@ pub(crate) fn on_request(
         return;
     }
     answer(sa, ctx, local, remote, h.exchange, h.message_id, outcome);
+    if sa.pending.gateway_moved.is_some() {
+        // The gateway announced a move: the probe goes out after the answer.
+        next_action(sa, ctx);
+    }
 }
 
 /// Sends the answer to request `message_id` (encrypted, kept for its retransmissions) and
@@ -500,7 +519,10 @@ pub(crate) fn on_response(
             mobike::on_response(sa, ctx, local, remote, &cookie2, &payloads)
         }
         Request::MidSync { .. } => mid_sync::on_response(sa, ctx, &payloads),
-        Request::Liveness | Request::InvalidSpi | Request::Init => {}
+        Request::ProbeGateway { cookie2, to } => {
+            gw_move::on_probe_response(sa, ctx, &cookie2, to, &payloads)
+        }
+        Request::AnnounceMove | Request::Liveness | Request::InvalidSpi | Request::Init => {}
     }
     next_action(sa, ctx);
 }
@@ -525,8 +547,20 @@ pub(crate) fn send_request(
     payloads: &[Payload],
     request: Request,
 ) {
-    let id = sa.take_request_id();
     let remote = sa.state.remote;
+    send_request_to(sa, ctx, remote, exch, payloads, request);
+}
+
+/// [`send_request`] to `remote` (a probe of an address the IKE SA is not at).
+pub(crate) fn send_request_to(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    remote: SocketAddr,
+    exch: u8,
+    payloads: &[Payload],
+    request: Request,
+) {
+    let id = sa.take_request_id();
     let data = crate::fragment::protect(sa, ctx, remote, exch, id, false, payloads);
     sa.timers.set(
         Timer::Retransmit,
@@ -578,6 +612,15 @@ pub(crate) fn next_action(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
                 true
             }
             Action::MidSync => mid_sync::start(sa, ctx),
+            Action::AnnounceMove => {
+                gw_move::start_announce(sa, ctx, false);
+                true
+            }
+            Action::Redirect => {
+                gw_move::start_announce(sa, ctx, true);
+                true
+            }
+            Action::ProbeGateway => gw_move::start_probe(sa, ctx),
         };
         if started {
             return;
@@ -659,6 +702,29 @@ fn retransmit(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     let Some(out) = sa.pending.outstanding.as_mut() else {
         return;
     };
+    if let Request::ProbeGateway { to, .. } = out.request {
+        // A probe goes to the announced address; when it gets no answer there the same
+        // request (its message id is spent) goes on as a liveness check at the address the
+        // IKE SA is at: nothing moves, and the window stays whole with the old gateway.
+        if out.tries.saturating_add(1) >= gw_move::PROBE_TRIES {
+            out.request = Request::Liveness;
+            out.tries = 0;
+            let data = out.data.clone();
+            sa.timers
+                .set(Timer::Retransmit, Some(ctx.now.saturating_add(rt.timeout)));
+            ctx.send_datagrams(sa.state.local, sa.state.remote, &data);
+            gw_move::probe_gave_up(sa, ctx, to);
+            return;
+        }
+        out.tries = out.tries.saturating_add(1);
+        let data = out.data.clone();
+        sa.timers.set(
+            Timer::Retransmit,
+            Some(ctx.now.saturating_add(rt.wait(out.tries))),
+        );
+        ctx.send_datagrams(sa.state.local, to, &data);
+        return;
+    }
     if out.tries >= rt.tries {
         // MOBIKE: the peer announced other addresses; try them before giving up (RFC 4555
         // 3.3, 3.11).
@@ -677,6 +743,11 @@ fn retransmit(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     sa.timers
         .set(Timer::Retransmit, Some(ctx.now.saturating_add(wait)));
     ctx.send_datagrams(sa.state.local, sa.state.remote, &data);
+    if let Some(to) = sa.pending.gateway_moved.filter(|t| *t != sa.state.remote) {
+        // The gateway announced a move while this request was under way: the new gateway
+        // holds the same window and answers it (our probe follows it).
+        ctx.send_datagrams(sa.state.local, to, &data);
+    }
 }
 
 /// An unencrypted message (IKE_SA_INIT, or an error answer outside any IKE SA).

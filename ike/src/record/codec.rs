@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Version 2 added a CHILD_SA's ESP integrity transform id (u16 after its key size; 0 for
-//! AES-GCM); version 1 records (GCM only) are still read.
+//! AES-GCM); version 3 widened the IKE SA's flags to a u16 (RFC 6311 message-id sync, the
+//! gateway move, RFC 5685 redirect). Versions 1 and 2 are still read.
 //!
 //! The body lists the record's fields in declaration order: integers fixed-size, strings and
 //! byte strings with a u16 length (the last response with a u32 one), lists with a u16 count,
@@ -30,20 +31,24 @@ use crate::ids::{ChildSpi, IkeSpi};
 use crate::proposal::{EspInteg, IkeProposal};
 use crate::wire::{Id, TrafficSelector};
 
-/// The version this code writes; it also reads [`RECORD_VERSION_GCM_ONLY`].
-pub const RECORD_VERSION: u16 = 2;
+/// The version this code writes; it also reads [`RECORD_VERSION_GCM_ONLY`] and version 2.
+pub const RECORD_VERSION: u16 = 3;
+/// Version 2: CHILD_SAs carry their integrity transform; one byte of IKE SA flags.
+const RECORD_VERSION_ONE_BYTE_FLAGS: u16 = 2;
 /// The first version: every CHILD_SA AES-GCM-16, no integrity transform field.
 pub const RECORD_VERSION_GCM_ONLY: u16 = 1;
 const MAGIC: &[u8; 4] = b"RGSA";
 const SUM_LEN: usize = 32;
 
-const FLAG_INITIATOR: u8 = 1;
-const FLAG_NAT: u8 = 2;
-const FLAG_MOBIKE: u8 = 4;
-const FLAG_LEASE: u8 = 8;
-const FLAG_FRAGMENTATION: u8 = 16;
-const FLAG_MID_SYNC: u8 = 32;
-const FLAG_MID_SYNC_USED: u8 = 64;
+const FLAG_INITIATOR: u16 = 1;
+const FLAG_NAT: u16 = 2;
+const FLAG_MOBIKE: u16 = 4;
+const FLAG_LEASE: u16 = 8;
+const FLAG_FRAGMENTATION: u16 = 16;
+const FLAG_MID_SYNC: u16 = 32;
+const FLAG_MID_SYNC_USED: u16 = 64;
+const FLAG_GATEWAY_MOVE: u16 = 128;
+const FLAG_REDIRECT: u16 = 256;
 const CHILD_ESN: u8 = 1;
 const CHILD_REPLACED: u8 = 2;
 
@@ -156,11 +161,13 @@ impl<S: Sink> W<'_, S> {
             (r.fragmentation, FLAG_FRAGMENTATION),
             (r.mid_sync, FLAG_MID_SYNC),
             (r.mid_sync_used, FLAG_MID_SYNC_USED),
+            (r.gateway_move, FLAG_GATEWAY_MOVE),
+            (r.redirect, FLAG_REDIRECT),
         ]
         .iter()
         .filter(|(on, _)| *on)
-        .fold(0u8, |f, (_, bit)| f | bit);
-        self.u8(flags);
+        .fold(0u16, |f, (_, bit)| f | bit);
+        self.u16(flags);
         self.u64(r.spi_i.0);
         self.u64(r.spi_r.0);
         self.sock(r.local);
@@ -422,7 +429,12 @@ impl<'a> R<'a> {
     }
 
     fn record(&mut self) -> Res<IkeSaRecord> {
-        let flags = self.u8()?;
+        // Versions 1 and 2 had one byte of flags (the first five).
+        let flags = if self.version >= 3 {
+            self.u16()?
+        } else {
+            u16::from(self.u8()?)
+        };
         if flags
             & !(FLAG_INITIATOR
                 | FLAG_NAT
@@ -430,7 +442,9 @@ impl<'a> R<'a> {
                 | FLAG_LEASE
                 | FLAG_FRAGMENTATION
                 | FLAG_MID_SYNC
-                | FLAG_MID_SYNC_USED)
+                | FLAG_MID_SYNC_USED
+                | FLAG_GATEWAY_MOVE
+                | FLAG_REDIRECT)
             != 0
         {
             return Err(RecordError::Invalid("flags"));
@@ -492,6 +506,8 @@ impl<'a> R<'a> {
             fragmentation: flags & FLAG_FRAGMENTATION != 0,
             mid_sync: flags & FLAG_MID_SYNC != 0,
             mid_sync_used: flags & FLAG_MID_SYNC_USED != 0,
+            gateway_move: flags & FLAG_GATEWAY_MOVE != 0,
+            redirect: flags & FLAG_REDIRECT != 0,
             peer_additional: self.ips()?,
             our_additional: self.ips()?,
             // A CHILD_SA takes at least 23 bytes (every length and count zero).
@@ -515,7 +531,10 @@ pub(super) fn decode(b: &[u8]) -> Result<IkeSaRecord, RecordError> {
     if digest::digest(&digest::SHA256, content).as_ref() != sum {
         return Err(RecordError::Checksum);
     }
-    if version != RECORD_VERSION && version != RECORD_VERSION_GCM_ONLY {
+    if version != RECORD_VERSION
+        && version != RECORD_VERSION_ONE_BYTE_FLAGS
+        && version != RECORD_VERSION_GCM_ONLY
+    {
         return Err(RecordError::UnknownVersion(version));
     }
     r.version = version;

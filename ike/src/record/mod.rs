@@ -183,6 +183,10 @@ pub struct IkeSaRecord {
     pub mid_sync: bool,
     /// A sync was asked for on these keys already (one per IKE SA keys: `exchange::mid_sync`).
     pub mid_sync_used: bool,
+    /// Both ends sent ROAMGATE_GATEWAY_MOVE_SUPPORTED (`exchange::gw_move`).
+    pub gateway_move: bool,
+    /// The peer sent REDIRECT_SUPPORTED in IKE_SA_INIT (RFC 5685).
+    pub redirect: bool,
     pub peer_additional: Vec<IpAddr>,
     pub our_additional: Vec<IpAddr>,
     pub children: Vec<ChildSaRecord>,
@@ -217,6 +221,8 @@ impl core::fmt::Debug for IkeSaRecord {
             .field("virtual_ip", &self.virtual_ip)
             .field("lease", &self.lease)
             .field("mobike", &self.mobike)
+            .field("gateway_move", &self.gateway_move)
+            .field("redirect", &self.redirect)
             .field("fragmentation", &self.fragmentation)
             .field("mid_sync", &self.mid_sync)
             .field("mid_sync_used", &self.mid_sync_used)

@@ -437,11 +437,18 @@ fn corrupted_truncated_or_unknown_records_are_refused() {
     }
     let content = &bytes[..bytes.len() - 32];
     let mut v2 = content.to_vec();
-    v2[5] = 3;
+    v2[5] = 4;
     assert_eq!(
         IkeSaRecord::from_bytes(&resum(&v2)),
-        Err(RecordError::UnknownVersion(3))
+        Err(RecordError::UnknownVersion(4))
     );
+    // A version 2 record (one byte of flags) still reads, as the same record.
+    assert!(!record.redirect, "version 2 cannot carry the redirect flag");
+    let mut older = content[..6].to_vec();
+    older[5] = 2;
+    assert_eq!(content[6], 0, "flags past the first byte");
+    older.extend_from_slice(&content[7..]);
+    assert_eq!(IkeSaRecord::from_bytes(&resum(&older)), Ok(record.clone()));
     let mut magic = content.to_vec();
     magic[0] = b'X';
     assert_eq!(

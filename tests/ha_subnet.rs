@@ -1,0 +1,440 @@
+//! An HA pair whose nodes' WAN sides sit on different subnets (issue 17 item 6), end to end in
+//! network namespaces (vendor-scripts/netns-lab.sh hs-up, AF_XDP): node A on 203.0.113.1,
+//! node B on 198.18.0.2, each on its own router port (configs/ha-subnet-a.yaml,
+//! ha-subnet-b.yaml, `takeover: announce`); the LAN side (10.9.0.1) is shared. A `roamgate
+//! client` (configs/mobike-client.yaml, to 203.0.113.1) runs a UDP sequence stream each way
+//! between the host behind it and the LAN host (1000 packets/s each). The active node's
+//! `roamgate run` is killed (SIGKILL); the standby takes the IKE SA and its CHILD_SA over and
+//! tells the client its own address in an authenticated INFORMATIONAL
+//! (ROAMGATE_GATEWAY_MOVED, `ike/src/exchange/gw_move.rs`); the client probes the address
+//! (COOKIE2) and moves the IKE SA and its CHILD_SA there, without a key exchange. The killed
+//! node is started again and rejoins as standby; the next takeover goes the other way.
+//!
+//! Prints `ha-subnet kind=kill takeovers=N gap_ms_p50=.. gap_ms_p99=.. lost=..
+//! renegotiations=R dup_seq=D`: the longest gap of either stream per takeover (p50, p99),
+//! packets lost in all, IKE_SA_INIT / CREATE_CHILD_SA frames on the client's link (a capture
+//! on the router from after the tunnel is up), and (SPI, sequence number) pairs seen twice
+//! in that capture. The client's IKE SA and CHILD_SA SPIs must be the same at the end, its
+//! IKE SA at the address of the node that is active, and each takeover's new active must
+//! have told the client (`gateway_moves.announced` in `roamgate ha status`).
+//!
+//! Takeovers: 2 (CI); `ROAMGATE_HA_TAKEOVERS=N` runs N. Needs root, python3 and tshark (prints
+//! a SKIP line otherwise); run it under `flock -o /tmp/roamgate-netns.lock`. About 40 s with
+//! the defaults (debug build).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use roamgate_tests::netns::{root_or_skip, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::strongswan::{ike_view, pings, wait_for, ScriptLab};
+use roamgate_tests::{root, scratch};
+
+static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
+const SERVER: &str = "10.9.0.10";
+const PPS: u32 = 1000;
+/// Seconds each stream runs; the kill comes `FAIL_AT` into it.
+const SECS: u32 = 4;
+const FAIL_AT: Duration = Duration::from_millis(1500);
+/// The nodes' own WAN addresses.
+const WAN: [&str; 2] = ["203.0.113.1", "198.18.0.2"];
+
+fn have(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ha_status(sock: &Path) -> Option<serde_json::Value> {
+    let mut p = sock.as_os_str().to_owned();
+    p.push(".ike");
+    let mut c = UnixStream::connect(PathBuf::from(p)).ok()?;
+    c.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    c.write_all(b"ha\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(&c).read_line(&mut line).ok()?;
+    serde_json::from_str(line.trim()).ok()
+}
+
+fn role(sock: &Path) -> String {
+    ha_status(sock)
+        .and_then(|v| v["role"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn announced(sock: &Path) -> u64 {
+    ha_status(sock).map_or(0, |v| v["gateway_moves"]["announced"].as_u64().unwrap_or(0))
+}
+
+struct HaNode {
+    name: &'static str,
+    ns: String,
+    config: PathBuf,
+    dir: PathBuf,
+    proc: Option<DataplaneProcess>,
+}
+
+impl HaNode {
+    fn start(&mut self) {
+        let shm = self.dir.join(format!("{}.shm", self.name));
+        self.proc = Some(DataplaneProcess::start_sub(
+            Path::new(BIN.as_str()),
+            "run",
+            &self.ns,
+            &self.config,
+            &self.dir,
+            self.name,
+            &["--shm", shm.to_str().unwrap()],
+        ));
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join(format!("{}.sock", self.name))
+    }
+
+    /// The supervisor and its children (control, data plane).
+    fn pids(&self) -> Vec<String> {
+        let sup = self
+            .proc
+            .as_ref()
+            .and_then(|p| p.proc.child.as_ref())
+            .map(|c| c.id())
+            .expect("running")
+            .to_string();
+        let out = Command::new("pgrep").args(["-P", &sup]).output().unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        v.push(sup);
+        v
+    }
+
+    fn kill_all(&self) {
+        let mut args = vec!["-KILL".to_string()];
+        args.extend(self.pids());
+        let _ = Command::new("kill").args(&args).status();
+    }
+
+    /// Reaps the killed node and keeps what it printed in DIR/NAME-N.log.
+    fn reap(&mut self) {
+        if let Some(p) = self.proc.take() {
+            let (_, out, err) = p.proc.stop("KILL", Duration::from_secs(5));
+            let mut n = 0;
+            while self.dir.join(format!("{}-{n}.log", self.name)).exists() {
+                n += 1;
+            }
+            let _ = std::fs::write(
+                self.dir.join(format!("{}-{n}.log", self.name)),
+                format!("{out}\n--- stderr\n{err}"),
+            );
+        }
+    }
+}
+
+fn settled(nodes: &[HaNode; 2], secs: u64) -> usize {
+    let mut active = 0;
+    wait_for("one active node and one standby", secs, || {
+        let r = [role(&nodes[0].sock()), role(&nodes[1].sock())];
+        match (r[0].as_str(), r[1].as_str()) {
+            ("active", "standby") => active = 0,
+            ("standby", "active") => active = 1,
+            _ => return false,
+        }
+        true
+    });
+    active
+}
+
+/// (SPI, sequence number) of every ESP frame in `pcap` (ESP in UDP included).
+fn esp_nonces(pcap: &Path) -> Vec<(u32, u32)> {
+    let out = Command::new("tshark")
+        .args(["-r", pcap.to_str().unwrap(), "-Y", "esp", "-T", "fields"])
+        .args(["-e", "esp.spi", "-e", "esp.sequence"])
+        .output()
+        .expect("tshark -r");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (spi, seq) = l.split_once('\t')?;
+            let spi = u32::from_str_radix(spi.trim().trim_start_matches("0x"), 16).ok()?;
+            Some((spi, seq.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// IKE exchange types of every IKE frame in `pcap`.
+fn ike_exchanges(pcap: &Path) -> Vec<u32> {
+    let out = Command::new("tshark")
+        .args(["-r", pcap.to_str().unwrap(), "-Y", "isakmp", "-T", "fields"])
+        .args(["-e", "isakmp.exchangetype"])
+        .output()
+        .expect("tshark -r");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// The client's IKE SA and CHILD_SA SPIs, and where its IKE SA is.
+fn client_sa(sock: &Path) -> (String, Vec<String>, String) {
+    let v = ike_view(sock);
+    let sa = &v["ike_sas"][0];
+    let children = sa["children"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|x| format!("{}/{}", x["spi_in"], x["spi_out"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        sa["ike_sa"].to_string(),
+        children,
+        sa["remote_host"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+struct Streams {
+    recv: NsProcess,
+    send: NsProcess,
+    serve: NsProcess,
+    fetch: NsProcess,
+}
+
+fn start_streams(lab: &ScriptLab, port: u16) -> Streams {
+    let tool = root().join("tests/tools/udp_stream.py");
+    let tool = tool.to_str().unwrap();
+    let (home, srv) = (lab.ns("home"), lab.ns("srv"));
+    let secs = SECS.to_string();
+    let wait = (SECS + 2).to_string();
+    let pps = PPS.to_string();
+    let (p1, p2) = (port.to_string(), (port + 1).to_string());
+    let recv = NsProcess::spawn(&srv, &["python3", tool, "recv", &p1, &wait], "recv");
+    let serve = NsProcess::spawn(&srv, &["python3", tool, "serve", &p2, &pps, &secs], "serve");
+    std::thread::sleep(Duration::from_millis(300));
+    let fetch = NsProcess::spawn(
+        &home,
+        &["python3", tool, "fetch", SERVER, &p2, &wait],
+        "fetch",
+    );
+    let send = NsProcess::spawn(
+        &home,
+        &["python3", tool, "send", SERVER, &p1, &pps, &secs],
+        "send",
+    );
+    Streams {
+        recv,
+        send,
+        serve,
+        fetch,
+    }
+}
+
+fn json_of(mut p: NsProcess) -> Option<serde_json::Value> {
+    let what = p.what.clone();
+    let t = std::time::Instant::now();
+    while p.is_running() && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, out, err) = p.stop("TERM", Duration::from_secs(2));
+    let v = serde_json::from_str(out.trim()).ok();
+    if v.is_none() {
+        println!("{what} printed no result: {out} {err}");
+    }
+    v
+}
+
+/// Waits for the streams' end: (sent, received, longest gap in ms) of both directions; a
+/// stream whose tool printed nothing counts as all lost.
+fn finish_streams(s: Streams) -> (u64, u64, f64) {
+    std::thread::sleep(Duration::from_secs(u64::from(SECS) + 3).saturating_sub(FAIL_AT));
+    let all = u64::from(PPS * SECS);
+    let sent_of = |v: Option<serde_json::Value>| v.map_or(all, |v| v["sent"].as_u64().unwrap_or(0));
+    let got_of = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .map_or(0, |v| v["received"].as_u64().unwrap_or(0))
+    };
+    let gap_of = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .and_then(|v| v["longest_gap_ms"].as_f64())
+            .unwrap_or(f64::INFINITY)
+    };
+    let sent = sent_of(json_of(s.send)) + sent_of(json_of(s.serve));
+    let (got1, got2) = (json_of(s.recv), json_of(s.fetch));
+    (
+        sent,
+        got_of(&got1) + got_of(&got2),
+        gap_of(&got1).max(gap_of(&got2)),
+    )
+}
+
+#[test]
+fn the_standby_on_another_subnet_takes_over_and_the_client_follows() {
+    if !root_or_skip("ha_subnet") || !have("python3", "--version") || !have("tshark", "--version") {
+        println!("SKIP ha_subnet: needs root, python3 and tshark");
+        return;
+    }
+    let reps: usize = std::env::var("ROAMGATE_HA_TAKEOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let dir = scratch("ha_subnet");
+    let lab = ScriptLab::up(
+        "hs-up",
+        "hs-down",
+        &format!("rgs{}", std::process::id() % 10_000),
+    );
+    let mut nodes = [("a", "gwa"), ("b", "gwb")].map(|(n, ns)| {
+        let config = dir.join(format!("ha-subnet-{n}.yaml"));
+        std::fs::copy(root().join(format!("configs/ha-subnet-{n}.yaml")), &config).unwrap();
+        let _ = std::fs::remove_file(dir.join(format!("ha-subnet-{n}.yaml.ha-marks")));
+        HaNode {
+            name: if n == "a" { "a" } else { "b" },
+            ns: lab.ns(ns),
+            config,
+            dir: dir.clone(),
+            proc: None,
+        }
+    });
+    nodes[0].start();
+    wait_for("node a active", 10, || role(&nodes[0].sock()) == "active");
+    nodes[1].start();
+    settled(&nodes, 20);
+
+    let client_dir = dir.join("client");
+    std::fs::create_dir_all(&client_dir).unwrap();
+    let shm = client_dir.join("cl.shm");
+    let client = DataplaneProcess::start_sub(
+        Path::new(BIN.as_str()),
+        "client",
+        &lab.ns("cl"),
+        &root().join("configs/mobike-client.yaml"),
+        &client_dir,
+        "cl",
+        &["--shm", shm.to_str().unwrap()],
+    );
+    wait_for("the tunnel", 20, || pings(&lab.ns("home"), SERVER, 1) == 1);
+    let before = client_sa(&client.socket);
+    assert!(
+        !before.1.is_empty(),
+        "the client has a CHILD_SA: {before:?}"
+    );
+    assert_eq!(before.2, WAN[0], "the client starts with node A");
+
+    let pcap = dir.join("kill.pcap");
+    let capture = Capture::start(
+        &lab.ns("rtr"),
+        "eth0",
+        "udp port 500 or udp port 4500 or esp",
+        &pcap,
+    );
+    let mut failures = Vec::new();
+    let mut gaps = Vec::new();
+    let mut lost = 0;
+    let mut port = 5001;
+    for rep in 0..reps {
+        let a = settled(&nodes, 30);
+        let s = 1 - a;
+        let told_before = announced(&nodes[s].sock());
+        let streams = start_streams(&lab, port);
+        port += 2;
+        std::thread::sleep(FAIL_AT);
+        nodes[a].kill_all();
+        let (sent, got, gap) = finish_streams(streams);
+        let took_over = role(&nodes[s].sock()) == "active";
+        let told = announced(&nodes[s].sock()).saturating_sub(told_before);
+        let at = client_sa(&client.socket).2;
+        nodes[a].reap();
+        nodes[a].start();
+        let lost_now = sent.saturating_sub(got);
+        println!(
+            "ha-subnet kind=kill rep={rep}: node {} -> {}: took over {took_over}, told {told} IKE SA(s), client at {at}, lost {lost_now} of {sent}, longest gap {gap:.1} ms",
+            nodes[a].name, nodes[s].name
+        );
+        if !took_over {
+            failures.push(format!("rep {rep}: no takeover"));
+        }
+        // More than one when heartbeats were missed on a loaded machine and the pair took
+        // over more than once (each activation tells the client again).
+        if told == 0 {
+            failures.push(format!("rep {rep}: the new active told no IKE SA"));
+        }
+        if at != WAN[s] {
+            failures.push(format!(
+                "rep {rep}: the client's IKE SA is at {at}, not {}",
+                WAN[s]
+            ));
+        }
+        gaps.push(gap);
+        lost += lost_now;
+    }
+    settled(&nodes, 30);
+    let frames = capture.finish();
+    assert!(!frames.is_empty(), "the capture saw the tunnel");
+    let exchanges = ike_exchanges(&pcap);
+    let renegotiations = exchanges.iter().filter(|t| **t == 34 || **t == 36).count();
+    // The announcements, the probes and their answers (and any liveness check).
+    let informational = exchanges.iter().filter(|t| **t == 37).count();
+    let nonces = esp_nonces(&pcap);
+    let mut seen: HashMap<(u32, u32), usize> = HashMap::new();
+    for n in &nonces {
+        *seen.entry(*n).or_default() += 1;
+    }
+    let dup = seen.values().filter(|c| **c > 1).count();
+    println!(
+        "ha-subnet kind=kill takeovers={} gap_ms_p50={:.1} gap_ms_p99={:.1} lost={lost} renegotiations={renegotiations} dup_seq={dup} (esp frames audited {}, IKE INFORMATIONAL frames {informational})",
+        gaps.len(),
+        percentile(&gaps, 0.5),
+        percentile(&gaps, 0.99),
+        nonces.len()
+    );
+    if informational < 4 * reps {
+        failures.push(format!(
+            "{informational} INFORMATIONAL frames: fewer than an announcement and a probe, each answered, per takeover"
+        ));
+    }
+    if renegotiations != 0 {
+        failures.push(format!(
+            "{renegotiations} IKE_SA_INIT/CREATE_CHILD_SA frames"
+        ));
+    }
+    if dup != 0 {
+        failures.push(format!("{dup} (SPI, seq) sent twice"));
+    }
+    if nonces.len() < (PPS as usize) * reps {
+        failures.push(format!("only {} ESP frames captured", nonces.len()));
+    }
+    if gaps.iter().any(|g| !g.is_finite() || *g > 3000.0) {
+        failures.push(format!("traffic stopped for long: {gaps:?}"));
+    }
+    let flows = pings(&lab.ns("home"), SERVER, 3);
+    let after = client_sa(&client.socket);
+    let (_, client_out) = client.stop_with_output();
+    let _ = std::fs::write(dir.join("client.log"), client_out);
+    for n in &mut nodes {
+        if n.proc.is_some() {
+            n.kill_all();
+        }
+        n.reap();
+    }
+    assert_eq!(flows, 3, "traffic after all takeovers");
+    assert_eq!(
+        (&before.0, &before.1),
+        (&after.0, &after.1),
+        "the client kept its IKE SA and CHILD_SA SPIs"
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}
