@@ -52,6 +52,7 @@ pub mod endpoint;
 pub mod event;
 mod exchange;
 mod fragment;
+pub mod group;
 mod half_open;
 pub mod ids;
 mod ike_sa;
