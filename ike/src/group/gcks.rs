@@ -35,10 +35,9 @@ use crate::group::wire::{
 use crate::time::Instant;
 use crate::wire::{self, Id, Payload, TrafficSelector, Transform};
 
-/// Group SPIs carry this top bit pattern (`0b11` in the two top bits): unicast SPIs from
-/// `services::spi` never do (see docs/group.md), so a lookup by SPI alone stays unambiguous.
-pub const GROUP_SPI_PREFIX: u32 = 0xc000_0000;
-pub const GROUP_SPI_MASK: u32 = 0xc000_0000;
+/// Group SPIs come from the group range (top byte 0xff) that `services::spi` never hands out
+/// for unicast CHILD_SAs, so a lookup by SPI alone stays unambiguous.
+pub use crate::services::spi::{GROUP_SPI_MASK, GROUP_SPI_PREFIX};
 
 /// Rekey SA key material: AES-256-GCM key and salt for the SK payload.
 const REKEY_KEYMAT_LEN: usize = 36;
