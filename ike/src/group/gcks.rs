@@ -344,18 +344,18 @@ impl Gcks {
     }
 
     /// A new generation now, and its GSA_REKEY to every registered member (each its own copy:
-    /// the keys in it are wrapped under that member's KEK). With `new_rekey_sa` the Rekey SA
+    /// the keys in it are wrapped under that member's KEK). With `replace_rekey_sa` the Rekey SA
     /// is replaced too (after a removal): the message goes under the old one and carries the
     /// new one.
-    pub fn rekey(&mut self, now: Instant, new_rekey_sa: bool) -> Vec<Outbound> {
+    pub fn rekey(&mut self, now: Instant, replace_rekey_sa: bool) -> Vec<Outbound> {
         self.new_generation(now);
         self.stats.rekeys = self.stats.rekeys.saturating_add(1);
         let old_spi = self.rekey_spi;
         let message_id = self.next_message_id;
         self.next_message_id = self.next_message_id.saturating_add(1);
         let mut replaced = None;
-        if new_rekey_sa {
-            if let Ok(n) = new_rekey_sa_keys(&mut self.rng) {
+        if replace_rekey_sa {
+            if let Ok(n) = new_rekey_sa(&mut self.rng) {
                 let (spi, keymat, cipher) = n;
                 // The message goes under the old SA; later ones under the new.
                 let old_cipher = core::mem::replace(&mut self.rekey_cipher, cipher);
@@ -515,11 +515,8 @@ fn secs16(d: Duration) -> u16 {
 
 type RekeySa = ([u8; 16], Secret, SkCipher);
 
+/// A Rekey SA: a random 16-octet SPI and AES-256-GCM key material.
 fn new_rekey_sa(rng: &mut ChaCha20Rng) -> Result<RekeySa, &'static str> {
-    new_rekey_sa_keys(rng)
-}
-
-fn new_rekey_sa_keys(rng: &mut ChaCha20Rng) -> Result<RekeySa, &'static str> {
     let mut spi = [0u8; 16];
     rng.fill_bytes(&mut spi);
     let mut km = Zeroizing::new(vec![0u8; REKEY_KEYMAT_LEN]);
