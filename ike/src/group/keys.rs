@@ -6,7 +6,6 @@
 //! The wrap is the `aes-kw` crate's (RustCrypto), never ours. Keys live in zeroizing buffers
 //! and never reach `Debug`.
 
-use aes::cipher::generic_array::GenericArray;
 use zeroize::Zeroizing;
 
 use crate::crypto::Secret;
@@ -72,7 +71,7 @@ impl Kek {
 
     /// `key` wrapped under this KEK (RFC 5649: any length, padded to 64-bit blocks).
     pub fn wrap(&self, key: &[u8]) -> WrappedKey {
-        let kek = aes_kw::KekAes256::new(GenericArray::from_slice(self.key.as_ref()));
+        let kek = aes_kw::KekAes256::new(self.key.as_ref().into());
         let n = key.len().div_ceil(8).saturating_mul(8).saturating_add(8);
         let mut out = vec![0u8; n];
         if kek.wrap_with_padding(key, &mut out).is_err() {
@@ -92,7 +91,7 @@ impl Kek {
                 want: self.id,
             });
         }
-        let kek = aes_kw::KekAes256::new(GenericArray::from_slice(self.key.as_ref()));
+        let kek = aes_kw::KekAes256::new(self.key.as_ref().into());
         let mut out = Zeroizing::new(vec![0u8; w.wrapped.len().saturating_sub(8)]);
         let n = kek
             .unwrap_with_padding(&w.wrapped, &mut out)
@@ -141,7 +140,8 @@ mod tests {
         let kek = hex("5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8");
         let key = hex("c37b7e6492584340bed12207808941155068f738");
         let want = hex("138bdeaa9b8fa7fc61f97742e72248ee5ae6ae5360d1ae6a5f54f373fa543b6a");
-        let k = aes_kw::KekAes192::new(GenericArray::from_slice(&kek));
+        let kek: [u8; 24] = kek.try_into().unwrap();
+        let k = aes_kw::KekAes192::from(kek);
         let mut out = vec![0u8; want.len()];
         k.wrap_with_padding(&key, &mut out).unwrap();
         assert_eq!(out, want);
