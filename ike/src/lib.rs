@@ -23,6 +23,7 @@
 //! | [`services`] | SPI allocation (node/worker bits), virtual-IP pools, authentication: PSK and certificates (`auth`), signatures (`pubkey`), trust stores, chains, EKU and identities (`certs`) | reach the network or a clock; read a file |
 //! | [`eap`] | EAP framing; EAP-MSCHAPv2 against a local user file (`mschapv2`); RADIUS pass-through (`radius`), each a sans-IO conversation per IKE SA | keep a password, print an NT hash, MSK or RADIUS secret |
 //! | `exchange::eap_auth` | the responder's IKE_AUTH rounds with EAP (RFC 7296 2.16): our certificate AUTH, the EAP rounds, the AUTH from the MSK both ways; waiting for a RADIUS answer | pass a retransmitted request to the EAP backend twice |
+//! | [`group`] | G-IKEv2 (RFC 9838): IDg/GSA/KD codecs, the GCKS and member state machines, key wrap, GSA_REKEY (docs/group.md) | give a Sender-ID twice under one key; accept a replayed GSA_REKEY |
 //! | [`ids`], [`time`] | `IkeSpi`, `ChildSpi`, `IkeSaId`; `Instant` | wrap around |
 #![forbid(unsafe_code)]
 #![deny(
@@ -52,6 +53,7 @@ pub mod endpoint;
 pub mod event;
 mod exchange;
 mod fragment;
+pub mod group;
 mod half_open;
 pub mod ids;
 mod ike_sa;

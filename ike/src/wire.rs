@@ -866,6 +866,10 @@ pub fn parse_chain(msg: &[u8], at: usize, first: u8) -> Result<Chain> {
                 | payload::CERT
                 | payload::CERTREQ
                 | payload::EAP
+                // G-IKEv2 (RFC 9838): bodies parsed by `crate::group::wire`.
+                | crate::group::wire::payload::IDG
+                | crate::group::wire::payload::GSA
+                | crate::group::wire::payload::KD
         );
         if !known && flags & 0x80 != 0 {
             return Err(WireError::UnsupportedCritical(kind));

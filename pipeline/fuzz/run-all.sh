@@ -15,7 +15,7 @@ shift || true
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 
-TARGETS=(ethernet arp ipv4 ipv6 ipv6frag reasm udp tcp icmpv4 icmpv6 ndp neighbor esp natt nat worker codec ike ike_record ike_cert ike_fragment)
+TARGETS=(ethernet arp ipv4 ipv6 ipv6frag reasm udp tcp icmpv4 icmpv6 ndp neighbor esp natt nat worker codec ike ike_record ike_cert ike_fragment ike_group)
 
 if ! cargo fuzz build -O "$@"; then
     echo "fuzz build failed" >&2

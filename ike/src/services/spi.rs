@@ -12,7 +12,9 @@
 //! the SA by looking at the SPI alone. The default reserves no bits: every bit is random, as
 //! a lone gateway wants. At most 16 bits are reserved in total, so a CHILD_SPI keeps at least
 //! 16 random bits. CHILD_SA SPIs are never 0 to 255 (RFC 4303 reserves 1 to 255); IKE SPIs
-//! are never 0.
+//! are never 0. CHILD_SA SPIs are never in the group range either (top byte 0xff, the SPIs of
+//! group SAs, `crate::group`): a lookup by SPI alone never confuses a unicast SA with a group
+//! SA. A layout whose reserved bits would put every SPI of some worker there is refused.
 //!
 //! Owns: the layout and the sets of SPIs in use.
 //! Must never: hand out an SPI that is in use, or one whose reserved bits are not ours.
@@ -39,6 +41,18 @@ pub enum SpiLayoutError {
     TooManyBits(u32),
     #[error("id {id} does not fit in {bits} bits")]
     IdTooLarge { id: u32, bits: u8 },
+    #[error("node {node} with these bits puts CHILD_SA SPIs in the group range (top byte 0xff)")]
+    GroupRange { node: u32 },
+}
+
+/// The group SA range of 32-bit SPIs: the top byte all ones (2^24 SPIs). Unicast CHILD_SA SPIs
+/// from [`SpiAllocator`] are never in it; the GCKS takes group SPIs only from it.
+pub const GROUP_SPI_MASK: u32 = 0xff00_0000;
+pub const GROUP_SPI_PREFIX: u32 = 0xff00_0000;
+
+/// Whether `spi` is in the group range.
+pub fn is_group_spi(spi: u32) -> bool {
+    spi & GROUP_SPI_MASK == GROUP_SPI_PREFIX
 }
 
 /// The most bits node and worker ids may take together.
@@ -62,12 +76,25 @@ impl SpiLayout {
                 return Err(SpiLayoutError::IdTooLarge { id, bits });
             }
         }
-        Ok(SpiLayout {
+        let l = SpiLayout {
             node_bits,
             node,
             worker_bits,
             worker,
-        })
+        };
+        // With 8 or more reserved bits the top byte is theirs: refuse a layout whose own
+        // SPIs would all be in the group range.
+        if l.forced_into_group_range(worker) {
+            return Err(SpiLayoutError::GroupRange { node });
+        }
+        Ok(l)
+    }
+
+    /// Whether every CHILD_SA SPI of `worker` would be in the group range (the reserved
+    /// bits cover the top byte and it is all ones).
+    fn forced_into_group_range(&self, worker: u32) -> bool {
+        self.reserved() >= 8
+            && is_group_spi(u32::try_from(self.compose(worker, 0, 32)).unwrap_or(0))
     }
 
     fn reserved(&self) -> u32 {
@@ -175,13 +202,18 @@ impl SpiAllocator {
 
     /// A new inbound CHILD_SA SPI steered to `worker` (its low bits when `worker` is wider
     /// than the layout's worker bits).
+    /// A worker whose id would put every SPI in the group range (8 or more reserved bits, all
+    /// ones on top: only with 256 workers or more) gets SPIs of the layout's own worker.
     pub fn child_spi_for<R: RngCore>(&mut self, rng: &mut R, worker: u32) -> ChildSpi {
-        let worker = worker & low_mask(self.layout.worker_bits);
+        let mut worker = worker & low_mask(self.layout.worker_bits);
+        if self.layout.forced_into_group_range(worker) {
+            worker = self.layout.worker;
+        }
         loop {
             let v = self.layout.compose(worker, u64::from(rng.next_u32()), 32);
             let s = ChildSpi(u32::try_from(v).unwrap_or(0));
-            // 1..=255 are reserved (RFC 4303), 0 is never an SPI.
-            if s.0 > 255 && self.child.insert(s) {
+            // 1..=255 are reserved (RFC 4303), 0 is never an SPI; the group range is not ours.
+            if s.0 > 255 && !is_group_spi(s.0) && self.child.insert(s) {
                 return s;
             }
         }
@@ -217,6 +249,43 @@ impl SpiAllocator {
 mod tests {
     use super::*;
     use rand_chacha::ChaCha20Rng;
+
+    #[test]
+    fn child_spis_stay_out_of_the_group_range() {
+        use rand_core::SeedableRng;
+        let mut rng = ChaCha20Rng::from_seed([5; 32]);
+        for (nb, node, wb) in [(0u8, 0u32, 0u8), (4, 15, 2), (7, 127, 0), (2, 3, 4)] {
+            let mut a = SpiAllocator::new(SpiLayout::new(nb, node, wb, 0).unwrap()).spread_over(4);
+            let mut hits = 0;
+            for _ in 0..50_000 {
+                let s = a.child_spi(&mut rng);
+                assert!(!is_group_spi(s.0), "{:#x}", s.0);
+                hits += usize::from(s.0 >> 24 == 0xfe);
+            }
+            // The neighbouring byte is drawn (the filter, not the layout, keeps 0xff out).
+            if nb + wb == 0 {
+                assert!(hits > 0);
+            }
+        }
+        // 8 reserved bits that can be all ones: refused.
+        assert_eq!(
+            SpiLayout::new(8, 255, 0, 0),
+            Err(SpiLayoutError::GroupRange { node: 255 })
+        );
+        assert_eq!(
+            SpiLayout::new(6, 63, 4, 15),
+            Err(SpiLayoutError::GroupRange { node: 63 })
+        );
+        assert!(SpiLayout::new(6, 62, 4, 15).is_ok());
+        assert!(SpiLayout::new(8, 254, 0, 0).is_ok());
+        // A spread worker whose id would be all ones on top gets the layout's worker.
+        let mut a = SpiAllocator::new(SpiLayout::new(6, 63, 4, 0).unwrap());
+        for _ in 0..1000 {
+            let s = a.child_spi_for(&mut rng, 15);
+            assert!(!is_group_spi(s.0));
+            assert_eq!(a.layout().worker_of(s), 0);
+        }
+    }
     use rand_core::SeedableRng;
 
     #[test]
@@ -283,6 +352,8 @@ mod tests {
             SpiLayout::new(2, 4, 0, 0),
             Err(SpiLayoutError::IdTooLarge { id: 4, bits: 2 })
         );
-        assert!(SpiLayout::new(0, 0, 16, 65535).is_ok());
+        // 16 worker bits are allowed; (a worker id with the top byte all ones is not: the
+        // group range, see `child_spis_stay_out_of_the_group_range`).
+        assert!(SpiLayout::new(0, 0, 16, 0xfeff).is_ok());
     }
 }

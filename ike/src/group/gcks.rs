@@ -1,0 +1,526 @@
+//! The Group Controller/Key Server (RFC 9838 section 1.2), sans-IO on virtual time: group
+//! policy, registration (the responder side of GSA_AUTH / GSA_REGISTRATION, section 2.3),
+//! Sender-ID allocation (section 2.5), GSA_REKEY to every member (section 2.4.1), member
+//! removal, activation and deactivation delays (GWP_ATD, GWP_DTD).
+//!
+//! Generations: each rekey makes a new Data-Security SA (new SPI from the group range, new key)
+//! and allocates Sender-IDs afresh for the members of that moment. A Sender-ID is never given
+//! twice under one key: the IDs of a removed member stay taken until the next generation, so
+//! an exhausted space is answered with REGISTRATION_FAILED and freed only by a rekey.
+//!
+//! Keys in KD are wrapped under the default KEK of the registration's IKE SA (registration) or
+//! under the member's own KEK (GSA_REKEY, sent to each member on its own): a removed member
+//! gets no copy of a later key and could not unwrap one. A removal also replaces the Rekey
+//! SA (new SPI and key, delivered the same way), so the removed member cannot read later
+//! GSA_REKEY messages either.
+//!
+//! Owns: the policy, the generations, members and their KEKs and Sender-IDs, the Rekey SA.
+//! Must never: give a Sender-ID twice under one key; send a key to a removed member; print a
+//! key; read a clock or a socket.
+
+use core::time::Duration;
+use std::collections::BTreeMap;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use zeroize::Zeroizing;
+
+use crate::crypto::{Secret, SkCipher};
+use crate::group::keys::{gcm_keymat_len, Kek, KEK_LEN};
+use crate::group::rekey;
+use crate::group::wire::{
+    group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto, Attr, GroupPayload,
+    GroupPolicy, Gsa, Kd, KeyBag,
+};
+use crate::time::Instant;
+use crate::wire::{self, Id, Payload, TrafficSelector, Transform};
+
+/// Group SPIs come from the group range (top byte 0xff) that `services::spi` never hands out
+/// for unicast CHILD_SAs, so a lookup by SPI alone stays unambiguous.
+pub use crate::services::spi::{GROUP_SPI_MASK, GROUP_SPI_PREFIX};
+
+/// Rekey SA key material: AES-256-GCM key and salt for the SK payload.
+const REKEY_KEYMAT_LEN: usize = 36;
+
+/// The group's policy.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    pub group: Id,
+    /// The identities allowed to register (authenticated by the IKE SA).
+    pub members: Vec<Id>,
+    /// The group's traffic: source and destination selectors of every Data-Security SA.
+    pub src: TrafficSelector,
+    pub dst: TrafficSelector,
+    /// AES-GCM-16 key size (128 or 256): explicit-IV AEAD only (section 2.7 forbids
+    /// implicit-IV transforms with many senders).
+    pub key_bits: u16,
+    pub lifetime: Duration,
+    /// The GCKS rekeys this long before a generation's end (at least the DTD, so members
+    /// keep receiving on the old SA until they drop it).
+    pub rekey_lead: Duration,
+    pub atd: Duration,
+    pub dtd: Duration,
+    /// Most significant IV bits that carry the Sender-ID (1 to 16).
+    pub sender_id_bits: u8,
+    /// Seed of the GCKS's randomness (keys, SPIs): sans-IO, the driver seeds it.
+    pub seed: [u8; 32],
+}
+
+impl GroupConfig {
+    /// What is wrong with the policy, if anything.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if !matches!(self.key_bits, 128 | 256) {
+            return Err("key_bits must be 128 or 256 (AES-GCM-16)");
+        }
+        if !(1..=16).contains(&self.sender_id_bits) {
+            return Err("sender_id_bits must be 1 to 16");
+        }
+        if self.dtd < self.atd {
+            return Err("the deactivation delay must be at least the activation delay");
+        }
+        if self.rekey_lead < self.dtd || self.rekey_lead >= self.lifetime {
+            return Err("rekey_lead must be at least the deactivation delay and below lifetime");
+        }
+        Ok(())
+    }
+}
+
+/// What the GCKS answers a registration with when it refuses it: a notify type.
+pub type Refusal = u16;
+
+struct Generation {
+    spi: u32,
+    keymat: Secret,
+    expires: Instant,
+    /// Sender-ID -> member index; an ID once given stays taken for this generation.
+    sender_ids: BTreeMap<u32, usize>,
+}
+
+struct MemberEntry {
+    id: Id,
+    kek: Kek,
+    sender: bool,
+    registered: bool,
+    removed: bool,
+}
+
+/// A message for one member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    pub to: Id,
+    pub msg: Vec<u8>,
+}
+
+/// Counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcksStats {
+    pub registered: u64,
+    pub refused: u64,
+    pub sender_id_exhausted: u64,
+    pub rekeys: u64,
+    pub rekey_messages: u64,
+}
+
+pub struct Gcks {
+    cfg: GroupConfig,
+    rng: ChaCha20Rng,
+    rekey_spi: [u8; 16],
+    rekey_keymat: Secret,
+    rekey_cipher: SkCipher,
+    next_message_id: u32,
+    gens: Vec<Generation>,
+    members: Vec<MemberEntry>,
+    next_kek_id: u32,
+    rekey_at: Instant,
+    stats: GcksStats,
+}
+
+impl core::fmt::Debug for Gcks {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Gcks")
+            .field("group", &self.cfg.group.display())
+            .field("members", &self.members.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gcks {
+    pub fn new(cfg: GroupConfig, now: Instant) -> Result<Gcks, &'static str> {
+        cfg.check()?;
+        let mut rng = ChaCha20Rng::from_seed(cfg.seed);
+        let (rekey_spi, rekey_keymat, rekey_cipher) = new_rekey_sa(&mut rng)?;
+        let mut g = Gcks {
+            rng,
+            rekey_spi,
+            rekey_keymat,
+            rekey_cipher,
+            next_message_id: 1,
+            gens: Vec::new(),
+            members: Vec::new(),
+            next_kek_id: 1,
+            rekey_at: now,
+            stats: GcksStats::default(),
+            cfg,
+        };
+        g.new_generation(now);
+        Ok(g)
+    }
+
+    pub fn stats(&self) -> GcksStats {
+        self.stats
+    }
+
+    /// The newest Data-Security SA's SPI.
+    pub fn current_spi(&self) -> Option<u32> {
+        self.gens.last().map(|g| g.spi)
+    }
+
+    /// The Sender-IDs of the newest generation: (Sender-ID, member identity).
+    pub fn sender_ids(&self) -> Vec<(u32, Id)> {
+        self.gens.last().map_or_else(Vec::new, |g| {
+            g.sender_ids
+                .iter()
+                .filter_map(|(s, m)| self.members.get(*m).map(|e| (*s, e.id.clone())))
+                .collect()
+        })
+    }
+
+    fn new_generation(&mut self, now: Instant) {
+        let spi = loop {
+            let s = GROUP_SPI_PREFIX | (self.rng.next_u32() & !GROUP_SPI_MASK);
+            if !self.gens.iter().any(|g| g.spi == s) && s & !GROUP_SPI_MASK != 0 {
+                break s;
+            }
+        };
+        let mut km = Zeroizing::new(vec![0u8; gcm_keymat_len(self.cfg.key_bits)]);
+        self.rng.fill_bytes(&mut km);
+        let mut gen = Generation {
+            spi,
+            keymat: km,
+            expires: now.saturating_add(self.cfg.lifetime),
+            sender_ids: BTreeMap::new(),
+        };
+        // Sender-IDs afresh for the current senders, in member order.
+        let mut next = 0u32;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.registered && !m.removed && m.sender && next < self.sender_id_space() {
+                gen.sender_ids.insert(next, i);
+                next = next.saturating_add(1);
+            }
+        }
+        // Generations members have dropped (past their expiry) go.
+        self.gens.retain(|g| g.expires > now);
+        self.gens.push(gen);
+        self.rekey_at = now.saturating_add(self.cfg.lifetime.saturating_sub(self.cfg.rekey_lead));
+    }
+
+    fn sender_id_space(&self) -> u32 {
+        1u32 << self.cfg.sender_id_bits
+    }
+
+    /// The responder side of GSA_AUTH / GSA_REGISTRATION (section 2.3): `peer` is the
+    /// identity the IKE SA authenticated, `default_kek` that IKE SA's default KEK, `request`
+    /// the request's payloads inside SK. Returns the response's payloads, or the notify to
+    /// answer with.
+    pub fn register(
+        &mut self,
+        now: Instant,
+        peer: &Id,
+        default_kek: &Kek,
+        request: &[Payload],
+    ) -> Result<Vec<Payload>, Refusal> {
+        let mut idg = None;
+        let mut sender = false;
+        for p in request {
+            match GroupPayload::from_payload(p) {
+                Ok(Some(GroupPayload::IdG(id))) => idg = Some(id),
+                Ok(_) => {}
+                Err(_) => return self.refuse(wire::notify::INVALID_SYNTAX),
+            }
+            if let Payload::Notify { kind, .. } = p {
+                if *kind == notify::GROUP_SENDER {
+                    sender = true;
+                }
+            }
+        }
+        match idg {
+            Some(g) if g == self.cfg.group => {}
+            _ => return self.refuse(notify::INVALID_GROUP_ID),
+        }
+        if !self.cfg.members.contains(peer) {
+            return self.refuse(notify::AUTHORIZATION_FAILED);
+        }
+        let idx = match self.members.iter().position(|m| &m.id == peer) {
+            Some(i) => i,
+            None => {
+                let mut k = Zeroizing::new([0u8; KEK_LEN]);
+                self.rng.fill_bytes(k.as_mut());
+                let kek =
+                    Kek::new(self.next_kek_id, k.as_ref()).ok_or(notify::REGISTRATION_FAILED)?;
+                self.next_kek_id = self.next_kek_id.wrapping_add(1).max(1);
+                self.members.push(MemberEntry {
+                    id: peer.clone(),
+                    kek,
+                    sender,
+                    registered: false,
+                    removed: false,
+                });
+                self.members.len().saturating_sub(1)
+            }
+        };
+        if self.members.get(idx).is_some_and(|m| m.removed) {
+            return self.refuse(notify::AUTHORIZATION_FAILED);
+        }
+        // A Sender-ID in the newest generation (kept if this member already has one).
+        if sender {
+            let space = self.sender_id_space();
+            let gen = self.gens.last_mut().ok_or(notify::REGISTRATION_FAILED)?;
+            if !gen.sender_ids.values().any(|m| *m == idx) {
+                match (0..space).find(|s| !gen.sender_ids.contains_key(s)) {
+                    Some(s) => {
+                        gen.sender_ids.insert(s, idx);
+                    }
+                    None => {
+                        self.stats.sender_id_exhausted =
+                            self.stats.sender_id_exhausted.saturating_add(1);
+                        // A rekey frees the IDs of members that left; ask for one now if
+                        // that would make room.
+                        let live = self
+                            .members
+                            .iter()
+                            .filter(|m| m.registered && !m.removed && m.sender)
+                            .count();
+                        if u32::try_from(live).unwrap_or(u32::MAX) < space {
+                            self.rekey_at = now;
+                        }
+                        return self.refuse(notify::REGISTRATION_FAILED);
+                    }
+                }
+            }
+        }
+        if let Some(m) = self.members.get_mut(idx) {
+            m.registered = true;
+            m.sender = sender;
+        }
+        self.stats.registered = self.stats.registered.saturating_add(1);
+        let mut out = vec![GroupPayload::IdG(self.cfg.group.clone()).to_payload()];
+        out.push(GroupPayload::Gsa(self.gsa(true)).to_payload());
+        out.push(GroupPayload::Kd(self.kd(idx, default_kek, true)).to_payload());
+        Ok(out)
+    }
+
+    fn refuse(&mut self, n: u16) -> Result<Vec<Payload>, Refusal> {
+        self.stats.refused = self.stats.refused.saturating_add(1);
+        Err(n)
+    }
+
+    /// Removes a member: it is sent nothing more, and the next rekey (now) excludes it and
+    /// replaces the Rekey SA. Returns the GSA_REKEY messages for the remaining members.
+    pub fn remove_member(&mut self, now: Instant, id: &Id) -> Vec<Outbound> {
+        let mut found = false;
+        for m in self.members.iter_mut().filter(|m| &m.id == id) {
+            m.removed = true;
+            found = true;
+        }
+        if !found {
+            return Vec::new();
+        }
+        self.rekey(now, true)
+    }
+
+    /// When [`poll`](Self::poll) next has work.
+    pub fn deadline(&self) -> Instant {
+        self.rekey_at
+    }
+
+    /// Rekeys when due: the GSA_REKEY messages for every member.
+    pub fn poll(&mut self, now: Instant) -> Vec<Outbound> {
+        if now >= self.rekey_at {
+            self.rekey(now, false)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A new generation now, and its GSA_REKEY to every registered member (each its own copy:
+    /// the keys in it are wrapped under that member's KEK). With `replace_rekey_sa` the Rekey SA
+    /// is replaced too (after a removal): the message goes under the old one and carries the
+    /// new one.
+    pub fn rekey(&mut self, now: Instant, replace_rekey_sa: bool) -> Vec<Outbound> {
+        self.new_generation(now);
+        self.stats.rekeys = self.stats.rekeys.saturating_add(1);
+        let old_spi = self.rekey_spi;
+        let message_id = self.next_message_id;
+        self.next_message_id = self.next_message_id.saturating_add(1);
+        let mut replaced = None;
+        if replace_rekey_sa {
+            if let Ok(n) = new_rekey_sa(&mut self.rng) {
+                let (spi, keymat, cipher) = n;
+                // The message goes under the old SA; later ones under the new.
+                let old_cipher = core::mem::replace(&mut self.rekey_cipher, cipher);
+                self.rekey_spi = spi;
+                self.rekey_keymat = keymat;
+                self.next_message_id = 1;
+                replaced = Some(old_cipher);
+            }
+        }
+        let gsa = GroupPayload::Gsa(self.gsa(false)).to_payload();
+        let copies: Vec<(Id, Payload)> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.registered && !m.removed)
+            .map(|(i, m)| {
+                (
+                    m.id.clone(),
+                    GroupPayload::Kd(self.kd(i, &m.kek, false)).to_payload(),
+                )
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (to, kd) in copies {
+            let inner = [gsa.clone(), kd];
+            let cipher = match replaced.as_mut() {
+                Some(c) => c,
+                None => &mut self.rekey_cipher,
+            };
+            let msg = rekey::seal(&old_spi, message_id, cipher, &inner);
+            if !msg.is_empty() {
+                out.push(Outbound { to, msg });
+            }
+        }
+        self.stats.rekey_messages = self
+            .stats
+            .rekey_messages
+            .saturating_add(u64::try_from(out.len()).unwrap_or(u64::MAX));
+        out
+    }
+
+    fn transforms(&self) -> Vec<Transform> {
+        vec![Transform {
+            kind: wire::transform::ENCR,
+            id: wire::transform::ENCR_AES_GCM_16,
+            key_len: Some(self.cfg.key_bits),
+        }]
+    }
+
+    /// The GSA payload: the Rekey SA, every live Data-Security SA (newest last), the GWP.
+    fn gsa(&self, registration: bool) -> Gsa {
+        let mut policies = vec![GroupPolicy::Rekey {
+            spi: self.rekey_spi,
+            transforms: vec![
+                Transform {
+                    kind: wire::transform::ENCR,
+                    id: wire::transform::ENCR_AES_GCM_16,
+                    key_len: Some(256),
+                },
+                Transform {
+                    kind: crate::group::wire::transform::KWA,
+                    id: crate::group::wire::transform::KW_5649_256,
+                    key_len: None,
+                },
+            ],
+            attrs: vec![Attr::tlv(
+                gsa_attr::GSA_INITIAL_MESSAGE_ID,
+                self.next_message_id.to_be_bytes().to_vec(),
+            )],
+        }];
+        // A rekey carries the new generation only; a registration all that are live.
+        let gens: Vec<&Generation> = if registration {
+            self.gens.iter().collect()
+        } else {
+            self.gens.last().into_iter().collect()
+        };
+        for g in gens {
+            policies.push(GroupPolicy::Data {
+                protocol: proto::ESP,
+                spi: g.spi,
+                src: self.cfg.src,
+                dst: self.cfg.dst,
+                transforms: self.transforms(),
+                attrs: vec![Attr::tlv(
+                    gsa_attr::GSA_KEY_LIFETIME,
+                    self.cfg.lifetime.as_secs().to_be_bytes().to_vec(),
+                )],
+            });
+        }
+        policies.push(GroupPolicy::GroupWide {
+            attrs: vec![
+                Attr::tv(gwp_attr::GWP_ATD, secs16(self.cfg.atd)),
+                Attr::tv(gwp_attr::GWP_DTD, secs16(self.cfg.dtd)),
+                Attr::tv(
+                    gwp_attr::GWP_SENDER_ID_BITS,
+                    u16::from(self.cfg.sender_id_bits),
+                ),
+            ],
+        });
+        Gsa { policies }
+    }
+
+    /// The KD payload for member `idx`, keys wrapped under `kek`: the Rekey SA's key, the
+    /// Data-Security SAs' keys, and the member's own bag (its KEK at registration, its
+    /// Sender-ID in the newest generation).
+    fn kd(&self, idx: usize, kek: &Kek, registration: bool) -> Kd {
+        let mut bags = vec![KeyBag::Group {
+            protocol: proto::GIKE_UPDATE,
+            spi: self.rekey_spi.to_vec(),
+            attrs: vec![Attr::tlv(
+                group_key_attr::SA_KEY,
+                kek.wrap(&self.rekey_keymat).to_bytes(),
+            )],
+        }];
+        let gens: Vec<&Generation> = if registration {
+            self.gens.iter().collect()
+        } else {
+            self.gens.last().into_iter().collect()
+        };
+        for g in &gens {
+            bags.push(KeyBag::Group {
+                protocol: proto::ESP,
+                spi: g.spi.to_be_bytes().to_vec(),
+                attrs: vec![Attr::tlv(
+                    group_key_attr::SA_KEY,
+                    kek.wrap(&g.keymat).to_bytes(),
+                )],
+            });
+        }
+        let mut attrs = Vec::new();
+        if registration {
+            if let Some(m) = self.members.get(idx) {
+                let mut v = m.kek.id.to_be_bytes().to_vec();
+                v.extend_from_slice(&kek.wrap(m.kek.key_bytes()).to_bytes());
+                attrs.push(Attr::tlv(member_key_attr::WRAP_KEY, v));
+            }
+        }
+        if let Some(g) = self.gens.last() {
+            for (s, m) in &g.sender_ids {
+                if *m == idx {
+                    let mut v = g.spi.to_be_bytes().to_vec();
+                    v.extend_from_slice(&s.to_be_bytes());
+                    attrs.push(Attr::tlv(member_key_attr::GM_SENDER_ID, v));
+                }
+            }
+        }
+        if !attrs.is_empty() {
+            bags.push(KeyBag::Member { attrs });
+        }
+        Kd { bags }
+    }
+}
+
+fn secs16(d: Duration) -> u16 {
+    u16::try_from(d.as_secs()).unwrap_or(u16::MAX)
+}
+
+type RekeySa = ([u8; 16], Secret, SkCipher);
+
+/// A Rekey SA: a random 16-octet SPI and AES-256-GCM key material.
+fn new_rekey_sa(rng: &mut ChaCha20Rng) -> Result<RekeySa, &'static str> {
+    let mut spi = [0u8; 16];
+    rng.fill_bytes(&mut spi);
+    let mut km = Zeroizing::new(vec![0u8; REKEY_KEYMAT_LEN]);
+    rng.fill_bytes(&mut km);
+    let c = SkCipher::new(&km).ok_or("rekey SA cipher")?;
+    Ok((spi, km, c))
+}

@@ -1,0 +1,425 @@
+//! A group member (GM, RFC 9838 section 1.2), sans-IO on virtual time: the initiator side of
+//! GSA_AUTH / GSA_REGISTRATION (section 2.3), GSA_REKEY processing (section 2.4.1) with replay
+//! refusal, and the Data-Security SAs it holds with their activation and deactivation times:
+//! a new SA is installed for receiving at once, used for sending after GWP_ATD; the SA it
+//! replaces is kept for receiving until GWP_DTD after the rekey arrived. With ATD above the
+//! spread of the rekey's arrival at the members, and DTD at least ATD, there is no moment a
+//! sender uses an SA some receiver lacks.
+//!
+//! Owns: the member's KEK, Rekey SA, Data-Security SAs and their Sender-IDs.
+//! Must never: accept a GSA_REKEY twice or out of order; send on an SA without its own
+//! Sender-ID; keep a key past its SA; print a key.
+
+use core::time::Duration;
+
+use crate::crypto::{Secret, SkCipher};
+use crate::group::keys::{gcm_keymat_len, Kek, KEK_LEN};
+use crate::group::rekey::{self, RekeyError};
+use crate::group::wire::{
+    find_attr, group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto, GroupPayload,
+    GroupPolicy, KeyBag, WrappedKey,
+};
+use crate::time::Instant;
+use crate::wire::{self, Id, Payload};
+
+/// A Data-Security SA as a member holds it.
+pub struct MemberSa {
+    pub spi: u32,
+    pub keymat: Secret,
+    /// This member's Sender-ID on this SA (senders only).
+    pub sender_id: Option<u32>,
+    pub sender_id_bits: u8,
+    /// From when this member sends on it.
+    pub active_from: Instant,
+    /// Until when this member accepts packets on it (set when a newer SA arrives).
+    pub until: Option<Instant>,
+}
+
+impl core::fmt::Debug for MemberSa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MemberSa")
+            .field("spi", &format_args!("{:#010x}", self.spi))
+            .field("sender_id", &self.sender_id)
+            .field("active_from", &self.active_from)
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
+}
+
+struct RekeySa {
+    spi: [u8; 16],
+    cipher: SkCipher,
+    /// The last Message ID accepted (the initial one minus one before any).
+    last: u32,
+}
+
+/// Counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    pub rekeys: u64,
+    pub replays: u64,
+    pub refused: u64,
+}
+
+pub struct Member {
+    group: Id,
+    sender: bool,
+    kek: Option<Kek>,
+    rekey: Option<RekeySa>,
+    sas: Vec<MemberSa>,
+    atd: Duration,
+    dtd: Duration,
+    stats: MemberStats,
+}
+
+impl core::fmt::Debug for Member {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Member")
+            .field("group", &self.group.display())
+            .field("sas", &self.sas)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a registration response or rekey carried, checked.
+struct Update {
+    rekey: Option<([u8; 16], u32, Secret)>,
+    data: Vec<(u32, Secret)>,
+    sender_ids: Vec<(u32, u32)>,
+    atd: Option<Duration>,
+    dtd: Option<Duration>,
+    bits: u8,
+    kek: Option<Kek>,
+}
+
+impl Member {
+    pub fn new(group: Id, sender: bool) -> Member {
+        Member {
+            group,
+            sender,
+            kek: None,
+            rekey: None,
+            sas: Vec::new(),
+            atd: Duration::ZERO,
+            dtd: Duration::ZERO,
+            stats: MemberStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> MemberStats {
+        self.stats
+    }
+
+    pub fn sas(&self) -> &[MemberSa] {
+        &self.sas
+    }
+
+    /// The payloads of a GSA_AUTH / GSA_REGISTRATION request (inside SK): IDg, and
+    /// GROUP_SENDER when this member sends.
+    pub fn registration_request(&self) -> Vec<Payload> {
+        let mut v = vec![GroupPayload::IdG(self.group.clone()).to_payload()];
+        if self.sender {
+            v.push(Payload::notify(notify::GROUP_SENDER, Vec::new()));
+        }
+        v
+    }
+
+    /// The GCKS's response; `default_kek` is the registration IKE SA's.
+    pub fn on_registration(
+        &mut self,
+        now: Instant,
+        default_kek: &Kek,
+        response: &[Payload],
+    ) -> Result<(), RekeyError> {
+        let mut u = self.check(default_kek, response, true).inspect_err(|_| {
+            self.stats.refused = self.stats.refused.saturating_add(1);
+        })?;
+        self.kek = u.kek.take();
+        self.sas.clear();
+        self.apply(now, u, true);
+        Ok(())
+    }
+
+    /// A GSA_REKEY from the network.
+    pub fn on_rekey(&mut self, now: Instant, msg: &[u8]) -> Result<(), RekeyError> {
+        let r = self.on_rekey_inner(now, msg);
+        match &r {
+            Err(RekeyError::Replay { .. }) => {
+                self.stats.replays = self.stats.replays.saturating_add(1);
+            }
+            Err(_) => self.stats.refused = self.stats.refused.saturating_add(1),
+            Ok(()) => self.stats.rekeys = self.stats.rekeys.saturating_add(1),
+        }
+        r
+    }
+
+    fn on_rekey_inner(&mut self, now: Instant, msg: &[u8]) -> Result<(), RekeyError> {
+        let h = rekey::header(msg)?;
+        let rs = self.rekey.as_ref().ok_or(RekeyError::UnknownSpi)?;
+        if (h.spi_i, h.spi_r) != rekey::spi_halves(&rs.spi) {
+            return Err(RekeyError::UnknownSpi);
+        }
+        // Authenticate first, then the replay check: an unauthenticated Message ID moves nothing.
+        let inner = rekey::open(msg, &rs.cipher)?;
+        if h.message_id <= rs.last {
+            return Err(RekeyError::Replay {
+                got: h.message_id,
+                last: rs.last,
+            });
+        }
+        let kek = self.kek.as_ref().ok_or(RekeyError::Policy("no KEK"))?;
+        let u = self.check(kek, &inner, false)?;
+        if let Some(rs) = self.rekey.as_mut() {
+            rs.last = h.message_id;
+        }
+        self.apply(now, u, false);
+        Ok(())
+    }
+
+    /// Parses and checks a GSA + KD: every Data-Security SA has its key, keys unwrap.
+    fn check(
+        &self,
+        kek: &Kek,
+        payloads: &[Payload],
+        registration: bool,
+    ) -> Result<Update, RekeyError> {
+        let mut gsa = None;
+        let mut kd = None;
+        for p in payloads {
+            match GroupPayload::from_payload(p)? {
+                Some(GroupPayload::IdG(g)) if g != self.group => {
+                    return Err(RekeyError::Policy("another group"))
+                }
+                Some(GroupPayload::Gsa(g)) => gsa = Some(g),
+                Some(GroupPayload::Kd(k)) => kd = Some(k),
+                _ => {}
+            }
+        }
+        let gsa = gsa.ok_or(RekeyError::Missing("GSA"))?;
+        let kd = kd.ok_or(RekeyError::Missing("KD"))?;
+        let mut u = Update {
+            rekey: None,
+            data: Vec::new(),
+            sender_ids: Vec::new(),
+            atd: None,
+            dtd: None,
+            bits: 0,
+            kek: None,
+        };
+        let key_of = |proto_id: u8, spi: &[u8]| -> Result<Secret, RekeyError> {
+            for b in &kd.bags {
+                if let KeyBag::Group {
+                    protocol,
+                    spi: s,
+                    attrs,
+                } = b
+                {
+                    if *protocol == proto_id && s.as_slice() == spi {
+                        let a = find_attr(attrs, group_key_attr::SA_KEY)
+                            .and_then(|a| a.bytes())
+                            .ok_or(RekeyError::Missing("SA_KEY"))?;
+                        return Ok(kek.unwrap(&WrappedKey::parse(a)?)?);
+                    }
+                }
+            }
+            Err(RekeyError::Missing("key bag"))
+        };
+        let mut key_bits = None;
+        for p in &gsa.policies {
+            match p {
+                GroupPolicy::Rekey { spi, attrs, .. } => {
+                    let first = find_attr(attrs, gsa_attr::GSA_INITIAL_MESSAGE_ID)
+                        .and_then(|a| a.as_u64())
+                        .and_then(|v| u32::try_from(v).ok())
+                        .unwrap_or(1);
+                    let km = key_of(proto::GIKE_UPDATE, spi)?;
+                    u.rekey = Some((*spi, first, km));
+                }
+                GroupPolicy::Data {
+                    protocol,
+                    spi,
+                    transforms,
+                    ..
+                } => {
+                    // AES-GCM-16 only (explicit IV): anything else is refused.
+                    let t = match transforms.as_slice() {
+                        [t] if t.kind == wire::transform::ENCR
+                            && t.id == wire::transform::ENCR_AES_GCM_16 =>
+                        {
+                            t
+                        }
+                        _ => return Err(RekeyError::Policy("data SA transform")),
+                    };
+                    let bits = t.key_len.ok_or(RekeyError::Policy("key length"))?;
+                    if *protocol != proto::ESP || !matches!(bits, 128 | 256) {
+                        return Err(RekeyError::Policy("data SA protocol or key length"));
+                    }
+                    let km = key_of(proto::ESP, &spi.to_be_bytes())?;
+                    if km.len() != gcm_keymat_len(bits) {
+                        return Err(RekeyError::Policy("data SA key length"));
+                    }
+                    key_bits = Some(bits);
+                    u.data.push((*spi, km));
+                }
+                GroupPolicy::GroupWide { attrs } => {
+                    let secs = |k| {
+                        find_attr(attrs, k)
+                            .and_then(|a| a.as_u64())
+                            .map(Duration::from_secs)
+                    };
+                    u.atd = secs(gwp_attr::GWP_ATD);
+                    u.dtd = secs(gwp_attr::GWP_DTD);
+                    u.bits = find_attr(attrs, gwp_attr::GWP_SENDER_ID_BITS)
+                        .and_then(|a| a.as_u64())
+                        .and_then(|v| u8::try_from(v).ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+        if u.data.is_empty() || key_bits.is_none() {
+            return Err(RekeyError::Missing("Data-Security SA"));
+        }
+        if !(1..=16).contains(&u.bits) {
+            return Err(RekeyError::Policy("sender-id bits"));
+        }
+        if registration && u.rekey.is_none() {
+            return Err(RekeyError::Missing("Rekey SA"));
+        }
+        for b in &kd.bags {
+            if let KeyBag::Member { attrs } = b {
+                for a in attrs {
+                    let Some(v) = a.bytes() else {
+                        continue;
+                    };
+                    match a.kind {
+                        member_key_attr::GM_SENDER_ID => {
+                            let (spi, sid) = v
+                                .split_at_checked(4)
+                                .ok_or(RekeyError::Policy("GM_SENDER_ID"))?;
+                            let spi = u32::from_be_bytes(
+                                spi.try_into()
+                                    .map_err(|_| RekeyError::Policy("GM_SENDER_ID"))?,
+                            );
+                            let sid = u32::from_be_bytes(
+                                sid.try_into()
+                                    .map_err(|_| RekeyError::Policy("GM_SENDER_ID"))?,
+                            );
+                            if sid >> u.bits != 0 {
+                                return Err(RekeyError::Policy("Sender-ID wider than its bits"));
+                            }
+                            u.sender_ids.push((spi, sid));
+                        }
+                        member_key_attr::WRAP_KEY if registration => {
+                            let (id, w) = v
+                                .split_at_checked(4)
+                                .ok_or(RekeyError::Policy("WRAP_KEY"))?;
+                            let id = u32::from_be_bytes(
+                                id.try_into().map_err(|_| RekeyError::Policy("WRAP_KEY"))?,
+                            );
+                            let k = kek.unwrap(&WrappedKey::parse(w)?)?;
+                            if id == 0 || k.len() != KEK_LEN {
+                                return Err(RekeyError::Policy("WRAP_KEY"));
+                            }
+                            u.kek = Kek::new(id, &k);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if registration && u.kek.is_none() {
+            return Err(RekeyError::Missing("WRAP_KEY"));
+        }
+        if self.sender
+            && !u
+                .sender_ids
+                .iter()
+                .any(|(s, _)| u.data.iter().any(|(d, _)| d == s))
+        {
+            return Err(RekeyError::Policy("no Sender-ID for a sender"));
+        }
+        Ok(u)
+    }
+
+    fn apply(&mut self, now: Instant, u: Update, registration: bool) {
+        if let Some(a) = u.atd {
+            self.atd = a;
+        }
+        if let Some(d) = u.dtd {
+            self.dtd = d;
+        }
+        if let Some((spi, first, km)) = u.rekey {
+            let changed = self.rekey.as_ref().is_none_or(|r| r.spi != spi);
+            if changed {
+                if let Some(cipher) = SkCipher::new(&km) {
+                    self.rekey = Some(RekeySa {
+                        spi,
+                        cipher,
+                        last: first.saturating_sub(1),
+                    });
+                }
+            }
+        }
+        let n = u.data.len();
+        for (i, (spi, keymat)) in u.data.into_iter().enumerate() {
+            if self.sas.iter().any(|s| s.spi == spi) {
+                continue;
+            }
+            // At registration every SA listed is live: the newest is ours to send on after
+            // the ATD (unless it is the only one: then at once), the older ones receive only.
+            let newest = i.saturating_add(1) == n;
+            let active_from = if registration && n == 1 {
+                now
+            } else {
+                now.saturating_add(self.atd)
+            };
+            let until = if newest {
+                None
+            } else {
+                Some(now.saturating_add(self.dtd))
+            };
+            let sender_id = u
+                .sender_ids
+                .iter()
+                .find(|(s, _)| *s == spi)
+                .map(|(_, id)| *id);
+            // A newer SA retires the ones we have: kept for receiving until the DTD.
+            if newest {
+                for old in self.sas.iter_mut().filter(|s| s.until.is_none()) {
+                    old.until = Some(now.saturating_add(self.dtd));
+                }
+            }
+            self.sas.push(MemberSa {
+                spi,
+                keymat,
+                sender_id,
+                sender_id_bits: u.bits,
+                active_from,
+                until,
+            });
+        }
+    }
+
+    /// Drops SAs past their deactivation time.
+    pub fn poll(&mut self, now: Instant) {
+        self.sas.retain(|s| s.until.is_none_or(|u| now < u));
+    }
+
+    /// The SA to send on now: the newest active one with a Sender-ID of ours. An older SA
+    /// stays the one to send on until the newer one's activation time.
+    pub fn outbound(&self, now: Instant) -> Option<&MemberSa> {
+        self.sas
+            .iter()
+            .filter(|s| s.sender_id.is_some() && s.active_from <= now)
+            .filter(|s| s.until.is_none_or(|u| now < u))
+            .max_by_key(|s| s.active_from)
+    }
+
+    /// The SA for an inbound packet with `spi`, if held now.
+    pub fn inbound(&self, spi: u32, now: Instant) -> Option<&MemberSa> {
+        self.sas
+            .iter()
+            .find(|s| s.spi == spi && s.until.is_none_or(|u| now < u))
+    }
+}
