@@ -6,7 +6,8 @@
 //! - `hairpin`: two Debian strongSwan 5.9.8 clients (kernel-libipsec) exchange a 1,000
 //!   packet/s UDP stream through the gateway, which opens each packet from the sender's SA and
 //!   seals it again onto the receiver's (`vcm case=hairpin packets=.. lost=.. hairpinned=..
-//!   rtt_ms=..`). The LAN host does not forward, so only the hairpin delivers them.
+//!   rtt_ms=..`). The LAN host does not forward, so only the hairpin delivers them. The
+//!   control process takes the pair for a direct-path candidate, once (hairpin detection).
 //!
 //! Needs root (prints a SKIP line otherwise), strongSwan and iperf3; about 20 s.
 
@@ -114,5 +115,17 @@ fn hairpin_between_two_strongswan_clients() {
     for r in ["hairpin_queue_full", "hairpin_mtu_exceeded"] {
         assert!(stats["drops"][r].as_u64().unwrap_or(0) == 0, "{r}: {stats}");
     }
-    gw.stop();
+    // The workers reported the pair; the control process took it for a direct-path candidate
+    // (configs/vcm-gw.yaml: `vcm`, 100 packets/s, "*.roamgate.test"), once.
+    let (_, out) = gw.stop_with_output();
+    let candidates: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("a direct path candidate"))
+        .collect();
+    assert_eq!(candidates.len(), 1, "{out}");
+    assert!(
+        candidates[0].contains("(a.roamgate.test)") && candidates[0].contains("(b.roamgate.test)"),
+        "{}",
+        candidates[0]
+    );
 }

@@ -99,6 +99,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             conns: checked.conns.clone(),
             backend: checked.backend,
             ha: None,
+            vcm: checked.vcm.clone(),
             edge: None,
         },
     };
@@ -156,6 +157,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let mut driver = Driver::new(core);
     driver.set_admission(file.ike.admission(&args.config, "ike")?);
     driver.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
+    driver.core_mut().set_vcm(checked.vcm.clone());
     if let Some(e) = file.ike.eap(&args.config, "ike", &gw.name)? {
         driver.set_eap(e).context("opening the RADIUS socket")?;
     }
@@ -167,12 +169,15 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let fresh_core = {
         let (file, path) = (file.clone(), args.config.clone());
         move || -> Result<ControlCore> {
-            let Checked { plan, conns, .. } = file.validate(&path)?;
+            let Checked {
+                plan, conns, vcm, ..
+            } = file.validate(&path)?;
             let gw = &file.gateway;
             let repo = SaRepository::new(plan.rules, gw.replay_window);
             let mut core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
             core.set_admission(file.ike.admission(&path, "ike")?);
             core.set_fragmentation(file.ike.fragmentation(&path, "ike")?);
+            core.set_vcm(vcm);
             if let Some(e) = file.ike.eap(&path, "ike", &file.gateway.name)? {
                 // The driver keeps its RADIUS socket; the new core gets the backend.
                 core.set_eap(e.service);
