@@ -17,6 +17,9 @@ use ike::Instant;
 
 use crate::config::vcm::VcmPolicy;
 
+pub mod direct;
+pub mod manager;
+
 /// Pairs remembered at once.
 pub const MAX_PAIRS: usize = 4096;
 
