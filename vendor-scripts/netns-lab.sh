@@ -58,6 +58,12 @@
 #                wan [PFX-eN] lan -- lN [PFX-lr] lan1 -- lan0 10.9.0.10 PFX-srv
 #              PFX-sw eth0 198.51.100.10 (strongSwan) -- eth1 198.51.100.254 [PFX-rtr]
 #        netns-lab.sh cluster-down [PFX]
+#        netns-lab.sh vcm-up [PFX]  the connectivity-manager lab (tests/vcm.rs, configs/vcm-gw.yaml):
+#            two road warriors on separate access networks behind one router, the gateway
+#            behind the router (netem on the router's eth1 delays the gateway path):
+#              PFX-a eth0 192.0.2.10 -- eth0 192.0.2.254 [PFX-rtr] eth2 198.51.100.254 -- eth0 198.51.100.10 PFX-b
+#                                       eth1 203.0.113.254 -- wan 203.0.113.1 [PFX-gw] lan 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
+#        netns-lab.sh vcm-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
 set -euo pipefail
@@ -71,6 +77,7 @@ MOB_NSS="home cl rtr gw srv"
 HA_NSS="home cl rtr gwa gwb lsw srv sw"
 HS_NSS="home cl rtr gwa gwb lsw srv"
 CLUSTER_NSS="home cl sw rtr e0 e1 e2 lr cn srv"
+VCM_NSS="a b rtr gw srv"
 
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
@@ -312,6 +319,33 @@ hs_up() {
     ip netns exec "$p-srv" sysctl -qw net.ipv4.conf.lan0.arp_accept=1
 }
 
+vcm_down() { ns_del $VCM_NSS; }
+
+vcm_up() {
+    ns_add $VCM_NSS
+    ip link add eth0 netns "$p-a" address 02:00:00:00:a1:0a type veth \
+        peer name eth0 netns "$p-rtr" address 02:00:00:00:71:01
+    ip link add eth0 netns "$p-b" address 02:00:00:00:b1:0a type veth \
+        peer name eth2 netns "$p-rtr" address 02:00:00:00:71:03
+    ip link add eth1 netns "$p-rtr" address 02:00:00:00:71:02 type veth \
+        peer name wan netns "$p-gw" address 02:00:00:00:03:01
+    ip link add lan netns "$p-gw" address 02:00:00:00:09:01 type veth \
+        peer name lan0 netns "$p-srv" address 02:00:00:00:09:fe
+    gateway "$p-gw" lan wan
+    ip netns exec "$p-rtr" sysctl -qw net.ipv4.ip_forward=1
+    links_up "$p-rtr" eth0 eth1 eth2
+    ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
+    ip -n "$p-rtr" addr add 198.51.100.254/24 dev eth2
+    ip -n "$p-rtr" addr add 203.0.113.254/24 dev eth1
+    for c in a:192.0.2 b:198.51.100; do
+        ns=$p-${c%%:*}
+        links_up "$ns" eth0
+        ip -n "$ns" addr add "${c#*:}.10/24" dev eth0
+        ip -n "$ns" route add default via "${c#*:}.254"
+    done
+    host4 "$p-srv" 10.9.0.10/24 10.9.0.1
+}
+
 cluster_down() { ns_del $CLUSTER_NSS; }
 
 cluster_up() {
@@ -382,6 +416,8 @@ ha-down) ha_down ;;
 hs-up) hs_up ;;
 hs-down) hs_down ;;
 cluster-up) cluster_up ;;
+vcm-up) vcm_up ;;
+vcm-down) vcm_down ;;
 cluster-down) cluster_down ;;
 exec)
     shift
@@ -390,7 +426,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|vcm-up|vcm-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

@@ -99,6 +99,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             conns: checked.conns.clone(),
             backend: checked.backend,
             ha: None,
+            vcm: checked.vcm.clone(),
             edge: None,
         },
     };
@@ -159,6 +160,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     }
     driver.set_admission(file.ike.admission(&args.config, "ike")?);
     driver.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
+    driver.core_mut().set_vcm(checked.vcm.clone());
     if let Some(e) = file.ike.eap(&args.config, "ike", &gw.name)? {
         driver.set_eap(e).context("opening the RADIUS socket")?;
     }
@@ -170,7 +172,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
     let fresh_core = {
         let (file, path) = (file.clone(), args.config.clone());
         move || -> Result<ControlCore> {
-            let Checked { plan, conns, .. } = file.validate(&path)?;
+            let Checked {
+                plan, conns, vcm, ..
+            } = file.validate(&path)?;
             let gw = &file.gateway;
             let repo = SaRepository::new(plan.rules, gw.replay_window);
             let mut core = ControlCore::new(conns, repo, workers, os_seed(), gw.wan.address);
@@ -178,6 +182,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             core.set_fragmentation(file.ike.fragmentation(&path, "ike")?);
             // Only an HA node makes fresh cores.
             core.enable_mid_sync();
+            core.set_vcm(vcm);
             if let Some(e) = file.ike.eap(&path, "ike", &file.gateway.name)? {
                 // The driver keeps its RADIUS socket; the new core gets the backend.
                 core.set_eap(e.service);

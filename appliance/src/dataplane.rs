@@ -571,6 +571,12 @@ fn serve<P: Port + 'static>(
         );
         c.set_admission(file.ike.admission(&args.config, "ike")?);
         c.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
+        c.set_vcm(
+            file.vcm
+                .as_ref()
+                .map(|v| v.validate(&args.config))
+                .transpose()?,
+        );
         if let Some(e) = file.ike.eap(&args.config, "ike", &gw.name)? {
             c.set_eap(e).context("opening the RADIUS socket")?;
         }

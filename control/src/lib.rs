@@ -19,3 +19,4 @@ pub mod ha;
 pub mod repo;
 #[cfg(test)]
 mod testing;
+pub mod vcm;

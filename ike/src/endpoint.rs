@@ -287,6 +287,19 @@ impl Endpoint {
             .map(IkeSa::id)
     }
 
+    /// Who the peer of an established IKE SA is: the EAP identity it logged in with, else the
+    /// IKE identity it authenticated (as the views print it).
+    pub fn peer_identity(&self, ike: IkeSaId) -> Option<String> {
+        let sa = self.sas.get(&ike)?;
+        let s = &sa.state;
+        if s.phase != Phase::Established {
+            return None;
+        }
+        s.eap_identity
+            .clone()
+            .or_else(|| s.remote_id.as_ref().map(crate::wire::Id::display))
+    }
+
     // ---- operator requests -------------------------------------------------------------
 
     /// Starts an IKE SA (and its first CHILD_SA) to `remote` with connection `peer`.

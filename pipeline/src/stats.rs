@@ -136,6 +136,12 @@ reasons! {
     SaExpired => "sa_expired", true;
     /// Too big for the egress MTU after encapsulation; an ICMP error went back.
     MtuExceeded => "mtu_exceeded", true;
+    /// A hairpinned packet (one road warrior to another) too big for the WAN MTU once sealed
+    /// again: no ICMP error goes back (it would have to travel inside the sender's tunnel).
+    HairpinMtuExceeded => "hairpin_mtu_exceeded", true;
+    /// A hairpinned packet while the WAN transmit queue held more than its cap (pausing WAN
+    /// receive on the WAN's own queue could deadlock two gateways whose links are both full).
+    HairpinQueueFull => "hairpin_queue_full", true;
     /// Buffer lacked head- or tailroom for the encapsulation.
     NoBufferRoom => "no_buffer_room", true;
     /// Not addressed to us, and nothing to route it by.
@@ -181,6 +187,13 @@ pub enum Traffic {
     /// Packets opened from ESP, and their inner bytes.
     Decrypted,
     DecryptedBytes,
+    /// Opened from one road warrior's SA and sealed again onto another's (its host binding),
+    /// and their inner bytes; also counted as decrypted and encrypted.
+    Hairpinned,
+    HairpinnedBytes,
+    /// Hairpinned packets of a pair the worker's table had no room for in the current report
+    /// period (reported in a later one).
+    HairpinUntracked,
     /// Forwarded in the clear (bypass policy).
     Bypassed,
     /// Rewritten by the masquerade.
@@ -210,6 +223,9 @@ impl Traffic {
         Traffic::EncryptedBytes,
         Traffic::Decrypted,
         Traffic::DecryptedBytes,
+        Traffic::Hairpinned,
+        Traffic::HairpinnedBytes,
+        Traffic::HairpinUntracked,
         Traffic::Bypassed,
         Traffic::Masqueraded,
         Traffic::IcmpSent,
@@ -231,6 +247,9 @@ impl Traffic {
             Traffic::EncryptedBytes => "encrypted_bytes",
             Traffic::Decrypted => "decrypted",
             Traffic::DecryptedBytes => "decrypted_bytes",
+            Traffic::Hairpinned => "hairpinned",
+            Traffic::HairpinnedBytes => "hairpinned_bytes",
+            Traffic::HairpinUntracked => "hairpin_untracked",
             Traffic::Bypassed => "bypassed",
             Traffic::Masqueraded => "masqueraded",
             Traffic::IcmpSent => "icmp_sent",

@@ -7,11 +7,11 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 6)
+//! # Layout (version 7)
 //!
 //! Version 2 added SA lifetimes, 3 made the punted and transmitted datagrams one record, 4
 //! added the state an SA moves with (resume, checkpoints), `ReserveSeq`, `ExportSa` and the
-//! `SeqCheckpoint` and `SaState` events, 5 added `Announce`, 6 `CapSeq`.
+//! `SeqCheckpoint` and `SaState` events, 5 added `Announce`, 6 `CapSeq`, 7 the `Hairpin` event.
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -34,7 +34,7 @@
 //! | 0x1c | `Update::Announce` | generation, wan bool, count u8, count x ip |
 //! | 0x1d | `Update::CapSeq` | generation, id u32, ahead u64 |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
-//! | 0x30..=0x36 | `Event` variants, in declaration order | worker u16, then the fields in order |
+//! | 0x30..=0x37 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 | `Datagram` (punted or to transmit) | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
 //!
 //! Pieces: ip = family u8 (4 or 6) + 4 or 16 bytes; prefix = ip + length u8 (host bits must
@@ -79,7 +79,7 @@ use crate::sa::{
 };
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 6;
+pub const CODEC_VERSION: u8 = 7;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -105,6 +105,7 @@ mod tag {
     pub const EV_REPLAY_FAILURES: u8 = 0x34;
     pub const EV_SEQ_CHECKPOINT: u8 = 0x35;
     pub const EV_SA_STATE: u8 = 0x36;
+    pub const EV_HAIRPIN: u8 = 0x37;
     pub const DATAGRAM: u8 = 0x40;
 }
 
@@ -973,6 +974,22 @@ impl Record for Event {
                 w.u32(spi.0)?;
                 w.sa_state(state)
             }
+            Event::Hairpin {
+                worker,
+                src,
+                dst,
+                packets,
+                bytes,
+                millis,
+            } => {
+                w.head(tag::EV_HAIRPIN)?;
+                w.u16(*worker)?;
+                w.ip(*src)?;
+                w.ip(*dst)?;
+                w.u64(*packets)?;
+                w.u64(*bytes)?;
+                w.u32(*millis)
+            }
         }
     }
 
@@ -1039,6 +1056,14 @@ impl Record for Event {
                 id: SaId(r.u32()?),
                 spi: Spi(r.u32()?),
                 state: r.sa_state()?,
+            },
+            tag::EV_HAIRPIN => Event::Hairpin {
+                worker,
+                src: r.ip()?,
+                dst: r.ip()?,
+                packets: r.u64()?,
+                bytes: r.u64()?,
+                millis: r.u32()?,
             },
             tag => return Err(DecodeError::Tag { what: "event", tag }),
         })

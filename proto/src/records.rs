@@ -171,6 +171,17 @@ pub enum Event {
         spi: Spi,
         state: SaState,
     },
+    /// Packets one road warrior sent to another's virtual IP through this worker (opened from
+    /// the sender's SA, sealed again onto the receiver's) over the last `millis`: at most one
+    /// report per pair and second, for the pairs seen in that second (a bounded table).
+    Hairpin {
+        worker: u16,
+        src: IpAddr,
+        dst: IpAddr,
+        packets: u64,
+        bytes: u64,
+        millis: u32,
+    },
 }
 
 /// An IKE datagram between the data plane and the control plane: the UDP payload (without

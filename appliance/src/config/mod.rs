@@ -8,6 +8,7 @@ use std::path::Path;
 use control::cluster::config::{ClusterPlan, ClusterYaml, CryptoNodePlan, EdgePlan};
 use control::config::ha::{HaPlan, HaYaml};
 use control::config::ike::{Connection, IkeYaml};
+use control::config::vcm::{VcmPolicy, VcmYaml};
 use control::config::{ConfigError, GatewayConfig, GatewayPlan};
 use pipeline::crypto::Backend;
 use serde::Deserialize;
@@ -28,6 +29,10 @@ pub struct DataplaneFile {
     /// This node's place in an HA pair (`roamgate run`/`control`): absent, a lone gateway.
     #[serde(default)]
     pub ha: Option<HaYaml>,
+    /// Hairpin detection for direct paths between road warriors (`control::config::vcm`):
+    /// absent, hairpinned traffic is still forwarded, no pair is a candidate.
+    #[serde(default)]
+    pub vcm: Option<VcmYaml>,
     /// Which log events to write, as `--log-level` takes it (`info`, `info,ike=debug`):
     /// applied at start when neither `--log-level` nor `RUST_LOG` was given, and again at
     /// each reload.
@@ -94,6 +99,8 @@ pub struct Checked {
     pub conns: Vec<Connection>,
     pub backend: Backend,
     pub ha: Option<HaPlan>,
+    /// The `vcm` section, checked.
+    pub vcm: Option<VcmPolicy>,
     /// A cluster edge's part (`roamgate edge`).
     pub edge: Option<EdgePlan>,
 }
@@ -197,6 +204,7 @@ impl DataplaneFile {
                 ));
             }
         }
+        let vcm = self.vcm.as_ref().map(|v| v.validate(file)).transpose()?;
         let cluster = self
             .cluster
             .as_ref()
@@ -240,6 +248,7 @@ impl DataplaneFile {
             conns,
             backend,
             ha,
+            vcm,
             edge,
         })
     }

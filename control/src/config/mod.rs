@@ -23,6 +23,7 @@ pub mod ike;
 pub mod lab;
 pub mod reload;
 pub mod secret;
+pub mod vcm;
 
 pub use gateway::{
     ActionName, AeadName, BackendChoice, ChecksumChoice, DirectionName, GatewayConfig, GatewayPlan,

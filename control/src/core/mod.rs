@@ -69,7 +69,14 @@ pub struct ControlCore {
     log: bool,
     /// What is kept on disk of the IKE SAs ([`durable`]; off unless the driver has a store).
     durable: durable::Durability,
+    /// Hairpin detection (the `vcm` section; None: off).
+    vcm: Option<crate::vcm::HairpinDetector>,
+    /// Pairs found worth a direct path, for the connectivity manager (bounded).
+    direct_path_candidates: VecDeque<crate::vcm::Candidate>,
 }
+
+/// Candidates kept for the connectivity manager (the oldest go first).
+const MAX_CANDIDATES: usize = 256;
 
 impl ControlCore {
     /// A core for `conns` over a data plane of `workers` workers. `seed` seeds the
@@ -127,7 +134,29 @@ impl ControlCore {
             seq_reports: VecDeque::new(),
             log: true,
             durable: durable::Durability::default(),
+            vcm: None,
+            direct_path_candidates: VecDeque::new(),
         }
+    }
+
+    /// Hairpin detection by this policy (the `vcm` section), or none. A new policy keeps the
+    /// pairs already offered.
+    pub fn set_vcm(&mut self, policy: Option<crate::config::vcm::VcmPolicy>) {
+        match (policy, self.vcm.as_mut()) {
+            (None, _) => self.vcm = None,
+            (Some(p), Some(d)) => d.set_policy(p),
+            (Some(p), None) => self.vcm = Some(crate::vcm::HairpinDetector::new(p)),
+        }
+    }
+
+    /// The hairpin detector's counts (None: detection is off).
+    pub fn vcm_counts(&self) -> Option<crate::vcm::DetectCounts> {
+        self.vcm.as_ref().map(crate::vcm::HairpinDetector::counts)
+    }
+
+    /// Pairs of road warriors found worth a direct path since the last call.
+    pub fn take_direct_path_candidates(&mut self) -> Vec<crate::vcm::Candidate> {
+        self.direct_path_candidates.drain(..).collect()
     }
 
     /// The UNIX time at the driver clock's zero: the endpoint judges certificate validity by
@@ -216,6 +245,17 @@ impl ControlCore {
     /// delete ([`decisions`]); failures are counted for the view; sequence checkpoints and
     /// SA states are kept for [`take_seq_reports`](Self::take_seq_reports).
     pub fn handle_dataplane_event(&mut self, now: Instant, e: &DpEvent) {
+        if let DpEvent::Hairpin {
+            src,
+            dst,
+            packets,
+            millis,
+            ..
+        } = *e
+        {
+            self.hairpin_report(now, (src, dst), packets, millis);
+            return;
+        }
         if matches!(e, DpEvent::SeqCheckpoint { .. } | DpEvent::SaState { .. }) {
             if self.seq_reports.len() >= MAX_SEQ_REPORTS {
                 self.seq_reports.pop_front();
@@ -245,6 +285,35 @@ impl ControlCore {
         }
         self.view.mark_stale();
         self.pump(now);
+    }
+
+    /// A worker's hairpin report: a candidate for a direct path is logged and kept for the
+    /// connectivity manager; everything else is counted by the detector.
+    fn hairpin_report(&mut self, now: Instant, pair: (IpAddr, IpAddr), packets: u64, millis: u32) {
+        let Some(d) = self.vcm.as_mut() else {
+            return;
+        };
+        d.expire(now);
+        let endpoint = &self.endpoint;
+        let leases = endpoint.leases();
+        let who = |a: IpAddr| {
+            let IpAddr::V4(v4) = a else {
+                return None;
+            };
+            let (_, ike) = leases.iter().find(|(l, _)| *l == v4)?;
+            endpoint.peer_identity(*ike)
+        };
+        if let crate::vcm::Decision::Candidate(c) = d.observe(now, pair, packets, millis, who) {
+            self.out.log(format!(
+                "vcm: {} ({}) <-> {} ({}) hairpin at {} packets/s: a direct path candidate",
+                c.a.0, c.a.1, c.b.0, c.b.1, c.pps
+            ));
+            if self.direct_path_candidates.len() >= MAX_CANDIDATES {
+                self.direct_path_candidates.pop_front();
+            }
+            self.direct_path_candidates.push_back(c);
+        }
+        self.view.mark_stale();
     }
 
     /// Worker `worker` restarted empty: it gets back the inbound SAs it owns and what every

@@ -582,3 +582,90 @@ fn a_reload_deletes_a_removed_connection_adds_a_new_one_and_leaves_the_others_al
         "nothing was rekeyed (keep untouched)"
     );
 }
+
+const RW_GW: &str = "connections:
+  - { name: rw, local_id: gw.test, psk: \"core-test-psk\",
+      local_ts: [10.0.0.0/8], pool: 10.99.0.0/24 }
+";
+
+fn rw_client(id: &str) -> String {
+    format!(
+        "connections:
+  - {{ name: gw, local_id: {id}, remote_id: gw.test, psk: \"core-test-psk\",
+      request_vip: true, remote_ts: [10.0.0.0/8], remote_addr: 192.0.2.1 }}
+"
+    )
+}
+
+/// A road-warrior gateway whose two clients report as hairpinning to each other: the pair
+/// becomes a direct-path candidate only with a `vcm` section that allows both, above its
+/// threshold, and once.
+#[test]
+fn hairpin_reports_between_two_clients_make_one_candidate_the_policy_allows() {
+    use crate::config::vcm::{IdPattern, VcmPolicy};
+    let mut w = World::new();
+    w.gateway(RW_GW, "192.0.2.1", 1);
+    w.gateway(&rw_client("alice.test"), "192.0.2.10", 1);
+    w.gateway(&rw_client("bob.test"), "198.51.100.10", 1);
+    let now = w.now;
+    w.gw(1).core().initiate(now);
+    w.gw(2).core().initiate(now);
+    w.run_for(Duration::from_secs(1));
+    let leases = w.gw(0).core().endpoint().leases();
+    assert_eq!(leases.len(), 2, "both clients have a virtual IP");
+    let (a, b) = (
+        std::net::IpAddr::V4(leases[0].0),
+        std::net::IpAddr::V4(leases[1].0),
+    );
+    let report = |packets| DpEvent::Hairpin {
+        worker: 0,
+        src: a,
+        dst: b,
+        packets,
+        bytes: packets * 1200,
+        millis: 1000,
+    };
+    // Detection off: nothing.
+    w.gw(0).link.report(report(5000));
+    w.run_for(Duration::from_secs(1));
+    assert!(w.gw(0).core().take_direct_path_candidates().is_empty());
+    assert_eq!(w.gw(0).core().vcm_counts(), None);
+
+    w.gw(0).core().set_vcm(Some(VcmPolicy {
+        threshold_pps: 100,
+        direct_paths: vec![IdPattern::Exact("alice.test".into())],
+    }));
+    w.gw(0).link.report(report(5000));
+    w.run_for(Duration::from_secs(1));
+    assert!(
+        w.gw(0).core().take_direct_path_candidates().is_empty(),
+        "bob is not allowed"
+    );
+    w.gw(0).core().set_vcm(Some(VcmPolicy {
+        threshold_pps: 100,
+        direct_paths: vec![IdPattern::Suffix(".test".into())],
+    }));
+    w.gw(0).link.report(report(50));
+    w.run_for(Duration::from_secs(1));
+    assert!(w.gw(0).core().take_direct_path_candidates().is_empty());
+    w.gw(0).link.report(report(1000));
+    w.gw(0).link.report(report(1000));
+    w.run_for(Duration::from_secs(1));
+    let c = w.gw(0).core().take_direct_path_candidates();
+    assert_eq!(c.len(), 1, "{c:?}");
+    let ids = [c[0].a.1.as_str(), c[0].b.1.as_str()];
+    assert!(
+        ids.contains(&"alice.test") && ids.contains(&"bob.test"),
+        "{ids:?}"
+    );
+    assert_eq!(c[0].pps, 1000);
+    let counts = w.gw(0).core().vcm_counts().unwrap();
+    assert_eq!(
+        (
+            counts.not_allowed,
+            counts.below_threshold,
+            counts.candidates
+        ),
+        (1, 1, 1)
+    );
+}

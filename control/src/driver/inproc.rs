@@ -166,6 +166,11 @@ impl InProcControl {
         self.driver.set_quiet();
     }
 
+    /// See [`ControlCore::set_vcm`](crate::core::ControlCore::set_vcm).
+    pub fn set_vcm(&mut self, v: Option<crate::config::vcm::VcmPolicy>) {
+        self.driver.core_mut().set_vcm(v);
+    }
+
     /// See [`ControlCore::set_admission`](crate::core::ControlCore::set_admission).
     pub fn set_admission(&mut self, a: crate::config::ike::AdmissionPolicy) {
         self.driver.set_admission(a);

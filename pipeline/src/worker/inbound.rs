@@ -1,4 +1,5 @@
-//! The protected side: WAN -> ESP open -> selector, ECN and hop-limit checks -> LAN; IKE and
+//! The protected side: WAN -> ESP open -> selector, ECN and hop-limit checks -> LAN (or, for
+//! another road warrior's virtual IP, sealed again: `hairpin`); IKE and
 //! NAT-T keepalives sorted out of UDP; clear traffic by the mirrored SPD or the masquerade.
 //!
 //! Owns the inbound verdict of a WAN frame. Never delivers an inner packet its SA was not
@@ -264,6 +265,10 @@ impl<P: Port> Worker<P> {
         self.counters.count(Traffic::Decrypted, 1);
         self.counters
             .count(Traffic::DecryptedBytes, opened.inner_len as u64);
+        // To another road warrior: sealed again onto its SA (`hairpin`).
+        if let Some(id) = self.hairpin_target(&inner) {
+            return self.hairpin(f, &inner, new_ecn, id, now);
+        }
         self.forward(f, Side::Lan, inner.ipv6)
     }
 }

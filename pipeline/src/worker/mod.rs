@@ -19,6 +19,7 @@
 //! | `neighbors` | ARP requests and neighbour solicitations for our own addresses, answered in place |
 //! | `outbound` | LAN -> host binding or SPD -> ESP seal, or bypass (+ masquerade) -> WAN; ICMP too-big |
 //! | `inbound` | WAN -> ESP open (in the SA's own encapsulation) -> selector and ECN checks -> LAN; clear traffic and masquerade in |
+//! | `hairpin` | a packet from one road warrior to another's virtual IP: sealed again onto its SA, back to the WAN |
 //! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
 //! | `reports` | events for the control plane: lifetimes, failures (rate-limited) |
@@ -51,6 +52,7 @@ mod checksum;
 mod commands;
 mod emit;
 mod fragments;
+mod hairpin;
 mod hosts;
 mod ike_io;
 mod inbound;
@@ -136,6 +138,8 @@ pub struct Worker<P: Port> {
     /// Host bindings (road warriors' virtual IPs): destination -> (allowed sources, SA),
     /// looked up before the SPD.
     hosts: HostMap,
+    /// Hairpinned packets by pair since the last report (`hairpin`).
+    hairpins: hairpin::HairpinPairs,
     /// Further WAN addresses answered for (a roaming client's old one, for a moment).
     wan_also: Vec<IpAddr>,
     /// Outer fragments for us are reassembled here (None: `outer_fragment` drops).
@@ -226,6 +230,7 @@ impl<P: Port> Worker<P> {
             nat: None,
             vip_nat: None,
             hosts: HostMap::default(),
+            hairpins: Default::default(),
             wan_also: Vec::new(),
             reasm: None,
             reasm_published: 0,
@@ -348,6 +353,7 @@ impl<P: Port> Worker<P> {
         if now >= self.timed.next {
             self.timed_checkpoints(now);
         }
+        self.report_hairpins(now);
         work
     }
 

@@ -313,6 +313,22 @@ fn events() -> Vec<Event> {
                 seq_reserved: Some(1000),
             },
         },
+        Event::Hairpin {
+            worker: 2,
+            src: v4([10, 99, 0, 1]),
+            dst: v4([10, 99, 0, 2]),
+            packets: 1000,
+            bytes: 1_200_000,
+            millis: 1000,
+        },
+        Event::Hairpin {
+            worker: 0,
+            src: v6(1),
+            dst: v6(2),
+            packets: u64::MAX,
+            bytes: 0,
+            millis: u32::MAX,
+        },
     ]);
     for dir in [Direction::Inbound, Direction::Outbound] {
         for kind in [LifetimeKind::Soft, LifetimeKind::Hard] {

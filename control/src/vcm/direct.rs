@@ -1,0 +1,226 @@
+//! The connectivity manager's messages (M11) and their encoding: the data of one private-use
+//! notify payload (RFC 7296 3.10.1: status types 40960-65535 are private use) that travels
+//! inside a client's existing IKE SA, in an INFORMATIONAL exchange. The format is documented
+//! in `docs/vcm.md`.
+//!
+//! Decoding is strict (version, kind, lengths, prefixes) and never panics; key bytes live in
+//! zeroizing buffers and never appear in `Debug`.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
+
+use core::fmt;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use zeroize::Zeroizing;
+
+/// The private-use notify type that carries every message of the manager.
+pub const NOTIFY_DIRECT_PATH: u16 = 48_200;
+
+/// The version of the encoding below.
+pub const VERSION: u8 = 1;
+
+/// SPIs of direct SAs come from this reserved range (top byte 0xFF): the gateway hands them
+/// out, unique among its pairs; a client that takes part never allocates an SPI there itself.
+pub const DIRECT_SPI_BASE: u32 = 0xFF00_0000;
+
+/// AES-128-GCM key (16) and salt (4), RFC 4106.
+pub const KEYMAT_LEN: usize = 20;
+
+/// One direction of a direct SA.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DirectSa {
+    pub spi: u32,
+    pub keymat: Zeroizing<[u8; KEYMAT_LEN]>,
+}
+
+impl fmt::Debug for DirectSa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "DirectSa {{ spi: {:#010x}, keymat: <hidden> }}",
+            self.spi
+        )
+    }
+}
+
+/// What a client is offered: its side of the pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    pub inbound: DirectSa,
+    pub outbound: DirectSa,
+    /// The other client's address and port as the gateway sees them (after any NAT).
+    pub peer: SocketAddr,
+    /// This client's virtual IP and the peer's (the direct SAs' selectors: host to host).
+    pub local_ts: IpAddr,
+    pub remote_ts: IpAddr,
+    pub lifetime_secs: u32,
+}
+
+/// One message, either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// Gateway -> client: install the inbound SA, then acknowledge ([`Msg::Installed`]).
+    Offer { pair: u64, offer: Offer },
+    /// Client -> gateway: the inbound SA of `pair` is installed.
+    Installed { pair: u64 },
+    /// Gateway -> client: the peer's inbound SA is installed; you may send on the direct SA.
+    PeerReady { pair: u64 },
+    /// Client -> gateway: acknowledges [`Msg::PeerReady`].
+    Switching { pair: u64 },
+    /// Client -> gateway: the direct path failed (no authenticated packet in time); back on the
+    /// gateway path.
+    Failed { pair: u64 },
+    /// Gateway -> client: back to the gateway path and delete the pair's SAs.
+    Return { pair: u64 },
+    /// Client -> gateway: acknowledges [`Msg::Return`].
+    Returned { pair: u64 },
+}
+
+impl Msg {
+    pub fn pair(&self) -> u64 {
+        match self {
+            Msg::Offer { pair, .. }
+            | Msg::Installed { pair }
+            | Msg::PeerReady { pair }
+            | Msg::Switching { pair }
+            | Msg::Failed { pair }
+            | Msg::Return { pair }
+            | Msg::Returned { pair } => *pair,
+        }
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            Msg::Offer { .. } => 1,
+            Msg::Installed { .. } => 2,
+            Msg::PeerReady { .. } => 3,
+            Msg::Switching { .. } => 4,
+            Msg::Failed { .. } => 5,
+            Msg::Return { .. } => 6,
+            Msg::Returned { .. } => 7,
+        }
+    }
+
+    /// The notify data (zeroizing: an offer holds keys).
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut v = Zeroizing::new(Vec::with_capacity(128));
+        v.push(VERSION);
+        v.push(self.kind());
+        v.extend_from_slice(&self.pair().to_be_bytes());
+        if let Msg::Offer { offer, .. } = self {
+            for sa in [&offer.inbound, &offer.outbound] {
+                v.extend_from_slice(&sa.spi.to_be_bytes());
+                v.extend_from_slice(&sa.keymat[..]);
+            }
+            put_ip(&mut v, offer.peer.ip());
+            v.extend_from_slice(&offer.peer.port().to_be_bytes());
+            put_ip(&mut v, offer.local_ts);
+            put_ip(&mut v, offer.remote_ts);
+            v.extend_from_slice(&offer.lifetime_secs.to_be_bytes());
+        }
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Msg, DecodeError> {
+        let mut r = Reader(b);
+        if r.u8()? != VERSION {
+            return Err(DecodeError::Version);
+        }
+        let kind = r.u8()?;
+        let pair = u64::from_be_bytes(r.array()?);
+        let m = match kind {
+            1 => {
+                let mut sa = || -> Result<DirectSa, DecodeError> {
+                    let spi = u32::from_be_bytes(r.array()?);
+                    let keymat = Zeroizing::new(r.array::<KEYMAT_LEN>()?);
+                    Ok(DirectSa { spi, keymat })
+                };
+                let inbound = sa()?;
+                let outbound = sa()?;
+                let ip = r.ip()?;
+                let port = u16::from_be_bytes(r.array()?);
+                let local_ts = r.ip()?;
+                let remote_ts = r.ip()?;
+                let lifetime_secs = u32::from_be_bytes(r.array()?);
+                Msg::Offer {
+                    pair,
+                    offer: Offer {
+                        inbound,
+                        outbound,
+                        peer: SocketAddr::new(ip, port),
+                        local_ts,
+                        remote_ts,
+                        lifetime_secs,
+                    },
+                }
+            }
+            2 => Msg::Installed { pair },
+            3 => Msg::PeerReady { pair },
+            4 => Msg::Switching { pair },
+            5 => Msg::Failed { pair },
+            6 => Msg::Return { pair },
+            7 => Msg::Returned { pair },
+            _ => return Err(DecodeError::Kind),
+        };
+        if !r.0.is_empty() {
+            return Err(DecodeError::Trailing);
+        }
+        Ok(m)
+    }
+}
+
+fn put_ip(v: &mut Vec<u8>, a: IpAddr) {
+    match a {
+        IpAddr::V4(x) => {
+            v.push(4);
+            v.extend_from_slice(&x.octets());
+        }
+        IpAddr::V6(x) => {
+            v.push(6);
+            v.extend_from_slice(&x.octets());
+        }
+    }
+}
+
+/// Why notify data is not a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown version")]
+    Version,
+    #[error("unknown kind")]
+    Kind,
+    #[error("truncated")]
+    Short,
+    #[error("bad address family")]
+    Family,
+    #[error("trailing bytes")]
+    Trailing,
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        let [b] = self.array::<1>()?;
+        Ok(b)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let (head, rest) = self.0.split_first_chunk::<N>().ok_or(DecodeError::Short)?;
+        self.0 = rest;
+        Ok(*head)
+    }
+
+    fn ip(&mut self) -> Result<IpAddr, DecodeError> {
+        match self.u8()? {
+            4 => Ok(IpAddr::V4(Ipv4Addr::from(self.array::<4>()?))),
+            6 => Ok(IpAddr::V6(Ipv6Addr::from(self.array::<16>()?))),
+            _ => Err(DecodeError::Family),
+        }
+    }
+}

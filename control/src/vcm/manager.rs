@@ -1,0 +1,477 @@
+//! The connectivity manager's protocol (M11), both ends, sans-IO: [`Manager`] on the gateway
+//! hands a pair of road warriors a fresh direct SA pair and relays their acknowledgements;
+//! [`DirectClient`] on each client installs, acknowledges, switches and falls back.
+//!
+//! The ordering rule: a client installs its inbound SA before it acknowledges the offer
+//! (`Installed`); the manager tells a client `PeerReady` only after the *other* client's
+//! `Installed`; a client sends on the direct SA only after `PeerReady`. So no packet is ever
+//! sent on a direct SA before its receiver installed it, whatever the network does to the
+//! manager's messages (lost, late, reordered, repeated: requests are sent again until
+//! acknowledged, and every message is idempotent).
+//!
+//! After `PeerReady` a client sends on both paths (dual path) until the first authenticated
+//! packet arrives on the direct one; with no authenticated packet on the direct path for
+//! [`FALLBACK`] it goes back to the gateway path and says so (`Failed`); the manager then
+//! returns the other client too.
+//!
+//! Refused and counted, never acted on: a message for a pair the receiver does not know (a
+//! forged id, or one replayed after its pair ended), from a client that is not a member of the
+//! pair, or of the wrong direction. Messages travel inside each client's IKE SA (authenticated
+//! by it), so "from" is the IKE SA's client, never a field of the message.
+
+use core::net::{IpAddr, SocketAddr};
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ike::Instant;
+use zeroize::Zeroizing;
+
+use super::direct::{DirectSa, Msg, Offer, DIRECT_SPI_BASE, KEYMAT_LEN};
+
+/// A request not acknowledged is sent again this often.
+pub const RETRANSMIT: Duration = Duration::from_millis(200);
+/// A pair whose offer or relay is not acknowledged for this long is returned.
+pub const GIVE_UP: Duration = Duration::from_secs(5);
+/// No authenticated packet on the direct path for this long: back to the gateway path.
+pub const FALLBACK: Duration = Duration::from_secs(1);
+
+/// Refusals and outcomes, per end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectCounts {
+    pub offers: u64,
+    pub unknown_pair: u64,
+    pub not_member: u64,
+    pub wrong_direction: u64,
+    pub duplicates: u64,
+    pub failed: u64,
+    pub returned: u64,
+}
+
+/// One client of a pair as the manager tracks it.
+struct Member {
+    vip: IpAddr,
+    offer: Offer,
+    installed: bool,
+    /// `PeerReady` sent (the other installed) and not yet acknowledged.
+    ready_pending: bool,
+    /// Return sent and not yet acknowledged (`None`: not returning).
+    returning: Option<bool>,
+    last_sent: Instant,
+}
+
+struct Pair {
+    m: [Member; 2],
+    started: Instant,
+}
+
+/// Fresh key material for one pair: two directions' AES-128-GCM keys and salts, from the
+/// caller's CSPRNG.
+pub struct Keys(pub [Zeroizing<[u8; KEYMAT_LEN]>; 2]);
+
+/// The gateway's end.
+#[derive(Default)]
+pub struct Manager {
+    pairs: BTreeMap<u64, Pair>,
+    next_pair: u64,
+    next_spi: u32,
+    out: VecDeque<(IpAddr, Msg)>,
+    ended: VecDeque<(u64, IpAddr, IpAddr)>,
+    counts: DirectCounts,
+}
+
+impl Manager {
+    pub fn counts(&self) -> DirectCounts {
+        self.counts
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// The next message to send: to the client holding virtual IP `.0`, inside its IKE SA.
+    pub fn poll_transmit(&mut self) -> Option<(IpAddr, Msg)> {
+        self.out.pop_front()
+    }
+
+    /// A pair that ended (both back on the gateway path): (pair, a, b).
+    pub fn poll_ended(&mut self) -> Option<(u64, IpAddr, IpAddr)> {
+        self.ended.pop_front()
+    }
+
+    /// Two SPIs from the reserved range not used by a live pair.
+    fn spis(&mut self) -> [u32; 2] {
+        let live: BTreeSet<u32> = self
+            .pairs
+            .values()
+            .flat_map(|p| p.m.iter().map(|m| m.offer.inbound.spi))
+            .collect();
+        let mut take = || loop {
+            self.next_spi = (self.next_spi + 1) & 0x00FF_FFFF;
+            let s = DIRECT_SPI_BASE | self.next_spi.max(1);
+            if !live.contains(&s) {
+                return s;
+            }
+        };
+        let a = take();
+        let b = take();
+        [a, b]
+    }
+
+    /// Offers clients `a` and `b` (virtual IP, address and port as the gateway sees them) a
+    /// direct SA pair keyed with `keys`; returns the pair's id.
+    pub fn offer(
+        &mut self,
+        now: Instant,
+        a: (IpAddr, SocketAddr),
+        b: (IpAddr, SocketAddr),
+        keys: Keys,
+        lifetime_secs: u32,
+    ) -> u64 {
+        self.next_pair += 1;
+        let pair = self.next_pair;
+        let [spi_a, spi_b] = self.spis();
+        let [k_ab, k_ba] = keys.0;
+        let sa = |spi, k: &Zeroizing<[u8; KEYMAT_LEN]>| DirectSa {
+            spi,
+            keymat: k.clone(),
+        };
+        // A receives on spi_a what B seals with k_ba; B receives on spi_b what A seals with k_ab.
+        let offer_a = Offer {
+            inbound: sa(spi_a, &k_ba),
+            outbound: sa(spi_b, &k_ab),
+            peer: b.1,
+            local_ts: a.0,
+            remote_ts: b.0,
+            lifetime_secs,
+        };
+        let offer_b = Offer {
+            inbound: sa(spi_b, &k_ab),
+            outbound: sa(spi_a, &k_ba),
+            peer: a.1,
+            local_ts: b.0,
+            remote_ts: a.0,
+            lifetime_secs,
+        };
+        let member = |vip, offer| Member {
+            vip,
+            offer,
+            installed: false,
+            ready_pending: false,
+            returning: None,
+            last_sent: now,
+        };
+        let p = Pair {
+            m: [member(a.0, offer_a), member(b.0, offer_b)],
+            started: now,
+        };
+        for m in &p.m {
+            self.out.push_back((
+                m.vip,
+                Msg::Offer {
+                    pair,
+                    offer: m.offer.clone(),
+                },
+            ));
+        }
+        self.pairs.insert(pair, p);
+        self.counts.offers += 1;
+        pair
+    }
+
+    /// Sends both clients of `pair` back to the gateway path (a client came inside, its IKE
+    /// SA went, the pair is no longer wanted).
+    pub fn return_pair(&mut self, now: Instant, pair: u64) {
+        if let Some(p) = self.pairs.get_mut(&pair) {
+            for m in p.m.iter_mut() {
+                if m.returning.is_none() {
+                    m.returning = Some(true);
+                    m.last_sent = now;
+                    self.out.push_back((m.vip, Msg::Return { pair }));
+                }
+            }
+        }
+    }
+
+    /// A message from the client holding virtual IP `from` (its IKE SA vouches for that).
+    pub fn handle(&mut self, now: Instant, from: IpAddr, msg: &Msg) {
+        let pair = msg.pair();
+        let Some(p) = self.pairs.get_mut(&pair) else {
+            self.counts.unknown_pair += 1;
+            return;
+        };
+        let Some(i) = p.m.iter().position(|m| m.vip == from) else {
+            self.counts.not_member += 1;
+            return;
+        };
+        let other = 1 - i;
+        match msg {
+            Msg::Installed { .. } => {
+                if p.m[i].installed {
+                    self.counts.duplicates += 1;
+                    return;
+                }
+                p.m[i].installed = true;
+                // The other may now send to this one.
+                if p.m[other].returning.is_none() {
+                    p.m[other].ready_pending = true;
+                    p.m[other].last_sent = now;
+                    self.out
+                        .push_back((p.m[other].vip, Msg::PeerReady { pair }));
+                }
+            }
+            Msg::Switching { .. } => {
+                if !p.m[i].ready_pending {
+                    self.counts.duplicates += 1;
+                }
+                p.m[i].ready_pending = false;
+            }
+            Msg::Failed { .. } => {
+                self.counts.failed += 1;
+                // The failing client is back already; it still gets a Return to delete its
+                // SAs, and so does the other.
+                self.return_pair(now, pair);
+            }
+            Msg::Returned { .. } => {
+                if p.m[i].returning != Some(true) {
+                    self.counts.duplicates += 1;
+                    return;
+                }
+                p.m[i].returning = Some(false);
+                if p.m.iter().all(|m| m.returning == Some(false)) {
+                    let (a, b) = (p.m[0].vip, p.m[1].vip);
+                    self.pairs.remove(&pair);
+                    self.counts.returned += 1;
+                    self.ended.push_back((pair, a, b));
+                }
+            }
+            Msg::Offer { .. } | Msg::PeerReady { .. } | Msg::Return { .. } => {
+                self.counts.wrong_direction += 1;
+            }
+        }
+    }
+
+    /// Sends again what is not acknowledged; returns pairs that took too long.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut give_up = Vec::new();
+        for (&pair, p) in self.pairs.iter_mut() {
+            let stuck = p.m.iter().any(|m| !m.installed || m.ready_pending);
+            if stuck
+                && p.m.iter().all(|m| m.returning.is_none())
+                && now.saturating_duration_since(p.started) >= GIVE_UP
+            {
+                give_up.push(pair);
+                continue;
+            }
+            for m in p.m.iter_mut() {
+                if now.saturating_duration_since(m.last_sent) < RETRANSMIT {
+                    continue;
+                }
+                let msg = if m.returning == Some(true) {
+                    Msg::Return { pair }
+                } else if m.returning.is_some() {
+                    continue;
+                } else if !m.installed {
+                    Msg::Offer {
+                        pair,
+                        offer: m.offer.clone(),
+                    }
+                } else if m.ready_pending {
+                    Msg::PeerReady { pair }
+                } else {
+                    continue;
+                };
+                m.last_sent = now;
+                self.out.push_back((m.vip, msg));
+            }
+        }
+        for pair in give_up {
+            self.return_pair(now, pair);
+        }
+    }
+}
+
+/// What a client's data plane is told to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Install the pair's inbound SA (before the acknowledgement leaves).
+    InstallInbound { pair: u64, offer: Offer },
+    /// Install the outbound SA and send on it too, keeping the gateway path (dual path).
+    SendDirect { pair: u64 },
+    /// The direct path proved itself: stop sending the pair's traffic through the gateway.
+    DirectOnly { pair: u64 },
+    /// Back to the gateway path only.
+    BackToGateway { pair: u64 },
+    /// Delete the pair's SAs.
+    DeleteSas { pair: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Installed,
+    Dual { since: Instant },
+    Direct { last_rx: Instant },
+    Failed { last_sent: Instant },
+}
+
+/// Pairs a client remembers as ended (bounded): a replayed offer of one is refused.
+const ENDED_KEPT: usize = 1024;
+
+/// A client's end.
+#[derive(Default)]
+pub struct DirectClient {
+    pairs: BTreeMap<u64, Phase>,
+    ended: VecDeque<u64>,
+    out: VecDeque<Msg>,
+    actions: VecDeque<Action>,
+    counts: DirectCounts,
+}
+
+impl DirectClient {
+    pub fn counts(&self) -> DirectCounts {
+        self.counts
+    }
+
+    /// The next message for the gateway (inside our IKE SA).
+    pub fn poll_transmit(&mut self) -> Option<Msg> {
+        self.out.pop_front()
+    }
+
+    /// The next thing for our data plane.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Whether the pair sends on its direct SA (dual path or direct only).
+    pub fn sends_direct(&self, pair: u64) -> bool {
+        matches!(
+            self.pairs.get(&pair),
+            Some(Phase::Dual { .. } | Phase::Direct { .. })
+        )
+    }
+
+    fn end(&mut self, pair: u64) {
+        self.pairs.remove(&pair);
+        if self.ended.len() >= ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(pair);
+    }
+
+    /// A message from the gateway.
+    pub fn handle(&mut self, now: Instant, msg: &Msg) {
+        let pair = msg.pair();
+        let known = self.pairs.get(&pair).copied();
+        let ended = self.ended.contains(&pair);
+        match msg {
+            Msg::Offer { offer, .. } => {
+                if known.is_some() {
+                    // Our acknowledgement was lost: again, without a second install.
+                    self.counts.duplicates += 1;
+                    self.out.push_back(Msg::Installed { pair });
+                } else if ended || self.ended.back().is_some_and(|&e| pair < e) {
+                    // A replay of an offer whose pair is over.
+                    self.counts.unknown_pair += 1;
+                } else {
+                    self.counts.offers += 1;
+                    self.actions.push_back(Action::InstallInbound {
+                        pair,
+                        offer: offer.clone(),
+                    });
+                    self.pairs.insert(pair, Phase::Installed);
+                    self.out.push_back(Msg::Installed { pair });
+                }
+            }
+            Msg::PeerReady { .. } => match known {
+                Some(Phase::Installed) => {
+                    self.actions.push_back(Action::SendDirect { pair });
+                    self.pairs.insert(pair, Phase::Dual { since: now });
+                    self.out.push_back(Msg::Switching { pair });
+                }
+                Some(_) => {
+                    self.counts.duplicates += 1;
+                    self.out.push_back(Msg::Switching { pair });
+                }
+                None => self.counts.unknown_pair += 1,
+            },
+            Msg::Return { .. } => {
+                if known.is_some() {
+                    if !matches!(known, Some(Phase::Failed { .. })) {
+                        self.actions.push_back(Action::BackToGateway { pair });
+                    }
+                    self.actions.push_back(Action::DeleteSas { pair });
+                    self.end(pair);
+                    self.counts.returned += 1;
+                    self.out.push_back(Msg::Returned { pair });
+                } else if ended {
+                    self.counts.duplicates += 1;
+                    self.out.push_back(Msg::Returned { pair });
+                } else {
+                    self.counts.unknown_pair += 1;
+                }
+            }
+            Msg::Installed { .. }
+            | Msg::Switching { .. }
+            | Msg::Failed { .. }
+            | Msg::Returned { .. } => self.counts.wrong_direction += 1,
+        }
+    }
+
+    /// An authenticated packet arrived on the pair's direct inbound SA.
+    pub fn direct_authenticated(&mut self, now: Instant, pair: u64) {
+        match self.pairs.get(&pair) {
+            Some(Phase::Dual { .. }) => {
+                self.actions.push_back(Action::DirectOnly { pair });
+                self.pairs.insert(pair, Phase::Direct { last_rx: now });
+            }
+            Some(Phase::Direct { .. }) => {
+                self.pairs.insert(pair, Phase::Direct { last_rx: now });
+            }
+            _ => {}
+        }
+    }
+
+    /// Fallback and the `Failed` report sent again until the gateway returns the pair.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (&pair, phase) in self.pairs.iter_mut() {
+            match *phase {
+                Phase::Dual { since: t } | Phase::Direct { last_rx: t }
+                    if now.saturating_duration_since(t) >= FALLBACK =>
+                {
+                    failed.push(pair);
+                    *phase = Phase::Failed { last_sent: now };
+                }
+                Phase::Failed { last_sent }
+                    if now.saturating_duration_since(last_sent) >= RETRANSMIT =>
+                {
+                    *phase = Phase::Failed { last_sent: now };
+                    self.out.push_back(Msg::Failed { pair });
+                }
+                _ => {}
+            }
+        }
+        for pair in failed {
+            self.counts.failed += 1;
+            self.actions.push_back(Action::BackToGateway { pair });
+            self.out.push_back(Msg::Failed { pair });
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) has something to do next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pairs
+            .values()
+            .filter_map(|p| match *p {
+                Phase::Dual { since: t } | Phase::Direct { last_rx: t } => {
+                    Some(t.saturating_add(FALLBACK))
+                }
+                Phase::Failed { last_sent } => Some(last_sent.saturating_add(RETRANSMIT)),
+                Phase::Installed => None,
+            })
+            .min()
+    }
+}
+
+#[cfg(test)]
+#[path = "manager_tests.rs"]
+mod tests;
