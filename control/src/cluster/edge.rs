@@ -68,6 +68,9 @@ pub struct EdgeForwarder {
     fresh_pending: bool,
     /// The incarnation of the crypto node that numbered the carriers counted above.
     node: Option<u64>,
+    /// Connected, the node's welcome not yet here: acknowledgements wait (they count in the
+    /// numbering of the node they were for, which may not be the one that answers).
+    awaiting_welcome: bool,
     pub stats: EdgeStats,
 }
 
@@ -86,6 +89,7 @@ impl EdgeForwarder {
             to_node: VecDeque::new(),
             fresh_pending: false,
             node: None,
+            awaiting_welcome: false,
             stats: EdgeStats::default(),
         }
     }
@@ -101,6 +105,7 @@ impl EdgeForwarder {
     /// The channel to the crypto node is up: the hello goes first.
     pub fn connected(&mut self) {
         self.connected = true;
+        self.awaiting_welcome = true;
         self.to_node.clear();
         self.to_node.push_back(EdgeMsg::Hello {
             edge: self.id,
@@ -171,7 +176,14 @@ impl EdgeForwarder {
                     self.received = 0;
                     self.applied = 0;
                     self.in_flight.clear();
+                } else if self.awaiting_welcome && self.applied > 0 {
+                    // The same node: what was applied while the welcome was on its way.
+                    self.to_node.push_back(EdgeMsg::Applied {
+                        edge: self.id,
+                        carrier: self.applied,
+                    });
                 }
+                self.awaiting_welcome = false;
                 self.node = Some(incarnation);
             }
         }
@@ -230,7 +242,7 @@ impl EdgeForwarder {
         }
         if let Some(n) = acked {
             work = true;
-            if self.connected {
+            if self.connected && !self.awaiting_welcome {
                 self.to_node.push_back(EdgeMsg::Applied {
                     edge: self.id,
                     carrier: n,
