@@ -338,6 +338,8 @@ impl CryptoNode {
             report.refused.len()
         ));
         self.drain(now);
+        // The adopted IKE SAs, written again in their new IV epoch, before anything is sent.
+        self.seal_batch(now);
         report
     }
 

@@ -1,6 +1,8 @@
 //! The crypto node's repository in the store (the memory backend, etcd's semantics) and a
 //! crypto node that restarts from it, on the harness of `cluster::tests`: three edges,
 //! clients behind a router, virtual time.
+// Clients, edges and their expectations are indexed together.
+#![allow(clippy::needless_range_loop)]
 
 use std::sync::Arc;
 
