@@ -223,6 +223,7 @@ fn an_edge_key_goes_when_its_lease_expires() {
         &Record::Edge {
             address: "127.0.0.1:4800".into(),
             started_ms: 1,
+            incarnation: 1,
         },
         Some(id),
     )

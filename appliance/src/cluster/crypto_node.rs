@@ -65,6 +65,11 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
     let clock = Clock::start();
     core.set_unix_time_at_zero(clock.unix_time_at_zero());
     let mut node = CryptoNode::new(core);
+    // A new incarnation at every start: edges count carriers per node incarnation.
+    node.set_incarnation(u64::from_le_bytes(
+        os_seed()[..8].try_into().unwrap_or([1; 8]),
+    ));
+    let mut store = open_store(&file, &args.config, &mut node, &clock)?;
     let listener = std::net::TcpListener::bind(cluster.listen)
         .with_context(|| format!("listening for edges on {}", cluster.listen))?;
     let hub = Hub::start(listener, Psk::new(*cluster.psk), cluster.queue, CLUSTER)
@@ -165,6 +170,7 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
             work = true;
             node.handle_timeout(now);
         }
+        work |= store.turn(&mut node, now, &clock);
         for edge in node.edges_with_output() {
             let Some(conn) = edge_conn.get(&edge).copied() else {
                 continue;
@@ -221,6 +227,81 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The node's repository in etcd, when the file has a `store` section.
+#[cfg(feature = "etcd")]
+struct NodeRepo(
+    Option<control::cluster::repository::NodeStore<control::cluster::store::etcd::EtcdStore>>,
+);
+#[cfg(not(feature = "etcd"))]
+struct NodeRepo;
+
+/// How long an edge's liveness record outlives its last keep-alive.
+#[cfg(feature = "etcd")]
+const EDGE_LEASE_TTL_S: i64 = 10;
+
+#[cfg(feature = "etcd")]
+fn open_store(
+    file: &CryptoNodeFile,
+    path: &std::path::Path,
+    node: &mut CryptoNode,
+    clock: &Clock,
+) -> Result<NodeRepo> {
+    let Some(y) = &file.store else {
+        return Ok(NodeRepo(None));
+    };
+    let plan = y.plan(path, "store")?;
+    let repo = plan
+        .open()
+        .map_err(|e| anyhow::anyhow!("{}: store.etcd: {e}", path.display()))?;
+    let mut st = control::cluster::repository::NodeStore::new(repo, EDGE_LEASE_TTL_S);
+    node.enable_store();
+    node.set_wall_clock(unix_ms(clock));
+    let t0 = std::time::Instant::now();
+    let r = st
+        .recover(node, clock.now(), std::time::Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("{}: store: reading the repository: {e}", path.display()))?;
+    tracing::info!(target: "cluster",
+        "recovered from etcd at revision {} in {:.1} ms: {} IKE SA(s) adopted, {} CHILD_SA(s) kept on their edges, {} rekeyed, {} refused",
+        r.revision, t0.elapsed().as_secs_f64() * 1e3, r.adopted, r.kept, r.rekeyed, r.refused.len());
+    for (id, why) in &r.refused {
+        tracing::warn!(target: "cluster", "stored IKE SA {id} not adopted: {why}");
+    }
+    Ok(NodeRepo(Some(st)))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn open_store(
+    _file: &CryptoNodeFile,
+    _path: &std::path::Path,
+    _node: &mut CryptoNode,
+    _clock: &Clock,
+) -> Result<NodeRepo> {
+    Ok(NodeRepo)
+}
+
+#[cfg(feature = "etcd")]
+fn unix_ms(clock: &Clock) -> u64 {
+    (clock.unix_time_at_zero() + clock.now().saturating_duration_since(ike::Instant::ZERO))
+        .as_millis() as u64
+}
+
+impl NodeRepo {
+    #[cfg(feature = "etcd")]
+    fn turn(&mut self, node: &mut CryptoNode, now: ike::Instant, clock: &Clock) -> bool {
+        let Some(st) = &mut self.0 else {
+            return false;
+        };
+        let wall = unix_ms(clock);
+        node.set_wall_clock(wall);
+        st.turn(node, now, wall)
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    fn turn(&mut self, _node: &mut CryptoNode, _now: ike::Instant, _clock: &Clock) -> bool {
+        false
+    }
+}
+
 /// The node's counters, its edges and the SAs each holds (SPIs and ids, never keys), and the
 /// carrier round trips (ms, p50 and max).
 fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
@@ -253,6 +334,8 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
         "ike_in": s.ike_in, "ike_out": s.ike_out, "carriers": s.carriers,
         "updates_carried": s.updates_carried, "no_edge": s.no_edge, "unplaced": s.unplaced,
         "refused": s.refused, "on_demand": s.on_demand, "resent": s.resent,
+        "store_batches": s.store_batches, "store_ops": s.store_ops, "edges_kept": s.edges_kept,
+        "waiting_for_store": node.waiting_for_store(),
         "ike_sas": node.core().ike_sa_count(),
         "edges": per_edge,
     })

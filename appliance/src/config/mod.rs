@@ -53,6 +53,15 @@ pub struct CryptoNodeFile {
     #[serde(default)]
     pub ike: IkeYaml,
     pub cluster: ClusterYaml,
+    /// The SA repository in etcd (`store:`, control's `cluster::store::config`): with it the
+    /// node writes every IKE SA, CHILD SA, placement and sequence state there and a restart
+    /// recovers them; without it a restart renegotiates.
+    #[cfg(feature = "etcd")]
+    #[serde(default)]
+    pub store: Option<control::cluster::store::config::StoreYaml>,
+    #[cfg(not(feature = "etcd"))]
+    #[serde(default)]
+    pub store: Option<serde::de::IgnoredAny>,
 }
 
 /// What a checked crypto-node file yields.
@@ -76,6 +85,14 @@ impl CryptoNodeFile {
         let conns = self.ike.validate(file, "ike")?;
         self.ike
             .check_against(&self.gateway, file, "ike", "gateway")?;
+        #[cfg(not(feature = "etcd"))]
+        if self.store.is_some() {
+            return Err(ConfigError::new(
+                file,
+                "store",
+                "this roamgate was built without etcd (cargo feature `etcd`)",
+            ));
+        }
         match self.cluster.validate(file, "cluster")? {
             ClusterPlan::CryptoNode(cluster) => Ok(CheckedNode {
                 plan,

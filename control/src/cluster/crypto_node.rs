@@ -49,6 +49,8 @@ use proto::{Datagram, Direction, Event, Update};
 
 use super::msg::{ike_spi_i, EdgeId, EdgeMsg, NodeMsg, MAX_CARRIER_UPDATES};
 use super::placement::SaPlacement;
+use super::repository::{edge_name, Recovered, RecoveryReport, StoreBatch, StoreOp};
+use super::store::{Record, RecordKey};
 use crate::core::{ControlCore, Output};
 
 /// The most IKE SAs / peer addresses whose last edge is remembered (oldest forgotten first).
@@ -78,6 +80,12 @@ pub struct NodeStats {
     pub on_demand: u64,
     /// Carriers sent again after a reconnect.
     pub resent: u64,
+    /// Store batches handed to the driver, and messages that waited for one.
+    pub store_batches: u64,
+    pub store_ops: u64,
+    /// Edges that said hello to this node after a restart with the incarnation the store
+    /// knew: their SAs were kept.
+    pub edges_kept: u64,
 }
 
 #[derive(Default)]
@@ -90,7 +98,8 @@ struct EdgeLink {
     unacked: VecDeque<(u64, Vec<Update>, Instant)>,
     /// This input's updates for this edge, not yet in a carrier.
     pending: Vec<Update>,
-    out: VecDeque<NodeMsg>,
+    /// Messages, each with the store batch that must be committed before it leaves.
+    out: VecDeque<(u64, NodeMsg)>,
     /// Carrier round trips (sent -> acknowledged as applied), most recent last.
     round_trips: VecDeque<Duration>,
 }
@@ -141,8 +150,47 @@ pub struct CryptoNode {
     now: Instant,
     /// Sequence checkpoints of outbound SAs sent to edges.
     checkpoint: proto::sa::Checkpoint,
+    /// This process's incarnation (the welcome of every hello says it).
+    incarnation: u64,
+    /// The SA repository in the store, when there is one.
+    store: Option<StoreState>,
     pub stats: NodeStats,
 }
+
+/// What the node keeps of its writes to the store (see [`CryptoNode::enable_store`]).
+#[derive(Default)]
+struct StoreState {
+    /// This input's writes, not yet a batch.
+    ops: Vec<StoreOp>,
+    /// The number the batch being filled will get (batches count from 1).
+    next: u64,
+    /// Every batch up to this one is committed.
+    committed: u64,
+    /// Messages queued from now on wait for this batch (0: none).
+    gate: u64,
+    ready: VecDeque<StoreBatch>,
+    /// Outbound SA id -> the inbound SPI of its CHILD_SA (the key both directions live under).
+    pair: HashMap<proto::SaId, proto::Spi>,
+    /// The AddSa directions a carrier holds, by (edge, carrier number): (inbound SPI of the
+    /// CHILD_SA, outbound).
+    carried: BTreeMap<(EdgeId, u64), Vec<(proto::Spi, bool)>>,
+    /// Directions an edge applied of a CHILD_SA not yet recorded as placed (bit 0 inbound,
+    /// bit 1 outbound).
+    applied: HashMap<(EdgeId, proto::Spi), u8>,
+    /// Edge incarnations the store knew when this node recovered.
+    known_edges: BTreeMap<EdgeId, u64>,
+    /// Edges that said hello: (edge, incarnation) for the driver's lease.
+    live: VecDeque<(EdgeId, u64)>,
+    /// Outbound SAs whose sequence state changed since it was last written.
+    seq_dirty: BTreeSet<proto::SaId>,
+    seq_written: Option<Instant>,
+    wall_ms: u64,
+}
+
+/// How often the freshest sequence states are written (each is an etcd write per SA: the
+/// edges report every 100 ms; a restart does not need them, a move resumes above them plus a
+/// jump).
+pub const SEQ_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 const ROUND_TRIPS_KEPT: usize = 4096;
 
@@ -168,8 +216,131 @@ impl CryptoNode {
             view: None,
             now: Instant::ZERO,
             checkpoint: DEFAULT_CHECKPOINT,
+            incarnation: 0,
+            store: None,
             stats: NodeStats::default(),
         }
+    }
+
+    /// This process's incarnation (random, new at every start: edges count carriers per
+    /// incarnation).
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
+    }
+
+    /// Keeps the SA repository in a store from now on (see `cluster::repository` for what is
+    /// written when, and why a crash loses nothing a client uses): every change is handed
+    /// out as a [`StoreBatch`] ([`CryptoNode::poll_store`]), and what was queued for an edge
+    /// after a batch leaves only once the driver says it is committed
+    /// ([`CryptoNode::store_committed`]).
+    pub fn enable_store(&mut self) {
+        self.core.enable_durability();
+        self.store = Some(StoreState {
+            next: 1,
+            ..StoreState::default()
+        });
+    }
+
+    /// The wall clock (milliseconds since the Unix epoch) for what is written.
+    pub fn set_wall_clock(&mut self, unix_ms: u64) {
+        self.core.set_wall_clock(unix_ms);
+        if let Some(st) = &mut self.store {
+            st.wall_ms = unix_ms;
+        }
+    }
+
+    /// The next batch of writes for the store, oldest first: write them in order, each all
+    /// or none.
+    pub fn poll_store(&mut self) -> Option<StoreBatch> {
+        self.store.as_mut()?.ready.pop_front()
+    }
+
+    /// Every batch up to `n` is committed: what waited for it may leave.
+    pub fn store_committed(&mut self, n: u64) {
+        if let Some(st) = &mut self.store {
+            st.committed = st.committed.max(n);
+        }
+    }
+
+    /// An edge said hello (edge, its incarnation): the driver keeps its liveness record
+    /// under a lease.
+    pub fn poll_edge_live(&mut self) -> Option<(EdgeId, u64)> {
+        self.store.as_mut()?.live.pop_front()
+    }
+
+    /// Messages waiting for the store (queued behind a batch not yet committed).
+    pub fn waiting_for_store(&self) -> usize {
+        let committed = self.store.as_ref().map_or(u64::MAX, |s| s.committed);
+        self.edges
+            .values()
+            .map(|l| l.out.iter().filter(|(g, _)| *g > committed).count())
+            .sum()
+    }
+
+    /// A node that (re)starts takes over the repository the store holds: every IKE SA is
+    /// adopted as it was (message ids, keys, CHILD_SAs), the placement and the freshest
+    /// sequence states come back, and only CHILD_SAs the store does not know to be on an edge
+    /// are rekeyed. Call once, after [`CryptoNode::enable_store`], before any edge's hello.
+    pub fn recover(&mut self, now: Instant, rec: Recovered) -> RecoveryReport {
+        self.now = now;
+        let mut report = RecoveryReport::default();
+        let mut installed = BTreeSet::new();
+        let mut stored = Vec::with_capacity(rec.ike.len());
+        for mut s in rec.ike {
+            let mut route = None;
+            s.sas.retain(|c| {
+                let spi_in = proto::Spi(c.spi_in.0);
+                let (Some(pin), Some(pout), Some(edges)) = (
+                    rec.children.get(&(spi_in, false)),
+                    rec.children.get(&(spi_in, true)),
+                    rec.placements.get(&spi_in),
+                ) else {
+                    report.rekeyed += 1;
+                    return false;
+                };
+                let Some(first) = edges.iter().next().copied() else {
+                    report.rekeyed += 1;
+                    return false;
+                };
+                for e in edges {
+                    let _ = self.placement.place(Direction::Inbound, pin, *e);
+                }
+                let _ = self.placement.place(Direction::Outbound, pout, first);
+                if let Some(seq) = rec.seqs.get(&spi_in) {
+                    self.placement.report_seq(first, pout.id, seq.0, false);
+                }
+                if let Some(st) = &mut self.store {
+                    st.pair.insert(pout.id, spi_in);
+                }
+                installed.insert(c.spi_in);
+                route = Some(first);
+                report.kept += 1;
+                true
+            });
+            if let Some(e) = route {
+                self.ike_edge.set(s.record.spi_i.0, e);
+                self.peer_edge.set(s.record.remote.ip(), e);
+            }
+            stored.push(s);
+        }
+        if let Some(st) = &mut self.store {
+            st.known_edges = rec.edges;
+        }
+        let adopted = self.core.adopt_stored_keeping(now, stored, &installed);
+        report.adopted = adopted.adopted.len();
+        report.refused = adopted.refused;
+        report.orphans_deleted = adopted.orphans_deleted;
+        self.log(format!(
+            "recovered from the store: {} IKE SA(s), {} CHILD_SA(s) kept where they are, {} rekeyed, {} refused",
+            report.adopted,
+            report.kept,
+            report.rekeyed,
+            report.refused.len()
+        ));
+        self.drain(now);
+        // The adopted IKE SAs, written again in their new IV epoch, before anything is sent.
+        self.seal_batch(now);
+        report
     }
 
     pub fn core(&self) -> &ControlCore {
@@ -215,23 +386,33 @@ impl CryptoNode {
         self.edges.get(&edge).map_or(0, |l| l.out.len())
     }
 
-    /// The next message for `edge`, oldest first.
+    fn committed(&self) -> u64 {
+        self.store.as_ref().map_or(u64::MAX, |s| s.committed)
+    }
+
+    /// The next message for `edge`, oldest first, unless it waits for the store.
     pub fn poll_for(&mut self, edge: EdgeId) -> Option<NodeMsg> {
-        self.edges.get_mut(&edge)?.out.pop_front()
+        let committed = self.committed();
+        let l = self.edges.get_mut(&edge)?;
+        if l.out.front().is_some_and(|(g, _)| *g <= committed) {
+            return l.out.pop_front().map(|(_, m)| m);
+        }
+        None
     }
 
     /// A message the driver could not hand to the channel now goes back to the front.
     pub fn unpoll(&mut self, edge: EdgeId, m: NodeMsg) {
         if let Some(l) = self.edges.get_mut(&edge) {
-            l.out.push_front(m);
+            l.out.push_front((0, m));
         }
     }
 
-    /// Edges with messages waiting.
+    /// Edges with messages that may leave now.
     pub fn edges_with_output(&self) -> Vec<EdgeId> {
+        let committed = self.committed();
         self.edges
             .iter()
-            .filter(|(_, l)| !l.out.is_empty())
+            .filter(|(_, l)| l.out.front().is_some_and(|(g, _)| *g <= committed))
             .map(|(e, _)| *e)
             .collect()
     }
@@ -264,6 +445,7 @@ impl CryptoNode {
             self.core.handle_timeout(now);
             self.drain(now);
         }
+        self.seal_batch(now);
     }
 
     /// One message from the connection of `from` (the edge it said hello as).
@@ -284,6 +466,7 @@ impl CryptoNode {
         } = msg
         {
             self.hello(now, from, incarnation, applied);
+            self.seal_batch(now);
             return;
         }
         if !self.is_connected(from) {
@@ -303,6 +486,7 @@ impl CryptoNode {
             }
             EdgeMsg::Report { event, .. } => self.report(now, from, event),
             EdgeMsg::Applied { carrier, .. } => {
+                self.placed(from, carrier);
                 if let Some(l) = self.edges.get_mut(&from) {
                     l.applied = l.applied.max(carrier);
                     while l.unacked.front().is_some_and(|(n, ..)| *n <= carrier) {
@@ -319,24 +503,154 @@ impl CryptoNode {
         }
         self.drain(now);
         self.current = None;
+        self.seal_batch(now);
+    }
+
+    /// The writes of this input become a batch (and the freshest sequence states, at most
+    /// every [`SEQ_WRITE_INTERVAL`]).
+    fn seal_batch(&mut self, now: Instant) {
+        let Some(st) = &mut self.store else {
+            return;
+        };
+        if !st.seq_dirty.is_empty()
+            && st
+                .seq_written
+                .is_none_or(|t| now.saturating_duration_since(t) >= SEQ_WRITE_INTERVAL)
+        {
+            st.seq_written = Some(now);
+            for id in std::mem::take(&mut st.seq_dirty) {
+                let (Some(spi), Some(seq)) = (st.pair.get(&id), self.placement.freshest_seq(id))
+                else {
+                    continue;
+                };
+                st.ops.push(StoreOp::Put(
+                    RecordKey::Seq(spi.0),
+                    Record::Seq {
+                        seq: seq.seq,
+                        at_ms: st.wall_ms,
+                        reporter: seq.by.map(|e| edge_name(e).to_string()).unwrap_or_default(),
+                    },
+                ));
+            }
+        }
+        if st.ops.is_empty() {
+            return;
+        }
+        let n = st.next;
+        st.next += 1;
+        self.stats.store_batches += 1;
+        self.stats.store_ops += st.ops.len() as u64;
+        st.ready.push_back(StoreBatch {
+            n,
+            ops: std::mem::take(&mut st.ops),
+        });
+    }
+
+    /// Edge `edge` applied every carrier up to `carrier`: the CHILD_SAs whose both directions
+    /// it now holds are recorded as placed there.
+    fn placed(&mut self, edge: EdgeId, carrier: u64) {
+        let Some(st) = &mut self.store else {
+            return;
+        };
+        let done: Vec<(EdgeId, u64)> = st
+            .carried
+            .range((edge, 0)..=(edge, carrier))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            for (spi, outbound) in st.carried.remove(&k).unwrap_or_default() {
+                let bits = st.applied.entry((edge, spi)).or_default();
+                *bits |= if outbound { 2 } else { 1 };
+                if *bits == 3 {
+                    st.applied.remove(&(edge, spi));
+                    st.ops.push(StoreOp::Put(
+                        RecordKey::Placement {
+                            spi: spi.0,
+                            edge: edge_name(edge),
+                        },
+                        Record::Placement {
+                            version: 1,
+                            at_ms: st.wall_ms,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Queues `op`; `gate`: what is queued for edges from now on waits for it.
+    fn store_op(&mut self, op: StoreOp, gate: bool) {
+        if let Some(st) = &mut self.store {
+            st.ops.push(op);
+            if gate {
+                st.gate = st.next;
+            }
+        }
+    }
+
+    fn gate(&self) -> u64 {
+        self.store.as_ref().map_or(0, |s| s.gate)
     }
 
     fn hello(&mut self, now: Instant, edge: EdgeId, incarnation: u64, applied: u64) {
+        let gate = self.gate();
+        let welcome = self.incarnation;
+        let known = self
+            .store
+            .as_mut()
+            .and_then(|st| {
+                st.live.push_back((edge, incarnation));
+                st.known_edges.remove(&edge)
+            })
+            .is_some_and(|inc| inc == incarnation);
         let l = self.edges.entry(edge).or_default();
         l.connected = true;
+        l.out.push_front((
+            0,
+            NodeMsg::Welcome {
+                incarnation: welcome,
+            },
+        ));
+        if known && l.incarnation.is_none() {
+            // This node restarted (or took over) from the store, and the edge is the process
+            // the store knew: it holds what it was sent. Carriers count from 1 again (the
+            // welcome said so); the policy comes again.
+            l.incarnation = Some(incarnation);
+            l.next_carrier = 1;
+            l.applied = 0;
+            l.unacked.clear();
+            self.stats.edges_kept += 1;
+            let (spis, ids) = self.placement.held_by(edge);
+            self.log(format!(
+                "edge {edge} is back after this node's restart and keeps {} inbound and {} outbound SA(s)",
+                spis.len(),
+                ids.len()
+            ));
+            let globals: Vec<Update> = self.globals.values().cloned().collect();
+            if let Some(l) = self.edges.get_mut(&edge) {
+                l.pending.extend(globals);
+            }
+            self.flush(edge, now);
+            return;
+        }
         let same = l.incarnation == Some(incarnation);
         l.incarnation = Some(incarnation);
         if same {
             // The connection broke, the edge lives: what it did not apply comes again, in
             // order, under the same numbers (it skips what it has).
             l.applied = l.applied.max(applied);
-            let again: Vec<NodeMsg> = l
+            let again: Vec<(u64, NodeMsg)> = l
                 .unacked
                 .iter()
                 .filter(|(n, ..)| *n > applied)
-                .map(|(n, u, _)| NodeMsg::Carrier {
-                    n: *n,
-                    updates: u.clone(),
+                .map(|(n, u, _)| {
+                    (
+                        gate,
+                        NodeMsg::Carrier {
+                            n: *n,
+                            updates: u.clone(),
+                        },
+                    )
                 })
                 .collect();
             self.stats.resent += again.len() as u64;
@@ -362,6 +676,19 @@ impl CryptoNode {
     /// held is rekeyed (the new SAs go to the edge that forwards the exchange).
     fn edge_lost_everything(&mut self, now: Instant, edge: EdgeId) {
         let (spis, _) = self.placement.held_by(edge);
+        for spi in &spis {
+            self.store_op(
+                StoreOp::Delete(RecordKey::Placement {
+                    spi: spi.0,
+                    edge: edge_name(edge),
+                }),
+                false,
+            );
+        }
+        if let Some(st) = &mut self.store {
+            st.applied.retain(|(e, _), _| *e != edge);
+            st.carried.retain(|(e, _), _| *e != edge);
+        }
         let gone = self.placement.forget_edge(edge);
         if !gone.is_empty() || !spis.is_empty() {
             self.log(format!(
@@ -393,14 +720,22 @@ impl CryptoNode {
     fn report(&mut self, now: Instant, edge: EdgeId, event: Event) {
         match &event {
             Event::SeqCheckpoint { id, seq, .. } => {
-                self.placement.report_seq(edge, *id, *seq, false);
+                if self.placement.report_seq(edge, *id, *seq, false) {
+                    if let Some(st) = &mut self.store {
+                        st.seq_dirty.insert(*id);
+                    }
+                }
             }
             Event::SaState {
                 id,
                 state: proto::sa::SaState::Outbound { seq, .. },
                 ..
             } => {
-                self.placement.report_seq(edge, *id, *seq, true);
+                if self.placement.report_seq(edge, *id, *seq, true) {
+                    if let Some(st) = &mut self.store {
+                        st.seq_dirty.insert(*id);
+                    }
+                }
             }
             Event::SaState { .. } => {}
             Event::UnknownSpi { spi, .. } => {
@@ -430,8 +765,25 @@ impl CryptoNode {
                 Output::Transmit(d) => self.route_datagram(d),
                 Output::Log { line, error } => self.logs.push_back((line, error)),
                 Output::View(json) => self.view = Some(json),
-                // The etcd store (item 4) keeps IKE SAs; without it a restart renegotiates.
-                Output::Persist(_) | Output::Forget { .. } => {}
+                // Persist before send: what is queued after it waits for its batch.
+                Output::Persist(batch) => {
+                    for (id, bytes) in batch {
+                        self.store_op(
+                            StoreOp::Put(
+                                RecordKey::Ike(id.0 .0),
+                                Record::IkeSa {
+                                    id: id.0 .0,
+                                    version: u64::from(crate::core::durable::VERSION),
+                                    bytes: bytes.0,
+                                },
+                            ),
+                            true,
+                        );
+                    }
+                }
+                Output::Forget { ike } => {
+                    self.store_op(StoreOp::Delete(RecordKey::Ike(ike.0 .0)), false)
+                }
             }
         }
         let edges: Vec<EdgeId> = self.edges.keys().copied().collect();
@@ -449,17 +801,40 @@ impl CryptoNode {
             return;
         }
         let pending = std::mem::take(&mut l.pending);
+        let gate = self.store.as_ref().map_or(0, |s| s.gate);
         for chunk in pending.chunks(MAX_CARRIER_UPDATES) {
             let n = l.next_carrier.max(1);
             l.next_carrier = n + 1;
             l.unacked.push_back((n, chunk.to_vec(), now));
             self.stats.carriers += 1;
             self.stats.updates_carried += chunk.len() as u64;
+            if let Some(st) = &mut self.store {
+                let adds: Vec<(proto::Spi, bool)> = chunk
+                    .iter()
+                    .filter_map(|u| match u {
+                        Update::AddSa {
+                            dir: Direction::Inbound,
+                            params,
+                        } => Some((params.spi, false)),
+                        Update::AddSa {
+                            dir: Direction::Outbound,
+                            params,
+                        } => st.pair.get(&params.id).map(|s| (*s, true)),
+                        _ => None,
+                    })
+                    .collect();
+                if !adds.is_empty() {
+                    st.carried.insert((edge, n), adds);
+                }
+            }
             if l.connected {
-                l.out.push_back(NodeMsg::Carrier {
-                    n,
-                    updates: chunk.to_vec(),
-                });
+                l.out.push_back((
+                    gate,
+                    NodeMsg::Carrier {
+                        n,
+                        updates: chunk.to_vec(),
+                    },
+                ));
             }
         }
     }
@@ -492,6 +867,7 @@ impl CryptoNode {
                 params.checkpoint = Some(self.checkpoint);
             }
         }
+        self.record_update(&u);
         match &u {
             Update::AddSa { dir, params } => {
                 let target = self.current.or_else(|| self.peer_edge.get(&params.remote));
@@ -574,21 +950,105 @@ impl CryptoNode {
         }
     }
 
+    /// The store's side of an update the core made: CHILD SA records written (before the
+    /// carrier that installs them leaves), and removed with their placement and sequence
+    /// state when the SA goes.
+    fn record_update(&mut self, u: &Update) {
+        if self.store.is_none() {
+            return;
+        }
+        match u {
+            Update::AddSa { dir, params } => {
+                let spi_in = match dir {
+                    Direction::Inbound => Some(params.spi),
+                    Direction::Outbound => self
+                        .core
+                        .child_of_sa(params.id, params.spi)
+                        .map(|c| proto::Spi(c.0)),
+                };
+                let Some(spi_in) = spi_in else {
+                    return;
+                };
+                if *dir == Direction::Outbound {
+                    if let Some(st) = &mut self.store {
+                        st.pair.insert(params.id, spi_in);
+                    }
+                }
+                self.store_op(
+                    StoreOp::Put(
+                        RecordKey::Child {
+                            spi: spi_in.0,
+                            outbound: *dir == Direction::Outbound,
+                        },
+                        Record::ChildSa {
+                            version: 1,
+                            dir: *dir,
+                            params: Box::new(params.clone()),
+                        },
+                    ),
+                    true,
+                );
+            }
+            Update::DeleteInbound { spi } => {
+                let edges = self.placement.inbound_edges(*spi);
+                self.store_op(
+                    StoreOp::Delete(RecordKey::Child {
+                        spi: spi.0,
+                        outbound: false,
+                    }),
+                    false,
+                );
+                for e in edges {
+                    self.store_op(
+                        StoreOp::Delete(RecordKey::Placement {
+                            spi: spi.0,
+                            edge: edge_name(e),
+                        }),
+                        false,
+                    );
+                }
+            }
+            Update::DeleteOutbound { id } => {
+                let spi = self.store.as_mut().and_then(|st| st.pair.remove(id));
+                if let Some(spi) = spi {
+                    self.store_op(
+                        StoreOp::Delete(RecordKey::Child {
+                            spi: spi.0,
+                            outbound: true,
+                        }),
+                        false,
+                    );
+                    self.store_op(StoreOp::Delete(RecordKey::Seq(spi.0)), false);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn route_datagram(&mut self, d: Datagram) {
         let edge = ike_spi_i(&d.payload)
             .and_then(|s| self.ike_edge.get(&s))
             .or_else(|| self.peer_edge.get(&d.dst))
             .or(self.current)
-            .filter(|e| self.is_connected(*e));
+            .filter(|e| self.is_connected(*e))
+            // Every edge answers from the same public address: any connected one will do
+            // for an IKE SA no edge forwarded yet (one adopted from the store).
+            .or_else(|| {
+                self.edges
+                    .iter()
+                    .find(|(_, l)| l.connected)
+                    .map(|(e, _)| *e)
+            });
         let Some(edge) = edge else {
             self.stats.no_edge += 1;
             return;
         };
         // The updates queued before this datagram leave ahead of it, on the same channel.
         self.flush(edge, self.now);
+        let gate = self.gate();
         if let Some(l) = self.edges.get_mut(&edge) {
             self.stats.ike_out += 1;
-            l.out.push_back(NodeMsg::Ike { datagram: d });
+            l.out.push_back((gate, NodeMsg::Ike { datagram: d }));
         }
     }
 

@@ -9,6 +9,8 @@
 //!   ([`EdgeMsg::Ike`]); nothing about IKE is kept here;
 //! - data-plane reports go up ([`EdgeMsg::Report`]): sequence checkpoints and final SA states
 //!   are the sequence reports the repository keeps the freshest state from;
+//! - carrier numbers belong to one crypto node incarnation ([`NodeMsg::Welcome`]): after a
+//!   new one (the node restarted from the store) the count starts again;
 //! - SA carriers ([`NodeMsg::Carrier`]) go to the data plane in order, each number once (a
 //!   carrier sent again after a reconnect is skipped: an outbound SA installed twice would
 //!   send its sequence numbers again), and are acknowledged once the data plane released
@@ -64,6 +66,11 @@ pub struct EdgeForwarder {
     to_node: VecDeque<EdgeMsg>,
     /// The data plane restarted empty while no crypto node listened: said after the hello.
     fresh_pending: bool,
+    /// The incarnation of the crypto node that numbered the carriers counted above.
+    node: Option<u64>,
+    /// Connected, the node's welcome not yet here: acknowledgements wait (they count in the
+    /// numbering of the node they were for, which may not be the one that answers).
+    awaiting_welcome: bool,
     pub stats: EdgeStats,
 }
 
@@ -81,6 +88,8 @@ impl EdgeForwarder {
             sent_gen: 0,
             to_node: VecDeque::new(),
             fresh_pending: false,
+            node: None,
+            awaiting_welcome: false,
             stats: EdgeStats::default(),
         }
     }
@@ -96,6 +105,7 @@ impl EdgeForwarder {
     /// The channel to the crypto node is up: the hello goes first.
     pub fn connected(&mut self) {
         self.connected = true;
+        self.awaiting_welcome = true;
         self.to_node.clear();
         self.to_node.push_back(EdgeMsg::Hello {
             edge: self.id,
@@ -156,6 +166,26 @@ impl EdgeForwarder {
                 self.in_flight.push_back((n, self.sent_gen));
             }
             NodeMsg::Ike { datagram } => self.held.push_back((datagram, self.sent_gen)),
+            NodeMsg::Welcome { incarnation } => {
+                if self.node.is_some_and(|n| n != incarnation) {
+                    // Another crypto node process (a restart, or a second node that took over
+                    // from the store): its carriers are numbered from 1. What the data plane
+                    // holds stays; what is in flight is released by generation as before.
+                    tracing::info!(target: "cluster",
+                        "a new crypto node incarnation {incarnation:016x}: carriers counted from 1");
+                    self.received = 0;
+                    self.applied = 0;
+                    self.in_flight.clear();
+                } else if self.awaiting_welcome && self.applied > 0 {
+                    // The same node: what was applied while the welcome was on its way.
+                    self.to_node.push_back(EdgeMsg::Applied {
+                        edge: self.id,
+                        carrier: self.applied,
+                    });
+                }
+                self.awaiting_welcome = false;
+                self.node = Some(incarnation);
+            }
         }
         Ok(())
     }
@@ -212,7 +242,7 @@ impl EdgeForwarder {
         }
         if let Some(n) = acked {
             work = true;
-            if self.connected {
+            if self.connected && !self.awaiting_welcome {
                 self.to_node.push_back(EdgeMsg::Applied {
                     edge: self.id,
                     carrier: n,

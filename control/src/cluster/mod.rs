@@ -13,13 +13,16 @@
 //! The drivers (threads, sockets, the Noise channel) are the appliance's
 //! (`appliance/src/cluster/`).
 //! - `store`: the storage layer on etcd (a KV interface with memory and etcd backends, the
-//!   key layout, sealed records); not yet what the crypto node's repository is kept in.
+//!   key layout, sealed records).
+//! - `repository`: the crypto node's SA repository in that store: what is written before
+//!   what is sent, the recovery of a node that restarts, the loop that carries the writes.
 
 pub mod config;
 pub mod crypto_node;
 pub mod edge;
 pub mod msg;
 pub mod placement;
+pub mod repository;
 pub mod store;
 #[cfg(test)]
 mod tests;

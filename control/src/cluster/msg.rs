@@ -11,7 +11,8 @@
 //! addresses and ports it came from and to; a data-plane report, sequence reports among them;
 //! the acknowledgement of carriers; a data plane that restarted empty).
 //! Crypto node -> edge: [`NodeMsg`] (an SA carrier: numbered updates for that edge's data
-//! plane, full or partial; an IKE datagram to send from the edge).
+//! plane, full or partial; an IKE datagram to send from the edge; the welcome with the node's
+//! incarnation that answers every hello).
 //!
 //! Owns: the wire form. Must never: panic or over-allocate on any bytes (every length is
 //! checked against what is there before anything is allocated); show a key in `Debug`
@@ -38,6 +39,7 @@ mod tag {
     pub const DATAPLANE_FRESH: u8 = 0x05;
     pub const CARRIER: u8 = 0x81;
     pub const IKE_OUT: u8 = 0x82;
+    pub const WELCOME: u8 = 0x83;
 }
 
 /// What an edge tells the crypto node.
@@ -73,6 +75,10 @@ pub enum NodeMsg {
     /// An IKE datagram to send from the edge (from `src`:`src_port`, one of its addresses),
     /// after every carrier sent before it is applied.
     Ike { datagram: Datagram },
+    /// The node's answer to every hello, ahead of anything else on the connection:
+    /// `incarnation` is new for every start of the crypto node process. Carrier numbers are
+    /// per node incarnation: an edge that meets a new one starts counting again from 1.
+    Welcome { incarnation: u64 },
 }
 
 /// Why a message could not be encoded or decoded.
@@ -274,6 +280,11 @@ impl NodeMsg {
                 w.record(datagram)?;
                 w
             }
+            NodeMsg::Welcome { incarnation } => {
+                let mut w = W::new(tag::WELCOME);
+                w.u64(*incarnation);
+                w
+            }
         };
         Ok(w.0)
     }
@@ -297,6 +308,9 @@ impl NodeMsg {
             }
             tag::IKE_OUT => NodeMsg::Ike {
                 datagram: r.record()?,
+            },
+            tag::WELCOME => NodeMsg::Welcome {
+                incarnation: r.u64()?,
             },
             t => return Err(MsgError::Tag(t)),
         };
@@ -367,6 +381,9 @@ mod tests {
                 ],
             },
             NodeMsg::Ike { datagram: dgram() },
+            NodeMsg::Welcome {
+                incarnation: 0x0123_4567_89ab_cdef,
+            },
         ];
         (edge, node)
     }

@@ -21,6 +21,9 @@ use crate::core::ControlCore;
 use crate::repo::SaRepository;
 use crate::testing::SimLink;
 
+#[path = "tests_restart.rs"]
+mod restart;
+
 const PUBLIC: &str = "192.0.2.1";
 const NODE: &str = "connections:
   - { name: rw, local_id: gw.test, remote_id: rw.test, psk: \"cluster-test-psk\",

@@ -326,6 +326,19 @@ impl super::ControlCore {
     /// adopted IKE SA owns are deleted, every adopted CHILD_SA is rekeyed, and the adopted
     /// IKE SAs are written again (in their new IV epoch) before anything is sent on them.
     pub fn adopt_stored(&mut self, now: Instant, stored: Vec<StoredIkeSa>) -> AdoptReport {
+        self.adopt_stored_keeping(now, stored, &BTreeSet::new())
+    }
+
+    /// [`adopt_stored`](Self::adopt_stored) for a store that knows more than the IKE SAs: the
+    /// CHILD_SAs in `installed` (by our inbound SPI) are known to be installed where their
+    /// data-plane SAs are (a cluster's repository records an edge's acknowledgement) and are
+    /// carried on as they are; only the others are rekeyed.
+    pub fn adopt_stored_keeping(
+        &mut self,
+        now: Instant,
+        stored: Vec<StoredIkeSa>,
+        installed: &BTreeSet<ChildSpi>,
+    ) -> AdoptReport {
         let mut report = AdoptReport::default();
         if stored.is_empty() {
             return report;
@@ -407,6 +420,7 @@ impl super::ControlCore {
                 .into_iter()
                 .filter(|s| s.0 == id)
                 .flat_map(|s| s.3.into_iter().map(|c| c.0))
+                .filter(|spi| !installed.contains(spi))
                 .collect();
             for spi in children {
                 let _ = self.endpoint.rekey_child(now, id, spi);

@@ -393,6 +393,12 @@ impl ControlCore {
         self.repo.rules()
     }
 
+    /// The CHILD_SA (its inbound SPI) the data-plane SA `id` with SPI `spi` belongs to (a
+    /// cluster's repository files both directions under it).
+    pub fn child_of_sa(&self, id: proto::SaId, spi: proto::Spi) -> Option<ike::ChildSpi> {
+        self.repo.child_of_sa(id, spi)
+    }
+
     /// Queues an update of the driver's own (not from IKE), placed like every other.
     pub fn push_update(&mut self, u: Update) {
         self.route(u);

@@ -39,6 +39,9 @@ pub struct LocalEtcd {
     security: Option<LocalSecurity>,
     /// Auth has been enabled (etcdctl then logs in as root).
     auth_on: bool,
+    /// The network namespace the members (and etcdctl) run in (`ip netns exec`), if not
+    /// the caller's.
+    netns: Option<String>,
 }
 
 /// A free loopback TCP port (bound and released; a race with another process is possible
@@ -51,6 +54,17 @@ impl LocalEtcd {
     /// Starts `n` members under `dir` (created; data and logs inside) and waits until every
     /// member is healthy.
     pub fn start(dir: &Path, n: usize, security: Option<LocalSecurity>) -> io::Result<LocalEtcd> {
+        Self::start_in(dir, n, security, None)
+    }
+
+    /// [`LocalEtcd::start`] in network namespace `netns` (its loopback; the namespace tests'
+    /// crypto node reaches etcd there).
+    pub fn start_in(
+        dir: &Path,
+        n: usize,
+        security: Option<LocalSecurity>,
+        netns: Option<&str>,
+    ) -> io::Result<LocalEtcd> {
         std::fs::create_dir_all(dir)?;
         let mut members = Vec::new();
         for i in 1..=n {
@@ -67,6 +81,7 @@ impl LocalEtcd {
             token: format!("roamgate-test-{}-{}", std::process::id(), free_port()?),
             security,
             auth_on: false,
+            netns: netns.map(str::to_owned),
         };
         for i in 0..n {
             c.spawn(i, "new")?;
@@ -97,6 +112,19 @@ impl LocalEtcd {
             .collect()
     }
 
+    /// `prog`, in the members' namespace (`ip netns exec` execs it: the pid is the
+    /// program's).
+    fn command(&self, prog: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, prog]);
+                c
+            }
+            None => Command::new(prog),
+        }
+    }
+
     /// The pid of member `i`, while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.members.get(i)?.child.as_ref().map(Child::id)
@@ -113,7 +141,7 @@ impl LocalEtcd {
             return Err(io::Error::other("no such member"));
         };
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name)))?;
-        let mut cmd = Command::new("etcd");
+        let mut cmd = self.command("etcd");
         cmd.arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -182,7 +210,7 @@ impl LocalEtcd {
     }
 
     fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> io::Result<Output> {
-        let mut cmd = Command::new("etcdctl");
+        let mut cmd = self.command("etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(endpoints)

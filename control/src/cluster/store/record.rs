@@ -9,7 +9,7 @@
 //! | 0x02 | `ChildSa` | version u64, len u32, a `proto` `UpdateEnvelope` holding `AddSa` (generation 0) |
 //! | 0x03 | `Placement` | version u64, at_ms u64 |
 //! | 0x04 | `Seq` | seq u64, at_ms u64, reporter string |
-//! | 0x05 | `Edge` | address string, started_ms u64 |
+//! | 0x05 | `Edge` | address string, started_ms u64, incarnation u64 |
 //! | 0x06 | `SpiBlock` | first u32, count u32 |
 //!
 //! Decoding never panics and allocates nothing before a length is checked against what is
@@ -64,8 +64,14 @@ pub enum Record {
         at_ms: u64,
         reporter: String,
     },
-    /// A live edge (under its lease): where the crypto node reaches it.
-    Edge { address: String, started_ms: u64 },
+    /// A live edge (under its lease): where the crypto node reaches it, and the incarnation
+    /// of its process (a crypto node that restarts knows from it whether an edge that says
+    /// hello again still holds what it was sent).
+    Edge {
+        address: String,
+        started_ms: u64,
+        incarnation: u64,
+    },
     /// The SPI range `first .. first + count` belongs to the node in the key.
     SpiBlock { first: u32, count: u32 },
 }
@@ -94,7 +100,8 @@ impl fmt::Debug for Record {
             Record::Edge {
                 address,
                 started_ms,
-            } => write!(f, "Edge({address} since {started_ms})"),
+                incarnation,
+            } => write!(f, "Edge({address} since {started_ms}, {incarnation:016x})"),
             Record::SpiBlock { first, count } => write!(f, "SpiBlock({first:#x} +{count})"),
         }
     }
@@ -183,10 +190,12 @@ impl Record {
             Record::Edge {
                 address,
                 started_ms,
+                incarnation,
             } => {
                 w.push(tag::EDGE);
                 put_str(&mut w, address, "edge address")?;
                 w.extend_from_slice(&started_ms.to_le_bytes());
+                w.extend_from_slice(&incarnation.to_le_bytes());
             }
             Record::SpiBlock { first, count } => {
                 w.push(tag::SPI_BLOCK);
@@ -247,6 +256,7 @@ impl Record {
             tag::EDGE => Record::Edge {
                 address: r.string()?,
                 started_ms: r.u64()?,
+                incarnation: r.u64()?,
             },
             tag::SPI_BLOCK => Record::SpiBlock {
                 first: r.u32()?,
@@ -353,6 +363,7 @@ mod tests {
             Record::Edge {
                 address: "127.0.0.1:4600".into(),
                 started_ms: 5,
+                incarnation: 0x1234,
             },
             Record::SpiBlock {
                 first: 0xc000_0000,

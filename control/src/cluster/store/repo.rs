@@ -549,6 +549,7 @@ mod tests {
             &Record::Edge {
                 address: "127.0.0.1:4700".into(),
                 started_ms: 0,
+                incarnation: 1,
             },
             Some(id),
         )

@@ -1,0 +1,488 @@
+//! The crypto node's repository in the store (the memory backend, etcd's semantics) and a
+//! crypto node that restarts from it, on the harness of `cluster::tests`: three edges,
+//! clients behind a router, virtual time.
+// Clients, edges and their expectations are indexed together.
+#![allow(clippy::needless_range_loop)]
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::repository::NodeStore;
+use super::store::keys::Name;
+use super::store::mem::MemStore;
+use super::store::{ClusterStore, Sealer, Store as _};
+use super::*;
+
+const T: Duration = Duration::from_secs(1);
+
+/// The harness with the node's repository in a memory store.
+struct Stored {
+    w: Cluster,
+    st: Option<NodeStore<MemStore>>,
+}
+
+fn repo() -> ClusterStore<MemStore> {
+    ClusterStore::new(
+        MemStore::new(),
+        &Name::new("test").unwrap(),
+        Arc::new(Sealer::new(Zeroizing::new([9; 32]))),
+    )
+}
+
+fn node(node_id: u32, incarnation: u64) -> CryptoNode {
+    let p = Path::new("node.yaml");
+    let conns = crate::config::parse::<IkeYaml>(p, NODE)
+        .unwrap()
+        .validate(p, "ike")
+        .unwrap();
+    let mut core = ControlCore::for_cluster_node(
+        conns,
+        SaRepository::new(Vec::new(), 64),
+        [incarnation as u8; 32],
+        PUBLIC.parse().unwrap(),
+        4,
+        node_id,
+    )
+    .unwrap();
+    core.set_quiet();
+    let mut n = CryptoNode::new(core);
+    n.set_incarnation(incarnation);
+    n.enable_store();
+    n
+}
+
+impl Stored {
+    fn new(edges: usize, clients: usize) -> Stored {
+        let mut w = Cluster::new(edges, clients);
+        // The harness's node, with a store; the edges say hello again to it.
+        for i in 0..edges {
+            w.disconnect(i);
+        }
+        w.node = node(5, 0xa1);
+        let mut s = Stored {
+            w,
+            st: Some(NodeStore::new(repo(), 10)),
+        };
+        for i in 0..edges {
+            s.w.connect(i);
+        }
+        s.settle();
+        s
+    }
+
+    fn wall(&self) -> u64 {
+        1_700_000_000_000
+            + self
+                .w
+                .now
+                .saturating_duration_since(Instant::ZERO)
+                .as_millis() as u64
+    }
+
+    fn settle(&mut self) {
+        loop {
+            self.w.settle();
+            let wall = self.wall();
+            let now = self.w.now;
+            let Some(st) = self.st.as_mut() else {
+                return;
+            };
+            st.repo()
+                .store()
+                .advance(now.saturating_duration_since(Instant::ZERO).as_millis() as u64);
+            self.w.node.set_wall_clock(wall);
+            let moved = st.turn(&mut self.w.node, now, wall);
+            // A second turn hands the completions of the first to the node.
+            let moved2 = st.turn(&mut self.w.node, now, wall);
+            if !moved && !moved2 {
+                return;
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.w.now.saturating_add(d);
+        loop {
+            self.settle();
+            let store_due = self.st.as_ref().and_then(|st| st.next_deadline());
+            let due = match (self.w.next_deadline(), store_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match due {
+                Some(n) if n <= end => {
+                    self.w.now = if n > self.w.now {
+                        n
+                    } else {
+                        self.w.now.saturating_add(Duration::from_millis(1))
+                    };
+                }
+                _ => {
+                    self.w.now = end;
+                    self.settle();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// kill -9 of the crypto node: its connections go with whatever was queued on them or
+    /// in the node (uncommitted writes included: what the store has is what it committed).
+    fn crash(&mut self) -> ClusterStore<MemStore> {
+        for i in 0..self.w.edges.len() {
+            self.w.disconnect(i);
+        }
+        self.st.take().unwrap().into_repo()
+    }
+
+    /// A node process starts (`node_id`: the same one restarting, or a second node), reads
+    /// the store and the edges connect to it.
+    fn start(
+        &mut self,
+        repo: ClusterStore<MemStore>,
+        node_id: u32,
+        incarnation: u64,
+    ) -> super::repository::RecoveryReport {
+        self.w.node = node(node_id, incarnation);
+        self.w.node.set_wall_clock(self.wall());
+        let mut st = NodeStore::new(repo, 10);
+        let r = st.recover(&mut self.w.node, self.w.now, T).unwrap();
+        self.st = Some(st);
+        for i in 0..self.w.edges.len() {
+            self.w.connect(i);
+        }
+        // The hellos and welcomes cross the channel.
+        self.run_for(Duration::from_millis(20));
+        r
+    }
+
+    fn ike_up(&self, i: usize) -> usize {
+        self.w.clients[i]
+            .events
+            .iter()
+            .filter(|e| matches!(e, ike::Event::IkeUp { .. }))
+            .count()
+    }
+
+    fn client_ike(&self, i: usize) -> ike::IkeSaId {
+        self.w.clients[i]
+            .endpoint
+            .list()
+            .into_iter()
+            .find(|s| s.2)
+            .unwrap()
+            .0
+    }
+
+    fn stored_keys(&mut self, kind: &str) -> usize {
+        self.st
+            .as_mut()
+            .unwrap()
+            .repo()
+            .load(kind, T)
+            .unwrap()
+            .0
+            .len()
+    }
+}
+
+/// Every outbound SA any edge was ever sent, installed once over all edges (an SA installed
+/// twice would send its sequence numbers, the GCM nonces, again).
+fn assert_no_outbound_installed_twice(w: &Cluster) {
+    let mut seen = std::collections::BTreeMap::new();
+    for e in &w.edges {
+        for u in &e.link.workers[0].received {
+            if let Update::AddSa {
+                dir: Direction::Outbound,
+                params,
+            } = u
+            {
+                *seen.entry(params.spi).or_insert(0) += 1;
+            }
+        }
+    }
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+}
+
+#[test]
+fn the_repository_is_written_before_anything_leaves_and_placed_after_the_edge_applied() {
+    let mut s = Stored::new(3, 2);
+    s.w.router = init_here_auth_there();
+    s.w.client_connect(0);
+    s.w.client_connect(1);
+    s.run_for(Duration::from_secs(1));
+    assert_eq!(s.stored_keys("ike/"), 2);
+    assert_eq!(s.stored_keys("child/"), 4);
+    assert_eq!(s.stored_keys("placement/"), 2);
+    assert_eq!(
+        s.stored_keys("edges/"),
+        3,
+        "every edge live under its lease"
+    );
+    for i in 0..2 {
+        let spis = s.w.child_spis(i)[0];
+        let layout = s.st.as_mut().unwrap().repo().layout().clone();
+        let key = layout.key(&super::store::RecordKey::Placement {
+            spi: spis.0 .0,
+            edge: super::repository::edge_name(((i + 1) % 3) as EdgeId),
+        });
+        let Ok(super::store::Reply::Range { kvs, .. }) =
+            s.st.as_mut()
+                .unwrap()
+                .repo()
+                .store()
+                .call(super::store::Request::Range { prefix: key }, T)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            kvs.len(),
+            1,
+            "client {i}'s CHILD SA placed at its IKE_AUTH edge"
+        );
+    }
+    assert!(s.w.node.stats.store_batches > 0);
+    assert_eq!(s.w.node.waiting_for_store(), 0);
+    // An edge's lease expires when nobody keeps it alive (its connection went).
+    s.w.disconnect(2);
+    s.run_for(Duration::from_secs(12));
+    assert_eq!(s.stored_keys("edges/"), 2);
+}
+
+#[test]
+fn a_crypto_node_restarted_mid_flow_continues_every_ike_sa_without_renegotiation() {
+    let mut s = Stored::new(3, 4);
+    s.w.router = init_here_auth_there();
+    for i in 0..3 {
+        s.w.client_connect(i);
+    }
+    s.run_for(Duration::from_secs(1));
+    let before: Vec<(Spi, Spi)> = (0..3).map(|i| s.w.child_spis(i)[0]).collect();
+    let adds_before: Vec<usize> = (0..3)
+        .map(|e| s.w.edges[e].link.workers[0].received.len())
+        .collect();
+    // Sequence reports reach the store (at most once a second per SA).
+    let (_, ours_out) = before[0];
+    let id = *s.w.edges[1].link.workers[0]
+        .outbound
+        .iter()
+        .find(|(_, sp)| **sp == ours_out)
+        .unwrap()
+        .0;
+    s.w.edges[1].link.report(DpEvent::SeqCheckpoint {
+        worker: 0,
+        id,
+        spi: ours_out,
+        seq: 7777,
+        seq_reserved: None,
+    });
+    s.run_for(Duration::from_secs(2));
+    assert_eq!(s.stored_keys("seq/"), 1);
+
+    let repo = s.crash();
+    s.run_for(Duration::from_secs(2));
+    let r = s.start(repo, 5, 0xa2);
+    assert_eq!((r.adopted, r.kept, r.rekeyed), (3, 3, 0), "{r:?}");
+    assert!(r.refused.is_empty());
+    assert_eq!(s.w.node.stats.edges_kept, 3);
+    assert_eq!(
+        s.w.node.placement().freshest_seq(id).map(|q| q.seq),
+        Some(7777),
+        "the freshest sequence state came back"
+    );
+    s.run_for(Duration::from_secs(2));
+    // Nothing was negotiated again and no edge got an SA again.
+    for i in 0..3 {
+        assert_eq!(s.ike_up(i), 1, "client {i}");
+        assert_eq!(s.w.child_spis(i), vec![before[i]], "client {i}");
+        let auth_edge = (i + 1) % 3;
+        assert_eq!(s.w.holds(auth_edge, before[i]), (true, true));
+    }
+    for e in 0..3 {
+        let adds = s.w.edges[e].link.workers[0]
+            .received
+            .iter()
+            .skip(adds_before[e])
+            .filter(|u| matches!(u, Update::AddSa { .. }))
+            .count();
+        assert_eq!(adds, 0, "edge {e} was sent no SA again");
+    }
+    // The IKE SAs work: a CHILD_SA rekey from each client (message ids and keys carried on),
+    // an IKE SA rekey from one, each answered by the new node.
+    let now = s.w.now;
+    for i in 0..3 {
+        let ike = s.client_ike(i);
+        let spi_in = ike::ChildSpi(before[i].1 .0);
+        s.w.clients[i]
+            .endpoint
+            .rekey_child(now, ike, spi_in)
+            .unwrap();
+    }
+    let ike0 = s.client_ike(0);
+    s.run_for(Duration::from_secs(2));
+    s.w.clients[0].endpoint.rekey_ike(s.w.now, ike0).unwrap();
+    s.run_for(Duration::from_secs(2));
+    for i in 0..3 {
+        let spis = s.w.child_spis(i);
+        assert_eq!(
+            spis.len(),
+            2,
+            "client {i}'s CHILD_SA rekeyed through the new node"
+        );
+        assert_eq!(s.w.holds((i + 1) % 3, spis[1]), (true, true));
+        // No IKE SA went down but one an IKE SA rekey replaced.
+        let ev = &s.w.clients[i].events;
+        let replaced: Vec<ike::IkeSaId> = ev
+            .iter()
+            .filter_map(|e| match e {
+                ike::Event::IkeRekeyed { old, .. } => Some(*old),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, ike::Event::IkeDown { ike, .. } if !replaced.contains(ike))),
+            "client {i}: {:?}",
+            s.w.clients[i].events
+        );
+    }
+    assert!(s.w.clients[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, ike::Event::IkeRekeyed { .. })));
+    // A new client connects to the new node.
+    s.w.client_connect(3);
+    s.run_for(Duration::from_secs(1));
+    assert_eq!(s.ike_up(3), 1, "a new client is up");
+    assert_eq!(s.w.child_spis(3).len(), 1);
+    assert_no_outbound_installed_twice(&s.w);
+    assert_eq!(s.w.node.stats.no_edge, 0);
+}
+
+#[test]
+fn a_crash_after_the_commit_before_the_carrier_left_rekeys_that_child_sa_and_installs_nothing_twice(
+) {
+    let mut s = Stored::new(3, 1);
+    s.w.router = all_via(1);
+    s.w.client_connect(0);
+    // Step until the IKE_AUTH batch is committed and its carrier and answer still wait in
+    // the node (the next turn would release them).
+    let mut crashed = None;
+    for _ in 0..4000 {
+        s.w.settle();
+        let now = s.w.now;
+        let wall = s.wall();
+        let st = s.st.as_mut().unwrap();
+        st.turn(&mut s.w.node, now, wall);
+        let committed_child = st.repo().load("child/", T).unwrap().0.len() == 2;
+        let installed: usize = (0..3)
+            .map(|e| {
+                s.w.edges[e].link.workers[0]
+                    .received
+                    .iter()
+                    .filter(|u| matches!(u, Update::AddSa { .. }))
+                    .count()
+            })
+            .sum();
+        if committed_child && installed == 0 && s.w.node.waiting_for_store() > 0 {
+            // The write is committed; the node has not heard so (the crash comes first).
+            crashed = Some(s.crash());
+            break;
+        }
+        s.w.now = s.w.now.saturating_add(Duration::from_micros(250));
+    }
+    let repo = crashed.expect("the crash point was reached");
+    let held_before: usize = (0..3)
+        .map(|e| s.w.edges[e].link.workers[0].outbound.len())
+        .sum();
+    assert_eq!(held_before, 0, "no edge holds the CHILD_SA yet");
+    assert!(s.w.child_spis(0).is_empty(), "the client has no answer yet");
+    let r = s.start(repo, 5, 0xa3);
+    assert_eq!((r.adopted, r.kept, r.rekeyed), (1, 0, 1), "{r:?}");
+    s.run_for(Duration::from_secs(5));
+    // The client's IKE_AUTH retransmission got the stored answer, and the new node's rekey
+    // brought fresh SAs to the edge.
+    let spis = s.w.child_spis(0);
+    assert_eq!(s.ike_up(0), 1);
+    assert_eq!(spis.len(), 2, "{:?}", s.w.clients[0].events);
+    assert_eq!(s.w.holds(1, spis[1]), (true, true));
+    assert_no_outbound_installed_twice(&s.w);
+}
+
+#[test]
+fn a_crypto_node_restarted_between_ike_sa_init_and_ike_auth_lets_the_client_start_again() {
+    let mut s = Stored::new(3, 1);
+    s.w.router = all_via(0);
+    s.w.client_connect(0);
+    // Until the IKE_SA_INIT response reached the client.
+    for _ in 0..4000 {
+        s.settle();
+        if s.w
+            .sent
+            .iter()
+            .any(|x| exchange(&x.d.payload) == (IKE_SA_INIT, true))
+        {
+            break;
+        }
+        s.w.now = s.w.now.saturating_add(Duration::from_micros(250));
+    }
+    assert_eq!(s.stored_keys("ike/"), 0, "a half-open IKE SA is not stored");
+    let repo = s.crash();
+    let r = s.start(repo, 5, 0xa4);
+    assert_eq!(r.adopted, 0);
+    // The client's IKE_AUTH finds no IKE SA; it gives up and starts again.
+    s.run_for(Duration::from_secs(300));
+    assert_eq!(s.ike_up(0), 0, "no IKE SA came up from the half-open one");
+    assert!(
+        s.w.clients[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, ike::Event::IkeDown { .. })),
+        "{:?}",
+        s.w.clients[0].events
+    );
+    s.w.client_connect(0);
+    s.run_for(Duration::from_secs(2));
+    assert_eq!(s.ike_up(0), 1);
+    assert_eq!(s.w.child_spis(0).len(), 1);
+    assert_eq!(s.stored_keys("ike/"), 1);
+    assert_no_outbound_installed_twice(&s.w);
+}
+
+#[test]
+fn a_second_crypto_node_takes_over_and_its_own_spis_carry_its_node_id() {
+    let mut s = Stored::new(3, 2);
+    s.w.router = all_via(2);
+    s.w.client_connect(0);
+    s.run_for(Duration::from_secs(1));
+    let old = s.w.child_spis(0)[0];
+    let repo = s.crash();
+    // Node 6 (another node id, another seed) takes the repository over.
+    let r = s.start(repo, 6, 0xb1);
+    assert_eq!((r.adopted, r.kept), (1, 1), "{r:?}");
+    s.w.client_connect(1);
+    s.run_for(Duration::from_secs(1));
+    let ike = s.client_ike(0);
+    let now = s.w.now;
+    s.w.clients[0]
+        .endpoint
+        .rekey_child(now, ike, ike::ChildSpi(old.1 .0))
+        .unwrap();
+    s.run_for(Duration::from_secs(2));
+    let layout6 = ike::services::SpiLayout::new(4, 6, 0, 0).unwrap();
+    let layout5 = ike::services::SpiLayout::new(4, 5, 0, 0).unwrap();
+    assert_eq!(layout5.node_of_child(ike::ChildSpi(old.0 .0)), 5);
+    let spis0 = s.w.child_spis(0);
+    assert_eq!(
+        spis0.len(),
+        2,
+        "the adopted IKE SA rekeyed its CHILD_SA on node 6"
+    );
+    assert_eq!(layout6.node_of_child(ike::ChildSpi(spis0[1].0 .0)), 6);
+    let spis1 = s.w.child_spis(1);
+    assert_eq!(spis1.len(), 1);
+    assert_eq!(layout6.node_of_child(ike::ChildSpi(spis1[0].0 .0)), 6);
+    assert_eq!(s.ike_up(0), 1);
+    assert_no_outbound_installed_twice(&s.w);
+}
