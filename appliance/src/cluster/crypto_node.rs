@@ -253,6 +253,20 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
         "ike_in": s.ike_in, "ike_out": s.ike_out, "carriers": s.carriers,
         "updates_carried": s.updates_carried, "no_edge": s.no_edge, "unplaced": s.unplaced,
         "refused": s.refused, "on_demand": s.on_demand, "resent": s.resent,
+        "moves": s.moves, "grants": s.grants,
+        // The LAN return path: the edge each virtual IP's traffic must reach.
+        "hosts": node
+            .placement()
+            .host_edges()
+            .iter()
+            .map(|(vip, e)| serde_json::json!({"vip": vip.to_string(), "edges": e}))
+            .collect::<Vec<_>>(),
+        // Each move: the unknown-SPI report in -> the new edge applied the moved SA (ms).
+        "move_ms": node
+            .move_times()
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect::<Vec<_>>(),
         "ike_sas": node.core().ike_sa_count(),
         "edges": per_edge,
     })
