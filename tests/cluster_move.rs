@@ -184,8 +184,12 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
     let node_ike_sas = node_ike["ike_sas"].as_array().map_or(0, Vec::len);
     println!(
         "cluster case=connect up=yes up_ms={up_ms} sent={sent_n} lost={lost} \
+         socket_drops={} longest_gap_ms={} edge0_drops={} \
          sa_at_edge_ms={sa_at_edge_ms:.2} placed_e0={placed_in}/{placed_out} \
          held={:?} seq_report={}",
+        got["socket_drops"],
+        got["longest_gap_ms"],
+        edges[0].stats()["drops"],
         held.iter()
             .map(|(i, o)| (i.len(), o.len()))
             .collect::<Vec<_>>(),
@@ -418,7 +422,15 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
     wait_for("a ping through edge 0", 20, || pings(&home, SERVER, 1) == 1);
     let ike_before = ike_view(&client.socket);
 
-    let secs = (every.as_secs_f64() * (moves + 2) as f64).ceil() as u64;
+    // The stream outlasts the moves (each waits for the crypto node's designation).
+    let secs = (every.as_secs_f64() * (moves + 2) as f64).ceil() as u64 + 3;
+    let unknown_spi = || -> u64 {
+        edges
+            .iter()
+            .map(|e| e.stats()["drops"]["unknown_spi"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let unknown_before = unknown_spi();
     let pcap = dir.join("move.pcap");
     let cap = Capture::start(&rtr, "eth0", "esp or udp port 4500 or udp port 500", &pcap);
     let stream = root().join("tests/tools/udp_stream.py");
@@ -428,6 +440,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         &["python3", st, "recv", "5002", &(secs + 3).to_string()],
         "udp recv",
     );
+    let recv_started = Instant::now();
     let serve = NsProcess::spawn(
         &srv,
         &[
@@ -495,7 +508,10 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
             std::thread::sleep(rest);
         }
     }
-    std::thread::sleep(Duration::from_secs(secs + 4).saturating_sub(every * (moves as u32 + 1)));
+    let last_move_ns = move_at_ns.last().copied().unwrap_or(0);
+    // The stream and its receiver end by themselves (the receiver 3 s after the stream's
+    // planned end): a signal before that would lose their reports.
+    std::thread::sleep(Duration::from_secs(secs + 4).saturating_sub(recv_started.elapsed()));
     let (_, sent_out, _) = send.stop("TERM", Duration::from_secs(10));
     let (_, recv_out, _) = recv.stop("TERM", Duration::from_secs(10));
     let (_, fetch_out, _) = fetch.stop("TERM", Duration::from_secs(10));
@@ -524,6 +540,12 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         per_move[k] += 1;
     }
     let lost_max = per_move.iter().skip(1).copied().max().unwrap_or(0);
+    let stream_end_ns = start_ns + u128::from(secs) * 1_000_000_000;
+    assert!(
+        last_move_ns < stream_end_ns,
+        "the moves outlasted the stream: raise the stream's length"
+    );
+    let unknown_spi_drops = unknown_spi() - unknown_before;
 
     // The capture: every ESP (SPI, sequence number) once; no IKE to the client.
     let out = std::process::Command::new("tshark")
@@ -594,7 +616,8 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
          lost_per_move={:?} tail_lost={tail_lost} socket_drops={} dup_seq={dup_seq} \
          dup_inner={} esp_audited={esp} esp_from_edges={from_gw} ike_to_client={ike_to_client} \
          sa_at_edge_ms_p50={move_p50:.2} sa_at_edge_ms_p99={move_p99:.2} \
-         designated_ms_p99={des_p99:.1} back_received={}/{} node_moves={}",
+         designated_ms_p99={des_p99:.1} back_received={}/{} node_moves={} \
+         unknown_spi_drops={unknown_spi_drops}",
         sent_n.saturating_sub(recv_n),
         &per_move[1..],
         got["socket_drops"],
@@ -708,7 +731,7 @@ fn first_esp_case(lab: &ScriptLab, dir: &Path, edges: &[DataplaneProcess]) {
                 "-e",
                 "ip.src",
                 "-e",
-                "isakmp.exchtype",
+                "isakmp.exchangetype",
                 "-e",
                 "isakmp.flags",
                 "-e",

@@ -105,6 +105,7 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
     let mut edge_conn: BTreeMap<EdgeId, u64> = BTreeMap::new();
     let started = std::time::Instant::now();
     let mut last_state = std::time::Instant::now();
+    let mut state_moves = 0;
     while !shutdown.load(Ordering::Relaxed)
         && args
             .duration
@@ -202,7 +203,13 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
                 v.published = Some(std::time::Instant::now());
             }
         }
-        if last_state.elapsed() >= std::time::Duration::from_millis(200) {
+        // The state (the view's `cluster`) every 200 ms, and within 5 ms of a move: the
+        // LAN's routing follows its `hosts`.
+        let since = last_state.elapsed();
+        if since >= std::time::Duration::from_millis(200)
+            || (node.stats.moves != state_moves && since >= std::time::Duration::from_millis(5))
+        {
+            state_moves = node.stats.moves;
             last_state = std::time::Instant::now();
             if let Ok(mut c) = cluster_state.lock() {
                 *c = state_json(&node, &edge_conn);
