@@ -599,6 +599,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         .unwrap_or_default();
     let move_p50 = percentile(&mut move_ms, 0.5);
     let move_p99 = percentile(&mut move_ms, 0.99);
+    let des_p50 = percentile(&mut designate_ms, 0.5);
     let des_p99 = percentile(&mut designate_ms, 0.99);
     let ike_after = ike_view(&client.socket);
     let dp_stats: Vec<serde_json::Value> = edges
@@ -616,7 +617,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
          lost_per_move={:?} tail_lost={tail_lost} socket_drops={} dup_seq={dup_seq} \
          dup_inner={} esp_audited={esp} esp_from_edges={from_gw} ike_to_client={ike_to_client} \
          sa_at_edge_ms_p50={move_p50:.2} sa_at_edge_ms_p99={move_p99:.2} \
-         designated_ms_p99={des_p99:.1} back_received={}/{} node_moves={} \
+         designated_ms_p50={des_p50:.1} designated_ms_p99={des_p99:.1} back_received={}/{} node_moves={} \
          unknown_spi_drops={unknown_spi_drops}",
         sent_n.saturating_sub(recv_n),
         &per_move[1..],
@@ -627,6 +628,9 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         state["moves"],
     );
     println!("edges' data planes after the moves: {dp_stats:?}");
+    println!(
+        "move -> designated (ms, sorted): {designate_ms:.0?}; move_ms (sorted): {move_ms:.2?}"
+    );
     assert_eq!(state["moves"].as_u64(), Some(moves), "{state}");
     assert_eq!(dup_seq, 0, "an ESP (SPI, sequence number) was sent twice");
     assert_eq!(ike_to_client, 0, "IKE reached the client during the moves");
