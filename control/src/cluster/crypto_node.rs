@@ -28,6 +28,13 @@
 //! by the edge's data plane (`unknown_spi`), not held: ESP is end-to-end retransmitted by the
 //! traffic's own protocols, and holding packets in the fast path would cost every packet.
 //!
+//! **Moves between edges.** The unknown-SPI report of an edge that another edge's client now
+//! reaches also moves the CHILD_SA's outbound SA and host binding there ([`CryptoNode`]'s
+//! `follow`), resumed above the SA's fence: every outbound SA on an edge carries a
+//! reservation the node raises on its checkpoints (`refill`) and records as the fence first,
+//! so no edge can have sent above it. The argument: `docs/architecture.md`, "Edge-to-edge
+//! move".
+//!
 //! **Carriers across reconnects.** Carriers are numbered per edge and acknowledged; an edge
 //! that reconnects with the same incarnation gets every unacknowledged carrier again and
 //! skips the numbers it applied (an outbound SA installed twice would start its sequence

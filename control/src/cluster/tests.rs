@@ -922,10 +922,10 @@ fn twenty_ping_pong_moves_never_send_a_sequence_number_twice_and_send_no_ike() {
     }
     w.run_traffic(Duration::from_millis(100));
     assert_eq!(w.duplicates(), vec![]);
-    for c in 0..2 {
+    for (c, at) in path.iter().enumerate() {
         let spis = w.child_spis(c);
         assert_eq!(spis.len(), 1, "client {c}: no new CHILD_SA");
-        assert_eq!(w.holds(path[c], spis[0]), (true, true), "client {c}");
+        assert_eq!(w.holds(*at, spis[0]), (true, true), "client {c}");
         assert_eq!(w.ike_to_client_since(c, t0), 0, "client {c}");
         let runs = w.runs(spis[0].1);
         // Each run starts above where every earlier run ended.
@@ -960,13 +960,9 @@ fn an_edge_killed_its_clients_move_to_the_others_without_ike() {
     }
     w.run_traffic(Duration::from_millis(200));
     assert_eq!(w.node.stats.moves, 3);
-    for c in 0..3 {
-        assert_eq!(
-            w.child_spis(c),
-            vec![before[c]],
-            "client {c} kept its CHILD_SA"
-        );
-        assert_eq!(w.holds(c % 2, before[c]), (true, true), "client {c}");
+    for (c, b) in before.iter().enumerate() {
+        assert_eq!(w.child_spis(c), vec![*b], "client {c} kept its CHILD_SA");
+        assert_eq!(w.holds(c % 2, *b), (true, true), "client {c}");
         assert_eq!(w.ike_to_client_since(c, t), 0);
         assert!(w.traffic.delivered[c] > 0);
     }
