@@ -27,6 +27,8 @@ pub struct SimWorker {
     pub inbound: BTreeMap<Spi, SaId>,
     pub outbound: BTreeMap<SaId, Spi>,
     pub spd_rules: usize,
+    /// Outbound SAs' sequence state as the data plane keeps it: (last used, reservation).
+    pub out_seq: BTreeMap<SaId, (u64, Option<u64>)>,
     /// Every update it was sent, in order.
     pub received: Vec<Update>,
     pending: VecDeque<(Instant, u64, Update)>,
@@ -48,16 +50,44 @@ impl SimWorker {
                 params,
             } => {
                 self.outbound.insert(params.id, params.spi);
+                self.out_seq
+                    .insert(params.id, (params.resume.seq, params.resume.seq_reserved));
             }
             Update::DeleteInbound { spi } => {
                 self.inbound.remove(spi);
             }
             Update::DeleteOutbound { id } => {
                 self.outbound.remove(id);
+                self.out_seq.remove(id);
+            }
+            Update::ReserveSeq { id, up_to } => {
+                if let Some((_, r)) = self.out_seq.get_mut(id) {
+                    *r = Some(r.map_or(*up_to, |r| r.max(*up_to)));
+                }
             }
             Update::ReplaceSpd { rules } => self.spd_rules = rules.len(),
             _ => {}
         }
+    }
+
+    /// Sends up to `n` packets on outbound SA `id` as a data plane does (the next number each
+    /// time, never above the reservation): the (SPI, sequence number) of each.
+    pub fn send_outbound(&mut self, id: SaId, n: u64) -> Vec<(Spi, u64)> {
+        let (Some(spi), Some((used, reserved))) =
+            (self.outbound.get(&id).copied(), self.out_seq.get_mut(&id))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let next = *used + 1;
+            if reserved.is_some_and(|r| next > r) {
+                break;
+            }
+            *used = next;
+            out.push((spi, next));
+        }
+        out
     }
 
     /// How many SA installs it received.

@@ -110,6 +110,7 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
     let mut edge_conn: BTreeMap<EdgeId, u64> = BTreeMap::new();
     let started = std::time::Instant::now();
     let mut last_state = std::time::Instant::now();
+    let mut state_moves = 0;
     while !shutdown.load(Ordering::Relaxed)
         && args
             .duration
@@ -208,7 +209,13 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
                 v.published = Some(std::time::Instant::now());
             }
         }
-        if last_state.elapsed() >= std::time::Duration::from_millis(200) {
+        // The state (the view's `cluster`) every 200 ms, and within 5 ms of a move: the
+        // LAN's routing follows its `hosts`.
+        let since = last_state.elapsed();
+        if since >= std::time::Duration::from_millis(200)
+            || (node.stats.moves != state_moves && since >= std::time::Duration::from_millis(5))
+        {
+            state_moves = node.stats.moves;
             last_state = std::time::Instant::now();
             if let Ok(mut c) = cluster_state.lock() {
                 *c = state_json(&node, &edge_conn);
@@ -336,6 +343,20 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
         "refused": s.refused, "on_demand": s.on_demand, "resent": s.resent,
         "store_batches": s.store_batches, "store_ops": s.store_ops, "edges_kept": s.edges_kept,
         "waiting_for_store": node.waiting_for_store(),
+        "moves": s.moves, "grants": s.grants,
+        // The LAN return path: the edge each virtual IP's traffic must reach.
+        "hosts": node
+            .placement()
+            .host_edges()
+            .iter()
+            .map(|(vip, e)| serde_json::json!({"vip": vip.to_string(), "edges": e}))
+            .collect::<Vec<_>>(),
+        // Each move: the unknown-SPI report in -> the new edge applied the moved SA (ms).
+        "move_ms": node
+            .move_times()
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect::<Vec<_>>(),
         "ike_sas": node.core().ike_sa_count(),
         "edges": per_edge,
     })

@@ -23,10 +23,17 @@
 //! its SA. The placement records which edge holds what.
 //!
 //! **On demand.** An edge reporting ESP for an SPI it does not hold (`Event::UnknownSpi`,
-//! rate-limited by the data plane to one report a second per kind) gets the inbound SA in a
+//! rate-limited by the data plane to one report per 10 ms) gets the inbound SA in a
 //! carrier if the repository has it; the packets before it arrives are dropped and counted
 //! by the edge's data plane (`unknown_spi`), not held: ESP is end-to-end retransmitted by the
 //! traffic's own protocols, and holding packets in the fast path would cost every packet.
+//!
+//! **Moves between edges.** The unknown-SPI report of an edge that another edge's client now
+//! reaches also moves the CHILD_SA's outbound SA and host binding there ([`CryptoNode`]'s
+//! `follow`), resumed above the SA's fence: every outbound SA on an edge carries a
+//! reservation the node raises on its checkpoints (`refill`) and records as the fence first,
+//! so no edge can have sent above it. The argument: `docs/architecture.md`, "Edge-to-edge
+//! move".
 //!
 //! **Carriers across reconnects.** Carriers are numbered per edge and acknowledged; an edge
 //! that reconnects with the same incarnation gets every unacknowledged carrier again and
@@ -63,6 +70,14 @@ pub const DEFAULT_CHECKPOINT: proto::sa::Checkpoint = proto::sa::Checkpoint {
     millis: 100,
 };
 
+/// How many sequence numbers past the last one used an outbound SA on an edge may send
+/// (its reservation, raised as its checkpoints come in). Half of it must outlast a
+/// checkpoint interval at the highest rate (4096 packets + 1M packets/s x 200 ms); the whole
+/// is the most a move jumps, and what an edge cut off from the crypto node may still send
+/// per SA before the SA holds (52 s at 10,000 packets/s). 2^32 / 2^19: an SA without ESN
+/// survives 8192 moves before it must be rekeyed.
+pub const DEFAULT_SEQ_GRANT: u64 = 1 << 19;
+
 /// Counters of the node (the view and the tests read them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -86,6 +101,10 @@ pub struct NodeStats {
     /// Edges that said hello to this node after a restart with the incarnation the store
     /// knew: their SAs were kept.
     pub edges_kept: u64,
+    /// Edge-to-edge moves: a client's ESP reached another edge, its outbound SA followed.
+    pub moves: u64,
+    /// Reservations raised on edges (`ReserveSeq`).
+    pub grants: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +121,10 @@ struct EdgeLink {
     out: VecDeque<(u64, NodeMsg)>,
     /// Carrier round trips (sent -> acknowledged as applied), most recent last.
     round_trips: VecDeque<Duration>,
+    /// Moves to this edge in this input's updates, not yet in a carrier: when each began.
+    moves_pending: Vec<Instant>,
+    /// Moves to this edge in carriers not yet acknowledged: (carrier number, when it began).
+    moves_in_flight: VecDeque<(u64, Instant)>,
 }
 
 /// A bounded map from keys to the edge seen last.
@@ -154,6 +177,11 @@ pub struct CryptoNode {
     incarnation: u64,
     /// The SA repository in the store, when there is one.
     store: Option<StoreState>,
+    /// How far past its last used number an edge may send ([`DEFAULT_SEQ_GRANT`]).
+    seq_grant: u64,
+    /// Move times: the unknown-SPI report in -> the new edge acknowledged the carrier that
+    /// moved the SA (applied to its data plane), most recent last.
+    move_times: VecDeque<Duration>,
     pub stats: NodeStats,
 }
 
@@ -218,6 +246,8 @@ impl CryptoNode {
             checkpoint: DEFAULT_CHECKPOINT,
             incarnation: 0,
             store: None,
+            seq_grant: DEFAULT_SEQ_GRANT,
+            move_times: VecDeque::new(),
             stats: NodeStats::default(),
         }
     }
@@ -360,6 +390,12 @@ impl CryptoNode {
         self.checkpoint = c;
     }
 
+    /// Sets how many numbers past its last used one an edge may send under an outbound SA
+    /// (at least 2: half of it is the refill threshold).
+    pub fn set_seq_grant(&mut self, n: u64) {
+        self.seq_grant = n.max(2);
+    }
+
     /// A connection from `edge` is up; it is known once its hello arrives.
     pub fn edge_up(&mut self, edge: EdgeId) {
         self.edges.entry(edge).or_default();
@@ -372,6 +408,7 @@ impl CryptoNode {
             l.connected = false;
             l.out.clear();
             l.pending.clear();
+            l.moves_pending.clear();
         }
     }
 
@@ -434,6 +471,12 @@ impl CryptoNode {
             .unwrap_or_default()
     }
 
+    /// Move times measured so far (the unknown-SPI report in -> the new edge applied the
+    /// moved SA), most recent last.
+    pub fn move_times(&self) -> Vec<Duration> {
+        self.move_times.iter().copied().collect()
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.core.poll_timeout()
     }
@@ -488,6 +531,19 @@ impl CryptoNode {
             EdgeMsg::Applied { carrier, .. } => {
                 self.placed(from, carrier);
                 if let Some(l) = self.edges.get_mut(&from) {
+                    while l
+                        .moves_in_flight
+                        .front()
+                        .is_some_and(|(n, _)| *n <= carrier)
+                    {
+                        if let Some((_, began)) = l.moves_in_flight.pop_front() {
+                            if self.move_times.len() >= ROUND_TRIPS_KEPT {
+                                self.move_times.pop_front();
+                            }
+                            self.move_times
+                                .push_back(now.saturating_duration_since(began));
+                        }
+                    }
                     l.applied = l.applied.max(carrier);
                     while l.unacked.front().is_some_and(|(n, ..)| *n <= carrier) {
                         if let Some((_, _, sent)) = l.unacked.pop_front() {
@@ -523,10 +579,13 @@ impl CryptoNode {
                 else {
                     continue;
                 };
+                // The fence, not the last report: a node that recovers from the store must
+                // resume a moved SA above every number an edge may have sent (its
+                // reservation), and a reservation is never above the fence.
                 st.ops.push(StoreOp::Put(
                     RecordKey::Seq(spi.0),
                     Record::Seq {
-                        seq: seq.seq,
+                        seq: seq.seq.max(seq.fence),
                         at_ms: st.wall_ms,
                         reporter: seq.by.map(|e| edge_name(e).to_string()).unwrap_or_default(),
                     },
@@ -579,6 +638,31 @@ impl CryptoNode {
     }
 
     /// Queues `op`; `gate`: what is queued for edges from now on waits for it.
+    /// A reservation for outbound SA `id` is about to leave: its fence goes to the store
+    /// first (the messages queued after it wait for the batch), so a node that restarts from
+    /// the store knows a number above everything any edge may send on it.
+    fn persist_fence(&mut self, id: proto::SaId) {
+        let Some(st) = &self.store else {
+            return;
+        };
+        let (Some(spi), Some(seq)) = (st.pair.get(&id).copied(), self.placement.freshest_seq(id))
+        else {
+            return;
+        };
+        let at_ms = st.wall_ms;
+        self.store_op(
+            StoreOp::Put(
+                RecordKey::Seq(spi.0),
+                Record::Seq {
+                    seq: seq.seq.max(seq.fence),
+                    at_ms,
+                    reporter: seq.by.map(|e| edge_name(e).to_string()).unwrap_or_default(),
+                },
+            ),
+            true,
+        );
+    }
+
     fn store_op(&mut self, op: StoreOp, gate: bool) {
         if let Some(st) = &mut self.store {
             st.ops.push(op);
@@ -662,6 +746,7 @@ impl CryptoNode {
             l.next_carrier = 1;
             l.applied = 0;
             l.unacked.clear();
+            l.moves_in_flight.clear();
             self.log(format!(
                 "edge {edge} joined (incarnation {incarnation:016x})"
             ));
@@ -725,6 +810,7 @@ impl CryptoNode {
                         st.seq_dirty.insert(*id);
                     }
                 }
+                self.refill(edge, *id, *seq);
             }
             Event::SaState {
                 id,
@@ -750,11 +836,112 @@ impl CryptoNode {
                             });
                         }
                     }
+                    self.follow(now, edge, *spi);
                 }
                 self.core.handle_dataplane_event(now, &event);
             }
             _ => self.core.handle_dataplane_event(now, &event),
         }
+    }
+
+    /// An edge reported outbound SA `id` at `seq`: if it holds the SA and fewer than half a
+    /// grant is left, its reservation goes up (recorded as the fence before it is queued).
+    fn refill(&mut self, edge: EdgeId, id: proto::SaId, seq: u64) {
+        if !self.placement.outbound_edges(id).contains(&edge) {
+            // An old holder's late report: it never gets numbers again.
+            return;
+        }
+        let Some(st) = self.placement.freshest_seq(id) else {
+            return;
+        };
+        if st.fence.saturating_sub(seq) >= self.seq_grant / 2 {
+            return;
+        }
+        let up_to = seq.saturating_add(self.seq_grant);
+        self.placement.grant(id, up_to);
+        self.persist_fence(id);
+        self.stats.grants += 1;
+        if let Some(l) = self.edges.get_mut(&edge) {
+            l.pending.push(Update::ReserveSeq { id, up_to });
+        }
+    }
+
+    /// **Edge-to-edge move.** ESP on inbound SPI `spi` reached `edge`: the client's path goes
+    /// there now. Its CHILD_SA's outbound SA, if another edge holds it, moves to `edge`,
+    /// resumed above the SA's fence (the highest reservation any edge was ever granted, so
+    /// above every number any edge can have sent: `docs/architecture.md`, "Edge-to-edge
+    /// move"), with its host bindings (the LAN return path); the old edge deletes its copy of
+    /// both directions (an old edge that does not hear it still cannot send above the fence:
+    /// it never gets a reservation again). The client sees nothing but a forward jump of at
+    /// most one grant in our sequence numbers.
+    fn follow(&mut self, now: Instant, edge: EdgeId, spi: proto::Spi) {
+        let Some(ch) = self.core.child_sas(spi) else {
+            return;
+        };
+        let id = ch.out_id;
+        let old = self.placement.outbound_edges(id);
+        if old.is_empty() || old.contains(&edge) {
+            return;
+        }
+        let (Some(mut params), Some(st)) = (
+            self.placement.outbound_params(id).cloned(),
+            self.placement.freshest_seq(id),
+        ) else {
+            return;
+        };
+        let start = st.fence.max(st.seq);
+        let limit = if params.esn {
+            u64::MAX
+        } else {
+            u64::from(u32::MAX)
+        };
+        if start >= limit.saturating_sub(self.seq_grant) {
+            // Too few numbers left to move it: a fresh CHILD_SA instead (it goes to the edge
+            // that forwards the exchange).
+            self.error(format!(
+                "SA {} cannot move to edge {edge}: its sequence numbers are used up; rekeying",
+                id.0
+            ));
+            self.core.rekey_sa(now, id, params.spi);
+            return;
+        }
+        let up_to = start.saturating_add(self.seq_grant);
+        params.resume.seq = start;
+        params.resume.seq_reserved = Some(up_to);
+        if params.checkpoint.is_none() {
+            params.checkpoint = Some(self.checkpoint);
+        }
+        self.placement.move_outbound(id, edge);
+        self.placement.grant(id, up_to);
+        self.persist_fence(id);
+        // The crypto node's own requests to this client (DPD, rekeys) leave by the new edge.
+        self.peer_edge.set(params.remote, edge);
+        let hosts = self.placement.hosts_of(id);
+        for a in &old {
+            self.placement.unplace_inbound(spi, *a);
+            if let Some(l) = self.edges.get_mut(a) {
+                l.pending.push(Update::DeleteOutbound { id });
+                for (dst, _) in &hosts {
+                    l.pending.push(Update::UnbindHost { dst: *dst });
+                }
+                l.pending.push(Update::DeleteInbound { spi });
+            }
+        }
+        if let Some(l) = self.edges.get_mut(&edge) {
+            l.moves_pending.push(now);
+            l.pending.push(Update::AddSa {
+                dir: Direction::Outbound,
+                params,
+            });
+            for (dst, src) in hosts {
+                l.pending.push(Update::BindHost { dst, src, sa: id });
+            }
+        }
+        self.stats.moves += 1;
+        self.log(format!(
+            "SA {} (SPI {:08x}) moved from edge(s) {old:?} to edge {edge}, resuming above {start}",
+            id.0, spi.0
+        ));
     }
 
     /// The core's outputs, routed.
@@ -802,9 +989,11 @@ impl CryptoNode {
         }
         let pending = std::mem::take(&mut l.pending);
         let gate = self.store.as_ref().map_or(0, |s| s.gate);
+        let mut last = 0;
         for chunk in pending.chunks(MAX_CARRIER_UPDATES) {
             let n = l.next_carrier.max(1);
             l.next_carrier = n + 1;
+            last = n;
             l.unacked.push_back((n, chunk.to_vec(), now));
             self.stats.carriers += 1;
             self.stats.updates_carried += chunk.len() as u64;
@@ -837,6 +1026,9 @@ impl CryptoNode {
                 ));
             }
         }
+        for began in std::mem::take(&mut l.moves_pending) {
+            l.moves_in_flight.push_back((last, began));
+        }
     }
 
     fn push_to(&mut self, edges: &BTreeSet<EdgeId>, u: Update) {
@@ -862,10 +1054,14 @@ impl CryptoNode {
         } = &mut u
         {
             // Every outbound SA reports where its sequence numbers stand (the sequence
-            // reports the repository keeps the freshest of).
+            // reports the repository keeps the freshest of), and may send only up to its
+            // reservation, which the node raises as the reports come (the fence of a move).
             if params.checkpoint.is_none() {
                 params.checkpoint = Some(self.checkpoint);
             }
+            let up_to = params.resume.seq.saturating_add(self.seq_grant);
+            params.resume.seq_reserved =
+                Some(params.resume.seq_reserved.map_or(up_to, |r| r.min(up_to)));
         }
         self.record_update(&u);
         match &u {
@@ -890,6 +1086,12 @@ impl CryptoNode {
                         }
                     }
                 };
+                if *dir == Direction::Outbound {
+                    if let Some(r) = params.resume.seq_reserved {
+                        self.placement.grant(params.id, r);
+                        self.persist_fence(params.id);
+                    }
+                }
                 self.push_to(&BTreeSet::from([edge]), u);
             }
             Update::DeleteInbound { spi } => {
@@ -913,16 +1115,21 @@ impl CryptoNode {
                 }
                 self.push_to(&edges, u);
             }
-            Update::BindHost { dst, sa, .. } => {
+            Update::BindHost { dst, src, sa } => {
                 let edges = self.placement.outbound_edges(*sa);
-                self.placement.bind(*dst, &edges);
+                self.placement.bind(*dst, *src, *sa, &edges);
                 self.push_to(&edges, u);
             }
             Update::UnbindHost { dst } => {
                 let edges = self.placement.unbind(*dst);
                 self.push_to(&edges, u);
             }
-            Update::ReserveSeq { id, .. } | Update::CapSeq { id, .. } => {
+            Update::ReserveSeq { id, up_to } => {
+                self.placement.grant(*id, *up_to);
+                let edges = self.placement.outbound_edges(*id);
+                self.push_to(&edges, u);
+            }
+            Update::CapSeq { id, .. } => {
                 let edges = self.placement.outbound_edges(*id);
                 self.push_to(&edges, u);
             }
@@ -1026,19 +1233,25 @@ impl CryptoNode {
     }
 
     fn route_datagram(&mut self, d: Datagram) {
-        let edge = ike_spi_i(&d.payload)
-            .and_then(|s| self.ike_edge.get(&s))
-            .or_else(|| self.peer_edge.get(&d.dst))
-            .or(self.current)
-            .filter(|e| self.is_connected(*e))
-            // Every edge answers from the same public address: any connected one will do
-            // for an IKE SA no edge forwarded yet (one adopted from the store).
-            .or_else(|| {
-                self.edges
-                    .iter()
-                    .find(|(_, l)| l.connected)
-                    .map(|(e, _)| *e)
-            });
+        // The edge of the IKE SA's latest message, else the peer's latest edge, else the one
+        // whose input this is: the first of them that is connected (one that died leaves
+        // the others; any edge reaches the client from the shared address).
+        let edge = [
+            ike_spi_i(&d.payload).and_then(|s| self.ike_edge.get(&s)),
+            self.peer_edge.get(&d.dst),
+            self.current,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|e| self.is_connected(*e))
+        // Every edge answers from the same public address: any connected one will do for an
+        // IKE SA no edge forwarded yet (one adopted from the store).
+        .or_else(|| {
+            self.edges
+                .iter()
+                .find(|(_, l)| l.connected)
+                .map(|(e, _)| *e)
+        });
         let Some(edge) = edge else {
             self.stats.no_edge += 1;
             return;

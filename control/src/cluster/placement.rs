@@ -8,12 +8,13 @@
 //!
 //! An outbound SA is placed on one edge at a time: its sequence number is its AES-GCM nonce,
 //! and two edges sending under one key would reuse nonces. [`SaPlacement::place`] refuses a
-//! second holder; a move (issue 18 item 6) will take the SA off the old edge, resume it on
-//! the new one above [`SaPlacement::freshest_seq`] plus a jump (the HA argument), and only
-//! then place it there.
+//! second holder; a move ([`SaPlacement::move_outbound`], issue 18 item 6) takes the SA off
+//! the old edge and resumes it on the new one above its *fence*: the highest reservation
+//! ever granted to any edge for it ([`SeqState::fence`]; the argument is in
+//! `docs/architecture.md`, "Edge-to-edge move").
 //!
-//! Owns: the records, their placement, the sequence reports. Must never: place an outbound
-//! SA on two edges; lower a sequence report.
+//! Owns: the records, their placement, the sequence reports and fences, the host bindings.
+//! Must never: place an outbound SA on two edges; lower a sequence report or a fence.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -32,6 +33,9 @@ pub struct SeqState {
     pub by: Option<EdgeId>,
     /// The report was the SA's final state (it left that edge).
     pub final_state: bool,
+    /// The highest sequence number any edge was ever allowed to send under this SA (its
+    /// reservations, granted only by the crypto node): no edge can have sent above it.
+    pub fence: u64,
 }
 
 /// One SA direction and where it is.
@@ -55,6 +59,9 @@ pub struct SaPlacement {
     seq: BTreeMap<SaId, SeqState>,
     /// Host bindings (a virtual IP -> the edges that hold it).
     bound: BTreeMap<IpAddr, BTreeSet<EdgeId>>,
+    /// Host bindings' contents (a virtual IP -> its source prefix and outbound SA): they
+    /// follow their outbound SA when it moves (the LAN return path).
+    hosts: BTreeMap<IpAddr, (proto::policy::Prefix, SaId)>,
 }
 
 impl SaPlacement {
@@ -153,12 +160,66 @@ impl SaPlacement {
         }
     }
 
-    pub fn bind(&mut self, dst: IpAddr, edges: &BTreeSet<EdgeId>) {
+    pub fn bind(
+        &mut self,
+        dst: IpAddr,
+        src: proto::policy::Prefix,
+        sa: SaId,
+        edges: &BTreeSet<EdgeId>,
+    ) {
+        self.hosts.insert(dst, (src, sa));
         self.bound.entry(dst).or_default().extend(edges);
     }
 
     pub fn unbind(&mut self, dst: IpAddr) -> BTreeSet<EdgeId> {
+        self.hosts.remove(&dst);
         self.bound.remove(&dst).unwrap_or_default()
+    }
+
+    /// The host bindings that protect with outbound SA `id`: (virtual IP, source prefix).
+    pub fn hosts_of(&self, id: SaId) -> Vec<(IpAddr, proto::policy::Prefix)> {
+        self.hosts
+            .iter()
+            .filter(|(_, (_, sa))| *sa == id)
+            .map(|(dst, (src, _))| (*dst, *src))
+            .collect()
+    }
+
+    /// Every host binding and the edges that hold it (the LAN return path: traffic to the
+    /// virtual IP must reach one of these edges).
+    pub fn host_edges(&self) -> Vec<(IpAddr, BTreeSet<EdgeId>)> {
+        self.bound.iter().map(|(d, e)| (*d, e.clone())).collect()
+    }
+
+    /// Records that reservation `up_to` of outbound SA `id` was (or is about to be) sent to
+    /// an edge: the fence only moves up. Returns the fence.
+    pub fn grant(&mut self, id: SaId, up_to: u64) -> u64 {
+        let Some(s) = self.seq.get_mut(&id) else {
+            return 0;
+        };
+        s.fence = s.fence.max(up_to);
+        s.fence
+    }
+
+    /// Moves outbound SA `id` to edge `to` (the old holder must have been told to delete it,
+    /// or be unable to send above the fence: it never gets a reservation again), with its
+    /// host bindings. Returns the old holders, or None if the repository does not hold `id`.
+    pub fn move_outbound(&mut self, id: SaId, to: EdgeId) -> Option<BTreeSet<EdgeId>> {
+        let r = self.outbound.get_mut(&id)?;
+        let old = std::mem::replace(&mut r.edges, BTreeSet::from([to]));
+        for (dst, (_, sa)) in &self.hosts {
+            if *sa == id {
+                self.bound.insert(*dst, BTreeSet::from([to]));
+            }
+        }
+        Some(old)
+    }
+
+    /// Takes edge `edge` off inbound SA `spi` (its client moved away).
+    pub fn unplace_inbound(&mut self, spi: Spi, edge: EdgeId) -> bool {
+        self.inbound
+            .get_mut(&spi)
+            .is_some_and(|r| r.edges.remove(&edge))
     }
 
     /// An edge's sequence report of outbound SA `id`: kept if it is the freshest (reports only
@@ -172,6 +233,7 @@ impl SaPlacement {
                 seq,
                 by: Some(edge),
                 final_state,
+                fence: s.fence.max(seq),
             };
         }
         true
@@ -261,7 +323,8 @@ mod tests {
             Some(SeqState {
                 seq: 500,
                 by: Some(1),
-                final_state: false
+                final_state: false,
+                fence: 500,
             })
         );
         assert!(p.report_seq(1, SaId(1), 900, true));
@@ -269,5 +332,31 @@ mod tests {
         assert!(!p.report_seq(1, SaId(77), 1, false));
         p.remove_outbound(SaId(1));
         assert_eq!(p.freshest_seq(SaId(1)), None);
+    }
+
+    #[test]
+    fn a_move_takes_the_outbound_sa_and_its_host_bindings_to_the_new_edge_and_fences_only_rise() {
+        let mut p = SaPlacement::default();
+        let o = child_params(SaId(1), 0x100);
+        p.place(Direction::Outbound, &o, 1).unwrap();
+        let vip: IpAddr = "10.99.0.1".parse().unwrap();
+        let src: proto::policy::Prefix = "10.9.0.0/24".parse().unwrap();
+        p.bind(vip, src, SaId(1), &BTreeSet::from([1]));
+        assert_eq!(p.grant(SaId(1), 1000), 1000);
+        assert_eq!(p.grant(SaId(1), 10), 1000, "a fence never goes down");
+        assert_eq!(
+            p.grant(SaId(9), 10),
+            0,
+            "an SA the repository does not hold"
+        );
+        p.report_seq(1, SaId(1), 1500, false);
+        assert_eq!(p.freshest_seq(SaId(1)).unwrap().fence, 1500);
+        assert_eq!(p.move_outbound(SaId(1), 2), Some(BTreeSet::from([1])));
+        assert_eq!(p.outbound_edges(SaId(1)), BTreeSet::from([2]));
+        assert_eq!(p.host_edges(), vec![(vip, BTreeSet::from([2]))]);
+        assert_eq!(p.hosts_of(SaId(1)), vec![(vip, src)]);
+        assert_eq!(p.move_outbound(SaId(7), 2), None);
+        // The old edge can no longer be placed the SA while the new one holds it.
+        assert!(p.place(Direction::Outbound, &o, 1).is_err());
     }
 }

@@ -59,7 +59,6 @@ struct Client {
 /// One datagram an edge's data plane sent, and what it held then.
 #[derive(Debug)]
 struct Sent {
-    #[allow(dead_code)]
     at: Instant,
     edge: usize,
     d: Datagram,
@@ -81,7 +80,32 @@ struct Cluster {
     delay: Duration,
     sent: Vec<Sent>,
     delivered: usize,
+    traffic: Traffic,
 }
+
+/// ESP of the clients' flows on the virtual clock (`Cluster::run_traffic`): each client's
+/// ESP reaches the edge `at[client]` names (the router's path), which delivers it if its
+/// data plane holds the inbound SA and otherwise drops it and reports the unknown SPI (at
+/// most once per `UNKNOWN_EVERY` per edge, as the data plane does); every edge whose data
+/// plane holds a client's outbound SA sends `out_per_ms` packets a millisecond on it (the
+/// old edge too, until its delete is applied, or for ever when it is cut off) and reports
+/// checkpoints. Every (SPI, sequence number) sent is kept for the duplicate audit.
+#[derive(Default)]
+struct Traffic {
+    at: Vec<usize>,
+    /// Edges that are gone (killed): they neither receive nor send.
+    dead: Vec<bool>,
+    in_per_ms: u64,
+    out_per_ms: u64,
+    delivered: Vec<u64>,
+    lost: Vec<u64>,
+    last_unknown: Vec<Option<Instant>>,
+    /// (edge, SPI, sequence number) of every outbound packet, in order.
+    wire: Vec<(usize, Spi, u64)>,
+}
+
+const UNKNOWN_EVERY: Duration = Duration::from_millis(10);
+const CHECKPOINT_EVERY_MS: u64 = 10;
 
 impl Cluster {
     fn new(edges: usize, clients: usize) -> Cluster {
@@ -111,7 +135,13 @@ impl Cluster {
             delay: Duration::from_millis(2),
             sent: Vec::new(),
             delivered: 0,
+            traffic: Traffic::default(),
         };
+        c.traffic.dead = vec![false; edges];
+        c.traffic.last_unknown = vec![None; edges];
+        c.traffic.at = vec![0; clients];
+        c.traffic.delivered = vec![0; clients];
+        c.traffic.lost = vec![0; clients];
         for i in 0..edges {
             let mut link = SimLink::new(1);
             link.ack_delay = Duration::from_millis(5);
@@ -316,6 +346,112 @@ impl Cluster {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Runs for `d` with the clients' flows (see [`Traffic`]), one step a millisecond.
+    fn run_traffic(&mut self, d: Duration) {
+        let steps = d.as_millis() as u64;
+        for _ in 0..steps {
+            self.run_for(Duration::from_millis(1));
+            self.traffic_step();
+        }
+    }
+
+    fn traffic_step(&mut self) {
+        let now = self.now;
+        let tick = now.saturating_duration_since(Instant::ZERO).as_millis() as u64;
+        for c in 0..self.clients.len() {
+            let Some(&(ours_in, ours_out)) = self.child_spis(c).last() else {
+                continue;
+            };
+            // The client's ESP, at the edge of its path.
+            let e = self.traffic.at[c];
+            let t = &mut self.traffic;
+            if t.dead[e] {
+                t.lost[c] += t.in_per_ms;
+            } else if self.edges[e].link.workers[0].inbound.contains_key(&ours_in) {
+                t.delivered[c] += t.in_per_ms;
+            } else if t.in_per_ms > 0 {
+                t.lost[c] += t.in_per_ms;
+                if t.last_unknown[e]
+                    .is_none_or(|l| now.saturating_duration_since(l) >= UNKNOWN_EVERY)
+                {
+                    t.last_unknown[e] = Some(now);
+                    let src = self.clients[c].addr;
+                    self.edges[e].link.report(DpEvent::UnknownSpi {
+                        worker: 0,
+                        spi: ours_in,
+                        src,
+                        dst: PUBLIC.parse().unwrap(),
+                        packets: 1,
+                    });
+                }
+            }
+            // LAN traffic to the client, from every edge that holds its outbound SA.
+            for (i, edge) in self.edges.iter_mut().enumerate() {
+                if self.traffic.dead[i] {
+                    continue;
+                }
+                let w = &mut edge.link.workers[0];
+                let Some(id) = w
+                    .outbound
+                    .iter()
+                    .find(|(_, s)| **s == ours_out)
+                    .map(|(id, _)| *id)
+                else {
+                    continue;
+                };
+                for (spi, seq) in w.send_outbound(id, self.traffic.out_per_ms) {
+                    self.traffic.wire.push((i, spi, seq));
+                }
+                if tick % CHECKPOINT_EVERY_MS == 0 {
+                    let (seq, reserved) = w.out_seq[&id];
+                    edge.link.report(DpEvent::SeqCheckpoint {
+                        worker: 0,
+                        id,
+                        spi: ours_out,
+                        seq,
+                        seq_reserved: reserved,
+                    });
+                }
+            }
+        }
+    }
+
+    /// (SPI, sequence number) pairs sent more than once.
+    fn duplicates(&self) -> Vec<(Spi, u64)> {
+        let mut seen = std::collections::HashSet::new();
+        self.traffic
+            .wire
+            .iter()
+            .filter(|(_, s, n)| !seen.insert((*s, *n)))
+            .map(|(_, s, n)| (*s, *n))
+            .collect()
+    }
+
+    /// IKE datagrams the edges sent to client `c` at or after `since`.
+    fn ike_to_client_since(&self, c: usize, since: Instant) -> usize {
+        let a = self.clients[c].addr;
+        self.sent
+            .iter()
+            .filter(|s| s.at >= since && s.d.dst == a)
+            .count()
+    }
+
+    /// The edges that sent outbound packets of `spi`, in order of their first packet, with
+    /// (first, last) sequence number of each run.
+    fn runs(&self, spi: Spi) -> Vec<(usize, u64, u64)> {
+        let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+        for (e, s, n) in &self.traffic.wire {
+            if *s != spi {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(r) if r.0 == *e => r.2 = *n,
+                _ => runs.push((*e, *n, *n)),
+            }
+        }
+        runs
     }
 
     fn holds(&self, edge: usize, (ours_in, ours_out): (Spi, Spi)) -> (bool, bool) {
@@ -537,7 +673,7 @@ fn an_edge_whose_data_plane_restarted_empty_gets_the_policy_again_and_its_child_
 }
 
 #[test]
-fn esp_for_an_unknown_spi_at_another_edge_gets_the_inbound_sa_on_demand_and_the_outbound_stays() {
+fn esp_for_an_unknown_spi_at_another_edge_gets_the_inbound_sa_on_demand_and_the_outbound_follows() {
     let mut w = Cluster::new(3, 1);
     w.router = all_via(0);
     w.client_connect(0);
@@ -554,15 +690,14 @@ fn esp_for_an_unknown_spi_at_another_edge_gets_the_inbound_sa_on_demand_and_the_
     });
     w.run_for(Duration::from_millis(100));
     assert_eq!(w.node.stats.on_demand, 1);
-    assert_eq!(
-        w.holds(1, spis),
-        (true, false),
-        "inbound on demand, outbound not"
-    );
-    assert_eq!(w.holds(0, spis), (true, true));
+    // The client's ESP reaches edge 1 now: the inbound SA on demand, the outbound SA
+    // follows (a move), edge 0 lets both go.
+    assert_eq!(w.holds(1, spis), (true, true));
+    assert_eq!(w.holds(0, spis), (false, false));
+    assert_eq!(w.node.stats.moves, 1);
     assert_eq!(
         w.node.placement().inbound_edges(spis.0),
-        BTreeSet::from([0, 1])
+        BTreeSet::from([1])
     );
     // An SPI nobody holds gets nothing.
     w.edges[1].link.report(DpEvent::UnknownSpi {
@@ -671,4 +806,208 @@ fn a_message_from_an_edge_that_names_another_edge_is_refused() {
         },
     );
     assert_eq!(w.node.stats.refused, 2);
+}
+
+// ---- edge-to-edge moves (issue 18 item 6) ---------------------------------------------------
+
+/// A world of 3 edges and `clients` clients, all up through edge `first` with their flows on
+/// (10 packets a millisecond each way: 10,000 packets/s).
+fn flowing(clients: usize, first: usize) -> Cluster {
+    let mut w = Cluster::new(3, clients);
+    w.router = all_via(first);
+    for c in 0..clients {
+        w.client_connect(c);
+        w.traffic.at[c] = first;
+    }
+    w.run_for(Duration::from_secs(1));
+    for c in 0..clients {
+        assert_eq!(w.child_spis(c).len(), 1, "client {c} is up");
+    }
+    w.traffic.in_per_ms = 10;
+    w.traffic.out_per_ms = 10;
+    w.run_traffic(Duration::from_millis(100));
+    w
+}
+
+/// The client's path goes to `to`: its IKE (none comes) and its ESP.
+fn steer(w: &mut Cluster, c: usize, to: usize) {
+    w.traffic.at[c] = to;
+    w.router = all_via(to);
+}
+
+fn out_id(w: &Cluster, edge: usize, ours_out: Spi) -> Option<SaId> {
+    w.edges[edge].link.workers[0]
+        .outbound
+        .iter()
+        .find(|(_, s)| **s == ours_out)
+        .map(|(id, _)| *id)
+}
+
+#[test]
+fn a_client_moves_mid_flow_and_the_new_edge_sends_above_every_number_the_old_one_used() {
+    let mut w = flowing(1, 0);
+    let spis = w.child_spis(0)[0];
+    let vip = w.node.placement().host_edges();
+    assert_eq!(vip.len(), 1, "the client's virtual IP is bound: {vip:?}");
+    assert_eq!(vip[0].1, BTreeSet::from([0]));
+    let t_move = w.now;
+    steer(&mut w, 0, 1);
+    w.run_traffic(Duration::from_millis(200));
+    assert_eq!(w.node.stats.moves, 1, "{:?}", w.node.stats);
+    assert_eq!(w.holds(1, spis), (true, true), "both directions at edge 1");
+    assert_eq!(w.holds(0, spis), (false, false), "edge 0 let both go");
+    // The LAN return path: the host binding went with the outbound SA.
+    assert_eq!(
+        w.node.placement().host_edges(),
+        vec![(vip[0].0, BTreeSet::from([1]))]
+    );
+    let bound_at_1 = w.edges[1].link.workers[0]
+        .received
+        .iter()
+        .any(|u| matches!(u, Update::BindHost { dst, .. } if *dst == vip[0].0));
+    assert!(bound_at_1);
+    // Edge 0 sent, then edge 1, each number once, edge 1 above all of edge 0's (whatever
+    // the order their data planes applied the move in: edge 0 is held at its fence).
+    let runs = w.runs(spis.1);
+    let top0 = runs.iter().filter(|r| r.0 == 0).map(|r| r.2).max().unwrap();
+    let first1 = runs.iter().filter(|r| r.0 == 1).map(|r| r.1).min().unwrap();
+    assert!(first1 > top0, "{runs:?}");
+    assert!(
+        first1 - top0 <= crypto_node::DEFAULT_SEQ_GRANT,
+        "the jump is at most one grant: {runs:?}"
+    );
+    assert_eq!(w.duplicates(), vec![]);
+    // No IKE reached the client because of the move.
+    assert_eq!(w.ike_to_client_since(0, t_move), 0);
+    // Inbound: what arrived at edge 1 before its SA did is lost (the on-demand round trip:
+    // report, channel both ways, the data plane's apply), nothing after.
+    let lost = w.traffic.lost[0];
+    assert!(lost > 0 && lost <= 10 * 20, "lost {lost}");
+    println!("move: lost {lost} inbound packets at 10/ms; runs {runs:?}");
+}
+
+#[test]
+fn a_move_between_ike_sa_init_and_ike_auth_and_then_mid_flow() {
+    let mut w = Cluster::new(3, 1);
+    // IKE_SA_INIT via edge 0, IKE_AUTH via edge 1 (client 0: init_here_auth_there).
+    w.router = init_here_auth_there();
+    w.client_connect(0);
+    w.run_for(Duration::from_secs(1));
+    let spis = w.child_spis(0)[0];
+    assert_eq!(w.holds(1, spis), (true, true), "at the IKE_AUTH edge");
+    w.traffic.at[0] = 1;
+    w.traffic.in_per_ms = 10;
+    w.traffic.out_per_ms = 10;
+    w.run_traffic(Duration::from_millis(50));
+    assert_eq!(w.traffic.lost[0], 0, "the first ESP found its SA");
+    let t = w.now;
+    steer(&mut w, 0, 2);
+    w.run_traffic(Duration::from_millis(100));
+    assert_eq!(w.node.stats.moves, 1);
+    assert_eq!(w.holds(2, spis), (true, true));
+    assert_eq!(w.duplicates(), vec![]);
+    assert_eq!(w.ike_to_client_since(0, t), 0);
+}
+
+#[test]
+fn twenty_ping_pong_moves_never_send_a_sequence_number_twice_and_send_no_ike() {
+    let mut w = flowing(2, 0);
+    let t0 = w.now;
+    // Client 0 ping-pongs between edges 0 and 1 (every 30 ms: shorter than a checkpoint
+    // interval would be on a real data plane), client 1 walks round all three.
+    let mut path = [0usize, 0];
+    for m in 1..=20 {
+        path[0] = m % 2;
+        path[1] = m % 3;
+        w.traffic.at = path.to_vec();
+        w.router = all_via(path[0]);
+        w.run_traffic(Duration::from_millis(30));
+    }
+    w.run_traffic(Duration::from_millis(100));
+    assert_eq!(w.duplicates(), vec![]);
+    for (c, at) in path.iter().enumerate() {
+        let spis = w.child_spis(c);
+        assert_eq!(spis.len(), 1, "client {c}: no new CHILD_SA");
+        assert_eq!(w.holds(*at, spis[0]), (true, true), "client {c}");
+        assert_eq!(w.ike_to_client_since(c, t0), 0, "client {c}");
+        let runs = w.runs(spis[0].1);
+        // Each run starts above where every earlier run ended.
+        let mut top = 0;
+        for r in &runs {
+            assert!(r.1 > top, "client {c}: {runs:?}");
+            top = top.max(r.2);
+        }
+    }
+    // Client 0 moved 20 times; client 1 on 14 of its 20 steps (m % 3 repeats none in a
+    // row; it starts at 0 and the first step, 1, is a move: all 20 are moves).
+    assert_eq!(w.node.stats.moves, 40, "{:?}", w.node.stats);
+    let lost: Vec<u64> = w.traffic.lost.clone();
+    println!(
+        "ping-pong: lost {lost:?} over 20 moves each, delivered {:?}",
+        w.traffic.delivered
+    );
+}
+
+#[test]
+fn an_edge_killed_its_clients_move_to_the_others_without_ike() {
+    let mut w = flowing(3, 2);
+    let before: Vec<(Spi, Spi)> = (0..3).map(|c| w.child_spis(c)[0]).collect();
+    let t = w.now;
+    // Edge 2 dies: its channel goes, its data plane neither receives nor sends. The router
+    // sends its clients to edges 0 and 1.
+    w.traffic.dead[2] = true;
+    w.disconnect(2);
+    w.run_traffic(Duration::from_millis(20));
+    for c in 0..3 {
+        w.traffic.at[c] = c % 2;
+    }
+    w.run_traffic(Duration::from_millis(200));
+    assert_eq!(w.node.stats.moves, 3);
+    for (c, b) in before.iter().enumerate() {
+        assert_eq!(w.child_spis(c), vec![*b], "client {c} kept its CHILD_SA");
+        assert_eq!(w.holds(c % 2, *b), (true, true), "client {c}");
+        assert_eq!(w.ike_to_client_since(c, t), 0);
+        assert!(w.traffic.delivered[c] > 0);
+    }
+    assert_eq!(w.duplicates(), vec![]);
+    // The dead edge is placed nothing.
+    assert_eq!(w.node.placement().held_by(2), (vec![], vec![]));
+}
+
+#[test]
+fn an_old_edge_cut_off_from_the_crypto_node_sends_on_up_to_its_fence_and_never_into_the_new_edge_s_numbers(
+) {
+    let mut w = Cluster::new(3, 1);
+    // A small grant, so the cut-off edge runs into its reservation within the test.
+    w.node.set_seq_grant(2000);
+    w.router = all_via(0);
+    w.client_connect(0);
+    w.run_for(Duration::from_secs(1));
+    let spis = w.child_spis(0)[0];
+    w.traffic.in_per_ms = 10;
+    w.traffic.out_per_ms = 10;
+    w.run_traffic(Duration::from_millis(500));
+    let id = out_id(&w, 0, spis.1).unwrap();
+    let granted = w.node.stats.grants;
+    assert!(
+        granted >= 1,
+        "the reservation was raised as the checkpoints came"
+    );
+    // Edge 0 loses its channel but lives: it keeps sending to the client (its LAN still
+    // routes to it) and never hears of the move.
+    w.disconnect(0);
+    steer(&mut w, 0, 1);
+    w.run_traffic(Duration::from_millis(500));
+    assert_eq!(w.node.stats.moves, 1);
+    let fence_at_move = w.runs(spis.1)[1].1 - 1;
+    let (used0, reserved0) = w.edges[0].link.workers[0].out_seq[&id];
+    assert_eq!(
+        Some(used0),
+        reserved0,
+        "edge 0 is held at its reservation ({used0})"
+    );
+    assert!(used0 <= fence_at_move, "{used0} <= {fence_at_move}");
+    assert_eq!(w.duplicates(), vec![]);
+    let runs = w.runs(spis.1);
+    assert!(runs.iter().any(|r| r.0 == 1), "edge 1 sends: {runs:?}");
 }

@@ -278,7 +278,11 @@ fn a_crypto_node_restarted_mid_flow_continues_every_ike_sa_without_renegotiation
         seq_reserved: None,
     });
     s.run_for(Duration::from_secs(2));
-    assert_eq!(s.stored_keys("seq/"), 1);
+    // One sequence record per outbound SA: its first reservation's fence was written before
+    // the carrier that installed it left.
+    assert_eq!(s.stored_keys("seq/"), 3);
+    let fence_before = s.w.node.placement().freshest_seq(id).unwrap().fence;
+    assert!(fence_before > 7777, "{fence_before}");
 
     let repo = s.crash();
     s.run_for(Duration::from_secs(2));
@@ -286,10 +290,13 @@ fn a_crypto_node_restarted_mid_flow_continues_every_ike_sa_without_renegotiation
     assert_eq!((r.adopted, r.kept, r.rekeyed), (3, 3, 0), "{r:?}");
     assert!(r.refused.is_empty());
     assert_eq!(s.w.node.stats.edges_kept, 3);
+    // What comes back is the fence (at or above every number an edge may send), never less:
+    // a move after the restart starts above it.
+    let back = s.w.node.placement().freshest_seq(id).unwrap();
     assert_eq!(
-        s.w.node.placement().freshest_seq(id).map(|q| q.seq),
-        Some(7777),
-        "the freshest sequence state came back"
+        (back.seq, back.fence),
+        (fence_before, fence_before),
+        "the fence came back"
     );
     s.run_for(Duration::from_secs(2));
     // Nothing was negotiated again and no edge got an SA again.

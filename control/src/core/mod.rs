@@ -387,6 +387,12 @@ impl ControlCore {
         ok
     }
 
+    /// The data-plane SAs of the CHILD_SA whose inbound SPI is `spi` (a cluster edge saw ESP
+    /// on it: its outbound SA follows the client there).
+    pub fn child_sas(&self, spi: Spi) -> Option<durable::ChildSas> {
+        self.repo.child_sas(ike::ChildSpi(spi.0))
+    }
+
     /// The policy every data plane needs now (static rules and the CHILD_SAs' own), for a
     /// cluster edge that joins.
     pub fn policy_rules(&self) -> Vec<proto::policy::Rule> {

@@ -2,7 +2,7 @@
 //! SPIs, authentication and replay failures (sequence numbers: `sa_state`).
 //!
 //! Counts are running totals, so a report that is coalesced or lost loses nothing; failure
-//! reports go out at most once a second per kind.
+//! reports go out at most once a second per kind (unknown SPIs: every 10 ms).
 
 use core::net::IpAddr;
 
@@ -15,6 +15,12 @@ use crate::stats::{Crossing, DropReason, SaCounters};
 /// At most one report per second per worker and kind: totals travel, so a coalesced report
 /// loses nothing.
 pub(super) const REPORT_EVERY_NS: u64 = 1_000_000_000;
+
+/// Unknown SPIs are reported every 10 ms at most: in a cluster, the first ESP of a client at
+/// another edge is what moves its SAs there (issue 18 item 6), and a client that comes back
+/// within the second must be noticed too. 100 reports a second per worker is still nothing
+/// to the control plane, whatever an attacker sprays.
+pub(super) const UNKNOWN_SPI_EVERY_NS: u64 = 10_000_000;
 
 impl<P: Port> Worker<P> {
     /// Tells the control plane about ESP it could not open: an unknown SPI (RFC 4303 3.4.2
@@ -37,8 +43,13 @@ impl<P: Port> Worker<P> {
         if slot == 0 {
             self.unknown_spi_total += 1;
         }
+        let every = if slot == 0 {
+            UNKNOWN_SPI_EVERY_NS
+        } else {
+            REPORT_EVERY_NS
+        };
         let last = &mut self.reported_at[slot];
-        if *last != 0 && now.saturating_sub(*last) < REPORT_EVERY_NS {
+        if *last != 0 && now.saturating_sub(*last) < every {
             return;
         }
         *last = now.max(1);
