@@ -492,7 +492,6 @@ fn bursts_with_mixed_sas_and_lengths_match_packet_by_packet() {
             assert_eq!(*r, Err(CbcError::Length), "packet {i}");
         }
     }
-    let sealed = pkts.clone();
     // Tamper with every 5th good packet (a byte of the ciphertext, the ICV or the header), and
     // open every 7th with the wrong ESN high half.
     let mut bad = vec![false; plan.len()];
