@@ -23,6 +23,7 @@ pub mod decisions;
 pub mod durable;
 pub mod output;
 pub mod placement;
+pub mod reconnect;
 pub mod transfer;
 pub mod view;
 
@@ -73,6 +74,8 @@ pub struct ControlCore {
     vcm: Option<crate::vcm::HairpinDetector>,
     /// Pairs found worth a direct path, for the connectivity manager (bounded).
     direct_path_candidates: VecDeque<crate::vcm::Candidate>,
+    /// The connections we initiate come back after the peer drops them ([`reconnect`]).
+    reconnect: reconnect::Reconnect,
 }
 
 /// Candidates kept for the connectivity manager (the oldest go first).
@@ -136,6 +139,7 @@ impl ControlCore {
             durable: durable::Durability::default(),
             vcm: None,
             direct_path_candidates: VecDeque::new(),
+            reconnect: reconnect::Reconnect::default(),
         }
     }
 
@@ -331,6 +335,12 @@ impl ControlCore {
     /// Runs the endpoint's timers that are due, and rebuilds the view when its time came
     /// (then true: the driver tells [`set_view_cost`](Self::set_view_cost) what it took).
     pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        if self.reconnect.next_due().is_some_and(|t| t <= now) {
+            for name in self.reconnect.take_due(now) {
+                self.connect(now, &name, "reconnect: ");
+            }
+            self.pump(now);
+        }
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             self.endpoint.handle_timeout(now);
             // An expired half-open IKE SA goes without an event.
@@ -348,10 +358,44 @@ impl ControlCore {
 
     /// The earliest time [`handle_timeout`](Self::handle_timeout) has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.endpoint.poll_timeout(), self.view.due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [
+            self.endpoint.poll_timeout(),
+            self.view.due(),
+            self.reconnect.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Initiates connection `name` (if it still has an address to initiate to), logging with
+    /// `what` ("", "reload: ", "reconnect: ") before the line.
+    fn connect(&mut self, now: Instant, name: &str, what: &str) {
+        let local = SocketAddr::new(self.local, 500);
+        let Some(remote) = self
+            .conns
+            .iter()
+            .find(|c| c.peer.name == name)
+            .and_then(|c| c.initiate_to)
+        else {
+            self.reconnect.forget(name);
+            return;
+        };
+        match self.endpoint.connect(now, name, local, remote) {
+            Ok(ike) => {
+                self.reconnect.initiated(ike, name);
+                self.out
+                    .log(format!("ike: {what}initiating {name} to {remote}"));
+            }
+            Err(e) => self
+                .out
+                .error(format!("ike: {what}cannot initiate {name}: {e}")),
         }
+    }
+
+    /// Reconnects so far: losses that scheduled one, by reason, and attempts made.
+    pub fn reconnects(&self) -> (Vec<(reconnect::Why, u64)>, u64) {
+        (self.reconnect.counts().collect(), self.reconnect.attempts)
     }
 
     /// What the last view rebuild cost on the driver's clock (rebuilds keep to 5% of it).
@@ -415,22 +459,15 @@ impl ControlCore {
     /// Starts the connections that have a peer address and no IKE SA yet (one adopted after a
     /// restart carries on instead).
     pub fn initiate(&mut self, now: Instant) {
-        let local = SocketAddr::new(self.local, 500);
         let up: Vec<String> = self.endpoint.list().into_iter().map(|s| s.1).collect();
-        for c in &self.conns {
-            if up.contains(&c.peer.name) {
-                continue;
-            }
-            if let Some(remote) = c.initiate_to {
-                match self.endpoint.connect(now, &c.peer.name, local, remote) {
-                    Ok(_) => self
-                        .out
-                        .log(format!("ike: initiating {} to {remote}", c.peer.name)),
-                    Err(e) => self
-                        .out
-                        .error(format!("ike: cannot initiate {}: {e}", c.peer.name)),
-                }
-            }
+        let names: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|c| c.initiate_to.is_some() && !up.contains(&c.peer.name))
+            .map(|c| c.peer.name.clone())
+            .collect();
+        for name in names {
+            self.connect(now, &name, "");
         }
         self.pump(now);
     }
@@ -528,22 +565,15 @@ impl ControlCore {
         if let Some(a) = plan.admission {
             self.set_admission(a);
         }
-        let local = SocketAddr::new(self.local, 500);
-        for c in &self.conns {
-            let name = &c.peer.name;
-            if !(plan.added.contains(name) || plan.changed.contains(name)) {
-                continue;
-            }
-            if let Some(remote) = c.initiate_to {
-                match self.endpoint.connect(now, name, local, remote) {
-                    Ok(_) => self
-                        .out
-                        .log(format!("ike: reload: initiating {name} to {remote}")),
-                    Err(e) => self
-                        .out
-                        .error(format!("ike: reload: cannot initiate {name}: {e}")),
-                }
-            }
+        let names: Vec<String> = self
+            .conns
+            .iter()
+            .map(|c| c.peer.name.clone())
+            .filter(|n| plan.added.contains(n) || plan.changed.contains(n))
+            .collect();
+        for name in names {
+            self.reconnect.forget(&name);
+            self.connect(now, &name, "reload: ");
         }
         self.view.mark_stale();
         self.pump(now);
@@ -573,6 +603,7 @@ impl ControlCore {
 
     /// Starts deleting every IKE SA (a clean shutdown tells the peers).
     pub fn begin_shutdown(&mut self, now: Instant) {
+        self.reconnect.stopped = true;
         for (id, ..) in self.endpoint.list() {
             let _ = self.endpoint.delete_ike(now, id);
         }
@@ -634,6 +665,7 @@ impl ControlCore {
                     }
                 }
             }
+            self.note_for_reconnect(now, &e);
             match self.repo.on_event(&e) {
                 Ok(updates) => updates.into_iter().for_each(|u| self.route(u)),
                 Err(err) => self.out.error(format!("ike: {err}")),
@@ -658,6 +690,26 @@ impl ControlCore {
                 dst_port: t.dst.port(),
                 payload: t.data,
             });
+        }
+    }
+
+    /// What [`reconnect`] needs of an endpoint event; a loss that schedules a reconnect is
+    /// logged with its reason and delay.
+    fn note_for_reconnect(&mut self, now: Instant, e: &ike::Event) {
+        match e {
+            ike::Event::IkeUp { ike, peer, .. } => self.reconnect.up(*ike, peer),
+            ike::Event::IkeRekeyed { old, new, .. } => self.reconnect.rekeyed(*old, *new),
+            ike::Event::IkeDown { ike, reason } => {
+                if let Some((name, why, due)) = self.reconnect.down(now, *ike, reason) {
+                    let failures = self.reconnect.failures(&name);
+                    self.out.log(format!(
+                        "ike: {name}: IKE SA lost ({}), reconnecting in {} ms (attempt {failures})",
+                        why.label(),
+                        due.saturating_duration_since(now).as_millis()
+                    ));
+                }
+            }
+            _ => {}
         }
     }
 

@@ -669,3 +669,74 @@ fn hairpin_reports_between_two_clients_make_one_candidate_the_policy_allows() {
         (1, 1, 1)
     );
 }
+
+/// A client (A initiates to B, with dead-peer detection) comes back by itself when its
+/// gateway deletes its IKE SA, and when the gateway disappears (DPD runs out) and returns:
+/// reconnects on the bounded back-off, counted by reason.
+#[test]
+fn an_initiator_reconnects_after_the_gateway_deletes_its_ike_sa_or_disappears() {
+    use crate::core::reconnect::Why;
+    let a = A.replace(
+        "remote_addr: 192.0.2.2 }",
+        "remote_addr: 192.0.2.2, dpd_secs: 10 }",
+    );
+    let mut w = World::new();
+    w.gateway(&a, "192.0.2.1", 1);
+    w.gateway(B, "192.0.2.2", 1);
+    let now = w.now;
+    w.gw(0).core().initiate(now);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.gw(0).core().children().len(), 1, "up");
+    let first = w.gw(0).core().endpoint().list()[0].0;
+
+    // 1. The gateway deletes every IKE SA (an INFORMATIONAL delete): A is back 1 s later,
+    // with a new IKE SA, not before.
+    let now = w.now;
+    w.gw(1).core().begin_shutdown(now);
+    w.run_for(Duration::from_millis(500));
+    assert_eq!(w.gw(0).core().children().len(), 0, "deleted");
+    assert_eq!(w.gw(0).core().ike_sa_count(), 0);
+    w.run_for(Duration::from_millis(1000));
+    assert_eq!(w.gw(0).core().children().len(), 1, "reconnected");
+    let second = w.gw(0).core().endpoint().list()[0].0;
+    assert_ne!(first, second);
+    assert_eq!(
+        w.gw(0).core().reconnects(),
+        (vec![(Why::PeerDeleted, 1)], 1)
+    );
+
+    // 2. The gateway disappears (nothing gets through) for 10 minutes: DPD runs out, A tries
+    // again and again on the back-off (IKE_SA_INIT unanswered), and is up within the bound
+    // once the gateway is back.
+    w.fault = Some(Box::new(|_, _, _| false));
+    w.run_for(Duration::from_secs(600));
+    assert_eq!(w.gw(0).core().children().len(), 0, "gone");
+    let (counts, attempts) = w.gw(0).core().reconnects();
+    assert!(counts.contains(&(Why::DeadPeer, 1)), "{counts:?}");
+    let timeouts = counts
+        .iter()
+        .find(|(w, _)| *w == Why::ConnectTimeout)
+        .map_or(0, |c| c.1);
+    assert!(timeouts >= 2, "{counts:?}");
+    // One attempt per loss (the last one in flight), or but the one whose wait is running.
+    let losses = 2 + timeouts;
+    assert!(
+        attempts == losses || attempts == losses - 1,
+        "{attempts} of {losses}"
+    );
+    w.fault = None;
+    // Bounded: the back-off's longest wait, plus an IKE_SA_INIT retransmission cycle.
+    let mut up_after = None;
+    for s in 1..=300u64 {
+        w.run_for(Duration::from_secs(1));
+        if w.gw(0).core().children().len() == 1 {
+            up_after = Some(s);
+            break;
+        }
+    }
+    let up_after = up_after.expect("back within 300 s of the gateway's return");
+    assert!(up_after <= 60 + 170, "{up_after} s");
+    // B holds the new CHILD_SA, and still the one from before the outage: B has no
+    // dead-peer detection here, and A's new IKE SA sends no INITIAL_CONTACT.
+    assert_eq!(w.gw(1).core().children().len(), 2);
+}

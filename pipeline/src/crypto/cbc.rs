@@ -73,6 +73,14 @@ pub trait CbcHmac: Send + Sync {
     /// may be overwritten in either case.
     fn open_in_place(&self, esp: &mut [u8], esn_hi: Option<u32>) -> Result<(), CbcError>;
 
+    /// The ipsec-mb key state behind this key, for [`seal_burst`] / [`open_burst`] to batch
+    /// its packets' jobs with other SAs' (`None`: another backend, sealed one by one).
+    #[cfg(ipsecmb)]
+    #[doc(hidden)]
+    fn ipsecmb(&self) -> Option<&super::ipsecmb_cbc::IpsecMbCbcHmac> {
+        None
+    }
+
     /// Known-answer hooks: the truncated HMAC of any `data` (the buffer may be used as
     /// scratch), and bare CBC over whole blocks.
     #[cfg(test)]
@@ -87,6 +95,61 @@ impl fmt::Debug for dyn CbcHmac {
             .field("backend", &self.backend())
             .field("alg", &self.alg())
             .finish_non_exhaustive()
+    }
+}
+
+/// One packet of a burst for [`seal_burst`] / [`open_burst`]: the SA direction's key, the ESP
+/// packet (as [`CbcHmac::seal_in_place`] takes it), the ESN high half the ICV covers, and,
+/// after the call, the outcome.
+pub struct CbcJob<'a> {
+    pub imp: &'a dyn CbcHmac,
+    pub esp: &'a mut [u8],
+    pub esn_hi: Option<u32>,
+    pub result: Result<(), CbcError>,
+}
+
+impl<'a> CbcJob<'a> {
+    /// A job not yet run (its result says so until the burst call sets it).
+    pub fn new(imp: &'a dyn CbcHmac, esp: &'a mut [u8], esn_hi: Option<u32>) -> CbcJob<'a> {
+        CbcJob {
+            imp,
+            esp,
+            esn_hi,
+            result: Err(CbcError::Backend),
+        }
+    }
+}
+
+/// Seals every packet of a burst, each with its own SA's key (SAs and lengths may be mixed),
+/// as [`CbcHmac::seal_in_place`] would one by one; sets each job's `result`.
+///
+/// On the ipsec-mb backend every packet becomes one job (AES-CBC, then the HMAC over the
+/// ciphertext, `IMB_ORDER_CIPHER_HASH`) submitted to this thread's burst manager, and the
+/// manager is flushed once at the end: the multi-buffer code paths encrypt and hash up to 16
+/// packets in parallel lanes, where one packet at a time leaves all but one lane idle (CBC
+/// encryption is serial within a packet). Other backends seal one packet after the other.
+pub fn seal_burst(jobs: &mut [CbcJob<'_>]) {
+    burst(jobs, true)
+}
+
+/// Opens every packet of a burst as [`CbcHmac::open_in_place`] would one by one (ICV checked
+/// in constant time, mismatch leaves no plaintext behind); on ipsec-mb batched like
+/// [`seal_burst`], with the HMAC before the decryption (`IMB_ORDER_HASH_CIPHER`).
+pub fn open_burst(jobs: &mut [CbcJob<'_>]) {
+    burst(jobs, false)
+}
+
+fn burst(jobs: &mut [CbcJob<'_>], encrypt: bool) {
+    #[cfg(ipsecmb)]
+    if super::ipsecmb_cbc::burst(jobs, encrypt) {
+        return;
+    }
+    for j in jobs {
+        j.result = if encrypt {
+            j.imp.seal_in_place(j.esp, j.esn_hi)
+        } else {
+            j.imp.open_in_place(j.esp, j.esn_hi)
+        };
     }
 }
 

@@ -164,7 +164,7 @@ fn esn_hi(esn: bool, seq: u64) -> Option<u32> {
     esn.then_some((seq >> 32) as u32)
 }
 
-fn cbc_reason(e: CbcError) -> DropReason {
+pub(crate) fn cbc_reason(e: CbcError) -> DropReason {
     match e {
         CbcError::Auth => DropReason::AuthFailed,
         CbcError::Length => DropReason::EspBadLength,
@@ -180,18 +180,64 @@ fn encapsulate_cbc<F: Frame>(
     f: &mut F,
     meta: InnerMeta,
 ) -> Result<Option<Crossing>, DropReason> {
+    let framed = frame_cbc(sa, f, meta)?;
+    let EspCipher::Cbc(cbc) = &sa.cipher else {
+        return Err(DropReason::CryptoFailed);
+    };
+    let Some(esp) = f.data_mut().get_mut(..framed.esp_len) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    cbc.imp
+        .seal_in_place(esp, framed.esn_hi)
+        .map_err(cbc_reason)?;
+    finish_cbc(sa, f, &framed)
+}
+
+/// A CBC packet framed by [`frame_cbc`], waiting for its seal ([`crate::crypto::cbc::seal_burst`])
+/// and then [`finish_cbc`]. Its sequence number is taken: the SA never hands it out again,
+/// whether or not the packet is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CbcFramed {
+    pub seq: u64,
+    /// The ESN high half the ICV covers.
+    pub esn_hi: Option<u32>,
+    pub inner_len: usize,
+    /// The ESP packet, SPI to ICV, at the start of the frame's data.
+    pub esp_len: usize,
+    pub meta: InnerMeta,
+}
+
+/// Whether `sa` seals with AES-CBC + HMAC (and so may be sealed a burst at a time through
+/// [`frame_cbc`], `seal_burst` and [`finish_cbc`]).
+#[inline]
+pub fn is_cbc(sa: &OutboundSa) -> bool {
+    matches!(sa.cipher, EspCipher::Cbc(_))
+}
+
+/// The first half of [`encapsulate`] for a CBC SA: every check, the sequence number, padding,
+/// trailer, header and IV; `f`'s data is then the ESP packet with the plaintext in place and
+/// room for the ICV, ready for the seal.
+pub fn frame_cbc<F: Frame>(
+    sa: &mut OutboundSa,
+    f: &mut F,
+    meta: InnerMeta,
+) -> Result<CbcFramed, DropReason> {
+    if sa.counters.expired() {
+        return Err(DropReason::SaExpired);
+    }
     let EspCipher::Cbc(cbc) = &sa.cipher else {
         return Err(DropReason::CryptoFailed);
     };
     let CbcSa {
-        imp,
         iv: Some(ivgen),
         icv_len,
+        ..
     } = &**cbc
     else {
         // An inbound record's state in an outbound one: never built that way.
         return Err(DropReason::CryptoFailed);
     };
+    let icv_len = *icv_len;
     let inner_len = f.len();
     let pad = cbc_pad_len(inner_len);
     let tail = pad + 2 + icv_len;
@@ -226,13 +272,24 @@ fn encapsulate_cbc<F: Frame>(
     hdr[0..4].copy_from_slice(&sa.spi.0.to_be_bytes());
     hdr[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
     hdr[8..24].copy_from_slice(&ivgen.iv(sa.spi.0, seq));
-    let Some(esp) = d.get_mut(..ct_end + icv_len) else {
-        return Err(DropReason::NoBufferRoom);
-    };
-    imp.seal_in_place(esp, esn_hi(sa.esn, seq))
-        .map_err(cbc_reason)?;
-    let crossing = sa.counters.count(inner_len as u64);
-    push_outer(sa, f, meta, seq)?;
+    Ok(CbcFramed {
+        seq,
+        esn_hi: esn_hi(sa.esn, seq),
+        inner_len,
+        esp_len: ct_end + icv_len,
+        meta,
+    })
+}
+
+/// The second half of [`encapsulate`] for a CBC SA, after its seal: the lifetimes and the
+/// outer header.
+pub fn finish_cbc<F: Frame>(
+    sa: &mut OutboundSa,
+    f: &mut F,
+    framed: &CbcFramed,
+) -> Result<Option<Crossing>, DropReason> {
+    let crossing = sa.counters.count(framed.inner_len as u64);
+    push_outer(sa, f, framed.meta, framed.seq)?;
     Ok(crossing)
 }
 
@@ -315,6 +372,22 @@ pub fn decapsulate<F: Frame>(
     arrived: Encap,
     now: u64,
 ) -> Result<Opened, DropReason> {
+    match decapsulate_or_defer(sad, f, arrived, now, false)? {
+        Decap::Opened(o) => Ok(o),
+        // Not deferred, so never a pending CBC open.
+        Decap::Cbc(_) => Err(DropReason::CryptoFailed),
+    }
+}
+
+/// [`decapsulate`], except that with `defer` a CBC SA's packet stops before its ICV check
+/// ([`Decap::Cbc`]) so that a burst's CBC packets are opened together.
+pub fn decapsulate_or_defer<F: Frame>(
+    sad: &mut Sad,
+    f: &mut F,
+    arrived: Encap,
+    now: u64,
+    defer: bool,
+) -> Result<Decap, DropReason> {
     let len = f.len();
     if len < MIN_ESP_LEN {
         return Err(DropReason::EspTruncated);
@@ -341,8 +414,70 @@ pub fn decapsulate<F: Frame>(
     }
     let r = match sa.cipher {
         EspCipher::Aead(_) => open_with(sa, d, seq_lo, &iv),
+        EspCipher::Cbc(_) if defer => match check_cbc(sa, d, seq_lo) {
+            Ok(seq) => return Ok(Decap::Cbc(CbcOpen { spi, seq })),
+            Err(r) => Err(r),
+        },
         EspCipher::Cbc(_) => open_cbc(sa, d, seq_lo),
     };
+    opened(sa, f, spi, r, now).map(Decap::Opened)
+}
+
+/// What [`decapsulate_or_defer`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decap {
+    /// Opened (a GCM SA).
+    Opened(Opened),
+    /// A CBC SA's packet that passed every check before its ICV: open it (in a burst, with
+    /// [`crate::crypto::cbc::open_burst`]) and hand the outcome to [`finish_open_cbc`].
+    Cbc(CbcOpen),
+}
+
+/// A CBC packet waiting for its ICV check and decryption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CbcOpen {
+    pub spi: Spi,
+    /// The full sequence number (the ESN high half inferred from the replay window).
+    pub seq: u64,
+}
+
+impl CbcOpen {
+    /// The ESN high half the ICV covers, if `sa` uses ESN.
+    pub fn esn_hi(&self, sa: &InboundSa) -> Option<u32> {
+        esn_hi(sa.esn, self.seq)
+    }
+}
+
+/// The end of a deferred CBC open: the burst's `result` for this packet, then as
+/// [`decapsulate`] after the ICV (the replay window advances only now: a second copy of the
+/// same number in the burst is refused here), the trailer, the lifetimes.
+pub fn finish_open_cbc<F: Frame>(
+    sad: &mut Sad,
+    f: &mut F,
+    p: CbcOpen,
+    result: Result<(), CbcError>,
+    now: u64,
+) -> Result<Opened, DropReason> {
+    let Some(sa) = sad.inbound_mut(p.spi) else {
+        return Err(DropReason::UnknownSpi);
+    };
+    let r = match result {
+        Ok(()) => after_cbc_open(sa, f.data_mut(), p.seq),
+        Err(e) => Err(cbc_reason(e)),
+    };
+    opened(sa, f, p.spi, r, now)
+}
+
+/// The outcome of an open on `sa`: the frame trimmed to the inner packet, or the drop
+/// counted on the SA.
+#[inline]
+fn opened<F: Frame>(
+    sa: &mut InboundSa,
+    f: &mut F,
+    spi: Spi,
+    r: Result<(u8, usize, Option<Crossing>), DropReason>,
+    now: u64,
+) -> Result<Opened, DropReason> {
     match r {
         Ok((next_header, inner_len, crossing)) => {
             let id = sa.id;
@@ -422,25 +557,54 @@ fn open_cbc(
     d: &mut [u8],
     seq_lo: u32,
 ) -> Result<(u8, usize, Option<Crossing>), DropReason> {
+    let seq = check_cbc(sa, d, seq_lo)?;
+    let EspCipher::Cbc(cbc) = &sa.cipher else {
+        return Err(DropReason::CryptoFailed);
+    };
+    cbc.imp
+        .open_in_place(d, esn_hi(sa.esn, seq))
+        .map_err(cbc_reason)?;
+    after_cbc_open(sa, d, seq)
+}
+
+/// The checks of a CBC packet before its ICV: lifetime, length, replay window (not advanced).
+/// Returns the full sequence number.
+fn check_cbc(sa: &mut InboundSa, d: &[u8], seq_lo: u32) -> Result<u64, DropReason> {
     if sa.counters.expired() {
         return Err(DropReason::SaExpired);
     }
     let EspCipher::Cbc(cbc) = &sa.cipher else {
         return Err(DropReason::CryptoFailed);
     };
-    let icv_len = cbc.icv_len;
-    let Some(ct_len) = d.len().checked_sub(ESP_HEADER_LEN + CBC_IV_LEN + icv_len) else {
+    let Some(ct_len) = d
+        .len()
+        .checked_sub(ESP_HEADER_LEN + CBC_IV_LEN + cbc.icv_len)
+    else {
         return Err(DropReason::EspTruncated);
     };
     if ct_len == 0 || ct_len % BLOCK_LEN != 0 {
         return Err(DropReason::EspBadLength);
     }
-    let seq = sa.replay.check(seq_lo).map_err(replay_reason)?;
-    cbc.imp
-        .open_in_place(d, esn_hi(sa.esn, seq))
-        .map_err(cbc_reason)?;
+    sa.replay.check(seq_lo).map_err(replay_reason)
+}
+
+/// After a CBC packet's ICV matched and it was decrypted: the replay window, the trailer.
+fn after_cbc_open(
+    sa: &mut InboundSa,
+    d: &[u8],
+    seq: u64,
+) -> Result<(u8, usize, Option<Crossing>), DropReason> {
     sa.replay.advance(seq).map_err(replay_reason)?;
-    let Some(ct) = d.get(ESP_HEADER_LEN + CBC_IV_LEN..ESP_HEADER_LEN + CBC_IV_LEN + ct_len) else {
+    let icv_len = match &sa.cipher {
+        EspCipher::Cbc(cbc) => cbc.icv_len,
+        EspCipher::Aead(_) => return Err(DropReason::CryptoFailed),
+    };
+    let ct_start = ESP_HEADER_LEN + CBC_IV_LEN;
+    let Some(ct) = d
+        .len()
+        .checked_sub(icv_len)
+        .and_then(|end| d.get(ct_start..end))
+    else {
         return Err(DropReason::EspTruncated);
     };
     after_open(sa, ct)

@@ -8,11 +8,12 @@
 
 use core::net::{IpAddr, Ipv4Addr};
 
+use super::cbc_burst::OpenLater;
 use super::emit::{decrement_hop_limit, rewrite_inner};
 use super::parse::{outer_addrs, parse_inner, parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
 use crate::esp::sa::Encap;
-use crate::esp::tunnel::{self, Opened};
+use crate::esp::tunnel::{self, Decap, Opened};
 use crate::ids::Spi;
 use crate::port::{Frame, Port};
 use crate::sad::Sad;
@@ -84,12 +85,7 @@ impl<P: Port> Worker<P> {
             // from the stack before the stores that wrote it had retired.
             return match self.open(f, at, encap, pkt.ecn, now) {
                 Ok(v) => v,
-                Err((r, spi)) => {
-                    let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-                    let (src, dst) = outer_addrs(f.data()).unwrap_or((unspecified, unspecified));
-                    self.report_failure(r, spi, src, dst, now);
-                    Verdict::Drop(r)
-                }
+                Err((r, spi)) => self.open_failed(f, r, spi, now),
             };
         }
         if reassembled {
@@ -203,8 +199,17 @@ impl<P: Port> Worker<P> {
         if !f.adj(esp_at) {
             return Ok(Verdict::Drop(DropReason::EspTruncated));
         }
-        let opened = match tunnel::decapsulate(&mut self.sad, f, encap, now) {
-            Ok(o) => o,
+        let opened = match tunnel::decapsulate_or_defer(&mut self.sad, f, encap, now, true) {
+            Ok(Decap::Opened(o)) => o,
+            Ok(Decap::Cbc(pending)) => {
+                // Opened with the burst's other CBC packets, finished in `open_cbc_burst`.
+                return Ok(Verdict::OpenLater(OpenLater {
+                    pending,
+                    esp_at,
+                    outer_ecn,
+                    result: Err(crate::crypto::CbcError::Backend),
+                }));
+            }
             Err(r) => {
                 let spi = esp::Packet::new_checked(f.data()).map_or(Spi(0), |p| Spi(p.spi()));
                 // Back to the outer header, for the caller's report (a failed open leaves the
@@ -213,10 +218,37 @@ impl<P: Port> Worker<P> {
                 return Err((r, spi));
             }
         };
+        Ok(self.after_open(f, &opened, outer_ecn, now))
+    }
+
+    /// An opened packet: its lifetime report, then on to the LAN.
+    #[inline]
+    pub(super) fn after_open(
+        &mut self,
+        f: &mut P::Frame,
+        opened: &Opened,
+        outer_ecn: u8,
+        now: u64,
+    ) -> Verdict {
         if let Some(c) = opened.crossing {
             self.report_crossing(opened.spi, c, now);
         }
-        Ok(self.deliver(f, &opened, outer_ecn, now))
+        self.deliver(f, opened, outer_ecn, now)
+    }
+
+    /// A failed open of the ESP at `esp_at` (the frame's data starts at the outer header
+    /// again): reported with the outer addresses, dropped.
+    pub(super) fn open_failed(
+        &mut self,
+        f: &P::Frame,
+        r: DropReason,
+        spi: Spi,
+        now: u64,
+    ) -> Verdict {
+        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let (src, dst) = outer_addrs(f.data()).unwrap_or((unspecified, unspecified));
+        self.report_failure(r, spi, src, dst, now);
+        Verdict::Drop(r)
     }
 
     /// Checks an opened packet against its SA's selectors, applies the RFC 6040 ECN outcome

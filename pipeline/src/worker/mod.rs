@@ -48,6 +48,7 @@ use crate::sad::Sad;
 use crate::spd::Spd;
 use crate::stats::{CoreCounters, DropReason, SaCounters, Traffic};
 
+mod cbc_burst;
 mod checksum;
 mod commands;
 mod emit;
@@ -170,6 +171,9 @@ pub struct Worker<P: Port> {
     /// Replies the reply ring had no room for; while any wait, no new command is applied.
     replies_waiting: VecDeque<Reply>,
     rx: Vec<P::Frame>,
+    /// The burst's CBC packets waiting for their seal or open (see [`cbc_burst`]).
+    cbc_seals: Vec<(P::Frame, cbc_burst::SealLater)>,
+    cbc_opens: Vec<(P::Frame, cbc_burst::OpenLater)>,
     lan_txq: VecDeque<P::Frame>,
     wan_txq: VecDeque<P::Frame>,
     generation: u64,
@@ -205,6 +209,10 @@ enum Verdict {
     /// the frame until it does).
     Resolve(Side, IpAddr),
     Drop(DropReason),
+    /// A CBC SA's packet, framed, sealed with the rest of the burst's ([`cbc_burst`]).
+    SealLater(cbc_burst::SealLater),
+    /// A CBC SA's packet, checked up to its ICV, opened with the rest of the burst's.
+    OpenLater(cbc_burst::OpenLater),
 }
 
 impl<P: Port> Worker<P> {
@@ -248,6 +256,8 @@ impl<P: Port> Worker<P> {
             control,
             replies_waiting: VecDeque::new(),
             rx: Vec::with_capacity(BURST),
+            cbc_seals: Vec::with_capacity(BURST),
+            cbc_opens: Vec::with_capacity(BURST),
             lan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
             wan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
             ike_frag_ident: 1,
@@ -382,14 +392,17 @@ impl<P: Port> Worker<P> {
                     Side::Wan => self.inbound(&mut f, now),
                 },
             };
-            match verdict {
-                Verdict::ToWan => self.wan_txq.push_back(f),
-                Verdict::ToLan => self.lan_txq.push_back(f),
-                Verdict::Resolve(side, hop) => self.resolve_and_send(side, hop, f),
-                Verdict::Drop(r) => self.counters.record_drop(r),
-            }
+            self.dispatch(f, verdict);
         }
         self.rx = rx;
+        // The burst's CBC packets, each kind in one batch (after the others: a burst may
+        // reorder packets of different SAs, never those of one SA).
+        if !self.cbc_seals.is_empty() {
+            self.seal_cbc_burst(now);
+        }
+        if !self.cbc_opens.is_empty() {
+            self.open_cbc_burst(now);
+        }
         self.counters.count(Traffic::RxPackets, n as u64);
         self.counters.count(Traffic::RxBytes, bytes);
         n
@@ -397,6 +410,19 @@ impl<P: Port> Worker<P> {
 }
 
 impl<P: Port> Worker<P> {
+    /// Sends, queues or drops a processed frame as its verdict says.
+    #[inline]
+    fn dispatch(&mut self, f: P::Frame, verdict: Verdict) {
+        match verdict {
+            Verdict::ToWan => self.wan_txq.push_back(f),
+            Verdict::ToLan => self.lan_txq.push_back(f),
+            Verdict::Resolve(side, hop) => self.resolve_and_send(side, hop, f),
+            Verdict::Drop(r) => self.counters.record_drop(r),
+            Verdict::SealLater(s) => self.cbc_seals.push((f, s)),
+            Verdict::OpenLater(o) => self.cbc_opens.push((f, o)),
+        }
+    }
+
     /// Forwards the IP packet in `f` toward `side`: its Ethernet header, to the configured or
     /// resolved next hop.
     #[inline]

@@ -6,6 +6,7 @@
 
 use core::net::IpAddr;
 
+use super::cbc_burst::SealLater;
 use super::emit::decrement_hop_limit;
 use super::parse::{parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
@@ -119,12 +120,45 @@ impl<P: Port> Worker<P> {
             ecn: pkt.ecn,
         };
         let outer_v6 = sa.ipv6;
+        if tunnel::is_cbc(sa) {
+            // Framed now, sealed with the burst's other CBC packets, finished in
+            // `seal_cbc_burst`.
+            return match tunnel::frame_cbc(sa, f, meta) {
+                Ok(framed) => Verdict::SealLater(SealLater {
+                    id,
+                    framed,
+                    outer_v6,
+                    result: Err(crate::crypto::CbcError::Backend),
+                }),
+                Err(r) => {
+                    sa.counters.record_drop(r);
+                    Verdict::Drop(r)
+                }
+            };
+        }
         let crossing = match tunnel::encapsulate(sa, f, meta) {
             Ok(c) => c,
             Err(r) => {
                 sa.counters.record_drop(r);
                 return Verdict::Drop(r);
             }
+        };
+        self.sealed(f, id, crossing, inner_len, outer_v6, now)
+    }
+
+    /// The bookkeeping of a packet sealed on outbound SA `id`, and its way to the WAN.
+    #[inline]
+    pub(super) fn sealed(
+        &mut self,
+        f: &mut P::Frame,
+        id: SaId,
+        crossing: Option<crate::stats::Crossing>,
+        inner_len: usize,
+        outer_v6: bool,
+        now: u64,
+    ) -> Verdict {
+        let Some(sa) = self.sad.outbound_mut(id) else {
+            return Verdict::Drop(DropReason::NoSa);
         };
         sa.counters.last_used.set(now.max(1));
         let seq_due = sa.seq >= sa.next_report;

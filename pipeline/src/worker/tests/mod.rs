@@ -15,6 +15,7 @@ use crate::stats::{DropReason, Lifetime, Traffic};
 use crate::traffic::{FlowSpec, Generator};
 use crate::wire::{esp, ethernet, icmpv4, ipv4, udp, IpProtocol};
 
+mod cbc;
 mod client;
 mod commands;
 mod hairpin;
