@@ -21,6 +21,7 @@
 //! | `inbound` | WAN -> ESP open (in the SA's own encapsulation) -> selector and ECN checks -> LAN; clear traffic and masquerade in |
 //! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
+//! | `handoff` | frames whose SA another worker owns (IKE: worker 0) to that worker's lane, waiting while it is full; frames other workers handed here |
 //! | `reports` | events for the control plane: lifetimes, failures (rate-limited) |
 //! | `sa_state` | an SA's state leaving the worker: sequence checkpoints (packets, time), the warning before the limit, reservations, exports on request |
 //! | `parse` | what the worker reads of Ethernet and IP headers, through the `wire` views |
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use rtrb::{Consumer, Producer};
 
 use crate::esp::sa::Checkpoint;
+use crate::handoff::HandOff;
 use crate::ids::{SaId, Spi};
 use crate::msg::{Datagram, Direction, Envelope, Reply};
 use crate::nat::{Masquerade, NatDrop};
@@ -51,6 +53,7 @@ mod checksum;
 mod commands;
 mod emit;
 mod fragments;
+mod handoff;
 mod hosts;
 mod ike_io;
 mod inbound;
@@ -171,6 +174,13 @@ pub struct Worker<P: Port> {
     generation: u64,
     /// The IPv4 identification of the next IKE datagram sent in fragments.
     ike_frag_ident: u16,
+    /// The other workers, when there are any (`handoff`): frames whose SA another worker
+    /// owns go there.
+    handoff: Option<Box<HandOff>>,
+    /// Frames waiting for room in their lane (destination worker, side they came in on).
+    handoff_q: VecDeque<(u16, Side, P::Frame)>,
+    /// True while this worker processes frames another worker handed it: they stay here.
+    receiving: bool,
 }
 
 /// The clear (LAN) or protected (WAN) side of a gateway.
@@ -200,6 +210,8 @@ enum Verdict {
     /// Toward this side once the next hop's MAC is known (the neighbour cache has it or keeps
     /// the frame until it does).
     Resolve(Side, IpAddr),
+    /// To the worker that owns the frame's SA (or, for IKE, the one with the punt ring).
+    HandOff(u16),
     Drop(DropReason),
 }
 
@@ -247,7 +259,16 @@ impl<P: Port> Worker<P> {
             wan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
             ike_frag_ident: 1,
             generation: 0,
+            handoff: None,
+            handoff_q: VecDeque::new(),
+            receiving: false,
         }
+    }
+
+    /// Joins this worker to the others (its ends of [`crate::handoff::mesh`]): frames whose
+    /// SA another worker owns, and IKE when this worker has no punt ring, go to that worker.
+    pub fn set_handoff(&mut self, h: HandOff) {
+        self.handoff = (h.workers() > 1).then(|| Box::new(h));
     }
 
     pub fn handle(&self) -> WorkerHandle {
@@ -333,12 +354,20 @@ impl<P: Port> Worker<P> {
         // Each rx is paused only by the queues it feeds: LAN rx feeds the WAN (and the odd
         // ICMP error back to the LAN), WAN rx feeds the LAN. Gating WAN rx on the WAN queue too
         // would deadlock two gateways whose WAN links are both full.
-        if self.wan_txq.len() < TXQ_HIGH && self.lan_txq.len() < TXQ_HIGH {
+        // Frames waiting for a full lane pause both rx (they may feed it), never the intake of
+        // other workers' frames, which feeds only this worker's ports.
+        let lanes_free = self.flush_handoffs();
+        if lanes_free && self.wan_txq.len() < TXQ_HIGH && self.lan_txq.len() < TXQ_HIGH {
             work += self.rx_lan(now);
         }
-        if self.lan_txq.len() < TXQ_HIGH {
+        if lanes_free && self.lan_txq.len() < TXQ_HIGH {
             work += self.rx_wan(now);
         }
+        if self.handoff.is_some() && self.wan_txq.len() < TXQ_HIGH && self.lan_txq.len() < TXQ_HIGH
+        {
+            work += self.take_handoffs(now);
+        }
+        self.flush_handoffs();
         self.flush();
         if let Some(nat) = self.nat.as_mut() {
             nat.expire(now, 64);
@@ -367,21 +396,9 @@ impl<P: Port> Worker<P> {
         };
         self.warm_burst(&rx, side);
         let mut bytes = 0u64;
-        for mut f in rx.drain(..) {
+        for f in rx.drain(..) {
             bytes += f.len() as u64;
-            let verdict = match self.neighbor(&mut f, side) {
-                Some(v) => v,
-                None => match side {
-                    Side::Lan => self.outbound(&mut f, now),
-                    Side::Wan => self.inbound(&mut f, now),
-                },
-            };
-            match verdict {
-                Verdict::ToWan => self.wan_txq.push_back(f),
-                Verdict::ToLan => self.lan_txq.push_back(f),
-                Verdict::Resolve(side, hop) => self.resolve_and_send(side, hop, f),
-                Verdict::Drop(r) => self.counters.record_drop(r),
-            }
+            self.process(f, side, now);
         }
         self.rx = rx;
         self.counters.count(Traffic::RxPackets, n as u64);
@@ -391,6 +408,25 @@ impl<P: Port> Worker<P> {
 }
 
 impl<P: Port> Worker<P> {
+    /// One received frame (from a port, or from another worker), to where its verdict says.
+    #[inline]
+    fn process(&mut self, mut f: P::Frame, side: Side, now: u64) {
+        let verdict = match self.neighbor(&mut f, side) {
+            Some(v) => v,
+            None => match side {
+                Side::Lan => self.outbound(&mut f, now),
+                Side::Wan => self.inbound(&mut f, now),
+            },
+        };
+        match verdict {
+            Verdict::ToWan => self.wan_txq.push_back(f),
+            Verdict::ToLan => self.lan_txq.push_back(f),
+            Verdict::Resolve(side, hop) => self.resolve_and_send(side, hop, f),
+            Verdict::HandOff(w) => self.handoff_q.push_back((w, side, f)),
+            Verdict::Drop(r) => self.counters.record_drop(r),
+        }
+    }
+
     /// Forwards the IP packet in `f` toward `side`: its Ethernet header, to the configured or
     /// resolved next hop.
     #[inline]

@@ -17,6 +17,7 @@ use crate::wire::{esp, ethernet, icmpv4, ipv4, udp, IpProtocol};
 
 mod client;
 mod commands;
+mod handoff;
 mod ike_io;
 mod inbound;
 mod l3;
