@@ -12,8 +12,8 @@
 //!
 //! A lane (worker i -> worker j) is two SPSC rings (`rtrb`): parcels (the frame's bytes and the
 //! side it arrived on) forward, and their emptied buffers back. The lane has as many buffers
-//! as its ring has slots, allocated once: no allocation per packet (a frame larger than any
-//! before grows its buffer once). A full lane is back-pressure: the sending worker keeps the
+//! as its ring has slots, each allocated on its first use and kept: no allocation per packet
+//! (a frame larger than any before grows its buffer once). A full lane is back-pressure: the sending worker keeps the
 //! frame (and pauses the rx that feeds the lane), counts the wait, and tries again next turn;
 //! a receiving worker that cannot get a frame from its port leaves the parcel in the ring.
 //!
@@ -30,9 +30,6 @@ use std::sync::Arc;
 use rtrb::{Consumer, Producer, RingBuffer};
 
 use crate::ids::{SaId, Spi};
-
-/// Bytes each lane buffer starts with (an Ethernet frame of a 1500-byte MTU and then some).
-pub const BUFFER_BYTES: usize = 2048;
 
 /// Parcels per lane by default.
 pub const LANE_SLOTS: usize = 256;
@@ -247,7 +244,8 @@ pub fn mesh(workers: u16, slots: usize, sa_ids: usize) -> Vec<HandOff> {
             let (ptx, prx) = RingBuffer::new(slots);
             let (mut btx, brx) = RingBuffer::new(slots);
             for _ in 0..slots {
-                let _ = btx.push(Vec::with_capacity(BUFFER_BYTES));
+                // Empty until first used: a lane that never carries a frame costs no buffers.
+                let _ = btx.push(Vec::new());
             }
             ends[i].lanes[j] = Some(Lane {
                 ring: ptx,
