@@ -121,10 +121,23 @@ fn two_workers_carry_two_strongswan_tunnels() {
             "{child}: {out}"
         );
     }
+    // Each IKE SA's virtual IP, from its connection's pool.
     let sas = charon.swanctl(&["--list-sas"]);
-    for vip in ["[10.99.0.1]", "[10.99.0.129]"] {
-        assert!(sas.contains(vip), "virtual IP {vip}: {sas}");
-    }
+    let vip_of = |id: &str| -> String {
+        let line = sas
+            .lines()
+            .find(|l| l.contains(&format!("local  '{id}'")))
+            .unwrap_or_else(|| panic!("{id} in {sas}"));
+        line.rsplit_once('[')
+            .and_then(|(_, v)| v.strip_suffix(']'))
+            .unwrap_or_else(|| panic!("virtual IP of {id}: {sas}"))
+            .to_string()
+    };
+    let vips = [vip_of("rw.roamgate.test"), vip_of("rw2.roamgate.test")];
+    assert!(
+        vips[0].starts_with("10.99.0.") && vips[0] != vips[1],
+        "{sas}"
+    );
 
     // Each CHILD_SA's two SAs live on one worker, and the two CHILD_SAs on different ones.
     wait_for("both CHILD_SAs installed", 10, || {
@@ -138,7 +151,7 @@ fn two_workers_carry_two_strongswan_tunnels() {
     assert_eq!(per_worker, [2, 2], "{listed}");
 
     // Traffic through both tunnels, then a TCP run through the second.
-    for vip in ["10.99.0.1", "10.99.0.129"] {
+    for vip in &vips {
         assert_eq!(pings_from(&lab.ns("rw"), vip, 10), 10, "pings from {vip}");
     }
     let server = NsProcess::spawn(
@@ -156,7 +169,7 @@ fn two_workers_carry_two_strongswan_tunnels() {
             "-c",
             "10.9.0.10",
             "-B",
-            "10.99.0.129",
+            &vips[1],
             "-t",
             "3",
             "-J",
