@@ -245,10 +245,6 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
     }
 }
 
-/// Outbound SA ids the workers' owner table covers (the repository recycles ids lowest
-/// first, static SAs take the first ones): 2 bytes each.
-const HANDOFF_SA_IDS: usize = 1 << 20;
-
 /// The static SAs worker `w` of `workers` owns (the control plane's placement: inbound by
 /// the SPI's worker bits, outbound by the remote address), with the whole policy.
 pub(crate) fn owned_by(plan: &GatewayPlan, w: u16, workers: u16) -> GatewayPlan {
@@ -612,8 +608,12 @@ fn serve<P: Port + 'static>(
     // Several workers: each owns its SAs, and frames that reach another worker are handed
     // to the owner (the ports do not steer by SPI).
     let workers = opened.pairs.len() as u16;
-    let mut handoffs =
-        pipeline::handoff::mesh(workers, pipeline::handoff::LANE_SLOTS, HANDOFF_SA_IDS).into_iter();
+    let mut handoffs = pipeline::handoff::mesh(
+        workers,
+        pipeline::handoff::LANE_SLOTS,
+        pipeline::handoff::OWNER_SLOTS,
+    )
+    .into_iter();
     for (i, (lan, wan)) in opened.pairs.into_iter().enumerate() {
         let (punt, transmit) = match ike_rings.take() {
             Some((p, t)) => (Some(p), Some(t)),

@@ -60,37 +60,48 @@ pub fn worker_bits(workers: u16) -> u8 {
 }
 
 /// Which worker holds each outbound SA, by SA id: written by the owner when it installs or
-/// deletes the SA, read by every worker that sees a flow for it.
+/// deletes the SA, read by every worker that sees a flow for it. A slot per id modulo the
+/// table's size (a power of two): static SAs take the first ids, negotiated ones count up
+/// from 2^20 (`control::repo`), so a table of 2^21 slots keeps a million negotiated SAs apart
+/// from the static ones. Two live ids a multiple of the size apart share a slot: the later
+/// install wins, and the other SA's frames that reach the wrong worker are dropped there as
+/// `no_sa` (never sealed by it).
 pub struct SaOwners {
     by_id: Box<[AtomicU16]>,
+    mask: usize,
 }
 
 impl SaOwners {
-    /// Room for SA ids below `ids` (an id above it has no recorded owner: its packets are
-    /// dropped as `no_sa` by a worker that does not hold it).
-    pub fn new(ids: usize) -> SaOwners {
+    /// A table of `slots` slots (rounded up to a power of two).
+    pub fn new(slots: usize) -> SaOwners {
+        let n = slots.max(1).next_power_of_two();
         SaOwners {
-            by_id: (0..ids).map(|_| AtomicU16::new(NOBODY)).collect(),
+            by_id: (0..n).map(|_| AtomicU16::new(NOBODY)).collect(),
+            mask: n - 1,
         }
+    }
+
+    fn slot(&self, id: SaId) -> Option<&AtomicU16> {
+        self.by_id.get(id.0 as usize & self.mask)
     }
 
     /// Worker `w` installed outbound SA `id`.
     pub fn set(&self, id: SaId, w: u16) {
-        if let Some(a) = self.by_id.get(id.0 as usize) {
+        if let Some(a) = self.slot(id) {
             a.store(w, Ordering::Release);
         }
     }
 
     /// Worker `w` deleted outbound SA `id`: forgotten unless another worker took the id since.
     pub fn clear(&self, id: SaId, w: u16) {
-        if let Some(a) = self.by_id.get(id.0 as usize) {
+        if let Some(a) = self.slot(id) {
             let _ = a.compare_exchange(w, NOBODY, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 
     #[inline]
     pub fn get(&self, id: SaId) -> Option<u16> {
-        let w = self.by_id.get(id.0 as usize)?.load(Ordering::Acquire);
+        let w = self.slot(id)?.load(Ordering::Acquire);
         (w != NOBODY).then_some(w)
     }
 }
@@ -221,10 +232,13 @@ impl HandOff {
     }
 }
 
+/// Slots of the outbound owner table a data plane uses (4 MiB).
+pub const OWNER_SLOTS: usize = 1 << 21;
+
 /// The hand-off ends of `workers` workers, lanes of `slots` parcels between every ordered
-/// pair, outbound owners recorded for SA ids below `sa_ids`. Element i is worker i's.
-pub fn mesh(workers: u16, slots: usize, sa_ids: usize) -> Vec<HandOff> {
-    let owners = Arc::new(SaOwners::new(sa_ids));
+/// pair, outbound owners in a table of `owner_slots`. Element i is worker i's.
+pub fn mesh(workers: u16, slots: usize, owner_slots: usize) -> Vec<HandOff> {
+    let owners = Arc::new(SaOwners::new(owner_slots));
     let n = usize::from(workers);
     let mut ends: Vec<HandOff> = (0..workers)
         .map(|id| HandOff {
@@ -323,9 +337,22 @@ mod tests {
         assert_eq!(m[0].sa_owner(SaId(3)), Some(2));
         o.clear(SaId(3), 2);
         assert_eq!(m[0].sa_owner(SaId(3)), None);
-        // Beyond the table: never an owner.
-        o.set(SaId(100), 1);
-        assert_eq!(m[0].sa_owner(SaId(100)), None);
+        // Ids a multiple of the table's size apart share a slot.
+        o.set(SaId(8 + 5), 1);
+        assert_eq!(m[0].sa_owner(SaId(5)), Some(1));
+    }
+
+    #[test]
+    fn negotiated_ids_stay_apart_from_static_ones() {
+        // The repository's first negotiated id is 2^20; static SAs count from 0.
+        let o = SaOwners::new(OWNER_SLOTS);
+        o.set(SaId(1 << 20), 1);
+        o.set(SaId((1 << 20) + 999_999), 2);
+        o.set(SaId(0), 3);
+        assert_eq!(o.get(SaId(1 << 20)), Some(1));
+        assert_eq!(o.get(SaId((1 << 20) + 999_999)), Some(2));
+        assert_eq!(o.get(SaId(0)), Some(3));
+        assert_eq!(o.get(SaId(1)), None);
     }
 
     #[test]
