@@ -18,6 +18,8 @@
 #            PFX-lan 10.9.0.10 -- lan [roamgate PFX-gw] wan 192.0.2.1 -- eth0 192.0.2.10 PFX-rw
 #          (PFX-rw runs strongSwan; virtual IPs 10.99.0.0/24 are routed back via the gateway)
 #        netns-lab.sh rw-down [PFX]
+#        netns-lab.sh rw2q-up [PFX]  the road-warrior lab with two rx/tx queues on every veth
+#            (a gateway of two workers, tests/workers_netns.rs); rw-down removes it
 #        netns-lab.sh cl-up [PFX]  the client lab (roamgate client against a strongSwan gateway):
 #            PFX-home 10.7.0.10 -- lan [roamgate client PFX-cl] wan 192.0.2.10 --
 #              eth0 192.0.2.1 [PFX-sgw, strongSwan, forwarding] eth1 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
@@ -158,12 +160,15 @@ up() {
 
 rw_down() { ns_del $RW_NSS; }
 
-rw_up() {
+rw_up() { # [queues per veth, default 1]
+    local q="numtxqueues ${1:-1} numrxqueues ${1:-1}"
     ns_add $RW_NSS
-    ip link add lan0 netns "$p-lan" address 02:00:00:00:09:fe type veth \
-        peer name lan netns "$p-gw" address 02:00:00:00:09:01
-    ip link add wan netns "$p-gw" address 02:00:00:00:02:01 type veth \
-        peer name eth0 netns "$p-rw" address 02:00:00:00:02:0a
+    # shellcheck disable=SC2086
+    ip link add lan0 netns "$p-lan" address 02:00:00:00:09:fe $q type veth \
+        peer name lan netns "$p-gw" address 02:00:00:00:09:01 $q
+    # shellcheck disable=SC2086
+    ip link add wan netns "$p-gw" address 02:00:00:00:02:01 $q type veth \
+        peer name eth0 netns "$p-rw" address 02:00:00:00:02:0a $q
     gateway "$p-gw" lan wan
     links_up "$p-lan" lan0
     ip -n "$p-lan" addr add 10.9.0.10/24 dev lan0
@@ -406,6 +411,7 @@ case "$cmd" in
 up) up ;;
 down) down ;;
 rw-up) rw_up ;;
+rw2q-up) rw_up 2 ;;
 rw-down) rw_down ;;
 cl-up) cl_up ;;
 cl-down) cl_down ;;
@@ -426,7 +432,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|vcm-up|vcm-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw2q-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|vcm-up|vcm-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

@@ -111,8 +111,17 @@ impl ShmControlLink {
                 return;
             }
         }
+        // Each static SA to its owner only (an outbound SA has one sequence counter: one
+        // worker seals with it); the others hand its packets over.
+        let mut placement = control::core::placement::Placement::new(self.ends.len() as u16);
         for (dir, params) in sas {
-            self.queue(w, Update::AddSa { dir, params });
+            let to_w = placement
+                .route(Update::AddSa { dir, params }, |_, _| None)
+                .into_iter()
+                .filter(|(owner, _)| *owner == w);
+            for (_, u) in to_w {
+                self.queue(w, u);
+            }
         }
         self.inputs.push_back(Input::Fresh { worker: w });
     }

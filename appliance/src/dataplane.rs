@@ -218,15 +218,6 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
     if args.shm.is_none() {
         args.use_default_socket(&file.gateway.name);
     }
-    if file.dataplane.workers > 1 {
-        bail!(
-            "{}: dataplane.workers: {} workers would each need their own outbound SAs (an \
-             outbound SA has one sequence counter, so one owner); statically keyed SAs run on \
-             one worker until per-core SAs land",
-            args.config.display(),
-            file.dataplane.workers
-        );
-    }
     tracing::info!(target: "dataplane",
         "{}",
         pipeline::crypto::describe_backend(
@@ -251,6 +242,33 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
             serve(&args, &file, plan, conns, backend, opened, keeper)
         }
         PortKind::Dpdk => open_and_serve_dpdk(&args, &file, plan, conns, backend, keeper),
+    }
+}
+
+/// The static SAs worker `w` of `workers` owns (the control plane's placement: inbound by
+/// the SPI's worker bits, outbound by the remote address), with the whole policy.
+pub(crate) fn owned_by(plan: &GatewayPlan, w: u16, workers: u16) -> GatewayPlan {
+    let mut placement = control::core::placement::Placement::new(workers);
+    let sas = plan
+        .sas
+        .iter()
+        .filter(|(dir, params)| {
+            let u = Update::AddSa {
+                dir: *dir,
+                params: params.clone(),
+            };
+            placement
+                .route(u, |_, _| None)
+                .iter()
+                .any(|(owner, _)| *owner == w)
+        })
+        .cloned()
+        .collect();
+    GatewayPlan {
+        sas,
+        rules: plan.rules.clone(),
+        masquerade: plan.masquerade.clone(),
+        weak: plan.weak.clone(),
     }
 }
 
@@ -593,6 +611,15 @@ fn serve<P: Port + 'static>(
             tracing::info!(target: "control", "following the kernel's addresses on {dev} (MOBIKE)");
         }
     }
+    // Several workers: each owns its SAs, and frames that reach another worker are handed
+    // to the owner (the ports do not steer by SPI).
+    let workers = opened.pairs.len() as u16;
+    let mut handoffs = pipeline::handoff::mesh(
+        workers,
+        pipeline::handoff::LANE_SLOTS,
+        pipeline::handoff::OWNER_SLOTS,
+    )
+    .into_iter();
     for (i, (lan, wan)) in opened.pairs.into_iter().enumerate() {
         let (punt, transmit) = match ike_rings.take() {
             Some((p, t)) => (Some(p), Some(t)),
@@ -612,6 +639,9 @@ fn serve<P: Port + 'static>(
             control,
         );
         l3_setup(&mut worker, file)?;
+        if let Some(h) = handoffs.next() {
+            worker.set_handoff(h);
+        }
         let handle = worker.handle();
         let core = file.dataplane.cores.get(i).copied();
         let stop_w = stop.clone();
@@ -622,7 +652,7 @@ fn serve<P: Port + 'static>(
             })
             .context("starting a worker thread")?;
         if args.shm.is_none() {
-            crate::install(&mut link, backend, gw, plan)?;
+            crate::install(&mut link, backend, gw, &owned_by(plan, i as u16, workers))?;
         }
         handles.push(handle.clone());
         running.push(Running {
@@ -943,9 +973,26 @@ fn stats_json(
         .iter()
         .map(|s| (s.name().to_string(), total.l3(*s).into()))
         .collect();
+    // Each worker's own: what it carried, what it handed to the others, its drops.
+    let per_worker: Vec<serde_json::Value> = handles
+        .iter()
+        .map(|h| {
+            let s = h.counters.snapshot();
+            let traffic: serde_json::Map<String, serde_json::Value> = Traffic::ALL
+                .iter()
+                .map(|t| (t.name().to_string(), s.traffic(*t).into()))
+                .collect();
+            let drops: serde_json::Map<String, serde_json::Value> = s
+                .nonzero_drops()
+                .map(|(r, n)| (r.name().to_string(), n.into()))
+                .collect();
+            serde_json::json!({ "worker": h.id, "traffic": traffic, "drops": drops })
+        })
+        .collect();
     serde_json::json!({
         "gateway": name,
         "workers": handles.len(),
+        "per_worker": per_worker,
         "traffic": traffic,
         "drops": drops,
         "handed_off": handed_off,

@@ -94,6 +94,20 @@ enum PerfWhat {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The software hand-off between workers: worker time per packet when the SA's owner
+    /// gets the frame on its own port against when another worker receives it and hands it
+    /// over (one thread polls both: the copy and the lane, not the cross-core transfer).
+    Handoff {
+        /// Frame sizes in bytes, comma-separated.
+        #[arg(long, default_value = "64,1420")]
+        size: String,
+        /// Packets per run and way.
+        #[arg(long, default_value_t = 200_000)]
+        packets: u64,
+        /// Interleaved runs (medians shown).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// One point of the throughput matrix (worker time only), plus the bare AEAD cost of the
     /// same size: for a quick comparison or to profile one path.
     Point {
@@ -264,6 +278,32 @@ pub fn run(args: PerfArgs) -> Result<()> {
             packets,
             runs,
         } => sa_scale(&dir, &size, &sas, packets, runs),
+        PerfWhat::Handoff {
+            size,
+            packets,
+            runs,
+        } => {
+            let backend = pipeline::crypto::best_backend();
+            println!("{backend}, encrypt, one SA owned by worker 1 of 2; {packets} packets per run, medians of {runs}");
+            for s in size.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let s: usize = s
+                    .parse()
+                    .ok()
+                    .filter(|s| (64..=1420).contains(s))
+                    .ok_or_else(|| anyhow::anyhow!("--size {s}: expected 64..=1420"))?;
+                let c = roamgate_perf::handoff::handoff_cost(s, packets, runs, backend)
+                    .map_err(|e| anyhow::anyhow!("{s} B: {e}"))?;
+                println!(
+                    "{s:>5} B: direct {:.1} ns/pkt, handed over {:.1} ns/pkt (sender {:.1}), hand-off cost {:.1} ns/pkt, direct/handed-over rate ratio {:.2}",
+                    c.direct_ns,
+                    c.via_ns,
+                    c.sender_ns,
+                    c.via_ns - c.direct_ns,
+                    c.direct_ns / c.via_ns
+                );
+            }
+            Ok(())
+        }
         PerfWhat::Point {
             dir,
             size,

@@ -362,6 +362,28 @@ fn status_lines(v: &serde_json::Value, ike: Option<&serde_json::Value>) -> Vec<S
     out
 }
 
+/// One worker's line of `roamgate stats`: its traffic and the hand-offs between workers, its
+/// drops in all.
+fn worker_line(w: &serde_json::Value) -> String {
+    let t = &w["traffic"];
+    let n = |k: &str| t[k].as_u64().unwrap_or(0);
+    let drops: u64 = w["drops"]
+        .as_object()
+        .map_or(0, |d| d.values().filter_map(|n| n.as_u64()).sum());
+    format!(
+        "worker {}: rx {} tx {} encrypted {} decrypted {} handed_off {} handoff_received {} \
+         handoff_waits {} drops {drops}",
+        w["worker"],
+        n("rx_packets"),
+        n("tx_packets"),
+        n("encrypted"),
+        n("decrypted"),
+        n("handed_off"),
+        n("handoff_received"),
+        n("handoff_waits"),
+    )
+}
+
 /// `roamgate stats`: counters, drops by reason, hand-offs, the IKE endpoint's drops, port
 /// counters.
 pub fn stats(args: ViewArgs) -> Result<()> {
@@ -399,6 +421,12 @@ pub fn stats(args: ViewArgs) -> Result<()> {
         println!("  handed off (not drops):");
         for (k, n) in h {
             println!("    {k:<18} {n}");
+        }
+    }
+    if let Some(ws) = v["per_worker"].as_array().filter(|w| w.len() > 1) {
+        println!("  per worker:");
+        for w in ws {
+            println!("    {}", worker_line(w));
         }
     }
     if let Some(ike) = &ike {

@@ -127,7 +127,7 @@ pub fn sa_params_alg(i: usize, alg: EspAlg) -> SaParams {
 }
 
 /// The host SA `i` protects (10.128.0.0/9 holds 8 M).
-pub(crate) fn host(i: usize) -> Ipv4Addr {
+pub fn host(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i as u32)
 }
 
@@ -266,7 +266,7 @@ pub(crate) fn one_sa_worker<P: Port>(
 
 /// A UDP/IPv4 frame of `size` bytes (Ethernet included) from 10.1.0.10 to `dst`, UDP
 /// checksum 0 (allowed for IPv4), IPv4 checksum set.
-pub(crate) fn plain_frame(size: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+pub fn plain_frame(size: usize, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     let size = size.max(64);
     let ip_len = size - 14;
     let mut f = vec![0u8; size];

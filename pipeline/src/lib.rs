@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod crypto;
 pub mod esp;
+pub mod handoff;
 pub mod ids;
 pub mod msg;
 pub mod nat;

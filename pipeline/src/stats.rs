@@ -172,6 +172,8 @@ reasons! {
     NeighborCacheFull => "neighbor_cache_full", true;
     /// Neither on-link nor a configured gateway (or neighbour) for this destination.
     NoRoute => "no_route", true;
+    /// Handed over by another worker, but longer than a frame of this worker's port.
+    HandOffNoRoom => "handoff_no_room", true;
 }
 
 /// Non-drop traffic counters of one core.
@@ -212,6 +214,12 @@ pub enum Traffic {
     ClearChecksumChecked,
     ClearChecksumBad,
     ClearChecksumCompleted,
+    /// Frames handed to the worker that owns their SA (or IKE to worker 0), the frames other
+    /// workers handed this one, and the turns a full lane made a frame wait (back-pressure:
+    /// it stays with this worker and rx pauses).
+    HandedOff,
+    HandOffReceived,
+    HandOffWaits,
 }
 
 impl Traffic {
@@ -235,6 +243,9 @@ impl Traffic {
         Traffic::ClearChecksumChecked,
         Traffic::ClearChecksumBad,
         Traffic::ClearChecksumCompleted,
+        Traffic::HandedOff,
+        Traffic::HandOffReceived,
+        Traffic::HandOffWaits,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -259,6 +270,9 @@ impl Traffic {
             Traffic::ClearChecksumChecked => "clear_checksum_checked",
             Traffic::ClearChecksumBad => "clear_checksum_bad",
             Traffic::ClearChecksumCompleted => "clear_checksum_completed",
+            Traffic::HandedOff => "handed_off",
+            Traffic::HandOffReceived => "handoff_received",
+            Traffic::HandOffWaits => "handoff_waits",
         }
     }
 }

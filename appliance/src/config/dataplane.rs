@@ -288,6 +288,9 @@ pub struct DataplaneConfig {
     pub reassembly: ReassemblyYaml,
 }
 
+/// The most workers a data plane runs (every pair of workers has a hand-off lane).
+pub const MAX_WORKERS: u16 = 64;
+
 fn one() -> u16 {
     1
 }
@@ -298,6 +301,34 @@ impl DataplaneConfig {
         let err = |key: &str, what: String| ConfigError::new(file, format!("{at}.{key}"), what);
         if self.workers == 0 {
             return Err(err("workers", "needs at least one worker".into()));
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(err(
+                "workers",
+                format!("{} is more than {MAX_WORKERS}", self.workers),
+            ));
+        }
+        for (i, c) in self.cores.iter().enumerate() {
+            if self.cores[..i].contains(c) {
+                return Err(err(
+                    &format!("cores[{i}]"),
+                    format!("core {c} is listed twice: each worker needs a core of its own"),
+                ));
+            }
+        }
+        if let Some(ids) = core_affinity::get_core_ids() {
+            let here: Vec<usize> = ids.iter().map(|c| c.id).collect();
+            if let Some((i, c)) = self
+                .cores
+                .iter()
+                .enumerate()
+                .find(|(_, c)| !here.contains(c))
+            {
+                return Err(err(
+                    &format!("cores[{i}]"),
+                    format!("core {c} is not one this process may run on (cores {here:?})"),
+                ));
+            }
         }
         if !self.cores.is_empty() && self.cores.len() < usize::from(self.workers) {
             return Err(err(

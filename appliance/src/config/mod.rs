@@ -391,6 +391,21 @@ mod tests {
             f.validate(Path::new("x.yaml")).unwrap_err().key,
             "dataplane.workers"
         );
+        let bad_key = |from: &str, to: &str| {
+            let f: DataplaneFile = parse(Path::new("x.yaml"), &EXAMPLE.replace(from, to)).unwrap();
+            let e = f.validate(Path::new("x.yaml")).unwrap_err();
+            assert!(e.to_string().contains("x.yaml"), "{e}");
+            e.key
+        };
+        assert_eq!(bad_key("workers: 1", "workers: 65"), "dataplane.workers");
+        assert_eq!(
+            bad_key("workers: 1", "workers: 1\n  cores: [0, 0]"),
+            "dataplane.cores[1]"
+        );
+        assert_eq!(
+            bad_key("workers: 1", "workers: 1\n  cores: [100000]"),
+            "dataplane.cores[0]"
+        );
     }
 
     #[test]

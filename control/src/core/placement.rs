@@ -222,7 +222,7 @@ mod tests {
     use ike::services::spi::SpiAllocator;
     use proto::sa::{AeadAlg, SaKeys, SaParams};
     use rand_chacha::ChaCha20Rng;
-    use rand_core::SeedableRng;
+    use rand_core::{RngCore, SeedableRng};
 
     fn params(id: u32, spi: u32) -> SaParams {
         SaParams {
@@ -240,6 +240,32 @@ mod tests {
             resume: Default::default(),
             checkpoint: None,
             lifetime: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_data_plane_finds_the_same_inbound_owner() {
+        // The workers hand ESP to the owner by `pipeline::handoff::spi_owner`: it must name
+        // the worker this placement sent the SA to, for allocated and foreign (static) SPIs.
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        for workers in 1..=9u16 {
+            let p = Placement::new(workers);
+            assert_eq!(
+                pipeline::handoff::worker_bits(workers),
+                worker_bits(workers)
+            );
+            let mut spis = SpiAllocator::new(p.layout()).spread_over(u32::from(workers));
+            for _ in 0..64 {
+                let allocated = Spi(spis.child_spi(&mut rng).0);
+                let foreign = Spi(rng.next_u32());
+                for spi in [allocated, foreign] {
+                    assert_eq!(
+                        pipeline::handoff::spi_owner(spi, workers),
+                        p.inbound_owner(spi),
+                        "{workers} workers, {spi:?}"
+                    );
+                }
+            }
         }
     }
 

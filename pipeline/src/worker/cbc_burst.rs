@@ -16,7 +16,7 @@
 //! are applied between bursts); if it did, the packet is dropped (`NoSa` / `UnknownSpi`).
 //! GCM packets take the direct path and may leave before a burst's CBC packets of other SAs.
 
-use super::{Verdict, Worker, BURST};
+use super::{Side, Verdict, Worker, BURST};
 use crate::crypto::cbc::{self, CbcError, CbcJob};
 use crate::esp::sa::EspCipher;
 use crate::esp::tunnel::{self, CbcFramed, CbcOpen};
@@ -46,6 +46,17 @@ pub(super) struct OpenLater {
 }
 
 impl<P: Port> Worker<P> {
+    /// The burst's CBC packets, each kind in one batch (after the others: a burst may reorder
+    /// packets of different SAs, never those of one SA).
+    pub(super) fn finish_cbc(&mut self, now: u64) {
+        if !self.cbc_seals.is_empty() {
+            self.seal_cbc_burst(now);
+        }
+        if !self.cbc_opens.is_empty() {
+            self.open_cbc_burst(now);
+        }
+    }
+
     /// Seals the burst's framed CBC packets in one batch, then finishes each in order.
     pub(super) fn seal_cbc_burst(&mut self, now: u64) {
         let mut seals = core::mem::take(&mut self.cbc_seals);
@@ -70,7 +81,7 @@ impl<P: Port> Worker<P> {
         }
         for (mut f, s) in seals.drain(..) {
             let v = self.seal_done(&mut f, &s, now);
-            self.dispatch(f, v);
+            self.dispatch(f, Side::Lan, v);
         }
         self.cbc_seals = seals;
     }
@@ -123,7 +134,7 @@ impl<P: Port> Worker<P> {
                     self.open_failed(&f, r, o.pending.spi, now)
                 }
             };
-            self.dispatch(f, v);
+            self.dispatch(f, Side::Wan, v);
         }
         self.cbc_opens = opens;
     }

@@ -87,9 +87,11 @@ impl<P: Port> Worker<P> {
                     direction: Direction::Outbound,
                     counters: sa.counters.clone(),
                 };
+                let id = sa.id;
                 if let Some(old) = self.sad.insert_outbound(*sa) {
                     self.release(Released::Outbound(Box::new(old)));
                 }
+                self.publish_owner(id, true);
                 self.list_upsert(e);
             }
             Command::DeleteInbound(spi) => match self.sad.remove_inbound(spi) {
@@ -101,6 +103,7 @@ impl<P: Port> Worker<P> {
             },
             Command::DeleteOutbound(id) => match self.sad.remove_outbound(id) {
                 Some(old) => {
+                    self.publish_owner(id, false);
                     self.timed.stop(id);
                     // Its owner tracks its sequence numbers: the SA's last word is exact (it
                     // is out of the SAD in this command, nothing is sealed on it after).

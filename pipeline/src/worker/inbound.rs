@@ -72,6 +72,12 @@ impl<P: Port> Worker<P> {
             IpProtocol::Udp => match self.classify_udp(f, &pkt) {
                 Ok(Some(at)) => Some((at, Encap::Udp)),
                 Ok(None) => None,
+                // IKE on a worker without the punt ring: worker 0 has it.
+                Err(DropReason::IkeNoControl) => {
+                    return self
+                        .ike_elsewhere()
+                        .unwrap_or(Verdict::Drop(DropReason::IkeNoControl))
+                }
                 Err(r) => return Verdict::Drop(r),
             },
             _ => None,
@@ -79,6 +85,12 @@ impl<P: Port> Worker<P> {
         if let Some((at, encap)) = esp_at {
             if pkt.fragment {
                 return Verdict::Drop(DropReason::OuterFragment);
+            }
+            // ESP for an SA another worker owns goes there, untouched.
+            if let Some(v) = f.data().get(at..at + 4).and_then(|b| {
+                self.inbound_elsewhere(Spi(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+            }) {
+                return v;
             }
             // A failed open is reported with the outer addresses, read from the frame again
             // only then: keeping `pkt` alive across the open made every packet read it back

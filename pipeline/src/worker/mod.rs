@@ -22,6 +22,7 @@
 //! | `hairpin` | a packet from one road warrior to another's virtual IP: sealed again onto its SA, back to the WAN |
 //! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
+//! | `handoff` | frames whose SA another worker owns (IKE: worker 0) to that worker's lane, waiting while it is full; frames other workers handed here |
 //! | `reports` | events for the control plane: lifetimes, failures (rate-limited) |
 //! | `sa_state` | an SA's state leaving the worker: sequence checkpoints (packets, time), the warning before the limit, reservations, exports on request |
 //! | `parse` | what the worker reads of Ethernet and IP headers, through the `wire` views |
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use rtrb::{Consumer, Producer};
 
 use crate::esp::sa::Checkpoint;
+use crate::handoff::HandOff;
 use crate::ids::{SaId, Spi};
 use crate::msg::{Datagram, Direction, Envelope, Reply};
 use crate::nat::{Masquerade, NatDrop};
@@ -54,6 +56,7 @@ mod commands;
 mod emit;
 mod fragments;
 mod hairpin;
+mod handoff;
 mod hosts;
 mod ike_io;
 mod inbound;
@@ -179,6 +182,13 @@ pub struct Worker<P: Port> {
     generation: u64,
     /// The IPv4 identification of the next IKE datagram sent in fragments.
     ike_frag_ident: u16,
+    /// The other workers, when there are any (`handoff`): frames whose SA another worker
+    /// owns go there.
+    handoff: Option<Box<HandOff>>,
+    /// Frames waiting for room in their lane (destination worker, side they came in on).
+    handoff_q: VecDeque<(u16, Side, P::Frame)>,
+    /// True while this worker processes frames another worker handed it: they stay here.
+    receiving: bool,
 }
 
 /// The clear (LAN) or protected (WAN) side of a gateway.
@@ -208,6 +218,8 @@ enum Verdict {
     /// Toward this side once the next hop's MAC is known (the neighbour cache has it or keeps
     /// the frame until it does).
     Resolve(Side, IpAddr),
+    /// To the worker that owns the frame's SA (or, for IKE, the one with the punt ring).
+    HandOff(u16),
     Drop(DropReason),
     /// A CBC SA's packet, framed, sealed with the rest of the burst's ([`cbc_burst`]).
     SealLater(cbc_burst::SealLater),
@@ -262,7 +274,16 @@ impl<P: Port> Worker<P> {
             wan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
             ike_frag_ident: 1,
             generation: 0,
+            handoff: None,
+            handoff_q: VecDeque::new(),
+            receiving: false,
         }
+    }
+
+    /// Joins this worker to the others (its ends of [`crate::handoff::mesh`]): frames whose
+    /// SA another worker owns, and IKE when this worker has no punt ring, go to that worker.
+    pub fn set_handoff(&mut self, h: HandOff) {
+        self.handoff = (h.workers() > 1).then(|| Box::new(h));
     }
 
     pub fn handle(&self) -> WorkerHandle {
@@ -348,12 +369,20 @@ impl<P: Port> Worker<P> {
         // Each rx is paused only by the queues it feeds: LAN rx feeds the WAN (and the odd
         // ICMP error back to the LAN), WAN rx feeds the LAN. Gating WAN rx on the WAN queue too
         // would deadlock two gateways whose WAN links are both full.
-        if self.wan_txq.len() < TXQ_HIGH && self.lan_txq.len() < TXQ_HIGH {
+        // Frames waiting for a full lane pause both rx (they may feed it), never the intake of
+        // other workers' frames, which feeds only this worker's ports.
+        let lanes_free = self.flush_handoffs();
+        if lanes_free && self.wan_txq.len() < TXQ_HIGH && self.lan_txq.len() < TXQ_HIGH {
             work += self.rx_lan(now);
         }
-        if self.lan_txq.len() < TXQ_HIGH {
+        if lanes_free && self.lan_txq.len() < TXQ_HIGH {
             work += self.rx_wan(now);
         }
+        if self.handoff.is_some() && self.wan_txq.len() < TXQ_HIGH && self.lan_txq.len() < TXQ_HIGH
+        {
+            work += self.take_handoffs(now);
+        }
+        self.flush_handoffs();
         self.flush();
         if let Some(nat) = self.nat.as_mut() {
             nat.expire(now, 64);
@@ -383,26 +412,12 @@ impl<P: Port> Worker<P> {
         };
         self.warm_burst(&rx, side);
         let mut bytes = 0u64;
-        for mut f in rx.drain(..) {
+        for f in rx.drain(..) {
             bytes += f.len() as u64;
-            let verdict = match self.neighbor(&mut f, side) {
-                Some(v) => v,
-                None => match side {
-                    Side::Lan => self.outbound(&mut f, now),
-                    Side::Wan => self.inbound(&mut f, now),
-                },
-            };
-            self.dispatch(f, verdict);
+            self.process(f, side, now);
         }
         self.rx = rx;
-        // The burst's CBC packets, each kind in one batch (after the others: a burst may
-        // reorder packets of different SAs, never those of one SA).
-        if !self.cbc_seals.is_empty() {
-            self.seal_cbc_burst(now);
-        }
-        if !self.cbc_opens.is_empty() {
-            self.open_cbc_burst(now);
-        }
+        self.finish_cbc(now);
         self.counters.count(Traffic::RxPackets, n as u64);
         self.counters.count(Traffic::RxBytes, bytes);
         n
@@ -410,13 +425,28 @@ impl<P: Port> Worker<P> {
 }
 
 impl<P: Port> Worker<P> {
-    /// Sends, queues or drops a processed frame as its verdict says.
+    /// One received frame (from a port, or from another worker), to where its verdict says.
     #[inline]
-    fn dispatch(&mut self, f: P::Frame, verdict: Verdict) {
+    fn process(&mut self, mut f: P::Frame, side: Side, now: u64) {
+        let verdict = match self.neighbor(&mut f, side) {
+            Some(v) => v,
+            None => match side {
+                Side::Lan => self.outbound(&mut f, now),
+                Side::Wan => self.inbound(&mut f, now),
+            },
+        };
+        self.dispatch(f, side, verdict);
+    }
+
+    /// Sends, queues, hands off or drops a processed frame (that arrived on `side`) as its
+    /// verdict says.
+    #[inline]
+    fn dispatch(&mut self, f: P::Frame, side: Side, verdict: Verdict) {
         match verdict {
             Verdict::ToWan => self.wan_txq.push_back(f),
             Verdict::ToLan => self.lan_txq.push_back(f),
             Verdict::Resolve(side, hop) => self.resolve_and_send(side, hop, f),
+            Verdict::HandOff(w) => self.handoff_q.push_back((w, side, f)),
             Verdict::Drop(r) => self.counters.record_drop(r),
             Verdict::SealLater(s) => self.cbc_seals.push((f, s)),
             Verdict::OpenLater(o) => self.cbc_opens.push((f, o)),

@@ -88,7 +88,10 @@ impl<P: Port> Worker<P> {
         vip: bool,
     ) -> Verdict {
         let Some(sa) = self.sad.outbound_mut(id) else {
-            return Verdict::Drop(DropReason::NoSa);
+            // Another worker owns the SA: the frame goes there, untouched.
+            return self
+                .outbound_elsewhere(id)
+                .unwrap_or(Verdict::Drop(DropReason::NoSa));
         };
         let inner_len = f.len() - ethernet::HEADER_LEN;
         let outer_len = inner_len + tunnel::overhead(sa, inner_len);

@@ -19,6 +19,7 @@ mod cbc;
 mod client;
 mod commands;
 mod hairpin;
+mod handoff;
 mod ike_io;
 mod inbound;
 mod l3;

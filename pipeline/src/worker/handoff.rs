@@ -1,0 +1,100 @@
+//! Frames for another worker: the SA's owner (by the SPI's worker bits inbound, by the owner
+//! table outbound) or, for IKE, worker 0. Sent through [`crate::handoff`]'s lanes; what a full
+//! lane cannot take waits here and pauses rx (back-pressure, counted as `handoff_waits`).
+//!
+//! Never hands on a frame another worker handed here (it is processed here or dropped with
+//! a reason), never moves an SA.
+
+use super::{Side, Verdict, Worker};
+use crate::handoff;
+use crate::ids::{SaId, Spi};
+use crate::port::{Frame, Port};
+use crate::stats::{DropReason, Traffic};
+
+impl<P: Port> Worker<P> {
+    /// The hand-off to the owner of inbound SPI `spi`, if another worker owns it.
+    #[inline]
+    pub(super) fn inbound_elsewhere(&self, spi: Spi) -> Option<Verdict> {
+        let h = self.handoff.as_ref().filter(|_| !self.receiving)?;
+        let w = h.spi_owner(spi);
+        (w != self.id).then_some(Verdict::HandOff(w))
+    }
+
+    /// The hand-off to the worker holding outbound SA `id`, if another worker does.
+    #[inline]
+    pub(super) fn outbound_elsewhere(&self, id: SaId) -> Option<Verdict> {
+        let h = self.handoff.as_ref().filter(|_| !self.receiving)?;
+        let w = h.sa_owner(id)?;
+        (w != self.id).then_some(Verdict::HandOff(w))
+    }
+
+    /// IKE that reached a worker without a punt ring goes to worker 0, which has it.
+    #[inline]
+    pub(super) fn ike_elsewhere(&self) -> Option<Verdict> {
+        self.handoff.as_ref().filter(|_| !self.receiving)?;
+        (self.id != 0).then_some(Verdict::HandOff(0))
+    }
+
+    /// Outbound SA `id` is installed here (true) or was deleted here: the other workers
+    /// learn where its flows go.
+    pub(super) fn publish_owner(&self, id: SaId, installed: bool) {
+        if let Some(h) = self.handoff.as_ref() {
+            if installed {
+                h.owners().set(id, self.id);
+            } else {
+                h.owners().clear(id, self.id);
+            }
+        }
+    }
+
+    /// Moves waiting frames into their lanes, in order; true when none waits any more.
+    pub(super) fn flush_handoffs(&mut self) -> bool {
+        let Some(h) = self.handoff.as_mut() else {
+            return true;
+        };
+        while let Some((to, side, f)) = self.handoff_q.front() {
+            let from = match side {
+                Side::Lan => handoff::Side::Lan,
+                Side::Wan => handoff::Side::Wan,
+            };
+            if h.send(*to, from, f.data()).is_err() {
+                self.counters.count(Traffic::HandOffWaits, 1);
+                return false;
+            }
+            self.handoff_q.pop_front();
+            self.counters.count(Traffic::HandedOff, 1);
+        }
+        true
+    }
+
+    /// Processes up to a burst of frames other workers handed here, as if this worker's own
+    /// ports had received them. A parcel waits in its lane while the port has no free frame.
+    pub(super) fn take_handoffs(&mut self, now: u64) -> usize {
+        let Some(mut h) = self.handoff.take() else {
+            return 0;
+        };
+        self.receiving = true;
+        let n = h.receive(super::BURST, |p| {
+            let (side, port) = match p.from {
+                handoff::Side::Lan => (Side::Lan, &mut self.lan),
+                handoff::Side::Wan => (Side::Wan, &mut self.wan),
+            };
+            let Some(mut f) = port.alloc() else {
+                return false;
+            };
+            self.counters.count(Traffic::HandOffReceived, 1);
+            if !f.append(p.bytes.len()) {
+                self.counters.record_drop(DropReason::HandOffNoRoom);
+                return true;
+            }
+            f.data_mut().copy_from_slice(&p.bytes);
+            self.process(f, side, now);
+            true
+        });
+        self.receiving = false;
+        self.handoff = Some(h);
+        // CBC packets among them were parked for a batch: finish them now.
+        self.finish_cbc(now);
+        n
+    }
+}
