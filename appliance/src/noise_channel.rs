@@ -187,7 +187,8 @@ impl Connection {
 
     /// Receives one message (blocking).
     pub fn recv(&mut self) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
-        recv_on(&mut self.stream, &self.noise)
+        let mut frame = vec![0u8; MAX_FRAME];
+        recv_on(&mut self.stream, &self.noise, &mut frame)
     }
 }
 
@@ -199,7 +200,8 @@ fn send_on(
     if msg.len() > MAX_PAYLOAD {
         return Err(ChannelError::TooLong(msg.len()));
     }
-    let mut frame = Zeroizing::new(vec![0u8; msg.len() + TAG]);
+    // Ciphertext only: nothing to zeroize.
+    let mut frame = vec![0u8; msg.len() + TAG];
     let n = {
         let mut t = noise.lock().map_err(|_| ChannelError::Closed)?;
         t.write_message(msg, &mut frame)
@@ -208,12 +210,15 @@ fn send_on(
     write_frame(stream, frame.get(..n).unwrap_or_default())
 }
 
+/// Reads and opens one message. `frame` (at least [`MAX_FRAME`] bytes, the caller's, used
+/// again for every message) only ever holds ciphertext, so it is not zeroized: allocating
+/// and zeroizing 64 KiB per message cost more than the rest of a resync.
 fn recv_on(
     stream: &mut TcpStream,
     noise: &Mutex<snow::TransportState>,
+    frame: &mut [u8],
 ) -> Result<Zeroizing<Vec<u8>>, ChannelError> {
-    let mut frame = Zeroizing::new(vec![0u8; MAX_FRAME]);
-    let n = read_frame(stream, &mut frame)?;
+    let n = read_frame(stream, frame)?;
     let mut out = Zeroizing::new(vec![0u8; n]);
     let m = {
         let mut t = noise.lock().map_err(|_| ChannelError::Closed)?;
@@ -404,8 +409,9 @@ fn serve(
     let broken = Arc::new(AtomicBool::new(false));
     let why = Arc::new(Mutex::new(String::new()));
     let (rn, rb, rw) = (noise.clone(), broken.clone(), why.clone());
+    let mut frame = vec![0u8; MAX_FRAME];
     let reader_thread = thread::spawn(move || loop {
-        match recv_on(&mut reader, &rn) {
+        match recv_on(&mut reader, &rn, &mut frame) {
             Ok(m) => {
                 if !emit(LinkEvent::Message(m, std::time::Instant::now())) {
                     break;
