@@ -154,49 +154,60 @@ pub enum WireError {
 type Result<T> = core::result::Result<T, WireError>;
 
 /// A cursor over received bytes that never panics.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Reader { buf, at: 0 }
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.at.checked_add(n).ok_or(WireError::Truncated)?;
         let s = self.buf.get(self.at..end).ok_or(WireError::Truncated)?;
         self.at = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8> {
+    pub(crate) fn u8(&mut self) -> Result<u8> {
         self.take(1)?.first().copied().ok_or(WireError::Truncated)
     }
-    fn u16(&mut self) -> Result<u16> {
+    pub(crate) fn u16(&mut self) -> Result<u16> {
         match self.take(2)? {
             &[a, b] => Ok(u16::from_be_bytes([a, b])),
             _ => Err(WireError::Truncated),
         }
     }
-    fn u32(&mut self) -> Result<u32> {
+    pub(crate) fn u32(&mut self) -> Result<u32> {
         match self.take(4)? {
             &[a, b, c, d] => Ok(u32::from_be_bytes([a, b, c, d])),
             _ => Err(WireError::Truncated),
         }
     }
-    fn u64(&mut self) -> Result<u64> {
+    pub(crate) fn u64(&mut self) -> Result<u64> {
         let s = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(s);
         Ok(u64::from_be_bytes(a))
     }
-    fn rest(&mut self) -> &'a [u8] {
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
         let s = self.buf.get(self.at..).unwrap_or(&[]);
         self.at = self.buf.len();
         s
     }
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.at >= self.buf.len()
+    }
+    /// A substructure with a 4-octet header (two octets, then its length counting the
+    /// header): the two octets and a reader over the body.
+    pub(crate) fn substructure(&mut self) -> Result<(u8, u8, Reader<'a>)> {
+        let a = self.u8()?;
+        let b = self.u8()?;
+        let len = usize::from(self.u16()?);
+        let body = len
+            .checked_sub(4)
+            .ok_or(WireError::Malformed("substructure length"))?;
+        Ok((a, b, Reader::new(self.take(body)?)))
     }
 }
 

@@ -32,7 +32,7 @@
 
 use core::net::IpAddr;
 
-use crate::wire::{Id, TrafficSelector, Transform, WireError};
+use crate::wire::{Id, Reader, TrafficSelector, Transform, WireError};
 
 type Result<T> = core::result::Result<T, WireError>;
 
@@ -133,52 +133,6 @@ const AF_TV: u16 = 0x8000;
 const MORE_TRANSFORMS: u8 = 3;
 const TS_IPV4: u8 = 7;
 const TS_IPV6: u8 = 8;
-
-/// A cursor over received bytes that never panics.
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, at: 0 }
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.at.checked_add(n).ok_or(WireError::Truncated)?;
-        let s = self.buf.get(self.at..end).ok_or(WireError::Truncated)?;
-        self.at = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        self.take(1)?.first().copied().ok_or(WireError::Truncated)
-    }
-    fn u16(&mut self) -> Result<u16> {
-        match self.take(2)? {
-            &[a, b] => Ok(u16::from_be_bytes([a, b])),
-            _ => Err(WireError::Truncated),
-        }
-    }
-    fn rest(&mut self) -> &'a [u8] {
-        let s = self.buf.get(self.at..).unwrap_or(&[]);
-        self.at = self.buf.len();
-        s
-    }
-    fn is_empty(&self) -> bool {
-        self.at >= self.buf.len()
-    }
-    /// A substructure with a 4-octet header (two octets, then its length counting the
-    /// header): the two octets and a reader over the body.
-    fn substructure(&mut self) -> Result<(u8, u8, Reader<'a>)> {
-        let a = self.u8()?;
-        let b = self.u8()?;
-        let len = usize::from(self.u16()?);
-        let body = len
-            .checked_sub(4)
-            .ok_or(WireError::Malformed("substructure length"))?;
-        Ok((a, b, Reader::new(self.take(body)?)))
-    }
-}
 
 /// Writes a 2-octet length at `at` in `out` (the bytes from `at` to the end).
 fn patch_len(out: &mut [u8], at: usize) {
