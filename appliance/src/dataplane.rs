@@ -989,10 +989,26 @@ fn stats_json(
             serde_json::json!({ "worker": h.id, "traffic": traffic, "drops": drops })
         })
         .collect();
+    // Edge filters (issue 18, M9): what each filter rule matched, by the rule's index in the
+    // crypto node's `cluster.filters` (its `cluster` view names them).
+    let filter_hits: Vec<serde_json::Value> = (0..proto::policy::MAX_FILTER_RULES)
+        .map(|i| {
+            (
+                i,
+                handles
+                    .iter()
+                    .map(|h| h.counters.filter_hits(i))
+                    .sum::<u64>(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .map(|(i, n)| serde_json::json!({ "rule": i, "packets": n }))
+        .collect();
     serde_json::json!({
         "gateway": name,
         "workers": handles.len(),
         "per_worker": per_worker,
+        "filter_hits": filter_hits,
         "traffic": traffic,
         "drops": drops,
         "handed_off": handed_off,

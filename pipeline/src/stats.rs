@@ -377,6 +377,9 @@ pub struct CoreCounters {
     traffic: [Counter; Traffic::COUNT],
     drops: [Counter; DropReason::COUNT],
     l3: [Counter; L3Stat::COUNT],
+    /// Packets each edge filter rule matched (index: `proto::policy::filter_index` of the
+    /// SPD rule's id): clear traffic passed or dropped, ESP sent on to an encryption node.
+    filter_hits: [Counter; proto::policy::MAX_FILTER_RULES],
     /// Highest control generation this worker has applied.
     pub generation: Counter,
     /// The worker's clock at its last poll (nanoseconds since it started): what readers
@@ -390,6 +393,7 @@ impl Default for CoreCounters {
             traffic: std::array::from_fn(|_| Counter::default()),
             drops: std::array::from_fn(|_| Counter::default()),
             l3: std::array::from_fn(|_| Counter::default()),
+            filter_hits: std::array::from_fn(|_| Counter::default()),
             generation: Counter::default(),
             clock: Counter::default(),
         }
@@ -413,6 +417,20 @@ impl CoreCounters {
 
     pub fn traffic(&self, t: Traffic) -> u64 {
         self.traffic.get(t as usize).map_or(0, Counter::get)
+    }
+
+    /// Counts one packet for the filter rule SPD rule `rule_id` came from (other rules: nothing).
+    #[inline]
+    pub fn count_rule(&self, rule_id: u32) {
+        if let Some(c) = proto::policy::filter_index(rule_id).and_then(|i| self.filter_hits.get(i))
+        {
+            c.add(1);
+        }
+    }
+
+    /// Packets filter rule `index` matched on this worker.
+    pub fn filter_hits(&self, index: usize) -> u64 {
+        self.filter_hits.get(index).map_or(0, Counter::get)
     }
 
     pub fn drops(&self, r: DropReason) -> u64 {

@@ -278,6 +278,27 @@ pub enum Action {
     Discard,
 }
 
+/// SPD rule ids at or above this are an edge filter's (issue 18, M9: `control::cluster::filter`):
+/// bits 20..26 hold the filter rule's index, so the data plane counts what each filter rule
+/// matched (`CoreCounters::filter_hits`) without knowing the filters.
+pub const FILTER_RULE_TAG: u32 = 0xF000_0000;
+/// The most filter rules one SPD counts separately (the index field's 6 bits).
+pub const MAX_FILTER_RULES: usize = 64;
+
+/// The SPD rule id of the `n`th SPD rule compiled from filter rule `index` (None: out of range).
+pub fn filter_rule_id(index: usize, n: u32) -> Option<u32> {
+    let i = u32::try_from(index)
+        .ok()
+        .filter(|i| (*i as usize) < MAX_FILTER_RULES)?;
+    (n < 1 << 20).then_some(FILTER_RULE_TAG | (i << 20) | n)
+}
+
+/// The filter rule an SPD rule id was compiled from, if it is a filter's.
+#[inline]
+pub fn filter_index(id: u32) -> Option<usize> {
+    (id & FILTER_RULE_TAG == FILTER_RULE_TAG).then_some(((id >> 20) & 0x3f) as usize)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub id: u32,

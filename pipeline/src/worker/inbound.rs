@@ -97,6 +97,9 @@ impl<P: Port> Worker<P> {
             // from the stack before the stores that wrote it had retired.
             return match self.open(f, at, encap, pkt.ecn, now) {
                 Ok(v) => v,
+                Err((DropReason::UnknownSpi, spi)) => self
+                    .esp_to_encryption_node(f)
+                    .unwrap_or_else(|| self.open_failed(f, DropReason::UnknownSpi, spi, now)),
                 Err((r, spi)) => self.open_failed(f, r, spi, now),
             };
         }
@@ -154,7 +157,11 @@ impl<P: Port> Worker<P> {
                 pkt.key.src_port
             },
         };
-        match self.spd.lookup(&mirror).map(|r| r.action) {
+        let rule = self.spd.lookup(&mirror);
+        if let Some(r) = rule {
+            self.counters.count_rule(r.id);
+        }
+        match rule.map(|r| r.action) {
             Some(Action::Bypass) => {
                 if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
                     return Verdict::Drop(DropReason::MalformedIp);
@@ -166,6 +173,37 @@ impl<P: Port> Worker<P> {
             Some(Action::Discard) => Verdict::Drop(DropReason::PolicyDiscard),
             None => Verdict::Drop(DropReason::NoPolicy),
         }
+    }
+
+    /// ESP (bare or in UDP) for an SPI this data plane does not hold, whose outer flow an edge
+    /// filter passes (`proto::policy::FILTER_RULE_TAG`, action bypass): the client's SAs
+    /// live on an encryption node behind this edge (issue 18, M9), so the packet goes on to
+    /// the LAN side unchanged (the LAN routes it to that node), counted on the filter rule and
+    /// as bypassed, not reported as an unknown SPI (that would move the SA here). None: not
+    /// such a packet (the unknown SPI is reported and dropped as before). Off the fast path:
+    /// only ESP that failed its SA lookup gets here, parsed again.
+    fn esp_to_encryption_node(&mut self, f: &mut P::Frame) -> Option<Verdict> {
+        let pkt = parse_ip(f.data()).ok()?;
+        let mirror = FlowKey {
+            src: pkt.key.dst,
+            dst: pkt.key.src,
+            proto: pkt.key.proto,
+            src_port: pkt.key.dst_port,
+            dst_port: pkt.key.src_port,
+        };
+        let rule = self.spd.lookup(&mirror)?;
+        if rule.action != Action::Bypass || proto::policy::filter_index(rule.id).is_none() {
+            return None;
+        }
+        self.counters.count_rule(rule.id);
+        if pkt.hop_limit <= 1 {
+            return Some(Verdict::Drop(DropReason::TtlExceeded));
+        }
+        if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
+            return Some(Verdict::Drop(DropReason::MalformedIp));
+        }
+        self.counters.count(Traffic::Bypassed, 1);
+        Some(self.forward(f, Side::Lan, pkt.ipv6))
     }
 
     /// UDP on the protected side: ESP-in-UDP (returns where ESP starts), IKE (punted),

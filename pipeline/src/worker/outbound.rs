@@ -55,6 +55,7 @@ impl<P: Port> Worker<P> {
         let Some(rule) = self.spd.lookup(&pkt.key) else {
             return Verdict::Drop(DropReason::NoPolicy);
         };
+        self.counters.count_rule(rule.id);
         match rule.action {
             Action::Discard => Verdict::Drop(DropReason::PolicyDiscard),
             Action::Bypass => {

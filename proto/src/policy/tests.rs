@@ -160,3 +160,18 @@ fn prefix_range() {
     let p: Prefix = "10.1.0.7/32".parse().unwrap();
     assert_eq!(p.range().0, p.range().1);
 }
+
+#[test]
+fn filter_rule_ids_carry_their_filter_index_and_other_ids_none() {
+    let id = filter_rule_id(5, 7).unwrap();
+    assert_eq!(filter_index(id), Some(5));
+    assert_eq!(
+        filter_index(filter_rule_id(63, (1 << 20) - 1).unwrap()),
+        Some(63)
+    );
+    assert_eq!(filter_rule_id(64, 0), None);
+    assert_eq!(filter_rule_id(0, 1 << 20), None);
+    for plain in [0u32, 1, 100, 0x7fff_ffff, 0xe000_0000] {
+        assert_eq!(filter_index(plain), None, "{plain:#x}");
+    }
+}
