@@ -78,6 +78,10 @@ enum Command {
     /// Run a cluster edge: the data plane (as `run`'s) and a stateless IKE forwarder to the
     /// crypto node, as two supervised processes.
     Edge(supervise::RunArgs),
+    /// Run a cluster encryption node behind the edges: an edge's data plane and forwarder
+    /// (file role `encryption-node`) holding the SAs the crypto node's edge filters place on
+    /// it; the edges pass those clients' ESP to it over the LAN.
+    EncryptionNode(supervise::RunArgs),
     /// An edge's forwarder alone (`roamgate edge` starts it) on a shared-memory channel to
     /// `roamgate dataplane --shm`.
     #[command(hide = true)]
@@ -205,6 +209,8 @@ fn main() -> ExitCode {
                 .and_then(|_| cluster::crypto_node::run(args)),
             Command::Edge(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
                 .and_then(|_| supervise::edge(args)),
+            Command::EncryptionNode(args) => core_dumps::apply(args.dataplane.allow_core_dumps())
+                .and_then(|_| supervise::encryption_node(args)),
             Command::EdgeLink(args) => {
                 core_dumps::apply(args.allow_core_dumps()).and_then(|_| cluster::edge::run(args))
             }

@@ -244,12 +244,32 @@ pub fn client(args: RunArgs) -> Result<()> {
 /// `roamgate edge`: `run` for a cluster edge: the data plane and the edge's forwarder
 /// (`roamgate edge-link`) in place of the control plane.
 pub fn edge(args: RunArgs) -> Result<()> {
+    edge_role(args, false)
+}
+
+/// `roamgate encryption-node`: an edge's two processes with a file whose cluster role is
+/// `encryption-node` (issue 18 item 7): the crypto node places on it the SAs its filters name
+/// it for; the edges pass those clients' ESP to it.
+pub fn encryption_node(args: RunArgs) -> Result<()> {
+    edge_role(args, true)
+}
+
+fn edge_role(args: RunArgs, encryption_node: bool) -> Result<()> {
     let dp = &args.dataplane;
     let file: crate::config::DataplaneFile = control::config::load(dp.config())?;
     let checked = file.validate(dp.config())?;
-    if checked.edge.is_none() {
+    let (cmd, role) = if encryption_node {
+        ("encryption-node", "encryption-node")
+    } else {
+        ("edge", "edge")
+    };
+    if checked
+        .edge
+        .as_ref()
+        .is_none_or(|e| e.encryption_node != encryption_node)
+    {
         anyhow::bail!(
-            "{}: cluster: `roamgate edge` needs a cluster section with role edge",
+            "{}: cluster.role: `roamgate {cmd}` needs a cluster section with role {role}",
             dp.config().display()
         );
     }

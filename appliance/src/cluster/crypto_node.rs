@@ -65,6 +65,9 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
     let clock = Clock::start();
     core.set_unix_time_at_zero(clock.unix_time_at_zero());
     let mut node = CryptoNode::new(core);
+    if !cluster.filters.is_empty() {
+        node.set_filters(cluster.filters.clone());
+    }
     // A new incarnation at every start: edges count carriers per node incarnation.
     node.set_incarnation(u64::from_le_bytes(
         os_seed()[..8].try_into().unwrap_or([1; 8]),
@@ -359,6 +362,11 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
             .collect::<Vec<_>>(),
         "ike_sas": node.core().ike_sa_count(),
         "edges": per_edge,
+        // Edge filters (issue 18 item 7): the rules by index (the edges' `roamgate stats`
+        // counts `filter_hits` by it), the clients they hold and where their SAs are.
+        "filters": node.filter_view(),
+        "on_encryption_node": s.on_encryption_node,
+        "filtered_unknown_spi": s.filtered_unknown_spi,
     })
     .to_string()
 }

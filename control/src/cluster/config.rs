@@ -30,6 +30,9 @@ use crate::config::ConfigError;
 pub enum Role {
     CryptoNode,
     Edge,
+    /// An encryption node behind the edges (issue 18 item 7): an edge's process and file
+    /// (`roamgate encryption-node`), holding the SAs the crypto node's filters place on it.
+    EncryptionNode,
 }
 
 #[derive(Clone, Deserialize)]
@@ -52,6 +55,12 @@ pub struct ClusterYaml {
     pub psk_file: Option<String>,
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// Crypto node: the ids of the encryption nodes behind the edges.
+    #[serde(default)]
+    pub encryption_nodes: Vec<EdgeId>,
+    /// Crypto node: the edge filters (`super::filter`).
+    #[serde(default)]
+    pub filters: Vec<super::filter::FilterYaml>,
 }
 
 fn default_node_bits() -> u8 {
@@ -83,10 +92,14 @@ pub struct CryptoNodePlan {
     pub listen: SocketAddr,
     pub psk: Zeroizing<[u8; 32]>,
     pub queue: usize,
+    /// Edge filters and the encryption nodes they name.
+    pub filters: super::filter::Filters,
 }
 
 /// What an edge runs with.
 pub struct EdgePlan {
+    /// An encryption node (role `encryption-node`): the same process as an edge.
+    pub encryption_node: bool,
     pub edge_id: EdgeId,
     pub crypto_node: SocketAddr,
     pub psk: Zeroizing<[u8; 32]>,
@@ -170,9 +183,21 @@ impl ClusterYaml {
                     listen,
                     psk,
                     queue: self.queue,
+                    filters: super::filter::Filters::validate(
+                        file,
+                        at,
+                        &self.encryption_nodes,
+                        &self.filters,
+                    )?,
                 }))
             }
-            Role::Edge => {
+            Role::Edge | Role::EncryptionNode => {
+                only(
+                    "encryption_nodes",
+                    !self.encryption_nodes.is_empty(),
+                    "crypto node",
+                )?;
+                only("filters", !self.filters.is_empty(), "crypto node")?;
                 only("node_id", self.node_id.is_some(), "crypto node")?;
                 only("listen", self.listen.is_some(), "crypto node")?;
                 let edge_id = self
@@ -182,6 +207,7 @@ impl ClusterYaml {
                     err("crypto_node", "the crypto node's address is missing".into())
                 })?;
                 Ok(ClusterPlan::Edge(EdgePlan {
+                    encryption_node: self.role == Role::EncryptionNode,
                     edge_id,
                     crypto_node,
                     psk,
@@ -237,5 +263,23 @@ mod tests {
         );
         assert!(!dbg.contains(KEY) && dbg.contains("redacted"), "{dbg}");
         assert_eq!(key(edge.replace("role: edge", "role: router")), "role");
+        let enc = edge.replace("role: edge", "role: encryption-node");
+        assert!(
+            matches!(check(&enc).unwrap(), ClusterPlan::Edge(p) if p.encryption_node && p.edge_id == 2)
+        );
+        assert_eq!(
+            key(format!(
+                "{enc}filters: [{{ name: x, users: [a], action: drop }}]\n"
+            )),
+            "cluster.filters"
+        );
+        let with_filters = format!(
+            "{node}encryption_nodes: [9]\nfilters: [{{ name: x, users: [a], action: encrypt, via: 8 }}]\n"
+        );
+        assert_eq!(key(with_filters.clone()), "cluster.filters[0].via");
+        assert!(matches!(
+            check(&with_filters.replace("via: 8", "via: 9")).unwrap(),
+            ClusterPlan::CryptoNode(p) if p.filters.rules.len() == 1
+        ));
     }
 }

@@ -46,7 +46,7 @@
 //! Must never: read a clock; send an outbound SA to a second edge; send a datagram to an edge
 //! ahead of a carrier queued before it; log key material.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -54,6 +54,7 @@ use ike::Instant;
 use proto::sa::SaRef;
 use proto::{Datagram, Direction, Event, Update};
 
+use super::filter::{Client, Filters};
 use super::msg::{ike_spi_i, EdgeId, EdgeMsg, NodeMsg, MAX_CARRIER_UPDATES};
 use super::placement::SaPlacement;
 use super::repository::{edge_name, Recovered, RecoveryReport, StoreBatch, StoreOp};
@@ -105,6 +106,11 @@ pub struct NodeStats {
     pub moves: u64,
     /// Reservations raised on edges (`ReserveSeq`).
     pub grants: u64,
+    /// CHILD SA directions an edge filter placed on an encryption node (issue 18 item 7).
+    pub on_encryption_node: u64,
+    /// Unknown-SPI reports for SAs on an encryption node (ESP that reached an edge before
+    /// the filter's policy did): not answered, the SA stays where the filter put it.
+    pub filtered_unknown_spi: u64,
 }
 
 #[derive(Default)]
@@ -182,7 +188,23 @@ pub struct CryptoNode {
     /// Move times: the unknown-SPI report in -> the new edge acknowledged the carrier that
     /// moved the SA (applied to its data plane), most recent last.
     move_times: VecDeque<Duration>,
+    /// Edge filters and encryption nodes (issue 18 item 7; `super::filter`).
+    filters: FilterState,
     pub stats: NodeStats,
+}
+
+/// What the node keeps for the edge filters.
+#[derive(Default)]
+struct FilterState {
+    filters: Filters,
+    /// Connected clients by their CHILD_SA's inbound SPI.
+    clients: BTreeMap<proto::Spi, Client>,
+    /// The gateway addresses the clients' SAs use (the edges' shared public address).
+    public: BTreeSet<IpAddr>,
+    /// The core's latest policy: the filters' rules go in front of it.
+    base: Vec<proto::policy::Rule>,
+    /// Inbound SPIs of CHILD_SAs a filter placed on an encryption node.
+    on_node: HashSet<proto::Spi>,
 }
 
 /// What the node keeps of its writes to the store (see [`CryptoNode::enable_store`]).
@@ -248,8 +270,117 @@ impl CryptoNode {
             store: None,
             seq_grant: DEFAULT_SEQ_GRANT,
             move_times: VecDeque::new(),
+            filters: FilterState::default(),
             stats: NodeStats::default(),
         }
+    }
+
+    /// The edge filters and encryption nodes of the `cluster` section (issue 18 item 7).
+    pub fn set_filters(&mut self, filters: Filters) {
+        self.filters.filters = filters;
+        self.filters.base = self.core.policy_rules();
+        let rules = self.filtered_policy();
+        self.globals.insert(0, Update::ReplaceSpd { rules });
+    }
+
+    /// The filters, the clients they hold and where, for the `cluster` view.
+    pub fn filter_view(&self) -> serde_json::Value {
+        let f = &self.filters;
+        let clients: Vec<serde_json::Value> = f
+            .clients
+            .iter()
+            .map(|(spi, c)| {
+                serde_json::json!({
+                    "spi_in": format!("{:08x}", spi.0),
+                    "identity": c.identity,
+                    "vip": c.vip.map(|v| v.to_string()),
+                    "outer": c.outer.to_string(),
+                    "on_encryption_node": f.on_node.contains(spi),
+                    "rules": f.filters.rules.iter().enumerate()
+                        .filter(|(_, r)| r.matches(c)).map(|(i, _)| i).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let mut v = f.filters.view();
+        v["clients"] = clients.into();
+        v
+    }
+
+    fn is_encryption_node(&self, e: EdgeId) -> bool {
+        self.filters.filters.encryption_nodes.contains(&e)
+    }
+
+    /// The policy every edge holds: the filters' rules for the connected clients in front of
+    /// the core's.
+    fn filtered_policy(&self) -> Vec<proto::policy::Rule> {
+        let f = &self.filters;
+        let public: Vec<IpAddr> = f.public.iter().copied().collect();
+        let mut rules = f.filters.spd_rules(f.clients.values(), &public);
+        rules.extend(f.base.iter().copied());
+        rules
+    }
+
+    /// An SA direction the core installs: the client it belongs to is recorded for the
+    /// filters (the policy changes when it is new), and the encryption node a filter names
+    /// for it is where it goes (None: the forwarding edge, as without filters).
+    fn filter_place(&mut self, dir: Direction, params: &proto::sa::SaParams) -> Option<EdgeId> {
+        if self.filters.filters.is_empty() {
+            return None;
+        }
+        let spi_in = match dir {
+            Direction::Inbound => params.spi,
+            Direction::Outbound => proto::Spi(self.core.child_of_sa(params.id, params.spi)?.0),
+        };
+        let host = if params.remote_ts.addr().is_ipv4() {
+            32
+        } else {
+            128
+        };
+        let client = Client {
+            identity: self.core.child_peer_identity(spi_in),
+            vip: (params.remote_ts.prefix_len() == host).then(|| params.remote_ts.addr()),
+            outer: params.remote,
+            encap: params.encap.is_some(),
+        };
+        let node = self
+            .filters
+            .filters
+            .encryption_node(&client)
+            .map(|(_, n)| n);
+        let new_public = self.filters.public.insert(params.local);
+        let changed = self.filters.clients.get(&spi_in) != Some(&client);
+        if changed || new_public {
+            self.filters.clients.insert(spi_in, client);
+            self.push_policy();
+        }
+        match node {
+            Some(n) => {
+                self.filters.on_node.insert(spi_in);
+                self.stats.on_encryption_node += 1;
+                Some(n)
+            }
+            None => {
+                self.filters.on_node.remove(&spi_in);
+                None
+            }
+        }
+    }
+
+    /// The client of a CHILD_SA that went: its filter rules go from the policy.
+    fn filter_forget(&mut self, spi_in: proto::Spi) {
+        self.filters.on_node.remove(&spi_in);
+        if self.filters.clients.remove(&spi_in).is_some() {
+            self.push_policy();
+        }
+    }
+
+    fn push_policy(&mut self) {
+        let u = Update::ReplaceSpd {
+            rules: self.filtered_policy(),
+        };
+        self.globals.insert(0, u.clone());
+        let all = self.all_edges();
+        self.push_to(&all, u);
     }
 
     /// This process's incarnation (random, new at every start: edges count carriers per
@@ -824,6 +955,11 @@ impl CryptoNode {
                 }
             }
             Event::SaState { .. } => {}
+            Event::UnknownSpi { spi, .. } if self.filters.on_node.contains(spi) => {
+                // A filter keeps this CHILD_SA on an encryption node; the edge's policy to
+                // pass its ESP there is on its way (it left with the SA's carrier).
+                self.stats.filtered_unknown_spi += 1;
+            }
             Event::UnknownSpi { spi, .. } => {
                 if let Some(params) = self.placement.inbound_params(*spi) {
                     if !self.placement.inbound_edges(*spi).contains(&edge) {
@@ -1063,10 +1199,19 @@ impl CryptoNode {
             params.resume.seq_reserved =
                 Some(params.resume.seq_reserved.map_or(up_to, |r| r.min(up_to)));
         }
+        if let Update::ReplaceSpd { rules } = &mut u {
+            if !self.filters.filters.is_empty() {
+                self.filters.base = std::mem::take(rules);
+                *rules = self.filtered_policy();
+            }
+        }
         self.record_update(&u);
         match &u {
             Update::AddSa { dir, params } => {
-                let target = self.current.or_else(|| self.peer_edge.get(&params.remote));
+                let target = self
+                    .filter_place(*dir, params)
+                    .or_else(|| self.current.filter(|e| !self.is_encryption_node(*e)))
+                    .or_else(|| self.peer_edge.get(&params.remote));
                 let Some(edge) = target else {
                     self.stats.unplaced += 1;
                     self.error(format!(
@@ -1095,8 +1240,10 @@ impl CryptoNode {
                 self.push_to(&BTreeSet::from([edge]), u);
             }
             Update::DeleteInbound { spi } => {
-                let edges = self.placement.remove_inbound(*spi);
+                let spi = *spi;
+                let edges = self.placement.remove_inbound(spi);
                 self.push_to(&edges, u);
+                self.filter_forget(spi);
             }
             Update::DeleteOutbound { id } => {
                 let edges = self.placement.remove_outbound(*id);
@@ -1243,13 +1390,13 @@ impl CryptoNode {
         ]
         .into_iter()
         .flatten()
-        .find(|e| self.is_connected(*e))
+        .find(|e| self.is_connected(*e) && !self.is_encryption_node(*e))
         // Every edge answers from the same public address: any connected one will do for an
         // IKE SA no edge forwarded yet (one adopted from the store).
         .or_else(|| {
             self.edges
                 .iter()
-                .find(|(_, l)| l.connected)
+                .find(|(e, l)| l.connected && !self.is_encryption_node(**e))
                 .map(|(e, _)| *e)
         });
         let Some(edge) = edge else {

@@ -20,6 +20,7 @@
 pub mod config;
 pub mod crypto_node;
 pub mod edge;
+pub mod filter;
 pub mod msg;
 pub mod placement;
 pub mod repository;

@@ -24,6 +24,9 @@ use crate::testing::SimLink;
 #[path = "tests_restart.rs"]
 mod restart;
 
+#[path = "tests_filter.rs"]
+mod filter;
+
 const PUBLIC: &str = "192.0.2.1";
 const NODE: &str = "connections:
   - { name: rw, local_id: gw.test, remote_id: rw.test, psk: \"cluster-test-psk\",

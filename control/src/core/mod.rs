@@ -443,6 +443,14 @@ impl ControlCore {
         self.repo.rules()
     }
 
+    /// Who the peer of the CHILD_SA with inbound SPI `spi` is: its EAP identity, else the IKE
+    /// identity it authenticated (a cluster's edge filters match on it). None before IKE_AUTH
+    /// completed. A scan of the IKE SAs: called once per CHILD SA install when filters exist.
+    pub fn child_peer_identity(&self, spi: Spi) -> Option<String> {
+        let ike = self.endpoint.ike_of_child(ike::ChildSpi(spi.0))?;
+        self.endpoint.peer_identity(ike)
+    }
+
     /// The CHILD_SA (its inbound SPI) the data-plane SA `id` with SPI `spi` belongs to (a
     /// cluster's repository files both directions under it).
     pub fn child_of_sa(&self, id: proto::SaId, spi: proto::Spi) -> Option<ike::ChildSpi> {
