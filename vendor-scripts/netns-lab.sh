@@ -60,6 +60,16 @@
 #                wan [PFX-eN] lan -- lN [PFX-lr] lan1 -- lan0 10.9.0.10 PFX-srv
 #              PFX-sw eth0 198.51.100.10 (strongSwan) -- eth1 198.51.100.254 [PFX-rtr]
 #        netns-lab.sh cluster-down [PFX]
+#        netns-lab.sh encnode-up [PFX]  the cluster lab plus an encryption node (tests/cluster_encnode.rs,
+#            configs/cluster/encryption-node.yaml): PFX-en's wan on the LAN router's x9
+#            (10.8.9.1; 203.0.113.1/32 routed there: the edges pass filtered clients' ESP to it),
+#            its lan 10.8.10.2 on y9 (10.8.10.1; the pool 10.99.0.0/24 routed there), mgmt
+#            169.254.80.19 on the crypto node's bridge; the LAN router sends 192.0.2.0/24 back
+#            through edge 0 (10.8.0.2); the server also holds 10.9.1.20 and 10.9.1.30 (the
+#            filters' direct host and a dropped one), which the router in front routes to
+#            edge 0:
+#              [PFX-e0] lan -- l0 [PFX-lr] x9 -- wan [PFX-en] lan -- y9 [PFX-lr] lan1 -- PFX-srv
+#        netns-lab.sh encnode-down [PFX]
 #        netns-lab.sh vcm-up [PFX]  the connectivity-manager lab (tests/vcm.rs, configs/vcm-gw.yaml):
 #            two road warriors on separate access networks behind one router, the gateway
 #            behind the router (netem on the router's eth1 delays the gateway path):
@@ -407,6 +417,37 @@ cluster_up() {
     host4 "$p-srv" 10.9.0.10/24 10.9.0.1
 }
 
+encnode_down() { ns_del $CLUSTER_NSS en; }
+
+encnode_up() {
+    ns_del en
+    cluster_up
+    ns_add en
+    ip link add x9 netns "$p-lr" address 02:00:00:00:81:09 type veth \
+        peer name wan netns "$p-en" address 02:00:00:00:83:09
+    ip link add y9 netns "$p-lr" address 02:00:00:00:81:0a type veth \
+        peer name lan netns "$p-en" address 02:00:00:00:84:09
+    ip link add m9 netns "$p-cn" type veth peer name mgmt netns "$p-en"
+    ip -n "$p-cn" link set m9 master brm
+    links_up "$p-cn" m9
+    gateway "$p-en" lan wan mgmt
+    ip -n "$p-en" addr add 169.254.80.19/24 dev mgmt
+    links_up "$p-lr" x9 y9
+    ip netns exec "$p-lr" sysctl -qw net.ipv4.conf.x9.rp_filter=0
+    ip netns exec "$p-lr" sysctl -qw net.ipv4.conf.y9.rp_filter=0
+    ip -n "$p-lr" addr add 10.8.9.1/24 dev x9
+    ip -n "$p-lr" addr add 10.8.10.1/24 dev y9
+    ip -n "$p-lr" route replace 203.0.113.1/32 dev x9
+    ip -n "$p-lr" route replace 10.99.0.0/24 via 10.8.10.2
+    ip -n "$p-lr" route replace 192.0.2.0/24 via 10.8.0.2
+    ip -n "$p-lr" route replace 10.9.1.0/24 via 10.9.0.10
+    # The hosts clients may reach in the clear are routed to the edges by the router in
+    # front (through edge 0 here: the edges answer ARP for the shared address).
+    ip -n "$p-rtr" route replace 10.9.1.0/24 via 203.0.113.1 dev p0
+    ip -n "$p-srv" addr add 10.9.1.20/32 dev lan0
+    ip -n "$p-srv" addr add 10.9.1.30/32 dev lan0
+}
+
 case "$cmd" in
 up) up ;;
 down) down ;;
@@ -422,6 +463,8 @@ ha-down) ha_down ;;
 hs-up) hs_up ;;
 hs-down) hs_down ;;
 cluster-up) cluster_up ;;
+encnode-up) encnode_up ;;
+encnode-down) encnode_down ;;
 vcm-up) vcm_up ;;
 vcm-down) vcm_down ;;
 cluster-down) cluster_down ;;
@@ -432,7 +475,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw2q-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|vcm-up|vcm-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw2q-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|encnode-up|encnode-down|vcm-up|vcm-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac
