@@ -349,6 +349,16 @@ mod tests {
         let client = dir.join("client.yaml");
         let f: DataplaneFile = control::config::load(&client).unwrap();
         assert!(f.validate(&client).unwrap().edge.is_none());
+        // The encryption node's file and the crypto node's with filters (issue 18 item 7).
+        let enc = dir.join("encryption-node.yaml");
+        let f: DataplaneFile = control::config::load(&enc).unwrap();
+        let e = f.validate(&enc).unwrap_or_else(|e| panic!("{e}")).edge;
+        assert!(e.is_some_and(|e| e.encryption_node && e.edge_id == 9));
+        let filtered = dir.join("crypto-node-filters.yaml");
+        let f: CryptoNodeFile = control::config::load(&filtered).unwrap();
+        let c = f.validate(&filtered).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.cluster.filters.rules.len(), 3);
+        assert!(c.cluster.filters.encryption_nodes.contains(&9));
         // An edge with IKE connections, or more workers, or a crypto node run as an edge.
         let edge = std::fs::read_to_string(dir.join("edge-a.yaml")).unwrap();
         let key = |text: &str| {
