@@ -294,6 +294,11 @@ impl Endpoint {
             .map(IkeSa::id)
     }
 
+    /// The peer's address and port of IKE SA `ike` (as the packets come: after any NAT).
+    pub fn remote_of(&self, ike: IkeSaId) -> Option<SocketAddr> {
+        self.sas.get(&ike).map(|sa| sa.state.remote)
+    }
+
     /// Who the peer of an established IKE SA is: the EAP identity it logged in with, else the
     /// IKE identity it authenticated (as the views print it).
     pub fn peer_identity(&self, ike: IkeSaId) -> Option<String> {

@@ -20,6 +20,7 @@
 //! outputs); log key material.
 
 pub mod decisions;
+pub mod direct_paths;
 pub mod durable;
 pub mod output;
 pub mod placement;
@@ -27,6 +28,8 @@ pub mod reconnect;
 pub mod transfer;
 pub mod view;
 
+#[cfg(test)]
+mod direct_tests;
 #[cfg(test)]
 mod durable_tests;
 #[cfg(test)]
@@ -76,6 +79,8 @@ pub struct ControlCore {
     direct_path_candidates: VecDeque<crate::vcm::Candidate>,
     /// The connections we initiate come back after the peer drops them ([`reconnect`]).
     reconnect: reconnect::Reconnect,
+    /// The connectivity manager, gateway and client ends ([`direct_paths`]).
+    direct: direct_paths::DirectPaths,
 }
 
 /// Candidates kept for the connectivity manager (the oldest go first).
@@ -139,6 +144,7 @@ impl ControlCore {
             durable: durable::Durability::default(),
             vcm: None,
             direct_path_candidates: VecDeque::new(),
+            direct: direct_paths::DirectPaths::new(seed),
             reconnect: reconnect::Reconnect::default(),
         }
     }
@@ -258,7 +264,14 @@ impl ControlCore {
         } = *e
         {
             self.hairpin_report(now, (src, dst), packets, millis);
+            self.pump(now);
             return;
+        }
+        if let DpEvent::SaState { spi, state, .. } = e {
+            if self.direct_sa_state(now, *spi, state) {
+                self.pump(now);
+                return;
+            }
         }
         if matches!(e, DpEvent::SeqCheckpoint { .. } | DpEvent::SaState { .. }) {
             if self.seq_reports.len() >= MAX_SEQ_REPORTS {
@@ -312,6 +325,7 @@ impl ControlCore {
                 "vcm: {} ({}) <-> {} ({}) hairpin at {} packets/s: a direct path candidate",
                 c.a.0, c.a.1, c.b.0, c.b.1, c.pps
             ));
+            self.direct_offer(now, c.a.0, c.b.0);
             if self.direct_path_candidates.len() >= MAX_CANDIDATES {
                 self.direct_path_candidates.pop_front();
             }
@@ -347,6 +361,10 @@ impl ControlCore {
             self.view.mark_stale();
             self.pump(now);
         }
+        if self.direct.deadline().is_some_and(|t| t <= now) {
+            self.direct_timeout(now);
+            self.pump(now);
+        }
         if self.view.due().is_some_and(|t| t <= now) {
             self.view.rebuilt(now);
             let json = view::render(&self.endpoint, &self.repo, &self.counts, &self.dp, now);
@@ -362,6 +380,7 @@ impl ControlCore {
             self.endpoint.poll_timeout(),
             self.view.due(),
             self.reconnect.next_due(),
+            self.direct.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -670,6 +689,7 @@ impl ControlCore {
                 Ok(updates) => updates.into_iter().for_each(|u| self.route(u)),
                 Err(err) => self.out.error(format!("ike: {err}")),
             }
+            self.direct_on_event(now, &e);
             self.view.mark_stale();
         }
         let mut sent = Vec::new();

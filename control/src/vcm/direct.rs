@@ -79,6 +79,9 @@ pub enum Msg {
     Return { pair: u64 },
     /// Client -> gateway: acknowledges [`Msg::Return`].
     Returned { pair: u64 },
+    /// Client -> gateway, once per IKE SA: this client takes direct paths (a client that never
+    /// says so is never made an offer). Encoded with pair 0.
+    Hello,
 }
 
 impl Msg {
@@ -91,6 +94,7 @@ impl Msg {
             | Msg::Failed { pair }
             | Msg::Return { pair }
             | Msg::Returned { pair } => *pair,
+            Msg::Hello => 0,
         }
     }
 
@@ -103,6 +107,7 @@ impl Msg {
             Msg::Failed { .. } => 5,
             Msg::Return { .. } => 6,
             Msg::Returned { .. } => 7,
+            Msg::Hello => 8,
         }
     }
 
@@ -165,6 +170,7 @@ impl Msg {
             5 => Msg::Failed { pair },
             6 => Msg::Return { pair },
             7 => Msg::Returned { pair },
+            8 if pair == 0 => Msg::Hello,
             _ => return Err(DecodeError::Kind),
         };
         if !r.0.is_empty() {

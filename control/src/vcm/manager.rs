@@ -192,6 +192,47 @@ impl Manager {
         }
     }
 
+    /// The live pairs client `vip` is part of.
+    pub fn pairs_of(&self, vip: IpAddr) -> Vec<u64> {
+        self.pairs
+            .iter()
+            .filter(|(_, p)| p.m.iter().any(|m| m.vip == vip))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Client `vip` is gone (its IKE SA went): it can neither be told nor answer, so it
+    /// counts as returned; the other client of each of its pairs is told to return. Returns
+    /// those pairs.
+    pub fn member_gone(&mut self, now: Instant, vip: IpAddr) -> Vec<u64> {
+        let pairs = self.pairs_of(vip);
+        for &pair in &pairs {
+            self.return_pair(now, pair);
+            if let Some(p) = self.pairs.get_mut(&pair) {
+                if let Some(m) = p.m.iter_mut().find(|m| m.vip == vip) {
+                    m.returning = Some(false);
+                }
+            }
+            // Drop what was queued for the gone one.
+            self.out.retain(|(to, m)| !(*to == vip && m.pair() == pair));
+            self.end_if_returned(pair);
+        }
+        pairs
+    }
+
+    fn end_if_returned(&mut self, pair: u64) {
+        let done = self
+            .pairs
+            .get(&pair)
+            .is_some_and(|p| p.m.iter().all(|m| m.returning == Some(false)));
+        if done {
+            if let Some(p) = self.pairs.remove(&pair) {
+                self.counts.returned += 1;
+                self.ended.push_back((pair, p.m[0].vip, p.m[1].vip));
+            }
+        }
+    }
+
     /// A message from the client holding virtual IP `from` (its IKE SA vouches for that).
     pub fn handle(&mut self, now: Instant, from: IpAddr, msg: &Msg) {
         let pair = msg.pair();
@@ -244,7 +285,7 @@ impl Manager {
                     self.ended.push_back((pair, a, b));
                 }
             }
-            Msg::Offer { .. } | Msg::PeerReady { .. } | Msg::Return { .. } => {
+            Msg::Offer { .. } | Msg::PeerReady { .. } | Msg::Return { .. } | Msg::Hello => {
                 self.counts.wrong_direction += 1;
             }
         }
@@ -412,7 +453,8 @@ impl DirectClient {
             Msg::Installed { .. }
             | Msg::Switching { .. }
             | Msg::Failed { .. }
-            | Msg::Returned { .. } => self.counts.wrong_direction += 1,
+            | Msg::Returned { .. }
+            | Msg::Hello => self.counts.wrong_direction += 1,
         }
     }
 

@@ -112,7 +112,8 @@ fn private_notifies_go_both_ways_in_order_inside_the_ike_sa() {
         Err(ConnectError::NotPrivate)
     );
     assert_eq!(
-        p.gw().send_private(now, IkeSaId(crate::ids::IkeSpi(999)), 48_200, b"x"),
+        p.gw()
+            .send_private(now, IkeSaId(crate::ids::IkeSpi(999)), 48_200, b"x"),
         Err(ConnectError::NoSuchSa)
     );
     // The data never shows in Debug (it may hold keys).
