@@ -77,6 +77,8 @@ pub(crate) struct DirectPaths {
     rng: rand_chacha::ChaCha20Rng,
     next_probe: Option<Instant>,
     next_tick: Option<Instant>,
+    /// The policy changed: pairs it no longer allows return at the next turn.
+    revalidate: bool,
     /// Messages refused by decoding or sent by the wrong side.
     pub malformed: u64,
     /// Candidates that stay on the hairpin because a client did not announce support.
@@ -98,8 +100,16 @@ impl DirectPaths {
             rng: rand_chacha::ChaCha20Rng::from_seed(s),
             next_probe: None,
             next_tick: None,
+            revalidate: false,
             malformed: 0,
             unsupported: 0,
+        }
+    }
+
+    pub(crate) fn revalidate(&mut self) {
+        if self.manager.pairs() > 0 {
+            self.revalidate = true;
+            self.next_tick = Some(Instant::ZERO);
         }
     }
 
@@ -455,6 +465,26 @@ impl ControlCore {
 
     /// The connectivity manager's timers: retransmissions, the client's fallback, probes.
     pub(super) fn direct_timeout(&mut self, now: Instant) {
+        if std::mem::take(&mut self.direct.revalidate) {
+            let vips: Vec<IpAddr> = self.direct.capable.values().copied().collect();
+            for vip in vips {
+                let id = self
+                    .ike_of_vip(vip)
+                    .and_then(|ike| self.endpoint.peer_identity(ike));
+                let allowed = match (&self.vcm, id) {
+                    (Some(d), Some(id)) => d.allows(&id),
+                    _ => false,
+                };
+                if !allowed {
+                    let n = self.return_direct(now, vip);
+                    if n > 0 {
+                        self.out.log(format!(
+                            "vcm: {vip} no longer allowed a direct path: {n} pair(s) return"
+                        ));
+                    }
+                }
+            }
+        }
         if self.direct.next_tick.is_some_and(|t| t <= now) {
             self.direct.manager.handle_timeout(now);
             self.flush_manager(now);

@@ -209,3 +209,36 @@ fn keys_never_reach_the_view() {
         assert!(!dbg.contains(&hex));
     }
 }
+
+#[test]
+fn a_policy_that_no_longer_allows_a_client_returns_its_pairs() {
+    let (mut w, a, b) = world();
+    hairpin(&mut w, a, b);
+    w.run_for(Duration::from_millis(200));
+    direct_rx(&mut w, 1, 5);
+    direct_rx(&mut w, 2, 5);
+    w.run_for(Duration::from_millis(50));
+    assert_eq!(w.gw(1).core().direct_pairs().len(), 1);
+    // The same policy again: nothing moves.
+    let keep = VcmPolicy {
+        threshold_pps: 100,
+        direct_paths: vec![IdPattern::Suffix(".test".into())],
+    };
+    w.gw(0).core().set_vcm(Some(keep));
+    direct_rx(&mut w, 1, 9);
+    direct_rx(&mut w, 2, 9);
+    w.run_for(Duration::from_millis(200));
+    assert_eq!(w.gw(1).core().direct_pairs().len(), 1);
+    w.gw(0).core().set_vcm(Some(VcmPolicy {
+        threshold_pps: 100,
+        direct_paths: vec![IdPattern::Exact("alice.test".into())],
+    }));
+    w.run_for(Duration::from_millis(300));
+    for i in [1, 2] {
+        assert!(
+            w.gw(i).core().direct_pairs().is_empty(),
+            "client {i} returned"
+        );
+    }
+    assert_eq!(w.gw(0).core().direct_view().manager_pairs, 0);
+}

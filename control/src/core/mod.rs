@@ -150,13 +150,15 @@ impl ControlCore {
     }
 
     /// Hairpin detection by this policy (the `vcm` section), or none. A new policy keeps the
-    /// pairs already offered.
+    /// pairs already offered whose clients it still allows; the others are told to return to
+    /// the gateway path (at the next turn: `direct_paths`).
     pub fn set_vcm(&mut self, policy: Option<crate::config::vcm::VcmPolicy>) {
         match (policy, self.vcm.as_mut()) {
             (None, _) => self.vcm = None,
             (Some(p), Some(d)) => d.set_policy(p),
             (Some(p), None) => self.vcm = Some(crate::vcm::HairpinDetector::new(p)),
         }
+        self.direct.revalidate();
     }
 
     /// The hairpin detector's counts (None: detection is off).
