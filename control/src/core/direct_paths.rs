@@ -46,6 +46,9 @@ use crate::vcm::manager::{Action, DirectClient, DirectCounts, Keys, Manager};
 
 /// How often a client asks its data plane whether its direct inbound SAs received anything.
 pub const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// A pair whose direct path failed is not offered again for this long (it stays on the
+/// gateway path: a path that NAT or a firewall blocks is not tried again and again).
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
 /// Lifetime given to a direct SA pair (seconds).
 pub const DIRECT_LIFETIME_SECS: u32 = 3600;
 
@@ -77,6 +80,8 @@ pub(crate) struct DirectPaths {
     rng: rand_chacha::ChaCha20Rng,
     next_probe: Option<Instant>,
     next_tick: Option<Instant>,
+    /// Failed pairs held back from a new offer until then.
+    holdoff: Vec<(Instant, IpAddr, IpAddr)>,
     /// The policy changed: pairs it no longer allows return at the next turn.
     revalidate: bool,
     /// Messages refused by decoding or sent by the wrong side.
@@ -101,6 +106,7 @@ impl DirectPaths {
             next_probe: None,
             next_tick: None,
             revalidate: false,
+            holdoff: Vec::new(),
             malformed: 0,
             unsupported: 0,
         }
@@ -114,10 +120,16 @@ impl DirectPaths {
     }
 
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        [self.next_probe, self.next_tick, self.client.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        let holdoff = self.holdoff.iter().map(|h| h.0).min();
+        [
+            self.next_probe,
+            self.next_tick,
+            self.client.poll_timeout(),
+            holdoff,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn keys(&mut self) -> Keys {
@@ -323,6 +335,17 @@ impl ControlCore {
             }
         }
         while let Some((pair, a, b)) = self.direct.manager.poll_ended() {
+            if self.direct.manager.take_failed(pair) {
+                // Stays offered in the detector's eyes until the hold-off ends.
+                self.out.log(format!(
+                    "vcm: pair {pair} ({a} <-> {b}) back on the gateway path: the direct path failed, not offered again for {} s",
+                    RETRY_AFTER_FAILURE.as_secs()
+                ));
+                self.direct
+                    .holdoff
+                    .push((now.saturating_add(RETRY_AFTER_FAILURE), a, b));
+                continue;
+            }
             self.out.log(format!(
                 "vcm: pair {pair} ({a} <-> {b}) back on the gateway path"
             ));
@@ -465,6 +488,21 @@ impl ControlCore {
 
     /// The connectivity manager's timers: retransmissions, the client's fallback, probes.
     pub(super) fn direct_timeout(&mut self, now: Instant) {
+        let due: Vec<(IpAddr, IpAddr)> = self
+            .direct
+            .holdoff
+            .iter()
+            .filter(|h| h.0 <= now)
+            .map(|h| (h.1, h.2))
+            .collect();
+        if !due.is_empty() {
+            self.direct.holdoff.retain(|h| h.0 > now);
+            if let Some(d) = self.vcm.as_mut() {
+                for (a, b) in due {
+                    d.forget(a, b);
+                }
+            }
+        }
         if std::mem::take(&mut self.direct.revalidate) {
             let vips: Vec<IpAddr> = self.direct.capable.values().copied().collect();
             for vip in vips {

@@ -168,6 +168,15 @@ fn a_blackholed_direct_path_falls_back_within_a_second_and_the_pair_ends() {
     );
     assert_eq!(w.gw(0).core().direct_view().manager_pairs, 0);
     assert!(w.gw(0).core().direct_view().manager.failed >= 1);
+    // Not offered again while the hold-off runs, then again.
+    let offers = w.gw(0).core().direct_view().manager.offers;
+    hairpin(&mut w, a, b);
+    w.run_for(Duration::from_millis(300));
+    assert_eq!(w.gw(0).core().direct_view().manager.offers, offers);
+    w.run_for(crate::core::direct_paths::RETRY_AFTER_FAILURE);
+    hairpin(&mut w, a, b);
+    w.run_for(Duration::from_millis(300));
+    assert_eq!(w.gw(0).core().direct_view().manager.offers, offers + 1);
 }
 
 #[test]

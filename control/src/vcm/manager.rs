@@ -76,6 +76,9 @@ pub struct Manager {
     next_spi: u32,
     out: VecDeque<(IpAddr, Msg)>,
     ended: VecDeque<(u64, IpAddr, IpAddr)>,
+    /// Pairs a client reported `Failed` (until they end): their clients are not offered
+    /// again soon.
+    failed: BTreeSet<u64>,
     counts: DirectCounts,
 }
 
@@ -96,6 +99,12 @@ impl Manager {
     /// A pair that ended (both back on the gateway path): (pair, a, b).
     pub fn poll_ended(&mut self) -> Option<(u64, IpAddr, IpAddr)> {
         self.ended.pop_front()
+    }
+
+    /// Whether a client of ended pair `pair` reported its direct path failed (asked once: the
+    /// answer is forgotten).
+    pub fn take_failed(&mut self, pair: u64) -> bool {
+        self.failed.remove(&pair)
     }
 
     /// Two SPIs from the reserved range not used by a live pair.
@@ -268,6 +277,7 @@ impl Manager {
             }
             Msg::Failed { .. } => {
                 self.counts.failed += 1;
+                self.failed.insert(pair);
                 // The failing client is back already; it still gets a Return to delete its
                 // SAs, and so does the other.
                 self.return_pair(now, pair);
