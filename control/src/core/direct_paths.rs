@@ -49,6 +49,10 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// A pair whose direct path failed is not offered again for this long (it stays on the
 /// gateway path: a path that NAT or a firewall blocks is not tried again and again).
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
+/// A returned pair's inbound SA stays this long after its outbound went: what the peer sent
+/// on the direct path before it took the return in is still opened, not dropped as an unknown
+/// SPI.
+pub const INBOUND_GRACE: Duration = Duration::from_secs(2);
 /// Lifetime given to a direct SA pair (seconds).
 pub const DIRECT_LIFETIME_SECS: u32 = 3600;
 
@@ -80,6 +84,8 @@ pub(crate) struct DirectPaths {
     rng: rand_chacha::ChaCha20Rng,
     next_probe: Option<Instant>,
     next_tick: Option<Instant>,
+    /// Inbound direct SAs of ended pairs, deleted then (with their id).
+    retiring: Vec<(Instant, Spi, SaId)>,
     /// Failed pairs held back from a new offer until then.
     holdoff: Vec<(Instant, IpAddr, IpAddr)>,
     /// The policy changed: pairs it no longer allows return at the next turn.
@@ -107,6 +113,7 @@ impl DirectPaths {
             next_tick: None,
             revalidate: false,
             holdoff: Vec::new(),
+            retiring: Vec::new(),
             malformed: 0,
             unsupported: 0,
         }
@@ -120,7 +127,12 @@ impl DirectPaths {
     }
 
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        let holdoff = self.holdoff.iter().map(|h| h.0).min();
+        let holdoff = self
+            .holdoff
+            .iter()
+            .map(|h| h.0)
+            .chain(self.retiring.iter().map(|r| r.0))
+            .min();
         [
             self.next_probe,
             self.next_tick,
@@ -239,7 +251,7 @@ impl ControlCore {
                     self.direct.client_ike = None;
                     let pairs: Vec<u64> = self.direct.pairs.keys().copied().collect();
                     for p in pairs {
-                        self.direct_delete_pair(p);
+                        self.direct_delete_pair(now, p);
                     }
                 }
             }
@@ -442,7 +454,7 @@ impl ControlCore {
                         }
                     }
                 }
-                Action::DeleteSas { pair } => self.direct_delete_pair(pair),
+                Action::DeleteSas { pair } => self.direct_delete_pair(now, pair),
             }
         }
         if let Some((ike, _)) = self.direct.client_ike {
@@ -455,19 +467,20 @@ impl ControlCore {
         }
     }
 
-    fn direct_delete_pair(&mut self, pair: u64) {
+    fn direct_delete_pair(&mut self, now: Instant, pair: u64) {
         let Some(p) = self.direct.pairs.remove(&pair) else {
             return;
         };
         if p.bound {
             self.route(Update::UnbindHost { dst: p.peer_vip });
         }
-        self.route(Update::DeleteInbound { spi: p.in_spi });
         if p.out_installed {
             self.route(Update::DeleteOutbound { id: p.out_id });
         }
-        self.repo.release_direct_id(p.in_id);
         self.repo.release_direct_id(p.out_id);
+        self.direct
+            .retiring
+            .push((now.saturating_add(INBOUND_GRACE), p.in_spi, p.in_id));
     }
 
     /// A data-plane SA state: true if it was a direct inbound SA's (liveness), consumed.
@@ -488,6 +501,13 @@ impl ControlCore {
 
     /// The connectivity manager's timers: retransmissions, the client's fallback, probes.
     pub(super) fn direct_timeout(&mut self, now: Instant) {
+        let (gone, keep): (Vec<_>, Vec<_>) =
+            self.direct.retiring.drain(..).partition(|r| r.0 <= now);
+        self.direct.retiring = keep;
+        for (_, spi, id) in gone {
+            self.route(Update::DeleteInbound { spi });
+            self.repo.release_direct_id(id);
+        }
         let due: Vec<(IpAddr, IpAddr)> = self
             .direct
             .holdoff

@@ -131,6 +131,13 @@ fn two_roamgate_clients_get_a_direct_pair_installed_inbound_first_then_return() 
     w.run_for(Duration::from_millis(300));
     for i in [1, 2] {
         assert!(w.gw(i).core().direct_pairs().is_empty());
+        assert!(
+            direct_in(&mut w, i).is_some(),
+            "inbound kept for what is in flight"
+        );
+    }
+    w.run_for(crate::core::direct_paths::INBOUND_GRACE);
+    for i in [1, 2] {
         assert!(direct_in(&mut w, i).is_none(), "inbound deleted");
         assert!(pos(&mut w, i, |u| matches!(u, Update::UnbindHost { .. })).is_some());
     }
@@ -191,6 +198,7 @@ fn when_one_client_goes_the_other_returns() {
     w.gw(2).core().begin_shutdown(now);
     w.run_for(Duration::from_millis(300));
     assert!(w.gw(1).core().direct_pairs().is_empty(), "a returned");
+    w.run_for(crate::core::direct_paths::INBOUND_GRACE);
     assert!(direct_in(&mut w, 1).is_none());
     assert_eq!(w.gw(0).core().direct_view().manager_pairs, 0);
 }
@@ -250,4 +258,21 @@ fn a_policy_that_no_longer_allows_a_client_returns_its_pairs() {
         );
     }
     assert_eq!(w.gw(0).core().direct_view().manager_pairs, 0);
+}
+
+#[test]
+fn a_proven_path_that_goes_quiet_returns_and_may_be_offered_again_at_once() {
+    let (mut w, a, b) = world();
+    hairpin(&mut w, a, b);
+    w.run_for(Duration::from_millis(200));
+    direct_rx(&mut w, 1, 5);
+    direct_rx(&mut w, 2, 5);
+    w.run_for(Duration::from_millis(2000));
+    assert!(w.gw(1).core().direct_pairs().is_empty(), "quiet: back");
+    let v = w.gw(0).core().direct_view();
+    assert_eq!((v.manager_pairs, v.manager.failed), (0, 0));
+    assert!(v.manager.idle >= 1);
+    hairpin(&mut w, a, b);
+    w.run_for(Duration::from_millis(300));
+    assert_eq!(w.gw(0).core().direct_view().manager.offers, 2);
 }

@@ -75,6 +75,10 @@ pub enum Msg {
     /// Client -> gateway: the direct path failed (no authenticated packet in time); back on the
     /// gateway path.
     Failed { pair: u64 },
+    /// Client -> gateway: the direct path worked and went quiet (nothing authenticated on it
+    /// for a while): back on the gateway path. Unlike [`Msg::Failed`], the pair may be offered
+    /// again at once.
+    Idle { pair: u64 },
     /// Gateway -> client: back to the gateway path and delete the pair's SAs.
     Return { pair: u64 },
     /// Client -> gateway: acknowledges [`Msg::Return`].
@@ -92,6 +96,7 @@ impl Msg {
             | Msg::PeerReady { pair }
             | Msg::Switching { pair }
             | Msg::Failed { pair }
+            | Msg::Idle { pair }
             | Msg::Return { pair }
             | Msg::Returned { pair } => *pair,
             Msg::Hello => 0,
@@ -108,6 +113,7 @@ impl Msg {
             Msg::Return { .. } => 6,
             Msg::Returned { .. } => 7,
             Msg::Hello => 8,
+            Msg::Idle { .. } => 9,
         }
     }
 
@@ -171,6 +177,7 @@ impl Msg {
             6 => Msg::Return { pair },
             7 => Msg::Returned { pair },
             8 if pair == 0 => Msg::Hello,
+            9 => Msg::Idle { pair },
             _ => return Err(DecodeError::Kind),
         };
         if !r.0.is_empty() {

@@ -44,6 +44,8 @@ pub struct DirectCounts {
     pub wrong_direction: u64,
     pub duplicates: u64,
     pub failed: u64,
+    /// Direct paths that worked and went quiet.
+    pub idle: u64,
     pub returned: u64,
 }
 
@@ -275,6 +277,10 @@ impl Manager {
                 }
                 p.m[i].ready_pending = false;
             }
+            Msg::Idle { .. } => {
+                self.counts.idle += 1;
+                self.return_pair(now, pair);
+            }
             Msg::Failed { .. } => {
                 self.counts.failed += 1;
                 self.failed.insert(pair);
@@ -359,9 +365,18 @@ pub enum Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Installed,
-    Dual { since: Instant },
-    Direct { last_rx: Instant },
-    Failed { last_sent: Instant },
+    Dual {
+        since: Instant,
+    },
+    Direct {
+        last_rx: Instant,
+    },
+    /// Back on the gateway path, reporting why until the gateway returns the pair (`idle`: the
+    /// direct path had worked and went quiet).
+    Failed {
+        last_sent: Instant,
+        idle: bool,
+    },
 }
 
 /// Pairs a client remembers as ended (bounded): a replayed offer of one is refused.
@@ -463,6 +478,7 @@ impl DirectClient {
             Msg::Installed { .. }
             | Msg::Switching { .. }
             | Msg::Failed { .. }
+            | Msg::Idle { .. }
             | Msg::Returned { .. }
             | Msg::Hello => self.counts.wrong_direction += 1,
         }
@@ -482,30 +498,49 @@ impl DirectClient {
         }
     }
 
-    /// Fallback and the `Failed` report sent again until the gateway returns the pair.
+    /// Fallback and the `Failed` (or `Idle`) report sent again until the gateway returns the
+    /// pair.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let report = |pair, idle| {
+            if idle {
+                Msg::Idle { pair }
+            } else {
+                Msg::Failed { pair }
+            }
+        };
         let mut failed = Vec::new();
         for (&pair, phase) in self.pairs.iter_mut() {
             match *phase {
                 Phase::Dual { since: t } | Phase::Direct { last_rx: t }
                     if now.saturating_duration_since(t) >= FALLBACK =>
                 {
-                    failed.push(pair);
-                    *phase = Phase::Failed { last_sent: now };
+                    let idle = matches!(*phase, Phase::Direct { .. });
+                    failed.push((pair, idle));
+                    *phase = Phase::Failed {
+                        last_sent: now,
+                        idle,
+                    };
                 }
-                Phase::Failed { last_sent }
+                Phase::Failed { last_sent, idle }
                     if now.saturating_duration_since(last_sent) >= RETRANSMIT =>
                 {
-                    *phase = Phase::Failed { last_sent: now };
-                    self.out.push_back(Msg::Failed { pair });
+                    *phase = Phase::Failed {
+                        last_sent: now,
+                        idle,
+                    };
+                    self.out.push_back(report(pair, idle));
                 }
                 _ => {}
             }
         }
-        for pair in failed {
-            self.counts.failed += 1;
+        for (pair, idle) in failed {
+            if idle {
+                self.counts.idle += 1;
+            } else {
+                self.counts.failed += 1;
+            }
             self.actions.push_back(Action::BackToGateway { pair });
-            self.out.push_back(Msg::Failed { pair });
+            self.out.push_back(report(pair, idle));
         }
     }
 
@@ -517,7 +552,7 @@ impl DirectClient {
                 Phase::Dual { since: t } | Phase::Direct { last_rx: t } => {
                     Some(t.saturating_add(FALLBACK))
                 }
-                Phase::Failed { last_sent } => Some(last_sent.saturating_add(RETRANSMIT)),
+                Phase::Failed { last_sent, .. } => Some(last_sent.saturating_add(RETRANSMIT)),
                 Phase::Installed => None,
             })
             .min()
