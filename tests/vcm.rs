@@ -9,14 +9,27 @@
 //!   rtt_ms=..`). The LAN host does not forward, so only the hairpin delivers them. The
 //!   control process takes the pair for a direct-path candidate, once (hairpin detection).
 //!
-//! Needs root (prints a SKIP line otherwise), strongSwan and iperf3; about 20 s.
+//! - `switch`, `blackhole`, `return`: two roamgate clients (`roamgate client`,
+//!   configs/vcm-client-{a,b}.yaml) whose hosts hold their virtual IPs stream UDP both ways at
+//!   1,000 packets/s (tests/tools/udp_stream.py). `switch`: the gateway offers the pair a direct
+//!   SA pair (connectivity manager, private notify 48200 in each client's IKE SA); a capture
+//!   on the router's gateway link and on client a's access link shows when the direct path took
+//!   over and that no hairpinned packet followed; lost, and packets the clients could not
+//!   decrypt (their drops by unknown SPI, ICV, replay) are 0; no (SPI, sequence number) twice
+//!   on a link. `return`: a reload whose `vcm.direct_paths` no longer allows client b sends
+//!   the pair back through the gateway, 0 lost. `blackhole`: the router drops the clients'
+//!   direct traffic: both fall back to the gateway path within about a second (the gap and
+//!   the loss reported: the direct SA has no dual path in the data plane yet).
+//!
+//! Needs root (prints a SKIP line otherwise), strongSwan, iperf3 and tshark; about 20 s
+//! (hairpin) + 25 s (the roamgate clients' cases; `VCM_SECS` streams longer).
 
 use std::path::Path;
 use std::time::Duration;
 
 use roamgate_tests::netns::{in_ns, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
-    ask, iperf_udp, pings, strongswan_or_skip, swanctl_conf, Charon, ScriptLab,
+    ask, iperf_udp, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
 };
 use roamgate_tests::{root, scratch};
 
@@ -128,4 +141,354 @@ fn hairpin_between_two_strongswan_clients() {
         "{}",
         candidates[0]
     );
+    // strongSwan never announced direct-path support: no offer, the pair stays on the hairpin.
+    assert!(out.contains("stays on the hairpin"), "{out}");
+    assert!(!out.contains("direct SA pair offered"), "{out}");
+}
+
+fn sh(ns: &str, cmd: &str) {
+    let out = in_ns(ns, &["sh", "-c", cmd]);
+    assert!(
+        out.status.success(),
+        "{ns}: {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Drops of the packets a client could not decrypt (no SA for the SPI, ICV, replay).
+fn undecryptable(sock: &Path) -> u64 {
+    let s = ask(sock, "stats");
+    [
+        "unknown_spi",
+        "no_sa",
+        "auth_failed",
+        "replay_too_old",
+        "replay_duplicate",
+        "replay_zero",
+    ]
+    .iter()
+    .map(|k| s["drops"][k].as_u64().unwrap_or(0))
+    .sum()
+}
+
+/// One ESP packet of a capture: interface (0 the gateway link, 1 client a's link), time, source,
+/// destination, SPI, sequence number.
+struct Esp {
+    link: u32,
+    t: f64,
+    src: String,
+    dst: String,
+    spi: String,
+    seq: u64,
+}
+
+fn read_capture(pcap: &Path) -> Vec<Esp> {
+    let out = std::process::Command::new("tshark")
+        .args(["-r", pcap.to_str().unwrap(), "-T", "fields"])
+        .args(["-e", "frame.interface_id", "-e", "frame.time_epoch"])
+        .args([
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "esp.spi",
+            "-e",
+            "esp.sequence",
+        ])
+        .output()
+        .expect("tshark");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Some(Esp {
+                link: f.first()?.parse().ok()?,
+                t: f.get(1)?.parse().ok()?,
+                src: f.get(2)?.to_string(),
+                dst: f.get(3)?.to_string(),
+                spi: f.get(4).filter(|s| !s.is_empty())?.to_string(),
+                seq: f.get(5)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The same (SPI, sequence number) twice on one link: a GCM nonce used twice.
+fn repeated_nonces(esp: &[Esp]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    esp.iter()
+        .filter(|e| !seen.insert((e.link, e.spi.clone(), e.seq)))
+        .count()
+}
+
+struct Streams {
+    recv: Vec<NsProcess>,
+    send: Vec<NsProcess>,
+    /// When the receivers are done (they run `secs` + 2 s).
+    done: std::time::Instant,
+}
+
+/// UDP streams both ways between the hosts (a -> b's virtual IP and back), `secs` long.
+fn streams(lab: &ScriptLab, vips: [&str; 2], secs: u32) -> Streams {
+    let tool = root().join("tests/tools/udp_stream.py");
+    let tool = tool.to_str().unwrap();
+    let (ha, hb) = (lab.ns("ha"), lab.ns("hb"));
+    let wait = (secs + 2).to_string();
+    let done = std::time::Instant::now() + Duration::from_millis(u64::from(secs) * 1000 + 2500);
+    let recv = vec![
+        NsProcess::spawn(&hb, &["python3", tool, "recv", "5001", &wait], "recv b"),
+        NsProcess::spawn(&ha, &["python3", tool, "recv", "5001", &wait], "recv a"),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let s = secs.to_string();
+    let send = vec![
+        NsProcess::spawn(
+            &ha,
+            &["python3", tool, "send", vips[1], "5001", "1000", &s],
+            "send a",
+        ),
+        NsProcess::spawn(
+            &hb,
+            &["python3", tool, "send", vips[0], "5001", "1000", &s],
+            "send b",
+        ),
+    ];
+    Streams { recv, send, done }
+}
+
+/// (sent, received, longest gap ms) of both streams together.
+fn finish(s: Streams) -> (u64, u64, f64) {
+    std::thread::sleep(s.done.saturating_duration_since(std::time::Instant::now()));
+    let (mut sent, mut got, mut gap) = (0, 0, 0f64);
+    for p in s.send {
+        let (_, out, _) = p.stop("TERM", Duration::from_secs(5));
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("sender: {out}"));
+        sent += v["sent"].as_u64().unwrap_or(0);
+    }
+    for mut p in s.recv {
+        // A receiver prints when its time is up: on a loaded machine that may be later.
+        let t = std::time::Instant::now();
+        while p.is_running() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, out, _) = p.stop("TERM", Duration::from_secs(5));
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("receiver: {out}"));
+        got += v["received"].as_u64().unwrap_or(0) - v["duplicates"].as_u64().unwrap_or(0);
+        gap = gap.max(v["longest_gap_ms"].as_f64().unwrap_or(f64::INFINITY));
+    }
+    (sent, got, gap)
+}
+
+fn capture(lab: &ScriptLab, pcap: &Path, secs: u32) -> NsProcess {
+    let p = NsProcess::spawn(
+        &lab.ns("rtr"),
+        &[
+            "timeout",
+            &secs.to_string(),
+            "tshark",
+            "-q",
+            "-i",
+            "eth1",
+            "-i",
+            "eth3",
+            "-f",
+            "udp port 4500",
+            "-w",
+            pcap.to_str().unwrap(),
+        ],
+        "tshark",
+    );
+    // tshark needs a moment before it captures.
+    std::thread::sleep(Duration::from_millis(1500));
+    p
+}
+
+/// Seconds of each case's streams (`VCM_SECS`, default 3).
+fn secs() -> u32 {
+    std::env::var("VCM_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(3)
+}
+
+#[test]
+fn direct_paths_between_two_roamgate_clients() {
+    if !(roamgate_tests::netns::root_or_skip("vcm direct")
+        && roamgate_tests::have_tool("tshark", &["--version"]))
+    {
+        return;
+    }
+    let dir = scratch("vcm_direct");
+    let lab = ScriptLab::up(
+        "vcm-up",
+        "vcm-down",
+        &format!("rgd{}", std::process::id() % 100_000),
+    );
+    let cfg = dir.join("gw.yaml");
+    let gw_yaml = std::fs::read_to_string(root().join("configs/vcm-gw.yaml")).unwrap();
+    std::fs::write(&cfg, &gw_yaml).unwrap();
+    let bin = Path::new(BIN.as_str());
+    let gw = DataplaneProcess::start_sub(
+        bin,
+        "run",
+        &lab.ns("gw"),
+        &cfg,
+        &dir,
+        "gw",
+        &["--shm", dir.join("gw.shm").to_str().unwrap()],
+    );
+    let clients: Vec<DataplaneProcess> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            DataplaneProcess::start_sub(
+                bin,
+                "client",
+                &lab.ns(&format!("c{n}")),
+                &root().join(format!("configs/vcm-client-{n}.yaml")),
+                &dir,
+                &format!("c{n}"),
+                &["--shm", dir.join(format!("c{n}.shm")).to_str().unwrap()],
+            )
+        })
+        .collect();
+    let (ha, hb) = (lab.ns("ha"), lab.ns("hb"));
+    wait_for("both tunnels", 20, || {
+        pings(&ha, "10.9.0.10", 1) == 1 && pings(&hb, "10.9.0.10", 1) == 1
+    });
+    let vip = |c: &DataplaneProcess| -> String {
+        let mut v = None;
+        wait_for("the virtual IP", 10, || {
+            v = roamgate_tests::strongswan::ike_view(&c.socket)["virtual_ip"]
+                .as_str()
+                .map(str::to_owned);
+            v.is_some()
+        });
+        v.unwrap()
+    };
+    let (va, vb) = (vip(&clients[0]), vip(&clients[1]));
+    // Each host holds its client's virtual IP and sends from it.
+    sh(
+        &ha,
+        &format!("ip addr add {va}/32 dev lan0 && ip route add 10.99.0.0/24 via 10.7.1.1 src {va}"),
+    );
+    sh(
+        &hb,
+        &format!("ip addr add {vb}/32 dev lan0 && ip route add 10.99.0.0/24 via 10.7.2.1 src {vb}"),
+    );
+    let rtt_before = rtt_ms(&ha, &vb, 5);
+    assert!(rtt_before.is_finite(), "a reaches b through the gateway");
+    let undec = |c: &[DataplaneProcess]| undecryptable(&c[0].socket) + undecryptable(&c[1].socket);
+
+    let secs = secs();
+    // switch
+    let undec0 = undec(&clients);
+    let pcap = dir.join("switch.pcap");
+    let cap = capture(&lab, &pcap, secs + 3);
+    let s = streams(&lab, [&va, &vb], secs);
+    std::thread::sleep(Duration::from_secs(2));
+    let rtt_after = rtt_ms(&ha, &vb, 5);
+    let (sent, got, gap) = finish(s);
+    let _ = cap.stop("INT", Duration::from_secs(5));
+    let esp = read_capture(&pcap);
+    let first_gw = esp
+        .iter()
+        .filter(|e| e.link == 0 && e.dst == "203.0.113.1")
+        .map(|e| e.t)
+        .fold(f64::INFINITY, f64::min);
+    let is_direct = |e: &Esp, src: &str| e.link == 1 && e.src == src && e.dst != "203.0.113.1";
+    let first_direct = |src: &str| {
+        esp.iter()
+            .filter(|e| is_direct(e, src))
+            .map(|e| e.t)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let both_direct = first_direct("192.0.3.10").max(first_direct("198.51.101.10"));
+    let last_direct = esp
+        .iter()
+        .filter(|e| e.link == 1 && e.dst != "203.0.113.1" && e.src != "203.0.113.1")
+        .map(|e| e.t)
+        .fold(0f64, f64::max);
+    // Hairpinned after the switch: ESP on the gateway link between 50 ms after both went
+    // direct and the last direct packet.
+    let hairpinned_after = esp
+        .iter()
+        .filter(|e| e.link == 0 && e.t > both_direct + 0.05 && e.t < last_direct)
+        .count();
+    let undecryptable_n = undec(&clients) - undec0;
+    let repeats = repeated_nonces(&esp);
+    println!(
+        "vcm case=switch packets={sent} lost={} undecryptable={undecryptable_n} switch_ms={:.0} hairpinned_after={hairpinned_after} repeated_nonces={repeats} gap_ms={gap:.1} rtt_before_ms={rtt_before:.3} rtt_after_ms={rtt_after:.3}",
+        sent - got,
+        (both_direct - first_gw) * 1000.0
+    );
+    assert!(sent >= 2 * 1000 * u64::from(secs) * 9 / 10, "{sent}");
+    assert!(both_direct.is_finite(), "both went direct");
+    assert_eq!(sent - got, 0, "lost during the switch");
+    assert_eq!(undecryptable_n, 0);
+    assert_eq!(hairpinned_after, 0, "hairpinned after the switch");
+    assert_eq!(repeats, 0, "a (SPI, sequence number) twice");
+    // Quiet: the pair goes back to the gateway path by itself (no keepalives yet), and may
+    // be offered again at once.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // return: the next switch, then a reload whose policy no longer allows b.
+    let undec0 = undec(&clients);
+    let s = streams(&lab, [&va, &vb], secs);
+    std::thread::sleep(Duration::from_millis(2000));
+    std::fs::write(
+        &cfg,
+        gw_yaml.replace(
+            "direct_paths: [\"*.roamgate.test\"]",
+            "direct_paths: [ca.roamgate.test]",
+        ),
+    )
+    .unwrap();
+    let mut ike_sock = gw.socket.as_os_str().to_owned();
+    ike_sock.push(".ike");
+    let r = ask(Path::new(&ike_sock), "reload");
+    let (sent, got, gap) = finish(s);
+    let undecryptable_n = undec(&clients) - undec0;
+    println!(
+        "vcm case=return packets={sent} lost={} undecryptable={undecryptable_n} gap_ms={gap:.1}",
+        sent - got
+    );
+    assert_eq!(sent - got, 0, "lost on the way back: {r}");
+    assert_eq!(undecryptable_n, 0);
+    std::fs::write(&cfg, &gw_yaml).unwrap();
+    ask(Path::new(&ike_sock), "reload");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // blackhole: the router drops what the clients send each other directly.
+    sh(&lab.ns("rtr"), "ip rule add from 192.0.3.10 to 198.51.101.10 blackhole && ip rule add from 198.51.101.10 to 192.0.3.10 blackhole");
+    let undec0 = undec(&clients);
+    let s = streams(&lab, [&va, &vb], secs);
+    let (sent, got, gap) = finish(s);
+    let undecryptable_n = undec(&clients) - undec0;
+    println!(
+        "vcm case=blackhole packets={sent} lost={} undecryptable={undecryptable_n} gap_ms={gap:.1}",
+        sent - got
+    );
+    assert!(
+        gap < 1600.0,
+        "back on the gateway path within about a second: {gap} ms"
+    );
+    assert!(sent - got < 2 * 1600, "{} lost", sent - got);
+    assert_eq!(undecryptable_n, 0);
+
+    let (_, gw_out) = gw.stop_with_output();
+    let _ = std::fs::write(dir.join("gw.log"), &gw_out);
+    for (n, c) in clients.into_iter().enumerate() {
+        let (_, out) = c.stop_with_output();
+        let _ = std::fs::write(dir.join(format!("c{n}.log")), &out);
+        assert!(out.contains("on the direct SA"), "{out}");
+    }
+    assert!(
+        gw_out.contains("no longer allowed a direct path"),
+        "{gw_out}"
+    );
+    assert!(gw_out.contains("the direct path failed"), "{gw_out}");
 }

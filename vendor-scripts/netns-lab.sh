@@ -75,6 +75,10 @@
 #            behind the router (netem on the router's eth1 delays the gateway path):
 #              PFX-a eth0 192.0.2.10 -- eth0 192.0.2.254 [PFX-rtr] eth2 198.51.100.254 -- eth0 198.51.100.10 PFX-b
 #                                       eth1 203.0.113.254 -- wan 203.0.113.1 [PFX-gw] lan 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
+#            and two roamgate clients with a host each (tests/vcm.rs cases switch, return,
+#            blackhole):
+#              PFX-ha 10.7.1.10 -- lan [PFX-ca] wan 192.0.3.10 -- eth3 192.0.3.254 [PFX-rtr]
+#              PFX-hb 10.7.2.10 -- lan [PFX-cb] wan 198.51.101.10 -- eth4 198.51.101.254 [PFX-rtr]
 #        netns-lab.sh vcm-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
@@ -89,7 +93,7 @@ MOB_NSS="home cl rtr gw srv"
 HA_NSS="home cl rtr gwa gwb lsw srv sw"
 HS_NSS="home cl rtr gwa gwb lsw srv"
 CLUSTER_NSS="home cl sw rtr e0 e1 e2 lr cn srv"
-VCM_NSS="a b rtr gw srv"
+VCM_NSS="a b rtr gw srv ca cb ha hb"
 
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
@@ -359,6 +363,25 @@ vcm_up() {
         ip -n "$ns" route add default via "${c#*:}.254"
     done
     host4 "$p-srv" 10.9.0.10/24 10.9.0.1
+    # Two roamgate clients (configs/vcm-client-{a,b}.yaml) on access networks of their own,
+    # each with a host behind it (PFX-ha 10.7.1.10, PFX-hb 10.7.2.10); between them the
+    # router forwards directly (eth3 <-> eth4), the gateway path crosses eth1.
+    ip link add eth3 netns "$p-rtr" address 02:00:00:00:71:04 type veth \
+        peer name wan netns "$p-ca" address 02:00:00:00:c1:0a
+    ip link add eth4 netns "$p-rtr" address 02:00:00:00:71:05 type veth \
+        peer name wan netns "$p-cb" address 02:00:00:00:c2:0a
+    links_up "$p-rtr" eth3 eth4
+    ip -n "$p-rtr" addr add 192.0.3.254/24 dev eth3
+    ip -n "$p-rtr" addr add 198.51.101.254/24 dev eth4
+    for c in a:192.0.3.10:1 b:198.51.101.10:2; do
+        n=${c%%:*}
+        rest=${c#*:}
+        ip link add lan0 netns "$p-h$n" address "02:00:00:00:${n}7:fe" type veth \
+            peer name lan netns "$p-c$n" address "02:00:00:00:${n}7:01"
+        gateway "$p-c$n" lan wan
+        ip -n "$p-c$n" addr add "${rest%%:*}/24" dev wan
+        host4 "$p-h$n" "10.7.${rest#*:}.10/24" "10.7.${rest#*:}.1"
+    done
 }
 
 cluster_down() { ns_del $CLUSTER_NSS; }

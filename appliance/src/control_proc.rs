@@ -416,6 +416,11 @@ fn reload(
             .reconfigure(now, checked.conns.clone(), &plan);
         driver.set_fragmentation(fragmentation);
         let mut lines = plan.summary();
+        // The direct-path policy: pairs it no longer allows return to the gateway path.
+        if running.checked.vcm != checked.vcm {
+            lines.push("vcm: the direct-path policy changed".into());
+        }
+        driver.core_mut().set_vcm(checked.vcm.clone());
         if let Some(e) = eap {
             driver
                 .set_eap(e)

@@ -269,6 +269,22 @@ impl SaRepository {
         self.vip.map(|(_, v)| v)
     }
 
+    /// An SA id for a data-plane SA no CHILD_SA holds (a direct SA of the connectivity
+    /// manager): never one of the repository's live ids.
+    pub fn alloc_direct_id(&mut self) -> SaId {
+        self.alloc_id()
+    }
+
+    /// Gives back an id of [`alloc_direct_id`](Self::alloc_direct_id).
+    pub fn release_direct_id(&mut self, id: SaId) {
+        self.free_ids.insert(id.0);
+    }
+
+    /// The anti-replay window inbound SAs get.
+    pub fn replay_window(&self) -> u32 {
+        self.replay_window
+    }
+
     fn alloc_id(&mut self) -> SaId {
         if let Some(id) = self.free_ids.pop_first() {
             return SaId(id);

@@ -84,7 +84,14 @@ pub enum ConnectError {
     NoSuchSa,
     #[error("the peer did not negotiate MOBIKE")]
     NoMobike,
+    #[error("not a private-use notify type (40960-65535)")]
+    NotPrivate,
+    #[error("too many private notifies wait on this IKE SA")]
+    QueueFull,
 }
+
+/// Private notifies that may wait per IKE SA (`Endpoint::send_private`).
+pub const PRIVATE_QUEUE_MAX: usize = 64;
 
 /// The IKEv2 endpoint of one process.
 pub struct Endpoint {
@@ -287,6 +294,11 @@ impl Endpoint {
             .map(IkeSa::id)
     }
 
+    /// The peer's address and port of IKE SA `ike` (as the packets come: after any NAT).
+    pub fn remote_of(&self, ike: IkeSaId) -> Option<SocketAddr> {
+        self.sas.get(&ike).map(|sa| sa.state.remote)
+    }
+
     /// Who the peer of an established IKE SA is: the EAP identity it logged in with, else the
     /// IKE identity it authenticated (as the views print it).
     pub fn peer_identity(&self, ike: IkeSaId) -> Option<String> {
@@ -471,6 +483,49 @@ impl Endpoint {
         });
         self.apply_effects(now);
         queued.unwrap_or(false)
+    }
+
+    /// Sends private-use status notify `kind` (40960-65535, RFC 7296 3.10.1) with `data` to
+    /// the peer of established IKE SA `ike`, alone in an INFORMATIONAL request after those
+    /// queued before it; retransmitted until answered like every request (RFC 7296 2.1). The
+    /// peer's endpoint reports it as [`Event::PrivateNotify`]; a peer that does not know the
+    /// type ignores it. At most [`PRIVATE_QUEUE_MAX`] wait per IKE SA (`QueueFull` beyond);
+    /// one equal to a waiting one is not queued twice.
+    pub fn send_private(
+        &mut self,
+        now: Instant,
+        ike: IkeSaId,
+        kind: u16,
+        data: &[u8],
+    ) -> Result<(), ConnectError> {
+        if kind < crate::wire::notify::PRIVATE_STATUS_FIRST {
+            return Err(ConnectError::NotPrivate);
+        }
+        let r = self
+            .run(ike, now, |sa, ctx| {
+                if sa.state.phase != Phase::Established {
+                    return Err(ConnectError::NoSuchSa);
+                }
+                if sa
+                    .pending
+                    .private_out
+                    .iter()
+                    .any(|(k, d)| *k == kind && d.as_slice() == data)
+                {
+                    return Ok(());
+                }
+                if sa.pending.private_out.len() >= PRIVATE_QUEUE_MAX {
+                    return Err(ConnectError::QueueFull);
+                }
+                sa.pending
+                    .private_out
+                    .push_back((kind, zeroize::Zeroizing::new(data.to_vec())));
+                exchange::enqueue(sa, ctx, Action::Private);
+                Ok(())
+            })
+            .ok_or(ConnectError::NoSuchSa)?;
+        self.apply_effects(now);
+        r
     }
 
     fn enqueue(&mut self, now: Instant, ike: IkeSaId, a: Action) -> Result<(), ConnectError> {

@@ -107,6 +107,25 @@ pub enum Event {
         ike: IkeSaId,
         reason: DownReason,
     },
+    /// The peer sent a private-use status notify (RFC 7296 3.10.1: 40960-65535) that no
+    /// exchange of ours takes, in an INFORMATIONAL request of established IKE SA `ike` (which
+    /// authenticated it); sent with `Endpoint::send_private`.
+    PrivateNotify {
+        ike: IkeSaId,
+        kind: u16,
+        data: PrivateData,
+    },
+}
+
+/// A private notify's data: it may carry keys (the connectivity manager's offers), so it is
+/// zeroized on drop and `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateData(pub zeroize::Zeroizing<Vec<u8>>);
+
+impl core::fmt::Debug for PrivateData {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "PrivateData({} bytes)", self.0.len())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

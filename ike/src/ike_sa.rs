@@ -178,6 +178,9 @@ pub(crate) struct Pending {
     /// A client told by its gateway that it moved (`exchange::gw_move`): the announced
     /// address, until the probe there is answered or given up.
     pub gateway_moved: Option<SocketAddr>,
+    /// Private-use notifies the endpoint's user asked to send (`Endpoint::send_private`), in
+    /// order: one INFORMATIONAL each ([`crate::exchange::Action::Private`] takes the first).
+    pub private_out: VecDeque<(u16, zeroize::Zeroizing<Vec<u8>>)>,
 }
 
 /// What the views show of an IKE SA and the record of its state does not carry: when it came

@@ -76,10 +76,12 @@ pub use config::{
     after_secs, secret, Admission, Credential, EndpointConfig, Fragmentation, PeerConfig, Pool,
     Pubkey, Retransmit,
 };
-pub use endpoint::{AdoptError, ConnectError, Endpoint, ExportError, Footprint, SaStates};
+pub use endpoint::{
+    AdoptError, ConnectError, Endpoint, ExportError, Footprint, SaStates, PRIVATE_QUEUE_MAX,
+};
 pub use event::{
-    ChildSaInfo, ChildSaKeys, ChildSaView, DownReason, Event, IkeSaView, NatSides, SaSummary,
-    Transmit,
+    ChildSaInfo, ChildSaKeys, ChildSaView, DownReason, Event, IkeSaView, NatSides, PrivateData,
+    SaSummary, Transmit,
 };
 pub use exchange::gw_move::{GatewayMove, PROBE_TRIES};
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};

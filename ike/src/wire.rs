@@ -95,6 +95,9 @@ pub mod notify {
     /// 4 or 6, the address, the port; 7 or 19 bytes).
     pub const ROAMGATE_GATEWAY_MOVED: u16 = 47101;
 
+    /// The first private-use status type (RFC 7296 3.10.1: 40960-65535).
+    pub const PRIVATE_STATUS_FIRST: u16 = 40960;
+
     /// Types below 16384 are errors (RFC 7296 3.10.1).
     pub fn is_error(t: u16) -> bool {
         t < 16384

@@ -270,7 +270,7 @@ impl Durability {
             ike::Event::ChildUp(info) => {
                 self.touched.insert(info.ike);
             }
-            ike::Event::ChildDown { ike, .. } => {
+            ike::Event::ChildDown { ike, .. } | ike::Event::PrivateNotify { ike, .. } => {
                 self.touched.insert(*ike);
             }
             ike::Event::IkeRekeyed { old, new, .. } => {

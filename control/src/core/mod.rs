@@ -20,6 +20,7 @@
 //! outputs); log key material.
 
 pub mod decisions;
+pub mod direct_paths;
 pub mod durable;
 pub mod output;
 pub mod placement;
@@ -27,6 +28,8 @@ pub mod reconnect;
 pub mod transfer;
 pub mod view;
 
+#[cfg(test)]
+mod direct_tests;
 #[cfg(test)]
 mod durable_tests;
 #[cfg(test)]
@@ -76,6 +79,8 @@ pub struct ControlCore {
     direct_path_candidates: VecDeque<crate::vcm::Candidate>,
     /// The connections we initiate come back after the peer drops them ([`reconnect`]).
     reconnect: reconnect::Reconnect,
+    /// The connectivity manager, gateway and client ends ([`direct_paths`]).
+    direct: direct_paths::DirectPaths,
 }
 
 /// Candidates kept for the connectivity manager (the oldest go first).
@@ -139,18 +144,21 @@ impl ControlCore {
             durable: durable::Durability::default(),
             vcm: None,
             direct_path_candidates: VecDeque::new(),
+            direct: direct_paths::DirectPaths::new(seed),
             reconnect: reconnect::Reconnect::default(),
         }
     }
 
     /// Hairpin detection by this policy (the `vcm` section), or none. A new policy keeps the
-    /// pairs already offered.
+    /// pairs already offered whose clients it still allows; the others are told to return to
+    /// the gateway path (at the next turn: `direct_paths`).
     pub fn set_vcm(&mut self, policy: Option<crate::config::vcm::VcmPolicy>) {
         match (policy, self.vcm.as_mut()) {
             (None, _) => self.vcm = None,
             (Some(p), Some(d)) => d.set_policy(p),
             (Some(p), None) => self.vcm = Some(crate::vcm::HairpinDetector::new(p)),
         }
+        self.direct.revalidate();
     }
 
     /// The hairpin detector's counts (None: detection is off).
@@ -258,7 +266,14 @@ impl ControlCore {
         } = *e
         {
             self.hairpin_report(now, (src, dst), packets, millis);
+            self.pump(now);
             return;
+        }
+        if let DpEvent::SaState { spi, state, .. } = e {
+            if self.direct_sa_state(now, *spi, state) {
+                self.pump(now);
+                return;
+            }
         }
         if matches!(e, DpEvent::SeqCheckpoint { .. } | DpEvent::SaState { .. }) {
             if self.seq_reports.len() >= MAX_SEQ_REPORTS {
@@ -312,6 +327,7 @@ impl ControlCore {
                 "vcm: {} ({}) <-> {} ({}) hairpin at {} packets/s: a direct path candidate",
                 c.a.0, c.a.1, c.b.0, c.b.1, c.pps
             ));
+            self.direct_offer(now, c.a.0, c.b.0);
             if self.direct_path_candidates.len() >= MAX_CANDIDATES {
                 self.direct_path_candidates.pop_front();
             }
@@ -347,6 +363,10 @@ impl ControlCore {
             self.view.mark_stale();
             self.pump(now);
         }
+        if self.direct.deadline().is_some_and(|t| t <= now) {
+            self.direct_timeout(now);
+            self.pump(now);
+        }
         if self.view.due().is_some_and(|t| t <= now) {
             self.view.rebuilt(now);
             let json = view::render(&self.endpoint, &self.repo, &self.counts, &self.dp, now);
@@ -362,6 +382,7 @@ impl ControlCore {
             self.endpoint.poll_timeout(),
             self.view.due(),
             self.reconnect.next_due(),
+            self.direct.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -678,6 +699,7 @@ impl ControlCore {
                 Ok(updates) => updates.into_iter().for_each(|u| self.route(u)),
                 Err(err) => self.out.error(format!("ike: {err}")),
             }
+            self.direct_on_event(now, &e);
             self.view.mark_stale();
         }
         let mut sent = Vec::new();

@@ -321,6 +321,11 @@ pub fn event_line(e: &Event) -> String {
         Event::ChildDown {
             spi_in, spi_out, ..
         } => format!("ike: CHILD_SA down: spi in {spi_in:08x} out {spi_out:08x}"),
+        Event::PrivateNotify { ike, kind, data } => format!(
+            "ike: IKE_SA {:016x}: private notify {kind} ({} bytes)",
+            ike.0,
+            data.0.len()
+        ),
         Event::IkeRekeyed {
             old,
             new,

@@ -75,10 +75,17 @@ pub enum Msg {
     /// Client -> gateway: the direct path failed (no authenticated packet in time); back on the
     /// gateway path.
     Failed { pair: u64 },
+    /// Client -> gateway: the direct path worked and went quiet (nothing authenticated on it
+    /// for a while): back on the gateway path. Unlike [`Msg::Failed`], the pair may be offered
+    /// again at once.
+    Idle { pair: u64 },
     /// Gateway -> client: back to the gateway path and delete the pair's SAs.
     Return { pair: u64 },
     /// Client -> gateway: acknowledges [`Msg::Return`].
     Returned { pair: u64 },
+    /// Client -> gateway, once per IKE SA: this client takes direct paths (a client that never
+    /// says so is never made an offer). Encoded with pair 0.
+    Hello,
 }
 
 impl Msg {
@@ -89,8 +96,10 @@ impl Msg {
             | Msg::PeerReady { pair }
             | Msg::Switching { pair }
             | Msg::Failed { pair }
+            | Msg::Idle { pair }
             | Msg::Return { pair }
             | Msg::Returned { pair } => *pair,
+            Msg::Hello => 0,
         }
     }
 
@@ -103,6 +112,8 @@ impl Msg {
             Msg::Failed { .. } => 5,
             Msg::Return { .. } => 6,
             Msg::Returned { .. } => 7,
+            Msg::Hello => 8,
+            Msg::Idle { .. } => 9,
         }
     }
 
@@ -165,6 +176,8 @@ impl Msg {
             5 => Msg::Failed { pair },
             6 => Msg::Return { pair },
             7 => Msg::Returned { pair },
+            8 if pair == 0 => Msg::Hello,
+            9 => Msg::Idle { pair },
             _ => return Err(DecodeError::Kind),
         };
         if !r.0.is_empty() {

@@ -44,6 +44,8 @@ pub struct DirectCounts {
     pub wrong_direction: u64,
     pub duplicates: u64,
     pub failed: u64,
+    /// Direct paths that worked and went quiet.
+    pub idle: u64,
     pub returned: u64,
 }
 
@@ -76,6 +78,9 @@ pub struct Manager {
     next_spi: u32,
     out: VecDeque<(IpAddr, Msg)>,
     ended: VecDeque<(u64, IpAddr, IpAddr)>,
+    /// Pairs a client reported `Failed` (until they end): their clients are not offered
+    /// again soon.
+    failed: BTreeSet<u64>,
     counts: DirectCounts,
 }
 
@@ -96,6 +101,12 @@ impl Manager {
     /// A pair that ended (both back on the gateway path): (pair, a, b).
     pub fn poll_ended(&mut self) -> Option<(u64, IpAddr, IpAddr)> {
         self.ended.pop_front()
+    }
+
+    /// Whether a client of ended pair `pair` reported its direct path failed (asked once: the
+    /// answer is forgotten).
+    pub fn take_failed(&mut self, pair: u64) -> bool {
+        self.failed.remove(&pair)
     }
 
     /// Two SPIs from the reserved range not used by a live pair.
@@ -192,6 +203,47 @@ impl Manager {
         }
     }
 
+    /// The live pairs client `vip` is part of.
+    pub fn pairs_of(&self, vip: IpAddr) -> Vec<u64> {
+        self.pairs
+            .iter()
+            .filter(|(_, p)| p.m.iter().any(|m| m.vip == vip))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Client `vip` is gone (its IKE SA went): it can neither be told nor answer, so it
+    /// counts as returned; the other client of each of its pairs is told to return. Returns
+    /// those pairs.
+    pub fn member_gone(&mut self, now: Instant, vip: IpAddr) -> Vec<u64> {
+        let pairs = self.pairs_of(vip);
+        for &pair in &pairs {
+            self.return_pair(now, pair);
+            if let Some(p) = self.pairs.get_mut(&pair) {
+                if let Some(m) = p.m.iter_mut().find(|m| m.vip == vip) {
+                    m.returning = Some(false);
+                }
+            }
+            // Drop what was queued for the gone one.
+            self.out.retain(|(to, m)| !(*to == vip && m.pair() == pair));
+            self.end_if_returned(pair);
+        }
+        pairs
+    }
+
+    fn end_if_returned(&mut self, pair: u64) {
+        let done = self
+            .pairs
+            .get(&pair)
+            .is_some_and(|p| p.m.iter().all(|m| m.returning == Some(false)));
+        if done {
+            if let Some(p) = self.pairs.remove(&pair) {
+                self.counts.returned += 1;
+                self.ended.push_back((pair, p.m[0].vip, p.m[1].vip));
+            }
+        }
+    }
+
     /// A message from the client holding virtual IP `from` (its IKE SA vouches for that).
     pub fn handle(&mut self, now: Instant, from: IpAddr, msg: &Msg) {
         let pair = msg.pair();
@@ -225,8 +277,13 @@ impl Manager {
                 }
                 p.m[i].ready_pending = false;
             }
+            Msg::Idle { .. } => {
+                self.counts.idle += 1;
+                self.return_pair(now, pair);
+            }
             Msg::Failed { .. } => {
                 self.counts.failed += 1;
+                self.failed.insert(pair);
                 // The failing client is back already; it still gets a Return to delete its
                 // SAs, and so does the other.
                 self.return_pair(now, pair);
@@ -244,7 +301,7 @@ impl Manager {
                     self.ended.push_back((pair, a, b));
                 }
             }
-            Msg::Offer { .. } | Msg::PeerReady { .. } | Msg::Return { .. } => {
+            Msg::Offer { .. } | Msg::PeerReady { .. } | Msg::Return { .. } | Msg::Hello => {
                 self.counts.wrong_direction += 1;
             }
         }
@@ -308,9 +365,18 @@ pub enum Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Installed,
-    Dual { since: Instant },
-    Direct { last_rx: Instant },
-    Failed { last_sent: Instant },
+    Dual {
+        since: Instant,
+    },
+    Direct {
+        last_rx: Instant,
+    },
+    /// Back on the gateway path, reporting why until the gateway returns the pair (`idle`: the
+    /// direct path had worked and went quiet).
+    Failed {
+        last_sent: Instant,
+        idle: bool,
+    },
 }
 
 /// Pairs a client remembers as ended (bounded): a replayed offer of one is refused.
@@ -412,7 +478,9 @@ impl DirectClient {
             Msg::Installed { .. }
             | Msg::Switching { .. }
             | Msg::Failed { .. }
-            | Msg::Returned { .. } => self.counts.wrong_direction += 1,
+            | Msg::Idle { .. }
+            | Msg::Returned { .. }
+            | Msg::Hello => self.counts.wrong_direction += 1,
         }
     }
 
@@ -430,30 +498,49 @@ impl DirectClient {
         }
     }
 
-    /// Fallback and the `Failed` report sent again until the gateway returns the pair.
+    /// Fallback and the `Failed` (or `Idle`) report sent again until the gateway returns the
+    /// pair.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let report = |pair, idle| {
+            if idle {
+                Msg::Idle { pair }
+            } else {
+                Msg::Failed { pair }
+            }
+        };
         let mut failed = Vec::new();
         for (&pair, phase) in self.pairs.iter_mut() {
             match *phase {
                 Phase::Dual { since: t } | Phase::Direct { last_rx: t }
                     if now.saturating_duration_since(t) >= FALLBACK =>
                 {
-                    failed.push(pair);
-                    *phase = Phase::Failed { last_sent: now };
+                    let idle = matches!(*phase, Phase::Direct { .. });
+                    failed.push((pair, idle));
+                    *phase = Phase::Failed {
+                        last_sent: now,
+                        idle,
+                    };
                 }
-                Phase::Failed { last_sent }
+                Phase::Failed { last_sent, idle }
                     if now.saturating_duration_since(last_sent) >= RETRANSMIT =>
                 {
-                    *phase = Phase::Failed { last_sent: now };
-                    self.out.push_back(Msg::Failed { pair });
+                    *phase = Phase::Failed {
+                        last_sent: now,
+                        idle,
+                    };
+                    self.out.push_back(report(pair, idle));
                 }
                 _ => {}
             }
         }
-        for pair in failed {
-            self.counts.failed += 1;
+        for (pair, idle) in failed {
+            if idle {
+                self.counts.idle += 1;
+            } else {
+                self.counts.failed += 1;
+            }
             self.actions.push_back(Action::BackToGateway { pair });
-            self.out.push_back(Msg::Failed { pair });
+            self.out.push_back(report(pair, idle));
         }
     }
 
@@ -465,7 +552,7 @@ impl DirectClient {
                 Phase::Dual { since: t } | Phase::Direct { last_rx: t } => {
                     Some(t.saturating_add(FALLBACK))
                 }
-                Phase::Failed { last_sent } => Some(last_sent.saturating_add(RETRANSMIT)),
+                Phase::Failed { last_sent, .. } => Some(last_sent.saturating_add(RETRANSMIT)),
                 Phase::Installed => None,
             })
             .min()

@@ -90,6 +90,11 @@ impl HairpinDetector {
         self.pairs.len()
     }
 
+    /// Whether the policy allows identity `id` a direct path.
+    pub fn allows(&self, id: &str) -> bool {
+        self.policy.allows(id)
+    }
+
     /// A new policy (reload): offers stand; the next reports are judged by it.
     pub fn set_policy(&mut self, policy: VcmPolicy) {
         self.policy = policy;

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use crate::event::{DownReason, Event};
+use crate::event::{DownReason, Event, PrivateData};
 use crate::exchange::{gw_move, mobike, send_request, Ctx, Reply, Request};
 use crate::ids::ChildSpi;
 use crate::ike_sa::{IkeSa, Phase};
@@ -26,6 +26,7 @@ pub(crate) fn on_request(
     let mut reply = Vec::new();
     mobike::on_request(sa, ctx, local, remote, p, &mut reply);
     gw_move::on_request(sa, ctx, p, &mut reply);
+    private_notifies(sa, ctx, p);
     for x in p {
         let Payload::Delete { protocol, spis } = x else {
             continue;
@@ -129,4 +130,45 @@ pub(crate) fn start_invalid_spi(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: ChildSpi
         data: spi.to_bytes().to_vec(),
     }];
     send_request(sa, ctx, exchange::INFORMATIONAL, &p, Request::InvalidSpi);
+}
+
+/// Private-use status notifies (RFC 7296 3.10.1: 40960-65535) in the peer's INFORMATIONAL
+/// request that no exchange of ours takes (the gateway move's are `gw_move`'s) go up to the
+/// endpoint's user, with the IKE SA they came in: that SA authenticated them. Only on an
+/// established SA; each is answered by the empty response like any unknown status notify.
+fn private_notifies(sa: &IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) {
+    if sa.state.phase != Phase::Established {
+        return;
+    }
+    for x in p {
+        let Payload::Notify { kind, data, .. } = x else {
+            continue;
+        };
+        if *kind >= notify::PRIVATE_STATUS_FIRST
+            && *kind != notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED
+            && *kind != notify::ROAMGATE_GATEWAY_MOVED
+        {
+            ctx.event(Event::PrivateNotify {
+                ike: sa.id(),
+                kind: *kind,
+                data: PrivateData(zeroize::Zeroizing::new(data.clone())),
+            });
+        }
+    }
+}
+
+/// Sends the first private-use notify the user queued (`Endpoint::send_private`), alone in an
+/// INFORMATIONAL request; retransmitted as every request is (RFC 7296 2.1) until answered.
+pub(crate) fn start_private(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
+    let Some((kind, data)) = sa.pending.private_out.pop_front() else {
+        return false;
+    };
+    let p = [Payload::Notify {
+        protocol: 0,
+        spi: Vec::new(),
+        kind,
+        data: data.to_vec(),
+    }];
+    send_request(sa, ctx, exchange::INFORMATIONAL, &p, Request::Private);
+    true
 }

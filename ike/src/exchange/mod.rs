@@ -229,6 +229,8 @@ pub(crate) enum Request {
     },
     /// Gateway: ROAMGATE_GATEWAY_MOVED or a REDIRECT (`gw_move`).
     AnnounceMove,
+    /// A private-use notify of the endpoint's user (`info::start_private`).
+    Private,
     /// Client: the return-routability probe to the address the gateway announced.
     ProbeGateway {
         cookie2: Vec<u8>,
@@ -277,6 +279,9 @@ pub(crate) enum Action {
     Redirect,
     /// Client: probe the address the gateway announced (`gw_move`).
     ProbeGateway,
+    /// The first of `Pending::private_out`: a private-use notify of the endpoint's user
+    /// (`info::start_private`).
+    Private,
 }
 
 /// A request on IKE SA `sa` (its SPIs matched): the window, decryption, the exchange, the
@@ -522,7 +527,11 @@ pub(crate) fn on_response(
         Request::ProbeGateway { cookie2, to } => {
             gw_move::on_probe_response(sa, ctx, &cookie2, to, &payloads)
         }
-        Request::AnnounceMove | Request::Liveness | Request::InvalidSpi | Request::Init => {}
+        Request::AnnounceMove
+        | Request::Liveness
+        | Request::InvalidSpi
+        | Request::Private
+        | Request::Init => {}
     }
     next_action(sa, ctx);
 }
@@ -621,6 +630,7 @@ pub(crate) fn next_action(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
                 true
             }
             Action::ProbeGateway => gw_move::start_probe(sa, ctx),
+            Action::Private => info::start_private(sa, ctx),
         };
         if started {
             return;

@@ -335,13 +335,19 @@ impl<P: Port> Worker<P> {
         if !rewrite_inner(f.data_mut(), inner.ipv6, new_ecn) {
             return Verdict::Drop(DropReason::InnerMalformed);
         }
-        // A client: answers to the virtual IP go back to the LAN host that opened the flow.
+        // A client: answers to the virtual IP go back to the LAN host that opened the flow. A
+        // flow no LAN host opened through the masquerade (another client's, on a direct SA or
+        // through the gateway; an echo request) is for the virtual IP itself: it goes to the
+        // LAN as it is, where only a host that holds the virtual IP takes it.
         if let Some(nat) = self.vip_nat.as_mut() {
             if IpAddr::V4(nat.external_addr()) == inner.key.dst {
-                if let Err(e) = nat.inbound(f.data_mut(), now) {
-                    return sa_drop(&self.sad, nat_reason(e));
+                match nat.inbound(f.data_mut(), now) {
+                    Ok(()) => self.counters.count(Traffic::Masqueraded, 1),
+                    Err(
+                        crate::nat::NatDrop::NoSession | crate::nat::NatDrop::UnsupportedProtocol,
+                    ) => {}
+                    Err(e) => return sa_drop(&self.sad, nat_reason(e)),
                 }
-                self.counters.count(Traffic::Masqueraded, 1);
             }
         }
         self.counters.count(Traffic::Decrypted, 1);

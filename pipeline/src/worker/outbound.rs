@@ -32,11 +32,17 @@ impl<P: Port> Worker<P> {
         if pkt.hop_limit <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        // A road warrior's virtual IP: one exact-match lookup before the SPD.
+        // A road warrior's virtual IP: one exact-match lookup before the SPD. On a client, a
+        // binding whose source is its own virtual IP (a direct SA to another client, from the
+        // connectivity manager) takes the LAN's flows masqueraded to that address.
         if !self.hosts.is_empty() {
             if let Some(&(src, id)) = self.hosts.get(&pkt.key.dst) {
                 if src.contains(pkt.key.src) {
                     return self.protect(f, &pkt, id, now, false);
+                }
+                let vip = self.vip_nat.as_ref().map(|n| IpAddr::V4(n.external_addr()));
+                if vip.is_some_and(|v| !pkt.ipv6 && src.contains(v)) {
+                    return self.protect(f, &pkt, id, now, true);
                 }
             }
         }

@@ -136,3 +136,63 @@ fn client_masquerades_its_lan_into_the_tunnel_as_the_virtual_ip() {
     assert_eq!(c.w.counters.traffic(Traffic::Masqueraded), 2);
     assert_eq!(c.drops(DropReason::MtuExceeded), 1);
 }
+
+/// A client's direct SA to another client (the connectivity manager binds the peer's virtual
+/// IP with our virtual IP as the source): the LAN's flows to the peer go on it, masqueraded
+/// to the virtual IP; unbound, they are back on the policy (here: discarded).
+#[test]
+fn a_direct_binding_takes_the_lan_masqueraded_to_the_virtual_ip() {
+    let mut c = rig(1500);
+    c.update(Update::AddSa {
+        dir: Direction::Outbound,
+        params: sa(
+            5,
+            0xff00_0001,
+            "192.0.2.1",
+            "198.51.100.10",
+            "10.99.0.5/32",
+            "10.99.0.6/32",
+        ),
+    });
+    c.update(Update::ReplaceSpd {
+        rules: vec![Rule {
+            id: 0,
+            selector: sel("0.0.0.0/0", "0.0.0.0/0"),
+            action: Action::Discard,
+        }],
+    });
+    c.update(Update::SetVirtualIp {
+        config: Some(MasqueradeConfig {
+            external_addr: "10.99.0.5".parse().unwrap(),
+            ..MasqueradeConfig::default()
+        }),
+    });
+    c.update(Update::BindHost {
+        dst: "10.99.0.6".parse().unwrap(),
+        src: "10.99.0.5/32".parse().unwrap(),
+        sa: SaId(5),
+    });
+    c.send_lan("10.1.0.10", "10.99.0.6", 100);
+    let esp = c.wan.recv().expect("sealed on the direct SA");
+    let ip = ipv4::Packet::new_checked(&esp.data()[14..]).unwrap();
+    assert_eq!(ip.dst_addr(), "198.51.100.10".parse::<Ipv4Addr>().unwrap());
+    assert!(
+        esp.data().windows(4).any(|w| w == [0xff, 0, 0, 1]),
+        "the direct SPI"
+    );
+    assert_eq!(c.w.counters.traffic(Traffic::Masqueraded), 1);
+    // Another source prefix than the virtual IP: the binding is not for the LAN.
+    c.update(Update::BindHost {
+        dst: "10.99.0.6".parse().unwrap(),
+        src: "10.99.0.7/32".parse().unwrap(),
+        sa: SaId(5),
+    });
+    c.send_lan("10.1.0.10", "10.99.0.6", 100);
+    assert!(c.wan.recv().is_none());
+    c.update(Update::UnbindHost {
+        dst: "10.99.0.6".parse().unwrap(),
+    });
+    c.send_lan("10.1.0.10", "10.99.0.6", 100);
+    assert!(c.wan.recv().is_none());
+    assert_eq!(c.drops(DropReason::PolicyDiscard), 2);
+}
