@@ -572,6 +572,23 @@ fn esp_ratio(_: &mut Criterion) {
                 }
             }),
         ));
+        // The same 32 packets as a burst of 20 and one of 12 (lanes past whole passes).
+        let mut split = (0..N).map(|i| vec![i as u8; len]).collect::<Vec<_>>();
+        rows.push((
+            format!("seal {alg}/{b}/bursts of 20 and 12"),
+            "seal",
+            Box::new(move || {
+                let (x, y) = split.split_at_mut(20);
+                for part in [x, y] {
+                    let mut jobs: Vec<CbcJob<'_>> = part
+                        .iter_mut()
+                        .map(|p| CbcJob::new(a, black_box(p), None))
+                        .collect();
+                    cbc::seal_burst(&mut jobs);
+                    assert!(jobs.iter().all(|j| j.result.is_ok()));
+                }
+            }),
+        ));
         // ring's HMAC alone over the same bytes, one packet after the other: the portable
         // backend's hash, and a second implementation to hold ipsec-mb's against.
         let ring_alg = match integ {

@@ -554,7 +554,8 @@ fn bursts_with_mixed_sas_and_lengths_match_packet_by_packet() {
 }
 
 /// Bursts of every size around the point where the ipsec-mb backend moves an HMAC's jobs from
-/// the SSE manager to the widest one (`ipsecmb_cbc::wide_from`), for every cipher and HMAC,
+/// the SSE manager to the widest one (`ipsecmb_cbc::wide_share`: small bursts, and the rest past
+/// whole passes of lanes), for every cipher and HMAC,
 /// alone and with a second SA of another HMAC in the same burst (both managers in flight at
 /// once): every packet sealed as the portable backend seals it, and opened back.
 #[test]
@@ -572,7 +573,7 @@ fn bursts_on_both_sides_of_the_wide_lanes_threshold_match_the_portable_backend()
                 let other = new_cbc_hmac(backend, cipher, &key, other_integ, &oik).unwrap();
                 let other_portable =
                     new_cbc_hmac(Backend::Ring, cipher, &key, other_integ, &oik).unwrap();
-                for n in [1usize, 2, 4, 5, 6, 9, 10, 11, 16, 17, 33] {
+                for n in [1usize, 2, 4, 5, 6, 9, 10, 11, 16, 17, 20, 21, 26, 33, 40] {
                     for mixed in [0usize, 3] {
                         let sa = |i: usize| {
                             if i < mixed {
