@@ -124,10 +124,13 @@ impl<'a> CbcJob<'a> {
 /// as [`CbcHmac::seal_in_place`] would one by one; sets each job's `result`.
 ///
 /// On the ipsec-mb backend every packet becomes one job (AES-CBC, then the HMAC over the
-/// ciphertext, `IMB_ORDER_CIPHER_HASH`) submitted to this thread's burst manager, and the
-/// manager is flushed once at the end: the multi-buffer code paths encrypt and hash up to 16
-/// packets in parallel lanes, where one packet at a time leaves all but one lane idle (CBC
-/// encryption is serial within a packet). Other backends seal one packet after the other.
+/// ciphertext, `IMB_ORDER_CIPHER_HASH`) submitted to one of this thread's managers, which are
+/// flushed once at the end: the multi-buffer code paths encrypt and hash up to 16 packets in
+/// parallel lanes, where one packet at a time leaves all but one lane idle (CBC encryption is
+/// serial within a packet); the jobs that would leave most lanes of a pass idle (a small
+/// burst, or the remainder past whole passes) go to the SSE manager, which hashes HMAC-SHA-1/256
+/// on the SHA extensions (`ipsecmb_cbc::wide_share`). Other backends seal one packet after the
+/// other.
 pub fn seal_burst(jobs: &mut [CbcJob<'_>]) {
     burst(jobs, true)
 }

@@ -552,3 +552,81 @@ fn bursts_with_mixed_sas_and_lengths_match_packet_by_packet() {
         }
     }
 }
+
+/// Bursts of every size around the point where the ipsec-mb backend moves an HMAC's jobs from
+/// the SSE manager to the widest one (`ipsecmb_cbc::wide_share`: small bursts, and the rest past
+/// whole passes of lanes), for every cipher and HMAC,
+/// alone and with a second SA of another HMAC in the same burst (both managers in flight at
+/// once): every packet sealed as the portable backend seals it, and opened back.
+#[test]
+fn bursts_on_both_sides_of_the_wide_lanes_threshold_match_the_portable_backend() {
+    for backend in real_backends() {
+        for cipher in [CbcAlg::AesCbc128, CbcAlg::AesCbc256] {
+            for integ in INTEGS {
+                let key: Vec<u8> = (0..cipher.key_len()).map(|i| i as u8 ^ 0x3c).collect();
+                let ik = integ_key(integ);
+                let imp = new_cbc_hmac(backend, cipher, &key, integ, &ik).unwrap();
+                let portable = new_cbc_hmac(Backend::Ring, cipher, &key, integ, &ik).unwrap();
+                let other_integ =
+                    INTEGS[(INTEGS.iter().position(|&x| x == integ).unwrap() + 1) % INTEGS.len()];
+                let oik = integ_key(other_integ);
+                let other = new_cbc_hmac(backend, cipher, &key, other_integ, &oik).unwrap();
+                let other_portable =
+                    new_cbc_hmac(Backend::Ring, cipher, &key, other_integ, &oik).unwrap();
+                for n in [1usize, 2, 4, 5, 6, 9, 10, 11, 16, 17, 20, 21, 26, 33, 40] {
+                    for mixed in [0usize, 3] {
+                        let sa = |i: usize| {
+                            if i < mixed {
+                                (&*other, &*other_portable, other_integ)
+                            } else {
+                                (&*imp, &*portable, integ)
+                            }
+                        };
+                        let total = n + mixed;
+                        let plain: Vec<Vec<u8>> = (0..total)
+                            .map(|i| {
+                                let mut p =
+                                    esp_packet(1 + (i * 13) % 90, sa(i).2.icv_len(), [i as u8; 16]);
+                                p[4..8].copy_from_slice(&(i as u32).to_be_bytes());
+                                p
+                            })
+                            .collect();
+                        let esn = |i: usize| (i % 2 == 1).then_some(i as u32 + 7);
+                        let mut pkts = plain.clone();
+                        let mut jobs: Vec<cbc::CbcJob<'_>> = pkts
+                            .iter_mut()
+                            .enumerate()
+                            .map(|(i, p)| cbc::CbcJob::new(sa(i).0, p, esn(i)))
+                            .collect();
+                        cbc::seal_burst(&mut jobs);
+                        assert!(jobs.iter().all(|j| j.result.is_ok()), "{backend} n={n}");
+                        drop(jobs);
+                        for (i, p) in pkts.iter().enumerate() {
+                            let mut want = plain[i].clone();
+                            sa(i).1.seal_in_place(&mut want, esn(i)).unwrap();
+                            assert_eq!(
+                                *p, want,
+                                "{backend} {cipher:?} {integ:?} n={n} mixed={mixed} packet {i}"
+                            );
+                        }
+                        let mut jobs: Vec<cbc::CbcJob<'_>> = pkts
+                            .iter_mut()
+                            .enumerate()
+                            .map(|(i, p)| cbc::CbcJob::new(sa(i).0, p, esn(i)))
+                            .collect();
+                        cbc::open_burst(&mut jobs);
+                        assert!(
+                            jobs.iter().all(|j| j.result.is_ok()),
+                            "{backend} n={n} open"
+                        );
+                        drop(jobs);
+                        for (i, p) in pkts.iter().enumerate() {
+                            let ct_end = p.len() - sa(i).2.icv_len();
+                            assert_eq!(p[..ct_end], plain[i][..ct_end], "{backend} n={n} {i}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
