@@ -178,6 +178,8 @@ pub(crate) struct Pending {
     /// A client told by its gateway that it moved (`exchange::gw_move`): the announced
     /// address, until the probe there is answered or given up.
     pub gateway_moved: Option<SocketAddr>,
+    /// When the last hinted liveness check started (`exchange::hint`'s rate limit).
+    pub hint_at: Option<Instant>,
 }
 
 /// What the views show of an IKE SA and the record of its state does not carry: when it came
