@@ -334,7 +334,8 @@ fn native_clients_with_certificates_against_roamgate_run() {
 }
 
 /// roamgate as the client with an ECDSA P-256 certificate against strongSwan as the gateway
-/// with the RSA certificate of the intermediate CA (strongSwan sends the intermediate along).
+/// with the RSA certificate of the intermediate CA (strongSwan sends the intermediate along);
+/// then roamgate logging in by EAP-MSCHAPv2 (`auth: eap`) to the same gateway taking EAP.
 #[test]
 fn roamgate_client_with_a_certificate_against_a_strongswan_gateway() {
     if !strongswan_or_skip("native_clients", &[])
@@ -433,6 +434,81 @@ pools { vpool { addrs = 10.99.0.0/24 } }
     assert!(rekey, "rekey");
     let (stats, _) = client.stop_with_output();
     println!("client counters: {stats}");
+    drop(charon);
+
+    // The same gateway taking road warriors by EAP-MSCHAPv2 (its certificate for itself), and
+    // roamgate logging in as one (`auth: eap`, its password in a file).
+    let edir = dir.join("sgw-eap");
+    swanctl_creds(
+        &pki,
+        &edir,
+        &[
+            ("x509", "gw.pem"),
+            ("private", "gw.key"),
+            ("x509ca", "ca.pem"),
+            ("x509ca", "intermediate.pem"),
+        ],
+    );
+    let sgw_eap = sgw.replace(
+        "    remote { auth = pubkey\n      cacerts = ca.pem\n      id = rw-ecdsa.roamgate.test }",
+        "    remote { auth = eap-mschapv2\n      eap_id = %any }",
+    ) + &format!(
+        "secrets {{ eap-{EAP_USER} {{ id = {EAP_USER}\n    secret = \"{EAP_PASSWORD}\" }} }}\n"
+    );
+    assert!(sgw_eap.contains("eap-mschapv2"), "{sgw_eap}");
+    let charon = Charon::start_with(&lab.ns("sgw"), &edir, &sgw_eap);
+    let creds = dir.join("home.eap");
+    std::fs::write(&creds, format!("{EAP_USER}:{EAP_PASSWORD}\n")).unwrap();
+    let cfg = std::fs::read_to_string(root().join("configs/client.yaml"))
+        .unwrap()
+        .replace(
+            psk,
+            &format!(
+                "      local_id: {EAP_USER}\n      remote_id: gw.roamgate.test\n      auth: eap\n      eap_credentials: {}\n      cacerts: [{}]\n",
+                creds.display(),
+                p("ca.pem")
+            ),
+        );
+    let cfg_path = dir.join("client-eap.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let client = DataplaneProcess::start_sub(
+        Path::new(BIN.as_str()),
+        "client",
+        &lab.ns("cl"),
+        &cfg_path,
+        &dir,
+        "cl-eap",
+        &["--shm", dir.join("cl-eap.shm").to_str().unwrap()],
+    );
+    let up = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        ike_view(&client.socket)["virtual_ip"].as_str() == Some("10.99.0.1")
+    });
+    let log = std::fs::read_to_string(edir.join("charon.log")).unwrap_or_default();
+    assert!(
+        up,
+        "the EAP client's tunnel: {}\ncharon log:\n{log}",
+        ike_view(&client.socket)
+    );
+    assert!(
+        log.contains("EAP method EAP_MSCHAPV2 succeeded, MSK established"),
+        "{log}"
+    );
+    let v = ike_view(&client.socket);
+    assert_eq!(v["ike_sas"][0]["eap_identity"], EAP_USER, "{v}");
+    let ping = pings(&lab.ns("home"), "10.9.0.10", 5);
+    let rekey = charon
+        .swanctl(&["--rekey", "--child", "net"])
+        .contains("rekey completed successfully")
+        && pings(&lab.ns("home"), "10.9.0.10", 2) == 2;
+    println!(
+        "native-clients case=roamgate-client-eap-mschapv2-vs-strongswan-gw up=yes ping={ping}/5 rekey={}",
+        if rekey { "yes" } else { "no" }
+    );
+    assert_eq!(ping, 5, "ping through the EAP client's tunnel");
+    assert!(rekey, "rekey");
+    let (_, out) = client.stop_with_output();
+    assert!(!out.contains(EAP_PASSWORD), "the password is never logged");
     drop(charon);
 }
 

@@ -278,6 +278,22 @@ fn ike_drop_lines(ike: &serde_json::Value) -> Vec<String> {
             lines.push(format!("    {k:<22} {n}"));
         }
     }
+    // Reconnects of the connections we initiate and the liveness hints: what is not zero.
+    for (key, title) in [
+        ("reconnects", "reconnects"),
+        ("liveness_hints", "liveness hints (RFC 7296 1.5, 2.21.4)"),
+    ] {
+        let set: Vec<_> = ike[key]
+            .as_object()
+            .map(|d| d.iter().filter(|(_, n)| n.as_u64() != Some(0)).collect())
+            .unwrap_or_default();
+        if !set.is_empty() {
+            lines.push(format!("  {title}:"));
+            for (k, n) in set {
+                lines.push(format!("    {k:<22} {n}"));
+            }
+        }
+    }
     lines
 }
 
@@ -392,7 +408,9 @@ pub fn stats(args: ViewArgs) -> Result<()> {
     let ike = ike_view(&socket);
     if args.json {
         if let (Some(o), Some(ike)) = (v.as_object_mut(), &ike) {
-            o.insert("ike_drops".into(), ike["ike_drops"].clone());
+            for k in ["ike_drops", "reconnects", "liveness_hints"] {
+                o.insert(k.into(), ike[k].clone());
+            }
         }
         println!("{v}");
         return Ok(());

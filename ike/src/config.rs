@@ -38,8 +38,9 @@ impl core::fmt::Debug for Credential {
 /// Certificate authentication of one connection (RFC 7296 2.15 signatures, RFC 7427).
 #[derive(Debug)]
 pub struct Pubkey {
-    /// Our certificate chain and private key.
-    pub local: crate::services::LocalCert,
+    /// Our certificate chain and private key; none when we log in by EAP (a client whose
+    /// connection only checks the gateway's certificate).
+    pub local: Option<crate::services::LocalCert>,
     /// What the peer's certificate must chain to.
     pub trust: crate::services::TrustStore,
     /// The extended key usage the peer's certificate must allow.
@@ -144,7 +145,23 @@ pub struct EndpointConfig {
     /// [`Endpoint::sync_message_ids`](crate::Endpoint::sync_message_ids) may ask the peer
     /// (an HA node that took the IKE SA over).
     pub mid_sync: bool,
+    /// The liveness check a hint starts (an unprotected INVALID_SPI or INVALID_IKE_SPI that
+    /// names one of our IKE SAs, RFC 7296 1.5, 2.21.4: `exchange::hint`): sent at once, then
+    /// again after each wait of this schedule; when it runs out with no authenticated answer
+    /// and the peer answered it INVALID_IKE_SPI, the IKE SA is down
+    /// ([`DownReason::PeerLostState`](crate::DownReason::PeerLostState)).
+    pub hint_probe: Retransmit,
+    /// At most one hinted check per IKE SA in this long (RFC 7296 2.21.4: limit such tests).
+    pub hint_holdoff: Duration,
 }
+
+/// The default [`EndpointConfig::hint_probe`]: three sends 1 s apart, a verdict 1 s after
+/// the last.
+pub const HINT_PROBE: Retransmit = Retransmit {
+    timeout: Duration::from_secs(1),
+    base_milli: 1000,
+    tries: 2,
+};
 
 /// Which IKE_SA_INIT requests a responder takes on (RFC 7296 2.6, RFC 8019): with this many
 /// half-open IKE SAs or more it answers a request without a valid COOKIE with one (stateless,
@@ -189,6 +206,8 @@ impl Default for EndpointConfig {
             fragmentation: Fragmentation::default(),
             unix_time_at_zero: Duration::ZERO,
             mid_sync: false,
+            hint_probe: HINT_PROBE,
+            hint_holdoff: Duration::from_secs(10),
         }
     }
 }

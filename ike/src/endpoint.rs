@@ -42,7 +42,7 @@ use crate::services::Services;
 use crate::stats::{Reason, Stats};
 use crate::time::Instant;
 use crate::timer::Deadlines;
-use crate::wire::{exchange as xchg, notify, Header, WireError};
+use crate::wire::{exchange as xchg, notify, payload, Header, Payload, WireError};
 
 mod eap;
 mod transfer;
@@ -581,6 +581,13 @@ impl Endpoint {
             self.init_request(now, local, remote, &h, data);
             return;
         }
+        if h.exchange == xchg::INFORMATIONAL
+            && !h.is_response()
+            && h.next_payload == payload::NOTIFY
+        {
+            self.unprotected_request(now, remote, h.next_payload, data);
+            return;
+        }
         let (ours, theirs) = ours_and_theirs(&h);
         let id = IkeSaId(ours);
         let Some(sa) = self.sas.get(&id) else {
@@ -610,6 +617,103 @@ impl Endpoint {
             }
         });
         self.apply_effects(now);
+    }
+
+    /// An INFORMATIONAL request that starts with a plain Notify payload (nothing encrypted): a
+    /// notification from outside any IKE SA (RFC 7296 1.5), never answered (an answer could start a loop). An INVALID_SPI that
+    /// names the outbound SPI of one of our CHILD_SAs whose IKE SA's peer is at `remote` is a
+    /// hint that the peer lost its state (`exchange::hint`).
+    fn unprotected_request(&mut self, now: Instant, remote: SocketAddr, first: u8, data: &[u8]) {
+        self.stats.count(Reason::UnprotectedRequest);
+        let Ok(chain) = crate::wire::parse_chain(data, crate::wire::HEADER_LEN, first) else {
+            return;
+        };
+        let named: Vec<ChildSpi> = chain
+            .payloads
+            .iter()
+            .filter_map(|p| match p {
+                Payload::Notify {
+                    kind: notify::INVALID_SPI,
+                    spi,
+                    data,
+                    ..
+                } => {
+                    // RFC 7296 1.5: the SPI is the notification data (some put it in the
+                    // notify's SPI field).
+                    let b = if data.len() == 4 { data } else { spi };
+                    <[u8; 4]>::try_from(b.as_slice())
+                        .ok()
+                        .map(|b| ChildSpi(u32::from_be_bytes(b)))
+                }
+                _ => None,
+            })
+            .collect();
+        let Some(id) = self
+            .sas
+            .values()
+            .find(|sa| {
+                sa.state.phase == Phase::Established
+                    && sa.state.remote.ip() == remote.ip()
+                    && sa.state.children.iter().any(|c| named.contains(&c.spi_out))
+            })
+            .map(IkeSa::id)
+        else {
+            return;
+        };
+        self.run(id, now, |sa, ctx| {
+            exchange::hint::on_hint(sa, ctx, exchange::hint::Signal::InvalidSpi)
+        });
+        self.apply_effects(now);
+    }
+
+    /// ESP came from `remote` to our `local` for an SPI we do not have, and we have no IKE SA
+    /// with that address: tells the sender in an unprotected INFORMATIONAL with INVALID_SPI
+    /// (RFC 7296 1.5: zero IKE SPIs, the initiator flag, message id 0; never answered), a hint
+    /// for a peer whose IKE SA we lost (we restarted) to check it at once. Rate-limited with
+    /// the other unprotected answers. True if sent.
+    pub fn notify_invalid_spi_unprotected(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        spi: ChildSpi,
+    ) -> bool {
+        if self
+            .sas
+            .values()
+            .any(|sa| sa.state.remote.ip() == remote.ip())
+        {
+            return false;
+        }
+        let msg = exchange::plain_message(
+            IkeSpi::ZERO,
+            IkeSpi::ZERO,
+            xchg::INFORMATIONAL,
+            crate::wire::FLAG_INITIATOR,
+            0,
+            &[Payload::Notify {
+                protocol: crate::wire::proto::ESP,
+                spi: Vec::new(),
+                kind: notify::INVALID_SPI,
+                data: spi.to_bytes().to_vec(),
+            }],
+        );
+        if !self
+            .out
+            .unprotected
+            .allow(now, self.config.unprotected_answers_per_sec)
+        {
+            self.stats.answers_limited = self.stats.answers_limited.saturating_add(1);
+            return false;
+        }
+        self.out.transmits.push_back(Transmit {
+            src: local,
+            dst: remote,
+            data: msg,
+        });
+        let h = &mut self.stats.hints;
+        h.invalid_spi_sent = h.invalid_spi_sent.saturating_add(1);
+        true
     }
 
     /// An IKE_SA_INIT request: the same answer again for a retransmission, else the responder

@@ -148,6 +148,9 @@ pub enum DownReason {
         identity: Option<String>,
         why: crate::services::AuthError,
     },
+    /// A hinted liveness check (`exchange::hint`) ran out without an authenticated answer
+    /// and the peer answered it INVALID_IKE_SPI: it no longer has the IKE SA (it restarted).
+    PeerLostState,
 }
 
 /// An IKE SA as the views show it: id, connection name, established, its CHILD_SAs as

@@ -181,6 +181,8 @@ pub(crate) struct Pending {
     /// Private-use notifies the endpoint's user asked to send (`Endpoint::send_private`), in
     /// order: one INFORMATIONAL each ([`crate::exchange::Action::Private`] takes the first).
     pub private_out: VecDeque<(u16, zeroize::Zeroizing<Vec<u8>>)>,
+    /// When the last hinted liveness check started (`exchange::hint`'s rate limit).
+    pub hint_at: Option<Instant>,
 }
 
 /// What the views show of an IKE SA and the record of its state does not carry: when it came

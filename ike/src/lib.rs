@@ -87,6 +87,8 @@ pub use exchange::gw_move::{GatewayMove, PROBE_TRIES};
 pub use ids::{ChildSpi, IkeSaId, IkeSpi};
 pub use proposal::{EspInteg, EspProposal, IkeProposal};
 pub use record::{ChildSaRecord, IkeSaRecord, RecordError};
-pub use stats::{CookieStats, GatewayMoveStats, HandshakeStats, MidSyncStats, Reason, Stats};
+pub use stats::{
+    CookieStats, GatewayMoveStats, HandshakeStats, HintStats, MidSyncStats, Reason, Stats,
+};
 pub use time::Instant;
 pub use ts::{any_v4, host_ts, prefix_ts, range_ts};

@@ -24,6 +24,7 @@
 //! | `InitSpiInUse` | IKE_SA_INIT request, not a retransmission, with the SPI and address of a half-open IKE SA | none |
 //! | `UnsupportedCritical` | an unknown payload with the critical bit, in an IKE_SA_INIT request or inside an authenticated request | UNSUPPORTED_CRITICAL_PAYLOAD with the payload type (2.5), unprotected or encrypted alike |
 //! | `UnknownSpi` | a request for an IKE SA we do not have | INVALID_IKE_SPI, unprotected, SPIs and message id copied (2.21.4) |
+//! | `UnprotectedRequest` | an INFORMATIONAL request whose first payload is a plain Notify: a notification from outside any IKE SA (RFC 7296 1.5, e.g. INVALID_SPI from a peer that restarted) | none (1.5: never answered); one that names one of our IKE SAs is a hint (`exchange::hint`, [`HintStats`]) |
 //! | `UnknownSpiResponse` | a response for an IKE SA we do not have | none (a response is never answered) |
 //! | `PeerSpiMismatch` | our SPI matches an IKE SA, the peer's does not | none |
 //! | `BadMessageId` | a request outside the window, or a response to no request of that id | none (3.10.1) |
@@ -73,6 +74,7 @@ pub enum Reason {
     InitSpiInUse,
     UnsupportedCritical,
     UnknownSpi,
+    UnprotectedRequest,
     UnknownSpiResponse,
     PeerSpiMismatch,
     BadMessageId,
@@ -92,7 +94,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 35] = [
         Reason::Truncated,
         Reason::LengthMismatch,
         Reason::OldMajorVersion,
@@ -111,6 +113,7 @@ impl Reason {
         Reason::InitSpiInUse,
         Reason::UnsupportedCritical,
         Reason::UnknownSpi,
+        Reason::UnprotectedRequest,
         Reason::UnknownSpiResponse,
         Reason::PeerSpiMismatch,
         Reason::BadMessageId,
@@ -150,6 +153,7 @@ impl Reason {
             Reason::InitSpiInUse => "init_spi_in_use",
             Reason::UnsupportedCritical => "unsupported_critical",
             Reason::UnknownSpi => "unknown_spi",
+            Reason::UnprotectedRequest => "unprotected_request",
             Reason::UnknownSpiResponse => "unknown_spi_response",
             Reason::PeerSpiMismatch => "peer_spi_mismatch",
             Reason::BadMessageId => "bad_message_id",
@@ -185,6 +189,7 @@ pub struct Stats {
     pub fragments: FragmentStats,
     pub mid_sync: MidSyncStats,
     pub gateway_move: GatewayMoveStats,
+    pub hints: HintStats,
     /// IKE_AUTH exchanges that failed, by why (ours or the peer's authentication).
     auth: AuthCounts,
 }
@@ -228,6 +233,30 @@ pub struct GatewayMoveStats {
     pub moved: u64,
     pub probe_failed: u64,
     pub refused: u64,
+}
+
+/// Unauthenticated signals that an IKE SA may be dead (RFC 7296 1.5, 2.21.4:
+/// `exchange::hint`), and what came of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HintStats {
+    /// Unprotected INVALID_SPI notifications naming the outbound SPI of one of our CHILD_SAs,
+    /// from its IKE SA's peer address.
+    pub invalid_spi: u64,
+    /// Unprotected INVALID_IKE_SPI answers to an outstanding request of ours (its SPIs and
+    /// message id).
+    pub invalid_ike_spi: u64,
+    /// Hints the rate limit held back (a check started within the hold-off, or the IKE SA
+    /// not established).
+    pub held_back: u64,
+    /// Liveness checks a hint started (or requests under way sent again at once).
+    pub probes: u64,
+    /// Hinted checks that got an authenticated answer: the IKE SA carries on.
+    pub answered: u64,
+    /// IKE SAs declared down: their hinted check ran out and the peer said INVALID_IKE_SPI.
+    pub peer_lost: u64,
+    /// Gateway side: unprotected INVALID_SPI notifications sent for ESP that came with an
+    /// SPI we do not have from an address we have no IKE SA with (RFC 7296 1.5).
+    pub invalid_spi_sent: u64,
 }
 
 /// What IKE fragmentation (RFC 7383) did. A fragment that failed its integrity check is
@@ -294,6 +323,7 @@ impl Default for Stats {
             fragments: FragmentStats::default(),
             mid_sync: MidSyncStats::default(),
             gateway_move: GatewayMoveStats::default(),
+            hints: HintStats::default(),
             auth: AuthCounts::default(),
         }
     }
@@ -365,6 +395,14 @@ impl Stats {
         v.push(("fragments_reassembled", f.reassembled));
         v.push(("fragment_reassembly_restarted", f.restarted));
         v.push(("fragment_reassembly_expired", f.expired));
+        let h = &self.hints;
+        v.push(("hint_invalid_spi", h.invalid_spi));
+        v.push(("hint_invalid_ike_spi", h.invalid_ike_spi));
+        v.push(("hint_held_back", h.held_back));
+        v.push(("hint_probes", h.probes));
+        v.push(("hint_probes_answered", h.answered));
+        v.push(("hint_peer_lost", h.peer_lost));
+        v.push(("invalid_spi_sent", h.invalid_spi_sent));
         v.extend(
             AuthError::ALL
                 .iter()

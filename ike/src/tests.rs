@@ -11,6 +11,7 @@ mod endpoint;
 mod export;
 mod fragment;
 mod gw_move;
+mod hint;
 mod ike_rekey;
 mod info;
 mod init;

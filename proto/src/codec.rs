@@ -79,7 +79,7 @@ use crate::sa::{
 };
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 7;
+pub const CODEC_VERSION: u8 = 8;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -868,6 +868,7 @@ impl Record for Event {
                 worker,
                 spi,
                 src,
+                src_port,
                 dst,
                 packets,
             } => {
@@ -875,6 +876,7 @@ impl Record for Event {
                 w.u16(*worker)?;
                 w.u32(spi.0)?;
                 w.ip(*src)?;
+                w.u16(*src_port)?;
                 w.ip(*dst)?;
                 w.u64(*packets)
             }
@@ -1001,6 +1003,7 @@ impl Record for Event {
                 worker,
                 spi: Spi(r.u32()?),
                 src: r.ip()?,
+                src_port: r.u16()?,
                 dst: r.ip()?,
                 packets: r.u64()?,
             },

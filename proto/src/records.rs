@@ -111,10 +111,13 @@ pub enum LifetimeLimit {
 pub enum Event {
     /// ESP arrived for an SPI this worker has no SA for (RFC 4303 3.4.2: auditable; IKEv2 may
     /// answer with INVALID_SPI, RFC 7296 3.10.1). `packets` is the total of such packets.
+    /// `src_port`: the UDP source port of ESP in UDP (RFC 3948), 0 for bare ESP (where an
+    /// INVALID_SPI for a peer we have no IKE SA with goes, RFC 7296 1.5).
     UnknownSpi {
         worker: u16,
         spi: Spi,
         src: IpAddr,
+        src_port: u16,
         dst: IpAddr,
         packets: u64,
     },

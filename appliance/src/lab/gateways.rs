@@ -245,6 +245,7 @@ pub fn connection(
         rsa_pss: false,
         allow_sha1: false,
         send_cert: None,
+        eap_credentials: None,
         ike_proposals: vec!["aes128gcm16-prfsha256-x25519".into()],
         esp_proposals: vec!["aes128gcm16-esn".into()],
         local_ts: Vec::new(),

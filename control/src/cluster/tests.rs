@@ -385,6 +385,7 @@ impl Cluster {
                         worker: 0,
                         spi: ours_in,
                         src,
+                        src_port: 4500,
                         dst: PUBLIC.parse().unwrap(),
                         packets: 1,
                     });
@@ -688,6 +689,7 @@ fn esp_for_an_unknown_spi_at_another_edge_gets_the_inbound_sa_on_demand_and_the_
         worker: 0,
         spi: spis.0,
         src: w.clients[0].addr,
+        src_port: 4500,
         dst: PUBLIC.parse().unwrap(),
         packets: 1,
     });
@@ -707,6 +709,7 @@ fn esp_for_an_unknown_spi_at_another_edge_gets_the_inbound_sa_on_demand_and_the_
         worker: 0,
         spi: Spi(0x1234_5678),
         src: w.clients[0].addr,
+        src_port: 4500,
         dst: PUBLIC.parse().unwrap(),
         packets: 1,
     });

@@ -64,6 +64,44 @@ pub fn load(c: &ConnectionYaml, file: &Path, at: &str) -> Result<Credential, Con
         .map_err(|e| err("key", format!("{key_path}: {e}")))?;
     let local = LocalCert::new(chain, signing)
         .map_err(|e| err("key", format!("{key_path} with {cert_path}: {e}")))?;
+    let (trust, peer_eku) = peer_check(c, file, at)?;
+    let cert_only_if_asked = match c.send_cert.as_deref() {
+        None | Some("always") => false,
+        Some("ifasked") => true,
+        Some(o) => {
+            return Err(err(
+                "send_cert",
+                format!("'{o}': expected always or ifasked"),
+            ))
+        }
+    };
+    Ok(Credential::Pubkey(Arc::new(Pubkey {
+        local: Some(local),
+        trust,
+        peer_eku,
+        rsa_pss: c.rsa_pss,
+        allow_sha1: c.allow_sha1,
+        cert_only_if_asked,
+    })))
+}
+
+/// The CAs and CRLs the peer's certificate is checked against, and the EKU it must allow.
+fn peer_check(
+    c: &ConnectionYaml,
+    file: &Path,
+    at: &str,
+) -> Result<(TrustStore, PeerEku), ConfigError> {
+    let key = |k: &str| format!("{at}.{k}");
+    let err = |k: &str, what: String| ConfigError::new(file, key(k), what);
+    if c.cacerts.is_empty() {
+        return Err(err(
+            "cacerts",
+            "needs at least one CA certificate to check the peer against".into(),
+        ));
+    }
+    let read = |k: &str, f: &str| {
+        super::secret::read_bytes(Path::new(f)).map_err(|e| err(k, format!("cannot read {f}: {e}")))
+    };
     let mut trust = TrustStore::default();
     for (i, f) in c.cacerts.iter().enumerate() {
         let k = format!("cacerts[{i}]");
@@ -90,23 +128,33 @@ pub fn load(c: &ConnectionYaml, file: &Path, at: &str) -> Result<Credential, Con
             ))
         }
     };
-    let cert_only_if_asked = match c.send_cert.as_deref() {
-        None | Some("always") => false,
-        Some("ifasked") => true,
-        Some(o) => {
-            return Err(err(
-                "send_cert",
-                format!("'{o}': expected always or ifasked"),
-            ))
-        }
-    };
+    Ok((trust, peer_eku))
+}
+
+/// The credential of an `auth: eap` connection (a client that logs in by EAP): no
+/// certificate or key of ours, the CAs (and CRLs) the gateway's certificate is checked
+/// against (its EKU: `peer_eku`, server by default).
+pub fn load_gateway_check(
+    c: &ConnectionYaml,
+    file: &Path,
+    at: &str,
+) -> Result<Credential, ConfigError> {
+    let key = |k: &str| format!("{at}.{k}");
+    let err = |k: &str, what: String| ConfigError::new(file, key(k), what);
+    if c.psk.is_some() || c.psk_file.is_some() || c.cert.is_some() || c.key.is_some() {
+        return Err(err(
+            "auth",
+            "auth: eap takes no psk, psk_file, cert or key (we log in by EAP; the gateway by its certificate)".into(),
+        ));
+    }
+    let (trust, peer_eku) = peer_check(c, file, at)?;
     Ok(Credential::Pubkey(Arc::new(Pubkey {
-        local,
+        local: None,
         trust,
         peer_eku,
-        rsa_pss: c.rsa_pss,
+        rsa_pss: false,
         allow_sha1: c.allow_sha1,
-        cert_only_if_asked,
+        cert_only_if_asked: true,
     })))
 }
 
@@ -227,6 +275,67 @@ mod tests {
         assert_eq!(e.key, "ike.connections[0].auth");
         let e = validate(&cert, &key, &ca, ", crls: [/nonexistent.crl]").unwrap_err();
         assert_eq!(e.key, "ike.connections[0].crls[0]");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn an_eap_client_checks_the_gateway_by_its_cas_and_logs_in_with_its_credentials_file() {
+        let d = dir("eap-client");
+        let (cert, key, ca) = files(&d);
+        let creds = d.join("home.eap");
+        std::fs::write(&creds, "alice:correct horse\n").unwrap();
+        let creds = creds.to_string_lossy().into_owned();
+        let parse = |extra: &str| -> IkeYaml {
+            crate::config::parse(
+                Path::new("cl.yaml"),
+                &format!("connections:\n  - {{ name: home, local_id: alice, remote_id: gw.roamgate.test, remote_addr: 192.0.2.1, request_vip: true, remote_ts: [10.9.0.0/24]{extra} }}\n"),
+            )
+            .unwrap()
+        };
+        let y = parse(&format!(
+            ", auth: eap, eap_credentials: {creds}, cacerts: [{ca}]"
+        ));
+        let c = y.validate(Path::new("cl.yaml"), "ike").unwrap();
+        let Credential::Pubkey(p) = &c[0].peer.auth else {
+            panic!("not pubkey")
+        };
+        assert!(p.local.is_none(), "no certificate of ours");
+        assert_eq!(p.peer_eku, PeerEku::Server);
+        let eap = y.eap(Path::new("cl.yaml"), "ike", "home").unwrap().unwrap();
+        assert!(eap.radius.is_none() && eap.service.server.is_none());
+        let (user, hash) = &eap.service.clients["home"];
+        assert_eq!(user, "alice");
+        assert_eq!(**hash, *ike::eap::mschapv2::nt_hash("correct horse"));
+        assert!(!format!("{:?}", eap.service).contains("correct"));
+
+        let bad = |extra: &str| {
+            parse(extra)
+                .validate(Path::new("cl.yaml"), "ike")
+                .unwrap_err()
+        };
+        let e = bad(&format!(", auth: eap, cacerts: [{ca}]"));
+        assert_eq!(e.key, "ike.connections[0].eap_credentials");
+        let e = bad(&format!(
+            ", auth: eap, eap_credentials: /nonexistent.eap, cacerts: [{ca}]"
+        ));
+        assert_eq!(e.key, "ike.connections[0].eap_credentials");
+        assert!(e.what.contains("/nonexistent.eap"), "{}", e.what);
+        let e = bad(&format!(", auth: eap, eap_credentials: {creds}"));
+        assert_eq!(e.key, "ike.connections[0].cacerts");
+        let e = bad(&format!(
+            ", auth: eap, eap_credentials: {creds}, cacerts: [{ca}], cert: {cert}, key: {key}"
+        ));
+        assert_eq!(e.key, "ike.connections[0].auth");
+        let e = bad(&format!(", psk: \"0123456789\", eap_credentials: {creds}"));
+        assert_eq!(e.key, "ike.connections[0].eap_credentials");
+        // A gateway's connection (no remote_addr) cannot be an EAP client.
+        let y: IkeYaml = crate::config::parse(
+            Path::new("gw.yaml"),
+            &format!("connections:\n  - {{ name: rw, local_id: gw, auth: eap, eap_credentials: {creds}, cacerts: [{ca}], local_ts: [10.9.0.0/24], remote_ts: [0.0.0.0/0] }}\n"),
+        )
+        .unwrap();
+        let e = y.validate(Path::new("gw.yaml"), "ike").unwrap_err();
+        assert_eq!(e.key, "ike.connections[0].auth");
         std::fs::remove_dir_all(d).unwrap();
     }
 }

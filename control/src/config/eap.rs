@@ -17,9 +17,13 @@
 //!       retries: 2                       # ... at most this many times, then refuse
 //! ```
 //!
-//! Owns: reading and checking the user file and the shared secret; errors that name the file
-//! read, the config file and the key.
-//! Must never: print a hash or the shared secret.
+//! A client that logs in by EAP has `auth: eap` on its connection and its user name and
+//! password in the file `eap_credentials` names ([`read_client_credentials`]; see
+//! `config::ike`).
+//!
+//! Owns: reading and checking the user file, the shared secret and a client's credentials;
+//! errors that name the file read, the config file and the key.
+//! Must never: print a hash, a password or the shared secret.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -27,7 +31,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ike::eap::mschapv2::{LocalMschapv2, UserDb};
+use ike::eap::mschapv2::{nt_hash, LocalMschapv2, NtHash, UserDb};
 use ike::eap::radius::{RadiusClient, RadiusConfig};
 use ike::eap::{EapServer, EapService};
 use serde::Deserialize;
@@ -153,6 +157,31 @@ impl EapYaml {
     }
 }
 
+/// An EAP peer's credentials file (`auth: eap`): one line `user:password`, the password
+/// everything after the first colon up to the end of the line. The file is read into memory
+/// that is zeroized; only the user name and the password's NT hash (zeroized on drop) are
+/// kept. Errors never quote the file's content.
+pub fn read_client_credentials(path: &Path) -> Result<(String, NtHash), String> {
+    let text = super::secret::read_text(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let line = text.trim_end_matches(['\r', '\n']);
+    if line.contains('\n') {
+        return Err("one line only: user:password".into());
+    }
+    let Some((user, password)) = line.split_once(':') else {
+        return Err("expected user:password (no colon)".into());
+    };
+    if user.is_empty() || user.len() > ike::eap::MAX_IDENTITY {
+        return Err(format!(
+            "the user name must be 1 to {} bytes",
+            ike::eap::MAX_IDENTITY
+        ));
+    }
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    Ok((user.to_owned(), nt_hash(password)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +259,34 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("exactly one"), "{err}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn client_credentials_read_and_bad_files_say_why_without_their_content() {
+        let d = dir("client");
+        let f = d.join("home.eap");
+        std::fs::write(&f, "alice:pa:ss word\n").unwrap();
+        let (user, hash) = read_client_credentials(&f).unwrap();
+        assert_eq!(user, "alice");
+        assert_eq!(
+            *hash,
+            *nt_hash("pa:ss word"),
+            "everything after the first colon"
+        );
+        for (body, why) in [
+            ("alice\n", "no colon"),
+            (":secret\n", "user name"),
+            ("alice:\n", "password is empty"),
+            ("alice:one\nbob:two\n", "one line"),
+        ] {
+            std::fs::write(&f, body).unwrap();
+            let e = read_client_credentials(&f).unwrap_err();
+            assert!(e.contains(why), "{body:?}: {e}");
+            assert!(!e.contains("secret") && !e.contains("two"), "{e}");
+        }
+        let e = read_client_credentials(&d.join("missing")).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }
 }

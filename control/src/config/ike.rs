@@ -24,6 +24,22 @@
 //! With `auth: pubkey` a connection authenticates with certificates instead (`cert`, `key`,
 //! `cacerts`, `crls`, ...: see `config::certs`).
 //!
+//! A client that logs in by EAP-MSCHAPv2 (RFC 7296 2.16) has `auth: eap`: the gateway proves
+//! itself with its certificate (checked against `cacerts`, `peer_eku` as for `pubkey`), we
+//! with the user name and password in the file `eap_credentials` names (one line
+//! `user:password`; read into zeroized memory, only its NT hash kept, never logged):
+//!
+//! ```yaml
+//!     - name: home
+//!       local_id: alice@roamgate.test
+//!       remote_id: gw.roamgate.test
+//!       remote_addr: 203.0.113.1
+//!       auth: eap
+//!       eap_credentials: /etc/roamgate/home.eap   # mode 0600
+//!       cacerts: [/etc/roamgate/ca.pem]
+//!       request_vip: true
+//! ```
+//!
 //! A connection with `remote_addr` is initiated at start (a client, or a site-to-site
 //! initiator); one without waits for peers. Pre-shared keys never reach `Debug` or logs.
 //!
@@ -101,6 +117,10 @@ pub struct ConnectionYaml {
     pub allow_sha1: bool,
     #[serde(default)]
     pub send_cert: Option<String>,
+    /// `auth: eap` (a client that logs in by EAP-MSCHAPv2): the file holding `user:password`
+    /// on one line (`config::eap::read_client_credentials`).
+    #[serde(default)]
+    pub eap_credentials: Option<String>,
     #[serde(default = "default_ike")]
     pub ike_proposals: Vec<String>,
     #[serde(default = "default_esp")]
@@ -227,7 +247,13 @@ fn fingerprint(
         Credential::Psk(k) => put(k),
         Credential::Pubkey(p) => {
             put(format!("{:?}|{}|{}", p.peer_eku, p.rsa_pss, p.allow_sha1).as_bytes());
-            let files = c.cert.iter().chain(&c.key).chain(&c.cacerts).chain(&c.crls);
+            let files = c
+                .cert
+                .iter()
+                .chain(&c.key)
+                .chain(&c.cacerts)
+                .chain(&c.crls)
+                .chain(&c.eap_credentials);
             for f in files {
                 // Read once more: validation has just read them; an unreadable one now
                 // (removed in between) counts as different content.
@@ -498,10 +524,35 @@ impl IkeYaml {
                     format!("duplicate connection name '{}'", c.name),
                 ));
             }
+            if c.eap_credentials.is_some() && c.auth.as_deref() != Some("eap") {
+                return Err(err(key("eap_credentials"), "only with auth: eap".into()));
+            }
             let auth = match c.auth.as_deref() {
                 None | Some("psk") => Credential::Psk(secret(&Self::psk(c, &err, &key)?)),
                 Some("pubkey") => super::certs::load(c, file, &format!("{at}.connections[{i}]"))?,
-                Some(o) => return Err(err(key("auth"), format!("'{o}': expected psk or pubkey"))),
+                Some("eap") => {
+                    if c.remote_addr.is_none() {
+                        return Err(err(
+                            key("auth"),
+                            "auth: eap is a client's (we log in to the gateway at remote_addr); a gateway names its EAP connections in ike.eap".into(),
+                        ));
+                    }
+                    let f = c.eap_credentials.as_deref().ok_or_else(|| {
+                        err(
+                            key("eap_credentials"),
+                            "auth: eap needs eap_credentials (a file holding user:password)".into(),
+                        )
+                    })?;
+                    super::eap::read_client_credentials(Path::new(f))
+                        .map_err(|w| err(key("eap_credentials"), format!("{f}: {w}")))?;
+                    super::certs::load_gateway_check(c, file, &format!("{at}.connections[{i}]"))?
+                }
+                Some(o) => {
+                    return Err(err(
+                        key("auth"),
+                        format!("'{o}': expected psk, pubkey or eap"),
+                    ))
+                }
             };
             let mut ike = Vec::new();
             for (j, p) in c.ike_proposals.iter().enumerate() {
@@ -634,7 +685,8 @@ impl IkeYaml {
 }
 
 impl IkeYaml {
-    /// The `eap` section, checked and its files read (`None` when there is none); `name` is
+    /// The `eap` section, checked and its files read, with the connections we log in by EAP
+    /// (`auth: eap`: their credentials files read); `None` when there is neither. `name` is
     /// the gateway's (the default NAS-Identifier).
     pub fn eap(
         &self,
@@ -642,11 +694,35 @@ impl IkeYaml {
         at: &str,
         name: &str,
     ) -> Result<Option<super::eap::Eap>, ConfigError> {
-        let Some(e) = &self.eap else {
-            return Ok(None);
+        let mut clients = std::collections::BTreeMap::new();
+        for (i, c) in self.connections.iter().enumerate() {
+            let Some(f) = c.eap_credentials.as_deref() else {
+                continue;
+            };
+            let creds = super::eap::read_client_credentials(Path::new(f)).map_err(|w| {
+                ConfigError::new(
+                    file,
+                    format!("{at}.connections[{i}].eap_credentials"),
+                    format!("{f}: {w}"),
+                )
+            })?;
+            clients.insert(c.name.clone(), creds);
+        }
+        let mut eap = match &self.eap {
+            Some(e) => {
+                let names: Vec<String> = self.connections.iter().map(|c| c.name.clone()).collect();
+                Some(e.load(file, &format!("{at}.eap"), &names, name)?)
+            }
+            None => None,
         };
-        let names: Vec<String> = self.connections.iter().map(|c| c.name.clone()).collect();
-        e.load(file, &format!("{at}.eap"), &names, name).map(Some)
+        if !clients.is_empty() {
+            let e = eap.get_or_insert_with(|| super::eap::Eap {
+                service: ike::eap::EapService::default(),
+                radius: None,
+            });
+            e.service.clients = clients;
+        }
+        Ok(eap)
     }
 
     /// The checks a road-warrior client's file must pass on top of [`validate`]

@@ -286,6 +286,16 @@ impl ControlCore {
         if let Some(line) = self.dp.take(e, |id, spi| repo.holds(id, spi)) {
             self.out.log(line);
         }
+        if let DpEvent::UnknownSpi {
+            spi,
+            src,
+            src_port,
+            dst,
+            ..
+        } = *e
+        {
+            self.unknown_spi(now, spi, (src, src_port), dst);
+        }
         let decision = decisions::decide(
             e,
             |id, spi| self.repo.child_of_sa(id, spi),
@@ -304,6 +314,36 @@ impl ControlCore {
         }
         self.view.mark_stale();
         self.pump(now);
+    }
+
+    /// ESP for an SPI no CHILD_SA of ours holds, from an address we have no IKE SA with (we
+    /// restarted and lost them): an unprotected INVALID_SPI tells the sender (RFC 7296 1.5),
+    /// and a client's IKE SA checks its gateway at once (`ike`'s `exchange::hint`) rather
+    /// than at its next dead-peer check.
+    fn unknown_spi(&mut self, now: Instant, spi: Spi, (src, src_port): (IpAddr, u16), dst: IpAddr) {
+        if src.is_unspecified()
+            || dst.is_unspecified()
+            || self.repo.child_sas(ike::ChildSpi(spi.0)).is_some()
+        {
+            return;
+        }
+        // ESP in UDP came to our 4500 (RFC 3948); bare ESP: IKE's own port.
+        let (ours, theirs) = if src_port != 0 {
+            (4500, src_port)
+        } else {
+            (500, 500)
+        };
+        if self.endpoint.notify_invalid_spi_unprotected(
+            now,
+            SocketAddr::new(dst, ours),
+            SocketAddr::new(src, theirs),
+            ike::ChildSpi(spi.0),
+        ) {
+            self.out.log(format!(
+                "ike: ESP for unknown SPI {:08x} from {src} and no IKE SA with it: INVALID_SPI sent (unprotected, RFC 7296 1.5)",
+                spi.0
+            ));
+        }
     }
 
     /// A worker's hairpin report: a candidate for a direct path is logged and kept for the
@@ -369,7 +409,14 @@ impl ControlCore {
         }
         if self.view.due().is_some_and(|t| t <= now) {
             self.view.rebuilt(now);
-            let json = view::render(&self.endpoint, &self.repo, &self.counts, &self.dp, now);
+            let json = view::render(
+                &self.endpoint,
+                &self.repo,
+                &self.counts,
+                &self.dp,
+                &self.reconnect,
+                now,
+            );
             self.out.view(json);
             return true;
         }
@@ -672,7 +719,14 @@ impl ControlCore {
     /// The view as it stands at `now` (the queued [`Output::View`]s are rebuilt on a
     /// deadline).
     pub fn render_view(&self, now: Instant) -> String {
-        view::render(&self.endpoint, &self.repo, &self.counts, &self.dp, now)
+        view::render(
+            &self.endpoint,
+            &self.repo,
+            &self.counts,
+            &self.dp,
+            &self.reconnect,
+            now,
+        )
     }
 
     // ---- internals -----------------------------------------------------------------------

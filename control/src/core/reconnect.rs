@@ -35,15 +35,29 @@ pub enum Why {
     ConnectTimeout,
     /// The peer refused it (authentication, proposals, EAP, a malformed exchange).
     Refused,
+    /// The peer lost the IKE SA (it restarted): a hint (an unprotected INVALID_SPI or
+    /// INVALID_IKE_SPI) started a liveness check that only INVALID_IKE_SPI answered
+    /// (`ike::exchange::hint`): sooner than dead-peer detection.
+    PeerRestarted,
 }
 
 impl Why {
+    /// Every reason, for views that list zeros too.
+    pub const ALL: [Why; 5] = [
+        Why::PeerDeleted,
+        Why::DeadPeer,
+        Why::ConnectTimeout,
+        Why::Refused,
+        Why::PeerRestarted,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Why::PeerDeleted => "peer_deleted",
             Why::DeadPeer => "dead_peer",
             Why::ConnectTimeout => "connect_timeout",
             Why::Refused => "refused",
+            Why::PeerRestarted => "peer_restarted",
         }
     }
 }
@@ -104,6 +118,7 @@ impl Reconnect {
         let (name, was_up) = self.sas.remove(&ike)?;
         let why = match reason {
             DownReason::PeerDeleted => Why::PeerDeleted,
+            DownReason::PeerLostState => Why::PeerRestarted,
             DownReason::Timeout if was_up => Why::DeadPeer,
             DownReason::Timeout => Why::ConnectTimeout,
             DownReason::AuthFailed
@@ -230,6 +245,11 @@ mod tests {
         assert_eq!((name.as_str(), why), ("gw", Why::PeerDeleted));
         // An IKE SA the peer started (not in our books) is not ours to reconnect.
         assert!(r.down(t(9), sa(7), &DownReason::PeerDeleted).is_none());
+        // A peer that lost the IKE SA (a hinted liveness check: `ike`'s `exchange::hint`).
+        r.initiated(sa(8), "gw");
+        r.up(sa(8), "gw");
+        let (_, why, _) = r.down(t(9), sa(8), &DownReason::PeerLostState).unwrap();
+        assert_eq!(why, Why::PeerRestarted);
         // Refusals retry too, on the same back-off.
         r.initiated(sa(5), "other");
         let (_, why, due) = r.down(t(9), sa(5), &DownReason::AuthFailed).unwrap();

@@ -740,3 +740,46 @@ fn an_initiator_reconnects_after_the_gateway_deletes_its_ike_sa_or_disappears() 
     // dead-peer detection here, and A's new IKE SA sends no INITIAL_CONTACT.
     assert_eq!(w.gw(1).core().children().len(), 2);
 }
+
+/// B restarts and loses everything; A's ESP reaches it: B tells A INVALID_SPI (unprotected,
+/// RFC 7296 1.5), A checks B at once, B answers INVALID_IKE_SPI, and A reconnects within the
+/// hint schedule and the first back-off (dead-peer detection alone: minutes), counted as
+/// `peer_restarted` in its view. Nothing of it happens for an SPI B holds.
+#[test]
+fn a_gateway_that_restarted_is_found_by_its_invalid_spi_and_the_client_reconnects() {
+    use crate::core::reconnect::Why;
+    let mut w = pair(1);
+    let ours_out = w.gw(0).core().endpoint().list()[0].3[0].1;
+    let unknown = |spi: u32| DpEvent::UnknownSpi {
+        worker: 0,
+        spi: proto::Spi(spi),
+        src: "192.0.2.1".parse().unwrap(),
+        src_port: 0,
+        dst: "192.0.2.2".parse().unwrap(),
+        packets: 1,
+    };
+    // An SPI B holds (a worker that lost it, a cluster edge): no INVALID_SPI.
+    let b_in = w.gw(1).core().endpoint().list()[0].3[0].0;
+    w.gw(1).link.report(unknown(b_in.0));
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.gw(1).view()["liveness_hints"]["invalid_spi_sent"], 0);
+
+    // B restarts: a new core and data plane at the same address.
+    w.gateway(B, "192.0.2.2", 1);
+    w.gws.swap_remove(1);
+    w.gw(1).link.report(unknown(ours_out.0));
+    w.run_for(Duration::from_millis(2900));
+    assert_eq!(w.gw(0).core().ike_sa_count(), 1, "not on a hint alone");
+    w.run_for(Duration::from_millis(1500));
+    assert_eq!(w.gw(0).core().children().len(), 1, "reconnected");
+    assert_ne!(w.gw(0).core().endpoint().list()[0].3[0].1, ours_out);
+    assert_eq!(
+        w.gw(0).core().reconnects(),
+        (vec![(Why::PeerRestarted, 1)], 1)
+    );
+    let v = w.gw(0).view();
+    assert_eq!(v["reconnects"]["peer_restarted"], 1, "{v}");
+    assert_eq!(v["liveness_hints"]["invalid_spi"], 1, "{v}");
+    assert_eq!(v["liveness_hints"]["peer_lost"], 1, "{v}");
+    assert_eq!(w.gw(1).view()["liveness_hints"]["invalid_spi_sent"], 1);
+}

@@ -239,6 +239,7 @@ pub fn render(
     repo: &SaRepository,
     counts: &IkeCounts,
     dp: &DataplaneReports,
+    reconnect: &super::reconnect::Reconnect,
     now: Instant,
 ) -> String {
     let sas: Vec<serde_json::Value> = endpoint.view(now).iter().map(ike_sa_json).collect();
@@ -249,8 +250,30 @@ pub fn render(
         .into_iter()
         .map(|(r, n)| (r.name().to_string(), n.into()))
         .collect();
+    let h = &stats.hints;
+    let mut reconnects: serde_json::Map<String, serde_json::Value> = super::reconnect::Why::ALL
+        .iter()
+        .map(|w| (w.label().to_string(), 0u64.into()))
+        .collect();
+    for (w, n) in reconnect.counts() {
+        reconnects.insert(w.label().to_string(), n.into());
+    }
+    reconnects.insert("attempts".into(), reconnect.attempts.into());
     serde_json::json!({
         "ike_sas": sas,
+        // Connections we initiate, lost by reason and initiated again (`reconnect`).
+        "reconnects": reconnects,
+        // Unauthenticated hints that an IKE SA is dead and the checks they started
+        // (RFC 7296 1.5, 2.21.4; `ike::HintStats`).
+        "liveness_hints": {
+            "invalid_spi": h.invalid_spi,
+            "invalid_ike_spi": h.invalid_ike_spi,
+            "held_back": h.held_back,
+            "probes": h.probes,
+            "probes_answered": h.answered,
+            "peer_lost": h.peer_lost,
+            "invalid_spi_sent": h.invalid_spi_sent,
+        },
         "children_installed": repo.installed,
         "children_rekeyed": repo.rekeyed,
         "children_removed": repo.removed,

@@ -161,6 +161,7 @@ impl Endpoint {
             redirect: st.redirect,
             peer_additional: st.peer_additional.clone(),
             our_additional: st.our_additional.clone(),
+            eap_identity: st.eap_identity.clone(),
             children: st
                 .children
                 .iter()
@@ -305,6 +306,7 @@ fn build(
     s.nat = r.nat;
     s.peer = Some(cfg);
     s.remote_id = Some(r.remote_id.clone());
+    s.eap_identity = r.eap_identity.clone();
     s.next_request_id = r.next_request_id;
     s.peer_next_id = r.peer_next_id;
     s.last_response = r.last_response.clone();

@@ -48,10 +48,18 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             peer_hashes: &hs.peer_hashes,
             certreqs: &hs.certreqs,
         };
-        ctx.services
-            .auth
-            .sign(&cfg, &input, &actx)
-            .map(|a| (a, ctx.services.auth.extra_payloads(&cfg, &actx)))
+        // An EAP peer signs nothing: its AUTH comes from the MSK, after EAP (RFC 7296 2.16).
+        let eap = ctx
+            .services
+            .eap
+            .as_ref()
+            .is_some_and(|e| e.clients.contains_key(&cfg.name));
+        let auth = if eap {
+            Ok(None)
+        } else {
+            ctx.services.auth.sign(&cfg, &input, &actx).map(Some)
+        };
+        auth.map(|a| (a, ctx.services.auth.extra_payloads(&cfg, &actx)))
     };
     let (auth, extra) = match signed {
         Ok(x) => x,
@@ -61,8 +69,9 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             return;
         }
     };
-    // An EAP peer sends no AUTH in its first request (RFC 7296 2.16).
-    let auth = Some(auth).filter(|_| !super::eap_auth::client_begin(sa, ctx, &cfg));
+    // An EAP peer sends no AUTH in its first request (RFC 7296 2.16); its rounds begin.
+    let eap = super::eap_auth::client_begin(sa, ctx, &cfg);
+    let auth = auth.filter(|_| !eap);
     let child_spi = ctx.child_spi();
     let mut inner = vec![Payload::IdI(idi)];
     inner.extend(extra);

@@ -93,6 +93,7 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         data: data.clone(),
         request: Request::Init,
         tries: 0,
+        hint: None,
     });
     sa.timers.set(
         Timer::Retransmit,

@@ -146,6 +146,7 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
         data,
         request: Request::MidSync { nonce },
         tries: 0,
+        hint: None,
     });
     ctx.stats.mid_sync.started = ctx.stats.mid_sync.started.saturating_add(1);
     true

@@ -28,6 +28,7 @@ pub(crate) mod auth;
 pub(crate) mod child;
 pub(crate) mod eap_auth;
 pub mod gw_move;
+pub(crate) mod hint;
 pub(crate) mod ike_rekey;
 pub(crate) mod info;
 pub(crate) mod init;
@@ -94,7 +95,7 @@ pub(crate) struct AnswerLimit {
 }
 
 impl AnswerLimit {
-    fn allow(&mut self, now: Instant, per_sec: u32) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant, per_sec: u32) -> bool {
         if now.saturating_duration_since(self.window) >= core::time::Duration::from_secs(1) {
             self.window = now;
             self.sent = 0;
@@ -257,6 +258,8 @@ pub(crate) struct Outstanding {
     pub data: Vec<u8>,
     pub request: Request,
     pub tries: u32,
+    /// A hinted liveness check rides on this request (`hint`).
+    pub hint: Option<hint::HintCheck>,
 }
 
 /// Requests waiting for the window.
@@ -467,6 +470,18 @@ pub(crate) fn on_response(
         init::on_response(sa, ctx, local, remote, h, msg);
         return;
     }
+    if h.next_payload != wire::payload::SK && h.next_payload != wire::payload::SKF {
+        // Unprotected: an INVALID_IKE_SPI answer (RFC 7296 2.21.4) is a hint, nothing more.
+        let refused = wire::parse_chain(msg, wire::HEADER_LEN, h.next_payload)
+            .ok()
+            .filter(|c| c.sk.is_none())
+            .is_some_and(|c| find_notify(&c.payloads, notify::INVALID_IKE_SPI).is_some());
+        ctx.count(Reason::NotEncrypted);
+        if refused {
+            hint::on_hint(sa, ctx, hint::Signal::InvalidIkeSpi);
+        }
+        return;
+    }
     let opened = if h.next_payload == wire::payload::SKF {
         match crate::fragment::receive(sa, ctx, h, msg) {
             crate::fragment::Received::Incomplete => return,
@@ -497,6 +512,9 @@ pub(crate) fn on_response(
     let Some(out) = sa.pending.outstanding.take() else {
         return;
     };
+    if out.hint.is_some() {
+        hint::answered(ctx);
+    }
     if find_notify(&payloads, notify::INVALID_SYNTAX).is_some() {
         // Fatal to both ends (RFC 7296 2.21.3).
         release_reserved(ctx, &out.request);
@@ -581,6 +599,7 @@ pub(crate) fn send_request_to(
         data,
         request,
         tries: 0,
+        hint: None,
     });
 }
 
@@ -709,6 +728,9 @@ fn liveness(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
 
 fn retransmit(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     let rt = ctx.config.retransmit;
+    if hint::retransmit(sa, ctx) {
+        return;
+    }
     let Some(out) = sa.pending.outstanding.as_mut() else {
         return;
     };

@@ -6,7 +6,8 @@
 //!
 //! Version 2 added a CHILD_SA's ESP integrity transform id (u16 after its key size; 0 for
 //! AES-GCM); version 3 widened the IKE SA's flags to a u16 (RFC 6311 message-id sync, the
-//! gateway move, RFC 5685 redirect). Versions 1 and 2 are still read.
+//! gateway move, RFC 5685 redirect); version 4 added the EAP identity (an optional string
+//! after the CHILD_SAs). Versions 1 to 3 are still read (no EAP identity).
 //!
 //! The body lists the record's fields in declaration order: integers fixed-size, strings and
 //! byte strings with a u16 length (the last response with a u32 one), lists with a u16 count,
@@ -31,8 +32,10 @@ use crate::ids::{ChildSpi, IkeSpi};
 use crate::proposal::{EspInteg, IkeProposal};
 use crate::wire::{Id, TrafficSelector};
 
-/// The version this code writes; it also reads [`RECORD_VERSION_GCM_ONLY`] and version 2.
-pub const RECORD_VERSION: u16 = 3;
+/// The version this code writes; it also reads [`RECORD_VERSION_GCM_ONLY`], 2 and 3.
+pub const RECORD_VERSION: u16 = 4;
+/// Version 3: no EAP identity.
+const RECORD_VERSION_NO_EAP_IDENTITY: u16 = 3;
 /// Version 2: CHILD_SAs carry their integrity transform; one byte of IKE SA flags.
 const RECORD_VERSION_ONE_BYTE_FLAGS: u16 = 2;
 /// The first version: every CHILD_SA AES-GCM-16, no integrity transform field.
@@ -217,6 +220,13 @@ impl<S: Sink> W<'_, S> {
             self.bytes(&c.key_in);
             self.bytes(&c.key_out);
         }
+        match &r.eap_identity {
+            Some(e) => {
+                self.u8(1);
+                self.str(e);
+            }
+            None => self.u8(0),
+        }
     }
 }
 
@@ -237,6 +247,7 @@ pub(super) fn check_limits(r: &IkeSaRecord) -> Result<(), RecordError> {
         r.peer_additional.len(),
         r.our_additional.len(),
         r.children.len(),
+        r.eap_identity.as_ref().map_or(0, String::len),
     ];
     for c in &r.children {
         lens.extend([
@@ -512,6 +523,14 @@ impl<'a> R<'a> {
             our_additional: self.ips()?,
             // A CHILD_SA takes at least 23 bytes (every length and count zero).
             children: self.list(23, R::child)?,
+            // Versions 1 to 3 did not carry it.
+            eap_identity: if self.version > RECORD_VERSION_NO_EAP_IDENTITY
+                && self.flag("EAP identity option")?
+            {
+                Some(self.str("EAP identity")?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -532,6 +551,7 @@ pub(super) fn decode(b: &[u8]) -> Result<IkeSaRecord, RecordError> {
         return Err(RecordError::Checksum);
     }
     if version != RECORD_VERSION
+        && version != RECORD_VERSION_NO_EAP_IDENTITY
         && version != RECORD_VERSION_ONE_BYTE_FLAGS
         && version != RECORD_VERSION_GCM_ONLY
     {

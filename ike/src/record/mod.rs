@@ -10,7 +10,8 @@
 //! IKE_AUTH and is left out); our outbound IV counter; both message ids and our last response
 //! (a retransmission of the peer's last request is answered with the same bytes); the rekey
 //! deadline and how long ago the peer was last heard, as durations from the moment of export;
-//! whether the virtual IP is a lease from our pool; each CHILD_SA with its SPIs, ESN, key
+//! whether the virtual IP is a lease from our pool; the EAP identity the peer logged in with
+//! (per-user policy keys on it); each CHILD_SA with its SPIs, ESN, key
 //! size, traffic selectors, keys and deadlines. Not in it: work under way (an outstanding
 //! request, queued requests, a half-done rekey). An IKE SA is exported only between exchanges
 //! of ours, and a record is exact when taken after the exporter's last message and before
@@ -189,6 +190,9 @@ pub struct IkeSaRecord {
     pub redirect: bool,
     pub peer_additional: Vec<IpAddr>,
     pub our_additional: Vec<IpAddr>,
+    /// The identity the peer logged in with by EAP (RFC 7296 2.16), or ours when we were the
+    /// EAP peer: what per-user policy keys on, so an adopter has it too (version 4 on).
+    pub eap_identity: Option<String>,
     pub children: Vec<ChildSaRecord>,
 }
 
@@ -228,6 +232,7 @@ impl core::fmt::Debug for IkeSaRecord {
             .field("mid_sync_used", &self.mid_sync_used)
             .field("peer_additional", &self.peer_additional)
             .field("our_additional", &self.our_additional)
+            .field("eap_identity", &self.eap_identity)
             .field("children", &self.children)
             .finish()
     }

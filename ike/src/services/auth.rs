@@ -348,19 +348,15 @@ impl Authenticator for CredentialAuthenticator {
         };
         let mut v = Vec::new();
         let asked = !ctx.certreqs.is_empty();
-        if asked || !k.cert_only_if_asked {
+        if let Some(local) = k.local.as_ref().filter(|_| asked || !k.cert_only_if_asked) {
             // The end entity always; the intermediates too unless every CERTREQ names a CA
             // of ours the peer holds already (an intermediate it has).
             let named = ctx
                 .certreqs
                 .iter()
-                .all(|r| !r.is_empty() && k.local.chain_named_by(r));
-            let send = if asked && named {
-                1
-            } else {
-                k.local.chain.len()
-            };
-            v.extend(k.local.chain.iter().take(send).map(|c| Payload::Cert {
+                .all(|r| !r.is_empty() && local.chain_named_by(r));
+            let send = if asked && named { 1 } else { local.chain.len() };
+            v.extend(local.chain.iter().take(send).map(|c| Payload::Cert {
                 encoding: cert_encoding::X509_SIGNATURE,
                 data: c.as_ref().to_vec(),
             }));
@@ -378,8 +374,9 @@ impl Authenticator for CredentialAuthenticator {
         match &peer.auth {
             Credential::Psk(_) => PskAuthenticator.sign(peer, input, ctx),
             Credential::Pubkey(k) => {
+                let local = k.local.as_ref().ok_or(AuthError::NoCredential)?;
                 let (method, data) =
-                    k.local
+                    local
                         .key
                         .sign(&input.signed_octets(), ctx.peer_hashes, k.rsa_pss)?;
                 Ok(Auth { method, data })

@@ -162,7 +162,7 @@ pub(super) fn cred(
         trust.add_ca_der(&t.der).unwrap();
     }
     Credential::Pubkey(Arc::new(Pubkey {
-        local: LocalCert::new(chain, signing).unwrap(),
+        local: Some(LocalCert::new(chain, signing).unwrap()),
         trust,
         peer_eku: eku,
         rsa_pss,
@@ -722,7 +722,8 @@ fn identities_of_every_type_match_their_san_or_subject() {
     let Credential::Pubkey(k) = &c_cred else {
         unreachable!()
     };
-    let (_, parsed) = x509_parser::parse_x509_certificate(k.local.chain[0].as_ref()).unwrap();
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(k.local.as_ref().unwrap().chain[0].as_ref()).unwrap();
     let dn = Id {
         kind: id_type::DER_ASN1_DN,
         data: parsed.subject().as_raw().to_vec(),
@@ -779,11 +780,13 @@ fn refused_revoked_by_a_crl() {
     assert_eq!(trust.add_crl(crl.pem().unwrap().as_bytes()).unwrap(), 1);
     let k = key(Alg::P256);
     let g = Credential::Pubkey(Arc::new(Pubkey {
-        local: LocalCert::new(
-            vec![issue(&ca, &gw_leaf(), &k, "gw")],
-            SigningKey::from_pem(k.serialize_pem().as_bytes()).unwrap(),
-        )
-        .unwrap(),
+        local: Some(
+            LocalCert::new(
+                vec![issue(&ca, &gw_leaf(), &k, "gw")],
+                SigningKey::from_pem(k.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        ),
         trust,
         peer_eku: PeerEku::Client,
         rsa_pss: false,

@@ -486,3 +486,34 @@ fn ike_retransmissions_while_radius_is_pending_wait_for_the_one_answer() {
         "a retransmitted IKE_AUTH request made no new Access-Request"
     );
 }
+
+#[test]
+fn the_eap_identity_travels_in_the_record_and_an_adopter_shows_it() {
+    let mut p = eap_pair(
+        "alice",
+        "correct horse",
+        Box::new(LocalMschapv2::new(users())),
+    );
+    p.connect();
+    p.drive();
+    assert_up_as(&mut p, "alice");
+    let now = p.now();
+    let gid = p.gw().list()[0].0;
+    let record = p.gw().export(now, gid).unwrap();
+    assert_eq!(record.eap_identity.as_deref(), Some("alice"));
+    let cid = p.client().list()[0].0;
+    assert_eq!(
+        p.client().export(now, cid).unwrap().eap_identity.as_deref(),
+        Some("alice"),
+        "the EAP peer's own record keeps who it logged in as"
+    );
+    let bytes = record.to_bytes().unwrap();
+    let back = crate::record::IkeSaRecord::from_bytes(&bytes).unwrap();
+    assert_eq!(back, record);
+    // Another node adopts it (an HA standby, a cluster node): per-user policy still sees
+    // who the peer is.
+    let mut adopter = endpoint(gateway_cfg(), 9);
+    let id = adopter.adopt(now, &back).unwrap();
+    assert_eq!(adopter.peer_identity(id).as_deref(), Some("alice"));
+    assert_eq!(adopter.view(now)[0].eap_identity.as_deref(), Some("alice"));
+}

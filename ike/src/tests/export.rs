@@ -437,17 +437,24 @@ fn corrupted_truncated_or_unknown_records_are_refused() {
     }
     let content = &bytes[..bytes.len() - 32];
     let mut v2 = content.to_vec();
-    v2[5] = 4;
+    v2[5] = 5;
     assert_eq!(
         IkeSaRecord::from_bytes(&resum(&v2)),
-        Err(RecordError::UnknownVersion(4))
+        Err(RecordError::UnknownVersion(5))
     );
-    // A version 2 record (one byte of flags) still reads, as the same record.
+    // Versions 2 (one byte of flags) and 3 (no EAP identity: the last byte here, none)
+    // still read, as the same record.
     assert!(!record.redirect, "version 2 cannot carry the redirect flag");
+    assert_eq!(record.eap_identity, None);
+    assert_eq!(content[content.len() - 1], 0, "no EAP identity");
+    let without_eap = &content[..content.len() - 1];
+    let mut v3 = without_eap.to_vec();
+    v3[5] = 3;
+    assert_eq!(IkeSaRecord::from_bytes(&resum(&v3)), Ok(record.clone()));
     let mut older = content[..6].to_vec();
     older[5] = 2;
     assert_eq!(content[6], 0, "flags past the first byte");
-    older.extend_from_slice(&content[7..]);
+    older.extend_from_slice(&without_eap[7..]);
     assert_eq!(IkeSaRecord::from_bytes(&resum(&older)), Ok(record.clone()));
     let mut magic = content.to_vec();
     magic[0] = b'X';

@@ -10,7 +10,7 @@ use core::net::{IpAddr, Ipv4Addr};
 
 use super::cbc_burst::OpenLater;
 use super::emit::{decrement_hop_limit, rewrite_inner};
-use super::parse::{outer_addrs, parse_inner, parse_ip, IpInfo};
+use super::parse::{outer_addrs, outer_udp_src_port, parse_inner, parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
 use crate::esp::sa::Encap;
 use crate::esp::tunnel::{self, Decap, Opened};
@@ -297,7 +297,8 @@ impl<P: Port> Worker<P> {
     ) -> Verdict {
         let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let (src, dst) = outer_addrs(f.data()).unwrap_or((unspecified, unspecified));
-        self.report_failure(r, spi, src, dst, now);
+        let src_port = outer_udp_src_port(f.data()).unwrap_or(0);
+        self.report_failure(r, spi, (src, src_port), dst, now);
         Verdict::Drop(r)
     }
 

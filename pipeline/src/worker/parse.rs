@@ -35,6 +35,12 @@ pub(super) fn outer_addrs(frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
     }
 }
 
+/// The UDP source port of an Ethernet + IP frame that carries UDP (ESP in UDP), for reports.
+pub(super) fn outer_udp_src_port(frame: &[u8]) -> Option<u16> {
+    let info = parse_ip(frame).ok()?;
+    (IpProtocol::from(info.key.proto) == IpProtocol::Udp).then_some(info.key.src_port)
+}
+
 /// Parses Ethernet + IP (+ the first transport bytes for the flow key).
 #[inline(always)]
 pub(super) fn parse_ip(frame: &[u8]) -> Result<IpInfo, DropReason> {

@@ -25,12 +25,12 @@ pub(super) const UNKNOWN_SPI_EVERY_NS: u64 = 10_000_000;
 impl<P: Port> Worker<P> {
     /// Tells the control plane about ESP it could not open: an unknown SPI (RFC 4303 3.4.2
     /// auditable event; IKE may answer INVALID_SPI), or an SA's authentication or replay
-    /// failures. Rate-limited; the counts are running totals.
+    /// failures. Rate-limited; the counts are running totals. `src_port`: of ESP in UDP, else 0.
     pub(super) fn report_failure(
         &mut self,
         r: DropReason,
         spi: Spi,
-        src: IpAddr,
+        (src, src_port): (IpAddr, u16),
         dst: IpAddr,
         now: u64,
     ) {
@@ -59,6 +59,7 @@ impl<P: Port> Worker<P> {
                 worker,
                 spi,
                 src,
+                src_port,
                 dst,
                 packets: self.unknown_spi_total,
             }

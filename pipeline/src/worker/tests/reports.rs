@@ -79,7 +79,8 @@ fn unknown_spis_and_forgeries_are_reported_rate_limited() {
     assert_eq!(ev.len(), 2, "{ev:?}");
     assert!(matches!(
         ev[0],
-        Event::UnknownSpi { spi: Spi(0xdead_beef), packets: 1, src, .. }
+        // Bare ESP: no UDP source port (an INVALID_SPI goes to the peer's port 500).
+        Event::UnknownSpi { spi: Spi(0xdead_beef), packets: 1, src, src_port: 0, .. }
             if src == "192.0.2.2".parse::<IpAddr>().unwrap()
     ));
     assert!(matches!(
