@@ -10,6 +10,8 @@
 //!   (watch, pull on a miss), FAM removal, idle expiry, port quarantine, HAM migration, the
 //!   per-user check (`pipeline::masq::access`) on a new flow.
 //!
+//! - [`plane`]: the data-plane tables (`pipeline::masq`) as the node's outputs build them.
+//!
 //! The data-plane half (the FAM's rewrite, the HAM's routes, the ESP forward between nodes)
 //! is `pipeline::masq`.
 #![deny(
@@ -20,6 +22,7 @@
 )]
 
 pub mod node;
+pub mod plane;
 pub mod records;
 #[cfg(test)]
 mod tests;

@@ -783,3 +783,278 @@ fn with_a_slow_store_packets_wait_for_the_answers_they_need() {
         assert_eq!(net.recv(a, *m), InVerdict::Forward("b".into()), "{f:?}");
     }
 }
+
+mod path {
+    //! Real packets through the tables the coordinator's outputs build (`plane`) and ESP
+    //! between the nodes: the client's connection, the server's view, the HAM's forward.
+    use super::*;
+    use crate::nat_coord::plane::{InPath, NodePlane};
+    use pipeline::crypto::{AeadAlg, Backend, EspAlg};
+    use pipeline::esp::sa::{build_inbound, build_outbound, OutboundSa, SaKeys, SaParams};
+    use pipeline::ids::{SaId, Spi};
+    use pipeline::masq::forward::{open_from_ham, seal_to_fam};
+    use pipeline::port::mem::MemFrame;
+    use pipeline::port::Frame;
+    use pipeline::sad::Sad;
+    use pipeline::spd::Prefix;
+    use pipeline::wire::{ipv4, tcp, IpProtocol};
+    use std::net::IpAddr;
+
+    fn tcp_pkt(src: Ipv4Addr, sp: u16, dst: Ipv4Addr, dp: u16, payload: &[u8]) -> Vec<u8> {
+        let r = tcp::Repr {
+            src_port: sp,
+            dst_port: dp,
+            seq_number: 1,
+            ack_number: 1,
+            flags: tcp::Flags::default(),
+            window_len: 1000,
+            payload_len: payload.len(),
+        };
+        let mut l4 = vec![0u8; r.buffer_len()];
+        let mut t = tcp::Packet::new_unchecked(&mut l4[..]);
+        r.emit(&mut t);
+        t.payload_mut().copy_from_slice(payload);
+        t.fill_checksum(&IpAddr::V4(src), &IpAddr::V4(dst));
+        let ip = ipv4::Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: l4.len(),
+            hop_limit: 64,
+            dscp: 0,
+            ecn: 0,
+            ident: 1,
+            dont_frag: true,
+        };
+        let mut b = vec![0u8; ip.buffer_len()];
+        ip.emit(&mut ipv4::Packet::new_unchecked(&mut b[..]));
+        b[20..].copy_from_slice(&l4);
+        b
+    }
+
+    /// Source and destination of a packet whose checksums, recomputed, are right.
+    fn check(pkt: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
+        let p = ipv4::Packet::new_checked(pkt).unwrap();
+        assert!(p.verify_checksum());
+        let t = tcp::Packet::new_checked(&pkt[20..]).unwrap();
+        assert!(t.verify_checksum(&IpAddr::V4(p.src_addr()), &IpAddr::V4(p.dst_addr())));
+        (
+            SocketAddrV4::new(p.src_addr(), t.src_port()),
+            SocketAddrV4::new(p.dst_addr(), t.dst_port()),
+        )
+    }
+
+    fn node_ip(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(203, 0, 113, i as u8 + 1)
+    }
+
+    fn sa(i: usize, j: usize) -> SaParams {
+        let alg = EspAlg::Aead(AeadAlg::AesGcm128);
+        let keymat: Vec<u8> = (0..alg.keymat_len())
+            .map(|k| (k as u8) ^ ((i * 16 + j) as u8))
+            .collect();
+        let spi = 0xb000_0000 | ((i as u32) << 4) | j as u32;
+        SaParams {
+            id: SaId(spi),
+            spi: Spi(spi),
+            keys: SaKeys::from_keymat(alg, &keymat).unwrap(),
+            esn: true,
+            replay_window: 64,
+            local: IpAddr::V4(node_ip(i)),
+            remote: IpAddr::V4(node_ip(j)),
+            encap: None,
+            local_ts: "0.0.0.0/0".parse::<Prefix>().unwrap(),
+            remote_ts: "0.0.0.0/0".parse::<Prefix>().unwrap(),
+            outer_ttl: 64,
+            resume: Default::default(),
+            checkpoint: None,
+            lifetime: Default::default(),
+        }
+    }
+
+    fn backend() -> Backend {
+        [Backend::IpsecMb, Backend::Ring]
+            .into_iter()
+            .find(|b| pipeline::crypto::available(*b))
+            .unwrap()
+    }
+
+    struct Rig {
+        net: Net,
+        planes: Vec<NodePlane>,
+        out: Vec<Vec<Option<OutboundSa>>>,
+        sads: Vec<Sad>,
+        alive: Vec<bool>,
+        /// What the server saw: the connection's source.
+        server_saw: BTreeSet<SocketAddrV4>,
+        forwarded: usize,
+    }
+
+    impl Rig {
+        fn sync(&mut self) {
+            for i in 0..self.planes.len() {
+                for o in self.net.outputs[i].drain(..) {
+                    self.planes[i].apply(&o);
+                }
+            }
+        }
+
+        /// The client at node `i` sends; the server gets it. Returns the source it saw.
+        fn client_sends(&mut self, i: usize, f: Flow) -> SocketAddrV4 {
+            let mut pkt = tcp_pkt(
+                *f.client.ip(),
+                f.client.port(),
+                *f.server.ip(),
+                f.server.port(),
+                b"up",
+            );
+            if self.planes[i].fam.outbound(&mut pkt).is_err() {
+                // A miss: the coordinator decides, its outputs fill the table.
+                self.net.masq(i, f);
+                self.sync();
+                self.planes[i].fam.outbound(&mut pkt).unwrap();
+            }
+            let (src, dst) = check(&pkt);
+            assert_eq!(dst, f.server);
+            self.server_saw.insert(src);
+            src
+        }
+
+        /// The server answers `to`; the node holding the address (the router's choice: the
+        /// live node that serves it) delivers it to the client directly or through the FAM.
+        /// Returns the node that delivered it.
+        fn server_answers(&mut self, to: SocketAddrV4, f: Flow) -> usize {
+            let h = (0..self.planes.len())
+                .find(|i| self.alive[*i] && self.planes[*i].serves.contains(to.ip()))
+                .expect("a live node holds the address");
+            let mut pkt = tcp_pkt(
+                *f.server.ip(),
+                f.server.port(),
+                *to.ip(),
+                to.port(),
+                b"down",
+            );
+            let mut path = self.planes[h].inbound(&mut pkt);
+            if let InPath::Miss(_) = path {
+                let m = MasqAddr {
+                    proto: f.proto,
+                    addr: *to.ip(),
+                    port: to.port(),
+                };
+                let _ = self.net.recv(h, m);
+                self.sync();
+                path = self.planes[h].inbound(&mut pkt);
+            }
+            match path {
+                InPath::Deliver => {
+                    assert_eq!(check(&pkt), (f.server, f.client));
+                    h
+                }
+                InPath::Forward(j) => {
+                    let j = usize::from(j);
+                    let mut frame = MemFrame::from_bytes(&pkt).unwrap();
+                    seal_to_fam(self.out[h][j].as_mut().unwrap(), &mut frame).unwrap();
+                    let outer = ipv4::Packet::new_checked(frame.data()).unwrap();
+                    assert_eq!(outer.next_header(), IpProtocol::Esp);
+                    assert_eq!(
+                        (outer.src_addr(), outer.dst_addr()),
+                        (node_ip(h), node_ip(j))
+                    );
+                    let mut at_j = MemFrame::from_bytes(frame.data()).unwrap();
+                    open_from_ham(&mut self.sads[j], &mut at_j, self.net.now).unwrap();
+                    let mut inner = at_j.data().to_vec();
+                    assert_eq!(
+                        self.planes[j].inbound(&mut inner),
+                        InPath::Deliver,
+                        "forwarded {h} -> {j}: {:?}",
+                        self.planes[j].fam
+                    );
+                    assert_eq!(check(&inner), (f.server, f.client));
+                    self.forwarded += 1;
+                    j
+                }
+                InPath::Miss(e) => panic!("answer to {to} dropped at node {h}: {e:?}"),
+            }
+        }
+    }
+
+    /// A TCP connection from a client that moves a -> b -> c, then its HAM (a) fails, then it
+    /// moves back to b: the server always sees the same source, every answer reaches the
+    /// client (forwarded in ESP by the HAM while the client is elsewhere), checksums right.
+    #[test]
+    fn packets_follow_the_client_and_the_server_sees_one_source() {
+        let mut net = Net::new();
+        let names = ["a", "b", "c"];
+        for (i, n) in names.iter().enumerate() {
+            net.add(Net::params(n, &[addr(i as u8 + 1)]));
+        }
+        let mut planes = Vec::new();
+        let mut out = Vec::new();
+        let mut sads = Vec::new();
+        for i in 0..3 {
+            let mut p = NodePlane::default();
+            let mut row = Vec::new();
+            let mut sad = Sad::with_capacity(8, 9);
+            for (j, n) in names.iter().enumerate() {
+                if i == j {
+                    row.push(None);
+                    continue;
+                }
+                p.links.insert(n.to_string(), j as u16);
+                row.push(Some(build_outbound(backend(), &sa(i, j)).unwrap()));
+                // The inbound half of j -> i.
+                let mut back = sa(j, i);
+                std::mem::swap(&mut back.local, &mut back.remote);
+                sad.insert_inbound(build_inbound(backend(), &back).unwrap());
+            }
+            planes.push(p);
+            out.push(row);
+            sads.push(sad);
+        }
+        let mut rig = Rig {
+            net,
+            planes,
+            out,
+            sads,
+            alive: vec![true; 3],
+            server_saw: BTreeSet::new(),
+            forwarded: 0,
+        };
+        rig.sync();
+        let cl = client(7);
+        let f = flow(Proto::Tcp, cl, 40000, 443);
+        rig.net.attach(0, cl, "alice");
+        rig.sync();
+        let src = rig.client_sends(0, f);
+        assert_eq!(rig.server_answers(src, f), 0);
+        for (from, to) in [(0, 1), (1, 2)] {
+            rig.net.tick(10);
+            rig.net.attach(to, cl, "alice");
+            rig.net.leave(from, cl);
+            // The HAM hears of the registration by its watch on its next turn (the window
+            // in which it still forwards to the old FAM: `docs/masq.md`).
+            rig.net.tick(1);
+            rig.sync();
+            for _ in 0..3 {
+                assert_eq!(rig.client_sends(to, f), src);
+                assert_eq!(rig.server_answers(src, f), to, "delivered by the FAM");
+            }
+        }
+        // a fails; b takes its block and address over after the lease.
+        rig.alive[0] = false;
+        rig.net.kill(0);
+        rig.net.tick(4_000);
+        rig.sync();
+        assert!(rig.planes[1].serves.contains(src.ip()));
+        assert_eq!(rig.client_sends(2, f), src);
+        assert_eq!(rig.server_answers(src, f), 2, "b forwards to c");
+        rig.net.attach(1, cl, "alice");
+        rig.net.leave(2, cl);
+        rig.net.tick(1);
+        rig.sync();
+        assert_eq!(rig.client_sends(1, f), src);
+        assert_eq!(rig.server_answers(src, f), 1, "b is HAM and FAM now");
+        assert_eq!(rig.server_saw.len(), 1, "one source: {:?}", rig.server_saw);
+        assert_eq!(rig.forwarded, 3 + 3 + 1);
+    }
+}
