@@ -15,7 +15,12 @@
 //!   (a PKI made with openssl as in configs/cluster/etcd/README.md), reached through a
 //!   `store:` section; without the password, or over plain HTTP, nothing is read.
 //!
-//! Run time: about 10 s in all. Needs `etcd` and `etcdctl` (prints SKIP without them unless
+//! - `masq_coordinator_on_etcd` (issue 21): two coordinator nodes (`control::nat_coord`) on
+//!   etcd: a connection homed at a, its client moving to b (a learns it by the watch and
+//!   forwards to b), a dying unannounced: b takes its block and address over after the lease
+//!   (2 s); prints `masq_store case=etcd alloc_ms=.. push_ms=.. takeover_ms=..`.
+//!
+//! Run time: about 14 s in all (the masq case about 4 s). Needs `etcd` and `etcdctl` (prints SKIP without them unless
 //! ROAMGATE_REQUIRE_TOOLS=1). Uses free loopback ports only; run under the shared lock with
 //! the other multi-process tests: `flock -o /tmp/roamgate-netns.lock cargo test -p
 //! roamgate-tests --test cluster_store -- --nocapture`.
@@ -490,4 +495,127 @@ fn tls_and_auth_through_the_store_section() {
     plain.request_timeout = Duration::from_millis(500);
     assert!(EtcdStore::connect(plain).is_err());
     println!("cluster_store case=tls_auth ok");
+}
+
+/// The routing coordinator of issue 21 on a real etcd (3 members): node a homes a client's
+/// connection (held until etcd committed it), the client moves to b, whose registration
+/// reaches a by the watch (a then forwards to b); a dies without a word (its store
+/// connection dropped): its lease runs out and b takes its block and address over and
+/// delivers the answers itself. Prints the latencies it saw (wall clock, one run):
+/// `masq_store case=etcd alloc_ms=.. push_ms=.. takeover_ms=..`.
+#[test]
+fn masq_coordinator_on_etcd() {
+    use control::nat_coord::{Flow, InVerdict, MasqNode, MasqParams, OutVerdict, Output, Proto};
+    use pipeline::masq::access::AccessTable;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    let Some(cluster) = etcd::cluster("masq_store", 3) else {
+        return;
+    };
+    let eps = cluster.endpoints();
+    let t0 = Instant::now();
+    let now = || t0.elapsed().as_millis() as u64;
+    let node = |name: &str, a: Ipv4Addr, first: usize| {
+        let mut p = MasqParams::new(
+            Name::new("masq-it").unwrap(),
+            Name::new(name).unwrap(),
+            vec![a],
+        );
+        p.node_ttl_s = 2;
+        // Another member first for each node: the watch crosses members.
+        let mut e = eps.clone();
+        e.rotate_left(first);
+        let mut n = MasqNode::new(p, connect(e), sealer(), Arc::new(AccessTable::allow_all()));
+        n.start(now());
+        n
+    };
+    let drive =
+        |n: &mut MasqNode<EtcdStore>,
+         out: &mut Vec<Output>,
+         until: &mut dyn FnMut(&mut MasqNode<EtcdStore>, &[Output]) -> bool| {
+            let deadline = Instant::now() + T;
+            loop {
+                n.handle_timeout(now());
+                while let Some(o) = n.poll_output() {
+                    out.push(o);
+                }
+                if until(n, out) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "timed out; outputs {out:?}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+    let (addr_a, addr_b) = (
+        Ipv4Addr::new(198, 51, 100, 1),
+        Ipv4Addr::new(198, 51, 100, 2),
+    );
+    let mut a = node("a", addr_a, 0);
+    let mut b = node("b", addr_b, 1);
+    let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+    drive(&mut a, &mut out_a, &mut |n, _| n.is_ready());
+    drive(&mut b, &mut out_b, &mut |n, _| n.is_ready());
+
+    let client = Ipv4Addr::new(10, 9, 0, 2);
+    let f = Flow {
+        proto: Proto::Tcp,
+        client: SocketAddrV4::new(client, 40000),
+        server: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 80), 443),
+    };
+    a.client_attached(client, "alice", now());
+    drive(&mut a, &mut out_a, &mut |_, _| true);
+    // The first packet waits for etcd: the block claim, its (empty) read, the create.
+    let started = Instant::now();
+    let m = loop {
+        match a.outbound(f, now()) {
+            OutVerdict::Rewrite(m) => break m,
+            OutVerdict::Hold => drive(&mut a, &mut out_a, &mut |_, o| {
+                o.contains(&Output::Retry(f))
+            }),
+            other => panic!("{other:?}"),
+        }
+        out_a.retain(|x| *x != Output::Retry(f));
+    };
+    let alloc_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(m.addr, addr_a);
+    assert_eq!(a.inbound(m, now()), InVerdict::Local(f));
+
+    // The client moves to b: b reads its flows, registers; a hears it by the watch.
+    let moved = Instant::now();
+    b.client_attached(client, "alice", now());
+    drive(&mut b, &mut out_b, &mut |_, o| {
+        o.contains(&Output::FamInstall { flow: f, masq: m })
+    });
+    a.client_left(client, now());
+    drive(&mut a, &mut out_a, &mut |_, o| {
+        o.contains(&Output::Route {
+            masq: m,
+            fam: Some("b".into()),
+        })
+    });
+    let push_ms = moved.elapsed().as_secs_f64() * 1e3;
+    assert!(matches!(b.outbound(f, now()), OutVerdict::Rewrite(x) if x == m));
+    assert_eq!(a.inbound(m, now()), InVerdict::Forward("b".into()));
+
+    // a dies: its etcd connection goes with it, its lease is no longer kept alive.
+    drop(a);
+    let died = Instant::now();
+    drive(&mut b, &mut out_b, &mut |_, o| {
+        o.contains(&Output::Serve(addr_a))
+    });
+    let takeover_ms = died.elapsed().as_secs_f64() * 1e3;
+    let mut v = InVerdict::Hold;
+    drive(&mut b, &mut out_b, &mut |n, _| {
+        v = n.inbound(m, now());
+        v != InVerdict::Hold
+    });
+    assert_eq!(v, InVerdict::Local(f), "b delivers a's connection itself");
+    assert!(matches!(b.outbound(f, now()), OutVerdict::Rewrite(x) if x == m));
+    assert_eq!(b.stats.blocks_taken, 1);
+    assert_eq!(b.stats.bad_records, 0);
+    // The lease is 2 s: the takeover cannot have come before it ran out.
+    assert!(takeover_ms >= 1500.0, "takeover after {takeover_ms} ms");
+    println!(
+        "masq_store case=etcd alloc_ms={alloc_ms:.1} push_ms={push_ms:.1} takeover_ms={takeover_ms:.0} (lease ttl 2 s)"
+    );
 }

@@ -9,6 +9,8 @@
 //!   `driver::inproc` is the in-process link (the shared-memory one is the appliance's).
 //! - `cluster`: a crypto node and its edges (the SA carrier messages, placement, the forwarder).
 //! - `ha`: the HA pair (roles, sync log and records, the nonce arithmetic of takeover).
+//! - `nat_coord`: connections that follow a moving client (issue 21): the routing
+//!   coordinator's records in the cluster store and each node's HAM/FAM logic, sans-IO.
 #![deny(unsafe_code)]
 
 pub mod cluster;
@@ -16,6 +18,7 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod ha;
+pub mod nat_coord;
 pub mod repo;
 #[cfg(test)]
 mod testing;

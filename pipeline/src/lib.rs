@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod esp;
 pub mod handoff;
 pub mod ids;
+pub mod masq;
 pub mod msg;
 pub mod nat;
 pub mod neighbor;
