@@ -3,10 +3,13 @@
 //! Sender-ID allocation (section 2.5), GSA_REKEY to every member (section 2.4.1), member
 //! removal, activation and deactivation delays (GWP_ATD, GWP_DTD).
 //!
-//! Generations: each rekey makes a new Data-Security SA (new SPI from the group range, new key)
-//! and allocates Sender-IDs afresh for the members of that moment. A Sender-ID is never given
-//! twice under one key: the IDs of a removed member stay taken until the next generation, so
-//! an exhausted space is answered with REGISTRATION_FAILED and freed only by a rekey.
+//! Generations: each rekey makes a new Data-Security SA (new SPI from the group range, new
+//! key). Sender-IDs follow RFC 9838 section 2.5.1: one counter from zero, a new value for every
+//! registration of a sender, never given again; the member uses it on every Data-Security SA
+//! (section 2.5.2), so GSA_REKEY carries none (GM_SENDER_ID is registration-only). When the
+//! counter reaches the end of the GWP_SENDER_ID_BITS space, registrations of senders are
+//! answered REGISTRATION_FAILED (the RFC's remedy, excluding every member so all re-register
+//! under new SAs with a fresh counter, is not done yet: docs/group.md).
 //!
 //! Keys in KD are wrapped under the default KEK of the registration's IKE SA (registration) or
 //! under the member's own KEK (GSA_REKEY, sent to each member on its own): a removed member
@@ -19,7 +22,6 @@
 //! key; read a clock or a socket.
 
 use core::time::Duration;
-use std::collections::BTreeMap;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -29,8 +31,8 @@ use crate::crypto::{Secret, SkCipher};
 use crate::group::keys::{gcm_keymat_len, Kek, KEK_LEN};
 use crate::group::rekey;
 use crate::group::wire::{
-    group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto, Attr, GroupPayload,
-    GroupPolicy, Gsa, Kd, KeyBag,
+    group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto, transform as gtransform,
+    Attr, GroupPayload, GroupPolicy, Gsa, Kd, KeyBag,
 };
 use crate::time::Instant;
 use crate::wire::{self, Id, Payload, TrafficSelector, Transform};
@@ -39,7 +41,9 @@ use crate::wire::{self, Id, Payload, TrafficSelector, Transform};
 /// for unicast CHILD_SAs, so a lookup by SPI alone stays unambiguous.
 pub use crate::services::spi::{GROUP_SPI_MASK, GROUP_SPI_PREFIX};
 
-/// Rekey SA key material: AES-256-GCM key and salt for the SK payload.
+/// Rekey SA key material: AES-256-GCM key and salt for the SK payload (GSK_e; GSK_a is empty
+/// with an AEAD). The RFC appends GSK_w, the Rekey SA's default KWK (section 3.1.1); roamgate
+/// wraps GSA_REKEY keys under each member's own KWK instead, so it sends no GSK_w.
 const REKEY_KEYMAT_LEN: usize = 36;
 
 /// The group's policy.
@@ -92,14 +96,14 @@ struct Generation {
     spi: u32,
     keymat: Secret,
     expires: Instant,
-    /// Sender-ID -> member index; an ID once given stays taken for this generation.
-    sender_ids: BTreeMap<u32, usize>,
 }
 
 struct MemberEntry {
     id: Id,
     kek: Kek,
     sender: bool,
+    /// From its latest registration (a new one each registration, section 2.5.1).
+    sender_id: Option<u32>,
     registered: bool,
     removed: bool,
 }
@@ -131,6 +135,8 @@ pub struct Gcks {
     gens: Vec<Generation>,
     members: Vec<MemberEntry>,
     next_kek_id: u32,
+    /// The Sender-ID counter (section 2.5.1): the next value to allocate.
+    next_sender_id: u32,
     rekey_at: Instant,
     stats: GcksStats,
 }
@@ -159,6 +165,7 @@ impl Gcks {
             gens: Vec::new(),
             members: Vec::new(),
             next_kek_id: 1,
+            next_sender_id: 0,
             rekey_at: now,
             stats: GcksStats::default(),
             cfg,
@@ -176,14 +183,13 @@ impl Gcks {
         self.gens.last().map(|g| g.spi)
     }
 
-    /// The Sender-IDs of the newest generation: (Sender-ID, member identity).
+    /// The Sender-IDs of the members not removed: (Sender-ID, member identity).
     pub fn sender_ids(&self) -> Vec<(u32, Id)> {
-        self.gens.last().map_or_else(Vec::new, |g| {
-            g.sender_ids
-                .iter()
-                .filter_map(|(s, m)| self.members.get(*m).map(|e| (*s, e.id.clone())))
-                .collect()
-        })
+        self.members
+            .iter()
+            .filter(|m| m.registered && !m.removed)
+            .filter_map(|m| m.sender_id.map(|s| (s, m.id.clone())))
+            .collect()
     }
 
     fn new_generation(&mut self, now: Instant) {
@@ -195,20 +201,11 @@ impl Gcks {
         };
         let mut km = Zeroizing::new(vec![0u8; gcm_keymat_len(self.cfg.key_bits)]);
         self.rng.fill_bytes(&mut km);
-        let mut gen = Generation {
+        let gen = Generation {
             spi,
             keymat: km,
             expires: now.saturating_add(self.cfg.lifetime),
-            sender_ids: BTreeMap::new(),
         };
-        // Sender-IDs afresh for the current senders, in member order.
-        let mut next = 0u32;
-        for (i, m) in self.members.iter().enumerate() {
-            if m.registered && !m.removed && m.sender && next < self.sender_id_space() {
-                gen.sender_ids.insert(next, i);
-                next = next.saturating_add(1);
-            }
-        }
         // Generations members have dropped (past their expiry) go.
         self.gens.retain(|g| g.expires > now);
         self.gens.push(gen);
@@ -238,8 +235,13 @@ impl Gcks {
                 Ok(_) => {}
                 Err(_) => return self.refuse(wire::notify::INVALID_SYNTAX),
             }
-            if let Payload::Notify { kind, .. } = p {
+            if let Payload::Notify { kind, data, .. } = p {
                 if *kind == notify::GROUP_SENDER {
+                    // The data is a 4-octet count of Sender-IDs wanted (section 4.7.4); one
+                    // is allocated whatever the count (a policy bound of one, section 2.5.1).
+                    if data.len() != 4 {
+                        return self.refuse(wire::notify::INVALID_SYNTAX);
+                    }
                     sender = true;
                 }
             }
@@ -263,6 +265,7 @@ impl Gcks {
                     id: peer.clone(),
                     kek,
                     sender,
+                    sender_id: None,
                     registered: false,
                     removed: false,
                 });
@@ -272,40 +275,24 @@ impl Gcks {
         if self.members.get(idx).is_some_and(|m| m.removed) {
             return self.refuse(notify::AUTHORIZATION_FAILED);
         }
-        // A Sender-ID in the newest generation (kept if this member already has one).
+        // A new Sender-ID for every registration of a sender, never one given before.
+        let mut sender_id = None;
         if sender {
-            let space = self.sender_id_space();
-            let gen = self.gens.last_mut().ok_or(notify::REGISTRATION_FAILED)?;
-            if !gen.sender_ids.values().any(|m| *m == idx) {
-                match (0..space).find(|s| !gen.sender_ids.contains_key(s)) {
-                    Some(s) => {
-                        gen.sender_ids.insert(s, idx);
-                    }
-                    None => {
-                        self.stats.sender_id_exhausted =
-                            self.stats.sender_id_exhausted.saturating_add(1);
-                        // A rekey frees the IDs of members that left; ask for one now if
-                        // that would make room.
-                        let live = self
-                            .members
-                            .iter()
-                            .filter(|m| m.registered && !m.removed && m.sender)
-                            .count();
-                        if u32::try_from(live).unwrap_or(u32::MAX) < space {
-                            self.rekey_at = now;
-                        }
-                        return self.refuse(notify::REGISTRATION_FAILED);
-                    }
-                }
+            if self.next_sender_id >= self.sender_id_space() {
+                self.stats.sender_id_exhausted = self.stats.sender_id_exhausted.saturating_add(1);
+                return self.refuse(notify::REGISTRATION_FAILED);
             }
+            sender_id = Some(self.next_sender_id);
+            self.next_sender_id = self.next_sender_id.saturating_add(1);
         }
         if let Some(m) = self.members.get_mut(idx) {
             m.registered = true;
             m.sender = sender;
+            m.sender_id = sender_id;
         }
         self.stats.registered = self.stats.registered.saturating_add(1);
         let mut out = vec![GroupPayload::IdG(self.cfg.group.clone()).to_payload()];
-        out.push(GroupPayload::Gsa(self.gsa(true)).to_payload());
+        out.push(GroupPayload::Gsa(self.gsa(true, now)).to_payload());
         out.push(GroupPayload::Kd(self.kd(idx, default_kek, true)).to_payload());
         Ok(out)
     }
@@ -365,7 +352,7 @@ impl Gcks {
                 replaced = Some(old_cipher);
             }
         }
-        let gsa = GroupPayload::Gsa(self.gsa(false)).to_payload();
+        let gsa = GroupPayload::Gsa(self.gsa(false, now)).to_payload();
         let copies: Vec<(Id, Payload)> = self
             .members
             .iter()
@@ -397,34 +384,58 @@ impl Gcks {
         out
     }
 
+    /// A Data-Security SA's transforms (section 4.4.2.1: ENCR and SN mandatory for ESP): AES-
+    /// GCM-16 (explicit IV: section 2.7 forbids implicit-IV transforms), and "32-bit Unspecified
+    /// Numbers" since many senders share the SA (section 4.4.2.1.3).
     fn transforms(&self) -> Vec<Transform> {
-        vec![Transform {
-            kind: wire::transform::ENCR,
-            id: wire::transform::ENCR_AES_GCM_16,
-            key_len: Some(self.cfg.key_bits),
-        }]
+        vec![
+            Transform {
+                kind: wire::transform::ENCR,
+                id: wire::transform::ENCR_AES_GCM_16,
+                key_len: Some(self.cfg.key_bits),
+            },
+            Transform {
+                kind: gtransform::SN,
+                id: gtransform::SN_32BIT_UNSPECIFIED,
+                key_len: None,
+            },
+        ]
     }
 
     /// The GSA payload: the Rekey SA, every live Data-Security SA (newest last), the GWP.
-    fn gsa(&self, registration: bool) -> Gsa {
+    fn gsa(&self, registration: bool, now: Instant) -> Gsa {
+        // The Rekey SA: ENCR (AEAD, so no INTEG), GCAUTH only at registration (section
+        // 4.4.2.1), KWA; its selectors name UDP from and to any address (rekeys go to each
+        // member by unicast here, not to a multicast group).
+        let mut rekey_transforms = vec![Transform {
+            kind: wire::transform::ENCR,
+            id: wire::transform::ENCR_AES_GCM_16,
+            key_len: Some(256),
+        }];
+        if registration {
+            rekey_transforms.push(Transform {
+                kind: gtransform::GCAUTH,
+                id: gtransform::GCAUTH_IMPLICIT,
+                key_len: None,
+            });
+        }
+        rekey_transforms.push(Transform {
+            kind: gtransform::KWA,
+            id: gtransform::KW_5649_256,
+            key_len: None,
+        });
         let mut policies = vec![GroupPolicy::Rekey {
             spi: self.rekey_spi,
-            transforms: vec![
-                Transform {
-                    kind: wire::transform::ENCR,
-                    id: wire::transform::ENCR_AES_GCM_16,
-                    key_len: Some(256),
-                },
-                Transform {
-                    kind: crate::group::wire::transform::KWA,
-                    id: crate::group::wire::transform::KW_5649_256,
-                    key_len: None,
-                },
+            src: any_udp(),
+            dst: any_udp(),
+            transforms: rekey_transforms,
+            attrs: vec![
+                lifetime_attr(self.cfg.lifetime),
+                Attr::tlv(
+                    gsa_attr::GSA_INITIAL_MESSAGE_ID,
+                    self.next_message_id.to_be_bytes().to_vec(),
+                ),
             ],
-            attrs: vec![Attr::tlv(
-                gsa_attr::GSA_INITIAL_MESSAGE_ID,
-                self.next_message_id.to_be_bytes().to_vec(),
-            )],
         }];
         // A rekey carries the new generation only; a registration all that are live.
         let gens: Vec<&Generation> = if registration {
@@ -439,10 +450,7 @@ impl Gcks {
                 src: self.cfg.src,
                 dst: self.cfg.dst,
                 transforms: self.transforms(),
-                attrs: vec![Attr::tlv(
-                    gsa_attr::GSA_KEY_LIFETIME,
-                    self.cfg.lifetime.as_secs().to_be_bytes().to_vec(),
-                )],
+                attrs: vec![lifetime_attr(g.expires.saturating_duration_since(now))],
             });
         }
         policies.push(GroupPolicy::GroupWide {
@@ -459,8 +467,8 @@ impl Gcks {
     }
 
     /// The KD payload for member `idx`, keys wrapped under `kek`: the Rekey SA's key, the
-    /// Data-Security SAs' keys, and the member's own bag (its KEK at registration, its
-    /// Sender-ID in the newest generation).
+    /// Data-Security SAs' keys, and at registration only the member's own bag (its KWK and
+    /// its Sender-ID: section 4.5.3 sends the Member Key Bag at registration only).
     fn kd(&self, idx: usize, kek: &Kek, registration: bool) -> Kd {
         let mut bags = vec![KeyBag::Group {
             protocol: proto::GIKE_UPDATE,
@@ -485,27 +493,39 @@ impl Gcks {
                 )],
             });
         }
-        let mut attrs = Vec::new();
         if registration {
             if let Some(m) = self.members.get(idx) {
-                let mut v = m.kek.id.to_be_bytes().to_vec();
-                v.extend_from_slice(&kek.wrap(m.kek.key_bytes()).to_bytes());
-                attrs.push(Attr::tlv(member_key_attr::WRAP_KEY, v));
-            }
-        }
-        if let Some(g) = self.gens.last() {
-            for (s, m) in &g.sender_ids {
-                if *m == idx {
-                    let mut v = g.spi.to_be_bytes().to_vec();
-                    v.extend_from_slice(&s.to_be_bytes());
-                    attrs.push(Attr::tlv(member_key_attr::GM_SENDER_ID, v));
+                let mut attrs = vec![Attr::tlv(
+                    member_key_attr::WRAP_KEY,
+                    kek.wrap_key(m.kek.id, m.kek.key_bytes()).to_bytes(),
+                )];
+                if let Some(s) = m.sender_id {
+                    attrs.push(Attr::tlv(
+                        member_key_attr::GM_SENDER_ID,
+                        s.to_be_bytes().to_vec(),
+                    ));
                 }
+                bags.push(KeyBag::Member { attrs });
             }
-        }
-        if !attrs.is_empty() {
-            bags.push(KeyBag::Member { attrs });
         }
         Kd { bags }
+    }
+}
+
+/// GSA_KEY_LIFETIME: 4 octets of seconds (section 4.4.2.2.1).
+fn lifetime_attr(d: Duration) -> Attr {
+    let secs = u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    Attr::tlv(gsa_attr::GSA_KEY_LIFETIME, secs.to_be_bytes().to_vec())
+}
+
+/// A traffic selector for UDP from or to any IPv4 address and port.
+fn any_udp() -> TrafficSelector {
+    TrafficSelector {
+        protocol: 17,
+        start_port: 0,
+        end_port: 65535,
+        start: core::net::IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED),
+        end: core::net::IpAddr::V4(core::net::Ipv4Addr::BROADCAST),
     }
 }
 

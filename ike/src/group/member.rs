@@ -16,8 +16,8 @@ use crate::crypto::{Secret, SkCipher};
 use crate::group::keys::{gcm_keymat_len, Kek, KEK_LEN};
 use crate::group::rekey::{self, RekeyError};
 use crate::group::wire::{
-    find_attr, group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto, GroupPayload,
-    GroupPolicy, KeyBag, WrappedKey,
+    find_attr, group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto,
+    transform as gtransform, GroupPayload, GroupPolicy, KeyBag, WrappedKey,
 };
 use crate::time::Instant;
 use crate::wire::{self, Id, Payload};
@@ -26,7 +26,8 @@ use crate::wire::{self, Id, Payload};
 pub struct MemberSa {
     pub spi: u32,
     pub keymat: Secret,
-    /// This member's Sender-ID on this SA (senders only).
+    /// This member's Sender-ID (senders only): the one from its registration, used on every
+    /// Data-Security SA (RFC 9838 section 2.5.2).
     pub sender_id: Option<u32>,
     pub sender_id_bits: u8,
     /// From when this member sends on it.
@@ -64,6 +65,8 @@ pub struct MemberStats {
 pub struct Member {
     group: Id,
     sender: bool,
+    /// From the latest registration (GM_SENDER_ID; rekeys carry none).
+    sender_id: Option<u32>,
     kek: Option<Kek>,
     rekey: Option<RekeySa>,
     sas: Vec<MemberSa>,
@@ -86,7 +89,7 @@ impl core::fmt::Debug for Member {
 struct Update {
     rekey: Option<([u8; 16], u32, Secret)>,
     data: Vec<(u32, Secret)>,
-    sender_ids: Vec<(u32, u32)>,
+    sender_id: Option<u32>,
     atd: Option<Duration>,
     dtd: Option<Duration>,
     bits: u8,
@@ -98,6 +101,7 @@ impl Member {
         Member {
             group,
             sender,
+            sender_id: None,
             kek: None,
             rekey: None,
             sas: Vec::new(),
@@ -116,11 +120,14 @@ impl Member {
     }
 
     /// The payloads of a GSA_AUTH / GSA_REGISTRATION request (inside SK): IDg, and
-    /// GROUP_SENDER when this member sends.
+    /// GROUP_SENDER when this member sends (its data: a 4-octet count of Sender-IDs, one).
     pub fn registration_request(&self) -> Vec<Payload> {
         let mut v = vec![GroupPayload::IdG(self.group.clone()).to_payload()];
         if self.sender {
-            v.push(Payload::notify(notify::GROUP_SENDER, Vec::new()));
+            v.push(Payload::notify(
+                notify::GROUP_SENDER,
+                1u32.to_be_bytes().to_vec(),
+            ));
         }
         v
     }
@@ -136,6 +143,7 @@ impl Member {
             self.stats.refused = self.stats.refused.saturating_add(1);
         })?;
         self.kek = u.kek.take();
+        self.sender_id = u.sender_id;
         self.sas.clear();
         self.apply(now, u, true);
         Ok(())
@@ -201,7 +209,7 @@ impl Member {
         let mut u = Update {
             rekey: None,
             data: Vec::new(),
-            sender_ids: Vec::new(),
+            sender_id: None,
             atd: None,
             dtd: None,
             bits: 0,
@@ -219,7 +227,12 @@ impl Member {
                         let a = find_attr(attrs, group_key_attr::SA_KEY)
                             .and_then(|a| a.bytes())
                             .ok_or(RekeyError::Missing("SA_KEY"))?;
-                        return Ok(kek.unwrap(&WrappedKey::parse(a)?)?);
+                        let w = WrappedKey::parse(a)?;
+                        // SA_KEY holds SA key material: Key ID 0 (section 4.5.2.1).
+                        if w.key_id != 0 {
+                            return Err(RekeyError::Policy("SA_KEY with a Key ID"));
+                        }
+                        return Ok(kek.unwrap(&w)?);
                     }
                 }
             }
@@ -242,14 +255,33 @@ impl Member {
                     transforms,
                     ..
                 } => {
-                    // AES-GCM-16 only (explicit IV): anything else is refused.
-                    let t = match transforms.as_slice() {
-                        [t] if t.kind == wire::transform::ENCR
-                            && t.id == wire::transform::ENCR_AES_GCM_16 =>
-                        {
-                            t
+                    // AES-GCM-16 only (explicit IV) and the mandatory Sequence Numbers
+                    // transform (section 4.4.2.1); anything else is refused.
+                    let mut encr = None;
+                    let mut sn = false;
+                    for t in transforms {
+                        match t.kind {
+                            wire::transform::ENCR
+                                if encr.is_none() && t.id == wire::transform::ENCR_AES_GCM_16 =>
+                            {
+                                encr = Some(t)
+                            }
+                            gtransform::SN
+                                if !sn
+                                    && matches!(
+                                        t.id,
+                                        gtransform::SN_32BIT_SEQUENTIAL
+                                            | gtransform::SN_32BIT_UNSPECIFIED
+                                    ) =>
+                            {
+                                sn = true
+                            }
+                            _ => return Err(RekeyError::Policy("data SA transform")),
                         }
-                        _ => return Err(RekeyError::Policy("data SA transform")),
+                    }
+                    let t = match (encr, sn) {
+                        (Some(t), true) => t,
+                        _ => return Err(RekeyError::Policy("data SA transforms missing")),
                     };
                     let bits = t.key_len.ok_or(RekeyError::Policy("key length"))?;
                     if *protocol != proto::ESP || !matches!(bits, 128 | 256) {
@@ -293,35 +325,32 @@ impl Member {
                         continue;
                     };
                     match a.kind {
-                        member_key_attr::GM_SENDER_ID => {
-                            let (spi, sid) = v
-                                .split_at_checked(4)
-                                .ok_or(RekeyError::Policy("GM_SENDER_ID"))?;
-                            let spi = u32::from_be_bytes(
-                                spi.try_into()
-                                    .map_err(|_| RekeyError::Policy("GM_SENDER_ID"))?,
-                            );
+                        // Section 4.5.3.3: registration only; the value is the Sender-ID
+                        // (4 octets here: the RFC gives no width, GROUP_SENDER's count is 4).
+                        member_key_attr::GM_SENDER_ID if registration => {
                             let sid = u32::from_be_bytes(
-                                sid.try_into()
+                                <[u8; 4]>::try_from(v)
                                     .map_err(|_| RekeyError::Policy("GM_SENDER_ID"))?,
                             );
-                            if sid >> u.bits != 0 {
+                            if u64::from(sid) >> u.bits != 0 {
                                 return Err(RekeyError::Policy("Sender-ID wider than its bits"));
                             }
-                            u.sender_ids.push((spi, sid));
+                            // One is asked for; the first is used.
+                            u.sender_id.get_or_insert(sid);
                         }
+                        // Section 4.5.3.1: a wrapped key with a non-zero Key ID (the new KWK's
+                        // id), wrapped under the default KWK of the IKE SA.
                         member_key_attr::WRAP_KEY if registration => {
-                            let (id, w) = v
-                                .split_at_checked(4)
-                                .ok_or(RekeyError::Policy("WRAP_KEY"))?;
-                            let id = u32::from_be_bytes(
-                                id.try_into().map_err(|_| RekeyError::Policy("WRAP_KEY"))?,
-                            );
-                            let k = kek.unwrap(&WrappedKey::parse(w)?)?;
+                            let w = WrappedKey::parse(v)?;
+                            let id = w.key_id;
+                            let k = kek.unwrap(&w)?;
                             if id == 0 || k.len() != KEK_LEN {
                                 return Err(RekeyError::Policy("WRAP_KEY"));
                             }
                             u.kek = Kek::new(id, &k);
+                        }
+                        member_key_attr::GM_SENDER_ID | member_key_attr::WRAP_KEY => {
+                            return Err(RekeyError::Policy("member key bag in a rekey"));
                         }
                         _ => {}
                     }
@@ -331,12 +360,13 @@ impl Member {
         if registration && u.kek.is_none() {
             return Err(RekeyError::Missing("WRAP_KEY"));
         }
-        if self.sender
-            && !u
-                .sender_ids
-                .iter()
-                .any(|(s, _)| u.data.iter().any(|(d, _)| d == s))
-        {
+        // A sender without a Sender-ID must not install the SAs (section 2.4.1.4).
+        let held = if registration {
+            u.sender_id
+        } else {
+            self.sender_id
+        };
+        if self.sender && held.is_none_or(|s| u64::from(s) >> u.bits != 0) {
             return Err(RekeyError::Policy("no Sender-ID for a sender"));
         }
         Ok(u)
@@ -379,11 +409,7 @@ impl Member {
             } else {
                 Some(now.saturating_add(self.dtd))
             };
-            let sender_id = u
-                .sender_ids
-                .iter()
-                .find(|(s, _)| *s == spi)
-                .map(|(_, id)| *id);
+            let sender_id = self.sender_id;
             // A newer SA retires the ones we have: kept for receiving until the DTD.
             if newest {
                 for old in self.sas.iter_mut().filter(|s| s.until.is_none()) {

@@ -399,8 +399,10 @@ fn removed_member_is_locked_out() {
     );
 }
 
-/// Two Sender-ID bits: four senders. The fifth is refused until a rekey frees the ID of a
-/// member that was removed; no Sender-ID is ever held by two members under one SA.
+/// Two Sender-ID bits: four Sender-IDs. RFC 9838 section 2.5.1: one counter, a new value
+/// for every registration of a sender, never given again. The fifth sender is refused, and
+/// stays refused after a removal and its rekey (the removed member's ID is not reused); a
+/// member keeps its ID across rekeys (section 2.5.2) and no ID is held by two members.
 #[test]
 fn sender_id_exhaustion() {
     let cfg = config(5, 2);
@@ -411,6 +413,11 @@ fn sender_id_exhaustion() {
     for (i, m) in ms.iter_mut().take(4).enumerate() {
         register(&mut g, m, i, at(0)).unwrap();
     }
+    let first: Vec<u32> = ms[..4]
+        .iter()
+        .map(|m| m.sas()[0].sender_id.unwrap())
+        .collect();
+    assert_eq!(first, [0, 1, 2, 3]);
     let req = ms[4].registration_request();
     assert_eq!(
         g.register(at(0), &ids(5)[4], &ike_kek(4), &req),
@@ -421,15 +428,20 @@ fn sender_id_exhaustion() {
     for o in &out {
         ms[index_of(&o.to)].on_rekey(at(1_000), &o.msg).unwrap();
     }
-    register(&mut g, &mut ms[4], 4, at(1_000)).unwrap();
+    assert_eq!(
+        g.register(at(1_000), &ids(5)[4], &ike_kek(4), &req),
+        Err(notify::REGISTRATION_FAILED)
+    );
+    assert_eq!(g.stats().sender_id_exhausted, 2);
+    // Each remaining member sends on the new SA with the ID of its registration.
     let spi = g.current_spi().unwrap();
     let mut seen = std::collections::BTreeSet::new();
-    for i in [0usize, 2, 3, 4] {
+    for i in [0usize, 2, 3] {
         let sa = ms[i].sas().iter().find(|s| s.spi == spi).unwrap();
+        assert_eq!(sa.sender_id, Some(first[i]));
         assert!(seen.insert(sa.sender_id.unwrap()), "Sender-ID given twice");
-        assert!(sa.sender_id.unwrap() < 4);
     }
-    assert_eq!(g.sender_ids().len(), 4);
+    assert_eq!(g.sender_ids().len(), 3);
 }
 
 /// GSA_REGISTRATION over an IKE SA the crate's own IKE_SA_INIT and IKE_AUTH (pre-shared key)
