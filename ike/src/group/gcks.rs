@@ -11,11 +11,19 @@
 //! answered REGISTRATION_FAILED (the RFC's remedy, excluding every member so all re-register
 //! under new SAs with a fresh counter, is not done yet: docs/group.md).
 //!
-//! Keys in KD are wrapped under the default KEK of the registration's IKE SA (registration) or
-//! under the member's own KEK (GSA_REKEY, sent to each member on its own): a removed member
-//! gets no copy of a later key and could not unwrap one. A removal also replaces the Rekey
-//! SA (new SPI and key, delivered the same way), so the removed member cannot read later
-//! GSA_REKEY messages either.
+//! Keys (RFC 9838 sections 3.1, 3.4, 4.5.2.1): at registration every key in KD is wrapped
+//! under the default KWK of the registration's IKE SA, and the member gets a KWK of its own
+//! (WRAP_KEY). The Rekey SA's key material is GSK_e | GSK_w; a GSA_REKEY carries the new
+//! Data-Security SA's key wrapped under the Rekey SA's GSK_w (Key ID and KWK ID 0): one
+//! message, the same for every member. A removal first replaces the Rekey SA: a GSA_REKEY
+//! under the old one carries the new Rekey SA's key once per remaining member, each wrapped
+//! under that member's own KWK (several SA_KEY attributes, as section 4.5.2.1 allows for
+//! GIKE_UPDATE; the key tree of appendix A with one level), then the new Data-Security SA
+//! follows under the new Rekey SA. The removed member can open the first message but unwrap
+//! none of its keys, and cannot open the second.
+//!
+//! Delivery is unicast (an [`Outbound`] per member and message, in order); the messages are
+//! the same bytes for every member, so multicast delivery would need no change here.
 //!
 //! Owns: the policy, the generations, members and their KEKs and Sender-IDs, the Rekey SA.
 //! Must never: give a Sender-ID twice under one key; send a key to a removed member; print a
@@ -41,10 +49,10 @@ use crate::wire::{self, Id, Payload, TrafficSelector, Transform};
 /// for unicast CHILD_SAs, so a lookup by SPI alone stays unambiguous.
 pub use crate::services::spi::{GROUP_SPI_MASK, GROUP_SPI_PREFIX};
 
-/// Rekey SA key material: AES-256-GCM key and salt for the SK payload (GSK_e; GSK_a is empty
-/// with an AEAD). The RFC appends GSK_w, the Rekey SA's default KWK (section 3.1.1); roamgate
-/// wraps GSA_REKEY keys under each member's own KWK instead, so it sends no GSK_w.
-const REKEY_KEYMAT_LEN: usize = 36;
+/// Rekey SA key material (section 3.4): GSK_e (AES-256-GCM key and salt for the SK payload),
+/// GSK_a (empty with an AEAD), GSK_w (the Rekey SA's default KWK, KW_5649_256).
+pub const REKEY_GSK_E_LEN: usize = 36;
+pub const REKEY_KEYMAT_LEN: usize = REKEY_GSK_E_LEN + KEK_LEN;
 
 /// The group's policy.
 #[derive(Clone, Debug)]
@@ -131,6 +139,8 @@ pub struct Gcks {
     rekey_spi: [u8; 16],
     rekey_keymat: Secret,
     rekey_cipher: SkCipher,
+    /// GSK_w of the Rekey SA.
+    rekey_kwk: Kek,
     next_message_id: u32,
     gens: Vec<Generation>,
     members: Vec<MemberEntry>,
@@ -155,12 +165,13 @@ impl Gcks {
     pub fn new(cfg: GroupConfig, now: Instant) -> Result<Gcks, &'static str> {
         cfg.check()?;
         let mut rng = ChaCha20Rng::from_seed(cfg.seed);
-        let (rekey_spi, rekey_keymat, rekey_cipher) = new_rekey_sa(&mut rng)?;
+        let (rekey_spi, rekey_keymat, rekey_cipher, rekey_kwk) = new_rekey_sa(&mut rng)?;
         let mut g = Gcks {
             rng,
             rekey_spi,
             rekey_keymat,
             rekey_cipher,
+            rekey_kwk,
             next_message_id: 1,
             gens: Vec::new(),
             members: Vec::new(),
@@ -292,8 +303,8 @@ impl Gcks {
         }
         self.stats.registered = self.stats.registered.saturating_add(1);
         let mut out = vec![GroupPayload::IdG(self.cfg.group.clone()).to_payload()];
-        out.push(GroupPayload::Gsa(self.gsa(true, now)).to_payload());
-        out.push(GroupPayload::Kd(self.kd(idx, default_kek, true)).to_payload());
+        out.push(GroupPayload::Gsa(self.gsa(now)).to_payload());
+        out.push(GroupPayload::Kd(self.registration_kd(idx, default_kek)).to_payload());
         Ok(out)
     }
 
@@ -330,51 +341,80 @@ impl Gcks {
         }
     }
 
-    /// A new generation now, and its GSA_REKEY to every registered member (each its own copy:
-    /// the keys in it are wrapped under that member's KEK). With `replace_rekey_sa` the Rekey SA
-    /// is replaced too (after a removal): the message goes under the old one and carries the
-    /// new one.
+    /// A new generation now, and the GSA_REKEY messages that deliver it to every registered
+    /// member (the same messages to each, in order). With `replace_rekey_sa` (a removal) the
+    /// Rekey SA is replaced first, its new key wrapped under each remaining member's own KWK.
     pub fn rekey(&mut self, now: Instant, replace_rekey_sa: bool) -> Vec<Outbound> {
         self.new_generation(now);
         self.stats.rekeys = self.stats.rekeys.saturating_add(1);
-        let old_spi = self.rekey_spi;
-        let message_id = self.next_message_id;
-        self.next_message_id = self.next_message_id.saturating_add(1);
-        let mut replaced = None;
+        let mut msgs = Vec::new();
         if replace_rekey_sa {
-            if let Ok(n) = new_rekey_sa(&mut self.rng) {
-                let (spi, keymat, cipher) = n;
-                // The message goes under the old SA; later ones under the new.
-                let old_cipher = core::mem::replace(&mut self.rekey_cipher, cipher);
+            if let Ok((spi, keymat, cipher, kwk)) = new_rekey_sa(&mut self.rng) {
+                let old_spi = self.rekey_spi;
+                let message_id = self.next_message_id;
+                // The new Rekey SA's first message has Message ID 1.
                 self.rekey_spi = spi;
-                self.rekey_keymat = keymat;
                 self.next_message_id = 1;
-                replaced = Some(old_cipher);
+                let policy = self.rekey_policy(false);
+                let attrs = self
+                    .members
+                    .iter()
+                    .filter(|m| m.registered && !m.removed)
+                    .map(|m| Attr::tlv(group_key_attr::SA_KEY, m.kek.wrap(&keymat).to_bytes()))
+                    .collect();
+                let inner = [
+                    GroupPayload::Gsa(Gsa {
+                        policies: vec![policy],
+                    })
+                    .to_payload(),
+                    GroupPayload::Kd(Kd {
+                        bags: vec![KeyBag::Group {
+                            protocol: proto::GIKE_UPDATE,
+                            spi: spi.to_vec(),
+                            attrs,
+                        }],
+                    })
+                    .to_payload(),
+                ];
+                // Under the old Rekey SA; everything after under the new.
+                msgs.push(rekey::seal(
+                    &old_spi,
+                    message_id,
+                    &mut self.rekey_cipher,
+                    &inner,
+                ));
+                self.rekey_keymat = keymat;
+                self.rekey_cipher = cipher;
+                self.rekey_kwk = kwk;
             }
         }
-        let gsa = GroupPayload::Gsa(self.gsa(false, now)).to_payload();
-        let copies: Vec<(Id, Payload)> = self
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.registered && !m.removed)
-            .map(|(i, m)| {
-                (
-                    m.id.clone(),
-                    GroupPayload::Kd(self.kd(i, &m.kek, false)).to_payload(),
-                )
+        let message_id = self.next_message_id;
+        self.next_message_id = self.next_message_id.saturating_add(1);
+        let mut policies = self.data_policies(false, now);
+        policies.push(self.gw_policy());
+        let inner = [
+            GroupPayload::Gsa(Gsa { policies }).to_payload(),
+            GroupPayload::Kd(Kd {
+                bags: self.data_key_bags(false, &self.rekey_kwk),
             })
-            .collect();
+            .to_payload(),
+        ];
+        let spi = self.rekey_spi;
+        msgs.push(rekey::seal(
+            &spi,
+            message_id,
+            &mut self.rekey_cipher,
+            &inner,
+        ));
+        // An empty message: the Rekey SA's IV space is used up (it seals nothing then).
+        msgs.retain(|m| !m.is_empty());
         let mut out = Vec::new();
-        for (to, kd) in copies {
-            let inner = [gsa.clone(), kd];
-            let cipher = match replaced.as_mut() {
-                Some(c) => c,
-                None => &mut self.rekey_cipher,
-            };
-            let msg = rekey::seal(&old_spi, message_id, cipher, &inner);
-            if !msg.is_empty() {
-                out.push(Outbound { to, msg });
+        for m in self.members.iter().filter(|m| m.registered && !m.removed) {
+            for msg in &msgs {
+                out.push(Outbound {
+                    to: m.id.clone(),
+                    msg: msg.clone(),
+                });
             }
         }
         self.stats.rekey_messages = self
@@ -402,33 +442,41 @@ impl Gcks {
         ]
     }
 
-    /// The GSA payload: the Rekey SA, every live Data-Security SA (newest last), the GWP.
-    fn gsa(&self, registration: bool, now: Instant) -> Gsa {
-        // The Rekey SA: ENCR (AEAD, so no INTEG), GCAUTH only at registration (section
-        // 4.4.2.1), KWA; its selectors name UDP from and to any address (rekeys go to each
-        // member by unicast here, not to a multicast group).
-        let mut rekey_transforms = vec![Transform {
+    /// The GSA payload of a registration: the Rekey SA, every live Data-Security SA (newest
+    /// last), the GW policy.
+    fn gsa(&self, now: Instant) -> Gsa {
+        let mut policies = vec![self.rekey_policy(true)];
+        policies.extend(self.data_policies(true, now));
+        policies.push(self.gw_policy());
+        Gsa { policies }
+    }
+
+    /// The Rekey SA's policy: ENCR (AEAD, so no INTEG), GCAUTH only at registration (section
+    /// 4.4.2.1), KWA; its selectors name UDP from and to any address (rekeys go to each member
+    /// by unicast here, not to a multicast group).
+    fn rekey_policy(&self, registration: bool) -> GroupPolicy {
+        let mut transforms = vec![Transform {
             kind: wire::transform::ENCR,
             id: wire::transform::ENCR_AES_GCM_16,
             key_len: Some(256),
         }];
         if registration {
-            rekey_transforms.push(Transform {
+            transforms.push(Transform {
                 kind: gtransform::GCAUTH,
                 id: gtransform::GCAUTH_IMPLICIT,
                 key_len: None,
             });
         }
-        rekey_transforms.push(Transform {
+        transforms.push(Transform {
             kind: gtransform::KWA,
             id: gtransform::KW_5649_256,
             key_len: None,
         });
-        let mut policies = vec![GroupPolicy::Rekey {
+        GroupPolicy::Rekey {
             spi: self.rekey_spi,
             src: any_udp(),
             dst: any_udp(),
-            transforms: rekey_transforms,
+            transforms,
             attrs: vec![
                 lifetime_attr(self.cfg.lifetime),
                 Attr::tlv(
@@ -436,24 +484,34 @@ impl Gcks {
                     self.next_message_id.to_be_bytes().to_vec(),
                 ),
             ],
-        }];
-        // A rekey carries the new generation only; a registration all that are live.
-        let gens: Vec<&Generation> = if registration {
+        }
+    }
+
+    /// The generations a message carries: all live ones at registration, the newest in a rekey.
+    fn gens_for(&self, registration: bool) -> Vec<&Generation> {
+        if registration {
             self.gens.iter().collect()
         } else {
             self.gens.last().into_iter().collect()
-        };
-        for g in gens {
-            policies.push(GroupPolicy::Data {
+        }
+    }
+
+    fn data_policies(&self, registration: bool, now: Instant) -> Vec<GroupPolicy> {
+        self.gens_for(registration)
+            .into_iter()
+            .map(|g| GroupPolicy::Data {
                 protocol: proto::ESP,
                 spi: g.spi,
                 src: self.cfg.src,
                 dst: self.cfg.dst,
                 transforms: self.transforms(),
                 attrs: vec![lifetime_attr(g.expires.saturating_duration_since(now))],
-            });
-        }
-        policies.push(GroupPolicy::GroupWide {
+            })
+            .collect()
+    }
+
+    fn gw_policy(&self) -> GroupPolicy {
+        GroupPolicy::GroupWide {
             attrs: vec![
                 Attr::tv(gwp_attr::GWP_ATD, secs16(self.cfg.atd)),
                 Attr::tv(gwp_attr::GWP_DTD, secs16(self.cfg.dtd)),
@@ -462,14 +520,29 @@ impl Gcks {
                     u16::from(self.cfg.sender_id_bits),
                 ),
             ],
-        });
-        Gsa { policies }
+        }
     }
 
-    /// The KD payload for member `idx`, keys wrapped under `kek`: the Rekey SA's key, the
-    /// Data-Security SAs' keys, and at registration only the member's own bag (its KWK and
-    /// its Sender-ID: section 4.5.3 sends the Member Key Bag at registration only).
-    fn kd(&self, idx: usize, kek: &Kek, registration: bool) -> Kd {
+    /// Group Key Bags of the Data-Security SAs, each SA_KEY wrapped under `kwk`.
+    fn data_key_bags(&self, registration: bool, kwk: &Kek) -> Vec<KeyBag> {
+        self.gens_for(registration)
+            .into_iter()
+            .map(|g| KeyBag::Group {
+                protocol: proto::ESP,
+                spi: g.spi.to_be_bytes().to_vec(),
+                attrs: vec![Attr::tlv(
+                    group_key_attr::SA_KEY,
+                    kwk.wrap(&g.keymat).to_bytes(),
+                )],
+            })
+            .collect()
+    }
+
+    /// The KD payload of a registration of member `idx`, every key wrapped under the IKE
+    /// SA's default KWK: the Rekey SA's key material, the Data-Security SAs' keys, and the
+    /// member's own bag (its KWK and its Sender-ID: section 4.5.3 sends the Member Key Bag at
+    /// registration only).
+    fn registration_kd(&self, idx: usize, kek: &Kek) -> Kd {
         let mut bags = vec![KeyBag::Group {
             protocol: proto::GIKE_UPDATE,
             spi: self.rekey_spi.to_vec(),
@@ -478,35 +551,19 @@ impl Gcks {
                 kek.wrap(&self.rekey_keymat).to_bytes(),
             )],
         }];
-        let gens: Vec<&Generation> = if registration {
-            self.gens.iter().collect()
-        } else {
-            self.gens.last().into_iter().collect()
-        };
-        for g in &gens {
-            bags.push(KeyBag::Group {
-                protocol: proto::ESP,
-                spi: g.spi.to_be_bytes().to_vec(),
-                attrs: vec![Attr::tlv(
-                    group_key_attr::SA_KEY,
-                    kek.wrap(&g.keymat).to_bytes(),
-                )],
-            });
-        }
-        if registration {
-            if let Some(m) = self.members.get(idx) {
-                let mut attrs = vec![Attr::tlv(
-                    member_key_attr::WRAP_KEY,
-                    kek.wrap_key(m.kek.id, m.kek.key_bytes()).to_bytes(),
-                )];
-                if let Some(s) = m.sender_id {
-                    attrs.push(Attr::tlv(
-                        member_key_attr::GM_SENDER_ID,
-                        s.to_be_bytes().to_vec(),
-                    ));
-                }
-                bags.push(KeyBag::Member { attrs });
+        bags.extend(self.data_key_bags(true, kek));
+        if let Some(m) = self.members.get(idx) {
+            let mut attrs = vec![Attr::tlv(
+                member_key_attr::WRAP_KEY,
+                kek.wrap_key(m.kek.id, m.kek.key_bytes()).to_bytes(),
+            )];
+            if let Some(s) = m.sender_id {
+                attrs.push(Attr::tlv(
+                    member_key_attr::GM_SENDER_ID,
+                    s.to_be_bytes().to_vec(),
+                ));
             }
+            bags.push(KeyBag::Member { attrs });
         }
         Kd { bags }
     }
@@ -533,14 +590,21 @@ fn secs16(d: Duration) -> u16 {
     u16::try_from(d.as_secs()).unwrap_or(u16::MAX)
 }
 
-type RekeySa = ([u8; 16], Secret, SkCipher);
+type RekeySa = ([u8; 16], Secret, SkCipher, Kek);
 
-/// A Rekey SA: a random 16-octet SPI and AES-256-GCM key material.
+/// A Rekey SA: a random 16-octet SPI and its key material GSK_e | GSK_w.
 fn new_rekey_sa(rng: &mut ChaCha20Rng) -> Result<RekeySa, &'static str> {
     let mut spi = [0u8; 16];
     rng.fill_bytes(&mut spi);
     let mut km = Zeroizing::new(vec![0u8; REKEY_KEYMAT_LEN]);
     rng.fill_bytes(&mut km);
-    let c = SkCipher::new(&km).ok_or("rekey SA cipher")?;
-    Ok((spi, km, c))
+    let (e, w) = split_rekey_keymat(&km).ok_or("rekey SA key material")?;
+    let c = SkCipher::new(e).ok_or("rekey SA cipher")?;
+    let kwk = Kek::new(0, w).ok_or("rekey SA GSK_w")?;
+    Ok((spi, km, c, kwk))
+}
+
+/// GSK_e and GSK_w of Rekey SA key material of the right length.
+pub fn split_rekey_keymat(km: &[u8]) -> Option<(&[u8], &[u8])> {
+    (km.len() == REKEY_KEYMAT_LEN).then(|| km.split_at(REKEY_GSK_E_LEN))
 }

@@ -13,6 +13,7 @@
 use core::time::Duration;
 
 use crate::crypto::{Secret, SkCipher};
+use crate::group::gcks::{split_rekey_keymat, REKEY_KEYMAT_LEN};
 use crate::group::keys::{gcm_keymat_len, Kek, KEK_LEN};
 use crate::group::rekey::{self, RekeyError};
 use crate::group::wire::{
@@ -50,6 +51,8 @@ impl core::fmt::Debug for MemberSa {
 struct RekeySa {
     spi: [u8; 16],
     cipher: SkCipher,
+    /// GSK_w: the KWK of keys a GSA_REKEY on this SA carries (section 3.1.1).
+    kwk: Kek,
     /// The last Message ID accepted (the initial one minus one before any).
     last: u32,
 }
@@ -72,6 +75,8 @@ pub struct Member {
     sas: Vec<MemberSa>,
     atd: Duration,
     dtd: Duration,
+    /// GWP_SENDER_ID_BITS from the last GW policy.
+    bits: u8,
     stats: MemberStats,
 }
 
@@ -92,7 +97,7 @@ struct Update {
     sender_id: Option<u32>,
     atd: Option<Duration>,
     dtd: Option<Duration>,
-    bits: u8,
+    bits: Option<u8>,
     kek: Option<Kek>,
 }
 
@@ -107,6 +112,7 @@ impl Member {
             sas: Vec::new(),
             atd: Duration::ZERO,
             dtd: Duration::ZERO,
+            bits: 0,
             stats: MemberStats::default(),
         }
     }
@@ -139,9 +145,11 @@ impl Member {
         default_kek: &Kek,
         response: &[Payload],
     ) -> Result<(), RekeyError> {
-        let mut u = self.check(default_kek, response, true).inspect_err(|_| {
-            self.stats.refused = self.stats.refused.saturating_add(1);
-        })?;
+        let mut u = self
+            .check(&[default_kek], response, true)
+            .inspect_err(|_| {
+                self.stats.refused = self.stats.refused.saturating_add(1);
+            })?;
         self.kek = u.kek.take();
         self.sender_id = u.sender_id;
         self.sas.clear();
@@ -177,7 +185,7 @@ impl Member {
             });
         }
         let kek = self.kek.as_ref().ok_or(RekeyError::Policy("no KEK"))?;
-        let u = self.check(kek, &inner, false)?;
+        let u = self.check(&[&rs.kwk, kek], &inner, false)?;
         if let Some(rs) = self.rekey.as_mut() {
             rs.last = h.message_id;
         }
@@ -185,10 +193,12 @@ impl Member {
         Ok(())
     }
 
-    /// Parses and checks a GSA + KD: every Data-Security SA has its key, keys unwrap.
+    /// Parses and checks a GSA + KD: every SA has its key, wrapped under one of `keks` (the
+    /// IKE SA's default KWK at registration; the Rekey SA's GSK_w or this member's own KWK in
+    /// a GSA_REKEY), and keys unwrap.
     fn check(
         &self,
-        kek: &Kek,
+        keks: &[&Kek],
         payloads: &[Payload],
         registration: bool,
     ) -> Result<Update, RekeyError> {
@@ -212,7 +222,7 @@ impl Member {
             sender_id: None,
             atd: None,
             dtd: None,
-            bits: 0,
+            bits: None,
             kek: None,
         };
         let key_of = |proto_id: u8, spi: &[u8]| -> Result<Secret, RekeyError> {
@@ -224,15 +234,27 @@ impl Member {
                 } = b
                 {
                     if *protocol == proto_id && s.as_slice() == spi {
-                        let a = find_attr(attrs, group_key_attr::SA_KEY)
-                            .and_then(|a| a.bytes())
-                            .ok_or(RekeyError::Missing("SA_KEY"))?;
-                        let w = WrappedKey::parse(a)?;
-                        // SA_KEY holds SA key material: Key ID 0 (section 4.5.2.1).
-                        if w.key_id != 0 {
-                            return Err(RekeyError::Policy("SA_KEY with a Key ID"));
+                        // Several SA_KEY attributes may come (GIKE_UPDATE in a GSA_REKEY):
+                        // the one wrapped under a key this member holds is ours.
+                        let mut any = false;
+                        for a in attrs.iter().filter(|a| a.kind == group_key_attr::SA_KEY) {
+                            any = true;
+                            let w = WrappedKey::parse(
+                                a.bytes().ok_or(RekeyError::Policy("SA_KEY format"))?,
+                            )?;
+                            // SA_KEY holds SA key material: Key ID 0 (section 4.5.2.1).
+                            if w.key_id != 0 {
+                                return Err(RekeyError::Policy("SA_KEY with a Key ID"));
+                            }
+                            if let Some(k) = keks.iter().find(|k| k.id == w.kwk_id) {
+                                return Ok(k.unwrap(&w)?);
+                            }
                         }
-                        return Ok(kek.unwrap(&w)?);
+                        return Err(if any {
+                            RekeyError::NoKey
+                        } else {
+                            RekeyError::Missing("SA_KEY")
+                        });
                     }
                 }
             }
@@ -247,6 +269,9 @@ impl Member {
                         .and_then(|v| u32::try_from(v).ok())
                         .unwrap_or(1);
                     let km = key_of(proto::GIKE_UPDATE, spi)?;
+                    if km.len() != REKEY_KEYMAT_LEN {
+                        return Err(RekeyError::Policy("rekey SA key length"));
+                    }
                     u.rekey = Some((*spi, first, km));
                 }
                 GroupPolicy::Data {
@@ -302,22 +327,32 @@ impl Member {
                     };
                     u.atd = secs(gwp_attr::GWP_ATD);
                     u.dtd = secs(gwp_attr::GWP_DTD);
-                    u.bits = find_attr(attrs, gwp_attr::GWP_SENDER_ID_BITS)
-                        .and_then(|a| a.as_u64())
-                        .and_then(|v| u8::try_from(v).ok())
-                        .unwrap_or(0);
+                    u.bits = Some(
+                        find_attr(attrs, gwp_attr::GWP_SENDER_ID_BITS)
+                            .and_then(|a| a.as_u64())
+                            .and_then(|v| u8::try_from(v).ok())
+                            .unwrap_or(0),
+                    );
                 }
             }
         }
-        if u.data.is_empty() || key_bits.is_none() {
+        // A registration brings everything; a rekey a new Rekey SA, new Data-Security SAs,
+        // or both (section 4.4.1: at least one of them).
+        if (registration || u.rekey.is_none()) && (u.data.is_empty() || key_bits.is_none()) {
             return Err(RekeyError::Missing("Data-Security SA"));
-        }
-        if !(1..=16).contains(&u.bits) {
-            return Err(RekeyError::Policy("sender-id bits"));
         }
         if registration && u.rekey.is_none() {
             return Err(RekeyError::Missing("Rekey SA"));
         }
+        let bits = match (u.bits, registration) {
+            (Some(b), _) => b,
+            (None, false) => self.bits,
+            (None, true) => return Err(RekeyError::Missing("GW policy")),
+        };
+        if !u.data.is_empty() && !(1..=16).contains(&bits) {
+            return Err(RekeyError::Policy("sender-id bits"));
+        }
+        u.bits = Some(bits);
         for b in &kd.bags {
             if let KeyBag::Member { attrs } = b {
                 for a in attrs {
@@ -332,7 +367,7 @@ impl Member {
                                 <[u8; 4]>::try_from(v)
                                     .map_err(|_| RekeyError::Policy("GM_SENDER_ID"))?,
                             );
-                            if u64::from(sid) >> u.bits != 0 {
+                            if u64::from(sid) >> bits != 0 {
                                 return Err(RekeyError::Policy("Sender-ID wider than its bits"));
                             }
                             // One is asked for; the first is used.
@@ -343,6 +378,12 @@ impl Member {
                         member_key_attr::WRAP_KEY if registration => {
                             let w = WrappedKey::parse(v)?;
                             let id = w.key_id;
+                            let kek = keks.first().ok_or(RekeyError::Policy("no KWK"))?;
+                            if w.kwk_id != kek.id {
+                                return Err(RekeyError::Policy(
+                                    "WRAP_KEY not under the IKE SA's KWK",
+                                ));
+                            }
                             let k = kek.unwrap(&w)?;
                             if id == 0 || k.len() != KEK_LEN {
                                 return Err(RekeyError::Policy("WRAP_KEY"));
@@ -366,7 +407,7 @@ impl Member {
         } else {
             self.sender_id
         };
-        if self.sender && held.is_none_or(|s| u64::from(s) >> u.bits != 0) {
+        if self.sender && !u.data.is_empty() && held.is_none_or(|s| u64::from(s) >> bits != 0) {
             return Err(RekeyError::Policy("no Sender-ID for a sender"));
         }
         Ok(u)
@@ -379,13 +420,19 @@ impl Member {
         if let Some(d) = u.dtd {
             self.dtd = d;
         }
+        if let Some(b) = u.bits {
+            self.bits = b;
+        }
         if let Some((spi, first, km)) = u.rekey {
             let changed = self.rekey.as_ref().is_none_or(|r| r.spi != spi);
             if changed {
-                if let Some(cipher) = SkCipher::new(&km) {
+                let keys = split_rekey_keymat(&km)
+                    .and_then(|(e, w)| Some((SkCipher::new(e)?, Kek::new(0, w)?)));
+                if let Some((cipher, kwk)) = keys {
                     self.rekey = Some(RekeySa {
                         spi,
                         cipher,
+                        kwk,
                         last: first.saturating_sub(1),
                     });
                 }
@@ -420,7 +467,7 @@ impl Member {
                 spi,
                 keymat,
                 sender_id,
-                sender_id_bits: u.bits,
+                sender_id_bits: self.bits,
                 active_from,
                 until,
             });
