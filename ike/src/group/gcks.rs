@@ -30,6 +30,7 @@
 //! key; read a clock or a socket.
 
 use core::time::Duration;
+use std::sync::Arc;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -116,11 +117,12 @@ struct MemberEntry {
     removed: bool,
 }
 
-/// A message for one member.
+/// A message for one member. A rekey's messages are the same bytes for every member: shared,
+/// not copied per member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outbound {
     pub to: Id,
-    pub msg: Vec<u8>,
+    pub msg: Arc<[u8]>,
 }
 
 /// Counters.
@@ -408,12 +410,13 @@ impl Gcks {
         ));
         // An empty message: the Rekey SA's IV space is used up (it seals nothing then).
         msgs.retain(|m| !m.is_empty());
+        let msgs: Vec<Arc<[u8]>> = msgs.into_iter().map(Arc::from).collect();
         let mut out = Vec::new();
         for m in self.members.iter().filter(|m| m.registered && !m.removed) {
             for msg in &msgs {
                 out.push(Outbound {
                     to: m.id.clone(),
-                    msg: msg.clone(),
+                    msg: Arc::clone(msg),
                 });
             }
         }

@@ -207,7 +207,7 @@ fn rekey_under_traffic_loses_nothing() {
             queue.push((
                 now.saturating_add(Duration::from_millis(1000 * i as u64)),
                 i,
-                o.msg,
+                o.msg.to_vec(),
             ));
         }
         queue.sort_by_key(|q| q.0);
@@ -316,7 +316,7 @@ fn replayed_or_forged_rekey_is_refused() {
         .unwrap()
         .msg
         .clone();
-    let mut bad = a3.clone();
+    let mut bad = a3.to_vec();
     let n = bad.len();
     bad[n - 20] ^= 1;
     assert_eq!(ms[0].on_rekey(at(3_000), &bad), Err(RekeyError::Integrity));
