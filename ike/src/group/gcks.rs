@@ -7,9 +7,9 @@
 //! key). Sender-IDs follow RFC 9838 section 2.5.1: one counter from zero, a new value for every
 //! registration of a sender, never given again; the member uses it on every Data-Security SA
 //! (section 2.5.2), so GSA_REKEY carries none (GM_SENDER_ID is registration-only). When the
-//! counter reaches the end of the GWP_SENDER_ID_BITS space, registrations of senders are
-//! answered REGISTRATION_FAILED (the RFC's remedy, excluding every member so all re-register
-//! under new SAs with a fresh counter, is not done yet: docs/group.md).
+//! counter reaches the end of the GWP_SENDER_ID_BITS space, the registration is answered
+//! REGISTRATION_FAILED and the group starts over ([`Gcks::restart`]: every member excluded by
+//! a Delete with SPI zero, all register again under a new SA with a fresh counter).
 //!
 //! Keys (RFC 9838 sections 3.1, 3.4, 4.5.2.1): at registration every key in KD is wrapped
 //! under the default KWK of the registration's IKE SA, and the member gets a KWK of its own
@@ -131,6 +131,8 @@ pub struct GcksStats {
     pub registered: u64,
     pub refused: u64,
     pub sender_id_exhausted: u64,
+    /// Group restarts (every member excluded and registering again).
+    pub restarts: u64,
     pub rekeys: u64,
     pub rekey_messages: u64,
 }
@@ -149,6 +151,8 @@ pub struct Gcks {
     next_kek_id: u32,
     /// The Sender-ID counter (section 2.5.1): the next value to allocate.
     next_sender_id: u32,
+    /// The Sender-IDs ran out: the next poll starts the group over.
+    restart_due: bool,
     rekey_at: Instant,
     stats: GcksStats,
 }
@@ -179,6 +183,7 @@ impl Gcks {
             members: Vec::new(),
             next_kek_id: 1,
             next_sender_id: 0,
+            restart_due: false,
             rekey_at: now,
             stats: GcksStats::default(),
             cfg,
@@ -293,6 +298,10 @@ impl Gcks {
         if sender {
             if self.next_sender_id >= self.sender_id_space() {
                 self.stats.sender_id_exhausted = self.stats.sender_id_exhausted.saturating_add(1);
+                // Section 2.5.1: no new Sender-ID before every member is excluded; the next
+                // poll starts the group over.
+                self.restart_due = true;
+                self.rekey_at = now;
                 return self.refuse(notify::REGISTRATION_FAILED);
             }
             sender_id = Some(self.next_sender_id);
@@ -334,13 +343,77 @@ impl Gcks {
         self.rekey_at
     }
 
-    /// Rekeys when due: the GSA_REKEY messages for every member.
+    /// Rekeys (or starts the group over) when due: the GSA_REKEY messages for every member.
     pub fn poll(&mut self, now: Instant) -> Vec<Outbound> {
-        if now >= self.rekey_at {
-            self.rekey(now, false)
-        } else {
+        if now < self.rekey_at {
             Vec::new()
+        } else if self.restart_due {
+            self.restart(now)
+        } else {
+            self.rekey(now, false)
         }
+    }
+
+    /// Starts the group over (section 2.4.3; section 2.5.1 when the Sender-IDs run out): a
+    /// GSA_REKEY under the current Rekey SA with Delete(ESP, SPI 0) and Delete(GIKE_UPDATE,
+    /// SPI 0) excludes every member, which must register again. The GCKS then holds a new
+    /// Rekey SA, a new Data-Security SA (the old ones are not offered to anyone again, so the
+    /// Sender-ID counter restarts at zero with no ID used twice under one key); a member keeps
+    /// its KWK (its re-registration delivers it again). Members keep receiving on the
+    /// old SA until they re-register; packets between a re-registered member and one not yet
+    /// are lost for that spread.
+    pub fn restart(&mut self, now: Instant) -> Vec<Outbound> {
+        self.restart_due = false;
+        let message_id = self.next_message_id;
+        let inner = [
+            Payload::Delete {
+                protocol: proto::ESP,
+                spis: vec![vec![0; 4]],
+            },
+            Payload::Delete {
+                protocol: proto::GIKE_UPDATE,
+                spis: vec![vec![0; 16]],
+            },
+        ];
+        let spi = self.rekey_spi;
+        let msg: Arc<[u8]> = Arc::from(rekey::seal(
+            &spi,
+            message_id,
+            &mut self.rekey_cipher,
+            &inner,
+        ));
+        let out: Vec<Outbound> = if msg.is_empty() {
+            Vec::new()
+        } else {
+            self.members
+                .iter()
+                .filter(|m| m.registered && !m.removed)
+                .map(|m| Outbound {
+                    to: m.id.clone(),
+                    msg: Arc::clone(&msg),
+                })
+                .collect()
+        };
+        if let Ok((spi, keymat, cipher, kwk)) = new_rekey_sa(&mut self.rng) {
+            self.rekey_spi = spi;
+            self.rekey_keymat = keymat;
+            self.rekey_cipher = cipher;
+            self.rekey_kwk = kwk;
+            self.next_message_id = 1;
+        }
+        for m in &mut self.members {
+            m.registered = false;
+            m.sender_id = None;
+        }
+        self.next_sender_id = 0;
+        self.gens.clear();
+        self.new_generation(now);
+        self.stats.restarts = self.stats.restarts.saturating_add(1);
+        self.stats.rekey_messages = self
+            .stats
+            .rekey_messages
+            .saturating_add(u64::try_from(out.len()).unwrap_or(u64::MAX));
+        out
     }
 
     /// A new generation now, and the GSA_REKEY messages that deliver it to every registered

@@ -61,6 +61,8 @@ struct RekeySa {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemberStats {
     pub rekeys: u64,
+    /// Exclusions by the GCKS (a Delete of the Rekey SA with SPI zero).
+    pub excluded: u64,
     pub replays: u64,
     pub refused: u64,
 }
@@ -152,7 +154,9 @@ impl Member {
             })?;
         self.kek = u.kek.take();
         self.sender_id = u.sender_id;
-        self.sas.clear();
+        // SAs being retired (after an exclusion) stay for receiving until their DTD ends;
+        // the rest are replaced by what the GCKS listed.
+        self.sas.retain(|s| s.until.is_some_and(|t| now < t));
         self.apply(now, u, true);
         Ok(())
     }
@@ -183,6 +187,23 @@ impl Member {
                 got: h.message_id,
                 last: rs.last,
             });
+        }
+        // Delete(GIKE_UPDATE, SPI 0): this member is excluded and must register again
+        // (section 2.4.3); the Data-Security SAs go after the DTD, so it keeps receiving until
+        // then, and may send on them until it registers again (its Sender-ID on them is its
+        // own under their key).
+        let excluded = inner.iter().any(|p| {
+            matches!(p, Payload::Delete { protocol, spis }
+                if *protocol == proto::GIKE_UPDATE && spis.iter().any(|s| s.iter().all(|b| *b == 0)))
+        });
+        if excluded {
+            let until = now.saturating_add(self.dtd);
+            for sa in &mut self.sas {
+                sa.until = Some(sa.until.map_or(until, |u| u.min(until)));
+            }
+            self.rekey = None;
+            self.stats.excluded = self.stats.excluded.saturating_add(1);
+            return Ok(());
         }
         let kek = self.kek.as_ref().ok_or(RekeyError::Policy("no KEK"))?;
         let u = self.check(&[&rs.kwk, kek], &inner, false)?;
@@ -472,6 +493,11 @@ impl Member {
                 until,
             });
         }
+    }
+
+    /// Whether this member must register (again): never registered, or excluded by the GCKS.
+    pub fn must_register(&self) -> bool {
+        self.rekey.is_none()
     }
 
     /// Drops SAs past their deactivation time.

@@ -448,6 +448,76 @@ fn sender_id_exhaustion() {
     assert_eq!(g.sender_ids().len(), 3);
 }
 
+/// RFC 9838 2.5.1 and 2.4.3: when the Sender-ID counter runs out the GCKS starts the group
+/// over. Two bits: three senders take IDs 0-2, a re-registration takes 3, the next one is
+/// refused; the next poll excludes every member (Delete of the Rekey SA, SPI zero), they
+/// register again under a new SA with IDs from 0, and traffic flows on it. A member keeps
+/// receiving on the old SA until the DTD ends.
+#[test]
+fn sender_id_exhaustion_restarts_the_group() {
+    let cfg = config(3, 2);
+    let mut g = Gcks::new(cfg.clone(), at(0)).unwrap();
+    let mut ms: Vec<Member> = (0..3)
+        .map(|_| Member::new(cfg.group.clone(), true))
+        .collect();
+    for (i, m) in ms.iter_mut().enumerate() {
+        register(&mut g, m, i, at(0)).unwrap();
+    }
+    let old_spi = g.current_spi().unwrap();
+    register(&mut g, &mut ms[0], 0, at(10)).unwrap();
+    assert_eq!(ms[0].sas()[0].sender_id, Some(3));
+    let req = ms[1].registration_request();
+    assert_eq!(
+        g.register(at(20), &ids(3)[1], &ike_kek(1), &req),
+        Err(notify::REGISTRATION_FAILED)
+    );
+    let out = g.poll(at(20));
+    assert_eq!(out.len(), 3);
+    assert_eq!(g.stats().restarts, 1);
+    for o in &out {
+        let m = &mut ms[index_of(&o.to)];
+        assert!(!m.must_register());
+        m.on_rekey(at(30), &o.msg).unwrap();
+        assert!(m.must_register());
+        assert_eq!(m.stats().excluded, 1);
+    }
+    // Member 2 has not registered again yet: member 0 (re-registered) still opens what it
+    // seals on the old SA until the DTD.
+    register(&mut g, &mut ms[0], 0, at(1_000)).unwrap();
+    let new_spi = g.current_spi().unwrap();
+    assert_ne!(new_spi, old_spi);
+    let old = ms[2].outbound(at(1_000)).unwrap();
+    assert_eq!(old.spi, old_spi);
+    let ct = seal(old, iv(old, 7), b"still on the old SA");
+    assert!(ms[0]
+        .inbound(old_spi, at(1_000))
+        .and_then(|r| open(r, old_spi, iv(old, 7), &ct))
+        .is_some());
+    register(&mut g, &mut ms[1], 1, at(1_100)).unwrap();
+    register(&mut g, &mut ms[2], 2, at(1_200)).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &ms {
+        let sa = m.outbound(at(1_300)).unwrap();
+        assert_eq!(sa.spi, new_spi);
+        assert!(sa.sender_id.unwrap() < 4);
+        assert!(seen.insert(sa.sender_id.unwrap()), "Sender-ID given twice");
+    }
+    let sa = ms[1].outbound(at(1_300)).unwrap();
+    let ct = seal(sa, iv(sa, 1), b"on the new SA");
+    assert!(ms[2]
+        .inbound(new_spi, at(1_300))
+        .and_then(|r| open(r, new_spi, iv(sa, 1), &ct))
+        .is_some());
+    // The old SA goes after the DTD.
+    let after = at(30)
+        .saturating_add(cfg.dtd)
+        .saturating_add(Duration::from_millis(1));
+    for m in &mut ms {
+        m.poll(after);
+        assert!(m.inbound(old_spi, after).is_none());
+    }
+}
+
 /// GSA_REGISTRATION over an IKE SA the crate's own IKE_SA_INIT and IKE_AUTH (pre-shared key)
 /// brought up: the request and the response are sealed with that IKE SA's SK_e keys, and the
 /// keys in KD wrapped under the default KEK both ends derive from its SK_d. The Endpoint does
