@@ -1,7 +1,8 @@
 //! G-IKEv2 scale on one core (issue 22): a GCKS with 1,000 members. What a registration costs
-//! the GCKS, what one rekey costs it (a new generation and 1,000 GSA_REKEY copies, each with
-//! its keys wrapped under that member's KEK and sealed under the Rekey SA), and what taking one
-//! rekey costs a member. Per-member cost = the rekey time / 1,000.
+//! the GCKS, what one rekey costs it (a new generation: one GSA_REKEY, its key wrapped under
+//! the Rekey SA's GSK_w, addressed to 1,000 members), what a removal's rekey costs it (the
+//! Rekey SA replaced: its key wrapped under each member's own KWK, then the new generation),
+//! and what taking one rekey costs a member. Per-member cost = the time / 1,000.
 
 use std::time::Duration;
 
@@ -70,6 +71,10 @@ fn bench(c: &mut Criterion) {
     let (mut g, _) = group(MEMBERS);
     b.bench_function("gcks-rekey-1000-members", |x| {
         x.iter(|| g.rekey(Instant::from_nanos(1), false))
+    });
+    // What a removal costs: the Rekey SA replaced, its key wrapped once per member.
+    b.bench_function("gcks-rekey-sa-replaced-1000-members", |x| {
+        x.iter(|| g.rekey(Instant::from_nanos(1), true))
     });
     b.throughput(Throughput::Elements(1));
     // One member takes a fresh rekey each iteration (message ids keep growing); a group of

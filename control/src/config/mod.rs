@@ -18,6 +18,7 @@ use serde::Deserialize;
 pub mod certs;
 pub mod eap;
 pub mod gateway;
+pub mod group;
 pub mod ha;
 pub mod ike;
 pub mod lab;

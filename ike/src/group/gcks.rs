@@ -3,23 +3,34 @@
 //! Sender-ID allocation (section 2.5), GSA_REKEY to every member (section 2.4.1), member
 //! removal, activation and deactivation delays (GWP_ATD, GWP_DTD).
 //!
-//! Generations: each rekey makes a new Data-Security SA (new SPI from the group range, new key)
-//! and allocates Sender-IDs afresh for the members of that moment. A Sender-ID is never given
-//! twice under one key: the IDs of a removed member stay taken until the next generation, so
-//! an exhausted space is answered with REGISTRATION_FAILED and freed only by a rekey.
+//! Generations: each rekey makes a new Data-Security SA (new SPI from the group range, new
+//! key). Sender-IDs follow RFC 9838 section 2.5.1: one counter from zero, a new value for every
+//! registration of a sender, never given again; the member uses it on every Data-Security SA
+//! (section 2.5.2), so GSA_REKEY carries none (GM_SENDER_ID is registration-only). When the
+//! counter reaches the end of the GWP_SENDER_ID_BITS space, the registration is answered
+//! REGISTRATION_FAILED and the group starts over ([`Gcks::restart`]: every member excluded by
+//! a Delete with SPI zero, all register again under a new SA with a fresh counter).
 //!
-//! Keys in KD are wrapped under the default KEK of the registration's IKE SA (registration) or
-//! under the member's own KEK (GSA_REKEY, sent to each member on its own): a removed member
-//! gets no copy of a later key and could not unwrap one. A removal also replaces the Rekey
-//! SA (new SPI and key, delivered the same way), so the removed member cannot read later
-//! GSA_REKEY messages either.
+//! Keys (RFC 9838 sections 3.1, 3.4, 4.5.2.1): at registration every key in KD is wrapped
+//! under the default KWK of the registration's IKE SA, and the member gets a KWK of its own
+//! (WRAP_KEY). The Rekey SA's key material is GSK_e | GSK_w; a GSA_REKEY carries the new
+//! Data-Security SA's key wrapped under the Rekey SA's GSK_w (Key ID and KWK ID 0): one
+//! message, the same for every member. A removal first replaces the Rekey SA: a GSA_REKEY
+//! under the old one carries the new Rekey SA's key once per remaining member, each wrapped
+//! under that member's own KWK (several SA_KEY attributes, as section 4.5.2.1 allows for
+//! GIKE_UPDATE; the key tree of appendix A with one level), then the new Data-Security SA
+//! follows under the new Rekey SA. The removed member can open the first message but unwrap
+//! none of its keys, and cannot open the second.
+//!
+//! Delivery is unicast (an [`Outbound`] per member and message, in order); the messages are
+//! the same bytes for every member, so multicast delivery would need no change here.
 //!
 //! Owns: the policy, the generations, members and their KEKs and Sender-IDs, the Rekey SA.
 //! Must never: give a Sender-ID twice under one key; send a key to a removed member; print a
 //! key; read a clock or a socket.
 
 use core::time::Duration;
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -29,8 +40,8 @@ use crate::crypto::{Secret, SkCipher};
 use crate::group::keys::{gcm_keymat_len, Kek, KEK_LEN};
 use crate::group::rekey;
 use crate::group::wire::{
-    group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto, Attr, GroupPayload,
-    GroupPolicy, Gsa, Kd, KeyBag,
+    group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto, transform as gtransform,
+    Attr, GroupPayload, GroupPolicy, Gsa, Kd, KeyBag,
 };
 use crate::time::Instant;
 use crate::wire::{self, Id, Payload, TrafficSelector, Transform};
@@ -39,8 +50,10 @@ use crate::wire::{self, Id, Payload, TrafficSelector, Transform};
 /// for unicast CHILD_SAs, so a lookup by SPI alone stays unambiguous.
 pub use crate::services::spi::{GROUP_SPI_MASK, GROUP_SPI_PREFIX};
 
-/// Rekey SA key material: AES-256-GCM key and salt for the SK payload.
-const REKEY_KEYMAT_LEN: usize = 36;
+/// Rekey SA key material (section 3.4): GSK_e (AES-256-GCM key and salt for the SK payload),
+/// GSK_a (empty with an AEAD), GSK_w (the Rekey SA's default KWK, KW_5649_256).
+pub const REKEY_GSK_E_LEN: usize = 36;
+pub const REKEY_KEYMAT_LEN: usize = REKEY_GSK_E_LEN + KEK_LEN;
 
 /// The group's policy.
 #[derive(Clone, Debug)]
@@ -92,23 +105,24 @@ struct Generation {
     spi: u32,
     keymat: Secret,
     expires: Instant,
-    /// Sender-ID -> member index; an ID once given stays taken for this generation.
-    sender_ids: BTreeMap<u32, usize>,
 }
 
 struct MemberEntry {
     id: Id,
     kek: Kek,
     sender: bool,
+    /// From its latest registration (a new one each registration, section 2.5.1).
+    sender_id: Option<u32>,
     registered: bool,
     removed: bool,
 }
 
-/// A message for one member.
+/// A message for one member. A rekey's messages are the same bytes for every member: shared,
+/// not copied per member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outbound {
     pub to: Id,
-    pub msg: Vec<u8>,
+    pub msg: Arc<[u8]>,
 }
 
 /// Counters.
@@ -117,6 +131,8 @@ pub struct GcksStats {
     pub registered: u64,
     pub refused: u64,
     pub sender_id_exhausted: u64,
+    /// Group restarts (every member excluded and registering again).
+    pub restarts: u64,
     pub rekeys: u64,
     pub rekey_messages: u64,
 }
@@ -127,10 +143,16 @@ pub struct Gcks {
     rekey_spi: [u8; 16],
     rekey_keymat: Secret,
     rekey_cipher: SkCipher,
+    /// GSK_w of the Rekey SA.
+    rekey_kwk: Kek,
     next_message_id: u32,
     gens: Vec<Generation>,
     members: Vec<MemberEntry>,
     next_kek_id: u32,
+    /// The Sender-ID counter (section 2.5.1): the next value to allocate.
+    next_sender_id: u32,
+    /// The Sender-IDs ran out: the next poll starts the group over.
+    restart_due: bool,
     rekey_at: Instant,
     stats: GcksStats,
 }
@@ -149,16 +171,19 @@ impl Gcks {
     pub fn new(cfg: GroupConfig, now: Instant) -> Result<Gcks, &'static str> {
         cfg.check()?;
         let mut rng = ChaCha20Rng::from_seed(cfg.seed);
-        let (rekey_spi, rekey_keymat, rekey_cipher) = new_rekey_sa(&mut rng)?;
+        let (rekey_spi, rekey_keymat, rekey_cipher, rekey_kwk) = new_rekey_sa(&mut rng)?;
         let mut g = Gcks {
             rng,
             rekey_spi,
             rekey_keymat,
             rekey_cipher,
+            rekey_kwk,
             next_message_id: 1,
             gens: Vec::new(),
             members: Vec::new(),
             next_kek_id: 1,
+            next_sender_id: 0,
+            restart_due: false,
             rekey_at: now,
             stats: GcksStats::default(),
             cfg,
@@ -176,14 +201,13 @@ impl Gcks {
         self.gens.last().map(|g| g.spi)
     }
 
-    /// The Sender-IDs of the newest generation: (Sender-ID, member identity).
+    /// The Sender-IDs of the members not removed: (Sender-ID, member identity).
     pub fn sender_ids(&self) -> Vec<(u32, Id)> {
-        self.gens.last().map_or_else(Vec::new, |g| {
-            g.sender_ids
-                .iter()
-                .filter_map(|(s, m)| self.members.get(*m).map(|e| (*s, e.id.clone())))
-                .collect()
-        })
+        self.members
+            .iter()
+            .filter(|m| m.registered && !m.removed)
+            .filter_map(|m| m.sender_id.map(|s| (s, m.id.clone())))
+            .collect()
     }
 
     fn new_generation(&mut self, now: Instant) {
@@ -195,20 +219,11 @@ impl Gcks {
         };
         let mut km = Zeroizing::new(vec![0u8; gcm_keymat_len(self.cfg.key_bits)]);
         self.rng.fill_bytes(&mut km);
-        let mut gen = Generation {
+        let gen = Generation {
             spi,
             keymat: km,
             expires: now.saturating_add(self.cfg.lifetime),
-            sender_ids: BTreeMap::new(),
         };
-        // Sender-IDs afresh for the current senders, in member order.
-        let mut next = 0u32;
-        for (i, m) in self.members.iter().enumerate() {
-            if m.registered && !m.removed && m.sender && next < self.sender_id_space() {
-                gen.sender_ids.insert(next, i);
-                next = next.saturating_add(1);
-            }
-        }
         // Generations members have dropped (past their expiry) go.
         self.gens.retain(|g| g.expires > now);
         self.gens.push(gen);
@@ -238,8 +253,13 @@ impl Gcks {
                 Ok(_) => {}
                 Err(_) => return self.refuse(wire::notify::INVALID_SYNTAX),
             }
-            if let Payload::Notify { kind, .. } = p {
+            if let Payload::Notify { kind, data, .. } = p {
                 if *kind == notify::GROUP_SENDER {
+                    // The data is a 4-octet count of Sender-IDs wanted (section 4.7.4); one
+                    // is allocated whatever the count (a policy bound of one, section 2.5.1).
+                    if data.len() != 4 {
+                        return self.refuse(wire::notify::INVALID_SYNTAX);
+                    }
                     sender = true;
                 }
             }
@@ -263,6 +283,7 @@ impl Gcks {
                     id: peer.clone(),
                     kek,
                     sender,
+                    sender_id: None,
                     registered: false,
                     removed: false,
                 });
@@ -272,41 +293,29 @@ impl Gcks {
         if self.members.get(idx).is_some_and(|m| m.removed) {
             return self.refuse(notify::AUTHORIZATION_FAILED);
         }
-        // A Sender-ID in the newest generation (kept if this member already has one).
+        // A new Sender-ID for every registration of a sender, never one given before.
+        let mut sender_id = None;
         if sender {
-            let space = self.sender_id_space();
-            let gen = self.gens.last_mut().ok_or(notify::REGISTRATION_FAILED)?;
-            if !gen.sender_ids.values().any(|m| *m == idx) {
-                match (0..space).find(|s| !gen.sender_ids.contains_key(s)) {
-                    Some(s) => {
-                        gen.sender_ids.insert(s, idx);
-                    }
-                    None => {
-                        self.stats.sender_id_exhausted =
-                            self.stats.sender_id_exhausted.saturating_add(1);
-                        // A rekey frees the IDs of members that left; ask for one now if
-                        // that would make room.
-                        let live = self
-                            .members
-                            .iter()
-                            .filter(|m| m.registered && !m.removed && m.sender)
-                            .count();
-                        if u32::try_from(live).unwrap_or(u32::MAX) < space {
-                            self.rekey_at = now;
-                        }
-                        return self.refuse(notify::REGISTRATION_FAILED);
-                    }
-                }
+            if self.next_sender_id >= self.sender_id_space() {
+                self.stats.sender_id_exhausted = self.stats.sender_id_exhausted.saturating_add(1);
+                // Section 2.5.1: no new Sender-ID before every member is excluded; the next
+                // poll starts the group over.
+                self.restart_due = true;
+                self.rekey_at = now;
+                return self.refuse(notify::REGISTRATION_FAILED);
             }
+            sender_id = Some(self.next_sender_id);
+            self.next_sender_id = self.next_sender_id.saturating_add(1);
         }
         if let Some(m) = self.members.get_mut(idx) {
             m.registered = true;
             m.sender = sender;
+            m.sender_id = sender_id;
         }
         self.stats.registered = self.stats.registered.saturating_add(1);
         let mut out = vec![GroupPayload::IdG(self.cfg.group.clone()).to_payload()];
-        out.push(GroupPayload::Gsa(self.gsa(true)).to_payload());
-        out.push(GroupPayload::Kd(self.kd(idx, default_kek, true)).to_payload());
+        out.push(GroupPayload::Gsa(self.gsa(now)).to_payload());
+        out.push(GroupPayload::Kd(self.registration_kd(idx, default_kek)).to_payload());
         Ok(out)
     }
 
@@ -334,60 +343,154 @@ impl Gcks {
         self.rekey_at
     }
 
-    /// Rekeys when due: the GSA_REKEY messages for every member.
+    /// Rekeys (or starts the group over) when due: the GSA_REKEY messages for every member.
     pub fn poll(&mut self, now: Instant) -> Vec<Outbound> {
-        if now >= self.rekey_at {
-            self.rekey(now, false)
-        } else {
+        if now < self.rekey_at {
             Vec::new()
+        } else if self.restart_due {
+            self.restart(now)
+        } else {
+            self.rekey(now, false)
         }
     }
 
-    /// A new generation now, and its GSA_REKEY to every registered member (each its own copy:
-    /// the keys in it are wrapped under that member's KEK). With `replace_rekey_sa` the Rekey SA
-    /// is replaced too (after a removal): the message goes under the old one and carries the
-    /// new one.
+    /// Starts the group over (section 2.4.3; section 2.5.1 when the Sender-IDs run out): a
+    /// GSA_REKEY under the current Rekey SA with Delete(ESP, SPI 0) and Delete(GIKE_UPDATE,
+    /// SPI 0) excludes every member, which must register again. The GCKS then holds a new
+    /// Rekey SA, a new Data-Security SA (the old ones are not offered to anyone again, so the
+    /// Sender-ID counter restarts at zero with no ID used twice under one key); a member keeps
+    /// its KWK (its re-registration delivers it again). Members keep receiving on the
+    /// old SA until they re-register; packets between a re-registered member and one not yet
+    /// are lost for that spread.
+    pub fn restart(&mut self, now: Instant) -> Vec<Outbound> {
+        self.restart_due = false;
+        let message_id = self.next_message_id;
+        let inner = [
+            Payload::Delete {
+                protocol: proto::ESP,
+                spis: vec![vec![0; 4]],
+            },
+            Payload::Delete {
+                protocol: proto::GIKE_UPDATE,
+                spis: vec![vec![0; 16]],
+            },
+        ];
+        let spi = self.rekey_spi;
+        let msg: Arc<[u8]> = Arc::from(rekey::seal(
+            &spi,
+            message_id,
+            &mut self.rekey_cipher,
+            &inner,
+        ));
+        let out: Vec<Outbound> = if msg.is_empty() {
+            Vec::new()
+        } else {
+            self.members
+                .iter()
+                .filter(|m| m.registered && !m.removed)
+                .map(|m| Outbound {
+                    to: m.id.clone(),
+                    msg: Arc::clone(&msg),
+                })
+                .collect()
+        };
+        if let Ok((spi, keymat, cipher, kwk)) = new_rekey_sa(&mut self.rng) {
+            self.rekey_spi = spi;
+            self.rekey_keymat = keymat;
+            self.rekey_cipher = cipher;
+            self.rekey_kwk = kwk;
+            self.next_message_id = 1;
+        }
+        for m in &mut self.members {
+            m.registered = false;
+            m.sender_id = None;
+        }
+        self.next_sender_id = 0;
+        self.gens.clear();
+        self.new_generation(now);
+        self.stats.restarts = self.stats.restarts.saturating_add(1);
+        self.stats.rekey_messages = self
+            .stats
+            .rekey_messages
+            .saturating_add(u64::try_from(out.len()).unwrap_or(u64::MAX));
+        out
+    }
+
+    /// A new generation now, and the GSA_REKEY messages that deliver it to every registered
+    /// member (the same messages to each, in order). With `replace_rekey_sa` (a removal) the
+    /// Rekey SA is replaced first, its new key wrapped under each remaining member's own KWK.
     pub fn rekey(&mut self, now: Instant, replace_rekey_sa: bool) -> Vec<Outbound> {
         self.new_generation(now);
         self.stats.rekeys = self.stats.rekeys.saturating_add(1);
-        let old_spi = self.rekey_spi;
-        let message_id = self.next_message_id;
-        self.next_message_id = self.next_message_id.saturating_add(1);
-        let mut replaced = None;
+        let mut msgs = Vec::new();
         if replace_rekey_sa {
-            if let Ok(n) = new_rekey_sa(&mut self.rng) {
-                let (spi, keymat, cipher) = n;
-                // The message goes under the old SA; later ones under the new.
-                let old_cipher = core::mem::replace(&mut self.rekey_cipher, cipher);
+            if let Ok((spi, keymat, cipher, kwk)) = new_rekey_sa(&mut self.rng) {
+                let old_spi = self.rekey_spi;
+                let message_id = self.next_message_id;
+                // The new Rekey SA's first message has Message ID 1.
                 self.rekey_spi = spi;
-                self.rekey_keymat = keymat;
                 self.next_message_id = 1;
-                replaced = Some(old_cipher);
+                let policy = self.rekey_policy(false);
+                let attrs = self
+                    .members
+                    .iter()
+                    .filter(|m| m.registered && !m.removed)
+                    .map(|m| Attr::tlv(group_key_attr::SA_KEY, m.kek.wrap(&keymat).to_bytes()))
+                    .collect();
+                let inner = [
+                    GroupPayload::Gsa(Gsa {
+                        policies: vec![policy],
+                    })
+                    .to_payload(),
+                    GroupPayload::Kd(Kd {
+                        bags: vec![KeyBag::Group {
+                            protocol: proto::GIKE_UPDATE,
+                            spi: spi.to_vec(),
+                            attrs,
+                        }],
+                    })
+                    .to_payload(),
+                ];
+                // Under the old Rekey SA; everything after under the new.
+                msgs.push(rekey::seal(
+                    &old_spi,
+                    message_id,
+                    &mut self.rekey_cipher,
+                    &inner,
+                ));
+                self.rekey_keymat = keymat;
+                self.rekey_cipher = cipher;
+                self.rekey_kwk = kwk;
             }
         }
-        let gsa = GroupPayload::Gsa(self.gsa(false)).to_payload();
-        let copies: Vec<(Id, Payload)> = self
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.registered && !m.removed)
-            .map(|(i, m)| {
-                (
-                    m.id.clone(),
-                    GroupPayload::Kd(self.kd(i, &m.kek, false)).to_payload(),
-                )
+        let message_id = self.next_message_id;
+        self.next_message_id = self.next_message_id.saturating_add(1);
+        let mut policies = self.data_policies(false, now);
+        policies.push(self.gw_policy());
+        let inner = [
+            GroupPayload::Gsa(Gsa { policies }).to_payload(),
+            GroupPayload::Kd(Kd {
+                bags: self.data_key_bags(false, &self.rekey_kwk),
             })
-            .collect();
+            .to_payload(),
+        ];
+        let spi = self.rekey_spi;
+        msgs.push(rekey::seal(
+            &spi,
+            message_id,
+            &mut self.rekey_cipher,
+            &inner,
+        ));
+        // An empty message: the Rekey SA's IV space is used up (it seals nothing then).
+        msgs.retain(|m| !m.is_empty());
+        let msgs: Vec<Arc<[u8]>> = msgs.into_iter().map(Arc::from).collect();
         let mut out = Vec::new();
-        for (to, kd) in copies {
-            let inner = [gsa.clone(), kd];
-            let cipher = match replaced.as_mut() {
-                Some(c) => c,
-                None => &mut self.rekey_cipher,
-            };
-            let msg = rekey::seal(&old_spi, message_id, cipher, &inner);
-            if !msg.is_empty() {
-                out.push(Outbound { to, msg });
+        for m in self.members.iter().filter(|m| m.registered && !m.removed) {
+            for msg in &msgs {
+                out.push(Outbound {
+                    to: m.id.clone(),
+                    msg: Arc::clone(msg),
+                });
             }
         }
         self.stats.rekey_messages = self
@@ -397,55 +500,94 @@ impl Gcks {
         out
     }
 
+    /// A Data-Security SA's transforms (section 4.4.2.1: ENCR and SN mandatory for ESP): AES-
+    /// GCM-16 (explicit IV: section 2.7 forbids implicit-IV transforms), and "32-bit Unspecified
+    /// Numbers" since many senders share the SA (section 4.4.2.1.3).
     fn transforms(&self) -> Vec<Transform> {
-        vec![Transform {
-            kind: wire::transform::ENCR,
-            id: wire::transform::ENCR_AES_GCM_16,
-            key_len: Some(self.cfg.key_bits),
-        }]
+        vec![
+            Transform {
+                kind: wire::transform::ENCR,
+                id: wire::transform::ENCR_AES_GCM_16,
+                key_len: Some(self.cfg.key_bits),
+            },
+            Transform {
+                kind: gtransform::SN,
+                id: gtransform::SN_32BIT_UNSPECIFIED,
+                key_len: None,
+            },
+        ]
     }
 
-    /// The GSA payload: the Rekey SA, every live Data-Security SA (newest last), the GWP.
-    fn gsa(&self, registration: bool) -> Gsa {
-        let mut policies = vec![GroupPolicy::Rekey {
-            spi: self.rekey_spi,
-            transforms: vec![
-                Transform {
-                    kind: wire::transform::ENCR,
-                    id: wire::transform::ENCR_AES_GCM_16,
-                    key_len: Some(256),
-                },
-                Transform {
-                    kind: crate::group::wire::transform::KWA,
-                    id: crate::group::wire::transform::KW_5649_256,
-                    key_len: None,
-                },
-            ],
-            attrs: vec![Attr::tlv(
-                gsa_attr::GSA_INITIAL_MESSAGE_ID,
-                self.next_message_id.to_be_bytes().to_vec(),
-            )],
+    /// The GSA payload of a registration: the Rekey SA, every live Data-Security SA (newest
+    /// last), the GW policy.
+    fn gsa(&self, now: Instant) -> Gsa {
+        let mut policies = vec![self.rekey_policy(true)];
+        policies.extend(self.data_policies(true, now));
+        policies.push(self.gw_policy());
+        Gsa { policies }
+    }
+
+    /// The Rekey SA's policy: ENCR (AEAD, so no INTEG), GCAUTH only at registration (section
+    /// 4.4.2.1), KWA; its selectors name UDP from and to any address (rekeys go to each member
+    /// by unicast here, not to a multicast group).
+    fn rekey_policy(&self, registration: bool) -> GroupPolicy {
+        let mut transforms = vec![Transform {
+            kind: wire::transform::ENCR,
+            id: wire::transform::ENCR_AES_GCM_16,
+            key_len: Some(256),
         }];
-        // A rekey carries the new generation only; a registration all that are live.
-        let gens: Vec<&Generation> = if registration {
+        if registration {
+            transforms.push(Transform {
+                kind: gtransform::GCAUTH,
+                id: gtransform::GCAUTH_IMPLICIT,
+                key_len: None,
+            });
+        }
+        transforms.push(Transform {
+            kind: gtransform::KWA,
+            id: gtransform::KW_5649_256,
+            key_len: None,
+        });
+        GroupPolicy::Rekey {
+            spi: self.rekey_spi,
+            src: any_udp(),
+            dst: any_udp(),
+            transforms,
+            attrs: vec![
+                lifetime_attr(self.cfg.lifetime),
+                Attr::tlv(
+                    gsa_attr::GSA_INITIAL_MESSAGE_ID,
+                    self.next_message_id.to_be_bytes().to_vec(),
+                ),
+            ],
+        }
+    }
+
+    /// The generations a message carries: all live ones at registration, the newest in a rekey.
+    fn gens_for(&self, registration: bool) -> Vec<&Generation> {
+        if registration {
             self.gens.iter().collect()
         } else {
             self.gens.last().into_iter().collect()
-        };
-        for g in gens {
-            policies.push(GroupPolicy::Data {
+        }
+    }
+
+    fn data_policies(&self, registration: bool, now: Instant) -> Vec<GroupPolicy> {
+        self.gens_for(registration)
+            .into_iter()
+            .map(|g| GroupPolicy::Data {
                 protocol: proto::ESP,
                 spi: g.spi,
                 src: self.cfg.src,
                 dst: self.cfg.dst,
                 transforms: self.transforms(),
-                attrs: vec![Attr::tlv(
-                    gsa_attr::GSA_KEY_LIFETIME,
-                    self.cfg.lifetime.as_secs().to_be_bytes().to_vec(),
-                )],
-            });
-        }
-        policies.push(GroupPolicy::GroupWide {
+                attrs: vec![lifetime_attr(g.expires.saturating_duration_since(now))],
+            })
+            .collect()
+    }
+
+    fn gw_policy(&self) -> GroupPolicy {
+        GroupPolicy::GroupWide {
             attrs: vec![
                 Attr::tv(gwp_attr::GWP_ATD, secs16(self.cfg.atd)),
                 Attr::tv(gwp_attr::GWP_DTD, secs16(self.cfg.dtd)),
@@ -454,14 +596,29 @@ impl Gcks {
                     u16::from(self.cfg.sender_id_bits),
                 ),
             ],
-        });
-        Gsa { policies }
+        }
     }
 
-    /// The KD payload for member `idx`, keys wrapped under `kek`: the Rekey SA's key, the
-    /// Data-Security SAs' keys, and the member's own bag (its KEK at registration, its
-    /// Sender-ID in the newest generation).
-    fn kd(&self, idx: usize, kek: &Kek, registration: bool) -> Kd {
+    /// Group Key Bags of the Data-Security SAs, each SA_KEY wrapped under `kwk`.
+    fn data_key_bags(&self, registration: bool, kwk: &Kek) -> Vec<KeyBag> {
+        self.gens_for(registration)
+            .into_iter()
+            .map(|g| KeyBag::Group {
+                protocol: proto::ESP,
+                spi: g.spi.to_be_bytes().to_vec(),
+                attrs: vec![Attr::tlv(
+                    group_key_attr::SA_KEY,
+                    kwk.wrap(&g.keymat).to_bytes(),
+                )],
+            })
+            .collect()
+    }
+
+    /// The KD payload of a registration of member `idx`, every key wrapped under the IKE
+    /// SA's default KWK: the Rekey SA's key material, the Data-Security SAs' keys, and the
+    /// member's own bag (its KWK and its Sender-ID: section 4.5.3 sends the Member Key Bag at
+    /// registration only).
+    fn registration_kd(&self, idx: usize, kek: &Kek) -> Kd {
         let mut bags = vec![KeyBag::Group {
             protocol: proto::GIKE_UPDATE,
             spi: self.rekey_spi.to_vec(),
@@ -470,42 +627,38 @@ impl Gcks {
                 kek.wrap(&self.rekey_keymat).to_bytes(),
             )],
         }];
-        let gens: Vec<&Generation> = if registration {
-            self.gens.iter().collect()
-        } else {
-            self.gens.last().into_iter().collect()
-        };
-        for g in &gens {
-            bags.push(KeyBag::Group {
-                protocol: proto::ESP,
-                spi: g.spi.to_be_bytes().to_vec(),
-                attrs: vec![Attr::tlv(
-                    group_key_attr::SA_KEY,
-                    kek.wrap(&g.keymat).to_bytes(),
-                )],
-            });
-        }
-        let mut attrs = Vec::new();
-        if registration {
-            if let Some(m) = self.members.get(idx) {
-                let mut v = m.kek.id.to_be_bytes().to_vec();
-                v.extend_from_slice(&kek.wrap(m.kek.key_bytes()).to_bytes());
-                attrs.push(Attr::tlv(member_key_attr::WRAP_KEY, v));
+        bags.extend(self.data_key_bags(true, kek));
+        if let Some(m) = self.members.get(idx) {
+            let mut attrs = vec![Attr::tlv(
+                member_key_attr::WRAP_KEY,
+                kek.wrap_key(m.kek.id, m.kek.key_bytes()).to_bytes(),
+            )];
+            if let Some(s) = m.sender_id {
+                attrs.push(Attr::tlv(
+                    member_key_attr::GM_SENDER_ID,
+                    s.to_be_bytes().to_vec(),
+                ));
             }
-        }
-        if let Some(g) = self.gens.last() {
-            for (s, m) in &g.sender_ids {
-                if *m == idx {
-                    let mut v = g.spi.to_be_bytes().to_vec();
-                    v.extend_from_slice(&s.to_be_bytes());
-                    attrs.push(Attr::tlv(member_key_attr::GM_SENDER_ID, v));
-                }
-            }
-        }
-        if !attrs.is_empty() {
             bags.push(KeyBag::Member { attrs });
         }
         Kd { bags }
+    }
+}
+
+/// GSA_KEY_LIFETIME: 4 octets of seconds (section 4.4.2.2.1).
+fn lifetime_attr(d: Duration) -> Attr {
+    let secs = u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    Attr::tlv(gsa_attr::GSA_KEY_LIFETIME, secs.to_be_bytes().to_vec())
+}
+
+/// A traffic selector for UDP from or to any IPv4 address and port.
+fn any_udp() -> TrafficSelector {
+    TrafficSelector {
+        protocol: 17,
+        start_port: 0,
+        end_port: 65535,
+        start: core::net::IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED),
+        end: core::net::IpAddr::V4(core::net::Ipv4Addr::BROADCAST),
     }
 }
 
@@ -513,14 +666,21 @@ fn secs16(d: Duration) -> u16 {
     u16::try_from(d.as_secs()).unwrap_or(u16::MAX)
 }
 
-type RekeySa = ([u8; 16], Secret, SkCipher);
+type RekeySa = ([u8; 16], Secret, SkCipher, Kek);
 
-/// A Rekey SA: a random 16-octet SPI and AES-256-GCM key material.
+/// A Rekey SA: a random 16-octet SPI and its key material GSK_e | GSK_w.
 fn new_rekey_sa(rng: &mut ChaCha20Rng) -> Result<RekeySa, &'static str> {
     let mut spi = [0u8; 16];
     rng.fill_bytes(&mut spi);
     let mut km = Zeroizing::new(vec![0u8; REKEY_KEYMAT_LEN]);
     rng.fill_bytes(&mut km);
-    let c = SkCipher::new(&km).ok_or("rekey SA cipher")?;
-    Ok((spi, km, c))
+    let (e, w) = split_rekey_keymat(&km).ok_or("rekey SA key material")?;
+    let c = SkCipher::new(e).ok_or("rekey SA cipher")?;
+    let kwk = Kek::new(0, w).ok_or("rekey SA GSK_w")?;
+    Ok((spi, km, c, kwk))
+}
+
+/// GSK_e and GSK_w of Rekey SA key material of the right length.
+pub fn split_rekey_keymat(km: &[u8]) -> Option<(&[u8], &[u8])> {
+    (km.len() == REKEY_KEYMAT_LEN).then(|| km.split_at(REKEY_GSK_E_LEN))
 }

@@ -39,11 +39,9 @@ pub enum KeyError {
     Length,
 }
 
-/// The label of the default KEK derivation from the IKE SA's SK_d. RFC 9838 defines how the
-/// default wrap key of a registration is derived from the IKE SA; this session could not read
-/// that paragraph, so the label here is roamgate's own and marked as such (both ends are ours
-/// today; check it before interop).
-const DEFAULT_KEK_LABEL: &[u8] = b"roamgate G-IKEv2 default KEK";
+/// The label of the default KWK of a unicast IKE SA (RFC 9838 section 3.1.1:
+/// GSK_w = prf+(SK_d, "Key Wrap for G-IKEv2"), 20 ASCII characters, no terminating null).
+const DEFAULT_KEK_LABEL: &[u8] = b"Key Wrap for G-IKEv2";
 
 impl Kek {
     pub fn new(id: u32, key: &[u8]) -> Option<Kek> {
@@ -69,8 +67,15 @@ impl Kek {
         Kek { id: 0, key: k }
     }
 
-    /// `key` wrapped under this KEK (RFC 5649: any length, padded to 64-bit blocks).
+    /// SA key material wrapped under this KEK (Key ID 0; RFC 5649: any length, padded to
+    /// 64-bit blocks).
     pub fn wrap(&self, key: &[u8]) -> WrappedKey {
+        self.wrap_key(0, key)
+    }
+
+    /// The intermediate key `key_id` (a KWK, never 0) or SA key material (0) wrapped under this
+    /// KEK.
+    pub fn wrap_key(&self, key_id: u32, key: &[u8]) -> WrappedKey {
         let kek = aes_kw::KekAes256::new(self.key.as_ref().into());
         let n = key.len().div_ceil(8).saturating_mul(8).saturating_add(8);
         let mut out = vec![0u8; n];
@@ -78,16 +83,17 @@ impl Kek {
             out.clear();
         }
         WrappedKey {
-            kek_id: self.id,
+            key_id,
+            kwk_id: self.id,
             wrapped: out,
         }
     }
 
     /// The key inside `w`, which must name this KEK and pass the wrap's integrity check.
     pub fn unwrap(&self, w: &WrappedKey) -> Result<Secret, KeyError> {
-        if w.kek_id != self.id {
+        if w.kwk_id != self.id {
             return Err(KeyError::WrongKek {
-                got: w.kek_id,
+                got: w.kwk_id,
                 want: self.id,
             });
         }
@@ -117,7 +123,7 @@ mod tests {
         for len in [16usize, 20, 32, 36] {
             let k: Vec<u8> = (0..len as u8).collect();
             let w = kek.wrap(&k);
-            assert_eq!(w.kek_id, 7);
+            assert_eq!((w.key_id, w.kwk_id), (0, 7));
             assert_eq!(w.wrapped.len() % 8, 0);
             assert_eq!(kek.unwrap(&w).unwrap().as_slice(), k.as_slice());
             let mut bad = w.clone();

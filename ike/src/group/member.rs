@@ -13,11 +13,12 @@
 use core::time::Duration;
 
 use crate::crypto::{Secret, SkCipher};
+use crate::group::gcks::{split_rekey_keymat, REKEY_KEYMAT_LEN};
 use crate::group::keys::{gcm_keymat_len, Kek, KEK_LEN};
 use crate::group::rekey::{self, RekeyError};
 use crate::group::wire::{
-    find_attr, group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto, GroupPayload,
-    GroupPolicy, KeyBag, WrappedKey,
+    find_attr, group_key_attr, gsa_attr, gwp_attr, member_key_attr, notify, proto,
+    transform as gtransform, GroupPayload, GroupPolicy, KeyBag, WrappedKey,
 };
 use crate::time::Instant;
 use crate::wire::{self, Id, Payload};
@@ -26,7 +27,8 @@ use crate::wire::{self, Id, Payload};
 pub struct MemberSa {
     pub spi: u32,
     pub keymat: Secret,
-    /// This member's Sender-ID on this SA (senders only).
+    /// This member's Sender-ID (senders only): the one from its registration, used on every
+    /// Data-Security SA (RFC 9838 section 2.5.2).
     pub sender_id: Option<u32>,
     pub sender_id_bits: u8,
     /// From when this member sends on it.
@@ -49,6 +51,8 @@ impl core::fmt::Debug for MemberSa {
 struct RekeySa {
     spi: [u8; 16],
     cipher: SkCipher,
+    /// GSK_w: the KWK of keys a GSA_REKEY on this SA carries (section 3.1.1).
+    kwk: Kek,
     /// The last Message ID accepted (the initial one minus one before any).
     last: u32,
 }
@@ -57,6 +61,8 @@ struct RekeySa {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemberStats {
     pub rekeys: u64,
+    /// Exclusions by the GCKS (a Delete of the Rekey SA with SPI zero).
+    pub excluded: u64,
     pub replays: u64,
     pub refused: u64,
 }
@@ -64,11 +70,15 @@ pub struct MemberStats {
 pub struct Member {
     group: Id,
     sender: bool,
+    /// From the latest registration (GM_SENDER_ID; rekeys carry none).
+    sender_id: Option<u32>,
     kek: Option<Kek>,
     rekey: Option<RekeySa>,
     sas: Vec<MemberSa>,
     atd: Duration,
     dtd: Duration,
+    /// GWP_SENDER_ID_BITS from the last GW policy.
+    bits: u8,
     stats: MemberStats,
 }
 
@@ -86,10 +96,10 @@ impl core::fmt::Debug for Member {
 struct Update {
     rekey: Option<([u8; 16], u32, Secret)>,
     data: Vec<(u32, Secret)>,
-    sender_ids: Vec<(u32, u32)>,
+    sender_id: Option<u32>,
     atd: Option<Duration>,
     dtd: Option<Duration>,
-    bits: u8,
+    bits: Option<u8>,
     kek: Option<Kek>,
 }
 
@@ -98,11 +108,13 @@ impl Member {
         Member {
             group,
             sender,
+            sender_id: None,
             kek: None,
             rekey: None,
             sas: Vec::new(),
             atd: Duration::ZERO,
             dtd: Duration::ZERO,
+            bits: 0,
             stats: MemberStats::default(),
         }
     }
@@ -116,11 +128,14 @@ impl Member {
     }
 
     /// The payloads of a GSA_AUTH / GSA_REGISTRATION request (inside SK): IDg, and
-    /// GROUP_SENDER when this member sends.
+    /// GROUP_SENDER when this member sends (its data: a 4-octet count of Sender-IDs, one).
     pub fn registration_request(&self) -> Vec<Payload> {
         let mut v = vec![GroupPayload::IdG(self.group.clone()).to_payload()];
         if self.sender {
-            v.push(Payload::notify(notify::GROUP_SENDER, Vec::new()));
+            v.push(Payload::notify(
+                notify::GROUP_SENDER,
+                1u32.to_be_bytes().to_vec(),
+            ));
         }
         v
     }
@@ -132,11 +147,16 @@ impl Member {
         default_kek: &Kek,
         response: &[Payload],
     ) -> Result<(), RekeyError> {
-        let mut u = self.check(default_kek, response, true).inspect_err(|_| {
-            self.stats.refused = self.stats.refused.saturating_add(1);
-        })?;
+        let mut u = self
+            .check(&[default_kek], response, true)
+            .inspect_err(|_| {
+                self.stats.refused = self.stats.refused.saturating_add(1);
+            })?;
         self.kek = u.kek.take();
-        self.sas.clear();
+        self.sender_id = u.sender_id;
+        // SAs being retired (after an exclusion) stay for receiving until their DTD ends;
+        // the rest are replaced by what the GCKS listed.
+        self.sas.retain(|s| s.until.is_some_and(|t| now < t));
         self.apply(now, u, true);
         Ok(())
     }
@@ -168,8 +188,25 @@ impl Member {
                 last: rs.last,
             });
         }
+        // Delete(GIKE_UPDATE, SPI 0): this member is excluded and must register again
+        // (section 2.4.3); the Data-Security SAs go after the DTD, so it keeps receiving until
+        // then, and may send on them until it registers again (its Sender-ID on them is its
+        // own under their key).
+        let excluded = inner.iter().any(|p| {
+            matches!(p, Payload::Delete { protocol, spis }
+                if *protocol == proto::GIKE_UPDATE && spis.iter().any(|s| s.iter().all(|b| *b == 0)))
+        });
+        if excluded {
+            let until = now.saturating_add(self.dtd);
+            for sa in &mut self.sas {
+                sa.until = Some(sa.until.map_or(until, |u| u.min(until)));
+            }
+            self.rekey = None;
+            self.stats.excluded = self.stats.excluded.saturating_add(1);
+            return Ok(());
+        }
         let kek = self.kek.as_ref().ok_or(RekeyError::Policy("no KEK"))?;
-        let u = self.check(kek, &inner, false)?;
+        let u = self.check(&[&rs.kwk, kek], &inner, false)?;
         if let Some(rs) = self.rekey.as_mut() {
             rs.last = h.message_id;
         }
@@ -177,10 +214,12 @@ impl Member {
         Ok(())
     }
 
-    /// Parses and checks a GSA + KD: every Data-Security SA has its key, keys unwrap.
+    /// Parses and checks a GSA + KD: every SA has its key, wrapped under one of `keks` (the
+    /// IKE SA's default KWK at registration; the Rekey SA's GSK_w or this member's own KWK in
+    /// a GSA_REKEY), and keys unwrap.
     fn check(
         &self,
-        kek: &Kek,
+        keks: &[&Kek],
         payloads: &[Payload],
         registration: bool,
     ) -> Result<Update, RekeyError> {
@@ -201,10 +240,10 @@ impl Member {
         let mut u = Update {
             rekey: None,
             data: Vec::new(),
-            sender_ids: Vec::new(),
+            sender_id: None,
             atd: None,
             dtd: None,
-            bits: 0,
+            bits: None,
             kek: None,
         };
         let key_of = |proto_id: u8, spi: &[u8]| -> Result<Secret, RekeyError> {
@@ -216,10 +255,27 @@ impl Member {
                 } = b
                 {
                     if *protocol == proto_id && s.as_slice() == spi {
-                        let a = find_attr(attrs, group_key_attr::SA_KEY)
-                            .and_then(|a| a.bytes())
-                            .ok_or(RekeyError::Missing("SA_KEY"))?;
-                        return Ok(kek.unwrap(&WrappedKey::parse(a)?)?);
+                        // Several SA_KEY attributes may come (GIKE_UPDATE in a GSA_REKEY):
+                        // the one wrapped under a key this member holds is ours.
+                        let mut any = false;
+                        for a in attrs.iter().filter(|a| a.kind == group_key_attr::SA_KEY) {
+                            any = true;
+                            let w = WrappedKey::parse(
+                                a.bytes().ok_or(RekeyError::Policy("SA_KEY format"))?,
+                            )?;
+                            // SA_KEY holds SA key material: Key ID 0 (section 4.5.2.1).
+                            if w.key_id != 0 {
+                                return Err(RekeyError::Policy("SA_KEY with a Key ID"));
+                            }
+                            if let Some(k) = keks.iter().find(|k| k.id == w.kwk_id) {
+                                return Ok(k.unwrap(&w)?);
+                            }
+                        }
+                        return Err(if any {
+                            RekeyError::NoKey
+                        } else {
+                            RekeyError::Missing("SA_KEY")
+                        });
                     }
                 }
             }
@@ -234,6 +290,9 @@ impl Member {
                         .and_then(|v| u32::try_from(v).ok())
                         .unwrap_or(1);
                     let km = key_of(proto::GIKE_UPDATE, spi)?;
+                    if km.len() != REKEY_KEYMAT_LEN {
+                        return Err(RekeyError::Policy("rekey SA key length"));
+                    }
                     u.rekey = Some((*spi, first, km));
                 }
                 GroupPolicy::Data {
@@ -242,14 +301,33 @@ impl Member {
                     transforms,
                     ..
                 } => {
-                    // AES-GCM-16 only (explicit IV): anything else is refused.
-                    let t = match transforms.as_slice() {
-                        [t] if t.kind == wire::transform::ENCR
-                            && t.id == wire::transform::ENCR_AES_GCM_16 =>
-                        {
-                            t
+                    // AES-GCM-16 only (explicit IV) and the mandatory Sequence Numbers
+                    // transform (section 4.4.2.1); anything else is refused.
+                    let mut encr = None;
+                    let mut sn = false;
+                    for t in transforms {
+                        match t.kind {
+                            wire::transform::ENCR
+                                if encr.is_none() && t.id == wire::transform::ENCR_AES_GCM_16 =>
+                            {
+                                encr = Some(t)
+                            }
+                            gtransform::SN
+                                if !sn
+                                    && matches!(
+                                        t.id,
+                                        gtransform::SN_32BIT_SEQUENTIAL
+                                            | gtransform::SN_32BIT_UNSPECIFIED
+                                    ) =>
+                            {
+                                sn = true
+                            }
+                            _ => return Err(RekeyError::Policy("data SA transform")),
                         }
-                        _ => return Err(RekeyError::Policy("data SA transform")),
+                    }
+                    let t = match (encr, sn) {
+                        (Some(t), true) => t,
+                        _ => return Err(RekeyError::Policy("data SA transforms missing")),
                     };
                     let bits = t.key_len.ok_or(RekeyError::Policy("key length"))?;
                     if *protocol != proto::ESP || !matches!(bits, 128 | 256) {
@@ -270,22 +348,32 @@ impl Member {
                     };
                     u.atd = secs(gwp_attr::GWP_ATD);
                     u.dtd = secs(gwp_attr::GWP_DTD);
-                    u.bits = find_attr(attrs, gwp_attr::GWP_SENDER_ID_BITS)
-                        .and_then(|a| a.as_u64())
-                        .and_then(|v| u8::try_from(v).ok())
-                        .unwrap_or(0);
+                    u.bits = Some(
+                        find_attr(attrs, gwp_attr::GWP_SENDER_ID_BITS)
+                            .and_then(|a| a.as_u64())
+                            .and_then(|v| u8::try_from(v).ok())
+                            .unwrap_or(0),
+                    );
                 }
             }
         }
-        if u.data.is_empty() || key_bits.is_none() {
+        // A registration brings everything; a rekey a new Rekey SA, new Data-Security SAs,
+        // or both (section 4.4.1: at least one of them).
+        if (registration || u.rekey.is_none()) && (u.data.is_empty() || key_bits.is_none()) {
             return Err(RekeyError::Missing("Data-Security SA"));
-        }
-        if !(1..=16).contains(&u.bits) {
-            return Err(RekeyError::Policy("sender-id bits"));
         }
         if registration && u.rekey.is_none() {
             return Err(RekeyError::Missing("Rekey SA"));
         }
+        let bits = match (u.bits, registration) {
+            (Some(b), _) => b,
+            (None, false) => self.bits,
+            (None, true) => return Err(RekeyError::Missing("GW policy")),
+        };
+        if !u.data.is_empty() && !(1..=16).contains(&bits) {
+            return Err(RekeyError::Policy("sender-id bits"));
+        }
+        u.bits = Some(bits);
         for b in &kd.bags {
             if let KeyBag::Member { attrs } = b {
                 for a in attrs {
@@ -293,35 +381,38 @@ impl Member {
                         continue;
                     };
                     match a.kind {
-                        member_key_attr::GM_SENDER_ID => {
-                            let (spi, sid) = v
-                                .split_at_checked(4)
-                                .ok_or(RekeyError::Policy("GM_SENDER_ID"))?;
-                            let spi = u32::from_be_bytes(
-                                spi.try_into()
-                                    .map_err(|_| RekeyError::Policy("GM_SENDER_ID"))?,
-                            );
+                        // Section 4.5.3.3: registration only; the value is the Sender-ID
+                        // (4 octets here: the RFC gives no width, GROUP_SENDER's count is 4).
+                        member_key_attr::GM_SENDER_ID if registration => {
                             let sid = u32::from_be_bytes(
-                                sid.try_into()
+                                <[u8; 4]>::try_from(v)
                                     .map_err(|_| RekeyError::Policy("GM_SENDER_ID"))?,
                             );
-                            if sid >> u.bits != 0 {
+                            if u64::from(sid) >> bits != 0 {
                                 return Err(RekeyError::Policy("Sender-ID wider than its bits"));
                             }
-                            u.sender_ids.push((spi, sid));
+                            // One is asked for; the first is used.
+                            u.sender_id.get_or_insert(sid);
                         }
+                        // Section 4.5.3.1: a wrapped key with a non-zero Key ID (the new KWK's
+                        // id), wrapped under the default KWK of the IKE SA.
                         member_key_attr::WRAP_KEY if registration => {
-                            let (id, w) = v
-                                .split_at_checked(4)
-                                .ok_or(RekeyError::Policy("WRAP_KEY"))?;
-                            let id = u32::from_be_bytes(
-                                id.try_into().map_err(|_| RekeyError::Policy("WRAP_KEY"))?,
-                            );
-                            let k = kek.unwrap(&WrappedKey::parse(w)?)?;
+                            let w = WrappedKey::parse(v)?;
+                            let id = w.key_id;
+                            let kek = keks.first().ok_or(RekeyError::Policy("no KWK"))?;
+                            if w.kwk_id != kek.id {
+                                return Err(RekeyError::Policy(
+                                    "WRAP_KEY not under the IKE SA's KWK",
+                                ));
+                            }
+                            let k = kek.unwrap(&w)?;
                             if id == 0 || k.len() != KEK_LEN {
                                 return Err(RekeyError::Policy("WRAP_KEY"));
                             }
                             u.kek = Kek::new(id, &k);
+                        }
+                        member_key_attr::GM_SENDER_ID | member_key_attr::WRAP_KEY => {
+                            return Err(RekeyError::Policy("member key bag in a rekey"));
                         }
                         _ => {}
                     }
@@ -331,12 +422,13 @@ impl Member {
         if registration && u.kek.is_none() {
             return Err(RekeyError::Missing("WRAP_KEY"));
         }
-        if self.sender
-            && !u
-                .sender_ids
-                .iter()
-                .any(|(s, _)| u.data.iter().any(|(d, _)| d == s))
-        {
+        // A sender without a Sender-ID must not install the SAs (section 2.4.1.4).
+        let held = if registration {
+            u.sender_id
+        } else {
+            self.sender_id
+        };
+        if self.sender && !u.data.is_empty() && held.is_none_or(|s| u64::from(s) >> bits != 0) {
             return Err(RekeyError::Policy("no Sender-ID for a sender"));
         }
         Ok(u)
@@ -349,13 +441,19 @@ impl Member {
         if let Some(d) = u.dtd {
             self.dtd = d;
         }
+        if let Some(b) = u.bits {
+            self.bits = b;
+        }
         if let Some((spi, first, km)) = u.rekey {
             let changed = self.rekey.as_ref().is_none_or(|r| r.spi != spi);
             if changed {
-                if let Some(cipher) = SkCipher::new(&km) {
+                let keys = split_rekey_keymat(&km)
+                    .and_then(|(e, w)| Some((SkCipher::new(e)?, Kek::new(0, w)?)));
+                if let Some((cipher, kwk)) = keys {
                     self.rekey = Some(RekeySa {
                         spi,
                         cipher,
+                        kwk,
                         last: first.saturating_sub(1),
                     });
                 }
@@ -379,11 +477,7 @@ impl Member {
             } else {
                 Some(now.saturating_add(self.dtd))
             };
-            let sender_id = u
-                .sender_ids
-                .iter()
-                .find(|(s, _)| *s == spi)
-                .map(|(_, id)| *id);
+            let sender_id = self.sender_id;
             // A newer SA retires the ones we have: kept for receiving until the DTD.
             if newest {
                 for old in self.sas.iter_mut().filter(|s| s.until.is_none()) {
@@ -394,11 +488,16 @@ impl Member {
                 spi,
                 keymat,
                 sender_id,
-                sender_id_bits: u.bits,
+                sender_id_bits: self.bits,
                 active_from,
                 until,
             });
         }
+    }
+
+    /// Whether this member must register (again): never registered, or excluded by the GCKS.
+    pub fn must_register(&self) -> bool {
+        self.rekey.is_none()
     }
 
     /// Drops SAs past their deactivation time.

@@ -1,8 +1,9 @@
 //! The GSA_REKEY message (RFC 9838 section 2.4.1): one message from the GCKS, no response,
 //! protected by the Rekey SA: `HDR(SPIi | SPIr = the Rekey SA's SPI, GSA_REKEY, Message ID),
 //! SK{GSA, KD}`. The GCKS authenticates implicitly (GCAUTH 1): only holders of the Rekey SA's
-//! key can seal it; the keys inside are wrapped under each member's own KEK, so a member
-//! that was removed can neither read them nor forge a key another member would accept.
+//! key can seal it (which every member is: RFC 9838 does not recommend implicit authentication
+//! where origin authentication matters). Keys inside are wrapped under the Rekey SA's GSK_w,
+//! or, for a new Rekey SA after a removal, under each remaining member's own KWK.
 //!
 //! Replay: the Message ID starts at the policy's GSA_INITIAL_MESSAGE_ID and grows with every
 //! rekey; a member accepts only a Message ID above the last it accepted on that Rekey SA.
@@ -30,6 +31,8 @@ pub enum RekeyError {
     Missing(&'static str),
     #[error("key: {0}")]
     Key(#[from] crate::group::keys::KeyError),
+    #[error("no key this member holds wraps the SA key")]
+    NoKey,
     #[error("policy: {0}")]
     Policy(&'static str),
 }

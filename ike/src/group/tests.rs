@@ -207,7 +207,7 @@ fn rekey_under_traffic_loses_nothing() {
             queue.push((
                 now.saturating_add(Duration::from_millis(1000 * i as u64)),
                 i,
-                o.msg,
+                o.msg.to_vec(),
             ));
         }
         queue.sort_by_key(|q| q.0);
@@ -316,13 +316,12 @@ fn replayed_or_forged_rekey_is_refused() {
         .unwrap()
         .msg
         .clone();
-    let mut bad = a3.clone();
+    let mut bad = a3.to_vec();
     let n = bad.len();
     bad[n - 20] ^= 1;
     assert_eq!(ms[0].on_rekey(at(3_000), &bad), Err(RekeyError::Integrity));
     ms[0].on_rekey(at(3_000), &a3).unwrap();
-    // Member 1's copy opens under the Rekey SA, but its keys are wrapped for member 1; the
-    // failure moves nothing, member 0's own copy is taken after it.
+    // A rekey is one message for every member (keys under the Rekey SA's GSK_w).
     let fourth = g.rekey(at(4_000), false);
     let b4 = fourth
         .iter()
@@ -336,11 +335,9 @@ fn replayed_or_forged_rekey_is_refused() {
         .unwrap()
         .msg
         .clone();
-    assert!(matches!(
-        ms[0].on_rekey(at(4_000), &b4),
-        Err(RekeyError::Key(_))
-    ));
+    assert_eq!(a4, b4);
     ms[0].on_rekey(at(4_000), &a4).unwrap();
+    ms[1].on_rekey(at(4_000), &b4).unwrap();
     // Garbage never panics.
     for n in 0..a3.len() {
         let _ = ms[1].on_rekey(at(3_000), &a3[..n]);
@@ -355,16 +352,23 @@ fn removed_member_is_locked_out() {
     let (mut g, mut ms) = group(4, 8);
     let gone = ids(4)[3].clone();
     let out: Vec<Outbound> = g.remove_member(at(1_000), &gone);
-    assert_eq!(out.len(), 3);
+    // Two messages to each of the 3 others: the new Rekey SA (under the old one, its key
+    // wrapped under each member's own KWK), then the new Data-Security SA under the new one.
+    assert_eq!(out.len(), 6);
     assert!(out.iter().all(|o| o.to != gone));
     for o in &out {
         ms[index_of(&o.to)].on_rekey(at(1_000), &o.msg).unwrap();
     }
-    // The removed member sniffs member 0's copy: it opens (old Rekey SA) but no key unwraps.
-    assert!(matches!(
+    // The removed member sniffs them: the first opens (old Rekey SA) but no SA_KEY in it is
+    // wrapped under a key it holds; the second is under a Rekey SA it does not know.
+    assert_eq!(
         ms[3].on_rekey(at(1_000), &out[0].msg),
-        Err(RekeyError::Key(_))
-    ));
+        Err(RekeyError::NoKey)
+    );
+    assert_eq!(
+        ms[3].on_rekey(at(1_000), &out[1].msg),
+        Err(RekeyError::UnknownSpi)
+    );
     let now = at(7_000);
     let sa = ms[0].outbound(now).unwrap();
     assert_eq!(sa.spi, g.current_spi().unwrap());
@@ -399,8 +403,10 @@ fn removed_member_is_locked_out() {
     );
 }
 
-/// Two Sender-ID bits: four senders. The fifth is refused until a rekey frees the ID of a
-/// member that was removed; no Sender-ID is ever held by two members under one SA.
+/// Two Sender-ID bits: four Sender-IDs. RFC 9838 section 2.5.1: one counter, a new value
+/// for every registration of a sender, never given again. The fifth sender is refused, and
+/// stays refused after a removal and its rekey (the removed member's ID is not reused); a
+/// member keeps its ID across rekeys (section 2.5.2) and no ID is held by two members.
 #[test]
 fn sender_id_exhaustion() {
     let cfg = config(5, 2);
@@ -411,6 +417,11 @@ fn sender_id_exhaustion() {
     for (i, m) in ms.iter_mut().take(4).enumerate() {
         register(&mut g, m, i, at(0)).unwrap();
     }
+    let first: Vec<u32> = ms[..4]
+        .iter()
+        .map(|m| m.sas()[0].sender_id.unwrap())
+        .collect();
+    assert_eq!(first, [0, 1, 2, 3]);
     let req = ms[4].registration_request();
     assert_eq!(
         g.register(at(0), &ids(5)[4], &ike_kek(4), &req),
@@ -421,15 +432,90 @@ fn sender_id_exhaustion() {
     for o in &out {
         ms[index_of(&o.to)].on_rekey(at(1_000), &o.msg).unwrap();
     }
-    register(&mut g, &mut ms[4], 4, at(1_000)).unwrap();
+    assert_eq!(
+        g.register(at(1_000), &ids(5)[4], &ike_kek(4), &req),
+        Err(notify::REGISTRATION_FAILED)
+    );
+    assert_eq!(g.stats().sender_id_exhausted, 2);
+    // Each remaining member sends on the new SA with the ID of its registration.
     let spi = g.current_spi().unwrap();
     let mut seen = std::collections::BTreeSet::new();
-    for i in [0usize, 2, 3, 4] {
+    for i in [0usize, 2, 3] {
         let sa = ms[i].sas().iter().find(|s| s.spi == spi).unwrap();
+        assert_eq!(sa.sender_id, Some(first[i]));
         assert!(seen.insert(sa.sender_id.unwrap()), "Sender-ID given twice");
-        assert!(sa.sender_id.unwrap() < 4);
     }
-    assert_eq!(g.sender_ids().len(), 4);
+    assert_eq!(g.sender_ids().len(), 3);
+}
+
+/// RFC 9838 2.5.1 and 2.4.3: when the Sender-ID counter runs out the GCKS starts the group
+/// over. Two bits: three senders take IDs 0-2, a re-registration takes 3, the next one is
+/// refused; the next poll excludes every member (Delete of the Rekey SA, SPI zero), they
+/// register again under a new SA with IDs from 0, and traffic flows on it. A member keeps
+/// receiving on the old SA until the DTD ends.
+#[test]
+fn sender_id_exhaustion_restarts_the_group() {
+    let cfg = config(3, 2);
+    let mut g = Gcks::new(cfg.clone(), at(0)).unwrap();
+    let mut ms: Vec<Member> = (0..3)
+        .map(|_| Member::new(cfg.group.clone(), true))
+        .collect();
+    for (i, m) in ms.iter_mut().enumerate() {
+        register(&mut g, m, i, at(0)).unwrap();
+    }
+    let old_spi = g.current_spi().unwrap();
+    register(&mut g, &mut ms[0], 0, at(10)).unwrap();
+    assert_eq!(ms[0].sas()[0].sender_id, Some(3));
+    let req = ms[1].registration_request();
+    assert_eq!(
+        g.register(at(20), &ids(3)[1], &ike_kek(1), &req),
+        Err(notify::REGISTRATION_FAILED)
+    );
+    let out = g.poll(at(20));
+    assert_eq!(out.len(), 3);
+    assert_eq!(g.stats().restarts, 1);
+    for o in &out {
+        let m = &mut ms[index_of(&o.to)];
+        assert!(!m.must_register());
+        m.on_rekey(at(30), &o.msg).unwrap();
+        assert!(m.must_register());
+        assert_eq!(m.stats().excluded, 1);
+    }
+    // Member 2 has not registered again yet: member 0 (re-registered) still opens what it
+    // seals on the old SA until the DTD.
+    register(&mut g, &mut ms[0], 0, at(1_000)).unwrap();
+    let new_spi = g.current_spi().unwrap();
+    assert_ne!(new_spi, old_spi);
+    let old = ms[2].outbound(at(1_000)).unwrap();
+    assert_eq!(old.spi, old_spi);
+    let ct = seal(old, iv(old, 7), b"still on the old SA");
+    assert!(ms[0]
+        .inbound(old_spi, at(1_000))
+        .and_then(|r| open(r, old_spi, iv(old, 7), &ct))
+        .is_some());
+    register(&mut g, &mut ms[1], 1, at(1_100)).unwrap();
+    register(&mut g, &mut ms[2], 2, at(1_200)).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &ms {
+        let sa = m.outbound(at(1_300)).unwrap();
+        assert_eq!(sa.spi, new_spi);
+        assert!(sa.sender_id.unwrap() < 4);
+        assert!(seen.insert(sa.sender_id.unwrap()), "Sender-ID given twice");
+    }
+    let sa = ms[1].outbound(at(1_300)).unwrap();
+    let ct = seal(sa, iv(sa, 1), b"on the new SA");
+    assert!(ms[2]
+        .inbound(new_spi, at(1_300))
+        .and_then(|r| open(r, new_spi, iv(sa, 1), &ct))
+        .is_some());
+    // The old SA goes after the DTD.
+    let after = at(30)
+        .saturating_add(cfg.dtd)
+        .saturating_add(Duration::from_millis(1));
+    for m in &mut ms {
+        m.poll(after);
+        assert!(m.inbound(old_spi, after).is_none());
+    }
 }
 
 /// GSA_REGISTRATION over an IKE SA the crate's own IKE_SA_INIT and IKE_AUTH (pre-shared key)
