@@ -296,7 +296,7 @@ fn the_two_offers_mirror_each_other_with_reserved_spis() {
     assert_ne!(o[0].inbound.spi, o[1].inbound.spi);
     assert_ne!(o[0].inbound.keymat, o[1].inbound.keymat);
     for x in &o {
-        assert_eq!(x.inbound.spi & 0xFF00_0000, DIRECT_SPI_BASE);
+        assert_eq!(x.inbound.spi & 0xFF80_0000, DIRECT_SPI_BASE);
     }
     assert_eq!(
         (o[0].peer, o[1].peer),

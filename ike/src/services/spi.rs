@@ -12,9 +12,11 @@
 //! the SA by looking at the SPI alone. The default reserves no bits: every bit is random, as
 //! a lone gateway wants. At most 16 bits are reserved in total, so a CHILD_SPI keeps at least
 //! 16 random bits. CHILD_SA SPIs are never 0 to 255 (RFC 4303 reserves 1 to 255); IKE SPIs
-//! are never 0. CHILD_SA SPIs are never in the group range either (top byte 0xff, the SPIs of
-//! group SAs, `crate::group`): a lookup by SPI alone never confuses a unicast SA with a group
-//! SA. A layout whose reserved bits would put every SPI of some worker there is refused.
+//! are never 0. CHILD_SA SPIs are never in the reserved range either (top byte 0xff): its lower
+//! half holds the SPIs of group SAs (`crate::group`), its upper half those of the connectivity
+//! manager's direct SAs (`control::vcm`), so a lookup by SPI alone never confuses a unicast SA
+//! with a group or direct SA, nor a group SA with a direct one. A layout whose reserved bits
+//! would put every SPI of some worker in the reserved range is refused.
 //!
 //! Owns: the layout and the sets of SPIs in use.
 //! Must never: hand out an SPI that is in use, or one whose reserved bits are not ours.
@@ -45,14 +47,34 @@ pub enum SpiLayoutError {
     GroupRange { node: u32 },
 }
 
-/// The group SA range of 32-bit SPIs: the top byte all ones (2^24 SPIs). Unicast CHILD_SA SPIs
-/// from [`SpiAllocator`] are never in it; the GCKS takes group SPIs only from it.
-pub const GROUP_SPI_MASK: u32 = 0xff00_0000;
+/// The reserved range of 32-bit SPIs: the top byte all ones (2^24 SPIs). Unicast CHILD_SA
+/// SPIs from [`SpiAllocator`] are never in it.
+pub const RESERVED_SPI_MASK: u32 = 0xff00_0000;
+pub const RESERVED_SPI_PREFIX: u32 = 0xff00_0000;
+
+/// The group SA range: the lower half of the reserved range, 0xff00_0000..=0xff7f_ffff (2^23
+/// SPIs); the GCKS takes group SPIs only from it.
+pub const GROUP_SPI_MASK: u32 = 0xff80_0000;
 pub const GROUP_SPI_PREFIX: u32 = 0xff00_0000;
+
+/// The direct SA range (the connectivity manager's client-to-client SAs): the upper half of
+/// the reserved range, 0xff80_0000..=0xffff_ffff; the manager hands out SPIs only from it.
+pub const DIRECT_SPI_MASK: u32 = 0xff80_0000;
+pub const DIRECT_SPI_PREFIX: u32 = 0xff80_0000;
+
+/// Whether `spi` is in the reserved range (group or direct SAs).
+pub fn is_reserved_spi(spi: u32) -> bool {
+    spi & RESERVED_SPI_MASK == RESERVED_SPI_PREFIX
+}
 
 /// Whether `spi` is in the group range.
 pub fn is_group_spi(spi: u32) -> bool {
     spi & GROUP_SPI_MASK == GROUP_SPI_PREFIX
+}
+
+/// Whether `spi` is in the direct SA range.
+pub fn is_direct_spi(spi: u32) -> bool {
+    spi & DIRECT_SPI_MASK == DIRECT_SPI_PREFIX
 }
 
 /// The most bits node and worker ids may take together.
@@ -94,7 +116,7 @@ impl SpiLayout {
     /// bits cover the top byte and it is all ones).
     fn forced_into_group_range(&self, worker: u32) -> bool {
         self.reserved() >= 8
-            && is_group_spi(u32::try_from(self.compose(worker, 0, 32)).unwrap_or(0))
+            && is_reserved_spi(u32::try_from(self.compose(worker, 0, 32)).unwrap_or(0))
     }
 
     fn reserved(&self) -> u32 {
@@ -213,7 +235,7 @@ impl SpiAllocator {
             let v = self.layout.compose(worker, u64::from(rng.next_u32()), 32);
             let s = ChildSpi(u32::try_from(v).unwrap_or(0));
             // 1..=255 are reserved (RFC 4303), 0 is never an SPI; the group range is not ours.
-            if s.0 > 255 && !is_group_spi(s.0) && self.child.insert(s) {
+            if s.0 > 255 && !is_reserved_spi(s.0) && self.child.insert(s) {
                 return s;
             }
         }
@@ -251,6 +273,28 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
 
     #[test]
+    fn the_group_and_direct_ranges_split_the_reserved_range() {
+        for s in [0xff00_0000u32, 0xff12_3456, 0xff7f_ffff] {
+            assert!(
+                is_reserved_spi(s) && is_group_spi(s) && !is_direct_spi(s),
+                "{s:#x}"
+            );
+        }
+        for s in [0xff80_0000u32, 0xffab_cdef, 0xffff_ffff] {
+            assert!(
+                is_reserved_spi(s) && is_direct_spi(s) && !is_group_spi(s),
+                "{s:#x}"
+            );
+        }
+        for s in [0xfe00_0000u32, 0x7f80_0000, 0x0000_0100] {
+            assert!(
+                !is_reserved_spi(s) && !is_group_spi(s) && !is_direct_spi(s),
+                "{s:#x}"
+            );
+        }
+    }
+
+    #[test]
     fn child_spis_stay_out_of_the_group_range() {
         use rand_core::SeedableRng;
         let mut rng = ChaCha20Rng::from_seed([5; 32]);
@@ -259,7 +303,7 @@ mod tests {
             let mut hits = 0;
             for _ in 0..50_000 {
                 let s = a.child_spi(&mut rng);
-                assert!(!is_group_spi(s.0), "{:#x}", s.0);
+                assert!(!is_reserved_spi(s.0), "{:#x}", s.0);
                 hits += usize::from(s.0 >> 24 == 0xfe);
             }
             // The neighbouring byte is drawn (the filter, not the layout, keeps 0xff out).
@@ -282,7 +326,7 @@ mod tests {
         let mut a = SpiAllocator::new(SpiLayout::new(6, 63, 4, 0).unwrap());
         for _ in 0..1000 {
             let s = a.child_spi_for(&mut rng, 15);
-            assert!(!is_group_spi(s.0));
+            assert!(!is_reserved_spi(s.0));
             assert_eq!(a.layout().worker_of(s), 0);
         }
     }
