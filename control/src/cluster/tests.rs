@@ -957,11 +957,11 @@ fn twenty_ping_pong_moves_never_send_a_sequence_number_twice_and_send_no_ike() {
     // Inbound: every edge held a copy before the client came: nothing lost at any move; and
     // after the last move every copy continues above what the client sent before it.
     assert_eq!(w.traffic.lost, vec![0, 0], "inbound packets lost");
-    for c in 0..2 {
+    for (c, at_move) in seq_at_last_move.iter().enumerate() {
         let spi = w.child_spis(c)[0].0;
-        for e in 0..3 {
-            let (top, _) = w.edges[e].link.workers[0].in_top[&spi];
-            assert!(top >= seq_at_last_move[c], "client {c}, edge {e}: {top}");
+        for (e, edge) in w.edges.iter().enumerate() {
+            let (top, _) = edge.link.workers[0].in_top[&spi];
+            assert!(top >= *at_move, "client {c}, edge {e}: {top}");
         }
     }
     for (c, at) in path.iter().enumerate() {
