@@ -19,7 +19,9 @@
 //!
 //! Needs root (prints a SKIP line otherwise); run under the shared lock:
 //!   flock -o /tmp/roamgate-netns.lock cargo test -p roamgate --test cluster_move -- --nocapture
-//! About 20 s. `CLUSTER_PPS` and `CLUSTER_SECS` change the stream.
+//! About 28 s (release binary, loaded 2-core machine). `CLUSTER_PPS` and `CLUSTER_SECS`
+//! change the first stream; `CLUSTER_MOVES`, `CLUSTER_MOVE_EVERY_MS` (100),
+//! `CLUSTER_MOVE_PPS`, `CLUSTER_CONNECTS` and `CLUSTER_CLIENT_SHM_DIR` the later cases.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -354,7 +356,11 @@ fn swan_spis(charon: &Charon) -> Vec<String> {
     let words: Vec<&str> = out.split_whitespace().collect();
     let mut spis = Vec::new();
     for (i, w) in words.iter().enumerate() {
-        let after_dir = i > 0 && (words[i - 1] == "in" || words[i - 1] == "out");
+        // A CHILD_SA's SPI: 8 hex digits after "in" / "out" (not "rekeying in 3333s").
+        let hex8 = |w: &str| w.len() == 8 && w.chars().all(|c| c.is_ascii_hexdigit());
+        let after_dir = i > 0
+            && (words[i - 1] == "in" || words[i - 1] == "out")
+            && hex8(w.trim_end_matches(','));
         let ike =
             w.trim_end_matches('*').ends_with("_i") || w.trim_end_matches('*').ends_with("_r");
         if after_dir || ike {

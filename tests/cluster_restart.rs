@@ -21,7 +21,9 @@
 //! Needs root, etcd and a roamgate built with the `etcd` feature:
 //!   cargo build -p roamgate --features etcd
 //!   flock -o /tmp/roamgate-netns.lock cargo test -p roamgate --features etcd --test cluster_restart -- --nocapture
-//! About 60 s. `CLUSTER_PPS` changes the streams' rate (default 1000/s).
+//! About 19 s. `CLUSTER_PPS` changes the streams' rate (default 1000/s), `CLUSTER_REKEY_SECS`
+//! (6) the client's CHILD_SA rekey interval, `CLUSTER_RESTART_SECS` (4) and
+//! `CLUSTER_MEMBER_SECS` (3) the two streams' lengths.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
