@@ -21,7 +21,9 @@
 //! Needs root, etcd and a roamgate built with the `etcd` feature:
 //!   cargo build -p roamgate --features etcd
 //!   flock -o /tmp/roamgate-netns.lock cargo test -p roamgate --features etcd --test cluster_restart -- --nocapture
-//! About 60 s. `CLUSTER_PPS` changes the streams' rate (default 1000/s).
+//! About 19 s. `CLUSTER_PPS` changes the streams' rate (default 1000/s), `CLUSTER_REKEY_SECS`
+//! (6) the client's CHILD_SA rekey interval, `CLUSTER_RESTART_SECS` (4) and
+//! `CLUSTER_MEMBER_SECS` (3) the two streams' lengths.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -89,7 +91,7 @@ fn stream(lab: &ScriptLab, pps: u64, secs: u64, port: &str) -> (NsProcess, NsPro
             tool.to_str().unwrap(),
             "recv",
             port,
-            &(secs + 2).to_string(),
+            &(secs + 1).to_string(),
         ],
         "udp recv",
     );
@@ -110,9 +112,9 @@ fn stream(lab: &ScriptLab, pps: u64, secs: u64, port: &str) -> (NsProcess, NsPro
     (send, recv)
 }
 
-/// (sent, received) once both ends finished (the receiver ends 2 s after the stream).
+/// (sent, received) once both ends finished (the receiver ends about 1 s after the stream).
 fn stream_result(send: NsProcess, recv: NsProcess, started: Instant, secs: u64) -> (u64, u64) {
-    let end = started + Duration::from_secs(secs + 3);
+    let end = started + Duration::from_secs(secs + 2);
     if let Some(d) = end.checked_duration_since(Instant::now()) {
         std::thread::sleep(d);
     }
@@ -159,6 +161,11 @@ fn the_crypto_node_and_an_etcd_member_killed_under_traffic() {
         return;
     }
     let pps = env_u64("CLUSTER_PPS", 1000);
+    // The client's CHILD_SA rekey interval: one rekey must come after the crypto node's
+    // restart, the next after the etcd member's kill.
+    let rekey = env_u64("CLUSTER_REKEY_SECS", 6);
+    let secs1 = env_u64("CLUSTER_RESTART_SECS", 4);
+    let secs2 = env_u64("CLUSTER_MEMBER_SECS", 3);
     let dir = scratch("cluster_restart");
     let lab = ScriptLab::up(
         "cluster-up",
@@ -186,14 +193,17 @@ fn the_crypto_node_and_an_etcd_member_killed_under_traffic() {
         ),
     )
     .unwrap();
-    // The client: DPD every 2 s (its stream is one-way: DPD runs), a CHILD_SA rekey every 14 s.
+    // The client: DPD every 2 s (its stream is one-way: DPD runs), a CHILD_SA rekey every
+    // `rekey` s.
     let client_base = std::fs::read_to_string(root().join("configs/cluster/client.yaml")).unwrap();
     let client_cfg = dir.join("client.yaml");
     std::fs::write(
         &client_cfg,
         client_base.replace(
             "      esp_proposals: [aes128gcm16]",
-            "      esp_proposals: [aes128gcm16]\n      dpd_secs: 2\n      child_rekey_secs: 14",
+            &format!(
+                "      esp_proposals: [aes128gcm16]\n      dpd_secs: 2\n      child_rekey_secs: {rekey}"
+            ),
         ),
     )
     .unwrap();
@@ -229,14 +239,15 @@ fn the_crypto_node_and_an_etcd_member_killed_under_traffic() {
         ask(&sock, "cluster")["store_batches"].as_u64().unwrap_or(0) >= 1
     });
 
-    // Case crypto-restart: SIGKILL the node 3 s into a 12 s stream, start it again 1 s later.
-    let secs = 12;
+    // Case crypto-restart: SIGKILL the node 1 s into a `secs1` s stream, start it again 0.5 s
+    // later.
+    let secs = secs1;
     let started = Instant::now();
     let (send, recv) = stream(&lab, pps, secs, "5001");
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(1));
     let (_, _, err1) = node.stop("KILL", Duration::from_secs(5));
     let killed_at = Instant::now();
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(500));
     let node = start_node(&lab, &cfg, &sock, "crypto-node (restarted)");
     wait_for("three edges back", 30, || {
         ask(&sock, "cluster")["edges"]
@@ -248,7 +259,7 @@ fn the_crypto_node_and_an_etcd_member_killed_under_traffic() {
     let lost = sent.saturating_sub(got);
     let after = ask(&sock, "cluster");
     let node_ike = ask(&sock, "ike");
-    // The rekey (14 s after the tunnel came up) and DPD go through the new node.
+    // The rekey (`rekey` s after the tunnel came up) and DPD go through the new node.
     wait_for(
         "the client's CHILD_SA rekeyed through the new node",
         30,
@@ -310,17 +321,18 @@ fn the_crypto_node_and_an_etcd_member_killed_under_traffic() {
         "the edge kept its SAs across the restart: {after}"
     );
 
-    // Case etcd-member-kill: SIGKILL one member 2 s into an 8 s stream.
+    // Case etcd-member-kill: SIGKILL one member 1 s into a `secs2` s stream.
     let batches0 = ask(&sock, "cluster")["store_batches"].as_u64().unwrap_or(0);
-    let secs = 8;
+    let secs = secs2;
     let started = Instant::now();
     let (send, recv) = stream(&lab, pps, secs, "5002");
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     etcd.kill9(0).expect("SIGKILL of etcd member 1");
+    // The node goes on writing: the next rekey (`rekey` s after the last, after this kill)
+    // is written and answered.
+    let (_, ch_before) = client_sas(&client.socket);
     let (sent, got) = stream_result(send, recv, started, secs);
     let lost = sent.saturating_sub(got);
-    // The node goes on writing: the next rekey (14 s after the last) is written and answered.
-    let (_, ch_before) = client_sas(&client.socket);
     wait_for("a CHILD_SA rekey with one member down", 40, || {
         let (_, ch) = client_sas(&client.socket);
         !ch.is_empty() && ch.iter().all(|c| !ch_before.contains(c))

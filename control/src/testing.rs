@@ -31,19 +31,58 @@ pub struct SimWorker {
     pub out_seq: BTreeMap<SaId, (u64, Option<u64>)>,
     /// Every update it was sent, in order.
     pub received: Vec<Update>,
+    /// Inbound SAs installed watched (a checkpoint on an inbound SA): their first packet is
+    /// reported (`Event::SaState`, generation 0), as the data plane does.
+    pub watched: std::collections::BTreeSet<Spi>,
+    /// Inbound SAs' windows as the data plane keeps them, reduced to (top, width): a copy
+    /// installed again over itself keeps the higher top (the data plane unites the windows).
+    pub in_top: BTreeMap<Spi, (u64, u32)>,
+    /// Reports made while applying updates (exports), for the link's inputs.
+    events: Vec<DpEvent>,
     pending: VecDeque<(Instant, u64, Update)>,
     next: u64,
     applied: u64,
 }
 
 impl SimWorker {
-    fn apply(&mut self, u: &Update) {
+    fn apply(&mut self, generation: u64, u: &Update) {
         match u {
             Update::AddSa {
                 dir: Direction::Inbound,
                 params,
             } => {
+                let same = self.inbound.get(&params.spi) == Some(&params.id);
                 self.inbound.insert(params.spi, params.id);
+                if params.checkpoint.is_some() {
+                    self.watched.insert(params.spi);
+                } else {
+                    self.watched.remove(&params.spi);
+                }
+                let resumed = params.resume.replay.as_ref().map_or(0, |r| r.top);
+                let kept = if same {
+                    self.in_top.get(&params.spi).map_or(0, |t| t.0)
+                } else {
+                    0
+                };
+                self.in_top
+                    .insert(params.spi, (resumed.max(kept), params.replay_window));
+            }
+            Update::ExportSa {
+                sa: proto::sa::SaRef::Inbound(spi),
+            } => {
+                if let (Some(id), Some((top, width))) =
+                    (self.inbound.get(spi), self.in_top.get(spi))
+                {
+                    self.events.push(DpEvent::SaState {
+                        worker: 0,
+                        generation,
+                        id: *id,
+                        spi: *spi,
+                        state: proto::sa::SaState::Inbound {
+                            replay: window_of(*top, *width),
+                        },
+                    });
+                }
             }
             Update::AddSa {
                 dir: Direction::Outbound,
@@ -55,6 +94,8 @@ impl SimWorker {
             }
             Update::DeleteInbound { spi } => {
                 self.inbound.remove(spi);
+                self.watched.remove(spi);
+                self.in_top.remove(spi);
             }
             Update::DeleteOutbound { id } => {
                 self.outbound.remove(id);
@@ -68,6 +109,27 @@ impl SimWorker {
             Update::ReplaceSpd { rules } => self.spd_rules = rules.len(),
             _ => {}
         }
+    }
+
+    /// Packets up to sequence number `seq` arrived on inbound SA `spi`: false if the worker
+    /// does not hold it; the report of a watched SA's first packet, if this was it.
+    pub fn receive_inbound(&mut self, spi: Spi, seq: u64) -> (bool, Option<DpEvent>) {
+        let Some(id) = self.inbound.get(&spi).copied() else {
+            return (false, None);
+        };
+        let t = self.in_top.entry(spi).or_insert((0, 64));
+        t.0 = t.0.max(seq);
+        let (top, width) = *t;
+        let first = self.watched.remove(&spi).then(|| DpEvent::SaState {
+            worker: 0,
+            generation: 0,
+            id,
+            spi,
+            state: proto::sa::SaState::Inbound {
+                replay: window_of(top, width),
+            },
+        });
+        (true, first)
     }
 
     /// Sends up to `n` packets on outbound SA `id` as a data plane does (the next number each
@@ -103,6 +165,16 @@ impl SimWorker {
             .iter()
             .filter(|u| matches!(u, Update::ReplaceSpd { .. }))
             .count()
+    }
+}
+
+/// A window of `width` packets whose top is `top`, every number in it received (what the
+/// simulated workers export: they keep only the top).
+fn window_of(top: u64, width: u32) -> proto::sa::ReplayState {
+    let words = (width / 64).max(1) as usize;
+    proto::sa::ReplayState {
+        top,
+        seen: vec![u64::MAX; words],
     }
 }
 
@@ -160,8 +232,11 @@ impl SimLink {
         for w in self.workers.iter_mut() {
             while w.pending.front().is_some_and(|(t, ..)| *t <= now) {
                 if let Some((_, g, u)) = w.pending.pop_front() {
-                    w.apply(&u);
+                    w.apply(g, &u);
                     w.applied = g;
+                    for e in w.events.drain(..) {
+                        self.inputs.push_back(Input::Event(e));
+                    }
                 }
             }
         }

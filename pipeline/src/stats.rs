@@ -468,6 +468,9 @@ pub enum Crossing {
         /// True when the byte count reached it, false for packets.
         bytes: bool,
     },
+    /// The first authentic packet of an inbound SA installed watched
+    /// ([`SaCounters::watch_first_use`]): in a cluster, the client's traffic reached this edge.
+    FirstUse,
 }
 
 /// Per-SA counters: packets, bytes and the drops attributable to this SA, and the lifetime
@@ -494,6 +497,10 @@ pub struct SaCounters {
     pub installed_at: Counter,
     lifetime: Lifetime,
     drops: [Counter; DropReason::COUNT],
+    /// Armed by [`SaCounters::watch_first_use`]: the next counted packet is a crossing
+    /// ([`Crossing::FirstUse`]); `watch_saved` holds the packet threshold it stood in for.
+    watch: AtomicBool,
+    watch_saved: Counter,
 }
 
 // The per-packet fields share the first line.
@@ -526,6 +533,8 @@ impl SaCounters {
             installed_at: Counter::default(),
             lifetime,
             drops: std::array::from_fn(|_| Counter::default()),
+            watch: AtomicBool::new(false),
+            watch_saved: Counter::default(),
         };
         c.next_packets
             .set(limit(lifetime.soft_packets).min(limit(lifetime.hard_packets)));
@@ -566,9 +575,31 @@ impl SaCounters {
         self.bytes.add(bytes);
     }
 
+    /// The next packet counted is reported as [`Crossing::FirstUse`] (once): no cost per
+    /// packet, the packet threshold of the lifetimes stands in for it. Only the owning worker
+    /// calls this, before the SA carries anything or between packets.
+    pub fn watch_first_use(&self) {
+        if self.watch.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.watch_saved.set(self.next_packets.get());
+        self.next_packets.set(self.packets.get().saturating_add(1));
+    }
+
+    /// Is the first use still watched for?
+    pub fn watching(&self) -> bool {
+        self.watch.load(Ordering::Relaxed)
+    }
+
     #[cold]
     #[inline(never)]
     fn crossed(&self) -> Option<Crossing> {
+        if self.watch.swap(false, Ordering::Relaxed) {
+            // A lifetime this packet also reached is reported with the next one (the
+            // thresholds compare with >=).
+            self.next_packets.set(self.watch_saved.get());
+            return Some(Crossing::FirstUse);
+        }
         let (p, b, l) = (self.packets.get(), self.bytes.get(), self.lifetime);
         let hard_p = p >= limit(l.hard_packets);
         let hard_b = b >= limit(l.hard_bytes);
@@ -752,6 +783,35 @@ mod lifetime_tests {
         assert_eq!(c.count(100), hard_packets);
         assert!(c.expired());
         assert_eq!(c.count(100), None, "reported once");
+    }
+
+    #[test]
+    fn a_watched_first_use_is_reported_once_and_hides_no_lifetime() {
+        let c = SaCounters::with_lifetime(Lifetime {
+            soft_packets: 2,
+            hard_packets: 4,
+            ..Lifetime::default()
+        });
+        c.watch_first_use();
+        assert!(c.watching());
+        assert_eq!(c.count(10), Some(Crossing::FirstUse));
+        assert!(!c.watching());
+        let soft = Some(Crossing::Lifetime {
+            hard: false,
+            bytes: false,
+        });
+        assert_eq!(c.count(10), soft, "packet 2: the soft limit");
+        // Armed again after the soft limit: the first use, then the hard limit on packet 4.
+        c.watch_first_use();
+        assert_eq!(c.count(10), Some(Crossing::FirstUse));
+        assert_eq!(
+            c.count(10),
+            Some(Crossing::Lifetime {
+                hard: true,
+                bytes: false,
+            })
+        );
+        assert!(c.expired());
     }
 
     #[test]

@@ -387,6 +387,9 @@ pub struct SaParams {
     /// The state the SA continues from (sequence number, reservation, replay window).
     pub resume: Resume,
     /// Outbound: when the SA reports its sequence number (None: the worker's default).
+    /// Inbound: Some (any value) watches for the SA's first authentic packet, reported as an
+    /// unasked `Event::SaState` (generation 0) with the window after it (a cluster edge's
+    /// copy of an SA whose client is at another edge).
     pub checkpoint: Option<Checkpoint>,
 }
 

@@ -347,6 +347,7 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
         "store_batches": s.store_batches, "store_ops": s.store_ops, "edges_kept": s.edges_kept,
         "waiting_for_store": node.waiting_for_store(),
         "moves": s.moves, "grants": s.grants,
+        "spread": s.spread, "rearmed": s.rearmed, "first_use": s.first_use,
         // The LAN return path: the edge each virtual IP's traffic must reach.
         "hosts": node
             .placement()

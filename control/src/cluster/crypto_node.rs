@@ -111,6 +111,12 @@ pub struct NodeStats {
     /// Unknown-SPI reports for SAs on an encryption node (ESP that reached an edge before
     /// the filter's policy did): not answered, the SA stays where the filter put it.
     pub filtered_unknown_spi: u64,
+    /// Watched copies of inbound SAs sent to edges other than the forwarding one (ahead of
+    /// the client: `spread`), and copies re-armed after a move with the merged window.
+    pub spread: u64,
+    pub rearmed: u64,
+    /// First authentic packets at an edge of a watched inbound SA (what moves a client now).
+    pub first_use: u64,
 }
 
 #[derive(Default)]
@@ -185,6 +191,12 @@ pub struct CryptoNode {
     store: Option<StoreState>,
     /// How far past its last used number an edge may send ([`DEFAULT_SEQ_GRANT`]).
     seq_grant: u64,
+    /// Inbound SAs go to every connected edge when they are made (a watched copy on each
+    /// edge but the forwarding one), so ESP decrypts wherever the client's path goes.
+    spread: bool,
+    /// Inbound SPI -> the union of the replay windows edges reported for it (first use,
+    /// the old edge's export at a move): the floor every copy is re-armed with.
+    marks: HashMap<proto::Spi, proto::sa::ReplayState>,
     /// Move times: the unknown-SPI report in -> the new edge acknowledged the carrier that
     /// moved the SA (applied to its data plane), most recent last.
     move_times: VecDeque<Duration>,
@@ -269,6 +281,8 @@ impl CryptoNode {
             incarnation: 0,
             store: None,
             seq_grant: DEFAULT_SEQ_GRANT,
+            spread: true,
+            marks: HashMap::new(),
             move_times: VecDeque::new(),
             filters: FilterState::default(),
             stats: NodeStats::default(),
@@ -519,6 +533,12 @@ impl CryptoNode {
     /// Sets how often outbound SAs on edges report their sequence numbers.
     pub fn set_checkpoint(&mut self, c: proto::sa::Checkpoint) {
         self.checkpoint = c;
+    }
+
+    /// Sends inbound SAs to every connected edge when they are made (true, the default) or
+    /// only to the forwarding edge, the others getting them on demand (false).
+    pub fn set_spread(&mut self, on: bool) {
+        self.spread = on;
     }
 
     /// Sets how many numbers past its last used one an edge may send under an outbound SA
@@ -930,7 +950,8 @@ impl CryptoNode {
             if l.pending.is_empty() {
                 l.pending.extend(globals);
             }
-        }
+        } // The copies of the other edges' clients' inbound SAs, ahead of them.
+        self.spread_to(edge);
     }
 
     fn report(&mut self, now: Instant, edge: EdgeId, event: Event) {
@@ -954,7 +975,29 @@ impl CryptoNode {
                     }
                 }
             }
-            Event::SaState { .. } => {}
+            Event::SaState {
+                generation,
+                spi,
+                state: proto::sa::SaState::Inbound { replay },
+                ..
+            } => {
+                if self.placement.inbound_params(*spi).is_none() {
+                    return;
+                }
+                let merged = match self.marks.remove(spi) {
+                    Some(m) => merge_replay(&m, replay),
+                    None => replay.clone(),
+                };
+                self.marks.insert(*spi, merged);
+                if *generation == 0 {
+                    // A watched copy's first packet: the client's path reaches this edge.
+                    self.stats.first_use += 1;
+                    self.follow(now, edge, *spi);
+                } else {
+                    // The old edge's window after a move: every copy continues above it.
+                    self.rearm(*spi);
+                }
+            }
             Event::UnknownSpi { spi, .. } if self.filters.on_node.contains(spi) => {
                 // A filter keeps this CHILD_SA on an encryption node; the edge's policy to
                 // pass its ESP there is on its way (it left with the SA's carrier).
@@ -1054,13 +1097,24 @@ impl CryptoNode {
         self.peer_edge.set(params.remote, edge);
         let hosts = self.placement.hosts_of(id);
         for a in &old {
-            self.placement.unplace_inbound(spi, *a);
+            if !self.spread {
+                self.placement.unplace_inbound(spi, *a);
+            }
             if let Some(l) = self.edges.get_mut(a) {
                 l.pending.push(Update::DeleteOutbound { id });
                 for (dst, _) in &hosts {
                     l.pending.push(Update::UnbindHost { dst: *dst });
                 }
-                l.pending.push(Update::DeleteInbound { spi });
+                if self.spread {
+                    // The inbound copy stays (the client may come back, or its packets in
+                    // flight still arrive): its window comes back, and every copy is
+                    // re-armed above the union of the windows (`rearm`).
+                    l.pending.push(Update::ExportSa {
+                        sa: SaRef::Inbound(spi),
+                    });
+                } else {
+                    l.pending.push(Update::DeleteInbound { spi });
+                }
             }
         }
         if let Some(l) = self.edges.get_mut(&edge) {
@@ -1078,6 +1132,68 @@ impl CryptoNode {
             "SA {} (SPI {:08x}) moved from edge(s) {old:?} to edge {edge}, resuming above {start}",
             id.0, spi.0
         ));
+    }
+
+    /// Every edge's copy of inbound SA `spi` is installed again over itself with the merged
+    /// window (`marks`): the data plane unites it with the copy's own (same SA: the window
+    /// only gains), so no copy accepts a number another copy reported; the copies on edges
+    /// that do not hold the CHILD_SA's outbound SA are watched again (a client that comes back
+    /// is noticed by its first packet).
+    fn rearm(&mut self, spi: proto::Spi) {
+        let Some(mut params) = self.placement.inbound_params(spi) else {
+            return;
+        };
+        params.resume.replay = self.marks.get(&spi).cloned();
+        let home = self
+            .core
+            .child_sas(spi)
+            .map(|c| self.placement.outbound_edges(c.out_id))
+            .unwrap_or_default();
+        for e in self.placement.inbound_edges(spi) {
+            let mut p = params.clone();
+            p.checkpoint = (!home.contains(&e)).then_some(self.checkpoint);
+            if let Some(l) = self.edges.get_mut(&e) {
+                self.stats.rearmed += 1;
+                l.pending.push(Update::AddSa {
+                    dir: Direction::Inbound,
+                    params: p,
+                });
+            }
+        }
+    }
+
+    /// A watched copy of every inbound SA whose outbound SA another connected edge holds goes
+    /// to `edge` (an edge that joined or came back empty).
+    fn spread_to(&mut self, edge: EdgeId) {
+        if !self.spread || self.is_encryption_node(edge) {
+            return;
+        }
+        for spi in self.placement.inbound_spis() {
+            if self.filters.on_node.contains(&spi) {
+                // Held by its encryption node alone.
+                continue;
+            }
+            let Some(ch) = self.core.child_sas(spi) else {
+                continue;
+            };
+            let holders = self.placement.outbound_edges(ch.out_id);
+            if holders.contains(&edge) || !holders.iter().any(|h| self.is_connected(*h)) {
+                continue;
+            }
+            let Some(mut p) = self.placement.inbound_params(spi) else {
+                continue;
+            };
+            let _ = self.placement.place(Direction::Inbound, &p, edge);
+            p.resume.replay = self.marks.get(&spi).cloned();
+            p.checkpoint = Some(self.checkpoint);
+            if let Some(l) = self.edges.get_mut(&edge) {
+                self.stats.spread += 1;
+                l.pending.push(Update::AddSa {
+                    dir: Direction::Inbound,
+                    params: p,
+                });
+            }
+        }
     }
 
     /// The core's outputs, routed.
@@ -1237,10 +1353,46 @@ impl CryptoNode {
                         self.persist_fence(params.id);
                     }
                 }
+                // An SA a filter put on an encryption node is held there alone (edges never
+                // get its keys), and encryption nodes get no copies of edges' clients.
+                let copies: Vec<EdgeId> = if *dir == Direction::Inbound
+                    && self.spread
+                    && !self.filters.on_node.contains(&params.spi)
+                {
+                    self.edges
+                        .iter()
+                        .filter(|(e, l)| {
+                            **e != edge && l.connected && !self.is_encryption_node(**e)
+                        })
+                        .map(|(e, _)| *e)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if !copies.is_empty() {
+                    // Ahead of the client: a watched copy on every other edge, so its ESP
+                    // decrypts wherever the router sends it, and its first packet there moves
+                    // the outbound SA (`follow`).
+                    let mut watched = params.clone();
+                    watched.checkpoint = Some(self.checkpoint);
+                    for e in copies {
+                        let _ = self.placement.place(Direction::Inbound, &watched, e);
+                        if let Some(l) = self.edges.get_mut(&e) {
+                            self.stats.spread += 1;
+                            l.pending.push(Update::AddSa {
+                                dir: Direction::Inbound,
+                                params: watched.clone(),
+                            });
+                        }
+                    }
+                    // The record keeps the forwarding edge's (unwatched) form.
+                    let _ = self.placement.place(Direction::Inbound, params, edge);
+                }
                 self.push_to(&BTreeSet::from([edge]), u);
             }
             Update::DeleteInbound { spi } => {
                 let spi = *spi;
+                self.marks.remove(&spi);
                 let edges = self.placement.remove_inbound(spi);
                 self.push_to(&edges, u);
                 self.filter_forget(spi);
@@ -1419,4 +1571,27 @@ impl CryptoNode {
     fn error(&mut self, line: String) {
         self.logs.push_back((format!("cluster: {line}"), true));
     }
+}
+
+/// The union of two exports of one inbound SA's window (same width): every number either
+/// refused is refused (bit `i` is sequence number `top - i`).
+fn merge_replay(a: &proto::sa::ReplayState, b: &proto::sa::ReplayState) -> proto::sa::ReplayState {
+    if a.seen.len() != b.seen.len() {
+        return if b.top > a.top { b.clone() } else { a.clone() };
+    }
+    let top = a.top.max(b.top);
+    let width = (a.seen.len() as u64) * 64;
+    let mut seen = vec![0u64; a.seen.len()];
+    for s in [a, b] {
+        for i in 0..width.min(s.top) {
+            if s.seen[(i / 64) as usize] & (1 << (i % 64)) == 0 {
+                continue;
+            }
+            let j = top - (s.top - i);
+            if j < width {
+                seen[(j / 64) as usize] |= 1 << (j % 64);
+            }
+        }
+    }
+    proto::sa::ReplayState { top, seen }
 }

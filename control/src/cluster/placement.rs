@@ -114,6 +114,11 @@ impl SaPlacement {
         self.outbound.get(&id).map(|r| &r.params)
     }
 
+    /// Every inbound SA's SPI.
+    pub fn inbound_spis(&self) -> Vec<Spi> {
+        self.inbound.keys().copied().collect()
+    }
+
     /// The edges that hold inbound SA `spi`.
     pub fn inbound_edges(&self, spi: Spi) -> BTreeSet<EdgeId> {
         self.inbound

@@ -221,6 +221,34 @@ impl ReplayWindow {
         }
     }
 
+    /// Takes in what `other` (a window of the same SA: same size) received or left behind:
+    /// afterwards this window refuses every number either of them would have refused. The
+    /// union is the cluster's: one inbound SA held by several edges, whose windows are merged
+    /// as a client moves (`docs/architecture.md`, "Edge-to-edge move"). A window of another
+    /// size is left as it is (false).
+    pub fn merge(&mut self, other: &ReplayWindow) -> bool {
+        if other.size != self.size || other.esn != self.esn {
+            return false;
+        }
+        let top = self.top.max(other.top);
+        let mut m = ReplayWindow {
+            top,
+            size: self.size,
+            esn: self.esn,
+            bits: vec![0u64; self.bits.len()].into_boxed_slice(),
+        };
+        for w in [&*self, other] {
+            for i in 0..w.size.min(w.top) {
+                let seq = w.top - i;
+                if top - seq < m.size && w.is_set(seq) {
+                    m.set(seq);
+                }
+            }
+        }
+        *self = m;
+        true
+    }
+
     fn is_set(&self, seq: u64) -> bool {
         let (word, mask) = self.slot(seq);
         self.bits.get(word).is_some_and(|w| w & mask != 0)
@@ -249,6 +277,31 @@ mod tests {
         let s = w.check(lo)?;
         w.advance(s)?;
         Ok(s)
+    }
+
+    #[test]
+    fn a_merged_window_refuses_what_either_window_refused() {
+        let mut a = ReplayWindow::new(64, false).unwrap();
+        let mut b = ReplayWindow::new(64, false).unwrap();
+        for s in [1, 2, 5, 100] {
+            accept(&mut a, s).unwrap();
+        }
+        for s in [3, 90, 120] {
+            accept(&mut b, s).unwrap();
+        }
+        assert!(a.merge(&b));
+        assert_eq!(a.top(), 120);
+        // 90 and 100 were received (by one or the other), 1..5 fell behind 120 - 64.
+        for s in [90, 100, 120, 5, 1] {
+            assert!(a.check(s).is_err(), "{s} refused");
+        }
+        for s in [91, 99, 119, 121] {
+            assert_eq!(a.check(s), Ok(u64::from(s)), "{s} still open");
+        }
+        // A window of another size is not merged.
+        let c = ReplayWindow::new(128, false).unwrap();
+        assert!(!a.merge(&c));
+        assert_eq!(a.top(), 120);
     }
 
     #[test]

@@ -445,6 +445,12 @@ pub fn build_inbound(backend: Backend, p: &SaParams) -> Result<InboundSa, SaBuil
         Some(state) => ReplayWindow::resume(p.replay_window, p.esn, state)?,
         None => ReplayWindow::new(p.replay_window, p.esn)?,
     };
+    let counters = Arc::new(SaCounters::with_lifetime(p.lifetime));
+    if p.checkpoint.is_some() {
+        // An inbound SA with a checkpoint reports its first authentic packet (a cluster edge's
+        // copy of an SA whose client is at another edge: `Crossing::FirstUse`).
+        counters.watch_first_use();
+    }
     Ok(InboundSa {
         spi: p.spi,
         salt: p.keys.salt,
@@ -453,7 +459,7 @@ pub fn build_inbound(backend: Backend, p: &SaParams) -> Result<InboundSa, SaBuil
         accept: EncapRule::of(p.encap),
         replay,
         cipher: EspCipher::new(backend, &p.keys, false)?,
-        counters: Arc::new(SaCounters::with_lifetime(p.lifetime)),
+        counters,
         local_ts: p.local_ts,
         remote_ts: p.remote_ts,
         remote: p.remote,

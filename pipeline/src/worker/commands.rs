@@ -65,8 +65,15 @@ impl<P: Port> Worker<P> {
 
     fn apply(&mut self, cmd: Command) -> Result<(), &'static str> {
         match cmd {
-            Command::AddInbound(sa) => {
+            Command::AddInbound(mut sa) => {
                 sa.counters.installed_at.set(self.now);
+                if let Some(old) = self.sad.inbound(sa.spi) {
+                    if old.id == sa.id && old.salt == sa.salt {
+                        // The same SA again (a cluster edge's copy re-armed after a move):
+                        // its window keeps what this worker received under it.
+                        sa.replay.merge(&old.replay);
+                    }
+                }
                 let e = SaCounterEntry {
                     id: sa.id,
                     spi: sa.spi,

@@ -94,14 +94,31 @@ impl<P: Port> Worker<P> {
         let Some(sa) = self.sad.inbound(spi) else {
             return;
         };
-        let e = crossing_event(
+        if c == Crossing::FirstUse {
+            // Unasked (generation 0): the SA's window as it stands after its first packet
+            // here (the cluster's crypto node moves the client's outbound SA to this edge).
+            let e = Event::SaState {
+                worker: self.id,
+                generation: 0,
+                id: sa.id,
+                spi,
+                state: proto::sa::SaState::Inbound {
+                    replay: sa.replay.export(),
+                },
+            };
+            self.reply(Reply::Event(e));
+            return;
+        }
+        let Some(e) = crossing_event(
             self.id,
             (sa.id, spi),
             &sa.counters,
             Direction::Inbound,
             c,
             now,
-        );
+        ) else {
+            return;
+        };
         self.reply(Reply::Event(e));
     }
 }
@@ -114,8 +131,9 @@ pub(super) fn crossing_event(
     dir: Direction,
     x: Crossing,
     now: u64,
-) -> Event {
-    match x {
+) -> Option<Event> {
+    Some(match x {
+        Crossing::FirstUse => return None,
         Crossing::Lifetime { hard, bytes } => Event::Lifetime {
             worker,
             id,
@@ -135,5 +153,5 @@ pub(super) fn crossing_event(
             packets: c.packets.get(),
             age_secs: now.saturating_sub(c.installed_at.get()) / 1_000_000_000,
         },
-    }
+    })
 }

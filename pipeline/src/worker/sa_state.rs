@@ -97,7 +97,7 @@ impl<P: Port> Worker<P> {
         let Some(sa) = self.sad.outbound_mut(id) else {
             return;
         };
-        let lifetime = crossing.map(|c| {
+        let lifetime = crossing.and_then(|c| {
             crossing_event(
                 worker,
                 (sa.id, sa.spi),

@@ -493,3 +493,93 @@ fn the_warning_before_the_limit_and_checkpoints_do_not_hide_each_other() {
     assert_eq!(near, [warn_at], "once");
     assert_eq!(cps, [warn_at, warn_at + 2]);
 }
+
+/// The peer's inbound form of the rig's outbound SA (SPI 0xa001), watched or not.
+fn watched_inbound(watch: bool, floor: Option<ReplayState>) -> Update {
+    let mut p = sa(
+        2,
+        0xa001,
+        "192.0.2.2",
+        "192.0.2.1",
+        "10.2.0.0/24",
+        "10.1.0.0/24",
+    );
+    p.checkpoint = watch.then_some(Checkpoint::OFF);
+    p.resume.replay = floor;
+    Update::AddSa {
+        dir: Direction::Inbound,
+        params: p,
+    }
+}
+
+fn first_uses(r: &mut Rig) -> Vec<u64> {
+    events(r)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SaState {
+                generation: 0,
+                spi,
+                state: SaState::Inbound { replay },
+                ..
+            } => {
+                assert_eq!(spi, Spi(0xa001));
+                Some(replay.top)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_watched_inbound_sa_reports_its_first_packet_once_and_a_copy_installed_again_keeps_its_window()
+{
+    let mut r = rig(1500);
+    r.update(outbound_from(Resume::default(), None));
+    for _ in 0..4 {
+        r.send_lan("10.1.0.10", "10.2.0.7", 100);
+    }
+    let frames: Vec<Vec<u8>> = std::iter::from_fn(|| r.wan.recv())
+        .map(|mut f| {
+            readdress(&mut f, WAN_MAC, PEER_MAC);
+            f.data().to_vec()
+        })
+        .collect();
+    assert_eq!(frames.len(), 4);
+    let mut peer = rig(1500);
+    peer.update(watched_inbound(true, None));
+    let deliver = |peer: &mut Rig, which: &[usize]| -> usize {
+        for i in which {
+            let f = crate::port::mem::MemFrame::from_bytes(&frames[*i]).unwrap();
+            assert!(peer.wan.send(f).is_ok());
+            peer.w.poll(2);
+        }
+        std::iter::from_fn(|| peer.lan.recv()).count()
+    };
+    // Seq 1 and 2 here: one report, on the first, with the window after it.
+    assert_eq!(deliver(&mut peer, &[0, 1]), 2);
+    assert_eq!(first_uses(&mut peer), vec![1]);
+    // Installed again over itself, watched, with a floor another copy reported (seq 3 was
+    // received elsewhere): its own 1 and 2 stay refused, and so is 3.
+    peer.update(watched_inbound(
+        true,
+        Some(ReplayState {
+            top: 3,
+            seen: vec![1],
+        }),
+    ));
+    assert_eq!(deliver(&mut peer, &[0, 1, 2]), 0, "replays refused");
+    assert_eq!(
+        first_uses(&mut peer),
+        Vec::<u64>::new(),
+        "no packet was authentic and new"
+    );
+    // Seq 4 is new: accepted and, the copy being watched again, reported once.
+    assert_eq!(deliver(&mut peer, &[3, 3]), 1);
+    assert_eq!(first_uses(&mut peer), vec![4]);
+
+    // An unwatched SA never reports.
+    let mut quiet = rig(1500);
+    quiet.update(watched_inbound(false, None));
+    assert_eq!(deliver(&mut quiet, &[0, 1]), 2);
+    assert_eq!(first_uses(&mut quiet), Vec::<u64>::new());
+}
