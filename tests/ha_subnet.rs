@@ -18,9 +18,20 @@
 //! IKE SA at the address of the node that is active, and each takeover's new active must
 //! have told the client (`gateway_moves.announced` in `roamgate ha status`).
 //!
-//! Takeovers: 2 (CI); `ROAMGATE_HA_TAKEOVERS=N` runs N. Needs root, python3 and tshark (prints
-//! a SKIP line otherwise); run it under `flock -o /tmp/roamgate-netns.lock`. About 40 s with
-//! the defaults (debug build).
+//! A standard client rides along: Debian's strongSwan 5.9.8 charon (kernel-libipsec,
+//! tests/tools/strongswan/hs-sw.swanctl.conf), which sends REDIRECT_SUPPORTED, with its own
+//! streams both ways from its virtual IP. Each takeover's new active sends it an RFC 5685
+//! REDIRECT inside the IKE SA; charon follows it with a new IKE SA (IKE_SA_INIT, IKE_AUTH:
+//! a new key exchange by design, the cost of a client that knows no better). Per takeover
+//! the test checks the redirect (`gateway_moves.redirected`), charon's IKE SA at the new
+//! node's address, and that its traffic resumed (the tail of each stream arrived); it prints
+//! `ha-subnet kind=redirect takeovers=N gap_ms_p50=.. gap_ms_p99=.. lost=..
+//! ike_sa_init=.. dup_seq=..` (its renegotiations are the design, not a failure; its capture
+//! is audited for repeated (SPI, seq) as well).
+//!
+//! Takeovers: 2 (CI: one each way); `ROAMGATE_HA_TAKEOVERS=N` runs N. Needs root, python3,
+//! tshark and strongSwan (prints a SKIP line otherwise); run it under `flock -o
+//! /tmp/roamgate-netns.lock`. About 30 s with the defaults (it prints its time).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -30,16 +41,21 @@ use std::process::Command;
 use std::time::Duration;
 
 use roamgate_tests::netns::{root_or_skip, Capture, DataplaneProcess, NsProcess};
-use roamgate_tests::strongswan::{ike_view, pings, wait_for, ScriptLab};
+use roamgate_tests::strongswan::{
+    ike_view, pings, strongswan_or_skip, swanctl_conf, swanctl_sas, wait_for, Charon, ScriptLab,
+};
 use roamgate_tests::{root, scratch};
 
 static BIN: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate")));
 const SERVER: &str = "10.9.0.10";
 const PPS: u32 = 1000;
-/// Seconds each stream runs; the kill comes `FAIL_AT` into it.
-const SECS: u32 = 4;
-const FAIL_AT: Duration = Duration::from_millis(1500);
+/// How long each stream runs (ms); the kill comes `FAIL_AT` into it (2 s after it: enough
+/// for strongSwan's redirect and new IKE SA as well).
+const STREAM_MS: u32 = 3000;
+const FAIL_AT: Duration = Duration::from_millis(1000);
+/// How long a receiver listens after its sender's last packet was due.
+const TAIL_MS: u32 = 700;
 /// The nodes' own WAN addresses.
 const WAN: [&str; 2] = ["203.0.113.1", "198.18.0.2"];
 
@@ -69,6 +85,24 @@ fn role(sock: &Path) -> String {
 
 fn announced(sock: &Path) -> u64 {
     ha_status(sock).map_or(0, |v| v["gateway_moves"]["announced"].as_u64().unwrap_or(0))
+}
+
+fn redirected(sock: &Path) -> u64 {
+    ha_status(sock).map_or(0, |v| {
+        v["gateway_moves"]["redirected"].as_u64().unwrap_or(0)
+    })
+}
+
+/// strongSwan's established IKE SA: (its SPIs, the gateway address it is with).
+fn strongswan_sa(charon: &Charon) -> Option<(String, String)> {
+    let raw = swanctl_sas(&charon.swanctl(&["--list-sas", "--raw"]));
+    let sa = &raw["gw"];
+    (sa["state"].as_str() == Some("ESTABLISHED")).then(|| {
+        (
+            format!("{}/{}", sa["initiator-spi"], sa["responder-spi"]),
+            sa["remote-host"].as_str().unwrap_or_default().to_owned(),
+        )
+    })
 }
 
 struct HaNode {
@@ -214,33 +248,50 @@ struct Streams {
     fetch: NsProcess,
 }
 
-fn start_streams(lab: &ScriptLab, port: u16) -> Streams {
+/// Two streams each way between each client namespace (from `port`: two ports per client)
+/// and the LAN host: the receivers and servers first, the senders 300 ms later.
+fn start_streams(lab: &ScriptLab, homes: &[(&str, u16)]) -> Vec<Streams> {
     let tool = root().join("tests/tools/udp_stream.py");
     let tool = tool.to_str().unwrap();
-    let (home, srv) = (lab.ns("home"), lab.ns("srv"));
-    let secs = SECS.to_string();
-    let wait = (SECS + 2).to_string();
+    let srv = lab.ns("srv");
+    let secs = format!("{:.3}", f64::from(STREAM_MS) / 1000.0);
+    let wait = format!("{:.3}", f64::from(300 + STREAM_MS + TAIL_MS) / 1000.0);
     let pps = PPS.to_string();
-    let (p1, p2) = (port.to_string(), (port + 1).to_string());
-    let recv = NsProcess::spawn(&srv, &["python3", tool, "recv", &p1, &wait], "recv");
-    let serve = NsProcess::spawn(&srv, &["python3", tool, "serve", &p2, &pps, &secs], "serve");
+    let servers: Vec<(NsProcess, NsProcess)> = homes
+        .iter()
+        .map(|(_, port)| {
+            let (p1, p2) = (port.to_string(), (port + 1).to_string());
+            let recv = NsProcess::spawn(&srv, &["python3", tool, "recv", &p1, &wait], "recv");
+            let serve =
+                NsProcess::spawn(&srv, &["python3", tool, "serve", &p2, &pps, &secs], "serve");
+            (recv, serve)
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let fetch = NsProcess::spawn(
-        &home,
-        &["python3", tool, "fetch", SERVER, &p2, &wait],
-        "fetch",
-    );
-    let send = NsProcess::spawn(
-        &home,
-        &["python3", tool, "send", SERVER, &p1, &pps, &secs],
-        "send",
-    );
-    Streams {
-        recv,
-        send,
-        serve,
-        fetch,
-    }
+    homes
+        .iter()
+        .zip(servers)
+        .map(|((home, port), (recv, serve))| {
+            let home = lab.ns(home);
+            let (p1, p2) = (port.to_string(), (port + 1).to_string());
+            let fetch = NsProcess::spawn(
+                &home,
+                &["python3", tool, "fetch", SERVER, &p2, &wait],
+                "fetch",
+            );
+            let send = NsProcess::spawn(
+                &home,
+                &["python3", tool, "send", SERVER, &p1, &pps, &secs],
+                "send",
+            );
+            Streams {
+                recv,
+                send,
+                serve,
+                fetch,
+            }
+        })
+        .collect()
 }
 
 fn json_of(mut p: NsProcess) -> Option<serde_json::Value> {
@@ -257,11 +308,20 @@ fn json_of(mut p: NsProcess) -> Option<serde_json::Value> {
     v
 }
 
-/// Waits for the streams' end: (sent, received, longest gap in ms) of both directions; a
+/// What the streams of one client gave, both directions together.
+struct Outcome {
+    sent: u64,
+    got: u64,
+    /// The longest gap of either direction (ms).
+    gap: f64,
+    /// Both directions' last packets arrived (the traffic resumed after the failure).
+    resumed: bool,
+}
+
+/// The streams' results (each tool waited for until it ends by itself, within 15 s); a
 /// stream whose tool printed nothing counts as all lost.
-fn finish_streams(s: Streams) -> (u64, u64, f64) {
-    std::thread::sleep(Duration::from_secs(u64::from(SECS) + 3).saturating_sub(FAIL_AT));
-    let all = u64::from(PPS * SECS);
+fn finish_streams(s: Streams) -> Outcome {
+    let all = u64::from(PPS * STREAM_MS / 1000);
     let sent_of = |v: Option<serde_json::Value>| v.map_or(all, |v| v["sent"].as_u64().unwrap_or(0));
     let got_of = |v: &Option<serde_json::Value>| {
         v.as_ref()
@@ -272,21 +332,42 @@ fn finish_streams(s: Streams) -> (u64, u64, f64) {
             .and_then(|v| v["longest_gap_ms"].as_f64())
             .unwrap_or(f64::INFINITY)
     };
+    // The last tenth of the stream came through.
+    let tail_of = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .and_then(|v| v["max_seq"].as_i64())
+            .is_some_and(|m| m >= (all - all / 10) as i64)
+    };
     let sent = sent_of(json_of(s.send)) + sent_of(json_of(s.serve));
     let (got1, got2) = (json_of(s.recv), json_of(s.fetch));
-    (
+    Outcome {
         sent,
-        got_of(&got1) + got_of(&got2),
-        gap_of(&got1).max(gap_of(&got2)),
-    )
+        got: got_of(&got1) + got_of(&got2),
+        gap: gap_of(&got1).max(gap_of(&got2)),
+        resumed: tail_of(&got1) && tail_of(&got2),
+    }
+}
+
+/// (SPI, seq) pairs seen more than once.
+fn duplicates(nonces: &[(u32, u32)]) -> usize {
+    let mut seen: HashMap<(u32, u32), usize> = HashMap::new();
+    for n in nonces {
+        *seen.entry(*n).or_default() += 1;
+    }
+    seen.values().filter(|c| **c > 1).count()
 }
 
 #[test]
 fn the_standby_on_another_subnet_takes_over_and_the_client_follows() {
-    if !root_or_skip("ha_subnet") || !have("python3", "--version") || !have("tshark", "--version") {
-        println!("SKIP ha_subnet: needs root, python3 and tshark");
+    if !root_or_skip("ha_subnet")
+        || !have("python3", "--version")
+        || !have("tshark", "--version")
+        || !strongswan_or_skip("ha_subnet", &[])
+    {
+        println!("SKIP ha_subnet: needs root, python3, tshark and strongSwan");
         return;
     }
+    let began = std::time::Instant::now();
     let reps: usize = std::env::var("ROAMGATE_HA_TAKEOVERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -333,6 +414,19 @@ fn the_standby_on_another_subnet_takes_over_and_the_client_follows() {
         "the client has a CHILD_SA: {before:?}"
     );
     assert_eq!(before.2, WAN[0], "the client starts with node A");
+    // The standard client: strongSwan, redirected at each takeover.
+    let charon = Charon::start_with(
+        &lab.ns("sw"),
+        &dir.join("sw"),
+        &swanctl_conf("hs-sw.swanctl.conf"),
+    );
+    let out = charon.swanctl(&["--initiate", "--child", "net"]);
+    assert!(out.contains("initiate completed successfully"), "{out}");
+    wait_for("the strongSwan tunnel", 20, || {
+        pings(&lab.ns("sw"), SERVER, 1) == 1
+    });
+    let sw_first = strongswan_sa(&charon).expect("strongSwan's IKE SA");
+    assert_eq!(sw_first.1, WAN[0], "strongSwan starts with node A");
 
     let pcap = dir.join("kill.pcap");
     let capture = Capture::start(
@@ -341,29 +435,80 @@ fn the_standby_on_another_subnet_takes_over_and_the_client_follows() {
         "udp port 500 or udp port 4500 or esp",
         &pcap,
     );
+    let sw_pcap = dir.join("redirect-strongswan.pcap");
+    let sw_capture = Capture::start(
+        &lab.ns("rtr"),
+        "eth1",
+        "udp port 500 or udp port 4500 or esp",
+        &sw_pcap,
+    );
     let mut failures = Vec::new();
     let mut gaps = Vec::new();
     let mut lost = 0;
+    let (mut sw_gaps, mut sw_lost) = (Vec::new(), 0);
     let mut port = 5001;
     for rep in 0..reps {
         let a = settled(&nodes, 30);
         let s = 1 - a;
         let told_before = announced(&nodes[s].sock());
-        let streams = start_streams(&lab, port);
-        port += 2;
+        let redirected_before = redirected(&nodes[s].sock());
+        let mut both = start_streams(&lab, &[("home", port), ("sw", port + 2)]).into_iter();
+        let (streams, sw_streams) = (both.next().unwrap(), both.next().unwrap());
+        port += 4;
         std::thread::sleep(FAIL_AT);
         nodes[a].kill_all();
-        let (sent, got, gap) = finish_streams(streams);
+        let o = finish_streams(streams);
+        let (sent, got, gap) = (o.sent, o.got, o.gap);
+        let sw = finish_streams(sw_streams);
         let took_over = role(&nodes[s].sock()) == "active";
         let told = announced(&nodes[s].sock()).saturating_sub(told_before);
+        let sent_redirect = redirected(&nodes[s].sock()).saturating_sub(redirected_before);
         let at = client_sa(&client.socket).2;
+        // strongSwan's new IKE SA, with the new active (given a moment if it is late).
+        let mut sw_at = None;
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            sw_at = strongswan_sa(&charon);
+            if sw_at.as_ref().is_some_and(|x| x.1 == WAN[s]) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         nodes[a].reap();
         nodes[a].start();
         let lost_now = sent.saturating_sub(got);
+        let sw_lost_now = sw.sent.saturating_sub(sw.got);
         println!(
-            "ha-subnet kind=kill rep={rep}: node {} -> {}: took over {took_over}, told {told} IKE SA(s), client at {at}, lost {lost_now} of {sent}, longest gap {gap:.1} ms",
-            nodes[a].name, nodes[s].name
+            "ha-subnet kind=kill rep={rep} at {:.1} s: node {} -> {}: took over {took_over}, told {told} IKE SA(s), client at {at}, lost {lost_now} of {sent}, longest gap {gap:.1} ms",
+            began.elapsed().as_secs_f64(),
+            nodes[a].name,
+            nodes[s].name
         );
+        println!(
+            "ha-subnet kind=redirect rep={rep}: {sent_redirect} REDIRECT(s) sent, strongSwan's IKE SA now {sw_at:?}, traffic resumed {}, lost {sw_lost_now} of {}, longest gap {:.1} ms",
+            sw.resumed, sw.sent, sw.gap
+        );
+        if sent_redirect == 0 {
+            failures.push(format!("rep {rep}: the new active redirected nobody"));
+        }
+        match &sw_at {
+            Some((spis, host)) if host == WAN[s] => {
+                if *spis == sw_first.0 && rep == 0 {
+                    failures.push(format!("rep {rep}: strongSwan kept its IKE SA {spis}"));
+                }
+            }
+            other => failures.push(format!(
+                "rep {rep}: strongSwan's IKE SA is {other:?}, not with {}",
+                WAN[s]
+            )),
+        }
+        if !sw.resumed {
+            failures.push(format!(
+                "rep {rep}: strongSwan's traffic did not resume within the stream"
+            ));
+        }
+        sw_gaps.push(sw.gap);
+        sw_lost += sw_lost_now;
         if !took_over {
             failures.push(format!("rep {rep}: no takeover"));
         }
@@ -384,16 +529,14 @@ fn the_standby_on_another_subnet_takes_over_and_the_client_follows() {
     settled(&nodes, 30);
     let frames = capture.finish();
     assert!(!frames.is_empty(), "the capture saw the tunnel");
+    let sw_frames = sw_capture.finish();
+    assert!(!sw_frames.is_empty(), "the capture saw strongSwan's tunnel");
     let exchanges = ike_exchanges(&pcap);
     let renegotiations = exchanges.iter().filter(|t| **t == 34 || **t == 36).count();
     // The announcements, the probes and their answers (and any liveness check).
     let informational = exchanges.iter().filter(|t| **t == 37).count();
     let nonces = esp_nonces(&pcap);
-    let mut seen: HashMap<(u32, u32), usize> = HashMap::new();
-    for n in &nonces {
-        *seen.entry(*n).or_default() += 1;
-    }
-    let dup = seen.values().filter(|c| **c > 1).count();
+    let dup = duplicates(&nonces);
     println!(
         "ha-subnet kind=kill takeovers={} gap_ms_p50={:.1} gap_ms_p99={:.1} lost={lost} renegotiations={renegotiations} dup_seq={dup} (esp frames audited {}, IKE INFORMATIONAL frames {informational})",
         gaps.len(),
@@ -420,10 +563,38 @@ fn the_standby_on_another_subnet_takes_over_and_the_client_follows() {
     if gaps.iter().any(|g| !g.is_finite() || *g > 3000.0) {
         failures.push(format!("traffic stopped for long: {gaps:?}"));
     }
+    // strongSwan: a new IKE SA per redirect by design (its IKE_SA_INIT frames counted, not
+    // judged); no (SPI, seq) twice, the old SAs' nor the new ones'.
+    let sw_exchanges = ike_exchanges(&sw_pcap);
+    let sw_init = sw_exchanges.iter().filter(|t| **t == 34).count();
+    let sw_child = sw_exchanges.iter().filter(|t| **t == 36).count();
+    let sw_nonces = esp_nonces(&sw_pcap);
+    let sw_dup = duplicates(&sw_nonces);
+    println!(
+        "ha-subnet kind=redirect takeovers={} gap_ms_p50={:.1} gap_ms_p99={:.1} lost={sw_lost} ike_sa_init={sw_init} create_child_sa={sw_child} dup_seq={sw_dup} (strongSwan 5.9.8 follows RFC 5685 REDIRECT with a new IKE SA; esp frames audited {})",
+        sw_gaps.len(),
+        percentile(&sw_gaps, 0.5),
+        percentile(&sw_gaps, 0.99),
+        sw_nonces.len()
+    );
+    if sw_dup != 0 {
+        failures.push(format!("strongSwan: {sw_dup} (SPI, seq) sent twice"));
+    }
+    if sw_init < reps {
+        failures.push(format!(
+            "strongSwan: {sw_init} IKE_SA_INIT frames: fewer than one new IKE SA per redirect"
+        ));
+    }
+    println!("ha-subnet: {:.1} s", began.elapsed().as_secs_f64());
     let flows = pings(&lab.ns("home"), SERVER, 3);
     let after = client_sa(&client.socket);
     let (_, client_out) = client.stop_with_output();
     let _ = std::fs::write(dir.join("client.log"), client_out);
+    let _ = std::fs::write(
+        dir.join("swanctl-list-sas.txt"),
+        charon.swanctl(&["--list-sas"]),
+    );
+    charon.stop();
     for n in &mut nodes {
         if n.proc.is_some() {
             n.kill_all();

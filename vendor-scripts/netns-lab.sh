@@ -44,10 +44,11 @@
 #            (tests/ha_subnet.rs, configs/ha-subnet-a.yaml, ha-subnet-b.yaml: takeover by
 #            announcement): as ha-up, but the router reaches node A on 203.0.113.0/24 (port pa)
 #            and node B on 198.18.0.0/24 (port pb, MAC 02:00:00:00:71:03); the LAN side is
-#            shared (10.9.0.1); no strongSwan namespace:
+#            shared (10.9.0.1); strongSwan's namespace as in ha-up (it is redirected, RFC 5685):
 #              PFX-home 10.7.0.10 -- lan [PFX-cl] wan 192.0.2.10 -- eth0 [PFX-rtr] pa --
 #                wan 203.0.113.1 [PFX-gwa]; [PFX-rtr] pb -- wan 198.18.0.2 [PFX-gwb];
 #                gwa/gwb lan -- br0 [PFX-lsw] -- lan0 10.9.0.10 PFX-srv; sync as in ha-up
+#              PFX-sw wan 100.64.0.20 -- eth1 [PFX-rtr]
 #        netns-lab.sh hs-down [PFX]
 #        netns-lab.sh cluster-up [PFX]  the cluster lab (tests/cluster_move.rs, configs/cluster/):
 #            the client side of the HA lab; edges PFX-e0, PFX-e1, PFX-e2 sharing the public
@@ -91,7 +92,7 @@ RW_NSS="lan gw rw"
 CL_NSS="home cl sgw srv"
 MOB_NSS="home cl rtr gw srv"
 HA_NSS="home cl rtr gwa gwb lsw srv sw"
-HS_NSS="home cl rtr gwa gwb lsw srv"
+HS_NSS="home cl rtr gwa gwb lsw srv sw"
 CLUSTER_NSS="home cl sw rtr e0 e1 e2 lr cn srv"
 VCM_NSS="a b rtr gw srv ca cb ha hb"
 
@@ -332,6 +333,14 @@ hs_up() {
     ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
     ip -n "$p-rtr" addr add 203.0.113.254/24 dev pa
     ip -n "$p-rtr" addr add 198.18.0.254/24 dev pb
+    ip link add wan netns "$p-sw" address 02:00:00:00:64:14 type veth \
+        peer name eth1 netns "$p-rtr" address 02:00:00:00:64:fe
+    links_up "$p-rtr" eth1
+    ip -n "$p-rtr" addr add 100.64.0.254/24 dev eth1
+    no_ipv6 "$p-sw"
+    links_up "$p-sw" wan
+    ip -n "$p-sw" addr add 100.64.0.20/24 dev wan
+    ip -n "$p-sw" route add default via 100.64.0.254
     host4 "$p-home" 10.7.0.10/24 10.7.0.1
     host4 "$p-srv" 10.9.0.10/24 10.9.0.1
     ip netns exec "$p-srv" sysctl -qw net.ipv4.conf.all.arp_accept=1

@@ -650,11 +650,14 @@ impl Pair {
             Output::Range { id, from, up_to } => {
                 let key = ChildKey::new(Direction::Outbound, id);
                 match (from, self.installed.get(&key)) {
-                    (Some(from), Some(_)) => {
+                    // A jump is never merged into the range before it (the numbers between
+                    // are the other node's): it waits until the SA is installed and near its
+                    // end, even when the SA is still waiting for its adoption (`starts`).
+                    (Some(from), _) => {
                         let j = self.jumps.entry(id).or_insert((from, up_to));
                         j.1 = j.1.max(up_to);
                     }
-                    (None, Some(_)) if self.jumps.contains_key(&id) => {
+                    (None, _) if self.jumps.contains_key(&id) => {
                         if let Some(j) = self.jumps.get_mut(&id) {
                             j.1 = j.1.max(up_to);
                         }
@@ -1041,6 +1044,8 @@ impl Pair {
                 "snapshots_sent": s.snapshots_sent,
                 "grants": s.grants,
                 "persists": s.persists,
+                "reservations": s.reservations,
+                "reserved_starts": s.reserved_starts,
                 "decode_errors": s.decode_errors.values().sum::<u64>(),
             },
             "takeover_install_ms": c.takeover_install_ms,

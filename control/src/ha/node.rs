@@ -162,6 +162,11 @@ pub struct Stats {
     pub duplicates: u64,
     pub grants: u64,
     pub persists: u64,
+    /// Outbound SAs a takeover or handover started in a range reserved on disk beforehand
+    /// (no wait for the disk).
+    pub reserved_starts: u64,
+    /// Reservations a standby wrote for its next takeover.
+    pub reservations: u64,
     pub same_slot: u64,
     pub unexpected: u64,
 }
@@ -220,10 +225,20 @@ pub struct Node {
     control: VecDeque<Message>,
     outputs: VecDeque<Output>,
     running: BTreeMap<SaId, Running>,
-    /// As on disk.
+    /// As on disk: per outbound SA, a bound on every number this node may send unpaired
+    /// without writing again (what it may have sent, or reserved: see `spent`).
     disk: BTreeMap<SaId, u64>,
     /// To be on disk.
     want: BTreeMap<SaId, u64>,
+    /// Changes of `want`, and how many of them the last write carried: comparing the two maps
+    /// instead made a takeover of many SAs quadratic (one comparison per SA).
+    want_changes: u64,
+    written_changes: u64,
+    /// Per outbound SA, the highest number this node may have sent: the marks it started
+    /// with (it cannot tell what of them it used before a crash) and every range it gave its
+    /// data plane since. A mark above it was reserved by a standby for its takeover and is
+    /// known unused ([`super::seq`], "Reserved but unused").
+    spent: BTreeMap<SaId, u64>,
     persist_inflight: Option<u64>,
     persist_token: u64,
     /// A planned switchover waits for the data plane's ceilings ([`Node::capped`]).
@@ -258,6 +273,9 @@ impl Node {
             outputs: VecDeque::new(),
             running: BTreeMap::new(),
             want: disk.clone(),
+            want_changes: 0,
+            written_changes: 0,
+            spent: disk.clone(),
             disk,
             persist_inflight: None,
             persist_token: 0,
@@ -578,6 +596,20 @@ impl Node {
         self.applied = index;
         self.ack_due = true;
         if self.table.apply(&record) != Applied::Control {
+            match &record {
+                Record::SeqCheckpoint { id, .. } | Record::SeqGrant { id, .. } => self.reserve(*id),
+                Record::ChildSa { dir, params, .. } if *dir == Direction::Outbound => {
+                    self.reserve(params.id)
+                }
+                Record::ChildSaGone { key, .. } if key.dir_out => {
+                    // Its keys are gone at both ends: nothing can repeat a nonce of it.
+                    if self.want.remove(&key.id).is_some() {
+                        self.want_changes = self.want_changes.wrapping_add(1);
+                    }
+                    self.spent.remove(&key.id);
+                }
+                _ => {}
+            }
             return;
         }
         match record {
@@ -592,17 +624,21 @@ impl Node {
                 self.active_heard = now;
                 self.receiving = false;
                 self.epoch = epoch;
-                // What we sent unpaired (on disk) must stay below the active's next ranges.
+                // What we may have sent unpaired must stay below the active's next ranges (not
+                // what we only reserved: that stays unused).
                 let ids: Vec<SaId> = self
                     .table
                     .children()
                     .filter(|(k, _)| k.dir_out)
                     .map(|(k, _)| k.id)
                     .collect();
-                for id in ids {
-                    if let Some(&seq) = self.disk.get(&id) {
+                for &id in &ids {
+                    if let Some(&seq) = self.spent.get(&id) {
                         self.control.push_back(Message::Floor { id, seq });
                     }
+                }
+                for id in ids {
+                    self.reserve(id);
                 }
                 self.outputs.push_back(Output::Said(Said::InSync { epoch }));
             }
@@ -643,6 +679,7 @@ impl Node {
                         // sent unpaired before it synced).
                         let from = (r.floor >= r.allowed).then(|| r.floor.saturating_add(1));
                         r.allowed = up_to;
+                        spend(&mut self.spent, id, up_to);
                         // Not while the data plane is being capped for a handover.
                         if r.installed && !self.handing_over {
                             self.outputs.push_back(Output::Range { id, from, up_to });
@@ -682,12 +719,16 @@ impl Node {
                 r.used = r.used.max(seq);
                 r.allowed = r.allowed.max(seq);
                 let id = params.id;
+                spend(&mut self.spent, id, seq);
                 self.log_record(record);
                 self.extend(id);
             }
             Record::ChildSaGone { key, .. } if key.dir_out => {
                 self.running.remove(&key.id);
-                self.want.remove(&key.id);
+                if self.want.remove(&key.id).is_some() {
+                    self.want_changes = self.want_changes.wrapping_add(1);
+                }
+                self.spent.remove(&key.id);
                 self.log_record(record);
             }
             _ => self.log_record(record),
@@ -794,18 +835,55 @@ impl Node {
                 return;
             }
             r.disk = Some((from, up_to));
-            let w = self.want.entry(id).or_insert(0);
-            *w = (*w).max(up_to);
+            self.want_at_least(id, up_to);
             self.persist();
             // Not a grant (nobody acknowledges it) but the fence a standby that syncs later
             // must start above, like everything this node may send.
             self.table.apply(&Record::SeqGrant { id, up_to });
             self.log_record(Record::SeqGrant { id, up_to });
+            // Reserved on disk already (while standby): no wait.
+            self.open_on_disk(id);
+        }
+    }
+
+    /// A standby keeps the range it would start `id` in at a takeover on disk ahead of time
+    /// (reserved, unused: `spent` does not move), so a takeover sends at once. It writes two
+    /// own blocks at a time, and again when the start enters the second of them.
+    fn reserve(&mut self, id: SaId) {
+        if self.role != Role::Standby {
+            return;
+        }
+        let Some(c) = self.table.child(&ChildKey::new(Direction::Outbound, id)) else {
+            return;
+        };
+        let spent = self.spent.get(&id).copied().unwrap_or(0);
+        let from = self.plan.takeover_start(c.checkpoint, c.fence, spent);
+        if from == u64::MAX {
+            return;
+        }
+        // Written when the start enters the last reserved block: that block stays covered
+        // while the next write is on its way.
+        let have = self.want.get(&id).copied().unwrap_or(0);
+        let up_to = self.plan.reservation(from);
+        if have >= up_to {
+            return;
+        }
+        self.want_at_least(id, up_to);
+        self.stats.reservations = self.stats.reservations.saturating_add(1);
+        self.persist();
+    }
+
+    /// `id`'s mark to be on disk is at least `up_to`.
+    fn want_at_least(&mut self, id: SaId, up_to: u64) {
+        let w = self.want.entry(id).or_insert(0);
+        if *w < up_to {
+            *w = up_to;
+            self.want_changes = self.want_changes.wrapping_add(1);
         }
     }
 
     fn persist(&mut self) {
-        if self.persist_inflight.is_some() || self.want == self.disk {
+        if self.persist_inflight.is_some() || self.want_changes == self.written_changes {
             return;
         }
         self.persist_token = self.persist_token.saturating_add(1);
@@ -815,6 +893,7 @@ impl Node {
             token: self.persist_token,
             marks: self.want.clone(),
         });
+        self.written_changes = self.want_changes;
     }
 
     /// The marks of `Output::Persist { token }` are on disk.
@@ -826,36 +905,47 @@ impl Node {
         self.disk = marks;
         let ids: Vec<SaId> = self.running.keys().copied().collect();
         for id in ids {
-            let on_disk = self.disk.get(&id).copied().unwrap_or(0);
-            let Some(r) = self.running.get_mut(&id) else {
-                continue;
-            };
-            if let Some((from, up_to)) = r.disk {
-                if on_disk >= up_to && self.role == Role::Active && !self.handing_over {
-                    r.disk = None;
-                    let jump = from != r.allowed.saturating_add(1);
-                    let first_install = !r.installed;
-                    if up_to <= r.allowed && !first_install {
-                        // A grant overtook the disk: nothing new.
-                        continue;
-                    }
-                    r.allowed = up_to;
-                    r.installed = true;
-                    if first_install {
-                        self.outputs
-                            .push_back(Output::InstallOutbound { id, from, up_to });
-                    } else {
-                        self.outputs.push_back(Output::Range {
-                            id,
-                            from: jump.then_some(from),
-                            up_to,
-                        });
-                    }
-                }
-            }
+            self.open_on_disk(id);
             self.extend(id);
         }
         self.persist();
+    }
+
+    /// Gives `id`'s data plane the unpaired range waiting for the disk once a mark on disk
+    /// covers it (written for it, or reserved earlier); true if it did.
+    fn open_on_disk(&mut self, id: SaId) -> bool {
+        let on_disk = self.disk.get(&id).copied().unwrap_or(0);
+        let (active, handing_over) = (self.role == Role::Active, self.handing_over);
+        let Some(r) = self.running.get_mut(&id) else {
+            return false;
+        };
+        let Some((from, up_to)) = r.disk else {
+            return false;
+        };
+        if on_disk < up_to || !active || handing_over {
+            return false;
+        }
+        r.disk = None;
+        let jump = from != r.allowed.saturating_add(1);
+        let first_install = !r.installed;
+        if up_to <= r.allowed && !first_install {
+            // A grant overtook the disk: nothing new.
+            return false;
+        }
+        r.allowed = up_to;
+        r.installed = true;
+        spend(&mut self.spent, id, up_to);
+        if first_install {
+            self.outputs
+                .push_back(Output::InstallOutbound { id, from, up_to });
+        } else {
+            self.outputs.push_back(Output::Range {
+                id,
+                from: jump.then_some(from),
+                up_to,
+            });
+        }
+        true
     }
 
     /// The drain of a planned switchover is over: the data plane lets go of the old SAs.
@@ -905,15 +995,14 @@ impl Node {
                     .push_back(Output::InstallInbound { id: key.id, replay });
                 continue;
             }
-            let mark = self.disk.get(&key.id).copied().unwrap_or(0);
+            let mark = self.spent.get(&key.id).copied().unwrap_or(0);
             let from = plan.takeover_start(checkpoint, fence, mark);
             if from == u64::MAX {
                 continue;
             }
             let up_to = plan.block_end(from);
             self.table.apply(&Record::SeqGrant { id: key.id, up_to });
-            let w = self.want.entry(key.id).or_insert(0);
-            *w = (*w).max(up_to);
+            self.want_at_least(key.id, up_to);
             self.running.insert(
                 key.id,
                 Running {
@@ -925,6 +1014,11 @@ impl Node {
                     installed: false,
                 },
             );
+            // Reserved on disk while standby and known unused: it sends at once.
+            if self.open_on_disk(key.id) {
+                self.stats.reserved_starts = self.stats.reserved_starts.saturating_add(1);
+                self.extend(key.id);
+            }
         }
         self.outputs.push_back(Output::Said(Said::TookOver {
             epoch: self.epoch,
@@ -1045,9 +1139,10 @@ impl Node {
             // The old active sends at most `checkpoint` (its fence) while it drains and granted
             // us up to `fence`. Our
             // own earlier unpaired numbers (the disk mark) stay behind us.
-            let mark = self.disk.get(&key.id).copied().unwrap_or(0);
+            let mark = self.spent.get(&key.id).copied().unwrap_or(0);
             let from = checkpoint.max(mark).saturating_add(1);
             if from <= fence {
+                spend(&mut self.spent, key.id, fence);
                 self.running.insert(
                     key.id,
                     Running {
@@ -1068,9 +1163,7 @@ impl Node {
                 let from = self.plan.next_own(fence.max(mark));
                 let up_to = self.plan.block_end(from);
                 self.table.apply(&Record::SeqGrant { id: key.id, up_to });
-                let w = self.want.entry(key.id).or_insert(0);
-                *w = (*w).max(up_to);
-                waiting = true;
+                self.want_at_least(key.id, up_to);
                 self.running.insert(
                     key.id,
                     Running {
@@ -1082,6 +1175,12 @@ impl Node {
                         installed: false,
                     },
                 );
+                // Reserved while standby, unused: no wait for the disk.
+                if self.open_on_disk(key.id) {
+                    self.stats.reserved_starts = self.stats.reserved_starts.saturating_add(1);
+                } else {
+                    waiting = true;
+                }
             }
         }
         if waiting {
@@ -1090,4 +1189,10 @@ impl Node {
         self.outputs
             .push_back(Output::Said(Said::SwitchedOver { epoch }));
     }
+}
+
+/// `id`'s data plane may send up to `up_to` from now on.
+fn spend(spent: &mut BTreeMap<SaId, u64>, id: SaId, up_to: u64) {
+    let s = spent.entry(id).or_insert(0);
+    *s = (*s).max(up_to);
 }

@@ -47,6 +47,37 @@
 //! inference at the peer stays right. On a planned switchover the final checkpoints are exact
 //! and the new active starts at the next number: no jump at all.
 //!
+//! # Reserved but unused: a takeover that does not wait for its disk
+//!
+//! Rule 2 asks for the mark on disk *before* a number is sent; written at the takeover, that
+//! fsync (tens to hundreds of milliseconds on a busy disk) would stand between the detection
+//! and the first packet. So a standby writes, ahead of time, the range it would start each
+//! outbound SA in ([`SeqPlan::reservation`]: the own block of `takeover_start(checkpoint,
+//! fence, spent)` and the next own block), and writes again when that start enters the
+//! second of them (the start's block stays on disk while the write is on its way). A disk mark then means "a bound on every number this node may send
+//! unpaired without writing again", no longer "what it sent": the node keeps apart, in
+//! memory, what it *spent* (the marks it started with, for it cannot tell what of them it
+//! used before a crash, and every range it gave its data plane since) and what is only
+//! reserved. At a takeover it computes the start exactly as before, from the fence, the last
+//! checkpoint and what it spent (not the reservation): if the disk already holds a mark at
+//! or above the end of that start's block, it sends at once; if not (the reservation's write
+//! still in flight, the SA moved on), it waits for the disk as before.
+//!
+//! Why the two rules still hold: the fast start lies in the node's own block, above the fence
+//! (the old active's paired sends) and above all it spent; it is at or below a mark already
+//! on disk, written before the first of these numbers is sent: rule 2 as stated. A reserved
+//! range is no claim on the numbers: the active may be granted numbers inside it (grants
+//! ignore blocks), which is why the start is recomputed from the fence at the takeover and
+//! never taken from the reservation. A node that restarts counts its whole disk mark as
+//! spent (reserved or sent, it cannot tell), which can only move its later starts up.
+//!
+//! The cost is a larger jump only for a node's first takeover after a restart: its marks
+//! may hold a reservation up to three blocks past the start it predicted then, so that
+//! takeover jumps at most [`SeqPlan::max_jump_after_restart`] = `8 * ahead + 1` past the
+//! last checkpoint (`max_jump` is at most 2^30 by the configuration, so this stays below
+//! 2^31 + 1, still far inside the 2^32 - window an ESN receiver infers across). A takeover
+//! within one life of the standby jumps exactly as before.
+//!
 //! # The inbound side
 //!
 //! A taking-over node installs each inbound SA with the last replicated window (its top, the
@@ -93,6 +124,18 @@ impl SeqPlan {
     /// The most a takeover jumps past the last checkpoint (see the module doc).
     pub fn max_jump(&self) -> u64 {
         self.ahead().saturating_mul(4)
+    }
+
+    /// The most the first takeover after a restart jumps (its marks may hold a reservation:
+    /// see the module doc).
+    pub fn max_jump_after_restart(&self) -> u64 {
+        self.ahead().saturating_mul(8).saturating_add(1)
+    }
+
+    /// The mark a standby reserves for a takeover that would start at `from` (one of its
+    /// own numbers): the end of the own block after `from`'s.
+    pub fn reservation(&self, from: u64) -> u64 {
+        self.block_end(self.next_own(self.block_end(from)))
     }
 
     /// The slot that owns `n`.
@@ -204,6 +247,36 @@ mod tests {
                 assert_eq!(p.owner(s), 1);
             }
             assert!(p.takeover_start(cp, cp, cp + 3 * p.ahead()) > cp + 3 * p.ahead());
+        }
+    }
+
+    #[test]
+    fn a_reservation_covers_the_start_and_bounds_the_jump_after_a_restart() {
+        for slot in [0, 1] {
+            let p = plan(slot);
+            let a = p.ahead();
+            for cp0 in [0u64, 7, a - 1, a, 3 * a + 11, 1 << 40] {
+                for fence0 in [cp0, cp0 + a / 2, p.grant_for(cp0)] {
+                    // What the standby reserved in its earlier life.
+                    let pred = p.takeover_start(cp0, fence0, 0);
+                    let r = p.reservation(pred);
+                    assert!(r >= p.block_end(pred));
+                    assert_eq!(p.owner(r), slot);
+                    // After a restart the reservation counts as spent; the SA only moved up.
+                    for cp in [cp0, cp0 + 1, cp0 + a] {
+                        for fence in [cp, p.grant_for(cp)] {
+                            let s = p.takeover_start(cp, fence.max(fence0), r);
+                            assert!(s > r);
+                            assert!(
+                                s - cp <= p.max_jump_after_restart(),
+                                "slot {slot} cp0 {cp0} cp {cp}: {} > {}",
+                                s - cp,
+                                p.max_jump_after_restart()
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -26,6 +26,13 @@ pub trait AddressPool: Send {
     fn rebind(&mut self, from: IkeSaId, to: IkeSaId);
     /// Every lease, for views and tests.
     fn leases(&self) -> Vec<(Ipv4Addr, IkeSaId)>;
+    /// The address leased to IKE SA `ike`, if any (an export asks for every IKE SA: a pool
+    /// holding many leases answers without listing them all).
+    fn lease_of(&self, ike: IkeSaId) -> Option<Ipv4Addr> {
+        self.leases()
+            .into_iter()
+            .find_map(|(a, i)| (i == ike).then_some(a))
+    }
 }
 
 /// Leases held in this process: O(1) per lease while the pool has room.
@@ -88,6 +95,10 @@ impl AddressPool for LocalPool {
         v.sort();
         v
     }
+
+    fn lease_of(&self, ike: IkeSaId) -> Option<Ipv4Addr> {
+        self.by_ike.get(&ike).copied()
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +121,8 @@ mod tests {
         assert_eq!(p.lease(&pool, id(2)), Some("10.99.0.2".parse().unwrap()));
         assert_eq!(p.lease(&pool, id(3)), None, "exhausted");
         p.rebind(id(1), id(4));
+        assert_eq!(p.lease_of(id(4)), Some("10.99.0.1".parse().unwrap()));
+        assert_eq!(p.lease_of(id(1)), None);
         assert_eq!(
             p.leases(),
             [
