@@ -112,6 +112,7 @@ fn a_filtered_client_s_sas_go_to_the_encryption_node_and_every_edge_passes_its_e
         worker: 0,
         spi: spis.0,
         src: w.clients[0].addr,
+        src_port: 4500,
         dst: PUBLIC.parse().unwrap(),
         packets: 1,
     });

@@ -25,10 +25,10 @@ pub const NOTIFY_DIRECT_PATH: u16 = 48_200;
 pub const VERSION: u8 = 1;
 
 /// SPIs of direct SAs come from the upper half of the reserved range
-/// (`roamgate_ike::services::spi::DIRECT_SPI_PREFIX`, 0xff80_0000..): the gateway hands them
+/// (`ike::services::spi::DIRECT_SPI_PREFIX`, 0xff80_0000..): the gateway hands them
 /// out, unique among its pairs; a client never allocates a unicast SPI there, and group SAs
 /// take the lower half (0xff00_0000..0xff7f_ffff), so a member of a group can take part too.
-pub const DIRECT_SPI_BASE: u32 = roamgate_ike::services::spi::DIRECT_SPI_PREFIX;
+pub const DIRECT_SPI_BASE: u32 = ike::services::spi::DIRECT_SPI_PREFIX;
 
 /// AES-128-GCM key (16) and salt (4), RFC 4106.
 pub const KEYMAT_LEN: usize = 20;

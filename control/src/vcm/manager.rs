@@ -117,7 +117,7 @@ impl Manager {
             .flat_map(|p| p.m.iter().map(|m| m.offer.inbound.spi))
             .collect();
         let mut take = || loop {
-            self.next_spi = (self.next_spi + 1) & !roamgate_ike::services::spi::DIRECT_SPI_MASK;
+            self.next_spi = (self.next_spi + 1) & !ike::services::spi::DIRECT_SPI_MASK;
             let s = DIRECT_SPI_BASE | self.next_spi.max(1);
             if !live.contains(&s) {
                 return s;
