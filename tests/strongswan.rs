@@ -126,9 +126,28 @@ impl Charon {
 }
 
 impl Drop for Charon {
+    /// Ends charon and waits until it is gone (at most 5 s, then SIGKILL): a charon started
+    /// next in the same namespace must find ports 500 and 4500 free.
     fn drop(&mut self) {
-        if !self.pid.is_empty() {
-            let _ = Command::new("kill").arg(&self.pid).status();
+        if self.pid.is_empty() {
+            return;
+        }
+        let _ = Command::new("kill").arg(&self.pid).status();
+        let alive = |pid: &str| {
+            Command::new("kill")
+                .args(["-0", pid])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while alive(&self.pid) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if alive(&self.pid) {
+            let _ = Command::new("kill").args(["-9", &self.pid]).status();
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 }
