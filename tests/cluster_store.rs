@@ -587,12 +587,26 @@ fn masq_coordinator_on_etcd() {
         o.contains(&Output::FamInstall { flow: f, masq: m })
     });
     a.client_left(client, now());
-    drive(&mut a, &mut out_a, &mut |_, o| {
-        o.contains(&Output::Route {
-            masq: m,
-            fam: Some("b".into()),
-        })
-    });
+    // Both nodes run meanwhile, as they would: b's registration may still be on its way to
+    // etcd when a leaves (a's conditional unregister then wins and b writes again).
+    let deadline = Instant::now() + T;
+    let want = Output::Route {
+        masq: m,
+        fam: Some("b".into()),
+    };
+    while !out_a.contains(&want) {
+        for (n, out) in [(&mut a, &mut out_a), (&mut b, &mut out_b)] {
+            n.handle_timeout(now());
+            while let Some(o) = n.poll_output() {
+                out.push(o);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out; outputs of a {out_a:?}, of b {out_b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let push_ms = moved.elapsed().as_secs_f64() * 1e3;
     assert!(matches!(b.outbound(f, now()), OutVerdict::Rewrite(x) if x == m));
     assert_eq!(a.inbound(m, now()), InVerdict::Forward("b".into()));
