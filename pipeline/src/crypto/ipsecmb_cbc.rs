@@ -482,12 +482,13 @@ pub(super) fn burst(jobs: &mut [CbcJob<'_>], encrypt: bool) -> bool {
     let arch = ipsecmb::runtime().map_or("", |rt| rt.arch);
     BURST_MGR.with(|wide| {
         MGR.with(|narrow| {
-            // SAFETY: both are this thread's initialised managers (or null, refused here), and
-            // nothing else on this thread uses either while the burst runs: the single-packet
-            // calls of other backends' jobs do not touch ipsec-mb.
-            let (Some(wide), Some(narrow)) =
-                (unsafe { Lanes::of(wide.0) }, unsafe { Lanes::of(narrow.0) })
-            else {
+            // SAFETY: this thread's initialised wide manager (or null, refused here); nothing
+            // else on this thread uses it while the burst runs: the single-packet calls of
+            // other backends' jobs do not touch ipsec-mb.
+            let wide = unsafe { Lanes::of(wide.0) };
+            // SAFETY: the same for this thread's narrow (SSE) manager.
+            let narrow = unsafe { Lanes::of(narrow.0) };
+            let (Some(wide), Some(narrow)) = (wide, narrow) else {
                 return false;
             };
             for chunk in jobs.chunks_mut(CHUNK) {
