@@ -45,6 +45,7 @@ use crate::timer::Deadlines;
 use crate::wire::{exchange as xchg, notify, payload, Header, Payload, WireError};
 
 mod eap;
+mod group;
 mod transfer;
 pub use transfer::{AdoptError, ExportError};
 
@@ -107,6 +108,8 @@ pub struct Endpoint {
     services: Services,
     out: Output,
     stats: Stats,
+    /// G-IKEv2: the GCKSs and group memberships (`exchange::group`).
+    group: crate::group::session::GroupState,
 }
 
 impl Endpoint {
@@ -128,6 +131,7 @@ impl Endpoint {
             services,
             out: Output::default(),
             stats: Stats::default(),
+            group: crate::group::session::GroupState::default(),
         }
     }
 
@@ -141,7 +145,11 @@ impl Endpoint {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        let e = self.out.events.pop_front();
+        let e = self
+            .out
+            .events
+            .pop_front()
+            .or_else(|| self.group.events.pop_front().map(Event::Group));
         if let Some(Event::ChildDown { spi_in, .. }) = &e {
             // Reported down: the SPI may be handed out again.
             self.services.spis.release_child(*spi_in);
@@ -149,12 +157,17 @@ impl Endpoint {
         e
     }
 
-    /// The earliest time something is due (a retransmission, a rekey, a liveness check).
+    /// The earliest time something is due (a retransmission, a rekey, a liveness check, a
+    /// group rekey of a GCKS here).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.deadlines.first(), self.eap_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.deadlines.first(),
+            self.eap_timeout(),
+            self.group.gcks.iter().map(|g| g.deadline()).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// What was dropped or answered with an error, by reason; the cookies' counters.
@@ -581,6 +594,11 @@ impl Endpoint {
             self.init_request(now, local, remote, &h, data);
             return;
         }
+        if h.exchange == crate::group::wire::exchange::GSA_REKEY && !h.is_response() {
+            // G-IKEv2: a GCKS's rekey under a Rekey SA, not an IKE SA (RFC 9838 2.4.1).
+            self.group_rekey(now, data);
+            return;
+        }
         if h.exchange == xchg::INFORMATIONAL
             && !h.is_response()
             && h.next_payload == payload::NOTIFY
@@ -617,6 +635,7 @@ impl Endpoint {
             }
         });
         self.apply_effects(now);
+        self.flush_group(now);
     }
 
     /// An INFORMATIONAL request that starts with a plain Notify payload (nothing encrypted): a
@@ -753,6 +772,7 @@ impl Endpoint {
             stats,
             cookies,
             half_open,
+            group,
             ..
         } = self;
         let mut ctx = Ctx {
@@ -763,6 +783,7 @@ impl Endpoint {
             services,
             out,
             stats,
+            group,
         };
         let Some(sa) = init::respond(&mut ctx, cookies, half_open, local, remote, h, msg) else {
             return;
@@ -788,6 +809,7 @@ impl Endpoint {
         }
         self.apply_effects(now);
         self.eap_handle_timeout(now);
+        self.group_timeout(now);
     }
 
     /// How many IKE SAs are filed under a deadline (each at most once).
@@ -806,6 +828,7 @@ impl Endpoint {
             services: &mut self.services,
             out: &mut self.out,
             stats: &mut self.stats,
+            group: &mut self.group,
         }
     }
 
@@ -826,6 +849,7 @@ impl Endpoint {
             services,
             out,
             stats,
+            group,
             ..
         } = self;
         let sa = sas.get_mut(&id)?;
@@ -837,6 +861,7 @@ impl Endpoint {
             services,
             out,
             stats,
+            group,
         };
         let r = f(sa, &mut ctx);
         self.file(id);
@@ -886,6 +911,7 @@ impl Endpoint {
         }
         self.services.pool.release(id);
         self.services.spis.release_ike(id.0);
+        self.group.forget_ike(id);
         if sa.pending.eap.is_some() {
             if let Some(s) = self.services.eap.as_mut().and_then(|e| e.server.as_mut()) {
                 s.forget(id);

@@ -115,6 +115,8 @@ pub enum Event {
         kind: u16,
         data: PrivateData,
     },
+    /// G-IKEv2 (RFC 9838): a member's group keys, a GCKS's registrations and removals.
+    Group(crate::group::session::GroupEvent),
 }
 
 /// A private notify's data: it may carry keys (the connectivity manager's offers), so it is

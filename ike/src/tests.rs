@@ -10,6 +10,7 @@ mod eap;
 mod endpoint;
 mod export;
 mod fragment;
+mod group;
 mod gw_move;
 mod hint;
 mod ike_rekey;

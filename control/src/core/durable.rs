@@ -280,6 +280,8 @@ impl Durability {
             ike::Event::IkeDown { ike, .. } => {
                 self.gone.insert(*ike);
             }
+            // Group state is not stored (no group mode in `run` yet).
+            ike::Event::Group(_) => {}
         }
     }
 

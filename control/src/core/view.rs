@@ -372,6 +372,7 @@ pub fn event_line(e: &Event) -> String {
             if *udp_encap { ", ESP in UDP" } else { "" },
             children.len()
         ),
+        Event::Group(g) => format!("ike: group: {g:?}"),
     }
 }
 

@@ -69,6 +69,11 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             return;
         }
     };
+    // A connection that joins a group registers in GSA_AUTH instead (RFC 9838 2.3.1).
+    if let Some(group) = ctx.group.joins.get(&cfg.name).cloned() {
+        super::group::start_gsa_auth(sa, ctx, &cfg, (idi, extra, auth), group);
+        return;
+    }
     // An EAP peer sends no AUTH in its first request (RFC 7296 2.16); its rounds begin.
     let eap = super::eap_auth::client_begin(sa, ctx, &cfg);
     let auth = auth.filter(|_| !eap);
@@ -319,29 +324,12 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
     let Some(cfg) = choose_peer(ctx, sa, idi, find_idr(p), false).cloned() else {
         return failed;
     };
-    let unix_time = ctx.unix_time();
     // The initiator asks for our certificate in its IKE_AUTH request (RFC 7296 3.7).
     let (_, certreqs) = auth_hints(p);
-    let verified = {
-        let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
-            return failed;
-        };
-        let input = AuthInput {
-            prf: keys.prf,
-            message: &hs.init_request,
-            nonce: &hs.nr,
-            sk_p: &keys.sk_pi,
-            id: idi,
-        };
-        let actx = AuthContext {
-            unix_time,
-            peer_hashes: &hs.peer_hashes,
-            certreqs: &certreqs,
-        };
-        ctx.services.auth.verify(&cfg, &input, &auth, p, &actx)
-    };
-    if let Err(e) = verified {
-        ctx.count_auth(e);
+    if let Err(e) = verify_initiator(sa, ctx, &cfg, idi, &auth, p, &certreqs) {
+        if let Some(e) = e {
+            ctx.count_auth(e);
+        }
         return failed;
     }
     let reply = match our_auth(sa, ctx, &cfg, &certreqs) {
@@ -354,6 +342,39 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
         }
     };
     complete(sa, ctx, cfg, idi, p, reply)
+}
+
+/// Checks the initiator's identity `idi` and AUTH for connection `cfg`; `Err(None)`: the
+/// handshake's keys are gone.
+pub(crate) fn verify_initiator(
+    sa: &IkeSa,
+    ctx: &mut Ctx<'_>,
+    cfg: &PeerConfig,
+    idi: &Id,
+    auth: &Auth,
+    p: &[Payload],
+    certreqs: &[Vec<u8>],
+) -> Result<(), Option<crate::services::AuthError>> {
+    let unix_time = ctx.unix_time();
+    let (Some(keys), Some(hs)) = (sa.state.keys.as_ref(), sa.pending.handshake.as_ref()) else {
+        return Err(None);
+    };
+    let input = AuthInput {
+        prf: keys.prf,
+        message: &hs.init_request,
+        nonce: &hs.nr,
+        sk_p: &keys.sk_pi,
+        id: idi,
+    };
+    let actx = AuthContext {
+        unix_time,
+        peer_hashes: &hs.peer_hashes,
+        certreqs,
+    };
+    ctx.services
+        .auth
+        .verify(cfg, &input, auth, p, &actx)
+        .map_err(Some)
 }
 
 /// The responder's IDr, any payloads of the authenticator (CERT, CERTREQ) and AUTH, made with

@@ -27,6 +27,7 @@
 pub(crate) mod auth;
 pub(crate) mod child;
 pub(crate) mod eap_auth;
+pub(crate) mod group;
 pub mod gw_move;
 pub(crate) mod hint;
 pub(crate) mod ike_rekey;
@@ -63,6 +64,7 @@ pub(crate) struct Ctx<'a> {
     pub services: &'a mut Services,
     pub out: &'a mut Output,
     pub stats: &'a mut Stats,
+    pub group: &'a mut crate::group::session::GroupState,
 }
 
 /// The endpoint's outputs, filled by the exchanges.
@@ -237,6 +239,16 @@ pub(crate) enum Request {
         cookie2: Vec<u8>,
         to: SocketAddr,
     },
+    /// G-IKEv2 member: GSA_AUTH registering for `group` (in place of IKE_AUTH).
+    GsaAuth {
+        group: crate::wire::Id,
+    },
+    /// G-IKEv2 member: GSA_REGISTRATION for `group`.
+    GsaRegistration {
+        group: crate::wire::Id,
+    },
+    /// G-IKEv2 GCKS: GSA_INBAND_REKEY.
+    GsaInband,
 }
 
 impl Request {
@@ -285,6 +297,10 @@ pub(crate) enum Action {
     /// The first of `Pending::private_out`: a private-use notify of the endpoint's user
     /// (`info::start_private`).
     Private,
+    /// G-IKEv2 member: the next GSA_REGISTRATION waiting for this IKE SA (`group`).
+    GsaRegistration,
+    /// G-IKEv2 GCKS: the next GSA_INBAND_REKEY waiting for this IKE SA (`group`).
+    GsaInband,
 }
 
 /// A request on IKE SA `sa` (its SPIs matched): the window, decryption, the exchange, the
@@ -337,7 +353,10 @@ pub(crate) fn on_request(
             sa.pending.last_heard = ctx.now;
             // Only an authenticated request may move the IKE SA's port (NAT mapping, RFC 7296
             // 2.23: the float to 4500 happens on IKE_AUTH).
-            if sa.state.phase != Phase::Established && h.exchange == exchange::IKE_AUTH {
+            if sa.state.phase != Phase::Established
+                && (h.exchange == exchange::IKE_AUTH
+                    || h.exchange == crate::group::wire::exchange::GSA_AUTH)
+            {
                 sa.state.local = local;
                 sa.state.remote = remote;
             }
@@ -426,11 +445,22 @@ fn dispatch_request(
         exchange::IKE_AUTH if sa.state.role == Role::Responder && sa.state.phase == Phase::Init => {
             auth::on_request(sa, ctx, p)
         }
+        crate::group::wire::exchange::GSA_AUTH
+            if sa.state.role == Role::Responder && sa.state.phase == Phase::Init =>
+        {
+            group::on_gsa_auth_request(sa, ctx, p)
+        }
         // Nothing but IKE_AUTH before the IKE SA is up.
         _ if sa.state.phase == Phase::Init || sa.state.phase == Phase::Auth => {
             Err(Reason::UnexpectedExchange)
         }
         exchange::INFORMATIONAL => info::on_request(sa, ctx, local, remote, p),
+        crate::group::wire::exchange::GSA_REGISTRATION if sa.state.phase == Phase::Established => {
+            group::on_registration_request(sa, ctx, p)
+        }
+        crate::group::wire::exchange::GSA_INBAND_REKEY if sa.state.phase == Phase::Established => {
+            group::on_inband_request(sa, ctx, p)
+        }
         exchange::CREATE_CHILD_SA => {
             if sa.state.phase != Phase::Established {
                 return Ok(vec![Payload::notify(notify::TEMPORARY_FAILURE, vec![])]);
@@ -545,7 +575,12 @@ pub(crate) fn on_response(
         Request::ProbeGateway { cookie2, to } => {
             gw_move::on_probe_response(sa, ctx, &cookie2, to, &payloads)
         }
-        Request::AnnounceMove
+        Request::GsaAuth { group } => group::on_gsa_auth_response(sa, ctx, &group, &payloads),
+        Request::GsaRegistration { group } => {
+            group::on_registration_response(sa, ctx, &group, &payloads)
+        }
+        Request::GsaInband
+        | Request::AnnounceMove
         | Request::Liveness
         | Request::InvalidSpi
         | Request::Private
@@ -650,6 +685,8 @@ pub(crate) fn next_action(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             }
             Action::ProbeGateway => gw_move::start_probe(sa, ctx),
             Action::Private => info::start_private(sa, ctx),
+            Action::GsaRegistration => group::start_registration(sa, ctx),
+            Action::GsaInband => group::start_inband(sa, ctx),
         };
         if started {
             return;

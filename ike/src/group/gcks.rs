@@ -196,6 +196,46 @@ impl Gcks {
         self.stats
     }
 
+    /// Whether `id` is registered and not removed.
+    pub fn has_member(&self, id: &Id) -> bool {
+        self.members
+            .iter()
+            .any(|m| &m.id == id && m.registered && !m.removed)
+    }
+
+    /// The group this GCKS keys.
+    pub fn group(&self) -> &Id {
+        &self.cfg.group
+    }
+
+    /// The payloads of a GSA_INBAND_REKEY to registered member `id` over its registration IKE
+    /// SA (RFC 9838 section 2.4.2: GSA and KD built as in a registration exchange): the Rekey
+    /// SA, every live Data-Security SA and the GW policy, their keys wrapped under that IKE
+    /// SA's default KWK `default_kek`. No Member Key Bag: GM_SENDER_ID and WRAP_KEY are for
+    /// registrations only (sections 4.5.3.1, 4.5.3.3), the member keeps both. None when `id`
+    /// is not a registered member (or was removed).
+    pub fn inband(&mut self, now: Instant, id: &Id, default_kek: &Kek) -> Option<Vec<Payload>> {
+        self.members
+            .iter()
+            .find(|m| &m.id == id && m.registered && !m.removed)?;
+        let mut policies = vec![self.rekey_policy(false)];
+        policies.extend(self.data_policies(true, now));
+        policies.push(self.gw_policy());
+        let mut bags = vec![KeyBag::Group {
+            protocol: proto::GIKE_UPDATE,
+            spi: self.rekey_spi.to_vec(),
+            attrs: vec![Attr::tlv(
+                group_key_attr::SA_KEY,
+                default_kek.wrap(&self.rekey_keymat).to_bytes(),
+            )],
+        }];
+        bags.extend(self.data_key_bags(true, default_kek));
+        Some(vec![
+            GroupPayload::Gsa(Gsa { policies }).to_payload(),
+            GroupPayload::Kd(Kd { bags }).to_payload(),
+        ])
+    }
+
     /// The newest Data-Security SA's SPI.
     pub fn current_spi(&self) -> Option<u32> {
         self.gens.last().map(|g| g.spi)

@@ -92,6 +92,17 @@ impl core::fmt::Debug for Member {
     }
 }
 
+/// What a message to check is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A GSA_AUTH / GSA_REGISTRATION response: everything, with the Member Key Bag.
+    Registration,
+    /// A GSA_INBAND_REKEY: everything as in a registration, no Member Key Bag.
+    Inband,
+    /// A GSA_REKEY: a new Rekey SA, new Data-Security SAs, or both.
+    Rekey,
+}
+
 /// What a registration response or rekey carried, checked.
 struct Update {
     rekey: Option<([u8; 16], u32, Secret)>,
@@ -123,6 +134,40 @@ impl Member {
         self.stats
     }
 
+    /// The group.
+    pub fn group(&self) -> &Id {
+        &self.group
+    }
+
+    /// The Rekey SA's SPI, once registered (a GSA_REKEY's header carries it).
+    pub fn rekey_spi(&self) -> Option<[u8; 16]> {
+        self.rekey.as_ref().map(|r| r.spi)
+    }
+
+    /// A GSA_INBAND_REKEY's payloads (RFC 9838 section 2.4.2: processed as a registration's
+    /// GSA and KD, keys under the registration IKE SA's default KWK `default_kek`); the
+    /// Sender-ID and this member's KWK stay those of its registration. New SAs are used for
+    /// sending after the ATD, as from a GSA_REKEY.
+    pub fn on_inband(
+        &mut self,
+        now: Instant,
+        default_kek: &Kek,
+        payloads: &[Payload],
+    ) -> Result<(), RekeyError> {
+        if self.kek.is_none() {
+            self.stats.refused = self.stats.refused.saturating_add(1);
+            return Err(RekeyError::Policy("in-band rekey before a registration"));
+        }
+        let u = self
+            .check(&[default_kek], payloads, Mode::Inband)
+            .inspect_err(|_| {
+                self.stats.refused = self.stats.refused.saturating_add(1);
+            })?;
+        self.apply(now, u, false);
+        self.stats.rekeys = self.stats.rekeys.saturating_add(1);
+        Ok(())
+    }
+
     pub fn sas(&self) -> &[MemberSa] {
         &self.sas
     }
@@ -148,7 +193,7 @@ impl Member {
         response: &[Payload],
     ) -> Result<(), RekeyError> {
         let mut u = self
-            .check(&[default_kek], response, true)
+            .check(&[default_kek], response, Mode::Registration)
             .inspect_err(|_| {
                 self.stats.refused = self.stats.refused.saturating_add(1);
             })?;
@@ -206,7 +251,7 @@ impl Member {
             return Ok(());
         }
         let kek = self.kek.as_ref().ok_or(RekeyError::Policy("no KEK"))?;
-        let u = self.check(&[&rs.kwk, kek], &inner, false)?;
+        let u = self.check(&[&rs.kwk, kek], &inner, Mode::Rekey)?;
         if let Some(rs) = self.rekey.as_mut() {
             rs.last = h.message_id;
         }
@@ -217,12 +262,10 @@ impl Member {
     /// Parses and checks a GSA + KD: every SA has its key, wrapped under one of `keks` (the
     /// IKE SA's default KWK at registration; the Rekey SA's GSK_w or this member's own KWK in
     /// a GSA_REKEY), and keys unwrap.
-    fn check(
-        &self,
-        keks: &[&Kek],
-        payloads: &[Payload],
-        registration: bool,
-    ) -> Result<Update, RekeyError> {
+    fn check(&self, keks: &[&Kek], payloads: &[Payload], mode: Mode) -> Result<Update, RekeyError> {
+        // Everything comes (a registration or in-band rekey); the Member Key Bag comes.
+        let full = mode != Mode::Rekey;
+        let registration = mode == Mode::Registration;
         let mut gsa = None;
         let mut kd = None;
         for p in payloads {
@@ -359,13 +402,13 @@ impl Member {
         }
         // A registration brings everything; a rekey a new Rekey SA, new Data-Security SAs,
         // or both (section 4.4.1: at least one of them).
-        if (registration || u.rekey.is_none()) && (u.data.is_empty() || key_bits.is_none()) {
+        if (full || u.rekey.is_none()) && (u.data.is_empty() || key_bits.is_none()) {
             return Err(RekeyError::Missing("Data-Security SA"));
         }
-        if registration && u.rekey.is_none() {
+        if full && u.rekey.is_none() {
             return Err(RekeyError::Missing("Rekey SA"));
         }
-        let bits = match (u.bits, registration) {
+        let bits = match (u.bits, full) {
             (Some(b), _) => b,
             (None, false) => self.bits,
             (None, true) => return Err(RekeyError::Missing("GW policy")),

@@ -17,6 +17,7 @@ pub mod gcks;
 pub mod keys;
 pub mod member;
 pub mod rekey;
+pub mod session;
 pub mod wire;
 
 #[cfg(test)]

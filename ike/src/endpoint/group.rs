@@ -1,0 +1,203 @@
+//! The endpoint's G-IKEv2 side (RFC 9838): the GCKSs it runs and the groups it joins, the
+//! GSA_REKEY datagrams it receives outside any IKE SA, and the routing of a GCKS's rekeys to
+//! each member's address (that of the IKE SA it registered over). The exchanges themselves
+//! are in `exchange::group`; the state in `group::session`.
+
+use crate::exchange::{self, Action};
+use crate::group::gcks::Gcks;
+use crate::group::member::Member;
+use crate::group::rekey::{self, RekeyError};
+use crate::group::session::{GroupEvent, GroupState, GroupStats, KeysFrom, Membership};
+use crate::ids::IkeSaId;
+use crate::time::Instant;
+use crate::wire::Id;
+
+use super::{ConnectError, Endpoint, Transmit};
+
+impl Endpoint {
+    /// Runs `gcks` here: GSA_AUTH and GSA_REGISTRATION requests for its group are answered by
+    /// it, its rekeys go to each member's registration IKE SA's address. With `inband`, every
+    /// rekey is also sent over each member's IKE SA as GSA_INBAND_REKEY (reliable delivery,
+    /// RFC 9838 2.4: a member that lost the GSA_REKEY datagram still gets the keys).
+    pub fn add_gcks(&mut self, gcks: Gcks, inband: bool) {
+        self.group.gcks.retain(|g| g.group() != gcks.group());
+        self.group.gcks.push(gcks);
+        self.group.inband_after_rekey |= inband;
+    }
+
+    /// The GCKS of `group` run here.
+    pub fn gcks(&self, group: &Id) -> Option<&Gcks> {
+        self.group.gcks.iter().find(|g| g.group() == group)
+    }
+
+    /// Joins `group` through connection `peer`: its next IKE SA registers in GSA_AUTH
+    /// (instead of IKE_AUTH, no CHILD_SA), as a sender (asking for a Sender-ID) if `sender`.
+    pub fn join_group(&mut self, peer: &str, group: Id, sender: bool) {
+        self.ensure_membership(&group, sender);
+        self.group.joins.insert(peer.to_owned(), group);
+    }
+
+    /// Registers for `group` over established IKE SA `ike` (GSA_REGISTRATION).
+    pub fn register_group(
+        &mut self,
+        now: Instant,
+        ike: IkeSaId,
+        group: Id,
+        sender: bool,
+    ) -> Result<(), ConnectError> {
+        if !self.sas.contains_key(&ike) {
+            return Err(ConnectError::NoSuchSa);
+        }
+        self.ensure_membership(&group, sender);
+        self.group
+            .pending_registrations
+            .entry(ike)
+            .or_default()
+            .push_back(group);
+        self.enqueue(now, ike, Action::GsaRegistration)
+    }
+
+    /// GCKS: sends `group`'s current keys to `member` over the IKE SA it registered over
+    /// (GSA_INBAND_REKEY).
+    pub fn group_inband_rekey(
+        &mut self,
+        now: Instant,
+        group: &Id,
+        member: &Id,
+    ) -> Result<(), ConnectError> {
+        let ike = self
+            .group
+            .ike_of(group, member)
+            .ok_or(ConnectError::NoSuchSa)?;
+        self.queue_inband(now, ike, group.clone())
+    }
+
+    /// GCKS: removes `member` from `group`; the rekey that excludes it goes out now.
+    pub fn remove_group_member(&mut self, now: Instant, group: &Id, member: &Id) {
+        exchange::group::remove(&mut self.group, now, group, member);
+        self.flush_group(now);
+    }
+
+    /// The membership of `group` (its SAs, counters).
+    pub fn group_member(&self, group: &Id) -> Option<&Member> {
+        self.group
+            .members
+            .iter()
+            .find(|m| m.member.group() == group)
+            .map(|m| &m.member)
+    }
+
+    /// Tests: the hook that changes the payloads of group messages this endpoint sends.
+    #[cfg(test)]
+    pub(crate) fn set_group_tamper(&mut self, t: crate::group::session::Tamper) {
+        self.group.tamper = Some(t);
+    }
+
+    /// The group exchanges' counters.
+    pub fn group_stats(&self) -> GroupStats {
+        self.group.stats
+    }
+
+    fn ensure_membership(&mut self, group: &Id, sender: bool) {
+        if self.group.membership_mut(group).is_none() {
+            self.group.members.push(Membership {
+                member: Member::new(group.clone(), sender),
+                ike: None,
+            });
+        }
+    }
+
+    fn queue_inband(&mut self, now: Instant, ike: IkeSaId, group: Id) -> Result<(), ConnectError> {
+        if !self.sas.contains_key(&ike) {
+            return Err(ConnectError::NoSuchSa);
+        }
+        self.group
+            .pending_inband
+            .entry(ike)
+            .or_default()
+            .push_back(group);
+        self.enqueue(now, ike, Action::GsaInband)
+    }
+
+    /// A GSA_REKEY datagram: for the membership whose Rekey SA its header names.
+    pub(super) fn group_rekey(&mut self, now: Instant, data: &[u8]) {
+        let GroupState {
+            members,
+            events,
+            stats,
+            ..
+        } = &mut self.group;
+        let spi = rekey::header(data).ok().map(|h| (h.spi_i, h.spi_r));
+        let m = spi.and_then(|spi| {
+            members.iter_mut().find(|m| {
+                m.member
+                    .rekey_spi()
+                    .is_some_and(|s| rekey::spi_halves(&s) == spi)
+            })
+        });
+        let Some(m) = m else {
+            stats.rekeys_dropped = stats.rekeys_dropped.saturating_add(1);
+            return;
+        };
+        match m.member.on_rekey(now, data) {
+            Ok(()) if m.member.must_register() => events.push_back(GroupEvent::Excluded {
+                group: m.member.group().display(),
+            }),
+            Ok(()) => events.push_back(GroupState::keys_event(&m.member, KeysFrom::Rekey)),
+            Err(e) => {
+                stats.rekeys_dropped = stats.rekeys_dropped.saturating_add(1);
+                if matches!(e, RekeyError::Wire(_)) {
+                    stats.malformed = stats.malformed.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// GCKS rekeys when due; members drop SAs past their deactivation time.
+    pub(super) fn group_timeout(&mut self, now: Instant) {
+        for i in 0..self.group.gcks.len() {
+            let Some(g) = self.group.gcks.get_mut(i) else {
+                continue;
+            };
+            if g.deadline() <= now {
+                let group = g.group().clone();
+                let out = g.poll(now);
+                self.group
+                    .outbox
+                    .extend(out.into_iter().map(|o| (group.clone(), o)));
+            }
+        }
+        for m in &mut self.group.members {
+            m.member.poll(now);
+        }
+        self.flush_group(now);
+    }
+
+    /// Sends the GCKSs' waiting GSA_REKEY messages to the members' registration IKE SAs'
+    /// addresses, and (with in-band delivery) queues a GSA_INBAND_REKEY on each of them.
+    pub(super) fn flush_group(&mut self, now: Instant) {
+        let out = core::mem::take(&mut self.group.outbox);
+        let mut inband: Vec<(IkeSaId, Id)> = Vec::new();
+        for (group, o) in out {
+            let Some(ike) = self.group.ike_of(&group, &o.to) else {
+                continue;
+            };
+            let Some(sa) = self.sas.get(&ike) else {
+                continue;
+            };
+            self.out.transmits.push_back(Transmit {
+                src: sa.state.local,
+                dst: sa.state.remote,
+                data: o.msg.to_vec(),
+            });
+            if self.group.inband_after_rekey
+                && !inband.iter().any(|(i, g)| *i == ike && *g == group)
+            {
+                inband.push((ike, group));
+            }
+        }
+        for (ike, group) in inband {
+            let _ = self.queue_inband(now, ike, group);
+        }
+    }
+}

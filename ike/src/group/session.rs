@@ -1,0 +1,203 @@
+//! The group state an [`Endpoint`](crate::Endpoint) holds for the G-IKEv2 exchanges
+//! (`exchange::group`): the GCKSs it runs (one per group), the groups it is a member of, which
+//! IKE SA each registration went over, registrations and in-band rekeys waiting for an IKE
+//! SA's window, and the [`GroupEvent`]s for the driver.
+//!
+//! Owns: the [`Gcks`] and [`Member`] objects of the endpoint, the (group, member) -> IKE SA
+//! map of a GCKS, the counters of refused or malformed group messages.
+//! Must never: print a key (the SA keys in a [`GroupEvent::Keys`] print as `<secret>`).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::crypto::Secret;
+use crate::group::gcks::Gcks;
+use crate::group::member::Member;
+use crate::ids::IkeSaId;
+use crate::time::Instant;
+use crate::wire::Id;
+
+/// A group Data-Security SA as a member's data plane installs it.
+#[derive(Clone)]
+pub struct GroupSaKeys {
+    pub spi: u32,
+    /// AES-GCM-16: the AES key followed by the 4-octet salt.
+    pub keymat: Secret,
+    /// This member's Sender-ID on it (senders only): the IV's top `sender_id_bits` bits.
+    pub sender_id: Option<u32>,
+    pub sender_id_bits: u8,
+    /// From when this member sends on it (the activation time delay after the rekey).
+    pub active_from: Instant,
+    /// Until when it is kept for receiving (set once a newer SA replaced it).
+    pub until: Option<Instant>,
+}
+
+impl core::fmt::Debug for GroupSaKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "GroupSaKeys(spi {:#010x}, sender {:?}/{} bits, from {:?} until {:?}, <secret>)",
+            self.spi, self.sender_id, self.sender_id_bits, self.active_from, self.until
+        )
+    }
+}
+
+/// How a member got its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeysFrom {
+    /// GSA_AUTH or GSA_REGISTRATION.
+    Registration,
+    /// GSA_REKEY under the Rekey SA.
+    Rekey,
+    /// GSA_INBAND_REKEY over the registration IKE SA.
+    Inband,
+}
+
+/// What the group exchanges report to the driver.
+#[derive(Clone, Debug)]
+pub enum GroupEvent {
+    /// Member: the group's Data-Security SAs now (all of them, old and new, with their
+    /// activation and deactivation times): the data plane installs these and drops the others.
+    Keys {
+        group: String,
+        from: KeysFrom,
+        sas: Vec<GroupSaKeys>,
+    },
+    /// Member: the GCKS refused the registration with this notify (INVALID_GROUP_ID,
+    /// AUTHORIZATION_FAILED, REGISTRATION_FAILED), or its answer was refused here (0).
+    Refused {
+        ike: IkeSaId,
+        group: String,
+        notify: u16,
+    },
+    /// Member: the GCKS excluded us (Delete of the Rekey SA with SPI zero): register again.
+    Excluded { group: String },
+    /// GCKS: a member registered over IKE SA `ike`.
+    Registered {
+        ike: IkeSaId,
+        group: String,
+        member: String,
+        sender_id: Option<u32>,
+    },
+    /// GCKS: a registration refused with this notify.
+    RegistrationRefused {
+        ike: IkeSaId,
+        group: String,
+        member: String,
+        notify: u16,
+    },
+    /// GCKS: a member removed; the rekey that excludes it went out.
+    Removed { group: String, member: String },
+}
+
+/// Counters of the group exchanges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// GSA_REKEY datagrams for no Rekey SA held here, or that failed to open or were replayed.
+    pub rekeys_dropped: u64,
+    /// Registration answers or in-band rekeys a member refused (malformed or against policy).
+    pub member_refused: u64,
+    /// Requests with a malformed group payload (answered INVALID_SYNTAX or refused).
+    pub malformed: u64,
+    /// GSA_INBAND_REKEY exchanges the GCKS started.
+    pub inband_sent: u64,
+}
+
+/// A member's group membership.
+pub(crate) struct Membership {
+    pub member: Member,
+    /// The IKE SA it registered over.
+    pub ike: Option<IkeSaId>,
+}
+
+#[derive(Default)]
+pub(crate) struct GroupState {
+    pub gcks: Vec<Gcks>,
+    /// GCKS: (group, member identity) -> the IKE SA the member registered over.
+    pub registered: Vec<(Id, Id, IkeSaId)>,
+    /// GCKS: send every rekey over the members' IKE SAs too (GSA_INBAND_REKEY).
+    pub inband_after_rekey: bool,
+    pub members: Vec<Membership>,
+    /// Member: connection name -> the group its IKE_AUTH is a GSA_AUTH for.
+    pub joins: HashMap<String, Id>,
+    /// Member: GSA_REGISTRATIONs waiting for the IKE SA's window.
+    pub pending_registrations: HashMap<IkeSaId, VecDeque<Id>>,
+    /// GCKS: GSA_INBAND_REKEYs waiting for the IKE SA's window.
+    pub pending_inband: HashMap<IkeSaId, VecDeque<Id>>,
+    pub events: VecDeque<GroupEvent>,
+    /// GCKS: GSA_REKEY messages to send, with their group (routed by the endpoint to each
+    /// member's registration IKE SA's address).
+    pub outbox: Vec<(Id, crate::group::gcks::Outbound)>,
+    pub stats: GroupStats,
+    /// Tests: changes the payloads of a group message this endpoint is about to send (by
+    /// exchange type), to feed the peer malformed ones through the real exchange.
+    #[cfg(test)]
+    pub tamper: Option<Tamper>,
+}
+
+#[cfg(test)]
+pub(crate) type Tamper = Box<dyn FnMut(u8, &mut Vec<crate::wire::Payload>)>;
+
+impl GroupState {
+    /// Tests: applies the tamper hook (if any) to a group message's payloads.
+    #[cfg(test)]
+    pub fn tamper(&mut self, exchange: u8, p: &mut Vec<crate::wire::Payload>) {
+        if let Some(t) = self.tamper.as_mut() {
+            t(exchange, p);
+        }
+    }
+
+    #[cfg(not(test))]
+    pub fn tamper(&mut self, _exchange: u8, _p: &mut Vec<crate::wire::Payload>) {}
+}
+
+impl GroupState {
+    pub fn gcks_mut(&mut self, group: &Id) -> Option<&mut Gcks> {
+        self.gcks.iter_mut().find(|g| g.group() == group)
+    }
+
+    pub fn membership_mut(&mut self, group: &Id) -> Option<&mut Membership> {
+        self.members.iter_mut().find(|m| m.member.group() == group)
+    }
+
+    /// A member's view of its group's SAs, for [`GroupEvent::Keys`].
+    pub fn keys_event(m: &Member, from: KeysFrom) -> GroupEvent {
+        GroupEvent::Keys {
+            group: m.group().display(),
+            from,
+            sas: m
+                .sas()
+                .iter()
+                .map(|s| GroupSaKeys {
+                    spi: s.spi,
+                    keymat: s.keymat.clone(),
+                    sender_id: s.sender_id,
+                    sender_id_bits: s.sender_id_bits,
+                    active_from: s.active_from,
+                    until: s.until,
+                })
+                .collect(),
+        }
+    }
+
+    /// GCKS: remembers the IKE SA `member` registered to `group` over.
+    pub fn note_registration(&mut self, group: &Id, member: &Id, ike: IkeSaId) {
+        self.registered
+            .retain(|(g, m, _)| !(g == group && m == member));
+        self.registered.push((group.clone(), member.clone(), ike));
+    }
+
+    /// GCKS: the IKE SA of `member` in `group`.
+    pub fn ike_of(&self, group: &Id, member: &Id) -> Option<IkeSaId> {
+        self.registered
+            .iter()
+            .find(|(g, m, _)| g == group && m == member)
+            .map(|(_, _, i)| *i)
+    }
+
+    /// The IKE SA went: nothing more goes over it.
+    pub fn forget_ike(&mut self, ike: IkeSaId) {
+        self.registered.retain(|(_, _, i)| *i != ike);
+        self.pending_registrations.remove(&ike);
+        self.pending_inband.remove(&ike);
+    }
+}

@@ -1,0 +1,514 @@
+//! G-IKEv2 through the endpoint (RFC 9838): a GCKS (node 0) and members (nodes 1..) on the
+//! virtual-time network: GSA_AUTH, GSA_REGISTRATION, GSA_REKEY routed to each member's IKE SA
+//! address, GSA_INBAND_REKEY, refusals, malformed group payloads.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::endpoint::Endpoint;
+use crate::event::Event;
+use crate::group::gcks::{Gcks, GroupConfig};
+use crate::group::session::{GroupEvent, GroupSaKeys, KeysFrom};
+use crate::group::wire::{exchange as gx, notify as gnotify, payload as gpayload};
+use crate::testing::{Fate, Net};
+use crate::time::Instant;
+use crate::wire::{Id, Payload, TrafficSelector};
+
+use super::{endpoint, peer};
+
+const GCKS: usize = 0;
+const PSK: &[u8] = b"group-psk";
+
+fn group() -> Id {
+    Id::from_text("branches.roamgate.test")
+}
+
+fn member_id(i: usize) -> Id {
+    Id::from_text(&format!("m{i}.roamgate.test"))
+}
+
+fn policy(group: Id, members: &[usize]) -> GroupConfig {
+    let ts = TrafficSelector {
+        protocol: 0,
+        start_port: 0,
+        end_port: 65535,
+        start: "10.0.0.0".parse().unwrap(),
+        end: "10.255.255.255".parse().unwrap(),
+    };
+    GroupConfig {
+        group,
+        members: members.iter().map(|i| member_id(*i)).collect(),
+        src: ts,
+        dst: ts,
+        key_bits: 128,
+        lifetime: Duration::from_secs(600),
+        rekey_lead: Duration::from_secs(60),
+        atd: Duration::from_secs(5),
+        dtd: Duration::from_secs(30),
+        sender_id_bits: 8,
+        seed: [7; 32],
+    }
+}
+
+/// A GCKS at 192.0.2.1 for `group()` allowing members `allowed`, and `n` members at
+/// 192.0.2.11.. that join it by GSA_AUTH on `connect`.
+fn rig(n: usize, allowed: &[usize], inband: bool) -> Net {
+    let mut net = Net::new();
+    let mut g = endpoint(peer("members", "gcks.roamgate.test", None, PSK), 100);
+    g.add_gcks(
+        Gcks::new(policy(group(), allowed), Instant::ZERO).unwrap(),
+        inband,
+    );
+    net.add(g, "192.0.2.1:500".parse().unwrap());
+    for i in 1..=n {
+        let mut m = endpoint(
+            peer(
+                "gcks",
+                &member_id(i).display(),
+                Some("gcks.roamgate.test"),
+                PSK,
+            ),
+            i as u8,
+        );
+        m.join_group("gcks", group(), true);
+        net.add(m, format!("192.0.2.{}:500", 10 + i).parse().unwrap());
+    }
+    net
+}
+
+fn connect(net: &mut Net, i: usize) {
+    let now = net.now;
+    let (l, r) = (net.nodes[i].addr, net.nodes[GCKS].addr);
+    net.ep(i).connect(now, "gcks", l, r).unwrap();
+}
+
+fn group_events(events: &VecDeque<Event>) -> Vec<GroupEvent> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Group(g) => Some(g.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The SAs of the last `Keys` event, and where they came from.
+fn last_keys(events: &VecDeque<Event>) -> Option<(KeysFrom, Vec<GroupSaKeys>)> {
+    group_events(events)
+        .into_iter()
+        .rev()
+        .find_map(|e| match e {
+            GroupEvent::Keys { from, sas, .. } => Some((from, sas)),
+            _ => None,
+        })
+}
+
+fn keys_from(events: &VecDeque<Event>, from: KeysFrom) -> usize {
+    group_events(events)
+        .iter()
+        .filter(|e| matches!(e, GroupEvent::Keys { from: f, .. } if *f == from))
+        .count()
+}
+
+fn gcks(net: &mut Net) -> &mut Endpoint {
+    net.ep(GCKS)
+}
+
+#[test]
+fn gsa_auth_registers_a_member_and_gives_it_keys() {
+    let mut net = rig(1, &[1], false);
+    connect(&mut net, 1);
+    net.drive();
+    let ev = &net.nodes[1].events;
+    assert!(ev.iter().any(|e| matches!(e, Event::IkeUp { .. })));
+    // GSA_AUTH makes no CHILD_SA.
+    assert!(!ev.iter().any(|e| matches!(e, Event::ChildUp(_))));
+    let (from, sas) = last_keys(ev).expect("keys");
+    assert_eq!(from, KeysFrom::Registration);
+    assert_eq!(sas.len(), 1);
+    let spi = gcks(&mut net).gcks(&group()).unwrap().current_spi();
+    assert_eq!(Some(sas[0].spi), spi);
+    assert_eq!(sas[0].sender_id, Some(0));
+    assert_eq!(sas[0].sender_id_bits, 8);
+    assert_eq!(sas[0].keymat.len(), 16 + 4);
+    // Keys never print.
+    assert!(format!("{:?}", sas[0]).contains("<secret>"));
+    let g = group_events(&net.nodes[GCKS].events);
+    assert!(g.iter().any(|e| matches!(e,
+        GroupEvent::Registered { member, sender_id: Some(0), .. } if *member == member_id(1).display())));
+    // The exchanges on the wire: IKE_SA_INIT, then GSA_AUTH (39), never IKE_AUTH (35).
+    let exchanges: Vec<u8> = net.log.iter().map(|d| d.data[18]).collect();
+    assert!(exchanges.contains(&gx::GSA_AUTH));
+    assert!(!exchanges.contains(&crate::wire::exchange::IKE_AUTH));
+    assert_eq!(net.ep(1).group_stats().member_refused, 0);
+}
+
+#[test]
+fn two_members_share_the_group_sa_with_their_own_sender_ids() {
+    let mut net = rig(2, &[1, 2], false);
+    connect(&mut net, 1);
+    connect(&mut net, 2);
+    net.drive();
+    let (_, a) = last_keys(&net.nodes[1].events).unwrap();
+    let (_, b) = last_keys(&net.nodes[2].events).unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(b.len(), 1);
+    assert_eq!(a[0].spi, b[0].spi);
+    assert_eq!(a[0].keymat.as_slice(), b[0].keymat.as_slice());
+    let (sa, sb) = (a[0].sender_id.unwrap(), b[0].sender_id.unwrap());
+    assert_ne!(sa, sb);
+    let mut ids: Vec<u32> = gcks(&mut net)
+        .gcks(&group())
+        .unwrap()
+        .sender_ids()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    ids.sort_unstable();
+    let mut want = vec![sa, sb];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+}
+
+/// Registers members 1..=n and runs until the GCKS's first rekey has been delivered.
+fn registered_then_rekeyed(net: &mut Net, n: usize) -> u32 {
+    for i in 1..=n {
+        connect(net, i);
+    }
+    net.drive();
+    let first = gcks(net).gcks(&group()).unwrap().current_spi().unwrap();
+    for i in 1..=n {
+        net.nodes[i].events.clear();
+    }
+    // The rekey is due at lifetime - lead = 540 s.
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
+    let new = gcks(net).gcks(&group()).unwrap().current_spi().unwrap();
+    assert_ne!(first, new);
+    new
+}
+
+#[test]
+fn a_rekey_reaches_both_members() {
+    let mut net = rig(2, &[1, 2], false);
+    let new = registered_then_rekeyed(&mut net, 2);
+    let mut keys = Vec::new();
+    for i in 1..=2 {
+        let (from, sas) = last_keys(&net.nodes[i].events).expect("rekey keys");
+        assert_eq!(from, KeysFrom::Rekey);
+        // The old SA (kept for receiving until the DTD) and the new one.
+        assert_eq!(sas.len(), 2);
+        let s = sas.iter().find(|s| s.spi == new).unwrap();
+        // Sent on after the ATD (5 s) from its arrival at 540 s.
+        assert_eq!(
+            s.active_from,
+            Instant::ZERO.saturating_add(Duration::from_secs(545))
+        );
+        assert!(sas.iter().any(|o| o.spi != new && o.until.is_some()));
+        keys.push((s.keymat.to_vec(), s.sender_id));
+    }
+    assert_eq!(keys[0].0, keys[1].0);
+    // Sender-IDs stay those of the registration (RFC 9838 2.5.1).
+    assert_eq!(keys[0].1, Some(0));
+    assert_eq!(keys[1].1, Some(1));
+    // GSA_REKEY (41) went to each member, unicast, and nothing else was needed.
+    let rekeys = net
+        .log
+        .iter()
+        .filter(|d| d.data[18] == gx::GSA_REKEY)
+        .count();
+    assert_eq!(rekeys, 2);
+    assert_eq!(net.ep(1).group_stats().rekeys_dropped, 0);
+}
+
+/// Drops the first GSA_REKEY datagram to member 2.
+fn drop_rekey_to_member_2(net: &mut Net) {
+    let mut dropped = false;
+    net.fault = Some(Box::new(move |d| {
+        if !dropped && d.to == Some(2) && d.data.get(18) == Some(&gx::GSA_REKEY) {
+            dropped = true;
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    }));
+}
+
+#[test]
+fn a_member_that_missed_the_rekey_gets_it_in_band_when_the_gcks_sends_it() {
+    let mut net = rig(2, &[1, 2], false);
+    drop_rekey_to_member_2(&mut net);
+    let new = registered_then_rekeyed(&mut net, 2);
+    // Member 1 has the new SA; member 2 lost the datagram and has not.
+    assert_eq!(keys_from(&net.nodes[1].events, KeysFrom::Rekey), 1);
+    assert_eq!(keys_from(&net.nodes[2].events, KeysFrom::Rekey), 0);
+    assert!(net
+        .ep(2)
+        .group_member(&group())
+        .unwrap()
+        .sas()
+        .iter()
+        .all(|s| s.spi != new));
+    // The GCKS sends the group's keys over member 2's IKE SA.
+    let now = net.now;
+    gcks(&mut net)
+        .group_inband_rekey(now, &group(), &member_id(2))
+        .unwrap();
+    net.drive();
+    let (from, sas) = last_keys(&net.nodes[2].events).unwrap();
+    assert_eq!(from, KeysFrom::Inband);
+    let (_, a) = last_keys(&net.nodes[1].events).unwrap();
+    let s2 = sas.iter().find(|s| s.spi == new).expect("new SA in band");
+    let s1 = a.iter().find(|s| s.spi == new).unwrap();
+    assert_eq!(s1.keymat.as_slice(), s2.keymat.as_slice());
+    assert_eq!(s2.sender_id, Some(1));
+    assert_eq!(gcks(&mut net).group_stats().inband_sent, 1);
+    assert!(net.log.iter().any(|d| d.data[18] == gx::GSA_INBAND_REKEY));
+    // The next GSA_REKEY is accepted by member 2 again (its Rekey SA's Message ID window is
+    // the GCKS's, from the in-band policy).
+    net.nodes[2].events.clear();
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(1090)));
+    assert_eq!(keys_from(&net.nodes[2].events, KeysFrom::Rekey), 1);
+}
+
+#[test]
+fn with_in_band_delivery_a_lost_rekey_datagram_costs_nothing() {
+    let mut net = rig(2, &[1, 2], true);
+    drop_rekey_to_member_2(&mut net);
+    let new = registered_then_rekeyed(&mut net, 2);
+    assert_eq!(keys_from(&net.nodes[2].events, KeysFrom::Rekey), 0);
+    assert!(keys_from(&net.nodes[2].events, KeysFrom::Inband) >= 1);
+    for i in 1..=2 {
+        let m = net.ep(i).group_member(&group()).unwrap();
+        assert!(m.sas().iter().any(|s| s.spi == new), "member {i}");
+    }
+    assert_eq!(gcks(&mut net).group_stats().inband_sent, 2);
+}
+
+#[test]
+fn a_member_not_in_the_policy_is_refused() {
+    // Member 2 is not among the identities the policy allows.
+    let mut net = rig(2, &[1], false);
+    connect(&mut net, 2);
+    net.drive();
+    let ev = &net.nodes[2].events;
+    assert!(ev.iter().any(|e| matches!(e, Event::IkeUp { .. })));
+    assert!(last_keys(ev).is_none());
+    assert!(group_events(ev).iter().any(|e| matches!(e,
+        GroupEvent::Refused { notify, .. } if *notify == gnotify::AUTHORIZATION_FAILED)));
+    assert!(group_events(&net.nodes[GCKS].events)
+        .iter()
+        .any(|e| matches!(e,
+        GroupEvent::RegistrationRefused { notify, member, .. }
+            if *notify == gnotify::AUTHORIZATION_FAILED && *member == member_id(2).display())));
+    assert!(net.ep(2).group_member(&group()).unwrap().sas().is_empty());
+    assert_eq!(gcks(&mut net).gcks(&group()).unwrap().stats().refused, 1);
+}
+
+#[test]
+fn an_unknown_group_is_refused_and_gsa_registration_joins_another() {
+    let mut net = rig(1, &[1], false);
+    // Member 1 asks for a group the GCKS does not have.
+    let other = Id::from_text("other.roamgate.test");
+    net.ep(1).join_group("gcks", other.clone(), true);
+    connect(&mut net, 1);
+    net.drive();
+    assert!(group_events(&net.nodes[1].events)
+        .iter()
+        .any(|e| matches!(e,
+        GroupEvent::Refused { notify, .. } if *notify == gnotify::INVALID_GROUP_ID)));
+    // The IKE SA stays up: GSA_REGISTRATION for the group it is allowed in.
+    let ike = net.ep(1).list()[0].0;
+    let now = net.now;
+    net.ep(1).register_group(now, ike, group(), true).unwrap();
+    net.drive();
+    let (from, sas) = last_keys(&net.nodes[1].events).unwrap();
+    assert_eq!(from, KeysFrom::Registration);
+    assert_eq!(sas.len(), 1);
+    assert_eq!(sas[0].sender_id, Some(0));
+    assert!(net.log.iter().any(|d| d.data[18] == gx::GSA_REGISTRATION));
+}
+
+#[test]
+fn a_removed_member_is_sent_nothing_and_the_others_follow() {
+    let mut net = rig(2, &[1, 2], false);
+    connect(&mut net, 1);
+    connect(&mut net, 2);
+    net.drive();
+    let first = gcks(&mut net).gcks(&group()).unwrap().current_spi();
+    let now = net.now;
+    gcks(&mut net).remove_group_member(now, &group(), &member_id(2));
+    net.drive();
+    assert!(group_events(&net.nodes[GCKS].events)
+        .iter()
+        .any(|e| matches!(e, GroupEvent::Removed { .. })));
+    let new = gcks(&mut net).gcks(&group()).unwrap().current_spi();
+    assert_ne!(first, new);
+    // Member 1 follows (new Rekey SA, then the new SA); member 2 was sent nothing.
+    assert!(net
+        .ep(1)
+        .group_member(&group())
+        .unwrap()
+        .sas()
+        .iter()
+        .any(|s| Some(s.spi) == new));
+    assert!(net
+        .ep(2)
+        .group_member(&group())
+        .unwrap()
+        .sas()
+        .iter()
+        .all(|s| Some(s.spi) != new));
+}
+
+/// Cuts the body of the first payload of type `kind` to 2 octets (below any of their
+/// fixed parts).
+fn truncate(kind: u8) -> impl FnMut(&mut Vec<Payload>) {
+    move |p: &mut Vec<Payload>| {
+        for x in p.iter_mut() {
+            if let Payload::Other { kind: k, data } = x {
+                if *k == kind {
+                    data.truncate(2);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_malformed_registration_answer_is_counted_and_refused() {
+    let mut net = rig(1, &[1], false);
+    let mut cut = truncate(gpayload::GSA);
+    gcks(&mut net).set_group_tamper(Box::new(move |x, p| {
+        if x == gx::GSA_REGISTRATION {
+            cut(p)
+        }
+    }));
+    connect(&mut net, 1);
+    net.drive();
+    let ev = &net.nodes[1].events;
+    assert!(last_keys(ev).is_none());
+    assert!(group_events(ev)
+        .iter()
+        .any(|e| matches!(e, GroupEvent::Refused { notify: 0, .. })));
+    let s = net.ep(1).group_stats();
+    assert_eq!(s.member_refused, 1);
+    assert_eq!(s.malformed, 1);
+    assert!(net.ep(1).group_member(&group()).unwrap().sas().is_empty());
+}
+
+#[test]
+fn a_malformed_registration_request_is_answered_invalid_syntax() {
+    let mut net = rig(1, &[1], false);
+    connect(&mut net, 1);
+    net.drive();
+    let mut cut = truncate(gpayload::IDG);
+    net.ep(1).set_group_tamper(Box::new(move |x, p| {
+        if x == gx::GSA_REGISTRATION {
+            cut(p)
+        }
+    }));
+    let ike = net.ep(1).list()[0].0;
+    let now = net.now;
+    net.ep(1).register_group(now, ike, group(), true).unwrap();
+    net.drive();
+    assert_eq!(gcks(&mut net).group_stats().malformed, 1);
+    // INVALID_SYNTAX ends the IKE SA on both ends (RFC 7296 2.21.3).
+    for i in [GCKS, 1] {
+        assert!(net.nodes[i].events.iter().any(|e| matches!(
+            e,
+            Event::IkeDown {
+                reason: crate::event::DownReason::InvalidSyntax,
+                ..
+            }
+        )));
+    }
+}
+
+#[test]
+fn a_malformed_in_band_rekey_is_refused_and_keys_stay() {
+    let mut net = rig(1, &[1], false);
+    connect(&mut net, 1);
+    net.drive();
+    let before = net.ep(1).group_member(&group()).unwrap().sas()[0].spi;
+    let mut cut = truncate(gpayload::KD);
+    gcks(&mut net).set_group_tamper(Box::new(move |x, p| {
+        if x == gx::GSA_INBAND_REKEY {
+            cut(p)
+        }
+    }));
+    let now = net.now;
+    gcks(&mut net)
+        .group_inband_rekey(now, &group(), &member_id(1))
+        .unwrap();
+    net.drive();
+    assert_eq!(net.ep(1).group_stats().malformed, 1);
+    assert_eq!(
+        net.ep(1).group_member(&group()).unwrap().sas()[0].spi,
+        before
+    );
+}
+
+/// Single-bit changes of the GSA and KD bodies of a registration answer, through the real
+/// exchange: refused (counted, reported) or accepted, never a panic.
+#[test]
+fn mutated_registration_answers_never_panic() {
+    let mut refused = 0;
+    let mut accepted = 0;
+    for (round, kind) in [gpayload::GSA, gpayload::KD]
+        .into_iter()
+        .cycle()
+        .take(24)
+        .enumerate()
+    {
+        let mut net = rig(1, &[1], false);
+        let mut n = round as u32;
+        gcks(&mut net).set_group_tamper(Box::new(move |x, p| {
+            if x != gx::GSA_REGISTRATION {
+                return;
+            }
+            for y in p.iter_mut() {
+                if let Payload::Other { kind: k, data } = y {
+                    if *k == kind && !data.is_empty() {
+                        n = n.wrapping_mul(2_654_435_761).wrapping_add(12345);
+                        let at = n as usize % data.len();
+                        data[at] ^= 1 << (n % 8);
+                    }
+                }
+            }
+        }));
+        connect(&mut net, 1);
+        net.drive();
+        match last_keys(&net.nodes[1].events) {
+            Some(_) => accepted += 1,
+            None => {
+                refused += 1;
+                assert_eq!(net.ep(1).group_stats().member_refused, 1);
+            }
+        }
+    }
+    assert_eq!(refused + accepted, 24);
+    // Changes to a length, an id or a wrapped key (RFC 5649's integrity check) are refused.
+    assert!(refused > 0, "refused {refused} accepted {accepted}");
+}
+
+#[test]
+fn a_forged_or_stray_gsa_rekey_is_dropped() {
+    let mut net = rig(1, &[1], false);
+    connect(&mut net, 1);
+    net.drive();
+    let now = net.now;
+    // A GSA_REKEY for a Rekey SA the member does not hold, and one truncated.
+    let mut msg = vec![0u8; 28 + 8];
+    msg[17] = 0x20;
+    msg[18] = gx::GSA_REKEY;
+    msg[19] = crate::wire::FLAG_INITIATOR;
+    let len = msg.len() as u32;
+    msg[24..28].copy_from_slice(&len.to_be_bytes());
+    let (l, r) = (net.nodes[1].addr, net.nodes[GCKS].addr);
+    net.ep(1).handle(now, l, r, &msg);
+    net.ep(1).handle(now, l, r, &msg[..20]);
+    let s = net.ep(1).group_stats();
+    assert_eq!(s.rekeys_dropped, 1);
+    assert_eq!(net.ep(1).group_member(&group()).unwrap().sas().len(), 1);
+}
