@@ -154,6 +154,10 @@ impl Endpoint {
             // Reported down: the SPI may be handed out again.
             self.services.spis.release_child(*spi_in);
         }
+        if let Some(Event::IkeRekeyed { old, new, .. }) = &e {
+            // Group registrations over the old IKE SA now live on the new one.
+            self.group.ike_rekeyed(*old, *new);
+        }
         e
     }
 

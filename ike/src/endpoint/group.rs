@@ -67,8 +67,9 @@ impl Endpoint {
     ) -> Result<(), ConnectError> {
         let ike = self
             .group
-            .ike_of(group, member)
-            .ok_or(ConnectError::NoSuchSa)?;
+            .registration(group, member)
+            .ok_or(ConnectError::NoSuchSa)?
+            .ike;
         self.queue_inband(now, ike, group.clone())
     }
 
@@ -179,18 +180,22 @@ impl Endpoint {
         let out = core::mem::take(&mut self.group.outbox);
         let mut inband: Vec<(IkeSaId, Id)> = Vec::new();
         for (group, o) in out {
-            let Some(ike) = self.group.ike_of(&group, &o.to) else {
+            let Some(r) = self.group.registration(&group, &o.to) else {
                 continue;
             };
-            let Some(sa) = self.sas.get(&ike) else {
-                continue;
+            let ike = r.ike;
+            // The IKE SA's addresses now (MOBIKE may have moved it), else the last known.
+            let (src, dst) = match self.sas.get(&ike) {
+                Some(sa) => (sa.state.local, sa.state.remote),
+                None => (r.local, r.remote),
             };
             self.out.transmits.push_back(Transmit {
-                src: sa.state.local,
-                dst: sa.state.remote,
+                src,
+                dst,
                 data: o.msg.to_vec(),
             });
             if self.group.inband_after_rekey
+                && self.sas.contains_key(&ike)
                 && !inband.iter().any(|(i, g)| *i == ike && *g == group)
             {
                 inband.push((ike, group));

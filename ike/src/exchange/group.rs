@@ -350,9 +350,7 @@ pub(crate) fn remove(group: &mut GroupState, now: crate::time::Instant, g: &Id, 
     }
     let out = gcks.remove_member(now, member);
     group.outbox.extend(out.into_iter().map(|o| (g.clone(), o)));
-    group
-        .registered
-        .retain(|(gg, m, _)| !(gg == g && m == member));
+    group.forget_registration(g, member);
     group.events.push_back(GroupEvent::Removed {
         group: g.display(),
         member: member.display(),
@@ -386,7 +384,8 @@ fn register(sa: &mut IkeSa, ctx: &mut Ctx<'_>, peer: &Id, p: &[Payload]) -> Repl
     match result {
         Ok((payloads, sender_id)) => {
             if let Some(g) = &idg {
-                ctx.group.note_registration(g, peer, ike);
+                ctx.group
+                    .note_registration(g, peer, ike, sa.state.local, sa.state.remote);
             }
             ctx.group.events.push_back(GroupEvent::Registered {
                 ike,

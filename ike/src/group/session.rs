@@ -8,6 +8,7 @@
 //! Must never: print a key (the SA keys in a [`GroupEvent::Keys`] print as `<secret>`).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 
 use crate::crypto::Secret;
 use crate::group::gcks::Gcks;
@@ -109,11 +110,22 @@ pub(crate) struct Membership {
     pub ike: Option<IkeSaId>,
 }
 
+/// GCKS: a member's registration: the IKE SA it went over (rekeyed along with it) and that
+/// IKE SA's addresses when last seen (GSA_REKEY keeps going there after the IKE SA is gone:
+/// RFC 9838 2.3.3 lets the GCKS close it).
+pub(crate) struct Registration {
+    pub group: Id,
+    pub member: Id,
+    pub ike: IkeSaId,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
 #[derive(Default)]
 pub(crate) struct GroupState {
     pub gcks: Vec<Gcks>,
-    /// GCKS: (group, member identity) -> the IKE SA the member registered over.
-    pub registered: Vec<(Id, Id, IkeSaId)>,
+    /// GCKS: where each member registered: its rekeys go there.
+    pub registered: Vec<Registration>,
     /// GCKS: send every rekey over the members' IKE SAs too (GSA_INBAND_REKEY).
     pub inband_after_rekey: bool,
     pub members: Vec<Membership>,
@@ -179,24 +191,50 @@ impl GroupState {
         }
     }
 
-    /// GCKS: remembers the IKE SA `member` registered to `group` over.
-    pub fn note_registration(&mut self, group: &Id, member: &Id, ike: IkeSaId) {
-        self.registered
-            .retain(|(g, m, _)| !(g == group && m == member));
-        self.registered.push((group.clone(), member.clone(), ike));
+    /// GCKS: remembers the IKE SA (and its addresses) `member` registered to `group` over.
+    pub fn note_registration(
+        &mut self,
+        group: &Id,
+        member: &Id,
+        ike: IkeSaId,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) {
+        self.forget_registration(group, member);
+        self.registered.push(Registration {
+            group: group.clone(),
+            member: member.clone(),
+            ike,
+            local,
+            remote,
+        });
     }
 
-    /// GCKS: the IKE SA of `member` in `group`.
-    pub fn ike_of(&self, group: &Id, member: &Id) -> Option<IkeSaId> {
+    pub fn forget_registration(&mut self, group: &Id, member: &Id) {
+        self.registered
+            .retain(|r| !(&r.group == group && &r.member == member));
+    }
+
+    /// GCKS: the registration of `member` in `group`.
+    pub fn registration(&self, group: &Id, member: &Id) -> Option<&Registration> {
         self.registered
             .iter()
-            .find(|(g, m, _)| g == group && m == member)
-            .map(|(_, _, i)| *i)
+            .find(|r| &r.group == group && &r.member == member)
     }
 
-    /// The IKE SA went: nothing more goes over it.
+    /// IKE SA `old` was rekeyed into `new`: registrations and memberships follow.
+    pub fn ike_rekeyed(&mut self, old: IkeSaId, new: IkeSaId) {
+        for r in self.registered.iter_mut().filter(|r| r.ike == old) {
+            r.ike = new;
+        }
+        for m in self.members.iter_mut().filter(|m| m.ike == Some(old)) {
+            m.ike = Some(new);
+        }
+    }
+
+    /// The IKE SA went: no exchange waits on it (a GCKS's rekeys keep going to the
+    /// addresses it had).
     pub fn forget_ike(&mut self, ike: IkeSaId) {
-        self.registered.retain(|(_, _, i)| *i != ike);
         self.pending_registrations.remove(&ike);
         self.pending_inband.remove(&ike);
     }

@@ -512,3 +512,47 @@ fn a_forged_or_stray_gsa_rekey_is_dropped() {
     assert_eq!(s.rekeys_dropped, 1);
     assert_eq!(net.ep(1).group_member(&group()).unwrap().sas().len(), 1);
 }
+
+#[test]
+fn rekeys_reach_a_member_after_the_gcks_closed_its_ike_sa() {
+    // RFC 9838 2.3.3: the GCKS may close the registration IKE SA; GSA_REKEY goes on.
+    let mut net = rig(1, &[1], false);
+    connect(&mut net, 1);
+    net.drive();
+    let ike = gcks(&mut net).list()[0].0;
+    let now = net.now;
+    gcks(&mut net).delete_ike(now, ike).unwrap();
+    net.drive();
+    assert!(gcks(&mut net).list().is_empty());
+    assert!(net.ep(1).list().is_empty());
+    net.nodes[1].events.clear();
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
+    let new = gcks(&mut net).gcks(&group()).unwrap().current_spi();
+    let (from, sas) = last_keys(&net.nodes[1].events).expect("rekey without the IKE SA");
+    assert_eq!(from, KeysFrom::Rekey);
+    assert!(sas.iter().any(|s| Some(s.spi) == new));
+    // In-band delivery needs the IKE SA.
+    let now = net.now;
+    assert_eq!(
+        gcks(&mut net).group_inband_rekey(now, &group(), &member_id(1)),
+        Err(crate::endpoint::ConnectError::NoSuchSa)
+    );
+}
+
+#[test]
+fn in_band_rekeys_follow_a_rekeyed_ike_sa() {
+    let mut net = rig(1, &[1], false);
+    connect(&mut net, 1);
+    net.drive();
+    let ike = net.ep(1).list()[0].0;
+    let now = net.now;
+    net.ep(1).rekey_ike(now, ike).unwrap();
+    net.drive();
+    assert_ne!(net.ep(1).list()[0].0, ike);
+    let now = net.now;
+    gcks(&mut net)
+        .group_inband_rekey(now, &group(), &member_id(1))
+        .unwrap();
+    net.drive();
+    assert_eq!(keys_from(&net.nodes[1].events, KeysFrom::Inband), 1);
+}
