@@ -53,7 +53,27 @@ impl Endpoint {
             .pending_registrations
             .entry(ike)
             .or_default()
-            .push_back(group);
+            .push_back((group, false));
+        self.enqueue(now, ike, Action::GsaRegistration)
+    }
+
+    /// Leaves `group` over established IKE SA `ike` (GSA_REGISTRATION with IDg and
+    /// REGISTRATION_FAILED, RFC 9838 2.3.2: the GCKS removes us); once answered, the
+    /// membership and its keys are gone here ([`GroupEvent::Left`]).
+    pub fn leave_group(
+        &mut self,
+        now: Instant,
+        ike: IkeSaId,
+        group: Id,
+    ) -> Result<(), ConnectError> {
+        if !self.sas.contains_key(&ike) || self.group.membership_mut(&group).is_none() {
+            return Err(ConnectError::NoSuchSa);
+        }
+        self.group
+            .pending_registrations
+            .entry(ike)
+            .or_default()
+            .push_back((group, true));
         self.enqueue(now, ike, Action::GsaRegistration)
     }
 

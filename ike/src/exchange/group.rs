@@ -135,7 +135,7 @@ pub(crate) fn on_gsa_auth_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, group: &Id
 
 /// Starts the next GSA_REGISTRATION waiting on this IKE SA (false: none).
 pub(crate) fn start_registration(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
-    let Some(group) = ctx
+    let Some((group, leave)) = ctx
         .group
         .pending_registrations
         .get_mut(&sa.id())
@@ -146,16 +146,33 @@ pub(crate) fn start_registration(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
     let Some(m) = ctx.group.membership_mut(&group) else {
         return false;
     };
-    let mut inner = m.member.registration_request();
+    let (mut inner, request) = if leave {
+        // Section 2.3.2: a member leaving sends IDg and REGISTRATION_FAILED.
+        (
+            vec![
+                GroupPayload::IdG(group.clone()).to_payload(),
+                Payload::notify(gnotify::REGISTRATION_FAILED, vec![]),
+            ],
+            Request::GsaLeave { group },
+        )
+    } else {
+        (
+            m.member.registration_request(),
+            Request::GsaRegistration { group },
+        )
+    };
     ctx.group.tamper(gx::GSA_REGISTRATION, &mut inner);
-    send_request(
-        sa,
-        ctx,
-        gx::GSA_REGISTRATION,
-        &inner,
-        Request::GsaRegistration { group },
-    );
+    send_request(sa, ctx, gx::GSA_REGISTRATION, &inner, request);
     true
+}
+
+/// The GCKS answered our leaving: the membership and its keys go.
+pub(crate) fn on_leave_response(ctx: &mut Ctx<'_>, group: &Id) {
+    ctx.group.members.retain(|m| m.member.group() != group);
+    ctx.group.joins.retain(|_, g| g != group);
+    ctx.group.events.push_back(GroupEvent::Left {
+        group: group.display(),
+    });
 }
 
 /// A GSA_AUTH or GSA_REGISTRATION response's group part: keys installed and reported, or the

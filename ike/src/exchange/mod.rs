@@ -247,6 +247,10 @@ pub(crate) enum Request {
     GsaRegistration {
         group: crate::wire::Id,
     },
+    /// G-IKEv2 member: GSA_REGISTRATION leaving `group`.
+    GsaLeave {
+        group: crate::wire::Id,
+    },
     /// G-IKEv2 GCKS: GSA_INBAND_REKEY.
     GsaInband,
 }
@@ -579,6 +583,7 @@ pub(crate) fn on_response(
         Request::GsaRegistration { group } => {
             group::on_registration_response(sa, ctx, &group, &payloads)
         }
+        Request::GsaLeave { group } => group::on_leave_response(ctx, &group),
         Request::GsaInband
         | Request::AnnounceMove
         | Request::Liveness

@@ -9,10 +9,12 @@
 //! | [`rekey`] | the GSA_REKEY message under the Rekey SA: seal, open | accept a message that fails its integrity check |
 //! | [`gcks`] | group policy, registration (responder), Sender-IDs, generations, rekeys, removal | give a Sender-ID twice under one key; send a key to a removed member |
 //! | [`member`] | registration (initiator), rekeys with replay refusal, SAs with ATD/DTD | accept a GSA_REKEY twice; send without its own Sender-ID |
+//! | [`session`] | the endpoint's group state: its GCKSs, memberships, registrations by IKE SA, [`session::GroupEvent`]s | print a key |
 //!
-//! What is not here yet (see docs/group.md): the Endpoint does not dispatch exchanges 39-42
-//! itself (a registration is sealed with an IKE SA's keys by the caller, as the tests do);
-//! GSA_INBAND_REKEY; signatures by the GCKS (GCAUTH 2); multicast delivery.
+//! The exchanges on an IKE SA (GSA_AUTH, GSA_REGISTRATION, GSA_INBAND_REKEY) are in
+//! `exchange::group`; GSA_REKEY reception and the routing of a GCKS's rekeys in
+//! `endpoint::group`. What is not here yet (see docs/group.md): signatures by the GCKS
+//! (GCAUTH 2), multicast delivery, Delete payloads in GSA_INBAND_REKEY, EAP in GSA_AUTH.
 pub mod gcks;
 pub mod keys;
 pub mod member;

@@ -72,6 +72,9 @@ pub enum GroupEvent {
     },
     /// Member: the GCKS excluded us (Delete of the Rekey SA with SPI zero): register again.
     Excluded { group: String },
+    /// Member: we left the group (GSA_REGISTRATION with REGISTRATION_FAILED answered); its
+    /// keys are gone here.
+    Left { group: String },
     /// GCKS: a member registered over IKE SA `ike`.
     Registered {
         ike: IkeSaId,
@@ -131,8 +134,8 @@ pub(crate) struct GroupState {
     pub members: Vec<Membership>,
     /// Member: connection name -> the group its IKE_AUTH is a GSA_AUTH for.
     pub joins: HashMap<String, Id>,
-    /// Member: GSA_REGISTRATIONs waiting for the IKE SA's window.
-    pub pending_registrations: HashMap<IkeSaId, VecDeque<Id>>,
+    /// Member: GSA_REGISTRATIONs waiting for the IKE SA's window (true: leaving the group).
+    pub pending_registrations: HashMap<IkeSaId, VecDeque<(Id, bool)>>,
     /// GCKS: GSA_INBAND_REKEYs waiting for the IKE SA's window.
     pub pending_inband: HashMap<IkeSaId, VecDeque<Id>>,
     pub events: VecDeque<GroupEvent>,

@@ -53,12 +53,13 @@ fn policy(group: Id, members: &[usize]) -> GroupConfig {
 /// A GCKS at 192.0.2.1 for `group()` allowing members `allowed`, and `n` members at
 /// 192.0.2.11.. that join it by GSA_AUTH on `connect`.
 fn rig(n: usize, allowed: &[usize], inband: bool) -> Net {
+    rig_with(n, policy(group(), allowed), inband)
+}
+
+fn rig_with(n: usize, policy: GroupConfig, inband: bool) -> Net {
     let mut net = Net::new();
     let mut g = endpoint(peer("members", "gcks.roamgate.test", None, PSK), 100);
-    g.add_gcks(
-        Gcks::new(policy(group(), allowed), Instant::ZERO).unwrap(),
-        inband,
-    );
+    g.add_gcks(Gcks::new(policy, Instant::ZERO).unwrap(), inband);
     net.add(g, "192.0.2.1:500".parse().unwrap());
     for i in 1..=n {
         let mut m = endpoint(
@@ -555,4 +556,86 @@ fn in_band_rekeys_follow_a_rekeyed_ike_sa() {
         .unwrap();
     net.drive();
     assert_eq!(keys_from(&net.nodes[1].events, KeysFrom::Inband), 1);
+}
+
+#[test]
+fn a_member_leaving_is_removed() {
+    let mut net = rig(2, &[1, 2], false);
+    connect(&mut net, 1);
+    connect(&mut net, 2);
+    net.drive();
+    let first = gcks(&mut net).gcks(&group()).unwrap().current_spi();
+    let ike = net.ep(2).list()[0].0;
+    let now = net.now;
+    net.ep(2).leave_group(now, ike, group()).unwrap();
+    net.drive();
+    assert!(group_events(&net.nodes[2].events)
+        .iter()
+        .any(|e| matches!(e, GroupEvent::Left { .. })));
+    assert!(net.ep(2).group_member(&group()).is_none());
+    assert!(group_events(&net.nodes[GCKS].events)
+        .iter()
+        .any(|e| matches!(e,
+        GroupEvent::Removed { member, .. } if *member == member_id(2).display())));
+    let g = gcks(&mut net).gcks(&group()).unwrap();
+    assert!(!g.has_member(&member_id(2)));
+    assert!(g.has_member(&member_id(1)));
+    // The removal rekeyed the group; member 1 has the new SA.
+    let new = g.current_spi();
+    assert_ne!(first, new);
+    assert!(net
+        .ep(1)
+        .group_member(&group())
+        .unwrap()
+        .sas()
+        .iter()
+        .any(|s| Some(s.spi) == new));
+}
+
+#[test]
+fn sender_id_exhaustion_excludes_everyone_and_they_register_again() {
+    // One Sender-ID bit: two senders; the third registration is refused and the group starts
+    // over (RFC 9838 2.5.1, 2.4.3).
+    let mut p = policy(group(), &[1, 2, 3]);
+    p.sender_id_bits = 1;
+    let mut net = rig_with(3, p, false);
+    connect(&mut net, 1);
+    connect(&mut net, 2);
+    net.drive();
+    let first = gcks(&mut net).gcks(&group()).unwrap().current_spi();
+    connect(&mut net, 3);
+    net.drive();
+    assert!(group_events(&net.nodes[3].events)
+        .iter()
+        .any(|e| matches!(e,
+        GroupEvent::Refused { notify, .. } if *notify == gnotify::REGISTRATION_FAILED)));
+    for i in 1..=2 {
+        assert!(
+            group_events(&net.nodes[i].events)
+                .iter()
+                .any(|e| matches!(e, GroupEvent::Excluded { .. })),
+            "member {i}"
+        );
+        assert!(net.ep(i).group_member(&group()).unwrap().must_register());
+    }
+    // The driver registers them again over their IKE SAs: a new SA, Sender-IDs from 0.
+    let second = gcks(&mut net).gcks(&group()).unwrap().current_spi();
+    assert_ne!(first, second);
+    for i in 1..=2 {
+        let ike = net.ep(i).list()[0].0;
+        let now = net.now;
+        net.ep(i).register_group(now, ike, group(), true).unwrap();
+        net.drive();
+    }
+    let mut ids = Vec::new();
+    for i in 1..=2 {
+        let (from, sas) = last_keys(&net.nodes[i].events).unwrap();
+        assert_eq!(from, KeysFrom::Registration);
+        let s = sas.iter().find(|s| Some(s.spi) == second).unwrap();
+        ids.push(s.sender_id.unwrap());
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, vec![0, 1]);
+    // Member 3 (refused) holds nothing.
+    assert!(net.ep(3).group_member(&group()).unwrap().sas().is_empty());
 }
