@@ -449,8 +449,12 @@ fn dispatch_request(
         exchange::IKE_AUTH if sa.state.role == Role::Responder && sa.state.phase == Phase::Init => {
             auth::on_request(sa, ctx, p)
         }
+        // G-IKEv2 requests only where a GCKS (GSA_AUTH, GSA_REGISTRATION) or a membership
+        // (GSA_INBAND_REKEY) is; elsewhere they stay unexpected exchanges.
         crate::group::wire::exchange::GSA_AUTH
-            if sa.state.role == Role::Responder && sa.state.phase == Phase::Init =>
+            if sa.state.role == Role::Responder
+                && sa.state.phase == Phase::Init
+                && !ctx.group.gcks.is_empty() =>
         {
             group::on_gsa_auth_request(sa, ctx, p)
         }
@@ -459,10 +463,14 @@ fn dispatch_request(
             Err(Reason::UnexpectedExchange)
         }
         exchange::INFORMATIONAL => info::on_request(sa, ctx, local, remote, p),
-        crate::group::wire::exchange::GSA_REGISTRATION if sa.state.phase == Phase::Established => {
+        crate::group::wire::exchange::GSA_REGISTRATION
+            if sa.state.phase == Phase::Established && !ctx.group.gcks.is_empty() =>
+        {
             group::on_registration_request(sa, ctx, p)
         }
-        crate::group::wire::exchange::GSA_INBAND_REKEY if sa.state.phase == Phase::Established => {
+        crate::group::wire::exchange::GSA_INBAND_REKEY
+            if sa.state.phase == Phase::Established && !ctx.group.members.is_empty() =>
+        {
             group::on_inband_request(sa, ctx, p)
         }
         exchange::CREATE_CHILD_SA => {

@@ -639,3 +639,31 @@ fn sender_id_exhaustion_excludes_everyone_and_they_register_again() {
     // Member 3 (refused) holds nothing.
     assert!(net.ep(3).group_member(&group()).unwrap().sas().is_empty());
 }
+
+#[test]
+fn gsa_auth_to_an_endpoint_without_a_gcks_is_refused() {
+    let mut net = Net::new();
+    let g = endpoint(peer("members", "gcks.roamgate.test", None, PSK), 100);
+    net.add(g, "192.0.2.1:500".parse().unwrap());
+    let mut m = endpoint(
+        peer(
+            "gcks",
+            &member_id(1).display(),
+            Some("gcks.roamgate.test"),
+            PSK,
+        ),
+        1,
+    );
+    m.join_group("gcks", group(), true);
+    net.add(m, "192.0.2.11:500".parse().unwrap());
+    connect(&mut net, 1);
+    net.drive();
+    // Not a GCKS: an unexpected exchange (INVALID_SYNTAX), no IKE SA on either end.
+    assert!(!net.nodes[GCKS]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::IkeUp { .. })));
+    assert!(net.ep(GCKS).list().is_empty());
+    assert!(net.ep(1).list().is_empty());
+    assert!(last_keys(&net.nodes[1].events).is_none());
+}
