@@ -22,7 +22,9 @@
 //! and against the user file's gateway an Android-like client (Android 11+'s platform VPN:
 //! EAP-MSCHAPv2, the gateway's RFC 7427 RSA signature, Android's AES-GCM / AES-CBC+SHA2
 //! proposals without HMAC-SHA1, fragmentation and MOBIKE):
-//! `native-clients case=android-eap-mschapv2 up=yes ping=5/5 udp=<n> lost=0 rekey=yes esp=<suite>`.
+//! `native-clients case=android-eap-mschapv2 up=yes ping=5/5 udp=<n> lost=0 rekey=yes esp=<suite>`;
+//! then ESP (scapy) from its address for an SPI the gateway does not have draws INVALID_SPI
+//! inside the IKE SA (RFC 7296 3.10.1), seen in strongSwan's log, and the tunnel stays.
 //!
 //! roamgate as the client against strongSwan as the gateway sends a UDP stream each way
 //! (tests/tools/udp_stream.py, 400 datagrams/s for 2 s) with the CHILD_SA rekeyed by the
@@ -1103,6 +1105,34 @@ fn android_eap_case(lab: &ScriptLab, gw: &DataplaneProcess, pki: &Path, cdir: &P
     assert!(udp > 500, "{name}: UDP stream of {udp} datagrams");
     assert_eq!(lost, 0, "{name}: {lost} of {udp} UDP datagrams lost");
     assert!(rekey, "{name}: the CHILD_SA rekey under traffic");
+
+    // ESP in UDP from the client's IKE address and port for an SPI the gateway does not
+    // have: INVALID_SPI goes to strongSwan inside the IKE SA (RFC 7296 3.10.1), which stays.
+    let esp = "from scapy.all import IP, UDP, Raw, send\n\
+send(IP(src='192.0.2.10', dst='192.0.2.1')/UDP(sport=4500, dport=4500)/\
+Raw(bytes.fromhex('7e5a1d0000000001') + bytes(64)), count=3, verbose=False)";
+    let sent = roamgate_tests::netns::in_ns(&lab.ns("rw"), &["python3", "-c", esp]);
+    assert!(sent.status.success(), "scapy: {sent:?}");
+    let told = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_to_string(cdir.join("charon.log")).is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("parsed INFORMATIONAL request") && l.contains("INVAL_SPI"))
+        })
+    });
+    let hints = ike_view(&gw.socket)["liveness_hints"].clone();
+    let after = pings(&lab.ns("rw"), "10.9.0.10", 2);
+    println!(
+        "native-clients case={name}-unknown-spi invalid_spi_told_inside_ike_sa={} gateway_sent={} ping_after={after}/2",
+        if told { "yes" } else { "no" },
+        hints["invalid_spi_sent_protected"],
+    );
+    assert_eq!(after, 2, "{name}: the tunnel after INVALID_SPI");
+    assert!(
+        told,
+        "{name}: no INVALID_SPI in strongSwan's log ({hints}): {}",
+        std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default()
+    );
     assert!(charon
         .swanctl(&["--terminate", "--ike", "gw"])
         .contains("terminate completed successfully"));
