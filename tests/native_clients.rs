@@ -16,8 +16,19 @@
 //! EAP (`windows_like_eap_against_roamgate_run`): Windows-like clients with EAP-MSCHAPv2
 //! and Windows' ESP default, AES-CBC-256 with HMAC-SHA1-96 (a local user file made by
 //! `roamgate eap-user`, and Debian's FreeRADIUS) and EAP-TLS
-//! (FreeRADIUS), the gateway authenticated by its certificate:
-//! `native-clients case=windows-eap-mschapv2 up=yes ping=5/5 udp=<n> lost=0 eap_identity=alice`.
+//! (FreeRADIUS), the gateway authenticated by its certificate, the CHILD_SA rekeyed under
+//! the UDP stream:
+//! `native-clients case=windows-eap-mschapv2 up=yes ping=5/5 udp=<n> lost=0 rekey=yes eap_identity=alice`;
+//! and against the user file's gateway an Android-like client (Android 11+'s platform VPN:
+//! EAP-MSCHAPv2, the gateway's RFC 7427 RSA signature, Android's AES-GCM / AES-CBC+SHA2
+//! proposals without HMAC-SHA1, fragmentation and MOBIKE):
+//! `native-clients case=android-eap-mschapv2 up=yes ping=5/5 udp=<n> lost=0 rekey=yes esp=<suite>`;
+//! then ESP (scapy) from its address for an SPI the gateway does not have draws INVALID_SPI
+//! inside the IKE SA (RFC 7296 3.10.1), seen in strongSwan's log, and the tunnel stays.
+//!
+//! roamgate as the client against strongSwan as the gateway sends a UDP stream each way
+//! (tests/tools/udp_stream.py, 400 datagrams/s for 2 s) with the CHILD_SA rekeyed by the
+//! gateway in its middle: `... udp=<both> lost=0 up=<sent>/<lost> down=<sent>/<lost> rekey=yes`.
 //!
 //! Needs root (prints a SKIP line otherwise), strongSwan, openssl, iperf3.
 
@@ -270,10 +281,13 @@ fn native_clients_with_certificates_against_roamgate_run() {
             if rekey && after == 2 { "yes" } else { "no" }
         );
         assert!(rekey && after == 2, "{}: rekey", case.name);
+        // Where a loss happened, the gateway's counters say whether it dropped anything
+        // (by reason) or the datagrams never reached it (strongSwan's userspace ESP).
         assert!(
             lost * 100 <= udp,
-            "{}: {lost} of {udp} UDP datagrams lost",
-            case.name
+            "{}: {lost} of {udp} UDP datagrams lost; gateway counters: {}",
+            case.name,
+            gw.stats()
         );
         assert!(charon
             .swanctl(&["--terminate", "--ike", "gw"])
@@ -331,6 +345,45 @@ fn native_clients_with_certificates_against_roamgate_run() {
     drop(server);
     let (stats, _) = gw.stop_with_output();
     println!("gateway counters: {stats}");
+}
+
+/// What the two UDP streams of `udp_both_ways` saw.
+struct Streams([(u64, u64); 2]);
+
+impl Streams {
+    /// Both streams carried (more than 500 datagrams each) and nothing was lost.
+    fn clean(&self) -> bool {
+        self.0.iter().all(|&(sent, got)| sent > 500 && got == sent)
+    }
+}
+
+impl std::fmt::Display for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [(up, up_got), (down, down_got)] = self.0;
+        let lost = |sent: u64, got: u64| sent.saturating_sub(got);
+        write!(
+            f,
+            "udp={} lost={} up={up}/{} down={down}/{}",
+            up + down,
+            lost(up, up_got) + lost(down, down_got),
+            lost(up, up_got),
+            lost(down, down_got)
+        )
+    }
+}
+
+/// A UDP stream each way between the client's home host and the LAN host (400 datagrams/s
+/// for 2 s) with the CHILD_SA rekeyed by strongSwan, the gateway, in their middle; then two
+/// pings on the new SAs. (The streams, whether the rekey completed and traffic follows.)
+fn stream_and_rekey(lab: &ScriptLab, charon: &Charon) -> (Streams, bool) {
+    let mut rekeyed = false;
+    let streams = udp_both_ways(lab, 400, 2, || {
+        rekeyed = charon
+            .swanctl(&["--rekey", "--child", "net"])
+            .contains("rekey completed successfully");
+    });
+    let after = pings(&lab.ns("home"), "10.9.0.10", 2) == 2;
+    (Streams(streams), rekeyed && after)
 }
 
 /// roamgate as the client with an ECDSA P-256 certificate against strongSwan as the gateway
@@ -422,15 +475,13 @@ pools { vpool { addrs = 10.99.0.0/24 } }
         "{log}"
     );
     let ping = pings(&lab.ns("home"), "10.9.0.10", 5);
-    let rekey = charon
-        .swanctl(&["--rekey", "--child", "net"])
-        .contains("rekey completed successfully")
-        && pings(&lab.ns("home"), "10.9.0.10", 2) == 2;
+    assert_eq!(ping, 5, "ping through the tunnel");
+    let (udp, rekey) = stream_and_rekey(&lab, &charon);
     println!(
-        "native-clients case=roamgate-client-ecdsa-vs-strongswan-gw up=yes ping={ping}/5 rekey={}",
+        "native-clients case=roamgate-client-ecdsa-vs-strongswan-gw up=yes ping={ping}/5 {udp} rekey={}",
         if rekey { "yes" } else { "no" }
     );
-    assert_eq!(ping, 5, "ping through the tunnel");
+    assert!(udp.clean(), "{udp}");
     assert!(rekey, "rekey");
     let (stats, _) = client.stop_with_output();
     println!("client counters: {stats}");
@@ -497,19 +548,65 @@ pools { vpool { addrs = 10.99.0.0/24 } }
     let v = ike_view(&client.socket);
     assert_eq!(v["ike_sas"][0]["eap_identity"], EAP_USER, "{v}");
     let ping = pings(&lab.ns("home"), "10.9.0.10", 5);
-    let rekey = charon
-        .swanctl(&["--rekey", "--child", "net"])
-        .contains("rekey completed successfully")
-        && pings(&lab.ns("home"), "10.9.0.10", 2) == 2;
+    assert_eq!(ping, 5, "ping through the EAP client's tunnel");
+    let (udp, rekey) = stream_and_rekey(&lab, &charon);
     println!(
-        "native-clients case=roamgate-client-eap-mschapv2-vs-strongswan-gw up=yes ping={ping}/5 rekey={}",
+        "native-clients case=roamgate-client-eap-mschapv2-vs-strongswan-gw up=yes ping={ping}/5 {udp} rekey={}",
         if rekey { "yes" } else { "no" }
     );
-    assert_eq!(ping, 5, "ping through the EAP client's tunnel");
+    assert!(udp.clean(), "{udp}");
     assert!(rekey, "rekey");
     let (_, out) = client.stop_with_output();
     assert!(!out.contains(EAP_PASSWORD), "the password is never logged");
     drop(charon);
+}
+
+/// Paced UDP streams (tests/tools/udp_stream.py) between the client's home host and the LAN
+/// host of the client lab, one each way (the way back answers the home host's hellos through
+/// the client's masquerade), `pps` each for `secs`, with `during` run 0.8 s into them:
+/// (sent, received) up and (sent, received) down.
+fn udp_both_ways(lab: &ScriptLab, pps: u32, secs: u32, during: impl FnOnce()) -> [(u64, u64); 2] {
+    let stream = root().join("tests/tools/udp_stream.py");
+    let st = stream.to_str().unwrap();
+    let (home, srv) = (lab.ns("home"), lab.ns("srv"));
+    let (pps_s, secs_s, wait_s) = (pps.to_string(), secs.to_string(), (secs + 2).to_string());
+    let recv = NsProcess::spawn(&srv, &["python3", st, "recv", "5001", &wait_s], "udp recv");
+    let serve = NsProcess::spawn(
+        &srv,
+        &["python3", st, "serve", "5002", &pps_s, &secs_s],
+        "udp serve",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let fetch = NsProcess::spawn(
+        &home,
+        &["python3", st, "fetch", "10.9.0.10", "5002", &wait_s],
+        "udp fetch",
+    );
+    let send = NsProcess::spawn(
+        &home,
+        &["python3", st, "send", "10.9.0.10", "5001", &pps_s, &secs_s],
+        "udp send",
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    during();
+    std::thread::sleep(Duration::from_secs(u64::from(secs) + 3).saturating_sub(t.elapsed()));
+    let json = |p: NsProcess, what: &str, key: &str| -> u64 {
+        let (_, out, _) = p.stop("TERM", Duration::from_secs(5));
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{what}: {out}"));
+        v[key].as_u64().unwrap_or(0)
+    };
+    [
+        (
+            json(send, "sender", "sent"),
+            json(recv, "receiver", "received"),
+        ),
+        (
+            json(serve, "server", "sent"),
+            json(fetch, "fetcher", "received"),
+        ),
+    ]
 }
 
 // ---- EAP-MSCHAPv2 (issue 19 item 2) ----------------------------------------------------
@@ -597,6 +694,74 @@ secrets {{
 }}
 "
     )
+}
+
+/// strongSwan as Android 11+'s platform VPN ("IKEv2/IPSec MSCHAPv2") does it: EAP-MSCHAPv2
+/// with the user name and password, its own identity an FQDN, the gateway's identity its host
+/// name; the gateway checked against the CA by an RFC 7427 signature with RSA PKCS#1 v1.5 and
+/// SHA-2 (Android's IKE library verifies `SHA{1,256,384,512}withRSA` only, no RSA-PSS); the
+/// proposals of Android's `VpnIkev2Utils` (IKE: AES-CBC with HMAC-SHA2/AES-XCBC, or AES-GCM
+/// 16/12/8, PRF SHA2/AES-XCBC/SHA1, DH MODP-4096, Curve25519, MODP-3072, MODP-2048; ESP:
+/// AES-CBC with HMAC-SHA2 or AES-GCM, no HMAC-SHA1, no PFS; AES-CMAC left out: Debian's
+/// strongSwan has no cmac plugin); IKE fragmentation and MOBIKE on.
+fn android_eap_client_conf(pki: &Path, dir: &Path) -> String {
+    swanctl_creds(pki, dir, &[("x509ca", "ca.pem")]);
+    let dh_prf =
+        "prfsha512-prfsha384-prfsha256-prfaesxcbc-prfsha1-modp4096-curve25519-modp3072-modp2048";
+    format!(
+        "connections {{
+  gw {{
+    remote_addrs = 192.0.2.1
+    vips = 0.0.0.0
+    version = 2
+    fragmentation = yes
+    mobike = yes
+    proposals = aes256-aes192-aes128-sha512-sha384-sha256-aesxcbc-{dh_prf}, aes256gcm16-aes256gcm12-aes256gcm8-aes192gcm16-aes192gcm12-aes192gcm8-aes128gcm16-aes128gcm12-aes128gcm8-{dh_prf}
+    local {{ auth = eap-mschapv2
+      id = phone.roamgate.test
+      eap_id = {EAP_USER} }}
+    remote {{ auth = rsa-sha256-sha384-sha512
+      cacerts = ca.pem
+      id = gw.roamgate.test }}
+    children {{
+      net {{ remote_ts = 10.9.0.0/24
+        esp_proposals = aes256-aes192-aes128-sha512-sha384-sha256, aes256gcm16-aes256gcm12-aes256gcm8-aes192gcm16-aes192gcm12-aes192gcm8-aes128gcm16-aes128gcm12-aes128gcm8
+        start_action = none }}
+    }}
+  }}
+}}
+secrets {{
+  eap-{EAP_USER} {{ id = {EAP_USER}
+    secret = \"{EAP_PASSWORD}\" }}
+}}
+"
+    )
+}
+
+/// An iperf3 UDP stream from `ns` to the LAN host (2 s at 10 Mbit/s) with a CHILD_SA rekey
+/// by `charon` 0.8 s into it: (datagrams, lost, rekey completed).
+fn stream_with_rekey(charon: &Charon, ns: &str) -> (u64, u64, bool) {
+    std::thread::scope(|s| {
+        let stream = s.spawn(|| iperf_udp(ns, "10.9.0.10", "10M", 2));
+        std::thread::sleep(Duration::from_millis(800));
+        let rekey = charon
+            .swanctl(&["--rekey", "--child", "net"])
+            .contains("rekey completed successfully");
+        let (udp, lost) = stream.join().expect("iperf3 thread");
+        (udp, lost, rekey)
+    })
+}
+
+/// The SPIs (in, out) of the CHILD_SAs as `swanctl --list-sas` prints them.
+fn child_spis(charon: &Charon) -> Vec<String> {
+    charon
+        .swanctl(&["--list-sas"])
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("in ") || l.starts_with("out "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|spi| spi.trim_end_matches(',').to_owned())
+        .collect()
 }
 
 /// A FreeRADIUS configuration in `dir` (Debian's, copied) with our client's secret, the EAP
@@ -806,18 +971,27 @@ fn windows_like_eap_against_roamgate_run() {
         );
         let ping = pings(&lab.ns("rw"), "10.9.0.10", 5);
         assert_eq!(ping, 5, "{name}: ping through the tunnel");
-        let (udp, lost) = iperf_udp(&lab.ns("rw"), "10.9.0.10", "10M", 2);
         // The IKE SA carries the EAP identity (what per-user policy keys on).
         let v = ike_view(&gw.socket);
         let who = v["ike_sas"][0]["eap_identity"].as_str().map(str::to_owned);
+        // The stream, with the CHILD_SA rekeyed under it (strongSwan initiates).
+        let spis = child_spis(&charon);
+        let (udp, lost, rekeyed) = stream_with_rekey(&charon, &lab.ns("rw"));
+        let rekey =
+            rekeyed && child_spis(&charon) != spis && pings(&lab.ns("rw"), "10.9.0.10", 2) == 2;
         println!(
-            "native-clients case={name} up=yes ping={ping}/5 udp={udp} lost={lost} eap_identity={}",
+            "native-clients case={name} up=yes ping={ping}/5 udp={udp} lost={lost} rekey={} eap_identity={}",
+            if rekey { "yes" } else { "no" },
             who.as_deref().unwrap_or("-")
         );
         assert_eq!(who.as_deref(), Some(user), "{v}");
         assert!(udp > 500, "{name}: UDP stream of {udp} datagrams");
         assert_eq!(lost, 0, "{name}: {lost} of {udp} UDP datagrams lost");
+        assert!(rekey, "{name}: the CHILD_SA rekey under traffic");
         charon.stop();
+        if *name == "windows-eap-mschapv2" {
+            android_eap_case(&lab, &gw, &pki, &dir.join("android-eap-mschapv2"));
+        }
         if tls {
             let (_, output) = gw.stop_with_output();
             assert!(output.contains("established"), "{output}");
@@ -866,4 +1040,101 @@ fn windows_like_eap_against_roamgate_run() {
         }
     }
     drop(server);
+}
+
+/// strongSwan as Android's platform VPN with EAP-MSCHAPv2 (`android_eap_client_conf`) against
+/// the gateway `gw` taking EAP from the user file: up, the gateway's RFC 7427 RSA signature,
+/// fragmentation and MOBIKE negotiated, an ESP suite without HMAC-SHA1, ping, a UDP stream
+/// with a CHILD_SA rekey under it and nothing lost.
+fn android_eap_case(lab: &ScriptLab, gw: &DataplaneProcess, pki: &Path, cdir: &Path) {
+    let name = "android-eap-mschapv2";
+    let charon = Charon::start_with(&lab.ns("rw"), cdir, &android_eap_client_conf(pki, cdir));
+    let out = charon.swanctl(&["--initiate", "--child", "net"]);
+    let log = std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
+    assert!(
+        out.contains("initiate completed successfully"),
+        "{name}: {out}\ncharon log:\n{log}\nroamgate view: {}",
+        ike_view(&gw.socket)
+    );
+    assert!(
+        log.contains("EAP method EAP_MSCHAPV2 succeeded, MSK established"),
+        "{name}: {log}"
+    );
+    // An RFC 7427 signature (method 14) with RSA PKCS#1 v1.5 and SHA-2: what Android verifies.
+    assert!(
+        log.contains("authentication of 'gw.roamgate.test' with RSA_EMSA_PKCS1_SHA2_"),
+        "{name}: the gateway's signature: {log}"
+    );
+    // Fragmentation (RFC 7383) and MOBIKE (RFC 4555) agreed by the gateway.
+    let parsed = |exchange: &str, notify: &str| {
+        log.lines()
+            .any(|l| l.contains(&format!("parsed {exchange} response")) && l.contains(notify))
+    };
+    assert!(
+        parsed("IKE_SA_INIT", "N(FRAG_SUP)"),
+        "{name}: fragmentation: {log}"
+    );
+    assert!(parsed("IKE_AUTH", "N(MOBIKE_SUP)"), "{name}: MOBIKE: {log}");
+    // The gateway's IKE_AUTH answer with its certificate chain (about 2.3 KB) came in
+    // fragments (RFC 7383), as Android takes them.
+    assert!(
+        log.contains("reassembled fragmented IKE message"),
+        "{name}: no fragmented IKE message: {log}"
+    );
+    let sas = charon.swanctl(&["--list-sas"]);
+    let esp = sas
+        .lines()
+        .find(|l| l.contains("net: #"))
+        .and_then(|l| l.split("ESP:").nth(1))
+        .map(str::trim)
+        .unwrap_or("-")
+        .to_owned();
+    assert!(
+        (esp.starts_with("AES_GCM_") || esp.starts_with("AES_CBC-")) && !esp.contains("SHA1"),
+        "{name}: ESP {esp}: {sas}"
+    );
+    let ping = pings(&lab.ns("rw"), "10.9.0.10", 5);
+    assert_eq!(ping, 5, "{name}: ping through the tunnel");
+    let spis = child_spis(&charon);
+    let (udp, lost, rekeyed) = stream_with_rekey(&charon, &lab.ns("rw"));
+    let rekey = rekeyed && child_spis(&charon) != spis && pings(&lab.ns("rw"), "10.9.0.10", 2) == 2;
+    println!(
+        "native-clients case={name} up=yes ping={ping}/5 udp={udp} lost={lost} rekey={} esp={esp}",
+        if rekey { "yes" } else { "no" }
+    );
+    assert!(udp > 500, "{name}: UDP stream of {udp} datagrams");
+    assert_eq!(lost, 0, "{name}: {lost} of {udp} UDP datagrams lost");
+    assert!(rekey, "{name}: the CHILD_SA rekey under traffic");
+
+    // ESP in UDP from the client's IKE address and port for an SPI the gateway does not
+    // have: INVALID_SPI goes to strongSwan inside the IKE SA (RFC 7296 3.10.1), which stays.
+    let esp = "from scapy.all import IP, UDP, Raw, send\n\
+send(IP(src='192.0.2.10', dst='192.0.2.1')/UDP(sport=4500, dport=4500)/\
+Raw(bytes.fromhex('7e5a1d0000000001') + bytes(64)), count=3, verbose=False)";
+    let sent = roamgate_tests::netns::in_ns(&lab.ns("rw"), &["python3", "-c", esp]);
+    assert!(sent.status.success(), "scapy: {sent:?}");
+    let told = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_to_string(cdir.join("charon.log")).is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("parsed INFORMATIONAL request") && l.contains("INVAL_SPI"))
+        })
+    });
+    let hints = ike_view(&gw.socket)["liveness_hints"].clone();
+    let after = pings(&lab.ns("rw"), "10.9.0.10", 2);
+    println!(
+        "native-clients case={name}-unknown-spi invalid_spi_told_inside_ike_sa={} gateway_sent={} ping_after={after}/2",
+        if told { "yes" } else { "no" },
+        hints["invalid_spi_sent_protected"],
+    );
+    assert_eq!(after, 2, "{name}: the tunnel after INVALID_SPI");
+    assert!(
+        told,
+        "{name}: no INVALID_SPI in strongSwan's log ({hints}): {}",
+        std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default()
+    );
+    assert!(charon
+        .swanctl(&["--terminate", "--ike", "gw"])
+        .contains("terminate completed successfully"));
+    charon.stop();
 }

@@ -153,6 +153,10 @@ pub struct EndpointConfig {
     pub hint_probe: Retransmit,
     /// At most one hinted check per IKE SA in this long (RFC 7296 2.21.4: limit such tests).
     pub hint_holdoff: Duration,
+    /// At most one INVALID_SPI notification per IKE SA in this long (RFC 7296 2.21.4: ESP
+    /// for an SPI we do not have from a peer we share an IKE SA with is told inside it;
+    /// "implementations SHOULD limit the frequency" of such answers).
+    pub invalid_spi_interval: Duration,
 }
 
 /// The default [`EndpointConfig::hint_probe`]: three sends 1 s apart, a verdict 1 s after
@@ -208,6 +212,7 @@ impl Default for EndpointConfig {
             mid_sync: false,
             hint_probe: HINT_PROBE,
             hint_holdoff: Duration::from_secs(10),
+            invalid_spi_interval: Duration::from_secs(1),
         }
     }
 }

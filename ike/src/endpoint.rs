@@ -472,13 +472,22 @@ impl Endpoint {
     }
 
     /// ESP arrived from `from` for an SPI we do not have: tells the peer in an INFORMATIONAL
-    /// over the established IKE SA we have with that address (RFC 7296 2.21.4, 3.10.1), at
-    /// most one such request under way per IKE SA. True if one was queued.
-    pub fn notify_invalid_spi(&mut self, now: Instant, from: IpAddr, spi: ChildSpi) -> bool {
-        let Some(id) = self
-            .sas
-            .values()
-            .find(|sa| sa.state.phase == Phase::Established && sa.state.remote.ip() == from)
+    /// over the established IKE SA we have with that address (RFC 7296 2.21.4, 3.10.1;
+    /// protected, so the peer may act on it: `exchange::info` makes the named CHILD_SA anew).
+    /// `from`'s port is ESP-in-UDP's source port (0 for bare ESP): behind a NAT it is the
+    /// IKE SA's port too (RFC 3948), so an IKE SA with the exact address is taken first.
+    /// Rate-limited per IKE SA: one such request under way, none within
+    /// [`EndpointConfig::invalid_spi_interval`](crate::EndpointConfig::invalid_spi_interval)
+    /// of the last; what is held back is counted. True if one was queued.
+    pub fn notify_invalid_spi(&mut self, now: Instant, from: SocketAddr, spi: ChildSpi) -> bool {
+        let established = || {
+            self.sas
+                .values()
+                .filter(|sa| sa.state.phase == Phase::Established)
+        };
+        let Some(id) = established()
+            .find(|sa| from.port() != 0 && sa.state.remote == from)
+            .or_else(|| established().find(|sa| sa.state.remote.ip() == from.ip()))
             .map(IkeSa::id)
         else {
             return false;
@@ -493,10 +502,19 @@ impl Endpoint {
                     sa.pending.outstanding.as_ref().map(|o| &o.request),
                     Some(exchange::Request::InvalidSpi)
                 );
-            if !busy {
-                exchange::enqueue(sa, ctx, Action::InvalidSpi(spi));
+            let recent = sa
+                .pending
+                .invalid_spi_at
+                .is_some_and(|t| now < t.saturating_add(ctx.config.invalid_spi_interval));
+            let h = &mut ctx.stats.hints;
+            if busy || recent {
+                h.invalid_spi_send_limited = h.invalid_spi_send_limited.saturating_add(1);
+                return false;
             }
-            !busy
+            h.invalid_spi_sent_protected = h.invalid_spi_sent_protected.saturating_add(1);
+            sa.pending.invalid_spi_at = Some(now);
+            exchange::enqueue(sa, ctx, Action::InvalidSpi(spi));
+            true
         });
         self.apply_effects(now);
         queued.unwrap_or(false)

@@ -80,6 +80,12 @@ pub(crate) struct Child {
     /// The peer rekeyed it while we were rekeying it too: the CHILD_SA we created for the
     /// peer (its inbound SPI) and the lowest nonce of that exchange (RFC 7296 2.8.1).
     pub peer_rekey: Option<(ChildSpi, Vec<u8>)>,
+    /// The peer told us INVALID_SPI for its outbound SPI inside the IKE SA (RFC 7296 3.10.1):
+    /// it has no SA for what we send. Its rekey is a new CHILD_SA with its selectors, without
+    /// REKEY_SA (the peer has nothing to rekey); the old one is deleted once the new is up.
+    /// Not carried in the IKE SA's record: after a move it is rekeyed the ordinary way, and
+    /// a peer that answers CHILD_SA_NOT_FOUND tells us again.
+    pub lost: bool,
 }
 
 /// What an IKE SA is beyond any one exchange: the part another process or node needs to
@@ -183,6 +189,9 @@ pub(crate) struct Pending {
     pub private_out: VecDeque<(u16, zeroize::Zeroizing<Vec<u8>>)>,
     /// When the last hinted liveness check started (`exchange::hint`'s rate limit).
     pub hint_at: Option<Instant>,
+    /// When we last told the peer INVALID_SPI inside this IKE SA (the rate limit of
+    /// `Endpoint::notify_invalid_spi`).
+    pub invalid_spi_at: Option<Instant>,
 }
 
 /// What the views show of an IKE SA and the record of its state does not carry: when it came
@@ -524,6 +533,7 @@ impl IkeSa {
             rekeying: false,
             replaced: false,
             peer_rekey: None,
+            lost: false,
         }
     }
 

@@ -257,6 +257,16 @@ pub struct HintStats {
     /// Gateway side: unprotected INVALID_SPI notifications sent for ESP that came with an
     /// SPI we do not have from an address we have no IKE SA with (RFC 7296 1.5).
     pub invalid_spi_sent: u64,
+    /// INVALID_SPI notifications sent inside an IKE SA for ESP from its peer with an SPI we
+    /// do not have (RFC 7296 2.21.4, 3.10.1), and those the per-IKE-SA rate limit held back
+    /// (one under way, or one within `EndpointConfig::invalid_spi_interval`).
+    pub invalid_spi_sent_protected: u64,
+    pub invalid_spi_send_limited: u64,
+    /// Authenticated INVALID_SPI notifications (inside an IKE SA) that named the outbound
+    /// SPI of one of our CHILD_SAs: that CHILD_SA is made anew, the IKE SA stays; and those
+    /// that named none of ours (ignored).
+    pub invalid_spi_children_recreated: u64,
+    pub invalid_spi_protected_ignored: u64,
 }
 
 /// What IKE fragmentation (RFC 7383) did. A fragment that failed its integrity check is
@@ -403,6 +413,16 @@ impl Stats {
         v.push(("hint_probes_answered", h.answered));
         v.push(("hint_peer_lost", h.peer_lost));
         v.push(("invalid_spi_sent", h.invalid_spi_sent));
+        v.push(("invalid_spi_sent_protected", h.invalid_spi_sent_protected));
+        v.push(("invalid_spi_send_limited", h.invalid_spi_send_limited));
+        v.push((
+            "invalid_spi_children_recreated",
+            h.invalid_spi_children_recreated,
+        ));
+        v.push((
+            "invalid_spi_protected_ignored",
+            h.invalid_spi_protected_ignored,
+        ));
         v.extend(
             AuthError::ALL
                 .iter()

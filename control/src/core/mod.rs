@@ -316,15 +316,29 @@ impl ControlCore {
         self.pump(now);
     }
 
-    /// ESP for an SPI no CHILD_SA of ours holds, from an address we have no IKE SA with (we
-    /// restarted and lost them): an unprotected INVALID_SPI tells the sender (RFC 7296 1.5),
-    /// and a client's IKE SA checks its gateway at once (`ike`'s `exchange::hint`) rather
-    /// than at its next dead-peer check.
+    /// ESP for an SPI no CHILD_SA of ours holds. From a peer we have an IKE SA with, the
+    /// INVALID_SPI notification goes inside it (RFC 7296 2.21.4, 3.10.1; rate-limited per
+    /// IKE SA): the peer makes that CHILD_SA anew and keeps the IKE SA (`ike`'s
+    /// `exchange::info`). From an address we have no IKE SA with (we restarted and lost
+    /// them): an unprotected INVALID_SPI tells the sender (RFC 7296 1.5), and a client's IKE
+    /// SA checks its gateway at once (`ike`'s `exchange::hint`) rather than at its next
+    /// dead-peer check.
     fn unknown_spi(&mut self, now: Instant, spi: Spi, (src, src_port): (IpAddr, u16), dst: IpAddr) {
         if src.is_unspecified()
             || dst.is_unspecified()
             || self.repo.child_sas(ike::ChildSpi(spi.0)).is_some()
         {
+            return;
+        }
+        if self.endpoint.notify_invalid_spi(
+            now,
+            SocketAddr::new(src, src_port),
+            ike::ChildSpi(spi.0),
+        ) {
+            self.out.log(format!(
+                "ike: ESP for unknown SPI {:08x} from {src}: INVALID_SPI sent inside its IKE SA (RFC 7296 3.10.1)",
+                spi.0
+            ));
             return;
         }
         // ESP in UDP came to our 4500 (RFC 3948); bare ESP: IKE's own port.

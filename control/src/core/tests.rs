@@ -741,6 +741,47 @@ fn an_initiator_reconnects_after_the_gateway_deletes_its_ike_sa_or_disappears() 
     assert_eq!(w.gw(1).core().children().len(), 2);
 }
 
+/// ESP from A for an SPI B does not have while B has an IKE SA with A: B tells A inside that
+/// IKE SA (RFC 7296 3.10.1), at most once a second; A, whose CHILD_SAs it does not name,
+/// keeps everything. No unprotected notification, no liveness check.
+#[test]
+fn an_unknown_spi_from_a_peer_with_an_ike_sa_is_told_inside_it() {
+    let mut w = pair(1);
+    let before = w.gw(0).core().endpoint().list();
+    let unknown = |spi: u32| DpEvent::UnknownSpi {
+        worker: 0,
+        spi: proto::Spi(spi),
+        src: "192.0.2.1".parse().unwrap(),
+        src_port: 0,
+        dst: "192.0.2.2".parse().unwrap(),
+        packets: 1,
+    };
+    for spi in [0x7000_0001, 0x7000_0002, 0x7000_0003] {
+        w.gw(1).link.report(unknown(spi));
+        w.run_for(Duration::from_millis(100));
+    }
+    let b = w.gw(1).view();
+    let hints = &b["liveness_hints"];
+    assert_eq!(hints["invalid_spi_sent_protected"], 1, "{b}");
+    assert_eq!(hints["invalid_spi_send_limited"], 2, "{b}");
+    assert_eq!(hints["invalid_spi_sent"], 0, "{b}");
+    let a = w.gw(0).view();
+    assert_eq!(
+        a["liveness_hints"]["invalid_spi_protected_ignored"], 1,
+        "{a}"
+    );
+    assert_eq!(a["liveness_hints"]["probes"], 0, "{a}");
+    assert_eq!(w.gw(0).core().endpoint().list(), before, "A kept its SAs");
+    // A second later the limit lets the next one through.
+    w.run_for(Duration::from_secs(1));
+    w.gw(1).link.report(unknown(0x7000_0004));
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(
+        w.gw(1).view()["liveness_hints"]["invalid_spi_sent_protected"],
+        2
+    );
+}
+
 /// B restarts and loses everything; A's ESP reaches it: B tells A INVALID_SPI (unprotected,
 /// RFC 7296 1.5), A checks B at once, B answers INVALID_IKE_SPI, and A reconnects within the
 /// hint schedule and the first back-off (dead-peer detection alone: minutes), counted as

@@ -273,6 +273,12 @@ pub fn render(
             "probes_answered": h.answered,
             "peer_lost": h.peer_lost,
             "invalid_spi_sent": h.invalid_spi_sent,
+            // Authenticated INVALID_SPI inside IKE SAs (RFC 7296 3.10.1): sent, held back by
+            // the rate limit, received naming one of our CHILD_SAs (made anew), ignored.
+            "invalid_spi_sent_protected": h.invalid_spi_sent_protected,
+            "invalid_spi_send_limited": h.invalid_spi_send_limited,
+            "invalid_spi_children_recreated": h.invalid_spi_children_recreated,
+            "invalid_spi_protected_ignored": h.invalid_spi_protected_ignored,
         },
         "children_installed": repo.installed,
         "children_rekeyed": repo.rekeyed,

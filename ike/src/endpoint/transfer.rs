@@ -342,6 +342,7 @@ fn build(
             rekeying: false,
             replaced: c.replaced,
             peer_rekey: None,
+            lost: false,
         })
         .collect();
     sa.pending.last_heard = Instant::from_nanos(now.as_nanos().saturating_sub(nanos(r.heard_ago)));

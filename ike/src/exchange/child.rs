@@ -20,12 +20,14 @@ use crate::proposal::{esp_payload, esp_proposal, select_esp, EspProposal};
 use crate::stats::Reason;
 use crate::wire::{exchange, notify, proto, Payload, TrafficSelector};
 
-/// Sends a CREATE_CHILD_SA request for a new CHILD_SA: the rekey of inbound SPI `old_in`
-/// (REKEY_SA names it), or a further one.
+/// Sends a CREATE_CHILD_SA request for a new CHILD_SA: the replacement of inbound SPI
+/// `old_in` (REKEY_SA names it when `rekey_sa`: a rekey; without it, the peer lost that
+/// CHILD_SA), or a further one.
 fn send(
     sa: &mut IkeSa,
     ctx: &mut Ctx<'_>,
     old_in: Option<ChildSpi>,
+    rekey_sa: bool,
     esp: Vec<EspProposal>,
     tsi: Vec<TrafficSelector>,
     tsr: Vec<TrafficSelector>,
@@ -33,7 +35,7 @@ fn send(
     let new_spi = ctx.child_spi();
     let nonce = ctx.nonce();
     let mut p = Vec::with_capacity(5);
-    if let Some(old) = old_in {
+    if let Some(old) = old_in.filter(|_| rekey_sa) {
         p.push(Payload::Notify {
             protocol: proto::ESP,
             spi: old.to_bytes().to_vec(),
@@ -70,7 +72,7 @@ pub(crate) fn start_new(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
         Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
         None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
     };
-    send(sa, ctx, None, cfg.esp_proposals.clone(), tsi, tsr);
+    send(sa, ctx, None, false, cfg.esp_proposals.clone(), tsi, tsr);
     true
 }
 
@@ -89,6 +91,9 @@ pub(crate) fn start_rekey(sa: &mut IkeSa, ctx: &mut Ctx<'_>, old_in: ChildSpi) -
         return false;
     };
     old.rekeying = true;
+    // The peer said it has no SA for it (INVALID_SPI inside the IKE SA): a new CHILD_SA with
+    // its selectors, without REKEY_SA; the old one goes once the new one is up, as in a rekey.
+    let notify = !old.lost;
     let (esn, lts, rts) = (old.esp.esn, old.local_ts.clone(), old.remote_ts.clone());
     let esp: Vec<EspProposal> = cfg
         .esp_proposals
@@ -96,7 +101,7 @@ pub(crate) fn start_rekey(sa: &mut IkeSa, ctx: &mut Ctx<'_>, old_in: ChildSpi) -
         .copied()
         .filter(|e| e.esn == esn)
         .collect();
-    send(sa, ctx, Some(old_in), esp, lts, rts);
+    send(sa, ctx, Some(old_in), notify, esp, lts, rts);
     true
 }
 
@@ -132,7 +137,23 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
     };
     let (lts, rts) = match &old {
         Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
-        None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
+        // A further CHILD_SA (or the peer making anew one we told it INVALID_SPI for): the
+        // connection's selectors; a side the connection leaves empty (a client's own: its
+        // virtual IP) is the first CHILD_SA's, as `start_new` offers them.
+        None => {
+            let first = sa.state.children.first();
+            let pick = |conf: &Vec<TrafficSelector>, child: Option<&Vec<TrafficSelector>>| {
+                if conf.is_empty() {
+                    child.cloned().unwrap_or_default()
+                } else {
+                    conf.clone()
+                }
+            };
+            (
+                pick(&cfg.local_ts, first.map(|c| &c.local_ts)),
+                pick(&cfg.remote_ts, first.map(|c| &c.remote_ts)),
+            )
+        }
     };
     let n = match negotiate_child(p, &cfg.esp_proposals, &lts, &rts) {
         Ok(n) => n,

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 
 use crate::event::{DownReason, Event, PrivateData};
-use crate::exchange::{gw_move, mobike, send_request, Ctx, Reply, Request};
+use crate::exchange::{gw_move, mobike, send_request, Action, Ctx, Reply, Request};
 use crate::ids::ChildSpi;
 use crate::ike_sa::{IkeSa, Phase};
 use crate::wire::{exchange, notify, proto, Payload};
@@ -27,6 +27,7 @@ pub(crate) fn on_request(
     mobike::on_request(sa, ctx, local, remote, p, &mut reply);
     gw_move::on_request(sa, ctx, p, &mut reply);
     private_notifies(sa, ctx, p);
+    invalid_spi(sa, ctx, p);
     for x in p {
         let Payload::Delete { protocol, spis } = x else {
             continue;
@@ -74,8 +75,8 @@ pub(crate) fn on_request(
             _ => {}
         }
     }
-    // Anything else (an empty request: liveness; status notifies; INVALID_SPI, a hint we
-    // take no action on) gets an empty answer.
+    // Anything else (an empty request: liveness; status notifies; INVALID_SPI, acted on
+    // above) gets an empty answer.
     Ok(reply)
 }
 
@@ -118,6 +119,56 @@ pub(crate) fn on_delete_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi_in
             spi_in: c.spi_in,
             spi_out: c.spi_out,
         });
+    }
+}
+
+/// INVALID_SPI inside the IKE SA (RFC 7296 3.10.1, 2.21.4): the peer got ESP from us for an
+/// SPI it has no SA for. Authenticated (unlike the unprotected one, `exchange::hint`), so a
+/// notification naming the outbound SPI of one of our CHILD_SAs is believed: that CHILD_SA
+/// is made anew with its selectors (its "rekey" without REKEY_SA, `child::start_rekey`; the
+/// old one is deleted when the new one is up, make-before-break), the IKE SA stays. One
+/// naming none of ours (already replaced, never ours) is counted and ignored.
+fn invalid_spi(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) {
+    if sa.state.phase != Phase::Established {
+        return;
+    }
+    for x in p {
+        let Payload::Notify {
+            kind: notify::INVALID_SPI,
+            protocol,
+            data,
+            ..
+        } = x
+        else {
+            continue;
+        };
+        let named = (*protocol == proto::ESP)
+            .then(|| ChildSpi::from_slice(data))
+            .flatten();
+        let child = named.and_then(|spi| {
+            sa.state
+                .children
+                .iter_mut()
+                .find(|c| c.spi_out == spi && !c.replaced)
+        });
+        let h = &mut ctx.stats.hints;
+        let Some(c) = child else {
+            h.invalid_spi_protected_ignored = h.invalid_spi_protected_ignored.saturating_add(1);
+            continue;
+        };
+        h.invalid_spi_children_recreated = h.invalid_spi_children_recreated.saturating_add(1);
+        c.lost = true;
+        let spi_in = c.spi_in;
+        // A rekey of it under way (or queued) becomes the new one; a refused one is tried
+        // again at `rekey_retry`, then without REKEY_SA.
+        let queued = sa
+            .pending
+            .queue
+            .iter()
+            .any(|a| *a == Action::RekeyChild(spi_in));
+        if !c.rekeying && !queued {
+            sa.pending.queue.push_back(Action::RekeyChild(spi_in));
+        }
     }
 }
 

@@ -383,8 +383,15 @@ pub(crate) fn on_request(
         return;
     }
     answer(sa, ctx, local, remote, h.exchange, h.message_id, outcome);
-    if sa.pending.gateway_moved.is_some() {
-        // The gateway announced a move: the probe goes out after the answer.
+    if sa.pending.gateway_moved.is_some()
+        || sa
+            .pending
+            .queue
+            .iter()
+            .any(|a| matches!(a, Action::RekeyChild(_)))
+    {
+        // The gateway announced a move, or the peer's INVALID_SPI asks for a CHILD_SA anew
+        // (`info::invalid_spi`): that request goes out after the answer.
         next_action(sa, ctx);
     }
 }

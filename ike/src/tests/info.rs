@@ -47,18 +47,18 @@ fn liveness_checks_find_a_dead_peer() {
 fn invalid_spi_is_told_to_the_peer_inside_its_ike_sa() {
     let (mut p, _, _) = up();
     p.clear_events();
-    let (now, client_ip) = (p.now(), p.net.nodes[CLIENT].public.ip());
+    let (now, client) = (p.now(), p.client_addr());
     assert!(p
         .gw()
-        .notify_invalid_spi(now, client_ip, ChildSpi(0xdead_beef)));
+        .notify_invalid_spi(now, client, ChildSpi(0xdead_beef)));
     assert!(
         !p.gw()
-            .notify_invalid_spi(now, client_ip, ChildSpi(0xdead_beef)),
+            .notify_invalid_spi(now, client, ChildSpi(0xdead_beef)),
         "one under way at a time"
     );
     assert!(
         !p.gw()
-            .notify_invalid_spi(now, "203.0.113.1".parse().unwrap(), ChildSpi(1000)),
+            .notify_invalid_spi(now, "203.0.113.1:4500".parse().unwrap(), ChildSpi(1000)),
         "no IKE SA with that address"
     );
     let before = p.to_gw().len();
@@ -70,6 +70,117 @@ fn invalid_spi_is_told_to_the_peer_inside_its_ike_sa() {
     );
     assert_eq!(p.client().list()[0].3.len(), 1);
     assert_eq!(p.client().stats().total(), 0);
+    // It named no CHILD_SA of the client's: counted, nothing else.
+    let h = p.client().stats().hints;
+    assert_eq!(
+        (
+            h.invalid_spi_protected_ignored,
+            h.invalid_spi_children_recreated
+        ),
+        (1, 0)
+    );
+    assert_eq!(p.gw().stats().hints.invalid_spi_sent_protected, 1);
+}
+
+/// The outcome of an authenticated INVALID_SPI (RFC 7296 3.10.1) from `teller` naming the
+/// outbound SPI of `told`'s CHILD_SA: `told` makes it anew inside the same IKE SA (a new
+/// CHILD_SA with its selectors, reported as replacing the old one; the old one deleted after
+/// it), nothing goes down but the old CHILD_SA. `client_tells`: the client is the teller.
+fn recreated_after_invalid_spi(client_tells: bool) {
+    let (mut p, cid, gid) = up();
+    p.clear_events();
+    let (c0, g0) = spis(&mut p);
+    let now = p.now();
+    // The teller got ESP on its inbound SPI of the CHILD_SA: the told side's outbound.
+    let (to, lost_out) = if client_tells {
+        (p.gw_addr(), g0[0].1)
+    } else {
+        (p.client_addr(), c0[0].1)
+    };
+    let teller = if client_tells { p.client() } else { p.gw() };
+    assert!(teller.notify_invalid_spi(now, to, lost_out));
+    p.drive();
+    let (told_events, teller_events) = if client_tells {
+        (p.gw_events().clone(), p.client_events().clone())
+    } else {
+        (p.client_events().clone(), p.gw_events().clone())
+    };
+    assert!(downs(&told_events).is_empty() && downs(&teller_events).is_empty());
+    let new = children(&told_events);
+    assert_eq!(new.len(), 1, "one new CHILD_SA: {told_events:?}");
+    let old_in = if client_tells { g0[0].0 } else { c0[0].0 };
+    assert_eq!(new[0].rekey_of, Some(old_in), "it replaces the lost one");
+    assert!(new[0].initiated_here);
+    assert_ne!(new[0].outbound.spi, lost_out);
+    // The peer took it as a new CHILD_SA (no REKEY_SA: it had nothing to rekey).
+    let theirs = children(&teller_events);
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].rekey_of, None);
+    assert_keys_pair(
+        if client_tells { &theirs[0] } else { &new[0] },
+        if client_tells { &new[0] } else { &theirs[0] },
+    );
+    assert_eq!(new[0].local_ts, theirs[0].remote_ts);
+    assert_eq!(new[0].remote_ts, theirs[0].local_ts);
+    // The old one was deleted on both sides; the IKE SAs stayed.
+    assert_eq!(child_downs(&told_events), 1);
+    assert_eq!(child_downs(&teller_events), 1);
+    let (c1, g1) = spis(&mut p);
+    assert_eq!((c1.len(), g1.len()), (1, 1), "{c1:?} {g1:?}");
+    assert_eq!((c1[0].0, c1[0].1), (g1[0].1, g1[0].0));
+    assert!(!c1.contains(&c0[0]) && !g1.contains(&g0[0]));
+    assert_eq!(p.client().list()[0].0, cid);
+    assert_eq!(p.gw().list()[0].0, gid);
+    let told = if client_tells { p.gw() } else { p.client() };
+    assert_eq!(told.stats().hints.invalid_spi_children_recreated, 1);
+    assert_eq!(told.stats().total(), 0);
+}
+
+#[test]
+fn a_client_makes_the_child_sa_its_gateway_lost_anew_in_the_same_ike_sa() {
+    recreated_after_invalid_spi(false);
+}
+
+#[test]
+fn a_gateway_makes_the_child_sa_its_client_lost_anew_in_the_same_ike_sa() {
+    recreated_after_invalid_spi(true);
+}
+
+#[test]
+fn invalid_spi_inside_an_ike_sa_is_rate_limited() {
+    let (mut p, _, _) = up();
+    let client = p.client_addr();
+    let mut sent = 0;
+    // ESP for unknown SPIs keeps coming for 3 s: at most one notification a second.
+    for i in 0..300u32 {
+        let now = p.now();
+        sent += usize::from(p.gw().notify_invalid_spi(now, client, ChildSpi(0x5000 + i)));
+        p.net.run_for(ms(10));
+    }
+    let h = p.gw().stats().hints;
+    assert!((3..=4).contains(&sent), "{sent}");
+    assert_eq!(h.invalid_spi_sent_protected, sent as u64);
+    assert_eq!(h.invalid_spi_send_limited, 300 - sent as u64);
+    // None named the client's CHILD_SA: it kept it.
+    assert_eq!(p.client().list()[0].3.len(), 1);
+    assert_eq!(
+        p.client().stats().hints.invalid_spi_protected_ignored,
+        sent as u64
+    );
+}
+
+/// ESP in UDP from a port no IKE SA has (the IKE SA's port is preferred, RFC 3948: they
+/// share the NAT mapping): the IKE SA with that address takes the notification.
+#[test]
+fn invalid_spi_from_another_port_goes_to_the_ike_sa_of_that_address() {
+    let (mut p, _, _) = up();
+    let client = p.client_addr();
+    let other = SocketAddr::new(client.ip(), client.port().wrapping_add(1));
+    let now = p.now();
+    // No IKE SA with that port: the one with that address takes it.
+    assert!(p.gw().notify_invalid_spi(now, other, ChildSpi(7)));
+    p.drive();
+    assert_eq!(p.client().stats().hints.invalid_spi_protected_ignored, 1);
 }
 
 fn privates(events: &VecDeque<Event>) -> Vec<(IkeSaId, u16, Vec<u8>)> {
