@@ -889,7 +889,7 @@ impl Endpoint {
         if let (true, Some(cfg), Some(rid)) =
             (sa.state.redirect, &sa.state.peer, &sa.state.remote_id)
         {
-            let key = (cfg.name.clone(), rid.display());
+            let key = exchange::gw_move::redirect_key(&cfg.name, rid, sa.state.remote);
             if self.out.redirected.get(&key) == Some(&id) {
                 self.out.redirected.remove(&key);
             }

@@ -418,9 +418,8 @@ pub(crate) fn complete(
         .as_ref()
         .is_some_and(|h| h.redirected_from)
         .then(|| {
-            ctx.out
-                .redirected
-                .remove(&(cfg.name.clone(), idi.display()))
+            let key = super::gw_move::redirect_key(&cfg.name, idi, sa.state.remote);
+            ctx.out.redirected.remove(&key)
         })
         .flatten()
         .filter(|old| *old != sa.id());

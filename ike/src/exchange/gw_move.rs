@@ -60,6 +60,16 @@ use crate::wire::{exchange, notify, Payload};
 /// before it is given up and the IKE SA stays where it was.
 pub const PROBE_TRIES: u32 = 4;
 
+/// A redirected IKE SA's connection, peer identity and peer address (not its port): what
+/// the client's new IKE SA must match to replace it. Two devices sharing one identity behind
+/// different addresses never take each other's IKE SA and lease.
+pub(crate) type RedirectKey = (String, String, IpAddr);
+
+/// The key of an IKE SA of connection `conn` with peer `id` at `remote`.
+pub(crate) fn redirect_key(conn: &str, id: &crate::wire::Id, remote: SocketAddr) -> RedirectKey {
+    (conn.to_owned(), id.display(), remote.ip())
+}
+
 /// What the gateway did to tell a client it moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GatewayMove {
@@ -131,9 +141,8 @@ pub(crate) fn announce(sa: &mut IkeSa, ctx: &mut Ctx<'_>, local: IpAddr) -> Gate
         // The client comes back with a new IKE SA (REDIRECTED_FROM in its IKE_SA_INIT): that
         // one takes this one's place (`auth::complete`).
         if let (Some(cfg), Some(id)) = (&sa.state.peer, &sa.state.remote_id) {
-            ctx.out
-                .redirected
-                .insert((cfg.name.clone(), id.display()), sa.id());
+            let key = redirect_key(&cfg.name, id, sa.state.remote);
+            ctx.out.redirected.insert(key, sa.id());
         }
         GatewayMove::Redirected
     } else {

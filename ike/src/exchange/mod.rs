@@ -75,9 +75,9 @@ pub(crate) struct Output {
     pub unprotected: AnswerLimit,
     /// Bytes held for reassembly of fragmented messages by every IKE SA (RFC 7383).
     pub reassembly: crate::fragment::Budget,
-    /// IKE SAs we sent an RFC 5685 REDIRECT to our own address (`gw_move`), by connection
-    /// and peer identity: the client's new IKE SA replaces the redirected one.
-    pub redirected: std::collections::HashMap<(String, String), IkeSaId>,
+    /// IKE SAs we sent an RFC 5685 REDIRECT to our own address (`gw_move`), by connection,
+    /// peer identity and peer address: the client's new IKE SA replaces the redirected one.
+    pub redirected: std::collections::HashMap<gw_move::RedirectKey, IkeSaId>,
 }
 
 /// Work for the endpoint on IKE SAs other than the one an exchange had.

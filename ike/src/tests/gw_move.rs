@@ -351,9 +351,10 @@ impl crate::services::Authenticator for RedirectedFrom {
 }
 
 /// B took over a standard client's IKE SA and redirected it to itself; the client comes back
-/// with a new IKE SA of the same identity (from node 3; `redirected_from` as a redirected
-/// client sends it, or not): returns the pair, B's redirected IKE SA and B's new one.
-fn redirected_client_returns(redirected_from: bool) -> (Pair, IkeSaId, IkeSaId) {
+/// with a new IKE SA of the same identity (from node 3 at `from`; `redirected_from` as a
+/// redirected client sends it, or not): returns the pair, B's redirected IKE SA and B's new
+/// one.
+fn redirected_client_returns(redirected_from: bool, from: &str) -> (Pair, IkeSaId, IkeSaId) {
     let (mut p, _, gid) = up();
     let now = p.now();
     let mut record = p.gw().export(now, gid).unwrap();
@@ -388,16 +389,15 @@ fn redirected_client_returns(redirected_from: bool) -> (Pair, IkeSaId, IkeSaId) 
         [3; 32],
         services,
     );
-    let c2 = p.net.add(client, addr("192.0.2.11:500"));
+    // The old client's endpoint steps aside (the network routes by address): the new one
+    // may be at its address.
+    p.net
+        .move_node(CLIENT, addr("192.0.2.99:500"), addr("192.0.2.99:500"));
+    let c2 = p.net.add(client, addr(from));
     let now = p.now();
     p.net
         .ep(c2)
-        .connect(
-            now,
-            "gw",
-            addr("192.0.2.11:500"),
-            addr(&format!("{B_ADDR}:500")),
-        )
+        .connect(now, "gw", addr(from), addr(&format!("{B_ADDR}:500")))
         .unwrap();
     p.drive();
     let new = ike_up(&p.net.nodes[B].events).expect("the new IKE SA is up at B");
@@ -406,7 +406,8 @@ fn redirected_client_returns(redirected_from: bool) -> (Pair, IkeSaId, IkeSaId) 
 
 #[test]
 fn a_redirected_clients_new_ike_sa_takes_the_old_ones_place_and_virtual_ip() {
-    let (mut p, old, new) = redirected_client_returns(true);
+    // From the client's address.
+    let (mut p, old, new) = redirected_client_returns(true, "192.0.2.10:500");
     let vip = "10.99.0.1".parse().unwrap();
     assert_eq!(
         p.net.ep(B).leases(),
@@ -439,8 +440,14 @@ fn a_redirected_clients_new_ike_sa_takes_the_old_ones_place_and_virtual_ip() {
 }
 
 #[test]
-fn a_new_ike_sa_without_redirected_from_replaces_nothing() {
-    let (mut p, old, new) = redirected_client_returns(false);
+fn a_new_ike_sa_without_redirected_from_or_from_another_address_replaces_nothing() {
+    for (redirected_from, from) in [(false, "192.0.2.10:500"), (true, "192.0.2.11:500")] {
+        let (mut p, old, new) = redirected_client_returns(redirected_from, from);
+        nothing_replaced(&mut p, old, new);
+    }
+}
+
+fn nothing_replaced(p: &mut Pair, old: IkeSaId, new: IkeSaId) {
     let leases = p.net.ep(B).leases();
     assert_eq!(
         leases,
