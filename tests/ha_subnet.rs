@@ -33,7 +33,8 @@
 //! renegotiations, IKE_SA_INIT and CREATE_CHILD_SA frames, are the design and not judged;
 //! its capture is audited for repeated (SPI, seq) as well). strongSwan follows at most 5
 //! redirects in 300 s (`MAX_REDIRECTS`, `REDIRECT_LOOP_DETECT_PERIOD` in its `ike_sa.c`):
-//! more takeovers than that within 5 minutes leave it with a dead IKE SA.
+//! its checks are judged on the first 5 takeovers (`ROAMGATE_HA_TAKEOVERS` above 5 prints
+//! the later ones as not judged).
 //!
 //! Takeovers: 2 (CI: one each way); `ROAMGATE_HA_TAKEOVERS=N` runs N. Needs root, python3,
 //! tshark and strongSwan (prints a SKIP line otherwise); run it under `flock -o
@@ -62,6 +63,10 @@ const STREAM_MS: u32 = 3000;
 const FAIL_AT: Duration = Duration::from_millis(1000);
 /// How long a receiver listens after its sender's last packet was due.
 const TAIL_MS: u32 = 700;
+/// strongSwan 5.9.8 follows at most this many redirects within 300 s (`MAX_REDIRECTS`,
+/// `REDIRECT_LOOP_DETECT_PERIOD` in its `ike_sa.c`): later takeovers of a long run are printed
+/// for it, not judged.
+const SW_MAX_REDIRECTS: usize = 5;
 /// The nodes' own WAN addresses.
 const WAN: [&str; 2] = ["203.0.113.1", "198.18.0.2"];
 
@@ -507,38 +512,47 @@ fn the_standby_on_another_subnet_takes_over_and_the_client_follows() {
         if sent_redirect == 0 {
             failures.push(format!("rep {rep}: the new active redirected nobody"));
         }
+        // strongSwan's checks, on the redirects it follows (at most SW_MAX_REDIRECTS in 300 s).
+        let mut sw_failures = Vec::new();
         if sw_replaced == 0 {
-            failures.push(format!(
+            sw_failures.push(format!(
                 "rep {rep}: strongSwan's new IKE SA replaced no redirected IKE SA at the new active"
             ));
         }
         match &sw_at {
             Some((spis, host, vips)) if host == WAN[s] => {
                 if *spis == sw_prev {
-                    failures.push(format!("rep {rep}: strongSwan kept its IKE SA {spis}"));
+                    sw_failures.push(format!("rep {rep}: strongSwan kept its IKE SA {spis}"));
                 }
                 sw_prev = spis.clone();
                 // The new active gave the redirected client's new IKE SA the old one's
                 // virtual IP: the streams' sockets still use it.
                 if *vips != sw_first.2 {
-                    failures.push(format!(
+                    sw_failures.push(format!(
                         "rep {rep}: strongSwan's virtual IP is {vips}, was {}",
                         sw_first.2
                     ));
                 }
             }
-            other => failures.push(format!(
+            other => sw_failures.push(format!(
                 "rep {rep}: strongSwan's IKE SA is {other:?}, not with {}",
                 WAN[s]
             )),
         }
         if !sw.resumed {
-            failures.push(format!(
+            sw_failures.push(format!(
                 "rep {rep}: strongSwan's traffic did not resume within the stream"
             ));
         }
-        sw_gaps.push(sw.gap);
-        sw_lost += sw_lost_now;
+        if rep < SW_MAX_REDIRECTS {
+            failures.extend(sw_failures);
+            sw_gaps.push(sw.gap);
+            sw_lost += sw_lost_now;
+        } else {
+            println!(
+                "ha-subnet kind=redirect rep={rep}: not judged (strongSwan follows at most {SW_MAX_REDIRECTS} redirects in 300 s): {sw_failures:?}"
+            );
+        }
         if !took_over {
             failures.push(format!("rep {rep}: no takeover"));
         }
@@ -616,7 +630,7 @@ fn the_standby_on_another_subnet_takes_over_and_the_client_follows() {
             "strongSwan's traffic stopped for long: {sw_gaps:?}"
         ));
     }
-    if sw_init < reps {
+    if sw_init < reps.min(SW_MAX_REDIRECTS) {
         failures.push(format!(
             "strongSwan: {sw_init} IKE_SA_INIT frames: fewer than one new IKE SA per redirect"
         ));
