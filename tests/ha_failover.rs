@@ -686,7 +686,10 @@ fn the_standby_takes_over_without_renegotiation() {
         syncs[2] += sw_logged;
         let (renegotiations, dup) = (reneg1 + reneg2, dup1 + dup2);
         let nonces = esp1 + esp2;
-        let kind_name = format!("{kind:?}").to_lowercase();
+        let kind_name = match kind {
+            Kind::SplitBrain => "split-brain".to_owned(),
+            k => format!("{k:?}").to_lowercase(),
+        };
         println!(
             "ha-failover kind={kind_name} takeovers={} gap_ms_p50={:.1} gap_ms_p99={:.1} lost={lost} renegotiations={renegotiations} dup_seq={dup} (esp frames audited {nonces}: roamgate client {esp1} renegotiations={reneg1} dup_seq={dup1}, strongSwan {esp2} renegotiations={reneg2} dup_seq={dup2}{})",
             gaps.len(),

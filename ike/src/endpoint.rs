@@ -33,7 +33,7 @@ use crate::config::EndpointConfig;
 use crate::config::PeerConfig;
 use crate::cookie::CookieSecrets;
 use crate::crypto::DhPrivate;
-use crate::event::{Event, IkeSaView, SaSummary, Transmit};
+use crate::event::{DownReason, Event, IkeSaView, SaSummary, Transmit};
 use crate::exchange::{self, error_answer, init, mobike, Action, Ctx, Effect, Output};
 use crate::half_open::HalfOpen;
 use crate::ids::{ChildSpi, IkeSaId, IkeSpi};
@@ -934,6 +934,14 @@ impl Endpoint {
         self.services.pool.release(id);
         self.services.spis.release_ike(id.0);
         self.group.forget_ike(id);
+        if let (true, Some(cfg), Some(rid)) =
+            (sa.state.redirect, &sa.state.peer, &sa.state.remote_id)
+        {
+            let key = exchange::gw_move::redirect_key(&cfg.name, rid, sa.state.remote);
+            if self.out.redirected.get(&key) == Some(&id) {
+                self.out.redirected.remove(&key);
+            }
+        }
         if sa.pending.eap.is_some() {
             if let Some(s) = self.services.eap.as_mut().and_then(|e| e.server.as_mut()) {
                 s.forget(id);
@@ -972,6 +980,9 @@ impl Endpoint {
                         self.run(id, now, |sa, ctx| {
                             exchange::enqueue(sa, ctx, Action::DeleteIke)
                         });
+                    }
+                    Effect::Replaced(id) => {
+                        self.run(id, now, |sa, ctx| sa.close(ctx, DownReason::Replaced));
                     }
                 }
             }

@@ -153,6 +153,9 @@ pub enum DownReason {
     /// A hinted liveness check (`exchange::hint`) ran out without an authenticated answer
     /// and the peer answered it INVALID_IKE_SPI: it no longer has the IKE SA (it restarted).
     PeerLostState,
+    /// A gateway's IKE SA that it redirected (RFC 5685) to its own address, replaced by the
+    /// client's new one (`exchange::gw_move`): closed here, the client deletes its own copy.
+    Replaced,
 }
 
 /// An IKE SA as the views show it: id, connection name, established, its CHILD_SAs as

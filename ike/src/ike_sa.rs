@@ -132,7 +132,8 @@ pub(crate) struct IkeSaState {
     pub mid_sync_used: bool,
     /// Both ends sent ROAMGATE_GATEWAY_MOVE_SUPPORTED in IKE_AUTH (`exchange::gw_move`).
     pub gateway_move: bool,
-    /// The peer sent REDIRECT_SUPPORTED in IKE_SA_INIT (RFC 5685): it follows a REDIRECT.
+    /// The peer sent REDIRECT_SUPPORTED, or REDIRECTED_FROM, in IKE_SA_INIT (RFC 5685): it
+    /// follows a REDIRECT.
     pub redirect: bool,
     /// The peer's additional addresses (its latest announcement, RFC 4555 3.3), and ours.
     pub peer_additional: Vec<IpAddr>,
@@ -156,6 +157,10 @@ pub(crate) struct Handshake {
     /// SIGNATURE_HASH_ALGORITHMS (RFC 7427 4) and CERTREQs.
     pub peer_hashes: Vec<u16>,
     pub certreqs: Vec<Vec<u8>>,
+    /// The peer's IKE_SA_INIT carried REDIRECTED_FROM (RFC 5685 5): a client that follows a
+    /// REDIRECT; if we redirected its IKE SA of the same connection and identity, this one
+    /// replaces it (`auth::complete`).
+    pub redirected_from: bool,
 }
 
 /// Work under way on an IKE SA.

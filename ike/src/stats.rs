@@ -225,6 +225,9 @@ pub struct GatewayMoveStats {
     pub announced: u64,
     pub redirected: u64,
     pub unsupported: u64,
+    /// Gateway: redirected IKE SAs replaced by the client's new one (it came back with
+    /// REDIRECTED_FROM; the lease went along, the old IKE SA was deleted).
+    pub replaced: u64,
     /// Client: authenticated announcements taken (a probe started), IKE SAs moved after the
     /// probe's answer came back with our COOKIE2, probes that went unanswered or came back
     /// without it (the IKE SA stays where it was), announcements refused (malformed, not

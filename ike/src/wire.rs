@@ -88,6 +88,9 @@ pub mod notify {
     /// the new gateway in REDIRECT (here inside an INFORMATIONAL of the IKE SA, 5685 section 5).
     pub const REDIRECT_SUPPORTED: u16 = 16406;
     pub const REDIRECT: u16 = 16407;
+    /// RFC 5685 5 and 8: a redirected client names the gateway it was redirected from in its
+    /// next IKE_SA_INIT, instead of REDIRECT_SUPPORTED (which it implies).
+    pub const REDIRECTED_FROM: u16 = 16408;
     /// Private use (RFC 7296 3.10.1: 40960..65535 status types): roamgate's gateway move
     /// (`exchange::gw_move`). Sent in IKE_AUTH by both ends that take it.
     pub const ROAMGATE_GATEWAY_MOVE_SUPPORTED: u16 = 47100;

@@ -111,6 +111,8 @@ struct Counters {
     moves_announced: u64,
     moves_redirected: u64,
     moves_unsupported: u64,
+    /// Redirected IKE SAs replaced by the client's new one (it came back with REDIRECTED_FROM).
+    moves_replaced: u64,
 }
 
 /// Makes an empty control core (what a node that stops being active continues with).
@@ -379,6 +381,7 @@ impl Pair {
             }
             self.export_ike(now, driver);
             self.counters.mid_sync = driver.core().mid_sync_stats();
+            self.counters.moves_replaced = driver.core().gateway_move_stats().replaced;
             if t >= self.next_replay_poll {
                 self.next_replay_poll = t.saturating_add(self.plan_checkpoint.millis.max(10));
                 for (key, (w, p)) in &self.installed {
@@ -1060,6 +1063,7 @@ impl Pair {
                 "announced": c.moves_announced,
                 "redirected": c.moves_redirected,
                 "unsupported": c.moves_unsupported,
+                "replaced": c.moves_replaced,
             },
         });
         if let Ok(mut v) = self.view.status.lock() {

@@ -229,6 +229,12 @@ impl ControlCore {
         self.endpoint.stats().mid_sync
     }
 
+    /// The gateway moves' counters (`exchange::gw_move`; `replaced`: redirected IKE SAs the
+    /// client's new IKE SA replaced).
+    pub fn gateway_move_stats(&self) -> ike::GatewayMoveStats {
+        self.endpoint.stats().gateway_move
+    }
+
     pub fn workers(&self) -> u16 {
         self.placement.workers()
     }

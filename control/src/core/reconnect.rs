@@ -127,7 +127,7 @@ impl Reconnect {
             | DownReason::ReturnRoutability
             | DownReason::EapFailed { .. } => Why::Refused,
             // Our own delete, or a rekey (the new IKE SA carries on).
-            DownReason::Deleted | DownReason::Rekeyed => return None,
+            DownReason::Deleted | DownReason::Rekeyed | DownReason::Replaced => return None,
         };
         if self.stopped {
             return None;

@@ -499,7 +499,14 @@ impl Node {
             Message::Entry { index, record } => self.on_entry(now, index, record),
             Message::Ack { index } => self.on_ack(index),
             Message::SnapshotRequest { epoch } => {
-                if self.role == Role::Active && epoch == self.epoch {
+                // Asked for this epoch; or by a node that did not know it yet: a restarted
+                // node that got a log entry before any heartbeat (the old connection's
+                // entries, or a new connection's sent before its first heartbeat) sees a hole
+                // and asks with its own epoch (0 after a restart), once. Ignored, it would
+                // wait for a snapshot forever (and the pair stayed unpaired) — unless one is
+                // under way already.
+                let stale = epoch < self.epoch && self.snapshot_end.is_none();
+                if self.role == Role::Active && (epoch == self.epoch || stale) {
                     self.start_snapshot();
                 }
             }

@@ -16,7 +16,7 @@ use crate::config::PeerConfig;
 use crate::crypto;
 use crate::event::{DownReason, Event};
 use crate::exchange::{
-    auth_hints, find_notify, find_sa, find_tsi, find_tsr, send_request, Ctx, Reply, Request,
+    auth_hints, find_notify, find_sa, find_tsi, find_tsr, send_request, Ctx, Effect, Reply, Request,
 };
 use crate::ids::ChildSpi;
 use crate::ike_sa::{ChildKeys, IkeSa, Phase};
@@ -429,10 +429,35 @@ pub(crate) fn complete(
         matches!(x, Payload::Cp { kind: cfg::REQUEST, attrs }
             if attrs.iter().any(|a| a.kind == cfg::INTERNAL_IP4_ADDRESS))
     });
+    // A client we redirected (RFC 5685) to our own address comes back with a new IKE SA:
+    // it replaces the redirected one, whose lease (the client's virtual IP, which its traffic
+    // still uses) it takes over; the old one is closed here at once (the client deletes its
+    // copy itself, RFC 5685 5).
+    let replaced = sa
+        .pending
+        .handshake
+        .as_ref()
+        .is_some_and(|h| h.redirected_from)
+        .then(|| {
+            let key = super::gw_move::redirect_key(&cfg.name, idi, sa.state.remote);
+            ctx.out.redirected.remove(&key)
+        })
+        .flatten()
+        .filter(|old| *old != sa.id());
+    if let Some(old) = replaced {
+        ctx.stats.gateway_move.replaced = ctx.stats.gateway_move.replaced.saturating_add(1);
+        ctx.out.effects.push(Effect::Replaced(old));
+    }
     let mut vip = None;
     if wants_vip {
         if let Some(pool) = &cfg.pool {
-            vip = ctx.services.pool.lease(pool, sa.id());
+            if let Some(old) = replaced {
+                ctx.services.pool.rebind(old, sa.id());
+            }
+            vip = match ctx.services.pool.lease_of(sa.id()) {
+                Some(a) => Some(a),
+                None => ctx.services.pool.lease(pool, sa.id()),
+            };
             reply.push(match vip {
                 Some(a) => Payload::Cp {
                     kind: cfg::REPLY,

@@ -30,8 +30,21 @@
 //! **Standard clients.** A client that sent REDIRECT_SUPPORTED in IKE_SA_INIT (RFC 5685 3;
 //! strongSwan does unless `follow_redirects = no`) gets a REDIRECT inside the IKE SA instead
 //! (5685 section 5: `GW Ident Type | Len | address`, no nonce): it makes a new IKE SA with the
-//! new gateway (a new key exchange, as the RFC has it). Any other client reconnects when its
-//! liveness check fails (its configuration must name the new gateway's address).
+//! new gateway (a new key exchange, as the RFC has it). Its IKE_SA_INIT then carries
+//! REDIRECTED_FROM instead of REDIRECT_SUPPORTED (5685 5; strongSwan's `ike_init.c`), which
+//! implies the support: the new IKE SA is redirected at the next takeover too. When that new
+//! IKE SA authenticates with the identity and connection of the IKE SA we redirected, it
+//! replaces it (`auth::complete`): the redirected IKE SA's lease goes to the new one (the
+//! client asks for any address, `0.0.0.0`, and its traffic still comes from the one it had:
+//! another address would strand every socket bound to it), and the redirected IKE SA is
+//! closed here at once, without an exchange (`DownReason::Replaced`; the client deletes its
+//! own copy, 5685 5): a request of ours may be under way on it that the client will never
+//! answer (strongSwan destroys the old IKE SA when it cannot answer our IKEV2_MESSAGE_ID_SYNC
+//! after the REDIRECT, both with message id 0), and an HA standby must not keep the old IKE
+//! SA's record, whose lease is the new one's now. Only an IKE SA that came with
+//! REDIRECTED_FROM replaces one, and only one that authenticated as the same peer.
+//! Any other client reconnects when its liveness check fails (its configuration must name
+//! the new gateway's address).
 //!
 //! Owns: the announcement, the redirect, the client's probe and move.
 //! Must never: move a client's IKE SA before the probe's answer with our COOKIE2 came back;
@@ -46,6 +59,16 @@ use crate::wire::{exchange, notify, Payload};
 /// Tries of a probe to the announced address (the first send and its retransmissions)
 /// before it is given up and the IKE SA stays where it was.
 pub const PROBE_TRIES: u32 = 4;
+
+/// A redirected IKE SA's connection, peer identity and peer address (not its port): what
+/// the client's new IKE SA must match to replace it. Two devices sharing one identity behind
+/// different addresses never take each other's IKE SA and lease.
+pub(crate) type RedirectKey = (String, String, IpAddr);
+
+/// The key of an IKE SA of connection `conn` with peer `id` at `remote`.
+pub(crate) fn redirect_key(conn: &str, id: &crate::wire::Id, remote: SocketAddr) -> RedirectKey {
+    (conn.to_owned(), id.display(), remote.ip())
+}
 
 /// What the gateway did to tell a client it moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +138,12 @@ pub(crate) fn announce(sa: &mut IkeSa, ctx: &mut Ctx<'_>, local: IpAddr) -> Gate
         GatewayMove::Announced
     } else if sa.state.redirect {
         st.redirected = st.redirected.saturating_add(1);
+        // The client comes back with a new IKE SA (REDIRECTED_FROM in its IKE_SA_INIT): that
+        // one takes this one's place (`auth::complete`).
+        if let (Some(cfg), Some(id)) = (&sa.state.peer, &sa.state.remote_id) {
+            let key = redirect_key(&cfg.name, id, sa.state.remote);
+            ctx.out.redirected.insert(key, sa.id());
+        }
         GatewayMove::Redirected
     } else {
         st.unsupported = st.unsupported.saturating_add(1);

@@ -225,8 +225,11 @@ pub(crate) fn respond(
     }
     sa.state.fragmentation = fragmentation;
     // RFC 5685 3: the client follows a REDIRECT (the gateway answers nothing to it here; a
-    // REDIRECT may come later inside the IKE SA, section 5).
-    sa.state.redirect = find_notify(p, notify::REDIRECT_SUPPORTED).is_some();
+    // REDIRECT may come later inside the IKE SA, section 5). A client that was redirected
+    // sends REDIRECTED_FROM instead of REDIRECT_SUPPORTED (section 5; strongSwan does): it
+    // follows the next REDIRECT as well.
+    let redirected_from = find_notify(p, notify::REDIRECTED_FROM).is_some();
+    sa.state.redirect = redirected_from || find_notify(p, notify::REDIRECT_SUPPORTED).is_some();
     let (peer_hashes, _) = auth_hints(p);
     let data = plain_message(
         spi_i,
@@ -242,6 +245,7 @@ pub(crate) fn respond(
     hs.init_request = msg.to_vec();
     hs.init_response = data.clone();
     hs.peer_hashes = peer_hashes;
+    hs.redirected_from = redirected_from;
     sa.state.peer_next_id = 1;
     sa.state.phase = Phase::Init;
     sa.pending.half_open = Some((spi_i, remote));

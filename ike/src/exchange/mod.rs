@@ -77,6 +77,9 @@ pub(crate) struct Output {
     pub unprotected: AnswerLimit,
     /// Bytes held for reassembly of fragmented messages by every IKE SA (RFC 7383).
     pub reassembly: crate::fragment::Budget,
+    /// IKE SAs we sent an RFC 5685 REDIRECT to our own address (`gw_move`), by connection,
+    /// peer identity and peer address: the client's new IKE SA replaces the redirected one.
+    pub redirected: std::collections::HashMap<gw_move::RedirectKey, IkeSaId>,
 }
 
 /// Work for the endpoint on IKE SAs other than the one an exchange had.
@@ -87,6 +90,10 @@ pub(crate) enum Effect {
     HandOver { to: IkeSaId, children: Vec<Child> },
     /// An IKE SA is to be deleted (the redundant one of a simultaneous rekey).
     Delete(IkeSaId),
+    /// A redirected IKE SA the client's new one replaced (`gw_move`): closed at once, without
+    /// an exchange (a request of ours may be under way on it that the client will never
+    /// answer; the client deletes its own copy, RFC 5685 5).
+    Replaced(IkeSaId),
 }
 
 /// At most `per_sec` unprotected error answers in any one-second window (RFC 7296 2.21.4).

@@ -7,7 +7,7 @@
 use super::*;
 use crate::exchange::gw_move::{decode, encode, redirect_data, GatewayMove};
 use crate::record::IkeSaRecord;
-use crate::wire::{exchange, Header};
+use crate::wire::{exchange, notify, Header, Payload};
 
 /// The standby B's node index and its own address (another subnet than A's 192.0.2.1).
 const B: usize = 2;
@@ -303,4 +303,160 @@ fn a_client_that_did_not_negotiate_the_move_refuses_it() {
     p.drive();
     assert_eq!(children(p.client_events()).len(), 1);
     assert_eq!(p.gw().stats().total() + p.client().stats().total(), 0);
+}
+
+/// A standard client that was redirected (as strongSwan after an RFC 5685 REDIRECT): its
+/// IKE_SA_INIT carries REDIRECTED_FROM instead of REDIRECT_SUPPORTED (5685 5).
+struct RedirectedFrom(crate::services::CredentialAuthenticator);
+
+impl crate::services::Authenticator for RedirectedFrom {
+    fn init_payloads(&mut self, peers: &[&PeerConfig], responder: bool) -> Vec<Payload> {
+        let mut v = self.0.init_payloads(peers, responder);
+        if !responder {
+            v.push(Payload::notify(
+                notify::REDIRECTED_FROM,
+                redirect_data("192.0.2.1".parse().unwrap()),
+            ));
+        }
+        v
+    }
+
+    fn extra_payloads(
+        &mut self,
+        peer: &PeerConfig,
+        ctx: &crate::services::AuthContext<'_>,
+    ) -> Vec<Payload> {
+        self.0.extra_payloads(peer, ctx)
+    }
+
+    fn sign(
+        &mut self,
+        peer: &PeerConfig,
+        input: &crate::services::AuthInput<'_>,
+        ctx: &crate::services::AuthContext<'_>,
+    ) -> Result<crate::services::Auth, crate::services::AuthError> {
+        self.0.sign(peer, input, ctx)
+    }
+
+    fn verify(
+        &mut self,
+        peer: &PeerConfig,
+        input: &crate::services::AuthInput<'_>,
+        auth: &crate::services::Auth,
+        message: &[Payload],
+        ctx: &crate::services::AuthContext<'_>,
+    ) -> Result<(), crate::services::AuthError> {
+        self.0.verify(peer, input, auth, message, ctx)
+    }
+}
+
+/// B took over a standard client's IKE SA and redirected it to itself; the client comes back
+/// with a new IKE SA of the same identity (from node 3 at `from`; `redirected_from` as a
+/// redirected client sends it, or not): returns the pair, B's redirected IKE SA and B's new
+/// one.
+fn redirected_client_returns(redirected_from: bool, from: &str) -> (Pair, IkeSaId, IkeSaId) {
+    let (mut p, _, gid) = up();
+    let now = p.now();
+    let mut record = p.gw().export(now, gid).unwrap();
+    record.gateway_move = false;
+    record.redirect = true;
+    p.net
+        .move_node(GW, addr("192.0.2.200:500"), addr("192.0.2.200:500"));
+    p.net
+        .add(endpoint(gateway_cfg(), 9), addr(&format!("{B_ADDR}:500")));
+    let old = p.net.ep(B).adopt(now, &record).unwrap();
+    let how = p
+        .net
+        .ep(B)
+        .move_gateway(now, old, B_ADDR.parse().unwrap())
+        .unwrap();
+    assert_eq!(how, GatewayMove::Redirected);
+    p.drive();
+    p.clear_events();
+    let services = crate::services::Services {
+        auth: if redirected_from {
+            Box::new(RedirectedFrom(crate::services::CredentialAuthenticator))
+        } else {
+            Box::new(crate::services::CredentialAuthenticator)
+        },
+        ..Default::default()
+    };
+    let client = Endpoint::with_services(
+        EndpointConfig {
+            peers: vec![client_cfg()],
+            ..Default::default()
+        },
+        [3; 32],
+        services,
+    );
+    // The old client's endpoint steps aside (the network routes by address): the new one
+    // may be at its address.
+    p.net
+        .move_node(CLIENT, addr("192.0.2.99:500"), addr("192.0.2.99:500"));
+    let c2 = p.net.add(client, addr(from));
+    let now = p.now();
+    p.net
+        .ep(c2)
+        .connect(now, "gw", addr(from), addr(&format!("{B_ADDR}:500")))
+        .unwrap();
+    p.drive();
+    let new = ike_up(&p.net.nodes[B].events).expect("the new IKE SA is up at B");
+    (p, old, new)
+}
+
+#[test]
+fn a_redirected_clients_new_ike_sa_takes_the_old_ones_place_and_virtual_ip() {
+    // From the client's address.
+    let (mut p, old, new) = redirected_client_returns(true, "192.0.2.10:500");
+    let vip = "10.99.0.1".parse().unwrap();
+    assert_eq!(
+        p.net.ep(B).leases(),
+        vec![(vip, new)],
+        "the client keeps its virtual IP (its traffic still comes from it)"
+    );
+    let b = &p.net.nodes[B].events;
+    assert!(
+        b.iter().any(
+            |e| matches!(e, Event::IkeUp { ike, virtual_ip: Some(v), .. }
+            if *ike == new && *v == IpAddr::V4(vip))
+        ),
+        "{b:?}"
+    );
+    // The redirected IKE SA was closed at once, its CHILD_SA with it (the client deletes its
+    // own copy); the new one stays.
+    assert!(
+        b.iter().any(
+            |e| matches!(e, Event::IkeDown { ike, reason: DownReason::Replaced }
+                if *ike == old)
+        ),
+        "{b:?}"
+    );
+    assert_eq!(child_downs(b), 1);
+    assert_eq!(p.net.ep(B).list().len(), 1);
+    assert_eq!(p.net.ep(B).stats().gateway_move.replaced, 1);
+    // The new IKE SA follows the next REDIRECT too (REDIRECTED_FROM implies the support).
+    let now = p.now();
+    assert!(p.net.ep(B).export(now, new).unwrap().redirect);
+}
+
+#[test]
+fn a_new_ike_sa_without_redirected_from_or_from_another_address_replaces_nothing() {
+    for (redirected_from, from) in [(false, "192.0.2.10:500"), (true, "192.0.2.11:500")] {
+        let (mut p, old, new) = redirected_client_returns(redirected_from, from);
+        nothing_replaced(&mut p, old, new);
+    }
+}
+
+fn nothing_replaced(p: &mut Pair, old: IkeSaId, new: IkeSaId) {
+    let leases = p.net.ep(B).leases();
+    assert_eq!(
+        leases,
+        vec![
+            ("10.99.0.1".parse().unwrap(), old),
+            ("10.99.0.2".parse().unwrap(), new)
+        ]
+    );
+    assert!(downs(&p.net.nodes[B].events).is_empty());
+    assert_eq!(p.net.ep(B).list().len(), 2);
+    assert_eq!(p.net.ep(B).stats().gateway_move.replaced, 0);
 }
