@@ -22,17 +22,20 @@ use crate::wire::{exchange, notify, proto, Payload, TrafficSelector};
 
 /// Sends a CREATE_CHILD_SA request for a new CHILD_SA: the rekey of inbound SPI `old_in`
 /// (REKEY_SA names it), or a further one.
+/// `new_spi` is the new CHILD_SA's inbound SPI; `per_core` adds SA_RESOURCE_INFO (RFC 9611).
+#[allow(clippy::too_many_arguments)]
 fn send(
     sa: &mut IkeSa,
     ctx: &mut Ctx<'_>,
     old_in: Option<ChildSpi>,
+    new_spi: ChildSpi,
+    per_core: bool,
     esp: Vec<EspProposal>,
     tsi: Vec<TrafficSelector>,
     tsr: Vec<TrafficSelector>,
 ) {
-    let new_spi = ctx.child_spi();
     let nonce = ctx.nonce();
-    let mut p = Vec::with_capacity(5);
+    let mut p = Vec::with_capacity(6);
     if let Some(old) = old_in {
         p.push(Payload::Notify {
             protocol: proto::ESP,
@@ -45,6 +48,9 @@ fn send(
     p.push(Payload::Nonce(nonce.clone()));
     p.push(Payload::TsI(tsi));
     p.push(Payload::TsR(tsr));
+    if per_core {
+        p.push(Payload::notify(notify::SA_RESOURCE_INFO, vec![]));
+    }
     send_request(
         sa,
         ctx,
@@ -70,7 +76,45 @@ pub(crate) fn start_new(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
         Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
         None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
     };
-    send(sa, ctx, None, cfg.esp_proposals.clone(), tsi, tsr);
+    let spi = ctx.child_spi();
+    send(
+        sa,
+        ctx,
+        None,
+        spi,
+        false,
+        cfg.esp_proposals.clone(),
+        tsi,
+        tsr,
+    );
+    true
+}
+
+/// A further per-core CHILD_SA (RFC 9611) with the first one's selectors, its inbound SPI on
+/// worker `w`. False when the peer did not agree to per-core CHILD_SAs or there is no
+/// CHILD_SA to copy the selectors from.
+pub(crate) fn start_new_on(sa: &mut IkeSa, ctx: &mut Ctx<'_>, w: u32) -> bool {
+    let Some(cfg) = sa.state.peer.clone() else {
+        return false;
+    };
+    if !sa.state.per_core {
+        return false;
+    }
+    let Some(first) = sa.state.children.iter().find(|c| !c.replaced) else {
+        return false;
+    };
+    let (tsi, tsr) = (first.local_ts.clone(), first.remote_ts.clone());
+    let spi = ctx.child_spi_for(w);
+    send(
+        sa,
+        ctx,
+        None,
+        spi,
+        true,
+        cfg.esp_proposals.clone(),
+        tsi,
+        tsr,
+    );
     true
 }
 
@@ -96,7 +140,14 @@ pub(crate) fn start_rekey(sa: &mut IkeSa, ctx: &mut Ctx<'_>, old_in: ChildSpi) -
         .copied()
         .filter(|e| e.esn == esn)
         .collect();
-    send(sa, ctx, Some(old_in), esp, lts, rts);
+    // A per-core CHILD_SA stays on its worker: the new one's inbound SPI names the same.
+    let spi = if sa.state.per_core {
+        let w = ctx.services.spis.layout().worker_of(old_in);
+        ctx.child_spi_for(w)
+    } else {
+        ctx.child_spi()
+    };
+    send(sa, ctx, Some(old_in), spi, false, esp, lts, rts);
     true
 }
 
@@ -130,6 +181,20 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
         },
         None => None,
     };
+    // RFC 9611: a further CHILD_SA of a peer that agreed to per-core CHILD_SAs, up to ours.
+    let per_core = sa.state.per_core
+        && old.is_none()
+        && super::find_notify(p, notify::SA_RESOURCE_INFO).is_some();
+    let live: Vec<ChildSpi> = sa
+        .state
+        .children
+        .iter()
+        .filter(|c| !c.replaced)
+        .map(|c| c.spi_in)
+        .collect();
+    if per_core && live.len() >= usize::from(ctx.config.per_core_sas) {
+        return Ok(vec![Payload::notify(notify::TS_MAX_QUEUE, vec![])]);
+    }
     let (lts, rts) = match &old {
         Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
         None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
@@ -156,7 +221,16 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
         }
         None => (None, None),
     };
-    let new_in = ctx.child_spi();
+    let new_in = match &old {
+        // A per-core CHILD_SA's rekey stays on its worker.
+        Some(o) if sa.state.per_core => {
+            let w = ctx.services.spis.layout().worker_of(o.spi_in);
+            ctx.child_spi_for(w)
+        }
+        // A per-core one goes to a worker this IKE SA has none on yet.
+        None if per_core => ctx.child_spi_apart(&live),
+        _ => ctx.child_spi(),
+    };
     let nr = ctx.nonce();
     let Some(keys) = sa.state.keys.as_ref() else {
         return Err(Reason::NotEncrypted);
@@ -206,6 +280,9 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
     }
     reply.push(Payload::TsI(n.tsi));
     reply.push(Payload::TsR(n.tsr));
+    if per_core {
+        reply.push(Payload::notify(notify::SA_RESOURCE_INFO, vec![]));
+    }
     Ok(reply)
 }
 
