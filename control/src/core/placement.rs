@@ -24,6 +24,7 @@ use std::net::IpAddr;
 
 use ike::services::spi::SpiLayout;
 use ike::ChildSpi;
+use proto::policy::{Action as PolicyAction, Rule, Selector};
 use proto::sa::SaRef;
 use proto::{Direction, SaId, Spi, Update};
 
@@ -188,8 +189,25 @@ impl Placement {
                     })
                     .collect()
             }
-            Update::ReplaceSpd { .. }
-            | Update::SetMasquerade { .. }
+            Update::ReplaceSpd { rules } => {
+                // Per-core CHILD_SAs (RFC 9611), or any CHILD_SAs with identical selectors:
+                // each worker's copy protects with an SA it owns where one has the rule's
+                // selector, so the sending worker seals with its own SA (no hand-off).
+                if self.workers < 2 {
+                    return vec![(0, u)];
+                }
+                (0..self.workers)
+                    .map(|w| {
+                        (
+                            w,
+                            Update::ReplaceSpd {
+                                rules: self.rules_for(w, rules),
+                            },
+                        )
+                    })
+                    .collect()
+            }
+            Update::SetMasquerade { .. }
             | Update::SetVirtualIp { .. }
             | Update::BindHost { .. }
             | Update::UnbindHost { .. }
@@ -197,6 +215,34 @@ impl Placement {
             // A gratuitous ARP / unsolicited NA is one frame on the wire: one worker sends it.
             Update::Announce { .. } => vec![(0, u)],
         }
+    }
+
+    /// Worker `w`'s copy of an SPD: a rule that protects with another worker's outbound SA
+    /// takes the first SA of `w` that a rule with the same selector names, if any.
+    fn rules_for(&self, w: u16, rules: &[Rule]) -> Vec<Rule> {
+        let mut own: HashMap<Selector, SaId> = HashMap::new();
+        for r in rules {
+            if let PolicyAction::Protect(id) = r.action {
+                if self.outbound_owner(id) == Some(w) {
+                    own.entry(r.selector).or_insert(id);
+                }
+            }
+        }
+        rules
+            .iter()
+            .map(|r| match r.action {
+                PolicyAction::Protect(id) if self.outbound_owner(id) != Some(w) => {
+                    match own.get(&r.selector) {
+                        Some(mine) => Rule {
+                            action: PolicyAction::Protect(*mine),
+                            ..*r
+                        },
+                        None => *r,
+                    }
+                }
+                _ => *r,
+            })
+            .collect()
     }
 
     /// Whether worker `w` should get `u` when it restarted empty (its own SAs and what every
