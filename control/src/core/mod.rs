@@ -795,6 +795,11 @@ impl ControlCore {
             return;
         }
         if self.endpoint.per_core(c.ike) != Some(true) {
+            self.out.log(format!(
+                "ike: {}: the peer did not agree to per-core CHILD_SAs (RFC 9611): one CHILD_SA for {} workers",
+                c.name,
+                self.placement.workers()
+            ));
             return;
         }
         let live = self
@@ -807,6 +812,11 @@ impl ControlCore {
             return;
         }
         let first = self.placement.inbound_owner(Spi(c.inbound.spi.0));
+        self.out.log(format!(
+            "ike: {}: per-core CHILD_SAs (RFC 9611): asking for {} more, one per other worker",
+            c.name,
+            self.placement.workers().saturating_sub(1)
+        ));
         for w in (0..self.placement.workers()).filter(|w| *w != first) {
             let _ = self.endpoint.create_child_on(now, c.ike, u32::from(w));
         }

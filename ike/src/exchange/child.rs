@@ -195,9 +195,18 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
     if per_core && live.len() >= usize::from(ctx.config.per_core_sas) {
         return Ok(vec![Payload::notify(notify::TS_MAX_QUEUE, vec![])]);
     }
-    let (lts, rts) = match &old {
-        Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
-        None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
+    // A per-core CHILD_SA has its siblings' selectors (a client's virtual IP among them,
+    // which the connection's own selectors do not name).
+    let sibling = sa
+        .state
+        .children
+        .iter()
+        .find(|c| per_core && !c.replaced)
+        .map(|c| (c.local_ts.clone(), c.remote_ts.clone()));
+    let (lts, rts) = match (&old, sibling) {
+        (Some(c), _) => (c.local_ts.clone(), c.remote_ts.clone()),
+        (None, Some(ts)) => ts,
+        (None, None) => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
     };
     let n = match negotiate_child(p, &cfg.esp_proposals, &lts, &rts) {
         Ok(n) => n,

@@ -33,9 +33,13 @@ fn pc_endpoint(peer: PeerConfig, seed: u8, workers: u32, per_core: u16) -> Endpo
 }
 
 fn pair(c_workers: u32, c_pc: u16, g_workers: u32, g_pc: u16) -> (Pair, IkeSaId, IkeSaId) {
+    // The gateway's connection names no remote selectors (as `roamgate run`'s pool
+    // connections): a per-core CHILD_SA takes its siblings' (the client's virtual IP).
+    let mut g = gateway_cfg();
+    g.remote_ts = vec![];
     let mut p = Pair::with_endpoints(
         pc_endpoint(client_cfg(), 1, c_workers, c_pc),
-        pc_endpoint(gateway_cfg(), 2, g_workers, g_pc),
+        pc_endpoint(g, 2, g_workers, g_pc),
     );
     let cid = p.connect();
     p.drive();
