@@ -150,7 +150,9 @@ pub struct EndpointConfig {
     /// neither sent nor answered). With more, SA_RESOURCE_INFO goes out in IKE_AUTH; once
     /// both ends sent it, [`Endpoint::create_child_on`](crate::Endpoint::create_child_on)
     /// adds one per worker, the peer's further ones are taken up to this many (TS_MAX_QUEUE
-    /// beyond) and each lands on a worker of this IKE SA that has none yet.
+    /// beyond) and each lands on a worker of this IKE SA that has none yet. A connection that
+    /// asks for a virtual IP (`request_vip`) does not offer them (its masquerade to the
+    /// virtual IP keeps per-worker sessions: an answer must return to the sealing worker).
     pub per_core_sas: u16,
     /// The liveness check a hint starts (an unprotected INVALID_SPI or INVALID_IKE_SPI that
     /// names one of our IKE SAs, RFC 7296 1.5, 2.21.4: `exchange::hint`): sent at once, then

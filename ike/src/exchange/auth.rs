@@ -113,8 +113,11 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED,
         vec![],
     ));
-    if ctx.config.per_core_sas > 1 {
-        // RFC 9611: this first CHILD_SA is the first of one per worker.
+    if ctx.config.per_core_sas > 1 && !cfg.request_vip {
+        // RFC 9611: this first CHILD_SA is the first of one per worker. Not for a client that
+        // asks for a virtual IP: it masquerades its LAN to that address, and the masquerade's
+        // sessions are per worker, so an answer must come back on the SA of the worker that
+        // sealed the request; with per-core SAs the gateway answers on its own worker's SA.
         inner.push(Payload::notify(notify::SA_RESOURCE_INFO, vec![]));
     }
     sa.state.phase = Phase::Auth;

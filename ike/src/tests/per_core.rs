@@ -1,7 +1,8 @@
 //! RFC 9611 per-core CHILD_SAs: SA_RESOURCE_INFO in IKE_AUTH agrees on them, further
 //! CHILD_SAs with the first one's selectors each land on their own worker at both ends (the
 //! inbound SPI's worker bits), their rekeys stay there, the responder caps them with
-//! TS_MAX_QUEUE, and a peer that does not send SA_RESOURCE_INFO gets none.
+//! TS_MAX_QUEUE, and a peer that does not send SA_RESOURCE_INFO gets none (nor does a client
+//! that asks for a virtual IP offer it).
 
 use std::collections::BTreeSet;
 
@@ -33,12 +34,33 @@ fn pc_endpoint(peer: PeerConfig, seed: u8, workers: u32, per_core: u16) -> Endpo
 }
 
 fn pair(c_workers: u32, c_pc: u16, g_workers: u32, g_pc: u16) -> (Pair, IkeSaId, IkeSaId) {
+    pair_with(c_workers, c_pc, g_workers, g_pc, false)
+}
+
+/// The client's connection names its subnet (a site) unless `vip`: then it asks for a
+/// virtual IP, as a road warrior does.
+fn pair_with(
+    c_workers: u32,
+    c_pc: u16,
+    g_workers: u32,
+    g_pc: u16,
+    vip: bool,
+) -> (Pair, IkeSaId, IkeSaId) {
+    let mut c = client_cfg();
+    if !vip {
+        c.request_vip = false;
+        c.local_ts = vec![ts("10.7.0.0/24")];
+    }
     // The gateway's connection names no remote selectors (as `roamgate run`'s pool
     // connections): a per-core CHILD_SA takes its siblings' (the client's virtual IP).
     let mut g = gateway_cfg();
     g.remote_ts = vec![];
+    if !vip {
+        g.pool = None;
+        g.remote_ts = vec![ts("10.7.0.0/24")];
+    }
     let mut p = Pair::with_endpoints(
-        pc_endpoint(client_cfg(), 1, c_workers, c_pc),
+        pc_endpoint(c, 1, c_workers, c_pc),
         pc_endpoint(g, 2, g_workers, g_pc),
     );
     let cid = p.connect();
@@ -186,6 +208,13 @@ fn the_responder_caps_per_core_child_sas_with_ts_max_queue() {
         "the refused requests' SPIs went back"
     );
     assert_eq!(workers_of(p.gw()), vec![0, 1]);
+}
+
+#[test]
+fn a_client_that_asks_for_a_virtual_ip_offers_no_per_core_child_sas() {
+    let (mut p, cid, gid) = pair_with(4, 4, 4, 4, true);
+    assert_eq!(p.client().per_core(cid), Some(false));
+    assert_eq!(p.gw().per_core(gid), Some(false));
 }
 
 #[test]
