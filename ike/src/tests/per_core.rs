@@ -232,3 +232,29 @@ fn without_sa_resource_info_from_both_ends_there_are_no_per_core_child_sas() {
         assert_eq!(p.client().list()[0].3.len(), 1);
     }
 }
+
+#[test]
+fn an_ike_rekey_keeps_the_per_core_agreement() {
+    let (mut p, cid, _) = pair(2, 2, 2, 2);
+    let now = p.now();
+    p.client().rekey_ike(now, cid).unwrap();
+    p.drive();
+    let new = p
+        .client_events()
+        .iter()
+        .find_map(|e| match e {
+            Event::IkeRekeyed { new, .. } => Some(*new),
+            _ => None,
+        })
+        .expect("rekeyed");
+    assert_ne!(new, cid);
+    assert_eq!(p.client().per_core(new), Some(true));
+    let now = p.now();
+    let layout = p.client().services().spis.layout();
+    let first = p.client().list()[0].3[0].0;
+    p.client()
+        .create_child_on(now, new, 1 - layout.worker_of(first))
+        .unwrap();
+    p.drive();
+    assert_eq!(workers_of(p.client()), vec![0, 1]);
+}
