@@ -335,28 +335,10 @@ pub fn run(args: PerfArgs) -> Result<()> {
                     .ok()
                     .filter(|s| (64..=1420).contains(s))
                     .ok_or_else(|| anyhow::anyhow!("--size {s}: expected 64..=1420"))?;
-                let (mut one, mut two) = (Vec::new(), Vec::new());
-                let mut children = (0, 0);
-                for _ in 0..runs.max(1) {
-                    for (w, v) in [(1u16, &mut one), (2u16, &mut two)] {
-                        let p = roamgate_perf::per_core::point(w, s, packets, backend)
-                            .map_err(|e| anyhow::anyhow!("{s} B, {w} workers: {e}"))?;
-                        if p.missing > 0 {
-                            anyhow::bail!("{s} B, {w} workers: {} packets missing", p.missing);
-                        }
-                        if w == 1 {
-                            children.0 = p.children;
-                        } else {
-                            children.1 = p.children;
-                        }
-                        v.push(p.pps);
-                    }
-                }
-                let median = |v: &mut Vec<f64>| {
-                    v.sort_by(f64::total_cmp);
-                    v[v.len() / 2]
-                };
-                let (m1, m2) = (median(&mut one), median(&mut two));
+                let ((m1, c1), (m2, c2)) =
+                    roamgate_perf::per_core::compare(s, packets, runs, backend)
+                        .map_err(|e| anyhow::anyhow!("{s} B: {e}"))?;
+                let children = (c1, c2);
                 println!(
                     "{s:>5} B: 1 worker ({} CHILD_SA) {:.2} Mpps, 2 workers ({} CHILD_SAs) {:.2} Mpps, ratio {:.2}x",
                     children.0,

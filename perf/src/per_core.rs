@@ -214,6 +214,42 @@ pub fn point(workers: u16, size: usize, n: u64, backend: Backend) -> Result<PerC
     })
 }
 
+/// 1 against 2 workers at `size` bytes, `runs` interleaved runs of `n` packets per worker:
+/// the median rates (pps) and the CHILD_SAs each negotiated. A run that lost a packet is an
+/// error.
+pub fn compare(
+    size: usize,
+    n: u64,
+    runs: usize,
+    backend: Backend,
+) -> Result<((f64, usize), (f64, usize)), String> {
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    let mut children = (0, 0);
+    for _ in 0..runs.max(1) {
+        for w in [1u16, 2] {
+            let p = point(w, size, n, backend)?;
+            if p.missing > 0 {
+                return Err(format!("{w} workers: {} packets missing", p.missing));
+            }
+            if w == 1 {
+                children.0 = p.children;
+                one.push(p.pps);
+            } else {
+                children.1 = p.children;
+                two.push(p.pps);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((
+        (median(&mut one), children.0),
+        (median(&mut two), children.1),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +265,27 @@ mod tests {
         let (one, children) = negotiate(1).unwrap();
         assert_eq!((one.len(), children), (1, 1));
         assert!(one[0].protects_own);
+    }
+
+    /// The figure: `ROAMGATE_PER_CORE_PACKETS=1000000 cargo test --release -p roamgate-perf
+    /// --lib per_core -- --nocapture` (as `roamgate perf per-core`); by default a short run.
+    #[test]
+    fn one_against_two_workers_with_negotiated_per_core_sas() {
+        let n: u64 = std::env::var("ROAMGATE_PER_CORE_PACKETS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let backend = pipeline::crypto::best_backend();
+        for size in [64, 1420] {
+            let ((m1, c1), (m2, c2)) = compare(size, n, 3, backend).unwrap();
+            assert_eq!((c1, c2), (1, 2));
+            println!(
+                "per-core {backend} {size} B: 1 worker {:.2} Mpps, 2 workers {:.2} Mpps, ratio {:.2}x",
+                m1 / 1e6,
+                m2 / 1e6,
+                m2 / m1
+            );
+        }
     }
 
     #[test]
