@@ -214,6 +214,9 @@ pub fn point(workers: u16, size: usize, n: u64, backend: Backend) -> Result<PerC
     })
 }
 
+/// One side of a comparison: the median rate (pps) and the CHILD_SAs negotiated.
+pub type Median = (f64, usize);
+
 /// 1 against 2 workers at `size` bytes, `runs` interleaved runs of `n` packets per worker:
 /// the median rates (pps) and the CHILD_SAs each negotiated. A run that lost a packet is an
 /// error.
@@ -222,7 +225,7 @@ pub fn compare(
     n: u64,
     runs: usize,
     backend: Backend,
-) -> Result<((f64, usize), (f64, usize)), String> {
+) -> Result<(Median, Median), String> {
     let (mut one, mut two) = (Vec::new(), Vec::new());
     let mut children = (0, 0);
     for _ in 0..runs.max(1) {
