@@ -20,6 +20,9 @@
 #        netns-lab.sh rw-down [PFX]
 #        netns-lab.sh rw2q-up [PFX]  the road-warrior lab with two rx/tx queues on every veth
 #            (a gateway of two workers, tests/workers_netns.rs); rw-down removes it
+#        netns-lab.sh rwcl2q-up [PFX]  rw2q-up with roamgate as a site in PFX-rw (WAN eth0, LAN
+#            lan): PFX-home 10.7.0.10 -- lan [PFX-rw] (two queues; 10.7.0.0/24 is routed back
+#            via the gateway; rw-down removes it)
 #        netns-lab.sh cl-up [PFX]  the client lab (roamgate client against a strongSwan gateway):
 #            PFX-home 10.7.0.10 -- lan [roamgate client PFX-cl] wan 192.0.2.10 --
 #              eth0 192.0.2.1 [PFX-sgw, strongSwan, forwarding] eth1 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
@@ -173,7 +176,18 @@ up() {
     host "$p-lanb" 10.2.0.10 10.2.0.1 fd00:b::10 fd00:b::1
 }
 
-rw_down() { ns_del $RW_NSS; }
+rw_down() { ns_del $RW_NSS home; }
+
+rwcl_up() { # the two-queue road-warrior lab with roamgate as a site (or client) in PFX-rw
+    rw_up 2
+    ip -n "$p-lan" route add 10.7.0.0/24 via 10.9.0.1
+    ns_add home
+    ip link add lan0 netns "$p-home" address 02:00:00:00:07:fe numtxqueues 2 numrxqueues 2 \
+        type veth peer name lan netns "$p-rw" address 02:00:00:00:07:01 \
+        numtxqueues 2 numrxqueues 2
+    gateway "$p-rw" lan eth0
+    host4 "$p-home" 10.7.0.10/24 10.7.0.1
+}
 
 rw_up() { # [queues per veth, default 1]
     local q="numtxqueues ${1:-1} numrxqueues ${1:-1}"
@@ -485,6 +499,7 @@ up) up ;;
 down) down ;;
 rw-up) rw_up ;;
 rw2q-up) rw_up 2 ;;
+rwcl2q-up) rwcl_up ;;
 rw-down) rw_down ;;
 cl-up) cl_up ;;
 cl-down) cl_down ;;
@@ -507,7 +522,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw2q-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|encnode-up|encnode-down|vcm-up|vcm-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw2q-up|rwcl2q-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|encnode-up|encnode-down|vcm-up|vcm-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

@@ -108,6 +108,22 @@ enum PerfWhat {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Per-core CHILD_SAs negotiated by IKE (RFC 9611): two roamgate endpoints negotiate
+    /// for 1 and for 2 workers on virtual time, the initiator's SAs go through the SA
+    /// repository and the placement into real workers on in-memory ports (each on its own
+    /// core, each sealing with its own SA); the encrypt rate of 2 against 1, runs
+    /// interleaved, medians.
+    PerCore {
+        /// Frame sizes in bytes, comma-separated.
+        #[arg(long, default_value = "64,1420")]
+        size: String,
+        /// Packets per worker and run.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Interleaved runs (medians shown).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// One point of the throughput matrix (worker time only), plus the bare AEAD cost of the
     /// same size: for a quick comparison or to profile one path.
     Point {
@@ -300,6 +316,36 @@ pub fn run(args: PerfArgs) -> Result<()> {
                     c.sender_ns,
                     c.via_ns - c.direct_ns,
                     c.direct_ns / c.via_ns
+                );
+            }
+            Ok(())
+        }
+        PerfWhat::PerCore {
+            size,
+            packets,
+            runs,
+        } => {
+            let backend = pipeline::crypto::best_backend();
+            println!(
+                "{backend}, encrypt, per-core CHILD_SAs negotiated by IKE; {packets} packets per worker and run, medians of {runs}"
+            );
+            for s in size.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let s: usize = s
+                    .parse()
+                    .ok()
+                    .filter(|s| (64..=1420).contains(s))
+                    .ok_or_else(|| anyhow::anyhow!("--size {s}: expected 64..=1420"))?;
+                let ((m1, c1), (m2, c2)) =
+                    roamgate_perf::per_core::compare(s, packets, runs, backend)
+                        .map_err(|e| anyhow::anyhow!("{s} B: {e}"))?;
+                let children = (c1, c2);
+                println!(
+                    "{s:>5} B: 1 worker ({} CHILD_SA) {:.2} Mpps, 2 workers ({} CHILD_SAs) {:.2} Mpps, ratio {:.2}x",
+                    children.0,
+                    m1 / 1e6,
+                    children.1,
+                    m2 / 1e6,
+                    m2 / m1
                 );
             }
             Ok(())

@@ -145,6 +145,15 @@ pub struct EndpointConfig {
     /// [`Endpoint::sync_message_ids`](crate::Endpoint::sync_message_ids) may ask the peer
     /// (an HA node that took the IKE SA over).
     pub mid_sync: bool,
+    /// RFC 9611 per-core CHILD_SAs: how many CHILD_SAs with the same selectors this end keeps
+    /// under one IKE SA, one per worker of the data plane (0 or 1: off, SA_RESOURCE_INFO is
+    /// neither sent nor answered). With more, SA_RESOURCE_INFO goes out in IKE_AUTH; once
+    /// both ends sent it, [`Endpoint::create_child_on`](crate::Endpoint::create_child_on)
+    /// adds one per worker, the peer's further ones are taken up to this many (TS_MAX_QUEUE
+    /// beyond) and each lands on a worker of this IKE SA that has none yet. A connection that
+    /// asks for a virtual IP (`request_vip`) does not offer them (its masquerade to the
+    /// virtual IP keeps per-worker sessions: an answer must return to the sealing worker).
+    pub per_core_sas: u16,
     /// The liveness check a hint starts (an unprotected INVALID_SPI or INVALID_IKE_SPI that
     /// names one of our IKE SAs, RFC 7296 1.5, 2.21.4: `exchange::hint`): sent at once, then
     /// again after each wait of this schedule; when it runs out with no authenticated answer
@@ -210,6 +219,7 @@ impl Default for EndpointConfig {
             fragmentation: Fragmentation::default(),
             unix_time_at_zero: Duration::ZERO,
             mid_sync: false,
+            per_core_sas: 0,
             hint_probe: HINT_PROBE,
             hint_holdoff: Duration::from_secs(10),
             invalid_spi_interval: Duration::from_secs(1),

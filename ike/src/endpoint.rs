@@ -89,6 +89,8 @@ pub enum ConnectError {
     NotPrivate,
     #[error("too many private notifies wait on this IKE SA")]
     QueueFull,
+    #[error("the peer did not agree to per-core CHILD_SAs (RFC 9611 SA_RESOURCE_INFO)")]
+    NoPerCore,
 }
 
 /// Private notifies that may wait per IKE SA (`Endpoint::send_private`).
@@ -430,6 +432,28 @@ impl Endpoint {
     /// per core, RFC 9611 style).
     pub fn create_child(&mut self, now: Instant, ike: IkeSaId) -> Result<(), ConnectError> {
         self.enqueue(now, ike, Action::NewChild)
+    }
+
+    /// Starts a further per-core CHILD_SA (RFC 9611) under IKE SA `ike`, with the first
+    /// one's selectors and SA_RESOURCE_INFO, its inbound SPI on worker `worker` (so the data
+    /// plane places both its SAs there). Refused ([`ConnectError::NoPerCore`]) unless both
+    /// ends sent SA_RESOURCE_INFO in IKE_AUTH ([`Endpoint::per_core`]).
+    pub fn create_child_on(
+        &mut self,
+        now: Instant,
+        ike: IkeSaId,
+        worker: u32,
+    ) -> Result<(), ConnectError> {
+        if !self.per_core(ike).ok_or(ConnectError::NoSuchSa)? {
+            return Err(ConnectError::NoPerCore);
+        }
+        self.enqueue(now, ike, Action::NewChildOn(worker))
+    }
+
+    /// Whether both ends of IKE SA `ike` agreed to per-core CHILD_SAs (RFC 9611); None when
+    /// there is no such IKE SA.
+    pub fn per_core(&self, ike: IkeSaId) -> Option<bool> {
+        self.sas.get(&ike).map(|sa| sa.state.per_core)
     }
 
     /// MOBIKE, the mobile end (RFC 4555 3.4): our address for IKE SA `ike` is now `local`.

@@ -132,6 +132,8 @@ pub(crate) struct IkeSaState {
     pub mid_sync_used: bool,
     /// Both ends sent ROAMGATE_GATEWAY_MOVE_SUPPORTED in IKE_AUTH (`exchange::gw_move`).
     pub gateway_move: bool,
+    /// Both ends sent SA_RESOURCE_INFO in IKE_AUTH (RFC 9611): one CHILD_SA per worker.
+    pub per_core: bool,
     /// The peer sent REDIRECT_SUPPORTED, or REDIRECTED_FROM, in IKE_SA_INIT (RFC 5685): it
     /// follows a REDIRECT.
     pub redirect: bool,
@@ -267,6 +269,7 @@ impl IkeSa {
                 mid_sync: false,
                 mid_sync_used: false,
                 gateway_move: false,
+                per_core: false,
                 redirect: false,
                 peer_additional: Vec::new(),
                 our_additional: Vec::new(),

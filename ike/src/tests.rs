@@ -19,6 +19,7 @@ mod init;
 mod malformed;
 mod mid_sync;
 mod mobike;
+mod per_core;
 mod view;
 
 use std::collections::VecDeque;

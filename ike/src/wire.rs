@@ -65,6 +65,8 @@ pub mod notify {
     pub const TS_UNACCEPTABLE: u16 = 38;
     pub const TEMPORARY_FAILURE: u16 = 43;
     pub const CHILD_SA_NOT_FOUND: u16 = 44;
+    /// RFC 9611 4: the responder keeps no further per-resource CHILD_SA with these selectors.
+    pub const TS_MAX_QUEUE: u16 = 48;
     pub const INITIAL_CONTACT: u16 = 16384;
     pub const NAT_DETECTION_SOURCE_IP: u16 = 16388;
     pub const NAT_DETECTION_DESTINATION_IP: u16 = 16389;
@@ -84,6 +86,10 @@ pub mod notify {
     pub const IKEV2_MESSAGE_ID_SYNC: u16 = 16422;
     pub const IKEV2_FRAGMENTATION_SUPPORTED: u16 = 16430;
     pub const SIGNATURE_HASH_ALGORITHMS: u16 = 16431;
+    /// RFC 9611: per-resource (per-core) CHILD_SAs with identical selectors. Sent in IKE_AUTH
+    /// and with each further CHILD_SA of the same selectors; both ends sending it in IKE_AUTH
+    /// agree to keep one CHILD_SA per resource (here: per worker) under the IKE SA.
+    pub const SA_RESOURCE_INFO: u16 = 16444;
     /// RFC 5685: a client that follows redirects says so in IKE_SA_INIT; the gateway names
     /// the new gateway in REDIRECT (here inside an INFORMATIONAL of the IKE SA, 5685 section 5).
     pub const REDIRECT_SUPPORTED: u16 = 16406;

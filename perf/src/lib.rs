@@ -5,6 +5,7 @@
 pub mod dpdk_ports;
 pub mod handoff;
 pub mod handshakes;
+pub mod per_core;
 pub mod rekeys;
 pub mod report;
 pub mod run;

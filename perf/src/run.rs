@@ -216,7 +216,7 @@ impl Rig {
         }
     }
 
-    fn settle(&mut self, generation: u64) {
+    pub(crate) fn settle(&mut self, generation: u64) {
         while self.link.pump() < generation {
             self.worker.poll(0);
         }
@@ -347,6 +347,14 @@ pub(crate) struct Frames {
 }
 
 impl Frames {
+    /// No frames (encrypt runs generate theirs).
+    pub(crate) fn empty() -> Frames {
+        Frames {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+
     fn get(&self, k: usize) -> &[u8] {
         let start = if k == 0 { 0 } else { self.ends[k - 1] };
         &self.bytes[start..self.ends[k]]
@@ -415,7 +423,7 @@ fn seal_into(sa: &mut OutboundSa, plain: &[u8], f: &mut MemFrame) -> Result<(), 
 /// Runs one worker over `n` packets; returns (timed packets, their inner bytes, worker time
 /// over them, all packets out). The first tenth is a warm-up, not timed.
 #[allow(clippy::too_many_arguments)]
-fn drive(
+pub(crate) fn drive(
     rig: &mut Rig,
     dir: Dir,
     size: usize,

@@ -129,8 +129,14 @@ impl ControlCore {
             spis: SpiAllocator::new(placement.layout()).spread_over(u32::from(workers)),
             ..Services::default()
         };
+        let mut ecfg = endpoint_config(&conns);
+        // RFC 9611: with several workers, one CHILD_SA per worker under an IKE SA whose peer
+        // agrees (SA_RESOURCE_INFO; a peer that does not know it ignores the status notify).
+        if workers > 1 {
+            ecfg.per_core_sas = workers;
+        }
         ControlCore {
-            endpoint: Endpoint::with_services(endpoint_config(&conns), seed, services),
+            endpoint: Endpoint::with_services(ecfg, seed, services),
             repo,
             conns,
             placement,
@@ -774,6 +780,7 @@ impl ControlCore {
                 Err(err) => self.out.error(format!("ike: {err}")),
             }
             self.direct_on_event(now, &e);
+            self.per_core_on_event(now, &e);
             self.view.mark_stale();
         }
         let mut sent = Vec::new();
@@ -794,6 +801,44 @@ impl ControlCore {
                 dst_port: t.dst.port(),
                 payload: t.data,
             });
+        }
+    }
+
+    /// RFC 9611, up front: when the first CHILD_SA of an IKE SA we initiated comes up and the
+    /// peer agreed to per-core CHILD_SAs, one more per other worker, each with its inbound
+    /// SPI on that worker (so placement puts both its SAs there).
+    fn per_core_on_event(&mut self, now: Instant, e: &ike::Event) {
+        let ike::Event::ChildUp(c) = e else {
+            return;
+        };
+        if c.rekey_of.is_some() || !c.initiated_here || self.placement.workers() < 2 {
+            return;
+        }
+        if self.endpoint.per_core(c.ike) != Some(true) {
+            self.out.log(format!(
+                "ike: {}: the peer did not agree to per-core CHILD_SAs (RFC 9611): one CHILD_SA for {} workers",
+                c.name,
+                self.placement.workers()
+            ));
+            return;
+        }
+        let live = self
+            .endpoint
+            .list()
+            .into_iter()
+            .find(|s| s.0 == c.ike)
+            .map_or(0, |s| s.3.len());
+        if live != 1 {
+            return;
+        }
+        let first = self.placement.inbound_owner(Spi(c.inbound.spi.0));
+        self.out.log(format!(
+            "ike: {}: per-core CHILD_SAs (RFC 9611): asking for {} more, one per other worker",
+            c.name,
+            self.placement.workers().saturating_sub(1)
+        ));
+        for w in (0..self.placement.workers()).filter(|w| *w != first) {
+            let _ = self.endpoint.create_child_on(now, c.ike, u32::from(w));
         }
     }
 

@@ -24,6 +24,7 @@ use std::net::IpAddr;
 
 use ike::services::spi::SpiLayout;
 use ike::ChildSpi;
+use proto::policy::{Action as PolicyAction, Prefix, Rule, Selector};
 use proto::sa::SaRef;
 use proto::{Direction, SaId, Spi, Update};
 
@@ -34,6 +35,25 @@ pub struct Placement {
     layout: SpiLayout,
     /// Outbound SA id -> owner (inbound SAs carry theirs in the SPI).
     outbound: HashMap<SaId, u16>,
+    /// With several workers: per-worker host bindings (per-core CHILD_SAs of road warriors).
+    hosts: HostCopies,
+}
+
+/// Host bindings as each worker got them, when a worker owns an outbound SA with the same
+/// selectors as the bound one (a per-core sibling, RFC 9611): that worker binds the host to
+/// its own SA.
+#[derive(Debug, Default)]
+struct HostCopies {
+    /// Outbound SA id -> its selectors (local, remote).
+    ts: HashMap<SaId, (Prefix, Prefix)>,
+    /// Selectors -> the outbound SAs that have them.
+    by_ts: HashMap<(Prefix, Prefix), Vec<SaId>>,
+    /// Host -> its binding as the repository made it (source prefix, SA).
+    bound: HashMap<IpAddr, (Prefix, SaId)>,
+    /// SA -> the (host, worker) bindings that name it in place of the repository's SA.
+    substituted: HashMap<SaId, Vec<(IpAddr, u16)>>,
+    /// Host -> the (worker, SA) substitutions of its binding (the reverse of `substituted`).
+    by_host: HashMap<IpAddr, Vec<(u16, SaId)>>,
 }
 
 /// The bits a worker id takes in an SPI for `workers` workers (0 for one).
@@ -55,6 +75,7 @@ impl Placement {
             workers,
             layout,
             outbound: HashMap::new(),
+            hosts: HostCopies::default(),
         }
     }
 
@@ -68,6 +89,7 @@ impl Placement {
             workers: 1,
             layout: SpiLayout::new(node_bits, node, 0, 0)?,
             outbound: HashMap::new(),
+            hosts: HostCopies::default(),
         })
     }
 
@@ -134,13 +156,38 @@ impl Placement {
                     None => self.by_address(params.remote),
                 };
                 self.outbound.insert(params.id, w);
+                if self.workers > 1 {
+                    let key = (params.local_ts, params.remote_ts);
+                    self.hosts.ts.insert(params.id, key);
+                    self.hosts.by_ts.entry(key).or_default().push(params.id);
+                }
                 vec![(w, u)]
             }
             Update::DeleteInbound { spi } => vec![(self.inbound_owner(*spi), u)],
-            Update::DeleteOutbound { id } => match self.outbound.remove(id) {
-                Some(w) => vec![(w, u)],
-                None => self.all(u),
-            },
+            Update::DeleteOutbound { id } => {
+                // Bindings that named this SA in place of the repository's get theirs (or
+                // another sibling) back first.
+                let mut v = self.forget_host_sa(*id);
+                match self.outbound.remove(id) {
+                    Some(w) => v.push((w, u)),
+                    None => v.extend(self.all(u)),
+                }
+                v
+            }
+            Update::BindHost { dst, src, sa } if self.workers > 1 => {
+                let (dst, src, sa) = (*dst, *src, *sa);
+                self.unbind_copies(dst);
+                self.hosts.bound.insert(dst, (src, sa));
+                (0..self.workers)
+                    .map(|w| (w, self.bind_for(w, dst, src, sa)))
+                    .collect()
+            }
+            Update::UnbindHost { dst } if self.workers > 1 => {
+                let dst = *dst;
+                self.unbind_copies(dst);
+                self.hosts.bound.remove(&dst);
+                self.all(u)
+            }
             Update::ReserveSeq { id, .. }
             | Update::CapSeq { id, .. }
             | Update::ExportSa {
@@ -188,8 +235,25 @@ impl Placement {
                     })
                     .collect()
             }
-            Update::ReplaceSpd { .. }
-            | Update::SetMasquerade { .. }
+            Update::ReplaceSpd { rules } => {
+                // Per-core CHILD_SAs (RFC 9611), or any CHILD_SAs with identical selectors:
+                // each worker's copy protects with an SA it owns where one has the rule's
+                // selector, so the sending worker seals with its own SA (no hand-off).
+                if self.workers < 2 {
+                    return vec![(0, u)];
+                }
+                (0..self.workers)
+                    .map(|w| {
+                        (
+                            w,
+                            Update::ReplaceSpd {
+                                rules: self.rules_for(w, rules),
+                            },
+                        )
+                    })
+                    .collect()
+            }
+            Update::SetMasquerade { .. }
             | Update::SetVirtualIp { .. }
             | Update::BindHost { .. }
             | Update::UnbindHost { .. }
@@ -197,6 +261,108 @@ impl Placement {
             // A gratuitous ARP / unsolicited NA is one frame on the wire: one worker sends it.
             Update::Announce { .. } => vec![(0, u)],
         }
+    }
+
+    /// Worker `w`'s binding of host `dst`: to its own outbound SA with `sa`'s selectors (the
+    /// newest), else to `sa`.
+    fn bind_for(&mut self, w: u16, dst: IpAddr, src: Prefix, sa: SaId) -> Update {
+        let own = self
+            .hosts
+            .ts
+            .get(&sa)
+            .and_then(|k| self.hosts.by_ts.get(k))
+            .and_then(|ids| {
+                ids.iter()
+                    .copied()
+                    .filter(|id| self.outbound.get(id) == Some(&w))
+                    .max_by_key(|id| id.0)
+            });
+        let id = match own {
+            _ if self.outbound.get(&sa) == Some(&w) => sa,
+            Some(mine) if mine != sa => {
+                self.hosts.by_host.entry(dst).or_default().push((w, mine));
+                self.hosts
+                    .substituted
+                    .entry(mine)
+                    .or_default()
+                    .push((dst, w));
+                mine
+            }
+            _ => sa,
+        };
+        Update::BindHost { dst, src, sa: id }
+    }
+
+    /// Forgets the per-worker substitutions of host `dst`.
+    fn unbind_copies(&mut self, dst: IpAddr) {
+        for (w, id) in self.hosts.by_host.remove(&dst).unwrap_or_default() {
+            if let Some(v) = self.hosts.substituted.get_mut(&id) {
+                v.retain(|x| *x != (dst, w));
+                if v.is_empty() {
+                    self.hosts.substituted.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Outbound SA `id` goes: out of the selector index, and every worker's binding that
+    /// named it in place of the repository's SA is bound again (to the repository's SA or
+    /// another sibling of that worker), before the SA's delete.
+    fn forget_host_sa(&mut self, id: SaId) -> Vec<(u16, Update)> {
+        if let Some(k) = self.hosts.ts.remove(&id) {
+            if let Some(v) = self.hosts.by_ts.get_mut(&k) {
+                v.retain(|x| *x != id);
+                if v.is_empty() {
+                    self.hosts.by_ts.remove(&k);
+                }
+            }
+        }
+        let Some(copies) = self.hosts.substituted.remove(&id) else {
+            return Vec::new();
+        };
+        for (dst, w) in &copies {
+            if let Some(v) = self.hosts.by_host.get_mut(dst) {
+                v.retain(|x| *x != (*w, id));
+                if v.is_empty() {
+                    self.hosts.by_host.remove(dst);
+                }
+            }
+        }
+        copies
+            .into_iter()
+            .filter_map(|(dst, w)| {
+                let (src, sa) = *self.hosts.bound.get(&dst)?;
+                Some((w, self.bind_for(w, dst, src, sa)))
+            })
+            .collect()
+    }
+
+    /// Worker `w`'s copy of an SPD: a rule that protects with another worker's outbound SA
+    /// takes the first SA of `w` that a rule with the same selector names, if any.
+    fn rules_for(&self, w: u16, rules: &[Rule]) -> Vec<Rule> {
+        let mut own: HashMap<Selector, SaId> = HashMap::new();
+        for r in rules {
+            if let PolicyAction::Protect(id) = r.action {
+                if self.outbound_owner(id) == Some(w) {
+                    own.entry(r.selector).or_insert(id);
+                }
+            }
+        }
+        rules
+            .iter()
+            .map(|r| match r.action {
+                PolicyAction::Protect(id) if self.outbound_owner(id) != Some(w) => {
+                    match own.get(&r.selector) {
+                        Some(mine) => Rule {
+                            action: PolicyAction::Protect(*mine),
+                            ..*r
+                        },
+                        None => *r,
+                    }
+                }
+                _ => *r,
+            })
+            .collect()
     }
 
     /// Whether worker `w` should get `u` when it restarted empty (its own SAs and what every
@@ -267,6 +433,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn each_worker_binds_a_host_to_its_own_per_core_sibling_and_gets_it_back_when_it_goes() {
+        // Updates have no PartialEq: compared by their Debug form.
+        let d = |v: Vec<(u16, Update)>| format!("{v:?}");
+        let mut p = Placement::new(2);
+        // Outbound SAs 10 (its CHILD_SA's inbound SPI on worker 0) and 11 (worker 1), same
+        // selectors; 12 on worker 1 with other selectors.
+        let pairs = |id: SaId, _: Spi| match id.0 {
+            10 => Some(Spi(0x1000_0000)),
+            _ => Some(Spi(0x9000_0000)),
+        };
+        for id in [10, 11] {
+            let u = Update::AddSa {
+                dir: Direction::Outbound,
+                params: params(id, 0x500 + id),
+            };
+            assert_eq!(p.route(u, pairs).len(), 1);
+        }
+        let mut other = params(12, 0x512);
+        other.remote_ts = "10.3.0.0/24".parse().unwrap();
+        p.route(
+            Update::AddSa {
+                dir: Direction::Outbound,
+                params: other,
+            },
+            pairs,
+        );
+        assert_eq!(p.outbound_owner(SaId(10)), Some(0));
+        assert_eq!(p.outbound_owner(SaId(11)), Some(1));
+        let dst: IpAddr = "10.99.0.7".parse().unwrap();
+        let src = "10.1.0.0/24".parse().unwrap();
+        let bind = |sa: u32| Update::BindHost {
+            dst,
+            src,
+            sa: SaId(sa),
+        };
+        assert_eq!(
+            d(p.route(bind(10), pairs)),
+            d(vec![(0, bind(10)), (1, bind(11))]),
+            "worker 1 seals with its own sibling"
+        );
+        // 11 goes: worker 1 is bound to 10 again before the delete reaches it.
+        assert_eq!(
+            d(p.route(Update::DeleteOutbound { id: SaId(11) }, pairs)),
+            d(vec![
+                (1, bind(10)),
+                (1, Update::DeleteOutbound { id: SaId(11) })
+            ])
+        );
+        // Without a sibling on the worker, the repository's SA for all.
+        assert_eq!(
+            d(p.route(bind(10), pairs)),
+            d(vec![(0, bind(10)), (1, bind(10))])
+        );
+        // One worker: the update as it is.
+        let mut one = Placement::new(1);
+        assert_eq!(d(one.route(bind(10), pairs)), d(vec![(0, bind(10))]));
     }
 
     #[test]

@@ -824,3 +824,66 @@ fn a_gateway_that_restarted_is_found_by_its_invalid_spi_and_the_client_reconnect
     assert_eq!(v["liveness_hints"]["peer_lost"], 1, "{v}");
     assert_eq!(w.gw(1).view()["liveness_hints"]["invalid_spi_sent"], 1);
 }
+
+/// The last SPD worker `i` of gateway `g` was sent.
+fn last_spd(w: &World, g: usize, i: usize) -> Vec<proto::policy::Rule> {
+    w.gws[g].link.workers[i]
+        .received
+        .iter()
+        .rev()
+        .find_map(|u| match u {
+            Update::ReplaceSpd { rules } => Some(rules.clone()),
+            _ => None,
+        })
+        .expect("an SPD")
+}
+
+#[test]
+fn two_roamgate_gateways_with_two_workers_get_one_child_sa_per_worker_and_seal_with_their_own() {
+    let mut w = World::new();
+    w.gateway(A, "192.0.2.1", 2);
+    w.gateway(B, "192.0.2.2", 2);
+    let now = w.now;
+    w.gw(0).core().initiate(now);
+    w.run_for(Duration::from_secs(1));
+    // RFC 9611: A asked for one CHILD_SA per worker up front, B agreed.
+    assert_eq!(w.gw(0).core().children().len(), 2, "A: one per worker");
+    assert_eq!(w.gw(1).core().children().len(), 2, "B: one per worker");
+    for g in 0..2 {
+        for i in 0..2 {
+            let wk = &w.gws[g].link.workers[i];
+            assert_eq!(
+                (wk.inbound.len(), wk.outbound.len()),
+                (1, 1),
+                "gateway {g} worker {i}: one CHILD_SA, both directions"
+            );
+            // The worker's SPD protects 10.x with the outbound SA it owns: the sending worker
+            // chooses its own SA, nothing is handed over.
+            let own = *wk.outbound.keys().next().unwrap();
+            let protects: Vec<proto::SaId> = last_spd(&w, g, i)
+                .iter()
+                .filter_map(|r| match r.action {
+                    proto::policy::Action::Protect(id) => Some(id),
+                    _ => None,
+                })
+                .collect();
+            assert!(!protects.is_empty());
+            assert_eq!(
+                protects[0], own,
+                "gateway {g} worker {i}: the first matching rule names its own SA"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_one_worker_peer_gets_no_per_core_child_sas() {
+    // B has two workers, A one: A sends no SA_RESOURCE_INFO, so one CHILD_SA (B's SPD copies
+    // both name it; the worker without it hands the flow over).
+    let mut w = pair(2);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.gw(1).core().children().len(), 1);
+    let a = last_spd(&w, 1, 0);
+    let b = last_spd(&w, 1, 1);
+    assert_eq!(a, b);
+}

@@ -118,6 +118,13 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED,
         vec![],
     ));
+    if ctx.config.per_core_sas > 1 && !cfg.request_vip {
+        // RFC 9611: this first CHILD_SA is the first of one per worker. Not for a client that
+        // asks for a virtual IP: it masquerades its LAN to that address, and the masquerade's
+        // sessions are per worker, so an answer must come back on the SA of the worker that
+        // sealed the request; with per-core SAs the gateway answers on its own worker's SA.
+        inner.push(Payload::notify(notify::SA_RESOURCE_INFO, vec![]));
+    }
     sa.state.phase = Phase::Auth;
     send_request(
         sa,
@@ -233,6 +240,8 @@ pub(crate) fn complete_initiator(
     sa.state.mid_sync =
         ctx.config.mid_sync && find_notify(p, notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED).is_some();
     sa.state.gateway_move = find_notify(p, notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED).is_some();
+    sa.state.per_core =
+        ctx.config.per_core_sas > 1 && find_notify(p, notify::SA_RESOURCE_INFO).is_some();
     sa.state.virtual_ip = p.iter().find_map(|x| match x {
         Payload::Cp {
             kind: cfg::REPLY,
@@ -479,6 +488,8 @@ pub(crate) fn complete(
     sa.state.mid_sync =
         ctx.config.mid_sync && find_notify(p, notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED).is_some();
     sa.state.gateway_move = find_notify(p, notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED).is_some();
+    sa.state.per_core =
+        ctx.config.per_core_sas > 1 && find_notify(p, notify::SA_RESOURCE_INFO).is_some();
     sa.state.virtual_ip = vip.map(IpAddr::V4);
     sa.state.remote_id = Some(idi.clone());
     sa.establish(ctx.now);
@@ -532,6 +543,10 @@ pub(crate) fn complete(
             notify::IKEV2_MESSAGE_ID_SYNC_SUPPORTED,
             vec![],
         ));
+    }
+    if sa.state.per_core {
+        // RFC 9611: answered only to a peer that asked, so both ends know.
+        reply.push(Payload::notify(notify::SA_RESOURCE_INFO, vec![]));
     }
     if sa.state.gateway_move {
         // Announced back only to a client that announced it (a private-use status type:

@@ -23,18 +23,21 @@ use crate::wire::{exchange, notify, proto, Payload, TrafficSelector};
 /// Sends a CREATE_CHILD_SA request for a new CHILD_SA: the replacement of inbound SPI
 /// `old_in` (REKEY_SA names it when `rekey_sa`: a rekey; without it, the peer lost that
 /// CHILD_SA), or a further one.
+/// `new_spi` is the new CHILD_SA's inbound SPI; `per_core` adds SA_RESOURCE_INFO (RFC 9611).
+#[allow(clippy::too_many_arguments)]
 fn send(
     sa: &mut IkeSa,
     ctx: &mut Ctx<'_>,
     old_in: Option<ChildSpi>,
     rekey_sa: bool,
+    new_spi: ChildSpi,
+    per_core: bool,
     esp: Vec<EspProposal>,
     tsi: Vec<TrafficSelector>,
     tsr: Vec<TrafficSelector>,
 ) {
-    let new_spi = ctx.child_spi();
     let nonce = ctx.nonce();
-    let mut p = Vec::with_capacity(5);
+    let mut p = Vec::with_capacity(6);
     if let Some(old) = old_in.filter(|_| rekey_sa) {
         p.push(Payload::Notify {
             protocol: proto::ESP,
@@ -47,6 +50,9 @@ fn send(
     p.push(Payload::Nonce(nonce.clone()));
     p.push(Payload::TsI(tsi));
     p.push(Payload::TsR(tsr));
+    if per_core {
+        p.push(Payload::notify(notify::SA_RESOURCE_INFO, vec![]));
+    }
     send_request(
         sa,
         ctx,
@@ -72,7 +78,47 @@ pub(crate) fn start_new(sa: &mut IkeSa, ctx: &mut Ctx<'_>) -> bool {
         Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
         None => (cfg.local_ts.clone(), cfg.remote_ts.clone()),
     };
-    send(sa, ctx, None, false, cfg.esp_proposals.clone(), tsi, tsr);
+    let spi = ctx.child_spi();
+    send(
+        sa,
+        ctx,
+        None,
+        false,
+        spi,
+        false,
+        cfg.esp_proposals.clone(),
+        tsi,
+        tsr,
+    );
+    true
+}
+
+/// A further per-core CHILD_SA (RFC 9611) with the first one's selectors, its inbound SPI on
+/// worker `w`. False when the peer did not agree to per-core CHILD_SAs or there is no
+/// CHILD_SA to copy the selectors from.
+pub(crate) fn start_new_on(sa: &mut IkeSa, ctx: &mut Ctx<'_>, w: u32) -> bool {
+    let Some(cfg) = sa.state.peer.clone() else {
+        return false;
+    };
+    if !sa.state.per_core {
+        return false;
+    }
+    let Some(first) = sa.state.children.iter().find(|c| !c.replaced) else {
+        return false;
+    };
+    let (tsi, tsr) = (first.local_ts.clone(), first.remote_ts.clone());
+    let spi = ctx.child_spi_for(w);
+    send(
+        sa,
+        ctx,
+        None,
+        false,
+        spi,
+        true,
+        cfg.esp_proposals.clone(),
+        tsi,
+        tsr,
+    );
     true
 }
 
@@ -101,7 +147,14 @@ pub(crate) fn start_rekey(sa: &mut IkeSa, ctx: &mut Ctx<'_>, old_in: ChildSpi) -
         .copied()
         .filter(|e| e.esn == esn)
         .collect();
-    send(sa, ctx, Some(old_in), notify, esp, lts, rts);
+    // A per-core CHILD_SA stays on its worker: the new one's inbound SPI names the same.
+    let spi = if sa.state.per_core {
+        let w = ctx.services.spis.layout().worker_of(old_in);
+        ctx.child_spi_for(w)
+    } else {
+        ctx.child_spi()
+    };
+    send(sa, ctx, Some(old_in), notify, spi, false, esp, lts, rts);
     true
 }
 
@@ -135,12 +188,35 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
         },
         None => None,
     };
-    let (lts, rts) = match &old {
-        Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
+    // RFC 9611: a further CHILD_SA of a peer that agreed to per-core CHILD_SAs, up to ours.
+    let per_core = sa.state.per_core
+        && old.is_none()
+        && super::find_notify(p, notify::SA_RESOURCE_INFO).is_some();
+    let live: Vec<ChildSpi> = sa
+        .state
+        .children
+        .iter()
+        .filter(|c| !c.replaced)
+        .map(|c| c.spi_in)
+        .collect();
+    if per_core && live.len() >= usize::from(ctx.config.per_core_sas) {
+        return Ok(vec![Payload::notify(notify::TS_MAX_QUEUE, vec![])]);
+    }
+    // A per-core CHILD_SA has its siblings' selectors (a client's virtual IP among them,
+    // which the connection's own selectors do not name).
+    let sibling = sa
+        .state
+        .children
+        .iter()
+        .find(|c| per_core && !c.replaced)
+        .map(|c| (c.local_ts.clone(), c.remote_ts.clone()));
+    let (lts, rts) = match (&old, sibling) {
+        (Some(c), _) => (c.local_ts.clone(), c.remote_ts.clone()),
+        (None, Some(ts)) => ts,
         // A further CHILD_SA (or the peer making anew one we told it INVALID_SPI for): the
         // connection's selectors; a side the connection leaves empty (a client's own: its
         // virtual IP) is the first CHILD_SA's, as `start_new` offers them.
-        None => {
+        (None, None) => {
             let first = sa.state.children.first();
             let pick = |conf: &Vec<TrafficSelector>, child: Option<&Vec<TrafficSelector>>| {
                 if conf.is_empty() {
@@ -177,7 +253,16 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
         }
         None => (None, None),
     };
-    let new_in = ctx.child_spi();
+    let new_in = match &old {
+        // A per-core CHILD_SA's rekey stays on its worker.
+        Some(o) if sa.state.per_core => {
+            let w = ctx.services.spis.layout().worker_of(o.spi_in);
+            ctx.child_spi_for(w)
+        }
+        // A per-core one goes to a worker this IKE SA has none on yet.
+        None if per_core => ctx.child_spi_apart(&live),
+        _ => ctx.child_spi(),
+    };
     let nr = ctx.nonce();
     let Some(keys) = sa.state.keys.as_ref() else {
         return Err(Reason::NotEncrypted);
@@ -227,6 +312,9 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]) -> Re
     }
     reply.push(Payload::TsI(n.tsi));
     reply.push(Payload::TsR(n.tsr));
+    if per_core {
+        reply.push(Payload::notify(notify::SA_RESOURCE_INFO, vec![]));
+    }
     Ok(reply)
 }
 

@@ -71,6 +71,7 @@ fn successor(
     new.state.virtual_ip = old.state.virtual_ip;
     new.state.mobike = old.state.mobike;
     new.state.gateway_move = old.state.gateway_move;
+    new.state.per_core = old.state.per_core;
     new.state.redirect = old.state.redirect;
     // Negotiated in IKE_SA_INIT only: a rekeyed IKE SA keeps it (RFC 7383 2.3).
     new.state.fragmentation = old.state.fragmentation;

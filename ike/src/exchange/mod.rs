@@ -179,6 +179,24 @@ impl Ctx<'_> {
         self.services.spis.child_spi(self.rng)
     }
 
+    /// A new inbound CHILD_SA SPI for worker `w` (RFC 9611 per-core CHILD_SAs).
+    pub(crate) fn child_spi_for(&mut self, w: u32) -> ChildSpi {
+        self.services.spis.child_spi_for(self.rng, w)
+    }
+
+    /// A new inbound CHILD_SA SPI for the first worker none of `taken` (inbound SPIs) is on;
+    /// when every worker has one, the next in turn.
+    pub(crate) fn child_spi_apart(&mut self, taken: &[ChildSpi]) -> ChildSpi {
+        let spis = &self.services.spis;
+        let workers = spis.workers();
+        let layout = spis.layout();
+        let free = (0..workers).find(|w| taken.iter().all(|s| layout.worker_of(*s) != *w));
+        match free {
+            Some(w) => self.child_spi_for(w),
+            None => self.child_spi(),
+        }
+    }
+
     /// Counts `reason` and sends `data` (an unprotected error answer) unless the rate limit
     /// holds it back.
     pub(crate) fn answer_unprotected(
@@ -291,6 +309,9 @@ pub(crate) enum Action {
     RekeyChild(ChildSpi),
     /// A further CHILD_SA with the first one's selectors.
     NewChild,
+    /// A further per-core CHILD_SA (RFC 9611) with the first one's selectors, its inbound
+    /// SPI on this worker.
+    NewChildOn(u32),
     UpdateAddresses,
     RekeyIke,
     DeleteChild(ChildSpi),
@@ -692,6 +713,7 @@ pub(crate) fn next_action(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
                 true
             }
             Action::NewChild => child::start_new(sa, ctx),
+            Action::NewChildOn(w) => child::start_new_on(sa, ctx, w),
             Action::RekeyChild(old_in) => child::start_rekey(sa, ctx, old_in),
             Action::UpdateAddresses => {
                 mobike::start_update(sa, ctx);

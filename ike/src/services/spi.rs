@@ -202,6 +202,11 @@ impl SpiAllocator {
         self
     }
 
+    /// How many workers inbound CHILD_SA SPIs are spread over (at least 1).
+    pub fn workers(&self) -> u32 {
+        self.spread.max(1)
+    }
+
     /// A new IKE SA SPI of ours.
     pub fn ike_spi<R: RngCore>(&mut self, rng: &mut R) -> IkeSpi {
         loop {
