@@ -57,7 +57,16 @@ use proto::{Datagram, Direction, Event, Update};
 use super::filter::{Client, Filters};
 use super::msg::{ike_spi_i, EdgeId, EdgeMsg, NodeMsg, MAX_CARRIER_UPDATES};
 use super::placement::SaPlacement;
-use super::repository::{edge_name, Recovered, RecoveryReport, StoreBatch, StoreOp};
+use super::repository::{
+    edge_name, Recovered, RecoveryReport, StoreBatch, StoreOp, PLACED_CHILD, PLACED_COPY,
+};
+
+/// A carrier's inbound SA of a CHILD_SA (the holder's own).
+const CARRIED_IN: u8 = 1;
+/// A carrier's outbound SA of a CHILD_SA.
+const CARRIED_OUT: u8 = 2;
+/// A carrier's watched copy of a CHILD_SA's inbound SA (ahead of the client).
+const CARRIED_COPY: u8 = 4;
 use super::store::{Record, RecordKey};
 use crate::core::{ControlCore, Output};
 
@@ -191,6 +200,9 @@ pub struct CryptoNode {
     store: Option<StoreState>,
     /// How far past its last used number an edge may send ([`DEFAULT_SEQ_GRANT`]).
     seq_grant: u64,
+    /// Watched copies the store says edges hold of CHILD_SAs this node did not keep at its
+    /// recovery: deleted on each edge when it says hello as the process the store knew.
+    orphan_copies: BTreeMap<EdgeId, Vec<proto::Spi>>,
     /// Inbound SAs go to every connected edge when they are made (a watched copy on each
     /// edge but the forwarding one), so ESP decrypts wherever the client's path goes.
     spread: bool,
@@ -234,8 +246,8 @@ struct StoreState {
     /// Outbound SA id -> the inbound SPI of its CHILD_SA (the key both directions live under).
     pair: HashMap<proto::SaId, proto::Spi>,
     /// The AddSa directions a carrier holds, by (edge, carrier number): (inbound SPI of the
-    /// CHILD_SA, outbound).
-    carried: BTreeMap<(EdgeId, u64), Vec<(proto::Spi, bool)>>,
+    /// CHILD_SA, [`CARRIED_IN`], [`CARRIED_OUT`] or [`CARRIED_COPY`]).
+    carried: BTreeMap<(EdgeId, u64), Vec<(proto::Spi, u8)>>,
     /// Directions an edge applied of a CHILD_SA not yet recorded as placed (bit 0 inbound,
     /// bit 1 outbound).
     applied: HashMap<(EdgeId, proto::Spi), u8>,
@@ -282,6 +294,7 @@ impl CryptoNode {
             store: None,
             seq_grant: DEFAULT_SEQ_GRANT,
             spread: true,
+            orphan_copies: BTreeMap::new(),
             marks: HashMap::new(),
             move_times: VecDeque::new(),
             filters: FilterState::default(),
@@ -480,6 +493,13 @@ impl CryptoNode {
                 for e in edges {
                     let _ = self.placement.place(Direction::Inbound, pin, *e);
                 }
+                // The watched copies stay where they are: deleted with their CHILD_SA.
+                for e in rec.copies.get(&spi_in).into_iter().flatten() {
+                    if !edges.contains(e) {
+                        let _ = self.placement.place(Direction::Inbound, pin, *e);
+                        report.copies_kept += 1;
+                    }
+                }
                 let _ = self.placement.place(Direction::Outbound, pout, first);
                 if let Some(seq) = rec.seqs.get(&spi_in) {
                     self.placement.report_seq(first, pout.id, seq.0, false);
@@ -497,6 +517,27 @@ impl CryptoNode {
                 self.peer_edge.set(s.record.remote.ip(), e);
             }
             stored.push(s);
+        }
+        // Copies of CHILD_SAs not kept (no edge held both directions, or gone from their IKE
+        // SA): their records go now, the SAs when the edge that holds them says hello.
+        for (spi, edges) in &rec.copies {
+            if installed.contains(&ike::ChildSpi(spi.0)) {
+                continue;
+            }
+            for e in edges {
+                if rec.placements.get(spi).is_some_and(|p| p.contains(e)) {
+                    continue;
+                }
+                self.store_op(
+                    StoreOp::Delete(RecordKey::Placement {
+                        spi: spi.0,
+                        edge: edge_name(*e),
+                    }),
+                    false,
+                );
+                self.orphan_copies.entry(*e).or_default().push(*spi);
+                report.copies_deleted += 1;
+            }
         }
         if let Some(st) = &mut self.store {
             st.known_edges = rec.edges;
@@ -768,22 +809,32 @@ impl CryptoNode {
             .map(|(k, _)| *k)
             .collect();
         for k in done {
-            for (spi, outbound) in st.carried.remove(&k).unwrap_or_default() {
-                let bits = st.applied.entry((edge, spi)).or_default();
-                *bits |= if outbound { 2 } else { 1 };
-                if *bits == 3 {
+            for (spi, kind) in st.carried.remove(&k).unwrap_or_default() {
+                let version = if kind == CARRIED_COPY {
+                    // A copy is recorded as one (a node that recovers deletes it with its
+                    // CHILD_SA, or keeps it there); an edge the outbound SA left (a move)
+                    // holds a copy from its re-arm on.
                     st.applied.remove(&(edge, spi));
-                    st.ops.push(StoreOp::Put(
-                        RecordKey::Placement {
-                            spi: spi.0,
-                            edge: edge_name(edge),
-                        },
-                        Record::Placement {
-                            version: 1,
-                            at_ms: st.wall_ms,
-                        },
-                    ));
-                }
+                    PLACED_COPY
+                } else {
+                    let bits = st.applied.entry((edge, spi)).or_default();
+                    *bits |= kind;
+                    if *bits != CARRIED_IN | CARRIED_OUT {
+                        continue;
+                    }
+                    st.applied.remove(&(edge, spi));
+                    PLACED_CHILD
+                };
+                st.ops.push(StoreOp::Put(
+                    RecordKey::Placement {
+                        spi: spi.0,
+                        edge: edge_name(edge),
+                    },
+                    Record::Placement {
+                        version,
+                        at_ms: st.wall_ms,
+                    },
+                ));
             }
         }
     }
@@ -862,12 +913,21 @@ impl CryptoNode {
                 ids.len()
             ));
             let globals: Vec<Update> = self.globals.values().cloned().collect();
+            let orphans = self.orphan_copies.remove(&edge).unwrap_or_default();
             if let Some(l) = self.edges.get_mut(&edge) {
                 l.pending.extend(globals);
+                l.pending
+                    .extend(orphans.into_iter().map(|spi| Update::DeleteInbound { spi }));
             }
+            // Copies it lacks (made while it was away, or not acknowledged before the
+            // restart) come again.
+            self.spread_to(edge);
             self.flush(edge, now);
             return;
         }
+        // A new process holds nothing: no copy to delete there.
+        self.orphan_copies.remove(&edge);
+        let l = self.edges.entry(edge).or_default();
         let same = l.incarnation == Some(incarnation);
         l.incarnation = Some(incarnation);
         if same {
@@ -1177,7 +1237,10 @@ impl CryptoNode {
                 continue;
             };
             let holders = self.placement.outbound_edges(ch.out_id);
-            if holders.contains(&edge) || !holders.iter().any(|h| self.is_connected(*h)) {
+            if holders.contains(&edge)
+                || !holders.iter().any(|h| self.is_connected(*h))
+                || self.placement.inbound_edges(spi).contains(&edge)
+            {
                 continue;
             }
             let Some(mut p) = self.placement.inbound_params(spi) else {
@@ -1250,17 +1313,26 @@ impl CryptoNode {
             self.stats.carriers += 1;
             self.stats.updates_carried += chunk.len() as u64;
             if let Some(st) = &mut self.store {
-                let adds: Vec<(proto::Spi, bool)> = chunk
+                let adds: Vec<(proto::Spi, u8)> = chunk
                     .iter()
                     .filter_map(|u| match u {
+                        // A watched inbound SA is a copy (`route_update`, `spread_to`,
+                        // `rearm`); the holder's own is not watched.
                         Update::AddSa {
                             dir: Direction::Inbound,
                             params,
-                        } => Some((params.spi, false)),
+                        } => Some((
+                            params.spi,
+                            if params.checkpoint.is_some() {
+                                CARRIED_COPY
+                            } else {
+                                CARRIED_IN
+                            },
+                        )),
                         Update::AddSa {
                             dir: Direction::Outbound,
                             params,
-                        } => st.pair.get(&params.id).map(|s| (*s, true)),
+                        } => st.pair.get(&params.id).map(|s| (*s, CARRIED_OUT)),
                         _ => None,
                     })
                     .collect();

@@ -111,6 +111,11 @@ pub fn parse_edge_name(n: &Name) -> Option<EdgeId> {
     n.as_str().strip_prefix("edge-")?.parse().ok()
 }
 
+/// A placement record's version for an edge that holds both directions of a CHILD SA.
+pub const PLACED_CHILD: u64 = 1;
+/// A placement record's version for an edge that holds a watched copy of its inbound SA.
+pub const PLACED_COPY: u64 = 2;
+
 /// What the store holds, decoded, for [`CryptoNode::recover`].
 #[derive(Debug, Default)]
 pub struct Recovered {
@@ -119,6 +124,8 @@ pub struct Recovered {
     pub children: BTreeMap<(Spi, bool), SaParams>,
     /// Inbound SPI -> the edges that acknowledged both directions.
     pub placements: BTreeMap<Spi, BTreeSet<EdgeId>>,
+    /// Inbound SPI -> the edges that acknowledged a watched copy of the inbound SA.
+    pub copies: BTreeMap<Spi, BTreeSet<EdgeId>>,
     /// Inbound SPI -> the freshest outbound sequence report.
     pub seqs: BTreeMap<Spi, (u64,)>,
     /// Live edges (their lease has not expired) -> their incarnation.
@@ -137,6 +144,11 @@ pub struct RecoveryReport {
     pub rekeyed: usize,
     pub refused: Vec<(ike::IkeSaId, String)>,
     pub orphans_deleted: usize,
+    /// Watched inbound copies left on their edges (their CHILD_SA kept).
+    pub copies_kept: usize,
+    /// Watched inbound copies of CHILD_SAs not kept: their records deleted, the SAs deleted
+    /// on their edges at hello.
+    pub copies_deleted: usize,
     /// The store's revision it was read at.
     pub revision: i64,
 }
@@ -216,9 +228,14 @@ impl<S: Store> NodeStore<S> {
                 (RecordKey::Child { spi, outbound }, Record::ChildSa { params, .. }) => {
                     rec.children.insert((Spi(spi), outbound), *params);
                 }
-                (RecordKey::Placement { spi, edge }, Record::Placement { .. }) => {
+                (RecordKey::Placement { spi, edge }, Record::Placement { version, .. }) => {
                     if let Some(e) = parse_edge_name(&edge) {
-                        rec.placements.entry(Spi(spi)).or_default().insert(e);
+                        let into = if version == PLACED_COPY {
+                            &mut rec.copies
+                        } else {
+                            &mut rec.placements
+                        };
+                        into.entry(Spi(spi)).or_default().insert(e);
                     }
                 }
                 (RecordKey::Seq(spi), Record::Seq { seq, .. }) => {

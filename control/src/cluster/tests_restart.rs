@@ -214,7 +214,8 @@ fn the_repository_is_written_before_anything_leaves_and_placed_after_the_edge_ap
     s.run_for(Duration::from_secs(1));
     assert_eq!(s.stored_keys("ike/"), 2);
     assert_eq!(s.stored_keys("child/"), 4);
-    assert_eq!(s.stored_keys("placement/"), 2);
+    // Per CHILD_SA its edge (both directions) and a watched copy on each other edge.
+    assert_eq!(s.stored_keys("placement/"), 6);
     assert_eq!(
         s.stored_keys("edges/"),
         3,
@@ -248,6 +249,76 @@ fn the_repository_is_written_before_anything_leaves_and_placed_after_the_edge_ap
     s.w.disconnect(2);
     s.run_for(Duration::from_secs(12));
     assert_eq!(s.stored_keys("edges/"), 2);
+}
+
+#[test]
+fn watched_copies_are_placed_in_the_store_and_a_restarted_node_deletes_them_with_their_child_sa() {
+    let mut s = Stored::new(3, 2);
+    s.w.router = init_here_auth_there();
+    s.w.client_connect(0);
+    s.w.client_connect(1);
+    s.run_for(Duration::from_secs(1));
+    let spis: Vec<(Spi, Spi)> = (0..2).map(|i| s.w.child_spis(i)[0]).collect();
+    for e in 0..3 {
+        for sp in &spis {
+            assert!(s.w.holds(e, *sp).0, "edge {e} holds the inbound SA {sp:?}");
+        }
+    }
+    assert_eq!(s.stored_keys("placement/"), 6, "2 CHILD_SAs + 4 copies");
+
+    let mut repo = s.crash();
+    // A copy whose CHILD_SA the store does not hold (its records gone before the crash, the
+    // copy's not yet): deleted at the restart, from the store and from edge 0.
+    let orphan = Spi(0x0bad_0001);
+    let mut t = super::store::Txn::default();
+    repo.put(
+        &mut t,
+        &super::store::RecordKey::Placement {
+            spi: orphan.0,
+            edge: super::repository::edge_name(0),
+        },
+        &super::store::Record::Placement {
+            version: super::repository::PLACED_COPY,
+            at_ms: 1,
+        },
+        None,
+    )
+    .unwrap();
+    repo.store().call(super::store::Request::Txn(t), T).unwrap();
+    s.run_for(Duration::from_secs(2));
+    let r = s.start(repo, 5, 0xa2);
+    assert_eq!(
+        (r.kept, r.copies_kept, r.copies_deleted, r.rekeyed),
+        (2, 4, 1, 0),
+        "{r:?}"
+    );
+    assert!(
+        s.w.edges[0].link.workers[0]
+            .received
+            .iter()
+            .any(|u| matches!(u, Update::DeleteInbound { spi } if *spi == orphan)),
+        "edge 0 was told to delete the orphaned copy"
+    );
+    assert_eq!(s.stored_keys("placement/"), 6, "the orphan's record went");
+    for sp in &spis {
+        assert_eq!(
+            s.w.node.placement().inbound_edges(sp.0).len(),
+            3,
+            "the restarted node knows every copy of {sp:?}"
+        );
+    }
+    // The node ends every IKE SA: each inbound SA leaves all three edges, copies included,
+    // and its placement records leave the store.
+    let now = s.w.now;
+    s.w.node.core_mut().begin_shutdown(now);
+    s.w.node.handle_timeout(now);
+    s.run_for(Duration::from_secs(2));
+    for e in 0..3 {
+        for sp in &spis {
+            assert!(!s.w.holds(e, *sp).0, "edge {e} still holds {sp:?}");
+        }
+    }
+    assert_eq!(s.stored_keys("placement/"), 0);
 }
 
 #[test]

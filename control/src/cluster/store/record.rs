@@ -55,7 +55,9 @@ pub enum Record {
         dir: Direction,
         params: Box<SaParams>,
     },
-    /// The edge in the key holds the CHILD SA in the key.
+    /// The edge in the key holds the CHILD SA in the key: version 1 both directions
+    /// (`repository::PLACED_CHILD`), version 2 a watched copy of its inbound SA only
+    /// (`repository::PLACED_COPY`, ahead of the client).
     Placement { version: u64, at_ms: u64 },
     /// The freshest outbound sequence state of a CHILD SA: the highest sequence number the
     /// reporter may have used.
