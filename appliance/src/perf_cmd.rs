@@ -693,8 +693,9 @@ fn sa_scale(dirs: &str, sizes: &str, sas: &str, packets: u64, runs: usize) -> Re
     let backend = pipeline::crypto::best_backend();
     let (out_b, in_b) = perf_run::sa_footprint(backend);
     println!(
-        "{backend} ({}), per-SA footprint: outbound {out_b} B, inbound {in_b} B; {packets} packets per point, medians of {runs}",
-        pipeline::crypto::ipsecmb_arch().unwrap_or("-")
+        "{backend} ({}), per-SA footprint: outbound {out_b} B, inbound {in_b} B; {packets} packets per point, medians of {runs}; GLIBC_TUNABLES={}",
+        pipeline::crypto::ipsecmb_arch().unwrap_or("-"),
+        std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| "-".into())
     );
     for &dir in &dirs {
         for &size in &sizes {

@@ -153,52 +153,77 @@ fn init() -> Result<Runtime, String> {
     rt
 }
 
-/// One AES-GCM key on the ipsec-mb backend: the entry points, then the expanded key and
-/// GHASH tables inline (one allocation, no pointer to chase between the SA record and the key
-/// data, so that one prefetch stage reaches all of it).
+/// One AES-GCM key on the ipsec-mb backend: the expanded key and GHASH tables and nothing
+/// else (`AES256` selects the key size). The entry points are process-wide (the runtime's), so
+/// a packet reads no line of the key state but the round keys and the GHASH powers its length
+/// needs, and each SA's key state is `gcm_key_data` alone (1 KiB, 64-byte aligned: `Box`
+/// honours the alignment).
 #[repr(C)]
-pub(super) struct IpsecMbGcm {
-    enc: EncDecFn,
-    dec: EncDecFn,
-    alg: AeadAlg,
-    /// Expanded key + GHASH tables; `gcm_key_data` is `align(64)`, so it starts on the
-    /// struct's second cache line (and `Box` honours the alignment).
+pub(super) struct IpsecMbGcm<const AES256: bool> {
     key: gcm_key_data,
 }
 
-impl IpsecMbGcm {
+/// Expands `key` for `alg`. Returns `None` if the backend is unavailable.
+///
+/// # Panics
+/// If `key.len() != alg.key_len()` (checked by `new_aead` before).
+pub(super) fn new_gcm(alg: AeadAlg, key: &[u8]) -> Option<Box<dyn Aead>> {
+    Some(match alg {
+        AeadAlg::AesGcm128 => IpsecMbGcm::<false>::new(key)? as Box<dyn Aead>,
+        AeadAlg::AesGcm256 => IpsecMbGcm::<true>::new(key)? as Box<dyn Aead>,
+    })
+}
+
+impl<const AES256: bool> IpsecMbGcm<AES256> {
+    const ALG: AeadAlg = if AES256 {
+        AeadAlg::AesGcm256
+    } else {
+        AeadAlg::AesGcm128
+    };
+
     /// Expands `key`. Returns `None` if the backend is unavailable.
     ///
     /// # Panics
-    /// If `key.len() != alg.key_len()` (checked by `new_aead` before).
-    pub(super) fn new(alg: AeadAlg, key: &[u8]) -> Option<Box<Self>> {
-        assert_eq!(key.len(), alg.key_len(), "key length checked by new_aead");
+    /// If `key.len() != Self::ALG.key_len()` (checked by `new_aead` before).
+    fn new(key: &[u8]) -> Option<Box<Self>> {
+        assert_eq!(
+            key.len(),
+            Self::ALG.key_len(),
+            "key length checked by new_aead"
+        );
         let rt = runtime()?;
-        let (pre, enc, dec) = match alg {
-            AeadAlg::AesGcm128 => (rt.pre128, rt.enc128, rt.dec128),
-            AeadAlg::AesGcm256 => (rt.pre256, rt.enc256, rt.dec256),
-        };
+        let pre = if AES256 { rt.pre256 } else { rt.pre128 };
         let mut me = Box::new(Self {
-            enc,
-            dec,
-            alg,
             key: gcm_key_data::default(),
         });
-        // SAFETY: `pre` is the gcmXXX_pre entry point matching `alg`; it reads exactly
-        // alg.key_len() bytes from `key` (asserted above) and writes only into `me.key`, a
+        // SAFETY: `pre` is the gcmXXX_pre entry point matching `Self::ALG`; it reads exactly
+        // ALG.key_len() bytes from `key` (asserted above) and writes only into `me.key`, a
         // valid, exclusively borrowed, 64-byte-aligned gcm_key_data.
         unsafe { pre(key.as_ptr().cast(), &mut me.key) };
         Some(me)
     }
 
+    /// The encrypt and decrypt entry points of this key size.
+    #[inline(always)]
+    fn entry() -> (EncDecFn, EncDecFn) {
+        // A key exists only after `new` found the runtime initialised, and an initialised
+        // `OnceLock` stays so: this cannot fail.
+        let rt = RUNTIME
+            .get()
+            .and_then(|r| r.as_ref().ok())
+            .expect("ipsec-mb runtime initialised before its first key");
+        if AES256 {
+            (rt.enc256, rt.dec256)
+        } else {
+            (rt.enc128, rt.dec128)
+        }
+    }
+
     /// The byte ranges of `gcm_key_data` a seal or open of `len` bytes reads, as measured
     /// for the code path in use (see the test `key_data_lines_read`): the round keys, and the
     /// GHASH key powers it multiplies with.
-    fn hot_key_bytes(&self, len: usize) -> [(usize, usize); 2] {
-        let rounds = match self.alg {
-            AeadAlg::AesGcm128 => 11 * 16,
-            AeadAlg::AesGcm256 => 15 * 16,
-        };
+    fn hot_key_bytes(len: usize) -> [(usize, usize); 2] {
+        let rounds = if AES256 { 15 * 16 } else { 11 * 16 };
         // Blocks of ciphertext plus the AAD and length blocks.
         let blocks = len.div_ceil(16) + 2;
         [(0, rounds), hkey_span(blocks)]
@@ -221,7 +246,7 @@ fn hkey_span(blocks: usize) -> (usize, usize) {
     }
 }
 
-impl Drop for IpsecMbGcm {
+impl<const AES256: bool> Drop for IpsecMbGcm<AES256> {
     fn drop(&mut self) {
         // SAFETY: gcm_key_data consists only of u8 arrays (and a union of u8 arrays): no
         // pointers, no Drop impls, all-zero is a valid value. The pointer comes from a live
@@ -230,10 +255,10 @@ impl Drop for IpsecMbGcm {
     }
 }
 
-impl fmt::Debug for IpsecMbGcm {
+impl<const AES256: bool> fmt::Debug for IpsecMbGcm<AES256> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IpsecMbGcm")
-            .field("alg", &self.alg)
+            .field("alg", &Self::ALG)
             .finish_non_exhaustive()
     }
 }
@@ -249,21 +274,20 @@ fn wipe(ctx: &mut gcm_context_data) {
     core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
 }
 
-impl Aead for IpsecMbGcm {
+impl<const AES256: bool> Aead for IpsecMbGcm<AES256> {
     fn backend(&self) -> Backend {
         Backend::IpsecMb
     }
 
     fn alg(&self) -> AeadAlg {
-        self.alg
+        Self::ALG
     }
 
     #[inline]
     fn prefetch(&self, len: usize) {
-        // The entry points (first line), then the round keys and the GHASH powers a packet
-        // of this length reads: 5 to 7 lines at 64 B instead of the whole 1 KiB.
-        crate::prefetch::line(self);
-        for (at, n) in self.hot_key_bytes(len) {
+        // The round keys and the GHASH powers a packet of this length reads: 5 lines at
+        // 64 B (AES-128, VAES) instead of the whole 1 KiB.
+        for (at, n) in Self::hot_key_bytes(len) {
             crate::prefetch::range(&self.key, at, n);
         }
     }
@@ -282,14 +306,15 @@ impl Aead for IpsecMbGcm {
     ) {
         let mut ctx = gcm_context_data::default();
         let p = buf.as_mut_ptr();
-        // `self.enc` is the gcmXXX_enc matching the key size of `self.key` (expanded by the
+        let (enc, _) = Self::entry();
+        // `enc` is the gcmXXX_enc matching the key size of `self.key` (expanded by the
         // matching gcmXXX_pre). The library reads/writes exactly `buf.len()` bytes at `p`
         // (in place, dst == src, is supported), reads 12 bytes of nonce and `aad.len()` of
         // AAD, writes TAG_LEN bytes of tag, and uses `ctx` as scratch.
         // SAFETY: all pointers come from live references of at least those lengths (an empty
         // slice's dangling pointer is never dereferenced since its length is 0).
         unsafe {
-            (self.enc)(
+            enc(
                 &self.key,
                 &mut ctx,
                 p,
@@ -316,10 +341,11 @@ impl Aead for IpsecMbGcm {
         let mut ctx = gcm_context_data::default();
         let mut computed = [0u8; TAG_LEN];
         let p = buf.as_mut_ptr();
+        let (_, dec) = Self::entry();
         // SAFETY: as in seal_in_place, with the matching gcmXXX_dec; the computed tag is
         // written to the local `computed` array of TAG_LEN bytes.
         unsafe {
-            (self.dec)(
+            dec(
                 &self.key,
                 &mut ctx,
                 p,
@@ -349,19 +375,21 @@ mod tests {
     /// The 64-byte lines of `gcm_key_data` whose contents change what a seal of `len` bytes
     /// (with 8 bytes of AAD, as ESP without ESN) produces: the lines the code path in use
     /// reads. Each line in turn is overwritten with garbage and the output compared.
-    fn lines_read(alg: AeadAlg, len: usize) -> Vec<usize> {
+    fn lines_read<const W: bool>(len: usize) -> Vec<usize> {
         let k = [0x42u8; 32];
-        let g = IpsecMbGcm::new(alg, &k[..alg.key_len()]).expect("ipsec-mb available");
+        let alg = IpsecMbGcm::<W>::ALG;
+        let g = IpsecMbGcm::<W>::new(&k[..alg.key_len()]).expect("ipsec-mb available");
+        let (enc, _) = IpsecMbGcm::<W>::entry();
         let seal = |kd: &gcm_key_data| {
             let mut buf: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut tag = [0u8; TAG_LEN];
             let mut ctx = gcm_context_data::default();
             let (nonce, aad) = ([7u8; NONCE_LEN], [9u8; 8]);
             let p = buf.as_mut_ptr();
-            // SAFETY: as in `seal_in_place`: `g.enc` matches the key size `kd` was expanded
+            // SAFETY: as in `seal_in_place`: `enc` matches the key size `kd` was expanded
             // for, and every pointer covers the length passed with it.
             unsafe {
-                (g.enc)(
+                enc(
                     kd,
                     &mut ctx,
                     p,
@@ -397,17 +425,24 @@ mod tests {
             .collect()
     }
 
-    /// The lines `IpsecMbGcm::prefetch` covers for `len` bytes, relative to the key data.
-    fn lines_prefetched(alg: AeadAlg, len: usize) -> Vec<usize> {
-        let k = [0x42u8; 32];
-        let g = IpsecMbGcm::new(alg, &k[..alg.key_len()]).expect("ipsec-mb available");
-        let mut v: Vec<usize> = g
-            .hot_key_bytes(len)
+    /// The lines `IpsecMbGcm::prefetch` covers for `len` bytes, relative to the key data
+    /// (which is the whole of the key state: a prefetch reaches nothing else).
+    fn lines_prefetched<const W: bool>(len: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = IpsecMbGcm::<W>::hot_key_bytes(len)
             .iter()
             .flat_map(|&(at, n)| (at / 64)..(at + n).div_ceil(64))
             .collect();
         v.dedup();
         v
+    }
+
+    #[test]
+    fn key_state_is_the_key_data_alone() {
+        assert_eq!(
+            core::mem::size_of::<IpsecMbGcm<false>>(),
+            core::mem::size_of::<gcm_key_data>()
+        );
+        assert_eq!(core::mem::align_of::<IpsecMbGcm<true>>(), 64);
     }
 
     /// What the prefetch of a packet's key data covers every line the library reads for it
@@ -423,8 +458,12 @@ mod tests {
         for alg in [AeadAlg::AesGcm128, AeadAlg::AesGcm256] {
             // 64 B and 1420 B frames, as ESP payloads, and the sizes between.
             for len in [1, 16, 52, 64, 100, 256, 500, 1024, 1408] {
-                let read = lines_read(alg, len);
-                let pre = lines_prefetched(alg, len);
+                let (read, pre) = match alg {
+                    AeadAlg::AesGcm128 => {
+                        (lines_read::<false>(len), lines_prefetched::<false>(len))
+                    }
+                    AeadAlg::AesGcm256 => (lines_read::<true>(len), lines_prefetched::<true>(len)),
+                };
                 println!("{arch} {alg} {len} B: reads lines {read:?}, prefetches {pre:?}");
                 let missed: Vec<_> = read.iter().filter(|l| !pre.contains(l)).collect();
                 assert!(

@@ -175,9 +175,9 @@ pub fn new_aead(backend: Backend, alg: AeadAlg, key: &[u8]) -> Result<Box<dyn Ae
         Backend::Ring => Ok(Box::new(ring_backend::RingGcm::new(alg, key))),
         Backend::Null => Ok(Box::new(null::NullAead::new(alg))),
         #[cfg(ipsecmb)]
-        Backend::IpsecMb => ipsecmb::IpsecMbGcm::new(alg, key)
-            .map(|a| a as Box<dyn Aead>)
-            .ok_or(KeyError::BackendUnavailable(Backend::IpsecMb)),
+        Backend::IpsecMb => {
+            ipsecmb::new_gcm(alg, key).ok_or(KeyError::BackendUnavailable(Backend::IpsecMb))
+        }
         #[cfg(not(ipsecmb))]
         Backend::IpsecMb => Err(KeyError::BackendUnavailable(Backend::IpsecMb)),
     }
