@@ -450,6 +450,11 @@ impl CryptoNode {
         }
     }
 
+    /// Every batch up to this one is committed (0: none, or no store).
+    pub fn store_committed_through(&self) -> u64 {
+        self.store.as_ref().map_or(0, |s| s.committed)
+    }
+
     /// An edge said hello (edge, its incarnation): the driver keeps its liveness record
     /// under a lease.
     pub fn poll_edge_live(&mut self) -> Option<(EdgeId, u64)> {
