@@ -306,7 +306,10 @@ impl<S: Store> Rig<S> {
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             moved = true;
         }
-        self.node.handle_timeout(now);
+        let t = WallInstant::now();
+        if self.node.handle_timeout(now) {
+            self.node.core_mut().set_view_cost(t.elapsed());
+        }
         moved |= self.store.turn(&mut self.node, now, wall);
         for (i, e) in self.edges.iter_mut().enumerate() {
             while let Some(m) = self.node.poll_for(i as EdgeId) {
@@ -500,6 +503,12 @@ pub fn run<S: Store>(
                 .connect(now, "rw", SocketAddr::new(client_addr(started), 500), gw)
                 .map_err(|e| format!("{e:?}"))?;
             started += 1;
+        }
+        // Anything dropped (admission) is retransmitted; retransmitted IKE_AUTHs are not
+        // kept twice.
+        let now = rig.now();
+        if rig.clients.poll_timeout().is_some_and(|t| t <= now) {
+            rig.clients.handle_timeout(now);
         }
         if !rig.turn()? {
             std::thread::sleep(Duration::from_micros(50));
