@@ -221,6 +221,9 @@ fn conns(yaml: &str) -> Result<Vec<crate::config::ike::Connection>, String> {
         .map_err(err)
 }
 
+/// Called every turn with the store and the wall clock (ms).
+pub type Tick<S> = Box<dyn FnMut(&mut S, u64)>;
+
 /// The cluster under test around `store`.
 struct Rig<S: Store> {
     start: WallInstant,
@@ -240,7 +243,7 @@ struct Rig<S: Store> {
     acked: Vec<u8>,
     done_at: Vec<Option<WallInstant>>,
     done: usize,
-    tick: Box<dyn FnMut(&mut S, u64)>,
+    tick: Tick<S>,
 }
 
 impl<S: Store> Rig<S> {
@@ -412,11 +415,7 @@ fn thread_cpu() -> Duration {
 
 /// Runs the figure against `store`; `tick` is called every turn with the wall clock (ms)
 /// (the memory backend's leases run on it; etcd needs nothing).
-pub fn run<S: Store>(
-    plan: &Plan,
-    store: S,
-    tick: Box<dyn FnMut(&mut S, u64)>,
-) -> Result<Figures, String> {
+pub fn run<S: Store>(plan: &Plan, store: S, tick: Tick<S>) -> Result<Figures, String> {
     let backend = pipeline::crypto::best_backend();
     let pool_bits = 32 - (usize::BITS - (plan.clients + 16).leading_zeros()).max(8);
     let node_conns = conns(&format!(
