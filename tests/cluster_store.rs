@@ -20,6 +20,12 @@
 //!   forwards to b), a dying unannounced: b takes its block and address over after the lease
 //!   (2 s); prints `masq_store case=etcd alloc_ms=.. push_ms=.. takeover_ms=..`.
 //!
+//! - `installs_reach_every_edge_through_etcd` (issue 18, `roamgate perf cluster`'s harness
+//!   at 200 clients, `CLUSTER_PERF_CLIENTS` for more): the real crypto node and 3 edges in
+//!   process, every client's IKE_AUTH through its edge: every SA acknowledged by all 3 edges,
+//!   every client up, the store holding each IKE SA, both CHILD SA directions and 3
+//!   placements; unknown-SPI carriers at a 4th edge; prints `cluster case=perf-etcd ..`.
+//!
 //! Run time: about 14 s in all (the masq case about 4 s). Needs `etcd` and `etcdctl` (prints SKIP without them unless
 //! ROAMGATE_REQUIRE_TOOLS=1). Uses free loopback ports only; run under the shared lock with
 //! the other multi-process tests: `flock -o /tmp/roamgate-netns.lock cargo test -p
@@ -632,4 +638,72 @@ fn masq_coordinator_on_etcd() {
     println!(
         "masq_store case=etcd alloc_ms={alloc_ms:.1} push_ms={push_ms:.1} takeover_ms={takeover_ms:.0} (lease ttl 2 s)"
     );
+}
+
+#[test]
+fn installs_reach_every_edge_through_etcd() {
+    let Some(cluster) = etcd::cluster("cluster_perf", 3) else {
+        println!("SKIP: etcd/etcdctl not installed");
+        return;
+    };
+    let n: usize = std::env::var("CLUSTER_PERF_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let plan = control::cluster::perf::Plan {
+        clients: n,
+        window: 64,
+        unknown: 20,
+        timeout: Duration::from_secs(120),
+    };
+    let dir = std::env::temp_dir().join(format!("roamgate-cluster-perf-{}", std::process::id()));
+    // CLUSTER_PERF_MEM=1: the same run on the memory backend too (the figure without etcd).
+    let mem = std::env::var("CLUSTER_PERF_MEM").is_ok_and(|v| v == "1");
+    let r = control::cluster::perf::run_etcd(&plan, Some(cluster.endpoints()), &dir, None, mem)
+        .expect("perf cluster through etcd");
+    let f = &r.etcd;
+    println!(
+        "cluster case=perf-etcd clients={n} installs_per_s={:.0} install_ms_p50={:.1} install_ms_p99={:.1} \
+         unknown_spi_rtt_ms_p50={:.2} unknown_spi_rtt_ms_p99={:.2} etcd_puts_per_s={:.0} ratio={:.2}",
+        f.installs_per_s,
+        f.install_ms_p50,
+        f.install_ms_p99,
+        f.unknown_ms_p50,
+        f.unknown_ms_p99,
+        r.raw_puts_per_s,
+        f.installs_per_s / r.raw_puts_per_s.max(1e-9)
+    );
+    if let Some(m) = &r.mem {
+        println!(
+            "cluster case=perf-mem clients={n} installs_per_s={:.0} install_ms_p50={:.1} install_ms_p99={:.1} \
+             unknown_spi_rtt_ms_p50={:.2} node_thread_cpu_s={:.2}; etcd/mem = {:.2}; etcd run node_thread_cpu_s={:.2} wall_s={:.2}",
+            m.installs_per_s,
+            m.install_ms_p50,
+            m.install_ms_p99,
+            m.unknown_ms_p50,
+            m.cpu_secs,
+            f.installs_per_s / m.installs_per_s.max(1e-9),
+            f.cpu_secs,
+            f.install_secs
+        );
+    }
+    assert_eq!(f.installs, n, "{f:?}");
+    assert_eq!(f.clients_up, n, "every client has its CHILD_SA: {f:?}");
+    assert_eq!(
+        f.complete, n,
+        "inbound on every edge, outbound on one: {f:?}"
+    );
+    assert_eq!(f.edge_inbound, vec![n; 3], "{f:?}");
+    assert_eq!(f.edge_outbound.iter().sum::<usize>(), n, "{f:?}");
+    assert_eq!(
+        (
+            f.stored_ike,
+            f.stored_child,
+            f.stored_placed,
+            f.stored_copies
+        ),
+        (n, 2 * n, n, 2 * n),
+        "the store holds every install: {f:?}"
+    );
+    assert_eq!(f.unknown_done, 20, "{f:?}");
 }

@@ -182,6 +182,36 @@ enum PerfWhat {
         )]
         proposals: String,
     },
+    /// SA installs per second from the crypto node to 3 edges through etcd (issue 18): the
+    /// real crypto node and edge cores in one process (the channel in process through the
+    /// message codec, each edge's data plane a stand-in that prepares every update as for a
+    /// worker), simulated clients' IKE_AUTHs handed to their edges after their IKE_SA_INITs;
+    /// an install is done when all 3 edges acknowledged its SAs (written to etcd first).
+    /// Also the unknown-SPI carrier round trip at a 4th edge, etcd's single-put rate through
+    /// the same client in the same run, optionally `etcdctl check perf`, and the same run on
+    /// the memory backend. Starts a local 3-member etcd unless --endpoints is given.
+    Cluster {
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Installs under way at once.
+        #[arg(long, default_value_t = 1024)]
+        window: usize,
+        /// Unknown-SPI round trips to time (one at a time).
+        #[arg(long, default_value_t = 200)]
+        unknown: usize,
+        /// Also run `etcdctl check perf --load LOAD` (60 s) on the local cluster.
+        #[arg(long)]
+        check_perf: Option<String>,
+        /// An existing etcd (comma-separated client URLs, no TLS/auth) instead of a local one.
+        #[arg(long)]
+        endpoints: Option<String>,
+        /// Where the local cluster's data goes (on disk: etcd fsyncs).
+        #[arg(long, default_value = "target/perf-etcd-cluster")]
+        dir: PathBuf,
+        /// Skip the comparison run on the memory backend.
+        #[arg(long)]
+        no_mem: bool,
+    },
     /// SA installs per second into the cluster store on etcd (issue 18): simulated clients,
     /// each an IKE SA + 2 CHILD SA records + a placement, sealed and batched into
     /// transactions; beside it, in the same run on the same cluster, etcd's single-put rate
@@ -535,6 +565,77 @@ pub fn run(args: PerfArgs) -> Result<()> {
             );
             Ok(())
         }
+        #[cfg(feature = "etcd")]
+        PerfWhat::Cluster {
+            clients,
+            window,
+            unknown,
+            check_perf,
+            endpoints,
+            dir,
+            no_mem,
+        } => {
+            use control::cluster::perf;
+            if clients == 0 || window == 0 {
+                bail!("--clients and --window must be at least 1");
+            }
+            let plan = perf::Plan {
+                clients,
+                window,
+                unknown,
+                timeout: Duration::from_secs(600),
+            };
+            let eps = endpoints.map(|e| e.split(',').map(|e| e.trim().to_string()).collect());
+            let r = perf::run_etcd(&plan, eps, &dir, check_perf.as_deref(), !no_mem)
+                .map_err(anyhow::Error::msg)?;
+            let line = |what: &str, f: &perf::Figures| {
+                println!(
+                    "cluster {what}: clients={} installs={} installs_per_s={:.0} install_ms_p50={:.1} install_ms_p99={:.1} \
+                     unknown_spi_rtt_ms_p50={:.2} unknown_spi_rtt_ms_p99={:.2} (n={}) node_thread_cpu_s={:.2} wall_s={:.2} \
+                     txns={} ops={} clients_up={} complete={} edge_inbound={:?} edge_outbound={:?} \
+                     stored ike={} child={} placed={} copies={}",
+                    f.clients, f.installs, f.installs_per_s, f.install_ms_p50, f.install_ms_p99,
+                    f.unknown_ms_p50, f.unknown_ms_p99, f.unknown_done, f.cpu_secs, f.install_secs,
+                    f.txns, f.ops, f.clients_up, f.complete, f.edge_inbound, f.edge_outbound,
+                    f.stored_ike, f.stored_child, f.stored_placed, f.stored_copies
+                );
+            };
+            line("etcd", &r.etcd);
+            println!(
+                "  etcd single puts (same cluster and client, {} x {} B, {} in flight): {:.0} puts/s; installs/s : puts/s = {:.2}",
+                r.raw_puts,
+                r.raw_put_bytes,
+                r.raw_window,
+                r.raw_puts_per_s,
+                r.etcd.installs_per_s / r.raw_puts_per_s.max(1e-9)
+            );
+            if let Some(l) = &r.check_perf {
+                match r.check_perf_writes_per_s {
+                    Some(w) => println!(
+                        "  etcdctl check perf: {l}; installs/s : its writes/s = {:.2}",
+                        r.etcd.installs_per_s / w.max(1e-9)
+                    ),
+                    None => println!("  etcdctl check perf: {l}"),
+                }
+            }
+            if let Some(m) = &r.mem {
+                line("memory", m);
+                println!(
+                    "  installs/s through etcd : on the memory backend = {:.2}",
+                    r.etcd.installs_per_s / m.installs_per_s.max(1e-9)
+                );
+            }
+            let f = &r.etcd;
+            if f.installs != clients || f.complete != clients || f.clients_up != clients {
+                bail!("not every SA reached every edge: {f:?}");
+            }
+            Ok(())
+        }
+        #[cfg(not(feature = "etcd"))]
+        PerfWhat::Cluster { .. } => bail!(
+            "this roamgate was built without the etcd client: build it with `cargo build \
+             --release -p roamgate --features etcd` (needs protoc: Debian protobuf-compiler)"
+        ),
         #[cfg(not(feature = "etcd"))]
         PerfWhat::ClusterStore { .. } => bail!(
             "this roamgate was built without the etcd client: build it with `cargo build \

@@ -450,6 +450,11 @@ impl CryptoNode {
         }
     }
 
+    /// Every batch up to this one is committed (0: none, or no store).
+    pub fn store_committed_through(&self) -> u64 {
+        self.store.as_ref().map_or(0, |s| s.committed)
+    }
+
     /// An edge said hello (edge, its incarnation): the driver keeps its liveness record
     /// under a lease.
     pub fn poll_edge_live(&mut self) -> Option<(EdgeId, u64)> {
@@ -673,14 +678,20 @@ impl CryptoNode {
         self.core.poll_timeout()
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// Runs the core's timers that are due. True when the core rebuilt its IKE view: the
+    /// driver then tells the core what the call took (`ControlCore::set_view_cost`), so
+    /// rebuilds keep to their share of the time (with 10,000 IKE SAs a rebuild costs tens of
+    /// milliseconds).
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
         self.now = now;
+        let mut view = false;
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.current = None;
-            self.core.handle_timeout(now);
+            view = self.core.handle_timeout(now);
             self.drain(now);
         }
         self.seal_batch(now);
+        view
     }
 
     /// One message from the connection of `from` (the edge it said hello as).

@@ -16,12 +16,15 @@
 //!   key layout, sealed records).
 //! - `repository`: the crypto node's SA repository in that store: what is written before
 //!   what is sent, the recovery of a node that restarts, the loop that carries the writes.
+//! - `perf`: `roamgate perf cluster`, installs per second to three edges through the store
+//!   and the unknown-SPI carrier round trip (real node, edges and codec in one process).
 
 pub mod config;
 pub mod crypto_node;
 pub mod edge;
 pub mod filter;
 pub mod msg;
+pub mod perf;
 pub mod placement;
 pub mod repository;
 pub mod store;

@@ -105,7 +105,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Runs `reqs` with `window` in flight; returns each request's latency (ms) and the wall
 /// time.
-fn pipeline<S: Store>(
+pub(crate) fn pipeline<S: Store>(
     store: &mut S,
     reqs: Vec<Request>,
     window: usize,
@@ -286,21 +286,7 @@ pub fn run(
     }
 
     let (check_perf, check_perf_writes_per_s) = match (&plan.check_perf, local) {
-        (Some(load), Some(l)) => {
-            let out = l.etcdctl(&["check", "perf", "--load", load]).map_err(err)?;
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let line = text
-                .lines()
-                .find(|l| l.contains("Throughput"))
-                .map(str::to_string);
-            // "PASS: Throughput is 144 writes/s" or "FAIL: Throughput too low: 2651 writes/s".
-            let wps = line.as_deref().and_then(|l| {
-                let words: Vec<&str> = l.split_whitespace().collect();
-                let at = words.iter().position(|w| *w == "writes/s")?;
-                words.get(at.checked_sub(1)?)?.parse::<f64>().ok()
-            });
-            (line.or(Some(text.trim().to_string())), wps)
-        }
+        (Some(load), Some(l)) => check_perf(l, load)?,
         _ => (None, None),
     };
 
@@ -321,6 +307,51 @@ pub fn run(
         recovery_secs,
         recovered: entries.len(),
     })
+}
+
+/// `etcdctl check perf --load <load>` on `local`: its throughput line and writes/s.
+pub(crate) fn check_perf(
+    local: &LocalEtcd,
+    load: &str,
+) -> Result<(Option<String>, Option<f64>), String> {
+    let out = local
+        .etcdctl(&["check", "perf", "--load", load])
+        .map_err(err)?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Throughput"))
+        .map(str::to_string);
+    // "PASS: Throughput is 144 writes/s" or "FAIL: Throughput too low: 2651 writes/s".
+    let wps = line.as_deref().and_then(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "writes/s")?;
+        words.get(at.checked_sub(1)?)?.parse::<f64>().ok()
+    });
+    Ok((line.or(Some(text.trim().to_string())), wps))
+}
+
+/// Single puts of `bytes` each (`count` of them, `window` in flight) through `store`: etcd's
+/// own write rate through our client, the baseline of both figures.
+pub(crate) fn raw_puts<S: Store>(
+    store: &mut S,
+    count: usize,
+    bytes: usize,
+    window: usize,
+) -> Result<f64, String> {
+    let reqs: Vec<Request> = (0..count)
+        .map(|i| {
+            let mut t = Txn::default();
+            t.put(
+                format!("/roamgate-perf-raw/{}/{i:08}", std::process::id()).into_bytes(),
+                vec![0x5a; bytes],
+                None,
+            );
+            Request::Txn(t)
+        })
+        .collect();
+    let (_, secs) = pipeline(store, reqs, window.max(1))?;
+    Ok(count as f64 / secs.max(1e-9))
 }
 
 /// Starts a local 3-member cluster under `dir` and runs the figure on it.
