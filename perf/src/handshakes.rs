@@ -65,20 +65,7 @@ impl HandshakeReport {
     }
 }
 
-/// CPU time (user + system) of the calling thread.
-pub fn thread_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|s| s.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the ')'.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // USER_HZ is 100 on Linux (sysconf(_SC_CLK_TCK); fixed by the kernel ABI for /proc).
-    Duration::from_millis(ticks * 10)
-}
+pub use control::cluster::perf::thread_cpu;
 
 /// Runs `clients` handshakes (at most `in_flight` at once) with IKE proposal `proposal`
 /// (strongSwan syntax, e.g. `aes128gcm16-prfsha256-x25519`).

@@ -401,15 +401,19 @@ impl<S: Store> Rig<S> {
     }
 }
 
-/// CPU time (user + system) of the calling thread.
-fn thread_cpu() -> Duration {
+/// CPU time (user + system) of the calling thread, from `/proc/thread-self/stat` (zero where
+/// it cannot be read). Shared with the perf lab's handshake figure.
+pub fn thread_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<u64> = rest
         .split_whitespace()
         .map(|s| s.parse().unwrap_or(0))
         .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the ')'.
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // USER_HZ is 100 on Linux (sysconf(_SC_CLK_TCK); fixed by the kernel ABI for /proc).
     Duration::from_millis(ticks * 10)
 }
 
