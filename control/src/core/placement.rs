@@ -182,6 +182,13 @@ impl Placement {
                     .map(|w| (w, self.bind_for(w, dst, src, sa)))
                     .collect()
             }
+            Update::BindHostDual { dst, .. } if self.workers > 1 => {
+                // Replaces an ordinary binding of `dst` (and its per-worker substitutions).
+                let dst = *dst;
+                self.unbind_copies(dst);
+                self.hosts.bound.remove(&dst);
+                self.all(u)
+            }
             Update::UnbindHost { dst } if self.workers > 1 => {
                 let dst = *dst;
                 self.unbind_copies(dst);
@@ -256,6 +263,7 @@ impl Placement {
             Update::SetMasquerade { .. }
             | Update::SetVirtualIp { .. }
             | Update::BindHost { .. }
+            | Update::BindHostDual { .. }
             | Update::UnbindHost { .. }
             | Update::SetWanAddresses { .. } => self.all(u),
             // A gratuitous ARP / unsolicited NA is one frame on the wire: one worker sends it.
