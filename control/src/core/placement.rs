@@ -497,6 +497,19 @@ mod tests {
             d(p.route(bind(10), pairs)),
             d(vec![(0, bind(10)), (1, bind(10))])
         );
+        // On probation (dual path): every worker gets it as it is (the copy is made only
+        // where the SA lives), and an earlier binding's substitutions are forgotten.
+        p.route(bind(10), pairs);
+        let dual = Update::BindHostDual {
+            dst,
+            src,
+            sa: SaId(10),
+        };
+        assert_eq!(
+            d(p.route(dual.clone(), pairs)),
+            d(vec![(0, dual.clone()), (1, dual)])
+        );
+        assert!(!p.hosts.bound.contains_key(&dst));
         // One worker: the update as it is.
         let mut one = Placement::new(1);
         assert_eq!(d(one.route(bind(10), pairs)), d(vec![(0, bind(10))]));
