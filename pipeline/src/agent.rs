@@ -122,6 +122,11 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
             src: *src,
             sa: *sa,
         },
+        Update::BindHostDual { dst, src, sa } => Command::BindHostDual {
+            dst: *dst,
+            src: *src,
+            sa: *sa,
+        },
         Update::UnbindHost { dst } => Command::UnbindHost(*dst),
         Update::SetWanAddresses { addrs } => Command::SetWanAddresses(addrs.clone()),
         Update::ReplaceSpd { rules } => {

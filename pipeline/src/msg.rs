@@ -45,6 +45,12 @@ pub enum Command {
         src: Prefix,
         sa: SaId,
     },
+    /// A host binding on probation: the gateway path and a copy on `sa` (`worker::dual`).
+    BindHostDual {
+        dst: IpAddr,
+        src: Prefix,
+        sa: SaId,
+    },
     UnbindHost(IpAddr),
     SetWanAddresses(Vec<IpAddr>),
     /// Raise an outbound SA's reservation (never lowers it).

@@ -142,6 +142,15 @@ reasons! {
     /// A hairpinned packet while the WAN transmit queue held more than its cap (pausing WAN
     /// receive on the WAN's own queue could deadlock two gateways whose links are both full).
     HairpinQueueFull => "hairpin_queue_full", true;
+    /// A client's copy of a packet for the direct path on probation (the original took the
+    /// gateway path): the WAN transmit queue held half the frames that pause LAN receive
+    /// (under pressure the copies give way first).
+    DualPathQueueFull => "dual_path_queue_full", true;
+    /// A copy for the direct path on probation found no free buffer (the original went).
+    DualPathNoBuffer => "dual_path_no_buffer", true;
+    /// A copy for the direct path on probation too big for the WAN MTU once sealed (the
+    /// original, on the gateway path, answers with the ICMP error if it does not fit either).
+    DualPathMtuExceeded => "dual_path_mtu_exceeded", true;
     /// Buffer lacked head- or tailroom for the encapsulation.
     NoBufferRoom => "no_buffer_room", true;
     /// Not addressed to us, and nothing to route it by.
@@ -196,6 +205,9 @@ pub enum Traffic {
     /// Hairpinned packets of a pair the worker's table had no room for in the current report
     /// period (reported in a later one).
     HairpinUntracked,
+    /// Copies sealed onto a client's direct SA on probation (dual path: the original took
+    /// the gateway path); also counted as encrypted.
+    DualPathCopies,
     /// Forwarded in the clear (bypass policy).
     Bypassed,
     /// Rewritten by the masquerade.
@@ -234,6 +246,7 @@ impl Traffic {
         Traffic::Hairpinned,
         Traffic::HairpinnedBytes,
         Traffic::HairpinUntracked,
+        Traffic::DualPathCopies,
         Traffic::Bypassed,
         Traffic::Masqueraded,
         Traffic::IcmpSent,
@@ -261,6 +274,7 @@ impl Traffic {
             Traffic::Hairpinned => "hairpinned",
             Traffic::HairpinnedBytes => "hairpinned_bytes",
             Traffic::HairpinUntracked => "hairpin_untracked",
+            Traffic::DualPathCopies => "dual_path_copies",
             Traffic::Bypassed => "bypassed",
             Traffic::Masqueraded => "masqueraded",
             Traffic::IcmpSent => "icmp_sent",

@@ -7,11 +7,12 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 7)
+//! # Layout (version 9)
 //!
 //! Version 2 added SA lifetimes, 3 made the punted and transmitted datagrams one record, 4
 //! added the state an SA moves with (resume, checkpoints), `ReserveSeq`, `ExportSa` and the
-//! `SeqCheckpoint` and `SaState` events, 5 added `Announce`, 6 `CapSeq`, 7 the `Hairpin` event.
+//! `SeqCheckpoint` and `SaState` events, 5 added `Announce`, 6 `CapSeq`, 7 the `Hairpin` event,
+//! 9 `BindHostDual`.
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -33,6 +34,7 @@
 //! | 0x1b | `Update::ExportSa` | generation, sa ref |
 //! | 0x1c | `Update::Announce` | generation, wan bool, count u8, count x ip |
 //! | 0x1d | `Update::CapSeq` | generation, id u32, ahead u64 |
+//! | 0x1e | `Update::BindHostDual` | generation, dst ip, src prefix, sa id u32 |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
 //! | 0x30..=0x37 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 | `Datagram` (punted or to transmit) | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
@@ -79,7 +81,7 @@ use crate::sa::{
 };
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 8;
+pub const CODEC_VERSION: u8 = 9;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -96,6 +98,7 @@ mod tag {
     pub const EXPORT_SA: u8 = 0x1b;
     pub const ANNOUNCE: u8 = 0x1c;
     pub const CAP_SEQ: u8 = 0x1d;
+    pub const BIND_HOST_DUAL: u8 = 0x1e;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -653,6 +656,7 @@ impl Record for UpdateEnvelope {
             Update::SetMasquerade { .. } => tag::SET_MASQUERADE,
             Update::SetVirtualIp { .. } => tag::SET_VIRTUAL_IP,
             Update::BindHost { .. } => tag::BIND_HOST,
+            Update::BindHostDual { .. } => tag::BIND_HOST_DUAL,
             Update::UnbindHost { .. } => tag::UNBIND_HOST,
             Update::SetWanAddresses { .. } => tag::SET_WAN_ADDRESSES,
             Update::ReserveSeq { .. } => tag::RESERVE_SEQ,
@@ -695,7 +699,7 @@ impl Record for UpdateEnvelope {
                     w.masquerade(c)
                 }
             },
-            Update::BindHost { dst, src, sa } => {
+            Update::BindHost { dst, src, sa } | Update::BindHostDual { dst, src, sa } => {
                 w.ip(*dst)?;
                 w.prefix(*src)?;
                 w.u32(sa.0)
@@ -769,6 +773,11 @@ impl Record for UpdateEnvelope {
                 },
             },
             tag::BIND_HOST => Update::BindHost {
+                dst: r.ip()?,
+                src: r.prefix()?,
+                sa: SaId(r.u32()?),
+            },
+            tag::BIND_HOST_DUAL => Update::BindHostDual {
                 dst: r.ip()?,
                 src: r.prefix()?,
                 sa: SaId(r.u32()?),

@@ -43,7 +43,14 @@ pub enum Update {
     /// outbound SA `sa`: an exact-match table consulted before the SPD, so a gateway with
     /// many clients changes one entry per client instead of recompiling its policy.
     BindHost { dst: IpAddr, src: Prefix, sa: SaId },
-    /// Remove a host binding.
+    /// A host binding on probation (a client's direct SA to another client, connectivity
+    /// manager): traffic to `dst` from `src` still takes its way without the binding (the
+    /// SPD: the gateway path), and a copy of each packet is sealed onto outbound SA `sa` too,
+    /// until a `BindHost` (the direct path is proven: direct only) or an `UnbindHost`
+    /// (gateway path only) replaces it. A copy the WAN queue has no room for is dropped
+    /// (`dual_path_queue_full`), never the original.
+    BindHostDual { dst: IpAddr, src: Prefix, sa: SaId },
+    /// Remove a host binding (or one on probation).
     UnbindHost { dst: IpAddr },
     /// The WAN port's own addresses (the first of each family is the primary): the worker
     /// answers ARP / neighbour solicitations for all of them. A client that roams holds the

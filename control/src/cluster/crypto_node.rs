@@ -1497,7 +1497,9 @@ impl CryptoNode {
                 }
                 self.push_to(&edges, u);
             }
-            Update::BindHost { dst, src, sa } => {
+            // A binding on probation comes only from a `roamgate client`'s connectivity
+            // manager, never from a crypto node's core: taken as a binding all the same.
+            Update::BindHost { dst, src, sa } | Update::BindHostDual { dst, src, sa } => {
                 let edges = self.placement.outbound_edges(*sa);
                 self.placement.bind(*dst, *src, *sa, &edges);
                 self.push_to(&edges, u);

@@ -271,7 +271,9 @@ pub fn describe(u: &Update) -> &'static str {
         Update::DeleteInbound { .. } | Update::DeleteOutbound { .. } => "delete SA",
         Update::RebindOutbound { .. } => "rebind",
         Update::ReplaceSpd { .. } => "policy",
-        Update::BindHost { .. } | Update::UnbindHost { .. } => "host binding",
+        Update::BindHost { .. } | Update::BindHostDual { .. } | Update::UnbindHost { .. } => {
+            "host binding"
+        }
         _ => "other",
     }
 }

@@ -431,17 +431,16 @@ impl ControlCore {
                         });
                     }
                     if let Some(src) = host_prefix(src) {
-                        self.route(Update::BindHost { dst, src, sa });
+                        // On probation: the gateway path goes on, a copy takes the direct SA
+                        // until the first authenticated packet on the direct path.
+                        self.route(Update::BindHostDual { dst, src, sa });
                     }
                     self.out.log(format!(
-                        "vcm: pair {pair}: sending to {dst} on the direct SA"
+                        "vcm: pair {pair}: sending to {dst} on the direct SA and the gateway path (dual path until the direct one is proven)"
                     ));
                     self.direct.next_probe = Some(now);
                 }
-                Action::DirectOnly { pair } => {
-                    self.out
-                        .log(format!("vcm: pair {pair}: the direct path is proven"));
-                }
+                Action::DirectOnly { pair } => self.direct_only(pair),
                 Action::BackToGateway { pair } => {
                     if let Some(p) = self.direct.pairs.get_mut(&pair) {
                         if p.bound {
@@ -465,6 +464,24 @@ impl ControlCore {
                     .send_private(now, ike, NOTIFY_DIRECT_PATH, &data);
             }
         }
+    }
+
+    /// The first authenticated packet on the pair's direct path: its binding leaves probation
+    /// (the gateway path stops carrying a copy of what goes direct).
+    fn direct_only(&mut self, pair: u64) {
+        let Some(p) = self.direct.pairs.get(&pair) else {
+            return;
+        };
+        if !p.bound {
+            return;
+        }
+        let (dst, sa) = (p.peer_vip, p.out_id);
+        if let Some(src) = host_prefix(p.local_vip) {
+            self.route(Update::BindHost { dst, src, sa });
+        }
+        self.out.log(format!(
+            "vcm: pair {pair}: the direct path is proven: {dst} on the direct SA only"
+        ));
     }
 
     fn direct_delete_pair(&mut self, now: Instant, pair: u64) {

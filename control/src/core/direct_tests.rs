@@ -101,7 +101,7 @@ fn two_roamgate_clients_get_a_direct_pair_installed_inbound_first_then_return() 
             matches!(u, Update::AddSa { dir: Direction::Outbound, params } if params.spi.0 >> 24 == 0xff)
         })
         .expect("outbound direct SA after the peer's ack");
-        let bind = pos(&mut w, i, |u| matches!(u, Update::BindHost { .. })).unwrap();
+        let bind = pos(&mut w, i, |u| matches!(u, Update::BindHostDual { .. })).unwrap();
         assert!(inst < out && out < bind, "{inst} {out} {bind}");
         assert_eq!(w.gw(i).core().direct_pairs().len(), 1);
     }
@@ -275,4 +275,117 @@ fn a_proven_path_that_goes_quiet_returns_and_may_be_offered_again_at_once() {
     hairpin(&mut w, a, b);
     w.run_for(Duration::from_millis(300));
     assert_eq!(w.gw(0).core().direct_view().manager.offers, 2);
+}
+
+/// Client `i`'s host bindings of the peer so far, in order: "dual" (probation), "direct"
+/// (direct only), "unbind".
+fn bindings(w: &mut World, i: usize) -> Vec<&'static str> {
+    w.gw(i).link.workers[0]
+        .received
+        .iter()
+        .filter_map(|u| match u {
+            Update::BindHostDual { .. } => Some("dual"),
+            Update::BindHost { .. } => Some("direct"),
+            Update::UnbindHost { .. } => Some("unbind"),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Dual path: after `PeerReady` each client binds the peer on probation (the gateway path
+/// goes on, a copy takes the direct SA), never before the peer installed its inbound SA; the
+/// first authenticated packet on its direct inbound SA makes it direct only, each client on
+/// its own.
+#[test]
+fn probation_until_the_first_authenticated_packet_then_direct_only() {
+    let (mut w, a, b) = world();
+    hairpin(&mut w, a, b);
+    // 1 ms steps: when each client's inbound SA and its probation binding appear.
+    let (mut installed, mut dual) = ([None; 3], [None; 3]);
+    for step in 0..400u64 {
+        w.run_for(Duration::from_millis(1));
+        for i in [1, 2] {
+            if installed[i].is_none() && direct_in(&mut w, i).is_some() {
+                installed[i] = Some(step);
+            }
+            if dual[i].is_none() && !bindings(&mut w, i).is_empty() {
+                dual[i] = Some(step);
+            }
+        }
+    }
+    for (i, j) in [(1, 2), (2, 1)] {
+        let (d, peer) = (dual[i].expect("bound"), installed[j].expect("installed"));
+        assert!(
+            d >= peer,
+            "client {i} bound at {d} ms before {j} installed at {peer} ms"
+        );
+        let spi = direct_in(&mut w, i).unwrap();
+        let inst = pos(
+            &mut w,
+            i,
+            |u| matches!(u, Update::AddSa { dir: Direction::Inbound, params } if params.spi == spi),
+        )
+        .unwrap();
+        let out = pos(&mut w, i, |u| {
+            matches!(u, Update::AddSa { dir: Direction::Outbound, params } if params.spi.0 >> 24 == 0xff)
+        })
+        .unwrap();
+        let bind = pos(&mut w, i, |u| matches!(u, Update::BindHostDual { .. })).unwrap();
+        assert!(inst < out && out < bind, "{inst} {out} {bind}");
+        assert_eq!(
+            bindings(&mut w, i),
+            ["dual"],
+            "on probation, nothing heard yet"
+        );
+        assert_eq!(w.gw(i).core().direct_pairs().len(), 1);
+    }
+    // a hears b on the direct path: a goes direct only; b stays on probation.
+    direct_rx(&mut w, 1, 3);
+    w.run_for(Duration::from_millis(150));
+    assert_eq!(bindings(&mut w, 1), ["dual", "direct"]);
+    assert_eq!(bindings(&mut w, 2), ["dual"]);
+    let direct_only = w.gw(1).link.workers[0]
+        .received
+        .iter()
+        .find_map(|u| match u {
+            Update::BindHost { dst, src, sa } => Some((*dst, *src, *sa)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(direct_only.0, b);
+    assert_eq!(direct_only.1.addr(), a);
+    // The same outbound SA as on probation: installed once, its numbering goes on.
+    let outs: Vec<_> = w.gw(1).link.workers[0]
+        .received
+        .iter()
+        .filter(|u| {
+            matches!(u, Update::AddSa { dir: Direction::Outbound, params } if params.spi.0 >> 24 == 0xff)
+        })
+        .collect();
+    assert_eq!(outs.len(), 1);
+    // More packets change nothing; b's first makes b direct only.
+    direct_rx(&mut w, 1, 9);
+    direct_rx(&mut w, 2, 4);
+    w.run_for(Duration::from_millis(150));
+    assert_eq!(bindings(&mut w, 1), ["dual", "direct"]);
+    assert_eq!(bindings(&mut w, 2), ["dual", "direct"]);
+}
+
+/// A direct path that is blackholed never leaves probation: the gateway path carried every
+/// packet all along (the copies were lost, nothing else), and the fallback removes the copy.
+#[test]
+fn a_blackholed_direct_path_stays_on_probation_and_the_fallback_removes_the_copy() {
+    let (mut w, a, b) = world();
+    hairpin(&mut w, a, b);
+    w.run_for(Duration::from_millis(200));
+    for i in [1, 2] {
+        assert_eq!(bindings(&mut w, i), ["dual"]);
+    }
+    w.run_for(Duration::from_millis(1500));
+    for i in [1, 2] {
+        // Never direct only: no packet of the stream depended on the direct path.
+        assert_eq!(bindings(&mut w, i), ["dual", "unbind"], "client {i}");
+        assert!(w.gw(i).core().direct_pairs().is_empty());
+    }
+    assert!(w.gw(0).core().direct_view().manager.failed >= 1);
 }

@@ -182,6 +182,13 @@ impl Placement {
                     .map(|w| (w, self.bind_for(w, dst, src, sa)))
                     .collect()
             }
+            Update::BindHostDual { dst, .. } if self.workers > 1 => {
+                // Replaces an ordinary binding of `dst` (and its per-worker substitutions).
+                let dst = *dst;
+                self.unbind_copies(dst);
+                self.hosts.bound.remove(&dst);
+                self.all(u)
+            }
             Update::UnbindHost { dst } if self.workers > 1 => {
                 let dst = *dst;
                 self.unbind_copies(dst);
@@ -256,6 +263,7 @@ impl Placement {
             Update::SetMasquerade { .. }
             | Update::SetVirtualIp { .. }
             | Update::BindHost { .. }
+            | Update::BindHostDual { .. }
             | Update::UnbindHost { .. }
             | Update::SetWanAddresses { .. } => self.all(u),
             // A gratuitous ARP / unsolicited NA is one frame on the wire: one worker sends it.
@@ -489,6 +497,19 @@ mod tests {
             d(p.route(bind(10), pairs)),
             d(vec![(0, bind(10)), (1, bind(10))])
         );
+        // On probation (dual path): every worker gets it as it is (the copy is made only
+        // where the SA lives), and an earlier binding's substitutions are forgotten.
+        p.route(bind(10), pairs);
+        let dual = Update::BindHostDual {
+            dst,
+            src,
+            sa: SaId(10),
+        };
+        assert_eq!(
+            d(p.route(dual.clone(), pairs)),
+            d(vec![(0, dual.clone()), (1, dual)])
+        );
+        assert!(!p.hosts.bound.contains_key(&dst));
         // One worker: the update as it is.
         let mut one = Placement::new(1);
         assert_eq!(d(one.route(bind(10), pairs)), d(vec![(0, bind(10))]));

@@ -397,6 +397,9 @@ fn update_summary(u: &Update) -> String {
         Update::SetMasquerade { config } => format!("masquerade {}", config.is_some()),
         Update::SetVirtualIp { config } => format!("virtual IP {}", config.is_some()),
         Update::BindHost { dst, sa, .. } => format!("bind host {dst} to SA {}", sa.0),
+        Update::BindHostDual { dst, sa, .. } => {
+            format!("bind host {dst} to SA {} on probation (dual path)", sa.0)
+        }
         Update::UnbindHost { dst } => format!("unbind host {dst}"),
         Update::SetWanAddresses { addrs } => format!("WAN addresses {addrs:?}"),
         Update::ReserveSeq { id, up_to } => format!("SA {} reserved up to {up_to}", id.0),

@@ -173,7 +173,13 @@ impl<P: Port> Worker<P> {
                 }
             }
             Command::BindHost { dst, src, sa } => {
+                // A binding on probation that is proven becomes this one (direct only).
+                self.dual.remove(&dst);
                 self.hosts.insert(dst, (src, sa));
+            }
+            Command::BindHostDual { dst, src, sa } => {
+                self.hosts.remove(&dst);
+                self.dual.insert(dst, (src, sa));
             }
             Command::SetWanAddresses(addrs) => {
                 let v4 = addrs.iter().find_map(|a| match a {
@@ -199,7 +205,8 @@ impl<P: Port> Worker<P> {
                 self.announce(side, &addrs)?;
             }
             Command::UnbindHost(dst) => {
-                if self.hosts.remove(&dst).is_none() {
+                let probation = self.dual.remove(&dst).is_some();
+                if self.hosts.remove(&dst).is_none() && !probation {
                     return Err("no host binding for that address");
                 }
             }

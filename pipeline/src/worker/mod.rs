@@ -20,6 +20,7 @@
 //! | `outbound` | LAN -> host binding or SPD -> ESP seal, or bypass (+ masquerade) -> WAN; ICMP too-big |
 //! | `inbound` | WAN -> ESP open (in the SA's own encapsulation) -> selector and ECN checks -> LAN; clear traffic and masquerade in |
 //! | `hairpin` | a packet from one road warrior to another's virtual IP: sealed again onto its SA, back to the WAN |
+//! | `dual` | a client's host binding on probation: each packet takes the gateway path and a copy goes onto the direct SA |
 //! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
 //! | `handoff` | frames whose SA another worker owns (IKE: worker 0) to that worker's lane, waiting while it is full; frames other workers handed here |
@@ -53,6 +54,7 @@ use crate::stats::{CoreCounters, DropReason, SaCounters, Traffic};
 mod cbc_burst;
 mod checksum;
 mod commands;
+mod dual;
 mod emit;
 mod fragments;
 mod hairpin;
@@ -142,6 +144,9 @@ pub struct Worker<P: Port> {
     /// Host bindings (road warriors' virtual IPs): destination -> (allowed sources, SA),
     /// looked up before the SPD.
     hosts: HostMap,
+    /// Host bindings on probation (a client's direct SAs not yet proven): the packet takes
+    /// its way as without them, a copy goes onto the SA (`dual`).
+    dual: HostMap,
     /// Hairpinned packets by pair since the last report (`hairpin`).
     hairpins: hairpin::HairpinPairs,
     /// Further WAN addresses answered for (a roaming client's old one, for a moment).
@@ -250,6 +255,7 @@ impl<P: Port> Worker<P> {
             nat: None,
             vip_nat: None,
             hosts: HostMap::default(),
+            dual: HostMap::default(),
             hairpins: Default::default(),
             wan_also: Vec::new(),
             reasm: None,
@@ -431,7 +437,12 @@ impl<P: Port> Worker<P> {
         let verdict = match self.neighbor(&mut f, side) {
             Some(v) => v,
             None => match side {
-                Side::Lan => self.outbound(&mut f, now),
+                Side::Lan => {
+                    if !self.dual.is_empty() {
+                        self.dual_copy(&f, now);
+                    }
+                    self.outbound(&mut f, now)
+                }
                 Side::Wan => self.inbound(&mut f, now),
             },
         };

@@ -185,6 +185,11 @@ fn updates() -> Vec<UpdateEnvelope> {
             src: "10.9.0.0/24".parse().unwrap(),
             sa: SaId(1 << 20),
         },
+        Update::BindHostDual {
+            dst: "10.99.0.6".parse().unwrap(),
+            src: "10.99.0.5/32".parse().unwrap(),
+            sa: SaId(0x0100_0003),
+        },
         Update::UnbindHost {
             dst: "fd00:99::7".parse().unwrap(),
         },
@@ -707,7 +712,7 @@ fn decode_all(b: &[u8]) {
 #[test]
 fn random_and_mutated_bytes_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let tags: Vec<u8> = (0x10..=0x1b)
+    let tags: Vec<u8> = (0x10..=0x1e)
         .chain(0x20..=0x21)
         .chain(0x30..=0x36)
         .chain(0x40..=0x40)

@@ -18,6 +18,7 @@ use crate::wire::{esp, ethernet, icmpv4, ipv4, udp, IpProtocol};
 mod cbc;
 mod client;
 mod commands;
+mod dual;
 mod filters;
 mod hairpin;
 mod handoff;
