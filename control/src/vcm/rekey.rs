@@ -266,7 +266,7 @@ impl DirectClient {
     }
 
     /// Hard lifetimes: a pair still sending at its hard lifetime goes back to the gateway
-    /// path (and reports `Idle`: the gateway returns it).
+    /// path, its SAs are deleted, and it reports `Idle` (the gateway returns it).
     pub(super) fn hard_lifetimes(&mut self, now: Instant) {
         let due: Vec<u64> = self
             .hard
@@ -283,6 +283,9 @@ impl DirectClient {
                 self.counts.expired += 1;
                 self.succ.remove(&pair);
                 self.actions.push_back(Action::BackToGateway { pair });
+                // Its outbound SA goes now (the inbound after the grace): nothing is sealed
+                // with its key past the hard lifetime.
+                self.actions.push_back(Action::DeleteSas { pair });
                 self.pairs.insert(
                     pair,
                     Phase::Failed {
