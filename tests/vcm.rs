@@ -20,6 +20,9 @@
 //!   the pair back through the gateway, 0 lost. `blackhole`: the router drops the clients'
 //!   direct traffic: both fall back to the gateway path within about a second (the gap and
 //!   the loss reported: the direct SA has no dual path in the data plane yet).
+//!   `rekey`: with `vcm.direct_lifetime_secs: 4` a 6 s stream's pair is rekeyed by the
+//!   gateway (fresh keys and SPIs, ack-ordered): lost, undecryptable and repeated (SPI,
+//!   sequence number) 0, at least one rekey, two direct SPIs per client in the capture.
 //!
 //! Needs root (prints a SKIP line otherwise), strongSwan, iperf3 and tshark; about 20 s
 //! (hairpin) + 25 s (the roamgate clients' cases; `VCM_SECS` streams longer).
