@@ -25,7 +25,7 @@
 //!   sequence number) 0, at least one rekey, two direct SPIs per client in the capture.
 //!
 //! Needs root (prints a SKIP line otherwise), strongSwan, iperf3 and tshark; about 20 s
-//! (hairpin) + 25 s (the roamgate clients' cases; `VCM_SECS` streams longer).
+//! (hairpin) + 35 s (the roamgate clients' cases, 10 s of it `rekey`; `VCM_SECS` streams longer).
 
 use std::path::Path;
 use std::time::Duration;
