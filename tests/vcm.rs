@@ -22,9 +22,12 @@
 //!   lost. `blackhole`: the router drops the clients' direct traffic: the direct path never
 //!   leaves probation, the gateway path carries every packet (0 lost, only the copies on the
 //!   direct SA are), and the fallback removes the copies after a second.
+//!   `rekey`: with `vcm.direct_lifetime_secs: 4` a 6 s stream's pair is rekeyed by the
+//!   gateway (fresh keys and SPIs, ack-ordered): lost, undecryptable and repeated (SPI,
+//!   sequence number) 0, at least one rekey, two direct SPIs per client in the capture.
 //!
 //! Needs root (prints a SKIP line otherwise), strongSwan, iperf3 and tshark; about 20 s
-//! (hairpin) + 25 s (the roamgate clients' cases; `VCM_SECS` streams longer).
+//! (hairpin) + 35 s (the roamgate clients' cases, 10 s of it `rekey`; `VCM_SECS` streams longer).
 
 use std::path::Path;
 use std::time::Duration;
@@ -116,9 +119,6 @@ fn hairpin_between_two_strongswan_clients() {
     drop(server);
     let stats = ask(&gw.socket, "stats");
     let hairpinned = stats["traffic"]["hairpinned"].as_u64().unwrap_or(0) - before;
-    println!(
-        "vcm case=hairpin packets={packets} lost={lost} hairpinned={hairpinned} rtt_ms={rtt:.3}"
-    );
     assert!(packets >= 2500, "the stream ran: {packets}");
     // Every datagram b received went through the hairpin (the LAN host forwards nothing).
     assert!(
@@ -133,6 +133,12 @@ fn hairpin_between_two_strongswan_clients() {
     // The workers reported the pair; the control process took it for a direct-path candidate
     // (configs/vcm-gw.yaml: `vcm`, 100 packets/s, "*.roamgate.test"), once.
     let (_, out) = gw.stop_with_output();
+    // strongSwan clients never say `Hello`: counted `unsupported`, no offer.
+    let unsupported = out.matches("stays on the hairpin").count();
+    let offers = out.matches("direct SA pair offered").count();
+    println!(
+        "vcm case=hairpin packets={packets} lost={lost} hairpinned={hairpinned} rtt_ms={rtt:.3} unsupported={unsupported} offers={offers}"
+    );
     let candidates: Vec<&str> = out
         .lines()
         .filter(|l| l.contains("a direct path candidate"))
@@ -493,6 +499,50 @@ fn direct_paths_between_two_roamgate_clients() {
     ask(Path::new(&ike_sock), "reload");
     std::thread::sleep(Duration::from_millis(1500));
 
+    // rekey: direct pairs live 4 s (`vcm.direct_lifetime_secs`): the pair of a 6 s stream is
+    // rekeyed by the gateway (at 3.0-3.4 s) while it carries the stream.
+    std::fs::write(
+        &cfg,
+        gw_yaml.replace(
+            "direct_paths: [\"*.roamgate.test\"]",
+            "direct_paths: [\"*.roamgate.test\"]\n  direct_lifetime_secs: 4",
+        ),
+    )
+    .unwrap();
+    ask(Path::new(&ike_sock), "reload");
+    let rekey_secs = std::env::var("VCM_REKEY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6u32)
+        .max(6);
+    let undec0 = undec(&clients);
+    let pcap = dir.join("rekey.pcap");
+    let cap = capture(&lab, &pcap, rekey_secs + 3);
+    let s = streams(&lab, [&va, &vb], rekey_secs);
+    let (sent, got, gap) = finish(s);
+    let _ = cap.stop("INT", Duration::from_secs(5));
+    let esp = read_capture(&pcap);
+    let direct_spis = |src: &str| -> std::collections::BTreeSet<String> {
+        esp.iter()
+            .filter(|e| is_direct(e, src))
+            .map(|e| e.spi.clone())
+            .collect()
+    };
+    let rekey_case = (
+        sent,
+        sent - got,
+        undec(&clients) - undec0,
+        repeated_nonces(&esp),
+        gap,
+        direct_spis("192.0.3.10")
+            .len()
+            .min(direct_spis("198.51.101.10").len()),
+    );
+    std::fs::write(&cfg, &gw_yaml).unwrap();
+    ask(Path::new(&ike_sock), "reload");
+    // The rekeyed pair goes quiet and returns.
+    std::thread::sleep(Duration::from_millis(1500));
+
     // blackhole: the router drops what the clients send each other directly.
     sh(&lab.ns("rtr"), "ip rule add from 192.0.3.10 to 198.51.101.10 blackhole && ip rule add from 198.51.101.10 to 192.0.3.10 blackhole");
     let undec0 = undec(&clients);
@@ -515,11 +565,25 @@ fn direct_paths_between_two_roamgate_clients() {
 
     let (_, gw_out) = gw.stop_with_output();
     let _ = std::fs::write(dir.join("gw.log"), &gw_out);
+    let mut rekeys = usize::MAX;
     for (n, c) in clients.into_iter().enumerate() {
         let (_, out) = c.stop_with_output();
         let _ = std::fs::write(dir.join(format!("c{n}.log")), &out);
         assert!(out.contains("on the direct SA"), "{out}");
+        // Only the rekey case's pairs live short enough to be rekeyed.
+        rekeys = rekeys.min(out.matches("rekeyed, sending to").count());
     }
+    let (sent, lost, undecryptable_n, repeats, gap, spis) = rekey_case;
+    println!(
+        "vcm case=rekey packets={sent} lost={lost} undecryptable={undecryptable_n} rekeys={rekeys} direct_spis={spis} repeated_nonces={repeats} gap_ms={gap:.1}"
+    );
+    assert!(sent >= 2 * 1000 * u64::from(rekey_secs) * 9 / 10, "{sent}");
+    assert_eq!(lost, 0, "lost during the rekey");
+    assert_eq!(undecryptable_n, 0, "undecryptable during the rekey");
+    assert!(rekeys >= 1, "no rekey: {gw_out}");
+    assert!(spis >= 2, "each client sealed on a second direct SA");
+    assert_eq!(repeats, 0, "a (SPI, sequence number) twice");
+    assert!(gw_out.contains("rekey offered as pair"), "{gw_out}");
     assert!(
         gw_out.contains("no longer allowed a direct path"),
         "{gw_out}"

@@ -7,6 +7,9 @@
 //!   direct_paths:                   # peer identities (EAP identity, else IKE identity) that
 //!     - alice@example.com           # may get a direct path: exact, or "*.suffix", or "*";
 //!     - "*.branch.example.com"      # both clients of a pair must match. Empty: nobody.
+//!   direct_lifetime_secs: 3600      # lifetime of a direct SA pair: rekeyed at 75-85% of it
+//!                                   # (random), returned to the gateway path at 95% if
+//!                                   # the rekey did not get through; 3-86400
 //! ```
 //!
 //! Without the section hairpinned traffic is still forwarded (the data plane does that on its
@@ -26,7 +29,19 @@ pub struct VcmYaml {
     pub threshold_pps: u64,
     #[serde(default)]
     pub direct_paths: Vec<String>,
+    #[serde(default = "default_direct_lifetime")]
+    pub direct_lifetime_secs: u32,
 }
+
+fn default_direct_lifetime() -> u32 {
+    DEFAULT_DIRECT_LIFETIME_SECS
+}
+
+/// Lifetime of a direct SA pair unless `vcm.direct_lifetime_secs` says otherwise.
+pub const DEFAULT_DIRECT_LIFETIME_SECS: u32 = 3600;
+/// The range of `vcm.direct_lifetime_secs`: a rekey needs a few round trips between the soft
+/// lifetime and the last chance (10% of the lifetime); a day at most.
+pub const DIRECT_LIFETIME_RANGE: core::ops::RangeInclusive<u32> = 3..=86_400;
 
 fn default_threshold() -> u64 {
     50
@@ -65,6 +80,8 @@ impl IdPattern {
 pub struct VcmPolicy {
     pub threshold_pps: u64,
     pub direct_paths: Vec<IdPattern>,
+    /// Lifetime of a direct SA pair (seconds).
+    pub direct_lifetime_secs: u32,
 }
 
 impl VcmPolicy {
@@ -110,9 +127,21 @@ impl VcmYaml {
             };
             direct_paths.push(pat);
         }
+        if !DIRECT_LIFETIME_RANGE.contains(&self.direct_lifetime_secs) {
+            return Err(ConfigError::new(
+                file,
+                "vcm.direct_lifetime_secs",
+                format!(
+                    "must be between {} and {} seconds",
+                    DIRECT_LIFETIME_RANGE.start(),
+                    DIRECT_LIFETIME_RANGE.end()
+                ),
+            ));
+        }
         Ok(VcmPolicy {
             threshold_pps: self.threshold_pps,
             direct_paths,
+            direct_lifetime_secs: self.direct_lifetime_secs,
         })
     }
 }
@@ -136,6 +165,13 @@ mod tests {
     fn patterns_and_defaults() {
         let p = check("vcm:\n  direct_paths: [alice@example.com, \"*.branch.test\"]\n").unwrap();
         assert_eq!(p.threshold_pps, 50);
+        assert_eq!(p.direct_lifetime_secs, DEFAULT_DIRECT_LIFETIME_SECS);
+        assert_eq!(
+            check("vcm:\n  direct_lifetime_secs: 5\n")
+                .unwrap()
+                .direct_lifetime_secs,
+            5
+        );
         assert!(p.allows("alice@example.com"));
         assert!(p.allows("ALICE@example.com"));
         assert!(p.allows("a.branch.test"));
@@ -158,6 +194,14 @@ mod tests {
             ),
             ("vcm:\n  direct_paths: [\"*.\"]\n", "vcm.direct_paths[0]"),
             ("vcm:\n  direct_paths: [\"\"]\n", "vcm.direct_paths[0]"),
+            (
+                "vcm:\n  direct_lifetime_secs: 2\n",
+                "vcm.direct_lifetime_secs",
+            ),
+            (
+                "vcm:\n  direct_lifetime_secs: 90000\n",
+                "vcm.direct_lifetime_secs",
+            ),
         ] {
             let e = check(text).unwrap_err();
             assert_eq!(e.key, key, "{text}");

@@ -321,10 +321,12 @@ impl ControlCore {
             return false;
         };
         let keys = self.direct.keys();
+        let lifetime = self.direct_lifetime();
         let pair = self
             .direct
             .manager
-            .offer(now, (a, pa), (b, pb), keys, DIRECT_LIFETIME_SECS);
+            .offer(now, (a, pa), (b, pb), keys, lifetime);
+        self.direct_schedule_rekey(pair);
         self.out.log(format!(
             "vcm: pair {pair}: direct SA pair offered to {a} (at {pa}) and {b} (at {pb})"
         ));
@@ -454,6 +456,7 @@ impl ControlCore {
                     }
                 }
                 Action::DeleteSas { pair } => self.direct_delete_pair(now, pair),
+                Action::Rekeyed { pair, old } => self.direct_rekeyed(now, pair, old),
             }
         }
         if let Some((ike, _)) = self.direct.client_ike {
@@ -562,6 +565,7 @@ impl ControlCore {
         }
         if self.direct.next_tick.is_some_and(|t| t <= now) {
             self.direct.manager.handle_timeout(now);
+            self.direct_rekeys(now);
             self.flush_manager(now);
         }
         if self.direct.client.poll_timeout().is_some_and(|t| t <= now) {
@@ -573,7 +577,7 @@ impl ControlCore {
                 .direct
                 .pairs
                 .iter()
-                .filter(|(k, _)| self.direct.client.sends_direct(**k))
+                .filter(|(k, _)| self.direct.client.listens(**k))
                 .map(|(_, p)| p.in_spi)
                 .collect();
             for spi in &spis {
@@ -632,3 +636,6 @@ fn direct_params(
         checkpoint: None,
     })
 }
+
+#[path = "direct_rekey.rs"]
+mod rekey;

@@ -34,6 +34,7 @@ fn world() -> (World, IpAddr, IpAddr) {
     w.gw(0).core().set_vcm(Some(VcmPolicy {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
+        direct_lifetime_secs: 3600,
     }));
     let now = w.now;
     w.gw(1).core().initiate(now);
@@ -240,6 +241,7 @@ fn a_policy_that_no_longer_allows_a_client_returns_its_pairs() {
     let keep = VcmPolicy {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
+        direct_lifetime_secs: 3600,
     };
     w.gw(0).core().set_vcm(Some(keep));
     direct_rx(&mut w, 1, 9);
@@ -249,6 +251,7 @@ fn a_policy_that_no_longer_allows_a_client_returns_its_pairs() {
     w.gw(0).core().set_vcm(Some(VcmPolicy {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Exact("alice.test".into())],
+        direct_lifetime_secs: 3600,
     }));
     w.run_for(Duration::from_millis(300));
     for i in [1, 2] {
@@ -388,4 +391,135 @@ fn a_blackholed_direct_path_stays_on_probation_and_the_fallback_removes_the_copy
         assert!(w.gw(i).core().direct_pairs().is_empty());
     }
     assert!(w.gw(0).core().direct_view().manager.failed >= 1);
+}
+
+/// Every direct (0xff..) inbound SPI client `i` holds.
+fn direct_ins(w: &mut World, i: usize) -> Vec<Spi> {
+    w.gw(i).link.workers[0]
+        .inbound
+        .keys()
+        .copied()
+        .filter(|s| s.0 >> 24 == 0xff)
+        .collect()
+}
+
+fn direct_outs(w: &mut World, i: usize) -> Vec<Spi> {
+    w.gw(i).link.workers[0]
+        .outbound
+        .values()
+        .copied()
+        .filter(|s| s.0 >> 24 == 0xff)
+        .collect()
+}
+
+#[test]
+fn a_live_direct_pair_is_rekeyed_in_ack_order_and_its_old_sas_deleted() {
+    let (mut w, a, b) = world();
+    // Direct pairs live 4 s here: rekeyed at 3.0-3.4 s.
+    w.gw(0).core().set_vcm(Some(VcmPolicy {
+        threshold_pps: 100,
+        direct_paths: vec![IdPattern::Suffix(".test".into())],
+        direct_lifetime_secs: 4,
+    }));
+    hairpin(&mut w, a, b);
+    let start = w.now;
+    // (client, outbound SPI) -> first seen: never used past 4 s from then.
+    let mut first_seen = std::collections::BTreeMap::new();
+    let mut top = 0u64;
+    for _ in 0..100 {
+        w.run_for(Duration::from_millis(100));
+        top += 100;
+        for i in [1, 2] {
+            // Both directions carry traffic, on whatever SA each one seals.
+            for spi in direct_ins(&mut w, i) {
+                w.gw(i).link.report(DpEvent::SaState {
+                    worker: 0,
+                    generation: 0,
+                    id: proto::SaId(0),
+                    spi,
+                    state: SaState::Inbound {
+                        replay: ReplayState { top, seen: vec![] },
+                    },
+                });
+            }
+        }
+        for i in [1, 2] {
+            let peer_in = direct_ins(&mut w, 3 - i);
+            let outs = direct_outs(&mut w, i);
+            assert!(outs.len() <= 1, "client {i} seals on {outs:?}");
+            for spi in outs {
+                // No packet sealed on an SA its receiver has not installed (or deleted).
+                assert!(
+                    peer_in.contains(&spi),
+                    "client {i} seals on {spi:?}, not installed at its peer {peer_in:?}"
+                );
+                let seen = *first_seen.entry((i, spi)).or_insert(w.now);
+                assert!(
+                    w.now.saturating_duration_since(seen) < Duration::from_secs(4),
+                    "client {i} seals on {spi:?} past the lifetime"
+                );
+            }
+            // The old inbound SA stays only through the rekey and its grace.
+            assert!(direct_ins(&mut w, i).len() <= 3, "client {i}");
+        }
+    }
+    let v = w.gw(0).core().direct_view();
+    // 10 s of 4 s pairs: rekeyed at about 3.2 s and 6.4 s (and 9.6 s).
+    assert!(v.manager.rekeys >= 2, "{v:?}");
+    assert_eq!(v.manager.expired, 0, "{v:?}");
+    assert!(v.manager_pairs <= 2, "{v:?}");
+    for i in [1, 2] {
+        assert_eq!(w.gw(i).core().direct_pairs().len(), 1, "still direct");
+        assert!(w.gw(i).core().direct_view().client.rekeys >= 2);
+        // Outbound SAs: one per pair, each deleted when the traffic moved on.
+        let used: Vec<_> = first_seen.keys().filter(|k| k.0 == i).collect();
+        assert!(used.len() >= 3, "client {i}: {used:?}");
+        let deleted = w.gw(i).link.workers[0]
+            .received
+            .iter()
+            .filter(|u| matches!(u, Update::DeleteOutbound { .. }))
+            .count();
+        assert!(deleted + 1 >= used.len(), "client {i}: {deleted} deleted");
+    }
+    assert!(w.now.saturating_duration_since(start) >= Duration::from_secs(10));
+}
+
+#[test]
+fn a_rekey_the_peer_does_not_answer_returns_the_pair_before_its_hard_lifetime() {
+    let (mut w, a, b) = world();
+    w.gw(0).core().set_vcm(Some(VcmPolicy {
+        threshold_pps: 100,
+        direct_paths: vec![IdPattern::Suffix(".test".into())],
+        direct_lifetime_secs: 4,
+    }));
+    hairpin(&mut w, a, b);
+    w.run_for(Duration::from_millis(300));
+    let switched = w.now;
+    assert_eq!(w.gw(1).core().direct_pairs().len(), 1);
+    let mut back = None;
+    for k in 0..60u64 {
+        // The direct path carries traffic both ways all along.
+        direct_rx(&mut w, 1, 10 + k);
+        direct_rx(&mut w, 2, 10 + k);
+        if k == 20 {
+            // From 2 s on client 2's messages to the gateway are lost (its IKE SA stays).
+            w.fault = Some(Box::new(|from, to, _| !(from == 2 && to == 0)));
+        }
+        w.run_for(Duration::from_millis(100));
+        if back.is_none() && w.gw(1).core().direct_pairs().is_empty() {
+            back = Some(w.now.saturating_duration_since(switched));
+        }
+    }
+    let back = back.expect("client 1 back on the gateway path");
+    assert!(back < Duration::from_secs(4), "{back:?}");
+    let v = w.gw(0).core().direct_view();
+    assert_eq!(v.manager.rekeys, 0, "{v:?}");
+    assert!(v.manager.expired >= 1, "{v:?}");
+    assert!(direct_outs(&mut w, 1).is_empty(), "returned by the gateway");
+    // Client 2 never heard of the return: its own hard lifetime ended its outbound SA.
+    assert!(
+        direct_outs(&mut w, 2).is_empty(),
+        "deleted at the hard lifetime"
+    );
+    assert_eq!(w.gw(2).core().direct_view().client.expired, 1);
 }

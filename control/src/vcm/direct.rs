@@ -88,6 +88,15 @@ pub enum Msg {
     /// Client -> gateway, once per IKE SA: this client takes direct paths (a client that never
     /// says so is never made an offer). Encoded with pair 0.
     Hello,
+    /// Gateway -> client: the rekey of live pair `replaces`: an offer of the fresh pair `pair`
+    /// (new keys, new SPIs) that takes its place, in the same ack order ([`Msg::Installed`],
+    /// [`Msg::PeerReady`], [`Msg::Switching`] of `pair`); the old pair is then ended with
+    /// [`Msg::Return`] (only its SAs go: the traffic stays on the direct path).
+    Rekey {
+        pair: u64,
+        replaces: u64,
+        offer: Offer,
+    },
 }
 
 impl Msg {
@@ -100,7 +109,8 @@ impl Msg {
             | Msg::Failed { pair }
             | Msg::Idle { pair }
             | Msg::Return { pair }
-            | Msg::Returned { pair } => *pair,
+            | Msg::Returned { pair }
+            | Msg::Rekey { pair, .. } => *pair,
             Msg::Hello => 0,
         }
     }
@@ -116,6 +126,7 @@ impl Msg {
             Msg::Returned { .. } => 7,
             Msg::Hello => 8,
             Msg::Idle { .. } => 9,
+            Msg::Rekey { .. } => 10,
         }
     }
 
@@ -125,7 +136,17 @@ impl Msg {
         v.push(VERSION);
         v.push(self.kind());
         v.extend_from_slice(&self.pair().to_be_bytes());
-        if let Msg::Offer { offer, .. } = self {
+        let offer = match self {
+            Msg::Offer { offer, .. } => Some(offer),
+            Msg::Rekey {
+                replaces, offer, ..
+            } => {
+                v.extend_from_slice(&replaces.to_be_bytes());
+                Some(offer)
+            }
+            _ => None,
+        };
+        if let Some(offer) = offer {
             for sa in [&offer.inbound, &offer.outbound] {
                 v.extend_from_slice(&sa.spi.to_be_bytes());
                 v.extend_from_slice(&sa.keymat[..]);
@@ -146,8 +167,12 @@ impl Msg {
         }
         let kind = r.u8()?;
         let pair = u64::from_be_bytes(r.array()?);
+        let replaces = match kind {
+            10 => Some(u64::from_be_bytes(r.array()?)),
+            _ => None,
+        };
         let m = match kind {
-            1 => {
+            1 | 10 => {
                 let mut sa = || -> Result<DirectSa, DecodeError> {
                     let spi = u32::from_be_bytes(r.array()?);
                     let keymat = Zeroizing::new(r.array::<KEYMAT_LEN>()?);
@@ -160,16 +185,21 @@ impl Msg {
                 let local_ts = r.ip()?;
                 let remote_ts = r.ip()?;
                 let lifetime_secs = u32::from_be_bytes(r.array()?);
-                Msg::Offer {
-                    pair,
-                    offer: Offer {
-                        inbound,
-                        outbound,
-                        peer: SocketAddr::new(ip, port),
-                        local_ts,
-                        remote_ts,
-                        lifetime_secs,
+                let offer = Offer {
+                    inbound,
+                    outbound,
+                    peer: SocketAddr::new(ip, port),
+                    local_ts,
+                    remote_ts,
+                    lifetime_secs,
+                };
+                match replaces {
+                    Some(replaces) => Msg::Rekey {
+                        pair,
+                        replaces,
+                        offer,
                     },
+                    None => Msg::Offer { pair, offer },
                 }
             }
             2 => Msg::Installed { pair },

@@ -47,6 +47,11 @@ pub struct DirectCounts {
     /// Direct paths that worked and went quiet.
     pub idle: u64,
     pub returned: u64,
+    /// Manager: pairs whose rekey completed (both moved to the successor); client: pairs it
+    /// moved to their successor.
+    pub rekeys: u64,
+    /// Client: pairs that reached their hard lifetime unrekeyed (back on the gateway path).
+    pub expired: u64,
 }
 
 /// One client of a pair as the manager tracks it.
@@ -64,6 +69,8 @@ struct Member {
 struct Pair {
     m: [Member; 2],
     started: Instant,
+    /// Rekey state (`rekey.rs`).
+    rk: rekey::PairRekey,
 }
 
 /// Fresh key material for one pair: two directions' AES-128-GCM keys and salts, from the
@@ -82,6 +89,8 @@ pub struct Manager {
     /// again soon.
     failed: BTreeSet<u64>,
     counts: DirectCounts,
+    /// Pairs whose soft lifetime came: the caller rekeys them ([`Manager::rekey`]).
+    rekey_due: VecDeque<u64>,
 }
 
 impl Manager {
@@ -174,6 +183,7 @@ impl Manager {
         let p = Pair {
             m: [member(a.0, offer_a), member(b.0, offer_b)],
             started: now,
+            rk: rekey::PairRekey::new(lifetime_secs),
         };
         for m in &p.m {
             self.out.push_back((
@@ -192,6 +202,9 @@ impl Manager {
     /// Sends both clients of `pair` back to the gateway path (a client came inside, its IKE
     /// SA went, the pair is no longer wanted).
     pub fn return_pair(&mut self, now: Instant, pair: u64) {
+        if let Some(link) = self.unlink(pair) {
+            self.return_pair(now, link);
+        }
         if let Some(p) = self.pairs.get_mut(&pair) {
             for m in p.m.iter_mut() {
                 if m.returning.is_none() {
@@ -239,7 +252,9 @@ impl Manager {
         if done {
             if let Some(p) = self.pairs.remove(&pair) {
                 self.counts.returned += 1;
-                self.ended.push_back((pair, p.m[0].vip, p.m[1].vip));
+                if !p.rk.retired {
+                    self.ended.push_back((pair, p.m[0].vip, p.m[1].vip));
+                }
             }
         }
     }
@@ -296,19 +311,31 @@ impl Manager {
                 p.m[i].returning = Some(false);
                 if p.m.iter().all(|m| m.returning == Some(false)) {
                     let (a, b) = (p.m[0].vip, p.m[1].vip);
+                    // A pair retired by its rekey: its traffic is on the successor.
+                    let retired = p.rk.retired;
                     self.pairs.remove(&pair);
                     self.counts.returned += 1;
-                    self.ended.push_back((pair, a, b));
+                    if !retired {
+                        self.ended.push_back((pair, a, b));
+                    }
                 }
             }
-            Msg::Offer { .. } | Msg::PeerReady { .. } | Msg::Return { .. } | Msg::Hello => {
+            Msg::Offer { .. }
+            | Msg::PeerReady { .. }
+            | Msg::Return { .. }
+            | Msg::Rekey { .. }
+            | Msg::Hello => {
                 self.counts.wrong_direction += 1;
             }
+        }
+        if matches!(msg, Msg::Switching { .. }) {
+            self.rekey_complete(now, pair);
         }
     }
 
     /// Sends again what is not acknowledged; returns pairs that took too long.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.rekey_timers(now);
         let mut give_up = Vec::new();
         for (&pair, p) in self.pairs.iter_mut() {
             let stuck = p.m.iter().any(|m| !m.installed || m.ready_pending);
@@ -328,9 +355,16 @@ impl Manager {
                 } else if m.returning.is_some() {
                     continue;
                 } else if !m.installed {
-                    Msg::Offer {
-                        pair,
-                        offer: m.offer.clone(),
+                    match p.rk.replaces {
+                        Some(replaces) => Msg::Rekey {
+                            pair,
+                            replaces,
+                            offer: m.offer.clone(),
+                        },
+                        None => Msg::Offer {
+                            pair,
+                            offer: m.offer.clone(),
+                        },
                     }
                 } else if m.ready_pending {
                     Msg::PeerReady { pair }
@@ -358,6 +392,9 @@ pub enum Action {
     DirectOnly { pair: u64 },
     /// Back to the gateway path only.
     BackToGateway { pair: u64 },
+    /// Rekey: install `pair`'s outbound SA and move the traffic of pair `old` onto it; delete
+    /// `old`'s outbound SA (its inbound stays until `old` is returned).
+    Rekeyed { pair: u64, old: u64 },
     /// Delete the pair's SAs.
     DeleteSas { pair: u64 },
 }
@@ -377,6 +414,11 @@ enum Phase {
         last_sent: Instant,
         idle: bool,
     },
+    /// Rekeyed: the traffic moved to pair `by`; only the inbound SA is left (what the peer
+    /// sealed before it moved), until the gateway's `Return` (then its grace).
+    Replaced {
+        by: u64,
+    },
 }
 
 /// Pairs a client remembers as ended (bounded): a replayed offer of one is refused.
@@ -390,6 +432,10 @@ pub struct DirectClient {
     out: VecDeque<Msg>,
     actions: VecDeque<Action>,
     counts: DirectCounts,
+    /// Rekeys under way: successor pair -> the pair it replaces.
+    succ: BTreeMap<u64, u64>,
+    /// Each pair's hard lifetime (from its install).
+    hard: BTreeMap<u64, Instant>,
 }
 
 impl DirectClient {
@@ -417,6 +463,8 @@ impl DirectClient {
 
     fn end(&mut self, pair: u64) {
         self.pairs.remove(&pair);
+        self.hard.remove(&pair);
+        self.succ.remove(&pair);
         if self.ended.len() >= ENDED_KEPT {
             self.ended.pop_front();
         }
@@ -445,9 +493,14 @@ impl DirectClient {
                     });
                     self.pairs.insert(pair, Phase::Installed);
                     self.out.push_back(Msg::Installed { pair });
+                    self.set_hard(now, pair, offer.lifetime_secs);
                 }
             }
+            Msg::Rekey {
+                replaces, offer, ..
+            } => self.rekey_offer(now, pair, *replaces, offer, known.is_some(), ended),
             Msg::PeerReady { .. } => match known {
+                Some(Phase::Installed) if self.takes_over(pair) => self.move_to(pair),
                 Some(Phase::Installed) => {
                     self.actions.push_back(Action::SendDirect { pair });
                     self.pairs.insert(pair, Phase::Dual { since: now });
@@ -461,7 +514,7 @@ impl DirectClient {
             },
             Msg::Return { .. } => {
                 if known.is_some() {
-                    if !matches!(known, Some(Phase::Failed { .. })) {
+                    if !matches!(known, Some(Phase::Failed { .. } | Phase::Replaced { .. })) {
                         self.actions.push_back(Action::BackToGateway { pair });
                     }
                     self.actions.push_back(Action::DeleteSas { pair });
@@ -481,6 +534,7 @@ impl DirectClient {
             | Msg::Idle { .. }
             | Msg::Returned { .. }
             | Msg::Hello => self.counts.wrong_direction += 1,
+            // The Rekey arm above.
         }
     }
 
@@ -494,6 +548,8 @@ impl DirectClient {
             Some(Phase::Direct { .. }) => {
                 self.pairs.insert(pair, Phase::Direct { last_rx: now });
             }
+            // The peer still seals on the old SA: the path lives.
+            Some(&Phase::Replaced { by }) => self.direct_authenticated(now, by),
             _ => {}
         }
     }
@@ -508,6 +564,7 @@ impl DirectClient {
                 Msg::Failed { pair }
             }
         };
+        self.hard_lifetimes(now);
         let mut failed = Vec::new();
         for (&pair, phase) in self.pairs.iter_mut() {
             match *phase {
@@ -553,8 +610,9 @@ impl DirectClient {
                     Some(t.saturating_add(FALLBACK))
                 }
                 Phase::Failed { last_sent, .. } => Some(last_sent.saturating_add(RETRANSMIT)),
-                Phase::Installed => None,
+                Phase::Installed | Phase::Replaced { .. } => None,
             })
+            .chain(self.hard.values().copied())
             .min()
     }
 }
@@ -562,3 +620,6 @@ impl DirectClient {
 #[cfg(test)]
 #[path = "manager_tests.rs"]
 mod tests;
+
+#[path = "rekey.rs"]
+pub mod rekey;

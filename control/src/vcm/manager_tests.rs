@@ -2,6 +2,7 @@
 //! reorders their messages (seeded): the ack order holds in every run.
 
 use super::*;
+use std::collections::{BTreeMap, BTreeSet};
 
 const MS: u64 = 1_000_000;
 
@@ -321,4 +322,354 @@ fn the_two_offers_mirror_each_other_with_reserved_spis() {
         !format!("{:?}", o[0]).contains("17, 17"),
         "no key bytes in Debug"
     );
+}
+
+/// Rekeys on virtual time: the manager, two clients, a network that loses and reorders the
+/// manager's messages, traffic both ways on whatever SA each client seals on.
+struct RekeySim {
+    now: u64,
+    mgr: Manager,
+    cl: [DirectClient; 2],
+    /// (deliver at ms, to: None = manager, Some(i) = client i, from client, msg).
+    wire: Vec<(u64, Option<usize>, usize, Msg)>,
+    coin: Coin,
+    loss_pct: u64,
+    /// Client 1 neither receives nor sends a message of the manager from then on (ms).
+    mute_1_at: u64,
+    /// Per client: the pair whose outbound SA it seals on.
+    sealing: [Option<u64>; 2],
+    /// (client, pair) -> when its inbound SA was installed / its SAs deleted (ms).
+    installed: BTreeMap<(usize, u64), u64>,
+    deleted: BTreeMap<(usize, u64), u64>,
+    /// (client, pair) that ever sealed: never again after it stopped.
+    stopped: BTreeSet<(usize, u64)>,
+    lifetime: u32,
+}
+
+/// The core keeps a returned pair's inbound SA this long (`core::direct_paths::INBOUND_GRACE`).
+const GRACE_MS: u64 = 2000;
+
+impl RekeySim {
+    fn new(seed: u64, loss_pct: u64, lifetime: u32) -> RekeySim {
+        RekeySim {
+            now: 0,
+            mgr: Manager::default(),
+            cl: [DirectClient::default(), DirectClient::default()],
+            wire: Vec::new(),
+            coin: Coin(seed | 1),
+            loss_pct,
+            mute_1_at: u64::MAX,
+            sealing: [None; 2],
+            installed: BTreeMap::new(),
+            deleted: BTreeMap::new(),
+            stopped: BTreeSet::new(),
+            lifetime,
+        }
+    }
+
+    fn muted(&self, i: usize) -> bool {
+        i == 1 && self.now >= self.mute_1_at
+    }
+
+    fn send(&mut self, to: Option<usize>, from: usize, m: Msg) {
+        if self.muted(from) || self.coin.next() % 100 < self.loss_pct {
+            return;
+        }
+        let at = self.now + self.coin.next() % 300;
+        self.wire.push((at, to, from, m));
+    }
+
+    fn stop_sealing(&mut self, i: usize) {
+        if let Some(p) = self.sealing[i].take() {
+            self.stopped.insert((i, p));
+        }
+    }
+
+    fn collect(&mut self) {
+        while let Some((to, m)) = self.mgr.poll_transmit() {
+            let i = usize::from(to != vip(1));
+            self.send(Some(i), i, m);
+        }
+        for i in 0..2 {
+            while let Some(m) = self.cl[i].poll_transmit() {
+                self.send(None, i, m);
+            }
+            while let Some(a) = self.cl[i].poll_action() {
+                match a {
+                    Action::InstallInbound { pair, .. } => {
+                        self.installed.insert((i, pair), self.now);
+                    }
+                    Action::SendDirect { pair } | Action::Rekeyed { pair, .. } => {
+                        self.stop_sealing(i);
+                        assert!(
+                            !self.stopped.contains(&(i, pair)),
+                            "client {i} seals on pair {pair} again"
+                        );
+                        self.sealing[i] = Some(pair);
+                    }
+                    Action::BackToGateway { pair } | Action::DeleteSas { pair } => {
+                        if self.sealing[i] == Some(pair) {
+                            self.stop_sealing(i);
+                        }
+                        if matches!(a, Action::DeleteSas { .. }) {
+                            self.deleted.insert((i, pair), self.now);
+                        }
+                    }
+                    Action::DirectOnly { .. } => {}
+                }
+            }
+        }
+    }
+
+    /// What each sealed packet needs: the receiver installed the SA and has not deleted it
+    /// (beyond the grace), and the sender is within the SA's hard lifetime.
+    fn check(&self) {
+        for i in 0..2 {
+            let Some(p) = self.sealing[i] else { continue };
+            let at = self.installed.get(&(1 - i, p));
+            assert!(
+                at.is_some(),
+                "client {i} seals on pair {p} before the peer installed it"
+            );
+            if let Some(d) = self.deleted.get(&(1 - i, p)) {
+                assert!(
+                    self.now < d + GRACE_MS,
+                    "client {i} seals on pair {p}, deleted by the peer at {d} ms (now {})",
+                    self.now
+                );
+            }
+            let mine = self.installed[&(i, p)];
+            assert!(
+                self.now < mine + u64::from(self.lifetime) * 1000,
+                "client {i} seals on pair {p} past its hard lifetime"
+            );
+        }
+    }
+
+    fn run(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now += 10;
+            let now = t(self.now);
+            let (due, rest): (Vec<_>, Vec<_>) = self.wire.drain(..).partition(|w| w.0 <= self.now);
+            self.wire = rest;
+            for (_, to, from, m) in due {
+                match to {
+                    None => self.mgr.handle(now, vip(from as u8 + 1), &m),
+                    Some(i) if self.muted(i) => {}
+                    Some(i) => self.cl[i].handle(now, &m),
+                }
+                self.collect();
+            }
+            // The data path keeps working; only the manager's messages are lost.
+            for i in 0..2 {
+                if let Some(p) = self.sealing[1 - i] {
+                    self.cl[i].direct_authenticated(now, p);
+                }
+            }
+            self.mgr.handle_timeout(now);
+            while let Some(old) = self.mgr.poll_rekey_due() {
+                if let Some(new) = self.mgr.rekey(now, old, keys()) {
+                    let j = self.coin.next() as u32;
+                    self.mgr.schedule_rekey(new, j);
+                }
+            }
+            for c in self.cl.iter_mut() {
+                c.handle_timeout(now);
+            }
+            self.collect();
+            self.check();
+        }
+    }
+}
+
+/// Starts a pair (lifetime `lifetime` s) and runs until both seal on it.
+fn rekey_sim(seed: u64, loss: u64, lifetime: u32) -> (RekeySim, u64) {
+    let mut s = RekeySim::new(seed, loss, lifetime);
+    let pair = s.mgr.offer(
+        t(0),
+        (vip(1), addr("192.0.2.10:4500")),
+        (vip(2), addr("198.51.100.10:4500")),
+        keys(),
+        lifetime,
+    );
+    s.mgr.schedule_rekey(pair, s.coin.next() as u32);
+    s.collect();
+    (s, pair)
+}
+
+#[test]
+fn rekeys_under_traffic_loss_and_reordering_keep_the_order_and_the_lifetime() {
+    let (mut rekeyed, mut runs) = (0, 0);
+    let mut lost_by = [0u64; 4];
+    for seed in 1..=120u64 {
+        let loss = [0, 10, 30][seed as usize % 3];
+        let (mut s, first) = rekey_sim(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), loss, 20);
+        // 65 s: three lifetimes; every 10 ms the invariants of `check`.
+        s.run(65_000);
+        lost_by[loss as usize / 10] += u64::from(s.sealing == [None, None]);
+        runs += 1;
+        let m = s.mgr.counts();
+        if s.sealing == [None, None] {
+            // A rekey (or the first offer) did not get through in time: back on the gateway
+            // path, every pair ended (no client keeps a pair the manager forgot).
+            assert_eq!(s.mgr.pairs(), 0, "seed {seed}: {m:?}");
+            assert!(
+                m.expired + m.failed + m.idle >= 1 || loss > 0,
+                "seed {seed}: {m:?}"
+            );
+            continue;
+        }
+        // Still direct (both; one may have moved to a successor the other has not yet) on a
+        // successor of the first pair, rekeyed at least 3 times.
+        let (Some(p0), Some(p1)) = (s.sealing[0], s.sealing[1]) else {
+            panic!(
+                "seed {seed}: one side direct, the other not: {:?}",
+                s.sealing
+            )
+        };
+        assert!(p0.abs_diff(p1) <= 1, "seed {seed}: {p0} {p1}");
+        assert!(p0.min(p1) > first, "seed {seed}: still on the first pair");
+        assert!(m.rekeys >= 3, "seed {seed}: {m:?}");
+        rekeyed += 1;
+        // Every pair before the live one (and its successor under way) is deleted on both
+        // clients: only the pairs of the rekey under way are left in the manager.
+        s.run(3000);
+        let live = s.sealing[0].unwrap_or(0).min(s.sealing[1].unwrap_or(0));
+        for old in first..live.saturating_sub(1) {
+            for i in 0..2 {
+                if s.installed.contains_key(&(i, old)) {
+                    assert!(
+                        s.deleted.contains_key(&(i, old)),
+                        "seed {seed}: client {i} keeps pair {old}"
+                    );
+                }
+            }
+        }
+        assert!(s.mgr.pairs() <= 2, "seed {seed}: {} pairs", s.mgr.pairs());
+        if loss == 0 {
+            assert_eq!(m.expired, 0, "seed {seed}: no loss, no last chance");
+        }
+    }
+    // Without loss every run keeps its direct path through three rekeys; with loss most do.
+    assert_eq!(lost_by[0], 0, "every run without loss stays direct");
+    assert!(
+        rekeyed * 10 >= runs * 8,
+        "{rekeyed} of {runs} kept the direct path"
+    );
+    println!(
+        "{rekeyed} of {runs} runs rekeyed and stayed direct; back on the gateway path at 0/10/30% loss: {} {} {}",
+        lost_by[0], lost_by[1], lost_by[3]
+    );
+}
+
+#[test]
+fn a_rekey_a_client_does_not_answer_returns_the_pair_before_its_hard_lifetime() {
+    let (mut s, first) = rekey_sim(11, 0, 10);
+    s.run(3000);
+    assert_eq!(s.sealing, [Some(first), Some(first)]);
+    // Client 1 goes silent before the soft lifetime (7.5-8.5 s).
+    s.mute_1_at = 5000;
+    s.run(6900);
+    // Client 0 is back on the gateway path before the pair's hard lifetime (10 s from its
+    // install): the manager's last chance (9.5 s) returned both pairs.
+    assert_eq!(s.sealing[0], None, "client 0 still direct");
+    assert!(
+        s.deleted.contains_key(&(0, first)),
+        "client 0 deleted the pair"
+    );
+    let m = s.mgr.counts();
+    assert_eq!(m.rekeys, 0);
+    assert!(m.expired >= 1, "{m:?}");
+    // Client 1, silent, stops on its own at its hard lifetime (`check` runs every 10 ms).
+    s.run(1500);
+    assert_eq!(s.sealing[1], None, "client 1 stopped at its hard lifetime");
+    assert_eq!(s.cl[1].counts().expired, 1);
+}
+
+#[test]
+fn a_rekey_offer_has_fresh_spis_encodes_whole_and_is_refused_from_a_client() {
+    let mut m = Manager::default();
+    let first = m.offer(
+        t(0),
+        (vip(1), addr("192.0.2.10:4500")),
+        (vip(2), addr("198.51.100.10:4500")),
+        keys(),
+        10,
+    );
+    let spi_of = |msg: &Msg| match msg {
+        Msg::Offer { offer, .. } | Msg::Rekey { offer, .. } => offer.inbound.spi,
+        other => panic!("{other:?}"),
+    };
+    let old: Vec<u32> = std::iter::from_fn(|| m.poll_transmit())
+        .map(|(_, msg)| spi_of(&msg))
+        .collect();
+    assert!(
+        m.rekey(t(1), first, keys()).is_none(),
+        "not established yet"
+    );
+    for v in [vip(1), vip(2)] {
+        m.handle(t(1), v, &Msg::Installed { pair: first });
+    }
+    for v in [vip(1), vip(2)] {
+        m.handle(t(2), v, &Msg::Switching { pair: first });
+    }
+    let _ = std::iter::from_fn(|| m.poll_transmit()).count();
+    let new = m.rekey(t(3), first, keys()).expect("established");
+    assert!(
+        m.rekey(t(3), first, keys()).is_none(),
+        "one rekey at a time"
+    );
+    let msgs: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+    assert_eq!(msgs.len(), 2);
+    for (_, msg) in &msgs {
+        let Msg::Rekey {
+            pair,
+            replaces,
+            offer,
+        } = msg
+        else {
+            panic!("{msg:?}")
+        };
+        assert_eq!((*pair, *replaces), (new, first));
+        assert_eq!(offer.inbound.spi & 0xFF80_0000, DIRECT_SPI_BASE);
+        assert!(!old.contains(&offer.inbound.spi), "a SPI of the old pair");
+        let b = msg.encode();
+        assert_eq!(b.len(), 79 + 8, "an IPv4 offer and the replaced pair");
+        assert_eq!(Msg::decode(&b).as_ref(), Ok(msg));
+        for n in 0..b.len() {
+            assert!(Msg::decode(&b[..n]).is_err());
+        }
+    }
+    assert_ne!(spi_of(&msgs[0].1), spi_of(&msgs[1].1));
+    // A client sending the manager's kind is refused.
+    m.handle(t(4), vip(1), &msgs[0].1);
+    assert_eq!(m.counts().wrong_direction, 1);
+    // The old pair stays until both moved; then it is returned (its SAs deleted) without
+    // ending the traffic's pair in the detector's eyes.
+    for v in [vip(1), vip(2)] {
+        m.handle(t(5), v, &Msg::Installed { pair: new });
+    }
+    m.handle(t(6), vip(1), &Msg::Switching { pair: new });
+    assert!(m
+        .poll_transmit()
+        .is_some_and(|(_, x)| matches!(x, Msg::PeerReady { .. })));
+    assert!(m
+        .poll_transmit()
+        .is_some_and(|(_, x)| matches!(x, Msg::PeerReady { .. })));
+    assert!(m.poll_transmit().is_none(), "no Return before both moved");
+    m.handle(t(6), vip(2), &Msg::Switching { pair: new });
+    let ret: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+    assert_eq!(ret.len(), 2);
+    assert!(ret.iter().all(|(_, x)| *x == Msg::Return { pair: first }));
+    for v in [vip(1), vip(2)] {
+        m.handle(t(7), v, &Msg::Returned { pair: first });
+    }
+    assert_eq!(m.pairs(), 1);
+    assert_eq!(
+        m.poll_ended(),
+        None,
+        "the retired pair is not an ended path"
+    );
+    assert_eq!(m.counts().rekeys, 1);
 }

@@ -90,6 +90,11 @@ impl HairpinDetector {
         self.pairs.len()
     }
 
+    /// Lifetime of a direct SA pair (seconds), `vcm.direct_lifetime_secs`.
+    pub fn direct_lifetime_secs(&self) -> u32 {
+        self.policy.direct_lifetime_secs
+    }
+
     /// Whether the policy allows identity `id` a direct path.
     pub fn allows(&self, id: &str) -> bool {
         self.policy.allows(id)

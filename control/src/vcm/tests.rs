@@ -13,6 +13,7 @@ fn detector(allow: &[IdPattern]) -> HairpinDetector {
     HairpinDetector::new(VcmPolicy {
         threshold_pps: 100,
         direct_paths: allow.to_vec(),
+        direct_lifetime_secs: 3600,
     })
 }
 
