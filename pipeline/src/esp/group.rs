@@ -22,10 +22,138 @@
 //! Owns: the IV layout, a sender's IV counter, the per-sender windows.
 //! Must never: hand out an IV twice; move a window on an unauthenticated packet.
 
+use core::net::IpAddr;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::crypto::{esp_nonce, Aead, IV_LEN, SALT_LEN, TAG_LEN};
+use crate::crypto::{
+    esp_nonce, new_aead, Aead, Backend, EspAlg, KeyError, IV_LEN, SALT_LEN, TAG_LEN,
+};
 use crate::esp::replay::{ReplayError, ReplayWindow};
+use crate::ids::{SaId, Spi};
+use crate::spd::Prefix;
+use crate::stats::SaCounters;
+
+pub use proto::group::{is_group_spi, GroupPeer, GroupSaParams};
+
+/// Why a group SA could not be built from its parameters (`Update::AddGroupSa`).
+#[derive(Debug, thiserror::Error)]
+pub enum GroupBuildError {
+    #[error("SPI {0} is not in the group range 0xff000000..=0xff7fffff")]
+    NotGroupSpi(Spi),
+    #[error("group SAs are AES-GCM only (RFC 6054 counter IVs)")]
+    NotGcm,
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    #[error("replay window {0}: 64..=4096, a power of two")]
+    Window(u32),
+}
+
+/// One generation of a group SA as a worker holds it: the key, this member's IV counter
+/// (None: receive only), the windows of the senders seen. Owned by one worker (the one the
+/// SPI's worker bits name), never shared.
+pub struct GroupSa {
+    pub id: SaId,
+    pub spi: Spi,
+    pub salt: [u8; SALT_LEN],
+    pub aead: Box<dyn Aead>,
+    /// This member's IVs on the generation (None: it never sends on it).
+    pub sender: Option<SenderIv>,
+    pub replay: GroupReplay,
+    /// The group's selectors: inner source and destination, both directions.
+    pub src_ts: Prefix,
+    pub dst_ts: Prefix,
+    /// Packets opened on the generation, and its inbound drops.
+    pub counters: Arc<SaCounters>,
+    /// Packets sealed on it, and its outbound drops.
+    pub out_counters: Arc<SaCounters>,
+    /// The warning before the counter's end went out (`Event::SeqNearWrap`).
+    pub warned: bool,
+}
+
+impl core::fmt::Debug for GroupSa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GroupSa")
+            .field("id", &self.id)
+            .field("spi", &self.spi)
+            .field("sender", &self.sender)
+            .field("senders_seen", &self.replay.senders())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a generation's runtime record (key schedule expanded here, off the worker).
+pub fn build_group(backend: Backend, p: &GroupSaParams) -> Result<GroupSa, GroupBuildError> {
+    if !is_group_spi(p.spi) {
+        return Err(GroupBuildError::NotGroupSpi(p.spi));
+    }
+    let EspAlg::Aead(alg) = p.keys.alg else {
+        return Err(GroupBuildError::NotGcm);
+    };
+    let sender = match p.sender_id {
+        Some(id) => Some(SenderIv::new(id, p.sender_id_bits)?),
+        None => {
+            check_bits(p.sender_id_bits)?;
+            None
+        }
+    };
+    let replay = GroupReplay::new(p.sender_id_bits, p.replay_window).map_err(|e| match e {
+        GroupError::Bits(_) if check_bits(p.sender_id_bits).is_ok() => {
+            GroupBuildError::Window(p.replay_window)
+        }
+        e => GroupBuildError::Group(e),
+    })?;
+    Ok(GroupSa {
+        id: p.id,
+        spi: p.spi,
+        salt: p.keys.salt,
+        aead: new_aead(backend, alg, p.keys.key())?,
+        sender,
+        replay,
+        src_ts: p.src_ts,
+        dst_ts: p.dst_ts,
+        counters: Arc::new(SaCounters::default()),
+        out_counters: Arc::new(SaCounters::default()),
+        warned: false,
+    })
+}
+
+/// The tunnel endpoints of one group (`Update::SetGroupPeers`), prepared: peers ordered by
+/// prefix length, longest first, so the first that holds a destination is the longest match.
+#[derive(Clone, Debug)]
+pub struct GroupPeers {
+    pub id: SaId,
+    pub local: IpAddr,
+    pub outer_ttl: u8,
+    peers: Vec<GroupPeer>,
+}
+
+impl GroupPeers {
+    pub fn new(id: SaId, local: IpAddr, outer_ttl: u8, mut peers: Vec<GroupPeer>) -> GroupPeers {
+        peers.sort_by(|a, b| b.lan.prefix_len().cmp(&a.lan.prefix_len()));
+        GroupPeers {
+            id,
+            local,
+            outer_ttl,
+            peers,
+        }
+    }
+
+    /// The outer address of the member whose LAN holds `dst` (longest prefix), if any, of
+    /// `local`'s family.
+    pub fn outer_for(&self, dst: IpAddr) -> Option<IpAddr> {
+        self.peers
+            .iter()
+            .find(|p| p.lan.contains(dst) && p.outer.is_ipv4() == self.local.is_ipv4())
+            .map(|p| p.outer)
+    }
+
+    pub fn peers(&self) -> &[GroupPeer] {
+        &self.peers
+    }
+}
 
 /// Sender-ID widths the GCKS may choose (GWP_SENDER_ID_BITS).
 pub const MAX_SENDER_ID_BITS: u8 = 16;
