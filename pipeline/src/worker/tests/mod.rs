@@ -20,6 +20,7 @@ mod client;
 mod commands;
 mod dual;
 mod filters;
+mod group;
 mod hairpin;
 mod handoff;
 mod ike_io;
