@@ -21,6 +21,8 @@ use crate::worker::ControlLink;
 pub enum AgentError {
     #[error("cannot build SA: {0}")]
     Sa(#[from] SaBuildError),
+    #[error("cannot build group SA: {0}")]
+    Group(#[from] crate::esp::group::GroupBuildError),
     #[error("cannot compile SPD: {0:?}")]
     Spd(SpdError),
     #[error("worker {worker} did not acknowledge generation {generation} within {waited:?}")]
@@ -140,6 +142,23 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
             wan: *wan,
             addrs: addrs.clone(),
         },
+        Update::AddGroupSa { params } => Command::AddGroupSa {
+            sa: Box::new(crate::esp::group::build_group(backend, params)?),
+            send: params.send && params.sender_id.is_some(),
+        },
+        Update::DeleteGroupSa { spi } => Command::DeleteGroupSa(*spi),
+        Update::SendOnGroupSa { id, spi } => Command::SendOnGroupSa { id: *id, spi: *spi },
+        Update::SetGroupPeers {
+            id,
+            local,
+            outer_ttl,
+            peers,
+        } => Command::SetGroupPeers(Box::new(crate::esp::group::GroupPeers::new(
+            *id,
+            *local,
+            *outer_ttl,
+            peers.clone(),
+        ))),
     })
 }
 

@@ -15,6 +15,7 @@
 
 use core::net::IpAddr;
 
+use crate::esp::group::{GroupPeers, GroupSa};
 use crate::esp::sa::{InboundSa, OutboundSa, UdpEncap};
 use crate::ids::{SaId, Spi};
 use crate::nat::Masquerade;
@@ -64,6 +65,22 @@ pub enum Command {
         wan: bool,
         addrs: Vec<IpAddr>,
     },
+    /// Install a generation of a group SA (`Update::AddGroupSa`; see `proto::group`): it
+    /// receives at once; `send` makes it its group's sending generation. Refused if the SPI
+    /// is installed already (an IV counter never restarts under one key).
+    AddGroupSa {
+        sa: Box<GroupSa>,
+        send: bool,
+    },
+    /// Remove a generation (`Update::DeleteGroupSa`).
+    DeleteGroupSa(Spi),
+    /// Group `id` sends on generation `spi` from now on (`Update::SendOnGroupSa`).
+    SendOnGroupSa {
+        id: SaId,
+        spi: Spi,
+    },
+    /// The group's tunnel endpoints (`Update::SetGroupPeers`), replacing earlier ones.
+    SetGroupPeers(Box<GroupPeers>),
 }
 
 /// A command and its generation.
@@ -78,6 +95,7 @@ pub enum Released {
     Outbound(Box<OutboundSa>),
     Spd(Box<Spd>),
     Masquerade(Box<Masquerade>),
+    Group(Box<GroupSa>),
 }
 
 /// What a worker sends back.

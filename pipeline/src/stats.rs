@@ -129,6 +129,13 @@ reasons! {
     NoSa => "no_sa", true;
     /// Outbound sequence number space exhausted: the SA must be rekeyed.
     SeqExhausted => "seq_exhausted", true;
+    /// A group's traffic (RFC 9838) while this member has no sending generation of the group
+    /// (before its first, after the sending one was deleted, or receive-only).
+    GroupNotSending => "group_not_sending", true;
+    /// A group packet whose inner destination lies in no member's LAN (`SetGroupPeers`).
+    GroupNoPeer => "group_no_peer", true;
+    /// A group packet whose sequence number differs from the counter in its IV.
+    GroupSeqMismatch => "group_seq_mismatch", true;
     /// Outbound: the next sequence number lies beyond what the SA's owner has reserved (made
     /// durable); the SA sends again when the reservation moves on.
     SeqNotReserved => "seq_not_reserved", true;

@@ -11,7 +11,8 @@
 //!
 //! Version 2 added SA lifetimes, 3 made the punted and transmitted datagrams one record, 4
 //! added the state an SA moves with (resume, checkpoints), `ReserveSeq`, `ExportSa` and the
-//! `SeqCheckpoint` and `SaState` events, 5 added `Announce`, 6 `CapSeq`, 7 the `Hairpin` event.
+//! `SeqCheckpoint` and `SaState` events, 5 added `Announce`, 6 `CapSeq`, 7 the `Hairpin` event,
+//! 9 the group SA updates (`AddGroupSa`, `DeleteGroupSa`, `SendOnGroupSa`, `SetGroupPeers`).
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -33,6 +34,10 @@
 //! | 0x1b | `Update::ExportSa` | generation, sa ref |
 //! | 0x1c | `Update::Announce` | generation, wan bool, count u8, count x ip |
 //! | 0x1d | `Update::CapSeq` | generation, id u32, ahead u64 |
+//! | 0x1e | `Update::AddGroupSa` | generation, GroupSaParams |
+//! | 0x1f | `Update::DeleteGroupSa` | generation, spi u32 |
+//! | 0x50 | `Update::SendOnGroupSa` | generation, id u32, spi u32 |
+//! | 0x51 | `Update::SetGroupPeers` | generation, id u32, local ip, outer ttl u8, count u32, count x (lan prefix, outer ip) |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
 //! | 0x30..=0x37 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 | `Datagram` (punted or to transmit) | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
@@ -45,7 +50,9 @@
 //! u64 each, 0 = none), resume (seq u64, reserved opt u64, replay: present u8 + replay state),
 //! checkpoint (present u8 + packets u64 + millis u64); opt u64 = present u8 (+ u64); replay
 //! state = top u64, count u8 (1..=64), count x u64; sa ref = 0 + spi u32 (inbound) or 1 + id
-//! u32 (outbound); sa state = 0 + replay state (inbound) or 1 + seq u64 + reserved opt u64
+//! u32 (outbound); GroupSaParams = id u32, spi u32, alg u8 (1 or 2 as above), key and salt,
+//! sender id (present u8 + u32), sender id bits u8, replay window u32, src ts prefix, dst ts
+//! prefix, send bool; sa state = 0 + replay state (inbound) or 1 + seq u64 + reserved opt u64
 //! (outbound); rule = id u32, src prefix, dst prefix, proto (present u8 + u8),
 //! src ports lo/hi u16, dst ports lo/hi u16, action u8 (0 protect + sa id u32, 1 bypass, 2
 //! discard); masquerade config = external IPv4 (4 bytes), port lo/hi u16, udp, tcp
@@ -69,6 +76,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use zeroize::Zeroizing;
 
+use crate::group::{GroupPeer, GroupSaParams};
 use crate::ids::{SaId, Spi};
 use crate::nat::MasqueradeConfig;
 use crate::policy::{Action, PortRange, Prefix, Rule, Selector};
@@ -79,7 +87,7 @@ use crate::sa::{
 };
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 8;
+pub const CODEC_VERSION: u8 = 9;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -96,6 +104,10 @@ mod tag {
     pub const EXPORT_SA: u8 = 0x1b;
     pub const ANNOUNCE: u8 = 0x1c;
     pub const CAP_SEQ: u8 = 0x1d;
+    pub const ADD_GROUP_SA: u8 = 0x1e;
+    pub const DELETE_GROUP_SA: u8 = 0x1f;
+    pub const SEND_ON_GROUP_SA: u8 = 0x50;
+    pub const SET_GROUP_PEERS: u8 = 0x51;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -116,6 +128,8 @@ pub enum EncodeError {
     BufferTooSmall,
     #[error("{0} does not fit its field")]
     TooLong(&'static str),
+    #[error("{0} cannot be encoded")]
+    Unsupported(&'static str),
 }
 
 /// Why bytes did not decode. Never a panic.
@@ -321,6 +335,33 @@ impl<'a> Writer<'a> {
                 self.u64(c.millis)
             }
         }
+    }
+
+    fn group_sa_params(&mut self, p: &GroupSaParams) -> Result<(), EncodeError> {
+        self.u32(p.id.0)?;
+        self.u32(p.spi.0)?;
+        match p.keys.alg {
+            EspAlg::Aead(AeadAlg::AesGcm128) => self.u8(1)?,
+            EspAlg::Aead(AeadAlg::AesGcm256) => self.u8(2)?,
+            // Group SAs are AES-GCM only (RFC 9838 with RFC 6054 IVs).
+            EspAlg::Cbc(..) => {
+                return Err(EncodeError::Unsupported("a group SA that is not AES-GCM"))
+            }
+        }
+        self.put(p.keys.key())?;
+        self.put(&p.keys.salt)?;
+        match p.sender_id {
+            None => self.u8(0)?,
+            Some(s) => {
+                self.u8(1)?;
+                self.u32(s)?;
+            }
+        }
+        self.u8(p.sender_id_bits)?;
+        self.u32(p.replay_window)?;
+        self.prefix(p.src_ts)?;
+        self.prefix(p.dst_ts)?;
+        self.bool(p.send)
     }
 
     fn opt_u64(&mut self, v: Option<u64>) -> Result<(), EncodeError> {
@@ -585,6 +626,35 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn group_sa_params(&mut self) -> Result<GroupSaParams, DecodeError> {
+        let id = SaId(self.u32()?);
+        let spi = Spi(self.u32()?);
+        let alg = match self.u8()? {
+            1 => EspAlg::Aead(AeadAlg::AesGcm128),
+            2 => EspAlg::Aead(AeadAlg::AesGcm256),
+            _ => return Err(DecodeError::Invalid("group SA algorithm")),
+        };
+        // Straight from the input into SaKeys (zeroized on drop): no intermediate copy.
+        let keys = SaKeys::from_keymat(alg, self.take(alg.keymat_len())?)
+            .map_err(|_| DecodeError::Invalid("key material"))?;
+        let sender_id = if self.bool("sender id flag")? {
+            Some(self.u32()?)
+        } else {
+            None
+        };
+        Ok(GroupSaParams {
+            id,
+            spi,
+            keys,
+            sender_id,
+            sender_id_bits: self.u8()?,
+            replay_window: self.u32()?,
+            src_ts: self.prefix()?,
+            dst_ts: self.prefix()?,
+            send: self.bool("send flag")?,
+        })
+    }
+
     fn rule(&mut self) -> Result<Rule, DecodeError> {
         let id = self.u32()?;
         let src = self.prefix()?;
@@ -659,6 +729,10 @@ impl Record for UpdateEnvelope {
             Update::CapSeq { .. } => tag::CAP_SEQ,
             Update::ExportSa { .. } => tag::EXPORT_SA,
             Update::Announce { .. } => tag::ANNOUNCE,
+            Update::AddGroupSa { .. } => tag::ADD_GROUP_SA,
+            Update::DeleteGroupSa { .. } => tag::DELETE_GROUP_SA,
+            Update::SendOnGroupSa { .. } => tag::SEND_ON_GROUP_SA,
+            Update::SetGroupPeers { .. } => tag::SET_GROUP_PEERS,
         };
         w.head(tag)?;
         w.u64(self.generation)?;
@@ -718,6 +792,27 @@ impl Record for UpdateEnvelope {
                 w.bool(*wan)?;
                 w.u8(u8::try_from(addrs.len()).map_err(|_| EncodeError::TooLong("addresses"))?)?;
                 addrs.iter().try_for_each(|a| w.ip(*a))
+            }
+            Update::AddGroupSa { params } => w.group_sa_params(params),
+            Update::DeleteGroupSa { spi } => w.u32(spi.0),
+            Update::SendOnGroupSa { id, spi } => {
+                w.u32(id.0)?;
+                w.u32(spi.0)
+            }
+            Update::SetGroupPeers {
+                id,
+                local,
+                outer_ttl,
+                peers,
+            } => {
+                w.u32(id.0)?;
+                w.ip(*local)?;
+                w.u8(*outer_ttl)?;
+                w.u32(u32::try_from(peers.len()).map_err(|_| EncodeError::TooLong("peers"))?)?;
+                peers.iter().try_for_each(|p| {
+                    w.prefix(p.lan)?;
+                    w.ip(p.outer)
+                })
             }
         }
     }
@@ -798,6 +893,38 @@ impl Record for UpdateEnvelope {
                 ahead: r.u64()?,
             },
             tag::EXPORT_SA => Update::ExportSa { sa: r.sa_ref()? },
+            tag::ADD_GROUP_SA => Update::AddGroupSa {
+                params: r.group_sa_params()?,
+            },
+            tag::DELETE_GROUP_SA => Update::DeleteGroupSa { spi: Spi(r.u32()?) },
+            tag::SEND_ON_GROUP_SA => Update::SendOnGroupSa {
+                id: SaId(r.u32()?),
+                spi: Spi(r.u32()?),
+            },
+            tag::SET_GROUP_PEERS => {
+                let id = SaId(r.u32()?);
+                let local = r.ip()?;
+                let outer_ttl = r.u8()?;
+                let n = usize::try_from(r.u32()?).map_err(|_| DecodeError::Truncated)?;
+                // A count the remaining bytes cannot hold is refused before allocating
+                // (smallest peer: an IPv4 prefix and an IPv4 address, 11 bytes).
+                if n > r.buf.len() / 11 {
+                    return Err(DecodeError::Truncated);
+                }
+                let mut peers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    peers.push(GroupPeer {
+                        lan: r.prefix()?,
+                        outer: r.ip()?,
+                    });
+                }
+                Update::SetGroupPeers {
+                    id,
+                    local,
+                    outer_ttl,
+                    peers,
+                }
+            }
             tag::ANNOUNCE => {
                 let wan = r.bool("announce side")?;
                 let n = r.u8()?;

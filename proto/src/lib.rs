@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod group;
 pub mod ids;
 pub mod nat;
 pub mod policy;

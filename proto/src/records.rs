@@ -6,6 +6,7 @@
 
 use core::net::IpAddr;
 
+use crate::group::{GroupPeer, GroupSaParams};
 use crate::ids::{SaId, Spi};
 use crate::nat::MasqueradeConfig;
 use crate::policy::{Prefix, Rule};
@@ -64,6 +65,26 @@ pub enum Update {
     /// was taken over, hosts that cached another MAC for it learn ours. `wan` picks the side;
     /// an address that is not ours there is refused.
     Announce { wan: bool, addrs: Vec<IpAddr> },
+    /// Install one generation of a group SA (see [`crate::group`] for the whole model):
+    /// received on at once, sent on when `params.send`. Refused for an SPI already installed
+    /// (a sender's IV counter never restarts under one key) or outside the group range.
+    AddGroupSa { params: GroupSaParams },
+    /// Remove one generation of a group SA (after the DTD). If it was the sending one, the
+    /// group sends nothing until another generation is named (`group_not_sending`).
+    DeleteGroupSa { spi: Spi },
+    /// Group `id` sends on the installed generation `spi` from now on (after the ATD); the
+    /// previous sending generation keeps receiving until deleted.
+    SendOnGroupSa { id: SaId, spi: Spi },
+    /// The tunnel endpoints of group `id`: our outer address, the outer TTL, and the other
+    /// members (LAN prefix -> outer address). Replaces what was set before; sent to every
+    /// worker (only the one holding the group's SAs reads it). Independent of generations:
+    /// set once, changed when members come or go.
+    SetGroupPeers {
+        id: SaId,
+        local: IpAddr,
+        outer_ttl: u8,
+        peers: Vec<GroupPeer>,
+    },
 }
 
 /// An [`Update`] with the generation it is applied under: one record on a worker's update ring.

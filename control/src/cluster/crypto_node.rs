@@ -1536,6 +1536,13 @@ impl CryptoNode {
             }
             // An edge's own addresses are its file's, never the crypto node's.
             Update::SetWanAddresses { .. } | Update::Announce { .. } => {}
+            // Group SAs (RFC 9838) are a gateway's, not a cluster's: not placed on edges.
+            Update::AddGroupSa { .. }
+            | Update::DeleteGroupSa { .. }
+            | Update::SendOnGroupSa { .. }
+            | Update::SetGroupPeers { .. } => {
+                self.error("group SAs are not supported on a cluster crypto node".into());
+            }
         }
     }
 

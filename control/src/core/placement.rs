@@ -260,6 +260,15 @@ impl Placement {
             | Update::SetWanAddresses { .. } => self.all(u),
             // A gratuitous ARP / unsolicited NA is one frame on the wire: one worker sends it.
             Update::Announce { .. } => vec![(0, u)],
+            // A group SA generation lives with the worker its SPI names (as an inbound SA:
+            // group SPIs all start 0xff0, so up to 256 workers put every generation on one);
+            // the sending generation is named to that worker; the endpoints go everywhere
+            // (only the holder reads them). See `proto::group`.
+            Update::AddGroupSa { params } => vec![(self.inbound_owner(params.spi), u)],
+            Update::DeleteGroupSa { spi } | Update::SendOnGroupSa { spi, .. } => {
+                vec![(self.inbound_owner(*spi), u)]
+            }
+            Update::SetGroupPeers { .. } => self.all(u),
         }
     }
 

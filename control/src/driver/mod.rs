@@ -403,5 +403,16 @@ fn update_summary(u: &Update) -> String {
         Update::CapSeq { id, ahead } => format!("SA {} capped at {ahead} ahead", id.0),
         Update::ExportSa { .. } => "export an SA's state".into(),
         Update::Announce { wan, addrs } => format!("announce {addrs:?} (wan {wan})"),
+        Update::AddGroupSa { params } => format!(
+            "add group SA {} (SPI {:08x}, sender {:?}/{} bits, send {})",
+            params.id.0, params.spi.0, params.sender_id, params.sender_id_bits, params.send
+        ),
+        Update::DeleteGroupSa { spi } => format!("delete group SPI {:08x}", spi.0),
+        Update::SendOnGroupSa { id, spi } => {
+            format!("group {} sends on SPI {:08x}", id.0, spi.0)
+        }
+        Update::SetGroupPeers { id, peers, .. } => {
+            format!("group {}: {} peers", id.0, peers.len())
+        }
     }
 }

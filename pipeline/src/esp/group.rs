@@ -22,10 +22,146 @@
 //! Owns: the IV layout, a sender's IV counter, the per-sender windows.
 //! Must never: hand out an IV twice; move a window on an unauthenticated packet.
 
+use core::net::IpAddr;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::crypto::{esp_nonce, Aead, IV_LEN, SALT_LEN, TAG_LEN};
+use crate::crypto::{
+    esp_nonce, new_aead, Aead, Backend, EspAlg, KeyError, IV_LEN, SALT_LEN, TAG_LEN,
+};
 use crate::esp::replay::{ReplayError, ReplayWindow};
+use crate::esp::sa::OuterTemplate;
+use crate::ids::{SaId, Spi};
+use crate::spd::Prefix;
+use crate::stats::SaCounters;
+
+pub use proto::group::{is_group_spi, GroupPeer, GroupSaParams};
+
+/// Why a group SA could not be built from its parameters (`Update::AddGroupSa`).
+#[derive(Debug, thiserror::Error)]
+pub enum GroupBuildError {
+    #[error("SPI {0} is not in the group range 0xff000000..=0xff7fffff")]
+    NotGroupSpi(Spi),
+    #[error("group SAs are AES-GCM only (RFC 6054 counter IVs)")]
+    NotGcm,
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    #[error("replay window {0}: 64..=4096, a power of two")]
+    Window(u32),
+}
+
+/// One generation of a group SA as a worker holds it: the key, this member's IV counter
+/// (None: receive only), the windows of the senders seen. Owned by one worker (the one the
+/// SPI's worker bits name), never shared.
+pub struct GroupSa {
+    pub id: SaId,
+    pub spi: Spi,
+    pub salt: [u8; SALT_LEN],
+    pub aead: Box<dyn Aead>,
+    /// This member's IVs on the generation (None: it never sends on it).
+    pub sender: Option<SenderIv>,
+    pub replay: GroupReplay,
+    /// The group's selectors: inner source and destination, both directions.
+    pub src_ts: Prefix,
+    pub dst_ts: Prefix,
+    /// Packets opened on the generation, and its inbound drops.
+    pub counters: Arc<SaCounters>,
+    /// Packets sealed on it, and its outbound drops.
+    pub out_counters: Arc<SaCounters>,
+    /// The warning before the counter's end went out (`Event::SeqNearWrap`).
+    pub warned: bool,
+}
+
+impl core::fmt::Debug for GroupSa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GroupSa")
+            .field("id", &self.id)
+            .field("spi", &self.spi)
+            .field("sender", &self.sender)
+            .field("senders_seen", &self.replay.senders())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a generation's runtime record (key schedule expanded here, off the worker).
+pub fn build_group(backend: Backend, p: &GroupSaParams) -> Result<GroupSa, GroupBuildError> {
+    if !is_group_spi(p.spi) {
+        return Err(GroupBuildError::NotGroupSpi(p.spi));
+    }
+    let EspAlg::Aead(alg) = p.keys.alg else {
+        return Err(GroupBuildError::NotGcm);
+    };
+    let sender = match p.sender_id {
+        Some(id) => Some(SenderIv::new(id, p.sender_id_bits)?),
+        None => {
+            check_bits(p.sender_id_bits)?;
+            None
+        }
+    };
+    let replay = GroupReplay::new(p.sender_id_bits, p.replay_window).map_err(|e| match e {
+        GroupError::Bits(_) if check_bits(p.sender_id_bits).is_ok() => {
+            GroupBuildError::Window(p.replay_window)
+        }
+        e => GroupBuildError::Group(e),
+    })?;
+    Ok(GroupSa {
+        id: p.id,
+        spi: p.spi,
+        salt: p.keys.salt,
+        aead: new_aead(backend, alg, p.keys.key())?,
+        sender,
+        replay,
+        src_ts: p.src_ts,
+        dst_ts: p.dst_ts,
+        counters: Arc::new(SaCounters::default()),
+        out_counters: Arc::new(SaCounters::default()),
+        warned: false,
+    })
+}
+
+/// The tunnel endpoints of one group (`Update::SetGroupPeers`), prepared: peers ordered by
+/// prefix length, longest first, so the first that holds a destination is the longest match.
+/// Each peer's outer header is prepared once (bare ESP from `local`).
+#[derive(Clone, Debug)]
+pub struct GroupPeers {
+    pub id: SaId,
+    pub local: IpAddr,
+    pub outer_ttl: u8,
+    peers: Vec<(GroupPeer, OuterTemplate)>,
+}
+
+impl GroupPeers {
+    /// Peers of another address family than `local` are left out (a tunnel has one family).
+    pub fn new(id: SaId, local: IpAddr, outer_ttl: u8, peers: Vec<GroupPeer>) -> GroupPeers {
+        let mut peers: Vec<(GroupPeer, OuterTemplate)> = peers
+            .into_iter()
+            .filter(|p| p.outer.is_ipv4() == local.is_ipv4())
+            .map(|p| (p, OuterTemplate::new(local, p.outer, None, outer_ttl)))
+            .collect();
+        peers.sort_by(|a, b| b.0.lan.prefix_len().cmp(&a.0.lan.prefix_len()));
+        GroupPeers {
+            id,
+            local,
+            outer_ttl,
+            peers,
+        }
+    }
+
+    /// The outer header toward the member whose LAN holds `dst` (longest prefix), if any.
+    #[inline]
+    pub fn outer_for(&self, dst: IpAddr) -> Option<&OuterTemplate> {
+        self.peers
+            .iter()
+            .find(|(p, _)| p.lan.contains(dst))
+            .map(|(_, t)| t)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &GroupPeer> {
+        self.peers.iter().map(|(p, _)| p)
+    }
+}
 
 /// Sender-ID widths the GCKS may choose (GWP_SENDER_ID_BITS).
 pub const MAX_SENDER_ID_BITS: u8 = 16;
@@ -106,19 +242,39 @@ impl SenderIv {
         })
     }
 
-    /// The next (sequence number, IV): the sequence number is the counter.
+    /// The last counter this sender may use: the ESP sequence number is the counter and has
+    /// 32 bits (no ESN on group SAs), and the counter must fit below the Sender-ID.
+    pub fn limit(&self) -> u64 {
+        counter_mask(self.bits).min(u64::from(u32::MAX))
+    }
+
+    /// The last counter used (0: none).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    pub fn sender_id(&self) -> u32 {
+        self.sender
+    }
+
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    /// The next (sequence number, IV): the sequence number is the counter. Refused, for good,
+    /// once the counter reached [`limit`](Self::limit): an IV is never handed out twice.
     pub fn take(&mut self) -> Result<(u64, [u8; IV_LEN]), GroupError> {
         let c = self
             .last
             .checked_add(1)
-            .filter(|c| *c <= counter_mask(self.bits))
+            .filter(|c| *c <= self.limit())
             .ok_or(GroupError::Exhausted)?;
         self.last = c;
         Ok((c, iv(self.sender, self.bits, c)))
     }
 
     #[cfg(test)]
-    fn set_last(&mut self, last: u64) {
+    pub(crate) fn set_last(&mut self, last: u64) {
         self.last = last;
     }
 }
@@ -186,12 +342,28 @@ impl GroupReplay {
         salt: &[u8; SALT_LEN],
         pkt: &[u8],
     ) -> Result<(u32, Vec<u8>), GroupError> {
+        let mut buf = pkt.to_vec();
+        let sender = self.open_in_place(aead, salt, &mut buf)?;
+        buf.truncate(buf.len() - TAG_LEN);
+        buf.drain(..ESP_HDR + IV_LEN);
+        Ok((sender, buf))
+    }
+
+    /// [`open`](Self::open) in place: `pkt` (SPI | seq | IV | ciphertext | ICV) holds the
+    /// plaintext between IV and ICV afterwards; returns the Sender-ID.
+    pub fn open_in_place(
+        &mut self,
+        aead: &dyn Aead,
+        salt: &[u8; SALT_LEN],
+        pkt: &mut [u8],
+    ) -> Result<u32, GroupError> {
         if pkt.len() < ESP_HDR + IV_LEN + TAG_LEN {
             return Err(GroupError::Short);
         }
-        let (hdr, rest) = pkt.split_at(ESP_HDR);
-        let (ivb, rest) = rest.split_at(IV_LEN);
-        let (ct, tagb) = rest.split_at(rest.len() - TAG_LEN);
+        let (hdr, rest) = pkt.split_at_mut(ESP_HDR);
+        let (ivb, rest) = rest.split_at_mut(IV_LEN);
+        let ct_len = rest.len() - TAG_LEN;
+        let (ct, tagb) = rest.split_at_mut(ct_len);
         let mut iv = [0u8; IV_LEN];
         iv.copy_from_slice(ivb);
         let mut seq = [0u8; 4];
@@ -208,8 +380,7 @@ impl GroupReplay {
         };
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(tagb);
-        let mut buf = ct.to_vec();
-        aead.open_in_place(&esp_nonce(salt, &iv), &hdr[..8], &mut buf, &tag)
+        aead.open_in_place(&esp_nonce(salt, &iv), &hdr[..8], ct, &tag)
             .map_err(|_| GroupError::Integrity)?;
         let w = match self.windows.entry(sender) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
@@ -218,7 +389,7 @@ impl GroupReplay {
             ),
         };
         w.advance(s).map_err(GroupError::Replay)?;
-        Ok((sender, buf))
+        Ok(sender)
     }
 }
 
@@ -289,10 +460,13 @@ mod tests {
                 assert!(seen.insert(g.take().unwrap().1));
             }
         }
+        // The counter ends at the 32-bit sequence number's end (no ESN on group SAs).
         let mut g = SenderIv::new(3, 16).unwrap();
-        g.set_last((1u64 << 48) - 2);
-        let (_, last) = g.take().unwrap();
-        assert_eq!(last, [0, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        g.set_last(u64::from(u32::MAX) - 1);
+        let (seq, last) = g.take().unwrap();
+        assert_eq!(seq, u64::from(u32::MAX));
+        assert_eq!(last, [0, 3, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(g.take().unwrap_err(), GroupError::Exhausted);
         assert_eq!(g.take().unwrap_err(), GroupError::Exhausted);
     }
 

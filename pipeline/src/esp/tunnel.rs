@@ -18,8 +18,11 @@
 
 use crate::crypto::cbc::{CbcError, BLOCK_LEN, CBC_IV_LEN};
 use crate::crypto::{esp_nonce, IV_LEN, TAG_LEN};
+use core::net::IpAddr;
+
+use crate::esp::group::{GroupError, GroupSa};
 use crate::esp::replay::ReplayError;
-use crate::esp::sa::{CbcSa, Encap, EspCipher, InboundSa, OutboundSa};
+use crate::esp::sa::{CbcSa, Encap, EspCipher, InboundSa, OutboundSa, OuterTemplate};
 use crate::ids::{SaId, Spi};
 use crate::port::Frame;
 use crate::sad::Sad;
@@ -300,7 +303,20 @@ fn push_outer<F: Frame>(
     meta: InnerMeta,
     seq: u64,
 ) -> Result<(), DropReason> {
-    let t = &sa.outer;
+    let udp = sa.encap.map(|_| (sa.local, sa.remote));
+    push_template(&sa.outer, sa.ipv6, udp, f, meta, seq)
+}
+
+/// Prepends the outer header `t` (IPv6 if `ipv6`; `udp` names the endpoints of an
+/// encapsulated one, for IPv6's UDP checksum) with the packet's lengths, TOS and checksum.
+fn push_template<F: Frame>(
+    t: &OuterTemplate,
+    ipv6: bool,
+    udp: Option<(IpAddr, IpAddr)>,
+    f: &mut F,
+    meta: InnerMeta,
+    seq: u64,
+) -> Result<(), DropReason> {
     let hlen = usize::from(t.len);
     let total = f.len() + hlen;
     if total > usize::from(u16::MAX) || hlen == 0 || !f.prepend(hlen) {
@@ -312,12 +328,12 @@ fn push_outer<F: Frame>(
         return Err(DropReason::NoBufferRoom);
     };
     hdr.copy_from_slice(tmpl);
-    let ip_len = if sa.ipv6 {
+    let ip_len = if ipv6 {
         ipv6::HEADER_LEN
     } else {
         ipv4::HEADER_LEN
     };
-    if sa.ipv6 {
+    if ipv6 {
         // Version 6, traffic class = inner DSCP + ECN (RFC 6040 normal mode), flow label 0.
         hdr[0] = 0x60 | (tos >> 4);
         hdr[1] = tos << 4;
@@ -331,18 +347,158 @@ fn push_outer<F: Frame>(
         let sum = t.ipv4_sum + u32::from(tos) + total as u32 + u32::from(ident);
         hdr[10..12].copy_from_slice(&(!checksum::fold(sum)).to_be_bytes());
     }
-    if sa.encap.is_some() {
+    if let Some((local, remote)) = udp {
         let udp_len = (total - ip_len) as u16;
         hdr[ip_len + 4..ip_len + 6].copy_from_slice(&udp_len.to_be_bytes());
-        if sa.ipv6 {
+        if ipv6 {
             // IPv6 forbids a zero UDP checksum here (RFC 8200 8.1): compute it over ESP.
             let Some(seg) = d.get_mut(ip_len..) else {
                 return Err(DropReason::NoBufferRoom);
             };
-            udp::Packet::new_unchecked(seg).fill_checksum(&sa.local, &sa.remote);
+            udp::Packet::new_unchecked(seg).fill_checksum(&local, &remote);
         }
     }
     Ok(())
+}
+
+/// Bytes a group SA adds to an inner packet of `inner_len` bytes toward outer header `t`.
+#[inline]
+pub fn group_overhead(t: &OuterTemplate, inner_len: usize) -> usize {
+    usize::from(t.len) + ESP_HEADER_LEN + IV_LEN + pad_len(inner_len) + 2 + TAG_LEN
+}
+
+/// Seals the inner IP packet in `f` on group generation `sa` (RFC 9838), toward the member
+/// whose outer header is `t`: standard RFC 4106 ESP whose explicit IV is the Sender-ID in the
+/// top bits and this member's counter below, the sequence number that counter
+/// ([`crate::esp::group`]). Returns the counter used. Refused with `SeqExhausted` once the
+/// counter is used up (never an IV twice), `GroupNotSending` on a receive-only generation.
+pub fn encapsulate_group<F: Frame>(
+    sa: &mut GroupSa,
+    t: &OuterTemplate,
+    f: &mut F,
+    meta: InnerMeta,
+) -> Result<u64, DropReason> {
+    let inner_len = f.len();
+    let pad = pad_len(inner_len);
+    if f.tailroom() < pad + 2 + TAG_LEN
+        || f.headroom() < ESP_HEADER_LEN + IV_LEN + usize::from(t.len)
+    {
+        return Err(DropReason::NoBufferRoom);
+    }
+    let Some(sender) = sa.sender.as_mut() else {
+        return Err(DropReason::GroupNotSending);
+    };
+    let (seq, iv) = sender.take().map_err(|_| DropReason::SeqExhausted)?;
+    if !f.append(pad + 2 + TAG_LEN) || !f.prepend(ESP_HEADER_LEN + IV_LEN) {
+        return Err(DropReason::NoBufferRoom);
+    }
+    let d = f.data_mut();
+    let ct_start = ESP_HEADER_LEN + IV_LEN;
+    let ct_end = ct_start + inner_len + pad + 2;
+    let Some(trailer) = d.get_mut(ct_start + inner_len..ct_end) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    for (i, b) in trailer.iter_mut().take(pad).enumerate() {
+        *b = (i + 1) as u8;
+    }
+    if let [.., pl, nh] = trailer {
+        *pl = pad as u8;
+        *nh = meta.next_header;
+    }
+    let Some((hdr, rest)) = d.split_at_mut_checked(ct_start) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    hdr[0..4].copy_from_slice(&sa.spi.0.to_be_bytes());
+    hdr[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+    hdr[8..16].copy_from_slice(&iv);
+    let Some((ct, tag)) = rest.split_at_mut_checked(ct_end - ct_start) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    let Ok(tag): Result<&mut [u8; TAG_LEN], _> = tag.try_into() else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    let mut aad_buf = [0u8; 12];
+    let aad = aad(&mut aad_buf, sa.spi, seq, false);
+    sa.aead
+        .seal_in_place(&esp_nonce(&sa.salt, &iv), aad, ct, tag);
+    sa.out_counters.count(inner_len as u64);
+    push_template(t, t.bytes[0] >> 4 == 6, None, f, meta, seq)?;
+    Ok(seq)
+}
+
+/// Opens the group ESP packet at the start of `f`'s data on generation `sa`: the sender's
+/// window checked before and moved after the ICV ([`crate::esp::group::GroupReplay`]). On
+/// success `f` holds the inner packet; the result carries the group's selectors (inner
+/// source in `src_ts` = `remote_ts`, destination in `dst_ts` = `local_ts`). Drops are counted
+/// on the generation.
+pub fn decapsulate_group<F: Frame>(
+    sa: &mut GroupSa,
+    f: &mut F,
+    now: u64,
+) -> Result<Opened, DropReason> {
+    let r = open_group(sa, f);
+    match r {
+        Ok((next_header, inner_len)) => {
+            sa.counters.last_used.set(now.max(1));
+            if !f.adj(ESP_HEADER_LEN + IV_LEN) {
+                return Err(DropReason::EspTruncated);
+            }
+            f.truncate(inner_len);
+            Ok(Opened {
+                sa: sa.id,
+                spi: sa.spi,
+                next_header,
+                inner_len,
+                crossing: None,
+                local_ts: sa.dst_ts,
+                remote_ts: sa.src_ts,
+            })
+        }
+        Err(reason) => {
+            sa.counters.record_drop(reason);
+            Err(reason)
+        }
+    }
+}
+
+fn open_group<F: Frame>(sa: &mut GroupSa, f: &mut F) -> Result<(u8, usize), DropReason> {
+    if f.len() < MIN_ESP_LEN {
+        return Err(DropReason::EspTruncated);
+    }
+    let d = f.data_mut();
+    match sa.replay.open_in_place(sa.aead.as_ref(), &sa.salt, d) {
+        Ok(_sender) => {}
+        Err(GroupError::Short) => return Err(DropReason::EspTruncated),
+        Err(GroupError::SeqMismatch) => return Err(DropReason::GroupSeqMismatch),
+        Err(GroupError::Replay(e)) => return Err(replay_reason(e)),
+        Err(GroupError::Integrity) => return Err(DropReason::AuthFailed),
+        Err(_) => return Err(DropReason::CryptoFailed),
+    }
+    let Some(ct) = d
+        .len()
+        .checked_sub(TAG_LEN)
+        .and_then(|end| d.get(ESP_HEADER_LEN + IV_LEN..end))
+    else {
+        return Err(DropReason::EspTruncated);
+    };
+    let Ok((inner_len, nh)) = wire_esp::parse_trailer(ct) else {
+        return Err(DropReason::BadPadding);
+    };
+    let nh = u8::from(nh);
+    match nh {
+        NH_IPV4 | NH_IPV6 => {
+            sa.counters.count(inner_len as u64);
+            Ok((nh, inner_len))
+        }
+        NH_NONE => {
+            sa.counters.count_quietly(inner_len as u64);
+            Err(DropReason::TfcDummy)
+        }
+        _ => {
+            sa.counters.count_quietly(inner_len as u64);
+            Err(DropReason::BadNextHeader)
+        }
+    }
 }
 
 /// The result of a successful open.

@@ -59,7 +59,7 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    fn release(&mut self, r: Released) {
+    pub(super) fn release(&mut self, r: Released) {
         self.reply(Reply::Released(r));
     }
 
@@ -198,6 +198,10 @@ impl<P: Port> Worker<P> {
                 let side = if wan { Side::Wan } else { Side::Lan };
                 self.announce(side, &addrs)?;
             }
+            Command::AddGroupSa { sa, send } => self.add_group_sa(sa, send)?,
+            Command::DeleteGroupSa(spi) => self.delete_group_sa(spi)?,
+            Command::SendOnGroupSa { id, spi } => self.group_send_on(id, spi)?,
+            Command::SetGroupPeers(p) => self.set_group_peers(p),
             Command::UnbindHost(dst) => {
                 if self.hosts.remove(&dst).is_none() {
                     return Err("no host binding for that address");
@@ -209,7 +213,7 @@ impl<P: Port> Worker<P> {
 
     /// The SA list readers see is kept up to date one entry at a time (an index from SA key
     /// to position), so installing the millionth SA costs what the first did.
-    fn list_upsert(&mut self, e: SaCounterEntry) {
+    pub(super) fn list_upsert(&mut self, e: SaCounterEntry) {
         let key = list_key(&e);
         if let Ok(mut g) = self.sa_counters.lock() {
             match self.sa_index.get(&key) {
@@ -222,7 +226,7 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    fn list_remove(&mut self, key: (bool, u32)) {
+    pub(super) fn list_remove(&mut self, key: (bool, u32)) {
         if let Ok(mut g) = self.sa_counters.lock() {
             if let Some(i) = self.sa_index.remove(&key) {
                 if i < g.len() {

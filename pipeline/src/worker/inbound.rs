@@ -10,6 +10,7 @@ use core::net::{IpAddr, Ipv4Addr};
 
 use super::cbc_burst::OpenLater;
 use super::emit::{decrement_hop_limit, rewrite_inner};
+use super::group::Groups;
 use super::parse::{outer_addrs, outer_udp_src_port, parse_inner, parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
 use crate::esp::sa::Encap;
@@ -91,6 +92,20 @@ impl<P: Port> Worker<P> {
                 self.inbound_elsewhere(Spi(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
             }) {
                 return v;
+            }
+            // Group ESP (RFC 9838: an SPI of the group range, bare ESP) on its generation.
+            if !self.groups.is_empty() && encap == Encap::Bare {
+                if let Some(spi) = f
+                    .data()
+                    .get(at..at + 4)
+                    .map(|b| Spi(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+                    .filter(|s| crate::esp::group::is_group_spi(*s))
+                {
+                    return match self.open_group(f, at, spi, pkt.ecn, now) {
+                        Ok(v) => v,
+                        Err((r, spi)) => self.open_failed(f, r, spi, now),
+                    };
+                }
             }
             // A failed open is reported with the outer addresses, read from the frame again
             // only then: keeping `pkt` alive across the open made every packet read it back
@@ -308,27 +323,29 @@ impl<P: Port> Worker<P> {
     fn deliver(&mut self, f: &mut P::Frame, opened: &Opened, outer_ecn: u8, now: u64) -> Verdict {
         // Drops from here on are also counted on the SA (looked up again only then: the hot
         // path holds no reference to it).
-        let sa_drop = |sad: &Sad, r: DropReason| {
+        let sa_drop = |sad: &Sad, groups: &Groups, r: DropReason| {
             if let Some(sa) = sad.inbound(opened.spi) {
                 sa.counters.record_drop(r);
+            } else if let Some(c) = groups.counters(opened.spi) {
+                c.record_drop(r);
             }
             Verdict::Drop(r)
         };
         let inner = match parse_inner(f.data(), opened.next_header) {
             Ok(i) => i,
-            Err(r) => return sa_drop(&self.sad, r),
+            Err(r) => return sa_drop(&self.sad, &self.groups, r),
         };
         // The inner packet must be what this SA was negotiated to carry (RFC 4301 5.2).
         if !opened.remote_ts.contains(inner.key.src) || !opened.local_ts.contains(inner.key.dst) {
-            return sa_drop(&self.sad, DropReason::PolicyMismatch);
+            return sa_drop(&self.sad, &self.groups, DropReason::PolicyMismatch);
         }
         if inner.hop_limit <= 1 {
-            return sa_drop(&self.sad, DropReason::TtlExceeded);
+            return sa_drop(&self.sad, &self.groups, DropReason::TtlExceeded);
         }
         // RFC 6040 decapsulation: CE on the outer marks an ECN-capable inner packet; a
         // Not-ECT inner packet with CE outside must be dropped.
         let new_ecn = match (outer_ecn, inner.ecn) {
-            (3, 0) => return sa_drop(&self.sad, DropReason::InnerMalformed),
+            (3, 0) => return sa_drop(&self.sad, &self.groups, DropReason::InnerMalformed),
             (3, _) => 3,
             (1, 2) => 1,
             (_, e) => e,
@@ -347,7 +364,7 @@ impl<P: Port> Worker<P> {
                     Err(
                         crate::nat::NatDrop::NoSession | crate::nat::NatDrop::UnsupportedProtocol,
                     ) => {}
-                    Err(e) => return sa_drop(&self.sad, nat_reason(e)),
+                    Err(e) => return sa_drop(&self.sad, &self.groups, nat_reason(e)),
                 }
             }
         }

@@ -19,6 +19,7 @@
 //! | `neighbors` | ARP requests and neighbour solicitations for our own addresses, answered in place |
 //! | `outbound` | LAN -> host binding or SPD -> ESP seal, or bypass (+ masquerade) -> WAN; ICMP too-big |
 //! | `inbound` | WAN -> ESP open (in the SA's own encapsulation) -> selector and ECN checks -> LAN; clear traffic and masquerade in |
+//! | `group` | group SAs (RFC 9838): generations by SPI, the sending one per group, the members as tunnel endpoints; seal with Sender-ID IVs, open with per-sender windows |
 //! | `hairpin` | a packet from one road warrior to another's virtual IP: sealed again onto its SA, back to the WAN |
 //! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
@@ -55,6 +56,7 @@ mod checksum;
 mod commands;
 mod emit;
 mod fragments;
+mod group;
 mod hairpin;
 mod handoff;
 mod hosts;
@@ -142,6 +144,8 @@ pub struct Worker<P: Port> {
     /// Host bindings (road warriors' virtual IPs): destination -> (allowed sources, SA),
     /// looked up before the SPD.
     hosts: HostMap,
+    /// Group SAs (`group`).
+    groups: group::Groups,
     /// Hairpinned packets by pair since the last report (`hairpin`).
     hairpins: hairpin::HairpinPairs,
     /// Further WAN addresses answered for (a roaming client's old one, for a moment).
@@ -250,6 +254,7 @@ impl<P: Port> Worker<P> {
             nat: None,
             vip_nat: None,
             hosts: HostMap::default(),
+            groups: Default::default(),
             hairpins: Default::default(),
             wan_also: Vec::new(),
             reasm: None,

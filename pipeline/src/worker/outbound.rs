@@ -95,6 +95,12 @@ impl<P: Port> Worker<P> {
         vip: bool,
     ) -> Verdict {
         let Some(sa) = self.sad.outbound_mut(id) else {
+            // A group this worker holds (`group`).
+            if !self.groups.is_empty() {
+                if let Some(v) = self.protect_group(f, pkt, id, now) {
+                    return v;
+                }
+            }
             // Another worker owns the SA: the frame goes there, untouched.
             return self
                 .outbound_elsewhere(id)
@@ -182,7 +188,7 @@ impl<P: Port> Worker<P> {
     }
 
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" back to the sender on the LAN.
-    fn send_too_big(&mut self, f: &P::Frame, ipv6: bool, mtu: usize) {
+    pub(super) fn send_too_big(&mut self, f: &P::Frame, ipv6: bool, mtu: usize) {
         let Some(mut out) = self.lan.alloc() else {
             return;
         };

@@ -64,10 +64,13 @@ impl<P: Port> Worker<P> {
                 packets: self.unknown_spi_total,
             }
         } else {
-            let Some(sa) = self.sad.inbound(spi) else {
-                return;
+            let (id, c) = match self.sad.inbound(spi) {
+                Some(sa) => (sa.id, sa.counters.clone()),
+                None => match self.group_counters(spi) {
+                    Some(g) => g,
+                    None => return,
+                },
             };
-            let (id, c) = (sa.id, &sa.counters);
             if slot == 1 {
                 Event::AuthFailures {
                     worker,

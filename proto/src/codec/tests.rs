@@ -119,6 +119,57 @@ fn rules() -> Vec<Rule> {
     ]
 }
 
+fn group_params(alg: AeadAlg, sender: Option<u32>) -> GroupSaParams {
+    let keymat: Vec<u8> = (0..EspAlg::from(alg).keymat_len())
+        .map(|i| i as u8 ^ 0xa5)
+        .collect();
+    GroupSaParams {
+        id: SaId(1 << 24),
+        spi: Spi(0xff00_0001),
+        keys: SaKeys::from_keymat(alg, &keymat).unwrap(),
+        sender_id: sender,
+        sender_id_bits: 8,
+        replay_window: 128,
+        src_ts: "10.0.0.0/8".parse().unwrap(),
+        dst_ts: "10.0.0.0/8".parse().unwrap(),
+        send: sender.is_some(),
+    }
+}
+
+/// A group SA's keys come back as they went, and a CBC group SA is not encoded.
+#[test]
+fn group_sa_keys_round_trip_and_cbc_is_refused() {
+    let u = UpdateEnvelope {
+        generation: 1,
+        update: Update::AddGroupSa {
+            params: group_params(AeadAlg::AesGcm256, Some(3)),
+        },
+    };
+    let back = same_bytes(&u);
+    let (Update::AddGroupSa { params: a }, Update::AddGroupSa { params: b }) =
+        (&u.update, &back.update)
+    else {
+        panic!("{back:?}")
+    };
+    assert_eq!((a.keys.key(), a.keys.salt), (b.keys.key(), b.keys.salt));
+    assert_eq!(
+        (a.id, a.spi, a.sender_id, a.sender_id_bits, a.send),
+        (b.id, b.spi, b.sender_id, b.sender_id_bits, b.send)
+    );
+    assert!(!format!("{back:?}").contains("a5"));
+    let mut p = group_params(AeadAlg::AesGcm128, Some(1));
+    p.keys = SaKeys::from_keymat(
+        EspAlg::Cbc(CbcAlg::AesCbc128, IntegAlg::HmacSha256_128),
+        &[1; 48],
+    )
+    .unwrap();
+    let u = UpdateEnvelope {
+        generation: 2,
+        update: Update::AddGroupSa { params: p },
+    };
+    assert!(to_vec(&u).is_err());
+}
+
 fn updates() -> Vec<UpdateEnvelope> {
     let encap = Some(UdpEncap {
         local_port: 4500,
@@ -213,6 +264,40 @@ fn updates() -> Vec<UpdateEnvelope> {
         Update::Announce {
             wan: true,
             addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+        },
+        Update::AddGroupSa {
+            params: group_params(AeadAlg::AesGcm128, Some(5)),
+        },
+        Update::AddGroupSa {
+            params: group_params(AeadAlg::AesGcm256, None),
+        },
+        Update::DeleteGroupSa {
+            spi: Spi(0xff00_0042),
+        },
+        Update::SendOnGroupSa {
+            id: SaId(1 << 24),
+            spi: Spi(0xff7f_ffff),
+        },
+        Update::SetGroupPeers {
+            id: SaId(1 << 24),
+            local: v4([192, 0, 2, 1]),
+            outer_ttl: 64,
+            peers: vec![
+                GroupPeer {
+                    lan: "10.2.0.0/16".parse().unwrap(),
+                    outer: v4([198, 51, 100, 2]),
+                },
+                GroupPeer {
+                    lan: "2001:db8:b::/48".parse().unwrap(),
+                    outer: v6(3),
+                },
+            ],
+        },
+        Update::SetGroupPeers {
+            id: SaId(3),
+            local: v6(1),
+            outer_ttl: 1,
+            peers: vec![],
         },
     ];
     ups.into_iter()

@@ -19,6 +19,7 @@ mod cbc;
 mod client;
 mod commands;
 mod filters;
+mod group;
 mod hairpin;
 mod handoff;
 mod ike_io;
