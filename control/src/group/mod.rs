@@ -7,3 +7,4 @@
 //! | [`gcks`] | the GCKS's endpoint, reloads (member removal), its counters and status | log a key |
 
 pub mod gcks;
+pub mod member;
