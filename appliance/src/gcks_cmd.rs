@@ -182,8 +182,9 @@ pub fn run(args: GcksArgs) -> Result<()> {
                 let sent = reload_tx.lock().ok().map(|t| t.send(reply).is_ok());
                 Some(match (sent, answer.recv_timeout(Duration::from_secs(4))) {
                     (Some(true), Ok(r)) => crate::reload::answer(r.map_err(anyhow::Error::msg)),
-                    _ => serde_json::json!({ "error": "the key server did not answer" })
-                        .to_string(),
+                    _ => {
+                        serde_json::json!({ "error": "the key server did not answer" }).to_string()
+                    }
                 })
             }
             _ => None,

@@ -305,7 +305,9 @@ pub fn status(args: ViewArgs) -> Result<()> {
         if args.json {
             println!("{v}");
         } else {
-            crate::gcks_cmd::view_lines(&v).iter().for_each(|l| println!("{l}"));
+            crate::gcks_cmd::view_lines(&v)
+                .iter()
+                .for_each(|l| println!("{l}"));
         }
         return Ok(());
     }
@@ -417,7 +419,9 @@ pub fn stats(args: ViewArgs) -> Result<()> {
         if args.json {
             println!("{v}");
         } else {
-            crate::gcks_cmd::view_lines(&v).iter().for_each(|l| println!("{l}"));
+            crate::gcks_cmd::view_lines(&v)
+                .iter()
+                .for_each(|l| println!("{l}"));
         }
         return Ok(());
     }

@@ -201,8 +201,7 @@ impl GcksNode {
             .collect();
         let mut lines = Vec::new();
         for m in &gone {
-            self.endpoint
-                .remove_group_member(now, &self.plan.group, m);
+            self.endpoint.remove_group_member(now, &self.plan.group, m);
             lines.push(format!("group: member {} removed", m.display()));
         }
         self.plan = plan;

@@ -249,7 +249,10 @@ impl MemberPlane {
 
     /// The generations installed (SPI, sending), for the view.
     pub fn generations(&self) -> Vec<(u32, bool)> {
-        self.installed.iter().map(|(s, i)| (*s, i.sending)).collect()
+        self.installed
+            .iter()
+            .map(|(s, i)| (*s, i.sending))
+            .collect()
     }
 }
 

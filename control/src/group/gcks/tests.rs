@@ -243,7 +243,10 @@ fn a_reload_that_drops_a_member_rekeys_the_others_without_it() {
     lab.settle();
     lab.run_to(secs(5));
     let lines = lab.gcks.reload(lab.now, plan(&[1, 2])).unwrap();
-    assert_eq!(lines, vec!["group: member m3.roamgate.test removed".to_string()]);
+    assert_eq!(
+        lines,
+        vec!["group: member m3.roamgate.test removed".to_string()]
+    );
     lab.settle();
     let c = lab.gcks.counts();
     assert_eq!(c.removed, 1);
