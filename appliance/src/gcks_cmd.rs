@@ -211,7 +211,9 @@ pub fn run(args: GcksArgs) -> Result<()> {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => tracing::warn!(target: "gcks", "receive: {e}"),
         }
@@ -259,15 +261,9 @@ fn reload(path: &Path, node: &mut GcksNode, now: ike::Instant) -> Result<Vec<Str
         crate::logs::apply_file_level(file.log_level.as_deref()).map_err(|e| format!("{e:#}"))?;
         Ok(lines)
     })();
-    match &r {
-        Ok(lines) => {
-            for l in lines {
-                tracing::info!(target: "gcks", "reload: {l}");
-            }
-        }
-        Err(e) => {
-            tracing::error!(target: "gcks", "reload refused, the running configuration stays: {e}")
-        }
+    // (The node logs each change itself.)
+    if let Err(e) = &r {
+        tracing::error!(target: "gcks", "reload refused, the running configuration stays: {e}");
     }
     r
 }

@@ -144,6 +144,16 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     file.ike.admission(path, "ike")?;
     file.ike.fragmentation(path, "ike")?;
     let eap = file.ike.eap(path, "ike", &file.gateway.name)?;
+    if let Some(g) = file.group_member(path, &c.conns)? {
+        println!(
+            "{}: group member of {} through connection {} (GCKS {}), {} other member(s)",
+            path.display(),
+            g.plan.group.display(),
+            g.connection,
+            g.plan.gcks,
+            g.setup.peers.len()
+        );
+    }
     let role = match (&c.ha, &c.edge) {
         (Some(_), _) => ", a node of an HA pair",
         (None, Some(_)) => ", a cluster edge",

@@ -210,7 +210,7 @@ impl MemberPlane {
             .iter()
             .filter(|(_, i)| i.until.is_none())
             .max_by_key(|(_, i)| i.active_from)?;
-        (!newest.1.sending).then(|| (*newest.0, *newest.1))
+        (!newest.1.sending).then_some((*newest.0, *newest.1))
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
