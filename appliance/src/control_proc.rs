@@ -161,6 +161,22 @@ pub fn run(args: ControlArgs) -> Result<()> {
     driver.set_admission(file.ike.admission(&args.config, "ike")?);
     driver.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
     driver.core_mut().set_vcm(checked.vcm.clone());
+    if let Some(g) = file.group_member(&args.config, &checked.conns)? {
+        tracing::info!(target: "control",
+            "group member of {} through {} (GCKS {}), {} other member(s)",
+            g.plan.group.display(),
+            g.connection,
+            g.plan.gcks,
+            g.setup.peers.len()
+        );
+        driver.core_mut().join_group(
+            &g.connection,
+            g.plan.group.clone(),
+            g.plan.sender,
+            g.setup,
+            plan.rules.clone(),
+        );
+    }
     if let Some(e) = file.ike.eap(&args.config, "ike", &gw.name)? {
         driver.set_eap(e).context("opening the RADIUS socket")?;
     }

@@ -20,6 +20,7 @@ mod control_link;
 mod control_proc;
 mod core_dumps;
 mod dataplane;
+mod gcks_cmd;
 // The HA pair (parts used by tests only).
 #[cfg_attr(not(test), allow(dead_code))]
 mod ha;
@@ -86,6 +87,10 @@ enum Command {
     /// `roamgate dataplane --shm`.
     #[command(hide = true)]
     EdgeLink(cluster::edge::EdgeLinkArgs),
+    /// Run a group's key server (G-IKEv2, RFC 9838; docs/group.md): registers the members of
+    /// the file's `group` section (IKE_SA_INIT + GSA_AUTH), rekeys the group SA before its
+    /// lifetime ends (GSA_REKEY to each member), removes members dropped at a reload.
+    Gcks(gcks_cmd::GcksArgs),
     /// Run the control plane alone (IKEv2, the SA repository) on a shared-memory channel to
     /// `roamgate dataplane --shm` (same config file).
     Control(control_proc::ControlArgs),
@@ -127,11 +132,28 @@ struct CheckArgs {
 /// `roamgate check --config X`.
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let path = &args.config;
+    // A key server's file (`roamgate gcks`) has a `gcks` section instead of `gateway`.
+    if std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l.starts_with("gcks:"))) {
+        for l in gcks_cmd::check_lines(path)? {
+            println!("{}: OK: {l}", path.display());
+        }
+        return Ok(());
+    }
     let file: config::DataplaneFile = control::config::load(path)?;
     let c = file.validate(path)?;
     file.ike.admission(path, "ike")?;
     file.ike.fragmentation(path, "ike")?;
     let eap = file.ike.eap(path, "ike", &file.gateway.name)?;
+    if let Some(g) = file.group_member(path, &c.conns)? {
+        println!(
+            "{}: group member of {} through connection {} (GCKS {}), {} other member(s)",
+            path.display(),
+            g.plan.group.display(),
+            g.connection,
+            g.plan.gcks,
+            g.setup.peers.len()
+        );
+    }
     let role = match (&c.ha, &c.edge) {
         (Some(_), _) => ", a node of an HA pair",
         (None, Some(_)) => ", a cluster edge",
@@ -215,6 +237,7 @@ fn main() -> ExitCode {
                 core_dumps::apply(args.allow_core_dumps()).and_then(|_| cluster::edge::run(args))
             }
             Command::Perf(args) => perf_cmd::run(args),
+            Command::Gcks(args) => gcks_cmd::run(args),
             Command::Status(args) => views::status(args),
             Command::Stats(args) => views::stats(args),
             Command::Sa(args) => views::sas(args),

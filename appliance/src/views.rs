@@ -301,6 +301,16 @@ fn ike_drop_lines(ike: &serde_json::Value) -> Vec<String> {
 pub fn status(args: ViewArgs) -> Result<()> {
     let socket = args.socket()?;
     let v = ask(&socket, "status")?;
+    if v["role"] == "gcks" {
+        if args.json {
+            println!("{v}");
+        } else {
+            crate::gcks_cmd::view_lines(&v)
+                .iter()
+                .for_each(|l| println!("{l}"));
+        }
+        return Ok(());
+    }
     let ike = ike_view(&socket);
     if args.json {
         println!("{}", serde_json::json!({ "dataplane": v, "ike": ike }));
@@ -405,6 +415,16 @@ fn worker_line(w: &serde_json::Value) -> String {
 pub fn stats(args: ViewArgs) -> Result<()> {
     let socket = args.socket()?;
     let mut v = ask(&socket, "stats")?;
+    if v["role"] == "gcks" {
+        if args.json {
+            println!("{v}");
+        } else {
+            crate::gcks_cmd::view_lines(&v)
+                .iter()
+                .for_each(|l| println!("{l}"));
+        }
+        return Ok(());
+    }
     let ike = ike_view(&socket);
     if args.json {
         if let (Some(o), Some(ike)) = (v.as_object_mut(), &ike) {

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod driver;
+pub mod group;
 pub mod ha;
 pub mod nat_coord;
 pub mod repo;

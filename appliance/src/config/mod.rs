@@ -41,6 +41,99 @@ pub struct DataplaneFile {
     /// A cluster edge (`roamgate edge`): its id, the crypto node, the channel's key.
     #[serde(default)]
     pub cluster: Option<ClusterYaml>,
+    /// Group mode (`control::config::group`): this gateway is a member of a G-IKEv2 group
+    /// (role member); a key server runs as `roamgate gcks`.
+    #[serde(default)]
+    pub group: Option<control::config::group::GroupYaml>,
+}
+
+/// A member's checked `group` section: the connection to the GCKS, the plan, the data
+/// plane's side.
+pub struct GroupMemberPlan {
+    pub connection: String,
+    pub plan: control::config::group::MemberPlan,
+    pub setup: control::group::member::MemberSetup,
+}
+
+impl DataplaneFile {
+    /// The `group` section of a member, checked against the file's connections and LAN.
+    pub fn group_member(
+        &self,
+        file: &Path,
+        conns: &[Connection],
+    ) -> Result<Option<GroupMemberPlan>, ConfigError> {
+        use control::config::group::GroupPlan;
+        let Some(g) = &self.group else {
+            return Ok(None);
+        };
+        let plan = match g.validate(file)? {
+            GroupPlan::Member(m) => m,
+            GroupPlan::Gcks(_) => {
+                return Err(ConfigError::new(
+                    file,
+                    "group.role",
+                    "is gcks: a key server runs as `roamgate gcks --config` (no data plane)",
+                ))
+            }
+        };
+        let connection = match &plan.connection {
+            Some(c) => {
+                if !conns.iter().any(|x| &x.peer.name == c) {
+                    return Err(ConfigError::new(
+                        file,
+                        "group.connection",
+                        format!("names no connection of ike.connections: {c}"),
+                    ));
+                }
+                c.clone()
+            }
+            None => conns
+                .iter()
+                .find(|c| c.initiate_to.is_some_and(|a| a.ip() == plan.gcks))
+                .map(|c| c.peer.name.clone())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        file,
+                        "group.connection",
+                        format!(
+                            "missing, and no connection has remote_addr {} (the GCKS)",
+                            plan.gcks
+                        ),
+                    )
+                })?,
+        };
+        let lan = self
+            .gateway
+            .lan
+            .subnet()
+            .map_err(|w| ConfigError::new(file, "gateway.lan.prefix_len", w))?;
+        let any: proto::policy::Prefix = "0.0.0.0/0".parse().map_err(|_| {
+            ConfigError::new(file, "group.traffic", "cannot make the default range")
+        })?;
+        let setup = control::group::member::MemberSetup {
+            local: self.gateway.wan.address,
+            lan,
+            peers: plan
+                .peers
+                .iter()
+                .map(|p| proto::group::GroupPeer {
+                    lan: p.lan,
+                    outer: p.address,
+                })
+                .collect(),
+            traffic: plan.traffic.unwrap_or(any),
+            replay_window: self
+                .gateway
+                .replay_window
+                .clamp(64, 4096)
+                .next_power_of_two(),
+        };
+        Ok(Some(GroupMemberPlan {
+            connection,
+            plan,
+            setup,
+        }))
+    }
 }
 
 /// A file for `roamgate crypto-node`: the gateway the edges stand for (its name, the public
@@ -145,6 +238,7 @@ impl DataplaneFile {
             ("dataplane.cores".into(), format!("{:?}", d.cores)),
             ("dataplane".into(), format!("{d:?}")),
             ("ha".into(), format!("{:?}", self.ha)),
+            ("group".into(), format!("{:?}", self.group)),
             // EAP's settings are read again at each reload; turning it on or off is not.
             (
                 "ike.eap".into(),

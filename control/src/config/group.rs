@@ -23,6 +23,11 @@
 //!   role: member
 //!   gcks: 192.0.2.10                     # the key server's address
 //!   sender: true                         # asks for a Sender-ID (default true)
+//!   connection: gcks                     # the `ike` connection to the GCKS (default: the
+//!                                        #   one whose remote_addr is `gcks`)
+//!   traffic: 10.0.0.0/8                  # the group's range (as the GCKS's; default any)
+//!   peers:                               # the other members: LAN -> outer (WAN) address
+//!     - { lan: 10.2.0.0/24, address: 192.0.2.2 }
 //! ```
 //!
 //! Checked here with the file, key and problem named in every error; the checked GCKS policy
@@ -68,6 +73,18 @@ pub struct GroupYaml {
     pub gcks: Option<IpAddr>,
     #[serde(default)]
     pub sender: Option<bool>,
+    #[serde(default)]
+    pub connection: Option<String>,
+    #[serde(default)]
+    pub peers: Option<Vec<GroupPeerYaml>>,
+}
+
+/// One other member of the group as a tunnel endpoint (a member's `peers`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPeerYaml {
+    pub lan: Prefix,
+    pub address: IpAddr,
 }
 
 /// Defaults of the key server's keys.
@@ -128,6 +145,12 @@ pub struct MemberPlan {
     pub group: Id,
     pub gcks: IpAddr,
     pub sender: bool,
+    /// The `ike` connection to the GCKS, if named.
+    pub connection: Option<String>,
+    /// The group's range (both selectors of its SAs); None: any.
+    pub traffic: Option<Prefix>,
+    /// The other members: (LAN, outer address).
+    pub peers: Vec<GroupPeerYaml>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +173,8 @@ impl GroupYaml {
                 for (k, set) in [
                     ("gcks", self.gcks.is_some()),
                     ("sender", self.sender.is_some()),
+                    ("connection", self.connection.is_some()),
+                    ("peers", self.peers.is_some()),
                 ] {
                     if set {
                         return Err(err(k, "is a member's key; this is role gcks".into()));
@@ -160,7 +185,6 @@ impl GroupYaml {
             "member" => {
                 for (k, set) in [
                     ("members", self.members.is_some()),
-                    ("traffic", self.traffic.is_some()),
                     ("algorithm", self.algorithm.is_some()),
                     ("lifetime_secs", self.lifetime_secs.is_some()),
                     ("rekey_lead_secs", self.rekey_lead_secs.is_some()),
@@ -181,10 +205,30 @@ impl GroupYaml {
                 if gcks.is_unspecified() || gcks.is_multicast() {
                     return Err(err("gcks", format!("{gcks} is not a unicast address")));
                 }
+                let peers = self.peers.clone().unwrap_or_default();
+                for (i, p) in peers.iter().enumerate() {
+                    if p.address.is_unspecified() {
+                        return Err(err(
+                            &format!("peers[{i}].address"),
+                            format!("{} is not an address", p.address),
+                        ));
+                    }
+                    if let Some(t) = self.traffic {
+                        if !t.contains(p.lan.addr()) {
+                            return Err(err(
+                                &format!("peers[{i}].lan"),
+                                format!("{} is outside the group's traffic {t}", p.lan.addr()),
+                            ));
+                        }
+                    }
+                }
                 Ok(GroupPlan::Member(MemberPlan {
                     group,
                     gcks,
                     sender: self.sender.unwrap_or(true),
+                    connection: self.connection.clone(),
+                    traffic: self.traffic,
+                    peers,
                 }))
             }
             other => Err(err(
@@ -347,6 +391,9 @@ mod tests {
                 group: Id::from_text("branches.test"),
                 gcks: "192.0.2.10".parse().unwrap(),
                 sender: true,
+                connection: None,
+                traffic: None,
+                peers: Vec::new(),
             })
         );
     }
@@ -385,6 +432,11 @@ mod tests {
                 "group:\n  id: g\n  role: member\n  gcks: 192.0.2.1\n  atd_secs: 1\n".into(),
                 "group.atd_secs",
             ),
+            (
+                "group:\n  id: g\n  role: member\n  gcks: 192.0.2.1\n  traffic: 10.0.0.0/8\n  peers: [{ lan: 172.16.0.0/24, address: 192.0.2.2 }]\n".into(),
+                "group.peers[0].lan",
+            ),
+            (g("  peers: []\n"), "group.peers"),
         ] {
             let e = check(&text).unwrap_err();
             assert_eq!(e.key, key, "{text}");

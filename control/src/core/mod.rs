@@ -22,6 +22,7 @@
 pub mod decisions;
 pub mod direct_paths;
 pub mod durable;
+mod group;
 pub mod output;
 pub mod placement;
 pub mod reconnect;
@@ -81,6 +82,8 @@ pub struct ControlCore {
     reconnect: reconnect::Reconnect,
     /// The connectivity manager, gateway and client ends ([`direct_paths`]).
     direct: direct_paths::DirectPaths,
+    /// A group member's side (the `group` section, role member; [`group`]).
+    group: Option<group::GroupMember>,
 }
 
 /// Candidates kept for the connectivity manager (the oldest go first).
@@ -152,6 +155,7 @@ impl ControlCore {
             direct_path_candidates: VecDeque::new(),
             direct: direct_paths::DirectPaths::new(seed),
             reconnect: reconnect::Reconnect::default(),
+            group: None,
         }
     }
 
@@ -433,6 +437,9 @@ impl ControlCore {
             self.direct_timeout(now);
             self.pump(now);
         }
+        if self.group_deadline().is_some_and(|t| t <= now) {
+            self.group_timeout(now);
+        }
         if self.view.due().is_some_and(|t| t <= now) {
             self.view.rebuilt(now);
             let json = view::render(
@@ -456,6 +463,7 @@ impl ControlCore {
             self.view.due(),
             self.reconnect.next_due(),
             self.direct.deadline(),
+            self.group_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -781,6 +789,7 @@ impl ControlCore {
             }
             self.direct_on_event(now, &e);
             self.per_core_on_event(now, &e);
+            self.group_on_event(now, &e);
             self.view.mark_stale();
         }
         let mut sent = Vec::new();
