@@ -91,16 +91,21 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
         &format!("rgk{}", std::process::id() % 100_000),
     );
     let node_sock = dir.join("cn.sock");
+    // `CLUSTER_MOVE_DRAIN=0`: the crypto node with `cluster.move_drain: false` (the old edge
+    // deletes the client's outbound SA at the move: the comparison for the LAN -> client loss).
+    let mut node_config = root().join("configs/cluster/crypto-node.yaml");
+    if std::env::var("CLUSTER_MOVE_DRAIN").as_deref() == Ok("0") {
+        let text = std::fs::read_to_string(&node_config).unwrap();
+        node_config = dir.join("crypto-node-no-drain.yaml");
+        std::fs::write(&node_config, format!("{text}\n  move_drain: false\n")).unwrap();
+    }
     let node = NsProcess::spawn(
         &lab.ns("cn"),
         &[
             BIN.as_str(),
             "crypto-node",
             "--config",
-            root()
-                .join("configs/cluster/crypto-node.yaml")
-                .to_str()
-                .unwrap(),
+            node_config.to_str().unwrap(),
             "--socket",
             node_sock.to_str().unwrap(),
         ],
@@ -604,7 +609,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
     let (_, sent_out, _) = send.stop("TERM", Duration::from_secs(10));
     let (_, recv_out, _) = recv.stop("TERM", Duration::from_secs(10));
     let (_, fetch_out, _) = fetch.stop("TERM", Duration::from_secs(10));
-    let _ = serve.stop("TERM", Duration::from_secs(5));
+    let (_, serve_out, _) = serve.stop("TERM", Duration::from_secs(5));
     let _ = cap.finish();
     let sent: serde_json::Value =
         serde_json::from_str(sent_out.trim()).unwrap_or_else(|_| panic!("sender: {sent_out}"));
@@ -629,6 +634,22 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         per_move[k] += 1;
     }
     let lost_max = per_move.iter().skip(1).copied().max().unwrap_or(0);
+    // The LAN -> client stream (to the virtual IP: the LAN's route, which follows the crypto
+    // node's designation), counted the same way from the server's start.
+    let served: serde_json::Value =
+        serde_json::from_str(serve_out.trim()).unwrap_or_else(|_| panic!("serve: {serve_out}"));
+    let back_start_ns = u128::from(served["start_unix_ns"].as_u64().unwrap_or(0));
+    let mut back_per_move = vec![0u64; moves as usize + 1];
+    let back_missing: Vec<u64> = back["missing"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+        .unwrap_or_default();
+    for i in &back_missing {
+        let due = back_start_ns + u128::from(*i) * 1_000_000_000 / u128::from(back_pps);
+        let k = move_at_ns.iter().filter(|t| **t <= due).count();
+        back_per_move[k] += 1;
+    }
+    let back_lost_max = back_per_move.iter().skip(1).copied().max().unwrap_or(0);
     let stream_end_ns = start_ns + u128::from(secs) * 1_000_000_000;
     assert!(
         last_move_ns < stream_end_ns,
@@ -707,7 +728,9 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
          dup_inner={} esp_audited={esp} esp_from_edges={from_gw} ike_to_client={ike_to_client} \
          sa_at_edge_ms_p50={move_p50:.2} sa_at_edge_ms_p99={move_p99:.2} \
          designated_ms_p50={des_p50:.1} designated_ms_p99={des_p99:.1} back_received={}/{} node_moves={} \
-         first_use={} rearmed={} unknown_spi_drops={unknown_spi_drops}",
+         first_use={} rearmed={} unknown_spi_drops={unknown_spi_drops} \
+         back_pps={back_pps} back_lost={} back_lost_max={back_lost_max} \
+         back_lost_per_move={:?} back_socket_drops={} drains={} drains_ended={}",
         sent_n.saturating_sub(recv_n),
         &per_move[1..],
         got["socket_drops"],
@@ -717,6 +740,11 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         state["moves"],
         state["first_use"],
         state["rearmed"],
+        back_missing.len(),
+        &back_per_move[1..],
+        back["socket_drops"],
+        state["drains"],
+        state["drains_ended"],
     );
     println!("edges' data planes after the moves: {dp_stats:?}");
     println!(

@@ -37,6 +37,8 @@ pub struct SimWorker {
     /// Inbound SAs' windows as the data plane keeps them, reduced to (top, width): a copy
     /// installed again over itself keeps the higher top (the data plane unites the windows).
     pub in_top: BTreeMap<Spi, (u64, u32)>,
+    /// Host bindings (virtual IP -> the outbound SA LAN traffic to it is sealed with).
+    pub bound: BTreeMap<std::net::IpAddr, SaId>,
     /// Reports made while applying updates (exports), for the link's inputs.
     events: Vec<DpEvent>,
     pending: VecDeque<(Instant, u64, Update)>,
@@ -107,6 +109,12 @@ impl SimWorker {
                 }
             }
             Update::ReplaceSpd { rules } => self.spd_rules = rules.len(),
+            Update::BindHost { dst, sa, .. } => {
+                self.bound.insert(*dst, *sa);
+            }
+            Update::UnbindHost { dst } => {
+                self.bound.remove(dst);
+            }
             _ => {}
         }
     }

@@ -17,7 +17,8 @@ The receiver's socket buffer is UDP_STREAM_RCVBUF bytes (default 4 MiB, SO_RCVBU
 ~25 ms at 10,000 packets/s overflows it, which is the reader's loss, not the tunnel's.
   udp_stream.py serve PORT PPS SECONDS        waits for a hello on PORT, then streams to where
                                               it came from (the way back through a masquerade);
-                                              prints {"sent": N}
+                                              prints {"sent": N, "start_unix_ns": T} (packet i
+                                              is due at T + i / PPS)
   udp_stream.py fetch DST PORT SECONDS        says hello to DST:PORT every 200 ms (keeping the
                                               masquerade's session) and reports like recv
 """
@@ -60,6 +61,7 @@ def serve(port, pps, secs):
     _, peer = s.recvfrom(2048)
     s.setblocking(False)
     n = int(pps * secs)
+    start_unix_ns = time.time_ns()
     start = time.monotonic()
     sent = 0
     for i in range(n):
@@ -77,7 +79,7 @@ def serve(port, pps, secs):
                 s.recvfrom(2048)
         except OSError:
             pass
-    print(json.dumps({"sent": sent}))
+    print(json.dumps({"sent": sent, "start_unix_ns": start_unix_ns}))
 
 
 def recv(port, secs, hello=None):

@@ -65,6 +65,7 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
     let clock = Clock::start();
     core.set_unix_time_at_zero(clock.unix_time_at_zero());
     let mut node = CryptoNode::new(core);
+    node.set_drain_moves(cluster.move_drain);
     if !cluster.filters.is_empty() {
         node.set_filters(cluster.filters.clone());
     }
@@ -352,6 +353,15 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
         "waiting_for_store": node.waiting_for_store(),
         "moves": s.moves, "grants": s.grants,
         "spread": s.spread, "rearmed": s.rearmed, "first_use": s.first_use,
+        "drains": s.drains, "drains_ended": s.drains_ended,
+        // Outbound SAs the edges they moved away from still hold until the LAN's traffic
+        // reaches the new holder.
+        "draining": node
+            .placement()
+            .drains()
+            .iter()
+            .map(|(id, e)| serde_json::json!({"sa": id.0, "edges": e}))
+            .collect::<Vec<_>>(),
         // The LAN return path: the edge each virtual IP's traffic must reach.
         "hosts": node
             .placement()

@@ -61,6 +61,15 @@ pub struct ClusterYaml {
     /// Crypto node: the edge filters (`super::filter`).
     #[serde(default)]
     pub filters: Vec<super::filter::FilterYaml>,
+    /// Crypto node: at a move, the old edge keeps the client's outbound SA and host binding
+    /// (sending only below the new edge's start) until the LAN's traffic for the client
+    /// reaches the new edge (default); false: it deletes them at the move.
+    #[serde(default = "default_move_drain")]
+    pub move_drain: bool,
+}
+
+fn default_move_drain() -> bool {
+    true
 }
 
 fn default_node_bits() -> u8 {
@@ -94,6 +103,8 @@ pub struct CryptoNodePlan {
     pub queue: usize,
     /// Edge filters and the encryption nodes they name.
     pub filters: super::filter::Filters,
+    /// `cluster.move_drain`.
+    pub move_drain: bool,
 }
 
 /// What an edge runs with.
@@ -183,6 +194,7 @@ impl ClusterYaml {
                     listen,
                     psk,
                     queue: self.queue,
+                    move_drain: self.move_drain,
                     filters: super::filter::Filters::validate(
                         file,
                         at,

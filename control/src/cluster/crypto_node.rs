@@ -126,6 +126,11 @@ pub struct NodeStats {
     pub rearmed: u64,
     /// First authentic packets at an edge of a watched inbound SA (what moves a client now).
     pub first_use: u64,
+    /// Moves whose old edge kept its outbound SA and host binding (capped at its
+    /// reservation) until the LAN's traffic for the client reached the new edge, and drains
+    /// ended by the new holder's first checkpoint above its start.
+    pub drains: u64,
+    pub drains_ended: u64,
 }
 
 #[derive(Default)]
@@ -206,6 +211,9 @@ pub struct CryptoNode {
     /// Inbound SAs go to every connected edge when they are made (a watched copy on each
     /// edge but the forwarding one), so ESP decrypts wherever the client's path goes.
     spread: bool,
+    /// Moves leave the old edge its outbound SA and host binding until the LAN's traffic
+    /// reaches the new edge (`end_drain`); off: the old edge deletes them at the move.
+    drain_moves: bool,
     /// Inbound SPI -> the union of the replay windows edges reported for it (first use,
     /// the old edge's export at a move): the floor every copy is re-armed with.
     marks: HashMap<proto::Spi, proto::sa::ReplayState>,
@@ -294,6 +302,7 @@ impl CryptoNode {
             store: None,
             seq_grant: DEFAULT_SEQ_GRANT,
             spread: true,
+            drain_moves: true,
             orphan_copies: BTreeMap::new(),
             marks: HashMap::new(),
             move_times: VecDeque::new(),
@@ -583,6 +592,13 @@ impl CryptoNode {
 
     /// Sends inbound SAs to every connected edge when they are made (true, the default) or
     /// only to the forwarding edge, the others getting them on demand (false).
+    /// Off: a move deletes the old edge's outbound SA and host binding at once (the LAN's
+    /// traffic that still reaches it until the route follows is lost); on (the default): it
+    /// drains them (`docs/architecture.md`, "The LAN return path").
+    pub fn set_drain_moves(&mut self, on: bool) {
+        self.drain_moves = on;
+    }
+
     pub fn set_spread(&mut self, on: bool) {
         self.spread = on;
     }
@@ -1034,6 +1050,7 @@ impl CryptoNode {
                     }
                 }
                 self.refill(edge, *id, *seq);
+                self.end_drain(edge, *id, *seq);
             }
             Event::SaState {
                 id,
@@ -1116,14 +1133,44 @@ impl CryptoNode {
         }
     }
 
+    /// The holder `edge` of outbound SA `id` reported `seq`: above its start, it sealed LAN
+    /// traffic for the client (the LAN's route follows the move), so the edges the SA moved
+    /// away from delete their copy and host bindings now.
+    fn end_drain(&mut self, edge: EdgeId, id: proto::SaId, seq: u64) {
+        if !self.placement.outbound_edges(id).contains(&edge) {
+            return;
+        }
+        let gone = self.placement.end_drain(id, seq);
+        if gone.is_empty() {
+            return;
+        }
+        self.stats.drains_ended += 1;
+        let hosts = self.placement.hosts_of(id);
+        for a in &gone {
+            if let Some(l) = self.edges.get_mut(a) {
+                l.pending.push(Update::DeleteOutbound { id });
+                for (dst, _) in &hosts {
+                    l.pending.push(Update::UnbindHost { dst: *dst });
+                }
+            }
+        }
+        self.log(format!(
+            "SA {}: the LAN's traffic reaches edge {edge} (sequence {seq}); edge(s) {gone:?} stop draining it",
+            id.0
+        ));
+    }
+
     /// **Edge-to-edge move.** ESP on inbound SPI `spi` reached `edge`: the client's path goes
     /// there now. Its CHILD_SA's outbound SA, if another edge holds it, moves to `edge`,
     /// resumed above the SA's fence (the highest reservation any edge was ever granted, so
     /// above every number any edge can have sent: `docs/architecture.md`, "Edge-to-edge
-    /// move"), with its host bindings (the LAN return path); the old edge deletes its copy of
-    /// both directions (an old edge that does not hear it still cannot send above the fence:
-    /// it never gets a reservation again). The client sees nothing but a forward jump of at
-    /// most one grant in our sequence numbers.
+    /// move"), with its host bindings (the designation of the LAN return path). The old edge
+    /// keeps its outbound SA and host binding as a drain (it seals what the LAN still routes
+    /// to it, up to the reservation it had, all below the new edge's start) until the new
+    /// edge's checkpoint shows the LAN's traffic reaches it (`end_drain`); an old edge that
+    /// never hears of it still cannot send above the fence: it never gets a reservation
+    /// again. The client sees nothing but a forward jump of at most one grant in our
+    /// sequence numbers.
     fn follow(&mut self, now: Instant, edge: EdgeId, spi: proto::Spi) {
         let Some(ch) = self.core.child_sas(spi) else {
             return;
@@ -1161,7 +1208,14 @@ impl CryptoNode {
         if params.checkpoint.is_none() {
             params.checkpoint = Some(self.checkpoint);
         }
-        self.placement.move_outbound(id, edge);
+        if self.drain_moves {
+            // The old edges keep sealing what the LAN still routes to them (below `start`)
+            // until the new edge's checkpoint shows the LAN's traffic reaches it (`end_drain`).
+            self.placement.move_outbound_draining(id, edge, start);
+            self.stats.drains += 1;
+        } else {
+            self.placement.move_outbound(id, edge);
+        }
         self.placement.grant(id, up_to);
         self.persist_fence(id);
         // The crypto node's own requests to this client (DPD, rekeys) leave by the new edge.
@@ -1172,9 +1226,11 @@ impl CryptoNode {
                 self.placement.unplace_inbound(spi, *a);
             }
             if let Some(l) = self.edges.get_mut(a) {
-                l.pending.push(Update::DeleteOutbound { id });
-                for (dst, _) in &hosts {
-                    l.pending.push(Update::UnbindHost { dst: *dst });
+                if !self.drain_moves {
+                    l.pending.push(Update::DeleteOutbound { id });
+                    for (dst, _) in &hosts {
+                        l.pending.push(Update::UnbindHost { dst: *dst });
+                    }
                 }
                 if self.spread {
                     // The inbound copy stays (the client may come back, or its packets in
@@ -1494,6 +1550,7 @@ impl CryptoNode {
                 for id in ids {
                     self.placement.rebind(*id, *local, *remote, *encap);
                     edges.extend(self.placement.outbound_edges(*id));
+                    edges.extend(self.placement.draining_edges(*id));
                 }
                 self.push_to(&edges, u);
             }
@@ -1514,7 +1571,8 @@ impl CryptoNode {
                 self.push_to(&edges, u);
             }
             Update::CapSeq { id, .. } => {
-                let edges = self.placement.outbound_edges(*id);
+                let mut edges = self.placement.outbound_edges(*id);
+                edges.extend(self.placement.draining_edges(*id));
                 self.push_to(&edges, u);
             }
             Update::ExportSa { sa } => {

@@ -11,10 +11,13 @@
 //! second holder; a move ([`SaPlacement::move_outbound`], issue 18 item 6) takes the SA off
 //! the old edge and resumes it on the new one above its *fence*: the highest reservation
 //! ever granted to any edge for it ([`SeqState::fence`]; the argument is in
-//! `docs/architecture.md`, "Edge-to-edge move").
+//! `docs/architecture.md`, "Edge-to-edge move"). The edges it left may keep their copy as a
+//! *drain* ([`SaPlacement::move_outbound_draining`]) until the LAN's route follows: they are
+//! never granted numbers again, so they send only below the holder's start (disjoint ranges).
 //!
 //! Owns: the records, their placement, the sequence reports and fences, the host bindings.
-//! Must never: place an outbound SA on two edges; lower a sequence report or a fence.
+//! Must never: place an outbound SA on two edges (a drain is not a placement: it gets no
+//! numbers); lower a sequence report or a fence.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -62,6 +65,21 @@ pub struct SaPlacement {
     /// Host bindings' contents (a virtual IP -> its source prefix and outbound SA): they
     /// follow their outbound SA when it moves (the LAN return path).
     hosts: BTreeMap<IpAddr, (proto::policy::Prefix, SaId)>,
+    /// Outbound SAs that moved, still held (with their host bindings) by the edges they left
+    /// until the LAN's traffic for the client reaches the holder ([`Drain`]).
+    draining: BTreeMap<SaId, Drain>,
+}
+
+/// The edges an outbound SA moved away from that keep it (and its host bindings) until the
+/// LAN's route for the client follows the move: they may send only up to the reservation
+/// they had (never raised again), all below the holder's start, so the number ranges are
+/// disjoint (`docs/architecture.md`, "The LAN return path").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drain {
+    /// The holder's start (its first number is above it): a checkpoint of the holder above
+    /// it says the LAN's traffic reaches the holder, and the drain ends.
+    pub holder_start: u64,
+    pub edges: BTreeSet<EdgeId>,
 }
 
 impl SaPlacement {
@@ -142,12 +160,53 @@ impl SaPlacement {
             .unwrap_or_default()
     }
 
+    /// Removes outbound SA `id`: the edges to tell are its holder and the edges still
+    /// draining it.
     pub fn remove_outbound(&mut self, id: SaId) -> BTreeSet<EdgeId> {
         self.seq.remove(&id);
-        self.outbound
+        let mut edges = self
+            .outbound
             .remove(&id)
             .map(|r| r.edges)
+            .unwrap_or_default();
+        edges.extend(
+            self.draining
+                .remove(&id)
+                .map(|d| d.edges)
+                .unwrap_or_default(),
+        );
+        edges
+    }
+
+    /// The edges that still hold outbound SA `id` after it moved away from them (they send
+    /// on it only what the LAN still routes to them, below the holder's start).
+    pub fn draining_edges(&self, id: SaId) -> BTreeSet<EdgeId> {
+        self.draining
+            .get(&id)
+            .map(|d| d.edges.clone())
             .unwrap_or_default()
+    }
+
+    /// The holder of outbound SA `id` reported `seq`: if it is above the holder's start (it
+    /// sealed LAN traffic for the client), the drain ends. Returns the edges that must now
+    /// delete their copy and host bindings (empty: nothing drains, or not yet).
+    pub fn end_drain(&mut self, id: SaId, seq: u64) -> BTreeSet<EdgeId> {
+        match self.draining.get(&id) {
+            Some(d) if seq > d.holder_start => self
+                .draining
+                .remove(&id)
+                .map(|d| d.edges)
+                .unwrap_or_default(),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    /// Every SA still draining somewhere: (outbound id, edges).
+    pub fn drains(&self) -> Vec<(SaId, BTreeSet<EdgeId>)> {
+        self.draining
+            .iter()
+            .map(|(id, d)| (*id, d.edges.clone()))
+            .collect()
     }
 
     /// A partial update of an outbound SA's tunnel (MOBIKE): the record follows.
@@ -176,9 +235,15 @@ impl SaPlacement {
         self.bound.entry(dst).or_default().extend(edges);
     }
 
+    /// Removes the host binding of `dst`: the edges to tell are those bound and those still
+    /// draining its outbound SA (they keep the binding while they drain).
     pub fn unbind(&mut self, dst: IpAddr) -> BTreeSet<EdgeId> {
-        self.hosts.remove(&dst);
-        self.bound.remove(&dst).unwrap_or_default()
+        let sa = self.hosts.remove(&dst).map(|(_, sa)| sa);
+        let mut edges = self.bound.remove(&dst).unwrap_or_default();
+        if let Some(sa) = sa {
+            edges.extend(self.draining_edges(sa));
+        }
+        edges
     }
 
     /// The host bindings that protect with outbound SA `id`: (virtual IP, source prefix).
@@ -216,6 +281,34 @@ impl SaPlacement {
             if *sa == id {
                 self.bound.insert(*dst, BTreeSet::from([to]));
             }
+        }
+        if let Some(d) = self.draining.get_mut(&id) {
+            // Back to an edge that still drains it: that copy is replaced (above the fence).
+            d.edges.remove(&to);
+            if d.edges.is_empty() {
+                self.draining.remove(&id);
+            }
+        }
+        Some(old)
+    }
+
+    /// Like [`SaPlacement::move_outbound`], but the old holders keep their copy (and host
+    /// bindings) as a *drain* until the new holder reports a number above `holder_start`
+    /// ([`SaPlacement::end_drain`]): the LAN's route for the client still leads there for a
+    /// while after the move. They never get a reservation again (the caller's `refill` asks
+    /// [`SaPlacement::outbound_edges`], which names only the holder).
+    pub fn move_outbound_draining(
+        &mut self,
+        id: SaId,
+        to: EdgeId,
+        holder_start: u64,
+    ) -> Option<BTreeSet<EdgeId>> {
+        let old = self.move_outbound(id, to)?;
+        let d = self.draining.entry(id).or_default();
+        d.holder_start = holder_start;
+        d.edges.extend(old.iter().filter(|e| **e != to));
+        if d.edges.is_empty() {
+            self.draining.remove(&id);
         }
         Some(old)
     }
@@ -264,6 +357,11 @@ impl SaPlacement {
         for e in self.bound.values_mut() {
             e.remove(&edge);
         }
+        // A drain it held is simply over (the holder is elsewhere: nothing to rekey).
+        self.draining.retain(|_, d| {
+            d.edges.remove(&edge);
+            !d.edges.is_empty()
+        });
         gone
     }
 
@@ -277,7 +375,13 @@ impl SaPlacement {
                 .collect(),
             self.outbound
                 .iter()
-                .filter(|(_, r)| r.edges.contains(&edge))
+                .filter(|(id, r)| {
+                    r.edges.contains(&edge)
+                        || self
+                            .draining
+                            .get(id)
+                            .is_some_and(|d| d.edges.contains(&edge))
+                })
                 .map(|(i, _)| *i)
                 .collect(),
         )
@@ -363,5 +467,45 @@ mod tests {
         assert_eq!(p.move_outbound(SaId(7), 2), None);
         // The old edge can no longer be placed the SA while the new one holds it.
         assert!(p.place(Direction::Outbound, &o, 1).is_err());
+    }
+
+    #[test]
+    fn a_drained_move_keeps_the_old_edges_until_the_holder_reports_above_its_start() {
+        let mut p = SaPlacement::default();
+        let o = child_params(SaId(1), 0x100);
+        p.place(Direction::Outbound, &o, 1).unwrap();
+        let vip: IpAddr = "10.99.0.1".parse().unwrap();
+        let src: proto::policy::Prefix = "10.9.0.0/24".parse().unwrap();
+        p.bind(vip, src, SaId(1), &BTreeSet::from([1]));
+        // 1 -> 2 (drain on 1), then 2 -> 3 before it ended (drain on 1 and 2).
+        p.move_outbound_draining(SaId(1), 2, 1000).unwrap();
+        assert_eq!(p.outbound_edges(SaId(1)), BTreeSet::from([2]));
+        assert_eq!(p.draining_edges(SaId(1)), BTreeSet::from([1]));
+        assert_eq!(
+            p.host_edges(),
+            vec![(vip, BTreeSet::from([2]))],
+            "designation"
+        );
+        assert_eq!(p.held_by(1).1, vec![SaId(1)], "a drain still holds it");
+        p.move_outbound_draining(SaId(1), 3, 2000).unwrap();
+        assert_eq!(p.draining_edges(SaId(1)), BTreeSet::from([1, 2]));
+        // Only a number above the holder's latest start ends it.
+        assert!(p.end_drain(SaId(1), 2000).is_empty());
+        assert_eq!(p.end_drain(SaId(1), 2001), BTreeSet::from([1, 2]));
+        assert!(p.drains().is_empty());
+        // Back to an edge that drains it: that edge holds it, the one it left drains.
+        p.move_outbound_draining(SaId(1), 1, 3000).unwrap();
+        p.move_outbound_draining(SaId(1), 3, 4000).unwrap();
+        p.move_outbound_draining(SaId(1), 1, 5000).unwrap();
+        assert_eq!(p.outbound_edges(SaId(1)), BTreeSet::from([1]));
+        assert_eq!(p.draining_edges(SaId(1)), BTreeSet::from([3]));
+        // An edge that loses everything leaves its drain without a rekey (not "gone").
+        assert!(p.forget_edge(3).is_empty());
+        assert!(p.drains().is_empty());
+        // Unbinding and removing reach the draining edges too.
+        p.move_outbound_draining(SaId(1), 2, 6000).unwrap();
+        assert_eq!(p.unbind(vip), BTreeSet::from([1, 2]));
+        assert_eq!(p.remove_outbound(SaId(1)), BTreeSet::from([1, 2]));
+        assert!(p.drains().is_empty());
     }
 }

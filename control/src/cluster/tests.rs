@@ -107,7 +107,23 @@ struct Traffic {
     last_unknown: Vec<Option<Instant>>,
     /// (edge, SPI, sequence number) of every outbound packet, in order.
     wire: Vec<(usize, Spi, u64)>,
+    /// The LAN's route for each client's virtual IP: None, the crypto node's designation as
+    /// it stands (a routing that follows at once); Some(e), edge e (a routing that lags).
+    lan_at: Vec<Option<usize>>,
+    /// The LAN reaches every edge that holds the client's outbound SA (the old model: an
+    /// edge cut off from the crypto node goes on sealing).
+    lan_every_holder: bool,
+    /// LAN -> client packets that reached an edge without the client's host binding or
+    /// outbound SA (dropped there), and at the client those its replay window refused.
+    back_lost: Vec<u64>,
+    back_refused: Vec<u64>,
+    /// The client's replay window on its inbound SA (ours outbound): top and the numbers
+    /// accepted within `BACK_WINDOW` of it.
+    back_seen: Vec<BTreeSet<u64>>,
 }
+
+/// The client's replay window (packets) in the LAN -> client audit.
+const BACK_WINDOW: u64 = 64;
 
 const UNKNOWN_EVERY: Duration = Duration::from_millis(10);
 const CHECKPOINT_EVERY_MS: u64 = 10;
@@ -148,6 +164,10 @@ impl Cluster {
         c.traffic.delivered = vec![0; clients];
         c.traffic.lost = vec![0; clients];
         c.traffic.in_seq = vec![0; clients];
+        c.traffic.lan_at = vec![None; clients];
+        c.traffic.back_lost = vec![0; clients];
+        c.traffic.back_refused = vec![0; clients];
+        c.traffic.back_seen = vec![BTreeSet::new(); clients];
         for i in 0..edges {
             let mut link = SimLink::new(1);
             link.ack_delay = Duration::from_millis(5);
@@ -403,7 +423,18 @@ impl Cluster {
                     });
                 }
             }
-            // LAN traffic to the client, from every edge that holds its outbound SA.
+            // LAN traffic to the client: to the edge the LAN's route names (or to every edge
+            // that holds its outbound SA), sealed there if that edge holds the client's
+            // outbound SA and host binding, else dropped; checkpoints from every holder.
+            let designated = self.node.core().child_sas(ours_in).and_then(|ch| {
+                self.node
+                    .placement()
+                    .outbound_edges(ch.out_id)
+                    .first()
+                    .copied()
+            });
+            let lan = self.traffic.lan_at[c].or(designated.map(usize::from));
+            let mut sealed_by_lan = false;
             for (i, edge) in self.edges.iter_mut().enumerate() {
                 if self.traffic.dead[i] {
                     continue;
@@ -417,8 +448,30 @@ impl Cluster {
                 else {
                     continue;
                 };
-                for (spi, seq) in w.send_outbound(id, self.traffic.out_per_ms) {
-                    self.traffic.wire.push((i, spi, seq));
+                let reached = self.traffic.lan_every_holder || lan == Some(i);
+                if reached && (self.traffic.lan_every_holder || w.bound.values().any(|s| *s == id))
+                {
+                    sealed_by_lan |= lan == Some(i);
+                    let sent = w.send_outbound(id, self.traffic.out_per_ms);
+                    let t = &mut self.traffic;
+                    t.back_lost[c] += t.out_per_ms - sent.len() as u64;
+                    for (spi, seq) in sent {
+                        t.wire.push((i, spi, seq));
+                        // The client's replay window (the packets arrive in this order).
+                        let seen = &mut t.back_seen[c];
+                        let top = seen.last().copied().unwrap_or(0);
+                        if seq + BACK_WINDOW <= top || seen.contains(&seq) {
+                            t.back_refused[c] += 1;
+                        } else {
+                            seen.insert(seq);
+                            while seen
+                                .first()
+                                .is_some_and(|f| f + BACK_WINDOW <= *seen.last().unwrap())
+                            {
+                                seen.pop_first();
+                            }
+                        }
+                    }
                 }
                 if tick % CHECKPOINT_EVERY_MS == 0 {
                     let (seq, reserved) = w.out_seq[&id];
@@ -430,6 +483,9 @@ impl Cluster {
                         seq_reserved: reserved,
                     });
                 }
+            }
+            if !self.traffic.lan_every_holder && !sealed_by_lan {
+                self.traffic.back_lost[c] += self.traffic.out_per_ms;
             }
         }
     }
@@ -706,10 +762,17 @@ fn esp_for_an_unknown_spi_at_another_edge_gets_the_inbound_sa_on_demand_and_the_
     w.run_for(Duration::from_millis(100));
     assert_eq!(w.node.stats.on_demand, 1);
     // The client's ESP reaches edge 1 now: the inbound SA on demand, the outbound SA
-    // follows (a move), edge 0 lets both go.
+    // follows (a move), edge 0 lets the inbound SA go and drains its outbound SA until the
+    // LAN's traffic for the client reaches edge 1.
     assert_eq!(w.holds(1, spis), (true, true));
-    assert_eq!(w.holds(0, spis), (false, false));
+    assert_eq!(w.holds(0, spis), (false, true));
     assert_eq!(w.node.stats.moves, 1);
+    w.traffic.at[0] = 1;
+    w.traffic.out_per_ms = 10;
+    w.run_traffic(Duration::from_millis(30));
+    assert_eq!(w.holds(0, spis), (false, false), "the drain ended");
+    assert_eq!(w.traffic.back_lost[0], 0);
+    w.traffic.out_per_ms = 0;
     assert_eq!(
         w.node.placement().inbound_edges(spis.0),
         BTreeSet::from([1])
@@ -1041,6 +1104,7 @@ fn an_old_edge_cut_off_from_the_crypto_node_sends_on_up_to_its_fence_and_never_i
     );
     // Edge 0 loses its channel but lives: it keeps sending to the client (its LAN still
     // routes to it) and never hears of the move.
+    w.traffic.lan_every_holder = true;
     w.disconnect(0);
     steer(&mut w, 0, 1);
     w.run_traffic(Duration::from_millis(500));
@@ -1056,4 +1120,123 @@ fn an_old_edge_cut_off_from_the_crypto_node_sends_on_up_to_its_fence_and_never_i
     assert_eq!(w.duplicates(), vec![]);
     let runs = w.runs(spis.1);
     assert!(runs.iter().any(|r| r.0 == 1), "edge 1 sends: {runs:?}");
+}
+
+/// Client 0 flowing through edge 0 (both ways, 10 packets/ms), the LAN's route for its
+/// virtual IP pinned to edge 0; then the router moves its path to edge 1 and the LAN's route
+/// follows `lag` later. Returns the cluster after another 100 ms.
+fn move_with_lagging_lan_route(drain: bool, lag: Duration) -> (Cluster, (Spi, Spi)) {
+    let mut w = flowing(1, 0);
+    w.node.set_drain_moves(drain);
+    let spis = w.child_spis(0)[0];
+    w.traffic.lan_at[0] = Some(0);
+    steer(&mut w, 0, 1);
+    w.run_traffic(lag);
+    assert_eq!(w.node.stats.moves, 1, "{:?}", w.node.stats);
+    assert_eq!(
+        w.node.placement().host_edges()[0].1,
+        BTreeSet::from([1]),
+        "the designation moved with the client's ESP"
+    );
+    w.traffic.lan_at[0] = Some(1);
+    w.run_traffic(Duration::from_millis(100));
+    (w, spis)
+}
+
+#[test]
+fn the_old_edge_seals_the_lan_s_traffic_until_the_lan_s_route_follows_the_move() {
+    let (w, spis) = move_with_lagging_lan_route(true, Duration::from_millis(40));
+    let vip = w.node.placement().host_edges()[0].0;
+    // Nothing lost either way: the old edge sealed what the LAN still sent it (below the new
+    // edge's start), the new edge what came after the route flipped.
+    assert_eq!(w.traffic.back_lost[0], 0, "LAN -> client lost at the move");
+    assert_eq!(
+        w.traffic.back_refused[0], 0,
+        "refused by the client's window"
+    );
+    assert_eq!(w.traffic.lost[0], 0, "client -> LAN lost at the move");
+    assert_eq!(w.duplicates(), vec![]);
+    let runs = w.runs(spis.1);
+    assert_eq!(
+        runs.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![0, 1],
+        "{runs:?}"
+    );
+    assert!(runs[1].1 > runs[0].2, "the new edge starts above: {runs:?}");
+    // The old edge sealed for the whole lag (40 ms at 10/ms) after the move.
+    assert!(
+        runs[0].2 - runs[0].1 + 1 >= (100 + 40) * 10 - 20,
+        "edge 0 sealed during the lag: {runs:?}"
+    );
+    // Once the new edge's checkpoint showed the LAN's traffic there, the drain ended: the
+    // old edge deleted its outbound SA and binding; the SA is at edge 1 alone.
+    assert_eq!(w.node.stats.drains, 1);
+    assert_eq!(w.node.stats.drains_ended, 1);
+    assert!(w.node.placement().drains().is_empty());
+    assert_eq!(w.holds(0, spis), (true, false));
+    assert!(!w.edges[0].link.workers[0].bound.contains_key(&vip));
+    assert_eq!(w.holds(1, spis), (true, true));
+    assert!(w.edges[1].link.workers[0].bound.contains_key(&vip));
+    println!("drained move: runs {runs:?}");
+}
+
+#[test]
+fn without_the_drain_the_lan_s_traffic_to_the_old_edge_is_lost_until_the_route_follows() {
+    // The comparison the drain is for: the old edge deletes its SA at the move.
+    let (w, _) = move_with_lagging_lan_route(false, Duration::from_millis(40));
+    let lost = w.traffic.back_lost[0];
+    assert!(
+        (300..=400).contains(&lost),
+        "about the lag less the move's round trip (10/ms): {lost}"
+    );
+    assert_eq!(w.duplicates(), vec![]);
+    println!("move without drain: {lost} LAN -> client packets lost");
+}
+
+#[test]
+fn twenty_moves_with_a_lagging_lan_route_lose_nothing_back_and_never_send_a_number_twice() {
+    let mut w = flowing(2, 0);
+    let t0 = w.now;
+    let mut path = [0usize, 0];
+    let before: Vec<(Spi, Spi)> = (0..2).map(|c| w.child_spis(c)[0]).collect();
+    for m in 1..=20 {
+        // Client 0 ping-pongs between edges 0 and 1, client 1 walks round all three; the
+        // LAN's routes follow 15 ms (client 0) and 45 ms (client 1) after each move, so
+        // client 1's next move comes before the drain of the one before has ended.
+        let prev = path;
+        path[0] = m % 2;
+        path[1] = m % 3;
+        w.traffic.at = path.to_vec();
+        w.router = all_via(path[0]);
+        w.traffic.lan_at = vec![Some(prev[0]), Some(prev[1])];
+        w.run_traffic(Duration::from_millis(15));
+        w.traffic.lan_at[0] = Some(path[0]);
+        w.run_traffic(Duration::from_millis(30));
+        w.traffic.lan_at[1] = Some(path[1]);
+        w.run_traffic(Duration::from_millis(5));
+    }
+    w.traffic.lan_at = vec![None, None];
+    w.run_traffic(Duration::from_millis(100));
+    assert_eq!(w.duplicates(), vec![]);
+    assert_eq!(w.traffic.back_lost, vec![0, 0], "LAN -> client lost");
+    assert_eq!(w.traffic.back_refused, vec![0, 0], "refused by the clients");
+    assert_eq!(w.traffic.lost, vec![0, 0], "client -> LAN lost");
+    assert_eq!(w.node.stats.moves, 40, "{:?}", w.node.stats);
+    for (c, at) in path.iter().enumerate() {
+        assert_eq!(
+            w.child_spis(c),
+            vec![before[c]],
+            "client {c}: no new CHILD_SA"
+        );
+        assert_eq!(w.ike_to_client_since(c, t0), 0, "client {c}");
+        for e in 0..3 {
+            let want = e == *at;
+            assert_eq!(w.holds(e, before[c]).1, want, "client {c}, edge {e}");
+        }
+    }
+    assert!(w.node.placement().drains().is_empty());
+    println!(
+        "20 moves with lagging LAN routes: drains {} ended {}",
+        w.node.stats.drains, w.node.stats.drains_ended
+    );
 }
