@@ -7,6 +7,8 @@
 //!   direct_paths:                   # peer identities (EAP identity, else IKE identity) that
 //!     - alice@example.com           # may get a direct path: exact, or "*.suffix", or "*";
 //!     - "*.branch.example.com"      # both clients of a pair must match. Empty: nobody.
+//!   inside: [10.9.0.0/16]           # the protected network: a client whose IKE SA moves to
+//!                                   # an address in it returns its direct pairs.
 //! ```
 //!
 //! Without the section hairpinned traffic is still forwarded (the data plane does that on its
@@ -26,6 +28,10 @@ pub struct VcmYaml {
     pub threshold_pps: u64,
     #[serde(default)]
     pub direct_paths: Vec<String>,
+    /// Prefixes of the protected network: a client whose IKE SA moves to an address inside
+    /// them came back inside, and its direct pairs return to the gateway path.
+    #[serde(default)]
+    pub inside: Vec<String>,
 }
 
 fn default_threshold() -> u64 {
@@ -65,12 +71,19 @@ impl IdPattern {
 pub struct VcmPolicy {
     pub threshold_pps: u64,
     pub direct_paths: Vec<IdPattern>,
+    /// The protected network (`vcm.inside`).
+    pub inside: Vec<proto::policy::Prefix>,
 }
 
 impl VcmPolicy {
     /// Whether the peer `id` may get a direct path.
     pub fn allows(&self, id: &str) -> bool {
         self.direct_paths.iter().any(|p| p.matches(id))
+    }
+
+    /// Whether address `a` lies inside the protected network (`vcm.inside`).
+    pub fn inside(&self, a: core::net::IpAddr) -> bool {
+        self.inside.iter().any(|p| p.contains(a))
     }
 }
 
@@ -110,9 +123,21 @@ impl VcmYaml {
             };
             direct_paths.push(pat);
         }
+        let mut inside = Vec::with_capacity(self.inside.len());
+        for (i, p) in self.inside.iter().enumerate() {
+            let prefix = p.trim().parse::<proto::policy::Prefix>().map_err(|e| {
+                ConfigError::new(
+                    file,
+                    format!("vcm.inside[{i}]"),
+                    format!("{p:?} is not a prefix (address/length): {}", e.0),
+                )
+            })?;
+            inside.push(prefix);
+        }
         Ok(VcmPolicy {
             threshold_pps: self.threshold_pps,
             direct_paths,
+            inside,
         })
     }
 }

@@ -34,6 +34,7 @@ fn world() -> (World, IpAddr, IpAddr) {
     w.gw(0).core().set_vcm(Some(VcmPolicy {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
+        inside: Vec::new(),
     }));
     let now = w.now;
     w.gw(1).core().initiate(now);
@@ -240,6 +241,7 @@ fn a_policy_that_no_longer_allows_a_client_returns_its_pairs() {
     let keep = VcmPolicy {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
+        inside: Vec::new(),
     };
     w.gw(0).core().set_vcm(Some(keep));
     direct_rx(&mut w, 1, 9);
@@ -249,6 +251,7 @@ fn a_policy_that_no_longer_allows_a_client_returns_its_pairs() {
     w.gw(0).core().set_vcm(Some(VcmPolicy {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Exact("alice.test".into())],
+        inside: Vec::new(),
     }));
     w.run_for(Duration::from_millis(300));
     for i in [1, 2] {

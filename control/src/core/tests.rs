@@ -634,6 +634,7 @@ fn hairpin_reports_between_two_clients_make_one_candidate_the_policy_allows() {
     w.gw(0).core().set_vcm(Some(VcmPolicy {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Exact("alice.test".into())],
+        inside: Vec::new(),
     }));
     w.gw(0).link.report(report(5000));
     w.run_for(Duration::from_secs(1));
@@ -644,6 +645,7 @@ fn hairpin_reports_between_two_clients_make_one_candidate_the_policy_allows() {
     w.gw(0).core().set_vcm(Some(VcmPolicy {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
+        inside: Vec::new(),
     }));
     w.gw(0).link.report(report(50));
     w.run_for(Duration::from_secs(1));

@@ -88,6 +88,17 @@ pub enum Msg {
     /// Client -> gateway, once per IKE SA: this client takes direct paths (a client that never
     /// says so is never made an offer). Encoded with pair 0.
     Hello,
+    /// Gateway -> client: the peer's IKE SA moved (MOBIKE, a NAT mapping change): send the
+    /// pair's direct traffic to `peer` from now on (same keys, same SPIs, no rekey). `seq`
+    /// increases with every move the manager relays: a late older move is not taken.
+    PeerMoved {
+        pair: u64,
+        seq: u32,
+        peer: SocketAddr,
+    },
+    /// Client -> gateway: acknowledges [`Msg::PeerMoved`] `seq` (an older move's
+    /// acknowledgement does not acknowledge a newer one).
+    Moved { pair: u64, seq: u32 },
 }
 
 impl Msg {
@@ -100,7 +111,9 @@ impl Msg {
             | Msg::Failed { pair }
             | Msg::Idle { pair }
             | Msg::Return { pair }
-            | Msg::Returned { pair } => *pair,
+            | Msg::Returned { pair }
+            | Msg::PeerMoved { pair, .. }
+            | Msg::Moved { pair, .. } => *pair,
             Msg::Hello => 0,
         }
     }
@@ -116,6 +129,8 @@ impl Msg {
             Msg::Returned { .. } => 7,
             Msg::Hello => 8,
             Msg::Idle { .. } => 9,
+            Msg::PeerMoved { .. } => 20,
+            Msg::Moved { .. } => 21,
         }
     }
 
@@ -135,6 +150,14 @@ impl Msg {
             put_ip(&mut v, offer.local_ts);
             put_ip(&mut v, offer.remote_ts);
             v.extend_from_slice(&offer.lifetime_secs.to_be_bytes());
+        }
+        if let Msg::PeerMoved { seq, peer, .. } = self {
+            v.extend_from_slice(&seq.to_be_bytes());
+            put_ip(&mut v, peer.ip());
+            v.extend_from_slice(&peer.port().to_be_bytes());
+        }
+        if let Msg::Moved { seq, .. } = self {
+            v.extend_from_slice(&seq.to_be_bytes());
         }
         v
     }
@@ -180,6 +203,16 @@ impl Msg {
             7 => Msg::Returned { pair },
             8 if pair == 0 => Msg::Hello,
             9 => Msg::Idle { pair },
+            20 => {
+                let seq = u32::from_be_bytes(r.array()?);
+                let ip = r.ip()?;
+                let peer = SocketAddr::new(ip, u16::from_be_bytes(r.array()?));
+                Msg::PeerMoved { pair, seq, peer }
+            }
+            21 => Msg::Moved {
+                pair,
+                seq: u32::from_be_bytes(r.array()?),
+            },
             _ => return Err(DecodeError::Kind),
         };
         if !r.0.is_empty() {

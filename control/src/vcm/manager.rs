@@ -47,6 +47,8 @@ pub struct DirectCounts {
     /// Direct paths that worked and went quiet.
     pub idle: u64,
     pub returned: u64,
+    /// Moves of a peer relayed (manager) or taken (client).
+    pub moves: u64,
 }
 
 /// One client of a pair as the manager tracks it.
@@ -81,6 +83,9 @@ pub struct Manager {
     /// Pairs a client reported `Failed` (until they end): their clients are not offered
     /// again soon.
     failed: BTreeSet<u64>,
+    /// Moves not yet acknowledged: (pair, member told) -> (move, first and last sent).
+    moves: BTreeMap<(u64, usize), (u32, SocketAddr, Instant, Instant)>,
+    move_seq: u32,
     counts: DirectCounts,
 }
 
@@ -301,7 +306,12 @@ impl Manager {
                     self.ended.push_back((pair, a, b));
                 }
             }
-            Msg::Offer { .. } | Msg::PeerReady { .. } | Msg::Return { .. } | Msg::Hello => {
+            Msg::Moved { seq, .. } => self.moved_acked(pair, i, *seq),
+            Msg::Offer { .. }
+            | Msg::PeerReady { .. }
+            | Msg::Return { .. }
+            | Msg::PeerMoved { .. }
+            | Msg::Hello => {
                 self.counts.wrong_direction += 1;
             }
         }
@@ -344,6 +354,7 @@ impl Manager {
         for pair in give_up {
             self.return_pair(now, pair);
         }
+        self.moves_timeout(now);
     }
 }
 
@@ -360,6 +371,8 @@ pub enum Action {
     BackToGateway { pair: u64 },
     /// Delete the pair's SAs.
     DeleteSas { pair: u64 },
+    /// The peer moved: send the pair's direct traffic to `peer` (same SAs, no rekey).
+    Rebind { pair: u64, peer: SocketAddr },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,6 +402,8 @@ pub struct DirectClient {
     ended: VecDeque<u64>,
     out: VecDeque<Msg>,
     actions: VecDeque<Action>,
+    /// The latest move taken per live pair (`moves.rs`).
+    move_seq: BTreeMap<u64, u32>,
     counts: DirectCounts,
 }
 
@@ -475,11 +490,15 @@ impl DirectClient {
                     self.counts.unknown_pair += 1;
                 }
             }
+            Msg::PeerMoved { seq, peer, .. } => {
+                self.peer_moved(pair, *seq, *peer, known.is_some(), ended)
+            }
             Msg::Installed { .. }
             | Msg::Switching { .. }
             | Msg::Failed { .. }
             | Msg::Idle { .. }
             | Msg::Returned { .. }
+            | Msg::Moved { .. }
             | Msg::Hello => self.counts.wrong_direction += 1,
         }
     }
@@ -562,3 +581,6 @@ impl DirectClient {
 #[cfg(test)]
 #[path = "manager_tests.rs"]
 mod tests;
+
+#[path = "moves.rs"]
+mod moves;

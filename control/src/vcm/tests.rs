@@ -13,6 +13,7 @@ fn detector(allow: &[IdPattern]) -> HairpinDetector {
     HairpinDetector::new(VcmPolicy {
         threshold_pps: 100,
         direct_paths: allow.to_vec(),
+        inside: Vec::new(),
     })
 }
 
