@@ -107,6 +107,21 @@ impl ControlCore {
         self.flush_manager(now);
     }
 
+    /// Gateway: whether a client of a candidate pair (at `a`, `b`) is inside the protected
+    /// network (`vcm.inside`): the pair stays on the gateway path (logged).
+    pub(super) fn direct_inside(&mut self, a: SocketAddr, b: SocketAddr) -> bool {
+        let inside = self
+            .vcm
+            .as_ref()
+            .is_some_and(|d| d.inside(a.ip()) || d.inside(b.ip()));
+        if inside {
+            self.out.log(format!(
+                "vcm: {a} <-> {b} stays on the gateway path (a client is inside the protected network)"
+            ));
+        }
+        inside
+    }
+
     /// Client: one NAT keepalive to the peer of `pair`, from our IKE address's port 4500.
     pub(super) fn direct_keepalive(&mut self, pair: u64) {
         let (Some((_, local)), Some(p)) = (self.direct.client_ike, self.direct.pairs.get(&pair))

@@ -326,6 +326,9 @@ impl ControlCore {
             ));
             return false;
         };
+        if self.direct_inside(pa, pb) {
+            return false;
+        }
         let keys = self.direct.keys();
         let pair = self
             .direct
