@@ -26,6 +26,10 @@
 //!   gateway (fresh keys and SPIs, ack-ordered): lost, undecryptable and repeated (SPI,
 //!   sequence number) 0, at least one rekey, two direct SPIs per client in the capture.
 //!
+//! - `roam`, `inside` (before `blackhole`), `nat` (after it): see [`roam_and_inside`] and
+//!   [`nat_case`]: client a's address changes mid-stream; client b's IKE SA moves inside the
+//!   protected network; two more clients behind NAT namespaces (about 25 s more).
+//!
 //! Needs root (prints a SKIP line otherwise), strongSwan, iperf3 and tshark; about 20 s
 //! (hairpin) + 35 s (the roamgate clients' cases, 10 s of it `rekey`; `VCM_SECS` streams longer).
 
@@ -542,6 +546,7 @@ fn direct_paths_between_two_roamgate_clients() {
     ask(Path::new(&ike_sock), "reload");
     // The rekeyed pair goes quiet and returns.
     std::thread::sleep(Duration::from_millis(1500));
+    roam_and_inside(&lab, &clients, &gw, [&va, &vb]);
 
     // blackhole: the router drops what the clients send each other directly.
     sh(&lab.ns("rtr"), "ip rule add from 192.0.3.10 to 198.51.101.10 blackhole && ip rule add from 198.51.101.10 to 192.0.3.10 blackhole");
@@ -563,15 +568,25 @@ fn direct_paths_between_two_roamgate_clients() {
     assert!(gap < 1000.0, "the stream never stopped: {gap} ms");
     assert_eq!(undecryptable_n, 0);
 
+    let nat = nat_case(&lab, &dir, bin);
+
     let (_, gw_out) = gw.stop_with_output();
     let _ = std::fs::write(dir.join("gw.log"), &gw_out);
     let mut rekeys = usize::MAX;
+    nat_check(&gw_out, nat);
     for (n, c) in clients.into_iter().enumerate() {
         let (_, out) = c.stop_with_output();
         let _ = std::fs::write(dir.join(format!("c{n}.log")), &out);
         assert!(out.contains("on the direct SA"), "{out}");
         // Only the rekey case's pairs live short enough to be rekeyed.
         rekeys = rekeys.min(out.matches("rekeyed, sending to").count());
+        if n == 1 {
+            // roam: b was told a's new address and its direct SA followed.
+            assert!(
+                out.contains("the peer moved from 192.0.3.10:4500 to 192.0.3.11:4500"),
+                "{out}"
+            );
+        }
     }
     let (sent, lost, undecryptable_n, repeats, gap, spis) = rekey_case;
     println!(
@@ -589,4 +604,193 @@ fn direct_paths_between_two_roamgate_clients() {
         "{gw_out}"
     );
     assert!(gw_out.contains("the direct path failed"), "{gw_out}");
+}
+
+/// UDP streams both ways between hosts `ns` (each to the other's virtual IP), `secs` long.
+fn streams_in(ns: [&str; 2], vips: [&str; 2], secs: u32) -> Streams {
+    let tool = root().join("tests/tools/udp_stream.py");
+    let tool = tool.to_str().unwrap();
+    let wait = (secs + 2).to_string();
+    let done = std::time::Instant::now() + Duration::from_millis(u64::from(secs) * 1000 + 2500);
+    let recv = vec![
+        NsProcess::spawn(ns[1], &["python3", tool, "recv", "5001", &wait], "recv b"),
+        NsProcess::spawn(ns[0], &["python3", tool, "recv", "5001", &wait], "recv a"),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let s = secs.to_string();
+    let send = vec![
+        NsProcess::spawn(
+            ns[0],
+            &["python3", tool, "send", vips[1], "5001", "1000", &s],
+            "send a",
+        ),
+        NsProcess::spawn(
+            ns[1],
+            &["python3", tool, "send", vips[0], "5001", "1000", &s],
+            "send b",
+        ),
+    ];
+    Streams { recv, send, done }
+}
+
+/// A client's count of one drop reason.
+fn drops(sock: &Path, reason: &str) -> u64 {
+    ask(sock, "stats")["drops"][reason].as_u64().unwrap_or(0)
+}
+
+/// Cases `roam` and `inside` (issue 20, item 5), each with 5 s streams both ways:
+/// - `roam`: client a's address changes mid-stream (192.0.3.10 -> 192.0.3.11, make before
+///   break): its IKE SA moves (MOBIKE), the gateway tells b (`PeerMoved`), b's direct SA
+///   follows without a new key. What b sent to the old address in between is lost (counted);
+///   nothing is undecryptable.
+/// - `inside`: client b's IKE SA moves to 172.16.9.10, inside the protected network
+///   (configs/vcm-gw.yaml `vcm.inside`): the gateway returns the pair, both go back to the
+///   gateway path, 0 undecryptable.
+///
+/// Both clients are moved back afterwards.
+fn roam_and_inside(
+    lab: &ScriptLab,
+    clients: &[DataplaneProcess],
+    gw: &DataplaneProcess,
+    vips: [&str; 2],
+) {
+    let undec = || undecryptable(&clients[0].socket) + undecryptable(&clients[1].socket);
+    let (ca, cb) = (lab.ns("ca"), lab.ns("cb"));
+    let _ = gw;
+    let undec0 = undec();
+    let s = streams(lab, vips, 5);
+    std::thread::sleep(Duration::from_millis(3300));
+    sh(&ca, "ip addr add 192.0.3.11/24 dev wan");
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&ca, "ip addr del 192.0.3.10/24 dev wan");
+    let (sent, got, gap) = finish(s);
+    let undecryptable_n = undec() - undec0;
+    println!(
+        "vcm case=roam packets={sent} lost={} undecryptable={undecryptable_n} gap_ms={gap:.1}",
+        sent - got
+    );
+    assert_eq!(undecryptable_n, 0);
+    assert!(sent >= 2 * 1000 * 5 * 9 / 10, "{sent}");
+    assert!(sent - got < 2 * 1600, "{} lost across the roam", sent - got);
+    // Back to where the other cases expect a.
+    sh(&ca, "ip addr add 192.0.3.10/24 dev wan");
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&ca, "ip addr del 192.0.3.11/24 dev wan");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let undec0 = undec();
+    let s = streams(lab, vips, 5);
+    std::thread::sleep(Duration::from_millis(3300));
+    sh(&cb, "ip addr add 172.16.9.10/24 dev wan");
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&cb, "ip addr del 198.51.101.10/24 dev wan");
+    let (sent, got, gap) = finish(s);
+    let undecryptable_n = undec() - undec0;
+    println!(
+        "vcm case=inside packets={sent} lost={} undecryptable={undecryptable_n} gap_ms={gap:.1}",
+        sent - got
+    );
+    assert_eq!(undecryptable_n, 0);
+    assert!(
+        sent - got < 2 * 1600,
+        "{} lost when b came inside",
+        sent - got
+    );
+    sh(&cb, "ip addr add 198.51.101.10/24 dev wan");
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&cb, "ip addr del 172.16.9.10/24 dev wan");
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+/// Case `nat` (issue 20, item 6): two more roamgate clients, each behind a NAT namespace of
+/// its own (netns-lab.sh: masquerade, unsolicited inbound dropped), stream both ways for 5 s.
+/// Returns (packets, lost, undecryptable, the clients' logs, NAT keepalives each received).
+fn nat_case(lab: &ScriptLab, dir: &Path, bin: &Path) -> (u64, u64, u64, Vec<String>, [u64; 2]) {
+    let clients: Vec<DataplaneProcess> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            DataplaneProcess::start_sub(
+                bin,
+                "client",
+                &lab.ns(&format!("cn{n}")),
+                &root().join(format!("configs/vcm-client-n{n}.yaml")),
+                dir,
+                &format!("cn{n}"),
+                &["--shm", dir.join(format!("cn{n}.shm")).to_str().unwrap()],
+            )
+        })
+        .collect();
+    let (ha, hb) = (lab.ns("hna"), lab.ns("hnb"));
+    wait_for("both tunnels through the NATs", 20, || {
+        pings(&ha, "10.9.0.10", 1) == 1 && pings(&hb, "10.9.0.10", 1) == 1
+    });
+    let vip = |c: &DataplaneProcess| -> String {
+        let mut v = None;
+        wait_for("the virtual IP", 10, || {
+            v = roamgate_tests::strongswan::ike_view(&c.socket)["virtual_ip"]
+                .as_str()
+                .map(str::to_owned);
+            v.is_some()
+        });
+        v.unwrap()
+    };
+    let (va, vb) = (vip(&clients[0]), vip(&clients[1]));
+    sh(
+        &ha,
+        &format!("ip addr add {va}/32 dev lan0 && ip route add 10.99.0.0/24 via 10.7.3.1 src {va}"),
+    );
+    sh(
+        &hb,
+        &format!("ip addr add {vb}/32 dev lan0 && ip route add 10.99.0.0/24 via 10.7.4.1 src {vb}"),
+    );
+    let undec = |c: &[DataplaneProcess]| undecryptable(&c[0].socket) + undecryptable(&c[1].socket);
+    let undec0 = undec(&clients);
+    let s = streams_in([&ha, &hb], [&va, &vb], 5);
+    let (sent, got, gap) = finish(s);
+    let undecryptable_n = undec(&clients) - undec0;
+    let keepalives = [
+        drops(&clients[0].socket, "natt_keepalive"),
+        drops(&clients[1].socket, "natt_keepalive"),
+    ];
+    let logs: Vec<String> = clients
+        .into_iter()
+        .map(|c| c.stop_with_output().1)
+        .collect();
+    for (n, l) in logs.iter().enumerate() {
+        let _ = std::fs::write(dir.join(format!("cn{n}.log")), l);
+    }
+    let direct = logs.iter().all(|l| l.contains("the direct path is proven"));
+    println!(
+        "vcm case=nat packets={sent} lost={} undecryptable={undecryptable_n} direct={direct} keepalives_received={keepalives:?} gap_ms={gap:.1}",
+        sent - got
+    );
+    (sent, sent - got, undecryptable_n, logs, keepalives)
+}
+
+/// The checks of case `nat` (and of `roam` and `inside`) on the gateway's log.
+fn nat_check(gw_out: &str, nat: (u64, u64, u64, Vec<String>, [u64; 2])) {
+    let (sent, lost, undecryptable_n, logs, keepalives) = nat;
+    assert!(sent >= 2 * 1000 * 5 * 9 / 10, "{sent}");
+    assert_eq!(undecryptable_n, 0, "nat: undecryptable");
+    // The gateway offered the pair at the NATs' addresses (what it saw), not the clients'.
+    let offer = gw_out
+        .lines()
+        .find(|l| l.contains("direct SA pair offered") && l.contains("100.64.1.2:"))
+        .unwrap_or_else(|| panic!("no offer at the NATed addresses: {gw_out}"));
+    assert!(offer.contains("100.64.2.2:"), "{offer}");
+    // The direct path through both NATs proved itself (keepalives from both sides opened the
+    // mappings), or the gateway counted why not and the pair stayed on the gateway path.
+    let direct = logs.iter().all(|l| l.contains("the direct path is proven"));
+    if direct {
+        assert_eq!(lost, 0, "nat: lost on the switch");
+        assert!(keepalives.iter().all(|k| *k > 0), "{keepalives:?}");
+    } else {
+        assert!(gw_out.contains("the direct path failed"), "{gw_out}");
+    }
+    // roam: the gateway relayed a's move; inside: it returned the pair.
+    assert!(gw_out.contains("moved to 192.0.3.11:"), "{gw_out}");
+    assert!(
+        gw_out.contains("came back inside the protected network"),
+        "{gw_out}"
+    );
 }

@@ -18,13 +18,14 @@
 #                    starts a 3-member cluster on loopback; roamgate perf cluster-store)
 #   protobuf-compiler  protoc, which the etcd-client crate's build script needs for etcd's protos
 #   openssl          makes the test PKI of the cluster store's TLS + auth test
+#   nftables         the NAT namespaces of the connectivity-manager lab (netns-lab.sh vcm-up, tests/vcm.rs nat)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
 for p in libipsec-mb-dev libclang-dev clang make patch python3 tshark libdpdk-dev pkg-config dpdk-doc iproute2 ethtool iputils-ping iperf3 curl \
          strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
          freeradius freeradius-utils \
-         etcd-server etcd-client protobuf-compiler openssl; do
+         etcd-server etcd-client protobuf-compiler openssl nftables; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -83,6 +83,14 @@
 #            blackhole):
 #              PFX-ha 10.7.1.10 -- lan [PFX-ca] wan 192.0.3.10 -- eth3 192.0.3.254 [PFX-rtr]
 #              PFX-hb 10.7.2.10 -- lan [PFX-cb] wan 198.51.101.10 -- eth4 198.51.101.254 [PFX-rtr]
+#            (eth4 also holds 172.16.9.254/24: an access network the gateway counts as inside
+#            the protected network, `vcm.inside`, case inside), and two more roamgate clients
+#            each behind a NAT namespace of its own (nftables masquerade, port-preserving, and
+#            unsolicited inbound dropped: a home router; case nat):
+#              PFX-hna 10.7.3.10 -- lan [PFX-cna] wan 192.168.1.10 -- in 192.168.1.1 [PFX-na]
+#                eth0 100.64.1.2 -- eth5 100.64.1.1 [PFX-rtr]
+#              PFX-hnb 10.7.4.10 -- lan [PFX-cnb] wan 192.168.2.10 -- in 192.168.2.1 [PFX-nb]
+#                eth0 100.64.2.2 -- eth6 100.64.2.1 [PFX-rtr]
 #        netns-lab.sh vcm-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
@@ -97,7 +105,7 @@ MOB_NSS="home cl rtr gw srv"
 HA_NSS="home cl rtr gwa gwb lsw srv sw"
 HS_NSS="home cl rtr gwa gwb lsw srv sw"
 CLUSTER_NSS="home cl sw rtr e0 e1 e2 lr cn srv"
-VCM_NSS="a b rtr gw srv ca cb ha hb"
+VCM_NSS="a b rtr gw srv ca cb ha hb na nb cna cnb hna hnb"
 
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
@@ -404,6 +412,41 @@ vcm_up() {
         gateway "$p-c$n" lan wan
         ip -n "$p-c$n" addr add "${rest%%:*}/24" dev wan
         host4 "$p-h$n" "10.7.${rest#*:}.10/24" "10.7.${rest#*:}.1"
+    done
+    ip -n "$p-rtr" addr add 172.16.9.254/24 dev eth4
+    vcm_nat_up
+}
+
+# The NAT namespaces of the vcm lab and the clients behind them (configs/vcm-client-n{a,b}.yaml).
+vcm_nat_up() {
+    for c in a:1:5 b:2:6; do
+        n=${c%%:*}
+        i=$(echo "$c" | cut -d: -f2)
+        r=$(echo "$c" | cut -d: -f3)
+        ip link add "eth$r" netns "$p-rtr" address "02:00:00:00:71:1$r" type veth \
+            peer name eth0 netns "$p-n$n" address "02:00:00:00:d$i:02"
+        ip link add in netns "$p-n$n" address "02:00:00:00:d$i:01" type veth \
+            peer name wan netns "$p-cn$n" address "02:00:00:00:d$i:0a"
+        ip link add lan0 netns "$p-hn$n" address "02:00:00:00:e$i:fe" type veth \
+            peer name lan netns "$p-cn$n" address "02:00:00:00:e$i:01"
+        links_up "$p-rtr" "eth$r"
+        ip -n "$p-rtr" addr add "100.64.$i.1/24" dev "eth$r"
+        links_up "$p-n$n" eth0 in
+        ip -n "$p-n$n" addr add "100.64.$i.2/24" dev eth0
+        ip -n "$p-n$n" addr add "192.168.$i.1/24" dev in
+        ip -n "$p-n$n" route add default via "100.64.$i.1"
+        ip netns exec "$p-n$n" sysctl -qw net.ipv4.ip_forward=1
+        ip netns exec "$p-n$n" nft -f - <<NFT
+table ip nat {
+    chain post { type nat hook postrouting priority 100; oifname "eth0" masquerade; }
+}
+table ip filter {
+    chain input { type filter hook input priority 0; iifname "eth0" ct state new drop; }
+}
+NFT
+        gateway "$p-cn$n" lan wan
+        ip -n "$p-cn$n" addr add "192.168.$i.10/24" dev wan
+        host4 "$p-hn$n" "10.7.$((i + 2)).10/24" "10.7.$((i + 2)).1"
     done
 }
 

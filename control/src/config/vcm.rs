@@ -10,6 +10,8 @@
 //!   direct_lifetime_secs: 3600      # lifetime of a direct SA pair: rekeyed at 75-85% of it
 //!                                   # (random), returned to the gateway path at 95% if
 //!                                   # the rekey did not get through; 3-86400
+//!   inside: [10.9.0.0/16]           # the protected network: a client whose IKE SA moves to
+//!                                   # an address in it returns its direct pairs.
 //! ```
 //!
 //! Without the section hairpinned traffic is still forwarded (the data plane does that on its
@@ -31,6 +33,10 @@ pub struct VcmYaml {
     pub direct_paths: Vec<String>,
     #[serde(default = "default_direct_lifetime")]
     pub direct_lifetime_secs: u32,
+    /// Prefixes of the protected network: a client whose IKE SA moves to an address inside
+    /// them came back inside, and its direct pairs return to the gateway path.
+    #[serde(default)]
+    pub inside: Vec<String>,
 }
 
 fn default_direct_lifetime() -> u32 {
@@ -82,12 +88,19 @@ pub struct VcmPolicy {
     pub direct_paths: Vec<IdPattern>,
     /// Lifetime of a direct SA pair (seconds).
     pub direct_lifetime_secs: u32,
+    /// The protected network (`vcm.inside`).
+    pub inside: Vec<proto::policy::Prefix>,
 }
 
 impl VcmPolicy {
     /// Whether the peer `id` may get a direct path.
     pub fn allows(&self, id: &str) -> bool {
         self.direct_paths.iter().any(|p| p.matches(id))
+    }
+
+    /// Whether address `a` lies inside the protected network (`vcm.inside`).
+    pub fn inside(&self, a: core::net::IpAddr) -> bool {
+        self.inside.iter().any(|p| p.contains(a))
     }
 }
 
@@ -138,10 +151,22 @@ impl VcmYaml {
                 ),
             ));
         }
+        let mut inside = Vec::with_capacity(self.inside.len());
+        for (i, p) in self.inside.iter().enumerate() {
+            let prefix = p.trim().parse::<proto::policy::Prefix>().map_err(|e| {
+                ConfigError::new(
+                    file,
+                    format!("vcm.inside[{i}]"),
+                    format!("{p:?} is not a prefix (address/length): {}", e.0),
+                )
+            })?;
+            inside.push(prefix);
+        }
         Ok(VcmPolicy {
             threshold_pps: self.threshold_pps,
             direct_paths,
             direct_lifetime_secs: self.direct_lifetime_secs,
+            inside,
         })
     }
 }

@@ -94,6 +94,8 @@ pub(crate) struct DirectPaths {
     pub malformed: u64,
     /// Candidates that stay on the hairpin because a client did not announce support.
     pub unsupported: u64,
+    /// Client: NAT keepalives sent to peers (`direct_moves.rs`).
+    pub keepalives: u64,
 }
 
 impl DirectPaths {
@@ -116,6 +118,7 @@ impl DirectPaths {
             retiring: Vec::new(),
             malformed: 0,
             unsupported: 0,
+            keepalives: 0,
         }
     }
 
@@ -255,6 +258,9 @@ impl ControlCore {
                     }
                 }
             }
+            ike::Event::IkeMoved {
+                ike, local, remote, ..
+            } => self.direct_moved(now, *ike, *local, *remote),
             ike::Event::PrivateNotify { ike, kind, data } if *kind == NOTIFY_DIRECT_PATH => {
                 let msg = match Msg::decode(&data.0) {
                     Ok(m) => m,
@@ -320,6 +326,9 @@ impl ControlCore {
             ));
             return false;
         };
+        if self.direct_inside(pa, pb) {
+            return false;
+        }
         let keys = self.direct.keys();
         let lifetime = self.direct_lifetime();
         let pair = self
@@ -412,6 +421,7 @@ impl ControlCore {
                         p.in_spi.0, p.peer
                     ));
                     self.direct.pairs.insert(pair, p);
+                    self.direct_keepalive(pair);
                 }
                 Action::SendDirect { pair } => {
                     let Some((_, local)) = self.direct.client_ike else {
@@ -457,6 +467,7 @@ impl ControlCore {
                 }
                 Action::DeleteSas { pair } => self.direct_delete_pair(now, pair),
                 Action::Rekeyed { pair, old } => self.direct_rekeyed(now, pair, old),
+                Action::Rebind { pair, peer } => self.direct_rebind(pair, peer),
             }
         }
         if let Some((ike, _)) = self.direct.client_ike {
@@ -586,9 +597,13 @@ impl ControlCore {
                 });
             }
             self.direct.next_probe = (!spis.is_empty()).then(|| now.saturating_add(PROBE_EVERY));
+            self.direct_keepalives_unproven();
         }
     }
 }
+
+#[path = "direct_moves.rs"]
+mod moves;
 
 fn host_prefix(a: IpAddr) -> Option<Prefix> {
     Prefix::new(a, if a.is_ipv4() { 32 } else { 128 }).ok()

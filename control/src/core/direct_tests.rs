@@ -35,6 +35,7 @@ fn world() -> (World, IpAddr, IpAddr) {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
         direct_lifetime_secs: 3600,
+        inside: Vec::new(),
     }));
     let now = w.now;
     w.gw(1).core().initiate(now);
@@ -242,6 +243,7 @@ fn a_policy_that_no_longer_allows_a_client_returns_its_pairs() {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
         direct_lifetime_secs: 3600,
+        inside: Vec::new(),
     };
     w.gw(0).core().set_vcm(Some(keep));
     direct_rx(&mut w, 1, 9);
@@ -252,6 +254,7 @@ fn a_policy_that_no_longer_allows_a_client_returns_its_pairs() {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Exact("alice.test".into())],
         direct_lifetime_secs: 3600,
+        inside: Vec::new(),
     }));
     w.run_for(Duration::from_millis(300));
     for i in [1, 2] {
@@ -420,6 +423,7 @@ fn a_live_direct_pair_is_rekeyed_in_ack_order_and_its_old_sas_deleted() {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
         direct_lifetime_secs: 4,
+        inside: Vec::new(),
     }));
     hairpin(&mut w, a, b);
     let start = w.now;
@@ -491,6 +495,7 @@ fn a_rekey_the_peer_does_not_answer_returns_the_pair_before_its_hard_lifetime() 
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
         direct_lifetime_secs: 4,
+        inside: Vec::new(),
     }));
     hairpin(&mut w, a, b);
     w.run_for(Duration::from_millis(300));

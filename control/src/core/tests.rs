@@ -635,6 +635,7 @@ fn hairpin_reports_between_two_clients_make_one_candidate_the_policy_allows() {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Exact("alice.test".into())],
         direct_lifetime_secs: 3600,
+        inside: Vec::new(),
     }));
     w.gw(0).link.report(report(5000));
     w.run_for(Duration::from_secs(1));
@@ -646,6 +647,7 @@ fn hairpin_reports_between_two_clients_make_one_candidate_the_policy_allows() {
         threshold_pps: 100,
         direct_paths: vec![IdPattern::Suffix(".test".into())],
         direct_lifetime_secs: 3600,
+        inside: Vec::new(),
     }));
     w.gw(0).link.report(report(50));
     w.run_for(Duration::from_secs(1));

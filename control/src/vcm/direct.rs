@@ -97,6 +97,17 @@ pub enum Msg {
         replaces: u64,
         offer: Offer,
     },
+    /// Gateway -> client: the peer's IKE SA moved (MOBIKE, a NAT mapping change): send the
+    /// pair's direct traffic to `peer` from now on (same keys, same SPIs, no rekey). `seq`
+    /// increases with every move the manager relays: a late older move is not taken.
+    PeerMoved {
+        pair: u64,
+        seq: u32,
+        peer: SocketAddr,
+    },
+    /// Client -> gateway: acknowledges [`Msg::PeerMoved`] `seq` (an older move's
+    /// acknowledgement does not acknowledge a newer one).
+    Moved { pair: u64, seq: u32 },
 }
 
 impl Msg {
@@ -110,7 +121,9 @@ impl Msg {
             | Msg::Idle { pair }
             | Msg::Return { pair }
             | Msg::Returned { pair }
-            | Msg::Rekey { pair, .. } => *pair,
+            | Msg::Rekey { pair, .. }
+            | Msg::PeerMoved { pair, .. }
+            | Msg::Moved { pair, .. } => *pair,
             Msg::Hello => 0,
         }
     }
@@ -127,6 +140,8 @@ impl Msg {
             Msg::Hello => 8,
             Msg::Idle { .. } => 9,
             Msg::Rekey { .. } => 10,
+            Msg::PeerMoved { .. } => 20,
+            Msg::Moved { .. } => 21,
         }
     }
 
@@ -156,6 +171,14 @@ impl Msg {
             put_ip(&mut v, offer.local_ts);
             put_ip(&mut v, offer.remote_ts);
             v.extend_from_slice(&offer.lifetime_secs.to_be_bytes());
+        }
+        if let Msg::PeerMoved { seq, peer, .. } = self {
+            v.extend_from_slice(&seq.to_be_bytes());
+            put_ip(&mut v, peer.ip());
+            v.extend_from_slice(&peer.port().to_be_bytes());
+        }
+        if let Msg::Moved { seq, .. } = self {
+            v.extend_from_slice(&seq.to_be_bytes());
         }
         v
     }
@@ -210,6 +233,16 @@ impl Msg {
             7 => Msg::Returned { pair },
             8 if pair == 0 => Msg::Hello,
             9 => Msg::Idle { pair },
+            20 => {
+                let seq = u32::from_be_bytes(r.array()?);
+                let ip = r.ip()?;
+                let peer = SocketAddr::new(ip, u16::from_be_bytes(r.array()?));
+                Msg::PeerMoved { pair, seq, peer }
+            }
+            21 => Msg::Moved {
+                pair,
+                seq: u32::from_be_bytes(r.array()?),
+            },
             _ => return Err(DecodeError::Kind),
         };
         if !r.0.is_empty() {

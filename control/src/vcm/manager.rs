@@ -52,6 +52,8 @@ pub struct DirectCounts {
     pub rekeys: u64,
     /// Client: pairs that reached their hard lifetime unrekeyed (back on the gateway path).
     pub expired: u64,
+    /// Moves of a peer relayed (manager) or taken (client).
+    pub moves: u64,
 }
 
 /// One client of a pair as the manager tracks it.
@@ -88,6 +90,9 @@ pub struct Manager {
     /// Pairs a client reported `Failed` (until they end): their clients are not offered
     /// again soon.
     failed: BTreeSet<u64>,
+    /// Moves not yet acknowledged: (pair, member told) -> (move, first and last sent).
+    moves: BTreeMap<(u64, usize), (u32, SocketAddr, Instant, Instant)>,
+    move_seq: u32,
     counts: DirectCounts,
     /// Pairs whose soft lifetime came: the caller rekeys them ([`Manager::rekey`]).
     rekey_due: VecDeque<u64>,
@@ -320,10 +325,12 @@ impl Manager {
                     }
                 }
             }
+            Msg::Moved { seq, .. } => self.moved_acked(pair, i, *seq),
             Msg::Offer { .. }
             | Msg::PeerReady { .. }
             | Msg::Return { .. }
             | Msg::Rekey { .. }
+            | Msg::PeerMoved { .. }
             | Msg::Hello => {
                 self.counts.wrong_direction += 1;
             }
@@ -378,6 +385,7 @@ impl Manager {
         for pair in give_up {
             self.return_pair(now, pair);
         }
+        self.moves_timeout(now);
     }
 }
 
@@ -397,6 +405,8 @@ pub enum Action {
     Rekeyed { pair: u64, old: u64 },
     /// Delete the pair's SAs.
     DeleteSas { pair: u64 },
+    /// The peer moved: send the pair's direct traffic to `peer` (same SAs, no rekey).
+    Rebind { pair: u64, peer: SocketAddr },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,6 +441,8 @@ pub struct DirectClient {
     ended: VecDeque<u64>,
     out: VecDeque<Msg>,
     actions: VecDeque<Action>,
+    /// The latest move taken per live pair (`moves.rs`).
+    move_seq: BTreeMap<u64, u32>,
     counts: DirectCounts,
     /// Rekeys under way: successor pair -> the pair it replaces.
     succ: BTreeMap<u64, u64>,
@@ -528,11 +540,15 @@ impl DirectClient {
                     self.counts.unknown_pair += 1;
                 }
             }
+            Msg::PeerMoved { seq, peer, .. } => {
+                self.peer_moved(pair, *seq, *peer, known.is_some(), ended)
+            }
             Msg::Installed { .. }
             | Msg::Switching { .. }
             | Msg::Failed { .. }
             | Msg::Idle { .. }
             | Msg::Returned { .. }
+            | Msg::Moved { .. }
             | Msg::Hello => self.counts.wrong_direction += 1,
             // The Rekey arm above.
         }
@@ -621,5 +637,7 @@ impl DirectClient {
 #[path = "manager_tests.rs"]
 mod tests;
 
+#[path = "moves.rs"]
+mod moves;
 #[path = "rekey.rs"]
 pub mod rekey;

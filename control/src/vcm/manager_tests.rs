@@ -415,7 +415,7 @@ impl RekeySim {
                             self.deleted.insert((i, pair), self.now);
                         }
                     }
-                    Action::DirectOnly { .. } => {}
+                    Action::DirectOnly { .. } | Action::Rebind { .. } => {}
                 }
             }
         }

@@ -100,6 +100,11 @@ impl HairpinDetector {
         self.policy.allows(id)
     }
 
+    /// Whether address `a` lies inside the protected network (`vcm.inside`).
+    pub fn inside(&self, a: IpAddr) -> bool {
+        self.policy.inside(a)
+    }
+
     /// A new policy (reload): offers stand; the next reports are judged by it.
     pub fn set_policy(&mut self, policy: VcmPolicy) {
         self.policy = policy;

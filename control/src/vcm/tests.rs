@@ -14,6 +14,7 @@ fn detector(allow: &[IdPattern]) -> HairpinDetector {
         threshold_pps: 100,
         direct_paths: allow.to_vec(),
         direct_lifetime_secs: 3600,
+        inside: Vec::new(),
     })
 }
 
