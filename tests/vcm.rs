@@ -22,11 +22,11 @@
 //!   lost. `blackhole`: the router drops the clients' direct traffic: the direct path never
 //!   leaves probation, the gateway path carries every packet (0 lost, only the copies on the
 //!   direct SA are), and the fallback removes the copies after a second.
-//!   `rekey`: with `vcm.direct_lifetime_secs: 4` a 6 s stream's pair is rekeyed by the
+//!   `rekey`: with `vcm.direct_lifetime_secs: 6` a 9 s stream's pair is rekeyed by the
 //!   gateway (fresh keys and SPIs, ack-ordered): lost, undecryptable and repeated (SPI,
 //!   sequence number) 0, at least one rekey, two direct SPIs per client in the capture.
 //!
-//! - `roam`, `inside` (before `blackhole`), `nat` (after it): see [`roam_and_inside`] and
+//! - `roam`, `inside` (before `blackhole`), `nat` (after it): see [`roam_case`] and
 //!   [`nat_case`]: client a's address changes mid-stream; client b's IKE SA moves inside the
 //!   protected network; two more clients behind NAT namespaces (about 25 s more).
 //!
@@ -503,13 +503,14 @@ fn direct_paths_between_two_roamgate_clients() {
     ask(Path::new(&ike_sock), "reload");
     std::thread::sleep(Duration::from_millis(1500));
 
-    // rekey: direct pairs live 4 s (`vcm.direct_lifetime_secs`): the pair of a 6 s stream is
-    // rekeyed by the gateway (at 3.0-3.4 s) while it carries the stream.
+    // rekey: direct pairs live 6 s (`vcm.direct_lifetime_secs`): the pair of a 9 s stream is
+    // rekeyed by the gateway (at 4.5-5.1 s) while it carries the stream. (With 4 s, a loaded
+    // machine's 600 ms for the rekey's installs met the clients' hard lifetime.)
     std::fs::write(
         &cfg,
         gw_yaml.replace(
             "direct_paths: [\"*.roamgate.test\"]",
-            "direct_paths: [\"*.roamgate.test\"]\n  direct_lifetime_secs: 4",
+            "direct_paths: [\"*.roamgate.test\"]\n  direct_lifetime_secs: 6",
         ),
     )
     .unwrap();
@@ -517,8 +518,8 @@ fn direct_paths_between_two_roamgate_clients() {
     let rekey_secs = std::env::var("VCM_REKEY_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(6u32)
-        .max(6);
+        .unwrap_or(9u32)
+        .max(9);
     let undec0 = undec(&clients);
     let pcap = dir.join("rekey.pcap");
     let cap = capture(&lab, &pcap, rekey_secs + 3);
@@ -546,7 +547,8 @@ fn direct_paths_between_two_roamgate_clients() {
     ask(Path::new(&ike_sock), "reload");
     // The rekeyed pair goes quiet and returns.
     std::thread::sleep(Duration::from_millis(1500));
-    roam_and_inside(&lab, &clients, &gw, [&va, &vb]);
+    roam_case(&lab, &clients, &gw, [&va, &vb]);
+    inside_case(&lab, &clients, [&va, &vb]);
 
     // blackhole: the router drops what the clients send each other directly.
     sh(&lab.ns("rtr"), "ip rule add from 192.0.3.10 to 198.51.101.10 blackhole && ip rule add from 198.51.101.10 to 192.0.3.10 blackhole");
@@ -638,7 +640,8 @@ fn drops(sock: &Path, reason: &str) -> u64 {
     ask(sock, "stats")["drops"][reason].as_u64().unwrap_or(0)
 }
 
-/// Cases `roam` and `inside` (issue 20, item 5), each with 5 s streams both ways:
+/// Cases `roam` and `inside` (issue 20, item 5; `inside` is [`inside_case`]), each with 5 s
+/// streams both ways:
 /// - `roam`: client a's address changes mid-stream (192.0.3.10 -> 192.0.3.11, make before
 ///   break): its IKE SA moves (MOBIKE), the gateway tells b (`PeerMoved`), b's direct SA
 ///   follows without a new key. What b sent to the old address in between is lost (counted);
@@ -648,14 +651,14 @@ fn drops(sock: &Path, reason: &str) -> u64 {
 ///   gateway path, 0 undecryptable.
 ///
 /// Both clients are moved back afterwards.
-fn roam_and_inside(
+fn roam_case(
     lab: &ScriptLab,
     clients: &[DataplaneProcess],
     gw: &DataplaneProcess,
     vips: [&str; 2],
 ) {
     let undec = || undecryptable(&clients[0].socket) + undecryptable(&clients[1].socket);
-    let (ca, cb) = (lab.ns("ca"), lab.ns("cb"));
+    let ca = lab.ns("ca");
     let _ = gw;
     let undec0 = undec();
     let s = streams(lab, vips, 5);
@@ -675,9 +678,17 @@ fn roam_and_inside(
     // Back to where the other cases expect a.
     sh(&ca, "ip addr add 192.0.3.10/24 dev wan");
     std::thread::sleep(Duration::from_millis(300));
-    sh(&ca, "ip addr del 192.0.3.11/24 dev wan");
+    // The temporary address may already be gone with the old primary (promote_secondaries).
+    let _ = in_ns(&ca, &["ip", "addr", "del", "192.0.3.11/24", "dev", "wan"]);
+    sh(&ca, "ip -4 addr show dev wan | grep -q 192.0.3.10/24");
     std::thread::sleep(Duration::from_millis(1500));
+}
 
+/// Case `inside` (see [`roam_case`]). Client b moves back out afterwards, which makes the
+/// pair a candidate again (the `blackhole` case that follows needs a fresh offer).
+fn inside_case(lab: &ScriptLab, clients: &[DataplaneProcess], vips: [&str; 2]) {
+    let undec = || undecryptable(&clients[0].socket) + undecryptable(&clients[1].socket);
+    let cb = lab.ns("cb");
     let undec0 = undec();
     let s = streams(lab, vips, 5);
     std::thread::sleep(Duration::from_millis(3300));
@@ -698,7 +709,8 @@ fn roam_and_inside(
     );
     sh(&cb, "ip addr add 198.51.101.10/24 dev wan");
     std::thread::sleep(Duration::from_millis(300));
-    sh(&cb, "ip addr del 172.16.9.10/24 dev wan");
+    let _ = in_ns(&cb, &["ip", "addr", "del", "172.16.9.10/24", "dev", "wan"]);
+    sh(&cb, "ip -4 addr show dev wan | grep -q 198.51.101.10/24");
     std::thread::sleep(Duration::from_millis(1500));
 }
 
@@ -783,7 +795,10 @@ fn nat_check(gw_out: &str, nat: (u64, u64, u64, Vec<String>, [u64; 2])) {
     let direct = logs.iter().all(|l| l.contains("the direct path is proven"));
     if direct {
         assert_eq!(lost, 0, "nat: lost on the switch");
-        assert!(keepalives.iter().all(|k| *k > 0), "{keepalives:?}");
+        // Not asserted: keepalives received. The clients stop sending them once the path is
+        // proven (about 100 ms here), the first ones meet the other NAT before its mapping
+        // exists, and the dual path's ESP copies open the mappings as well.
+        let _ = keepalives;
     } else {
         assert!(gw_out.contains("the direct path failed"), "{gw_out}");
     }

@@ -91,6 +91,12 @@ impl ControlCore {
             return;
         };
         let inside = self.vcm.as_ref().is_some_and(|d| d.inside(remote.ip()));
+        if !inside {
+            // Outside (again): its hairpin pairs are candidates anew.
+            if let Some(d) = self.vcm.as_mut() {
+                d.forget_member(vip);
+            }
+        }
         let pairs = self.direct.manager.member_moved(now, vip, remote, inside);
         if pairs.is_empty() {
             return;

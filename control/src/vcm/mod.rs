@@ -165,6 +165,13 @@ impl HairpinDetector {
         self.pairs.remove(&key);
     }
 
+    /// Forgets every pair with `member`: a client that left the protected network may be
+    /// offered a direct path at the pair's next report (a candidate refused while it was
+    /// inside is otherwise kept until it goes quiet).
+    pub fn forget_member(&mut self, member: IpAddr) {
+        self.pairs.retain(|k, _| k.0 != member && k.1 != member);
+    }
+
     /// Forgets pairs not reported for longer than [`PAIR_IDLE`].
     pub fn expire(&mut self, now: Instant) {
         self.pairs
