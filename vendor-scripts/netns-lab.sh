@@ -76,9 +76,10 @@
 #        netns-lab.sh encnode-down [PFX]
 #        netns-lab.sh vcm-up [PFX]  the connectivity-manager lab (tests/vcm.rs, configs/vcm-gw.yaml):
 #            two road warriors on separate access networks behind one router, the gateway
-#            behind the router (netem on the router's eth1 delays the gateway path):
+#            behind the router; the gateway path crosses PFX-dl, where the test runs
+#            tests/tools/delay_bridge.py x0 x1 MS (no netem in this kernel):
 #              PFX-a eth0 192.0.2.10 -- eth0 192.0.2.254 [PFX-rtr] eth2 198.51.100.254 -- eth0 198.51.100.10 PFX-b
-#                                       eth1 203.0.113.254 -- wan 203.0.113.1 [PFX-gw] lan 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
+#                                       eth1 203.0.113.254 -- x0 [PFX-dl] x1 -- wan 203.0.113.1 [PFX-gw] lan 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
 #            and two roamgate clients with a host each (tests/vcm.rs cases switch, return,
 #            blackhole):
 #              PFX-ha 10.7.1.10 -- lan [PFX-ca] wan 192.0.3.10 -- eth3 192.0.3.254 [PFX-rtr]
@@ -105,7 +106,7 @@ MOB_NSS="home cl rtr gw srv"
 HA_NSS="home cl rtr gwa gwb lsw srv sw"
 HS_NSS="home cl rtr gwa gwb lsw srv sw"
 CLUSTER_NSS="home cl sw rtr e0 e1 e2 lr cn srv"
-VCM_NSS="a b rtr gw srv ca cb ha hb na nb cna cnb hna hnb"
+VCM_NSS="a b rtr dl gw srv ca cb ha hb na nb cna cnb hna hnb"
 
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
@@ -377,8 +378,15 @@ vcm_up() {
         peer name eth0 netns "$p-rtr" address 02:00:00:00:71:01
     ip link add eth0 netns "$p-b" address 02:00:00:00:b1:0a type veth \
         peer name eth2 netns "$p-rtr" address 02:00:00:00:71:03
+    # The gateway path crosses PFX-dl, two ports the test bridges with a delay
+    # (tests/tools/delay_bridge.py: this kernel has no netem); nothing passes until it runs.
     ip link add eth1 netns "$p-rtr" address 02:00:00:00:71:02 type veth \
+        peer name x0 netns "$p-dl" address 02:00:00:00:d1:00
+    ip link add x1 netns "$p-dl" address 02:00:00:00:d1:01 type veth \
         peer name wan netns "$p-gw" address 02:00:00:00:03:01
+    gateway "$p-dl" x0 x1
+    ip -n "$p-dl" link set dev x0 promisc on
+    ip -n "$p-dl" link set dev x1 promisc on
     ip link add lan netns "$p-gw" address 02:00:00:00:09:01 type veth \
         peer name lan0 netns "$p-srv" address 02:00:00:00:09:fe
     gateway "$p-gw" lan wan
