@@ -165,6 +165,20 @@ enum PerfWhat {
     /// RSS over time and its slope, the loss per direction, the rekeys and roams, and a
     /// verdict (flat and lossless, or exit status 1).
     Soak(crate::soak::SoakArgs),
+    /// Group mode (G-IKEv2, issue 22): N simulated members registered with one GCKS, then the
+    /// group rekeyed (the sans-IO `ike::group` code, one core): the GCKS's CPU per member for
+    /// a registration and a rekey, each member's cost, the time until every member sends on
+    /// the new key; a removal's rekey (the Rekey SA replaced) as the same-run baseline.
+    Group {
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// The policy's activation delay (GWP_ATD, whole seconds).
+        #[arg(long, default_value_t = 1)]
+        atd_secs: u16,
+        /// Runs (the median of each figure is printed).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// IKEv2 handshakes per second against a gateway (worker + control loop on in-memory
     /// ports, installing every client's CHILD_SA), from simulated road-warrior clients; per
     /// core of the gateway's control thread, measured by its CPU time.
@@ -663,6 +677,56 @@ pub fn run(args: PerfArgs) -> Result<()> {
                     r.make.as_secs_f64()
                 );
             }
+            Ok(())
+        }
+        PerfWhat::Group {
+            members,
+            atd_secs,
+            runs,
+        } => {
+            if runs == 0 {
+                bail!("--runs must be at least 1");
+            }
+            let mut rs = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                rs.push(roamgate_perf::group::run(members, atd_secs).map_err(anyhow::Error::msg)?);
+            }
+            let med = |f: &dyn Fn(&roamgate_perf::group::GroupScale) -> f64| {
+                let mut v: Vec<f64> = rs.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let n = members as f64;
+            println!(
+                "group: {members} members, one GCKS, ATD {atd_secs} s, median of {runs} runs (one core; registration = the G-IKEv2 part over an existing IKE SA)"
+            );
+            println!(
+                "registration: GCKS {:.1} ms ({:.1} us/member), members {:.1} us each",
+                med(&|r| ms(r.gcks_register)),
+                med(&|r| r.register_us_per_member()),
+                med(&|r| ms(r.members_register) * 1e3 / n)
+            );
+            println!(
+                "rekey: GCKS {:.3} ms ({:.2} us/member, one {}-byte GSA_REKEY for all), members {:.1} us each (p99 {:.1} us)",
+                med(&|r| ms(r.gcks_rekey)),
+                med(&|r| r.rekey_us_per_member()),
+                rs[0].rekey_bytes,
+                med(&|r| ms(r.members_rekey) * 1e3 / n),
+                med(&|r| ms(r.member_rekey_p99) * 1e3)
+            );
+            let base = med(&|r| ms(r.gcks_rekey_replaced));
+            println!(
+                "baseline (same run): a removal's rekey, Rekey SA key wrapped per member: GCKS {:.2} ms ({:.2} us/member), {:.1}x the plain rekey",
+                base,
+                base * 1e3 / n,
+                base / med(&|r| ms(r.gcks_rekey)).max(1e-9)
+            );
+            println!(
+                "new key at every member {:.3} ms after the rekey starts (GCKS + a member's p99, members in parallel, network not counted); all send on it after {:.3} ms (+ ATD)",
+                med(&|r| ms(r.keys_everywhere())),
+                med(&|r| ms(r.all_use_new_key()))
+            );
             Ok(())
         }
         PerfWhat::Handshakes {

@@ -3,6 +3,7 @@
 //! wire.
 
 pub mod dpdk_ports;
+pub mod group;
 pub mod handoff;
 pub mod handshakes;
 pub mod per_core;

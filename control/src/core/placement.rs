@@ -418,6 +418,57 @@ mod tests {
         }
     }
 
+    /// Every generation of a group goes to the one worker the data plane steers group ESP
+    /// to, for any group SPI and up to 256 workers; the endpoints go to every worker.
+    #[test]
+    fn group_sas_go_to_the_worker_the_data_plane_steers_them_to() {
+        use proto::group::{GroupPeer, GroupSaParams};
+        for workers in [1u16, 2, 3, 4, 7, 16, 255, 256] {
+            let mut p = Placement::new(workers);
+            let mut owners = std::collections::BTreeSet::new();
+            for spi in [0xff00_0000u32, 0xff00_0001, 0xff12_3456, 0xff7f_ffff] {
+                let u = Update::AddGroupSa {
+                    params: GroupSaParams {
+                        id: SaId(1 << 20),
+                        spi: Spi(spi),
+                        keys: SaKeys::from_keymat(AeadAlg::AesGcm128, &[7; 20]).unwrap(),
+                        sender_id: Some(1),
+                        sender_id_bits: 8,
+                        replay_window: 64,
+                        src_ts: "10.0.0.0/8".parse().unwrap(),
+                        dst_ts: "10.0.0.0/8".parse().unwrap(),
+                        send: true,
+                    },
+                };
+                let to: Vec<u16> = p.route(u, |_, _| None).into_iter().map(|x| x.0).collect();
+                assert_eq!(to, [pipeline::handoff::spi_owner(Spi(spi), workers)]);
+                let to: Vec<u16> = p
+                    .route(
+                        Update::SendOnGroupSa {
+                            id: SaId(1 << 20),
+                            spi: Spi(spi),
+                        },
+                        |_, _| None,
+                    )
+                    .into_iter()
+                    .map(|x| x.0)
+                    .collect();
+                owners.extend(to);
+            }
+            assert_eq!(owners.len(), 1, "{workers} workers: {owners:?}");
+            let peers = Update::SetGroupPeers {
+                id: SaId(1 << 20),
+                local: "192.0.2.1".parse().unwrap(),
+                outer_ttl: 64,
+                peers: vec![GroupPeer {
+                    lan: "10.2.0.0/24".parse().unwrap(),
+                    outer: "192.0.2.2".parse().unwrap(),
+                }],
+            };
+            assert_eq!(p.route(peers, |_, _| None).len(), usize::from(workers));
+        }
+    }
+
     #[test]
     fn the_data_plane_finds_the_same_inbound_owner() {
         // The workers hand ESP to the owner by `pipeline::handoff::spi_owner`: it must name

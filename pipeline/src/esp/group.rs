@@ -140,7 +140,7 @@ impl GroupPeers {
             .filter(|p| p.outer.is_ipv4() == local.is_ipv4())
             .map(|p| (p, OuterTemplate::new(local, p.outer, None, outer_ttl)))
             .collect();
-        peers.sort_by(|a, b| b.0.lan.prefix_len().cmp(&a.0.lan.prefix_len()));
+        peers.sort_by_key(|p| core::cmp::Reverse(p.0.lan.prefix_len()));
         GroupPeers {
             id,
             local,

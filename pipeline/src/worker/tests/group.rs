@@ -330,3 +330,91 @@ fn counter_exhaustion_warns_then_refuses_never_reusing_an_iv() {
     }
     assert_eq!(a.drops(DropReason::SeqExhausted), 3);
 }
+
+/// Member B with two workers: the group's generations live on the worker the SPI names
+/// (worker 1: every group SPI starts 0xff), LAN frames reaching worker 0 go there to be
+/// sealed, group ESP reaching worker 0 goes there to be opened. One counter, one set of
+/// windows.
+#[test]
+fn with_two_workers_the_spi_owner_holds_the_group() {
+    use crate::handoff::{mesh, spi_owner};
+    assert_eq!(spi_owner(Spi(GEN1), 2), 1);
+    assert_eq!(spi_owner(Spi(0xff7f_ffff), 4), 3);
+    let mut a = member(1);
+    let mut ends = mesh(2, 8, 64).into_iter();
+    let mut ws: Vec<Rig> = (0..2u16)
+        .map(|id| {
+            let (lan, lan_gw) = cable("host", "lan", 256);
+            let (wan_gw, wan) = cable("wan", "peer", 256);
+            let (agent, control) = agent::link(id, 64, None);
+            let mut w = Worker::new(
+                id,
+                lan_gw,
+                wan_gw,
+                Link {
+                    mac: LAN_MAC,
+                    neighbor: HOST_MAC,
+                    addr4: Some(Ipv4Addr::new(10, 2, 0, 1)),
+                    addr6: None,
+                    mtu: 1500,
+                },
+                Link {
+                    mac: WAN_MAC,
+                    neighbor: PEER_MAC,
+                    addr4: Some(Ipv4Addr::new(192, 0, 2, 2)),
+                    addr6: None,
+                    mtu: 1500,
+                },
+                Sad::with_capacity(8, 3),
+                Box::new(Spd::new(Vec::new()).unwrap()),
+                control,
+            );
+            w.set_handoff(ends.next().unwrap());
+            let mut r = Rig {
+                w,
+                lan,
+                wan,
+                agent,
+                clock: 0,
+            };
+            r.update(Update::ReplaceSpd {
+                rules: vec![Rule {
+                    id: 0,
+                    selector: sel("10.2.0.0/24", "10.0.0.0/8"),
+                    action: Action::Protect(GROUP),
+                }],
+            });
+            r.update(Update::SetGroupPeers {
+                id: GROUP,
+                local: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+                outer_ttl: 64,
+                peers: vec![GroupPeer {
+                    lan: "10.1.0.0/24".parse().unwrap(),
+                    outer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                }],
+            });
+            r
+        })
+        .collect();
+    ws[1].update(Update::AddGroupSa {
+        params: group_sa(GEN1, Some(12), true),
+    });
+    // Three packets from worker 0's LAN and two from worker 1's: one counter, 1..=5.
+    let mut seqs = Vec::new();
+    for w in [0usize, 0, 1, 0, 1] {
+        ws[w].send_lan("10.2.0.10", "10.1.0.10", 100);
+        ws[1].w.poll(2);
+        let f = ws[1].wan.recv().expect("sealed by the owner");
+        assert!(ws[0].wan.recv().is_none());
+        seqs.push(esp_of(&f).2);
+        assert!(deliver(&mut a, f).is_some(), "A opens B's packet");
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(ws[0].w.counters.traffic(Traffic::HandedOff), 3);
+    // Group ESP from A reaching worker 0 is opened by worker 1.
+    let f = seal(&mut a, 1, 2).unwrap();
+    assert!(deliver(&mut ws[0], f).is_none());
+    ws[1].w.poll(3);
+    assert!(ws[1].lan.recv().is_some(), "opened by the owner");
+    assert_eq!(ws[1].w.counters.traffic(Traffic::Decrypted), 1);
+}
