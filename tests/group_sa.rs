@@ -1,27 +1,30 @@
 //! Group mode end to end (issue 22, G-IKEv2 RFC 9838) in the lab of
-//! `vendor-scripts/netns-lab.sh group-up`: a key server (`roamgate gcks`, its test file
-//! rekeys every 5 s: lifetime 10 s, lead 5 s, ATD 1 s, DTD 3 s) and four branch gateways
-//! (`roamgate run` with a `group` member section, workers 1) on one WAN bridge, a LAN host
+//! `vendor-scripts/netns-lab.sh group-up`: a key server (`roamgate gcks`; the test's file
+//! rekeys every 2 s: lifetime 4 s, lead 2 s, ATD 1 s, DTD 2 s) and four branch gateways
+//! (`roamgate run` with a `group` member section, one worker) on one WAN bridge, a LAN host
 //! behind each. One summary line per case:
 //!
 //! - `rekey`: full-mesh UDP among the four LANs (12 streams, `GROUP_PPS` packets/s each,
-//!   default 100, for `GROUP_SECS` s, default 6) through the group SA while the group rekeys
-//!   (at least one rekey during the streams is required): lost = 0; a capture on the WAN
-//!   bridge: every ESP packet's (SPI, IV) is unique (`dup_iv`), each member's IVs carry its
-//!   own Sender-ID in the top bits and its counter (= the ESP sequence number) below; tshark
-//!   decrypts every captured packet and finds its ICV good, given the keys the GCKS exports
-//!   under its lab-only `--wireshark-keys` flag (an independent check of the ESP format).
-//! - `replay`: during a 4 s mesh stream the group ESP going to member 2 is sniffed for 0.7 s
-//!   and sent to it again (scapy, on its WAN bridge port): every copy is dropped by its
-//!   sender's replay window (`roamgate stats --socket`: replay drops of member 2 rise by what
-//!   was injected; copies of a generation already deleted would count as unknown SPI and are
-//!   reported); the LAN host sees no duplicate; `replays_accepted` = injected - dropped.
-//! - `remove`: member 4 is dropped from the key server's file and the key server reloaded
-//!   mid-stream: the rekey that excludes it goes out at once; the other three go on with
-//!   lost = 0; then a fresh stream to member 4's LAN (sealed on the SA member 4 was never
-//!   given) reaches nothing, and member 4's drops by unknown SPI / ICV rise by it.
+//!   default 100, for `GROUP_SECS` s, default 3) through the group SA while the group rekeys
+//!   (at least one rekey and two SPIs during the streams are required): lost = 0; a capture on
+//!   the WAN bridge: every ESP packet's (SPI, IV) is unique (`dup_iv`), each member's IVs carry
+//!   the Sender-ID the key server gave it in the top bits and its counter (= the ESP sequence
+//!   number) below; tshark decrypts every captured packet and finds its ICV good, given the
+//!   keys the key server exports under its lab-only `--wireshark-keys` flag (an independent
+//!   check of the ESP format).
+//! - `replay`: during a second mesh stream 100 group ESP packets going to member 2 are sniffed
+//!   on its WAN bridge port and sent to it again (a raw socket): each copy is dropped by its sender's
+//!   replay window (`roamgate stats --socket`: member 2's replay drops rise by what was
+//!   injected; a copy of a generation already deleted would count as unknown SPI and is
+//!   reported); its LAN host sees no duplicate; `replays_accepted` = injected - dropped.
+//! - `remove`: in the same stream member 4 is dropped from the key server's file and the key
+//!   server reloaded: the rekey that excludes it goes out at once; the other three go on with
+//!   lost = 0; a probe stream to member 4's LAN from 1.3 s after the reload (past the ATD:
+//!   sealed on the SA member 4 never got) reaches nothing, and member 4's drops by unknown
+//!   SPI / ICV rise by at least the probe.
 //!
-//! Needs root (prints a SKIP line otherwise), tshark and scapy; about 25 s with a debug build.
+//! Needs root (prints a SKIP line otherwise) and tshark; about 21 s with a debug
+//! build on a loaded 2-core machine.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -46,7 +49,7 @@ fn gcks_yaml(members: &[u8]) -> String {
     format!(
         "gcks:\n  name: gcks\n  address: 192.0.2.100\n\
          ike:\n  connections:\n    - name: members\n      local_id: gcks.roamgate.test\n      remote_id: any\n      psk: \"{PSK}\"\n      local_ts: [192.0.2.100/32]\n      remote_ts: [0.0.0.0/0]\n\
-         group:\n  id: branches.roamgate.test\n  role: gcks\n  members: [{}]\n  traffic: 10.0.0.0/8\n  algorithm: aes256gcm16\n  lifetime_secs: 10\n  rekey_lead_secs: 5\n  atd_secs: 1\n  dtd_secs: 3\n  sender_id_bits: 8\n",
+         group:\n  id: branches.roamgate.test\n  role: gcks\n  members: [{}]\n  traffic: 10.0.0.0/8\n  algorithm: aes256gcm16\n  lifetime_secs: 4\n  rekey_lead_secs: 2\n  atd_secs: 1\n  dtd_secs: 2\n  sender_id_bits: 8\n",
         list.join(", ")
     )
 }
@@ -116,7 +119,7 @@ fn mesh(lab: &ScriptLab, hosts: &[u8], pps: u32, secs: u32) -> Mesh {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(400));
-    let done = Instant::now() + Duration::from_millis(u64::from(secs) * 1000 + 1700);
+    let done = Instant::now() + Duration::from_millis(u64::from(secs) * 1000);
     let (p, s) = (pps.to_string(), secs.to_string());
     let send = pairs
         .iter()
@@ -286,7 +289,7 @@ fn spawn_gcks(lab: &ScriptLab, cfg: &Path, dir: &Path) -> (NsProcess, PathBuf) {
 fn group_sa_four_members_rekey_replay_remove() {
     if !(roamgate_tests::netns::root_or_skip("group_sa")
         && roamgate_tests::have_tool("tshark", &["--version"])
-        && roamgate_tests::have_tool("python3", &["-c", "import scapy"]))
+        && roamgate_tests::have_tool("python3", &["--version"]))
     {
         return;
     }
@@ -336,8 +339,32 @@ fn group_sa_four_members_rekey_replay_remove() {
             )
         })
         .collect();
+    println!(
+        "group-sa: lab up, 4 members registered in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     let pps = env_u32("GROUP_PPS", 100);
-    let secs = env_u32("GROUP_SECS", 6).max(6);
+    let secs = env_u32("GROUP_SECS", 3).max(3);
+
+    // The replay case's sniffer (an ETH_P_ALL raw socket on member 2's bridge port: sees what the bridge
+    // sends to member 2, sends copies to it); it waits for the trigger file.
+    let trigger = dir.join("replay.go");
+    let script = "import os, socket, sys, time\n\
+        while not os.path.exists(sys.argv[1]): time.sleep(0.01)\n\
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
+        s.bind(('p2', 0))\n\
+        s.settimeout(3)\n\
+        got = []\n\
+        while len(got) < 100:\n\
+        \x20   f = s.recv(65536)\n\
+        \x20   if len(f) > 34 and f[23] == 50 and f[30:34] == bytes([192, 0, 2, 2]): got.append(f)\n\
+        for f in got: s.send(f)\n\
+        print(len(got))\n";
+    let mut replayer = NsProcess::spawn(
+        &lab.ns("wan"),
+        &["python3", "-c", script, trigger.to_str().unwrap()],
+        "replayer",
+    );
 
     // rekey: the full mesh through at least one rekey, captured on the WAN bridge.
     let pcap = dir.join("wan.pcap");
@@ -413,76 +440,53 @@ fn group_sa_four_members_rekey_replay_remove() {
     assert_eq!(frames, esp.len(), "tshark read every ESP frame");
     assert_eq!(decrypted, frames, "tshark decrypted:\n{text}");
 
-    // replay: sniff member 2's inbound group ESP for 0.7 s and send it to it again.
+    // replay and remove share one mesh stream: first 100 of member 2's inbound group ESP
+    // packets are sniffed and sent to it again; then member 4 is dropped by a reload of the
+    // key server; after the others' ATD a probe stream goes to member 4's LAN.
     let g2 = &gws[1].socket;
-    let (rp0, us0) = (drops(g2, &REPLAY), drops(g2, &["unknown_spi"]));
-    // scapy takes a while to import: it starts first, sniffs from `at` (unix time) on.
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        + 4.0;
-    let script = "import sys, time\n\
-        from scapy.all import sniff, sendp, conf\n\
-        conf.verb = 0\n\
-        time.sleep(max(0, float(sys.argv[1]) - time.time()))\n\
-        got = sniff(iface='p2', filter='esp and dst host 192.0.2.2', timeout=0.7)\n\
-        sendp(got, iface='p2')\n\
-        print(len(got))\n";
-    let scapy = NsProcess::spawn(
-        &lab.ns("wan"),
-        &["python3", "-c", script, &format!("{at:.3}")],
-        "scapy",
-    );
-    std::thread::sleep(Duration::from_millis(2000));
-    let m = mesh(&lab, &MEMBERS, pps, 4);
-    let mut scapy = scapy;
-    let t = Instant::now();
-    while scapy.is_running() && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (ok, out, err) = scapy.stop("TERM", Duration::from_secs(3));
-    assert!(ok, "scapy: {err}");
-    let injected: u64 = out.trim().parse().expect("count");
-    let r = finish(m);
-    let (sent, got, dups) = totals(&r, |_, _| true);
-    let replay_dropped = drops(g2, &REPLAY) - rp0;
-    let unknown = drops(g2, &["unknown_spi"]) - us0;
-    let accepted = injected.saturating_sub(replay_dropped + unknown);
-    println!(
-        "group-sa case=replay members=4 injected={injected} replay_dropped={replay_dropped} unknown_spi={unknown} replays_accepted={accepted} lan_duplicates={dups} lost={}",
-        sent - got
-    );
-    assert!(injected >= 20, "sniffed only {injected}");
-    assert_eq!(accepted, 0);
-    assert_eq!(replay_dropped + unknown, injected, "each copy dropped once");
-    assert!(replay_dropped > injected / 2, "mostly by the windows");
-    assert_eq!(dups, 0, "a replay reached a LAN host");
-    assert_eq!(sent - got, 0);
-
-    // remove: member 4 dropped by a reload of the key server, mid-stream.
     let g4 = &gws[3].socket;
-    let m = mesh(&lab, &MEMBERS, pps, 4);
-    std::thread::sleep(Duration::from_millis(1000));
+    let (rp0, us0) = (drops(g2, &REPLAY), drops(g2, &["unknown_spi"]));
+    let m = mesh(&lab, &MEMBERS, pps, 5);
+    let mesh_start = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&trigger, b"go").unwrap();
+    // The reload at a fixed point of the stream, the replayer still at work: member 2 keeps
+    // the old generation (and so member 4's packets on it) for the DTD (2 s) after the
+    // exclusion, so copies counted before then are counted apart from member 4's packets.
+    std::thread::sleep(Duration::from_millis(1800).saturating_sub(mesh_start.elapsed()));
     std::fs::write(&gcks_cfg, gcks_yaml(&[1, 2, 3])).unwrap();
     let rl = ask(&gcks_sock, "reload");
-    let r = finish(m);
-    let (sent, got, _) = totals(&r, |i, j| i != 4 && j != 4);
-    // After the others' ATD: traffic to member 4's LAN is sealed on an SA it never got.
-    let undec = ["unknown_spi", "auth_failed", "no_sa"];
-    let d0 = drops(g4, &undec);
+    let reload_at = Instant::now();
+    let reload_into = mesh_start.elapsed();
+    // The probe's receiver on member 4's LAN host (it outlasts the probe).
     let tool = root().join("tests/tools/udp_stream.py");
     let tool = tool.to_str().unwrap();
     let rx = NsProcess::spawn(
         &lab.ns("h4"),
-        &["python3", tool, "recv", "5009", "2.5"],
+        &["python3", tool, "recv", "5009", "3.0"],
         "recv 4",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    while replayer.is_running() && reload_at.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, out, err) = replayer.stop("TERM", Duration::from_secs(3));
+    assert!(ok, "replayer: {err}");
+    let injected: u64 = out.trim().parse().expect("count");
+    let replayed_by = mesh_start.elapsed();
+    std::thread::sleep(Duration::from_millis(100));
+    let replay_dropped = drops(g2, &REPLAY) - rp0;
+    let unknown = drops(g2, &["unknown_spi"]) - us0;
+    let counted_after_reload = reload_at.elapsed();
+    // After the others' ATD (1 s): traffic to member 4's LAN is sealed on an SA it never got.
+    let undec = ["unknown_spi", "auth_failed", "no_sa"];
+    // The probe's first packet leaves at least 1.3 s after the reload (ATD 1 s).
+    std::thread::sleep(Duration::from_millis(1300).saturating_sub(reload_at.elapsed()));
+    let d0 = drops(g4, &undec);
     let tx = in_ns(
         &lab.ns("h1"),
-        &["python3", tool, "send", "10.4.0.10", "5009", "100", "1"],
+        &["python3", tool, "send", "10.4.0.10", "5009", "100", "0.4"],
     );
+    let d4 = drops(g4, &undec) - d0;
     let probe_sent: u64 = serde_json::from_slice::<serde_json::Value>(&tx.stdout)
         .ok()
         .and_then(|v| v["sent"].as_u64())
@@ -496,16 +500,38 @@ fn group_sa_four_members_rekey_replay_remove() {
     let probe_got = serde_json::from_str::<serde_json::Value>(o.trim()).unwrap()["received"]
         .as_u64()
         .unwrap_or(0);
-    let d4 = drops(g4, &undec) - d0;
+    let probe_after_ms = reload_at.elapsed().as_millis();
+    let r = finish(m);
+    let accepted = injected.saturating_sub(replay_dropped + unknown);
+    let (_, _, dups2) = totals(&r, |_, j| j == 2);
+    let (sent, got, _) = totals(&r, |i, j| i != 4 && j != 4);
+    println!(
+        "group-sa case=replay members=4 injected={injected} replay_dropped={replay_dropped} unknown_spi={unknown} replays_accepted={accepted} lan_duplicates={dups2} (sniffed and sent by {} ms into the stream)",
+        replayed_by.as_millis()
+    );
     let members_after = status()["members"].as_array().map_or(0, Vec::len);
     println!(
-        "group-sa case=remove members={members_after} packets={sent} lost={} removed_sent={probe_sent} removed_received={probe_got} removed_undecryptable={d4}",
-        sent - got
+        "group-sa case=remove members={members_after} packets={sent} lost={} removed_probe_sent={probe_sent} removed_received={probe_got} removed_undecryptable={d4} (reload {} ms into the 5 s stream, probe ended {probe_after_ms} ms after it)",
+        sent - got,
+        reload_into.as_millis()
     );
+    assert!(
+        reload_into <= Duration::from_millis(2500),
+        "the reload came too late for the others' switch to fall inside the stream"
+    );
+    assert!(
+        counted_after_reload < Duration::from_millis(1800),
+        "replay drops counted {counted_after_reload:?} after the reload: member 4's packets may be among them"
+    );
+    assert!(injected >= 20, "sniffed only {injected}");
+    assert_eq!(accepted, 0);
+    assert_eq!(replay_dropped + unknown, injected, "each copy dropped once");
+    assert!(replay_dropped > injected / 2, "mostly by the windows");
+    assert_eq!(dups2, 0, "a replay reached a LAN host");
     assert!(rl["error"].is_null(), "reload: {rl}");
     assert_eq!(members_after, 3);
     assert_eq!(sent - got, 0, "the others lost packets: {r:?}");
-    assert!(probe_sent >= 90, "{probe_sent}");
+    assert!(probe_sent >= 36, "{probe_sent}");
     assert_eq!(probe_got, 0, "the removed member's LAN got new traffic");
     assert!(d4 >= probe_sent, "member 4 dropped {d4} of {probe_sent}");
 
