@@ -93,6 +93,14 @@
 #              PFX-hnb 10.7.4.10 -- lan [PFX-cnb] wan 192.168.2.10 -- in 192.168.2.1 [PFX-nb]
 #                eth0 100.64.2.2 -- eth6 100.64.2.1 [PFX-rtr]
 #        netns-lab.sh vcm-down [PFX]
+#        netns-lab.sh group-up [PFX]  the group-mode lab (tests/group_sa.rs, G-IKEv2): a key server
+#            and four branch gateways on one WAN segment (bridge br0 in PFX-wan), a LAN host
+#            behind each gateway:
+#              PFX-k eth0 192.0.2.100 (roamgate gcks, kernel UDP) -- k0 ] br0 [PFX-wan]
+#              PFX-hN lan0 10.N.0.10 -- lan [PFX-gN] wan 192.0.2.N -- pN ] br0   (N = 1..4)
+#            MACs: gN wan 02:00:00:00:0N:01, gN lan 02:00:00:00:0N:02, hN 02:00:00:00:0N:fe,
+#            k 02:00:00:00:64:01
+#        netns-lab.sh group-down [PFX]
 #        netns-lab.sh exec PFX-NS cmd...   (= ip netns exec)
 # PFX defaults to "rg". Needs root, iproute2 and ethtool.
 set -euo pipefail
@@ -107,6 +115,7 @@ HA_NSS="home cl rtr gwa gwb lsw srv sw"
 HS_NSS="home cl rtr gwa gwb lsw srv sw"
 CLUSTER_NSS="home cl sw rtr e0 e1 e2 lr cn srv"
 VCM_NSS="a b rtr dl gw srv ca cb ha hb na nb cna cnb hna hnb"
+GROUP_NSS="wan k g1 g2 g3 g4 h1 h2 h3 h4"
 
 offloads_off() { # ns dev
     ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
@@ -458,6 +467,32 @@ NFT
     done
 }
 
+group_down() { ns_del $GROUP_NSS; }
+
+group_up() {
+    ns_add $GROUP_NSS
+    no_ipv6 "$p-wan"
+    ip -n "$p-wan" link add br0 type bridge
+    ip link add eth0 netns "$p-k" address 02:00:00:00:64:01 type veth peer name k0 netns "$p-wan"
+    ip -n "$p-wan" link set dev k0 master br0
+    links_up "$p-wan" k0
+    no_ipv6 "$p-k"
+    links_up "$p-k" eth0
+    ip -n "$p-k" addr add 192.0.2.100/24 dev eth0
+    for n in 1 2 3 4; do
+        ip link add wan netns "$p-g$n" address "02:00:00:00:0$n:01" type veth \
+            peer name "p$n" netns "$p-wan"
+        ip link add lan netns "$p-g$n" address "02:00:00:00:0$n:02" type veth \
+            peer name lan0 netns "$p-h$n" address "02:00:00:00:0$n:fe"
+        ip -n "$p-wan" link set dev "p$n" master br0
+        links_up "$p-wan" "p$n"
+        gateway "$p-g$n" lan wan
+        no_ipv6 "$p-h$n"
+        host4 "$p-h$n" "10.$n.0.10/24" "10.$n.0.1"
+    done
+    ip -n "$p-wan" link set br0 up
+}
+
 cluster_down() { ns_del $CLUSTER_NSS; }
 
 cluster_up() {
@@ -565,6 +600,8 @@ encnode-up) encnode_up ;;
 encnode-down) encnode_down ;;
 vcm-up) vcm_up ;;
 vcm-down) vcm_down ;;
+group-up) group_up ;;
+group-down) group_down ;;
 cluster-down) cluster_down ;;
 exec)
     shift
@@ -573,7 +610,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw2q-up|rwcl2q-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|encnode-up|encnode-down|vcm-up|vcm-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw2q-up|rwcl2q-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|encnode-up|encnode-down|vcm-up|vcm-down|group-up|group-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

@@ -42,6 +42,11 @@ pub struct GcksArgs {
     /// in /run/roamgate or $XDG_RUNTIME_DIR/roamgate).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Lab only: write every group SA's key to this file in Wireshark's esp_sa format (one
+    /// line per SPI, any source and destination) so a capture of the group's ESP can be
+    /// decrypted. It exports keys: never on a production key server.
+    #[arg(long)]
+    wireshark_keys: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -191,6 +196,10 @@ pub fn run(args: GcksArgs) -> Result<()> {
         });
         crate::views::serve(&socket_path, handler, stop_views.clone())?
     };
+    if args.wireshark_keys.is_some() {
+        tracing::warn!(target: "gcks", "--wireshark-keys: the group's keys are written to a file (lab only)");
+    }
+    let mut exported: std::collections::BTreeMap<u32, String> = Default::default();
     let started = std::time::Instant::now();
     let mut buf = vec![0u8; 65_536];
     let mut last_status = std::time::Instant::now() - Duration::from_secs(1);
@@ -228,6 +237,9 @@ pub fn run(args: GcksArgs) -> Result<()> {
         while let Some(l) = node.poll_log() {
             tracing::info!(target: "gcks", "{l}");
         }
+        if let Some(path) = &args.wireshark_keys {
+            export_keys(path, &node, &mut exported);
+        }
         if last_status.elapsed() >= Duration::from_millis(200) {
             last_status = std::time::Instant::now();
             let mut v = node.status(now());
@@ -247,6 +259,27 @@ pub fn run(args: GcksArgs) -> Result<()> {
     let _ = views.join();
     tracing::info!(target: "gcks", "stopped: {:?}", node.counts());
     Ok(())
+}
+
+/// Appends the group SAs not yet in `path` (Wireshark's esp_sa UAT: AES-GCM-16, key | salt,
+/// any addresses); rewrites the file when one is new.
+fn export_keys(path: &Path, node: &GcksNode, done: &mut std::collections::BTreeMap<u32, String>) {
+    let keys = node.export_data_keys();
+    if keys.iter().all(|(spi, _)| done.contains_key(spi)) {
+        return;
+    }
+    for (spi, km) in keys {
+        done.entry(spi).or_insert_with(|| {
+            let hex: String = km.iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "\"IPv4\",\"*\",\"*\",\"{spi:#010x}\",\"AES-GCM with 16 octet ICV [RFC4106]\",\"0x{hex}\",\"NULL\",\"\""
+            )
+        });
+    }
+    let text: String = done.values().map(|l| format!("{l}\n")).collect();
+    if let Err(e) = std::fs::write(path, text) {
+        tracing::warn!(target: "gcks", "--wireshark-keys {}: {e}", path.display());
+    }
 }
 
 /// Reads the file again: the group's member list may lose entries (each removed now); the

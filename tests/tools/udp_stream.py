@@ -13,7 +13,8 @@ arrivals (how long traffic stopped).
                                               buffer overflowed, SO_RXQ_OVFL)
 
 The receiver's socket buffer is UDP_STREAM_RCVBUF bytes (default 4 MiB, SO_RCVBUFFORCE as root;
-0: the kernel's default): with the default ~200 KiB a Python reader that is descheduled for
+0: the kernel's default). With UDP_STREAM_IDLE_EXIT=S a receiver stops early once it has received
+something and then nothing for S seconds (what did not come by then counts as missing).: with the default ~200 KiB a Python reader that is descheduled for
 ~25 ms at 10,000 packets/s overflows it, which is the reader's loss, not the tunnel's.
   udp_stream.py serve PORT PPS SECONDS        waits for a hello on PORT, then streams to where
                                               it came from (the way back through a masquerade);
@@ -98,8 +99,11 @@ def recv(port, secs, hello=None):
     socket_drops = 0
     arrivals = []
     end = time.monotonic() + secs
+    idle_exit = float(os.environ.get("UDP_STREAM_IDLE_EXIT", "0"))
     next_hello = 0.0
     while time.monotonic() < end:
+        if idle_exit > 0 and arrivals and time.monotonic() - arrivals[-1] > idle_exit:
+            break
         if hello is not None and time.monotonic() >= next_hello:
             next_hello = time.monotonic() + 0.2
             try:

@@ -212,6 +212,12 @@ impl GcksNode {
         Ok(lines)
     }
 
+    /// The live group SAs' SPIs and keys (key | salt) for a lab's packet decoder
+    /// (`roamgate gcks --wireshark-keys`): never logged.
+    pub fn export_data_keys(&self) -> Vec<(u32, ike::crypto::Secret)> {
+        self.gcks().map(Gcks::export_data_keys).unwrap_or_default()
+    }
+
     pub fn counts(&self) -> GcksCounts {
         let g = self.gcks().map(Gcks::stats).unwrap_or_default();
         let s = self.endpoint.group_stats();

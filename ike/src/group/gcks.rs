@@ -241,6 +241,16 @@ impl Gcks {
         self.gens.last().map(|g| g.spi)
     }
 
+    /// The live Data-Security SAs' SPIs and key material (AES key | 4-octet salt), for a lab's
+    /// packet decoder only (`roamgate gcks --wireshark-keys`, which says it exports keys):
+    /// never logged, never sent.
+    pub fn export_data_keys(&self) -> Vec<(u32, Secret)> {
+        self.gens
+            .iter()
+            .map(|g| (g.spi, Zeroizing::new(g.keymat.to_vec())))
+            .collect()
+    }
+
     /// The Sender-IDs of the members not removed: (Sender-ID, member identity).
     pub fn sender_ids(&self) -> Vec<(u32, Id)> {
         self.members

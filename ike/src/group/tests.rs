@@ -595,3 +595,23 @@ fn registration_over_a_real_ike_sa() {
         RekeyError::Integrity
     );
 }
+
+/// The lab export (`roamgate gcks --wireshark-keys`) gives exactly the keys the members got,
+/// by SPI: a capture decoded with it checks the members' ESP, not the export.
+#[test]
+fn exported_keys_are_the_members_keys() {
+    let (mut g, mut ms) = group(2, 8);
+    let first = g.current_spi().unwrap();
+    let out = g.rekey(at(1000), false);
+    for o in &out {
+        let i = index_of(&o.to);
+        ms[i].on_rekey(at(1000), &o.msg).unwrap();
+    }
+    let exported = g.export_data_keys();
+    assert_eq!(exported.len(), 2, "both live generations");
+    assert!(exported.iter().any(|(s, _)| *s == first));
+    for (spi, km) in &exported {
+        let sa = ms[0].inbound(*spi, at(1000)).unwrap();
+        assert_eq!(km.as_slice(), sa.keymat.as_slice(), "{spi:#x}");
+    }
+}
