@@ -199,7 +199,8 @@ pub fn run(args: GcksArgs) -> Result<()> {
     if args.wireshark_keys.is_some() {
         tracing::warn!(target: "gcks", "--wireshark-keys: the group's keys are written to a file (lab only)");
     }
-    let mut exported: std::collections::BTreeMap<u32, String> = Default::default();
+    let mut exported: std::collections::BTreeMap<u32, zeroize::Zeroizing<String>> =
+        Default::default();
     let started = std::time::Instant::now();
     let mut buf = vec![0u8; 65_536];
     let mut last_status = std::time::Instant::now() - Duration::from_secs(1);
@@ -263,21 +264,43 @@ pub fn run(args: GcksArgs) -> Result<()> {
 
 /// Appends the group SAs not yet in `path` (Wireshark's esp_sa UAT: AES-GCM-16, key | salt,
 /// any addresses); rewrites the file when one is new.
-fn export_keys(path: &Path, node: &GcksNode, done: &mut std::collections::BTreeMap<u32, String>) {
+fn export_keys(
+    path: &Path,
+    node: &GcksNode,
+    done: &mut std::collections::BTreeMap<u32, zeroize::Zeroizing<String>>,
+) {
     let keys = node.export_data_keys();
     if keys.iter().all(|(spi, _)| done.contains_key(spi)) {
         return;
     }
     for (spi, km) in keys {
         done.entry(spi).or_insert_with(|| {
-            let hex: String = km.iter().map(|b| format!("{b:02x}")).collect();
-            format!(
-                "\"IPv4\",\"*\",\"*\",\"{spi:#010x}\",\"AES-GCM with 16 octet ICV [RFC4106]\",\"0x{hex}\",\"NULL\",\"\""
-            )
+            let hex: zeroize::Zeroizing<String> =
+                zeroize::Zeroizing::new(km.iter().map(|b| format!("{b:02x}")).collect());
+            zeroize::Zeroizing::new(format!(
+                "\"IPv4\",\"*\",\"*\",\"{spi:#010x}\",\"AES-GCM with 16 octet ICV [RFC4106]\",\"0x{}\",\"NULL\",\"\"",
+                hex.as_str()
+            ))
         });
     }
-    let text: String = done.values().map(|l| format!("{l}\n")).collect();
-    if let Err(e) = std::fs::write(path, text) {
+    let text = zeroize::Zeroizing::new(
+        done.values()
+            .map(|l| format!("{}\n", l.as_str()))
+            .collect::<String>(),
+    );
+    // Keys: readable by the owner only.
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(text.as_bytes())
+    };
+    if let Err(e) = write() {
         tracing::warn!(target: "gcks", "--wireshark-keys {}: {e}", path.display());
     }
 }
