@@ -190,6 +190,24 @@ reasons! {
     NoRoute => "no_route", true;
     /// Handed over by another worker, but longer than a frame of this worker's port.
     HandOffNoRoom => "handoff_no_room", true;
+    /// Per-connection masquerade (`docs/masq.md`): a client's packet its user's access rules
+    /// refuse.
+    MasqDenied => "masq_denied", true;
+    /// A masqueraded client's packet from a source no client of the user table names.
+    MasqNoUser => "masq_no_user", true;
+    /// A packet to hold for a table miss while its key (or the whole hold) was full.
+    MasqHoldFull => "masq_hold_full", true;
+    /// A held packet whose answer did not come within 1 s (or the masquerade was turned off).
+    MasqHoldExpired => "masq_hold_expired", true;
+    /// A packet to masquerade that is not a well-formed unfragmented IPv4 TCP/UDP packet.
+    MasqMalformed => "masq_malformed", true;
+    /// A protocol the per-connection masquerade does not carry (ICMP, ...).
+    MasqUnsupported => "masq_unsupported", true;
+    /// A packet a HAM forwarded (opened from a link SA) for a flow this FAM does not have
+    /// (the window of a move).
+    MasqMissIn => "masq_miss_in", true;
+    /// A route to a node with no link SA on this worker (`MasqLink`).
+    MasqLinkNoSa => "masq_link_no_sa", true;
 }
 
 /// Non-drop traffic counters of one core.
@@ -239,6 +257,17 @@ pub enum Traffic {
     HandedOff,
     HandOffReceived,
     HandOffWaits,
+    /// Per-connection masquerade: client packets rewritten to their masquerading address,
+    /// answers rewritten back, answers forwarded to the FAM on a link SA (HAM), packets
+    /// opened from a link SA (FAM), packets held for a table miss, held packets run again
+    /// after their answer came, misses reported to the control plane.
+    MasqRewrittenOut,
+    MasqRewrittenIn,
+    MasqForwarded,
+    MasqLinkIn,
+    MasqHeld,
+    MasqReleased,
+    MasqMissReported,
 }
 
 impl Traffic {
@@ -266,6 +295,13 @@ impl Traffic {
         Traffic::HandedOff,
         Traffic::HandOffReceived,
         Traffic::HandOffWaits,
+        Traffic::MasqRewrittenOut,
+        Traffic::MasqRewrittenIn,
+        Traffic::MasqForwarded,
+        Traffic::MasqLinkIn,
+        Traffic::MasqHeld,
+        Traffic::MasqReleased,
+        Traffic::MasqMissReported,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -294,6 +330,13 @@ impl Traffic {
             Traffic::HandedOff => "handed_off",
             Traffic::HandOffReceived => "handoff_received",
             Traffic::HandOffWaits => "handoff_waits",
+            Traffic::MasqRewrittenOut => "masq_rewritten_out",
+            Traffic::MasqRewrittenIn => "masq_rewritten_in",
+            Traffic::MasqForwarded => "masq_forwarded",
+            Traffic::MasqLinkIn => "masq_link_in",
+            Traffic::MasqHeld => "masq_held",
+            Traffic::MasqReleased => "masq_released",
+            Traffic::MasqMissReported => "masq_miss_reported",
         }
     }
 }
@@ -433,6 +476,13 @@ impl CoreCounters {
     pub fn record_drop(&self, r: DropReason) {
         if let Some(c) = self.drops.get(r as usize) {
             c.add(1);
+        }
+    }
+
+    /// `n` drops of one reason at once.
+    pub fn record_drops(&self, r: DropReason, n: u64) {
+        if let Some(c) = self.drops.get(r as usize) {
+            c.add(n);
         }
     }
 

@@ -208,6 +208,16 @@ impl<P: Port> Worker<P> {
             Command::DeleteGroupSa(spi) => self.delete_group_sa(spi)?,
             Command::SendOnGroupSa { id, spi } => self.group_send_on(id, spi)?,
             Command::SetGroupPeers(p) => self.set_group_peers(p),
+            Command::SetMasqPlane(p) => self.masq_set_plane(p),
+            Command::MasqFam {
+                install,
+                flow,
+                masq,
+            } => self.masq_fam(install, flow, masq, self.now),
+            Command::MasqRoute { masq, route } => self.masq_route(masq, route, self.now),
+            Command::MasqLink { node, out_sa } => self.masq_link(node, out_sa),
+            Command::MasqLinkIn { spi, install } => self.masq_link_in(spi, install),
+            Command::MasqUsers(t) => self.masq_users(t),
             Command::UnbindHost(dst) => {
                 let probation = self.dual.remove(&dst).is_some();
                 if self.hosts.remove(&dst).is_none() && !probation {

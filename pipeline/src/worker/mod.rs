@@ -20,6 +20,7 @@
 //! | `outbound` | LAN -> host binding or SPD -> ESP seal, or bypass (+ masquerade) -> WAN; ICMP too-big |
 //! | `inbound` | WAN -> ESP open (in the SA's own encapsulation) -> selector and ECN checks -> LAN; clear traffic and masquerade in |
 //! | `group` | group SAs (RFC 9838): generations by SPI, the sending one per group, the members as tunnel endpoints; seal with Sender-ID IVs, open with per-sender windows |
+//! | `masq` | the per-connection masquerade (issue 21): a client's packets rewritten to their masquerading address, the answers back or forwarded to the FAM on a link SA, table misses held and reported |
 //! | `hairpin` | a packet from one road warrior to another's virtual IP: sealed again onto its SA, back to the WAN |
 //! | `dual` | a client's host binding on probation: each packet takes the gateway path and a copy goes onto the direct SA |
 //! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
@@ -64,6 +65,7 @@ mod handoff;
 mod hosts;
 mod ike_io;
 mod inbound;
+mod masq;
 mod neighbors;
 mod outbound;
 mod parse;
@@ -151,6 +153,8 @@ pub struct Worker<P: Port> {
     dual: HostMap,
     /// Group SAs (`group`).
     groups: group::Groups,
+    /// The per-connection masquerade (`masq`); None until a masquerade command came.
+    masq: Option<Box<masq::MasqState<P::Frame>>>,
     /// Hairpinned packets by pair since the last report (`hairpin`).
     hairpins: hairpin::HairpinPairs,
     /// Further WAN addresses answered for (a roaming client's old one, for a moment).
@@ -234,6 +238,8 @@ enum Verdict {
     SealLater(cbc_burst::SealLater),
     /// A CBC SA's packet, checked up to its ICV, opened with the rest of the burst's.
     OpenLater(cbc_burst::OpenLater),
+    /// Held for a masquerade table miss (`masq`), run again when the answer comes.
+    MasqHold(proto::masq::MasqMissKey),
 }
 
 impl<P: Port> Worker<P> {
@@ -262,6 +268,7 @@ impl<P: Port> Worker<P> {
             dual: HostMap::default(),
             groups: Default::default(),
             hairpins: Default::default(),
+            masq: None,
             wan_also: Vec::new(),
             reasm: None,
             reasm_published: 0,
@@ -404,6 +411,9 @@ impl<P: Port> Worker<P> {
             self.timed_checkpoints(now);
         }
         self.report_hairpins(now);
+        if self.masq.is_some() {
+            self.masq_housekeeping(now);
+        }
         work
     }
 
@@ -442,12 +452,20 @@ impl<P: Port> Worker<P> {
         let verdict = match self.neighbor(&mut f, side) {
             Some(v) => v,
             None => match side {
-                Side::Lan => {
-                    if !self.dual.is_empty() {
-                        self.dual_copy(&f, now);
+                Side::Lan => match self
+                    .masq
+                    .is_some()
+                    .then(|| self.masq_lan(&mut f, now))
+                    .flatten()
+                {
+                    Some(v) => v,
+                    None => {
+                        if !self.dual.is_empty() {
+                            self.dual_copy(&f, now);
+                        }
+                        self.outbound(&mut f, now)
                     }
-                    self.outbound(&mut f, now)
-                }
+                },
                 Side::Wan => self.inbound(&mut f, now),
             },
         };
@@ -466,6 +484,7 @@ impl<P: Port> Worker<P> {
             Verdict::Drop(r) => self.counters.record_drop(r),
             Verdict::SealLater(s) => self.cbc_seals.push((f, s)),
             Verdict::OpenLater(o) => self.cbc_opens.push((f, o)),
+            Verdict::MasqHold(k) => self.masq_hold(f, k),
         }
     }
 
