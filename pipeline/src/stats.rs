@@ -239,6 +239,10 @@ pub enum Traffic {
     HandedOff,
     HandOffReceived,
     HandOffWaits,
+    /// Packets an outbound SA sealed in its hold after a cluster move (sent when the hold
+    /// ended, in order), and those sent before its end because the hold queue was full.
+    Held,
+    HoldReleasedEarly,
 }
 
 impl Traffic {
@@ -266,6 +270,8 @@ impl Traffic {
         Traffic::HandedOff,
         Traffic::HandOffReceived,
         Traffic::HandOffWaits,
+        Traffic::Held,
+        Traffic::HoldReleasedEarly,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -294,6 +300,8 @@ impl Traffic {
             Traffic::HandedOff => "handed_off",
             Traffic::HandOffReceived => "handoff_received",
             Traffic::HandOffWaits => "handoff_waits",
+            Traffic::Held => "held_at_move",
+            Traffic::HoldReleasedEarly => "hold_released_early",
         }
     }
 }
