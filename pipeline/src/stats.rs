@@ -268,6 +268,10 @@ pub enum Traffic {
     MasqHeld,
     MasqReleased,
     MasqMissReported,
+    /// Packets an outbound SA sealed in its hold after a cluster move (sent when the hold
+    /// ended, in order), and those sent before its end because the hold queue was full.
+    Held,
+    HoldReleasedEarly,
 }
 
 impl Traffic {
@@ -302,6 +306,8 @@ impl Traffic {
         Traffic::MasqHeld,
         Traffic::MasqReleased,
         Traffic::MasqMissReported,
+        Traffic::Held,
+        Traffic::HoldReleasedEarly,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -337,6 +343,8 @@ impl Traffic {
             Traffic::MasqHeld => "masq_held",
             Traffic::MasqReleased => "masq_released",
             Traffic::MasqMissReported => "masq_miss_reported",
+            Traffic::Held => "held_at_move",
+            Traffic::HoldReleasedEarly => "hold_released_early",
         }
     }
 }

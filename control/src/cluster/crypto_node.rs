@@ -214,6 +214,9 @@ pub struct CryptoNode {
     /// Moves leave the old edge its outbound SA and host binding until the LAN's traffic
     /// reaches the new edge (`end_drain`); off: the old edge deletes them at the move.
     drain_moves: bool,
+    /// At a move the new edge holds what it seals in its first this many microseconds
+    /// (`Resume::hold_us`): the old edge's packets in flight reach the client first.
+    move_hold_us: u32,
     /// Inbound SPI -> the union of the replay windows edges reported for it (first use,
     /// the old edge's export at a move): the floor every copy is re-armed with.
     marks: HashMap<proto::Spi, proto::sa::ReplayState>,
@@ -303,6 +306,7 @@ impl CryptoNode {
             seq_grant: DEFAULT_SEQ_GRANT,
             spread: true,
             drain_moves: true,
+            move_hold_us: super::config::DEFAULT_MOVE_HOLD_MS * 1000,
             orphan_copies: BTreeMap::new(),
             marks: HashMap::new(),
             move_times: VecDeque::new(),
@@ -597,6 +601,12 @@ impl CryptoNode {
     /// drains them (`docs/architecture.md`, "The LAN return path").
     pub fn set_drain_moves(&mut self, on: bool) {
         self.drain_moves = on;
+    }
+
+    /// How long the new edge holds what it seals for a client that moved to it (from its
+    /// first packet; 0: no hold): `docs/architecture.md`, "Packets lost at a move".
+    pub fn set_move_hold(&mut self, hold: Duration) {
+        self.move_hold_us = u32::try_from(hold.as_micros()).unwrap_or(u32::MAX);
     }
 
     pub fn set_spread(&mut self, on: bool) {
@@ -1205,6 +1215,10 @@ impl CryptoNode {
         let up_to = start.saturating_add(self.seq_grant);
         params.resume.seq = start;
         params.resume.seq_reserved = Some(up_to);
+        // What the old edge sealed before the LAN's route flipped may still be on its way:
+        // the new edge's first packets wait for it (its higher numbers would move the
+        // client's replay window past it).
+        params.resume.hold_us = self.move_hold_us;
         if params.checkpoint.is_none() {
             params.checkpoint = Some(self.checkpoint);
         }

@@ -95,6 +95,9 @@ impl<P: Port> Worker<P> {
                     counters: sa.counters.clone(),
                 };
                 let id = sa.id;
+                // A record installed over this SA (a client back at an edge that still
+                // drains it) starts its own hold, if it has one.
+                self.holds.ends.retain(|(s, _)| *s != id);
                 if let Some(old) = self.sad.insert_outbound(*sa) {
                     self.release(Released::Outbound(Box::new(old)));
                 }
@@ -110,6 +113,7 @@ impl<P: Port> Worker<P> {
             },
             Command::DeleteOutbound(id) => match self.sad.remove_outbound(id) {
                 Some(old) => {
+                    self.holds.ends.retain(|(s, _)| *s != id);
                     self.publish_owner(id, false);
                     self.timed.stop(id);
                     // Its owner tracks its sequence numbers: the SA's last word is exact (it

@@ -22,6 +22,7 @@
 //! | `group` | group SAs (RFC 9838): generations by SPI, the sending one per group, the members as tunnel endpoints; seal with Sender-ID IVs, open with per-sender windows |
 //! | `masq` | the per-connection masquerade (issue 21): a client's packets rewritten to their masquerading address, the answers back or forwarded to the FAM on a link SA, table misses held and reported |
 //! | `hairpin` | a packet from one road warrior to another's virtual IP: sealed again onto its SA, back to the WAN |
+//! | `hold` | what an outbound SA installed with a hold (a cluster move) seals in its first milliseconds, sent in order when the hold ends |
 //! | `dual` | a client's host binding on probation: each packet takes the gateway path and a copy goes onto the direct SA |
 //! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
@@ -62,6 +63,7 @@ mod fragments;
 mod group;
 mod hairpin;
 mod handoff;
+mod hold;
 mod hosts;
 mod ike_io;
 mod inbound;
@@ -202,6 +204,9 @@ pub struct Worker<P: Port> {
     handoff_q: VecDeque<(u16, Side, P::Frame)>,
     /// True while this worker processes frames another worker handed it: they stay here.
     receiving: bool,
+    /// Outbound SAs in their hold after a move, and the frames they sealed meanwhile (`hold`).
+    holds: hold::Holds,
+    held: VecDeque<hold::Held<P::Frame>>,
 }
 
 /// The clear (LAN) or protected (WAN) side of a gateway.
@@ -240,6 +245,12 @@ enum Verdict {
     OpenLater(cbc_burst::OpenLater),
     /// Held for a masquerade table miss (`masq`), run again when the answer comes.
     MasqHold(proto::masq::MasqMissKey),
+    /// Sealed on an SA in its hold (`hold`): waits until `until`, then to the WAN (or its next
+    /// hop `hop`, resolved).
+    Hold {
+        until: u64,
+        hop: Option<IpAddr>,
+    },
 }
 
 impl<P: Port> Worker<P> {
@@ -295,6 +306,8 @@ impl<P: Port> Worker<P> {
             handoff: None,
             handoff_q: VecDeque::new(),
             receiving: false,
+            holds: hold::Holds::default(),
+            held: VecDeque::new(),
         }
     }
 
@@ -366,7 +379,8 @@ impl<P: Port> Worker<P> {
                 idle = 0;
             }
         }
-        // Let queued frames out before returning (bounded: the peer may be gone).
+        // Let queued frames out before returning (bounded: the peer may be gone), held ones too.
+        self.release_held(u64::MAX);
         for _ in 0..1000 {
             self.flush();
             if self.lan_txq.is_empty() && self.wan_txq.is_empty() {
@@ -382,6 +396,7 @@ impl<P: Port> Worker<P> {
         self.now = now;
         self.counters.clock.set(now);
         let mut work = self.apply_commands();
+        work += self.release_held(now);
         work += self.transmit_datagrams();
         self.flush();
         // Each rx is paused only by the queues it feeds: LAN rx feeds the WAN (and the odd
@@ -485,6 +500,7 @@ impl<P: Port> Worker<P> {
             Verdict::SealLater(s) => self.cbc_seals.push((f, s)),
             Verdict::OpenLater(o) => self.cbc_opens.push((f, o)),
             Verdict::MasqHold(k) => self.masq_hold(f, k),
+            Verdict::Hold { until, hop } => self.hold(f, until, hop),
         }
     }
 
