@@ -84,6 +84,7 @@ pub fn link(
             commands: crx,
             replies: rtx,
             punt,
+            punt_cookie: None,
             transmit: None,
         },
     )

@@ -33,7 +33,7 @@ macro_rules! reasons {
             /// plane): it left the data path as intended, and views list it apart from the
             /// drops.
             pub const fn is_hand_off(self) -> bool {
-                matches!(self, DropReason::IkePunted)
+                matches!(self, DropReason::IkePunted | DropReason::IkePuntedCookie)
             }
         }
     };
@@ -121,6 +121,13 @@ reasons! {
     /// IKE packet arrived while the punt ring to the control plane was full (a stalled or
     /// flooded control plane): the ring is the bound, the new datagram is dropped.
     IkePuntFull => "ike_punt_full", true;
+    /// An IKE_SA_INIT request whose first payload is a COOKIE notify (an initiator echoing
+    /// the cookie we demanded) handed to the control plane on the cookie lane: a punt ring of
+    /// its own, so a flood of requests without cookies cannot crowd it out.
+    IkePuntedCookie => "ike_punted_cookie", false;
+    /// A cookie echo arrived while the cookie lane's ring was full (forged echoes: only the
+    /// control plane can tell a valid cookie); the main punt ring is not touched.
+    IkePuntCookieFull => "ike_punt_cookie_full", true;
     /// No SPD rule matched (default discard).
     NoPolicy => "no_policy", true;
     /// An SPD rule said discard.

@@ -112,6 +112,12 @@ pub struct ControlLink {
     pub commands: Consumer<Envelope>,
     pub replies: Producer<Reply>,
     pub punt: Option<Producer<Datagram>>,
+    /// The cookie lane: IKE_SA_INIT requests that echo a cookie ([`natt::is_cookie_echo`]),
+    /// apart from `punt` so that a flood of requests without one cannot fill it. Without
+    /// it they take `punt` like the rest.
+    ///
+    /// [`natt::is_cookie_echo`]: crate::wire::natt::is_cookie_echo
+    pub punt_cookie: Option<Producer<Datagram>>,
     /// IKE datagrams the control plane wants sent from this worker's WAN port.
     pub transmit: Option<Consumer<Datagram>>,
 }
