@@ -1635,6 +1635,14 @@ impl CryptoNode {
             | Update::SetGroupPeers { .. } => {
                 self.error("group SAs are not supported on a cluster crypto node".into());
             }
+            // The per-connection masquerade is an edge's own (its `masq:` driver), never
+            // the crypto node's core's.
+            Update::SetMasqPlane { .. }
+            | Update::MasqFam { .. }
+            | Update::MasqRoute { .. }
+            | Update::MasqLink { .. }
+            | Update::MasqLinkIn { .. }
+            | Update::MasqUsers { .. } => {}
         }
     }
 
