@@ -66,6 +66,9 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
     core.set_unix_time_at_zero(clock.unix_time_at_zero());
     let mut node = CryptoNode::new(core);
     node.set_drain_moves(cluster.move_drain);
+    node.set_move_hold(std::time::Duration::from_millis(u64::from(
+        cluster.move_hold_ms,
+    )));
     if !cluster.filters.is_empty() {
         node.set_filters(cluster.filters.clone());
     }
