@@ -760,7 +760,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
          dup_inner={} esp_audited={esp} esp_from_edges={from_gw} ike_to_client={ike_to_client} \
          sa_at_edge_ms_p50={move_p50:.2} sa_at_edge_ms_p99={move_p99:.2} \
          designated_ms_p50={des_p50:.1} designated_ms_p99={des_p99:.1} back_received={}/{} node_moves={} \
-         first_use={} rearmed={} unknown_spi_drops={unknown_spi_drops} \
+         first_use={} stale_first_use={} rearmed={} unknown_spi_drops={unknown_spi_drops} \
          back_pps={back_pps} back_lost={} back_lost_max={back_lost_max} \
          back_lost_per_move={:?} back_socket_drops={} drains={} drains_ended={} \
          client_replay_refused={client_refused} held_at_move={held} hold_released_early={held_early}",
@@ -772,6 +772,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         back_pps * secs,
         state["moves"],
         state["first_use"],
+        state["stale_first_use"],
         state["rearmed"],
         back_missing.len(),
         &back_per_move[1..],

@@ -356,6 +356,7 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
         "waiting_for_store": node.waiting_for_store(),
         "moves": s.moves, "grants": s.grants,
         "spread": s.spread, "rearmed": s.rearmed, "first_use": s.first_use,
+        "stale_first_use": s.stale_first_use,
         "drains": s.drains, "drains_ended": s.drains_ended,
         // Outbound SAs the edges they moved away from still hold until the LAN's traffic
         // reaches the new holder.

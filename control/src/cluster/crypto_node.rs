@@ -126,6 +126,10 @@ pub struct NodeStats {
     pub rearmed: u64,
     /// First authentic packets at an edge of a watched inbound SA (what moves a client now).
     pub first_use: u64,
+    /// First uses that moved nothing: the packet was older than one another copy had
+    /// already accepted (a straggler the client sent before its path changed, read at the
+    /// edge it left after that edge's copy was watched again).
+    pub stale_first_use: u64,
     /// Moves whose old edge kept its outbound SA and host binding (capped at its
     /// reservation) until the LAN's traffic for the client reached the new edge, and drains
     /// ended by the new holder's first checkpoint above its start.
@@ -1083,12 +1087,23 @@ impl CryptoNode {
                 if self.placement.inbound_params(*spi).is_none() {
                     return;
                 }
-                let merged = match self.marks.remove(spi) {
+                let prior = self.marks.remove(spi);
+                // The client numbers its packets in the order it sends them: a first use
+                // whose window goes no higher than what the copies already reported carries
+                // a packet sent before one another edge accepted, not the client's path now.
+                let stale = prior.as_ref().is_some_and(|m| replay.top <= m.top);
+                let merged = match prior {
                     Some(m) => merge_replay(&m, replay),
                     None => replay.clone(),
                 };
                 self.marks.insert(*spi, merged);
-                if *generation == 0 {
+                if *generation == 0 && stale {
+                    // A straggler at an edge the client left: the copy is watched again (a
+                    // client that really comes back is noticed by its next packet).
+                    self.stats.first_use += 1;
+                    self.stats.stale_first_use += 1;
+                    self.rearm(*spi);
+                } else if *generation == 0 {
                     // A watched copy's first packet: the client's path reaches this edge.
                     self.stats.first_use += 1;
                     self.follow(now, edge, *spi);

@@ -1005,6 +1005,49 @@ fn a_client_moves_mid_flow_and_the_new_edge_sends_above_every_number_the_old_one
 }
 
 #[test]
+fn a_straggler_read_at_the_edge_the_client_left_does_not_move_it_back_and_a_real_return_does() {
+    let mut w = flowing(1, 0);
+    let spis = w.child_spis(0)[0];
+    let seq_at_move = w.traffic.in_seq[0];
+    steer(&mut w, 0, 1);
+    w.run_traffic(Duration::from_millis(200));
+    assert_eq!(w.node.stats.moves, 1, "{:?}", w.node.stats);
+    assert!(w.edges[0].link.workers[0].watched.contains(&spis.0));
+    // A packet the client sent before its path changed, read at edge 0 after edge 0's copy
+    // was watched again: its first use there carries nothing newer than edge 1 reported.
+    let (held, first) = w.edges[0].link.workers[0].receive_inbound(spis.0, seq_at_move - 3);
+    assert!(held);
+    w.edges[0]
+        .link
+        .report(first.expect("the watched copy reports its first packet"));
+    w.run_traffic(Duration::from_millis(100));
+    assert_eq!(
+        w.node.stats.moves, 1,
+        "a straggler moved the client: {:?}",
+        w.node.stats
+    );
+    assert_eq!(w.node.stats.stale_first_use, 1, "{:?}", w.node.stats);
+    assert_eq!(
+        w.holds(1, spis),
+        (true, true),
+        "edge 1 keeps both directions"
+    );
+    assert!(!w.holds(0, spis).1, "edge 0 does not hold the outbound SA");
+    assert!(
+        w.edges[0].link.workers[0].watched.contains(&spis.0),
+        "edge 0's copy is watched again"
+    );
+    // The client really comes back: its next packet is newer than all, the SA follows.
+    steer(&mut w, 0, 0);
+    w.run_traffic(Duration::from_millis(200));
+    assert_eq!(w.node.stats.moves, 2, "{:?}", w.node.stats);
+    assert_eq!(w.node.stats.stale_first_use, 1);
+    assert_eq!(w.holds(0, spis), (true, true));
+    assert_eq!(w.duplicates(), vec![]);
+    assert_eq!(w.traffic.lost[0], 0);
+}
+
+#[test]
 fn a_move_between_ike_sa_init_and_ike_auth_and_then_mid_flow() {
     let mut w = Cluster::new(3, 1);
     // IKE_SA_INIT via edge 0, IKE_AUTH via edge 1 (client 0: init_here_auth_there).
