@@ -310,7 +310,11 @@ impl ControlCore {
             ..
         } = *e
         {
-            self.unknown_spi(now, spi, (src, src_port), dst);
+            if proto::group::is_group_spi(spi) {
+                self.group_unknown_spi(now, spi);
+            } else {
+                self.unknown_spi(now, spi, (src, src_port), dst);
+            }
         }
         let decision = decisions::decide(
             e,
@@ -416,6 +420,7 @@ impl ControlCore {
             }
         }
         self.rekey_children(now);
+        self.group_worker_fresh(now, worker);
     }
 
     /// Runs the endpoint's timers that are due, and rebuilds the view when its time came

@@ -23,6 +23,7 @@ fn sa(spi: u32, active_from: u64, until: Option<u64>) -> GroupSaKeys {
         sender_id_bits: 8,
         active_from: at(active_from),
         until: until.map(at),
+        expires: None,
     }
 }
 
@@ -69,12 +70,14 @@ fn registration_then_rekey_with_atd_and_dtd() {
         matches!(p.peers_update(), Some(Update::SetGroupPeers { ref peers, .. }) if peers.len() == 2)
     );
     // Registration at 1 s: the SA is active already.
-    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)]);
+    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)], &[], false);
     assert_eq!(kinds(&p.take_updates()), vec!["add ff000001 send=true"]);
     // The rekey at 40 s: the new SA active from 45 s, the old one kept until 70 s.
     p.on_keys(
         at(40),
         &[sa(0xff00_0001, 0, Some(70)), sa(0xff00_0002, 45, None)],
+        &[],
+        true,
     );
     assert_eq!(kinds(&p.take_updates()), vec!["add ff000002 send=false"]);
     assert_eq!(p.poll_timeout(), Some(at(45)));
@@ -87,6 +90,8 @@ fn registration_then_rekey_with_atd_and_dtd() {
     p.on_keys(
         at(50),
         &[sa(0xff00_0001, 0, Some(70)), sa(0xff00_0002, 45, None)],
+        &[],
+        true,
     );
     assert!(p.take_updates().is_empty());
     p.handle_timeout(at(70));
@@ -98,12 +103,12 @@ fn registration_then_rekey_with_atd_and_dtd() {
 #[test]
 fn a_group_restart_removes_what_the_endpoint_dropped_and_bad_keys_are_refused() {
     let mut p = plane();
-    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)]);
+    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)], &[], false);
     p.take_updates();
     let mut bad = sa(0xff00_0009, 0, None);
     bad.keymat = Zeroizing::new(vec![1u8; 7]);
     let unicast = sa(0x0000_1234, 0, None);
-    p.on_keys(at(2), &[bad, unicast, sa(0xff00_0003, 0, None)]);
+    p.on_keys(at(2), &[bad, unicast, sa(0xff00_0003, 0, None)], &[], false);
     let u = kinds(&p.take_updates());
     // The new SA is installed but not sending (the old one was until the endpoint dropped it).
     assert_eq!(
