@@ -185,6 +185,10 @@ impl ControlCore {
                 };
                 self.group_register_again(now, &why);
             }
+            GroupEvent::Refused { .. } => {
+                self.out.log(format!("group: {ge:?}"));
+                g.plane.on_refused(now);
+            }
             other => self.out.log(format!("group: {other:?}")),
         }
         self.group_flush();

@@ -90,6 +90,8 @@ pub enum Reregister {
     Expiring(u32),
     /// The data plane restarted: its group SAs are gone.
     DataPlaneLost,
+    /// The GCKS refused the last registration (not in its list yet, ...): try again.
+    Refused,
 }
 
 impl core::fmt::Display for Reregister {
@@ -104,6 +106,7 @@ impl core::fmt::Display for Reregister {
                 "SA {s:#010x} nears its expiry and no newer one came: rekeys were lost"
             ),
             Reregister::DataPlaneLost => write!(f, "the data plane restarted without the group SAs"),
+            Reregister::Refused => write!(f, "the last registration was refused: trying again"),
         }
     }
 }
@@ -128,6 +131,8 @@ pub struct MemberPlane {
     /// The expiry watch fired for this (newest) SPI: retry at `retry_at`.
     fired: Option<(u32, Instant, Duration)>,
     want: Option<Reregister>,
+    /// The GCKS refused a registration: the next try, and the backoff after it.
+    refused: Option<(Instant, Duration)>,
     /// Updates computed, for the core to route.
     out: Vec<Update>,
     pub counts: MemberCounts,
@@ -206,6 +211,7 @@ impl MemberPlane {
             return;
         };
         self.counts.keys_events += 1;
+        self.refused = None;
         let newest_before = self.newest().map(|(s, _)| s);
         let mut anyone_sending = self.installed.values().any(|i| i.sending);
         // The one to send on at once when none sends (registration, a data plane that came
@@ -373,6 +379,15 @@ impl MemberPlane {
         self.want = Some(Reregister::DataPlaneLost);
     }
 
+    /// The GCKS refused a registration (a member not in its list yet: a reload may add it):
+    /// another try after 2 s, doubling to 60 s while refused.
+    pub fn on_refused(&mut self, now: Instant) {
+        let back = self
+            .refused
+            .map_or(RETRY_FIRST, |(_, b)| (b * 2).min(RETRY_MAX));
+        self.refused = Some((now.saturating_add(back), back));
+    }
+
     /// A registration to make, once.
     pub fn take_reregister(&mut self) -> Option<Reregister> {
         self.want.take()
@@ -383,7 +398,11 @@ impl MemberPlane {
         let newest = self.newest_pending();
         let act = newest.map(|(_, i)| i.active_from);
         let del = self.installed.values().filter_map(|i| i.until).min();
-        [act, del, self.watch_at()].into_iter().flatten().min()
+        let retry = self.refused.map(|r| r.0);
+        [act, del, self.watch_at(), retry]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The newest generation not yet sending (the one to activate), if it is newer than the
@@ -423,6 +442,13 @@ impl MemberPlane {
             self.installed.remove(&spi);
             self.out.push(Update::DeleteGroupSa { spi: Spi(spi) });
             self.counts.deleted += 1;
+        }
+        if let Some((at, back)) = self.refused {
+            if at <= now {
+                // Again after `back` doubled if this one is refused too (`on_refused`).
+                self.refused = Some((Instant::from_nanos(u64::MAX), back));
+                self.want = Some(Reregister::Refused);
+            }
         }
         if let (Some(at), Some((spi, _))) = (self.watch_at(), self.newest()) {
             if at <= now {

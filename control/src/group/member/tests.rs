@@ -117,3 +117,60 @@ fn a_group_restart_removes_what_the_endpoint_dropped_and_bad_keys_are_refused() 
     );
     assert_eq!(p.counts.refused, 2);
 }
+
+#[test]
+fn a_generation_never_sends_again_with_a_sender_id_it_sent_with() {
+    let mut p = plane();
+    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)], &[], false);
+    assert_eq!(kinds(&p.take_updates()), vec!["add ff000001 send=true"]);
+    // The data plane restarts; the same keys come again (a rekey before the registration's
+    // answer): Sender-ID 3 sent on 0xff000001 before, so it only receives.
+    p.data_plane_lost();
+    assert_eq!(p.take_reregister(), Some(super::Reregister::DataPlaneLost));
+    p.on_keys(at(2), &[sa(0xff00_0001, 0, None)], &[], false);
+    let u = p.take_updates();
+    assert_eq!(kinds(&u), vec!["add ff000001 send=false"]);
+    assert!(matches!(&u[0], Update::AddGroupSa { params } if params.sender_id.is_none()));
+    assert_eq!(p.counts.receive_only_reuse, 1);
+    // The registration's answer: Sender-ID 9, new on it: added again with it, sending.
+    let mut again = sa(0xff00_0001, 0, None);
+    again.sender_id = Some(9);
+    p.on_keys(at(3), &[again], &[], false);
+    assert_eq!(
+        kinds(&p.take_updates()),
+        vec!["del ff000001", "add ff000001 send=true"]
+    );
+    assert_eq!(p.counts.upgraded, 1);
+}
+
+#[test]
+fn the_expiry_watch_uses_the_lead_the_gcks_showed_and_backs_off() {
+    let mut p = plane();
+    let mut a = sa(0xff00_0001, 0, None);
+    a.expires = Some(at(100));
+    p.on_keys(at(0), &[a.clone()], &[], false);
+    // No rekey seen: a quarter of the 100 s lifetime before the end.
+    assert_eq!(p.poll_timeout(), Some(at(75)));
+    // The rekey at 80 s: the old SA had 20 s left, so the lead is 20 s.
+    let mut b = sa(0xff00_0002, 85, None);
+    b.expires = Some(at(180));
+    a.until = Some(at(90));
+    p.on_keys(at(80), &[a, b], &[], true);
+    p.take_updates();
+    p.handle_timeout(at(90));
+    p.take_updates();
+    // Half the lead before the new SA's end: 170 s; nothing asked before.
+    assert_eq!(p.poll_timeout(), Some(at(170)));
+    p.handle_timeout(at(169));
+    assert_eq!(p.take_reregister(), None);
+    p.handle_timeout(at(170));
+    assert_eq!(
+        p.take_reregister(),
+        Some(super::Reregister::Expiring(0xff00_0002))
+    );
+    // Nothing newer came: again after 2 s, then 4 s.
+    assert_eq!(p.poll_timeout(), Some(at(172)));
+    p.handle_timeout(at(172));
+    assert!(p.take_reregister().is_some());
+    assert_eq!(p.poll_timeout(), Some(at(176)));
+}
