@@ -70,6 +70,26 @@ impl ControlCore {
         self.group.as_ref().map(|g| &g.plane)
     }
 
+    /// The member's part of the view: its generations (SPI, sending), registrations started
+    /// again and the member plane's counts. Never keys.
+    pub(super) fn group_view(&self) -> Option<serde_json::Value> {
+        let g = self.group.as_ref()?;
+        let c = &g.plane.counts;
+        Some(serde_json::json!({
+            "group": g.group.display(),
+            "generations": g.plane.generations().iter()
+                .map(|(spi, send)| serde_json::json!({ "spi": format!("{spi:#010x}"), "sending": send }))
+                .collect::<Vec<_>>(),
+            "reregistrations": g.reregistrations,
+            "rereg_next_spi": c.rereg_next_spi,
+            "rereg_expiring": c.rereg_expiring,
+            "rereg_data_plane": c.rereg_data_plane,
+            "installed": c.installed,
+            "deleted": c.deleted,
+            "refused": c.refused,
+        }))
+    }
+
     /// Registrations this member started again (after an exclusion, a lost rekey, ...).
     pub fn group_reregistrations(&self) -> u64 {
         self.group.as_ref().map_or(0, |g| g.reregistrations)

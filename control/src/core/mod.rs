@@ -447,7 +447,7 @@ impl ControlCore {
         }
         if self.view.due().is_some_and(|t| t <= now) {
             self.view.rebuilt(now);
-            let json = view::render(
+            let mut json = view::render(
                 &self.endpoint,
                 &self.repo,
                 &self.counts,
@@ -455,6 +455,13 @@ impl ControlCore {
                 &self.reconnect,
                 now,
             );
+            // A group member's part goes in as the object's last key.
+            if let Some(g) = self.group_view() {
+                if json.ends_with('}') {
+                    json.pop();
+                    json.push_str(&format!(",\"group\":{g}}}"));
+                }
+            }
             self.out.view(json);
             return true;
         }

@@ -126,6 +126,9 @@ pub struct MemberPlane {
     used: BTreeSet<(u32, u32)>,
     /// GSA_NEXT_SPI of the newest SA.
     next_spis: Vec<u32>,
+    /// An SPI the others were seen sending on before it was installed here: it is past its
+    /// activation time, so it sends at once when it comes.
+    seen_sending: Option<u32>,
     /// The GCKS's rekey lead as last seen (the replaced SA's lifetime left at the rekey).
     lead: Option<Duration>,
     /// The expiry watch fired for this (newest) SPI: retry at `retry_at`.
@@ -216,11 +219,20 @@ impl MemberPlane {
         let mut anyone_sending = self.installed.values().any(|i| i.sending);
         // The one to send on at once when none sends (registration, a data plane that came
         // back): the newest active one we have a Sender-ID on.
+        // The others already send on `seen_sending` (their ATD passed): so do we.
+        let seen = self.seen_sending;
+        let active_from = |s: &GroupSaKeys| {
+            if Some(s.spi) == seen {
+                s.active_from.min(now)
+            } else {
+                s.active_from
+            }
+        };
         let first_sender = sas
             .iter()
-            .filter(|s| s.sender_id.is_some() && s.active_from <= now)
+            .filter(|s| s.sender_id.is_some() && active_from(s) <= now)
             .filter(|s| s.until.is_none_or(|u| now < u))
-            .max_by_key(|s| s.active_from)
+            .max_by_key(|s| active_from(s))
             .map(|s| s.spi);
         for sa in sas {
             if let Some(i) = self.installed.get_mut(&sa.spi) {
@@ -286,7 +298,7 @@ impl MemberPlane {
             self.installed.insert(
                 sa.spi,
                 Installed {
-                    active_from: sa.active_from,
+                    active_from: active_from(sa),
                     until: sa.until,
                     sending: send,
                     sender_id,
@@ -362,6 +374,7 @@ impl MemberPlane {
             return false;
         }
         self.next_spis.clear();
+        self.seen_sending = Some(spi);
         self.counts.rereg_next_spi += 1;
         self.want = Some(Reregister::NextSpiSeen(spi));
         true
