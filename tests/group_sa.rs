@@ -22,6 +22,10 @@
 //!   lost = 0; a probe stream to member 4's LAN from 1.3 s after the reload (past the ATD:
 //!   sealed on the SA member 4 never got) reaches nothing, and member 4's drops by unknown
 //!   SPI / ICV rise by at least the probe.
+//! - `missed-rekey`: every GSA_REKEY to member 2 is dropped by nftables in the key server's
+//!   namespace while h1 and h2 stream to each other (100 packets/s each way): member 2
+//!   registers again (its `roamgate status` `group.reregistrations`), the drop is lifted, and
+//!   no packet due after the registration showed is lost (`lost_after`).
 //!
 //! Needs root (prints a SKIP line otherwise) and tshark; about 21 s with a debug
 //! build on a loaded 2-core machine.
@@ -543,11 +547,182 @@ fn group_sa_four_members_rekey_replay_remove() {
     assert_eq!(probe_got, 0, "the removed member's LAN got new traffic");
     assert!(d4 >= probe_sent, "member 4 dropped {d4} of {probe_sent}");
 
+    // missed-rekey: every GSA_REKEY from the key server to member 2 is dropped (nftables in
+    // the key server's namespace: UDP to 192.0.2.2 port 500 whose IKE exchange type, octet 18
+    // of the payload, is 41) while h1 and h2 stream to each other; member 2 notices the lost
+    // rekey (traffic on the SPI announced as GSA_NEXT_SPI, or its SA nearing its end) and
+    // registers again (GSA_REGISTRATION: exchange type 40, not dropped). Once its status
+    // shows the registration the drop goes and the stream runs on for another second:
+    // nothing due after that moment may be lost.
+    let k = lab.ns("k");
+    let nft = |args: &[&str]| {
+        let mut cmd = vec!["nft"];
+        cmd.extend_from_slice(args);
+        let o = in_ns(&k, &cmd);
+        assert!(
+            o.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // `run` serves IKE's view on its control plane's socket (`<socket>.ike`).
+    let mut g2_ike = g2.clone().into_os_string();
+    g2_ike.push(".ike");
+    let g2_ike = PathBuf::from(g2_ike);
+    let g2s = || {
+        let v = ask(&g2_ike, "ike");
+        assert!(v.get("error").is_none(), "member 2's IKE view: {v}");
+        v["group"]["reregistrations"].as_u64().unwrap_or(0)
+    };
+    let rr0 = g2s();
+    let rx: Vec<NsProcess> = [(1u8, 2u8), (2, 1)]
+        .iter()
+        .map(|&(i, j)| {
+            NsProcess::spawn(
+                &lab.ns(&format!("h{j}")),
+                &[
+                    "python3",
+                    tool,
+                    "recv",
+                    &(5100 + u32::from(i)).to_string(),
+                    "8",
+                ],
+                &format!("recv {i}->{j}"),
+            )
+        })
+        .collect();
+    for (i, j) in [(1u8, 2u8), (2, 1)] {
+        wait_udp_bound(
+            &lab.ns(&format!("h{j}")),
+            5100 + u16::from(i),
+            Duration::from_secs(20),
+        );
+    }
+    nft(&["add", "table", "inet", "rgtest"]);
+    nft(&[
+        "add", "chain", "inet", "rgtest", "out", "{", "type", "filter", "hook", "output",
+        "priority", "0", ";", "}",
+    ]);
+    nft(&[
+        "add",
+        "rule",
+        "inet",
+        "rgtest",
+        "out",
+        "ip",
+        "daddr",
+        "192.0.2.2",
+        "udp",
+        "dport",
+        "500",
+        "@th,208,8",
+        "41",
+        "counter",
+        "drop",
+    ]);
+    let tx: Vec<NsProcess> = [(1u8, 2u8), (2, 1)]
+        .iter()
+        .map(|&(i, j)| {
+            NsProcess::spawn(
+                &lab.ns(&format!("h{i}")),
+                &[
+                    "python3",
+                    tool,
+                    "send",
+                    &format!("10.{j}.0.10"),
+                    &(5100 + u32::from(i)).to_string(),
+                    "100",
+                    "4",
+                ],
+                &format!("send {i}->{j}"),
+            )
+        })
+        .collect();
+    let blocked = Instant::now();
+    while g2s() == rr0 && blocked.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let rereg_ms = blocked.elapsed().as_millis();
+
+    let listing = nft(&["list", "chain", "inet", "rgtest", "out"]);
+    nft(&["delete", "table", "inet", "rgtest"]);
+    let dropped_rekeys: u64 = listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let reregistered = g2s() > rr0;
+    // The stream goes on for at least a second after that.
+    let mut lost_during = 0usize;
+    let mut lost_after = 0usize;
+    let mut sent_after = 0u64;
+    for (p, q) in tx.into_iter().zip(rx) {
+        let mut p = p;
+        let t = Instant::now();
+        while p.is_running() && t.elapsed() < Duration::from_secs(12) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, o, _) = p.stop("TERM", Duration::from_secs(3));
+        let sv: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+        let mut q = q;
+        let t = Instant::now();
+        while q.is_running() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, o, _) = q.stop("TERM", Duration::from_secs(3));
+        let rv: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+        let start = u128::from(sv["start_unix_ns"].as_u64().unwrap());
+        let sent = sv["sent"].as_u64().unwrap();
+        let max_seq = rv["max_seq"].as_u64().unwrap_or(0);
+        // Packet i is due at start + i * 10 ms; the tail past max_seq is missing too.
+        let due = |i: u64| start + u128::from(i) * 10_000_000;
+        let mut missing: Vec<u64> = rv["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        missing.extend((max_seq + 1)..sent);
+        lost_after += missing.iter().filter(|&&i| due(i) > seen).count();
+        lost_during += missing.iter().filter(|&&i| due(i) <= seen).count();
+        sent_after += (0..sent).filter(|&i| due(i) > seen).count() as u64;
+    }
+    println!(
+        "group-sa case=missed-rekey reregistered={} lost_after={lost_after} sent_after={sent_after} lost_before={lost_during} rekeys_dropped={dropped_rekeys} (registered again {rereg_ms} ms after the drop began)",
+        if reregistered { "yes" } else { "no" }
+    );
+    // The processes' logs first (target/e2e/group_sa/gwN.log, gcks.log): a failure below
+    // is read there.
+    let mut gw2_log = String::new();
     for (n, g) in MEMBERS.iter().zip(gws) {
         let (_, out) = g.stop_with_output();
         let _ = std::fs::write(dir.join(format!("gw{n}.log")), &out);
+        if *n == 2 {
+            gw2_log = out;
+        }
     }
     let (_, o, e) = gcks.stop("TERM", Duration::from_secs(5));
     let _ = std::fs::write(dir.join("gcks.log"), o + &e);
+    let group_lines: String = gw2_log
+        .lines()
+        .filter(|l| l.contains("group"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(dropped_rekeys >= 1, "no GSA_REKEY was dropped: {listing}");
+    assert!(
+        reregistered,
+        "member 2 did not register again; its group log:\n{group_lines}"
+    );
+    assert!(
+        sent_after >= 100,
+        "the stream ended too soon after the registration"
+    );
+    assert_eq!(lost_after, 0, "traffic did not resume");
     println!("group-sa took {:.1} s", t0.elapsed().as_secs_f64());
 }

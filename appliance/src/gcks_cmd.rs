@@ -1,7 +1,8 @@
 //! `roamgate gcks --config X`: a group's key server (G-IKEv2, RFC 9838; docs/group.md), the
 //! thin driver of `control::group::gcks::GcksNode`: one UDP socket on the IKE port, the
 //! clock, SIGHUP / `roamgate reload` (a member dropped from `group.members` is removed: the
-//! rekey that excludes it goes out at once), and a view socket for `roamgate status|stats`.
+//! rekey that excludes it goes out at once; one added may register from then on; a new
+//! `sender_id_bits` starts the group over), and a view socket for `roamgate status|stats`.
 //!
 //! Its own command, not a section of `run`: a key server needs no data plane (no ports, no
 //! workers, no devices), so it runs on any host with an address the members reach, and a

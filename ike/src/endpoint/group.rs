@@ -99,6 +99,43 @@ impl Endpoint {
         self.flush_group(now);
     }
 
+    /// The IKE SA `group`'s membership registered over, while it is up (a re-registration
+    /// goes over it by GSA_REGISTRATION; without one the member starts a new IKE SA, whose
+    /// GSA_AUTH registers).
+    pub fn group_ike(&self, group: &Id) -> Option<IkeSaId> {
+        self.group
+            .members
+            .iter()
+            .find(|m| m.member.group() == group)
+            .and_then(|m| m.ike)
+            .filter(|ike| self.sas.contains_key(ike))
+    }
+
+    /// GCKS: `member` may register to `group` from now on (a reload that adds it).
+    pub fn allow_group_member(&mut self, group: &Id, member: &Id) -> bool {
+        self.group
+            .gcks_mut(group)
+            .map(|g| g.allow_member(member))
+            .is_some()
+    }
+
+    /// GCKS: `group`'s Sender-ID bits change: the group starts over under a new SA (every
+    /// member excluded and registering again, `Gcks::set_sender_id_bits`); the messages go now.
+    pub fn set_group_sender_id_bits(
+        &mut self,
+        now: Instant,
+        group: &Id,
+        bits: u8,
+    ) -> Result<(), &'static str> {
+        let g = self.group.gcks_mut(group).ok_or("no such group")?;
+        let out = g.set_sender_id_bits(now, bits)?;
+        self.group
+            .outbox
+            .extend(out.into_iter().map(|o| (group.clone(), o)));
+        self.flush_group(now);
+        Ok(())
+    }
+
     /// The membership of `group` (its SAs, counters).
     pub fn group_member(&self, group: &Id) -> Option<&Member> {
         self.group
@@ -106,6 +143,12 @@ impl Endpoint {
             .iter()
             .find(|m| m.member.group() == group)
             .map(|m| &m.member)
+    }
+
+    /// Tests: the GCKS of `group` itself.
+    #[cfg(test)]
+    pub(crate) fn gcks_mut(&mut self, group: &Id) -> Option<&mut Gcks> {
+        self.group.gcks_mut(group)
     }
 
     /// Tests: the hook that changes the payloads of group messages this endpoint sends.
@@ -164,12 +207,16 @@ impl Endpoint {
             Ok(()) if m.member.must_register() => events.push_back(GroupEvent::Excluded {
                 group: m.member.group().display(),
             }),
-            Ok(()) => events.push_back(GroupState::keys_event(&m.member, KeysFrom::Rekey)),
+            Ok(()) => {
+                events.push_back(GroupState::keys_event(&m.member, KeysFrom::Rekey));
+                GroupState::must_register(events, &mut m.member);
+            }
             Err(e) => {
                 stats.rekeys_dropped = stats.rekeys_dropped.saturating_add(1);
                 if matches!(e, RekeyError::Wire(_)) {
                     stats.malformed = stats.malformed.saturating_add(1);
                 }
+                GroupState::must_register(events, &mut m.member);
             }
         }
     }

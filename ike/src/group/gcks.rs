@@ -147,6 +147,9 @@ pub struct Gcks {
     rekey_kwk: Kek,
     next_message_id: u32,
     gens: Vec<Generation>,
+    /// The SPI reserved for the next generation, announced as GSA_NEXT_SPI (section
+    /// 4.4.2.2.3) so a member that sees traffic on it before its rekey knows it lost one.
+    next_spi: u32,
     members: Vec<MemberEntry>,
     next_kek_id: u32,
     /// The Sender-ID counter (section 2.5.1): the next value to allocate.
@@ -180,6 +183,7 @@ impl Gcks {
             rekey_kwk,
             next_message_id: 1,
             gens: Vec::new(),
+            next_spi: 0,
             members: Vec::new(),
             next_kek_id: 1,
             next_sender_id: 0,
@@ -219,7 +223,8 @@ impl Gcks {
             .iter()
             .find(|m| &m.id == id && m.registered && !m.removed)?;
         let mut policies = vec![self.rekey_policy(false)];
-        policies.extend(self.data_policies(true, now));
+        // No GSA_NEXT_SPI in-band: the exchange is reliable (section 4.4.2.2.3).
+        policies.extend(self.data_policies(true, false, now));
         policies.push(self.gw_policy());
         let mut bags = vec![KeyBag::Group {
             protocol: proto::GIKE_UPDATE,
@@ -261,12 +266,13 @@ impl Gcks {
     }
 
     fn new_generation(&mut self, now: Instant) {
-        let spi = loop {
-            let s = GROUP_SPI_PREFIX | (self.rng.next_u32() & !GROUP_SPI_MASK);
-            if !self.gens.iter().any(|g| g.spi == s) && s & !GROUP_SPI_MASK != 0 {
-                break s;
-            }
+        let reserved = self.next_spi;
+        let spi = if reserved != 0 && !self.gens.iter().any(|g| g.spi == reserved) {
+            reserved
+        } else {
+            self.draw_spi(0)
         };
+        self.next_spi = self.draw_spi(spi);
         let mut km = Zeroizing::new(vec![0u8; gcm_keymat_len(self.cfg.key_bits)]);
         self.rng.fill_bytes(&mut km);
         let gen = Generation {
@@ -278,6 +284,59 @@ impl Gcks {
         self.gens.retain(|g| g.expires > now);
         self.gens.push(gen);
         self.rekey_at = now.saturating_add(self.cfg.lifetime.saturating_sub(self.cfg.rekey_lead));
+    }
+
+    /// A group SPI no live generation has, other than `not`.
+    fn draw_spi(&mut self, not: u32) -> u32 {
+        loop {
+            let s = GROUP_SPI_PREFIX | (self.rng.next_u32() & !GROUP_SPI_MASK);
+            if s != not && !self.gens.iter().any(|g| g.spi == s) && s & !GROUP_SPI_MASK != 0 {
+                break s;
+            }
+        }
+    }
+
+    /// The SPI reserved for the next generation (GSA_NEXT_SPI).
+    pub fn next_spi(&self) -> u32 {
+        self.next_spi
+    }
+
+    /// The policy's members: `id` may register from now on (a reload that adds a member).
+    /// A member removed before starts afresh (a new KWK at its registration).
+    pub fn allow_member(&mut self, id: &Id) {
+        if !self.cfg.members.contains(id) {
+            self.cfg.members.push(id.clone());
+        }
+        self.members.retain(|m| !(&m.id == id && m.removed));
+    }
+
+    /// The policy's Sender-ID bits change (a reload). The bits are group-wide and a member
+    /// applies them to every SA it is given, while the IV a Sender-ID makes depends on them:
+    /// under one key, Sender-ID 1 with 7 bits and Sender-ID 2 with 8 bits give the same IV
+    /// prefix. So the change takes a new key and new Sender-IDs: the group starts over
+    /// ([`restart`](Self::restart): every member excluded, all register again under a new SA,
+    /// Sender-IDs from zero that fit the new bits; RFC 9838 sections 2.4.3, 2.5.1). Returns
+    /// the GSA_REKEY messages; none when the bits are unchanged.
+    pub fn set_sender_id_bits(
+        &mut self,
+        now: Instant,
+        bits: u8,
+    ) -> Result<Vec<Outbound>, &'static str> {
+        if bits == self.cfg.sender_id_bits {
+            return Ok(Vec::new());
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.sender_id_bits = bits;
+        cfg.check()?;
+        self.cfg = cfg;
+        Ok(self.restart(now))
+    }
+
+    /// Tests: GW policies from now on carry `bits` with no restart (what a GCKS that does not
+    /// start over would send), to exercise a member's own check.
+    #[cfg(test)]
+    pub(crate) fn set_sender_id_bits_unchecked(&mut self, bits: u8) {
+        self.cfg.sender_id_bits = bits;
     }
 
     fn sender_id_space(&self) -> u32 {
@@ -515,7 +574,7 @@ impl Gcks {
         }
         let message_id = self.next_message_id;
         self.next_message_id = self.next_message_id.saturating_add(1);
-        let mut policies = self.data_policies(false, now);
+        let mut policies = self.data_policies(false, true, now);
         policies.push(self.gw_policy());
         let inner = [
             GroupPayload::Gsa(Gsa { policies }).to_payload(),
@@ -572,7 +631,7 @@ impl Gcks {
     /// last), the GW policy.
     fn gsa(&self, now: Instant) -> Gsa {
         let mut policies = vec![self.rekey_policy(true)];
-        policies.extend(self.data_policies(true, now));
+        policies.extend(self.data_policies(true, true, now));
         policies.push(self.gw_policy());
         Gsa { policies }
     }
@@ -622,16 +681,27 @@ impl Gcks {
         }
     }
 
-    fn data_policies(&self, registration: bool, now: Instant) -> Vec<GroupPolicy> {
+    /// With `next`, the newest SA's policy names the SPI reserved for its successor.
+    fn data_policies(&self, registration: bool, next: bool, now: Instant) -> Vec<GroupPolicy> {
+        let newest = self.current_spi();
         self.gens_for(registration)
             .into_iter()
-            .map(|g| GroupPolicy::Data {
-                protocol: proto::ESP,
-                spi: g.spi,
-                src: self.cfg.src,
-                dst: self.cfg.dst,
-                transforms: self.transforms(),
-                attrs: vec![lifetime_attr(g.expires.saturating_duration_since(now))],
+            .map(|g| {
+                let mut attrs = vec![lifetime_attr(g.expires.saturating_duration_since(now))];
+                if next && Some(g.spi) == newest && self.next_spi != 0 {
+                    attrs.push(Attr::tlv(
+                        gsa_attr::GSA_NEXT_SPI,
+                        self.next_spi.to_be_bytes().to_vec(),
+                    ));
+                }
+                GroupPolicy::Data {
+                    protocol: proto::ESP,
+                    spi: g.spi,
+                    src: self.cfg.src,
+                    dst: self.cfg.dst,
+                    transforms: self.transforms(),
+                    attrs,
+                }
             })
             .collect()
     }

@@ -667,3 +667,121 @@ fn gsa_auth_to_an_endpoint_without_a_gcks_is_refused() {
     assert!(net.ep(1).list().is_empty());
     assert!(last_keys(&net.nodes[1].events).is_none());
 }
+
+/// The `MustRegister` reasons in `events`.
+fn must_register(events: &VecDeque<Event>) -> Vec<crate::group::member::RegisterWhy> {
+    group_events(events)
+        .into_iter()
+        .filter_map(|e| match e {
+            GroupEvent::MustRegister { why, .. } => Some(why),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_gap_in_the_rekey_message_ids_asks_for_a_registration_which_brings_the_missed_sa() {
+    use crate::group::member::RegisterWhy;
+    let mut net = rig(2, &[1, 2], false);
+    drop_rekey_to_member_2(&mut net);
+    for i in 1..=2 {
+        connect(&mut net, i);
+    }
+    net.drive();
+    // GSA_NEXT_SPI (RFC 9838 4.4.2.2.3): the registration names the SPI the next SA will have.
+    let announced = match group_events(&net.nodes[1].events)
+        .into_iter()
+        .find_map(|e| match e {
+            GroupEvent::Keys { next_spis, .. } => Some(next_spis),
+            _ => None,
+        }) {
+        Some(n) => n,
+        None => panic!("no keys"),
+    };
+    assert_eq!(announced.len(), 1);
+    // The first rekey (540 s) is lost on its way to member 2; it cannot tell yet.
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
+    let missed = gcks(&mut net)
+        .gcks(&group())
+        .unwrap()
+        .current_spi()
+        .unwrap();
+    assert_eq!(
+        announced,
+        vec![missed],
+        "the SA came with the announced SPI"
+    );
+    assert!(must_register(&net.nodes[2].events).is_empty());
+    // The second (1,080 s) arrives with a Message ID one too far: a registration is asked for.
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(1085)));
+    let whys = must_register(&net.nodes[2].events);
+    assert!(
+        matches!(whys.as_slice(), [RegisterWhy::RekeyGap { expected, got }] if *got == expected + 1),
+        "{whys:?}"
+    );
+    assert!(must_register(&net.nodes[1].events).is_empty());
+    let held: Vec<u32> = last_keys(&net.nodes[2].events)
+        .unwrap()
+        .1
+        .iter()
+        .map(|s| s.spi)
+        .collect();
+    assert!(!held.contains(&missed));
+    // GSA_REGISTRATION over its IKE SA brings every live SA, the missed one too.
+    let now = net.now;
+    let ike = net.ep(2).group_ike(&group()).expect("its IKE SA");
+    net.ep(2).register_group(now, ike, group(), true).unwrap();
+    net.drive();
+    let (from, sas) = last_keys(&net.nodes[2].events).unwrap();
+    assert_eq!(from, KeysFrom::Registration);
+    assert!(sas.iter().any(|s| s.spi == missed), "{sas:?}");
+    // Lifetimes come along: the newest expires 600 s after its rekey at 1,080 s.
+    let newest = gcks(&mut net)
+        .gcks(&group())
+        .unwrap()
+        .current_spi()
+        .unwrap();
+    let n = sas.iter().find(|s| s.spi == newest).unwrap();
+    assert_eq!(
+        n.expires,
+        Some(Instant::ZERO.saturating_add(Duration::from_secs(1680)))
+    );
+    assert_eq!(net.ep(2).group_member(&group()).unwrap().stats().gaps, 1);
+}
+
+#[test]
+fn a_sender_id_that_no_longer_fits_is_not_installed_and_asks_for_a_registration() {
+    use crate::group::member::RegisterWhy;
+    let mut net = rig(3, &[1, 2, 3], false);
+    for i in 1..=3 {
+        connect(&mut net, i);
+    }
+    net.drive();
+    // Sender-IDs 0, 1, 2; a GCKS that then sends 1 Sender-ID bit without starting over.
+    gcks(&mut net)
+        .gcks_mut(&group())
+        .unwrap()
+        .set_sender_id_bits_unchecked(1);
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
+    let new = gcks(&mut net)
+        .gcks(&group())
+        .unwrap()
+        .current_spi()
+        .unwrap();
+    for i in 1..=2 {
+        assert!(must_register(&net.nodes[i].events).is_empty());
+        let sas = last_keys(&net.nodes[i].events).unwrap().1;
+        assert!(sas.iter().any(|s| s.spi == new && s.sender_id_bits == 1));
+    }
+    // Member 3's ID 2 needs 2 bits: a fatal error, re-register (RFC 9838 2.5.2); the SA is
+    // not installed (2.4.1.4).
+    assert_eq!(
+        must_register(&net.nodes[3].events),
+        vec![RegisterWhy::SenderIdUnfit {
+            sender_id: 2,
+            bits: 1
+        }]
+    );
+    let m3 = net.ep(3).group_member(&group()).unwrap();
+    assert!(m3.sas().iter().all(|s| s.spi != new));
+}
