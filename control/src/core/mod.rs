@@ -677,7 +677,14 @@ impl ControlCore {
         }
         self.conns = conns;
         if let Some(rules) = &plan.rules {
-            let u = self.repo.set_static_rules(rules.clone());
+            // A group member's rules stay ahead of the file's (they are not in the file).
+            let mut all = self
+                .group
+                .as_ref()
+                .map(|g| g.plane.rules())
+                .unwrap_or_default();
+            all.extend(rules.iter().cloned());
+            let u = self.repo.set_static_rules(all);
             self.out.log(format!(
                 "control: reload: static policy replaced ({} rules)",
                 rules.len()
