@@ -22,13 +22,18 @@
 //!   lost = 0; a probe stream to member 4's LAN from 1.3 s after the reload (past the ATD:
 //!   sealed on the SA member 4 never got) reaches nothing, and member 4's drops by unknown
 //!   SPI / ICV rise by at least the probe.
-//! - `missed-rekey`: every GSA_REKEY to member 2 is dropped by nftables in the key server's
-//!   namespace while h1 and h2 stream to each other (100 packets/s each way): member 2
+//! - `missed-rekey`: every GSA_REKEY the WAN bridge forwards to member 2 (unicast or
+//!   multicast) is dropped by nftables (bridge family) while h1 and h2 stream to each other (100 packets/s each way): member 2
 //!   registers again (its `roamgate status` `group.reregistrations`), the drop is lifted, and
-//!   no packet due after the registration showed is lost (`lost_after`).
+//!   no packet due after the registration showed is lost (`lost_after`; the streams last 5 s:
+//!   the registration comes 1 to 3 s into them).
 //!
-//! Needs root (prints a SKIP line otherwise) and tshark; about 21 s with a debug
-//! build on a loaded 2-core machine.
+//! Rekeys go by multicast (one datagram to 239.192.0.1, `rekey_multicast`) by default;
+//! `GROUP_REKEY=unicast` (a copy to each member) or `both` runs the same cases the other way.
+//! The `rekey` case checks the capture: every GSA_REKEY went to the group's address (or to
+//! the members', or both).
+//!
+//! Needs root (prints a SKIP line otherwise) and tshark; about 28 s with the release build.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -45,17 +50,59 @@ static BIN: std::sync::LazyLock<String> =
 const MEMBERS: [u8; 4] = [1, 2, 3, 4];
 const PSK: &str = "group-lab-psk-change-me";
 
+/// The group's multicast address for rekeys in this lab.
+const REKEY_GROUP: &str = "239.192.0.1";
+
+/// How the key server delivers rekeys: `GROUP_REKEY=multicast` (default: one datagram to
+/// [`REKEY_GROUP`]), `unicast` (a copy to each member) or `both`.
+fn delivery() -> String {
+    std::env::var("GROUP_REKEY").unwrap_or_else(|_| "multicast".into())
+}
+
 fn gcks_yaml(members: &[u8]) -> String {
     let list: Vec<String> = members
         .iter()
         .map(|n| format!("gw-{n}.roamgate.test"))
         .collect();
+    let delivery = match delivery().as_str() {
+        "unicast" => String::new(),
+        "multicast" => format!("  rekey_multicast: {REKEY_GROUP}\n"),
+        "both" => format!("  rekey_multicast: {REKEY_GROUP}\n  rekey_unicast: true\n"),
+        other => panic!("GROUP_REKEY={other}: unicast, multicast or both"),
+    };
     format!(
         "gcks:\n  name: gcks\n  address: 192.0.2.100\n\
          ike:\n  connections:\n    - name: members\n      local_id: gcks.roamgate.test\n      remote_id: any\n      psk: \"{PSK}\"\n      local_ts: [192.0.2.100/32]\n      remote_ts: [0.0.0.0/0]\n\
-         group:\n  id: branches.roamgate.test\n  role: gcks\n  members: [{}]\n  traffic: 10.0.0.0/8\n  algorithm: aes256gcm16\n  lifetime_secs: 4\n  rekey_lead_secs: 2\n  atd_secs: 1\n  dtd_secs: 2\n  sender_id_bits: 8\n",
+         group:\n  id: branches.roamgate.test\n  role: gcks\n  members: [{}]\n  traffic: 10.0.0.0/8\n  algorithm: aes256gcm16\n  lifetime_secs: 4\n  rekey_lead_secs: 2\n  atd_secs: 1\n  dtd_secs: 2\n  sender_id_bits: 8\n{delivery}",
         list.join(", ")
     )
+}
+
+/// The destination of every GSA_REKEY (IKE exchange type 41 at octet 18 of UDP port 500's
+/// payload) in the capture.
+fn rekeys_of_pcap(file: &Path) -> Vec<[u8; 4]> {
+    let b = std::fs::read(file).expect("pcap");
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let len = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        let f = &b[at + 16..(at + 16 + len).min(b.len())];
+        at += 16 + len;
+        if f.len() < 14 + 20 + 8 + 28 || f[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &f[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip[9] != 17 || ip.len() < ihl + 8 + 28 {
+            continue;
+        }
+        let udp = &ip[ihl..];
+        if udp[2..4] != [0x01, 0xf4] || udp[8 + 18] != 41 {
+            continue;
+        }
+        out.push(ip[16..20].try_into().unwrap());
+    }
+    out
 }
 
 fn member_yaml(n: u8) -> String {
@@ -389,7 +436,7 @@ fn group_sa_four_members_rekey_replay_remove() {
             "-i",
             "br0",
             "-f",
-            "esp",
+            "esp or udp port 500",
             "-F",
             "pcap",
             "-w",
@@ -419,13 +466,31 @@ fn group_sa_four_members_rekey_replay_remove() {
         }
     }
     let spis: HashSet<u32> = esp.iter().map(|e| e.1).collect();
+    let group_addr: [u8; 4] = REKEY_GROUP.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let rekey_dsts = rekeys_of_pcap(&pcap);
+    let to_group = rekey_dsts.iter().filter(|d| **d == group_addr).count();
+    let to_members = rekey_dsts.len() - to_group;
     let (frames, decrypted, text) = tshark_decrypts(&dir, &pcap, &dir.join("esp_sa"));
     println!(
-        "group-sa case=rekey members=4 packets={sent} lost={} dup_pkts={dups} rekeys={rekeys} spis={} esp={} dup_iv={dup_iv} iv_not_seq={iv_not_seq} tshark_decrypted={decrypted}/{frames}",
+        "group-sa case=rekey members=4 packets={sent} lost={} dup_pkts={dups} rekeys={rekeys} spis={} esp={} dup_iv={dup_iv} iv_not_seq={iv_not_seq} tshark_decrypted={decrypted}/{frames} delivery={} gsa_rekey_to_group={to_group} gsa_rekey_to_members={to_members}",
         sent - got,
         spis.len(),
-        esp.len()
+        esp.len(),
+        delivery()
     );
+    // How the rekeys went: one datagram per rekey to the group's address, a copy per member
+    // to its own, or both.
+    match delivery().as_str() {
+        "multicast" => {
+            assert!(to_group >= 1 && to_members == 0, "{rekey_dsts:?}");
+            assert!(
+                to_group as u64 <= rekeys + 1,
+                "one datagram a rekey: {rekey_dsts:?}"
+            );
+        }
+        "unicast" => assert!(to_group == 0 && to_members >= 4, "{rekey_dsts:?}"),
+        _ => assert!(to_group >= 1 && to_members >= 4, "{rekey_dsts:?}"),
+    }
     assert!(sent >= u64::from(pps * secs) * 12 * 9 / 10, "{sent} sent");
     assert_eq!(sent - got, 0, "lost through the rekey: {r:?}");
     assert!(rekeys >= 1, "no rekey during the streams");
@@ -547,14 +612,14 @@ fn group_sa_four_members_rekey_replay_remove() {
     assert_eq!(probe_got, 0, "the removed member's LAN got new traffic");
     assert!(d4 >= probe_sent, "member 4 dropped {d4} of {probe_sent}");
 
-    // missed-rekey: every GSA_REKEY from the key server to member 2 is dropped (nftables in
-    // the key server's namespace: UDP to 192.0.2.2 port 500 whose IKE exchange type, octet 18
-    // of the payload, is 41) while h1 and h2 stream to each other; member 2 notices the lost
-    // rekey (traffic on the SPI announced as GSA_NEXT_SPI, or its SA nearing its end) and
-    // registers again (GSA_REGISTRATION: exchange type 40, not dropped). Once its status
-    // shows the registration the drop goes and the stream runs on for another second:
-    // nothing due after that moment may be lost.
-    let k = lab.ns("k");
+    // missed-rekey: every GSA_REKEY the WAN bridge would forward to member 2 is dropped
+    // (nftables, bridge family, in the WAN namespace: out of port p2, UDP port 500 whose IKE
+    // exchange type, octet 18 of the payload, is 41; unicast or multicast alike) while h1 and
+    // h2 stream to each other; member 2 notices the lost rekey (traffic on the SPI announced
+    // as GSA_NEXT_SPI, or its SA nearing its end) and registers again (GSA_REGISTRATION:
+    // exchange type 40, not dropped). Once its status shows the registration the drop goes
+    // and the stream runs on for another second: nothing due after that moment may be lost.
+    let k = lab.ns("wan");
     let nft = |args: &[&str]| {
         let mut cmd = vec!["nft"];
         cmd.extend_from_slice(args);
@@ -599,20 +664,19 @@ fn group_sa_four_members_rekey_replay_remove() {
             Duration::from_secs(20),
         );
     }
-    nft(&["add", "table", "inet", "rgtest"]);
+    nft(&["add", "table", "bridge", "rgtest"]);
     nft(&[
-        "add", "chain", "inet", "rgtest", "out", "{", "type", "filter", "hook", "output",
+        "add", "chain", "bridge", "rgtest", "tomember", "{", "type", "filter", "hook", "forward",
         "priority", "0", ";", "}",
     ]);
     nft(&[
         "add",
         "rule",
-        "inet",
+        "bridge",
         "rgtest",
-        "out",
-        "ip",
-        "daddr",
-        "192.0.2.2",
+        "tomember",
+        "oifname",
+        "p2",
         "udp",
         "dport",
         "500",
@@ -633,7 +697,7 @@ fn group_sa_four_members_rekey_replay_remove() {
                     &format!("10.{j}.0.10"),
                     &(5100 + u32::from(i)).to_string(),
                     "100",
-                    "4",
+                    "5",
                 ],
                 &format!("send {i}->{j}"),
             )
@@ -649,8 +713,8 @@ fn group_sa_four_members_rekey_replay_remove() {
         .as_nanos();
     let rereg_ms = blocked.elapsed().as_millis();
 
-    let listing = nft(&["list", "chain", "inet", "rgtest", "out"]);
-    nft(&["delete", "table", "inet", "rgtest"]);
+    let listing = nft(&["list", "chain", "bridge", "rgtest", "tomember"]);
+    nft(&["delete", "table", "bridge", "rgtest"]);
     let dropped_rekeys: u64 = listing
         .split_whitespace()
         .skip_while(|w| *w != "packets")

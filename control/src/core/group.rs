@@ -81,6 +81,7 @@ impl ControlCore {
                 .map(|(spi, send)| serde_json::json!({ "spi": format!("{spi:#010x}"), "sending": send }))
                 .collect::<Vec<_>>(),
             "reregistrations": g.reregistrations,
+            "rekey_multicast": g.plane.rekey_multicast().map(|a| a.to_string()),
             "rereg_next_spi": c.rereg_next_spi,
             "rereg_expiring": c.rereg_expiring,
             "rereg_data_plane": c.rereg_data_plane,
@@ -177,9 +178,11 @@ impl ControlCore {
                 sas,
                 from,
                 next_spis,
+                rekey_multicast,
                 ..
             } => {
                 let rekey = *from != ike::group::session::KeysFrom::Registration;
+                g.plane.on_rekey_multicast(*rekey_multicast);
                 g.plane.on_keys(now, sas, next_spis, rekey);
                 self.out.log(format!(
                     "group: keys ({from:?}): {} generation(s): {}",

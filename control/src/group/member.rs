@@ -30,6 +30,7 @@
 //!   IVs under the same key), a registration gives a new one (section 2.5.1);
 //! - (the endpoint's reasons, `GroupEvent::MustRegister`: a Message ID gap, a Sender-ID
 //!   that no longer fits.)
+//!
 //! A registration answers every live SA: what is missing is installed then, so the member
 //! receives again from that moment and sends on the newest at its activation time.
 //!
@@ -136,6 +137,9 @@ pub struct MemberPlane {
     want: Option<Reregister>,
     /// The GCKS refused a registration: the next try, and the backoff after it.
     refused: Option<(Instant, Duration)>,
+    /// The group's multicast address for rekeys (from the Rekey SA's destination), which
+    /// the data plane listens on (`SetGroupPeers`).
+    rekey_multicast: Option<IpAddr>,
     /// Updates computed, for the core to route.
     out: Vec<Update>,
     pub counts: MemberCounts,
@@ -202,7 +206,25 @@ impl MemberPlane {
             local: s.local,
             outer_ttl: 64,
             peers: s.peers.clone(),
+            rekey_multicast: self.rekey_multicast,
         })
+    }
+
+    /// The `Keys` event's multicast address for rekeys: when it changed, the tunnel endpoints
+    /// go to the data plane again with it (every worker listens there).
+    pub fn on_rekey_multicast(&mut self, a: Option<IpAddr>) {
+        if a == self.rekey_multicast {
+            return;
+        }
+        self.rekey_multicast = a;
+        if let Some(u) = self.peers_update() {
+            self.out.push(u);
+        }
+    }
+
+    /// The multicast address the data plane listens on for rekeys, if any.
+    pub fn rekey_multicast(&self) -> Option<IpAddr> {
+        self.rekey_multicast
     }
 
     /// The endpoint's `Keys` event: install what is new, forget what is gone, and the

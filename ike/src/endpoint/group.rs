@@ -3,6 +3,9 @@
 //! each member's address (that of the IKE SA it registered over). The exchanges themselves
 //! are in `exchange::group`; the state in `group::session`.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use crate::exchange::{self, Action};
 use crate::group::gcks::Gcks;
 use crate::group::member::Member;
@@ -242,10 +245,14 @@ impl Endpoint {
     }
 
     /// Sends the GCKSs' waiting GSA_REKEY messages to the members' registration IKE SAs'
-    /// addresses, and (with in-band delivery) queues a GSA_INBAND_REKEY on each of them.
+    /// addresses (unicast delivery) and once to the group's multicast address (multicast
+    /// delivery: a message shared by several members goes out once, from the address the
+    /// members registered at), and (with in-band delivery) queues a GSA_INBAND_REKEY on each
+    /// member's IKE SA.
     pub(super) fn flush_group(&mut self, now: Instant) {
         let out = core::mem::take(&mut self.group.outbox);
         let mut inband: Vec<(IkeSaId, Id)> = Vec::new();
+        let mut multicast_sent: Vec<*const [u8]> = Vec::new();
         for (group, o) in out {
             let Some(r) = self.group.registration(&group, &o.to) else {
                 continue;
@@ -256,11 +263,33 @@ impl Endpoint {
                 Some(sa) => (sa.state.local, sa.state.remote),
                 None => (r.local, r.remote),
             };
-            self.out.transmits.push_back(Transmit {
-                src,
-                dst,
-                data: o.msg.to_vec(),
-            });
+            let delivery = self
+                .group
+                .gcks
+                .iter()
+                .find(|g| g.group() == &group)
+                .map(|g| g.delivery())
+                .unwrap_or_default();
+            if let Some(m) = delivery.multicast() {
+                let msg: *const [u8] = Arc::as_ptr(&o.msg);
+                if !multicast_sent.contains(&msg) {
+                    multicast_sent.push(msg);
+                    self.group.stats.multicast_rekeys =
+                        self.group.stats.multicast_rekeys.saturating_add(1);
+                    self.out.transmits.push_back(Transmit {
+                        src,
+                        dst: SocketAddr::new(m, crate::group::gcks::REKEY_PORT),
+                        data: o.msg.to_vec(),
+                    });
+                }
+            }
+            if delivery.unicast() {
+                self.out.transmits.push_back(Transmit {
+                    src,
+                    dst,
+                    data: o.msg.to_vec(),
+                });
+            }
             if self.group.inband_after_rekey
                 && self.sas.contains_key(&ike)
                 && !inband.iter().any(|(i, g)| *i == ike && *g == group)

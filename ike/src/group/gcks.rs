@@ -77,6 +77,36 @@ pub struct GroupConfig {
     pub sender_id_bits: u8,
     /// Seed of the GCKS's randomness (keys, SPIs): sans-IO, the driver seeds it.
     pub seed: [u8; 32],
+    /// How GSA_REKEY messages reach the members (RFC 9838 2.4.1).
+    pub delivery: RekeyDelivery,
+}
+
+/// Where a rekey goes. A rekey is the same bytes for every member, so multicast sends it once;
+/// the Rekey SA's destination selector names the multicast address (UDP port 500), which is
+/// how a member learns to listen there (RFC 9838 4.4.2: the Rekey SA's traffic selectors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RekeyDelivery {
+    /// A copy to each member's registration address.
+    #[default]
+    Unicast,
+    /// One datagram to the group's multicast address.
+    Multicast(core::net::IpAddr),
+    /// Both: members on links without multicast still get theirs (a member drops the
+    /// second copy as a replay: same Message ID).
+    Both(core::net::IpAddr),
+}
+
+impl RekeyDelivery {
+    pub fn multicast(&self) -> Option<core::net::IpAddr> {
+        match self {
+            RekeyDelivery::Unicast => None,
+            RekeyDelivery::Multicast(a) | RekeyDelivery::Both(a) => Some(*a),
+        }
+    }
+
+    pub fn unicast(&self) -> bool {
+        !matches!(self, RekeyDelivery::Multicast(_))
+    }
 }
 
 impl GroupConfig {
@@ -93,6 +123,9 @@ impl GroupConfig {
         }
         if self.rekey_lead < self.dtd || self.rekey_lead >= self.lifetime {
             return Err("rekey_lead must be at least the deactivation delay and below lifetime");
+        }
+        if self.delivery.multicast().is_some_and(|a| !a.is_multicast()) {
+            return Err("the rekey multicast address must be a multicast address");
         }
         Ok(())
     }
@@ -208,6 +241,11 @@ impl Gcks {
     }
 
     /// The group this GCKS keys.
+    /// How this group's rekeys reach the members.
+    pub fn delivery(&self) -> RekeyDelivery {
+        self.cfg.delivery
+    }
+
     pub fn group(&self) -> &Id {
         &self.cfg.group
     }
@@ -637,8 +675,8 @@ impl Gcks {
     }
 
     /// The Rekey SA's policy: ENCR (AEAD, so no INTEG), GCAUTH only at registration (section
-    /// 4.4.2.1), KWA; its selectors name UDP from and to any address (rekeys go to each member
-    /// by unicast here, not to a multicast group).
+    /// 4.4.2.1), KWA; its selectors name UDP from any address, to any address (unicast
+    /// delivery: each member at its own) or to the group's multicast address, port 500.
     fn rekey_policy(&self, registration: bool) -> GroupPolicy {
         let mut transforms = vec![Transform {
             kind: wire::transform::ENCR,
@@ -660,7 +698,16 @@ impl Gcks {
         GroupPolicy::Rekey {
             spi: self.rekey_spi,
             src: any_udp(),
-            dst: any_udp(),
+            dst: match self.cfg.delivery.multicast() {
+                Some(a) => TrafficSelector {
+                    protocol: 17,
+                    start_port: REKEY_PORT,
+                    end_port: REKEY_PORT,
+                    start: a,
+                    end: a,
+                },
+                None => any_udp(),
+            },
             transforms,
             attrs: vec![
                 lifetime_attr(self.cfg.lifetime),
@@ -772,6 +819,9 @@ fn lifetime_attr(d: Duration) -> Attr {
 }
 
 /// A traffic selector for UDP from or to any IPv4 address and port.
+/// The UDP port multicast rekeys go to: the members' IKE port, where their data planes punt.
+pub const REKEY_PORT: u16 = 500;
+
 fn any_udp() -> TrafficSelector {
     TrafficSelector {
         protocol: 17,

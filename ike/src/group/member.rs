@@ -88,6 +88,9 @@ pub struct Member {
     /// GSA_NEXT_SPI of the newest Data-Security SA (section 4.4.2.2.3): SPIs the GCKS reserved
     /// for the SA replacing it; traffic on one without a rekey here means a rekey was lost.
     next_spis: Vec<u32>,
+    /// The multicast address the Rekey SA's destination selector names (RFC 9838 4.4.2):
+    /// rekeys come there (UDP port 500) as well as, or instead of, to our own address.
+    rekey_multicast: Option<core::net::IpAddr>,
     /// Why this member should register again, once told ([`take_reregister`](Self::take_reregister)).
     reregister: Option<RegisterWhy>,
     stats: MemberStats,
@@ -127,6 +130,7 @@ enum Mode {
 /// What a registration response or rekey carried, checked.
 struct Update {
     rekey: Option<([u8; 16], u32, Secret)>,
+    rekey_multicast: Option<core::net::IpAddr>,
     /// SPI, key, lifetime left.
     data: Vec<(u32, Secret, Option<Duration>)>,
     next_spis: Vec<u32>,
@@ -150,9 +154,15 @@ impl Member {
             dtd: Duration::ZERO,
             bits: 0,
             next_spis: Vec::new(),
+            rekey_multicast: None,
             reregister: None,
             stats: MemberStats::default(),
         }
+    }
+
+    /// The group's multicast address for rekeys, if its Rekey SA names one.
+    pub fn rekey_multicast(&self) -> Option<core::net::IpAddr> {
+        self.rekey_multicast
     }
 
     /// The SPIs the GCKS reserved for the next Data-Security SA (GSA_NEXT_SPI of the newest).
@@ -341,6 +351,7 @@ impl Member {
         let kd = kd.ok_or(RekeyError::Missing("KD"))?;
         let mut u = Update {
             rekey: None,
+            rekey_multicast: None,
             data: Vec::new(),
             next_spis: Vec::new(),
             sender_id: None,
@@ -387,7 +398,12 @@ impl Member {
         let mut key_bits = None;
         for p in &gsa.policies {
             match p {
-                GroupPolicy::Rekey { spi, attrs, .. } => {
+                GroupPolicy::Rekey {
+                    spi, attrs, dst, ..
+                } => {
+                    // One multicast address (a group's, not a member's): listen there too.
+                    u.rekey_multicast =
+                        (dst.start == dst.end && dst.start.is_multicast()).then_some(dst.start);
                     let first = find_attr(attrs, gsa_attr::GSA_INITIAL_MESSAGE_ID)
                         .and_then(|a| a.as_u64())
                         .and_then(|v| u32::try_from(v).ok())
@@ -567,6 +583,9 @@ impl Member {
         }
         if let Some(b) = u.bits {
             self.bits = b;
+        }
+        if u.rekey.is_some() {
+            self.rekey_multicast = u.rekey_multicast;
         }
         if let Some((spi, first, km)) = u.rekey {
             let changed = self.rekey.as_ref().is_none_or(|r| r.spi != spi);

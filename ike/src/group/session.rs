@@ -67,6 +67,9 @@ pub enum GroupEvent {
         /// GSA_NEXT_SPI (RFC 9838 section 4.4.2.2.3): the SPIs the GCKS reserved for the SA
         /// replacing the newest; traffic on one before its rekey came means the rekey was lost.
         next_spis: Vec<u32>,
+        /// The group's multicast address for GSA_REKEY (the Rekey SA's destination), where
+        /// the member's data plane must take IKE datagrams too.
+        rekey_multicast: Option<core::net::IpAddr>,
     },
     /// Member: register again (GSA_REGISTRATION over the IKE SA, or a new IKE SA's GSA_AUTH):
     /// a rekey was lost (Message ID gap) or our Sender-ID no longer fits.
@@ -112,6 +115,8 @@ pub struct GroupStats {
     pub malformed: u64,
     /// GSA_INBAND_REKEY exchanges the GCKS started.
     pub inband_sent: u64,
+    /// GSA_REKEY datagrams the GCKS sent to a group's multicast address (one per message).
+    pub multicast_rekeys: u64,
 }
 
 /// A member's group membership.
@@ -201,6 +206,7 @@ impl GroupState {
                 })
                 .collect(),
             next_spis: m.next_spis().to_vec(),
+            rekey_multicast: m.rekey_multicast(),
         }
     }
 
