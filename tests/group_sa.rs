@@ -137,6 +137,73 @@ fn env_u32(name: &str, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// A receiver (tests/tools/udp_stream.py) at host j's port `base + i` for each pair (i, j),
+/// listening `wait` seconds, each bound before this returns (Python processes started at
+/// once on a 2-core machine: a fixed pause lost the first packets of a late one).
+fn receivers(
+    lab: &ScriptLab,
+    tool: &str,
+    pairs: &[(u8, u8)],
+    base: u16,
+    wait: &str,
+) -> Vec<NsProcess> {
+    let recv = pairs
+        .iter()
+        .map(|&(i, j)| {
+            NsProcess::spawn(
+                &lab.ns(&format!("h{j}")),
+                &[
+                    "python3",
+                    tool,
+                    "recv",
+                    &(base + u16::from(i)).to_string(),
+                    wait,
+                ],
+                &format!("recv {i}->{j}"),
+            )
+        })
+        .collect();
+    for &(i, j) in pairs {
+        wait_udp_bound(
+            &lab.ns(&format!("h{j}")),
+            base + u16::from(i),
+            Duration::from_secs(20),
+        );
+    }
+    recv
+}
+
+/// A sender from host i to host j's port `base + i` for each pair (i, j): `pps` packets a
+/// second for `secs` seconds.
+fn senders(
+    lab: &ScriptLab,
+    tool: &str,
+    pairs: &[(u8, u8)],
+    base: u16,
+    pps: u32,
+    secs: u32,
+) -> Vec<NsProcess> {
+    let (p, s) = (pps.to_string(), secs.to_string());
+    pairs
+        .iter()
+        .map(|&(i, j)| {
+            NsProcess::spawn(
+                &lab.ns(&format!("h{i}")),
+                &[
+                    "python3",
+                    tool,
+                    "send",
+                    &format!("10.{j}.0.10"),
+                    &(base + u16::from(i)).to_string(),
+                    &p,
+                    &s,
+                ],
+                &format!("send {i}->{j}"),
+            )
+        })
+        .collect()
+}
+
 /// One UDP stream per ordered pair of `hosts`: host i sends to host j's port 5000 + i.
 struct Mesh {
     pairs: Vec<(u8, u8)>,
@@ -153,51 +220,9 @@ fn mesh(lab: &ScriptLab, hosts: &[u8], pps: u32, secs: u32) -> Mesh {
         .flat_map(|&i| hosts.iter().filter(move |&&j| j != i).map(move |&j| (i, j)))
         .collect();
     let wait = format!("{}.5", secs + 2);
-    let recv = pairs
-        .iter()
-        .map(|&(i, j)| {
-            NsProcess::spawn(
-                &lab.ns(&format!("h{j}")),
-                &[
-                    "python3",
-                    &tool,
-                    "recv",
-                    &(5000 + u32::from(i)).to_string(),
-                    &wait,
-                ],
-                &format!("recv {i}->{j}"),
-            )
-        })
-        .collect();
-    // Every receiver bound before the first datagram (24 Python processes start at once on
-    // this 2-core machine: a fixed pause lost the first packets of a late one at the host).
-    for &(i, j) in &pairs {
-        wait_udp_bound(
-            &lab.ns(&format!("h{j}")),
-            5000 + u16::from(i),
-            Duration::from_secs(20),
-        );
-    }
+    let recv = receivers(lab, &tool, &pairs, 5000, &wait);
     let done = Instant::now() + Duration::from_millis(u64::from(secs) * 1000);
-    let (p, s) = (pps.to_string(), secs.to_string());
-    let send = pairs
-        .iter()
-        .map(|&(i, j)| {
-            NsProcess::spawn(
-                &lab.ns(&format!("h{i}")),
-                &[
-                    "python3",
-                    &tool,
-                    "send",
-                    &format!("10.{j}.0.10"),
-                    &(5000 + u32::from(i)).to_string(),
-                    &p,
-                    &s,
-                ],
-                &format!("send {i}->{j}"),
-            )
-        })
-        .collect();
+    let send = senders(lab, &tool, &pairs, 5000, pps, secs);
     Mesh {
         pairs,
         recv,
@@ -641,29 +666,8 @@ fn group_sa_four_members_rekey_replay_remove() {
         v["group"]["reregistrations"].as_u64().unwrap_or(0)
     };
     let rr0 = g2s();
-    let rx: Vec<NsProcess> = [(1u8, 2u8), (2, 1)]
-        .iter()
-        .map(|&(i, j)| {
-            NsProcess::spawn(
-                &lab.ns(&format!("h{j}")),
-                &[
-                    "python3",
-                    tool,
-                    "recv",
-                    &(5100 + u32::from(i)).to_string(),
-                    "8",
-                ],
-                &format!("recv {i}->{j}"),
-            )
-        })
-        .collect();
-    for (i, j) in [(1u8, 2u8), (2, 1)] {
-        wait_udp_bound(
-            &lab.ns(&format!("h{j}")),
-            5100 + u16::from(i),
-            Duration::from_secs(20),
-        );
-    }
+    let pair = [(1u8, 2u8), (2, 1)];
+    let rx = receivers(&lab, tool, &pair, 5100, "8");
     nft(&["add", "table", "bridge", "rgtest"]);
     nft(&[
         "add", "chain", "bridge", "rgtest", "tomember", "{", "type", "filter", "hook", "forward",
@@ -685,24 +689,7 @@ fn group_sa_four_members_rekey_replay_remove() {
         "counter",
         "drop",
     ]);
-    let tx: Vec<NsProcess> = [(1u8, 2u8), (2, 1)]
-        .iter()
-        .map(|&(i, j)| {
-            NsProcess::spawn(
-                &lab.ns(&format!("h{i}")),
-                &[
-                    "python3",
-                    tool,
-                    "send",
-                    &format!("10.{j}.0.10"),
-                    &(5100 + u32::from(i)).to_string(),
-                    "100",
-                    "5",
-                ],
-                &format!("send {i}->{j}"),
-            )
-        })
-        .collect();
+    let tx = senders(&lab, tool, &pair, 5100, 100, 5);
     let blocked = Instant::now();
     while g2s() == rr0 && blocked.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));

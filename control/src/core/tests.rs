@@ -939,15 +939,7 @@ fn a_reload_that_replaces_the_static_policy_keeps_a_group_member_s_rules_ahead_o
     };
     gw.reconfigure(now, conns, &plan);
     w.run_for(Duration::from_millis(10));
-    let last = w.gw(0).link.workers[0]
-        .received
-        .iter()
-        .rev()
-        .find_map(|u| match u {
-            Update::ReplaceSpd { rules } => Some(rules.clone()),
-            _ => None,
-        })
-        .expect("the reload replaced the SPD");
+    let last = last_spd(&w, 0, 0);
     for r in group_rules.iter().chain(&file_rules) {
         assert!(last.contains(r), "{r:?} is missing from {last:?}");
     }

@@ -116,6 +116,11 @@ fn gcks(net: &mut Net) -> &mut Endpoint {
     net.ep(GCKS)
 }
 
+/// The GCKS's newest Data-Security SA.
+fn current_spi(net: &mut Net) -> u32 {
+    gcks(net).gcks(&group()).unwrap().current_spi().unwrap()
+}
+
 #[test]
 fn gsa_auth_registers_a_member_and_gives_it_keys() {
     let mut net = rig(1, &[1], false);
@@ -178,13 +183,13 @@ fn registered_then_rekeyed(net: &mut Net, n: usize) -> u32 {
         connect(net, i);
     }
     net.drive();
-    let first = gcks(net).gcks(&group()).unwrap().current_spi().unwrap();
+    let first = current_spi(net);
     for i in 1..=n {
         net.nodes[i].events.clear();
     }
     // The rekey is due at lifetime - lead = 540 s.
     net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
-    let new = gcks(net).gcks(&group()).unwrap().current_spi().unwrap();
+    let new = current_spi(net);
     assert_ne!(first, new);
     new
 }
@@ -702,11 +707,7 @@ fn a_gap_in_the_rekey_message_ids_asks_for_a_registration_which_brings_the_misse
     assert_eq!(announced.len(), 1);
     // The first rekey (540 s) is lost on its way to member 2; it cannot tell yet.
     net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
-    let missed = gcks(&mut net)
-        .gcks(&group())
-        .unwrap()
-        .current_spi()
-        .unwrap();
+    let missed = current_spi(&mut net);
     assert_eq!(
         announced,
         vec![missed],
@@ -737,11 +738,7 @@ fn a_gap_in_the_rekey_message_ids_asks_for_a_registration_which_brings_the_misse
     assert_eq!(from, KeysFrom::Registration);
     assert!(sas.iter().any(|s| s.spi == missed), "{sas:?}");
     // Lifetimes come along: the newest expires 600 s after its rekey at 1,080 s.
-    let newest = gcks(&mut net)
-        .gcks(&group())
-        .unwrap()
-        .current_spi()
-        .unwrap();
+    let newest = current_spi(&mut net);
     let n = sas.iter().find(|s| s.spi == newest).unwrap();
     assert_eq!(
         n.expires,
@@ -764,11 +761,7 @@ fn a_sender_id_that_no_longer_fits_is_not_installed_and_asks_for_a_registration(
         .unwrap()
         .set_sender_id_bits_unchecked(1);
     net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
-    let new = gcks(&mut net)
-        .gcks(&group())
-        .unwrap()
-        .current_spi()
-        .unwrap();
+    let new = current_spi(&mut net);
     for i in 1..=2 {
         assert!(must_register(&net.nodes[i].events).is_empty());
         let sas = last_keys(&net.nodes[i].events).unwrap().1;
@@ -789,6 +782,18 @@ fn a_sender_id_that_no_longer_fits_is_not_installed_and_asks_for_a_registration(
 
 // ---- multicast delivery (RFC 9838 2.4.1: "GSA_REKEY ... unicast or multicast") ----------
 
+/// The rekey multicast address member `i`'s first `Keys` event named (None: no event).
+fn learned_multicast(net: &Net, i: usize) -> Option<Option<std::net::IpAddr>> {
+    group_events(&net.nodes[i].events)
+        .into_iter()
+        .find_map(|e| match e {
+            GroupEvent::Keys {
+                rekey_multicast, ..
+            } => Some(rekey_multicast),
+            _ => None,
+        })
+}
+
 fn multicast_rig(n: usize, delivery: RekeyDelivery) -> (Net, std::net::IpAddr) {
     let a = delivery.multicast().expect("a multicast delivery");
     let mut p = policy(group(), &(1..=n).collect::<Vec<_>>());
@@ -801,15 +806,7 @@ fn multicast_rig(n: usize, delivery: RekeyDelivery) -> (Net, std::net::IpAddr) {
     for i in 1..=n {
         // The member learns the address from the Rekey SA's destination selector; its data
         // plane listens there (here: the network delivers it).
-        let learned = group_events(&net.nodes[i].events)
-            .into_iter()
-            .find_map(|e| match e {
-                GroupEvent::Keys {
-                    rekey_multicast, ..
-                } => Some(rekey_multicast),
-                _ => None,
-            });
-        assert_eq!(learned, Some(Some(a)), "member {i}");
+        assert_eq!(learned_multicast(&net, i), Some(Some(a)), "member {i}");
         net.join_multicast(i, a);
         net.nodes[i].events.clear();
     }
@@ -822,11 +819,7 @@ fn with_multicast_delivery_a_rekey_is_one_datagram_to_the_group_and_every_member
     let (mut net, _) = multicast_rig(3, RekeyDelivery::Multicast(a));
     net.log.clear();
     net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
-    let new = gcks(&mut net)
-        .gcks(&group())
-        .unwrap()
-        .current_spi()
-        .unwrap();
+    let new = current_spi(&mut net);
     assert_eq!(gcks(&mut net).group_stats().multicast_rekeys, 1);
     let rekeys: Vec<_> = net
         .log
@@ -848,11 +841,7 @@ fn with_multicast_delivery_a_rekey_is_one_datagram_to_the_group_and_every_member
     let now = net.now;
     gcks(&mut net).remove_group_member(now, &group(), &member_id(3));
     net.drive();
-    let after = gcks(&mut net)
-        .gcks(&group())
-        .unwrap()
-        .current_spi()
-        .unwrap();
+    let after = current_spi(&mut net);
     assert_ne!(after, new);
     for i in 1..=2 {
         let (_, sas) = last_keys(&net.nodes[i].events).unwrap();
@@ -893,13 +882,5 @@ fn with_unicast_delivery_members_learn_no_multicast_address() {
     let mut net = rig(1, &[1], false);
     connect(&mut net, 1);
     net.drive();
-    let learned = group_events(&net.nodes[1].events)
-        .into_iter()
-        .find_map(|e| match e {
-            GroupEvent::Keys {
-                rekey_multicast, ..
-            } => Some(rekey_multicast),
-            _ => None,
-        });
-    assert_eq!(learned, Some(None));
+    assert_eq!(learned_multicast(&net, 1), Some(None));
 }
