@@ -22,7 +22,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use roamgate_tests::netns::{root_or_skip, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{root_or_skip, wait_udp_bound, Capture, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{ask, ike_view, pings, wait_for, ScriptLab};
 use roamgate_tests::{roamgate_bin, root, scratch};
 
@@ -202,7 +202,8 @@ fn a_client_behind_an_edge_is_encrypted_by_the_encryption_node_and_the_filters_h
         &["python3", st, "serve", "5002", &pps_s, &secs_s],
         "udp serve",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(&srv, 5001, Duration::from_secs(20));
+    wait_udp_bound(&srv, 5002, Duration::from_secs(20));
     let fetch = NsProcess::spawn(
         &home,
         &[

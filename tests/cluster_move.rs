@@ -26,7 +26,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use roamgate_tests::netns::{in_ns, Capture};
+use roamgate_tests::netns::{in_ns, wait_udp_bound, Capture};
 use roamgate_tests::netns::{root_or_skip, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
     ask, ike_view, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
@@ -168,7 +168,7 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
         ],
         "udp recv",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(&lab.ns("srv"), 5001, Duration::from_secs(20));
     let send = NsProcess::spawn(
         &home,
         &[
@@ -576,7 +576,8 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         ],
         "udp serve",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(&srv, 5002, Duration::from_secs(20));
+    wait_udp_bound(&srv, 5003, Duration::from_secs(20));
     let fetch = NsProcess::spawn(
         &home,
         &[

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use roamgate_tests::etcd::LocalEtcd;
-use roamgate_tests::netns::{in_ns, root_or_skip, DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{in_ns, root_or_skip, wait_udp_bound, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
     ask, ike_view, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
 };
@@ -95,7 +95,11 @@ fn stream(lab: &ScriptLab, pps: u64, secs: u64, port: &str) -> (NsProcess, NsPro
         ],
         "udp recv",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(
+        &lab.ns("srv"),
+        port.parse().expect("a port"),
+        Duration::from_secs(20),
+    );
     let send = NsProcess::spawn(
         &lab.ns("home"),
         &[

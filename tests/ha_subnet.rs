@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use roamgate_tests::netns::{root_or_skip, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{root_or_skip, wait_udp_bound, Capture, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
     ike_view, pings, strongswan_or_skip, swanctl_conf, swanctl_sas, wait_for, Charon, ScriptLab,
 };
@@ -288,7 +288,10 @@ fn start_streams(lab: &ScriptLab, homes: &[(&str, u16)]) -> Vec<Streams> {
             (recv, serve)
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    for (_, port) in homes.iter() {
+        wait_udp_bound(&srv, *port, Duration::from_secs(20));
+        wait_udp_bound(&srv, port + 1, Duration::from_secs(20));
+    }
     homes
         .iter()
         .zip(servers)

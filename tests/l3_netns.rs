@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use roamgate_tests::netns::{in_ns, root_or_skip, DataplaneProcess, NetnsLab, NsProcess};
+use roamgate_tests::netns::{
+    in_ns, root_or_skip, wait_udp_bound, DataplaneProcess, NetnsLab, NsProcess,
+};
 use roamgate_tests::{have_tool, root, scratch};
 
 /// The binary under test: `ROAMGATE_BIN` (the release build `.ci/run` makes) or this build's.
@@ -304,7 +306,7 @@ fn esp_fragmented_on_the_outer_path_is_reassembled() {
             &["python3", script.to_str().unwrap(), "recv", "5301", "4"],
         )
     });
-    std::thread::sleep(Duration::from_millis(500));
+    wait_udp_bound(&lab.ns("lana"), 5301, Duration::from_secs(20));
     // 1440 bytes of UDP with DF clear: 1468 inner, about 1524 of ESP from B, more than A's
     // link, so the fragmenter cuts each in two.
     let send = "import socket,struct,time\n\

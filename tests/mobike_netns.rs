@@ -25,7 +25,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use roamgate_tests::netns::{in_ns, DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{in_ns, wait_udp_bound, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
     ike_view, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
 };
@@ -210,7 +210,7 @@ fn run_case(client: Impl, gateway: Impl, single: bool, dir: &Path) -> Outcome {
         ],
         "udp recv",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(&lab.ns("srv"), 5001, Duration::from_secs(20));
     let send = NsProcess::spawn(
         &sender_ns,
         &[

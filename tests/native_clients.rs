@@ -35,7 +35,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use roamgate_tests::netns::{DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{wait_udp_bound, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
     ike_view, iperf_udp, pings, strongswan_or_skip, Charon, ScriptLab,
 };
@@ -576,7 +576,8 @@ fn udp_both_ways(lab: &ScriptLab, pps: u32, secs: u32, during: impl FnOnce()) ->
         &["python3", st, "serve", "5002", &pps_s, &secs_s],
         "udp serve",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(&srv, 5001, Duration::from_secs(20));
+    wait_udp_bound(&srv, 5002, Duration::from_secs(20));
     let t = std::time::Instant::now();
     let fetch = NsProcess::spawn(
         &home,

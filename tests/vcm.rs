@@ -36,7 +36,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use roamgate_tests::netns::{in_ns, DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{in_ns, wait_udp_bound, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
     ask, iperf_udp, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
 };
@@ -292,7 +292,8 @@ fn streams(lab: &ScriptLab, vips: [&str; 2], secs: u32) -> Streams {
         NsProcess::spawn(&hb, &["python3", tool, "recv", "5001", &wait], "recv b"),
         NsProcess::spawn(&ha, &["python3", tool, "recv", "5001", &wait], "recv a"),
     ];
-    std::thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(&hb, 5001, Duration::from_secs(20));
+    wait_udp_bound(&ha, 5001, Duration::from_secs(20));
     let s = secs.to_string();
     let send = vec![
         NsProcess::spawn(
@@ -666,7 +667,8 @@ fn streams_in(ns: [&str; 2], vips: [&str; 2], secs: u32) -> Streams {
         NsProcess::spawn(ns[1], &["python3", tool, "recv", "5001", &wait], "recv b"),
         NsProcess::spawn(ns[0], &["python3", tool, "recv", "5001", &wait], "recv a"),
     ];
-    std::thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(ns[1], 5001, Duration::from_secs(20));
+    wait_udp_bound(ns[0], 5001, Duration::from_secs(20));
     let s = secs.to_string();
     let send = vec![
         NsProcess::spawn(
