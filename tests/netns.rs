@@ -39,6 +39,16 @@ pub fn in_ns(ns: &str, cmd: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run ip netns exec {ns} {cmd:?}: {e}"))
 }
 
+/// Runs `cmd` (split on spaces) in `ns`; fails the test if it fails.
+pub fn sh(ns: &str, cmd: &str) {
+    let out = in_ns(ns, &cmd.split(' ').collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{ns}: {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A lab of five namespaces named `PFX-lana`, `PFX-gwa`, `PFX-net`, `PFX-gwb`, `PFX-lanb`.
 pub struct NetnsLab {
     pub prefix: String,
@@ -146,6 +156,16 @@ impl NsProcess {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    /// Waits (at most `within`) for the process to end by itself, then stops it with SIGTERM
+    /// if it has not; collects everything it printed: (exit status success, stdout, stderr).
+    pub fn wait(mut self, within: Duration) -> (bool, String, String) {
+        let t = Instant::now();
+        while self.is_running() && t.elapsed() < within {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop("TERM", Duration::from_secs(5))
     }
 
     /// Signals the process and collects everything it printed.
@@ -256,6 +276,25 @@ impl DataplaneProcess {
         serde_json::from_str(&text).expect("stats file is JSON")
     }
 
+    /// SIGKILLs it and the processes it started (its children, by the pids the kernel lists
+    /// for it: `roamgate edge`'s edge-link and data plane), the supervisor first so that it
+    /// restarts nothing; a node that dies, not one that says goodbye. Returns what it printed.
+    pub fn kill9_with_children(mut self) -> String {
+        let pid = self.proc.child.as_ref().map(std::process::Child::id);
+        let children: Vec<String> = pid
+            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).ok())
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        if let Some(c) = self.proc.child.as_mut() {
+            let _ = c.kill();
+        }
+        for c in &children {
+            let _ = std::process::Command::new("kill").args(["-9", c]).status();
+        }
+        let (_, out, err) = self.proc.stop("KILL", Duration::from_secs(5));
+        out + "\n" + &err
+    }
+
     /// Stops it with SIGTERM; returns the final counters it printed.
     pub fn stop(self) -> serde_json::Value {
         self.stop_with_output().0
@@ -283,6 +322,19 @@ pub struct Capture {
 impl Capture {
     /// Captures on `iface` what matches the capture `filter` (pcap syntax; "" for all).
     pub fn start(ns: &str, iface: &str, filter: &str, file: &Path) -> Capture {
+        Self::start_snap(ns, iface, filter, file, None)
+    }
+
+    /// [`Capture::start`] keeping at most `snaplen` bytes of each frame (headers only: a
+    /// capture of a bulk transfer that keeps up on a loaded machine).
+    pub fn start_snap(
+        ns: &str,
+        iface: &str,
+        filter: &str,
+        file: &Path,
+        snaplen: Option<u32>,
+    ) -> Capture {
+        let snap = snaplen.map(|n| n.to_string());
         let mut cmd = vec![
             "tshark",
             "-i",
@@ -291,6 +343,9 @@ impl Capture {
             file.to_str().expect("utf-8"),
             "-q",
         ];
+        if let Some(s) = &snap {
+            cmd.extend(["-s", s.as_str()]);
+        }
         if !filter.is_empty() {
             cmd.extend(["-f", filter]);
         }

@@ -1,0 +1,1174 @@
+//! Connections that follow a moving client across cluster edges (issue 21, M12-M14) in
+//! network namespaces.
+//!
+//! vendor-scripts/netns-lab.sh mobnat-up: one crypto node (configs/cluster/mobnat-crypto-node.yaml)
+//! and three edges (configs/cluster/mobnat-edge-{a,b,c}.yaml: `roamgate edge` with a `masq:`
+//! section) behind a router that steers the shared public address 203.0.113.1 to one edge;
+//! the edges' LAN ports share one L2 segment with the LAN router (10.8.0.0/24), the server
+//! 10.9.0.10 (also 10.9.0.20, 10.9.0.30) behind it; etcd (started here, in the crypto node's
+//! namespace on its management address, which the edges reach) holds the masquerade's
+//! connection table. Edge a masquerades as 10.8.0.100, b as .101, c as .102 (addresses on no
+//! interface: the edges answer ARP for the ones they serve). Two users: the `roamgate client`
+//! (rw.roamgate.test, with its LAN host) and strongSwan 5.9.8 (sw.roamgate.test). Captures on
+//! the server (`lan0`) and on the LAN segment (the router's `br0`) are audited at the end.
+//!
+//! Cases, one summary line each:
+//! - `policy`: the two users probe allowed and denied destinations (TCP connects to
+//!   10.9.0.20 and 10.9.0.30, whose rules differ per user) from two edges each (the router
+//!   moves them); then the edges' files get a rule denying an established UDP flow of
+//!   rw.roamgate.test and are reloaded (SIGHUP): the server's capture shows the flow stop
+//!   within 1 s (`change_enforced_ms`) while the user's other traffic still passes.
+//!   `mobile-nat case=policy probes=.. as_expected=.. change_enforced_ms=..`
+//! - `move`: the roamgate client's LAN host runs a long TCP transfer (iperf3), an idle TCP
+//!   connection (one line before the moves, one after), a paced UDP stream to the server and
+//!   one back from it; the router moves the client edge a -> b -> c. The server's capture:
+//!   the same source address and port per connection throughout (`same_src`), no RST, the
+//!   stall per move (largest gap between the server's arrivals of the transfer and of the
+//!   UDP stream within 3 s after the move) and the UDP losses.
+//!   `mobile-nat case=move moves=2 rst=0 same_src=yes stall_ms_max=.. udp_lost=..`
+//! - `ham-kill`: with the client at edge c, edge a (the connections' home, HAM) is killed
+//!   (SIGKILL of the processes this test started for it). Its successor takes 10.8.0.100
+//!   (gratuitous ARP seen on the LAN segment, the router's neighbour entry moved) and the
+//!   connections go on: no RST, the idle connection answers, the stall printed (goal <= 1 s).
+//! - `blocks`: the audit that port blocks never overlap between nodes: every masqueraded
+//!   connection of the run (the LAN capture says which edge sent its first packet: its home)
+//!   grouped by (address, port block of 256): one node per block, each node on its own
+//!   address, no (address, port, protocol) used towards two server endpoints.
+//!
+//! Needs root, etcd, iperf3, tshark and a roamgate built with the `etcd` feature (prints a
+//! SKIP line without root or tools); run under the shared lock:
+//!   cargo build --release -p roamgate --features etcd
+//!   ROAMGATE_BIN=target/release/roamgate flock -o /tmp/roamgate-netns.lock \
+//!     cargo test -p roamgate --test mobile_nat -- --nocapture
+//! `MOBNAT_SECS` (10) is the transfer's length (the issue's run: 60), `MOBNAT_PPS` (200) the UDP
+//! streams' rate, `MOBNAT_TCP_RATE` (20M) iperf3's pacing, `MOBNAT_ETCD_MEMBERS` (1; 3 as
+//! cluster_store) the etcd members.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use roamgate_tests::etcd::LocalEtcd;
+use roamgate_tests::netns::{in_ns, root_or_skip, sh, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::strongswan::{
+    ask, designated_edge, ike_view, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
+};
+use roamgate_tests::{env_u64, have_tool, root, scratch, tshark_fields, unix_ns};
+
+const SERVER: &str = "10.9.0.10";
+const NAMES: [&str; 3] = ["edge-a", "edge-b", "edge-c"];
+/// Each edge's masquerading address (its `masq.addresses`).
+const MASQ: [&str; 3] = ["10.8.0.100", "10.8.0.101", "10.8.0.102"];
+/// Each edge's LAN MAC (netns-lab.sh mobnat-up).
+const EDGE_MAC: [&str; 3] = [
+    "02:00:00:00:82:00",
+    "02:00:00:00:82:01",
+    "02:00:00:00:82:02",
+];
+/// The roamgate client's virtual IP (the first of its pool).
+const RW_VIP: &str = "10.99.0.1";
+
+fn bin() -> String {
+    roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate"))
+}
+
+fn tool() -> String {
+    root()
+        .join("tests/tools/mobnat.py")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn stream_tool() -> String {
+    root()
+        .join("tests/tools/udp_stream.py")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The lab and every process the test started in it. Fields drop in order: the processes,
+/// then etcd, then the namespaces.
+struct Mobnat {
+    client: Option<DataplaneProcess>,
+    edges: Vec<Option<DataplaneProcess>>,
+    node: Option<NsProcess>,
+    etcd: LocalEtcd,
+    lab: ScriptLab,
+    dir: PathBuf,
+    node_sock: PathBuf,
+    /// The test's copies of the edges' files (the etcd endpoints filled in).
+    edge_cfgs: Vec<PathBuf>,
+}
+
+impl Drop for Mobnat {
+    /// Stops every process (also when the test failed) and keeps what each said in the
+    /// scratch directory (`<name>.log`).
+    fn drop(&mut self) {
+        let mut procs: Vec<(String, NsProcess)> = Vec::new();
+        if let Some(c) = self.client.take() {
+            procs.push(("cl".into(), c.proc));
+        }
+        for (n, e) in self.edges.iter_mut().enumerate() {
+            if let Some(e) = e.take() {
+                procs.push((NAMES[n].into(), e.proc));
+            }
+        }
+        if let Some(n) = self.node.take() {
+            procs.push(("crypto-node".into(), n));
+        }
+        for (name, p) in procs {
+            let (_, out, err) = p.stop("TERM", Duration::from_secs(10));
+            let _ = std::fs::write(self.dir.join(format!("{name}.log")), out + "\n" + &err);
+        }
+    }
+}
+
+impl Mobnat {
+    fn ns(&self, n: &str) -> String {
+        self.lab.ns(n)
+    }
+
+    /// The masq coordinator's node records in etcd (keys only: the values are sealed).
+    fn live_nodes(&self) -> Vec<String> {
+        self.etcd
+            .etcdctl(&[
+                "get",
+                "--prefix",
+                "--keys-only",
+                "/roamgate/mobnat/masq/nodes/",
+            ])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn keys(&self, prefix: &str) -> usize {
+        self.etcd
+            .etcdctl(&[
+                "get",
+                "--prefix",
+                "--keys-only",
+                &format!("/roamgate/mobnat/masq/{prefix}"),
+            ])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn start_edge(ns: &str, cfg: &Path, dir: &Path, name: &str) -> DataplaneProcess {
+    let shm = dir.join(format!("{name}.shm"));
+    DataplaneProcess::start_sub(
+        Path::new(&bin()),
+        "edge",
+        ns,
+        cfg,
+        dir,
+        name,
+        &["--shm", shm.to_str().unwrap()],
+    )
+}
+
+fn up() -> Mobnat {
+    let dir = scratch("mobile_nat");
+    let lab = ScriptLab::up(
+        "mobnat-up",
+        "mobnat-down",
+        &format!("rgn{}", std::process::id() % 100_000),
+    );
+    let cn = lab.ns("cn");
+    let members = env_u64("MOBNAT_ETCD_MEMBERS", 1) as usize;
+    let etcd = LocalEtcd::start_at(&dir.join("etcd"), members, None, Some(&cn), "169.254.80.1")
+        .expect("etcd in the crypto node's namespace, on its management address");
+    let endpoints = etcd.endpoints().join(", ");
+    // The edges' files with this run's etcd; the cluster key next to them.
+    let key = dir.join("mobnat-cluster.key");
+    std::fs::copy(root().join("configs/cluster/mobnat-cluster.key"), &key)
+        .expect("configs/cluster/mobnat-cluster.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut edge_cfgs = Vec::new();
+    for name in NAMES {
+        let file = format!("mobnat-{name}.yaml");
+        let text = std::fs::read_to_string(root().join("configs/cluster").join(&file)).unwrap();
+        let lab_ep = "http://169.254.80.1:2379";
+        assert!(text.contains(lab_ep), "{file} names the lab's etcd");
+        let path = dir.join(&file);
+        std::fs::write(&path, text.replace(lab_ep, &endpoints)).unwrap();
+        edge_cfgs.push(path);
+    }
+    let node_sock = dir.join("cn.sock");
+    let node = NsProcess::spawn(
+        &cn,
+        &[
+            &bin(),
+            "crypto-node",
+            "--config",
+            root()
+                .join("configs/cluster/mobnat-crypto-node.yaml")
+                .to_str()
+                .unwrap(),
+            "--socket",
+            node_sock.to_str().unwrap(),
+        ],
+        "crypto-node",
+    );
+    wait_for("the crypto node's socket", 20, || node_sock.exists());
+    let edges = (0..3)
+        .map(|n| {
+            Some(start_edge(
+                &lab.ns(&format!("e{n}")),
+                &edge_cfgs[n],
+                &dir,
+                NAMES[n],
+            ))
+        })
+        .collect();
+    let m = Mobnat {
+        client: None,
+        edges,
+        node: Some(node),
+        etcd,
+        lab,
+        dir,
+        node_sock,
+        edge_cfgs,
+    };
+    wait_for("three edges joined", 20, || {
+        ask(&m.node_sock, "cluster")["edges"]
+            .as_array()
+            .is_some_and(|e| e.len() == 3)
+    });
+    wait_for("three masquerade nodes in etcd", 20, || {
+        m.live_nodes().len() == 3
+    });
+    m
+}
+
+/// TCP probes (connect and one echoed line, `timeout` s each, all at once) from `ns`:
+/// destination -> reached.
+fn probe(ns: &str, timeout: f64, targets: &[&str]) -> BTreeMap<String, bool> {
+    let t = timeout.to_string();
+    let tool = tool();
+    let mut args = vec!["python3", tool.as_str(), "probe", t.as_str()];
+    args.extend(targets);
+    let out = in_ns(ns, &args);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "probe from {ns}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    targets
+        .iter()
+        .map(|d| ((*d).to_owned(), v[*d].as_bool().unwrap_or(false)))
+        .collect()
+}
+
+/// Ten new UDP connections from `ns` to the server (for the blocks audit).
+fn burst(ns: &str) {
+    let tool = tool();
+    let out = in_ns(ns, &["python3", &tool, "burst", SERVER, "5009", "10"]);
+    assert!(out.status.success(), "burst from {ns}");
+}
+
+/// Moves the path of the router's clients to edge `n`: the main table (the roamgate client)
+/// or table 101 (strongSwan, `ip rule from 198.51.100.10`).
+fn steer(m: &Mobnat, table: Option<u32>, n: usize) {
+    let t = table.map(|t| format!(" table {t}")).unwrap_or_default();
+    sh(
+        &m.ns("rtr"),
+        &format!("ip route replace 203.0.113.1/32 dev p{n}{t}"),
+    );
+}
+
+/// Waits until the crypto node designates edge `n` for `vip` (the client's ESP reached it;
+/// `nudge` makes some), at most 5 s; whether it did.
+fn wait_designated(m: &Mobnat, vip: &str, n: usize, mut nudge: impl FnMut()) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if designated_edge(&m.node_sock, vip) == Some(n as u64) {
+            return true;
+        }
+        nudge();
+    }
+    false
+}
+
+/// Every `masq*` counter of a data plane's stats (wherever it sits in the JSON), for the log.
+fn masq_counters(v: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    fn walk(v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+        if let Some(o) = v.as_object() {
+            for (k, x) in o {
+                if k.starts_with("masq") && !x.is_object() {
+                    out.insert(k.clone(), x.clone());
+                } else {
+                    walk(x, out);
+                }
+            }
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+/// One frame of the server's capture.
+#[derive(Clone, Debug)]
+struct Pkt {
+    t: f64,
+    src: String,
+    dst: String,
+    tcp: bool,
+    sport: u16,
+    dport: u16,
+    rst: bool,
+}
+
+fn server_packets(pcap: &Path) -> Vec<Pkt> {
+    tshark_fields(
+        pcap,
+        "tcp or udp",
+        &[
+            "frame.time_epoch",
+            "ip.src",
+            "ip.dst",
+            "tcp.srcport",
+            "tcp.dstport",
+            "udp.srcport",
+            "udp.dstport",
+            "tcp.flags.reset",
+        ],
+    )
+    .into_iter()
+    .filter_map(|f| {
+        let g = |i: usize| f.get(i).map(String::as_str).unwrap_or("");
+        let tcp = !g(3).is_empty();
+        let (sp, dp) = if tcp { (g(3), g(4)) } else { (g(5), g(6)) };
+        Some(Pkt {
+            t: g(0).parse().ok()?,
+            src: g(1).to_owned(),
+            dst: g(2).to_owned(),
+            tcp,
+            sport: sp.parse().ok()?,
+            dport: dp.parse().ok()?,
+            rst: matches!(g(7), "1" | "True" | "true"),
+        })
+    })
+    .collect()
+}
+
+/// The largest gap (ms) between consecutive arrival times in `ts` (sorted) that ends after
+/// `at` and starts before `at + within` s: how long the flow stopped around an event;
+/// infinite when nothing arrived after `at`.
+fn stall_ms(ts: &[f64], at: f64, within: f64) -> f64 {
+    if !ts.iter().any(|t| *t > at) {
+        return f64::INFINITY;
+    }
+    ts.windows(2)
+        .filter(|w| w[1] >= at && w[0] <= at + within)
+        .map(|w| (w[1] - w[0]) * 1e3)
+        .fold(0.0, f64::max)
+}
+
+fn secs_f(ns: u128) -> f64 {
+    ns as f64 / 1e9
+}
+
+#[test]
+fn connections_follow_the_client_across_edges() {
+    if !root_or_skip("mobile_nat") {
+        return;
+    }
+    for (t, probe) in [
+        ("etcd", "--version"),
+        ("etcdctl", "version"),
+        ("iperf3", "--version"),
+        ("tshark", "--version"),
+    ] {
+        if !have_tool(t, &[probe]) {
+            return;
+        }
+    }
+    let started = Instant::now();
+    let secs = env_u64("MOBNAT_SECS", 10);
+    let pps = env_u64("MOBNAT_PPS", 200);
+    let tcp_rate = std::env::var("MOBNAT_TCP_RATE").unwrap_or_else(|_| "20M".into());
+    let mut m = up();
+    let dir = m.dir.clone();
+    let (home, srv, lr) = (m.ns("home"), m.ns("srv"), m.ns("lr"));
+    // The routers know every edge's MAC as in cluster_move (no ARP wait at a move).
+    for n in 0..3 {
+        sh(
+            &m.ns("rtr"),
+            &format!(
+                "ip neigh replace 203.0.113.1 lladdr 02:00:00:00:03:0{n} dev p{n} nud permanent"
+            ),
+        );
+    }
+    // The server's echo service (every address it holds) and the captures of the whole run.
+    let listen = NsProcess::spawn(&srv, &["python3", &tool(), "listen", "7001"], "echo");
+    let srv_pcap = dir.join("server.pcap");
+    let srv_cap = Capture::start_snap(&srv, "lan0", "tcp or udp", &srv_pcap, Some(128));
+    let lan_pcap = dir.join("lan.pcap");
+    let lan_cap = Capture::start_snap(&lr, "br0", "arp or ip", &lan_pcap, Some(128));
+
+    let client = DataplaneProcess::start_sub(
+        Path::new(&bin()),
+        "client",
+        &m.ns("cl"),
+        &root().join("configs/cluster/client.yaml"),
+        &dir,
+        "cl",
+        &["--shm", dir.join("cl.shm").to_str().unwrap()],
+    );
+    let client_sock = client.socket.clone();
+    m.client = Some(client);
+    wait_for("the client's tunnel through edge a", 30, || {
+        ike_view(&client_sock)["virtual_ip"].as_str() == Some(RW_VIP)
+    });
+    let up_ms = started.elapsed().as_millis();
+    let first = Instant::now();
+    let t = Instant::now();
+    let mut ok = false;
+    while t.elapsed() < Duration::from_secs(20) {
+        if probe(&home, 1.0, &["10.9.0.10:7001"])["10.9.0.10:7001"] {
+            ok = true;
+            break;
+        }
+    }
+    assert!(
+        ok,
+        "no TCP connection from the client's LAN host through edge a's masquerade in 20 s \
+         (edge a's counters: {:?}; logs in {})",
+        m.edges[0].as_ref().map(|e| masq_counters(&e.stats())),
+        dir.display()
+    );
+    println!(
+        "mobile-nat setup up_ms={up_ms} first_connection_ms={} etcd_members={} masq_nodes={:?}",
+        first.elapsed().as_millis(),
+        env_u64("MOBNAT_ETCD_MEMBERS", 1),
+        m.live_nodes()
+    );
+
+    // ---- case policy ----
+    let policy = policy_case(&mut m, &home);
+
+    // ---- case move (and ham-kill on the same connections) ----
+    steer(&m, None, 0);
+    assert!(
+        wait_designated(&m, RW_VIP, 0, || {
+            let _ = probe(&home, 0.3, &["10.9.0.10:7001"]);
+        }),
+        "the client back at edge a before the moves"
+    );
+    let mv = move_case(&mut m, &home, &srv, secs, pps, &tcp_rate);
+
+    let _ = listen.stop("TERM", Duration::from_secs(2));
+    let _ = srv_cap.finish();
+    let _ = lan_cap.finish();
+
+    // ---- audits ----
+    let pkts = server_packets(&srv_pcap);
+    let mut policy = policy;
+    policy.audit(&pkts);
+    let masq: BTreeSet<&str> = MASQ.iter().copied().collect();
+    let mv_report = move_audit(&pkts, &mv, &masq);
+    let kill_report = kill_audit(&m, &pkts, &lan_pcap, &mv);
+    let blocks = blocks_audit(&pkts, &lan_pcap, &masq);
+    let counters: Vec<_> = m
+        .edges
+        .iter()
+        .map(|e| e.as_ref().map(|e| masq_counters(&e.stats())))
+        .collect();
+    println!(
+        "mobile-nat case=policy users=2 edges=rw:a,b/sw:{} probes={} as_expected={} \
+         change_enforced_ms={} flow_before_change={} other_traffic_after_change={} \
+         unexpected={:?}",
+        policy.sw_edges,
+        policy.probes,
+        policy.as_expected,
+        policy
+            .enforced_ms
+            .map_or("none".into(), |v| format!("{v:.0}")),
+        policy.before,
+        policy.other_after,
+        policy.unexpected
+    );
+    println!(
+        "mobile-nat case=move moves=2 rst={} same_src={} stall_ms_max={:.0} stall_ms={:.0?} \
+         udp_sent={} udp_lost={} udp_back_lost={} tcp_bytes={} iperf_error={} idle={} \
+         sources={:?} conn_keys={}",
+        mv_report.rst,
+        if mv_report.same_src { "yes" } else { "no" },
+        mv_report.stalls.iter().copied().fold(0.0, f64::max),
+        mv_report.stalls,
+        mv.udp_sent,
+        mv.udp_sent.saturating_sub(mv.udp_received),
+        mv.back_lost,
+        mv.tcp_bytes,
+        mv.iperf_error.as_deref().unwrap_or("none"),
+        mv.idle,
+        mv_report.sources,
+        m.keys("conn/"),
+    );
+    println!(
+        "mobile-nat case=ham-kill rst={} stall_ms_max={:.0} garp_from={} router_neigh={} \
+         idle_after_kill={} tcp_after_kill={} udp_after_kill={} back_after_kill={} \
+         nodes_after={:?}",
+        kill_report.rst,
+        kill_report.stall,
+        kill_report.garp_from.as_deref().unwrap_or("none"),
+        kill_report.neigh,
+        mv.idle_second,
+        kill_report.tcp_after,
+        kill_report.udp_after,
+        mv.back_after_kill,
+        kill_report.nodes_after,
+    );
+    println!(
+        "mobile-nat case=blocks conns={} blocks={} overlap={} foreign_address={} reused={} \
+         per_node={:?}",
+        blocks.conns, blocks.blocks, blocks.overlap, blocks.foreign, blocks.reused, blocks.per_node
+    );
+    println!("edges' masq counters: {counters:?}");
+    println!(
+        "mobile-nat total_secs={:.1} (logs and captures in {})",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+
+    // ---- verdicts ----
+    assert_eq!(
+        policy.as_expected, policy.probes,
+        "per-user probes: {:?}",
+        policy.unexpected
+    );
+    assert!(
+        policy.before,
+        "the flow the rule change stops passed before it"
+    );
+    assert!(
+        policy.enforced_ms.is_some_and(|ms| ms <= 1000.0),
+        "the rule change stopped the established flow within 1 s: {:?} ms",
+        policy.enforced_ms
+    );
+    assert!(
+        policy.other_after,
+        "the user's other traffic still passed after the change"
+    );
+    assert_eq!(mv_report.rst, 0, "RST seen by the server during the moves");
+    assert!(
+        mv_report.same_src,
+        "one source (address, port) per connection: {:?}",
+        mv_report.sources
+    );
+    assert!(mv.idle, "the idle connection's first line");
+    assert!(mv.iperf_error.is_none(), "iperf3: {:?}", mv.iperf_error);
+    assert!(
+        mv.udp_received >= mv.udp_sent * 9 / 10,
+        "the UDP stream passed: {}/{}",
+        mv.udp_received,
+        mv.udp_sent
+    );
+    assert_eq!(kill_report.rst, 0, "RST after the HAM was killed");
+    assert!(
+        mv.idle_second,
+        "the idle connection answered after the moves and the HAM's death"
+    );
+    assert!(
+        kill_report.garp_from.is_some(),
+        "a gratuitous ARP for 10.8.0.100 from a live edge after edge a died"
+    );
+    assert!(
+        kill_report.tcp_after && kill_report.udp_after,
+        "the transfer and the UDP stream went on after the HAM died"
+    );
+    assert!(
+        mv.back_after_kill > 0,
+        "the stream back (through the HAM's successor) arrived after the takeover"
+    );
+    assert_eq!(blocks.overlap, 0, "port blocks shared between nodes");
+    assert_eq!(
+        blocks.foreign, 0,
+        "a node allocated on another node's address"
+    );
+    assert_eq!(
+        blocks.reused, 0,
+        "one masquerading port towards two servers"
+    );
+    assert!(
+        blocks.conns >= 10,
+        "the audit saw {} connections",
+        blocks.conns
+    );
+}
+
+struct Policy {
+    changed_at: u128,
+    probes: usize,
+    as_expected: usize,
+    unexpected: Vec<String>,
+    sw_edges: String,
+    enforced_ms: Option<f64>,
+    before: bool,
+    other_after: bool,
+}
+
+/// Case policy (see the file's header). The roamgate client starts at edge a, strongSwan at
+/// edge b; they probe, move to b and c, probe again; then the rule change.
+fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
+    let (rtr, sw) = (m.ns("rtr"), m.ns("sw"));
+    let mut probes = 0;
+    let mut as_expected = 0;
+    let mut unexpected = Vec::new();
+    let targets = ["10.9.0.10:7001", "10.9.0.20:7001", "10.9.0.30:7001"];
+    // What each user may reach (configs/cluster/mobnat-edge-*.yaml `masq.access`): the
+    // group lab (10.9.0.0/24) for both, but 10.9.0.30 is denied to sw.roamgate.test.
+    let want = |user: &str, dst: &str| !(user == "sw" && dst == "10.9.0.30:7001");
+    let mut check = |user: &str, edge: usize, got: &BTreeMap<String, bool>| {
+        for (d, ok) in got {
+            probes += 1;
+            if *ok == want(user, d) {
+                as_expected += 1;
+            } else {
+                unexpected.push(format!("{user}@{}:{d}={ok}", NAMES[edge]));
+            }
+        }
+    };
+    // strongSwan's path: table 101, edge b.
+    sh(&rtr, "ip route add 203.0.113.1/32 dev p1 table 101");
+    sh(&rtr, "ip rule add from 198.51.100.10 table 101");
+    let mut charon = None;
+    let mut sw_edges = "skipped".to_owned();
+    if strongswan_or_skip("mobile_nat policy", &[]) {
+        let c = Charon::start_with(
+            &sw,
+            &m.dir.join("sw"),
+            &swanctl_conf("mobnat-sw.swanctl.conf"),
+        );
+        let out = c.swanctl(&["--initiate", "--child", "net"]);
+        assert!(out.contains("initiate completed successfully"), "{out}");
+        charon = Some(c);
+    }
+    let sw_vip = || -> Option<String> {
+        ask(&m.node_sock, "cluster")["hosts"]
+            .as_array()?
+            .iter()
+            .filter_map(|h| h["vip"].as_str())
+            .find(|v| v.starts_with("10.98."))
+            .map(str::to_owned)
+    };
+    // Round 1: rw at a, sw at b (through a TCP connection that must come first).
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10)
+        && charon.is_some()
+        && !probe(&sw, 1.0, &["10.9.0.10:7001"])["10.9.0.10:7001"]
+    {}
+    let rw1 = probe(home, 1.0, &targets);
+    check("rw", 0, &rw1);
+    burst(home);
+    if charon.is_some() {
+        let sw1 = probe(&sw, 1.0, &targets);
+        check("sw", 1, &sw1);
+        burst(&sw);
+    }
+    // Round 2: rw at b, sw at c.
+    steer(m, None, 1);
+    let moved_rw = wait_designated(m, RW_VIP, 1, || {
+        let _ = probe(home, 0.3, &["10.9.0.10:7001"]);
+    });
+    assert!(moved_rw, "the roamgate client reached edge b");
+    if charon.is_some() {
+        steer(m, Some(101), 2);
+        let vip = sw_vip().expect("strongSwan's virtual IP in the crypto node's view");
+        let moved = wait_designated(m, &vip, 2, || {
+            let _ = probe(&sw, 0.3, &["10.9.0.10:7001"]);
+        });
+        assert!(moved, "strongSwan reached edge c");
+        sw_edges = "b,c".into();
+    }
+    let rw2 = probe(home, 1.0, &targets);
+    check("rw", 1, &rw2);
+    burst(home);
+    if charon.is_some() {
+        let sw2 = probe(&sw, 1.0, &targets);
+        check("sw", 2, &sw2);
+        burst(&sw);
+    }
+    if let Some(c) = charon.take() {
+        c.stop();
+    }
+    let _ = in_ns(
+        &rtr,
+        &["ip", "rule", "del", "from", "198.51.100.10", "table", "101"],
+    );
+
+    // The rule change on an established flow: a 100 packets/s UDP stream of rw to the
+    // server's port 5005; 1.5 s in, the edges' files deny it and are reloaded.
+    let srv = m.ns("srv");
+    let st = stream_tool();
+    let flow_secs = 4u64;
+    let recv = NsProcess::spawn(
+        &srv,
+        &["python3", &st, "recv", "5005", &(flow_secs + 1).to_string()],
+        "udp recv 5005",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let send = NsProcess::spawn(
+        home,
+        &[
+            "python3",
+            &st,
+            "send",
+            SERVER,
+            "5005",
+            "100",
+            &flow_secs.to_string(),
+        ],
+        "udp send 5005",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    for cfg in &m.edge_cfgs {
+        let text = std::fs::read_to_string(cfg).unwrap();
+        let anchor = "      rw.roamgate.test: { groups: [lab] }\n";
+        assert!(
+            text.contains(anchor),
+            "{}: rw.roamgate.test's policy",
+            cfg.display()
+        );
+        std::fs::write(
+            cfg,
+            text.replace(
+                anchor,
+                "      rw.roamgate.test:\n        rules: [ { dst: 10.9.0.10/32, proto: udp, ports: 5005, action: deny } ]\n        groups: [lab]\n",
+            ),
+        )
+        .unwrap();
+    }
+    let changed_at = unix_ns();
+    for e in m.edges.iter().flatten() {
+        e.proc.signal("HUP");
+    }
+    let _ = send.wait(Duration::from_secs(flow_secs + 5));
+    let (_, recv_out, _) = recv.wait(Duration::from_secs(flow_secs + 5));
+    let other_after = probe(home, 1.0, &["10.9.0.10:7001"])["10.9.0.10:7001"];
+    let _ = std::fs::write(m.dir.join("policy-recv.json"), recv_out);
+    // The server's arrivals of the flow are audited from its capture at the end.
+    Policy {
+        probes,
+        as_expected,
+        unexpected,
+        sw_edges,
+        changed_at,
+        enforced_ms: None,
+        before: false,
+        other_after,
+    }
+}
+
+impl Policy {
+    /// From the server's capture: the flow's last arrival after the change (ms after it;
+    /// `None` if it never stopped before the capture ended... or never came) and whether it
+    /// passed before.
+    fn audit(&mut self, pkts: &[Pkt]) {
+        let at = secs_f(self.changed_at);
+        let flow: Vec<f64> = pkts
+            .iter()
+            .filter(|p| !p.tcp && p.dport == 5005 && p.dst == SERVER)
+            .map(|p| p.t)
+            .collect();
+        self.before = flow.iter().any(|t| *t < at);
+        let last = flow.iter().copied().fold(f64::MIN, f64::max);
+        // The stream ran 2.5 s past the change: arrivals until its end mean not enforced.
+        self.enforced_ms = (self.before).then(|| ((last - at) * 1e3).max(0.0));
+    }
+}
+
+struct Move {
+    moves_at: Vec<u128>,
+    kill_at: u128,
+    start: u128,
+    end: u128,
+    udp_sent: u64,
+    udp_received: u64,
+    back_lost: u64,
+    back_after_kill: u64,
+    tcp_bytes: u64,
+    iperf_error: Option<String>,
+    idle: bool,
+    idle_second: bool,
+}
+
+/// Case move and ham-kill: the flows, the moves a -> b -> c, the death of edge a.
+fn move_case(m: &mut Mobnat, home: &str, srv: &str, secs: u64, pps: u64, rate: &str) -> Move {
+    let st = stream_tool();
+    let tool = tool();
+    let start = unix_ns();
+    let iperf_s = NsProcess::spawn(srv, &["iperf3", "-s", "-1", "-p", "5201"], "iperf3 -s");
+    let recv = NsProcess::spawn(
+        srv,
+        &["python3", &st, "recv", "5003", &(secs + 3).to_string()],
+        "udp recv",
+    );
+    let serve = NsProcess::spawn(
+        srv,
+        &[
+            "python3",
+            &st,
+            "serve",
+            "5004",
+            &pps.to_string(),
+            &secs.to_string(),
+        ],
+        "udp serve",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let trigger = m.dir.join("idle.trigger");
+    let _ = std::fs::remove_file(&trigger);
+    let idle = NsProcess::spawn(
+        home,
+        &[
+            "python3",
+            &tool,
+            "idle",
+            SERVER,
+            "7001",
+            trigger.to_str().unwrap(),
+            &(secs + 20).to_string(),
+        ],
+        "idle connection",
+    );
+    let fetch = NsProcess::spawn(
+        home,
+        &[
+            "python3",
+            &st,
+            "fetch",
+            SERVER,
+            "5004",
+            &(secs + 2).to_string(),
+        ],
+        "udp fetch",
+    );
+    let send = NsProcess::spawn(
+        home,
+        &[
+            "python3",
+            &st,
+            "send",
+            SERVER,
+            "5003",
+            &pps.to_string(),
+            &secs.to_string(),
+        ],
+        "udp send",
+    );
+    let iperf = NsProcess::spawn(
+        home,
+        &[
+            "iperf3",
+            "-c",
+            SERVER,
+            "-p",
+            "5201",
+            "-t",
+            &secs.to_string(),
+            "-b",
+            rate,
+            "-J",
+        ],
+        "iperf3 -c",
+    );
+    let t0 = Instant::now();
+    let at = |f: f64| Duration::from_secs_f64(secs as f64 * f);
+    let mut moves_at = Vec::new();
+    for (k, frac) in [(1usize, 0.2), (2, 0.35)] {
+        if let Some(d) = at(frac).checked_sub(t0.elapsed()) {
+            std::thread::sleep(d);
+        }
+        steer(m, None, k);
+        moves_at.push(unix_ns());
+    }
+    // The HAM (edge a) dies with the client at edge c.
+    if let Some(d) = at(0.5).checked_sub(t0.elapsed()) {
+        std::thread::sleep(d);
+    }
+    let kill_at = unix_ns();
+    let a = m.edges[0].take().expect("edge a runs");
+    let last_words = a.kill9_with_children();
+    let _ = std::fs::write(m.dir.join("edge-a.killed.log"), last_words);
+
+    let (_, iperf_out, iperf_err) = iperf.wait(Duration::from_secs(secs + 20));
+    let _ = std::fs::write(m.dir.join("iperf3.json"), &iperf_out);
+    std::fs::write(&trigger, b"go").unwrap();
+    let (_, idle_out, _) = idle.wait(Duration::from_secs(15));
+    let (_, sent_out, _) = send.wait(Duration::from_secs(5));
+    let (_, recv_out, _) = recv.wait(Duration::from_secs(5));
+    let (_, fetch_out, _) = fetch.wait(Duration::from_secs(5));
+    let (_, serve_out, _) = serve.wait(Duration::from_secs(2));
+    let _ = iperf_s.wait(Duration::from_secs(2));
+    let end = unix_ns();
+    let j = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_default();
+    let iperf_v = j(&iperf_out);
+    let idle_v = j(&idle_out);
+    let sent = j(&sent_out);
+    let got = j(&recv_out);
+    let back = j(&fetch_out);
+    let back_sent = (pps * secs).max(1);
+    // The stream back (server -> client: through the HAM) after the takeover: the packets
+    // due more than 3 s after the kill that arrived.
+    let served = j(&serve_out);
+    let back_missing: BTreeSet<u64> = back["missing"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+        .unwrap_or_default();
+    let back_start = u128::from(served["start_unix_ns"].as_u64().unwrap_or(0));
+    let back_max = back["max_seq"].as_i64().unwrap_or(-1);
+    let back_after_kill = (0..=back_max.max(0) as u64)
+        .filter(|i| {
+            back_max >= 0
+                && back_start + u128::from(*i) * 1_000_000_000 / u128::from(pps.max(1))
+                    > kill_at + 3_000_000_000
+                && !back_missing.contains(i)
+        })
+        .count() as u64;
+    Move {
+        moves_at,
+        kill_at,
+        start,
+        end,
+        udp_sent: sent["sent"].as_u64().unwrap_or(0),
+        udp_received: got["received"].as_u64().unwrap_or(0),
+        back_lost: back_sent.saturating_sub(back["received"].as_u64().unwrap_or(0)),
+        back_after_kill,
+        tcp_bytes: iperf_v["end"]["sum_received"]["bytes"]
+            .as_u64()
+            .unwrap_or(0),
+        iperf_error: iperf_v["error"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| iperf_v.is_null().then(|| format!("no result: {iperf_err}"))),
+        idle: idle_v["first"].as_bool() == Some(true),
+        idle_second: idle_v["second"].as_bool() == Some(true),
+    }
+}
+
+struct MoveReport {
+    rst: usize,
+    same_src: bool,
+    stalls: Vec<f64>,
+    sources: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The client -> server arrival times of the transfer's busiest connection and of the UDP
+/// stream in [from, to] (s).
+fn flow_times(pkts: &[Pkt], from: f64, to: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut by_src: BTreeMap<(String, u16), Vec<f64>> = BTreeMap::new();
+    let mut udp = Vec::new();
+    for p in pkts.iter().filter(|p| p.t >= from && p.t <= to) {
+        if p.tcp && p.dport == 5201 {
+            by_src
+                .entry((p.src.clone(), p.sport))
+                .or_default()
+                .push(p.t);
+        } else if !p.tcp && p.dport == 5003 {
+            udp.push(p.t);
+        }
+    }
+    let tcp = by_src
+        .into_values()
+        .max_by_key(Vec::len)
+        .unwrap_or_default();
+    (tcp, udp)
+}
+
+fn move_audit(pkts: &[Pkt], mv: &Move, masq: &BTreeSet<&str>) -> MoveReport {
+    let (from, to) = (secs_f(mv.start), secs_f(mv.end));
+    let win: Vec<&Pkt> = pkts.iter().filter(|p| p.t >= from && p.t <= to).collect();
+    // Per service the client sources the server saw (and the destinations of its answers
+    // on the UDP stream back).
+    let mut sources: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for p in &win {
+        let key = match (p.tcp, p.dport, p.sport) {
+            (true, 5201, _) => "tcp/5201",
+            (true, 7001, _) => "tcp/7001",
+            (false, 5003, _) => "udp/5003",
+            (false, 5004, _) => "udp/5004(hello)",
+            (false, _, 5004) => "udp/5004(back)",
+            _ => continue,
+        };
+        let who = if key.ends_with("(back)") {
+            format!("{}:{}", p.dst, p.dport)
+        } else {
+            format!("{}:{}", p.src, p.sport)
+        };
+        sources.entry(key.into()).or_default().insert(who);
+    }
+    let want: [(&str, usize); 5] = [
+        ("tcp/5201", 2), // iperf3's control and data connections
+        ("tcp/7001", 1),
+        ("udp/5003", 1),
+        ("udp/5004(hello)", 1),
+        ("udp/5004(back)", 1),
+    ];
+    let same_src = want.iter().all(|(k, n)| {
+        sources.get(*k).is_some_and(|s| {
+            s.len() == *n
+                && s.iter()
+                    .all(|a| a.split(':').next().is_some_and(|ip| ip == MASQ[0]))
+        })
+    }) && win
+        .iter()
+        .all(|p| p.dst != SERVER || masq.contains(p.src.as_str()));
+    let rst = win
+        .iter()
+        .filter(|p| p.rst && p.t < secs_f(mv.kill_at))
+        .count();
+    let (tcp, udp) = flow_times(pkts, from, to);
+    let stalls = mv
+        .moves_at
+        .iter()
+        .map(|at| {
+            let at = secs_f(*at);
+            stall_ms(&tcp, at, 3.0).max(stall_ms(&udp, at, 3.0))
+        })
+        .collect();
+    MoveReport {
+        rst,
+        same_src,
+        stalls,
+        sources,
+    }
+}
+
+struct KillReport {
+    rst: usize,
+    stall: f64,
+    garp_from: Option<String>,
+    neigh: String,
+    tcp_after: bool,
+    udp_after: bool,
+    nodes_after: Vec<String>,
+}
+
+fn kill_audit(m: &Mobnat, pkts: &[Pkt], lan_pcap: &Path, mv: &Move) -> KillReport {
+    let kill = secs_f(mv.kill_at);
+    let end = secs_f(mv.end);
+    let rst = pkts
+        .iter()
+        .filter(|p| p.rst && p.t >= kill && p.t <= end)
+        .count();
+    let (tcp, udp) = flow_times(pkts, secs_f(mv.start), end);
+    let stall = stall_ms(&tcp, kill, 5.0).max(stall_ms(&udp, kill, 5.0));
+    // Arrivals well after the takeover (the lease is 1 s): the flows went on.
+    let tcp_after = tcp.iter().any(|t| *t > kill + 1.5);
+    let udp_after = udp.iter().any(|t| *t > kill + 1.5);
+    // A gratuitous ARP (sender = target = 10.8.0.100) from a live edge after the kill.
+    let garp_from = tshark_fields(
+        lan_pcap,
+        "arp.src.proto_ipv4 == 10.8.0.100 && arp.dst.proto_ipv4 == 10.8.0.100",
+        &["frame.time_epoch", "eth.src"],
+    )
+    .into_iter()
+    .filter(|f| f[0].parse::<f64>().is_ok_and(|t| t >= kill))
+    .find_map(|f| {
+        let mac = f.get(1)?.to_lowercase();
+        EDGE_MAC
+            .iter()
+            .position(|e| *e == mac)
+            .filter(|i| *i != 0)
+            .map(|i| NAMES[i].to_owned())
+    });
+    let neigh =
+        String::from_utf8_lossy(&in_ns(&m.ns("lr"), &["ip", "neigh", "show", "10.8.0.100"]).stdout)
+            .trim()
+            .to_owned();
+    let neigh = EDGE_MAC
+        .iter()
+        .position(|e| neigh.contains(e))
+        .map_or(format!("'{neigh}'"), |i| NAMES[i].to_owned());
+    KillReport {
+        rst,
+        stall,
+        garp_from,
+        neigh,
+        tcp_after,
+        udp_after,
+        nodes_after: m.live_nodes(),
+    }
+}
+
+struct Blocks {
+    conns: usize,
+    blocks: usize,
+    overlap: usize,
+    foreign: usize,
+    reused: usize,
+    per_node: BTreeMap<String, usize>,
+}
+
+/// Case blocks: every masqueraded connection the server saw, its home (the edge that sent
+/// its first packet onto the LAN segment), grouped by port block.
+fn blocks_audit(pkts: &[Pkt], lan_pcap: &Path, masq: &BTreeSet<&str>) -> Blocks {
+    // (proto, masq addr, masq port) -> the server endpoints it talked to.
+    let mut conns: BTreeMap<(bool, String, u16), BTreeSet<(String, u16)>> = BTreeMap::new();
+    for p in pkts.iter().filter(|p| masq.contains(p.src.as_str())) {
+        conns
+            .entry((p.tcp, p.src.clone(), p.sport))
+            .or_default()
+            .insert((p.dst.clone(), p.dport));
+    }
+    // The first sender on the LAN segment of each.
+    let mut home: BTreeMap<(bool, String, u16), usize> = BTreeMap::new();
+    for f in tshark_fields(
+        lan_pcap,
+        "ip.src >= 10.8.0.100 && ip.src <= 10.8.0.102 && (tcp || udp)",
+        &["eth.src", "ip.src", "tcp.srcport", "udp.srcport"],
+    ) {
+        let g = |i: usize| f.get(i).map(String::as_str).unwrap_or("");
+        let tcp = !g(2).is_empty();
+        let Ok(port) = (if tcp { g(2) } else { g(3) }).parse::<u16>() else {
+            continue;
+        };
+        let Some(node) = EDGE_MAC.iter().position(|e| *e == g(0).to_lowercase()) else {
+            continue;
+        };
+        home.entry((tcp, g(1).to_owned(), port)).or_insert(node);
+    }
+    let mut blocks: BTreeMap<(String, u16), BTreeSet<usize>> = BTreeMap::new();
+    let mut foreign = 0;
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for (key, node) in &home {
+        blocks
+            .entry((key.1.clone(), key.2 >> 8))
+            .or_default()
+            .insert(*node);
+        *per_node.entry(NAMES[*node].to_owned()).or_default() += 1;
+        if key.1 != MASQ[*node] {
+            foreign += 1;
+        }
+    }
+    Blocks {
+        conns: conns.len(),
+        blocks: blocks.len(),
+        overlap: blocks.values().filter(|n| n.len() > 1).count(),
+        foreign,
+        reused: conns.values().filter(|d| d.len() > 1).count(),
+        per_node,
+    }
+}
