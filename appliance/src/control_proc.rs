@@ -101,6 +101,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
             ha: None,
             vcm: checked.vcm.clone(),
             edge: None,
+            masq: None,
         },
     };
     let gw = &file.gateway;

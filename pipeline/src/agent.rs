@@ -25,6 +25,8 @@ pub enum AgentError {
     Group(#[from] crate::esp::group::GroupBuildError),
     #[error("cannot compile SPD: {0:?}")]
     Spd(SpdError),
+    #[error("{0} are not applied by this build's workers yet")]
+    Unsupported(&'static str),
     #[error("worker {worker} did not acknowledge generation {generation} within {waited:?}")]
     Timeout {
         worker: u16,
@@ -164,6 +166,12 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
             *outer_ttl,
             peers.clone(),
         ))),
+        Update::SetMasqPlane { .. }
+        | Update::MasqFam { .. }
+        | Update::MasqRoute { .. }
+        | Update::MasqLink { .. }
+        | Update::MasqLinkIn { .. }
+        | Update::MasqUsers { .. } => return Err(AgentError::Unsupported("masq updates")),
     })
 }
 

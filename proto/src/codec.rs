@@ -7,13 +7,14 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 10)
+//! # Layout (version 11)
 //!
 //! Version 2 added SA lifetimes, 3 made the punted and transmitted datagrams one record, 4
 //! added the state an SA moves with (resume, checkpoints), `ReserveSeq`, `ExportSa` and the
 //! `SeqCheckpoint` and `SaState` events, 5 added `Announce`, 6 `CapSeq`, 7 the `Hairpin` event,
 //! 9 `BindHostDual`, 10 the group SA updates (`AddGroupSa`, `DeleteGroupSa`, `SendOnGroupSa`,
-//! `SetGroupPeers`).
+//! `SetGroupPeers`), 11 the per-connection masquerade (`SetMasqPlane`, `MasqFam`, `MasqRoute`,
+//! `MasqLink`, `MasqLinkIn`, `MasqUsers`, the `MasqMiss` event).
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -40,8 +41,14 @@
 //! | 0x52 | `Update::DeleteGroupSa` | generation, spi u32 |
 //! | 0x50 | `Update::SendOnGroupSa` | generation, id u32, spi u32 |
 //! | 0x51 | `Update::SetGroupPeers` | generation, id u32, local ip, outer ttl u8, count u32, count x (lan prefix, outer ip) |
+//! | 0x53 | `Update::SetMasqPlane` | generation, present u8 (+ count u32 + count x client prefix, count u32 + count x exclude prefix, count u32 + count x served v4, link v4) |
+//! | 0x54 | `Update::MasqFam` | generation, install bool, flow, masq |
+//! | 0x55 | `Update::MasqRoute` | generation, masq, route |
+//! | 0x56 | `Update::MasqLink` | generation, node u16, present u8 (+ sa id u32) |
+//! | 0x57 | `Update::MasqLinkIn` | generation, spi u32, install bool |
+//! | 0x58 | `Update::MasqUsers` | generation, default allow bool, count u32 + count x (count u32 + count x user rule), count u32 + count x (prefix, user u32 < user count) |
 //! | 0x20 / 0x21 | `Ack::Applied` / `Ack::Rejected` | worker u16, generation u64 (+ why: len u8, UTF-8) |
-//! | 0x30..=0x37 | `Event` variants, in declaration order | worker u16, then the fields in order |
+//! | 0x30..=0x38 | `Event` variants, in declaration order | worker u16, then the fields in order |
 //! | 0x40 | `Datagram` (punted or to transmit) | src ip, dst ip, src port u16, dst port u16, len u32, bytes |
 //!
 //! Pieces: ip = family u8 (4 or 6) + 4 or 16 bytes; prefix = ip + length u8 (host bits must
@@ -58,7 +65,11 @@
 //! (outbound); rule = id u32, src prefix, dst prefix, proto (present u8 + u8),
 //! src ports lo/hi u16, dst ports lo/hi u16, action u8 (0 protect + sa id u32, 1 bypass, 2
 //! discard); masquerade config = external IPv4 (4 bytes), port lo/hi u16, udp, tcp
-//! established, tcp transitory, icmp timeouts and port reuse delay u64 (ns), max sessions u64.
+//! established, tcp transitory, icmp timeouts and port reuse delay u64 (ns), max sessions u64;
+//! v4 = 4 bytes; flow = proto u8, client v4, client port u16, server v4, server port u16; masq =
+//! proto u8, v4, port u16; route = 0 (none), 1 (local) or 2 + node u16; user rule = prefix,
+//! proto (present u8 + u8), ports lo/hi u16, allow bool; masq miss key (event 0x38, after the
+//! worker) = 0 + flow (outbound) or 1 + masq (inbound).
 //!
 //! Decoding is strict: unknown versions, tags and enum values, a bool other than 0/1, a prefix
 //! with host bits, a backwards port range, a short buffer and trailing bytes are errors.
@@ -80,6 +91,7 @@ use zeroize::Zeroizing;
 
 use crate::group::{GroupPeer, GroupSaParams};
 use crate::ids::{SaId, Spi};
+use crate::masq::{FlowKey, Masq, MasqClient, MasqMissKey, MasqPlane, MasqUsers, Route, UserRule};
 use crate::nat::MasqueradeConfig;
 use crate::policy::{Action, PortRange, Prefix, Rule, Selector};
 use crate::records::{Ack, Datagram, Event, LifetimeKind, LifetimeLimit, Update, UpdateEnvelope};
@@ -89,7 +101,7 @@ use crate::sa::{
 };
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 10;
+pub const CODEC_VERSION: u8 = 11;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -111,6 +123,12 @@ mod tag {
     pub const DELETE_GROUP_SA: u8 = 0x52;
     pub const SEND_ON_GROUP_SA: u8 = 0x50;
     pub const SET_GROUP_PEERS: u8 = 0x51;
+    pub const SET_MASQ_PLANE: u8 = 0x53;
+    pub const MASQ_FAM: u8 = 0x54;
+    pub const MASQ_ROUTE: u8 = 0x55;
+    pub const MASQ_LINK: u8 = 0x56;
+    pub const MASQ_LINK_IN: u8 = 0x57;
+    pub const MASQ_USERS: u8 = 0x58;
     pub const ACK_APPLIED: u8 = 0x20;
     pub const ACK_REJECTED: u8 = 0x21;
     pub const EV_UNKNOWN_SPI: u8 = 0x30;
@@ -121,6 +139,7 @@ mod tag {
     pub const EV_SEQ_CHECKPOINT: u8 = 0x35;
     pub const EV_SA_STATE: u8 = 0x36;
     pub const EV_HAIRPIN: u8 = 0x37;
+    pub const EV_MASQ_MISS: u8 = 0x38;
     pub const DATAGRAM: u8 = 0x40;
 }
 
@@ -433,6 +452,63 @@ impl<'a> Writer<'a> {
         }
     }
 
+    fn v4(&mut self, a: Ipv4Addr) -> Result<(), EncodeError> {
+        self.put(&a.octets())
+    }
+
+    fn count(&mut self, n: usize, what: &'static str) -> Result<(), EncodeError> {
+        self.u32(u32::try_from(n).map_err(|_| EncodeError::TooLong(what))?)
+    }
+
+    fn flow(&mut self, f: &FlowKey) -> Result<(), EncodeError> {
+        self.u8(f.proto)?;
+        self.v4(f.client)?;
+        self.u16(f.client_port)?;
+        self.v4(f.server)?;
+        self.u16(f.server_port)
+    }
+
+    fn masq(&mut self, m: &Masq) -> Result<(), EncodeError> {
+        self.u8(m.proto)?;
+        self.v4(m.addr)?;
+        self.u16(m.port)
+    }
+
+    fn masq_plane(&mut self, p: &MasqPlane) -> Result<(), EncodeError> {
+        self.count(p.clients.len(), "masq clients")?;
+        p.clients.iter().try_for_each(|c| self.prefix(*c))?;
+        self.count(p.exclude.len(), "masq exclude")?;
+        p.exclude.iter().try_for_each(|c| self.prefix(*c))?;
+        self.count(p.served.len(), "masq served")?;
+        p.served.iter().try_for_each(|a| self.v4(*a))?;
+        self.v4(p.link_addr)
+    }
+
+    fn masq_users(&mut self, t: &MasqUsers) -> Result<(), EncodeError> {
+        self.bool(t.default_allow)?;
+        self.count(t.users.len(), "masq users")?;
+        for u in &t.users {
+            self.count(u.len(), "user rules")?;
+            for r in u {
+                self.prefix(r.dst)?;
+                match r.proto {
+                    None => self.u8(0)?,
+                    Some(p) => {
+                        self.u8(1)?;
+                        self.u8(p)?;
+                    }
+                }
+                self.ports(r.ports)?;
+                self.bool(r.allow)?;
+            }
+        }
+        self.count(t.clients.len(), "masq user clients")?;
+        t.clients.iter().try_for_each(|c| {
+            self.prefix(c.prefix)?;
+            self.u32(c.user)
+        })
+    }
+
     fn masquerade(&mut self, c: &MasqueradeConfig) -> Result<(), EncodeError> {
         self.put(&c.external_addr.octets())?;
         self.u16(c.port_range.0)?;
@@ -692,6 +768,101 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn v4(&mut self) -> Result<Ipv4Addr, DecodeError> {
+        Ok(Ipv4Addr::from(self.array::<4>()?))
+    }
+
+    /// A count of items of at least `min` bytes each: one the remaining bytes cannot hold is
+    /// refused before anything is allocated.
+    fn count(&mut self, min: usize) -> Result<usize, DecodeError> {
+        let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
+        if n > self.buf.len().checked_div(min).unwrap_or(0) {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(n)
+    }
+
+    fn flow(&mut self) -> Result<FlowKey, DecodeError> {
+        Ok(FlowKey {
+            proto: self.u8()?,
+            client: self.v4()?,
+            client_port: self.u16()?,
+            server: self.v4()?,
+            server_port: self.u16()?,
+        })
+    }
+
+    fn masq(&mut self) -> Result<Masq, DecodeError> {
+        Ok(Masq {
+            proto: self.u8()?,
+            addr: self.v4()?,
+            port: self.u16()?,
+        })
+    }
+
+    fn prefixes(&mut self) -> Result<Vec<Prefix>, DecodeError> {
+        let n = self.count(MIN_PREFIX_LEN)?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(self.prefix()?);
+        }
+        Ok(v)
+    }
+
+    fn masq_plane(&mut self) -> Result<MasqPlane, DecodeError> {
+        let clients = self.prefixes()?;
+        let exclude = self.prefixes()?;
+        let n = self.count(4)?;
+        let mut served = Vec::with_capacity(n);
+        for _ in 0..n {
+            served.push(self.v4()?);
+        }
+        Ok(MasqPlane {
+            clients,
+            exclude,
+            served,
+            link_addr: self.v4()?,
+        })
+    }
+
+    fn masq_users(&mut self) -> Result<MasqUsers, DecodeError> {
+        let default_allow = self.bool("masq default")?;
+        let n = self.count(4)?;
+        let mut users = Vec::with_capacity(n);
+        for _ in 0..n {
+            let m = self.count(MIN_USER_RULE_LEN)?;
+            let mut rules = Vec::with_capacity(m);
+            for _ in 0..m {
+                rules.push(UserRule {
+                    dst: self.prefix()?,
+                    proto: if self.bool("rule protocol flag")? {
+                        Some(self.u8()?)
+                    } else {
+                        None
+                    },
+                    ports: self.ports()?,
+                    allow: self.bool("rule action")?,
+                });
+            }
+            users.push(rules);
+        }
+        let n = self.count(MIN_PREFIX_LEN + 4)?;
+        let mut clients = Vec::with_capacity(n);
+        for _ in 0..n {
+            let prefix = self.prefix()?;
+            let user = self.u32()?;
+            if usize::try_from(user).ok().is_none_or(|u| u >= users.len()) {
+                return Err(DecodeError::Invalid("masq client user"));
+            }
+            clients.push(MasqClient { prefix, user });
+        }
+        Ok(MasqUsers {
+            users,
+            default_allow,
+            clients,
+        })
+    }
+
     fn masquerade(&mut self) -> Result<MasqueradeConfig, DecodeError> {
         let external_addr = Ipv4Addr::from(self.array::<4>()?);
         let (lo, hi) = (self.u16()?, self.u16()?);
@@ -714,6 +885,10 @@ impl<'a> Reader<'a> {
 
 /// Smallest encoded rule: id, two IPv4 prefixes, proto, two port ranges, a bypass action.
 const MIN_RULE_LEN: usize = 4 + 2 * 6 + 2 + 8 + 1;
+/// The smallest encoded prefix: an IPv4 address with its family byte, the length.
+const MIN_PREFIX_LEN: usize = 6;
+/// The smallest encoded user rule: prefix, protocol flag, ports, action.
+const MIN_USER_RULE_LEN: usize = MIN_PREFIX_LEN + 1 + 4 + 1;
 
 impl Record for UpdateEnvelope {
     fn write(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
@@ -737,6 +912,12 @@ impl Record for UpdateEnvelope {
             Update::DeleteGroupSa { .. } => tag::DELETE_GROUP_SA,
             Update::SendOnGroupSa { .. } => tag::SEND_ON_GROUP_SA,
             Update::SetGroupPeers { .. } => tag::SET_GROUP_PEERS,
+            Update::SetMasqPlane { .. } => tag::SET_MASQ_PLANE,
+            Update::MasqFam { .. } => tag::MASQ_FAM,
+            Update::MasqRoute { .. } => tag::MASQ_ROUTE,
+            Update::MasqLink { .. } => tag::MASQ_LINK,
+            Update::MasqLinkIn { .. } => tag::MASQ_LINK_IN,
+            Update::MasqUsers { .. } => tag::MASQ_USERS,
         };
         w.head(tag)?;
         w.u64(self.generation)?;
@@ -818,6 +999,48 @@ impl Record for UpdateEnvelope {
                     w.ip(p.outer)
                 })
             }
+            Update::SetMasqPlane { plane } => match plane {
+                None => w.u8(0),
+                Some(p) => {
+                    w.u8(1)?;
+                    w.masq_plane(p)
+                }
+            },
+            Update::MasqFam {
+                install,
+                flow,
+                masq,
+            } => {
+                w.bool(*install)?;
+                w.flow(flow)?;
+                w.masq(masq)
+            }
+            Update::MasqRoute { masq, route } => {
+                w.masq(masq)?;
+                match route {
+                    None => w.u8(0),
+                    Some(Route::Local) => w.u8(1),
+                    Some(Route::Node(i)) => {
+                        w.u8(2)?;
+                        w.u16(*i)
+                    }
+                }
+            }
+            Update::MasqLink { node, out_sa } => {
+                w.u16(*node)?;
+                match out_sa {
+                    None => w.u8(0),
+                    Some(id) => {
+                        w.u8(1)?;
+                        w.u32(id.0)
+                    }
+                }
+            }
+            Update::MasqLinkIn { spi, install } => {
+                w.u32(spi.0)?;
+                w.bool(*install)
+            }
+            Update::MasqUsers { table } => w.masq_users(table),
         }
     }
 
@@ -934,6 +1157,42 @@ impl Record for UpdateEnvelope {
                     peers,
                 }
             }
+            tag::SET_MASQ_PLANE => Update::SetMasqPlane {
+                plane: if r.bool("masq plane flag")? {
+                    Some(r.masq_plane()?)
+                } else {
+                    None
+                },
+            },
+            tag::MASQ_FAM => Update::MasqFam {
+                install: r.bool("masq install flag")?,
+                flow: r.flow()?,
+                masq: r.masq()?,
+            },
+            tag::MASQ_ROUTE => Update::MasqRoute {
+                masq: r.masq()?,
+                route: match r.u8()? {
+                    0 => None,
+                    1 => Some(Route::Local),
+                    2 => Some(Route::Node(r.u16()?)),
+                    _ => return Err(DecodeError::Invalid("masq route")),
+                },
+            },
+            tag::MASQ_LINK => Update::MasqLink {
+                node: r.u16()?,
+                out_sa: if r.bool("masq link flag")? {
+                    Some(SaId(r.u32()?))
+                } else {
+                    None
+                },
+            },
+            tag::MASQ_LINK_IN => Update::MasqLinkIn {
+                spi: Spi(r.u32()?),
+                install: r.bool("masq link install flag")?,
+            },
+            tag::MASQ_USERS => Update::MasqUsers {
+                table: r.masq_users()?,
+            },
             tag::ANNOUNCE => {
                 let wan = r.bool("announce side")?;
                 let n = r.u8()?;
@@ -1128,6 +1387,20 @@ impl Record for Event {
                 w.u64(*bytes)?;
                 w.u32(*millis)
             }
+            Event::MasqMiss { worker, key } => {
+                w.head(tag::EV_MASQ_MISS)?;
+                w.u16(*worker)?;
+                match key {
+                    MasqMissKey::Out(f) => {
+                        w.u8(0)?;
+                        w.flow(f)
+                    }
+                    MasqMissKey::In(m) => {
+                        w.u8(1)?;
+                        w.masq(m)
+                    }
+                }
+            }
         }
     }
 
@@ -1203,6 +1476,14 @@ impl Record for Event {
                 packets: r.u64()?,
                 bytes: r.u64()?,
                 millis: r.u32()?,
+            },
+            tag::EV_MASQ_MISS => Event::MasqMiss {
+                worker,
+                key: match r.u8()? {
+                    0 => MasqMissKey::Out(r.flow()?),
+                    1 => MasqMissKey::In(r.masq()?),
+                    _ => return Err(DecodeError::Invalid("masq miss direction")),
+                },
             },
             tag => return Err(DecodeError::Tag { what: "event", tag }),
         })

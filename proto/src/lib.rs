@@ -29,6 +29,7 @@
 pub mod codec;
 pub mod group;
 pub mod ids;
+pub mod masq;
 pub mod nat;
 pub mod policy;
 mod records;

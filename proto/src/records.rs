@@ -8,6 +8,7 @@ use core::net::IpAddr;
 
 use crate::group::{GroupPeer, GroupSaParams};
 use crate::ids::{SaId, Spi};
+use crate::masq::{FlowKey, Masq, MasqMissKey, MasqPlane, MasqUsers, Route};
 use crate::nat::MasqueradeConfig;
 use crate::policy::{Prefix, Rule};
 use crate::sa::{Direction, SaParams, SaRef, SaState, UdpEncap};
@@ -92,6 +93,31 @@ pub enum Update {
         outer_ttl: u8,
         peers: Vec<GroupPeer>,
     },
+    /// The per-connection masquerade (`docs/masq.md`) on (what this node masquerades, which
+    /// addresses it serves) or off (`None`: every table below is emptied, held packets are
+    /// dropped). Replacing it keeps the tables.
+    SetMasqPlane { plane: Option<MasqPlane> },
+    /// The FAM's table: install (or replace) a flow's masquerading address and port
+    /// (`install`), or remove the flow (`!install`, `masq` ignored). Packets held for this
+    /// flow (outbound) or this masquerading address (inbound) are run again.
+    MasqFam {
+        install: bool,
+        flow: FlowKey,
+        masq: Masq,
+    },
+    /// The HAM's route for a masquerading address and port (`None` removes it). Held
+    /// inbound packets for it are run again.
+    MasqRoute { masq: Masq, route: Option<Route> },
+    /// HAM -> FAM forwards to node `node` (`Route::Node(node)`) are sealed on outbound SA
+    /// `out_sa` (an ordinary outbound SA added by `AddSa`, outer = the two link addresses,
+    /// any-to-any selectors); `None` forgets the node.
+    MasqLink { node: u16, out_sa: Option<SaId> },
+    /// ESP on inbound SA `spi` (an ordinary inbound SA added by `AddSa`) comes from a HAM:
+    /// opened, its inner packet goes to the FAM table, not to the LAN (`install`), or no
+    /// longer (`!install`).
+    MasqLinkIn { spi: Spi, install: bool },
+    /// The per-user access table and the client -> user map (replaces the previous one).
+    MasqUsers { table: MasqUsers },
 }
 
 /// An [`Update`] with the generation it is applied under: one record on a worker's update ring.
@@ -213,6 +239,9 @@ pub enum Event {
         bytes: u64,
         millis: u32,
     },
+    /// A masquerade table miss (a packet is held in the worker until the answer comes, at most
+    /// 1 s). At most one per key per 100 ms.
+    MasqMiss { worker: u16, key: MasqMissKey },
 }
 
 /// An IKE datagram between the data plane and the control plane: the UDP payload (without

@@ -45,6 +45,10 @@ pub struct DataplaneFile {
     /// (role member); a key server runs as `roamgate gcks`.
     #[serde(default)]
     pub group: Option<control::config::group::GroupYaml>,
+    /// A cluster edge's part of the per-connection masquerade that follows a moving client
+    /// (issue 21, `control::config::masq`, `docs/masq.md`).
+    #[serde(default)]
+    pub masq: Option<control::config::masq::MasqYaml>,
 }
 
 /// A member's checked `group` section: the connection to the GCKS, the plan, the data
@@ -213,6 +217,8 @@ pub struct Checked {
     pub vcm: Option<VcmPolicy>,
     /// A cluster edge's part (`roamgate edge`).
     pub edge: Option<EdgePlan>,
+    /// The edge's `masq` section, checked (`roamgate edge-link` runs it).
+    pub masq: Option<control::config::masq::MasqPlan>,
 }
 
 impl DataplaneFile {
@@ -239,6 +245,7 @@ impl DataplaneFile {
             ("dataplane".into(), format!("{d:?}")),
             ("ha".into(), format!("{:?}", self.ha)),
             ("group".into(), format!("{:?}", self.group)),
+            ("masq".into(), format!("{:?}", self.masq)),
             // EAP's settings are read again at each reload; turning it on or off is not.
             (
                 "ike.eap".into(),
@@ -354,6 +361,27 @@ impl DataplaneFile {
                 Some(e)
             }
         };
+        let masq = match &self.masq {
+            None => None,
+            Some(m) => {
+                if edge.as_ref().is_none_or(|e| e.encryption_node) {
+                    return Err(ConfigError::new(
+                        file,
+                        "masq",
+                        "only a cluster edge (cluster.role: edge) runs the masquerade that \
+                         follows a moving client for now",
+                    ));
+                }
+                if self.gateway.masquerade.is_some() {
+                    return Err(ConfigError::new(
+                        file,
+                        "gateway.masquerade",
+                        "the single-node masquerade and the masq section exclude each other",
+                    ));
+                }
+                Some(m.validate(file, "masq", self.gateway.lan.address)?)
+            }
+        };
         Ok(Checked {
             plan,
             conns,
@@ -361,6 +389,7 @@ impl DataplaneFile {
             ha,
             vcm,
             edge,
+            masq,
         })
     }
 }
@@ -431,6 +460,54 @@ mod tests {
         };
         assert_eq!(e.key, "ha.virtual_addresses.wan", "{e}");
         assert!(e.to_string().contains("ha-subnet-a.yaml"), "{e}");
+    }
+
+    #[test]
+    fn the_mobile_nat_edges_files_are_valid_and_masq_is_an_edge_s_alone() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cluster");
+        let mut links = Vec::new();
+        for (i, n) in ["a", "b", "c"].iter().enumerate() {
+            let p = dir.join(format!("mobnat-edge-{n}.yaml"));
+            let f: DataplaneFile = control::config::load(&p).unwrap();
+            let c = f.validate(&p).unwrap_or_else(|e| panic!("{e}"));
+            let m = c.masq.unwrap();
+            assert_eq!(m.params.node.as_str(), format!("edge-{n}"));
+            assert_eq!(m.params.cluster.as_str(), "mobnat");
+            assert_eq!(
+                m.params.addrs,
+                vec![std::net::Ipv4Addr::new(10, 8, 0, 100 + i as u8)]
+            );
+            assert_eq!(m.params.node_ttl_s, 2);
+            assert!(matches!(
+                m.store,
+                control::config::masq::MasqStorePlan::Etcd(_)
+            ));
+            let rw = m.access.user("rw.roamgate.test").unwrap();
+            assert!(m.access.allows(rw, "10.9.0.10".parse().unwrap(), 6, 5201));
+            assert!(m.access.allows(rw, "10.9.0.30".parse().unwrap(), 17, 53));
+            let sw = m.access.user("sw.roamgate.test").unwrap();
+            assert!(m.access.allows(sw, "10.9.0.20".parse().unwrap(), 6, 22));
+            assert!(!m.access.allows(sw, "10.9.0.30".parse().unwrap(), 6, 22));
+            assert!(!m.access.allows(sw, "192.0.2.1".parse().unwrap(), 6, 80));
+            assert!(m.access.user("mallory@lab").is_none());
+            links.push(m.link_address);
+        }
+        links.dedup();
+        assert_eq!(links.len(), 3, "one link address per edge");
+        // Not on a gateway without a cluster edge, nor next to the single-node masquerade.
+        let edge = std::fs::read_to_string(dir.join("mobnat-edge-a.yaml")).unwrap();
+        let p = dir.join("x.yaml");
+        let check = |text: &str| {
+            let f: DataplaneFile = parse(&p, text).unwrap();
+            f.validate(&p).map(|_| ()).unwrap_err()
+        };
+        let cut = edge.find("cluster:").unwrap();
+        let end = edge.find("masq:").unwrap();
+        let no_cluster = format!("{}{}", &edge[..cut], &edge[end..]);
+        assert_eq!(check(&no_cluster).key, "masq");
+        let e = check(&edge.replace("node: edge-a", "node: Edge/A"));
+        assert_eq!(e.key, "masq.node", "{e}");
+        assert!(e.to_string().contains("x.yaml"), "{e}");
     }
 
     #[test]

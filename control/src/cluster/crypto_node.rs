@@ -961,22 +961,23 @@ impl CryptoNode {
             // The connection broke, the edge lives: what it did not apply comes again, in
             // order, under the same numbers (it skips what it has).
             l.applied = l.applied.max(applied);
-            let again: Vec<(u64, NodeMsg)> = l
+            let again: Vec<(u64, Vec<Update>)> = l
                 .unacked
                 .iter()
                 .filter(|(n, ..)| *n > applied)
-                .map(|(n, u, _)| {
-                    (
-                        gate,
-                        NodeMsg::Carrier {
-                            n: *n,
-                            updates: u.clone(),
-                        },
-                    )
-                })
+                .map(|(n, u, _)| (*n, u.clone()))
                 .collect();
             self.stats.resent += again.len() as u64;
-            l.out.extend(again);
+            let mut msgs = Vec::new();
+            for (n, updates) in again {
+                if let Some(users) = self.users_of(&updates) {
+                    msgs.push((gate, users));
+                }
+                msgs.push((gate, NodeMsg::Carrier { n, updates }));
+            }
+            if let Some(l) = self.edges.get_mut(&edge) {
+                l.out.extend(msgs);
+            }
             self.log(format!(
                 "edge {edge} is back (applied up to carrier {applied})"
             ));
@@ -1371,8 +1372,15 @@ impl CryptoNode {
         }
         let pending = std::mem::take(&mut l.pending);
         let gate = self.store.as_ref().map_or(0, |s| s.gate);
+        let users: Vec<Option<NodeMsg>> = pending
+            .chunks(MAX_CARRIER_UPDATES)
+            .map(|c| self.users_of(c))
+            .collect();
+        let Some(l) = self.edges.get_mut(&edge) else {
+            return;
+        };
         let mut last = 0;
-        for chunk in pending.chunks(MAX_CARRIER_UPDATES) {
+        for (chunk, users) in pending.chunks(MAX_CARRIER_UPDATES).zip(users) {
             let n = l.next_carrier.max(1);
             l.next_carrier = n + 1;
             last = n;
@@ -1408,6 +1416,9 @@ impl CryptoNode {
                 }
             }
             if l.connected {
+                if let Some(users) = users {
+                    l.out.push_back((gate, users));
+                }
                 l.out.push_back((
                     gate,
                     NodeMsg::Carrier {
@@ -1420,6 +1431,27 @@ impl CryptoNode {
         for began in std::mem::take(&mut l.moves_pending) {
             l.moves_in_flight.push_back((last, began));
         }
+    }
+
+    /// Who the clients of the outbound SAs `updates` install are (`NodeMsg::Users`): the
+    /// identity of each one's IKE SA (EAP identity, else IKE identity).
+    fn users_of(&self, updates: &[Update]) -> Option<NodeMsg> {
+        let users: Vec<(proto::SaId, String)> = updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::AddSa {
+                    dir: Direction::Outbound,
+                    params,
+                } => {
+                    let child = self.core.child_of_sa(params.id, params.spi)?;
+                    let who = self.core.child_peer_identity(proto::Spi(child.0))?;
+                    Some((params.id, who))
+                }
+                _ => None,
+            })
+            .filter(|(_, who)| who.len() <= super::msg::MAX_IDENTITY)
+            .collect();
+        (!users.is_empty()).then_some(NodeMsg::Users { users })
     }
 
     fn push_to(&mut self, edges: &BTreeSet<EdgeId>, u: Update) {
@@ -1603,6 +1635,14 @@ impl CryptoNode {
             | Update::SetGroupPeers { .. } => {
                 self.error("group SAs are not supported on a cluster crypto node".into());
             }
+            // The per-connection masquerade is an edge's own (its `masq:` driver), never
+            // the crypto node's core's.
+            Update::SetMasqPlane { .. }
+            | Update::MasqFam { .. }
+            | Update::MasqRoute { .. }
+            | Update::MasqLink { .. }
+            | Update::MasqLinkIn { .. }
+            | Update::MasqUsers { .. } => {}
         }
     }
 

@@ -28,15 +28,97 @@
 //! Owns: carrier order and numbering on this side, held datagrams. Must never: interpret IKE;
 //! apply a carrier number twice; send a datagram ahead of a carrier received before it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-use proto::{Datagram, Update};
+use proto::policy::Prefix;
+use proto::{Datagram, Direction, SaId, Update};
 
 use super::msg::{EdgeId, EdgeMsg, NodeMsg};
 use crate::driver::{Input, Link, LinkError};
 
 /// Messages waiting for the channel above which the data plane's input is left where it is.
 pub const MAX_TO_NODE: usize = 1024;
+
+/// A client arriving at or leaving this edge (issue 21: the masquerade registers this node
+/// as the FAM of its connections, or stops being it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The first outbound SA of `client` (its traffic selector: a virtual IP, or the prefix
+    /// behind a site) is installed here, authenticated as `user`.
+    Attached { client: Prefix, user: String },
+    /// Its last outbound SA here is gone (deleted, moved away without a drain, or the end of
+    /// a move's drain; or the data plane restarted empty).
+    Left { client: Prefix },
+    /// The data plane restarted empty (after the `Left` of every client it held): what the
+    /// masquerade had installed there is gone too.
+    DataplaneFresh,
+}
+
+/// Which clients have outbound SAs here, from the carriers and the crypto node's
+/// [`NodeMsg::Users`] (off unless [`EdgeForwarder::track_clients`]).
+#[derive(Default)]
+struct Clients {
+    on: bool,
+    /// Identities of the outbound SAs of the next carrier.
+    users: HashMap<SaId, String>,
+    /// Installed outbound SA -> its client.
+    sas: HashMap<SaId, Prefix>,
+    /// Client -> (outbound SAs here, user).
+    here: HashMap<Prefix, (usize, String)>,
+    events: VecDeque<ClientEvent>,
+}
+
+impl Clients {
+    fn update(&mut self, u: &Update) {
+        match u {
+            Update::AddSa {
+                dir: Direction::Outbound,
+                params,
+            } => {
+                if self.sas.contains_key(&params.id) {
+                    // The same SA again (resumed, moved back): nothing new.
+                    return;
+                }
+                // A client that did not authenticate with an identity is not tracked: the
+                // masquerade refuses its packets (no user).
+                let Some(user) = self.users.remove(&params.id) else {
+                    return;
+                };
+                let client = params.remote_ts;
+                self.sas.insert(params.id, client);
+                let e = self.here.entry(client).or_insert((0, user.clone()));
+                e.0 += 1;
+                if e.0 == 1 {
+                    e.1 = user.clone();
+                    self.events
+                        .push_back(ClientEvent::Attached { client, user });
+                }
+            }
+            Update::DeleteOutbound { id } => {
+                let Some(client) = self.sas.remove(id) else {
+                    return;
+                };
+                if let Some(e) = self.here.get_mut(&client) {
+                    e.0 = e.0.saturating_sub(1);
+                    if e.0 == 0 {
+                        self.here.remove(&client);
+                        self.events.push_back(ClientEvent::Left { client });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The data plane holds nothing any more.
+    fn all_left(&mut self) {
+        self.sas.clear();
+        let mut gone: Vec<Prefix> = self.here.drain().map(|(c, _)| c).collect();
+        gone.sort_by_key(|p| (p.addr(), p.prefix_len()));
+        self.events
+            .extend(gone.into_iter().map(|client| ClientEvent::Left { client }));
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EdgeStats {
@@ -71,6 +153,7 @@ pub struct EdgeForwarder {
     /// Connected, the node's welcome not yet here: acknowledgements wait (they count in the
     /// numbering of the node they were for, which may not be the one that answers).
     awaiting_welcome: bool,
+    clients: Clients,
     pub stats: EdgeStats,
 }
 
@@ -90,8 +173,23 @@ impl EdgeForwarder {
             fresh_pending: false,
             node: None,
             awaiting_welcome: false,
+            clients: Clients::default(),
             stats: EdgeStats::default(),
         }
+    }
+
+    /// Keep track of which clients are here ([`ClientEvent`]s from [`Self::poll_client`]):
+    /// the masquerade's driver turns it on.
+    pub fn track_clients(&mut self, on: bool) {
+        self.clients.on = on;
+        if !on {
+            self.clients = Clients::default();
+        }
+    }
+
+    /// The next client arrival or departure (with [`Self::track_clients`]).
+    pub fn poll_client(&mut self) -> Option<ClientEvent> {
+        self.clients.events.pop_front()
     }
 
     pub fn id(&self) -> EdgeId {
@@ -145,6 +243,7 @@ impl EdgeForwarder {
             NodeMsg::Carrier { n, updates } => {
                 if n <= self.received {
                     self.stats.carriers_skipped += 1;
+                    self.clients.users.clear();
                     // Say again how far we are (the node may have missed it).
                     self.to_node.push_back(EdgeMsg::Applied {
                         edge: self.id,
@@ -160,12 +259,22 @@ impl EdgeForwarder {
                 self.stats.carriers += 1;
                 for u in updates {
                     self.stats.updates += 1;
+                    if self.clients.on {
+                        self.clients.update(&u);
+                    }
                     self.sent_gen = link.send_update(0, u)?;
                 }
+                self.clients.users.clear();
                 self.received = n;
                 self.in_flight.push_back((n, self.sent_gen));
             }
             NodeMsg::Ike { datagram } => self.held.push_back((datagram, self.sent_gen)),
+            NodeMsg::Users { users } => {
+                if self.clients.on {
+                    // For the next carrier only (its outbound SAs).
+                    self.clients.users = users.into_iter().collect();
+                }
+            }
             NodeMsg::Welcome { incarnation } => {
                 if self.node.is_some_and(|n| n != incarnation) {
                     // Another crypto node process (a restart, or a second node that took over
@@ -223,6 +332,10 @@ impl EdgeForwarder {
                 Input::Fresh { .. } => {
                     // What was in flight died with the data plane.
                     self.in_flight.clear();
+                    if self.clients.on {
+                        self.clients.all_left();
+                        self.clients.events.push_back(ClientEvent::DataplaneFresh);
+                    }
                     if self.connected {
                         self.to_node
                             .push_back(EdgeMsg::DataplaneFresh { edge: self.id });

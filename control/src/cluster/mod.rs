@@ -32,6 +32,6 @@ pub mod store;
 mod tests;
 
 pub use crypto_node::{CryptoNode, NodeStats};
-pub use edge::{EdgeForwarder, EdgeStats};
+pub use edge::{ClientEvent, EdgeForwarder, EdgeStats};
 pub use msg::{EdgeId, EdgeMsg, MsgError, NodeMsg};
 pub use placement::{SaPlacement, SeqState};

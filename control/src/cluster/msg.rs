@@ -22,8 +22,11 @@ use proto::codec::{DecodeError, Record};
 use proto::{Datagram, Event, Update, UpdateEnvelope};
 use zeroize::Zeroizing;
 
-/// The version byte every message starts with.
-pub const MSG_VERSION: u8 = 1;
+/// The version byte every message starts with. 2: [`NodeMsg::Users`].
+pub const MSG_VERSION: u8 = 2;
+
+/// The longest identity [`NodeMsg::Users`] carries (bytes of UTF-8).
+pub const MAX_IDENTITY: usize = 1024;
 
 /// An edge's id in the cluster (configured, unique).
 pub type EdgeId = u16;
@@ -40,6 +43,7 @@ mod tag {
     pub const CARRIER: u8 = 0x81;
     pub const IKE_OUT: u8 = 0x82;
     pub const WELCOME: u8 = 0x83;
+    pub const USERS: u8 = 0x84;
 }
 
 /// What an edge tells the crypto node.
@@ -79,6 +83,11 @@ pub enum NodeMsg {
     /// `incarnation` is new for every start of the crypto node process. Carrier numbers are
     /// per node incarnation: an edge that meets a new one starts counting again from 1.
     Welcome { incarnation: u64 },
+    /// Who the clients of the outbound SAs in the next carrier are: per outbound SA id, the
+    /// identity its IKE SA authenticated (EAP identity, else IKE identity). Sent ahead of
+    /// every carrier (first or again) that installs an outbound SA of an authenticated
+    /// client; the edge's masquerade (issue 21) identifies the user by it.
+    Users { users: Vec<(proto::SaId, String)> },
 }
 
 /// Why a message could not be encoded or decoded.
@@ -285,6 +294,22 @@ impl NodeMsg {
                 w.u64(*incarnation);
                 w
             }
+            NodeMsg::Users { users } => {
+                if users.len() > MAX_CARRIER_UPDATES {
+                    return Err(MsgError::TooMany(users.len()));
+                }
+                let mut w = W::new(tag::USERS);
+                w.u16(u16::try_from(users.len()).map_err(|_| MsgError::TooLong("users"))?);
+                for (id, who) in users {
+                    if who.len() > MAX_IDENTITY {
+                        return Err(MsgError::TooLong("identity"));
+                    }
+                    w.u32(id.0);
+                    w.u16(u16::try_from(who.len()).map_err(|_| MsgError::TooLong("identity"))?);
+                    w.0.extend_from_slice(who.as_bytes());
+                }
+                w
+            }
         };
         Ok(w.0)
     }
@@ -312,6 +337,24 @@ impl NodeMsg {
             tag::WELCOME => NodeMsg::Welcome {
                 incarnation: r.u64()?,
             },
+            tag::USERS => {
+                let count = usize::from(r.u16()?);
+                if count > MAX_CARRIER_UPDATES {
+                    return Err(MsgError::TooMany(count));
+                }
+                let mut users = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let id = proto::SaId(r.u32()?);
+                    let n = usize::from(r.u16()?);
+                    if n > MAX_IDENTITY {
+                        return Err(MsgError::TooLong("identity"));
+                    }
+                    let who = std::str::from_utf8(r.take(n)?)
+                        .map_err(|_| MsgError::Record("an identity that is not UTF-8".into()))?;
+                    users.push((id, who.to_string()));
+                }
+                NodeMsg::Users { users }
+            }
             t => return Err(MsgError::Tag(t)),
         };
         r.end()?;
@@ -384,6 +427,12 @@ mod tests {
             NodeMsg::Welcome {
                 incarnation: 0x0123_4567_89ab_cdef,
             },
+            NodeMsg::Users {
+                users: vec![
+                    (SaId(1 << 20), "alice@example.org".into()),
+                    (SaId(7), "CN=bob, O=Example, C=CH".into()),
+                ],
+            },
         ];
         (edge, node)
     }
@@ -429,8 +478,21 @@ mod tests {
                 "{e:?} {n:?}"
             );
         }
-        assert_eq!(EdgeMsg::decode(&[2, 1]), Err(MsgError::Version(2)));
-        assert_eq!(EdgeMsg::decode(&[1, 0x77]), Err(MsgError::Tag(0x77)));
+        assert_eq!(EdgeMsg::decode(&[1, 1]), Err(MsgError::Version(1)));
+        assert_eq!(
+            EdgeMsg::decode(&[MSG_VERSION, 0x77]),
+            Err(MsgError::Tag(0x77))
+        );
+        // An identity longer than it may be, or not UTF-8, is refused.
+        let mut b = vec![MSG_VERSION, tag::USERS, 1, 0, 7, 0, 0, 0];
+        b.extend_from_slice(&(MAX_IDENTITY as u16 + 1).to_le_bytes());
+        b.extend(std::iter::repeat_n(b'a', MAX_IDENTITY + 1));
+        assert_eq!(
+            NodeMsg::decode(&b).err(),
+            Some(MsgError::TooLong("identity"))
+        );
+        let b = [MSG_VERSION, tag::USERS, 1, 0, 7, 0, 0, 0, 2, 0, 0xff, 0xfe];
+        assert!(matches!(NodeMsg::decode(&b), Err(MsgError::Record(_))));
         // A carrier that claims 65535 updates in a few bytes is refused before allocating.
         let mut b = vec![MSG_VERSION, tag::CARRIER];
         b.extend_from_slice(&1u64.to_le_bytes());

@@ -172,7 +172,11 @@ impl Cluster {
             let mut link = SimLink::new(1);
             link.ack_delay = Duration::from_millis(5);
             c.edges.push(Edge {
-                fwd: EdgeForwarder::new(i as EdgeId, 0x1000 + i as u64),
+                fwd: {
+                    let mut f = EdgeForwarder::new(i as EdgeId, 0x1000 + i as u64);
+                    f.track_clients(true);
+                    f
+                },
                 link,
                 up: false,
             });
@@ -1178,6 +1182,60 @@ fn the_old_edge_seals_the_lan_s_traffic_until_the_lan_s_route_follows_the_move()
     assert_eq!(w.holds(1, spis), (true, true));
     assert!(w.edges[1].link.workers[0].bound.contains_key(&vip));
     println!("drained move: runs {runs:?}");
+}
+
+fn client_events(w: &mut Cluster, edge: usize) -> Vec<edge::ClientEvent> {
+    std::iter::from_fn(|| w.edges[edge].fwd.poll_client()).collect()
+}
+
+/// Issue 21: an edge hears which client arrives with which user when the client's outbound SA
+/// is placed there, and that it left when the move's drain ends (or without a drain, at the
+/// move); the masquerade registers and unregisters the edge as its connections' FAM on these.
+#[test]
+fn an_edge_is_told_who_arrives_and_when_the_client_left_at_the_end_of_the_drain() {
+    for drain in [true, false] {
+        let mut w = flowing(1, 0);
+        w.node.set_drain_moves(drain);
+        let vip = w.node.placement().host_edges()[0].0;
+        let client = proto::policy::Prefix::new(vip, 32).unwrap();
+        let attached = edge::ClientEvent::Attached {
+            client,
+            user: "rw.test".into(),
+        };
+        assert_eq!(client_events(&mut w, 0), vec![attached.clone()]);
+        w.traffic.lan_at[0] = Some(0);
+        steer(&mut w, 0, 1);
+        w.run_traffic(Duration::from_millis(20));
+        assert_eq!(
+            client_events(&mut w, 1),
+            vec![attached.clone()],
+            "drain {drain}"
+        );
+        let left = edge::ClientEvent::Left { client };
+        if drain {
+            // Still sealing the LAN's traffic for the client: not left yet.
+            assert_eq!(client_events(&mut w, 0), vec![], "drain {drain}");
+            w.traffic.lan_at[0] = Some(1);
+            w.run_traffic(Duration::from_millis(100));
+            assert_eq!(w.node.stats.drains_ended, 1);
+        }
+        assert_eq!(
+            client_events(&mut w, 0),
+            vec![left.clone()],
+            "drain {drain}"
+        );
+        assert_eq!(client_events(&mut w, 2), vec![], "edge 2 never held it");
+        // And back: edge 0 is told again, edge 1 that it left.
+        steer(&mut w, 0, 0);
+        w.traffic.lan_at[0] = Some(0);
+        w.run_traffic(Duration::from_millis(200));
+        assert_eq!(
+            client_events(&mut w, 0),
+            vec![attached.clone()],
+            "drain {drain}"
+        );
+        assert_eq!(client_events(&mut w, 1), vec![left], "drain {drain}");
+    }
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub mod group;
 pub mod ha;
 pub mod ike;
 pub mod lab;
+pub mod masq;
 pub mod reload;
 pub mod secret;
 pub mod vcm;

@@ -277,6 +277,14 @@ impl Placement {
                 vec![(self.inbound_owner(*spi), u)]
             }
             Update::SetGroupPeers { .. } => self.all(u),
+            // The masquerade's tables are every worker's (a flow's packets may reach any);
+            // a link SA's SPI names the worker its inbound SA lives on.
+            Update::MasqLinkIn { spi, .. } => vec![(self.inbound_owner(*spi), u)],
+            Update::SetMasqPlane { .. }
+            | Update::MasqFam { .. }
+            | Update::MasqRoute { .. }
+            | Update::MasqLink { .. }
+            | Update::MasqUsers { .. } => self.all(u),
         }
     }
 

@@ -417,5 +417,29 @@ fn update_summary(u: &Update) -> String {
         Update::SetGroupPeers { id, peers, .. } => {
             format!("group {}: {} peers", id.0, peers.len())
         }
+        Update::SetMasqPlane { plane } => match plane {
+            Some(p) => format!(
+                "masq plane: {} client prefixes, {} excluded, serving {:?}",
+                p.clients.len(),
+                p.exclude.len(),
+                p.served
+            ),
+            None => "masq plane off".into(),
+        },
+        Update::MasqFam {
+            install,
+            flow,
+            masq,
+        } => format!("masq fam {flow:?} -> {masq:?} (install {install})"),
+        Update::MasqRoute { masq, route } => format!("masq route {masq:?} -> {route:?}"),
+        Update::MasqLink { node, out_sa } => format!("masq link to node {node}: {out_sa:?}"),
+        Update::MasqLinkIn { spi, install } => {
+            format!("masq link in SPI {:08x} (install {install})", spi.0)
+        }
+        Update::MasqUsers { table } => format!(
+            "masq users: {} users, {} clients",
+            table.users.len(),
+            table.clients.len()
+        ),
     }
 }

@@ -21,6 +21,8 @@
     clippy::panic
 )]
 
+pub mod glue;
+pub mod link;
 pub mod node;
 pub mod plane;
 pub mod records;

@@ -72,6 +72,8 @@ pub struct MasqParams {
     pub udp_idle_ms: u64,
     pub tcp_idle_ms: u64,
     pub reuse_delay_ms: u64,
+    /// Published in `nodes/<node>` (see [`NodeRec::incarnation`]): random per start.
+    pub incarnation: u64,
 }
 
 impl MasqParams {
@@ -87,6 +89,7 @@ impl MasqParams {
             udp_idle_ms: 30_000,
             tcp_idle_ms: 2 * 3600 * 1000,
             reuse_delay_ms: 120_000,
+            incarnation: 0,
         }
     }
 
@@ -163,6 +166,12 @@ pub enum Output {
     /// This node now allocates on `addr` (claimed or taken over): hold the address, announce
     /// it (gratuitous ARP).
     Serve(Ipv4Addr),
+    /// Another node's record appeared or changed (`Some`: its link address and incarnation)
+    /// or went (its lease ran out): the inter-node link SAs with it follow (`super::link`).
+    Peer {
+        node: String,
+        link: Option<(String, u64)>,
+    },
 }
 
 /// Counters.
@@ -237,6 +246,8 @@ pub struct MasqNode<S: Store> {
     nodes_loaded: bool,
     blocks_loaded: bool,
     nodes: BTreeSet<String>,
+    /// Other nodes' records as last read (link address, incarnation).
+    peers: BTreeMap<String, (String, u64)>,
     blocks: BTreeMap<BlockId, (BlockRec, Revision)>,
     /// Owned blocks whose connections have been read.
     ready_blocks: BTreeSet<BlockId>,
@@ -258,6 +269,8 @@ pub struct MasqNode<S: Store> {
     out: VecDeque<Output>,
     raw: Vec<Event>,
     now_ms: u64,
+    /// When the lease was granted (the node record's `started_ms`).
+    started_ms: u64,
     pub stats: MasqStats,
 }
 
@@ -279,6 +292,7 @@ impl<S: Store> MasqNode<S> {
             nodes_loaded: false,
             blocks_loaded: false,
             nodes: BTreeSet::new(),
+            peers: BTreeMap::new(),
             blocks: BTreeMap::new(),
             ready_blocks: BTreeSet::new(),
             claiming: None,
@@ -297,6 +311,7 @@ impl<S: Store> MasqNode<S> {
             out: VecDeque::new(),
             raw: Vec::new(),
             now_ms: 0,
+            started_ms: 0,
             stats: MasqStats::default(),
         }
     }
@@ -331,6 +346,44 @@ impl<S: Store> MasqNode<S> {
         let prefix = self.layout.prefix("blocks/");
         self.submit(Request::Range { prefix }, Pending::LoadBlocks);
         self.pump(now_ms);
+    }
+
+    /// A new incarnation (the data plane restarted empty: its link SAs' sequence numbers
+    /// start again, so their keys must be new): the node record is written again with it.
+    pub fn set_incarnation(&mut self, incarnation: u64, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.p.incarnation = incarnation;
+        if self.lease.is_some() {
+            self.put_node();
+        }
+        self.pump(now_ms);
+    }
+
+    /// This node's incarnation as published.
+    pub fn incarnation(&self) -> u64 {
+        self.p.incarnation
+    }
+
+    /// The other live nodes' link addresses and incarnations as last read.
+    pub fn peers(&self) -> impl Iterator<Item = (&str, &(String, u64))> {
+        self.peers.iter().map(|(n, l)| (n.as_str(), l))
+    }
+
+    fn put_node(&mut self) {
+        let Some(id) = self.lease else {
+            return;
+        };
+        let rec = NodeRec {
+            v: RECORD_VERSION,
+            link: self.p.link.clone(),
+            started_ms: self.started_ms,
+            incarnation: self.p.incarnation,
+        };
+        let key = self.layout.key(&MasqKey::Node(self.p.node.clone()));
+        let mut txn = Txn::default();
+        if self.put(&mut txn, key, &rec, Some(id)).is_ok() {
+            self.submit(Request::Txn(txn), Pending::PutNode);
+        }
     }
 
     /// Whether the node is registered and has read the nodes and blocks.
@@ -779,16 +832,8 @@ impl<S: Store> MasqNode<S> {
             (Pending::Grant, Reply::Lease { id, .. }) => {
                 self.lease = Some(id);
                 self.next_keepalive_ms = now.saturating_add(self.keepalive_every());
-                let rec = NodeRec {
-                    v: RECORD_VERSION,
-                    link: self.p.link.clone(),
-                    started_ms: now,
-                };
-                let key = self.layout.key(&MasqKey::Node(self.p.node.clone()));
-                let mut txn = Txn::default();
-                if self.put(&mut txn, key, &rec, Some(id)).is_ok() {
-                    self.submit(Request::Txn(txn), Pending::PutNode);
-                }
+                self.started_ms = now;
+                self.put_node();
                 self.nodes.insert(self.name().to_string());
             }
             (Pending::LoadNodes, Reply::Range { kvs, revision }) => {
@@ -1213,13 +1258,29 @@ impl<S: Store> MasqNode<S> {
         };
         match (k, kv) {
             (MasqKey::Node(n), Some(kv)) => {
-                if self.open::<NodeRec>(kv).is_some() {
+                if let Some(rec) = self.open::<NodeRec>(kv) {
                     self.nodes.insert(n.as_str().to_string());
+                    if n.as_str() != self.name() {
+                        let link = (rec.link, rec.incarnation);
+                        if self.peers.get(n.as_str()) != Some(&link) {
+                            self.peers.insert(n.as_str().to_string(), link.clone());
+                            self.out.push_back(Output::Peer {
+                                node: n.as_str().to_string(),
+                                link: Some(link),
+                            });
+                        }
+                    }
                 }
             }
             (MasqKey::Node(n), None) => {
                 if n.as_str() != self.name() {
                     self.nodes.remove(n.as_str());
+                    if self.peers.remove(n.as_str()).is_some() {
+                        self.out.push_back(Output::Peer {
+                            node: n.as_str().to_string(),
+                            link: None,
+                        });
+                    }
                     tracing::info!(target: "control", node = %n, "masq coordinator: a node's lease went");
                     // Connections it was the FAM of: the HAM forwards nowhere now.
                     let gone: Vec<MasqAddr> = self

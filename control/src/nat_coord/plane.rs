@@ -72,7 +72,7 @@ impl NodePlane {
                     self.serves.push(*a);
                 }
             }
-            Output::Retry(_) | Output::RetryInbound(_) => {}
+            Output::Retry(_) | Output::RetryInbound(_) | Output::Peer { .. } => {}
         }
     }
 

@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::store::keys::Name;
 
-/// The version every record carries in `v`.
-pub const RECORD_VERSION: u8 = 1;
+/// The version every record carries in `v`. 2: `NodeRec::incarnation` (the inter-node link
+/// SAs' keys); no node ever ran version 1 outside tests.
+pub const RECORD_VERSION: u8 = 2;
 
 /// Ports per block (a block is the ports sharing the high byte).
 pub const BLOCK_PORTS: u32 = 256;
@@ -114,6 +115,10 @@ pub struct NodeRec {
     /// Where the other nodes reach its inter-node link.
     pub link: String,
     pub started_ms: u64,
+    /// A random value drawn at each start of the node's process (and again when its data
+    /// plane restarts empty): the keys and SPIs of the link SAs it sends on are derived from
+    /// it (`super::link`), so a restarted sender never reuses a (key, nonce).
+    pub incarnation: u64,
 }
 
 /// `blocks/<addr>/<hi>`: who allocates from the block.
@@ -344,9 +349,11 @@ mod tests {
         };
         let bytes = encode(&r);
         assert_eq!(decode::<ConnRec>(&bytes), Some(r.clone()));
-        let mut other = r;
-        other.v = 2;
-        assert_eq!(decode::<ConnRec>(&encode(&other)), None);
+        for v in [RECORD_VERSION - 1, RECORD_VERSION + 1] {
+            let mut other = r.clone();
+            other.v = v;
+            assert_eq!(decode::<ConnRec>(&encode(&other)), None);
+        }
         assert_eq!(decode::<ConnRec>(b"{\"v\":1}"), None);
         assert_eq!(decode::<BlockRec>(&bytes), None);
         assert_eq!(decode::<FlowRec>(&[0xff, 0x00]), None);

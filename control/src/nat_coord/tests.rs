@@ -17,6 +17,9 @@ use std::time::Duration;
 use pipeline::masq::access::{AccessPolicy, AccessTable};
 use zeroize::Zeroizing;
 
+#[path = "tests_glue.rs"]
+mod glue;
+
 use super::node::successor;
 use super::*;
 use crate::cluster::store::keys::Name;

@@ -41,24 +41,7 @@ pub enum MasqMiss {
     NoEntry,
 }
 
-/// A connection's key as the client sends it: protocol number, client address and port,
-/// server address and port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub proto: u8,
-    pub client: Ipv4Addr,
-    pub client_port: u16,
-    pub server: Ipv4Addr,
-    pub server_port: u16,
-}
-
-/// A masquerading address and port of one protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Masq {
-    pub proto: u8,
-    pub addr: Ipv4Addr,
-    pub port: u16,
-}
+pub use proto::masq::{FlowKey, Masq, Route};
 
 /// The key of an inbound packet at the FAM: the masquerading side and the server it must
 /// come from.
@@ -235,15 +218,6 @@ fn in_key(f: &FlowKey, m: Masq) -> InKey {
         server: f.server,
         server_port: f.server_port,
     }
-}
-
-/// Where the HAM sends an inbound packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// This node is the flow's FAM too: [`FamTable::inbound`].
-    Local,
-    /// Forward over the inter-node link to this node (an index of the driver's).
-    Node(u16),
 }
 
 /// The HAM's routes: masquerading address and port -> current FAM.

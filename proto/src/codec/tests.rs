@@ -175,7 +175,7 @@ fn updates() -> Vec<UpdateEnvelope> {
         local_port: 4500,
         remote_port: 61000,
     });
-    let ups = vec![
+    let mut ups = vec![
         Update::AddSa {
             dir: Direction::Inbound,
             params: params(AeadAlg::AesGcm128, false, None),
@@ -305,6 +305,7 @@ fn updates() -> Vec<UpdateEnvelope> {
             peers: vec![],
         },
     ];
+    ups.extend(masq_updates());
     ups.into_iter()
         .enumerate()
         .map(|(i, update)| UpdateEnvelope {
@@ -312,6 +313,254 @@ fn updates() -> Vec<UpdateEnvelope> {
             update,
         })
         .collect()
+}
+
+fn flow() -> FlowKey {
+    FlowKey {
+        proto: 6,
+        client: Ipv4Addr::new(10, 7, 0, 10),
+        client_port: 40000,
+        server: Ipv4Addr::new(10, 9, 0, 10),
+        server_port: 5201,
+    }
+}
+
+fn masq() -> Masq {
+    Masq {
+        proto: 17,
+        addr: Ipv4Addr::new(10, 8, 0, 100),
+        port: 0xfffe,
+    }
+}
+
+fn masq_users() -> MasqUsers {
+    MasqUsers {
+        users: vec![
+            vec![
+                UserRule {
+                    dst: "10.9.0.10/32".parse().unwrap(),
+                    proto: None,
+                    ports: PortRange::ANY,
+                    allow: false,
+                },
+                UserRule {
+                    dst: "10.9.0.0/24".parse().unwrap(),
+                    proto: Some(6),
+                    ports: PortRange { lo: 443, hi: 443 },
+                    allow: true,
+                },
+            ],
+            vec![],
+        ],
+        default_allow: true,
+        clients: vec![
+            MasqClient {
+                prefix: "10.7.0.0/24".parse().unwrap(),
+                user: 0,
+            },
+            MasqClient {
+                prefix: "10.99.0.3/32".parse().unwrap(),
+                user: 1,
+            },
+        ],
+    }
+}
+
+fn masq_updates() -> Vec<Update> {
+    vec![
+        Update::SetMasqPlane {
+            plane: Some(MasqPlane {
+                clients: vec![
+                    "10.7.0.0/24".parse().unwrap(),
+                    "10.99.0.0/24".parse().unwrap(),
+                ],
+                exclude: vec!["10.8.0.0/24".parse().unwrap()],
+                served: vec![Ipv4Addr::new(10, 8, 0, 100), Ipv4Addr::new(10, 8, 0, 101)],
+                link_addr: Ipv4Addr::new(10, 8, 0, 2),
+            }),
+        },
+        Update::SetMasqPlane {
+            plane: Some(MasqPlane {
+                clients: vec![],
+                exclude: vec![],
+                served: vec![],
+                link_addr: Ipv4Addr::UNSPECIFIED,
+            }),
+        },
+        Update::SetMasqPlane { plane: None },
+        Update::MasqFam {
+            install: true,
+            flow: flow(),
+            masq: masq(),
+        },
+        Update::MasqFam {
+            install: false,
+            flow: flow(),
+            masq: masq(),
+        },
+        Update::MasqRoute {
+            masq: masq(),
+            route: None,
+        },
+        Update::MasqRoute {
+            masq: masq(),
+            route: Some(Route::Local),
+        },
+        Update::MasqRoute {
+            masq: masq(),
+            route: Some(Route::Node(0xabcd)),
+        },
+        Update::MasqLink {
+            node: 2,
+            out_sa: Some(SaId(0x8000_0001)),
+        },
+        Update::MasqLink {
+            node: 0,
+            out_sa: None,
+        },
+        Update::MasqLinkIn {
+            spi: Spi(0xf000_0002),
+            install: true,
+        },
+        Update::MasqLinkIn {
+            spi: Spi(1),
+            install: false,
+        },
+        Update::MasqUsers {
+            table: masq_users(),
+        },
+        Update::MasqUsers {
+            table: MasqUsers {
+                users: vec![],
+                default_allow: false,
+                clients: vec![],
+            },
+        },
+    ]
+}
+
+#[test]
+fn masq_updates_round_trip_field_by_field() {
+    for u in masq_updates() {
+        let env = UpdateEnvelope {
+            generation: 9,
+            update: u.clone(),
+        };
+        let back = same_bytes(&env).update;
+        match (&u, &back) {
+            (Update::SetMasqPlane { plane: a }, Update::SetMasqPlane { plane: b }) => {
+                assert_eq!(a, b)
+            }
+            (
+                Update::MasqFam {
+                    install: i1,
+                    flow: f1,
+                    masq: m1,
+                },
+                Update::MasqFam {
+                    install: i2,
+                    flow: f2,
+                    masq: m2,
+                },
+            ) => assert_eq!((i1, f1, m1), (i2, f2, m2)),
+            (
+                Update::MasqRoute {
+                    masq: m1,
+                    route: r1,
+                },
+                Update::MasqRoute {
+                    masq: m2,
+                    route: r2,
+                },
+            ) => assert_eq!((m1, r1), (m2, r2)),
+            (
+                Update::MasqLink {
+                    node: n1,
+                    out_sa: s1,
+                },
+                Update::MasqLink {
+                    node: n2,
+                    out_sa: s2,
+                },
+            ) => assert_eq!((n1, s1), (n2, s2)),
+            (
+                Update::MasqLinkIn {
+                    spi: s1,
+                    install: i1,
+                },
+                Update::MasqLinkIn {
+                    spi: s2,
+                    install: i2,
+                },
+            ) => assert_eq!((s1, i1), (s2, i2)),
+            (Update::MasqUsers { table: a }, Update::MasqUsers { table: b }) => assert_eq!(a, b),
+            (a, b) => panic!("{a:?} came back as {b:?}"),
+        }
+    }
+}
+
+#[test]
+fn invalid_masq_fields_are_refused() {
+    let enc = |u: Update| {
+        to_vec(&UpdateEnvelope {
+            generation: 1,
+            update: u,
+        })
+        .unwrap()
+        .to_vec()
+    };
+    // A route kind other than none, local, node: after version, tag, generation, masq (7).
+    let mut r = enc(Update::MasqRoute {
+        masq: masq(),
+        route: Some(Route::Local),
+    });
+    r[2 + 8 + 7] = 3;
+    assert_eq!(
+        UpdateEnvelope::decode(&r).err(),
+        Some(DecodeError::Invalid("masq route"))
+    );
+    // A client naming a user the table does not have.
+    let mut t = masq_users();
+    t.clients[1].user = 2;
+    let b = enc(Update::MasqUsers { table: t });
+    assert_eq!(
+        UpdateEnvelope::decode(&b).err(),
+        Some(DecodeError::Invalid("masq client user"))
+    );
+    // A served-address count the bytes cannot hold: refused before allocating.
+    let mut p = vec![CODEC_VERSION, tag::SET_MASQ_PLANE];
+    p.extend_from_slice(&1u64.to_le_bytes());
+    p.push(1);
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        UpdateEnvelope::decode(&p).err(),
+        Some(DecodeError::Truncated)
+    );
+    // An install flag that is not a bool.
+    let mut f = enc(Update::MasqFam {
+        install: true,
+        flow: flow(),
+        masq: masq(),
+    });
+    f[10] = 2;
+    assert_eq!(
+        UpdateEnvelope::decode(&f).err(),
+        Some(DecodeError::Invalid("masq install flag"))
+    );
+    // A miss of neither direction.
+    let mut e = to_vec(&Event::MasqMiss {
+        worker: 1,
+        key: MasqMissKey::In(masq()),
+    })
+    .unwrap()
+    .to_vec();
+    e[4] = 2;
+    assert_eq!(
+        Event::decode(&e).err(),
+        Some(DecodeError::Invalid("masq miss direction"))
+    );
 }
 
 fn acks() -> Vec<Ack> {
@@ -420,6 +669,14 @@ fn events() -> Vec<Event> {
             packets: u64::MAX,
             bytes: 0,
             millis: u32::MAX,
+        },
+        Event::MasqMiss {
+            worker: 3,
+            key: MasqMissKey::Out(flow()),
+        },
+        Event::MasqMiss {
+            worker: 0,
+            key: MasqMissKey::In(masq()),
         },
     ]);
     for dir in [Direction::Inbound, Direction::Outbound] {
@@ -799,9 +1056,9 @@ fn random_and_mutated_bytes_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let tags: Vec<u8> = (0x10..=0x1f)
         .chain(0x20..=0x21)
-        .chain(0x30..=0x36)
+        .chain(0x30..=0x38)
         .chain(0x40..=0x40)
-        .chain(0x50..=0x52)
+        .chain(0x50..=0x58)
         .collect();
     // Random bytes behind a valid version and tag, so the bodies get exercised.
     for _ in 0..100_000 {

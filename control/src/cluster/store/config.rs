@@ -21,10 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+#[cfg(feature = "etcd")]
 use zeroize::Zeroizing;
 
+#[cfg(feature = "etcd")]
 use super::etcd::{EtcdOptions, EtcdStore, TlsFiles};
 use super::keys::Name;
+#[cfg(feature = "etcd")]
 use super::repo::ClusterStore;
 use super::seal::Sealer;
 use crate::config::ConfigError;
@@ -57,6 +60,7 @@ pub struct EtcdYaml {
 }
 
 /// A validated store section.
+#[cfg(feature = "etcd")]
 pub struct StorePlan {
     pub cluster: Name,
     pub sealer: Arc<Sealer>,
@@ -72,8 +76,27 @@ fn rel(base: &Path, p: &Path) -> PathBuf {
 }
 
 impl StoreYaml {
+    /// What a build without the `etcd` feature can check of the section: the cluster name,
+    /// the cluster key file and that endpoints are given.
+    pub fn check_basic(&self, file: &Path, at: &str) -> Result<(Name, Arc<Sealer>), ConfigError> {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let cluster = Name::new(&self.cluster)
+            .map_err(|e| ConfigError::new(file, format!("{at}.cluster"), e.to_string()))?;
+        let sealer = Sealer::from_file(&rel(base, &self.key_file))
+            .map_err(|e| ConfigError::new(file, format!("{at}.key_file"), e.to_string()))?;
+        if self.etcd.endpoints.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                format!("{at}.etcd.endpoints"),
+                "at least one etcd client URL is needed",
+            ));
+        }
+        Ok((cluster, Arc::new(sealer)))
+    }
+
     /// Validates the section of `file` found at key path `at` (e.g. `store`); reads the
     /// cluster key and the etcd password.
+    #[cfg(feature = "etcd")]
     pub fn plan(&self, file: &Path, at: &str) -> Result<StorePlan, ConfigError> {
         let base = file.parent().unwrap_or(Path::new("."));
         let cluster = Name::new(&self.cluster)
@@ -178,6 +201,7 @@ impl StoreYaml {
     }
 }
 
+#[cfg(feature = "etcd")]
 impl StorePlan {
     /// Connects to etcd (blocks until a member answers or the retry time has passed).
     pub fn open(self) -> Result<ClusterStore<EtcdStore>, super::StoreError> {
@@ -186,7 +210,7 @@ impl StorePlan {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "etcd"))]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;

@@ -71,7 +71,7 @@
     clippy::panic
 )]
 
-#[cfg(feature = "etcd")]
+/// The `store:` section (its schema always; opening etcd with the `etcd` feature).
 pub mod config;
 #[cfg(feature = "etcd")]
 pub mod etcd;

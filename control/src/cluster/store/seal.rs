@@ -153,6 +153,28 @@ impl Sealer {
         Ok(LessSafeKey::new(unbound))
     }
 
+    /// Derives key material for another use of the cluster key:
+    /// `HKDF-SHA256(ikm = cluster key, salt = salt, info = info parts)` filled into `out`
+    /// (at most 255 * 32 bytes). Callers use an `info` that starts with their own label, never
+    /// the sealing's ("roamgate cluster-store v1"), so the outputs are independent of every
+    /// value key.
+    pub fn derive(&self, salt: &[u8], info: &[&[u8]], out: &mut [u8]) -> Result<(), SealError> {
+        struct Len(usize);
+        impl hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                self.0
+            }
+        }
+        if info.first().is_some_and(|l| *l == INFO) {
+            return Err(SealError::Refused);
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(&self.key[..]);
+        let okm = prk
+            .expand(info, Len(out.len()))
+            .map_err(|_| SealError::Refused)?;
+        okm.fill(out).map_err(|_| SealError::Refused)
+    }
+
     /// Seals `plain` for the key path `path`.
     pub fn seal(&self, path: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut salt = [0u8; SALT];
