@@ -14,8 +14,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use control::cluster::{EdgeForwarder, NodeMsg};
 use control::driver::inproc::os_seed;
+use control::driver::Link;
 use pipeline::shm::ControlChannel;
 
+use proto::masq::MasqMissKey;
+
+use super::masq::{MasqThread, ToMasq};
 use crate::config::{Checked, DataplaneFile};
 use crate::control_link::ShmControlLink;
 use crate::noise_channel::{Endpoint, LinkEvent, Psk, SyncLink, CLUSTER, MAX_PAYLOAD};
@@ -39,9 +43,36 @@ impl EdgeLinkArgs {
     }
 }
 
+/// SIGHUP: the file's `masq.access` again (the rest of the section needs a restart).
+fn reload_masq(config: &std::path::Path, masq: Option<&MasqThread>) {
+    let Some(m) = masq else {
+        tracing::info!(target: "cluster", "SIGHUP: nothing to reload in edge-link");
+        return;
+    };
+    let file: DataplaneFile = match control::config::load(config) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(target: "masq", "SIGHUP: {e}: the policy stays");
+            return;
+        }
+    };
+    let Some(section) = &file.masq else {
+        tracing::warn!(target: "masq",
+            "SIGHUP: {}: the masq section is gone: the policy stays (a restart removes it)",
+            config.display());
+        return;
+    };
+    match section.access_table(config, "masq") {
+        Ok((t, r)) => m.send(ToMasq::Access(t, r)),
+        Err(e) => tracing::warn!(target: "masq", "SIGHUP: {e}: the policy stays"),
+    }
+}
+
 pub fn run(args: EdgeLinkArgs) -> Result<()> {
     let file: DataplaneFile = control::config::load(&args.config)?;
-    let Checked { plan, edge, .. } = file.validate(&args.config)?;
+    let Checked {
+        plan, edge, masq, ..
+    } = file.validate(&args.config)?;
     let Some(edge) = edge else {
         bail!(
             "{}: cluster: an edge needs a cluster section with role edge",
@@ -65,6 +96,16 @@ pub fn run(args: EdgeLinkArgs) -> Result<()> {
     let seed = os_seed();
     let incarnation = u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8]));
     let mut fwd = EdgeForwarder::new(edge.edge_id, incarnation);
+    // The masquerade that follows a moving client (issue 21): its own thread.
+    let masq = match masq {
+        Some(plan) => {
+            fwd.track_clients(true);
+            let inc = u64::from_le_bytes(seed[8..16].try_into().unwrap_or([2; 8]));
+            Some(MasqThread::start(plan, &args.config, inc)?)
+        }
+        None => None,
+    };
+    crate::hup::install()?;
     let sync = SyncLink::start(
         Endpoint::Dial(edge.crypto_node),
         Psk::new(*edge.psk),
@@ -105,6 +146,29 @@ pub fn run(args: EdgeLinkArgs) -> Result<()> {
             }
         }
         work |= fwd.turn(&mut link);
+        if let Some(m) = &masq {
+            while let Some(c) = fwd.poll_client() {
+                m.send(ToMasq::Client(c));
+                work = true;
+            }
+            while let Some(e) = fwd.poll_masq_miss() {
+                m.send(match e {
+                    MasqMissKey::Out(f) => ToMasq::MissOut(f),
+                    MasqMissKey::In(k) => ToMasq::MissIn(k),
+                });
+                work = true;
+            }
+            while let Some(u) = m.try_update() {
+                link.send_update(0, u)?;
+                work = true;
+            }
+            if !m.is_running() {
+                bail!("the masquerade thread stopped (see the log above)");
+            }
+        }
+        if crate::hup::take() {
+            reload_masq(&args.config, masq.as_ref());
+        }
         while let Some(m) = fwd.poll_to_node() {
             let bytes = match m.encode() {
                 Ok(b) if b.len() <= MAX_PAYLOAD => b,
@@ -137,6 +201,7 @@ pub fn run(args: EdgeLinkArgs) -> Result<()> {
         }
     }
     tracing::info!(target: "cluster", "stopped: {:?}", fwd.stats);
+    drop(masq);
     drop(ch);
     Ok(())
 }

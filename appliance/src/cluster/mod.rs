@@ -8,6 +8,7 @@
 
 pub mod crypto_node;
 pub mod edge;
+pub mod masq;
 
 /// How long a loop with nothing to do sleeps.
 const IDLE: std::time::Duration = std::time::Duration::from_micros(300);

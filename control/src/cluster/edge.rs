@@ -66,7 +66,13 @@ struct Clients {
     /// Client -> (outbound SAs here, user).
     here: HashMap<Prefix, (usize, String)>,
     events: VecDeque<ClientEvent>,
+    /// The data plane's masquerade table misses, for the masquerade's driver.
+    misses: VecDeque<proto::masq::MasqMissKey>,
 }
+
+/// Table misses kept for the masquerade's driver at most (more are dropped and counted: the
+/// worker asks again while it holds the packet).
+pub const MAX_MISSES: usize = 4096;
 
 impl Clients {
     fn update(&mut self, u: &Update) {
@@ -130,6 +136,7 @@ pub struct EdgeStats {
     pub carrier_gaps: u64,
     pub updates: u64,
     pub reports: u64,
+    pub masq_misses_dropped: u64,
 }
 
 pub struct EdgeForwarder {
@@ -185,6 +192,12 @@ impl EdgeForwarder {
         if !on {
             self.clients = Clients::default();
         }
+    }
+
+    /// The next masquerade table miss of the data plane (with [`Self::track_clients`]; they
+    /// are not reported to the crypto node).
+    pub fn poll_masq_miss(&mut self) -> Option<proto::masq::MasqMissKey> {
+        self.clients.misses.pop_front()
     }
 
     /// The next client arrival or departure (with [`Self::track_clients`]).
@@ -318,6 +331,14 @@ impl EdgeForwarder {
                         });
                     } else {
                         self.stats.ike_no_node += 1;
+                    }
+                }
+                Input::Event(proto::Event::MasqMiss { key, .. }) => {
+                    // The masquerade's, never the crypto node's.
+                    if self.clients.on && self.clients.misses.len() < MAX_MISSES {
+                        self.clients.misses.push_back(key);
+                    } else {
+                        self.stats.masq_misses_dropped += 1;
                     }
                 }
                 Input::Event(event) => {

@@ -32,7 +32,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 
-use pipeline::masq::access::{AccessPolicy, AccessTable};
+use pipeline::masq::access::{AccessPolicy, AccessRule, AccessTable, RuleProto, Verdict};
+use proto::masq::UserRule;
 use proto::policy::Prefix;
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -97,6 +98,56 @@ pub const NODE_TTL_RANGE: core::ops::RangeInclusive<i64> = 1..=60;
 /// The range of the idle timeouts (ms): 1 s .. 1 day.
 pub const IDLE_RANGE: core::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 
+/// The policy as the worker takes it (`proto::masq::MasqUsers` without the client map): per
+/// user index, the rules in the order [`AccessPolicy::compile`] gives them the same index
+/// (the users in name order, then the group `default` for identities the policy does not
+/// name), and the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessRules {
+    pub users: Vec<Vec<UserRule>>,
+    pub default_allow: bool,
+}
+
+impl AccessRules {
+    /// Everything allowed (no `access:`), as `AccessTable::allow_all`: one user, no rules.
+    pub fn allow_all() -> AccessRules {
+        AccessRules {
+            users: vec![Vec::new()],
+            default_allow: true,
+        }
+    }
+
+    /// The worker's form of `p` (a policy that compiled: its groups exist).
+    pub fn of(p: &AccessPolicy) -> AccessRules {
+        let rule = |r: &AccessRule| UserRule {
+            dst: r.dst,
+            proto: match r.proto {
+                RuleProto::Any => None,
+                RuleProto::Tcp => Some(6),
+                RuleProto::Udp => Some(17),
+                RuleProto::Icmp => Some(1),
+            },
+            ports: r.ports,
+            allow: r.action == Verdict::Allow,
+        };
+        let mut users: Vec<Vec<UserRule>> = Vec::new();
+        for u in p.users.values() {
+            let mut list: Vec<UserRule> = u.rules.iter().map(rule).collect();
+            for g in &u.groups {
+                list.extend(p.groups.get(g).into_iter().flatten().map(rule));
+            }
+            users.push(list);
+        }
+        if let Some(g) = p.groups.get("default") {
+            users.push(g.iter().map(rule).collect());
+        }
+        AccessRules {
+            users,
+            default_allow: p.default == Verdict::Allow,
+        }
+    }
+}
+
 /// Where the coordinator keeps its records.
 #[derive(Debug)]
 pub enum MasqStorePlan {
@@ -119,6 +170,8 @@ pub struct MasqPlan {
     pub store: MasqStorePlan,
     /// The compiled per-user policy (allow-all without `access:`).
     pub access: Arc<AccessTable>,
+    /// The same, as the worker takes it.
+    pub rules: Arc<AccessRules>,
 }
 
 fn v4(file: &Path, key: String, a: IpAddr) -> Result<Ipv4Addr, ConfigError> {
@@ -284,17 +337,29 @@ impl MasqYaml {
             sealer,
             store,
             access: Arc::new(access),
+            rules: Arc::new(
+                self.access
+                    .as_ref()
+                    .map_or_else(AccessRules::allow_all, AccessRules::of),
+            ),
         })
     }
 
     /// The policy alone (a reload swaps it; the rest of the section is fixed at start).
-    pub fn access_table(&self, file: &Path, at: &str) -> Result<Arc<AccessTable>, ConfigError> {
+    pub fn access_table(
+        &self,
+        file: &Path,
+        at: &str,
+    ) -> Result<(Arc<AccessTable>, Arc<AccessRules>), ConfigError> {
         match &self.access {
-            None => Ok(Arc::new(AccessTable::allow_all())),
-            Some(p) => p
-                .compile()
-                .map(Arc::new)
-                .map_err(|e| unknown_group(file, at, e)),
+            None => Ok((
+                Arc::new(AccessTable::allow_all()),
+                Arc::new(AccessRules::allow_all()),
+            )),
+            Some(p) => Ok((
+                Arc::new(p.compile().map_err(|e| unknown_group(file, at, e))?),
+                Arc::new(AccessRules::of(p)),
+            )),
         }
     }
 }
@@ -369,6 +434,41 @@ mod tests {
             .allows(alice, "10.9.0.10".parse().unwrap(), 6, 5201));
         assert!(!p.access.allows(alice, "10.9.0.10".parse().unwrap(), 6, 22));
         assert!(p.access.user("mallory").is_none());
+    }
+
+    #[test]
+    fn the_worker_s_rules_decide_as_the_compiled_table_for_every_user() {
+        let y = format!(
+            "{GOOD}  access:\n    default: deny\n    groups:\n      staff: [ {{ dst: 10.9.0.0/24, proto: tcp, ports: 5201, action: allow }} ]\n      default: [ {{ dst: 10.9.0.10/32, action: allow }} ]\n    users:\n      alice: {{ groups: [staff] }}\n      bob: {{ rules: [ {{ dst: 10.9.0.0/24, proto: udp, action: deny }} ], groups: [staff, default] }}\n"
+        );
+        let p = check(&y).unwrap();
+        let allows = |uid: u32, dst: IpAddr, proto: u8, port: u16| {
+            let rules = &p.rules.users[uid as usize];
+            rules
+                .iter()
+                .find(|r| {
+                    r.proto.is_none_or(|x| x == proto)
+                        && r.ports.contains(port)
+                        && r.dst.contains(dst)
+                })
+                .map_or(p.rules.default_allow, |r| r.allow)
+        };
+        assert_eq!(p.rules.users.len(), 3, "alice, bob, the default group");
+        for who in ["alice", "bob", "stranger"] {
+            let u = p.access.user(who).unwrap();
+            for dst in ["10.9.0.10", "10.9.0.20", "192.0.2.1"] {
+                let dst: IpAddr = dst.parse().unwrap();
+                for (proto, port) in [(6, 5201), (6, 22), (17, 53), (1, 0)] {
+                    assert_eq!(
+                        allows(u.0, dst, proto, port),
+                        p.access.allows(u, dst, proto, port),
+                        "{who} {dst} {proto}/{port}"
+                    );
+                }
+            }
+        }
+        let none = check(GOOD).unwrap();
+        assert_eq!(*none.rules, AccessRules::allow_all());
     }
 
     #[test]

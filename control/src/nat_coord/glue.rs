@@ -36,6 +36,7 @@ use super::node::{InVerdict, MasqNode, OutVerdict, Output};
 use super::plane::{flow_key, masq_key};
 use super::records::{Flow, MasqAddr, Proto};
 use crate::cluster::store::{Sealer, Store};
+use crate::config::masq::AccessRules;
 
 /// One change for the data plane.
 #[derive(Debug)]
@@ -78,6 +79,7 @@ pub struct Glue<S: Store> {
     links: Links,
     sealer: Arc<Sealer>,
     access: Arc<AccessTable>,
+    rules: Arc<AccessRules>,
     /// Attached clients (their traffic selector) and their users.
     clients: HashMap<Prefix, String>,
     /// Hosts attached to the coordinator one by one (inside a site's prefix).
@@ -126,6 +128,7 @@ impl<S: Store> Glue<S> {
         Glue {
             links: Links::new(&me, link, inc),
             access: Arc::new(AccessTable::allow_all()),
+            rules: Arc::new(AccessRules::allow_all()),
             node,
             sealer,
             clients: HashMap::new(),
@@ -149,8 +152,9 @@ impl<S: Store> Glue<S> {
     }
 
     /// Starts the coordinator; the data plane gets its (empty) masquerade plane first.
-    pub fn start(&mut self, access: Arc<AccessTable>, now_ms: u64) {
+    pub fn start(&mut self, access: Arc<AccessTable>, rules: Arc<AccessRules>, now_ms: u64) {
         self.access = access.clone();
+        self.rules = rules;
         self.node.set_access(access);
         self.out.push_back(PlaneCmd::Served(Vec::new()));
         self.out.push_back(PlaneCmd::Users);
@@ -172,6 +176,20 @@ impl<S: Store> Glue<S> {
     /// The policy now in force.
     pub fn access(&self) -> &Arc<AccessTable> {
         &self.access
+    }
+
+    /// The worker's `MasqUsers`: the policy's rules and the attached clients' users.
+    pub fn masq_users(&self) -> proto::masq::MasqUsers {
+        proto::masq::MasqUsers {
+            users: self.rules.users.clone(),
+            default_allow: self.rules.default_allow,
+            clients: self
+                .users()
+                .into_iter()
+                .filter(|(_, u)| (u.0 as usize) < self.rules.users.len())
+                .map(|(prefix, u)| proto::masq::MasqClient { prefix, user: u.0 })
+                .collect(),
+        }
     }
 
     /// The attached clients and their users' ids (those the policy knows).
@@ -305,8 +323,9 @@ impl<S: Store> Glue<S> {
     }
 
     /// A new policy (a reload): the coordinator's new-flow checks and the worker's table.
-    pub fn set_access(&mut self, access: Arc<AccessTable>, now_ms: u64) {
+    pub fn set_access(&mut self, access: Arc<AccessTable>, rules: Arc<AccessRules>, now_ms: u64) {
         self.access = access.clone();
+        self.rules = rules;
         self.node.set_access(access);
         self.out.push_back(PlaneCmd::Users);
         self.drain(now_ms);
@@ -394,4 +413,44 @@ impl<S: Store> Glue<S> {
             }
         }
     }
+}
+
+/// The data-plane updates of one command; `clients`, `exclude` and `link` are the fixed part
+/// of the node's masquerade plane (its file's `masq` section).
+pub fn updates<S: Store>(
+    cmd: PlaneCmd,
+    glue: &Glue<S>,
+    clients: &[Prefix],
+    exclude: &[Prefix],
+    link: Ipv4Addr,
+) -> Vec<Update> {
+    vec![match cmd {
+        PlaneCmd::Update(u) => u,
+        PlaneCmd::Served(served) => Update::SetMasqPlane {
+            plane: Some(proto::masq::MasqPlane {
+                clients: clients.to_vec(),
+                exclude: exclude.to_vec(),
+                served,
+                link_addr: link,
+            }),
+        },
+        PlaneCmd::Fam {
+            install,
+            flow,
+            masq,
+        } => Update::MasqFam {
+            install,
+            flow,
+            masq,
+        },
+        PlaneCmd::Route { masq, route } => Update::MasqRoute { masq, route },
+        PlaneCmd::Link { node, out_sa } => Update::MasqLink {
+            node,
+            out_sa: Some(out_sa),
+        },
+        PlaneCmd::LinkIn { spi } => Update::MasqLinkIn { spi, install: true },
+        PlaneCmd::Users => Update::MasqUsers {
+            table: glue.masq_users(),
+        },
+    }]
 }

@@ -8,7 +8,7 @@ use proto::policy::Prefix;
 use proto::{Direction, Update};
 
 use super::*;
-use crate::nat_coord::glue::{Glue, PlaneCmd};
+use crate::nat_coord::glue::{self as glue_mod, Glue, PlaneCmd};
 use crate::nat_coord::link::{link_keys, LINK_SA_ID_BASE};
 use crate::nat_coord::plane::flow_key;
 
@@ -98,7 +98,11 @@ impl World {
         p.incarnation = inc;
         let node = MasqNode::new(p, h, self.net.sealer.clone(), self.net.access.clone());
         let mut g = Glue::new(node, self.net.sealer.clone(), link);
-        g.start(self.net.access.clone(), self.net.now);
+        g.start(
+            self.net.access.clone(),
+            Arc::new(crate::config::masq::AccessRules::allow_all()),
+            self.net.now,
+        );
         self.glue.push(g);
         self.planes.push(Plane::default());
         self.tick(20);
@@ -237,4 +241,31 @@ fn the_glue_turns_outputs_into_table_updates_and_links_and_follows_a_moving_clie
     assert_eq!(w.planes[a].served, vec![addr(1)]);
     assert!(w.planes[a].link_in.contains(&b_out));
     assert!(w.planes[a].users_pushed >= 1);
+
+    // The commands as proto updates: the plane with the file's fixed part, the users.
+    let clients = [site];
+    let ex = [Prefix::new("10.8.0.0".parse().unwrap(), 24).unwrap()];
+    let u = glue_mod::updates(
+        PlaneCmd::Served(vec![addr(1)]),
+        &w.glue[a],
+        &clients,
+        &ex,
+        la,
+    );
+    let Update::SetMasqPlane { plane: Some(p) } = &u[0] else {
+        panic!("{u:?}")
+    };
+    assert_eq!(
+        (p.served.clone(), p.link_addr, p.clients.clone()),
+        (vec![addr(1)], la, vec![site])
+    );
+    let now = w.net.now;
+    w.glue[b].client_attached(vip, "alice", now);
+    let u = glue_mod::updates(PlaneCmd::Users, &w.glue[b], &clients, &ex, lb);
+    let Update::MasqUsers { table } = &u[0] else {
+        panic!("{u:?}")
+    };
+    assert_eq!(table.clients.len(), 1);
+    assert_eq!(table.clients[0].prefix, vip);
+    assert!(table.default_allow);
 }
