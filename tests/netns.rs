@@ -281,10 +281,7 @@ impl DataplaneProcess {
     /// restarts nothing; a node that dies, not one that says goodbye. Returns what it printed.
     pub fn kill9_with_children(mut self) -> String {
         let pid = self.proc.child.as_ref().map(std::process::Child::id);
-        let children: Vec<String> = pid
-            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).ok())
-            .map(|s| s.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default();
+        let children: Vec<String> = pid.map(children_of).unwrap_or_default();
         if let Some(c) = self.proc.child.as_mut() {
             let _ = c.kill();
         }
@@ -311,6 +308,28 @@ impl DataplaneProcess {
         // What it said on either stream (status and log lines go to stderr).
         (v, out + "\n" + &err)
     }
+}
+
+/// The pids whose parent is `pid` (from /proc/N/stat).
+fn children_of(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let name = e.ok()?.file_name().into_string().ok()?;
+        name.parse::<u32>().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{name}/stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == pid).then_some(name)
+    })
+    .collect()
 }
 
 /// A tshark capture in a namespace, written to a pcap file.
