@@ -93,11 +93,21 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
     let node_sock = dir.join("cn.sock");
     // `CLUSTER_MOVE_DRAIN=0`: the crypto node with `cluster.move_drain: false` (the old edge
     // deletes the client's outbound SA at the move: the comparison for the LAN -> client loss).
+    // `CLUSTER_MOVE_HOLD_MS=N`: `cluster.move_hold_ms: N` (the new edge's hold of its first
+    // packets after a move; 0: none, the comparison for the old edge's packets in flight).
     let mut node_config = root().join("configs/cluster/crypto-node.yaml");
+    let mut extra = String::new();
     if std::env::var("CLUSTER_MOVE_DRAIN").as_deref() == Ok("0") {
+        extra.push_str("  move_drain: false\n");
+    }
+    if let Ok(ms) = std::env::var("CLUSTER_MOVE_HOLD_MS") {
+        let ms: u32 = ms.parse().expect("CLUSTER_MOVE_HOLD_MS: milliseconds");
+        extra.push_str(&format!("  move_hold_ms: {ms}\n"));
+    }
+    if !extra.is_empty() {
         let text = std::fs::read_to_string(&node_config).unwrap();
-        node_config = dir.join("crypto-node-no-drain.yaml");
-        std::fs::write(&node_config, format!("{text}\n  move_drain: false\n")).unwrap();
+        node_config = dir.join("crypto-node-moves.yaml");
+        std::fs::write(&node_config, format!("{text}\n{extra}")).unwrap();
     }
     let node = NsProcess::spawn(
         &lab.ns("cn"),
@@ -525,6 +535,25 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
             .sum()
     };
     let unknown_before = unknown_spi();
+    // What the client's replay window refused (the old edge's packets that arrived after the
+    // new edge's first moved the window up), and what the edges held after moves.
+    let replay_refused = |s: &serde_json::Value| -> u64 {
+        ["replay_too_old", "replay_duplicate"]
+            .iter()
+            .map(|k| s["drops"][k].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let refused_before = replay_refused(&client.stats());
+    let edge_traffic = |k: &str| -> u64 {
+        edges
+            .iter()
+            .map(|e| e.stats()["traffic"][k].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let (held_before, early_before) = (
+        edge_traffic("held_at_move"),
+        edge_traffic("hold_released_early"),
+    );
     let pcap = dir.join("move.pcap");
     let cap = Capture::start(&rtr, "eth0", "esp or udp port 4500 or udp port 500", &pcap);
     let stream = root().join("tests/tools/udp_stream.py");
@@ -656,6 +685,9 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         "the moves outlasted the stream: raise the stream's length"
     );
     let unknown_spi_drops = unknown_spi() - unknown_before;
+    let client_refused = replay_refused(&client.stats()) - refused_before;
+    let held = edge_traffic("held_at_move") - held_before;
+    let held_early = edge_traffic("hold_released_early") - early_before;
 
     // The capture: every ESP (SPI, sequence number) once; no IKE to the client.
     let out = std::process::Command::new("tshark")
@@ -728,9 +760,10 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
          dup_inner={} esp_audited={esp} esp_from_edges={from_gw} ike_to_client={ike_to_client} \
          sa_at_edge_ms_p50={move_p50:.2} sa_at_edge_ms_p99={move_p99:.2} \
          designated_ms_p50={des_p50:.1} designated_ms_p99={des_p99:.1} back_received={}/{} node_moves={} \
-         first_use={} rearmed={} unknown_spi_drops={unknown_spi_drops} \
+         first_use={} stale_first_use={} rearmed={} unknown_spi_drops={unknown_spi_drops} \
          back_pps={back_pps} back_lost={} back_lost_max={back_lost_max} \
-         back_lost_per_move={:?} back_socket_drops={} drains={} drains_ended={}",
+         back_lost_per_move={:?} back_socket_drops={} drains={} drains_ended={} \
+         client_replay_refused={client_refused} held_at_move={held} hold_released_early={held_early}",
         sent_n.saturating_sub(recv_n),
         &per_move[1..],
         got["socket_drops"],
@@ -739,6 +772,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         back_pps * secs,
         state["moves"],
         state["first_use"],
+        state["stale_first_use"],
         state["rearmed"],
         back_missing.len(),
         &back_per_move[1..],

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use roamgate_tests::netns::{in_ns, DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{in_ns, wait_udp_bound, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{ask, pings, wait_for, ScriptLab};
 use roamgate_tests::{root, scratch};
 
@@ -118,7 +118,15 @@ fn mesh(lab: &ScriptLab, hosts: &[u8], pps: u32, secs: u32) -> Mesh {
             )
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    // Every receiver bound before the first datagram (24 Python processes start at once on
+    // this 2-core machine: a fixed pause lost the first packets of a late one at the host).
+    for &(i, j) in &pairs {
+        wait_udp_bound(
+            &lab.ns(&format!("h{j}")),
+            5000 + u16::from(i),
+            Duration::from_secs(20),
+        );
+    }
     let done = Instant::now() + Duration::from_millis(u64::from(secs) * 1000);
     let (p, s) = (pps.to_string(), secs.to_string());
     let send = pairs

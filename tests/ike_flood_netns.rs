@@ -9,6 +9,10 @@
 //! and caps every spoofed request costs a Diffie-Hellman computation and a half-open IKE SA,
 //! and the client's request waits behind thousands of them).
 //!
+//! Printed (and in every failure's message): what each stage on the way from the wire to the
+//! IKE core dropped or handed on (`punt_stages`), so a lost request names where it was lost.
+//! The client's cookie echo must have taken the data plane's cookie lane.
+//!
 //! Needs root (prints a SKIP line otherwise), strongSwan and tshark. With
 //! `ROAMGATE_FLOOD_UNDEFENDED=1` the gateway runs with cookies and caps off: the same
 //! measurements, and the assertions fail.
@@ -196,6 +200,35 @@ fn terminate(charon: &Charon) {
         .contains("terminate completed successfully"));
 }
 
+/// What each stage between the wire and the IKE core did with the punted datagrams: the
+/// port (the kernel's drops), worker 0's punt rings (main lane and cookie lane), the data
+/// plane's link to the control process (its backlogs), the control plane's admission (`ike`
+/// view: drops and answers by reason), and on the way back the frames the worker could not
+/// build.
+fn punt_stages(dp: &serde_json::Value, ike: &serde_json::Value) -> String {
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let (drops, handed) = (&dp["drops"], &dp["handed_off"]);
+    format!(
+        "stages: port {ports}\n\
+         \x20 worker 0: punted {} (cookie lane {}), punt ring full {}, cookie lane full {}, \
+         no control {}, no buffer room (sending) {}, IKE sent {}\n\
+         \x20 data plane -> control link: backlog oldest dropped {}, cookie backlog oldest \
+         dropped {}, no control {}\n\
+         \x20 control: {ike}",
+        n(handed, "ike_punted"),
+        n(handed, "ike_punted_cookie"),
+        n(drops, "ike_punt_full"),
+        n(drops, "ike_punt_cookie_full"),
+        n(drops, "ike_no_control"),
+        n(drops, "no_buffer_room"),
+        n(&dp["traffic"], "ike_sent"),
+        n(drops, "ike_punt_oldest_dropped"),
+        n(drops, "ike_punt_cookie_oldest_dropped"),
+        n(drops, "ike_punt_no_control"),
+        ports = dp["ports"],
+    )
+}
+
 /// The COOKIE notifies (type 16390) the gateway sent, in a capture.
 fn cookies_in(pcap: &Path) -> usize {
     let out = Command::new("tshark")
@@ -256,6 +289,7 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
     );
     let ctl_pid = ctl.child.as_ref().map(|c| c.id()).expect("control pid");
     wait_for("the control channel", 10, || shm.exists());
+    let dp_sock = dir.join("dataplane.sock");
     let _dp = NsProcess::spawn(
         &lab.ns("gw"),
         &[
@@ -265,6 +299,8 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
             cfg.to_str().unwrap(),
             "--shm",
             shm.to_str().unwrap(),
+            "--socket",
+            dp_sock.to_str().unwrap(),
             "--status-secs",
             "0",
             "--idle-sleep-us",
@@ -313,6 +349,7 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = rss_kib(ctl_pid);
     let view = ask(&sock, "ike");
+    let dp_stats = ask(&dp_sock, "stats");
     let url = format!("http://{METRICS}/metrics");
     let scraped = roamgate_tests::netns::in_ns(&lab.ns("gw"), &["curl", "-sf", &url]);
     let _ = capture.finish();
@@ -336,6 +373,11 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
         during.as_secs_f64() / calm.as_secs_f64().max(1e-3)
     );
 
+    // Where IKE could be lost, stage by stage (`roamgate stats` of the data plane, the
+    // control plane's `ike` view): printed always, and with every assertion below.
+    let stages = punt_stages(&dp_stats, m);
+    println!("{stages}");
+
     assert_eq!(sent, FLOOD, "the kernel took every spoofed request");
     assert!(
         m.get("init_malformed").is_none() && m.get("init_missing_payload").is_none(),
@@ -343,11 +385,11 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
     );
     assert!(
         cookies as u64 >= u64::from(FLOOD) / 2,
-        "cookies demanded: {cookies} COOKIE answers in the capture"
+        "cookies demanded: {cookies} COOKIE answers in the capture\n{stages}"
     );
     assert!(
         m["cookies_valid"].as_u64() >= Some(1),
-        "the client echoed its cookie: {m}"
+        "the client echoed its cookie: {m}\n{stages}"
     );
     assert!(
         rss_after.saturating_sub(rss_before) < 16 * 1024,
@@ -357,7 +399,13 @@ fn a_client_connects_through_a_spoofed_ike_sa_init_flood() {
     // caps the client waits behind thousands of Diffie-Hellman computations (seconds).
     assert!(
         during < calm * 10 + Duration::from_millis(500),
-        "connect during the flood {during:?} vs {calm:?} calm"
+        "connect during the flood {during:?} vs {calm:?} calm\n{stages}"
+    );
+    // The client's cookie echo took the cookie lane (strongSwan puts the COOKIE first, as
+    // RFC 7296 2.6 says).
+    assert!(
+        dp_stats["handed_off"]["ike_punted_cookie"].as_u64() >= Some(1),
+        "no cookie echo on the cookie lane\n{stages}"
     );
     // `control --metrics`, parsed by an independent reader, says what the view says: the
     // cookies demanded, the three handshakes the client made (the spoofed requests never

@@ -49,6 +49,25 @@ pub fn sh(ns: &str, cmd: &str) {
     );
 }
 
+/// Waits until a UDP socket is bound to `port` in namespace `ns` (a receiver started as a
+/// process is not ready when its process is: datagrams that come before its bind are lost at
+/// the host, not in the tunnel). Panics after `timeout`.
+pub fn wait_udp_bound(ns: &str, port: u16, timeout: std::time::Duration) {
+    let t = std::time::Instant::now();
+    let filter = format!("sport = :{port}");
+    loop {
+        let out = in_ns(ns, &["ss", "-Hunl", &filter]);
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "no UDP socket bound to port {port} in {ns} after {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A lab of five namespaces named `PFX-lana`, `PFX-gwa`, `PFX-net`, `PFX-gwb`, `PFX-lanb`.
 pub struct NetnsLab {
     pub prefix: String,

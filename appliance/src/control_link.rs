@@ -1,6 +1,6 @@
 //! The control process's end of the shared-memory control channel, as a
 //! [`control::driver::Link`]: updates (with generations) to each worker's ring and their
-//! acknowledgements back, punted IKE datagrams in, datagrams to send out, the workers'
+//! acknowledgements back, punted IKE datagrams in (two lanes, read in turn: [`Lanes`]), datagrams to send out, the workers'
 //! reports in.
 //!
 //! A datagram is written after the updates queued before it are written: the data plane
@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 
-use control::driver::{Input, Link, LinkError};
+use control::driver::{Input, Lanes, Link, LinkError};
 use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
 use proto::sa::SaParams;
 use proto::{Ack, Datagram, Direction, Event, Update, UpdateEnvelope};
@@ -46,6 +46,9 @@ struct WorkerEnds {
 pub struct ShmControlLink {
     ends: Vec<WorkerEnds>,
     punt: Receiver<Datagram>,
+    /// The punt's cookie lane, read in turn with `punt` ([`Lanes`]).
+    punt_cookie: Receiver<Datagram>,
+    lanes: Lanes,
     transmit: Sender<Datagram>,
     events: Receiver<Event>,
     generation: u64,
@@ -75,6 +78,8 @@ impl ShmControlLink {
         Ok(ShmControlLink {
             ends,
             punt: ch.punt_receiver()?,
+            punt_cookie: ch.punt_cookie_receiver()?,
+            lanes: Lanes::default(),
             transmit: ch.transmit_sender()?,
             events: ch.event_receiver()?,
             generation: 0,
@@ -186,7 +191,12 @@ impl Link for ShmControlLink {
         if let Some(i) = self.inputs.pop_front() {
             return Some(i);
         }
-        if let Ok(Some(d)) = self.punt.try_recv() {
+        let (cookie, main) = (&mut self.punt_cookie, &mut self.punt);
+        let d = self.lanes.next(
+            || cookie.try_recv().ok().flatten(),
+            || main.try_recv().ok().flatten(),
+        );
+        if let Some(d) = d {
             return Some(Input::Datagram(d));
         }
         if let Ok(Some(e)) = self.events.try_recv() {

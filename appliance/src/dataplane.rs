@@ -567,16 +567,23 @@ fn serve<P: Port + 'static>(
     let mut ike = None;
     let mut follower = None;
     let mut shm_rings = None;
+    // The punt's cookie lane (IKE_SA_INIT requests that echo a cookie): a small ring of its
+    // own, which a flood of requests without one cannot fill (`control::driver::Lanes`).
+    let mut cookie_lane = None;
     if args.shm.is_some() {
         // The control plane is another process: worker 0's IKE rings lead to the channel.
         let (punt_tx, punt_rx) = rtrb::RingBuffer::new(1024);
         let (tx_tx, tx_rx) = rtrb::RingBuffer::new(1024);
+        let (cookie_tx, cookie_rx) = rtrb::RingBuffer::new(PUNT_COOKIE_SLOTS);
         ike_rings = Some((punt_tx, tx_rx));
-        shm_rings = Some((punt_rx, tx_tx));
+        cookie_lane = Some(cookie_tx);
+        shm_rings = Some((punt_rx, tx_tx, cookie_rx));
     } else if !conns.is_empty() {
         let (punt_tx, punt_rx) = rtrb::RingBuffer::new(1024);
         let (tx_tx, tx_rx) = rtrb::RingBuffer::new(1024);
+        let (cookie_tx, cookie_rx) = rtrb::RingBuffer::new(PUNT_COOKIE_SLOTS);
         ike_rings = Some((punt_tx, tx_rx));
+        cookie_lane = Some(cookie_tx);
         let repo = control::repo::SaRepository::new(plan.rules.clone(), gw.replay_window);
         let mut c = control::driver::inproc::InProcControl::new(
             conns,
@@ -587,6 +594,7 @@ fn serve<P: Port + 'static>(
             gw.wan.address,
             opened.pairs.len() as u16,
         );
+        c.set_cookie_lane(cookie_rx);
         c.set_admission(file.ike.admission(&args.config, "ike")?);
         c.set_fragmentation(file.ike.fragmentation(&args.config, "ike")?);
         c.set_vcm(
@@ -625,8 +633,12 @@ fn serve<P: Port + 'static>(
             Some((p, t)) => (Some(p), Some(t)),
             None => (None, None),
         };
+        let punt_given = punt.is_some();
         let (mut link, mut control) = agent::link(i as u16, 1024, punt);
         control.transmit = transmit;
+        if punt_given {
+            control.punt_cookie = cookie_lane.take();
+        }
         let spd = Spd::new(Vec::new()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let mut worker = Worker::new(
             i as u16,
@@ -663,13 +675,17 @@ fn serve<P: Port + 'static>(
     }
 
     let mut attached = match (&args.shm, shm_rings) {
-        (Some(path), Some((punt_rx, tx_tx))) => Some(crate::shm_link::ShmLink::new(
-            path.clone(),
-            running.len() as u16,
-            punt_rx,
-            tx_tx,
-            backend,
-        )),
+        (Some(path), Some((punt_rx, tx_tx, cookie_rx))) => {
+            let mut l = crate::shm_link::ShmLink::new(
+                path.clone(),
+                running.len() as u16,
+                punt_rx,
+                tx_tx,
+                backend,
+            );
+            l.set_cookie_lane(cookie_rx);
+            Some(l)
+        }
         _ => None,
     };
     let punt_drops = attached.as_ref().map(|a| a.punt_drops());
@@ -910,6 +926,9 @@ fn serve<P: Port + 'static>(
     drop(opened._keep);
     Ok(())
 }
+
+/// Slots of worker 0's cookie lane towards the control plane (see `shm_link`).
+const PUNT_COOKIE_SLOTS: usize = crate::shm_link::PUNT_COOKIE_BACKLOG;
 
 /// A checkpoint of a kept SA: the reservation moved on (on disk first), sent to the worker
 /// that reported it.

@@ -9,7 +9,11 @@
 //! datagram a flood brings, so at most `PUNT_BACKLOG` wait and the oldest go first (their
 //! initiators have retransmitted by the time they would be read), counted as
 //! `ike_punt_oldest_dropped`; without a control plane they are dropped as
-//! `ike_punt_no_control`.
+//! `ike_punt_no_control`. The cookie lane (IKE_SA_INIT requests that echo a cookie, which
+//! worker 0 puts on a ring of their own) has its own backlog of at most
+//! `PUNT_COOKIE_BACKLOG` (`ike_punt_cookie_oldest_dropped`) and its own ring on the channel:
+//! a flood of requests without a cookie never makes a returning initiator's request wait
+//! behind it or push it out.
 //!
 //! A datagram of the control plane leaves only after the workers applied every update the
 //! control plane wrote before it (it writes an update before the datagram that follows it):
@@ -37,6 +41,8 @@ use crate::control_link::{HELLO_FRESH, HELLO_KEEP};
 
 /// Punted IKE datagrams that wait for room on the punt ring, at most.
 pub const PUNT_BACKLOG: usize = 1024;
+/// Punted cookie echoes that wait for room on the cookie lane's ring, at most.
+pub const PUNT_COOKIE_BACKLOG: usize = 64;
 
 /// Punted IKE datagrams the link dropped, by reason (read by the stats view).
 #[derive(Debug, Default)]
@@ -45,11 +51,13 @@ pub struct PuntDrops {
     pub oldest: AtomicU64,
     /// No control plane attached.
     pub no_control: AtomicU64,
+    /// The cookie lane's backlog was full: its oldest waiting datagram went.
+    pub cookie_oldest: AtomicU64,
 }
 
 impl PuntDrops {
     /// (name, count) as `roamgate stats` shows them.
-    pub fn named(&self) -> [(&'static str, u64); 2] {
+    pub fn named(&self) -> [(&'static str, u64); 3] {
         [
             (
                 "ike_punt_oldest_dropped",
@@ -58,6 +66,10 @@ impl PuntDrops {
             (
                 "ike_punt_no_control",
                 self.no_control.load(Ordering::Relaxed),
+            ),
+            (
+                "ike_punt_cookie_oldest_dropped",
+                self.cookie_oldest.load(Ordering::Relaxed),
             ),
         ]
     }
@@ -68,6 +80,7 @@ struct Ends {
     updates: Vec<Receiver<UpdateEnvelope>>,
     acks: Vec<Sender<Ack>>,
     punt: Sender<Datagram>,
+    punt_cookie: Sender<Datagram>,
     transmit: Receiver<Datagram>,
     events: Sender<Event>,
 }
@@ -77,6 +90,8 @@ pub struct ShmLink {
     workers: u16,
     ends: Option<Ends>,
     punt_rx: Consumer<Datagram>,
+    /// Worker 0's cookie lane, if it has one.
+    cookie_rx: Option<Consumer<Datagram>>,
     tx_tx: Producer<Datagram>,
     backend: Backend,
     /// Per worker: (local generation, control generation) of commands not yet acknowledged.
@@ -84,6 +99,7 @@ pub struct ShmLink {
     /// Per worker: acknowledgements not yet written.
     ack_backlog: Vec<VecDeque<Ack>>,
     punt_backlog: VecDeque<Datagram>,
+    cookie_backlog: VecDeque<Datagram>,
     punt_drops: Arc<PuntDrops>,
     /// Datagrams read from the transmit ring whose preceding updates may not all have been
     /// read yet.
@@ -114,11 +130,13 @@ impl ShmLink {
             workers,
             ends: None,
             punt_rx,
+            cookie_rx: None,
             tx_tx,
             backend,
             inflight: vec![VecDeque::new(); usize::from(workers)],
             ack_backlog: vec![VecDeque::new(); usize::from(workers)],
             punt_backlog: VecDeque::new(),
+            cookie_backlog: VecDeque::new(),
             punt_drops: Arc::default(),
             tx_unplaced: VecDeque::new(),
             tx_held: VecDeque::new(),
@@ -128,6 +146,11 @@ impl ShmLink {
             last_try: None,
             last_check: Instant::now(),
         }
+    }
+
+    /// Reads worker 0's cookie lane too, onto the channel's cookie ring.
+    pub fn set_cookie_lane(&mut self, cookie_rx: Consumer<Datagram>) {
+        self.cookie_rx = Some(cookie_rx);
     }
 
     /// The punted datagrams this link dropped, by reason.
@@ -166,9 +189,12 @@ impl ShmLink {
                 _ => return,
             }
         }
-        let (Ok(punt), Ok(transmit), Ok(events)) =
-            (ch.punt_sender(), ch.transmit_receiver(), ch.event_sender())
-        else {
+        let (Ok(punt), Ok(punt_cookie), Ok(transmit), Ok(events)) = (
+            ch.punt_sender(),
+            ch.punt_cookie_sender(),
+            ch.transmit_receiver(),
+            ch.event_sender(),
+        ) else {
             return;
         };
         let hello = if self.ever_attached {
@@ -198,6 +224,7 @@ impl ShmLink {
             updates,
             acks,
             punt,
+            punt_cookie,
             transmit,
             events,
         });
@@ -222,33 +249,30 @@ impl ShmLink {
             }
         }
         let mut work = false;
-        while let Ok(d) = self.punt_rx.pop() {
-            work = true;
-            if self.punt_backlog.len() >= PUNT_BACKLOG {
-                self.punt_backlog.pop_front();
-                self.punt_drops.oldest.fetch_add(1, Ordering::Relaxed);
-            }
-            self.punt_backlog.push_back(d);
+        work |= take_punted(
+            &mut self.punt_rx,
+            &mut self.punt_backlog,
+            PUNT_BACKLOG,
+            &self.punt_drops.oldest,
+        );
+        if let Some(rx) = self.cookie_rx.as_mut() {
+            work |= take_punted(
+                rx,
+                &mut self.cookie_backlog,
+                PUNT_COOKIE_BACKLOG,
+                &self.punt_drops.cookie_oldest,
+            );
         }
         let Some(e) = self.ends.as_mut() else {
             // Without a control plane, punted IKE has nowhere to go.
-            let n = self.punt_backlog.len() as u64;
+            let n = (self.punt_backlog.len() + self.cookie_backlog.len()) as u64;
             self.punt_drops.no_control.fetch_add(n, Ordering::Relaxed);
             self.punt_backlog.clear();
+            self.cookie_backlog.clear();
             return Ok(work);
         };
-        while let Some(d) = self.punt_backlog.pop_front() {
-            match e.punt.try_send(&d) {
-                Ok(()) => {}
-                Err(SendError::Full) => {
-                    self.punt_backlog.push_front(d);
-                    break;
-                }
-                Err(err) => {
-                    tracing::error!(target: "dataplane", "a punted datagram cannot be sent: {err}")
-                }
-            }
-        }
+        send_punted(&mut self.cookie_backlog, &mut e.punt_cookie);
+        send_punted(&mut self.punt_backlog, &mut e.punt);
         // Datagrams first, then the updates: everything the control plane wrote before a
         // datagram read here is in the update rings by now.
         while self.tx_unplaced.len() + self.tx_held.len() < 1024 {
@@ -366,6 +390,42 @@ impl ShmLink {
     }
 }
 
+/// Moves what a worker punted into `backlog`, which keeps the newest `max` (the oldest
+/// dropped, counted in `dropped`); true if anything came.
+fn take_punted(
+    rx: &mut Consumer<Datagram>,
+    backlog: &mut VecDeque<Datagram>,
+    max: usize,
+    dropped: &AtomicU64,
+) -> bool {
+    let mut work = false;
+    while let Ok(d) = rx.pop() {
+        work = true;
+        if backlog.len() >= max {
+            backlog.pop_front();
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        backlog.push_back(d);
+    }
+    work
+}
+
+/// Writes `backlog` to the channel's ring `to`, in order, while it has room.
+fn send_punted(backlog: &mut VecDeque<Datagram>, to: &mut Sender<Datagram>) {
+    while let Some(d) = backlog.pop_front() {
+        match to.try_send(&d) {
+            Ok(()) => {}
+            Err(SendError::Full) => {
+                backlog.push_front(d);
+                break;
+            }
+            Err(err) => {
+                tracing::error!(target: "dataplane", "a punted datagram cannot be sent: {err}")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +494,172 @@ mod tests {
         );
         drop(ch);
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// A datagram from 198.18.x.y (a flood's spoofed source) or, `from_client`, from the
+    /// client, numbered `n` in its payload.
+    fn punted(n: u32, from_client: bool) -> Datagram {
+        let mut d = datagram(n);
+        if !from_client {
+            d.src = std::net::Ipv4Addr::from(0xc612_0000 + n).into();
+        }
+        d
+    }
+
+    /// The data plane's side of the punt (worker 0's two rings, this link) and the control
+    /// process's (`ShmControlLink`) on one channel; the control plane reads `reads` datagrams
+    /// per tick, fewer than the flood brings. Ticks are the virtual clock.
+    struct Stages {
+        path: PathBuf,
+        _ch: ControlChannel,
+        main_tx: Producer<Datagram>,
+        cookie_tx: Producer<Datagram>,
+        link: WorkerLink,
+        shm: ShmLink,
+        control: crate::control_link::ShmControlLink,
+        /// What the worker could not punt (its ring was full): `ike_punt_full`.
+        worker_full: u64,
+    }
+
+    impl Stages {
+        fn new(name: &str) -> Stages {
+            let path =
+                std::env::temp_dir().join(format!("roamgate-shm-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let ch = ControlChannel::create(&path, 1).unwrap();
+            let control =
+                crate::control_link::ShmControlLink::new(&ch, 1, None, Vec::new()).unwrap();
+            let (main_tx, punt_rx) = rtrb::RingBuffer::new(1024);
+            let (cookie_tx, cookie_rx) = rtrb::RingBuffer::new(PUNT_COOKIE_BACKLOG);
+            let (tx_tx, _tx_rx) = rtrb::RingBuffer::new(16);
+            let (link, _worker) = agent::link(0, 16, None);
+            let mut shm = ShmLink::new(path.clone(), 1, punt_rx, tx_tx, Backend::Ring);
+            shm.set_cookie_lane(cookie_rx);
+            let mut s = Stages {
+                path,
+                _ch: ch,
+                main_tx,
+                cookie_tx,
+                link,
+                shm,
+                control,
+                worker_full: 0,
+            };
+            s.shm.turn(&mut [&mut s.link]).unwrap();
+            assert!(s.shm.ends.is_some(), "attached");
+            s
+        }
+
+        /// One tick: the worker punts `main` and `cookie`, the link turns, the control
+        /// plane reads `reads` datagrams (what it read, in order).
+        fn tick(&mut self, main: &[Datagram], cookie: &[Datagram], reads: usize) -> Vec<Datagram> {
+            for d in main {
+                if self.main_tx.push(d.clone()).is_err() {
+                    self.worker_full += 1;
+                }
+            }
+            for d in cookie {
+                assert!(
+                    self.cookie_tx.push(d.clone()).is_ok(),
+                    "the cookie lane has room"
+                );
+            }
+            self.shm.turn(&mut [&mut self.link]).unwrap();
+            let mut got = Vec::new();
+            while got.len() < reads {
+                match control::driver::Link::poll_input(&mut self.control) {
+                    Some(control::driver::Input::Datagram(d)) => got.push(d),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            got
+        }
+    }
+
+    impl Drop for Stages {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    #[test]
+    fn a_cookie_echo_overtakes_a_flood_that_fills_every_punt_stage() {
+        let mut s = Stages::new("cookie-echo");
+        // 10,000 spoofed requests a second in ticks of 1 ms, against a control plane that
+        // reads 5,000 a second: within a second every stage of the main lane is full.
+        let mut n = 0u32;
+        let mut echoes_read = Vec::new();
+        for tick in 0..2000u32 {
+            let flood: Vec<Datagram> = (n..n + 10).map(|i| punted(i, false)).collect();
+            n += 10;
+            // Now and then the client echoes a cookie.
+            let echo: Vec<Datagram> = if tick % 250 == 200 {
+                vec![punted(tick, true)]
+            } else {
+                vec![]
+            };
+            let got = s.tick(&flood, &echo, 5);
+            for d in got.iter().filter(|d| d.src == punted(0, true).src) {
+                echoes_read.push((u32::from_be_bytes(d.payload[..4].try_into().unwrap()), tick));
+            }
+        }
+        let drops = s.shm.punt_drops();
+        let oldest = drops.oldest.load(Ordering::Relaxed);
+        assert!(
+            oldest > 0 && s.worker_full == 0,
+            "the flood overflowed the link's backlog ({oldest}), not the worker's ring ({})",
+            s.worker_full
+        );
+        assert_eq!(drops.cookie_oldest.load(Ordering::Relaxed), 0);
+        // Each echo was read in the tick it arrived.
+        let sent: Vec<u32> = (0..2000).filter(|t| t % 250 == 200).collect();
+        assert_eq!(
+            echoes_read,
+            sent.iter().map(|&t| (t, t)).collect::<Vec<_>>(),
+            "every echo, read at once"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_forged_echoes_takes_at_most_every_other_read() {
+        let mut s = Stages::new("forged-echoes");
+        // Forged echoes (marked by port 4500 here) on the cookie lane and requests without a
+        // cookie on the main one, each more than the control plane reads: both lanes stay
+        // full, and the main lane gets every other read.
+        let forged = |d: &Datagram| d.src_port == 4500;
+        let (mut main_read, mut cookie_read) = (0u32, 0u32);
+        let mut n = 0u32;
+        for _ in 0..200 {
+            let flood: Vec<Datagram> = (n..n + 8).map(|i| punted(i, false)).collect();
+            // What the worker's cookie ring has room for (the rest: `ike_punt_cookie_full`).
+            let room = s.cookie_tx.slots().min(8) as u32;
+            let echoes: Vec<Datagram> = (n..n + room)
+                .map(|i| Datagram {
+                    src_port: 4500,
+                    ..punted(i, false)
+                })
+                .collect();
+            n += 8;
+            let got = s.tick(&flood, &echoes, 8);
+            assert_eq!(got.len(), 8, "the control plane always has work");
+            for d in &got {
+                if forged(d) {
+                    cookie_read += 1;
+                } else {
+                    main_read += 1;
+                }
+            }
+        }
+        let reads = main_read + cookie_read;
+        assert!(
+            main_read >= reads / 2 && cookie_read + 1 >= reads / 2,
+            "{main_read} of the main lane, {cookie_read} forged, of {reads}"
+        );
+        assert!(
+            s.shm.punt_drops().cookie_oldest.load(Ordering::Relaxed) > 0,
+            "the forged echoes overflowed their own lane's backlog"
+        );
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct SimWorker {
     pub in_top: BTreeMap<Spi, (u64, u32)>,
     /// Host bindings (virtual IP -> the outbound SA LAN traffic to it is sealed with).
     pub bound: BTreeMap<std::net::IpAddr, SaId>,
+    /// Outbound SAs installed with a hold (`Resume::hold_us`), as the data plane keeps it:
+    /// Err(length) until the first packet, then Ok(its end).
+    pub hold: BTreeMap<SaId, Result<Instant, Duration>>,
     /// Reports made while applying updates (exports), for the link's inputs.
     events: Vec<DpEvent>,
     pending: VecDeque<(Instant, u64, Update)>,
@@ -93,6 +96,12 @@ impl SimWorker {
                 self.outbound.insert(params.id, params.spi);
                 self.out_seq
                     .insert(params.id, (params.resume.seq, params.resume.seq_reserved));
+                if params.resume.hold_us > 0 {
+                    let d = Duration::from_micros(u64::from(params.resume.hold_us));
+                    self.hold.insert(params.id, Err(d));
+                } else {
+                    self.hold.remove(&params.id);
+                }
             }
             Update::DeleteInbound { spi } => {
                 self.inbound.remove(spi);
@@ -102,6 +111,7 @@ impl SimWorker {
             Update::DeleteOutbound { id } => {
                 self.outbound.remove(id);
                 self.out_seq.remove(id);
+                self.hold.remove(id);
             }
             Update::ReserveSeq { id, up_to } => {
                 if let Some((_, r)) = self.out_seq.get_mut(id) {
@@ -158,6 +168,29 @@ impl SimWorker {
             out.push((spi, next));
         }
         out
+    }
+
+    /// [`send_outbound`](Self::send_outbound) at `now`, each packet with the time it leaves
+    /// the data plane: the end of the SA's hold while it lasts (the first packet starts it),
+    /// else `now`.
+    pub fn send_outbound_at(&mut self, id: SaId, n: u64, now: Instant) -> Vec<(Spi, u64, Instant)> {
+        let sent = self.send_outbound(id, n);
+        let leaves = match self.hold.get(&id).copied() {
+            Some(Err(d)) if !sent.is_empty() => {
+                let until = now.saturating_add(d);
+                self.hold.insert(id, Ok(until));
+                until
+            }
+            Some(Ok(until)) if now < until => until,
+            Some(Ok(_)) => {
+                self.hold.remove(&id);
+                now
+            }
+            _ => now,
+        };
+        sent.into_iter()
+            .map(|(spi, seq)| (spi, seq, leaves))
+            .collect()
     }
 
     /// How many SA installs it received.

@@ -25,8 +25,6 @@ pub enum AgentError {
     Group(#[from] crate::esp::group::GroupBuildError),
     #[error("cannot compile SPD: {0:?}")]
     Spd(SpdError),
-    #[error("{0} are not applied by this build's workers yet")]
-    Unsupported(&'static str),
     #[error("worker {worker} did not acknowledge generation {generation} within {waited:?}")]
     Timeout {
         worker: u16,
@@ -86,6 +84,7 @@ pub fn link(
             commands: crx,
             replies: rtx,
             punt,
+            punt_cookie: None,
             transmit: None,
         },
     )
@@ -166,12 +165,31 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
             *outer_ttl,
             peers.clone(),
         ))),
-        Update::SetMasqPlane { .. }
-        | Update::MasqFam { .. }
-        | Update::MasqRoute { .. }
-        | Update::MasqLink { .. }
-        | Update::MasqLinkIn { .. }
-        | Update::MasqUsers { .. } => return Err(AgentError::Unsupported("masq updates")),
+        Update::SetMasqPlane { plane } => Command::SetMasqPlane(plane.clone().map(Box::new)),
+        Update::MasqFam {
+            install,
+            flow,
+            masq,
+        } => Command::MasqFam {
+            install: *install,
+            flow: *flow,
+            masq: *masq,
+        },
+        Update::MasqRoute { masq, route } => Command::MasqRoute {
+            masq: *masq,
+            route: *route,
+        },
+        Update::MasqLink { node, out_sa } => Command::MasqLink {
+            node: *node,
+            out_sa: *out_sa,
+        },
+        Update::MasqLinkIn { spi, install } => Command::MasqLinkIn {
+            spi: *spi,
+            install: *install,
+        },
+        Update::MasqUsers { table } => {
+            Command::MasqUsers(Box::new(crate::masq::MasqUsersTable::new(table)))
+        }
     })
 }
 

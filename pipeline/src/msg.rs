@@ -18,8 +18,10 @@ use core::net::IpAddr;
 use crate::esp::group::{GroupPeers, GroupSa};
 use crate::esp::sa::{InboundSa, OutboundSa, UdpEncap};
 use crate::ids::{SaId, Spi};
+use crate::masq::MasqUsersTable;
 use crate::nat::Masquerade;
 use crate::spd::{Prefix, Spd};
+use proto::masq::{FlowKey as MasqFlow, Masq, MasqPlane, Route};
 use proto::sa::SaRef;
 
 pub use proto::{
@@ -87,6 +89,27 @@ pub enum Command {
     },
     /// The group's tunnel endpoints (`Update::SetGroupPeers`), replacing earlier ones.
     SetGroupPeers(Box<GroupPeers>),
+    /// The per-connection masquerade (`Update::SetMasqPlane`, ...; `worker::masq`).
+    SetMasqPlane(Option<Box<MasqPlane>>),
+    MasqFam {
+        install: bool,
+        flow: MasqFlow,
+        masq: Masq,
+    },
+    MasqRoute {
+        masq: Masq,
+        route: Option<Route>,
+    },
+    MasqLink {
+        node: u16,
+        out_sa: Option<SaId>,
+    },
+    MasqLinkIn {
+        spi: Spi,
+        install: bool,
+    },
+    /// The per-user table, compiled by the agent (`Update::MasqUsers`).
+    MasqUsers(Box<MasqUsersTable>),
 }
 
 /// A command and its generation.
@@ -102,6 +125,7 @@ pub enum Released {
     Spd(Box<Spd>),
     Masquerade(Box<Masquerade>),
     Group(Box<GroupSa>),
+    MasqUsers(Box<MasqUsersTable>),
 }
 
 /// What a worker sends back.

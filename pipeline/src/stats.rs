@@ -33,7 +33,7 @@ macro_rules! reasons {
             /// plane): it left the data path as intended, and views list it apart from the
             /// drops.
             pub const fn is_hand_off(self) -> bool {
-                matches!(self, DropReason::IkePunted)
+                matches!(self, DropReason::IkePunted | DropReason::IkePuntedCookie)
             }
         }
     };
@@ -121,6 +121,13 @@ reasons! {
     /// IKE packet arrived while the punt ring to the control plane was full (a stalled or
     /// flooded control plane): the ring is the bound, the new datagram is dropped.
     IkePuntFull => "ike_punt_full", true;
+    /// An IKE_SA_INIT request whose first payload is a COOKIE notify (an initiator echoing
+    /// the cookie we demanded) handed to the control plane on the cookie lane: a punt ring of
+    /// its own, so a flood of requests without cookies cannot crowd it out.
+    IkePuntedCookie => "ike_punted_cookie", false;
+    /// A cookie echo arrived while the cookie lane's ring was full (forged echoes: only the
+    /// control plane can tell a valid cookie); the main punt ring is not touched.
+    IkePuntCookieFull => "ike_punt_cookie_full", true;
     /// No SPD rule matched (default discard).
     NoPolicy => "no_policy", true;
     /// An SPD rule said discard.
@@ -190,6 +197,24 @@ reasons! {
     NoRoute => "no_route", true;
     /// Handed over by another worker, but longer than a frame of this worker's port.
     HandOffNoRoom => "handoff_no_room", true;
+    /// Per-connection masquerade (`docs/masq.md`): a client's packet its user's access rules
+    /// refuse.
+    MasqDenied => "masq_denied", true;
+    /// A masqueraded client's packet from a source no client of the user table names.
+    MasqNoUser => "masq_no_user", true;
+    /// A packet to hold for a table miss while its key (or the whole hold) was full.
+    MasqHoldFull => "masq_hold_full", true;
+    /// A held packet whose answer did not come within 1 s (or the masquerade was turned off).
+    MasqHoldExpired => "masq_hold_expired", true;
+    /// A packet to masquerade that is not a well-formed unfragmented IPv4 TCP/UDP packet.
+    MasqMalformed => "masq_malformed", true;
+    /// A protocol the per-connection masquerade does not carry (ICMP, ...).
+    MasqUnsupported => "masq_unsupported", true;
+    /// A packet a HAM forwarded (opened from a link SA) for a flow this FAM does not have
+    /// (the window of a move).
+    MasqMissIn => "masq_miss_in", true;
+    /// A route to a node with no link SA on this worker (`MasqLink`).
+    MasqLinkNoSa => "masq_link_no_sa", true;
 }
 
 /// Non-drop traffic counters of one core.
@@ -239,6 +264,21 @@ pub enum Traffic {
     HandedOff,
     HandOffReceived,
     HandOffWaits,
+    /// Per-connection masquerade: client packets rewritten to their masquerading address,
+    /// answers rewritten back, answers forwarded to the FAM on a link SA (HAM), packets
+    /// opened from a link SA (FAM), packets held for a table miss, held packets run again
+    /// after their answer came, misses reported to the control plane.
+    MasqRewrittenOut,
+    MasqRewrittenIn,
+    MasqForwarded,
+    MasqLinkIn,
+    MasqHeld,
+    MasqReleased,
+    MasqMissReported,
+    /// Packets an outbound SA sealed in its hold after a cluster move (sent when the hold
+    /// ended, in order), and those sent before its end because the hold queue was full.
+    Held,
+    HoldReleasedEarly,
 }
 
 impl Traffic {
@@ -266,6 +306,15 @@ impl Traffic {
         Traffic::HandedOff,
         Traffic::HandOffReceived,
         Traffic::HandOffWaits,
+        Traffic::MasqRewrittenOut,
+        Traffic::MasqRewrittenIn,
+        Traffic::MasqForwarded,
+        Traffic::MasqLinkIn,
+        Traffic::MasqHeld,
+        Traffic::MasqReleased,
+        Traffic::MasqMissReported,
+        Traffic::Held,
+        Traffic::HoldReleasedEarly,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -294,6 +343,15 @@ impl Traffic {
             Traffic::HandedOff => "handed_off",
             Traffic::HandOffReceived => "handoff_received",
             Traffic::HandOffWaits => "handoff_waits",
+            Traffic::MasqRewrittenOut => "masq_rewritten_out",
+            Traffic::MasqRewrittenIn => "masq_rewritten_in",
+            Traffic::MasqForwarded => "masq_forwarded",
+            Traffic::MasqLinkIn => "masq_link_in",
+            Traffic::MasqHeld => "masq_held",
+            Traffic::MasqReleased => "masq_released",
+            Traffic::MasqMissReported => "masq_miss_reported",
+            Traffic::Held => "held_at_move",
+            Traffic::HoldReleasedEarly => "hold_released_early",
         }
     }
 }
@@ -433,6 +491,13 @@ impl CoreCounters {
     pub fn record_drop(&self, r: DropReason) {
         if let Some(c) = self.drops.get(r as usize) {
             c.add(1);
+        }
+    }
+
+    /// `n` drops of one reason at once.
+    pub fn record_drops(&self, r: DropReason, n: u64) {
+        if let Some(c) = self.drops.get(r as usize) {
+            c.add(n);
         }
     }
 

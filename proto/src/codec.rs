@@ -7,14 +7,15 @@
 //! buffer sized exactly once (no reallocation leaves a copy), and a decoded key goes straight
 //! into [`SaKeys`] (zeroized on drop).
 //!
-//! # Layout (version 11)
+//! # Layout (version 12)
 //!
 //! Version 2 added SA lifetimes, 3 made the punted and transmitted datagrams one record, 4
 //! added the state an SA moves with (resume, checkpoints), `ReserveSeq`, `ExportSa` and the
 //! `SeqCheckpoint` and `SaState` events, 5 added `Announce`, 6 `CapSeq`, 7 the `Hairpin` event,
 //! 9 `BindHostDual`, 10 the group SA updates (`AddGroupSa`, `DeleteGroupSa`, `SendOnGroupSa`,
 //! `SetGroupPeers`), 11 the per-connection masquerade (`SetMasqPlane`, `MasqFam`, `MasqRoute`,
-//! `MasqLink`, `MasqLinkIn`, `MasqUsers`, the `MasqMiss` event).
+//! `MasqLink`, `MasqLinkIn`, `MasqUsers`, the `MasqMiss` event), 12 the outbound hold after a
+//! move (`Resume::hold_us`).
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -56,7 +57,7 @@
 //! else; SaParams = id u32, spi u32, alg u8 (1 AES-128-GCM, 2 AES-256-GCM), key (16 or 32) and
 //! salt (4), esn bool, replay window u32, local ip, remote ip, encap, local ts prefix, remote
 //! ts prefix, outer ttl u8, lifetime (soft bytes, hard bytes, soft packets, hard packets:
-//! u64 each, 0 = none), resume (seq u64, reserved opt u64, replay: present u8 + replay state),
+//! u64 each, 0 = none), resume (seq u64, reserved opt u64, hold us u32, replay: present u8 + replay state),
 //! checkpoint (present u8 + packets u64 + millis u64); opt u64 = present u8 (+ u64); replay
 //! state = top u64, count u8 (1..=64), count x u64; sa ref = 0 + spi u32 (inbound) or 1 + id
 //! u32 (outbound); GroupSaParams = id u32, spi u32, alg u8 (1 or 2 as above), key and salt,
@@ -101,7 +102,7 @@ use crate::sa::{
 };
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 11;
+pub const CODEC_VERSION: u8 = 12;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -342,6 +343,7 @@ impl<'a> Writer<'a> {
             .try_for_each(|v| self.u64(v))?;
         self.u64(p.resume.seq)?;
         self.opt_u64(p.resume.seq_reserved)?;
+        self.u32(p.resume.hold_us)?;
         match &p.resume.replay {
             None => self.u8(0)?,
             Some(r) => {
@@ -688,6 +690,7 @@ impl<'a> Reader<'a> {
             resume: Resume {
                 seq: self.u64()?,
                 seq_reserved: self.opt_u64("reservation flag")?,
+                hold_us: self.u32()?,
                 replay: if self.bool("replay state flag")? {
                     Some(self.replay()?)
                 } else {

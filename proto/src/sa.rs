@@ -322,6 +322,12 @@ pub struct Resume {
     /// Outbound: the highest sequence number the SA may send, a reservation its owner made
     /// durable (None: only the protocol's limit). Raised later by `Update::ReserveSeq`.
     pub seq_reserved: Option<u64>,
+    /// Outbound: hold what is sealed in the first `hold_us` microseconds after the first
+    /// packet, then send it in order (0: no hold). A cluster edge that takes over a client's
+    /// outbound SA at a move gets a few milliseconds, so that what the old edge sealed before
+    /// the LAN's route flipped reaches the client before the new edge's higher numbers
+    /// (`docs/architecture.md`, "Packets lost at a move").
+    pub hold_us: u32,
     /// Inbound: the anti-replay window to continue from (None: an empty one).
     pub replay: Option<ReplayState>,
 }

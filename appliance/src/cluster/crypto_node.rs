@@ -66,6 +66,9 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
     core.set_unix_time_at_zero(clock.unix_time_at_zero());
     let mut node = CryptoNode::new(core);
     node.set_drain_moves(cluster.move_drain);
+    node.set_move_hold(std::time::Duration::from_millis(u64::from(
+        cluster.move_hold_ms,
+    )));
     if !cluster.filters.is_empty() {
         node.set_filters(cluster.filters.clone());
     }
@@ -353,6 +356,7 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
         "waiting_for_store": node.waiting_for_store(),
         "moves": s.moves, "grants": s.grants,
         "spread": s.spread, "rearmed": s.rearmed, "first_use": s.first_use,
+        "stale_first_use": s.stale_first_use,
         "drains": s.drains, "drains_ended": s.drains_ended,
         // Outbound SAs the edges they moved away from still hold until the LAN's traffic
         // reaches the new holder.

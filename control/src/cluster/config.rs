@@ -66,11 +66,28 @@ pub struct ClusterYaml {
     /// reaches the new edge (default); false: it deletes them at the move.
     #[serde(default = "default_move_drain")]
     pub move_drain: bool,
+    /// Crypto node: at a move, the new edge holds what it seals for the client in its first
+    /// this many milliseconds and then sends it in order, so that the old edge's packets in
+    /// flight reach the client before the new edge's higher numbers (0: no hold; at most
+    /// [`MAX_MOVE_HOLD_MS`]).
+    #[serde(default = "default_move_hold_ms")]
+    pub move_hold_ms: u32,
 }
+
+/// The longest hold `cluster.move_hold_ms` may ask for: the LAN's traffic to a moved client
+/// waits that long once.
+pub const MAX_MOVE_HOLD_MS: u32 = 100;
 
 fn default_move_drain() -> bool {
     true
 }
+
+fn default_move_hold_ms() -> u32 {
+    DEFAULT_MOVE_HOLD_MS
+}
+
+/// `cluster.move_hold_ms` by default (`docs/architecture.md`, "Packets lost at a move").
+pub const DEFAULT_MOVE_HOLD_MS: u32 = 5;
 
 fn default_node_bits() -> u8 {
     4
@@ -105,6 +122,8 @@ pub struct CryptoNodePlan {
     pub filters: super::filter::Filters,
     /// `cluster.move_drain`.
     pub move_drain: bool,
+    /// `cluster.move_hold_ms`.
+    pub move_hold_ms: u32,
 }
 
 /// What an edge runs with.
@@ -188,6 +207,15 @@ impl ClusterYaml {
                 let listen = self
                     .listen
                     .ok_or_else(|| err("listen", "where edges connect is missing".into()))?;
+                if self.move_hold_ms > MAX_MOVE_HOLD_MS {
+                    return Err(err(
+                        "move_hold_ms",
+                        format!(
+                            "{} ms is longer than the {MAX_MOVE_HOLD_MS} ms a moved client's traffic may wait",
+                            self.move_hold_ms
+                        ),
+                    ));
+                }
                 Ok(ClusterPlan::CryptoNode(CryptoNodePlan {
                     node_id,
                     node_bits: self.node_bits,
@@ -195,6 +223,7 @@ impl ClusterYaml {
                     psk,
                     queue: self.queue,
                     move_drain: self.move_drain,
+                    move_hold_ms: self.move_hold_ms,
                     filters: super::filter::Filters::validate(
                         file,
                         at,

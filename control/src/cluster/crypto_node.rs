@@ -126,6 +126,10 @@ pub struct NodeStats {
     pub rearmed: u64,
     /// First authentic packets at an edge of a watched inbound SA (what moves a client now).
     pub first_use: u64,
+    /// First uses that moved nothing: the packet was older than one another copy had
+    /// already accepted (a straggler the client sent before its path changed, read at the
+    /// edge it left after that edge's copy was watched again).
+    pub stale_first_use: u64,
     /// Moves whose old edge kept its outbound SA and host binding (capped at its
     /// reservation) until the LAN's traffic for the client reached the new edge, and drains
     /// ended by the new holder's first checkpoint above its start.
@@ -214,6 +218,9 @@ pub struct CryptoNode {
     /// Moves leave the old edge its outbound SA and host binding until the LAN's traffic
     /// reaches the new edge (`end_drain`); off: the old edge deletes them at the move.
     drain_moves: bool,
+    /// At a move the new edge holds what it seals in its first this many microseconds
+    /// (`Resume::hold_us`): the old edge's packets in flight reach the client first.
+    move_hold_us: u32,
     /// Inbound SPI -> the union of the replay windows edges reported for it (first use,
     /// the old edge's export at a move): the floor every copy is re-armed with.
     marks: HashMap<proto::Spi, proto::sa::ReplayState>,
@@ -303,6 +310,7 @@ impl CryptoNode {
             seq_grant: DEFAULT_SEQ_GRANT,
             spread: true,
             drain_moves: true,
+            move_hold_us: super::config::DEFAULT_MOVE_HOLD_MS * 1000,
             orphan_copies: BTreeMap::new(),
             marks: HashMap::new(),
             move_times: VecDeque::new(),
@@ -597,6 +605,12 @@ impl CryptoNode {
     /// drains them (`docs/architecture.md`, "The LAN return path").
     pub fn set_drain_moves(&mut self, on: bool) {
         self.drain_moves = on;
+    }
+
+    /// How long the new edge holds what it seals for a client that moved to it (from its
+    /// first packet; 0: no hold): `docs/architecture.md`, "Packets lost at a move".
+    pub fn set_move_hold(&mut self, hold: Duration) {
+        self.move_hold_us = u32::try_from(hold.as_micros()).unwrap_or(u32::MAX);
     }
 
     pub fn set_spread(&mut self, on: bool) {
@@ -1073,12 +1087,23 @@ impl CryptoNode {
                 if self.placement.inbound_params(*spi).is_none() {
                     return;
                 }
-                let merged = match self.marks.remove(spi) {
+                let prior = self.marks.remove(spi);
+                // The client numbers its packets in the order it sends them: a first use
+                // whose window goes no higher than what the copies already reported carries
+                // a packet sent before one another edge accepted, not the client's path now.
+                let stale = prior.as_ref().is_some_and(|m| replay.top <= m.top);
+                let merged = match prior {
                     Some(m) => merge_replay(&m, replay),
                     None => replay.clone(),
                 };
                 self.marks.insert(*spi, merged);
-                if *generation == 0 {
+                if *generation == 0 && stale {
+                    // A straggler at an edge the client left: the copy is watched again (a
+                    // client that really comes back is noticed by its next packet).
+                    self.stats.first_use += 1;
+                    self.stats.stale_first_use += 1;
+                    self.rearm(*spi);
+                } else if *generation == 0 {
                     // A watched copy's first packet: the client's path reaches this edge.
                     self.stats.first_use += 1;
                     self.follow(now, edge, *spi);
@@ -1206,6 +1231,10 @@ impl CryptoNode {
         let up_to = start.saturating_add(self.seq_grant);
         params.resume.seq = start;
         params.resume.seq_reserved = Some(up_to);
+        // What the old edge sealed before the LAN's route flipped may still be on its way:
+        // the new edge's first packets wait for it (its higher numbers would move the
+        // client's replay window past it).
+        params.resume.hold_us = self.move_hold_us;
         if params.checkpoint.is_none() {
             params.checkpoint = Some(self.checkpoint);
         }

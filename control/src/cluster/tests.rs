@@ -120,6 +120,13 @@ struct Traffic {
     /// The client's replay window on its inbound SA (ours outbound): top and the numbers
     /// accepted within `BACK_WINDOW` of it.
     back_seen: Vec<BTreeSet<u64>>,
+    /// Each edge's way to the clients (its data plane's queue and the path after it): an
+    /// edge that lags behind another delivers what it sealed before a move after what the
+    /// other sealed after it, unless the new edge holds its first packets (`Resume::hold_us`).
+    edge_delay: Vec<Duration>,
+    /// LAN -> client packets on their way: (arrival, order sealed, client, SPI, number).
+    in_flight: BTreeSet<(Instant, u64, usize, Spi, u64)>,
+    sealed_n: u64,
 }
 
 /// The client's replay window (packets) in the LAN -> client audit.
@@ -168,6 +175,7 @@ impl Cluster {
         c.traffic.back_lost = vec![0; clients];
         c.traffic.back_refused = vec![0; clients];
         c.traffic.back_seen = vec![BTreeSet::new(); clients];
+        c.traffic.edge_delay = vec![Duration::ZERO; edges];
         for i in 0..edges {
             let mut link = SimLink::new(1);
             link.ack_delay = Duration::from_millis(5);
@@ -456,25 +464,14 @@ impl Cluster {
                 if reached && (self.traffic.lan_every_holder || w.bound.values().any(|s| *s == id))
                 {
                     sealed_by_lan |= lan == Some(i);
-                    let sent = w.send_outbound(id, self.traffic.out_per_ms);
+                    let sent = w.send_outbound_at(id, self.traffic.out_per_ms, now);
                     let t = &mut self.traffic;
                     t.back_lost[c] += t.out_per_ms - sent.len() as u64;
-                    for (spi, seq) in sent {
+                    for (spi, seq, leaves) in sent {
                         t.wire.push((i, spi, seq));
-                        // The client's replay window (the packets arrive in this order).
-                        let seen = &mut t.back_seen[c];
-                        let top = seen.last().copied().unwrap_or(0);
-                        if seq + BACK_WINDOW <= top || seen.contains(&seq) {
-                            t.back_refused[c] += 1;
-                        } else {
-                            seen.insert(seq);
-                            while seen
-                                .first()
-                                .is_some_and(|f| f + BACK_WINDOW <= *seen.last().unwrap())
-                            {
-                                seen.pop_first();
-                            }
-                        }
+                        let arrives = leaves.saturating_add(t.edge_delay[i]);
+                        t.sealed_n += 1;
+                        t.in_flight.insert((arrives, t.sealed_n, c, spi, seq));
                     }
                 }
                 if tick % CHECKPOINT_EVERY_MS == 0 {
@@ -490,6 +487,27 @@ impl Cluster {
             }
             if !self.traffic.lan_every_holder && !sealed_by_lan {
                 self.traffic.back_lost[c] += self.traffic.out_per_ms;
+            }
+        }
+        // What reached the clients by now, in the order it arrives: their replay windows.
+        let t = &mut self.traffic;
+        while let Some(&(arrives, n, c, spi, seq)) = t.in_flight.first() {
+            if arrives > now {
+                break;
+            }
+            t.in_flight.remove(&(arrives, n, c, spi, seq));
+            let seen = &mut t.back_seen[c];
+            let top = seen.last().copied().unwrap_or(0);
+            if seq + BACK_WINDOW <= top || seen.contains(&seq) {
+                t.back_refused[c] += 1;
+            } else {
+                seen.insert(seq);
+                while seen
+                    .first()
+                    .is_some_and(|f| f + BACK_WINDOW <= *seen.last().unwrap())
+                {
+                    seen.pop_first();
+                }
             }
         }
     }
@@ -987,6 +1005,49 @@ fn a_client_moves_mid_flow_and_the_new_edge_sends_above_every_number_the_old_one
 }
 
 #[test]
+fn a_straggler_read_at_the_edge_the_client_left_does_not_move_it_back_and_a_real_return_does() {
+    let mut w = flowing(1, 0);
+    let spis = w.child_spis(0)[0];
+    let seq_at_move = w.traffic.in_seq[0];
+    steer(&mut w, 0, 1);
+    w.run_traffic(Duration::from_millis(200));
+    assert_eq!(w.node.stats.moves, 1, "{:?}", w.node.stats);
+    assert!(w.edges[0].link.workers[0].watched.contains(&spis.0));
+    // A packet the client sent before its path changed, read at edge 0 after edge 0's copy
+    // was watched again: its first use there carries nothing newer than edge 1 reported.
+    let (held, first) = w.edges[0].link.workers[0].receive_inbound(spis.0, seq_at_move - 3);
+    assert!(held);
+    w.edges[0]
+        .link
+        .report(first.expect("the watched copy reports its first packet"));
+    w.run_traffic(Duration::from_millis(100));
+    assert_eq!(
+        w.node.stats.moves, 1,
+        "a straggler moved the client: {:?}",
+        w.node.stats
+    );
+    assert_eq!(w.node.stats.stale_first_use, 1, "{:?}", w.node.stats);
+    assert_eq!(
+        w.holds(1, spis),
+        (true, true),
+        "edge 1 keeps both directions"
+    );
+    assert!(!w.holds(0, spis).1, "edge 0 does not hold the outbound SA");
+    assert!(
+        w.edges[0].link.workers[0].watched.contains(&spis.0),
+        "edge 0's copy is watched again"
+    );
+    // The client really comes back: its next packet is newer than all, the SA follows.
+    steer(&mut w, 0, 0);
+    w.run_traffic(Duration::from_millis(200));
+    assert_eq!(w.node.stats.moves, 2, "{:?}", w.node.stats);
+    assert_eq!(w.node.stats.stale_first_use, 1);
+    assert_eq!(w.holds(0, spis), (true, true));
+    assert_eq!(w.duplicates(), vec![]);
+    assert_eq!(w.traffic.lost[0], 0);
+}
+
+#[test]
 fn a_move_between_ike_sa_init_and_ike_auth_and_then_mid_flow() {
     let mut w = Cluster::new(3, 1);
     // IKE_SA_INIT via edge 0, IKE_AUTH via edge 1 (client 0: init_here_auth_there).
@@ -1254,6 +1315,14 @@ fn without_the_drain_the_lan_s_traffic_to_the_old_edge_is_lost_until_the_route_f
 #[test]
 fn twenty_moves_with_a_lagging_lan_route_lose_nothing_back_and_never_send_a_number_twice() {
     let mut w = flowing(2, 0);
+    // Edge 0's way to the clients lags edge 1's by 3 ms and edge 2's by 1 ms: what an edge
+    // sealed just before the LAN's route left it can arrive after the next edge's first
+    // packets, which the hold (5 ms by default) keeps back.
+    w.traffic.edge_delay = vec![
+        Duration::from_millis(3),
+        Duration::ZERO,
+        Duration::from_millis(2),
+    ];
     let t0 = w.now;
     let mut path = [0usize, 0];
     let before: Vec<(Spi, Spi)> = (0..2).map(|c| w.child_spis(c)[0]).collect();
@@ -1297,4 +1366,66 @@ fn twenty_moves_with_a_lagging_lan_route_lose_nothing_back_and_never_send_a_numb
         "20 moves with lagging LAN routes: drains {} ended {}",
         w.node.stats.drains, w.node.stats.drains_ended
     );
+}
+
+/// Client 0 flowing through edge 0, whose way to the client lags edge 1's by `old_lag` (its
+/// queue, or its data plane waiting for a CPU); the router moves the client to edge 1, the
+/// LAN's route follows 20 ms later, and the crypto node's moves hold the new edge's first
+/// packets for `hold`. Returns the cluster after another 100 ms.
+fn move_from_a_lagging_edge(hold: Duration, old_lag: Duration) -> (Cluster, (Spi, Spi)) {
+    let mut w = flowing(1, 0);
+    w.node.set_move_hold(hold);
+    w.traffic.edge_delay[0] = old_lag;
+    let spis = w.child_spis(0)[0];
+    w.traffic.lan_at[0] = Some(0);
+    steer(&mut w, 0, 1);
+    w.run_traffic(Duration::from_millis(20));
+    assert_eq!(w.node.stats.moves, 1, "{:?}", w.node.stats);
+    w.traffic.lan_at[0] = Some(1);
+    w.run_traffic(Duration::from_millis(100));
+    assert!(w.traffic.in_flight.is_empty());
+    (w, spis)
+}
+
+#[test]
+fn the_new_edge_holds_its_first_packets_so_the_old_edge_s_in_flight_ones_are_not_refused() {
+    let (w, spis) = move_from_a_lagging_edge(Duration::from_millis(5), Duration::from_millis(3));
+    assert_eq!(w.traffic.back_lost[0], 0, "LAN -> client lost at the move");
+    assert_eq!(
+        w.traffic.back_refused[0], 0,
+        "refused by the client's window"
+    );
+    assert_eq!(w.duplicates(), vec![]);
+    let runs = w.runs(spis.1);
+    assert_eq!(
+        runs.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![0, 1],
+        "{runs:?}"
+    );
+    assert!(runs[1].1 > runs[0].2, "the new edge starts above: {runs:?}");
+    // The hold went with the move and ended: the new edge sends at once again.
+    assert!(w.edges[1].link.workers[0].received.iter().any(|u| matches!(
+        u,
+        Update::AddSa { dir: Direction::Outbound, params } if params.resume.hold_us == 5000
+    )));
+    assert!(w.edges[1].link.workers[0].hold.is_empty());
+}
+
+#[test]
+fn without_the_hold_the_old_edge_s_packets_in_flight_at_the_flip_are_refused_by_the_client() {
+    // The comparison the hold is for: the old edge's last 2 ms (10 packets/ms) arrive after
+    // the new edge's first packet moved the client's window a grant up.
+    let (w, _) = move_from_a_lagging_edge(Duration::ZERO, Duration::from_millis(3));
+    let refused = w.traffic.back_refused[0];
+    assert!(
+        (10..=30).contains(&refused),
+        "about the old edge's lag (10/ms): {refused}"
+    );
+    assert_eq!(w.traffic.back_lost[0], 0, "every packet was sealed");
+    assert_eq!(w.duplicates(), vec![]);
+    // A hold shorter than the lag saves only part of them.
+    let (w, _) = move_from_a_lagging_edge(Duration::from_millis(1), Duration::from_millis(3));
+    let part = w.traffic.back_refused[0];
+    assert!(0 < part && part < refused, "{part} of {refused}");
+    println!("move from a 3 ms lagging edge: {refused} refused without the hold, {part} with 1 ms");
 }

@@ -17,7 +17,7 @@ use pipeline::crypto::Backend;
 use proto::{Datagram, Update};
 use rtrb::{Consumer, Producer};
 
-use super::{Clock, Driver, Input, Link, LinkError, TurnError};
+use super::{Clock, Driver, Input, Lanes, Link, LinkError, TurnError};
 use crate::config::ike::Connection;
 use crate::core::ControlCore;
 use crate::repo::{ChildView, SaRepository};
@@ -26,8 +26,11 @@ use crate::repo::{ChildView, SaRepository};
 pub struct InProcLink<'a, 'b> {
     pub links: &'a mut [&'b mut WorkerLink],
     pub punt: Option<&'a mut Consumer<Datagram>>,
+    /// Worker 0's cookie lane ([`Lanes`]), if it has one.
+    pub punt_cookie: Option<&'a mut Consumer<Datagram>>,
     pub transmit: Option<&'a mut Producer<Datagram>>,
     pub backend: Backend,
+    lanes: Lanes,
     events: VecDeque<proto::Event>,
     /// Sees every SA installed (the lab's Wireshark key export; nothing else).
     export: Option<&'a mut KeyExport>,
@@ -47,8 +50,10 @@ impl<'a, 'b> InProcLink<'a, 'b> {
         InProcLink {
             links,
             punt,
+            punt_cookie: None,
             transmit,
             backend,
+            lanes: Lanes::default(),
             events: VecDeque::new(),
             export: None,
         }
@@ -69,7 +74,12 @@ impl Link for InProcLink<'_, '_> {
     }
 
     fn poll_input(&mut self) -> Option<Input> {
-        if let Some(d) = self.punt.as_mut().and_then(|p| p.pop().ok()) {
+        let (cookie, main) = (&mut self.punt_cookie, &mut self.punt);
+        let d = self.lanes.next(
+            || cookie.as_mut().and_then(|p| p.pop().ok()),
+            || main.as_mut().and_then(|p| p.pop().ok()),
+        );
+        if let Some(d) = d {
             return Some(Input::Datagram(d));
         }
         self.events.pop_front().map(Input::Event)
@@ -114,6 +124,7 @@ impl Link for InProcLink<'_, '_> {
 pub struct InProcControl {
     driver: Driver,
     punt: Option<Consumer<Datagram>>,
+    punt_cookie: Option<Consumer<Datagram>>,
     transmit: Option<Producer<Datagram>>,
     backend: Backend,
     clock: Clock,
@@ -140,11 +151,17 @@ impl InProcControl {
             view: driver.view.clone(),
             driver,
             punt,
+            punt_cookie: None,
             transmit,
             backend,
             clock,
             key_export: None,
         }
+    }
+
+    /// Reads worker 0's cookie lane too ([`Lanes`]).
+    pub fn set_cookie_lane(&mut self, punt_cookie: Consumer<Datagram>) {
+        self.punt_cookie = Some(punt_cookie);
     }
 
     /// Hands every SA installed from now on, keys included, to `export` (the lab's
@@ -195,6 +212,7 @@ impl InProcControl {
             self.backend,
         );
         link.export = self.key_export.as_mut();
+        link.punt_cookie = self.punt_cookie.as_mut();
         self.driver.turn(now, &mut link)
     }
 

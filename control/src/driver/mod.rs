@@ -94,6 +94,39 @@ pub enum Input {
     Fresh { worker: u16 },
 }
 
+/// Punted IKE comes on two lanes: the cookie lane (IKE_SA_INIT requests that echo a cookie,
+/// `pipeline::wire::natt::is_cookie_echo`) and the main one. A link reads them in turn: a
+/// returning initiator's request waits behind at most one datagram of the main lane, however
+/// full that is, and a flood of forged echoes (only the core can tell a valid cookie) takes
+/// at most every other read while the main lane has datagrams waiting.
+#[derive(Debug, Default)]
+pub struct Lanes {
+    main_next: bool,
+}
+
+impl Lanes {
+    /// The next datagram: from the lane whose turn it is, else from the other.
+    pub fn next<T>(
+        &mut self,
+        cookie: impl FnOnce() -> Option<T>,
+        main: impl FnOnce() -> Option<T>,
+    ) -> Option<T> {
+        if self.main_next {
+            if let Some(d) = main() {
+                self.main_next = false;
+                return Some(d);
+            }
+            cookie()
+        } else {
+            if let Some(d) = cookie() {
+                self.main_next = true;
+                return Some(d);
+            }
+            main()
+        }
+    }
+}
+
 /// An update the link cannot take.
 #[derive(Debug, thiserror::Error)]
 #[error("update for worker {worker}: {why}")]
@@ -126,7 +159,7 @@ pub trait Link {
     /// Moves what waits (backlogs into rings, acknowledgements and reports out of them);
     /// true if anything moved.
     fn pump(&mut self) -> bool;
-    /// The next input, oldest first.
+    /// The next input, oldest first (punted IKE: the two [`Lanes`] in turn).
     fn poll_input(&mut self) -> Option<Input>;
     /// Hands `update` to worker `worker`; returns its generation on that worker (increasing).
     /// Never drops: what does not fit waits in the link.
@@ -441,5 +474,67 @@ fn update_summary(u: &Update) -> String {
             table.users.len(),
             table.clients.len()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lanes;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn lanes_are_read_in_turn_and_either_alone_at_full_speed() {
+        let mut lanes = Lanes::default();
+        let mut cookie: VecDeque<u32> = (100..103).collect();
+        let mut main: VecDeque<u32> = (0..5).collect();
+        let mut got = Vec::new();
+        while let Some(d) = lanes.next(|| cookie.pop_front(), || main.pop_front()) {
+            got.push(d);
+        }
+        assert_eq!(got, [100, 0, 101, 1, 102, 2, 3, 4]);
+        let mut main: VecDeque<u32> = (0..3).collect();
+        let mut none = VecDeque::new();
+        let only_main: Vec<u32> =
+            std::iter::from_fn(|| lanes.next(|| none.pop_front(), || main.pop_front())).collect();
+        assert_eq!(only_main, [0, 1, 2]);
+        let mut cookie: VecDeque<u32> = (0..3).collect();
+        let only_cookie: Vec<u32> =
+            std::iter::from_fn(|| lanes.next(|| cookie.pop_front(), || none.pop_front())).collect();
+        assert_eq!(only_cookie, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_lane_that_never_empties_takes_every_other_read_at_most() {
+        // Forged cookie echoes without end against a backlog on the main lane: the main lane
+        // gets every other read; and the other way round a returning initiator's echo waits
+        // for one main datagram at most.
+        let mut lanes = Lanes::default();
+        let mut main: VecDeque<u32> = (0..1000).collect();
+        let mut reads = 0;
+        while !main.is_empty() {
+            lanes.next(|| Some(u32::MAX), || main.pop_front());
+            reads += 1;
+        }
+        assert!(reads <= 2 * 1000, "{reads}");
+        let mut lanes = Lanes::default();
+        let mut cookie = VecDeque::new();
+        for round in 0..50u32 {
+            let echo = round % 7 == 3;
+            if echo {
+                cookie.push_back(round);
+            }
+            let mut reads = 0;
+            loop {
+                reads += 1;
+                let d = lanes.next(|| cookie.pop_front(), || Some(u32::MAX));
+                if !echo || d == Some(round) {
+                    break;
+                }
+            }
+            assert!(
+                reads <= 2,
+                "round {round}: the echo read after {reads} reads"
+            );
+        }
     }
 }

@@ -38,8 +38,9 @@ use super::records::{Flow, MasqAddr, Proto};
 use crate::cluster::store::{Sealer, Store};
 use crate::config::masq::AccessRules;
 
-/// One change for the data plane.
+/// One change for the data plane (short-lived, few at a time: not boxed).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum PlaneCmd {
     /// An ordinary update: link SAs (AddSa, DeleteInbound, RebindOutbound), Announce.
     Update(Update),

@@ -109,9 +109,12 @@ pub fn link_keys(
         ],
         &mut okm[..],
     )?;
-    let keys =
-        SaKeys::from_keymat(AeadAlg::AesGcm256, &okm[..36]).map_err(|_| SealError::Refused)?;
-    let tail: [u8; 4] = okm[36..40].try_into().map_err(|_| SealError::Refused)?;
+    let keys = SaKeys::from_keymat(AeadAlg::AesGcm256, okm.get(..36).unwrap_or(&[]))
+        .map_err(|_| SealError::Refused)?;
+    let tail: [u8; 4] = okm
+        .get(36..40)
+        .and_then(|t| t.try_into().ok())
+        .ok_or(SealError::Refused)?;
     let spi = LINK_SPI_PREFIX | (u32::from_be_bytes(tail) & !LINK_SPI_MASK);
     Ok(LinkKeys {
         spi: Spi(spi),
@@ -151,8 +154,9 @@ pub fn link_sa(
     }
 }
 
-/// What the link layer asks of the data plane.
+/// What the link layer asks of the data plane (few, short-lived: not boxed).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum LinkCmd {
     /// An ordinary update (AddSa, DeleteInbound, RebindOutbound).
     Update(Update),

@@ -485,3 +485,41 @@ fn our_initiator_follows_a_few_cookies_in_a_row_then_stops_listening() {
     assert_eq!(ep.stats().get(Reason::ResponseMalformed), 1);
     assert_eq!(ep.list().len(), 1, "still waiting for a real answer");
 }
+
+#[test]
+fn forged_cookie_echoes_make_no_state_and_a_valid_echo_among_them_is_admitted() {
+    // The data plane gives any request whose first payload is a COOKIE notify the cookie
+    // lane's headroom; here is why that opens no door: a forged echo is checked (one MAC)
+    // before anything counts it, is answered like a request without a cookie and leaves
+    // nothing behind, and the valid echo between them is taken.
+    let mut gw = gateway_with(always_cookies());
+    gw.handle(secs(1), gw_addr(), from(1), &request(0x11, &[1; 32], None));
+    let cookie = the_cookie(&sent(&mut gw));
+    let forged = 2000u32;
+    for i in 0..forged {
+        let mut fake = cookie.clone();
+        fake[1 + (i as usize % 16)] ^= 1 + (i % 255) as u8;
+        let spi = 0x1000 + u64::from(i);
+        gw.handle(
+            secs(1),
+            gw_addr(),
+            from(100 + i),
+            &request(spi, &[2; 32], Some(&fake)),
+        );
+        if i == forged / 2 {
+            let _ = sent(&mut gw);
+            gw.handle(
+                secs(1),
+                gw_addr(),
+                from(1),
+                &request(0x11, &[1; 32], Some(&cookie)),
+            );
+            assert!(accepted(&sent(&mut gw)), "the valid echo is answered");
+        }
+        assert!(gw.footprint().half_open <= 1);
+    }
+    let c = gw.stats().cookies;
+    assert_eq!((c.valid, c.invalid), (1, u64::from(forged)));
+    assert_eq!(gw.stats().get(Reason::InitCookieInvalid), u64::from(forged));
+    assert_eq!(gw.footprint().half_open, 1, "only the client's");
+}

@@ -57,6 +57,7 @@ fn sa(id: u32, spi: u32, v6: bool, encap: bool) -> SaParams {
         resume: Resume {
             seq: 0,
             seq_reserved: Some(30),
+            hold_us: 0,
             replay: None,
         },
         checkpoint: Some(Checkpoint {

@@ -268,6 +268,9 @@ pub struct OutboundSa {
     pub outer_ttl: u8,
     /// The warning before the sequence limit went out.
     warned: bool,
+    /// Installed with a hold (`Resume::hold_us`) that has not ended: what it seals waits in
+    /// the worker (`worker::hold`). In what was padding: the hot bytes do not grow.
+    pub holding: bool,
     pub id: SaId,
     pub cipher: EspCipher,
     /// The outer IP (+ UDP) header with per-packet fields zeroed; see [`OuterTemplate`].
@@ -276,6 +279,8 @@ pub struct OutboundSa {
     /// When the SA reports its sequence number: its own, until the worker installing it
     /// settles it (a worker's default replaces `None`).
     pub checkpoint: Option<Checkpoint>,
+    /// The hold's length (microseconds), counted from the first packet sealed.
+    pub hold_us: u32,
     pub local: IpAddr,
     pub remote: IpAddr,
 }
@@ -491,11 +496,13 @@ pub fn build_outbound(backend: Backend, p: &SaParams) -> Result<OutboundSa, SaBu
         encap: p.encap,
         outer_ttl: p.outer_ttl,
         warned: false,
+        holding: p.resume.hold_us > 0,
         id: p.id,
         cipher: EspCipher::new(backend, &p.keys, true)?,
         outer: OuterTemplate::new(p.local, p.remote, p.encap, p.outer_ttl),
         counters: Arc::new(SaCounters::with_lifetime(p.lifetime)),
         checkpoint: p.checkpoint,
+        hold_us: p.resume.hold_us,
         local: p.local,
         remote: p.remote,
     };

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use proto::masq::{MasqClient, MasqUsers, UserRule};
 use proto::policy::{PortRange, Prefix};
 use serde::Deserialize;
 
@@ -101,13 +102,9 @@ pub struct UnknownGroup {
     pub group: String,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Compiled {
-    dst: Prefix,
-    proto: Option<u8>,
-    ports: PortRange,
-    allow: bool,
-}
+/// A compiled rule is the record's (`proto::masq::UserRule`): what `Update::MasqUsers`
+/// carries to the workers is the table itself.
+type Compiled = UserRule;
 
 /// The compiled policy: per user, its rules in order (own, then groups').
 #[derive(Debug)]
@@ -192,6 +189,31 @@ impl AccessTable {
             }
         }
         self.default_allow
+    }
+
+    /// The record for the workers (`Update::MasqUsers`): this table's rules and which client
+    /// is which user.
+    pub fn to_users(&self, clients: Vec<MasqClient>) -> MasqUsers {
+        MasqUsers {
+            users: self.rules.iter().map(|r| r.to_vec()).collect(),
+            default_allow: self.default_allow,
+            clients,
+        }
+    }
+
+    /// The table a worker checks, from the record (identities stay with the control plane:
+    /// the worker knows users by index only).
+    pub fn from_users(t: &MasqUsers) -> AccessTable {
+        AccessTable {
+            ids: HashMap::new(),
+            rules: t
+                .users
+                .iter()
+                .map(|r| r.clone().into_boxed_slice())
+                .collect(),
+            fallback: None,
+            default_allow: t.default_allow,
+        }
     }
 
     /// Users in the table.

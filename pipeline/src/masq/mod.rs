@@ -159,6 +159,11 @@ impl FamTable {
         self.inb.insert(in_key(&flow, masq), flow);
     }
 
+    /// A flow's masquerading address, if installed.
+    pub fn get(&self, flow: &FlowKey) -> Option<Masq> {
+        self.out.get(flow).copied()
+    }
+
     pub fn remove(&mut self, flow: &FlowKey) {
         if let Some(m) = self.out.remove(flow) {
             self.inb.remove(&in_key(flow, m));
@@ -231,6 +236,14 @@ impl HamTable {
         HamTable::default()
     }
 
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     pub fn set(&mut self, masq: Masq, route: Option<Route>) {
         match route {
             Some(r) => {
@@ -258,3 +271,57 @@ impl HamTable {
 
 #[cfg(test)]
 mod tests;
+
+/// The worker's per-user check (`Update::MasqUsers`): the access table and which client
+/// source is which user (host addresses by exact match, wider prefixes longest first).
+#[derive(Debug)]
+pub struct MasqUsersTable {
+    pub access: access::AccessTable,
+    hosts: HashMap<Ipv4Addr, access::UserId>,
+    /// Non-host client prefixes, longest first.
+    nets: Vec<(proto::policy::Prefix, access::UserId)>,
+}
+
+impl MasqUsersTable {
+    pub fn new(t: &proto::masq::MasqUsers) -> MasqUsersTable {
+        let mut hosts = HashMap::new();
+        let mut nets = Vec::new();
+        for c in &t.clients {
+            let u = access::UserId(c.user);
+            match c.prefix.addr() {
+                core::net::IpAddr::V4(a) if c.prefix.prefix_len() == 32 => {
+                    hosts.insert(a, u);
+                }
+                _ => nets.push((c.prefix, u)),
+            }
+        }
+        nets.sort_by_key(|(p, _)| core::cmp::Reverse(p.prefix_len()));
+        MasqUsersTable {
+            access: access::AccessTable::from_users(t),
+            hosts,
+            nets,
+        }
+    }
+
+    /// The user a client source is checked as.
+    #[inline]
+    pub fn user(&self, src: Ipv4Addr) -> Option<access::UserId> {
+        if let Some(u) = self.hosts.get(&src) {
+            return Some(*u);
+        }
+        self.nets
+            .iter()
+            .find(|(p, _)| p.contains(core::net::IpAddr::V4(src)))
+            .map(|(_, u)| *u)
+    }
+
+    /// Whether the client `src` may send this packet (`dst`, protocol, destination port).
+    #[inline]
+    pub fn allows(&self, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, port: u16) -> Option<bool> {
+        let u = self.user(src)?;
+        Some(
+            self.access
+                .allows(u, core::net::IpAddr::V4(dst), proto, port),
+        )
+    }
+}

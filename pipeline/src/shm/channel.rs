@@ -25,6 +25,8 @@ pub struct ChannelSizes {
     pub update: RingSize,
     pub ack: RingSize,
     pub punt: RingSize,
+    /// The cookie lane: punted IKE_SA_INIT requests that echo a cookie.
+    pub punt_cookie: RingSize,
     pub transmit: RingSize,
     pub event: RingSize,
 }
@@ -32,7 +34,8 @@ pub struct ChannelSizes {
 impl Default for ChannelSizes {
     /// An AddSa (about 100 bytes) takes one 256-byte update slot; a 1 MiB update ring holds
     /// an SPD of some 30k IPv4 or 19k IPv6 rules in one record. An IKE datagram of up to
-    /// 2 KiB takes one punt or transmit slot.
+    /// 2 KiB takes one punt or transmit slot; the cookie lane holds 64 such requests (a
+    /// returning initiator's request waits behind at most that many forged echoes).
     fn default() -> Self {
         let size = |slot_size, slot_count| RingSize {
             slot_size,
@@ -42,6 +45,7 @@ impl Default for ChannelSizes {
             update: size(256, 4096),
             ack: size(32, 1024),
             punt: size(2048, 512),
+            punt_cookie: size(2048, 64),
             transmit: size(2048, 512),
             event: size(64, 4096),
         }
@@ -126,6 +130,8 @@ pub struct ControlChannel {
 }
 
 const PER_WORKER: usize = 2;
+/// Rings after the workers' ones: punt, transmit, event, the punt's cookie lane.
+const SHARED: usize = 4;
 
 impl ControlChannel {
     /// Creates the region at `path` (which must not exist) with the default ring sizes.
@@ -148,7 +154,7 @@ impl ControlChannel {
             slot_count: s.slot_count,
             zeroize,
         };
-        let mut rings = Vec::with_capacity(usize::from(workers) * PER_WORKER + 3);
+        let mut rings = Vec::with_capacity(usize::from(workers) * PER_WORKER + SHARED);
         for w in 0..workers {
             rings.push(spec(RingKind::Update, w, sizes.update, true));
             rings.push(spec(RingKind::Ack, w, sizes.ack, false));
@@ -156,6 +162,7 @@ impl ControlChannel {
         rings.push(spec(RingKind::Punt, 0, sizes.punt, false));
         rings.push(spec(RingKind::Transmit, 0, sizes.transmit, false));
         rings.push(spec(RingKind::Event, 0, sizes.event, false));
+        rings.push(spec(RingKind::Punt, 1, sizes.punt_cookie, false));
         Ok(ControlChannel {
             region: Region::create(path, &rings)?,
             workers,
@@ -168,17 +175,18 @@ impl ControlChannel {
         let rings = region.rings();
         let workers = rings
             .len()
-            .checked_sub(3)
+            .checked_sub(SHARED)
             .filter(|n| n % PER_WORKER == 0 && *n > 0)
             .map(|n| n / PER_WORKER)
             .and_then(|n| u16::try_from(n).ok())
-            .ok_or(ShmError::Layout("ring count is not 2 per worker + 3"))?;
+            .ok_or(ShmError::Layout("ring count is not 2 per worker + 4"))?;
         let expected = (0..workers)
             .flat_map(|w| [(RingKind::Update, w, true), (RingKind::Ack, w, false)])
             .chain([
                 (RingKind::Punt, 0, false),
                 (RingKind::Transmit, 0, false),
                 (RingKind::Event, 0, false),
+                (RingKind::Punt, 1, false),
             ]);
         for (r, (kind, index, zeroize)) in rings.iter().zip(expected) {
             if (r.kind, r.index, r.zeroize) != (kind, index, zeroize) {
@@ -253,6 +261,16 @@ impl ControlChannel {
     /// Control plane: punted IKE datagrams.
     pub fn punt_receiver(&self) -> Result<Receiver<Datagram>, ShmError> {
         self.receiver(self.shared_ring(0))
+    }
+
+    /// Data plane: punted IKE_SA_INIT requests that echo a cookie (the cookie lane).
+    pub fn punt_cookie_sender(&self) -> Result<Sender<Datagram>, ShmError> {
+        self.sender(self.shared_ring(3))
+    }
+
+    /// Control plane: punted IKE_SA_INIT requests that echo a cookie (the cookie lane).
+    pub fn punt_cookie_receiver(&self) -> Result<Receiver<Datagram>, ShmError> {
+        self.receiver(self.shared_ring(3))
     }
 
     /// Control plane: IKE datagrams to send.

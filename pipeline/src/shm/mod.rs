@@ -49,6 +49,7 @@
 //! | one | `Punt` | data -> control | [`Datagram`](proto::Datagram)s from the wire | 512 x 2 KiB |
 //! | one | `Transmit` | control -> data | [`Datagram`](proto::Datagram)s to send | 512 x 2 KiB |
 //! | one | `Event` | data -> control | [`Event`](proto::Event) | 4096 x 64 B |
+//! | one | `Punt` (index 1) | data -> control | the cookie lane: IKE_SA_INIT requests that echo a cookie | 64 x 2 KiB |
 //!
 //! A record larger than a slot spans consecutive slots (a whole SPD goes as one update of up
 //! to a ring's size). The punt, transmit and event rings have one producer or consumer in the

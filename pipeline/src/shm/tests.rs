@@ -504,6 +504,7 @@ mod channel {
             update: s,
             ack: s,
             punt: s,
+            punt_cookie: s,
             transmit: s,
             event: s,
         }

@@ -95,6 +95,9 @@ impl<P: Port> Worker<P> {
                     counters: sa.counters.clone(),
                 };
                 let id = sa.id;
+                // A record installed over this SA (a client back at an edge that still
+                // drains it) starts its own hold, if it has one.
+                self.holds.ends.retain(|(s, _)| *s != id);
                 if let Some(old) = self.sad.insert_outbound(*sa) {
                     self.release(Released::Outbound(Box::new(old)));
                 }
@@ -110,6 +113,7 @@ impl<P: Port> Worker<P> {
             },
             Command::DeleteOutbound(id) => match self.sad.remove_outbound(id) {
                 Some(old) => {
+                    self.holds.ends.retain(|(s, _)| *s != id);
                     self.publish_owner(id, false);
                     self.timed.stop(id);
                     // Its owner tracks its sequence numbers: the SA's last word is exact (it
@@ -208,6 +212,16 @@ impl<P: Port> Worker<P> {
             Command::DeleteGroupSa(spi) => self.delete_group_sa(spi)?,
             Command::SendOnGroupSa { id, spi } => self.group_send_on(id, spi)?,
             Command::SetGroupPeers(p) => self.set_group_peers(p),
+            Command::SetMasqPlane(p) => self.masq_set_plane(p),
+            Command::MasqFam {
+                install,
+                flow,
+                masq,
+            } => self.masq_fam(install, flow, masq, self.now),
+            Command::MasqRoute { masq, route } => self.masq_route(masq, route, self.now),
+            Command::MasqLink { node, out_sa } => self.masq_link(node, out_sa),
+            Command::MasqLinkIn { spi, install } => self.masq_link_in(spi, install),
+            Command::MasqUsers(t) => self.masq_users(t),
             Command::UnbindHost(dst) => {
                 let probation = self.dual.remove(&dst).is_some();
                 if self.hosts.remove(&dst).is_none() && !probation {

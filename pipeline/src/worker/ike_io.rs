@@ -10,6 +10,14 @@
 //! Never blocks on the control plane: a punt ring that is absent (`ike_no_control`) or full
 //! (`ike_punt_full`: the ring is the bound of the backlog) is a named drop, and
 //! a full WAN queue leaves the control plane's datagrams in their ring.
+//!
+//! Two lanes: an IKE_SA_INIT request that echoes a cookie (first payload a COOKIE notify,
+//! lengths right: [`natt::is_cookie_echo`]) goes on the cookie lane, a ring of its own
+//! (`ike_punted_cookie`, full: `ike_punt_cookie_full`), so that a spoofed flood of requests
+//! without cookies, which fills the main ring, cannot make a returning initiator's request
+//! wait for its retransmission. Forged echoes can fill only the cookie lane; the control
+//! plane reads the lanes in turn, so neither takes more than half of its reads while both
+//! have datagrams waiting.
 
 use core::net::IpAddr;
 
@@ -112,7 +120,13 @@ impl<P: Port> Worker<P> {
     }
 
     pub(super) fn punt(&mut self, pkt: &IpInfo, payload: &[u8]) -> DropReason {
-        let Some(ring) = self.control.punt.as_mut() else {
+        let cookie_lane = self.control.punt_cookie.is_some() && natt::is_cookie_echo(payload);
+        let ring = if cookie_lane {
+            self.control.punt_cookie.as_mut()
+        } else {
+            self.control.punt.as_mut()
+        };
+        let Some(ring) = ring else {
             return DropReason::IkeNoControl;
         };
         let p = Datagram {
@@ -122,9 +136,11 @@ impl<P: Port> Worker<P> {
             dst_port: pkt.key.dst_port,
             payload: payload.to_vec(),
         };
-        match ring.push(p) {
-            Ok(()) => DropReason::IkePunted,
-            Err(_) => DropReason::IkePuntFull,
+        match (ring.push(p), cookie_lane) {
+            (Ok(()), false) => DropReason::IkePunted,
+            (Ok(()), true) => DropReason::IkePuntedCookie,
+            (Err(_), false) => DropReason::IkePuntFull,
+            (Err(_), true) => DropReason::IkePuntCookieFull,
         }
     }
 }

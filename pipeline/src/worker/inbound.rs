@@ -371,6 +371,12 @@ impl<P: Port> Worker<P> {
         self.counters.count(Traffic::Decrypted, 1);
         self.counters
             .count(Traffic::DecryptedBytes, opened.inner_len as u64);
+        // A client's connection masqueraded per connection (`masq`): to the LAN rewritten.
+        if self.masq.is_some() {
+            if let Some(v) = self.masq_decrypted(f, &inner) {
+                return v;
+            }
+        }
         // To another road warrior: sealed again onto its SA (`hairpin`).
         if let Some(id) = self.hairpin_target(&inner) {
             return self.hairpin(f, &inner, new_ecn, id, now);

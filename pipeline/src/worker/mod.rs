@@ -20,7 +20,9 @@
 //! | `outbound` | LAN -> host binding or SPD -> ESP seal, or bypass (+ masquerade) -> WAN; ICMP too-big |
 //! | `inbound` | WAN -> ESP open (in the SA's own encapsulation) -> selector and ECN checks -> LAN; clear traffic and masquerade in |
 //! | `group` | group SAs (RFC 9838): generations by SPI, the sending one per group, the members as tunnel endpoints; seal with Sender-ID IVs, open with per-sender windows |
+//! | `masq` | the per-connection masquerade (issue 21): a client's packets rewritten to their masquerading address, the answers back or forwarded to the FAM on a link SA, table misses held and reported |
 //! | `hairpin` | a packet from one road warrior to another's virtual IP: sealed again onto its SA, back to the WAN |
+//! | `hold` | what an outbound SA installed with a hold (a cluster move) seals in its first milliseconds, sent in order when the hold ends |
 //! | `dual` | a client's host binding on probation: each packet takes the gateway path and a copy goes onto the direct SA |
 //! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
@@ -61,9 +63,11 @@ mod fragments;
 mod group;
 mod hairpin;
 mod handoff;
+mod hold;
 mod hosts;
 mod ike_io;
 mod inbound;
+mod masq;
 mod neighbors;
 mod outbound;
 mod parse;
@@ -108,6 +112,12 @@ pub struct ControlLink {
     pub commands: Consumer<Envelope>,
     pub replies: Producer<Reply>,
     pub punt: Option<Producer<Datagram>>,
+    /// The cookie lane: IKE_SA_INIT requests that echo a cookie ([`natt::is_cookie_echo`]),
+    /// apart from `punt` so that a flood of requests without one cannot fill it. Without
+    /// it they take `punt` like the rest.
+    ///
+    /// [`natt::is_cookie_echo`]: crate::wire::natt::is_cookie_echo
+    pub punt_cookie: Option<Producer<Datagram>>,
     /// IKE datagrams the control plane wants sent from this worker's WAN port.
     pub transmit: Option<Consumer<Datagram>>,
 }
@@ -151,6 +161,8 @@ pub struct Worker<P: Port> {
     dual: HostMap,
     /// Group SAs (`group`).
     groups: group::Groups,
+    /// The per-connection masquerade (`masq`); None until a masquerade command came.
+    masq: Option<Box<masq::MasqState<P::Frame>>>,
     /// Hairpinned packets by pair since the last report (`hairpin`).
     hairpins: hairpin::HairpinPairs,
     /// Further WAN addresses answered for (a roaming client's old one, for a moment).
@@ -198,6 +210,9 @@ pub struct Worker<P: Port> {
     handoff_q: VecDeque<(u16, Side, P::Frame)>,
     /// True while this worker processes frames another worker handed it: they stay here.
     receiving: bool,
+    /// Outbound SAs in their hold after a move, and the frames they sealed meanwhile (`hold`).
+    holds: hold::Holds,
+    held: VecDeque<hold::Held<P::Frame>>,
 }
 
 /// The clear (LAN) or protected (WAN) side of a gateway.
@@ -234,6 +249,14 @@ enum Verdict {
     SealLater(cbc_burst::SealLater),
     /// A CBC SA's packet, checked up to its ICV, opened with the rest of the burst's.
     OpenLater(cbc_burst::OpenLater),
+    /// Held for a masquerade table miss (`masq`), run again when the answer comes.
+    MasqHold(proto::masq::MasqMissKey),
+    /// Sealed on an SA in its hold (`hold`): waits until `until`, then to the WAN (or its next
+    /// hop `hop`, resolved).
+    Hold {
+        until: u64,
+        hop: Option<IpAddr>,
+    },
 }
 
 impl<P: Port> Worker<P> {
@@ -262,6 +285,7 @@ impl<P: Port> Worker<P> {
             dual: HostMap::default(),
             groups: Default::default(),
             hairpins: Default::default(),
+            masq: None,
             wan_also: Vec::new(),
             reasm: None,
             reasm_published: 0,
@@ -288,6 +312,8 @@ impl<P: Port> Worker<P> {
             handoff: None,
             handoff_q: VecDeque::new(),
             receiving: false,
+            holds: hold::Holds::default(),
+            held: VecDeque::new(),
         }
     }
 
@@ -359,7 +385,8 @@ impl<P: Port> Worker<P> {
                 idle = 0;
             }
         }
-        // Let queued frames out before returning (bounded: the peer may be gone).
+        // Let queued frames out before returning (bounded: the peer may be gone), held ones too.
+        self.release_held(u64::MAX);
         for _ in 0..1000 {
             self.flush();
             if self.lan_txq.is_empty() && self.wan_txq.is_empty() {
@@ -375,6 +402,7 @@ impl<P: Port> Worker<P> {
         self.now = now;
         self.counters.clock.set(now);
         let mut work = self.apply_commands();
+        work += self.release_held(now);
         work += self.transmit_datagrams();
         self.flush();
         // Each rx is paused only by the queues it feeds: LAN rx feeds the WAN (and the odd
@@ -404,6 +432,9 @@ impl<P: Port> Worker<P> {
             self.timed_checkpoints(now);
         }
         self.report_hairpins(now);
+        if self.masq.is_some() {
+            self.masq_housekeeping(now);
+        }
         work
     }
 
@@ -442,12 +473,20 @@ impl<P: Port> Worker<P> {
         let verdict = match self.neighbor(&mut f, side) {
             Some(v) => v,
             None => match side {
-                Side::Lan => {
-                    if !self.dual.is_empty() {
-                        self.dual_copy(&f, now);
+                Side::Lan => match self
+                    .masq
+                    .is_some()
+                    .then(|| self.masq_lan(&mut f, now))
+                    .flatten()
+                {
+                    Some(v) => v,
+                    None => {
+                        if !self.dual.is_empty() {
+                            self.dual_copy(&f, now);
+                        }
+                        self.outbound(&mut f, now)
                     }
-                    self.outbound(&mut f, now)
-                }
+                },
                 Side::Wan => self.inbound(&mut f, now),
             },
         };
@@ -466,6 +505,8 @@ impl<P: Port> Worker<P> {
             Verdict::Drop(r) => self.counters.record_drop(r),
             Verdict::SealLater(s) => self.cbc_seals.push((f, s)),
             Verdict::OpenLater(o) => self.cbc_opens.push((f, o)),
+            Verdict::MasqHold(k) => self.masq_hold(f, k),
+            Verdict::Hold { until, hop } => self.hold(f, until, hop),
         }
     }
 

@@ -75,6 +75,18 @@ impl<P: Port> Worker<P> {
                 }
             }
         }
+        if matches!(side, Side::Lan) && matches!(outcome, crate::neighbor::Outcome::Ignored) {
+            // Masquerading addresses this node serves (`masq`).
+            if let Some(m) = self.masq.as_deref() {
+                for a in m.served() {
+                    (outcome, new_len) =
+                        crate::neighbor::respond(f.data_mut(), link.mac, Some(*a), None);
+                    if matches!(outcome, crate::neighbor::Outcome::Replied) {
+                        break;
+                    }
+                }
+            }
+        }
         match outcome {
             crate::neighbor::Outcome::Replied => {
                 f.truncate(new_len);

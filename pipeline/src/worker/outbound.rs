@@ -181,10 +181,24 @@ impl<P: Port> Worker<P> {
         self.counters.count(Traffic::Encrypted, 1);
         self.counters
             .count(Traffic::EncryptedBytes, inner_len as u64);
+        let holding = sa.holding;
         if crossing.is_some() || seq_due {
             self.report_outbound(id, crossing, now);
         }
-        self.forward(f, Side::Wan, outer_v6)
+        let v = self.forward(f, Side::Wan, outer_v6);
+        if holding {
+            if let Some(until) = self.hold_until(id, now) {
+                return match v {
+                    Verdict::ToWan => Verdict::Hold { until, hop: None },
+                    Verdict::Resolve(Side::Wan, hop) => Verdict::Hold {
+                        until,
+                        hop: Some(hop),
+                    },
+                    other => other,
+                };
+            }
+        }
+        v
     }
 
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" back to the sender on the LAN.

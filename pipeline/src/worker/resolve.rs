@@ -401,7 +401,9 @@ impl<P: Port> Worker<P> {
         let ours = |a: &IpAddr| match a {
             IpAddr::V4(v) => link.addr4 == Some(*v),
             IpAddr::V6(v) => link.addr6 == Some(*v),
-        } || (matches!(side, Side::Wan) && self.wan_also.contains(a));
+        } || (matches!(side, Side::Wan) && self.wan_also.contains(a))
+            || (matches!(side, Side::Lan)
+                && matches!(a, IpAddr::V4(v) if self.masq.as_deref().is_some_and(|m| m.served().contains(v))));
         if !addrs.iter().all(ours) {
             return Err("announce: not one of our addresses on that side");
         }

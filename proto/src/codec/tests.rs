@@ -49,12 +49,14 @@ fn params(alg: impl Into<EspAlg>, six: bool, encap: Option<UdpEncap>) -> SaParam
             Resume {
                 seq: (1 << 40) + 17,
                 seq_reserved: Some((1 << 40) + (1 << 20)),
+                hold_us: 5_000,
                 replay: None,
             }
         } else {
             Resume {
                 seq: 0,
                 seq_reserved: None,
+                hold_us: 0,
                 replay: Some(replay_state(1024)),
             }
         },

@@ -4,7 +4,7 @@ use super::*;
 /// the gateway sends to road warrior B (192.0.2.3, 10.99.0.2) on SPI 0xd002 (SA id 11). Both
 /// CHILD_SAs carry 10.0.0.0/8 on the gateway's side, as a gateway whose `local_ts` covers its
 /// pool negotiates them.
-fn gateway_with_two_clients(wan_mtu: u16) -> Rig {
+pub(super) fn gateway_with_two_clients(wan_mtu: u16) -> Rig {
     let mut g = rig(wan_mtu);
     g.update(Update::AddSa {
         dir: Direction::Inbound,
@@ -37,7 +37,7 @@ fn gateway_with_two_clients(wan_mtu: u16) -> Rig {
 }
 
 /// Client A: seals 10.99.0.1 -> 10.0.0.0/8 on SPI 0xc001.
-fn client_a() -> Rig {
+pub(super) fn client_a() -> Rig {
     let mut a = rig(1500);
     a.update(Update::AddSa {
         dir: Direction::Outbound,
@@ -78,14 +78,14 @@ fn client_b() -> Rig {
 }
 
 /// One packet from A's LAN side, sealed by A, into the gateway's WAN port.
-fn from_a(a: &mut Rig, g: &mut Rig, dst: &str, size: usize) {
+pub(super) fn from_a(a: &mut Rig, g: &mut Rig, dst: &str, size: usize) {
     a.send_lan("10.99.0.1", dst, size);
     let mut esp = a.wan.recv().expect("A sealed it");
     readdress(&mut esp, WAN_MAC, PEER_MAC);
     assert!(g.wan.send(esp).is_ok());
 }
 
-fn esp_spi(f: &MemFrame) -> u32 {
+pub(super) fn esp_spi(f: &MemFrame) -> u32 {
     let ip = outer_ipv4(f);
     u32::from_be_bytes(ip.payload()[0..4].try_into().unwrap())
 }

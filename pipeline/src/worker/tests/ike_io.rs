@@ -85,6 +85,111 @@ fn a_full_punt_ring_drops_the_new_datagram_under_its_own_reason() {
     assert_eq!(punted.pop().map(|d| d.payload), Ok(vec![0; 40]));
 }
 
+/// An IKE_SA_INIT request (initiator SPI `spi`) whose first payload is a COOKIE notify, then
+/// a Nonce: what an initiator sends back after a responder demanded a cookie.
+fn cookie_echo(spi: u64) -> Vec<u8> {
+    let len: u32 = 28 + 25 + 8;
+    let mut m = Vec::new();
+    m.extend(spi.to_be_bytes());
+    m.extend([0u8; 8]);
+    m.extend([41, 0x20, 34, 0x08, 0, 0, 0, 0]);
+    m.extend(len.to_be_bytes());
+    m.extend([40, 0, 0, 25, 0, 0, 0x40, 0x06]);
+    m.extend([0x5a; 17]);
+    m.extend([0, 0, 0, 8, 1, 2, 3, 4]);
+    m
+}
+
+#[test]
+fn cookie_echoes_take_their_own_lane_past_a_full_punt_ring() {
+    let mut a = rig(1500);
+    let mut b = rig(1500);
+    let (mut tx, tx_rx) = rtrb::RingBuffer::new(16);
+    a.w.control.transmit = Some(tx_rx);
+    // A flooded control plane: the main ring is full.
+    let (mut punt_tx, mut punted) = rtrb::RingBuffer::new(2);
+    for n in 0..2u8 {
+        punt_tx
+            .push(Datagram {
+                src: "198.18.0.1".parse().unwrap(),
+                dst: "192.0.2.2".parse().unwrap(),
+                src_port: 500,
+                dst_port: 500,
+                payload: vec![n; 40],
+            })
+            .unwrap();
+    }
+    b.w.control.punt = Some(punt_tx);
+    let (cookie_tx, mut cookies) = rtrb::RingBuffer::new(2);
+    b.w.control.punt_cookie = Some(cookie_tx);
+    let echo = cookie_echo(0x1234);
+    // More requests without a cookie, then the echo on 500 and (after the marker) on 4500,
+    // then one more echo than the lane holds.
+    let mut send = |port: u16, payload: &[u8]| {
+        tx.push(Datagram {
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "192.0.2.2".parse().unwrap(),
+            src_port: port,
+            dst_port: port,
+            payload: payload.to_vec(),
+        })
+        .unwrap()
+    };
+    send(500, &[9; 40]);
+    send(500, &echo);
+    send(4500, &echo);
+    send(500, &echo);
+    a.w.poll(0);
+    let mut frames = Vec::new();
+    a.wan.rx_burst(&mut frames, 8);
+    assert_eq!(frames.len(), 4);
+    for f in frames {
+        assert!(b.wan.send(f).is_ok());
+    }
+    b.w.poll(1);
+    assert_eq!(b.drops(DropReason::IkePuntFull), 1, "the flood's");
+    assert_eq!(b.drops(DropReason::IkePuntedCookie), 2);
+    assert_eq!(
+        b.drops(DropReason::IkePuntCookieFull),
+        1,
+        "the lane is bounded"
+    );
+    for port in [500, 4500] {
+        let d = cookies.pop().expect("on the cookie lane");
+        assert_eq!((d.dst_port, &d.payload), (port, &echo));
+    }
+    assert_eq!(punted.pop().map(|d| d.payload), Ok(vec![0; 40]));
+    assert_eq!(punted.pop().map(|d| d.payload), Ok(vec![1; 40]));
+    assert!(punted.pop().is_err(), "the echoes never took the main ring");
+}
+
+#[test]
+fn without_a_cookie_lane_echoes_take_the_punt_ring() {
+    let mut a = rig(1500);
+    let mut b = rig(1500);
+    let (mut tx, tx_rx) = rtrb::RingBuffer::new(8);
+    a.w.control.transmit = Some(tx_rx);
+    let (punt_tx, mut punted) = rtrb::RingBuffer::new(8);
+    b.w.control.punt = Some(punt_tx);
+    tx.push(Datagram {
+        src: "192.0.2.1".parse().unwrap(),
+        dst: "192.0.2.2".parse().unwrap(),
+        src_port: 500,
+        dst_port: 500,
+        payload: cookie_echo(7),
+    })
+    .unwrap();
+    a.w.poll(0);
+    let mut frames = Vec::new();
+    a.wan.rx_burst(&mut frames, 8);
+    for f in frames {
+        assert!(b.wan.send(f).is_ok());
+    }
+    b.w.poll(1);
+    assert_eq!(b.drops(DropReason::IkePunted), 1);
+    assert_eq!(punted.pop().map(|d| d.payload), Ok(cookie_echo(7)));
+}
+
 #[test]
 fn ike_and_keepalives_are_not_esp() {
     let mut r = rig(1500);

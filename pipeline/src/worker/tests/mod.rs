@@ -26,6 +26,7 @@ mod handoff;
 mod ike_io;
 mod inbound;
 mod l3;
+mod masq;
 mod neighbors;
 mod outbound;
 mod reports;

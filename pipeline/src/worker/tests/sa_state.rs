@@ -114,6 +114,7 @@ fn a_reservation_is_never_passed_and_only_ever_raised() {
         Resume {
             seq: 100,
             seq_reserved: Some(103),
+            hold_us: 0,
             replay: None,
         },
         None,
@@ -174,6 +175,7 @@ fn export_reports_the_sequence_number_and_the_replay_window() {
         Resume {
             seq: 500,
             seq_reserved: Some(10_000),
+            hold_us: 0,
             replay: None,
         },
         None,
@@ -257,6 +259,7 @@ fn checkpoints_come_every_n_packets() {
         Resume {
             seq: 1000,
             seq_reserved: Some(1_000_000),
+            hold_us: 0,
             replay: None,
         },
         Some(Checkpoint {
@@ -291,6 +294,7 @@ fn a_deleted_outbound_sa_with_checkpoints_reports_its_last_number() {
         Resume {
             seq: 1000,
             seq_reserved: Some(1_000_000),
+            hold_us: 0,
             replay: None,
         },
         every,
@@ -333,6 +337,7 @@ fn a_capped_outbound_sa_reports_its_ceiling_and_never_passes_it() {
         Resume {
             seq: 1000,
             seq_reserved: Some(1_000_000),
+            hold_us: 0,
             replay: None,
         },
         None,
@@ -429,6 +434,7 @@ fn checkpoints_come_every_t_milliseconds_of_the_workers_clock() {
         Resume {
             seq: 40,
             seq_reserved: Some(41),
+            hold_us: 0,
             replay: None,
         },
         Some(Checkpoint {
@@ -582,4 +588,97 @@ fn a_watched_inbound_sa_reports_its_first_packet_once_and_a_copy_installed_again
     quiet.update(watched_inbound(false, None));
     assert_eq!(deliver(&mut quiet, &[0, 1]), 2);
     assert_eq!(first_uses(&mut quiet), Vec::<u64>::new());
+}
+
+/// One LAN packet for the rig's outbound SA, at `t` (ns) on the worker's clock.
+fn send_lan_at(r: &mut Rig, t: u64) {
+    let mut g = Generator::new(
+        vec![FlowSpec {
+            src_mac: HOST_MAC,
+            dst_mac: LAN_MAC,
+            src: "10.1.0.10".parse().unwrap(),
+            dst: "10.2.0.7".parse().unwrap(),
+            src_port: 1234,
+            dst_port: 5001,
+        }],
+        &[100],
+    );
+    let mut f = MemFrame::new();
+    g.fill(&mut f, 0);
+    assert!(r.lan.send(f).is_ok());
+    r.w.poll(t);
+}
+
+#[test]
+fn an_sa_installed_with_a_hold_sends_its_first_packets_in_order_when_the_hold_ends() {
+    let mut r = rig(1500);
+    r.update(outbound_from(
+        Resume {
+            seq: 1000,
+            seq_reserved: Some(1_000_000),
+            hold_us: 2000,
+            replay: None,
+        },
+        None,
+    ));
+    // The hold starts with the first packet (10 ms after the install), not at the install.
+    send_lan_at(&mut r, 10 * MS);
+    send_lan_at(&mut r, 11 * MS);
+    r.w.poll(12 * MS - 1);
+    assert_eq!(sent_seqs(&mut r), vec![], "held");
+    assert_eq!(r.w.counters.traffic(Traffic::Held), 2);
+    // At its end they leave in the order they were sealed; what comes after goes at once.
+    r.w.poll(12 * MS);
+    send_lan_at(&mut r, 12 * MS + 1);
+    let seqs: Vec<u32> = sent_seqs(&mut r).into_iter().map(|s| s.0).collect();
+    assert_eq!(seqs, [1001, 1002, 1003]);
+    assert_eq!(r.w.counters.traffic(Traffic::Held), 2);
+    assert_eq!(r.w.counters.traffic(Traffic::HoldReleasedEarly), 0);
+
+    // Installed over itself with a hold again (a client back at an edge that still drained
+    // it): a new hold from its next first packet.
+    r.update(outbound_from(
+        Resume {
+            seq: 5000,
+            seq_reserved: Some(1_000_000),
+            hold_us: 1000,
+            replay: None,
+        },
+        None,
+    ));
+    send_lan_at(&mut r, 20 * MS);
+    assert_eq!(sent_seqs(&mut r), vec![]);
+    r.w.poll(21 * MS);
+    let seqs: Vec<u32> = sent_seqs(&mut r).into_iter().map(|s| s.0).collect();
+    assert_eq!(seqs, [5001]);
+}
+
+#[test]
+fn a_full_hold_queue_sends_its_oldest_frame_early_and_drops_nothing() {
+    let mut r = rig(1500);
+    r.update(outbound_from(
+        Resume {
+            seq: 0,
+            seq_reserved: None,
+            hold_us: 1_000_000,
+            replay: None,
+        },
+        None,
+    ));
+    let n = crate::worker::hold::HOLD_MAX as u64 + 5;
+    let mut seqs = Vec::new();
+    for i in 0..n {
+        send_lan_at(&mut r, MS + i);
+        seqs.extend(sent_seqs(&mut r).into_iter().map(|s| s.0));
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5], "the oldest five, early");
+    assert_eq!(r.w.counters.traffic(Traffic::HoldReleasedEarly), 5);
+    assert_eq!(r.w.counters.traffic(Traffic::Held), n);
+    // The rest at the hold's end (a stopping worker would send them too).
+    r.w.poll(MS + 1_000_000_000);
+    for _ in 0..8 {
+        seqs.extend(sent_seqs(&mut r).into_iter().map(|s| s.0));
+        r.w.poll(MS + 1_000_000_001);
+    }
+    assert_eq!(seqs, (1..=n as u32).collect::<Vec<_>>(), "all, in order");
 }
