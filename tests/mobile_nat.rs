@@ -39,9 +39,11 @@
 //! SKIP line without root or tools); run under the shared lock:
 //!   cargo build --release -p roamgate --features etcd
 //!   ROAMGATE_BIN=target/release/roamgate flock -o /tmp/roamgate-netns.lock \
-//!     cargo test -p roamgate --test mobile_nat -- --nocapture
-//! `MOBNAT_SECS` (10) is the transfer's length (the issue's run: 60), `MOBNAT_PPS` (200) the UDP
-//! streams' rate, `MOBNAT_TCP_RATE` (20M) iperf3's pacing, `MOBNAT_ETCD_MEMBERS` (1; 3 as
+//!     cargo test -p roamgate --features roamgate/etcd --test mobile_nat -- --nocapture
+//! `MOBNAT_CASES` (`policy,move,ham-kill`) which cases run (`blocks` audits whatever ran;
+//! `ham-kill` runs on the connections of `move`). `MOBNAT_SECS` (7) is the transfer's length
+//! (the issue's run: 60; the moves at 0.8 s and 1.6 s, the kill at 2.4 s, or at 20 %, 35 %
+//! and 50 % of a longer run), `MOBNAT_PPS` (200) the UDP streams' rate, `MOBNAT_TCP_RATE` (20M) iperf3's pacing, `MOBNAT_ETCD_MEMBERS` (1; 3 as
 //! cluster_store) the etcd members.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,7 +51,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use roamgate_tests::etcd::LocalEtcd;
-use roamgate_tests::netns::{in_ns, root_or_skip, sh, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{
+    children_of, in_ns, root_or_skip, sh, Capture, DataplaneProcess, NsProcess,
+};
 use roamgate_tests::strongswan::{
     ask, designated_edge, ike_view, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
 };
@@ -67,6 +71,16 @@ const EDGE_MAC: [&str; 3] = [
 ];
 /// The roamgate client's virtual IP (the first of its pool).
 const RW_VIP: &str = "10.99.0.1";
+/// A TCP probe's timeout (s): what a denied one waits.
+const PROBE_SECS: f64 = 0.7;
+/// The largest stall per move asserted (ms). The issue's goal is 100 ms: the figure is
+/// printed against it; the bound leaves room for a loaded CI machine.
+const MOVE_STALL_BOUND_MS: f64 = 500.0;
+/// The way back (server -> client, through the HAM) after the HAM's death waits for the
+/// node lease to end (`node_ttl_s: 2` in the edges' files; etcd's shortest lease with its
+/// default timings is 2 s), then the successor's takeover and gratuitous ARP: bounded by the
+/// lease plus 1 s. The issue's goal (<= 1 s) needs a shorter lease.
+const KILL_BACK_BOUND_MS: f64 = 3000.0;
 
 fn bin() -> String {
     roamgate_tests::roamgate_bin(env!("CARGO_BIN_EXE_roamgate"))
@@ -119,7 +133,25 @@ impl Drop for Mobnat {
             procs.push(("crypto-node".into(), n));
         }
         for (name, p) in procs {
+            // `roamgate edge` and `client` supervise children (edge-link, the data plane):
+            // those still alive after their parent ended are killed by pid.
+            let kids: Vec<String> = p
+                .child
+                .as_ref()
+                .map(|c| children_of(c.id()))
+                .unwrap_or_default();
             let (_, out, err) = p.stop("TERM", Duration::from_secs(10));
+            for k in &kids {
+                // Only if the pid is still a roamgate (not a pid reused since).
+                let cmd = std::fs::read(format!("/proc/{k}/cmdline")).unwrap_or_default();
+                if !String::from_utf8_lossy(&cmd).contains("roamgate") {
+                    continue;
+                }
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", k])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
             let _ = std::fs::write(self.dir.join(format!("{name}.log")), out + "\n" + &err);
         }
     }
@@ -405,7 +437,8 @@ fn connections_follow_the_client_across_edges() {
         }
     }
     let started = Instant::now();
-    let secs = env_u64("MOBNAT_SECS", 10);
+    let cases = Cases::from_env();
+    let secs = env_u64("MOBNAT_SECS", 7);
     let pps = env_u64("MOBNAT_PPS", 200);
     let tcp_rate = std::env::var("MOBNAT_TCP_RATE").unwrap_or_else(|_| "20M".into());
     let mut m = up();
@@ -466,156 +499,259 @@ fn connections_follow_the_client_across_edges() {
     );
 
     // ---- case policy ----
-    let policy = policy_case(&mut m, &home);
+    let t_policy = Instant::now();
+    let policy = cases.policy.then(|| policy_case(&mut m, &home));
+    let policy_secs = t_policy.elapsed().as_secs_f64();
+    let t_move = Instant::now();
 
     // ---- case move (and ham-kill on the same connections) ----
-    steer(&m, None, 0);
-    assert!(
-        wait_designated(&m, RW_VIP, 0, || {
-            let _ = probe(&home, 0.3, &["10.9.0.10:7001"]);
-        }),
-        "the client back at edge a before the moves"
-    );
-    let mv = move_case(&mut m, &home, &srv, secs, pps, &tcp_rate);
+    let mv = cases.moves.then(|| {
+        steer(&m, None, 0);
+        assert!(
+            wait_designated(&m, RW_VIP, 0, || {
+                let _ = probe(&home, 0.3, &["10.9.0.10:7001"]);
+            }),
+            "the client back at edge a before the moves"
+        );
+        move_case(&mut m, &home, &srv, secs, pps, &tcp_rate, cases.kill)
+    });
 
+    let move_secs = t_move.elapsed().as_secs_f64();
+    let t_audit = Instant::now();
     let _ = listen.stop("TERM", Duration::from_secs(2));
     let _ = srv_cap.finish();
     let _ = lan_cap.finish();
 
     // ---- audits ----
     let pkts = server_packets(&srv_pcap);
-    let mut policy = policy;
-    policy.audit(&pkts);
     let masq: BTreeSet<&str> = MASQ.iter().copied().collect();
-    let mv_report = move_audit(&pkts, &mv, &masq);
-    let kill_report = kill_audit(&m, &pkts, &lan_pcap, &mv);
-    let blocks = blocks_audit(&pkts, &lan_pcap, &masq);
     let counters: Vec<_> = m
         .edges
         .iter()
         .map(|e| e.as_ref().map(|e| masq_counters(&e.stats())))
         .collect();
-    println!(
-        "mobile-nat case=policy users=2 edges=rw:a,b/sw:{} probes={} as_expected={} \
-         change_enforced_ms={} flow_before_change={} other_traffic_after_change={} \
-         unexpected={:?}",
-        policy.sw_edges,
-        policy.probes,
-        policy.as_expected,
-        policy
-            .enforced_ms
-            .map_or("none".into(), |v| format!("{v:.0}")),
-        policy.before,
-        policy.other_after,
-        policy.unexpected
-    );
-    println!(
-        "mobile-nat case=move moves=2 rst={} same_src={} stall_ms_max={:.0} stall_ms={:.0?} \
-         udp_sent={} udp_lost={} udp_back_lost={} tcp_bytes={} iperf_error={} idle={} \
-         sources={:?} conn_keys={}",
-        mv_report.rst,
-        if mv_report.same_src { "yes" } else { "no" },
-        mv_report.stalls.iter().copied().fold(0.0, f64::max),
-        mv_report.stalls,
-        mv.udp_sent,
-        mv.udp_sent.saturating_sub(mv.udp_received),
-        mv.back_lost,
-        mv.tcp_bytes,
-        mv.iperf_error.as_deref().unwrap_or("none"),
-        mv.idle,
-        mv_report.sources,
-        m.keys("conn/"),
-    );
-    println!(
-        "mobile-nat case=ham-kill rst={} stall_ms_max={:.0} garp_from={} router_neigh={} \
-         idle_after_kill={} tcp_after_kill={} udp_after_kill={} back_after_kill={} \
-         nodes_after={:?}",
-        kill_report.rst,
-        kill_report.stall,
-        kill_report.garp_from.as_deref().unwrap_or("none"),
-        kill_report.neigh,
-        mv.idle_second,
-        kill_report.tcp_after,
-        kill_report.udp_after,
-        mv.back_after_kill,
-        kill_report.nodes_after,
-    );
+    let mut verdicts: Vec<String> = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            verdicts.push(what);
+        }
+    };
+    if let Some(mut policy) = policy {
+        policy.audit(&pkts);
+        println!(
+            "mobile-nat case=policy users=2 edges=rw:a,b/sw:{} probes={} as_expected={} \
+             change_enforced_ms={} flow_before_change={} other_traffic_after_change={} \
+             restarted_by_reload={} unexpected={:?}",
+            policy.sw_edges,
+            policy.probes,
+            policy.as_expected,
+            policy
+                .enforced_ms
+                .map_or("none".into(), |v| format!("{v:.0}")),
+            policy.before,
+            policy.other_after,
+            policy.restarted,
+            policy.unexpected
+        );
+        check(
+            policy.restarted == 0,
+            format!(
+                "policy: the reload (SIGHUP) restarted processes of {} edges",
+                policy.restarted
+            ),
+        );
+        check(
+            policy.as_expected == policy.probes,
+            format!(
+                "policy: per-user probes not as expected: {:?}",
+                policy.unexpected
+            ),
+        );
+        check(
+            policy.before,
+            "policy: the flow the rule change stops did not pass before it".into(),
+        );
+        check(
+            policy.enforced_ms.is_some_and(|ms| ms <= 1000.0),
+            format!(
+                "policy: the rule change did not stop the established flow within 1 s: {:?} ms",
+                policy.enforced_ms
+            ),
+        );
+        check(
+            policy.other_after,
+            "policy: the user's other traffic did not pass after the change".into(),
+        );
+    }
+    if let Some(mv) = &mv {
+        let mv_report = move_audit(&pkts, &srv_pcap, mv, &masq);
+        let stall_max = mv_report.stalls.iter().map(Stall::max).fold(0.0, f64::max);
+        let stalls: Vec<String> = mv_report.stalls.iter().map(ToString::to_string).collect();
+        println!(
+            "mobile-nat case=move moves=2 rst={} same_src={} stall_ms_max={:.0} (goal 100, \
+             bound {MOVE_STALL_BOUND_MS}) stall_ms={} \
+             udp_sent={} udp_lost={} udp_back_lost={} tcp_bytes={} iperf_error={} idle={} \
+             sources={:?} conn_keys={}",
+            mv_report.rst,
+            if mv_report.same_src { "yes" } else { "no" },
+            stall_max,
+            stalls.join(","),
+            mv.udp_sent,
+            mv.udp_sent.saturating_sub(mv.udp_received),
+            mv.back_lost,
+            mv.tcp_bytes,
+            mv.iperf_error.as_deref().unwrap_or("none"),
+            mv.idle,
+            mv_report.sources,
+            m.keys("conn/"),
+        );
+        check(
+            mv_report.rst == 0,
+            format!(
+                "move: {} RST seen by the server during the moves",
+                mv_report.rst
+            ),
+        );
+        check(
+            mv_report.same_src,
+            format!(
+                "move: not one source (address, port) per connection: {:?}",
+                mv_report.sources
+            ),
+        );
+        check(
+            stall_max <= MOVE_STALL_BOUND_MS,
+            format!(
+                "move: a stall of {stall_max:.0} ms (bound {MOVE_STALL_BOUND_MS} ms): {}",
+                stalls.join(",")
+            ),
+        );
+        check(mv.idle, "move: the idle connection's first line".into());
+        check(
+            mv.iperf_error.is_none(),
+            format!("move: iperf3: {:?}", mv.iperf_error),
+        );
+        check(
+            mv.udp_received >= mv.udp_sent * 9 / 10,
+            format!(
+                "move: the UDP stream did not pass: {}/{}",
+                mv.udp_received, mv.udp_sent
+            ),
+        );
+        if let Some(kill_at) = mv.kill_at {
+            let kill_report = kill_audit(&m, &pkts, &srv_pcap, &lan_pcap, mv, kill_at);
+            println!(
+                "mobile-nat case=ham-kill rst={} stall_ms={} (goal 1000; bound of the way back \
+                 {KILL_BACK_BOUND_MS}) garp_from={} garp_ms={} router_neigh={} \
+                 idle_after_kill={} tcp_after_kill={} udp_after_kill={} back_after_kill={} \
+                 nodes_after={:?}",
+                kill_report.rst,
+                kill_report.stall,
+                kill_report.garp_from.as_deref().unwrap_or("none"),
+                kill_report
+                    .garp_ms
+                    .map_or("none".into(), |v| format!("{v:.0}")),
+                kill_report.neigh,
+                mv.idle_second,
+                kill_report.tcp_after,
+                kill_report.udp_after,
+                mv.back_after_kill,
+                kill_report.nodes_after,
+            );
+            check(
+                kill_report.rst == 0,
+                format!("ham-kill: {} RST after the HAM was killed", kill_report.rst),
+            );
+            check(
+                kill_report.stall.back_ms <= KILL_BACK_BOUND_MS,
+                format!(
+                    "ham-kill: the way back stopped {:.0} ms (bound {KILL_BACK_BOUND_MS} ms)",
+                    kill_report.stall.back_ms
+                ),
+            );
+            check(
+                kill_report.garp_from.is_some(),
+                "ham-kill: no gratuitous ARP for 10.8.0.100 from a live edge after edge a died"
+                    .into(),
+            );
+            check(
+                kill_report.tcp_after && kill_report.udp_after,
+                "ham-kill: the transfer or the UDP stream stopped after the HAM died".into(),
+            );
+            check(
+                mv.back_after_kill > 0,
+                "ham-kill: nothing of the stream back (through the HAM's successor) arrived \
+                 after the takeover"
+                    .into(),
+            );
+        }
+        check(
+            mv.idle_second,
+            "move: the idle connection did not answer after the moves (and the HAM's death)".into(),
+        );
+    }
+    let blocks = blocks_audit(&pkts, &lan_pcap, &masq);
     println!(
         "mobile-nat case=blocks conns={} blocks={} overlap={} foreign_address={} reused={} \
          per_node={:?}",
         blocks.conns, blocks.blocks, blocks.overlap, blocks.foreign, blocks.reused, blocks.per_node
     );
+    check(
+        blocks.overlap == 0,
+        format!(
+            "blocks: {} port blocks shared between nodes",
+            blocks.overlap
+        ),
+    );
+    check(
+        blocks.foreign == 0,
+        format!(
+            "blocks: {} connections allocated on another node's address",
+            blocks.foreign
+        ),
+    );
+    check(
+        blocks.reused == 0,
+        format!(
+            "blocks: {} masquerading ports towards two servers",
+            blocks.reused
+        ),
+    );
+    // The policy case's bursts make the connections the audit needs.
+    check(
+        !cases.policy || blocks.conns >= 10,
+        format!("blocks: the audit saw only {} connections", blocks.conns),
+    );
     println!("edges' masq counters: {counters:?}");
     println!(
-        "mobile-nat total_secs={:.1} (logs and captures in {})",
+        "mobile-nat total_secs={:.1} setup_secs={:.1} policy_secs={policy_secs:.1} \
+         move_secs={move_secs:.1} audit_secs={:.1} (logs and captures in {})",
         started.elapsed().as_secs_f64(),
+        (t_policy - started).as_secs_f64(),
+        t_audit.elapsed().as_secs_f64(),
         dir.display()
     );
+    assert!(verdicts.is_empty(), "failed: {verdicts:#?}");
+}
 
-    // ---- verdicts ----
-    assert_eq!(
-        policy.as_expected, policy.probes,
-        "per-user probes: {:?}",
-        policy.unexpected
-    );
-    assert!(
-        policy.before,
-        "the flow the rule change stops passed before it"
-    );
-    assert!(
-        policy.enforced_ms.is_some_and(|ms| ms <= 1000.0),
-        "the rule change stopped the established flow within 1 s: {:?} ms",
-        policy.enforced_ms
-    );
-    assert!(
-        policy.other_after,
-        "the user's other traffic still passed after the change"
-    );
-    assert_eq!(mv_report.rst, 0, "RST seen by the server during the moves");
-    assert!(
-        mv_report.same_src,
-        "one source (address, port) per connection: {:?}",
-        mv_report.sources
-    );
-    assert!(mv.idle, "the idle connection's first line");
-    assert!(mv.iperf_error.is_none(), "iperf3: {:?}", mv.iperf_error);
-    assert!(
-        mv.udp_received >= mv.udp_sent * 9 / 10,
-        "the UDP stream passed: {}/{}",
-        mv.udp_received,
-        mv.udp_sent
-    );
-    assert_eq!(kill_report.rst, 0, "RST after the HAM was killed");
-    assert!(
-        mv.idle_second,
-        "the idle connection answered after the moves and the HAM's death"
-    );
-    assert!(
-        kill_report.garp_from.is_some(),
-        "a gratuitous ARP for 10.8.0.100 from a live edge after edge a died"
-    );
-    assert!(
-        kill_report.tcp_after && kill_report.udp_after,
-        "the transfer and the UDP stream went on after the HAM died"
-    );
-    assert!(
-        mv.back_after_kill > 0,
-        "the stream back (through the HAM's successor) arrived after the takeover"
-    );
-    assert_eq!(blocks.overlap, 0, "port blocks shared between nodes");
-    assert_eq!(
-        blocks.foreign, 0,
-        "a node allocated on another node's address"
-    );
-    assert_eq!(
-        blocks.reused, 0,
-        "one masquerading port towards two servers"
-    );
-    assert!(
-        blocks.conns >= 10,
-        "the audit saw {} connections",
-        blocks.conns
-    );
+/// Which cases run (`MOBNAT_CASES`, comma separated, default `policy,move,ham-kill`;
+/// `blocks` audits whatever ran).
+struct Cases {
+    policy: bool,
+    moves: bool,
+    kill: bool,
+}
+
+impl Cases {
+    fn from_env() -> Cases {
+        let v = std::env::var("MOBNAT_CASES").unwrap_or_else(|_| "policy,move,ham-kill".into());
+        let has = |c: &str| v.split(',').any(|x| x.trim() == c);
+        Cases {
+            policy: has("policy"),
+            moves: has("move") || has("ham-kill"),
+            kill: has("ham-kill"),
+        }
+    }
 }
 
 struct Policy {
@@ -627,6 +763,8 @@ struct Policy {
     enforced_ms: Option<f64>,
     before: bool,
     other_after: bool,
+    /// Edges whose edge-link or data plane was restarted by the reload (SIGHUP).
+    restarted: usize,
 }
 
 /// Case policy (see the file's header). The roamgate client starts at edge a, strongSwan at
@@ -679,22 +817,38 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
         && charon.is_some()
         && !probe(&sw, 1.0, &["10.9.0.10:7001"])["10.9.0.10:7001"]
     {}
-    let rw1 = probe(home, 1.0, &targets);
+    // Both users at once (a denied probe takes its whole timeout).
+    let sw_ns = charon.is_some().then_some(sw.as_str());
+    let both = |targets: &[&str]| {
+        std::thread::scope(|sc| {
+            let r = sc.spawn(|| {
+                let r = probe(home, PROBE_SECS, targets);
+                burst(home);
+                r
+            });
+            let s = sw_ns.map(|ns| {
+                let r = probe(ns, PROBE_SECS, targets);
+                burst(ns);
+                r
+            });
+            (r.join().expect("rw's probes"), s)
+        })
+    };
+    let (rw1, sw1) = both(&targets);
     check("rw", 0, &rw1);
-    burst(home);
-    if charon.is_some() {
-        let sw1 = probe(&sw, 1.0, &targets);
+    if let Some(sw1) = sw1 {
         check("sw", 1, &sw1);
-        burst(&sw);
     }
     // Round 2: rw at b, sw at c.
     steer(m, None, 1);
+    if charon.is_some() {
+        steer(m, Some(101), 2);
+    }
     let moved_rw = wait_designated(m, RW_VIP, 1, || {
         let _ = probe(home, 0.3, &["10.9.0.10:7001"]);
     });
     assert!(moved_rw, "the roamgate client reached edge b");
     if charon.is_some() {
-        steer(m, Some(101), 2);
         let vip = sw_vip().expect("strongSwan's virtual IP in the crypto node's view");
         let moved = wait_designated(m, &vip, 2, || {
             let _ = probe(&sw, 0.3, &["10.9.0.10:7001"]);
@@ -702,13 +856,10 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
         assert!(moved, "strongSwan reached edge c");
         sw_edges = "b,c".into();
     }
-    let rw2 = probe(home, 1.0, &targets);
+    let (rw2, sw2) = both(&targets);
     check("rw", 1, &rw2);
-    burst(home);
-    if charon.is_some() {
-        let sw2 = probe(&sw, 1.0, &targets);
+    if let Some(sw2) = sw2 {
         check("sw", 2, &sw2);
-        burst(&sw);
     }
     if let Some(c) = charon.take() {
         c.stop();
@@ -719,13 +870,21 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
     );
 
     // The rule change on an established flow: a 100 packets/s UDP stream of rw to the
-    // server's port 5005; 1.5 s in, the edges' files deny it and are reloaded.
+    // server's port 5005; 1 s in, the edges' files deny it and are reloaded.
     let srv = m.ns("srv");
     let st = stream_tool();
-    let flow_secs = 4u64;
+    let flow_secs = 3u64;
     let recv = NsProcess::spawn(
         &srv,
-        &["python3", &st, "recv", "5005", &(flow_secs + 1).to_string()],
+        &[
+            "env",
+            "UDP_STREAM_IDLE_EXIT=0.5",
+            "python3",
+            &st,
+            "recv",
+            "5005",
+            &(flow_secs + 1).to_string(),
+        ],
         "udp recv 5005",
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -742,7 +901,26 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
         ],
         "udp send 5005",
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
+    // The processes each edge's supervisor runs (edge-link, the data plane): a reload
+    // keeps them.
+    let kids = |m: &Mobnat| -> Vec<Vec<String>> {
+        m.edges
+            .iter()
+            .flatten()
+            .map(|e| {
+                let mut k = e
+                    .proc
+                    .child
+                    .as_ref()
+                    .map(|c| children_of(c.id()))
+                    .unwrap_or_default();
+                k.sort();
+                k
+            })
+            .collect()
+    };
+    let kids_before = kids(m);
     for cfg in &m.edge_cfgs {
         let text = std::fs::read_to_string(cfg).unwrap();
         let anchor = "      rw.roamgate.test: { groups: [lab] }\n";
@@ -767,6 +945,12 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
     let _ = send.wait(Duration::from_secs(flow_secs + 5));
     let (_, recv_out, _) = recv.wait(Duration::from_secs(flow_secs + 5));
     let other_after = probe(home, 1.0, &["10.9.0.10:7001"])["10.9.0.10:7001"];
+    let kids_after = kids(m);
+    let restarted = kids_before
+        .iter()
+        .zip(&kids_after)
+        .filter(|(a, b)| a != b)
+        .count();
     let _ = std::fs::write(m.dir.join("policy-recv.json"), recv_out);
     // The server's arrivals of the flow are audited from its capture at the end.
     Policy {
@@ -778,6 +962,7 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
         enforced_ms: None,
         before: false,
         other_after,
+        restarted,
     }
 }
 
@@ -794,20 +979,27 @@ impl Policy {
             .collect();
         self.before = flow.iter().any(|t| *t < at);
         let last = flow.iter().copied().fold(f64::MIN, f64::max);
-        // The stream ran 2.5 s past the change: arrivals until its end mean not enforced.
+        // The stream ran 2 s past the change: arrivals until its end mean not enforced.
         self.enforced_ms = (self.before).then(|| ((last - at) * 1e3).max(0.0));
     }
 }
 
 struct Move {
     moves_at: Vec<u128>,
-    kill_at: u128,
+    /// When edge a was killed (case ham-kill).
+    kill_at: Option<u128>,
     start: u128,
     end: u128,
     udp_sent: u64,
     udp_received: u64,
     back_lost: u64,
     back_after_kill: u64,
+    /// The stream back (server -> client): when its packet 0 was due (unix ns), its rate,
+    /// the last sequence number that arrived and the ones below it that did not.
+    back_start: u128,
+    pps: u64,
+    back_max: i64,
+    back_missing: BTreeSet<u64>,
     tcp_bytes: u64,
     iperf_error: Option<String>,
     idle: bool,
@@ -815,14 +1007,30 @@ struct Move {
 }
 
 /// Case move and ham-kill: the flows, the moves a -> b -> c, the death of edge a.
-fn move_case(m: &mut Mobnat, home: &str, srv: &str, secs: u64, pps: u64, rate: &str) -> Move {
+fn move_case(
+    m: &mut Mobnat,
+    home: &str,
+    srv: &str,
+    secs: u64,
+    pps: u64,
+    rate: &str,
+    kill: bool,
+) -> Move {
     let st = stream_tool();
     let tool = tool();
     let start = unix_ns();
     let iperf_s = NsProcess::spawn(srv, &["iperf3", "-s", "-1", "-p", "5201"], "iperf3 -s");
     let recv = NsProcess::spawn(
         srv,
-        &["python3", &st, "recv", "5003", &(secs + 3).to_string()],
+        &[
+            "env",
+            "UDP_STREAM_IDLE_EXIT=1",
+            "python3",
+            &st,
+            "recv",
+            "5003",
+            &(secs + 2).to_string(),
+        ],
         "udp recv",
     );
     let serve = NsProcess::spawn(
@@ -861,7 +1069,7 @@ fn move_case(m: &mut Mobnat, home: &str, srv: &str, secs: u64, pps: u64, rate: &
             "fetch",
             SERVER,
             "5004",
-            &(secs + 2).to_string(),
+            &(secs + 1).to_string(),
         ],
         "udp fetch",
     );
@@ -890,28 +1098,38 @@ fn move_case(m: &mut Mobnat, home: &str, srv: &str, secs: u64, pps: u64, rate: &
             &secs.to_string(),
             "-b",
             rate,
+            // 16 KiB writes: paced at 20 Mbit/s a write goes every 6.5 ms (iperf3's default
+            // 128 KiB: every 52 ms, which would be the resolution of the stall).
+            "-l",
+            "16K",
             "-J",
         ],
         "iperf3 -c",
     );
     let t0 = Instant::now();
-    let at = |f: f64| Duration::from_secs_f64(secs as f64 * f);
+    // Moves at 0.8 s and 1.6 s (or 20 % and 35 % of a longer run), the kill at 2.4 s (50 %):
+    // each event's stall is measured until the next; the transfer goes on long enough after
+    // the kill for TCP's backed-off retransmission to find the way back open.
+    let at = |s: f64, f: f64| Duration::from_secs_f64(s.max(secs as f64 * f));
     let mut moves_at = Vec::new();
-    for (k, frac) in [(1usize, 0.2), (2, 0.35)] {
-        if let Some(d) = at(frac).checked_sub(t0.elapsed()) {
+    for (k, s, frac) in [(1usize, 0.8, 0.2), (2, 1.6, 0.35)] {
+        if let Some(d) = at(s, frac).checked_sub(t0.elapsed()) {
             std::thread::sleep(d);
         }
         steer(m, None, k);
         moves_at.push(unix_ns());
     }
     // The HAM (edge a) dies with the client at edge c.
-    if let Some(d) = at(0.5).checked_sub(t0.elapsed()) {
-        std::thread::sleep(d);
-    }
-    let kill_at = unix_ns();
-    let a = m.edges[0].take().expect("edge a runs");
-    let last_words = a.kill9_with_children();
-    let _ = std::fs::write(m.dir.join("edge-a.killed.log"), last_words);
+    let kill_at = kill.then(|| {
+        if let Some(d) = at(2.4, 0.5).checked_sub(t0.elapsed()) {
+            std::thread::sleep(d);
+        }
+        let kill_at = unix_ns();
+        let a = m.edges[0].take().expect("edge a runs");
+        let last_words = a.kill9_with_children();
+        let _ = std::fs::write(m.dir.join("edge-a.killed.log"), last_words);
+        kill_at
+    });
 
     let (_, iperf_out, iperf_err) = iperf.wait(Duration::from_secs(secs + 20));
     let _ = std::fs::write(m.dir.join("iperf3.json"), &iperf_out);
@@ -943,13 +1161,17 @@ fn move_case(m: &mut Mobnat, home: &str, srv: &str, secs: u64, pps: u64, rate: &
         .filter(|i| {
             back_max >= 0
                 && back_start + u128::from(*i) * 1_000_000_000 / u128::from(pps.max(1))
-                    > kill_at + 3_000_000_000
+                    > kill_at.unwrap_or(start) + AFTER_KILL_NS
                 && !back_missing.contains(i)
         })
         .count() as u64;
     Move {
         moves_at,
         kill_at,
+        back_start,
+        pps,
+        back_max,
+        back_missing,
         start,
         end,
         udp_sent: sent["sent"].as_u64().unwrap_or(0),
@@ -968,36 +1190,106 @@ fn move_case(m: &mut Mobnat, home: &str, srv: &str, secs: u64, pps: u64, rate: &
     }
 }
 
-struct MoveReport {
-    rst: usize,
-    same_src: bool,
-    stalls: Vec<f64>,
-    sources: BTreeMap<String, BTreeSet<String>>,
+/// The stream back is counted as arriving after the takeover from this long after the kill
+/// (the node lease of the edges' files, `node_ttl_s: 2`, plus 0.5 s).
+const AFTER_KILL_NS: u128 = 2_500_000_000;
+
+/// One event's stall: the client -> server direction (largest gap between the server's
+/// arrivals of the transfer's new data, retransmissions left out, and of the UDP stream) and
+/// the way back (the longest run of the stream back's packets that never reached the
+/// client, as time at its rate).
+#[derive(Clone, Copy, Debug)]
+struct Stall {
+    tcp_ms: f64,
+    udp_ms: f64,
+    back_ms: f64,
 }
 
-/// The client -> server arrival times of the transfer's busiest connection and of the UDP
-/// stream in [from, to] (s).
-fn flow_times(pkts: &[Pkt], from: f64, to: f64) -> (Vec<f64>, Vec<f64>) {
-    let mut by_src: BTreeMap<(String, u16), Vec<f64>> = BTreeMap::new();
-    let mut udp = Vec::new();
-    for p in pkts.iter().filter(|p| p.t >= from && p.t <= to) {
-        if p.tcp && p.dport == 5201 {
-            by_src
-                .entry((p.src.clone(), p.sport))
-                .or_default()
-                .push(p.t);
-        } else if !p.tcp && p.dport == 5003 {
-            udp.push(p.t);
+impl Stall {
+    fn max(&self) -> f64 {
+        self.tcp_ms.max(self.udp_ms).max(self.back_ms)
+    }
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0}(tcp={:.0},udp={:.0},back={:.0})",
+            self.max(),
+            self.tcp_ms,
+            self.udp_ms,
+            self.back_ms
+        )
+    }
+}
+
+/// The arrival times at the server of the transfer's new data (its busiest connection to
+/// port 5201; segments tshark marks as retransmissions left out) and of the UDP stream to
+/// port 5003, in [from, to] (s).
+fn flow_times(pcap: &Path, pkts: &[Pkt], from: f64, to: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut by_port: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
+    for f in tshark_fields(
+        pcap,
+        "tcp.dstport == 5201 && tcp.len > 0 && !tcp.analysis.retransmission \
+         && !tcp.analysis.fast_retransmission && !tcp.analysis.spurious_retransmission",
+        &["frame.time_epoch", "tcp.srcport"],
+    ) {
+        let (Some(Ok(t)), Some(Ok(p))) = (
+            f.first().map(|t| t.parse::<f64>()),
+            f.get(1).map(|p| p.parse::<u16>()),
+        ) else {
+            continue;
+        };
+        if t >= from && t <= to {
+            by_port.entry(p).or_default().push(t);
         }
     }
-    let tcp = by_src
+    let tcp = by_port
         .into_values()
         .max_by_key(Vec::len)
         .unwrap_or_default();
+    let udp = pkts
+        .iter()
+        .filter(|p| p.t >= from && p.t <= to && !p.tcp && p.dport == 5003)
+        .map(|p| p.t)
+        .collect();
     (tcp, udp)
 }
 
-fn move_audit(pkts: &[Pkt], mv: &Move, masq: &BTreeSet<&str>) -> MoveReport {
+/// The stall of the event at `at` (s) until `until` (the next event, at most 3 s later).
+fn stall_at(tcp: &[f64], udp: &[f64], mv: &Move, at: f64, until: f64) -> Stall {
+    let within = (until - at).clamp(0.0, 3.0);
+    // The stream back: packet i was due at back_start + i / pps.
+    let due = |i: u64| secs_f(mv.back_start) + i as f64 / mv.pps.max(1) as f64;
+    let mut run = 0u64;
+    let mut longest = 0u64;
+    for i in 0..=mv.back_max.max(0) as u64 {
+        if mv.back_max < 0 || due(i) < at || due(i) > at + within {
+            continue;
+        }
+        if mv.back_missing.contains(&i) {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    Stall {
+        tcp_ms: stall_ms(tcp, at, within),
+        udp_ms: stall_ms(udp, at, within),
+        back_ms: longest as f64 * 1e3 / mv.pps.max(1) as f64,
+    }
+}
+
+struct MoveReport {
+    rst: usize,
+    same_src: bool,
+    stalls: Vec<Stall>,
+    sources: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn move_audit(pkts: &[Pkt], pcap: &Path, mv: &Move, masq: &BTreeSet<&str>) -> MoveReport {
     let (from, to) = (secs_f(mv.start), secs_f(mv.end));
     let win: Vec<&Pkt> = pkts.iter().filter(|p| p.t >= from && p.t <= to).collect();
     // Per service the client sources the server saw (and the destinations of its answers
@@ -1037,16 +1329,17 @@ fn move_audit(pkts: &[Pkt], mv: &Move, masq: &BTreeSet<&str>) -> MoveReport {
         .all(|p| p.dst != SERVER || masq.contains(p.src.as_str()));
     let rst = win
         .iter()
-        .filter(|p| p.rst && p.t < secs_f(mv.kill_at))
+        .filter(|p| p.rst && mv.kill_at.is_none_or(|k| p.t < secs_f(k)))
         .count();
-    let (tcp, udp) = flow_times(pkts, from, to);
-    let stalls = mv
-        .moves_at
-        .iter()
-        .map(|at| {
-            let at = secs_f(*at);
-            stall_ms(&tcp, at, 3.0).max(stall_ms(&udp, at, 3.0))
-        })
+    let (tcp, udp) = flow_times(pcap, pkts, from, to);
+    // Each move until the next event (the next move, the kill, the end).
+    let mut events: Vec<f64> = mv.moves_at.iter().map(|t| secs_f(*t)).collect();
+    events.extend(mv.kill_at.map(secs_f));
+    events.push(to);
+    let stalls = events
+        .windows(2)
+        .take(mv.moves_at.len())
+        .map(|w| stall_at(&tcp, &udp, mv, w[0], w[1]))
         .collect();
     MoveReport {
         rst,
@@ -1058,41 +1351,49 @@ fn move_audit(pkts: &[Pkt], mv: &Move, masq: &BTreeSet<&str>) -> MoveReport {
 
 struct KillReport {
     rst: usize,
-    stall: f64,
+    stall: Stall,
     garp_from: Option<String>,
+    garp_ms: Option<f64>,
     neigh: String,
     tcp_after: bool,
     udp_after: bool,
     nodes_after: Vec<String>,
 }
 
-fn kill_audit(m: &Mobnat, pkts: &[Pkt], lan_pcap: &Path, mv: &Move) -> KillReport {
-    let kill = secs_f(mv.kill_at);
+fn kill_audit(
+    m: &Mobnat,
+    pkts: &[Pkt],
+    pcap: &Path,
+    lan_pcap: &Path,
+    mv: &Move,
+    kill_at: u128,
+) -> KillReport {
+    let kill = secs_f(kill_at);
     let end = secs_f(mv.end);
     let rst = pkts
         .iter()
         .filter(|p| p.rst && p.t >= kill && p.t <= end)
         .count();
-    let (tcp, udp) = flow_times(pkts, secs_f(mv.start), end);
-    let stall = stall_ms(&tcp, kill, 5.0).max(stall_ms(&udp, kill, 5.0));
-    // Arrivals well after the takeover (the lease is 1 s): the flows went on.
-    let tcp_after = tcp.iter().any(|t| *t > kill + 1.5);
-    let udp_after = udp.iter().any(|t| *t > kill + 1.5);
+    let (tcp, udp) = flow_times(pcap, pkts, secs_f(mv.start), end);
+    let stall = stall_at(&tcp, &udp, mv, kill, end);
+    // Arrivals well after the takeover (the lease is 2 s): the flows went on.
+    let tcp_after = tcp.iter().any(|t| *t > kill + 2.5);
+    let udp_after = udp.iter().any(|t| *t > kill + 2.5);
     // A gratuitous ARP (sender = target = 10.8.0.100) from a live edge after the kill.
-    let garp_from = tshark_fields(
+    let garp = tshark_fields(
         lan_pcap,
         "arp.src.proto_ipv4 == 10.8.0.100 && arp.dst.proto_ipv4 == 10.8.0.100",
         &["frame.time_epoch", "eth.src"],
     )
     .into_iter()
-    .filter(|f| f[0].parse::<f64>().is_ok_and(|t| t >= kill))
-    .find_map(|f| {
-        let mac = f.get(1)?.to_lowercase();
+    .filter_map(|f| Some((f.first()?.parse::<f64>().ok()?, f.get(1)?.to_lowercase())))
+    .filter(|(t, _)| *t >= kill)
+    .find_map(|(t, mac)| {
         EDGE_MAC
             .iter()
             .position(|e| *e == mac)
             .filter(|i| *i != 0)
-            .map(|i| NAMES[i].to_owned())
+            .map(|i| (NAMES[i].to_owned(), (t - kill) * 1e3))
     });
     let neigh =
         String::from_utf8_lossy(&in_ns(&m.ns("lr"), &["ip", "neigh", "show", "10.8.0.100"]).stdout)
@@ -1105,7 +1406,8 @@ fn kill_audit(m: &Mobnat, pkts: &[Pkt], lan_pcap: &Path, mv: &Move) -> KillRepor
     KillReport {
         rst,
         stall,
-        garp_from,
+        garp_ms: garp.as_ref().map(|g| g.1),
+        garp_from: garp.map(|g| g.0),
         neigh,
         tcp_after,
         udp_after,

@@ -164,8 +164,10 @@ impl NsProcess {
 
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
+            // Quiet: one that already ended has nothing to be told.
             let _ = Command::new("kill")
                 .args([&format!("-{sig}"), &c.id().to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
     }
@@ -330,7 +332,7 @@ impl DataplaneProcess {
 }
 
 /// The pids whose parent is `pid` (from /proc/N/stat).
-fn children_of(pid: u32) -> Vec<String> {
+pub fn children_of(pid: u32) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
