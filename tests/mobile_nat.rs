@@ -369,6 +369,25 @@ struct Pkt {
     sport: u16,
     dport: u16,
     rst: bool,
+    /// TCP: carries data not sent before (no retransmission).
+    new_data: bool,
+    /// iperf3's TEST_END: from here its server closes the data connection, with a reset when
+    /// a block is still in flight (iperf3's teardown, not the masquerade's).
+    iperf_end: bool,
+}
+
+/// When iperf3's client ended its test (s; infinite if it did not).
+fn iperf_end(pkts: &[Pkt]) -> f64 {
+    pkts.iter()
+        .filter(|p| p.iperf_end)
+        .map(|p| p.t)
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// A reset the masquerade could have caused: any but iperf3's server resetting its
+/// connections after the client's TEST_END (counted apart, `rst_teardown`).
+fn counted_rst(p: &Pkt, end: f64) -> bool {
+    p.rst && !(p.sport == 5201 && p.t >= end)
 }
 
 fn server_packets(pcap: &Path) -> Vec<Pkt> {
@@ -384,6 +403,11 @@ fn server_packets(pcap: &Path) -> Vec<Pkt> {
             "udp.srcport",
             "udp.dstport",
             "tcp.flags.reset",
+            "tcp.len",
+            "tcp.analysis.retransmission",
+            "tcp.analysis.fast_retransmission",
+            "tcp.analysis.spurious_retransmission",
+            "tcp.payload",
         ],
     )
     .into_iter()
@@ -399,14 +423,22 @@ fn server_packets(pcap: &Path) -> Vec<Pkt> {
             sport: sp.parse().ok()?,
             dport: dp.parse().ok()?,
             rst: matches!(g(7), "1" | "True" | "true"),
+            // A segment with data that tshark does not mark as sent before.
+            new_data: tcp
+                && g(8).parse::<u32>().is_ok_and(|l| l > 0)
+                && g(9).is_empty()
+                && g(10).is_empty()
+                && g(11).is_empty(),
+            // iperf3's client ends the test: TEST_END (4), one byte on its control connection.
+            iperf_end: tcp && dp == "5201" && g(8) == "1" && g(12) == "04",
         })
     })
     .collect()
 }
 
 /// The largest gap (ms) between consecutive arrival times in `ts` (sorted) that ends after
-/// `at` and starts before `at + within` s: how long the flow stopped around an event;
-/// infinite when nothing arrived after `at`.
+/// `at` and starts before `at + within` s: how long the flow stopped around an event (a gap
+/// across the next event counts for both); infinite when nothing arrived after `at`.
 fn stall_ms(ts: &[f64], at: f64, within: f64) -> f64 {
     if !ts.iter().any(|t| *t > at) {
         return f64::INFINITY;
@@ -415,6 +447,15 @@ fn stall_ms(ts: &[f64], at: f64, within: f64) -> f64 {
         .filter(|w| w[1] >= at && w[0] <= at + within)
         .map(|w| (w[1] - w[0]) * 1e3)
         .fold(0.0, f64::max)
+}
+
+/// With `MOBNAT_TRACE` set: when each stage ended (s since the test started), on stderr.
+fn stage(what: &str) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    if std::env::var_os("MOBNAT_TRACE").is_some() {
+        eprintln!("mobile-nat stage {t:6.2} {what}");
+    }
 }
 
 fn secs_f(ns: u128) -> f64 {
@@ -437,6 +478,7 @@ fn connections_follow_the_client_across_edges() {
         }
     }
     let started = Instant::now();
+    stage("start");
     let cases = Cases::from_env();
     let secs = env_u64("MOBNAT_SECS", 7);
     let pps = env_u64("MOBNAT_PPS", 200);
@@ -454,12 +496,21 @@ fn connections_follow_the_client_across_edges() {
         );
     }
     // The server's echo service (every address it holds) and the captures of the whole run.
+    stage("lab up");
     let listen = NsProcess::spawn(&srv, &["python3", &tool(), "listen", "7001"], "echo");
     let srv_pcap = dir.join("server.pcap");
     let srv_cap = Capture::start_snap(&srv, "lan0", "tcp or udp", &srv_pcap, Some(128));
     let lan_pcap = dir.join("lan.pcap");
-    let lan_cap = Capture::start_snap(&lr, "br0", "arp or ip", &lan_pcap, Some(128));
+    // What the audits read: ARP (the takeover) and what leaves the edges masqueraded.
+    let lan_cap = Capture::start_snap(
+        &lr,
+        "br0",
+        "arp or src host 10.8.0.100 or src host 10.8.0.101 or src host 10.8.0.102",
+        &lan_pcap,
+        Some(128),
+    );
 
+    stage("echo started");
     let client = DataplaneProcess::start_sub(
         Path::new(&bin()),
         "client",
@@ -519,10 +570,11 @@ fn connections_follow_the_client_across_edges() {
     let move_secs = t_move.elapsed().as_secs_f64();
     let t_audit = Instant::now();
     let _ = listen.stop("TERM", Duration::from_secs(2));
-    let _ = srv_cap.finish();
-    let _ = lan_cap.finish();
+    srv_cap.stop();
+    lan_cap.stop();
 
     // ---- audits ----
+    stage("captures stopped");
     let pkts = server_packets(&srv_pcap);
     let masq: BTreeSet<&str> = MASQ.iter().copied().collect();
     let counters: Vec<_> = m
@@ -584,15 +636,16 @@ fn connections_follow_the_client_across_edges() {
         );
     }
     if let Some(mv) = &mv {
-        let mv_report = move_audit(&pkts, &srv_pcap, mv, &masq);
+        let mv_report = move_audit(&pkts, mv, &masq);
         let stall_max = mv_report.stalls.iter().map(Stall::max).fold(0.0, f64::max);
         let stalls: Vec<String> = mv_report.stalls.iter().map(ToString::to_string).collect();
         println!(
-            "mobile-nat case=move moves=2 rst={} same_src={} stall_ms_max={:.0} (goal 100, \
+            "mobile-nat case=move moves=2 rst={} rst_teardown={} same_src={} stall_ms_max={:.0} (goal 100, \
              bound {MOVE_STALL_BOUND_MS}) stall_ms={} \
              udp_sent={} udp_lost={} udp_back_lost={} tcp_bytes={} iperf_error={} idle={} \
              sources={:?} conn_keys={}",
             mv_report.rst,
+            mv_report.rst_teardown,
             if mv_report.same_src { "yes" } else { "no" },
             stall_max,
             stalls.join(","),
@@ -639,7 +692,7 @@ fn connections_follow_the_client_across_edges() {
             ),
         );
         if let Some(kill_at) = mv.kill_at {
-            let kill_report = kill_audit(&m, &pkts, &srv_pcap, &lan_pcap, mv, kill_at);
+            let kill_report = kill_audit(&m, &pkts, &lan_pcap, mv, kill_at);
             println!(
                 "mobile-nat case=ham-kill rst={} stall_ms={} (goal 1000; bound of the way back \
                  {KILL_BACK_BOUND_MS}) garp_from={} garp_ms={} router_neigh={} \
@@ -690,6 +743,7 @@ fn connections_follow_the_client_across_edges() {
             "move: the idle connection did not answer after the moves (and the HAM's death)".into(),
         );
     }
+    stage("server audits done");
     let blocks = blocks_audit(&pkts, &lan_pcap, &masq);
     println!(
         "mobile-nat case=blocks conns={} blocks={} overlap={} foreign_address={} reused={} \
@@ -722,6 +776,7 @@ fn connections_follow_the_client_across_edges() {
         !cases.policy || blocks.conns >= 10,
         format!("blocks: the audit saw only {} connections", blocks.conns),
     );
+    stage("blocks audit done");
     println!("edges' masq counters: {counters:?}");
     println!(
         "mobile-nat total_secs={:.1} setup_secs={:.1} policy_secs={policy_secs:.1} \
@@ -811,6 +866,7 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
             .find(|v| v.starts_with("10.98."))
             .map(str::to_owned)
     };
+    stage("strongSwan up");
     // Round 1: rw at a, sw at b (through a TCP connection that must come first).
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(10)
@@ -839,20 +895,31 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
     if let Some(sw1) = sw1 {
         check("sw", 1, &sw1);
     }
+    stage("round 1 probed");
     // Round 2: rw at b, sw at c.
     steer(m, None, 1);
     if charon.is_some() {
         steer(m, Some(101), 2);
     }
-    let moved_rw = wait_designated(m, RW_VIP, 1, || {
-        let _ = probe(home, 0.3, &["10.9.0.10:7001"]);
+    let sw_vip = charon
+        .is_some()
+        .then(|| sw_vip().expect("strongSwan's virtual IP in the crypto node's view"));
+    let mm: &Mobnat = m;
+    let (moved_rw, moved_sw) = std::thread::scope(|sc| {
+        let r = sc.spawn(|| {
+            wait_designated(mm, RW_VIP, 1, || {
+                let _ = probe(home, 0.3, &["10.9.0.10:7001"]);
+            })
+        });
+        let s = sw_vip.as_deref().map(|vip| {
+            wait_designated(mm, vip, 2, || {
+                let _ = probe(&sw, 0.3, &["10.9.0.10:7001"]);
+            })
+        });
+        (r.join().expect("rw's move"), s)
     });
     assert!(moved_rw, "the roamgate client reached edge b");
-    if charon.is_some() {
-        let vip = sw_vip().expect("strongSwan's virtual IP in the crypto node's view");
-        let moved = wait_designated(m, &vip, 2, || {
-            let _ = probe(&sw, 0.3, &["10.9.0.10:7001"]);
-        });
+    if let Some(moved) = moved_sw {
         assert!(moved, "strongSwan reached edge c");
         sw_edges = "b,c".into();
     }
@@ -861,9 +928,9 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
     if let Some(sw2) = sw2 {
         check("sw", 2, &sw2);
     }
-    if let Some(c) = charon.take() {
-        c.stop();
-    }
+    stage("round 2 probed");
+    // strongSwan leaves while the rule change runs (its IKE delete is no part of it).
+    let charon_stop = charon.take().map(|c| std::thread::spawn(move || c.stop()));
     let _ = in_ns(
         &rtr,
         &["ip", "rule", "del", "from", "198.51.100.10", "table", "101"],
@@ -873,7 +940,8 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
     // server's port 5005; 1 s in, the edges' files deny it and are reloaded.
     let srv = m.ns("srv");
     let st = stream_tool();
-    let flow_secs = 3u64;
+    let flow_secs = 2.5f64;
+    stage("charon stopped");
     let recv = NsProcess::spawn(
         &srv,
         &[
@@ -883,7 +951,7 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
             &st,
             "recv",
             "5005",
-            &(flow_secs + 1).to_string(),
+            &(flow_secs + 1.0).to_string(),
         ],
         "udp recv 5005",
     );
@@ -942,10 +1010,14 @@ fn policy_case(m: &mut Mobnat, home: &str) -> Policy {
     for e in m.edges.iter().flatten() {
         e.proc.signal("HUP");
     }
-    let _ = send.wait(Duration::from_secs(flow_secs + 5));
-    let (_, recv_out, _) = recv.wait(Duration::from_secs(flow_secs + 5));
+    let _ = send.wait(Duration::from_secs_f64(flow_secs + 5.0));
+    let (_, recv_out, _) = recv.wait(Duration::from_secs_f64(flow_secs + 5.0));
+    stage("flow done");
     let other_after = probe(home, 1.0, &["10.9.0.10:7001"])["10.9.0.10:7001"];
     let kids_after = kids(m);
+    if let Some(j) = charon_stop {
+        let _ = j.join();
+    }
     let restarted = kids_before
         .iter()
         .zip(&kids_after)
@@ -1020,16 +1092,17 @@ fn move_case(
     let tool = tool();
     let start = unix_ns();
     let iperf_s = NsProcess::spawn(srv, &["iperf3", "-s", "-1", "-p", "5201"], "iperf3 -s");
+    stage("move: start");
     let recv = NsProcess::spawn(
         srv,
         &[
             "env",
-            "UDP_STREAM_IDLE_EXIT=1",
+            "UDP_STREAM_IDLE_EXIT=0.5",
             "python3",
             &st,
             "recv",
             "5003",
-            &(secs + 2).to_string(),
+            &(secs + 1).to_string(),
         ],
         "udp recv",
     );
@@ -1069,7 +1142,7 @@ fn move_case(
             "fetch",
             SERVER,
             "5004",
-            &(secs + 1).to_string(),
+            &(secs as f64 + 0.5).to_string(),
         ],
         "udp fetch",
     );
@@ -1128,9 +1201,11 @@ fn move_case(
         let a = m.edges[0].take().expect("edge a runs");
         let last_words = a.kill9_with_children();
         let _ = std::fs::write(m.dir.join("edge-a.killed.log"), last_words);
+        stage("move: edge a killed");
         kill_at
     });
 
+    stage("move: events done");
     let (_, iperf_out, iperf_err) = iperf.wait(Duration::from_secs(secs + 20));
     let _ = std::fs::write(m.dir.join("iperf3.json"), &iperf_out);
     std::fs::write(&trigger, b"go").unwrap();
@@ -1140,6 +1215,7 @@ fn move_case(
     let (_, fetch_out, _) = fetch.wait(Duration::from_secs(5));
     let (_, serve_out, _) = serve.wait(Duration::from_secs(2));
     let _ = iperf_s.wait(Duration::from_secs(2));
+    stage("move: tools done");
     let end = unix_ns();
     let j = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap_or_default();
     let iperf_v = j(&iperf_out);
@@ -1227,23 +1303,13 @@ impl std::fmt::Display for Stall {
 /// The arrival times at the server of the transfer's new data (its busiest connection to
 /// port 5201; segments tshark marks as retransmissions left out) and of the UDP stream to
 /// port 5003, in [from, to] (s).
-fn flow_times(pcap: &Path, pkts: &[Pkt], from: f64, to: f64) -> (Vec<f64>, Vec<f64>) {
+fn flow_times(pkts: &[Pkt], from: f64, to: f64) -> (Vec<f64>, Vec<f64>) {
     let mut by_port: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
-    for f in tshark_fields(
-        pcap,
-        "tcp.dstport == 5201 && tcp.len > 0 && !tcp.analysis.retransmission \
-         && !tcp.analysis.fast_retransmission && !tcp.analysis.spurious_retransmission",
-        &["frame.time_epoch", "tcp.srcport"],
-    ) {
-        let (Some(Ok(t)), Some(Ok(p))) = (
-            f.first().map(|t| t.parse::<f64>()),
-            f.get(1).map(|p| p.parse::<u16>()),
-        ) else {
-            continue;
-        };
-        if t >= from && t <= to {
-            by_port.entry(p).or_default().push(t);
-        }
+    for p in pkts
+        .iter()
+        .filter(|p| p.t >= from && p.t <= to && p.tcp && p.dport == 5201 && p.new_data)
+    {
+        by_port.entry(p.sport).or_default().push(p.t);
     }
     let tcp = by_port
         .into_values()
@@ -1257,9 +1323,9 @@ fn flow_times(pcap: &Path, pkts: &[Pkt], from: f64, to: f64) -> (Vec<f64>, Vec<f
     (tcp, udp)
 }
 
-/// The stall of the event at `at` (s) until `until` (the next event, at most 3 s later).
-fn stall_at(tcp: &[f64], udp: &[f64], mv: &Move, at: f64, until: f64) -> Stall {
-    let within = (until - at).clamp(0.0, 3.0);
+/// The stall of the event at `at` (s) until `until` (the next event, at most `max` s later).
+fn stall_at(tcp: &[f64], udp: &[f64], mv: &Move, at: f64, until: f64, max: f64) -> Stall {
+    let within = (until - at).clamp(0.0, max);
     // The stream back: packet i was due at back_start + i / pps.
     let due = |i: u64| secs_f(mv.back_start) + i as f64 / mv.pps.max(1) as f64;
     let mut run = 0u64;
@@ -1284,12 +1350,14 @@ fn stall_at(tcp: &[f64], udp: &[f64], mv: &Move, at: f64, until: f64) -> Stall {
 
 struct MoveReport {
     rst: usize,
+    /// iperf3's resets after its TEST_END (not counted in `rst`).
+    rst_teardown: usize,
     same_src: bool,
     stalls: Vec<Stall>,
     sources: BTreeMap<String, BTreeSet<String>>,
 }
 
-fn move_audit(pkts: &[Pkt], pcap: &Path, mv: &Move, masq: &BTreeSet<&str>) -> MoveReport {
+fn move_audit(pkts: &[Pkt], mv: &Move, masq: &BTreeSet<&str>) -> MoveReport {
     let (from, to) = (secs_f(mv.start), secs_f(mv.end));
     let win: Vec<&Pkt> = pkts.iter().filter(|p| p.t >= from && p.t <= to).collect();
     // Per service the client sources the server saw (and the destinations of its answers
@@ -1327,11 +1395,14 @@ fn move_audit(pkts: &[Pkt], pcap: &Path, mv: &Move, masq: &BTreeSet<&str>) -> Mo
     }) && win
         .iter()
         .all(|p| p.dst != SERVER || masq.contains(p.src.as_str()));
+    let end = iperf_end(pkts);
     let rst = win
         .iter()
-        .filter(|p| p.rst && mv.kill_at.is_none_or(|k| p.t < secs_f(k)))
+        .filter(|p| counted_rst(p, end) && mv.kill_at.is_none_or(|k| p.t < secs_f(k)))
         .count();
-    let (tcp, udp) = flow_times(pcap, pkts, from, to);
+    let rst_teardown =
+        win.iter().filter(|p| p.rst).count() - win.iter().filter(|p| counted_rst(p, end)).count();
+    let (tcp, udp) = flow_times(pkts, from, to);
     // Each move until the next event (the next move, the kill, the end).
     let mut events: Vec<f64> = mv.moves_at.iter().map(|t| secs_f(*t)).collect();
     events.extend(mv.kill_at.map(secs_f));
@@ -1339,10 +1410,11 @@ fn move_audit(pkts: &[Pkt], pcap: &Path, mv: &Move, masq: &BTreeSet<&str>) -> Mo
     let stalls = events
         .windows(2)
         .take(mv.moves_at.len())
-        .map(|w| stall_at(&tcp, &udp, mv, w[0], w[1]))
+        .map(|w| stall_at(&tcp, &udp, mv, w[0], w[1], 3.0))
         .collect();
     MoveReport {
         rst,
+        rst_teardown,
         same_src,
         stalls,
         sources,
@@ -1360,22 +1432,16 @@ struct KillReport {
     nodes_after: Vec<String>,
 }
 
-fn kill_audit(
-    m: &Mobnat,
-    pkts: &[Pkt],
-    pcap: &Path,
-    lan_pcap: &Path,
-    mv: &Move,
-    kill_at: u128,
-) -> KillReport {
+fn kill_audit(m: &Mobnat, pkts: &[Pkt], lan_pcap: &Path, mv: &Move, kill_at: u128) -> KillReport {
     let kill = secs_f(kill_at);
     let end = secs_f(mv.end);
+    let test_end = iperf_end(pkts);
     let rst = pkts
         .iter()
-        .filter(|p| p.rst && p.t >= kill && p.t <= end)
+        .filter(|p| counted_rst(p, test_end) && p.t >= kill && p.t <= end)
         .count();
-    let (tcp, udp) = flow_times(pcap, pkts, secs_f(mv.start), end);
-    let stall = stall_at(&tcp, &udp, mv, kill, end);
+    let (tcp, udp) = flow_times(pkts, secs_f(mv.start), end);
+    let stall = stall_at(&tcp, &udp, mv, kill, end, 5.0);
     // Arrivals well after the takeover (the lease is 2 s): the flows went on.
     let tcp_after = tcp.iter().any(|t| *t > kill + 2.5);
     let udp_after = udp.iter().any(|t| *t > kill + 2.5);

@@ -417,6 +417,11 @@ impl Capture {
         }
     }
 
+    /// Ends the capture (the file complete) without reading it.
+    pub fn stop(self) {
+        let _ = self.proc.stop("INT", Duration::from_secs(10));
+    }
+
     /// Stops the capture; returns `frame.protocols` of every captured frame.
     pub fn finish(self) -> Vec<String> {
         let file = self.file.clone();
