@@ -41,9 +41,9 @@
 //!   ROAMGATE_BIN=target/release/roamgate flock -o /tmp/roamgate-netns.lock \
 //!     cargo test -p roamgate --features roamgate/etcd --test mobile_nat -- --nocapture
 //! `MOBNAT_CASES` (`policy,move,ham-kill`) which cases run (`blocks` audits whatever ran;
-//! `ham-kill` runs on the connections of `move`). `MOBNAT_SECS` (7) is the transfer's length
+//! `ham-kill` runs on the connections of `move`). `MOBNAT_SECS` (8) is the transfer's length
 //! (the run: 60; the moves at 0.8 s and 1.6 s, the kill at 2.4 s, or at 20 %, 35 %
-//! and 50 % of a longer run), `MOBNAT_PPS` (200) the UDP streams' rate, `MOBNAT_TCP_RATE`
+//! and 50 % of a run of 12 s or more), `MOBNAT_PPS` (200) the UDP streams' rate, `MOBNAT_TCP_RATE`
 //! (20M) iperf3's pacing, `MOBNAT_ETCD_MEMBERS` (1; 3 as cluster_store) the etcd members,
 //! `MOBNAT_NODE_TTL` (2, the edges' files) the node lease (s) in the test's copies of the
 //! files (1 works with LocalEtcd's short raft timings), `MOBNAT_TRACE` prints the stages.
@@ -500,7 +500,7 @@ fn connections_follow_the_client_across_edges() {
     let started = Instant::now();
     stage("start");
     let cases = Cases::from_env();
-    let secs = env_u64("MOBNAT_SECS", 7);
+    let secs = env_u64("MOBNAT_SECS", 8);
     let pps = env_u64("MOBNAT_PPS", 200);
     let tcp_rate = std::env::var("MOBNAT_TCP_RATE").unwrap_or_else(|_| "20M".into());
     let mut m = up();
@@ -1203,11 +1203,29 @@ fn move_case(
         ],
         "iperf3 -c",
     );
+    // Every connection starts at edge a (its home): the moves wait until the idle one and
+    // iperf3's two are established (the UDP tools started before iperf3), whatever the load.
+    let t = Instant::now();
+    loop {
+        let out = in_ns(home, &["ss", "-Htn", "state", "established", "dst", SERVER]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n = |port: &str| text.lines().filter(|l| l.contains(port)).count();
+        if n(":7001") >= 1 && n(":5201") >= 2 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the idle connection and iperf3's did not start through edge a: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     let t0 = Instant::now();
-    // Moves at 0.8 s and 1.6 s (or 20 % and 35 % of a longer run), the kill at 2.4 s (50 %):
+    // Moves at 0.8 s and 1.6 s (or 20 % and 35 % of a run of 12 s or more), the kill at 2.4 s
+    // (50 %):
     // each event's stall is measured until the next; the transfer goes on long enough after
     // the kill for TCP's backed-off retransmission to find the way back open.
-    let at = |s: f64, f: f64| Duration::from_secs_f64(s.max(secs as f64 * f));
+    let at = |s: f64, f: f64| Duration::from_secs_f64(if secs >= 12 { secs as f64 * f } else { s });
     let mut moves_at = Vec::new();
     for (k, s, frac) in [(1usize, 0.8, 0.2), (2, 1.6, 0.35)] {
         if let Some(d) = at(s, frac).checked_sub(t0.elapsed()) {
