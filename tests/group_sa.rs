@@ -22,9 +22,18 @@
 //!   lost = 0; a probe stream to member 4's LAN from 1.3 s after the reload (past the ATD:
 //!   sealed on the SA member 4 never got) reaches nothing, and member 4's drops by unknown
 //!   SPI / ICV rise by at least the probe.
+//! - `missed-rekey`: every GSA_REKEY the WAN bridge forwards to member 2 (unicast or
+//!   multicast) is dropped by nftables (bridge family) while h1 and h2 stream to each other (100 packets/s each way): member 2
+//!   registers again (its `roamgate status` `group.reregistrations`), the drop is lifted, and
+//!   no packet due after the registration showed is lost (`lost_after`; the streams last 5 s:
+//!   the registration comes 1 to 3 s into them).
 //!
-//! Needs root (prints a SKIP line otherwise) and tshark; about 21 s with a debug
-//! build on a loaded 2-core machine.
+//! Rekeys go by multicast (one datagram to 239.192.0.1, `rekey_multicast`) by default;
+//! `GROUP_REKEY=unicast` (a copy to each member) or `both` runs the same cases the other way.
+//! The `rekey` case checks the capture: every GSA_REKEY went to the group's address (or to
+//! the members', or both).
+//!
+//! Needs root (prints a SKIP line otherwise) and tshark; about 28 s with the release build.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,17 +50,59 @@ static BIN: std::sync::LazyLock<String> =
 const MEMBERS: [u8; 4] = [1, 2, 3, 4];
 const PSK: &str = "group-lab-psk-change-me";
 
+/// The group's multicast address for rekeys in this lab.
+const REKEY_GROUP: &str = "239.192.0.1";
+
+/// How the key server delivers rekeys: `GROUP_REKEY=multicast` (default: one datagram to
+/// [`REKEY_GROUP`]), `unicast` (a copy to each member) or `both`.
+fn delivery() -> String {
+    std::env::var("GROUP_REKEY").unwrap_or_else(|_| "multicast".into())
+}
+
 fn gcks_yaml(members: &[u8]) -> String {
     let list: Vec<String> = members
         .iter()
         .map(|n| format!("gw-{n}.roamgate.test"))
         .collect();
+    let delivery = match delivery().as_str() {
+        "unicast" => String::new(),
+        "multicast" => format!("  rekey_multicast: {REKEY_GROUP}\n"),
+        "both" => format!("  rekey_multicast: {REKEY_GROUP}\n  rekey_unicast: true\n"),
+        other => panic!("GROUP_REKEY={other}: unicast, multicast or both"),
+    };
     format!(
         "gcks:\n  name: gcks\n  address: 192.0.2.100\n\
          ike:\n  connections:\n    - name: members\n      local_id: gcks.roamgate.test\n      remote_id: any\n      psk: \"{PSK}\"\n      local_ts: [192.0.2.100/32]\n      remote_ts: [0.0.0.0/0]\n\
-         group:\n  id: branches.roamgate.test\n  role: gcks\n  members: [{}]\n  traffic: 10.0.0.0/8\n  algorithm: aes256gcm16\n  lifetime_secs: 4\n  rekey_lead_secs: 2\n  atd_secs: 1\n  dtd_secs: 2\n  sender_id_bits: 8\n",
+         group:\n  id: branches.roamgate.test\n  role: gcks\n  members: [{}]\n  traffic: 10.0.0.0/8\n  algorithm: aes256gcm16\n  lifetime_secs: 4\n  rekey_lead_secs: 2\n  atd_secs: 1\n  dtd_secs: 2\n  sender_id_bits: 8\n{delivery}",
         list.join(", ")
     )
+}
+
+/// The destination of every GSA_REKEY (IKE exchange type 41 at octet 18 of UDP port 500's
+/// payload) in the capture.
+fn rekeys_of_pcap(file: &Path) -> Vec<[u8; 4]> {
+    let b = std::fs::read(file).expect("pcap");
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let len = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        let f = &b[at + 16..(at + 16 + len).min(b.len())];
+        at += 16 + len;
+        if f.len() < 14 + 20 + 8 + 28 || f[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &f[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip[9] != 17 || ip.len() < ihl + 8 + 28 {
+            continue;
+        }
+        let udp = &ip[ihl..];
+        if udp[2..4] != [0x01, 0xf4] || udp[8 + 18] != 41 {
+            continue;
+        }
+        out.push(ip[16..20].try_into().unwrap());
+    }
+    out
 }
 
 fn member_yaml(n: u8) -> String {
@@ -385,7 +436,7 @@ fn group_sa_four_members_rekey_replay_remove() {
             "-i",
             "br0",
             "-f",
-            "esp",
+            "esp or udp port 500",
             "-F",
             "pcap",
             "-w",
@@ -415,13 +466,31 @@ fn group_sa_four_members_rekey_replay_remove() {
         }
     }
     let spis: HashSet<u32> = esp.iter().map(|e| e.1).collect();
+    let group_addr: [u8; 4] = REKEY_GROUP.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let rekey_dsts = rekeys_of_pcap(&pcap);
+    let to_group = rekey_dsts.iter().filter(|d| **d == group_addr).count();
+    let to_members = rekey_dsts.len() - to_group;
     let (frames, decrypted, text) = tshark_decrypts(&dir, &pcap, &dir.join("esp_sa"));
     println!(
-        "group-sa case=rekey members=4 packets={sent} lost={} dup_pkts={dups} rekeys={rekeys} spis={} esp={} dup_iv={dup_iv} iv_not_seq={iv_not_seq} tshark_decrypted={decrypted}/{frames}",
+        "group-sa case=rekey members=4 packets={sent} lost={} dup_pkts={dups} rekeys={rekeys} spis={} esp={} dup_iv={dup_iv} iv_not_seq={iv_not_seq} tshark_decrypted={decrypted}/{frames} delivery={} gsa_rekey_to_group={to_group} gsa_rekey_to_members={to_members}",
         sent - got,
         spis.len(),
-        esp.len()
+        esp.len(),
+        delivery()
     );
+    // How the rekeys went: one datagram per rekey to the group's address, a copy per member
+    // to its own, or both.
+    match delivery().as_str() {
+        "multicast" => {
+            assert!(to_group >= 1 && to_members == 0, "{rekey_dsts:?}");
+            assert!(
+                to_group as u64 <= rekeys + 1,
+                "one datagram a rekey: {rekey_dsts:?}"
+            );
+        }
+        "unicast" => assert!(to_group == 0 && to_members >= 4, "{rekey_dsts:?}"),
+        _ => assert!(to_group >= 1 && to_members >= 4, "{rekey_dsts:?}"),
+    }
     assert!(sent >= u64::from(pps * secs) * 12 * 9 / 10, "{sent} sent");
     assert_eq!(sent - got, 0, "lost through the rekey: {r:?}");
     assert!(rekeys >= 1, "no rekey during the streams");
@@ -543,11 +612,181 @@ fn group_sa_four_members_rekey_replay_remove() {
     assert_eq!(probe_got, 0, "the removed member's LAN got new traffic");
     assert!(d4 >= probe_sent, "member 4 dropped {d4} of {probe_sent}");
 
+    // missed-rekey: every GSA_REKEY the WAN bridge would forward to member 2 is dropped
+    // (nftables, bridge family, in the WAN namespace: out of port p2, UDP port 500 whose IKE
+    // exchange type, octet 18 of the payload, is 41; unicast or multicast alike) while h1 and
+    // h2 stream to each other; member 2 notices the lost rekey (traffic on the SPI announced
+    // as GSA_NEXT_SPI, or its SA nearing its end) and registers again (GSA_REGISTRATION:
+    // exchange type 40, not dropped). Once its status shows the registration the drop goes
+    // and the stream runs on for another second: nothing due after that moment may be lost.
+    let k = lab.ns("wan");
+    let nft = |args: &[&str]| {
+        let mut cmd = vec!["nft"];
+        cmd.extend_from_slice(args);
+        let o = in_ns(&k, &cmd);
+        assert!(
+            o.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // `run` serves IKE's view on its control plane's socket (`<socket>.ike`).
+    let mut g2_ike = g2.clone().into_os_string();
+    g2_ike.push(".ike");
+    let g2_ike = PathBuf::from(g2_ike);
+    let g2s = || {
+        let v = ask(&g2_ike, "ike");
+        assert!(v.get("error").is_none(), "member 2's IKE view: {v}");
+        v["group"]["reregistrations"].as_u64().unwrap_or(0)
+    };
+    let rr0 = g2s();
+    let rx: Vec<NsProcess> = [(1u8, 2u8), (2, 1)]
+        .iter()
+        .map(|&(i, j)| {
+            NsProcess::spawn(
+                &lab.ns(&format!("h{j}")),
+                &[
+                    "python3",
+                    tool,
+                    "recv",
+                    &(5100 + u32::from(i)).to_string(),
+                    "8",
+                ],
+                &format!("recv {i}->{j}"),
+            )
+        })
+        .collect();
+    for (i, j) in [(1u8, 2u8), (2, 1)] {
+        wait_udp_bound(
+            &lab.ns(&format!("h{j}")),
+            5100 + u16::from(i),
+            Duration::from_secs(20),
+        );
+    }
+    nft(&["add", "table", "bridge", "rgtest"]);
+    nft(&[
+        "add", "chain", "bridge", "rgtest", "tomember", "{", "type", "filter", "hook", "forward",
+        "priority", "0", ";", "}",
+    ]);
+    nft(&[
+        "add",
+        "rule",
+        "bridge",
+        "rgtest",
+        "tomember",
+        "oifname",
+        "p2",
+        "udp",
+        "dport",
+        "500",
+        "@th,208,8",
+        "41",
+        "counter",
+        "drop",
+    ]);
+    let tx: Vec<NsProcess> = [(1u8, 2u8), (2, 1)]
+        .iter()
+        .map(|&(i, j)| {
+            NsProcess::spawn(
+                &lab.ns(&format!("h{i}")),
+                &[
+                    "python3",
+                    tool,
+                    "send",
+                    &format!("10.{j}.0.10"),
+                    &(5100 + u32::from(i)).to_string(),
+                    "100",
+                    "5",
+                ],
+                &format!("send {i}->{j}"),
+            )
+        })
+        .collect();
+    let blocked = Instant::now();
+    while g2s() == rr0 && blocked.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let rereg_ms = blocked.elapsed().as_millis();
+
+    let listing = nft(&["list", "chain", "bridge", "rgtest", "tomember"]);
+    nft(&["delete", "table", "bridge", "rgtest"]);
+    let dropped_rekeys: u64 = listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let reregistered = g2s() > rr0;
+    // The stream goes on for at least a second after that.
+    let mut lost_during = 0usize;
+    let mut lost_after = 0usize;
+    let mut sent_after = 0u64;
+    for (p, q) in tx.into_iter().zip(rx) {
+        let mut p = p;
+        let t = Instant::now();
+        while p.is_running() && t.elapsed() < Duration::from_secs(12) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, o, _) = p.stop("TERM", Duration::from_secs(3));
+        let sv: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+        let mut q = q;
+        let t = Instant::now();
+        while q.is_running() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, o, _) = q.stop("TERM", Duration::from_secs(3));
+        let rv: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+        let start = u128::from(sv["start_unix_ns"].as_u64().unwrap());
+        let sent = sv["sent"].as_u64().unwrap();
+        let max_seq = rv["max_seq"].as_u64().unwrap_or(0);
+        // Packet i is due at start + i * 10 ms; the tail past max_seq is missing too.
+        let due = |i: u64| start + u128::from(i) * 10_000_000;
+        let mut missing: Vec<u64> = rv["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        missing.extend((max_seq + 1)..sent);
+        lost_after += missing.iter().filter(|&&i| due(i) > seen).count();
+        lost_during += missing.iter().filter(|&&i| due(i) <= seen).count();
+        sent_after += (0..sent).filter(|&i| due(i) > seen).count() as u64;
+    }
+    println!(
+        "group-sa case=missed-rekey reregistered={} lost_after={lost_after} sent_after={sent_after} lost_before={lost_during} rekeys_dropped={dropped_rekeys} (registered again {rereg_ms} ms after the drop began)",
+        if reregistered { "yes" } else { "no" }
+    );
+    // The processes' logs first (target/e2e/group_sa/gwN.log, gcks.log): a failure below
+    // is read there.
+    let mut gw2_log = String::new();
     for (n, g) in MEMBERS.iter().zip(gws) {
         let (_, out) = g.stop_with_output();
         let _ = std::fs::write(dir.join(format!("gw{n}.log")), &out);
+        if *n == 2 {
+            gw2_log = out;
+        }
     }
     let (_, o, e) = gcks.stop("TERM", Duration::from_secs(5));
     let _ = std::fs::write(dir.join("gcks.log"), o + &e);
+    let group_lines: String = gw2_log
+        .lines()
+        .filter(|l| l.contains("group"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(dropped_rekeys >= 1, "no GSA_REKEY was dropped: {listing}");
+    assert!(
+        reregistered,
+        "member 2 did not register again; its group log:\n{group_lines}"
+    );
+    assert!(
+        sent_after >= 100,
+        "the stream ended too soon after the registration"
+    );
+    assert_eq!(lost_after, 0, "traffic did not resume");
     println!("group-sa took {:.1} s", t0.elapsed().as_secs_f64());
 }

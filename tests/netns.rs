@@ -145,6 +145,9 @@ impl Drop for NetnsLab {
 pub struct NsProcess {
     pub child: Option<Child>,
     pub what: String,
+    /// Reaped by [`is_running`](Self::is_running): its pid may belong to another process now,
+    /// so it is never signalled again.
+    reaped: bool,
 }
 
 impl NsProcess {
@@ -159,12 +162,16 @@ impl NsProcess {
         NsProcess {
             child: Some(child),
             what: what.to_owned(),
+            reaped: false,
         }
     }
 
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            // Quiet: one that already ended has nothing to be told.
+            if self.reaped {
+                return;
+            }
+            // Not reaped: the pid is still this child's (a zombie at worst).
             let _ = Command::new("kill")
                 .args([&format!("-{sig}"), &c.id().to_string()])
                 .stderr(Stdio::null())
@@ -174,7 +181,11 @@ impl NsProcess {
 
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
+            Some(c) => {
+                let running = matches!(c.try_wait(), Ok(None));
+                self.reaped |= !running;
+                running
+            }
             None => false,
         }
     }

@@ -1,7 +1,8 @@
 //! `roamgate gcks --config X`: a group's key server (G-IKEv2, RFC 9838; docs/group.md), the
 //! thin driver of `control::group::gcks::GcksNode`: one UDP socket on the IKE port, the
 //! clock, SIGHUP / `roamgate reload` (a member dropped from `group.members` is removed: the
-//! rekey that excludes it goes out at once), and a view socket for `roamgate status|stats`.
+//! rekey that excludes it goes out at once; one added may register from then on; a new
+//! `sender_id_bits` starts the group over), and a view socket for `roamgate status|stats`.
 //!
 //! Its own command, not a section of `run`: a key server needs no data plane (no ports, no
 //! workers, no devices), so it runs on any host with an address the members reach, and a
@@ -116,6 +117,18 @@ impl GcksFile {
                 ))
             }
         };
+        if let Some(m) = plan.delivery.multicast() {
+            if m.is_ipv4() != self.gcks.address.is_ipv4() {
+                return Err(ConfigError::new(
+                    file,
+                    "group.rekey_multicast",
+                    format!(
+                        "{m} is not of the family of gcks.address {}: rekeys leave from there",
+                        self.gcks.address
+                    ),
+                ));
+            }
+        }
         Ok(Checked {
             conns,
             plan,
@@ -138,6 +151,24 @@ pub fn check_lines(path: &Path) -> Result<Vec<String>> {
     )])
 }
 
+/// The IKE socket sends multicast rekeys from its own address's interface (not the route
+/// table's choice), `ttl` hops far, and not back to this host.
+fn multicast_sender(sock: &UdpSocket, local: IpAddr, ttl: u8) -> std::io::Result<()> {
+    let s = socket2::SockRef::from(sock);
+    match local {
+        IpAddr::V4(l) => {
+            s.set_multicast_if_v4(&l)?;
+            s.set_multicast_ttl_v4(u32::from(ttl))?;
+            s.set_multicast_loop_v4(false)
+        }
+        IpAddr::V6(_) => {
+            // The interface follows the route to the group (an index would be needed here).
+            s.set_multicast_hops_v6(u32::from(ttl))?;
+            s.set_multicast_loop_v6(false)
+        }
+    }
+}
+
 type ReloadReply = std::sync::mpsc::Sender<Result<Vec<String>, String>>;
 
 pub fn run(args: GcksArgs) -> Result<()> {
@@ -147,6 +178,15 @@ pub fn run(args: GcksArgs) -> Result<()> {
     let sock = UdpSocket::bind(checked.listen)
         .with_context(|| format!("binding the IKE socket {}", checked.listen))?;
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    if let Some(m) = checked.plan.delivery.multicast() {
+        multicast_sender(&sock, checked.listen.ip(), checked.plan.multicast_ttl)
+            .with_context(|| format!("setting up multicast rekeys to {m}"))?;
+        tracing::info!(target: "gcks",
+            "rekeys go to multicast group {m} (TTL {}){}",
+            checked.plan.multicast_ttl,
+            if checked.plan.delivery.unicast() { " and to each member" } else { "" }
+        );
+    }
     let clock = Clock::start();
     let now = || clock.now();
     let mut node = GcksNode::new(&checked.conns, checked.plan, os_seed(), now())

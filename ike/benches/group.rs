@@ -38,6 +38,7 @@ fn cfg(n: usize) -> GroupConfig {
         dtd: Duration::from_secs(60),
         sender_id_bits: 12,
         seed: [7; 32],
+        delivery: Default::default(),
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Net {
     pub eap_server: Option<EapHook>,
     in_flight: VecDeque<(Datagram, bool)>,
     counts: std::collections::HashMap<(usize, Option<usize>), usize>,
+    /// Multicast groups: a datagram to one goes to each node that joined it.
+    multicast: Vec<(IpAddr, usize)>,
 }
 
 impl Default for Net {
@@ -91,6 +93,7 @@ impl Net {
             eap_server: None,
             in_flight: VecDeque::new(),
             counts: std::collections::HashMap::new(),
+            multicast: Vec::new(),
         }
     }
 
@@ -119,6 +122,11 @@ impl Net {
         let n = self.node(i);
         n.addr = addr;
         n.public = public;
+    }
+
+    /// Node `i` receives what is sent to multicast address `group`.
+    pub fn join_multicast(&mut self, i: usize, group: IpAddr) {
+        self.multicast.push((group, i));
     }
 
     fn route(&self, dst: SocketAddr) -> Option<usize> {
@@ -158,6 +166,32 @@ impl Net {
         for i in 0..self.nodes.len() {
             while let Some(t) = self.ep(i).poll_transmit() {
                 any = true;
+                if t.dst.ip().is_multicast() {
+                    // One copy to each node that joined (none: lost, as on a network).
+                    let to: Vec<usize> = self
+                        .multicast
+                        .iter()
+                        .filter(|(g, _)| *g == t.dst.ip())
+                        .map(|(_, n)| *n)
+                        .collect();
+                    for n in to {
+                        let d = Datagram {
+                            from: i,
+                            to: Some(n),
+                            n: 0,
+                            src: self.seen_from(i, t.src.port()),
+                            dst: t.dst,
+                            data: t.data.clone(),
+                        };
+                        if self.cut {
+                            continue;
+                        }
+                        if self.fault.as_mut().map_or(Fate::Deliver, |f| f(&d)) != Fate::Drop {
+                            self.in_flight.push_back((d, false));
+                        }
+                    }
+                    continue;
+                }
                 let to = self.route(t.dst);
                 let k = self.counts.entry((i, to)).or_insert(0);
                 let n = *k;
@@ -208,7 +242,10 @@ impl Net {
             let n = self.node(to);
             // The receiver's NAT sends 500 to its port 500 and the other mapping to 4500.
             let mut local = n.addr;
-            if d.dst.port() != n.public.port() {
+            if d.dst.ip().is_multicast() {
+                // Received on the group's address, as a socket bound to it sees it.
+                local = d.dst;
+            } else if d.dst.port() != n.public.port() {
                 local.set_port(4500);
             }
             n.endpoint.handle(now, local, d.src, &d.data);

@@ -101,6 +101,7 @@ fn cfg(n: usize, atd: Duration) -> GroupConfig {
         dtd: atd + Duration::from_secs(60),
         sender_id_bits: bits,
         seed: [7; 32],
+        delivery: Default::default(),
     }
 }
 

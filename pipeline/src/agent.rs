@@ -159,12 +159,11 @@ pub fn prepare(backend: Backend, update: &Update) -> Result<Command, AgentError>
             local,
             outer_ttl,
             peers,
-        } => Command::SetGroupPeers(Box::new(crate::esp::group::GroupPeers::new(
-            *id,
-            *local,
-            *outer_ttl,
-            peers.clone(),
-        ))),
+            rekey_multicast,
+        } => Command::SetGroupPeers(Box::new(
+            crate::esp::group::GroupPeers::new(*id, *local, *outer_ttl, peers.clone())
+                .with_rekey_multicast(*rekey_multicast),
+        )),
         Update::SetMasqPlane { plane } => Command::SetMasqPlane(plane.clone().map(Box::new)),
         Update::MasqFam {
             install,

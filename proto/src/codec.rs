@@ -15,7 +15,7 @@
 //! 9 `BindHostDual`, 10 the group SA updates (`AddGroupSa`, `DeleteGroupSa`, `SendOnGroupSa`,
 //! `SetGroupPeers`), 11 the per-connection masquerade (`SetMasqPlane`, `MasqFam`, `MasqRoute`,
 //! `MasqLink`, `MasqLinkIn`, `MasqUsers`, the `MasqMiss` event), 12 the outbound hold after a
-//! move (`Resume::hold_us`).
+//! move (`Resume::hold_us`), 13 the group's rekey multicast address (`SetGroupPeers`).
 //!
 //! Every record is `version: u8` (= [`CODEC_VERSION`]), `tag: u8`, then the body. Integers are
 //! little-endian. Tags are distinct across record types, so a record read from the wrong ring
@@ -41,7 +41,7 @@
 //! | 0x1f | `Update::AddGroupSa` | generation, GroupSaParams |
 //! | 0x52 | `Update::DeleteGroupSa` | generation, spi u32 |
 //! | 0x50 | `Update::SendOnGroupSa` | generation, id u32, spi u32 |
-//! | 0x51 | `Update::SetGroupPeers` | generation, id u32, local ip, outer ttl u8, count u32, count x (lan prefix, outer ip) |
+//! | 0x51 | `Update::SetGroupPeers` | generation, id u32, local ip, outer ttl u8, count u32, count x (lan prefix, outer ip), present u8 (+ rekey multicast ip) |
 //! | 0x53 | `Update::SetMasqPlane` | generation, present u8 (+ count u32 + count x client prefix, count u32 + count x exclude prefix, count u32 + count x served v4, link v4) |
 //! | 0x54 | `Update::MasqFam` | generation, install bool, flow, masq |
 //! | 0x55 | `Update::MasqRoute` | generation, masq, route |
@@ -102,7 +102,7 @@ use crate::sa::{
 };
 
 /// The version byte every record starts with.
-pub const CODEC_VERSION: u8 = 12;
+pub const CODEC_VERSION: u8 = 13;
 
 mod tag {
     pub const ADD_SA: u8 = 0x10;
@@ -992,6 +992,7 @@ impl Record for UpdateEnvelope {
                 local,
                 outer_ttl,
                 peers,
+                rekey_multicast,
             } => {
                 w.u32(id.0)?;
                 w.ip(*local)?;
@@ -1000,7 +1001,14 @@ impl Record for UpdateEnvelope {
                 peers.iter().try_for_each(|p| {
                     w.prefix(p.lan)?;
                     w.ip(p.outer)
-                })
+                })?;
+                match rekey_multicast {
+                    None => w.u8(0),
+                    Some(a) => {
+                        w.u8(1)?;
+                        w.ip(*a)
+                    }
+                }
             }
             Update::SetMasqPlane { plane } => match plane {
                 None => w.u8(0),
@@ -1153,11 +1161,17 @@ impl Record for UpdateEnvelope {
                         outer: r.ip()?,
                     });
                 }
+                let rekey_multicast = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.ip()?),
+                    _ => return Err(DecodeError::Invalid("rekey multicast presence")),
+                };
                 Update::SetGroupPeers {
                     id,
                     local,
                     outer_ttl,
                     peers,
+                    rekey_multicast,
                 }
             }
             tag::SET_MASQ_PLANE => Update::SetMasqPlane {

@@ -86,12 +86,14 @@ pub enum Update {
     /// The tunnel endpoints of group `id`: our outer address, the outer TTL, and the other
     /// members (LAN prefix -> outer address). Replaces what was set before; sent to every
     /// worker (only the one holding the group's SAs reads it). Independent of generations:
-    /// set once, changed when members come or go.
+    /// set once, changed when members come or go. `rekey_multicast`: the group's multicast
+    /// address for GSA_REKEY; every worker takes IKE datagrams to it as its own (punted).
     SetGroupPeers {
         id: SaId,
         local: IpAddr,
         outer_ttl: u8,
         peers: Vec<GroupPeer>,
+        rekey_multicast: Option<IpAddr>,
     },
     /// The per-connection masquerade (`docs/masq.md`) on (what this node masquerades, which
     /// addresses it serves) or off (`None`: every table below is emptied, held packets are

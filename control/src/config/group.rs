@@ -15,6 +15,10 @@
 //!   atd_secs: 5                          # members send on a new SA this long after it came
 //!   dtd_secs: 30                         # and keep the old one for receiving this long
 //!   sender_id_bits: 8                    # top IV bits that carry a sender's Sender-ID
+//!   rekey_multicast: 239.192.0.1         # GSA_REKEY once to this multicast group (UDP 500)
+//!   rekey_unicast: false                 # a copy to each member too (default: true without
+//!                                        #   rekey_multicast, false with it)
+//!   rekey_multicast_ttl: 8               # hops the multicast rekeys may cross (default 8)
 //! ```
 //!
 //! ```yaml
@@ -38,7 +42,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ike::group::gcks::GroupConfig;
+use ike::group::gcks::{GroupConfig, RekeyDelivery};
 use ike::wire::{Id, TrafficSelector};
 use pipeline::spd::Prefix;
 use serde::Deserialize;
@@ -68,6 +72,12 @@ pub struct GroupYaml {
     pub dtd_secs: Option<u64>,
     #[serde(default)]
     pub sender_id_bits: Option<u8>,
+    #[serde(default)]
+    pub rekey_multicast: Option<IpAddr>,
+    #[serde(default)]
+    pub rekey_unicast: Option<bool>,
+    #[serde(default)]
+    pub rekey_multicast_ttl: Option<u8>,
     // A member's keys.
     #[serde(default)]
     pub gcks: Option<IpAddr>,
@@ -110,7 +120,13 @@ pub struct GcksPlan {
     pub atd: Duration,
     pub dtd: Duration,
     pub sender_id_bits: u8,
+    pub delivery: RekeyDelivery,
+    /// The IP TTL (hop limit) of multicast rekeys (the key server's socket).
+    pub multicast_ttl: u8,
 }
+
+/// Default hops of a multicast rekey.
+pub const DEFAULT_MULTICAST_TTL: u8 = 8;
 
 impl GcksPlan {
     /// The state machine's configuration with `seed` for its keys and SPIs.
@@ -135,6 +151,7 @@ impl GcksPlan {
             dtd: self.dtd,
             sender_id_bits: self.sender_id_bits,
             seed,
+            delivery: self.delivery,
         }
     }
 }
@@ -191,6 +208,9 @@ impl GroupYaml {
                     ("atd_secs", self.atd_secs.is_some()),
                     ("dtd_secs", self.dtd_secs.is_some()),
                     ("sender_id_bits", self.sender_id_bits.is_some()),
+                    ("rekey_multicast", self.rekey_multicast.is_some()),
+                    ("rekey_unicast", self.rekey_unicast.is_some()),
+                    ("rekey_multicast_ttl", self.rekey_multicast_ttl.is_some()),
                 ] {
                     if set {
                         return Err(err(
@@ -334,6 +354,36 @@ impl GroupYaml {
                 ),
             ));
         }
+        let delivery = match (self.rekey_multicast, self.rekey_unicast) {
+            (Some(a), _) if !a.is_multicast() => {
+                return Err(err(
+                    "rekey_multicast",
+                    format!("{a} is not a multicast address (224.0.0.0/4 or ff00::/8)"),
+                ))
+            }
+            (Some(a), Some(true)) => RekeyDelivery::Both(a),
+            (Some(a), _) => RekeyDelivery::Multicast(a),
+            (None, Some(false)) => {
+                return Err(err(
+                    "rekey_unicast",
+                    "is false without rekey_multicast: rekeys would reach no member".into(),
+                ))
+            }
+            (None, _) => RekeyDelivery::Unicast,
+        };
+        let multicast_ttl = self.rekey_multicast_ttl.unwrap_or(DEFAULT_MULTICAST_TTL);
+        if multicast_ttl == 0 {
+            return Err(err(
+                "rekey_multicast_ttl",
+                "is 0: a multicast rekey would not leave this host".into(),
+            ));
+        }
+        if self.rekey_multicast_ttl.is_some() && self.rekey_multicast.is_none() {
+            return Err(err(
+                "rekey_multicast_ttl",
+                "is set without rekey_multicast".into(),
+            ));
+        }
         let plan = GcksPlan {
             group,
             members,
@@ -344,6 +394,8 @@ impl GroupYaml {
             atd: Duration::from_secs(atd),
             dtd: Duration::from_secs(dtd),
             sender_id_bits: bits,
+            delivery,
+            multicast_ttl,
         };
         // The state machine's own check, last (everything it refuses is refused above).
         plan.config([0; 32])
@@ -384,6 +436,23 @@ mod tests {
         assert_eq!(c.src.end, "10.255.255.255".parse::<IpAddr>().unwrap());
         assert!(c.check().is_ok());
         assert!(ike::group::gcks::Gcks::new(c, ike::time::Instant::from_nanos(0)).is_ok());
+        assert_eq!(p.delivery, RekeyDelivery::Unicast);
+        let a: IpAddr = "239.192.0.1".parse().unwrap();
+        for (extra, d) in [
+            (
+                "  rekey_multicast: 239.192.0.1\n",
+                RekeyDelivery::Multicast(a),
+            ),
+            (
+                "  rekey_multicast: 239.192.0.1\n  rekey_unicast: true\n",
+                RekeyDelivery::Both(a),
+            ),
+        ] {
+            let GroupPlan::Gcks(p) = check(&format!("{GCKS}{extra}")).unwrap() else {
+                panic!("not a gcks plan")
+            };
+            assert_eq!(p.delivery, d);
+        }
         let m = check("group:\n  id: branches.test\n  role: member\n  gcks: 192.0.2.10\n").unwrap();
         assert_eq!(
             m,
@@ -437,6 +506,17 @@ mod tests {
                 "group.peers[0].lan",
             ),
             (g("  peers: []\n"), "group.peers"),
+            (g("  rekey_multicast: 192.0.2.9\n"), "group.rekey_multicast"),
+            (g("  rekey_unicast: false\n"), "group.rekey_unicast"),
+            (g("  rekey_multicast_ttl: 4\n"), "group.rekey_multicast_ttl"),
+            (
+                g("  rekey_multicast: 239.1.1.1\n  rekey_multicast_ttl: 0\n"),
+                "group.rekey_multicast_ttl",
+            ),
+            (
+                "group:\n  id: g\n  role: member\n  gcks: 192.0.2.1\n  rekey_multicast: 239.1.1.1\n".into(),
+                "group.rekey_multicast",
+            ),
         ] {
             let e = check(&text).unwrap_err();
             assert_eq!(e.key, key, "{text}");

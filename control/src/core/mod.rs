@@ -310,7 +310,11 @@ impl ControlCore {
             ..
         } = *e
         {
-            self.unknown_spi(now, spi, (src, src_port), dst);
+            if proto::group::is_group_spi(spi) {
+                self.group_unknown_spi(now, spi);
+            } else {
+                self.unknown_spi(now, spi, (src, src_port), dst);
+            }
         }
         let decision = decisions::decide(
             e,
@@ -416,6 +420,7 @@ impl ControlCore {
             }
         }
         self.rekey_children(now);
+        self.group_worker_fresh(now, worker);
     }
 
     /// Runs the endpoint's timers that are due, and rebuilds the view when its time came
@@ -442,7 +447,7 @@ impl ControlCore {
         }
         if self.view.due().is_some_and(|t| t <= now) {
             self.view.rebuilt(now);
-            let json = view::render(
+            let mut json = view::render(
                 &self.endpoint,
                 &self.repo,
                 &self.counts,
@@ -450,6 +455,13 @@ impl ControlCore {
                 &self.reconnect,
                 now,
             );
+            // A group member's part goes in as the object's last key.
+            if let Some(g) = self.group_view() {
+                if json.ends_with('}') {
+                    json.pop();
+                    json.push_str(&format!(",\"group\":{g}}}"));
+                }
+            }
             self.out.view(json);
             return true;
         }
@@ -665,7 +677,14 @@ impl ControlCore {
         }
         self.conns = conns;
         if let Some(rules) = &plan.rules {
-            let u = self.repo.set_static_rules(rules.clone());
+            // A group member's rules stay ahead of the file's (they are not in the file).
+            let mut all = self
+                .group
+                .as_ref()
+                .map(|g| g.plane.rules())
+                .unwrap_or_default();
+            all.extend(rules.iter().cloned());
+            let u = self.repo.set_static_rules(all);
             self.out.log(format!(
                 "control: reload: static policy replaced ({} rules)",
                 rules.len()

@@ -480,6 +480,7 @@ mod tests {
                     lan: "10.2.0.0/24".parse().unwrap(),
                     outer: "192.0.2.2".parse().unwrap(),
                 }],
+                rekey_multicast: None,
             };
             assert_eq!(p.route(peers, |_, _| None).len(), usize::from(workers));
         }

@@ -891,3 +891,66 @@ fn a_one_worker_peer_gets_no_per_core_child_sas() {
     let b = last_spd(&w, 1, 1);
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_reload_that_replaces_the_static_policy_keeps_a_group_member_s_rules_ahead_of_it() {
+    let mut w = pair(1);
+    let setup = crate::group::member::MemberSetup {
+        local: "192.0.2.1".parse().unwrap(),
+        lan: "10.1.0.0/24".parse().unwrap(),
+        peers: vec![proto::group::GroupPeer {
+            lan: "10.3.0.0/24".parse().unwrap(),
+            outer: "192.0.2.3".parse().unwrap(),
+        }],
+        traffic: "10.0.0.0/8".parse().unwrap(),
+        replay_window: 1024,
+    };
+    let group_rules = crate::group::member::MemberPlane::new(setup.clone()).rules();
+    assert!(!group_rules.is_empty());
+    let now = w.now;
+    let gw = w.gw(0).core();
+    gw.join_group(
+        "site",
+        ike::wire::Id::from_text("branches.roamgate.test"),
+        true,
+        setup,
+        Vec::new(),
+    );
+    let p = std::path::Path::new("a.yaml");
+    let conns = crate::config::parse::<crate::config::ike::IkeYaml>(p, A)
+        .unwrap()
+        .validate(p, "ike")
+        .unwrap();
+    let file_rules = vec![proto::policy::Rule {
+        id: 7,
+        selector: proto::policy::Selector {
+            src: "10.1.0.0/24".parse().unwrap(),
+            dst: "10.9.0.0/24".parse().unwrap(),
+            proto: None,
+            src_ports: proto::policy::PortRange::ANY,
+            dst_ports: proto::policy::PortRange::ANY,
+        },
+        action: proto::policy::Action::Bypass,
+    }];
+    let plan = crate::config::reload::ReloadPlan {
+        unchanged: vec!["site".into()],
+        rules: Some(file_rules.clone()),
+        ..Default::default()
+    };
+    gw.reconfigure(now, conns, &plan);
+    w.run_for(Duration::from_millis(10));
+    let last = w.gw(0).link.workers[0]
+        .received
+        .iter()
+        .rev()
+        .find_map(|u| match u {
+            Update::ReplaceSpd { rules } => Some(rules.clone()),
+            _ => None,
+        })
+        .expect("the reload replaced the SPD");
+    for r in group_rules.iter().chain(&file_rules) {
+        assert!(last.contains(r), "{r:?} is missing from {last:?}");
+    }
+    let pos = |r: &proto::policy::Rule| last.iter().position(|x| x == r).unwrap();
+    assert!(pos(&group_rules[group_rules.len() - 1]) < pos(&file_rules[0]));
+}

@@ -3,7 +3,8 @@
 //! its `group` section, rekeys the group before each Data-Security SA's lifetime ends
 //! (GSA_REKEY, one unicast datagram to each member's registration address), and applies a
 //! reload: a member dropped from `group.members` is removed at once (the rekey that goes out
-//! excludes it: `ike::group::gcks::Gcks::remove_member`).
+//! excludes it: `ike::group::gcks::Gcks::remove_member`), one added may register from then
+//! on, a new `sender_id_bits` starts the group over.
 //!
 //! Owns: the endpoint and its GCKS, the counters and log lines for the driver.
 //! Must never: read a clock or a socket; log a key.
@@ -175,23 +176,27 @@ impl GcksNode {
 
     /// A reload: the same group with another policy. Members dropped from the list are
     /// removed now (each removal replaces the Rekey SA and rekeys the others, RFC 9838
-    /// 2.4.1.1). Any other change (new members, algorithm, lifetimes, ...) needs a restart
-    /// and is refused whole: `Err` names the key. Returns the change lines.
+    /// 2.4.1.1); members added may register from now on (a member removed before starts
+    /// afresh); a change of `sender_id_bits` starts the group over under a new SA (every
+    /// member excluded and registering again, with Sender-IDs that fit: `Gcks::set_sender_id_bits`
+    /// says why a new key is needed). Any other change (algorithm, lifetimes, ...) needs a
+    /// restart and is refused whole: `Err` names the key. Returns the change lines.
     pub fn reload(&mut self, now: Instant, plan: GcksPlan) -> Result<Vec<String>, String> {
         let mut same = plan.clone();
         same.members = self.plan.members.clone();
+        same.sender_id_bits = self.plan.sender_id_bits;
         if same != self.plan {
             return Err(
-                "group: only `members` may lose entries at a reload; the other keys need a restart"
+                "group: only `members` and `sender_id_bits` may change at a reload; the other keys need a restart"
                     .into(),
             );
         }
-        if let Some(m) = plan.members.iter().find(|m| !self.plan.members.contains(m)) {
-            return Err(format!(
-                "group.members: {} is new; adding a member needs a restart",
-                m.display()
-            ));
-        }
+        let mut check = self.plan.clone();
+        check.sender_id_bits = plan.sender_id_bits;
+        check
+            .config([0; 32])
+            .check()
+            .map_err(|e| format!("group.sender_id_bits: {e}"))?;
         let gone: Vec<Id> = self
             .plan
             .members
@@ -199,10 +204,30 @@ impl GcksNode {
             .filter(|m| !plan.members.contains(m))
             .cloned()
             .collect();
+        let added: Vec<Id> = plan
+            .members
+            .iter()
+            .filter(|m| !self.plan.members.contains(m))
+            .cloned()
+            .collect();
+        let group = self.plan.group.clone();
         let mut lines = Vec::new();
         for m in &gone {
-            self.endpoint.remove_group_member(now, &self.plan.group, m);
+            self.endpoint.remove_group_member(now, &group, m);
             lines.push(format!("group: member {} removed", m.display()));
+        }
+        for m in &added {
+            self.endpoint.allow_group_member(&group, m);
+            lines.push(format!("group: member {} added", m.display()));
+        }
+        if plan.sender_id_bits != self.plan.sender_id_bits {
+            self.endpoint
+                .set_group_sender_id_bits(now, &group, plan.sender_id_bits)
+                .map_err(|e| format!("group.sender_id_bits: {e}"))?;
+            lines.push(format!(
+                "group: Sender-ID bits {} -> {}: the group starts over (every member registers again)",
+                self.plan.sender_id_bits, plan.sender_id_bits
+            ));
         }
         self.plan = plan;
         self.pump();

@@ -3,6 +3,9 @@
 //! each member's address (that of the IKE SA it registered over). The exchanges themselves
 //! are in `exchange::group`; the state in `group::session`.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use crate::exchange::{self, Action};
 use crate::group::gcks::Gcks;
 use crate::group::member::Member;
@@ -99,6 +102,43 @@ impl Endpoint {
         self.flush_group(now);
     }
 
+    /// The IKE SA `group`'s membership registered over, while it is up (a re-registration
+    /// goes over it by GSA_REGISTRATION; without one the member starts a new IKE SA, whose
+    /// GSA_AUTH registers).
+    pub fn group_ike(&self, group: &Id) -> Option<IkeSaId> {
+        self.group
+            .members
+            .iter()
+            .find(|m| m.member.group() == group)
+            .and_then(|m| m.ike)
+            .filter(|ike| self.sas.contains_key(ike))
+    }
+
+    /// GCKS: `member` may register to `group` from now on (a reload that adds it).
+    pub fn allow_group_member(&mut self, group: &Id, member: &Id) -> bool {
+        self.group
+            .gcks_mut(group)
+            .map(|g| g.allow_member(member))
+            .is_some()
+    }
+
+    /// GCKS: `group`'s Sender-ID bits change: the group starts over under a new SA (every
+    /// member excluded and registering again, `Gcks::set_sender_id_bits`); the messages go now.
+    pub fn set_group_sender_id_bits(
+        &mut self,
+        now: Instant,
+        group: &Id,
+        bits: u8,
+    ) -> Result<(), &'static str> {
+        let g = self.group.gcks_mut(group).ok_or("no such group")?;
+        let out = g.set_sender_id_bits(now, bits)?;
+        self.group
+            .outbox
+            .extend(out.into_iter().map(|o| (group.clone(), o)));
+        self.flush_group(now);
+        Ok(())
+    }
+
     /// The membership of `group` (its SAs, counters).
     pub fn group_member(&self, group: &Id) -> Option<&Member> {
         self.group
@@ -106,6 +146,12 @@ impl Endpoint {
             .iter()
             .find(|m| m.member.group() == group)
             .map(|m| &m.member)
+    }
+
+    /// Tests: the GCKS of `group` itself.
+    #[cfg(test)]
+    pub(crate) fn gcks_mut(&mut self, group: &Id) -> Option<&mut Gcks> {
+        self.group.gcks_mut(group)
     }
 
     /// Tests: the hook that changes the payloads of group messages this endpoint sends.
@@ -164,12 +210,16 @@ impl Endpoint {
             Ok(()) if m.member.must_register() => events.push_back(GroupEvent::Excluded {
                 group: m.member.group().display(),
             }),
-            Ok(()) => events.push_back(GroupState::keys_event(&m.member, KeysFrom::Rekey)),
+            Ok(()) => {
+                events.push_back(GroupState::keys_event(&m.member, KeysFrom::Rekey));
+                GroupState::must_register(events, &mut m.member);
+            }
             Err(e) => {
                 stats.rekeys_dropped = stats.rekeys_dropped.saturating_add(1);
                 if matches!(e, RekeyError::Wire(_)) {
                     stats.malformed = stats.malformed.saturating_add(1);
                 }
+                GroupState::must_register(events, &mut m.member);
             }
         }
     }
@@ -195,10 +245,14 @@ impl Endpoint {
     }
 
     /// Sends the GCKSs' waiting GSA_REKEY messages to the members' registration IKE SAs'
-    /// addresses, and (with in-band delivery) queues a GSA_INBAND_REKEY on each of them.
+    /// addresses (unicast delivery) and once to the group's multicast address (multicast
+    /// delivery: a message shared by several members goes out once, from the address the
+    /// members registered at), and (with in-band delivery) queues a GSA_INBAND_REKEY on each
+    /// member's IKE SA.
     pub(super) fn flush_group(&mut self, now: Instant) {
         let out = core::mem::take(&mut self.group.outbox);
         let mut inband: Vec<(IkeSaId, Id)> = Vec::new();
+        let mut multicast_sent: Vec<*const [u8]> = Vec::new();
         for (group, o) in out {
             let Some(r) = self.group.registration(&group, &o.to) else {
                 continue;
@@ -209,11 +263,33 @@ impl Endpoint {
                 Some(sa) => (sa.state.local, sa.state.remote),
                 None => (r.local, r.remote),
             };
-            self.out.transmits.push_back(Transmit {
-                src,
-                dst,
-                data: o.msg.to_vec(),
-            });
+            let delivery = self
+                .group
+                .gcks
+                .iter()
+                .find(|g| g.group() == &group)
+                .map(|g| g.delivery())
+                .unwrap_or_default();
+            if let Some(m) = delivery.multicast() {
+                let msg: *const [u8] = Arc::as_ptr(&o.msg);
+                if !multicast_sent.contains(&msg) {
+                    multicast_sent.push(msg);
+                    self.group.stats.multicast_rekeys =
+                        self.group.stats.multicast_rekeys.saturating_add(1);
+                    self.out.transmits.push_back(Transmit {
+                        src,
+                        dst: SocketAddr::new(m, crate::group::gcks::REKEY_PORT),
+                        data: o.msg.to_vec(),
+                    });
+                }
+            }
+            if delivery.unicast() {
+                self.out.transmits.push_back(Transmit {
+                    src,
+                    dst,
+                    data: o.msg.to_vec(),
+                });
+            }
             if self.group.inband_after_rekey
                 && self.sas.contains_key(&ike)
                 && !inband.iter().any(|(i, g)| *i == ike && *g == group)

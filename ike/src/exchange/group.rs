@@ -276,6 +276,7 @@ pub(crate) fn on_inband_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, p: &[Payload]
                 group: m.member.group().display(),
                 notify: 0,
             });
+            GroupState::must_register(events, &mut m.member);
         }
     }
     Ok(vec![])

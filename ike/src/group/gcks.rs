@@ -77,6 +77,36 @@ pub struct GroupConfig {
     pub sender_id_bits: u8,
     /// Seed of the GCKS's randomness (keys, SPIs): sans-IO, the driver seeds it.
     pub seed: [u8; 32],
+    /// How GSA_REKEY messages reach the members (RFC 9838 2.4.1).
+    pub delivery: RekeyDelivery,
+}
+
+/// Where a rekey goes. A rekey is the same bytes for every member, so multicast sends it once;
+/// the Rekey SA's destination selector names the multicast address (UDP port 500), which is
+/// how a member learns to listen there (RFC 9838 4.4.2: the Rekey SA's traffic selectors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RekeyDelivery {
+    /// A copy to each member's registration address.
+    #[default]
+    Unicast,
+    /// One datagram to the group's multicast address.
+    Multicast(core::net::IpAddr),
+    /// Both: members on links without multicast still get theirs (a member drops the
+    /// second copy as a replay: same Message ID).
+    Both(core::net::IpAddr),
+}
+
+impl RekeyDelivery {
+    pub fn multicast(&self) -> Option<core::net::IpAddr> {
+        match self {
+            RekeyDelivery::Unicast => None,
+            RekeyDelivery::Multicast(a) | RekeyDelivery::Both(a) => Some(*a),
+        }
+    }
+
+    pub fn unicast(&self) -> bool {
+        !matches!(self, RekeyDelivery::Multicast(_))
+    }
 }
 
 impl GroupConfig {
@@ -93,6 +123,9 @@ impl GroupConfig {
         }
         if self.rekey_lead < self.dtd || self.rekey_lead >= self.lifetime {
             return Err("rekey_lead must be at least the deactivation delay and below lifetime");
+        }
+        if self.delivery.multicast().is_some_and(|a| !a.is_multicast()) {
+            return Err("the rekey multicast address must be a multicast address");
         }
         Ok(())
     }
@@ -147,6 +180,9 @@ pub struct Gcks {
     rekey_kwk: Kek,
     next_message_id: u32,
     gens: Vec<Generation>,
+    /// The SPI reserved for the next generation, announced as GSA_NEXT_SPI (section
+    /// 4.4.2.2.3) so a member that sees traffic on it before its rekey knows it lost one.
+    next_spi: u32,
     members: Vec<MemberEntry>,
     next_kek_id: u32,
     /// The Sender-ID counter (section 2.5.1): the next value to allocate.
@@ -180,6 +216,7 @@ impl Gcks {
             rekey_kwk,
             next_message_id: 1,
             gens: Vec::new(),
+            next_spi: 0,
             members: Vec::new(),
             next_kek_id: 1,
             next_sender_id: 0,
@@ -204,6 +241,11 @@ impl Gcks {
     }
 
     /// The group this GCKS keys.
+    /// How this group's rekeys reach the members.
+    pub fn delivery(&self) -> RekeyDelivery {
+        self.cfg.delivery
+    }
+
     pub fn group(&self) -> &Id {
         &self.cfg.group
     }
@@ -219,7 +261,8 @@ impl Gcks {
             .iter()
             .find(|m| &m.id == id && m.registered && !m.removed)?;
         let mut policies = vec![self.rekey_policy(false)];
-        policies.extend(self.data_policies(true, now));
+        // No GSA_NEXT_SPI in-band: the exchange is reliable (section 4.4.2.2.3).
+        policies.extend(self.data_policies(true, false, now));
         policies.push(self.gw_policy());
         let mut bags = vec![KeyBag::Group {
             protocol: proto::GIKE_UPDATE,
@@ -261,12 +304,13 @@ impl Gcks {
     }
 
     fn new_generation(&mut self, now: Instant) {
-        let spi = loop {
-            let s = GROUP_SPI_PREFIX | (self.rng.next_u32() & !GROUP_SPI_MASK);
-            if !self.gens.iter().any(|g| g.spi == s) && s & !GROUP_SPI_MASK != 0 {
-                break s;
-            }
+        let reserved = self.next_spi;
+        let spi = if reserved != 0 && !self.gens.iter().any(|g| g.spi == reserved) {
+            reserved
+        } else {
+            self.draw_spi(0)
         };
+        self.next_spi = self.draw_spi(spi);
         let mut km = Zeroizing::new(vec![0u8; gcm_keymat_len(self.cfg.key_bits)]);
         self.rng.fill_bytes(&mut km);
         let gen = Generation {
@@ -278,6 +322,59 @@ impl Gcks {
         self.gens.retain(|g| g.expires > now);
         self.gens.push(gen);
         self.rekey_at = now.saturating_add(self.cfg.lifetime.saturating_sub(self.cfg.rekey_lead));
+    }
+
+    /// A group SPI no live generation has, other than `not`.
+    fn draw_spi(&mut self, not: u32) -> u32 {
+        loop {
+            let s = GROUP_SPI_PREFIX | (self.rng.next_u32() & !GROUP_SPI_MASK);
+            if s != not && !self.gens.iter().any(|g| g.spi == s) && s & !GROUP_SPI_MASK != 0 {
+                break s;
+            }
+        }
+    }
+
+    /// The SPI reserved for the next generation (GSA_NEXT_SPI).
+    pub fn next_spi(&self) -> u32 {
+        self.next_spi
+    }
+
+    /// The policy's members: `id` may register from now on (a reload that adds a member).
+    /// A member removed before starts afresh (a new KWK at its registration).
+    pub fn allow_member(&mut self, id: &Id) {
+        if !self.cfg.members.contains(id) {
+            self.cfg.members.push(id.clone());
+        }
+        self.members.retain(|m| !(&m.id == id && m.removed));
+    }
+
+    /// The policy's Sender-ID bits change (a reload). The bits are group-wide and a member
+    /// applies them to every SA it is given, while the IV a Sender-ID makes depends on them:
+    /// under one key, Sender-ID 1 with 7 bits and Sender-ID 2 with 8 bits give the same IV
+    /// prefix. So the change takes a new key and new Sender-IDs: the group starts over
+    /// ([`restart`](Self::restart): every member excluded, all register again under a new SA,
+    /// Sender-IDs from zero that fit the new bits; RFC 9838 sections 2.4.3, 2.5.1). Returns
+    /// the GSA_REKEY messages; none when the bits are unchanged.
+    pub fn set_sender_id_bits(
+        &mut self,
+        now: Instant,
+        bits: u8,
+    ) -> Result<Vec<Outbound>, &'static str> {
+        if bits == self.cfg.sender_id_bits {
+            return Ok(Vec::new());
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.sender_id_bits = bits;
+        cfg.check()?;
+        self.cfg = cfg;
+        Ok(self.restart(now))
+    }
+
+    /// Tests: GW policies from now on carry `bits` with no restart (what a GCKS that does not
+    /// start over would send), to exercise a member's own check.
+    #[cfg(test)]
+    pub(crate) fn set_sender_id_bits_unchecked(&mut self, bits: u8) {
+        self.cfg.sender_id_bits = bits;
     }
 
     fn sender_id_space(&self) -> u32 {
@@ -515,7 +612,7 @@ impl Gcks {
         }
         let message_id = self.next_message_id;
         self.next_message_id = self.next_message_id.saturating_add(1);
-        let mut policies = self.data_policies(false, now);
+        let mut policies = self.data_policies(false, true, now);
         policies.push(self.gw_policy());
         let inner = [
             GroupPayload::Gsa(Gsa { policies }).to_payload(),
@@ -572,14 +669,14 @@ impl Gcks {
     /// last), the GW policy.
     fn gsa(&self, now: Instant) -> Gsa {
         let mut policies = vec![self.rekey_policy(true)];
-        policies.extend(self.data_policies(true, now));
+        policies.extend(self.data_policies(true, true, now));
         policies.push(self.gw_policy());
         Gsa { policies }
     }
 
     /// The Rekey SA's policy: ENCR (AEAD, so no INTEG), GCAUTH only at registration (section
-    /// 4.4.2.1), KWA; its selectors name UDP from and to any address (rekeys go to each member
-    /// by unicast here, not to a multicast group).
+    /// 4.4.2.1), KWA; its selectors name UDP from any address, to any address (unicast
+    /// delivery: each member at its own) or to the group's multicast address, port 500.
     fn rekey_policy(&self, registration: bool) -> GroupPolicy {
         let mut transforms = vec![Transform {
             kind: wire::transform::ENCR,
@@ -601,7 +698,16 @@ impl Gcks {
         GroupPolicy::Rekey {
             spi: self.rekey_spi,
             src: any_udp(),
-            dst: any_udp(),
+            dst: match self.cfg.delivery.multicast() {
+                Some(a) => TrafficSelector {
+                    protocol: 17,
+                    start_port: REKEY_PORT,
+                    end_port: REKEY_PORT,
+                    start: a,
+                    end: a,
+                },
+                None => any_udp(),
+            },
             transforms,
             attrs: vec![
                 lifetime_attr(self.cfg.lifetime),
@@ -622,16 +728,27 @@ impl Gcks {
         }
     }
 
-    fn data_policies(&self, registration: bool, now: Instant) -> Vec<GroupPolicy> {
+    /// With `next`, the newest SA's policy names the SPI reserved for its successor.
+    fn data_policies(&self, registration: bool, next: bool, now: Instant) -> Vec<GroupPolicy> {
+        let newest = self.current_spi();
         self.gens_for(registration)
             .into_iter()
-            .map(|g| GroupPolicy::Data {
-                protocol: proto::ESP,
-                spi: g.spi,
-                src: self.cfg.src,
-                dst: self.cfg.dst,
-                transforms: self.transforms(),
-                attrs: vec![lifetime_attr(g.expires.saturating_duration_since(now))],
+            .map(|g| {
+                let mut attrs = vec![lifetime_attr(g.expires.saturating_duration_since(now))];
+                if next && Some(g.spi) == newest && self.next_spi != 0 {
+                    attrs.push(Attr::tlv(
+                        gsa_attr::GSA_NEXT_SPI,
+                        self.next_spi.to_be_bytes().to_vec(),
+                    ));
+                }
+                GroupPolicy::Data {
+                    protocol: proto::ESP,
+                    spi: g.spi,
+                    src: self.cfg.src,
+                    dst: self.cfg.dst,
+                    transforms: self.transforms(),
+                    attrs,
+                }
             })
             .collect()
     }
@@ -702,6 +819,9 @@ fn lifetime_attr(d: Duration) -> Attr {
 }
 
 /// A traffic selector for UDP from or to any IPv4 address and port.
+/// The UDP port multicast rekeys go to: the members' IKE port, where their data planes punt.
+pub const REKEY_PORT: u16 = 500;
+
 fn any_udp() -> TrafficSelector {
     TrafficSelector {
         protocol: 17,

@@ -35,6 +35,9 @@ pub struct MemberSa {
     pub active_from: Instant,
     /// Until when this member accepts packets on it (set when a newer SA arrives).
     pub until: Option<Instant>,
+    /// Its hard expiry (GSA_KEY_LIFETIME, section 4.4.2.2.1), when the GCKS gave one: a
+    /// member that holds no newer SA by then has missed the rekeys.
+    pub expires: Option<Instant>,
 }
 
 impl core::fmt::Debug for MemberSa {
@@ -44,6 +47,7 @@ impl core::fmt::Debug for MemberSa {
             .field("sender_id", &self.sender_id)
             .field("active_from", &self.active_from)
             .field("until", &self.until)
+            .field("expires", &self.expires)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +69,8 @@ pub struct MemberStats {
     pub excluded: u64,
     pub replays: u64,
     pub refused: u64,
+    /// GSA_REKEYs whose Message ID jumped over one or more (rekeys lost on the way).
+    pub gaps: u64,
 }
 
 pub struct Member {
@@ -79,7 +85,25 @@ pub struct Member {
     dtd: Duration,
     /// GWP_SENDER_ID_BITS from the last GW policy.
     bits: u8,
+    /// GSA_NEXT_SPI of the newest Data-Security SA (section 4.4.2.2.3): SPIs the GCKS reserved
+    /// for the SA replacing it; traffic on one without a rekey here means a rekey was lost.
+    next_spis: Vec<u32>,
+    /// The multicast address the Rekey SA's destination selector names (RFC 9838 4.4.2):
+    /// rekeys come there (UDP port 500) as well as, or instead of, to our own address.
+    rekey_multicast: Option<core::net::IpAddr>,
+    /// Why this member should register again, once told ([`take_reregister`](Self::take_reregister)).
+    reregister: Option<RegisterWhy>,
     stats: MemberStats,
+}
+
+/// Why a member that holds keys registers again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterWhy {
+    /// A GSA_REKEY's Message ID jumped: the ones between were lost (section 2.4.1.4 orders
+    /// them; a registration returns every live SA, the missed one too).
+    RekeyGap { expected: u32, got: u32 },
+    /// Our Sender-ID does not fit the new GWP_SENDER_ID_BITS (section 2.5.2).
+    SenderIdUnfit { sender_id: u32, bits: u8 },
 }
 
 impl core::fmt::Debug for Member {
@@ -106,7 +130,10 @@ enum Mode {
 /// What a registration response or rekey carried, checked.
 struct Update {
     rekey: Option<([u8; 16], u32, Secret)>,
-    data: Vec<(u32, Secret)>,
+    rekey_multicast: Option<core::net::IpAddr>,
+    /// SPI, key, lifetime left.
+    data: Vec<(u32, Secret, Option<Duration>)>,
+    next_spis: Vec<u32>,
     sender_id: Option<u32>,
     atd: Option<Duration>,
     dtd: Option<Duration>,
@@ -126,8 +153,27 @@ impl Member {
             atd: Duration::ZERO,
             dtd: Duration::ZERO,
             bits: 0,
+            next_spis: Vec::new(),
+            rekey_multicast: None,
+            reregister: None,
             stats: MemberStats::default(),
         }
+    }
+
+    /// The group's multicast address for rekeys, if its Rekey SA names one.
+    pub fn rekey_multicast(&self) -> Option<core::net::IpAddr> {
+        self.rekey_multicast
+    }
+
+    /// The SPIs the GCKS reserved for the next Data-Security SA (GSA_NEXT_SPI of the newest).
+    pub fn next_spis(&self) -> &[u32] {
+        &self.next_spis
+    }
+
+    /// Why this member should register again (a gap in the rekeys' Message IDs, a Sender-ID
+    /// that no longer fits), once: the caller registers.
+    pub fn take_reregister(&mut self) -> Option<RegisterWhy> {
+        self.reregister.take()
     }
 
     pub fn stats(&self) -> MemberStats {
@@ -160,9 +206,14 @@ impl Member {
         }
         let u = self
             .check(&[default_kek], payloads, Mode::Inband)
-            .inspect_err(|_| {
+            .inspect_err(|e| {
                 self.stats.refused = self.stats.refused.saturating_add(1);
+                if let RekeyError::SenderIdUnfit { sender_id, bits } = *e {
+                    self.reregister = Some(RegisterWhy::SenderIdUnfit { sender_id, bits });
+                }
             })?;
+        // Every live SA came: nothing missed is left to register for.
+        self.reregister = None;
         self.apply(now, u, false);
         self.stats.rekeys = self.stats.rekeys.saturating_add(1);
         Ok(())
@@ -199,6 +250,7 @@ impl Member {
             })?;
         self.kek = u.kek.take();
         self.sender_id = u.sender_id;
+        self.reregister = None;
         // SAs being retired (after an exclusion) stay for receiving until their DTD ends;
         // the rest are replaced by what the GCKS listed.
         self.sas.retain(|s| s.until.is_some_and(|t| now < t));
@@ -212,6 +264,13 @@ impl Member {
         match &r {
             Err(RekeyError::Replay { .. }) => {
                 self.stats.replays = self.stats.replays.saturating_add(1);
+            }
+            Err(RekeyError::SenderIdUnfit { sender_id, bits }) => {
+                self.stats.refused = self.stats.refused.saturating_add(1);
+                self.reregister = Some(RegisterWhy::SenderIdUnfit {
+                    sender_id: *sender_id,
+                    bits: *bits,
+                });
             }
             Err(_) => self.stats.refused = self.stats.refused.saturating_add(1),
             Ok(()) => self.stats.rekeys = self.stats.rekeys.saturating_add(1),
@@ -252,6 +311,16 @@ impl Member {
         }
         let kek = self.kek.as_ref().ok_or(RekeyError::Policy("no KEK"))?;
         let u = self.check(&[&rs.kwk, kek], &inner, Mode::Rekey)?;
+        let expected = rs.last.saturating_add(1);
+        if h.message_id > expected {
+            // Section 2.4.1.4: each rekey's Message ID is one above the last one's, so the
+            // ones between never came; a registration gets every live SA.
+            self.stats.gaps = self.stats.gaps.saturating_add(1);
+            self.reregister = Some(RegisterWhy::RekeyGap {
+                expected,
+                got: h.message_id,
+            });
+        }
         if let Some(rs) = self.rekey.as_mut() {
             rs.last = h.message_id;
         }
@@ -282,7 +351,9 @@ impl Member {
         let kd = kd.ok_or(RekeyError::Missing("KD"))?;
         let mut u = Update {
             rekey: None,
+            rekey_multicast: None,
             data: Vec::new(),
+            next_spis: Vec::new(),
             sender_id: None,
             atd: None,
             dtd: None,
@@ -327,7 +398,12 @@ impl Member {
         let mut key_bits = None;
         for p in &gsa.policies {
             match p {
-                GroupPolicy::Rekey { spi, attrs, .. } => {
+                GroupPolicy::Rekey {
+                    spi, attrs, dst, ..
+                } => {
+                    // One multicast address (a group's, not a member's): listen there too.
+                    u.rekey_multicast =
+                        (dst.start == dst.end && dst.start.is_multicast()).then_some(dst.start);
                     let first = find_attr(attrs, gsa_attr::GSA_INITIAL_MESSAGE_ID)
                         .and_then(|a| a.as_u64())
                         .and_then(|v| u32::try_from(v).ok())
@@ -342,6 +418,7 @@ impl Member {
                     protocol,
                     spi,
                     transforms,
+                    attrs,
                     ..
                 } => {
                     // AES-GCM-16 only (explicit IV) and the mandatory Sequence Numbers
@@ -381,7 +458,19 @@ impl Member {
                         return Err(RekeyError::Policy("data SA key length"));
                     }
                     key_bits = Some(bits);
-                    u.data.push((*spi, km));
+                    // GSA_KEY_LIFETIME: seconds left (section 4.4.2.2.1).
+                    let life = find_attr(attrs, gsa_attr::GSA_KEY_LIFETIME)
+                        .and_then(|a| a.as_u64())
+                        .map(Duration::from_secs);
+                    // GSA_NEXT_SPI (section 4.4.2.2.3, best effort): the newest SA's count.
+                    u.next_spis = attrs
+                        .iter()
+                        .filter(|a| a.kind == gsa_attr::GSA_NEXT_SPI)
+                        .filter_map(|a| a.bytes())
+                        .filter_map(|b| <[u8; 4]>::try_from(b).ok())
+                        .map(u32::from_be_bytes)
+                        .collect();
+                    u.data.push((*spi, km, life));
                 }
                 GroupPolicy::GroupWide { attrs } => {
                     let secs = |k| {
@@ -471,8 +560,16 @@ impl Member {
         } else {
             self.sender_id
         };
-        if self.sender && !u.data.is_empty() && held.is_none_or(|s| u64::from(s) >> bits != 0) {
-            return Err(RekeyError::Policy("no Sender-ID for a sender"));
+        if self.sender && !u.data.is_empty() {
+            match held {
+                None => return Err(RekeyError::Policy("no Sender-ID for a sender")),
+                // Section 2.5.2: a fatal error, re-register (not in a registration's answer:
+                // the GCKS gave this one with these bits, which is refused above).
+                Some(s) if u64::from(s) >> bits != 0 => {
+                    return Err(RekeyError::SenderIdUnfit { sender_id: s, bits })
+                }
+                Some(_) => {}
+            }
         }
         Ok(u)
     }
@@ -486,6 +583,9 @@ impl Member {
         }
         if let Some(b) = u.bits {
             self.bits = b;
+        }
+        if u.rekey.is_some() {
+            self.rekey_multicast = u.rekey_multicast;
         }
         if let Some((spi, first, km)) = u.rekey {
             let changed = self.rekey.as_ref().is_none_or(|r| r.spi != spi);
@@ -503,8 +603,13 @@ impl Member {
             }
         }
         let n = u.data.len();
-        for (i, (spi, keymat)) in u.data.into_iter().enumerate() {
-            if self.sas.iter().any(|s| s.spi == spi) {
+        if n > 0 {
+            self.next_spis = u.next_spis;
+        }
+        for (i, (spi, keymat, life)) in u.data.into_iter().enumerate() {
+            let expires = life.map(|l| now.saturating_add(l));
+            if let Some(s) = self.sas.iter_mut().find(|s| s.spi == spi) {
+                s.expires = s.expires.or(expires);
                 continue;
             }
             // At registration every SA listed is live: the newest is ours to send on after
@@ -534,6 +639,7 @@ impl Member {
                 sender_id_bits: self.bits,
                 active_from,
                 until,
+                expires,
             });
         }
     }

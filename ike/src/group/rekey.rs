@@ -35,6 +35,10 @@ pub enum RekeyError {
     NoKey,
     #[error("policy: {0}")]
     Policy(&'static str),
+    /// Our Sender-ID does not fit the GWP_SENDER_ID_BITS of the new policy (RFC 9838 section
+    /// 2.5.2: a fatal error, re-register); the SAs are not installed (section 2.4.1.4).
+    #[error("Sender-ID {sender_id} does not fit {bits} bits: re-register")]
+    SenderIdUnfit { sender_id: u32, bits: u8 },
 }
 
 /// Splits a 16-octet Rekey SA SPI into the header's SPIi and SPIr.

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use crate::crypto::Secret;
 use crate::group::gcks::Gcks;
-use crate::group::member::Member;
+use crate::group::member::{Member, RegisterWhy};
 use crate::ids::IkeSaId;
 use crate::time::Instant;
 use crate::wire::Id;
@@ -30,14 +30,16 @@ pub struct GroupSaKeys {
     pub active_from: Instant,
     /// Until when it is kept for receiving (set once a newer SA replaced it).
     pub until: Option<Instant>,
+    /// Its hard expiry (GSA_KEY_LIFETIME), when the GCKS sent one.
+    pub expires: Option<Instant>,
 }
 
 impl core::fmt::Debug for GroupSaKeys {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "GroupSaKeys(spi {:#010x}, sender {:?}/{} bits, from {:?} until {:?}, <secret>)",
-            self.spi, self.sender_id, self.sender_id_bits, self.active_from, self.until
+            "GroupSaKeys(spi {:#010x}, sender {:?}/{} bits, from {:?} until {:?} expires {:?}, <secret>)",
+            self.spi, self.sender_id, self.sender_id_bits, self.active_from, self.until, self.expires
         )
     }
 }
@@ -62,7 +64,16 @@ pub enum GroupEvent {
         group: String,
         from: KeysFrom,
         sas: Vec<GroupSaKeys>,
+        /// GSA_NEXT_SPI (RFC 9838 section 4.4.2.2.3): the SPIs the GCKS reserved for the SA
+        /// replacing the newest; traffic on one before its rekey came means the rekey was lost.
+        next_spis: Vec<u32>,
+        /// The group's multicast address for GSA_REKEY (the Rekey SA's destination), where
+        /// the member's data plane must take IKE datagrams too.
+        rekey_multicast: Option<core::net::IpAddr>,
     },
+    /// Member: register again (GSA_REGISTRATION over the IKE SA, or a new IKE SA's GSA_AUTH):
+    /// a rekey was lost (Message ID gap) or our Sender-ID no longer fits.
+    MustRegister { group: String, why: RegisterWhy },
     /// Member: the GCKS refused the registration with this notify (INVALID_GROUP_ID,
     /// AUTHORIZATION_FAILED, REGISTRATION_FAILED), or its answer was refused here (0).
     Refused {
@@ -104,6 +115,8 @@ pub struct GroupStats {
     pub malformed: u64,
     /// GSA_INBAND_REKEY exchanges the GCKS started.
     pub inband_sent: u64,
+    /// GSA_REKEY datagrams the GCKS sent to a group's multicast address (one per message).
+    pub multicast_rekeys: u64,
 }
 
 /// A member's group membership.
@@ -189,8 +202,21 @@ impl GroupState {
                     sender_id_bits: s.sender_id_bits,
                     active_from: s.active_from,
                     until: s.until,
+                    expires: s.expires,
                 })
                 .collect(),
+            next_spis: m.next_spis().to_vec(),
+            rekey_multicast: m.rekey_multicast(),
+        }
+    }
+
+    /// Reports the member's reason to register again, if it has one.
+    pub fn must_register(events: &mut VecDeque<GroupEvent>, m: &mut Member) {
+        if let Some(why) = m.take_reregister() {
+            events.push_back(GroupEvent::MustRegister {
+                group: m.group().display(),
+                why,
+            });
         }
     }
 

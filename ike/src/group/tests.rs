@@ -49,6 +49,7 @@ fn config(members: usize, bits: u8) -> GroupConfig {
         dtd: secs(30),
         sender_id_bits: bits,
         seed: [9; 32],
+        delivery: Default::default(),
     }
 }
 

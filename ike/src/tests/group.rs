@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::endpoint::Endpoint;
 use crate::event::Event;
-use crate::group::gcks::{Gcks, GroupConfig};
+use crate::group::gcks::{Gcks, GroupConfig, RekeyDelivery};
 use crate::group::session::{GroupEvent, GroupSaKeys, KeysFrom};
 use crate::group::wire::{exchange as gx, notify as gnotify, payload as gpayload};
 use crate::testing::{Fate, Net};
@@ -47,6 +47,7 @@ fn policy(group: Id, members: &[usize]) -> GroupConfig {
         dtd: Duration::from_secs(30),
         sender_id_bits: 8,
         seed: [7; 32],
+        delivery: Default::default(),
     }
 }
 
@@ -666,4 +667,239 @@ fn gsa_auth_to_an_endpoint_without_a_gcks_is_refused() {
     assert!(net.ep(GCKS).list().is_empty());
     assert!(net.ep(1).list().is_empty());
     assert!(last_keys(&net.nodes[1].events).is_none());
+}
+
+/// The `MustRegister` reasons in `events`.
+fn must_register(events: &VecDeque<Event>) -> Vec<crate::group::member::RegisterWhy> {
+    group_events(events)
+        .into_iter()
+        .filter_map(|e| match e {
+            GroupEvent::MustRegister { why, .. } => Some(why),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_gap_in_the_rekey_message_ids_asks_for_a_registration_which_brings_the_missed_sa() {
+    use crate::group::member::RegisterWhy;
+    let mut net = rig(2, &[1, 2], false);
+    drop_rekey_to_member_2(&mut net);
+    for i in 1..=2 {
+        connect(&mut net, i);
+    }
+    net.drive();
+    // GSA_NEXT_SPI (RFC 9838 4.4.2.2.3): the registration names the SPI the next SA will have.
+    let announced = match group_events(&net.nodes[1].events)
+        .into_iter()
+        .find_map(|e| match e {
+            GroupEvent::Keys { next_spis, .. } => Some(next_spis),
+            _ => None,
+        }) {
+        Some(n) => n,
+        None => panic!("no keys"),
+    };
+    assert_eq!(announced.len(), 1);
+    // The first rekey (540 s) is lost on its way to member 2; it cannot tell yet.
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
+    let missed = gcks(&mut net)
+        .gcks(&group())
+        .unwrap()
+        .current_spi()
+        .unwrap();
+    assert_eq!(
+        announced,
+        vec![missed],
+        "the SA came with the announced SPI"
+    );
+    assert!(must_register(&net.nodes[2].events).is_empty());
+    // The second (1,080 s) arrives with a Message ID one too far: a registration is asked for.
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(1085)));
+    let whys = must_register(&net.nodes[2].events);
+    assert!(
+        matches!(whys.as_slice(), [RegisterWhy::RekeyGap { expected, got }] if *got == expected + 1),
+        "{whys:?}"
+    );
+    assert!(must_register(&net.nodes[1].events).is_empty());
+    let held: Vec<u32> = last_keys(&net.nodes[2].events)
+        .unwrap()
+        .1
+        .iter()
+        .map(|s| s.spi)
+        .collect();
+    assert!(!held.contains(&missed));
+    // GSA_REGISTRATION over its IKE SA brings every live SA, the missed one too.
+    let now = net.now;
+    let ike = net.ep(2).group_ike(&group()).expect("its IKE SA");
+    net.ep(2).register_group(now, ike, group(), true).unwrap();
+    net.drive();
+    let (from, sas) = last_keys(&net.nodes[2].events).unwrap();
+    assert_eq!(from, KeysFrom::Registration);
+    assert!(sas.iter().any(|s| s.spi == missed), "{sas:?}");
+    // Lifetimes come along: the newest expires 600 s after its rekey at 1,080 s.
+    let newest = gcks(&mut net)
+        .gcks(&group())
+        .unwrap()
+        .current_spi()
+        .unwrap();
+    let n = sas.iter().find(|s| s.spi == newest).unwrap();
+    assert_eq!(
+        n.expires,
+        Some(Instant::ZERO.saturating_add(Duration::from_secs(1680)))
+    );
+    assert_eq!(net.ep(2).group_member(&group()).unwrap().stats().gaps, 1);
+}
+
+#[test]
+fn a_sender_id_that_no_longer_fits_is_not_installed_and_asks_for_a_registration() {
+    use crate::group::member::RegisterWhy;
+    let mut net = rig(3, &[1, 2, 3], false);
+    for i in 1..=3 {
+        connect(&mut net, i);
+    }
+    net.drive();
+    // Sender-IDs 0, 1, 2; a GCKS that then sends 1 Sender-ID bit without starting over.
+    gcks(&mut net)
+        .gcks_mut(&group())
+        .unwrap()
+        .set_sender_id_bits_unchecked(1);
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
+    let new = gcks(&mut net)
+        .gcks(&group())
+        .unwrap()
+        .current_spi()
+        .unwrap();
+    for i in 1..=2 {
+        assert!(must_register(&net.nodes[i].events).is_empty());
+        let sas = last_keys(&net.nodes[i].events).unwrap().1;
+        assert!(sas.iter().any(|s| s.spi == new && s.sender_id_bits == 1));
+    }
+    // Member 3's ID 2 needs 2 bits: a fatal error, re-register (RFC 9838 2.5.2); the SA is
+    // not installed (2.4.1.4).
+    assert_eq!(
+        must_register(&net.nodes[3].events),
+        vec![RegisterWhy::SenderIdUnfit {
+            sender_id: 2,
+            bits: 1
+        }]
+    );
+    let m3 = net.ep(3).group_member(&group()).unwrap();
+    assert!(m3.sas().iter().all(|s| s.spi != new));
+}
+
+// ---- multicast delivery (RFC 9838 2.4.1: "GSA_REKEY ... unicast or multicast") ----------
+
+fn multicast_rig(n: usize, delivery: RekeyDelivery) -> (Net, std::net::IpAddr) {
+    let a = delivery.multicast().expect("a multicast delivery");
+    let mut p = policy(group(), &(1..=n).collect::<Vec<_>>());
+    p.delivery = delivery;
+    let mut net = rig_with(n, p, false);
+    for i in 1..=n {
+        connect(&mut net, i);
+    }
+    net.drive();
+    for i in 1..=n {
+        // The member learns the address from the Rekey SA's destination selector; its data
+        // plane listens there (here: the network delivers it).
+        let learned = group_events(&net.nodes[i].events)
+            .into_iter()
+            .find_map(|e| match e {
+                GroupEvent::Keys {
+                    rekey_multicast, ..
+                } => Some(rekey_multicast),
+                _ => None,
+            });
+        assert_eq!(learned, Some(Some(a)), "member {i}");
+        net.join_multicast(i, a);
+        net.nodes[i].events.clear();
+    }
+    (net, a)
+}
+
+#[test]
+fn with_multicast_delivery_a_rekey_is_one_datagram_to_the_group_and_every_member_follows() {
+    let a: std::net::IpAddr = "239.192.0.1".parse().unwrap();
+    let (mut net, _) = multicast_rig(3, RekeyDelivery::Multicast(a));
+    net.log.clear();
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
+    let new = gcks(&mut net)
+        .gcks(&group())
+        .unwrap()
+        .current_spi()
+        .unwrap();
+    assert_eq!(gcks(&mut net).group_stats().multicast_rekeys, 1);
+    let rekeys: Vec<_> = net
+        .log
+        .iter()
+        .filter(|d| d.data.get(18) == Some(&gx::GSA_REKEY))
+        .collect();
+    // One datagram, three deliveries, none to a member's own address.
+    assert_eq!(rekeys.len(), 3);
+    assert!(rekeys
+        .iter()
+        .all(|d| d.dst == std::net::SocketAddr::new(a, 500)));
+    for i in 1..=3 {
+        let (from, sas) = last_keys(&net.nodes[i].events).expect("rekey keys");
+        assert_eq!(from, KeysFrom::Rekey, "member {i}");
+        assert!(sas.iter().any(|s| s.spi == new), "member {i}");
+        assert_eq!(net.ep(i).group_stats().rekeys_dropped, 0);
+    }
+    // A removal's rekey goes the same way: the others follow, the removed one cannot.
+    let now = net.now;
+    gcks(&mut net).remove_group_member(now, &group(), &member_id(3));
+    net.drive();
+    let after = gcks(&mut net)
+        .gcks(&group())
+        .unwrap()
+        .current_spi()
+        .unwrap();
+    assert_ne!(after, new);
+    for i in 1..=2 {
+        let (_, sas) = last_keys(&net.nodes[i].events).unwrap();
+        assert!(sas.iter().any(|s| s.spi == after), "member {i}");
+    }
+    let (_, sas3) = last_keys(&net.nodes[3].events).unwrap();
+    assert!(
+        !sas3.iter().any(|s| s.spi == after),
+        "the removed member got the key"
+    );
+    assert_eq!(gcks(&mut net).group_stats().multicast_rekeys, 3);
+}
+
+#[test]
+fn with_both_deliveries_the_second_copy_is_refused_as_a_replay_and_keys_come_once() {
+    let a: std::net::IpAddr = "239.192.0.2".parse().unwrap();
+    let (mut net, _) = multicast_rig(2, RekeyDelivery::Both(a));
+    net.log.clear();
+    net.run_until(Instant::ZERO.saturating_add(Duration::from_secs(545)));
+    let rekeys = net
+        .log
+        .iter()
+        .filter(|d| d.data.get(18) == Some(&gx::GSA_REKEY))
+        .count();
+    assert_eq!(rekeys, 4, "two copies for each of two members");
+    for i in 1..=2 {
+        assert_eq!(
+            keys_from(&net.nodes[i].events, KeysFrom::Rekey),
+            1,
+            "member {i}"
+        );
+        assert_eq!(net.ep(i).group_stats().rekeys_dropped, 1, "member {i}");
+    }
+}
+
+#[test]
+fn with_unicast_delivery_members_learn_no_multicast_address() {
+    let mut net = rig(1, &[1], false);
+    connect(&mut net, 1);
+    net.drive();
+    let learned = group_events(&net.nodes[1].events)
+        .into_iter()
+        .find_map(|e| match e {
+            GroupEvent::Keys {
+                rekey_multicast, ..
+            } => Some(rekey_multicast),
+            _ => None,
+        });
+    assert_eq!(learned, Some(None));
 }

@@ -130,6 +130,9 @@ pub struct GroupPeers {
     pub local: IpAddr,
     pub outer_ttl: u8,
     peers: Vec<(GroupPeer, OuterTemplate)>,
+    /// The group's multicast address for GSA_REKEY: IKE datagrams to it are punted as if
+    /// sent to our own address.
+    pub rekey_multicast: Option<IpAddr>,
 }
 
 impl GroupPeers {
@@ -146,7 +149,14 @@ impl GroupPeers {
             local,
             outer_ttl,
             peers,
+            rekey_multicast: None,
         }
+    }
+
+    /// With the group's rekey multicast address (a unicast one is ignored).
+    pub fn with_rekey_multicast(mut self, a: Option<IpAddr>) -> GroupPeers {
+        self.rekey_multicast = a.filter(IpAddr::is_multicast);
+        self
     }
 
     /// The outer header toward the member whose LAN holds `dst` (longest prefix), if any.

@@ -14,6 +14,7 @@
 //! whose ICV failed, send a group packet to no member.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use super::emit::decrement_hop_limit;
 use super::parse::IpInfo;
@@ -51,6 +52,11 @@ impl Groups {
     }
 
     /// Whether this worker holds any generation of group `id` (sending or not).
+    /// True if `a` is a group's rekey multicast address (its IKE datagrams are ours).
+    pub(super) fn listens_on(&self, a: IpAddr) -> bool {
+        a.is_multicast() && self.peers.values().any(|p| p.rekey_multicast == Some(a))
+    }
+
     pub(super) fn has_group(&self, id: SaId) -> bool {
         self.sending.contains_key(&id) || self.by_spi.values().any(|g| g.id == id)
     }

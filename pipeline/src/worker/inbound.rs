@@ -56,7 +56,7 @@ impl<P: Port> Worker<P> {
             IpAddr::V4(v) => self.wan_link.addr4 == Some(v),
             IpAddr::V6(v) => self.wan_link.addr6 == Some(v),
         };
-        own || self.wan_also.contains(&a)
+        own || self.wan_also.contains(&a) || self.groups.listens_on(a)
     }
 
     /// An unfragmented packet (or a reassembled one, `reassembled`) from the WAN.

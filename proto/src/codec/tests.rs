@@ -299,12 +299,14 @@ fn updates() -> Vec<UpdateEnvelope> {
                     outer: v6(3),
                 },
             ],
+            rekey_multicast: Some(v4([239, 192, 0, 1])),
         },
         Update::SetGroupPeers {
             id: SaId(3),
             local: v6(1),
             outer_ttl: 1,
             peers: vec![],
+            rekey_multicast: None,
         },
     ];
     ups.extend(masq_updates());

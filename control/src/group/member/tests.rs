@@ -23,6 +23,7 @@ fn sa(spi: u32, active_from: u64, until: Option<u64>) -> GroupSaKeys {
         sender_id_bits: 8,
         active_from: at(active_from),
         until: until.map(at),
+        expires: None,
     }
 }
 
@@ -69,12 +70,14 @@ fn registration_then_rekey_with_atd_and_dtd() {
         matches!(p.peers_update(), Some(Update::SetGroupPeers { ref peers, .. }) if peers.len() == 2)
     );
     // Registration at 1 s: the SA is active already.
-    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)]);
+    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)], &[], false);
     assert_eq!(kinds(&p.take_updates()), vec!["add ff000001 send=true"]);
     // The rekey at 40 s: the new SA active from 45 s, the old one kept until 70 s.
     p.on_keys(
         at(40),
         &[sa(0xff00_0001, 0, Some(70)), sa(0xff00_0002, 45, None)],
+        &[],
+        true,
     );
     assert_eq!(kinds(&p.take_updates()), vec!["add ff000002 send=false"]);
     assert_eq!(p.poll_timeout(), Some(at(45)));
@@ -87,6 +90,8 @@ fn registration_then_rekey_with_atd_and_dtd() {
     p.on_keys(
         at(50),
         &[sa(0xff00_0001, 0, Some(70)), sa(0xff00_0002, 45, None)],
+        &[],
+        true,
     );
     assert!(p.take_updates().is_empty());
     p.handle_timeout(at(70));
@@ -98,12 +103,12 @@ fn registration_then_rekey_with_atd_and_dtd() {
 #[test]
 fn a_group_restart_removes_what_the_endpoint_dropped_and_bad_keys_are_refused() {
     let mut p = plane();
-    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)]);
+    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)], &[], false);
     p.take_updates();
     let mut bad = sa(0xff00_0009, 0, None);
     bad.keymat = Zeroizing::new(vec![1u8; 7]);
     let unicast = sa(0x0000_1234, 0, None);
-    p.on_keys(at(2), &[bad, unicast, sa(0xff00_0003, 0, None)]);
+    p.on_keys(at(2), &[bad, unicast, sa(0xff00_0003, 0, None)], &[], false);
     let u = kinds(&p.take_updates());
     // The new SA is installed but not sending (the old one was until the endpoint dropped it).
     assert_eq!(
@@ -111,4 +116,61 @@ fn a_group_restart_removes_what_the_endpoint_dropped_and_bad_keys_are_refused() 
         vec!["add ff000003 send=false", "del ff000001", "send ff000003"]
     );
     assert_eq!(p.counts.refused, 2);
+}
+
+#[test]
+fn a_generation_never_sends_again_with_a_sender_id_it_sent_with() {
+    let mut p = plane();
+    p.on_keys(at(1), &[sa(0xff00_0001, 0, None)], &[], false);
+    assert_eq!(kinds(&p.take_updates()), vec!["add ff000001 send=true"]);
+    // The data plane restarts; the same keys come again (a rekey before the registration's
+    // answer): Sender-ID 3 sent on 0xff000001 before, so it only receives.
+    p.data_plane_lost();
+    assert_eq!(p.take_reregister(), Some(super::Reregister::DataPlaneLost));
+    p.on_keys(at(2), &[sa(0xff00_0001, 0, None)], &[], false);
+    let u = p.take_updates();
+    assert_eq!(kinds(&u), vec!["add ff000001 send=false"]);
+    assert!(matches!(&u[0], Update::AddGroupSa { params } if params.sender_id.is_none()));
+    assert_eq!(p.counts.receive_only_reuse, 1);
+    // The registration's answer: Sender-ID 9, new on it: added again with it, sending.
+    let mut again = sa(0xff00_0001, 0, None);
+    again.sender_id = Some(9);
+    p.on_keys(at(3), &[again], &[], false);
+    assert_eq!(
+        kinds(&p.take_updates()),
+        vec!["del ff000001", "add ff000001 send=true"]
+    );
+    assert_eq!(p.counts.upgraded, 1);
+}
+
+#[test]
+fn the_expiry_watch_uses_the_lead_the_gcks_showed_and_backs_off() {
+    let mut p = plane();
+    let mut a = sa(0xff00_0001, 0, None);
+    a.expires = Some(at(100));
+    p.on_keys(at(0), &[a.clone()], &[], false);
+    // No rekey seen: a quarter of the 100 s lifetime before the end.
+    assert_eq!(p.poll_timeout(), Some(at(75)));
+    // The rekey at 80 s: the old SA had 20 s left, so the lead is 20 s.
+    let mut b = sa(0xff00_0002, 85, None);
+    b.expires = Some(at(180));
+    a.until = Some(at(90));
+    p.on_keys(at(80), &[a, b], &[], true);
+    p.take_updates();
+    p.handle_timeout(at(90));
+    p.take_updates();
+    // Half the lead before the new SA's end: 170 s; nothing asked before.
+    assert_eq!(p.poll_timeout(), Some(at(170)));
+    p.handle_timeout(at(169));
+    assert_eq!(p.take_reregister(), None);
+    p.handle_timeout(at(170));
+    assert_eq!(
+        p.take_reregister(),
+        Some(super::Reregister::Expiring(0xff00_0002))
+    );
+    // Nothing newer came: again after 2 s, then 4 s.
+    assert_eq!(p.poll_timeout(), Some(at(172)));
+    p.handle_timeout(at(172));
+    assert!(p.take_reregister().is_some());
+    assert_eq!(p.poll_timeout(), Some(at(176)));
 }

@@ -81,6 +81,7 @@ fn member(n: u8) -> Rig {
                 outer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, m)),
             })
             .collect(),
+        rekey_multicast: None,
     });
     r.update(Update::AddGroupSa {
         params: group_sa(GEN1, Some(10 + u32::from(n)), true),
@@ -392,6 +393,7 @@ fn with_two_workers_the_spi_owner_holds_the_group() {
                     lan: "10.1.0.0/24".parse().unwrap(),
                     outer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
                 }],
+                rekey_multicast: None,
             });
             r
         })
@@ -417,4 +419,65 @@ fn with_two_workers_the_spi_owner_holds_the_group() {
     ws[1].w.poll(3);
     assert!(ws[1].lan.recv().is_some(), "opened by the owner");
     assert_eq!(ws[1].w.counters.traffic(Traffic::Decrypted), 1);
+}
+
+/// A 4,000-byte IKE datagram (UDP 500 -> 500, a removal's rekey for many members) from the
+/// GCKS to `dst`, as the WAN's IP fragments (made by another worker's transmit path).
+fn big_ike_to(r: &mut Rig, dst: &str) {
+    let mut a = super::rig(1500);
+    let (mut tx, tx_rx) = rtrb::RingBuffer::new(8);
+    a.w.control.transmit = Some(tx_rx);
+    tx.push(Datagram {
+        src: "192.0.2.1".parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        src_port: 500,
+        dst_port: 500,
+        payload: (0..4000u32).map(|i| (i % 251) as u8).collect(),
+    })
+    .unwrap();
+    a.w.poll(0);
+    let mut frames = Vec::new();
+    a.wan.rx_burst(&mut frames, 8);
+    assert_eq!(frames.len(), 3, "fragments");
+    for f in frames {
+        assert!(r.wan.send(f).is_ok());
+    }
+    r.w.poll(r.clock);
+}
+
+#[test]
+fn a_fragmented_rekey_to_the_group_s_multicast_address_is_reassembled_and_punted() {
+    let mut r = member(1);
+    r.w.set_reassembly(Some(crate::reasm::ReasmConfig::default()))
+        .unwrap();
+    let (punt_tx, mut punted) = rtrb::RingBuffer::new(8);
+    r.w.control.punt = Some(punt_tx);
+    // Before the group names the address, its fragments are transit traffic, not ours.
+    big_ike_to(&mut r, "239.192.0.1");
+    assert!(
+        punted.pop().is_err(),
+        "punted before the group named the address"
+    );
+    let peers = |a: Option<&str>| Update::SetGroupPeers {
+        id: GROUP,
+        local: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        outer_ttl: 64,
+        peers: vec![GroupPeer {
+            lan: "10.2.0.0/24".parse().unwrap(),
+            outer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+        }],
+        rekey_multicast: a.map(|a| a.parse().unwrap()),
+    };
+    r.update(peers(Some("239.192.0.1")));
+    big_ike_to(&mut r, "239.192.0.1");
+    let d = punted.pop().expect("the rekey is reassembled and punted");
+    assert_eq!(d.dst, "239.192.0.1".parse::<IpAddr>().unwrap());
+    assert_eq!(d.payload.len(), 4000);
+    // Another group's address is not ours.
+    big_ike_to(&mut r, "239.192.0.2");
+    assert!(punted.pop().is_err());
+    // The address goes when the group no longer names it.
+    r.update(peers(None));
+    big_ike_to(&mut r, "239.192.0.1");
+    assert!(punted.pop().is_err());
 }
