@@ -229,6 +229,47 @@ pub fn sas_json(plan: &GatewayPlan, dir: Direction) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// The number in environment variable `name`, else `default` (the tests' knobs for long runs).
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The fields `fields` of every frame of `pcap` that matches the display filter `filter`
+/// ("" for all), as tshark prints them (`-T fields`, one `Vec` per frame; an absent field is
+/// ""; a field that occurs more than once keeps tshark's comma-joined list).
+pub fn tshark_fields(pcap: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut cmd = Command::new("tshark");
+    cmd.args(["-r", pcap.to_str().expect("utf-8 path"), "-T", "fields"])
+        .args(["-E", "separator=/t", "-E", "occurrence=a"]);
+    if !filter.is_empty() {
+        cmd.args(["-Y", filter]);
+    }
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("tshark -r");
+    assert!(
+        out.status.success(),
+        "tshark -r {}: {}",
+        pcap.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
+
+/// Now, in nanoseconds since the Unix epoch (the clock of tshark's `frame.time_epoch`).
+pub fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 /// A scratch directory under the target dir, fresh per test.
 pub fn scratch(name: &str) -> PathBuf {
     let d = root().join("target").join("e2e").join(name);

@@ -39,6 +39,16 @@ pub fn in_ns(ns: &str, cmd: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run ip netns exec {ns} {cmd:?}: {e}"))
 }
 
+/// Runs `cmd` (split on spaces) in `ns`; fails the test if it fails.
+pub fn sh(ns: &str, cmd: &str) {
+    let out = in_ns(ns, &cmd.split(' ').collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{ns}: {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Waits until a UDP socket is bound to `port` in namespace `ns` (a receiver started as a
 /// process is not ready when its process is: datagrams that come before its bind are lost at
 /// the host, not in the tunnel). Panics after `timeout`.
@@ -164,6 +174,7 @@ impl NsProcess {
             // Not reaped: the pid is still this child's (a zombie at worst).
             let _ = Command::new("kill")
                 .args([&format!("-{sig}"), &c.id().to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
     }
@@ -177,6 +188,16 @@ impl NsProcess {
             }
             None => false,
         }
+    }
+
+    /// Waits (at most `within`) for the process to end by itself, then stops it with SIGTERM
+    /// if it has not; collects everything it printed: (exit status success, stdout, stderr).
+    pub fn wait(mut self, within: Duration) -> (bool, String, String) {
+        let t = Instant::now();
+        while self.is_running() && t.elapsed() < within {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop("TERM", Duration::from_secs(5))
     }
 
     /// Signals the process and collects everything it printed.
@@ -287,6 +308,22 @@ impl DataplaneProcess {
         serde_json::from_str(&text).expect("stats file is JSON")
     }
 
+    /// SIGKILLs it and the processes it started (its children, by the pids the kernel lists
+    /// for it: `roamgate edge`'s edge-link and data plane), the supervisor first so that it
+    /// restarts nothing; a node that dies, not one that says goodbye. Returns what it printed.
+    pub fn kill9_with_children(mut self) -> String {
+        let pid = self.proc.child.as_ref().map(std::process::Child::id);
+        let children: Vec<String> = pid.map(children_of).unwrap_or_default();
+        if let Some(c) = self.proc.child.as_mut() {
+            let _ = c.kill();
+        }
+        for c in &children {
+            let _ = std::process::Command::new("kill").args(["-9", c]).status();
+        }
+        let (_, out, err) = self.proc.stop("KILL", Duration::from_secs(5));
+        out + "\n" + &err
+    }
+
     /// Stops it with SIGTERM; returns the final counters it printed.
     pub fn stop(self) -> serde_json::Value {
         self.stop_with_output().0
@@ -305,6 +342,28 @@ impl DataplaneProcess {
     }
 }
 
+/// The pids whose parent is `pid` (from /proc/N/stat).
+pub fn children_of(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let name = e.ok()?.file_name().into_string().ok()?;
+        name.parse::<u32>().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{name}/stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == pid).then_some(name)
+    })
+    .collect()
+}
+
 /// A tshark capture in a namespace, written to a pcap file.
 pub struct Capture {
     proc: NsProcess,
@@ -314,6 +373,19 @@ pub struct Capture {
 impl Capture {
     /// Captures on `iface` what matches the capture `filter` (pcap syntax; "" for all).
     pub fn start(ns: &str, iface: &str, filter: &str, file: &Path) -> Capture {
+        Self::start_snap(ns, iface, filter, file, None)
+    }
+
+    /// [`Capture::start`] keeping at most `snaplen` bytes of each frame (headers only: a
+    /// capture of a bulk transfer that keeps up on a loaded machine).
+    pub fn start_snap(
+        ns: &str,
+        iface: &str,
+        filter: &str,
+        file: &Path,
+        snaplen: Option<u32>,
+    ) -> Capture {
+        let snap = snaplen.map(|n| n.to_string());
         let mut cmd = vec![
             "tshark",
             "-i",
@@ -322,6 +394,9 @@ impl Capture {
             file.to_str().expect("utf-8"),
             "-q",
         ];
+        if let Some(s) = &snap {
+            cmd.extend(["-s", s.as_str()]);
+        }
         if !filter.is_empty() {
             cmd.extend(["-f", filter]);
         }
@@ -351,6 +426,11 @@ impl Capture {
             proc,
             file: file.to_owned(),
         }
+    }
+
+    /// Ends the capture (the file complete) without reading it.
+    pub fn stop(self) {
+        let _ = self.proc.stop("INT", Duration::from_secs(10));
     }
 
     /// Stops the capture; returns `frame.protocols` of every captured frame.

@@ -174,6 +174,19 @@ pub fn ask(sock: &Path, req: &str) -> serde_json::Value {
     serde_json::from_str(&line).expect("JSON")
 }
 
+/// The edge a cluster's crypto node designates for virtual IP `vip` (its host binding in
+/// the `cluster` view of its socket), if one.
+pub fn designated_edge(node_sock: &Path, vip: &str) -> Option<u64> {
+    let state = ask(node_sock, "cluster");
+    state["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["vip"].as_str() == Some(vip))?["edges"]
+        .as_array()?
+        .first()?
+        .as_u64()
+}
+
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {

@@ -74,6 +74,22 @@
 #            edge 0:
 #              [PFX-e0] lan -- l0 [PFX-lr] x9 -- wan [PFX-en] lan -- y9 [PFX-lr] lan1 -- PFX-srv
 #        netns-lab.sh encnode-down [PFX]
+#        netns-lab.sh mobnat-up [PFX]  the mobile-NAT lab (tests/mobile_nat.rs, configs/cluster/mobnat-*.yaml,
+#            issue 21): cluster-up's client side, router in front and crypto node, but the
+#            edges' LAN ports and the LAN router share ONE L2 segment (bridge br0 in PFX-lr,
+#            10.8.0.1, MAC 02:00:00:00:81:00; edge N's lan 10.8.0.(2+N), MAC 02:00:00:00:82:0N,
+#            on bridge port lN), so a masquerading address (10.8.0.100 edge a, .101 b, .102 c:
+#            on no interface; the edges' data planes answer ARP for the ones they serve) moves
+#            between edges by gratuitous ARP (arp_accept on br0). The server holds 10.9.0.20 and
+#            10.9.0.30 besides 10.9.0.10 (destinations the access policy tells apart); the pools
+#            10.99.0.0/24 and 10.98.0.0/24 are routed via edge a (traffic not masqueraded).
+#            etcd (started by the test) listens on the crypto node's 169.254.80.1, which the
+#            edges reach over the management bridge:
+#              PFX-home 10.7.0.10 -- lan [PFX-cl] wan 192.0.2.10 -- eth0 [PFX-rtr] pN --
+#                wan [PFX-eN] lan -- lN ] br0 10.8.0.1 [PFX-lr] lan1 10.9.0.1 -- lan0 10.9.0.10 PFX-srv
+#              PFX-sw eth0 198.51.100.10 (strongSwan) -- eth1 198.51.100.254 [PFX-rtr]
+#              [PFX-eN] mgmt 169.254.80.1N -- mN ] brm 169.254.80.1 [PFX-cn]
+#        netns-lab.sh mobnat-down [PFX]
 #        netns-lab.sh vcm-up [PFX]  the connectivity-manager lab (tests/vcm.rs, configs/vcm-gw.yaml):
 #            two road warriors on separate access networks behind one router, the gateway
 #            behind the router; the gateway path crosses PFX-dl, where the test runs
@@ -549,6 +565,78 @@ cluster_up() {
     host4 "$p-srv" 10.9.0.10/24 10.9.0.1
 }
 
+mobnat_down() { ns_del $CLUSTER_NSS; }
+
+# cluster_up with one LAN segment for every edge (a bridge in the LAN router): see the header.
+mobnat_up() {
+    ns_add $CLUSTER_NSS
+    ip link add lan0 netns "$p-home" address 02:00:00:00:07:fe type veth \
+        peer name lan netns "$p-cl" address 02:00:00:00:07:01
+    ip link add wan netns "$p-cl" address 02:00:00:00:02:10 type veth \
+        peer name eth0 netns "$p-rtr" address 02:00:00:00:02:01
+    ip -n "$p-cn" link add brm type bridge
+    no_ipv6 "$p-lr"
+    ip -n "$p-lr" link add br0 address 02:00:00:00:81:00 type bridge
+    for n in 0 1 2; do
+        ip link add "p$n" netns "$p-rtr" address "02:00:00:00:72:0$n" type veth \
+            peer name wan netns "$p-e$n" address "02:00:00:00:03:0$n"
+        ip link add "l$n" netns "$p-lr" type veth \
+            peer name lan netns "$p-e$n" address "02:00:00:00:82:0$n"
+        ip link add "m$n" netns "$p-cn" type veth peer name mgmt netns "$p-e$n"
+        ip -n "$p-cn" link set "m$n" master brm
+        links_up "$p-cn" "m$n"
+        gateway "$p-e$n" lan wan mgmt
+        ip -n "$p-e$n" addr add "169.254.80.1$n/24" dev mgmt
+        links_up "$p-rtr" "p$n"
+        ip -n "$p-rtr" addr add 203.0.113.254/24 dev "p$n" 2>/dev/null || true
+        ip -n "$p-lr" link set "l$n" master br0
+        links_up "$p-lr" "l$n"
+    done
+    links_up "$p-cn" brm
+    ip -n "$p-cn" addr add 169.254.80.1/24 dev brm
+    links_up "$p-lr" br0
+    ip -n "$p-lr" addr add 10.8.0.1/24 dev br0
+    ip link add lan1 netns "$p-lr" address 02:00:00:00:09:01 type veth \
+        peer name lan0 netns "$p-srv" address 02:00:00:00:09:fe
+    gateway "$p-cl" lan wan
+    for r in rtr lr; do
+        ip netns exec "$p-$r" sysctl -qw net.ipv4.ip_forward=1
+        ip netns exec "$p-$r" sysctl -qw net.ipv4.conf.all.rp_filter=0
+        ip netns exec "$p-$r" sysctl -qw net.ipv4.conf.default.rp_filter=0
+    done
+    for n in 0 1 2; do
+        ip netns exec "$p-rtr" sysctl -qw "net.ipv4.conf.p$n.rp_filter=0"
+    done
+    # Masquerading addresses move between edges: a gratuitous ARP creates or moves the
+    # router's entry at once. Edges reach each other (the inter-node ESP) straight over br0,
+    # or through the router when they send to its MAC: no redirects then.
+    ip netns exec "$p-lr" sysctl -qw net.ipv4.conf.br0.rp_filter=0
+    ip netns exec "$p-lr" sysctl -qw net.ipv4.conf.all.arp_accept=1
+    ip netns exec "$p-lr" sysctl -qw net.ipv4.conf.br0.arp_accept=1
+    ip netns exec "$p-lr" sysctl -qw net.ipv4.conf.all.send_redirects=0
+    ip netns exec "$p-lr" sysctl -qw net.ipv4.conf.br0.send_redirects=0
+    links_up "$p-rtr" eth0
+    ip -n "$p-rtr" addr add 192.0.2.254/24 dev eth0
+    ip -n "$p-rtr" route replace 203.0.113.1/32 dev p0
+    # A kernel-networked client (strongSwan) on a second access network.
+    ip link add eth0 netns "$p-sw" address 02:00:00:00:51:0a type veth \
+        peer name eth1 netns "$p-rtr" address 02:00:00:00:51:01
+    links_up "$p-sw" eth0
+    ip -n "$p-sw" addr add 198.51.100.10/24 dev eth0
+    ip -n "$p-sw" route add default via 198.51.100.254
+    links_up "$p-rtr" eth1
+    ip -n "$p-rtr" addr add 198.51.100.254/24 dev eth1
+    links_up "$p-lr" lan1
+    ip -n "$p-lr" addr add 10.9.0.1/24 dev lan1
+    # Traffic that is not masqueraded (ICMP, excluded destinations) goes back via edge a.
+    ip -n "$p-lr" route replace 10.99.0.0/24 via 10.8.0.2
+    ip -n "$p-lr" route replace 10.98.0.0/24 via 10.8.0.2
+    host4 "$p-home" 10.7.0.10/24 10.7.0.1
+    host4 "$p-srv" 10.9.0.10/24 10.9.0.1
+    ip -n "$p-srv" addr add 10.9.0.20/24 dev lan0
+    ip -n "$p-srv" addr add 10.9.0.30/24 dev lan0
+}
+
 encnode_down() { ns_del $CLUSTER_NSS en; }
 
 encnode_up() {
@@ -598,6 +686,8 @@ hs-down) hs_down ;;
 cluster-up) cluster_up ;;
 encnode-up) encnode_up ;;
 encnode-down) encnode_down ;;
+mobnat-up) mobnat_up ;;
+mobnat-down) mobnat_down ;;
 vcm-up) vcm_up ;;
 vcm-down) vcm_down ;;
 group-up) group_up ;;
@@ -610,7 +700,7 @@ exec)
     exec ip netns exec "$ns" "$@"
     ;;
 *)
-    echo "usage: $0 up|down|rw-up|rw2q-up|rwcl2q-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|encnode-up|encnode-down|vcm-up|vcm-down|group-up|group-down [prefix] | exec NS cmd..." >&2
+    echo "usage: $0 up|down|rw-up|rw2q-up|rwcl2q-up|rw-down|cl-up|cl-down|mob-up|mob-down|ha-up|ha-down|hs-up|hs-down|cluster-up|cluster-down|encnode-up|encnode-down|mobnat-up|mobnat-down|vcm-up|vcm-down|group-up|group-down [prefix] | exec NS cmd..." >&2
     exit 2
     ;;
 esac

@@ -105,7 +105,6 @@ pub fn run(args: EdgeLinkArgs) -> Result<()> {
         }
         None => None,
     };
-    crate::hup::install()?;
     let sync = SyncLink::start(
         Endpoint::Dial(edge.crypto_node),
         Psk::new(*edge.psk),
@@ -123,6 +122,9 @@ pub fn run(args: EdgeLinkArgs) -> Result<()> {
         ctrlc::set_handler(move || s.store(true, Ordering::Relaxed))
             .context("installing the SIGINT/SIGTERM handler")?;
     }
+    // After ctrlc's handler, which takes SIGHUP as a stop (`crate::hup`): a SIGHUP is a
+    // reload of `masq.access`, not the end of edge-link.
+    crate::hup::install()?;
     let mut last_stats = std::time::Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
         let mut work = false;

@@ -27,6 +27,10 @@
 //! - **Expiry**: the FAM sees both directions and releases a connection idle past its
 //!   protocol's timeout; the HAM releases one whose FAM is gone (none, or not live) and that
 //!   it has not forwarded to for as long. Released: `released_ms` set, `flow/..` deleted.
+//!   The data plane rewrites without telling the node, so the FAM first parks a connection
+//!   idle as far as it heard (`Output::FamRemove`, the record kept): a packet of it then
+//!   misses and asks again (same address, installed again); silent one more timeout, it is
+//!   released.
 //! - **Port quarantine**: the HAM deletes a released `conn/..` key only `reuse_delay_ms`
 //!   after `released_ms`; a port is free only when its key is gone.
 //! - **HAM migration**: when a node's lease goes, the next live node in name order takes
@@ -260,6 +264,11 @@ pub struct MasqNode<S: Store> {
     cursor: BTreeMap<BlockId, u16>,
     conns: BTreeMap<MasqAddr, ConnState>,
     fam: HashMap<Flow, MasqAddr>,
+    /// FAM flows idle (as far as this node heard) whose data-plane entry was removed to learn
+    /// whether they are (`Output::FamRemove`; when): the data plane rewrites without telling
+    /// the node, so a flow it still carries misses at its next packet and asks again, which
+    /// installs it again with the same address. Released one timeout later if it did not.
+    parked: HashMap<Flow, u64>,
     creating: BTreeMap<MasqAddr, Flow>,
     creating_flows: BTreeSet<Flow>,
     clients: HashMap<Ipv4Addr, Client>,
@@ -302,6 +311,7 @@ impl<S: Store> MasqNode<S> {
             cursor: BTreeMap::new(),
             conns: BTreeMap::new(),
             fam: HashMap::new(),
+            parked: HashMap::new(),
             creating: BTreeMap::new(),
             creating_flows: BTreeSet::new(),
             clients: HashMap::new(),
@@ -515,6 +525,8 @@ impl<S: Store> MasqNode<S> {
             if let Some(cs) = self.conns.get_mut(&m) {
                 cs.last_ms = now;
             }
+            // Parked: the data plane asked again, the answer installs it again.
+            self.parked.remove(&flow);
             return OutVerdict::Rewrite(m);
         }
         // A new connection: this node is its HAM.
@@ -579,6 +591,7 @@ impl<S: Store> MasqNode<S> {
         }
         if c.rec.fam.as_deref() == Some(me.as_str()) && self.fam.contains_key(&c.rec.flow) {
             c.last_ms = now;
+            self.parked.remove(&c.rec.flow);
             return Some(InVerdict::Local(c.rec.flow));
         }
         if !owns {
@@ -1040,7 +1053,8 @@ impl<S: Store> MasqNode<S> {
                     me.stats.registered += 1;
                     if let Some(c) = me.conns.get(&masq) {
                         let flow = c.rec.flow;
-                        if me.fam.insert(flow, masq).is_none() {
+                        let parked = me.parked.remove(&flow).is_some();
+                        if me.fam.insert(flow, masq).is_none() || parked {
                             me.out.push_back(Output::FamInstall { flow, masq });
                         }
                     }
@@ -1206,7 +1220,8 @@ impl<S: Store> MasqNode<S> {
         c.last_ms = self.now_ms;
         if c.rec.fam.as_deref() == Some(me.as_str()) {
             let flow = c.rec.flow;
-            if self.fam.insert(flow, masq).is_none() {
+            let parked = self.parked.remove(&flow).is_some();
+            if self.fam.insert(flow, masq).is_none() || parked {
                 self.out.push_back(Output::FamInstall { flow, masq });
             }
             return;
@@ -1222,7 +1237,8 @@ impl<S: Store> MasqNode<S> {
         c.written = Some(rec.clone());
         // The flow's address is known: rewrite at once, the registration is for the HAM.
         let flow = rec.flow;
-        if self.fam.insert(flow, masq).is_none() {
+        let parked = self.parked.remove(&flow).is_some();
+        if self.fam.insert(flow, masq).is_none() || parked {
             self.out.push_back(Output::FamInstall { flow, masq });
         }
         self.write_conn(masq, &rec, rev, None, Pending::Register(masq));
@@ -1419,7 +1435,11 @@ impl<S: Store> MasqNode<S> {
     fn expire(&mut self, now: u64) {
         let me = self.name().to_string();
         let mut release = Vec::new();
+        let mut park = Vec::new();
         let mut free = Vec::new();
+        // Flows that left the FAM table otherwise (moved on, released, forgotten).
+        let fam = &self.fam;
+        self.parked.retain(|f, _| fam.contains_key(f));
         for (m, c) in &self.conns {
             if c.busy {
                 continue;
@@ -1442,11 +1462,27 @@ impl<S: Store> MasqNode<S> {
                         None => true,
                         Some(f) => !self.nodes.contains(f),
                     };
-                    if idle && (fam_here || (owns && fam_gone)) {
+                    if idle && fam_here {
+                        // What this node last heard is not what the data plane last
+                        // rewrote: park first, release only if it then stays silent for a
+                        // whole timeout (so a connection goes between one and two timeouts
+                        // after its last packet).
+                        match self.parked.get(&c.rec.flow) {
+                            None => park.push((c.rec.flow, *m)),
+                            Some(at) if now.saturating_sub(*at) >= self.p.idle_ms(m.proto) => {
+                                release.push(*m)
+                            }
+                            Some(_) => {}
+                        }
+                    } else if idle && owns && fam_gone {
                         release.push(*m);
                     }
                 }
             }
+        }
+        for (flow, masq) in park {
+            self.parked.insert(flow, now);
+            self.out.push_back(Output::FamRemove { flow, masq });
         }
         for m in release {
             let Some(c) = self.conns.get_mut(&m) else {

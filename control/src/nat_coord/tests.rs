@@ -543,8 +543,17 @@ fn udp_idle_expiry_then_quarantine_then_reuse() {
     net.tick(29_000);
     assert_eq!(net.recv(0, m), InVerdict::Local(f));
     net.tick(30_100);
+    // Idle 30 s as far as the node heard: parked (the data plane's entry removed, the
+    // record kept), released only after one more silent timeout.
+    assert!(net.outputs[0].contains(&Output::FamRemove { flow: f, masq: m }));
+    assert!(
+        net.stored()[&m].released_ms.is_none(),
+        "parked, not released"
+    );
+    net.outputs[0].clear();
+    net.tick(30_100);
     let rec = net.stored()[&m].clone();
-    assert!(rec.released_ms.is_some(), "idle 30 s: released");
+    assert!(rec.released_ms.is_some(), "idle 2 x 30 s: released");
     assert_eq!(rec.fam, None);
     assert_eq!(net.recv(0, m), InVerdict::Drop(MasqDrop::Released));
     assert!(net.outputs[0].contains(&Output::FamRemove { flow: f, masq: m }));
@@ -570,6 +579,52 @@ fn udp_idle_expiry_then_quarantine_then_reuse() {
     let again = net.masq(0, next);
     assert_eq!(again.addr, addr(1));
     assert!(net.n(0).stats.freed > 0);
+}
+
+/// The data plane rewrites a flow's packets without telling the node: at the idle timeout
+/// the FAM removes the data plane's entry (parks it) instead of releasing the connection;
+/// the flow's next packet misses, asks, and gets the same address back; only a flow silent
+/// for one more timeout is released. (A UDP stream longer than the timeout used to be
+/// released while it ran and continued from a new address.)
+#[test]
+fn a_flow_the_data_plane_carries_keeps_its_address_past_the_idle_timeout() {
+    let mut net = Net::new();
+    let a = net.add(Net::params("a", &[addr(1)]));
+    let b = net.add(Net::params("b", &[addr(2)]));
+    let cl = client(1);
+    net.attach(a, cl, "u");
+    let f = flow(Proto::Udp, cl, 5000, 5003);
+    let m = net.masq(a, f);
+    // At b (a move): b is its FAM, a its HAM.
+    net.attach(b, cl, "u");
+    net.leave(a, cl);
+    assert_eq!(net.masq(b, f), m);
+    for round in 0..3 {
+        net.outputs[b].clear();
+        // The data plane carries the flow for a timeout; nothing reaches the node.
+        net.tick(30_100);
+        assert!(
+            net.outputs[b].contains(&Output::FamRemove { flow: f, masq: m }),
+            "round {round}: parked at the timeout: {:?}",
+            net.outputs[b]
+        );
+        let rec = net.stored()[&m].clone();
+        assert!(rec.released_ms.is_none(), "round {round}: not released");
+        assert_eq!(rec.fam.as_deref(), Some("b"));
+        // Its next packet misses in the data plane and asks: the same address.
+        assert_eq!(net.send(b, f), OutVerdict::Rewrite(m), "round {round}");
+        net.tick(1_000);
+        assert!(net.stored()[&m].released_ms.is_none());
+    }
+    // An answer to the parked flow at its HAM is still forwarded to b meanwhile.
+    net.tick(30_100);
+    assert_eq!(net.recv(a, m), InVerdict::Forward("b".into()));
+    // Silent for one more timeout: released.
+    net.tick(30_100);
+    let rec = net.stored()[&m].clone();
+    assert!(rec.released_ms.is_some(), "silent 2 x 30 s: released");
+    assert_eq!(rec.fam, None);
+    assert_eq!(net.recv(a, m), InVerdict::Drop(MasqDrop::Released));
 }
 
 /// The HAM of two connections fails while one client is at b and another at c: b (the

@@ -42,6 +42,9 @@ pub struct LocalEtcd {
     /// The network namespace the members (and etcdctl) run in (`ip netns exec`), if not
     /// the caller's.
     netns: Option<String>,
+    /// The address the members listen on (client and peer URLs): 127.0.0.1 unless the
+    /// members serve other namespaces too ([`LocalEtcd::start_at`]).
+    host: String,
 }
 
 /// A free loopback TCP port (bound and released; a race with another process is possible
@@ -65,6 +68,20 @@ impl LocalEtcd {
         security: Option<LocalSecurity>,
         netns: Option<&str>,
     ) -> io::Result<LocalEtcd> {
+        Self::start_at(dir, n, security, netns, "127.0.0.1")
+    }
+
+    /// [`LocalEtcd::start_in`] with the members listening on `host` (an address of the
+    /// namespace, e.g. on a management bridge other namespaces reach) instead of loopback.
+    /// The ports are picked free on the caller's loopback: in a fresh namespace they are
+    /// free there too.
+    pub fn start_at(
+        dir: &Path,
+        n: usize,
+        security: Option<LocalSecurity>,
+        netns: Option<&str>,
+        host: &str,
+    ) -> io::Result<LocalEtcd> {
         std::fs::create_dir_all(dir)?;
         let mut members = Vec::new();
         for i in 1..=n {
@@ -82,6 +99,7 @@ impl LocalEtcd {
             security,
             auth_on: false,
             netns: netns.map(str::to_owned),
+            host: host.to_owned(),
         };
         for i in 0..n {
             c.spawn(i, "new")?;
@@ -108,7 +126,7 @@ impl LocalEtcd {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
+            .map(|m| format!("{}://{}:{}", self.scheme(), self.host, m.client))
             .collect()
     }
 
@@ -135,11 +153,12 @@ impl LocalEtcd {
         let initial: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("{}={scheme}://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}={scheme}://{}:{}", m.name, self.host, m.peer))
             .collect();
         let Some(m) = self.members.get(i) else {
             return Err(io::Error::other("no such member"));
         };
+        let host = &self.host;
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name)))?;
         let mut cmd = self.command("etcd");
         cmd.arg("--name")
@@ -147,13 +166,13 @@ impl LocalEtcd {
             .arg("--data-dir")
             .arg(self.dir.join(&m.name))
             .arg("--listen-client-urls")
-            .arg(format!("{scheme}://127.0.0.1:{}", m.client))
+            .arg(format!("{scheme}://{host}:{}", m.client))
             .arg("--advertise-client-urls")
-            .arg(format!("{scheme}://127.0.0.1:{}", m.client))
+            .arg(format!("{scheme}://{host}:{}", m.client))
             .arg("--listen-peer-urls")
-            .arg(format!("{scheme}://127.0.0.1:{}", m.peer))
+            .arg(format!("{scheme}://{host}:{}", m.peer))
             .arg("--initial-advertise-peer-urls")
-            .arg(format!("{scheme}://127.0.0.1:{}", m.peer))
+            .arg(format!("{scheme}://{host}:{}", m.peer))
             .arg("--initial-cluster")
             .arg(initial.join(","))
             .arg("--initial-cluster-state")
@@ -204,7 +223,7 @@ impl LocalEtcd {
             .members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
+            .map(|m| format!("{}://{}:{}", self.scheme(), self.host, m.client))
             .collect();
         self.etcdctl_at(&eps.join(","), args)
     }
@@ -249,7 +268,7 @@ impl LocalEtcd {
         let deadline = Instant::now() + within;
         loop {
             let all = self.members.iter().filter(|m| m.child.is_some()).all(|m| {
-                let ep = format!("{}://127.0.0.1:{}", self.scheme(), m.client);
+                let ep = format!("{}://{}:{}", self.scheme(), self.host, m.client);
                 // Before auth is enabled the root password is not needed; after, it is
                 // given: both answer health.
                 self.etcdctl_at(&ep, &["endpoint", "health"])
