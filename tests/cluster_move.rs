@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use roamgate_tests::netns::{in_ns, wait_udp_bound, Capture};
 use roamgate_tests::netns::{root_or_skip, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
-    ask, ike_view, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
+    ask, designated_edge, ike_view, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon,
+    ScriptLab,
 };
 use roamgate_tests::{roamgate_bin, root, scratch};
 
@@ -410,12 +411,12 @@ fn strongswan_moves(lab: &ScriptLab, node_sock: &Path, charon: &Charon) {
     for at in [1u64, 2, 0] {
         sh(&rtr, &format!("ip route replace 203.0.113.1/32 dev p{at}"));
         let t = Instant::now();
-        while designated(node_sock, &vip) != Some(at) && t.elapsed() < Duration::from_secs(5) {
+        while designated_edge(node_sock, &vip) != Some(at) && t.elapsed() < Duration::from_secs(5) {
             // ESP from strongSwan reaches the new edge (the answers may not, yet).
             let _ = pings(&sw, SERVER, 1);
         }
         assert_eq!(
-            designated(node_sock, &vip),
+            designated_edge(node_sock, &vip),
             Some(at),
             "strongSwan's outbound SA followed it to edge {at}"
         );
@@ -462,18 +463,6 @@ fn unix_ns() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
-}
-
-/// The edge the crypto node designates for virtual IP `vip` (its host binding), if one.
-fn designated(node_sock: &Path, vip: &str) -> Option<u64> {
-    let state = ask(node_sock, "cluster");
-    state["hosts"]
-        .as_array()?
-        .iter()
-        .find(|h| h["vip"].as_str() == Some(vip))?["edges"]
-        .as_array()?
-        .first()?
-        .as_u64()
 }
 
 /// Case move: a `roamgate client` up through edge 0, a UDP stream of `CLUSTER_MOVE_PPS`
@@ -616,7 +605,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         move_at_ns.push(unix_ns());
         let mut ok = false;
         while t.elapsed() < Duration::from_secs(3) {
-            if designated(node_sock, &vip) == Some(at) {
+            if designated_edge(node_sock, &vip) == Some(at) {
                 ok = true;
                 break;
             }

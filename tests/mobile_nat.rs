@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use roamgate_tests::etcd::LocalEtcd;
 use roamgate_tests::netns::{
-    children_of, in_ns, root_or_skip, sh, Capture, DataplaneProcess, NsProcess,
+    children_of, in_ns, root_or_skip, sh, wait_udp_bound, Capture, DataplaneProcess, NsProcess,
 };
 use roamgate_tests::strongswan::{
     ask, designated_edge, ike_view, strongswan_or_skip, swanctl_conf, wait_for, Charon, ScriptLab,
@@ -1142,7 +1142,8 @@ fn move_case(
         ],
         "udp serve",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_udp_bound(srv, 5003, Duration::from_secs(20));
+    wait_udp_bound(srv, 5004, Duration::from_secs(20));
     let trigger = m.dir.join("idle.trigger");
     let _ = std::fs::remove_file(&trigger);
     let idle = NsProcess::spawn(
