@@ -78,16 +78,25 @@ fn gcks_yaml(members: &[u8]) -> String {
     )
 }
 
-/// The destination of every GSA_REKEY (IKE exchange type 41 at octet 18 of UDP port 500's
-/// payload) in the capture.
-fn rekeys_of_pcap(file: &Path) -> Vec<[u8; 4]> {
+/// The frames of a classic pcap file, in order.
+fn pcap_frames(file: &Path) -> Vec<Vec<u8>> {
     let b = std::fs::read(file).expect("pcap");
-    let mut out = Vec::new();
+    let mut frames = Vec::new();
     let mut at = 24;
     while at + 16 <= b.len() {
         let len = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
-        let f = &b[at + 16..(at + 16 + len).min(b.len())];
+        frames.push(b[at + 16..(at + 16 + len).min(b.len())].to_vec());
         at += 16 + len;
+    }
+    frames
+}
+
+/// The destination of every GSA_REKEY (IKE exchange type 41 at octet 18 of UDP port 500's
+/// payload) in the capture.
+fn rekeys_of_pcap(file: &Path) -> Vec<[u8; 4]> {
+    let mut out = Vec::new();
+    for f in pcap_frames(file) {
+        let f = f.as_slice();
         if f.len() < 14 + 20 + 8 + 28 || f[12..14] != [0x08, 0x00] {
             continue;
         }
@@ -278,13 +287,9 @@ const REPLAY: [&str; 3] = ["replay_duplicate", "replay_too_old", "replay_zero"];
 
 /// ESP packets of a classic pcap file: (outer source, SPI, sequence number, IV).
 fn esp_of_pcap(file: &Path) -> Vec<([u8; 4], u32, u32, u64)> {
-    let b = std::fs::read(file).expect("pcap");
     let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= b.len() {
-        let len = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
-        let f = &b[at + 16..(at + 16 + len).min(b.len())];
-        at += 16 + len;
+    for f in pcap_frames(file) {
+        let f = f.as_slice();
         if f.len() < 14 + 20 + 16 || f[12..14] != [0x08, 0x00] {
             continue;
         }
