@@ -27,7 +27,8 @@
 //!   UDP stream within 3 s after the move) and the UDP losses.
 //!   `mobile-nat case=move moves=2 rst=0 same_src=yes stall_ms_max=.. udp_lost=..`
 //! - `ham-kill`: with the client at edge c, edge a (the connections' home, HAM) is killed
-//!   (SIGKILL of the processes this test started for it). Its successor takes 10.8.0.100
+//!   (SIGKILL of the processes this test started for it). Its heartbeats stop; after 300 ms
+//!   its successor revokes its lease (`masq.liveness`) and takes 10.8.0.100
 //!   (gratuitous ARP seen on the LAN segment, the router's neighbour entry moved) and the
 //!   connections go on: no RST, the idle connection answers, the stall printed (goal <= 1 s).
 //! - `blocks`: the audit that port blocks never overlap between nodes: every masqueraded
@@ -46,7 +47,9 @@
 //! and 50 % of a run of 12 s or more), `MOBNAT_PPS` (200) the UDP streams' rate, `MOBNAT_TCP_RATE`
 //! (20M) iperf3's pacing, `MOBNAT_ETCD_MEMBERS` (1; 3 as cluster_store) the etcd members,
 //! `MOBNAT_NODE_TTL` (2, the edges' files) the node lease (s) in the test's copies of the
-//! files (1 works with LocalEtcd's short raft timings), `MOBNAT_TRACE` prints the stages.
+//! files (1 works with LocalEtcd's short raft timings), `MOBNAT_LIVENESS=0` takes the
+//! heartbeats out of the copies (a dead HAM is then noticed at its lease's end),
+//! `MOBNAT_TRACE` prints the stages.
 //! The default run takes about 24 s.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -80,11 +83,32 @@ const PROBE_SECS: f64 = 0.7;
 /// printed against it; the bound leaves room for a loaded CI machine.
 const MOVE_STALL_BOUND_MS: f64 = 500.0;
 /// The way back (server -> client, through the HAM) after the HAM's death waits for the
-/// node lease to end (`node_ttl_s: 2` in the edges' files, `MOBNAT_NODE_TTL` overrides it
-/// in the test's copies), then the successor's takeover and gratuitous ARP: bounded by the
-/// lease plus 1 s. The issue's goal (<= 1 s) needs a shorter lease.
+/// HAM's heartbeats to be missed for `dead_after_ms` (300 in the edges' files), its lease to
+/// be revoked by its successor, the takeover and the gratuitous ARP: bounded by that plus
+/// 1 s (the issue's goal, 1 s, is printed beside the figure; the bound leaves room for a
+/// loaded CI machine). Without heartbeats (`MOBNAT_LIVENESS=0`: the line taken out of the
+/// test's copies of the files) the node lease must end first (`node_ttl_s: 2`,
+/// `MOBNAT_NODE_TTL`): the lease plus 1 s.
 fn kill_back_bound_ms() -> f64 {
-    node_ttl_s() as f64 * 1e3 + 1e3
+    kill_detect_ms() as f64 + 1e3
+}
+
+/// How long after the HAM's death its successor acts: the heartbeats' `dead_after_ms`, or
+/// the node lease without them.
+fn kill_detect_ms() -> u64 {
+    if liveness() {
+        DEAD_AFTER_MS
+    } else {
+        node_ttl_s() * 1000
+    }
+}
+
+/// The edges' `masq.liveness.dead_after_ms` (configs/cluster/mobnat-edge-*.yaml).
+const DEAD_AFTER_MS: u64 = 300;
+
+/// Whether the edges send heartbeats (`MOBNAT_LIVENESS`, default 1).
+fn liveness() -> bool {
+    env_u64("MOBNAT_LIVENESS", 1) != 0
 }
 
 /// The edges' node lease (s): the files' 2, or `MOBNAT_NODE_TTL`.
@@ -253,13 +277,23 @@ fn up() -> Mobnat {
             text.contains(ttl),
             "{file}: the node lease the test expects"
         );
+        let alive = format!("dead_after_ms: {DEAD_AFTER_MS} }}");
+        assert!(
+            text.contains(&alive),
+            "{file}: the heartbeats the test expects ({alive})"
+        );
+        let mut text = text
+            .replace(lab_ep, &endpoints)
+            .replace(ttl, &format!("node_ttl_s: {}\n", node_ttl_s()));
+        if !liveness() {
+            text = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("liveness:"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
         let path = dir.join(&file);
-        std::fs::write(
-            &path,
-            text.replace(lab_ep, &endpoints)
-                .replace(ttl, &format!("node_ttl_s: {}\n", node_ttl_s())),
-        )
-        .unwrap();
+        std::fs::write(&path, text).unwrap();
         edge_cfgs.push(path);
     }
     let node_sock = dir.join("cn.sock");
@@ -564,10 +598,11 @@ fn connections_follow_the_client_across_edges() {
     );
     println!(
         "mobile-nat setup up_ms={up_ms} first_connection_ms={} etcd_members={} node_ttl_s={} \
-         masq_nodes={:?}",
+         liveness={} masq_nodes={:?}",
         first.elapsed().as_millis(),
         env_u64("MOBNAT_ETCD_MEMBERS", 1),
         node_ttl_s(),
+        if liveness() { "heartbeats" } else { "lease" },
         m.live_nodes()
     );
 
@@ -1310,9 +1345,9 @@ fn move_case(
 }
 
 /// The stream back is counted as arriving after the takeover from this long after the kill
-/// (the node lease plus 0.5 s).
+/// (the successor acts, plus 0.5 s).
 fn after_kill_ns() -> u128 {
-    u128::from(node_ttl_s()) * 1_000_000_000 + 500_000_000
+    u128::from(kill_detect_ms()) * 1_000_000 + 500_000_000
 }
 
 /// One event's stall: the client -> server direction (largest gap between the server's
@@ -1487,7 +1522,7 @@ fn kill_audit(m: &Mobnat, pkts: &[Pkt], lan_pcap: &Path, mv: &Move, kill_at: u12
         .count();
     let (tcp, udp) = flow_times(pkts, secs_f(mv.start), end);
     let stall = stall_at(&tcp, &udp, mv, kill, end, 5.0);
-    // Arrivals well after the takeover (the lease is 2 s): the flows went on.
+    // Arrivals well after the takeover: the flows went on.
     let after = secs_f(after_kill_ns());
     let tcp_after = tcp.iter().any(|t| *t > kill + after);
     let udp_after = udp.iter().any(|t| *t > kill + after);

@@ -11,10 +11,13 @@
 //! channel is full (counted: the worker asks again after its rate limit while it holds the
 //! packet).
 //!
-//! Owns: the clock, the store's handle, the thread. Must never: decide anything (the glue
+//! Heartbeats (`masq.liveness`): a UDP socket bound before the thread starts (a bad address
+//! fails the start); each turn reads what arrived and sends what the node says is due.
+//!
+//! Owns: the clock, the store's handle, the heartbeat socket, the thread. Must never: decide anything (the glue
 //! does), print keys.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -66,6 +69,20 @@ pub struct PlaneSpec {
 impl MasqThread {
     /// Starts the thread for the checked `masq` section of `config`.
     pub fn start(plan: MasqPlan, config: &Path, incarnation: u64) -> Result<MasqThread> {
+        let hb = match plan.liveness {
+            Some(a) => {
+                let s = UdpSocket::bind(a).with_context(|| {
+                    format!(
+                        "{}: masq.liveness.listen: binding {a} for heartbeats",
+                        config.display()
+                    )
+                })?;
+                s.set_nonblocking(true)
+                    .context("the heartbeat socket: non-blocking")?;
+                Some(s)
+            }
+            None => None,
+        };
         let (tx, rx) = sync_channel::<ToMasq>(QUEUE);
         let (utx, updates) = sync_channel::<Update>(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
@@ -74,7 +91,7 @@ impl MasqThread {
         let join = std::thread::Builder::new()
             .name("masq".into())
             .spawn(move || {
-                if let Err(e) = run(plan, &config, incarnation, rx, utx, s) {
+                if let Err(e) = run(plan, &config, incarnation, hb, rx, utx, s) {
                     tracing::error!(target: "masq", "the masquerade stopped: {e:#}");
                 }
             })
@@ -129,6 +146,7 @@ fn run(
     plan: MasqPlan,
     config: &Path,
     incarnation: u64,
+    hb: Option<UdpSocket>,
     rx: Receiver<ToMasq>,
     out: SyncSender<Update>,
     stop: Arc<AtomicBool>,
@@ -144,13 +162,21 @@ fn run(
                 "masquerade node {} on an in-process store (no masq.store: this node alone)",
                 plan.params.node);
             let store = MemStore::new();
-            drive(plan, store, spec, incarnation, rx, out, stop, |s, now| {
-                s.advance(now)
-            })
+            drive(
+                plan,
+                store,
+                spec,
+                incarnation,
+                hb,
+                rx,
+                out,
+                stop,
+                |s, now| s.advance(now),
+            )
         }
         MasqStorePlan::Etcd(y) => {
             let y = (**y).clone();
-            open_etcd(&y, config, plan, spec, incarnation, rx, out, stop)
+            open_etcd(&y, config, plan, spec, incarnation, hb, rx, out, stop)
         }
     }
 }
@@ -163,6 +189,7 @@ fn open_etcd(
     plan: MasqPlan,
     spec: PlaneSpec,
     incarnation: u64,
+    hb: Option<UdpSocket>,
     rx: Receiver<ToMasq>,
     out: SyncSender<Update>,
     stop: Arc<AtomicBool>,
@@ -171,7 +198,7 @@ fn open_etcd(
     tracing::info!(target: "masq", "masquerade node {}: connecting to etcd", plan.params.node);
     let store = control::cluster::store::etcd::EtcdStore::connect(sp.etcd)
         .context("masq.store: connecting to etcd")?;
-    drive(plan, store, spec, incarnation, rx, out, stop, |_, _| {})
+    drive(plan, store, spec, incarnation, hb, rx, out, stop, |_, _| {})
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -182,6 +209,7 @@ fn open_etcd(
     _plan: MasqPlan,
     _spec: PlaneSpec,
     _incarnation: u64,
+    _hb: Option<UdpSocket>,
     _rx: Receiver<ToMasq>,
     _out: SyncSender<Update>,
     _stop: Arc<AtomicBool>,
@@ -199,6 +227,7 @@ fn drive<S: Store>(
     store: S,
     spec: PlaneSpec,
     incarnation: u64,
+    hb: Option<UdpSocket>,
     rx: Receiver<ToMasq>,
     out: SyncSender<Update>,
     stop: Arc<AtomicBool>,
@@ -250,6 +279,9 @@ fn drive<S: Store>(
             }
         }
         let t = now();
+        if let Some(s) = &hb {
+            heartbeats(s, glue.node_mut(), t);
+        }
         advance(glue.node_mut().store(), t);
         glue.turn(t);
         while let Some(c) = glue.poll() {
@@ -278,6 +310,31 @@ fn drive<S: Store>(
         }
     }
     Ok(())
+}
+
+/// Reads the heartbeats that arrived (at most a bounded number a turn) and sends those due.
+/// A send that fails (no route yet, a full buffer) is logged at debug: the next one is due
+/// an interval later, and a peer judges only after several are missing.
+fn heartbeats<S: Store>(s: &UdpSocket, node: &mut MasqNode<S>, now_ms: u64) {
+    let mut buf = [0u8; 512];
+    for _ in 0..256 {
+        match s.recv_from(&mut buf) {
+            Ok((n, _)) => node.heartbeat_in(buf.get(..n).unwrap_or_default(), now_ms),
+            Err(_) => break,
+        }
+    }
+    for (to, b) in node.heartbeats(now_ms) {
+        match to.parse::<SocketAddr>() {
+            Ok(a) => {
+                if let Err(e) = s.send_to(&b, a) {
+                    tracing::debug!(target: "masq", %a, error = %e, "heartbeat not sent");
+                }
+            }
+            Err(_) => {
+                tracing::debug!(target: "masq", to = %to, "a peer's heartbeat address does not parse")
+            }
+        }
+    }
 }
 
 /// A new random incarnation (different from the last).

@@ -478,6 +478,11 @@ mod tests {
                 vec![std::net::Ipv4Addr::new(10, 8, 0, 100 + i as u8)]
             );
             assert_eq!(m.params.node_ttl_s, 2);
+            assert_eq!(
+                m.liveness,
+                Some(format!("169.254.80.1{i}:7700").parse().unwrap()),
+                "heartbeats on the management bridge"
+            );
             assert!(matches!(
                 m.store,
                 control::config::masq::MasqStorePlan::Etcd(_)

@@ -15,6 +15,11 @@
 //!   tcp_idle_ms: 7200000           # a TCP connection too (no FIN/RST tracking yet)
 //!   reuse_delay_ms: 120000         # a released port is not handed out again before
 //!   node_ttl_s: 3                  # the node's lease: a dead HAM is taken over after it
+//!   liveness:                      # heartbeats between nodes (absent: only the lease)
+//!     listen: 169.254.80.10:7700   #   where this node hears them (told to the others)
+//!     interval_ms: 100             #   how often it sends them
+//!     dead_after_ms: 300           #   a heard node silent this long: its successor
+//!                                  #   revokes its lease and takes its blocks over
 //!   store:                         # the coordinator's store: the schema of `store:`
 //!     cluster: lab                 #   (control/src/cluster/store/config.rs); absent: an
 //!     key_file: cluster.key        #   in-process memory store, for a node alone
@@ -28,7 +33,7 @@
 //! Owns: the schema and its validation ([`MasqPlan`]); errors name the file, the key path and
 //! the problem. Must never: print the cluster key (the sealer's `Debug` hides it).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -68,10 +73,33 @@ pub struct MasqYaml {
     #[serde(default = "default_node_ttl")]
     pub node_ttl_s: i64,
     #[serde(default)]
+    pub liveness: Option<LivenessYaml>,
+    #[serde(default)]
     pub store: Option<StoreYaml>,
     #[serde(default)]
     pub access: Option<AccessPolicy>,
 }
+
+/// `masq.liveness`: heartbeats between nodes (`control::nat_coord::liveness`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LivenessYaml {
+    pub listen: SocketAddr,
+    #[serde(default = "default_heartbeat")]
+    pub interval_ms: u64,
+    #[serde(default = "default_dead_after")]
+    pub dead_after_ms: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    100
+}
+fn default_dead_after() -> u64 {
+    300
+}
+
+/// The range of `liveness.interval_ms`.
+pub const HEARTBEAT_RANGE: core::ops::RangeInclusive<u64> = 10..=10_000;
 
 fn default_first_block() -> u8 {
     4
@@ -172,6 +200,8 @@ pub struct MasqPlan {
     pub access: Arc<AccessTable>,
     /// The same, as the worker takes it.
     pub rules: Arc<AccessRules>,
+    /// Where the heartbeat socket listens (`liveness.listen`; `None`: no heartbeats).
+    pub liveness: Option<SocketAddr>,
 }
 
 fn v4(file: &Path, key: String, a: IpAddr) -> Result<Ipv4Addr, ConfigError> {
@@ -329,6 +359,48 @@ impl MasqYaml {
         params.tcp_idle_ms = self.tcp_idle_ms;
         params.reuse_delay_ms = self.reuse_delay_ms;
         params.node_ttl_s = self.node_ttl_s;
+        if let Some(l) = &self.liveness {
+            let k = |f: &str| format!("{at}.liveness.{f}");
+            if l.listen.ip().is_unspecified() || l.listen.port() == 0 {
+                return Err(ConfigError::new(
+                    file,
+                    k("listen"),
+                    format!(
+                        "{}: needs an address the other nodes can send to and a port (it is \
+                         published to them)",
+                        l.listen
+                    ),
+                ));
+            }
+            if !HEARTBEAT_RANGE.contains(&l.interval_ms) {
+                return Err(ConfigError::new(
+                    file,
+                    k("interval_ms"),
+                    format!(
+                        "{} is outside {}..={}",
+                        l.interval_ms,
+                        HEARTBEAT_RANGE.start(),
+                        HEARTBEAT_RANGE.end()
+                    ),
+                ));
+            }
+            let lease_ms = u64::try_from(self.node_ttl_s).unwrap_or(0) * 1000;
+            if l.dead_after_ms < 2 * l.interval_ms || l.dead_after_ms >= lease_ms {
+                return Err(ConfigError::new(
+                    file,
+                    k("dead_after_ms"),
+                    format!(
+                        "{} must be at least twice interval_ms ({}: one lost heartbeat is no \
+                         death) and below the node lease ({lease_ms} ms, {at}.node_ttl_s: the \
+                         lease would end first)",
+                        l.dead_after_ms, l.interval_ms
+                    ),
+                ));
+            }
+            params.alive = Some(l.listen.to_string());
+            params.heartbeat_ms = l.interval_ms;
+            params.dead_after_ms = l.dead_after_ms;
+        }
         Ok(MasqPlan {
             params,
             link_address,
@@ -342,6 +414,7 @@ impl MasqYaml {
                     .as_ref()
                     .map_or_else(AccessRules::allow_all, AccessRules::of),
             ),
+            liveness: self.liveness.as_ref().map(|l| l.listen),
         })
     }
 
@@ -406,6 +479,7 @@ mod tests {
         assert_eq!(p.clients.len(), 2);
         assert_eq!(p.exclude.len(), 1);
         assert!(matches!(p.store, MasqStorePlan::Memory));
+        assert_eq!((p.liveness, p.params.alive.as_deref()), (None, None));
         // No policy: everybody may go anywhere.
         let u = p.access.user("anyone").unwrap();
         assert!(p.access.allows(u, "10.9.0.10".parse().unwrap(), 6, 80));
@@ -434,6 +508,46 @@ mod tests {
             .allows(alice, "10.9.0.10".parse().unwrap(), 6, 5201));
         assert!(!p.access.allows(alice, "10.9.0.10".parse().unwrap(), 6, 22));
         assert!(p.access.user("mallory").is_none());
+    }
+
+    #[test]
+    fn liveness_is_taken_and_its_bad_values_named() {
+        let p = check(&format!(
+            "{GOOD}  liveness: {{ listen: 169.254.80.10:7700, interval_ms: 50, dead_after_ms: 200 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(p.liveness, Some("169.254.80.10:7700".parse().unwrap()));
+        assert_eq!(p.params.alive.as_deref(), Some("169.254.80.10:7700"));
+        assert_eq!((p.params.heartbeat_ms, p.params.dead_after_ms), (50, 200));
+        let p = check(&format!(
+            "{GOOD}  liveness: {{ listen: 169.254.80.10:7700 }}\n"
+        ))
+        .unwrap();
+        assert_eq!((p.params.heartbeat_ms, p.params.dead_after_ms), (100, 300));
+        for (l, want) in [
+            (
+                "{ listen: 0.0.0.0:7700 }",
+                "masq.liveness.listen: 0.0.0.0:7700",
+            ),
+            ("{ listen: 169.254.80.10:0 }", "masq.liveness.listen"),
+            (
+                "{ listen: 169.254.80.10:7700, interval_ms: 5 }",
+                "masq.liveness.interval_ms: 5 is outside",
+            ),
+            (
+                "{ listen: 169.254.80.10:7700, dead_after_ms: 150 }",
+                "masq.liveness.dead_after_ms: 150 must be at least twice",
+            ),
+            (
+                "{ listen: 169.254.80.10:7700, dead_after_ms: 3000 }",
+                "below the node lease (3000 ms",
+            ),
+            ("{ listen: 169.254.80.10:7700, every: 1 }", "every"),
+        ] {
+            let e = err(&format!("{GOOD}  liveness: {l}\n"));
+            assert!(e.contains(want), "{l}: {e}");
+            assert!(e.contains("/nonexistent/edge.yaml"), "{e}");
+        }
     }
 
     #[test]

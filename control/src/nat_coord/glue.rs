@@ -406,6 +406,10 @@ impl<S: Store> Glue<S> {
                         addrs: vec![IpAddr::V4(a)],
                     }));
                 }
+                Output::Unserve(a) => {
+                    self.served.retain(|s| *s != a);
+                    self.out.push_back(PlaneCmd::Served(self.served.clone()));
+                }
                 Output::Peer { node, link } => {
                     let rec = link.as_ref().map(|(l, i)| (l.as_str(), *i));
                     self.links.peer(&self.sealer, &node, rec);

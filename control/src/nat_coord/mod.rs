@@ -10,6 +10,8 @@
 //!   (watch, pull on a miss), FAM removal, idle expiry, port quarantine, HAM migration, the
 //!   per-user check (`pipeline::masq::access`) on a new flow.
 //!
+//! - [`liveness`]: heartbeats between nodes, so a dead HAM's lease is revoked by its
+//!   successor in a few hundred milliseconds.
 //! - [`plane`]: the data-plane tables (`pipeline::masq`) as the node's outputs build them.
 //!
 //! The data-plane half (the FAM's rewrite, the HAM's routes, the ESP forward between nodes)
@@ -23,6 +25,7 @@
 
 pub mod glue;
 pub mod link;
+pub mod liveness;
 pub mod node;
 pub mod plane;
 pub mod records;

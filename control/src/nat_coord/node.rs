@@ -51,6 +51,7 @@ use std::sync::Arc;
 
 use pipeline::masq::access::{AccessTable, UserId};
 
+use super::liveness::{Heartbeat, Liveness};
 use super::records::{
     decode, encode, BlockId, BlockRec, ConnRec, Flow, FlowRec, MasqAddr, MasqKey, MasqLayout,
     NodeRec, Proto, Versioned, RECORD_VERSION,
@@ -78,6 +79,13 @@ pub struct MasqParams {
     pub reuse_delay_ms: u64,
     /// Published in `nodes/<node>` (see [`NodeRec::incarnation`]): random per start.
     pub incarnation: u64,
+    /// Heartbeats (`super::liveness`): where this node hears them (published as
+    /// `NodeRec::alive`; `None`: no heartbeats, a death is noticed at the lease's end), how
+    /// often it sends them and how long a heard peer may be silent before its successor
+    /// revokes its lease.
+    pub alive: Option<String>,
+    pub heartbeat_ms: u64,
+    pub dead_after_ms: u64,
 }
 
 impl MasqParams {
@@ -94,6 +102,9 @@ impl MasqParams {
             tcp_idle_ms: 2 * 3600 * 1000,
             reuse_delay_ms: 120_000,
             incarnation: 0,
+            alive: None,
+            heartbeat_ms: 100,
+            dead_after_ms: 300,
         }
     }
 
@@ -176,6 +187,9 @@ pub enum Output {
         node: String,
         link: Option<(String, u64)>,
     },
+    /// This node no longer allocates on `addr` (its blocks there were taken over while its
+    /// lease was gone): stop answering for it.
+    Unserve(Ipv4Addr),
 }
 
 /// Counters.
@@ -192,6 +206,14 @@ pub struct MasqStats {
     pub stale_writes: u64,
     pub store_errors: u64,
     pub bad_records: u64,
+    /// Peers' leases this node revoked after their heartbeats stopped.
+    pub peers_revoked: u64,
+    /// Times this node's own lease went while it ran (its addresses withdrawn, registered
+    /// again).
+    pub lease_lost: u64,
+    pub heartbeats_in: u64,
+    /// Datagrams on the heartbeat socket that are not a heartbeat of this cluster's nodes.
+    pub heartbeats_bad: u64,
     pub drops: BTreeMap<String, u64>,
 }
 
@@ -215,8 +237,9 @@ struct Client {
 
 enum Pending {
     Grant,
-    PutNode,
-    KeepAlive,
+    Revoke(String),
+    PutNode(LeaseId),
+    KeepAlive(LeaseId),
     LoadNodes,
     LoadBlocks,
     Watch,
@@ -247,6 +270,18 @@ pub struct MasqNode<S: Store> {
     access: Arc<AccessTable>,
     lease: Option<LeaseId>,
     next_keepalive_ms: u64,
+    /// A grant is in flight (at start, or after the lease went).
+    granting: bool,
+    /// The lease went while this node ran: at the next grant, compete again for the blocks
+    /// still recorded as ours (compare-on-revision) instead of serving them as they are.
+    rejoin: bool,
+    /// After a refused grant: when to ask again.
+    regrant_at_ms: u64,
+    /// Our own record as the store last showed it under the current lease (its revision): a
+    /// deletion of `nodes/<me>` older than it is of an earlier lease.
+    my_record: Option<Revision>,
+    liveness: Liveness,
+    next_heartbeat_ms: u64,
     nodes_loaded: bool,
     blocks_loaded: bool,
     nodes: BTreeSet<String>,
@@ -298,6 +333,12 @@ impl<S: Store> MasqNode<S> {
             access,
             lease: None,
             next_keepalive_ms: u64::MAX,
+            granting: false,
+            rejoin: false,
+            regrant_at_ms: u64::MAX,
+            my_record: None,
+            liveness: Liveness::default(),
+            next_heartbeat_ms: 0,
             nodes_loaded: false,
             blocks_loaded: false,
             nodes: BTreeSet::new(),
@@ -345,12 +386,7 @@ impl<S: Store> MasqNode<S> {
     /// Registers the node (lease), reads the live nodes and the blocks, and watches both.
     pub fn start(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
-        self.submit(
-            Request::LeaseGrant {
-                ttl_s: self.p.node_ttl_s,
-            },
-            Pending::Grant,
-        );
+        self.grant();
         let prefix = self.layout.prefix("nodes/");
         self.submit(Request::Range { prefix }, Pending::LoadNodes);
         let prefix = self.layout.prefix("blocks/");
@@ -388,11 +424,12 @@ impl<S: Store> MasqNode<S> {
             link: self.p.link.clone(),
             started_ms: self.started_ms,
             incarnation: self.p.incarnation,
+            alive: self.p.alive.clone(),
         };
         let key = self.layout.key(&MasqKey::Node(self.p.node.clone()));
         let mut txn = Txn::default();
         if self.put(&mut txn, key, &rec, Some(id)).is_ok() {
-            self.submit(Request::Txn(txn), Pending::PutNode);
+            self.submit(Request::Txn(txn), Pending::PutNode(id));
         }
     }
 
@@ -436,11 +473,15 @@ impl<S: Store> MasqNode<S> {
         let now = self.now_ms;
         if let Some(lease) = self.lease {
             if now >= self.next_keepalive_ms {
-                self.submit(Request::LeaseKeepAlive(lease), Pending::KeepAlive);
+                self.submit(Request::LeaseKeepAlive(lease), Pending::KeepAlive(lease));
                 self.next_keepalive_ms = now.saturating_add(self.keepalive_every());
             }
         }
+        if self.lease.is_none() && !self.granting && now >= self.regrant_at_ms {
+            self.grant();
+        }
         self.expire(now);
+        self.judge(now);
         self.take_over_orphans();
         self.pump(now);
     }
@@ -835,19 +876,56 @@ impl<S: Store> MasqNode<S> {
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
-                self.stats.store_errors += 1;
-                tracing::warn!(target: "control", error = %e, "masq coordinator: store request failed");
+                match (&p, &e) {
+                    (
+                        Pending::KeepAlive(id) | Pending::PutNode(id),
+                        StoreError::LeaseNotFound(_),
+                    ) if self.lease == Some(*id) => {
+                        self.lost_lease("the store refused its keep-alive");
+                    }
+                    (Pending::Revoke(n), _) => {
+                        // Gone already (expired, or another node revoked it first).
+                        tracing::debug!(target: "control", node = %n, error = %e,
+                            "masq coordinator: revoking a silent node's lease");
+                    }
+                    (Pending::Grant, _) => {
+                        self.stats.store_errors += 1;
+                        tracing::warn!(target: "control", error = %e,
+                            "masq coordinator: no lease (trying again)");
+                        self.granting = false;
+                        self.regrant_at_ms = now.saturating_add(self.keepalive_every().max(100));
+                    }
+                    _ => {
+                        self.stats.store_errors += 1;
+                        tracing::warn!(target: "control", error = %e, "masq coordinator: store request failed");
+                    }
+                }
                 self.failed(p);
                 return;
             }
         };
         match (p, reply) {
             (Pending::Grant, Reply::Lease { id, .. }) => {
+                self.granting = false;
                 self.lease = Some(id);
+                self.my_record = None;
                 self.next_keepalive_ms = now.saturating_add(self.keepalive_every());
                 self.started_ms = now;
                 self.put_node();
                 self.nodes.insert(self.name().to_string());
+                if std::mem::take(&mut self.rejoin) {
+                    // Blocks still recorded as ours: compete for them again (a successor
+                    // may be taking them now: one of us wins each).
+                    let mine: Vec<(BlockId, BlockRec, Revision)> = self
+                        .blocks
+                        .iter()
+                        .filter(|(b, (r, _))| r.owner == self.name() && !self.taking.contains(b))
+                        .map(|(b, (r, rev))| (*b, r.clone(), *rev))
+                        .collect();
+                    for (b, rec, rev) in mine {
+                        self.take(b, &rec, rev);
+                    }
+                }
             }
             (Pending::LoadNodes, Reply::Range { kvs, revision }) => {
                 for kv in kvs {
@@ -1094,7 +1172,10 @@ impl<S: Store> MasqNode<S> {
                     c.busy = false;
                 }
             }
-            (Pending::PutNode | Pending::KeepAlive | Pending::Watch, _) => {}
+            (Pending::PutNode(_) | Pending::KeepAlive(_) | Pending::Watch, _) => {}
+            (Pending::Revoke(n), _) => {
+                tracing::info!(target: "control", node = %n, "masq coordinator: a silent node's lease revoked");
+            }
             (_, other) => {
                 self.stats.store_errors += 1;
                 tracing::warn!(target: "control", reply = ?other, "masq coordinator: unexpected store reply");
@@ -1275,21 +1356,37 @@ impl<S: Store> MasqNode<S> {
         match (k, kv) {
             (MasqKey::Node(n), Some(kv)) => {
                 if let Some(rec) = self.open::<NodeRec>(kv) {
-                    self.nodes.insert(n.as_str().to_string());
-                    if n.as_str() != self.name() {
-                        let link = (rec.link, rec.incarnation);
-                        if self.peers.get(n.as_str()) != Some(&link) {
-                            self.peers.insert(n.as_str().to_string(), link.clone());
-                            self.out.push_back(Output::Peer {
-                                node: n.as_str().to_string(),
-                                link: Some(link),
-                            });
+                    if n.as_str() == self.name() {
+                        if self.lease.is_some_and(|l| l.0 == kv.lease) {
+                            self.my_record = Some(kv.mod_revision);
                         }
+                        // A record of an earlier lease of ours (being replaced): not live.
+                        return;
+                    }
+                    self.nodes.insert(n.as_str().to_string());
+                    self.liveness
+                        .peer(n.as_str(), kv.lease, rec.alive.as_deref());
+                    let link = (rec.link, rec.incarnation);
+                    if self.peers.get(n.as_str()) != Some(&link) {
+                        self.peers.insert(n.as_str().to_string(), link.clone());
+                        self.out.push_back(Output::Peer {
+                            node: n.as_str().to_string(),
+                            link: Some(link),
+                        });
                     }
                 }
             }
             (MasqKey::Node(n), None) => {
-                if n.as_str() != self.name() {
+                if n.as_str() == self.name() {
+                    let deleted_at = match &c {
+                        Change::Delete { mod_revision, .. } => *mod_revision,
+                        Change::Put(_) => 0,
+                    };
+                    if self.my_record.is_some_and(|r| r < deleted_at) {
+                        self.lost_lease("its record was deleted (lease revoked or expired)");
+                    }
+                } else {
+                    self.liveness.gone(n.as_str());
                     self.nodes.remove(n.as_str());
                     if self.peers.remove(n.as_str()).is_some() {
                         self.out.push_back(Output::Peer {
@@ -1318,15 +1415,17 @@ impl<S: Store> MasqNode<S> {
                     if newer {
                         let mine_now = rec.owner == self.name();
                         self.blocks.insert(b, (rec, rev));
-                        if !mine_now {
-                            self.ready_blocks.remove(&b);
+                        if !mine_now && self.ready_blocks.remove(&b) {
+                            self.unserve_if_unused(b.addr);
                         }
                     }
                 }
             }
             (MasqKey::Block(b), None) => {
                 self.blocks.remove(&b);
-                self.ready_blocks.remove(&b);
+                if self.ready_blocks.remove(&b) {
+                    self.unserve_if_unused(b.addr);
+                }
             }
             (MasqKey::Conn(m), Some(kv)) => {
                 let rev = kv.mod_revision;
@@ -1525,18 +1624,120 @@ impl<S: Store> MasqNode<S> {
             if successor(&self.nodes, &rec.owner).as_deref() != Some(me.as_str()) {
                 continue;
             }
-            let new = BlockRec {
-                v: RECORD_VERSION,
-                owner: me.clone(),
-                epoch: rec.epoch.saturating_add(1),
-            };
-            let key = self.layout.key(&MasqKey::Block(b));
-            let mut txn = Txn::default();
-            txn.when(key.clone(), rev);
-            if self.put(&mut txn, key, &new, None).is_ok() {
-                self.taking.insert(b);
-                self.submit(Request::Txn(txn), Pending::Take(b, new.epoch));
+            self.take(b, &rec, rev);
+        }
+    }
+
+    /// Claims block `b` (recorded as `rec` at `rev`) for this node, compare-on-revision.
+    fn take(&mut self, b: BlockId, rec: &BlockRec, rev: Revision) {
+        let new = BlockRec {
+            v: RECORD_VERSION,
+            owner: self.name().to_string(),
+            epoch: rec.epoch.saturating_add(1),
+        };
+        let key = self.layout.key(&MasqKey::Block(b));
+        let mut txn = Txn::default();
+        txn.when(key.clone(), rev);
+        if self.put(&mut txn, key, &new, None).is_ok() {
+            self.taking.insert(b);
+            self.submit(Request::Txn(txn), Pending::Take(b, new.epoch));
+        }
+    }
+
+    /// No ready block of ours is on `addr` any more: stop serving it.
+    fn unserve_if_unused(&mut self, addr: Ipv4Addr) {
+        if !self.ready_blocks.iter().any(|b| b.addr == addr) && self.served.remove(&addr) {
+            tracing::info!(target: "control", %addr, node = %self.p.node,
+                "masq coordinator: no block of ours on the address any more: withdrawn");
+            self.out.push_back(Output::Unserve(addr));
+        }
+    }
+
+    /// Our lease went while we ran (revoked after a false suspicion, or expired during a
+    /// partition): a successor may be taking our blocks, so withdraw every address now and
+    /// register again; the blocks still recorded as ours are competed for at the new grant.
+    fn lost_lease(&mut self, why: &str) {
+        if self.lease.take().is_none() {
+            return;
+        }
+        self.stats.lease_lost += 1;
+        tracing::warn!(target: "control", node = %self.p.node, why,
+            "masq coordinator: this node's lease went while it ran: addresses withdrawn, registering again");
+        self.next_keepalive_ms = u64::MAX;
+        self.my_record = None;
+        let me = self.name().to_string();
+        self.nodes.remove(&me);
+        for a in std::mem::take(&mut self.served) {
+            self.out.push_back(Output::Unserve(a));
+        }
+        self.ready_blocks.clear();
+        self.rejoin = true;
+        self.grant();
+    }
+
+    fn grant(&mut self) {
+        self.granting = true;
+        self.regrant_at_ms = u64::MAX;
+        self.submit(
+            Request::LeaseGrant {
+                ttl_s: self.p.node_ttl_s,
+            },
+            Pending::Grant,
+        );
+    }
+
+    /// The heartbeats due now (`super::liveness`): (address, datagram) for each peer that
+    /// publishes a heartbeat address. None without `alive` or a lease.
+    pub fn heartbeats(&mut self, now_ms: u64) -> Vec<(String, Vec<u8>)> {
+        let (Some(lease), Some(_)) = (self.lease, self.p.alive.as_ref()) else {
+            return Vec::new();
+        };
+        if now_ms < self.next_heartbeat_ms {
+            return Vec::new();
+        }
+        self.next_heartbeat_ms = now_ms.saturating_add(self.p.heartbeat_ms.max(1));
+        let hb = Heartbeat {
+            cluster: self.p.cluster.as_str().to_string(),
+            node: self.name().to_string(),
+            lease: lease.0,
+        }
+        .encode();
+        self.liveness
+            .targets()
+            .map(|(_, a)| (a.to_string(), hb.clone()))
+            .collect()
+    }
+
+    /// A datagram on the heartbeat socket.
+    pub fn heartbeat_in(&mut self, b: &[u8], now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        match Heartbeat::decode(b) {
+            Some(h)
+                if h.cluster == self.p.cluster.as_str()
+                    && self.liveness.heard(&h.node, h.lease, self.now_ms) =>
+            {
+                self.stats.heartbeats_in += 1;
             }
+            _ => self.stats.heartbeats_bad += 1,
+        }
+    }
+
+    /// Heard peers silent past `dead_after_ms` whose blocks this node would take: their
+    /// leases are revoked (the take-over follows the deletion of their records).
+    fn judge(&mut self, now: u64) {
+        if self.p.alive.is_none() || !self.is_ready() {
+            return;
+        }
+        let me = self.name().to_string();
+        for (n, lease) in self.liveness.silent(now, self.p.dead_after_ms) {
+            if !self.nodes.contains(&n) || successor(&self.nodes, &n).as_deref() != Some(&me) {
+                continue;
+            }
+            self.liveness.mark_revoked(&n);
+            self.stats.peers_revoked += 1;
+            tracing::warn!(target: "control", node = %n, silent_ms = self.p.dead_after_ms,
+                "masq coordinator: no heartbeat from a node: revoking its lease to take its blocks over");
+            self.submit(Request::LeaseRevoke(LeaseId(lease)), Pending::Revoke(n));
         }
     }
 }

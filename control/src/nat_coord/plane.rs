@@ -72,6 +72,7 @@ impl NodePlane {
                     self.serves.push(*a);
                 }
             }
+            Output::Unserve(a) => self.serves.retain(|s| s != a),
             Output::Retry(_) | Output::RetryInbound(_) | Output::Peer { .. } => {}
         }
     }

@@ -119,6 +119,9 @@ pub struct NodeRec {
     /// plane restarts empty): the keys and SPIs of the link SAs it sends on are derived from
     /// it (`super::link`), so a restarted sender never reuses a (key, nonce).
     pub incarnation: u64,
+    /// Where it hears heartbeats (`super::liveness`); absent: it sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alive: Option<String>,
 }
 
 /// `blocks/<addr>/<hi>`: who allocates from the block.

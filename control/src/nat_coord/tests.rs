@@ -135,6 +135,10 @@ struct Net {
     nodes: Vec<Option<MasqNode<Handle>>>,
     outputs: Vec<Vec<Output>>,
     now: u64,
+    /// Each node's heartbeat address (`MasqParams::alive`), by index.
+    alive: Vec<Option<String>>,
+    /// Heartbeats from the first node to the second are lost.
+    cut: BTreeSet<(usize, usize)>,
 }
 
 impl Net {
@@ -156,6 +160,8 @@ impl Net {
             nodes: Vec::new(),
             outputs: Vec::new(),
             now: 1_000,
+            alive: Vec::new(),
+            cut: BTreeSet::new(),
         }
     }
 
@@ -165,6 +171,7 @@ impl Net {
             hub: self.hub.clone(),
             id,
         };
+        self.alive.push(p.alive.clone());
         let mut n = MasqNode::new(p, h, self.sealer.clone(), self.access.clone());
         n.start(self.now);
         self.nodes.push(Some(n));
@@ -213,8 +220,42 @@ impl Net {
             for n in self.nodes.iter_mut().flatten() {
                 n.handle_timeout(self.now);
             }
+            self.heartbeats();
             self.collect();
         }
+    }
+
+    /// Carries the heartbeats due now (those over a cut are lost).
+    fn heartbeats(&mut self) {
+        let mut sent = Vec::new();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if let Some(n) = n {
+                for (to, b) in n.heartbeats(self.now) {
+                    sent.push((i, to, b));
+                }
+            }
+        }
+        for (i, to, b) in sent {
+            let j = self
+                .alive
+                .iter()
+                .position(|a| a.as_deref() == Some(to.as_str()));
+            let Some(j) = j else { continue };
+            if self.cut.contains(&(i, j)) {
+                continue;
+            }
+            let now = self.now;
+            if let Some(n) = self.nodes[j].as_mut() {
+                n.heartbeat_in(&b, now);
+            }
+        }
+    }
+
+    /// `params` with heartbeats every 100 ms, a peer dead after 300 ms of silence.
+    fn params_alive(name: &str, addrs: &[Ipv4Addr]) -> MasqParams {
+        let mut p = Net::params(name, addrs);
+        p.alive = Some(format!("{name}.mgmt:7700"));
+        p
     }
 
     /// Sends an outbound packet of `f` at node `i` until it is rewritten (held packets
@@ -1115,4 +1156,163 @@ mod path {
         assert_eq!(rig.server_saw.len(), 1, "one source: {:?}", rig.server_saw);
         assert_eq!(rig.forwarded, 3 + 3 + 1);
     }
+}
+
+/// A HAM that dies is noticed by its heartbeats' silence: its successor revokes its lease
+/// and takes its block and address over within a few hundred milliseconds, long before the
+/// lease (3 s) would have run out; the other node does nothing.
+#[test]
+fn a_silent_ham_is_revoked_by_its_successor_long_before_its_lease_ends() {
+    let mut net = Net::new();
+    let a = net.add(Net::params_alive("a", &[addr(1)]));
+    let b = net.add(Net::params_alive("b", &[addr(2)]));
+    let c = net.add(Net::params_alive("c", &[addr(3)]));
+    let c1 = client(1);
+    net.attach(a, c1, "u1");
+    let f1 = flow(Proto::Tcp, c1, 40000, 443);
+    let m1 = net.masq(a, f1);
+    net.attach(c, c1, "u1");
+    net.leave(a, c1);
+    // Everyone hears everyone; nobody is judged while they talk.
+    net.tick(1_000);
+    for i in [a, b, c] {
+        assert!(net.n(i).stats.heartbeats_in >= 18, "{:?}", net.n(i).stats);
+        assert_eq!(net.n(i).stats.peers_revoked, 0);
+        assert_eq!(net.n(i).stats.heartbeats_bad, 0);
+    }
+    net.kill(a);
+    let died = net.now;
+    let mut taken_after = None;
+    for _ in 0..100 {
+        net.tick(10);
+        if net.outputs[b].contains(&Output::Serve(addr(1))) {
+            taken_after = Some(net.now - died);
+            break;
+        }
+    }
+    let taken_after = taken_after.expect("b took a's address over");
+    assert!(
+        (300..=500).contains(&taken_after),
+        "taken over {taken_after} ms after the death (dead after 300 ms of silence)"
+    );
+    assert_eq!(net.n(b).stats.peers_revoked, 1);
+    assert_eq!(
+        net.n(c).stats.peers_revoked,
+        0,
+        "only the successor revokes"
+    );
+    assert_eq!(net.n(b).stats.blocks_taken, 1);
+    assert!(!net.outputs[c].contains(&Output::Serve(addr(1))));
+    // The connection goes on through its new HAM.
+    assert_eq!(net.recv(b, m1), InVerdict::Forward("c".into()));
+    assert_eq!(net.masq(c, f1), m1);
+}
+
+/// A node whose heartbeats do not reach its successor (it is alive: a partition) loses its
+/// lease; it withdraws its address at once, registers again under a new lease and is not
+/// judged again until its heartbeats are heard; the block went to the successor, and no
+/// (address, port) is handed out twice.
+#[test]
+fn a_node_suspected_while_alive_withdraws_its_address_and_registers_again() {
+    let mut net = Net::new();
+    let a = net.add(Net::params_alive("a", &[addr(1)]));
+    let b = net.add(Net::params_alive("b", &[addr(2)]));
+    let c1 = client(1);
+    net.attach(a, c1, "u1");
+    let f1 = flow(Proto::Udp, c1, 5000, 53);
+    let m1 = net.masq(a, f1);
+    net.tick(500);
+    net.outputs[a].clear();
+    net.cut.insert((a, b));
+    net.tick(1_000);
+    assert_eq!(net.n(b).stats.peers_revoked, 1);
+    let st = net.n(a).stats.clone();
+    assert_eq!(st.lease_lost, 1, "{st:?}");
+    assert!(
+        net.outputs[a].contains(&Output::Unserve(addr(1))),
+        "a withdrew its address: {:?}",
+        net.outputs[a]
+    );
+    assert!(net.outputs[b].contains(&Output::Serve(addr(1))));
+    assert!(net.n(a).is_ready(), "a registered again");
+    assert!(net.n(b).live_nodes().any(|n| n == "a"));
+    // a is not served twice: only b answers for the block it took.
+    let a_serves_again = net.outputs[a]
+        .iter()
+        .rposition(|o| *o == Output::Serve(addr(1)));
+    let a_unserved = net.outputs[a]
+        .iter()
+        .rposition(|o| *o == Output::Unserve(addr(1)));
+    assert!(
+        a_serves_again.is_none_or(|s| a_unserved.is_some_and(|u| u > s))
+            || net.n(a).owned_blocks().iter().any(|bl| bl.addr == addr(1)),
+        "a serves addr(1) again only from a block of its own: {:?}",
+        net.outputs[a]
+    );
+    let b_blocks = net.n(b).owned_blocks();
+    assert!(net
+        .n(a)
+        .owned_blocks()
+        .iter()
+        .all(|bl| !b_blocks.contains(bl)));
+    // Still cut: not judged again (never heard under its new lease).
+    net.tick(2_000);
+    assert_eq!(net.n(b).stats.peers_revoked, 1);
+    assert_eq!(net.n(a).stats.lease_lost, 1);
+    // b is the HAM now; a's new connections come from another block.
+    assert_eq!(net.recv(b, m1), InVerdict::Forward("a".into()));
+    for p in 0..300u16 {
+        let m = net.masq(a, flow(Proto::Tcp, c1, 20000 + p, 80));
+        assert_ne!(m, m1);
+        let hi = (m.port >> 8) as u8;
+        assert!(
+            !b_blocks.contains(&BlockId { addr: m.addr, hi }),
+            "{m:?} is in a block of b's"
+        );
+    }
+}
+
+/// A lone node whose lease went (revoked from outside) competes for its own blocks again and
+/// serves them again: withdrawn first, then served.
+#[test]
+fn a_lone_node_that_lost_its_lease_takes_its_blocks_back() {
+    let mut net = Net::new();
+    let a = net.add(Net::params_alive("a", &[addr(1)]));
+    let c1 = client(1);
+    net.attach(a, c1, "u1");
+    let f1 = flow(Proto::Udp, c1, 5000, 53);
+    let m1 = net.masq(a, f1);
+    net.outputs[a].clear();
+    let lease = {
+        let layout = records::MasqLayout::new(&Name::new("c1").unwrap());
+        let mut h = net.hub.borrow_mut();
+        let r = h
+            .mem
+            .call(
+                Request::Range {
+                    prefix: layout.prefix("nodes/"),
+                },
+                Duration::from_secs(1),
+            )
+            .unwrap();
+        let Reply::Range { kvs, .. } = r else {
+            panic!("{r:?}")
+        };
+        kvs[0].lease
+    };
+    net.hub
+        .borrow_mut()
+        .mem
+        .call(
+            Request::LeaseRevoke(crate::cluster::store::LeaseId(lease)),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    net.tick(200);
+    assert_eq!(net.n(a).stats.lease_lost, 1);
+    let o = &net.outputs[a];
+    let u = o.iter().position(|x| *x == Output::Unserve(addr(1)));
+    let s = o.iter().position(|x| *x == Output::Serve(addr(1)));
+    assert!(matches!((u, s), (Some(u), Some(s)) if u < s), "{o:?}");
+    assert_eq!(net.masq(a, f1), m1);
 }
