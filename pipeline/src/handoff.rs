@@ -111,6 +111,9 @@ impl SaOwners {
 pub enum Side {
     Lan,
     Wan,
+    /// A decrypted inner IP packet (no Ethernet header) for the worker whose client
+    /// masquerade holds its session: it is rewritten back and sent to the LAN there.
+    Inner,
 }
 
 /// One frame in a lane: its bytes (Ethernet header first) and where it came in.

@@ -264,6 +264,9 @@ pub enum Traffic {
     HandedOff,
     HandOffReceived,
     HandOffWaits,
+    /// A client's decrypted answers to its virtual IP handed to the worker whose masquerade
+    /// holds their session (per-core SAs: the port names it), counted by the sender.
+    VipAnswersHandedOff,
     /// Per-connection masquerade: client packets rewritten to their masquerading address,
     /// answers rewritten back, answers forwarded to the FAM on a link SA (HAM), packets
     /// opened from a link SA (FAM), packets held for a table miss, held packets run again
@@ -306,6 +309,7 @@ impl Traffic {
         Traffic::HandedOff,
         Traffic::HandOffReceived,
         Traffic::HandOffWaits,
+        Traffic::VipAnswersHandedOff,
         Traffic::MasqRewrittenOut,
         Traffic::MasqRewrittenIn,
         Traffic::MasqForwarded,
@@ -343,6 +347,7 @@ impl Traffic {
             Traffic::HandedOff => "handed_off",
             Traffic::HandOffReceived => "handoff_received",
             Traffic::HandOffWaits => "handoff_waits",
+            Traffic::VipAnswersHandedOff => "vip_answers_handed_off",
             Traffic::MasqRewrittenOut => "masq_rewritten_out",
             Traffic::MasqRewrittenIn => "masq_rewritten_in",
             Traffic::MasqForwarded => "masq_forwarded",

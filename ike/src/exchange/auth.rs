@@ -118,11 +118,11 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         notify::ROAMGATE_GATEWAY_MOVE_SUPPORTED,
         vec![],
     ));
-    if ctx.config.per_core_sas > 1 && !cfg.request_vip {
-        // RFC 9611: this first CHILD_SA is the first of one per worker. Not for a client that
-        // asks for a virtual IP: it masquerades its LAN to that address, and the masquerade's
-        // sessions are per worker, so an answer must come back on the SA of the worker that
-        // sealed the request; with per-core SAs the gateway answers on its own worker's SA.
+    if ctx.config.per_core_sas > 1 {
+        // RFC 9611: this first CHILD_SA is the first of one per worker. A client that asks
+        // for a virtual IP too: its workers masquerade its LAN to that address each from its
+        // own share of the ports, and an answer the gateway sends on another worker's SA is
+        // handed to the worker its port names after decryption (`pipeline::nat::port_owner`).
         inner.push(Payload::notify(notify::SA_RESOURCE_INFO, vec![]));
     }
     sa.state.phase = Phase::Auth;

@@ -1,8 +1,8 @@
 //! RFC 9611 per-core CHILD_SAs: SA_RESOURCE_INFO in IKE_AUTH agrees on them, further
 //! CHILD_SAs with the first one's selectors each land on their own worker at both ends (the
 //! inbound SPI's worker bits), their rekeys stay there, the responder caps them with
-//! TS_MAX_QUEUE, and a peer that does not send SA_RESOURCE_INFO gets none (nor does a client
-//! that asks for a virtual IP offer it).
+//! TS_MAX_QUEUE, a peer that does not send SA_RESOURCE_INFO gets none, and a client with a
+//! virtual IP gets them for that address.
 
 use std::collections::BTreeSet;
 
@@ -211,10 +211,30 @@ fn the_responder_caps_per_core_child_sas_with_ts_max_queue() {
 }
 
 #[test]
-fn a_client_that_asks_for_a_virtual_ip_offers_no_per_core_child_sas() {
-    let (mut p, cid, gid) = pair_with(4, 4, 4, 4, true);
-    assert_eq!(p.client().per_core(cid), Some(false));
-    assert_eq!(p.gw().per_core(gid), Some(false));
+fn a_client_with_a_virtual_ip_gets_one_child_sa_per_worker_for_that_address() {
+    let (mut p, cid, gid) = pair_with(2, 2, 2, 2, true);
+    assert_eq!(p.client().per_core(cid), Some(true));
+    assert_eq!(p.gw().per_core(gid), Some(true));
+    let first = children(p.client_events())[0].clone();
+    let w0 = p
+        .client()
+        .services()
+        .spis
+        .layout()
+        .worker_of(first.inbound.spi);
+    let now = p.now();
+    p.client().create_child_on(now, cid, 1 - w0).unwrap();
+    p.drive();
+    let (c, g) = (children(p.client_events()), children(p.gw_events()));
+    assert_eq!((c.len(), g.len()), (2, 2), "{:?}", p.gw_events());
+    for (a, b) in c.iter().zip(&g) {
+        assert_keys_pair(a, b);
+        // The virtual IP the first one was given, at both ends.
+        assert_eq!(a.local_ts, first.local_ts);
+        assert_eq!(b.remote_ts, first.local_ts);
+    }
+    assert_eq!(workers_of(p.client()), vec![0, 1]);
+    assert_eq!(workers_of(p.gw()), vec![0, 1]);
 }
 
 #[test]

@@ -134,7 +134,12 @@ struct Session {
 struct PortPool {
     lo: u16,
     size: u32,
-    /// Fresh ports handed out so far (they go `start`, `start + 1`, ... wrapping in the range).
+    /// The ports this pool hands out: `first`, `first + step`, ... (`count` of them); all of
+    /// the range unless shared between workers ([`Masquerade::share_ports`]).
+    first: u32,
+    step: u32,
+    count: u32,
+    /// Fresh ports handed out so far (they go `start`, `start + 1`, ... wrapping in the ports).
     fresh_used: u32,
     start: u32,
     /// Released ports with their release time, oldest first.
@@ -147,17 +152,33 @@ impl PortPool {
         PortPool {
             lo,
             size,
+            first: u32::from(lo),
+            step: 1,
+            count: size,
             fresh_used: 0,
             start: start % size,
             released: VecDeque::new(),
         }
     }
 
+    /// Only the ports `p` of the range with `p % workers == worker` (none handed out yet).
+    fn share(&mut self, worker: u16, workers: u16) {
+        let (w, n) = (u32::from(worker), u32::from(workers.max(1)));
+        let lo = u32::from(self.lo);
+        let first = lo + (w + n - lo % n) % n;
+        let hi = lo + self.size - 1;
+        self.first = first;
+        self.step = n;
+        self.count = if first > hi { 0 } else { (hi - first) / n + 1 };
+        self.fresh_used = 0;
+        self.start %= self.count.max(1);
+    }
+
     fn alloc(&mut self, now: u64, delay: u64) -> Option<u16> {
-        if self.fresh_used < self.size {
-            let off = (self.start + self.fresh_used) % self.size;
+        if self.fresh_used < self.count {
+            let off = (self.start + self.fresh_used) % self.count;
             self.fresh_used += 1;
-            return u16::try_from(u32::from(self.lo) + off).ok();
+            return u16::try_from(self.first + off * self.step).ok();
         }
         match self.released.front() {
             Some(&(port, at)) if now.saturating_sub(at) >= delay => {
@@ -179,6 +200,37 @@ impl PortPool {
 }
 
 const NONE: u32 = u32::MAX;
+
+/// The worker whose masquerade handed out external port (or ICMP echo identifier) `port`
+/// when `workers` share one address ([`Masquerade::share_ports`]).
+#[inline]
+pub fn port_owner(port: u16, workers: u16) -> u16 {
+    port % workers.max(1)
+}
+
+/// The external port of an answer to a masqueraded flow: the destination port of a TCP or
+/// UDP packet, the identifier of an ICMP echo reply (IPv4 `ip`, header checked by the caller
+/// or not: `None` for anything short or else).
+#[inline]
+pub fn answer_port(ip: &[u8]) -> Option<u16> {
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    // A fragment after the first carries no ports.
+    let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+    if ihl < 20 || frag != 0 {
+        return None;
+    }
+    let at = |o: usize| -> Option<u16> {
+        Some(u16::from_be_bytes([
+            *ip.get(ihl + o)?,
+            *ip.get(ihl + o + 1)?,
+        ]))
+    };
+    match *ip.get(9)? {
+        6 | 17 => at(2),
+        1 if *ip.get(ihl)? == 0 => at(4),
+        _ => None,
+    }
+}
 
 /// The masquerade: sessions, port pools and the packet rewriters. See the module docs.
 #[derive(Debug)]
@@ -233,6 +285,20 @@ impl Masquerade {
 
     pub fn config(&self) -> &MasqueradeConfig {
         &self.cfg
+    }
+
+    /// One of `workers` masquerades to the same address (a client's virtual IP with per-core
+    /// SAs): this one hands out only the ports `p` with `p % workers == worker` (ICMP echo
+    /// identifiers alike), so an answer's port names the worker that holds its session
+    /// ([`port_owner`]). Only before the first session (false otherwise, nothing changed).
+    pub fn share_ports(&mut self, worker: u16, workers: u16) -> bool {
+        if self.live != 0 || workers == 0 || worker >= workers {
+            return false;
+        }
+        for p in &mut self.pools {
+            p.share(worker, workers);
+        }
+        true
     }
 
     /// The address inside flows are rewritten to.

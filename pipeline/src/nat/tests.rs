@@ -627,3 +627,62 @@ fn garbage_never_panics() {
         n.expire(i, 4);
     }
 }
+
+/// Three workers sharing one address: each hands out only its own ports (all of them before
+/// it runs out), the answer's port names the worker that holds the session, and that
+/// worker's masquerade takes the answer back.
+#[test]
+fn workers_sharing_an_address_hand_out_disjoint_ports_their_answers_name() {
+    let cfg = MasqueradeConfig {
+        external_addr: EXT,
+        port_range: (1000, 1099),
+        ..Default::default()
+    };
+    let mut nats: Vec<Masquerade> = (0..3u16)
+        .map(|w| {
+            let mut n = Masquerade::new(cfg.clone());
+            assert!(n.share_ports(w, 3));
+            n
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for (w, n) in nats.iter_mut().enumerate() {
+        let mut mine = 0;
+        for sp in 0..40u16 {
+            let mut p = udp_pkt(HOST, 2000 + sp, REMOTE, 53, b"q");
+            if n.outbound(&mut p, 1).is_err() {
+                break;
+            }
+            let (ext, _) = ports(&p);
+            assert!((1000..=1099).contains(&ext));
+            assert_eq!(port_owner(ext, 3), w as u16, "port {ext}");
+            assert!(seen.insert(ext), "port {ext} twice");
+            // The answer: its port says which worker, whose table has it.
+            let mut back = udp_pkt(REMOTE, 53, EXT, ext, b"a");
+            assert_eq!(answer_port(&back), Some(ext));
+            n.inbound(&mut back, 2).unwrap();
+            assert_eq!(ports(&back), (53, 2000 + sp));
+            mine += 1;
+        }
+        // 1000..=1099 over 3 workers: 1002.. (33), 1000.. (34), 1001.. (33); each used all
+        // of its own before its pool ran out.
+        assert_eq!(mine, if w == 1 { 34 } else { 33 });
+    }
+    assert_eq!(seen.len(), 100);
+    // Echo identifiers the same way.
+    let mut e = echo(HOST, REMOTE, true, 7);
+    nats[1].outbound(&mut e, 3).unwrap();
+    let id = u16::from_be_bytes([e[24], e[25]]);
+    assert_eq!(port_owner(id, 3), 1);
+    let reply = echo(REMOTE, EXT, false, id);
+    assert_eq!(answer_port(&reply), Some(id));
+    // Not once sessions exist; not for a worker out of range.
+    assert!(!nats[0].share_ports(0, 2));
+    assert!(!Masquerade::new(cfg).share_ports(3, 3));
+    // Nothing to name for a later fragment or a truncated header.
+    let mut frag = udp_pkt(REMOTE, 53, EXT, 1000, b"a");
+    frag[7] = 1;
+    assert_eq!(answer_port(&frag), None);
+    assert_eq!(answer_port(&frag[..21]), None);
+    assert_eq!(answer_port(&[]), None);
+}

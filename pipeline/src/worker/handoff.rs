@@ -8,6 +8,7 @@
 use super::{Side, Verdict, Worker};
 use crate::handoff;
 use crate::ids::{SaId, Spi};
+use crate::nat::NatDrop;
 use crate::port::{Frame, Port};
 use crate::stats::{DropReason, Traffic};
 
@@ -35,6 +36,49 @@ impl<P: Port> Worker<P> {
         (self.id != 0).then_some(Verdict::HandOff(0))
     }
 
+    /// A client's answer to its virtual IP, decrypted here, whose masquerade session another
+    /// worker holds (per-core SAs: the gateway answers on whichever SA its own worker owns).
+    /// The port says which: each worker hands out its own share ([`crate::nat::port_owner`]).
+    #[inline]
+    pub(super) fn vip_answer_elsewhere(&self, ip: &[u8]) -> Option<Verdict> {
+        // While frames handed here are processed the mesh is out of its slot (`receiving`).
+        if self.workers < 2 || (self.handoff.is_none() && !self.receiving) {
+            return None;
+        }
+        let w = crate::nat::port_owner(crate::nat::answer_port(ip)?, self.workers);
+        (w != self.id).then_some(Verdict::HandOffInner(w))
+    }
+
+    /// An answer another worker decrypted for this one's masquerade: rewritten back to the
+    /// LAN host (a flow this masquerade does not know goes to the LAN as it is, as on the
+    /// worker that decrypted it).
+    fn vip_answer(&mut self, mut f: P::Frame, now: u64) {
+        let v = match self.vip_nat.as_mut() {
+            Some(nat) => match nat.inbound(f.data_mut(), now) {
+                Ok(()) => {
+                    self.counters.count(Traffic::Masqueraded, 1);
+                    self.forward(&mut f, Side::Lan, false)
+                }
+                Err(NatDrop::NoSession | NatDrop::UnsupportedProtocol) => {
+                    self.forward(&mut f, Side::Lan, false)
+                }
+                Err(e) => Verdict::Drop(super::nat_reason(e)),
+            },
+            None => Verdict::Drop(DropReason::NatNoSession),
+        };
+        self.dispatch(f, Side::Lan, v);
+    }
+
+    /// With other workers, the client masquerade hands out only this worker's share of the
+    /// ports, so that an answer's port names the worker that holds its session.
+    pub(super) fn share_vip_ports(&mut self) {
+        if self.workers > 1 {
+            if let Some(n) = self.vip_nat.as_mut() {
+                n.share_ports(self.id, self.workers);
+            }
+        }
+    }
+
     /// Outbound SA `id` is installed here (true) or was deleted here: the other workers
     /// learn where its flows go.
     pub(super) fn publish_owner(&self, id: SaId, installed: bool) {
@@ -52,12 +96,8 @@ impl<P: Port> Worker<P> {
         let Some(h) = self.handoff.as_mut() else {
             return true;
         };
-        while let Some((to, side, f)) = self.handoff_q.front() {
-            let from = match side {
-                Side::Lan => handoff::Side::Lan,
-                Side::Wan => handoff::Side::Wan,
-            };
-            if h.send(*to, from, f.data()).is_err() {
+        while let Some((to, from, f)) = self.handoff_q.front() {
+            if h.send(*to, *from, f.data()).is_err() {
                 self.counters.count(Traffic::HandOffWaits, 1);
                 return false;
             }
@@ -76,7 +116,7 @@ impl<P: Port> Worker<P> {
         self.receiving = true;
         let n = h.receive(super::BURST, |p| {
             let (side, port) = match p.from {
-                handoff::Side::Lan => (Side::Lan, &mut self.lan),
+                handoff::Side::Lan | handoff::Side::Inner => (Side::Lan, &mut self.lan),
                 handoff::Side::Wan => (Side::Wan, &mut self.wan),
             };
             let Some(mut f) = port.alloc() else {
@@ -88,7 +128,11 @@ impl<P: Port> Worker<P> {
                 return true;
             }
             f.data_mut().copy_from_slice(&p.bytes);
-            self.process(f, side, now);
+            if p.from == handoff::Side::Inner {
+                self.vip_answer(f, now);
+            } else {
+                self.process(f, side, now);
+            }
             true
         });
         self.receiving = false;

@@ -359,6 +359,16 @@ impl<P: Port> Worker<P> {
         // LAN as it is, where only a host that holds the virtual IP takes it.
         if let Some(nat) = self.vip_nat.as_mut() {
             if IpAddr::V4(nat.external_addr()) == inner.key.dst {
+                // Its session is another worker's (per-core SAs): counted here, sent there.
+                if let Some(v) = self.vip_answer_elsewhere(f.data()) {
+                    self.counters.count(Traffic::Decrypted, 1);
+                    self.counters
+                        .count(Traffic::DecryptedBytes, opened.inner_len as u64);
+                    return v;
+                }
+                let Some(nat) = self.vip_nat.as_mut() else {
+                    return Verdict::Drop(DropReason::NatNoSession);
+                };
                 match nat.inbound(f.data_mut(), now) {
                     Ok(()) => self.counters.count(Traffic::Masqueraded, 1),
                     Err(

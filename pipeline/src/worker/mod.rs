@@ -44,7 +44,7 @@ use std::sync::Arc;
 use rtrb::{Consumer, Producer};
 
 use crate::esp::sa::Checkpoint;
-use crate::handoff::HandOff;
+use crate::handoff::{HandOff, Side as Lane};
 use crate::ids::{SaId, Spi};
 use crate::msg::{Datagram, Direction, Envelope, Reply};
 use crate::nat::{Masquerade, NatDrop};
@@ -207,7 +207,9 @@ pub struct Worker<P: Port> {
     /// owns go there.
     handoff: Option<Box<HandOff>>,
     /// Frames waiting for room in their lane (destination worker, side they came in on).
-    handoff_q: VecDeque<(u16, Side, P::Frame)>,
+    handoff_q: VecDeque<(u16, Lane, P::Frame)>,
+    /// How many workers share the client masquerade's address (1 without a hand-off).
+    workers: u16,
     /// True while this worker processes frames another worker handed it: they stay here.
     receiving: bool,
     /// Outbound SAs in their hold after a move, and the frames they sealed meanwhile (`hold`).
@@ -244,6 +246,9 @@ enum Verdict {
     Resolve(Side, IpAddr),
     /// To the worker that owns the frame's SA (or, for IKE, the one with the punt ring).
     HandOff(u16),
+    /// A decrypted answer to the client's virtual IP, to the worker whose masquerade holds
+    /// its session.
+    HandOffInner(u16),
     Drop(DropReason),
     /// A CBC SA's packet, framed, sealed with the rest of the burst's ([`cbc_burst`]).
     SealLater(cbc_burst::SealLater),
@@ -311,6 +316,7 @@ impl<P: Port> Worker<P> {
             generation: 0,
             handoff: None,
             handoff_q: VecDeque::new(),
+            workers: 1,
             receiving: false,
             holds: hold::Holds::default(),
             held: VecDeque::new(),
@@ -320,7 +326,9 @@ impl<P: Port> Worker<P> {
     /// Joins this worker to the others (its ends of [`crate::handoff::mesh`]): frames whose
     /// SA another worker owns, and IKE when this worker has no punt ring, go to that worker.
     pub fn set_handoff(&mut self, h: HandOff) {
+        self.workers = h.workers().max(1);
         self.handoff = (h.workers() > 1).then(|| Box::new(h));
+        self.share_vip_ports();
     }
 
     pub fn handle(&self) -> WorkerHandle {
@@ -501,7 +509,17 @@ impl<P: Port> Worker<P> {
             Verdict::ToWan => self.wan_txq.push_back(f),
             Verdict::ToLan => self.lan_txq.push_back(f),
             Verdict::Resolve(side, hop) => self.resolve_and_send(side, hop, f),
-            Verdict::HandOff(w) => self.handoff_q.push_back((w, side, f)),
+            Verdict::HandOff(w) => {
+                let from = match side {
+                    Side::Lan => Lane::Lan,
+                    Side::Wan => Lane::Wan,
+                };
+                self.handoff_q.push_back((w, from, f))
+            }
+            Verdict::HandOffInner(w) => {
+                self.counters.count(Traffic::VipAnswersHandedOff, 1);
+                self.handoff_q.push_back((w, Lane::Inner, f))
+            }
             Verdict::Drop(r) => self.counters.record_drop(r),
             Verdict::SealLater(s) => self.cbc_seals.push((f, s)),
             Verdict::OpenLater(o) => self.cbc_opens.push((f, o)),

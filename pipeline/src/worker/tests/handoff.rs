@@ -258,3 +258,152 @@ fn a_full_lane_is_back_pressure_not_loss() {
         assert_eq!(r.w.counters.snapshot().nonzero_drops().count(), 0);
     }
 }
+
+/// A client with two workers and per-core SAs for its virtual IP (RFC 9611): each worker
+/// masquerades from its own share of the ports and seals on its own SA; the gateway answers
+/// on the SA of whichever of its workers sends, so an answer may be opened by the client
+/// worker that did not masquerade it: that worker hands the decrypted packet to the one
+/// its port names, which rewrites it back to the LAN host.
+#[test]
+fn an_answer_opened_by_the_other_worker_goes_to_the_masquerade_that_holds_its_session() {
+    const SPI_IN_W0: u32 = 0x0000_b000;
+    let mut ends = mesh(2, 8, 64).into_iter();
+    let mut w = [bare(0, None), bare(1, None)];
+    for (i, r) in w.iter_mut().enumerate() {
+        r.w.set_handoff(ends.next().unwrap());
+        let (out_id, out_spi, in_spi) = [(1u32, 0xa001, SPI_IN_W0), (2, 0xa002, SPI_IN_W1)][i];
+        for (dir, id, spi) in [
+            (Direction::Outbound, out_id, out_spi),
+            (Direction::Inbound, out_id + 10, in_spi),
+        ] {
+            r.update(Update::AddSa {
+                dir,
+                params: sa(
+                    id,
+                    spi,
+                    "192.0.2.1",
+                    "192.0.2.2",
+                    "10.99.0.5/32",
+                    "10.2.0.0/24",
+                ),
+            });
+        }
+        // Each worker's SPD protects with the outbound SA it owns.
+        r.update(Update::ReplaceSpd {
+            rules: vec![Rule {
+                id: 0,
+                selector: sel("10.99.0.5/32", "10.2.0.0/24"),
+                action: Action::Protect(SaId(out_id)),
+            }],
+        });
+        r.update(Update::SetVirtualIp {
+            config: Some(MasqueradeConfig {
+                external_addr: "10.99.0.5".parse().unwrap(),
+                ..MasqueradeConfig::default()
+            }),
+        });
+    }
+    // The gateway: opens both client SAs, answers on the one client worker 1 owns.
+    let mut g = rig(1500);
+    for (id, spi) in [(3u32, 0xa001u32), (4, 0xa002)] {
+        g.update(Update::AddSa {
+            dir: Direction::Inbound,
+            params: sa(
+                id,
+                spi,
+                "192.0.2.2",
+                "192.0.2.1",
+                "10.2.0.0/24",
+                "10.99.0.5/32",
+            ),
+        });
+    }
+    g.update(Update::AddSa {
+        dir: Direction::Outbound,
+        params: sa(
+            1,
+            SPI_IN_W1,
+            "192.0.2.2",
+            "192.0.2.1",
+            "10.2.0.0/24",
+            "10.99.0.5/32",
+        ),
+    });
+    g.update(Update::ReplaceSpd {
+        rules: vec![Rule {
+            id: 0,
+            selector: sel("10.2.0.0/24", "10.99.0.5/32"),
+            action: Action::Protect(SaId(1)),
+        }],
+    });
+    let mut clock = 0;
+    for (i, host_port) in [(0usize, 1234u16), (1, 0x12d2)] {
+        clock += 1;
+        // The LAN host's flow reaches worker i (RSS): masqueraded and sealed there.
+        let mut f = lan_frame("10.1.0.10", "10.2.0.7", 5001);
+        if i == 1 {
+            // Another flow on worker 1: source port 0x12d2 (the checksum stays unchecked:
+            // zero would be refused, a wrong one is only counted).
+            f.data_mut()[14 + 20] = 0x12;
+        }
+        assert!(w[i].lan.send(f).is_ok());
+        w[i].w.poll(clock);
+        let mut esp = w[i].wan.recv().expect("sealed by the worker that got it");
+        assert_eq!(
+            esp::Packet::new_checked(outer_ipv4(&esp).payload())
+                .unwrap()
+                .spi(),
+            [0xa001, 0xa002][i]
+        );
+        readdress(&mut esp, WAN_MAC, PEER_MAC);
+        assert!(g.wan.send(esp).is_ok());
+        g.w.poll(clock);
+        let mut inner = g.lan.recv().expect("opened at the gateway");
+        let ext_port = {
+            let ip = ipv4::Packet::new_checked(&inner.data()[14..]).unwrap();
+            assert_eq!(ip.src_addr(), "10.99.0.5".parse::<Ipv4Addr>().unwrap());
+            udp::Packet::new_checked(ip.payload()).unwrap().src_port()
+        };
+        assert_eq!(
+            crate::nat::port_owner(ext_port, 2),
+            i as u16,
+            "worker {i}'s share"
+        );
+        // The answer, sealed on the SA client worker 1 owns: opened by worker 1.
+        answer(&mut inner, LAN_MAC, HOST_MAC);
+        assert!(g.lan.send(inner).is_ok());
+        g.w.poll(clock);
+        let mut back = g.wan.recv().expect("sealed by the gateway");
+        readdress(&mut back, WAN_MAC, PEER_MAC);
+        assert!(w[1].wan.send(back).is_ok());
+        w[1].w.poll(clock);
+        w[0].w.poll(clock);
+        w[1].w.poll(clock);
+        // Delivered by the worker holding the session, to the host's own port.
+        let host = w[i]
+            .lan
+            .recv()
+            .expect("to the LAN host from the session's worker");
+        assert!(w[1 - i].lan.recv().is_none());
+        let ip = ipv4::Packet::new_checked(&host.data()[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), "10.1.0.10".parse::<Ipv4Addr>().unwrap());
+        assert!(ip.verify_checksum());
+        let u = udp::Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!((u.src_port(), u.dst_port()), (5001, host_port));
+        assert!(u.verify_checksum(&IpAddr::V4(ip.src_addr()), &IpAddr::V4(ip.dst_addr())));
+    }
+    // Worker 1 opened both answers and handed one (worker 0's) over.
+    assert_eq!(w[1].w.counters.traffic(Traffic::Decrypted), 2);
+    assert_eq!(w[1].w.counters.traffic(Traffic::VipAnswersHandedOff), 1);
+    assert_eq!(w[0].w.counters.traffic(Traffic::HandOffReceived), 1);
+    assert_eq!(w[0].w.counters.traffic(Traffic::Masqueraded), 2);
+    for r in &w {
+        let s = r.w.counters.snapshot();
+        assert_eq!(
+            s.nonzero_drops().count(),
+            0,
+            "{:?}",
+            s.nonzero_drops().collect::<Vec<_>>()
+        );
+    }
+}
