@@ -1619,8 +1619,14 @@ impl CryptoNode {
             // manager, never from a crypto node's core: taken as a binding all the same.
             Update::BindHost { dst, src, sa } | Update::BindHostDual { dst, src, sa } => {
                 let edges = self.placement.outbound_edges(*sa);
-                self.placement.bind(*dst, *src, *sa, &edges);
+                let stale = self.placement.bind(*dst, *src, *sa, &edges);
+                let dst = *dst;
                 self.push_to(&edges, u);
+                // Bound to a new SA (a rekey) at other edges: the old ones' binding would
+                // seal the LAN's traffic with the SA about to go.
+                if !stale.is_empty() {
+                    self.push_to(&stale, Update::UnbindHost { dst });
+                }
             }
             Update::UnbindHost { dst } => {
                 let edges = self.placement.unbind(*dst);

@@ -224,15 +224,26 @@ impl SaPlacement {
         }
     }
 
+    /// Binds `dst` to outbound SA `sa` held by `edges`. Returns the edges whose binding of
+    /// `dst` is now stale: `dst` was bound to another SA (a rekey) and they do not hold the new
+    /// one (the client's path moved before the rekey, as strongSwan's kernel-libipsec does
+    /// after a MOBIKE update); they must drop it. The binding is then where the new SA is.
     pub fn bind(
         &mut self,
         dst: IpAddr,
         src: proto::policy::Prefix,
         sa: SaId,
         edges: &BTreeSet<EdgeId>,
-    ) {
-        self.hosts.insert(dst, (src, sa));
-        self.bound.entry(dst).or_default().extend(edges);
+    ) -> BTreeSet<EdgeId> {
+        let before = self.hosts.insert(dst, (src, sa));
+        let bound = self.bound.entry(dst).or_default();
+        if before.is_some_and(|(_, old)| old != sa) {
+            let stale = bound.difference(edges).copied().collect();
+            *bound = edges.clone();
+            return stale;
+        }
+        bound.extend(edges);
+        BTreeSet::new()
     }
 
     /// Removes the host binding of `dst`: the edges to tell are those bound and those still
@@ -467,6 +478,26 @@ mod tests {
         assert_eq!(p.move_outbound(SaId(7), 2), None);
         // The old edge can no longer be placed the SA while the new one holds it.
         assert!(p.place(Direction::Outbound, &o, 1).is_err());
+    }
+
+    #[test]
+    fn a_binding_to_a_new_sa_elsewhere_leaves_the_old_edges_stale() {
+        let mut p = SaPlacement::default();
+        let vip: IpAddr = "10.99.0.1".parse().unwrap();
+        let src: proto::policy::Prefix = "10.9.0.0/24".parse().unwrap();
+        assert!(p.bind(vip, src, SaId(1), &BTreeSet::from([1])).is_empty());
+        // The same SA again (another edge took a copy): added.
+        assert!(p.bind(vip, src, SaId(1), &BTreeSet::from([2])).is_empty());
+        assert_eq!(p.host_edges(), vec![(vip, BTreeSet::from([1, 2]))]);
+        // A rekey placed the new SA at edge 2: edge 1's binding is stale.
+        assert_eq!(
+            p.bind(vip, src, SaId(3), &BTreeSet::from([2])),
+            BTreeSet::from([1])
+        );
+        assert_eq!(p.host_edges(), vec![(vip, BTreeSet::from([2]))]);
+        assert_eq!(p.hosts_of(SaId(3)), vec![(vip, src)]);
+        // A rekey on the same edge: nothing stale.
+        assert!(p.bind(vip, src, SaId(4), &BTreeSet::from([2])).is_empty());
     }
 
     #[test]

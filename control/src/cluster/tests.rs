@@ -1245,6 +1245,55 @@ fn the_old_edge_seals_the_lan_s_traffic_until_the_lan_s_route_follows_the_move()
     println!("drained move: runs {runs:?}");
 }
 
+/// A client whose path moved to another edge before any of its ESP did (strongSwan's
+/// kernel-libipsec after a MOBIKE update: its outbound SA cannot move, so it rekeys the
+/// CHILD_SA first and sends on the new one): the new SAs are placed at the edge the rekey came
+/// through, and the host binding goes with them. The old edge drops its binding (it would seal
+/// the LAN's traffic with an SA about to go) and the designation names the new edge alone.
+#[test]
+fn a_child_sa_rekeyed_through_another_edge_takes_the_host_binding_off_the_old_edge() {
+    let mut w = Cluster::new(3, 1);
+    w.router = all_via(0);
+    w.client_connect(0);
+    w.run_for(Duration::from_secs(1));
+    let old = w.child_spis(0)[0];
+    let (vip, edges) = w.node.placement().host_edges()[0].clone();
+    assert_eq!(edges, BTreeSet::from([0]));
+    assert!(w.edges[0].link.workers[0].bound.contains_key(&vip));
+    // Its IKE now reaches edge 1; it rekeys before sending any ESP there.
+    w.router = all_via(1);
+    let ike = w.clients[0]
+        .endpoint
+        .list()
+        .into_iter()
+        .find(|s| s.2)
+        .unwrap()
+        .0;
+    let now = w.now;
+    w.clients[0]
+        .endpoint
+        .rekey_child(now, ike, ike::ChildSpi(old.1 .0))
+        .unwrap();
+    w.run_for(Duration::from_secs(2));
+    let spis = w.child_spis(0);
+    assert_eq!(spis.len(), 2, "the CHILD_SA was rekeyed");
+    let new = spis[1];
+    assert_eq!(w.holds(1, new), (true, true), "the new SAs at edge 1");
+    let new_id = out_id(&w, 1, new.1).expect("the new outbound SA's id at edge 1");
+    assert_eq!(
+        w.node.placement().host_edges(),
+        vec![(vip, BTreeSet::from([1]))],
+        "the designation follows the new SA"
+    );
+    assert_eq!(w.edges[1].link.workers[0].bound.get(&vip), Some(&new_id));
+    assert!(
+        !w.edges[0].link.workers[0].bound.contains_key(&vip),
+        "edge 0 dropped its binding: {:?}",
+        w.edges[0].link.workers[0].bound
+    );
+    assert_eq!(w.holds(0, old), (false, false), "the old SAs are gone");
+}
+
 fn client_events(w: &mut Cluster, edge: usize) -> Vec<edge::ClientEvent> {
     std::iter::from_fn(|| w.edges[edge].fwd.poll_client()).collect()
 }
