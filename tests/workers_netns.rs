@@ -6,7 +6,8 @@
 //! (`pipeline::handoff`), counted per worker in `roamgate stats`.
 //!
 //! A second case, two `roamgate run` sites with two workers each, negotiates per-core
-//! CHILD_SAs (RFC 9611) and uses both at each end.
+//! CHILD_SAs (RFC 9611) and uses both at each end; a third, `roamgate client` with a virtual
+//! IP and two workers, does the same with its LAN masqueraded by both workers.
 //!
 //! Needs root (prints a SKIP line otherwise; CI runs it as root), strongSwan, iperf3.
 //! Runs in about 15 s (both cases; the per-core one about 6 s).
@@ -402,4 +403,95 @@ fn two_roamgate_sites_negotiate_a_child_sa_per_worker_and_use_both() {
             assert!(w["drops"].get("no_sa").is_none(), "{who}: {stats}");
         }
     }
+}
+
+/// `roamgate client` (configs/client.yaml: a virtual IP, its LAN masqueraded to it) with two
+/// workers against the gateway with two: per-core CHILD_SAs (RFC 9611) for the virtual IP,
+/// each client worker masquerading from its own share of the ports; an answer the gateway
+/// seals on the SA of the other client worker is handed over after decryption.
+#[test]
+fn a_roamgate_client_with_a_virtual_ip_negotiates_a_child_sa_per_worker_and_uses_both() {
+    if !roamgate_tests::netns::root_or_skip("workers_netns per-core client")
+        || !roamgate_tests::have_tool("iperf3", &["--version"])
+    {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("workers_netns_per_core_client");
+    let lab = ScriptLab::up(
+        "rwcl2q-up",
+        "rw-down",
+        &format!("rgv{}", std::process::id() % 100_000),
+    );
+    let gw_path = dir.join("gw.yaml");
+    std::fs::write(&gw_path, gateway_config()).unwrap();
+    let gw = DataplaneProcess::start_sub(
+        Path::new(BIN.as_str()),
+        "run",
+        &lab.ns("gw"),
+        &gw_path,
+        &dir,
+        "gw",
+        &["--shm", dir.join("gw.shm").to_str().unwrap()],
+    );
+    let client = std::fs::read_to_string(root().join("configs/client.yaml")).unwrap();
+    assert!(client.contains("  workers: 1\n") && client.contains("device: wan,"));
+    let client = client
+        .replace("  workers: 1\n", "  workers: 2\n")
+        .replace("device: wan,", "device: eth0,");
+    let cl_path = dir.join("client.yaml");
+    std::fs::write(&cl_path, client).unwrap();
+    let cl = DataplaneProcess::start_sub(
+        Path::new(BIN.as_str()),
+        "client",
+        &lab.ns("rw"),
+        &cl_path,
+        &dir,
+        "client",
+        &["--shm", dir.join("client.shm").to_str().unwrap()],
+    );
+    for (who, sock) in [("client", &cl.socket), ("gateway", &gw.socket)] {
+        wait_for(&format!("{who}: an outbound SA per worker"), 20, || {
+            let mut w: Vec<u64> = sas_of(sock, "out").iter().map(|s| s.0).collect();
+            w.sort_unstable();
+            w == [0, 1]
+        });
+    }
+    let server = NsProcess::spawn(
+        &lab.ns("lan"),
+        &["iperf3", "-s", "-B", "10.9.0.10"],
+        "iperf3 -s",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let there = udp_flows(&lab, false);
+    let back = udp_flows(&lab, true);
+    drop(server);
+    let (cl_out, gw_out) = (sas_of(&cl.socket, "out"), sas_of(&gw.socket, "out"));
+    let (cl_in, gw_in) = (sas_of(&cl.socket, "in"), sas_of(&gw.socket, "in"));
+    println!(
+        "per-core client: UDP (sent, lost) there {there:?} back {back:?}; (worker, packets) client out {cl_out:?} in {cl_in:?}; gateway out {gw_out:?} in {gw_in:?}"
+    );
+    for (what, sas) in [
+        ("client out", &cl_out),
+        ("client in", &cl_in),
+        ("gateway out", &gw_out),
+        ("gateway in", &gw_in),
+    ] {
+        assert_eq!(sas.len(), 2, "{what}: {sas:?}");
+        assert!(sas.iter().all(|s| s.1 > 0), "{what}: {sas:?}");
+        assert_ne!(sas[0].0, sas[1].0, "{what} on different workers: {sas:?}");
+    }
+    let stats = ask(&cl.socket, "stats");
+    println!("client per worker: {}", stats["per_worker"]);
+    let mut handed = 0;
+    for w in stats["per_worker"].as_array().expect("per-worker counters") {
+        for r in ["no_sa", "nat_no_session", "nat_ports_exhausted"] {
+            assert!(w["drops"].get(r).is_none(), "client: {r}: {stats}");
+        }
+        handed += w["traffic"]["vip_answers_handed_off"].as_u64().unwrap_or(0);
+    }
+    // Both client workers masqueraded flows and the gateway answered each flow on whichever
+    // of its SAs its sending worker owns: some answers came to the other client worker.
+    assert!(handed > 0, "no answer handed to its masquerade's worker: {stats}");
+    println!("per-core client: vip_answers_handed_off={handed}");
 }
