@@ -492,6 +492,9 @@ fn a_roamgate_client_with_a_virtual_ip_negotiates_a_child_sa_per_worker_and_uses
     }
     // Both client workers masqueraded flows and the gateway answered each flow on whichever
     // of its SAs its sending worker owns: some answers came to the other client worker.
-    assert!(handed > 0, "no answer handed to its masquerade's worker: {stats}");
+    assert!(
+        handed > 0,
+        "no answer handed to its masquerade's worker: {stats}"
+    );
     println!("per-core client: vip_answers_handed_off={handed}");
 }

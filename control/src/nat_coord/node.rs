@@ -1395,12 +1395,17 @@ impl<S: Store> MasqNode<S> {
                         });
                     }
                     tracing::info!(target: "control", node = %n, "masq coordinator: a node's lease went");
-                    // Connections it was the FAM of: the HAM forwards nowhere now.
+                    // Connections it was the FAM of: the HAM forwards nowhere now, and waits
+                    // a whole timeout from now for the client to show up elsewhere.
+                    let now = self.now_ms;
                     let gone: Vec<MasqAddr> = self
                         .conns
-                        .iter()
+                        .iter_mut()
                         .filter(|(_, c)| c.rec.fam.as_deref() == Some(n.as_str()))
-                        .map(|(m, _)| *m)
+                        .map(|(m, c)| {
+                            c.last_ms = now;
+                            *m
+                        })
                         .collect();
                     for m in gone {
                         self.route(m);
@@ -1449,6 +1454,13 @@ impl<S: Store> MasqNode<S> {
         match self.conns.get_mut(&m) {
             Some(c) if c.rev >= rev => return,
             Some(c) => {
+                // A FAM that registered or left is a sign of life the data plane does not
+                // give (it forwards and rewrites without telling the node): without it a
+                // HAM would release a busy connection in the gap of a move made more than
+                // a timeout after the connection began, as idle since its first packet.
+                if c.rec.fam != rec.fam {
+                    c.last_ms = now;
+                }
                 c.rec = rec;
                 c.rev = rev;
             }

@@ -1316,3 +1316,42 @@ fn a_lone_node_that_lost_its_lease_takes_its_blocks_back() {
     assert!(matches!((u, s), (Some(u), Some(s)) if u < s), "{o:?}");
     assert_eq!(net.masq(a, f1), m1);
 }
+
+/// The data plane forwards and rewrites without telling the nodes, so a busy connection looks
+/// idle at its HAM. A move more than a timeout after its first packet leaves it without a FAM
+/// for a moment: the HAM must not take that for the end of an idle connection (it released
+/// a minute-long UDP stream this way in the namespace test, which then went dark).
+#[test]
+fn a_move_long_after_a_connection_began_does_not_release_it_at_its_ham() {
+    let mut net = Net::new();
+    let a = net.add(Net::params("a", &[addr(1)]));
+    let b = net.add(Net::params("b", &[addr(2)]));
+    let c = net.add(Net::params("c", &[addr(3)]));
+    let cl = client(1);
+    net.attach(a, cl, "u");
+    let f = flow(Proto::Udp, cl, 5000, 53);
+    let m = net.masq(a, f);
+    net.attach(b, cl, "u");
+    net.leave(a, cl);
+    assert_eq!(net.masq(b, f), m);
+    // 40 s of traffic the nodes never hear of (b parks the flow at 30 s; its next packet
+    // installs it again).
+    net.tick(40_000);
+    assert_eq!(net.masq(b, f), m);
+    // The move: b lets go 200 ms before c registers (etcd's round trips; a move's order).
+    net.leave(b, cl);
+    net.tick(200);
+    net.attach(c, cl, "u");
+    net.tick(50);
+    let rec = net.stored()[&m].clone();
+    assert_eq!(rec.released_ms, None, "released at the move: {rec:?}");
+    assert_eq!(rec.fam.as_deref(), Some("c"));
+    assert_eq!(net.masq(c, f), m);
+    assert_eq!(net.recv(a, m), InVerdict::Forward("c".into()));
+    // A client that really left (no FAM) is released a timeout later.
+    net.leave(c, cl);
+    net.tick(29_000);
+    assert_eq!(net.stored()[&m].released_ms, None);
+    net.tick(2_000);
+    assert!(net.stored()[&m].released_ms.is_some());
+}
