@@ -160,6 +160,7 @@ impl Endpoint {
             mid_sync: st.mid_sync,
             mid_sync_used: st.mid_sync_used,
             gateway_move: st.gateway_move,
+            per_core: st.per_core,
             redirect: st.redirect,
             peer_additional: st.peer_additional.clone(),
             our_additional: st.our_additional.clone(),
@@ -319,6 +320,7 @@ fn build(
     s.mid_sync = r.mid_sync;
     s.mid_sync_used = r.mid_sync_used;
     s.gateway_move = r.gateway_move;
+    s.per_core = r.per_core;
     s.redirect = r.redirect;
     s.peer_additional = r.peer_additional.clone();
     s.our_additional = r.our_additional.clone();

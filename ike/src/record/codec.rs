@@ -7,7 +7,9 @@
 //! Version 2 added a CHILD_SA's ESP integrity transform id (u16 after its key size; 0 for
 //! AES-GCM); version 3 widened the IKE SA's flags to a u16 (RFC 6311 message-id sync, the
 //! gateway move, RFC 5685 redirect); version 4 added the EAP identity (an optional string
-//! after the CHILD_SAs). Versions 1 to 3 are still read (no EAP identity).
+//! after the CHILD_SAs); version 5 added the flag of RFC 9611 per-core CHILD_SAs (agreed in
+//! IKE_AUTH: an adopter keeps creating and accepting one per worker). Versions 1 to 4 are
+//! still read (no EAP identity before 4, never per-core before 5).
 //!
 //! The body lists the record's fields in declaration order: integers fixed-size, strings and
 //! byte strings with a u16 length (the last response with a u32 one), lists with a u16 count,
@@ -32,8 +34,10 @@ use crate::ids::{ChildSpi, IkeSpi};
 use crate::proposal::{EspInteg, IkeProposal};
 use crate::wire::{Id, TrafficSelector};
 
-/// The version this code writes; it also reads [`RECORD_VERSION_GCM_ONLY`], 2 and 3.
-pub const RECORD_VERSION: u16 = 4;
+/// The version this code writes; it also reads [`RECORD_VERSION_GCM_ONLY`], 2, 3 and 4.
+pub const RECORD_VERSION: u16 = 5;
+/// Version 4: no per-core flag.
+const RECORD_VERSION_NO_PER_CORE: u16 = 4;
 /// Version 3: no EAP identity.
 const RECORD_VERSION_NO_EAP_IDENTITY: u16 = 3;
 /// Version 2: CHILD_SAs carry their integrity transform; one byte of IKE SA flags.
@@ -52,6 +56,8 @@ const FLAG_MID_SYNC: u16 = 32;
 const FLAG_MID_SYNC_USED: u16 = 64;
 const FLAG_GATEWAY_MOVE: u16 = 128;
 const FLAG_REDIRECT: u16 = 256;
+/// Version 5 on.
+const FLAG_PER_CORE: u16 = 512;
 const CHILD_ESN: u8 = 1;
 const CHILD_REPLACED: u8 = 2;
 
@@ -166,6 +172,7 @@ impl<S: Sink> W<'_, S> {
             (r.mid_sync_used, FLAG_MID_SYNC_USED),
             (r.gateway_move, FLAG_GATEWAY_MOVE),
             (r.redirect, FLAG_REDIRECT),
+            (r.per_core, FLAG_PER_CORE),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -446,18 +453,17 @@ impl<'a> R<'a> {
         } else {
             u16::from(self.u8()?)
         };
-        if flags
-            & !(FLAG_INITIATOR
-                | FLAG_NAT
-                | FLAG_MOBIKE
-                | FLAG_LEASE
-                | FLAG_FRAGMENTATION
-                | FLAG_MID_SYNC
-                | FLAG_MID_SYNC_USED
-                | FLAG_GATEWAY_MOVE
-                | FLAG_REDIRECT)
-            != 0
-        {
+        let known = FLAG_INITIATOR
+            | FLAG_NAT
+            | FLAG_MOBIKE
+            | FLAG_LEASE
+            | FLAG_FRAGMENTATION
+            | FLAG_MID_SYNC
+            | FLAG_MID_SYNC_USED
+            | FLAG_GATEWAY_MOVE
+            | FLAG_REDIRECT
+            | if self.version >= 5 { FLAG_PER_CORE } else { 0 };
+        if flags & !known != 0 {
             return Err(RecordError::Invalid("flags"));
         }
         let spi_i = IkeSpi(self.u64()?);
@@ -518,6 +524,7 @@ impl<'a> R<'a> {
             mid_sync: flags & FLAG_MID_SYNC != 0,
             mid_sync_used: flags & FLAG_MID_SYNC_USED != 0,
             gateway_move: flags & FLAG_GATEWAY_MOVE != 0,
+            per_core: flags & FLAG_PER_CORE != 0,
             redirect: flags & FLAG_REDIRECT != 0,
             peer_additional: self.ips()?,
             our_additional: self.ips()?,
@@ -551,6 +558,7 @@ pub(super) fn decode(b: &[u8]) -> Result<IkeSaRecord, RecordError> {
         return Err(RecordError::Checksum);
     }
     if version != RECORD_VERSION
+        && version != RECORD_VERSION_NO_PER_CORE
         && version != RECORD_VERSION_NO_EAP_IDENTITY
         && version != RECORD_VERSION_ONE_BYTE_FLAGS
         && version != RECORD_VERSION_GCM_ONLY

@@ -188,6 +188,9 @@ pub struct IkeSaRecord {
     pub gateway_move: bool,
     /// The peer sent REDIRECT_SUPPORTED in IKE_SA_INIT (RFC 5685).
     pub redirect: bool,
+    /// RFC 9611 per-core CHILD_SAs were agreed in IKE_AUTH (both ends sent
+    /// SA_RESOURCE_INFO): the adopter keeps one CHILD_SA per worker (version 5 on).
+    pub per_core: bool,
     pub peer_additional: Vec<IpAddr>,
     pub our_additional: Vec<IpAddr>,
     /// The identity the peer logged in with by EAP (RFC 7296 2.16), or ours when we were the
@@ -226,6 +229,7 @@ impl core::fmt::Debug for IkeSaRecord {
             .field("lease", &self.lease)
             .field("mobike", &self.mobike)
             .field("gateway_move", &self.gateway_move)
+            .field("per_core", &self.per_core)
             .field("redirect", &self.redirect)
             .field("fragmentation", &self.fragmentation)
             .field("mid_sync", &self.mid_sync)

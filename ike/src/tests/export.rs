@@ -436,11 +436,27 @@ fn corrupted_truncated_or_unknown_records_are_refused() {
         }
     }
     let content = &bytes[..bytes.len() - 32];
-    let mut v2 = content.to_vec();
-    v2[5] = 5;
+    let mut v6 = content.to_vec();
+    v6[5] = 6;
     assert_eq!(
-        IkeSaRecord::from_bytes(&resum(&v2)),
-        Err(RecordError::UnknownVersion(5))
+        IkeSaRecord::from_bytes(&resum(&v6)),
+        Err(RecordError::UnknownVersion(6))
+    );
+    // Version 4 (no per-core flag) reads as the same record, but not with the flag set.
+    assert!(!record.per_core);
+    let mut v4 = content.to_vec();
+    v4[5] = 4;
+    assert_eq!(IkeSaRecord::from_bytes(&resum(&v4)), Ok(record.clone()));
+    v4[6] |= 0x02; // FLAG_PER_CORE (512), the flags' high byte
+    assert_eq!(
+        IkeSaRecord::from_bytes(&resum(&v4)),
+        Err(RecordError::Invalid("flags"))
+    );
+    let mut pc = record.clone();
+    pc.per_core = true;
+    assert_eq!(
+        IkeSaRecord::from_bytes(&pc.to_bytes().unwrap()),
+        Ok(pc.clone())
     );
     // Versions 2 (one byte of flags) and 3 (no EAP identity: the last byte here, none)
     // still read, as the same record.

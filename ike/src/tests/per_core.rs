@@ -278,3 +278,38 @@ fn an_ike_rekey_keeps_the_per_core_agreement() {
     p.drive();
     assert_eq!(workers_of(p.client()), vec![0, 1]);
 }
+
+/// The agreement is in the IKE SA's record: a node that adopts it (an HA standby, a crypto
+/// node restarted from the store) keeps creating one CHILD_SA per worker under it.
+#[test]
+fn an_adopted_ike_sa_keeps_the_per_core_agreement() {
+    let (mut p, cid, _) = pair(2, 2, 2, 2);
+    let now = p.now();
+    let rec = p.client().export(now, cid).unwrap();
+    assert!(rec.per_core);
+    let rec = crate::record::IkeSaRecord::from_bytes(&rec.to_bytes().unwrap()).unwrap();
+    let mut adopter = pc_endpoint(client_cfg_site(), 3, 2, 2);
+    let id = adopter.adopt(now, &rec).unwrap();
+    assert_eq!(adopter.per_core(id), Some(true));
+    let layout = adopter.services().spis.layout();
+    let first = adopter.list()[0].3[0].0;
+    assert!(adopter
+        .create_child_on(now, id, 1 - layout.worker_of(first))
+        .is_ok());
+    // Without the agreement (a record of version 4), none.
+    let mut old = rec.clone();
+    old.per_core = false;
+    let mut adopter = pc_endpoint(client_cfg_site(), 4, 2, 2);
+    let id = adopter.adopt(now, &old).unwrap();
+    assert_eq!(
+        adopter.create_child_on(now, id, 1),
+        Err(ConnectError::NoPerCore)
+    );
+}
+
+fn client_cfg_site() -> PeerConfig {
+    let mut c = client_cfg();
+    c.request_vip = false;
+    c.local_ts = vec![ts("10.7.0.0/24")];
+    c
+}
