@@ -117,6 +117,7 @@ fn dpdk_port_end_to_end() {
         "512".into(),
         "--log-level=lib.eal:error".into(),
         "--vdev=net_ring0".into(),
+        "--vdev=net_null0".into(),
         format!(
             "--vdev=net_pcap0,rx_pcap={},tx_pcap={}",
             plain.display(),
@@ -173,6 +174,19 @@ fn dpdk_port_end_to_end() {
         "same bytes after a trip through the driver"
     );
     drop(back);
+
+    // ESP steering by SPI: nothing to steer on one queue; a port without rte_flow (as every
+    // vdev here) says why and leaves the hand-off to carry it.
+    assert_eq!(ring.steer_esp(), Ok(0));
+    let null = DpdkDevice::open(&eal, "net_null0", 2, 256, 0).expect("net_null0, 2 queues");
+    match null.steer_esp() {
+        Ok(n) => panic!("net_null0 took {n} rte_flow rules"),
+        Err(why) => {
+            println!("net_null0 ESP steering: {why}");
+            assert!(why.contains("ESP over IPv4"), "{why}");
+        }
+    }
+    drop(null);
 
     // 2. A real worker on two DPDK ports: plaintext from one pcap vdev, ESP to another.
     let mut lan_dev = DpdkDevice::open(&eal, "net_pcap0", 1, 512, 0).expect("net_pcap0");

@@ -464,6 +464,25 @@ fn open_dpdk(file: &DataplaneFile) -> Result<Opened<pipeline::port::dpdk::DpdkPo
         .with_context(|| format!("gateway.lan.device {lan_dev}"))?;
     let mut wan = DpdkDevice::open(&eal, &wan_dev, d.workers, 1024, d.dpdk.mbufs)
         .with_context(|| format!("gateway.wan.device {wan_dev}"))?;
+    // Inbound ESP straight to its worker's queue where the NIC can match the SPI; else the
+    // software hand-off (every port of the lab and CI: their vdevs have no rte_flow).
+    let steering = if d.workers > 1 {
+        match wan.steer_esp() {
+            Ok(n) => {
+                tracing::info!(target: "dataplane",
+                    "{wan_dev}: ESP steered to its worker's queue by SPI (rte_flow, {n} rules)");
+                format!("rte_flow ({n} rules)")
+            }
+            Err(why) => {
+                tracing::info!(target: "dataplane",
+                    "{wan_dev}: no rte_flow ESP steering ({why}): ESP that reaches another \
+                     worker's queue is handed over in software");
+                format!("handoff ({why})")
+            }
+        }
+    } else {
+        "one worker".to_string()
+    };
     let mut pairs = Vec::new();
     for q in 0..d.workers {
         pairs.push((lan.queue(q)?, wan.queue(q)?));
@@ -482,7 +501,7 @@ fn open_dpdk(file: &DataplaneFile) -> Result<Opened<pipeline::port::dpdk::DpdkPo
         port_info: serde_json::json!({
             "driver": "dpdk",
             "lan": { "device": lan_dev },
-            "wan": { "device": wan_dev },
+            "wan": { "device": wan_dev, "esp_steering": steering },
         }),
         port_stats: Arc::new(move || {
             let j = |s: pipeline::port::dpdk::DpdkStats| {

@@ -3,9 +3,12 @@
 #include <string.h>
 
 #include <rte_errno.h>
+#include <rte_esp.h>
 #include <rte_ethdev.h>
+#include <rte_flow.h>
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
+#include <stdio.h>
 
 #include "shim.h"
 
@@ -187,4 +190,58 @@ int rg_port_stats(uint16_t port, uint64_t *ipackets, uint64_t *opackets, uint64_
 	*oerrors = s.oerrors;
 	*rx_nombuf = s.rx_nombuf;
 	return 0;
+}
+
+/* One rule: ESP over IPv4 (ipv6 = 0) or IPv6 whose SPI's top `bits` bits are `value`, to
+ * rx queue `queue`. Validated first; NULL with `err` filled when the port refuses it. */
+static struct rte_flow *esp_rule(uint16_t port, int ipv6, uint8_t bits, uint32_t value,
+				 uint16_t queue, struct rte_flow_error *err)
+{
+	struct rte_flow_attr attr = { .ingress = 1 };
+	struct rte_flow_item_esp spec = { 0 }, mask = { 0 };
+	uint32_t shift = 32u - bits;
+	spec.hdr.spi = rte_cpu_to_be_32(value << shift);
+	mask.hdr.spi = rte_cpu_to_be_32(((1u << bits) - 1u) << shift);
+	struct rte_flow_item pattern[] = {
+		{ .type = RTE_FLOW_ITEM_TYPE_ETH },
+		{ .type = ipv6 ? RTE_FLOW_ITEM_TYPE_IPV6 : RTE_FLOW_ITEM_TYPE_IPV4 },
+		{ .type = RTE_FLOW_ITEM_TYPE_ESP, .spec = &spec, .mask = &mask },
+		{ .type = RTE_FLOW_ITEM_TYPE_END },
+	};
+	struct rte_flow_action_queue q = { .index = queue };
+	struct rte_flow_action actions[] = {
+		{ .type = RTE_FLOW_ACTION_TYPE_QUEUE, .conf = &q },
+		{ .type = RTE_FLOW_ACTION_TYPE_END },
+	};
+	if (rte_flow_validate(port, &attr, pattern, actions, err) != 0)
+		return NULL;
+	return rte_flow_create(port, &attr, pattern, actions, err);
+}
+
+int rg_flow_steer_esp(uint16_t port, uint16_t nb_queues, uint8_t bits, char *why,
+		      size_t why_len)
+{
+	struct rte_flow_error err;
+	int made = 0;
+	if (bits == 0 || bits > 16 || nb_queues < 2) {
+		snprintf(why, why_len, "nothing to steer (%u queues, %u SPI bits)", nb_queues, bits);
+		return -EINVAL;
+	}
+	for (int ipv6 = 0; ipv6 < 2; ipv6++) {
+		for (uint32_t v = 0; v < (1u << bits); v++) {
+			memset(&err, 0, sizeof(err));
+			if (esp_rule(port, ipv6, bits, v, (uint16_t)(v % nb_queues), &err) != NULL) {
+				made++;
+				continue;
+			}
+			int e = rte_errno ? rte_errno : EINVAL;
+			snprintf(why, why_len, "ESP over IPv%d, SPI top bits %u -> queue %u: %s (errno %d)",
+				 ipv6 ? 6 : 4, v, v % nb_queues,
+				 err.message ? err.message : rte_strerror(e), e);
+			/* All or nothing: a half-steered port would split one SA's packets. */
+			(void)rte_flow_flush(port, &err);
+			return -e;
+		}
+	}
+	return made;
 }

@@ -5,6 +5,7 @@
 #ifndef ROAMGATE_DPDK_SHIM_H
 #define ROAMGATE_DPDK_SHIM_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct rte_mbuf;
@@ -45,6 +46,13 @@ void rg_thread_unregister(void);
  * all rx queues fed from `pool`, RSS over IP addresses when there is more than one queue,
  * promiscuous mode, and starts it. Returns 0 or a negative errno. */
 int rg_port_setup(uint16_t port, uint16_t nb_queues, uint16_t nb_desc, struct rte_mempool *pool);
+
+/* Steers ESP (IPv4 and IPv6, not UDP-encapsulated) by SPI with rte_flow: for every value v
+ * of the SPI's top `bits` bits a rule to rx queue v % nb_queues, validated before it is
+ * created. Returns the number of rules, or a negative errno with `why` filled (NUL-terminated,
+ * at most why_len bytes) when the port refuses one; then none is left in place. */
+int rg_flow_steer_esp(uint16_t port, uint16_t nb_queues, uint8_t bits, char *why,
+		      size_t why_len);
 
 /* The port's MAC address into mac[6]; 0 or a negative errno. */
 int rg_port_mac(uint16_t port, uint8_t mac[6]);

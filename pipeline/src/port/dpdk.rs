@@ -311,6 +311,35 @@ impl DpdkDevice {
         out
     }
 
+    /// Steers inbound ESP to the queue of the worker that owns its SPI (the worker bits at
+    /// the top of the SPI, as [`crate::handoff::spi_owner`]) with rte_flow rules, where the
+    /// port offers them: `Ok(rules)`, or why not (then no rule is left in place and the
+    /// software hand-off carries what reaches another worker). UDP-encapsulated ESP (NAT-T)
+    /// is not matched: RSS spreads it and the hand-off sorts it.
+    pub fn steer_esp(&self) -> Result<usize, String> {
+        let bits = crate::handoff::worker_bits(self.queues);
+        if bits == 0 {
+            return Ok(0);
+        }
+        let mut why = [0u8; 256];
+        // SAFETY: the port is started; `why` is a writable buffer of the length passed, which
+        // the shim fills with a NUL-terminated message (snprintf) on failure.
+        let r = unsafe {
+            sys::rg_flow_steer_esp(
+                self.port,
+                self.queues,
+                bits,
+                why.as_mut_ptr().cast(),
+                why.len(),
+            )
+        };
+        if r >= 0 {
+            return Ok(usize::try_from(r).unwrap_or(0));
+        }
+        let end = why.iter().position(|b| *b == 0).unwrap_or(why.len());
+        Err(String::from_utf8_lossy(why.get(..end).unwrap_or_default()).into_owned())
+    }
+
     /// A reader of the counters for another thread.
     pub fn stats_reader(&self) -> DpdkStatsReader {
         DpdkStatsReader {
