@@ -83,6 +83,14 @@ impl Sad {
         self.out_index.get(id.0 as usize).copied()
     }
 
+    /// Prefetches the index entry [`Sad::outbound_slot`] reads for `id`.
+    #[inline]
+    pub fn prefetch_outbound_slot(&self, id: SaId) {
+        if let Some(e) = self.out_index.get(id.0 as usize) {
+            crate::prefetch::line(e);
+        }
+    }
+
     /// Prefetches the per-packet part of the outbound record in `slot`.
     #[inline]
     pub fn prefetch_outbound_at(&self, slot: u32) {

@@ -19,7 +19,8 @@ impl<P: Port> Worker<P> {
     /// that the misses of a burst overlap and processing then finds them cached:
     /// inbound, (1) the SPI's table slot, (2) the record, (3) the counters' line, the replay
     /// window's word and the key data the packet's length needs; outbound, (1) the bound
-    /// host's record, (2) its counters and key data.
+    /// host's bucket, (2) the SA's index entry, (3) its record, (4) its counters and key
+    /// data.
     /// Covered: inbound ESP over IPv4 (raw or UDP 4500) and outbound IPv4 to a bound host (a
     /// road warrior's virtual IP), the many-SA cases; SPD-selected SAs are not prefetched.
     #[inline]
@@ -55,19 +56,33 @@ impl<P: Port> Worker<P> {
                 }
             }
             Side::Lan => {
-                for (f, a) in rx.iter().zip(at.iter_mut()) {
+                // Per frame: the destination (0: none) and, once looked up, its SA's id.
+                let mut dst = [(0u32, NONE, 0usize); BURST];
+                for (f, d) in rx.iter().zip(dst.iter_mut()) {
                     let Some(ip) = ipv4_of(f.data()) else {
                         continue;
                     };
-                    let dst = IpAddr::V4(ip.dst_addr());
-                    let slot = self
-                        .hosts
-                        .get(&dst)
-                        .and_then(|(_, id)| self.sad.outbound_slot(*id));
-                    if let Some(slot) = slot {
+                    let a = u32::from(ip.dst_addr());
+                    self.hosts.prefetch_v4(a);
+                    // ESP seals the IP packet, padded, plus its trailer.
+                    *d = (a, NONE, usize::from(ip.total_len()) + 2);
+                }
+                for (a, id, _) in dst.iter_mut().take(rx.len()) {
+                    if *a == 0 {
+                        continue;
+                    }
+                    if let Some((_, sa)) = self.hosts.get(&IpAddr::V4((*a).into())) {
+                        self.sad.prefetch_outbound_slot(*sa);
+                        *id = sa.0;
+                    }
+                }
+                for (&(_, id, len), a) in dst.iter().zip(at.iter_mut()).take(rx.len()) {
+                    if id == NONE {
+                        continue;
+                    }
+                    if let Some(slot) = self.sad.outbound_slot(crate::ids::SaId(id)) {
                         self.sad.prefetch_outbound_at(slot);
-                        // ESP seals the IP packet, padded, plus its trailer.
-                        *a = (slot, 0, usize::from(ip.total_len()) + 2);
+                        *a = (slot, 0, len);
                     }
                 }
                 for &(slot, _, len) in at.iter().take(rx.len()) {
