@@ -434,10 +434,8 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     // 3b. The product path: two endpoints negotiate per-core CHILD_SAs by IKE (RFC 9611) for
     // 1 and for 2 workers, their SAs go through the repository and the placement into real
     // workers; and the software hand-off's cost per packet.
-    let mut negotiated: Vec<(
-        usize,
-        Result<(crate::per_core::Median, crate::per_core::Median), String>,
-    )> = Vec::new();
+    type OneAndTwo = (crate::per_core::Median, crate::per_core::Median);
+    let mut negotiated: Vec<(usize, Result<OneAndTwo, String>)> = Vec::new();
     let mut handoffs: Vec<(usize, Result<crate::handoff::HandoffCost, String>)> = Vec::new();
     for s in [64, 1420] {
         pr.step(&format!("negotiated per-core SAs {}", size_name(s)));
