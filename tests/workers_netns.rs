@@ -341,61 +341,15 @@ fn two_roamgate_sites_negotiate_a_child_sa_per_worker_and_use_both() {
         "rw-down",
         &format!("rgp{}", std::process::id() % 100_000),
     );
-    let gw_path = dir.join("gw.yaml");
-    std::fs::write(&gw_path, format!("{}{GW_SITE}", gateway_config())).unwrap();
-    let gw = DataplaneProcess::start_sub(
-        Path::new(BIN.as_str()),
-        "run",
-        &lab.ns("gw"),
-        &gw_path,
+    let gw = start(
+        &lab,
         &dir,
+        "run",
         "gw",
-        &["--shm", dir.join("gw.shm").to_str().unwrap()],
+        &format!("{}{GW_SITE}", gateway_config()),
     );
-    let site_path = dir.join("site.yaml");
-    std::fs::write(&site_path, SITE).unwrap();
-    let site = DataplaneProcess::start_sub(
-        Path::new(BIN.as_str()),
-        "run",
-        &lab.ns("rw"),
-        &site_path,
-        &dir,
-        "site",
-        &["--shm", dir.join("site.shm").to_str().unwrap()],
-    );
-    // One IKE SA, two CHILD_SAs: at each end an outbound SA on each worker.
-    for (who, sock) in [("site", &site.socket), ("gateway", &gw.socket)] {
-        wait_for(&format!("{who}: an outbound SA per worker"), 20, || {
-            let mut w: Vec<u64> = sas_of(sock, "out").iter().map(|s| s.0).collect();
-            w.sort_unstable();
-            w == [0, 1]
-        });
-    }
-    let server = NsProcess::spawn(
-        &lab.ns("lan"),
-        &["iperf3", "-s", "-B", "10.9.0.10"],
-        "iperf3 -s",
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let there = udp_flows(&lab, false);
-    let back = udp_flows(&lab, true);
-    drop(server);
-    let (site_out, gw_out) = (sas_of(&site.socket, "out"), sas_of(&gw.socket, "out"));
-    let (site_in, gw_in) = (sas_of(&site.socket, "in"), sas_of(&gw.socket, "in"));
-    println!(
-        "per-core: UDP (sent, lost) there {there:?} back {back:?}; (worker, packets) site out {site_out:?} in {site_in:?}; gateway out {gw_out:?} in {gw_in:?}"
-    );
-    // Each worker at each end sealed with its own SA, and each inbound SA opened traffic.
-    for (what, sas) in [
-        ("site out", &site_out),
-        ("site in", &site_in),
-        ("gateway out", &gw_out),
-        ("gateway in", &gw_in),
-    ] {
-        assert_eq!(sas.len(), 2, "{what}: {sas:?}");
-        assert!(sas.iter().all(|s| s.1 > 0), "{what}: {sas:?}");
-        assert_ne!(sas[0].0, sas[1].0, "{what} on different workers: {sas:?}");
-    }
+    let site = start(&lab, &dir, "run", "site", SITE);
+    per_core_flows(&lab, "site", &site, &gw);
     for (who, sock) in [("site", &site.socket), ("gateway", &gw.socket)] {
         let stats = ask(sock, "stats");
         println!("{who} per worker: {}", stats["per_worker"]);
@@ -423,64 +377,14 @@ fn a_roamgate_client_with_a_virtual_ip_negotiates_a_child_sa_per_worker_and_uses
         "rw-down",
         &format!("rgv{}", std::process::id() % 100_000),
     );
-    let gw_path = dir.join("gw.yaml");
-    std::fs::write(&gw_path, gateway_config()).unwrap();
-    let gw = DataplaneProcess::start_sub(
-        Path::new(BIN.as_str()),
-        "run",
-        &lab.ns("gw"),
-        &gw_path,
-        &dir,
-        "gw",
-        &["--shm", dir.join("gw.shm").to_str().unwrap()],
-    );
+    let gw = start(&lab, &dir, "run", "gw", &gateway_config());
     let client = std::fs::read_to_string(root().join("configs/client.yaml")).unwrap();
     assert!(client.contains("  workers: 1\n") && client.contains("device: wan,"));
     let client = client
         .replace("  workers: 1\n", "  workers: 2\n")
         .replace("device: wan,", "device: eth0,");
-    let cl_path = dir.join("client.yaml");
-    std::fs::write(&cl_path, client).unwrap();
-    let cl = DataplaneProcess::start_sub(
-        Path::new(BIN.as_str()),
-        "client",
-        &lab.ns("rw"),
-        &cl_path,
-        &dir,
-        "client",
-        &["--shm", dir.join("client.shm").to_str().unwrap()],
-    );
-    for (who, sock) in [("client", &cl.socket), ("gateway", &gw.socket)] {
-        wait_for(&format!("{who}: an outbound SA per worker"), 20, || {
-            let mut w: Vec<u64> = sas_of(sock, "out").iter().map(|s| s.0).collect();
-            w.sort_unstable();
-            w == [0, 1]
-        });
-    }
-    let server = NsProcess::spawn(
-        &lab.ns("lan"),
-        &["iperf3", "-s", "-B", "10.9.0.10"],
-        "iperf3 -s",
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let there = udp_flows(&lab, false);
-    let back = udp_flows(&lab, true);
-    drop(server);
-    let (cl_out, gw_out) = (sas_of(&cl.socket, "out"), sas_of(&gw.socket, "out"));
-    let (cl_in, gw_in) = (sas_of(&cl.socket, "in"), sas_of(&gw.socket, "in"));
-    println!(
-        "per-core client: UDP (sent, lost) there {there:?} back {back:?}; (worker, packets) client out {cl_out:?} in {cl_in:?}; gateway out {gw_out:?} in {gw_in:?}"
-    );
-    for (what, sas) in [
-        ("client out", &cl_out),
-        ("client in", &cl_in),
-        ("gateway out", &gw_out),
-        ("gateway in", &gw_in),
-    ] {
-        assert_eq!(sas.len(), 2, "{what}: {sas:?}");
-        assert!(sas.iter().all(|s| s.1 > 0), "{what}: {sas:?}");
-        assert_ne!(sas[0].0, sas[1].0, "{what} on different workers: {sas:?}");
-    }
+    let cl = start(&lab, &dir, "client", "client", &client);
+    per_core_flows(&lab, "client", &cl, &gw);
     let stats = ask(&cl.socket, "stats");
     println!("client per worker: {}", stats["per_worker"]);
     let mut handed = 0;
@@ -497,4 +401,59 @@ fn a_roamgate_client_with_a_virtual_ip_negotiates_a_child_sa_per_worker_and_uses
         "no answer handed to its masquerade's worker: {stats}"
     );
     println!("per-core client: vip_answers_handed_off={handed}");
+}
+
+/// `roamgate <sub>` in the lab's namespace for `name` (`gw` in the gateway's, anything else
+/// in the road warrior's), its file `<name>.yaml` holding `config`.
+fn start(lab: &ScriptLab, dir: &Path, sub: &str, name: &str, config: &str) -> DataplaneProcess {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    let ns = lab.ns(if name == "gw" { "gw" } else { "rw" });
+    let shm = dir.join(format!("{name}.shm"));
+    DataplaneProcess::start_sub(
+        Path::new(BIN.as_str()),
+        sub,
+        &ns,
+        &path,
+        dir,
+        name,
+        &["--shm", shm.to_str().unwrap()],
+    )
+}
+
+/// Two roamgate ends with two workers each and per-core CHILD_SAs: both get an outbound SA
+/// on each worker; eight UDP flows each way between the LAN hosts; then every SA direction at
+/// each end is on its own worker and carried traffic (each worker sealed with its own SA).
+fn per_core_flows(lab: &ScriptLab, who: &str, end: &DataplaneProcess, gw: &DataplaneProcess) {
+    for (w, sock) in [(who, &end.socket), ("gateway", &gw.socket)] {
+        wait_for(&format!("{w}: an outbound SA per worker"), 20, || {
+            let mut ws: Vec<u64> = sas_of(sock, "out").iter().map(|s| s.0).collect();
+            ws.sort_unstable();
+            ws == [0, 1]
+        });
+    }
+    let server = NsProcess::spawn(
+        &lab.ns("lan"),
+        &["iperf3", "-s", "-B", "10.9.0.10"],
+        "iperf3 -s",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let there = udp_flows(lab, false);
+    let back = udp_flows(lab, true);
+    drop(server);
+    let (e_out, g_out) = (sas_of(&end.socket, "out"), sas_of(&gw.socket, "out"));
+    let (e_in, g_in) = (sas_of(&end.socket, "in"), sas_of(&gw.socket, "in"));
+    println!(
+        "per-core {who}: UDP (sent, lost) there {there:?} back {back:?}; (worker, packets) {who} out {e_out:?} in {e_in:?}; gateway out {g_out:?} in {g_in:?}"
+    );
+    for (what, sas) in [
+        (format!("{who} out"), &e_out),
+        (format!("{who} in"), &e_in),
+        ("gateway out".to_string(), &g_out),
+        ("gateway in".to_string(), &g_in),
+    ] {
+        assert_eq!(sas.len(), 2, "{what}: {sas:?}");
+        assert!(sas.iter().all(|s| s.1 > 0), "{what}: {sas:?}");
+        assert_ne!(sas[0].0, sas[1].0, "{what} on different workers: {sas:?}");
+    }
 }
