@@ -1363,9 +1363,22 @@ impl<S: Store> MasqNode<S> {
                         // A record of an earlier lease of ours (being replaced): not live.
                         return;
                     }
-                    self.nodes.insert(n.as_str().to_string());
+                    let appeared = self.nodes.insert(n.as_str().to_string());
                     self.liveness
                         .peer(n.as_str(), kv.lease, rec.alive.as_deref());
+                    if appeared {
+                        // Connections registered to it before its record reached us were
+                        // routed nowhere (their FAM was not live here yet): route them now.
+                        let waiting: Vec<MasqAddr> = self
+                            .conns
+                            .iter()
+                            .filter(|(_, c)| c.rec.fam.as_deref() == Some(n.as_str()))
+                            .map(|(m, _)| *m)
+                            .collect();
+                        for m in waiting {
+                            self.route(m);
+                        }
+                    }
                     let link = (rec.link, rec.incarnation);
                     if self.peers.get(n.as_str()) != Some(&link) {
                         self.peers.insert(n.as_str().to_string(), link.clone());

@@ -561,7 +561,8 @@ async fn handle(m: &Members, req: Request) -> Result<Reply, StoreError> {
                 keeper.keep_alive().await?;
                 match stream.message().await? {
                     Some(r) => Ok(r.ttl()),
-                    None => Ok(0),
+                    // The stream ended without an answer: not etcd saying the lease is gone.
+                    None => Ok(-1),
                 }
             })
             .await
@@ -569,7 +570,12 @@ async fn handle(m: &Members, req: Request) -> Result<Reply, StoreError> {
                 StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(id.0),
                 e => e,
             })?;
-            if ttl <= 0 {
+            if ttl < 0 {
+                Err(StoreError::Unavailable(
+                    "the keep-alive stream ended without an answer".into(),
+                ))
+            } else if ttl == 0 {
+                // etcd's answer for a lease it does not have (expired or revoked).
                 Err(StoreError::LeaseNotFound(id.0))
             } else {
                 Ok(Reply::Lease { id, ttl_s: ttl })
