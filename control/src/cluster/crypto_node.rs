@@ -246,6 +246,15 @@ struct FilterState {
     on_node: HashSet<proto::Spi>,
 }
 
+/// One CHILD_SA's record as last written.
+#[derive(Default)]
+struct StoredChild {
+    inbound: Option<Box<proto::sa::SaParams>>,
+    outbound: Option<Box<proto::sa::SaParams>>,
+    /// The outbound SA's first fence (later fences go to `seq/<spi>`).
+    fence: u64,
+}
+
 /// What the node keeps of its writes to the store (see [`CryptoNode::enable_store`]).
 #[derive(Default)]
 struct StoreState {
@@ -260,6 +269,24 @@ struct StoreState {
     ready: VecDeque<StoreBatch>,
     /// Outbound SA id -> the inbound SPI of its CHILD_SA (the key both directions live under).
     pair: HashMap<proto::SaId, proto::Spi>,
+    /// What each CHILD_SA's record holds (`child/<spi>`, by inbound SPI): a change to one
+    /// direction writes the record whole, so one key (one etcd operation) carries both.
+    children: HashMap<proto::Spi, StoredChild>,
+    /// What each CHILD_SA's placement record holds (`placement/<spi>`): the edges that
+    /// acknowledged it, with [`PLACED_CHILD`] or [`PLACED_COPY`].
+    placed: HashMap<proto::Spi, BTreeMap<EdgeId, u8>>,
+    /// Records this input changed, written whole (or deleted, if empty) when its batch is
+    /// sealed.
+    child_dirty: BTreeSet<proto::Spi>,
+    placed_dirty: BTreeSet<proto::Spi>,
+    /// When the oldest placement change not yet written was made: placements are written
+    /// [`PLACEMENT_WRITE_DELAY`] after it, so the acknowledgements of one install's edges
+    /// (both directions at one, a copy at each other) become one write.
+    placed_since: Option<Instant>,
+    /// Placement records in the store (written at least once): a change to one of these (an
+    /// SA moved, an edge lost) is written with the next batch, not delayed.
+    placed_written: HashSet<proto::Spi>,
+    placed_urgent: bool,
     /// The AddSa directions a carrier holds, by (edge, carrier number): (inbound SPI of the
     /// CHILD_SA, [`CARRIED_IN`], [`CARRIED_OUT`] or [`CARRIED_COPY`]).
     carried: BTreeMap<(EdgeId, u64), Vec<(proto::Spi, u8)>>,
@@ -280,6 +307,21 @@ struct StoreState {
 /// edges report every 100 ms; a restart does not need them, a move resumes above them plus a
 /// jump).
 pub const SEQ_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl StoreState {
+    /// `spi`'s placement record changed at `now`: written with the next batch sealed
+    /// [`PLACEMENT_WRITE_DELAY`] after the oldest change not yet written.
+    fn placed_changed(&mut self, spi: proto::Spi, now: Instant) {
+        self.placed_dirty.insert(spi);
+        self.placed_since.get_or_insert(now);
+        self.placed_urgent |= self.placed_written.contains(&spi);
+    }
+}
+
+/// How long a placement change waits for others before it is written (nothing waits for a
+/// placement: a crash in between only rekeys the CHILD_SA, as a crash before the edge's
+/// acknowledgement does).
+pub const PLACEMENT_WRITE_DELAY: Duration = Duration::from_millis(20);
 
 const ROUND_TRIPS_KEPT: usize = 4096;
 
@@ -487,6 +529,12 @@ impl CryptoNode {
             .sum()
     }
 
+    /// Placement records changed and not yet handed out as a batch (they wait
+    /// [`PLACEMENT_WRITE_DELAY`] for the rest of their install's acknowledgements).
+    pub fn placements_pending(&self) -> usize {
+        self.store.as_ref().map_or(0, |s| s.placed_dirty.len())
+    }
+
     /// A node that (re)starts takes over the repository the store holds: every IKE SA is
     /// adopted as it was (message ids, keys, CHILD_SAs), the placement and the freshest
     /// sequence states come back, and only CHILD_SAs the store does not know to be on an edge
@@ -523,11 +571,28 @@ impl CryptoNode {
                     }
                 }
                 let _ = self.placement.place(Direction::Outbound, pout, first);
-                if let Some(seq) = rec.seqs.get(&spi_in) {
-                    self.placement.report_seq(first, pout.id, seq.0, false);
+                let fence = rec.seqs.get(&spi_in).map(|s| s.0);
+                if let Some(seq) = fence {
+                    self.placement.report_seq(first, pout.id, seq, false);
                 }
                 if let Some(st) = &mut self.store {
                     st.pair.insert(pout.id, spi_in);
+                    st.children.insert(
+                        spi_in,
+                        StoredChild {
+                            inbound: Some(Box::new(pin.clone())),
+                            outbound: Some(Box::new(pout.clone())),
+                            fence: rec.fences.get(&spi_in).copied().unwrap_or(0),
+                        },
+                    );
+                    st.placed_written.insert(spi_in);
+                    let held = st.placed.entry(spi_in).or_default();
+                    for e in edges {
+                        held.insert(*e, PLACED_CHILD);
+                    }
+                    for e in rec.copies.get(&spi_in).into_iter().flatten() {
+                        held.entry(*e).or_insert(PLACED_COPY);
+                    }
                 }
                 installed.insert(c.spi_in);
                 route = Some(first);
@@ -546,19 +611,24 @@ impl CryptoNode {
             if installed.contains(&ike::ChildSpi(spi.0)) {
                 continue;
             }
+            let holders = rec.placements.get(spi);
             for e in edges {
-                if rec.placements.get(spi).is_some_and(|p| p.contains(e)) {
+                if holders.is_some_and(|p| p.contains(e)) {
                     continue;
                 }
-                self.store_op(
-                    StoreOp::Delete(RecordKey::Placement {
-                        spi: spi.0,
-                        edge: edge_name(*e),
-                    }),
-                    false,
-                );
                 self.orphan_copies.entry(*e).or_default().push(*spi);
                 report.copies_deleted += 1;
+            }
+            // The record keeps the edges that held both directions (as before the crash).
+            if let Some(st) = &mut self.store {
+                let left: BTreeMap<EdgeId, u8> = holders
+                    .into_iter()
+                    .flatten()
+                    .map(|e| (*e, PLACED_CHILD))
+                    .collect();
+                st.placed.insert(*spi, left);
+                st.placed_written.insert(*spi);
+                st.placed_changed(*spi, now);
             }
         }
         if let Some(st) = &mut self.store {
@@ -705,7 +775,15 @@ impl CryptoNode {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.core.poll_timeout()
+        let placements = self
+            .store
+            .as_ref()
+            .and_then(|st| st.placed_since)
+            .map(|t| t.saturating_add(PLACEMENT_WRITE_DELAY));
+        match (self.core.poll_timeout(), placements) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs the core's timers that are due. True when the core rebuilt its IKE view: the
@@ -801,6 +879,54 @@ impl CryptoNode {
         let Some(st) = &mut self.store else {
             return;
         };
+        for spi in std::mem::take(&mut st.child_dirty) {
+            match st.children.get(&spi) {
+                Some(c) if c.inbound.is_some() || c.outbound.is_some() => {
+                    st.ops.push(StoreOp::Put(
+                        RecordKey::Child(spi.0),
+                        Record::Child {
+                            version: 1,
+                            inbound: c.inbound.clone(),
+                            outbound: c.outbound.clone(),
+                            fence: c.fence,
+                        },
+                    ))
+                }
+                _ => {
+                    st.children.remove(&spi);
+                    st.ops.push(StoreOp::Delete(RecordKey::Child(spi.0)));
+                }
+            }
+        }
+        let placements_due = st.placed_urgent
+            || st
+                .placed_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= PLACEMENT_WRITE_DELAY);
+        if placements_due {
+            st.placed_since = None;
+            st.placed_urgent = false;
+        }
+        if placements_due {
+            for spi in std::mem::take(&mut st.placed_dirty) {
+                match st.placed.get(&spi) {
+                    Some(edges) if !edges.is_empty() => {
+                        st.ops.push(StoreOp::Put(
+                            RecordKey::Placement(spi.0),
+                            Record::Placement {
+                                at_ms: st.wall_ms,
+                                edges: edges.iter().map(|(e, k)| (*e, *k)).collect(),
+                            },
+                        ));
+                        st.placed_written.insert(spi);
+                    }
+                    _ => {
+                        st.placed.remove(&spi);
+                        st.placed_written.remove(&spi);
+                        st.ops.push(StoreOp::Delete(RecordKey::Placement(spi.0)));
+                    }
+                }
+            }
+        }
         if !st.seq_dirty.is_empty()
             && st
                 .seq_written
@@ -866,16 +992,8 @@ impl CryptoNode {
                     st.applied.remove(&(edge, spi));
                     PLACED_CHILD
                 };
-                st.ops.push(StoreOp::Put(
-                    RecordKey::Placement {
-                        spi: spi.0,
-                        edge: edge_name(edge),
-                    },
-                    Record::Placement {
-                        version,
-                        at_ms: st.wall_ms,
-                    },
-                ));
+                st.placed.entry(spi).or_default().insert(edge, version);
+                st.placed_changed(spi, self.now);
             }
         }
     }
@@ -893,6 +1011,21 @@ impl CryptoNode {
             return;
         };
         let at_ms = st.wall_ms;
+        if let Some(st) = &mut self.store {
+            // Granted with the install: the fence rides in the CHILD_SA's record, written
+            // in this same batch (one operation fewer per install).
+            if st.child_dirty.contains(&spi) {
+                if let Some(c) = st
+                    .children
+                    .get_mut(&spi)
+                    .filter(|c| c.outbound.as_ref().is_some_and(|o| o.id == id))
+                {
+                    c.fence = seq.seq.max(seq.fence);
+                    st.gate = st.next;
+                    return;
+                }
+            }
+        }
         self.store_op(
             StoreOp::Put(
                 RecordKey::Seq(spi.0),
@@ -1014,16 +1147,13 @@ impl CryptoNode {
     /// held is rekeyed (the new SAs go to the edge that forwards the exchange).
     fn edge_lost_everything(&mut self, now: Instant, edge: EdgeId) {
         let (spis, _) = self.placement.held_by(edge);
-        for spi in &spis {
-            self.store_op(
-                StoreOp::Delete(RecordKey::Placement {
-                    spi: spi.0,
-                    edge: edge_name(edge),
-                }),
-                false,
-            );
-        }
         if let Some(st) = &mut self.store {
+            for spi in &spis {
+                if let Some(held) = st.placed.get_mut(spi) {
+                    held.remove(&edge);
+                }
+                st.placed_changed(*spi, now);
+            }
             st.applied.retain(|(e, _), _| *e != edge);
             st.carried.retain(|(e, _), _| *e != edge);
         }
@@ -1700,56 +1830,42 @@ impl CryptoNode {
                 let Some(spi_in) = spi_in else {
                     return;
                 };
+                let Some(st) = &mut self.store else {
+                    return;
+                };
+                let c = st.children.entry(spi_in).or_default();
+                let p = Some(Box::new(params.clone()));
                 if *dir == Direction::Outbound {
-                    if let Some(st) = &mut self.store {
-                        st.pair.insert(params.id, spi_in);
-                    }
+                    st.pair.insert(params.id, spi_in);
+                    c.outbound = p;
+                } else {
+                    c.inbound = p;
                 }
-                self.store_op(
-                    StoreOp::Put(
-                        RecordKey::Child {
-                            spi: spi_in.0,
-                            outbound: *dir == Direction::Outbound,
-                        },
-                        Record::ChildSa {
-                            version: 1,
-                            dir: *dir,
-                            params: Box::new(params.clone()),
-                        },
-                    ),
-                    true,
-                );
+                st.child_dirty.insert(spi_in);
+                // What is queued for edges from now on waits for the record.
+                st.gate = st.next;
             }
             Update::DeleteInbound { spi } => {
-                let edges = self.placement.inbound_edges(*spi);
-                self.store_op(
-                    StoreOp::Delete(RecordKey::Child {
-                        spi: spi.0,
-                        outbound: false,
-                    }),
-                    false,
-                );
-                for e in edges {
-                    self.store_op(
-                        StoreOp::Delete(RecordKey::Placement {
-                            spi: spi.0,
-                            edge: edge_name(e),
-                        }),
-                        false,
-                    );
+                let Some(st) = &mut self.store else {
+                    return;
+                };
+                if let Some(c) = st.children.get_mut(spi) {
+                    c.inbound = None;
                 }
+                st.child_dirty.insert(*spi);
+                st.placed.remove(spi);
+                st.placed_changed(*spi, self.now);
             }
             Update::DeleteOutbound { id } => {
-                let spi = self.store.as_mut().and_then(|st| st.pair.remove(id));
-                if let Some(spi) = spi {
-                    self.store_op(
-                        StoreOp::Delete(RecordKey::Child {
-                            spi: spi.0,
-                            outbound: true,
-                        }),
-                        false,
-                    );
-                    self.store_op(StoreOp::Delete(RecordKey::Seq(spi.0)), false);
+                let Some(st) = &mut self.store else {
+                    return;
+                };
+                if let Some(spi) = st.pair.remove(id) {
+                    if let Some(c) = st.children.get_mut(&spi) {
+                        c.outbound = None;
+                    }
+                    st.child_dirty.insert(spi);
+                    st.ops.push(StoreOp::Delete(RecordKey::Seq(spi.0)));
                 }
             }
             _ => {}

@@ -585,6 +585,7 @@ pub fn run<S: Store>(plan: &Plan, store: S, tick: Tick<S>) -> Result<Figures, St
     rig.run_until(plan.timeout, "the placements and answers", |r| {
         r.to_clients.is_empty()
             && r.node.waiting_for_store() == 0
+            && r.node.placements_pending() == 0
             && r.store.in_flight() == 0
             && r.node.stats.store_batches == r.stored_through()
     })?;
@@ -634,12 +635,19 @@ pub fn run<S: Store>(plan: &Plan, store: S, tick: Tick<S>) -> Result<Figures, St
     for e in entries {
         match (e.key, e.record) {
             (RecordKey::Ike(_), _) => f.stored_ike += 1,
-            (RecordKey::Child { .. }, _) => f.stored_child += 1,
-            (RecordKey::Placement { .. }, Record::Placement { version, .. }) => {
-                if version == PLACED_COPY {
-                    f.stored_copies += 1;
-                } else {
-                    f.stored_placed += 1;
+            (
+                RecordKey::Child(_),
+                Record::Child {
+                    inbound, outbound, ..
+                },
+            ) => f.stored_child += usize::from(inbound.is_some()) + usize::from(outbound.is_some()),
+            (RecordKey::Placement(_), Record::Placement { edges, .. }) => {
+                for (_, kind) in edges {
+                    if kind == PLACED_COPY {
+                        f.stored_copies += 1;
+                    } else {
+                        f.stored_placed += 1;
+                    }
                 }
             }
             _ => {}

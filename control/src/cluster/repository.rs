@@ -9,10 +9,25 @@
 //! | record | written | removed |
 //! |---|---|---|
 //! | `ike/<id>`: the IKE SA's durable record (`core::durable`: keys, message ids, our last response, the IV epoch, its CHILD_SAs and their data-plane ids) | after every input that changed it, **before** anything that input queued for an edge | when the IKE SA goes |
-//! | `child/<spi>/in`, `child/<spi>/out`: the data-plane SA as installed (`AddSa`) | with the carrier that installs it, **before** the carrier leaves | with its delete |
-//! | `placement/<spi>/<edge>`: the edge holds both directions of the CHILD_SA | once the edge **acknowledged** the carriers holding both `AddSa`s (applied by its data plane) | with the inbound SA's delete, or when the edge lost its data plane |
-//! | `seq/<spi>`: the freshest outbound sequence report | at most every [`super::crypto_node::SEQ_WRITE_INTERVAL`] | with the outbound SA |
+//! | `child/<spi>`: both directions of the CHILD_SA as installed (`AddSa`s) and the outbound SA's first fence | with the carriers that install them, **before** they leave; whole again when one direction changes or goes | with its last direction |
+//! | `placement/<spi>`: the edges that hold the CHILD_SA, each with its kind (both directions, or a watched copy of the inbound SA) | once an edge **acknowledged** the carriers holding both `AddSa`s (or the copy) (applied by its data plane), a new one up to 20 ms later with its other edges; whole again at every change | with the inbound SA's delete; an edge is taken out when it lost its data plane |
+//! | `seq/<spi>`: the freshest outbound sequence report, and fences raised after the first | at most every [`super::crypto_node::SEQ_WRITE_INTERVAL`]; a fence before the reservation that needs it leaves | with the outbound SA |
 //! | `edges/<edge>`: a live edge and its process incarnation | at its hello, **under a lease** kept alive while it is connected | by etcd, when the lease expires |
+//!
+//! One record per CHILD_SA and one placement record per CHILD_SA (not one per direction and
+//! per edge) make an install to a forwarding edge with two watched copies three operations
+//! (IKE SA, CHILD_SA with its fence, placement) instead of seven. A new CHILD_SA's placement
+//! waits [`super::crypto_node::PLACEMENT_WRITE_DELAY`] (20 ms) for the acknowledgements of
+//! its other edges, so it is written once; a change to a placement already in the store (a
+//! move, an edge lost) goes with the next batch. Nothing waits for a placement: a crash
+//! before it is written rekeys the CHILD_SA, as a crash before the acknowledgement does.
+//!
+//! **Order per key.** etcd applies transactions that are in flight at once in no promised
+//! order (each is its own raft proposal), so a record written whole could be overwritten by
+//! its older self. [`NodeStore`] never has two unacknowledged transactions that write one
+//! key: a batch with such a write waits (and the batches behind it), and a transaction keeps
+//! only the last write of each key. `MemStore::reorder_transactions` plays etcd's freedom on
+//! virtual time.
 //!
 //! Each input's writes form one batch; the driver writes batches in order, several per etcd
 //! transaction (at most [`MAX_TXN_OPS`] operations: etcd's default `--max-txn-ops` is 128),
@@ -61,7 +76,7 @@
 //! Owns: the order of writes against sends, the recovery. Must never: let a message queued
 //! after a write leave before the write is committed; install a stored outbound SA again.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use ike::Instant;
@@ -111,10 +126,10 @@ pub fn parse_edge_name(n: &Name) -> Option<EdgeId> {
     n.as_str().strip_prefix("edge-")?.parse().ok()
 }
 
-/// A placement record's version for an edge that holds both directions of a CHILD SA.
-pub const PLACED_CHILD: u64 = 1;
-/// A placement record's version for an edge that holds a watched copy of its inbound SA.
-pub const PLACED_COPY: u64 = 2;
+/// A placement record's kind for an edge that holds both directions of a CHILD SA.
+pub const PLACED_CHILD: u8 = 1;
+/// A placement record's kind for an edge that holds a watched copy of its inbound SA.
+pub const PLACED_COPY: u8 = 2;
 
 /// What the store holds, decoded, for [`CryptoNode::recover`].
 #[derive(Debug, Default)]
@@ -126,8 +141,12 @@ pub struct Recovered {
     pub placements: BTreeMap<Spi, BTreeSet<EdgeId>>,
     /// Inbound SPI -> the edges that acknowledged a watched copy of the inbound SA.
     pub copies: BTreeMap<Spi, BTreeSet<EdgeId>>,
-    /// Inbound SPI -> the freshest outbound sequence report.
+    /// Inbound SPI -> the freshest outbound sequence state: the higher of the CHILD_SA
+    /// record's first fence and its `seq/` record.
     pub seqs: BTreeMap<Spi, (u64,)>,
+    /// Inbound SPI -> the first fence the CHILD_SA's record holds (written again as it was
+    /// when the record is).
+    pub fences: BTreeMap<Spi, u64>,
     /// Live edges (their lease has not expired) -> their incarnation.
     pub edges: BTreeMap<EdgeId, u64>,
     /// Records that did not decode (counted, not used).
@@ -161,6 +180,8 @@ pub struct NodeStoreStats {
     pub failed: u64,
     pub leases: u64,
     pub keepalives: u64,
+    /// Times a batch waited for a key an unacknowledged transaction writes.
+    pub waits: u64,
 }
 
 enum Lease {
@@ -178,6 +199,14 @@ pub struct NodeStore<S: Store> {
     lease_ttl_s: i64,
     /// The most transactions in flight (back-pressure: the node's batches wait).
     window: usize,
+    /// Keys written by transactions not yet acknowledged (with how many): etcd does not
+    /// apply concurrent transactions in the order they were sent, so a later write of one of
+    /// these keys waits until the earlier one is applied (else a record written whole, the
+    /// placement after a third edge's acknowledgement, could be overwritten by its older
+    /// self).
+    keys_in_flight: HashMap<Vec<u8>, u32>,
+    /// The rest of a batch that waits for one of its keys (its number, its ops).
+    held: Option<(u64, VecDeque<StoreOp>)>,
     updates: Vec<StoreUpdate>,
     pub stats: NodeStoreStats,
 }
@@ -191,6 +220,8 @@ impl<S: Store> NodeStore<S> {
             leases: BTreeMap::new(),
             lease_ttl_s: lease_ttl_s.max(2),
             window: 64,
+            keys_in_flight: HashMap::new(),
+            held: None,
             updates: Vec::new(),
             stats: NodeStoreStats::default(),
         }
@@ -225,12 +256,28 @@ impl<S: Store> NodeStore<S> {
                         }
                     }
                 }
-                (RecordKey::Child { spi, outbound }, Record::ChildSa { params, .. }) => {
-                    rec.children.insert((Spi(spi), outbound), *params);
+                (
+                    RecordKey::Child(spi),
+                    Record::Child {
+                        inbound,
+                        outbound,
+                        fence,
+                        ..
+                    },
+                ) => {
+                    if let Some(p) = inbound {
+                        rec.children.insert((Spi(spi), false), *p);
+                    }
+                    if let Some(p) = outbound {
+                        rec.children.insert((Spi(spi), true), *p);
+                        rec.fences.insert(Spi(spi), fence);
+                        let s = rec.seqs.entry(Spi(spi)).or_insert((0,));
+                        s.0 = s.0.max(fence);
+                    }
                 }
-                (RecordKey::Placement { spi, edge }, Record::Placement { version, .. }) => {
-                    if let Some(e) = parse_edge_name(&edge) {
-                        let into = if version == PLACED_COPY {
+                (RecordKey::Placement(spi), Record::Placement { edges, .. }) => {
+                    for (e, kind) in edges {
+                        let into = if kind == PLACED_COPY {
                             &mut rec.copies
                         } else {
                             &mut rec.placements
@@ -239,7 +286,8 @@ impl<S: Store> NodeStore<S> {
                     }
                 }
                 (RecordKey::Seq(spi), Record::Seq { seq, .. }) => {
-                    rec.seqs.insert(Spi(spi), (seq,));
+                    let s = rec.seqs.entry(Spi(spi)).or_insert((0,));
+                    s.0 = s.0.max(seq);
                 }
                 (RecordKey::Edge(name), Record::Edge { incarnation, .. }) => {
                     if let Some(e) = parse_edge_name(&name) {
@@ -278,6 +326,15 @@ impl<S: Store> NodeStore<S> {
                     Ok(Reply::Txn { .. }) => {
                         if let Some(x) = self.in_flight.get_mut(i) {
                             x.3 = true;
+                            for op in &x.2.ops {
+                                let (Op::Put { key, .. } | Op::Delete { key }) = op;
+                                if let Some(n) = self.keys_in_flight.get_mut(key) {
+                                    *n -= 1;
+                                    if *n == 0 {
+                                        self.keys_in_flight.remove(key);
+                                    }
+                                }
+                            }
                         }
                     }
                     other => {
@@ -344,39 +401,7 @@ impl<S: Store> NodeStore<S> {
                 }
             }
         }
-        // The node's batches, several to a transaction.
-        let mut txn = Txn::default();
-        let mut last = 0;
-        while self.in_flight.len() < self.window {
-            let Some(b) = node.poll_store() else {
-                break;
-            };
-            moved = true;
-            for op in b.ops {
-                if txn.ops.len() >= MAX_TXN_OPS {
-                    self.send(std::mem::take(&mut txn), last);
-                }
-                match op {
-                    StoreOp::Put(k, r) => {
-                        if let Err(e) = self.repo.put(&mut txn, &k, &r, None) {
-                            tracing::warn!(target: "cluster", "a record was not written: {e}");
-                        }
-                    }
-                    StoreOp::Delete(k) => self.repo.delete(&mut txn, &k),
-                }
-            }
-            last = b.n;
-        }
-        if last > 0 {
-            if txn.ops.is_empty() {
-                // Every op of the last batch went out already: mark the last txn.
-                if let Some(x) = self.in_flight.back_mut() {
-                    x.1 = x.1.max(last);
-                }
-            } else {
-                self.send(txn, last);
-            }
-        }
+        moved |= self.pack(|| node.poll_store());
         // Edges' liveness.
         while let Some((edge, incarnation)) = node.poll_edge_live() {
             moved = true;
@@ -419,6 +444,72 @@ impl<S: Store> NodeStore<S> {
         moved
     }
 
+    /// Packs batches from `next` into transactions, in order, while the window has room; a
+    /// write of a key that a transaction in flight writes waits for it (and everything
+    /// behind waits too). True if a batch was taken.
+    pub(crate) fn pack(&mut self, mut next: impl FnMut() -> Option<StoreBatch>) -> bool {
+        let mut moved = false;
+        let mut txn = Txn::default();
+        let mut last = 0;
+        'batches: while self.in_flight.len() < self.window {
+            let (n, mut ops, was_held) = match self.held.take() {
+                Some((n, ops)) => (n, ops, true),
+                None => match next() {
+                    Some(b) => (b.n, VecDeque::from(b.ops), false),
+                    None => break,
+                },
+            };
+            // A batch still waiting is no progress (the driver's loop may sleep).
+            moved |= !was_held;
+            while let Some(op) = ops.pop_front() {
+                // A full transaction goes first: its keys are in flight from here on.
+                if txn.ops.len() >= MAX_TXN_OPS {
+                    self.send(std::mem::take(&mut txn), last);
+                }
+                let key = match &op {
+                    StoreOp::Put(k, _) | StoreOp::Delete(k) => k,
+                };
+                if self
+                    .keys_in_flight
+                    .contains_key(&self.repo.layout().key(key))
+                {
+                    ops.push_front(op);
+                    self.held = Some((n, ops));
+                    if !was_held {
+                        self.stats.waits += 1;
+                    }
+                    break 'batches;
+                }
+                moved = true;
+                match op {
+                    StoreOp::Put(k, r) => {
+                        if let Err(e) = self.repo.put(&mut txn, &k, &r, None) {
+                            tracing::warn!(target: "cluster", "a record was not written: {e}");
+                        }
+                    }
+                    StoreOp::Delete(k) => self.repo.delete(&mut txn, &k),
+                }
+            }
+            last = n;
+        }
+        if !txn.ops.is_empty() {
+            // `last` may be 0: the ops of a batch whose rest waits complete nothing yet.
+            self.send(txn, last);
+        } else if last > 0 {
+            // Every op of the last batch went out already: mark the last txn.
+            if let Some(x) = self.in_flight.back_mut() {
+                x.1 = x.1.max(last);
+            }
+        }
+        moved
+    }
+
+    /// Tests: forgets which keys are in flight (what the driver did before it waited).
+    #[cfg(test)]
+    pub(crate) fn forget_keys_in_flight(&mut self) {
+        self.keys_in_flight.clear();
+    }
+
     fn keepalive_every(&self) -> Duration {
         Duration::from_secs(u64::try_from(self.lease_ttl_s / 3).unwrap_or(1).max(1))
     }
@@ -450,6 +541,10 @@ impl<S: Store> NodeStore<S> {
             .collect();
         ops.reverse();
         txn.ops = ops;
+        for op in &txn.ops {
+            let (Op::Put { key, .. } | Op::Delete { key }) = op;
+            *self.keys_in_flight.entry(key.clone()).or_insert(0) += 1;
+        }
         self.stats.txns += 1;
         self.stats.ops += txn.ops.len() as u64;
         match self.repo.submit(txn.clone()) {

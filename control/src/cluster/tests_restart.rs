@@ -185,6 +185,11 @@ impl Stored {
             .0
             .len()
     }
+
+    /// The store's records of kind `kind` (`"child/"`, `"placement/"`, ...).
+    fn stored(&mut self, kind: &str) -> Vec<super::store::repo::Entry> {
+        self.st.as_mut().unwrap().repo().load(kind, T).unwrap().0
+    }
 }
 
 /// Every outbound SA any edge was ever sent, installed once over all edges (an SA installed
@@ -213,9 +218,31 @@ fn the_repository_is_written_before_anything_leaves_and_placed_after_the_edge_ap
     s.w.client_connect(1);
     s.run_for(Duration::from_secs(1));
     assert_eq!(s.stored_keys("ike/"), 2);
-    assert_eq!(s.stored_keys("child/"), 4);
-    // Per CHILD_SA its edge (both directions) and a watched copy on each other edge.
-    assert_eq!(s.stored_keys("placement/"), 6);
+    // One record per CHILD_SA with both directions and the outbound SA's first fence.
+    let children = s.stored("child/");
+    assert_eq!(children.len(), 2);
+    for e in &children {
+        let super::store::Record::Child {
+            inbound: Some(i),
+            outbound: Some(_),
+            fence,
+            ..
+        } = &e.record
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(e.key, super::store::RecordKey::Child(i.spi.0));
+        assert!(*fence > 0, "the fence rides in the record: {e:?}");
+    }
+    assert_eq!(
+        s.stored_keys("seq/"),
+        0,
+        "no fence record of its own at the install"
+    );
+    // One placement record per CHILD_SA: its edge (both directions) and a watched copy on
+    // each other edge.
+    let placed = s.stored("placement/");
+    assert_eq!(placed.len(), 2);
     assert_eq!(
         s.stored_keys("edges/"),
         3,
@@ -223,24 +250,21 @@ fn the_repository_is_written_before_anything_leaves_and_placed_after_the_edge_ap
     );
     for i in 0..2 {
         let spis = s.w.child_spis(i)[0];
-        let layout = s.st.as_mut().unwrap().repo().layout().clone();
-        let key = layout.key(&super::store::RecordKey::Placement {
-            spi: spis.0 .0,
-            edge: super::repository::edge_name(((i + 1) % 3) as EdgeId),
-        });
-        let Ok(super::store::Reply::Range { kvs, .. }) =
-            s.st.as_mut()
-                .unwrap()
-                .repo()
-                .store()
-                .call(super::store::Request::Range { prefix: key }, T)
-        else {
-            panic!()
-        };
-        assert_eq!(
-            kvs.len(),
-            1,
-            "client {i}'s CHILD SA placed at its IKE_AUTH edge"
+        let home = ((i + 1) % 3) as EdgeId;
+        let want: Vec<(EdgeId, u8)> = (0..3)
+            .map(|e| {
+                let kind = if e == home {
+                    super::repository::PLACED_CHILD
+                } else {
+                    super::repository::PLACED_COPY
+                };
+                (e, kind)
+            })
+            .collect();
+        assert!(
+            placed.iter().any(|e| e.key == super::store::RecordKey::Placement(spis.0 .0)
+                && matches!(&e.record, super::store::Record::Placement { edges, .. } if *edges == want)),
+            "client {i}'s CHILD SA placed at its IKE_AUTH edge, copies on the others: {placed:?}"
         );
     }
     assert!(s.w.node.stats.store_batches > 0);
@@ -249,6 +273,62 @@ fn the_repository_is_written_before_anything_leaves_and_placed_after_the_edge_ap
     s.w.disconnect(2);
     s.run_for(Duration::from_secs(12));
     assert_eq!(s.stored_keys("edges/"), 2);
+}
+
+#[test]
+fn a_record_written_again_waits_for_its_earlier_write_on_a_store_that_reorders() {
+    use super::repository::{StoreBatch, StoreOp};
+    use super::store::{Record, RecordKey};
+    let placement = |edges: Vec<(u16, u8)>| StoreBatch {
+        n: 0,
+        ops: vec![StoreOp::Put(
+            RecordKey::Placement(7),
+            Record::Placement { at_ms: 1, edges },
+        )],
+    };
+    let first = placement(vec![(1, 1)]);
+    let second = placement(vec![(1, 1), (2, 2), (3, 2)]);
+    let last_written = |wait: bool| {
+        let mut r = repo();
+        // Transactions are applied newest first, at each poll.
+        r.store().reorder_transactions(1);
+        let mut st = NodeStore::new(r, 10);
+        let mut node = node(5, 0xa1);
+        // Two inputs' batches, packed by two turns (one turn would put them in one
+        // transaction, the later write of the key alone).
+        let mut q = Some(StoreBatch {
+            n: 1,
+            ..first.clone()
+        });
+        st.pack(|| q.take());
+        if !wait {
+            // What the driver did before: both in flight at once.
+            st.forget_keys_in_flight();
+        }
+        let mut q = Some(StoreBatch {
+            n: 2,
+            ..second.clone()
+        });
+        st.pack(|| q.take());
+        if wait {
+            assert_eq!(st.stats.waits, 1, "the second write waits for the first");
+            assert_eq!(st.in_flight(), 1);
+        } else {
+            assert_eq!(st.in_flight(), 2);
+        }
+        for _ in 0..4 {
+            st.turn(&mut node, Instant::ZERO, 0);
+        }
+        assert_eq!(st.in_flight(), 0);
+        let (e, _) = st.repo().load("placement/", T).unwrap();
+        match &e[0].record {
+            Record::Placement { edges, .. } => edges.len(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(last_written(true), 3);
+    // The same store without the wait: the older write lands last (what the test guards).
+    assert_eq!(last_written(false), 1);
 }
 
 #[test]
@@ -264,7 +344,11 @@ fn watched_copies_are_placed_in_the_store_and_a_restarted_node_deletes_them_with
             assert!(s.w.holds(e, *sp).0, "edge {e} holds the inbound SA {sp:?}");
         }
     }
-    assert_eq!(s.stored_keys("placement/"), 6, "2 CHILD_SAs + 4 copies");
+    assert_eq!(
+        s.stored_keys("placement/"),
+        2,
+        "2 CHILD_SAs, each on its edge and copied to 2"
+    );
 
     let mut repo = s.crash();
     // A copy whose CHILD_SA the store does not hold (its records gone before the crash, the
@@ -273,13 +357,10 @@ fn watched_copies_are_placed_in_the_store_and_a_restarted_node_deletes_them_with
     let mut t = super::store::Txn::default();
     repo.put(
         &mut t,
-        &super::store::RecordKey::Placement {
-            spi: orphan.0,
-            edge: super::repository::edge_name(0),
-        },
+        &super::store::RecordKey::Placement(orphan.0),
         &super::store::Record::Placement {
-            version: super::repository::PLACED_COPY,
             at_ms: 1,
+            edges: vec![(0, super::repository::PLACED_COPY)],
         },
         None,
     )
@@ -299,7 +380,7 @@ fn watched_copies_are_placed_in_the_store_and_a_restarted_node_deletes_them_with
             .any(|u| matches!(u, Update::DeleteInbound { spi } if *spi == orphan)),
         "edge 0 was told to delete the orphaned copy"
     );
-    assert_eq!(s.stored_keys("placement/"), 6, "the orphan's record went");
+    assert_eq!(s.stored_keys("placement/"), 2, "the orphan's record went");
     for sp in &spis {
         assert_eq!(
             s.w.node.placement().inbound_edges(sp.0).len(),
@@ -349,9 +430,13 @@ fn a_crypto_node_restarted_mid_flow_continues_every_ike_sa_without_renegotiation
         seq_reserved: None,
     });
     s.run_for(Duration::from_secs(2));
-    // One sequence record per outbound SA: its first reservation's fence was written before
-    // the carrier that installed it left.
-    assert_eq!(s.stored_keys("seq/"), 3);
+    // Every outbound SA's first fence was written (in its CHILD_SA's record) before the
+    // carrier that installed it left; the reported one has its own sequence record now.
+    assert!(s.stored("child/").iter().all(|e| matches!(
+        &e.record,
+        super::store::Record::Child { fence, outbound: Some(_), .. } if *fence > 0
+    )));
+    assert_eq!(s.stored_keys("seq/"), 1);
     let fence_before = s.w.node.placement().freshest_seq(id).unwrap().fence;
     assert!(fence_before > 7777, "{fence_before}");
 
@@ -453,7 +538,7 @@ fn a_crash_after_the_commit_before_the_carrier_left_rekeys_that_child_sa_and_ins
         let wall = s.wall();
         let st = s.st.as_mut().unwrap();
         st.turn(&mut s.w.node, now, wall);
-        let committed_child = st.repo().load("child/", T).unwrap().0.len() == 2;
+        let committed_child = st.repo().load("child/", T).unwrap().0.len() == 1;
         let installed: usize = (0..3)
             .map(|e| {
                 s.w.edges[e].link.workers[0]

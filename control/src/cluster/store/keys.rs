@@ -44,10 +44,10 @@ pub struct BadName(pub String);
 pub enum RecordKey {
     /// `ike/<id:016x>`
     Ike(u64),
-    /// `child/<spi:08x>/in|out`: `spi` is the inbound SPI of the CHILD SA.
-    Child { spi: u32, outbound: bool },
-    /// `placement/<spi:08x>/<edge>`
-    Placement { spi: u32, edge: Name },
+    /// `child/<spi:08x>`: both directions of the CHILD SA whose inbound SPI is `spi`.
+    Child(u32),
+    /// `placement/<spi:08x>`: the edges that hold the CHILD SA.
+    Placement(u32),
     /// `seq/<spi:08x>`
     Seq(u32),
     /// `edges/<edge>` (leased)
@@ -80,22 +80,12 @@ impl Layout {
         format!("{}{kind}", self.root).into_bytes()
     }
 
-    /// Where the CHILD SA's placements are (`placement/<spi>/`).
-    pub fn placements_of(&self, spi: u32) -> Vec<u8> {
-        format!("{}placement/{spi:08x}/", self.root).into_bytes()
-    }
-
     pub fn key(&self, k: &RecordKey) -> Vec<u8> {
         let r = &self.root;
         match k {
             RecordKey::Ike(id) => format!("{r}ike/{id:016x}"),
-            RecordKey::Child { spi, outbound } => {
-                format!(
-                    "{r}child/{spi:08x}/{}",
-                    if *outbound { "out" } else { "in" }
-                )
-            }
-            RecordKey::Placement { spi, edge } => format!("{r}placement/{spi:08x}/{edge}"),
+            RecordKey::Child(spi) => format!("{r}child/{spi:08x}"),
+            RecordKey::Placement(spi) => format!("{r}placement/{spi:08x}"),
             RecordKey::Seq(spi) => format!("{r}seq/{spi:08x}"),
             RecordKey::Edge(edge) => format!("{r}edges/{edge}"),
             RecordKey::SpiBlock(node) => format!("{r}spi-blocks/{node}"),
@@ -109,18 +99,8 @@ impl Layout {
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             ["ike", id] => Some(RecordKey::Ike(hex64(id)?)),
-            ["child", spi, dir] => Some(RecordKey::Child {
-                spi: hex32(spi)?,
-                outbound: match *dir {
-                    "in" => false,
-                    "out" => true,
-                    _ => return None,
-                },
-            }),
-            ["placement", spi, edge] => Some(RecordKey::Placement {
-                spi: hex32(spi)?,
-                edge: Name::new(edge).ok()?,
-            }),
+            ["child", spi] => Some(RecordKey::Child(hex32(spi)?)),
+            ["placement", spi] => Some(RecordKey::Placement(hex32(spi)?)),
             ["seq", spi] => Some(RecordKey::Seq(hex32(spi)?)),
             ["edges", edge] => Some(RecordKey::Edge(Name::new(edge).ok()?)),
             ["spi-blocks", node] => Some(RecordKey::SpiBlock(Name::new(node).ok()?)),
@@ -158,18 +138,9 @@ mod tests {
         let edge = Name::new("edge-a").unwrap();
         let all = [
             RecordKey::Ike(0x0123_4567_89ab_cdef),
-            RecordKey::Child {
-                spi: 0xc000_0001,
-                outbound: true,
-            },
-            RecordKey::Child {
-                spi: 7,
-                outbound: false,
-            },
-            RecordKey::Placement {
-                spi: 7,
-                edge: edge.clone(),
-            },
+            RecordKey::Child(0xc000_0001),
+            RecordKey::Child(7),
+            RecordKey::Placement(7),
             RecordKey::Seq(7),
             RecordKey::Edge(edge),
             RecordKey::SpiBlock(Name::new("crypto-1").unwrap()),
@@ -185,17 +156,15 @@ mod tests {
             );
         }
         assert_eq!(
-            l.key(&RecordKey::Child {
-                spi: 0xc000_0001,
-                outbound: true
-            }),
-            b"/roamgate/prod-1/child/c0000001/out"
+            l.key(&RecordKey::Child(0xc000_0001)),
+            b"/roamgate/prod-1/child/c0000001"
         );
         for bad in [
             "/roamgate/prod-1/ike/0123456789ABCDEF",
             "/roamgate/prod-1/ike/123",
-            "/roamgate/prod-1/child/00000007/sideways",
-            "/roamgate/prod-1/child/00000007",
+            "/roamgate/prod-1/child/00000007/in",
+            "/roamgate/prod-1/child/0000007",
+            "/roamgate/prod-1/placement/00000007/edge-1",
             "/roamgate/prod-1/edges/Edge",
             "/roamgate/prod-1/edges/a/b",
             "/roamgate/prod-2/seq/00000007",

@@ -43,6 +43,10 @@ pub struct MemStore {
     events: VecDeque<Event>,
     now_ms: u64,
     max_txn_ops: usize,
+    /// Tests: transactions held back and applied newest first every `n`-th poll (etcd
+    /// applies concurrent transactions in no promised order).
+    reorder: Option<(u32, u32)>,
+    deferred: Vec<(Ticket, Request)>,
 }
 
 impl Default for MemStore {
@@ -66,6 +70,22 @@ impl MemStore {
             events: VecDeque::new(),
             now_ms: 0,
             max_txn_ops: ETCD_MAX_TXN_OPS,
+            reorder: None,
+            deferred: Vec::new(),
+        }
+    }
+
+    /// From now on transactions are applied late and out of order: held back, and applied
+    /// newest first at every `every`-th [`Store::poll`] (or a `wait`), as concurrent
+    /// transactions may be by etcd.
+    pub fn reorder_transactions(&mut self, every: u32) {
+        self.reorder = Some((every.max(1), 0));
+    }
+
+    fn apply_deferred(&mut self) {
+        while let Some((ticket, req)) = self.deferred.pop() {
+            let result = self.handle(req);
+            self.events.push_back(Event::Done { ticket, result });
         }
     }
 
@@ -314,16 +334,27 @@ fn secs_ms(s: i64) -> u64 {
 impl Store for MemStore {
     fn submit(&mut self, req: Request) -> Result<Ticket, StoreError> {
         let ticket = self.ticket();
+        if self.reorder.is_some() && matches!(req, Request::Txn(_)) {
+            self.deferred.push((ticket, req));
+            return Ok(ticket);
+        }
         let result = self.handle(req);
         self.events.push_back(Event::Done { ticket, result });
         Ok(ticket)
     }
 
     fn poll(&mut self, out: &mut Vec<Event>) {
+        if let Some((every, n)) = &mut self.reorder {
+            *n = n.wrapping_add(1);
+            if *n % *every == 0 {
+                self.apply_deferred();
+            }
+        }
         out.extend(self.events.drain(..));
     }
 
     fn wait(&mut self, ticket: Ticket, _timeout: Duration) -> Result<Reply, StoreError> {
+        self.apply_deferred();
         let pos = self
             .events
             .iter()

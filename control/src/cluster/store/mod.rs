@@ -31,8 +31,8 @@
 //! | key | value ([`record::Record`]) | written by |
 //! |---|---|---|
 //! | `ike/<ike-sa-id:016x>` | `IkeSa`: the ike crate's export record of one IKE SA | crypto node |
-//! | `child/<spi:08x>/in`, `child/<spi:08x>/out` | `ChildSa`: one direction of a CHILD SA (`AddSa` envelope, keys inside) | crypto node |
-//! | `placement/<spi:08x>/<edge>` | `Placement`: the edge holds this CHILD SA (version, when) | crypto node |
+//! | `child/<spi:08x>` | `Child`: both directions of a CHILD SA (`AddSa` envelopes, keys inside) and its outbound SA's first fence | crypto node |
+//! | `placement/<spi:08x>` | `Placement`: the edges that hold this CHILD SA, each with its kind (both directions or a watched copy), when | crypto node |
 //! | `seq/<spi:08x>` | `Seq`: the freshest outbound sequence checkpoint (number, reporter, when) | edges (compare-on-revision: only moves up) |
 //! | `edges/<edge>` | `Edge`: a live edge (its channel address), **attached to the edge's lease** | each edge |
 //! | `spi-blocks/<node>` | `SpiBlock`: the SPI range a crypto node allocates from | crypto node (create-if-absent) |

@@ -1,10 +1,11 @@
 //! The store's figure: SA installs per second through etcd (`roamgate perf cluster-store`).
 //!
 //! Simulated clients, each one install: an IKE SA record (opaque bytes of the size given,
-//! standing in for the ike crate's export record), its CHILD SA in both directions (real
-//! `proto` `AddSa` envelopes with fresh random keys) and its placement on one of three edges:
-//! four sealed records, written in transactions of `batch` clients (4 x `batch` operations,
-//! within etcd's default `--max-txn-ops` of 128) with `window` transactions in flight.
+//! standing in for the ike crate's export record), its CHILD SA with both directions in one
+//! record (real `proto` `AddSa` envelopes with fresh random keys) and its placement on three
+//! edges (the forwarding edge and two watched copies, one record): three sealed records,
+//! written in transactions of `batch` clients (3 x `batch` operations, within etcd's default
+//! `--max-txn-ops` of 128) with `window` transactions in flight.
 //! In the same run, on the same cluster, the baseline: etcd's own put rate through the same
 //! client (one key per request, values of the average record size, the same window), and
 //! optionally `etcdctl check perf` (etcd's own tool, 60 s at a target rate: `xl`, 15,000
@@ -175,11 +176,6 @@ pub fn run(
     let store = EtcdStore::connect(opts).map_err(err)?;
     let cluster = Name::new(&format!("perf-{}", std::process::id())).map_err(err)?;
     let mut repo = ClusterStore::new(store, &cluster, sealer);
-    let edges: Vec<Name> = ["edge-1", "edge-2", "edge-3"]
-        .iter()
-        .map(|e| Name::new(e))
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
 
     // The installs: build every sealed batch first (sealing is the crypto node's CPU, not
     // etcd's; it is timed separately below).
@@ -205,35 +201,31 @@ pub fn run(
                     },
                 ),
                 (
-                    RecordKey::Child {
-                        spi,
-                        outbound: false,
-                    },
-                    Record::ChildSa {
+                    RecordKey::Child(spi),
+                    Record::Child {
                         version: 1,
-                        dir: Direction::Inbound,
-                        params: Box::new(child(&rng, c32, spi, Direction::Inbound)?),
+                        inbound: Some(Box::new(child(&rng, c32, spi, Direction::Inbound)?)),
+                        outbound: Some(Box::new(child(
+                            &rng,
+                            c32,
+                            0x0100_0000 | c32,
+                            Direction::Outbound,
+                        )?)),
+                        fence: 1 << 20,
                     },
                 ),
                 (
-                    RecordKey::Child {
-                        spi,
-                        outbound: true,
-                    },
-                    Record::ChildSa {
-                        version: 1,
-                        dir: Direction::Outbound,
-                        params: Box::new(child(&rng, c32, 0x0100_0000 | c32, Direction::Outbound)?),
-                    },
-                ),
-                (
-                    RecordKey::Placement {
-                        spi,
-                        edge: edges.get(c % 3).cloned().ok_or("edge")?,
-                    },
+                    RecordKey::Placement(spi),
                     Record::Placement {
-                        version: 1,
                         at_ms: 0,
+                        edges: {
+                            // The forwarding edge holds both directions, the others copies.
+                            let home = u16::try_from(c % 3).map_err(err)?;
+                            let mut e: Vec<(u16, u8)> =
+                                (0..3).map(|x| (x, if x == home { 1 } else { 2 })).collect();
+                            e.sort_unstable();
+                            e
+                        },
                     },
                 ),
             ];

@@ -6,11 +6,14 @@
 //! | tag | record | body |
 //! |---|---|---|
 //! | 0x01 | `IkeSa` | id u64, version u64, len u32, bytes (the ike crate's export record) |
-//! | 0x02 | `ChildSa` | version u64, len u32, a `proto` `UpdateEnvelope` holding `AddSa` (generation 0) |
-//! | 0x03 | `Placement` | version u64, at_ms u64 |
+//! | 0x07 | `Child` | version u64, fence u64, flags u8 (bit 0 inbound, bit 1 outbound), then per direction present (inbound first): len u32, a `proto` `UpdateEnvelope` holding its `AddSa` (generation 0) |
+//! | 0x08 | `Placement` | at_ms u64, count u16, then per edge: edge u16, kind u8 |
 //! | 0x04 | `Seq` | seq u64, at_ms u64, reporter string |
 //! | 0x05 | `Edge` | address string, started_ms u64, incarnation u64 |
 //! | 0x06 | `SpiBlock` | first u32, count u32 |
+//!
+//! Tags 0x02 (one direction of a CHILD SA) and 0x03 (one edge's placement) were the records
+//! of the first layout, one key per direction and per edge; they are not read any more.
 //!
 //! Decoding never panics and allocates nothing before a length is checked against what is
 //! left; unknown versions and tags, short buffers and trailing bytes are errors. Records that
@@ -33,8 +36,8 @@ pub const MAX_VALUE: usize = 64 * 1024;
 
 mod tag {
     pub const IKE_SA: u8 = 0x01;
-    pub const CHILD_SA: u8 = 0x02;
-    pub const PLACEMENT: u8 = 0x03;
+    pub const CHILD: u8 = 0x07;
+    pub const PLACEMENT: u8 = 0x08;
     pub const SEQ: u8 = 0x04;
     pub const EDGE: u8 = 0x05;
     pub const SPI_BLOCK: u8 = 0x06;
@@ -49,16 +52,19 @@ pub enum Record {
         version: u64,
         bytes: Zeroizing<Vec<u8>>,
     },
-    /// One direction of a CHILD SA, as installed (keys inside).
-    ChildSa {
+    /// Both directions of a CHILD SA as installed (keys inside; a direction not installed
+    /// yet or already deleted is `None`), and the first sequence fence of its outbound SA
+    /// (later fences are `Seq` records; a recovering node takes the higher).
+    Child {
         version: u64,
-        dir: Direction,
-        params: Box<SaParams>,
+        inbound: Option<Box<SaParams>>,
+        outbound: Option<Box<SaParams>>,
+        fence: u64,
     },
-    /// The edge in the key holds the CHILD SA in the key: version 1 both directions
-    /// (`repository::PLACED_CHILD`), version 2 a watched copy of its inbound SA only
-    /// (`repository::PLACED_COPY`, ahead of the client).
-    Placement { version: u64, at_ms: u64 },
+    /// The edges that hold the CHILD SA in the key: per edge its kind, 1 both directions
+    /// (`repository::PLACED_CHILD`), 2 a watched copy of its inbound SA only
+    /// (`repository::PLACED_COPY`, ahead of the client); sorted by edge, each edge once.
+    Placement { at_ms: u64, edges: Vec<(u16, u8)> },
     /// The freshest outbound sequence state of a CHILD SA: the highest sequence number the
     /// reporter may have used.
     Seq {
@@ -84,16 +90,24 @@ impl fmt::Debug for Record {
             Record::IkeSa { id, version, bytes } => {
                 write!(f, "IkeSa({id:#x} v{version}, {} bytes)", bytes.len())
             }
-            Record::ChildSa {
+            Record::Child {
                 version,
-                dir,
-                params,
-            } => write!(
-                f,
-                "ChildSa({dir:?} id {} spi {:#x} v{version})",
-                params.id.0, params.spi.0
-            ),
-            Record::Placement { version, at_ms } => write!(f, "Placement(v{version} @{at_ms})"),
+                inbound,
+                outbound,
+                fence,
+            } => {
+                let ids = |p: &Option<Box<SaParams>>| {
+                    p.as_ref()
+                        .map(|p| format!("id {} spi {:#x}", p.id.0, p.spi.0))
+                };
+                write!(
+                    f,
+                    "Child(in {:?}, out {:?}, fence {fence}, v{version})",
+                    ids(inbound),
+                    ids(outbound)
+                )
+            }
+            Record::Placement { at_ms, edges } => write!(f, "Placement({edges:?} @{at_ms})"),
             Record::Seq {
                 seq,
                 at_ms,
@@ -155,29 +169,45 @@ impl Record {
                 put_len(&mut w, bytes.len(), "IKE SA record")?;
                 w.extend_from_slice(bytes);
             }
-            Record::ChildSa {
+            Record::Child {
                 version,
-                dir,
-                params,
+                inbound,
+                outbound,
+                fence,
             } => {
-                w.push(tag::CHILD_SA);
+                w.push(tag::CHILD);
                 w.extend_from_slice(&version.to_le_bytes());
-                let env = UpdateEnvelope {
-                    generation: 0,
-                    update: Update::AddSa {
-                        dir: *dir,
-                        params: (**params).clone(),
-                    },
-                };
-                let bytes =
-                    Zeroizing::new(proto::codec::to_vec(&env).map_err(EncodeError::Params)?);
-                put_len(&mut w, bytes.len(), "CHILD SA parameters")?;
-                w.extend_from_slice(&bytes);
+                w.extend_from_slice(&fence.to_le_bytes());
+                w.push(u8::from(inbound.is_some()) | (u8::from(outbound.is_some()) << 1));
+                for (dir, params) in [
+                    (Direction::Inbound, inbound),
+                    (Direction::Outbound, outbound),
+                ] {
+                    let Some(params) = params else {
+                        continue;
+                    };
+                    let env = UpdateEnvelope {
+                        generation: 0,
+                        update: Update::AddSa {
+                            dir,
+                            params: (**params).clone(),
+                        },
+                    };
+                    let bytes =
+                        Zeroizing::new(proto::codec::to_vec(&env).map_err(EncodeError::Params)?);
+                    put_len(&mut w, bytes.len(), "CHILD SA parameters")?;
+                    w.extend_from_slice(&bytes);
+                }
             }
-            Record::Placement { version, at_ms } => {
+            Record::Placement { at_ms, edges } => {
                 w.push(tag::PLACEMENT);
-                w.extend_from_slice(&version.to_le_bytes());
                 w.extend_from_slice(&at_ms.to_le_bytes());
+                let n = u16::try_from(edges.len()).map_err(|_| EncodeError::TooLong("edges"))?;
+                w.extend_from_slice(&n.to_le_bytes());
+                for (edge, kind) in edges {
+                    w.extend_from_slice(&edge.to_le_bytes());
+                    w.push(*kind);
+                }
             }
             Record::Seq {
                 seq,
@@ -232,24 +262,54 @@ impl Record {
                     bytes: Zeroizing::new(r.take(len)?.to_vec()),
                 }
             }
-            tag::CHILD_SA => {
+            tag::CHILD => {
                 let version = r.u64()?;
-                let len = r.len()?;
-                let env = UpdateEnvelope::decode(r.take(len)?)
-                    .map_err(|_| DecodeError::Invalid("CHILD SA parameters"))?;
-                match env.update {
-                    Update::AddSa { dir, params } if env.generation == 0 => Record::ChildSa {
-                        version,
-                        dir,
-                        params: Box::new(params),
-                    },
-                    _ => return Err(DecodeError::Invalid("CHILD SA record")),
+                let fence = r.u64()?;
+                let flags = r.u8()?;
+                if flags & !3 != 0 {
+                    return Err(DecodeError::Invalid("CHILD SA flags"));
+                }
+                let mut dirs = [None, None];
+                for (bit, want) in [(1u8, Direction::Inbound), (2, Direction::Outbound)] {
+                    if flags & bit == 0 {
+                        continue;
+                    }
+                    let len = r.len()?;
+                    let env = UpdateEnvelope::decode(r.take(len)?)
+                        .map_err(|_| DecodeError::Invalid("CHILD SA parameters"))?;
+                    match env.update {
+                        Update::AddSa { dir, params } if env.generation == 0 && dir == want => {
+                            if let Some(slot) = dirs.get_mut(usize::from(bit >> 1)) {
+                                *slot = Some(Box::new(params));
+                            }
+                        }
+                        _ => return Err(DecodeError::Invalid("CHILD SA record")),
+                    }
+                }
+                let [inbound, outbound] = dirs;
+                Record::Child {
+                    version,
+                    inbound,
+                    outbound,
+                    fence,
                 }
             }
-            tag::PLACEMENT => Record::Placement {
-                version: r.u64()?,
-                at_ms: r.u64()?,
-            },
+            tag::PLACEMENT => {
+                let at_ms = r.u64()?;
+                let n = usize::from(r.u16()?);
+                if n.checked_mul(3).is_none_or(|b| b > r.buf.len()) {
+                    return Err(DecodeError::Truncated);
+                }
+                let mut edges: Vec<(u16, u8)> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let e = (r.u16()?, r.u8()?);
+                    if edges.last().is_some_and(|l| l.0 >= e.0) {
+                        return Err(DecodeError::Invalid("placement edges"));
+                    }
+                    edges.push(e);
+                }
+                Record::Placement { at_ms, edges }
+            }
             tag::SEQ => Record::Seq {
                 seq: r.u64()?,
                 at_ms: r.u64()?,
@@ -308,6 +368,10 @@ impl<'a> Reader<'a> {
         Ok(u8::from_le_bytes(self.array()?))
     }
 
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
@@ -348,14 +412,31 @@ mod tests {
                 version: 3,
                 bytes: Zeroizing::new(vec![0x5a; 300]),
             },
-            Record::ChildSa {
+            Record::Child {
                 version: 2,
-                dir: Direction::Outbound,
-                params: Box::new(child_params(proto::SaId(7), 0xc000_0007)),
+                inbound: Some(Box::new(child_params(proto::SaId(6), 0xc000_0006))),
+                outbound: Some(Box::new(child_params(proto::SaId(7), 0xc000_0007))),
+                fence: 1 << 33,
+            },
+            Record::Child {
+                version: 2,
+                inbound: None,
+                outbound: Some(Box::new(child_params(proto::SaId(7), 0xc000_0007))),
+                fence: 0,
+            },
+            Record::Child {
+                version: 2,
+                inbound: Some(Box::new(child_params(proto::SaId(6), 0xc000_0006))),
+                outbound: None,
+                fence: 5,
             },
             Record::Placement {
-                version: 2,
                 at_ms: 1234,
+                edges: vec![(1, 1), (2, 2), (300, 2)],
+            },
+            Record::Placement {
+                at_ms: 1,
+                edges: vec![],
             },
             Record::Seq {
                 seq: 1 << 40,
@@ -396,6 +477,42 @@ mod tests {
         b.extend_from_slice(&[0; 16]);
         b.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Record::decode(&b), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn a_child_record_with_a_direction_in_the_wrong_place_or_placements_out_of_order_is_refused() {
+        // The outbound SA's envelope where the inbound one belongs.
+        let out = Record::Child {
+            version: 1,
+            inbound: None,
+            outbound: Some(Box::new(child_params(proto::SaId(7), 7))),
+            fence: 0,
+        };
+        let mut b = out.encode().unwrap().to_vec();
+        b[18] = 1; // flags: inbound only
+        assert_eq!(
+            Record::decode(&b),
+            Err(DecodeError::Invalid("CHILD SA record"))
+        );
+        b[18] = 4;
+        assert_eq!(
+            Record::decode(&b),
+            Err(DecodeError::Invalid("CHILD SA flags"))
+        );
+        for edges in [vec![(2u16, 1u8), (1, 2)], vec![(1, 1), (1, 2)]] {
+            let mut b = Record::Placement { at_ms: 0, edges }
+                .encode()
+                .unwrap()
+                .to_vec();
+            assert_eq!(
+                Record::decode(&b),
+                Err(DecodeError::Invalid("placement edges"))
+            );
+            // A count past what is there allocates nothing.
+            b[10] = 0xff;
+            b[11] = 0xff;
+            assert_eq!(Record::decode(&b), Err(DecodeError::Truncated));
+        }
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub struct ClusterStore<S: Store> {
 fn kind(rec: &Record) -> &'static str {
     match rec {
         Record::IkeSa { .. } => "IKE SA",
-        Record::ChildSa { .. } => "CHILD SA",
+        Record::Child { .. } => "CHILD SA",
         Record::Placement { .. } => "placement",
         Record::Seq { .. } => "sequence",
         Record::Edge { .. } => "edge",
@@ -100,10 +100,10 @@ fn kind(rec: &Record) -> &'static str {
 fn fits(key: &RecordKey, rec: &Record) -> bool {
     match (key, rec) {
         (RecordKey::Ike(k), Record::IkeSa { id, .. }) => k == id,
-        (RecordKey::Child { outbound, .. }, Record::ChildSa { dir, .. }) => {
-            *outbound == (*dir == proto::Direction::Outbound)
+        (RecordKey::Child(spi), Record::Child { inbound, .. }) => {
+            inbound.as_ref().is_none_or(|p| p.spi.0 == *spi)
         }
-        (RecordKey::Placement { .. }, Record::Placement { .. })
+        (RecordKey::Placement(_), Record::Placement { .. })
         | (RecordKey::Seq(_), Record::Seq { .. })
         | (RecordKey::Edge(_), Record::Edge { .. })
         | (RecordKey::SpiBlock(_), Record::SpiBlock { .. }) => true,
@@ -332,7 +332,7 @@ mod tests {
     use super::*;
     use crate::cluster::store::mem::MemStore;
     use crate::ha::testing::child_params;
-    use proto::{Direction, SaId};
+    use proto::SaId;
     use zeroize::Zeroizing;
 
     const T: Duration = Duration::from_secs(1);
@@ -345,7 +345,7 @@ mod tests {
         )
     }
 
-    fn client_batch(r: &ClusterStore<MemStore>, i: u32, edge: &Name) -> Txn {
+    fn client_batch(r: &ClusterStore<MemStore>, i: u32, edge: u16) -> Txn {
         let spi = 0xc000_0000 | i;
         let mut t = Txn::default();
         r.put(
@@ -359,28 +359,24 @@ mod tests {
             None,
         )
         .unwrap();
-        for (outbound, dir) in [(false, Direction::Inbound), (true, Direction::Outbound)] {
-            r.put(
-                &mut t,
-                &RecordKey::Child { spi, outbound },
-                &Record::ChildSa {
-                    version: 1,
-                    dir,
-                    params: Box::new(child_params(SaId(i), spi)),
-                },
-                None,
-            )
-            .unwrap();
-        }
         r.put(
             &mut t,
-            &RecordKey::Placement {
-                spi,
-                edge: edge.clone(),
-            },
-            &Record::Placement {
+            &RecordKey::Child(spi),
+            &Record::Child {
                 version: 1,
+                inbound: Some(Box::new(child_params(SaId(i), spi))),
+                outbound: Some(Box::new(child_params(SaId(i | 0x100), 0xd000_0000 | i))),
+                fence: 1 << 20,
+            },
+            None,
+        )
+        .unwrap();
+        r.put(
+            &mut t,
+            &RecordKey::Placement(spi),
+            &Record::Placement {
                 at_ms: 10,
+                edges: vec![(edge, 1)],
             },
             None,
         )
@@ -391,13 +387,12 @@ mod tests {
     #[test]
     fn records_round_trip_sealed_and_a_second_node_recovers_them() {
         let mut r = repo();
-        let edge = Name::new("edge-a").unwrap();
         for i in 0..5 {
-            let t = client_batch(&r, i, &edge);
+            let t = client_batch(&r, i, 1);
             r.store().call(Request::Txn(t), T).unwrap();
         }
         let (all, rev) = r.load("", T).unwrap();
-        assert_eq!(all.len(), 20);
+        assert_eq!(all.len(), 15);
         assert_eq!(rev, r.store().revision());
         // No plaintext in the store.
         let Ok(Reply::Range { kvs, .. }) = r.store().call(
@@ -437,14 +432,12 @@ mod tests {
         assert!(matches!(e, PutError::KindMismatch { .. }));
         let e = r.put(
             &mut t,
-            &RecordKey::Child {
-                spi: 1,
-                outbound: true,
-            },
-            &Record::ChildSa {
+            &RecordKey::Child(2),
+            &Record::Child {
                 version: 1,
-                dir: Direction::Inbound,
-                params: Box::new(child_params(SaId(1), 1)),
+                inbound: Some(Box::new(child_params(SaId(1), 1))),
+                outbound: None,
+                fence: 0,
             },
             None,
         );
@@ -455,7 +448,7 @@ mod tests {
     #[test]
     fn tampered_or_moved_values_are_refused_and_counted_never_returned() {
         let mut r = repo();
-        let t = client_batch(&r, 1, &Name::new("edge-a").unwrap());
+        let t = client_batch(&r, 1, 1);
         r.store().call(Request::Txn(t), T).unwrap();
         let ike = r.layout().key(&RecordKey::Ike(1));
         let Ok(Reply::Range { kvs, .. }) = r.store().call(
@@ -490,12 +483,11 @@ mod tests {
     #[test]
     fn watch_gives_decoded_changes_and_a_resync_after_compaction() {
         let mut r = repo();
-        let edge = Name::new("edge-a").unwrap();
-        let t = client_batch(&r, 1, &edge);
+        let t = client_batch(&r, 1, 1);
         r.store().call(Request::Txn(t), T).unwrap();
         let (_, rev) = r.load("", T).unwrap();
         let wt = r.watch("", rev + 1).unwrap();
-        let t = client_batch(&r, 2, &edge);
+        let t = client_batch(&r, 2, 1);
         r.submit(t).unwrap();
         let mut out = Vec::new();
         r.poll(&mut out);
@@ -510,14 +502,14 @@ mod tests {
             .iter()
             .filter(|u| matches!(u, Update::Put { watch: w, entry } if *w == watch && entry.mod_revision == rev + 1))
             .count();
-        assert_eq!(puts, 4);
+        assert_eq!(puts, 3);
         // Compact past the revision and watch from before it: a resync with both clients.
         let now = r.store().revision();
         r.store().call(Request::Compact(now), T).unwrap();
         r.watch("", rev).unwrap();
         out.clear();
         r.poll(&mut out);
-        assert!(out.iter().any(|u| matches!(u, Update::Resync { entries, revision, .. } if entries.len() == 8 && *revision == now)));
+        assert!(out.iter().any(|u| matches!(u, Update::Resync { entries, revision, .. } if entries.len() == 6 && *revision == now)));
     }
 
     #[test]
