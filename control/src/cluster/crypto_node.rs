@@ -278,11 +278,11 @@ struct StoreState {
     /// Records this input changed, written whole (or deleted, if empty) when its batch is
     /// sealed.
     child_dirty: BTreeSet<proto::Spi>,
-    placed_dirty: BTreeSet<proto::Spi>,
-    /// When the oldest placement change not yet written was made: placements are written
-    /// [`PLACEMENT_WRITE_DELAY`] after it, so the acknowledgements of one install's edges
-    /// (both directions at one, a copy at each other) become one write.
-    placed_since: Option<Instant>,
+    placed_dirty: HashSet<proto::Spi>,
+    /// The dirty placements in the order of their first change not yet written: each is
+    /// written [`PLACEMENT_WRITE_DELAY`] after it, so the acknowledgements of one install's
+    /// edges (both directions at one, a copy at each other) become one write.
+    placed_queue: VecDeque<(Instant, proto::Spi)>,
     /// Placement records in the store (written at least once): a change to one of these (an
     /// SA moved, an edge lost) is written with the next batch, not delayed.
     placed_written: HashSet<proto::Spi>,
@@ -309,11 +309,13 @@ struct StoreState {
 pub const SEQ_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl StoreState {
-    /// `spi`'s placement record changed at `now`: written with the next batch sealed
-    /// [`PLACEMENT_WRITE_DELAY`] after the oldest change not yet written.
+    /// `spi`'s placement record changed at `now`: written with the first batch sealed
+    /// [`PLACEMENT_WRITE_DELAY`] after its first change not yet written (at once if the
+    /// store holds it already).
     fn placed_changed(&mut self, spi: proto::Spi, now: Instant) {
-        self.placed_dirty.insert(spi);
-        self.placed_since.get_or_insert(now);
+        if self.placed_dirty.insert(spi) {
+            self.placed_queue.push_back((now, spi));
+        }
         self.placed_urgent |= self.placed_written.contains(&spi);
     }
 }
@@ -778,8 +780,8 @@ impl CryptoNode {
         let placements = self
             .store
             .as_ref()
-            .and_then(|st| st.placed_since)
-            .map(|t| t.saturating_add(PLACEMENT_WRITE_DELAY));
+            .and_then(|st| st.placed_queue.front())
+            .map(|(t, _)| t.saturating_add(PLACEMENT_WRITE_DELAY));
         match (self.core.poll_timeout(), placements) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -898,16 +900,13 @@ impl CryptoNode {
                 }
             }
         }
-        let placements_due = st.placed_urgent
-            || st
-                .placed_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= PLACEMENT_WRITE_DELAY);
-        if placements_due {
-            st.placed_since = None;
-            st.placed_urgent = false;
-        }
-        if placements_due {
-            for spi in std::mem::take(&mut st.placed_dirty) {
+        let urgent = std::mem::take(&mut st.placed_urgent);
+        while let Some((t, spi)) = st.placed_queue.front().copied() {
+            if !urgent && now.saturating_duration_since(t) < PLACEMENT_WRITE_DELAY {
+                break;
+            }
+            st.placed_queue.pop_front();
+            if st.placed_dirty.remove(&spi) {
                 match st.placed.get(&spi) {
                     Some(edges) if !edges.is_empty() => {
                         st.ops.push(StoreOp::Put(

@@ -93,7 +93,7 @@ use super::store::{
 use crate::core::durable::StoredIkeSa;
 
 /// The most operations the driver puts in one etcd transaction.
-pub const MAX_TXN_OPS: usize = 100;
+pub const MAX_TXN_OPS: usize = 128;
 
 /// One write of the node.
 #[derive(Clone, Debug)]
