@@ -454,6 +454,29 @@ impl CryptoNode {
         }
     }
 
+    /// The client of outbound SA `id` moved (MOBIKE, a NAT mapping change): its filter rules
+    /// follow its new outer address (the edges pass its ESP, its direct hosts, drop the rest
+    /// for the address it uses now, and no longer for the old one).
+    fn filter_rebind(&mut self, id: proto::SaId, remote: IpAddr, encap: bool) {
+        if self.filters.filters.is_empty() {
+            return;
+        }
+        let Some(spi_out) = self.placement.outbound_params(id).map(|p| p.spi) else {
+            return;
+        };
+        let Some(spi_in) = self.core.child_of_sa(id, spi_out).map(|c| proto::Spi(c.0)) else {
+            return;
+        };
+        let Some(c) = self.filters.clients.get_mut(&spi_in) else {
+            return;
+        };
+        if c.outer != remote || c.encap != encap {
+            c.outer = remote;
+            c.encap = encap;
+            self.push_policy();
+        }
+    }
+
     /// The client of a CHILD_SA that went: its filter rules go from the policy.
     fn filter_forget(&mut self, spi_in: proto::Spi) {
         self.filters.on_node.remove(&spi_in);
@@ -1742,6 +1765,11 @@ impl CryptoNode {
                     edges.extend(self.placement.outbound_edges(*id));
                     edges.extend(self.placement.draining_edges(*id));
                 }
+                // The policy first: the edges pass the client's ESP from its new address
+                // before its SA sends there.
+                for id in ids {
+                    self.filter_rebind(*id, *remote, encap.is_some());
+                }
                 self.push_to(&edges, u);
             }
             // A binding on probation comes only from a `roamgate client`'s connectivity
@@ -1854,6 +1882,30 @@ impl CryptoNode {
                 st.child_dirty.insert(*spi);
                 st.placed.remove(spi);
                 st.placed_changed(*spi, self.now);
+            }
+            Update::RebindOutbound {
+                ids,
+                local,
+                remote,
+                encap,
+            } => {
+                // The record holds the SA as the edges have it: a node that recovers and
+                // moves it to another edge installs it with the addresses it uses now.
+                let Some(st) = &mut self.store else {
+                    return;
+                };
+                for id in ids {
+                    let Some(spi) = st.pair.get(id).copied() else {
+                        continue;
+                    };
+                    if let Some(o) = st.children.get_mut(&spi).and_then(|c| c.outbound.as_mut()) {
+                        o.local = *local;
+                        o.remote = *remote;
+                        o.encap = *encap;
+                        st.child_dirty.insert(spi);
+                        st.gate = st.next;
+                    }
+                }
             }
             Update::DeleteOutbound { id } => {
                 let Some(st) = &mut self.store else {

@@ -165,3 +165,55 @@ fn a_client_no_filter_names_is_placed_on_its_edge_as_before() {
     assert_eq!(v["rules"].as_array().unwrap().len(), 3);
     assert_eq!(v["clients"][0]["on_encryption_node"], false);
 }
+
+#[test]
+fn a_filtered_client_that_moves_by_mobike_takes_its_filter_rules_to_its_new_address() {
+    let mut w = Cluster::new(4, 1);
+    w.node.set_filters(filters("rw.test"));
+    w.router = all_via(0);
+    w.client_connect(0);
+    w.run_for(Duration::from_secs(1));
+    let spis = w.child_spis(0)[0];
+    let old = w.clients[0].addr.to_string();
+    // The client's address changes; it tells the gateway by MOBIKE.
+    let new: IpAddr = "198.51.100.77".parse().unwrap();
+    let now = w.now;
+    let ike = w.clients[0].endpoint.list()[0].0;
+    w.clients[0].addr = new;
+    w.clients[0].endpoint.roam(now, ike, new, vec![]).unwrap();
+    w.run_for(Duration::from_secs(1));
+    assert!(
+        w.edges[3].link.workers[0]
+            .received
+            .iter()
+            .any(|u| matches!(u, Update::RebindOutbound { remote, .. } if *remote == new)),
+        "the encryption node's SA sends to the new address"
+    );
+    let new = new.to_string();
+    for e in 0..3 {
+        let rules = policy(&w, e);
+        assert_eq!(
+            lookup(&rules, PUBLIC, &new, 17),
+            Some((Action::Bypass, Some(0))),
+            "edge {e} passes the client's ESP to its new address: {rules:?}"
+        );
+        assert_eq!(
+            lookup(&rules, "10.9.0.20", &new, 6),
+            Some((Action::Bypass, Some(1)))
+        );
+        assert_eq!(
+            lookup(&rules, "10.9.0.30", &new, 6),
+            Some((Action::Discard, Some(2)))
+        );
+        // The old address is nobody's now: no filter rule for it.
+        assert_eq!(lookup(&rules, PUBLIC, &old, 17).and_then(|r| r.1), None);
+    }
+    // Traffic still goes through the encryption node only.
+    w.traffic.at[0] = 3;
+    w.traffic.in_per_ms = 10;
+    w.traffic.out_per_ms = 10;
+    w.run_traffic(Duration::from_millis(100));
+    assert_eq!(w.traffic.lost[0], 0);
+    assert_eq!(w.duplicates(), vec![]);
+    assert!(w.runs(spis.1).iter().all(|r| r.0 == 3));
+}

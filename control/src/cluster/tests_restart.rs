@@ -703,3 +703,47 @@ fn a_crypto_node_restarted_during_a_drain_keeps_the_new_edge_as_the_holder_and_s
     // still holds the outbound SA and its host binding: they stay there (capped at edge 0's
     // reservation, below edge 1's numbers: `duplicates` above) until the CHILD_SA goes.
 }
+
+#[test]
+fn a_client_that_moved_by_mobike_is_sent_to_at_its_new_address_by_an_edge_after_a_restart() {
+    let mut s = Stored::new(3, 1);
+    s.w.router = all_via(0);
+    s.w.client_connect(0);
+    s.w.traffic.at[0] = 0;
+    s.run_for(Duration::from_secs(1));
+    let spis = s.w.child_spis(0)[0];
+    let new: std::net::IpAddr = "198.51.100.77".parse().unwrap();
+    let now = s.w.now;
+    let ike = s.w.clients[0].endpoint.list()[0].0;
+    s.w.clients[0].addr = new;
+    s.w.clients[0].endpoint.roam(now, ike, new, vec![]).unwrap();
+    s.run_for(Duration::from_secs(1));
+    // The stored CHILD_SA follows the move.
+    let children = s.stored("child/");
+    assert!(
+        matches!(&children[0].record, super::store::Record::Child { outbound: Some(o), .. } if o.remote == new),
+        "{children:?}"
+    );
+    // kill -9 of the crypto node; a new one from the store; then the client's path moves
+    // to edge 1, which gets the outbound SA from the node.
+    let repo = s.crash();
+    let r = s.start(repo, 5, 0xa2);
+    assert_eq!(r.kept, 1, "{r:?}");
+    s.w.traffic.in_per_ms = 10;
+    s.w.traffic.out_per_ms = 10;
+    steer(&mut s.w, 0, 1);
+    s.run_traffic(Duration::from_millis(200));
+    let sent_to: Vec<std::net::IpAddr> = s.w.edges[1].link.workers[0]
+        .received
+        .iter()
+        .filter_map(|u| match u {
+            Update::AddSa {
+                dir: Direction::Outbound,
+                params,
+            } if params.spi == spis.1 => Some(params.remote),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent_to, vec![new], "edge 1's outbound SA");
+    assert_eq!(s.w.duplicates(), vec![]);
+}
