@@ -72,6 +72,7 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
     if !cluster.filters.is_empty() {
         node.set_filters(cluster.filters.clone());
     }
+    node.set_neighbours(cluster.neighbours.clone());
     // A new incarnation at every start: edges count carriers per node incarnation.
     node.set_incarnation(u64::from_le_bytes(
         os_seed()[..8].try_into().unwrap_or([1; 8]),
@@ -384,6 +385,8 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
         // Edge filters (issue 18 item 7): the rules by index (the edges' `roamgate stats`
         // counts `filter_hits` by it), the clients they hold and where their SAs are.
         "filters": node.filter_view(),
+        // `cluster.neighbours`: where each edge's clients get watched copies (empty: all).
+        "neighbours": node.neighbours(),
         "on_encryption_node": s.on_encryption_node,
         "filtered_unknown_spi": s.filtered_unknown_spi,
     })

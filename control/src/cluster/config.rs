@@ -16,6 +16,7 @@
 //! and the problem. Must never: print the key (`Debug` shows `<redacted>`).
 
 use core::fmt;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -72,6 +73,12 @@ pub struct ClusterYaml {
     /// [`MAX_MOVE_HOLD_MS`]).
     #[serde(default = "default_move_hold_ms")]
     pub move_hold_ms: u32,
+    /// Crypto node: per edge, the edges its clients may move to next (`{0: [1], 1: [0, 2]}`):
+    /// a client's inbound SA is copied, watched, only to these (an edge not listed: to every
+    /// edge); a move to another edge takes the unknown-SPI path (its first packets dropped
+    /// until the SA's carrier arrives).
+    #[serde(default)]
+    pub neighbours: BTreeMap<EdgeId, Vec<EdgeId>>,
 }
 
 /// The longest hold `cluster.move_hold_ms` may ask for: the LAN's traffic to a moved client
@@ -124,6 +131,8 @@ pub struct CryptoNodePlan {
     pub move_drain: bool,
     /// `cluster.move_hold_ms`.
     pub move_hold_ms: u32,
+    /// `cluster.neighbours` (empty: every edge is every edge's neighbour).
+    pub neighbours: BTreeMap<EdgeId, BTreeSet<EdgeId>>,
 }
 
 /// What an edge runs with.
@@ -216,8 +225,33 @@ impl ClusterYaml {
                         ),
                     ));
                 }
+                let mut neighbours = BTreeMap::new();
+                for (edge, list) in &self.neighbours {
+                    let mut set = BTreeSet::new();
+                    for (i, n) in list.iter().enumerate() {
+                        let key = format!("neighbours.{edge}[{i}]");
+                        let bad = if n == edge {
+                            Some("an edge is not its own neighbour".to_string())
+                        } else if self.encryption_nodes.contains(n)
+                            || self.encryption_nodes.contains(edge)
+                        {
+                            Some(format!(
+                                "{n} or {edge} is an encryption node (it gets no copies of edges' clients)"
+                            ))
+                        } else if !set.insert(*n) {
+                            Some(format!("{n} is listed twice"))
+                        } else {
+                            None
+                        };
+                        if let Some(b) = bad {
+                            return Err(err(&key, b));
+                        }
+                    }
+                    neighbours.insert(*edge, set);
+                }
                 Ok(ClusterPlan::CryptoNode(CryptoNodePlan {
                     node_id,
+                    neighbours,
                     node_bits: self.node_bits,
                     listen,
                     psk,
@@ -239,6 +273,7 @@ impl ClusterYaml {
                     "crypto node",
                 )?;
                 only("filters", !self.filters.is_empty(), "crypto node")?;
+                only("neighbours", !self.neighbours.is_empty(), "crypto node")?;
                 only("node_id", self.node_id.is_some(), "crypto node")?;
                 only("listen", self.listen.is_some(), "crypto node")?;
                 let edge_id = self
@@ -268,6 +303,27 @@ mod tests {
     fn check(text: &str) -> Result<ClusterPlan, ConfigError> {
         let p = Path::new("c.yaml");
         crate::config::parse::<ClusterYaml>(p, text)?.validate(p, "cluster")
+    }
+
+    #[test]
+    fn neighbours_are_for_a_crypto_node_and_errors_name_the_entry() {
+        let node = format!(
+            "role: crypto-node\nnode_id: 3\nlisten: 127.0.0.1:7600\npsk: \"{KEY}\"\nencryption_nodes: [9]\n"
+        );
+        let with = |n: &str| format!("{node}neighbours: {n}\n");
+        assert!(matches!(
+            check(&with("{0: [1], 1: [0, 2]}")).unwrap(),
+            ClusterPlan::CryptoNode(p) if p.neighbours.get(&1) == Some(&BTreeSet::from([0, 2]))
+        ));
+        let key = |t: String| check(&t).unwrap_err().key;
+        assert_eq!(key(with("{0: [1], 1: [1]}")), "cluster.neighbours.1[0]");
+        assert_eq!(key(with("{0: [1, 2, 1]}")), "cluster.neighbours.0[2]");
+        assert_eq!(key(with("{0: [9]}")), "cluster.neighbours.0[0]");
+        assert!(check(&with("{0: [x]}")).is_err());
+        let edge = format!(
+            "role: edge\nedge_id: 2\ncrypto_node: 127.0.0.1:7600\npsk: \"{KEY}\"\nneighbours: {{2: [1]}}\n"
+        );
+        assert_eq!(key(edge), "cluster.neighbours");
     }
 
     #[test]

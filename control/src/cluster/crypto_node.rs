@@ -215,6 +215,9 @@ pub struct CryptoNode {
     /// Inbound SAs go to every connected edge when they are made (a watched copy on each
     /// edge but the forwarding one), so ESP decrypts wherever the client's path goes.
     spread: bool,
+    /// Per edge, the edges its clients' inbound SAs are copied to (`cluster.neighbours`; an
+    /// edge not listed: every edge).
+    neighbours: BTreeMap<EdgeId, BTreeSet<EdgeId>>,
     /// Moves leave the old edge its outbound SA and host binding until the LAN's traffic
     /// reaches the new edge (`end_drain`); off: the old edge deletes them at the move.
     drain_moves: bool,
@@ -353,6 +356,7 @@ impl CryptoNode {
             store: None,
             seq_grant: DEFAULT_SEQ_GRANT,
             spread: true,
+            neighbours: BTreeMap::new(),
             drain_moves: true,
             move_hold_us: super::config::DEFAULT_MOVE_HOLD_MS * 1000,
             orphan_copies: BTreeMap::new(),
@@ -706,6 +710,42 @@ impl CryptoNode {
     /// first packet; 0: no hold): `docs/architecture.md`, "Packets lost at a move".
     pub fn set_move_hold(&mut self, hold: Duration) {
         self.move_hold_us = u32::try_from(hold.as_micros()).unwrap_or(u32::MAX);
+    }
+
+    /// `cluster.neighbours`: a client at edge `e` gets watched copies of its inbound SAs on
+    /// `neighbours[e]` only (an edge not in the map: on every edge).
+    pub fn set_neighbours(&mut self, neighbours: BTreeMap<EdgeId, BTreeSet<EdgeId>>) {
+        self.neighbours = neighbours;
+    }
+
+    /// `cluster.neighbours` as set.
+    pub fn neighbours(&self) -> &BTreeMap<EdgeId, BTreeSet<EdgeId>> {
+        &self.neighbours
+    }
+
+    /// Whether a client at `home` gets a watched copy of its inbound SAs on `e`.
+    fn copies_to(&self, home: EdgeId, e: EdgeId) -> bool {
+        e != home
+            && self.is_connected(e)
+            && !self.is_encryption_node(e)
+            && self.neighbours.get(&home).is_none_or(|n| n.contains(&e))
+    }
+
+    /// A watched copy of inbound SA `spi` (with the windows known so far) goes to `e`.
+    fn copy_to(&mut self, spi: proto::Spi, e: EdgeId) {
+        let Some(mut p) = self.placement.inbound_params(spi) else {
+            return;
+        };
+        let _ = self.placement.place(Direction::Inbound, &p, e);
+        p.resume.replay = self.marks.get(&spi).cloned();
+        p.checkpoint = Some(self.checkpoint);
+        if let Some(l) = self.edges.get_mut(&e) {
+            self.stats.spread += 1;
+            l.pending.push(Update::AddSa {
+                dir: Direction::Inbound,
+                params: p,
+            });
+        }
     }
 
     pub fn set_spread(&mut self, on: bool) {
@@ -1426,6 +1466,20 @@ impl CryptoNode {
                 }
             }
         }
+        if self.spread && !self.neighbours.is_empty() {
+            // Ahead of the client again: its new edge's neighbours that lack a copy get one
+            // (the copies elsewhere stay, re-armed with the others).
+            let have = self.placement.inbound_edges(spi);
+            let to: Vec<EdgeId> = self
+                .edges
+                .keys()
+                .copied()
+                .filter(|e| !have.contains(e) && self.copies_to(edge, *e))
+                .collect();
+            for e in to {
+                self.copy_to(spi, e);
+            }
+        }
         if let Some(l) = self.edges.get_mut(&edge) {
             l.moves_pending.push(now);
             l.pending.push(Update::AddSa {
@@ -1487,24 +1541,14 @@ impl CryptoNode {
             };
             let holders = self.placement.outbound_edges(ch.out_id);
             if holders.contains(&edge)
-                || !holders.iter().any(|h| self.is_connected(*h))
+                || !holders
+                    .iter()
+                    .any(|h| self.is_connected(*h) && self.copies_to(*h, edge))
                 || self.placement.inbound_edges(spi).contains(&edge)
             {
                 continue;
             }
-            let Some(mut p) = self.placement.inbound_params(spi) else {
-                continue;
-            };
-            let _ = self.placement.place(Direction::Inbound, &p, edge);
-            p.resume.replay = self.marks.get(&spi).cloned();
-            p.checkpoint = Some(self.checkpoint);
-            if let Some(l) = self.edges.get_mut(&edge) {
-                self.stats.spread += 1;
-                l.pending.push(Update::AddSa {
-                    dir: Direction::Inbound,
-                    params: p,
-                });
-            }
+            self.copy_to(spi, edge);
         }
     }
 
@@ -1712,11 +1756,9 @@ impl CryptoNode {
                     && !self.filters.on_node.contains(&params.spi)
                 {
                     self.edges
-                        .iter()
-                        .filter(|(e, l)| {
-                            **e != edge && l.connected && !self.is_encryption_node(**e)
-                        })
-                        .map(|(e, _)| *e)
+                        .keys()
+                        .copied()
+                        .filter(|e| self.copies_to(edge, *e))
                         .collect()
                 } else {
                     Vec::new()

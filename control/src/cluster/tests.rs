@@ -1478,3 +1478,54 @@ fn without_the_hold_the_old_edge_s_packets_in_flight_at_the_flip_are_refused_by_
     assert!(0 < part && part < refused, "{part} of {refused}");
     println!("move from a 3 ms lagging edge: {refused} refused without the hold, {part} with 1 ms");
 }
+
+#[test]
+fn copies_go_to_the_neighbours_of_the_client_s_edge_and_a_jump_elsewhere_takes_the_unknown_spi_path(
+) {
+    // Four edges in a line: 0 - 1 - 2 - 3.
+    let mut w = Cluster::new(4, 1);
+    w.node.set_neighbours(std::collections::BTreeMap::from([
+        (0, BTreeSet::from([1])),
+        (1, BTreeSet::from([0, 2])),
+        (2, BTreeSet::from([1, 3])),
+        (3, BTreeSet::from([2])),
+    ]));
+    w.router = all_via(0);
+    w.client_connect(0);
+    w.traffic.at[0] = 0;
+    w.run_for(Duration::from_secs(1));
+    let spis = w.child_spis(0)[0];
+    let inbound_at =
+        |w: &Cluster| -> Vec<usize> { (0..4).filter(|e| w.holds(*e, spis).0).collect() };
+    assert_eq!(w.holds(0, spis), (true, true));
+    assert_eq!(
+        inbound_at(&w),
+        vec![0, 1],
+        "a copy at edge 0's neighbour only"
+    );
+    w.traffic.in_per_ms = 10;
+    w.traffic.out_per_ms = 10;
+    w.run_traffic(Duration::from_millis(100));
+    // To a neighbour: the copy was there before the client, nothing lost; edge 1's
+    // neighbour 2 gets a copy now.
+    steer(&mut w, 0, 1);
+    w.run_traffic(Duration::from_millis(200));
+    assert_eq!(w.node.stats.moves, 1, "{:?}", w.node.stats);
+    assert_eq!(w.node.stats.on_demand, 0);
+    assert_eq!(w.holds(1, spis), (true, true));
+    assert_eq!(w.traffic.lost[0], 0);
+    assert_eq!(inbound_at(&w), vec![0, 1, 2]);
+    // A jump to edge 3 (no neighbour of 1, no copy): the unknown-SPI report brings the SA
+    // and moves the outbound SA; the packets before it are lost, nothing is sent twice.
+    steer(&mut w, 0, 3);
+    w.run_traffic(Duration::from_millis(300));
+    assert_eq!(w.node.stats.moves, 2, "{:?}", w.node.stats);
+    assert_eq!(w.node.stats.on_demand, 1);
+    assert_eq!(w.holds(3, spis), (true, true));
+    assert!(w.traffic.delivered[0] > 0);
+    assert_eq!(w.duplicates(), vec![]);
+    println!(
+        "neighbours: lost at the jump to a non-neighbour: {}",
+        w.traffic.lost[0]
+    );
+}
