@@ -9,7 +9,7 @@ shift || true
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 
-TARGETS=(ha_sync cluster_msg)
+TARGETS=(ha_sync cluster_msg store_record)
 
 if ! cargo fuzz build -O "$@"; then
     echo "fuzz build failed" >&2
