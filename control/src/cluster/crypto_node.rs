@@ -59,6 +59,7 @@ use super::msg::{ike_spi_i, EdgeId, EdgeMsg, NodeMsg, MAX_CARRIER_UPDATES};
 use super::placement::SaPlacement;
 use super::repository::{
     edge_name, Recovered, RecoveryReport, StoreBatch, StoreOp, PLACED_CHILD, PLACED_COPY,
+    PLACED_DRAIN,
 };
 
 /// A carrier's inbound SA of a CHILD_SA (the holder's own).
@@ -278,6 +279,9 @@ struct StoreState {
     /// What each CHILD_SA's placement record holds (`placement/<spi>`): the edges that
     /// acknowledged it, with [`PLACED_CHILD`] or [`PLACED_COPY`].
     placed: HashMap<proto::Spi, BTreeMap<EdgeId, u8>>,
+    /// The holder's start of each CHILD_SA whose outbound SA drains on an old edge
+    /// ([`PLACED_DRAIN`] in its placement record).
+    drain_start: HashMap<proto::Spi, u64>,
     /// Records this input changed, written whole (or deleted, if empty) when its batch is
     /// sealed.
     child_dirty: BTreeSet<proto::Spi>,
@@ -599,7 +603,35 @@ impl CryptoNode {
                         report.copies_kept += 1;
                     }
                 }
-                let _ = self.placement.place(Direction::Outbound, pout, first);
+                // A drain in the store: the outbound SA goes to the draining edges first and
+                // moves on to the holder, so that the holder's first checkpoint above its
+                // start ends the drain as it would have before the restart.
+                let drain = rec
+                    .drains
+                    .get(&spi_in)
+                    .filter(|(d, _)| !d.is_empty() && !d.contains(&first));
+                match drain {
+                    Some((d, start)) => {
+                        let mut at = None;
+                        for e in d {
+                            match at {
+                                None => {
+                                    let _ = self.placement.place(Direction::Outbound, pout, *e);
+                                }
+                                Some(_) => {
+                                    self.placement.move_outbound_draining(pout.id, *e, *start);
+                                }
+                            }
+                            at = Some(*e);
+                        }
+                        self.placement
+                            .move_outbound_draining(pout.id, first, *start);
+                        report.drains_kept += 1;
+                    }
+                    None => {
+                        let _ = self.placement.place(Direction::Outbound, pout, first);
+                    }
+                }
                 let fence = rec.seqs.get(&spi_in).map(|s| s.0);
                 if let Some(seq) = fence {
                     self.placement.report_seq(first, pout.id, seq, false);
@@ -621,6 +653,12 @@ impl CryptoNode {
                     }
                     for e in rec.copies.get(&spi_in).into_iter().flatten() {
                         held.entry(*e).or_insert(PLACED_COPY);
+                    }
+                    if let Some((d, start)) = drain {
+                        for e in d {
+                            held.insert(*e, PLACED_DRAIN);
+                        }
+                        st.drain_start.insert(spi_in, *start);
                     }
                 }
                 installed.insert(c.spi_in);
@@ -976,6 +1014,7 @@ impl CryptoNode {
                             RecordKey::Placement(spi.0),
                             Record::Placement {
                                 at_ms: st.wall_ms,
+                                drain_start: st.drain_start.get(&spi).copied().unwrap_or(0),
                                 edges: edges.iter().map(|(e, k)| (*e, *k)).collect(),
                             },
                         ));
@@ -983,6 +1022,7 @@ impl CryptoNode {
                     }
                     _ => {
                         st.placed.remove(&spi);
+                        st.drain_start.remove(&spi);
                         st.placed_written.remove(&spi);
                         st.ops.push(StoreOp::Delete(RecordKey::Placement(spi.0)));
                     }
@@ -1054,7 +1094,12 @@ impl CryptoNode {
                     st.applied.remove(&(edge, spi));
                     PLACED_CHILD
                 };
-                st.placed.entry(spi).or_default().insert(edge, version);
+                let held = st.placed.entry(spi).or_default();
+                if version == PLACED_COPY && held.get(&edge) == Some(&PLACED_DRAIN) {
+                    // The re-armed copy of an edge that still drains the outbound SA.
+                    continue;
+                }
+                held.insert(edge, version);
                 st.placed_changed(spi, self.now);
             }
         }
@@ -1363,6 +1408,21 @@ impl CryptoNode {
             return;
         }
         self.stats.drains_ended += 1;
+        let now = self.now;
+        if let Some(st) = &mut self.store {
+            if let Some(spi) = st.pair.get(&id).copied() {
+                st.drain_start.remove(&spi);
+                if let Some(held) = st.placed.get_mut(&spi) {
+                    for e in &gone {
+                        if let Some(k) = held.get_mut(e) {
+                            // The edge keeps its copy of the inbound SA.
+                            *k = PLACED_COPY;
+                        }
+                    }
+                }
+                st.placed_changed(spi, now);
+            }
+        }
         let hosts = self.placement.hosts_of(id);
         for a in &gone {
             if let Some(l) = self.edges.get_mut(a) {
@@ -1437,6 +1497,26 @@ impl CryptoNode {
             self.stats.drains += 1;
         } else {
             self.placement.move_outbound(id, edge);
+        }
+        if let Some(st) = &mut self.store {
+            // The drain goes to the store with the move (a node that recovers ends it as
+            // this one would: `end_drain`).
+            let drains = self.placement.draining_edges(id);
+            let held = st.placed.entry(spi).or_default();
+            for (e, k) in held.iter_mut() {
+                if *k == PLACED_DRAIN && !drains.contains(e) {
+                    *k = PLACED_COPY;
+                }
+            }
+            for e in &drains {
+                held.insert(*e, PLACED_DRAIN);
+            }
+            if drains.is_empty() {
+                st.drain_start.remove(&spi);
+            } else {
+                st.drain_start.insert(spi, start);
+            }
+            st.placed_changed(spi, now);
         }
         self.placement.grant(id, up_to);
         self.persist_fence(id);

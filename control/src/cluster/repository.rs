@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `ike/<id>`: the IKE SA's durable record (`core::durable`: keys, message ids, our last response, the IV epoch, its CHILD_SAs and their data-plane ids) | after every input that changed it, **before** anything that input queued for an edge | when the IKE SA goes |
 //! | `child/<spi>`: both directions of the CHILD_SA as installed (`AddSa`s) and the outbound SA's first fence | with the carriers that install them, **before** they leave; whole again when one direction changes or goes | with its last direction |
-//! | `placement/<spi>`: the edges that hold the CHILD_SA, each with its kind (both directions, or a watched copy of the inbound SA) | once an edge **acknowledged** the carriers holding both `AddSa`s (or the copy) (applied by its data plane), a new one up to 20 ms later with its other edges; whole again at every change | with the inbound SA's delete; an edge is taken out when it lost its data plane |
+//! | `placement/<spi>`: the edges that hold the CHILD_SA, each with its kind (both directions, a watched copy of the inbound SA, or a copy and the outbound SA as a drain after a move, with the holder's start) | once an edge **acknowledged** the carriers holding both `AddSa`s (or the copy) (applied by its data plane), a new one up to 20 ms later with its other edges; whole again at every change | with the inbound SA's delete; an edge is taken out when it lost its data plane; a drain becomes a copy when it ends |
 //! | `seq/<spi>`: the freshest outbound sequence report, and fences raised after the first | at most every [`super::crypto_node::SEQ_WRITE_INTERVAL`]; a fence before the reservation that needs it leaves | with the outbound SA |
 //! | `edges/<edge>`: a live edge and its process incarnation | at its hello, **under a lease** kept alive while it is connected | by etcd, when the lease expires |
 //!
@@ -130,6 +130,9 @@ pub fn parse_edge_name(n: &Name) -> Option<EdgeId> {
 pub const PLACED_CHILD: u8 = 1;
 /// A placement record's kind for an edge that holds a watched copy of its inbound SA.
 pub const PLACED_COPY: u8 = 2;
+/// A placement record's kind for an edge the CHILD SA's outbound SA moved away from that
+/// still holds it as a drain (below the record's `drain_start`), and a copy of its inbound SA.
+pub const PLACED_DRAIN: u8 = 3;
 
 /// What the store holds, decoded, for [`CryptoNode::recover`].
 #[derive(Debug, Default)]
@@ -139,8 +142,11 @@ pub struct Recovered {
     pub children: BTreeMap<(Spi, bool), SaParams>,
     /// Inbound SPI -> the edges that acknowledged both directions.
     pub placements: BTreeMap<Spi, BTreeSet<EdgeId>>,
-    /// Inbound SPI -> the edges that acknowledged a watched copy of the inbound SA.
+    /// Inbound SPI -> the edges that acknowledged a watched copy of the inbound SA (the
+    /// draining edges among them).
     pub copies: BTreeMap<Spi, BTreeSet<EdgeId>>,
+    /// Inbound SPI -> the edges that drain its outbound SA, and the holder's start.
+    pub drains: BTreeMap<Spi, (BTreeSet<EdgeId>, u64)>,
     /// Inbound SPI -> the freshest outbound sequence state: the higher of the CHILD_SA
     /// record's first fence and its `seq/` record.
     pub seqs: BTreeMap<Spi, (u64,)>,
@@ -165,6 +171,8 @@ pub struct RecoveryReport {
     pub orphans_deleted: usize,
     /// Watched inbound copies left on their edges (their CHILD_SA kept).
     pub copies_kept: usize,
+    /// Drains of moved outbound SAs taken over (ended by the holder's checkpoint).
+    pub drains_kept: usize,
     /// Watched inbound copies of CHILD_SAs not kept: their records deleted, the SAs deleted
     /// on their edges at hello.
     pub copies_deleted: usize,
@@ -275,12 +283,22 @@ impl<S: Store> NodeStore<S> {
                         s.0 = s.0.max(fence);
                     }
                 }
-                (RecordKey::Placement(spi), Record::Placement { edges, .. }) => {
+                (
+                    RecordKey::Placement(spi),
+                    Record::Placement {
+                        edges, drain_start, ..
+                    },
+                ) => {
                     for (e, kind) in edges {
-                        let into = if kind == PLACED_COPY {
-                            &mut rec.copies
-                        } else {
-                            &mut rec.placements
+                        let into = match kind {
+                            PLACED_COPY => &mut rec.copies,
+                            PLACED_DRAIN => {
+                                let d = rec.drains.entry(Spi(spi)).or_default();
+                                d.0.insert(e);
+                                d.1 = drain_start;
+                                &mut rec.copies
+                            }
+                            _ => &mut rec.placements,
                         };
                         into.entry(Spi(spi)).or_default().insert(e);
                     }

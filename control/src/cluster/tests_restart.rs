@@ -283,7 +283,11 @@ fn a_record_written_again_waits_for_its_earlier_write_on_a_store_that_reorders()
         n: 0,
         ops: vec![StoreOp::Put(
             RecordKey::Placement(7),
-            Record::Placement { at_ms: 1, edges },
+            Record::Placement {
+                at_ms: 1,
+                drain_start: 0,
+                edges,
+            },
         )],
     };
     let first = placement(vec![(1, 1)]);
@@ -360,6 +364,7 @@ fn watched_copies_are_placed_in_the_store_and_a_restarted_node_deletes_them_with
         &super::store::RecordKey::Placement(orphan.0),
         &super::store::Record::Placement {
             at_ms: 1,
+            drain_start: 0,
             edges: vec![(0, super::repository::PLACED_COPY)],
         },
         None,
@@ -683,7 +688,12 @@ fn a_crypto_node_restarted_during_a_drain_keeps_the_new_edge_as_the_holder_and_s
     let repo = s.crash();
     s.run_traffic(Duration::from_millis(20));
     let r = s.start(repo, 5, 0xa2);
-    assert_eq!(r.kept, 1, "{r:?}");
+    assert_eq!((r.kept, r.drains_kept), (1, 1), "{r:?}");
+    assert_eq!(
+        s.w.node.placement().draining_edges(id),
+        std::collections::BTreeSet::from([0]),
+        "the drain came back from the store"
+    );
     // The LAN's route follows; edge 1 goes on getting numbers, nothing is sent twice.
     s.w.traffic.lan_at[0] = Some(1);
     let lost_before = s.w.traffic.back_lost[0];
@@ -699,9 +709,24 @@ fn a_crypto_node_restarted_during_a_drain_keeps_the_new_edge_as_the_holder_and_s
         0,
         "LAN -> client lost after the restart"
     );
-    // Not yet: the drain itself is not in the store, so the new node does not know edge 0
-    // still holds the outbound SA and its host binding: they stay there (capped at edge 0's
-    // reservation, below edge 1's numbers: `duplicates` above) until the CHILD_SA goes.
+    // Edge 1's checkpoint above its start ended the drain: edge 0 let the outbound SA and
+    // its host binding go (it keeps its copy of the inbound SA), and the store says so.
+    assert!(
+        s.w.node.placement().draining_edges(id).is_empty(),
+        "the drain ended"
+    );
+    assert!(
+        out_id(&s.w, 0, spis.1).is_none(),
+        "edge 0 still holds the outbound SA"
+    );
+    assert!(s.w.holds(0, spis).0, "edge 0 keeps its inbound copy");
+    let placed = s.stored("placement/");
+    assert!(
+        matches!(&placed[0].record, super::store::Record::Placement { drain_start: 0, edges, .. }
+            if edges.contains(&(0, super::repository::PLACED_COPY))
+                && edges.contains(&(1, super::repository::PLACED_CHILD))),
+        "{placed:?}"
+    );
 }
 
 #[test]

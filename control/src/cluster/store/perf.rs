@@ -218,6 +218,7 @@ pub fn run(
                     RecordKey::Placement(spi),
                     Record::Placement {
                         at_ms: 0,
+                        drain_start: 0,
                         edges: {
                             // The forwarding edge holds both directions, the others copies.
                             let home = u16::try_from(c % 3).map_err(err)?;

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 0x01 | `IkeSa` | id u64, version u64, len u32, bytes (the ike crate's export record) |
 //! | 0x07 | `Child` | version u64, fence u64, flags u8 (bit 0 inbound, bit 1 outbound), then per direction present (inbound first): len u32, a `proto` `UpdateEnvelope` holding its `AddSa` (generation 0) |
-//! | 0x08 | `Placement` | at_ms u64, count u16, then per edge: edge u16, kind u8 |
+//! | 0x08 | `Placement` | at_ms u64, drain_start u64, count u16, then per edge: edge u16, kind u8 |
 //! | 0x04 | `Seq` | seq u64, at_ms u64, reporter string |
 //! | 0x05 | `Edge` | address string, started_ms u64, incarnation u64 |
 //! | 0x06 | `SpiBlock` | first u32, count u32 |
@@ -63,8 +63,14 @@ pub enum Record {
     },
     /// The edges that hold the CHILD SA in the key: per edge its kind, 1 both directions
     /// (`repository::PLACED_CHILD`), 2 a watched copy of its inbound SA only
-    /// (`repository::PLACED_COPY`, ahead of the client); sorted by edge, each edge once.
-    Placement { at_ms: u64, edges: Vec<(u16, u8)> },
+    /// (`repository::PLACED_COPY`, ahead of the client), 3 a copy and the outbound SA as a
+    /// drain below `drain_start`, the holder's start (`repository::PLACED_DRAIN`, after a
+    /// move); sorted by edge, each edge once. `drain_start` is 0 without a drain.
+    Placement {
+        at_ms: u64,
+        drain_start: u64,
+        edges: Vec<(u16, u8)>,
+    },
     /// The freshest outbound sequence state of a CHILD SA: the highest sequence number the
     /// reporter may have used.
     Seq {
@@ -107,7 +113,11 @@ impl fmt::Debug for Record {
                     ids(outbound)
                 )
             }
-            Record::Placement { at_ms, edges } => write!(f, "Placement({edges:?} @{at_ms})"),
+            Record::Placement {
+                at_ms,
+                drain_start,
+                edges,
+            } => write!(f, "Placement({edges:?} drain {drain_start} @{at_ms})"),
             Record::Seq {
                 seq,
                 at_ms,
@@ -199,9 +209,14 @@ impl Record {
                     w.extend_from_slice(&bytes);
                 }
             }
-            Record::Placement { at_ms, edges } => {
+            Record::Placement {
+                at_ms,
+                drain_start,
+                edges,
+            } => {
                 w.push(tag::PLACEMENT);
                 w.extend_from_slice(&at_ms.to_le_bytes());
+                w.extend_from_slice(&drain_start.to_le_bytes());
                 let n = u16::try_from(edges.len()).map_err(|_| EncodeError::TooLong("edges"))?;
                 w.extend_from_slice(&n.to_le_bytes());
                 for (edge, kind) in edges {
@@ -296,6 +311,7 @@ impl Record {
             }
             tag::PLACEMENT => {
                 let at_ms = r.u64()?;
+                let drain_start = r.u64()?;
                 let n = usize::from(r.u16()?);
                 if n.checked_mul(3).is_none_or(|b| b > r.buf.len()) {
                     return Err(DecodeError::Truncated);
@@ -308,7 +324,11 @@ impl Record {
                     }
                     edges.push(e);
                 }
-                Record::Placement { at_ms, edges }
+                Record::Placement {
+                    at_ms,
+                    drain_start,
+                    edges,
+                }
             }
             tag::SEQ => Record::Seq {
                 seq: r.u64()?,
@@ -432,10 +452,12 @@ mod tests {
             },
             Record::Placement {
                 at_ms: 1234,
-                edges: vec![(1, 1), (2, 2), (300, 2)],
+                drain_start: 1 << 19,
+                edges: vec![(1, 1), (2, 3), (300, 2)],
             },
             Record::Placement {
                 at_ms: 1,
+                drain_start: 0,
                 edges: vec![],
             },
             Record::Seq {
@@ -500,17 +522,21 @@ mod tests {
             Err(DecodeError::Invalid("CHILD SA flags"))
         );
         for edges in [vec![(2u16, 1u8), (1, 2)], vec![(1, 1), (1, 2)]] {
-            let mut b = Record::Placement { at_ms: 0, edges }
-                .encode()
-                .unwrap()
-                .to_vec();
+            let mut b = Record::Placement {
+                at_ms: 0,
+                drain_start: 0,
+                edges,
+            }
+            .encode()
+            .unwrap()
+            .to_vec();
             assert_eq!(
                 Record::decode(&b),
                 Err(DecodeError::Invalid("placement edges"))
             );
             // A count past what is there allocates nothing.
-            b[10] = 0xff;
-            b[11] = 0xff;
+            b[18] = 0xff;
+            b[19] = 0xff;
             assert_eq!(Record::decode(&b), Err(DecodeError::Truncated));
         }
     }

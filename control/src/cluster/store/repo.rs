@@ -376,6 +376,7 @@ mod tests {
             &RecordKey::Placement(spi),
             &Record::Placement {
                 at_ms: 10,
+                drain_start: 0,
                 edges: vec![(edge, 1)],
             },
             None,
