@@ -224,6 +224,15 @@ impl Cluster {
         self.down.retain(|(_, e, _)| *e != i);
     }
 
+    /// Client `c`'s address changes to `to`; it tells the gateway by MOBIKE.
+    fn roam(&mut self, c: usize, to: IpAddr) {
+        let now = self.now;
+        let cl = &mut self.clients[c];
+        let ike = cl.endpoint.list()[0].0;
+        cl.addr = to;
+        cl.endpoint.roam(now, ike, to, vec![]).unwrap();
+    }
+
     fn client_connect(&mut self, i: usize) {
         let now = self.now;
         let c = &mut self.clients[i];

@@ -50,6 +50,33 @@ fn lookup(
         .map(|r| (r.action, filter_index(r.id)))
 }
 
+/// Every edge's policy holds the three filter rules for `client`'s address (and none for
+/// another address).
+fn assert_filter_rules_for(w: &Cluster, client: &str) {
+    for e in 0..3 {
+        let rules = policy(w, e);
+        // The simulated clients' ESP goes in UDP (the rule follows the SA's encapsulation).
+        assert_eq!(
+            lookup(&rules, PUBLIC, client, 17),
+            Some((Action::Bypass, Some(0))),
+            "edge {e} passes the client's ESP: {rules:?}"
+        );
+        assert_eq!(
+            lookup(&rules, "10.9.0.20", client, 6),
+            Some((Action::Bypass, Some(1)))
+        );
+        assert_eq!(
+            lookup(&rules, "10.9.0.30", client, 6),
+            Some((Action::Discard, Some(2)))
+        );
+        // Another address is not the client's: the core's policy decides.
+        assert_eq!(
+            lookup(&rules, "10.9.0.30", "198.51.100.99", 6).and_then(|r| r.1),
+            None
+        );
+    }
+}
+
 #[test]
 fn a_filtered_client_s_sas_go_to_the_encryption_node_and_every_edge_passes_its_esp_there() {
     let mut w = Cluster::new(4, 1);
@@ -84,29 +111,7 @@ fn a_filtered_client_s_sas_go_to_the_encryption_node_and_every_edge_passes_its_e
         w.sent.iter().all(|s| s.edge != 3),
         "nothing leaves the encryption node's IKE path"
     );
-    let client = w.clients[0].addr.to_string();
-    for e in 0..3 {
-        let rules = policy(&w, e);
-        // The simulated clients' ESP goes in UDP (the rule follows the SA's encapsulation).
-        assert_eq!(
-            lookup(&rules, PUBLIC, &client, 17),
-            Some((Action::Bypass, Some(0))),
-            "edge {e} passes the client's ESP: {rules:?}"
-        );
-        assert_eq!(
-            lookup(&rules, "10.9.0.20", &client, 6),
-            Some((Action::Bypass, Some(1)))
-        );
-        assert_eq!(
-            lookup(&rules, "10.9.0.30", &client, 6),
-            Some((Action::Discard, Some(2)))
-        );
-        // Another address is not the client's: the core's policy decides.
-        assert_eq!(
-            lookup(&rules, "10.9.0.30", "198.51.100.99", 6).and_then(|r| r.1),
-            None
-        );
-    }
+    assert_filter_rules_for(&w, &w.clients[0].addr.to_string());
     // ESP that reached an edge before its policy (reported as an unknown SPI) moves nothing.
     w.edges[1].link.report(DpEvent::UnknownSpi {
         worker: 0,
@@ -177,10 +182,7 @@ fn a_filtered_client_that_moves_by_mobike_takes_its_filter_rules_to_its_new_addr
     let old = w.clients[0].addr.to_string();
     // The client's address changes; it tells the gateway by MOBIKE.
     let new: IpAddr = "198.51.100.77".parse().unwrap();
-    let now = w.now;
-    let ike = w.clients[0].endpoint.list()[0].0;
-    w.clients[0].addr = new;
-    w.clients[0].endpoint.roam(now, ike, new, vec![]).unwrap();
+    w.roam(0, new);
     w.run_for(Duration::from_secs(1));
     assert!(
         w.edges[3].link.workers[0]
@@ -189,23 +191,10 @@ fn a_filtered_client_that_moves_by_mobike_takes_its_filter_rules_to_its_new_addr
             .any(|u| matches!(u, Update::RebindOutbound { remote, .. } if *remote == new)),
         "the encryption node's SA sends to the new address"
     );
-    let new = new.to_string();
+    assert_filter_rules_for(&w, &new.to_string());
     for e in 0..3 {
-        let rules = policy(&w, e);
-        assert_eq!(
-            lookup(&rules, PUBLIC, &new, 17),
-            Some((Action::Bypass, Some(0))),
-            "edge {e} passes the client's ESP to its new address: {rules:?}"
-        );
-        assert_eq!(
-            lookup(&rules, "10.9.0.20", &new, 6),
-            Some((Action::Bypass, Some(1)))
-        );
-        assert_eq!(
-            lookup(&rules, "10.9.0.30", &new, 6),
-            Some((Action::Discard, Some(2)))
-        );
         // The old address is nobody's now: no filter rule for it.
+        let rules = policy(&w, e);
         assert_eq!(lookup(&rules, PUBLIC, &old, 17).and_then(|r| r.1), None);
     }
     // Traffic still goes through the encryption node only.

@@ -665,15 +665,22 @@ impl Stored {
     }
 }
 
-#[test]
-fn a_crypto_node_restarted_during_a_drain_keeps_the_new_edge_as_the_holder_and_sends_nothing_twice()
-{
+/// One client, connected through edge 0 (its traffic there), with the store in the loop:
+/// the rig and the client's (inbound, outbound) SPIs.
+fn one_client_at_edge_0() -> (Stored, (Spi, Spi)) {
     let mut s = Stored::new(3, 1);
     s.w.router = all_via(0);
     s.w.client_connect(0);
     s.w.traffic.at[0] = 0;
     s.run_for(Duration::from_secs(1));
     let spis = s.w.child_spis(0)[0];
+    (s, spis)
+}
+
+#[test]
+fn a_crypto_node_restarted_during_a_drain_keeps_the_new_edge_as_the_holder_and_sends_nothing_twice()
+{
+    let (mut s, spis) = one_client_at_edge_0();
     s.w.traffic.in_per_ms = 10;
     s.w.traffic.out_per_ms = 10;
     s.run_traffic(Duration::from_millis(100));
@@ -731,17 +738,9 @@ fn a_crypto_node_restarted_during_a_drain_keeps_the_new_edge_as_the_holder_and_s
 
 #[test]
 fn a_client_that_moved_by_mobike_is_sent_to_at_its_new_address_by_an_edge_after_a_restart() {
-    let mut s = Stored::new(3, 1);
-    s.w.router = all_via(0);
-    s.w.client_connect(0);
-    s.w.traffic.at[0] = 0;
-    s.run_for(Duration::from_secs(1));
-    let spis = s.w.child_spis(0)[0];
+    let (mut s, spis) = one_client_at_edge_0();
     let new: std::net::IpAddr = "198.51.100.77".parse().unwrap();
-    let now = s.w.now;
-    let ike = s.w.clients[0].endpoint.list()[0].0;
-    s.w.clients[0].addr = new;
-    s.w.clients[0].endpoint.roam(now, ike, new, vec![]).unwrap();
+    s.w.roam(0, new);
     s.run_for(Duration::from_secs(1));
     // The stored CHILD_SA follows the move.
     let children = s.stored("child/");
