@@ -53,20 +53,29 @@ impl<P: Port> Worker<P> {
     /// LAN host (a flow this masquerade does not know goes to the LAN as it is, as on the
     /// worker that decrypted it).
     fn vip_answer(&mut self, mut f: P::Frame, now: u64) {
-        let v = match self.vip_nat.as_mut() {
-            Some(nat) => match nat.inbound(f.data_mut(), now) {
-                Ok(()) => {
-                    self.counters.count(Traffic::Masqueraded, 1);
-                    self.forward(&mut f, Side::Lan, false)
-                }
-                Err(NatDrop::NoSession | NatDrop::UnsupportedProtocol) => {
-                    self.forward(&mut f, Side::Lan, false)
-                }
-                Err(e) => Verdict::Drop(super::nat_reason(e)),
-            },
-            None => Verdict::Drop(DropReason::NatNoSession),
+        let v = match self.vip_unmasquerade(f.data_mut(), now) {
+            Ok(()) => self.forward(&mut f, Side::Lan, false),
+            Err(reason) => Verdict::Drop(reason),
         };
         self.dispatch(f, Side::Lan, v);
+    }
+
+    /// An answer to the client's virtual IP, decrypted (here or by another worker), back to
+    /// the LAN host whose flow it answers (counted as masqueraded); one no LAN host opened
+    /// (no session, or a protocol the masquerade does not rewrite) stays as it is. Err: drop
+    /// it for this reason.
+    pub(super) fn vip_unmasquerade(&mut self, ip: &mut [u8], now: u64) -> Result<(), DropReason> {
+        let Some(nat) = self.vip_nat.as_mut() else {
+            return Err(DropReason::NatNoSession);
+        };
+        match nat.inbound(ip, now) {
+            Ok(()) => {
+                self.counters.count(Traffic::Masqueraded, 1);
+                Ok(())
+            }
+            Err(NatDrop::NoSession | NatDrop::UnsupportedProtocol) => Ok(()),
+            Err(e) => Err(super::nat_reason(e)),
+        }
     }
 
     /// With other workers, the client masquerade hands out only this worker's share of the

@@ -366,15 +366,8 @@ impl<P: Port> Worker<P> {
                         .count(Traffic::DecryptedBytes, opened.inner_len as u64);
                     return v;
                 }
-                let Some(nat) = self.vip_nat.as_mut() else {
-                    return Verdict::Drop(DropReason::NatNoSession);
-                };
-                match nat.inbound(f.data_mut(), now) {
-                    Ok(()) => self.counters.count(Traffic::Masqueraded, 1),
-                    Err(
-                        crate::nat::NatDrop::NoSession | crate::nat::NatDrop::UnsupportedProtocol,
-                    ) => {}
-                    Err(e) => return sa_drop(&self.sad, &self.groups, nat_reason(e)),
+                if let Err(reason) = self.vip_unmasquerade(f.data_mut(), now) {
+                    return sa_drop(&self.sad, &self.groups, reason);
                 }
             }
         }
