@@ -126,6 +126,43 @@ fn esp_audit(pcap: &Path, gw: &str) -> (u64, u64, u64) {
     (esp, from_gw, dup_seq)
 }
 
+/// What the strongSwan host itself dropped (its namespace's counters): (UDP datagrams its
+/// sockets' receive buffers overflowed: charon's ESP-in-UDP socket when charon is not
+/// scheduled in time, or a receiver's; packets libipsec's TUN device dropped on their way to
+/// charon). Not the gateway's: the capture shows every ESP frame reaching the link.
+fn host_drops(ns: &str) -> (u64, u64) {
+    let snmp = roamgate_tests::netns::in_ns(ns, &["cat", "/proc/net/snmp"]);
+    let snmp = String::from_utf8_lossy(&snmp.stdout).into_owned();
+    let udp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Udp: "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let rcvbuf = match udp.as_slice() {
+        [names, values] => names
+            .iter()
+            .position(|n| *n == "RcvbufErrors")
+            .and_then(|i| values.get(i)?.parse().ok())
+            .expect("RcvbufErrors in /proc/net/snmp"),
+        _ => panic!("no Udp counters in {ns}: {snmp}"),
+    };
+    // libipsec's TUN device: the one that is neither lo nor eth0.
+    let out = roamgate_tests::netns::in_ns(
+        ns,
+        &[
+            "sh",
+            "-c",
+            "for d in /sys/class/net/*; do case ${d##*/} in lo|eth0) ;; *) cat $d/statistics/tx_dropped ;; esac; done",
+        ],
+    );
+    let tun: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(!tun.is_empty(), "libipsec's TUN device in {ns}");
+    (rcvbuf, tun.iter().sum())
+}
+
 /// ESP frames of a capture carried in UDP (RFC 3948).
 fn esp_in_udp(pcap: &Path) -> u64 {
     let out = std::process::Command::new("tshark")
@@ -195,9 +232,26 @@ fn two_way_stream(
         serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{what}: {out}"))
     };
     let sent = json(send, "sender")["sent"].as_u64().unwrap_or(0);
-    let got = json(recv, "receiver")["received"].as_u64().unwrap_or(0);
+    let got = json(recv, "receiver");
     let back_sent = json(serve, "server")["sent"].as_u64().unwrap_or(0);
-    let back_got = json(fetch, "fetcher")["received"].as_u64().unwrap_or(0);
+    let back = json(fetch, "fetcher");
+    // Where datagrams went missing (a stall shows as one run of sequence numbers).
+    for (what, v) in [("to the server", &got), ("back", &back)] {
+        let missing = v["missing"].as_array().cloned().unwrap_or_default();
+        if !missing.is_empty() {
+            println!(
+                "stream from {from} {what}: {} missing (sequence numbers {}..={}), \
+                 receiver's socket drops {}, longest gap {} ms",
+                missing.len(),
+                missing[0],
+                missing[missing.len() - 1],
+                v["socket_drops"],
+                v["longest_gap_ms"]
+            );
+        }
+    }
+    let got = got["received"].as_u64().unwrap_or(0);
+    let back_got = back["received"].as_u64().unwrap_or(0);
     (sent, got, back_sent, back_got)
 }
 
@@ -440,10 +494,11 @@ fn a_client_behind_an_edge_is_encrypted_by_the_encryption_node_and_the_filters_h
             || pings(&sw, SERVER, 1) == 1,
         );
         let sw_pings = pings(&sw, SERVER, 3);
+        let host0 = host_drops(&sw);
         let (sw_sent, sw_recv, sw_back_sent, sw_back_got) =
             two_way_stream(&lab, "sw", (5003, 5004), pps, secs);
         let sw_pings_after = pings(&sw, SERVER, 2);
-
+        let host1 = host_drops(&sw);
         let sw_edge_held = held(&edge.socket);
         let sw_enc_held = held(&enc.socket);
         let enc_spis: Vec<String> = ask(&enc.socket, "sas")["sas"]
@@ -471,6 +526,7 @@ fn a_client_behind_an_edge_is_encrypted_by_the_encryption_node_and_the_filters_h
         let esp_in_udp = esp_in_udp(&sw_pcap);
         charon.stop();
         let rule0 = sw_hits[0] - hits0[0];
+        let (rcvbuf_drops, tun_drops) = (host1.0 - host0.0, host1.1 - host0.1);
         println!(
             "cluster case=encnode-sw up=yes up_ms={sw_up_ms} vip={vip} encap={encap} \
              pings={sw_pings}/3 sent={sw_sent} received={sw_recv} back_sent={sw_back_sent} \
@@ -478,7 +534,7 @@ fn a_client_behind_an_edge_is_encrypted_by_the_encryption_node_and_the_filters_h
              edge_sas={sw_edge_held:?} enc_sas={sw_enc_held:?} edges={sw_edges} \
              rule0_hits={rule0} edge_unknown_spi={sw_edge_unknown} dup_seq={sw_dup} \
              esp_audited={sw_esp} esp_in_udp={esp_in_udp} esp_from_gw={sw_from_gw} \
-             total_s={:.1}",
+             host_rcvbuf_drops={rcvbuf_drops} host_tun_drops={tun_drops} total_s={:.1}",
             t0.elapsed().as_secs_f64()
         );
         println!("strongSwan's CHILD_SA: {child}");
@@ -495,17 +551,23 @@ fn a_client_behind_an_edge_is_encrypted_by_the_encryption_node_and_the_filters_h
         );
         assert_eq!(sw_pings_after, 2, "strongSwan's pings after its stream");
         assert!(sw_sent >= pps * secs * 9 / 10, "strongSwan sent {sw_sent}");
-        assert_eq!(
-            sw_recv, sw_sent,
-            "strongSwan's stream through the encryption node"
+        // Datagrams strongSwan's host dropped itself (libipsec's TUN queue on the way out,
+        // charon's socket on the way in: charon not scheduled for a while on a loaded
+        // machine) are not the gateway's losses; everything else must arrive, and most of
+        // the stream must have got through.
+        assert!(
+            sw_recv + tun_drops >= sw_sent && sw_recv * 2 >= sw_sent,
+            "strongSwan's stream through the encryption node: {sw_recv} of {sw_sent} \
+             ({tun_drops} dropped by libipsec's TUN device)"
         );
         assert!(
             sw_back_sent >= pps * secs * 9 / 10,
             "server sent {sw_back_sent}"
         );
         assert!(
-            sw_back_got + 5 >= sw_back_sent,
-            "the stream back to strongSwan: {sw_back_got} of {sw_back_sent}"
+            sw_back_got + rcvbuf_drops + 5 >= sw_back_sent && sw_back_got * 2 >= sw_back_sent,
+            "the stream back to strongSwan: {sw_back_got} of {sw_back_sent} ({rcvbuf_drops} \
+             dropped by full socket buffers on strongSwan's host)"
         );
         assert_eq!(
             sw_edge_held,
@@ -534,12 +596,14 @@ fn a_client_behind_an_edge_is_encrypted_by_the_encryption_node_and_the_filters_h
         );
         assert_eq!(sw_edge_unknown, 0, "no ESP reported as unknown at the edge");
         assert!(
-            sw_esp >= sw_sent + sw_back_got,
+            sw_esp >= sw_sent.saturating_sub(tun_drops) + sw_back_sent,
             "ESP audited on strongSwan's link: {sw_esp}"
         );
+        // The gateway's side of the way back: every datagram the server sent reached
+        // strongSwan's link as ESP (what its host then dropped is counted above).
         assert!(
-            sw_from_gw >= sw_back_got,
-            "ESP from the encryption node to strongSwan: {sw_from_gw}"
+            sw_from_gw >= sw_back_sent,
+            "ESP from the encryption node to strongSwan: {sw_from_gw} for {sw_back_sent}"
         );
         assert_eq!(
             sw_dup, 0,
