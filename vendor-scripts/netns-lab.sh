@@ -68,8 +68,9 @@
 #            configs/cluster/encryption-node.yaml): PFX-en's wan on the LAN router's x9
 #            (10.8.9.1; 203.0.113.1/32 routed there: the edges pass filtered clients' ESP to it),
 #            its lan 10.8.10.2 on y9 (10.8.10.1; the pool 10.99.0.0/24 routed there), mgmt
-#            169.254.80.19 on the crypto node's bridge; the LAN router sends 192.0.2.0/24 back
-#            through edge 0 (10.8.0.2); the server also holds 10.9.1.20 and 10.9.1.30 (the
+#            169.254.80.19 on the crypto node's bridge; the LAN router sends 192.0.2.0/24 and
+#            198.51.100.0/24 (the two clients' access networks: the encryption node's ESP to
+#            them) back through edge 0 (10.8.0.2); the server also holds 10.9.1.20 and 10.9.1.30 (the
 #            filters' direct host and a dropped one), which the router in front routes to
 #            edge 0:
 #              [PFX-e0] lan -- l0 [PFX-lr] x9 -- wan [PFX-en] lan -- y9 [PFX-lr] lan1 -- PFX-srv
@@ -660,6 +661,7 @@ encnode_up() {
     ip -n "$p-lr" route replace 203.0.113.1/32 dev x9
     ip -n "$p-lr" route replace 10.99.0.0/24 via 10.8.10.2
     ip -n "$p-lr" route replace 192.0.2.0/24 via 10.8.0.2
+    ip -n "$p-lr" route replace 198.51.100.0/24 via 10.8.0.2
     ip -n "$p-lr" route replace 10.9.1.0/24 via 10.9.0.10
     # The hosts clients may reach in the clear are routed to the edges by the router in
     # front (through edge 0 here: the edges answer ARP for the shared address).
