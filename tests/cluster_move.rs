@@ -20,7 +20,9 @@
 //! `cluster case=connect up=yes lost=0 sa_at_edge_ms=..` where `sa_at_edge_ms` is the largest
 //! carrier round trip the crypto node measured (carrier sent -> applied by the edge's
 //! forwarder into its data plane's ring), the bound on how long the SA took to reach the edge.
-//! The crypto node's store (etcd) is in `tests/cluster_restart.rs`.
+//! The crypto node keeps its SA repository on three etcd members (Debian's etcd, started by
+//! the test in its namespace; without etcd installed it runs without a store); its restart
+//! and an etcd member's are in `tests/cluster_restart.rs`.
 //!
 //! Needs root (prints a SKIP line otherwise); run under the shared lock:
 //!   flock -o /tmp/roamgate-netns.lock cargo test -p roamgate --test cluster_move -- --nocapture
@@ -113,11 +115,38 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
         let ms: u32 = ms.parse().expect("CLUSTER_MOVE_HOLD_MS: milliseconds");
         extra.push_str(&format!("  move_hold_ms: {ms}\n"));
     }
-    if !extra.is_empty() {
-        let text = std::fs::read_to_string(&node_config).unwrap();
-        node_config = dir.join("crypto-node-moves.yaml");
-        std::fs::write(&node_config, format!("{text}\n{extra}")).unwrap();
-    }
+    // The SA repository on a real 3-member etcd (Debian's, in the crypto node's namespace):
+    // every install, move (the fence is committed before the moved SA leaves), placement
+    // and drain goes through it. Without etcd installed the node runs without a store.
+    let cn = lab.ns("cn");
+    let etcd = (roamgate_tests::have_tool("etcd", &["--version"])
+        && roamgate_tests::have_tool("etcdctl", &["version"]))
+    .then(|| {
+        assert!(in_ns(&cn, &["ip", "link", "set", "lo", "up"])
+            .status
+            .success());
+        roamgate_tests::etcd::LocalEtcd::start_in(&dir.join("etcd"), 3, None, Some(&cn))
+            .expect("3 etcd members in the crypto node's namespace")
+    });
+    let store = match &etcd {
+        Some(etcd) => {
+            let key = dir.join("cluster.key");
+            std::fs::write(&key, "5a".repeat(32)).unwrap();
+            format!(
+                "store:\n  cluster: moves\n  key_file: {}\n  etcd:\n    endpoints: [{}]\n",
+                key.display(),
+                etcd.endpoints().join(", ")
+            )
+        }
+        None => {
+            println!("cluster_move: etcd is not installed; the crypto node runs without a store");
+            String::new()
+        }
+    };
+    let etcd_on = etcd.is_some();
+    let text = std::fs::read_to_string(&node_config).unwrap();
+    node_config = dir.join("crypto-node-moves.yaml");
+    std::fs::write(&node_config, format!("{text}\n{extra}{store}")).unwrap();
     let node = NsProcess::spawn(
         &lab.ns("cn"),
         &[
@@ -236,6 +265,12 @@ fn a_client_connects_through_an_edge_and_its_stream_passes() {
     assert!(sent_n >= pps * secs * 9 / 10, "sender sent {sent_n}");
     assert_eq!(lost, 0, "the stream through edge 0 lost {lost} of {sent_n}");
     assert_eq!((placed_in, placed_out), (1, 1), "{state}");
+    if etcd_on {
+        assert!(
+            state["store_batches"].as_u64().unwrap_or(0) > 0,
+            "the node writes its repository to etcd: {state}"
+        );
+    }
     assert_eq!(state["spread"].as_u64(), Some(1), "{state}");
     assert_eq!(
         (held[0].0.len(), held[0].1.len()),
