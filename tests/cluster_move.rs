@@ -563,8 +563,10 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
     wait_for("a ping through edge 0", 20, || pings(&home, SERVER, 1) == 1);
     let ike_before = ike_view(&client.socket);
 
-    // The stream outlasts the moves (each waits for the crypto node's designation).
-    let secs = (every.as_secs_f64() * (moves + 2) as f64).ceil() as u64 + 1;
+    // The stream outlasts the moves: each waits for the crypto node's designation, which
+    // comes once the new edge applied the move (its carrier waits for the fence's commit in
+    // etcd): up to 100 ms more per move.
+    let secs = ((every.as_secs_f64() + 0.1) * (moves + 2) as f64).ceil() as u64 + 1;
     let unknown_spi = || -> u64 {
         edges
             .iter()

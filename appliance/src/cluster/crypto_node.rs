@@ -221,13 +221,14 @@ pub fn run(args: CryptoNodeArgs) -> Result<()> {
                 v.published = Some(std::time::Instant::now());
             }
         }
-        // The state (the view's `cluster`) every 200 ms, and within 5 ms of a move: the
-        // LAN's routing follows its `hosts`.
+        // The state (the view's `cluster`) every 200 ms, and within 5 ms of a move applied:
+        // the LAN's routing follows its `hosts`.
         let since = last_state.elapsed();
         if since >= std::time::Duration::from_millis(200)
-            || (node.stats.moves != state_moves && since >= std::time::Duration::from_millis(5))
+            || (node.stats.moves_applied != state_moves
+                && since >= std::time::Duration::from_millis(5))
         {
-            state_moves = node.stats.moves;
+            state_moves = node.stats.moves_applied;
             last_state = std::time::Instant::now();
             if let Ok(mut c) = cluster_state.lock() {
                 *c = state_json(&node, &edge_conn);
@@ -355,7 +356,7 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
         "refused": s.refused, "on_demand": s.on_demand, "resent": s.resent,
         "store_batches": s.store_batches, "store_ops": s.store_ops, "edges_kept": s.edges_kept,
         "waiting_for_store": node.waiting_for_store(),
-        "moves": s.moves, "grants": s.grants,
+        "moves": s.moves, "moves_applied": s.moves_applied, "grants": s.grants,
         "spread": s.spread, "rearmed": s.rearmed, "first_use": s.first_use,
         "stale_first_use": s.stale_first_use,
         "drains": s.drains, "drains_ended": s.drains_ended,
@@ -367,10 +368,10 @@ fn state_json(node: &CryptoNode, edges: &BTreeMap<EdgeId, u64>) -> String {
             .iter()
             .map(|(id, e)| serde_json::json!({"sa": id.0, "edges": e}))
             .collect::<Vec<_>>(),
-        // The LAN return path: the edge each virtual IP's traffic must reach.
+        // The LAN return path: the edge each virtual IP's traffic must reach (a moved one's
+        // new edge once it applied the move).
         "hosts": node
-            .placement()
-            .host_edges()
+            .designated_hosts()
             .iter()
             .map(|(vip, e)| serde_json::json!({"vip": vip.to_string(), "edges": e}))
             .collect::<Vec<_>>(),

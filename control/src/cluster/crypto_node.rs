@@ -92,6 +92,8 @@ pub const DEFAULT_SEQ_GRANT: u64 = 1 << 19;
 /// Counters of the node (the view and the tests read them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
+    /// Moves applied by their new edge (the LAN's designation follows: `designated_hosts`).
+    pub moves_applied: u64,
     pub ike_in: u64,
     pub ike_out: u64,
     pub carriers: u64,
@@ -152,10 +154,12 @@ struct EdgeLink {
     out: VecDeque<(u64, NodeMsg)>,
     /// Carrier round trips (sent -> acknowledged as applied), most recent last.
     round_trips: VecDeque<Duration>,
-    /// Moves to this edge in this input's updates, not yet in a carrier: when each began.
-    moves_pending: Vec<Instant>,
-    /// Moves to this edge in carriers not yet acknowledged: (carrier number, when it began).
-    moves_in_flight: VecDeque<(u64, Instant)>,
+    /// Moves to this edge in this input's updates, not yet in a carrier: when each began, the
+    /// host addresses it designates here.
+    moves_pending: Vec<(Instant, Vec<IpAddr>)>,
+    /// Moves to this edge in carriers not yet acknowledged: (carrier number, when it began,
+    /// its hosts).
+    moves_in_flight: VecDeque<(u64, Instant, Vec<IpAddr>)>,
 }
 
 /// A bounded map from keys to the edge seen last.
@@ -219,6 +223,9 @@ pub struct CryptoNode {
     /// Per edge, the edges its clients' inbound SAs are copied to (`cluster.neighbours`; an
     /// edge not listed: every edge).
     neighbours: BTreeMap<EdgeId, BTreeSet<EdgeId>>,
+    /// Host addresses whose move is not applied yet, and the edges still designated for them
+    /// (`designated_hosts`).
+    designation_wait: HashMap<IpAddr, BTreeSet<EdgeId>>,
     /// Moves leave the old edge its outbound SA and host binding until the LAN's traffic
     /// reaches the new edge (`end_drain`); off: the old edge deletes them at the move.
     drain_moves: bool,
@@ -361,6 +368,7 @@ impl CryptoNode {
             seq_grant: DEFAULT_SEQ_GRANT,
             spread: true,
             neighbours: BTreeMap::new(),
+            designation_wait: HashMap::new(),
             drain_moves: true,
             move_hold_us: super::config::DEFAULT_MOVE_HOLD_MS * 1000,
             orphan_copies: BTreeMap::new(),
@@ -756,6 +764,22 @@ impl CryptoNode {
         self.neighbours = neighbours;
     }
 
+    /// Where the LAN must send each host address's traffic (a client's virtual IP): its
+    /// outbound SA's holder, but while a move is not applied yet (its carrier waits for the
+    /// store, or is on its way) the edges it moved from, which still hold the SA and the
+    /// binding and seal below the new holder's start. A LAN that flipped to the new edge
+    /// earlier would reach an edge without the SA, or one that drains an older copy of it.
+    pub fn designated_hosts(&self) -> Vec<(IpAddr, BTreeSet<EdgeId>)> {
+        self.placement
+            .host_edges()
+            .into_iter()
+            .map(|(h, e)| match self.designation_wait.get(&h) {
+                Some(old) => (h, old.clone()),
+                None => (h, e),
+            })
+            .collect()
+    }
+
     /// `cluster.neighbours` as set.
     pub fn neighbours(&self) -> &BTreeMap<EdgeId, BTreeSet<EdgeId>> {
         &self.neighbours
@@ -808,7 +832,11 @@ impl CryptoNode {
             l.connected = false;
             l.out.clear();
             l.pending.clear();
-            l.moves_pending.clear();
+            for (_, hosts) in std::mem::take(&mut l.moves_pending) {
+                for h in hosts {
+                    self.designation_wait.remove(&h);
+                }
+            }
         }
     }
 
@@ -948,14 +976,19 @@ impl CryptoNode {
                     while l
                         .moves_in_flight
                         .front()
-                        .is_some_and(|(n, _)| *n <= carrier)
+                        .is_some_and(|(n, _, _)| *n <= carrier)
                     {
-                        if let Some((_, began)) = l.moves_in_flight.pop_front() {
+                        if let Some((_, began, hosts)) = l.moves_in_flight.pop_front() {
                             if self.move_times.len() >= ROUND_TRIPS_KEPT {
                                 self.move_times.pop_front();
                             }
                             self.move_times
                                 .push_back(now.saturating_duration_since(began));
+                            // Applied: the LAN may route these hosts here now.
+                            for h in hosts {
+                                self.designation_wait.remove(&h);
+                            }
+                            self.stats.moves_applied += 1;
                         }
                     }
                     l.applied = l.applied.max(carrier);
@@ -1239,7 +1272,11 @@ impl CryptoNode {
             l.next_carrier = 1;
             l.applied = 0;
             l.unacked.clear();
-            l.moves_in_flight.clear();
+            for (_, _, hosts) in std::mem::take(&mut l.moves_in_flight) {
+                for h in hosts {
+                    self.designation_wait.remove(&h);
+                }
+            }
             self.log(format!(
                 "edge {edge} joined (incarnation {incarnation:016x})"
             ));
@@ -1560,8 +1597,17 @@ impl CryptoNode {
                 self.copy_to(spi, e);
             }
         }
+        // The LAN's routing follows `designated_hosts`: the old edges stay designated until
+        // the new edge applied the moved SA and its bindings (with a store the carrier waits
+        // for the fence's commit; an old edge that drains seals meanwhile, below the start).
+        for (dst, _) in &hosts {
+            self.designation_wait
+                .entry(*dst)
+                .or_insert_with(|| old.clone());
+        }
         if let Some(l) = self.edges.get_mut(&edge) {
-            l.moves_pending.push(now);
+            l.moves_pending
+                .push((now, hosts.iter().map(|(d, _)| *d).collect()));
             l.pending.push(Update::AddSa {
                 dir: Direction::Outbound,
                 params,
@@ -1733,8 +1779,8 @@ impl CryptoNode {
                 ));
             }
         }
-        for began in std::mem::take(&mut l.moves_pending) {
-            l.moves_in_flight.push_back((last, began));
+        for (began, hosts) in std::mem::take(&mut l.moves_pending) {
+            l.moves_in_flight.push_back((last, began, hosts));
         }
     }
 

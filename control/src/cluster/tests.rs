@@ -1538,3 +1538,33 @@ fn copies_go_to_the_neighbours_of_the_client_s_edge_and_a_jump_elsewhere_takes_t
         w.traffic.lost[0]
     );
 }
+
+#[test]
+fn the_lan_is_sent_to_a_moved_client_s_new_edge_only_once_it_applied_the_move() {
+    let mut w = flowing(1, 0);
+    let spis = w.child_spis(0)[0];
+    let vip = w.node.placement().host_edges()[0].0;
+    assert_eq!(w.node.designated_hosts(), vec![(vip, BTreeSet::from([0]))]);
+    steer(&mut w, 0, 1);
+    let mut before_applied = 0;
+    for _ in 0..50 {
+        w.run_traffic(Duration::from_millis(1));
+        if w.node.stats.moves == 1 && !w.holds(1, spis).1 {
+            // Moved in the node, not yet in edge 1's data plane: the LAN stays with edge 0
+            // (which drains: it still holds the SA and the binding).
+            assert_eq!(w.node.designated_hosts(), vec![(vip, BTreeSet::from([0]))]);
+            assert_eq!(
+                w.node.placement().host_edges(),
+                vec![(vip, BTreeSet::from([1]))]
+            );
+            before_applied += 1;
+        }
+    }
+    assert!(
+        before_applied > 0,
+        "the move was seen before it was applied"
+    );
+    assert!(w.holds(1, spis).1);
+    assert_eq!(w.node.designated_hosts(), vec![(vip, BTreeSet::from([1]))]);
+    assert_eq!(w.duplicates(), vec![]);
+}
