@@ -32,7 +32,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use roamgate_tests::netns::{root_or_skip, wait_udp_bound, Capture, DataplaneProcess, NsProcess};
+use roamgate_tests::netns::{
+    esp_audit, root_or_skip, wait_udp_bound, Capture, DataplaneProcess, EspAudit, NsProcess,
+};
 use roamgate_tests::strongswan::{
     ask, ike_view, pings, strongswan_or_skip, swanctl_conf, swanctl_sas, wait_for, Charon,
     ScriptLab,
@@ -80,50 +82,6 @@ fn filter_hits(socket: &Path) -> [u64; 3] {
         }
     }
     hits
-}
-
-/// The nonce audit of a capture: every ESP frame (bare, or in UDP 4500) by (source, SPI,
-/// sequence number): (ESP frames, those from `gw`, repeated (source, SPI, sequence number)).
-fn esp_audit(pcap: &Path, gw: &str) -> (u64, u64, u64) {
-    let out = std::process::Command::new("tshark")
-        .args([
-            "-r",
-            pcap.to_str().unwrap(),
-            "-T",
-            "fields",
-            "-E",
-            "separator=,",
-            "-e",
-            "ip.src",
-            "-e",
-            "esp.spi",
-            "-e",
-            "esp.sequence",
-        ])
-        .output()
-        .expect("tshark -r");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut seen = std::collections::HashSet::new();
-    let (mut esp, mut from_gw, mut dup_seq) = (0u64, 0u64, 0u64);
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(',').collect();
-        let (src, spi, seq) = (
-            f[0],
-            f.get(1).copied().unwrap_or(""),
-            f.get(2).copied().unwrap_or(""),
-        );
-        if spi.is_empty() || seq.is_empty() {
-            continue;
-        }
-        esp += 1;
-        if src == gw {
-            from_gw += 1;
-        }
-        if !seen.insert((src.to_owned(), spi.to_owned(), seq.to_owned())) {
-            dup_seq += 1;
-        }
-    }
-    (esp, from_gw, dup_seq)
 }
 
 /// What the strongSwan host itself dropped (its namespace's counters): (UDP datagrams its
@@ -407,7 +365,12 @@ fn a_client_behind_an_edge_is_encrypted_by_the_encryption_node_and_the_filters_h
 
     // The nonce audit: every ESP frame on the client's link, by (SPI, sequence number).
     let _ = cap.finish();
-    let (esp, from_gw, dup_seq) = esp_audit(&pcap, "203.0.113.1");
+    let EspAudit {
+        esp,
+        from_gw,
+        dup_seq,
+        ..
+    } = esp_audit(&pcap, "203.0.113.1");
     println!(
         "cluster case=encnode up=yes up_ms={up_ms} sent={sent_n} received={recv_n} lost={} \
          back_sent={back_sent} back_received={back_got} \
@@ -522,7 +485,12 @@ fn a_client_behind_an_edge_is_encrypted_by_the_encryption_node_and_the_filters_h
             .map(|h| h["edges"].clone())
             .unwrap_or_default();
         let _ = sw_cap.finish();
-        let (sw_esp, sw_from_gw, sw_dup) = esp_audit(&sw_pcap, "203.0.113.1");
+        let EspAudit {
+            esp: sw_esp,
+            from_gw: sw_from_gw,
+            dup_seq: sw_dup,
+            ..
+        } = esp_audit(&sw_pcap, "203.0.113.1");
         let esp_in_udp = esp_in_udp(&sw_pcap);
         charon.stop();
         let rule0 = sw_hits[0] - hits0[0];

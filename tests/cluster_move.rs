@@ -38,7 +38,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use roamgate_tests::netns::{children_of, in_ns, wait_udp_bound, Capture};
+use roamgate_tests::netns::{children_of, esp_audit, in_ns, wait_udp_bound, Capture, EspAudit};
 use roamgate_tests::netns::{root_or_skip, DataplaneProcess, NsProcess};
 use roamgate_tests::strongswan::{
     ask, designated_edge, ike_view, pings, strongswan_or_skip, swanctl_conf, wait_for, Charon,
@@ -602,53 +602,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
     );
     let pcap = dir.join("move.pcap");
     let cap = Capture::start(&rtr, "eth0", "esp or udp port 4500 or udp port 500", &pcap);
-    let stream = root().join("tests/tools/udp_stream.py");
-    let st = stream.to_str().unwrap();
-    let recv = NsProcess::spawn(
-        &srv,
-        &["python3", st, "recv", "5002", &(secs + 1).to_string()],
-        "udp recv",
-    );
-    let recv_started = Instant::now();
-    let serve = NsProcess::spawn(
-        &srv,
-        &[
-            "python3",
-            st,
-            "serve",
-            "5003",
-            &back_pps.to_string(),
-            &secs.to_string(),
-        ],
-        "udp serve",
-    );
-    wait_udp_bound(&srv, 5002, Duration::from_secs(20));
-    wait_udp_bound(&srv, 5003, Duration::from_secs(20));
-    let fetch = NsProcess::spawn(
-        &home,
-        &[
-            "python3",
-            st,
-            "fetch",
-            SERVER,
-            "5003",
-            &(secs + 1).to_string(),
-        ],
-        "udp fetch",
-    );
-    let send = NsProcess::spawn(
-        &home,
-        &[
-            "python3",
-            st,
-            "send",
-            SERVER,
-            "5002",
-            &pps.to_string(),
-            &secs.to_string(),
-        ],
-        "udp send",
-    );
+    let streams = Streams::start(&srv, &home, (5002, 5003), (pps, back_pps), secs);
     std::thread::sleep(every);
     // Each move: the router's path to the next edge; the time until the crypto node has
     // moved the client's SAs there (its designation of the virtual IP), then the LAN route.
@@ -679,20 +633,13 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         }
     }
     let last_move_ns = move_at_ns.last().copied().unwrap_or(0);
-    // The stream and its receiver end by themselves (the receiver 1 s after the stream's
-    // planned end): a signal before that would lose their reports.
-    std::thread::sleep(Duration::from_secs(secs + 2).saturating_sub(recv_started.elapsed()));
-    let (_, sent_out, _) = send.stop("TERM", Duration::from_secs(10));
-    let (_, recv_out, _) = recv.stop("TERM", Duration::from_secs(10));
-    let (_, fetch_out, _) = fetch.stop("TERM", Duration::from_secs(10));
-    let (_, serve_out, _) = serve.stop("TERM", Duration::from_secs(5));
+    let Reports {
+        sent,
+        got,
+        served,
+        back,
+    } = streams.finish();
     let _ = cap.finish();
-    let sent: serde_json::Value =
-        serde_json::from_str(sent_out.trim()).unwrap_or_else(|_| panic!("sender: {sent_out}"));
-    let got: serde_json::Value =
-        serde_json::from_str(recv_out.trim()).unwrap_or_else(|_| panic!("receiver: {recv_out}"));
-    let back: serde_json::Value =
-        serde_json::from_str(fetch_out.trim()).unwrap_or_else(|_| panic!("fetch: {fetch_out}"));
     let sent_n = sent["sent"].as_u64().unwrap_or(0);
     let start_ns = u128::from(sent["start_unix_ns"].as_u64().unwrap_or(0));
     let recv_n = got["received"].as_u64().unwrap_or(0);
@@ -712,8 +659,6 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
     let lost_max = per_move.iter().skip(1).copied().max().unwrap_or(0);
     // The LAN -> client stream (to the virtual IP: the LAN's route, which follows the crypto
     // node's designation), counted the same way from the server's start.
-    let served: serde_json::Value =
-        serde_json::from_str(serve_out.trim()).unwrap_or_else(|_| panic!("serve: {serve_out}"));
     let back_start_ns = u128::from(served["start_unix_ns"].as_u64().unwrap_or(0));
     let mut back_per_move = vec![0u64; moves as usize + 1];
     let back_missing: Vec<u64> = back["missing"]
@@ -737,7 +682,12 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
     let held_early = edge_traffic("hold_released_early") - early_before;
 
     // The capture: every ESP (SPI, sequence number) once; no IKE to the client.
-    let (esp, dup_seq, ike_to_client, from_gw) = esp_audit(&pcap);
+    let EspAudit {
+        esp,
+        dup_seq,
+        ike_from_gw: ike_to_client,
+        from_gw,
+    } = esp_audit(&pcap, "203.0.113.1");
     let state = ask(node_sock, "cluster");
     let mut move_ms: Vec<f64> = state["move_ms"]
         .as_array()
@@ -990,54 +940,89 @@ fn first_esp_case(lab: &ScriptLab, dir: &Path, edges: &[DataplaneProcess]) {
     );
 }
 
-/// The capture on the router's client link: (ESP frames, repeated (SPI, sequence number),
-/// IKE messages from the gateway's address to the client, ESP frames from the edges).
-fn esp_audit(pcap: &Path) -> (u64, u64, u64, u64) {
-    let out = std::process::Command::new("tshark")
-        .args([
-            "-r",
-            pcap.to_str().unwrap(),
-            "-T",
-            "fields",
-            "-E",
-            "separator=,",
-            "-e",
-            "ip.src",
-            "-e",
-            "esp.spi",
-            "-e",
-            "esp.sequence",
-            "-e",
-            "isakmp.ispi",
-        ])
-        .output()
-        .expect("tshark -r");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut seen = std::collections::HashSet::new();
-    let (mut esp, mut dup_seq, mut ike_to_client, mut from_gw) = (0u64, 0u64, 0u64, 0u64);
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(',').collect();
-        let (src, spi, seq, ike) = (
-            f[0],
-            f.get(1).copied().unwrap_or(""),
-            f.get(2).copied().unwrap_or(""),
-            f.get(3).copied().unwrap_or(""),
+/// A case's two paced UDP streams (`tests/tools/udp_stream.py`), `secs` s each: the client's
+/// LAN host (`home`) to the server's port `ports.0` at `pps.0`, and the server from its port
+/// `ports.1` back to the host at `pps.1` (to the client's virtual IP: the LAN's route).
+struct Streams {
+    recv: NsProcess,
+    serve: NsProcess,
+    fetch: NsProcess,
+    send: NsProcess,
+    started: Instant,
+    secs: u64,
+}
+
+/// The streams' reports: the sender's, the receiver's, the server's, the fetcher's.
+struct Reports {
+    sent: serde_json::Value,
+    got: serde_json::Value,
+    served: serde_json::Value,
+    back: serde_json::Value,
+}
+
+impl Streams {
+    fn start(srv: &str, home: &str, ports: (u16, u16), pps: (u64, u64), secs: u64) -> Streams {
+        let stream = root().join("tests/tools/udp_stream.py");
+        let st = stream.to_str().unwrap();
+        let (p_in, p_out) = (ports.0.to_string(), ports.1.to_string());
+        let (until, secs_s) = ((secs + 1).to_string(), secs.to_string());
+        let recv = NsProcess::spawn(srv, &["python3", st, "recv", &p_in, &until], "udp recv");
+        let started = Instant::now();
+        let serve = NsProcess::spawn(
+            srv,
+            &["python3", st, "serve", &p_out, &pps.1.to_string(), &secs_s],
+            "udp serve",
         );
-        if !ike.is_empty() && src == "203.0.113.1" {
-            ike_to_client += 1;
-        }
-        if spi.is_empty() || seq.is_empty() {
-            continue;
-        }
-        esp += 1;
-        if src == "203.0.113.1" {
-            from_gw += 1;
-        }
-        if !seen.insert((spi.to_owned(), seq.to_owned())) {
-            dup_seq += 1;
+        wait_udp_bound(srv, ports.0, Duration::from_secs(20));
+        wait_udp_bound(srv, ports.1, Duration::from_secs(20));
+        let fetch = NsProcess::spawn(
+            home,
+            &["python3", st, "fetch", SERVER, &p_out, &until],
+            "udp fetch",
+        );
+        let send = NsProcess::spawn(
+            home,
+            &[
+                "python3",
+                st,
+                "send",
+                SERVER,
+                &p_in,
+                &pps.0.to_string(),
+                &secs_s,
+            ],
+            "udp send",
+        );
+        Streams {
+            recv,
+            serve,
+            fetch,
+            send,
+            started,
+            secs,
         }
     }
-    (esp, dup_seq, ike_to_client, from_gw)
+
+    /// Waits for the streams' end (the receivers end 1 s after the streams' planned end: a
+    /// signal before that would lose their reports) and reads the reports.
+    fn finish(self) -> Reports {
+        std::thread::sleep(
+            Duration::from_secs(self.secs + 2).saturating_sub(self.started.elapsed()),
+        );
+        let (_, sent_out, _) = self.send.stop("TERM", Duration::from_secs(10));
+        let (_, recv_out, _) = self.recv.stop("TERM", Duration::from_secs(10));
+        let (_, fetch_out, _) = self.fetch.stop("TERM", Duration::from_secs(10));
+        let (_, serve_out, _) = self.serve.stop("TERM", Duration::from_secs(5));
+        let json = |what: &str, s: &str| -> serde_json::Value {
+            serde_json::from_str(s.trim()).unwrap_or_else(|_| panic!("{what}: {s}"))
+        };
+        Reports {
+            sent: json("sender", &sent_out),
+            got: json("receiver", &recv_out),
+            served: json("serve", &serve_out),
+            back: json("fetch", &fetch_out),
+        }
+    }
 }
 
 /// Of a stream's report (`udp_stream.py recv` or `fetch`) whose packet i was due at
@@ -1143,53 +1128,7 @@ fn edge_kill_case(
 
     let pcap = dir.join("edge-kill.pcap");
     let cap = Capture::start(&rtr, "eth0", "esp or udp port 4500 or udp port 500", &pcap);
-    let stream = root().join("tests/tools/udp_stream.py");
-    let st = stream.to_str().unwrap();
-    let recv = NsProcess::spawn(
-        &srv,
-        &["python3", st, "recv", "5005", &(secs + 1).to_string()],
-        "udp recv",
-    );
-    let recv_started = Instant::now();
-    let serve = NsProcess::spawn(
-        &srv,
-        &[
-            "python3",
-            st,
-            "serve",
-            "5006",
-            &back_pps.to_string(),
-            &secs.to_string(),
-        ],
-        "udp serve",
-    );
-    wait_udp_bound(&srv, 5005, Duration::from_secs(20));
-    wait_udp_bound(&srv, 5006, Duration::from_secs(20));
-    let fetch = NsProcess::spawn(
-        &home,
-        &[
-            "python3",
-            st,
-            "fetch",
-            SERVER,
-            "5006",
-            &(secs + 1).to_string(),
-        ],
-        "udp fetch",
-    );
-    let send = NsProcess::spawn(
-        &home,
-        &[
-            "python3",
-            st,
-            "send",
-            SERVER,
-            "5005",
-            &pps.to_string(),
-            &secs.to_string(),
-        ],
-        "udp send",
-    );
+    let streams = Streams::start(&srv, &home, (5005, 5006), (pps, back_pps), secs);
     // Both streams flowing through edge 0 for a while.
     std::thread::sleep(Duration::from_millis(1200));
 
@@ -1227,17 +1166,13 @@ fn edge_kill_case(
     let lan_ms = t.elapsed().as_secs_f64() * 1e3;
     let last_words = victim.kill9_with_children();
 
-    std::thread::sleep(Duration::from_secs(secs + 2).saturating_sub(recv_started.elapsed()));
-    let (_, sent_out, _) = send.stop("TERM", Duration::from_secs(10));
-    let (_, recv_out, _) = recv.stop("TERM", Duration::from_secs(10));
-    let (_, fetch_out, _) = fetch.stop("TERM", Duration::from_secs(10));
-    let (_, serve_out, _) = serve.stop("TERM", Duration::from_secs(5));
+    let Reports {
+        sent,
+        got,
+        served,
+        back,
+    } = streams.finish();
     let _ = cap.finish();
-    let json = |what: &str, s: &str| -> serde_json::Value {
-        serde_json::from_str(s.trim()).unwrap_or_else(|_| panic!("{what}: {s}"))
-    };
-    let (sent, got) = (json("sender", &sent_out), json("receiver", &recv_out));
-    let (served, back) = (json("serve", &serve_out), json("fetch", &fetch_out));
     let sent_n = sent["sent"].as_u64().unwrap_or(0);
     let recv_n = got["received"].as_u64().unwrap_or(0);
     let start_ns = u128::from(sent["start_unix_ns"].as_u64().unwrap_or(0));
@@ -1248,7 +1183,12 @@ fn edge_kill_case(
     let back_lost = back_sent.saturating_sub(back_n);
     let (after, lost_after) = since(&got, start_ns, pps, kill_ns);
     let (back_after, back_lost_after) = since(&back, back_start_ns, back_pps, kill_ns);
-    let (esp, dup_seq, ike_to_client, from_gw) = esp_audit(&pcap);
+    let EspAudit {
+        esp,
+        dup_seq,
+        ike_from_gw: ike_to_client,
+        from_gw,
+    } = esp_audit(&pcap, "203.0.113.1");
     let state = ask(node_sock, "cluster");
     let moves = state["moves"].as_u64().unwrap_or(0) - moves0;
     let unknown_spi_drops = unknown(&edges[to]) - unknown_before;

@@ -455,6 +455,65 @@ impl Capture {
     }
 }
 
+/// The nonce audit of an ESP capture ([`esp_audit`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EspAudit {
+    /// ESP frames (bare, or in UDP 4500).
+    pub esp: u64,
+    /// Of them, those from the gateway's address.
+    pub from_gw: u64,
+    /// Frames whose (SPI, sequence number) an earlier frame had: a GCM nonce sent twice.
+    pub dup_seq: u64,
+    /// IKE messages from the gateway's address.
+    pub ike_from_gw: u64,
+}
+
+/// Reads capture `pcap` (tshark): every ESP frame by (SPI, sequence number), and what came
+/// from gateway address `gw`.
+pub fn esp_audit(pcap: &Path, gw: &str) -> EspAudit {
+    let out = Command::new("tshark")
+        .args([
+            "-r",
+            pcap.to_str().expect("utf-8"),
+            "-T",
+            "fields",
+            "-E",
+            "separator=,",
+            "-e",
+            "ip.src",
+            "-e",
+            "esp.spi",
+            "-e",
+            "esp.sequence",
+            "-e",
+            "isakmp.ispi",
+        ])
+        .output()
+        .expect("tshark -r");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut seen = std::collections::HashSet::new();
+    let mut a = EspAudit::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        let field = |i: usize| f.get(i).copied().unwrap_or("");
+        let (src, spi, seq, ike) = (field(0), field(1), field(2), field(3));
+        if !ike.is_empty() && src == gw {
+            a.ike_from_gw += 1;
+        }
+        if spi.is_empty() || seq.is_empty() {
+            continue;
+        }
+        a.esp += 1;
+        if src == gw {
+            a.from_gw += 1;
+        }
+        if !seen.insert((spi.to_owned(), seq.to_owned())) {
+            a.dup_seq += 1;
+        }
+    }
+    a
+}
+
 /// One namespace holding the two veths every shipped gateway config names (`lan`, `wan`;
 /// their peers `lanp`, `wanp` stay unused), for tests that start a gateway and need nothing
 /// behind it. A leftover of that name is removed first; dropping it removes the namespace.
