@@ -620,20 +620,13 @@ impl CryptoNode {
                     .filter(|(d, _)| !d.is_empty() && !d.contains(&first));
                 match drain {
                     Some((d, start)) => {
-                        let mut at = None;
-                        for e in d {
-                            match at {
-                                None => {
-                                    let _ = self.placement.place(Direction::Outbound, pout, *e);
-                                }
-                                Some(_) => {
-                                    self.placement.move_outbound_draining(pout.id, *e, *start);
-                                }
-                            }
-                            at = Some(*e);
+                        let mut d = d.iter();
+                        if let Some(e) = d.next() {
+                            let _ = self.placement.place(Direction::Outbound, pout, *e);
                         }
-                        self.placement
-                            .move_outbound_draining(pout.id, first, *start);
+                        for e in d.chain([&first]) {
+                            self.placement.move_outbound_draining(pout.id, *e, *start);
+                        }
                         report.drains_kept += 1;
                     }
                     None => {
