@@ -14,7 +14,8 @@
 //! ICV matched, in order: two copies of one number in a burst both pass the pre-check, the
 //! second is refused at its advance. An SA removed between the halves cannot happen (commands
 //! are applied between bursts); if it did, the packet is dropped (`NoSa` / `UnknownSpi`).
-//! GCM packets take the direct path and may leave before a burst's CBC packets of other SAs.
+//! GCM packets are parked too, sealed one at a time ([`super::gcm_burst`]) before the CBC
+//! batches; they may leave before a burst's CBC packets of other SAs.
 
 use super::{Side, Verdict, Worker, BURST};
 use crate::crypto::cbc::{self, CbcError, CbcJob};
@@ -46,9 +47,12 @@ pub(super) struct OpenLater {
 }
 
 impl<P: Port> Worker<P> {
-    /// The burst's CBC packets, each kind in one batch (after the others: a burst may reorder
-    /// packets of different SAs, never those of one SA).
-    pub(super) fn finish_cbc(&mut self, now: u64) {
+    /// The burst's parked packets: GCM seals, then CBC seals and opens, each kind in one batch
+    /// (after the others: a burst may reorder packets of different SAs, never those of one SA).
+    pub(super) fn finish_burst(&mut self, now: u64) {
+        if !self.gcm_seals.is_empty() {
+            self.seal_gcm_burst();
+        }
         if !self.cbc_seals.is_empty() {
             self.seal_cbc_burst(now);
         }

@@ -106,12 +106,25 @@ impl<P: Port> Worker<P> {
             ecn,
         };
         let outer_v6 = sa.ipv6;
-        let crossing = match tunnel::encapsulate(sa, f, meta) {
-            Ok(c) => c,
-            Err(r) => {
-                sa.counters.record_drop(r);
-                return Verdict::Drop(r);
+        // A GCM packet is parked for its seal as the LAN's are (`gcm_burst`): the packets of
+        // one SA then leave in the order of their numbers whichever way they came.
+        let parked = !tunnel::is_cbc(sa);
+        let crossing = if parked {
+            match self.frame_parked(id, f, meta) {
+                Ok(c) => c,
+                Err(r) => return Verdict::Drop(r),
             }
+        } else {
+            match tunnel::encapsulate(sa, f, meta) {
+                Ok(c) => c,
+                Err(r) => {
+                    sa.counters.record_drop(r);
+                    return Verdict::Drop(r);
+                }
+            }
+        };
+        let Some(sa) = self.sad.outbound_mut(id) else {
+            return Verdict::Drop(DropReason::NoSa);
         };
         sa.counters.last_used.set(now.max(1));
         let seq_due = sa.seq >= sa.next_report;
@@ -128,7 +141,12 @@ impl<P: Port> Worker<P> {
         if crossing.is_some() || seq_due {
             self.report_outbound(id, crossing, now);
         }
-        self.forward(f, Side::Wan, outer_v6)
+        let v = self.forward(f, Side::Wan, outer_v6);
+        if parked {
+            self.park_gcm(v)
+        } else {
+            v
+        }
     }
 }
 

@@ -146,8 +146,8 @@ impl<P: Port> Worker<P> {
         });
         self.receiving = false;
         self.handoff = Some(h);
-        // CBC packets among them were parked for a batch: finish them now.
-        self.finish_cbc(now);
+        // GCM and CBC packets among them were parked for their seal or open: finish them now.
+        self.finish_burst(now);
         n
     }
 }

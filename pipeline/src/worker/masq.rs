@@ -391,6 +391,8 @@ impl<P: Port> Worker<P> {
                 MasqMissKey::In(_) => self.process(f, Side::Lan, now),
             }
         }
+        // Those that went the LAN's way may have been parked for their seal.
+        self.finish_burst(now);
     }
 
     /// Drops held packets older than [`HOLD_NS`].

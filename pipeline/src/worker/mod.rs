@@ -24,6 +24,7 @@
 //! | `hairpin` | a packet from one road warrior to another's virtual IP: sealed again onto its SA, back to the WAN |
 //! | `hold` | what an outbound SA installed with a hold (a cluster move) seals in its first milliseconds, sent in order when the hold ends |
 //! | `dual` | a client's host binding on probation: each packet takes the gateway path and a copy goes onto the direct SA |
+//! | `gcm_burst` | GCM packets framed during the burst, sealed at its end (settled nonce, AAD and plaintext for the seal's vector loads) |
 //! | `fragments` | outer fragments of ESP and IKE for us: the reassembler, and the whole datagram back on the inbound path |
 //! | `ike_io` | IKE punted to the control plane; the control plane's datagrams built and sent |
 //! | `handoff` | frames whose SA another worker owns (IKE: worker 0) to that worker's lane, waiting while it is full; frames other workers handed here |
@@ -60,6 +61,7 @@ mod commands;
 mod dual;
 mod emit;
 mod fragments;
+mod gcm_burst;
 mod group;
 mod hairpin;
 mod handoff;
@@ -198,6 +200,8 @@ pub struct Worker<P: Port> {
     /// The burst's CBC packets waiting for their seal or open (see [`cbc_burst`]).
     cbc_seals: Vec<(P::Frame, cbc_burst::SealLater)>,
     cbc_opens: Vec<(P::Frame, cbc_burst::OpenLater)>,
+    /// The burst's GCM packets framed and waiting for their seal (see [`gcm_burst`]).
+    gcm_seals: Vec<gcm_burst::SealGcm<P::Frame>>,
     lan_txq: VecDeque<P::Frame>,
     wan_txq: VecDeque<P::Frame>,
     generation: u64,
@@ -252,6 +256,9 @@ enum Verdict {
     Drop(DropReason),
     /// A CBC SA's packet, framed, sealed with the rest of the burst's ([`cbc_burst`]).
     SealLater(cbc_burst::SealLater),
+    /// A GCM SA's packet, framed and on its way, parked to be sealed at the burst's end
+    /// ([`gcm_burst`]).
+    SealGcm,
     /// A CBC SA's packet, checked up to its ICV, opened with the rest of the burst's.
     OpenLater(cbc_burst::OpenLater),
     /// Held for a masquerade table miss (`masq`), run again when the answer comes.
@@ -310,6 +317,7 @@ impl<P: Port> Worker<P> {
             rx: Vec::with_capacity(BURST),
             cbc_seals: Vec::with_capacity(BURST),
             cbc_opens: Vec::with_capacity(BURST),
+            gcm_seals: Vec::with_capacity(BURST),
             lan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
             wan_txq: VecDeque::with_capacity(TXQ_HIGH + BURST),
             ike_frag_ident: 1,
@@ -467,7 +475,7 @@ impl<P: Port> Worker<P> {
             self.process(f, side, now);
         }
         self.rx = rx;
-        self.finish_cbc(now);
+        self.finish_burst(now);
         self.counters.count(Traffic::RxPackets, n as u64);
         self.counters.count(Traffic::RxBytes, bytes);
         n
@@ -522,6 +530,7 @@ impl<P: Port> Worker<P> {
             }
             Verdict::Drop(r) => self.counters.record_drop(r),
             Verdict::SealLater(s) => self.cbc_seals.push((f, s)),
+            Verdict::SealGcm => self.park_gcm_frame(f),
             Verdict::OpenLater(o) => self.cbc_opens.push((f, o)),
             Verdict::MasqHold(k) => self.masq_hold(f, k),
             Verdict::Hold { until, hop } => self.hold(f, until, hop),

@@ -152,14 +152,13 @@ impl<P: Port> Worker<P> {
                 }
             };
         }
-        let crossing = match tunnel::encapsulate(sa, f, meta) {
+        // Framed and on its way now, sealed at the burst's end (`gcm_burst`).
+        let crossing = match self.frame_parked(id, f, meta) {
             Ok(c) => c,
-            Err(r) => {
-                sa.counters.record_drop(r);
-                return Verdict::Drop(r);
-            }
+            Err(r) => return Verdict::Drop(r),
         };
-        self.sealed(f, id, crossing, inner_len, outer_v6, now)
+        let v = self.sealed(f, id, crossing, inner_len, outer_v6, now);
+        self.park_gcm(v)
     }
 
     /// The bookkeeping of a packet sealed on outbound SA `id`, and its way to the WAN.

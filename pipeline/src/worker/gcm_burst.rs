@@ -1,0 +1,167 @@
+//! GCM packets framed during the burst, sealed at its end.
+//!
+//! ipsec-mb's GCM reads the nonce, the AAD and the plaintext's first and last bytes with
+//! masked vector loads, and a masked load cannot take its bytes from a store still in flight:
+//! it waits until the store has reached the cache. Framing a packet (hop limit, checksum,
+//! trailer, ESP header, IV, nonce and AAD) and sealing it at once made every seal wait for
+//! the stores just made (measured, 64 B: 23 ns with all of them settled, 40 ns with only the
+//! nonce just written). So the worker's main path does a GCM packet in two halves, as CBC
+//! packets are done ([`super::cbc_burst`]): during the burst everything but the seal (checks,
+//! sequence number, trailer, ESP header, counters, outer header, next hop:
+//! [`tunnel::frame_gcm`], [`tunnel::finish_gcm`]), the frame parked here with its nonce and
+//! AAD; after the burst each parked packet is sealed ([`tunnel::seal_gcm`]) and sent where
+//! its first half decided, in arrival order. In the profile of one worker on in-memory ports
+//! (64 B, one SA) the seal fell from ~35 to ~21 ns and the packet from 74.5 to 70.4 ns.
+//!
+//! An IPv6 + UDP SA's UDP checksum covers the ciphertext (RFC 8200 8.1): its outer header
+//! goes on before the seal without it, and it is filled in after the seal
+//! ([`tunnel::udp6_checksum`]).
+//!
+//! Sequence numbers: taken when a packet is framed, so a packet that fails later is a gap,
+//! never a repeat; the packets of one SA leave in the order of their numbers (they are parked
+//! and sealed in order, and the LAN's and the hairpin's GCM seals are all parked). An SA removed between
+//! the halves cannot happen (commands are applied between bursts); if it did, the packet is
+//! dropped (`NoSa`).
+
+use core::net::IpAddr;
+
+use super::{Side, Verdict, Worker};
+use crate::esp::sa::EspCipher;
+use crate::esp::tunnel::{self, GcmFramed, InnerMeta};
+use crate::ids::SaId;
+use crate::port::{Frame, Port};
+use crate::stats::{Crossing, DropReason};
+
+/// An outbound GCM packet between its framing and its seal: parked by
+/// [`Worker::frame_parked`] (framed in place: the nonce and AAD are written here, where the
+/// seal reads them, as a copy on the way would be a fresh store again), its way set by
+/// [`Worker::park_gcm`], its frame added by the frame's dispatch (`Verdict::SealGcm`).
+pub(super) struct SealGcm<F> {
+    frame: Option<F>,
+    id: SaId,
+    framed: GcmFramed,
+    then: AfterSeal,
+}
+
+/// Where a sealed packet goes (what its first half decided).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum AfterSeal {
+    ToWan,
+    Resolve(IpAddr),
+    Hold { until: u64, hop: Option<IpAddr> },
+}
+
+impl AfterSeal {
+    /// The way of a sealed packet's verdict, or None for a verdict that does not send it
+    /// (a drop: the packet is not sealed at all).
+    #[inline]
+    pub(super) fn of(v: &Verdict) -> Option<Self> {
+        match *v {
+            Verdict::ToWan => Some(AfterSeal::ToWan),
+            Verdict::Resolve(Side::Wan, hop) => Some(AfterSeal::Resolve(hop)),
+            Verdict::Hold { until, hop } => Some(AfterSeal::Hold { until, hop }),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn verdict(self) -> Verdict {
+        match self {
+            AfterSeal::ToWan => Verdict::ToWan,
+            AfterSeal::Resolve(hop) => Verdict::Resolve(Side::Wan, hop),
+            AfterSeal::Hold { until, hop } => Verdict::Hold { until, hop },
+        }
+    }
+}
+
+impl<P: Port> Worker<P> {
+    /// Frames the inner packet in `f` on outbound GCM SA `id` into a newly parked packet,
+    /// with its lifetime count and outer header (the first half of `tunnel::encapsulate`).
+    /// On success the caller decides the packet's way and hands it to [`Self::park_gcm`].
+    #[inline]
+    pub(super) fn frame_parked(
+        &mut self,
+        id: SaId,
+        f: &mut P::Frame,
+        meta: InnerMeta,
+    ) -> Result<Option<Crossing>, DropReason> {
+        let Some(sa) = self.sad.outbound_mut(id) else {
+            return Err(DropReason::NoSa);
+        };
+        self.gcm_seals.push(SealGcm {
+            frame: None,
+            id,
+            framed: GcmFramed::default(),
+            then: AfterSeal::ToWan,
+        });
+        let inner_len = f.len();
+        let r = match self.gcm_seals.last_mut() {
+            Some(slot) => tunnel::frame_gcm(sa, f, meta, &mut slot.framed)
+                .and_then(|()| tunnel::finish_gcm(sa, f, inner_len, meta, false)),
+            None => Err(DropReason::CryptoFailed),
+        };
+        if let Err(r) = r {
+            self.gcm_seals.pop();
+            sa.counters.record_drop(r);
+        }
+        r
+    }
+
+    /// The packet [`Self::frame_parked`] just framed goes the way of verdict `v`: parked for
+    /// its seal (the verdict to return is then `SealGcm`), or not sent at all (unparked, `v`
+    /// returned).
+    #[inline]
+    pub(super) fn park_gcm(&mut self, v: Verdict) -> Verdict {
+        match (AfterSeal::of(&v), self.gcm_seals.last_mut()) {
+            (Some(then), Some(slot)) => {
+                slot.then = then;
+                Verdict::SealGcm
+            }
+            _ => {
+                self.gcm_seals.pop();
+                v
+            }
+        }
+    }
+
+    /// The frame of the packet just parked ([`Self::park_gcm`]).
+    #[inline]
+    pub(super) fn park_gcm_frame(&mut self, f: P::Frame) {
+        match self.gcm_seals.last_mut() {
+            Some(s) if s.frame.is_none() => s.frame = Some(f),
+            // A verdict without its parked packet: never made that way.
+            _ => self.counters.record_drop(DropReason::CryptoFailed),
+        }
+    }
+
+    /// Seals the parked GCM packets in order and sends each where its first half decided.
+    /// Each is sealed where it is parked (moved out first, its nonce would be copied).
+    pub(super) fn seal_gcm_burst(&mut self) {
+        let mut seals = core::mem::take(&mut self.gcm_seals);
+        for s in seals.iter_mut() {
+            let Some(mut f) = s.frame.take() else {
+                continue;
+            };
+            let r = match self.sad.outbound(s.id) {
+                Some(sa) => match &sa.cipher {
+                    EspCipher::Aead(c) => tunnel::seal_gcm(&**c, &mut f, &s.framed)
+                        .and_then(|()| tunnel::udp6_checksum(sa, &mut f, &s.framed)),
+                    EspCipher::Cbc(_) => Err(DropReason::CryptoFailed),
+                },
+                None => Err(DropReason::NoSa),
+            };
+            match (r, s.then) {
+                (Ok(()), AfterSeal::ToWan) => self.wan_txq.push_back(f),
+                (Ok(()), then) => self.dispatch(f, Side::Lan, then.verdict()),
+                (Err(r), _) => {
+                    if let Some(sa) = self.sad.outbound(s.id) {
+                        sa.counters.record_drop(r);
+                    }
+                    self.counters.record_drop(r);
+                }
+            }
+        }
+        seals.clear();
+        self.gcm_seals = seals;
+    }
+}
