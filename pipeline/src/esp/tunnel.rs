@@ -802,10 +802,16 @@ fn open_with(
         return Err(DropReason::SaExpired);
     }
     let seq = sa.replay.check(seq_lo).map_err(replay_reason)?;
-    let mut aad_buf = [0u8; 12];
-    let aad = aad(&mut aad_buf, sa.spi, seq, sa.esn);
-    let Some(body) = d.get_mut(ESP_HEADER_LEN + IV_LEN..) else {
+    let Some((hdr, body)) = d.split_at_mut_checked(ESP_HEADER_LEN + IV_LEN) else {
         return Err(DropReason::EspTruncated);
+    };
+    // Without ESN the AAD (SPI || seq) is the packet's own first 8 bytes: read where they
+    // are. Built on the stack, it would be a fresh store that ipsec-mb's masked load of the
+    // AAD waits for (see `worker::gcm_burst`).
+    let mut aad_buf = [0u8; 12];
+    let aad = match hdr.get(..ESP_HEADER_LEN) {
+        Some(in_place) if !sa.esn => in_place,
+        _ => aad(&mut aad_buf, sa.spi, seq, sa.esn),
     };
     let Some(ct_len) = body.len().checked_sub(TAG_LEN) else {
         return Err(DropReason::EspTruncated);
