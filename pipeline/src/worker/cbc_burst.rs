@@ -47,17 +47,19 @@ pub(super) struct OpenLater {
 }
 
 impl<P: Port> Worker<P> {
-    /// The burst's parked packets: GCM seals, then CBC seals and opens, each kind in one batch
+    /// The burst's parked packets: CBC opens, then GCM and CBC seals, each kind in one batch
     /// (after the others: a burst may reorder packets of different SAs, never those of one SA).
     pub(super) fn finish_burst(&mut self, now: u64) {
+        // Opens first: an opened packet may go out again sealed (a hairpin), parked for the
+        // seals below.
+        if !self.cbc_opens.is_empty() {
+            self.open_cbc_burst(now);
+        }
         if !self.gcm_seals.is_empty() {
             self.seal_gcm_burst();
         }
         if !self.cbc_seals.is_empty() {
             self.seal_cbc_burst(now);
-        }
-        if !self.cbc_opens.is_empty() {
-            self.open_cbc_burst(now);
         }
     }
 

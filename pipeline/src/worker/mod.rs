@@ -451,6 +451,9 @@ impl<P: Port> Worker<P> {
         if self.masq.is_some() {
             self.masq_housekeeping(now);
         }
+        // Whatever parked a seal or an open outside a burst (none should) is finished here,
+        // before the next turn applies commands.
+        self.finish_burst(now);
         work
     }
 

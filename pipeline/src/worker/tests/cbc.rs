@@ -1,5 +1,6 @@
 //! AES-CBC + HMAC SAs through the worker: a burst's CBC packets are sealed and opened in one
-//! batch (`worker/cbc_burst.rs`), with mixed SAs and lengths, in order per SA.
+//! batch (`worker/cbc_burst.rs`), with mixed SAs and lengths, in order per SA; the same burst
+//! of GCM packets, parked for their seals (`worker/gcm_burst.rs`).
 
 use super::*;
 use crate::crypto::{CbcAlg, EspAlg, IntegAlg};
@@ -49,17 +50,33 @@ fn esp_of(f: &MemFrame) -> (u32, u32) {
 
 #[test]
 fn a_burst_of_cbc_packets_on_two_sas_is_sealed_and_opened_in_batches() {
-    // The gateway under test: inbound CBC SAs 0xb001 (SHA-256, ESN) and 0xb002 (SHA-1).
+    burst_on_two_sas(SHA256, SHA1);
+}
+
+#[test]
+fn a_burst_of_gcm_packets_on_two_sas_is_sealed_and_opened() {
+    // GCM packets are parked for their seals (`worker/gcm_burst.rs`): the same burst, the
+    // same outcome.
+    burst_on_two_sas(
+        EspAlg::Aead(crate::crypto::AeadAlg::AesGcm128),
+        EspAlg::Aead(crate::crypto::AeadAlg::AesGcm256),
+    );
+}
+
+/// 24 packets on two SAs (the first with ESN) sealed in one burst, in order per SA; then
+/// opened in one burst with a copy of one inside it and another tampered with.
+fn burst_on_two_sas(alg: EspAlg, alg2: EspAlg) {
+    // The gateway under test: inbound SAs 0xb001 (`alg`, ESN) and 0xb002 (`alg2`).
     let mut r = rig(1500);
     let ends = ["192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24"];
     let ends2 = ["192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.3.0.0/24"];
     r.update(Update::AddSa {
         dir: Direction::Inbound,
-        params: cbc_sa(SHA256, true, 2, 0xb001, ends),
+        params: cbc_sa(alg, true, 2, 0xb001, ends),
     });
     r.update(Update::AddSa {
         dir: Direction::Inbound,
-        params: cbc_sa(SHA1, false, 4, 0xb002, ends2),
+        params: cbc_sa(alg2, false, 4, 0xb002, ends2),
     });
     // Its peer seals with the matching outbound SAs.
     let mut peer = rig(1500);
@@ -67,11 +84,11 @@ fn a_burst_of_cbc_packets_on_two_sas_is_sealed_and_opened_in_batches() {
     let back2 = ["192.0.2.2", "192.0.2.1", "10.3.0.0/24", "10.1.0.0/24"];
     peer.update(Update::AddSa {
         dir: Direction::Outbound,
-        params: cbc_sa(SHA256, true, 1, 0xb001, back),
+        params: cbc_sa(alg, true, 1, 0xb001, back),
     });
     peer.update(Update::AddSa {
         dir: Direction::Outbound,
-        params: cbc_sa(SHA1, false, 3, 0xb002, back2),
+        params: cbc_sa(alg2, false, 3, 0xb002, back2),
     });
     peer.update(Update::ReplaceSpd {
         rules: vec![
