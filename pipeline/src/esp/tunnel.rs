@@ -68,7 +68,7 @@ pub fn overhead(sa: &OutboundSa, inner_len: usize) -> usize {
 }
 
 /// What the outer header inherits from the inner packet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InnerMeta {
     /// 4 (IPv4) or 41 (IPv6).
     pub next_header: u8,
@@ -138,7 +138,6 @@ pub struct GcmFramed {
     /// [`TAG_LEN`] bytes before the frame's data, wherever headers are put in front of it.
     ct_len: u16,
     pub inner_len: u16,
-    pub meta: InnerMeta,
 }
 
 /// The first part of [`encapsulate`] for a GCM SA: every check, the sequence number,
@@ -202,7 +201,6 @@ pub fn frame_gcm<F: Frame>(
     out.aad_len = aad(&mut out.aad, sa.spi, seq, sa.esn).len() as u8;
     out.ct_len = ct_len16;
     out.inner_len = inner_len16;
-    out.meta = meta;
     Ok(())
 }
 
