@@ -26,14 +26,14 @@
 use core::net::IpAddr;
 
 use super::{Side, Verdict, Worker};
-use crate::esp::sa::EspCipher;
+use crate::esp::sa::{EspCipher, OutboundSa};
 use crate::esp::tunnel::{self, GcmFramed, InnerMeta};
 use crate::ids::SaId;
 use crate::port::{Frame, Port};
 use crate::stats::{Crossing, DropReason};
 
-/// An outbound GCM packet between its framing and its seal: parked by
-/// [`Worker::frame_parked`] (framed in place: the nonce and AAD are written here, where the
+/// An outbound GCM packet between its framing and its seal: parked by [`frame_into`]
+/// (framed in place: the nonce and AAD are written here, where the
 /// seal reads them, as a copy on the way would be a fresh store again), its way set by
 /// [`Worker::park_gcm`], its frame added by the frame's dispatch (`Verdict::SealGcm`).
 pub(super) struct SealGcm<F> {
@@ -74,40 +74,39 @@ impl AfterSeal {
     }
 }
 
-impl<P: Port> Worker<P> {
-    /// Frames the inner packet in `f` on outbound GCM SA `id` into a newly parked packet,
-    /// with its lifetime count and outer header (the first half of `tunnel::encapsulate`).
-    /// On success the caller decides the packet's way and hands it to [`Self::park_gcm`].
-    #[inline]
-    pub(super) fn frame_parked(
-        &mut self,
-        id: SaId,
-        f: &mut P::Frame,
-        meta: InnerMeta,
-    ) -> Result<Option<Crossing>, DropReason> {
-        let Some(sa) = self.sad.outbound_mut(id) else {
-            return Err(DropReason::NoSa);
-        };
-        self.gcm_seals.push(SealGcm {
-            frame: None,
-            id,
-            framed: GcmFramed::default(),
-            then: AfterSeal::ToWan,
-        });
-        let inner_len = f.len();
-        let r = match self.gcm_seals.last_mut() {
-            Some(slot) => tunnel::frame_gcm(sa, f, meta, &mut slot.framed)
-                .and_then(|()| tunnel::finish_gcm(sa, f, inner_len, meta, false)),
-            None => Err(DropReason::CryptoFailed),
-        };
-        if let Err(r) = r {
-            self.gcm_seals.pop();
-            sa.counters.record_drop(r);
-        }
-        r
+/// Frames the inner packet in `f` on outbound GCM SA `sa` (id `id`) into a newly parked
+/// packet at the end of `seals`, with its lifetime count and outer header (the first half of
+/// `tunnel::encapsulate`); a failure is counted on the SA and parks nothing. On success the
+/// caller decides the packet's way and hands it to [`Worker::park_gcm`].
+#[inline]
+pub(super) fn frame_into<F: Frame>(
+    seals: &mut Vec<SealGcm<F>>,
+    sa: &mut OutboundSa,
+    id: SaId,
+    f: &mut F,
+    meta: InnerMeta,
+) -> Result<Option<Crossing>, DropReason> {
+    seals.push(SealGcm {
+        frame: None,
+        id,
+        framed: GcmFramed::default(),
+        then: AfterSeal::ToWan,
+    });
+    let inner_len = f.len();
+    let r = match seals.last_mut() {
+        Some(slot) => tunnel::frame_gcm(sa, f, meta, &mut slot.framed)
+            .and_then(|()| tunnel::finish_gcm(sa, f, inner_len, meta, false)),
+        None => Err(DropReason::CryptoFailed),
+    };
+    if let Err(r) = r {
+        seals.pop();
+        sa.counters.record_drop(r);
     }
+    r
+}
 
-    /// The packet [`Self::frame_parked`] just framed goes the way of verdict `v`: parked for
+impl<P: Port> Worker<P> {
+    /// The packet [`frame_into`] just framed goes the way of verdict `v`: parked for
     /// its seal (the verdict to return is then `SealGcm`), or not sent at all (unparked, `v`
     /// returned).
     #[inline]

@@ -19,6 +19,7 @@
 
 use core::net::IpAddr;
 
+use super::gcm_burst;
 use super::parse::IpInfo;
 use super::{Side, Verdict, Worker, TXQ_HIGH};
 use crate::esp::tunnel::{self, InnerMeta, NH_IPV4, NH_IPV6};
@@ -110,7 +111,7 @@ impl<P: Port> Worker<P> {
         // one SA then leave in the order of their numbers whichever way they came.
         let parked = !tunnel::is_cbc(sa);
         let crossing = if parked {
-            match self.frame_parked(id, f, meta) {
+            match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta) {
                 Ok(c) => c,
                 Err(r) => return Verdict::Drop(r),
             }
@@ -122,9 +123,6 @@ impl<P: Port> Worker<P> {
                     return Verdict::Drop(r);
                 }
             }
-        };
-        let Some(sa) = self.sad.outbound_mut(id) else {
-            return Verdict::Drop(DropReason::NoSa);
         };
         sa.counters.last_used.set(now.max(1));
         let seq_due = sa.seq >= sa.next_report;

@@ -8,8 +8,10 @@ use core::net::IpAddr;
 
 use super::cbc_burst::SealLater;
 use super::emit::decrement_hop_limit;
+use super::gcm_burst;
 use super::parse::{parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
+use crate::esp::sa::OutboundSa;
 use crate::esp::tunnel::{self, InnerMeta, NH_IPV4, NH_IPV6};
 use crate::ids::SaId;
 use crate::port::{Frame, Port};
@@ -152,12 +154,14 @@ impl<P: Port> Worker<P> {
                 }
             };
         }
-        // Framed and on its way now, sealed at the burst's end (`gcm_burst`).
-        let crossing = match self.frame_parked(id, f, meta) {
+        // Framed and on its way now, sealed at the burst's end (`gcm_burst`); the SA in hand
+        // for the whole first half (one lookup per packet).
+        let crossing = match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta) {
             Ok(c) => c,
             Err(r) => return Verdict::Drop(r),
         };
-        let v = self.sealed(f, id, crossing, inner_len, outer_v6, now);
+        let after = SaAfterSeal::of(sa, now);
+        let v = self.sealed_with(f, id, crossing, after, inner_len, outer_v6, now);
         self.park_gcm(v)
     }
 
@@ -175,12 +179,27 @@ impl<P: Port> Worker<P> {
         let Some(sa) = self.sad.outbound_mut(id) else {
             return Verdict::Drop(DropReason::NoSa);
         };
-        sa.counters.last_used.set(now.max(1));
-        let seq_due = sa.seq >= sa.next_report;
+        let after = SaAfterSeal::of(sa, now);
+        self.sealed_with(f, id, crossing, after, inner_len, outer_v6, now)
+    }
+
+    /// [`Self::sealed`] with what it reads of the SA already read ([`SaAfterSeal::of`]).
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn sealed_with(
+        &mut self,
+        f: &mut P::Frame,
+        id: SaId,
+        crossing: Option<crate::stats::Crossing>,
+        after: SaAfterSeal,
+        inner_len: usize,
+        outer_v6: bool,
+        now: u64,
+    ) -> Verdict {
+        let SaAfterSeal { seq_due, holding } = after;
         self.counters.count(Traffic::Encrypted, 1);
         self.counters
             .count(Traffic::EncryptedBytes, inner_len as u64);
-        let holding = sa.holding;
         if crossing.is_some() || seq_due {
             self.report_outbound(id, crossing, now);
         }
@@ -226,6 +245,27 @@ impl<P: Port> Worker<P> {
         out.truncate(n);
         if self.send_originated(Side::Lan, out, ipv6) {
             self.counters.count(Traffic::IcmpSent, 1);
+        }
+    }
+}
+
+/// What the bookkeeping of a sealed packet needs of its SA, read while the SA is in hand (its
+/// last use is set then too).
+#[derive(Clone, Copy)]
+struct SaAfterSeal {
+    /// A sequence-number report is due (a checkpoint, or the warning before the limit).
+    seq_due: bool,
+    /// The SA was installed with a hold that has not ended (`hold`).
+    holding: bool,
+}
+
+impl SaAfterSeal {
+    #[inline]
+    fn of(sa: &OutboundSa, now: u64) -> Self {
+        sa.counters.last_used.set(now.max(1));
+        SaAfterSeal {
+            seq_due: sa.seq >= sa.next_report,
+            holding: sa.holding,
         }
     }
 }
