@@ -3,7 +3,8 @@
 //! ipsec-mb's job and burst APIs, to decide whether a burst seal API is worth having.
 //!
 //! AES-CBC + HMAC ESP packets (`cbc/...`) are sealed and opened on the same backends beside
-//! them.
+//! them. `seal-inputs/...`: a seal whose nonce, AAD or plaintext was written just before it,
+//! against one whose inputs had settled (why the worker seals GCM at the burst's end).
 //!
 //! Run: `cargo bench -p roamgate-pipeline --bench aead -- --warm-up-time 1 --measurement-time 3`
 
@@ -866,10 +867,95 @@ mod parts {
     }
 }
 
+/// What a seal costs when its inputs were written just before it (`worker::gcm_burst`):
+/// ipsec-mb reads the nonce, the AAD and the plaintext's edges with masked vector loads, which
+/// wait for stores still in flight. `settled`: nothing written; `nonce`: the nonce built just
+/// before (as the worker did before it parked its packets); `aad`: the AAD likewise; `tail`:
+/// the trailer's last two bytes written (as framing does); `nonce-8-ahead`: the nonce written
+/// eight seals before it is used (as a parked packet's is). 52-byte plaintext (a 64-byte frame)
+/// and 1408 bytes, at the frame's offset in a buffer (14).
+fn bench_seal_inputs(c: &mut Criterion) {
+    let Some(b) = backends().into_iter().next() else {
+        return;
+    };
+    let a = crypto::new_aead(b, AeadAlg::AesGcm128, &key(AeadAlg::AesGcm128)).unwrap();
+    let mut g = c.benchmark_group(format!("seal-inputs/{b}"));
+    for len in [52usize, 1408] {
+        let mut store = vec![0u8; 14 + len];
+        let mut tag = [0u8; TAG_LEN];
+        let mut i = 0u64;
+        g.bench_function(BenchmarkId::new("settled", len), |bch| {
+            bch.iter(|| {
+                a.seal_in_place(
+                    black_box(&NONCE),
+                    &AAD,
+                    black_box(&mut store[14..]),
+                    &mut tag,
+                );
+                black_box(&tag);
+            })
+        });
+        g.bench_function(BenchmarkId::new("nonce", len), |bch| {
+            bch.iter(|| {
+                i += 1;
+                let mut nonce = NONCE;
+                nonce[4..].copy_from_slice(&black_box(i).to_be_bytes());
+                a.seal_in_place(&nonce, &AAD, black_box(&mut store[14..]), &mut tag);
+                black_box(&tag);
+            })
+        });
+        g.bench_function(BenchmarkId::new("aad", len), |bch| {
+            bch.iter(|| {
+                i += 1;
+                let mut aad = AAD;
+                aad[4..].copy_from_slice(&(black_box(i) as u32).to_be_bytes());
+                a.seal_in_place(
+                    black_box(&NONCE),
+                    &aad,
+                    black_box(&mut store[14..]),
+                    &mut tag,
+                );
+                black_box(&tag);
+            })
+        });
+        g.bench_function(BenchmarkId::new("tail", len), |bch| {
+            bch.iter(|| {
+                i += 1;
+                let n = store.len();
+                store[n - 2] = 0;
+                store[n - 1] = black_box(i) as u8;
+                a.seal_in_place(
+                    black_box(&NONCE),
+                    &AAD,
+                    black_box(&mut store[14..]),
+                    &mut tag,
+                );
+                black_box(&tag);
+            })
+        });
+        let mut ring = [[0u8; 16]; 16];
+        g.bench_function(BenchmarkId::new("nonce-8-ahead", len), |bch| {
+            bch.iter(|| {
+                i += 1;
+                let ahead = black_box(i + 8);
+                let w = &mut ring[(ahead % 16) as usize];
+                w[..12].copy_from_slice(&NONCE);
+                w[4..12].copy_from_slice(&ahead.to_be_bytes());
+                let r = &ring[(i % 16) as usize];
+                let nonce: &[u8; NONCE_LEN] = r[..12].try_into().unwrap();
+                a.seal_in_place(nonce, &AAD, black_box(&mut store[14..]), &mut tag);
+                black_box(&tag);
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     status,
     bench_seal,
+    bench_seal_inputs,
     bench_open,
     bench_burst,
     bench_cbc,
