@@ -6,13 +6,14 @@
 //! trailer, ESP header, IV, nonce and AAD) and sealing it at once made every seal wait for
 //! the stores just made (`cargo bench -p roamgate-pipeline --bench aead -- seal-inputs`, 52 B:
 //! 24 ns settled, 41 ns with the nonce just written, 37 ns with the AAD, 30 ns with the
-//! trailer's last bytes; 25 ns with the nonce written eight seals ahead). So the worker's main path does a GCM packet in two halves, as CBC
-//! packets are done ([`super::cbc_burst`]): during the burst everything but the seal (checks,
-//! sequence number, trailer, ESP header, counters, outer header, next hop:
-//! [`tunnel::frame_gcm`], [`tunnel::finish_gcm`]), the frame parked here with its nonce and
-//! AAD; after the burst each parked packet is sealed ([`tunnel::seal_gcm`]) and sent where
-//! its first half decided, in arrival order. In the profile of one worker on in-memory ports
-//! (64 B, one SA) the seal fell from ~35 to ~21 ns and the packet from 74.5 to 70.4 ns.
+//! trailer's last bytes; 25 ns with the nonce written eight seals ahead). So the worker's
+//! main path does a GCM packet in two halves, as CBC packets are done ([`super::cbc_burst`]):
+//! during the burst everything but the seal (checks, sequence number, trailer, ESP header,
+//! counters, outer header, next hop: [`tunnel::frame_gcm`], [`tunnel::finish_gcm`]), the
+//! frame parked here with its nonce and AAD; after the burst each parked packet is sealed
+//! ([`tunnel::seal_gcm`]) and sent where its first half decided, in arrival order. In the
+//! profile of one worker on in-memory ports (64 B, one SA) the seal fell from ~35 to ~21 ns
+//! and the packet from 74.5 to 70.4 ns.
 //!
 //! An IPv6 + UDP SA's UDP checksum covers the ciphertext (RFC 8200 8.1): its outer header
 //! goes on before the seal without it, and it is filled in after the seal
@@ -20,9 +21,9 @@
 //!
 //! Sequence numbers: taken when a packet is framed, so a packet that fails later is a gap,
 //! never a repeat; the packets of one SA leave in the order of their numbers (they are parked
-//! and sealed in order, and the LAN's and the hairpin's GCM seals are all parked). An SA removed between
-//! the halves cannot happen (commands are applied between bursts); if it did, the packet is
-//! dropped (`NoSa`).
+//! and sealed in order, and the LAN's and the hairpin's GCM seals are all parked). An SA
+//! removed between the halves cannot happen (commands are applied between bursts); if it
+//! did, the packet is dropped (`NoSa`).
 
 use core::net::IpAddr;
 
@@ -34,9 +35,9 @@ use crate::port::{Frame, Port};
 use crate::stats::{Crossing, DropReason};
 
 /// An outbound GCM packet between its framing and its seal: parked by [`frame_into`]
-/// (framed in place: the nonce and AAD are written here, where the
-/// seal reads them, as a copy on the way would be a fresh store again), its way set by
-/// [`Worker::park_gcm`], its frame added by the frame's dispatch (`Verdict::SealGcm`).
+/// (framed in place: the nonce and AAD are written here, where the seal reads them, as a
+/// copy on the way would be a fresh store again), its way set by [`Worker::park_gcm`], its
+/// frame added by the frame's dispatch (`Verdict::SealGcm`).
 pub(super) struct SealGcm<F> {
     frame: Option<F>,
     id: SaId,
