@@ -528,6 +528,39 @@ fn unix_ns() -> u128 {
 /// the virtual IP (its `cluster` view, `hosts`), the LAN router's /32 for it goes via that
 /// edge. A capture on the router's client link audits every ESP (SPI, sequence number) and
 /// counts IKE to the client during the moves.
+/// The roamgate client `name` started (the router already sends it to edge `edge`), up with
+/// its virtual IP, and the LAN router's route back to that address through the same edge.
+fn client_through(
+    lab: &ScriptLab,
+    dir: &Path,
+    name: &str,
+    edge: usize,
+) -> (DataplaneProcess, String) {
+    let client = DataplaneProcess::start_sub(
+        Path::new(BIN.as_str()),
+        "client",
+        &lab.ns("cl"),
+        &root().join("configs/cluster/client.yaml"),
+        dir,
+        name,
+        &["--shm", dir.join(format!("{name}.shm")).to_str().unwrap()],
+    );
+    wait_for(
+        &format!("the client's tunnel through edge {edge}"),
+        30,
+        || ike_view(&client.socket)["virtual_ip"].is_string(),
+    );
+    let vip = ike_view(&client.socket)["virtual_ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sh(
+        &lab.ns("lr"),
+        &format!("ip route replace {vip}/32 via 10.8.{edge}.2"),
+    );
+    (client, vip)
+}
+
 fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplaneProcess]) {
     let moves = env_u64("CLUSTER_MOVES", 20);
     let every = Duration::from_millis(env_u64("CLUSTER_MOVE_EVERY_MS", 100));
@@ -550,23 +583,7 @@ fn move_case(lab: &ScriptLab, dir: &Path, node_sock: &Path, edges: &[DataplanePr
         );
     }
     sh(&rtr, "ip route replace 203.0.113.1/32 dev p0");
-    let client = DataplaneProcess::start_sub(
-        Path::new(BIN.as_str()),
-        "client",
-        &lab.ns("cl"),
-        &root().join("configs/cluster/client.yaml"),
-        dir,
-        "cl3",
-        &["--shm", dir.join("cl3.shm").to_str().unwrap()],
-    );
-    wait_for("the client's tunnel through edge 0", 30, || {
-        ike_view(&client.socket)["virtual_ip"].is_string()
-    });
-    let vip = ike_view(&client.socket)["virtual_ip"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    sh(&lr, &format!("ip route replace {vip}/32 via 10.8.0.2"));
+    let (client, vip) = client_through(lab, dir, "cl3", 0);
     wait_for("a ping through edge 0", 20, || pings(&home, SERVER, 1) == 1);
     let ike_before = ike_view(&client.socket);
 
@@ -1078,26 +1095,7 @@ fn edge_kill_case(
         &rtr,
         &format!("ip route replace 203.0.113.1/32 dev p{killed}"),
     );
-    let client = DataplaneProcess::start_sub(
-        Path::new(BIN.as_str()),
-        "client",
-        &lab.ns("cl"),
-        &root().join("configs/cluster/client.yaml"),
-        dir,
-        "cl-kill",
-        &["--shm", dir.join("cl-kill.shm").to_str().unwrap()],
-    );
-    wait_for("the client's tunnel through edge 0", 30, || {
-        ike_view(&client.socket)["virtual_ip"].is_string()
-    });
-    let vip = ike_view(&client.socket)["virtual_ip"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    sh(
-        &lr,
-        &format!("ip route replace {vip}/32 via 10.8.{killed}.2"),
-    );
+    let (client, vip) = client_through(lab, dir, "cl-kill", killed);
     wait_for("a ping through edge 0", 20, || pings(&home, SERVER, 1) == 1);
     let held = |edges: &[Option<DataplaneProcess>]| -> Vec<Option<(Vec<String>, Vec<String>)>> {
         edges
