@@ -195,6 +195,17 @@ fn two_workers_carry_two_strongswan_tunnels() {
     assert!(bytes > 1_000_000, "TCP: {v}");
     drop(server);
 
+    // An IKE_SA_INIT larger than the link, in two IP fragments, its first fragment on one
+    // queue (worker) and its second on the other, both ways round: the fragments meet on one
+    // worker and the gateway answers (NO_PROPOSAL_CHOSEN: the request offers 3DES).
+    for first_queue in [1, 0] {
+        let answer = fragmented_ike_sa_init(&lab.ns("rw"), first_queue);
+        assert!(
+            answer.starts_with("answer notify 14"),
+            "first fragment on queue {first_queue}: {answer}"
+        );
+    }
+
     // Both workers sealed and opened; nothing was lost for want of an SA or a lane.
     let stats = ask(&gw.socket, "stats");
     println!("per worker: {}", stats["per_worker"]);
@@ -231,6 +242,74 @@ fn two_workers_carry_two_strongswan_tunnels() {
         assert!(text.contains(w), "`roamgate stats` shows {w}\n{text}");
     }
     charon.stop();
+}
+
+/// Sends an IKE_SA_INIT request of about 2,100 bytes from 192.0.2.10:40500 (namespace `ns`)
+/// to the gateway at 192.0.2.1:500 in two IPv4 fragments (scapy's), its first fragment into
+/// eth0's tx queue `first_queue` and its second into the other: a veth delivers a frame on
+/// the peer's rx queue of the same number, so to that worker. The queue is chosen by the CPU
+/// that sends (a packet socket that bypasses the qdisc takes the tx queue of its CPU, with
+/// no XPS map; this machine has no `tc` actions to set it). The answer comes back to a UDP
+/// socket. Returns "answer notify N" with the answer's first notify type, or what went
+/// wrong. Each of three tries is a new datagram (a new IP identification).
+fn fragmented_ike_sa_init(ns: &str, first_queue: u8) -> String {
+    let script = r#"
+import os, socket, struct, sys
+from scapy.all import IP, UDP, Raw, Ether, fragment
+first_queue = int(sys.argv[1])
+def payload(nxt, body):
+    return struct.pack("!BBH", nxt, 0, 4 + len(body)) + body
+spi_i = os.urandom(8)
+# SA: one IKE proposal, 3DES alone (no gateway takes it); KE: group 19; Ni; a Vendor ID of
+# 2,000 bytes to make the datagram longer than the link's 1,500.
+transform = struct.pack("!BBHBBH", 0, 0, 8, 1, 0, 3)
+proposal = struct.pack("!BBHBBBB", 0, 0, 8 + len(transform), 1, 1, 0, 1) + transform
+body = payload(34, proposal)
+body += payload(40, struct.pack("!HH", 19, 0) + bytes(64))
+body += payload(43, os.urandom(32))
+body += payload(0, b"roamgate-fragment-test" + bytes(1978))
+ike = spi_i + bytes(8) + struct.pack("!BBBBII", 33, 0x20, 34, 0x08, 0, 28 + len(body)) + body
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("192.0.2.10", 40500))
+rx.settimeout(2)
+tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+tx.setsockopt(263, 20, 1)  # SOL_PACKET, PACKET_QDISC_BYPASS
+tx.bind(("eth0", 0))
+for attempt in range(3):
+    dgram = IP(src="192.0.2.10", dst="192.0.2.1", id=0x4000 + attempt) / \
+        UDP(sport=40500, dport=500) / Raw(ike)
+    frags = fragment(dgram, fragsize=1400)
+    assert len(frags) == 2, len(frags)
+    for k, f in enumerate(frags):
+        os.sched_setaffinity(0, {first_queue if k == 0 else 1 - first_queue})
+        tx.send(bytes(Ether(dst="02:00:00:00:02:01", src="02:00:00:00:02:0a") / f))
+    try:
+        data, src = rx.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if data[:8] != spi_i or len(data) < 32:
+        print("an answer to something else", data[:8].hex())
+        break
+    at, nxt = 28, data[16]
+    while nxt != 0 and at + 4 <= len(data):
+        n, ln = data[at], struct.unpack("!H", data[at + 2:at + 4])[0]
+        if nxt == 41:
+            print("answer notify", struct.unpack("!H", data[at + 6:at + 8])[0])
+            break
+        at, nxt = at + ln, n
+    else:
+        print("an answer without a notify")
+    break
+else:
+    print("no answer in three tries")
+"#;
+    let q = first_queue.to_string();
+    let out = in_ns(ns, &["python3", "-c", script, &q]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
 }
 
 /// The SAs of direction `dir` (in/out) a gateway lists: (worker, packets) each.

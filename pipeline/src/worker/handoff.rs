@@ -2,22 +2,63 @@
 //! table outbound) or, for IKE, worker 0. Sent through [`crate::handoff`]'s lanes; what a full
 //! lane cannot take waits here and pauses rx (back-pressure, counted as `handoff_waits`).
 //!
+//! Outer fragments for us go to the worker that reassembles their datagram, chosen by what
+//! every fragment of it carries ([`Worker::fragment_elsewhere`]): a NIC's hash or flow rule
+//! may send the first fragment (the only one with an SPI or ports) and the rest to different
+//! workers, each of which would then hold half a datagram until it timed out.
+//!
 //! Never hands on a frame another worker handed here (it is processed here or dropped with
-//! a reason), never moves an SA.
+//! a reason), with one exception: the datagram a worker reassembled from fragments handed to
+//! it goes on once more, to its SA's owner (or, IKE, to worker 0); it is not a fragment, so
+//! it cannot come back. Never moves an SA.
 
+use core::net::IpAddr;
+
+use super::parse::IpInfo;
 use super::{Side, Verdict, Worker};
 use crate::handoff;
 use crate::ids::{SaId, Spi};
 use crate::nat::NatDrop;
 use crate::port::{Frame, Port};
 use crate::stats::{DropReason, Traffic};
+use crate::wire::IpProtocol;
 
 impl<P: Port> Worker<P> {
     /// The hand-off to the owner of inbound SPI `spi`, if another worker owns it.
+    /// `reassembled`: the packet was reassembled here (from fragments perhaps handed here).
     #[inline]
-    pub(super) fn inbound_elsewhere(&self, spi: Spi) -> Option<Verdict> {
-        let h = self.handoff.as_ref().filter(|_| !self.receiving)?;
-        let w = h.spi_owner(spi);
+    pub(super) fn inbound_elsewhere(&self, spi: Spi, reassembled: bool) -> Option<Verdict> {
+        if !self.may_hand_on(reassembled) {
+            return None;
+        }
+        let w = handoff::spi_owner(spi, self.workers);
+        (w != self.id).then_some(Verdict::HandOff(w))
+    }
+
+    /// Whether a frame may go to another worker: one that reached this worker's own ports,
+    /// or a datagram reassembled here (even from fragments another worker handed here: the
+    /// exception to "never handed on", see the module's doc).
+    #[inline]
+    fn may_hand_on(&self, reassembled: bool) -> bool {
+        if self.receiving {
+            reassembled && self.workers > 1
+        } else {
+            self.handoff.is_some()
+        }
+    }
+
+    /// The hand-off of an outer fragment for us to the worker that reassembles its datagram,
+    /// if that is another worker. Chosen from what every fragment of a datagram carries: UDP
+    /// (IKE, ESP in UDP) to worker 0, which punts IKE, even a datagram larger than a frame,
+    /// from its reassembler; ESP by its source and destination. A fragment handed here is
+    /// reassembled here (the sender chose this worker by the same rule).
+    #[inline]
+    pub(super) fn fragment_elsewhere(&self, pkt: &IpInfo) -> Option<Verdict> {
+        self.handoff.as_ref().filter(|_| !self.receiving)?;
+        let w = match IpProtocol::from(pkt.key.proto) {
+            IpProtocol::Udp => 0,
+            _ => fragment_owner(pkt.key.src, pkt.key.dst, self.workers),
+        };
         (w != self.id).then_some(Verdict::HandOff(w))
     }
 
@@ -30,9 +71,12 @@ impl<P: Port> Worker<P> {
     }
 
     /// IKE that reached a worker without a punt ring goes to worker 0, which has it.
+    /// `reassembled` as for [`Self::inbound_elsewhere`].
     #[inline]
-    pub(super) fn ike_elsewhere(&self) -> Option<Verdict> {
-        self.handoff.as_ref().filter(|_| !self.receiving)?;
+    pub(super) fn ike_elsewhere(&self, reassembled: bool) -> Option<Verdict> {
+        if !self.may_hand_on(reassembled) {
+            return None;
+        }
         (self.id != 0).then_some(Verdict::HandOff(0))
     }
 
@@ -150,4 +194,22 @@ impl<P: Port> Worker<P> {
         self.finish_burst(now);
         n
     }
+}
+
+/// The worker that reassembles the ESP fragments from `src` to `dst` of `workers` workers:
+/// all the fragments of a datagram carry both addresses, only the first its SPI. (Per pair
+/// rather than per datagram: the IPv6 identification sits behind extension headers, and
+/// fragments are few.)
+fn fragment_owner(src: IpAddr, dst: IpAddr, workers: u16) -> u16 {
+    let fold = |a: IpAddr| match a {
+        IpAddr::V4(v) => u64::from(u32::from(v)),
+        IpAddr::V6(v) => {
+            let x = u128::from(v);
+            (x as u64) ^ ((x >> 64) as u64)
+        }
+    };
+    // A multiply-shift of both (the addresses are the peer's to choose, but the choice only
+    // spreads the work: every worker reassembles as well as another).
+    let h = (fold(src).rotate_left(32) ^ fold(dst)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 32) % u64::from(workers.max(1))) as u16
 }

@@ -35,6 +35,9 @@ impl<P: Port> Worker<P> {
             Err(r) => return Verdict::Drop(r),
         };
         if pkt.fragment && self.fragment_for_us(&pkt) {
+            if let Some(v) = self.fragment_elsewhere(&pkt) {
+                return v;
+            }
             return self.reassemble(f, now);
         }
         self.inbound_whole(f, pkt, now, false)
@@ -76,7 +79,7 @@ impl<P: Port> Worker<P> {
                 // IKE on a worker without the punt ring: worker 0 has it.
                 Err(DropReason::IkeNoControl) => {
                     return self
-                        .ike_elsewhere()
+                        .ike_elsewhere(reassembled)
                         .unwrap_or(Verdict::Drop(DropReason::IkeNoControl))
                 }
                 Err(r) => return Verdict::Drop(r),
@@ -89,7 +92,8 @@ impl<P: Port> Worker<P> {
             }
             // ESP for an SA another worker owns goes there, untouched.
             if let Some(v) = f.data().get(at..at + 4).and_then(|b| {
-                self.inbound_elsewhere(Spi(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+                let spi = Spi(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                self.inbound_elsewhere(spi, reassembled)
             }) {
                 return v;
             }

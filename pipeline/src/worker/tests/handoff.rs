@@ -407,3 +407,138 @@ fn an_answer_opened_by_the_other_worker_goes_to_the_masquerade_that_holds_its_se
         );
     }
 }
+
+/// A NIC's hash or flow rule may send the first fragment of a datagram (the only one with an
+/// SPI or ports) to one worker and the rest to another: the fragments meet on one worker,
+/// and the whole datagram goes on to its SA's owner (ESP, bare or in UDP) or to worker 0
+/// (IKE). Before, each worker held its half until it timed out.
+#[test]
+fn fragments_split_between_workers_meet_and_their_datagram_reaches_its_owner() {
+    use super::l3::{fragment_v4, in_udp_4500, udp_to_gateway};
+    use crate::reasm::ReasmConfig;
+    use crate::stats::L3Stat;
+
+    let (mut w0, mut w1, mut punt) = two_workers(8);
+    for r in [&mut w0, &mut w1] {
+        r.w.set_reassembly(Some(ReasmConfig::default())).unwrap();
+    }
+    let mut peer = rig(1500);
+    peer.update(Update::AddSa {
+        dir: Direction::Outbound,
+        params: sa(
+            1,
+            SPI_IN_W1,
+            "192.0.2.2",
+            "192.0.2.1",
+            "10.2.0.0/24",
+            "10.1.0.0/24",
+        ),
+    });
+    peer.update(Update::ReplaceSpd {
+        rules: vec![Rule {
+            id: 0,
+            selector: sel("10.2.0.0/24", "10.1.0.0/24"),
+            action: Action::Protect(SaId(1)),
+        }],
+    });
+    fn esp(peer: &mut Rig) -> MemFrame {
+        peer.send_lan("10.2.0.7", "10.1.0.10", 600);
+        let mut f = peer.wan.recv().expect("the peer sealed");
+        readdress(&mut f, WAN_MAC, PEER_MAC);
+        f
+    }
+    let turn = |w0: &mut Rig, w1: &mut Rig, t: u64| {
+        for _ in 0..3 {
+            w0.w.poll(t);
+            w1.w.poll(t);
+        }
+    };
+    // Each datagram in two fragments, the first to one worker, the second to the other,
+    // both ways round; bare ESP, then ESP in UDP 4500 on a NAT-T SA worker 1 also owns.
+    let bare = [(esp(&mut peer), false, 11u16), (esp(&mut peer), true, 12)];
+    const SPI_UDP_W1: u32 = 0x8000_b002;
+    let mut natt = sa(
+        3,
+        SPI_UDP_W1,
+        "192.0.2.1",
+        "192.0.2.2",
+        "10.1.0.0/24",
+        "10.2.0.0/24",
+    );
+    natt.encap = Some(crate::esp::sa::UdpEncap {
+        local_port: 4500,
+        remote_port: 4500,
+    });
+    w1.update(Update::AddSa {
+        dir: Direction::Inbound,
+        params: natt,
+    });
+    peer.update(Update::AddSa {
+        dir: Direction::Outbound,
+        params: sa(
+            2,
+            SPI_UDP_W1,
+            "192.0.2.2",
+            "192.0.2.1",
+            "10.2.0.0/24",
+            "10.1.0.0/24",
+        ),
+    });
+    peer.update(Update::ReplaceSpd {
+        rules: vec![Rule {
+            id: 0,
+            selector: sel("10.2.0.0/24", "10.1.0.0/24"),
+            action: Action::Protect(SaId(2)),
+        }],
+    });
+    let [a, b] = bare;
+    let cases = [
+        a,
+        b,
+        (in_udp_4500(&esp(&mut peer)), false, 13),
+        (in_udp_4500(&esp(&mut peer)), true, 14),
+    ];
+    for (i, (whole, swap, ident)) in cases.into_iter().enumerate() {
+        let (a, b) = fragment_v4(&whole, 296, ident);
+        let (first, second) = if swap { (b, a) } else { (a, b) };
+        assert!(w0.wan.send(first).is_ok());
+        assert!(w1.wan.send(second).is_ok());
+        turn(&mut w0, &mut w1, 10 + i as u64);
+        let clear = w1
+            .lan
+            .recv()
+            .unwrap_or_else(|| panic!("case {i}: opened by the SA's owner"));
+        assert_eq!(
+            outer_ipv4(&clear).src_addr(),
+            "10.2.0.7".parse::<Ipv4Addr>().unwrap()
+        );
+        assert!(w0.lan.recv().is_none());
+    }
+    assert_eq!(w1.w.counters.traffic(Traffic::Decrypted), 4);
+    let reassembled =
+        w0.w.counters.l3(L3Stat::ReasmReassembled) + w1.w.counters.l3(L3Stat::ReasmReassembled);
+    assert_eq!(
+        reassembled, 4,
+        "each datagram reassembled once, on one worker"
+    );
+
+    // IKE in two fragments, one to each worker: punted, whole, by worker 0.
+    let (c, d) = fragment_v4(&udp_to_gateway(500, 900), 496, 15);
+    assert!(w1.wan.send(c).is_ok());
+    assert!(w0.wan.send(d).is_ok());
+    turn(&mut w0, &mut w1, 20);
+    let ike = punt.pop().expect("punted by worker 0");
+    assert_eq!(ike.dst_port, 500);
+    assert_eq!(w0.drops(DropReason::IkePunted), 1);
+
+    // Nothing lost on the way: the only drops are fragments held for the rest.
+    for r in [&w0, &w1] {
+        assert_eq!(r.w.counters.l3(L3Stat::ReasmInFlight), 0);
+        let s = r.w.counters.snapshot();
+        let other: Vec<_> = s
+            .nonzero_drops()
+            .filter(|(d, _)| !matches!(d, DropReason::ReasmHeld | DropReason::IkePunted))
+            .collect();
+        assert!(other.is_empty(), "{other:?}");
+    }
+}

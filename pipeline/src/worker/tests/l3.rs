@@ -6,7 +6,7 @@ use crate::reasm::ReasmConfig;
 use crate::stats::L3Stat;
 
 /// A frame's IPv4 packet cut in two fragments at `at` bytes of payload (a multiple of 8).
-fn fragment_v4(f: &MemFrame, at: usize, ident: u16) -> (MemFrame, MemFrame) {
+pub(super) fn fragment_v4(f: &MemFrame, at: usize, ident: u16) -> (MemFrame, MemFrame) {
     let d = f.data();
     let ip = ipv4::Packet::new_checked(&d[ethernet::HEADER_LEN..]).unwrap();
     let hl = usize::from(ip.header_len());
@@ -31,7 +31,7 @@ fn fragment_v4(f: &MemFrame, at: usize, ident: u16) -> (MemFrame, MemFrame) {
 }
 
 /// Bare ESP over IPv4 re-sent as ESP in UDP 4500 (RFC 3948), same bytes of ESP.
-fn in_udp_4500(f: &MemFrame) -> MemFrame {
+pub(super) fn in_udp_4500(f: &MemFrame) -> MemFrame {
     let d = f.data();
     let ip = ipv4::Packet::new_checked(&d[ethernet::HEADER_LEN..]).unwrap();
     let hl = usize::from(ip.header_len());
@@ -118,7 +118,7 @@ fn esp_is_accepted_only_in_its_sas_own_encapsulation() {
 }
 
 /// A UDP datagram of `len` payload bytes from the peer to the rig's WAN address.
-fn udp_to_gateway(dst_port: u16, len: usize) -> MemFrame {
+pub(super) fn udp_to_gateway(dst_port: u16, len: usize) -> MemFrame {
     let mut g = Generator::new(
         vec![FlowSpec {
             src_mac: PEER_MAC,
