@@ -32,9 +32,19 @@ static BIN: std::sync::LazyLock<String> =
 fn gateway_config() -> String {
     let base = std::fs::read_to_string(root().join("configs/interop-gw.yaml")).unwrap();
     assert!(base.contains("  workers: 1\n") && base.contains("      pool: 10.99.0.0/24"));
+    // The LAN's clear traffic to the WAN's subnet bypasses the tunnels, masqueraded.
+    let discard = "    - { src: 0.0.0.0/0, dst: 0.0.0.0/0, action: discard }\n";
+    assert!(base.contains(discard));
     let base = base
         .replace("  workers: 1\n", "  workers: 2\n")
-        .replace("      pool: 10.99.0.0/24", "      pool: 10.99.0.0/25");
+        .replace("      pool: 10.99.0.0/24", "      pool: 10.99.0.0/25")
+        .replace(
+            discard,
+            &format!(
+                "    - {{ src: 10.9.0.0/24, dst: 192.0.2.0/24, action: bypass }}\n{discard}  \
+                 masquerade: {{ address: 192.0.2.1 }}\n"
+            ),
+        );
     // The second connection: the first's block with another name, identity and pool.
     let start = base.find("    - name: rw\n").unwrap();
     let second = base[start..]
@@ -206,6 +216,18 @@ fn two_workers_carry_two_strongswan_tunnels() {
         );
     }
 
+    // The masquerade of bypassed traffic on two workers: UDP flows from the LAN host to the
+    // road warrior's namespace (an echo server), each from its own port, so that the LAN
+    // veth's queues spread them and the answers come back on either queue. Every flow is
+    // answered (an answer on the worker without its session is handed to the one with it).
+    let answered = masqueraded_flows(&lab, 16);
+    assert_eq!(
+        answered,
+        "answered 16 of 16",
+        "masqueraded flows: {}",
+        ask(&gw.socket, "stats")["per_worker"]
+    );
+
     // Both workers sealed and opened; nothing was lost for want of an SA or a lane.
     let stats = ask(&gw.socket, "stats");
     println!("per worker: {}", stats["per_worker"]);
@@ -305,6 +327,56 @@ else:
 "#;
     let q = first_queue.to_string();
     let out = in_ns(ns, &["python3", "-c", script, &q]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+/// `n` UDP flows from 10.9.0.10 (the LAN host, ports 21000..) to an echo server at
+/// 192.0.2.10:7007 (the road warrior's namespace) through the gateway's masquerade, three
+/// datagrams each: "answered K of N", K the flows with at least one answer.
+fn masqueraded_flows(lab: &ScriptLab, n: u32) -> String {
+    let _ = in_ns(
+        &lab.ns("lan"),
+        &["ip", "route", "replace", "192.0.2.0/24", "via", "10.9.0.1"],
+    );
+    let echo = NsProcess::spawn(
+        &lab.ns("rw"),
+        &[
+            "python3",
+            "-c",
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('192.0.2.10', 7007))\n\
+             while True:\n    d, a = s.recvfrom(2048)\n    s.sendto(d, a)\n",
+        ],
+        "udp echo",
+    );
+    roamgate_tests::netns::wait_udp_bound(&lab.ns("rw"), 7007, Duration::from_secs(5));
+    let script = format!(
+        "import socket\n\
+         socks = []\n\
+         for i in range({n}):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   s.bind(('10.9.0.10', 21000 + i))\n\
+         \x20   s.settimeout(0.5)\n\
+         \x20   socks.append(s)\n\
+         ok = 0\n\
+         for i, s in enumerate(socks):\n\
+         \x20   got = False\n\
+         \x20   for k in range(3):\n\
+         \x20       s.sendto(b'flow %d try %d' % (i, k), ('192.0.2.10', 7007))\n\
+         \x20       try:\n\
+         \x20           got = got or s.recv(2048).startswith(b'flow %d ' % i)\n\
+         \x20       except socket.timeout:\n\
+         \x20           pass\n\
+         \x20   ok += got\n\
+         print('answered %d of %d' % (ok, {n}))\n"
+    );
+    let out = in_ns(&lab.ns("lan"), &["python3", "-c", &script]);
+    drop(echo);
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout).trim(),

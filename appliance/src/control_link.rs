@@ -10,7 +10,8 @@
 //!
 //! Restarts: a data plane announces itself with an acknowledgement of generation 0 ("I am
 //! empty"): what waited for it is dropped, it gets the file's static SAs (outbound ones
-//! resumed past everything a dead data plane could have used: `seq_state`), and the core is
+//! resumed past everything a dead data plane could have used: `seq_state`) and masquerade
+//! (`gateway.masquerade`, which the core knows nothing of), and the core is
 //! told the worker is fresh (its inbound SAs and the policy again, every CHILD_SA rekeyed).
 //! One that re-attaches after a control-plane restart announces `u64::MAX` ("I keep what I
 //! have") and is left forwarding on its SAs. A static SA's checkpoint moves its reservation
@@ -24,6 +25,7 @@ use std::collections::VecDeque;
 
 use control::driver::{Input, Lanes, Link, LinkError};
 use pipeline::shm::{ControlChannel, Receiver, SendError, Sender};
+use proto::nat::MasqueradeConfig;
 use proto::sa::SaParams;
 use proto::{Ack, Datagram, Direction, Event, Update, UpdateEnvelope};
 
@@ -55,6 +57,8 @@ pub struct ShmControlLink {
     inputs: VecDeque<Input>,
     keeper: Option<SeqKeeper>,
     static_sas: Vec<(Direction, SaParams)>,
+    /// `gateway.masquerade`, sent to each worker when it is fresh.
+    masquerade: Option<MasqueradeConfig>,
     /// What stopped this link (a state file that cannot be written): the caller stops.
     pub fatal: Option<anyhow::Error>,
 }
@@ -65,6 +69,7 @@ impl ShmControlLink {
         workers: u16,
         keeper: Option<SeqKeeper>,
         static_sas: Vec<(Direction, SaParams)>,
+        masquerade: Option<MasqueradeConfig>,
     ) -> anyhow::Result<ShmControlLink> {
         let mut ends = Vec::new();
         for w in 0..workers {
@@ -86,6 +91,7 @@ impl ShmControlLink {
             inputs: VecDeque::new(),
             keeper,
             static_sas,
+            masquerade,
             fatal: None,
         })
     }
@@ -127,6 +133,16 @@ impl ShmControlLink {
             for (_, u) in to_w {
                 self.queue(w, u);
             }
+        }
+        // The masquerade of bypassed traffic, on every worker (each hands out its own share
+        // of the ports).
+        if let Some(config) = self.masquerade.clone() {
+            self.queue(
+                w,
+                Update::SetMasquerade {
+                    config: Some(config),
+                },
+            );
         }
         self.inputs.push_back(Input::Fresh { worker: w });
     }

@@ -136,7 +136,13 @@ pub fn run(args: ControlArgs) -> Result<()> {
     }
     let ch = ControlChannel::create(&args.shm, workers)
         .with_context(|| format!("creating {}", args.shm.display()))?;
-    let mut link = ShmControlLink::new(&ch, workers, keeper, plan.sas.clone())?;
+    let mut link = ShmControlLink::new(
+        &ch,
+        workers,
+        keeper,
+        plan.sas.clone(),
+        plan.masquerade.clone(),
+    )?;
     tracing::info!(target: "control",
         "roamgate control {}: {} connection(s), channel {} for {workers} worker(s)",
         gw.name,

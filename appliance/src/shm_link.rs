@@ -528,7 +528,7 @@ mod tests {
             let _ = std::fs::remove_file(&path);
             let ch = ControlChannel::create(&path, 1).unwrap();
             let control =
-                crate::control_link::ShmControlLink::new(&ch, 1, None, Vec::new()).unwrap();
+                crate::control_link::ShmControlLink::new(&ch, 1, None, Vec::new(), None).unwrap();
             let (main_tx, punt_rx) = rtrb::RingBuffer::new(1024);
             let (cookie_tx, cookie_rx) = rtrb::RingBuffer::new(PUNT_COOKIE_BACKLOG);
             let (tx_tx, _tx_rx) = rtrb::RingBuffer::new(16);

@@ -92,7 +92,7 @@ pub fn run(args: EdgeLinkArgs) -> Result<()> {
     }
     let ch = ControlChannel::create(&args.shm, 1)
         .with_context(|| format!("creating {}", args.shm.display()))?;
-    let mut link = ShmControlLink::new(&ch, 1, None, plan.sas.clone())?;
+    let mut link = ShmControlLink::new(&ch, 1, None, plan.sas.clone(), plan.masquerade.clone())?;
     let seed = os_seed();
     let incarnation = u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8]));
     let mut fwd = EdgeForwarder::new(edge.edge_id, incarnation);

@@ -170,12 +170,13 @@ impl<P: Port> Worker<P> {
                 if let Some(old) = core::mem::replace(&mut self.nat, nat) {
                     self.release(Released::Masquerade(old));
                 }
+                self.share_nat_ports();
             }
             Command::ReplaceVirtualIp(nat) => {
                 if let Some(old) = core::mem::replace(&mut self.vip_nat, nat) {
                     self.release(Released::Masquerade(old));
                 }
-                self.share_vip_ports();
+                self.share_nat_ports();
             }
             Command::BindHost { dst, src, sa } => {
                 // A binding on probation that is proven becomes this one (direct only).

@@ -122,14 +122,29 @@ impl<P: Port> Worker<P> {
         }
     }
 
-    /// With other workers, the client masquerade hands out only this worker's share of the
-    /// ports, so that an answer's port names the worker that holds its session.
-    pub(super) fn share_vip_ports(&mut self) {
+    /// With other workers, the masquerades (the client's, and that of bypassed traffic) hand
+    /// out only this worker's share of the ports, so that an answer's port names the worker
+    /// that holds its session.
+    pub(super) fn share_nat_ports(&mut self) {
         if self.workers > 1 {
-            if let Some(n) = self.vip_nat.as_mut() {
+            for n in [self.vip_nat.as_mut(), self.nat.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 n.share_ports(self.id, self.workers);
             }
         }
+    }
+
+    /// An answer to a flow of the masquerade of bypassed traffic (IPv4 `ip`, to its external
+    /// address) whose session another worker holds: the whole frame goes there, as it came
+    /// (the answer's port names the worker, [`crate::nat::port_owner`]). An answer without a
+    /// port (an ICMP error, a later fragment) stays here.
+    #[inline]
+    pub(super) fn nat_answer_elsewhere(&self, ip: &[u8]) -> Option<Verdict> {
+        self.handoff.as_ref().filter(|_| !self.receiving)?;
+        let w = crate::nat::port_owner(crate::nat::answer_port(ip)?, self.workers);
+        (w != self.id).then_some(Verdict::HandOff(w))
     }
 
     /// Outbound SA `id` is installed here (true) or was deleted here: the other workers

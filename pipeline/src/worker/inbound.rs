@@ -130,6 +130,14 @@ impl<P: Port> Worker<P> {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         if !pkt.ipv6 {
+            if let Some(nat) = self.nat.as_ref() {
+                if IpAddr::V4(nat.external_addr()) == pkt.key.dst {
+                    let ip = f.data().get(ethernet::HEADER_LEN..).unwrap_or(&[]);
+                    if let Some(v) = self.nat_answer_elsewhere(ip) {
+                        return v;
+                    }
+                }
+            }
             if let Some(nat) = self.nat.as_mut() {
                 if IpAddr::V4(nat.external_addr()) == pkt.key.dst {
                     let Some(ip) = f.data_mut().get_mut(ethernet::HEADER_LEN..) else {

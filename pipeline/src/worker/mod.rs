@@ -336,7 +336,7 @@ impl<P: Port> Worker<P> {
     pub fn set_handoff(&mut self, h: HandOff) {
         self.workers = h.workers().max(1);
         self.handoff = (h.workers() > 1).then(|| Box::new(h));
-        self.share_vip_ports();
+        self.share_nat_ports();
     }
 
     pub fn handle(&self) -> WorkerHandle {

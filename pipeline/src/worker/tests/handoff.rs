@@ -542,3 +542,96 @@ fn fragments_split_between_workers_meet_and_their_datagram_reaches_its_owner() {
         assert!(other.is_empty(), "{other:?}");
     }
 }
+
+/// The masquerade of bypassed traffic with two workers: each hands out its own share of the
+/// ports, and an answer that reaches the other worker goes to the one that holds its session
+/// (before, it was dropped there as `nat_no_session`).
+#[test]
+fn an_answer_to_a_masqueraded_flow_reaches_the_worker_holding_its_session() {
+    let (mut w0, mut w1, _punt) = two_workers(8);
+    for r in [&mut w0, &mut w1] {
+        r.update(Update::ReplaceSpd {
+            rules: vec![
+                Rule {
+                    id: 0,
+                    selector: sel("10.1.0.0/24", "10.2.0.0/24"),
+                    action: Action::Protect(SaId(1)),
+                },
+                Rule {
+                    id: 1,
+                    selector: sel("10.1.0.0/24", "198.51.100.0/24"),
+                    action: Action::Bypass,
+                },
+            ],
+        });
+        r.update(Update::SetMasquerade {
+            config: Some(MasqueradeConfig {
+                external_addr: "192.0.2.1".parse().unwrap(),
+                ..MasqueradeConfig::default()
+            }),
+        });
+    }
+    // The server's answer to a masqueraded datagram, as the WAN would bring it.
+    fn answer_to(out: &MemFrame) -> (MemFrame, u16) {
+        let mut f = MemFrame::from_bytes(out.data()).unwrap();
+        let d = f.data_mut();
+        d[0..6].copy_from_slice(&WAN_MAC);
+        d[6..12].copy_from_slice(&PEER_MAC);
+        let mut ip = ipv4::Packet::new_unchecked(&mut d[14..]);
+        let (s, t) = (ip.src_addr(), ip.dst_addr());
+        ip.set_src_addr(t);
+        ip.set_dst_addr(s);
+        ip.fill_checksum();
+        let (s, t) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
+        let mut u = udp::Packet::new_unchecked(ip.payload_mut());
+        let (port, server) = (u.src_port(), u.dst_port());
+        u.set_dst_port(port);
+        u.set_src_port(server);
+        u.set_checksum(0);
+        u.fill_checksum(&s, &t);
+        (f, port)
+    }
+    // A flow from each worker's LAN; each answer arrives at the other worker's WAN.
+    let mut rigs = [w0, w1];
+    for (from, dst_port) in [(0usize, 7001u16), (1, 7002)] {
+        let other = 1 - from;
+        assert!(rigs[from]
+            .lan
+            .send(lan_frame("10.1.0.10", "198.51.100.7", dst_port))
+            .is_ok());
+        rigs[from].w.poll(1);
+        let out = rigs[from].wan.recv().expect("masqueraded");
+        let (answer, port) = answer_to(&out);
+        assert_eq!(
+            crate::nat::port_owner(port, 2),
+            from as u16,
+            "worker {from} hands out its own share of the ports"
+        );
+        assert!(rigs[other].wan.send(answer).is_ok());
+        for t in 2..4 {
+            rigs[other].w.poll(t);
+            rigs[from].w.poll(t);
+        }
+        assert!(rigs[other].lan.recv().is_none());
+        let back = rigs[from]
+            .lan
+            .recv()
+            .unwrap_or_else(|| panic!("the answer to worker {from}'s flow"));
+        let ip = ipv4::Packet::new_checked(&back.data()[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), "10.1.0.10".parse::<Ipv4Addr>().unwrap());
+        let u = udp::Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!(u.dst_port(), 1234);
+        assert!(u.verify_checksum(&IpAddr::V4(ip.src_addr()), &IpAddr::V4(ip.dst_addr())));
+    }
+    for r in &rigs {
+        let s = r.w.counters.snapshot();
+        assert_eq!(
+            s.nonzero_drops().count(),
+            0,
+            "{:?}",
+            s.nonzero_drops().collect::<Vec<_>>()
+        );
+        assert_eq!(s.traffic(Traffic::HandedOff), 1);
+        assert_eq!(s.traffic(Traffic::HandOffReceived), 1);
+    }
+}
