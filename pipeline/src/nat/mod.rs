@@ -209,8 +209,11 @@ pub fn port_owner(port: u16, workers: u16) -> u16 {
 }
 
 /// The external port of an answer to a masqueraded flow: the destination port of a TCP or
-/// UDP packet, the identifier of an ICMP echo reply (IPv4 `ip`, header checked by the caller
-/// or not: `None` for anything short or else).
+/// UDP packet, the identifier of an ICMP echo reply, and for an ICMP error (destination
+/// unreachable, e.g. "fragmentation needed", time exceeded, parameter problem) the same of
+/// the packet it quotes, our translated one going out: its source port, or its echo
+/// request's identifier (IPv4 `ip`, header checked by the caller or not: `None` for anything
+/// short or else).
 #[inline]
 pub fn answer_port(ip: &[u8]) -> Option<u16> {
     let ihl = usize::from(ip.first()? & 0x0f) * 4;
@@ -219,15 +222,26 @@ pub fn answer_port(ip: &[u8]) -> Option<u16> {
     if ihl < 20 || frag != 0 {
         return None;
     }
-    let at = |o: usize| -> Option<u16> {
-        Some(u16::from_be_bytes([
-            *ip.get(ihl + o)?,
-            *ip.get(ihl + o + 1)?,
-        ]))
-    };
+    let at = |o: usize| -> Option<u16> { Some(u16::from_be_bytes([*ip.get(o)?, *ip.get(o + 1)?])) };
     match *ip.get(9)? {
-        6 | 17 => at(2),
-        1 if *ip.get(ihl)? == 0 => at(4),
+        6 | 17 => at(ihl + 2),
+        1 => match *ip.get(ihl)? {
+            0 => at(ihl + 4),
+            3 | 11 | 12 => {
+                // The quoted IP header, 8 bytes into the ICMP message.
+                let q = ihl + 8;
+                let qihl = usize::from(ip.get(q)? & 0x0f) * 4;
+                if qihl < 20 {
+                    return None;
+                }
+                match (*ip.get(q + 9)?, *ip.get(q + qihl)?) {
+                    (6 | 17, _) => at(q + qihl),
+                    (1, 8) => at(q + qihl + 4),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
         _ => None,
     }
 }

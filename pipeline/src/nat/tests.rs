@@ -678,7 +678,52 @@ fn workers_sharing_an_address_hand_out_disjoint_ports_their_answers_name() {
     assert_eq!(answer_port(&reply), Some(id));
     // Not once sessions exist; not for a worker out of range.
     assert!(!nats[0].share_ports(0, 2));
-    assert!(!Masquerade::new(cfg).share_ports(3, 3));
+    assert!(!Masquerade::new(cfg.clone()).share_ports(3, 3));
+    // An ICMP error about a flow names the port of the packet it quotes: "fragmentation
+    // needed" for a UDP datagram, time exceeded for a TCP SYN (the quote cut after 8 bytes
+    // of it) and for an echo request. (Fresh masquerades: the ones above used their ports.)
+    let mut nats: Vec<Masquerade> = (0..3u16)
+        .map(|w| {
+            let mut n = Masquerade::new(cfg.clone());
+            assert!(n.share_ports(w, 3));
+            n
+        })
+        .collect();
+    let mut out = udp_pkt(HOST, 5000, REMOTE, 53, &[0xab; 30]);
+    nats[2].outbound(&mut out, 4).unwrap();
+    let ext = ports(&out).0;
+    let msg = icmpv4::Repr::DstUnreachable {
+        code: 4,
+        next_hop_mtu: 1400,
+        data_len: out.len(),
+    };
+    assert_eq!(answer_port(&icmp_error(ROUTER, EXT, msg, &out)), Some(ext));
+    assert_eq!(port_owner(ext, 3), 2);
+    let mut syn = tcp_pkt(HOST, 40000, REMOTE, 443, tcp::Flags::SYN, b"");
+    nats[0].outbound(&mut syn, 4).unwrap();
+    let ext = ports(&syn).0;
+    let msg = icmpv4::Repr::TimeExceeded {
+        code: 0,
+        data_len: 28,
+    };
+    assert_eq!(
+        answer_port(&icmp_error(ROUTER, EXT, msg, &syn[..28])),
+        Some(ext)
+    );
+    assert_eq!(port_owner(ext, 3), 0);
+    let msg = icmpv4::Repr::TimeExceeded {
+        code: 0,
+        data_len: e.len(),
+    };
+    assert_eq!(answer_port(&icmp_error(ROUTER, EXT, msg, &e)), Some(id));
+    // An error about something else (a quoted protocol without ports) names nothing.
+    let gre = ip(EXT, REMOTE, IpProtocol::Unknown(47), &[0; 8]);
+    let msg = icmpv4::Repr::DstUnreachable {
+        code: 1,
+        next_hop_mtu: 0,
+        data_len: gre.len(),
+    };
+    assert_eq!(answer_port(&icmp_error(ROUTER, EXT, msg, &gre)), None);
     // Nothing to name for a later fragment or a truncated header.
     let mut frag = udp_pkt(REMOTE, 53, EXT, 1000, b"a");
     frag[7] = 1;

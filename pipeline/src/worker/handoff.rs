@@ -138,8 +138,9 @@ impl<P: Port> Worker<P> {
 
     /// An answer to a flow of the masquerade of bypassed traffic (IPv4 `ip`, to its external
     /// address) whose session another worker holds: the whole frame goes there, as it came
-    /// (the answer's port names the worker, [`crate::nat::port_owner`]). An answer without a
-    /// port (an ICMP error, a later fragment) stays here.
+    /// (the answer's port, or that of the packet an ICMP error quotes, names the worker:
+    /// [`crate::nat::answer_port`], [`crate::nat::port_owner`]). An answer that names no
+    /// port (a later fragment, an error about something else) stays here.
     #[inline]
     pub(super) fn nat_answer_elsewhere(&self, ip: &[u8]) -> Option<Verdict> {
         self.handoff.as_ref().filter(|_| !self.receiving)?;

@@ -622,6 +622,52 @@ fn an_answer_to_a_masqueraded_flow_reaches_the_worker_holding_its_session() {
         let u = udp::Packet::new_checked(ip.payload()).unwrap();
         assert_eq!(u.dst_port(), 1234);
         assert!(u.verify_checksum(&IpAddr::V4(ip.src_addr()), &IpAddr::V4(ip.dst_addr())));
+
+        // A router's "fragmentation needed" about the flow, at the other worker too: the port
+        // it quotes names the worker, which translates it back to the host.
+        let quoted = &out.data()[14..];
+        let msg = icmpv4::Repr::DstUnreachable {
+            code: 4,
+            next_hop_mtu: 1400,
+            data_len: quoted.len(),
+        };
+        let mut l4 = vec![0u8; msg.buffer_len()];
+        let mut p = icmpv4::Packet::new_unchecked(&mut l4[..]);
+        msg.emit(&mut p);
+        p.data_mut().copy_from_slice(quoted);
+        p.fill_checksum();
+        let mut b = out.data()[..14].to_vec();
+        b[0..6].copy_from_slice(&WAN_MAC);
+        b[6..12].copy_from_slice(&PEER_MAC);
+        b.extend_from_slice(&[0u8; 20]);
+        b.extend_from_slice(&l4);
+        {
+            let mut ip = ipv4::Packet::new_unchecked(&mut b[14..]);
+            ip.set_version(4);
+            ip.set_header_len(20);
+            ip.set_total_len((20 + l4.len()) as u16);
+            ip.set_hop_limit(64);
+            ip.set_next_header(IpProtocol::Icmp);
+            ip.set_src_addr("198.51.100.1".parse().unwrap());
+            ip.set_dst_addr("192.0.2.1".parse().unwrap());
+            ip.fill_checksum();
+        }
+        assert!(rigs[other]
+            .wan
+            .send(MemFrame::from_bytes(&b).unwrap())
+            .is_ok());
+        for t in 4..6 {
+            rigs[other].w.poll(t);
+            rigs[from].w.poll(t);
+        }
+        assert!(rigs[other].lan.recv().is_none());
+        let err = rigs[from]
+            .lan
+            .recv()
+            .unwrap_or_else(|| panic!("the ICMP error about worker {from}'s flow"));
+        let ip = ipv4::Packet::new_checked(&err.data()[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), "10.1.0.10".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
     }
     for r in &rigs {
         let s = r.w.counters.snapshot();
@@ -631,7 +677,7 @@ fn an_answer_to_a_masqueraded_flow_reaches_the_worker_holding_its_session() {
             "{:?}",
             s.nonzero_drops().collect::<Vec<_>>()
         );
-        assert_eq!(s.traffic(Traffic::HandedOff), 1);
-        assert_eq!(s.traffic(Traffic::HandOffReceived), 1);
+        assert_eq!(s.traffic(Traffic::HandedOff), 2);
+        assert_eq!(s.traffic(Traffic::HandOffReceived), 2);
     }
 }
