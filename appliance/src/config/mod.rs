@@ -275,18 +275,6 @@ impl DataplaneFile {
                 ));
             }
         }
-        // Each worker resolves on its own, and ARP / neighbour discovery answers reach one
-        // queue (no RSS hash for them): with more workers the others would never learn.
-        for (side, i) in [("lan", &self.gateway.lan), ("wan", &self.gateway.wan)] {
-            if i.neighbor_mac.is_none() && self.dataplane.workers > 1 {
-                return Err(ConfigError::new(
-                    file,
-                    format!("gateway.{side}.neighbor_mac"),
-                    "more than one worker needs a configured neighbour: ARP and neighbour \
-                     discovery answers reach one worker's queue only",
-                ));
-            }
-        }
         if let Some(l) = &self.log_level {
             crate::logs::check_filter(l).map_err(|w| ConfigError::new(file, "log_level", w))?;
         }
@@ -646,6 +634,11 @@ mod tests {
         assert!(!text.contains("neighbor_mac"), "{text}");
         let f: DataplaneFile = parse(Path::new("x.yaml"), &text).unwrap();
         f.validate(Path::new("x.yaml")).unwrap();
+        // With several workers too (each resolves, the answers are shared among them).
+        let two = text.replace("workers: 1", "workers: 2");
+        assert_ne!(two, text);
+        let f2: DataplaneFile = parse(Path::new("x.yaml"), &two).unwrap();
+        f2.validate(Path::new("x.yaml")).unwrap();
         let wan = f.gateway.wan.routes().expect("the WAN resolves");
         assert_eq!(wan.gateway4, Some("192.0.2.254".parse().unwrap()));
         assert_eq!(wan.on_link, vec!["192.0.2.0/24".parse().unwrap()]);
@@ -684,10 +677,6 @@ mod tests {
         assert_eq!(
             key(&EXAMPLE.replace("mtu: 1500 }", "mtu: 1500, gateway: 192.0.2.254 }")),
             "gateway.wan.gateway"
-        );
-        assert_eq!(
-            key(&text.replace("workers: 1", "workers: 2\n  cores: [0, 1]")),
-            "gateway.lan.neighbor_mac"
         );
         let with =
             |section: &str| text.replace("  workers: 1\n", &format!("  workers: 1\n{section}\n"));

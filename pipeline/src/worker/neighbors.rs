@@ -6,6 +6,7 @@
 use core::net::IpAddr;
 
 use super::{Side, Verdict, Worker};
+use crate::handoff::Side as Lane;
 use crate::port::{Frame, Port};
 use crate::stats::{DropReason, Traffic};
 use crate::wire::{ethernet, icmpv6, ipv6, EtherType, IpProtocol};
@@ -31,28 +32,63 @@ fn nd_kind(ip: &[u8]) -> Option<bool> {
 }
 
 impl<P: Port> Worker<P> {
+    /// With other workers, a copy of this ARP reply or neighbour advertisement to each of
+    /// them: each worker resolves its next hops on its own, and an answer reaches the one
+    /// queue the port chose (no RSS hash for ARP), so the worker that asked may not see it. The
+    /// copies go the way of every hand-off (in order; a full lane is back-pressure). A copy
+    /// that finds no free frame to carry it is not made (the cache asks again).
+    fn share_neighbor_frame(&mut self, f: &P::Frame, side: Side) {
+        if self.handoff.is_none() {
+            return;
+        }
+        let lane = match side {
+            Side::Lan => Lane::Lan,
+            Side::Wan => Lane::Wan,
+        };
+        for w in (0..self.workers).filter(|&w| w != self.id) {
+            let port = match side {
+                Side::Lan => &mut self.lan,
+                Side::Wan => &mut self.wan,
+            };
+            let Some(mut copy) = port.alloc() else {
+                return;
+            };
+            if !copy.append(f.len()) {
+                return;
+            }
+            copy.data_mut().copy_from_slice(f.data());
+            self.handoff_q.push_back((w, lane, copy));
+        }
+    }
+
     /// ARP and neighbour solicitations for our own address are answered on the side they came
     /// from; other ARP is link chatter. None: not neighbour discovery, go on.
     #[inline]
     pub(super) fn neighbor(&mut self, f: &mut P::Frame, side: Side) -> Option<Verdict> {
         let eth = ethernet::Frame::new_checked(f.data()).ok()?;
-        let is_ns = match eth.ethertype() {
-            EtherType::Arp => {
-                self.learn(f.data(), side, true);
-                false
-            }
-            EtherType::Ipv6 => match nd_kind(eth.payload())? {
-                true => {
-                    self.learn(f.data(), side, false);
-                    true
-                }
-                false => {
-                    self.learn(f.data(), side, false);
-                    return Some(Verdict::Drop(DropReason::NeighborIgnored));
-                }
-            },
+        let (arp, is_ns) = match eth.ethertype() {
+            EtherType::Arp => (true, false),
+            EtherType::Ipv6 => (false, nd_kind(eth.payload())?),
             _ => return None,
         };
+        // An ARP reply (operation 2) or a neighbour advertisement: the answers resolution
+        // waits for.
+        let answer = if arp {
+            eth.payload().get(6..8) == Some(&[0, 2][..])
+        } else {
+            !is_ns
+        };
+        self.learn(f.data(), side, arp);
+        // A copy another worker shared: learned from, answered (if at all) by that worker.
+        if self.receiving {
+            return Some(Verdict::Drop(DropReason::NeighborShared));
+        }
+        if answer {
+            self.share_neighbor_frame(f, side);
+        }
+        if !arp && !is_ns {
+            return Some(Verdict::Drop(DropReason::NeighborIgnored));
+        }
         let link = match side {
             Side::Lan => &self.lan_link,
             Side::Wan => &self.wan_link,

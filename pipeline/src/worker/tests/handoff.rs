@@ -681,3 +681,77 @@ fn an_answer_to_a_masqueraded_flow_reaches_the_worker_holding_its_session() {
         assert_eq!(s.traffic(Traffic::HandOffReceived), 2);
     }
 }
+
+/// Links without a configured neighbour and two workers: each worker resolves on its own,
+/// and the answer reaches whichever queue the port chose. Worker 1 (the SA's owner) asks for
+/// the peer; the reply lands on worker 0, which learns from it and shares it: worker 1's ESP
+/// leaves. Before, worker 1 asked in vain.
+#[test]
+fn an_arp_reply_on_the_other_worker_resolves_the_worker_that_asked() {
+    use super::neighbors::{arp_asks, arp_reply};
+    use crate::neighbor::NeighborConfig;
+
+    let (mut w0, mut w1, _punt) = two_workers(8);
+    for r in [&mut w0, &mut w1] {
+        r.w.set_neighbors(Some(NeighborSetup {
+            cache: NeighborConfig::default(),
+            lan: Some(Routes {
+                on_link: vec!["10.1.0.0/24".parse().unwrap()],
+                ..Routes::default()
+            }),
+            wan: Some(Routes {
+                on_link: vec!["192.0.2.0/24".parse().unwrap()],
+                ..Routes::default()
+            }),
+        }))
+        .unwrap();
+    }
+    // A LAN packet on worker 1 for its own SA: sealed, then held for the peer's MAC.
+    assert!(w1
+        .lan
+        .send(lan_frame("10.1.0.10", "10.2.0.7", 5001))
+        .is_ok());
+    w1.w.poll(1);
+    let ask = w1.wan.recv().expect("worker 1 asks for the peer");
+    assert_eq!(
+        arp_asks(&ask),
+        Some((
+            "192.0.2.2".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+            true
+        ))
+    );
+    assert!(w1.wan.recv().is_none(), "the ESP waits");
+    // The peer's reply reaches worker 0's queue.
+    assert!(w0
+        .wan
+        .send(arp_reply([192, 0, 2, 2], PEER_MAC, WAN_MAC, [192, 0, 2, 1]))
+        .is_ok());
+    for t in 2..4 {
+        w0.w.poll(t);
+        w1.w.poll(t);
+    }
+    let esp_out = w1
+        .wan
+        .recv()
+        .expect("worker 1's ESP left once the reply was shared");
+    assert_eq!(&esp_out.data()[0..6], &PEER_MAC);
+    assert_eq!(outer_ipv4(&esp_out).next_header(), IpProtocol::Esp);
+    assert!(w0.wan.recv().is_none(), "worker 0 does not answer a reply");
+    assert_eq!(w0.drops(DropReason::NeighborIgnored), 1);
+    assert_eq!(w1.drops(DropReason::NeighborShared), 1);
+    assert_eq!(w0.w.counters.traffic(Traffic::HandedOff), 1);
+    // A request is not shared: only answers are (worker 0 answers it itself).
+    let mut req = arp_reply([192, 0, 2, 2], PEER_MAC, [0xff; 6], [192, 0, 2, 1]);
+    req.data_mut()[21] = 1;
+    assert!(w0.wan.send(req).is_ok());
+    for t in 4..6 {
+        w0.w.poll(t);
+        w1.w.poll(t);
+    }
+    assert!(
+        w0.wan.recv().is_some(),
+        "worker 0 answers the request for its address"
+    );
+    assert_eq!(w1.drops(DropReason::NeighborShared), 1);
+}

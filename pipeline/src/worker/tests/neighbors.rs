@@ -29,7 +29,7 @@ fn resolving_rig() -> Rig {
 }
 
 /// The ARP request in `f`, if it is one: (asked for, sender address, broadcast).
-fn arp_asks(f: &MemFrame) -> Option<(Ipv4Addr, Ipv4Addr, bool)> {
+pub(super) fn arp_asks(f: &MemFrame) -> Option<(Ipv4Addr, Ipv4Addr, bool)> {
     let eth = ethernet::Frame::new_checked(f.data()).ok()?;
     if eth.ethertype() != ethernet::EtherType::Arp {
         return None;
@@ -43,7 +43,7 @@ fn arp_asks(f: &MemFrame) -> Option<(Ipv4Addr, Ipv4Addr, bool)> {
 }
 
 /// An ARP reply from `who` at `mac` to the rig's WAN (or LAN) MAC.
-fn arp_reply(who: [u8; 4], mac: [u8; 6], to_mac: [u8; 6], to: [u8; 4]) -> MemFrame {
+pub(super) fn arp_reply(who: [u8; 4], mac: [u8; 6], to_mac: [u8; 6], to: [u8; 4]) -> MemFrame {
     let mut f = vec![0u8; 42];
     let mut eth = ethernet::Frame::new_unchecked(&mut f[..]);
     eth.set_dst_addr(to_mac);
