@@ -215,8 +215,8 @@ reasons! {
     MasqMissIn => "masq_miss_in", true;
     /// A route to a node with no link SA on this worker (`MasqLink`).
     MasqLinkNoSa => "masq_link_no_sa", true;
-    /// A copy of an ARP or neighbour discovery frame another worker received, learned from
-    /// here (each worker resolves on its own; the answers reach one queue). Not an error.
+    /// A copy of an ARP reply or neighbour advertisement another worker received, learned
+    /// from here (each worker resolves on its own; the answers reach one queue). Not an error.
     NeighborShared => "neighbor_shared", false;
 }
 

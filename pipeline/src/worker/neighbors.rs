@@ -34,9 +34,9 @@ fn nd_kind(ip: &[u8]) -> Option<bool> {
 impl<P: Port> Worker<P> {
     /// With other workers, a copy of this ARP reply or neighbour advertisement to each of
     /// them: each worker resolves its next hops on its own, and an answer reaches the one
-    /// queue the port chose (no RSS hash for ARP), so the worker that asked may not see it. The
-    /// copies go the way of every hand-off (in order; a full lane is back-pressure). A copy
-    /// that finds no free frame to carry it is not made (the cache asks again).
+    /// queue the port chose (no RSS hash for ARP), so the worker that asked may not see it.
+    /// The copies go the way of every hand-off (in order; a full lane is back-pressure). A
+    /// copy that finds no free frame to carry it is not made (the cache asks again).
     fn share_neighbor_frame(&mut self, f: &P::Frame, side: Side) {
         if self.handoff.is_none() {
             return;
