@@ -86,6 +86,31 @@ fn two_workers(slots: usize) -> (Rig, Rig, rtrb::Consumer<Datagram>) {
     (w0, w1, punt_rx)
 }
 
+/// The tunnel's other end: a gateway whose outbound SA (id 1) seals 10.2.0.0/24 ->
+/// 10.1.0.0/24 toward worker 1's inbound SPI.
+fn peer_of_w1() -> Rig {
+    let mut peer = rig(1500);
+    peer.update(Update::AddSa {
+        dir: Direction::Outbound,
+        params: sa(
+            1,
+            SPI_IN_W1,
+            "192.0.2.2",
+            "192.0.2.1",
+            "10.2.0.0/24",
+            "10.1.0.0/24",
+        ),
+    });
+    peer.update(Update::ReplaceSpd {
+        rules: vec![Rule {
+            id: 0,
+            selector: sel("10.2.0.0/24", "10.1.0.0/24"),
+            action: Action::Protect(SaId(1)),
+        }],
+    });
+    peer
+}
+
 fn lan_frame(src: &str, dst: &str, dst_port: u16) -> MemFrame {
     let mut g = Generator::new(
         vec![FlowSpec {
@@ -130,25 +155,7 @@ fn frames_reach_the_sa_owner_through_the_lane() {
     assert_eq!(w1.w.counters.traffic(Traffic::Encrypted), 1);
 
     // ESP for worker 1's SPI arriving at worker 0: opened by worker 1, on its LAN.
-    let mut peer = rig(1500);
-    peer.update(Update::AddSa {
-        dir: Direction::Outbound,
-        params: sa(
-            1,
-            SPI_IN_W1,
-            "192.0.2.2",
-            "192.0.2.1",
-            "10.2.0.0/24",
-            "10.1.0.0/24",
-        ),
-    });
-    peer.update(Update::ReplaceSpd {
-        rules: vec![Rule {
-            id: 0,
-            selector: sel("10.2.0.0/24", "10.1.0.0/24"),
-            action: Action::Protect(SaId(1)),
-        }],
-    });
+    let mut peer = peer_of_w1();
     peer.send_lan("10.2.0.7", "10.1.0.10", 100);
     let mut esp_in = peer.wan.recv().expect("the peer sealed");
     readdress(&mut esp_in, WAN_MAC, PEER_MAC);
@@ -422,25 +429,7 @@ fn fragments_split_between_workers_meet_and_their_datagram_reaches_its_owner() {
     for r in [&mut w0, &mut w1] {
         r.w.set_reassembly(Some(ReasmConfig::default())).unwrap();
     }
-    let mut peer = rig(1500);
-    peer.update(Update::AddSa {
-        dir: Direction::Outbound,
-        params: sa(
-            1,
-            SPI_IN_W1,
-            "192.0.2.2",
-            "192.0.2.1",
-            "10.2.0.0/24",
-            "10.1.0.0/24",
-        ),
-    });
-    peer.update(Update::ReplaceSpd {
-        rules: vec![Rule {
-            id: 0,
-            selector: sel("10.2.0.0/24", "10.1.0.0/24"),
-            action: Action::Protect(SaId(1)),
-        }],
-    });
+    let mut peer = peer_of_w1();
     fn esp(peer: &mut Rig) -> MemFrame {
         peer.send_lan("10.2.0.7", "10.1.0.10", 600);
         let mut f = peer.wan.recv().expect("the peer sealed");
@@ -571,26 +560,6 @@ fn an_answer_to_a_masqueraded_flow_reaches_the_worker_holding_its_session() {
             }),
         });
     }
-    // The server's answer to a masqueraded datagram, as the WAN would bring it.
-    fn answer_to(out: &MemFrame) -> (MemFrame, u16) {
-        let mut f = MemFrame::from_bytes(out.data()).unwrap();
-        let d = f.data_mut();
-        d[0..6].copy_from_slice(&WAN_MAC);
-        d[6..12].copy_from_slice(&PEER_MAC);
-        let mut ip = ipv4::Packet::new_unchecked(&mut d[14..]);
-        let (s, t) = (ip.src_addr(), ip.dst_addr());
-        ip.set_src_addr(t);
-        ip.set_dst_addr(s);
-        ip.fill_checksum();
-        let (s, t) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
-        let mut u = udp::Packet::new_unchecked(ip.payload_mut());
-        let (port, server) = (u.src_port(), u.dst_port());
-        u.set_dst_port(port);
-        u.set_src_port(server);
-        u.set_checksum(0);
-        u.fill_checksum(&s, &t);
-        (f, port)
-    }
     // A flow from each worker's LAN; each answer arrives at the other worker's WAN.
     let mut rigs = [w0, w1];
     for (from, dst_port) in [(0usize, 7001u16), (1, 7002)] {
@@ -601,7 +570,7 @@ fn an_answer_to_a_masqueraded_flow_reaches_the_worker_holding_its_session() {
             .is_ok());
         rigs[from].w.poll(1);
         let out = rigs[from].wan.recv().expect("masqueraded");
-        let (answer, port) = answer_to(&out);
+        let (answer, port) = server_answer(&out);
         assert_eq!(
             crate::nat::port_owner(port, 2),
             from as u16,
@@ -688,23 +657,11 @@ fn an_answer_to_a_masqueraded_flow_reaches_the_worker_holding_its_session() {
 /// leaves. Before, worker 1 asked in vain.
 #[test]
 fn an_arp_reply_on_the_other_worker_resolves_the_worker_that_asked() {
-    use super::neighbors::{arp_asks, arp_reply};
-    use crate::neighbor::NeighborConfig;
+    use super::neighbors::{arp_asks, arp_reply, resolve_links};
 
     let (mut w0, mut w1, _punt) = two_workers(8);
     for r in [&mut w0, &mut w1] {
-        r.w.set_neighbors(Some(NeighborSetup {
-            cache: NeighborConfig::default(),
-            lan: Some(Routes {
-                on_link: vec!["10.1.0.0/24".parse().unwrap()],
-                ..Routes::default()
-            }),
-            wan: Some(Routes {
-                on_link: vec!["192.0.2.0/24".parse().unwrap()],
-                ..Routes::default()
-            }),
-        }))
-        .unwrap();
+        resolve_links(r);
     }
     // A LAN packet on worker 1 for its own SA: sealed, then held for the peer's MAC.
     assert!(w1

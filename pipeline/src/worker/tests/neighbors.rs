@@ -12,6 +12,12 @@ const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0xcc, 1];
 /// LAN's 10.1.0.0/24.
 fn resolving_rig() -> Rig {
     let mut r = rig(1500);
+    resolve_links(&mut r);
+    r
+}
+
+/// `r`'s links resolving, as [`resolving_rig`]'s.
+pub(super) fn resolve_links(r: &mut Rig) {
     r.w.set_neighbors(Some(NeighborSetup {
         cache: NeighborConfig::default(),
         lan: Some(Routes {
@@ -25,7 +31,6 @@ fn resolving_rig() -> Rig {
         }),
     }))
     .unwrap();
-    r
 }
 
 /// The ARP request in `f`, if it is one: (asked for, sender address, broadcast).

@@ -82,7 +82,7 @@ fn masquerade_rewrites_bypass_traffic_and_back() {
         }),
     });
     r.send_lan("10.1.0.10", "198.51.100.7", 100);
-    let mut out = r.wan.recv().expect("masqueraded");
+    let out = r.wan.recv().expect("masqueraded");
     let (sport, src) = {
         let ip = ipv4::Packet::new_checked(&out.data()[14..]).unwrap();
         let u = udp::Packet::new_checked(ip.payload()).unwrap();
@@ -91,23 +91,9 @@ fn masquerade_rewrites_bypass_traffic_and_back() {
     };
     assert_eq!(src, "192.0.2.1".parse::<Ipv4Addr>().unwrap());
     // The server answers to the masquerading address and port.
-    {
-        let d = out.data_mut();
-        d[0..6].copy_from_slice(&WAN_MAC);
-        d[6..12].copy_from_slice(&PEER_MAC);
-        let mut ip = ipv4::Packet::new_unchecked(&mut d[14..]);
-        let (s, t) = (ip.src_addr(), ip.dst_addr());
-        ip.set_src_addr(t);
-        ip.set_dst_addr(s);
-        ip.fill_checksum();
-        let (s, t) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
-        let mut u = udp::Packet::new_unchecked(ip.payload_mut());
-        u.set_dst_port(sport);
-        u.set_src_port(5001);
-        u.set_checksum(0);
-        u.fill_checksum(&s, &t);
-    }
-    assert!(r.wan.send(out).is_ok());
+    let (answer, port) = server_answer(&out);
+    assert_eq!(port, sport);
+    assert!(r.wan.send(answer).is_ok());
     r.w.poll(2);
     let back = r.lan.recv().expect("translated back to the host");
     let ip = ipv4::Packet::new_checked(&back.data()[14..]).unwrap();
