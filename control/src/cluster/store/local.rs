@@ -47,8 +47,9 @@ pub struct LocalEtcd {
     host: String,
 }
 
-/// A free loopback TCP port (bound and released; a race with another process is possible
-/// but short).
+/// A free loopback TCP port (bound and released: another process may take it before etcd
+/// binds it, which [`LocalEtcd::start_at`] sees as a member that exits and answers with new
+/// ports).
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -83,28 +84,49 @@ impl LocalEtcd {
         host: &str,
     ) -> io::Result<LocalEtcd> {
         std::fs::create_dir_all(dir)?;
-        let mut members = Vec::new();
-        for i in 1..=n {
-            members.push(Member {
-                name: format!("m{i}"),
-                client: free_port()?,
-                peer: free_port()?,
-                child: None,
-            });
-        }
-        let mut c = LocalEtcd {
-            dir: dir.to_path_buf(),
-            members,
-            token: format!("roamgate-test-{}-{}", std::process::id(), free_port()?),
-            security,
-            auth_on: false,
-            netns: netns.map(str::to_owned),
-            host: host.to_owned(),
+        // The ports are free when picked, not when etcd binds them (tests start clusters in
+        // parallel): a member that exits at once lost that race, and the cluster starts
+        // again on new ports, from empty data directories.
+        let mut attempt = 0;
+        let mut c = loop {
+            attempt += 1;
+            let mut members = Vec::new();
+            for i in 1..=n {
+                let name = format!("m{i}");
+                match std::fs::remove_dir_all(dir.join(&name)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                members.push(Member {
+                    name,
+                    client: free_port()?,
+                    peer: free_port()?,
+                    child: None,
+                });
+            }
+            let mut c = LocalEtcd {
+                dir: dir.to_path_buf(),
+                members,
+                token: format!("roamgate-test-{}-{}", std::process::id(), free_port()?),
+                security: security.clone(),
+                auth_on: false,
+                netns: netns.map(str::to_owned),
+                host: host.to_owned(),
+            };
+            for i in 0..n {
+                c.spawn(i, "new")?;
+            }
+            match c.wait_started(Duration::from_secs(30))? {
+                true => break c,
+                false if attempt < 3 => continue,
+                false => {
+                    return Err(io::Error::other(format!(
+                        "local etcd: a member exited at start {attempt} times (logs in {})",
+                        dir.display()
+                    )))
+                }
+            }
         };
-        for i in 0..n {
-            c.spawn(i, "new")?;
-        }
-        c.wait_healthy(Duration::from_secs(30))?;
         if let Some(sec) = c.security.clone() {
             let pw = format!("root:{}", sec.root_password);
             c.etcdctl_checked(&["user", "add", &pw])?;
@@ -261,6 +283,31 @@ impl LocalEtcd {
             )));
         }
         Ok(out)
+    }
+
+    /// Waits until every member answers `endpoint health` (true), or one of them has exited
+    /// (false: every member is stopped, for a start on other ports).
+    fn wait_started(&mut self, within: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + within;
+        loop {
+            let exited = self
+                .members
+                .iter_mut()
+                .filter_map(|m| m.child.as_mut())
+                .any(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                for i in 0..self.members.len() {
+                    self.kill9(i)?;
+                }
+                return Ok(false);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_healthy(left.min(Duration::from_millis(500))) {
+                Ok(()) => return Ok(true),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => {}
+            }
+        }
     }
 
     /// Waits until every running member answers `endpoint health`.
