@@ -129,29 +129,29 @@ impl<P: Port> Worker<P> {
         if pkt.hop_limit <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        if !pkt.ipv6 {
-            if let Some(nat) = self.nat.as_ref() {
-                if IpAddr::V4(nat.external_addr()) == pkt.key.dst {
-                    let ip = f.data().get(ethernet::HEADER_LEN..).unwrap_or(&[]);
-                    if let Some(v) = self.nat_answer_elsewhere(ip) {
-                        return v;
-                    }
-                }
+        let to_masquerade = !pkt.ipv6
+            && self
+                .nat
+                .as_ref()
+                .is_some_and(|n| IpAddr::V4(n.external_addr()) == pkt.key.dst);
+        if to_masquerade {
+            // An answer whose session another worker holds goes there as it came.
+            let ip = f.data().get(ethernet::HEADER_LEN..).unwrap_or(&[]);
+            if let Some(v) = self.nat_answer_elsewhere(ip) {
+                return v;
             }
             if let Some(nat) = self.nat.as_mut() {
-                if IpAddr::V4(nat.external_addr()) == pkt.key.dst {
-                    let Some(ip) = f.data_mut().get_mut(ethernet::HEADER_LEN..) else {
-                        return Verdict::Drop(DropReason::MalformedIp);
-                    };
-                    if let Err(e) = nat.inbound(ip, now) {
-                        return Verdict::Drop(nat_reason(e));
-                    }
-                    self.counters.count(Traffic::Masqueraded, 1);
-                    if !decrement_hop_limit(f, false) || !f.adj(ethernet::HEADER_LEN) {
-                        return Verdict::Drop(DropReason::MalformedIp);
-                    }
-                    return self.forward(f, Side::Lan, false);
+                let Some(ip) = f.data_mut().get_mut(ethernet::HEADER_LEN..) else {
+                    return Verdict::Drop(DropReason::MalformedIp);
+                };
+                if let Err(e) = nat.inbound(ip, now) {
+                    return Verdict::Drop(nat_reason(e));
                 }
+                self.counters.count(Traffic::Masqueraded, 1);
+                if !decrement_hop_limit(f, false) || !f.adj(ethernet::HEADER_LEN) {
+                    return Verdict::Drop(DropReason::MalformedIp);
+                }
+                return self.forward(f, Side::Lan, false);
             }
         }
         // Clear traffic from a bound host (a road warrior's virtual IP) must come through its

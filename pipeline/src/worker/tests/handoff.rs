@@ -86,25 +86,18 @@ fn two_workers(slots: usize) -> (Rig, Rig, rtrb::Consumer<Datagram>) {
     (w0, w1, punt_rx)
 }
 
-/// The tunnel's other end: a gateway whose outbound SA (id 1) seals 10.2.0.0/24 ->
-/// 10.1.0.0/24 toward worker 1's inbound SPI.
-fn peer_of_w1() -> Rig {
+/// The tunnel's other end: a gateway whose outbound SA (id 1) seals 10.2.0.0/24 -> `to`
+/// toward worker 1's inbound SPI.
+fn peer_of_w1(to: &str) -> Rig {
     let mut peer = rig(1500);
     peer.update(Update::AddSa {
         dir: Direction::Outbound,
-        params: sa(
-            1,
-            SPI_IN_W1,
-            "192.0.2.2",
-            "192.0.2.1",
-            "10.2.0.0/24",
-            "10.1.0.0/24",
-        ),
+        params: sa(1, SPI_IN_W1, "192.0.2.2", "192.0.2.1", "10.2.0.0/24", to),
     });
     peer.update(Update::ReplaceSpd {
         rules: vec![Rule {
             id: 0,
-            selector: sel("10.2.0.0/24", "10.1.0.0/24"),
+            selector: sel("10.2.0.0/24", to),
             action: Action::Protect(SaId(1)),
         }],
     });
@@ -155,7 +148,7 @@ fn frames_reach_the_sa_owner_through_the_lane() {
     assert_eq!(w1.w.counters.traffic(Traffic::Encrypted), 1);
 
     // ESP for worker 1's SPI arriving at worker 0: opened by worker 1, on its LAN.
-    let mut peer = peer_of_w1();
+    let mut peer = peer_of_w1("10.1.0.0/24");
     peer.send_lan("10.2.0.7", "10.1.0.10", 100);
     let mut esp_in = peer.wan.recv().expect("the peer sealed");
     readdress(&mut esp_in, WAN_MAC, PEER_MAC);
@@ -311,7 +304,7 @@ fn an_answer_opened_by_the_other_worker_goes_to_the_masquerade_that_holds_its_se
         });
     }
     // The gateway: opens both client SAs, answers on the one client worker 1 owns.
-    let mut g = rig(1500);
+    let mut g = peer_of_w1("10.99.0.5/32");
     for (id, spi) in [(3u32, 0xa001u32), (4, 0xa002)] {
         g.update(Update::AddSa {
             dir: Direction::Inbound,
@@ -325,24 +318,6 @@ fn an_answer_opened_by_the_other_worker_goes_to_the_masquerade_that_holds_its_se
             ),
         });
     }
-    g.update(Update::AddSa {
-        dir: Direction::Outbound,
-        params: sa(
-            1,
-            SPI_IN_W1,
-            "192.0.2.2",
-            "192.0.2.1",
-            "10.2.0.0/24",
-            "10.99.0.5/32",
-        ),
-    });
-    g.update(Update::ReplaceSpd {
-        rules: vec![Rule {
-            id: 0,
-            selector: sel("10.2.0.0/24", "10.99.0.5/32"),
-            action: Action::Protect(SaId(1)),
-        }],
-    });
     let mut clock = 0;
     for (i, host_port) in [(0usize, 1234u16), (1, 0x12d2)] {
         clock += 1;
@@ -429,7 +404,7 @@ fn fragments_split_between_workers_meet_and_their_datagram_reaches_its_owner() {
     for r in [&mut w0, &mut w1] {
         r.w.set_reassembly(Some(ReasmConfig::default())).unwrap();
     }
-    let mut peer = peer_of_w1();
+    let mut peer = peer_of_w1("10.1.0.0/24");
     fn esp(peer: &mut Rig) -> MemFrame {
         peer.send_lan("10.2.0.7", "10.1.0.10", 600);
         let mut f = peer.wan.recv().expect("the peer sealed");
