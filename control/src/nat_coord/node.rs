@@ -37,6 +37,19 @@
 //!   over its blocks (compare-on-revision per block: one winner), reads their connections
 //!   and serves their addresses ([`Output::Serve`]: address takeover, gratuitous ARP).
 //!
+//! # Why a live node's block is never taken as an orphan
+//!
+//! A block is an orphan when its owner has no record in `nodes/`. The node and block views
+//! come from two reads and two watches, which the store answers on their own schedules (etcd
+//! catches up a watch that starts behind its head in the background, ~100 ms late, while a
+//! later one is live at once), so a block record can reach a node before its owner's record
+//! does. Two rules make "owner absent" mean "owner gone": a node writes a block (claim, take,
+//! its takes after a new lease) only once its own record under its current lease is in the
+//! store (it has seen it: [`MasqNode::is_ready`]), so the owner's record is older than its
+//! blocks; and a block counts as orphaned only when the node view is complete up to the
+//! block's revision (`nodes_rev`: the nodes read, then every nodes watch event), so that
+//! older record, had it been there, would have been seen.
+//!
 //! # Why no (address, port) is handed out twice
 //!
 //! A connection's key is its (address, port, protocol) and is created only if absent, so the
@@ -59,6 +72,7 @@ use super::records::{
 use crate::cluster::store::keys::Name;
 use crate::cluster::store::{
     Change, Event, Kv, LeaseId, Reply, Request, Revision, Sealer, Store, StoreError, Ticket, Txn,
+    WatchId,
 };
 
 /// A node's settings.
@@ -242,6 +256,8 @@ enum Pending {
     KeepAlive(LeaseId),
     LoadNodes,
     LoadBlocks,
+    /// The watch of `nodes/` (its id tells its resyncs apart).
+    NodesWatch,
     Watch,
     Claim(BlockId),
     Take(BlockId, u64),
@@ -280,6 +296,13 @@ pub struct MasqNode<S: Store> {
     /// Our own record as the store last showed it under the current lease (its revision): a
     /// deletion of `nodes/<me>` older than it is of an earlier lease.
     my_record: Option<Revision>,
+    /// Our record's write failed for a reason other than the lease: written again at the
+    /// next keep-alive.
+    put_node_again: bool,
+    /// The node view (`nodes`) holds every change to `nodes/` up to this revision: a block
+    /// written later may have an owner whose record has not reached us yet (module doc).
+    nodes_rev: Revision,
+    nodes_watch: Option<WatchId>,
     liveness: Liveness,
     next_heartbeat_ms: u64,
     nodes_loaded: bool,
@@ -337,6 +360,9 @@ impl<S: Store> MasqNode<S> {
             rejoin: false,
             regrant_at_ms: u64::MAX,
             my_record: None,
+            put_node_again: false,
+            nodes_rev: 0,
+            nodes_watch: None,
             liveness: Liveness::default(),
             next_heartbeat_ms: 0,
             nodes_loaded: false,
@@ -433,9 +459,10 @@ impl<S: Store> MasqNode<S> {
         }
     }
 
-    /// Whether the node is registered and has read the nodes and blocks.
+    /// Whether the node is registered (its record under its current lease seen in the store)
+    /// and has read the nodes and blocks. Blocks are claimed and taken only when it is.
     pub fn is_ready(&self) -> bool {
-        self.lease.is_some() && self.nodes_loaded && self.blocks_loaded
+        self.lease.is_some() && self.my_record.is_some() && self.nodes_loaded && self.blocks_loaded
     }
 
     /// The next outputs, in order.
@@ -475,6 +502,9 @@ impl<S: Store> MasqNode<S> {
             if now >= self.next_keepalive_ms {
                 self.submit(Request::LeaseKeepAlive(lease), Pending::KeepAlive(lease));
                 self.next_keepalive_ms = now.saturating_add(self.keepalive_every());
+                if std::mem::take(&mut self.put_node_again) {
+                    self.put_node();
+                }
             }
         }
         if self.lease.is_none() && !self.granting && now >= self.regrant_at_ms {
@@ -692,7 +722,9 @@ impl<S: Store> MasqNode<S> {
 
     /// Claims the first unclaimed block on our addresses; false if none is left.
     fn claim_block(&mut self) -> bool {
-        if self.claiming.is_some() || !self.blocks_loaded {
+        // Not before our record is in the store (module doc): the held flows are retried
+        // when it is.
+        if self.claiming.is_some() || !self.is_ready() {
             return true;
         }
         // A block of ours is still being read: allocate from it once it is.
@@ -859,7 +891,14 @@ impl<S: Store> MasqNode<S> {
                             self.change(c);
                         }
                     }
-                    Event::Resync { kvs, .. } => {
+                    Event::Resync {
+                        watch,
+                        kvs,
+                        revision,
+                    } => {
+                        if self.nodes_watch == Some(watch) {
+                            self.nodes_rev = self.nodes_rev.max(revision);
+                        }
                         // Everything the watch covers: puts for what is there (a key that
                         // went meanwhile stays until its own delete or a later read).
                         for kv in kvs {
@@ -913,21 +952,11 @@ impl<S: Store> MasqNode<S> {
                 self.started_ms = now;
                 self.put_node();
                 self.nodes.insert(self.name().to_string());
-                if std::mem::take(&mut self.rejoin) {
-                    // Blocks still recorded as ours: compete for them again (a successor
-                    // may be taking them now: one of us wins each).
-                    let mine: Vec<(BlockId, BlockRec, Revision)> = self
-                        .blocks
-                        .iter()
-                        .filter(|(b, (r, _))| r.owner == self.name() && !self.taking.contains(b))
-                        .map(|(b, (r, rev))| (*b, r.clone(), *rev))
-                        .collect();
-                    for (b, rec, rev) in mine {
-                        self.take(b, &rec, rev);
-                    }
-                }
+                // The blocks still recorded as ours (`rejoin`) are competed for once our
+                // record is seen (`registered`).
             }
             (Pending::LoadNodes, Reply::Range { kvs, revision }) => {
+                self.nodes_rev = self.nodes_rev.max(revision);
                 for kv in kvs {
                     self.change(Change::Put(kv));
                 }
@@ -938,9 +967,11 @@ impl<S: Store> MasqNode<S> {
                         prefix,
                         from: revision.saturating_add(1),
                     },
-                    Pending::Watch,
+                    Pending::NodesWatch,
                 );
+                self.registered();
             }
+            (Pending::NodesWatch, Reply::Watching(id)) => self.nodes_watch = Some(id),
             (Pending::LoadBlocks, Reply::Range { kvs, revision }) => {
                 for kv in kvs {
                     self.change(Change::Put(kv));
@@ -950,6 +981,7 @@ impl<S: Store> MasqNode<S> {
                 for b in self.owned_blocks() {
                     self.load_block(b);
                 }
+                self.registered();
                 let prefix = self.layout.prefix("blocks/");
                 self.submit(
                     Request::Watch {
@@ -1172,7 +1204,10 @@ impl<S: Store> MasqNode<S> {
                     c.busy = false;
                 }
             }
-            (Pending::PutNode(_) | Pending::KeepAlive(_) | Pending::Watch, _) => {}
+            (
+                Pending::PutNode(_) | Pending::KeepAlive(_) | Pending::Watch | Pending::NodesWatch,
+                _,
+            ) => {}
             (Pending::Revoke(n), _) => {
                 tracing::info!(target: "control", node = %n, "masq coordinator: a silent node's lease revoked");
             }
@@ -1220,6 +1255,9 @@ impl<S: Store> MasqNode<S> {
             }
             Pending::Take(b, _) => {
                 self.taking.remove(&b);
+            }
+            Pending::PutNode(id) if self.lease == Some(id) && self.my_record.is_none() => {
+                self.put_node_again = true;
             }
             Pending::Create { masq, flow } => {
                 self.creating.remove(&masq);
@@ -1353,12 +1391,16 @@ impl<S: Store> MasqNode<S> {
             self.stats.bad_records += 1;
             return;
         };
+        if matches!(k, MasqKey::Node(_)) {
+            self.nodes_rev = self.nodes_rev.max(c.revision());
+        }
         match (k, kv) {
             (MasqKey::Node(n), Some(kv)) => {
                 if let Some(rec) = self.open::<NodeRec>(kv) {
                     if n.as_str() == self.name() {
                         if self.lease.is_some_and(|l| l.0 == kv.lease) {
                             self.my_record = Some(kv.mod_revision);
+                            self.registered();
                         }
                         // A record of an earlier lease of ours (being replaced): not live.
                         return;
@@ -1642,7 +1684,9 @@ impl<S: Store> MasqNode<S> {
         let orphans: Vec<(BlockId, BlockRec, Revision)> = self
             .blocks
             .iter()
-            .filter(|(b, (r, _))| !self.nodes.contains(&r.owner) && !self.taking.contains(b))
+            .filter(|(b, (r, rev))| {
+                !self.nodes.contains(&r.owner) && *rev <= self.nodes_rev && !self.taking.contains(b)
+            })
             .map(|(b, (r, rev))| (*b, r.clone(), *rev))
             .collect();
         for (b, rec, rev) in orphans {
@@ -1667,6 +1711,28 @@ impl<S: Store> MasqNode<S> {
             self.taking.insert(b);
             self.submit(Request::Txn(txn), Pending::Take(b, new.epoch));
         }
+    }
+
+    /// Our record under the current lease is in the store and the nodes are read: the flows
+    /// held for a block claim are retried, and after a lost lease the blocks still recorded
+    /// as ours are competed for again (a successor may be taking them now: one of us wins
+    /// each).
+    fn registered(&mut self) {
+        if !self.is_ready() {
+            return;
+        }
+        if std::mem::take(&mut self.rejoin) {
+            let mine: Vec<(BlockId, BlockRec, Revision)> = self
+                .blocks
+                .iter()
+                .filter(|(b, (r, _))| r.owner == self.name() && !self.taking.contains(b))
+                .map(|(b, (r, rev))| (*b, r.clone(), *rev))
+                .collect();
+            for (b, rec, rev) in mine {
+                self.take(b, &rec, rev);
+            }
+        }
+        self.retry_held();
     }
 
     /// No ready block of ours is on `addr` any more: stop serving it.

@@ -37,6 +37,14 @@ struct Hub {
     /// A slow store: answers and events reach the nodes only at the next tick.
     slow: bool,
     later: Vec<(usize, Event)>,
+    /// Each watch's prefix (the watch being created: `creating`).
+    watch_prefix: HashMap<u64, Vec<u8>>,
+    creating: Option<Vec<u8>>,
+    /// A lagging watch (etcd catches up a watch that starts behind its head in the
+    /// background): events of this node's watches on prefixes containing this text are held
+    /// in `lagged` until `release_lag`.
+    lag: Option<(usize, Vec<u8>)>,
+    lagged: Vec<(usize, Event)>,
 }
 
 impl Hub {
@@ -54,10 +62,39 @@ impl Hub {
                 }
                 // A new watch's catch-up comes before its Done: the submitter's.
                 Event::Changes { watch, .. } | Event::Resync { watch, .. } => {
+                    if let Some(p) = &self.creating {
+                        self.watch_prefix
+                            .entry(watch.0)
+                            .or_insert_with(|| p.clone());
+                    }
                     *self.watch_owner.entry(watch.0).or_insert(self.current)
                 }
             };
-            if self.slow {
+            if let Event::Done {
+                result: Ok(Reply::Watching(w)),
+                ..
+            } = &ev
+            {
+                if let Some(p) = &self.creating {
+                    self.watch_prefix.insert(w.0, p.clone());
+                }
+            }
+            let lagging = match (&ev, &self.lag) {
+                (
+                    Event::Changes { watch, .. } | Event::Resync { watch, .. },
+                    Some((node, text)),
+                ) => {
+                    *node == owner
+                        && self
+                            .watch_prefix
+                            .get(&watch.0)
+                            .is_some_and(|p| p.windows(text.len()).any(|w| w == text.as_slice()))
+                }
+                _ => false,
+            };
+            if lagging {
+                self.lagged.push((owner, ev));
+            } else if self.slow {
                 self.later.push((owner, ev));
             } else {
                 self.push(owner, ev);
@@ -70,6 +107,14 @@ impl Hub {
             self.queues.push(VecDeque::new());
         }
         self.queues[owner].push_back(ev);
+    }
+
+    /// The lagging watch catches up: what it held arrives, in order, and it lags no more.
+    fn release_lag(&mut self) {
+        self.lag = None;
+        for (o, ev) in std::mem::take(&mut self.lagged) {
+            self.push(o, ev);
+        }
     }
 
     /// A slow store's answers arrive.
@@ -91,9 +136,14 @@ impl Store for Handle {
     fn submit(&mut self, req: Request) -> Result<Ticket, StoreError> {
         let mut h = self.hub.borrow_mut();
         h.current = self.id;
+        h.creating = match &req {
+            Request::Watch { prefix, .. } => Some(prefix.clone()),
+            _ => None,
+        };
         let t = h.mem.submit(req)?;
         h.ticket_owner.insert(t.0, self.id);
         h.route();
+        h.creating = None;
         Ok(t)
     }
 
@@ -154,6 +204,10 @@ impl Net {
                 current: 0,
                 slow: false,
                 later: Vec::new(),
+                watch_prefix: HashMap::new(),
+                creating: None,
+                lag: None,
+                lagged: Vec::new(),
             })),
             sealer: Arc::new(Sealer::new(Zeroizing::new([0x21; 32]))),
             access: Arc::new(AccessTable::allow_all()),
@@ -719,6 +773,51 @@ fn a_failed_ham_s_connections_are_taken_over() {
     }
     // Two takers cannot both win: c saw the same death and did not take anything.
     assert_eq!(net.n(c).stats.blocks_taken, 0);
+}
+
+/// A block record can reach a node before its owner's record does (two watches, answered
+/// on their own schedules): the owner is then live, and its block is not an orphan.
+#[test]
+fn a_block_seen_before_its_owners_record_is_not_taken_over() {
+    let mut net = Net::new();
+    // b is up first; its watch of the nodes then lags behind its watch of the blocks.
+    let b = net.add(Net::params("b", &[addr(2)]));
+    net.hub.borrow_mut().lag = Some((b, b"nodes/".to_vec()));
+    let a = net.add(Net::params("a", &[addr(1)]));
+    net.attach(a, client(1), "u1");
+    let f = flow(Proto::Tcp, client(1), 40000, 443);
+    let m = net.masq(a, f);
+    assert_eq!(m.addr, addr(1));
+    net.tick(500);
+    assert!(
+        !net.n(b).live_nodes().any(|n| n == "a"),
+        "the test's lag holds a's record back from b"
+    );
+    assert!(
+        net.n(b).owned_blocks().iter().all(|bl| bl.addr == addr(2)),
+        "b took a block of a live node: {:?}",
+        net.outputs[b]
+    );
+    assert!(!net.outputs[b].contains(&Output::Serve(addr(1))));
+    assert!(!net.outputs[a].contains(&Output::Unserve(addr(1))));
+
+    // The watch catches up: b sees a, and a's block stays a's.
+    net.hub.borrow_mut().release_lag();
+    net.tick(500);
+    assert!(net.n(b).live_nodes().any(|n| n == "a"));
+    assert_eq!(net.n(b).stats.blocks_taken, 0);
+    assert_eq!(net.recv(a, m), InVerdict::Local(f));
+
+    // A real death is still taken over once its record goes (ttl 3 s): the client, moved
+    // to b first, keeps its connection.
+    net.attach(b, client(1), "u1");
+    net.leave(a, client(1));
+    assert_eq!(net.recv(a, m), InVerdict::Forward("b".into()));
+    net.kill(a);
+    net.tick(4_000);
+    assert!(net.outputs[b].contains(&Output::Serve(addr(1))));
+    assert_eq!(net.n(b).stats.blocks_taken, 1);
+    assert_eq!(net.recv(b, m), InVerdict::Local(f));
 }
 
 #[test]
