@@ -185,7 +185,10 @@ mod tests {
         let e = parse::<LabConfig>(Path::new("lab.yaml"), &bad)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "lab.yaml:13:96: site_a.wan.mtu: invalid u16");
+        assert_eq!(
+            e,
+            "lab.yaml:13:96: site_a.wan.mtu: not valid here: expected a whole number from 0 to 65535"
+        );
         let bad = LAB.replacen("rate_pps: 0", "rate_ps: 0", 1);
         let e = parse::<LabConfig>(Path::new("lab.yaml"), &bad)
             .unwrap_err()

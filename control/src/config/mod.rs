@@ -196,6 +196,20 @@ fn parse_error(
                 .any(|s| matches!(s, Step::Key(k) if is_secret_key(k)));
             let what = if secret && carries_value(other) {
                 "not a valid value here (the value of a secret key is not shown)".to_string()
+            } else if let Error::InvalidScalar { ty, .. } = other {
+                scalar_expected(ty)
+            } else if let Error::DuplicateMappingKey { key, .. } = other {
+                match key {
+                    Some(k) => format!("`{k}` appears twice here (each key once per mapping)"),
+                    None => "a key appears twice here (each key once per mapping)".to_string(),
+                }
+            } else if matches!(other, Error::Eof { .. })
+                && text.lines().all(|l| {
+                    let l = l.trim();
+                    l.is_empty() || l.starts_with('#')
+                })
+            {
+                "the file has no settings (it is empty, or comments only)".to_string()
             } else {
                 DefaultMessageFormatter.format_message(other).into_owned()
             };
@@ -207,6 +221,25 @@ fn parse_error(
         key: key_path(&steps),
         what,
         at,
+    }
+}
+
+/// What a scalar of the parser's type `ty` must be ("invalid u16" alone does not say).
+fn scalar_expected(ty: &str) -> String {
+    let range =
+        |lo: i128, hi: i128| format!("not valid here: expected a whole number from {lo} to {hi}");
+    match ty {
+        "u8" => range(0, u8::MAX.into()),
+        "u16" => range(0, u16::MAX.into()),
+        "u32" => range(0, u32::MAX.into()),
+        "u64" | "usize" => range(0, u64::MAX.into()),
+        "i8" => range(i8::MIN.into(), i8::MAX.into()),
+        "i16" => range(i16::MIN.into(), i16::MAX.into()),
+        "i32" => range(i32::MIN.into(), i32::MAX.into()),
+        "i64" | "isize" => range(i64::MIN.into(), i64::MAX.into()),
+        "boolean" => "not valid here: expected true or false".to_string(),
+        "floating point" => "not valid here: expected a finite number".to_string(),
+        other => format!("not a valid {other}"),
     }
 }
 
@@ -481,6 +514,39 @@ mod tests {
         assert_eq!(e.key, "gateway.sas[2].spi", "{e}");
         assert_eq!(e.at.map(|a| a.0), Some(9), "{e}");
         assert!(e.to_string().starts_with("x.yaml:9:"), "{e}");
+    }
+
+    #[test]
+    fn a_number_out_of_range_says_what_the_key_takes() {
+        for (bad, line) in [("spi: -1", 9), ("spi: 4294967296", 9), ("spi: 2.5", 9)] {
+            let text = ITEMS.replace("spi: 300", &format!("{bad}\n      key: \"02\""));
+            let e = parse::<File>(Path::new("x.yaml"), &text).unwrap_err();
+            assert_eq!(e.key, "gateway.sas[2].spi", "{e}");
+            assert_eq!(e.at.map(|a| a.0), Some(line), "{e}");
+            assert!(
+                e.what.contains("a whole number from 0 to 4294967295"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_and_an_empty_file_are_said_plainly() {
+        let bad = ITEMS.replace("spi: 300", "spi: 300\n      spi: 301\n      key: \"02\"");
+        let e = parse::<File>(Path::new("x.yaml"), &bad).unwrap_err();
+        assert!(e.key.starts_with("gateway.sas[2]"), "{e}");
+        assert_eq!(
+            e.what, "`spi` appears twice here (each key once per mapping)",
+            "{e}"
+        );
+        for empty in ["", "\n  \n", "# gateway:\n#   name: gw\n"] {
+            let e = parse::<File>(Path::new("x.yaml"), empty).unwrap_err();
+            assert_eq!(
+                e.what, "the file has no settings (it is empty, or comments only)",
+                "{e}"
+            );
+            assert!(e.to_string().starts_with("x.yaml"), "{e}");
+        }
     }
 
     #[test]
