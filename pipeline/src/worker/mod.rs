@@ -228,6 +228,16 @@ enum Side {
     Wan,
 }
 
+impl Side {
+    /// The hand-off lane of frames received on this side.
+    fn lane(self) -> Lane {
+        match self {
+            Side::Lan => Lane::Lan,
+            Side::Wan => Lane::Wan,
+        }
+    }
+}
+
 /// What a worker does after a long run of polls that found nothing to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idle {
@@ -520,13 +530,7 @@ impl<P: Port> Worker<P> {
             Verdict::ToWan => self.wan_txq.push_back(f),
             Verdict::ToLan => self.lan_txq.push_back(f),
             Verdict::Resolve(side, hop) => self.resolve_and_send(side, hop, f),
-            Verdict::HandOff(w) => {
-                let from = match side {
-                    Side::Lan => Lane::Lan,
-                    Side::Wan => Lane::Wan,
-                };
-                self.handoff_q.push_back((w, from, f))
-            }
+            Verdict::HandOff(w) => self.handoff_q.push_back((w, side.lane(), f)),
             Verdict::HandOffInner(w) => {
                 self.counters.count(Traffic::VipAnswersHandedOff, 1);
                 self.handoff_q.push_back((w, Lane::Inner, f))

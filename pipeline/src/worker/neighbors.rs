@@ -6,7 +6,6 @@
 use core::net::IpAddr;
 
 use super::{Side, Verdict, Worker};
-use crate::handoff::Side as Lane;
 use crate::port::{Frame, Port};
 use crate::stats::{DropReason, Traffic};
 use crate::wire::{ethernet, icmpv6, ipv6, EtherType, IpProtocol};
@@ -41,10 +40,7 @@ impl<P: Port> Worker<P> {
         if self.handoff.is_none() {
             return;
         }
-        let lane = match side {
-            Side::Lan => Lane::Lan,
-            Side::Wan => Lane::Wan,
-        };
+        let lane = side.lane();
         for w in (0..self.workers).filter(|&w| w != self.id) {
             let port = match side {
                 Side::Lan => &mut self.lan,
