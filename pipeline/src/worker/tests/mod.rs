@@ -253,25 +253,13 @@ fn answer(f: &mut MemFrame, dst_mac: [u8; 6], src_mac: [u8; 6]) {
 
 /// Sends a frame on to the next link: new destination and source MACs.
 /// The server's answer to a masqueraded UDP datagram `out` (as it left the WAN), as the WAN
-/// brings it back: addresses and ports swapped, to the gateway's WAN MAC. Also returns the
-/// masquerading port it answers.
+/// brings it back: addresses and ports swapped ([`answer`]), to the gateway's WAN MAC. Also
+/// returns the masquerading port it answers.
 fn server_answer(out: &MemFrame) -> (MemFrame, u16) {
     let mut f = MemFrame::from_bytes(out.data()).unwrap();
-    let d = f.data_mut();
-    d[0..6].copy_from_slice(&WAN_MAC);
-    d[6..12].copy_from_slice(&PEER_MAC);
-    let mut ip = ipv4::Packet::new_unchecked(&mut d[14..]);
-    let (s, t) = (ip.src_addr(), ip.dst_addr());
-    ip.set_src_addr(t);
-    ip.set_dst_addr(s);
-    ip.fill_checksum();
-    let (s, t) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
-    let mut u = udp::Packet::new_unchecked(ip.payload_mut());
-    let (port, server) = (u.src_port(), u.dst_port());
-    u.set_dst_port(port);
-    u.set_src_port(server);
-    u.set_checksum(0);
-    u.fill_checksum(&s, &t);
+    answer(&mut f, WAN_MAC, PEER_MAC);
+    let ip = ipv4::Packet::new_checked(&f.data()[ethernet::HEADER_LEN..]).unwrap();
+    let port = udp::Packet::new_checked(ip.payload()).unwrap().dst_port();
     (f, port)
 }
 
