@@ -6,6 +6,15 @@
 //! Only encrypt: a replayed capture of ESP repeats sequence numbers, which roamgate's
 //! anti-replay check drops (ipsec-secgw's default path has no such check).
 //!
+//! Beside each size, the floor of these ports: a loop on the same kind of vdevs that receives
+//! a burst, seals each frame's payload in place with the same AEAD backend and key size and
+//! transmits it, and does nothing else (no parsing, policy, ESP header, trailer or counters).
+//! A gateway does all of that and more, so the floor is its ceiling (up to the noise of the
+//! machine and of code layout: the loop's own rate at 64 B moved by ~15% between builds that
+//! differed in a line outside it); what a gateway spends per packet beyond it is its own work,
+//! which is what the identical-port ratio compares. The worker and the floor are measured in
+//! turn, three runs each, and their medians reported.
+//!
 //! The EAL starts once per process, so every size is measured from one set of vdevs. Needs a
 //! build with the `dpdk` feature; without it [`encrypt_rates`] says so.
 
@@ -14,8 +23,20 @@ use std::time::Duration;
 
 use pipeline::crypto::Backend;
 
+/// One size's rates on the vdevs, in packets per second of wall time.
+#[derive(Clone, Copy, Debug)]
+pub struct VdevRate {
+    /// Frame size (Ethernet included) of the plaintext.
+    pub size: usize,
+    /// roamgate's worker, one SA.
+    pub pps: f64,
+    /// The floor (module doc): the PMDs and the AEAD alone.
+    pub floor_pps: f64,
+}
+
 /// Encrypt rates (packets per second of wall time, worker busy-polling on the first core) of
-/// one SA at each of `sizes`, each measured for `measure` after `warmup`.
+/// one SA at each of `sizes`, each measured for `measure` after `warmup`, and the floor of
+/// the same ports measured right after it.
 #[cfg(feature = "dpdk")]
 pub fn encrypt_rates(
     sizes: &[usize],
@@ -23,7 +44,7 @@ pub fn encrypt_rates(
     measure: Duration,
     backend: Backend,
     workdir: &Path,
-) -> Result<Vec<(usize, f64)>, String> {
+) -> Result<Vec<VdevRate>, String> {
     // `rte_eal_init` pins the thread that calls it to the main lcore, and every thread it
     // spawns later inherits that: done on the caller's thread, the rest of the perf lab (and
     // `get_core_ids`) would then see one core. So the EAL lives and dies on a thread of its
@@ -44,9 +65,9 @@ fn encrypt_rates_here(
     backend: Backend,
     workdir: &Path,
     core: Option<core_affinity::CoreId>,
-) -> Result<Vec<(usize, f64)>, String> {
+) -> Result<Vec<VdevRate>, String> {
     use std::net::Ipv4Addr;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Instant;
 
     use pipeline::pcap::PcapWriter;
@@ -72,6 +93,13 @@ fn encrypt_rates_here(
             path.display()
         ));
         vdevs.push(format!("--vdev=net_null{i},no-rx=1"));
+        // The floor's pair, fed from the same capture.
+        vdevs.push(format!(
+            "--vdev=net_pcap{},rx_pcap={},infinite_rx=1",
+            FLOOR_VDEVS + i,
+            path.display()
+        ));
+        vdevs.push(format!("--vdev=net_null{},no-rx=1", FLOOR_VDEVS + i));
     }
     let mut args: Vec<String> = [
         "--no-huge",
@@ -87,35 +115,153 @@ fn encrypt_rates_here(
     args.push(format!("--file-prefix=rg-perf-{}", std::process::id()));
     args.extend(vdevs);
     let eal = Eal::init(&args).map_err(|e| format!("EAL: {e}"))?;
+    let alg = match run::GCM {
+        pipeline::crypto::EspAlg::Aead(a) => a,
+        _ => return Err("the perf SA is not AEAD".into()),
+    };
+    let aead = pipeline::crypto::new_aead(backend, alg, &vec![0x5a; alg.key_len()])
+        .map_err(|e| e.to_string())?;
+    let aead = &*aead;
+    // The devices live as long as the EAL (a device that is dropped stops its port).
+    let mut devices = Vec::new();
+    let mut open = |name: String| -> Result<pipeline::port::dpdk::DpdkPort, String> {
+        let mut d = DpdkDevice::open(&eal, &name, 1, 1024, 0).map_err(|e| e.to_string())?;
+        let q = d.queue(0).map_err(|e| e.to_string())?;
+        devices.push(d);
+        Ok(q)
+    };
+    // One busy-polling run of `body` on the measuring core: the rate of what `count` reads,
+    // over `measure` after `warmup`.
+    let rate =
+        |count: &(dyn Fn() -> u64 + Sync), stop: &AtomicBool, body: &mut (dyn FnMut() + Send)| {
+            stop.store(false, Ordering::Relaxed);
+            std::thread::scope(|sc| {
+                sc.spawn(move || {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(c);
+                    }
+                    body()
+                });
+                std::thread::sleep(warmup);
+                let (t0, n0) = (Instant::now(), count());
+                std::thread::sleep(measure);
+                let (t1, n1) = (Instant::now(), count());
+                stop.store(true, Ordering::Relaxed);
+                n1.saturating_sub(n0) as f64 / (t1 - t0).as_secs_f64()
+            })
+        };
     let mut out = Vec::new();
     for (i, &s) in sizes.iter().enumerate() {
-        let mut lan_dev = DpdkDevice::open(&eal, &format!("net_pcap{i}"), 1, 1024, 0)
-            .map_err(|e| e.to_string())?;
-        let mut wan_dev = DpdkDevice::open(&eal, &format!("net_null{i}"), 1, 1024, 0)
-            .map_err(|e| e.to_string())?;
-        let lan = lan_dev.queue(0).map_err(|e| e.to_string())?;
-        let wan = wan_dev.queue(0).map_err(|e| e.to_string())?;
+        let (lan, wan) = (open(format!("net_pcap{i}"))?, open(format!("net_null{i}"))?);
         let (worker, _link) = run::one_sa_worker(lan, wan, backend)?;
         let handle = worker.handle();
+        let mut worker = Some(worker);
+        let mut floor_ports = Some((
+            open(format!("net_pcap{}", FLOOR_VDEVS + i))?,
+            open(format!("net_null{}", FLOOR_VDEVS + i))?,
+        ));
         let stop = AtomicBool::new(false);
-        let pps = std::thread::scope(|sc| {
-            let stop = &stop;
-            sc.spawn(move || {
-                if let Some(c) = core {
-                    core_affinity::set_for_current(c);
-                }
-                worker.run_with(None, stop, Idle::Spin)
-            });
-            std::thread::sleep(warmup);
-            let (t0, n0) = (Instant::now(), handle.counters.traffic(Traffic::Encrypted));
-            std::thread::sleep(measure);
-            let (t1, n1) = (Instant::now(), handle.counters.traffic(Traffic::Encrypted));
-            stop.store(true, Ordering::Relaxed);
-            (n1 - n0) as f64 / (t1 - t0).as_secs_f64()
+        let sealed = AtomicU64::new(0);
+        // The worker and the floor in turn, RUNS times each: their medians (the machine's
+        // noise then weighs on both alike).
+        let (mut ours, mut floors) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            ours.push(rate(
+                &|| handle.counters.traffic(Traffic::Encrypted),
+                &stop,
+                &mut || worker = worker.take().map(|w| w.run_with(None, &stop, Idle::Spin)),
+            ));
+            floors.push(rate(&|| sealed.load(Ordering::Relaxed), &stop, &mut || {
+                floor_ports = floor_ports
+                    .take()
+                    .map(|(lan, wan)| floor_loop(lan, wan, aead, &stop, &sealed));
+            }));
+        }
+        out.push(VdevRate {
+            size: s,
+            pps: median(&mut ours),
+            floor_pps: median(&mut floors),
         });
-        out.push((s, pps));
     }
     Ok(out)
+}
+
+/// Runs of the worker and of the floor per size.
+#[cfg(feature = "dpdk")]
+const RUNS: usize = 3;
+
+#[cfg(feature = "dpdk")]
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The floor's vdevs are numbered from here (roamgate's from 0).
+#[cfg(feature = "dpdk")]
+const FLOOR_VDEVS: usize = 100;
+
+/// The floor (module doc): receive a burst, seal each frame's bytes after the Ethernet header
+/// in place with its tag appended, transmit; `sealed` counts the sealed frames.
+#[cfg(feature = "dpdk")]
+fn floor_loop(
+    mut lan: pipeline::port::dpdk::DpdkPort,
+    mut wan: pipeline::port::dpdk::DpdkPort,
+    aead: &dyn pipeline::crypto::Aead,
+    stop: &std::sync::atomic::AtomicBool,
+    sealed: &std::sync::atomic::AtomicU64,
+) -> (
+    pipeline::port::dpdk::DpdkPort,
+    pipeline::port::dpdk::DpdkPort,
+) {
+    use std::collections::VecDeque;
+    use std::sync::atomic::Ordering;
+
+    use pipeline::crypto::{NONCE_LEN, TAG_LEN};
+    use pipeline::port::{Frame, Port};
+
+    const BURST: usize = 32;
+    const ETHERNET: usize = 14;
+    let mut rx = Vec::with_capacity(BURST);
+    let mut txq = VecDeque::with_capacity(4 * BURST);
+    // Two sets of nonces, each written a burst before it is used: a seal that reads a nonce
+    // stored just before waits for the store (`pipeline::worker::gcm_burst`). Each nonce is
+    // rewritten with a fresh number once used: none repeats.
+    let mut seq = 0u64;
+    let mut fresh = |n: &mut [u8; NONCE_LEN]| {
+        seq += 1;
+        n[NONCE_LEN - 8..].copy_from_slice(&seq.to_be_bytes());
+    };
+    let mut nonces = [[[0u8; NONCE_LEN]; BURST]; 2];
+    nonces.iter_mut().flatten().for_each(&mut fresh);
+    let mut cur = 0;
+    let aad = [0u8; 8];
+    let mut n = sealed.load(Ordering::Relaxed);
+    while !stop.load(Ordering::Relaxed) {
+        rx.clear();
+        lan.rx_burst(&mut rx, BURST);
+        let used = rx.len();
+        for (mut f, nonce) in rx.drain(..).zip(nonces[cur].iter()) {
+            if !f.append(TAG_LEN) {
+                continue;
+            }
+            let d = f.data_mut();
+            let Some(split) = d.len().checked_sub(TAG_LEN).filter(|&s| s >= ETHERNET) else {
+                continue;
+            };
+            let (body, tag) = d.split_at_mut(split);
+            let Ok(tag) = <&mut [u8; TAG_LEN]>::try_from(tag) else {
+                continue;
+            };
+            aead.seal_in_place(nonce, &aad, &mut body[ETHERNET..], tag);
+            n += 1;
+            txq.push_back(f);
+        }
+        nonces[cur].iter_mut().take(used).for_each(&mut fresh);
+        cur ^= 1;
+        while !txq.is_empty() && wan.tx_burst(&mut txq) > 0 {}
+        sealed.store(n, Ordering::Relaxed);
+    }
+    (lan, wan)
 }
 
 /// Without the `dpdk` feature there is no DPDK port to measure.
@@ -126,6 +272,6 @@ pub fn encrypt_rates(
     _measure: Duration,
     _backend: Backend,
     _workdir: &Path,
-) -> Result<Vec<(usize, f64)>, String> {
+) -> Result<Vec<VdevRate>, String> {
     Err("not in this build (build with --features dpdk)".into())
 }
