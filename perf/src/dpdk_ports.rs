@@ -236,14 +236,15 @@ fn floor_loop(
     let mut cur = 0;
     let aad = [0u8; 8];
     let mut n = sealed.load(Ordering::Relaxed);
+    // Each burst is sealed after the next one is received, as the worker seals at a burst's
+    // end: a seal's masked loads of the payload's last bytes wait for stores still in flight
+    // (the PMD's copy into the mbuf), which one burst's time lets settle.
+    let mut held: Vec<pipeline::port::dpdk::DpdkFrame> = Vec::with_capacity(BURST);
     while !stop.load(Ordering::Relaxed) {
         rx.clear();
         lan.rx_burst(&mut rx, BURST);
-        let used = rx.len();
-        for (mut f, nonce) in rx.drain(..).zip(nonces[cur].iter()) {
-            if !f.append(TAG_LEN) {
-                continue;
-            }
+        let used = held.len();
+        for (mut f, nonce) in held.drain(..).zip(nonces[cur].iter()) {
             let d = f.data_mut();
             let Some(split) = d.len().checked_sub(TAG_LEN).filter(|&s| s >= ETHERNET) else {
                 continue;
@@ -258,6 +259,10 @@ fn floor_loop(
         }
         nonces[cur].iter_mut().take(used).for_each(&mut fresh);
         cur ^= 1;
+        held.extend(
+            rx.drain(..)
+                .filter_map(|mut f| f.append(TAG_LEN).then_some(f)),
+        );
         while !txq.is_empty() && wan.tx_burst(&mut txq) > 0 {}
         sealed.store(n, Ordering::Relaxed);
     }
