@@ -49,7 +49,8 @@ enum PerfWhat {
         /// Frame sizes, comma-separated.
         #[arg(long, default_value = "64,1420")]
         sizes: String,
-        /// Seconds measured per size (after a half-second warm-up).
+        /// Seconds measured per run (after a half-second warm-up); three runs of the worker
+        /// and three of the floor per size, in turn, their medians printed.
         #[arg(long, default_value_t = 2.0)]
         secs: f64,
     },
@@ -279,6 +280,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
                 std::env::temp_dir().join(format!("roamgate-perf-dpdk-{}", std::process::id()));
             let r = roamgate_perf::dpdk_ports::encrypt_rates(
                 &sizes,
+                3,
                 Duration::from_millis(500),
                 Duration::from_secs_f64(secs),
                 pipeline::crypto::best_backend(),

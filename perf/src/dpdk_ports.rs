@@ -13,7 +13,8 @@
 //! machine and of code layout: the loop's own rate at 64 B moved by ~15% between builds that
 //! differed in a line outside it); what a gateway spends per packet beyond it is its own work,
 //! which is what the identical-port ratio compares. The worker and the floor are measured in
-//! turn, three runs each, and their medians reported.
+//! turn, a few runs each (three in the report, one in its quick smoke run), and their medians
+//! reported.
 //!
 //! The EAL starts once per process, so every size is measured from one set of vdevs. Needs a
 //! build with the `dpdk` feature; without it [`encrypt_rates`] says so.
@@ -35,11 +36,12 @@ pub struct VdevRate {
 }
 
 /// Encrypt rates (packets per second of wall time, worker busy-polling on the first core) of
-/// one SA at each of `sizes`, each measured for `measure` after `warmup`, and the floor of
-/// the same ports measured right after it.
+/// one SA at each of `sizes`, and the floor of the same ports: `runs` runs of each in turn,
+/// each measured for `measure` after `warmup`, their medians.
 #[cfg(feature = "dpdk")]
 pub fn encrypt_rates(
     sizes: &[usize],
+    runs: usize,
     warmup: Duration,
     measure: Duration,
     backend: Backend,
@@ -51,7 +53,7 @@ pub fn encrypt_rates(
     // own.
     let core = core_affinity::get_core_ids().and_then(|c| c.first().copied());
     std::thread::scope(|s| {
-        s.spawn(|| encrypt_rates_here(sizes, warmup, measure, backend, workdir, core))
+        s.spawn(|| encrypt_rates_here(sizes, runs, warmup, measure, backend, workdir, core))
             .join()
             .map_err(|_| "the DPDK measurement thread panicked".to_string())?
     })
@@ -60,6 +62,7 @@ pub fn encrypt_rates(
 #[cfg(feature = "dpdk")]
 fn encrypt_rates_here(
     sizes: &[usize],
+    runs: usize,
     warmup: Duration,
     measure: Duration,
     backend: Backend,
@@ -162,10 +165,10 @@ fn encrypt_rates_here(
         ));
         let stop = AtomicBool::new(false);
         let sealed = AtomicU64::new(0);
-        // The worker and the floor in turn, RUNS times each: their medians (the machine's
+        // The worker and the floor in turn, `runs` times each: their medians (the machine's
         // noise then weighs on both alike).
         let (mut ours, mut floors) = (Vec::new(), Vec::new());
-        for _ in 0..RUNS {
+        for _ in 0..runs.max(1) {
             ours.push(rate(
                 &|| handle.counters.traffic(Traffic::Encrypted),
                 &stop,
@@ -185,10 +188,6 @@ fn encrypt_rates_here(
     }
     Ok(out)
 }
-
-/// Runs of the worker and of the floor per size.
-#[cfg(feature = "dpdk")]
-const RUNS: usize = 3;
 
 #[cfg(feature = "dpdk")]
 fn median(v: &mut [f64]) -> f64 {
@@ -273,6 +272,7 @@ fn floor_loop(
 #[cfg(not(feature = "dpdk"))]
 pub fn encrypt_rates(
     _sizes: &[usize],
+    _runs: usize,
     _warmup: Duration,
     _measure: Duration,
     _backend: Backend,

@@ -507,6 +507,7 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
     pr.step("roamgate on DPDK vdevs");
     let on_dpdk = crate::dpdk_ports::encrypt_rates(
         &[64, 1420],
+        if q { 1 } else { 3 },
         Duration::from_millis(if q { 200 } else { 500 }),
         Duration::from_secs(if q { 1 } else { 2 }),
         b,
@@ -886,7 +887,8 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
          wall time from the worker's counters), so the PMDs' own costs are in both figures. The \
          floor is a loop on the same vdevs that only receives, seals each frame's payload in \
          place with the same AEAD backend and key and transmits (no parsing, policy, ESP header \
-         or trailer, counters; the worker and the floor in turn, medians of three runs): a \
+         or trailer, counters; the worker and the floor in turn, medians of three runs, one in \
+         a quick run): a \
          gateway does all that and more, so floor / secgw is about the most any gateway can be \
          against ipsec-secgw here, and each gateway's ns/pkt beyond the floor is its own work \
          (the PMDs' and the AEAD's costs are the same in all three):\n\n\
