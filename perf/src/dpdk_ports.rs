@@ -9,12 +9,12 @@
 //! Beside each size, the floor of these ports: a loop on the same kind of vdevs that receives
 //! a burst, seals each frame's payload in place with the same AEAD backend and key size and
 //! transmits it, and does nothing else (no parsing, policy, ESP header, trailer or counters).
-//! A gateway does all of that and more, so the floor is its ceiling (up to the noise of the
-//! machine and of code layout: the loop's own rate at 64 B moved by ~15% between builds that
-//! differed in a line outside it); what a gateway spends per packet beyond it is its own work,
-//! which is what the identical-port ratio compares. The worker and the floor are measured in
-//! turn, a few runs each (three in the report, one in its quick smoke run), and their medians
-//! reported.
+//! A gateway does all of that and more, so the floor is its ceiling, up to the noise of the
+//! machine and of code layout (an earlier version of the loop moved by ~15% at 64 B between
+//! two builds that differed by one branch in it, never taken). What a gateway spends per
+//! packet beyond the floor is its own work, which is what the identical-port ratio compares.
+//! The worker and the floor are measured in turn, a few runs each (three in the report, one
+//! in its quick smoke run), and their medians reported.
 //!
 //! The EAL starts once per process, so every size is measured from one set of vdevs. Needs a
 //! build with the `dpdk` feature; without it [`encrypt_rates`] says so.
