@@ -95,8 +95,9 @@ fn roamgate_client_against_a_strongswan_gateway() {
         .swanctl(&["--rekey", "--ike", "rw"])
         .contains("rekey completed successfully"));
     assert_eq!(pings(&home, SERVER, 2), 2);
-    // The view is rebuilt at most so often (its cost kept to 5% of the control loop's time):
-    // a rekey just done may show a moment later (a CI run read a view without it).
+    // `swanctl --rekey` only queues the rekey in charon (vici's `rekey` replies "success" once
+    // the job is queued), so the exchange may still be under way here: a CI run read the
+    // client's view before charon's IKE rekey request had reached it.
     wait_for("the gateway's rekeys in the client's view", 10, || {
         let v = ike_view(&client.socket);
         v["child_rekeys_by_peer"].as_u64() >= Some(1) && v["ike_rekeys_by_peer"].as_u64() >= Some(1)
