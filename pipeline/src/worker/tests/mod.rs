@@ -251,7 +251,6 @@ fn answer(f: &mut MemFrame, dst_mac: [u8; 6], src_mac: [u8; 6]) {
     u.fill_checksum(&s, &t);
 }
 
-/// Sends a frame on to the next link: new destination and source MACs.
 /// The server's answer to a masqueraded UDP datagram `out` (as it left the WAN), as the WAN
 /// brings it back: addresses and ports swapped ([`answer`]), to the gateway's WAN MAC. Also
 /// returns the masquerading port it answers.
@@ -263,6 +262,7 @@ fn server_answer(out: &MemFrame) -> (MemFrame, u16) {
     (f, port)
 }
 
+/// Sends a frame on to the next link: new destination and source MACs.
 fn readdress(f: &mut MemFrame, dst_mac: [u8; 6], src_mac: [u8; 6]) {
     let mut eth = ethernet::Frame::new_unchecked(f.data_mut());
     eth.set_dst_addr(dst_mac);
