@@ -294,7 +294,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
                     v.size,
                     v.pps / 1e6,
                     v.floor_pps / 1e6,
-                    1e9 / v.pps.max(1e-9) - 1e9 / v.floor_pps.max(1e-9)
+                    v.ns_beyond_floor(v.pps)
                 );
             }
             Ok(())

@@ -35,6 +35,14 @@ pub struct VdevRate {
     pub floor_pps: f64,
 }
 
+impl VdevRate {
+    /// The time per packet beyond the floor of a gateway that reaches `pps` on these ports:
+    /// its own work (module doc).
+    pub fn ns_beyond_floor(&self, pps: f64) -> f64 {
+        1e9 / pps.max(1e-9) - 1e9 / self.floor_pps.max(1e-9)
+    }
+}
+
 /// Encrypt rates (packets per second of wall time, worker busy-polling on the first core) of
 /// one SA at each of `sizes`, and the floor of the same ports: `runs` runs of each in turn,
 /// each measured for `measure` after `warmup`, their medians.

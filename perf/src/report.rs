@@ -894,8 +894,6 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
          (the PMDs' and the AEAD's costs are the same in all three):\n\n\
          | direction | size | ipsec-secgw Mpps | roamgate on DPDK Mpps | roamgate / secgw | floor Mpps | floor / secgw | secgw beyond the floor ns/pkt | roamgate beyond the floor ns/pkt |\n|---|---|---|---|---|---|---|---|---|"
     );
-    // ns per packet beyond the floor, for a rate of `pps`.
-    let beyond = |pps: f64, floor: f64| 1e9 / pps.max(1e-9) - 1e9 / floor.max(1e-9);
     match &on_dpdk {
         Ok(rows) => {
             for v in rows {
@@ -911,8 +909,8 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
                             ours / theirs.max(1e-9),
                             floor / 1e6,
                             floor / theirs.max(1e-9),
-                            beyond(theirs, floor),
-                            beyond(ours, floor)
+                            v.ns_beyond_floor(theirs),
+                            v.ns_beyond_floor(ours)
                         );
                     }
                     None => {
@@ -922,7 +920,7 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
                             size_name(v.size),
                             ours / 1e6,
                             floor / 1e6,
-                            beyond(ours, floor)
+                            v.ns_beyond_floor(ours)
                         );
                     }
                 }
@@ -1048,8 +1046,8 @@ pub fn run(plan: &Plan) -> Result<PathBuf, String> {
             if let Some(theirs) = secgw_pps(Dir::Encrypt, v.size) {
                 let x = v.pps / theirs.max(1e-9);
                 // What the goal leaves roamgate beyond the floor, against what it spends.
-                let allowed = 1e9 / (goal * theirs).max(1e-9) - 1e9 / v.floor_pps.max(1e-9);
-                let spent = 1e9 / v.pps.max(1e-9) - 1e9 / v.floor_pps.max(1e-9);
+                let allowed = v.ns_beyond_floor(goal * theirs);
+                let spent = v.ns_beyond_floor(v.pps);
                 let _ = writeln!(
                     r,
                     "- encrypt {} on the same DPDK vdevs: {x:.2}x ipsec-secgw, goal {goal}x: {} \
