@@ -283,6 +283,8 @@ impl ControlCore {
                         return;
                     }
                     self.direct.manager.handle(now, vip, &msg);
+                    // A rekey a client asked for (`RekeyNeeded`) is offered at once.
+                    self.direct_rekeys(now);
                     self.flush_manager(now);
                 } else {
                     self.direct.malformed += 1;

@@ -3,14 +3,16 @@
 //! range: `vcm::manager::rekey`); a client moves its traffic onto the successor's outbound SA
 //! after the peer's `PeerReady` (the peer installed the successor's inbound SA first) and
 //! deletes the old outbound SA at once; the old inbound SA goes when the gateway returns the
-//! old pair (both moved), after `INBOUND_GRACE`.
+//! old pair (both moved), after `INBOUND_GRACE`. A client whose data plane warns that a
+//! direct outbound SA nears its last sequence number (`Event::SeqNearWrap`; direct SAs have
+//! no ESN) asks the gateway for the pair's rekey at once.
 //!
 //! Nonces: the successor has new keys and new SPIs, its outbound SA is installed once starting
 //! at sequence number 1; the old outbound SA is deleted when the traffic moves and never
 //! installed again. No (SPI, sequence number) is sent twice.
 
 use ike::Instant;
-use proto::{Direction, Update};
+use proto::{Direction, SaId, Spi, Update};
 use rand_core::RngCore;
 
 use super::{direct_params, host_prefix, ControlCore};
@@ -44,6 +46,36 @@ impl ControlCore {
                     .log(format!("vcm: pair {old}: not rekeyed (not established)")),
             }
         }
+    }
+
+    /// Client: our data plane warned that outbound SA `id` (`spi`) nears its last sequence
+    /// number. A direct pair's: the manager is asked for the pair's rekey now (the pair ends
+    /// at [`SEQ_WRAP_GRACE`](crate::vcm::manager::rekey::SEQ_WRAP_GRACE) if no successor took
+    /// its traffic by then). False: not a direct SA (a CHILD_SA's warning is `decisions`').
+    pub(in crate::core) fn direct_seq_near_wrap(
+        &mut self,
+        now: Instant,
+        id: SaId,
+        spi: Spi,
+        seq: u64,
+    ) -> bool {
+        let Some(pair) = self
+            .direct
+            .pairs
+            .iter()
+            .find(|(_, p)| p.out_installed && p.out_id == id && p.out_spi == spi)
+            .map(|(k, _)| *k)
+        else {
+            return false;
+        };
+        if self.direct.client.seq_near_wrap(now, pair) {
+            self.out.log(format!(
+                "vcm: pair {pair}: outbound direct SA {:08x} at sequence number {seq}: rekey asked for now",
+                spi.0
+            ));
+        }
+        self.client_actions(now);
+        true
     }
 
     /// Client: the peer installed `pair`'s inbound SA: our traffic to it moves from `old`'s

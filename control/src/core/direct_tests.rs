@@ -528,3 +528,101 @@ fn a_rekey_the_peer_does_not_answer_returns_the_pair_before_its_hard_lifetime() 
     );
     assert_eq!(w.gw(2).core().direct_view().client.expired, 1);
 }
+
+/// Client `i`'s outbound direct SA (its id and SPI), if it has one.
+fn direct_out_sa(w: &mut World, i: usize) -> Option<(proto::SaId, Spi)> {
+    w.gw(i).link.workers[0]
+        .outbound
+        .iter()
+        .map(|(id, spi)| (*id, *spi))
+        .find(|(_, s)| s.0 >> 24 == 0xff)
+}
+
+/// Client `i`'s data plane warns that its outbound direct SA nears 2^32 - 1 (no ESN).
+fn seq_near_wrap(w: &mut World, i: usize) -> Spi {
+    let (id, spi) = direct_out_sa(w, i).expect("an outbound direct SA");
+    w.gw(i).link.report(DpEvent::SeqNearWrap {
+        worker: 0,
+        id,
+        spi,
+        seq: (1 << 32) - (1 << 24),
+        limit: u64::from(u32::MAX),
+    });
+    spi
+}
+
+#[test]
+fn a_direct_sa_near_its_sequence_limit_is_rekeyed_at_once() {
+    // Pairs live an hour: without the warning the rekey would come after 51 minutes.
+    let (mut w, a, b) = world();
+    hairpin(&mut w, a, b);
+    w.run_for(Duration::from_millis(300));
+    direct_rx(&mut w, 1, 10);
+    direct_rx(&mut w, 2, 10);
+    w.run_for(Duration::from_millis(100));
+    let old2 = direct_out_sa(&mut w, 2).unwrap().1;
+    let old1 = seq_near_wrap(&mut w, 1);
+    let mut top = 10;
+    for _ in 0..5 {
+        top += 10;
+        for i in [1, 2] {
+            for spi in direct_ins(&mut w, i) {
+                w.gw(i).link.report(DpEvent::SaState {
+                    worker: 0,
+                    generation: 0,
+                    id: proto::SaId(0),
+                    spi,
+                    state: SaState::Inbound {
+                        replay: ReplayState { top, seen: vec![] },
+                    },
+                });
+            }
+        }
+        w.run_for(Duration::from_millis(100));
+    }
+    // Within half a second both seal on the successor; the warned SA is gone.
+    for (i, old) in [(1, old1), (2, old2)] {
+        let outs = direct_outs(&mut w, i);
+        assert_eq!(outs.len(), 1, "client {i}: {outs:?}");
+        assert_ne!(outs[0], old, "client {i} still seals on the old pair");
+        assert_eq!(w.gw(i).core().direct_pairs().len(), 1, "client {i} direct");
+        assert_eq!(w.gw(i).core().direct_view().client.rekeys, 1);
+    }
+    assert!(w.gw(1).link.workers[0]
+        .received
+        .iter()
+        .any(|u| matches!(u, Update::DeleteOutbound { .. })));
+    let v = w.gw(0).core().direct_view();
+    assert_eq!((v.manager.rekeys_asked, v.manager.rekeys), (1, 1), "{v:?}");
+    assert_eq!(w.gw(1).core().direct_view().client.rekeys_asked, 1);
+    assert_eq!(w.gw(2).core().direct_view().client.rekeys_asked, 0);
+}
+
+#[test]
+fn a_direct_sa_near_its_sequence_limit_goes_back_to_the_gateway_path_if_no_rekey_comes() {
+    let (mut w, a, b) = world();
+    hairpin(&mut w, a, b);
+    w.run_for(Duration::from_millis(300));
+    // From now on client 1's messages to the gateway are lost (its IKE SA stays).
+    w.fault = Some(Box::new(|from, to, _| !(from == 1 && to == 0)));
+    seq_near_wrap(&mut w, 1);
+    let asked = w.now;
+    let mut back = None;
+    for k in 0..30u64 {
+        // The direct path carries traffic both ways all along.
+        direct_rx(&mut w, 1, 10 + k);
+        direct_rx(&mut w, 2, 10 + k);
+        w.run_for(Duration::from_millis(100));
+        if back.is_none() && w.gw(1).core().direct_pairs().is_empty() {
+            back = Some(w.now.saturating_duration_since(asked));
+        }
+    }
+    let back = back.expect("client 1 back on the gateway path");
+    assert!(
+        back >= Duration::from_millis(900) && back <= Duration::from_millis(1200),
+        "{back:?}"
+    );
+    assert!(direct_outs(&mut w, 1).is_empty(), "its outbound SA deleted");
+    assert_eq!(w.gw(1).core().direct_view().client.expired, 1);
+    assert_eq!(w.gw(0).core().direct_view().manager.rekeys, 0);
+}

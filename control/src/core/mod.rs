@@ -291,6 +291,12 @@ impl ControlCore {
                 return;
             }
         }
+        if let DpEvent::SeqNearWrap { id, spi, seq, .. } = *e {
+            if self.direct_seq_near_wrap(now, id, spi, seq) {
+                self.pump(now);
+                return;
+            }
+        }
         if matches!(e, DpEvent::SeqCheckpoint { .. } | DpEvent::SaState { .. }) {
             if self.seq_reports.len() >= MAX_SEQ_REPORTS {
                 self.seq_reports.pop_front();

@@ -108,6 +108,10 @@ pub enum Msg {
     /// Client -> gateway: acknowledges [`Msg::PeerMoved`] `seq` (an older move's
     /// acknowledgement does not acknowledge a newer one).
     Moved { pair: u64, seq: u32 },
+    /// Client -> gateway: the pair's outbound direct SA is close to its last sequence number
+    /// (`Event::SeqNearWrap`: 2^24 packets before 2^32 - 1, direct SAs have no ESN): rekey
+    /// the pair now, before its soft lifetime, or its sender stops sealing.
+    RekeyNeeded { pair: u64 },
 }
 
 impl Msg {
@@ -123,7 +127,8 @@ impl Msg {
             | Msg::Returned { pair }
             | Msg::Rekey { pair, .. }
             | Msg::PeerMoved { pair, .. }
-            | Msg::Moved { pair, .. } => *pair,
+            | Msg::Moved { pair, .. }
+            | Msg::RekeyNeeded { pair } => *pair,
             Msg::Hello => 0,
         }
     }
@@ -140,6 +145,7 @@ impl Msg {
             Msg::Hello => 8,
             Msg::Idle { .. } => 9,
             Msg::Rekey { .. } => 10,
+            Msg::RekeyNeeded { .. } => 11,
             Msg::PeerMoved { .. } => 20,
             Msg::Moved { .. } => 21,
         }
@@ -233,6 +239,7 @@ impl Msg {
             7 => Msg::Returned { pair },
             8 if pair == 0 => Msg::Hello,
             9 => Msg::Idle { pair },
+            11 => Msg::RekeyNeeded { pair },
             20 => {
                 let seq = u32::from_be_bytes(r.array()?);
                 let ip = r.ip()?;

@@ -54,6 +54,9 @@ pub struct DirectCounts {
     pub expired: u64,
     /// Moves of a peer relayed (manager) or taken (client).
     pub moves: u64,
+    /// Rekeys asked for because an outbound direct SA neared its last sequence number: asked
+    /// by the client, taken by the manager.
+    pub rekeys_asked: u64,
 }
 
 /// One client of a pair as the manager tracks it.
@@ -326,6 +329,13 @@ impl Manager {
                 }
             }
             Msg::Moved { seq, .. } => self.moved_acked(pair, i, *seq),
+            Msg::RekeyNeeded { .. } => {
+                if self.rekey_asked(pair) {
+                    self.counts.rekeys_asked += 1;
+                } else {
+                    self.counts.duplicates += 1;
+                }
+            }
             Msg::Offer { .. }
             | Msg::PeerReady { .. }
             | Msg::Return { .. }
@@ -549,6 +559,7 @@ impl DirectClient {
             | Msg::Idle { .. }
             | Msg::Returned { .. }
             | Msg::Moved { .. }
+            | Msg::RekeyNeeded { .. }
             | Msg::Hello => self.counts.wrong_direction += 1,
             // The Rekey arm above.
         }

@@ -673,3 +673,107 @@ fn a_rekey_offer_has_fresh_spis_encodes_whole_and_is_refused_from_a_client() {
     );
     assert_eq!(m.counts().rekeys, 1);
 }
+
+/// An established pair of the manager (first Offer per member returned too).
+fn established_pair(m: &mut Manager, lifetime: u32) -> (u64, Vec<(IpAddr, Msg)>) {
+    let pair = m.offer(
+        t(0),
+        (vip(1), addr("192.0.2.10:4500")),
+        (vip(2), addr("198.51.100.10:4500")),
+        keys(),
+        lifetime,
+    );
+    m.schedule_rekey(pair, 0);
+    let offers: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+    for v in [vip(1), vip(2)] {
+        m.handle(t(1), v, &Msg::Installed { pair });
+    }
+    for v in [vip(1), vip(2)] {
+        m.handle(t(2), v, &Msg::Switching { pair });
+    }
+    let _ = std::iter::from_fn(|| m.poll_transmit()).count();
+    (pair, offers)
+}
+
+#[test]
+fn a_rekey_asked_for_near_the_sequence_limit_is_due_at_once_and_once() {
+    let mut m = Manager::default();
+    let pending = m.offer(
+        t(0),
+        (vip(3), addr("192.0.2.30:4500")),
+        (vip(4), addr("192.0.2.40:4500")),
+        keys(),
+        3600,
+    );
+    m.handle(t(1), vip(3), &Msg::RekeyNeeded { pair: pending });
+    assert_eq!(
+        m.poll_rekey_due(),
+        None,
+        "not established: nothing to rekey"
+    );
+    assert_eq!(m.counts().duplicates, 1);
+
+    let (pair, _) = established_pair(&mut m, 3600);
+    m.handle(t(3), vip(9), &Msg::RekeyNeeded { pair });
+    assert_eq!(m.counts().not_member, 1);
+    assert_eq!(m.poll_rekey_due(), None);
+    // Both ask (each one's outbound SA warned): queued once, due now, not at 51-57 min.
+    m.handle(t(3), vip(1), &Msg::RekeyNeeded { pair });
+    m.handle(t(3), vip(2), &Msg::RekeyNeeded { pair });
+    assert_eq!(m.counts().rekeys_asked, 2);
+    assert_eq!(m.poll_rekey_due(), Some(pair));
+    assert_eq!(m.poll_rekey_due(), None);
+    let new = m.rekey(t(3), pair, keys()).expect("established");
+    // Being replaced: a late ask changes nothing, and the soft lifetime no longer comes.
+    m.handle(t(4), vip(1), &Msg::RekeyNeeded { pair });
+    assert_eq!(m.counts().duplicates, 2);
+    m.handle_timeout(t(3_600_000 * 9 / 10));
+    assert_eq!(m.poll_rekey_due(), None);
+    assert_ne!(new, pair);
+    // The encoding: kind 11, the pair, nothing else; a gateway's message kind at a client.
+    let msg = Msg::RekeyNeeded { pair };
+    let b = msg.encode();
+    assert_eq!(b.len(), 10);
+    assert_eq!(Msg::decode(&b), Ok(msg.clone()));
+    assert!(Msg::decode(&b[..9]).is_err());
+    let mut c = DirectClient::default();
+    c.handle(t(5), &msg);
+    assert_eq!(c.counts().wrong_direction, 1);
+}
+
+#[test]
+fn a_client_asks_for_the_rekey_near_the_sequence_limit_and_goes_back_if_it_does_not_come() {
+    let mut m = Manager::default();
+    let (pair, offers) = established_pair(&mut m, 3600);
+    let offer = offers
+        .iter()
+        .find_map(|(v, msg)| (*v == vip(1)).then_some(msg.clone()))
+        .unwrap();
+    let mut c = DirectClient::default();
+    assert!(!c.seq_near_wrap(t(0), pair), "an unknown pair");
+    c.handle(t(0), &offer);
+    assert!(!c.seq_near_wrap(t(0), pair), "not sending directly yet");
+    c.handle(t(10), &Msg::PeerReady { pair });
+    assert!(c.sends_direct(pair));
+    let _ = std::iter::from_fn(|| c.poll_action()).count();
+    let _ = std::iter::from_fn(|| c.poll_transmit()).count();
+
+    assert!(c.seq_near_wrap(t(100), pair));
+    assert_eq!(c.poll_transmit(), Some(Msg::RekeyNeeded { pair }));
+    assert_eq!(c.counts().rekeys_asked, 1);
+    // Inbound traffic keeps the path alive; the deadline is the grace, not the hour.
+    let grace = t(100).saturating_add(rekey::SEQ_WRAP_GRACE);
+    c.direct_authenticated(t(900), pair);
+    assert_eq!(c.poll_timeout(), Some(grace));
+    c.handle_timeout(t(1099));
+    assert!(c.sends_direct(pair));
+    c.handle_timeout(grace);
+    assert!(!c.sends_direct(pair));
+    let actions: Vec<_> = std::iter::from_fn(|| c.poll_action()).collect();
+    assert!(
+        actions.contains(&Action::BackToGateway { pair }),
+        "{actions:?}"
+    );
+    assert!(actions.contains(&Action::DeleteSas { pair }), "{actions:?}");
+    assert_eq!(c.poll_transmit(), Some(Msg::Idle { pair }));
+}

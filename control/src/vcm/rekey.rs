@@ -11,6 +11,10 @@
 //! both moved (both `Switching` of the new pair): then the manager sends `Return` of the old
 //! pair, which deletes only its SAs (the inbound after the grace of `INBOUND_GRACE`).
 //!
+//! A client whose outbound direct SA nears its last sequence number (direct SAs have no ESN:
+//! 2^32 - 1, reached in minutes at line rate) asks for the rekey at once
+//! ([`Msg::RekeyNeeded`]); the manager then rekeys the pair as at its soft lifetime.
+//!
 //! A rekey that does not get through (a client does not answer) is returned like a pair that
 //! does not get through (`GIVE_UP`), and by [`LAST_CHANCE_PERMILLE`] of the old pair's
 //! lifetime at the latest: both pairs go back to the gateway path before the hard lifetime.
@@ -116,6 +120,25 @@ impl Manager {
         Some(new)
     }
 
+    /// A member's [`Msg::RekeyNeeded`]: its outbound direct SA nears the end of its sequence
+    /// numbers, so the pair is due now rather than at its soft lifetime. False (nothing done)
+    /// when the pair is not established, is already being replaced (that rekey serves) or is
+    /// retired.
+    pub(super) fn rekey_asked(&mut self, pair: u64) -> bool {
+        let Some(p) = self.pairs.get_mut(&pair) else {
+            return false;
+        };
+        let free = p.rk.replaces.is_none() && p.rk.replaced_by.is_none() && !p.rk.retired;
+        if !free || !established(p) || p.m.iter().any(|m| m.returning.is_some()) {
+            return false;
+        }
+        p.rk.rekey_at = None;
+        if !self.rekey_due.contains(&pair) {
+            self.rekey_due.push_back(pair);
+        }
+        true
+    }
+
     /// Whether `pair` is a successor whose rekey is under way.
     pub fn rekey_pending(&self, pair: u64) -> bool {
         self.pairs
@@ -182,7 +205,29 @@ impl Manager {
     }
 }
 
+/// How long after asking for a rekey ([`Msg::RekeyNeeded`]) a pair may still seal on its
+/// outbound SA: not moved to a successor by then, it goes back to the gateway path as at its
+/// hard lifetime (the data plane's warning comes 2^24 packets before the last sequence
+/// number: about 1.7 s at 10 Mpps).
+pub const SEQ_WRAP_GRACE: Duration = Duration::from_secs(1);
+
 impl DirectClient {
+    /// Our data plane warned that `pair`'s outbound direct SA nears its last sequence number:
+    /// the gateway is asked for the rekey now, and the pair ends [`SEQ_WRAP_GRACE`] from now
+    /// unless its successor took its traffic by then. False: the pair does not send directly
+    /// here.
+    pub fn seq_near_wrap(&mut self, now: Instant, pair: u64) -> bool {
+        if !self.sends_direct(pair) {
+            return false;
+        }
+        let end = now.saturating_add(SEQ_WRAP_GRACE);
+        let hard = self.hard.entry(pair).or_insert(end);
+        *hard = (*hard).min(end);
+        self.counts.rekeys_asked += 1;
+        self.out.push_back(Msg::RekeyNeeded { pair });
+        true
+    }
+
     pub(super) fn set_hard(&mut self, now: Instant, pair: u64, lifetime_secs: u32) {
         self.hard.insert(
             pair,
