@@ -151,6 +151,38 @@ fn an_unwritable_stats_file_is_refused_at_start_up() {
     }
 }
 
+/// A group member (`group:`) and an HA node (`ha:`) run their control half in the control
+/// process: `run --single-process` refuses either file at start-up, the section named,
+/// instead of running a gateway that silently leaves the group or the pair out.
+#[test]
+fn single_process_refuses_a_group_member_and_an_ha_node() {
+    let dir = scratch("run_checks_single_process");
+    for (example, key) in [("group-member.yaml", "group:"), ("ha-a.yaml", "ha:")] {
+        let cfg = dir.join(example);
+        std::fs::copy(root().join("configs").join(example), &cfg).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+            .args(["run", "--single-process", "--config"])
+            .arg(&cfg)
+            .arg("--socket")
+            .arg(cfg.with_extension("sock"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("roamgate starts");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{example}:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("{}: {key}", cfg.display()))
+                && stderr.contains("--single-process"),
+            "{example}: the file, the section and the flag named:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("worker(s) on"),
+            "{example}: no port opened:\n{stderr}"
+        );
+    }
+}
+
 /// `roamgate check --config FILE`: the shipped certificate gateway with a PKI made by
 /// make-test-ca.sh is OK (exit 0, its connections counted); the same with a broken ESP
 /// proposal or a missing key file is refused with the file and key named (exit 1).

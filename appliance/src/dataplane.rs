@@ -213,6 +213,21 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
             args.config.display()
         );
     }
+    if file.group.is_some() {
+        if with_ike {
+            bail!(
+                "{}: group: a group member runs as two processes (`roamgate run` without \
+                 --single-process): its registration and rekeys live in the control process",
+                args.config.display()
+            );
+        }
+        if args.shm.is_none() {
+            tracing::warn!(target: "dataplane",
+                "{}: the group section is left to `roamgate run`: the data plane alone holds no group SA",
+                args.config.display()
+            );
+        }
+    }
     args.check_outputs()?;
     // A data plane under a supervisor is given its socket (or none) explicitly.
     if args.shm.is_none() {
