@@ -213,18 +213,28 @@ pub fn run(mut args: DataplaneArgs, with_ike: bool) -> Result<()> {
             args.config.display()
         );
     }
-    if file.group.is_some() {
-        if with_ike {
-            bail!(
-                "{}: group: a group member runs as two processes (`roamgate run` without \
-                 --single-process): its registration and rekeys live in the control process",
-                args.config.display()
-            );
-        }
-        if args.shm.is_none() {
+    if file.group.is_some() && with_ike {
+        bail!(
+            "{}: group: a group member runs as two processes (`roamgate run` without \
+             --single-process): its registration and rekeys live in the control process",
+            args.config.display()
+        );
+    }
+    if !with_ike && args.shm.is_none() {
+        // `roamgate dataplane` alone: what needs a control plane is not run here.
+        let left: Vec<&str> = [
+            ("group", file.group.is_some()),
+            ("ha", ha.is_some()),
+            ("vcm", file.vcm.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, on)| on.then_some(k))
+        .collect();
+        if !left.is_empty() {
             tracing::warn!(target: "dataplane",
-                "{}: the group section is left to `roamgate run`: the data plane alone holds no group SA",
-                args.config.display()
+                "{}: not run by the data plane alone (they need `roamgate run`): {}",
+                args.config.display(),
+                left.join(", ")
             );
         }
     }
