@@ -589,6 +589,19 @@ impl GatewayConfig {
             i.check_next_hops()
                 .map_err(|(k, w)| err(format!("{at}.{side}.{k}"), w))?;
         }
+        // One address on both sides: ARP, IKE and ESP would answer on the wrong port.
+        let lan_addrs = [Some(self.lan.address), self.lan.address6.map(IpAddr::V6)];
+        for (key, a) in [
+            ("address", Some(self.wan.address)),
+            ("address6", self.wan.address6.map(IpAddr::V6)),
+        ] {
+            if let Some(a) = a.filter(|a| lan_addrs.contains(&Some(*a))) {
+                return Err(err(
+                    format!("{at}.wan.{key}"),
+                    format!("{a} is also the LAN side's address: each side needs its own"),
+                ));
+            }
+        }
         if self.wan.checksum.is_some() {
             return Err(err(
                 format!("{at}.wan.checksum"),
@@ -899,6 +912,7 @@ mod tests {
     fn a_name_that_could_be_a_path_is_refused() {
         let f = Path::new("x.yaml");
         let v4 = "address: 10.0.0.1";
+        let w4 = "address: 192.0.2.1";
         for bad in [
             "../../x",
             "a/b",
@@ -908,13 +922,13 @@ mod tests {
             "name\u{0}",
             &"n".repeat(33),
         ] {
-            let mut gw = gateway(v4, v4);
+            let mut gw = gateway(v4, w4);
             gw.name = bad.to_string();
             let e = gw.validate(f, "gateway").unwrap_err();
             assert_eq!(e.key, "gateway.name", "{bad:?}: {e}");
         }
         for good in ["gw", "gw-a", "site_b.2", &"n".repeat(32)] {
-            let mut gw = gateway(v4, v4);
+            let mut gw = gateway(v4, w4);
             gw.name = good.to_string();
             assert!(gw.validate(f, "gateway").is_ok(), "{good:?}");
         }
@@ -925,19 +939,20 @@ mod tests {
         let f = Path::new("x.yaml");
         let ok = |lan: &str, wan: &str| gateway(lan, wan).validate(f, "gateway").map(|_| ());
         let v4 = "address: 10.0.0.1";
-        assert!(ok(&format!("{v4}, mtu: 576"), v4).is_ok());
-        assert!(ok(v4, &format!("{v4}, mtu: 9216")).is_ok());
+        let w4 = "address: 192.0.2.1";
+        assert!(ok(&format!("{v4}, mtu: 576"), w4).is_ok());
+        assert!(ok(v4, &format!("{w4}, mtu: 9216")).is_ok());
         for (lan, wan, key) in [
-            (format!("{v4}, mtu: 20"), v4.to_string(), "gateway.lan.mtu"),
-            (format!("{v4}, mtu: 575"), v4.to_string(), "gateway.lan.mtu"),
+            (format!("{v4}, mtu: 20"), w4.to_string(), "gateway.lan.mtu"),
+            (format!("{v4}, mtu: 575"), w4.to_string(), "gateway.lan.mtu"),
             (
                 v4.to_string(),
-                format!("{v4}, mtu: 65535"),
+                format!("{w4}, mtu: 65535"),
                 "gateway.wan.mtu",
             ),
             (
                 v4.to_string(),
-                format!("{v4}, mtu: 9217"),
+                format!("{w4}, mtu: 9217"),
                 "gateway.wan.mtu",
             ),
             // IPv6, alone or next to IPv4 on the link: 1280 at least.
@@ -948,7 +963,7 @@ mod tests {
             ),
             (
                 format!("{v4}, address6: \"2001:db8::1\", mtu: 1000"),
-                v4.to_string(),
+                w4.to_string(),
                 "gateway.lan.mtu",
             ),
         ] {
@@ -956,7 +971,7 @@ mod tests {
             assert_eq!(e.key, key, "{e}");
         }
         assert!(ok(v4, "address: \"2001:db8::1\", mtu: 1280").is_ok());
-        let e = ok(&format!("{v4}, mtu: 20"), v4).unwrap_err().to_string();
+        let e = ok(&format!("{v4}, mtu: 20"), w4).unwrap_err().to_string();
         assert!(e.contains("20 is outside 576..=9216"), "{e}");
     }
 
@@ -964,14 +979,48 @@ mod tests {
     fn checksum_completion_is_a_lan_key() {
         let f = Path::new("x.yaml");
         let v4 = "address: 10.0.0.1";
-        let g = gateway(&format!("{v4}, checksum: complete"), v4);
+        let w4 = "address: 192.0.2.1";
+        let g = gateway(&format!("{v4}, checksum: complete"), w4);
         assert_eq!(g.lan.checksum, Some(ChecksumChoice::Complete));
         assert!(g.validate(f, "gateway").is_ok());
-        assert_eq!(gateway(v4, v4).lan.checksum, None, "pass by default");
-        let e = gateway(v4, &format!("{v4}, checksum: verify"))
+        assert_eq!(gateway(v4, w4).lan.checksum, None, "pass by default");
+        let e = gateway(v4, &format!("{w4}, checksum: verify"))
             .validate(f, "gateway")
             .unwrap_err();
         assert_eq!(e.key, "gateway.wan.checksum", "{e}");
+    }
+
+    #[test]
+    fn one_address_on_both_sides_is_refused() {
+        let f = Path::new("x.yaml");
+        let e = gateway("address: 10.0.0.1", "address: 10.0.0.1")
+            .validate(f, "gateway")
+            .unwrap_err();
+        assert_eq!(e.key, "gateway.wan.address", "{e}");
+        assert!(
+            e.to_string()
+                .contains("10.0.0.1 is also the LAN side's address"),
+            "{e}"
+        );
+        let v6 = "address6: \"2001:db8::1\"";
+        let e = gateway(
+            &format!("address: 10.0.0.1, {v6}"),
+            &format!("address: 192.0.2.1, {v6}"),
+        )
+        .validate(f, "gateway")
+        .unwrap_err();
+        assert_eq!(e.key, "gateway.wan.address6", "{e}");
+        // The WAN's IPv6 address as the LAN's only address, too.
+        let e = gateway(
+            "address: \"2001:db8::1\"",
+            &format!("address: 192.0.2.1, {v6}"),
+        )
+        .validate(f, "gateway")
+        .unwrap_err();
+        assert_eq!(e.key, "gateway.wan.address6", "{e}");
+        assert!(gateway("address: 10.0.0.1", "address: 192.0.2.1")
+            .validate(f, "gateway")
+            .is_ok());
     }
 
     #[test]
