@@ -233,3 +233,47 @@ fn check_validates_a_file_with_its_credentials() {
     assert_eq!(code, Some(1));
     assert!(err.contains("nokey.yaml: ike.connections[0].key"), "{err}");
 }
+
+/// `roamgate check` tells the other kinds of file apart by their sections and checks each as
+/// its command would: the lab's, a crypto node's (with a broken key named), a key server's.
+#[test]
+fn check_reads_the_lab_the_crypto_node_and_the_key_server_files() {
+    let dir = scratch("check_kinds");
+    let check = |p: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+            .args(["check", "--config"])
+            .arg(p)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    for (example, says) in [
+        (
+            "lab.yaml",
+            "OK: lab (`roamgate lab --config`), sites site-a and site-b",
+        ),
+        (
+            "cluster/crypto-node.yaml",
+            "OK: crypto node 1 (`roamgate crypto-node`)",
+        ),
+        ("gcks.yaml", "OK: key server gcks"),
+    ] {
+        let (code, out) = check(&root().join("configs").join(example));
+        assert_eq!(code, Some(0), "{example}: {out}");
+        assert!(out.contains(says), "{example}: {out}");
+    }
+    let text = std::fs::read_to_string(root().join("configs/cluster/crypto-node.yaml")).unwrap();
+    assert!(text.contains("listen: 169.254.80.1:7600"), "{text}");
+    let bad = dir.join("node.yaml");
+    std::fs::write(&bad, text.replacen(":7600", ":76000", 1)).unwrap();
+    let (code, out) = check(&bad);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("{}:", bad.display())) && out.contains("cluster.listen"),
+        "{out}"
+    );
+}

@@ -115,10 +115,11 @@ enum Command {
     /// A line for an EAP user file (`ike.eap.users_file`): `NAME:nthash`, the password read
     /// from standard input (its first line), never written anywhere.
     EapUser(EapUserArgs),
-    /// Check a gateway's config file without starting anything (as `nginx -t` does): the
-    /// file, the data-plane section, every connection with its credentials (certificates,
-    /// keys, CAs, CRLs, the EAP users file) and the HA or cluster section. Prints what it
-    /// holds and its warnings, or the file, the key and what is wrong (non-zero exit).
+    /// Check a config file without starting anything (as `nginx -t` does): a gateway's (the
+    /// file, the data-plane section, every connection with its credentials: certificates,
+    /// keys, CAs, CRLs, the EAP users file; the HA or cluster section), a crypto node's, a key
+    /// server's or the lab's, told apart by their sections. Prints what it holds and its
+    /// warnings, or the file, the key and what is wrong (non-zero exit).
     Check(CheckArgs),
 }
 
@@ -132,11 +133,55 @@ struct CheckArgs {
 /// `roamgate check --config X`.
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let path = &args.config;
-    // A key server's file (`roamgate gcks`) has a `gcks` section instead of `gateway`.
-    if std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l.starts_with("gcks:"))) {
+    // Which kind of file, by its top-level sections: a key server's (`roamgate gcks`) has
+    // `gcks`, the lab's `site_a`/`site_b`, a crypto node's `cluster` and no `dataplane`.
+    let top: Vec<String> = std::fs::read_to_string(path)
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+                .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let has = |k: &str| top.iter().any(|t| t == k);
+    if has("gcks") {
         for l in gcks_cmd::check_lines(path)? {
             println!("{}: OK: {l}", path.display());
         }
+        return Ok(());
+    }
+    if has("site_a") || has("site_b") {
+        let lab: control::config::LabConfig = control::config::load(path)?;
+        let (a, b) = lab.validate(path)?;
+        let backend = lab.crypto_backend.resolve().map_err(anyhow::Error::msg)?;
+        println!(
+            "{}: OK: lab (`roamgate lab --config`), sites {} and {}, {} + {} static SA(s), AEAD backend {backend:?}",
+            path.display(),
+            lab.site_a.name,
+            lab.site_b.name,
+            a.sas.len(),
+            b.sas.len(),
+        );
+        return Ok(());
+    }
+    if has("cluster") && !has("dataplane") {
+        let file: config::CryptoNodeFile = control::config::load(path)?;
+        let c = file.validate(path)?;
+        file.ike.admission(path, "ike")?;
+        // The store's section, its key file read (not etcd: `check` connects to nothing).
+        #[cfg(feature = "etcd")]
+        if let Some(y) = &file.store {
+            y.plan(path, "store")?;
+        }
+        println!(
+            "{}: OK: crypto node {} (`roamgate crypto-node`), {} IKE connection(s), edges' channel on {}{}",
+            path.display(),
+            c.cluster.node_id,
+            c.conns.len(),
+            c.cluster.listen,
+            if file.store.is_some() { ", SA repository in etcd" } else { "" },
+        );
         return Ok(());
     }
     let file: config::DataplaneFile = control::config::load(path)?;
@@ -156,6 +201,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     let role = match (&c.ha, &c.edge) {
         (Some(_), _) => ", a node of an HA pair",
+        (None, Some(e)) if e.encryption_node => ", a cluster encryption node",
         (None, Some(_)) => ", a cluster edge",
         (None, None) => "",
     };
