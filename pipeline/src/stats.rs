@@ -247,8 +247,11 @@ pub enum Traffic {
     Bypassed,
     /// Rewritten by the masquerade.
     Masqueraded,
-    /// ICMP errors generated (fragmentation needed / packet too big).
+    /// ICMP errors generated (fragmentation needed / packet too big, time exceeded, host /
+    /// address unreachable).
     IcmpSent,
+    /// ICMP errors not sent: over the worker's budget (`worker::icmp_error`).
+    IcmpRateLimited,
     /// ARP replies and neighbour advertisements sent for our own addresses.
     NeighborReplies,
     /// ARP requests and neighbour solicitations sent (resolution and probes).
@@ -303,6 +306,7 @@ impl Traffic {
         Traffic::Bypassed,
         Traffic::Masqueraded,
         Traffic::IcmpSent,
+        Traffic::IcmpRateLimited,
         Traffic::NeighborReplies,
         Traffic::NeighborRequests,
         Traffic::IkeSent,
@@ -341,6 +345,7 @@ impl Traffic {
             Traffic::Bypassed => "bypassed",
             Traffic::Masqueraded => "masqueraded",
             Traffic::IcmpSent => "icmp_sent",
+            Traffic::IcmpRateLimited => "icmp_rate_limited",
             Traffic::NeighborReplies => "neighbor_replies",
             Traffic::NeighborRequests => "neighbor_requests",
             Traffic::IkeSent => "ike_sent",

@@ -19,6 +19,8 @@ pub const DEFAULT_TTL: u8 = 64;
 pub const CODE_FRAG_NEEDED: u8 = 4;
 /// Time exceeded code "TTL exceeded in transit".
 pub const CODE_TTL_EXCEEDED: u8 = 0;
+/// Destination unreachable, code 1: host unreachable.
+pub const CODE_HOST_UNREACHABLE: u8 = 1;
 
 mod field {
     use super::{Field, Rest};
@@ -429,6 +431,16 @@ pub fn build_frag_needed(
     build_error(out, src, invoking, |data_len| Repr::DstUnreachable {
         code: CODE_FRAG_NEEDED,
         next_hop_mtu: mtu,
+        data_len,
+    })
+}
+
+/// "Host unreachable" (type 3 code 1, RFC 1812 4.3.3.1: the next hop never answered ARP)
+/// about `invoking`, from `src`.
+pub fn build_host_unreachable(out: &mut [u8], src: Ipv4Addr, invoking: &[u8]) -> Option<usize> {
+    build_error(out, src, invoking, |data_len| Repr::DstUnreachable {
+        code: CODE_HOST_UNREACHABLE,
+        next_hop_mtu: 0,
         data_len,
     })
 }

@@ -17,6 +17,8 @@ pub const HEADER_LEN: usize = 8;
 pub const DEFAULT_HOP_LIMIT: u8 = 64;
 /// Time exceeded code "hop limit exceeded in transit".
 pub const CODE_HOP_LIMIT_EXCEEDED: u8 = 0;
+/// Destination unreachable, code 3: address unreachable.
+pub const CODE_ADDRESS_UNREACHABLE: u8 = 3;
 
 mod field {
     use super::{Field, Rest};
@@ -449,6 +451,17 @@ pub fn build_packet_too_big(
 ) -> Option<usize> {
     build_error(out, src, invoking, Message::PacketTooBig, |data_len| {
         Repr::PacketTooBig { mtu, data_len }
+    })
+}
+
+/// "Address unreachable" (type 1 code 3, RFC 4443 3.1: neighbour discovery for the next hop
+/// failed) about `invoking`, from `src`.
+pub fn build_address_unreachable(out: &mut [u8], src: Ipv6Addr, invoking: &[u8]) -> Option<usize> {
+    build_error(out, src, invoking, Message::DstUnreachable, |data_len| {
+        Repr::DstUnreachable {
+            code: CODE_ADDRESS_UNREACHABLE,
+            data_len,
+        }
     })
 }
 

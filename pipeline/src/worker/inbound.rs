@@ -11,6 +11,7 @@ use core::net::{IpAddr, Ipv4Addr};
 use super::cbc_burst::OpenLater;
 use super::emit::{decrement_hop_limit, rewrite_inner};
 use super::group::Groups;
+use super::icmp_error::{ip_of, IcmpError};
 use super::parse::{outer_addrs, outer_udp_src_port, parse_inner, parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
 use crate::esp::sa::Encap;
@@ -127,6 +128,7 @@ impl<P: Port> Worker<P> {
         }
         // Clear traffic from the protected side.
         if pkt.hop_limit <= 1 {
+            self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Wan, now);
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         let to_masquerade = !pkt.ipv6
@@ -224,6 +226,8 @@ impl<P: Port> Worker<P> {
         }
         self.counters.count_rule(rule.id);
         if pkt.hop_limit <= 1 {
+            let now = self.now;
+            self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Wan, now);
             return Some(Verdict::Drop(DropReason::TtlExceeded));
         }
         if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
@@ -352,6 +356,14 @@ impl<P: Port> Worker<P> {
             return sa_drop(&self.sad, &self.groups, DropReason::PolicyMismatch);
         }
         if inner.hop_limit <= 1 {
+            // Back into the tunnel it came from (traceroute through the tunnel).
+            self.send_icmp_error(
+                IcmpError::TimeExceeded,
+                f.data(),
+                inner.ipv6,
+                Side::Wan,
+                now,
+            );
             return sa_drop(&self.sad, &self.groups, DropReason::TtlExceeded);
         }
         // RFC 6040 decapsulation: CE on the outer marks an ECN-capable inner packet; a

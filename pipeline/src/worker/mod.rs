@@ -67,6 +67,7 @@ mod hairpin;
 mod handoff;
 mod hold;
 mod hosts;
+mod icmp_error;
 mod ike_io;
 mod inbound;
 mod masq;
@@ -187,6 +188,8 @@ pub struct Worker<P: Port> {
     unknown_spi_total: u64,
     /// When an unknown-SPI, auth-failure and replay-failure report last went out.
     reported_at: [u64; 3],
+    /// What is left of this second's ICMP errors (`icmp_error`).
+    icmp_budget: icmp_error::IcmpBudget,
     /// The checkpoints of outbound SAs installed without their own.
     checkpoint_default: Checkpoint,
     /// Outbound SAs that report their sequence numbers by time too.
@@ -318,6 +321,7 @@ impl<P: Port> Worker<P> {
             now: 0,
             unknown_spi_total: 0,
             reported_at: [0; 3],
+            icmp_budget: icmp_error::IcmpBudget::default(),
             checkpoint_default: Checkpoint::OFF,
             timed: Default::default(),
             counters: Arc::new(CoreCounters::default()),

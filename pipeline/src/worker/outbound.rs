@@ -9,6 +9,7 @@ use core::net::IpAddr;
 use super::cbc_burst::SealLater;
 use super::emit::decrement_hop_limit;
 use super::gcm_burst;
+use super::icmp_error::{ip_of, IcmpError};
 use super::parse::{parse_ip, IpInfo};
 use super::{nat_reason, Side, Verdict, Worker};
 use crate::esp::sa::OutboundSa;
@@ -32,6 +33,7 @@ impl<P: Port> Worker<P> {
             Err(r) => return Verdict::Drop(r),
         };
         if pkt.hop_limit <= 1 {
+            self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Lan, now);
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         // A road warrior's virtual IP: one exact-match lookup before the SPD. On a client, a
@@ -221,6 +223,9 @@ impl<P: Port> Worker<P> {
 
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" back to the sender on the LAN.
     pub(super) fn send_too_big(&mut self, f: &P::Frame, ipv6: bool, mtu: usize) {
+        if !self.icmp_allowed() {
+            return;
+        }
         let Some(mut out) = self.lan.alloc() else {
             return;
         };

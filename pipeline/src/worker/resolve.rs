@@ -16,6 +16,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::emit::push_eth_to;
+use super::icmp_error::{ip_of, IcmpError};
 use super::{Side, Worker};
 use crate::neighbor::frames::{self, ARP_FRAME_LEN, ND_FRAME_LEN};
 use crate::neighbor::{
@@ -24,7 +25,7 @@ use crate::neighbor::{
 use crate::port::{Frame, Port};
 use crate::spd::Prefix;
 use crate::stats::{CoreCounters, DropReason, L3Stat, Traffic};
-use crate::wire::ethernet;
+use crate::wire::{ethernet, EtherType};
 
 /// How long a memoised destination's MAC is used without asking the cache.
 pub const MEMO_NS: u64 = 100_000_000;
@@ -345,7 +346,17 @@ impl<P: Port> Worker<P> {
                     set_dst(&mut frame, mac);
                     self.txq(side).push_back(frame);
                 }
-                Action::Unreachable { .. } => {}
+                Action::Unreachable { frame, .. } => {
+                    // Its sender is on the other side.
+                    let ipv6 = ethernet::Frame::new_checked(frame.data())
+                        .is_ok_and(|e| e.ethertype() == EtherType::Ipv6);
+                    let from = match side {
+                        Side::Lan => Side::Wan,
+                        Side::Wan => Side::Lan,
+                    };
+                    let now = self.now;
+                    self.send_icmp_error(IcmpError::Unreachable, ip_of(&frame), ipv6, from, now);
+                }
             }
         }
         self.publish_neighbors(side);

@@ -23,6 +23,7 @@ mod filters;
 mod group;
 mod hairpin;
 mod handoff;
+mod icmp;
 mod ike_io;
 mod inbound;
 mod l3;
