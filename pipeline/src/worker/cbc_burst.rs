@@ -55,6 +55,10 @@ impl<P: Port> Worker<P> {
         if !self.cbc_opens.is_empty() {
             self.open_cbc_burst(now);
         }
+        // ICMP errors about what came from the WAN go out sealed with this burst.
+        if !self.icmp_pending.is_empty() {
+            self.flush_icmp_errors(now);
+        }
         if !self.gcm_seals.is_empty() {
             self.seal_gcm_burst();
         }

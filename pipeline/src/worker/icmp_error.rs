@@ -78,7 +78,6 @@ impl<P: Port> Worker<P> {
         invoking: &[u8],
         ipv6: bool,
         from: Side,
-        now: u64,
     ) {
         let Some((src, dst)) = invoking_addrs(invoking, ipv6) else {
             return;
@@ -141,16 +140,27 @@ impl<P: Port> Worker<P> {
                 }
             }
             Side::Wan => {
-                // As a frame from the LAN: the outbound path seals or forwards it.
+                // As a frame from the LAN, into the outbound path at the burst's end
+                // (`flush_icmp_errors`): here a sealed packet may still wait for its frame.
                 let mac = self.lan_link.mac;
-                if !push_eth_to(&mut out, mac, mac, ipv6) {
-                    return;
+                if push_eth_to(&mut out, mac, mac, ipv6) {
+                    self.icmp_pending.push(out);
                 }
-                self.counters.count(Traffic::IcmpSent, 1);
-                let v = self.outbound(&mut out, now);
-                self.dispatch(out, Side::Lan, v);
             }
         }
+    }
+
+    /// The errors about what came from the WAN, through the outbound path (sealed with the
+    /// burst's other packets). Called by `finish_burst` before its seals, when every parked
+    /// seal has its frame.
+    pub(super) fn flush_icmp_errors(&mut self, now: u64) {
+        let mut pending = core::mem::take(&mut self.icmp_pending);
+        for mut f in pending.drain(..) {
+            self.counters.count(Traffic::IcmpSent, 1);
+            let v = self.outbound(&mut f, now);
+            self.dispatch(f, Side::Lan, v);
+        }
+        self.icmp_pending = pending;
     }
 }
 

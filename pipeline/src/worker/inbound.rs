@@ -128,7 +128,7 @@ impl<P: Port> Worker<P> {
         }
         // Clear traffic from the protected side.
         if pkt.hop_limit <= 1 {
-            self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Wan, now);
+            self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Wan);
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         let to_masquerade = !pkt.ipv6
@@ -226,8 +226,7 @@ impl<P: Port> Worker<P> {
         }
         self.counters.count_rule(rule.id);
         if pkt.hop_limit <= 1 {
-            let now = self.now;
-            self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Wan, now);
+            self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Wan);
             return Some(Verdict::Drop(DropReason::TtlExceeded));
         }
         if !decrement_hop_limit(f, pkt.ipv6) || !f.adj(ethernet::HEADER_LEN) {
@@ -357,13 +356,7 @@ impl<P: Port> Worker<P> {
         }
         if inner.hop_limit <= 1 {
             // Back into the tunnel it came from (traceroute through the tunnel).
-            self.send_icmp_error(
-                IcmpError::TimeExceeded,
-                f.data(),
-                inner.ipv6,
-                Side::Wan,
-                now,
-            );
+            self.send_icmp_error(IcmpError::TimeExceeded, f.data(), inner.ipv6, Side::Wan);
             return sa_drop(&self.sad, &self.groups, DropReason::TtlExceeded);
         }
         // RFC 6040 decapsulation: CE on the outer marks an ECN-capable inner packet; a

@@ -190,6 +190,8 @@ pub struct Worker<P: Port> {
     reported_at: [u64; 3],
     /// What is left of this second's ICMP errors (`icmp_error`).
     icmp_budget: icmp_error::IcmpBudget,
+    /// ICMP errors about packets from the WAN, for the outbound path at the burst's end.
+    icmp_pending: Vec<P::Frame>,
     /// The checkpoints of outbound SAs installed without their own.
     checkpoint_default: Checkpoint,
     /// Outbound SAs that report their sequence numbers by time too.
@@ -322,6 +324,7 @@ impl<P: Port> Worker<P> {
             unknown_spi_total: 0,
             reported_at: [0; 3],
             icmp_budget: icmp_error::IcmpBudget::default(),
+            icmp_pending: Vec::new(),
             checkpoint_default: Checkpoint::OFF,
             timed: Default::default(),
             counters: Arc::new(CoreCounters::default()),

@@ -33,7 +33,7 @@ impl<P: Port> Worker<P> {
             Err(r) => return Verdict::Drop(r),
         };
         if pkt.hop_limit <= 1 {
-            self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Lan, now);
+            self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Lan);
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         // A road warrior's virtual IP: one exact-match lookup before the SPD. On a client, a

@@ -354,8 +354,7 @@ impl<P: Port> Worker<P> {
                         Side::Lan => Side::Wan,
                         Side::Wan => Side::Lan,
                     };
-                    let now = self.now;
-                    self.send_icmp_error(IcmpError::Unreachable, ip_of(&frame), ipv6, from, now);
+                    self.send_icmp_error(IcmpError::Unreachable, ip_of(&frame), ipv6, from);
                 }
             }
         }

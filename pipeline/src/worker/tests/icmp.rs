@@ -243,3 +243,34 @@ fn hop_limit_one_from_the_lan_gets_icmpv6_time_exceeded() {
     );
     assert!(p.verify_checksum(&src, &dst));
 }
+
+#[test]
+fn an_error_through_the_tunnel_is_sealed_with_the_burst_s_other_packets() {
+    let mut r = rig(1500);
+    let mut peer = opening_peer();
+    // In one turn: a LAN packet for the tunnel and a decrypted one whose TTL runs out.
+    assert!(r
+        .lan
+        .send(udp_frame("10.1.0.10", "10.2.0.7", 64, LAN_MAC))
+        .is_ok());
+    through_peer(
+        &mut peer,
+        &mut r,
+        udp_frame("10.2.0.7", "10.1.0.10", 2, LAN_MAC),
+    );
+    r.w.poll(2);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let f = back_through_peer(&mut peer, &mut r);
+        let ip = ipv4::Packet::new_checked(&f.data()[14..]).unwrap();
+        got.push((ip.src_addr(), ip.next_header()));
+    }
+    got.sort();
+    let (lan_host, gw) = ("10.1.0.10".parse().unwrap(), "10.1.0.1".parse().unwrap());
+    assert_eq!(
+        got,
+        vec![(gw, IpProtocol::Icmp), (lan_host, IpProtocol::Udp)],
+        "both sealed and opened"
+    );
+    assert_eq!(r.drops(DropReason::CryptoFailed), 0);
+}
