@@ -2,7 +2,10 @@
 //! (vendor-scripts/netns-lab.sh).
 //!
 //! * Gateway A without any `neighbor_mac` (its links resolve with ARP and neighbour
-//!   discovery) against gateway B as shipped: pings both families and ways, an iperf3 TCP run,
+//!   discovery) against gateway B as shipped: pings both families and ways; ICMP errors from
+//!   A (time exceeded for TTL 1 from its LAN and for TTL 2 from B's, which runs out at A and is
+//!   answered through the tunnel; host unreachable for an absent host behind A, through the
+//!   tunnel, once A's ARP gives up); an iperf3 TCP run,
 //!   then a flood of incomplete outer fragments from many sources, which must leave A's
 //!   reassembly memory and datagram counts within the limits of its config, counted, and A
 //!   forwarding.
@@ -158,6 +161,31 @@ fn a_gateway_without_neighbor_macs_resolves_and_bounds_reassembly() {
     assert_eq!(lab.ping("lanb", "10.1.0.10", 5), 5, "IPv4 ping B -> A");
     assert!(lab.ping("lana", "fd00:b::10", 5) >= 4, "IPv6 ping A -> B");
     assert_eq!(lab.ping("lanb", "fd00:a::10", 5), 5, "IPv6 ping B -> A");
+
+    // ICMP errors from A (what traceroute and ping read): a TTL that runs out at A, from A's
+    // LAN side or through the tunnel, and a host behind A that never answers ARP.
+    let ping = |from: &str, args: &[&str]| {
+        let out = in_ns(&lab.ns(from), &[&["ping", "-n", "-c", "1"], args].concat());
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let text = ping("lana", &["-t", "1", "-W", "2", "10.2.0.10"]);
+    assert!(
+        text.contains("From 10.1.0.1") && text.contains("Time to live exceeded"),
+        "TTL 1 from A's LAN: {text}"
+    );
+    let text = ping("lanb", &["-t", "2", "-W", "2", "10.1.0.10"]);
+    assert!(
+        text.contains("From 10.1.0.1") && text.contains("Time to live exceeded"),
+        "TTL 2 from B's LAN (1 at A, after B), answered through the tunnel: {text}"
+    );
+    let text = ping("lanb", &["-W", "8", "10.1.0.99"]);
+    assert!(
+        text.contains("From 10.1.0.1") && text.contains("Destination Host Unreachable"),
+        "a host behind A that never answers, told through the tunnel: {text}"
+    );
+    stats_until(&gw_a, "A counts the three ICMP errors", |s| {
+        s["traffic"]["icmp_sent"].as_u64().unwrap_or(0) >= 3
+    });
 
     let server = NsProcess::spawn(
         &lab.ns("lanb"),
