@@ -406,6 +406,24 @@ fn direct_ins(w: &mut World, i: usize) -> Vec<Spi> {
         .collect()
 }
 
+/// Both clients' data planes saw authenticated packets up to `top` on every direct inbound SA
+/// they hold.
+fn every_direct_rx(w: &mut World, top: u64) {
+    for i in [1, 2] {
+        for spi in direct_ins(w, i) {
+            w.gw(i).link.report(DpEvent::SaState {
+                worker: 0,
+                generation: 0,
+                id: proto::SaId(0),
+                spi,
+                state: SaState::Inbound {
+                    replay: ReplayState { top, seen: vec![] },
+                },
+            });
+        }
+    }
+}
+
 fn direct_outs(w: &mut World, i: usize) -> Vec<Spi> {
     w.gw(i).link.workers[0]
         .outbound
@@ -433,20 +451,8 @@ fn a_live_direct_pair_is_rekeyed_in_ack_order_and_its_old_sas_deleted() {
     for _ in 0..100 {
         w.run_for(Duration::from_millis(100));
         top += 100;
-        for i in [1, 2] {
-            // Both directions carry traffic, on whatever SA each one seals.
-            for spi in direct_ins(&mut w, i) {
-                w.gw(i).link.report(DpEvent::SaState {
-                    worker: 0,
-                    generation: 0,
-                    id: proto::SaId(0),
-                    spi,
-                    state: SaState::Inbound {
-                        replay: ReplayState { top, seen: vec![] },
-                    },
-                });
-            }
-        }
+        // Both directions carry traffic, on whatever SA each one seals.
+        every_direct_rx(&mut w, top);
         for i in [1, 2] {
             let peer_in = direct_ins(&mut w, 3 - i);
             let outs = direct_outs(&mut w, i);
@@ -565,19 +571,7 @@ fn a_direct_sa_near_its_sequence_limit_is_rekeyed_at_once() {
     let mut top = 10;
     for _ in 0..5 {
         top += 10;
-        for i in [1, 2] {
-            for spi in direct_ins(&mut w, i) {
-                w.gw(i).link.report(DpEvent::SaState {
-                    worker: 0,
-                    generation: 0,
-                    id: proto::SaId(0),
-                    spi,
-                    state: SaState::Inbound {
-                        replay: ReplayState { top, seen: vec![] },
-                    },
-                });
-            }
-        }
+        every_direct_rx(&mut w, top);
         w.run_for(Duration::from_millis(100));
     }
     // Within half a second both seal on the successor; the warned SA is gone.
