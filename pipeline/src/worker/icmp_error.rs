@@ -156,8 +156,11 @@ impl<P: Port> Worker<P> {
     pub(super) fn flush_icmp_errors(&mut self, now: u64) {
         let mut pending = core::mem::take(&mut self.icmp_pending);
         for mut f in pending.drain(..) {
-            self.counters.count(Traffic::IcmpSent, 1);
             let v = self.outbound(&mut f, now);
+            // One no policy lets out is counted as that drop, not as sent.
+            if !matches!(v, super::Verdict::Drop(_)) {
+                self.counters.count(Traffic::IcmpSent, 1);
+            }
             self.dispatch(f, Side::Lan, v);
         }
         self.icmp_pending = pending;
