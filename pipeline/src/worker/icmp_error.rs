@@ -83,13 +83,12 @@ impl<P: Port> Worker<P> {
             return;
         };
         // Not about what we send ourselves (our ESP), nor what is addressed to us.
-        let ours = [
+        let lan = [
             self.lan_link.addr4.map(IpAddr::V4),
             self.lan_link.addr6.map(IpAddr::V6),
-            self.wan_link.addr4.map(IpAddr::V4),
-            self.wan_link.addr6.map(IpAddr::V6),
         ];
-        if ours.contains(&Some(src)) || ours.contains(&Some(dst)) {
+        let ours = |a: IpAddr| lan.contains(&Some(a)) || self.is_wan_address(a);
+        if ours(src) || ours(dst) {
             return;
         }
         let allowed = if ipv6 {

@@ -55,7 +55,7 @@ impl<P: Port> Worker<P> {
         ) && self.is_wan_address(pkt.key.dst)
     }
 
-    fn is_wan_address(&self, a: IpAddr) -> bool {
+    pub(super) fn is_wan_address(&self, a: IpAddr) -> bool {
         let own = match a {
             IpAddr::V4(v) => self.wan_link.addr4 == Some(v),
             IpAddr::V6(v) => self.wan_link.addr6 == Some(v),
