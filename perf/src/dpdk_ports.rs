@@ -190,17 +190,11 @@ fn encrypt_rates_here(
         }
         out.push(VdevRate {
             size: s,
-            pps: median(&mut ours),
-            floor_pps: median(&mut floors),
+            pps: crate::median(&mut ours),
+            floor_pps: crate::median(&mut floors),
         });
     }
     Ok(out)
-}
-
-#[cfg(feature = "dpdk")]
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The floor's vdevs are numbered from here (roamgate's from 0).

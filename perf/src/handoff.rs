@@ -130,14 +130,10 @@ pub fn handoff_cost(
         via.push(per(b0 + b1));
         sender.push(per(b0));
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok(HandoffCost {
-        direct_ns: med(&mut direct),
-        via_ns: med(&mut via),
-        sender_ns: med(&mut sender),
+        direct_ns: crate::median(&mut direct),
+        via_ns: crate::median(&mut via),
+        sender_ns: crate::median(&mut sender),
         packets: n,
     })
 }

@@ -26,6 +26,12 @@ use pipeline::spd::Spd;
 use pipeline::traffic::FlowSpec;
 use pipeline::worker::Worker;
 
+/// The median of `v` (the upper one of an even count; sorts `v`); 0 for none.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 const LAB: &str = include_str!("../../configs/lab.yaml");
 
 /// The lab config shipped in configs/lab.yaml.

@@ -243,13 +243,9 @@ pub fn compare(
             }
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok((
-        (median(&mut one), children.0),
-        (median(&mut two), children.1),
+        (crate::median(&mut one), children.0),
+        (crate::median(&mut two), children.1),
     ))
 }
 
