@@ -22,7 +22,7 @@ use core::net::IpAddr;
 use super::emit::push_eth_to;
 use super::{Side, Worker};
 use crate::port::{Frame, Port};
-use crate::stats::Traffic;
+use crate::stats::{DropReason, Traffic};
 use crate::wire::{ethernet, icmpv4, icmpv6, ipv4, ipv6};
 
 /// ICMP errors one worker sends per second at most.
@@ -132,18 +132,26 @@ impl<P: Port> Worker<P> {
             return;
         };
         out.truncate(n);
+        self.emit_icmp(out, ipv6, from);
+    }
+
+    /// An error built in `out` (its IP packet) on its way to a sender on `from`'s side,
+    /// counted `icmp_sent`: from here it is a frame of its own, forwarded, queued for its next
+    /// hop or dropped and counted like any other. To the LAN directly; toward the WAN as a
+    /// frame from the LAN, into the outbound path at the burst's end (`flush_icmp_errors`:
+    /// here a sealed packet may still wait for its frame).
+    pub(super) fn emit_icmp(&mut self, mut out: P::Frame, ipv6: bool, from: Side) {
+        self.counters.count(Traffic::IcmpSent, 1);
         match from {
             Side::Lan => {
-                if self.send_originated(Side::Lan, out, ipv6) {
-                    self.counters.count(Traffic::IcmpSent, 1);
-                }
+                self.send_originated(Side::Lan, out, ipv6);
             }
             Side::Wan => {
-                // As a frame from the LAN, into the outbound path at the burst's end
-                // (`flush_icmp_errors`): here a sealed packet may still wait for its frame.
                 let mac = self.lan_link.mac;
                 if push_eth_to(&mut out, mac, mac, ipv6) {
                     self.icmp_pending.push(out);
+                } else {
+                    self.counters.record_drop(DropReason::NoBufferRoom);
                 }
             }
         }
@@ -156,10 +164,6 @@ impl<P: Port> Worker<P> {
         let mut pending = core::mem::take(&mut self.icmp_pending);
         for mut f in pending.drain(..) {
             let v = self.outbound(&mut f, now);
-            // One no policy lets out is counted as that drop, not as sent.
-            if !matches!(v, super::Verdict::Drop(_)) {
-                self.counters.count(Traffic::IcmpSent, 1);
-            }
             self.dispatch(f, Side::Lan, v);
         }
         self.icmp_pending = pending;

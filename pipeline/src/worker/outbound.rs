@@ -248,9 +248,7 @@ impl<P: Port> Worker<P> {
             return;
         };
         out.truncate(n);
-        if self.send_originated(Side::Lan, out, ipv6) {
-            self.counters.count(Traffic::IcmpSent, 1);
-        }
+        self.emit_icmp(out, ipv6, Side::Lan);
     }
 }
 
