@@ -351,7 +351,7 @@ impl<P: Port> Worker<P> {
             Err(r) => return sa_drop(&self.sad, &self.groups, r),
         };
         // The inner packet must be what this SA was negotiated to carry (RFC 4301 5.2).
-        if !opened.remote_ts.contains(inner.key.src) || !opened.local_ts.contains(inner.key.dst) {
+        if !opened.selectors_ok {
             return sa_drop(&self.sad, &self.groups, DropReason::PolicyMismatch);
         }
         if inner.hop_limit <= 1 {

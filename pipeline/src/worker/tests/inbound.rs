@@ -167,3 +167,54 @@ fn each_sa_keeps_its_last_use_on_the_worker_clock() {
     assert_eq!(used(Direction::Inbound), 7_000);
     assert_eq!(used(Direction::Outbound), 1);
 }
+
+#[test]
+fn an_inner_packet_outside_its_sas_selectors_is_dropped_and_counted_on_the_sa() {
+    // RFC 4301 5.2: a peer that seals more than the SA was negotiated to carry (its policy
+    // protects everything onto the SA for 10.2.0.0/24 -> 10.1.0.0/24).
+    let mut r = rig(1500);
+    let mut peer = mirror_peer();
+    peer.update(Update::ReplaceSpd {
+        rules: vec![
+            Rule {
+                id: 0,
+                selector: sel("0.0.0.0/0", "0.0.0.0/0"),
+                action: Action::Protect(SaId(1)),
+            },
+            Rule {
+                id: 1,
+                selector: sel("::/0", "::/0"),
+                action: Action::Protect(SaId(1)),
+            },
+        ],
+    });
+    let mut deliver = |r: &mut Rig, src: &str, dst: &str| {
+        peer.send_lan(src, dst, 100);
+        let mut esp = peer.wan.recv().expect("sealed");
+        readdress(&mut esp, WAN_MAC, PEER_MAC);
+        assert!(r.wan.send(esp).is_ok());
+        r.w.poll(1);
+        r.lan.recv().is_some()
+    };
+    assert!(
+        deliver(&mut r, "10.2.0.7", "10.1.0.10"),
+        "inside: delivered"
+    );
+    assert!(!deliver(&mut r, "10.3.0.7", "10.1.0.10"), "source outside");
+    assert!(
+        !deliver(&mut r, "10.2.0.7", "10.9.0.10"),
+        "destination outside"
+    );
+    assert!(
+        !deliver(&mut r, "10.1.0.10", "10.2.0.7"),
+        "the selectors swapped"
+    );
+    assert!(
+        !deliver(&mut r, "fd00:2::7", "fd00:a::10"),
+        "IPv6 in IPv4 selectors"
+    );
+    assert!(deliver(&mut r, "10.2.0.8", "10.1.0.11"), "inside again");
+    assert_eq!(r.drops(DropReason::PolicyMismatch), 4);
+    let sa = r.w.sad.inbound(Spi(0xb001)).expect("the SA");
+    assert_eq!(sa.counters.drops(DropReason::PolicyMismatch), 4);
+}
