@@ -645,20 +645,20 @@ pub struct Opened {
 /// them.
 #[inline]
 fn selectors_admit(inner: &[u8], next_header: u8, local: &Prefix, remote: &Prefix) -> bool {
+    // Source and destination, N bytes each, from byte `at` on.
+    fn addrs<const N: usize>(inner: &[u8], at: usize) -> Option<([u8; N], [u8; N])> {
+        let src = inner.get(at..at + N)?.try_into().ok()?;
+        let dst = inner.get(at + N..at + 2 * N)?.try_into().ok()?;
+        Some((src, dst))
+    }
     let (src, dst): (IpAddr, IpAddr) = match next_header {
-        4 => match (inner.get(12..16), inner.get(16..20)) {
-            (Some(s), Some(d)) => match (<[u8; 4]>::try_from(s), <[u8; 4]>::try_from(d)) {
-                (Ok(s), Ok(d)) => (s.into(), d.into()),
-                _ => return false,
-            },
-            _ => return false,
+        4 => match addrs::<4>(inner, 12) {
+            Some((s, d)) => (s.into(), d.into()),
+            None => return false,
         },
-        41 => match (inner.get(8..24), inner.get(24..40)) {
-            (Some(s), Some(d)) => match (<[u8; 16]>::try_from(s), <[u8; 16]>::try_from(d)) {
-                (Ok(s), Ok(d)) => (s.into(), d.into()),
-                _ => return false,
-            },
-            _ => return false,
+        41 => match addrs::<16>(inner, 8) {
+            Some((s, d)) => (s.into(), d.into()),
+            None => return false,
         },
         _ => return false,
     };
@@ -1402,60 +1402,27 @@ mod tests {
             p[16..20].copy_from_slice(&dst);
             p
         };
-        let (l4, r4) = (
-            "10.1.0.0/24".parse::<Prefix>().unwrap(),
-            "10.2.0.0/24".parse::<Prefix>().unwrap(),
-        );
-        assert!(selectors_admit(
-            &v4([10, 2, 0, 7], [10, 1, 0, 9]),
-            4,
-            &l4,
-            &r4
-        ));
+        let prefix = |s: &str| s.parse::<Prefix>().unwrap();
+        let (l4, r4) = (prefix("10.1.0.0/24"), prefix("10.2.0.0/24"));
+        let admit4 = |p: &[u8], nh: u8| selectors_admit(p, nh, &l4, &r4);
+        assert!(admit4(&v4([10, 2, 0, 7], [10, 1, 0, 9]), 4));
         // Source outside the remote selector, destination outside the local one, the two
         // swapped.
-        assert!(!selectors_admit(
-            &v4([10, 3, 0, 7], [10, 1, 0, 9]),
-            4,
-            &l4,
-            &r4
-        ));
-        assert!(!selectors_admit(
-            &v4([10, 2, 0, 7], [10, 9, 0, 9]),
-            4,
-            &l4,
-            &r4
-        ));
-        assert!(!selectors_admit(
-            &v4([10, 1, 0, 9], [10, 2, 0, 7]),
-            4,
-            &l4,
-            &r4
-        ));
+        assert!(!admit4(&v4([10, 3, 0, 7], [10, 1, 0, 9]), 4));
+        assert!(!admit4(&v4([10, 2, 0, 7], [10, 9, 0, 9]), 4));
+        assert!(!admit4(&v4([10, 1, 0, 9], [10, 2, 0, 7]), 4));
         // Too short for the destination; a next header that is not IP.
-        assert!(!selectors_admit(
-            &v4([10, 2, 0, 7], [10, 1, 0, 9])[..19],
-            4,
-            &l4,
-            &r4
-        ));
-        assert!(!selectors_admit(
-            &v4([10, 2, 0, 7], [10, 1, 0, 9]),
-            17,
-            &l4,
-            &r4
-        ));
+        assert!(!admit4(&v4([10, 2, 0, 7], [10, 1, 0, 9])[..19], 4));
+        assert!(!admit4(&v4([10, 2, 0, 7], [10, 1, 0, 9]), 17));
         // IPv6 in IPv6 selectors; an IPv4 selector never admits IPv6.
-        let (l6, r6) = (
-            "fd00:1::/64".parse::<Prefix>().unwrap(),
-            "fd00:2::/64".parse::<Prefix>().unwrap(),
-        );
+        let (l6, r6) = (prefix("fd00:1::/64"), prefix("fd00:2::/64"));
+        let octets = |s: &str| s.parse::<core::net::Ipv6Addr>().unwrap().octets();
         let mut p6 = vec![0u8; 40];
         p6[0] = 0x60;
-        p6[8..24].copy_from_slice(&"fd00:2::7".parse::<core::net::Ipv6Addr>().unwrap().octets());
-        p6[24..40].copy_from_slice(&"fd00:1::9".parse::<core::net::Ipv6Addr>().unwrap().octets());
+        p6[8..24].copy_from_slice(&octets("fd00:2::7"));
+        p6[24..40].copy_from_slice(&octets("fd00:1::9"));
         assert!(selectors_admit(&p6, 41, &l6, &r6));
-        assert!(!selectors_admit(&p6, 41, &l4, &r4));
+        assert!(!admit4(&p6, 41));
         assert!(!selectors_admit(&p6[..39], 41, &l6, &r6));
         p6[8] = 0xfe;
         assert!(!selectors_admit(&p6, 41, &l6, &r6));
