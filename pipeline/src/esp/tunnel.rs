@@ -718,12 +718,18 @@ pub fn decapsulate_or_defer<F: Frame>(
     let Some(sa) = sad.inbound_mut(spi) else {
         return Err(DropReason::UnknownSpi);
     };
+    // The GCM nonce (salt || IV) is built now, before the checks, not just before the open:
+    // ipsec-mb reads it with a masked load, which waits until the stores that built it have
+    // reached the cache (`worker::gcm_burst`). `black_box` keeps the compiler from sinking
+    // those stores to the call.
+    let nonce = esp_nonce(&sa.salt, &iv);
+    core::hint::black_box(&nonce);
     if !sa.accept.accepts(arrived) {
         sa.counters.record_drop(DropReason::EspWrongEncap);
         return Err(DropReason::EspWrongEncap);
     }
     let r = match sa.cipher {
-        EspCipher::Aead(_) => open_with(sa, d, seq_lo, &iv),
+        EspCipher::Aead(_) => open_with(sa, d, seq_lo, &nonce),
         EspCipher::Cbc(_) if defer => match check_cbc(sa, d, seq_lo) {
             Ok(seq) => return Ok(Decap::Cbc(CbcOpen { spi, seq })),
             Err(r) => Err(r),
@@ -820,14 +826,14 @@ fn replay_reason(e: ReplayError) -> DropReason {
     }
 }
 
-/// Replay pre-check, tag check, window advance, trailer validation. Returns (next header,
-/// inner length).
+/// Replay pre-check, tag check (with `nonce`, the SA's salt and the packet's IV), window
+/// advance, trailer validation. Returns (next header, inner length).
 #[inline]
 fn open_with(
     sa: &mut InboundSa,
     d: &mut [u8],
     seq_lo: u32,
-    iv: &[u8; IV_LEN],
+    nonce: &[u8; NONCE_LEN],
 ) -> Result<(u8, usize, Option<Crossing>), DropReason> {
     if sa.counters.expired() {
         return Err(DropReason::SaExpired);
@@ -854,10 +860,7 @@ fn open_with(
     let EspCipher::Aead(cipher) = &sa.cipher else {
         return Err(DropReason::CryptoFailed);
     };
-    if cipher
-        .open_in_place(&esp_nonce(&sa.salt, iv), aad, ct, tag)
-        .is_err()
-    {
+    if cipher.open_in_place(nonce, aad, ct, tag).is_err() {
         return Err(DropReason::AuthFailed);
     }
     sa.replay.advance(seq).map_err(replay_reason)?;
