@@ -69,6 +69,11 @@ fn direct_in(w: &mut World, i: usize) -> Option<Spi> {
 /// Client `i`'s data plane saw authenticated packets up to `top` on its direct SA.
 fn direct_rx(w: &mut World, i: usize, top: u64) {
     let Some(spi) = direct_in(w, i) else { return };
+    rx_on(w, i, spi, top);
+}
+
+/// Client `i`'s data plane saw authenticated packets up to `top` on inbound SA `spi`.
+fn rx_on(w: &mut World, i: usize, spi: Spi, top: u64) {
     w.gw(i).link.report(DpEvent::SaState {
         worker: 0,
         generation: 0,
@@ -411,15 +416,7 @@ fn direct_ins(w: &mut World, i: usize) -> Vec<Spi> {
 fn every_direct_rx(w: &mut World, top: u64) {
     for i in [1, 2] {
         for spi in direct_ins(w, i) {
-            w.gw(i).link.report(DpEvent::SaState {
-                worker: 0,
-                generation: 0,
-                id: proto::SaId(0),
-                spi,
-                state: SaState::Inbound {
-                    replay: ReplayState { top, seen: vec![] },
-                },
-            });
+            rx_on(w, i, spi, top);
         }
     }
 }
