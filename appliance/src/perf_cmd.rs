@@ -285,6 +285,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
                 Duration::from_secs_f64(secs),
                 pipeline::crypto::best_backend(),
                 &dir,
+                None,
             );
             let _ = std::fs::remove_dir_all(&dir);
             for v in r.map_err(anyhow::Error::msg)? {

@@ -33,7 +33,14 @@ pub struct VdevRate {
     pub pps: f64,
     /// The floor (module doc): the PMDs and the AEAD alone.
     pub floor_pps: f64,
+    /// The baseline measured in turn with the two (the perf lab's ipsec-secgw), if one was
+    /// given and at least one of its runs succeeded.
+    pub baseline_pps: Option<f64>,
 }
+
+/// A baseline gateway measured in turn with the worker and the floor: its encrypt rate
+/// (packets per second) at a frame size, one run per call.
+pub type Baseline<'a> = &'a mut (dyn FnMut(usize) -> Result<f64, String> + Send);
 
 impl VdevRate {
     /// The time per packet beyond the floor of a gateway that reaches `pps` on these ports:
@@ -45,7 +52,8 @@ impl VdevRate {
 
 /// Encrypt rates (packets per second of wall time, worker busy-polling on the first core) of
 /// one SA at each of `sizes`, and the floor of the same ports: `runs` runs of each in turn,
-/// each measured for `measure` after `warmup`, their medians.
+/// each measured for `measure` after `warmup`, their medians. With a `baseline`, one run of it
+/// follows each pair, so that all three meet the machine's changing load alike.
 #[cfg(feature = "dpdk")]
 pub fn encrypt_rates(
     sizes: &[usize],
@@ -54,6 +62,7 @@ pub fn encrypt_rates(
     measure: Duration,
     backend: Backend,
     workdir: &Path,
+    baseline: Option<Baseline<'_>>,
 ) -> Result<Vec<VdevRate>, String> {
     // `rte_eal_init` pins the thread that calls it to the main lcore, and every thread it
     // spawns later inherits that: done on the caller's thread, the rest of the perf lab (and
@@ -61,9 +70,19 @@ pub fn encrypt_rates(
     // own.
     let core = core_affinity::get_core_ids().and_then(|c| c.first().copied());
     std::thread::scope(|s| {
-        s.spawn(|| encrypt_rates_here(sizes, runs, warmup, measure, backend, workdir, core))
-            .join()
-            .map_err(|_| "the DPDK measurement thread panicked".to_string())?
+        s.spawn(|| {
+            encrypt_rates_here(
+                sizes,
+                runs,
+                (warmup, measure),
+                backend,
+                workdir,
+                core,
+                baseline,
+            )
+        })
+        .join()
+        .map_err(|_| "the DPDK measurement thread panicked".to_string())?
     })
 }
 
@@ -71,11 +90,11 @@ pub fn encrypt_rates(
 fn encrypt_rates_here(
     sizes: &[usize],
     runs: usize,
-    warmup: Duration,
-    measure: Duration,
+    (warmup, measure): (Duration, Duration),
     backend: Backend,
     workdir: &Path,
     core: Option<core_affinity::CoreId>,
+    mut baseline: Option<Baseline<'_>>,
 ) -> Result<Vec<VdevRate>, String> {
     use std::net::Ipv4Addr;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -173,9 +192,9 @@ fn encrypt_rates_here(
         ));
         let stop = AtomicBool::new(false);
         let sealed = AtomicU64::new(0);
-        // The worker and the floor in turn, `runs` times each: their medians (the machine's
-        // noise then weighs on both alike).
-        let (mut ours, mut floors) = (Vec::new(), Vec::new());
+        // The worker, the floor and the baseline in turn, `runs` times each: their medians
+        // (the machine's noise then weighs on all alike).
+        let (mut ours, mut floors, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs.max(1) {
             ours.push(rate(
                 &|| handle.counters.traffic(Traffic::Encrypted),
@@ -187,11 +206,15 @@ fn encrypt_rates_here(
                     .take()
                     .map(|(lan, wan)| floor_loop(lan, wan, aead, &stop, &sealed));
             }));
+            if let Some(Ok(pps)) = baseline.as_mut().map(|b| b(s)) {
+                theirs.push(pps);
+            }
         }
         out.push(VdevRate {
             size: s,
             pps: crate::median(&mut ours),
             floor_pps: crate::median(&mut floors),
+            baseline_pps: (!theirs.is_empty()).then(|| crate::median(&mut theirs)),
         });
     }
     Ok(out)
@@ -279,6 +302,7 @@ pub fn encrypt_rates(
     _measure: Duration,
     _backend: Backend,
     _workdir: &Path,
+    _baseline: Option<Baseline<'_>>,
 ) -> Result<Vec<VdevRate>, String> {
     Err("not in this build (build with --features dpdk)".into())
 }
