@@ -133,6 +133,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         bytes::get_u8(self.b(), field::TTL)
     }
 
+    #[inline]
     pub fn next_header(&self) -> IpProtocol {
         IpProtocol::from(self.protocol())
     }
@@ -162,11 +163,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The header, options included.
+    #[inline]
     pub fn header(&self) -> &[u8] {
         bytes::slice(self.b(), ..usize::from(self.header_len()))
     }
 
     /// The payload: from the end of the header to the total length.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         bytes::slice(
             self.b(),

@@ -24,7 +24,7 @@ fn dec_hop(ip: &mut [u8], ipv6: bool) -> bool {
         // RFC 1624 incremental update: TTL shares a 16-bit word with the protocol.
         let mut p = ipv4::Packet::new_unchecked(ip);
         let h = p.hop_limit();
-        let proto = u16::from(u8::from(p.next_header()));
+        let proto = u16::from(p.protocol());
         let old = (u16::from(h) << 8) | proto;
         let new = (u16::from(h.saturating_sub(1)) << 8) | proto;
         let ck = checksum::update16(p.checksum(), old, new);
