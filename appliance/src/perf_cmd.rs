@@ -53,6 +53,10 @@ enum PerfWhat {
         /// and three of the floor per size, in turn, their medians printed.
         #[arg(long, default_value_t = 2.0)]
         secs: f64,
+        /// Also DPDK's ipsec-secgw on the same vdevs, three runs in turn with the worker and
+        /// the floor, and the ratio of the medians (built into DIR, as the full lab does).
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "target/secgw")]
+        secgw: Option<PathBuf>,
     },
     /// Encrypt rate of one worker on AF_XDP over veth pairs in a network namespace of its
     /// own, fed by an AF_XDP generator on the second core (needs root).
@@ -274,18 +278,40 @@ pub fn run(args: PerfArgs) -> Result<()> {
     };
     match what {
         PerfWhat::Soak(args) => crate::soak::run(args),
-        PerfWhat::Dpdk { sizes, secs } => {
+        PerfWhat::Dpdk { sizes, secs, secgw } => {
             let sizes = port_sizes(&sizes, secs)?;
             let dir =
                 std::env::temp_dir().join(format!("roamgate-perf-dpdk-{}", std::process::id()));
+            let secgw_bin = match secgw {
+                Some(build) => {
+                    if let Some(why) = roamgate_perf::secgw::missing_tools() {
+                        bail!("ipsec-secgw cannot be built here: needs {why}");
+                    }
+                    Some(roamgate_perf::secgw::build(&build).map_err(anyhow::Error::msg)?)
+                }
+                None => None,
+            };
+            std::fs::create_dir_all(&dir)?;
+            let mut secgw_encrypt = |s: usize| match &secgw_bin {
+                Some(bin) => roamgate_perf::report::secgw_rate(
+                    bin,
+                    roamgate_perf::secgw::SecgwMode::Encrypt,
+                    s,
+                    &dir,
+                    false,
+                ),
+                None => Err("not asked for".into()),
+            };
             let r = roamgate_perf::dpdk_ports::encrypt_rates(
                 &sizes,
                 3,
                 Duration::from_millis(500),
                 Duration::from_secs_f64(secs),
                 pipeline::crypto::best_backend(),
-                &dir,
-                None,
+                &dir.join("dpdk"),
+                secgw_bin
+                    .is_some()
+                    .then_some(&mut secgw_encrypt as roamgate_perf::dpdk_ports::Baseline<'_>),
             );
             let _ = std::fs::remove_dir_all(&dir);
             for v in r.map_err(anyhow::Error::msg)? {
@@ -297,6 +323,17 @@ pub fn run(args: PerfArgs) -> Result<()> {
                     v.floor_pps / 1e6,
                     v.ns_beyond_floor(v.pps)
                 );
+                match (v.baseline_pps, &secgw_bin) {
+                    (Some(theirs), _) => println!(
+                        "  ipsec-secgw on the same vdevs, in turn: {:.3} Mpps, its own work {:.1} \
+                         ns/pkt; roamgate / ipsec-secgw {:.2}x",
+                        theirs / 1e6,
+                        v.ns_beyond_floor(theirs),
+                        v.pps / theirs.max(1e-9)
+                    ),
+                    (None, Some(_)) => println!("  ipsec-secgw: no run succeeded"),
+                    (None, None) => {}
+                }
             }
             Ok(())
         }

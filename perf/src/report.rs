@@ -144,8 +144,9 @@ impl Progress {
     }
 }
 
-/// secgw's rate for one mode and frame size, with the same SA and packets as roamgate's.
-fn secgw_rate(
+/// secgw's rate for one mode and frame size, with the same SA and packets as roamgate's (its
+/// input capture written into `dir`).
+pub fn secgw_rate(
     bin: &Path,
     mode: SecgwMode,
     size: usize,
