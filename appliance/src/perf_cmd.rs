@@ -291,7 +291,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
                 }
                 None => None,
             };
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
             let mut secgw_encrypt = |s: usize| match &secgw_bin {
                 Some(bin) => roamgate_perf::report::secgw_rate(
                     bin,
