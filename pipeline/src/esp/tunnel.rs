@@ -150,19 +150,77 @@ pub fn frame_gcm<F: Frame>(
     meta: InnerMeta,
     out: &mut GcmFramed,
 ) -> Result<(), DropReason> {
+    frame_gcm_at(sa, f, meta, out, 0)
+}
+
+/// [`frame_gcm`], [`finish_gcm`] and the Ethernet header toward `dst` from `src` in one go,
+/// the worker's common way: the frame grows at its front once, by all its headers (one
+/// update of the buffer's offsets instead of three), and the outer header is written with
+/// the rest. Returns the lifetime this packet reached, as [`finish_gcm`] does. The frame is
+/// then ready for [`seal_gcm`] (and [`udp6_checksum`]); what it holds is what the three
+/// steps make (`framed_in_one_go_is_the_three_steps` below).
+#[inline]
+pub fn frame_gcm_eth<F: Frame>(
+    sa: &mut OutboundSa,
+    f: &mut F,
+    meta: InnerMeta,
+    out: &mut GcmFramed,
+    (src, dst): ([u8; 6], [u8; 6]),
+) -> Result<Option<Crossing>, DropReason> {
+    let hlen = usize::from(sa.outer.len);
+    let front = ETH_LEN + hlen;
+    frame_gcm_at(sa, f, meta, out, front)?;
+    let total = f.len() - ETH_LEN;
+    let Some((eth, outer)) = f
+        .data_mut()
+        .get_mut(..front)
+        .map(|h| h.split_at_mut(ETH_LEN))
+    else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    eth[0..6].copy_from_slice(&dst);
+    eth[6..12].copy_from_slice(&src);
+    let ethertype: u16 = if sa.ipv6 { 0x86dd } else { 0x0800 };
+    eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    write_outer(
+        &sa.outer,
+        sa.ipv6,
+        sa.encap.is_some(),
+        outer,
+        total,
+        meta,
+        sa.seq,
+    )?;
+    Ok(sa.counters.count(u64::from(out.inner_len)))
+}
+
+/// The Ethernet header's length (what [`frame_gcm_eth`] puts in front of the outer header).
+const ETH_LEN: usize = 14;
+
+/// [`frame_gcm`] with `front` more bytes of room taken in front of the ESP header (the frame's
+/// data then starts there; the caller fills them).
+#[inline(always)]
+fn frame_gcm_at<F: Frame>(
+    sa: &mut OutboundSa,
+    f: &mut F,
+    meta: InnerMeta,
+    out: &mut GcmFramed,
+    front: usize,
+) -> Result<(), DropReason> {
     if sa.counters.expired() {
         return Err(DropReason::SaExpired);
     }
     let inner_len = f.len();
     let pad = pad_len(inner_len);
     let tail = pad + 2 + TAG_LEN;
-    let head = ESP_HEADER_LEN + IV_LEN + sa.outer_len();
+    let ct_start = front + ESP_HEADER_LEN + IV_LEN;
+    let head = ESP_HEADER_LEN + IV_LEN + sa.outer_len() + ETH_LEN.min(front);
     let ct_len = inner_len + pad + 2;
     // An IP packet is at most 65,535 bytes: anything longer cannot be sealed into one.
     let (Ok(ct_len16), Ok(inner_len16)) = (u16::try_from(ct_len), u16::try_from(inner_len)) else {
         return Err(DropReason::NoBufferRoom);
     };
-    if f.tailroom() < tail || f.headroom() < head {
+    if f.tailroom() < tail || f.headroom() < head.max(ct_start) {
         return Err(DropReason::NoBufferRoom);
     }
     let seq = match sa.seq.checked_add(1) {
@@ -172,12 +230,11 @@ pub fn frame_gcm<F: Frame>(
     sa.seq = seq;
 
     // Trailer: padding 1, 2, 3, ..., pad length, next header. Room was checked above.
-    if !f.append(tail) || !f.prepend(ESP_HEADER_LEN + IV_LEN) {
+    if !f.append(tail) || !f.prepend(ct_start) {
         return Err(DropReason::NoBufferRoom);
     }
     let iv = seq.to_be_bytes();
     let d = f.data_mut();
-    let ct_start = ESP_HEADER_LEN + IV_LEN;
     let ct_end = ct_start + ct_len;
     let Some(trailer) = d.get_mut(ct_start + inner_len..ct_end) else {
         return Err(DropReason::NoBufferRoom);
@@ -189,7 +246,7 @@ pub fn frame_gcm<F: Frame>(
         *pl = pad as u8;
         *nh = meta.next_header;
     }
-    let Some(hdr) = d.get_mut(..ct_start) else {
+    let Some(hdr) = d.get_mut(front..ct_start) else {
         return Err(DropReason::NoBufferRoom);
     };
     hdr[0..4].copy_from_slice(&sa.spi.0.to_be_bytes());
@@ -428,6 +485,7 @@ fn push_outer<F: Frame>(
 /// Prepends the outer header `t` (IPv6 if `ipv6`; `udp` names the endpoints of an
 /// encapsulated one, for IPv6's UDP checksum, computed only if `udp6_sum`) with the packet's
 /// lengths, TOS and checksum.
+#[inline]
 fn push_template<F: Frame>(
     t: &OuterTemplate,
     ipv6: bool,
@@ -442,12 +500,55 @@ fn push_template<F: Frame>(
     if total > usize::from(u16::MAX) || hlen == 0 || !f.prepend(hlen) {
         return Err(DropReason::NoBufferRoom);
     }
-    let tos = (meta.dscp << 2) | (meta.ecn & 3);
     let d = f.data_mut();
-    let (Some(hdr), Some(tmpl)) = (d.get_mut(..hlen), t.bytes.get(..hlen)) else {
+    let Some(hdr) = d.get_mut(..hlen) else {
         return Err(DropReason::NoBufferRoom);
     };
-    hdr.copy_from_slice(tmpl);
+    write_outer(t, ipv6, udp.is_some(), hdr, total, meta, seq)?;
+    if let (true, true, Some((local, remote))) = (ipv6, udp6_sum, udp) {
+        // IPv6 forbids a zero UDP checksum here (RFC 8200 8.1): compute it over ESP.
+        let Some(seg) = d.get_mut(ipv6::HEADER_LEN..) else {
+            return Err(DropReason::NoBufferRoom);
+        };
+        udp::Packet::new_unchecked(seg).fill_checksum(&local, &remote);
+    }
+    Ok(())
+}
+
+/// Writes the outer header `t` (IPv6 if `ipv6`, then UDP if `udp`) into `hdr` (its length
+/// exactly) for an outer packet of `total` bytes: the template, then its lengths, TOS and
+/// checksum (a UDP checksum over IPv6 is left to the caller).
+#[inline(always)]
+fn write_outer(
+    t: &OuterTemplate,
+    ipv6: bool,
+    udp: bool,
+    hdr: &mut [u8],
+    total: usize,
+    meta: InnerMeta,
+    seq: u64,
+) -> Result<(), DropReason> {
+    if total > usize::from(u16::MAX) {
+        return Err(DropReason::NoBufferRoom);
+    }
+    // Every outer header starts with 20 bytes (all of IPv4's): those as one fixed-size copy,
+    // the rest (UDP, IPv6's other 20) after it. (A copy of a length known only at run time is
+    // a call to `memcpy`; so is a `match` over the few lengths there are, which the compiler
+    // folds back into one.)
+    let (Some((first, rest)), Some((t_first, t_rest))) = (
+        hdr.split_first_chunk_mut::<20>(),
+        t.bytes.split_first_chunk::<20>(),
+    ) else {
+        return Err(DropReason::NoBufferRoom);
+    };
+    *first = *t_first;
+    if !rest.is_empty() {
+        let Some(r) = t_rest.get(..rest.len()) else {
+            return Err(DropReason::NoBufferRoom);
+        };
+        rest.copy_from_slice(r);
+    }
+    let tos = (meta.dscp << 2) | (meta.ecn & 3);
     let ip_len = if ipv6 {
         ipv6::HEADER_LEN
     } else {
@@ -467,16 +568,9 @@ fn push_template<F: Frame>(
         let sum = t.ipv4_sum + u32::from(tos) + total as u32 + u32::from(ident);
         hdr[10..12].copy_from_slice(&(!checksum::fold(sum)).to_be_bytes());
     }
-    if let Some((local, remote)) = udp {
+    if udp {
         let udp_len = (total - ip_len) as u16;
         hdr[ip_len + 4..ip_len + 6].copy_from_slice(&udp_len.to_be_bytes());
-        if ipv6 && udp6_sum {
-            // IPv6 forbids a zero UDP checksum here (RFC 8200 8.1): compute it over ESP.
-            let Some(seg) = d.get_mut(ip_len..) else {
-                return Err(DropReason::NoBufferRoom);
-            };
-            udp::Packet::new_unchecked(seg).fill_checksum(&local, &remote);
-        }
     }
     Ok(())
 }
@@ -1140,6 +1234,72 @@ mod tests {
                                     );
                                     assert_eq!(g.seq, split.seq);
                                 }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn framed_in_one_go_is_the_three_steps() {
+        // `frame_gcm_eth` (the worker's common way) must make the frame `frame_gcm`,
+        // `finish_gcm` and an Ethernet header in front make, sealed alike, with the same
+        // lifetime count, for each outer header (IPv4/IPv6, UDP or not) and ESN or not.
+        let (src, dst) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        for backend in backends() {
+            for (l, r) in [("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")] {
+                for esn in [false, true] {
+                    for encap in [false, true] {
+                        let p = params(l, r, esn, encap, EspAlg::Aead(AeadAlg::AesGcm128));
+                        let mut steps = build_outbound(backend, &p).unwrap();
+                        let mut one = build_outbound(backend, &p).unwrap();
+                        for seq in [0u64, 0xffff_fff0] {
+                            steps.seq = seq;
+                            one.seq = seq;
+                            for len in [20usize, 23, 64, 1400] {
+                                let data = inner(len);
+                                let meta = InnerMeta {
+                                    next_header: NH_IPV4,
+                                    dscp: 3,
+                                    ecn: 1,
+                                };
+                                let mut a = MemFrame::from_bytes(&data).unwrap();
+                                let mut ga = GcmFramed::default();
+                                frame_gcm(&mut steps, &mut a, meta, &mut ga).unwrap();
+                                let ca = finish_gcm(&mut steps, &mut a, len, meta, false).unwrap();
+                                assert!(a.prepend(14));
+                                let ethertype: [u8; 2] = if l.contains(':') {
+                                    [0x86, 0xdd]
+                                } else {
+                                    [8, 0]
+                                };
+                                a.data_mut()[..14].copy_from_slice(
+                                    &[&dst[..], &src[..], &ethertype[..]].concat(),
+                                );
+                                let mut b = MemFrame::from_bytes(&data).unwrap();
+                                let mut gb = GcmFramed::default();
+                                let cb = frame_gcm_eth(&mut one, &mut b, meta, &mut gb, (src, dst))
+                                    .unwrap();
+                                assert_eq!((ga, ca), (gb, cb));
+                                assert_eq!(
+                                    a.data(),
+                                    b.data(),
+                                    "{backend:?} {l} esn={esn} encap={encap} seq={seq} len={len}"
+                                );
+                                for (sa, f) in [(&steps, &mut a), (&one, &mut b)] {
+                                    let EspCipher::Aead(c) = &sa.cipher else {
+                                        panic!("a GCM SA");
+                                    };
+                                    seal_gcm(&**c, f, &ga).unwrap();
+                                    udp6_checksum(sa, f, &ga).unwrap();
+                                }
+                                assert_eq!(a.data(), b.data());
+                                assert_eq!(
+                                    (steps.counters.packets.get(), steps.counters.bytes.get()),
+                                    (one.counters.packets.get(), one.counters.bytes.get())
+                                );
                             }
                         }
                     }

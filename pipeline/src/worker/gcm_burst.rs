@@ -67,7 +67,10 @@ impl AfterSeal {
 /// Frames the inner packet in `f` on outbound GCM SA `sa` (id `id`) into a newly parked
 /// packet at the end of `seals`, with its lifetime count and outer header (the first half of
 /// `tunnel::encapsulate`); a failure is counted on the SA and parks nothing. On success the
-/// caller decides the packet's way and hands it to [`Worker::park_gcm`].
+/// caller decides the packet's way and hands it to [`Worker::park_gcm`]; or, with the
+/// Ethernet addresses `macs` (source, destination) of the WAN's next hop, the frame gets
+/// its Ethernet header too and is parked to go to the WAN as it is
+/// ([`tunnel::frame_gcm_eth`]).
 #[inline]
 pub(super) fn frame_into<F: Frame>(
     seals: &mut Vec<SealGcm<F>>,
@@ -75,6 +78,7 @@ pub(super) fn frame_into<F: Frame>(
     id: SaId,
     f: &mut F,
     meta: InnerMeta,
+    macs: Option<([u8; 6], [u8; 6])>,
 ) -> Result<Option<Crossing>, DropReason> {
     seals.push(SealGcm {
         frame: None,
@@ -84,8 +88,11 @@ pub(super) fn frame_into<F: Frame>(
     });
     let inner_len = f.len();
     let r = match seals.last_mut() {
-        Some(slot) => tunnel::frame_gcm(sa, f, meta, &mut slot.framed)
-            .and_then(|()| tunnel::finish_gcm(sa, f, inner_len, meta, false)),
+        Some(slot) => match macs {
+            Some(macs) => tunnel::frame_gcm_eth(sa, f, meta, &mut slot.framed, macs),
+            None => tunnel::frame_gcm(sa, f, meta, &mut slot.framed)
+                .and_then(|()| tunnel::finish_gcm(sa, f, inner_len, meta, false)),
+        },
         None => Err(DropReason::CryptoFailed),
     };
     if let Err(r) = r {

@@ -111,7 +111,7 @@ impl<P: Port> Worker<P> {
         // one SA then leave in the order of their numbers whichever way they came.
         let parked = !tunnel::is_cbc(sa);
         let crossing = if parked {
-            match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta) {
+            match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta, None) {
                 Ok(c) => c,
                 Err(r) => return Verdict::Drop(r),
             }

@@ -156,9 +156,32 @@ impl<P: Port> Worker<P> {
                 }
             };
         }
+        // The common way: no hold and the WAN's next hop known now (configured, or the
+        // resolver's memo of this SA's peer): framed with every header, Ethernet included,
+        // and parked to go to the WAN once sealed at the burst's end (`gcm_burst`). The same
+        // bookkeeping as `sealed_with`, without a way to decide.
+        let wan_mac = match &self.resolvers[Side::Wan as usize] {
+            None => Some(self.wan_link.neighbor),
+            Some(r) => r.memo_to(sa.remote, self.now),
+        };
+        if let Some(dst) = wan_mac.filter(|_| !sa.holding) {
+            let macs = Some((self.wan_link.mac, dst));
+            let crossing = match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta, macs) {
+                Ok(c) => c,
+                Err(r) => return Verdict::Drop(r),
+            };
+            let SaAfterSeal { seq_due, .. } = SaAfterSeal::of(sa, now);
+            self.counters.count(Traffic::Encrypted, 1);
+            self.counters
+                .count(Traffic::EncryptedBytes, inner_len as u64);
+            if crossing.is_some() || seq_due {
+                self.report_outbound(id, crossing, now);
+            }
+            return Verdict::SealGcm;
+        }
         // Framed and on its way now, sealed at the burst's end (`gcm_burst`); the SA in hand
         // for the whole first half (one lookup per packet).
-        let crossing = match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta) {
+        let crossing = match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta, None) {
             Ok(c) => c,
             Err(r) => return Verdict::Drop(r),
         };

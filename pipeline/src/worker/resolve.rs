@@ -106,13 +106,26 @@ impl<F> LinkNeighbors<F> {
     #[inline]
     fn memo(&self, ip: &[u8], ipv6: bool, now: u64) -> Option<[u8; 6]> {
         if ipv6 {
-            let m = self.memo6.as_ref()?;
             let d = u128::from_be_bytes(ip.get(24..40)?.try_into().ok()?);
-            (m.dst == d && now < m.until).then_some(m.mac)
+            self.memo_to(IpAddr::V6(d.into()), now)
         } else {
-            let m = self.memo4.as_ref()?;
             let d = u32::from_be_bytes(ip.get(16..20)?.try_into().ok()?);
-            (m.dst == d && now < m.until).then_some(m.mac)
+            self.memo_to(IpAddr::V4(d.into()), now)
+        }
+    }
+
+    /// The memoised MAC for destination `dst`, if it is the memoised one.
+    #[inline]
+    pub(super) fn memo_to(&self, dst: IpAddr, now: u64) -> Option<[u8; 6]> {
+        match dst {
+            IpAddr::V6(d) => {
+                let m = self.memo6.as_ref()?;
+                (m.dst == u128::from(d) && now < m.until).then_some(m.mac)
+            }
+            IpAddr::V4(d) => {
+                let m = self.memo4.as_ref()?;
+                (m.dst == u32::from(d) && now < m.until).then_some(m.mac)
+            }
         }
     }
 
