@@ -169,7 +169,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The payload: from the end of the header to the total length.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         bytes::slice(
             self.b(),

@@ -18,7 +18,7 @@ pub(super) struct HostMap {
 }
 
 impl HostMap {
-    #[inline]
+    #[inline(always)]
     pub(super) fn get(&self, a: &IpAddr) -> Option<&(Prefix, SaId)> {
         match a {
             IpAddr::V4(v) => self.v4.get(u32::from(*v)),
@@ -87,7 +87,7 @@ impl V4Table {
         self.slots.len().wrapping_sub(1)
     }
 
-    #[inline]
+    #[inline(always)]
     pub(super) fn get(&self, k: u32) -> Option<&(Prefix, SaId)> {
         if self.len == 0 {
             return None;
