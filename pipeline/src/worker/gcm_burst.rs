@@ -71,7 +71,7 @@ impl AfterSeal {
 /// Ethernet addresses `macs` (source, destination) of the WAN's next hop, the frame gets
 /// its Ethernet header too and is parked to go to the WAN as it is
 /// ([`tunnel::frame_gcm_eth`]).
-#[inline]
+#[inline(always)]
 pub(super) fn frame_into<F: Frame>(
     seals: &mut Vec<SealGcm<F>>,
     sa: &mut OutboundSa,

@@ -28,9 +28,12 @@ impl<P: Port> Worker<P> {
 
     #[inline]
     pub(super) fn outbound(&mut self, f: &mut P::Frame, now: u64) -> Verdict {
-        let pkt = match parse_ip(f.data()) {
+        // Used where it was parsed (moved out of the `Result`, it was copied with wide loads
+        // of what the parse had just stored narrowly: a store-forwarding stall).
+        let parsed = parse_ip(f.data());
+        let pkt = match &parsed {
             Ok(p) => p,
-            Err(r) => return Verdict::Drop(r),
+            Err(r) => return Verdict::Drop(*r),
         };
         if pkt.hop_limit <= 1 {
             self.send_icmp_error(IcmpError::TimeExceeded, ip_of(f), pkt.ipv6, Side::Lan);
@@ -42,11 +45,11 @@ impl<P: Port> Worker<P> {
         if !self.hosts.is_empty() {
             if let Some(&(src, id)) = self.hosts.get(&pkt.key.dst) {
                 if src.contains(pkt.key.src) {
-                    return self.protect(f, &pkt, id, now, false);
+                    return self.protect(f, pkt, id, now, false);
                 }
                 let vip = self.vip_nat.as_ref().map(|n| IpAddr::V4(n.external_addr()));
                 if vip.is_some_and(|v| !pkt.ipv6 && src.contains(v)) {
-                    return self.protect(f, &pkt, id, now, true);
+                    return self.protect(f, pkt, id, now, true);
                 }
             }
         }
@@ -58,7 +61,7 @@ impl<P: Port> Worker<P> {
                     ..pkt.key
                 };
                 if let Some(Action::Protect(id)) = self.spd.lookup(&key).map(|r| r.action) {
-                    return self.protect(f, &pkt, id, now, true);
+                    return self.protect(f, pkt, id, now, true);
                 }
             }
         }
@@ -83,7 +86,7 @@ impl<P: Port> Worker<P> {
                 self.counters.count(Traffic::Bypassed, 1);
                 self.forward(f, Side::Wan, pkt.ipv6)
             }
-            Action::Protect(id) => self.protect(f, &pkt, id, now, false),
+            Action::Protect(id) => self.protect(f, pkt, id, now, false),
         }
     }
 
@@ -156,38 +159,34 @@ impl<P: Port> Worker<P> {
                 }
             };
         }
-        // The common way: no hold and the WAN's next hop known now (configured, or the
-        // resolver's memo of this SA's peer): framed with every header, Ethernet included,
-        // and parked to go to the WAN once sealed at the burst's end (`gcm_burst`). The same
-        // bookkeeping as `sealed_with`, without a way to decide.
+        // Framed and on its way now, sealed at the burst's end (`gcm_burst`); the SA in hand
+        // for the whole first half (one lookup per packet). The common way: no hold and the
+        // WAN's next hop known now (configured, or the resolver's memo of this SA's peer):
+        // framed with every header, Ethernet included, and parked to go to the WAN (the
+        // bookkeeping of `sealed_with`, without a way to decide).
         let wan_mac = match &self.resolvers[Side::Wan as usize] {
             None => Some(self.wan_link.neighbor),
             Some(r) => r.memo_to(sa.remote, self.now),
         };
-        if let Some(dst) = wan_mac.filter(|_| !sa.holding) {
-            let macs = Some((self.wan_link.mac, dst));
-            let crossing = match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta, macs) {
-                Ok(c) => c,
-                Err(r) => return Verdict::Drop(r),
-            };
-            let SaAfterSeal { seq_due, .. } = SaAfterSeal::of(sa, now);
-            self.counters.count(Traffic::Encrypted, 1);
-            self.counters
-                .count(Traffic::EncryptedBytes, inner_len as u64);
-            if crossing.is_some() || seq_due {
-                self.report_outbound(id, crossing, now);
-            }
-            return Verdict::SealGcm;
-        }
-        // Framed and on its way now, sealed at the burst's end (`gcm_burst`); the SA in hand
-        // for the whole first half (one lookup per packet).
-        let crossing = match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta, None) {
+        let macs = wan_mac
+            .filter(|_| !sa.holding)
+            .map(|dst| (self.wan_link.mac, dst));
+        let crossing = match gcm_burst::frame_into(&mut self.gcm_seals, sa, id, f, meta, macs) {
             Ok(c) => c,
             Err(r) => return Verdict::Drop(r),
         };
         let after = SaAfterSeal::of(sa, now);
-        let v = self.sealed_with(f, id, crossing, after, inner_len, outer_v6, now);
-        self.park_gcm(v)
+        if macs.is_none() {
+            let v = self.sealed_with(f, id, crossing, after, inner_len, outer_v6, now);
+            return self.park_gcm(v);
+        }
+        self.counters.count(Traffic::Encrypted, 1);
+        self.counters
+            .count(Traffic::EncryptedBytes, inner_len as u64);
+        if crossing.is_some() || after.seq_due {
+            self.report_outbound(id, crossing, now);
+        }
+        Verdict::SealGcm
     }
 
     /// The bookkeeping of a packet sealed on outbound SA `id`, and its way to the WAN.
