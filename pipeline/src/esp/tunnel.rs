@@ -158,7 +158,7 @@ pub fn frame_gcm<F: Frame>(
 /// update of the buffer's offsets instead of three), and the outer header is written with
 /// the rest. Returns the lifetime this packet reached, as [`finish_gcm`] does. The frame is
 /// then ready for [`seal_gcm`] (and [`udp6_checksum`]); what it holds is what the three
-/// steps make (`framed_in_one_go_is_the_three_steps` below).
+/// steps make (test `a_gcm_packet_sealed_after_its_headers_is_the_packet_encapsulate_makes`).
 #[inline]
 pub fn frame_gcm_eth<F: Frame>(
     sa: &mut OutboundSa,
@@ -1187,6 +1187,9 @@ mod tests {
         // seals it later (`worker::gcm_burst`): the bytes must be encapsulate's, for each
         // nonce/AAD shape (ESN or not) and outer header (IPv4/IPv6, UDP or not). Over IPv6
         // with UDP the UDP checksum (it covers the ciphertext) is filled in after the seal.
+        // Its common way, every header at once (`frame_gcm_eth`), must make the same bytes
+        // behind its Ethernet header, the same nonce and AAD, and count the same lifetime.
+        let (src, dst) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
         for backend in backends() {
             for alg in [AeadAlg::AesGcm128, AeadAlg::AesGcm256] {
                 for (l, r) in [("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")] {
@@ -1195,9 +1198,11 @@ mod tests {
                             let p = params(l, r, esn, encap, alg);
                             let mut direct = build_outbound(backend, &p).unwrap();
                             let mut split = build_outbound(backend, &p).unwrap();
+                            let mut one = build_outbound(backend, &p).unwrap();
                             for seq in [0u64, 0xffff_fff0] {
                                 direct.seq = seq;
                                 split.seq = seq;
+                                one.seq = seq;
                                 for len in [20usize, 23, 64, 1400] {
                                     let data = inner(len);
                                     let meta = InnerMeta {
@@ -1210,7 +1215,19 @@ mod tests {
                                     let mut b = MemFrame::from_bytes(&data).unwrap();
                                     let mut g = GcmFramed::default();
                                     frame_gcm(&mut split, &mut b, meta, &mut g).unwrap();
-                                    finish_gcm(&mut split, &mut b, len, meta, false).unwrap();
+                                    let crossing =
+                                        finish_gcm(&mut split, &mut b, len, meta, false).unwrap();
+                                    let mut whole = MemFrame::from_bytes(&data).unwrap();
+                                    let mut gc = GcmFramed::default();
+                                    let crossing_c = frame_gcm_eth(
+                                        &mut one,
+                                        &mut whole,
+                                        meta,
+                                        &mut gc,
+                                        (src, dst),
+                                    )
+                                    .unwrap();
+                                    assert_eq!((gc, crossing_c), (g, crossing));
                                     assert!(b.prepend(14));
                                     let EspCipher::Aead(c) = &split.cipher else {
                                         panic!("a GCM SA");
@@ -1218,6 +1235,19 @@ mod tests {
                                     seal_gcm(&**c, &mut b, &g).unwrap();
                                     udp6_checksum(&split, &mut b, &g).unwrap();
                                     assert!(b.adj(14));
+                                    let EspCipher::Aead(cipher) = &one.cipher else {
+                                        panic!("a GCM SA");
+                                    };
+                                    seal_gcm(&**cipher, &mut whole, &gc).unwrap();
+                                    udp6_checksum(&one, &mut whole, &gc).unwrap();
+                                    let ethertype: &[u8] = if l.contains(':') {
+                                        &[0x86, 0xdd]
+                                    } else {
+                                        &[8, 0]
+                                    };
+                                    let (eth, behind) = whole.data().split_at(14);
+                                    assert_eq!(eth, [&dst[..], &src[..], ethertype].concat());
+                                    assert_eq!(behind, b.data(), "in one go: {backend:?} {l} esn={esn} encap={encap} len={len}");
                                     if encap && l.contains(':') {
                                         let seg = &b.data()[ipv6::HEADER_LEN..];
                                         assert!(
@@ -1233,73 +1263,11 @@ mod tests {
                                         "{backend:?} {alg:?} {l} esn={esn} encap={encap} seq={seq} len={len}"
                                     );
                                     assert_eq!(g.seq, split.seq);
+                                    assert_eq!(
+                                        (one.counters.packets.get(), one.counters.bytes.get()),
+                                        (split.counters.packets.get(), split.counters.bytes.get())
+                                    );
                                 }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn framed_in_one_go_is_the_three_steps() {
-        // `frame_gcm_eth` (the worker's common way) must make the frame `frame_gcm`,
-        // `finish_gcm` and an Ethernet header in front make, sealed alike, with the same
-        // lifetime count, for each outer header (IPv4/IPv6, UDP or not) and ESN or not.
-        let (src, dst) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-        for backend in backends() {
-            for (l, r) in [("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")] {
-                for esn in [false, true] {
-                    for encap in [false, true] {
-                        let p = params(l, r, esn, encap, EspAlg::Aead(AeadAlg::AesGcm128));
-                        let mut steps = build_outbound(backend, &p).unwrap();
-                        let mut one = build_outbound(backend, &p).unwrap();
-                        for seq in [0u64, 0xffff_fff0] {
-                            steps.seq = seq;
-                            one.seq = seq;
-                            for len in [20usize, 23, 64, 1400] {
-                                let data = inner(len);
-                                let meta = InnerMeta {
-                                    next_header: NH_IPV4,
-                                    dscp: 3,
-                                    ecn: 1,
-                                };
-                                let mut a = MemFrame::from_bytes(&data).unwrap();
-                                let mut ga = GcmFramed::default();
-                                frame_gcm(&mut steps, &mut a, meta, &mut ga).unwrap();
-                                let ca = finish_gcm(&mut steps, &mut a, len, meta, false).unwrap();
-                                assert!(a.prepend(14));
-                                let ethertype: [u8; 2] = if l.contains(':') {
-                                    [0x86, 0xdd]
-                                } else {
-                                    [8, 0]
-                                };
-                                a.data_mut()[..14].copy_from_slice(
-                                    &[&dst[..], &src[..], &ethertype[..]].concat(),
-                                );
-                                let mut b = MemFrame::from_bytes(&data).unwrap();
-                                let mut gb = GcmFramed::default();
-                                let cb = frame_gcm_eth(&mut one, &mut b, meta, &mut gb, (src, dst))
-                                    .unwrap();
-                                assert_eq!((ga, ca), (gb, cb));
-                                assert_eq!(
-                                    a.data(),
-                                    b.data(),
-                                    "{backend:?} {l} esn={esn} encap={encap} seq={seq} len={len}"
-                                );
-                                for (sa, f) in [(&steps, &mut a), (&one, &mut b)] {
-                                    let EspCipher::Aead(c) = &sa.cipher else {
-                                        panic!("a GCM SA");
-                                    };
-                                    seal_gcm(&**c, f, &ga).unwrap();
-                                    udp6_checksum(sa, f, &ga).unwrap();
-                                }
-                                assert_eq!(a.data(), b.data());
-                                assert_eq!(
-                                    (steps.counters.packets.get(), steps.counters.bytes.get()),
-                                    (one.counters.packets.get(), one.counters.bytes.get())
-                                );
                             }
                         }
                     }
