@@ -214,13 +214,15 @@ fn frame_gcm_at<F: Frame>(
     let pad = pad_len(inner_len);
     let tail = pad + 2 + TAG_LEN;
     let ct_start = front + ESP_HEADER_LEN + IV_LEN;
-    let head = ESP_HEADER_LEN + IV_LEN + sa.outer_len() + ETH_LEN.min(front);
+    // Room in front for the ESP header and IV, the outer header (now, or later from
+    // `finish_gcm`) and whatever else the caller puts there.
+    let head = (ESP_HEADER_LEN + IV_LEN + sa.outer_len()).max(ct_start);
     let ct_len = inner_len + pad + 2;
     // An IP packet is at most 65,535 bytes: anything longer cannot be sealed into one.
     let (Ok(ct_len16), Ok(inner_len16)) = (u16::try_from(ct_len), u16::try_from(inner_len)) else {
         return Err(DropReason::NoBufferRoom);
     };
-    if f.tailroom() < tail || f.headroom() < head.max(ct_start) {
+    if f.tailroom() < tail || f.headroom() < head {
         return Err(DropReason::NoBufferRoom);
     }
     let seq = match sa.seq.checked_add(1) {

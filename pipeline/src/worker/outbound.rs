@@ -180,13 +180,26 @@ impl<P: Port> Worker<P> {
             let v = self.sealed_with(f, id, crossing, after, inner_len, outer_v6, now);
             return self.park_gcm(v);
         }
+        self.count_sealed(id, crossing, after.seq_due, inner_len, now);
+        Verdict::SealGcm
+    }
+
+    /// The counts of a packet sealed on outbound SA `id`, and its reports if due.
+    #[inline]
+    fn count_sealed(
+        &mut self,
+        id: SaId,
+        crossing: Option<crate::stats::Crossing>,
+        seq_due: bool,
+        inner_len: usize,
+        now: u64,
+    ) {
         self.counters.count(Traffic::Encrypted, 1);
         self.counters
             .count(Traffic::EncryptedBytes, inner_len as u64);
-        if crossing.is_some() || after.seq_due {
+        if crossing.is_some() || seq_due {
             self.report_outbound(id, crossing, now);
         }
-        Verdict::SealGcm
     }
 
     /// The bookkeeping of a packet sealed on outbound SA `id`, and its way to the WAN.
@@ -221,12 +234,7 @@ impl<P: Port> Worker<P> {
         now: u64,
     ) -> Verdict {
         let SaAfterSeal { seq_due, holding } = after;
-        self.counters.count(Traffic::Encrypted, 1);
-        self.counters
-            .count(Traffic::EncryptedBytes, inner_len as u64);
-        if crossing.is_some() || seq_due {
-            self.report_outbound(id, crossing, now);
-        }
+        self.count_sealed(id, crossing, seq_due, inner_len, now);
         let v = self.forward(f, Side::Wan, outer_v6);
         if holding {
             if let Some(until) = self.hold_until(id, now) {
