@@ -28,7 +28,7 @@ use crate::port::Frame;
 use crate::sad::Sad;
 use crate::spd::Prefix;
 use crate::stats::{Crossing, DropReason};
-use crate::wire::{checksum, esp as wire_esp, ipv4, ipv6, udp};
+use crate::wire::{checksum, esp as wire_esp, ethernet, ipv4, ipv6, udp, EtherType};
 
 pub const ESP_HEADER_LEN: usize = 8;
 /// Smallest ESP packet: header, IV, 4 bytes of ciphertext (pad to 4 with pad length and next
@@ -168,20 +168,24 @@ pub fn frame_gcm_eth<F: Frame>(
     (src, dst): ([u8; 6], [u8; 6]),
 ) -> Result<Option<Crossing>, DropReason> {
     let hlen = usize::from(sa.outer.len);
-    let front = ETH_LEN + hlen;
+    let front = ethernet::HEADER_LEN + hlen;
     frame_gcm_at(sa, f, meta, out, front)?;
-    let total = f.len() - ETH_LEN;
+    let total = f.len() - ethernet::HEADER_LEN;
     let Some((eth, outer)) = f
         .data_mut()
         .get_mut(..front)
-        .map(|h| h.split_at_mut(ETH_LEN))
+        .map(|h| h.split_at_mut(ethernet::HEADER_LEN))
     else {
         return Err(DropReason::NoBufferRoom);
     };
-    eth[0..6].copy_from_slice(&dst);
-    eth[6..12].copy_from_slice(&src);
-    let ethertype: u16 = if sa.ipv6 { 0x86dd } else { 0x0800 };
-    eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    let mut eth = ethernet::Frame::new_unchecked(eth);
+    eth.set_dst_addr(dst);
+    eth.set_src_addr(src);
+    eth.set_ethertype(if sa.ipv6 {
+        EtherType::Ipv6
+    } else {
+        EtherType::Ipv4
+    });
     write_outer(
         &sa.outer,
         sa.ipv6,
@@ -193,9 +197,6 @@ pub fn frame_gcm_eth<F: Frame>(
     )?;
     Ok(sa.counters.count(u64::from(out.inner_len)))
 }
-
-/// The Ethernet header's length (what [`frame_gcm_eth`] puts in front of the outer header).
-const ETH_LEN: usize = 14;
 
 /// [`frame_gcm`] with `front` more bytes of room taken in front of the ESP header (the frame's
 /// data then starts there; the caller fills them).

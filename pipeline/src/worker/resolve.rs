@@ -105,13 +105,7 @@ impl<F> LinkNeighbors<F> {
     /// The MAC of the IP packet at the start of `ip` if its destination is the memoised one.
     #[inline]
     fn memo(&self, ip: &[u8], ipv6: bool, now: u64) -> Option<[u8; 6]> {
-        if ipv6 {
-            let d = u128::from_be_bytes(ip.get(24..40)?.try_into().ok()?);
-            self.memo_to(IpAddr::V6(d.into()), now)
-        } else {
-            let d = u32::from_be_bytes(ip.get(16..20)?.try_into().ok()?);
-            self.memo_to(IpAddr::V4(d.into()), now)
-        }
+        self.memo_to(ip_dst(ip, ipv6)?, now)
     }
 
     /// The memoised MAC for destination `dst`, if it is the memoised one.
