@@ -222,6 +222,25 @@ fn check_validates_a_file_with_its_credentials() {
     let (code, out, err) = check("ok.yaml", &text);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("OK: gateway gw, 1 IKE connection(s)"), "{out}");
+    // The file without `--config` is checked the same; both at once are refused.
+    let plain = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+        .arg("check")
+        .arg(dir.join("ok.yaml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&plain.stdout);
+    assert_eq!(plain.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("OK: gateway gw, 1 IKE connection(s)"),
+        "{said}"
+    );
+    let both = Command::new(env!("CARGO_BIN_EXE_roamgate"))
+        .args(["check", "--config"])
+        .arg(dir.join("ok.yaml"))
+        .arg(dir.join("ok.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2));
     let (code, _, err) = check("md5.yaml", &text.replace("aes128-sha256]", "aes128-md5]"));
     assert_eq!(code, Some(1));
     assert!(

@@ -124,15 +124,21 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["config", "file"])))]
 struct CheckArgs {
     /// The file `run`, `client`, `dataplane` or `edge` would be given.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// The file, given without `--config` (`roamgate check FILE`).
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
 }
 
-/// `roamgate check --config X`.
+/// `roamgate check --config X` (or `roamgate check X`).
 fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let path = &args.config;
+    let Some(path) = args.config.as_ref().or(args.file.as_ref()) else {
+        anyhow::bail!("no file to check: roamgate check --config FILE");
+    };
     // Which kind of file, by its top-level sections: a key server's (`roamgate gcks`) has
     // `gcks`, the lab's `site_a`/`site_b`, a crypto node's `cluster` and no `dataplane`.
     let top: Vec<String> = std::fs::read_to_string(path)
