@@ -407,9 +407,9 @@ impl<P: Port> Worker<P> {
         while !stop.load(Ordering::Relaxed) {
             // The clock is read before every turn that follows an idle one, and every
             // CLOCK_TURNS-th of a run of busy turns: a read costs ~50 ns on a VM's clock (1.7 ns
-            // per packet of full 64-byte bursts), and a busy turn lasts a few microseconds, so
-            // `now` is never more than ~10 us behind while traffic flows (every timer here is
-            // in milliseconds).
+            // per packet of full 64-byte bursts), and `now` is then at most three busy turns
+            // behind (a few microseconds under full bursts; every timer here is in
+            // milliseconds).
             if idle > 0 || busy_turns % CLOCK_TURNS == 0 {
                 now = start.elapsed().as_nanos() as u64;
             }
