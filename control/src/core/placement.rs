@@ -19,7 +19,7 @@
 //! Must never: send an SA's keys to a worker that does not own it; route by anything but
 //! the SA's SPI or id (the data plane must be able to do the same).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use ike::services::spi::SpiLayout;
@@ -363,7 +363,10 @@ impl Placement {
     }
 
     /// Worker `w`'s copy of an SPD: a rule that protects with another worker's outbound SA
-    /// takes the first SA of `w` that a rule with the same selector names, if any.
+    /// takes the first SA of `w` that a rule with the same selector names, if any. A rule
+    /// whose selector an earlier rule has is left out: first match wins, so it could never
+    /// match (with per-core CHILD_SAs every worker's copy would otherwise hold one rule per
+    /// sibling, all naming that worker's own SA: N rules per tunnel in each of N workers).
     fn rules_for(&self, w: u16, rules: &[Rule]) -> Vec<Rule> {
         let mut own: HashMap<Selector, SaId> = HashMap::new();
         for r in rules {
@@ -373,8 +376,10 @@ impl Placement {
                 }
             }
         }
+        let mut seen: HashSet<Selector> = HashSet::with_capacity(rules.len());
         rules
             .iter()
+            .filter(|r| seen.insert(r.selector))
             .map(|r| match r.action {
                 PolicyAction::Protect(id) if self.outbound_owner(id) != Some(w) => {
                     match own.get(&r.selector) {

@@ -147,7 +147,9 @@ fn each_sa_update_reaches_exactly_its_owner_among_four_workers() {
             );
         }
         assert!(wk.policies() >= 1, "the policy goes to every worker");
-        assert_eq!(wk.spd_rules, 8);
+        // The 8 CHILD_SAs share one selector: each worker's copy keeps its first rule (the
+        // 7 behind it could never match).
+        assert_eq!(wk.spd_rules, 1);
     }
     assert_eq!(installs, 16, "each SA was sent to one worker only");
     // Each child's pair is on one worker.
@@ -875,6 +877,15 @@ fn two_roamgate_gateways_with_two_workers_get_one_child_sa_per_worker_and_seal_w
             assert_eq!(
                 protects[0], own,
                 "gateway {g} worker {i}: the first matching rule names its own SA"
+            );
+            // One rule per selector: the sibling CHILD_SA's rule, which this worker's copy
+            // would also point at its own SA, could never match and is left out.
+            let spd = last_spd(&w, g, i);
+            let selectors: std::collections::HashSet<_> = spd.iter().map(|r| r.selector).collect();
+            assert_eq!(
+                selectors.len(),
+                spd.len(),
+                "gateway {g} worker {i}: {spd:?}"
             );
         }
     }
